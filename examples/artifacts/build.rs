@@ -1,0 +1,78 @@
+//! Compiles every example component from source for `wasm32-wasip2` with a
+//! nested `cargo build`, the way wasmtime builds its test programs, and
+//! writes their paths into `$OUT_DIR/artifacts.rs`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Guest crates under `examples/`, built as components.
+const GUESTS: &[&str] = &["hash-encoder", "hostile", "other-world"];
+
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let workspace = manifest_dir.ancestors().nth(2).unwrap().to_path_buf();
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    let cargo = env::var_os("CARGO").unwrap();
+
+    for dir in ["wit", "guest-sdk", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    for guest in GUESTS {
+        println!("cargo:rerun-if-changed={}", workspace.join("examples").join(guest).display());
+    }
+
+    check_target_installed();
+
+    // `OUT_DIR` is `<target>/<profile>/build/<pkg>/out`: sharing one guest
+    // target directory across profiles builds each guest once.
+    let guest_target = out_dir.ancestors().nth(4).unwrap_or(&out_dir).join("guests");
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(&workspace)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&guest_target);
+    for guest in GUESTS {
+        cmd.args(["--package", guest]);
+    }
+    // The outer build's flags are for the host, not for the guests.
+    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR"] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("failed to run cargo for the example components");
+    if !status.success() {
+        panic!("building the example components for {TARGET} failed (see the cargo output above)");
+    }
+
+    let release = guest_target.join(TARGET).join("release");
+    let mut generated = String::new();
+    for guest in GUESTS {
+        let file = release.join(format!("{}.wasm", guest.replace('-', "_")));
+        assert!(file.exists(), "cargo built {guest} but {} is missing", file.display());
+        generated += &format!(
+            "/// Path of the `{guest}` example component.\npub const {}: &str = {:?};\n",
+            guest.replace('-', "_").to_uppercase(),
+            file.display().to_string(),
+        );
+    }
+    std::fs::write(out_dir.join("artifacts.rs"), generated).unwrap();
+}
+
+/// Fails with a message saying how to install the target, instead of
+/// cargo's "can't find crate for `std`".
+fn check_target_installed() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+        .expect("failed to run rustc");
+    let libdir = String::from_utf8_lossy(&output.stdout);
+    let installed = output.status.success() && Path::new(libdir.trim()).is_dir();
+    if !installed {
+        panic!(
+            "the Rust standard library for {TARGET} is not installed.\n\
+             Run `cargo xtask setup` (or `rustup target add {TARGET}`) and build again."
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! An encoder that attacks its host.
+//!
+//! The first input of a batch names the misbehaviour; the host's tests call
+//! it with each one and check that the sandbox contains it with the right
+//! error and keeps serving. Any other input gets a well-formed zero vector.
+//!
+//! | input            | what the encoder does                                  |
+//! |------------------|--------------------------------------------------------|
+//! | `spin`           | loops forever                                          |
+//! | `grow-memory`    | allocates until allocation fails                       |
+//! | `panic`          | panics                                                 |
+//! | `probe-sandbox`  | tries files, environment, arguments, sockets, clocks,   |
+//! |                  | randomness, and reports what it saw (see [`Probe`])    |
+//! | `nan`            | returns a NaN                                          |
+//! | `wrong-dimension`| returns 3 values instead of 384                        |
+//! | `too-many`       | returns one vector more than it was given inputs       |
+//! | `flood-output`   | writes 1 MiB to stdout and 10 000 log messages         |
+
+use soma_guest_sdk::log::{Level, log};
+use soma_guest_sdk::{EncodeError, Encoder, EncoderInfo, Modality};
+use std::io::Write;
+
+/// Output dimension claimed by `info`.
+pub const DIMENSION: usize = 384;
+
+/// The hostile encoder.
+pub struct Hostile;
+
+impl Encoder for Hostile {
+    fn new() -> Self {
+        Hostile
+    }
+
+    fn info(&self) -> EncoderInfo {
+        EncoderInfo {
+            name: "hostile".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            dimension: DIMENSION as u32,
+            modality: Modality::Text,
+            max_input_bytes: 1024,
+        }
+    }
+
+    fn embed(&self, inputs: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, EncodeError> {
+        let zeros = || vec![0.0f32; DIMENSION];
+        let mut out: Vec<Vec<f32>> = inputs.iter().map(|_| zeros()).collect();
+        match inputs.first().map(Vec::as_slice) {
+            Some(b"spin") => spin(),
+            Some(b"grow-memory") => grow_memory(),
+            Some(b"panic") => panic!("hostile encoder panicked on purpose"),
+            Some(b"probe-sandbox") => out[0] = Probe::run().to_vector(),
+            Some(b"nan") => out[0][7] = f32::NAN,
+            Some(b"wrong-dimension") => out[0].truncate(3),
+            Some(b"too-many") => out.push(zeros()),
+            Some(b"flood-output") => flood_output(),
+            _ => {}
+        }
+        Ok(out)
+    }
+}
+
+soma_guest_sdk::export!(Hostile);
+
+fn spin() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+fn grow_memory() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Touch every page so the allocation is real.
+        hoard.push(vec![1u8; 1 << 20]);
+    }
+}
+
+fn flood_output() {
+    let line = [b'x'; 1023];
+    let mut stdout = std::io::stdout();
+    for _ in 0..1024 {
+        // The host caps captured output; a refused write is not our problem.
+        let _ = stdout.write_all(&line).and_then(|()| stdout.write_all(b"\n"));
+    }
+    for i in 0..10_000 {
+        log(Level::Info, &format!("flood {i}"));
+    }
+}
+
+/// What the sandbox let the encoder see. Every field is 0 in a closed
+/// sandbox, except the clock readings, which are the host's fixed values.
+#[derive(Debug)]
+pub struct Probe {
+    /// 1 if any file could be read.
+    pub file_read: f32,
+    /// 1 if the working directory could be listed.
+    pub dir_listed: f32,
+    /// Number of environment variables visible.
+    pub env_vars: f32,
+    /// Number of command-line arguments visible.
+    pub args: f32,
+    /// 1 if a TCP connection could be opened.
+    pub socket_opened: f32,
+    /// 1 if a host name resolved.
+    pub name_resolved: f32,
+    /// Difference between two wall-clock readings, in nanoseconds.
+    pub wall_clock_delta_ns: f32,
+    /// Difference between two monotonic-clock readings, in nanoseconds.
+    pub monotonic_delta_ns: f32,
+    /// Wall-clock reading, in whole seconds since the Unix epoch.
+    pub wall_clock_secs: f32,
+}
+
+impl Probe {
+    /// Tries every way out of the sandbox it knows.
+    pub fn run() -> Probe {
+        use std::net::{TcpStream, ToSocketAddrs};
+        use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+        let flag = |ok: bool| if ok { 1.0 } else { 0.0 };
+        let wall_a = SystemTime::now();
+        let mono_a = Instant::now();
+        let file_read = ["/etc/passwd", "/proc/self/environ", "Cargo.toml", "./secret"]
+            .iter()
+            .any(|p| std::fs::read(p).is_ok());
+        let dir_listed = std::fs::read_dir(".").is_ok() || std::fs::read_dir("/").is_ok();
+        let socket_opened = TcpStream::connect("127.0.0.1:80").is_ok()
+            || TcpStream::connect("1.1.1.1:443").is_ok();
+        let name_resolved = "localhost:80".to_socket_addrs().is_ok();
+        spin_briefly();
+        let wall_b = SystemTime::now();
+        let mono_b = Instant::now();
+        let probe = Probe {
+            file_read: flag(file_read),
+            dir_listed: flag(dir_listed),
+            env_vars: std::env::vars_os().count() as f32,
+            args: std::env::args_os().count() as f32,
+            socket_opened: flag(socket_opened),
+            name_resolved: flag(name_resolved),
+            wall_clock_delta_ns: wall_b
+                .duration_since(wall_a)
+                .map_or(-1.0, |d| d.as_nanos() as f32),
+            monotonic_delta_ns: (mono_b - mono_a).as_nanos() as f32,
+            wall_clock_secs: wall_b
+                .duration_since(UNIX_EPOCH)
+                .map_or(-1.0, |d| d.as_secs() as f32),
+        };
+        log(Level::Info, &format!("{probe:?}"));
+        probe
+    }
+
+    /// Packs the observations into the first dimensions of an embedding.
+    pub fn to_vector(&self) -> Vec<f32> {
+        let mut v = vec![0.0; DIMENSION];
+        v[..9].copy_from_slice(&[
+            self.file_read,
+            self.dir_listed,
+            self.env_vars,
+            self.args,
+            self.socket_opened,
+            self.name_resolved,
+            self.wall_clock_delta_ns,
+            self.monotonic_delta_ns,
+            self.wall_clock_secs,
+        ]);
+        v
+    }
+}
+
+/// Burns some instructions so a real clock would visibly advance.
+fn spin_briefly() {
+    let mut x = 0u64;
+    for i in 0..1_000_000u64 {
+        x = std::hint::black_box(x ^ i);
+    }
+}

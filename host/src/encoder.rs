@@ -1,0 +1,272 @@
+//! A loaded encoder component and its calls.
+
+use crate::engine::{EPOCH_TICK, Engine};
+use crate::error::InvalidOutput;
+use crate::log::LogRecord;
+use crate::sandbox::{Sandbox, Seed};
+use crate::{Error, Limits};
+use serde::Serialize;
+use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "encoder",
+    });
+}
+
+use bindings::soma::encoder::types as wit;
+
+/// Most inputs one `embed` call accepts.
+pub const MAX_BATCH: usize = 4096;
+
+/// Largest dimension an encoder may declare.
+pub const MAX_DIMENSION: u32 = 65_536;
+
+/// What an encoder says about itself (`info()` in the WIT world).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EncoderInfo {
+    /// Short machine-friendly name.
+    pub name: String,
+    /// The encoder's own version.
+    pub version: String,
+    /// Length of every vector.
+    pub dimension: u32,
+    /// What the inputs are.
+    pub modality: Modality,
+    /// Largest single input, in bytes.
+    pub max_input_bytes: u32,
+}
+
+/// Kind of input an encoder expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    /// UTF-8 text.
+    Text,
+    /// Encoded images.
+    Image,
+    /// Encoded audio.
+    Audio,
+    /// Arbitrary bytes.
+    Bytes,
+}
+
+/// The result of a successful `embed` call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Embeddings {
+    /// One vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Fuel the call consumed (0 on an engine without metering).
+    pub fuel_used: u64,
+    /// Messages the encoder logged (at most [`crate::log::MAX_LOG_RECORDS`]).
+    pub logs: Vec<LogRecord>,
+    /// Messages dropped beyond that bound.
+    pub logs_dropped: u64,
+    /// What the encoder wrote to stdout, capped.
+    pub stdout: String,
+    /// What the encoder wrote to stderr, capped.
+    pub stderr: String,
+}
+
+/// A compiled encoder component, ready to be called.
+///
+/// Every call runs in a fresh store and instance: no state survives from one
+/// call to the next, and a call that traps leaves nothing behind.
+pub struct Encoder {
+    engine: Engine,
+    pre: bindings::EncoderPre<Sandbox>,
+    info: EncoderInfo,
+}
+
+impl Encoder {
+    /// Links `component` against the host's world and reads its info.
+    pub(crate) fn link(engine: Engine, component: &Component, limits: &Limits) -> Result<Self, Error> {
+        let incompatible = |e: wasmtime::Error| Error::Incompatible(format!("{e:#}"));
+        let instance_pre = engine.linker().instantiate_pre(component).map_err(incompatible)?;
+        let pre = bindings::EncoderPre::new(instance_pre).map_err(incompatible)?;
+        let info = run(&engine, &pre, limits, Seed::default(), |encoder, store| {
+            encoder.call_info(store)
+        })?
+        .0;
+        let info = EncoderInfo::check(info)?;
+        Ok(Encoder { engine, pre, info })
+    }
+
+    /// What the encoder declared when it was loaded.
+    pub fn info(&self) -> &EncoderInfo {
+        &self.info
+    }
+
+    /// Embeds a batch in a fresh sandbox under `limits`; `seed` fixes what
+    /// the encoder's randomness returns.
+    pub fn embed(&self, inputs: &[Vec<u8>], limits: &Limits, seed: Seed) -> Result<Embeddings, Error> {
+        self.check_inputs(inputs)?;
+        let (result, fuel_used, sandbox) =
+            run(&self.engine, &self.pre, limits, seed, |encoder, store| encoder.call_embed(store, inputs))?;
+        let vectors = result.map_err(|e| Error::Refused(describe(e)))?;
+        check_output(&vectors, inputs.len(), self.info.dimension as usize)?;
+        Ok(Embeddings {
+            vectors,
+            fuel_used,
+            logs: sandbox.log.records,
+            logs_dropped: sandbox.log.dropped,
+            stdout: sandbox.stdout.text(),
+            stderr: sandbox.stderr.text(),
+        })
+    }
+
+    fn check_inputs(&self, inputs: &[Vec<u8>]) -> Result<(), Error> {
+        if inputs.len() > MAX_BATCH {
+            return Err(Error::InvalidInput(format!(
+                "batch of {} inputs exceeds the limit of {MAX_BATCH}",
+                inputs.len()
+            )));
+        }
+        let max = self.info.max_input_bytes as usize;
+        match inputs.iter().position(|input| input.len() > max) {
+            Some(i) => Err(Error::InvalidInput(format!(
+                "input {i} has {} bytes; {} accepts at most {max}",
+                inputs[i].len(),
+                self.info.name
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Instantiates the encoder in a fresh store and runs `call` on it,
+/// turning every failure into an [`Error`]. Returns the call's result, the
+/// fuel used, and the store's data for the logs and captured output.
+fn run<R>(
+    engine: &Engine,
+    pre: &bindings::EncoderPre<Sandbox>,
+    limits: &Limits,
+    seed: Seed,
+    call: impl FnOnce(&bindings::Encoder, &mut Store<Sandbox>) -> wasmtime::Result<R>,
+) -> Result<(R, u64, Sandbox), Error> {
+    let mut store = Store::new(engine.wasmtime(), Sandbox::new(seed, limits));
+    store.limiter(|sandbox| &mut sandbox.limiter);
+    if engine.fuel_metering() {
+        store.set_fuel(limits.fuel).map_err(|e| Error::Host(e.to_string()))?;
+    }
+    let ticks = limits.timeout.as_millis() / EPOCH_TICK.as_millis() + 1;
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    store.epoch_deadline_trap();
+
+    let result = pre
+        .instantiate(&mut store)
+        .and_then(|encoder| call(&encoder, &mut store));
+    let fuel_used = if engine.fuel_metering() {
+        limits.fuel - store.get_fuel().unwrap_or(0)
+    } else {
+        0
+    };
+    match result {
+        Ok(value) => Ok((value, fuel_used, store.into_data())),
+        Err(error) => Err(classify(error, store.data(), limits)),
+    }
+}
+
+/// Names the failure of a call: which limit was hit, or what trapped.
+fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => return Error::FuelExhausted { limit: limits.fuel },
+        Some(Trap::Interrupt) => return Error::Timeout { after: limits.timeout },
+        _ => {}
+    }
+    if sandbox.limiter.refused {
+        return Error::MemoryLimit { limit_bytes: limits.max_memory_bytes };
+    }
+    let trapped = error.downcast_ref::<Trap>().is_some()
+        || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
+        || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some();
+    if trapped {
+        let message = match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => format!("the encoder exited with status {}", exit.0),
+            // The full error leads with a wasm backtrace; the root cause is
+            // what happened.
+            None => error.root_cause().to_string(),
+        };
+        Error::Trap { message, stderr: sandbox.stderr.text() }
+    } else {
+        Error::Host(format!("{error:#}"))
+    }
+}
+
+fn describe(error: wit::EncodeError) -> String {
+    match error {
+        wit::EncodeError::InvalidInput(i) => format!("input {}: {}", i.index, i.reason),
+        wit::EncodeError::Internal(reason) => reason,
+    }
+}
+
+fn check_output(vectors: &[Vec<f32>], inputs: usize, dimension: usize) -> Result<(), InvalidOutput> {
+    if vectors.len() != inputs {
+        return Err(InvalidOutput::WrongCount { expected: inputs, actual: vectors.len() });
+    }
+    for (index, vector) in vectors.iter().enumerate() {
+        if vector.len() != dimension {
+            return Err(InvalidOutput::WrongDimension { index, expected: dimension, actual: vector.len() });
+        }
+        if let Some(position) = vector.iter().position(|x| !x.is_finite()) {
+            return Err(InvalidOutput::NonFinite { index, position, value: vector[position] });
+        }
+    }
+    Ok(())
+}
+
+impl EncoderInfo {
+    /// Converts the WIT record, refusing values no encoder may declare.
+    fn check(info: wit::EncoderInfo) -> Result<Self, Error> {
+        let invalid = |reason: String| Err(Error::InvalidInfo(reason));
+        if info.name.is_empty() || info.name.len() > 128 {
+            return invalid(format!("name must be 1 to 128 bytes, got {}", info.name.len()));
+        }
+        if info.version.is_empty() || info.version.len() > 64 {
+            return invalid(format!("version must be 1 to 64 bytes, got {}", info.version.len()));
+        }
+        if info.dimension == 0 || info.dimension > MAX_DIMENSION {
+            return invalid(format!("dimension must be 1 to {MAX_DIMENSION}, got {}", info.dimension));
+        }
+        if info.max_input_bytes == 0 {
+            return invalid("max-input-bytes must be at least 1".into());
+        }
+        Ok(EncoderInfo {
+            name: info.name,
+            version: info.version,
+            dimension: info.dimension,
+            modality: match info.modality {
+                wit::Modality::Text => Modality::Text,
+                wit::Modality::Image => Modality::Image,
+                wit::Modality::Audio => Modality::Audio,
+                wit::Modality::Bytes => Modality::Bytes,
+            },
+            max_input_bytes: info.max_input_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_checks_name_the_first_problem() {
+        let ok = vec![vec![0.0; 3]; 2];
+        assert!(check_output(&ok, 2, 3).is_ok());
+        assert!(matches!(
+            check_output(&ok, 3, 3),
+            Err(InvalidOutput::WrongCount { expected: 3, actual: 2 })
+        ));
+        assert!(matches!(
+            check_output(&[vec![0.0; 3], vec![0.0; 2]], 2, 3),
+            Err(InvalidOutput::WrongDimension { index: 1, expected: 3, actual: 2 })
+        ));
+        assert!(matches!(
+            check_output(&[vec![0.0, f32::INFINITY, 0.0]], 1, 3),
+            Err(InvalidOutput::NonFinite { index: 0, position: 1, .. })
+        ));
+    }
+}

@@ -1,0 +1,133 @@
+//! What can go wrong when loading or calling an encoder.
+
+use std::time::Duration;
+
+/// Why loading or calling an encoder failed.
+///
+/// Every failure of untrusted code is one of these variants; none of them
+/// leaves the host unable to serve the next call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The bytes are not a valid WebAssembly component, or the engine could
+    /// not compile them.
+    #[error("component does not compile: {0}")]
+    Compile(String),
+
+    /// The component is valid but does not implement the `soma:encoder`
+    /// world this host offers (a missing or mistyped export, or an import
+    /// the host does not provide).
+    #[error("component is not a soma:encoder@0.1.0 encoder: {0}")]
+    Incompatible(String),
+
+    /// `info()` returned something no encoder may claim.
+    #[error("encoder info is invalid: {0}")]
+    InvalidInfo(String),
+
+    /// The host refused the batch before running the encoder.
+    #[error("input rejected: {0}")]
+    InvalidInput(String),
+
+    /// The encoder used all the fuel it was given.
+    #[error("encoder ran out of fuel (limit {limit})")]
+    FuelExhausted {
+        /// Fuel the call was given.
+        limit: u64,
+    },
+
+    /// The encoder tried to grow its memory (or tables) past the limit.
+    #[error("encoder exceeded its memory limit of {limit_bytes} bytes")]
+    MemoryLimit {
+        /// Bytes of linear memory the call was allowed.
+        limit_bytes: u64,
+    },
+
+    /// The encoder trapped: a panic, an `unreachable`, an out-of-bounds
+    /// access, an explicit exit, ...
+    #[error("encoder trapped: {message}{}", stderr_suffix(stderr))]
+    Trap {
+        /// What trapped: the wasm trap code, the host error, or the exit
+        /// status.
+        message: String,
+        /// The tail of what the encoder wrote to stderr (a Rust panic message
+        /// lands there).
+        stderr: String,
+    },
+
+    /// The encoder returned an error of its own.
+    #[error("encoder refused the batch: {0}")]
+    Refused(String),
+
+    /// The encoder returned vectors that break the contract.
+    #[error("encoder output is invalid: {0}")]
+    InvalidOutput(InvalidOutput),
+
+    /// The wall-clock safety net fired. This is a failure of this host, not
+    /// evidence against the encoder: wall clocks differ between machines.
+    #[error("encoder call exceeded the wall-clock safety limit of {after:?}")]
+    Timeout {
+        /// The wall-clock limit that was exceeded.
+        after: Duration,
+    },
+
+    /// The host itself could not set up the call (engine configuration,
+    /// resource exhaustion of this machine).
+    #[error("host failure: {0}")]
+    Host(String),
+}
+
+impl Error {
+    /// Whether every correct host running the same call reaches this same
+    /// failure, so that it can be held against the encoder.
+    ///
+    /// Timeouts and host failures depend on this machine and are not.
+    pub fn is_deterministic(&self) -> bool {
+        !matches!(self, Error::Timeout { .. } | Error::Host(_))
+    }
+}
+
+impl From<InvalidOutput> for Error {
+    fn from(e: InvalidOutput) -> Self {
+        Error::InvalidOutput(e)
+    }
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("\nencoder stderr:\n{stderr}")
+    }
+}
+
+/// How an encoder's output broke the contract.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvalidOutput {
+    /// Not one vector per input.
+    #[error("expected {expected} vectors (one per input), got {actual}")]
+    WrongCount {
+        /// Number of inputs.
+        expected: usize,
+        /// Number of vectors returned.
+        actual: usize,
+    },
+    /// A vector's length differs from the declared dimension.
+    #[error("vector {index} has {actual} values, but the encoder declares dimension {expected}")]
+    WrongDimension {
+        /// Which vector.
+        index: usize,
+        /// Declared dimension.
+        expected: usize,
+        /// Length returned.
+        actual: usize,
+    },
+    /// A value is NaN or infinite.
+    #[error("vector {index} has a non-finite value ({value}) at position {position}")]
+    NonFinite {
+        /// Which vector.
+        index: usize,
+        /// Position inside the vector.
+        position: usize,
+        /// The value, for the message.
+        value: f32,
+    },
+}

@@ -1,0 +1,150 @@
+//! Per-call resource limits and the limiter that enforces them.
+
+use std::time::Duration;
+
+/// Resources one encoder call may use.
+///
+/// Fuel is the deterministic budget: running out is the encoder's fault and
+/// every host agrees on it. Memory, tables and instances are hard caps
+/// checked on every growth. The timeout is only a wall-clock safety net for
+/// this host (see [`crate::Error::Timeout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel for the call (about one unit per wasm instruction).
+    pub fuel: u64,
+    /// Bytes of linear memory, summed over all memories of the instance.
+    pub max_memory_bytes: u64,
+    /// Elements per table.
+    pub max_table_elements: u64,
+    /// Core instances a component may create.
+    pub max_instances: u32,
+    /// Wall-clock safety net.
+    pub timeout: Duration,
+}
+
+impl Limits {
+    /// Upper bound on [`Limits::max_memory_bytes`]: the pooling allocator
+    /// reserves address space for this much per memory.
+    pub const MEMORY_CEILING: u64 = 4 << 30;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 20_000_000_000,
+            max_memory_bytes: 512 << 20,
+            max_table_elements: 100_000,
+            max_instances: 16,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Charges `cost` units of fuel for work the host does on a guest's behalf,
+/// trapping with [`wasmtime::Trap::OutOfFuel`] if the guest cannot pay. On
+/// an engine without metering this does nothing.
+pub(crate) fn charge_fuel<T>(
+    store: &mut wasmtime::StoreContextMut<'_, T>,
+    cost: u64,
+) -> wasmtime::Result<()> {
+    let Ok(fuel) = store.get_fuel() else {
+        return Ok(());
+    };
+    if cost > fuel {
+        store.set_fuel(0)?;
+        return Err(wasmtime::Trap::OutOfFuel.into());
+    }
+    store.set_fuel(fuel - cost)
+}
+
+/// Enforces [`Limits`] inside a store and remembers whether it refused
+/// anything, so that the resulting trap can be reported as a limit.
+pub(crate) struct Limiter {
+    max_memory_bytes: usize,
+    max_table_elements: usize,
+    max_instances: usize,
+    memory_in_use: usize,
+    pub(crate) refused: bool,
+}
+
+impl Limiter {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Limiter {
+            max_memory_bytes: clamp(limits.max_memory_bytes.min(Limits::MEMORY_CEILING)),
+            max_table_elements: clamp(limits.max_table_elements),
+            max_instances: clamp(u64::from(limits.max_instances)),
+            memory_in_use: 0,
+            refused: false,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.memory_in_use - current.min(self.memory_in_use) + desired;
+        if total > self.max_memory_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        self.memory_in_use = total;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.refused = true;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_table_elements {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.refused = true;
+        Ok(())
+    }
+
+    fn instances(&self) -> usize {
+        self.max_instances
+    }
+
+    fn tables(&self) -> usize {
+        self.max_instances
+    }
+
+    fn memories(&self) -> usize {
+        self.max_instances
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn memory_is_summed_across_memories() {
+        let mut limiter =
+            Limiter::new(&Limits { max_memory_bytes: 100, ..Limits::default() });
+        assert!(limiter.memory_growing(0, 60, None).unwrap());
+        assert!(limiter.memory_growing(0, 40, None).unwrap());
+        assert!(!limiter.refused);
+        assert!(!limiter.memory_growing(40, 41, None).unwrap());
+        assert!(limiter.refused);
+    }
+}
