@@ -110,11 +110,15 @@ pub struct Probe {
     pub monotonic_delta_ns: f32,
     /// Wall-clock reading, in whole seconds since the Unix epoch.
     pub wall_clock_secs: f32,
+    /// 24 bits of a hash keyed by the standard library's random hash-map
+    /// keys: a window onto the host's random source.
+    pub random_bits: f32,
 }
 
 impl Probe {
     /// Tries every way out of the sandbox it knows.
     pub fn run() -> Probe {
+        use std::hash::{BuildHasher, RandomState};
         use std::net::{TcpStream, ToSocketAddrs};
         use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -145,6 +149,7 @@ impl Probe {
             wall_clock_secs: wall_b
                 .duration_since(UNIX_EPOCH)
                 .map_or(-1.0, |d| d.as_secs() as f32),
+            random_bits: (RandomState::new().hash_one(0u8) >> 40) as f32,
         };
         log(Level::Info, &format!("{probe:?}"));
         probe
@@ -153,7 +158,7 @@ impl Probe {
     /// Packs the observations into the first dimensions of an embedding.
     pub fn to_vector(&self) -> Vec<f32> {
         let mut v = vec![0.0; DIMENSION];
-        v[..9].copy_from_slice(&[
+        v[..10].copy_from_slice(&[
             self.file_read,
             self.dir_listed,
             self.env_vars,
@@ -163,6 +168,7 @@ impl Probe {
             self.wall_clock_delta_ns,
             self.monotonic_delta_ns,
             self.wall_clock_secs,
+            self.random_bits,
         ]);
         v
     }
