@@ -1,6 +1,9 @@
 //! The process-wide wasmtime engine, configured for deterministic execution.
 
+use crate::cache::{CacheOutcome, CompiledCache};
+use crate::digest::Digest;
 use crate::encoder::Encoder;
+use crate::package::VerifiedPackage;
 use crate::sandbox::{self, Sandbox};
 use crate::{Error, Limits, log};
 use std::sync::Arc;
@@ -60,6 +63,24 @@ impl Engine {
         let component = Component::new(&self.inner.engine, component)
             .map_err(|e| Error::Compile(format!("{e:#}")))?;
         Encoder::link(self.clone(), &component, &Limits::default())
+    }
+
+    /// Like [`Engine::load`], but takes the compiled code from `cache` when
+    /// this node compiled the component before, and stores it otherwise.
+    pub fn load_cached(&self, component: &[u8], cache: &CompiledCache) -> Result<(Encoder, CacheOutcome), Error> {
+        let (compiled, outcome) = cache.component(&self.inner.engine, &Digest::of(component), component)?;
+        Ok((Encoder::link(self.clone(), &compiled, &Limits::default())?, outcome))
+    }
+
+    /// Loads the component of a verified package and checks that it is the
+    /// encoder the manifest describes.
+    pub fn load_package(&self, package: &VerifiedPackage, cache: Option<&CompiledCache>) -> Result<Encoder, Error> {
+        let encoder = match cache {
+            Some(cache) => self.load_cached(package.component(), cache)?.0,
+            None => self.load(package.component())?,
+        };
+        package.manifest().check_info(encoder.info()).map_err(Error::ManifestMismatch)?;
+        Ok(encoder)
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {

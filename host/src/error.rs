@@ -19,6 +19,10 @@ pub enum Error {
     #[error("component is not a soma:encoder@0.1.0 encoder: {0}")]
     Incompatible(String),
 
+    /// The component is not the encoder its package manifest describes.
+    #[error("component does not match its package manifest: {0}")]
+    ManifestMismatch(String),
+
     /// `info()` returned something no encoder may claim.
     #[error("encoder info is invalid: {0}")]
     InvalidInfo(String),

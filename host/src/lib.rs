@@ -22,15 +22,23 @@
 //! # Ok::<(), soma_host::Error>(())
 //! ```
 
+mod cache;
+mod digest;
 mod encoder;
 mod engine;
 mod error;
+pub mod keyfile;
 mod limits;
 pub mod log;
+pub mod package;
 mod sandbox;
+mod store;
 
+pub use cache::{CacheOutcome, CompiledCache};
+pub use digest::Digest;
 pub use encoder::{Embeddings, Encoder, EncoderInfo, MAX_BATCH, MAX_DIMENSION, Modality};
 pub use engine::Engine;
 pub use error::{Error, InvalidOutput};
 pub use limits::Limits;
+pub use store::{BlobStore, StoreError};
 pub use sandbox::{FIXED_MONOTONIC_CLOCK, FIXED_WALL_CLOCK, OUTPUT_CAPTURE_BYTES, Seed};

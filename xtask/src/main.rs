@@ -1,1 +1,95 @@
-fn main(){}
+//! `cargo xtask`: the project's set-up, demo, test and benchmark commands.
+//!
+//! Every command first runs `setup`, so a newcomer on a fresh machine needs
+//! nothing but a Rust toolchain installed with rustup.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Soma's development tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs: the wasm32-wasip2 Rust target.
+    Setup,
+    /// Set up, build the example encoders and show them at work.
+    Demo,
+    /// Set up and run every test of the workspace.
+    Test,
+    /// Set up, run the benchmarks and write BENCHMARKS.md.
+    Bench,
+}
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    setup()?;
+    match cli.task {
+        Task::Setup => Ok(()),
+        Task::Demo => cargo(&["run", "--locked", "--package", "soma-demo"]),
+        Task::Test => cargo(&["test", "--workspace", "--locked"]),
+        Task::Bench => cargo(&["bench", "--locked", "--package", "soma-host", "--bench", "host"]),
+    }
+}
+
+/// Makes sure the `wasm32-wasip2` standard library is installed, installing
+/// it with rustup when it is not.
+fn setup() -> Result<()> {
+    if target_installed()? {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the Rust target {WASM_TARGET} (needed to build encoder components)");
+    let status = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .current_dir(workspace())
+        .status();
+    match status {
+        Ok(s) if s.success() && target_installed()? => Ok(()),
+        Ok(s) => bail!(
+            "`rustup target add {WASM_TARGET}` failed ({s}).\n\
+             Install the {WASM_TARGET} target for the toolchain in use and run this again."
+        ),
+        Err(e) => bail!(
+            "cannot run rustup ({e}).\n\
+             Soma builds encoder components for {WASM_TARGET}; install Rust with rustup \
+             (https://rustup.rs) or add that target to your toolchain by hand."
+        ),
+    }
+}
+
+fn target_installed() -> Result<bool> {
+    let out = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .current_dir(workspace())
+        .output()
+        .context("cannot run rustc")?;
+    let libdir = String::from_utf8_lossy(&out.stdout);
+    Ok(out.status.success() && Path::new(libdir.trim()).is_dir())
+}
+
+/// Runs cargo in the workspace root, failing if it fails.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace())
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}

@@ -108,3 +108,96 @@ fn help_explains_every_flag() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
+
+/// A scratch directory for one CLI test.
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("soma-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn keygen_sign_verify_inspect_and_run_a_package() {
+    let dir = scratch("package");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let model = p("tokens.bin");
+    std::fs::write(&model, vec![42u8; 3000]).unwrap();
+
+    let out = soma_host(&["keygen", "--out", &p("author.key")], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(public.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p("author.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = soma_host(&["keygen", "--out", &p("author.key")], "");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("refusing to overwrite"), "{}", stderr(&again));
+
+    let signed = soma_host(
+        &["sign", "--key", &p("author.key"), "--component", HASH, "--model", &model, "--out", &p("enc.somapkg")],
+        "",
+    );
+    assert!(signed.status.success(), "{}", stderr(&signed));
+    let digest = String::from_utf8(signed.stdout).unwrap().trim().to_string();
+
+    let verified = soma_host(&["verify", &p("enc.somapkg"), "--trusted-key", &public], "");
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    assert!(String::from_utf8_lossy(&verified.stdout).contains(&digest));
+
+    let inspect = soma_host(&["inspect", &p("enc.somapkg")], "");
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let text = String::from_utf8(inspect.stdout.clone()).unwrap();
+    for line in [
+        format!("package     {digest}"),
+        "encoder     hash-encoder 0.1.0".into(),
+        "world       soma:encoder/encoder@0.1.0".into(),
+        "dimension   384".into(),
+        format!("signer      {public}"),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("2.9 KiB  tokens.bin"), "{text}");
+    assert_eq!(soma_host(&["inspect", &p("enc.somapkg")], "").stdout, inspect.stdout, "inspect is stable");
+    let manifest = json(&soma_host(&["inspect", &p("enc.somapkg"), "--json"], ""));
+    assert_eq!(manifest["digest"], digest);
+    assert_eq!(manifest["manifest"]["models"][0]["blob"]["size"], 3000);
+
+    let cache = p("cache");
+    for _ in 0..2 {
+        let run = json(&soma_host(&["run", &p("enc.somapkg"), "--trusted-key", &public, "--cache-dir", &cache, "-i", "hi"], ""));
+        assert_eq!(run["embeddings"][0], json(&soma_host(&["run", HASH, "-i", "hi"], ""))["embeddings"][0]);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_tampered_or_untrusted_package_is_refused_before_running() {
+    let dir = scratch("refused");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    assert!(soma_host(&["keygen", "-o", &p("k")], "").status.success());
+    assert!(soma_host(&["sign", "-k", &p("k"), "-c", HASH, "-o", &p("pkg")], "").status.success());
+
+    let other = soma_host(&["keygen", "-o", &p("other")], "");
+    let other_public = String::from_utf8(other.stdout).unwrap().trim().to_string();
+    let out = soma_host(&["run", &p("pkg"), "--trusted-key", &other_public, "-i", "x"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not by the trusted key"), "{}", stderr(&out));
+
+    let mut bytes = std::fs::read(p("pkg")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(p("pkg"), bytes).unwrap();
+    for args in [&["verify", &p("pkg")][..], &["run", &p("pkg"), "-i", "x"]] {
+        let out = soma_host(args, "");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("component does not match the manifest"), "{}", stderr(&out));
+    }
+    let out = soma_host(&["verify", "--trusted-key", "xyz", &p("pkg")], "");
+    assert!(stderr(&out).contains("--trusted-key is not a public key"), "{}", stderr(&out));
+    std::fs::remove_dir_all(dir).unwrap();
+}

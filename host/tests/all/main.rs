@@ -4,6 +4,7 @@
 mod cli;
 mod determinism;
 mod hostile;
+mod package;
 
 use soma_host::{Encoder, Engine};
 use std::sync::OnceLock;

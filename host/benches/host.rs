@@ -1,0 +1,205 @@
+//! Host benchmarks: `cargo xtask bench` runs them and writes BENCHMARKS.md.
+//!
+//! Every figure is a ratio of two criterion medians measured in this run, on
+//! this machine, so that it means the same on a laptop and in CI:
+//!
+//! * fresh pooled instance + one trivial `embed`, through the sandbox ÷ the
+//!   same with bare wasmtime (default WASI context, no limits, no fuel);
+//!   the absolute median is checked against the 20 µs target;
+//! * the hash encoder as a component ÷ the same Rust compiled natively;
+//! * the hash encoder with fuel metering ÷ without.
+
+use criterion::{BenchmarkId, Criterion};
+use serde_json::Value;
+use soma_host::{Encoder, Engine, Limits, Seed};
+use std::fmt::Write;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Sentences of the hash-encoder batch: varied lengths, some non-ASCII.
+fn corpus() -> Vec<Vec<u8>> {
+    let base = [
+        "A man is playing a guitar on stage.",
+        "The central bank raised interest rates for the third time this year, citing inflation.",
+        "Ünïcode text with accents, emoji 🎸 and punctuation… all count.",
+        "Short.",
+        "Distributed validators agree on the order of transactions with a DAG consensus protocol.",
+    ];
+    (0..64).map(|i| format!("{} #{i}", base[i % base.len()]).into_bytes()).collect()
+}
+
+fn load(engine: &Engine, path: &str) -> Encoder {
+    engine.load(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn instantiate(c: &mut Criterion) {
+    let engine = Engine::new().unwrap();
+    let hostile = load(&engine, soma_examples_artifacts::HOSTILE);
+    let trivial = vec![b"hello".to_vec()];
+    let bare = bare::Bare::new(soma_examples_artifacts::HOSTILE);
+
+    let mut group = c.benchmark_group("instantiate");
+    group.bench_function("soma", |b| {
+        b.iter(|| hostile.embed(black_box(&trivial), &Limits::default(), Seed::from(1)).unwrap())
+    });
+    group.bench_function("bare-wasmtime", |b| b.iter(|| bare.embed(black_box(&trivial))));
+    group.finish();
+}
+
+fn hash_encoder(c: &mut Criterion) {
+    let metered = load(&Engine::new().unwrap(), soma_examples_artifacts::HASH_ENCODER);
+    let unmetered = load(&Engine::without_fuel_metering().unwrap(), soma_examples_artifacts::HASH_ENCODER);
+    let batch = corpus();
+    let texts: Vec<&str> = batch.iter().map(|b| std::str::from_utf8(b).unwrap()).collect();
+
+    let mut group = c.benchmark_group("hash-encoder");
+    for (id, encoder) in [("wasm-fuel", &metered), ("wasm-no-fuel", &unmetered)] {
+        group.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter(|| encoder.embed(black_box(&batch), &Limits::default(), Seed::from(1)).unwrap())
+        });
+    }
+    group.bench_function(BenchmarkId::from_parameter("native"), |b| {
+        b.iter(|| texts.iter().map(|t| hash_encoder::embed_text(black_box(t))).collect::<Vec<_>>())
+    });
+    group.finish();
+}
+
+/// The same component driven by wasmtime with defaults: the baseline for
+/// what the sandbox adds to a fresh instance.
+mod bare {
+    use wasmtime::component::{Component, Linker, ResourceTable};
+    use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    wasmtime::component::bindgen!({ path: "../wit", world: "encoder" });
+
+    struct State {
+        wasi: WasiCtx,
+        table: ResourceTable,
+    }
+
+    impl WasiView for State {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        }
+    }
+
+    pub struct Bare {
+        engine: Engine,
+        pre: EncoderPre<State>,
+    }
+
+    impl Bare {
+        pub fn new(path: &str) -> Bare {
+            let mut config = Config::new();
+            config.allocation_strategy(InstanceAllocationStrategy::pooling());
+            let engine = Engine::new(&config).unwrap();
+            let component = Component::from_file(&engine, path).unwrap();
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+            linker.define_unknown_imports_as_traps(&component).unwrap();
+            let pre = EncoderPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+            Bare { engine, pre }
+        }
+
+        pub fn embed(&self, inputs: &[Vec<u8>]) -> Vec<Vec<f32>> {
+            let state = State { wasi: WasiCtx::builder().build(), table: ResourceTable::new() };
+            let mut store = Store::new(&self.engine, state);
+            let encoder = self.pre.instantiate(&mut store).unwrap();
+            encoder.call_embed(&mut store, inputs).unwrap().unwrap()
+        }
+    }
+}
+
+/// One line of BENCHMARKS.md: `measured` ÷ `baseline`, both criterion ids.
+struct Figure {
+    name: &'static str,
+    measured: &'static str,
+    baseline: &'static str,
+    target: &'static str,
+    meets: fn(ratio: f64, measured_ns: f64) -> bool,
+}
+
+const FIGURES: &[Figure] = &[
+    Figure {
+        name: "Fresh pooled instance + one trivial `embed` (sandbox ÷ bare wasmtime)",
+        measured: "instantiate/soma",
+        baseline: "instantiate/bare-wasmtime",
+        target: "median ≤ 20 µs",
+        meets: |_, ns| ns <= 20_000.0,
+    },
+    Figure {
+        name: "Hash encoder, 64 sentences: wasm component ÷ native Rust",
+        measured: "hash-encoder/wasm-fuel",
+        baseline: "hash-encoder/native",
+        target: "≤ 1.5×",
+        meets: |ratio, _| ratio <= 1.5,
+    },
+    Figure {
+        name: "Hash encoder, 64 sentences: fuel metering on ÷ off",
+        measured: "hash-encoder/wasm-fuel",
+        baseline: "hash-encoder/wasm-no-fuel",
+        target: "≤ 1.25×",
+        meets: |ratio, _| ratio <= 1.25,
+    },
+];
+
+/// Median time per iteration, in nanoseconds, of a criterion benchmark.
+fn median_ns(dir: &Path, id: &str) -> f64 {
+    let file = dir.join(id).join("new/estimates.json");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let json: Value = serde_json::from_str(&text).unwrap();
+    json["median"]["point_estimate"].as_f64().unwrap()
+}
+
+fn human(ns: f64) -> String {
+    match ns {
+        ns if ns < 1e3 => format!("{ns:.0} ns"),
+        ns if ns < 1e6 => format!("{:.1} µs", ns / 1e3),
+        ns => format!("{:.2} ms", ns / 1e6),
+    }
+}
+
+fn report(dir: &Path) -> String {
+    let mut md = String::from(
+        "# Benchmarks\n\n\
+         Written by `cargo xtask bench` (criterion medians; every ratio compares two figures \
+         measured in the same run on the same machine).\n\n\
+         | Figure | Ratio | Measured | Baseline | Target | Met |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for f in FIGURES {
+        let (measured, baseline) = (median_ns(dir, f.measured), median_ns(dir, f.baseline));
+        let ratio = measured / baseline;
+        let met = if (f.meets)(ratio, measured) { "yes" } else { "**no**" };
+        writeln!(
+            md,
+            "| {} | {ratio:.2}× | {} | {} | {} | {met} |",
+            f.name,
+            human(measured),
+            human(baseline),
+            f.target
+        )
+        .unwrap();
+    }
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    writeln!(md, "\nMachine: {} {}, {cpus} CPUs.", std::env::consts::OS, std::env::consts::ARCH).unwrap();
+    md
+}
+
+fn main() {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let out = workspace.join("target/criterion");
+    let mut c = Criterion::default()
+        .output_directory(&out)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    instantiate(&mut c);
+    hash_encoder(&mut c);
+    c.final_summary();
+    let md = report(&out);
+    std::fs::write(workspace.join("BENCHMARKS.md"), &md).unwrap();
+    println!("\n{md}");
+}

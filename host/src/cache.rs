@@ -1,0 +1,134 @@
+//! The compiled-component cache.
+//!
+//! Compiling a component takes milliseconds to seconds; loading its compiled
+//! form takes microseconds. But loading compiled code is `unsafe`: the bytes
+//! are machine code the process will jump into. So the cache only ever loads
+//! bytes this node compiled itself: each entry carries a keyed blake3 MAC,
+//! under a secret key that never leaves this node's data directory, over the
+//! component digest, the engine's compatibility hash and the compiled bytes.
+//! An entry that is corrupt, truncated, written by someone else or made by an
+//! incompatible engine fails the check (or deserialisation) and is discarded
+//! and recompiled.
+//!
+//! ```text
+//! <dir>/cache.key                             32 random bytes, mode 0600
+//! <dir>/compiled/<digest>-<engine hash>.cwasm MAC (32) ‖ compiled component
+//! ```
+
+use crate::digest::Digest;
+use crate::keyfile::private_file;
+use crate::store::{StoreError, write_atomically};
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use wasmtime::component::Component;
+
+/// How a component was obtained from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// A valid entry was loaded.
+    Hit,
+    /// There was no entry: the component was compiled and stored.
+    Miss,
+    /// The entry was invalid: it was discarded, and the component compiled
+    /// and stored again.
+    Recompiled,
+}
+
+/// Compiled components on disk, keyed by (component digest, engine).
+pub struct CompiledCache {
+    dir: PathBuf,
+    key: [u8; 32],
+}
+
+impl CompiledCache {
+    /// Opens (creating if needed) the cache under `dir`, creating the node's
+    /// cache key on first use.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<CompiledCache, StoreError> {
+        let dir = dir.into();
+        for sub in ["compiled", "tmp"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(|source| StoreError::Io { action: "cannot create", path, source })?;
+        }
+        let key = load_or_create_key(&dir.join("cache.key"))?;
+        Ok(CompiledCache { dir, key })
+    }
+
+    /// The compiled form of `wasm` (whose digest is `digest`) for `engine`,
+    /// from the cache when a valid entry exists, else compiled and stored.
+    pub(crate) fn component(
+        &self,
+        engine: &wasmtime::Engine,
+        digest: &Digest,
+        wasm: &[u8],
+    ) -> Result<(Component, CacheOutcome), crate::Error> {
+        let engine_hash = engine_hash(engine);
+        let path = self.dir.join("compiled").join(format!("{digest}-{engine_hash:016x}.cwasm"));
+        let outcome = match fs::read(&path) {
+            Ok(entry) => match self.load(engine, digest, engine_hash, &entry) {
+                Some(component) => return Ok((component, CacheOutcome::Hit)),
+                None => {
+                    tracing::warn!(path = %path.display(), "discarding invalid compiled-component cache entry");
+                    let _ = fs::remove_file(&path);
+                    CacheOutcome::Recompiled
+                }
+            },
+            Err(_) => CacheOutcome::Miss,
+        };
+        let compiled = engine.precompile_component(wasm).map_err(|e| crate::Error::Compile(format!("{e:#}")))?;
+        // SAFETY: these bytes were produced by `precompile_component` on this
+        // very engine a moment ago.
+        let component = unsafe { Component::deserialize(engine, &compiled) }
+            .map_err(|e| crate::Error::Host(format!("cannot load freshly compiled code: {e:#}")))?;
+        let mut entry = self.mac(digest, engine_hash, &compiled).to_vec();
+        entry.extend_from_slice(&compiled);
+        // A cache that cannot be written is slower, not broken.
+        if let Err(e) = write_atomically(&self.dir.join("tmp"), &path, &entry) {
+            tracing::warn!("cannot write compiled-component cache entry: {e}");
+        }
+        Ok((component, outcome))
+    }
+
+    /// Deserialises an entry if and only if its MAC proves this node wrote it.
+    fn load(&self, engine: &wasmtime::Engine, digest: &Digest, engine_hash: u64, entry: &[u8]) -> Option<Component> {
+        let (mac, compiled) = entry.split_first_chunk::<32>()?;
+        if blake3::Hash::from(*mac) != blake3::Hash::from(self.mac(digest, engine_hash, compiled)) {
+            return None;
+        }
+        // SAFETY: the MAC, under a key only this node holds, shows that this
+        // node wrote exactly these bytes from `precompile_component` for this
+        // component and this engine configuration.
+        unsafe { Component::deserialize(engine, compiled) }.ok()
+    }
+
+    fn mac(&self, digest: &Digest, engine_hash: u64, compiled: &[u8]) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.key);
+        hasher.update(&digest.0).update(&engine_hash.to_le_bytes()).update(compiled);
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// Identifies the engine configuration compiled code is valid for.
+fn engine_hash(engine: &wasmtime::Engine) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.finish()
+}
+
+fn load_or_create_key(path: &Path) -> Result<[u8; 32], StoreError> {
+    let io_err = |action| move |source| StoreError::Io { action, path: path.to_path_buf(), source };
+    match fs::read(path) {
+        Ok(bytes) => bytes.try_into().map_err(|b: Vec<u8>| {
+            io_err("invalid cache key in")(io::Error::other(format!("{} bytes, expected 32", b.len())))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| io_err("cannot generate")(io::Error::other(e.to_string())))?;
+            let mut file = private_file(path).map_err(io_err("cannot create"))?;
+            file.write_all(&key).and_then(|()| file.sync_all()).map_err(io_err("cannot write"))?;
+            Ok(key)
+        }
+        Err(e) => Err(io_err("cannot read")(e)),
+    }
+}

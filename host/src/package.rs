@@ -1,0 +1,578 @@
+//! Signed encoder packages.
+//!
+//! A package is what an encoder author publishes and a validator loads: a
+//! [`Manifest`] describing the encoder and naming every blob by digest and
+//! size, an ed25519 signature over the manifest, and the blobs themselves
+//! (the component, then the models in manifest order).
+//!
+//! ```text
+//! package  = "SOMAPKG1" ‖ u32 manifest length ‖ manifest ‖ signature (64)
+//!            ‖ component bytes ‖ model bytes ...
+//! manifest = "SOMAMFv1" ‖ str name ‖ str version ‖ str world ‖ u32 dimension
+//!            ‖ u64 fuel limit ‖ u8 modality ‖ blob component
+//!            ‖ u16 model count ‖ (str name ‖ blob)* ‖ signer key (32)
+//! blob     = digest (32) ‖ u64 size        str = u16 length ‖ UTF-8
+//! ```
+//!
+//! Integers are little-endian. The encoding is canonical: decoding refuses
+//! anything [`Manifest::encode`] would not produce (unsorted or duplicate
+//! model names, trailing bytes, out-of-range values), so a manifest has one
+//! byte string and one digest. The package digest is the blake3 of the
+//! manifest bytes; the signature is by the manifest's signer over them in
+//! [`Domain::EncoderPackage`]. Every length is checked against a limit
+//! before anything is allocated for it.
+
+use crate::digest::Digest;
+use crate::encoder::{EncoderInfo, Modality};
+use serde::Serialize;
+use soma_crypto::{Domain, PublicKey, SecretKey, Signature};
+use std::fmt;
+
+/// The WIT world every package's component must implement.
+pub const WORLD: &str = "soma:encoder/encoder@0.1.0";
+
+/// Largest manifest, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+/// Most models in one package.
+pub const MAX_MODELS: usize = 16;
+/// Largest component, in bytes.
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+/// Largest model blob, in bytes.
+pub const MAX_MODEL_BYTES: u64 = 1 << 30;
+/// Longest name (of the encoder or of a model), in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest version or world string, in bytes.
+pub const MAX_VERSION_BYTES: usize = 64;
+
+const PACKAGE_MAGIC: &[u8; 8] = b"SOMAPKG1";
+const MANIFEST_MAGIC: &[u8; 8] = b"SOMAMFv1";
+
+/// Why a package was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackageError {
+    /// The bytes do not start like a package (or a manifest).
+    #[error("not a Soma encoder package (bad magic bytes)")]
+    BadMagic,
+    /// The bytes end before `what` is complete.
+    #[error("package is truncated: it ends inside the {what}")]
+    Truncated {
+        /// The part that is cut short.
+        what: String,
+    },
+    /// Bytes follow the last blob.
+    #[error("package has {0} unexpected bytes after its last blob")]
+    TrailingBytes(u64),
+    /// The manifest names a blob whose bytes are absent.
+    #[error("manifest names the {0}, but the package does not contain it")]
+    MissingBlob(String),
+    /// A length or count exceeds its limit.
+    #[error("{field} is {size}, over the limit of {max}")]
+    TooLarge {
+        /// Which field.
+        field: &'static str,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A manifest field is not in canonical form.
+    #[error("malformed manifest: {0}")]
+    Malformed(String),
+    /// The package targets a world this host does not implement.
+    #[error("package targets world `{found}`; this host implements `{WORLD}`")]
+    UnsupportedWorld {
+        /// The world the manifest names.
+        found: String,
+    },
+    /// The signer field is not a valid ed25519 key.
+    #[error("manifest signer is not a valid ed25519 public key")]
+    InvalidSigner,
+    /// The signature does not verify under the manifest's signer.
+    #[error("package signature does not verify for signer {signer}")]
+    BadSignature {
+        /// The claimed signer.
+        signer: PublicKey,
+    },
+    /// The package verifies but was signed by a key the caller does not trust.
+    #[error("package is signed by {signer}, not by the trusted key {trusted}")]
+    UntrustedSigner {
+        /// Who signed it.
+        signer: PublicKey,
+        /// Whom the caller trusts.
+        trusted: PublicKey,
+    },
+    /// A blob's bytes do not hash to the digest the manifest records.
+    #[error("{blob} does not match the manifest: digest {actual}, expected {expected}")]
+    DigestMismatch {
+        /// Which blob.
+        blob: String,
+        /// Digest in the manifest.
+        expected: Digest,
+        /// Digest of the bytes.
+        actual: Digest,
+    },
+}
+
+/// A blob named by digest and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BlobRef {
+    /// blake3 of the bytes.
+    pub digest: Digest,
+    /// Length of the bytes.
+    pub size: u64,
+}
+
+impl BlobRef {
+    /// The reference to `bytes`.
+    pub fn to(bytes: &[u8]) -> BlobRef {
+        BlobRef { digest: Digest::of(bytes), size: bytes.len() as u64 }
+    }
+}
+
+/// A model blob shipped in a package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelRef {
+    /// The file name the author gave it, e.g. `model.onnx`.
+    pub name: String,
+    /// Its bytes.
+    pub blob: BlobRef,
+}
+
+/// What a package declares about its encoder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    /// Encoder name; must equal what the component's `info()` says.
+    pub name: String,
+    /// Encoder version; must equal what the component's `info()` says.
+    pub version: String,
+    /// The WIT world, [`WORLD`].
+    pub world: String,
+    /// Output dimension; must equal the component's.
+    pub dimension: u32,
+    /// Most fuel one `embed` call of this encoder may use.
+    pub fuel_limit: u64,
+    /// Input kind; must equal the component's.
+    pub modality: Modality,
+    /// The component.
+    pub component: BlobRef,
+    /// The models, sorted by name.
+    pub models: Vec<ModelRef>,
+    /// The key that signs the package.
+    #[serde(serialize_with = "serialize_display")]
+    pub signer: PublicKey,
+}
+
+fn serialize_display<S: serde::Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl Manifest {
+    /// The canonical bytes of the manifest.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(MANIFEST_MAGIC);
+        put_str(&mut out, &self.name);
+        put_str(&mut out, &self.version);
+        put_str(&mut out, &self.world);
+        out.extend_from_slice(&self.dimension.to_le_bytes());
+        out.extend_from_slice(&self.fuel_limit.to_le_bytes());
+        out.push(modality_code(self.modality));
+        put_blob(&mut out, &self.component);
+        out.extend_from_slice(&(self.models.len() as u16).to_le_bytes());
+        for model in &self.models {
+            put_str(&mut out, &model.name);
+            put_blob(&mut out, &model.blob);
+        }
+        out.extend_from_slice(&self.signer.to_bytes());
+        out
+    }
+
+    /// Parses canonical manifest bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, PackageError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(too_large("manifest size", bytes.len() as u64, MAX_MANIFEST_BYTES as u64));
+        }
+        let mut r = Reader { bytes, what: "manifest" };
+        if r.take(8)? != MANIFEST_MAGIC {
+            return Err(PackageError::BadMagic);
+        }
+        let name = r.str("encoder name", MAX_NAME_BYTES)?;
+        let version = r.str("version", MAX_VERSION_BYTES)?;
+        let world = r.str("world", MAX_VERSION_BYTES)?;
+        let dimension = r.u32()?;
+        let fuel_limit = r.u64()?;
+        let modality = modality_from_code(r.u8()?)?;
+        let component = r.blob("component size", MAX_COMPONENT_BYTES)?;
+        let count = usize::from(r.u16()?);
+        if count > MAX_MODELS {
+            return Err(too_large("model count", count as u64, MAX_MODELS as u64));
+        }
+        let mut models: Vec<ModelRef> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name = r.str("model name", MAX_NAME_BYTES)?;
+            if models.last().is_some_and(|prev| prev.name >= name) {
+                return Err(PackageError::Malformed(format!(
+                    "model names must be unique and sorted; `{name}` is out of place"
+                )));
+            }
+            models.push(ModelRef { name, blob: r.blob("model size", MAX_MODEL_BYTES)? });
+        }
+        let signer = PublicKey::from_bytes(r.array()?).map_err(|_| PackageError::InvalidSigner)?;
+        if !r.bytes.is_empty() {
+            return Err(PackageError::Malformed(format!("{} bytes after the signer key", r.bytes.len())));
+        }
+        if world != WORLD {
+            return Err(PackageError::UnsupportedWorld { found: world });
+        }
+        if dimension == 0 {
+            return Err(PackageError::Malformed("dimension is 0".into()));
+        }
+        Ok(Manifest { name, version, world, dimension, fuel_limit, modality, component, models, signer })
+    }
+
+    /// Checks that a component's `info()` agrees with this manifest, saying
+    /// which field differs if not.
+    pub fn check_info(&self, info: &EncoderInfo) -> Result<(), String> {
+        let differs = |field: &str, manifest: &dyn fmt::Debug, component: &dyn fmt::Debug| {
+            Err(format!("{field}: manifest says {manifest:?}, component says {component:?}"))
+        };
+        if self.name != info.name {
+            return differs("name", &self.name, &info.name);
+        }
+        if self.version != info.version {
+            return differs("version", &self.version, &info.version);
+        }
+        if self.dimension != info.dimension {
+            return differs("dimension", &self.dimension, &info.dimension);
+        }
+        if self.modality != info.modality {
+            return differs("modality", &self.modality, &info.modality);
+        }
+        Ok(())
+    }
+
+    /// The package digest: blake3 of the canonical manifest bytes.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.encode())
+    }
+}
+
+/// A package as read from bytes: parsed, not yet verified.
+#[derive(Debug, Clone)]
+pub struct Package {
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    signature: Signature,
+    component: Vec<u8>,
+    models: Vec<Vec<u8>>,
+}
+
+/// A package whose signature and blobs have been checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedPackage(Package);
+
+impl Package {
+    /// Builds and signs a package. Model names must be unique; they are
+    /// sorted here.
+    pub fn sign(
+        key: &SecretKey,
+        mut meta: Manifest,
+        component: Vec<u8>,
+        mut models: Vec<(String, Vec<u8>)>,
+    ) -> Result<VerifiedPackage, PackageError> {
+        models.sort_by(|a, b| a.0.cmp(&b.0));
+        meta.signer = key.public_key();
+        meta.component = BlobRef::to(&component);
+        meta.models = models
+            .iter()
+            .map(|(name, bytes)| ModelRef { name: name.clone(), blob: BlobRef::to(bytes) })
+            .collect();
+        let manifest_bytes = meta.encode();
+        // Round-trip through the decoder so that a package this function
+        // produces is always one the decoder accepts.
+        let manifest = Manifest::decode(&manifest_bytes)?;
+        let signature = key.sign(Domain::EncoderPackage, &manifest_bytes);
+        let models = models.into_iter().map(|(_, bytes)| bytes).collect();
+        Package { manifest, manifest_bytes, signature, component, models }.verify(None)
+    }
+
+    /// Parses package bytes; checks the form, not the signature or digests.
+    pub fn decode(bytes: &[u8]) -> Result<Package, PackageError> {
+        let mut r = Reader { bytes, what: "package header" };
+        let (manifest, manifest_bytes, signature) = read_header(&mut r)?;
+        let component = r.blob_bytes("component", manifest.component.size)?.to_vec();
+        let mut models = Vec::with_capacity(manifest.models.len());
+        for model in &manifest.models {
+            models.push(r.blob_bytes(&format!("model `{}`", model.name), model.blob.size)?.to_vec());
+        }
+        if !r.bytes.is_empty() {
+            return Err(PackageError::TrailingBytes(r.bytes.len() as u64));
+        }
+        Ok(Package { manifest, manifest_bytes: manifest_bytes.to_vec(), signature, component, models })
+    }
+
+    /// Parses a package header alone (what [`VerifiedPackage::header`]
+    /// writes): the blobs are stored elsewhere.
+    pub(crate) fn decode_header(bytes: &[u8]) -> Result<Manifest, PackageError> {
+        let mut r = Reader { bytes, what: "package header" };
+        let (manifest, _, _) = read_header(&mut r)?;
+        if !r.bytes.is_empty() {
+            return Err(PackageError::TrailingBytes(r.bytes.len() as u64));
+        }
+        Ok(manifest)
+    }
+
+    /// The parsed manifest (unverified until [`Package::verify`]).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Checks the signature (and, with `trusted`, the signer) and every
+    /// blob's digest.
+    pub fn verify(self, trusted: Option<&PublicKey>) -> Result<VerifiedPackage, PackageError> {
+        let signer = self.manifest.signer;
+        signer
+            .verify(Domain::EncoderPackage, &self.manifest_bytes, &self.signature)
+            .map_err(|_| PackageError::BadSignature { signer })?;
+        if let Some(trusted) = trusted.filter(|t| **t != signer) {
+            return Err(PackageError::UntrustedSigner { signer, trusted: *trusted });
+        }
+        check_blob("component", &self.manifest.component, &self.component)?;
+        for (model, bytes) in self.manifest.models.iter().zip(&self.models) {
+            check_blob(&format!("model `{}`", model.name), &model.blob, bytes)?;
+        }
+        Ok(VerifiedPackage(self))
+    }
+}
+
+impl VerifiedPackage {
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.0.manifest
+    }
+
+    /// The package digest.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.0.manifest_bytes)
+    }
+
+    /// The component bytes.
+    pub fn component(&self) -> &[u8] {
+        &self.0.component
+    }
+
+    /// Each model's reference and bytes, in manifest order.
+    pub fn models(&self) -> impl Iterator<Item = (&ModelRef, &[u8])> {
+        self.0.manifest.models.iter().zip(self.0.models.iter().map(Vec::as_slice))
+    }
+
+    /// The canonical manifest bytes and the signature over them.
+    pub fn signed_manifest(&self) -> (&[u8], &Signature) {
+        (&self.0.manifest_bytes, &self.0.signature)
+    }
+
+    /// The package file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.header();
+        out.extend_from_slice(&self.0.component);
+        for model in &self.0.models {
+            out.extend_from_slice(model);
+        }
+        out
+    }
+
+    /// The package without its blobs: magic, manifest and signature.
+    pub(crate) fn header(&self) -> Vec<u8> {
+        let p = &self.0;
+        let mut out = Vec::with_capacity(8 + 4 + p.manifest_bytes.len() + 64);
+        out.extend_from_slice(PACKAGE_MAGIC);
+        out.extend_from_slice(&(p.manifest_bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&p.manifest_bytes);
+        out.extend_from_slice(&p.signature.0);
+        out
+    }
+}
+
+/// Reads magic, manifest and signature.
+fn read_header<'a>(r: &mut Reader<'a>) -> Result<(Manifest, &'a [u8], Signature), PackageError> {
+    if r.take(8)? != PACKAGE_MAGIC {
+        return Err(PackageError::BadMagic);
+    }
+    let manifest_len = r.u32()? as usize;
+    if manifest_len > MAX_MANIFEST_BYTES {
+        return Err(too_large("manifest size", manifest_len as u64, MAX_MANIFEST_BYTES as u64));
+    }
+    r.what = "manifest";
+    let manifest_bytes = r.take(manifest_len)?;
+    let manifest = Manifest::decode(manifest_bytes)?;
+    r.what = "signature";
+    let signature = Signature(*r.array()?);
+    Ok((manifest, manifest_bytes, signature))
+}
+
+/// Whether `bytes` start like a package (as opposed to a bare component).
+pub fn is_package(bytes: &[u8]) -> bool {
+    bytes.starts_with(PACKAGE_MAGIC)
+}
+
+fn check_blob(what: &str, expected: &BlobRef, bytes: &[u8]) -> Result<(), PackageError> {
+    let actual = Digest::of(bytes);
+    if actual != expected.digest {
+        return Err(PackageError::DigestMismatch { blob: what.into(), expected: expected.digest, actual });
+    }
+    Ok(())
+}
+
+fn too_large(field: &'static str, size: u64, max: u64) -> PackageError {
+    PackageError::TooLarge { field, size, max }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_blob(out: &mut Vec<u8>, blob: &BlobRef) {
+    out.extend_from_slice(&blob.digest.0);
+    out.extend_from_slice(&blob.size.to_le_bytes());
+}
+
+fn modality_code(m: Modality) -> u8 {
+    match m {
+        Modality::Text => 0,
+        Modality::Image => 1,
+        Modality::Audio => 2,
+        Modality::Bytes => 3,
+    }
+}
+
+fn modality_from_code(code: u8) -> Result<Modality, PackageError> {
+    Ok(match code {
+        0 => Modality::Text,
+        1 => Modality::Image,
+        2 => Modality::Audio,
+        3 => Modality::Bytes,
+        _ => return Err(PackageError::Malformed(format!("unknown modality code {code}"))),
+    })
+}
+
+/// A cursor over untrusted bytes that never reads past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    /// What is being read, for truncation errors.
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PackageError> {
+        if self.bytes.len() < n {
+            return Err(PackageError::Truncated { what: self.what.into() });
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<&'a [u8; N], PackageError> {
+        Ok(self.take(N)?.try_into().expect("take returns N bytes"))
+    }
+
+    fn u8(&mut self) -> Result<u8, PackageError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, PackageError> {
+        Ok(u16::from_le_bytes(*self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, PackageError> {
+        Ok(u32::from_le_bytes(*self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, PackageError> {
+        Ok(u64::from_le_bytes(*self.array()?))
+    }
+
+    fn str(&mut self, field: &'static str, max: usize) -> Result<String, PackageError> {
+        let len = usize::from(self.u16()?);
+        if len > max {
+            return Err(too_large(field, len as u64, max as u64));
+        }
+        if len == 0 {
+            return Err(PackageError::Malformed(format!("{field} is empty")));
+        }
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| PackageError::Malformed(format!("{field} is not UTF-8")))
+    }
+
+    fn blob(&mut self, field: &'static str, max: u64) -> Result<BlobRef, PackageError> {
+        let digest = Digest(*self.array()?);
+        let size = self.u64()?;
+        if size > max {
+            return Err(too_large(field, size, max));
+        }
+        Ok(BlobRef { digest, size })
+    }
+
+    /// The `size` bytes of a blob named `what`: missing if none are left,
+    /// truncated if some are.
+    fn blob_bytes(&mut self, what: &str, size: u64) -> Result<&'a [u8], PackageError> {
+        if self.bytes.is_empty() && size > 0 {
+            return Err(PackageError::MissingBlob(what.into()));
+        }
+        let size = usize::try_from(size).map_err(|_| too_large("blob size", size, usize::MAX as u64))?;
+        if self.bytes.len() < size {
+            return Err(PackageError::Truncated { what: what.into() });
+        }
+        Ok(self.take(size).expect("length checked"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "enc".into(),
+            version: "1.0.0".into(),
+            world: WORLD.into(),
+            dimension: 384,
+            fuel_limit: 1_000_000,
+            modality: Modality::Text,
+            component: BlobRef::to(b""),
+            models: vec![],
+            signer: SecretKey::from_bytes(&[0; 32]).public_key(),
+        }
+    }
+
+    fn signed() -> VerifiedPackage {
+        let models = vec![("b.onnx".into(), b"model b".to_vec()), ("a.onnx".into(), b"model a".to_vec())];
+        Package::sign(&SecretKey::from_bytes(&[7; 32]), manifest(), b"component".to_vec(), models).unwrap()
+    }
+
+    #[test]
+    fn packages_round_trip_and_sort_models() {
+        let package = signed();
+        assert_eq!(package.manifest().models[0].name, "a.onnx");
+        let decoded = Package::decode(&package.encode()).unwrap().verify(None).unwrap();
+        assert_eq!(decoded.manifest(), package.manifest());
+        assert_eq!(decoded.digest(), package.digest());
+        let models: Vec<_> = decoded.models().map(|(m, b)| (m.name.as_str(), b)).collect();
+        assert_eq!(models, [("a.onnx", &b"model a"[..]), ("b.onnx", &b"model b"[..])]);
+    }
+
+    #[test]
+    fn non_canonical_manifests_are_refused() {
+        let mut m = manifest();
+        m.models = vec![
+            ModelRef { name: "b".into(), blob: BlobRef::to(b"") },
+            ModelRef { name: "a".into(), blob: BlobRef::to(b"") },
+        ];
+        assert!(matches!(Manifest::decode(&m.encode()), Err(PackageError::Malformed(_))));
+        let mut bytes = manifest().encode();
+        bytes.push(0);
+        assert!(matches!(Manifest::decode(&bytes), Err(PackageError::Malformed(_))));
+    }
+}
