@@ -90,7 +90,7 @@ impl SecretKey {
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey(self.0.verifying_key().to_bytes())
     }
 
     /// Signs `message` for `domain`.
@@ -105,14 +105,19 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-/// An ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(VerifyingKey);
+/// An ed25519 public key: 32 bytes known to encode a curve point.
+///
+/// Kept compressed so that keys are cheap to copy and to carry in errors;
+/// the point is decompressed for each verification.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; 32]);
 
 impl PublicKey {
     /// Parses 32 bytes, refusing those that are not a curve point.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, Error> {
-        VerifyingKey::from_bytes(bytes).map(PublicKey).map_err(|_| Error::InvalidPublicKey)
+        VerifyingKey::from_bytes(bytes)
+            .map(|_| PublicKey(*bytes))
+            .map_err(|_| Error::InvalidPublicKey)
     }
 
     /// Parses the 64-character hex form [`fmt::Display`] prints.
@@ -122,16 +127,21 @@ impl PublicKey {
 
     /// The 32 bytes of the key.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.0
     }
 
     /// Checks that `signature` signs `message` for `domain` under this key,
     /// with ed25519-dalek's strict rule (no small-order keys or
     /// non-canonical encodings).
-    pub fn verify(&self, domain: Domain, message: &[u8], signature: &Signature) -> Result<(), Error> {
+    pub fn verify(
+        &self,
+        domain: Domain,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), Error> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| Error::InvalidPublicKey)?;
         let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
-        self.0
-            .verify_strict(&domain.signing_digest(message), &signature)
+        key.verify_strict(&domain.signing_digest(message), &signature)
             .map_err(|_| Error::BadSignature)
     }
 }
@@ -159,9 +169,14 @@ impl fmt::Debug for Signature {
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Result<[u8; N], Error> {
-    let bad = |reason: String| Error::BadHex { expected: N, reason };
+    let bad = |reason: String| Error::BadHex {
+        expected: N,
+        reason,
+    };
     let bytes = hex::decode(text.trim()).map_err(|e| bad(e.to_string()))?;
-    bytes.try_into().map_err(|b: Vec<u8>| bad(format!("got {} bytes", b.len())))
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| bad(format!("got {} bytes", b.len())))
 }
 
 #[cfg(test)]
@@ -177,9 +192,14 @@ mod tests {
         let sig = key(1).sign(Domain::EncoderPackage, b"manifest");
         let pk = key(1).public_key();
         assert_eq!(pk.verify(Domain::EncoderPackage, b"manifest", &sig), Ok(()));
-        assert_eq!(pk.verify(Domain::EncoderPackage, b"manifesT", &sig), Err(Error::BadSignature));
         assert_eq!(
-            key(2).public_key().verify(Domain::EncoderPackage, b"manifest", &sig),
+            pk.verify(Domain::EncoderPackage, b"manifesT", &sig),
+            Err(Error::BadSignature)
+        );
+        assert_eq!(
+            key(2)
+                .public_key()
+                .verify(Domain::EncoderPackage, b"manifest", &sig),
             Err(Error::BadSignature)
         );
     }
@@ -190,7 +210,11 @@ mod tests {
             let sig = key(3).sign(signed, b"the same bytes");
             for checked in Domain::ALL {
                 let result = key(3).public_key().verify(checked, b"the same bytes", &sig);
-                assert_eq!(result.is_ok(), signed == checked, "{signed:?} checked as {checked:?}");
+                assert_eq!(
+                    result.is_ok(),
+                    signed == checked,
+                    "{signed:?} checked as {checked:?}"
+                );
             }
         }
         // Not a prefix of one another, so tag ‖ message cannot collide.
@@ -210,14 +234,23 @@ mod tests {
         let pk = PublicKey::from_bytes(&identity).unwrap();
         let mut sig = [0u8; 64];
         sig[0] = 1;
-        assert_eq!(pk.verify(Domain::Transaction, b"anything", &Signature(sig)), Err(Error::BadSignature));
+        assert_eq!(
+            pk.verify(Domain::Transaction, b"anything", &Signature(sig)),
+            Err(Error::BadSignature)
+        );
     }
 
     #[test]
     fn hex_round_trips_and_rejects_junk() {
         let pk = key(4).public_key();
         assert_eq!(PublicKey::from_hex(&pk.to_string()), Ok(pk));
-        assert!(matches!(PublicKey::from_hex("abcd"), Err(Error::BadHex { expected: 32, .. })));
-        assert!(matches!(PublicKey::from_hex("zz"), Err(Error::BadHex { .. })));
+        assert!(matches!(
+            PublicKey::from_hex("abcd"),
+            Err(Error::BadHex { expected: 32, .. })
+        ));
+        assert!(matches!(
+            PublicKey::from_hex("zz"),
+            Err(Error::BadHex { .. })
+        ));
     }
 }

@@ -21,14 +21,21 @@ fn main() {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     for guest in GUESTS {
-        println!("cargo:rerun-if-changed={}", workspace.join("examples").join(guest).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join("examples").join(guest).display()
+        );
     }
 
     check_target_installed();
 
     // `OUT_DIR` is `<target>/<profile>/build/<pkg>/out`: sharing one guest
     // target directory across profiles builds each guest once.
-    let guest_target = out_dir.ancestors().nth(4).unwrap_or(&out_dir).join("guests");
+    let guest_target = out_dir
+        .ancestors()
+        .nth(4)
+        .unwrap_or(&out_dir)
+        .join("guests");
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(&workspace)
         .args(["build", "--release", "--target", TARGET, "--target-dir"])
@@ -37,10 +44,17 @@ fn main() {
         cmd.args(["--package", guest]);
     }
     // The outer build's flags are for the host, not for the guests.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("failed to run cargo for the example components");
+    let status = cmd
+        .status()
+        .expect("failed to run cargo for the example components");
     if !status.success() {
         panic!("building the example components for {TARGET} failed (see the cargo output above)");
     }
@@ -49,7 +63,11 @@ fn main() {
     let mut generated = String::new();
     for guest in GUESTS {
         let file = release.join(format!("{}.wasm", guest.replace('-', "_")));
-        assert!(file.exists(), "cargo built {guest} but {} is missing", file.display());
+        assert!(
+            file.exists(),
+            "cargo built {guest} but {} is missing",
+            file.display()
+        );
         generated += &format!(
             "/// Path of the `{guest}` example component.\npub const {}: &str = {:?};\n",
             guest.replace('-', "_").to_uppercase(),

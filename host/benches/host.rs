@@ -26,7 +26,9 @@ fn corpus() -> Vec<Vec<u8>> {
         "Short.",
         "Distributed validators agree on the order of transactions with a DAG consensus protocol.",
     ];
-    (0..64).map(|i| format!("{} #{i}", base[i % base.len()]).into_bytes()).collect()
+    (0..64)
+        .map(|i| format!("{} #{i}", base[i % base.len()]).into_bytes())
+        .collect()
 }
 
 fn load(engine: &Engine, path: &str) -> Encoder {
@@ -41,26 +43,50 @@ fn instantiate(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("instantiate");
     group.bench_function("soma", |b| {
-        b.iter(|| hostile.embed(black_box(&trivial), &Limits::default(), Seed::from(1)).unwrap())
+        b.iter(|| {
+            hostile
+                .embed(black_box(&trivial), &Limits::default(), Seed::from(1))
+                .unwrap()
+        })
     });
-    group.bench_function("bare-wasmtime", |b| b.iter(|| bare.embed(black_box(&trivial))));
+    group.bench_function("bare-wasmtime", |b| {
+        b.iter(|| bare.embed(black_box(&trivial)))
+    });
     group.finish();
 }
 
 fn hash_encoder(c: &mut Criterion) {
-    let metered = load(&Engine::new().unwrap(), soma_examples_artifacts::HASH_ENCODER);
-    let unmetered = load(&Engine::without_fuel_metering().unwrap(), soma_examples_artifacts::HASH_ENCODER);
+    let metered = load(
+        &Engine::new().unwrap(),
+        soma_examples_artifacts::HASH_ENCODER,
+    );
+    let unmetered = load(
+        &Engine::without_fuel_metering().unwrap(),
+        soma_examples_artifacts::HASH_ENCODER,
+    );
     let batch = corpus();
-    let texts: Vec<&str> = batch.iter().map(|b| std::str::from_utf8(b).unwrap()).collect();
+    let texts: Vec<&str> = batch
+        .iter()
+        .map(|b| std::str::from_utf8(b).unwrap())
+        .collect();
 
     let mut group = c.benchmark_group("hash-encoder");
     for (id, encoder) in [("wasm-fuel", &metered), ("wasm-no-fuel", &unmetered)] {
         group.bench_function(BenchmarkId::from_parameter(id), |b| {
-            b.iter(|| encoder.embed(black_box(&batch), &Limits::default(), Seed::from(1)).unwrap())
+            b.iter(|| {
+                encoder
+                    .embed(black_box(&batch), &Limits::default(), Seed::from(1))
+                    .unwrap()
+            })
         });
     }
     group.bench_function(BenchmarkId::from_parameter("native"), |b| {
-        b.iter(|| texts.iter().map(|t| hash_encoder::embed_text(black_box(t))).collect::<Vec<_>>())
+        b.iter(|| {
+            texts
+                .iter()
+                .map(|t| hash_encoder::embed_text(black_box(t)))
+                .collect::<Vec<_>>()
+        })
     });
     group.finish();
 }
@@ -81,7 +107,10 @@ mod bare {
 
     impl WasiView for State {
         fn ctx(&mut self) -> WasiCtxView<'_> {
-            WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
         }
     }
 
@@ -104,7 +133,10 @@ mod bare {
         }
 
         pub fn embed(&self, inputs: &[Vec<u8>]) -> Vec<Vec<f32>> {
-            let state = State { wasi: WasiCtx::builder().build(), table: ResourceTable::new() };
+            let state = State {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            };
             let mut store = Store::new(&self.engine, state);
             let encoder = self.pre.instantiate(&mut store).unwrap();
             encoder.call_embed(&mut store, inputs).unwrap().unwrap()
@@ -172,7 +204,11 @@ fn report(dir: &Path) -> String {
     for f in FIGURES {
         let (measured, baseline) = (median_ns(dir, f.measured), median_ns(dir, f.baseline));
         let ratio = measured / baseline;
-        let met = if (f.meets)(ratio, measured) { "yes" } else { "**no**" };
+        let met = if (f.meets)(ratio, measured) {
+            "yes"
+        } else {
+            "**no**"
+        };
         writeln!(
             md,
             "| {} | {ratio:.2}× | {} | {} | {} | {met} |",
@@ -184,12 +220,21 @@ fn report(dir: &Path) -> String {
         .unwrap();
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    writeln!(md, "\nMachine: {} {}, {cpus} CPUs.", std::env::consts::OS, std::env::consts::ARCH).unwrap();
+    writeln!(
+        md,
+        "\nMachine: {} {}, {cpus} CPUs.",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+    .unwrap();
     md
 }
 
 fn main() {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let out = workspace.join("target/criterion");
     let mut c = Criterion::default()
         .output_directory(&out)

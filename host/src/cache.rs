@@ -49,7 +49,11 @@ impl CompiledCache {
         let dir = dir.into();
         for sub in ["compiled", "tmp"] {
             let path = dir.join(sub);
-            fs::create_dir_all(&path).map_err(|source| StoreError::Io { action: "cannot create", path, source })?;
+            fs::create_dir_all(&path).map_err(|source| StoreError::Io {
+                action: "cannot create",
+                path,
+                source,
+            })?;
         }
         let key = load_or_create_key(&dir.join("cache.key"))?;
         Ok(CompiledCache { dir, key })
@@ -64,7 +68,10 @@ impl CompiledCache {
         wasm: &[u8],
     ) -> Result<(Component, CacheOutcome), crate::Error> {
         let engine_hash = engine_hash(engine);
-        let path = self.dir.join("compiled").join(format!("{digest}-{engine_hash:016x}.cwasm"));
+        let path = self
+            .dir
+            .join("compiled")
+            .join(format!("{digest}-{engine_hash:016x}.cwasm"));
         let outcome = match fs::read(&path) {
             Ok(entry) => match self.load(engine, digest, engine_hash, &entry) {
                 Some(component) => return Ok((component, CacheOutcome::Hit)),
@@ -76,7 +83,9 @@ impl CompiledCache {
             },
             Err(_) => CacheOutcome::Miss,
         };
-        let compiled = engine.precompile_component(wasm).map_err(|e| crate::Error::Compile(format!("{e:#}")))?;
+        let compiled = engine
+            .precompile_component(wasm)
+            .map_err(|e| crate::Error::Compile(format!("{e:#}")))?;
         // SAFETY: these bytes were produced by `precompile_component` on this
         // very engine a moment ago.
         let component = unsafe { Component::deserialize(engine, &compiled) }
@@ -91,7 +100,13 @@ impl CompiledCache {
     }
 
     /// Deserialises an entry if and only if its MAC proves this node wrote it.
-    fn load(&self, engine: &wasmtime::Engine, digest: &Digest, engine_hash: u64, entry: &[u8]) -> Option<Component> {
+    fn load(
+        &self,
+        engine: &wasmtime::Engine,
+        digest: &Digest,
+        engine_hash: u64,
+        entry: &[u8],
+    ) -> Option<Component> {
         let (mac, compiled) = entry.split_first_chunk::<32>()?;
         if blake3::Hash::from(*mac) != blake3::Hash::from(self.mac(digest, engine_hash, compiled)) {
             return None;
@@ -104,7 +119,10 @@ impl CompiledCache {
 
     fn mac(&self, digest: &Digest, engine_hash: u64, compiled: &[u8]) -> [u8; 32] {
         let mut hasher = blake3::Hasher::new_keyed(&self.key);
-        hasher.update(&digest.0).update(&engine_hash.to_le_bytes()).update(compiled);
+        hasher
+            .update(&digest.0)
+            .update(&engine_hash.to_le_bytes())
+            .update(compiled);
         *hasher.finalize().as_bytes()
     }
 }
@@ -117,16 +135,28 @@ fn engine_hash(engine: &wasmtime::Engine) -> u64 {
 }
 
 fn load_or_create_key(path: &Path) -> Result<[u8; 32], StoreError> {
-    let io_err = |action| move |source| StoreError::Io { action, path: path.to_path_buf(), source };
+    let io_err = |action| {
+        move |source| StoreError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
     match fs::read(path) {
         Ok(bytes) => bytes.try_into().map_err(|b: Vec<u8>| {
-            io_err("invalid cache key in")(io::Error::other(format!("{} bytes, expected 32", b.len())))
+            io_err("invalid cache key in")(io::Error::other(format!(
+                "{} bytes, expected 32",
+                b.len()
+            )))
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut key = [0u8; 32];
-            getrandom::fill(&mut key).map_err(|e| io_err("cannot generate")(io::Error::other(e.to_string())))?;
+            getrandom::fill(&mut key)
+                .map_err(|e| io_err("cannot generate")(io::Error::other(e.to_string())))?;
             let mut file = private_file(path).map_err(io_err("cannot create"))?;
-            file.write_all(&key).and_then(|()| file.sync_all()).map_err(io_err("cannot write"))?;
+            file.write_all(&key)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err("cannot write"))?;
             Ok(key)
         }
         Err(e) => Err(io_err("cannot read")(e)),

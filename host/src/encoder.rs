@@ -82,9 +82,16 @@ pub struct Encoder {
 
 impl Encoder {
     /// Links `component` against the host's world and reads its info.
-    pub(crate) fn link(engine: Engine, component: &Component, limits: &Limits) -> Result<Self, Error> {
+    pub(crate) fn link(
+        engine: Engine,
+        component: &Component,
+        limits: &Limits,
+    ) -> Result<Self, Error> {
         let incompatible = |e: wasmtime::Error| Error::Incompatible(format!("{e:#}"));
-        let instance_pre = engine.linker().instantiate_pre(component).map_err(incompatible)?;
+        let instance_pre = engine
+            .linker()
+            .instantiate_pre(component)
+            .map_err(incompatible)?;
         let pre = bindings::EncoderPre::new(instance_pre).map_err(incompatible)?;
         let info = run(&engine, &pre, limits, Seed::default(), |encoder, store| {
             encoder.call_info(store)
@@ -101,10 +108,17 @@ impl Encoder {
 
     /// Embeds a batch in a fresh sandbox under `limits`; `seed` fixes what
     /// the encoder's randomness returns.
-    pub fn embed(&self, inputs: &[Vec<u8>], limits: &Limits, seed: Seed) -> Result<Embeddings, Error> {
+    pub fn embed(
+        &self,
+        inputs: &[Vec<u8>],
+        limits: &Limits,
+        seed: Seed,
+    ) -> Result<Embeddings, Error> {
         self.check_inputs(inputs)?;
         let (result, fuel_used, sandbox) =
-            run(&self.engine, &self.pre, limits, seed, |encoder, store| encoder.call_embed(store, inputs))?;
+            run(&self.engine, &self.pre, limits, seed, |encoder, store| {
+                encoder.call_embed(store, inputs)
+            })?;
         let vectors = result.map_err(|e| Error::Refused(describe(e)))?;
         check_output(&vectors, inputs.len(), self.info.dimension as usize)?;
         Ok(Embeddings {
@@ -149,7 +163,9 @@ fn run<R>(
     let mut store = Store::new(engine.wasmtime(), Sandbox::new(seed, limits));
     store.limiter(|sandbox| &mut sandbox.limiter);
     if engine.fuel_metering() {
-        store.set_fuel(limits.fuel).map_err(|e| Error::Host(e.to_string()))?;
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| Error::Host(e.to_string()))?;
     }
     let ticks = limits.timeout.as_millis() / EPOCH_TICK.as_millis() + 1;
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
@@ -173,11 +189,17 @@ fn run<R>(
 fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => return Error::FuelExhausted { limit: limits.fuel },
-        Some(Trap::Interrupt) => return Error::Timeout { after: limits.timeout },
+        Some(Trap::Interrupt) => {
+            return Error::Timeout {
+                after: limits.timeout,
+            };
+        }
         _ => {}
     }
     if sandbox.limiter.refused {
-        return Error::MemoryLimit { limit_bytes: limits.max_memory_bytes };
+        return Error::MemoryLimit {
+            limit_bytes: limits.max_memory_bytes,
+        };
     }
     let trapped = error.downcast_ref::<Trap>().is_some()
         || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
@@ -189,7 +211,10 @@ fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error
             // what happened.
             None => error.root_cause().to_string(),
         };
-        Error::Trap { message, stderr: sandbox.stderr.text() }
+        Error::Trap {
+            message,
+            stderr: sandbox.stderr.text(),
+        }
     } else {
         Error::Host(format!("{error:#}"))
     }
@@ -202,16 +227,31 @@ fn describe(error: wit::EncodeError) -> String {
     }
 }
 
-fn check_output(vectors: &[Vec<f32>], inputs: usize, dimension: usize) -> Result<(), InvalidOutput> {
+fn check_output(
+    vectors: &[Vec<f32>],
+    inputs: usize,
+    dimension: usize,
+) -> Result<(), InvalidOutput> {
     if vectors.len() != inputs {
-        return Err(InvalidOutput::WrongCount { expected: inputs, actual: vectors.len() });
+        return Err(InvalidOutput::WrongCount {
+            expected: inputs,
+            actual: vectors.len(),
+        });
     }
     for (index, vector) in vectors.iter().enumerate() {
         if vector.len() != dimension {
-            return Err(InvalidOutput::WrongDimension { index, expected: dimension, actual: vector.len() });
+            return Err(InvalidOutput::WrongDimension {
+                index,
+                expected: dimension,
+                actual: vector.len(),
+            });
         }
         if let Some(position) = vector.iter().position(|x| !x.is_finite()) {
-            return Err(InvalidOutput::NonFinite { index, position, value: vector[position] });
+            return Err(InvalidOutput::NonFinite {
+                index,
+                position,
+                value: vector[position],
+            });
         }
     }
     Ok(())
@@ -222,13 +262,22 @@ impl EncoderInfo {
     fn check(info: wit::EncoderInfo) -> Result<Self, Error> {
         let invalid = |reason: String| Err(Error::InvalidInfo(reason));
         if info.name.is_empty() || info.name.len() > 128 {
-            return invalid(format!("name must be 1 to 128 bytes, got {}", info.name.len()));
+            return invalid(format!(
+                "name must be 1 to 128 bytes, got {}",
+                info.name.len()
+            ));
         }
         if info.version.is_empty() || info.version.len() > 64 {
-            return invalid(format!("version must be 1 to 64 bytes, got {}", info.version.len()));
+            return invalid(format!(
+                "version must be 1 to 64 bytes, got {}",
+                info.version.len()
+            ));
         }
         if info.dimension == 0 || info.dimension > MAX_DIMENSION {
-            return invalid(format!("dimension must be 1 to {MAX_DIMENSION}, got {}", info.dimension));
+            return invalid(format!(
+                "dimension must be 1 to {MAX_DIMENSION}, got {}",
+                info.dimension
+            ));
         }
         if info.max_input_bytes == 0 {
             return invalid("max-input-bytes must be at least 1".into());
@@ -258,15 +307,26 @@ mod tests {
         assert!(check_output(&ok, 2, 3).is_ok());
         assert!(matches!(
             check_output(&ok, 3, 3),
-            Err(InvalidOutput::WrongCount { expected: 3, actual: 2 })
+            Err(InvalidOutput::WrongCount {
+                expected: 3,
+                actual: 2
+            })
         ));
         assert!(matches!(
             check_output(&[vec![0.0; 3], vec![0.0; 2]], 2, 3),
-            Err(InvalidOutput::WrongDimension { index: 1, expected: 3, actual: 2 })
+            Err(InvalidOutput::WrongDimension {
+                index: 1,
+                expected: 3,
+                actual: 2
+            })
         ));
         assert!(matches!(
             check_output(&[vec![0.0, f32::INFINITY, 0.0]], 1, 3),
-            Err(InvalidOutput::NonFinite { index: 0, position: 1, .. })
+            Err(InvalidOutput::NonFinite {
+                index: 0,
+                position: 1,
+                ..
+            })
         ));
     }
 }

@@ -54,7 +54,13 @@ impl Engine {
         log::add_to_linker(&mut linker).map_err(host)?;
         start_epoch_ticker(&engine)
             .map_err(|e| Error::Host(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Engine { inner: Arc::new(Inner { engine, linker, fuel_metering }) })
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                fuel_metering,
+            }),
+        })
     }
 
     /// Compiles a component, checks that it implements the `encoder` world
@@ -67,19 +73,34 @@ impl Engine {
 
     /// Like [`Engine::load`], but takes the compiled code from `cache` when
     /// this node compiled the component before, and stores it otherwise.
-    pub fn load_cached(&self, component: &[u8], cache: &CompiledCache) -> Result<(Encoder, CacheOutcome), Error> {
-        let (compiled, outcome) = cache.component(&self.inner.engine, &Digest::of(component), component)?;
-        Ok((Encoder::link(self.clone(), &compiled, &Limits::default())?, outcome))
+    pub fn load_cached(
+        &self,
+        component: &[u8],
+        cache: &CompiledCache,
+    ) -> Result<(Encoder, CacheOutcome), Error> {
+        let (compiled, outcome) =
+            cache.component(&self.inner.engine, &Digest::of(component), component)?;
+        Ok((
+            Encoder::link(self.clone(), &compiled, &Limits::default())?,
+            outcome,
+        ))
     }
 
     /// Loads the component of a verified package and checks that it is the
     /// encoder the manifest describes.
-    pub fn load_package(&self, package: &VerifiedPackage, cache: Option<&CompiledCache>) -> Result<Encoder, Error> {
+    pub fn load_package(
+        &self,
+        package: &VerifiedPackage,
+        cache: Option<&CompiledCache>,
+    ) -> Result<Encoder, Error> {
         let encoder = match cache {
             Some(cache) => self.load_cached(package.component(), cache)?.0,
             None => self.load(package.component())?,
         };
-        package.manifest().check_info(encoder.info()).map_err(Error::ManifestMismatch)?;
+        package
+            .manifest()
+            .check_info(encoder.info())
+            .map_err(Error::ManifestMismatch)?;
         Ok(encoder)
     }
 

@@ -35,7 +35,10 @@ pub fn write_secret_key(path: &Path, key: &SecretKey) -> Result<(), KeyFileError
     let name = path.display().to_string();
     let mut file = private_file(path).map_err(|source| match source.kind() {
         io::ErrorKind::AlreadyExists => KeyFileError::Exists(name.clone()),
-        _ => KeyFileError::Io { path: name.clone(), source },
+        _ => KeyFileError::Io {
+            path: name.clone(),
+            source,
+        },
     })?;
     let text = format!("{}\n", hex::encode(key.to_bytes()));
     file.write_all(text.as_bytes())
@@ -46,7 +49,10 @@ pub fn write_secret_key(path: &Path, key: &SecretKey) -> Result<(), KeyFileError
 /// Reads a key written by [`write_secret_key`], refusing a file others can read.
 pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyFileError> {
     let name = path.display().to_string();
-    let io = |source| KeyFileError::Io { path: name.clone(), source };
+    let io = |source| KeyFileError::Io {
+        path: name.clone(),
+        source,
+    };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -40,5 +40,5 @@ pub use encoder::{Embeddings, Encoder, EncoderInfo, MAX_BATCH, MAX_DIMENSION, Mo
 pub use engine::Engine;
 pub use error::{Error, InvalidOutput};
 pub use limits::Limits;
-pub use store::{BlobStore, StoreError};
 pub use sandbox::{FIXED_MONOTONIC_CLOCK, FIXED_WALL_CLOCK, OUTPUT_CAPTURE_BYTES, Seed};
+pub use store::{BlobStore, StoreError};

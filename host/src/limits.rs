@@ -139,8 +139,10 @@ mod tests {
 
     #[test]
     fn memory_is_summed_across_memories() {
-        let mut limiter =
-            Limiter::new(&Limits { max_memory_bytes: 100, ..Limits::default() });
+        let mut limiter = Limiter::new(&Limits {
+            max_memory_bytes: 100,
+            ..Limits::default()
+        });
         assert!(limiter.memory_growing(0, 60, None).unwrap());
         assert!(limiter.memory_growing(0, 40, None).unwrap());
         assert!(!limiter.refused);

@@ -133,11 +133,18 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Keygen { out } => keygen(&out),
         Command::Sign(args) => sign(args),
-        Command::Verify { package, trusted_key } => {
-            verify(&package, trusted_key.as_deref()).map(|p| {
-                println!("OK: package {} ({} {}) signed by {}", p.digest(), p.manifest().name, p.manifest().version, p.manifest().signer);
-            })
-        }
+        Command::Verify {
+            package,
+            trusted_key,
+        } => verify(&package, trusted_key.as_deref()).map(|p| {
+            println!(
+                "OK: package {} ({} {}) signed by {}",
+                p.digest(),
+                p.manifest().name,
+                p.manifest().version,
+                p.manifest().signer
+            );
+        }),
         Command::Inspect { package, json } => inspect(&package, json),
     };
     match result {
@@ -157,19 +164,34 @@ fn run(args: RunArgs) -> Result<()> {
         bail!("no inputs: pass --input TEXT, --file FILE, or lines on standard input");
     }
     if args.max_memory > Limits::MEMORY_CEILING {
-        bail!("--max-memory may be at most {} bytes", Limits::MEMORY_CEILING);
+        bail!(
+            "--max-memory may be at most {} bytes",
+            Limits::MEMORY_CEILING
+        );
     }
-    let cache = args.cache_dir.as_ref().map(CompiledCache::open).transpose()?;
+    let cache = args
+        .cache_dir
+        .as_ref()
+        .map(CompiledCache::open)
+        .transpose()?;
 
     let engine = Engine::new()?;
     let loading = || format!("cannot load {}", args.component.display());
     let (encoder, package_fuel) = if package::is_package(&bytes) {
         let package = verify_bytes(&bytes, &args.component, args.trusted_key.as_deref())?;
         let fuel = package.manifest().fuel_limit;
-        (engine.load_package(&package, cache.as_ref()).with_context(loading)?, Some(fuel))
+        (
+            engine
+                .load_package(&package, cache.as_ref())
+                .with_context(loading)?,
+            Some(fuel),
+        )
     } else {
         if args.trusted_key.is_some() {
-            bail!("--trusted-key needs a signed package; {} is a bare component", args.component.display());
+            bail!(
+                "--trusted-key needs a signed package; {} is a bare component",
+                args.component.display()
+            );
         }
         let encoder = match &cache {
             Some(cache) => engine.load_cached(&bytes, cache).map(|(e, _)| e),
@@ -194,7 +216,11 @@ fn run(args: RunArgs) -> Result<()> {
         "stdout": out.stdout,
         "stderr": out.stderr,
     });
-    let text = if args.pretty { serde_json::to_string_pretty(&json)? } else { json.to_string() };
+    let text = if args.pretty {
+        serde_json::to_string_pretty(&json)?
+    } else {
+        json.to_string()
+    };
     println!("{text}");
     Ok(())
 }
@@ -203,7 +229,10 @@ fn keygen(out: &Path) -> Result<()> {
     let key = SecretKey::generate()?;
     keyfile::write_secret_key(out, &key)?;
     println!("{}", key.public_key());
-    eprintln!("secret key written to {} (keep it private); public key above", out.display());
+    eprintln!(
+        "secret key written to {} (keep it private); public key above",
+        out.display()
+    );
     Ok(())
 }
 
@@ -217,7 +246,8 @@ fn sign(args: SignArgs) -> Result<()> {
             .file_name()
             .and_then(|n| n.to_str())
             .with_context(|| format!("model path {} has no UTF-8 file name", path.display()))?;
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
         models.push((name.to_string(), bytes));
     }
     let encoder = Engine::new()?
@@ -239,12 +269,17 @@ fn sign(args: SignArgs) -> Result<()> {
     std::fs::write(&args.out, package.encode())
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     println!("{}", package.digest());
-    eprintln!("signed package {} written to {}", package.manifest().name, args.out.display());
+    eprintln!(
+        "signed package {} written to {}",
+        package.manifest().name,
+        args.out.display()
+    );
     Ok(())
 }
 
 fn verify(path: &Path, trusted_key: Option<&str>) -> Result<VerifiedPackage> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read package {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read package {}", path.display()))?;
     verify_bytes(&bytes, path, trusted_key)
 }
 
@@ -254,7 +289,9 @@ fn verify_bytes(bytes: &[u8], path: &Path, trusted_key: Option<&str>) -> Result<
         .transpose()
         .context("--trusted-key is not a public key")?;
     let refused = || format!("package {} refused", path.display());
-    Package::decode(bytes).and_then(|p| p.verify(trusted.as_ref())).with_context(refused)
+    Package::decode(bytes)
+        .and_then(|p| p.verify(trusted.as_ref()))
+        .with_context(refused)
 }
 
 fn inspect(path: &Path, json: bool) -> Result<()> {
@@ -272,9 +309,18 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     println!("modality    {:?}", m.modality);
     println!("fuel limit  {}", m.fuel_limit);
     println!("signer      {}", m.signer);
-    println!("component   {}  {}", m.component.digest, human_size(m.component.size));
+    println!(
+        "component   {}  {}",
+        m.component.digest,
+        human_size(m.component.size)
+    );
     for model in &m.models {
-        println!("model       {}  {}  {}", model.blob.digest, human_size(model.blob.size), model.name);
+        println!(
+            "model       {}  {}  {}",
+            model.blob.digest,
+            human_size(model.blob.size),
+            model.name
+        );
     }
     Ok(())
 }
@@ -290,11 +336,16 @@ fn human_size(bytes: u64) -> String {
 fn read_inputs(args: &RunArgs) -> Result<Vec<Vec<u8>>> {
     let mut inputs: Vec<Vec<u8>> = args.inputs.iter().map(|s| s.as_bytes().to_vec()).collect();
     for file in &args.files {
-        inputs.push(std::fs::read(file).with_context(|| format!("cannot read input file {}", file.display()))?);
+        inputs.push(
+            std::fs::read(file)
+                .with_context(|| format!("cannot read input file {}", file.display()))?,
+        );
     }
     if args.inputs.is_empty() && args.files.is_empty() {
         let mut stdin = Vec::new();
-        std::io::stdin().read_to_end(&mut stdin).context("cannot read standard input")?;
+        std::io::stdin()
+            .read_to_end(&mut stdin)
+            .context("cannot read standard input")?;
         for line in stdin.lines() {
             let line = line.context("standard input is not UTF-8 text")?;
             if !line.trim().is_empty() {
@@ -309,7 +360,9 @@ fn read_inputs(args: &RunArgs) -> Result<Vec<Vec<u8>>> {
 fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a byte count like 256MiB"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count like 256MiB"))?;
     let shift = match unit.trim() {
         "" | "B" => 0,
         "KiB" => 10,
@@ -317,7 +370,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         "GiB" => 30,
         other => return Err(format!("unknown unit `{other}` (use B, KiB, MiB or GiB)")),
     };
-    n.checked_mul(1 << shift).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 #[cfg(test)]

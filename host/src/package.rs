@@ -125,7 +125,10 @@ pub struct BlobRef {
 impl BlobRef {
     /// The reference to `bytes`.
     pub fn to(bytes: &[u8]) -> BlobRef {
-        BlobRef { digest: Digest::of(bytes), size: bytes.len() as u64 }
+        BlobRef {
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+        }
     }
 }
 
@@ -190,9 +193,16 @@ impl Manifest {
     /// Parses canonical manifest bytes.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, PackageError> {
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(too_large("manifest size", bytes.len() as u64, MAX_MANIFEST_BYTES as u64));
+            return Err(too_large(
+                "manifest size",
+                bytes.len() as u64,
+                MAX_MANIFEST_BYTES as u64,
+            ));
         }
-        let mut r = Reader { bytes, what: "manifest" };
+        let mut r = Reader {
+            bytes,
+            what: "manifest",
+        };
         if r.take(8)? != MANIFEST_MAGIC {
             return Err(PackageError::BadMagic);
         }
@@ -215,11 +225,17 @@ impl Manifest {
                     "model names must be unique and sorted; `{name}` is out of place"
                 )));
             }
-            models.push(ModelRef { name, blob: r.blob("model size", MAX_MODEL_BYTES)? });
+            models.push(ModelRef {
+                name,
+                blob: r.blob("model size", MAX_MODEL_BYTES)?,
+            });
         }
         let signer = PublicKey::from_bytes(r.array()?).map_err(|_| PackageError::InvalidSigner)?;
         if !r.bytes.is_empty() {
-            return Err(PackageError::Malformed(format!("{} bytes after the signer key", r.bytes.len())));
+            return Err(PackageError::Malformed(format!(
+                "{} bytes after the signer key",
+                r.bytes.len()
+            )));
         }
         if world != WORLD {
             return Err(PackageError::UnsupportedWorld { found: world });
@@ -227,14 +243,26 @@ impl Manifest {
         if dimension == 0 {
             return Err(PackageError::Malformed("dimension is 0".into()));
         }
-        Ok(Manifest { name, version, world, dimension, fuel_limit, modality, component, models, signer })
+        Ok(Manifest {
+            name,
+            version,
+            world,
+            dimension,
+            fuel_limit,
+            modality,
+            component,
+            models,
+            signer,
+        })
     }
 
     /// Checks that a component's `info()` agrees with this manifest, saying
     /// which field differs if not.
     pub fn check_info(&self, info: &EncoderInfo) -> Result<(), String> {
         let differs = |field: &str, manifest: &dyn fmt::Debug, component: &dyn fmt::Debug| {
-            Err(format!("{field}: manifest says {manifest:?}, component says {component:?}"))
+            Err(format!(
+                "{field}: manifest says {manifest:?}, component says {component:?}"
+            ))
         };
         if self.name != info.name {
             return differs("name", &self.name, &info.name);
@@ -285,7 +313,10 @@ impl Package {
         meta.component = BlobRef::to(&component);
         meta.models = models
             .iter()
-            .map(|(name, bytes)| ModelRef { name: name.clone(), blob: BlobRef::to(bytes) })
+            .map(|(name, bytes)| ModelRef {
+                name: name.clone(),
+                blob: BlobRef::to(bytes),
+            })
             .collect();
         let manifest_bytes = meta.encode();
         // Round-trip through the decoder so that a package this function
@@ -293,28 +324,50 @@ impl Package {
         let manifest = Manifest::decode(&manifest_bytes)?;
         let signature = key.sign(Domain::EncoderPackage, &manifest_bytes);
         let models = models.into_iter().map(|(_, bytes)| bytes).collect();
-        Package { manifest, manifest_bytes, signature, component, models }.verify(None)
+        Package {
+            manifest,
+            manifest_bytes,
+            signature,
+            component,
+            models,
+        }
+        .verify(None)
     }
 
     /// Parses package bytes; checks the form, not the signature or digests.
     pub fn decode(bytes: &[u8]) -> Result<Package, PackageError> {
-        let mut r = Reader { bytes, what: "package header" };
+        let mut r = Reader {
+            bytes,
+            what: "package header",
+        };
         let (manifest, manifest_bytes, signature) = read_header(&mut r)?;
         let component = r.blob_bytes("component", manifest.component.size)?.to_vec();
         let mut models = Vec::with_capacity(manifest.models.len());
         for model in &manifest.models {
-            models.push(r.blob_bytes(&format!("model `{}`", model.name), model.blob.size)?.to_vec());
+            models.push(
+                r.blob_bytes(&format!("model `{}`", model.name), model.blob.size)?
+                    .to_vec(),
+            );
         }
         if !r.bytes.is_empty() {
             return Err(PackageError::TrailingBytes(r.bytes.len() as u64));
         }
-        Ok(Package { manifest, manifest_bytes: manifest_bytes.to_vec(), signature, component, models })
+        Ok(Package {
+            manifest,
+            manifest_bytes: manifest_bytes.to_vec(),
+            signature,
+            component,
+            models,
+        })
     }
 
     /// Parses a package header alone (what [`VerifiedPackage::header`]
     /// writes): the blobs are stored elsewhere.
     pub(crate) fn decode_header(bytes: &[u8]) -> Result<Manifest, PackageError> {
-        let mut r = Reader { bytes, what: "package header" };
+        let mut r = Reader {
+            bytes,
+            what: "package header",
+        };
         let (manifest, _, _) = read_header(&mut r)?;
         if !r.bytes.is_empty() {
             return Err(PackageError::TrailingBytes(r.bytes.len() as u64));
@@ -332,10 +385,17 @@ impl Package {
     pub fn verify(self, trusted: Option<&PublicKey>) -> Result<VerifiedPackage, PackageError> {
         let signer = self.manifest.signer;
         signer
-            .verify(Domain::EncoderPackage, &self.manifest_bytes, &self.signature)
+            .verify(
+                Domain::EncoderPackage,
+                &self.manifest_bytes,
+                &self.signature,
+            )
             .map_err(|_| PackageError::BadSignature { signer })?;
         if let Some(trusted) = trusted.filter(|t| **t != signer) {
-            return Err(PackageError::UntrustedSigner { signer, trusted: *trusted });
+            return Err(PackageError::UntrustedSigner {
+                signer,
+                trusted: *trusted,
+            });
         }
         check_blob("component", &self.manifest.component, &self.component)?;
         for (model, bytes) in self.manifest.models.iter().zip(&self.models) {
@@ -363,7 +423,11 @@ impl VerifiedPackage {
 
     /// Each model's reference and bytes, in manifest order.
     pub fn models(&self) -> impl Iterator<Item = (&ModelRef, &[u8])> {
-        self.0.manifest.models.iter().zip(self.0.models.iter().map(Vec::as_slice))
+        self.0
+            .manifest
+            .models
+            .iter()
+            .zip(self.0.models.iter().map(Vec::as_slice))
     }
 
     /// The canonical manifest bytes and the signature over them.
@@ -400,7 +464,11 @@ fn read_header<'a>(r: &mut Reader<'a>) -> Result<(Manifest, &'a [u8], Signature)
     }
     let manifest_len = r.u32()? as usize;
     if manifest_len > MAX_MANIFEST_BYTES {
-        return Err(too_large("manifest size", manifest_len as u64, MAX_MANIFEST_BYTES as u64));
+        return Err(too_large(
+            "manifest size",
+            manifest_len as u64,
+            MAX_MANIFEST_BYTES as u64,
+        ));
     }
     r.what = "manifest";
     let manifest_bytes = r.take(manifest_len)?;
@@ -418,7 +486,11 @@ pub fn is_package(bytes: &[u8]) -> bool {
 fn check_blob(what: &str, expected: &BlobRef, bytes: &[u8]) -> Result<(), PackageError> {
     let actual = Digest::of(bytes);
     if actual != expected.digest {
-        return Err(PackageError::DigestMismatch { blob: what.into(), expected: expected.digest, actual });
+        return Err(PackageError::DigestMismatch {
+            blob: what.into(),
+            expected: expected.digest,
+            actual,
+        });
     }
     Ok(())
 }
@@ -452,7 +524,11 @@ fn modality_from_code(code: u8) -> Result<Modality, PackageError> {
         1 => Modality::Image,
         2 => Modality::Audio,
         3 => Modality::Bytes,
-        _ => return Err(PackageError::Malformed(format!("unknown modality code {code}"))),
+        _ => {
+            return Err(PackageError::Malformed(format!(
+                "unknown modality code {code}"
+            )));
+        }
     })
 }
 
@@ -466,7 +542,9 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], PackageError> {
         if self.bytes.len() < n {
-            return Err(PackageError::Truncated { what: self.what.into() });
+            return Err(PackageError::Truncated {
+                what: self.what.into(),
+            });
         }
         let (head, tail) = self.bytes.split_at(n);
         self.bytes = tail;
@@ -521,7 +599,8 @@ impl<'a> Reader<'a> {
         if self.bytes.is_empty() && size > 0 {
             return Err(PackageError::MissingBlob(what.into()));
         }
-        let size = usize::try_from(size).map_err(|_| too_large("blob size", size, usize::MAX as u64))?;
+        let size =
+            usize::try_from(size).map_err(|_| too_large("blob size", size, usize::MAX as u64))?;
         if self.bytes.len() < size {
             return Err(PackageError::Truncated { what: what.into() });
         }
@@ -548,31 +627,61 @@ mod tests {
     }
 
     fn signed() -> VerifiedPackage {
-        let models = vec![("b.onnx".into(), b"model b".to_vec()), ("a.onnx".into(), b"model a".to_vec())];
-        Package::sign(&SecretKey::from_bytes(&[7; 32]), manifest(), b"component".to_vec(), models).unwrap()
+        let models = vec![
+            ("b.onnx".into(), b"model b".to_vec()),
+            ("a.onnx".into(), b"model a".to_vec()),
+        ];
+        Package::sign(
+            &SecretKey::from_bytes(&[7; 32]),
+            manifest(),
+            b"component".to_vec(),
+            models,
+        )
+        .unwrap()
     }
 
     #[test]
     fn packages_round_trip_and_sort_models() {
         let package = signed();
         assert_eq!(package.manifest().models[0].name, "a.onnx");
-        let decoded = Package::decode(&package.encode()).unwrap().verify(None).unwrap();
+        let decoded = Package::decode(&package.encode())
+            .unwrap()
+            .verify(None)
+            .unwrap();
         assert_eq!(decoded.manifest(), package.manifest());
         assert_eq!(decoded.digest(), package.digest());
-        let models: Vec<_> = decoded.models().map(|(m, b)| (m.name.as_str(), b)).collect();
-        assert_eq!(models, [("a.onnx", &b"model a"[..]), ("b.onnx", &b"model b"[..])]);
+        let models: Vec<_> = decoded
+            .models()
+            .map(|(m, b)| (m.name.as_str(), b))
+            .collect();
+        assert_eq!(
+            models,
+            [("a.onnx", &b"model a"[..]), ("b.onnx", &b"model b"[..])]
+        );
     }
 
     #[test]
     fn non_canonical_manifests_are_refused() {
         let mut m = manifest();
         m.models = vec![
-            ModelRef { name: "b".into(), blob: BlobRef::to(b"") },
-            ModelRef { name: "a".into(), blob: BlobRef::to(b"") },
+            ModelRef {
+                name: "b".into(),
+                blob: BlobRef::to(b""),
+            },
+            ModelRef {
+                name: "a".into(),
+                blob: BlobRef::to(b""),
+            },
         ];
-        assert!(matches!(Manifest::decode(&m.encode()), Err(PackageError::Malformed(_))));
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(PackageError::Malformed(_))
+        ));
         let mut bytes = manifest().encode();
         bytes.push(0);
-        assert!(matches!(Manifest::decode(&bytes), Err(PackageError::Malformed(_))));
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(PackageError::Malformed(_))
+        ));
     }
 }

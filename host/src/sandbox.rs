@@ -45,7 +45,10 @@ pub struct Seed(pub [u8; 32]);
 
 impl From<u64> for Seed {
     fn from(seed: u64) -> Self {
-        Seed(blake3::derive_key("soma/sandbox-seed/v1", &seed.to_le_bytes()))
+        Seed(blake3::derive_key(
+            "soma/sandbox-seed/v1",
+            &seed.to_le_bytes(),
+        ))
     }
 }
 
@@ -99,7 +102,10 @@ impl Sandbox {
 
 impl WasiView for Sandbox {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -110,7 +116,9 @@ pub(crate) fn add_wasi_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Resu
     // far-away instant would block the host thread where epoch interruption
     // cannot reach it. Replace the monotonic clock with a frozen one.
     linker.allow_shadowing(true);
-    monotonic_clock::add_to_linker::<Sandbox, FrozenClock<'static>>(linker, |s| FrozenClock(&mut s.table))?;
+    monotonic_clock::add_to_linker::<Sandbox, FrozenClock<'static>>(linker, |s| {
+        FrozenClock(&mut s.table)
+    })?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -186,7 +194,11 @@ struct Capture {
 
 impl CapturedOutput {
     fn new(cap: usize) -> Self {
-        CapturedOutput(Arc::new(Mutex::new(Capture { bytes: Vec::new(), cap, dropped: 0 })))
+        CapturedOutput(Arc::new(Mutex::new(Capture {
+            bytes: Vec::new(),
+            cap,
+            dropped: 0,
+        })))
     }
 
     fn append(&self, data: &[u8]) {

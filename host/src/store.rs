@@ -84,14 +84,19 @@ impl BlobStore {
         let path = self.blob_path(digest);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*digest)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(*digest));
+            }
             Err(e) => return Err(io_error("cannot read", &path)(e)),
         };
         let actual = Digest::of(&bytes);
         if actual != *digest {
             // Best effort: the error is reported whether or not removal works.
             let _ = fs::remove_file(&path);
-            return Err(StoreError::Corrupt { expected: *digest, actual });
+            return Err(StoreError::Corrupt {
+                expected: *digest,
+                actual,
+            });
         }
         Ok(bytes)
     }
@@ -120,17 +125,24 @@ impl BlobStore {
         let path = self.dir.join("packages").join(digest.to_string());
         let header = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*digest)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(*digest));
+            }
             Err(e) => return Err(io_error("cannot read", &path)(e)),
         };
-        let invalid = |source| StoreError::InvalidPackage { digest: *digest, source };
+        let invalid = |source| StoreError::InvalidPackage {
+            digest: *digest,
+            source,
+        };
         let manifest = Package::decode_header(&header).map_err(invalid)?;
         let mut bytes = header;
         bytes.extend(self.get(&manifest.component.digest)?);
         for model in &manifest.models {
             bytes.extend(self.get(&model.blob.digest)?);
         }
-        let package = Package::decode(&bytes).and_then(|p| p.verify(None)).map_err(invalid)?;
+        let package = Package::decode(&bytes)
+            .and_then(|p| p.verify(None))
+            .map_err(invalid)?;
         if package.digest() != *digest {
             return Err(StoreError::InvalidPackage {
                 digest: *digest,
@@ -149,12 +161,18 @@ impl BlobStore {
 /// rename, so that `path` never holds a partial file.
 pub(crate) fn write_atomically(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let name = format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     let tmp_path = tmp.join(name);
     let result = (|| {
         let mut file = fs::File::create(&tmp_path).map_err(io_error("cannot create", &tmp_path))?;
-        file.write_all(bytes).map_err(io_error("cannot write", &tmp_path))?;
-        file.sync_all().map_err(io_error("cannot sync", &tmp_path))?;
+        file.write_all(bytes)
+            .map_err(io_error("cannot write", &tmp_path))?;
+        file.sync_all()
+            .map_err(io_error("cannot sync", &tmp_path))?;
         fs::rename(&tmp_path, path).map_err(io_error("cannot move into place", path))
     })();
     if result.is_err() {
@@ -165,5 +183,9 @@ pub(crate) fn write_atomically(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_path_buf();
-    move |source| StoreError::Io { action, path, source }
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
 }

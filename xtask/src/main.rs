@@ -22,7 +22,7 @@ enum Task {
     Setup,
     /// Set up, build the example encoders and show them at work.
     Demo,
-    /// Set up and run every test of the workspace.
+    /// Set up, check formatting and lints, and run every test of the workspace.
     Test,
     /// Set up, run the benchmarks and write BENCHMARKS.md.
     Bench,
@@ -36,8 +36,19 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => Ok(()),
         Task::Demo => cargo(&["run", "--locked", "--package", "soma-demo"]),
-        Task::Test => cargo(&["test", "--workspace", "--locked"]),
-        Task::Bench => cargo(&["bench", "--locked", "--package", "soma-host", "--bench", "host"]),
+        Task::Test => {
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+            cargo(&["test", "--workspace", "--locked"])
+        }
+        Task::Bench => cargo(&[
+            "bench",
+            "--locked",
+            "--package",
+            "soma-host",
+            "--bench",
+            "host",
+        ]),
     }
 }
 
@@ -47,7 +58,9 @@ fn setup() -> Result<()> {
     if target_installed()? {
         return Ok(());
     }
-    eprintln!("xtask: installing the Rust target {WASM_TARGET} (needed to build encoder components)");
+    eprintln!(
+        "xtask: installing the Rust target {WASM_TARGET} (needed to build encoder components)"
+    );
     let status = Command::new("rustup")
         .args(["target", "add", WASM_TARGET])
         .current_dir(workspace())
@@ -91,5 +104,8 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }

@@ -29,7 +29,11 @@ fn main() -> Result<()> {
 
     let inputs: Vec<Vec<u8>> = SENTENCES.iter().map(|s| s.as_bytes().to_vec()).collect();
     let out = encoder.embed(&inputs, &Limits::default(), Seed::from(0))?;
-    println!("Embedded {} sentences in the sandbox for {} fuel.\n", inputs.len(), out.fuel_used);
+    println!(
+        "Embedded {} sentences in the sandbox for {} fuel.\n",
+        inputs.len(),
+        out.fuel_used
+    );
 
     for (i, sentence) in SENTENCES.iter().enumerate() {
         println!("  [{i}] {sentence}");

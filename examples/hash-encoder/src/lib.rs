@@ -49,13 +49,25 @@ soma_guest_sdk::export!(HashEncoder);
 pub fn embed_text(text: &str) -> Vec<f32> {
     let mut v = vec![0.0f32; DIMENSION];
     let mut word = String::new();
-    for token in text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()) {
+    for token in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+    {
         word.clear();
         word.push('<');
         word.extend(token.chars().flat_map(char::to_lowercase));
         word.push('>');
-        add_feature(&mut v, b'w', &word.as_bytes()[1..word.len() - 1], WORD_WEIGHT);
-        let bounds: Vec<usize> = word.char_indices().map(|(i, _)| i).chain([word.len()]).collect();
+        add_feature(
+            &mut v,
+            b'w',
+            &word.as_bytes()[1..word.len() - 1],
+            WORD_WEIGHT,
+        );
+        let bounds: Vec<usize> = word
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([word.len()])
+            .collect();
         for w in bounds.windows(4) {
             add_feature(&mut v, b't', &word.as_bytes()[w[0]..w[3]], TRIGRAM_WEIGHT);
         }
@@ -115,12 +127,19 @@ mod tests {
         let a = embed_text("A man is playing a guitar on stage.");
         let b = embed_text("On stage, a man plays the guitar.");
         let c = embed_text("Interest rates rose again this quarter.");
-        assert!(cosine(&a, &b) > cosine(&a, &c) + 0.3, "{} vs {}", cosine(&a, &b), cosine(&a, &c));
+        assert!(
+            cosine(&a, &b) > cosine(&a, &c) + 0.3,
+            "{} vs {}",
+            cosine(&a, &b),
+            cosine(&a, &c)
+        );
     }
 
     #[test]
     fn non_utf8_input_is_rejected_with_its_index() {
-        let err = HashEncoder.embed(&[b"ok".to_vec(), vec![0xff, 0xfe]]).unwrap_err();
+        let err = HashEncoder
+            .embed(&[b"ok".to_vec(), vec![0xff, 0xfe]])
+            .unwrap_err();
         match err {
             EncodeError::InvalidInput(i) => assert_eq!(i.index, 1),
             other => panic!("unexpected {other:?}"),

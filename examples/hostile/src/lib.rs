@@ -81,7 +81,9 @@ fn flood_output() {
     let mut stdout = std::io::stdout();
     for _ in 0..1024 {
         // The host caps captured output; a refused write is not our problem.
-        let _ = stdout.write_all(&line).and_then(|()| stdout.write_all(b"\n"));
+        let _ = stdout
+            .write_all(&line)
+            .and_then(|()| stdout.write_all(b"\n"));
     }
     for i in 0..10_000 {
         log(Level::Info, &format!("flood {i}"));
@@ -125,12 +127,17 @@ impl Probe {
         let flag = |ok: bool| if ok { 1.0 } else { 0.0 };
         let wall_a = SystemTime::now();
         let mono_a = Instant::now();
-        let file_read = ["/etc/passwd", "/proc/self/environ", "Cargo.toml", "./secret"]
-            .iter()
-            .any(|p| std::fs::read(p).is_ok());
+        let file_read = [
+            "/etc/passwd",
+            "/proc/self/environ",
+            "Cargo.toml",
+            "./secret",
+        ]
+        .iter()
+        .any(|p| std::fs::read(p).is_ok());
         let dir_listed = std::fs::read_dir(".").is_ok() || std::fs::read_dir("/").is_ok();
-        let socket_opened = TcpStream::connect("127.0.0.1:80").is_ok()
-            || TcpStream::connect("1.1.1.1:443").is_ok();
+        let socket_opened =
+            TcpStream::connect("127.0.0.1:80").is_ok() || TcpStream::connect("1.1.1.1:443").is_ok();
         let name_resolved = "localhost:80".to_socket_addrs().is_ok();
         spin_briefly();
         let wall_b = SystemTime::now();

@@ -11,7 +11,12 @@ fn soma_host(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -28,7 +33,10 @@ const HASH: &str = soma_examples_artifacts::HASH_ENCODER;
 
 #[test]
 fn run_prints_info_vectors_and_fuel() {
-    let out = json(&soma_host(&["run", HASH, "-i", "hello world", "--input", "good morning"], ""));
+    let out = json(&soma_host(
+        &["run", HASH, "-i", "hello world", "--input", "good morning"],
+        "",
+    ));
     assert_eq!(out["encoder"]["name"], "hash-encoder");
     assert_eq!(out["encoder"]["dimension"], 384);
     assert_eq!(out["encoder"]["modality"], "text");
@@ -44,7 +52,10 @@ fn run_reads_files_and_stdin_lines() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("input.txt");
     std::fs::write(&file, "hello world").unwrap();
-    let from_file = json(&soma_host(&["run", HASH, "--file", file.to_str().unwrap()], ""));
+    let from_file = json(&soma_host(
+        &["run", HASH, "--file", file.to_str().unwrap()],
+        "",
+    ));
     let from_stdin = json(&soma_host(&["run", HASH], "hello world\n\nsecond line\n"));
     let from_arg = json(&soma_host(&["run", HASH, "-i", "hello world"], ""));
     assert_eq!(from_stdin["embeddings"].as_array().unwrap().len(), 2);
@@ -57,14 +68,22 @@ fn run_reads_files_and_stdin_lines() {
 fn a_missing_component_is_a_clear_error() {
     let out = soma_host(&["run", "/nonexistent/encoder.wasm", "-i", "x"], "");
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot read component /nonexistent/encoder.wasm"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read component /nonexistent/encoder.wasm"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn a_missing_input_file_is_a_clear_error() {
     let out = soma_host(&["run", HASH, "--file", "/nonexistent/input.txt"], "");
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot read input file /nonexistent/input.txt"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read input file /nonexistent/input.txt"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -78,25 +97,56 @@ fn no_inputs_is_a_clear_error() {
 fn bad_arguments_are_rejected_with_usage() {
     for (args, expected) in [
         (&["run"][..], "<COMPONENT>"),
-        (&["run", HASH, "--fuel", "lots"], "invalid value 'lots' for '--fuel <FUEL>'"),
+        (
+            &["run", HASH, "--fuel", "lots"],
+            "invalid value 'lots' for '--fuel <FUEL>'",
+        ),
         (&["run", HASH, "--max-memory", "12MB"], "unknown unit `MB`"),
-        (&["run", HASH, "--frobnicate"], "unexpected argument '--frobnicate'"),
+        (
+            &["run", HASH, "--frobnicate"],
+            "unexpected argument '--frobnicate'",
+        ),
         (&["fly"], "unrecognized subcommand 'fly'"),
     ] {
         let out = soma_host(args, "");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
     }
 }
 
 #[test]
 fn an_encoder_failure_exits_non_zero_with_the_reason() {
-    let out = soma_host(&["run", soma_examples_artifacts::HOSTILE, "-i", "spin", "--fuel", "1000000"], "");
+    let out = soma_host(
+        &[
+            "run",
+            soma_examples_artifacts::HOSTILE,
+            "-i",
+            "spin",
+            "--fuel",
+            "1000000",
+        ],
+        "",
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("ran out of fuel (limit 1000000)"), "{}", stderr(&out));
-    let out = soma_host(&["run", soma_examples_artifacts::OTHER_WORLD, "-i", "x"], "");
+    assert!(
+        stderr(&out).contains("ran out of fuel (limit 1000000)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = soma_host(
+        &["run", soma_examples_artifacts::OTHER_WORLD, "-i", "x"],
+        "",
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("is not a soma:encoder@0.1.0 encoder"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a soma:encoder@0.1.0 encoder"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -104,7 +154,14 @@ fn help_explains_every_flag() {
     let out = soma_host(&["run", "--help"], "");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--input", "--file", "--fuel", "--max-memory", "--seed", "--timeout"] {
+    for flag in [
+        "--input",
+        "--file",
+        "--fuel",
+        "--max-memory",
+        "--seed",
+        "--timeout",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
@@ -131,15 +188,32 @@ fn keygen_sign_verify_inspect_and_run_a_package() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(p("author.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(p("author.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let again = soma_host(&["keygen", "--out", &p("author.key")], "");
     assert_eq!(again.status.code(), Some(1));
-    assert!(stderr(&again).contains("refusing to overwrite"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("refusing to overwrite"),
+        "{}",
+        stderr(&again)
+    );
 
     let signed = soma_host(
-        &["sign", "--key", &p("author.key"), "--component", HASH, "--model", &model, "--out", &p("enc.somapkg")],
+        &[
+            "sign",
+            "--key",
+            &p("author.key"),
+            "--component",
+            HASH,
+            "--model",
+            &model,
+            "--out",
+            &p("enc.somapkg"),
+        ],
         "",
     );
     assert!(signed.status.success(), "{}", stderr(&signed));
@@ -162,15 +236,34 @@ fn keygen_sign_verify_inspect_and_run_a_package() {
         assert!(text.contains(&line), "missing {line:?} in\n{text}");
     }
     assert!(text.contains("2.9 KiB  tokens.bin"), "{text}");
-    assert_eq!(soma_host(&["inspect", &p("enc.somapkg")], "").stdout, inspect.stdout, "inspect is stable");
+    assert_eq!(
+        soma_host(&["inspect", &p("enc.somapkg")], "").stdout,
+        inspect.stdout,
+        "inspect is stable"
+    );
     let manifest = json(&soma_host(&["inspect", &p("enc.somapkg"), "--json"], ""));
     assert_eq!(manifest["digest"], digest);
     assert_eq!(manifest["manifest"]["models"][0]["blob"]["size"], 3000);
 
     let cache = p("cache");
     for _ in 0..2 {
-        let run = json(&soma_host(&["run", &p("enc.somapkg"), "--trusted-key", &public, "--cache-dir", &cache, "-i", "hi"], ""));
-        assert_eq!(run["embeddings"][0], json(&soma_host(&["run", HASH, "-i", "hi"], ""))["embeddings"][0]);
+        let run = json(&soma_host(
+            &[
+                "run",
+                &p("enc.somapkg"),
+                "--trusted-key",
+                &public,
+                "--cache-dir",
+                &cache,
+                "-i",
+                "hi",
+            ],
+            "",
+        ));
+        assert_eq!(
+            run["embeddings"][0],
+            json(&soma_host(&["run", HASH, "-i", "hi"], ""))["embeddings"][0]
+        );
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -180,13 +273,24 @@ fn a_tampered_or_untrusted_package_is_refused_before_running() {
     let dir = scratch("refused");
     let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
     assert!(soma_host(&["keygen", "-o", &p("k")], "").status.success());
-    assert!(soma_host(&["sign", "-k", &p("k"), "-c", HASH, "-o", &p("pkg")], "").status.success());
+    assert!(
+        soma_host(&["sign", "-k", &p("k"), "-c", HASH, "-o", &p("pkg")], "")
+            .status
+            .success()
+    );
 
     let other = soma_host(&["keygen", "-o", &p("other")], "");
     let other_public = String::from_utf8(other.stdout).unwrap().trim().to_string();
-    let out = soma_host(&["run", &p("pkg"), "--trusted-key", &other_public, "-i", "x"], "");
+    let out = soma_host(
+        &["run", &p("pkg"), "--trusted-key", &other_public, "-i", "x"],
+        "",
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not by the trusted key"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not by the trusted key"),
+        "{}",
+        stderr(&out)
+    );
 
     let mut bytes = std::fs::read(p("pkg")).unwrap();
     let last = bytes.len() - 1;
@@ -195,9 +299,17 @@ fn a_tampered_or_untrusted_package_is_refused_before_running() {
     for args in [&["verify", &p("pkg")][..], &["run", &p("pkg"), "-i", "x"]] {
         let out = soma_host(args, "");
         assert_eq!(out.status.code(), Some(1));
-        assert!(stderr(&out).contains("component does not match the manifest"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("component does not match the manifest"),
+            "{}",
+            stderr(&out)
+        );
     }
     let out = soma_host(&["verify", "--trusted-key", "xyz", &p("pkg")], "");
-    assert!(stderr(&out).contains("--trusted-key is not a public key"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--trusted-key is not a public key"),
+        "{}",
+        stderr(&out)
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

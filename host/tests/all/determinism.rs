@@ -15,15 +15,21 @@ const SENTENCES: &[&str] = &[
 #[test]
 fn vectors_are_bit_identical_across_runs_and_fresh_engines() {
     let inputs = text(SENTENCES);
-    let first = hash_encoder().embed(&inputs, &Limits::default(), Seed::from(1)).unwrap();
-    let again = hash_encoder().embed(&inputs, &Limits::default(), Seed::from(1)).unwrap();
+    let first = hash_encoder()
+        .embed(&inputs, &Limits::default(), Seed::from(1))
+        .unwrap();
+    let again = hash_encoder()
+        .embed(&inputs, &Limits::default(), Seed::from(1))
+        .unwrap();
     assert_eq!(bits(&first.vectors), bits(&again.vectors));
     assert_eq!(first.fuel_used, again.fuel_used);
 
     let wasm = std::fs::read(soma_examples_artifacts::HASH_ENCODER).unwrap();
     for _ in 0..2 {
         let fresh = Engine::new().unwrap().load(&wasm).unwrap();
-        let out = fresh.embed(&inputs, &Limits::default(), Seed::from(1)).unwrap();
+        let out = fresh
+            .embed(&inputs, &Limits::default(), Seed::from(1))
+            .unwrap();
         assert_eq!(bits(&first.vectors), bits(&out.vectors));
         assert_eq!(first.fuel_used, out.fuel_used);
     }
@@ -32,28 +38,52 @@ fn vectors_are_bit_identical_across_runs_and_fresh_engines() {
 #[test]
 fn wasm_output_matches_the_same_code_compiled_natively() {
     for sentence in SENTENCES {
-        let out = hash_encoder().embed(&text(&[sentence]), &Limits::default(), Seed::from(0)).unwrap();
-        assert_eq!(bits(&out.vectors), bits(&[hash_encoder::embed_text(sentence)]), "{sentence:?}");
+        let out = hash_encoder()
+            .embed(&text(&[sentence]), &Limits::default(), Seed::from(0))
+            .unwrap();
+        assert_eq!(
+            bits(&out.vectors),
+            bits(&[hash_encoder::embed_text(sentence)]),
+            "{sentence:?}"
+        );
     }
 }
 
 #[test]
 fn a_sentence_embeds_the_same_alone_and_inside_a_batch() {
-    let batch = hash_encoder().embed(&text(SENTENCES), &Limits::default(), Seed::from(3)).unwrap();
+    let batch = hash_encoder()
+        .embed(&text(SENTENCES), &Limits::default(), Seed::from(3))
+        .unwrap();
     for (i, sentence) in SENTENCES.iter().enumerate() {
-        let alone = hash_encoder().embed(&text(&[sentence]), &Limits::default(), Seed::from(3)).unwrap();
+        let alone = hash_encoder()
+            .embed(&text(&[sentence]), &Limits::default(), Seed::from(3))
+            .unwrap();
         assert_eq!(bits(&alone.vectors)[0], bits(&batch.vectors)[i]);
     }
 }
 
 #[test]
 fn paraphrases_score_higher_than_unrelated_sentences() {
-    let v = hash_encoder().embed(&text(SENTENCES), &Limits::default(), Seed::from(0)).unwrap().vectors;
+    let v = hash_encoder()
+        .embed(&text(SENTENCES), &Limits::default(), Seed::from(0))
+        .unwrap()
+        .vectors;
     let guitar_paraphrase = cosine(&v[0], &v[1]);
     let rates_paraphrase = cosine(&v[2], &v[3]);
-    for unrelated in [cosine(&v[0], &v[2]), cosine(&v[0], &v[3]), cosine(&v[1], &v[2]), cosine(&v[1], &v[3])] {
-        assert!(guitar_paraphrase > unrelated, "{guitar_paraphrase} <= {unrelated}");
-        assert!(rates_paraphrase > unrelated, "{rates_paraphrase} <= {unrelated}");
+    for unrelated in [
+        cosine(&v[0], &v[2]),
+        cosine(&v[0], &v[3]),
+        cosine(&v[1], &v[2]),
+        cosine(&v[1], &v[3]),
+    ] {
+        assert!(
+            guitar_paraphrase > unrelated,
+            "{guitar_paraphrase} <= {unrelated}"
+        );
+        assert!(
+            rates_paraphrase > unrelated,
+            "{rates_paraphrase} <= {unrelated}"
+        );
     }
 }
 
@@ -61,7 +91,9 @@ fn paraphrases_score_higher_than_unrelated_sentences() {
 fn output_is_unit_length_and_of_the_declared_dimension() {
     let info = hash_encoder().info();
     assert_eq!((info.name.as_str(), info.dimension), ("hash-encoder", 384));
-    let out = hash_encoder().embed(&text(&SENTENCES[..5]), &Limits::default(), Seed::from(0)).unwrap();
+    let out = hash_encoder()
+        .embed(&text(&SENTENCES[..5]), &Limits::default(), Seed::from(0))
+        .unwrap();
     for v in &out.vectors {
         assert_eq!(v.len(), 384);
         assert!((v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);

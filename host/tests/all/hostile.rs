@@ -3,7 +3,8 @@
 
 use super::{engine, hash_encoder, hostile, text};
 use soma_host::{
-    Error, FIXED_WALL_CLOCK, InvalidOutput, Embeddings, Limits, OUTPUT_CAPTURE_BYTES, Seed, log::{LOG_FUEL_PER_CALL, MAX_LOG_RECORDS},
+    Embeddings, Error, FIXED_WALL_CLOCK, InvalidOutput, Limits, OUTPUT_CAPTURE_BYTES, Seed,
+    log::{LOG_FUEL_PER_CALL, MAX_LOG_RECORDS},
 };
 use std::time::Duration;
 
@@ -11,9 +12,13 @@ use std::time::Duration;
 /// both the hostile encoder (with a harmless input) and the hash encoder.
 fn attack(mode: &str, limits: &Limits) -> Result<Embeddings, Error> {
     let result = hostile().embed(&text(&[mode]), limits, Seed::from(9));
-    let calm = hostile().embed(&text(&["hello"]), &Limits::default(), Seed::from(9)).unwrap();
+    let calm = hostile()
+        .embed(&text(&["hello"]), &Limits::default(), Seed::from(9))
+        .unwrap();
     assert_eq!(calm.vectors, vec![vec![0.0; 384]]);
-    hash_encoder().embed(&text(&["still serving"]), &Limits::default(), Seed::from(9)).unwrap();
+    hash_encoder()
+        .embed(&text(&["still serving"]), &Limits::default(), Seed::from(9))
+        .unwrap();
     result
 }
 
@@ -30,15 +35,26 @@ fn failure(result: Result<Embeddings, Error>) -> Error {
 fn an_infinite_loop_runs_out_of_fuel() {
     // The safety net is far away: reaching it instead of the fuel limit would
     // be a `Timeout`, and fail this test.
-    let limits = Limits { fuel: 500_000_000, timeout: Duration::from_secs(600), ..Limits::default() };
+    let limits = Limits {
+        fuel: 500_000_000,
+        timeout: Duration::from_secs(600),
+        ..Limits::default()
+    };
     let err = failure(attack("spin", &limits));
-    assert!(matches!(err, Error::FuelExhausted { limit: 500_000_000 }), "{err}");
+    assert!(
+        matches!(err, Error::FuelExhausted { limit: 500_000_000 }),
+        "{err}"
+    );
     assert!(err.is_deterministic());
 }
 
 #[test]
 fn the_wall_clock_safety_net_stops_a_call_and_is_not_held_against_the_encoder() {
-    let limits = Limits { fuel: u64::MAX, timeout: Duration::from_millis(200), ..Limits::default() };
+    let limits = Limits {
+        fuel: u64::MAX,
+        timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
     let err = failure(attack("spin", &limits));
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
     assert!(!err.is_deterministic());
@@ -46,17 +62,28 @@ fn the_wall_clock_safety_net_stops_a_call_and_is_not_held_against_the_encoder() 
 
 #[test]
 fn unbounded_memory_growth_hits_the_memory_limit() {
-    let limits = Limits { max_memory_bytes: 64 << 20, ..Limits::default() };
+    let limits = Limits {
+        max_memory_bytes: 64 << 20,
+        ..Limits::default()
+    };
     let err = failure(attack("grow-memory", &limits));
-    assert!(matches!(err, Error::MemoryLimit { limit_bytes } if limit_bytes == 64 << 20), "{err}");
+    assert!(
+        matches!(err, Error::MemoryLimit { limit_bytes } if limit_bytes == 64 << 20),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_panic_is_a_trap_that_carries_the_panic_message() {
     let err = failure(attack("panic", &Limits::default()));
-    let Error::Trap { message, stderr } = &err else { panic!("expected a trap, got {err}") };
+    let Error::Trap { message, stderr } = &err else {
+        panic!("expected a trap, got {err}")
+    };
     assert!(message.contains("unreachable"), "{message}");
-    assert!(stderr.contains("hostile encoder panicked on purpose"), "{stderr}");
+    assert!(
+        stderr.contains("hostile encoder panicked on purpose"),
+        "{stderr}"
+    );
     assert!(err.to_string().contains("panicked on purpose"));
 }
 
@@ -64,11 +91,22 @@ fn a_panic_is_a_trap_that_carries_the_panic_message() {
 fn files_environment_arguments_sockets_and_names_are_invisible() {
     let out = attack("probe-sandbox", &Limits::default()).unwrap();
     let v = &out.vectors[0];
-    let seen = ["file read", "dir listed", "env vars", "args", "socket opened", "name resolved"];
+    let seen = [
+        "file read",
+        "dir listed",
+        "env vars",
+        "args",
+        "socket opened",
+        "name resolved",
+    ];
     for (i, what) in seen.iter().enumerate() {
         assert_eq!(v[i], 0.0, "{what}: {}", v[i]);
     }
-    assert!(out.logs[0].message.contains("file_read: 0.0"), "{:?}", out.logs);
+    assert!(
+        out.logs[0].message.contains("file_read: 0.0"),
+        "{:?}",
+        out.logs
+    );
 }
 
 #[test]
@@ -84,7 +122,14 @@ fn clocks_are_frozen_at_the_fixed_values() {
 fn nan_output_is_invalid() {
     let err = failure(attack("nan", &Limits::default()));
     assert!(
-        matches!(err, Error::InvalidOutput(InvalidOutput::NonFinite { index: 0, position: 7, .. })),
+        matches!(
+            err,
+            Error::InvalidOutput(InvalidOutput::NonFinite {
+                index: 0,
+                position: 7,
+                ..
+            })
+        ),
         "{err}"
     );
 }
@@ -95,7 +140,11 @@ fn wrong_dimension_is_invalid() {
     assert!(
         matches!(
             err,
-            Error::InvalidOutput(InvalidOutput::WrongDimension { index: 0, expected: 384, actual: 3 })
+            Error::InvalidOutput(InvalidOutput::WrongDimension {
+                index: 0,
+                expected: 384,
+                actual: 3
+            })
         ),
         "{err}"
     );
@@ -105,7 +154,13 @@ fn wrong_dimension_is_invalid() {
 fn an_extra_vector_is_invalid() {
     let err = failure(attack("too-many", &Limits::default()));
     assert!(
-        matches!(err, Error::InvalidOutput(InvalidOutput::WrongCount { expected: 1, actual: 2 })),
+        matches!(
+            err,
+            Error::InvalidOutput(InvalidOutput::WrongCount {
+                expected: 1,
+                actual: 2
+            })
+        ),
         "{err}"
     );
 }
@@ -113,29 +168,55 @@ fn an_extra_vector_is_invalid() {
 #[test]
 fn flooding_stdout_and_the_log_is_capped_and_paid_for() {
     let out = attack("flood-output", &Limits::default()).unwrap();
-    assert!(out.stdout.len() < OUTPUT_CAPTURE_BYTES + 100, "{}", out.stdout.len());
-    assert!(out.stdout.ends_with(&format!("[{} more bytes dropped]", (1 << 20) - OUTPUT_CAPTURE_BYTES)));
+    assert!(
+        out.stdout.len() < OUTPUT_CAPTURE_BYTES + 100,
+        "{}",
+        out.stdout.len()
+    );
+    assert!(out.stdout.ends_with(&format!(
+        "[{} more bytes dropped]",
+        (1 << 20) - OUTPUT_CAPTURE_BYTES
+    )));
     assert_eq!(out.logs.len(), MAX_LOG_RECORDS);
     assert_eq!(out.logs_dropped, 10_000 - MAX_LOG_RECORDS as u64);
     // Every log call is paid for, kept or dropped.
-    assert!(out.fuel_used > 10_000 * LOG_FUEL_PER_CALL, "{}", out.fuel_used);
-    let err = failure(attack("flood-output", &Limits { fuel: out.fuel_used / 2, ..Limits::default() }));
+    assert!(
+        out.fuel_used > 10_000 * LOG_FUEL_PER_CALL,
+        "{}",
+        out.fuel_used
+    );
+    let err = failure(attack(
+        "flood-output",
+        &Limits {
+            fuel: out.fuel_used / 2,
+            ..Limits::default()
+        },
+    ));
     assert!(matches!(err, Error::FuelExhausted { .. }), "{err}");
 }
 
 #[test]
 fn a_component_of_another_world_is_incompatible_and_named() {
     let wasm = std::fs::read(soma_examples_artifacts::OTHER_WORLD).unwrap();
-    let Err(err) = engine().load(&wasm) else { panic!("loaded a component of another world") };
-    let Error::Incompatible(message) = &err else { panic!("expected incompatible, got {err}") };
-    assert!(message.contains("embed") || message.contains("info"), "{message}");
+    let Err(err) = engine().load(&wasm) else {
+        panic!("loaded a component of another world")
+    };
+    let Error::Incompatible(message) = &err else {
+        panic!("expected incompatible, got {err}")
+    };
+    assert!(
+        message.contains("embed") || message.contains("info"),
+        "{message}"
+    );
     assert!(err.to_string().contains("soma:encoder"), "{err}");
 }
 
 #[test]
 fn bytes_that_are_not_a_component_do_not_compile() {
     for garbage in [&b""[..], b"\0asm\x01\0\0\0", b"not wasm at all"] {
-        let Err(err) = engine().load(garbage) else { panic!("garbage loaded") };
+        let Err(err) = engine().load(garbage) else {
+            panic!("garbage loaded")
+        };
         assert!(matches!(err, Error::Compile(_)), "{err}");
     }
 }
@@ -144,22 +225,38 @@ fn bytes_that_are_not_a_component_do_not_compile() {
 fn oversized_inputs_and_batches_are_refused_before_running() {
     let too_long = vec![b'a'; 1025];
     let err = failure(hostile().embed(&[too_long], &Limits::default(), Seed::from(0)));
-    assert!(matches!(&err, Error::InvalidInput(m) if m.contains("input 0 has 1025 bytes")), "{err}");
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("input 0 has 1025 bytes")),
+        "{err}"
+    );
     let too_many = vec![b"x".to_vec(); soma_host::MAX_BATCH + 1];
     let err = failure(hostile().embed(&too_many, &Limits::default(), Seed::from(0)));
-    assert!(matches!(&err, Error::InvalidInput(m) if m.contains("batch")), "{err}");
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("batch")),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_encoder_refusal_is_reported_with_its_reason() {
     let err = failure(hash_encoder().embed(&[vec![0xff, 0xfe]], &Limits::default(), Seed::from(0)));
-    assert!(matches!(&err, Error::Refused(m) if m.contains("input 0") && m.contains("UTF-8")), "{err}");
+    assert!(
+        matches!(&err, Error::Refused(m) if m.contains("input 0") && m.contains("UTF-8")),
+        "{err}"
+    );
 }
 
 #[test]
 fn randomness_is_a_function_of_the_seed() {
     let random_bits = |seed: u64| {
-        hostile().embed(&text(&["probe-sandbox"]), &Limits::default(), Seed::from(seed)).unwrap().vectors[0][9]
+        hostile()
+            .embed(
+                &text(&["probe-sandbox"]),
+                &Limits::default(),
+                Seed::from(seed),
+            )
+            .unwrap()
+            .vectors[0][9]
     };
     assert_eq!(random_bits(1), random_bits(1));
     assert_ne!(random_bits(1), random_bits(2));

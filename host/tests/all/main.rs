@@ -16,7 +16,9 @@ fn engine() -> &'static Engine {
 }
 
 fn load(path: &str) -> Encoder {
-    engine().load(&std::fs::read(path).expect("read component")).expect("load component")
+    engine()
+        .load(&std::fs::read(path).expect("read component"))
+        .expect("load component")
 }
 
 fn hash_encoder() -> &'static Encoder {
@@ -40,5 +42,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn bits(vectors: &[Vec<f32>]) -> Vec<Vec<u32>> {
-    vectors.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
+    vectors
+        .iter()
+        .map(|v| v.iter().map(|x| x.to_bits()).collect())
+        .collect()
 }

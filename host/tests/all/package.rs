@@ -6,7 +6,9 @@ use soma_crypto::{Domain, SecretKey};
 use soma_host::package::{
     BlobRef, MAX_MANIFEST_BYTES, MAX_MODELS, MAX_NAME_BYTES, Manifest, Package, PackageError, WORLD,
 };
-use soma_host::{BlobStore, CacheOutcome, CompiledCache, Digest, Error, Limits, Modality, Seed, StoreError};
+use soma_host::{
+    BlobStore, CacheOutcome, CompiledCache, Digest, Error, Limits, Modality, Seed, StoreError,
+};
 use std::path::{Path, PathBuf};
 
 fn key(seed: u8) -> SecretKey {
@@ -33,12 +35,17 @@ fn manifest() -> Manifest {
 }
 
 fn models() -> Vec<(String, Vec<u8>)> {
-    vec![("vocab.bin".into(), vec![7; 1000]), ("model.onnx".into(), b"not really onnx".to_vec())]
+    vec![
+        ("vocab.bin".into(), vec![7; 1000]),
+        ("model.onnx".into(), b"not really onnx".to_vec()),
+    ]
 }
 
 /// The hash encoder, signed with two model blobs, as file bytes.
 fn package_bytes() -> Vec<u8> {
-    Package::sign(&key(1), manifest(), hash_component(), models()).unwrap().encode()
+    Package::sign(&key(1), manifest(), hash_component(), models())
+        .unwrap()
+        .encode()
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -87,7 +94,10 @@ fn install(store: &BlobStore, bytes: &[u8]) -> Result<Digest, PackageError> {
 
 /// Offset of the manifest inside package bytes, and its length.
 fn manifest_span(bytes: &[u8]) -> (usize, usize) {
-    (12, u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize)
+    (
+        12,
+        u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+    )
 }
 
 #[test]
@@ -101,9 +111,21 @@ fn sign_verify_install_and_run_round_trip() {
     assert_eq!(package.manifest().signer, key(1).public_key());
 
     let encoder = engine().load_package(&package, None).unwrap();
-    let out = encoder.embed(&text(&["signed and sealed"]), &Limits::default(), Seed::from(0)).unwrap();
+    let out = encoder
+        .embed(
+            &text(&["signed and sealed"]),
+            &Limits::default(),
+            Seed::from(0),
+        )
+        .unwrap();
     let bare = engine().load(&hash_component()).unwrap();
-    let expected = bare.embed(&text(&["signed and sealed"]), &Limits::default(), Seed::from(0)).unwrap();
+    let expected = bare
+        .embed(
+            &text(&["signed and sealed"]),
+            &Limits::default(),
+            Seed::from(0),
+        )
+        .unwrap();
     assert_eq!(bits(&out.vectors), bits(&expected.vectors));
 }
 
@@ -129,31 +151,56 @@ fn each_kind_of_tampering_is_refused_with_its_own_error_and_nothing_stored() {
         bytes[sig_start..component_start].copy_from_slice(&other.0);
         bytes
     };
-    let cases: Vec<(&str, Vec<u8>, fn(&PackageError) -> bool)> = vec![
-        ("flipped component bit", flip(component_start + 100), |e| {
-            matches!(e, PackageError::DigestMismatch { blob, .. } if blob == "component")
+    type Case = (&'static str, Vec<u8>, fn(&PackageError) -> bool);
+    let cases: Vec<Case> = vec![
+        (
+            "flipped component bit",
+            flip(component_start + 100),
+            |e| matches!(e, PackageError::DigestMismatch { blob, .. } if blob == "component"),
+        ),
+        (
+            "flipped model bit",
+            flip(model_start + 3),
+            |e| matches!(e, PackageError::DigestMismatch { blob, .. } if blob == "model `model.onnx`"),
+        ),
+        ("flipped manifest bit", flip(fuel_offset), |e| {
+            matches!(e, PackageError::BadSignature { .. })
         }),
-        ("flipped model bit", flip(model_start + 3), |e| {
-            matches!(e, PackageError::DigestMismatch { blob, .. } if blob == "model `model.onnx`")
+        ("flipped signature bit", flip(sig_start + 5), |e| {
+            matches!(e, PackageError::BadSignature { .. })
         }),
-        ("flipped manifest bit", flip(fuel_offset), |e| matches!(e, PackageError::BadSignature { .. })),
-        ("flipped signature bit", flip(sig_start + 5), |e| matches!(e, PackageError::BadSignature { .. })),
-        ("signed by another key", resigned_by_other_key, |e| matches!(e, PackageError::BadSignature { .. })),
-        ("last model missing", good[..good.len() - 1000].to_vec(), |e| {
-            matches!(e, PackageError::MissingBlob(m) if m == "model `vocab.bin`")
+        ("signed by another key", resigned_by_other_key, |e| {
+            matches!(e, PackageError::BadSignature { .. })
         }),
-        ("cut inside a model", good[..good.len() - 10].to_vec(), |e| {
-            matches!(e, PackageError::Truncated { what } if what == "model `vocab.bin`")
+        (
+            "last model missing",
+            good[..good.len() - 1000].to_vec(),
+            |e| matches!(e, PackageError::MissingBlob(m) if m == "model `vocab.bin`"),
+        ),
+        (
+            "cut inside a model",
+            good[..good.len() - 10].to_vec(),
+            |e| matches!(e, PackageError::Truncated { what } if what == "model `vocab.bin`"),
+        ),
+        (
+            "cut inside the manifest",
+            good[..m_start + 20].to_vec(),
+            |e| matches!(e, PackageError::Truncated { what } if what == "manifest"),
+        ),
+        (
+            "cut inside the signature",
+            good[..sig_start + 10].to_vec(),
+            |e| matches!(e, PackageError::Truncated { what } if what == "signature"),
+        ),
+        ("cut inside the header", good[..6].to_vec(), |e| {
+            matches!(e, PackageError::Truncated { .. })
         }),
-        ("cut inside the manifest", good[..m_start + 20].to_vec(), |e| {
-            matches!(e, PackageError::Truncated { what } if what == "manifest")
+        ("trailing bytes", [good.clone(), vec![0]].concat(), |e| {
+            matches!(e, PackageError::TrailingBytes(1))
         }),
-        ("cut inside the signature", good[..sig_start + 10].to_vec(), |e| {
-            matches!(e, PackageError::Truncated { what } if what == "signature")
+        ("not a package", hash_component(), |e| {
+            matches!(e, PackageError::BadMagic)
         }),
-        ("cut inside the header", good[..6].to_vec(), |e| matches!(e, PackageError::Truncated { .. })),
-        ("trailing bytes", [good.clone(), vec![0]].concat(), |e| matches!(e, PackageError::TrailingBytes(1))),
-        ("not a package", hash_component(), |e| matches!(e, PackageError::BadMagic)),
     ];
     for (what, bytes, expected) in cases {
         let dir = TempDir::new("tamper");
@@ -174,35 +221,109 @@ fn a_signer_other_than_the_trusted_key_is_refused() {
 
 #[test]
 fn manifests_out_of_bounds_or_of_another_world_are_refused() {
-    let sign = |m: Manifest, models: Vec<(String, Vec<u8>)>| Package::sign(&key(1), m, vec![1, 2, 3], models);
-    let err = sign(Manifest { world: "soma:encoder/encoder@0.2.0".into(), ..manifest() }, vec![]).unwrap_err();
-    assert!(matches!(&err, PackageError::UnsupportedWorld { found } if found.ends_with("@0.2.0")), "{err}");
+    let sign = |m: Manifest, models: Vec<(String, Vec<u8>)>| {
+        Package::sign(&key(1), m, vec![1, 2, 3], models)
+    };
+    let err = sign(
+        Manifest {
+            world: "soma:encoder/encoder@0.2.0".into(),
+            ..manifest()
+        },
+        vec![],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, PackageError::UnsupportedWorld { found } if found.ends_with("@0.2.0")),
+        "{err}"
+    );
     assert!(err.to_string().contains(WORLD));
 
     let long_name = "n".repeat(MAX_NAME_BYTES + 1);
-    let err = sign(Manifest { name: long_name, ..manifest() }, vec![]).unwrap_err();
-    assert!(matches!(err, PackageError::TooLarge { field: "encoder name", .. }), "{err}");
+    let err = sign(
+        Manifest {
+            name: long_name,
+            ..manifest()
+        },
+        vec![],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PackageError::TooLarge {
+                field: "encoder name",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
-    let too_many = (0..=MAX_MODELS).map(|i| (format!("m{i:02}"), vec![])).collect();
+    let too_many = (0..=MAX_MODELS)
+        .map(|i| (format!("m{i:02}"), vec![]))
+        .collect();
     let err = sign(manifest(), too_many).unwrap_err();
-    assert!(matches!(err, PackageError::TooLarge { field: "model count", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PackageError::TooLarge {
+                field: "model count",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let mut huge_component = manifest();
-    huge_component.component = BlobRef { digest: Digest([0; 32]), size: u64::MAX };
+    huge_component.component = BlobRef {
+        digest: Digest([0; 32]),
+        size: u64::MAX,
+    };
     let err = Manifest::decode(&huge_component.encode()).unwrap_err();
-    assert!(matches!(err, PackageError::TooLarge { field: "component size", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PackageError::TooLarge {
+                field: "component size",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let mut header = b"SOMAPKG1".to_vec();
     header.extend_from_slice(&(MAX_MANIFEST_BYTES as u32 + 1).to_le_bytes());
     let err = Package::decode(&header).unwrap_err();
-    assert!(matches!(err, PackageError::TooLarge { field: "manifest size", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            PackageError::TooLarge {
+                field: "manifest size",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_component_that_is_not_what_its_manifest_says_is_refused_at_load() {
-    let package = Package::sign(&key(1), Manifest { dimension: 768, ..manifest() }, hash_component(), vec![]).unwrap();
-    let Err(err) = engine().load_package(&package, None) else { panic!("mismatched package loaded") };
-    assert!(matches!(&err, Error::ManifestMismatch(m) if m.contains("dimension")), "{err}");
+    let package = Package::sign(
+        &key(1),
+        Manifest {
+            dimension: 768,
+            ..manifest()
+        },
+        hash_component(),
+        vec![],
+    )
+    .unwrap();
+    let Err(err) = engine().load_package(&package, None) else {
+        panic!("mismatched package loaded")
+    };
+    assert!(
+        matches!(&err, Error::ManifestMismatch(m) if m.contains("dimension")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -210,9 +331,21 @@ fn a_package_signature_is_not_valid_in_any_other_domain() {
     let package = Package::sign(&key(1), manifest(), hash_component(), vec![]).unwrap();
     let (manifest_bytes, signature) = package.signed_manifest();
     let signer = key(1).public_key();
-    assert!(signer.verify(Domain::EncoderPackage, manifest_bytes, signature).is_ok());
-    assert!(signer.verify(Domain::Transaction, manifest_bytes, signature).is_err());
-    assert!(signer.verify(Domain::Block, manifest_bytes, signature).is_err());
+    assert!(
+        signer
+            .verify(Domain::EncoderPackage, manifest_bytes, signature)
+            .is_ok()
+    );
+    assert!(
+        signer
+            .verify(Domain::Transaction, manifest_bytes, signature)
+            .is_err()
+    );
+    assert!(
+        signer
+            .verify(Domain::Block, manifest_bytes, signature)
+            .is_err()
+    );
 }
 
 #[test]
@@ -226,7 +359,9 @@ fn the_blob_store_detects_and_removes_corrupt_blobs() {
 
     let path = dir.path().join("blobs").join(digest.to_string());
     std::fs::write(&path, b"some modeL bytes").unwrap();
-    assert!(matches!(store.get(&digest), Err(StoreError::Corrupt { expected, .. }) if expected == digest));
+    assert!(
+        matches!(store.get(&digest), Err(StoreError::Corrupt { expected, .. }) if expected == digest)
+    );
     assert!(!store.contains(&digest));
     assert!(matches!(store.get(&digest), Err(StoreError::NotFound(_))));
 }
@@ -236,7 +371,12 @@ fn a_corrupted_or_foreign_cache_entry_is_recompiled_with_identical_results() {
     let dir = TempDir::new("cache");
     let wasm = hash_component();
     let embed = |encoder: &soma_host::Encoder| {
-        bits(&encoder.embed(&text(&["cache me"]), &Limits::default(), Seed::from(0)).unwrap().vectors)
+        bits(
+            &encoder
+                .embed(&text(&["cache me"]), &Limits::default(), Seed::from(0))
+                .unwrap()
+                .vectors,
+        )
     };
     let cache = CompiledCache::open(dir.path()).unwrap();
     let (first, outcome) = engine().load_cached(&wasm, &cache).unwrap();
@@ -254,7 +394,10 @@ fn a_corrupted_or_foreign_cache_entry_is_recompiled_with_identical_results() {
     let (recompiled, outcome) = engine().load_cached(&wasm, &cache).unwrap();
     assert_eq!(outcome, CacheOutcome::Recompiled);
     assert_eq!(embed(&recompiled), expected);
-    assert_eq!(engine().load_cached(&wasm, &cache).unwrap().1, CacheOutcome::Hit);
+    assert_eq!(
+        engine().load_cached(&wasm, &cache).unwrap().1,
+        CacheOutcome::Hit
+    );
 
     // An entry written by another node (valid code, another key) is foreign.
     let other_dir = TempDir::new("cache-other");
@@ -303,10 +446,14 @@ fn small_package() -> Vec<u8> {
     static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     BYTES
         .get_or_init(|| {
-            let m = Manifest { models: vec![], ..manifest() };
+            let m = Manifest {
+                models: vec![],
+                ..manifest()
+            };
             let models = vec![("a".into(), vec![1; 16]), ("b".into(), vec![2; 16])];
-            Package::sign(&key(1), m, vec![0; 32], models).unwrap().encode()
+            Package::sign(&key(1), m, vec![0; 32], models)
+                .unwrap()
+                .encode()
         })
         .clone()
 }
-
