@@ -61,6 +61,9 @@ fn main() {
 
     let release = guest_target.join(TARGET).join("release");
     let mut generated = String::new();
+    let mut all = String::from(
+        "/// Every example component: (crate name, path).\npub const ALL: &[(&str, &str)] = &[\n",
+    );
     for guest in GUESTS {
         let file = release.join(format!("{}.wasm", guest.replace('-', "_")));
         assert!(
@@ -73,7 +76,13 @@ fn main() {
             guest.replace('-', "_").to_uppercase(),
             file.display().to_string(),
         );
+        all += &format!(
+            "    ({guest:?}, {}),\n",
+            guest.replace('-', "_").to_uppercase()
+        );
     }
+    generated += &all;
+    generated += "];\n";
     std::fs::write(out_dir.join("artifacts.rs"), generated).unwrap();
 }
 

@@ -7,11 +7,12 @@
 //!   same with bare wasmtime (default WASI context, no limits, no fuel);
 //!   the absolute median is checked against the 20 µs target;
 //! * the hash encoder as a component ÷ the same Rust compiled natively;
-//! * the hash encoder with fuel metering ÷ without.
+//! * the hash encoder with fuel metering ÷ without;
+//! * loading a component by compiling it ÷ from the compiled-component cache.
 
 use criterion::{BenchmarkId, Criterion};
 use serde_json::Value;
-use soma_host::{Encoder, Engine, Limits, Seed};
+use soma_host::{CacheOutcome, CompiledCache, Encoder, Engine, Limits, Seed};
 use std::fmt::Write;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,41 @@ fn hash_encoder(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+fn compiled_cache(c: &mut Criterion) {
+    let engine = Engine::new().unwrap();
+    let dir = std::env::temp_dir().join(format!("soma-bench-cache-{}", std::process::id()));
+    let cache = CompiledCache::open(&dir).unwrap();
+    let largest = soma_examples_artifacts::ALL
+        .iter()
+        .max_by_key(|(_, path)| std::fs::metadata(path).unwrap().len())
+        .unwrap();
+    let mut group = c.benchmark_group("load");
+    for (name, path) in [
+        ("hash-encoder", soma_examples_artifacts::HASH_ENCODER),
+        ("largest", largest.1),
+    ] {
+        let wasm = std::fs::read(path).unwrap();
+        engine.load_cached(&wasm, &cache).unwrap();
+        group.bench_function(format!("{name}-compile"), |b| {
+            b.iter(|| engine.load(black_box(&wasm)).unwrap())
+        });
+        group.bench_function(format!("{name}-cached"), |b| {
+            b.iter(|| {
+                let (encoder, outcome) = engine.load_cached(black_box(&wasm), &cache).unwrap();
+                assert_eq!(outcome, CacheOutcome::Hit);
+                encoder
+            })
+        });
+    }
+    group.finish();
+    println!(
+        "largest example component: {} ({} bytes)",
+        largest.0,
+        std::fs::metadata(largest.1).unwrap().len()
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The same component driven by wasmtime with defaults: the baseline for
@@ -175,6 +211,20 @@ const FIGURES: &[Figure] = &[
         target: "≤ 1.25×",
         meets: |ratio, _| ratio <= 1.25,
     },
+    Figure {
+        name: "Load the hash encoder: compile ÷ from the compiled cache",
+        measured: "load/hash-encoder-compile",
+        baseline: "load/hash-encoder-cached",
+        target: "≥ 50×",
+        meets: |ratio, _| ratio >= 50.0,
+    },
+    Figure {
+        name: "Load the largest example component: compile ÷ from the compiled cache",
+        measured: "load/largest-compile",
+        baseline: "load/largest-cached",
+        target: "≥ 50×",
+        meets: |ratio, _| ratio >= 50.0,
+    },
 ];
 
 /// Median time per iteration, in nanoseconds, of a criterion benchmark.
@@ -243,6 +293,7 @@ fn main() {
         .configure_from_args();
     instantiate(&mut c);
     hash_encoder(&mut c);
+    compiled_cache(&mut c);
     c.final_summary();
     let md = report(&out);
     std::fs::write(workspace.join("BENCHMARKS.md"), &md).unwrap();

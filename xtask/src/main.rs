@@ -38,7 +38,15 @@ fn main() -> Result<()> {
         Task::Demo => cargo(&["run", "--locked", "--package", "soma-demo"]),
         Task::Test => {
             cargo(&["fmt", "--all", "--check"])?;
-            cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
             cargo(&["test", "--workspace", "--locked"])
         }
         Task::Bench => cargo(&[
@@ -52,29 +60,50 @@ fn main() -> Result<()> {
     }
 }
 
-/// Makes sure the `wasm32-wasip2` standard library is installed, installing
-/// it with rustup when it is not.
+/// Installs what the build needs and is missing: the `wasm32-wasip2`
+/// standard library, and clippy and rustfmt for `test`.
 fn setup() -> Result<()> {
-    if target_installed()? {
-        return Ok(());
+    if !target_installed()? {
+        rustup(
+            &["target", "add", WASM_TARGET],
+            &format!("the Rust target {WASM_TARGET}"),
+        )?;
+        if !target_installed()? {
+            bail!(
+                "rustup reported success, but the {WASM_TARGET} standard library is still missing"
+            );
+        }
     }
-    eprintln!(
-        "xtask: installing the Rust target {WASM_TARGET} (needed to build encoder components)"
-    );
-    let status = Command::new("rustup")
-        .args(["target", "add", WASM_TARGET])
+    let has = |tool: &str| {
+        Command::new("cargo")
+            .args([tool, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("clippy") || !has("fmt") {
+        rustup(
+            &["component", "add", "clippy", "rustfmt"],
+            "clippy and rustfmt",
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs rustup to install `what`, explaining how to do it by hand if that fails.
+fn rustup(args: &[&str], what: &str) -> Result<()> {
+    eprintln!("xtask: installing {what} with `rustup {}`", args.join(" "));
+    match Command::new("rustup")
+        .args(args)
         .current_dir(workspace())
-        .status();
-    match status {
-        Ok(s) if s.success() && target_installed()? => Ok(()),
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
         Ok(s) => bail!(
-            "`rustup target add {WASM_TARGET}` failed ({s}).\n\
-             Install the {WASM_TARGET} target for the toolchain in use and run this again."
+            "`rustup {}` failed ({s}); install {what} for the toolchain in use and run this again",
+            args.join(" ")
         ),
         Err(e) => bail!(
-            "cannot run rustup ({e}).\n\
-             Soma builds encoder components for {WASM_TARGET}; install Rust with rustup \
-             (https://rustup.rs) or add that target to your toolchain by hand."
+            "cannot run rustup ({e}); install Rust with rustup (https://rustup.rs) or add {what} to your toolchain by hand"
         ),
     }
 }

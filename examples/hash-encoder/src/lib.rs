@@ -63,17 +63,25 @@ pub fn embed_text(text: &str) -> Vec<f32> {
             &word.as_bytes()[1..word.len() - 1],
             WORD_WEIGHT,
         );
-        let bounds: Vec<usize> = word
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain([word.len()])
-            .collect();
-        for w in bounds.windows(4) {
-            add_feature(&mut v, b't', &word.as_bytes()[w[0]..w[3]], TRIGRAM_WEIGHT);
+        for trigram in trigrams(&word) {
+            add_feature(&mut v, b't', trigram.as_bytes(), TRIGRAM_WEIGHT);
         }
     }
     vector::l2_normalize(&mut v);
     v
+}
+
+/// The character trigrams of `word`, in order, without allocating.
+fn trigrams(word: &str) -> impl Iterator<Item = &str> {
+    // Character boundaries b0 = 0, b1, ..., len; trigram n spans b(n-3)..bn.
+    // A ring of the last three boundaries is all it takes.
+    let mut ring = [0usize; 3];
+    let boundaries = word.char_indices().map(|(i, _)| i).chain([word.len()]);
+    boundaries.enumerate().filter_map(move |(n, b)| {
+        let trigram = (n >= 3).then(|| &word[ring[n % 3]..b]);
+        ring[n % 3] = b;
+        trigram
+    })
 }
 
 /// Adds `±weight` to the dimension a feature hashes to; `kind` keeps words
@@ -115,6 +123,13 @@ mod tests {
     #[test]
     fn case_and_punctuation_do_not_matter() {
         assert_eq!(embed_text("The Cat sat."), embed_text("the cat sat"));
+    }
+
+    #[test]
+    fn trigrams_follow_character_boundaries() {
+        assert_eq!(trigrams("<añb>").collect::<Vec<_>>(), ["<añ", "añb", "ñb>"]);
+        assert_eq!(trigrams("<a>").collect::<Vec<_>>(), ["<a>"]);
+        assert_eq!(trigrams("<>").count(), 0);
     }
 
     #[test]
