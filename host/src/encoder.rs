@@ -2,6 +2,7 @@
 
 use crate::engine::{EPOCH_TICK, Engine};
 use crate::error::InvalidOutput;
+use crate::inference::PackageModels;
 use crate::log::LogRecord;
 use crate::sandbox::{Sandbox, Seed};
 use crate::{Error, Limits};
@@ -9,13 +10,7 @@ use serde::Serialize;
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "encoder",
-    });
-}
-
+use crate::bindings;
 use bindings::soma::encoder::types as wit;
 
 /// Most inputs one `embed` call accepts.
@@ -78,6 +73,7 @@ pub struct Encoder {
     engine: Engine,
     pre: bindings::EncoderPre<Sandbox>,
     info: EncoderInfo,
+    models: PackageModels,
 }
 
 impl Encoder {
@@ -85,6 +81,7 @@ impl Encoder {
     pub(crate) fn link(
         engine: Engine,
         component: &Component,
+        models: PackageModels,
         limits: &Limits,
     ) -> Result<Self, Error> {
         let incompatible = |e: wasmtime::Error| Error::Incompatible(format!("{e:#}"));
@@ -93,12 +90,22 @@ impl Encoder {
             .instantiate_pre(component)
             .map_err(incompatible)?;
         let pre = bindings::EncoderPre::new(instance_pre).map_err(incompatible)?;
-        let info = run(&engine, &pre, limits, Seed::default(), |encoder, store| {
-            encoder.call_info(store)
-        })?
+        let info = run(
+            &engine,
+            &pre,
+            &models,
+            limits,
+            Seed::default(),
+            |encoder, store| encoder.call_info(store),
+        )?
         .0;
         let info = EncoderInfo::check(info)?;
-        Ok(Encoder { engine, pre, info })
+        Ok(Encoder {
+            engine,
+            pre,
+            info,
+            models,
+        })
     }
 
     /// What the encoder declared when it was loaded.
@@ -115,10 +122,14 @@ impl Encoder {
         seed: Seed,
     ) -> Result<Embeddings, Error> {
         self.check_inputs(inputs)?;
-        let (result, fuel_used, sandbox) =
-            run(&self.engine, &self.pre, limits, seed, |encoder, store| {
-                encoder.call_embed(store, inputs)
-            })?;
+        let (result, fuel_used, sandbox) = run(
+            &self.engine,
+            &self.pre,
+            &self.models,
+            limits,
+            seed,
+            |encoder, store| encoder.call_embed(store, inputs),
+        )?;
         let vectors = result.map_err(|e| Error::Refused(describe(e)))?;
         check_output(&vectors, inputs.len(), self.info.dimension as usize)?;
         Ok(Embeddings {
@@ -156,11 +167,15 @@ impl Encoder {
 fn run<R>(
     engine: &Engine,
     pre: &bindings::EncoderPre<Sandbox>,
+    models: &PackageModels,
     limits: &Limits,
     seed: Seed,
     call: impl FnOnce(&bindings::Encoder, &mut Store<Sandbox>) -> wasmtime::Result<R>,
 ) -> Result<(R, u64, Sandbox), Error> {
-    let mut store = Store::new(engine.wasmtime(), Sandbox::new(seed, limits));
+    let mut store = Store::new(
+        engine.wasmtime(),
+        Sandbox::new(seed, limits, models.clone()),
+    );
     store.limiter(|sandbox| &mut sandbox.limiter);
     if engine.fuel_metering() {
         store

@@ -3,9 +3,11 @@
 use crate::cache::{CacheOutcome, CompiledCache};
 use crate::digest::Digest;
 use crate::encoder::Encoder;
+use crate::inference::{self, ModelCache, ModelError, PackageModels};
 use crate::package::VerifiedPackage;
 use crate::sandbox::{self, Sandbox};
 use crate::{Error, Limits, log};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
@@ -30,6 +32,7 @@ pub struct Engine {
 struct Inner {
     engine: wasmtime::Engine,
     linker: Linker<Sandbox>,
+    models: ModelCache,
     fuel_metering: bool,
 }
 
@@ -52,12 +55,14 @@ impl Engine {
         let mut linker = Linker::new(&engine);
         sandbox::add_wasi_to_linker(&mut linker).map_err(host)?;
         log::add_to_linker(&mut linker).map_err(host)?;
+        inference::add_to_linker(&mut linker).map_err(host)?;
         start_epoch_ticker(&engine)
             .map_err(|e| Error::Host(format!("cannot start the epoch thread: {e}")))?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 engine,
                 linker,
+                models: ModelCache::default(),
                 fuel_metering,
             }),
         })
@@ -66,9 +71,13 @@ impl Engine {
     /// Compiles a component, checks that it implements the `encoder` world
     /// and reads its [`crate::EncoderInfo`].
     pub fn load(&self, component: &[u8]) -> Result<Encoder, Error> {
-        let component = Component::new(&self.inner.engine, component)
-            .map_err(|e| Error::Compile(format!("{e:#}")))?;
-        Encoder::link(self.clone(), &component, &Limits::default())
+        let (compiled, _) = self.compile(component, None)?;
+        Encoder::link(
+            self.clone(),
+            &compiled,
+            PackageModels::default(),
+            &Limits::default(),
+        )
     }
 
     /// Like [`Engine::load`], but takes the compiled code from `cache` when
@@ -78,30 +87,73 @@ impl Engine {
         component: &[u8],
         cache: &CompiledCache,
     ) -> Result<(Encoder, CacheOutcome), Error> {
-        let (compiled, outcome) =
-            cache.component(&self.inner.engine, &Digest::of(component), component)?;
+        let (compiled, outcome) = self.compile(component, Some(cache))?;
+        let encoder = Encoder::link(
+            self.clone(),
+            &compiled,
+            PackageModels::default(),
+            &Limits::default(),
+        )?;
         Ok((
-            Encoder::link(self.clone(), &compiled, &Limits::default())?,
-            outcome,
+            encoder,
+            outcome.expect("a cached compile reports its outcome"),
         ))
     }
 
-    /// Loads the component of a verified package and checks that it is the
-    /// encoder the manifest describes.
+    /// Loads a verified package: compiles its ONNX models (blobs named
+    /// `*.onnx`) into inference sessions, loads its component, and checks
+    /// that the component is the encoder the manifest describes.
     pub fn load_package(
         &self,
         package: &VerifiedPackage,
         cache: Option<&CompiledCache>,
     ) -> Result<Encoder, Error> {
-        let encoder = match cache {
-            Some(cache) => self.load_cached(package.component(), cache)?.0,
-            None => self.load(package.component())?,
-        };
+        let mut models = BTreeMap::new();
+        for (model, bytes) in package.models().filter(|(m, _)| m.name.ends_with(".onnx")) {
+            let session =
+                self.inner
+                    .models
+                    .get(&model.blob.digest, bytes)
+                    .map_err(|e| match e {
+                        ModelError::Unavailable(e) => Error::Host(e.to_string()),
+                        ModelError::Invalid(message) => Error::InvalidModel {
+                            name: model.name.clone(),
+                            message,
+                        },
+                    })?;
+            models.insert(model.blob.digest, session);
+        }
+        let (compiled, _) = self.compile(package.component(), cache)?;
+        let encoder = Encoder::link(
+            self.clone(),
+            &compiled,
+            Arc::new(models),
+            &Limits::default(),
+        )?;
         package
             .manifest()
             .check_info(encoder.info())
             .map_err(Error::ManifestMismatch)?;
         Ok(encoder)
+    }
+
+    /// Compiles `wasm`, through `cache` if given (then also saying how the
+    /// cache served it).
+    fn compile(
+        &self,
+        wasm: &[u8],
+        cache: Option<&CompiledCache>,
+    ) -> Result<(Component, Option<CacheOutcome>), Error> {
+        match cache {
+            Some(cache) => {
+                let (component, outcome) =
+                    cache.component(&self.inner.engine, &Digest::of(wasm), wasm)?;
+                Ok((component, Some(outcome)))
+            }
+            None => Component::new(&self.inner.engine, wasm)
+                .map(|c| (c, None))
+                .map_err(|e| Error::Compile(format!("{e:#}"))),
+        }
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {

@@ -23,6 +23,15 @@ pub enum Error {
     #[error("component does not match its package manifest: {0}")]
     ManifestMismatch(String),
 
+    /// A model of the package could not be loaded by the inference runtime.
+    #[error("model `{name}` of the package does not load: {message}")]
+    InvalidModel {
+        /// The model's name in the manifest.
+        name: String,
+        /// What the runtime said.
+        message: String,
+    },
+
     /// `info()` returned something no encoder may claim.
     #[error("encoder info is invalid: {0}")]
     InvalidInfo(String),

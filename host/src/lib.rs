@@ -22,11 +22,13 @@
 //! # Ok::<(), soma_host::Error>(())
 //! ```
 
+mod bindings;
 mod cache;
 mod digest;
 mod encoder;
 mod engine;
 mod error;
+pub mod inference;
 pub mod keyfile;
 mod limits;
 pub mod log;

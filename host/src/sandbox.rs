@@ -8,6 +8,7 @@
 //! stderr captured up to a cap. Everything an encoder can observe is a
 //! function of its inputs and the seed.
 
+use crate::inference::PackageModels;
 use crate::limits::{Limiter, Limits};
 use crate::log::LogBuffer;
 use bytes::Bytes;
@@ -63,7 +64,11 @@ impl Seed {
 /// Per-call store data: the WASI context and everything the host records.
 pub(crate) struct Sandbox {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
+    /// The models of the encoder's package, by digest.
+    pub(crate) models: PackageModels,
+    /// Inference sessions the guest holds open.
+    pub(crate) open_sessions: u32,
     pub(crate) limiter: Limiter,
     pub(crate) log: LogBuffer,
     pub(crate) stdout: CapturedOutput,
@@ -72,7 +77,7 @@ pub(crate) struct Sandbox {
 
 impl Sandbox {
     /// A fresh, closed sandbox for one call.
-    pub(crate) fn new(seed: Seed, limits: &Limits) -> Self {
+    pub(crate) fn new(seed: Seed, limits: &Limits, models: PackageModels) -> Self {
         let stdout = CapturedOutput::new(OUTPUT_CAPTURE_BYTES);
         let stderr = CapturedOutput::new(OUTPUT_CAPTURE_BYTES);
         let insecure_seed = seed.derive("insecure-seed");
@@ -92,6 +97,8 @@ impl Sandbox {
         Sandbox {
             wasi,
             table: ResourceTable::new(),
+            models,
+            open_sessions: 0,
             limiter: Limiter::new(limits),
             log: LogBuffer::default(),
             stdout,

@@ -37,7 +37,7 @@ fn manifest() -> Manifest {
 fn models() -> Vec<(String, Vec<u8>)> {
     vec![
         ("vocab.bin".into(), vec![7; 1000]),
-        ("model.onnx".into(), b"not really onnx".to_vec()),
+        ("notes.txt".into(), b"opaque data".to_vec()),
     ]
 }
 
@@ -161,7 +161,7 @@ fn each_kind_of_tampering_is_refused_with_its_own_error_and_nothing_stored() {
         (
             "flipped model bit",
             flip(model_start + 3),
-            |e| matches!(e, PackageError::DigestMismatch { blob, .. } if blob == "model `model.onnx`"),
+            |e| matches!(e, PackageError::DigestMismatch { blob, .. } if blob == "model `notes.txt`"),
         ),
         ("flipped manifest bit", flip(fuel_offset), |e| {
             matches!(e, PackageError::BadSignature { .. })
