@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guest crates under `examples/`, built as components.
-const GUESTS: &[&str] = &["hash-encoder", "hostile", "other-world"];
+const GUESTS: &[&str] = &[
+    "hash-encoder",
+    "hostile",
+    "other-world",
+    "minilm-l6",
+    "minilm-l3",
+];
 
 const TARGET: &str = "wasm32-wasip2";
 
@@ -25,6 +31,22 @@ fn main() {
             "cargo:rerun-if-changed={}",
             workspace.join("examples").join(guest).display()
         );
+    }
+
+    // The MiniLM encoders compile in the tokenizer that `cargo xtask setup`
+    // fetches.
+    println!("cargo:rerun-if-env-changed=SOMA_MODELS_DIR");
+    match env::var_os("SOMA_MODELS_DIR").map(PathBuf::from) {
+        Some(models) if models.join("tokenizer.json").is_file() => {
+            println!(
+                "cargo:rerun-if-changed={}",
+                models.join("tokenizer.json").display()
+            );
+        }
+        _ => panic!(
+            "the MiniLM example encoders need tokenizer.json from $SOMA_MODELS_DIR (.cache/soma/models).\n\
+             Run `cargo xtask setup` to fetch it, then build again."
+        ),
     }
 
     check_target_installed();

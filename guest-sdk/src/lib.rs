@@ -68,7 +68,10 @@ pub mod bindings {
     });
 }
 
+pub mod inference;
 pub mod log;
+#[cfg(feature = "text")]
+pub mod text;
 pub mod vector;
 
 pub use bindings::soma::encoder::types::{EncodeError, EncoderInfo, InvalidInput, Modality};

@@ -60,6 +60,12 @@ pub fn init(dylib: &Path) -> Result<(), RuntimeUnavailable> {
     runtime_from(Some(dylib)).map(|_| ())
 }
 
+/// The process's ONNX Runtime environment, loaded on first use from
+/// `SOMA_ORT_DYLIB` unless [`init`] chose a path.
+pub fn runtime() -> Result<&'static ort::environment::Environment, RuntimeUnavailable> {
+    runtime_from(None)
+}
+
 fn runtime_from(
     dylib: Option<&Path>,
 ) -> Result<&'static ort::environment::Environment, RuntimeUnavailable> {
@@ -107,7 +113,7 @@ impl ModelCache {
         if let Some(model) = models.get(digest) {
             return Ok(model.clone());
         }
-        let env = runtime_from(None).map_err(ModelError::Unavailable)?;
+        let env = runtime().map_err(ModelError::Unavailable)?;
         let session = compile(env, bytes).map_err(ModelError::Invalid)?;
         let model = Arc::new(Model {
             session: Mutex::new(session),

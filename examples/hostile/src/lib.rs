@@ -15,7 +15,9 @@
 //! | `wrong-dimension`| returns 3 values instead of 384                        |
 //! | `too-many`       | returns one vector more than it was given inputs       |
 //! | `flood-output`   | writes 1 MiB to stdout and 10 000 log messages         |
+//! | `infer:<attack>:<digest>` | abuses the inference import (see [`infer`])   |
 
+use soma_guest_sdk::inference::{Error as InferenceError, Session, Tensor, TensorType};
 use soma_guest_sdk::log::{Level, log};
 use soma_guest_sdk::{EncodeError, Encoder, EncoderInfo, Modality};
 use std::io::Write;
@@ -53,6 +55,13 @@ impl Encoder for Hostile {
             Some(b"wrong-dimension") => out[0].truncate(3),
             Some(b"too-many") => out.push(zeros()),
             Some(b"flood-output") => flood_output(),
+            Some(other) if other.starts_with(b"infer:") => {
+                let text = String::from_utf8_lossy(other);
+                let mut parts = text.splitn(3, ':').skip(1);
+                let (attack, digest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                infer(attack, digest)
+                    .map_err(|e| EncodeError::Internal(format!("{:?}: {}", e.code, e.message)))?;
+            }
             _ => {}
         }
         Ok(out)
@@ -73,6 +82,58 @@ fn grow_memory() -> ! {
     loop {
         // Touch every page so the allocation is real.
         hoard.push(vec![1u8; 1 << 20]);
+    }
+}
+
+/// Abuses the inference import on the model with `digest` (which a test
+/// packages with this component); returns the host's error.
+///
+/// * `open`: just opens it (to try digests that are not in the package);
+/// * `absurd-shape`: dimensions whose product overflows;
+/// * `wrong-dtype`: `fp32` ids where the model wants `i64`;
+/// * `wrong-length`: data shorter than the dimensions say;
+/// * `huge-tensor`: more elements than the host accepts;
+/// * `many-sessions`: opens sessions without closing them.
+pub fn infer(attack: &str, digest: &str) -> Result<(), InferenceError> {
+    let session = Session::open(digest)?;
+    let ids = |t: Tensor| vec![t.named("input_ids")];
+    match attack {
+        "open" => Ok(()),
+        "absurd-shape" => {
+            let t = Tensor {
+                dimensions: vec![u32::MAX, u32::MAX, u32::MAX],
+                ty: TensorType::I64,
+                data: vec![],
+            };
+            session.run(&ids(t)).map(drop)
+        }
+        "wrong-dtype" => session
+            .run(&ids(Tensor::from_f32(&[1, 2], &[101.0, 102.0])))
+            .map(drop),
+        "wrong-length" => {
+            let t = Tensor {
+                dimensions: vec![1, 1000],
+                ty: TensorType::I64,
+                data: vec![0; 16],
+            };
+            session.run(&ids(t)).map(drop)
+        }
+        "huge-tensor" => {
+            let t = Tensor {
+                dimensions: vec![1, 1 << 25],
+                ty: TensorType::U8,
+                data: vec![0; 1 << 25],
+            };
+            session.run(&ids(t)).map(drop)
+        }
+        "many-sessions" => {
+            let mut open = vec![session];
+            for _ in 0..10_000 {
+                open.push(Session::open(digest)?);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

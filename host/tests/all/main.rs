@@ -4,6 +4,7 @@
 mod cli;
 mod determinism;
 mod hostile;
+mod minilm;
 mod package;
 
 use soma_host::{Encoder, Engine};

@@ -1,0 +1,174 @@
+//! Pieces of sentence-embedding text encoders (feature `text`).
+
+use crate::EncodeError;
+use crate::inference::{NamedTensor, Session, Tensor};
+use crate::vector::l2_normalize;
+use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
+
+/// Longest input, in tokens, as sentence-transformers truncates for the
+/// MiniLM family.
+pub const MAX_TOKENS: usize = 256;
+
+/// The model inputs for one text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoding {
+    /// Token ids, with the special tokens.
+    pub input_ids: Vec<i64>,
+    /// 1 for every real token.
+    pub attention_mask: Vec<i64>,
+    /// Segment ids (all 0 for one sentence).
+    pub token_type_ids: Vec<i64>,
+}
+
+/// A WordPiece/BPE tokenizer configured as sentence-transformers uses it:
+/// no padding, truncation at [`MAX_TOKENS`].
+pub struct TextTokenizer(Tokenizer);
+
+impl TextTokenizer {
+    /// Parses a Hugging Face `tokenizer.json`.
+    pub fn from_json(json: &[u8]) -> Result<TextTokenizer, String> {
+        let mut tokenizer = Tokenizer::from_bytes(json).map_err(|e| e.to_string())?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| e.to_string())?;
+        Ok(TextTokenizer(tokenizer))
+    }
+
+    /// Tokenises one text, adding the model's special tokens.
+    pub fn encode(&self, text: &str) -> Result<Encoding, String> {
+        let encoding = self.0.encode(text, true).map_err(|e| e.to_string())?;
+        let widen = |v: &[u32]| v.iter().map(|&x| i64::from(x)).collect();
+        Ok(Encoding {
+            input_ids: widen(encoding.get_ids()),
+            attention_mask: widen(encoding.get_attention_mask()),
+            token_type_ids: widen(encoding.get_type_ids()),
+        })
+    }
+}
+
+/// Where an ONNX sentence-transformer graph leaves the sentence vector.
+#[derive(Debug, Clone, Copy)]
+pub enum Pooling {
+    /// The named output holds token vectors (`1 × tokens × dim`): average
+    /// them over the attention mask.
+    MeanOfTokens(&'static str),
+    /// The named output already holds the pooled vector (`1 × dim`).
+    Pooled(&'static str),
+}
+
+/// A sentence-transformer served by the host: tokenise, run the ONNX model
+/// of the package, pool, L2-normalise.
+pub struct SentenceModel {
+    /// The tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// blake3 digest of the ONNX model in the package.
+    pub model: &'static str,
+    /// Output dimension.
+    pub dimension: usize,
+    /// Whether the graph takes a `token_type_ids` input.
+    pub token_type_ids: bool,
+    /// Where the sentence vector comes from.
+    pub pooling: Pooling,
+}
+
+impl SentenceModel {
+    /// Embeds every input, one model run per input, so that a text gets the
+    /// same vector whatever else is in its batch.
+    pub fn embed(&self, inputs: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, EncodeError> {
+        let session = Session::open(self.model).map_err(|e| {
+            EncodeError::Internal(format!(
+                "cannot open the model: {:?}: {}",
+                e.code, e.message
+            ))
+        })?;
+        (0..inputs.len())
+            .map(|i| self.embed_one(&session, inputs, i))
+            .collect()
+    }
+
+    fn embed_one(
+        &self,
+        session: &Session,
+        inputs: &[Vec<u8>],
+        i: usize,
+    ) -> Result<Vec<f32>, EncodeError> {
+        let text = crate::text_input(inputs, i)?;
+        let encoding = self
+            .tokenizer
+            .encode(text)
+            .map_err(|e| EncodeError::invalid_input(i, e))?;
+        let dims = [1, encoding.input_ids.len() as u32];
+        let mut feed = vec![
+            Tensor::from_i64(&dims, &encoding.input_ids).named("input_ids"),
+            Tensor::from_i64(&dims, &encoding.attention_mask).named("attention_mask"),
+        ];
+        if self.token_type_ids {
+            feed.push(Tensor::from_i64(&dims, &encoding.token_type_ids).named("token_type_ids"));
+        }
+        let outputs = session.run(&feed).map_err(|e| {
+            EncodeError::Internal(format!("inference failed: {:?}: {}", e.code, e.message))
+        })?;
+        let (name, pooled) = match self.pooling {
+            Pooling::MeanOfTokens(name) => (name, true),
+            Pooling::Pooled(name) => (name, false),
+        };
+        let values = NamedTensor::find(&outputs, name)
+            .and_then(Tensor::to_f32)
+            .ok_or_else(|| {
+                EncodeError::Internal(format!("the model has no fp32 output `{name}`"))
+            })?;
+        let mut vector = if pooled {
+            mean_pool(&values, &encoding.attention_mask, self.dimension)
+        } else {
+            values
+        };
+        if vector.len() != self.dimension {
+            return Err(EncodeError::Internal(format!(
+                "output `{name}` has {} values, expected {}",
+                vector.len(),
+                self.dimension
+            )));
+        }
+        l2_normalize(&mut vector);
+        Ok(vector)
+    }
+}
+
+/// Averages the rows of `hidden` (`tokens × dim`, row-major) whose mask is
+/// non-zero.
+pub fn mean_pool(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
+    let mut sum = vec![0.0f32; dim];
+    let mut count = 0.0f32;
+    for (row, &m) in hidden.chunks_exact(dim).zip(mask) {
+        if m != 0 {
+            for (s, x) in sum.iter_mut().zip(row) {
+                *s += x;
+            }
+            count += 1.0;
+        }
+    }
+    if count > 0.0 {
+        for s in &mut sum {
+            *s /= count;
+        }
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mean_pool;
+
+    #[test]
+    fn mean_pooling_skips_masked_rows() {
+        let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
+        assert_eq!(mean_pool(&hidden, &[1, 1, 0], 2), vec![2.0, 3.0]);
+        assert_eq!(mean_pool(&hidden, &[0, 0, 0], 2), vec![0.0, 0.0]);
+    }
+}

@@ -1,0 +1,327 @@
+//! The MiniLM encoders: wasm tokenisation, host ONNX Runtime inference.
+//!
+//! These need what `cargo xtask setup` installs: ONNX Runtime
+//! (`SOMA_ORT_DYLIB`) and the models (`SOMA_MODELS_DIR`).
+
+use super::{bits, cosine, engine, text};
+use soma_crypto::SecretKey;
+use soma_host::package::{BlobRef, Manifest, Package, VerifiedPackage, WORLD};
+use soma_host::{Encoder, Engine, Error, Limits, Modality, Seed};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+const L6_MODEL: &str = "all-minilm-l6-v2-int8.onnx";
+const L3_MODEL: &str = "paraphrase-minilm-l3-v2.onnx";
+
+fn models_dir() -> PathBuf {
+    let dir =
+        std::env::var_os("SOMA_MODELS_DIR").expect("SOMA_MODELS_DIR is set by .cargo/config.toml");
+    let dir = PathBuf::from(dir);
+    assert!(
+        dir.join(L6_MODEL).is_file(),
+        "{} is missing: run `cargo xtask setup`",
+        dir.display()
+    );
+    dir
+}
+
+fn model(name: &str) -> Vec<u8> {
+    std::fs::read(models_dir().join(name)).unwrap()
+}
+
+/// Signs `component` with `models` into a package (name and version from
+/// the component's own info, as `soma-host sign` does).
+fn package(component: &str, name: &str, models: &[&str]) -> VerifiedPackage {
+    let manifest = Manifest {
+        name: name.into(),
+        version: "0.1.0".into(),
+        world: WORLD.into(),
+        dimension: 384,
+        fuel_limit: 50_000_000_000,
+        modality: Modality::Text,
+        component: BlobRef::to(b""),
+        models: vec![],
+        signer: SecretKey::from_bytes(&[5; 32]).public_key(),
+    };
+    let blobs = models.iter().map(|m| (m.to_string(), model(m))).collect();
+    Package::sign(
+        &SecretKey::from_bytes(&[5; 32]),
+        manifest,
+        std::fs::read(component).unwrap(),
+        blobs,
+    )
+    .unwrap()
+}
+
+fn l6() -> &'static Encoder {
+    static ENCODER: OnceLock<Encoder> = OnceLock::new();
+    ENCODER.get_or_init(|| {
+        let package = package(soma_examples_artifacts::MINILM_L6, "minilm-l6", &[L6_MODEL]);
+        engine().load_package(&package, None).unwrap()
+    })
+}
+
+fn l3() -> &'static Encoder {
+    static ENCODER: OnceLock<Encoder> = OnceLock::new();
+    ENCODER.get_or_init(|| {
+        let package = package(soma_examples_artifacts::MINILM_L3, "minilm-l3", &[L3_MODEL]);
+        engine().load_package(&package, None).unwrap()
+    })
+}
+
+const SENTENCES: &[&str] = &[
+    "A man is playing a guitar.",
+    "The new movie is awesome.",
+    "The cat sits outside.",
+    "A woman is reading a book in the library.",
+    "Stock markets fell sharply after the announcement.",
+    "How do I reset my password?",
+    "The quick brown fox jumps over the lazy dog.",
+    "Quantum computers exploit superposition and entanglement.",
+    "I love pizza with extra cheese!",
+    "Die Katze schläft auf dem Sofa.",
+    "El tren llega a las cinco de la tarde.",
+    "Photosynthesis converts light energy into chemical energy.",
+    "Please remember to water the plants while I'm away.",
+    "ERROR 404: page not found",
+    "a",
+    "The committee postponed the vote until next Tuesday because several members were absent.",
+    "Emoji 🎸🔥 and numbers 3.14159 mixed with words.",
+    "Validators agree on the order of transactions with a DAG consensus.",
+    "She sells seashells by the seashore.",
+    "What is the capital of Australia? Canberra, not Sydney.",
+    "    leading and trailing whitespace    ",
+    "Long text: the history of the Roman Empire spans centuries, from the founding of the city \
+     through the Republic, the rise of Augustus, the Pax Romana, the crises of the third century, \
+     the division into East and West, and the eventual fall of the Western Empire in 476.",
+];
+
+/// all-MiniLM-L6-v2 natively: Hugging Face tokenizers and ONNX Runtime with
+/// their default settings, mean pooling, L2 normalisation.
+fn native_l6(sentence: &str) -> Vec<f32> {
+    use ort::session::Session;
+    use ort::value::Tensor;
+    static SESSION: OnceLock<std::sync::Mutex<Session>> = OnceLock::new();
+    let session = SESSION.get_or_init(|| {
+        let env = soma_host::inference::runtime().unwrap();
+        let session = Session::builder(env)
+            .unwrap()
+            .commit_from_memory(&model(L6_MODEL))
+            .unwrap();
+        std::sync::Mutex::new(session)
+    });
+    let mut tokenizer =
+        tokenizers::Tokenizer::from_file(models_dir().join("tokenizer.json")).unwrap();
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: 256,
+            ..Default::default()
+        }))
+        .unwrap();
+    let encoding = tokenizer.encode(sentence, true).unwrap();
+    let n = encoding.get_ids().len();
+    let tensor = |v: &[u32]| {
+        Tensor::from_array(([1, n], v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>())).unwrap()
+    };
+    let mut session = session.lock().unwrap();
+    let outputs = session
+        .run(ort::inputs![
+            "input_ids" => tensor(encoding.get_ids()),
+            "attention_mask" => tensor(encoding.get_attention_mask()),
+            "token_type_ids" => tensor(encoding.get_type_ids()),
+        ])
+        .unwrap();
+    let (_, hidden) = outputs["last_hidden_state"]
+        .try_extract_tensor::<f32>()
+        .unwrap();
+    let mut mean = vec![0.0f32; 384];
+    for row in hidden.chunks_exact(384) {
+        for (m, x) in mean.iter_mut().zip(row) {
+            *m += x / n as f32;
+        }
+    }
+    let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+    mean.iter().map(|x| x / norm).collect()
+}
+
+#[test]
+fn minilm_l6_in_wasm_matches_the_native_reference() {
+    let out = l6()
+        .embed(&text(SENTENCES), &Limits::default(), Seed::from(0))
+        .unwrap();
+    for (sentence, vector) in SENTENCES.iter().zip(&out.vectors) {
+        let similarity = cosine(vector, &native_l6(sentence));
+        assert!(similarity >= 0.9999, "{sentence:?}: cosine {similarity}");
+    }
+}
+
+#[test]
+fn paraphrases_score_higher_than_unrelated_pairs_for_both_encoders() {
+    let pairs = [
+        (
+            "A man is playing a guitar.",
+            "Someone is strumming a guitar.",
+            "The stock market crashed today.",
+        ),
+        (
+            "How do I reset my password?",
+            "I forgot my password, how can I change it?",
+            "Bake the bread for forty minutes.",
+        ),
+        (
+            "The cat sleeps on the sofa.",
+            "A kitten is napping on the couch.",
+            "Parliament passed the budget bill.",
+        ),
+    ];
+    for encoder in [l6(), l3()] {
+        for (a, paraphrase, unrelated) in pairs {
+            let v = encoder
+                .embed(
+                    &text(&[a, paraphrase, unrelated]),
+                    &Limits::default(),
+                    Seed::from(0),
+                )
+                .unwrap()
+                .vectors;
+            let (close, far) = (cosine(&v[0], &v[1]), cosine(&v[0], &v[2]));
+            assert!(
+                close > far + 0.2,
+                "{}: {a:?} ~ {paraphrase:?} {close} vs {unrelated:?} {far}",
+                encoder.info().name
+            );
+        }
+    }
+}
+
+#[test]
+fn output_is_bit_identical_across_runs_hosts_and_batches() {
+    let batch = text(&SENTENCES[..6]);
+    let first = l6()
+        .embed(&batch, &Limits::default(), Seed::from(1))
+        .unwrap();
+    let again = l6()
+        .embed(&batch, &Limits::default(), Seed::from(1))
+        .unwrap();
+    assert_eq!(bits(&first.vectors), bits(&again.vectors));
+    assert_eq!(first.fuel_used, again.fuel_used);
+    // Another seed changes the tokenizer's hash-map layout, hence the fuel,
+    // but never the vectors.
+    let reseeded = l6()
+        .embed(&batch, &Limits::default(), Seed::from(2))
+        .unwrap();
+    assert_eq!(bits(&first.vectors), bits(&reseeded.vectors));
+
+    let fresh = Engine::new().unwrap();
+    let package = package(soma_examples_artifacts::MINILM_L6, "minilm-l6", &[L6_MODEL]);
+    let other = fresh
+        .load_package(&package, None)
+        .unwrap()
+        .embed(&batch, &Limits::default(), Seed::from(1))
+        .unwrap();
+    assert_eq!(bits(&first.vectors), bits(&other.vectors));
+
+    for (i, sentence) in SENTENCES[..6].iter().enumerate() {
+        let alone = l6()
+            .embed(&text(&[sentence]), &Limits::default(), Seed::from(1))
+            .unwrap();
+        assert_eq!(
+            bits(&alone.vectors)[0],
+            bits(&first.vectors)[i],
+            "{sentence:?}"
+        );
+    }
+}
+
+/// The hostile encoder packaged with the L6 model, so that it can reach the
+/// inference import.
+fn hostile_with_model() -> &'static Encoder {
+    static ENCODER: OnceLock<Encoder> = OnceLock::new();
+    ENCODER.get_or_init(|| {
+        let package = package(soma_examples_artifacts::HOSTILE, "hostile", &[L6_MODEL]);
+        engine().load_package(&package, None).unwrap()
+    })
+}
+
+#[test]
+fn inference_abuse_gets_typed_errors_and_the_host_keeps_serving() {
+    let l6_digest = blake3::hash(&model(L6_MODEL)).to_hex().to_string();
+    let l3_digest = blake3::hash(&model(L3_MODEL)).to_hex().to_string();
+    let cases = [
+        ("open", "0".repeat(64), "NotFound"),
+        ("open", "not a digest".to_string(), "NotFound"),
+        ("open", l3_digest, "NotFound"),
+        ("absurd-shape", l6_digest.clone(), "TooLarge"),
+        ("wrong-dtype", l6_digest.clone(), "InvalidArgument"),
+        ("wrong-length", l6_digest.clone(), "InvalidArgument"),
+        ("huge-tensor", l6_digest.clone(), "TooLarge"),
+        ("many-sessions", l6_digest.clone(), "TooLarge"),
+    ];
+    for (attack, digest, code) in cases {
+        let input = format!("infer:{attack}:{digest}");
+        let result =
+            hostile_with_model().embed(&text(&[&input]), &Limits::default(), Seed::from(0));
+        match result {
+            Err(Error::Refused(message)) => assert!(message.contains(code), "{attack}: {message}"),
+            Err(other) => panic!("{attack}: expected a refusal with {code}, got {other}"),
+            Ok(_) => panic!("{attack}: the abuse succeeded"),
+        }
+        l6().embed(&text(&["still serving"]), &Limits::default(), Seed::from(0))
+            .unwrap();
+    }
+}
+
+#[test]
+fn inference_is_paid_for_in_fuel() {
+    let short = l6()
+        .embed(&text(&["short"]), &Limits::default(), Seed::from(0))
+        .unwrap()
+        .fuel_used;
+    let long = l6()
+        .embed(&text(&[SENTENCES[21]]), &Limits::default(), Seed::from(0))
+        .unwrap()
+        .fuel_used;
+    assert!(long > short, "{long} <= {short}");
+    let err = l6().embed(
+        &text(&[SENTENCES[21]]),
+        &Limits {
+            fuel: short,
+            ..Limits::default()
+        },
+        Seed::from(0),
+    );
+    assert!(matches!(err, Err(Error::FuelExhausted { .. })), "{err:?}");
+}
+
+#[test]
+fn a_package_with_a_corrupt_model_fails_at_load_with_a_clear_error() {
+    let manifest = Manifest {
+        name: "minilm-l6".into(),
+        version: "0.1.0".into(),
+        world: WORLD.into(),
+        dimension: 384,
+        fuel_limit: 1,
+        modality: Modality::Text,
+        component: BlobRef::to(b""),
+        models: vec![],
+        signer: SecretKey::from_bytes(&[5; 32]).public_key(),
+    };
+    let mut corrupt = model(L6_MODEL);
+    corrupt.truncate(corrupt.len() / 2);
+    let component = std::fs::read(soma_examples_artifacts::MINILM_L6).unwrap();
+    let package = Package::sign(
+        &SecretKey::from_bytes(&[5; 32]),
+        manifest,
+        component,
+        vec![(L6_MODEL.into(), corrupt)],
+    )
+    .unwrap();
+    let Err(err) = engine().load_package(&package, None) else {
+        panic!("a corrupt model loaded")
+    };
+    assert!(
+        matches!(&err, Error::InvalidModel { name, .. } if name == L6_MODEL),
+        "{err}"
+    );
+}
