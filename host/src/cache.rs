@@ -59,13 +59,14 @@ impl CompiledCache {
         Ok(CompiledCache { dir, key })
     }
 
-    /// The compiled form of `wasm` (whose digest is `digest`) for `engine`,
-    /// from the cache when a valid entry exists, else compiled and stored.
+    /// The compiled component stored for `digest` and `engine` when a valid
+    /// entry exists; else the compilation of what `source` returns (the
+    /// component to compile for that digest), stored for next time.
     pub(crate) fn component(
         &self,
         engine: &wasmtime::Engine,
         digest: &Digest,
-        wasm: &[u8],
+        source: impl FnOnce() -> Result<Vec<u8>, crate::Error>,
     ) -> Result<(Component, CacheOutcome), crate::Error> {
         let engine_hash = engine_hash(engine);
         let path = self
@@ -84,7 +85,7 @@ impl CompiledCache {
             Err(_) => CacheOutcome::Miss,
         };
         let compiled = engine
-            .precompile_component(wasm)
+            .precompile_component(&source()?)
             .map_err(|e| crate::Error::Compile(format!("{e:#}")))?;
         // SAFETY: these bytes were produced by `precompile_component` on this
         // very engine a moment ago.

@@ -1,6 +1,6 @@
 //! A loaded encoder component and its calls.
 
-use crate::engine::{EPOCH_TICK, Engine};
+use crate::engine::Engine;
 use crate::error::InvalidOutput;
 use crate::inference::PackageModels;
 use crate::log::LogRecord;
@@ -182,8 +182,7 @@ fn run<R>(
             .set_fuel(limits.fuel)
             .map_err(|e| Error::Host(e.to_string()))?;
     }
-    let ticks = limits.timeout.as_millis() / EPOCH_TICK.as_millis() + 1;
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    store.set_epoch_deadline(engine.epoch_ticks(limits.timeout));
     store.epoch_deadline_trap();
 
     let result = pre
@@ -201,7 +200,7 @@ fn run<R>(
 }
 
 /// Names the failure of a call: which limit was hit, or what trapped.
-fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
+pub(crate) fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => return Error::FuelExhausted { limit: limits.fuel },
         Some(Trap::Interrupt) => {

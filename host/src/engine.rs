@@ -6,7 +6,7 @@ use crate::encoder::Encoder;
 use crate::inference::{self, ModelCache, ModelError, PackageModels};
 use crate::package::VerifiedPackage;
 use crate::sandbox::{self, Sandbox};
-use crate::{Error, Limits, log};
+use crate::{Error, Limits, log, preinit};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,20 +137,24 @@ impl Engine {
         Ok(encoder)
     }
 
-    /// Compiles `wasm`, through `cache` if given (then also saying how the
-    /// cache served it).
+    /// Pre-initialises and compiles `wasm`, through `cache` if given (then
+    /// also saying how the cache served it). The cache is keyed by the
+    /// digest of `wasm` and holds the compiled snapshot.
     fn compile(
         &self,
         wasm: &[u8],
         cache: Option<&CompiledCache>,
     ) -> Result<(Component, Option<CacheOutcome>), Error> {
+        let snapshot = |wasm: &[u8]| -> Result<Vec<u8>, Error> {
+            Ok(preinit::preinitialize(self, wasm)?.unwrap_or_else(|| wasm.to_vec()))
+        };
         match cache {
             Some(cache) => {
                 let (component, outcome) =
-                    cache.component(&self.inner.engine, &Digest::of(wasm), wasm)?;
+                    cache.component(&self.inner.engine, &Digest::of(wasm), || snapshot(wasm))?;
                 Ok((component, Some(outcome)))
             }
-            None => Component::new(&self.inner.engine, wasm)
+            None => Component::new(&self.inner.engine, snapshot(wasm)?)
                 .map(|c| (c, None))
                 .map_err(|e| Error::Compile(format!("{e:#}"))),
         }
@@ -162,6 +166,11 @@ impl Engine {
 
     pub(crate) fn linker(&self) -> &Linker<Sandbox> {
         &self.inner.linker
+    }
+
+    /// The epoch deadline, in ticks, for a wall-clock limit.
+    pub(crate) fn epoch_ticks(&self, timeout: Duration) -> u64 {
+        u64::try_from(timeout.as_millis() / EPOCH_TICK.as_millis() + 1).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn fuel_metering(&self) -> bool {

@@ -33,6 +33,7 @@ pub mod keyfile;
 mod limits;
 pub mod log;
 pub mod package;
+mod preinit;
 mod sandbox;
 mod store;
 

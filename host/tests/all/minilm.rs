@@ -221,6 +221,10 @@ fn output_is_bit_identical_across_runs_hosts_and_batches() {
         .embed(&batch, &Limits::default(), Seed::from(1))
         .unwrap();
     assert_eq!(bits(&first.vectors), bits(&other.vectors));
+    assert_eq!(
+        first.fuel_used, other.fuel_used,
+        "pre-initialisation is deterministic"
+    );
 
     for (i, sentence) in SENTENCES[..6].iter().enumerate() {
         let alone = l6()
@@ -270,6 +274,17 @@ fn inference_abuse_gets_typed_errors_and_the_host_keeps_serving() {
         l6().embed(&text(&["still serving"]), &Limits::default(), Seed::from(0))
             .unwrap();
     }
+}
+
+#[test]
+fn fresh_instances_start_pre_initialised() {
+    // Parsing tokenizer.json in a fresh instance costs ~177M fuel; the
+    // pre-initialised snapshot starts with the tokenizer built.
+    let fuel = l6()
+        .embed(&text(&["short"]), &Limits::default(), Seed::from(0))
+        .unwrap()
+        .fuel_used;
+    assert!(fuel < 5_000_000, "{fuel}");
 }
 
 #[test]

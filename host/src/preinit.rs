@@ -1,0 +1,169 @@
+//! Pre-initialisation: run an encoder's start-up work once and snapshot it.
+//!
+//! Every call runs in a fresh instance, so an encoder that parses a
+//! tokenizer or builds tables at start-up would pay for it on every call
+//! (tens of milliseconds and hundreds of millions of fuel for MiniLM's
+//! `tokenizer.json`). Instead the host calls `info()` once, which makes the
+//! SDK build the encoder (`Encoder::new`), and snapshots the instance's
+//! memories and globals into a new component with `wasmtime-wizer`. Fresh
+//! instances of the snapshot start with the encoder already built.
+//!
+//! The start-up run is itself sandboxed and deterministic (fixed seed, frozen
+//! clocks, fuel), so every host produces the same snapshot bytes.
+
+use crate::bindings;
+use crate::encoder::classify;
+use crate::engine::Engine;
+use crate::inference::PackageModels;
+use crate::sandbox::{Sandbox, Seed};
+use crate::{Error, Limits};
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use wasmtime::Store;
+use wasmtime::component::{Component, Instance, Lift, WasmList};
+use wasmtime_wizer::ComponentInstanceState;
+use wasmtime_wizer::Wizer;
+
+/// The export run before the snapshot: `info()`, which builds the encoder.
+const INIT_CALL: &str = "info()";
+
+/// Returns `wasm` with its start-up work done, or `None` when the component
+/// cannot be pre-initialised (it is then used as it is, and any problem with
+/// it is reported when it is linked).
+pub(crate) fn preinitialize(engine: &Engine, wasm: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    let mut wizer = Wizer::new();
+    wizer.init_func(INIT_CALL).keep_init_func(true);
+    let Ok((cx, instrumented)) = wizer.instrument_component(wasm) else {
+        return Ok(None);
+    };
+    let Ok(component) = Component::new(engine.wasmtime(), &instrumented) else {
+        return Ok(None);
+    };
+    if component.get_export(None, "info").is_none() {
+        return Ok(None);
+    }
+    let limits = Limits::default();
+    let mut store = Store::new(
+        engine.wasmtime(),
+        Sandbox::new(Seed::default(), &limits, PackageModels::default()),
+    );
+    store.limiter(|sandbox| &mut sandbox.limiter);
+    if engine.fuel_metering() {
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| Error::Host(e.to_string()))?;
+    }
+    store.set_epoch_deadline(engine.epoch_ticks(limits.timeout));
+    store.epoch_deadline_trap();
+
+    let instance = match engine.linker().instantiate(&mut store, &component) {
+        Ok(instance) => instance,
+        Err(e) => return Err(link_or_run_error(e, &store, &limits)),
+    };
+    let init = bindings::Encoder::new(&mut store, &instance)
+        .and_then(|encoder| encoder.call_info(&mut store).map(drop));
+    if let Err(e) = init {
+        return Err(link_or_run_error(e, &store, &limits));
+    }
+    let mut state = Snapshotting {
+        store: &mut store,
+        instance,
+        failed: None,
+    };
+    let snapshot = block_on(wizer.snapshot_component(&cx, &mut state));
+    let failure = state
+        .failed
+        .map(|e| wasmtime::format_err!("reading state: {e}"));
+    match failure.map_or(snapshot, Err) {
+        Ok(snapshot) => Ok(Some(snapshot)),
+        Err(e) => Err(Error::Host(format!(
+            "cannot snapshot the initialised encoder: {e:#}"
+        ))),
+    }
+}
+
+/// A link failure means the component is not an encoder; anything else is
+/// a failure of its start-up code.
+fn link_or_run_error(e: wasmtime::Error, store: &Store<Sandbox>, limits: &Limits) -> Error {
+    match classify(e, store.data(), limits) {
+        Error::Host(message) => Error::Incompatible(message),
+        other => other,
+    }
+}
+
+/// What the snapshot reads the instance's state through. wizer only asks
+/// for accessors its own instrumentation exported, which cannot fail; if one
+/// did anyway, the failure is recorded and the snapshot thrown away.
+struct Snapshotting<'a> {
+    store: &'a mut Store<Sandbox>,
+    instance: Instance,
+    failed: Option<String>,
+}
+
+impl Snapshotting<'_> {
+    fn call<R: Lift + 'static, T: Default>(
+        &mut self,
+        instance: &str,
+        func: &str,
+        with: impl FnOnce(&Store<Sandbox>, R) -> T,
+    ) -> T {
+        let store = &mut *self.store;
+        let value = self
+            .instance
+            .get_export(&mut *store, None, instance)
+            .and_then(|(_, exported)| self.instance.get_export(&mut *store, Some(&exported), func))
+            .ok_or_else(|| wasmtime::format_err!("no export {instance}#{func}"))
+            .and_then(|(_, index)| self.instance.get_typed_func::<(), (R,)>(&mut *store, index))
+            .and_then(|f| f.call(&mut *store, ()));
+        match value {
+            Ok((value,)) => with(store, value),
+            Err(e) => {
+                self.failed
+                    .get_or_insert(format!("{instance}#{func}: {e:#}"));
+                T::default()
+            }
+        }
+    }
+}
+
+impl ComponentInstanceState for Snapshotting<'_> {
+    async fn call_func_ret_list_u8(
+        &mut self,
+        instance: &str,
+        func: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) {
+        self.call(instance, func, |store, list: WasmList<u8>| {
+            contents(list.as_le_slice(store))
+        })
+    }
+
+    async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
+        self.call(instance, func, |_, v| v)
+    }
+
+    async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
+        self.call(instance, func, |_, v| v)
+    }
+
+    async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
+        self.call(instance, func, |_, v: f32| v.to_bits())
+    }
+
+    async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
+        self.call(instance, func, |_, v: f64| v.to_bits())
+    }
+}
+
+/// Runs a future that never waits: everything above is synchronous, the
+/// `async` only comes from wizer's interface.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
