@@ -313,3 +313,53 @@ fn a_tampered_or_untrusted_package_is_refused_before_running() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_minilm_package_runs_from_the_command_line_as_the_readme_shows() {
+    let dir = scratch("minilm");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let models = std::path::PathBuf::from(std::env::var_os("SOMA_MODELS_DIR").unwrap());
+    let model = models.join("all-minilm-l6-v2-int8.onnx");
+    assert!(
+        soma_host(&["keygen", "--out", &p("author.key")], "")
+            .status
+            .success()
+    );
+    let signed = soma_host(
+        &[
+            "sign",
+            "--key",
+            &p("author.key"),
+            "--component",
+            soma_examples_artifacts::MINILM_L6,
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            &p("minilm-l6.somapkg"),
+        ],
+        "",
+    );
+    assert!(signed.status.success(), "{}", stderr(&signed));
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let out = json(&soma_host(
+            &[
+                "run",
+                &p("minilm-l6.somapkg"),
+                "--cache-dir",
+                &p("cache"),
+                "-i",
+                "A man is playing a guitar.",
+            ],
+            "",
+        ));
+        assert_eq!(out["encoder"]["name"], "minilm-l6");
+        assert_eq!(out["embeddings"][0].as_array().unwrap().len(), 384);
+        runs.push(out["embeddings"].clone());
+    }
+    assert_eq!(
+        runs[0], runs[1],
+        "a cached second run gives the same vector"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

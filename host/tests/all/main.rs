@@ -5,6 +5,7 @@ mod cli;
 mod determinism;
 mod hostile;
 mod minilm;
+mod native;
 mod package;
 
 use soma_host::{Encoder, Engine};

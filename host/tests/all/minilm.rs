@@ -3,6 +3,7 @@
 //! These need what `cargo xtask setup` installs: ONNX Runtime
 //! (`SOMA_ORT_DYLIB`) and the models (`SOMA_MODELS_DIR`).
 
+use super::native::NativeMiniLm;
 use super::{bits, cosine, engine, text};
 use soma_crypto::SecretKey;
 use soma_host::package::{BlobRef, Manifest, Package, VerifiedPackage, WORLD};
@@ -96,53 +97,16 @@ const SENTENCES: &[&str] = &[
      the division into East and West, and the eventual fall of the Western Empire in 476.",
 ];
 
-/// all-MiniLM-L6-v2 natively: Hugging Face tokenizers and ONNX Runtime with
-/// their default settings, mean pooling, L2 normalisation.
+/// all-MiniLM-L6-v2 natively, with ONNX Runtime's default settings.
 fn native_l6(sentence: &str) -> Vec<f32> {
-    use ort::session::Session;
-    use ort::value::Tensor;
-    static SESSION: OnceLock<std::sync::Mutex<Session>> = OnceLock::new();
-    let session = SESSION.get_or_init(|| {
+    static NATIVE: OnceLock<std::sync::Mutex<NativeMiniLm>> = OnceLock::new();
+    let native = NATIVE.get_or_init(|| {
         let env = soma_host::inference::runtime().unwrap();
-        let session = Session::builder(env)
-            .unwrap()
-            .commit_from_memory(&model(L6_MODEL))
-            .unwrap();
-        std::sync::Mutex::new(session)
+        let builder = ort::session::Session::builder(env).unwrap();
+        let tokenizer = models_dir().join("tokenizer.json");
+        std::sync::Mutex::new(NativeMiniLm::new(builder, &model(L6_MODEL), &tokenizer))
     });
-    let mut tokenizer =
-        tokenizers::Tokenizer::from_file(models_dir().join("tokenizer.json")).unwrap();
-    tokenizer.with_padding(None);
-    tokenizer
-        .with_truncation(Some(tokenizers::TruncationParams {
-            max_length: 256,
-            ..Default::default()
-        }))
-        .unwrap();
-    let encoding = tokenizer.encode(sentence, true).unwrap();
-    let n = encoding.get_ids().len();
-    let tensor = |v: &[u32]| {
-        Tensor::from_array(([1, n], v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>())).unwrap()
-    };
-    let mut session = session.lock().unwrap();
-    let outputs = session
-        .run(ort::inputs![
-            "input_ids" => tensor(encoding.get_ids()),
-            "attention_mask" => tensor(encoding.get_attention_mask()),
-            "token_type_ids" => tensor(encoding.get_type_ids()),
-        ])
-        .unwrap();
-    let (_, hidden) = outputs["last_hidden_state"]
-        .try_extract_tensor::<f32>()
-        .unwrap();
-    let mut mean = vec![0.0f32; 384];
-    for row in hidden.chunks_exact(384) {
-        for (m, x) in mean.iter_mut().zip(row) {
-            *m += x / n as f32;
-        }
-    }
-    let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
-    mean.iter().map(|x| x / norm).collect()
+    native.lock().unwrap().embed(sentence)
 }
 
 #[test]
