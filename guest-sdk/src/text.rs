@@ -62,26 +62,77 @@ pub enum Pooling {
     Pooled(&'static str),
 }
 
-/// A sentence-transformer served by the host: tokenise, run the ONNX model
-/// of the package, pool, L2-normalise.
-pub struct SentenceModel {
-    /// The tokenizer.
-    pub tokenizer: TextTokenizer,
+/// A sentence-transformer served by the host, described by constants: the
+/// whole encoder is [`SentenceEncoder`] over a type implementing this.
+///
+/// ```no_run
+/// use soma_guest_sdk::text::{Pooling, SentenceTransformer};
+///
+/// pub struct MyModel;
+///
+/// impl SentenceTransformer for MyModel {
+///     const NAME: &'static str = "my-model";
+///     const VERSION: &'static str = "0.1.0";
+///     const MODEL: &'static str = "b2a68b34a45c28477ee9619f6f1ed03064209e3c3dae66aac2cedc4ee59c286d";
+///     const TOKENIZER: &'static [u8] = b"{}"; // include_bytes!("tokenizer.json")
+///     const TOKEN_TYPE_IDS: bool = true;
+///     const POOLING: Pooling = Pooling::MeanOfTokens("last_hidden_state");
+/// }
+///
+/// soma_guest_sdk::export!(soma_guest_sdk::text::SentenceEncoder<MyModel>);
+/// ```
+pub trait SentenceTransformer: Send + Sync + 'static {
+    /// Encoder name.
+    const NAME: &'static str;
+    /// Encoder version.
+    const VERSION: &'static str;
     /// blake3 digest of the ONNX model in the package.
-    pub model: &'static str,
-    /// Output dimension.
-    pub dimension: usize,
+    const MODEL: &'static str;
+    /// The Hugging Face `tokenizer.json`, compiled in.
+    const TOKENIZER: &'static [u8];
     /// Whether the graph takes a `token_type_ids` input.
-    pub token_type_ids: bool,
+    const TOKEN_TYPE_IDS: bool;
     /// Where the sentence vector comes from.
-    pub pooling: Pooling,
+    const POOLING: Pooling;
+    /// Output dimension.
+    const DIMENSION: usize = 384;
+    /// Largest input, in bytes.
+    const MAX_INPUT_BYTES: u32 = 16 * 1024;
 }
 
-impl SentenceModel {
-    /// Embeds every input, one model run per input, so that a text gets the
-    /// same vector whatever else is in its batch.
-    pub fn embed(&self, inputs: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, EncodeError> {
-        let session = Session::open(self.model).map_err(|e| {
+/// The encoder for a [`SentenceTransformer`]: tokenise, run the ONNX model
+/// of the package, pool, L2-normalise.
+pub struct SentenceEncoder<T> {
+    tokenizer: TextTokenizer,
+    model: std::marker::PhantomData<T>,
+}
+
+impl<T: SentenceTransformer> crate::Encoder for SentenceEncoder<T> {
+    fn new() -> Self {
+        // The tokenizer is compiled in: failing to parse it is a build bug,
+        // caught when the host pre-initialises the component.
+        let tokenizer =
+            TextTokenizer::from_json(T::TOKENIZER).expect("the compiled-in tokenizer.json parses");
+        SentenceEncoder {
+            tokenizer,
+            model: std::marker::PhantomData,
+        }
+    }
+
+    fn info(&self) -> crate::EncoderInfo {
+        crate::EncoderInfo {
+            name: T::NAME.into(),
+            version: T::VERSION.into(),
+            dimension: T::DIMENSION as u32,
+            modality: crate::Modality::Text,
+            max_input_bytes: T::MAX_INPUT_BYTES,
+        }
+    }
+
+    /// One model run per input, so that a text gets the same vector
+    /// whatever else is in its batch.
+    fn embed(&self, inputs: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, EncodeError> {
+        let session = Session::open(T::MODEL).map_err(|e| {
             EncodeError::Internal(format!(
                 "cannot open the model: {:?}: {}",
                 e.code, e.message
@@ -91,7 +142,9 @@ impl SentenceModel {
             .map(|i| self.embed_one(&session, inputs, i))
             .collect()
     }
+}
 
+impl<T: SentenceTransformer> SentenceEncoder<T> {
     fn embed_one(
         &self,
         session: &Session,
@@ -108,13 +161,13 @@ impl SentenceModel {
             Tensor::from_i64(&dims, &encoding.input_ids).named("input_ids"),
             Tensor::from_i64(&dims, &encoding.attention_mask).named("attention_mask"),
         ];
-        if self.token_type_ids {
+        if T::TOKEN_TYPE_IDS {
             feed.push(Tensor::from_i64(&dims, &encoding.token_type_ids).named("token_type_ids"));
         }
         let outputs = session.run(&feed).map_err(|e| {
             EncodeError::Internal(format!("inference failed: {:?}: {}", e.code, e.message))
         })?;
-        let (name, pooled) = match self.pooling {
+        let (name, per_token) = match T::POOLING {
             Pooling::MeanOfTokens(name) => (name, true),
             Pooling::Pooled(name) => (name, false),
         };
@@ -123,16 +176,16 @@ impl SentenceModel {
             .ok_or_else(|| {
                 EncodeError::Internal(format!("the model has no fp32 output `{name}`"))
             })?;
-        let mut vector = if pooled {
-            mean_pool(&values, &encoding.attention_mask, self.dimension)
+        let mut vector = if per_token {
+            mean_pool(&values, &encoding.attention_mask, T::DIMENSION)
         } else {
             values
         };
-        if vector.len() != self.dimension {
+        if vector.len() != T::DIMENSION {
             return Err(EncodeError::Internal(format!(
                 "output `{name}` has {} values, expected {}",
                 vector.len(),
-                self.dimension
+                T::DIMENSION
             )));
         }
         l2_normalize(&mut vector);

@@ -172,19 +172,7 @@ fn run<R>(
     seed: Seed,
     call: impl FnOnce(&bindings::Encoder, &mut Store<Sandbox>) -> wasmtime::Result<R>,
 ) -> Result<(R, u64, Sandbox), Error> {
-    let mut store = Store::new(
-        engine.wasmtime(),
-        Sandbox::new(seed, limits, models.clone()),
-    );
-    store.limiter(|sandbox| &mut sandbox.limiter);
-    if engine.fuel_metering() {
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| Error::Host(e.to_string()))?;
-    }
-    store.set_epoch_deadline(engine.epoch_ticks(limits.timeout));
-    store.epoch_deadline_trap();
-
+    let mut store = new_store(engine, models.clone(), limits, seed)?;
     let result = pre
         .instantiate(&mut store)
         .and_then(|encoder| call(&encoder, &mut store));
@@ -197,6 +185,26 @@ fn run<R>(
         Ok(value) => Ok((value, fuel_used, store.into_data())),
         Err(error) => Err(classify(error, store.data(), limits)),
     }
+}
+
+/// A fresh store with a closed sandbox, `limits` applied (fuel, memory,
+/// wall-clock safety net) and randomness from `seed`.
+pub(crate) fn new_store(
+    engine: &Engine,
+    models: PackageModels,
+    limits: &Limits,
+    seed: Seed,
+) -> Result<Store<Sandbox>, Error> {
+    let mut store = Store::new(engine.wasmtime(), Sandbox::new(seed, limits, models));
+    store.limiter(|sandbox| &mut sandbox.limiter);
+    if engine.fuel_metering() {
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| Error::Host(e.to_string()))?;
+    }
+    store.set_epoch_deadline(engine.epoch_ticks(limits.timeout));
+    store.epoch_deadline_trap();
+    Ok(store)
 }
 
 /// Names the failure of a call: which limit was hit, or what trapped.

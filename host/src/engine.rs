@@ -71,7 +71,7 @@ impl Engine {
     /// Compiles a component, checks that it implements the `encoder` world
     /// and reads its [`crate::EncoderInfo`].
     pub fn load(&self, component: &[u8]) -> Result<Encoder, Error> {
-        let (compiled, _) = self.compile(component, None)?;
+        let compiled = self.compile(component)?;
         Encoder::link(
             self.clone(),
             &compiled,
@@ -87,17 +87,14 @@ impl Engine {
         component: &[u8],
         cache: &CompiledCache,
     ) -> Result<(Encoder, CacheOutcome), Error> {
-        let (compiled, outcome) = self.compile(component, Some(cache))?;
+        let (compiled, outcome) = self.compile_cached(component, cache)?;
         let encoder = Encoder::link(
             self.clone(),
             &compiled,
             PackageModels::default(),
             &Limits::default(),
         )?;
-        Ok((
-            encoder,
-            outcome.expect("a cached compile reports its outcome"),
-        ))
+        Ok((encoder, outcome))
     }
 
     /// Loads a verified package: compiles its ONNX models (blobs named
@@ -123,7 +120,10 @@ impl Engine {
                     })?;
             models.insert(model.blob.digest, session);
         }
-        let (compiled, _) = self.compile(package.component(), cache)?;
+        let compiled = match cache {
+            Some(cache) => self.compile_cached(package.component(), cache)?.0,
+            None => self.compile(package.component())?,
+        };
         let encoder = Encoder::link(
             self.clone(),
             &compiled,
@@ -137,27 +137,28 @@ impl Engine {
         Ok(encoder)
     }
 
-    /// Pre-initialises and compiles `wasm`, through `cache` if given (then
-    /// also saying how the cache served it). The cache is keyed by the
-    /// digest of `wasm` and holds the compiled snapshot.
-    fn compile(
+    /// Pre-initialises and compiles `wasm`.
+    fn compile(&self, wasm: &[u8]) -> Result<Component, Error> {
+        Component::new(&self.inner.engine, self.preinitialized(wasm)?)
+            .map_err(|e| Error::Compile(format!("{e:#}")))
+    }
+
+    /// Like [`Engine::compile`], through `cache`: keyed by the digest of
+    /// `wasm`, holding the compiled snapshot.
+    fn compile_cached(
         &self,
         wasm: &[u8],
-        cache: Option<&CompiledCache>,
-    ) -> Result<(Component, Option<CacheOutcome>), Error> {
-        let snapshot = |wasm: &[u8]| -> Result<Vec<u8>, Error> {
-            Ok(preinit::preinitialize(self, wasm)?.unwrap_or_else(|| wasm.to_vec()))
-        };
-        match cache {
-            Some(cache) => {
-                let (component, outcome) =
-                    cache.component(&self.inner.engine, &Digest::of(wasm), || snapshot(wasm))?;
-                Ok((component, Some(outcome)))
-            }
-            None => Component::new(&self.inner.engine, snapshot(wasm)?)
-                .map(|c| (c, None))
-                .map_err(|e| Error::Compile(format!("{e:#}"))),
-        }
+        cache: &CompiledCache,
+    ) -> Result<(Component, CacheOutcome), Error> {
+        cache.component(&self.inner.engine, &Digest::of(wasm), || {
+            self.preinitialized(wasm)
+        })
+    }
+
+    /// `wasm` with its start-up done, or as it is if it cannot be
+    /// pre-initialised.
+    fn preinitialized(&self, wasm: &[u8]) -> Result<Vec<u8>, Error> {
+        Ok(preinit::preinitialize(self, wasm)?.unwrap_or_else(|| wasm.to_vec()))
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {

@@ -11,8 +11,8 @@
 //! not reach the encoder.
 //!
 //! ONNX Runtime is a shared library loaded once per process from the path in
-//! `SOMA_ORT_DYLIB` (set up by `cargo xtask setup`), or from the path given
-//! to [`init`].
+//! `SOMA_ORT_DYLIB` (which `.cargo/config.toml` points at the copy
+//! `cargo xtask setup` installs).
 
 use crate::bindings::soma::encoder::inference::{
     Error as WitError, ErrorCode, NamedTensor, Tensor, TensorType,
@@ -24,7 +24,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, TensorElementType, ValueType};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use wasmtime::component::{Linker, Resource, ResourceType, WasmStr};
 
@@ -54,32 +54,18 @@ pub struct RuntimeUnavailable(pub String);
 static RUNTIME: OnceLock<Result<ort::environment::Environment, RuntimeUnavailable>> =
     OnceLock::new();
 
-/// Loads ONNX Runtime from `dylib` for this process. Later calls (and the
-/// `SOMA_ORT_DYLIB` fallback) are ignored once one has succeeded or failed.
-pub fn init(dylib: &Path) -> Result<(), RuntimeUnavailable> {
-    runtime_from(Some(dylib)).map(|_| ())
-}
-
-/// The process's ONNX Runtime environment, loaded on first use from
-/// `SOMA_ORT_DYLIB` unless [`init`] chose a path.
+/// The process's ONNX Runtime environment, loaded on first use from the
+/// library `SOMA_ORT_DYLIB` names.
 pub fn runtime() -> Result<&'static ort::environment::Environment, RuntimeUnavailable> {
-    runtime_from(None)
-}
-
-fn runtime_from(
-    dylib: Option<&Path>,
-) -> Result<&'static ort::environment::Environment, RuntimeUnavailable> {
     RUNTIME
         .get_or_init(|| {
-            let path = match dylib {
-                Some(path) => path.to_path_buf(),
-                None => std::env::var_os(DYLIB_ENV).map(Into::into).ok_or_else(|| {
-                    RuntimeUnavailable(format!(
-                        "{DYLIB_ENV} is not set; run `cargo xtask setup`, or point {DYLIB_ENV} at libonnxruntime.so (1.32)"
-                    ))
-                })?,
-            };
-            let unavailable = |e: &dyn std::fmt::Display| RuntimeUnavailable(format!("{}: {e}", path.display()));
+            let path = std::env::var_os(DYLIB_ENV).map(PathBuf::from).ok_or_else(|| {
+                RuntimeUnavailable(format!(
+                    "{DYLIB_ENV} is not set; run `cargo xtask setup`, or point {DYLIB_ENV} at libonnxruntime.so (1.32)"
+                ))
+            })?;
+            let unavailable =
+                |e: &dyn std::fmt::Display| RuntimeUnavailable(format!("{}: {e}", path.display()));
             ort::init_from(&path)
                 .map_err(|e| unavailable(&e))?
                 .with_name("soma")

@@ -12,7 +12,7 @@
 //! clocks, fuel), so every host produces the same snapshot bytes.
 
 use crate::bindings;
-use crate::encoder::classify;
+use crate::encoder::{classify, new_store};
 use crate::engine::Engine;
 use crate::inference::PackageModels;
 use crate::sandbox::{Sandbox, Seed};
@@ -44,18 +44,7 @@ pub(crate) fn preinitialize(engine: &Engine, wasm: &[u8]) -> Result<Option<Vec<u
         return Ok(None);
     }
     let limits = Limits::default();
-    let mut store = Store::new(
-        engine.wasmtime(),
-        Sandbox::new(Seed::default(), &limits, PackageModels::default()),
-    );
-    store.limiter(|sandbox| &mut sandbox.limiter);
-    if engine.fuel_metering() {
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| Error::Host(e.to_string()))?;
-    }
-    store.set_epoch_deadline(engine.epoch_ticks(limits.timeout));
-    store.epoch_deadline_trap();
+    let mut store = new_store(engine, PackageModels::default(), &limits, Seed::default())?;
 
     let instance = match engine.linker().instantiate(&mut store, &component) {
         Ok(instance) => instance,
