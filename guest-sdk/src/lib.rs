@@ -78,9 +78,12 @@ pub use bindings::soma::encoder::types::{EncodeError, EncoderInfo, InvalidInput,
 
 /// One encoder: the type a component exports with [`export!`].
 ///
-/// The host calls [`Encoder::new`] once per instance, before the first call
-/// that needs it; put expensive start-up work (loading vocabularies, building
-/// tables) there.
+/// [`Encoder::new`] runs once, when the host loads the component: the host
+/// calls `info()`, which builds the encoder, and snapshots the instance, so
+/// every later call starts with the encoder built. Put expensive start-up
+/// work (parsing vocabularies, building tables) there, but nothing that
+/// holds a host resource: inference sessions do not survive the snapshot,
+/// so open them in [`Encoder::embed`].
 pub trait Encoder: Sized + Send + Sync + 'static {
     /// Builds the encoder's state.
     fn new() -> Self;
