@@ -128,10 +128,16 @@ impl CompiledCache {
     }
 }
 
-/// Identifies the engine configuration compiled code is valid for.
+/// What else decides an entry's bytes: entries hold pre-initialised
+/// snapshots, and a host release may pre-initialise differently.
+const PRODUCER: &str = concat!("soma-host ", env!("CARGO_PKG_VERSION"), ", preinit v1");
+
+/// Identifies the engine configuration (and host release) compiled code is
+/// valid for.
 fn engine_hash(engine: &wasmtime::Engine) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
+    PRODUCER.hash(&mut hasher);
     hasher.finish()
 }
 
