@@ -1,0 +1,478 @@
+//! Blocks: what each validator proposes once per round.
+//!
+//! ```text
+//! block    = "SOMABLK1" ‖ u32 round ‖ u32 author ‖ u16 parent count ‖ parent*
+//!            ‖ u32 transaction count ‖ (u32 length ‖ bytes)* ‖ state root (32)
+//! parent   = u32 round ‖ u32 author ‖ digest (32)
+//! wire     = block ‖ signature (64)
+//! ```
+//!
+//! Integers are little-endian; decoding is canonical (it refuses anything
+//! [`Block::encode`] would not produce) and checks every length against a
+//! limit before allocating. A block's digest is the blake3 of its encoding;
+//! its signature is the author's, over the encoding, in
+//! [`Domain::Block`].
+
+use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
+use soma_crypto::{Domain, SecretKey, Signature};
+use std::fmt;
+
+/// A consensus round; round 0 holds the genesis blocks.
+pub type Round = u32;
+
+/// Most transactions in a block.
+pub const MAX_TRANSACTIONS: usize = 10_000;
+/// Largest transaction, in bytes.
+pub const MAX_TRANSACTION_BYTES: usize = 64 * 1024;
+/// Largest encoded block, in bytes.
+pub const MAX_BLOCK_BYTES: usize = 4 << 20;
+
+const MAGIC: &[u8; 8] = b"SOMABLK1";
+
+/// Names a block: who proposed it, in which round, and its digest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlockRef {
+    /// Round of the block.
+    pub round: Round,
+    /// Its author.
+    pub author: AuthorityIndex,
+    /// blake3 of its encoding.
+    pub digest: [u8; 32],
+}
+
+impl fmt::Debug for BlockRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = hex::encode(&self.digest[..4]);
+        write!(f, "B{}({},{short})", self.round, self.author.0)
+    }
+}
+
+/// Why a block was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    /// The bytes are not a block.
+    #[error("malformed block: {0}")]
+    Malformed(String),
+    /// A length exceeds its limit.
+    #[error("{field} is {size}, over the limit of {max}")]
+    TooLarge {
+        /// Which field.
+        field: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The author is not in the committee.
+    #[error("author {0} is not in the committee")]
+    UnknownAuthor(u32),
+    /// The signature does not verify under the author's key.
+    #[error("signature of {0:?} does not verify")]
+    BadSignature(BlockRef),
+    /// The parents break the DAG rules.
+    #[error("parents of {block:?}: {reason}")]
+    InvalidParents {
+        /// The block.
+        block: BlockRef,
+        /// Which rule.
+        reason: String,
+    },
+}
+
+/// The content of a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// Its round.
+    pub round: Round,
+    /// Its author.
+    pub author: AuthorityIndex,
+    /// Blocks of earlier rounds it references, sorted by (round, author).
+    pub parents: Vec<BlockRef>,
+    /// Opaque transaction bytes, in the author's order.
+    pub transactions: Vec<Vec<u8>>,
+    /// The author's latest state root.
+    pub state_root: [u8; 32],
+}
+
+/// A block with its author's signature, as it travels and is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedBlock {
+    block: Block,
+    encoding: Vec<u8>,
+    signature: Signature,
+    reference: BlockRef,
+}
+
+impl Block {
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let tx_bytes: usize = self.transactions.iter().map(|t| 4 + t.len()).sum();
+        let mut out = Vec::with_capacity(8 + 10 + self.parents.len() * 40 + 4 + tx_bytes + 32);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.round.to_le_bytes());
+        out.extend_from_slice(&self.author.0.to_le_bytes());
+        out.extend_from_slice(&(self.parents.len() as u16).to_le_bytes());
+        for parent in &self.parents {
+            out.extend_from_slice(&parent.round.to_le_bytes());
+            out.extend_from_slice(&parent.author.0.to_le_bytes());
+            out.extend_from_slice(&parent.digest);
+        }
+        out.extend_from_slice(&(self.transactions.len() as u32).to_le_bytes());
+        for tx in &self.transactions {
+            out.extend_from_slice(&(tx.len() as u32).to_le_bytes());
+            out.extend_from_slice(tx);
+        }
+        out.extend_from_slice(&self.state_root);
+        out
+    }
+
+    /// Parses a canonical encoding.
+    pub fn decode(bytes: &[u8]) -> Result<Block, BlockError> {
+        if bytes.len() > MAX_BLOCK_BYTES {
+            return Err(BlockError::TooLarge {
+                field: "block",
+                size: bytes.len(),
+                max: MAX_BLOCK_BYTES,
+            });
+        }
+        let mut r = Reader(bytes);
+        if r.take(8)? != MAGIC {
+            return Err(BlockError::Malformed("bad magic bytes".into()));
+        }
+        let round = r.u32()?;
+        let author = AuthorityIndex(r.u32()?);
+        let parent_count = usize::from(r.u16()?);
+        // Each parent takes 40 bytes: a count the input cannot hold is
+        // refused before anything is allocated for it.
+        if parent_count * 40 > r.0.len() {
+            return Err(BlockError::Malformed("ends inside the parents".into()));
+        }
+        let mut parents = Vec::with_capacity(parent_count);
+        for _ in 0..parent_count {
+            let round = r.u32()?;
+            let author = AuthorityIndex(r.u32()?);
+            parents.push(BlockRef {
+                round,
+                author,
+                digest: r.array()?,
+            });
+        }
+        if parents
+            .windows(2)
+            .any(|w| (w[0].round, w[0].author) >= (w[1].round, w[1].author))
+        {
+            return Err(BlockError::Malformed(
+                "parents are not sorted by (round, author) without repeats".into(),
+            ));
+        }
+        let tx_count = r.u32()? as usize;
+        if tx_count > MAX_TRANSACTIONS {
+            return Err(BlockError::TooLarge {
+                field: "transaction count",
+                size: tx_count,
+                max: MAX_TRANSACTIONS,
+            });
+        }
+        if tx_count * 4 > r.0.len() {
+            return Err(BlockError::Malformed("ends inside the transactions".into()));
+        }
+        let mut transactions = Vec::with_capacity(tx_count);
+        for _ in 0..tx_count {
+            let len = r.u32()? as usize;
+            if len > MAX_TRANSACTION_BYTES {
+                return Err(BlockError::TooLarge {
+                    field: "transaction",
+                    size: len,
+                    max: MAX_TRANSACTION_BYTES,
+                });
+            }
+            transactions.push(r.take(len)?.to_vec());
+        }
+        let state_root = r.array()?;
+        if !r.0.is_empty() {
+            return Err(BlockError::Malformed(format!(
+                "{} bytes after the state root",
+                r.0.len()
+            )));
+        }
+        Ok(Block {
+            round,
+            author,
+            parents,
+            transactions,
+            state_root,
+        })
+    }
+
+    /// Signs the block as `key` (which must be its author's).
+    pub fn sign(self, key: &SecretKey) -> SignedBlock {
+        let encoding = self.encode();
+        let signature = key.sign(Domain::Block, &encoding);
+        SignedBlock::assemble(self, encoding, signature)
+    }
+}
+
+impl SignedBlock {
+    fn assemble(block: Block, encoding: Vec<u8>, signature: Signature) -> SignedBlock {
+        let reference = BlockRef {
+            round: block.round,
+            author: block.author,
+            digest: *blake3::hash(&encoding).as_bytes(),
+        };
+        SignedBlock {
+            block,
+            encoding,
+            signature,
+            reference,
+        }
+    }
+
+    /// Parses wire bytes; checks the form only (see [`SignedBlock::verify`]).
+    pub fn decode(bytes: &[u8]) -> Result<SignedBlock, BlockError> {
+        let Some(split) = bytes.len().checked_sub(64) else {
+            return Err(BlockError::Malformed("shorter than a signature".into()));
+        };
+        let (encoding, signature) = bytes.split_at(split);
+        let block = Block::decode(encoding)?;
+        let signature = Signature(signature.try_into().expect("64 bytes"));
+        Ok(SignedBlock::assemble(block, encoding.to_vec(), signature))
+    }
+
+    /// The wire bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        [&self.encoding[..], &self.signature.0].concat()
+    }
+
+    /// The block.
+    pub fn block(&self) -> &Block {
+        &self.block
+    }
+
+    /// Its reference.
+    pub fn reference(&self) -> BlockRef {
+        self.reference
+    }
+
+    /// Checks everything that can be checked without the rest of the DAG:
+    /// the author is a member and signed it; a genesis block (round 0) has
+    /// no parents; any other block references only earlier rounds, at most
+    /// one block per author, its author's own previous block, and a quorum
+    /// of stake from the round just before it.
+    pub fn verify(&self, committee: &Committee) -> Result<(), BlockError> {
+        let block = &self.block;
+        let key = committee
+            .key(block.author)
+            .ok_or(BlockError::UnknownAuthor(block.author.0))?;
+        key.verify(Domain::Block, &self.encoding, &self.signature)
+            .map_err(|_| BlockError::BadSignature(self.reference))?;
+        let invalid = |reason: &str| {
+            Err(BlockError::InvalidParents {
+                block: self.reference,
+                reason: reason.to_string(),
+            })
+        };
+        if block.round == 0 {
+            return if block.parents.is_empty() {
+                Ok(())
+            } else {
+                invalid("a genesis block has no parents")
+            };
+        }
+        if block.parents.iter().any(|p| p.round >= block.round) {
+            return invalid("a parent is not from an earlier round");
+        }
+        if block
+            .parents
+            .iter()
+            .any(|p| committee.key(p.author).is_none())
+        {
+            return invalid("a parent's author is not in the committee");
+        }
+        let mut authors = StakeAggregator::new();
+        if !block
+            .parents
+            .iter()
+            .all(|p| authors.add(p.author, committee))
+        {
+            return invalid("two parents by the same author");
+        }
+        if !block.parents.iter().any(|p| p.author == block.author) {
+            return invalid("the author's own previous block is missing");
+        }
+        let mut previous_round = StakeAggregator::new();
+        for parent in block.parents.iter().filter(|p| p.round + 1 == block.round) {
+            previous_round.add(parent.author, committee);
+        }
+        if !previous_round.reached_quorum(committee) {
+            return invalid("less than a quorum of stake from the previous round");
+        }
+        Ok(())
+    }
+}
+
+/// A cursor over untrusted bytes that never reads past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BlockError> {
+        if self.0.len() < n {
+            return Err(BlockError::Malformed("truncated".into()));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], BlockError> {
+        Ok(self.take(N)?.try_into().expect("take returns N bytes"))
+    }
+
+    fn u16(&mut self) -> Result<u16, BlockError> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, BlockError> {
+        self.array().map(u32::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::committee::tests::committee;
+    use proptest::prelude::*;
+
+    /// Genesis blocks of every authority.
+    fn genesis(keys: &[SecretKey]) -> Vec<SignedBlock> {
+        (0..keys.len())
+            .map(|i| {
+                let block = Block {
+                    round: 0,
+                    author: AuthorityIndex(i as u32),
+                    parents: vec![],
+                    transactions: vec![],
+                    state_root: [0; 32],
+                };
+                block.sign(&keys[i])
+            })
+            .collect()
+    }
+
+    fn round_one(author: u32, parents: &[&SignedBlock], keys: &[SecretKey]) -> SignedBlock {
+        let mut parents: Vec<BlockRef> = parents.iter().map(|b| b.reference()).collect();
+        parents.sort();
+        Block {
+            round: 1,
+            author: AuthorityIndex(author),
+            parents,
+            transactions: vec![b"transfer 5".to_vec(), vec![]],
+            state_root: [7; 32],
+        }
+        .sign(&keys[author as usize])
+    }
+
+    #[test]
+    fn a_signed_block_round_trips_and_verifies() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let g = genesis(&keys);
+        let block = round_one(0, &[&g[0], &g[1], &g[2]], &keys);
+        let decoded = SignedBlock::decode(&block.to_bytes()).unwrap();
+        assert_eq!(decoded, block);
+        assert_eq!(decoded.verify(&c), Ok(()));
+        for genesis in &g {
+            assert_eq!(genesis.verify(&c), Ok(()));
+        }
+    }
+
+    #[test]
+    fn invalid_blocks_are_refused_with_the_rule_they_break() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let g = genesis(&keys);
+        let parents_error = |b: SignedBlock| match b.verify(&c) {
+            Err(BlockError::InvalidParents { reason, .. }) => reason,
+            other => panic!("expected invalid parents, got {other:?}"),
+        };
+        assert!(parents_error(round_one(0, &[&g[0], &g[1]], &keys)).contains("quorum"));
+        assert!(
+            parents_error(round_one(3, &[&g[0], &g[1], &g[2]], &keys))
+                .contains("own previous block")
+        );
+
+        let forged = round_one(0, &[&g[0], &g[1], &g[2]], &keys[1..]);
+        assert!(matches!(
+            forged.verify(&c),
+            Err(BlockError::BadSignature(_))
+        ));
+
+        let mut wire = round_one(0, &[&g[0], &g[1], &g[2]], &keys).to_bytes();
+        wire[12] ^= 1; // the author field
+        assert!(matches!(
+            SignedBlock::decode(&wire).unwrap().verify(&c),
+            Err(BlockError::BadSignature(_))
+        ));
+
+        let stranger = Block {
+            author: AuthorityIndex(9),
+            ..g[0].block().clone()
+        }
+        .sign(&keys[0]);
+        assert_eq!(stranger.verify(&c), Err(BlockError::UnknownAuthor(9)));
+
+        let genesis_with_parents = Block {
+            parents: vec![g[1].reference()],
+            ..g[0].block().clone()
+        }
+        .sign(&keys[0]);
+        assert!(parents_error(genesis_with_parents).contains("genesis"));
+    }
+
+    #[test]
+    fn non_canonical_encodings_are_refused() {
+        let (_, keys) = committee(&[1, 1, 1, 1]);
+        let g = genesis(&keys);
+        let mut unsorted = round_one(0, &[&g[0], &g[1], &g[2]], &keys).block().clone();
+        unsorted.parents.swap(0, 1);
+        assert!(matches!(
+            Block::decode(&unsorted.encode()),
+            Err(BlockError::Malformed(_))
+        ));
+        let mut trailing = g[0].block().encode();
+        trailing.push(0);
+        assert!(matches!(
+            Block::decode(&trailing),
+            Err(BlockError::Malformed(_))
+        ));
+        let oversized = Block {
+            transactions: vec![vec![0; MAX_TRANSACTION_BYTES + 1]],
+            ..g[0].block().clone()
+        };
+        assert!(matches!(
+            Block::decode(&oversized.encode()),
+            Err(BlockError::TooLarge {
+                field: "transaction",
+                ..
+            })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = SignedBlock::decode(&bytes);
+            let mut prefixed = MAGIC.to_vec();
+            prefixed.extend_from_slice(&bytes);
+            let _ = SignedBlock::decode(&prefixed);
+        }
+
+        #[test]
+        fn a_mutated_block_never_verifies(index in any::<prop::sample::Index>(), xor in 1u8..=255) {
+            let (c, keys) = committee(&[1, 1, 1, 1]);
+            let g = genesis(&keys);
+            let mut wire = round_one(0, &[&g[0], &g[1], &g[2]], &keys).to_bytes();
+            let i = index.index(wire.len());
+            wire[i] ^= xor;
+            let verified = SignedBlock::decode(&wire).map(|b| b.verify(&c));
+            prop_assert!(!matches!(verified, Ok(Ok(()))));
+        }
+    }
+}
