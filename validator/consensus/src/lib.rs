@@ -5,12 +5,18 @@
 //! orders the opaque transaction bytes in those blocks; it never interprets
 //! them, and never calls the encoder host or the executor.
 //!
-//! Built so far: the [`Committee`] with typed stake counting, and blocks
-//! with their canonical encoding and full verification. The DAG state, the
-//! commit rule, the linearizer, persistence and networking come next.
+//! Built so far: the [`Committee`] with typed stake counting; blocks with
+//! their canonical encoding and full verification; the [`DagState`]; and
+//! the Mysticeti commit rule ([`Committer`]: direct commit, direct skip,
+//! indirect decision through an anchor). The linearizer, persistence,
+//! networking and the simulation come next.
 
 mod block;
 mod committee;
+mod committer;
+mod dag_state;
 
 pub use block::{Block, BlockError, BlockRef, Round, SignedBlock};
 pub use committee::{AuthorityIndex, Committee, CommitteeError, Stake, StakeAggregator};
+pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
+pub use dag_state::{Acceptance, DagState};
