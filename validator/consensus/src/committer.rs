@@ -336,6 +336,47 @@ mod tests {
     }
 
     #[test]
+    fn committed_leaders_linearize_every_block_exactly_once_in_a_fixed_order() {
+        let mut b = Builder::new();
+        b.full_rounds(1..=10);
+        let leaders: Vec<BlockRef> = Committer::new(&b.dag)
+            .try_decide(0)
+            .into_iter()
+            .map(|s| match s {
+                LeaderStatus::Commit(l) => l,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let sequence = |dag: &DagState| {
+            let mut linearizer = crate::Linearizer::new();
+            leaders
+                .iter()
+                .map(|l| linearizer.linearize(dag, *l))
+                .collect::<Vec<_>>()
+        };
+        let subdags = sequence(&b.dag);
+        let mut seen = std::collections::BTreeSet::new();
+        for subdag in &subdags {
+            assert_eq!(subdag.blocks.last().unwrap().reference(), subdag.leader);
+            for block in &subdag.blocks {
+                assert!(
+                    seen.insert(block.reference()),
+                    "{:?} committed twice",
+                    block.reference()
+                );
+                assert!(b.dag.is_ancestor(&block.reference(), &subdag.leader));
+            }
+        }
+        // Everything up to the last leader's round minus one is committed.
+        let last = leaders.last().unwrap().round;
+        assert_eq!(
+            seen.iter().filter(|r| r.round < last).count(),
+            4 * last as usize
+        );
+        assert_eq!(sequence(&b.dag), subdags, "linearization is deterministic");
+    }
+
+    #[test]
     fn leaders_follow_stake() {
         let (c, _) = committee(&[97, 1, 1, 1]);
         let heavy = (1..=1000)

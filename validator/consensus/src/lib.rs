@@ -8,15 +8,18 @@
 //! Built so far: the [`Committee`] with typed stake counting; blocks with
 //! their canonical encoding and full verification; the [`DagState`]; and
 //! the Mysticeti commit rule ([`Committer`]: direct commit, direct skip,
-//! indirect decision through an anchor). The linearizer, persistence,
+//! indirect decision through an anchor); and the [`Linearizer`] that turns
+//! committed leaders into ordered sub-DAGs. Persistence, the proposer,
 //! networking and the simulation come next.
 
 mod block;
 mod committee;
 mod committer;
 mod dag_state;
+mod linearizer;
 
 pub use block::{Block, BlockError, BlockRef, Round, SignedBlock};
 pub use committee::{AuthorityIndex, Committee, CommitteeError, Stake, StakeAggregator};
 pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
 pub use dag_state::{Acceptance, DagState};
+pub use linearizer::{CommittedSubDag, Linearizer};
