@@ -143,21 +143,16 @@ fn minilm(c: &mut Criterion) {
     );
     let model = std::fs::read(models.join("all-minilm-l6-v2-int8.onnx")).unwrap();
     let key = soma_crypto::SecretKey::from_bytes(&[1; 32]);
-    let manifest = soma_host::package::Manifest {
+    let meta = soma_host::package::EncoderMeta {
         name: "minilm-l6".into(),
         version: "0.1.0".into(),
-        world: soma_host::package::WORLD.into(),
         dimension: 384,
         fuel_limit: u64::MAX,
         modality: soma_host::Modality::Text,
-        component: soma_host::package::BlobRef::to(b""),
-        models: vec![],
-        signer: key.public_key(),
     };
     let component = std::fs::read(soma_examples_artifacts::MINILM_L6).unwrap();
     let models_list = vec![("all-minilm-l6-v2-int8.onnx".to_string(), model.clone())];
-    let package =
-        soma_host::package::Package::sign(&key, manifest, component, models_list).unwrap();
+    let package = soma_host::package::Package::sign(&key, &meta, component, models_list).unwrap();
     let l6 = Engine::new().unwrap().load_package(&package, None).unwrap();
     let env = soma_host::inference::runtime().unwrap();
     let builder = ort::session::Session::builder(env)

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use soma_crypto::{PublicKey, SecretKey};
-use soma_host::package::{self, BlobRef, Manifest, Package, VerifiedPackage};
+use soma_host::package::{self, EncoderMeta, Package, VerifiedPackage};
 use soma_host::{CompiledCache, Engine, Limits, Seed, keyfile};
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -253,19 +253,8 @@ fn sign(args: SignArgs) -> Result<()> {
     let encoder = Engine::new()?
         .load(&component)
         .with_context(|| format!("{} is not a loadable encoder", args.component.display()))?;
-    let info = encoder.info();
-    let manifest = Manifest {
-        name: info.name.clone(),
-        version: info.version.clone(),
-        world: package::WORLD.into(),
-        dimension: info.dimension,
-        fuel_limit: args.fuel_limit,
-        modality: info.modality,
-        component: BlobRef::to(&component),
-        models: Vec::new(),
-        signer: key.public_key(),
-    };
-    let package = Package::sign(&key, manifest, component, models)?;
+    let meta = EncoderMeta::from_info(encoder.info(), args.fuel_limit);
+    let package = Package::sign(&key, &meta, component, models)?;
     std::fs::write(&args.out, package.encode())
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     println!("{}", package.digest());

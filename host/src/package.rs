@@ -285,6 +285,35 @@ impl Manifest {
     }
 }
 
+/// What an author declares about an encoder; [`Package::sign`] completes the
+/// manifest (world, blob digests and sizes, signer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderMeta {
+    /// Encoder name; must equal what the component's `info()` says.
+    pub name: String,
+    /// Encoder version; must equal what the component's `info()` says.
+    pub version: String,
+    /// Output dimension; must equal the component's.
+    pub dimension: u32,
+    /// Most fuel one `embed` call of this encoder may use.
+    pub fuel_limit: u64,
+    /// Input kind; must equal the component's.
+    pub modality: Modality,
+}
+
+impl EncoderMeta {
+    /// The declaration matching a component's own `info()`.
+    pub fn from_info(info: &EncoderInfo, fuel_limit: u64) -> EncoderMeta {
+        EncoderMeta {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            dimension: info.dimension,
+            fuel_limit,
+            modality: info.modality,
+        }
+    }
+}
+
 /// A package as read from bytes: parsed, not yet verified.
 #[derive(Debug, Clone)]
 pub struct Package {
@@ -300,25 +329,33 @@ pub struct Package {
 pub struct VerifiedPackage(Package);
 
 impl Package {
-    /// Builds and signs a package. Model names must be unique; they are
-    /// sorted here.
+    /// Builds and signs a package for the encoder `meta` describes. Model
+    /// names must be unique; they are sorted here.
     pub fn sign(
         key: &SecretKey,
-        mut meta: Manifest,
+        meta: &EncoderMeta,
         component: Vec<u8>,
         mut models: Vec<(String, Vec<u8>)>,
     ) -> Result<VerifiedPackage, PackageError> {
         models.sort_by(|a, b| a.0.cmp(&b.0));
-        meta.signer = key.public_key();
-        meta.component = BlobRef::to(&component);
-        meta.models = models
-            .iter()
-            .map(|(name, bytes)| ModelRef {
-                name: name.clone(),
-                blob: BlobRef::to(bytes),
-            })
-            .collect();
-        let manifest_bytes = meta.encode();
+        let manifest = Manifest {
+            name: meta.name.clone(),
+            version: meta.version.clone(),
+            world: WORLD.into(),
+            dimension: meta.dimension,
+            fuel_limit: meta.fuel_limit,
+            modality: meta.modality,
+            component: BlobRef::to(&component),
+            models: models
+                .iter()
+                .map(|(name, bytes)| ModelRef {
+                    name: name.clone(),
+                    blob: BlobRef::to(bytes),
+                })
+                .collect(),
+            signer: key.public_key(),
+        };
+        let manifest_bytes = manifest.encode();
         // Round-trip through the decoder so that a package this function
         // produces is always one the decoder accepts.
         let manifest = Manifest::decode(&manifest_bytes)?;
@@ -631,9 +668,17 @@ mod tests {
             ("b.onnx".into(), b"model b".to_vec()),
             ("a.onnx".into(), b"model a".to_vec()),
         ];
+        let m = manifest();
+        let meta = EncoderMeta {
+            name: m.name,
+            version: m.version,
+            dimension: m.dimension,
+            fuel_limit: m.fuel_limit,
+            modality: m.modality,
+        };
         Package::sign(
             &SecretKey::from_bytes(&[7; 32]),
-            manifest(),
+            &meta,
             b"component".to_vec(),
             models,
         )

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use soma_crypto::SecretKey;
-use soma_host::package::{BlobRef, Manifest, Package, WORLD};
+use soma_host::package::{EncoderMeta, Package};
 use soma_host::{Encoder, Engine, Limits, Modality, Seed};
 use std::path::PathBuf;
 
@@ -89,19 +89,15 @@ fn minilm_package() -> Result<soma_host::package::VerifiedPackage> {
     })?;
     let component = std::fs::read(soma_examples_artifacts::MINILM_L6)?;
     let key = SecretKey::generate()?;
-    let manifest = Manifest {
+    let meta = EncoderMeta {
         name: "minilm-l6".into(),
         version: "0.1.0".into(),
-        world: WORLD.into(),
         dimension: 384,
         fuel_limit: Limits::default().fuel,
         modality: Modality::Text,
-        component: BlobRef::to(&component),
-        models: vec![],
-        signer: key.public_key(),
     };
     let models = vec![("all-minilm-l6-v2-int8.onnx".to_string(), model)];
-    Ok(Package::sign(&key, manifest, component, models)?)
+    Ok(Package::sign(&key, &meta, component, models)?)
 }
 
 /// Cosine similarity of two unit vectors.

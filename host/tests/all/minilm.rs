@@ -6,7 +6,7 @@
 use super::native::NativeMiniLm;
 use super::{bits, cosine, engine, text};
 use soma_crypto::SecretKey;
-use soma_host::package::{BlobRef, Manifest, Package, VerifiedPackage, WORLD};
+use soma_host::package::{EncoderMeta, Package, VerifiedPackage};
 use soma_host::{Encoder, Engine, Error, Limits, Modality, Seed};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -30,25 +30,25 @@ fn model(name: &str) -> Vec<u8> {
     std::fs::read(models_dir().join(name)).unwrap()
 }
 
-/// Signs `component` with `models` into a package (name and version from
-/// the component's own info, as `soma-host sign` does).
-fn package(component: &str, name: &str, models: &[&str]) -> VerifiedPackage {
-    let manifest = Manifest {
+/// What the MiniLM test packages declare, under `name`.
+fn meta(name: &str) -> EncoderMeta {
+    EncoderMeta {
         name: name.into(),
         version: "0.1.0".into(),
-        world: WORLD.into(),
         dimension: 384,
         fuel_limit: 50_000_000_000,
         modality: Modality::Text,
-        component: BlobRef::to(b""),
-        models: vec![],
-        signer: SecretKey::from_bytes(&[5; 32]).public_key(),
-    };
+    }
+}
+
+/// Signs `component` with `models` into a package declared as `name`.
+fn package(component: &str, name: &str, models: &[&str]) -> VerifiedPackage {
     let blobs = models.iter().map(|m| (m.to_string(), model(m))).collect();
+    let component = std::fs::read(component).unwrap();
     Package::sign(
         &SecretKey::from_bytes(&[5; 32]),
-        manifest,
-        std::fs::read(component).unwrap(),
+        &meta(name),
+        component,
         blobs,
     )
     .unwrap()
@@ -275,23 +275,12 @@ fn inference_is_paid_for_in_fuel() {
 
 #[test]
 fn a_package_with_a_corrupt_model_fails_at_load_with_a_clear_error() {
-    let manifest = Manifest {
-        name: "minilm-l6".into(),
-        version: "0.1.0".into(),
-        world: WORLD.into(),
-        dimension: 384,
-        fuel_limit: 1,
-        modality: Modality::Text,
-        component: BlobRef::to(b""),
-        models: vec![],
-        signer: SecretKey::from_bytes(&[5; 32]).public_key(),
-    };
     let mut corrupt = model(L6_MODEL);
     corrupt.truncate(corrupt.len() / 2);
     let component = std::fs::read(soma_examples_artifacts::MINILM_L6).unwrap();
     let package = Package::sign(
         &SecretKey::from_bytes(&[5; 32]),
-        manifest,
+        &meta("minilm-l6"),
         component,
         vec![(L6_MODEL.into(), corrupt)],
     )

@@ -4,7 +4,8 @@ use super::{bits, engine, text};
 use proptest::prelude::*;
 use soma_crypto::{Domain, SecretKey};
 use soma_host::package::{
-    BlobRef, MAX_MANIFEST_BYTES, MAX_MODELS, MAX_NAME_BYTES, Manifest, Package, PackageError, WORLD,
+    BlobRef, EncoderMeta, MAX_MANIFEST_BYTES, MAX_MODELS, MAX_NAME_BYTES, Manifest, Package,
+    PackageError, WORLD,
 };
 use soma_host::{
     BlobStore, CacheOutcome, CompiledCache, Digest, Error, Limits, Modality, Seed, StoreError,
@@ -19,19 +20,23 @@ fn hash_component() -> Vec<u8> {
     std::fs::read(soma_examples_artifacts::HASH_ENCODER).unwrap()
 }
 
-/// A manifest for the hash encoder; `Package::sign` fills in the blobs.
-fn manifest() -> Manifest {
-    Manifest {
+/// What the hash-encoder test packages declare.
+fn meta() -> EncoderMeta {
+    EncoderMeta {
         name: "hash-encoder".into(),
         version: "0.1.0".into(),
-        world: WORLD.into(),
         dimension: 384,
         fuel_limit: 1_000_000_000,
         modality: Modality::Text,
-        component: BlobRef::to(b""),
-        models: vec![],
-        signer: key(1).public_key(),
     }
+}
+
+/// The manifest of a signed hash-encoder package, to tamper with.
+fn manifest() -> Manifest {
+    Package::sign(&key(1), &meta(), vec![1, 2, 3], vec![])
+        .unwrap()
+        .manifest()
+        .clone()
 }
 
 fn models() -> Vec<(String, Vec<u8>)> {
@@ -43,7 +48,7 @@ fn models() -> Vec<(String, Vec<u8>)> {
 
 /// The hash encoder, signed with two model blobs, as file bytes.
 fn package_bytes() -> Vec<u8> {
-    Package::sign(&key(1), manifest(), hash_component(), models())
+    Package::sign(&key(1), &meta(), hash_component(), models())
         .unwrap()
         .encode()
 }
@@ -221,17 +226,14 @@ fn a_signer_other_than_the_trusted_key_is_refused() {
 
 #[test]
 fn manifests_out_of_bounds_or_of_another_world_are_refused() {
-    let sign = |m: Manifest, models: Vec<(String, Vec<u8>)>| {
-        Package::sign(&key(1), m, vec![1, 2, 3], models)
+    let sign = |m: EncoderMeta, models: Vec<(String, Vec<u8>)>| {
+        Package::sign(&key(1), &m, vec![1, 2, 3], models)
     };
-    let err = sign(
-        Manifest {
-            world: "soma:encoder/encoder@0.2.0".into(),
-            ..manifest()
-        },
-        vec![],
-    )
-    .unwrap_err();
+    let other_world = Manifest {
+        world: "soma:encoder/encoder@0.2.0".into(),
+        ..manifest()
+    };
+    let err = Manifest::decode(&other_world.encode()).unwrap_err();
     assert!(
         matches!(&err, PackageError::UnsupportedWorld { found } if found.ends_with("@0.2.0")),
         "{err}"
@@ -240,9 +242,9 @@ fn manifests_out_of_bounds_or_of_another_world_are_refused() {
 
     let long_name = "n".repeat(MAX_NAME_BYTES + 1);
     let err = sign(
-        Manifest {
+        EncoderMeta {
             name: long_name,
-            ..manifest()
+            ..meta()
         },
         vec![],
     )
@@ -261,7 +263,7 @@ fn manifests_out_of_bounds_or_of_another_world_are_refused() {
     let too_many = (0..=MAX_MODELS)
         .map(|i| (format!("m{i:02}"), vec![]))
         .collect();
-    let err = sign(manifest(), too_many).unwrap_err();
+    let err = sign(meta(), too_many).unwrap_err();
     assert!(
         matches!(
             err,
@@ -309,9 +311,9 @@ fn manifests_out_of_bounds_or_of_another_world_are_refused() {
 fn a_component_that_is_not_what_its_manifest_says_is_refused_at_load() {
     let package = Package::sign(
         &key(1),
-        Manifest {
+        &EncoderMeta {
             dimension: 768,
-            ..manifest()
+            ..meta()
         },
         hash_component(),
         vec![],
@@ -328,7 +330,7 @@ fn a_component_that_is_not_what_its_manifest_says_is_refused_at_load() {
 
 #[test]
 fn a_package_signature_is_not_valid_in_any_other_domain() {
-    let package = Package::sign(&key(1), manifest(), hash_component(), vec![]).unwrap();
+    let package = Package::sign(&key(1), &meta(), hash_component(), vec![]).unwrap();
     let (manifest_bytes, signature) = package.signed_manifest();
     let signer = key(1).public_key();
     assert!(
@@ -446,12 +448,8 @@ fn small_package() -> Vec<u8> {
     static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     BYTES
         .get_or_init(|| {
-            let m = Manifest {
-                models: vec![],
-                ..manifest()
-            };
             let models = vec![("a".into(), vec![1; 16]), ("b".into(), vec![2; 16])];
-            Package::sign(&key(1), m, vec![0; 32], models)
+            Package::sign(&key(1), &meta(), vec![0; 32], models)
                 .unwrap()
                 .encode()
         })
