@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use soma_crypto::{PublicKey, SecretKey};
 use soma_host::package::{self, EncoderMeta, Package, VerifiedPackage};
 use soma_host::{CompiledCache, Engine, Limits, Seed, keyfile};
-use std::io::{BufRead, Read};
+use std::io::{BufRead, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -176,6 +176,10 @@ fn run(args: RunArgs) -> Result<()> {
         .transpose()?;
 
     let engine = Engine::new()?;
+    if std::io::stderr().is_terminal() {
+        // Compiling and pre-initialising a large encoder takes seconds.
+        eprintln!("soma-host: loading {} ...", args.component.display());
+    }
     let loading = || format!("cannot load {}", args.component.display());
     let (encoder, package_fuel) = if package::is_package(&bytes) {
         let package = verify_bytes(&bytes, &args.component, args.trusted_key.as_deref())?;
