@@ -22,7 +22,7 @@ use crate::limits::charge_fuel;
 use crate::sandbox::Sandbox;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, TensorElementType, ValueType};
+use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, ValueType};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -322,56 +322,34 @@ fn from_ort(value: &DynValue) -> Result<Tensor, String> {
     let ValueType::Tensor { ty, .. } = value.dtype() else {
         return Err("not a tensor".into());
     };
-    let dims = |shape: &ort::value::Shape| -> Result<Vec<u32>, String> {
-        shape
-            .iter()
-            .map(|&d| u32::try_from(d).map_err(|_| format!("dimension {d}")))
-            .collect()
-    };
-    let encode = |ty, dimensions, data: Vec<u8>| Tensor {
-        dimensions,
-        ty,
-        data,
-    };
     match ty {
-        TensorElementType::Float32 => {
-            let (shape, data) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| e.to_string())?;
-            let data = data
-                .iter()
-                .flat_map(|x| round_to_grid(*x).to_le_bytes())
-                .collect();
-            Ok(encode(TensorType::Fp32, dims(shape)?, data))
-        }
-        TensorElementType::Int64 => {
-            let (shape, data) = value
-                .try_extract_tensor::<i64>()
-                .map_err(|e| e.to_string())?;
-            Ok(encode(
-                TensorType::I64,
-                dims(shape)?,
-                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ))
-        }
-        TensorElementType::Int32 => {
-            let (shape, data) = value
-                .try_extract_tensor::<i32>()
-                .map_err(|e| e.to_string())?;
-            Ok(encode(
-                TensorType::I32,
-                dims(shape)?,
-                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ))
-        }
-        TensorElementType::Uint8 => {
-            let (shape, data) = value
-                .try_extract_tensor::<u8>()
-                .map_err(|e| e.to_string())?;
-            Ok(encode(TensorType::U8, dims(shape)?, data.to_vec()))
-        }
+        TensorElementType::Float32 => extract(value, TensorType::Fp32, |x: f32| {
+            round_to_grid(x).to_le_bytes()
+        }),
+        TensorElementType::Int64 => extract(value, TensorType::I64, i64::to_le_bytes),
+        TensorElementType::Int32 => extract(value, TensorType::I32, i32::to_le_bytes),
+        TensorElementType::Uint8 => extract(value, TensorType::U8, |x: u8| [x]),
         other => Err(format!("element type {other:?} is not supported")),
     }
+}
+
+/// Copies an ONNX Runtime tensor of element type `T` out as `ty`, each
+/// element turned into little-endian bytes by `to_le`.
+fn extract<T: PrimitiveTensorElementType + Copy, const N: usize>(
+    value: &DynValue,
+    ty: TensorType,
+    to_le: impl Fn(T) -> [u8; N],
+) -> Result<Tensor, String> {
+    let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+    let dimensions = shape
+        .iter()
+        .map(|&d| u32::try_from(d).map_err(|_| format!("dimension {d}")))
+        .collect::<Result<_, _>>()?;
+    Ok(Tensor {
+        dimensions,
+        ty,
+        data: data.iter().flat_map(|&x| to_le(x)).collect(),
+    })
 }
 
 /// Rounds to the nearest multiple of 2⁻¹⁶ (exact IEEE operations: the same
