@@ -401,15 +401,31 @@ impl Package {
     /// Parses a package header alone (what [`VerifiedPackage::header`]
     /// writes): the blobs are stored elsewhere.
     pub(crate) fn decode_header(bytes: &[u8]) -> Result<Manifest, PackageError> {
-        let mut r = Reader {
-            bytes,
-            what: "package header",
-        };
-        let (manifest, _, _) = read_header(&mut r)?;
-        if !r.bytes.is_empty() {
-            return Err(PackageError::TrailingBytes(r.bytes.len() as u64));
+        Ok(parse_header(bytes)?.0)
+    }
+
+    /// Reassembles a package from its header and its blobs (the component,
+    /// then the models in manifest order), without copying the blobs.
+    pub(crate) fn from_parts(
+        header: &[u8],
+        component: Vec<u8>,
+        models: Vec<Vec<u8>>,
+    ) -> Result<Package, PackageError> {
+        let (manifest, manifest_bytes, signature) = parse_header(header)?;
+        if models.len() != manifest.models.len() {
+            return Err(PackageError::Malformed(format!(
+                "{} model blobs for {} models",
+                models.len(),
+                manifest.models.len()
+            )));
         }
-        Ok(manifest)
+        Ok(Package {
+            manifest,
+            manifest_bytes: manifest_bytes.to_vec(),
+            signature,
+            component,
+            models,
+        })
     }
 
     /// The parsed manifest (unverified until [`Package::verify`]).
@@ -492,6 +508,19 @@ impl VerifiedPackage {
         out.extend_from_slice(&p.signature.0);
         out
     }
+}
+
+/// Parses a header that must stand alone (no blobs after it).
+fn parse_header(bytes: &[u8]) -> Result<(Manifest, &[u8], Signature), PackageError> {
+    let mut r = Reader {
+        bytes,
+        what: "package header",
+    };
+    let header = read_header(&mut r)?;
+    if !r.bytes.is_empty() {
+        return Err(PackageError::TrailingBytes(r.bytes.len() as u64));
+    }
+    Ok(header)
 }
 
 /// Reads magic, manifest and signature.

@@ -82,13 +82,7 @@ impl BlobStore {
     /// corrupt blob is deleted so that it can be fetched again.
     pub fn get(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         let path = self.blob_path(digest);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(*digest));
-            }
-            Err(e) => return Err(io_error("cannot read", &path)(e)),
-        };
+        let bytes = read_named(&path, digest)?;
         let actual = Digest::of(&bytes);
         if actual != *digest {
             // Best effort: the error is reported whether or not removal works.
@@ -122,32 +116,26 @@ impl BlobStore {
 
     /// Loads and re-verifies an installed package.
     pub fn package(&self, digest: &Digest) -> Result<VerifiedPackage, StoreError> {
-        let path = self.dir.join("packages").join(digest.to_string());
-        let header = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(*digest));
-            }
-            Err(e) => return Err(io_error("cannot read", &path)(e)),
-        };
+        let header = read_named(&self.dir.join("packages").join(digest.to_string()), digest)?;
         let invalid = |source| StoreError::InvalidPackage {
             digest: *digest,
             source,
         };
         let manifest = Package::decode_header(&header).map_err(invalid)?;
-        let mut bytes = header;
-        bytes.extend(self.get(&manifest.component.digest)?);
-        for model in &manifest.models {
-            bytes.extend(self.get(&model.blob.digest)?);
-        }
-        let package = Package::decode(&bytes)
+        let component = self.get(&manifest.component.digest)?;
+        let models = manifest
+            .models
+            .iter()
+            .map(|m| self.get(&m.blob.digest))
+            .collect::<Result<_, _>>()?;
+        let package = Package::from_parts(&header, component, models)
             .and_then(|p| p.verify(None))
             .map_err(invalid)?;
         if package.digest() != *digest {
-            return Err(StoreError::InvalidPackage {
-                digest: *digest,
-                source: PackageError::Malformed(format!("file holds package {}", package.digest())),
-            });
+            return Err(invalid(PackageError::Malformed(format!(
+                "file holds package {}",
+                package.digest()
+            ))));
         }
         Ok(package)
     }
@@ -179,6 +167,16 @@ pub(crate) fn write_atomically(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<
         let _ = fs::remove_file(&tmp_path);
     }
     result
+}
+
+/// Reads the stored file `path` named after `digest`; a missing file is
+/// [`StoreError::NotFound`].
+fn read_named(path: &Path, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(*digest)),
+        Err(e) => Err(io_error("cannot read", path)(e)),
+    }
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
