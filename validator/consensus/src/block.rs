@@ -12,10 +12,16 @@
 //! limit before allocating. A block's digest is the blake3 of its encoding;
 //! its signature is the author's, over the encoding, in
 //! [`Domain::Block`].
+//!
+//! Round 0 holds one genesis block per validator. They are implied by the
+//! committee (fixed content, so fixed digests) and never signed or sent:
+//! every validator starts with all of them.
 
 use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
 use soma_crypto::{Domain, SecretKey, Signature};
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 /// A consensus round; round 0 holds the genesis blocks.
 pub type Round = u32;
@@ -38,6 +44,27 @@ pub struct BlockRef {
     pub author: AuthorityIndex,
     /// blake3 of its encoding.
     pub digest: [u8; 32],
+}
+
+impl BlockRef {
+    /// The reference of `author`'s genesis block.
+    pub fn genesis(author: AuthorityIndex) -> BlockRef {
+        BlockRef {
+            round: 0,
+            author,
+            digest: *blake3::hash(&Block::genesis(author).encode()).as_bytes(),
+        }
+    }
+
+    /// The key bytes that sort like the reference: round and author
+    /// big-endian, then the digest.
+    pub fn to_key(&self) -> [u8; 40] {
+        let mut key = [0; 40];
+        key[..4].copy_from_slice(&self.round.to_be_bytes());
+        key[4..8].copy_from_slice(&self.author.0.to_be_bytes());
+        key[8..].copy_from_slice(&self.digest);
+        key
+    }
 }
 
 impl fmt::Debug for BlockRef {
@@ -104,6 +131,17 @@ pub struct SignedBlock {
 }
 
 impl Block {
+    /// The genesis block of `author`.
+    pub fn genesis(author: AuthorityIndex) -> Block {
+        Block {
+            round: 0,
+            author,
+            parents: vec![],
+            transactions: vec![],
+            state_root: [0; 32],
+        }
+    }
+
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         let tx_bytes: usize = self.transactions.iter().map(|t| 4 + t.len()).sum();
@@ -253,12 +291,9 @@ impl SignedBlock {
         self.reference
     }
 
-    /// Checks everything that can be checked without the rest of the DAG:
-    /// the author is a member and signed it; a genesis block (round 0) has
-    /// no parents; any other block references only earlier rounds, at most
-    /// one block per author, its author's own previous block, and a quorum
-    /// of stake from the round just before it.
-    pub fn verify(&self, committee: &Committee) -> Result<(), BlockError> {
+    /// Checks everything that can be checked without the rest of the DAG
+    /// (see [`VerifiedBlock::verify`]).
+    fn verify(&self, committee: &Committee) -> Result<(), BlockError> {
         let block = &self.block;
         let key = committee
             .key(block.author)
@@ -272,11 +307,7 @@ impl SignedBlock {
             })
         };
         if block.round == 0 {
-            return if block.parents.is_empty() {
-                Ok(())
-            } else {
-                invalid("a genesis block has no parents")
-            };
+            return invalid("genesis blocks are implied by the committee, never sent");
         }
         if block.parents.iter().any(|p| p.round >= block.round) {
             return invalid("a parent is not from an earlier round");
@@ -287,6 +318,13 @@ impl SignedBlock {
             .any(|p| committee.key(p.author).is_none())
         {
             return invalid("a parent's author is not in the committee");
+        }
+        if block
+            .parents
+            .iter()
+            .any(|p| p.round == 0 && *p != BlockRef::genesis(p.author))
+        {
+            return invalid("a round-0 parent is not a genesis block");
         }
         let mut authors = StakeAggregator::new();
         if !block
@@ -307,6 +345,37 @@ impl SignedBlock {
             return invalid("less than a quorum of stake from the previous round");
         }
         Ok(())
+    }
+}
+
+/// A block that passed every check that needs no other block: only these
+/// enter the DAG. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBlock(Arc<SignedBlock>);
+
+impl VerifiedBlock {
+    /// Verifies `block` for `committee`: the author is a member and signed
+    /// it; it is not a genesis block; it references only earlier rounds,
+    /// genesis blocks as they are, at most one block per author, its
+    /// author's own previous block, and a quorum of stake from the round
+    /// just before it.
+    pub fn verify(block: SignedBlock, committee: &Committee) -> Result<VerifiedBlock, BlockError> {
+        block.verify(committee)?;
+        Ok(VerifiedBlock(Arc::new(block)))
+    }
+
+    /// Signs `block` as `key`. The caller builds it by the rules, so it is
+    /// not checked again.
+    pub(crate) fn sign_own(block: Block, key: &SecretKey) -> VerifiedBlock {
+        VerifiedBlock(Arc::new(block.sign(key)))
+    }
+}
+
+impl Deref for VerifiedBlock {
+    type Target = SignedBlock;
+
+    fn deref(&self) -> &SignedBlock {
+        &self.0
     }
 }
 
@@ -342,24 +411,14 @@ mod tests {
     use crate::committee::tests::committee;
     use proptest::prelude::*;
 
-    /// Genesis blocks of every authority.
-    fn genesis(keys: &[SecretKey]) -> Vec<SignedBlock> {
-        (0..keys.len())
-            .map(|i| {
-                let block = Block {
-                    round: 0,
-                    author: AuthorityIndex(i as u32),
-                    parents: vec![],
-                    transactions: vec![],
-                    state_root: [0; 32],
-                };
-                block.sign(&keys[i])
-            })
+    fn genesis(n: u32) -> Vec<BlockRef> {
+        (0..n)
+            .map(|a| BlockRef::genesis(AuthorityIndex(a)))
             .collect()
     }
 
-    fn round_one(author: u32, parents: &[&SignedBlock], keys: &[SecretKey]) -> SignedBlock {
-        let mut parents: Vec<BlockRef> = parents.iter().map(|b| b.reference()).collect();
+    fn round_one(author: u32, parents: &[BlockRef], keys: &[SecretKey]) -> SignedBlock {
+        let mut parents = parents.to_vec();
         parents.sort();
         Block {
             round: 1,
@@ -374,69 +433,62 @@ mod tests {
     #[test]
     fn a_signed_block_round_trips_and_verifies() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let g = genesis(&keys);
-        let block = round_one(0, &[&g[0], &g[1], &g[2]], &keys);
+        let g = genesis(4);
+        let block = round_one(0, &g[..3], &keys);
         let decoded = SignedBlock::decode(&block.to_bytes()).unwrap();
         assert_eq!(decoded, block);
         assert_eq!(decoded.verify(&c), Ok(()));
-        for genesis in &g {
-            assert_eq!(genesis.verify(&c), Ok(()));
-        }
+        assert_eq!(
+            VerifiedBlock::verify(decoded, &c).unwrap().reference(),
+            block.reference()
+        );
     }
 
     #[test]
     fn invalid_blocks_are_refused_with_the_rule_they_break() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let g = genesis(&keys);
-        let parents_error = |b: SignedBlock| match b.verify(&c) {
+        let g = genesis(4);
+        let parents_error = |b: SignedBlock| match VerifiedBlock::verify(b, &c) {
             Err(BlockError::InvalidParents { reason, .. }) => reason,
             other => panic!("expected invalid parents, got {other:?}"),
         };
-        assert!(parents_error(round_one(0, &[&g[0], &g[1]], &keys)).contains("quorum"));
-        assert!(
-            parents_error(round_one(3, &[&g[0], &g[1], &g[2]], &keys))
-                .contains("own previous block")
-        );
+        assert!(parents_error(round_one(0, &g[..2], &keys)).contains("quorum"));
+        assert!(parents_error(round_one(3, &g[..3], &keys)).contains("own previous block"));
+        let mut fake_genesis = g[..3].to_vec();
+        fake_genesis[1].digest[0] ^= 1;
+        assert!(parents_error(round_one(0, &fake_genesis, &keys)).contains("genesis"));
 
-        let forged = round_one(0, &[&g[0], &g[1], &g[2]], &keys[1..]);
+        let forged = round_one(0, &g[..3], &keys[1..]);
         assert!(matches!(
             forged.verify(&c),
             Err(BlockError::BadSignature(_))
         ));
 
-        let mut wire = round_one(0, &[&g[0], &g[1], &g[2]], &keys).to_bytes();
+        let mut wire = round_one(0, &g[..3], &keys).to_bytes();
         wire[12] ^= 1; // the author field
         assert!(matches!(
             SignedBlock::decode(&wire).unwrap().verify(&c),
             Err(BlockError::BadSignature(_))
         ));
 
-        let stranger = Block {
-            author: AuthorityIndex(9),
-            ..g[0].block().clone()
-        }
-        .sign(&keys[0]);
+        let stranger = Block::genesis(AuthorityIndex(9)).sign(&keys[0]);
         assert_eq!(stranger.verify(&c), Err(BlockError::UnknownAuthor(9)));
 
-        let genesis_with_parents = Block {
-            parents: vec![g[1].reference()],
-            ..g[0].block().clone()
-        }
-        .sign(&keys[0]);
-        assert!(parents_error(genesis_with_parents).contains("genesis"));
+        let sent_genesis = Block::genesis(AuthorityIndex(0)).sign(&keys[0]);
+        assert!(parents_error(sent_genesis).contains("genesis"));
     }
 
     #[test]
     fn non_canonical_encodings_are_refused() {
         let (_, keys) = committee(&[1, 1, 1, 1]);
-        let g = genesis(&keys);
-        let mut unsorted = round_one(0, &[&g[0], &g[1], &g[2]], &keys).block().clone();
+        let g = genesis(4);
+        let mut unsorted = round_one(0, &g[..3], &keys).block().clone();
         unsorted.parents.swap(0, 1);
         assert!(matches!(
             Block::decode(&unsorted.encode()),
             Err(BlockError::Malformed(_))
         ));
-        let mut trailing = g[0].block().encode();
+        let mut trailing = Block::genesis(AuthorityIndex(0)).encode();
         trailing.push(0);
         assert!(matches!(
             Block::decode(&trailing),
@@ -444,7 +496,7 @@ mod tests {
         ));
         let oversized = Block {
             transactions: vec![vec![0; MAX_TRANSACTION_BYTES + 1]],
-            ..g[0].block().clone()
+            ..Block::genesis(AuthorityIndex(0))
         };
         assert!(matches!(
             Block::decode(&oversized.encode()),
@@ -453,6 +505,25 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn keys_sort_like_references() {
+        let mut refs = genesis(3);
+        refs.push(BlockRef {
+            round: 1,
+            author: AuthorityIndex(0),
+            digest: [0; 32],
+        });
+        refs.push(BlockRef {
+            round: 256,
+            author: AuthorityIndex(0),
+            digest: [0; 32],
+        });
+        let mut by_key = refs.clone();
+        by_key.sort_by_key(|r| r.to_key());
+        refs.sort();
+        assert_eq!(by_key, refs);
     }
 
     proptest! {
@@ -467,8 +538,7 @@ mod tests {
         #[test]
         fn a_mutated_block_never_verifies(index in any::<prop::sample::Index>(), xor in 1u8..=255) {
             let (c, keys) = committee(&[1, 1, 1, 1]);
-            let g = genesis(&keys);
-            let mut wire = round_one(0, &[&g[0], &g[1], &g[2]], &keys).to_bytes();
+            let mut wire = round_one(0, &genesis(4)[..3], &keys).to_bytes();
             let i = index.index(wire.len());
             wire[i] ^= xor;
             let verified = SignedBlock::decode(&wire).map(|b| b.verify(&c));

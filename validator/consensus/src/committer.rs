@@ -181,7 +181,7 @@ impl<'a> Committer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{Block, SignedBlock};
+    use crate::block::{Block, VerifiedBlock};
     use crate::committee::tests::committee;
     use crate::dag_state::Acceptance;
     use soma_crypto::SecretKey;
@@ -203,7 +203,8 @@ mod tests {
                 made: Default::default(),
             };
             for author in 0..4 {
-                b.propose(0, author, &[]);
+                b.made
+                    .insert((0, author), BlockRef::genesis(AuthorityIndex(author)));
             }
             b
         }
@@ -231,9 +232,13 @@ mod tests {
                 transactions: vec![],
                 state_root: [0; 32],
             };
-            let signed: SignedBlock = block.sign(&self.keys[author as usize]);
+            let signed = VerifiedBlock::verify(
+                block.sign(&self.keys[author as usize]),
+                self.dag.committee(),
+            )
+            .unwrap();
             self.made.insert((round, author), signed.reference());
-            assert_eq!(self.dag.accept(signed), Ok(Acceptance::Accepted));
+            assert_eq!(self.dag.accept(signed), Acceptance::Accepted);
         }
 
         /// Every validator proposes at each of `rounds`, referencing all of
@@ -348,7 +353,7 @@ mod tests {
             })
             .collect();
         let sequence = |dag: &DagState| {
-            let mut linearizer = crate::Linearizer::new();
+            let mut linearizer = crate::Linearizer::new([], 0);
             leaders
                 .iter()
                 .map(|l| linearizer.linearize(dag, *l))
@@ -367,11 +372,12 @@ mod tests {
                 assert!(b.dag.is_ancestor(&block.reference(), &subdag.leader));
             }
         }
-        // Everything up to the last leader's round minus one is committed.
+        // Everything from round 1 up to the last leader's round minus one
+        // is committed.
         let last = leaders.last().unwrap().round;
         assert_eq!(
             seen.iter().filter(|r| r.round < last).count(),
-            4 * last as usize
+            4 * (last as usize - 1)
         );
         assert_eq!(sequence(&b.dag), subdags, "linearization is deterministic");
     }

@@ -1,10 +1,9 @@
 //! The local view of the DAG: every verified block whose ancestors are all
 //! known.
 
-use crate::block::{BlockError, BlockRef, Round, SignedBlock};
-use crate::committee::{AuthorityIndex, Committee};
+use crate::block::{BlockRef, Round, VerifiedBlock};
+use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 /// What became of a block offered to the DAG.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,20 +19,31 @@ pub enum Acceptance {
 /// Verified blocks, indexed by reference and by slot (round, author).
 ///
 /// A slot may hold several blocks: an equivocating author's blocks are all
-/// kept, and the commit rule decides which (if any) is committed.
+/// kept, and the commit rule decides which (if any) is committed. The
+/// genesis blocks are always known; blocks below the garbage-collection
+/// round are dropped and count as known.
 pub struct DagState {
     committee: Committee,
-    blocks: BTreeMap<BlockRef, Arc<SignedBlock>>,
+    blocks: BTreeMap<BlockRef, VerifiedBlock>,
+    genesis: BTreeSet<BlockRef>,
+    /// Each author's highest-round block (the first one, if it
+    /// equivocated), or its genesis block.
+    latest: Vec<BlockRef>,
     highest_round: Round,
+    gc_round: Round,
 }
 
 impl DagState {
-    /// An empty DAG for `committee`.
+    /// A DAG for `committee` holding only the genesis blocks.
     pub fn new(committee: Committee) -> DagState {
+        let latest: Vec<BlockRef> = committee.authorities().map(BlockRef::genesis).collect();
         DagState {
             committee,
             blocks: BTreeMap::new(),
+            genesis: latest.iter().copied().collect(),
+            latest,
             highest_round: 0,
+            gc_round: 0,
         }
     }
 
@@ -42,30 +52,78 @@ impl DagState {
         &self.committee
     }
 
-    /// Verifies `block` and adds it once all its parents are in the DAG.
-    pub fn accept(&mut self, block: SignedBlock) -> Result<Acceptance, BlockError> {
-        block.verify(&self.committee)?;
+    /// Adds `block` once all its parents are known.
+    pub fn accept(&mut self, block: VerifiedBlock) -> Acceptance {
         let reference = block.reference();
-        if self.blocks.contains_key(&reference) {
-            return Ok(Acceptance::Duplicate);
+        if self.contains(&reference) {
+            return Acceptance::Duplicate;
         }
         let missing: Vec<BlockRef> = block
             .block()
             .parents
             .iter()
-            .filter(|p| !self.blocks.contains_key(p))
+            .filter(|p| !self.contains(p))
             .copied()
             .collect();
         if !missing.is_empty() {
-            return Ok(Acceptance::MissingParents(missing));
+            return Acceptance::MissingParents(missing);
         }
         self.highest_round = self.highest_round.max(reference.round);
-        self.blocks.insert(reference, Arc::new(block));
-        Ok(Acceptance::Accepted)
+        let latest = &mut self.latest[reference.author.0 as usize];
+        if latest.round < reference.round {
+            *latest = reference;
+        }
+        self.blocks.insert(reference, block);
+        Acceptance::Accepted
+    }
+
+    /// Whether `reference` is known: in the DAG, a genesis block, or below
+    /// the garbage-collection round.
+    pub fn contains(&self, reference: &BlockRef) -> bool {
+        reference.round < self.gc_round
+            || self.blocks.contains_key(reference)
+            || self.genesis.contains(reference)
+    }
+
+    /// Drops every block below `round`; they count as known from now on.
+    pub fn garbage_collect(&mut self, round: Round) {
+        if round <= self.gc_round {
+            return;
+        }
+        self.gc_round = round;
+        let from = BlockRef {
+            round,
+            author: AuthorityIndex(0),
+            digest: [0; 32],
+        };
+        self.blocks = self.blocks.split_off(&from);
+    }
+
+    /// The lowest round still kept.
+    pub fn gc_round(&self) -> Round {
+        self.gc_round
+    }
+
+    /// `author`'s highest-round block (its genesis block before any).
+    pub fn latest_of(&self, author: AuthorityIndex) -> BlockRef {
+        self.latest[author.0 as usize]
+    }
+
+    /// Whether the blocks of `round` hold a quorum of stake (always true of
+    /// the genesis round).
+    pub fn has_quorum_at(&self, round: Round) -> bool {
+        if round == 0 {
+            return true;
+        }
+        let mut stake = StakeAggregator::new();
+        for block in self.blocks_at(round) {
+            stake.add(block.reference().author, &self.committee);
+        }
+        stake.reached_quorum(&self.committee)
     }
 
     /// The block `reference`, if known.
-    pub fn get(&self, reference: &BlockRef) -> Option<&Arc<SignedBlock>> {
+    pub fn get(&self, reference: &BlockRef) -> Option<&VerifiedBlock> {
         self.blocks.get(reference)
     }
 
@@ -75,7 +133,7 @@ impl DagState {
     }
 
     /// Every known block of `round`, in (author, digest) order.
-    pub fn blocks_at(&self, round: Round) -> impl Iterator<Item = &Arc<SignedBlock>> {
+    pub fn blocks_at(&self, round: Round) -> impl Iterator<Item = &VerifiedBlock> {
         let from = BlockRef {
             round,
             author: AuthorityIndex(0),
@@ -92,7 +150,7 @@ impl DagState {
         &self,
         round: Round,
         author: AuthorityIndex,
-    ) -> impl Iterator<Item = &Arc<SignedBlock>> {
+    ) -> impl Iterator<Item = &VerifiedBlock> {
         self.blocks_at(round)
             .filter(move |b| b.reference().author == author)
     }
@@ -153,63 +211,69 @@ impl DagState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::Block;
+    use crate::block::{Block, BlockError};
     use crate::committee::tests::committee;
 
     #[test]
     fn blocks_wait_for_their_parents_and_are_kept_once() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let mut dag = DagState::new(c);
-        let genesis: Vec<SignedBlock> = (0..4)
-            .map(|a| {
-                let block = Block {
-                    round: 0,
-                    author: AuthorityIndex(a),
-                    parents: vec![],
-                    transactions: vec![],
-                    state_root: [0; 32],
-                };
-                block.sign(&keys[a as usize])
-            })
+        let mut dag = DagState::new(c.clone());
+        let genesis: Vec<BlockRef> = c.authorities().map(BlockRef::genesis).collect();
+        let block = |round, author: u32, parents: Vec<BlockRef>, tx: &[u8]| {
+            let signed = Block {
+                round,
+                author: AuthorityIndex(author),
+                parents,
+                transactions: vec![tx.to_vec()],
+                state_root: [0; 32],
+            }
+            .sign(&keys[author as usize]);
+            VerifiedBlock::verify(signed, &c)
+        };
+        let round_one: Vec<VerifiedBlock> = (0..3)
+            .map(|a| block(1, a, genesis[..3].to_vec(), b"tx").unwrap())
             .collect();
-        let child = Block {
-            round: 1,
-            author: AuthorityIndex(0),
-            parents: genesis[..3].iter().map(|g| g.reference()).collect(),
-            transactions: vec![b"tx".to_vec()],
-            state_root: [0; 32],
-        }
-        .sign(&keys[0]);
-        let missing = genesis[..3].iter().map(|g| g.reference()).collect();
+        let refs: Vec<BlockRef> = round_one.iter().map(|b| b.reference()).collect();
+        let child = block(2, 0, refs.clone(), b"tx").unwrap();
         assert_eq!(
             dag.accept(child.clone()),
-            Ok(Acceptance::MissingParents(missing))
+            Acceptance::MissingParents(refs.clone())
         );
-        for g in &genesis {
-            assert_eq!(dag.accept(g.clone()), Ok(Acceptance::Accepted));
+        for b in &round_one {
+            assert_eq!(dag.accept(b.clone()), Acceptance::Accepted);
         }
-        assert_eq!(dag.accept(child.clone()), Ok(Acceptance::Accepted));
-        assert_eq!(dag.accept(child.clone()), Ok(Acceptance::Duplicate));
-        assert_eq!(dag.highest_round(), 1);
-        assert!(dag.is_ancestor(&genesis[1].reference(), &child.reference()));
-        assert!(!dag.is_ancestor(&genesis[3].reference(), &child.reference()));
+        assert!(dag.has_quorum_at(1));
+        assert!(!dag.has_quorum_at(2));
+        assert_eq!(dag.accept(child.clone()), Acceptance::Accepted);
+        assert_eq!(dag.accept(child.clone()), Acceptance::Duplicate);
+        assert_eq!(dag.highest_round(), 2);
+        assert_eq!(dag.latest_of(AuthorityIndex(0)), child.reference());
+        assert_eq!(dag.latest_of(AuthorityIndex(3)), genesis[3]);
+        assert!(dag.is_ancestor(&genesis[1], &child.reference()));
+        assert!(!dag.is_ancestor(&genesis[3], &child.reference()));
 
         // An equivocating second block in the same slot is kept beside the first.
-        let mut other = child.block().clone();
-        other.transactions = vec![b"another tx".to_vec()];
-        assert_eq!(dag.accept(other.sign(&keys[0])), Ok(Acceptance::Accepted));
-        assert_eq!(dag.blocks_in_slot(1, AuthorityIndex(0)).count(), 2);
+        let other = block(2, 0, refs.clone(), b"another tx").unwrap();
+        assert_eq!(dag.accept(other), Acceptance::Accepted);
+        assert_eq!(dag.blocks_in_slot(2, AuthorityIndex(0)).count(), 2);
+        assert_eq!(dag.latest_of(AuthorityIndex(0)), child.reference());
 
-        // A forged block changes nothing.
+        // A forged block never gets as far as the DAG.
         let forged = Block {
             author: AuthorityIndex(1),
             ..child.block().clone()
         }
         .sign(&keys[0]);
         assert!(matches!(
-            dag.accept(forged),
+            VerifiedBlock::verify(forged, &c),
             Err(BlockError::BadSignature(_))
         ));
-        assert_eq!(dag.blocks_at(1).count(), 2);
+
+        // Below the garbage-collection round everything counts as known.
+        dag.garbage_collect(2);
+        assert_eq!(dag.blocks_at(1).count(), 0);
+        assert!(dag.contains(&refs[0]));
+        let late = block(1, 3, genesis, b"late").unwrap();
+        assert_eq!(dag.accept(late), Acceptance::Duplicate);
     }
 }

@@ -18,7 +18,7 @@ mod committer;
 mod dag_state;
 mod linearizer;
 
-pub use block::{Block, BlockError, BlockRef, Round, SignedBlock};
+pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, VerifiedBlock};
 pub use committee::{AuthorityIndex, Committee, CommitteeError, Stake, StakeAggregator};
 pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
 pub use dag_state::{Acceptance, DagState};

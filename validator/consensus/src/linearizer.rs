@@ -1,9 +1,8 @@
 //! Turns each committed leader into the ordered list of blocks it commits.
 
-use crate::block::{BlockRef, SignedBlock};
+use crate::block::{BlockRef, Round, VerifiedBlock};
 use crate::dag_state::DagState;
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 /// The blocks one committed leader commits, in the order their transactions
 /// are applied.
@@ -11,21 +10,31 @@ use std::sync::Arc;
 pub struct CommittedSubDag {
     /// The committed leader.
     pub leader: BlockRef,
-    /// Its causal history not committed before, sorted by (round, author,
-    /// digest); the leader comes last.
-    pub blocks: Vec<Arc<SignedBlock>>,
+    /// Its causal history not committed before and not below the
+    /// garbage-collection round, sorted by (round, author, digest); the
+    /// leader comes last.
+    pub blocks: Vec<VerifiedBlock>,
 }
 
 /// Remembers what was committed, so each block is committed exactly once.
+///
+/// Blocks below the garbage-collection round are never committed. That
+/// round is a function of the committed sequence, so every honest
+/// validator leaves out the same blocks.
 #[derive(Debug, Default)]
 pub struct Linearizer {
     committed: BTreeSet<BlockRef>,
+    gc_round: Round,
 }
 
 impl Linearizer {
-    /// A linearizer that has committed nothing.
-    pub fn new() -> Self {
-        Self::default()
+    /// A linearizer that remembers `committed` blocks as committed and
+    /// commits nothing below `gc_round`.
+    pub fn new(committed: impl IntoIterator<Item = BlockRef>, gc_round: Round) -> Self {
+        Linearizer {
+            committed: committed.into_iter().collect(),
+            gc_round,
+        }
     }
 
     /// Commits `leader` and every block of its causal history not committed
@@ -35,19 +44,14 @@ impl Linearizer {
         let mut collected = Vec::new();
         let mut stack = vec![leader];
         while let Some(reference) = stack.pop() {
-            if !self.committed.insert(reference) {
+            if reference.round < self.gc_round || !self.committed.insert(reference) {
                 continue;
             }
             // Blocks reach the DAG only with all their ancestors, so a
-            // committed leader's history is always there.
+            // committed leader's history is there down to the
+            // garbage-collection round (genesis blocks have no content).
             if let Some(block) = dag.get(&reference) {
-                stack.extend(
-                    block
-                        .block()
-                        .parents
-                        .iter()
-                        .filter(|p| !self.committed.contains(p)),
-                );
+                stack.extend(block.block().parents.iter().copied());
                 collected.push(block.clone());
             }
         }
@@ -55,6 +59,18 @@ impl Linearizer {
         CommittedSubDag {
             leader,
             blocks: collected,
+        }
+    }
+
+    /// Stops committing blocks below `round` and forgets them.
+    pub fn garbage_collect(&mut self, round: Round) {
+        if round > self.gc_round {
+            self.gc_round = round;
+            self.committed = self.committed.split_off(&BlockRef {
+                round,
+                author: crate::AuthorityIndex(0),
+                digest: [0; 32],
+            });
         }
     }
 }
