@@ -15,11 +15,18 @@
 mod block;
 mod committee;
 mod committer;
+mod core;
 mod dag_state;
 mod linearizer;
+pub mod simulator;
+mod store;
 
 pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, VerifiedBlock};
 pub use committee::{AuthorityIndex, Committee, CommitteeError, Stake, StakeAggregator};
 pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
+pub use core::{Core, CoreError, Outcome, Parameters, SubmitError};
 pub use dag_state::{Acceptance, DagState};
 pub use linearizer::{CommittedSubDag, Linearizer};
+pub use store::{
+    CommitProgress, CommitRecord, FjallStore, MemStore, Recovered, Store, StoreBatch, StoreError,
+};

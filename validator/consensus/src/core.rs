@@ -1,0 +1,460 @@
+//! One validator's consensus logic, free of I/O and clocks: blocks in,
+//! proposals and commits out. The simulation and the network node both
+//! drive this same type.
+
+use crate::block::{
+    Block, BlockRef, MAX_TRANSACTION_BYTES, MAX_TRANSACTIONS, Round, VerifiedBlock,
+};
+use crate::committee::{AuthorityIndex, Committee};
+use crate::committer::{Committer, LeaderStatus, leader};
+use crate::dag_state::{Acceptance, DagState};
+use crate::linearizer::{CommittedSubDag, Linearizer};
+use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError};
+use soma_crypto::SecretKey;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Tunables of the consensus core.
+#[derive(Debug, Clone)]
+pub struct Parameters {
+    /// Rounds kept below the last committed leader; older blocks are
+    /// dropped. A validator further behind than this cannot catch up by
+    /// fetching blocks.
+    pub gc_depth: Round,
+    /// Most transactions in one proposal.
+    pub max_block_transactions: usize,
+    /// Most transaction bytes in one proposal.
+    pub max_block_transaction_bytes: usize,
+    /// Most transactions waiting to be proposed.
+    pub max_pending_transactions: usize,
+    /// Most blocks per author kept while their parents are fetched.
+    pub max_suspended_per_author: usize,
+}
+
+impl Default for Parameters {
+    fn default() -> Self {
+        Parameters {
+            gc_depth: 100,
+            max_block_transactions: MAX_TRANSACTIONS,
+            max_block_transaction_bytes: 2 << 20,
+            max_pending_transactions: 100_000,
+            max_suspended_per_author: 1_000,
+        }
+    }
+}
+
+/// Why the core could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// Storage failed; the validator must stop.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The key does not belong to the committee member it claims to be.
+    #[error("the key is not the key of validator {0} in the committee")]
+    NotThisMember(u32),
+}
+
+/// Why a transaction was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// Larger than a block may carry.
+    #[error("transaction of {0} bytes is over the limit of {MAX_TRANSACTION_BYTES}")]
+    TooLarge(usize),
+    /// Too many transactions are waiting; try again later.
+    #[error("{0} transactions are already waiting to be proposed")]
+    Full(usize),
+}
+
+/// What one step of the core produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// This validator's new block, to broadcast (already stored).
+    pub proposed: Option<VerifiedBlock>,
+    /// Newly committed sub-DAGs, in order (already stored).
+    pub committed: Vec<CommittedSubDag>,
+    /// Parents of suspended blocks that no one has given us yet: fetch them.
+    pub missing: BTreeSet<BlockRef>,
+    /// Blocks refused because their author has too many suspended blocks.
+    pub dropped: usize,
+}
+
+/// A validator's consensus state machine.
+pub struct Core {
+    me: AuthorityIndex,
+    key: SecretKey,
+    params: Parameters,
+    dag: DagState,
+    /// Verified blocks waiting for parents, by reference.
+    suspended: BTreeMap<BlockRef, VerifiedBlock>,
+    linearizer: Linearizer,
+    progress: CommitProgress,
+    last_proposed: BlockRef,
+    /// Per author, the highest round of its blocks this validator has
+    /// referenced so far.
+    referenced: Vec<Round>,
+    transactions: VecDeque<Vec<u8>>,
+    state_root: [u8; 32],
+    store: Box<dyn Store>,
+}
+
+impl Core {
+    /// Starts validator `me` of `committee` from what `store` holds (an
+    /// empty store starts at genesis).
+    pub fn open(
+        committee: Committee,
+        me: AuthorityIndex,
+        key: SecretKey,
+        params: Parameters,
+        store: Box<dyn Store>,
+    ) -> Result<Core, CoreError> {
+        if committee.key(me) != Some(&key.public_key()) {
+            return Err(CoreError::NotThisMember(me.0));
+        }
+        let recovered = store.recover()?;
+        let gc_round = gc_round(recovered.progress.last_committed, params.gc_depth);
+        let mut dag = DagState::new(committee);
+        dag.garbage_collect(gc_round);
+        let committed = recovered
+            .commits
+            .iter()
+            .flat_map(|c| c.blocks.iter().copied());
+        let linearizer = Linearizer::new(committed, gc_round);
+        let n = dag.committee().size();
+        let mut core = Core {
+            me,
+            key,
+            params,
+            last_proposed: recovered.own_last.unwrap_or(BlockRef::genesis(me)),
+            dag,
+            suspended: BTreeMap::new(),
+            linearizer,
+            progress: recovered.progress,
+            referenced: vec![0; n],
+            transactions: VecDeque::new(),
+            state_root: [0; 32],
+            store,
+        };
+        for block in recovered.blocks {
+            let reference = block.reference();
+            let block = VerifiedBlock::verify(block, core.dag.committee()).map_err(|e| {
+                StoreError::Corrupt(format!("stored block {reference:?} does not verify: {e}"))
+            })?;
+            // Stored blocks were accepted in an order that put parents
+            // first; sorted by round they still do, except for any whose
+            // parents were lost in a crash, which wait to be fetched.
+            if core.dag.accept(block.clone()) != Acceptance::Accepted {
+                core.suspended.insert(reference, block);
+            }
+        }
+        Ok(core)
+    }
+
+    /// This validator's index.
+    pub fn authority(&self) -> AuthorityIndex {
+        self.me
+    }
+
+    /// The DAG as this validator knows it.
+    pub fn dag(&self) -> &DagState {
+        &self.dag
+    }
+
+    /// Where the commit rule stands.
+    pub fn progress(&self) -> CommitProgress {
+        self.progress
+    }
+
+    /// The reference of this validator's last block.
+    pub fn last_proposed(&self) -> BlockRef {
+        self.last_proposed
+    }
+
+    /// This validator's last block, if it is still kept.
+    pub fn last_proposed_block(&self) -> Option<&VerifiedBlock> {
+        self.dag.get(&self.last_proposed)
+    }
+
+    /// Number of blocks waiting for parents.
+    pub fn suspended(&self) -> usize {
+        self.suspended.len()
+    }
+
+    /// Sets the state root carried by the next proposals.
+    pub fn set_state_root(&mut self, root: [u8; 32]) {
+        self.state_root = root;
+    }
+
+    /// Queues a transaction for a coming proposal.
+    pub fn submit(&mut self, transaction: Vec<u8>) -> Result<(), SubmitError> {
+        if transaction.len() > MAX_TRANSACTION_BYTES {
+            return Err(SubmitError::TooLarge(transaction.len()));
+        }
+        if self.transactions.len() >= self.params.max_pending_transactions {
+            return Err(SubmitError::Full(self.transactions.len()));
+        }
+        self.transactions.push_back(transaction);
+        Ok(())
+    }
+
+    /// Adds verified blocks from peers, then commits and proposes what
+    /// they allow.
+    pub fn add_blocks(&mut self, blocks: Vec<VerifiedBlock>) -> Result<Outcome, CoreError> {
+        let mut outcome = Outcome::default();
+        let mut fresh = BTreeSet::new();
+        for block in blocks {
+            let reference = block.reference();
+            if self.dag.contains(&reference) || self.suspended.contains_key(&reference) {
+                continue;
+            }
+            let from_author = self
+                .suspended
+                .keys()
+                .filter(|r| r.author == reference.author)
+                .count();
+            if from_author >= self.params.max_suspended_per_author {
+                outcome.dropped += 1;
+                continue;
+            }
+            self.suspended.insert(reference, block);
+            fresh.insert(reference);
+        }
+        let accepted = self.accept_suspended(&fresh, &mut outcome.missing);
+        self.step(accepted, false, &mut outcome)?;
+        Ok(outcome)
+    }
+
+    /// The leader of the round this validator waits on did not show up in
+    /// time: propose without it if a quorum allows, and ask again for what
+    /// is missing.
+    pub fn on_leader_timeout(&mut self) -> Result<Outcome, CoreError> {
+        let mut outcome = Outcome::default();
+        self.step(Vec::new(), true, &mut outcome)?;
+        outcome.missing = self.missing_parents();
+        Ok(outcome)
+    }
+
+    /// Blocks to answer a fetch: each of `references` this validator has,
+    /// with its ancestors above round `known_round`, lowest rounds first,
+    /// at most `limit` blocks.
+    pub fn blocks_for(
+        &self,
+        references: &[BlockRef],
+        known_round: Round,
+        limit: usize,
+    ) -> Vec<VerifiedBlock> {
+        let mut found = BTreeMap::new();
+        let mut stack: Vec<BlockRef> = references.to_vec();
+        while let Some(reference) = stack.pop() {
+            if found.contains_key(&reference) {
+                continue;
+            }
+            let Some(block) = self.dag.get(&reference) else {
+                continue;
+            };
+            stack.extend(
+                block
+                    .block()
+                    .parents
+                    .iter()
+                    .filter(|p| p.round > known_round),
+            );
+            found.insert(reference, block.clone());
+            // The walk never needs more than `limit` blocks past the lowest
+            // ones, so it stops early on long histories.
+            if found.len() > 4 * limit {
+                break;
+            }
+        }
+        found.into_values().take(limit).collect()
+    }
+
+    /// Accepts every suspended block whose parents are now known; returns
+    /// them in acceptance order and adds the missing parents of the `fresh`
+    /// ones to `missing` (parents of older ones were asked for already, and
+    /// are asked for again on timeouts).
+    fn accept_suspended(
+        &mut self,
+        fresh: &BTreeSet<BlockRef>,
+        missing: &mut BTreeSet<BlockRef>,
+    ) -> Vec<VerifiedBlock> {
+        // In round order, a block's parents are always tried before it, so
+        // one pass accepts whole chains.
+        let mut accepted = Vec::new();
+        let suspended = std::mem::take(&mut self.suspended);
+        for (reference, block) in suspended {
+            match self.dag.accept(block.clone()) {
+                Acceptance::Accepted => accepted.push(block),
+                Acceptance::Duplicate => {}
+                Acceptance::MissingParents(parents) => {
+                    if fresh.contains(&reference) {
+                        missing.extend(parents);
+                    }
+                    self.suspended.insert(reference, block);
+                }
+            }
+        }
+        missing.retain(|p| !self.dag.contains(p) && !self.suspended.contains_key(p));
+        accepted
+    }
+
+    fn missing_parents(&self) -> BTreeSet<BlockRef> {
+        self.suspended
+            .values()
+            .flat_map(|b| b.block().parents.iter())
+            .filter(|p| !self.dag.contains(p) && !self.suspended.contains_key(p))
+            .copied()
+            .collect()
+    }
+
+    /// Stores newly accepted blocks with the commits they allow, then
+    /// proposes if it can, and commits again with the new block.
+    fn step(
+        &mut self,
+        accepted: Vec<VerifiedBlock>,
+        leader_timed_out: bool,
+        outcome: &mut Outcome,
+    ) -> Result<(), CoreError> {
+        let mut batch = StoreBatch {
+            blocks: accepted.iter().map(|b| (**b).clone()).collect(),
+            ..StoreBatch::default()
+        };
+        outcome.committed = self.try_commit(&mut batch);
+        self.store.write(batch)?;
+        if let Some(block) = self.try_propose(leader_timed_out)? {
+            outcome.proposed = Some(block);
+            let mut batch = StoreBatch::default();
+            outcome.committed.extend(self.try_commit(&mut batch));
+            self.store.write(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Decides leaders, linearizes the committed ones and collects garbage;
+    /// records all of it in `batch`.
+    fn try_commit(&mut self, batch: &mut StoreBatch) -> Vec<CommittedSubDag> {
+        let decided = Committer::new(&self.dag).try_decide(self.progress.last_decided);
+        if decided.is_empty() {
+            return Vec::new();
+        }
+        let mut committed = Vec::new();
+        for status in decided {
+            match status {
+                LeaderStatus::Commit(leader) => {
+                    let subdag = self.linearizer.linearize(&self.dag, leader);
+                    batch.commits.push(CommitRecord {
+                        index: self.progress.next_index,
+                        leader,
+                        blocks: subdag.blocks.iter().map(|b| b.reference()).collect(),
+                    });
+                    self.progress.next_index += 1;
+                    self.progress.last_committed = leader.round;
+                    self.progress.last_decided = leader.round;
+                    // Collected between commits, so what each commit leaves
+                    // out depends only on the commits before it.
+                    self.linearizer
+                        .garbage_collect(gc_round(leader.round, self.params.gc_depth));
+                    committed.push(subdag);
+                }
+                LeaderStatus::Skip(round) => self.progress.last_decided = round,
+                LeaderStatus::Undecided(_) => unreachable!("try_decide returns decided leaders"),
+            }
+        }
+        let gc = gc_round(self.progress.last_committed, self.params.gc_depth);
+        if gc > self.dag.gc_round() {
+            self.dag.garbage_collect(gc);
+            self.suspended = self.suspended.split_off(&crate::store::round_start(gc));
+            batch.gc_round = Some(gc);
+        }
+        batch.progress = Some(self.progress);
+        committed
+    }
+
+    /// Proposes a block for the round after the highest round with a
+    /// quorum, once that round's leader is in (or its wait timed out).
+    fn try_propose(&mut self, leader_timed_out: bool) -> Result<Option<VerifiedBlock>, CoreError> {
+        if !self.dag.contains(&self.last_proposed) {
+            // Our own last block waits for fetched parents after a crash.
+            return Ok(None);
+        }
+        let mut quorum_round = self.dag.highest_round();
+        while !self.dag.has_quorum_at(quorum_round) {
+            quorum_round -= 1;
+        }
+        if quorum_round < self.last_proposed.round {
+            return Ok(None);
+        }
+        let round = quorum_round + 1;
+        let leader_in = quorum_round == 0
+            || self
+                .dag
+                .blocks_in_slot(quorum_round, leader(self.dag.committee(), quorum_round))
+                .next()
+                .is_some();
+        if !leader_in && !leader_timed_out {
+            return Ok(None);
+        }
+        let block = Block {
+            round,
+            author: self.me,
+            parents: self.choose_parents(quorum_round),
+            transactions: self.take_transactions(),
+            state_root: self.state_root,
+        };
+        let block = VerifiedBlock::sign_own(block, &self.key);
+        self.store.write_own(&block)?;
+        let accepted = self.dag.accept(block.clone());
+        debug_assert_eq!(accepted, Acceptance::Accepted, "own block {block:?}");
+        self.last_proposed = block.reference();
+        for parent in &block.block().parents {
+            let seen = &mut self.referenced[parent.author.0 as usize];
+            *seen = (*seen).max(parent.round);
+        }
+        Ok(Some(block))
+    }
+
+    /// One parent per author: our own last block, and every other author's
+    /// block of `round`, or else its latest block newer than what we
+    /// referenced before (so slow validators' blocks still get in).
+    fn choose_parents(&self, round: Round) -> Vec<BlockRef> {
+        let committee = self.dag.committee();
+        if round == 0 {
+            return committee.authorities().map(BlockRef::genesis).collect();
+        }
+        // A silent author is looked for only a few rounds back.
+        const LOOK_BACK: Round = 10;
+        let mut parents: Vec<BlockRef> = committee
+            .authorities()
+            .filter_map(|author| {
+                if author == self.me {
+                    return Some(self.last_proposed);
+                }
+                let floor = self.referenced[author.0 as usize].max(round.saturating_sub(LOOK_BACK));
+                (floor + 1..=round)
+                    .rev()
+                    .find_map(|r| self.dag.blocks_in_slot(r, author).next())
+                    .map(|b| b.reference())
+            })
+            .collect();
+        parents.sort();
+        parents
+    }
+
+    fn take_transactions(&mut self) -> Vec<Vec<u8>> {
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.transactions.front() {
+            if taken.len() == self.params.max_block_transactions
+                || bytes + next.len() > self.params.max_block_transaction_bytes
+            {
+                break;
+            }
+            bytes += next.len();
+            taken.push(self.transactions.pop_front().expect("front exists"));
+        }
+        taken
+    }
+}
+
+/// The garbage-collection round after a leader of `last_committed`.
+fn gc_round(last_committed: Round, depth: Round) -> Round {
+    last_committed.saturating_sub(depth)
+}

@@ -1,0 +1,769 @@
+//! A deterministic simulation of a committee: one seed fixes every message
+//! delay, reordering, partition, crash and Byzantine act, so a failing seed
+//! replays exactly.
+//!
+//! Every validator runs the real [`Core`] over a [`MemStore`]; messages are
+//! wire bytes, decoded and verified on receipt like on a real network. The
+//! run checks safety as it goes (honest committed sequences are prefixes
+//! of one another, each block is committed once, no honest validator signs
+//! two blocks for one round, crashes included) and liveness at the end
+//! (every honest validator commits a leader of the target round).
+
+use crate::block::{Block, BlockRef, Round, SignedBlock, VerifiedBlock};
+use crate::committee::{AuthorityIndex, Committee};
+use crate::core::{Core, Outcome, Parameters};
+use crate::linearizer::CommittedSubDag;
+use crate::store::MemStore;
+use rand::rngs::ChaCha8Rng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use soma_crypto::SecretKey;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// How a simulated validator behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Follows the protocol (and may crash and restart).
+    Honest,
+    /// Signs two blocks per round and sends each to half of the committee.
+    Equivocate,
+    /// Sends blocks whose parents do not exist.
+    InvalidParents,
+    /// Follows the protocol but also sprays malformed, oversized and
+    /// wrongly signed bytes, and answers fetches with garbage.
+    Garbage,
+    /// Never sends anything.
+    Silent,
+}
+
+impl Behaviour {
+    const BYZANTINE: [Behaviour; 4] = [
+        Behaviour::Equivocate,
+        Behaviour::InvalidParents,
+        Behaviour::Garbage,
+        Behaviour::Silent,
+    ];
+}
+
+/// One simulation run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Behaviour of each validator (equal stakes).
+    pub behaviours: Vec<Behaviour>,
+    /// The run succeeds when every honest validator has committed a leader
+    /// of this round.
+    pub rounds: Round,
+    /// Honest validators crash and restart from their stores.
+    pub crashes: bool,
+    /// The network splits in two now and then, and heals.
+    pub partitions: bool,
+    /// Message delay bounds, in simulated milliseconds.
+    pub latency_ms: (u64, u64),
+    /// How long a validator waits for a round's leader.
+    pub leader_timeout_ms: u64,
+}
+
+impl SimConfig {
+    /// A run of `validators` for `rounds` whose faults are drawn from
+    /// `seed`: up to f Byzantine validators of random behaviours, and
+    /// crashes and partitions.
+    pub fn random(validators: usize, rounds: Round, seed: u64) -> SimConfig {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let f = (validators - 1) / 3;
+        let byzantine = rng.random_range(0..=f);
+        let mut behaviours = vec![Behaviour::Honest; validators];
+        let mut indices: Vec<usize> = (0..validators).collect();
+        indices.shuffle(&mut rng);
+        for &i in &indices[..byzantine] {
+            behaviours[i] = Behaviour::BYZANTINE[rng.random_range(0..Behaviour::BYZANTINE.len())];
+        }
+        SimConfig {
+            seed,
+            behaviours,
+            rounds,
+            crashes: true,
+            partitions: true,
+            latency_ms: (1, 80),
+            leader_timeout_ms: 250,
+        }
+    }
+}
+
+/// What a successful run did.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    /// The configuration that ran.
+    pub config: SimConfig,
+    /// Simulated time, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Commits of the honest validator that committed the most.
+    pub commits: usize,
+    /// Transactions those commits carry.
+    pub transactions: usize,
+    /// Messages delivered.
+    pub messages: u64,
+    /// Received messages refused as malformed or invalid.
+    pub refused: u64,
+    /// Crashes (each followed by a restart).
+    pub crashes: u64,
+    /// Partitions (each healed).
+    pub partitions: u64,
+}
+
+/// Why a run failed: the seed reproduces it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimFailure {
+    /// Two honest validators committed different sequences.
+    #[error("seed {seed}: validators {a} and {b} diverge at commit {index}")]
+    Divergence {
+        /// The seed.
+        seed: u64,
+        /// One validator.
+        a: u32,
+        /// The other.
+        b: u32,
+        /// First differing commit.
+        index: usize,
+    },
+    /// An honest validator signed two blocks for one round.
+    #[error("seed {seed}: honest validator {author} signed two blocks in round {round}")]
+    Equivocation {
+        /// The seed.
+        seed: u64,
+        /// Who.
+        author: u32,
+        /// Which round.
+        round: Round,
+    },
+    /// A validator committed a block twice.
+    #[error("seed {seed}: validator {validator} committed {block:?} twice")]
+    CommittedTwice {
+        /// The seed.
+        seed: u64,
+        /// Who.
+        validator: u32,
+        /// Which block.
+        block: BlockRef,
+    },
+    /// Some honest validator did not reach the target round in time.
+    #[error(
+        "seed {seed}: after {elapsed_ms} ms validator {validator} has committed up to round {reached} of {target}; {validators}"
+    )]
+    Stalled {
+        /// The seed.
+        seed: u64,
+        /// Who.
+        validator: u32,
+        /// Its last committed leader's round.
+        reached: Round,
+        /// The target.
+        target: Round,
+        /// Simulated time spent.
+        elapsed_ms: u64,
+        /// Where each validator stands.
+        validators: String,
+    },
+    /// A core failed (only storage can fail, and the memory store cannot).
+    #[error("seed {seed}: validator {validator}: {reason}")]
+    Core {
+        /// The seed.
+        seed: u64,
+        /// Who.
+        validator: u32,
+        /// The error.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Message {
+    Block(Vec<u8>),
+    Fetch {
+        references: Vec<BlockRef>,
+        known_round: Round,
+    },
+    Blocks(Vec<Vec<u8>>),
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver {
+        from: usize,
+        to: usize,
+        message: Message,
+    },
+    Timeout {
+        node: usize,
+        generation: u64,
+    },
+    Crash(usize),
+    Restart(usize),
+    Split,
+    Heal,
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct Node {
+    behaviour: Behaviour,
+    core: Option<Core>,
+    store: MemStore,
+    /// Invalidates timers set before a crash or a newer timer.
+    generation: u64,
+    /// Commits this validator delivered, across restarts.
+    sequence: Vec<(BlockRef, Vec<BlockRef>)>,
+    transactions: usize,
+}
+
+/// Most blocks in one fetch answer.
+const FETCH_LIMIT: usize = 500;
+
+struct Sim {
+    config: SimConfig,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    committee: Committee,
+    keys: Vec<SecretKey>,
+    params: Parameters,
+    nodes: Vec<Node>,
+    /// Side of each validator while the network is split.
+    side: Option<Vec<bool>>,
+    /// Verification results by blake3 of the wire bytes: verification is
+    /// a pure function of the bytes, so validators share the work.
+    verified: BTreeMap<[u8; 32], Option<VerifiedBlock>>,
+    /// The one block each honest validator signed per round.
+    signed: BTreeMap<(u32, Round), [u8; 32]>,
+    report: SimReport,
+}
+
+/// Runs one simulation to the end.
+pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
+    let n = config.behaviours.len();
+    let keys: Vec<SecretKey> = (0..n)
+        .map(|i| {
+            let seed = blake3::derive_key("soma/sim-key/v1", &(i as u64).to_le_bytes());
+            SecretKey::from_bytes(&seed)
+        })
+        .collect();
+    let committee = Committee::new(keys.iter().map(|k| (k.public_key(), 1)).collect())
+        .expect("distinct keys, unit stakes");
+    // Outages here last at most a few seconds (about a hundred rounds):
+    // everyone keeps enough history for the slowest validator to catch up
+    // by fetching blocks.
+    let params = Parameters {
+        gc_depth: 200,
+        max_suspended_per_author: 200,
+        ..Parameters::default()
+    };
+    let mut sim = Sim {
+        rng: ChaCha8Rng::seed_from_u64(config.seed),
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        nodes: Vec::new(),
+        side: None,
+        verified: BTreeMap::new(),
+        signed: BTreeMap::new(),
+        report: SimReport {
+            config: config.clone(),
+            elapsed_ms: 0,
+            commits: 0,
+            transactions: 0,
+            messages: 0,
+            refused: 0,
+            crashes: 0,
+            partitions: 0,
+        },
+        committee,
+        keys,
+        params,
+        config,
+    };
+    for i in 0..n {
+        let store = MemStore::new();
+        let behaviour = sim.config.behaviours[i];
+        sim.nodes.push(Node {
+            behaviour,
+            core: None,
+            store,
+            generation: 0,
+            sequence: Vec::new(),
+            transactions: 0,
+        });
+        sim.start(i)?;
+    }
+    if sim.config.crashes {
+        let at = sim.rng.random_range(500..3_000);
+        let victim = sim.random_honest();
+        sim.schedule(at, Event::Crash(victim));
+    }
+    if sim.config.partitions {
+        let at = sim.rng.random_range(500..5_000);
+        sim.schedule(at, Event::Split);
+    }
+    let deadline = u64::from(sim.config.rounds) * 1_000 + 60_000;
+    while let Some(Reverse(next)) = sim.queue.pop() {
+        sim.now = next.at;
+        if sim.now > deadline || sim.done() {
+            break;
+        }
+        sim.handle(next.event)?;
+    }
+    sim.finish()
+}
+
+impl Sim {
+    fn schedule(&mut self, delay: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: self.now + delay,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    fn honest(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].behaviour == Behaviour::Honest)
+    }
+
+    fn random_honest(&mut self) -> usize {
+        let honest: Vec<usize> = self.honest().collect();
+        honest[self.rng.random_range(0..honest.len())]
+    }
+
+    fn done(&self) -> bool {
+        self.honest().all(|i| {
+            self.nodes[i]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.progress().last_committed >= self.config.rounds)
+        })
+    }
+
+    fn core_failure(&self, node: usize, reason: impl ToString) -> SimFailure {
+        SimFailure::Core {
+            seed: self.config.seed,
+            validator: node as u32,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Opens `node`'s core from its store and arms its timer.
+    fn start(&mut self, node: usize) -> Result<(), SimFailure> {
+        let key = SecretKey::from_bytes(&self.keys[node].to_bytes());
+        let core = Core::open(
+            self.committee.clone(),
+            AuthorityIndex(node as u32),
+            key,
+            self.params.clone(),
+            Box::new(self.nodes[node].store.clone()),
+        )
+        .map_err(|e| self.core_failure(node, e))?;
+        self.nodes[node].core = Some(core);
+        // A restarted validator acts at once, as after a timeout: it
+        // proposes if it may and asks for what it misses.
+        self.timeout(node)
+    }
+
+    fn arm_timer(&mut self, node: usize) {
+        self.nodes[node].generation += 1;
+        let generation = self.nodes[node].generation;
+        let jitter = self.rng.random_range(0..50);
+        self.schedule(
+            self.config.leader_timeout_ms + jitter,
+            Event::Timeout { node, generation },
+        );
+    }
+
+    fn send(&mut self, from: usize, to: usize, message: Message) {
+        if from == to {
+            return;
+        }
+        let (low, high) = self.config.latency_ms;
+        let delay = self.rng.random_range(low..=high);
+        self.schedule(delay, Event::Deliver { from, to, message });
+    }
+
+    fn broadcast(&mut self, from: usize, message: Message) {
+        for to in 0..self.nodes.len() {
+            self.send(from, to, message.clone());
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), SimFailure> {
+        match event {
+            Event::Deliver { from, to, message } => {
+                let cut = self.side.as_ref().is_some_and(|s| s[from] != s[to]);
+                if !cut && self.nodes[to].core.is_some() {
+                    self.report.messages += 1;
+                    self.deliver(from, to, message)?;
+                }
+            }
+            Event::Timeout { node, generation } => {
+                if self.nodes[node].generation == generation && self.nodes[node].core.is_some() {
+                    self.timeout(node)?;
+                }
+            }
+            Event::Crash(node) => {
+                self.nodes[node].core = None;
+                self.nodes[node].generation += 1;
+                self.report.crashes += 1;
+                let downtime = self.rng.random_range(100..3_000);
+                self.schedule(downtime, Event::Restart(node));
+            }
+            Event::Restart(node) => {
+                self.start(node)?;
+                let next = self.rng.random_range(1_000..15_000);
+                let victim = self.random_honest();
+                self.schedule(next, Event::Crash(victim));
+            }
+            Event::Split => {
+                let mut side: Vec<bool> = (0..self.nodes.len())
+                    .map(|_| self.rng.random_bool(0.5))
+                    .collect();
+                side[0] = true;
+                self.side = Some(side);
+                self.report.partitions += 1;
+                let duration = self.rng.random_range(200..4_000);
+                self.schedule(duration, Event::Heal);
+            }
+            Event::Heal => {
+                self.side = None;
+                let next = self.rng.random_range(2_000..20_000);
+                self.schedule(next, Event::Split);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes and verifies wire bytes, sharing results between validators.
+    fn verify(&mut self, bytes: &[u8]) -> Option<VerifiedBlock> {
+        let digest = *blake3::hash(bytes).as_bytes();
+        if let Some(result) = self.verified.get(&digest) {
+            return result.clone();
+        }
+        let result = SignedBlock::decode(bytes)
+            .and_then(|b| VerifiedBlock::verify(b, &self.committee))
+            .ok();
+        self.verified.insert(digest, result.clone());
+        result
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, message: Message) -> Result<(), SimFailure> {
+        let blocks = match message {
+            Message::Block(bytes) => vec![bytes],
+            Message::Blocks(blocks) => blocks,
+            Message::Fetch {
+                references,
+                known_round,
+            } => {
+                self.answer_fetch(to, from, &references, known_round);
+                return Ok(());
+            }
+        };
+        let mut verified = Vec::new();
+        for bytes in &blocks {
+            match self.verify(bytes) {
+                Some(block) => verified.push(block),
+                None => self.report.refused += 1,
+            }
+        }
+        let core = self.nodes[to]
+            .core
+            .as_mut()
+            .expect("delivered to a running node");
+        let outcome = core
+            .add_blocks(verified)
+            .map_err(|e| self.core_failure(to, e))?;
+        self.act(to, Some(from), outcome)
+    }
+
+    fn answer_fetch(
+        &mut self,
+        node: usize,
+        requester: usize,
+        references: &[BlockRef],
+        known_round: Round,
+    ) {
+        match self.nodes[node].behaviour {
+            Behaviour::Silent => {}
+            Behaviour::Garbage | Behaviour::InvalidParents => {
+                let junk = self.garbage(node);
+                self.send(node, requester, Message::Blocks(junk));
+            }
+            Behaviour::Honest | Behaviour::Equivocate => {
+                let core = self.nodes[node].core.as_ref().expect("running");
+                let blocks = core
+                    .blocks_for(references, known_round, FETCH_LIMIT)
+                    .iter()
+                    .map(|b| b.to_bytes())
+                    .collect::<Vec<_>>();
+                if !blocks.is_empty() {
+                    self.send(node, requester, Message::Blocks(blocks));
+                }
+            }
+        }
+    }
+
+    fn timeout(&mut self, node: usize) -> Result<(), SimFailure> {
+        let core = self.nodes[node].core.as_mut().expect("running");
+        let outcome = core
+            .on_leader_timeout()
+            .map_err(|e| self.core_failure(node, e))?;
+        if outcome.proposed.is_none() && self.nodes[node].behaviour == Behaviour::Honest {
+            // Nothing new: resend the last block, in case a partition ate it.
+            let last = self.nodes[node]
+                .core
+                .as_ref()
+                .and_then(|c| c.last_proposed_block().cloned());
+            if let Some(last) = last {
+                self.broadcast(node, Message::Block(last.to_bytes()));
+            }
+        }
+        if self.nodes[node].behaviour == Behaviour::Garbage {
+            let junk = self.garbage(node);
+            for bytes in junk {
+                self.broadcast(node, Message::Block(bytes));
+            }
+        }
+        self.act(node, None, outcome)?;
+        self.arm_timer(node);
+        Ok(())
+    }
+
+    /// Sends what a step produced, records commits and checks safety.
+    fn act(
+        &mut self,
+        node: usize,
+        peer: Option<usize>,
+        outcome: Outcome,
+    ) -> Result<(), SimFailure> {
+        if let Some(block) = &outcome.proposed {
+            self.record_signed(node, block)?;
+            self.send_proposal(node, block);
+            // Each validator submits a transaction per block, so commits
+            // carry payload.
+            let core = self.nodes[node].core.as_mut().expect("running");
+            let _ = core.submit(format!("tx {node} {}", block.reference().round).into_bytes());
+            self.arm_timer(node);
+        }
+        if !outcome.missing.is_empty() {
+            let known_round = self.nodes[node]
+                .core
+                .as_ref()
+                .expect("running")
+                .dag()
+                .highest_round();
+            let lowest_missing = outcome.missing.iter().map(|r| r.round).min().unwrap_or(0);
+            let target = match peer {
+                Some(peer) => peer,
+                None => self.rng.random_range(0..self.nodes.len()),
+            };
+            self.send(
+                node,
+                target,
+                Message::Fetch {
+                    references: outcome.missing.into_iter().collect(),
+                    known_round: known_round.min(lowest_missing.saturating_sub(1)),
+                },
+            );
+        }
+        self.record_commits(node, outcome.committed);
+        Ok(())
+    }
+
+    fn send_proposal(&mut self, node: usize, block: &VerifiedBlock) {
+        match self.nodes[node].behaviour {
+            Behaviour::Honest | Behaviour::Garbage => {
+                self.broadcast(node, Message::Block(block.to_bytes()));
+            }
+            Behaviour::Silent => {}
+            Behaviour::Equivocate => {
+                let mut twin = block.block().clone();
+                twin.transactions.push(b"equivocation".to_vec());
+                let twin = twin.sign(&self.keys[node]).to_bytes();
+                for to in 0..self.nodes.len() {
+                    let bytes = if to % 2 == 0 {
+                        block.to_bytes()
+                    } else {
+                        twin.clone()
+                    };
+                    self.send(node, to, Message::Block(bytes));
+                }
+            }
+            Behaviour::InvalidParents => {
+                let mut fake = block.block().clone();
+                let other = fake
+                    .parents
+                    .iter_mut()
+                    .find(|p| p.round + 1 == fake.round && p.author.0 as usize != node);
+                if let Some(parent) = other {
+                    parent.digest = self.rng.random();
+                }
+                self.broadcast(node, Message::Block(fake.sign(&self.keys[node]).to_bytes()));
+            }
+        }
+    }
+
+    /// Malformed, truncated, oversized and wrongly signed blocks.
+    fn garbage(&mut self, node: usize) -> Vec<Vec<u8>> {
+        let len = self.rng.random_range(0..300);
+        let random: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
+        let mut junk = vec![random];
+        if self.rng.random_range(0..100) == 0 {
+            junk.push(vec![0; crate::block::MAX_BLOCK_BYTES + 65]);
+        }
+        if let Some(last) = self.nodes[node]
+            .core
+            .as_ref()
+            .and_then(|c| c.last_proposed_block())
+        {
+            let wire = last.to_bytes();
+            junk.push(wire[..wire.len() / 2].to_vec());
+            let victim = AuthorityIndex(((node + 1) % self.nodes.len()) as u32);
+            let forged = Block {
+                author: victim,
+                ..last.block().clone()
+            };
+            junk.push(forged.sign(&self.keys[node]).to_bytes());
+        }
+        junk
+    }
+
+    fn record_signed(&mut self, node: usize, block: &VerifiedBlock) -> Result<(), SimFailure> {
+        if self.nodes[node].behaviour != Behaviour::Honest {
+            return Ok(());
+        }
+        let digest = block.reference().digest;
+        let previous = *self
+            .signed
+            .entry((node as u32, block.reference().round))
+            .or_insert(digest);
+        if previous != digest {
+            return Err(SimFailure::Equivocation {
+                seed: self.config.seed,
+                author: node as u32,
+                round: block.reference().round,
+            });
+        }
+        Ok(())
+    }
+
+    fn record_commits(&mut self, node: usize, committed: Vec<CommittedSubDag>) {
+        for subdag in committed {
+            let refs: Vec<BlockRef> = subdag.blocks.iter().map(|b| b.reference()).collect();
+            self.nodes[node].transactions += subdag
+                .blocks
+                .iter()
+                .map(|b| b.block().transactions.len())
+                .sum::<usize>();
+            self.nodes[node].sequence.push((subdag.leader, refs));
+        }
+    }
+
+    /// One line per validator: behaviour, DAG height, last proposal,
+    /// commit progress and suspended blocks.
+    fn describe(&self) -> String {
+        let lines: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| match &node.core {
+                None => format!("{i} {:?} down", node.behaviour),
+                Some(core) => format!(
+                    "{i} {:?}: highest round {}, proposed {:?}, {:?}, {} suspended",
+                    node.behaviour,
+                    core.dag().highest_round(),
+                    core.last_proposed(),
+                    core.progress(),
+                    core.suspended()
+                ),
+            })
+            .collect();
+        lines.join("; ")
+    }
+
+    /// Final safety checks and the liveness verdict.
+    fn finish(mut self) -> Result<SimReport, SimFailure> {
+        let seed = self.config.seed;
+        let honest: Vec<usize> = self.honest().collect();
+        for &i in &honest {
+            let mut seen = std::collections::BTreeSet::new();
+            for (_, blocks) in &self.nodes[i].sequence {
+                for block in blocks {
+                    if !seen.insert(*block) {
+                        return Err(SimFailure::CommittedTwice {
+                            seed,
+                            validator: i as u32,
+                            block: *block,
+                        });
+                    }
+                }
+            }
+        }
+        for (x, &a) in honest.iter().enumerate() {
+            for &b in &honest[x + 1..] {
+                let (sa, sb) = (&self.nodes[a].sequence, &self.nodes[b].sequence);
+                if let Some(index) = sa.iter().zip(sb).position(|(p, q)| p != q) {
+                    return Err(SimFailure::Divergence {
+                        seed,
+                        a: a as u32,
+                        b: b as u32,
+                        index,
+                    });
+                }
+            }
+        }
+        for &i in &honest {
+            let reached = self.nodes[i]
+                .core
+                .as_ref()
+                .map_or(0, |c| c.progress().last_committed);
+            if reached < self.config.rounds {
+                return Err(SimFailure::Stalled {
+                    seed,
+                    validator: i as u32,
+                    reached,
+                    target: self.config.rounds,
+                    elapsed_ms: self.now,
+                    validators: self.describe(),
+                });
+            }
+        }
+        let best = honest
+            .iter()
+            .max_by_key(|i| self.nodes[**i].sequence.len())
+            .copied()
+            .expect("at least one honest validator");
+        self.report.elapsed_ms = self.now;
+        self.report.commits = self.nodes[best].sequence.len();
+        self.report.transactions = self.nodes[best].transactions;
+        Ok(self.report)
+    }
+}

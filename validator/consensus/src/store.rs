@@ -1,0 +1,315 @@
+//! What a validator keeps on disk so that a restart never makes it sign two
+//! blocks for one round: its own blocks (written durably before they are
+//! sent), the blocks it accepted, and its recent commits.
+//!
+//! Two implementations: [`FjallStore`] for nodes and [`MemStore`] for the
+//! simulation, where a "crash" keeps exactly what was written.
+
+use crate::block::{BlockRef, Round, SignedBlock};
+use crate::committee::AuthorityIndex;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Why the store failed. Any of these stops the validator: carrying on
+/// could mean forgetting a block it signed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed.
+    #[error("consensus store: {0}")]
+    Engine(#[from] fjall::Error),
+    /// Stored bytes do not decode.
+    #[error("consensus store is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// One committed sub-DAG as stored: enough to rebuild the linearizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRecord {
+    /// Position in the committed sequence, from 0.
+    pub index: u64,
+    /// The committed leader.
+    pub leader: BlockRef,
+    /// Every block it committed, leader last.
+    pub blocks: Vec<BlockRef>,
+}
+
+/// Where the commit rule stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitProgress {
+    /// Every leader up to this round is decided.
+    pub last_decided: Round,
+    /// Round of the last committed leader (0 before any).
+    pub last_committed: Round,
+    /// Index the next commit gets.
+    pub next_index: u64,
+}
+
+/// Writes applied together, atomically.
+#[derive(Debug, Default)]
+pub struct StoreBatch {
+    /// Newly accepted blocks (wire bytes are stored).
+    pub blocks: Vec<SignedBlock>,
+    /// New commits, in order.
+    pub commits: Vec<CommitRecord>,
+    /// The commit rule's progress after them.
+    pub progress: Option<CommitProgress>,
+    /// Drop blocks and commits below this round.
+    pub gc_round: Option<Round>,
+}
+
+/// Everything a validator reloads at start.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Stored blocks, sorted by reference.
+    pub blocks: Vec<SignedBlock>,
+    /// Stored commits, in order.
+    pub commits: Vec<CommitRecord>,
+    /// Where the commit rule stood.
+    pub progress: CommitProgress,
+    /// The validator's own last block, kept even after it is collected.
+    pub own_last: Option<BlockRef>,
+}
+
+/// Durable consensus state.
+pub trait Store: Send {
+    /// Writes the validator's own new block and returns only once it is
+    /// durable: the block may be sent after this.
+    fn write_own(&mut self, block: &SignedBlock) -> Result<(), StoreError>;
+
+    /// Writes `batch` atomically; it may become durable later.
+    fn write(&mut self, batch: StoreBatch) -> Result<(), StoreError>;
+
+    /// Reads back what was written.
+    fn recover(&self) -> Result<Recovered, StoreError>;
+}
+
+/// A store in memory whose clones share contents: a simulated validator
+/// that crashes restarts from the clone, with exactly what was written.
+#[derive(Debug, Clone, Default)]
+pub struct MemStore(Arc<Mutex<MemContents>>);
+
+#[derive(Debug, Default)]
+struct MemContents {
+    blocks: BTreeMap<BlockRef, SignedBlock>,
+    commits: BTreeMap<u64, CommitRecord>,
+    progress: CommitProgress,
+    own_last: Option<BlockRef>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    fn contents(&self) -> std::sync::MutexGuard<'_, MemContents> {
+        // A panic elsewhere cannot leave the maps half-updated: every write
+        // below is a plain insert or split.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for MemStore {
+    fn write_own(&mut self, block: &SignedBlock) -> Result<(), StoreError> {
+        let mut contents = self.contents();
+        contents.blocks.insert(block.reference(), block.clone());
+        contents.own_last = Some(block.reference());
+        Ok(())
+    }
+
+    fn write(&mut self, batch: StoreBatch) -> Result<(), StoreError> {
+        let mut contents = self.contents();
+        for block in batch.blocks {
+            contents.blocks.insert(block.reference(), block);
+        }
+        for commit in batch.commits {
+            contents.commits.insert(commit.index, commit);
+        }
+        if let Some(progress) = batch.progress {
+            contents.progress = progress;
+        }
+        if let Some(round) = batch.gc_round {
+            contents.blocks = contents.blocks.split_off(&round_start(round));
+            contents.commits.retain(|_, c| c.leader.round >= round);
+        }
+        Ok(())
+    }
+
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let contents = self.contents();
+        Ok(Recovered {
+            blocks: contents.blocks.values().cloned().collect(),
+            commits: contents.commits.values().cloned().collect(),
+            progress: contents.progress,
+            own_last: contents.own_last,
+        })
+    }
+}
+
+/// The store of a validator node, in a fjall database.
+pub struct FjallStore {
+    db: fjall::Database,
+    blocks: fjall::Keyspace,
+    commits: fjall::Keyspace,
+    meta: fjall::Keyspace,
+}
+
+const OWN_LAST: &[u8] = b"own-last";
+const PROGRESS: &[u8] = b"progress";
+
+impl FjallStore {
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open(path: &Path) -> Result<FjallStore, StoreError> {
+        let db = fjall::Database::builder(path).open()?;
+        let options = fjall::KeyspaceCreateOptions::default;
+        Ok(FjallStore {
+            blocks: db.keyspace("blocks", options)?,
+            commits: db.keyspace("commits", options)?,
+            meta: db.keyspace("meta", options)?,
+            db,
+        })
+    }
+}
+
+impl Store for FjallStore {
+    fn write_own(&mut self, block: &SignedBlock) -> Result<(), StoreError> {
+        let mut batch = self
+            .db
+            .batch()
+            .durability(Some(fjall::PersistMode::SyncAll));
+        let reference = block.reference();
+        batch.insert(&self.blocks, reference.to_key(), block.to_bytes());
+        batch.insert(&self.meta, OWN_LAST, reference.to_key());
+        batch.commit()?;
+        Ok(())
+    }
+
+    fn write(&mut self, batch: StoreBatch) -> Result<(), StoreError> {
+        let mut write = self.db.batch();
+        for block in &batch.blocks {
+            write.insert(&self.blocks, block.reference().to_key(), block.to_bytes());
+        }
+        for commit in &batch.commits {
+            write.insert(
+                &self.commits,
+                commit.index.to_be_bytes(),
+                encode_commit(commit),
+            );
+        }
+        if let Some(progress) = batch.progress {
+            write.insert(&self.meta, PROGRESS, encode_progress(&progress));
+        }
+        if let Some(round) = batch.gc_round {
+            for entry in self.blocks.range(..round_start(round).to_key()) {
+                write.remove(&self.blocks, entry.key()?);
+            }
+            for entry in self.commits.iter() {
+                let (key, value) = entry.into_inner()?;
+                if decode_commit(&key, &value)?.leader.round >= round {
+                    break;
+                }
+                write.remove(&self.commits, key);
+            }
+        }
+        write.commit()?;
+        Ok(())
+    }
+
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let mut recovered = Recovered::default();
+        for entry in self.blocks.iter() {
+            let (key, value) = entry.into_inner()?;
+            let block = SignedBlock::decode(&value)
+                .map_err(|e| StoreError::Corrupt(format!("stored block: {e}")))?;
+            if block.reference().to_key()[..] != key[..] {
+                return Err(StoreError::Corrupt(format!(
+                    "block {:?} is stored under another key",
+                    block.reference()
+                )));
+            }
+            recovered.blocks.push(block);
+        }
+        for entry in self.commits.iter() {
+            let (key, value) = entry.into_inner()?;
+            recovered.commits.push(decode_commit(&key, &value)?);
+        }
+        if let Some(bytes) = self.meta.get(PROGRESS)? {
+            recovered.progress = decode_progress(&bytes)?;
+        }
+        if let Some(bytes) = self.meta.get(OWN_LAST)? {
+            recovered.own_last = Some(decode_ref(&bytes)?);
+        }
+        Ok(recovered)
+    }
+}
+
+/// The smallest reference of `round`.
+pub(crate) fn round_start(round: Round) -> BlockRef {
+    BlockRef {
+        round,
+        author: AuthorityIndex(0),
+        digest: [0; 32],
+    }
+}
+
+fn decode_ref(bytes: &[u8]) -> Result<BlockRef, StoreError> {
+    let bytes: &[u8; 40] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("a reference of {} bytes", bytes.len())))?;
+    let (round, rest) = bytes.split_at(4);
+    let (author, digest) = rest.split_at(4);
+    Ok(BlockRef {
+        round: u32::from_be_bytes(round.try_into().expect("4 bytes")),
+        author: AuthorityIndex(u32::from_be_bytes(author.try_into().expect("4 bytes"))),
+        digest: digest.try_into().expect("32 bytes"),
+    })
+}
+
+fn encode_commit(commit: &CommitRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40 * (commit.blocks.len() + 1));
+    out.extend_from_slice(&commit.leader.to_key());
+    for block in &commit.blocks {
+        out.extend_from_slice(&block.to_key());
+    }
+    out
+}
+
+fn decode_commit(key: &[u8], value: &[u8]) -> Result<CommitRecord, StoreError> {
+    let index = u64::from_be_bytes(
+        key.try_into()
+            .map_err(|_| StoreError::Corrupt("a commit key is not 8 bytes".into()))?,
+    );
+    if value.is_empty() || !value.len().is_multiple_of(40) {
+        return Err(StoreError::Corrupt(format!(
+            "commit {index} has {} bytes",
+            value.len()
+        )));
+    }
+    let mut refs = value.chunks(40).map(decode_ref);
+    let leader = refs.next().expect("non-empty")?;
+    Ok(CommitRecord {
+        index,
+        leader,
+        blocks: refs.collect::<Result<_, _>>()?,
+    })
+}
+
+fn encode_progress(progress: &CommitProgress) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..4].copy_from_slice(&progress.last_decided.to_be_bytes());
+    out[4..8].copy_from_slice(&progress.last_committed.to_be_bytes());
+    out[8..].copy_from_slice(&progress.next_index.to_be_bytes());
+    out
+}
+
+fn decode_progress(bytes: &[u8]) -> Result<CommitProgress, StoreError> {
+    let bytes: &[u8; 16] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("commit progress is not 16 bytes".into()))?;
+    Ok(CommitProgress {
+        last_decided: u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")),
+        last_committed: u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")),
+        next_index: u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes")),
+    })
+}

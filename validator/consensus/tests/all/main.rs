@@ -1,0 +1,3 @@
+//! Integration tests of the consensus crate.
+
+mod simulation;
