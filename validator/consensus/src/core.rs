@@ -458,3 +458,166 @@ impl Core {
 fn gc_round(last_committed: Round, depth: Round) -> Round {
     last_committed.saturating_sub(depth)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::committee::tests::committee;
+    use crate::store::{FjallStore, MemStore};
+
+    fn open(c: &Committee, keys: &[SecretKey], me: u32, store: Box<dyn Store>) -> Core {
+        let key = SecretKey::from_bytes(&keys[me as usize].to_bytes());
+        Core::open(c.clone(), AuthorityIndex(me), key, Parameters::default(), store).unwrap()
+    }
+
+    /// Runs `rounds` rounds in lockstep: every new block reaches everyone.
+    /// It starts as after a timeout: each proposes if it can, or else
+    /// sends its last block again.
+    fn lockstep(cores: &mut [Core], rounds: usize) -> Vec<Vec<CommittedSubDag>> {
+        let mut committed = vec![Vec::new(); cores.len()];
+        let mut inbox: Vec<VerifiedBlock> = Vec::new();
+        for (i, core) in cores.iter_mut().enumerate() {
+            let outcome = core.on_leader_timeout().unwrap();
+            inbox.extend(outcome.proposed.or(core.last_proposed_block().cloned()));
+            committed[i].extend(outcome.committed);
+        }
+        for _ in 0..rounds {
+            let sent = std::mem::take(&mut inbox);
+            for (i, core) in cores.iter_mut().enumerate() {
+                let outcome = core.add_blocks(sent.clone()).unwrap();
+                assert!(outcome.missing.is_empty());
+                inbox.extend(outcome.proposed);
+                committed[i].extend(outcome.committed);
+            }
+        }
+        committed
+    }
+
+    #[test]
+    fn a_restarted_validator_resumes_without_signing_a_round_twice() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cores: Vec<Core> = (0..4)
+            .map(|i| {
+                let store: Box<dyn Store> = if i == 0 {
+                    Box::new(FjallStore::open(dir.path()).unwrap())
+                } else {
+                    Box::new(MemStore::new())
+                };
+                open(&c, &keys, i, store)
+            })
+            .collect();
+        cores[0].submit(b"pay 5".to_vec()).unwrap();
+        let committed = lockstep(&mut cores, 12);
+        assert!(committed[0].len() >= 8, "{}", committed[0].len());
+        assert!(committed.iter().all(|c| *c == committed[0]));
+        assert!(
+            committed[0]
+                .iter()
+                .flat_map(|s| &s.blocks)
+                .any(|b| b.block().transactions == [b"pay 5".to_vec()])
+        );
+
+        let before = (
+            cores[0].last_proposed(),
+            cores[0].progress(),
+            cores[0].dag().highest_round(),
+        );
+        drop(cores.remove(0));
+        let store = FjallStore::open(dir.path()).unwrap();
+        let mut restarted = open(&c, &keys, 0, Box::new(store));
+        assert_eq!(
+            (
+                restarted.last_proposed(),
+                restarted.progress(),
+                restarted.dag().highest_round()
+            ),
+            before
+        );
+        // Its round is already signed: a timeout proposes nothing new.
+        let outcome = restarted.on_leader_timeout().unwrap();
+        assert!(outcome.proposed.is_none() && outcome.committed.is_empty());
+
+        // It goes on with the others, and commits what they commit.
+        cores.insert(0, restarted);
+        let more = lockstep(&mut cores, 6);
+        assert!(!more[0].is_empty());
+        assert!(more.iter().all(|c| *c == more[0]));
+        assert!(more[0][0].leader.round > before.1.last_committed);
+    }
+
+    #[test]
+    fn a_corrupt_store_or_a_wrong_key_stops_the_start_with_a_reason() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        store
+            .blocks
+            .insert(crate::store::round_start(3).to_key(), b"not a block".to_vec())
+            .unwrap();
+        let key = SecretKey::from_bytes(&keys[0].to_bytes());
+        let error = Core::open(c.clone(), AuthorityIndex(0), key, Parameters::default(), Box::new(store))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, CoreError::Store(StoreError::Corrupt(ref m)) if m.contains("stored block")),
+            "{error}"
+        );
+
+        let key = SecretKey::from_bytes(&keys[1].to_bytes());
+        let error = Core::open(c, AuthorityIndex(0), key, Parameters::default(), Box::new(MemStore::new()))
+            .err()
+            .unwrap();
+        assert!(matches!(error, CoreError::NotThisMember(0)));
+    }
+
+    #[test]
+    fn transactions_and_suspended_blocks_are_bounded() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let key = SecretKey::from_bytes(&keys[0].to_bytes());
+        let params = Parameters {
+            max_pending_transactions: 2,
+            max_suspended_per_author: 3,
+            ..Parameters::default()
+        };
+        let mut core = Core::open(c.clone(), AuthorityIndex(0), key, params, Box::new(MemStore::new())).unwrap();
+        assert_eq!(
+            core.submit(vec![0; MAX_TRANSACTION_BYTES + 1]),
+            Err(SubmitError::TooLarge(MAX_TRANSACTION_BYTES + 1))
+        );
+        core.submit(vec![1]).unwrap();
+        core.submit(vec![2]).unwrap();
+        assert_eq!(core.submit(vec![3]), Err(SubmitError::Full(2)));
+
+        // Validator 1 sends blocks whose parents no one has.
+        let unknown = BlockRef {
+            round: 4,
+            author: AuthorityIndex(2),
+            digest: [9; 32],
+        };
+        let orphans: Vec<VerifiedBlock> = (0..5u8)
+            .map(|i| {
+                let mut parents = vec![
+                    BlockRef { round: 4, author: AuthorityIndex(0), digest: [i; 32] },
+                    BlockRef { round: 4, author: AuthorityIndex(1), digest: [i; 32] },
+                    unknown,
+                ];
+                parents.sort();
+                let block = Block {
+                    round: 5,
+                    author: AuthorityIndex(1),
+                    parents,
+                    transactions: vec![],
+                    state_root: [0; 32],
+                };
+                VerifiedBlock::verify(block.sign(&keys[1]), &c).unwrap()
+            })
+            .collect();
+        let outcome = core.add_blocks(orphans).unwrap();
+        assert_eq!(outcome.dropped, 2);
+        assert_eq!(core.suspended(), 3);
+        assert!(outcome.missing.contains(&unknown));
+        assert_eq!(outcome.missing.len(), 7, "{:?}", outcome.missing);
+        assert!(outcome.committed.is_empty());
+    }
+}

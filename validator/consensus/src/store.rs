@@ -150,7 +150,7 @@ impl Store for MemStore {
 /// The store of a validator node, in a fjall database.
 pub struct FjallStore {
     db: fjall::Database,
-    blocks: fjall::Keyspace,
+    pub(crate) blocks: fjall::Keyspace,
     commits: fjall::Keyspace,
     meta: fjall::Keyspace,
 }
