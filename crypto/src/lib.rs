@@ -1,6 +1,6 @@
 //! Soma's one signature rule.
 //!
-//! Every signature in Soma (encoder packages, transactions, blocks) is
+//! Every signature in Soma (encoder packages, transactions, blocks, peer authentication) is
 //! ed25519 over `blake3(domain tag ‖ message)`, checked with
 //! [`ed25519_dalek::VerifyingKey::verify_strict`]. Validators must accept
 //! exactly the same signatures or they fork, so this crate is the only place
@@ -9,6 +9,8 @@
 //! The domain tag makes a signature valid for one kind of message only: a
 //! package signature can never be replayed as a transaction signature. No tag
 //! is a prefix of another, so `tag ‖ message` is unambiguous.
+
+pub mod keyfile;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use std::fmt;
@@ -22,11 +24,18 @@ pub enum Domain {
     Transaction,
     /// A consensus block.
     Block,
+    /// A validator proving its identity to a peer.
+    PeerAuth,
 }
 
 impl Domain {
     /// Every domain, for tests that check they are kept apart.
-    pub const ALL: [Domain; 3] = [Domain::EncoderPackage, Domain::Transaction, Domain::Block];
+    pub const ALL: [Domain; 4] = [
+        Domain::EncoderPackage,
+        Domain::Transaction,
+        Domain::Block,
+        Domain::PeerAuth,
+    ];
 
     /// The tag hashed in front of the message.
     pub fn tag(self) -> &'static str {
@@ -34,6 +43,7 @@ impl Domain {
             Domain::EncoderPackage => "soma/encoder-package/v1",
             Domain::Transaction => "soma/tx/v1",
             Domain::Block => "soma/block/v1",
+            Domain::PeerAuth => "soma/peer-auth/v1",
         }
     }
 

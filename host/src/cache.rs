@@ -16,8 +16,8 @@
 //! ```
 
 use crate::digest::Digest;
-use crate::keyfile::private_file;
 use crate::store::{StoreError, write_atomically};
+use soma_crypto::keyfile::private_file;
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};

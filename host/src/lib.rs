@@ -29,7 +29,6 @@ mod encoder;
 mod engine;
 mod error;
 pub mod inference;
-pub mod keyfile;
 mod limits;
 pub mod log;
 pub mod package;

@@ -2,9 +2,10 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use soma_crypto::keyfile;
 use soma_crypto::{PublicKey, SecretKey};
 use soma_host::package::{self, EncoderMeta, Package, VerifiedPackage};
-use soma_host::{CompiledCache, Engine, Limits, Seed, keyfile};
+use soma_host::{CompiledCache, Engine, Limits, Seed};
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

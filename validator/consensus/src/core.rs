@@ -9,7 +9,7 @@ use crate::committee::{AuthorityIndex, Committee};
 use crate::committer::{Committer, LeaderStatus, leader};
 use crate::dag_state::{Acceptance, DagState};
 use crate::linearizer::{CommittedSubDag, Linearizer};
-use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError};
+use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError, gc_round};
 use soma_crypto::SecretKey;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -109,7 +109,7 @@ impl Core {
         if committee.key(me) != Some(&key.public_key()) {
             return Err(CoreError::NotThisMember(me.0));
         }
-        let recovered = store.recover()?;
+        let recovered = store.recover(params.gc_depth)?;
         let gc_round = gc_round(recovered.progress.last_committed, params.gc_depth);
         let mut dag = DagState::new(committee);
         dag.garbage_collect(gc_round);
@@ -454,11 +454,6 @@ impl Core {
     }
 }
 
-/// The garbage-collection round after a leader of `last_committed`.
-fn gc_round(last_committed: Round, depth: Round) -> Round {
-    last_committed.saturating_sub(depth)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,7 +462,14 @@ mod tests {
 
     fn open(c: &Committee, keys: &[SecretKey], me: u32, store: Box<dyn Store>) -> Core {
         let key = SecretKey::from_bytes(&keys[me as usize].to_bytes());
-        Core::open(c.clone(), AuthorityIndex(me), key, Parameters::default(), store).unwrap()
+        Core::open(
+            c.clone(),
+            AuthorityIndex(me),
+            key,
+            Parameters::default(),
+            store,
+        )
+        .unwrap()
     }
 
     /// Runs `rounds` rounds in lockstep: every new block reaches everyone.
@@ -553,21 +555,36 @@ mod tests {
         let store = FjallStore::open(dir.path()).unwrap();
         store
             .blocks
-            .insert(crate::store::round_start(3).to_key(), b"not a block".to_vec())
+            .insert(
+                crate::store::round_start(3).to_key(),
+                b"not a block".to_vec(),
+            )
             .unwrap();
         let key = SecretKey::from_bytes(&keys[0].to_bytes());
-        let error = Core::open(c.clone(), AuthorityIndex(0), key, Parameters::default(), Box::new(store))
-            .err()
-            .unwrap();
+        let error = Core::open(
+            c.clone(),
+            AuthorityIndex(0),
+            key,
+            Parameters::default(),
+            Box::new(store),
+        )
+        .err()
+        .unwrap();
         assert!(
             matches!(error, CoreError::Store(StoreError::Corrupt(ref m)) if m.contains("stored block")),
             "{error}"
         );
 
         let key = SecretKey::from_bytes(&keys[1].to_bytes());
-        let error = Core::open(c, AuthorityIndex(0), key, Parameters::default(), Box::new(MemStore::new()))
-            .err()
-            .unwrap();
+        let error = Core::open(
+            c,
+            AuthorityIndex(0),
+            key,
+            Parameters::default(),
+            Box::new(MemStore::new()),
+        )
+        .err()
+        .unwrap();
         assert!(matches!(error, CoreError::NotThisMember(0)));
     }
 
@@ -580,7 +597,14 @@ mod tests {
             max_suspended_per_author: 3,
             ..Parameters::default()
         };
-        let mut core = Core::open(c.clone(), AuthorityIndex(0), key, params, Box::new(MemStore::new())).unwrap();
+        let mut core = Core::open(
+            c.clone(),
+            AuthorityIndex(0),
+            key,
+            params,
+            Box::new(MemStore::new()),
+        )
+        .unwrap();
         assert_eq!(
             core.submit(vec![0; MAX_TRANSACTION_BYTES + 1]),
             Err(SubmitError::TooLarge(MAX_TRANSACTION_BYTES + 1))
@@ -598,8 +622,16 @@ mod tests {
         let orphans: Vec<VerifiedBlock> = (0..5u8)
             .map(|i| {
                 let mut parents = vec![
-                    BlockRef { round: 4, author: AuthorityIndex(0), digest: [i; 32] },
-                    BlockRef { round: 4, author: AuthorityIndex(1), digest: [i; 32] },
+                    BlockRef {
+                        round: 4,
+                        author: AuthorityIndex(0),
+                        digest: [i; 32],
+                    },
+                    BlockRef {
+                        round: 4,
+                        author: AuthorityIndex(1),
+                        digest: [i; 32],
+                    },
                     unknown,
                 ];
                 parents.sort();

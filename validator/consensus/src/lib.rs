@@ -18,6 +18,8 @@ mod committer;
 mod core;
 mod dag_state;
 mod linearizer;
+pub mod network;
+mod node;
 pub mod simulator;
 mod store;
 
@@ -27,6 +29,10 @@ pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
 pub use core::{Core, CoreError, Outcome, Parameters, SubmitError};
 pub use dag_state::{Acceptance, DagState};
 pub use linearizer::{CommittedSubDag, Linearizer};
+pub use node::{
+    AcceptAny, COMMITS_PATH, Metrics, Node, NodeConfig, NodeError, STATUS_PATH, TRANSACTION_PATH,
+    TransactionVerifier,
+};
 pub use store::{
     CommitProgress, CommitRecord, FjallStore, MemStore, Recovered, Store, StoreBatch, StoreError,
 };

@@ -1,6 +1,7 @@
 //! What a validator keeps on disk so that a restart never makes it sign two
 //! blocks for one round: its own blocks (written durably before they are
-//! sent), the blocks it accepted, and its recent commits.
+//! sent), the blocks it accepted above the garbage-collection round, and
+//! every commit (the ordered history that execution replays).
 //!
 //! Two implementations: [`FjallStore`] for nodes and [`MemStore`] for the
 //! simulation, where a "crash" keeps exactly what was written.
@@ -54,7 +55,7 @@ pub struct StoreBatch {
     pub commits: Vec<CommitRecord>,
     /// The commit rule's progress after them.
     pub progress: Option<CommitProgress>,
-    /// Drop blocks and commits below this round.
+    /// Drop blocks below this round.
     pub gc_round: Option<Round>,
 }
 
@@ -63,7 +64,8 @@ pub struct StoreBatch {
 pub struct Recovered {
     /// Stored blocks, sorted by reference.
     pub blocks: Vec<SignedBlock>,
-    /// Stored commits, in order.
+    /// The stored commits whose leaders are not garbage-collected, in
+    /// order.
     pub commits: Vec<CommitRecord>,
     /// Where the commit rule stood.
     pub progress: CommitProgress,
@@ -80,8 +82,9 @@ pub trait Store: Send {
     /// Writes `batch` atomically; it may become durable later.
     fn write(&mut self, batch: StoreBatch) -> Result<(), StoreError>;
 
-    /// Reads back what was written.
-    fn recover(&self) -> Result<Recovered, StoreError>;
+    /// Reads back what was written, with the commits a restart needs:
+    /// those of leaders within `gc_depth` rounds of the last one.
+    fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError>;
 }
 
 /// A store in memory whose clones share contents: a simulated validator
@@ -131,23 +134,32 @@ impl Store for MemStore {
         }
         if let Some(round) = batch.gc_round {
             contents.blocks = contents.blocks.split_off(&round_start(round));
-            contents.commits.retain(|_, c| c.leader.round >= round);
         }
         Ok(())
     }
 
-    fn recover(&self) -> Result<Recovered, StoreError> {
+    fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError> {
         let contents = self.contents();
+        let gc = gc_round(contents.progress.last_committed, gc_depth);
+        let mut commits: Vec<CommitRecord> = contents
+            .commits
+            .values()
+            .rev()
+            .take_while(|c| c.leader.round >= gc)
+            .cloned()
+            .collect();
+        commits.reverse();
         Ok(Recovered {
             blocks: contents.blocks.values().cloned().collect(),
-            commits: contents.commits.values().cloned().collect(),
+            commits,
             progress: contents.progress,
             own_last: contents.own_last,
         })
     }
 }
 
-/// The store of a validator node, in a fjall database.
+/// The store of a validator node, in a fjall database. Clones share it.
+#[derive(Clone)]
 pub struct FjallStore {
     db: fjall::Database,
     pub(crate) blocks: fjall::Keyspace,
@@ -204,20 +216,16 @@ impl Store for FjallStore {
             for entry in self.blocks.range(..round_start(round).to_key()) {
                 write.remove(&self.blocks, entry.key()?);
             }
-            for entry in self.commits.iter() {
-                let (key, value) = entry.into_inner()?;
-                if decode_commit(&key, &value)?.leader.round >= round {
-                    break;
-                }
-                write.remove(&self.commits, key);
-            }
         }
         write.commit()?;
         Ok(())
     }
 
-    fn recover(&self) -> Result<Recovered, StoreError> {
+    fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError> {
         let mut recovered = Recovered::default();
+        if let Some(bytes) = self.meta.get(PROGRESS)? {
+            recovered.progress = decode_progress(&bytes)?;
+        }
         for entry in self.blocks.iter() {
             let (key, value) = entry.into_inner()?;
             let block = SignedBlock::decode(&value)
@@ -230,18 +238,39 @@ impl Store for FjallStore {
             }
             recovered.blocks.push(block);
         }
-        for entry in self.commits.iter() {
+        let gc = gc_round(recovered.progress.last_committed, gc_depth);
+        for entry in self.commits.iter().rev() {
             let (key, value) = entry.into_inner()?;
-            recovered.commits.push(decode_commit(&key, &value)?);
+            let commit = decode_commit(&key, &value)?;
+            if commit.leader.round < gc {
+                break;
+            }
+            recovered.commits.push(commit);
         }
-        if let Some(bytes) = self.meta.get(PROGRESS)? {
-            recovered.progress = decode_progress(&bytes)?;
-        }
+        recovered.commits.reverse();
         if let Some(bytes) = self.meta.get(OWN_LAST)? {
             recovered.own_last = Some(decode_ref(&bytes)?);
         }
         Ok(recovered)
     }
+}
+
+impl FjallStore {
+    /// Up to `limit` commits from index `from` on.
+    pub fn commits(&self, from: u64, limit: usize) -> Result<Vec<CommitRecord>, StoreError> {
+        let mut commits = Vec::new();
+        for entry in self.commits.range(from.to_be_bytes()..).take(limit) {
+            let (key, value) = entry.into_inner()?;
+            commits.push(decode_commit(&key, &value)?);
+        }
+        Ok(commits)
+    }
+}
+
+/// The garbage-collection round after a leader of `last_committed`: blocks
+/// below it are dropped.
+pub(crate) fn gc_round(last_committed: Round, depth: Round) -> Round {
+    last_committed.saturating_sub(depth)
 }
 
 /// The smallest reference of `round`.

@@ -1,6 +1,6 @@
 //! Secret keys on disk: hex text in a file only its owner can read.
 
-use soma_crypto::SecretKey;
+use crate::SecretKey;
 use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
@@ -27,7 +27,7 @@ pub enum KeyFileError {
     TooOpen(String),
     /// No randomness for a new key.
     #[error("cannot generate a key: {0}")]
-    Crypto(#[from] soma_crypto::Error),
+    Crypto(#[from] crate::Error),
 }
 
 /// Writes `key` to a new file at `path` with mode 0600.
@@ -69,7 +69,7 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyFileError> {
 }
 
 /// Creates a new file only its owner can read; fails if it exists.
-pub(crate) fn private_file(path: &Path) -> io::Result<fs::File> {
+pub fn private_file(path: &Path) -> io::Result<fs::File> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

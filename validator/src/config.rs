@@ -1,0 +1,119 @@
+//! A validator's configuration file and the generation of a local
+//! network's configurations.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use soma_consensus::{AcceptAny, AuthorityIndex, Committee, NodeConfig, Parameters};
+use soma_crypto::keyfile;
+use soma_crypto::{PublicKey, SecretKey};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One member of the committee as configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    /// Hex ed25519 public key.
+    pub key: String,
+    /// Voting stake.
+    pub stake: u64,
+    /// Where it listens.
+    pub address: SocketAddr,
+}
+
+/// What `soma node --config` reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidatorFile {
+    /// This validator's index in `committee`.
+    pub authority: u32,
+    /// Its secret key file, relative to the configuration file.
+    pub key_file: PathBuf,
+    /// Its consensus store directory, relative to the configuration file.
+    pub store: PathBuf,
+    /// Milliseconds to wait for a round's leader.
+    pub leader_timeout_ms: u64,
+    /// The committee, in index order.
+    pub committee: Vec<Member>,
+}
+
+impl ValidatorFile {
+    /// Reads a configuration file.
+    pub fn read(path: &Path) -> Result<ValidatorFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a validator configuration", path.display()))
+    }
+
+    /// The node configuration this file describes, with paths resolved
+    /// against `dir` (the file's directory).
+    pub fn node_config(&self, dir: &Path) -> Result<NodeConfig> {
+        let mut members = Vec::new();
+        for (i, member) in self.committee.iter().enumerate() {
+            let key = PublicKey::from_hex(&member.key)
+                .with_context(|| format!("committee member {i} has an invalid key"))?;
+            members.push((key, member.stake));
+        }
+        let committee = Committee::new(members).context("invalid committee")?;
+        let key_path = dir.join(&self.key_file);
+        let key = keyfile::read_secret_key(&key_path)?;
+        if committee.key(AuthorityIndex(self.authority)) != Some(&key.public_key()) {
+            bail!(
+                "{} is not the key of committee member {}",
+                key_path.display(),
+                self.authority
+            );
+        }
+        Ok(NodeConfig {
+            authority: AuthorityIndex(self.authority),
+            key,
+            committee,
+            addresses: self.committee.iter().map(|m| m.address).collect(),
+            store: dir.join(&self.store),
+            parameters: Parameters::default(),
+            leader_timeout: Duration::from_millis(self.leader_timeout_ms),
+            verifier: Arc::new(AcceptAny),
+        })
+    }
+}
+
+/// Writes keys and configurations for `validators` validators on
+/// 127.0.0.1 from `base_port` into `dir/validator-<i>/config.json`;
+/// returns the configuration paths.
+pub fn write_localnet(dir: &Path, validators: usize, base_port: u16) -> Result<Vec<PathBuf>> {
+    if validators == 0 {
+        bail!("a network needs at least one validator");
+    }
+    let keys = (0..validators)
+        .map(|_| SecretKey::generate())
+        .collect::<Result<Vec<_>, _>>()?;
+    let committee: Vec<Member> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Member {
+            key: hex::encode(k.public_key().to_bytes()),
+            stake: 1,
+            address: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16)),
+        })
+        .collect();
+    let mut paths = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let home = dir.join(format!("validator-{i}"));
+        std::fs::create_dir_all(&home)
+            .with_context(|| format!("cannot create {}", home.display()))?;
+        keyfile::write_secret_key(&home.join("key"), key)?;
+        let file = ValidatorFile {
+            authority: i as u32,
+            key_file: "key".into(),
+            store: "consensus".into(),
+            leader_timeout_ms: 500,
+            committee: committee.clone(),
+        };
+        let path = home.join("config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&file)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
