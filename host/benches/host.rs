@@ -1,4 +1,5 @@
-//! Host benchmarks: `cargo xtask bench` runs them and writes BENCHMARKS.md.
+//! Host benchmarks: `cargo xtask bench` runs them; they write their section
+//! of BENCHMARKS.md to `target/bench/host.md`.
 //!
 //! Every figure is a ratio of two criterion medians measured in this run, on
 //! this machine, so that it means the same on a laptop and in CI:
@@ -354,9 +355,8 @@ fn human(ns: f64) -> String {
 
 fn report(dir: &Path) -> String {
     let mut md = String::from(
-        "# Benchmarks\n\n\
-         Written by `cargo xtask bench` (criterion medians; every ratio compares two figures \
-         measured in the same run on the same machine).\n\n\
+        "## Encoder host\n\n\
+         Criterion medians.\n\n\
          | Figure | Ratio | Measured | Baseline | Target | Met |\n\
          |---|---|---|---|---|---|\n",
     );
@@ -386,7 +386,7 @@ fn report(dir: &Path) -> String {
         })
         .collect();
     if !missed.is_empty() {
-        md += "\n## Missed targets\n\n";
+        md += "\n### Missed targets\n\n";
         for f in missed {
             writeln!(md, "- **{}**: {}", f.name, f.limited_by).unwrap();
         }
@@ -419,6 +419,8 @@ fn main() {
     minilm(&mut c);
     c.final_summary();
     let md = report(&out);
-    std::fs::write(workspace.join("BENCHMARKS.md"), &md).unwrap();
+    let sections = workspace.join("target/bench");
+    std::fs::create_dir_all(&sections).unwrap();
+    std::fs::write(sections.join("host.md"), &md).unwrap();
     println!("\n{md}");
 }

@@ -29,13 +29,23 @@ enum Task {
     Test,
     /// Set up, run the benchmarks and write BENCHMARKS.md.
     Bench,
+    /// Run thousands of seeded consensus simulations (arguments go to
+    /// `consensus-sim`; see `cargo xtask sim -- --help`).
+    Sim {
+        /// Passed on to `consensus-sim`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    setup()?;
+    // Consensus simulations need none of the encoder assets.
+    if !matches!(cli.task, Task::Sim { .. }) {
+        setup()?;
+    }
     match cli.task {
         Task::Setup => Ok(()),
         Task::Demo => cargo(&["run", "--locked", "--package", "soma-demo"]),
@@ -52,15 +62,49 @@ fn main() -> Result<()> {
             ])?;
             cargo(&["test", "--workspace", "--locked"])
         }
-        Task::Bench => cargo(&[
-            "bench",
-            "--locked",
-            "--package",
-            "soma-host",
-            "--bench",
-            "host",
-        ]),
+        Task::Sim { args } => {
+            let mut command = vec![
+                "run",
+                "--locked",
+                "--package",
+                "soma-consensus",
+                "--bin",
+                "consensus-sim",
+                "--",
+            ];
+            command.extend(args.iter().map(String::as_str));
+            cargo(&command)
+        }
+        Task::Bench => {
+            for (package, bench) in BENCHES {
+                cargo(&["bench", "--locked", "--package", package, "--bench", bench])?;
+            }
+            write_benchmarks()
+        }
     }
+}
+
+/// Every benchmark `cargo xtask bench` runs: (package, bench target). Each
+/// writes its section to `target/bench/<bench>.md`.
+const BENCHES: [(&str, &str); 2] = [("soma-host", "host"), ("soma-consensus", "consensus")];
+
+/// Assembles BENCHMARKS.md from the sections the benchmarks wrote.
+fn write_benchmarks() -> Result<()> {
+    let root = workspace();
+    let mut md = String::from(
+        "# Benchmarks\n\n\
+         Written by `cargo xtask bench`. Every ratio compares two figures measured in the same \
+         run on the same machine.\n\n",
+    );
+    for (_, bench) in BENCHES {
+        let path = root.join("target/bench").join(format!("{bench}.md"));
+        let section = std::fs::read_to_string(&path)
+            .with_context(|| format!("the {bench} benchmark wrote no {}", path.display()))?;
+        md.push_str(&section);
+        md.push('\n');
+    }
+    std::fs::write(root.join("BENCHMARKS.md"), md).context("cannot write BENCHMARKS.md")?;
+    Ok(())
 }
 
 /// Installs what the build needs and is missing: the `wasm32-wasip2`

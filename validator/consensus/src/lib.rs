@@ -30,8 +30,8 @@ pub use core::{Core, CoreError, Outcome, Parameters, SubmitError};
 pub use dag_state::{Acceptance, DagState};
 pub use linearizer::{CommittedSubDag, Linearizer};
 pub use node::{
-    AcceptAny, COMMITS_PATH, Metrics, Node, NodeConfig, NodeError, STATUS_PATH, TRANSACTION_PATH,
-    TransactionVerifier,
+    AcceptAny, COMMITS_PATH, Metrics, Node, NodeConfig, NodeError, STATUS_PATH, SubmitRefused,
+    TRANSACTION_PATH, TransactionVerifier,
 };
 pub use store::{
     CommitProgress, CommitRecord, FjallStore, MemStore, Recovered, Store, StoreBatch, StoreError,

@@ -129,7 +129,7 @@ struct Shared {
     authority: AuthorityIndex,
     committee: Committee,
     verifier: Arc<dyn TransactionVerifier>,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
     commands: mpsc::Sender<Command>,
     store: FjallStore,
     /// The token last checked per peer.
@@ -148,7 +148,7 @@ struct CheckedToken {
 
 /// A running validator.
 pub struct Node {
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     commits: mpsc::UnboundedReceiver<CommittedSubDag>,
     task: tokio::task::JoinHandle<Result<(), NodeError>>,
 }
@@ -192,12 +192,11 @@ impl Node {
             .collect();
         let (commands, inbox) = mpsc::channel(1024);
         let (commit_tx, commits) = mpsc::unbounded_channel();
-        let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared {
             authority: config.authority,
             committee: config.committee,
             verifier: config.verifier,
-            metrics: metrics.clone(),
+            metrics: Metrics::default(),
             commands,
             store,
             checked_tokens: Mutex::new(vec![None; n]),
@@ -220,21 +219,26 @@ impl Node {
         let task = tokio::spawn(run_core(
             core,
             inbox,
-            shared,
+            shared.clone(),
             peers,
             commit_tx,
             config.leader_timeout,
         ));
         Ok(Node {
-            metrics,
+            shared,
             commits,
             task,
         })
     }
 
+    /// Checks `transaction` and queues it for this validator's next blocks.
+    pub async fn submit(&self, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
+        submit(&self.shared, transaction).await
+    }
+
     /// The node's counters.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// The next committed sub-DAG; `None` once the node stopped.
@@ -248,6 +252,36 @@ impl Node {
             .await
             .unwrap_or_else(|e| Err(NodeError::Config(format!("core task failed: {e}"))))
     }
+}
+
+/// Why a submitted transaction was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitRefused {
+    /// The verifier refused it.
+    #[error("invalid transaction")]
+    Invalid,
+    /// The core refused it.
+    #[error(transparent)]
+    Core(#[from] SubmitError),
+    /// The node is stopping.
+    #[error("the node is stopping")]
+    Stopping,
+}
+
+async fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
+    if !shared.verifier.verify(&transaction) {
+        return Err(SubmitRefused::Invalid);
+    }
+    let (tx, rx) = oneshot::channel();
+    shared
+        .commands
+        .send(Command::Submit {
+            transaction,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| SubmitRefused::Stopping)?;
+    Ok(rx.await.map_err(|_| SubmitRefused::Stopping)??)
 }
 
 /// The one task that owns the core.
@@ -597,24 +631,15 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
                 Ok(body) => body,
                 Err(response) => return response,
             };
-            if !shared.verifier.verify(&body) {
-                return reply(StatusCode::UNPROCESSABLE_ENTITY, "invalid transaction");
-            }
-            let (tx, rx) = oneshot::channel();
-            let _ = shared
-                .commands
-                .send(Command::Submit {
-                    transaction: body.to_vec(),
-                    reply: tx,
-                })
-                .await;
-            match rx.await {
-                Ok(Ok(())) => reply(StatusCode::ACCEPTED, ""),
-                Ok(Err(e @ SubmitError::Full(_))) => {
-                    reply(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            match submit(shared, body.to_vec()).await {
+                Ok(()) => reply(StatusCode::ACCEPTED, ""),
+                Err(e @ SubmitRefused::Invalid) => {
+                    reply(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
                 }
-                Ok(Err(e)) => reply(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-                Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping"),
+                Err(e @ SubmitRefused::Core(SubmitError::TooLarge(_))) => {
+                    reply(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+                }
+                Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             }
         }
         (Method::GET, STATUS_PATH) => {
