@@ -5,12 +5,13 @@
 //! orders the opaque transaction bytes in those blocks; it never interprets
 //! them, and never calls the encoder host or the executor.
 //!
-//! Built so far: the [`Committee`] with typed stake counting; blocks with
-//! their canonical encoding and full verification; the [`DagState`]; and
-//! the Mysticeti commit rule ([`Committer`]: direct commit, direct skip,
-//! indirect decision through an anchor); and the [`Linearizer`] that turns
-//! committed leaders into ordered sub-DAGs. Persistence, the proposer,
-//! networking and the simulation come next.
+//! The pieces, one per file: the [`Committee`] with typed stake counting;
+//! blocks with their canonical encoding and verification
+//! ([`VerifiedBlock`]); the [`DagState`]; the Mysticeti commit rule
+//! ([`Committer`]: direct commit, direct skip, indirect decision through
+//! an anchor); the [`Linearizer`]; the [`Store`] (fjall on nodes, memory in
+//! the simulation); the I/O-free [`Core`] that proposes and commits; the
+//! [`Node`] that runs it over TCP with hyper; and the [`simulator`].
 
 mod block;
 mod committee;
