@@ -265,7 +265,7 @@ impl SignedBlock {
         }
     }
 
-    /// Parses wire bytes; checks the form only (see [`SignedBlock::verify`]).
+    /// Parses wire bytes; checks the form only (see [`VerifiedBlock::verify`]).
     pub fn decode(bytes: &[u8]) -> Result<SignedBlock, BlockError> {
         let Some(split) = bytes.len().checked_sub(64) else {
             return Err(BlockError::Malformed("shorter than a signature".into()));
