@@ -10,6 +10,7 @@ use crate::committer::{Committer, LeaderStatus, leader};
 use crate::dag_state::{Acceptance, DagState};
 use crate::linearizer::{CommittedSubDag, Linearizer};
 use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError, gc_round};
+use crate::suspended::SuspendedBlocks;
 use soma_crypto::SecretKey;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -26,7 +27,8 @@ pub struct Parameters {
     pub max_block_transaction_bytes: usize,
     /// Most transactions waiting to be proposed.
     pub max_pending_transactions: usize,
-    /// Most blocks per author kept while their parents are fetched.
+    /// Most blocks per author kept while their parents are fetched (the
+    /// highest go first).
     pub max_suspended_per_author: usize,
 }
 
@@ -71,9 +73,10 @@ pub struct Outcome {
     pub proposed: Option<VerifiedBlock>,
     /// Newly committed sub-DAGs, in order (already stored).
     pub committed: Vec<CommittedSubDag>,
-    /// Parents of suspended blocks that no one has given us yet: fetch them.
+    /// Missing parents of the blocks just suspended: fetch them from the
+    /// sender (see [`Core::missing`] for all of them).
     pub missing: BTreeSet<BlockRef>,
-    /// Blocks refused because their author has too many suspended blocks.
+    /// Suspended blocks dropped because their author had too many waiting.
     pub dropped: usize,
 }
 
@@ -83,8 +86,7 @@ pub struct Core {
     key: SecretKey,
     params: Parameters,
     dag: DagState,
-    /// Verified blocks waiting for parents, by reference.
-    suspended: BTreeMap<BlockRef, VerifiedBlock>,
+    suspended: SuspendedBlocks,
     linearizer: Linearizer,
     progress: CommitProgress,
     last_proposed: BlockRef,
@@ -125,7 +127,7 @@ impl Core {
             params,
             last_proposed: recovered.own_last.unwrap_or(BlockRef::genesis(me)),
             dag,
-            suspended: BTreeMap::new(),
+            suspended: SuspendedBlocks::default(),
             linearizer,
             progress: recovered.progress,
             referenced: vec![0; n],
@@ -142,7 +144,7 @@ impl Core {
             // first; sorted by round they still do, except for any whose
             // parents were lost in a crash, which wait to be fetched.
             if core.dag.accept(block.clone()) != Acceptance::Accepted {
-                core.suspended.insert(reference, block);
+                core.suspended.insert(block, usize::MAX);
             }
         }
         Ok(core)
@@ -202,19 +204,15 @@ impl Core {
         let mut fresh = BTreeSet::new();
         for block in blocks {
             let reference = block.reference();
-            if self.dag.contains(&reference) || self.suspended.contains_key(&reference) {
+            if self.dag.contains(&reference) || self.suspended.contains(&reference) {
                 continue;
             }
-            let from_author = self
+            if self
                 .suspended
-                .keys()
-                .filter(|r| r.author == reference.author)
-                .count();
-            if from_author >= self.params.max_suspended_per_author {
+                .insert(block, self.params.max_suspended_per_author)
+            {
                 outcome.dropped += 1;
-                continue;
             }
-            self.suspended.insert(reference, block);
             fresh.insert(reference);
         }
         let accepted = self.accept_suspended(&fresh, &mut outcome.missing);
@@ -223,24 +221,38 @@ impl Core {
     }
 
     /// The leader of the round this validator waits on did not show up in
-    /// time: propose without it if a quorum allows, and ask again for what
-    /// is missing.
+    /// time: propose without it if a quorum allows.
     pub fn on_leader_timeout(&mut self) -> Result<Outcome, CoreError> {
         let mut outcome = Outcome::default();
         self.step(Vec::new(), true, &mut outcome)?;
-        outcome.missing = self.missing_parents();
         Ok(outcome)
     }
 
+    /// Per author, the round of its highest block this validator holds:
+    /// what a fetch tells the peer it already has.
+    pub fn known_rounds(&self) -> Vec<Round> {
+        self.dag
+            .committee()
+            .authorities()
+            .map(|a| self.dag.latest_of(a).round)
+            .collect()
+    }
+
     /// Blocks to answer a fetch: each of `references` this validator has,
-    /// with its ancestors above round `known_round`, lowest rounds first,
-    /// at most `limit` blocks.
+    /// with every ancestor the requester lacks (above its `known_rounds`
+    /// for that author), lowest rounds first, at most `limit` blocks. A
+    /// validator far behind gets whole chains in one answer.
     pub fn blocks_for(
         &self,
         references: &[BlockRef],
-        known_round: Round,
+        known_rounds: &[Round],
         limit: usize,
     ) -> Vec<VerifiedBlock> {
+        let lacks = |r: &BlockRef| {
+            known_rounds
+                .get(r.author.0 as usize)
+                .is_none_or(|k| r.round > *k)
+        };
         let mut found = BTreeMap::new();
         let mut stack: Vec<BlockRef> = references.to_vec();
         while let Some(reference) = stack.pop() {
@@ -250,13 +262,7 @@ impl Core {
             let Some(block) = self.dag.get(&reference) else {
                 continue;
             };
-            stack.extend(
-                block
-                    .block()
-                    .parents
-                    .iter()
-                    .filter(|p| p.round > known_round),
-            );
+            stack.extend(block.block().parents.iter().filter(|p| lacks(p)));
             found.insert(reference, block.clone());
             // The walk never needs more than `limit` blocks past the lowest
             // ones, so it stops early on long histories.
@@ -279,28 +285,38 @@ impl Core {
         // In round order, a block's parents are always tried before it, so
         // one pass accepts whole chains.
         let mut accepted = Vec::new();
-        let suspended = std::mem::take(&mut self.suspended);
-        for (reference, block) in suspended {
+        let mut settled = Vec::new();
+        for block in self.suspended.blocks() {
+            let reference = block.reference();
             match self.dag.accept(block.clone()) {
-                Acceptance::Accepted => accepted.push(block),
-                Acceptance::Duplicate => {}
+                Acceptance::Accepted => {
+                    accepted.push(block.clone());
+                    settled.push(reference);
+                }
+                Acceptance::Duplicate => settled.push(reference),
                 Acceptance::MissingParents(parents) => {
                     if fresh.contains(&reference) {
                         missing.extend(parents);
                     }
-                    self.suspended.insert(reference, block);
                 }
             }
         }
-        missing.retain(|p| !self.dag.contains(p) && !self.suspended.contains_key(p));
+        for reference in &settled {
+            self.suspended.remove(reference);
+        }
+        missing.retain(|p| !self.dag.contains(p) && !self.suspended.contains(p));
         accepted
     }
 
-    fn missing_parents(&self) -> BTreeSet<BlockRef> {
+    /// Every parent of a suspended block that is neither known nor
+    /// suspended itself. Drivers ask peers for these now and then, in turn:
+    /// the peer that sent a block may not be able (or willing) to serve
+    /// its history, and honest peers garbage-collect it in time.
+    pub fn missing(&self) -> BTreeSet<BlockRef> {
         self.suspended
-            .values()
+            .blocks()
             .flat_map(|b| b.block().parents.iter())
-            .filter(|p| !self.dag.contains(p) && !self.suspended.contains_key(p))
+            .filter(|p| !self.dag.contains(p) && !self.suspended.contains(p))
             .copied()
             .collect()
     }
@@ -361,7 +377,7 @@ impl Core {
         let gc = gc_round(self.progress.last_committed, self.params.gc_depth);
         if gc > self.dag.gc_round() {
             self.dag.garbage_collect(gc);
-            self.suspended = self.suspended.split_off(&crate::store::round_start(gc));
+            self.suspended.drop_below(gc);
             batch.gc_round = Some(gc);
         }
         batch.progress = Some(self.progress);
@@ -614,42 +630,51 @@ mod tests {
         assert_eq!(core.submit(vec![3]), Err(SubmitError::Full(2)));
 
         // Validator 1 sends blocks whose parents no one has.
-        let unknown = BlockRef {
-            round: 4,
+        let unknown = |round| BlockRef {
+            round,
             author: AuthorityIndex(2),
             digest: [9; 32],
         };
-        let orphans: Vec<VerifiedBlock> = (0..5u8)
-            .map(|i| {
-                let mut parents = vec![
-                    BlockRef {
-                        round: 4,
-                        author: AuthorityIndex(0),
-                        digest: [i; 32],
-                    },
-                    BlockRef {
-                        round: 4,
-                        author: AuthorityIndex(1),
-                        digest: [i; 32],
-                    },
-                    unknown,
-                ];
-                parents.sort();
-                let block = Block {
-                    round: 5,
+        let orphan = |round: Round, i: u8| {
+            let mut parents = vec![
+                BlockRef {
+                    round: round - 1,
+                    author: AuthorityIndex(0),
+                    digest: [i; 32],
+                },
+                BlockRef {
+                    round: round - 1,
                     author: AuthorityIndex(1),
-                    parents,
-                    transactions: vec![],
-                    state_root: [0; 32],
-                };
-                VerifiedBlock::verify(block.sign(&keys[1]), &c).unwrap()
-            })
-            .collect();
-        let outcome = core.add_blocks(orphans).unwrap();
+                    digest: [i; 32],
+                },
+                unknown(round - 1),
+            ];
+            parents.sort();
+            let block = Block {
+                round,
+                author: AuthorityIndex(1),
+                parents,
+                transactions: vec![],
+                state_root: [0; 32],
+            };
+            VerifiedBlock::verify(block.sign(&keys[1]), &c).unwrap()
+        };
+        let outcome = core
+            .add_blocks((0..5).map(|i| orphan(6, i)).collect())
+            .unwrap();
         assert_eq!(outcome.dropped, 2);
         assert_eq!(core.suspended(), 3);
-        assert!(outcome.missing.contains(&unknown));
+        assert!(outcome.missing.contains(&unknown(5)));
         assert_eq!(outcome.missing.len(), 7, "{:?}", outcome.missing);
         assert!(outcome.committed.is_empty());
+
+        // A lower block still gets in: the author's highest one goes.
+        let lower = orphan(5, 9);
+        let outcome = core.add_blocks(vec![lower.clone()]).unwrap();
+        assert_eq!((outcome.dropped, core.suspended()), (1, 3));
+        assert_eq!(
+            core.suspended.blocks().next().unwrap().reference(),
+            lower.reference()
+        );
     }
 }

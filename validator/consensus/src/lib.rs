@@ -23,6 +23,7 @@ pub mod network;
 mod node;
 pub mod simulator;
 mod store;
+mod suspended;
 
 pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, VerifiedBlock};
 pub use committee::{AuthorityIndex, Committee, CommitteeError, Stake, StakeAggregator};

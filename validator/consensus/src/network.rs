@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! POST /consensus/v1/block   body: a signed block's wire bytes
-//! POST /consensus/v1/fetch   body: u32 known round ‖ u16 count ‖ reference*
+//! POST /consensus/v1/fetch   body: u16 count ‖ reference* ‖ u16 count ‖ u32 known round*
 //!                            answer: u32 count ‖ (u32 length ‖ block)*
 //! ```
 //!
@@ -28,7 +28,7 @@ pub const MAX_BLOCK_BODY: usize = MAX_BLOCK_BYTES + 64;
 /// Most references in one fetch.
 pub const MAX_FETCH_REFERENCES: usize = 1_000;
 /// Largest fetch request body.
-pub const MAX_FETCH_BODY: usize = 6 + 40 * MAX_FETCH_REFERENCES;
+pub const MAX_FETCH_BODY: usize = 4 + 44 * MAX_FETCH_REFERENCES;
 /// Most blocks in one fetch answer.
 pub const FETCH_LIMIT: usize = 500;
 /// Largest fetch answer.
@@ -125,44 +125,73 @@ fn hex_array<const N: usize>(text: &str, header: &str) -> Result<[u8; N], WireEr
         .ok_or_else(|| WireError::Unauthenticated(format!("{header} is not {N} hex bytes")))
 }
 
-/// Encodes a fetch request.
-pub fn encode_fetch(known_round: Round, references: &[BlockRef]) -> Vec<u8> {
-    let references = &references[..references.len().min(MAX_FETCH_REFERENCES)];
-    let mut out = Vec::with_capacity(6 + 40 * references.len());
-    out.extend_from_slice(&known_round.to_le_bytes());
-    out.extend_from_slice(&(references.len() as u16).to_le_bytes());
-    for reference in references {
-        out.extend_from_slice(&reference.round.to_le_bytes());
-        out.extend_from_slice(&reference.author.0.to_le_bytes());
-        out.extend_from_slice(&reference.digest);
-    }
-    out
+/// A request for blocks: these references, and whatever of their history
+/// the requester lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// The blocks wanted.
+    pub references: Vec<BlockRef>,
+    /// Per author, the round of the requester's highest block from it.
+    pub known_rounds: Vec<Round>,
 }
 
-/// Decodes a fetch request.
-pub fn decode_fetch(bytes: &[u8]) -> Result<(Round, Vec<BlockRef>), WireError> {
-    let malformed = |m: &str| WireError::Malformed(format!("fetch request: {m}"));
-    if bytes.len() < 6 {
-        return Err(malformed("shorter than its header"));
+impl FetchRequest {
+    /// The wire form (at most [`MAX_FETCH_REFERENCES`] references).
+    pub fn encode(&self) -> Vec<u8> {
+        let references = &self.references[..self.references.len().min(MAX_FETCH_REFERENCES)];
+        let rounds = &self.known_rounds[..self.known_rounds.len().min(MAX_FETCH_REFERENCES)];
+        let mut out = Vec::with_capacity(4 + 40 * references.len() + 4 * rounds.len());
+        out.extend_from_slice(&(references.len() as u16).to_le_bytes());
+        for reference in references {
+            out.extend_from_slice(&reference.round.to_le_bytes());
+            out.extend_from_slice(&reference.author.0.to_le_bytes());
+            out.extend_from_slice(&reference.digest);
+        }
+        out.extend_from_slice(&(rounds.len() as u16).to_le_bytes());
+        for round in rounds {
+            out.extend_from_slice(&round.to_le_bytes());
+        }
+        out
     }
-    let known_round = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
-    let count = usize::from(u16::from_le_bytes(bytes[4..6].try_into().expect("2 bytes")));
-    if count > MAX_FETCH_REFERENCES {
-        return Err(malformed("too many references"));
-    }
-    let body = &bytes[6..];
-    if body.len() != 40 * count {
-        return Err(malformed("length does not match the count"));
-    }
-    let references = body
-        .chunks_exact(40)
-        .map(|c| BlockRef {
-            round: u32::from_le_bytes(c[..4].try_into().expect("4 bytes")),
-            author: AuthorityIndex(u32::from_le_bytes(c[4..8].try_into().expect("4 bytes"))),
-            digest: c[8..].try_into().expect("32 bytes"),
+
+    /// Parses the wire form.
+    pub fn decode(bytes: &[u8]) -> Result<FetchRequest, WireError> {
+        let malformed = |m: &str| WireError::Malformed(format!("fetch request: {m}"));
+        let count = |at: usize| -> Result<usize, WireError> {
+            let n = bytes
+                .get(at..at + 2)
+                .map(|b| usize::from(u16::from_le_bytes(b.try_into().expect("2 bytes"))))
+                .ok_or_else(|| malformed("truncated"))?;
+            if n > MAX_FETCH_REFERENCES {
+                return Err(malformed("too many entries"));
+            }
+            Ok(n)
+        };
+        let references_end = 2 + 40 * count(0)?;
+        let references = bytes
+            .get(2..references_end)
+            .ok_or_else(|| malformed("truncated"))?
+            .chunks_exact(40)
+            .map(|c| BlockRef {
+                round: u32::from_le_bytes(c[..4].try_into().expect("4 bytes")),
+                author: AuthorityIndex(u32::from_le_bytes(c[4..8].try_into().expect("4 bytes"))),
+                digest: c[8..].try_into().expect("32 bytes"),
+            })
+            .collect();
+        let rounds = count(references_end)?;
+        let rest = &bytes[references_end + 2..];
+        if rest.len() != 4 * rounds {
+            return Err(malformed("length does not match the counts"));
+        }
+        let known_rounds = rest
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        Ok(FetchRequest {
+            references,
+            known_rounds,
         })
-        .collect();
-    Ok((known_round, references))
+    }
 }
 
 /// Encodes a fetch answer from blocks' wire bytes.
@@ -249,12 +278,15 @@ mod tests {
 
     #[test]
     fn fetch_messages_round_trip_and_refuse_bad_lengths() {
-        let refs: Vec<BlockRef> = (0..3)
-            .map(|a| BlockRef::genesis(AuthorityIndex(a)))
-            .collect();
-        let bytes = encode_fetch(9, &refs);
-        assert_eq!(decode_fetch(&bytes).unwrap(), (9, refs));
-        assert!(decode_fetch(&bytes[..bytes.len() - 1]).is_err());
+        let request = FetchRequest {
+            references: (0..3)
+                .map(|a| BlockRef::genesis(AuthorityIndex(a)))
+                .collect(),
+            known_rounds: vec![4, 0, 9, 2],
+        };
+        let bytes = request.encode();
+        assert_eq!(FetchRequest::decode(&bytes).unwrap(), request);
+        assert!(FetchRequest::decode(&bytes[..bytes.len() - 1]).is_err());
         let answer = encode_blocks([&b"one"[..], b"two"]);
         assert_eq!(decode_blocks(&answer).unwrap(), vec![&b"one"[..], b"two"]);
         let mut long = answer.clone();
@@ -265,7 +297,7 @@ mod tests {
     proptest! {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = decode_fetch(&bytes);
+            let _ = FetchRequest::decode(&bytes);
             let _ = decode_blocks(&bytes);
         }
     }

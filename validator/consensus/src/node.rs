@@ -6,7 +6,7 @@ use crate::block::{SignedBlock, VerifiedBlock};
 use crate::committee::{AuthorityIndex, Committee};
 use crate::core::{Core, CoreError, Outcome, Parameters, SubmitError};
 use crate::linearizer::CommittedSubDag;
-use crate::network::{self, PeerToken, WireError};
+use crate::network::{self, FetchRequest, PeerToken, WireError};
 use crate::store::{CommitRecord, FjallStore, StoreError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+
+/// How often a validator asks a peer for blocks it still misses.
+const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Path where clients submit a transaction (the raw bytes as the body).
 pub const TRANSACTION_PATH: &str = "/consensus/v1/transaction";
@@ -115,8 +118,7 @@ enum Command {
         from: Option<AuthorityIndex>,
     },
     Fetch {
-        references: Vec<crate::block::BlockRef>,
-        known_round: crate::block::Round,
+        request: FetchRequest,
         reply: oneshot::Sender<Vec<VerifiedBlock>>,
     },
     Submit {
@@ -200,7 +202,7 @@ impl Node {
             commands,
             store,
             checked_tokens: Mutex::new(vec![None; n]),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector()),
             addresses: config.addresses,
             tokens,
         });
@@ -301,15 +303,18 @@ async fn run_core(
         }
     };
     let mut deadline = tokio::time::Instant::now();
-    // Fetches with no obvious peer go to the others in turn.
-    let mut fetch_turn = shared.authority.0;
+    let mut sync = tokio::time::interval(SYNC_INTERVAL);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Periodic fetches go to the other validators in turn.
+    let mut sync_turn = shared.authority.0;
     loop {
         let (outcome, from) = tokio::select! {
             command = inbox.recv() => match command {
                 None => return Ok(()),
                 Some(Command::Blocks { blocks, from }) => (core.add_blocks(blocks)?, from),
-                Some(Command::Fetch { references, known_round, reply }) => {
-                    let _ = reply.send(core.blocks_for(&references, known_round, network::FETCH_LIMIT));
+                Some(Command::Fetch { request, reply }) => {
+                    let blocks = core.blocks_for(&request.references, &request.known_rounds, network::FETCH_LIMIT);
+                    let _ = reply.send(blocks);
                     continue;
                 }
                 Some(Command::Submit { transaction, reply }) => {
@@ -317,6 +322,22 @@ async fn run_core(
                     continue;
                 }
             },
+            _ = sync.tick() => {
+                let missing = core.missing();
+                if !missing.is_empty() {
+                    let n = shared.committee.size() as u32;
+                    sync_turn = (sync_turn + 1) % n;
+                    if sync_turn == shared.authority.0 {
+                        sync_turn = (sync_turn + 1) % n;
+                    }
+                    let request = FetchRequest {
+                        references: missing.into_iter().collect(),
+                        known_rounds: core.known_rounds(),
+                    };
+                    tokio::spawn(fetch(shared.clone(), AuthorityIndex(sync_turn), request));
+                }
+                continue;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 let outcome = core.on_leader_timeout()?;
                 if outcome.proposed.is_none() {
@@ -360,30 +381,23 @@ async fn run_core(
                 .fetch_add(transactions as u64, Ordering::Relaxed);
             let _ = commits.send(subdag);
         }
-        if !missing.is_empty() {
-            let peer = from.unwrap_or_else(|| {
-                fetch_turn = (fetch_turn + 1) % shared.committee.size() as u32;
-                if fetch_turn == shared.authority.0 {
-                    fetch_turn = (fetch_turn + 1) % shared.committee.size() as u32;
-                }
-                AuthorityIndex(fetch_turn)
-            });
-            let known_round = core.dag().highest_round().min(
-                missing
-                    .iter()
-                    .map(|r| r.round)
-                    .min()
-                    .unwrap_or(0)
-                    .saturating_sub(1),
-            );
-            tokio::spawn(fetch(
-                shared.clone(),
-                peer,
-                known_round,
-                missing.into_iter().collect(),
-            ));
+        // What the blocks a peer just sent lack, ask that peer first.
+        if let Some(peer) = from.filter(|_| !missing.is_empty()) {
+            let request = FetchRequest {
+                references: missing.into_iter().collect(),
+                known_rounds: core.known_rounds(),
+            };
+            tokio::spawn(fetch(shared.clone(), peer, request));
         }
     }
+}
+
+/// HTTP connections to peers, without Nagle's delay: a block sent in two
+/// writes (head, body) would otherwise wait for the peer's delayed ACK.
+fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
 }
 
 fn post(shared: &Shared, peer: AuthorityIndex, path: &str, body: Bytes) -> Request<Full<Bytes>> {
@@ -422,17 +436,12 @@ async fn send_to_peer(
 }
 
 /// Asks `peer` for missing blocks and hands what verifies to the core.
-async fn fetch(
-    shared: Arc<Shared>,
-    peer: AuthorityIndex,
-    known_round: crate::block::Round,
-    references: Vec<crate::block::BlockRef>,
-) {
+async fn fetch(shared: Arc<Shared>, peer: AuthorityIndex, request: FetchRequest) {
     let request = post(
         &shared,
         peer,
         network::FETCH_PATH,
-        Bytes::from(network::encode_fetch(known_round, &references)),
+        Bytes::from(request.encode()),
     );
     let Ok(Ok(response)) =
         tokio::time::timeout(Duration::from_secs(10), shared.client.request(request)).await
@@ -495,6 +504,8 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Small messages must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
@@ -606,18 +617,14 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
                 Ok(body) => body,
                 Err(response) => return response,
             };
-            let (known_round, references) = match network::decode_fetch(&body) {
+            let request = match FetchRequest::decode(&body) {
                 Ok(request) => request,
                 Err(e) => return refuse(shared, StatusCode::BAD_REQUEST, e),
             };
             let (tx, rx) = oneshot::channel();
             let _ = shared
                 .commands
-                .send(Command::Fetch {
-                    references,
-                    known_round,
-                    reply: tx,
-                })
+                .send(Command::Fetch { request, reply: tx })
                 .await;
             let blocks = rx.await.unwrap_or_default();
             let wires: Vec<Vec<u8>> = blocks.iter().map(|b| b.to_bytes()).collect();

@@ -13,6 +13,10 @@ use crate::block::{Block, BlockRef, Round, SignedBlock, VerifiedBlock};
 use crate::committee::{AuthorityIndex, Committee};
 use crate::core::{Core, Outcome, Parameters};
 use crate::linearizer::CommittedSubDag;
+use crate::network::{FETCH_LIMIT, FetchRequest};
+
+/// How often a validator asks a peer for missing blocks.
+const SYNC_INTERVAL_MS: u64 = 200;
 use crate::store::MemStore;
 use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
@@ -181,10 +185,7 @@ pub enum SimFailure {
 #[derive(Debug, Clone)]
 enum Message {
     Block(Vec<u8>),
-    Fetch {
-        references: Vec<BlockRef>,
-        known_round: Round,
-    },
+    Fetch(FetchRequest),
     Blocks(Vec<Vec<u8>>),
 }
 
@@ -198,6 +199,11 @@ enum Event {
     Timeout {
         node: usize,
         generation: u64,
+    },
+    /// Ask a peer for missing blocks.
+    Sync {
+        node: usize,
+        incarnation: u64,
     },
     Crash(usize),
     Restart(usize),
@@ -234,13 +240,12 @@ struct Node {
     store: MemStore,
     /// Invalidates timers set before a crash or a newer timer.
     generation: u64,
+    /// Counts starts: a sync loop belongs to one run of the validator.
+    incarnation: u64,
     /// Commits this validator delivered, across restarts.
     sequence: Vec<(BlockRef, Vec<BlockRef>)>,
     transactions: usize,
 }
-
-/// Most blocks in one fetch answer.
-const FETCH_LIMIT: usize = 500;
 
 struct Sim {
     config: SimConfig,
@@ -313,9 +318,12 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             core: None,
             store,
             generation: 0,
+            incarnation: 0,
             sequence: Vec::new(),
             transactions: 0,
         });
+    }
+    for i in 0..n {
         sim.start(i)?;
     }
     if sim.config.crashes {
@@ -386,6 +394,9 @@ impl Sim {
         )
         .map_err(|e| self.core_failure(node, e))?;
         self.nodes[node].core = Some(core);
+        self.nodes[node].incarnation += 1;
+        let incarnation = self.nodes[node].incarnation;
+        self.schedule(SYNC_INTERVAL_MS, Event::Sync { node, incarnation });
         // A restarted validator acts at once, as after a timeout: it
         // proposes if it may and asks for what it misses.
         self.timeout(node)
@@ -428,6 +439,14 @@ impl Sim {
             Event::Timeout { node, generation } => {
                 if self.nodes[node].generation == generation && self.nodes[node].core.is_some() {
                     self.timeout(node)?;
+                }
+            }
+            Event::Sync { node, incarnation } => {
+                let running =
+                    self.nodes[node].incarnation == incarnation && self.nodes[node].core.is_some();
+                if running {
+                    self.sync(node);
+                    self.schedule(SYNC_INTERVAL_MS, Event::Sync { node, incarnation });
                 }
             }
             Event::Crash(node) => {
@@ -479,11 +498,8 @@ impl Sim {
         let blocks = match message {
             Message::Block(bytes) => vec![bytes],
             Message::Blocks(blocks) => blocks,
-            Message::Fetch {
-                references,
-                known_round,
-            } => {
-                self.answer_fetch(to, from, &references, known_round);
+            Message::Fetch(request) => {
+                self.answer_fetch(to, from, &request);
                 return Ok(());
             }
         };
@@ -504,13 +520,7 @@ impl Sim {
         self.act(to, Some(from), outcome)
     }
 
-    fn answer_fetch(
-        &mut self,
-        node: usize,
-        requester: usize,
-        references: &[BlockRef],
-        known_round: Round,
-    ) {
+    fn answer_fetch(&mut self, node: usize, requester: usize, request: &FetchRequest) {
         match self.nodes[node].behaviour {
             Behaviour::Silent => {}
             Behaviour::Garbage | Behaviour::InvalidParents => {
@@ -520,7 +530,7 @@ impl Sim {
             Behaviour::Honest | Behaviour::Equivocate => {
                 let core = self.nodes[node].core.as_ref().expect("running");
                 let blocks = core
-                    .blocks_for(references, known_round, FETCH_LIMIT)
+                    .blocks_for(&request.references, &request.known_rounds, FETCH_LIMIT)
                     .iter()
                     .map(|b| b.to_bytes())
                     .collect::<Vec<_>>();
@@ -529,6 +539,22 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Asks a random peer for every missing parent.
+    fn sync(&mut self, node: usize) {
+        let core = self.nodes[node].core.as_ref().expect("running");
+        let missing = core.missing();
+        if missing.is_empty() {
+            return;
+        }
+        let request = FetchRequest {
+            references: missing.into_iter().collect(),
+            known_rounds: core.known_rounds(),
+        };
+        let n = self.nodes.len();
+        let peer = (node + self.rng.random_range(1..n)) % n;
+        self.send(node, peer, Message::Fetch(request));
     }
 
     fn timeout(&mut self, node: usize) -> Result<(), SimFailure> {
@@ -573,26 +599,18 @@ impl Sim {
             let _ = core.submit(format!("tx {node} {}", block.reference().round).into_bytes());
             self.arm_timer(node);
         }
-        if !outcome.missing.is_empty() {
-            let known_round = self.nodes[node]
+        // What the blocks a peer just sent lack, ask that peer first.
+        if let Some(peer) = peer.filter(|_| !outcome.missing.is_empty()) {
+            let known_rounds = self.nodes[node]
                 .core
                 .as_ref()
                 .expect("running")
-                .dag()
-                .highest_round();
-            let lowest_missing = outcome.missing.iter().map(|r| r.round).min().unwrap_or(0);
-            let target = match peer {
-                Some(peer) => peer,
-                None => self.rng.random_range(0..self.nodes.len()),
+                .known_rounds();
+            let request = FetchRequest {
+                references: outcome.missing.into_iter().collect(),
+                known_rounds,
             };
-            self.send(
-                node,
-                target,
-                Message::Fetch {
-                    references: outcome.missing.into_iter().collect(),
-                    known_round: known_round.min(lowest_missing.saturating_sub(1)),
-                },
-            );
+            self.send(node, peer, Message::Fetch(request));
         }
         self.record_commits(node, outcome.committed);
         Ok(())
