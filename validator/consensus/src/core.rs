@@ -185,6 +185,11 @@ impl Core {
         self.state_root = root;
     }
 
+    /// Whether [`Core::submit`] would take another transaction.
+    pub fn has_room_for_transactions(&self) -> bool {
+        self.transactions.len() < self.params.max_pending_transactions
+    }
+
     /// Queues a transaction for a coming proposal.
     pub fn submit(&mut self, transaction: Vec<u8>) -> Result<(), SubmitError> {
         if transaction.len() > MAX_TRANSACTION_BYTES {

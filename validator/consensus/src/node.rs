@@ -2,7 +2,7 @@
 //! HTTP server for peers, one sender per peer, and fetches of missing
 //! blocks.
 
-use crate::block::{SignedBlock, VerifiedBlock};
+use crate::block::{BlockRef, MAX_TRANSACTION_BYTES, SignedBlock, VerifiedBlock};
 use crate::committee::{AuthorityIndex, Committee};
 use crate::core::{Core, CoreError, Outcome, Parameters, SubmitError};
 use crate::linearizer::CommittedSubDag;
@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use soma_crypto::SecretKey;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How often a validator asks a peer for blocks it still misses.
 const SYNC_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Transactions submitted but not yet taken by the core.
+const TRANSACTION_QUEUE: usize = 10_000;
 
 /// Path where clients submit a transaction (the raw bytes as the body).
 pub const TRANSACTION_PATH: &str = "/consensus/v1/transaction";
@@ -121,10 +125,6 @@ enum Command {
         request: FetchRequest,
         reply: oneshot::Sender<Vec<VerifiedBlock>>,
     },
-    Submit {
-        transaction: Vec<u8>,
-        reply: oneshot::Sender<Result<(), SubmitError>>,
-    },
 }
 
 struct Shared {
@@ -133,9 +133,11 @@ struct Shared {
     verifier: Arc<dyn TransactionVerifier>,
     metrics: Metrics,
     commands: mpsc::Sender<Command>,
+    transactions: mpsc::Sender<Vec<u8>>,
     store: FjallStore,
     /// The token last checked per peer.
     checked_tokens: Mutex<Vec<Option<CheckedToken>>>,
+    recent: Mutex<RecentBlocks>,
     client: Client<HttpConnector, Full<Bytes>>,
     addresses: Vec<SocketAddr>,
     tokens: Vec<PeerToken>,
@@ -193,6 +195,7 @@ impl Node {
             .map(|peer| PeerToken::sign(&config.key, config.authority, peer, boot))
             .collect();
         let (commands, inbox) = mpsc::channel(1024);
+        let (transactions, submitted) = mpsc::channel(TRANSACTION_QUEUE);
         let (commit_tx, commits) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             authority: config.authority,
@@ -200,8 +203,10 @@ impl Node {
             verifier: config.verifier,
             metrics: Metrics::default(),
             commands,
+            transactions,
             store,
             checked_tokens: Mutex::new(vec![None; n]),
+            recent: Mutex::new(RecentBlocks::new()),
             client: Client::builder(TokioExecutor::new()).build(connector()),
             addresses: config.addresses,
             tokens,
@@ -221,6 +226,7 @@ impl Node {
         let task = tokio::spawn(run_core(
             core,
             inbox,
+            submitted,
             shared.clone(),
             peers,
             commit_tx,
@@ -270,26 +276,29 @@ pub enum SubmitRefused {
     Stopping,
 }
 
+/// Checks a transaction and queues it for the core without waiting for it:
+/// submitters never queue behind block processing.
 async fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
+    if transaction.len() > MAX_TRANSACTION_BYTES {
+        return Err(SubmitError::TooLarge(transaction.len()).into());
+    }
     if !shared.verifier.verify(&transaction) {
         return Err(SubmitRefused::Invalid);
     }
-    let (tx, rx) = oneshot::channel();
     shared
-        .commands
-        .send(Command::Submit {
-            transaction,
-            reply: tx,
+        .transactions
+        .try_send(transaction)
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Full(TRANSACTION_QUEUE).into(),
+            mpsc::error::TrySendError::Closed(_) => SubmitRefused::Stopping,
         })
-        .await
-        .map_err(|_| SubmitRefused::Stopping)?;
-    Ok(rx.await.map_err(|_| SubmitRefused::Stopping)??)
 }
 
 /// The one task that owns the core.
 async fn run_core(
     mut core: Core,
     mut inbox: mpsc::Receiver<Command>,
+    mut submitted: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     peers: Vec<Option<mpsc::Sender<Bytes>>>,
     commits: mpsc::UnboundedSender<CommittedSubDag>,
@@ -308,6 +317,14 @@ async fn run_core(
     // Periodic fetches go to the other validators in turn.
     let mut sync_turn = shared.authority.0;
     loop {
+        // Submissions wait here until the core's pool has room for them.
+        while core.has_room_for_transactions()
+            && let Ok(transaction) = submitted.try_recv()
+        {
+            if let Err(e) = core.submit(transaction) {
+                tracing::warn!("submitted transaction dropped: {e}");
+            }
+        }
         let (outcome, from) = tokio::select! {
             command = inbox.recv() => match command {
                 None => return Ok(()),
@@ -315,10 +332,6 @@ async fn run_core(
                 Some(Command::Fetch { request, reply }) => {
                     let blocks = core.blocks_for(&request.references, &request.known_rounds, network::FETCH_LIMIT);
                     let _ = reply.send(blocks);
-                    continue;
-                }
-                Some(Command::Submit { transaction, reply }) => {
-                    let _ = reply.send(core.submit(transaction));
                     continue;
                 }
             },
@@ -465,8 +478,8 @@ async fn fetch(shared: Arc<Shared>, peer: AuthorityIndex, request: FetchRequest)
     };
     let mut blocks = Vec::new();
     for wire in wires {
-        match verify_block(&shared, wire) {
-            Ok(block) => blocks.push(block),
+        match verify_block(&shared, body.slice_ref(wire)).await {
+            Ok(block) => blocks.extend(block),
             Err(_) => {
                 shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
             }
@@ -481,22 +494,81 @@ async fn fetch(shared: Arc<Shared>, peer: AuthorityIndex, request: FetchRequest)
         .await;
 }
 
-/// Decodes and verifies a block, including each of its transactions.
-fn verify_block(shared: &Shared, wire: &[u8]) -> Result<VerifiedBlock, String> {
-    let block = SignedBlock::decode(wire).map_err(|e| e.to_string())?;
-    let block = VerifiedBlock::verify(block, &shared.committee).map_err(|e| e.to_string())?;
-    if let Some(i) = block
-        .block()
-        .transactions
-        .iter()
-        .position(|t| !shared.verifier.verify(t))
-    {
-        return Err(format!(
-            "transaction {i} of {:?} is invalid",
-            block.reference()
-        ));
+/// Decodes and verifies a block, including each of its transactions, on a
+/// blocking thread (a large block takes a while). `Ok(None)`: this block was
+/// verified already, or is being verified, so the copy is ignored.
+async fn verify_block(shared: &Arc<Shared>, wire: Bytes) -> Result<Option<VerifiedBlock>, String> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let block = SignedBlock::decode(&wire).map_err(|e| e.to_string())?;
+        let reference = block.reference();
+        if !shared.lock_recent().insert(reference) {
+            return Ok(None);
+        }
+        let verified = VerifiedBlock::verify(block, &shared.committee)
+            .map_err(|e| e.to_string())
+            .and_then(|block| {
+                match block
+                    .block()
+                    .transactions
+                    .iter()
+                    .position(|t| !shared.verifier.verify(t))
+                {
+                    Some(i) => Err(format!("transaction {i} of {reference:?} is invalid")),
+                    None => Ok(block),
+                }
+            });
+        if verified.is_err() {
+            // A forged copy must not keep the genuine block out.
+            shared.lock_recent().remove(&reference);
+        }
+        verified.map(Some)
+    })
+    .await
+    .map_err(|e| format!("verification failed: {e}"))?
+}
+
+/// Blocks verified lately (or being verified), so that the copies every
+/// block arrives in (broadcast, repeats, fetch answers) are checked once.
+struct RecentBlocks {
+    set: BTreeSet<BlockRef>,
+    order: VecDeque<BlockRef>,
+}
+
+impl RecentBlocks {
+    /// How many references are remembered.
+    const CAPACITY: usize = 100_000;
+
+    fn new() -> Self {
+        RecentBlocks {
+            set: BTreeSet::new(),
+            order: VecDeque::new(),
+        }
     }
-    Ok(block)
+
+    /// Remembers `reference`; returns whether it is new.
+    fn insert(&mut self, reference: BlockRef) -> bool {
+        if !self.set.insert(reference) {
+            return false;
+        }
+        self.order.push_back(reference);
+        if self.order.len() > Self::CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+        true
+    }
+
+    fn remove(&mut self, reference: &BlockRef) {
+        self.set.remove(reference);
+    }
+}
+
+impl Shared {
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, RecentBlocks> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
@@ -579,7 +651,7 @@ fn authenticate(shared: &Shared, request: &Request<Incoming>) -> Result<Authorit
     Ok(sender)
 }
 
-async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
     match (request.method().clone(), path.as_str()) {
         (Method::POST, network::BLOCK_PATH) => {
@@ -591,8 +663,9 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
                 Ok(body) => body,
                 Err(response) => return response,
             };
-            match verify_block(shared, &body) {
-                Ok(block) => {
+            match verify_block(shared, body).await {
+                Ok(None) => reply(StatusCode::OK, ""),
+                Ok(Some(block)) => {
                     shared
                         .metrics
                         .blocks_received
