@@ -225,7 +225,7 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
         round: 1,
         author: AuthorityIndex(2),
         parents: genesis,
-        transactions: vec![],
+        transactions: vec![b"forged".to_vec()],
         state_root: [0; 32],
     }
     .sign(&key1);
