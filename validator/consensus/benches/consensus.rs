@@ -124,7 +124,7 @@ async fn run(nodes: &mut [Node], transactions: &[Vec<u8>], per_tick: usize, tick
                     let t = &transactions[next];
                     let node = if next % VALIDATORS == 0 { &*first } else { &rest[next % VALIDATORS - 1] };
                     submitted.insert(SignedTransfer::sequence(t), Instant::now());
-                    match node.submit(t.clone()).await {
+                    match node.submit(t.clone()) {
                         Ok(()) => next += 1,
                         // The node's queue is full: try again next tick.
                         Err(SubmitRefused::Core(SubmitError::Full(_))) => break,

@@ -150,11 +150,6 @@ impl Core {
         Ok(core)
     }
 
-    /// This validator's index.
-    pub fn authority(&self) -> AuthorityIndex {
-        self.me
-    }
-
     /// The DAG as this validator knows it.
     pub fn dag(&self) -> &DagState {
         &self.dag

@@ -240,8 +240,8 @@ impl Node {
     }
 
     /// Checks `transaction` and queues it for this validator's next blocks.
-    pub async fn submit(&self, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
-        submit(&self.shared, transaction).await
+    pub fn submit(&self, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
+        submit(&self.shared, transaction)
     }
 
     /// The node's counters.
@@ -249,7 +249,8 @@ impl Node {
         &self.shared.metrics
     }
 
-    /// The next committed sub-DAG; `None` once the node stopped.
+    /// The next committed sub-DAG; `None` once the node stopped. Commits
+    /// queue until they are read.
     pub async fn next_commit(&mut self) -> Option<CommittedSubDag> {
         self.commits.recv().await
     }
@@ -268,7 +269,7 @@ pub enum SubmitRefused {
     /// The verifier refused it.
     #[error("invalid transaction")]
     Invalid,
-    /// The core refused it.
+    /// Too large, or too many are queued.
     #[error(transparent)]
     Core(#[from] SubmitError),
     /// The node is stopping.
@@ -278,7 +279,7 @@ pub enum SubmitRefused {
 
 /// Checks a transaction and queues it for the core without waiting for it:
 /// submitters never queue behind block processing.
-async fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
+fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
     if transaction.len() > MAX_TRANSACTION_BYTES {
         return Err(SubmitError::TooLarge(transaction.len()).into());
     }
@@ -711,7 +712,7 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Fu
                 Ok(body) => body,
                 Err(response) => return response,
             };
-            match submit(shared, body.to_vec()).await {
+            match submit(shared, body.to_vec()) {
                 Ok(()) => reply(StatusCode::ACCEPTED, ""),
                 Err(e @ SubmitRefused::Invalid) => {
                     reply(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())

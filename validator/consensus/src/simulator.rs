@@ -245,6 +245,9 @@ struct Node {
     /// Commits this validator delivered, across restarts.
     sequence: Vec<(BlockRef, Vec<BlockRef>)>,
     transactions: usize,
+    /// Stands in for execution: a hash chain over the commits, carried in
+    /// the validator's blocks where the state root will be.
+    state_root: [u8; 32],
 }
 
 struct Sim {
@@ -321,6 +324,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             incarnation: 0,
             sequence: Vec::new(),
             transactions: 0,
+            state_root: [0; 32],
         });
     }
     for i in 0..n {
@@ -385,7 +389,7 @@ impl Sim {
     /// Opens `node`'s core from its store and arms its timer.
     fn start(&mut self, node: usize) -> Result<(), SimFailure> {
         let key = SecretKey::from_bytes(&self.keys[node].to_bytes());
-        let core = Core::open(
+        let mut core = Core::open(
             self.committee.clone(),
             AuthorityIndex(node as u32),
             key,
@@ -393,6 +397,7 @@ impl Sim {
             Box::new(self.nodes[node].store.clone()),
         )
         .map_err(|e| self.core_failure(node, e))?;
+        core.set_state_root(self.nodes[node].state_root);
         self.nodes[node].core = Some(core);
         self.nodes[node].incarnation += 1;
         let incarnation = self.nodes[node].incarnation;
@@ -701,7 +706,17 @@ impl Sim {
                 .iter()
                 .map(|b| b.block().transactions.len())
                 .sum::<usize>();
+            let mut chain = blake3::Hasher::new();
+            chain.update(&self.nodes[node].state_root);
+            for block in &refs {
+                chain.update(&block.to_key());
+            }
+            self.nodes[node].state_root = *chain.finalize().as_bytes();
             self.nodes[node].sequence.push((subdag.leader, refs));
+        }
+        let root = self.nodes[node].state_root;
+        if let Some(core) = self.nodes[node].core.as_mut() {
+            core.set_state_root(root);
         }
     }
 
