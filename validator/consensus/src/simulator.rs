@@ -403,7 +403,7 @@ impl Sim {
         let incarnation = self.nodes[node].incarnation;
         self.schedule(SYNC_INTERVAL_MS, Event::Sync { node, incarnation });
         // A restarted validator acts at once, as after a timeout: it
-        // proposes if it may and asks for what it misses.
+        // proposes if it may, or sends its last block again.
         self.timeout(node)
     }
 
