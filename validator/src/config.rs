@@ -85,6 +85,13 @@ pub fn write_localnet(dir: &Path, validators: usize, base_port: u16) -> Result<V
     if validators == 0 {
         bail!("a network needs at least one validator");
     }
+    let fits = u16::try_from(validators - 1)
+        .ok()
+        .and_then(|n| base_port.checked_add(n))
+        .is_some();
+    if !fits {
+        bail!("{validators} validators from port {base_port} run past port 65535");
+    }
     let keys = (0..validators)
         .map(|_| SecretKey::generate())
         .collect::<Result<Vec<_>, _>>()?;
@@ -94,6 +101,7 @@ pub fn write_localnet(dir: &Path, validators: usize, base_port: u16) -> Result<V
         .map(|(i, k)| Member {
             key: hex::encode(k.public_key().to_bytes()),
             stake: 1,
+            // Checked above: every port fits.
             address: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16)),
         })
         .collect();

@@ -267,3 +267,40 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
         .unwrap();
     assert!(transactions >= 4, "{transactions}");
 }
+
+/// Runs `soma` with `args`; returns whether it succeeded, and its stderr.
+fn soma(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let output = Command::new(SOMA).args(args).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = |args: &[&str]| {
+        let mut all = vec!["genesis".as_ref(), "--dir".as_ref(), dir.path().as_os_str()];
+        all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        soma(&all)
+    };
+    let (ok, stderr) = genesis(&["--validators", "0"]);
+    assert!(!ok && stderr.contains("at least one validator"), "{stderr}");
+    let (ok, stderr) = genesis(&["--validators", "4", "--base-port", "65534"]);
+    assert!(!ok && stderr.contains("past port 65535"), "{stderr}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
+    assert!(genesis(&["--validators", "1"]).0);
+    let (ok, stderr) = genesis(&["--validators", "1"]);
+    assert!(!ok && stderr.contains("already exists"), "{stderr}");
+
+    let missing = dir.path().join("nowhere/config.json");
+    let (ok, stderr) = soma(&["node".as_ref(), "--config".as_ref(), missing.as_os_str()]);
+    assert!(
+        !ok && stderr.contains("cannot read the configuration"),
+        "{stderr}"
+    );
+}
