@@ -383,6 +383,26 @@ mod tests {
     }
 
     #[test]
+    fn blocks_below_the_garbage_collection_round_are_never_committed() {
+        let mut b = Builder::new();
+        b.full_rounds(1..=10);
+        let leader = b.made[&(8, b.leader(8))];
+        let mut linearizer = crate::Linearizer::new([], 4);
+        let subdag = linearizer.linearize(&b.dag, leader);
+        assert!(subdag.blocks.iter().all(|x| x.reference().round >= 4));
+        assert_eq!(
+            subdag.blocks.len(),
+            4 * 4 + 1,
+            "rounds 4 to 7, and the leader"
+        );
+        // Raising the round later forgets what was committed below it.
+        linearizer.garbage_collect(6);
+        let next = b.made[&(10, b.leader(10))];
+        let subdag = linearizer.linearize(&b.dag, next);
+        assert!(subdag.blocks.iter().all(|x| x.reference().round >= 8));
+    }
+
+    #[test]
     fn leaders_follow_stake() {
         let (c, _) = committee(&[97, 1, 1, 1]);
         let heavy = (1..=1000)
