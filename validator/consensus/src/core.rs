@@ -9,6 +9,7 @@ use crate::committee::{AuthorityIndex, Committee};
 use crate::committer::{Committer, LeaderStatus, leader};
 use crate::dag_state::{Acceptance, DagState};
 use crate::linearizer::{CommittedSubDag, Linearizer};
+use crate::network::FetchRequest;
 use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError, gc_round};
 use crate::suspended::SuspendedBlocks;
 use soma_crypto::SecretKey;
@@ -228,14 +229,18 @@ impl Core {
         Ok(outcome)
     }
 
-    /// Per author, the round of its highest block this validator holds:
-    /// what a fetch tells the peer it already has.
-    pub fn known_rounds(&self) -> Vec<Round> {
-        self.dag
-            .committee()
-            .authorities()
-            .map(|a| self.dag.latest_of(a).round)
-            .collect()
+    /// A request for `missing` blocks that also tells the peer, per
+    /// author, the round of the highest block this validator holds.
+    pub fn fetch_request(&self, missing: BTreeSet<BlockRef>) -> FetchRequest {
+        FetchRequest {
+            references: missing.into_iter().collect(),
+            known_rounds: self
+                .dag
+                .committee()
+                .authorities()
+                .map(|a| self.dag.latest_of(a).round)
+                .collect(),
+        }
     }
 
     /// Blocks to answer a fetch: each of `references` this validator has,

@@ -344,10 +344,7 @@ async fn run_core(
                     if sync_turn == shared.authority.0 {
                         sync_turn = (sync_turn + 1) % n;
                     }
-                    let request = FetchRequest {
-                        references: missing.into_iter().collect(),
-                        known_rounds: core.known_rounds(),
-                    };
+                    let request = core.fetch_request(missing);
                     tokio::spawn(fetch(shared.clone(), AuthorityIndex(sync_turn), request));
                 }
                 continue;
@@ -397,10 +394,7 @@ async fn run_core(
         }
         // What the blocks a peer just sent lack, ask that peer first.
         if let Some(peer) = from.filter(|_| !missing.is_empty()) {
-            let request = FetchRequest {
-                references: missing.into_iter().collect(),
-                known_rounds: core.known_rounds(),
-            };
+            let request = core.fetch_request(missing);
             tokio::spawn(fetch(shared.clone(), peer, request));
         }
     }

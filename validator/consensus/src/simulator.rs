@@ -553,10 +553,7 @@ impl Sim {
         if missing.is_empty() {
             return;
         }
-        let request = FetchRequest {
-            references: missing.into_iter().collect(),
-            known_rounds: core.known_rounds(),
-        };
+        let request = core.fetch_request(missing);
         let n = self.nodes.len();
         let peer = (node + self.rng.random_range(1..n)) % n;
         self.send(node, peer, Message::Fetch(request));
@@ -606,15 +603,8 @@ impl Sim {
         }
         // What the blocks a peer just sent lack, ask that peer first.
         if let Some(peer) = peer.filter(|_| !outcome.missing.is_empty()) {
-            let known_rounds = self.nodes[node]
-                .core
-                .as_ref()
-                .expect("running")
-                .known_rounds();
-            let request = FetchRequest {
-                references: outcome.missing.into_iter().collect(),
-                known_rounds,
-            };
+            let core = self.nodes[node].core.as_ref().expect("running");
+            let request = core.fetch_request(outcome.missing);
             self.send(node, peer, Message::Fetch(request));
         }
         self.record_commits(node, outcome.committed);
