@@ -56,6 +56,16 @@ impl BlockRef {
         }
     }
 
+    /// The smallest reference of `round`: ranges from it cover the round
+    /// and every later one.
+    pub fn first_of_round(round: Round) -> BlockRef {
+        BlockRef {
+            round,
+            author: AuthorityIndex(0),
+            digest: [0; 32],
+        }
+    }
+
     /// The key bytes that sort like the reference: round and author
     /// big-endian, then the digest.
     pub fn to_key(&self) -> [u8; 40] {

@@ -577,7 +577,7 @@ mod tests {
         store
             .blocks
             .insert(
-                crate::store::round_start(3).to_key(),
+                BlockRef::first_of_round(3).to_key(),
                 b"not a block".to_vec(),
             )
             .unwrap();

@@ -91,12 +91,7 @@ impl DagState {
             return;
         }
         self.gc_round = round;
-        let from = BlockRef {
-            round,
-            author: AuthorityIndex(0),
-            digest: [0; 32],
-        };
-        self.blocks = self.blocks.split_off(&from);
+        self.blocks = self.blocks.split_off(&BlockRef::first_of_round(round));
     }
 
     /// The lowest round still kept.
@@ -134,13 +129,8 @@ impl DagState {
 
     /// Every known block of `round`, in (author, digest) order.
     pub fn blocks_at(&self, round: Round) -> impl Iterator<Item = &VerifiedBlock> {
-        let from = BlockRef {
-            round,
-            author: AuthorityIndex(0),
-            digest: [0; 32],
-        };
         self.blocks
-            .range(from..)
+            .range(BlockRef::first_of_round(round)..)
             .map(|(_, b)| b)
             .take_while(move |b| b.reference().round == round)
     }

@@ -66,11 +66,7 @@ impl Linearizer {
     pub fn garbage_collect(&mut self, round: Round) {
         if round > self.gc_round {
             self.gc_round = round;
-            self.committed = self.committed.split_off(&BlockRef {
-                round,
-                author: crate::AuthorityIndex(0),
-                digest: [0; 32],
-            });
+            self.committed = self.committed.split_off(&BlockRef::first_of_round(round));
         }
     }
 }

@@ -133,7 +133,7 @@ impl Store for MemStore {
             contents.progress = progress;
         }
         if let Some(round) = batch.gc_round {
-            contents.blocks = contents.blocks.split_off(&round_start(round));
+            contents.blocks = contents.blocks.split_off(&BlockRef::first_of_round(round));
         }
         Ok(())
     }
@@ -213,7 +213,10 @@ impl Store for FjallStore {
             write.insert(&self.meta, PROGRESS, encode_progress(&progress));
         }
         if let Some(round) = batch.gc_round {
-            for entry in self.blocks.range(..round_start(round).to_key()) {
+            for entry in self
+                .blocks
+                .range(..BlockRef::first_of_round(round).to_key())
+            {
                 write.remove(&self.blocks, entry.key()?);
             }
         }
@@ -271,15 +274,6 @@ impl FjallStore {
 /// below it are dropped.
 pub(crate) fn gc_round(last_committed: Round, depth: Round) -> Round {
     last_committed.saturating_sub(depth)
-}
-
-/// The smallest reference of `round`.
-pub(crate) fn round_start(round: Round) -> BlockRef {
-    BlockRef {
-        round,
-        author: AuthorityIndex(0),
-        digest: [0; 32],
-    }
 }
 
 fn decode_ref(bytes: &[u8]) -> Result<BlockRef, StoreError> {

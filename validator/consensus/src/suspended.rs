@@ -2,7 +2,6 @@
 
 use crate::block::{BlockRef, Round, VerifiedBlock};
 use crate::committee::AuthorityIndex;
-use crate::store::round_start;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Blocks waiting for parents, in reference (round-first) order.
@@ -57,9 +56,9 @@ impl SuspendedBlocks {
 
     /// Forgets blocks below `round`.
     pub(crate) fn drop_below(&mut self, round: Round) {
-        self.blocks = self.blocks.split_off(&round_start(round));
+        self.blocks = self.blocks.split_off(&BlockRef::first_of_round(round));
         for mine in self.by_author.values_mut() {
-            *mine = mine.split_off(&round_start(round));
+            *mine = mine.split_off(&BlockRef::first_of_round(round));
         }
     }
 }
