@@ -199,7 +199,7 @@ mod tests {
             let (c, keys) = committee(&[1, 1, 1, 1]);
             let mut b = Builder {
                 keys,
-                dag: DagState::new(c),
+                dag: DagState::new(c, 0),
                 made: Default::default(),
             };
             for author in 0..4 {

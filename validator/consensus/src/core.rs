@@ -19,8 +19,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 #[derive(Debug, Clone)]
 pub struct Parameters {
     /// Rounds kept below the last committed leader; older blocks are
-    /// dropped. A validator further behind than this cannot catch up by
-    /// fetching blocks.
+    /// dropped (their references, and the stored blocks, are kept for as
+    /// many rounds again). A validator further behind than this cannot
+    /// catch up by fetching blocks.
     pub gc_depth: Round,
     /// Most transactions in one proposal.
     pub max_block_transactions: usize,
@@ -114,7 +115,7 @@ impl Core {
         }
         let recovered = store.recover(params.gc_depth)?;
         let gc_round = gc_round(recovered.progress.last_committed, params.gc_depth);
-        let mut dag = DagState::new(committee);
+        let mut dag = DagState::new(committee, params.gc_depth);
         dag.garbage_collect(gc_round);
         let committed = recovered
             .commits
@@ -141,11 +142,15 @@ impl Core {
             let block = VerifiedBlock::verify(block, core.dag.committee()).map_err(|e| {
                 StoreError::Corrupt(format!("stored block {reference:?} does not verify: {e}"))
             })?;
-            // Stored blocks were accepted in an order that put parents
-            // first; sorted by round they still do, except for any whose
-            // parents were lost in a crash, which wait to be fetched.
-            if core.dag.accept(block.clone()) != Acceptance::Accepted {
-                core.suspended.insert(block, usize::MAX);
+            // Blocks below the garbage-collection round are only
+            // remembered. The others were accepted in an order that put
+            // parents first, and sorted by round they still do, except for
+            // any whose parents were lost in a crash, which wait to be
+            // fetched.
+            if reference.round < core.dag.gc_round() {
+                core.dag.restore(block);
+            } else if let Acceptance::MissingParents(missing) = core.dag.accept(block.clone()) {
+                core.suspended.insert(block, &missing, usize::MAX);
             }
         }
         Ok(core)
@@ -200,23 +205,30 @@ impl Core {
 
     /// Adds verified blocks from peers, then commits and proposes what
     /// they allow.
-    pub fn add_blocks(&mut self, blocks: Vec<VerifiedBlock>) -> Result<Outcome, CoreError> {
+    pub fn add_blocks(&mut self, mut blocks: Vec<VerifiedBlock>) -> Result<Outcome, CoreError> {
         let mut outcome = Outcome::default();
-        let mut fresh = BTreeSet::new();
+        // Parents before children, so one pass takes in whole chains.
+        blocks.sort_by_key(|b| b.reference());
+        let mut accepted = Vec::new();
         for block in blocks {
-            let reference = block.reference();
-            if self.dag.contains(&reference) || self.suspended.contains(&reference) {
+            if self.suspended.contains(&block.reference()) {
                 continue;
             }
-            if self
-                .suspended
-                .insert(block, self.params.max_suspended_per_author)
-            {
-                outcome.dropped += 1;
+            match self.dag.accept(block.clone()) {
+                Acceptance::Accepted => self.accept_with_children(block, &mut accepted),
+                Acceptance::MissingParents(missing) => {
+                    outcome.missing.extend(missing.iter().copied());
+                    let cap = self.params.max_suspended_per_author;
+                    if self.suspended.insert(block, &missing, cap) {
+                        outcome.dropped += 1;
+                    }
+                }
+                Acceptance::Duplicate | Acceptance::TooOld => {}
             }
-            fresh.insert(reference);
         }
-        let accepted = self.accept_suspended(&fresh, &mut outcome.missing);
+        outcome.missing.retain(|p| {
+            self.suspended.awaits(p) && !self.dag.contains(p) && !self.suspended.contains(p)
+        });
         self.step(accepted, false, &mut outcome)?;
         Ok(outcome)
     }
@@ -278,39 +290,22 @@ impl Core {
         found.into_values().take(limit).collect()
     }
 
-    /// Accepts every suspended block whose parents are now known; returns
-    /// them in acceptance order and adds the missing parents of the `fresh`
-    /// ones to `missing` (parents of older ones were asked for already, and
-    /// are asked for again on timeouts).
-    fn accept_suspended(
-        &mut self,
-        fresh: &BTreeSet<BlockRef>,
-        missing: &mut BTreeSet<BlockRef>,
-    ) -> Vec<VerifiedBlock> {
-        // In round order, a block's parents are always tried before it, so
-        // one pass accepts whole chains.
-        let mut accepted = Vec::new();
-        let mut settled = Vec::new();
-        for block in self.suspended.blocks() {
-            let reference = block.reference();
-            match self.dag.accept(block.clone()) {
-                Acceptance::Accepted => {
-                    accepted.push(block.clone());
-                    settled.push(reference);
-                }
-                Acceptance::Duplicate => settled.push(reference),
-                Acceptance::MissingParents(parents) => {
-                    if fresh.contains(&reference) {
-                        missing.extend(parents);
+    /// Records `block` (just accepted) in `accepted`, then accepts every
+    /// suspended block that waited for it, or for one accepted in turn.
+    fn accept_with_children(&mut self, block: VerifiedBlock, accepted: &mut Vec<VerifiedBlock>) {
+        let mut ready = vec![block];
+        while let Some(block) = ready.pop() {
+            for child in self.suspended.take_children(&block.reference()) {
+                match self.dag.accept(child.clone()) {
+                    Acceptance::Accepted => ready.push(child),
+                    Acceptance::MissingParents(missing) => {
+                        self.suspended.insert(child, &missing, usize::MAX);
                     }
+                    Acceptance::Duplicate | Acceptance::TooOld => {}
                 }
             }
+            accepted.push(block);
         }
-        for reference in &settled {
-            self.suspended.remove(reference);
-        }
-        missing.retain(|p| !self.dag.contains(p) && !self.suspended.contains(p));
-        accepted
     }
 
     /// Every parent of a suspended block that is neither known nor
@@ -319,9 +314,8 @@ impl Core {
     /// its history, and honest peers garbage-collect it in time.
     pub fn missing(&self) -> BTreeSet<BlockRef> {
         self.suspended
-            .blocks()
-            .flat_map(|b| b.block().parents.iter())
-            .filter(|p| !self.dag.contains(p) && !self.suspended.contains(p))
+            .lacking()
+            .filter(|p| !self.dag.contains(p))
             .copied()
             .collect()
     }
@@ -382,8 +376,9 @@ impl Core {
         let gc = gc_round(self.progress.last_committed, self.params.gc_depth);
         if gc > self.dag.gc_round() {
             self.dag.garbage_collect(gc);
-            self.suspended.drop_below(gc);
-            batch.gc_round = Some(gc);
+            let floor = self.dag.retention_floor();
+            self.suspended.drop_below(floor);
+            batch.drop_below = Some(floor);
         }
         batch.progress = Some(self.progress);
         committed
@@ -392,7 +387,9 @@ impl Core {
     /// Proposes a block for the round after the highest round with a
     /// quorum, once that round's leader is in (or its wait timed out).
     fn try_propose(&mut self, leader_timed_out: bool) -> Result<Option<VerifiedBlock>, CoreError> {
-        if !self.dag.contains(&self.last_proposed) {
+        if self.last_proposed.round >= self.dag.gc_round()
+            && !self.dag.contains(&self.last_proposed)
+        {
             // Our own last block waits for fetched parents after a crash.
             return Ok(None);
         }
@@ -482,15 +479,18 @@ mod tests {
     use crate::store::{FjallStore, MemStore};
 
     fn open(c: &Committee, keys: &[SecretKey], me: u32, store: Box<dyn Store>) -> Core {
+        open_with(c, keys, me, Parameters::default(), store)
+    }
+
+    fn open_with(
+        c: &Committee,
+        keys: &[SecretKey],
+        me: u32,
+        params: Parameters,
+        store: Box<dyn Store>,
+    ) -> Core {
         let key = SecretKey::from_bytes(&keys[me as usize].to_bytes());
-        Core::open(
-            c.clone(),
-            AuthorityIndex(me),
-            key,
-            Parameters::default(),
-            store,
-        )
-        .unwrap()
+        Core::open(c.clone(), AuthorityIndex(me), key, params, store).unwrap()
     }
 
     /// Runs `rounds` rounds in lockstep: every new block reaches everyone.
@@ -567,6 +567,81 @@ mod tests {
         assert!(!more[0].is_empty());
         assert!(more.iter().all(|c| *c == more[0]));
         assert!(more[0][0].leader.round > before.1.last_committed);
+    }
+
+    #[test]
+    fn history_withheld_from_everyone_is_never_built_on() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let params = Parameters {
+            gc_depth: 2,
+            ..Parameters::default()
+        };
+        let mut cores: Vec<Core> = (0..4)
+            .map(|i| open_with(&c, &keys, i, params.clone(), Box::new(MemStore::new())))
+            .collect();
+        let mut committed = vec![Vec::new(); 4];
+        let mut inbox: Vec<VerifiedBlock> = Vec::new();
+        for core in &mut cores {
+            inbox.extend(core.on_leader_timeout().unwrap().proposed);
+        }
+        // Validator 3 keeps its round-3 block to itself, and goes on.
+        let withheld = |b: &VerifiedBlock| {
+            b.reference().author == AuthorityIndex(3) && b.reference().round == 3
+        };
+        let mut rounds_without_progress = 0;
+        while committed[0].len() < 30 {
+            let sent = std::mem::take(&mut inbox);
+            for (i, core) in cores.iter_mut().enumerate() {
+                let blocks = sent
+                    .iter()
+                    .filter(|b| i == 3 || !withheld(b))
+                    .cloned()
+                    .collect();
+                let mut outcome = core.add_blocks(blocks).unwrap();
+                if outcome.proposed.is_none() {
+                    // Leaders are not waited for: a round goes on as soon
+                    // as a quorum is in.
+                    let later = core.on_leader_timeout().unwrap();
+                    outcome.committed.extend(later.committed);
+                    outcome.proposed = later.proposed;
+                }
+                if let Some(block) = &outcome.proposed
+                    && i != 3
+                {
+                    // No honest block ever names the withholder's later
+                    // blocks.
+                    let parents = &block.block().parents;
+                    assert!(
+                        parents
+                            .iter()
+                            .all(|p| p.author != AuthorityIndex(3) || p.round < 3),
+                        "{block:?}"
+                    );
+                }
+                inbox.extend(outcome.proposed);
+                committed[i].extend(outcome.committed);
+            }
+            rounds_without_progress = if inbox.is_empty() {
+                rounds_without_progress + 1
+            } else {
+                0
+            };
+            assert!(rounds_without_progress < 3, "the committee stalled");
+        }
+        for (i, core) in cores.iter().enumerate().take(3) {
+            let dag = core.dag();
+            assert!(dag.gc_round() > 3, "validator {i} collected round 3");
+            // Nor did one get into an honest DAG, though it is long below
+            // the garbage-collection round.
+            let latest = cores[3].last_proposed();
+            assert!(!dag.contains(&latest) && dag.latest_of(AuthorityIndex(3)).round < 3);
+        }
+        // The honest three commit one sequence; so does the withholder, which
+        // holds everything.
+        for sequence in &committed[1..] {
+            let common = sequence.len().min(committed[0].len());
+            assert_eq!(sequence[..common], committed[0][..common]);
+        }
     }
 
     #[test]
@@ -677,9 +752,6 @@ mod tests {
         let lower = orphan(5, 9);
         let outcome = core.add_blocks(vec![lower.clone()]).unwrap();
         assert_eq!((outcome.dropped, core.suspended()), (1, 3));
-        assert_eq!(
-            core.suspended.blocks().next().unwrap().reference(),
-            lower.reference()
-        );
+        assert!(core.suspended.contains(&lower.reference()));
     }
 }

@@ -1,5 +1,5 @@
-//! The local view of the DAG: every verified block whose ancestors are all
-//! known.
+//! The local view of the DAG: every verified block whose ancestors were all
+//! held by this validator.
 
 use crate::block::{BlockRef, Round, VerifiedBlock};
 use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
@@ -14,18 +14,34 @@ pub enum Acceptance {
     Duplicate,
     /// Some of its parents are unknown: fetch them, then offer it again.
     MissingParents(Vec<BlockRef>),
+    /// It is older than anything this validator still remembers; dropped.
+    TooOld,
 }
 
 /// Verified blocks, indexed by reference and by slot (round, author).
 ///
 /// A slot may hold several blocks: an equivocating author's blocks are all
 /// kept, and the commit rule decides which (if any) is committed. The
-/// genesis blocks are always known; blocks below the garbage-collection
-/// round are dropped and count as known.
+/// genesis blocks are always known. Blocks below the garbage-collection
+/// round are dropped, but their references are remembered for `retention`
+/// more rounds, so a late block that names one as its parent can still be
+/// accepted.
+///
+/// A parent that was never held is never taken as known, however old: a
+/// block is accepted only once its whole history has been seen. Every
+/// validator thus leaves out the same blocks, those built on history their
+/// author withheld. (Taking everything below the local garbage-collection
+/// round as known would let validators that have committed further accept
+/// such blocks and build on them, while one that lags a few commits
+/// behind could then never accept its peers' blocks again.)
 pub struct DagState {
     committee: Committee,
     blocks: BTreeMap<BlockRef, VerifiedBlock>,
     genesis: BTreeSet<BlockRef>,
+    /// Blocks accepted below the garbage-collection round (then dropped, or
+    /// arrived late), down to the retention floor.
+    collected: BTreeSet<BlockRef>,
+    retention: Round,
     /// Each author's highest-round block (the first one, if it
     /// equivocated), or its genesis block.
     latest: Vec<BlockRef>,
@@ -34,13 +50,17 @@ pub struct DagState {
 }
 
 impl DagState {
-    /// A DAG for `committee` holding only the genesis blocks.
-    pub fn new(committee: Committee) -> DagState {
+    /// A DAG for `committee` holding only the genesis blocks, remembering
+    /// collected blocks for `retention` rounds below the
+    /// garbage-collection round.
+    pub fn new(committee: Committee, retention: Round) -> DagState {
         let latest: Vec<BlockRef> = committee.authorities().map(BlockRef::genesis).collect();
         DagState {
             committee,
             blocks: BTreeMap::new(),
             genesis: latest.iter().copied().collect(),
+            collected: BTreeSet::new(),
+            retention,
             latest,
             highest_round: 0,
             gc_round: 0,
@@ -52,9 +72,13 @@ impl DagState {
         &self.committee
     }
 
-    /// Adds `block` once all its parents are known.
+    /// Adds `block` once all its parents are known. A block below the
+    /// garbage-collection round is only remembered as known.
     pub fn accept(&mut self, block: VerifiedBlock) -> Acceptance {
         let reference = block.reference();
+        if reference.round < self.retention_floor() {
+            return Acceptance::TooOld;
+        }
         if self.contains(&reference) {
             return Acceptance::Duplicate;
         }
@@ -68,30 +92,57 @@ impl DagState {
         if !missing.is_empty() {
             return Acceptance::MissingParents(missing);
         }
+        self.insert(block);
+        Acceptance::Accepted
+    }
+
+    /// Adds a block reloaded from the store without looking at its
+    /// parents: it was accepted before, and its parents may be gone.
+    pub fn restore(&mut self, block: VerifiedBlock) {
+        if block.reference().round >= self.retention_floor() {
+            self.insert(block);
+        }
+    }
+
+    fn insert(&mut self, block: VerifiedBlock) {
+        let reference = block.reference();
+        if reference.round < self.gc_round {
+            self.collected.insert(reference);
+            return;
+        }
         self.highest_round = self.highest_round.max(reference.round);
         let latest = &mut self.latest[reference.author.0 as usize];
         if latest.round < reference.round {
             *latest = reference;
         }
         self.blocks.insert(reference, block);
-        Acceptance::Accepted
     }
 
-    /// Whether `reference` is known: in the DAG, a genesis block, or below
-    /// the garbage-collection round.
+    /// Whether `reference` is known: in the DAG, a genesis block, or
+    /// accepted below the garbage-collection round and still remembered.
     pub fn contains(&self, reference: &BlockRef) -> bool {
-        reference.round < self.gc_round
-            || self.blocks.contains_key(reference)
+        self.blocks.contains_key(reference)
             || self.genesis.contains(reference)
+            || self.collected.contains(reference)
     }
 
-    /// Drops every block below `round`; they count as known from now on.
+    /// Drops every block below `round`, remembering their references.
     pub fn garbage_collect(&mut self, round: Round) {
         if round <= self.gc_round {
             return;
         }
         self.gc_round = round;
-        self.blocks = self.blocks.split_off(&BlockRef::first_of_round(round));
+        let kept = self.blocks.split_off(&BlockRef::first_of_round(round));
+        self.collected
+            .extend(std::mem::replace(&mut self.blocks, kept).into_keys());
+        self.collected = self
+            .collected
+            .split_off(&BlockRef::first_of_round(self.retention_floor()));
+    }
+
+    /// Blocks below this round are forgotten altogether.
+    pub fn retention_floor(&self) -> Round {
+        self.gc_round.saturating_sub(self.retention)
     }
 
     /// The lowest round still kept.
@@ -207,7 +258,7 @@ mod tests {
     #[test]
     fn blocks_wait_for_their_parents_and_are_kept_once() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let mut dag = DagState::new(c.clone());
+        let mut dag = DagState::new(c.clone(), 1);
         let genesis: Vec<BlockRef> = c.authorities().map(BlockRef::genesis).collect();
         let block = |round, author: u32, parents: Vec<BlockRef>, tx: &[u8]| {
             let signed = Block {
@@ -259,11 +310,24 @@ mod tests {
             Err(BlockError::BadSignature(_))
         ));
 
-        // Below the garbage-collection round everything counts as known.
+        // Collected blocks stay known for `retention` rounds; a block that
+        // was never held is never taken as known, however old.
+        let late = block(1, 3, genesis.clone(), b"late").unwrap();
+        let orphan = block(2, 3, vec![refs[0], refs[1], late.reference()], b"x").unwrap();
         dag.garbage_collect(2);
         assert_eq!(dag.blocks_at(1).count(), 0);
         assert!(dag.contains(&refs[0]));
-        let late = block(1, 3, genesis, b"late").unwrap();
-        assert_eq!(dag.accept(late), Acceptance::Duplicate);
+        assert_eq!(
+            dag.accept(orphan.clone()),
+            Acceptance::MissingParents(vec![late.reference()])
+        );
+        // A late block below the garbage-collection round is remembered.
+        assert_eq!(dag.accept(late.clone()), Acceptance::Accepted);
+        assert!(dag.get(&late.reference()).is_none());
+        assert_eq!(dag.accept(orphan), Acceptance::Accepted);
+        assert_eq!(dag.accept(late.clone()), Acceptance::Duplicate);
+        dag.garbage_collect(3);
+        assert!(!dag.contains(&refs[0]));
+        assert_eq!(dag.accept(late), Acceptance::TooOld);
     }
 }

@@ -1,7 +1,7 @@
 //! What a validator keeps on disk so that a restart never makes it sign two
 //! blocks for one round: its own blocks (written durably before they are
-//! sent), the blocks it accepted above the garbage-collection round, and
-//! every commit (the ordered history that execution replays).
+//! sent), the blocks it accepted above the DAG's retention floor, and every
+//! commit (the ordered history that execution replays).
 //!
 //! Two implementations: [`FjallStore`] for nodes and [`MemStore`] for the
 //! simulation, where a "crash" keeps exactly what was written.
@@ -55,8 +55,8 @@ pub struct StoreBatch {
     pub commits: Vec<CommitRecord>,
     /// The commit rule's progress after them.
     pub progress: Option<CommitProgress>,
-    /// Drop blocks below this round.
-    pub gc_round: Option<Round>,
+    /// Drop blocks below this round (the DAG's retention floor).
+    pub drop_below: Option<Round>,
 }
 
 /// Everything a validator reloads at start.
@@ -132,7 +132,7 @@ impl Store for MemStore {
         if let Some(progress) = batch.progress {
             contents.progress = progress;
         }
-        if let Some(round) = batch.gc_round {
+        if let Some(round) = batch.drop_below {
             contents.blocks = contents.blocks.split_off(&BlockRef::first_of_round(round));
         }
         Ok(())
@@ -212,7 +212,7 @@ impl Store for FjallStore {
         if let Some(progress) = batch.progress {
             write.insert(&self.meta, PROGRESS, encode_progress(&progress));
         }
-        if let Some(round) = batch.gc_round {
+        if let Some(round) = batch.drop_below {
             for entry in self
                 .blocks
                 .range(..BlockRef::first_of_round(round).to_key())

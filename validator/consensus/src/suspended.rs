@@ -1,4 +1,5 @@
-//! Verified blocks that wait for their parents, bounded per author.
+//! Verified blocks that wait for their parents, bounded per author and
+//! indexed by what they wait for.
 
 use crate::block::{BlockRef, Round, VerifiedBlock};
 use crate::committee::AuthorityIndex;
@@ -11,10 +12,15 @@ use std::collections::{BTreeMap, BTreeSet};
 /// to what the DAG holds, and a validator catching up must always be able
 /// to take the next block it needs, or it would wait forever behind
 /// blocks it cannot accept yet.
+///
+/// Each block is filed under the parents it lacks, so accepting a block
+/// looks only at the blocks that named it, however many wait.
 #[derive(Default)]
 pub(crate) struct SuspendedBlocks {
     blocks: BTreeMap<BlockRef, VerifiedBlock>,
     by_author: BTreeMap<AuthorityIndex, BTreeSet<BlockRef>>,
+    /// For each lacking parent, the waiting blocks that name it.
+    waiting_on: BTreeMap<BlockRef, BTreeSet<BlockRef>>,
 }
 
 impl SuspendedBlocks {
@@ -26,39 +32,142 @@ impl SuspendedBlocks {
         self.blocks.contains_key(reference)
     }
 
-    /// Adds `block`, keeping at most `cap` per author; returns whether a
-    /// block (possibly this one) was dropped for it.
-    pub(crate) fn insert(&mut self, block: VerifiedBlock, cap: usize) -> bool {
+    /// Adds `block`, which lacks the parents `missing`, keeping at most
+    /// `cap` per author; returns whether a block (possibly this one) was
+    /// dropped for it.
+    pub(crate) fn insert(
+        &mut self,
+        block: VerifiedBlock,
+        missing: &[BlockRef],
+        cap: usize,
+    ) -> bool {
         let reference = block.reference();
         let mine = self.by_author.entry(reference.author).or_default();
         mine.insert(reference);
+        let over = mine.len() > cap;
+        let highest = if over { mine.last().copied() } else { None };
         self.blocks.insert(reference, block);
-        if mine.len() <= cap {
-            return false;
+        for parent in missing {
+            self.waiting_on
+                .entry(*parent)
+                .or_default()
+                .insert(reference);
         }
-        let highest = mine.pop_last().expect("over the cap, so not empty");
-        self.blocks.remove(&highest);
-        true
+        if let Some(highest) = highest {
+            self.remove(&highest);
+        }
+        over
     }
 
-    pub(crate) fn remove(&mut self, reference: &BlockRef) {
-        if self.blocks.remove(reference).is_some()
-            && let Some(mine) = self.by_author.get_mut(&reference.author)
-        {
+    /// Takes out the blocks that named `parent` (just accepted): each now
+    /// lacks one parent fewer, and may be accepted in turn.
+    pub(crate) fn take_children(&mut self, parent: &BlockRef) -> Vec<VerifiedBlock> {
+        let Some(children) = self.waiting_on.remove(parent) else {
+            return Vec::new();
+        };
+        children
+            .iter()
+            .filter_map(|child| self.remove(child))
+            .collect()
+    }
+
+    /// Whether a waiting block lacks `parent`.
+    pub(crate) fn awaits(&self, parent: &BlockRef) -> bool {
+        self.waiting_on.contains_key(parent)
+    }
+
+    /// The parents some waiting block lacks that are not waiting
+    /// themselves: the blocks to fetch.
+    pub(crate) fn lacking(&self) -> impl Iterator<Item = &BlockRef> {
+        self.waiting_on
+            .keys()
+            .filter(|p| !self.blocks.contains_key(p))
+    }
+
+    /// Removes `reference` (and its entries under the parents it lacks).
+    pub(crate) fn remove(&mut self, reference: &BlockRef) -> Option<VerifiedBlock> {
+        let block = self.blocks.remove(reference)?;
+        if let Some(mine) = self.by_author.get_mut(&reference.author) {
             mine.remove(reference);
         }
-    }
-
-    /// Every waiting block, lowest round first.
-    pub(crate) fn blocks(&self) -> impl Iterator<Item = &VerifiedBlock> {
-        self.blocks.values()
-    }
-
-    /// Forgets blocks below `round`.
-    pub(crate) fn drop_below(&mut self, round: Round) {
-        self.blocks = self.blocks.split_off(&BlockRef::first_of_round(round));
-        for mine in self.by_author.values_mut() {
-            *mine = mine.split_off(&BlockRef::first_of_round(round));
+        for parent in &block.block().parents {
+            if let Some(children) = self.waiting_on.get_mut(parent) {
+                children.remove(reference);
+                if children.is_empty() {
+                    self.waiting_on.remove(parent);
+                }
+            }
         }
+        Some(block)
+    }
+
+    /// Forgets blocks below `round`, and the blocks waiting for a parent
+    /// below it: that parent can no longer be accepted.
+    pub(crate) fn drop_below(&mut self, round: Round) {
+        let first = BlockRef::first_of_round(round);
+        let mut doomed: BTreeSet<BlockRef> = self.blocks.range(..first).map(|(r, _)| *r).collect();
+        doomed.extend(
+            self.waiting_on
+                .range(..first)
+                .flat_map(|(_, c)| c.iter().copied()),
+        );
+        for reference in &doomed {
+            self.remove(reference);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::Block;
+    use crate::committee::tests::committee;
+
+    #[test]
+    fn blocks_are_filed_under_what_they_lack_and_bounded_per_author() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let absent = |round, author: u32| BlockRef {
+            round,
+            author: AuthorityIndex(author),
+            digest: [author as u8; 32],
+        };
+        let block = |round, author: u32| {
+            let parents = (0..3).map(|a| absent(round - 1, a)).collect();
+            let signed = Block {
+                round,
+                author: AuthorityIndex(author),
+                parents,
+                transactions: vec![],
+                state_root: [0; 32],
+            }
+            .sign(&keys[author as usize]);
+            VerifiedBlock::verify(signed, &c).unwrap()
+        };
+        let mut suspended = SuspendedBlocks::default();
+        let low = block(5, 0);
+        let high = block(6, 0);
+        assert!(!suspended.insert(high.clone(), &[absent(5, 0)], 1));
+        // Over the cap the author's highest block goes, whichever arrived.
+        assert!(suspended.insert(low.clone(), &[absent(4, 1), absent(4, 2)], 1));
+        assert!(!suspended.contains(&high.reference()));
+        assert_eq!(
+            suspended.lacking().copied().collect::<Vec<_>>(),
+            [absent(4, 1), absent(4, 2)]
+        );
+
+        // Its lacking parents each hand it back once.
+        assert!(suspended.take_children(&absent(5, 0)).is_empty());
+        let children = suspended.take_children(&absent(4, 1));
+        assert_eq!(children.len(), 1);
+        assert_eq!(children[0].reference(), low.reference());
+        assert_eq!(suspended.len(), 0);
+        assert_eq!(suspended.lacking().count(), 0);
+
+        // A block waiting for a parent below the floor can never be
+        // accepted, and goes with it.
+        suspended.insert(high.clone(), &[absent(5, 0)], 1);
+        suspended.drop_below(6);
+        assert_eq!(suspended.len(), 0);
+        assert_eq!(suspended.lacking().count(), 0);
     }
 }

@@ -40,6 +40,19 @@ fn seven_validators_stay_safe_and_live_over_twenty_seeds() {
     assert!(reports.iter().all(|r| r.commits > 0));
 }
 
+/// Seeds where a validator withheld its own history while honest ones
+/// crashed: before blocks built on withheld history were refused outright,
+/// an honest validator a few commits behind could never accept its peers'
+/// blocks again (in two of them the whole committee stalled).
+#[test]
+fn withheld_history_never_stalls_a_lagging_validator() {
+    for (validators, seed) in [(4, 137), (4, 207), (7, 172), (7, 183), (7, 186)] {
+        let config = SimConfig::random(validators, 1000, seed);
+        assert!(config.behaviours.contains(&Behaviour::Garbage));
+        run(config).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 #[test]
 fn a_fault_free_committee_commits_every_round() {
     let config = SimConfig {
