@@ -3,7 +3,7 @@
 //! drive this same type.
 
 use crate::block::{
-    Block, BlockRef, MAX_TRANSACTION_BYTES, MAX_TRANSACTIONS, Round, VerifiedBlock,
+    Block, BlockRef, MAX_TRANSACTION_BYTES, MAX_TRANSACTIONS, Round, SignedBlock, VerifiedBlock,
 };
 use crate::committee::{AuthorityIndex, Committee};
 use crate::committer::{Committer, LeaderStatus, leader};
@@ -258,13 +258,16 @@ impl Core {
     /// Blocks to answer a fetch: each of `references` this validator has,
     /// with every ancestor the requester lacks (above its `known_rounds`
     /// for that author), lowest rounds first, at most `limit` blocks. A
-    /// validator far behind gets whole chains in one answer.
+    /// validator far behind gets whole chains in one answer. Collected
+    /// blocks come from the store, which keeps them down to the retention
+    /// floor: a peer that lags further than the garbage-collection depth,
+    /// or that never got them, can still catch up.
     pub fn blocks_for(
         &self,
         references: &[BlockRef],
         known_rounds: &[Round],
         limit: usize,
-    ) -> Vec<VerifiedBlock> {
+    ) -> Result<Vec<SignedBlock>, CoreError> {
         let lacks = |r: &BlockRef| {
             known_rounds
                 .get(r.author.0 as usize)
@@ -276,18 +279,24 @@ impl Core {
             if found.contains_key(&reference) {
                 continue;
             }
-            let Some(block) = self.dag.get(&reference) else {
-                continue;
+            let block = match self.dag.get(&reference) {
+                Some(block) => SignedBlock::clone(block),
+                None if self.dag.contains(&reference) => match self.store.block(&reference)? {
+                    Some(block) => block,
+                    // A genesis block, or one lost in a crash.
+                    None => continue,
+                },
+                None => continue,
             };
             stack.extend(block.block().parents.iter().filter(|p| lacks(p)));
-            found.insert(reference, block.clone());
+            found.insert(reference, block);
             // The walk never needs more than `limit` blocks past the lowest
             // ones, so it stops early on long histories.
             if found.len() > 4 * limit {
                 break;
             }
         }
-        found.into_values().take(limit).collect()
+        Ok(found.into_values().take(limit).collect())
     }
 
     /// Records `block` (just accepted) in `accepted`, then accepts every
@@ -642,6 +651,40 @@ mod tests {
             let common = sequence.len().min(committed[0].len());
             assert_eq!(sequence[..common], committed[0][..common]);
         }
+    }
+
+    #[test]
+    fn collected_blocks_are_served_from_the_store_down_to_the_retention_floor() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let params = Parameters {
+            gc_depth: 3,
+            ..Parameters::default()
+        };
+        let mut cores: Vec<Core> = (0..4)
+            .map(|i| open_with(&c, &keys, i, params.clone(), Box::new(MemStore::new())))
+            .collect();
+        let committed = lockstep(&mut cores, 20);
+        let core = &cores[0];
+        let (gc, floor) = (core.dag().gc_round(), core.dag().retention_floor());
+        assert!(floor > 1 && floor < gc, "{floor} {gc}");
+        let of_round = |round| {
+            committed[0]
+                .iter()
+                .flat_map(|s| &s.blocks)
+                .find(|b| b.reference().round == round)
+                .unwrap()
+        };
+        // The requester holds everything below the block it asks for.
+        let serve = |block: &VerifiedBlock| {
+            let below = vec![block.reference().round - 1; 4];
+            core.blocks_for(&[block.reference()], &below, 10).unwrap()
+        };
+        for round in [gc, gc - 1, floor] {
+            let block = of_round(round);
+            assert!(core.dag().get(&block.reference()).is_some() == (round >= gc));
+            assert_eq!(serve(block), [SignedBlock::clone(block)], "round {round}");
+        }
+        assert!(serve(of_round(floor - 1)).is_empty());
     }
 
     #[test]

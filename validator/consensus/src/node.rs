@@ -123,7 +123,7 @@ enum Command {
     },
     Fetch {
         request: FetchRequest,
-        reply: oneshot::Sender<Vec<VerifiedBlock>>,
+        reply: oneshot::Sender<Vec<SignedBlock>>,
     },
 }
 
@@ -331,7 +331,7 @@ async fn run_core(
                 None => return Ok(()),
                 Some(Command::Blocks { blocks, from }) => (core.add_blocks(blocks)?, from),
                 Some(Command::Fetch { request, reply }) => {
-                    let blocks = core.blocks_for(&request.references, &request.known_rounds, network::FETCH_LIMIT);
+                    let blocks = core.blocks_for(&request.references, &request.known_rounds, network::FETCH_LIMIT)?;
                     let _ = reply.send(blocks);
                     continue;
                 }

@@ -503,10 +503,7 @@ impl Sim {
         let blocks = match message {
             Message::Block(bytes) => vec![bytes],
             Message::Blocks(blocks) => blocks,
-            Message::Fetch(request) => {
-                self.answer_fetch(to, from, &request);
-                return Ok(());
-            }
+            Message::Fetch(request) => return self.answer_fetch(to, from, &request),
         };
         let mut verified = Vec::new();
         for bytes in &blocks {
@@ -525,7 +522,12 @@ impl Sim {
         self.act(to, Some(from), outcome)
     }
 
-    fn answer_fetch(&mut self, node: usize, requester: usize, request: &FetchRequest) {
+    fn answer_fetch(
+        &mut self,
+        node: usize,
+        requester: usize,
+        request: &FetchRequest,
+    ) -> Result<(), SimFailure> {
         match self.nodes[node].behaviour {
             Behaviour::Silent => {}
             Behaviour::Garbage | Behaviour::InvalidParents => {
@@ -536,6 +538,7 @@ impl Sim {
                 let core = self.nodes[node].core.as_ref().expect("running");
                 let blocks = core
                     .blocks_for(&request.references, &request.known_rounds, FETCH_LIMIT)
+                    .map_err(|e| self.core_failure(node, e))?
                     .iter()
                     .map(|b| b.to_bytes())
                     .collect::<Vec<_>>();
@@ -544,6 +547,7 @@ impl Sim {
                 }
             }
         }
+        Ok(())
     }
 
     /// Asks a random peer for every missing parent.

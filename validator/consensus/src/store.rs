@@ -82,6 +82,9 @@ pub trait Store: Send {
     /// Writes `batch` atomically; it may become durable later.
     fn write(&mut self, batch: StoreBatch) -> Result<(), StoreError>;
 
+    /// The stored block `reference`, if it is still kept.
+    fn block(&self, reference: &BlockRef) -> Result<Option<SignedBlock>, StoreError>;
+
     /// Reads back what was written, with the commits a restart needs:
     /// those of leaders within `gc_depth` rounds of the last one.
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError>;
@@ -136,6 +139,10 @@ impl Store for MemStore {
             contents.blocks = contents.blocks.split_off(&BlockRef::first_of_round(round));
         }
         Ok(())
+    }
+
+    fn block(&self, reference: &BlockRef) -> Result<Option<SignedBlock>, StoreError> {
+        Ok(self.contents().blocks.get(reference).cloned())
     }
 
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError> {
@@ -222,6 +229,15 @@ impl Store for FjallStore {
         }
         write.commit()?;
         Ok(())
+    }
+
+    fn block(&self, reference: &BlockRef) -> Result<Option<SignedBlock>, StoreError> {
+        let Some(bytes) = self.blocks.get(reference.to_key())? else {
+            return Ok(None);
+        };
+        let block = SignedBlock::decode(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("stored block {reference:?}: {e}")))?;
+        Ok(Some(block))
     }
 
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError> {
