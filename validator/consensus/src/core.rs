@@ -438,7 +438,8 @@ impl Core {
         Ok(Some(block))
     }
 
-    /// One parent per author: our own last block, and every other author's
+    /// One parent per author: our own last block (unless it is older than
+    /// the garbage-collection depth), and every other author's
     /// block of `round`, or else its latest block newer than what we
     /// referenced before (so slow validators' blocks still get in).
     fn choose_parents(&self, round: Round) -> Vec<BlockRef> {
@@ -452,7 +453,15 @@ impl Core {
             .authorities()
             .filter_map(|author| {
                 if author == self.me {
-                    return Some(self.last_proposed);
+                    // After a long absence our last block may be forgotten
+                    // by peers (and by us); our genesis block is known to
+                    // all and names us as well.
+                    let recent = self.last_proposed.round + self.params.gc_depth > round;
+                    return Some(if recent {
+                        self.last_proposed
+                    } else {
+                        BlockRef::genesis(self.me)
+                    });
                 }
                 let floor = self.referenced[author.0 as usize].max(round.saturating_sub(LOOK_BACK));
                 (floor + 1..=round)
@@ -685,6 +694,62 @@ mod tests {
             assert_eq!(serve(block), [SignedBlock::clone(block)], "round {round}");
         }
         assert!(serve(of_round(floor - 1)).is_empty());
+    }
+
+    #[test]
+    fn a_validator_back_after_its_last_block_was_forgotten_builds_on_its_genesis_block() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let params = Parameters {
+            gc_depth: 3,
+            ..Parameters::default()
+        };
+        let stores: Vec<MemStore> = (0..4).map(|_| MemStore::new()).collect();
+        let mut cores: Vec<Core> = (0..4)
+            .map(|i| {
+                open_with(
+                    &c,
+                    &keys,
+                    i,
+                    params.clone(),
+                    Box::new(stores[i as usize].clone()),
+                )
+            })
+            .collect();
+        lockstep(&mut cores, 5);
+        let gone = cores.pop().unwrap();
+        let last = gone.last_proposed();
+        drop(gone);
+        // The others go on until they forget everything before validator
+        // 3's last block, which never reached them: they could not accept
+        // that block any more.
+        while cores[0].dag().retention_floor() < last.round {
+            lockstep(&mut cores, 1);
+        }
+        assert!(!cores[0].dag().contains(&last));
+
+        let mut back = open_with(&c, &keys, 3, params, Box::new(stores[3].clone()));
+        let tips = cores.iter().map(|c| c.last_proposed()).collect();
+        let request = back.fetch_request(tips);
+        let answer = cores[0]
+            .blocks_for(&request.references, &request.known_rounds, 1_000)
+            .unwrap();
+        let answer = answer
+            .into_iter()
+            .map(|b| VerifiedBlock::verify(b, &c).unwrap())
+            .collect();
+        let outcome = back.add_blocks(answer).unwrap();
+        assert!(outcome.missing.is_empty() && !outcome.committed.is_empty());
+        let block = match outcome.proposed {
+            Some(block) => block,
+            None => back.on_leader_timeout().unwrap().proposed.unwrap(),
+        };
+        for core in &mut cores {
+            let outcome = core.add_blocks(vec![block.clone()]).unwrap();
+            assert!(outcome.missing.is_empty(), "{:?}", outcome.missing);
+            assert!(core.dag().contains(&block.reference()));
+        }
+        let genesis = BlockRef::genesis(AuthorityIndex(3));
+        assert!(block.block().parents.contains(&genesis));
     }
 
     #[test]
