@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub struct Parameters {
     /// Rounds kept below the last committed leader; older blocks are
     /// dropped (their references, and the stored blocks, are kept for as
-    /// many rounds again). A validator further behind than this cannot
-    /// catch up by fetching blocks.
+    /// many rounds again). A validator further behind than twice this
+    /// cannot catch up by fetching blocks.
     pub gc_depth: Round,
     /// Most transactions in one proposal.
     pub max_block_transactions: usize,
@@ -511,6 +511,25 @@ mod tests {
         Core::open(c.clone(), AuthorityIndex(me), key, params, store).unwrap()
     }
 
+    /// A core for every member: validator 0 on a fjall store in `fjall`
+    /// if given, the others (and otherwise all) in memory.
+    fn open_all(
+        c: &Committee,
+        keys: &[SecretKey],
+        params: &Parameters,
+        fjall: Option<&std::path::Path>,
+    ) -> Vec<Core> {
+        (0..keys.len() as u32)
+            .map(|i| {
+                let store: Box<dyn Store> = match fjall {
+                    Some(dir) if i == 0 => Box::new(FjallStore::open(dir).unwrap()),
+                    _ => Box::new(MemStore::new()),
+                };
+                open_with(c, keys, i, params.clone(), store)
+            })
+            .collect()
+    }
+
     /// Runs `rounds` rounds in lockstep: every new block reaches everyone.
     /// It starts as after a timeout: each proposes if it can, or else
     /// sends its last block again.
@@ -538,16 +557,7 @@ mod tests {
     fn a_restarted_validator_resumes_without_signing_a_round_twice() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let dir = tempfile::tempdir().unwrap();
-        let mut cores: Vec<Core> = (0..4)
-            .map(|i| {
-                let store: Box<dyn Store> = if i == 0 {
-                    Box::new(FjallStore::open(dir.path()).unwrap())
-                } else {
-                    Box::new(MemStore::new())
-                };
-                open(&c, &keys, i, store)
-            })
-            .collect();
+        let mut cores = open_all(&c, &keys, &Parameters::default(), Some(dir.path()));
         cores[0].submit(b"pay 5".to_vec()).unwrap();
         let committed = lockstep(&mut cores, 12);
         assert!(committed[0].len() >= 8, "{}", committed[0].len());
@@ -594,9 +604,7 @@ mod tests {
             gc_depth: 2,
             ..Parameters::default()
         };
-        let mut cores: Vec<Core> = (0..4)
-            .map(|i| open_with(&c, &keys, i, params.clone(), Box::new(MemStore::new())))
-            .collect();
+        let mut cores = open_all(&c, &keys, &params, None);
         let mut committed = vec![Vec::new(); 4];
         let mut inbox: Vec<VerifiedBlock> = Vec::new();
         for core in &mut cores {
@@ -669,9 +677,8 @@ mod tests {
             gc_depth: 3,
             ..Parameters::default()
         };
-        let mut cores: Vec<Core> = (0..4)
-            .map(|i| open_with(&c, &keys, i, params.clone(), Box::new(MemStore::new())))
-            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cores = open_all(&c, &keys, &params, Some(dir.path()));
         let committed = lockstep(&mut cores, 20);
         let core = &cores[0];
         let (gc, floor) = (core.dag().gc_round(), core.dag().retention_floor());

@@ -232,12 +232,11 @@ impl Store for FjallStore {
     }
 
     fn block(&self, reference: &BlockRef) -> Result<Option<SignedBlock>, StoreError> {
-        let Some(bytes) = self.blocks.get(reference.to_key())? else {
+        let key = reference.to_key();
+        let Some(bytes) = self.blocks.get(key)? else {
             return Ok(None);
         };
-        let block = SignedBlock::decode(&bytes)
-            .map_err(|e| StoreError::Corrupt(format!("stored block {reference:?}: {e}")))?;
-        Ok(Some(block))
+        decode_block(&key, &bytes).map(Some)
     }
 
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError> {
@@ -247,15 +246,7 @@ impl Store for FjallStore {
         }
         for entry in self.blocks.iter() {
             let (key, value) = entry.into_inner()?;
-            let block = SignedBlock::decode(&value)
-                .map_err(|e| StoreError::Corrupt(format!("stored block: {e}")))?;
-            if block.reference().to_key()[..] != key[..] {
-                return Err(StoreError::Corrupt(format!(
-                    "block {:?} is stored under another key",
-                    block.reference()
-                )));
-            }
-            recovered.blocks.push(block);
+            recovered.blocks.push(decode_block(&key, &value)?);
         }
         let gc = gc_round(recovered.progress.last_committed, gc_depth);
         for entry in self.commits.iter().rev() {
@@ -290,6 +281,19 @@ impl FjallStore {
 /// below it are dropped.
 pub(crate) fn gc_round(last_committed: Round, depth: Round) -> Round {
     last_committed.saturating_sub(depth)
+}
+
+/// A block as stored under `key`, checked to be the block of that key.
+fn decode_block(key: &[u8], value: &[u8]) -> Result<SignedBlock, StoreError> {
+    let block = SignedBlock::decode(value)
+        .map_err(|e| StoreError::Corrupt(format!("stored block: {e}")))?;
+    if block.reference().to_key()[..] != key[..] {
+        return Err(StoreError::Corrupt(format!(
+            "block {:?} is stored under another key",
+            block.reference()
+        )));
+    }
+    Ok(block)
 }
 
 fn decode_ref(bytes: &[u8]) -> Result<BlockRef, StoreError> {
