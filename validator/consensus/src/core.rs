@@ -226,9 +226,9 @@ impl Core {
                 Acceptance::Duplicate | Acceptance::TooOld => {}
             }
         }
-        outcome.missing.retain(|p| {
-            self.suspended.awaits(p) && !self.dag.contains(p) && !self.suspended.contains(p)
-        });
+        outcome
+            .missing
+            .retain(|p| self.suspended.lacks(p) && !self.dag.contains(p));
         self.step(accepted, false, &mut outcome)?;
         Ok(outcome)
     }

@@ -71,17 +71,15 @@ impl SuspendedBlocks {
             .collect()
     }
 
-    /// Whether a waiting block lacks `parent`.
-    pub(crate) fn awaits(&self, parent: &BlockRef) -> bool {
-        self.waiting_on.contains_key(parent)
+    /// Whether a waiting block lacks `parent`, and `parent` is not waiting
+    /// itself: a block to fetch.
+    pub(crate) fn lacks(&self, parent: &BlockRef) -> bool {
+        self.waiting_on.contains_key(parent) && !self.blocks.contains_key(parent)
     }
 
-    /// The parents some waiting block lacks that are not waiting
-    /// themselves: the blocks to fetch.
+    /// Every parent [`SuspendedBlocks::lacks`].
     pub(crate) fn lacking(&self) -> impl Iterator<Item = &BlockRef> {
-        self.waiting_on
-            .keys()
-            .filter(|p| !self.blocks.contains_key(p))
+        self.waiting_on.keys().filter(|p| self.lacks(p))
     }
 
     /// Removes `reference` (and its entries under the parents it lacks).
