@@ -19,6 +19,13 @@ pub const MAX_BATCH: usize = 4096;
 /// Largest dimension an encoder may declare.
 pub const MAX_DIMENSION: u32 = 65_536;
 
+/// Bytes of an encoder's own error message kept in [`Error::Refused`].
+pub const MAX_REFUSAL_BYTES: usize = 1024;
+
+/// Bytes a guest may hand the host in one call of an import (a tensor, a
+/// log message), copied or not: wasmtime refuses more before copying.
+const HOSTCALL_BYTES: usize = 65 << 20;
+
 /// What an encoder says about itself (`info()` in the WIT world).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EncoderInfo {
@@ -122,13 +129,21 @@ impl Encoder {
         seed: Seed,
     ) -> Result<Embeddings, Error> {
         self.check_inputs(inputs)?;
+        // What a well-formed answer can take to lift: the vectors, their
+        // list headers, and an error message. wasmtime stops lifting past
+        // this, so vectors that alias one huge buffer cost nothing.
+        let dimension = self.info.dimension as usize;
+        let answer = inputs.len() * (4 * dimension + 8) + (64 << 10);
         let (result, fuel_used, sandbox) = run(
             &self.engine,
             &self.pre,
             &self.models,
             limits,
             seed,
-            |encoder, store| encoder.call_embed(store, inputs),
+            |encoder, store| {
+                store.set_hostcall_fuel(answer.max(HOSTCALL_BYTES));
+                encoder.call_embed(store, inputs)
+            },
         )?;
         let vectors = result.map_err(|e| Error::Refused(describe(e)))?;
         check_output(&vectors, inputs.len(), self.info.dimension as usize)?;
@@ -173,17 +188,37 @@ fn run<R>(
     call: impl FnOnce(&bindings::Encoder, &mut Store<Sandbox>) -> wasmtime::Result<R>,
 ) -> Result<(R, u64, Sandbox), Error> {
     let mut store = new_store(engine, models.clone(), limits, seed)?;
-    let result = pre
-        .instantiate(&mut store)
-        .and_then(|encoder| call(&encoder, &mut store));
-    let fuel_used = if engine.fuel_metering() {
-        limits.fuel - store.get_fuel().unwrap_or(0)
-    } else {
-        0
+    let result = match pre.instantiate(&mut store) {
+        Ok(encoder) => {
+            call(&encoder, &mut store).map_err(|e| classify_call(e, store.data(), limits))
+        }
+        Err(e) => Err(classify(e, store.data(), limits)),
     };
+    if !engine.fuel_metering() {
+        return result.map(|value| (value, 0, store.into_data()));
+    }
+    // Host work inside WASI since the last metered host call is paid now.
+    let owed = store.data().debt.take();
+    let fuel_used = (limits.fuel - store.get_fuel().unwrap_or(0)).saturating_add(owed);
     match result {
-        Ok(value) => Ok((value, fuel_used, store.into_data())),
-        Err(error) => Err(classify(error, store.data(), limits)),
+        Ok(_) if fuel_used > limits.fuel => Err(Error::FuelExhausted { limit: limits.fuel }),
+        result => result.map(|value| (value, fuel_used, store.into_data())),
+    }
+}
+
+/// Names the failure of a call of an export. Besides what [`classify`]
+/// tells apart, an error raised while no wasm was running is the canonical
+/// ABI refusing what the guest handed back (invalid UTF-8, a list out of
+/// bounds or larger than a well-formed answer can be): the guest's fault.
+fn classify_call(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
+    let during_wasm = error.downcast_ref::<Trap>().is_some()
+        || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
+        || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some()
+        || sandbox.limiter.refused;
+    if during_wasm {
+        classify(error, sandbox, limits)
+    } else {
+        Error::InvalidOutput(InvalidOutput::Malformed(error.root_cause().to_string()))
     }
 }
 
@@ -197,6 +232,7 @@ pub(crate) fn new_store(
 ) -> Result<Store<Sandbox>, Error> {
     let mut store = Store::new(engine.wasmtime(), Sandbox::new(seed, limits, models));
     store.limiter(|sandbox| &mut sandbox.limiter);
+    store.set_hostcall_fuel(HOSTCALL_BYTES);
     if engine.fuel_metering() {
         store
             .set_fuel(limits.fuel)
@@ -213,9 +249,10 @@ pub(crate) fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limit
         Some(Trap::OutOfFuel) => return Error::FuelExhausted { limit: limits.fuel },
         Some(Trap::Interrupt) => {
             return Error::Timeout {
-                after: limits.timeout,
+                after: limits.timeout.min(Limits::MAX_TIMEOUT),
             };
         }
+        Some(Trap::StackOverflow) => return Error::StackExhausted,
         _ => {}
     }
     if sandbox.limiter.refused {
@@ -242,11 +279,18 @@ pub(crate) fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limit
     }
 }
 
+/// The encoder's own error, its message cut to [`MAX_REFUSAL_BYTES`].
 fn describe(error: wit::EncodeError) -> String {
-    match error {
-        wit::EncodeError::InvalidInput(i) => format!("input {}: {}", i.index, i.reason),
-        wit::EncodeError::Internal(reason) => reason,
+    let (prefix, reason) = match &error {
+        wit::EncodeError::InvalidInput(i) => (format!("input {}: ", i.index), &i.reason),
+        wit::EncodeError::Internal(reason) => (String::new(), reason),
+    };
+    let mut end = reason.len().min(MAX_REFUSAL_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
     }
+    let cut = if end < reason.len() { " [cut]" } else { "" };
+    format!("{prefix}{}{cut}", &reason[..end])
 }
 
 fn check_output(

@@ -71,7 +71,7 @@ impl Engine {
     /// Compiles a component, checks that it implements the `encoder` world
     /// and reads its [`crate::EncoderInfo`].
     pub fn load(&self, component: &[u8]) -> Result<Encoder, Error> {
-        let compiled = self.compile(component)?;
+        let compiled = self.compile(component, &Limits::default())?;
         Encoder::link(
             self.clone(),
             &compiled,
@@ -87,7 +87,7 @@ impl Engine {
         component: &[u8],
         cache: &CompiledCache,
     ) -> Result<(Encoder, CacheOutcome), Error> {
-        let (compiled, outcome) = self.compile_cached(component, cache)?;
+        let (compiled, outcome) = self.compile_cached(component, cache, &Limits::default())?;
         let encoder = Encoder::link(
             self.clone(),
             &compiled,
@@ -97,9 +97,11 @@ impl Engine {
         Ok((encoder, outcome))
     }
 
-    /// Loads a verified package: compiles its ONNX models (blobs named
-    /// `*.onnx`) into inference sessions, loads its component, and checks
-    /// that the component is the encoder the manifest describes.
+    /// Loads a verified package: admits its ONNX models (blobs named
+    /// `*.onnx`, see [`crate::model`]) and compiles them into inference
+    /// sessions, loads its component, and checks that the component is the
+    /// encoder the manifest describes. Start-up work (pre-initialisation and
+    /// `info()`) runs on the manifest's fuel limit.
     pub fn load_package(
         &self,
         package: &VerifiedPackage,
@@ -113,23 +115,22 @@ impl Engine {
                     .get(&model.blob.digest, bytes)
                     .map_err(|e| match e {
                         ModelError::Unavailable(e) => Error::Host(e.to_string()),
-                        ModelError::Invalid(message) => Error::InvalidModel {
+                        e @ (ModelError::Refused(_) | ModelError::Runtime) => Error::InvalidModel {
                             name: model.name.clone(),
-                            message,
+                            message: e.to_string(),
                         },
                     })?;
             models.insert(model.blob.digest, session);
         }
-        let compiled = match cache {
-            Some(cache) => self.compile_cached(package.component(), cache)?.0,
-            None => self.compile(package.component())?,
+        let limits = Limits {
+            fuel: package.manifest().fuel_limit,
+            ..Limits::default()
         };
-        let encoder = Encoder::link(
-            self.clone(),
-            &compiled,
-            Arc::new(models),
-            &Limits::default(),
-        )?;
+        let compiled = match cache {
+            Some(cache) => self.compile_cached(package.component(), cache, &limits)?.0,
+            None => self.compile(package.component(), &limits)?,
+        };
+        let encoder = Encoder::link(self.clone(), &compiled, Arc::new(models), &limits)?;
         package
             .manifest()
             .check_info(encoder.info())
@@ -137,9 +138,9 @@ impl Engine {
         Ok(encoder)
     }
 
-    /// Pre-initialises and compiles `wasm`.
-    fn compile(&self, wasm: &[u8]) -> Result<Component, Error> {
-        Component::new(&self.inner.engine, self.preinitialized(wasm)?)
+    /// Pre-initialises (under `limits`) and compiles `wasm`.
+    fn compile(&self, wasm: &[u8], limits: &Limits) -> Result<Component, Error> {
+        Component::new(&self.inner.engine, self.preinitialized(wasm, limits)?)
             .map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
@@ -149,16 +150,17 @@ impl Engine {
         &self,
         wasm: &[u8],
         cache: &CompiledCache,
+        limits: &Limits,
     ) -> Result<(Component, CacheOutcome), Error> {
         cache.component(&self.inner.engine, &Digest::of(wasm), || {
-            self.preinitialized(wasm)
+            self.preinitialized(wasm, limits)
         })
     }
 
     /// `wasm` with its start-up done, or as it is if it cannot be
     /// pre-initialised.
-    fn preinitialized(&self, wasm: &[u8]) -> Result<Vec<u8>, Error> {
-        Ok(preinit::preinitialize(self, wasm)?.unwrap_or_else(|| wasm.to_vec()))
+    fn preinitialized(&self, wasm: &[u8], limits: &Limits) -> Result<Vec<u8>, Error> {
+        Ok(preinit::preinitialize(self, wasm, limits)?.unwrap_or_else(|| wasm.to_vec()))
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
@@ -171,6 +173,7 @@ impl Engine {
 
     /// The epoch deadline, in ticks, for a wall-clock limit.
     pub(crate) fn epoch_ticks(&self, timeout: Duration) -> u64 {
+        let timeout = timeout.min(Limits::MAX_TIMEOUT);
         u64::try_from(timeout.as_millis() / EPOCH_TICK.as_millis() + 1).unwrap_or(u64::MAX)
     }
 

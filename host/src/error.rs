@@ -74,6 +74,13 @@ pub enum Error {
     #[error("encoder output is invalid: {0}")]
     InvalidOutput(InvalidOutput),
 
+    /// The encoder exhausted the native stack. How deep wasm can recurse
+    /// depends on native frame sizes (CPU, compiler version), so another
+    /// host may not stop at the same point: this is not evidence against
+    /// the encoder.
+    #[error("encoder exhausted the host's native stack")]
+    StackExhausted,
+
     /// The wall-clock safety net fired. This is a failure of this host, not
     /// evidence against the encoder: wall clocks differ between machines.
     #[error("encoder call exceeded the wall-clock safety limit of {after:?}")]
@@ -92,9 +99,13 @@ impl Error {
     /// Whether every correct host running the same call reaches this same
     /// failure, so that it can be held against the encoder.
     ///
-    /// Timeouts and host failures depend on this machine and are not.
+    /// Timeouts, stack exhaustion and host failures depend on this machine
+    /// and are not.
     pub fn is_deterministic(&self) -> bool {
-        !matches!(self, Error::Timeout { .. } | Error::Host(_))
+        !matches!(
+            self,
+            Error::Timeout { .. } | Error::StackExhausted | Error::Host(_)
+        )
     }
 }
 
@@ -133,6 +144,10 @@ pub enum InvalidOutput {
         /// Length returned.
         actual: usize,
     },
+    /// What the encoder handed back does not lift: invalid UTF-8, a list
+    /// out of bounds, or more data than a well-formed answer can hold.
+    #[error("malformed result: {0}")]
+    Malformed(String),
     /// A value is NaN or infinite.
     #[error("vector {index} has a non-finite value ({value}) at position {position}")]
     NonFinite {

@@ -31,6 +31,7 @@ mod error;
 pub mod inference;
 mod limits;
 pub mod log;
+pub mod model;
 pub mod package;
 mod preinit;
 mod sandbox;
@@ -38,9 +39,12 @@ mod store;
 
 pub use cache::{CacheOutcome, CompiledCache};
 pub use digest::Digest;
-pub use encoder::{Embeddings, Encoder, EncoderInfo, MAX_BATCH, MAX_DIMENSION, Modality};
+pub use encoder::{
+    Embeddings, Encoder, EncoderInfo, MAX_BATCH, MAX_DIMENSION, MAX_REFUSAL_BYTES, Modality,
+};
 pub use engine::Engine;
 pub use error::{Error, InvalidOutput};
-pub use limits::Limits;
+pub use limits::{HOST_FUEL_PER_BYTE, Limits};
+pub use preinit::MAX_SNAPSHOT_MEMORY;
 pub use sandbox::{FIXED_MONOTONIC_CLOCK, FIXED_WALL_CLOCK, OUTPUT_CAPTURE_BYTES, Seed};
 pub use store::{BlobStore, StoreError};

@@ -1,6 +1,6 @@
 //! The bounded `soma:encoder/log` import.
 
-use crate::limits::charge_fuel;
+use crate::limits::{HOST_FUEL_PER_BYTE, charge_fuel};
 use crate::sandbox::Sandbox;
 use serde::Serialize;
 use wasmtime::component::{ComponentType, Lift, Linker, WasmStr};
@@ -10,10 +10,6 @@ pub const MAX_LOG_RECORDS: usize = 64;
 
 /// Bytes kept per message; longer messages are cut at a character boundary.
 pub const MAX_LOG_MESSAGE_BYTES: usize = 1024;
-
-/// Fuel charged per byte of message handed to the host, kept or not, so
-/// that the host's work on a message is paid for by the encoder.
-pub const LOG_FUEL_PER_BYTE: u64 = 1;
 
 /// Fuel charged per `log` call on top of the bytes.
 pub const LOG_FUEL_PER_CALL: u64 = 1_000;
@@ -63,7 +59,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
         "log",
         |mut store, (level, message): (Level, WasmStr)| {
             let text = message.to_str(&store)?;
-            let cost = LOG_FUEL_PER_CALL.saturating_add(text.len() as u64 * LOG_FUEL_PER_BYTE);
+            let cost = LOG_FUEL_PER_CALL.saturating_add(text.len() as u64 * HOST_FUEL_PER_BYTE);
             let message = truncate(&text, MAX_LOG_MESSAGE_BYTES).to_owned();
             charge_fuel(&mut store, cost)?;
             let log = &mut store.data_mut().log;

@@ -39,6 +39,11 @@ pub const MAX_MODELS: usize = 16;
 pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// Largest model blob, in bytes.
 pub const MAX_MODEL_BYTES: u64 = 1 << 30;
+/// Largest sum of the component and the models, in bytes.
+pub const MAX_PACKAGE_BYTES: u64 = 1 << 30;
+/// Highest fuel limit a manifest may declare: the network-wide ceiling on
+/// one call's deterministic work.
+pub const MAX_FUEL_LIMIT: u64 = 100_000_000_000;
 /// Longest name (of the encoder or of a model), in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest version or world string, in bytes.
@@ -211,6 +216,9 @@ impl Manifest {
         let world = r.str("world", MAX_VERSION_BYTES)?;
         let dimension = r.u32()?;
         let fuel_limit = r.u64()?;
+        if fuel_limit > MAX_FUEL_LIMIT {
+            return Err(too_large("fuel limit", fuel_limit, MAX_FUEL_LIMIT));
+        }
         let modality = modality_from_code(r.u8()?)?;
         let component = r.blob("component size", MAX_COMPONENT_BYTES)?;
         let count = usize::from(r.u16()?);
@@ -229,6 +237,12 @@ impl Manifest {
                 name,
                 blob: r.blob("model size", MAX_MODEL_BYTES)?,
             });
+        }
+        let total = models
+            .iter()
+            .fold(component.size, |sum, m| sum.saturating_add(m.blob.size));
+        if total > MAX_PACKAGE_BYTES {
+            return Err(too_large("package size", total, MAX_PACKAGE_BYTES));
         }
         let signer = PublicKey::from_bytes(r.array()?).map_err(|_| PackageError::InvalidSigner)?;
         if !r.bytes.is_empty() {

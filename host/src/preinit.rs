@@ -18,6 +18,7 @@ use crate::inference::PackageModels;
 use crate::sandbox::{Sandbox, Seed};
 use crate::{Error, Limits};
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use wasmtime::Store;
@@ -28,13 +29,24 @@ use wasmtime_wizer::Wizer;
 /// The export run before the snapshot: `info()`, which builds the encoder.
 const INIT_CALL: &str = "info()";
 
-/// Returns `wasm` with its start-up work done, or `None` when the component
-/// cannot be pre-initialised (it is then used as it is, and any problem with
-/// it is reported when it is linked).
-pub(crate) fn preinitialize(engine: &Engine, wasm: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+/// Most linear memory an encoder's start-up may leave for the snapshot: it
+/// becomes part of the compiled code every instance starts from.
+pub const MAX_SNAPSHOT_MEMORY: usize = 96 << 20;
+
+/// Returns `wasm` with its start-up work done (run under `limits`), or
+/// `None` when the component cannot be pre-initialised (it is then used as
+/// it is, and any problem with it is reported when it is linked).
+pub(crate) fn preinitialize(
+    engine: &Engine,
+    wasm: &[u8],
+    limits: &Limits,
+) -> Result<Option<Vec<u8>>, Error> {
     let mut wizer = Wizer::new();
     wizer.init_func(INIT_CALL).keep_init_func(true);
-    let Ok((cx, instrumented)) = wizer.instrument_component(wasm) else {
+    // wizer asserts on inputs it does not expect; a hostile component must
+    // get an error, never take the host down.
+    let instrumented = catch_unwind(AssertUnwindSafe(|| wizer.instrument_component(wasm)));
+    let Ok(Ok((cx, instrumented))) = instrumented else {
         return Ok(None);
     };
     let Ok(component) = Component::new(engine.wasmtime(), &instrumented) else {
@@ -43,24 +55,32 @@ pub(crate) fn preinitialize(engine: &Engine, wasm: &[u8]) -> Result<Option<Vec<u
     if component.get_export(None, "info").is_none() {
         return Ok(None);
     }
-    let limits = Limits::default();
-    let mut store = new_store(engine, PackageModels::default(), &limits, Seed::default())?;
+    let mut store = new_store(engine, PackageModels::default(), limits, Seed::default())?;
 
     let instance = match engine.linker().instantiate(&mut store, &component) {
         Ok(instance) => instance,
-        Err(e) => return Err(link_or_run_error(e, &store, &limits)),
+        Err(e) => return Err(link_or_run_error(e, &store, limits)),
     };
     let init = bindings::Encoder::new(&mut store, &instance)
         .and_then(|encoder| encoder.call_info(&mut store).map(drop));
     if let Err(e) = init {
-        return Err(link_or_run_error(e, &store, &limits));
+        return Err(link_or_run_error(e, &store, limits));
+    }
+    let memory = store.data().limiter.memory_in_use;
+    if memory > MAX_SNAPSHOT_MEMORY {
+        return Err(Error::Compile(format!(
+            "the encoder's start-up leaves {memory} bytes of memory; a snapshot holds at most {MAX_SNAPSHOT_MEMORY}"
+        )));
     }
     let mut state = Snapshotting {
         store: &mut store,
         instance,
         failed: None,
     };
-    let snapshot = block_on(wizer.snapshot_component(&cx, &mut state));
+    let snapshot = catch_unwind(AssertUnwindSafe(|| {
+        block_on(wizer.snapshot_component(&cx, &mut state))
+    }))
+    .unwrap_or_else(|_| Err(wasmtime::format_err!("the snapshot tool failed")));
     let failure = state
         .failed
         .map(|e| wasmtime::format_err!("reading state: {e}"));

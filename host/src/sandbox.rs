@@ -9,7 +9,7 @@
 //! function of its inputs and the seed.
 
 use crate::inference::PackageModels;
-use crate::limits::{Limiter, Limits};
+use crate::limits::{Debt, Limiter, Limits};
 use crate::log::LogBuffer;
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -21,7 +21,7 @@ use std::time::Duration;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
-use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Wall-clock time every encoder sees: 2026-01-01T00:00:00Z.
@@ -34,6 +34,14 @@ pub const FIXED_MONOTONIC_CLOCK: u64 = 0;
 /// Bytes of stdout (and, separately, stderr) kept per call; later writes
 /// succeed but are discarded.
 pub const OUTPUT_CAPTURE_BYTES: usize = 64 * 1024;
+
+/// Bytes one write to stdout or stderr may carry: what `check-write`
+/// permits. A write beyond its permit traps (WASI says the guest must ask).
+const WRITE_PERMIT: usize = 64 * 1024;
+
+/// Bytes stdout (and, separately, stderr) accept per call, kept or not;
+/// writing more traps.
+pub const MAX_OUTPUT_BYTES: u64 = 16 << 20;
 
 /// Largest single request for random bytes; larger requests trap.
 const MAX_RANDOM_REQUEST: u64 = 1 << 20;
@@ -73,20 +81,27 @@ pub(crate) struct Sandbox {
     pub(crate) log: LogBuffer,
     pub(crate) stdout: CapturedOutput,
     pub(crate) stderr: CapturedOutput,
+    /// Fuel owed for output written and random bytes drawn.
+    pub(crate) debt: Debt,
 }
 
 impl Sandbox {
     /// A fresh, closed sandbox for one call.
     pub(crate) fn new(seed: Seed, limits: &Limits, models: PackageModels) -> Self {
-        let stdout = CapturedOutput::new(OUTPUT_CAPTURE_BYTES);
-        let stderr = CapturedOutput::new(OUTPUT_CAPTURE_BYTES);
+        let debt = Debt::default();
+        let stdout = CapturedOutput::new(OUTPUT_CAPTURE_BYTES, debt.clone());
+        let stderr = CapturedOutput::new(OUTPUT_CAPTURE_BYTES, debt.clone());
         let insecure_seed = seed.derive("insecure-seed");
+        let random = |purpose| Metered {
+            rng: ChaCha20Rng::from_seed(seed.derive(purpose)),
+            debt: debt.clone(),
+        };
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .wall_clock(FixedWallClock)
-            .secure_random(ChaCha20Rng::from_seed(seed.derive("secure")))
-            .insecure_random(ChaCha20Rng::from_seed(seed.derive("insecure")))
+            .secure_random(random("secure"))
+            .insecure_random(random("insecure"))
             .insecure_random_seed(u128::from_le_bytes(insecure_seed[..16].try_into().unwrap()))
             .max_random_size(MAX_RANDOM_REQUEST)
             .socket_addr_check(|_, _| Box::pin(async { false }))
@@ -103,7 +118,33 @@ impl Sandbox {
             log: LogBuffer::default(),
             stdout,
             stderr,
+            debt,
         }
+    }
+}
+
+/// A random generator that bills the guest for every byte it draws.
+struct Metered {
+    rng: ChaCha20Rng,
+    debt: Debt,
+}
+
+impl rand::TryRng for Metered {
+    type Error = core::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        self.debt.add_bytes(4);
+        self.rng.try_next_u32()
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        self.debt.add_bytes(8);
+        self.rng.try_next_u64()
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.debt.add_bytes(dst.len());
+        self.rng.try_fill_bytes(dst)
     }
 }
 
@@ -188,8 +229,10 @@ impl Pollable for Elapsed {
     async fn ready(&mut self) {}
 }
 
-/// An in-memory stdout/stderr that keeps the first `cap` bytes and silently
-/// drops the rest, so a chatty encoder neither fails nor grows the host.
+/// An in-memory stdout/stderr that keeps the first `cap` bytes and drops
+/// the rest, so a chatty encoder neither fails nor grows the host. Every
+/// byte is billed to the guest, and a call may write at most
+/// [`MAX_OUTPUT_BYTES`].
 #[derive(Clone)]
 pub(crate) struct CapturedOutput(Arc<Mutex<Capture>>);
 
@@ -197,27 +240,46 @@ struct Capture {
     bytes: Vec<u8>,
     cap: usize,
     dropped: u64,
+    /// What the last `check-write` permitted and no write has used yet.
+    permit: usize,
+    debt: Debt,
 }
 
 impl CapturedOutput {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, debt: Debt) -> Self {
         CapturedOutput(Arc::new(Mutex::new(Capture {
             bytes: Vec::new(),
             cap,
             dropped: 0,
+            permit: 0,
+            debt,
         })))
     }
 
-    fn append(&self, data: &[u8]) {
-        let mut capture = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, Capture> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps what fits of `data`, bills it, and refuses it whole if the
+    /// call's output allowance is spent.
+    fn append(&self, data: &[u8]) -> Result<(), String> {
+        let mut capture = self.lock();
+        let written = capture.bytes.len() as u64 + capture.dropped;
+        if written + data.len() as u64 > MAX_OUTPUT_BYTES {
+            return Err(format!(
+                "wrote more than {MAX_OUTPUT_BYTES} bytes of output in one call"
+            ));
+        }
+        capture.debt.add_bytes(data.len());
         let keep = data.len().min(capture.cap - capture.bytes.len());
         capture.bytes.extend_from_slice(&data[..keep]);
         capture.dropped += (data.len() - keep) as u64;
+        Ok(())
     }
 
     /// What was kept, lossily decoded, with a note if anything was dropped.
     pub(crate) fn text(&self) -> String {
-        let capture = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let capture = self.lock();
         let mut text = String::from_utf8_lossy(&capture.bytes).into_owned();
         if capture.dropped > 0 {
             text += &format!("\n[{} more bytes dropped]", capture.dropped);
@@ -249,8 +311,14 @@ impl Pollable for CapturedOutput {
 
 impl OutputStream for CapturedOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.append(&bytes);
-        Ok(())
+        let permit = std::mem::take(&mut self.lock().permit);
+        if bytes.len() > permit {
+            return Err(StreamError::trap(&format!(
+                "wrote {} bytes where check-write permitted {permit}",
+                bytes.len()
+            )));
+        }
+        self.append(&bytes).map_err(|e| StreamError::trap(&e))
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -258,7 +326,8 @@ impl OutputStream for CapturedOutput {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
+        self.lock().permit = WRITE_PERMIT;
+        Ok(WRITE_PERMIT)
     }
 }
 
@@ -268,8 +337,11 @@ impl tokio::io::AsyncWrite for CapturedOutput {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.append(buf);
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(
+            self.append(buf)
+                .map(|()| buf.len())
+                .map_err(std::io::Error::other),
+        )
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -287,10 +359,24 @@ mod tests {
 
     #[test]
     fn captured_output_keeps_the_head_and_counts_the_rest() {
-        let out = CapturedOutput::new(4);
-        out.append(b"abc");
-        out.append(b"defg");
+        let debt = Debt::default();
+        let out = CapturedOutput::new(4, debt.clone());
+        out.append(b"abc").unwrap();
+        out.append(b"defg").unwrap();
         assert_eq!(out.text(), "abcd\n[3 more bytes dropped]");
+        assert_eq!(debt.take(), 7 * crate::HOST_FUEL_PER_BYTE);
+    }
+
+    #[test]
+    fn a_write_beyond_its_permit_traps() {
+        let mut out = CapturedOutput::new(4, Debt::default());
+        assert!(out.write(Bytes::from_static(b"x")).is_err());
+        let permit = out.check_write().unwrap();
+        assert!(out.write(Bytes::from(vec![0; permit + 1])).is_err());
+        out.check_write().unwrap();
+        out.write(Bytes::from(vec![0; permit])).unwrap();
+        // A permit is used once.
+        assert!(out.write(Bytes::from_static(b"x")).is_err());
     }
 
     #[test]

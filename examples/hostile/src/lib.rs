@@ -15,7 +15,12 @@
 //! | `wrong-dimension`| returns 3 values instead of 384                        |
 //! | `too-many`       | returns one vector more than it was given inputs       |
 //! | `flood-output`   | writes 1 MiB to stdout and 10 000 log messages         |
+//! | `bad-utf8-error` | refuses the batch with a message that is not UTF-8     |
+//! | `huge-error`     | refuses the batch with a 10 MB message                  |
+//! | `aliased-vectors`| returns 64 vectors of 16 Mi values, all one buffer     |
 //! | `infer:<attack>:<digest>` | abuses the inference import (see [`infer`])   |
+//! | `run:<n>:<digest>` | runs a (hostile) model on `x` = [0, 1, .., n-1] as fp32 |
+//! |                  | and returns its first output's first 384 values        |
 
 use soma_guest_sdk::inference::{Error as InferenceError, Session, Tensor, TensorType};
 use soma_guest_sdk::log::{Level, log};
@@ -54,7 +59,21 @@ impl Encoder for Hostile {
             Some(b"nan") => out[0][7] = f32::NAN,
             Some(b"wrong-dimension") => out[0].truncate(3),
             Some(b"too-many") => out.push(zeros()),
+            Some(b"bad-utf8-error") => {
+                // SAFETY: deliberately not UTF-8: the host must not trust it.
+                let reason = unsafe { String::from_utf8_unchecked(vec![b'a', 0xff, 0xfe]) };
+                return Err(EncodeError::Internal(reason));
+            }
+            Some(b"huge-error") => return Err(EncodeError::Internal("e".repeat(10_000_000))),
+            Some(b"aliased-vectors") => return Ok(aliased_vectors()),
             Some(b"flood-output") => flood_output(),
+            Some(other) if other.starts_with(b"run:") => {
+                let text = String::from_utf8_lossy(other);
+                let mut parts = text.splitn(3, ':').skip(1);
+                let n = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                out[0] = run_model(n, parts.next().unwrap_or(""))
+                    .map_err(|e| EncodeError::Internal(format!("{:?}: {}", e.code, e.message)))?;
+            }
             Some(other) if other.starts_with(b"infer:") => {
                 let text = String::from_utf8_lossy(other);
                 let mut parts = text.splitn(3, ':').skip(1);
@@ -70,6 +89,18 @@ impl Encoder for Hostile {
 
 soma_guest_sdk::export!(Hostile);
 
+/// 64 vectors that all claim the same 64 MiB buffer: 4 GiB if the host
+/// copied each. The buffer is leaked so that no vector owns it.
+fn aliased_vectors() -> Vec<Vec<f32>> {
+    let len = 16 << 20;
+    let buffer = Box::leak(vec![0.0f32; len].into_boxed_slice()).as_mut_ptr();
+    (0..64)
+        // SAFETY: deliberately aliased, and never freed by this encoder: the
+        // host must refuse the answer before it copies it.
+        .map(|_| unsafe { Vec::from_raw_parts(buffer, len, len) })
+        .collect()
+}
+
 fn spin() -> ! {
     let mut x = 0u64;
     loop {
@@ -83,6 +114,19 @@ fn grow_memory() -> ! {
         // Touch every page so the allocation is real.
         hoard.push(vec![1u8; 1 << 20]);
     }
+}
+
+/// Runs the model with `digest` on one fp32 input `x` of `n` elements
+/// (0, 1, ...); returns the first output as floats, cut or padded to 384.
+pub fn run_model(n: u32, digest: &str) -> Result<Vec<f32>, InferenceError> {
+    let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let outputs = Session::open(digest)?.run(&[Tensor::from_f32(&[n], &x).named("x")])?;
+    let mut values = outputs
+        .first()
+        .and_then(|o| o.tensor.to_f32())
+        .unwrap_or_default();
+    values.resize(DIMENSION, 0.0);
+    Ok(values)
 }
 
 /// Abuses the inference import on the model with `digest` (which a test

@@ -3,7 +3,8 @@
 
 use super::{engine, hash_encoder, hostile, text};
 use soma_host::{
-    Embeddings, Error, FIXED_WALL_CLOCK, InvalidOutput, Limits, OUTPUT_CAPTURE_BYTES, Seed,
+    Embeddings, Error, FIXED_WALL_CLOCK, InvalidOutput, Limits, MAX_REFUSAL_BYTES,
+    OUTPUT_CAPTURE_BYTES, Seed,
     log::{LOG_FUEL_PER_CALL, MAX_LOG_RECORDS},
 };
 use std::time::Duration;
@@ -260,4 +261,26 @@ fn randomness_is_a_function_of_the_seed() {
     };
     assert_eq!(random_bits(1), random_bits(1));
     assert_ne!(random_bits(1), random_bits(2));
+}
+
+#[test]
+fn a_malformed_answer_is_the_encoders_fault_not_the_hosts() {
+    for mode in ["bad-utf8-error", "aliased-vectors"] {
+        let err = failure(attack(mode, &Limits::default()));
+        assert!(
+            matches!(err, Error::InvalidOutput(InvalidOutput::Malformed(_))),
+            "{mode}: {err}"
+        );
+        assert!(err.is_deterministic(), "{mode}");
+    }
+}
+
+#[test]
+fn an_encoders_error_message_is_cut() {
+    let err = failure(attack("huge-error", &Limits::default()));
+    let Error::Refused(message) = &err else {
+        panic!("expected a refusal, got {err}")
+    };
+    assert!(message.len() <= MAX_REFUSAL_BYTES + 8, "{}", message.len());
+    assert!(message.ends_with("[cut]"));
 }

@@ -5,6 +5,7 @@ mod cli;
 mod determinism;
 mod hostile;
 mod minilm;
+mod models;
 mod native;
 mod package;
 

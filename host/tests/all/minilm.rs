@@ -41,9 +41,20 @@ fn meta(name: &str) -> EncoderMeta {
     }
 }
 
-/// Signs `component` with `models` into a package declared as `name`.
+/// Signs `component` with the models named `models` into a package
+/// declared as `name`.
 fn package(component: &str, name: &str, models: &[&str]) -> VerifiedPackage {
     let blobs = models.iter().map(|m| (m.to_string(), model(m))).collect();
+    package_with(component, name, blobs)
+}
+
+/// Signs `component` with `blobs` (name, bytes) into a package declared as
+/// `name`.
+pub(super) fn package_with(
+    component: &str,
+    name: &str,
+    blobs: Vec<(String, Vec<u8>)>,
+) -> VerifiedPackage {
     let component = std::fs::read(component).unwrap();
     Package::sign(
         &SecretKey::from_bytes(&[5; 32]),
@@ -54,7 +65,7 @@ fn package(component: &str, name: &str, models: &[&str]) -> VerifiedPackage {
     .unwrap()
 }
 
-fn l6() -> &'static Encoder {
+pub(super) fn l6() -> &'static Encoder {
     static ENCODER: OnceLock<Encoder> = OnceLock::new();
     ENCODER.get_or_init(|| {
         let package = package(soma_examples_artifacts::MINILM_L6, "minilm-l6", &[L6_MODEL]);
@@ -243,12 +254,13 @@ fn inference_abuse_gets_typed_errors_and_the_host_keeps_serving() {
 #[test]
 fn fresh_instances_start_pre_initialised() {
     // Parsing tokenizer.json in a fresh instance costs ~177M fuel; the
-    // pre-initialised snapshot starts with the tokenizer built.
+    // pre-initialised snapshot starts with the tokenizer built, and a short
+    // sentence costs its tokenisation and inference only (~10M).
     let fuel = l6()
         .embed(&text(&["short"]), &Limits::default(), Seed::from(0))
         .unwrap()
         .fuel_used;
-    assert!(fuel < 5_000_000, "{fuel}");
+    assert!(fuel < 50_000_000, "{fuel}");
 }
 
 #[test]

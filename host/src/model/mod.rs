@@ -1,0 +1,36 @@
+//! Untrusted ONNX models: admission, shape inference and cost.
+//!
+//! A model in an encoder package is written by whoever signed the package,
+//! and ONNX Runtime is native code that trusts the models it loads: a
+//! tensor can name an external file to read, a `Loop` can run for as long
+//! as its data says, a constant can be folded into gigabytes at load time.
+//! So the host parses every model itself first ([`admit`]), with its own
+//! copy of the ONNX schema, and refuses anything it cannot bound:
+//!
+//! * unknown fields anywhere (ONNX Runtime's newer schema could read them),
+//!   external or segmented tensor data, sparse tensors, subgraphs,
+//!   functions, training information, non-default operator domains;
+//! * operators off the allow-list (`ops`), among them all control flow and
+//!   all random operators;
+//! * graphs whose shapes cannot be inferred from the input shapes, whose
+//!   tensors exceed a size cap, or whose constant part is too much work to
+//!   fold;
+//! * integer outputs computed from floats (they would leak bits below the
+//!   float output grid).
+//!
+//! An admitted model carries its [`Graph`]: for any input shapes,
+//! [`Graph::plan`] gives the output shapes and the work of a run, from which
+//! the host charges fuel before running it.
+
+mod admission;
+mod graph;
+mod infer;
+mod ops;
+mod proto;
+
+pub use admission::{
+    AdmissionError, Admitted, IR_VERSIONS, MAX_CONSTANT_ELEMENTS, MAX_CONSTANT_WORK, MAX_NODES,
+    OPSETS, admit,
+};
+pub(crate) use graph::{ElemType, Graph, TensorInfo};
+pub(crate) use infer::{MAX_TENSOR_BYTES, Plan, ShapeError};

@@ -1,0 +1,497 @@
+//! Hostile ONNX models, written byte by byte here (a few hundred bytes
+//! each), against model admission and the inference import: each attack is
+//! refused at admission or contained with the right typed error, and the
+//! host serves a normal MiniLM call right after.
+
+use super::minilm::{l6, package_with};
+use super::{engine, text};
+use soma_host::model::{AdmissionError, admit};
+use soma_host::{Error, Limits, Seed};
+
+/// A protobuf message, written field by field.
+#[derive(Default, Clone)]
+struct Pb(Vec<u8>);
+
+impl Pb {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    fn int(mut self, field: u64, v: i64) -> Pb {
+        self.varint(field << 3);
+        self.varint(v as u64);
+        self
+    }
+
+    fn bytes(mut self, field: u64, b: &[u8]) -> Pb {
+        self.varint((field << 3) | 2);
+        self.varint(b.len() as u64);
+        self.0.extend_from_slice(b);
+        self
+    }
+
+    fn str(self, field: u64, s: &str) -> Pb {
+        self.bytes(field, s.as_bytes())
+    }
+
+    fn msg(self, field: u64, m: Pb) -> Pb {
+        self.bytes(field, &m.0)
+    }
+}
+
+const FLOAT: i64 = 1;
+const INT64: i64 = 7;
+
+fn f32s(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn i64s(values: &[i64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// `TensorProto` with raw data.
+fn tensor(name: &str, ty: i64, dims: &[i64], raw: &[u8]) -> Pb {
+    let t = dims.iter().fold(Pb::default(), |t, &d| t.int(1, d));
+    t.int(2, ty).str(8, name).bytes(9, raw)
+}
+
+/// A tensor whose data is "in" `path`, relative to wherever ONNX Runtime
+/// looks (the process's working directory, without admission).
+fn external(name: &str, path: &str) -> Pb {
+    let entry = |k: &str, v: &str| Pb::default().str(1, k).str(2, v);
+    Pb::default()
+        .int(1, 64)
+        .int(2, 2) // UINT8
+        .str(8, name)
+        .msg(13, entry("location", path))
+        .msg(13, entry("length", "64"))
+        .int(14, 1) // EXTERNAL
+}
+
+fn attr_int(name: &str, v: i64) -> Pb {
+    Pb::default().str(1, name).int(20, 2).int(3, v)
+}
+
+fn attr_ints(name: &str, values: &[i64]) -> Pb {
+    let a = Pb::default().str(1, name).int(20, 7);
+    values.iter().fold(a, |a, &v| a.int(8, v))
+}
+
+fn attr_tensor(name: &str, t: Pb) -> Pb {
+    Pb::default().str(1, name).int(20, 4).msg(5, t)
+}
+
+fn attr_graph(name: &str, g: Pb) -> Pb {
+    Pb::default().str(1, name).int(20, 5).msg(6, g)
+}
+
+fn node(op: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<Pb>) -> Pb {
+    let n = inputs.iter().fold(Pb::default(), |n, i| n.str(1, i));
+    let n = outputs.iter().fold(n, |n, o| n.str(2, o)).str(4, op);
+    attributes.into_iter().fold(n, |n, a| n.msg(5, a))
+}
+
+/// `ValueInfoProto` of a tensor; `None` dimensions are free.
+fn value(name: &str, ty: i64, dims: &[Option<i64>]) -> Pb {
+    let shape = dims.iter().fold(Pb::default(), |s, d| {
+        s.msg(
+            1,
+            match d {
+                Some(v) => Pb::default().int(1, *v),
+                None => Pb::default().str(2, "n"),
+            },
+        )
+    });
+    let tensor_type = Pb::default().int(1, ty).msg(2, shape);
+    Pb::default()
+        .str(1, name)
+        .msg(2, Pb::default().msg(1, tensor_type))
+}
+
+/// A graph from `x` (fp32, any length) to `y`.
+fn graph(nodes: Vec<Pb>, initializers: Vec<Pb>, y: Pb) -> Pb {
+    let g = nodes.into_iter().fold(Pb::default(), |g, n| g.msg(1, n));
+    let g = initializers
+        .into_iter()
+        .fold(g.str(2, "g"), |g, t| g.msg(5, t));
+    g.msg(11, value("x", FLOAT, &[None])).msg(12, y)
+}
+
+fn y_like_x() -> Pb {
+    value("y", FLOAT, &[None])
+}
+
+/// A model of IR 8, opset 17, around `graph`.
+fn model_of(graph: Pb) -> Pb {
+    Pb::default()
+        .int(1, 8)
+        .msg(8, Pb::default().str(1, "").int(2, 17))
+        .msg(7, graph)
+}
+
+fn model(graph: Pb) -> Vec<u8> {
+    model_of(graph).0
+}
+
+/// `y = -x`: a model admission accepts.
+fn negate() -> Vec<u8> {
+    model(graph(
+        vec![node("Neg", &["x"], &["y"], vec![])],
+        vec![],
+        y_like_x(),
+    ))
+}
+
+fn refused(bytes: &[u8]) -> AdmissionError {
+    match admit(bytes) {
+        Ok(_) => panic!("the model was admitted"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_plain_model_is_admitted() {
+    admit(&negate()).unwrap();
+}
+
+#[test]
+fn external_data_is_refused_wherever_it_hides() {
+    let initializer = model(graph(
+        vec![node("Identity", &["w"], &["y"], vec![])],
+        vec![external("w", "etc/passwd")],
+        value("y", 2, &[Some(64)]),
+    ));
+    let constant = model(graph(
+        vec![node(
+            "Constant",
+            &[],
+            &["y"],
+            vec![attr_tensor("value", external("", "etc/passwd"))],
+        )],
+        vec![],
+        value("y", 2, &[Some(64)]),
+    ));
+    for bytes in [initializer, constant] {
+        let err = refused(&bytes);
+        assert!(matches!(err, AdmissionError::ExternalData(_)), "{err}");
+        assert!(err.to_string().contains("external data"), "{err}");
+    }
+}
+
+#[test]
+fn control_flow_random_and_foreign_operators_are_refused() {
+    let body = graph(vec![], vec![], y_like_x());
+    let cases = [
+        ("Loop", vec![attr_graph("body", body)], "::Loop"),
+        (
+            "RandomUniform",
+            vec![attr_ints("shape", &[4])],
+            "::RandomUniform",
+        ),
+        ("NonZero", vec![], "::NonZero"),
+    ];
+    for (op, attributes, named) in cases {
+        let bytes = model(graph(
+            vec![node(op, &["x"], &["y"], attributes)],
+            vec![],
+            y_like_x(),
+        ));
+        let err = refused(&bytes);
+        assert!(
+            matches!(&err, AdmissionError::Operator { op, .. } if op.ends_with(named)),
+            "{op}: {err}"
+        );
+    }
+    let foreign = Pb::default()
+        .int(1, 8)
+        .msg(8, Pb::default().str(1, "").int(2, 17))
+        .msg(8, Pb::default().str(1, "com.microsoft").int(2, 1))
+        .msg(
+            7,
+            graph(
+                vec![node("Neg", &["x"], &["y"], vec![])],
+                vec![],
+                y_like_x(),
+            ),
+        );
+    assert!(
+        matches!(refused(&foreign.0), AdmissionError::Unsupported(m) if m.contains("com.microsoft"))
+    );
+}
+
+#[test]
+fn model_level_features_the_host_cannot_bound_are_refused() {
+    let with_function = model_of(graph(
+        vec![node("Neg", &["x"], &["y"], vec![])],
+        vec![],
+        y_like_x(),
+    ))
+    .msg(25, Pb::default().str(1, "f"));
+    assert!(
+        matches!(refused(&with_function.0), AdmissionError::Unsupported(m) if m.contains("functions"))
+    );
+    let old_opset = Pb::default()
+        .int(1, 8)
+        .msg(8, Pb::default().str(1, "").int(2, 9))
+        .msg(
+            7,
+            graph(
+                vec![node("Neg", &["x"], &["y"], vec![])],
+                vec![],
+                y_like_x(),
+            ),
+        );
+    assert!(
+        matches!(refused(&old_opset.0), AdmissionError::Unsupported(m) if m.contains("opset 9"))
+    );
+    assert!(matches!(
+        refused(b"\xff\xff\xff"),
+        AdmissionError::Malformed(_)
+    ));
+}
+
+#[test]
+fn unknown_fields_are_refused_however_deep() {
+    // Field 999 of a TensorProto inside an attribute inside a node.
+    let t = tensor("", FLOAT, &[1], &f32s(&[1.0])).str(999, "anything");
+    let bytes = model(graph(
+        vec![node("Constant", &[], &["y"], vec![attr_tensor("value", t)])],
+        vec![],
+        value("y", FLOAT, &[Some(1)]),
+    ));
+    let err = refused(&bytes);
+    assert!(
+        matches!(&err, AdmissionError::UnknownField(path) if path.ends_with("TensorProto field 999")),
+        "{err}"
+    );
+}
+
+#[test]
+fn constants_must_hold_exactly_what_they_declare() {
+    let short = tensor("w", FLOAT, &[16], &f32s(&[1.0]));
+    let huge = tensor("w", FLOAT, &[1 << 30], &f32s(&[1.0]));
+    for t in [short, huge] {
+        let bytes = model(graph(
+            vec![node("Add", &["x", "w"], &["y"], vec![])],
+            vec![t],
+            y_like_x(),
+        ));
+        assert!(
+            matches!(refused(&bytes), AdmissionError::Constant { tensor, .. } if tensor == "w")
+        );
+    }
+}
+
+#[test]
+fn graphs_must_be_ordered_and_defined_once() {
+    let unordered = model(graph(
+        vec![
+            node("Neg", &["t"], &["y"], vec![]),
+            node("Neg", &["x"], &["t"], vec![]),
+        ],
+        vec![],
+        y_like_x(),
+    ));
+    assert!(matches!(refused(&unordered), AdmissionError::Graph(m) if m.contains("topological")));
+    let twice = model(graph(
+        vec![
+            node("Neg", &["x"], &["y"], vec![]),
+            node("Abs", &["x"], &["y"], vec![]),
+        ],
+        vec![],
+        y_like_x(),
+    ));
+    assert!(matches!(refused(&twice), AdmissionError::Graph(m) if m.contains("defined twice")));
+}
+
+/// `ConstantOfShape` of 2²⁸ floats: 1 GiB of host memory for no fuel.
+#[test]
+fn a_constant_too_large_to_hold_is_refused() {
+    let bytes = model(graph(
+        vec![
+            node("ConstantOfShape", &["s"], &["c"], vec![]),
+            node("ReduceSum", &["c"], &["r"], vec![attr_int("keepdims", 0)]),
+            node("Add", &["x", "r"], &["y"], vec![]),
+        ],
+        vec![tensor("s", INT64, &[1], &i64s(&[1 << 28]))],
+        y_like_x(),
+    ));
+    let err = refused(&bytes);
+    assert!(
+        matches!(&err, AdmissionError::Shapes(m) if m.contains("ConstantOfShape")),
+        "{err}"
+    );
+}
+
+/// A constant 8192 × 8192 product: folded by ONNX Runtime at load time,
+/// before any call could pay for it.
+#[test]
+fn constant_work_beyond_the_load_budget_is_refused() {
+    let bytes = model(graph(
+        vec![
+            node("ConstantOfShape", &["s"], &["c"], vec![]),
+            node("MatMul", &["c", "c"], &["p"], vec![]),
+            node("ReduceSum", &["p"], &["r"], vec![attr_int("keepdims", 0)]),
+            node("Add", &["x", "r"], &["y"], vec![]),
+        ],
+        vec![tensor("s", INT64, &[2], &i64s(&[8192, 8192]))],
+        y_like_x(),
+    ));
+    let err = refused(&bytes);
+    assert!(matches!(err, AdmissionError::ConstantWork { .. }), "{err}");
+}
+
+/// `Cast(x × 2⁴⁰)` to int64 hands back the bits the float grid rounds away.
+#[test]
+fn integer_outputs_computed_from_floats_are_refused() {
+    let bytes = model(graph(
+        vec![
+            node("Mul", &["x", "k"], &["big"], vec![]),
+            node("Cast", &["big"], &["y"], vec![attr_int("to", INT64)]),
+        ],
+        vec![tensor("k", FLOAT, &[], &f32s(&[1099511627776.0]))],
+        value("y", INT64, &[None]),
+    ));
+    let err = refused(&bytes);
+    assert!(
+        matches!(&err, AdmissionError::Output { name, .. } if name == "y"),
+        "{err}"
+    );
+}
+
+/// A second `graph` field: protobuf merges repeated occurrences of a
+/// message field, and two parsers that disagree on it would see two
+/// different models. Admission hands ONNX Runtime its own re-encoding, so
+/// whatever it accepted is all ONNX Runtime reads.
+#[test]
+fn onnx_runtime_reads_only_what_admission_read() {
+    let evil = graph(
+        vec![node("Identity", &["w"], &["y"], vec![])],
+        vec![external("w", "etc/passwd")],
+        value("y", 2, &[Some(64)]),
+    );
+    let bytes = model_of(evil)
+        .msg(
+            7,
+            graph(
+                vec![node("Neg", &["x"], &["y"], vec![])],
+                vec![],
+                y_like_x(),
+            ),
+        )
+        .0;
+    match admit(&bytes) {
+        Err(e) => assert!(matches!(e, AdmissionError::ExternalData(_)), "{e}"),
+        Ok(admitted) => {
+            let seen = admitted.bytes();
+            assert!(!seen.windows(10).any(|w| w == b"etc/passwd"));
+        }
+    }
+}
+
+/// The host encoder packaged with `model` (as `model.onnx`).
+fn hostile_with(model: Vec<u8>) -> Result<soma_host::Encoder, Error> {
+    let package = package_with(
+        soma_examples_artifacts::HOSTILE,
+        "hostile",
+        vec![("model.onnx".to_string(), model)],
+    );
+    engine().load_package(&package, None)
+}
+
+fn run(encoder: &soma_host::Encoder, n: u32, model: &[u8]) -> Result<soma_host::Embeddings, Error> {
+    let digest = blake3::hash(model).to_hex();
+    encoder.embed(
+        &text(&[&format!("run:{n}:{digest}")]),
+        &Limits::default(),
+        Seed::from(0),
+    )
+}
+
+fn still_serving() {
+    l6().embed(&text(&["still serving"]), &Limits::default(), Seed::from(0))
+        .unwrap();
+}
+
+#[test]
+fn a_package_with_a_model_that_reads_host_files_does_not_load() {
+    let bytes = model(graph(
+        vec![node("Identity", &["w"], &["y"], vec![])],
+        vec![external("w", "etc/passwd")],
+        value("y", 2, &[Some(64)]),
+    ));
+    match hostile_with(bytes) {
+        Err(Error::InvalidModel { name, message }) => {
+            assert_eq!(name, "model.onnx");
+            assert!(message.contains("external data"), "{message}");
+        }
+        Err(other) => panic!("expected an invalid model, got {other}"),
+        Ok(_) => panic!("the package loaded"),
+    }
+    still_serving();
+}
+
+/// Memory sized by the input: admitted (small for small inputs), refused
+/// as too large before ONNX Runtime runs it on a large one.
+#[test]
+fn a_tensor_sized_by_the_input_is_refused_before_it_is_allocated() {
+    let bytes = model(graph(
+        vec![
+            node("Shape", &["x"], &["s"], vec![]),
+            node("Mul", &["s", "mebi"], &["big"], vec![]),
+            node("ConstantOfShape", &["big"], &["c"], vec![]),
+            node("ReduceSum", &["c"], &["r"], vec![attr_int("keepdims", 0)]),
+            node("Add", &["x", "r"], &["y"], vec![]),
+        ],
+        vec![tensor("mebi", INT64, &[1], &i64s(&[1 << 20]))],
+        y_like_x(),
+    ));
+    let encoder = hostile_with(bytes.clone()).unwrap();
+    let small = run(&encoder, 2, &bytes).unwrap();
+    assert_eq!(&small.vectors[0][..2], &[0.0, 1.0]);
+    match run(&encoder, 300, &bytes) {
+        Err(Error::Refused(message)) => assert!(message.contains("TooLarge"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    still_serving();
+}
+
+#[test]
+fn fuel_is_charged_for_the_planned_work_before_the_run() {
+    let bytes = negate();
+    let encoder = hostile_with(bytes.clone()).unwrap();
+    let fuel = |n| run(&encoder, n, &bytes).unwrap().fuel_used;
+    let (one, many) = (fuel(1), fuel(1 << 20));
+    // A million more elements: 4 MiB in, 4 MiB out (a fuel per byte), and
+    // the planned work of negating them.
+    assert!(many - one > 8 << 20, "{one} vs {many}");
+    let limits = Limits {
+        fuel: one + (1 << 20),
+        ..Limits::default()
+    };
+    let digest = blake3::hash(&bytes).to_hex();
+    let err = encoder
+        .embed(
+            &text(&[&format!("run:{}:{digest}", 1 << 20)]),
+            &limits,
+            Seed::from(0),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::FuelExhausted { .. }), "{err}");
+    still_serving();
+}
+
+#[test]
+fn outputs_have_one_zero() {
+    let bytes = negate();
+    let encoder = hostile_with(bytes.clone()).unwrap();
+    let out = run(&encoder, 3, &bytes).unwrap();
+    // -0.0 from negating 0 comes back as +0.0.
+    assert_eq!(out.vectors[0][0].to_bits(), 0.0f32.to_bits());
+    assert_eq!(&out.vectors[0][1..3], &[-1.0, -2.0]);
+}
