@@ -155,7 +155,7 @@ fn minilm(c: &mut Criterion) {
     let models_list = vec![("all-minilm-l6-v2-int8.onnx".to_string(), model.clone())];
     let package = soma_host::package::Package::sign(&key, &meta, component, models_list).unwrap();
     let l6 = Engine::new().unwrap().load_package(&package, None).unwrap();
-    let env = soma_host::inference::runtime().unwrap();
+    let env = soma_host::worker::runtime().unwrap();
     let builder = ort::session::Session::builder(env)
         .unwrap()
         .with_optimization_level(GraphOptimizationLevel::Level1)

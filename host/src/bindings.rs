@@ -7,6 +7,7 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "encoder",
+    additional_derives: [PartialEq],
     with: {
         "soma:encoder/inference.session": crate::inference::OpenSession,
     },

@@ -1,7 +1,7 @@
 //! A loaded encoder component and its calls.
 
 use crate::engine::Engine;
-use crate::error::InvalidOutput;
+use crate::error::{InvalidOutput, LocalFailure};
 use crate::inference::PackageModels;
 use crate::log::LogRecord;
 use crate::sandbox::{Sandbox, Seed};
@@ -245,6 +245,9 @@ pub(crate) fn new_store(
 
 /// Names the failure of a call: which limit was hit, or what trapped.
 pub(crate) fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
+    if let Some(local) = error.downcast_ref::<LocalFailure>() {
+        return Error::Host(local.to_string());
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => return Error::FuelExhausted { limit: limits.fuel },
         Some(Trap::Interrupt) => {

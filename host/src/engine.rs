@@ -114,7 +114,7 @@ impl Engine {
                     .models
                     .get(&model.blob.digest, bytes)
                     .map_err(|e| match e {
-                        ModelError::Unavailable(e) => Error::Host(e.to_string()),
+                        ModelError::Host(e) => Error::Host(e),
                         e @ (ModelError::Refused(_) | ModelError::Runtime) => Error::InvalidModel {
                             name: model.name.clone(),
                             message: e.to_string(),

@@ -109,6 +109,12 @@ impl Error {
     }
 }
 
+/// A failure of this host met inside a guest's call (the inference worker
+/// died or ran out of time): it ends the call as [`Error::Host`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct LocalFailure(pub(crate) String);
+
 impl From<InvalidOutput> for Error {
     fn from(e: InvalidOutput) -> Self {
         Error::InvalidOutput(e)

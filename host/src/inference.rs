@@ -1,35 +1,29 @@
 //! The `soma:encoder/inference` import: ONNX Runtime sessions over the
 //! models of an encoder's own signed package.
 //!
-//! Determinism comes from four choices: sessions are configured the same
-//! everywhere (CPU, one thread, sequential, deterministic compute, basic
-//! graph optimisations only, since the extended levels pick CPU-specific
-//! kernels); each `run` is charged fuel from the model size and the input
-//! shapes before it runs, never from time; tensors are checked against fixed
-//! limits before anything is handed to the runtime; and every floating-point
-//! output is rounded to a grid of 2⁻¹⁶ so that last-bit kernel differences do
-//! not reach the encoder.
-//!
-//! ONNX Runtime is a shared library loaded once per process from the path in
-//! `SOMA_ORT_DYLIB` (which `.cargo/config.toml` points at the copy
-//! `cargo xtask setup` installs).
+//! Every model was admitted first ([`crate::model`]) and runs in the
+//! inference worker ([`crate::worker`]). A `run` is checked against fixed
+//! limits and the model's declared inputs, planned by static shape
+//! inference, and charged fuel for the planned work and the bytes that cross
+//! before anything runs. The worker's outputs must have the planned shapes;
+//! floats come back rounded to a grid of 2⁻¹⁶ with one zero and one NaN.
+//! The grid hides last-bit kernel noise on one machine; across CPUs outputs
+//! still differ slightly, which validators settle through attestations
+//! (DESIGN.md, "Execution"). The runtime's own error text never reaches the
+//! guest: it names paths and states of this host.
 
 use crate::bindings::soma::encoder::inference::{
     Error as WitError, ErrorCode, NamedTensor, Tensor, TensorType,
 };
 use crate::digest::Digest;
+use crate::error::LocalFailure;
 use crate::limits::{HOST_FUEL_PER_BYTE, charge_fuel};
-use crate::model::{
-    self, AdmissionError, ElemType, Graph, MAX_TENSOR_BYTES, Plan, ShapeError, TensorInfo,
-};
+use crate::model::{self, AdmissionError, ElemType, Graph, Plan, ShapeError, TensorInfo};
 use crate::sandbox::Sandbox;
-use ort::logging::LogLevel;
-use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, ValueType};
+use crate::worker::Worker;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, Resource, ResourceType, WasmList, WasmStr};
 
@@ -54,58 +48,34 @@ pub const WORK_PER_FUEL: u64 = 8;
 /// Outputs are rounded to multiples of 2⁻¹⁶.
 pub const OUTPUT_GRID: f32 = 65_536.0;
 
-/// Environment variable naming the ONNX Runtime shared library.
-pub const DYLIB_ENV: &str = "SOMA_ORT_DYLIB";
-
-/// Why ONNX Runtime could not be used.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("ONNX Runtime is not available: {0}")]
-pub struct RuntimeUnavailable(pub String);
-
-static RUNTIME: OnceLock<Result<ort::environment::Environment, RuntimeUnavailable>> =
-    OnceLock::new();
-
-/// The process's ONNX Runtime environment, loaded on first use from the
-/// library `SOMA_ORT_DYLIB` names.
-pub fn runtime() -> Result<&'static ort::environment::Environment, RuntimeUnavailable> {
-    RUNTIME
-        .get_or_init(|| {
-            let path = std::env::var_os(DYLIB_ENV).map(PathBuf::from).ok_or_else(|| {
-                RuntimeUnavailable(format!(
-                    "{DYLIB_ENV} is not set; run `cargo xtask setup`, or point {DYLIB_ENV} at libonnxruntime.so (1.32)"
-                ))
-            })?;
-            let unavailable =
-                |e: &dyn std::fmt::Display| RuntimeUnavailable(format!("{}: {e}", path.display()));
-            ort::init_from(&path)
-                .map_err(|e| unavailable(&e))?
-                .with_name("soma")
-                .with_telemetry(false)
-                .build()
-                .map_err(|e| unavailable(&e))
-                .inspect(|env| env.set_log_level(LogLevel::Fatal))
-        })
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
-/// A model admitted and compiled into an ONNX Runtime session.
+/// A model admitted and compiled into a session in the inference worker.
 pub(crate) struct Model {
-    session: Mutex<Session>,
+    digest: Digest,
     /// What the host knows of the graph: shapes and work for any inputs.
     graph: Graph,
+    worker: Arc<Worker>,
 }
 
-/// Compiled sessions by model digest, shared by every encoder of an engine.
-#[derive(Default)]
+/// Admitted models by digest, shared by every encoder of an engine, and the
+/// worker that runs them.
 pub(crate) struct ModelCache {
     /// One cell per digest: compiling one model never holds up loads of
     /// another, and concurrent loads of one model compile it once.
     models: Mutex<BTreeMap<Digest, Arc<ModelCell>>>,
+    worker: Arc<Worker>,
 }
 
 /// A model compiled once, or why it cannot be.
 type ModelCell = OnceLock<Result<Arc<Model>, ModelError>>;
+
+impl Default for ModelCache {
+    fn default() -> Self {
+        ModelCache {
+            models: Mutex::default(),
+            worker: Arc::new(Worker::new()),
+        }
+    }
+}
 
 impl ModelCache {
     /// The session for `bytes` (whose digest is `digest`), admitting and
@@ -118,80 +88,41 @@ impl ModelCache {
             .entry(*digest)
             .or_default()
             .clone();
-        cell.get_or_init(|| {
-            let admitted = model::admit(bytes).map_err(ModelError::Refused)?;
-            let env = runtime().map_err(ModelError::Unavailable)?;
-            let session = compile(env, &admitted.canonical).map_err(|e| {
-                tracing::debug!(model = %digest, "ONNX Runtime refused an admitted model: {e}");
-                ModelError::Runtime
-            })?;
-            Ok(Arc::new(Model {
-                session: Mutex::new(session),
-                graph: admitted.graph,
-            }))
-        })
-        .clone()
+        let result = cell.get_or_init(|| self.compile(digest, bytes)).clone();
+        if let Err(ModelError::Host(_)) = &result {
+            // This host's trouble is not the model's: try again next time.
+            let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+            if models.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                models.remove(digest);
+            }
+        }
+        result
     }
-}
 
-/// An empty directory, private to this process, that ONNX Runtime is told
-/// holds external data: a second lock on a door admission already shut.
-fn no_external_data() -> Result<&'static std::path::Path, String> {
-    static DIR: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("soma-no-external-data")
-            .tempdir()
-            .map_err(|e| format!("cannot create an empty directory: {e}"))
-    })
-    .as_ref()
-    .map(|d| d.path())
-    .map_err(Clone::clone)
-}
-
-/// Builds a session with the settings every host uses.
-fn compile(env: &ort::environment::Environment, bytes: &[u8]) -> Result<Session, String> {
-    let text = |e: &dyn std::fmt::Display| e.to_string();
-    let folder = no_external_data()?.to_string_lossy().into_owned();
-    Session::builder(env)
-        .map_err(|e| text(&e))?
-        // CPU only, without the arena: memory is given back after each run.
-        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
-        .map_err(|e| text(&e))?
-        .with_optimization_level(GraphOptimizationLevel::Level1)
-        .map_err(|e| text(&e))?
-        .with_intra_threads(1)
-        .map_err(|e| text(&e))?
-        .with_inter_threads(1)
-        .map_err(|e| text(&e))?
-        .with_parallel_execution(false)
-        .map_err(|e| text(&e))?
-        .with_deterministic_compute(true)
-        .map_err(|e| text(&e))?
-        .with_memory_pattern(false)
-        .map_err(|e| text(&e))?
-        .with_log_level(LogLevel::Fatal)
-        .map_err(|e| text(&e))?
-        .with_config_entry(
-            "session.model_external_initializers_file_folder_path",
-            folder,
-        )
-        .map_err(|e| text(&e))?
-        .with_config_entry(
-            "optimization.constant_folding_max_output_size_in_bytes",
-            MAX_TENSOR_BYTES.to_string(),
-        )
-        .map_err(|e| text(&e))?
-        .commit_from_memory(bytes)
-        .map_err(|e| text(&e))
+    fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Model>, ModelError> {
+        let admitted = model::admit(bytes).map_err(ModelError::Refused)?;
+        let graph = admitted.graph;
+        match self.worker.load(*digest, Arc::new(admitted.canonical)) {
+            Ok(Ok(())) => Ok(Arc::new(Model {
+                digest: *digest,
+                graph,
+                worker: self.worker.clone(),
+            })),
+            Ok(Err(text)) => {
+                tracing::debug!(model = %digest, "ONNX Runtime refused an admitted model: {text}");
+                Err(ModelError::Runtime)
+            }
+            Err(e) => Err(ModelError::Host(e.to_string())),
+        }
+    }
 }
 
 /// Why a model could not be made into a session.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum ModelError {
-    /// The runtime library is missing: a fault of this host.
-    #[error(transparent)]
-    Unavailable(RuntimeUnavailable),
+    /// The worker could not be started or died: a fault of this host.
+    #[error("{0}")]
+    Host(String),
     /// Admission refused the model.
     #[error(transparent)]
     Refused(AdmissionError),
@@ -285,7 +216,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
                 &mut store,
                 (work / WORK_PER_FUEL).saturating_add(output_bytes * HOST_FUEL_PER_BYTE),
             )?;
-            Ok((run(&model, inputs, &plan),))
+            let timeout = store.data().timeout;
+            Ok((run(&model, inputs, &plan, timeout)?,))
         },
     )
 }
@@ -412,104 +344,74 @@ fn element_size(ty: TensorType) -> u64 {
 /// since the runtime's own text names paths and states of this host.
 const RUN_FAILED: &str = "the model failed to run on these inputs";
 
-/// Runs a planned model; every failure is an error for the guest.
-fn run(model: &Model, inputs: Inputs, plan: &Plan) -> Result<Vec<NamedTensor>, WitError> {
-    let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.0.len());
-    for (name, tensor) in inputs.0 {
-        let value = to_ort(&tensor).map_err(|e| {
-            tracing::debug!("cannot build input `{name}` for ONNX Runtime: {e}");
-            error(ErrorCode::RuntimeError, RUN_FAILED)
-        })?;
-        values.push((name, value));
-    }
-    let mut session = model.session.lock().unwrap_or_else(|e| e.into_inner());
-    let outputs = session.run(values).map_err(|e| {
-        tracing::debug!("ONNX Runtime failed a run: {e}");
-        error(ErrorCode::RuntimeError, RUN_FAILED)
-    })?;
-    let mut result = Vec::with_capacity(plan.outputs.len());
-    for ((name, value), planned) in outputs.iter().zip(&plan.outputs) {
-        let tensor = from_ort(&value).map_err(|e| {
-            tracing::debug!("output `{name}`: {e}");
-            error(ErrorCode::RuntimeError, RUN_FAILED)
-        })?;
-        let dims: Vec<u64> = tensor.dimensions.iter().map(|&d| u64::from(d)).collect();
-        if dims != planned.dims || elem_type(tensor.ty) != planned.ty {
-            tracing::warn!(
-                "output `{name}` is {:?} {dims:?}; shape inference planned {:?} {:?}",
-                tensor.ty,
-                planned.ty,
-                planned.dims
-            );
-            return Err(error(
-                ErrorCode::RuntimeError,
-                "the model's outputs differ from the host's shape inference",
-            ));
-        }
-        result.push(NamedTensor {
-            name: name.to_string(),
-            tensor,
-        });
-    }
-    Ok(result)
-}
-
-fn to_ort(t: &Tensor) -> ort::Result<DynValue> {
-    let shape: Vec<i64> = t.dimensions.iter().map(|&d| i64::from(d)).collect();
-    let bytes = &t.data;
-    Ok(match t.ty {
-        TensorType::Fp32 => {
-            ort::value::Tensor::from_array((shape, decode(bytes, f32::from_le_bytes)))?.into_dyn()
-        }
-        TensorType::I64 => {
-            ort::value::Tensor::from_array((shape, decode(bytes, i64::from_le_bytes)))?.into_dyn()
-        }
-        TensorType::I32 => {
-            ort::value::Tensor::from_array((shape, decode(bytes, i32::from_le_bytes)))?.into_dyn()
-        }
-        TensorType::U8 => ort::value::Tensor::from_array((shape, bytes.clone()))?.into_dyn(),
-    })
-}
-
-fn decode<T, const N: usize>(bytes: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> {
-    bytes
-        .chunks_exact(N)
-        .map(|c| from_le(c.try_into().expect("chunks of N")))
-        .collect()
-}
-
-fn from_ort(value: &DynValue) -> Result<Tensor, String> {
-    let ValueType::Tensor { ty, .. } = value.dtype() else {
-        return Err("not a tensor".into());
-    };
-    match ty {
-        TensorElementType::Float32 => {
-            extract(value, TensorType::Fp32, |x: f32| canonical(x).to_le_bytes())
-        }
-        TensorElementType::Int64 => extract(value, TensorType::I64, i64::to_le_bytes),
-        TensorElementType::Int32 => extract(value, TensorType::I32, i32::to_le_bytes),
-        TensorElementType::Uint8 => extract(value, TensorType::U8, |x: u8| [x]),
-        other => Err(format!("element type {other:?} is not supported")),
-    }
-}
-
-/// Copies an ONNX Runtime tensor of element type `T` out as `ty`, each
-/// element turned into little-endian bytes by `to_le`.
-fn extract<T: PrimitiveTensorElementType + Copy, const N: usize>(
-    value: &DynValue,
-    ty: TensorType,
-    to_le: impl Fn(T) -> [u8; N],
-) -> Result<Tensor, String> {
-    let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
-    let dimensions = shape
+/// Runs a planned model in the worker. The outer error is a failure of
+/// this host, which ends the encoder's call; the inner one an answer for
+/// the guest.
+fn run(
+    model: &Model,
+    inputs: Inputs,
+    plan: &Plan,
+    timeout: Duration,
+) -> Result<Result<Vec<NamedTensor>, WitError>, LocalFailure> {
+    let failed = || Ok(Err(error(ErrorCode::RuntimeError, RUN_FAILED)));
+    let names: Vec<&str> = model
+        .graph
+        .outputs
         .iter()
-        .map(|&d| u32::try_from(d).map_err(|_| format!("dimension {d}")))
-        .collect::<Result<_, _>>()?;
-    Ok(Tensor {
-        dimensions,
-        ty,
-        data: data.iter().flat_map(|&x| to_le(x)).collect(),
-    })
+        .map(|&id| model.graph.names[id].as_str())
+        .collect();
+    // The reply holds the planned outputs and their framing, nothing more.
+    let framing: u64 = names.iter().map(|n| n.len() as u64 + 64).sum();
+    let max_reply = plan.outputs.iter().map(TensorInfo::bytes).sum::<u64>() + framing + 16;
+    let inputs = inputs
+        .0
+        .into_iter()
+        .map(|(name, tensor)| NamedTensor { name, tensor })
+        .collect();
+    let outputs = match model.worker.run(model.digest, inputs, max_reply, timeout) {
+        Ok(Ok(outputs)) => outputs,
+        Ok(Err(text)) => {
+            tracing::debug!(model = %model.digest, "ONNX Runtime failed a run: {text}");
+            return failed();
+        }
+        Err(e) => return Err(LocalFailure(e.to_string())),
+    };
+    let fits = outputs.len() == plan.outputs.len()
+        && outputs
+            .iter()
+            .zip(&plan.outputs)
+            .zip(&names)
+            .all(|((out, planned), name)| {
+                let dims: Vec<u64> = out
+                    .tensor
+                    .dimensions
+                    .iter()
+                    .map(|&d| u64::from(d))
+                    .collect();
+                out.name == *name
+                    && dims == planned.dims
+                    && elem_type(out.tensor.ty) == planned.ty
+                    && out.tensor.data.len() as u64 == planned.bytes()
+            });
+    if !fits {
+        tracing::warn!(model = %model.digest, "a run's outputs differ from the host's shape inference");
+        return Ok(Err(error(
+            ErrorCode::RuntimeError,
+            "the model's outputs differ from the host's shape inference",
+        )));
+    }
+    Ok(Ok(outputs.into_iter().map(canonical_tensor).collect()))
+}
+
+/// `t` with every float rounded by [`canonical`].
+fn canonical_tensor(mut t: NamedTensor) -> NamedTensor {
+    if t.tensor.ty == TensorType::Fp32 {
+        for chunk in t.tensor.data.chunks_exact_mut(4) {
+            let x = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+            chunk.copy_from_slice(&canonical(x).to_le_bytes());
+        }
+    }
+    t
 }
 
 /// Rounds to the nearest multiple of 2⁻¹⁶ (exact IEEE operations: the same

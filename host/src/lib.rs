@@ -36,6 +36,7 @@ pub mod package;
 mod preinit;
 mod sandbox;
 mod store;
+pub mod worker;
 
 pub use cache::{CacheOutcome, CompiledCache};
 pub use digest::Digest;

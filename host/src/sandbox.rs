@@ -83,6 +83,8 @@ pub(crate) struct Sandbox {
     pub(crate) stderr: CapturedOutput,
     /// Fuel owed for output written and random bytes drawn.
     pub(crate) debt: Debt,
+    /// The call's wall-clock budget, which also bounds each inference run.
+    pub(crate) timeout: Duration,
 }
 
 impl Sandbox {
@@ -119,6 +121,7 @@ impl Sandbox {
             stdout,
             stderr,
             debt,
+            timeout: limits.timeout.min(Limits::MAX_TIMEOUT),
         }
     }
 }

@@ -23,6 +23,8 @@ pub const MAX_RANK: usize = 8;
 /// Most work (see `ops`) the constant part of a graph may take; ONNX
 /// Runtime folds it while loading, before any fuel can be charged.
 pub const MAX_CONSTANT_WORK: u64 = 1 << 32;
+/// Longest name of a value.
+pub const MAX_VALUE_NAME_BYTES: usize = 4096;
 /// Nesting of protobuf messages the parser follows (an admitted model needs
 /// five levels).
 const RECURSION_LIMIT: u32 = 16;
@@ -297,6 +299,11 @@ impl Builder {
     /// A new value named `name`; refused if the name is taken.
     fn define(&mut self, name: &str) -> Result<ValueId, AdmissionError> {
         let id = self.names.len();
+        if name.len() > MAX_VALUE_NAME_BYTES {
+            return Err(AdmissionError::Graph(format!(
+                "a value name is longer than {MAX_VALUE_NAME_BYTES} bytes"
+            )));
+        }
         if name.is_empty() {
             self.names.push(format!("<unnamed {id}>"));
             return Ok(id);

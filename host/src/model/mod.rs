@@ -26,7 +26,7 @@ mod admission;
 mod graph;
 mod infer;
 mod ops;
-mod proto;
+pub(crate) mod proto;
 
 pub use admission::{
     AdmissionError, Admitted, IR_VERSIONS, MAX_CONSTANT_ELEMENTS, MAX_CONSTANT_WORK, MAX_NODES,

@@ -8,6 +8,7 @@ mod minilm;
 mod models;
 mod native;
 mod package;
+mod worker;
 
 use soma_host::{Encoder, Engine};
 use std::sync::OnceLock;

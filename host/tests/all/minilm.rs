@@ -112,7 +112,7 @@ const SENTENCES: &[&str] = &[
 fn native_l6(sentence: &str) -> Vec<f32> {
     static NATIVE: OnceLock<std::sync::Mutex<NativeMiniLm>> = OnceLock::new();
     let native = NATIVE.get_or_init(|| {
-        let env = soma_host::inference::runtime().unwrap();
+        let env = soma_host::worker::runtime().unwrap();
         let builder = ort::session::Session::builder(env).unwrap();
         let tokenizer = models_dir().join("tokenizer.json");
         std::sync::Mutex::new(NativeMiniLm::new(builder, &model(L6_MODEL), &tokenizer))

@@ -495,3 +495,63 @@ fn outputs_have_one_zero() {
     assert_eq!(out.vectors[0][0].to_bits(), 0.0f32.to_bits());
     assert_eq!(&out.vectors[0][1..3], &[-1.0, -2.0]);
 }
+
+/// Four 1024 × 1024 products of a tensor expanded from the input: cheap in
+/// fuel terms per byte handed over, seconds of ONNX Runtime on a tight
+/// wall-clock budget.
+fn slow() -> Vec<u8> {
+    let products = (0..4).map(|i| {
+        let from = if i == 0 {
+            "e".to_string()
+        } else {
+            format!("p{i}")
+        };
+        node("MatMul", &[&from, "e"], &[&format!("p{}", i + 1)], vec![])
+    });
+    let nodes = std::iter::once(node("Expand", &["x", "s"], &["e"], vec![]))
+        .chain(products)
+        .chain([node(
+            "ReduceSum",
+            &["p4"],
+            &["y"],
+            vec![attr_int("keepdims", 0)],
+        )])
+        .collect();
+    model(graph(
+        nodes,
+        vec![tensor("s", INT64, &[2], &i64s(&[1024, 1024]))],
+        value("y", FLOAT, &[]),
+    ))
+}
+
+#[test]
+fn a_run_past_its_wall_clock_budget_kills_the_worker_and_is_not_held_against_the_encoder() {
+    // An engine (and worker) of its own: the kill must not race other tests.
+    let engine = soma_host::Engine::new().unwrap();
+    let bytes = slow();
+    let package = package_with(
+        soma_examples_artifacts::HOSTILE,
+        "hostile",
+        vec![("model.onnx".to_string(), bytes.clone())],
+    );
+    let encoder = engine.load_package(&package, None).unwrap();
+    let input = text(&[&format!("run:1:{}", blake3::hash(&bytes).to_hex())]);
+    encoder
+        .embed(&input, &Limits::default(), Seed::from(0))
+        .unwrap();
+    let tight = Limits {
+        timeout: std::time::Duration::from_millis(5),
+        ..Limits::default()
+    };
+    let err = encoder.embed(&input, &tight, Seed::from(0)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Host(m) if m.contains("wall-clock")),
+        "{err}"
+    );
+    assert!(!err.is_deterministic());
+    // A fresh worker loads the model again and serves.
+    let again = encoder
+        .embed(&input, &Limits::default(), Seed::from(0))
+        .unwrap();
+    assert_eq!(again.vectors[0][0], 0.0);
+}

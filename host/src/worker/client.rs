@@ -1,0 +1,302 @@
+//! The host's side: starts the worker, talks to it, and replaces it when it
+//! dies or runs past its wall-clock budget.
+
+use super::protocol::{ProtocolError, Reply, Request, read_frame};
+use crate::bindings::soma::encoder::inference::NamedTensor;
+use crate::digest::Digest;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Environment variable naming the worker executable; by default the host
+/// looks for `soma-inference-worker` beside its own executable (and one
+/// directory up, where cargo puts binaries for its test executables).
+pub const WORKER_ENV: &str = "SOMA_INFERENCE_WORKER";
+
+/// The worker executable's file name.
+pub const WORKER_NAME: &str = "soma-inference-worker";
+
+/// Wall-clock budget for compiling a model in the worker.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Bytes of the worker's stderr kept to explain its death.
+const STDERR_KEPT: usize = 4096;
+
+/// A failure of this host's worker, not of the encoder or its model: the
+/// call in flight fails as a local error and the next one gets a fresh
+/// worker.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum WorkerError {
+    /// The worker could not be started.
+    #[error("cannot start the inference worker: {0}")]
+    Spawn(String),
+    /// The worker died or broke the protocol.
+    #[error("the inference worker failed: {0}")]
+    Died(String),
+    /// The worker ran past its wall-clock budget and was killed.
+    #[error("the inference worker exceeded its wall-clock budget of {0:?} and was restarted")]
+    Timeout(Duration),
+}
+
+/// One supervised worker process, started on first use. Requests are
+/// served one at a time.
+pub(crate) struct Worker {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    process: Option<Process>,
+    /// Every model loaded so far, to load again into a restarted worker.
+    models: BTreeMap<Digest, Arc<Vec<u8>>>,
+    /// The empty directory the worker is told holds external data.
+    external_data: Option<tempfile::TempDir>,
+}
+
+struct Process {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    replies: Receiver<Result<Vec<u8>, ProtocolError>>,
+    /// The largest reply the reader accepts, set before each request.
+    reply_bound: Arc<AtomicU64>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    loaded: BTreeSet<Digest>,
+}
+
+impl Worker {
+    pub(crate) fn new() -> Worker {
+        Worker {
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Compiles `model` in the worker under `digest`. The outer error is a
+    /// failure of this host, the inner one ONNX Runtime's refusal.
+    pub(crate) fn load(
+        &self,
+        digest: Digest,
+        model: Arc<Vec<u8>>,
+    ) -> Result<Result<(), String>, WorkerError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.models.insert(digest, model);
+        let answer = state.load_into_process(digest)?;
+        if answer.is_err() {
+            state.models.remove(&digest);
+        }
+        Ok(answer)
+    }
+
+    /// Runs the model of `digest` on `inputs`, waiting at most `timeout`
+    /// and accepting a reply of at most `max_reply` bytes.
+    pub(crate) fn run(
+        &self,
+        digest: Digest,
+        inputs: Vec<NamedTensor>,
+        max_reply: u64,
+        timeout: Duration,
+    ) -> Result<Result<Vec<NamedTensor>, String>, WorkerError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !state.process()?.loaded.contains(&digest)
+            && let Err(refused) = state.load_into_process(digest)?
+        {
+            return Ok(Err(refused));
+        }
+        match state.exchange(&Request::Run { digest, inputs }, max_reply, timeout)? {
+            Reply::Done(outputs) => Ok(Ok(outputs)),
+            Reply::Refused(text) => Ok(Err(text)),
+        }
+    }
+}
+
+impl State {
+    /// The running worker, started if there is none.
+    fn process(&mut self) -> Result<&mut Process, WorkerError> {
+        if self.process.is_none() {
+            if self.external_data.is_none() {
+                let dir = tempfile::Builder::new()
+                    .prefix("soma-no-external-data")
+                    .tempdir()
+                    .map_err(|e| {
+                        WorkerError::Spawn(format!("cannot create an empty directory: {e}"))
+                    })?;
+                self.external_data = Some(dir);
+            }
+            let dir = self.external_data.as_ref().expect("just created").path();
+            self.process = Some(Process::spawn(dir)?);
+        }
+        Ok(self.process.as_mut().expect("just started"))
+    }
+
+    /// Loads the model of `digest` (which [`Worker::load`] recorded) into
+    /// the running worker.
+    fn load_into_process(&mut self, digest: Digest) -> Result<Result<(), String>, WorkerError> {
+        let Some(model) = self.models.get(&digest).cloned() else {
+            return Ok(Err(format!("model {digest} was never loaded")));
+        };
+        let request = Request::Load {
+            digest,
+            model: model.to_vec(),
+        };
+        match self.exchange(&request, 1 << 20, LOAD_TIMEOUT)? {
+            Reply::Done(_) => {
+                self.process()?.loaded.insert(digest);
+                Ok(Ok(()))
+            }
+            Reply::Refused(text) => Ok(Err(text)),
+        }
+    }
+
+    /// Sends `request` and waits for the reply; on any failure the worker
+    /// is killed, so that the next request starts a fresh one.
+    fn exchange(
+        &mut self,
+        request: &Request,
+        max_reply: u64,
+        timeout: Duration,
+    ) -> Result<Reply, WorkerError> {
+        let process = self.process()?;
+        let result = process.exchange(request, max_reply, timeout);
+        if result.is_err()
+            && let Some(mut dead) = self.process.take()
+        {
+            dead.kill();
+        }
+        result
+    }
+}
+
+impl Process {
+    fn spawn(external_data: &Path) -> Result<Process, WorkerError> {
+        let path = worker_path().map_err(WorkerError::Spawn)?;
+        // The worker sees nothing of this process's environment but where
+        // ONNX Runtime is (ONNX Runtime reads settings from variables).
+        let mut command = Command::new(&path);
+        command.env_clear().arg(external_data);
+        if let Some(dylib) = std::env::var_os(super::DYLIB_ENV) {
+            command.env(super::DYLIB_ENV, dylib);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| WorkerError::Spawn(format!("{}: {e}", path.display())))?;
+        let stdin = BufWriter::new(child.stdin.take().expect("piped"));
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut stderr_pipe = child.stderr.take().expect("piped");
+        let reply_bound = Arc::new(AtomicU64::new(0));
+        let (send, replies) = channel();
+        let bound = reply_bound.clone();
+        std::thread::Builder::new()
+            .name("soma-worker-replies".into())
+            .spawn(move || {
+                loop {
+                    let frame = read_frame(&mut stdout, || bound.load(Ordering::Acquire));
+                    let failed = frame.is_err();
+                    if send.send(frame).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| WorkerError::Spawn(format!("cannot start a reader thread: {e}")))?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let kept = stderr.clone();
+        std::thread::Builder::new()
+            .name("soma-worker-stderr".into())
+            .spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = stderr_pipe.read(&mut buf) {
+                    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    let room = STDERR_KEPT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+            })
+            .map_err(|e| WorkerError::Spawn(format!("cannot start a reader thread: {e}")))?;
+        Ok(Process {
+            child,
+            stdin,
+            replies,
+            reply_bound,
+            stderr,
+            loaded: BTreeSet::new(),
+        })
+    }
+
+    fn exchange(
+        &mut self,
+        request: &Request,
+        max_reply: u64,
+        timeout: Duration,
+    ) -> Result<Reply, WorkerError> {
+        self.reply_bound.store(max_reply, Ordering::Release);
+        if let Err(e) = request.write(&mut self.stdin) {
+            return Err(self.died(&e.to_string()));
+        }
+        match self.replies.recv_timeout(timeout) {
+            Ok(Ok(body)) => Reply::decode(&body).map_err(|e| self.died(&e.to_string())),
+            Ok(Err(e)) => Err(self.died(&e.to_string())),
+            Err(RecvTimeoutError::Timeout) => Err(WorkerError::Timeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(self.died("the reply pipe closed")),
+        }
+    }
+
+    /// Describes the worker's death: what went wrong, its exit status and
+    /// what it wrote to stderr.
+    fn died(&mut self, what: &str) -> WorkerError {
+        self.kill();
+        let status = self
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map_or(String::new(), |s| format!(" ({s})"));
+        // Give the stderr reader a moment to collect the last words.
+        std::thread::sleep(Duration::from_millis(20));
+        let stderr = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        let said = String::from_utf8_lossy(&stderr);
+        let said = said.trim();
+        WorkerError::Died(if said.is_empty() {
+            format!("{what}{status}")
+        } else {
+            format!("{what}{status}: {said}")
+        })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where the worker executable is: `SOMA_INFERENCE_WORKER`, or beside this
+/// executable, or one directory up.
+fn worker_path() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(WORKER_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let here = exe.parent().ok_or("this executable has no directory")?;
+    let name = format!("{WORKER_NAME}{}", std::env::consts::EXE_SUFFIX);
+    [Some(here), here.parent()]
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join(&name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "`{name}` is not beside {} (build it with `cargo build -p soma-host`, or set {WORKER_ENV})",
+                exe.display()
+            )
+        })
+}

@@ -1,0 +1,124 @@
+//! ONNX Runtime out of process: models run in a supervised worker.
+//!
+//! Admission ([`crate::model`]) refuses what the host can see is dangerous
+//! in a model, but ONNX Runtime is still a large body of native code fed
+//! attacker-chosen graphs and weights. So it runs in its own process, the
+//! `soma-inference-worker` executable, which the host starts on first use:
+//!
+//! * the worker loads ONNX Runtime, then confines itself ([`confine`]): no
+//!   files, no network, no new programs, address space capped;
+//! * models and tensors reach it over its stdin and results come back over
+//!   its stdout ([`protocol`]); the host bounds every reply by what the run
+//!   was planned to produce, and checks shapes and rounds values itself;
+//! * a run that outlives its wall-clock budget, a crash or a broken reply
+//!   kills the worker: the call in flight fails as a local error of this
+//!   host (never evidence against the encoder), and the next call starts a
+//!   fresh worker, which reloads the models it needs.
+
+mod client;
+mod confine;
+mod protocol;
+mod server;
+
+pub(crate) use client::Worker;
+pub use client::{WORKER_ENV, WORKER_NAME};
+pub use confine::MEMORY_BYTES;
+pub use server::{DYLIB_ENV, RuntimeUnavailable, runtime};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The worker executable's `main`: `soma-inference-worker <empty
+/// directory>` serves the host; `--check-confinement` reports whether this
+/// machine confines the worker (files, sockets and programs out of reach).
+pub fn main() -> ExitCode {
+    let arg = std::env::args_os().nth(1).map(PathBuf::from);
+    match arg.as_deref().and_then(|a| a.to_str()) {
+        Some("--check-confinement") => return check_confinement(),
+        Some(PROBE) => return probe(),
+        _ => {}
+    }
+    let Some(external_data) = arg else {
+        eprintln!("usage: {WORKER_NAME} <empty directory> | --check-confinement");
+        return ExitCode::from(2);
+    };
+    // Everything that touches the filesystem happens before confinement:
+    // loading the library, and ONNX Runtime's first session (CPU detection).
+    if let Err(e) = runtime().and_then(server::warm_up) {
+        eprintln!("{e}");
+        return ExitCode::from(3);
+    }
+    if let Err(e) = confine::confine() {
+        eprintln!("{e}");
+        return ExitCode::from(4);
+    }
+    match server::serve(&external_data) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The hidden argument of the confined probe [`check_confinement`] starts.
+const PROBE: &str = "--confined-probe";
+
+/// Runs the probe in a child (a confined process cannot write to a file,
+/// and this one's stdout may be one) and passes its report on.
+fn check_confinement() -> ExitCode {
+    let report = std::env::current_exe().and_then(|exe| {
+        std::process::Command::new(exe)
+            .arg(PROBE)
+            .stdin(std::process::Stdio::null())
+            .output()
+    });
+    match report {
+        Ok(out) => {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            if out.status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("cannot start the probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Confines this process and tries what confinement must stop.
+fn probe() -> ExitCode {
+    let exe = std::env::current_exe().unwrap_or_default();
+    if let Err(e) = confine::confine() {
+        eprintln!("not confined: {e}");
+        return ExitCode::FAILURE;
+    }
+    let escapes = [
+        ("open a file", std::fs::File::open(&exe).is_ok()),
+        (
+            "create a file",
+            std::fs::File::create(exe.with_extension("probe")).is_ok(),
+        ),
+        (
+            "open a socket",
+            std::net::TcpListener::bind("127.0.0.1:0").is_ok(),
+        ),
+        (
+            "start a program",
+            std::process::Command::new(&exe).output().is_ok(),
+        ),
+    ];
+    let mut confined = true;
+    for (what, done) in escapes {
+        println!("{what}: {}", if done { "ALLOWED" } else { "refused" });
+        confined &= !done;
+    }
+    if confined {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,240 @@
+//! The worker's side: ONNX Runtime sessions, served over stdin/stdout.
+
+use super::protocol::{ProtocolError, Reply, Request, read_frame};
+use crate::bindings::soma::encoder::inference::{NamedTensor, Tensor, TensorType};
+use crate::digest::Digest;
+use crate::model::MAX_TENSOR_BYTES;
+use ort::logging::LogLevel;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, ValueType};
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Environment variable naming the ONNX Runtime shared library.
+pub const DYLIB_ENV: &str = "SOMA_ORT_DYLIB";
+
+/// Largest request the worker reads: a model and its framing.
+const MAX_REQUEST_BYTES: u64 = crate::package::MAX_MODEL_BYTES + (1 << 20);
+
+/// Why ONNX Runtime could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("ONNX Runtime is not available: {0}")]
+pub struct RuntimeUnavailable(pub String);
+
+static RUNTIME: OnceLock<Result<ort::environment::Environment, RuntimeUnavailable>> =
+    OnceLock::new();
+
+/// The process's ONNX Runtime environment, loaded on first use from the
+/// library `SOMA_ORT_DYLIB` names. The host never calls it for encoders
+/// (their models run in the worker); it is public for native baselines.
+pub fn runtime() -> Result<&'static ort::environment::Environment, RuntimeUnavailable> {
+    RUNTIME
+        .get_or_init(|| {
+            let path = std::env::var_os(DYLIB_ENV).map(PathBuf::from).ok_or_else(|| {
+                RuntimeUnavailable(format!(
+                    "{DYLIB_ENV} is not set; run `cargo xtask setup`, or point {DYLIB_ENV} at libonnxruntime.so (1.32)"
+                ))
+            })?;
+            let unavailable =
+                |e: &dyn std::fmt::Display| RuntimeUnavailable(format!("{}: {e}", path.display()));
+            ort::init_from(&path)
+                .map_err(|e| unavailable(&e))?
+                .with_name("soma")
+                .with_telemetry(false)
+                .build()
+                .map_err(|e| unavailable(&e))
+                .inspect(|env| env.set_log_level(LogLevel::Fatal))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Compiles and runs a one-node model, so that everything ONNX Runtime
+/// initialises lazily (CPU detection reads `/proc` and `/sys`) is done
+/// before the worker confines itself.
+pub(crate) fn warm_up(_: &ort::environment::Environment) -> Result<(), RuntimeUnavailable> {
+    use crate::model::proto;
+    use protobuf::Message;
+    let mut x = proto::ValueInfoProto::new();
+    x.set_name("x".into());
+    let mut tensor = proto::type_proto::Tensor::new();
+    tensor.set_elem_type(1);
+    let mut dim = proto::tensor_shape_proto::Dimension::new();
+    dim.set_dim_value(1);
+    tensor.shape.mut_or_insert_default().dim.push(dim);
+    x.type_.mut_or_insert_default().set_tensor_type(tensor);
+    let mut y = x.clone();
+    y.set_name("y".into());
+    let mut node = proto::NodeProto::new();
+    node.set_op_type("Neg".into());
+    node.input.push("x".into());
+    node.output.push("y".into());
+    let mut model = proto::ModelProto::new();
+    model.set_ir_version(8);
+    let mut opset = proto::OperatorSetIdProto::new();
+    opset.set_version(17);
+    model.opset_import.push(opset);
+    let graph = model.graph.mut_or_insert_default();
+    graph.node.push(node);
+    graph.input.push(x);
+    graph.output.push(y);
+    let failed =
+        |e: String| RuntimeUnavailable(format!("ONNX Runtime fails a one-node model: {e}"));
+    let bytes = model.write_to_bytes().map_err(|e| failed(e.to_string()))?;
+    let mut session = compile(&bytes, Path::new(".")).map_err(failed)?;
+    let input = NamedTensor {
+        name: "x".into(),
+        tensor: Tensor {
+            dimensions: vec![1],
+            ty: TensorType::Fp32,
+            data: 1.0f32.to_le_bytes().to_vec(),
+        },
+    };
+    run(&mut session, vec![input]).map(drop).map_err(failed)
+}
+
+/// Serves requests on stdin until it closes: the inference worker's main
+/// loop. `external_data` names an empty directory ONNX Runtime is told
+/// holds external data. Returns an error only if the pipes fail.
+pub(crate) fn serve(external_data: &Path) -> Result<(), ProtocolError> {
+    let mut input = BufReader::new(io::stdin().lock());
+    let mut output = BufWriter::new(io::stdout().lock());
+    let mut sessions: BTreeMap<Digest, Session> = BTreeMap::new();
+    loop {
+        let body = match read_frame(&mut input, || MAX_REQUEST_BYTES) {
+            Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            other => other?,
+        };
+        let reply = match Request::decode(&body)? {
+            Request::Load { digest, model } => match compile(&model, external_data) {
+                Ok(session) => {
+                    sessions.insert(digest, session);
+                    Reply::Done(vec![])
+                }
+                Err(e) => Reply::Refused(e),
+            },
+            Request::Run { digest, inputs } => match sessions.get_mut(&digest) {
+                Some(session) => run(session, inputs).map_or_else(Reply::Refused, Reply::Done),
+                None => Reply::Refused(format!("no session for {digest}")),
+            },
+        };
+        reply.write(&mut output)?;
+    }
+}
+
+/// Builds a session with the settings every host uses.
+fn compile(model: &[u8], external_data: &Path) -> Result<Session, String> {
+    let env = runtime().map_err(|e| e.to_string())?;
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    Session::builder(env)
+        .map_err(|e| text(&e))?
+        // CPU only, without the arena: memory is given back after each run.
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+        .map_err(|e| text(&e))?
+        .with_optimization_level(GraphOptimizationLevel::Level1)
+        .map_err(|e| text(&e))?
+        .with_intra_threads(1)
+        .map_err(|e| text(&e))?
+        .with_inter_threads(1)
+        .map_err(|e| text(&e))?
+        .with_parallel_execution(false)
+        .map_err(|e| text(&e))?
+        .with_deterministic_compute(true)
+        .map_err(|e| text(&e))?
+        .with_memory_pattern(false)
+        .map_err(|e| text(&e))?
+        .with_log_level(LogLevel::Fatal)
+        .map_err(|e| text(&e))?
+        .with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            external_data.to_string_lossy(),
+        )
+        .map_err(|e| text(&e))?
+        .with_config_entry(
+            "optimization.constant_folding_max_output_size_in_bytes",
+            MAX_TENSOR_BYTES.to_string(),
+        )
+        .map_err(|e| text(&e))?
+        .commit_from_memory(model)
+        .map_err(|e| text(&e))
+}
+
+/// Runs a session; the outputs are ONNX Runtime's, unrounded.
+fn run(session: &mut Session, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, String> {
+    let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let value = to_ort(&input.tensor).map_err(|e| format!("`{}`: {e}", input.name))?;
+        values.push((input.name, value));
+    }
+    let outputs = session.run(values).map_err(|e| e.to_string())?;
+    outputs
+        .iter()
+        .map(|(name, value)| {
+            from_ort(&value)
+                .map(|tensor| NamedTensor {
+                    name: name.to_string(),
+                    tensor,
+                })
+                .map_err(|e| format!("output `{name}`: {e}"))
+        })
+        .collect()
+}
+
+fn to_ort(t: &Tensor) -> ort::Result<DynValue> {
+    let shape: Vec<i64> = t.dimensions.iter().map(|&d| i64::from(d)).collect();
+    let bytes = &t.data;
+    Ok(match t.ty {
+        TensorType::Fp32 => {
+            ort::value::Tensor::from_array((shape, decode(bytes, f32::from_le_bytes)))?.into_dyn()
+        }
+        TensorType::I64 => {
+            ort::value::Tensor::from_array((shape, decode(bytes, i64::from_le_bytes)))?.into_dyn()
+        }
+        TensorType::I32 => {
+            ort::value::Tensor::from_array((shape, decode(bytes, i32::from_le_bytes)))?.into_dyn()
+        }
+        TensorType::U8 => ort::value::Tensor::from_array((shape, bytes.clone()))?.into_dyn(),
+    })
+}
+
+fn decode<T, const N: usize>(bytes: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|c| from_le(c.try_into().expect("chunks of N")))
+        .collect()
+}
+
+fn from_ort(value: &DynValue) -> Result<Tensor, String> {
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Err("not a tensor".into());
+    };
+    match ty {
+        TensorElementType::Float32 => extract(value, TensorType::Fp32, f32::to_le_bytes),
+        TensorElementType::Int64 => extract(value, TensorType::I64, i64::to_le_bytes),
+        TensorElementType::Int32 => extract(value, TensorType::I32, i32::to_le_bytes),
+        TensorElementType::Uint8 => extract(value, TensorType::U8, |x: u8| [x]),
+        other => Err(format!("element type {other:?} is not supported")),
+    }
+}
+
+/// Copies an ONNX Runtime tensor of element type `T` out as `ty`, each
+/// element turned into little-endian bytes by `to_le`.
+fn extract<T: PrimitiveTensorElementType + Copy, const N: usize>(
+    value: &DynValue,
+    ty: TensorType,
+    to_le: impl Fn(T) -> [u8; N],
+) -> Result<Tensor, String> {
+    let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+    let dimensions = shape
+        .iter()
+        .map(|&d| u32::try_from(d).map_err(|_| format!("dimension {d}")))
+        .collect::<Result<_, _>>()?;
+    Ok(Tensor {
+        dimensions,
+        ty,
+        data: data.iter().flat_map(|&x| to_le(x)).collect(),
+    })
+}
