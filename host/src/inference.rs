@@ -22,6 +22,7 @@ use crate::model::{self, AdmissionError, ElemType, Graph, Plan, ShapeError, Tens
 use crate::sandbox::Sandbox;
 use crate::worker::Worker;
 use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use wasmtime::StoreContextMut;
@@ -100,7 +101,11 @@ impl ModelCache {
     }
 
     fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Model>, ModelError> {
-        let admitted = model::admit(bytes).map_err(ModelError::Refused)?;
+        // Admission is the host's own code on hostile bytes: should it ever
+        // panic, the model is refused and the host keeps serving.
+        let admitted = catch_unwind(|| model::admit(bytes))
+            .unwrap_or_else(|_| Err(AdmissionError::Malformed("admission failed".into())))
+            .map_err(ModelError::Refused)?;
         let graph = admitted.graph;
         match self.worker.load(*digest, Arc::new(admitted.canonical)) {
             Ok(Ok(())) => Ok(Arc::new(Model {
@@ -201,20 +206,25 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
                 Ok(inputs) => inputs,
                 Err(e) => return Ok((Err(e),)),
             };
-            let plan = match model.graph.plan(&inputs.shapes()) {
+            let shapes = inputs.shapes();
+            let planned = catch_unwind(AssertUnwindSafe(|| model.graph.plan(&shapes)));
+            let Ok(planned) = planned else {
+                let message = "shape inference failed on these inputs";
+                return Ok((Err(error(ErrorCode::InvalidArgument, message)),));
+            };
+            let plan = match planned {
                 Ok(plan) => plan,
-                Err(e @ ShapeError::TooLarge { .. }) => {
+                Err(e @ (ShapeError::TooLarge { .. } | ShapeError::Memory { .. })) => {
                     return Ok((Err(error(ErrorCode::TooLarge, e.to_string())),));
                 }
                 Err(e) => return Ok((Err(error(ErrorCode::InvalidArgument, e.to_string())),)),
             };
             let output_bytes: u64 = plan.outputs.iter().map(TensorInfo::bytes).sum();
-            // The constant part was folded when the model was loaded
-            // (admission bounds it); each run pays for the rest.
-            let work = plan.work - plan.constant_work;
+            // What ONNX Runtime folded when it loaded the model is not in
+            // the plan's work (admission bounds it).
             charge_fuel(
                 &mut store,
-                (work / WORK_PER_FUEL).saturating_add(output_bytes * HOST_FUEL_PER_BYTE),
+                (plan.work / WORK_PER_FUEL).saturating_add(output_bytes * HOST_FUEL_PER_BYTE),
             )?;
             let timeout = store.data().timeout;
             Ok((run(&model, inputs, &plan, timeout)?,))
@@ -421,6 +431,11 @@ fn canonical(x: f32) -> f32 {
     if x.is_nan() {
         return f32::NAN;
     }
+    if x.abs() >= 256.0 {
+        // Already on the grid (a float this large has no bits below 2⁻¹⁵),
+        // and scaling it could overflow.
+        return x;
+    }
     let rounded = (x * OUTPUT_GRID).round() / OUTPUT_GRID;
     if rounded == 0.0 { 0.0 } else { rounded }
 }
@@ -439,5 +454,7 @@ mod tests {
         let odd_nan = f32::from_bits(0xffc0_0001);
         assert_eq!(canonical(odd_nan).to_bits(), f32::NAN.to_bits());
         assert_eq!(canonical(f32::INFINITY), f32::INFINITY);
+        assert_eq!(canonical(f32::MAX), f32::MAX);
+        assert_eq!(canonical(-1e34), -1e34);
     }
 }

@@ -1,8 +1,8 @@
 //! Admission: the checks a model passes before ONNX Runtime sees it.
 
 use super::graph::{Attribute, Dim, ElemType, Graph, Input, Node, TensorInfo, ValueId, elements};
-use super::infer::ShapeError;
-use super::ops::{KNOWN_VALUES, Op};
+use super::infer::{Plan, ShapeError};
+use super::ops::{KNOWN_VALUES, Op, wrap};
 use super::proto;
 use protobuf::{CodedInputStream, Message};
 use std::collections::BTreeMap;
@@ -23,6 +23,9 @@ pub const MAX_RANK: usize = 8;
 /// Most work (see `ops`) the constant part of a graph may take; ONNX
 /// Runtime folds it while loading, before any fuel can be charged.
 pub const MAX_CONSTANT_WORK: u64 = 1 << 32;
+/// Most bytes the constant part of a graph may produce (ONNX Runtime keeps
+/// what it folds for the life of the session).
+pub const MAX_CONSTANT_BYTES: u64 = 1 << 30;
 /// Longest name of a value.
 pub const MAX_VALUE_NAME_BYTES: usize = 4096;
 /// Nesting of protobuf messages the parser follows (an admitted model needs
@@ -67,11 +70,16 @@ pub enum AdmissionError {
     /// Shapes cannot be inferred, or a tensor would be too large.
     #[error("shape inference: {0}")]
     Shapes(String),
-    /// The constant part of the graph is more work than loading may take.
-    #[error("folding the model's constants takes {work} work units; at most {MAX_CONSTANT_WORK}")]
+    /// The constant part of the graph is more work, or makes more bytes,
+    /// than loading may take.
+    #[error(
+        "folding the model's constants takes {work} work units and {bytes} bytes; at most {MAX_CONSTANT_WORK} and {MAX_CONSTANT_BYTES}"
+    )]
     ConstantWork {
         /// Work of the constant part.
         work: u64,
+        /// Bytes it produces.
+        bytes: u64,
     },
     /// A graph output the sandbox cannot return faithfully.
     #[error("output `{name}`: {reason}")]
@@ -111,14 +119,20 @@ impl Admitted {
 pub fn admit(bytes: &[u8]) -> Result<Admitted, AdmissionError> {
     let mut input = CodedInputStream::from_bytes(bytes);
     input.set_recursion_limit(RECURSION_LIMIT);
-    let model = proto::ModelProto::parse_from(&mut input)
+    let mut model = proto::ModelProto::parse_from(&mut input)
         .map_err(|e| AdmissionError::Malformed(e.to_string()))?;
     if let Some(path) = proto::first_unknown_field(&model) {
         return Err(AdmissionError::UnknownField(path));
     }
     check_model(&model)?;
-    let graph = Builder::default().build(model.graph.get_or_default())?;
-    check_plan(&graph)?;
+    let mut graph = Builder::default().build(model.graph.get_or_default())?;
+    check_plan(&mut graph)?;
+    // Metadata is dropped: ONNX Runtime can read settings from it.
+    model.metadata_props.clear();
+    if let Some(g) = model.graph.as_mut() {
+        g.metadata_props.clear();
+        g.node.iter_mut().for_each(|n| n.metadata_props.clear());
+    }
     let canonical = model
         .write_to_bytes()
         .map_err(|e| AdmissionError::Malformed(e.to_string()))?;
@@ -223,7 +237,14 @@ fn constant(t: &proto::TensorProto, label: &str) -> Result<TensorInfo, Admission
             "its data does not hold exactly the {n} {ty:?} elements its dimensions declare"
         )));
     }
-    let values = (ty.is_integer() && n <= KNOWN_VALUES).then(|| integer_values(t, ty));
+    let values = (ty.is_integer() && n <= KNOWN_VALUES).then(|| {
+        // Narrow types wrap as their kernels read them (an int32_data entry
+        // of -1 in a u8 tensor is 255).
+        integer_values(t, ty)
+            .into_iter()
+            .map(|v| wrap(v, ty))
+            .collect()
+    });
     Ok(TensorInfo { ty, dims, values })
 }
 
@@ -410,17 +431,28 @@ impl Builder {
                 attributes,
             });
         }
-        let outputs = g
+        let outputs: Vec<ValueId> = g
             .output
             .iter()
             .map(|o| self.lookup(o.name(), "graph output"))
             .collect::<Result<_, _>>()?;
+        let mut last_use = vec![None; self.names.len()];
+        for (index, node) in nodes.iter().enumerate() {
+            for &id in node.inputs.iter().flatten() {
+                last_use[id] = Some(index);
+            }
+        }
+        for &id in &outputs {
+            last_use[id] = Some(usize::MAX);
+        }
         Ok(Graph {
             names: self.names,
             inputs,
             constants,
             nodes,
             outputs,
+            last_use,
+            folded: Vec::new(),
         })
     }
 }
@@ -455,11 +487,9 @@ fn declared_type(input: &proto::ValueInfoProto) -> Result<(ElemType, Vec<Dim>), 
     Ok((ty, dims))
 }
 
-/// Plans the graph once with every free dimension 1: shapes must be
-/// inferable, the constant part cheap to fold, and the outputs of types the
-/// sandbox returns, integers only where they do not carry float bits.
-fn check_plan(graph: &Graph) -> Result<(), AdmissionError> {
-    let probe: Vec<(ElemType, Vec<u64>)> = graph
+/// Inputs of the graph's declared types with every free dimension `free`.
+fn probe(graph: &Graph, free: u64) -> Vec<(ElemType, Vec<u64>)> {
+    graph
         .inputs
         .iter()
         .map(|i| {
@@ -468,19 +498,21 @@ fn check_plan(graph: &Graph) -> Result<(), AdmissionError> {
                 .iter()
                 .map(|d| match d {
                     Dim::Fixed(n) => *n,
-                    Dim::Free => 1,
+                    Dim::Free => free,
                 })
                 .collect();
             (i.ty, dims)
         })
-        .collect();
-    let plan = graph.plan(&probe)?;
-    if plan.constant_work > MAX_CONSTANT_WORK {
-        return Err(AdmissionError::ConstantWork {
-            work: plan.constant_work,
-        });
-    }
-    let float_derived = float_derived(graph, &plan.types);
+        .collect()
+}
+
+/// Plans the graph with every free dimension 1: shapes must be inferable,
+/// the outputs of types the sandbox returns (integers only where they do
+/// not come from floats), and what ONNX Runtime folds at load bounded.
+/// Records which nodes it folds.
+fn check_plan(graph: &mut Graph) -> Result<(), AdmissionError> {
+    let plan = graph.plan(&probe(graph, 1))?;
+    let float_derived = float_derived(graph, &plan.values);
     for (&id, out) in graph.outputs.iter().zip(&plan.outputs) {
         let name = graph.names[id].clone();
         let reason = match out.ty {
@@ -498,18 +530,84 @@ fn check_plan(graph: &Graph) -> Result<(), AdmissionError> {
             });
         }
     }
+    fold(graph, &plan)
+}
+
+/// Operators ONNX Runtime leaves unfolded (it keeps quantisation nodes for
+/// its quantised kernels).
+fn never_folded(op: Op) -> bool {
+    matches!(
+        op,
+        Op::QuantizeLinear | Op::DequantizeLinear | Op::DynamicQuantizeLinear
+    )
+}
+
+/// Bounds what ONNX Runtime may compute while loading the model, and marks
+/// the nodes it surely folds, whose work runs then pay nothing for.
+///
+/// Two estimates, one on each side. For the bound, every node all of whose
+/// inputs are constants, or which reads only a shape, counts (ONNX Runtime
+/// folds at most these). For the discount, a node counts only if ONNX
+/// Runtime certainly folds it: its inputs are initializers or folded, it is
+/// not a quantisation node, its outputs fit the folding cap, and a `Shape`
+/// or `Size` counts only if its input's shape is the same for every input
+/// size (checked by planning with free dimensions 2 and 3).
+fn fold(graph: &mut Graph, plan: &Plan) -> Result<(), AdmissionError> {
+    let fixed_shape = match (graph.plan(&probe(graph, 2)), graph.plan(&probe(graph, 3))) {
+        (Ok(a), Ok(b)) => a
+            .values
+            .iter()
+            .zip(&b.values)
+            .map(|(a, b)| a.dims == b.dims)
+            .collect(),
+        _ => vec![false; graph.names.len()],
+    };
+    let mut constant = vec![false; graph.names.len()];
+    let mut folded_value = vec![false; graph.names.len()];
+    for (id, _) in &graph.constants {
+        constant[*id] = true;
+        folded_value[*id] = true;
+    }
+    let (mut work, mut bytes) = (0u64, 0u64);
+    let mut folded = Vec::with_capacity(graph.nodes.len());
+    for (index, node) in graph.nodes.iter().enumerate() {
+        let inputs: Vec<usize> = node.inputs.iter().flatten().copied().collect();
+        let reads_shape = matches!(node.op, Op::Shape | Op::Size);
+        let is_constant = reads_shape || inputs.iter().all(|&i| constant[i]);
+        let out_bytes: u64 = node.outputs.iter().map(|&o| plan.values[o].bytes()).sum();
+        let folds = if reads_shape {
+            inputs.iter().all(|&i| fixed_shape[i])
+        } else {
+            inputs.iter().all(|&i| folded_value[i])
+                && !never_folded(node.op)
+                && out_bytes <= super::MAX_TENSOR_BYTES
+        };
+        if is_constant {
+            work = work.saturating_add(plan.node_work[index]);
+            bytes = bytes.saturating_add(out_bytes);
+        }
+        for &o in &node.outputs {
+            constant[o] = is_constant;
+            folded_value[o] = folds;
+        }
+        folded.push(folds);
+    }
+    if work > MAX_CONSTANT_WORK || bytes > MAX_CONSTANT_BYTES {
+        return Err(AdmissionError::ConstantWork { work, bytes });
+    }
+    graph.folded = folded;
     Ok(())
 }
 
 /// Which values depend on floating-point data: floats themselves, and
 /// whatever is computed from them, except shapes.
-fn float_derived(graph: &Graph, types: &[ElemType]) -> Vec<bool> {
-    let mut derived: Vec<bool> = types.iter().map(|&t| t == ElemType::F32).collect();
+fn float_derived(graph: &Graph, values: &[TensorInfo]) -> Vec<bool> {
+    let mut derived: Vec<bool> = values.iter().map(|v| v.ty == ElemType::F32).collect();
     for node in &graph.nodes {
         let from_floats = !matches!(node.op, Op::Shape | Op::Size)
             && node.inputs.iter().flatten().any(|&i| derived[i]);
         for &id in &node.outputs {
-            derived[id] = from_floats || types[id] == ElemType::F32;
+            derived[id] = from_floats || values[id].ty == ElemType::F32;
         }
     }
     derived

@@ -3,6 +3,7 @@
 
 use super::ops::Op;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Element types a model may compute with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +53,8 @@ pub(crate) struct TensorInfo {
     pub(crate) ty: ElemType,
     pub(crate) dims: Vec<u64>,
     /// The elements in row-major order, when they are integers known
-    /// without running the model.
-    pub(crate) values: Option<Vec<i64>>,
+    /// without running the model (shared: reshaping copies no values).
+    pub(crate) values: Option<Arc<[i64]>>,
 }
 
 impl TensorInfo {
@@ -168,4 +169,10 @@ pub(crate) struct Graph {
     pub(crate) constants: Vec<(ValueId, TensorInfo)>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) outputs: Vec<ValueId>,
+    /// The index of the last node reading each value (`usize::MAX` for a
+    /// graph output); `None` if nothing reads it.
+    pub(crate) last_use: Vec<Option<usize>>,
+    /// Which nodes ONNX Runtime folds into constants when it loads the
+    /// model (see admission); their work is not charged per run.
+    pub(crate) folded: Vec<bool>,
 }

@@ -1,24 +1,33 @@
 //! Static shape inference over an admitted graph: for given input shapes,
-//! every tensor's shape and the work of every node, without running it.
+//! every tensor's shape, the work of every node and the memory a run
+//! holds at once, without running it.
 
+use super::admission::MAX_RANK;
 use super::graph::{Dim, ElemType, Graph, TensorInfo};
-use super::ops::Op;
 
 /// Largest tensor any node may produce, in bytes.
-pub(crate) const MAX_TENSOR_BYTES: u64 = 256 << 20;
+pub const MAX_TENSOR_BYTES: u64 = 256 << 20;
+
+/// Most bytes of tensors a run may hold at once (inputs and intermediate
+/// results, each from its producer to its last consumer).
+pub const MAX_LIVE_BYTES: u64 = 2 << 30;
+
+/// Most integer values tracked over one plan: beyond, values are not
+/// tracked, and rules that need them fail.
+const MAX_TRACKED_VALUES: u64 = 1 << 20;
 
 /// What running the graph on inputs of given shapes would do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Plan {
     /// Type and dimensions of each graph output, in graph order.
     pub(crate) outputs: Vec<TensorInfo>,
-    /// Work units of every node (see [`Op::work`]).
+    /// Work units of the nodes a run executes (see `Op::work`): every node
+    /// but those ONNX Runtime folded into constants at load.
     pub(crate) work: u64,
-    /// The part of `work` that does not depend on the inputs: what ONNX
-    /// Runtime may fold into constants when it loads the model.
-    pub(crate) constant_work: u64,
-    /// The element type of every value, by [`super::graph::ValueId`].
-    pub(crate) types: Vec<ElemType>,
+    /// Every value, by [`super::graph::ValueId`].
+    pub(crate) values: Vec<TensorInfo>,
+    /// Work units of each node, folded or not.
+    pub(crate) node_work: Vec<u64>,
 }
 
 /// Why the graph cannot run on the given inputs.
@@ -41,6 +50,9 @@ pub(crate) enum ShapeError {
         op: &'static str,
         bytes: u64,
     },
+    /// The run would hold more than [`MAX_LIVE_BYTES`] at once.
+    #[error("a run would hold {bytes} bytes of tensors at once; at most {MAX_LIVE_BYTES}")]
+    Memory { bytes: u64 },
 }
 
 impl Graph {
@@ -55,8 +67,10 @@ impl Graph {
             )));
         }
         let mut values: Vec<Option<TensorInfo>> = vec![None; self.names.len()];
-        // Whether each value depends on a graph input.
-        let mut variable = vec![false; self.names.len()];
+        // Bytes held at once: the inputs throughout, and each result of an
+        // executed node from its producer to its last consumer.
+        let mut live = 0u64;
+        let mut held = vec![false; self.names.len()];
         for (input, (ty, dims)) in self.inputs.iter().zip(inputs) {
             let fits = *ty == input.ty
                 && dims.len() == input.dims.len()
@@ -70,15 +84,18 @@ impl Graph {
                     input.name, input.ty, input.dims
                 )));
             }
-            values[input.value] = Some(TensorInfo::of(*ty, dims.clone()));
-            variable[input.value] = true;
+            let value = TensorInfo::of(*ty, dims.clone());
+            live = live.saturating_add(value.bytes());
+            values[input.value] = Some(value);
         }
         for (id, constant) in &self.constants {
             values[*id] = Some(constant.clone());
         }
         let mut work = 0u64;
-        let mut constant_work = 0u64;
-        for node in &self.nodes {
+        let mut peak = live;
+        let mut tracked = 0u64;
+        let mut node_work = Vec::with_capacity(self.nodes.len());
+        for (index, node) in self.nodes.iter().enumerate() {
             let args: Vec<Option<&TensorInfo>> = node
                 .inputs
                 .iter()
@@ -89,13 +106,16 @@ impl Graph {
                 op: node.op.name(),
                 reason,
             };
-            let outputs = node.op.infer(node, &args).map_err(fail)?;
+            let mut outputs = node.op.infer(node, &args).map_err(fail)?;
             if outputs.len() < node.outputs.len() {
                 return Err(fail(format!(
                     "has {} outputs; this operator gives {}",
                     node.outputs.len(),
                     outputs.len()
                 )));
+            }
+            if outputs.iter().any(|t| t.dims.len() > MAX_RANK) {
+                return Err(fail(format!("an output has rank above {MAX_RANK}")));
             }
             if let Some(big) = outputs.iter().find(|t| t.bytes() > MAX_TENSOR_BYTES) {
                 return Err(ShapeError::TooLarge {
@@ -104,37 +124,54 @@ impl Graph {
                     bytes: big.bytes(),
                 });
             }
-            let node_work = node.op.work(&args, &outputs);
-            work = work.saturating_add(node_work);
-            let depends = node.inputs.iter().flatten().any(|&i| variable[i]);
-            if !depends && node.op != Op::Constant {
-                constant_work = constant_work.saturating_add(node_work);
+            for out in &mut outputs {
+                let n = out.values.as_ref().map_or(0, |v| v.len() as u64);
+                if tracked + n > MAX_TRACKED_VALUES {
+                    out.values = None;
+                } else {
+                    tracked += n;
+                }
+            }
+            let this_work = node.op.work(node, &args, &outputs);
+            node_work.push(this_work);
+            let folded = self.folded.get(index).copied().unwrap_or(false);
+            if !folded {
+                // A folded node's outputs are constants of the session.
+                work = work.saturating_add(this_work);
+                live = live.saturating_add(outputs.iter().map(TensorInfo::bytes).sum());
+                peak = peak.max(live);
+                node.outputs.iter().for_each(|&id| held[id] = true);
             }
             for (&id, out) in node.outputs.iter().zip(outputs) {
                 values[id] = Some(out);
-                variable[id] = depends;
+            }
+            // What no later node reads is given back.
+            let done = node.inputs.iter().flatten().chain(&node.outputs);
+            for &id in done {
+                let last = self.last_use[id].is_none_or(|last| last == index);
+                if last && std::mem::take(&mut held[id]) {
+                    live = live.saturating_sub(values[id].as_ref().map_or(0, TensorInfo::bytes));
+                }
             }
         }
+        if peak > MAX_LIVE_BYTES {
+            return Err(ShapeError::Memory { bytes: peak });
+        }
+        // Admission checked that every value is defined before it is used.
+        let values: Vec<TensorInfo> = values
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| TensorInfo::of(ElemType::F32, vec![])))
+            .collect();
         let outputs = self
             .outputs
             .iter()
-            .map(|&id| {
-                let mut out = values[id]
-                    .clone()
-                    .expect("admission checked outputs are defined");
-                out.values = None;
-                out
-            })
-            .collect();
-        let types = values
-            .iter()
-            .map(|v| v.as_ref().map_or(ElemType::F32, |v| v.ty))
+            .map(|&id| TensorInfo::of(values[id].ty, values[id].dims.clone()))
             .collect();
         Ok(Plan {
             outputs,
             work,
-            constant_work,
-            types,
+            values,
+            node_work,
         })
     }
 }

@@ -29,8 +29,9 @@ mod ops;
 pub(crate) mod proto;
 
 pub use admission::{
-    AdmissionError, Admitted, IR_VERSIONS, MAX_CONSTANT_ELEMENTS, MAX_CONSTANT_WORK, MAX_NODES,
-    OPSETS, admit,
+    AdmissionError, Admitted, IR_VERSIONS, MAX_CONSTANT_BYTES, MAX_CONSTANT_ELEMENTS,
+    MAX_CONSTANT_WORK, MAX_NODES, MAX_RANK, OPSETS, admit,
 };
 pub(crate) use graph::{ElemType, Graph, TensorInfo};
-pub(crate) use infer::{MAX_TENSOR_BYTES, Plan, ShapeError};
+pub use infer::{MAX_LIVE_BYTES, MAX_TENSOR_BYTES};
+pub(crate) use infer::{Plan, ShapeError};

@@ -13,6 +13,7 @@
 //! whose target shape comes from float data) is an error.
 
 use super::graph::{ElemType, Node, TensorInfo, elements};
+use std::sync::Arc;
 
 /// Integer tensors with at most this many elements have their values
 /// tracked: enough for shapes, axes, indices and position ranges.
@@ -20,6 +21,10 @@ pub(crate) const KNOWN_VALUES: u64 = 4096;
 
 /// Work of dispatching one kernel, in work units: the floor under tiny ops.
 pub(crate) const NODE_WORK: u64 = 2_048;
+
+/// Most inputs of a variadic elementwise operator (`Sum`, `Max`, ...):
+/// each costs a pass over the output.
+pub(crate) const MAX_VARIADIC_INPUTS: usize = 64;
 
 macro_rules! ops {
     ($($op:ident),* $(,)?) => {
@@ -106,6 +111,14 @@ impl Op {
                 }
             }
             Add | Sub | Mul | Div | Mod | Max | Min | Sum => {
+                if matches!(self, Div | Mod) && x()?.ty.is_integer() {
+                    // An integer division by zero, or of the minimum by -1,
+                    // is a CPU fault that kills the process running it.
+                    let divisor = values(inputs, 1, "B")?;
+                    if divisor.iter().any(|&d| d == 0 || (self == Div && d == -1)) {
+                        return Err("an integer divisor may be 0 or -1".into());
+                    }
+                }
                 let fmod = node.int("fmod").unwrap_or(0) != 0;
                 vec![broadcast_op(inputs, None, |a, b| match self {
                     Add | Sum => a.checked_add(b),
@@ -177,7 +190,12 @@ impl Op {
                 if repeats.len() != x.dims.len() {
                     return Err("`repeats` must have one entry per dimension".into());
                 }
-                let dims = x.dims.iter().zip(&repeats).map(|(d, r)| d * r).collect();
+                let dims = x
+                    .dims
+                    .iter()
+                    .zip(&repeats)
+                    .map(|(d, r)| d.saturating_mul(*r))
+                    .collect();
                 vec![TensorInfo::of(x.ty, dims)]
             }
             Pad => vec![pad(node, inputs)?],
@@ -254,7 +272,7 @@ impl Op {
     /// Work units of the node: multiply-adds for products, and for the rest
     /// the elements produced (read, for reductions), weighted by what a
     /// kernel does per element.
-    pub(crate) fn work(self, inputs: &Inputs, outputs: &[TensorInfo]) -> u64 {
+    pub(crate) fn work(self, node: &Node, inputs: &Inputs, outputs: &[TensorInfo]) -> u64 {
         use Op::*;
         let produced: u64 = outputs.iter().map(TensorInfo::elements).sum();
         let read = inputs
@@ -262,9 +280,13 @@ impl Op {
             .copied()
             .flatten()
             .map_or(0, TensorInfo::elements);
+        let passes = inputs.iter().flatten().count().saturating_sub(1).max(1) as u64;
         let body = match self {
-            Shape | Size | Constant | Identity | Reshape | Flatten | Squeeze | Unsqueeze => 0,
-            MatMul | MatMulInteger | Gemm => product_work(inputs, outputs),
+            Shape | Size | Constant => 0,
+            // Often free, but a copy when ONNX Runtime folds them.
+            Identity | Reshape | Flatten | Squeeze | Unsqueeze => produced,
+            MatMul | MatMulInteger => product_work(inputs, outputs, false),
+            Gemm => product_work(inputs, outputs, node.int("transA").unwrap_or(0) != 0),
             ReduceSum | ReduceMean | ReduceMax | ReduceMin | ReduceProd | ReduceL2 | ArgMax
             | ArgMin => read.saturating_mul(16),
             Sqrt | Reciprocal | Exp | Log | Erf | Tanh | Sigmoid | Sin | Cos | Softplus | Elu
@@ -272,20 +294,28 @@ impl Op {
             Softmax | LogSoftmax | LayerNormalization | DynamicQuantizeLinear => {
                 produced.saturating_mul(64)
             }
+            Sum | Mean | Max | Min => produced.saturating_mul(16).saturating_mul(passes),
             _ => produced.saturating_mul(16),
         };
         NODE_WORK.saturating_add(body)
     }
 }
 
-fn product_work(inputs: &Inputs, outputs: &[TensorInfo]) -> u64 {
-    // Every output element is a dot product over the inner dimension.
-    let inner = match inputs.first().copied().flatten().map(|a| a.dims.as_slice()) {
-        Some([.., k]) => *k,
-        _ => 1,
+/// Multiply-adds of a product: every output element is a dot product over
+/// the inner dimension (the first input's last, or first if transposed).
+fn product_work(inputs: &Inputs, outputs: &[TensorInfo], transposed: bool) -> u64 {
+    let dims = inputs
+        .first()
+        .copied()
+        .flatten()
+        .map_or(&[][..], |a| a.dims.as_slice());
+    let inner = if transposed {
+        dims.first()
+    } else {
+        dims.last()
     };
     let out = outputs.first().map_or(0, TensorInfo::elements);
-    out.saturating_mul(inner.max(1))
+    out.saturating_mul(inner.copied().unwrap_or(1).max(1))
         .saturating_add(out.saturating_mul(16))
 }
 
@@ -333,12 +363,12 @@ pub(crate) fn axis_in(axis: i64, rank: usize) -> Result<usize, RuleError> {
     Ok(if axis < 0 { axis + r } else { axis } as usize)
 }
 
+/// A tensor whose values are known, if they are few enough to track;
+/// integers wrap to `ty` as its kernels would.
 fn known(ty: ElemType, dims: Vec<u64>, values: Vec<i64>) -> TensorInfo {
-    TensorInfo {
-        ty,
-        dims,
-        values: Some(values),
-    }
+    let values = (values.len() as u64 <= KNOWN_VALUES)
+        .then(|| values.into_iter().map(|v| wrap(v, ty)).collect());
+    TensorInfo { ty, dims, values }
 }
 
 /// `x` reshaped to `dims`, values (if known) unchanged.
@@ -355,7 +385,7 @@ fn unary(x: &TensorInfo, ty: ElemType, f: impl Fn(i64) -> Option<i64>) -> Tensor
         .values
         .as_ref()
         .filter(|_| ty.is_integer())
-        .and_then(|v| v.iter().map(|&v| f(v)).collect());
+        .and_then(|v| v.iter().map(|&v| f(v).map(|v| wrap(v, ty))).collect());
     TensorInfo {
         ty,
         dims: x.dims.clone(),
@@ -365,7 +395,7 @@ fn unary(x: &TensorInfo, ty: ElemType, f: impl Fn(i64) -> Option<i64>) -> Tensor
 
 /// `v` converted to integer type `to` as a cast does (two's complement
 /// wrap; bool is "not zero").
-fn wrap(v: i64, to: ElemType) -> i64 {
+pub(crate) fn wrap(v: i64, to: ElemType) -> i64 {
     match to {
         ElemType::Bool => i64::from(v != 0),
         ElemType::U8 => i64::from(v as u8),
@@ -437,11 +467,11 @@ fn broadcast_values(
                 })
                 .collect();
             match f(&args) {
-                Some(v) => out.push(v),
+                Some(v) => out.push(wrap(v, ty)),
                 None => ok = false,
             }
         });
-        ok.then_some(out)
+        ok.then(|| Arc::from(out))
     });
     TensorInfo {
         ty,
@@ -459,6 +489,9 @@ fn broadcast_op(
 ) -> Result<TensorInfo, RuleError> {
     let given: Vec<&TensorInfo> = inputs.iter().copied().flatten().collect();
     let first = given.first().ok_or("at least one input is required")?;
+    if given.len() > MAX_VARIADIC_INPUTS {
+        return Err(format!("more than {MAX_VARIADIC_INPUTS} inputs"));
+    }
     if given.iter().any(|t| t.ty != first.ty) {
         return Err("inputs must have one element type".into());
     }
@@ -527,14 +560,16 @@ fn reshape(node: &Node, x: &TensorInfo, shape: &[i64]) -> Result<TensorInfo, Rul
     Ok(same_values(x, dims))
 }
 
-/// Normalised, distinct axes for a tensor of `rank`.
+/// Normalised, distinct axes for a tensor of `rank`, in the order given
+/// (`Slice` and `Pad` pair them with other lists by position).
 fn axes_in(axes: &[i64], rank: usize) -> Result<Vec<usize>, RuleError> {
-    let mut out: Vec<usize> = axes
+    let out: Vec<usize> = axes
         .iter()
         .map(|&a| axis_in(a, rank))
         .collect::<Result<_, _>>()?;
-    out.sort_unstable();
-    if out.windows(2).any(|w| w[0] == w[1]) {
+    let mut sorted = out.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
         return Err(format!("repeated axis in {axes:?}"));
     }
     Ok(out)
@@ -607,15 +642,16 @@ fn concat(node: &Node, inputs: &Inputs) -> Result<TensorInfo, RuleError> {
         if t.ty != first.ty || !same_rest {
             return Err("inputs differ in type, rank or a dimension other than `axis`".into());
         }
-        dims[axis] += t.dims[axis];
+        dims[axis] = dims[axis].saturating_add(t.dims[axis]);
     }
-    let values = (axis == 0 || given.iter().all(|t| elements(&t.dims[..axis]) == 1))
+    let contiguous = axis == 0 || given.iter().all(|t| elements(&t.dims[..axis]) == 1);
+    let values = (contiguous && elements(&dims) <= KNOWN_VALUES)
         .then(|| {
             given
                 .iter()
-                .map(|t| t.values.clone())
+                .map(|t| t.values.as_deref())
                 .collect::<Option<Vec<_>>>()
-                .map(|parts| parts.concat())
+                .map(|parts| Arc::from(parts.concat()))
         })
         .flatten();
     Ok(TensorInfo {
@@ -639,7 +675,8 @@ fn split(node: &Node, inputs: &Inputs) -> Result<Vec<TensorInfo>, RuleError> {
                 .collect()
         }
     };
-    if sizes.len() as u64 != parts || sizes.iter().sum::<u64>() != x.dims[axis] {
+    let total = sizes.iter().fold(0u64, |a, &b| a.saturating_add(b));
+    if sizes.len() as u64 != parts || total != x.dims[axis] {
         return Err("split sizes do not add up to the dimension".into());
     }
     Ok(sizes
@@ -682,7 +719,9 @@ fn slice(inputs: &Inputs) -> Result<TensorInfo, RuleError> {
             let v = i128::from(v);
             if v < 0 { v + d } else { v }
         };
-        let (start, end) = if s > 0 {
+        let (start, end) = if d == 0 {
+            (0, 0)
+        } else if s > 0 {
             (at(starts[k]).clamp(0, d), at(ends[k]).clamp(0, d))
         } else {
             (at(starts[k]).clamp(0, d - 1), at(ends[k]).clamp(-1, d - 1))
@@ -708,7 +747,7 @@ fn slice(inputs: &Inputs) -> Result<TensorInfo, RuleError> {
                 });
                 out.push(v[offset as usize]);
             });
-            out
+            Arc::from(out)
         });
     Ok(TensorInfo {
         ty: x.ty,
@@ -724,7 +763,12 @@ fn gather(node: &Node, inputs: &Inputs) -> Result<TensorInfo, RuleError> {
     }
     let axis = axis_in(node.int("axis").unwrap_or(0), x.dims.len())?;
     let d = x.dims[axis] as i64;
-    if let Some(bad) = indices.values.iter().flatten().find(|&&i| i < -d || i >= d) {
+    if let Some(bad) = indices
+        .values
+        .iter()
+        .flat_map(|v| v.iter())
+        .find(|&&i| i < -d || i >= d)
+    {
         return Err(format!("index {bad} is out of range for dimension {d}"));
     }
     let dims: Vec<u64> = [&x.dims[..axis], &indices.dims[..], &x.dims[axis + 1..]].concat();
@@ -734,13 +778,13 @@ fn gather(node: &Node, inputs: &Inputs) -> Result<TensorInfo, RuleError> {
             let outer = elements(&x.dims[..axis]) as usize;
             let mut out = Vec::with_capacity(elements(&dims) as usize);
             for o in 0..outer {
-                for &i in idx {
+                for &i in idx.iter() {
                     let i = (if i < 0 { i + d } else { i }) as usize;
                     let start = (o * d as usize + i) * inner;
                     out.extend_from_slice(&v[start..start + inner]);
                 }
             }
-            Some(out)
+            Some(Arc::from(out))
         }
         _ => None,
     };
@@ -930,4 +974,120 @@ fn gemm(node: &Node, inputs: &Inputs) -> Result<TensorInfo, RuleError> {
         return Err("`C` does not broadcast to the output".into());
     }
     Ok(TensorInfo::of(a.ty, vec![*m, *n]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::graph::Attribute;
+    use std::collections::BTreeMap;
+
+    fn node(op: Op, attributes: &[(&str, Attribute)]) -> Node {
+        Node {
+            op,
+            label: "n".into(),
+            inputs: vec![],
+            outputs: vec![0],
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn ints(ty: ElemType, values: &[i64]) -> TensorInfo {
+        known(ty, vec![values.len() as u64], values.to_vec())
+    }
+
+    fn infer(op: Op, inputs: &[&TensorInfo]) -> Result<TensorInfo, RuleError> {
+        let args: Vec<Option<&TensorInfo>> = inputs.iter().map(|&t| Some(t)).collect();
+        op.infer(&node(op, &[]), &args).map(|mut o| o.remove(0))
+    }
+
+    #[test]
+    fn slice_pairs_starts_and_ends_with_axes_in_the_order_given() {
+        let x = TensorInfo::of(ElemType::F32, vec![4096, 1]);
+        let out = infer(
+            Op::Slice,
+            &[
+                &x,
+                &ints(ElemType::I64, &[0, 0]),
+                &ints(ElemType::I64, &[1, 4096]),
+                &ints(ElemType::I64, &[1, 0]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.dims, vec![4096, 1]);
+    }
+
+    #[test]
+    fn a_reversed_slice_of_an_empty_axis_is_empty() {
+        let x = TensorInfo::of(ElemType::F32, vec![0]);
+        let out = infer(
+            Op::Slice,
+            &[
+                &x,
+                &ints(ElemType::I64, &[-1]),
+                &ints(ElemType::I64, &[-10]),
+                &ints(ElemType::I64, &[0]),
+                &ints(ElemType::I64, &[-1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.dims, vec![0]);
+    }
+
+    #[test]
+    fn integer_values_wrap_to_their_type() {
+        let out = infer(
+            Op::Sub,
+            &[&ints(ElemType::U8, &[0]), &ints(ElemType::U8, &[1])],
+        )
+        .unwrap();
+        assert_eq!(out.values.as_deref(), Some(&[255][..]));
+        let out = infer(
+            Op::Sub,
+            &[
+                &ints(ElemType::I32, &[i64::from(i32::MIN)]),
+                &ints(ElemType::I32, &[1]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.values.as_deref(), Some(&[i64::from(i32::MAX)][..]));
+    }
+
+    #[test]
+    fn integer_division_needs_a_known_divisor_that_cannot_fault() {
+        let x = TensorInfo::of(ElemType::I64, vec![1]);
+        assert!(infer(Op::Div, &[&x, &TensorInfo::of(ElemType::I64, vec![1])]).is_err());
+        assert!(infer(Op::Div, &[&x, &ints(ElemType::I64, &[-1])]).is_err());
+        assert!(infer(Op::Mod, &[&x, &ints(ElemType::I64, &[0])]).is_err());
+        assert!(infer(Op::Div, &[&x, &ints(ElemType::I64, &[2])]).is_ok());
+        let f = TensorInfo::of(ElemType::F32, vec![1]);
+        assert!(infer(Op::Div, &[&f, &f]).is_ok());
+    }
+
+    #[test]
+    fn variadic_operators_pay_a_pass_per_input_and_are_capped() {
+        let x = TensorInfo::of(ElemType::F32, vec![1000]);
+        let work = |n: usize| {
+            let args: Vec<Option<&TensorInfo>> = vec![Some(&x); n];
+            let out = Op::Sum.infer(&node(Op::Sum, &[]), &args).unwrap();
+            Op::Sum.work(&node(Op::Sum, &[]), &args, &out)
+        };
+        assert!(work(9) >= 8 * (work(2) - NODE_WORK));
+        let many: Vec<Option<&TensorInfo>> = vec![Some(&x); MAX_VARIADIC_INPUTS + 1];
+        assert!(Op::Sum.infer(&node(Op::Sum, &[]), &many).is_err());
+    }
+
+    #[test]
+    fn a_transposed_gemm_pays_for_its_inner_dimension() {
+        let a = TensorInfo::of(ElemType::F32, vec![1 << 16, 1 << 8]);
+        let b = TensorInfo::of(ElemType::F32, vec![1 << 16, 1 << 10]);
+        let gemm = node(Op::Gemm, &[("transA", Attribute::Int(1))]);
+        let args = [Some(&a), Some(&b)];
+        let out = Op::Gemm.infer(&gemm, &args).unwrap();
+        assert_eq!(out[0].dims, vec![1 << 8, 1 << 10]);
+        assert!(Op::Gemm.work(&gemm, &args, &out) >= 1 << 34);
+    }
 }

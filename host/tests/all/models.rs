@@ -555,3 +555,102 @@ fn a_run_past_its_wall_clock_budget_kills_the_worker_and_is_not_held_against_the
         .unwrap();
     assert_eq!(again.vectors[0][0], 0.0);
 }
+
+/// Nine 256 MiB tensors alive at once, then summed: each is within the
+/// per-tensor cap, together they are not.
+#[test]
+fn a_run_that_would_hold_too_much_at_once_is_refused() {
+    let expanded: Vec<String> = (0..9).map(|i| format!("e{i}")).collect();
+    let mut nodes: Vec<Pb> = expanded
+        .iter()
+        .map(|e| node("Expand", &["x", "s"], &[e.as_str()], vec![]))
+        .collect();
+    let all: Vec<&str> = expanded.iter().map(String::as_str).collect();
+    nodes.push(node("Sum", &all, &["t"], vec![]));
+    nodes.push(node(
+        "ReduceSum",
+        &["t"],
+        &["y"],
+        vec![attr_int("keepdims", 0)],
+    ));
+    let bytes = model(graph(
+        nodes,
+        vec![tensor("s", INT64, &[2], &i64s(&[8192, 8192]))],
+        value("y", FLOAT, &[]),
+    ));
+    let err = refused(&bytes);
+    assert!(
+        matches!(&err, AdmissionError::Shapes(m) if m.contains("at once")),
+        "{err}"
+    );
+}
+
+/// With `x` of fixed size, ONNX Runtime folds `Shape(x)` and everything
+/// after it while loading: that work counts against the load budget.
+#[test]
+fn work_folded_from_fixed_shapes_counts_against_the_load_budget() {
+    let mut nodes = vec![
+        node("Shape", &["x"], &["s"], vec![]),
+        node("Mul", &["s", "k"], &["big"], vec![]),
+        node("ConstantOfShape", &["big"], &["c0"], vec![]),
+    ];
+    for i in 0..30 {
+        nodes.push(node(
+            "Exp",
+            &[&format!("c{i}")],
+            &[&format!("c{}", i + 1)],
+            vec![],
+        ));
+    }
+    nodes.push(node(
+        "ReduceSum",
+        &["c30"],
+        &["r"],
+        vec![attr_int("keepdims", 0)],
+    ));
+    nodes.push(node("Add", &["x", "r"], &["y"], vec![]));
+    let g = nodes.into_iter().fold(Pb::default(), |g, n| g.msg(1, n));
+    let g = g
+        .str(2, "g")
+        .msg(5, tensor("k", INT64, &[1], &i64s(&[1 << 22])))
+        .msg(11, value("x", FLOAT, &[Some(1)]))
+        .msg(12, value("y", FLOAT, &[Some(1)]));
+    let err = refused(&model(g));
+    assert!(matches!(err, AdmissionError::ConstantWork { .. }), "{err}");
+}
+
+/// ONNX Runtime keeps `DequantizeLinear` of a constant as a node, so its
+/// work is charged on every run; a `Cast` of a constant is folded at load.
+#[test]
+fn only_work_folded_at_load_is_left_out_of_a_runs_fuel() {
+    let weights = tensor("w", 2, &[1 << 20], &vec![1u8; 1 << 20]);
+    let scale = tensor("scale", FLOAT, &[], &f32s(&[0.5]));
+    let with = |first: Pb, inits: Vec<Pb>| {
+        model(graph(
+            vec![
+                first,
+                node("ReduceSum", &["f"], &["r"], vec![attr_int("keepdims", 0)]),
+                node("Add", &["x", "r"], &["y"], vec![]),
+            ],
+            inits,
+            y_like_x(),
+        ))
+    };
+    let dequantized = with(
+        node("DequantizeLinear", &["w", "scale"], &["f"], vec![]),
+        vec![weights.clone(), scale],
+    );
+    let cast = with(
+        node("Cast", &["w"], &["f"], vec![attr_int("to", FLOAT)]),
+        vec![weights],
+    );
+    let fuel = |bytes: Vec<u8>, sum: f32| {
+        let encoder = hostile_with(bytes.clone()).unwrap();
+        let out = run(&encoder, 1, &bytes).unwrap();
+        assert_eq!(out.vectors[0][0], sum);
+        out.fuel_used
+    };
+    let (dq, folded) = (fuel(dequantized, 524_288.0), fuel(cast, 1_048_576.0));
+    // Dequantizing and summing a million values: at least 4 M fuel.
+    assert!(dq > folded + (4 << 20), "{dq} vs {folded}");
+}
