@@ -49,6 +49,17 @@ pub fn write_secret_key(path: &Path, key: &SecretKey) -> Result<(), KeyFileError
 /// Reads a key written by [`write_secret_key`], refusing a file others can read.
 pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyFileError> {
     let name = path.display().to_string();
+    let text = String::from_utf8_lossy(&read_private(path)?).into_owned();
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| KeyFileError::Malformed(name.clone()))?;
+    Ok(SecretKey::from_bytes(&bytes))
+}
+
+/// Reads a file that only its owner may read, refusing one others can.
+pub fn read_private(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+    let name = path.display().to_string();
     let io = |source| KeyFileError::Io {
         path: name.clone(),
         source,
@@ -60,12 +71,26 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyFileError> {
             return Err(KeyFileError::TooOpen(name));
         }
     }
-    let text = fs::read_to_string(path).map_err(io)?;
-    let bytes: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| KeyFileError::Malformed(name.clone()))?;
-    Ok(SecretKey::from_bytes(&bytes))
+    fs::read(path).map_err(io)
+}
+
+/// Creates `path` holding `bytes`, readable by its owner only, all at once:
+/// the file appears complete or not at all. Returns `false`, writing
+/// nothing, if the file already exists.
+pub fn create_private(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let written = private_file(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    });
+    let _ = fs::remove_file(&tmp);
+    linked
 }
 
 /// Creates a new file only its owner can read; fails if it exists.

@@ -17,10 +17,10 @@
 
 use crate::digest::Digest;
 use crate::store::{StoreError, write_atomically};
-use soma_crypto::keyfile::private_file;
+use soma_crypto::keyfile::{KeyFileError, create_private, read_private};
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use wasmtime::component::Component;
 
@@ -142,30 +142,34 @@ fn engine_hash(engine: &wasmtime::Engine) -> u64 {
 }
 
 fn load_or_create_key(path: &Path) -> Result<[u8; 32], StoreError> {
-    let io_err = |action| {
-        move |source| StoreError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
+    let fail = |action, source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
     };
-    match fs::read(path) {
-        Ok(bytes) => bytes.try_into().map_err(|b: Vec<u8>| {
-            io_err("invalid cache key in")(io::Error::other(format!(
-                "{} bytes, expected 32",
-                b.len()
-            )))
+    let read = || match read_private(path) {
+        Ok(bytes) => bytes.try_into().map(Some).map_err(|b: Vec<u8>| {
+            let found = io::Error::other(format!("{} bytes, expected 32", b.len()));
+            fail("invalid cache key in", found)
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            getrandom::fill(&mut key)
-                .map_err(|e| io_err("cannot generate")(io::Error::other(e.to_string())))?;
-            let mut file = private_file(path).map_err(io_err("cannot create"))?;
-            file.write_all(&key)
-                .and_then(|()| file.sync_all())
-                .map_err(io_err("cannot write"))?;
-            Ok(key)
+        Err(KeyFileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Ok(None)
         }
-        Err(e) => Err(io_err("cannot read")(e)),
+        Err(e) => Err(fail(
+            "cannot use the cache key",
+            io::Error::other(e.to_string()),
+        )),
+    };
+    if let Some(key) = read()? {
+        return Ok(key);
     }
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| fail("cannot generate", io::Error::other(e.to_string())))?;
+    // Created whole or not at all; if another process won the race, its key
+    // is the one.
+    if create_private(path, &key).map_err(|e| fail("cannot create", e))? {
+        return Ok(key);
+    }
+    read()?.ok_or_else(|| fail("cannot read", io::ErrorKind::NotFound.into()))
 }

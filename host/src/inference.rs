@@ -17,14 +17,14 @@ use crate::bindings::soma::encoder::inference::{
 };
 use crate::digest::Digest;
 use crate::error::LocalFailure;
-use crate::limits::{HOST_FUEL_PER_BYTE, charge_fuel};
+use crate::limits::HOST_FUEL_PER_BYTE;
 use crate::model::{self, AdmissionError, ElemType, Graph, Plan, ShapeError, TensorInfo};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, charge_fuel};
 use crate::worker::Worker;
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, Resource, ResourceType, WasmList, WasmStr};
 
@@ -42,10 +42,14 @@ pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 pub const MAX_NAME_BYTES: usize = 256;
 /// Fuel charged for every `run`, whatever its size.
 pub const RUN_BASE_FUEL: u64 = 100_000;
+/// Least wall-clock time a run is given, however little of the call's is
+/// left (the call's own safety net then ends it).
+const MIN_RUN_TIME: Duration = Duration::from_millis(1);
+
+/// Fuel charged per node of the model for planning a run.
+pub const PLAN_FUEL_PER_NODE: u64 = 256;
 /// Fuel charged for every `session.open`.
 pub const SESSION_OPEN_FUEL: u64 = 1_000;
-/// Work units (see the model's cost rules) bought by one unit of fuel.
-pub const WORK_PER_FUEL: u64 = 8;
 /// Outputs are rounded to multiples of 2⁻¹⁶.
 pub const OUTPUT_GRID: f32 = 65_536.0;
 
@@ -58,12 +62,15 @@ pub(crate) struct Model {
 }
 
 /// Admitted models by digest, shared by every encoder of an engine, and the
-/// worker that runs them.
+/// workers that run them.
 pub(crate) struct ModelCache {
     /// One cell per digest: compiling one model never holds up loads of
     /// another, and concurrent loads of one model compile it once.
     models: Mutex<BTreeMap<Digest, Arc<ModelCell>>>,
-    worker: Arc<Worker>,
+    /// One worker per core (each started on first use). A model always runs
+    /// in the same one, so it is compiled once, and runs of different
+    /// models (a shard's encoders) go in parallel.
+    workers: Vec<Arc<Worker>>,
 }
 
 /// A model compiled once, or why it cannot be.
@@ -71,12 +78,18 @@ type ModelCell = OnceLock<Result<Arc<Model>, ModelError>>;
 
 impl Default for ModelCache {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         ModelCache {
             models: Mutex::default(),
-            worker: Arc::new(Worker::new()),
+            workers: (0..cores.clamp(1, MAX_WORKERS))
+                .map(|_| Arc::new(Worker::new()))
+                .collect(),
         }
     }
 }
+
+/// Most inference workers per engine.
+const MAX_WORKERS: usize = 8;
 
 impl ModelCache {
     /// The session for `bytes` (whose digest is `digest`), admitting and
@@ -107,11 +120,12 @@ impl ModelCache {
             .unwrap_or_else(|_| Err(AdmissionError::Malformed("admission failed".into())))
             .map_err(ModelError::Refused)?;
         let graph = admitted.graph;
-        match self.worker.load(*digest, Arc::new(admitted.canonical)) {
+        let worker = &self.workers[usize::from(digest.0[0]) % self.workers.len()];
+        match worker.load(*digest, Arc::new(admitted.canonical)) {
             Ok(Ok(())) => Ok(Arc::new(Model {
                 digest: *digest,
                 graph,
-                worker: self.worker.clone(),
+                worker: worker.clone(),
             })),
             Ok(Err(text)) => {
                 tracing::debug!(model = %digest, "ONNX Runtime refused an admitted model: {text}");
@@ -201,7 +215,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
         "[method]session.run",
         |mut store, (session, inputs): (Resource<OpenSession>, WasmList<GuestTensor>)| {
             let model = store.data().table.get(&session)?.model.clone();
-            charge_fuel(&mut store, RUN_BASE_FUEL)?;
+            let planning = PLAN_FUEL_PER_NODE.saturating_mul(model.graph.nodes.len() as u64);
+            charge_fuel(&mut store, RUN_BASE_FUEL.saturating_add(planning))?;
             let inputs = match read_inputs(&mut store, &inputs, &model.graph)? {
                 Ok(inputs) => inputs,
                 Err(e) => return Ok((Err(e),)),
@@ -219,15 +234,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
                 }
                 Err(e) => return Ok((Err(error(ErrorCode::InvalidArgument, e.to_string())),)),
             };
-            let output_bytes: u64 = plan.outputs.iter().map(TensorInfo::bytes).sum();
-            // What ONNX Runtime folded when it loaded the model is not in
-            // the plan's work (admission bounds it).
-            charge_fuel(
-                &mut store,
-                (plan.work / WORK_PER_FUEL).saturating_add(output_bytes * HOST_FUEL_PER_BYTE),
-            )?;
-            let timeout = store.data().timeout;
-            Ok((run(&model, inputs, &plan, timeout)?,))
+            charge_fuel(&mut store, plan.fuel())?;
+            // The run may take what is left of the call's wall-clock budget.
+            let left = store
+                .data()
+                .deadline
+                .saturating_duration_since(Instant::now());
+            Ok((run(&model, inputs, &plan, left.max(MIN_RUN_TIME))?,))
         },
     )
 }

@@ -1,8 +1,5 @@
 //! Per-call resource limits and the limiter that enforces them.
 
-use crate::sandbox::Sandbox;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Resources one encoder call may use.
@@ -49,45 +46,6 @@ impl Default for Limits {
 /// Fuel charged per byte a guest hands to the host (a log message, tensor
 /// data, a name), before the host reads it.
 pub const HOST_FUEL_PER_BYTE: u64 = 1;
-
-/// Charges `cost` units of fuel for work the host does on a guest's behalf,
-/// plus the [`Debt`] WASI streams ran up since the last charge, trapping
-/// with [`wasmtime::Trap::OutOfFuel`] if the guest cannot pay. On an engine
-/// without metering this does nothing.
-pub(crate) fn charge_fuel(
-    store: &mut wasmtime::StoreContextMut<'_, Sandbox>,
-    cost: u64,
-) -> wasmtime::Result<()> {
-    let cost = cost.saturating_add(store.data().debt.take());
-    let Ok(fuel) = store.get_fuel() else {
-        return Ok(());
-    };
-    if cost > fuel {
-        store.set_fuel(0)?;
-        return Err(wasmtime::Trap::OutOfFuel.into());
-    }
-    store.set_fuel(fuel - cost)
-}
-
-/// Fuel owed for host work done inside WASI implementations (writing
-/// captured output, generating random bytes), which cannot reach the store
-/// to charge it there. Each such piece of work is bounded per request; the
-/// debt is paid at the next metered host call and when the call ends.
-#[derive(Clone, Default)]
-pub(crate) struct Debt(Arc<AtomicU64>);
-
-impl Debt {
-    /// Records `bytes` handled for the guest.
-    pub(crate) fn add_bytes(&self, bytes: usize) {
-        let fuel = (bytes as u64).saturating_mul(HOST_FUEL_PER_BYTE);
-        self.0.fetch_add(fuel, Ordering::Relaxed);
-    }
-
-    /// Takes what is owed, leaving nothing.
-    pub(crate) fn take(&self) -> u64 {
-        self.0.swap(0, Ordering::Relaxed)
-    }
-}
 
 /// Enforces [`Limits`] inside a store and remembers whether it refused
 /// anything, so that the resulting trap can be reported as a limit.

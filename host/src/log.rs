@@ -1,7 +1,8 @@
 //! The bounded `soma:encoder/log` import.
 
-use crate::limits::{HOST_FUEL_PER_BYTE, charge_fuel};
+use crate::limits::HOST_FUEL_PER_BYTE;
 use crate::sandbox::Sandbox;
+use crate::sandbox::charge_fuel;
 use serde::Serialize;
 use wasmtime::component::{ComponentType, Lift, Linker, WasmStr};
 

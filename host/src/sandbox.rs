@@ -9,15 +9,16 @@
 //! function of its inputs and the seed.
 
 use crate::inference::PackageModels;
-use crate::limits::{Debt, Limiter, Limits};
+use crate::limits::{HOST_FUEL_PER_BYTE, Limiter, Limits};
 use crate::log::LogBuffer;
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
@@ -45,6 +46,45 @@ pub const MAX_OUTPUT_BYTES: u64 = 16 << 20;
 
 /// Largest single request for random bytes; larger requests trap.
 const MAX_RANDOM_REQUEST: u64 = 1 << 20;
+
+/// Charges `cost` units of fuel for work the host does on a guest's behalf,
+/// plus the [`Debt`] WASI streams ran up since the last charge, trapping
+/// with [`wasmtime::Trap::OutOfFuel`] if the guest cannot pay. On an engine
+/// without metering this does nothing.
+pub(crate) fn charge_fuel(
+    store: &mut wasmtime::StoreContextMut<'_, Sandbox>,
+    cost: u64,
+) -> wasmtime::Result<()> {
+    let cost = cost.saturating_add(store.data().debt.take());
+    let Ok(fuel) = store.get_fuel() else {
+        return Ok(());
+    };
+    if cost > fuel {
+        store.set_fuel(0)?;
+        return Err(wasmtime::Trap::OutOfFuel.into());
+    }
+    store.set_fuel(fuel - cost)
+}
+
+/// Fuel owed for host work done inside WASI implementations (writing
+/// captured output, generating random bytes), which cannot reach the store
+/// to charge it there. Each such piece of work is bounded per request; the
+/// debt is paid at the next metered host call and when the call ends.
+#[derive(Clone, Default)]
+pub(crate) struct Debt(Arc<AtomicU64>);
+
+impl Debt {
+    /// Records `bytes` handled for the guest.
+    pub(crate) fn add_bytes(&self, bytes: usize) {
+        let fuel = (bytes as u64).saturating_mul(HOST_FUEL_PER_BYTE);
+        self.0.fetch_add(fuel, Ordering::Relaxed);
+    }
+
+    /// Takes what is owed, leaving nothing.
+    pub(crate) fn take(&self) -> u64 {
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
 
 /// The seed of one call's randomness. Equal seeds give equal random streams,
 /// which keeps guests whose work depends on randomness (hash maps, for
@@ -83,8 +123,8 @@ pub(crate) struct Sandbox {
     pub(crate) stderr: CapturedOutput,
     /// Fuel owed for output written and random bytes drawn.
     pub(crate) debt: Debt,
-    /// The call's wall-clock budget, which also bounds each inference run.
-    pub(crate) timeout: Duration,
+    /// When the call's wall-clock budget ends; inference runs stop there too.
+    pub(crate) deadline: Instant,
 }
 
 impl Sandbox {
@@ -121,7 +161,7 @@ impl Sandbox {
             stdout,
             stderr,
             debt,
-            timeout: limits.timeout.min(Limits::MAX_TIMEOUT),
+            deadline: Instant::now() + limits.timeout.min(Limits::MAX_TIMEOUT),
         }
     }
 }

@@ -3,7 +3,7 @@
 use super::graph::{Attribute, Dim, ElemType, Graph, Input, Node, TensorInfo, ValueId, elements};
 use super::infer::{Plan, ShapeError};
 use super::ops::{KNOWN_VALUES, Op, wrap};
-use super::proto;
+use super::{prescan, proto};
 use protobuf::{CodedInputStream, Message};
 use std::collections::BTreeMap;
 
@@ -113,10 +113,37 @@ impl Admitted {
     pub fn bytes(&self) -> &[u8] {
         &self.canonical
     }
+
+    /// The fuel a run on inputs of these dimensions (one list per graph
+    /// input, in order, of the declared types) pays for the model's work
+    /// and outputs, on top of a fixed charge per run and a fuel per input
+    /// byte; or why such inputs cannot run.
+    pub fn fuel(&self, dims: &[Vec<u64>]) -> Result<u64, String> {
+        if dims.len() != self.graph.inputs.len() {
+            return Err(format!(
+                "the model takes {} inputs",
+                self.graph.inputs.len()
+            ));
+        }
+        let inputs: Vec<(ElemType, Vec<u64>)> = self
+            .graph
+            .inputs
+            .iter()
+            .zip(dims)
+            .map(|(input, dims)| (input.ty, dims.clone()))
+            .collect();
+        self.graph
+            .plan(&inputs)
+            .map(|plan| plan.fuel())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Checks `bytes` and returns what the host needs to run it safely.
 pub fn admit(bytes: &[u8]) -> Result<Admitted, AdmissionError> {
+    use protobuf::MessageFull;
+    prescan::parse_overhead(bytes, &proto::ModelProto::descriptor(), RECURSION_LIMIT)
+        .map_err(AdmissionError::Malformed)?;
     let mut input = CodedInputStream::from_bytes(bytes);
     input.set_recursion_limit(RECURSION_LIMIT);
     let mut model = proto::ModelProto::parse_from(&mut input)

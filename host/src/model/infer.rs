@@ -4,6 +4,7 @@
 
 use super::admission::MAX_RANK;
 use super::graph::{Dim, ElemType, Graph, TensorInfo};
+use crate::limits::HOST_FUEL_PER_BYTE;
 
 /// Largest tensor any node may produce, in bytes.
 pub const MAX_TENSOR_BYTES: u64 = 256 << 20;
@@ -11,6 +12,9 @@ pub const MAX_TENSOR_BYTES: u64 = 256 << 20;
 /// Most bytes of tensors a run may hold at once (inputs and intermediate
 /// results, each from its producer to its last consumer).
 pub const MAX_LIVE_BYTES: u64 = 2 << 30;
+
+/// Work units (see `Op::work`) bought by one unit of fuel.
+pub const WORK_PER_FUEL: u64 = 8;
 
 /// Most integer values tracked over one plan: beyond, values are not
 /// tracked, and rules that need them fail.
@@ -53,6 +57,16 @@ pub(crate) enum ShapeError {
     /// The run would hold more than [`MAX_LIVE_BYTES`] at once.
     #[error("a run would hold {bytes} bytes of tensors at once; at most {MAX_LIVE_BYTES}")]
     Memory { bytes: u64 },
+}
+
+impl Plan {
+    /// The fuel a run pays for its model: the planned work, and every byte
+    /// of output copied back to the guest. (What ONNX Runtime folded when
+    /// it loaded the model is not in the work; admission bounds it.)
+    pub(crate) fn fuel(&self) -> u64 {
+        let output_bytes: u64 = self.outputs.iter().map(TensorInfo::bytes).sum();
+        (self.work / WORK_PER_FUEL).saturating_add(output_bytes.saturating_mul(HOST_FUEL_PER_BYTE))
+    }
 }
 
 impl Graph {

@@ -7,6 +7,8 @@
 //! So the host parses every model itself first ([`admit`]), with its own
 //! copy of the ONNX schema, and refuses anything it cannot bound:
 //!
+//! * wire formats whose parse would cost far more memory than their size
+//!   (checked by a first pass, `prescan`, before anything is allocated);
 //! * unknown fields anywhere (ONNX Runtime's newer schema could read them),
 //!   external or segmented tensor data, sparse tensors, subgraphs,
 //!   functions, training information, non-default operator domains;
@@ -26,6 +28,7 @@ mod admission;
 mod graph;
 mod infer;
 mod ops;
+mod prescan;
 pub(crate) mod proto;
 
 pub use admission::{
@@ -33,5 +36,6 @@ pub use admission::{
     MAX_CONSTANT_WORK, MAX_NODES, MAX_RANK, OPSETS, admit,
 };
 pub(crate) use graph::{ElemType, Graph, TensorInfo};
-pub use infer::{MAX_LIVE_BYTES, MAX_TENSOR_BYTES};
+pub use infer::{MAX_LIVE_BYTES, MAX_TENSOR_BYTES, WORK_PER_FUEL};
 pub(crate) use infer::{Plan, ShapeError};
+pub use prescan::MAX_PARSE_OVERHEAD;

@@ -301,8 +301,10 @@ impl Op {
     }
 }
 
-/// Multiply-adds of a product: every output element is a dot product over
-/// the inner dimension (the first input's last, or first if transposed).
+/// Work of a product: a multiply-add per output element and inner index
+/// (the first input's last dimension, or first if transposed), plus reading
+/// the operands, which dominates for few rows (a weight matrix is read
+/// whole however many tokens it multiplies).
 fn product_work(inputs: &Inputs, outputs: &[TensorInfo], transposed: bool) -> u64 {
     let dims = inputs
         .first()
@@ -315,8 +317,10 @@ fn product_work(inputs: &Inputs, outputs: &[TensorInfo], transposed: bool) -> u6
         dims.last()
     };
     let out = outputs.first().map_or(0, TensorInfo::elements);
+    let read: u64 = inputs.iter().flatten().take(2).map(|t| t.elements()).sum();
     out.saturating_mul(inner.copied().unwrap_or(1).max(1))
         .saturating_add(out.saturating_mul(16))
+        .saturating_add(read.saturating_mul(16))
 }
 
 fn required<'a>(inputs: &Inputs<'a>, i: usize) -> Result<&'a TensorInfo, RuleError> {

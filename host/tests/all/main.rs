@@ -7,6 +7,7 @@ mod hostile;
 mod minilm;
 mod models;
 mod native;
+mod onnx;
 mod package;
 mod worker;
 

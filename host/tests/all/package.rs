@@ -455,3 +455,26 @@ fn small_package() -> Vec<u8> {
         })
         .clone()
 }
+
+#[test]
+fn a_cache_key_others_can_read_or_of_the_wrong_size_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("cache-key");
+    let key = dir.path().join("cache.key");
+    // Created whole, private, and the same on every open.
+    CompiledCache::open(dir.path()).unwrap();
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let first = std::fs::read(&key).unwrap();
+    CompiledCache::open(dir.path()).unwrap();
+    assert_eq!(std::fs::read(&key).unwrap(), first);
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = CompiledCache::open(dir.path()).err().expect("refused");
+    assert!(err.to_string().contains("readable by other users"), "{err}");
+
+    std::fs::write(&key, b"short").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = CompiledCache::open(dir.path()).err().expect("refused");
+    assert!(err.to_string().contains("5 bytes, expected 32"), "{err}");
+}
