@@ -42,9 +42,8 @@ pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 pub const MAX_NAME_BYTES: usize = 256;
 /// Fuel charged for every `run`, whatever its size.
 pub const RUN_BASE_FUEL: u64 = 100_000;
-/// Least wall-clock time a run is given, however little of the call's is
-/// left (the call's own safety net then ends it).
-const MIN_RUN_TIME: Duration = Duration::from_millis(1);
+/// Least wall-clock time left in a call for a run to start.
+const MIN_RUN_TIME: Duration = Duration::from_millis(10);
 
 /// Fuel charged per node of the model for planning a run.
 pub const PLAN_FUEL_PER_NODE: u64 = 256;
@@ -71,6 +70,7 @@ pub(crate) struct ModelCache {
     /// in the same one, so it is compiled once, and runs of different
     /// models (a shard's encoders) go in parallel.
     workers: Vec<Arc<Worker>>,
+    placement_key: [u8; 32],
 }
 
 /// A model compiled once, or why it cannot be.
@@ -79,7 +79,11 @@ type ModelCell = OnceLock<Result<Arc<Model>, ModelError>>;
 impl Default for ModelCache {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut placement_key = [0u8; 32];
+        // Without randomness, placement is merely predictable.
+        let _ = getrandom::fill(&mut placement_key);
         ModelCache {
+            placement_key,
             models: Mutex::default(),
             workers: (0..cores.clamp(1, MAX_WORKERS))
                 .map(|_| Arc::new(Worker::new()))
@@ -113,6 +117,15 @@ impl ModelCache {
         result
     }
 
+    /// Which worker runs the model of `digest`: by a hash keyed with a
+    /// secret of this process, so that no package author can choose to
+    /// share a worker with another's model.
+    fn worker_of(&self, digest: &Digest) -> usize {
+        let hash = blake3::keyed_hash(&self.placement_key, &digest.0);
+        let n = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+        (n % self.workers.len() as u64) as usize
+    }
+
     fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Model>, ModelError> {
         // Admission is the host's own code on hostile bytes: should it ever
         // panic, the model is refused and the host keeps serving.
@@ -120,7 +133,7 @@ impl ModelCache {
             .unwrap_or_else(|_| Err(AdmissionError::Malformed("admission failed".into())))
             .map_err(ModelError::Refused)?;
         let graph = admitted.graph;
-        let worker = &self.workers[usize::from(digest.0[0]) % self.workers.len()];
+        let worker = &self.workers[self.worker_of(digest)];
         match worker.load(*digest, Arc::new(admitted.canonical)) {
             Ok(Ok(())) => Ok(Arc::new(Model {
                 digest: *digest,
@@ -145,9 +158,11 @@ pub(crate) enum ModelError {
     /// Admission refused the model.
     #[error(transparent)]
     Refused(AdmissionError),
-    /// ONNX Runtime refused a model admission accepted (its text is logged
-    /// at debug level: it names paths of this host).
-    #[error("ONNX Runtime cannot load the model")]
+    /// ONNX Runtime refused a model admission accepted. Whether it would
+    /// on another host (or with more memory) is unknown, so this counts as
+    /// a failure of this host; its text is logged at debug level (it names
+    /// paths of this host).
+    #[error("ONNX Runtime refused a model that admission accepted")]
     Runtime,
 }
 
@@ -363,9 +378,9 @@ fn element_size(ty: TensorType) -> u64 {
     elem_type(ty).size()
 }
 
-/// What a guest is told when ONNX Runtime fails: always the same words,
+/// What a call that ONNX Runtime failed ends with: always the same words,
 /// since the runtime's own text names paths and states of this host.
-const RUN_FAILED: &str = "the model failed to run on these inputs";
+const RUN_FAILED: &str = "ONNX Runtime failed a run that admission and planning accepted";
 
 /// Runs a planned model in the worker. The outer error is a failure of
 /// this host, which ends the encoder's call; the inner one an answer for
@@ -376,7 +391,6 @@ fn run(
     plan: &Plan,
     timeout: Duration,
 ) -> Result<Result<Vec<NamedTensor>, WitError>, LocalFailure> {
-    let failed = || Ok(Err(error(ErrorCode::RuntimeError, RUN_FAILED)));
     let names: Vec<&str> = model
         .graph
         .outputs
@@ -394,8 +408,10 @@ fn run(
     let outputs = match model.worker.run(model.digest, inputs, max_reply, timeout) {
         Ok(Ok(outputs)) => outputs,
         Ok(Err(text)) => {
+            // Admission and planning accepted the run; a refusal now may be
+            // this host's (memory), so it is not held against the encoder.
             tracing::debug!(model = %model.digest, "ONNX Runtime failed a run: {text}");
-            return failed();
+            return Err(LocalFailure(RUN_FAILED.into()));
         }
         Err(e) => return Err(LocalFailure(e.to_string())),
     };
@@ -417,11 +433,13 @@ fn run(
                     && out.tensor.data.len() as u64 == planned.bytes()
             });
     if !fits {
+        // Shape inference or the worker is wrong: neither is the encoder's
+        // doing, and a worker that answers wrongly is not trusted again.
         tracing::warn!(model = %model.digest, "a run's outputs differ from the host's shape inference");
-        return Ok(Err(error(
-            ErrorCode::RuntimeError,
-            "the model's outputs differ from the host's shape inference",
-        )));
+        model.worker.restart();
+        return Err(LocalFailure(
+            "the inference worker's outputs differ from the host's shape inference".into(),
+        ));
     }
     Ok(Ok(outputs.into_iter().map(canonical_tensor).collect()))
 }

@@ -38,7 +38,8 @@ pub enum AdmissionError {
     /// The bytes are not an ONNX model.
     #[error("not an ONNX model: {0}")]
     Malformed(String),
-    /// A message holds a field the host's ONNX schema does not know.
+    /// A message holds a field the host's ONNX schema does not know (found
+    /// before parsing, by `prescan`).
     #[error("unknown field in {0}")]
     UnknownField(String),
     /// A tensor keeps its data outside the model.
@@ -142,15 +143,11 @@ impl Admitted {
 /// Checks `bytes` and returns what the host needs to run it safely.
 pub fn admit(bytes: &[u8]) -> Result<Admitted, AdmissionError> {
     use protobuf::MessageFull;
-    prescan::parse_overhead(bytes, &proto::ModelProto::descriptor(), RECURSION_LIMIT)
-        .map_err(AdmissionError::Malformed)?;
+    prescan::parse_overhead(bytes, &proto::ModelProto::descriptor(), RECURSION_LIMIT)?;
     let mut input = CodedInputStream::from_bytes(bytes);
     input.set_recursion_limit(RECURSION_LIMIT);
     let mut model = proto::ModelProto::parse_from(&mut input)
         .map_err(|e| AdmissionError::Malformed(e.to_string()))?;
-    if let Some(path) = proto::first_unknown_field(&model) {
-        return Err(AdmissionError::UnknownField(path));
-    }
     check_model(&model)?;
     let mut graph = Builder::default().build(model.graph.get_or_default())?;
     check_plan(&mut graph)?;

@@ -5,17 +5,16 @@ use super::protocol::{ProtocolError, Reply, Request, read_frame};
 use crate::bindings::soma::encoder::inference::NamedTensor;
 use crate::digest::Digest;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufWriter, Read};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Environment variable naming the worker executable; by default the host
-/// looks for `soma-inference-worker` beside its own executable (and one
-/// directory up, where cargo puts binaries for its test executables).
+/// looks for `soma-inference-worker` beside its own executable (and, from
+/// cargo's `deps` directory, one directory up).
 pub const WORKER_ENV: &str = "SOMA_INFERENCE_WORKER";
 
 /// The worker executable's file name.
@@ -60,10 +59,12 @@ struct State {
 
 struct Process {
     child: Child,
-    stdin: BufWriter<ChildStdin>,
+    /// Frames for the I/O thread to write, each with the largest reply it
+    /// then reads. It reads only when asked, so a worker cannot queue up
+    /// replies, and neither a write nor a read blocks the caller past its
+    /// deadline.
+    requests: Sender<(Vec<u8>, u64)>,
     replies: Receiver<Result<Vec<u8>, ProtocolError>>,
-    /// The largest reply the reader accepts, set before each request.
-    reply_bound: Arc<AtomicU64>,
     stderr: Arc<Mutex<Vec<u8>>>,
     loaded: BTreeSet<Digest>,
 }
@@ -89,6 +90,14 @@ impl Worker {
             state.models.remove(&digest);
         }
         Ok(answer)
+    }
+
+    /// Kills the worker; the next request starts a fresh one.
+    pub(crate) fn restart(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut process) = state.process.take() {
+            process.kill();
+        }
     }
 
     /// Runs the model of `digest` on `inputs`, waiting at most `timeout`
@@ -186,24 +195,27 @@ impl Process {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| WorkerError::Spawn(format!("{}: {e}", path.display())))?;
-        let stdin = BufWriter::new(child.stdin.take().expect("piped"));
+        let mut stdin = BufWriter::new(child.stdin.take().expect("piped"));
         let mut stdout = child.stdout.take().expect("piped");
         let mut stderr_pipe = child.stderr.take().expect("piped");
-        let reply_bound = Arc::new(AtomicU64::new(0));
+        let (requests, work) = channel::<(Vec<u8>, u64)>();
         let (send, replies) = channel();
-        let bound = reply_bound.clone();
         std::thread::Builder::new()
-            .name("soma-worker-replies".into())
+            .name("soma-worker-io".into())
             .spawn(move || {
-                loop {
-                    let frame = read_frame(&mut stdout, || bound.load(Ordering::Acquire));
-                    let failed = frame.is_err();
-                    if send.send(frame).is_err() || failed {
+                for (frame, bound) in work {
+                    let written = stdin.write_all(&frame).and_then(|()| stdin.flush());
+                    let reply = match written {
+                        Ok(()) => read_frame(&mut stdout, || bound),
+                        Err(e) => Err(e.into()),
+                    };
+                    let failed = reply.is_err();
+                    if send.send(reply).is_err() || failed {
                         return;
                     }
                 }
             })
-            .map_err(|e| WorkerError::Spawn(format!("cannot start a reader thread: {e}")))?;
+            .map_err(|e| WorkerError::Spawn(format!("cannot start an I/O thread: {e}")))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let kept = stderr.clone();
         std::thread::Builder::new()
@@ -219,9 +231,8 @@ impl Process {
             .map_err(|e| WorkerError::Spawn(format!("cannot start a reader thread: {e}")))?;
         Ok(Process {
             child,
-            stdin,
+            requests,
             replies,
-            reply_bound,
             stderr,
             loaded: BTreeSet::new(),
         })
@@ -233,9 +244,12 @@ impl Process {
         max_reply: u64,
         timeout: Duration,
     ) -> Result<Reply, WorkerError> {
-        self.reply_bound.store(max_reply, Ordering::Release);
-        if let Err(e) = request.write(&mut self.stdin) {
-            return Err(self.died(&e.to_string()));
+        let mut frame = Vec::new();
+        request
+            .write(&mut frame)
+            .expect("writing to memory does not fail");
+        if self.requests.send((frame, max_reply)).is_err() {
+            return Err(self.died("the I/O thread stopped"));
         }
         match self.replies.recv_timeout(timeout) {
             Ok(Ok(body)) => Reply::decode(&body).map_err(|e| self.died(&e.to_string())),
@@ -260,10 +274,11 @@ impl Process {
         let stderr = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
         let said = String::from_utf8_lossy(&stderr);
         let said = said.trim();
+        // What the worker says is the model's to choose: quoted, escaped.
         WorkerError::Died(if said.is_empty() {
             format!("{what}{status}")
         } else {
-            format!("{what}{status}: {said}")
+            format!("{what}{status}: {said:?}")
         })
     }
 
@@ -288,7 +303,12 @@ fn worker_path() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let here = exe.parent().ok_or("this executable has no directory")?;
     let name = format!("{WORKER_NAME}{}", std::env::consts::EXE_SUFFIX);
-    [Some(here), here.parent()]
+    // One directory up only from cargo's `deps`, where it puts test and
+    // benchmark executables: nowhere else may a neighbour plant a worker.
+    let cargo_bins = here
+        .parent()
+        .filter(|_| here.file_name().is_some_and(|n| n == "deps"));
+    [Some(here), cargo_bins]
         .into_iter()
         .flatten()
         .map(|dir| dir.join(&name))

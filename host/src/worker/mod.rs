@@ -96,21 +96,45 @@ fn probe() -> ExitCode {
         eprintln!("not confined: {e}");
         return ExitCode::FAILURE;
     }
-    let escapes = [
-        ("open a file", std::fs::File::open(&exe).is_ok()),
-        (
-            "create a file",
-            std::fs::File::create(exe.with_extension("probe")).is_ok(),
-        ),
-        (
-            "open a socket",
-            std::net::TcpListener::bind("127.0.0.1:0").is_ok(),
-        ),
-        (
-            "start a program",
-            std::process::Command::new(&exe).output().is_ok(),
-        ),
-    ];
+    let parent = libc::c_long::from(std::os::unix::process::parent_id() as i32);
+    // SAFETY: each call passes integers and a buffer the kernel checks; a
+    // child that fork creates exits at once.
+    let escapes = unsafe {
+        [
+            ("open a file", std::fs::File::open(&exe).is_ok()),
+            (
+                "create a file",
+                std::fs::File::create(exe.with_extension("probe")).is_ok(),
+            ),
+            (
+                "open a socket",
+                std::net::TcpListener::bind("127.0.0.1:0").is_ok(),
+            ),
+            (
+                "start a program",
+                std::process::Command::new(&exe).output().is_ok(),
+            ),
+            ("fork", {
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                pid > 0
+            }),
+            ("set up io_uring", {
+                let mut params = [0u8; 120];
+                libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) >= 0
+            }),
+            (
+                "open a pidfd of the host",
+                libc::syscall(libc::SYS_pidfd_open, parent, 0) >= 0,
+            ),
+            (
+                "signal the host",
+                libc::syscall(libc::SYS_tgkill, parent, parent, 0) == 0,
+            ),
+        ]
+    };
     let mut confined = true;
     for (what, done) in escapes {
         println!("{what}: {}", if done { "ALLOWED" } else { "refused" });
