@@ -10,6 +10,7 @@ use std::process::Command;
 const GUESTS: &[&str] = &[
     "hash-encoder",
     "hostile",
+    "bloated-start",
     "other-world",
     "minilm-l6",
     "minilm-l3",

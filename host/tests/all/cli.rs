@@ -363,3 +363,12 @@ fn a_minilm_package_runs_from_the_command_line_as_the_readme_shows() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn an_absurd_timeout_is_cut_to_the_longest_allowed() {
+    let out = json(&soma_host(
+        &["run", HASH, "--timeout", "18446744073709551615", "-i", "hi"],
+        "",
+    ));
+    assert_eq!(out["embeddings"].as_array().unwrap().len(), 1);
+}

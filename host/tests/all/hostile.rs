@@ -284,3 +284,18 @@ fn an_encoders_error_message_is_cut() {
     assert!(message.len() <= MAX_REFUSAL_BYTES + 8, "{}", message.len());
     assert!(message.ends_with("[cut]"));
 }
+
+#[test]
+fn a_start_up_that_leaves_too_much_memory_is_refused_at_load() {
+    let wasm = std::fs::read(soma_examples_artifacts::BLOATED_START).unwrap();
+    let Err(err) = engine().load(&wasm) else {
+        panic!("a 160 MiB start-up snapshot was taken")
+    };
+    assert!(
+        matches!(&err, Error::Compile(m) if m.contains("start-up leaves")),
+        "{err}"
+    );
+    hash_encoder()
+        .embed(&text(&["still serving"]), &Limits::default(), Seed::from(9))
+        .unwrap();
+}
