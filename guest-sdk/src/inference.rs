@@ -12,8 +12,10 @@
 //! # Ok::<(), soma_guest_sdk::inference::Error>(())
 //! ```
 //!
-//! Each `run` costs fuel in proportion to the model size and the number of
-//! input elements, and float outputs come back rounded to multiples of 2⁻¹⁶.
+//! Each `run` costs fuel for the work the host plans from the input shapes
+//! (multiply-adds, elements touched) and for every byte in and out, and
+//! float outputs come back rounded to multiples of 2⁻¹⁶. Models must pass
+//! the host's admission: see the host's `model` module for what it refuses.
 //! Inference is a host import: outside a component, `open` panics.
 
 use crate::bindings::soma::encoder::inference as wit;

@@ -197,11 +197,16 @@ fn run<R>(
     if !engine.fuel_metering() {
         return result.map(|value| (value, 0, store.into_data()));
     }
-    // Host work inside WASI since the last metered host call is paid now.
+    // Host work inside WASI since the last metered host call is paid now;
+    // a call that could not have paid it is out of fuel, whatever else
+    // stopped it (a guest drawing random bytes until the wall clock ends it
+    // has run out of fuel, deterministically).
     let owed = store.data().debt.take();
     let fuel_used = (limits.fuel - store.get_fuel().unwrap_or(0)).saturating_add(owed);
     match result {
-        Ok(_) if fuel_used > limits.fuel => Err(Error::FuelExhausted { limit: limits.fuel }),
+        Ok(_) | Err(Error::Timeout { .. }) if fuel_used > limits.fuel => {
+            Err(Error::FuelExhausted { limit: limits.fuel })
+        }
         result => result.map(|value| (value, fuel_used, store.into_data())),
     }
 }
@@ -211,7 +216,8 @@ fn run<R>(
 /// ABI refusing what the guest handed back (invalid UTF-8, a list out of
 /// bounds or larger than a well-formed answer can be): the guest's fault.
 fn classify_call(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
-    let during_wasm = error.downcast_ref::<Trap>().is_some()
+    let during_wasm = error.downcast_ref::<LocalFailure>().is_some()
+        || error.downcast_ref::<Trap>().is_some()
         || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
         || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some()
         || sandbox.limiter.refused;

@@ -115,7 +115,12 @@ impl Engine {
                     .get(&model.blob.digest, bytes)
                     .map_err(|e| match e {
                         ModelError::Host(e) => Error::Host(e),
-                        e @ (ModelError::Refused(_) | ModelError::Runtime) => Error::InvalidModel {
+                        // Whether ONNX Runtime would refuse it elsewhere (or
+                        // with more memory) is unknown: not the model's fault.
+                        e @ ModelError::Runtime => {
+                            Error::Host(format!("model `{}`: {e}", model.name))
+                        }
+                        e @ ModelError::Refused(_) => Error::InvalidModel {
                             name: model.name.clone(),
                             message: e.to_string(),
                         },

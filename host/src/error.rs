@@ -23,12 +23,13 @@ pub enum Error {
     #[error("component does not match its package manifest: {0}")]
     ManifestMismatch(String),
 
-    /// A model of the package could not be loaded by the inference runtime.
+    /// A model of the package was refused by admission (see
+    /// [`crate::model`]).
     #[error("model `{name}` of the package does not load: {message}")]
     InvalidModel {
         /// The model's name in the manifest.
         name: String,
-        /// What the runtime said.
+        /// Why admission refused it.
         message: String,
     },
 
@@ -89,8 +90,9 @@ pub enum Error {
         after: Duration,
     },
 
-    /// The host itself could not set up the call (engine configuration,
-    /// resource exhaustion of this machine).
+    /// The host itself failed (engine configuration, resource exhaustion
+    /// of this machine, the inference worker dying or running out of time,
+    /// ONNX Runtime refusing what admission and planning accepted).
     #[error("host failure: {0}")]
     Host(String),
 }
