@@ -15,6 +15,7 @@
 //! | `wrong-dimension`| returns 3 values instead of 384                        |
 //! | `too-many`       | returns one vector more than it was given inputs       |
 //! | `flood-output`   | writes 1 MiB to stdout and 10 000 log messages         |
+//! | `poll-flood`     | polls one pollable 90 000 times in one call             |
 //! | `bad-utf8-error` | refuses the batch with a message that is not UTF-8     |
 //! | `huge-error`     | refuses the batch with a 10 MB message                  |
 //! | `aliased-vectors`| returns 64 vectors of 16 Mi values, all one buffer     |
@@ -59,6 +60,11 @@ impl Encoder for Hostile {
             Some(b"nan") => out[0][7] = f32::NAN,
             Some(b"wrong-dimension") => out[0].truncate(3),
             Some(b"too-many") => out.push(zeros()),
+            Some(b"poll-flood") => {
+                let ready = wasip2::clocks::monotonic_clock::subscribe_duration(0);
+                let list = vec![&ready; 90_000];
+                out[0][0] = wasip2::io::poll::poll(&list).len() as f32;
+            }
             Some(b"bad-utf8-error") => {
                 // SAFETY: deliberately not UTF-8: the host must not trust it.
                 let reason = unsafe { String::from_utf8_unchecked(vec![b'a', 0xff, 0xfe]) };

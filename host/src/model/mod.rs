@@ -13,10 +13,11 @@
 //!   external or segmented tensor data, sparse tensors, subgraphs,
 //!   functions, training information, non-default operator domains;
 //! * operators off the allow-list (`ops`), among them all control flow and
-//!   all random operators;
+//!   all random operators, and integer divisions by anything but a known
+//!   constant other than 0 and -1 (a CPU fault in ONNX Runtime);
 //! * graphs whose shapes cannot be inferred from the input shapes, whose
-//!   tensors exceed a size cap, or whose constant part is too much work to
-//!   fold;
+//!   tensors exceed a size cap, whose runs would hold too much at once, or
+//!   whose constant part is too much work or memory to fold;
 //! * integer outputs computed from floats (they would leak bits below the
 //!   float output grid).
 //!

@@ -2,8 +2,10 @@
 //!
 //! Admission ([`crate::model`]) refuses what the host can see is dangerous
 //! in a model, but ONNX Runtime is still a large body of native code fed
-//! attacker-chosen graphs and weights. So it runs in its own process, the
-//! `soma-inference-worker` executable, which the host starts on first use:
+//! attacker-chosen graphs and weights. So it runs in its own processes, the
+//! `soma-inference-worker` executable, which the host starts on first use,
+//! one per core, placing each model on one of them by a hash keyed with a
+//! secret of the host process (no author can choose a neighbour):
 //!
 //! * the worker loads ONNX Runtime, then confines itself ([`confine`]): no
 //!   files, no network, no new programs, address space capped;

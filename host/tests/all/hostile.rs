@@ -299,3 +299,19 @@ fn a_start_up_that_leaves_too_much_memory_is_refused_at_load() {
         .embed(&text(&["still serving"]), &Limits::default(), Seed::from(9))
         .unwrap();
 }
+
+#[test]
+fn a_poll_over_a_huge_list_of_handles_is_paid_for_first() {
+    let out = attack("poll-flood", &Limits::default()).unwrap();
+    assert_eq!(out.vectors[0][0], 90_000.0);
+    // 256 fuel per handle, on top of building the list.
+    assert!(out.fuel_used > 23_000_000, "{}", out.fuel_used);
+    let err = failure(attack(
+        "poll-flood",
+        &Limits {
+            fuel: 20_000_000,
+            ..Limits::default()
+        },
+    ));
+    assert!(matches!(err, Error::FuelExhausted { .. }), "{err}");
+}
