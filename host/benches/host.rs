@@ -135,6 +135,23 @@ fn compiled_cache(c: &mut Criterion) {
 #[path = "../tests/all/native.rs"]
 mod native;
 
+/// The component at `path`, signed as the 384-dimension text encoder `name`
+/// with one model, loaded in a fresh engine.
+fn packaged(path: &str, name: &str, (model_name, model): (&str, &[u8])) -> Encoder {
+    let key = soma_crypto::SecretKey::from_bytes(&[1; 32]);
+    let meta = soma_host::package::EncoderMeta {
+        name: name.into(),
+        version: "0.1.0".into(),
+        dimension: 384,
+        fuel_limit: soma_host::package::MAX_FUEL_LIMIT,
+        modality: soma_host::Modality::Text,
+    };
+    let component = std::fs::read(path).unwrap();
+    let blobs = vec![(model_name.to_string(), model.to_vec())];
+    let package = soma_host::package::Package::sign(&key, &meta, component, blobs).unwrap();
+    Engine::new().unwrap().load_package(&package, None).unwrap()
+}
+
 /// minilm-l6 through the component ÷ the same model natively, with the same
 /// ONNX Runtime settings (one thread, sequential, basic optimisations).
 fn minilm(c: &mut Criterion) {
@@ -143,18 +160,11 @@ fn minilm(c: &mut Criterion) {
         std::env::var_os("SOMA_MODELS_DIR").expect("SOMA_MODELS_DIR (cargo xtask setup)"),
     );
     let model = std::fs::read(models.join("all-minilm-l6-v2-int8.onnx")).unwrap();
-    let key = soma_crypto::SecretKey::from_bytes(&[1; 32]);
-    let meta = soma_host::package::EncoderMeta {
-        name: "minilm-l6".into(),
-        version: "0.1.0".into(),
-        dimension: 384,
-        fuel_limit: soma_host::package::MAX_FUEL_LIMIT,
-        modality: soma_host::Modality::Text,
-    };
-    let component = std::fs::read(soma_examples_artifacts::MINILM_L6).unwrap();
-    let models_list = vec![("all-minilm-l6-v2-int8.onnx".to_string(), model.clone())];
-    let package = soma_host::package::Package::sign(&key, &meta, component, models_list).unwrap();
-    let l6 = Engine::new().unwrap().load_package(&package, None).unwrap();
+    let l6 = packaged(
+        soma_examples_artifacts::MINILM_L6,
+        "minilm-l6",
+        ("all-minilm-l6-v2-int8.onnx", &model),
+    );
     let env = soma_host::worker::runtime().unwrap();
     let builder = ort::session::Session::builder(env)
         .unwrap()
@@ -215,18 +225,11 @@ mod onnx;
 /// same call without inference. Their difference is the worker's round trip.
 fn worker(c: &mut Criterion) {
     let model = onnx::negate();
-    let key = soma_crypto::SecretKey::from_bytes(&[1; 32]);
-    let meta = soma_host::package::EncoderMeta {
-        name: "hostile".into(),
-        version: "0.1.0".into(),
-        dimension: 384,
-        fuel_limit: soma_host::package::MAX_FUEL_LIMIT,
-        modality: soma_host::Modality::Text,
-    };
-    let component = std::fs::read(soma_examples_artifacts::HOSTILE).unwrap();
-    let blobs = vec![("model.onnx".to_string(), model.clone())];
-    let package = soma_host::package::Package::sign(&key, &meta, component, blobs).unwrap();
-    let encoder = Engine::new().unwrap().load_package(&package, None).unwrap();
+    let encoder = packaged(
+        soma_examples_artifacts::HOSTILE,
+        "hostile",
+        ("model.onnx", &model),
+    );
     let run = vec![format!("run:1:{}", blake3::hash(&model).to_hex()).into_bytes()];
     let none = vec![b"hello".to_vec()];
     let mut group = c.benchmark_group("worker");

@@ -21,9 +21,9 @@
 //! * integer outputs computed from floats (they would leak bits below the
 //!   float output grid).
 //!
-//! An admitted model carries its [`Graph`]: for any input shapes,
-//! [`Graph::plan`] gives the output shapes and the work of a run, from which
-//! the host charges fuel before running it.
+//! An admitted model carries its graph: for any input shapes, the host
+//! plans the output shapes and the work of a run, and charges fuel for it
+//! before running it ([`Admitted::fuel`] tells the amount).
 
 mod admission;
 mod graph;

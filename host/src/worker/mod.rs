@@ -7,10 +7,10 @@
 //! one per core, placing each model on one of them by a hash keyed with a
 //! secret of the host process (no author can choose a neighbour):
 //!
-//! * the worker loads ONNX Runtime, then confines itself ([`confine`]): no
+//! * the worker loads ONNX Runtime, then confines itself (`confine.rs`): no
 //!   files, no network, no new programs, address space capped;
 //! * models and tensors reach it over its stdin and results come back over
-//!   its stdout ([`protocol`]); the host bounds every reply by what the run
+//!   its stdout (`protocol.rs`); the host bounds every reply by what the run
 //!   was planned to produce, and checks shapes and rounds values itself;
 //! * a run that outlives its wall-clock budget, a crash or a broken reply
 //!   kills the worker: the call in flight fails as a local error of this
