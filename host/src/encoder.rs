@@ -7,6 +7,7 @@ use crate::log::LogRecord;
 use crate::sandbox::{Sandbox, Seed};
 use crate::{Error, Limits};
 use serde::Serialize;
+use std::sync::{Condvar, Mutex};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
@@ -18,6 +19,11 @@ pub const MAX_BATCH: usize = 4096;
 
 /// Largest dimension an encoder may declare.
 pub const MAX_DIMENSION: u32 = 65_536;
+
+/// Calls of one encoder that run at once: a quarter of the engine's pooled
+/// instances, so that no encoder can take them all. Further calls wait for
+/// one to end.
+pub const MAX_CONCURRENT_CALLS: usize = (crate::engine::POOLED_INSTANCES / 4) as usize;
 
 /// Bytes of an encoder's own error message kept in [`Error::Refused`].
 pub const MAX_REFUSAL_BYTES: usize = 1024;
@@ -81,6 +87,42 @@ pub struct Encoder {
     pre: bindings::EncoderPre<Sandbox>,
     info: EncoderInfo,
     models: PackageModels,
+    slots: Slots,
+}
+
+/// A counting semaphore over an encoder's concurrent calls.
+struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// A call's slot, given back when dropped.
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot and takes it.
+    fn take(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl Encoder {
@@ -112,6 +154,7 @@ impl Encoder {
             pre,
             info,
             models,
+            slots: Slots::new(MAX_CONCURRENT_CALLS),
         })
     }
 
@@ -129,6 +172,7 @@ impl Encoder {
         seed: Seed,
     ) -> Result<Embeddings, Error> {
         self.check_inputs(inputs)?;
+        let _slot = self.slots.take();
         // What a well-formed answer can take to lift: the vectors, their
         // list headers, and an error message. wasmtime stops lifting past
         // this, so vectors that alias one huge buffer cost nothing.

@@ -17,7 +17,7 @@ use wasmtime::{Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationCo
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Encoder stores that can be alive at once in one engine.
-const POOLED_INSTANCES: u32 = 64;
+pub(crate) const POOLED_INSTANCES: u32 = 64;
 
 /// Compiles and runs encoder components.
 ///

@@ -41,7 +41,8 @@ pub mod worker;
 pub use cache::{CacheOutcome, CompiledCache};
 pub use digest::Digest;
 pub use encoder::{
-    Embeddings, Encoder, EncoderInfo, MAX_BATCH, MAX_DIMENSION, MAX_REFUSAL_BYTES, Modality,
+    Embeddings, Encoder, EncoderInfo, MAX_BATCH, MAX_CONCURRENT_CALLS, MAX_DIMENSION,
+    MAX_REFUSAL_BYTES, Modality,
 };
 pub use engine::Engine;
 pub use error::{Error, InvalidOutput};

@@ -315,3 +315,26 @@ fn a_poll_over_a_huge_list_of_handles_is_paid_for_first() {
     ));
     assert!(matches!(err, Error::FuelExhausted { .. }), "{err}");
 }
+
+#[test]
+fn one_encoder_cannot_take_every_pooled_instance() {
+    // More calls at once than the engine has pooled instances: without a
+    // per-encoder cap, some fail for want of an instance (a host error).
+    let limits = Limits {
+        fuel: 20_000_000,
+        timeout: Duration::from_secs(600),
+        ..Limits::default()
+    };
+    std::thread::scope(|s| {
+        let spinners: Vec<_> = (0..80)
+            .map(|_| s.spawn(|| hostile().embed(&text(&["spin"]), &limits, Seed::from(1))))
+            .collect();
+        hash_encoder()
+            .embed(&text(&["still serving"]), &Limits::default(), Seed::from(9))
+            .unwrap();
+        for spinner in spinners {
+            let err = failure(spinner.join().unwrap());
+            assert!(matches!(err, Error::FuelExhausted { .. }), "{err}");
+        }
+    });
+}
