@@ -107,7 +107,7 @@ impl ModelCache {
             .or_default()
             .clone();
         let result = cell.get_or_init(|| self.compile(digest, bytes)).clone();
-        if let Err(ModelError::Host(_)) = &result {
+        if let Err(ModelError::Host(_) | ModelError::Runtime) = &result {
             // This host's trouble is not the model's: try again next time.
             let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
             if models.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
