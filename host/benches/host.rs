@@ -152,10 +152,9 @@ fn packaged(path: &str, name: &str, (model_name, model): (&str, &[u8])) -> Encod
     Engine::new().unwrap().load_package(&package, None).unwrap()
 }
 
-/// minilm-l6 through the component ÷ the same model natively, with the same
-/// ONNX Runtime settings (one thread, sequential, basic optimisations).
+/// minilm-l6 through the component ÷ the same model natively, with the
+/// worker's ONNX Runtime settings.
 fn minilm(c: &mut Criterion) {
-    use ort::session::builder::GraphOptimizationLevel;
     let models = PathBuf::from(
         std::env::var_os("SOMA_MODELS_DIR").expect("SOMA_MODELS_DIR (cargo xtask setup)"),
     );
@@ -166,18 +165,7 @@ fn minilm(c: &mut Criterion) {
         ("all-minilm-l6-v2-int8.onnx", &model),
     );
     let env = soma_host::worker::runtime().unwrap();
-    let builder = ort::session::Session::builder(env)
-        .unwrap()
-        .with_optimization_level(GraphOptimizationLevel::Level1)
-        .unwrap()
-        .with_intra_threads(1)
-        .unwrap()
-        .with_inter_threads(1)
-        .unwrap()
-        .with_parallel_execution(false)
-        .unwrap()
-        .with_deterministic_compute(true)
-        .unwrap();
+    let builder = soma_host::worker::session_builder(env).unwrap();
     let mut native = native::NativeMiniLm::new(builder, &model, &models.join("tokenizer.json"));
 
     let batch = corpus();
@@ -260,10 +248,9 @@ struct FuelRow {
 }
 
 /// Fuel the host charges for a MiniLM run (planned from shapes) against the
-/// time native ONNX Runtime takes for it (same settings as the worker, in
-/// this process; median of 15 runs), across input sizes and both models.
+/// time native ONNX Runtime takes for it (the worker's settings, in this
+/// process; median of 15 runs), across input sizes and both models.
 fn fuel_versus_time(models: &Path) -> Vec<FuelRow> {
-    use ort::session::builder::GraphOptimizationLevel;
     let env = soma_host::worker::runtime().unwrap();
     let mut rows = Vec::new();
     for (model, file) in [
@@ -272,21 +259,7 @@ fn fuel_versus_time(models: &Path) -> Vec<FuelRow> {
     ] {
         let bytes = std::fs::read(models.join(file)).unwrap();
         let admitted = soma_host::model::admit(&bytes).unwrap();
-        let mut session = ort::session::Session::builder(env)
-            .unwrap()
-            .with_execution_providers([ort::ep::CPU::default().build()])
-            .unwrap()
-            .with_optimization_level(GraphOptimizationLevel::Level1)
-            .unwrap()
-            .with_intra_threads(1)
-            .unwrap()
-            .with_inter_threads(1)
-            .unwrap()
-            .with_parallel_execution(false)
-            .unwrap()
-            .with_deterministic_compute(true)
-            .unwrap()
-            .with_memory_pattern(false)
+        let mut session = soma_host::worker::session_builder(env)
             .unwrap()
             .commit_from_memory(admitted.bytes())
             .unwrap();

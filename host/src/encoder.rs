@@ -261,15 +261,21 @@ fn run<R>(
 /// bounds or larger than a well-formed answer can be): the guest's fault.
 fn classify_call(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
     let during_wasm = error.downcast_ref::<LocalFailure>().is_some()
-        || error.downcast_ref::<Trap>().is_some()
-        || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
-        || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some()
+        || raised_by_wasm(&error)
         || sandbox.limiter.refused;
     if during_wasm {
         classify(error, sandbox, limits)
     } else {
         Error::InvalidOutput(InvalidOutput::Malformed(error.root_cause().to_string()))
     }
+}
+
+/// Whether `error` ended running wasm: a trap, an exit, or a host
+/// function's error (which carries the wasm backtrace it interrupted).
+fn raised_by_wasm(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<Trap>().is_some()
+        || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
+        || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some()
 }
 
 /// A fresh store with a closed sandbox, `limits` applied (fuel, memory,
@@ -313,10 +319,7 @@ pub(crate) fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limit
             limit_bytes: limits.max_memory_bytes,
         };
     }
-    let trapped = error.downcast_ref::<Trap>().is_some()
-        || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
-        || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some();
-    if trapped {
+    if raised_by_wasm(&error) {
         let message = match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
             Some(exit) => format!("the encoder exited with status {}", exit.0),
             // The full error leads with a wasm backtrace; the root cause is

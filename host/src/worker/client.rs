@@ -149,7 +149,7 @@ impl State {
         };
         let request = Request::Load {
             digest,
-            model: model.to_vec(),
+            model: &model,
         };
         match self.exchange(&request, 1 << 20, LOAD_TIMEOUT)? {
             Reply::Done(_) => {

@@ -25,7 +25,7 @@ mod server;
 pub(crate) use client::Worker;
 pub use client::{WORKER_ENV, WORKER_NAME};
 pub use confine::MEMORY_BYTES;
-pub use server::{DYLIB_ENV, RuntimeUnavailable, runtime};
+pub use server::{DYLIB_ENV, RuntimeUnavailable, runtime, session_builder};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -21,9 +21,10 @@ use std::io::{self, Read, Write};
 
 /// A request from the host.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Request {
+pub(crate) enum Request<'a> {
     /// Compile `model` (admitted bytes) into a session kept under `digest`.
-    Load { digest: Digest, model: Vec<u8> },
+    /// Borrowed: a model can be a gigabyte, and is framed without a copy.
+    Load { digest: Digest, model: &'a [u8] },
     /// Run the session of `digest` on `inputs`.
     Run {
         digest: Digest,
@@ -84,7 +85,7 @@ pub(crate) fn read_frame(
     Ok(body)
 }
 
-impl Request {
+impl<'a> Request<'a> {
     /// Sends the request.
     pub(crate) fn write(&self, out: &mut impl Write) -> io::Result<()> {
         let mut body = Vec::new();
@@ -104,14 +105,14 @@ impl Request {
     }
 
     /// Decodes a request frame.
-    pub(crate) fn decode(body: &[u8]) -> Result<Request, ProtocolError> {
+    pub(crate) fn decode(body: &'a [u8]) -> Result<Request<'a>, ProtocolError> {
         let mut r = Reader(body);
         let tag = r.u8()?;
         let digest = Digest(r.array()?);
         let request = match tag {
             LOAD => Request::Load {
                 digest,
-                model: r.bytes()?.to_vec(),
+                model: r.bytes()?,
             },
             RUN => Request::Run {
                 digest,
@@ -273,7 +274,7 @@ mod tests {
         let requests = [
             Request::Load {
                 digest: Digest([7; 32]),
-                model: vec![1, 2, 3],
+                model: &[1, 2, 3],
             },
             Request::Run {
                 digest: Digest([8; 32]),

@@ -6,7 +6,7 @@ use crate::digest::Digest;
 use crate::model::MAX_TENSOR_BYTES;
 use ort::logging::LogLevel;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, ValueType};
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, BufWriter};
@@ -109,7 +109,7 @@ pub(crate) fn serve(external_data: &Path) -> Result<(), ProtocolError> {
             other => other?,
         };
         let reply = match Request::decode(&body)? {
-            Request::Load { digest, model } => match compile(&model, external_data) {
+            Request::Load { digest, model } => match compile(model, external_data) {
                 Ok(session) => {
                     sessions.insert(digest, session);
                     Reply::Done(vec![])
@@ -125,41 +125,40 @@ pub(crate) fn serve(external_data: &Path) -> Result<(), ProtocolError> {
     }
 }
 
-/// Builds a session with the settings every host uses.
-fn compile(model: &[u8], external_data: &Path) -> Result<Session, String> {
-    let env = runtime().map_err(|e| e.to_string())?;
-    let text = |e: &dyn std::fmt::Display| e.to_string();
-    Session::builder(env)
-        .map_err(|e| text(&e))?
-        // CPU only, without the arena: memory is given back after each run.
-        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
-        .map_err(|e| text(&e))?
-        .with_optimization_level(GraphOptimizationLevel::Level1)
-        .map_err(|e| text(&e))?
-        .with_intra_threads(1)
-        .map_err(|e| text(&e))?
-        .with_inter_threads(1)
-        .map_err(|e| text(&e))?
-        .with_parallel_execution(false)
-        .map_err(|e| text(&e))?
-        .with_deterministic_compute(true)
-        .map_err(|e| text(&e))?
-        .with_memory_pattern(false)
-        .map_err(|e| text(&e))?
-        .with_log_level(LogLevel::Fatal)
-        .map_err(|e| text(&e))?
-        .with_config_entry(
-            "session.model_external_initializers_file_folder_path",
-            external_data.to_string_lossy(),
-        )
-        .map_err(|e| text(&e))?
+/// A session builder with the settings every worker uses: CPU only without
+/// the arena (memory is given back after each run), one thread, sequential,
+/// deterministic compute, basic optimisations, no memory pattern, quiet,
+/// constant folding capped. Public so that native baselines measure the
+/// runtime the worker runs.
+pub fn session_builder(env: &ort::environment::Environment) -> ort::Result<SessionBuilder> {
+    Ok(Session::builder(env)?
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])?
+        .with_optimization_level(GraphOptimizationLevel::Level1)?
+        .with_intra_threads(1)?
+        .with_inter_threads(1)?
+        .with_parallel_execution(false)?
+        .with_deterministic_compute(true)?
+        .with_memory_pattern(false)?
+        .with_log_level(LogLevel::Fatal)?
         .with_config_entry(
             "optimization.constant_folding_max_output_size_in_bytes",
             MAX_TENSOR_BYTES.to_string(),
-        )
-        .map_err(|e| text(&e))?
-        .commit_from_memory(model)
-        .map_err(|e| text(&e))
+        )?)
+}
+
+/// Compiles an admitted model into a session, told that external data
+/// lives in `external_data` (an empty directory).
+fn compile(model: &[u8], external_data: &Path) -> Result<Session, String> {
+    let env = runtime().map_err(|e| e.to_string())?;
+    let compiled = session_builder(env).and_then(|builder| {
+        builder
+            .with_config_entry(
+                "session.model_external_initializers_file_folder_path",
+                external_data.to_string_lossy(),
+            )?
+            .commit_from_memory(model)
+    });
+    compiled.map_err(|e| e.to_string())
 }
 
 /// Runs a session; the outputs are ONNX Runtime's, unrounded.

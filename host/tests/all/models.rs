@@ -69,18 +69,7 @@ fn control_flow_random_and_foreign_operators_are_refused() {
             "{op}: {err}"
         );
     }
-    let foreign = Pb::default()
-        .int(1, 8)
-        .msg(8, Pb::default().str(1, "").int(2, 17))
-        .msg(8, Pb::default().str(1, "com.microsoft").int(2, 1))
-        .msg(
-            7,
-            graph(
-                vec![node("Neg", &["x"], &["y"], vec![])],
-                vec![],
-                y_like_x(),
-            ),
-        );
+    let foreign = model_importing(&[("", 17), ("com.microsoft", 1)], negation());
     assert!(
         matches!(refused(&foreign.0), AdmissionError::Unsupported(m) if m.contains("com.microsoft"))
     );
@@ -88,26 +77,11 @@ fn control_flow_random_and_foreign_operators_are_refused() {
 
 #[test]
 fn model_level_features_the_host_cannot_bound_are_refused() {
-    let with_function = model_of(graph(
-        vec![node("Neg", &["x"], &["y"], vec![])],
-        vec![],
-        y_like_x(),
-    ))
-    .msg(25, Pb::default().str(1, "f"));
+    let with_function = model_of(negation()).msg(25, Pb::default().str(1, "f"));
     assert!(
         matches!(refused(&with_function.0), AdmissionError::Unsupported(m) if m.contains("functions"))
     );
-    let old_opset = Pb::default()
-        .int(1, 8)
-        .msg(8, Pb::default().str(1, "").int(2, 9))
-        .msg(
-            7,
-            graph(
-                vec![node("Neg", &["x"], &["y"], vec![])],
-                vec![],
-                y_like_x(),
-            ),
-        );
+    let old_opset = model_importing(&[("", 9)], negation());
     assert!(
         matches!(refused(&old_opset.0), AdmissionError::Unsupported(m) if m.contains("opset 9"))
     );
@@ -237,16 +211,7 @@ fn onnx_runtime_reads_only_what_admission_read() {
         vec![external("w", "etc/passwd")],
         value("y", 2, &[Some(64)]),
     );
-    let bytes = model_of(evil)
-        .msg(
-            7,
-            graph(
-                vec![node("Neg", &["x"], &["y"], vec![])],
-                vec![],
-                y_like_x(),
-            ),
-        )
-        .0;
+    let bytes = model_of(evil).msg(7, negation()).0;
     match admit(&bytes) {
         Err(e) => assert!(matches!(e, AdmissionError::ExternalData(_)), "{e}"),
         Ok(admitted) => {

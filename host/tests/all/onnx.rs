@@ -119,25 +119,37 @@ pub fn y_like_x() -> Pb {
     value("y", FLOAT, &[None])
 }
 
+/// A model of IR 8 importing `opsets` (domain, version) around `graph`.
+pub fn model_importing(opsets: &[(&str, i64)], graph: Pb) -> Pb {
+    let model = opsets
+        .iter()
+        .fold(Pb::default().int(1, 8), |m, (domain, version)| {
+            m.msg(8, Pb::default().str(1, domain).int(2, *version))
+        });
+    model.msg(7, graph)
+}
+
 /// A model of IR 8, opset 17, around `graph`.
 pub fn model_of(graph: Pb) -> Pb {
-    Pb::default()
-        .int(1, 8)
-        .msg(8, Pb::default().str(1, "").int(2, 17))
-        .msg(7, graph)
+    model_importing(&[("", 17)], graph)
 }
 
 pub fn model(graph: Pb) -> Vec<u8> {
     model_of(graph).0
 }
 
-/// `y = -x`: a model admission accepts.
-pub fn negate() -> Vec<u8> {
-    model(graph(
+/// The graph `y = -x`.
+pub fn negation() -> Pb {
+    graph(
         vec![node("Neg", &["x"], &["y"], vec![])],
         vec![],
         y_like_x(),
-    ))
+    )
+}
+
+/// `y = -x`: a model admission accepts.
+pub fn negate() -> Vec<u8> {
+    model(negation())
 }
 
 /// Four 1024 × 1024 products of a tensor expanded from the input: cheap in
