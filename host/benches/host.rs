@@ -12,13 +12,19 @@
 //! * loading a component by compiling it ÷ from the compiled-component cache;
 //! * minilm-l6 through the component ÷ natively, and a fresh instance's
 //!   start ÷ one inference.
+//!
+//! A failed iteration does not end the run: its error is recorded and its
+//! figures are reported as failed.
 
 use criterion::{BenchmarkId, Criterion};
 use serde_json::Value;
 use soma_host::{CacheOutcome, CompiledCache, Encoder, Engine, Limits, Seed};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Sentences of the hash-encoder batch: varied lengths, some non-ASCII.
@@ -35,6 +41,42 @@ fn corpus() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Memory-image creations the load benchmarks' engine had to retry.
+static LOAD_IMAGE_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// Iterations that failed, by criterion id: how many, and the first error.
+static FAILURES: Mutex<BTreeMap<String, (u64, String)>> = Mutex::new(BTreeMap::new());
+
+/// `result`'s value, or `None` with its error recorded against the
+/// benchmark `id`: one failed iteration marks its figures failed in the
+/// report instead of ending the run.
+fn ok<T, E: std::fmt::Display>(id: &str, result: Result<T, E>) -> Option<T> {
+    result
+        .map_err(|e| {
+            let mut failures = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = failures
+                .entry(id.to_string())
+                .or_insert_with(|| (0, e.to_string()));
+            entry.0 += 1;
+        })
+        .ok()
+}
+
+/// Why a figure cannot be trusted: the first of its benchmarks with failed
+/// iterations.
+fn failure(f: &Figure) -> Option<String> {
+    let failures = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
+    [Some(f.measured), f.minus, Some(f.baseline)]
+        .into_iter()
+        .flatten()
+        .find_map(|id| {
+            let (count, error) = failures.get(id)?;
+            Some(format!(
+                "{count} iterations of `{id}` failed, first with: {error}"
+            ))
+        })
+}
+
 fn load(engine: &Engine, path: &str) -> Encoder {
     engine.load(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -49,8 +91,10 @@ fn instantiate(c: &mut Criterion) {
     let mut group = c.benchmark_group("instantiate");
     group.bench_function("soma", |b| {
         b.iter(|| {
-            hash.embed(black_box(&trivial), &Limits::default(), Seed::from(1))
-                .unwrap()
+            ok(
+                "instantiate/soma",
+                hash.embed(black_box(&trivial), &Limits::default(), Seed::from(1)),
+            )
         })
     });
     group.bench_function("bare-wasmtime", |b| {
@@ -76,11 +120,13 @@ fn hash_encoder(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("hash-encoder");
     for (id, encoder) in [("wasm-fuel", &metered), ("wasm-no-fuel", &unmetered)] {
+        let figure = format!("hash-encoder/{id}");
         group.bench_function(BenchmarkId::from_parameter(id), |b| {
             b.iter(|| {
-                encoder
-                    .embed(black_box(&batch), &Limits::default(), Seed::from(1))
-                    .unwrap()
+                ok(
+                    &figure,
+                    encoder.embed(black_box(&batch), &Limits::default(), Seed::from(1)),
+                )
             })
         });
     }
@@ -111,19 +157,27 @@ fn compiled_cache(c: &mut Criterion) {
         ("largest", largest.1),
     ] {
         let wasm = std::fs::read(path).unwrap();
-        engine.load_cached(&wasm, &cache).unwrap();
+        let (compile, cached) = (
+            format!("load/{name}-compile"),
+            format!("load/{name}-cached"),
+        );
+        ok(&cached, engine.load_cached(&wasm, &cache));
         group.bench_function(format!("{name}-compile"), |b| {
-            b.iter(|| engine.load(black_box(&wasm)).unwrap())
+            b.iter(|| ok(&compile, engine.load(black_box(&wasm))))
         });
         group.bench_function(format!("{name}-cached"), |b| {
             b.iter(|| {
-                let (encoder, outcome) = engine.load_cached(black_box(&wasm), &cache).unwrap();
-                assert_eq!(outcome, CacheOutcome::Hit);
-                encoder
+                let loaded = engine.load_cached(black_box(&wasm), &cache);
+                let hit = loaded.and_then(|(encoder, outcome)| match outcome {
+                    CacheOutcome::Hit => Ok(encoder),
+                    outcome => Err(soma_host::Error::Host(format!("cache {outcome:?}"))),
+                });
+                ok(&cached, hit)
             })
         });
     }
     group.finish();
+    LOAD_IMAGE_RETRIES.store(engine.memory_image_retries(), Ordering::Relaxed);
     println!(
         "largest example component: {} ({} bytes)",
         largest.0,
@@ -180,15 +234,22 @@ fn minilm(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("minilm-l6");
     group.bench_function("wasm-batch1", |b| {
-        b.iter(|| l6.embed(black_box(&one), &limits, Seed::from(1)).unwrap())
+        b.iter(|| {
+            ok(
+                "minilm-l6/wasm-batch1",
+                l6.embed(black_box(&one), &limits, Seed::from(1)),
+            )
+        })
     });
     group.bench_function("native-batch1", |b| {
         b.iter(|| native.embed(black_box(texts[1])))
     });
     group.bench_function("wasm-batch32", |b| {
         b.iter(|| {
-            l6.embed(black_box(&batch[..32]), &limits, Seed::from(1))
-                .unwrap()
+            ok(
+                "minilm-l6/wasm-batch32",
+                l6.embed(black_box(&batch[..32]), &limits, Seed::from(1)),
+            )
         })
     });
     group.bench_function("native-batch32", |b| {
@@ -200,7 +261,12 @@ fn minilm(c: &mut Criterion) {
         })
     });
     group.bench_function("fresh-instance", |b| {
-        b.iter(|| l6.embed(&[], &limits, Seed::from(1)).unwrap())
+        b.iter(|| {
+            ok(
+                "minilm-l6/fresh-instance",
+                l6.embed(&[], &limits, Seed::from(1)),
+            )
+        })
     });
     group.finish();
 }
@@ -223,16 +289,18 @@ fn worker(c: &mut Criterion) {
     let mut group = c.benchmark_group("worker");
     group.bench_function("round-trip", |b| {
         b.iter(|| {
-            encoder
-                .embed(black_box(&run), &Limits::default(), Seed::from(1))
-                .unwrap()
+            ok(
+                "worker/round-trip",
+                encoder.embed(black_box(&run), &Limits::default(), Seed::from(1)),
+            )
         })
     });
     group.bench_function("no-inference", |b| {
         b.iter(|| {
-            encoder
-                .embed(black_box(&none), &Limits::default(), Seed::from(1))
-                .unwrap()
+            ok(
+                "worker/no-inference",
+                encoder.embed(black_box(&none), &Limits::default(), Seed::from(1)),
+            )
         })
     });
     group.finish();
@@ -516,12 +584,25 @@ fn report(dir: &Path) -> String {
          | Figure | Ratio | Measured | Baseline | Target | Met |\n\
          |---|---|---|---|---|---|\n",
     );
+    let mut missed = Vec::new();
+    let mut failed = Vec::new();
     for f in FIGURES {
+        if let Some(reason) = failure(f) {
+            writeln!(
+                md,
+                "| {} | failed | – | – | {} | **failed** |",
+                f.name, f.target
+            )
+            .unwrap();
+            failed.push((f, reason));
+            continue;
+        }
         let (measured, baseline) = (measured_ns(dir, f), median_ns(dir, f.baseline));
         let ratio = measured / baseline;
         let met = if (f.meets)(ratio, measured) {
             "yes"
         } else {
+            missed.push(f);
             "**no**"
         };
         writeln!(
@@ -534,19 +615,24 @@ fn report(dir: &Path) -> String {
         )
         .unwrap();
     }
-    let missed: Vec<_> = FIGURES
-        .iter()
-        .filter(|f| {
-            let (m, b) = (measured_ns(dir, f), median_ns(dir, f.baseline));
-            !(f.meets)(m / b, m)
-        })
-        .collect();
+    if !failed.is_empty() {
+        md += "\n### Failed figures\n\n";
+        for (f, reason) in failed {
+            writeln!(md, "- **{}**: {reason}", f.name).unwrap();
+        }
+    }
     if !missed.is_empty() {
         md += "\n### Missed targets\n\n";
         for f in missed {
             writeln!(md, "- **{}**: {}", f.name, f.limited_by).unwrap();
         }
     }
+    writeln!(
+        md,
+        "\nMemory images the load benchmarks had to retry creating: {}.",
+        LOAD_IMAGE_RETRIES.load(Ordering::Relaxed)
+    )
+    .unwrap();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     writeln!(
         md,

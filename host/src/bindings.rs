@@ -8,7 +8,4 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "encoder",
     additional_derives: [PartialEq],
-    with: {
-        "soma:encoder/inference.session": crate::inference::OpenSession,
-    },
 });

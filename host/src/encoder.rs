@@ -1,9 +1,11 @@
 //! A loaded encoder component and its calls.
 
-use crate::engine::Engine;
 use crate::error::{InvalidOutput, LocalFailure};
 use crate::inference::PackageModels;
+use crate::info::MAX_DIMENSION;
+use crate::info::{EncoderInfo, Modality};
 use crate::log::LogRecord;
+use crate::runtime::{HOSTCALL_BYTES, POOLED_INSTANCES, Runtime};
 use crate::sandbox::{Sandbox, Seed};
 use crate::{Error, Limits};
 use serde::Serialize;
@@ -17,49 +19,13 @@ use bindings::soma::encoder::types as wit;
 /// Most inputs one `embed` call accepts.
 pub const MAX_BATCH: usize = 4096;
 
-/// Largest dimension an encoder may declare.
-pub const MAX_DIMENSION: u32 = 65_536;
-
 /// Calls of one encoder that run at once: a quarter of the engine's pooled
 /// instances, so that no encoder can take them all. Further calls wait for
 /// one to end.
-pub const MAX_CONCURRENT_CALLS: usize = (crate::engine::POOLED_INSTANCES / 4) as usize;
+pub const MAX_CONCURRENT_CALLS: usize = (POOLED_INSTANCES / 4) as usize;
 
 /// Bytes of an encoder's own error message kept in [`Error::Refused`].
 pub const MAX_REFUSAL_BYTES: usize = 1024;
-
-/// Bytes a guest may hand the host in one call of an import (a tensor, a
-/// log message), copied or not: wasmtime refuses more before copying.
-const HOSTCALL_BYTES: usize = 65 << 20;
-
-/// What an encoder says about itself (`info()` in the WIT world).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EncoderInfo {
-    /// Short machine-friendly name.
-    pub name: String,
-    /// The encoder's own version.
-    pub version: String,
-    /// Length of every vector.
-    pub dimension: u32,
-    /// What the inputs are.
-    pub modality: Modality,
-    /// Largest single input, in bytes.
-    pub max_input_bytes: u32,
-}
-
-/// Kind of input an encoder expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Modality {
-    /// UTF-8 text.
-    Text,
-    /// Encoded images.
-    Image,
-    /// Encoded audio.
-    Audio,
-    /// Arbitrary bytes.
-    Bytes,
-}
 
 /// The result of a successful `embed` call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,7 +49,7 @@ pub struct Embeddings {
 /// Every call runs in a fresh store and instance: no state survives from one
 /// call to the next, and a call that traps leaves nothing behind.
 pub struct Encoder {
-    engine: Engine,
+    runtime: Runtime,
     pre: bindings::EncoderPre<Sandbox>,
     info: EncoderInfo,
     models: PackageModels,
@@ -128,19 +94,20 @@ impl Drop for Slot<'_> {
 impl Encoder {
     /// Links `component` against the host's world and reads its info.
     pub(crate) fn link(
-        engine: Engine,
+        runtime: Runtime,
         component: &Component,
         models: PackageModels,
         limits: &Limits,
     ) -> Result<Self, Error> {
+        runtime.prepare(component)?;
         let incompatible = |e: wasmtime::Error| Error::Incompatible(format!("{e:#}"));
-        let instance_pre = engine
+        let instance_pre = runtime
             .linker()
             .instantiate_pre(component)
             .map_err(incompatible)?;
         let pre = bindings::EncoderPre::new(instance_pre).map_err(incompatible)?;
         let info = run(
-            &engine,
+            &runtime,
             &pre,
             &models,
             limits,
@@ -150,7 +117,7 @@ impl Encoder {
         .0;
         let info = EncoderInfo::check(info)?;
         Ok(Encoder {
-            engine,
+            runtime,
             pre,
             info,
             models,
@@ -179,7 +146,7 @@ impl Encoder {
         let dimension = self.info.dimension as usize;
         let answer = inputs.len() * (4 * dimension + 8) + (64 << 10);
         let (result, fuel_used, sandbox) = run(
-            &self.engine,
+            &self.runtime,
             &self.pre,
             &self.models,
             limits,
@@ -224,35 +191,25 @@ impl Encoder {
 /// turning every failure into an [`Error`]. Returns the call's result, the
 /// fuel used, and the store's data for the logs and captured output.
 fn run<R>(
-    engine: &Engine,
+    runtime: &Runtime,
     pre: &bindings::EncoderPre<Sandbox>,
     models: &PackageModels,
     limits: &Limits,
     seed: Seed,
     call: impl FnOnce(&bindings::Encoder, &mut Store<Sandbox>) -> wasmtime::Result<R>,
 ) -> Result<(R, u64, Sandbox), Error> {
-    let mut store = new_store(engine, models.clone(), limits, seed)?;
-    let result = match pre.instantiate(&mut store) {
+    let mut store = runtime.new_store(models.clone(), limits, seed)?;
+    let value = match pre.instantiate(&mut store) {
         Ok(encoder) => {
-            call(&encoder, &mut store).map_err(|e| classify_call(e, store.data(), limits))
+            call(&encoder, &mut store).map_err(|e| classify_call(e, store.data(), limits))?
         }
-        Err(e) => Err(classify(e, store.data(), limits)),
+        Err(e) => return Err(classify(e, store.data(), limits)),
     };
-    if !engine.fuel_metering() {
-        return result.map(|value| (value, 0, store.into_data()));
-    }
-    // Host work inside WASI since the last metered host call is paid now;
-    // a call that could not have paid it is out of fuel, whatever else
-    // stopped it (a guest drawing random bytes until the wall clock ends it
-    // has run out of fuel, deterministically).
-    let owed = store.data().debt.take();
-    let fuel_used = (limits.fuel - store.get_fuel().unwrap_or(0)).saturating_add(owed);
-    match result {
-        Ok(_) | Err(Error::Timeout { .. }) if fuel_used > limits.fuel => {
-            Err(Error::FuelExhausted { limit: limits.fuel })
-        }
-        result => result.map(|value| (value, fuel_used, store.into_data())),
-    }
+    let fuel_used = match runtime.fuel_metering() {
+        true => limits.fuel - store.get_fuel().unwrap_or(0),
+        false => 0,
+    };
+    Ok((value, fuel_used, store.into_data()))
 }
 
 /// Names the failure of a call of an export. Besides what [`classify`]
@@ -276,27 +233,6 @@ fn raised_by_wasm(error: &wasmtime::Error) -> bool {
     error.downcast_ref::<Trap>().is_some()
         || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
         || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some()
-}
-
-/// A fresh store with a closed sandbox, `limits` applied (fuel, memory,
-/// wall-clock safety net) and randomness from `seed`.
-pub(crate) fn new_store(
-    engine: &Engine,
-    models: PackageModels,
-    limits: &Limits,
-    seed: Seed,
-) -> Result<Store<Sandbox>, Error> {
-    let mut store = Store::new(engine.wasmtime(), Sandbox::new(seed, limits, models));
-    store.limiter(|sandbox| &mut sandbox.limiter);
-    store.set_hostcall_fuel(HOSTCALL_BYTES);
-    if engine.fuel_metering() {
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| Error::Host(e.to_string()))?;
-    }
-    store.set_epoch_deadline(engine.epoch_ticks(limits.timeout));
-    store.epoch_deadline_trap();
-    Ok(store)
 }
 
 /// Names the failure of a call: which limit was hit, or what trapped.

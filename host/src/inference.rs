@@ -1,5 +1,7 @@
-//! The `soma:encoder/inference` import: ONNX Runtime sessions over the
-//! models of an encoder's own signed package.
+//! ONNX Runtime sessions over the models of an encoder's own signed
+//! package: what the `soma:encoder/inference` import runs (its linker glue,
+//! which reads and charges for what the guest hands over, is the host's
+//! `imports` module).
 //!
 //! Every model was admitted first ([`crate::model`]) and runs in the
 //! inference worker ([`crate::worker`]). A `run` is checked against fixed
@@ -13,20 +15,16 @@
 //! guest: it names paths and states of this host.
 
 use crate::bindings::soma::encoder::inference::{
-    Error as WitError, ErrorCode, NamedTensor, Tensor, TensorType,
+    Error as WitError, NamedTensor, Tensor, TensorType,
 };
 use crate::digest::Digest;
 use crate::error::LocalFailure;
-use crate::limits::HOST_FUEL_PER_BYTE;
-use crate::model::{self, AdmissionError, ElemType, Graph, Plan, ShapeError, TensorInfo};
-use crate::sandbox::{Sandbox, charge_fuel};
+use crate::model::{self, AdmissionError, ElemType, Graph, Plan, TensorInfo};
 use crate::worker::Worker;
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::catch_unwind;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
-use wasmtime::StoreContextMut;
-use wasmtime::component::{ComponentType, Lift, Linker, Resource, ResourceType, WasmList, WasmStr};
+use std::time::Duration;
 
 /// Most sessions one call may hold open at once.
 pub const MAX_OPEN_SESSIONS: u32 = 16;
@@ -43,7 +41,7 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// Fuel charged for every `run`, whatever its size.
 pub const RUN_BASE_FUEL: u64 = 100_000;
 /// Least wall-clock time left in a call for a run to start.
-const MIN_RUN_TIME: Duration = Duration::from_millis(10);
+pub(crate) const MIN_RUN_TIME: Duration = Duration::from_millis(10);
 
 /// Fuel charged per node of the model for planning a run.
 pub const PLAN_FUEL_PER_NODE: u64 = 256;
@@ -56,7 +54,7 @@ pub const OUTPUT_GRID: f32 = 65_536.0;
 pub(crate) struct Model {
     digest: Digest,
     /// What the host knows of the graph: shapes and work for any inputs.
-    graph: Graph,
+    pub(crate) graph: Graph,
     worker: Arc<Worker>,
 }
 
@@ -169,109 +167,11 @@ pub(crate) enum ModelError {
 /// The models an encoder may open: those of its package, by digest.
 pub(crate) type PackageModels = Arc<BTreeMap<Digest, Arc<Model>>>;
 
-/// A session handle held by a guest.
-pub struct OpenSession {
-    model: Arc<Model>,
-}
-
-/// A `named-tensor` as it lies in guest memory: lifted without copying its
-/// name, dimensions or data, so the host can charge for them first.
-#[derive(ComponentType, Lift)]
-#[component(record)]
-struct GuestTensor {
-    name: WasmStr,
-    tensor: GuestTensorData,
-}
-
-#[derive(ComponentType, Lift)]
-#[component(record)]
-struct GuestTensorData {
-    dimensions: WasmList<u32>,
-    ty: TensorType,
-    data: WasmList<u8>,
-}
-
-/// Adds `soma:encoder/inference` to `linker`.
-pub(crate) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()> {
-    let mut inference = linker.instance("soma:encoder/inference@0.1.0")?;
-    inference.resource(
-        "session",
-        ResourceType::host::<OpenSession>(),
-        |mut store, rep| {
-            let sandbox = store.data_mut();
-            sandbox
-                .table
-                .delete(Resource::<OpenSession>::new_own(rep))?;
-            sandbox.open_sessions -= 1;
-            Ok(())
-        },
-    )?;
-    inference.func_wrap("[static]session.open", |mut store, (model,): (WasmStr,)| {
-        // wasmtime exposes a string's length only once it is validated in
-        // place (no copy); the host charges for it before any other work.
-        let text = model.to_str(&store)?;
-        let cost = SESSION_OPEN_FUEL.saturating_add(text.len() as u64 * HOST_FUEL_PER_BYTE);
-        let digest = Digest::from_hex(&text);
-        charge_fuel(&mut store, cost)?;
-        let sandbox = store.data_mut();
-        let Some(model) = digest.and_then(|d| sandbox.models.get(&d)).cloned() else {
-            let message = "no model with this digest in the encoder's package";
-            return Ok((Err(error(ErrorCode::NotFound, message)),));
-        };
-        if sandbox.open_sessions >= MAX_OPEN_SESSIONS {
-            let message = format!("more than {MAX_OPEN_SESSIONS} sessions open at once");
-            return Ok((Err(error(ErrorCode::TooLarge, message)),));
-        }
-        let handle = sandbox.table.push(OpenSession { model })?;
-        sandbox.open_sessions += 1;
-        Ok((Ok(handle),))
-    })?;
-    inference.func_wrap(
-        "[method]session.run",
-        |mut store, (session, inputs): (Resource<OpenSession>, WasmList<GuestTensor>)| {
-            let model = store.data().table.get(&session)?.model.clone();
-            let planning = PLAN_FUEL_PER_NODE.saturating_mul(model.graph.nodes.len() as u64);
-            charge_fuel(&mut store, RUN_BASE_FUEL.saturating_add(planning))?;
-            let inputs = match read_inputs(&mut store, &inputs, &model.graph)? {
-                Ok(inputs) => inputs,
-                Err(e) => return Ok((Err(e),)),
-            };
-            let shapes = inputs.shapes();
-            let planned = catch_unwind(AssertUnwindSafe(|| model.graph.plan(&shapes)));
-            let Ok(planned) = planned else {
-                let message = "shape inference failed on these inputs";
-                return Ok((Err(error(ErrorCode::InvalidArgument, message)),));
-            };
-            let plan = match planned {
-                Ok(plan) => plan,
-                Err(e @ (ShapeError::TooLarge { .. } | ShapeError::Memory { .. })) => {
-                    return Ok((Err(error(ErrorCode::TooLarge, e.to_string())),));
-                }
-                Err(e) => return Ok((Err(error(ErrorCode::InvalidArgument, e.to_string())),)),
-            };
-            charge_fuel(&mut store, plan.fuel())?;
-            // The run may take what is left of the call's wall-clock budget.
-            let left = store
-                .data()
-                .deadline
-                .saturating_duration_since(Instant::now());
-            Ok((run(&model, inputs, &plan, left.max(MIN_RUN_TIME))?,))
-        },
-    )
-}
-
-fn error(code: ErrorCode, message: impl Into<String>) -> WitError {
-    WitError {
-        code,
-        message: message.into(),
-    }
-}
-
 /// A run's inputs, copied out of guest memory in graph input order.
-struct Inputs(Vec<(String, Tensor)>);
+pub(crate) struct Inputs(pub(crate) Vec<(String, Tensor)>);
 
 impl Inputs {
-    fn shapes(&self) -> Vec<(ElemType, Vec<u64>)> {
+    pub(crate) fn shapes(&self) -> Vec<(ElemType, Vec<u64>)> {
         self.0
             .iter()
             .map(|(_, t)| {
@@ -282,100 +182,13 @@ impl Inputs {
     }
 }
 
-fn elem_type(ty: TensorType) -> ElemType {
+pub(crate) fn elem_type(ty: TensorType) -> ElemType {
     match ty {
         TensorType::Fp32 => ElemType::F32,
         TensorType::I64 => ElemType::I64,
         TensorType::I32 => ElemType::I32,
         TensorType::U8 => ElemType::U8,
     }
-}
-
-/// Charges for the inputs by their size, then checks them against the
-/// limits and the graph's inputs and copies them out. The outer error is
-/// the guest's fault (memory it handed over is malformed), the inner one
-/// an answer to give it.
-fn read_inputs(
-    store: &mut StoreContextMut<'_, Sandbox>,
-    list: &WasmList<GuestTensor>,
-    graph: &Graph,
-) -> wasmtime::Result<Result<Inputs, WitError>> {
-    let too_large = |message: String| Ok(Err(error(ErrorCode::TooLarge, message)));
-    let invalid = |message: String| Ok(Err(error(ErrorCode::InvalidArgument, message)));
-    if list.len() > MAX_TENSORS {
-        return too_large(format!(
-            "{} input tensors; at most {MAX_TENSORS}",
-            list.len()
-        ));
-    }
-    let guest: Vec<GuestTensor> = list.iter(&mut *store)?.collect::<wasmtime::Result<_>>()?;
-    let mut handed = 0u64;
-    for t in &guest {
-        // Names are validated in place (no copy) to learn their length.
-        let name = t.name.to_str(&*store)?.len();
-        handed += (name + 4 * t.tensor.dimensions.len() + t.tensor.data.len()) as u64;
-    }
-    charge_fuel(store, handed.saturating_mul(HOST_FUEL_PER_BYTE))?;
-    let mut by_name = BTreeMap::new();
-    let mut total_bytes = 0u64;
-    for t in guest {
-        let name = t.name.to_str(&*store)?;
-        if name.len() > MAX_NAME_BYTES {
-            return invalid(format!(
-                "a tensor name is longer than {MAX_NAME_BYTES} bytes"
-            ));
-        }
-        let name = name.into_owned();
-        let dimensions = t.tensor.dimensions.as_le_slice(&*store).to_vec();
-        if dimensions.len() > MAX_RANK {
-            return too_large(format!(
-                "`{name}` has rank {}; at most {MAX_RANK}",
-                dimensions.len()
-            ));
-        }
-        let elements = dimensions
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d)))
-            .filter(|&n| n <= MAX_ELEMENTS);
-        let Some(elements) = elements else {
-            return too_large(format!("`{name}` has more than {MAX_ELEMENTS} elements"));
-        };
-        let expected = elements * element_size(t.tensor.ty);
-        if t.tensor.data.len() as u64 != expected {
-            return invalid(format!(
-                "`{name}`: dimensions {dimensions:?} of {:?} need {expected} bytes, got {}",
-                t.tensor.ty,
-                t.tensor.data.len()
-            ));
-        }
-        total_bytes += expected;
-        if total_bytes > MAX_INPUT_BYTES {
-            return too_large(format!("more than {MAX_INPUT_BYTES} bytes of input"));
-        }
-        let tensor = Tensor {
-            dimensions,
-            ty: t.tensor.ty,
-            data: t.tensor.data.as_le_slice(&*store).to_vec(),
-        };
-        if by_name.insert(name.clone(), tensor).is_some() {
-            return invalid(format!("input `{name}` is given twice"));
-        }
-    }
-    let mut ordered = Vec::with_capacity(graph.inputs.len());
-    for input in &graph.inputs {
-        match by_name.remove(&input.name) {
-            Some(t) => ordered.push((input.name.clone(), t)),
-            None => return invalid(format!("the model needs input `{}`", input.name)),
-        }
-    }
-    if let Some(extra) = by_name.keys().next() {
-        return invalid(format!("the model has no input `{extra}`"));
-    }
-    Ok(Ok(Inputs(ordered)))
-}
-
-fn element_size(ty: TensorType) -> u64 {
-    elem_type(ty).size()
 }
 
 /// What a call that ONNX Runtime failed ends with: always the same words,
@@ -385,7 +198,7 @@ const RUN_FAILED: &str = "ONNX Runtime failed a run that admission and planning 
 /// Runs a planned model in the worker. The outer error is a failure of
 /// this host, which ends the encoder's call; the inner one an answer for
 /// the guest.
-fn run(
+pub(crate) fn run(
     model: &Model,
     inputs: Inputs,
     plan: &Plan,

@@ -23,30 +23,29 @@
 //! ```
 
 mod bindings;
-mod cache;
 mod digest;
 mod encoder;
 mod engine;
 mod error;
+mod imports;
 pub mod inference;
+mod info;
 mod limits;
 pub mod log;
 pub mod model;
 pub mod package;
 mod preinit;
+mod runtime;
 mod sandbox;
-mod store;
 pub mod worker;
 
-pub use cache::{CacheOutcome, CompiledCache};
 pub use digest::Digest;
-pub use encoder::{
-    Embeddings, Encoder, EncoderInfo, MAX_BATCH, MAX_CONCURRENT_CALLS, MAX_DIMENSION,
-    MAX_REFUSAL_BYTES, Modality,
-};
+pub use encoder::{Embeddings, Encoder, MAX_BATCH, MAX_CONCURRENT_CALLS, MAX_REFUSAL_BYTES};
 pub use engine::Engine;
 pub use error::{Error, InvalidOutput};
+pub use imports::WASI_CALL_FUEL;
+pub use info::{EncoderInfo, MAX_DIMENSION, Modality};
 pub use limits::{HOST_FUEL_PER_BYTE, Limits};
+pub use package::{BlobStore, CacheOutcome, CompiledCache, StoreError};
 pub use preinit::MAX_SNAPSHOT_MEMORY;
 pub use sandbox::{FIXED_MONOTONIC_CLOCK, FIXED_WALL_CLOCK, OUTPUT_CAPTURE_BYTES, Seed};
-pub use store::{BlobStore, StoreError};

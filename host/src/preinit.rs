@@ -12,9 +12,9 @@
 //! clocks, fuel), so every host produces the same snapshot bytes.
 
 use crate::bindings;
-use crate::encoder::{classify, new_store};
-use crate::engine::Engine;
+use crate::encoder::classify;
 use crate::inference::PackageModels;
+use crate::runtime::Runtime;
 use crate::sandbox::{Sandbox, Seed};
 use crate::{Error, Limits};
 use std::future::Future;
@@ -37,7 +37,7 @@ pub const MAX_SNAPSHOT_MEMORY: usize = 96 << 20;
 /// `None` when the component cannot be pre-initialised (it is then used as
 /// it is, and any problem with it is reported when it is linked).
 pub(crate) fn preinitialize(
-    engine: &Engine,
+    runtime: &Runtime,
     wasm: &[u8],
     limits: &Limits,
 ) -> Result<Option<Vec<u8>>, Error> {
@@ -49,15 +49,16 @@ pub(crate) fn preinitialize(
     let Ok(Ok((cx, instrumented))) = instrumented else {
         return Ok(None);
     };
-    let Ok(component) = Component::new(engine.wasmtime(), &instrumented) else {
+    let Ok(component) = Component::new(runtime.engine(), &instrumented) else {
         return Ok(None);
     };
     if component.get_export(None, "info").is_none() {
         return Ok(None);
     }
-    let mut store = new_store(engine, PackageModels::default(), limits, Seed::default())?;
+    runtime.prepare(&component)?;
+    let mut store = runtime.new_store(PackageModels::default(), limits, Seed::default())?;
 
-    let instance = match engine.linker().instantiate(&mut store, &component) {
+    let instance = match runtime.linker().instantiate(&mut store, &component) {
         Ok(instance) => instance,
         Err(e) => return Err(link_or_run_error(e, &store, limits)),
     };

@@ -7,6 +7,12 @@
 //! values, randomness from a generator seeded by the call, and stdout and
 //! stderr captured up to a cap. Everything an encoder can observe is a
 //! function of its inputs and the seed.
+//!
+//! This module holds the per-call data ([`Sandbox`]) and how host work is
+//! paid for: directly ([`charge_fuel`]) by imports that can reach the store,
+//! and as [`Debt`] by WASI implementations that cannot, settled as each host
+//! call returns ([`settle_debt`]). The imports themselves are linked by the
+//! `imports` module.
 
 use crate::inference::PackageModels;
 use crate::limits::{HOST_FUEL_PER_BYTE, Limiter, Limits};
@@ -19,11 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable, WasmList};
+use wasmtime::component::ResourceTable;
+use wasmtime::{CallHook, StoreContextMut};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
-use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError, StreamResult};
-use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder};
 
 /// Wall-clock time every encoder sees: 2026-01-01T00:00:00Z.
 pub const FIXED_WALL_CLOCK: Duration = Duration::from_secs(1_767_225_600);
@@ -48,14 +54,12 @@ pub const MAX_OUTPUT_BYTES: u64 = 16 << 20;
 const MAX_RANDOM_REQUEST: u64 = 1 << 20;
 
 /// Charges `cost` units of fuel for work the host does on a guest's behalf,
-/// plus the [`Debt`] WASI streams ran up since the last charge, trapping
-/// with [`wasmtime::Trap::OutOfFuel`] if the guest cannot pay. On an engine
-/// without metering this does nothing.
+/// trapping with [`wasmtime::Trap::OutOfFuel`] if the guest cannot pay. On
+/// an engine without metering this does nothing.
 pub(crate) fn charge_fuel(
-    store: &mut wasmtime::StoreContextMut<'_, Sandbox>,
+    store: &mut StoreContextMut<'_, Sandbox>,
     cost: u64,
 ) -> wasmtime::Result<()> {
-    let cost = cost.saturating_add(store.data().debt.take());
     let Ok(fuel) = store.get_fuel() else {
         return Ok(());
     };
@@ -66,18 +70,40 @@ pub(crate) fn charge_fuel(
     store.set_fuel(fuel - cost)
 }
 
-/// Fuel owed for host work done inside WASI implementations (writing
-/// captured output, generating random bytes), which cannot reach the store
-/// to charge it there. Each such piece of work is bounded per request; the
-/// debt is paid at the next metered host call and when the call ends.
+/// The store's call hook: as each host call returns, the guest pays the
+/// [`Debt`] it ran up, so host work is paid for as it is done (and a guest
+/// that only calls WASI runs out of fuel as surely as one that computes).
+/// wasmtime also calls this around its own libcalls (`memory.grow`,
+/// `memory.copy`, ...), which run up no debt and so cost nothing here.
+pub(crate) fn settle_debt(
+    mut store: StoreContextMut<'_, Sandbox>,
+    hook: CallHook,
+) -> wasmtime::Result<()> {
+    if !matches!(hook, CallHook::ReturningFromHost) {
+        return Ok(());
+    }
+    match store.data().debt.take() {
+        0 => Ok(()),
+        owed => charge_fuel(&mut store, owed),
+    }
+}
+
+/// Fuel owed for host work done inside WASI implementations (each call,
+/// output written, random bytes generated), which cannot reach the store to
+/// charge it there. Each such piece of work is bounded per request, and
+/// [`settle_debt`] collects it when the call returns.
 #[derive(Clone, Default)]
 pub(crate) struct Debt(Arc<AtomicU64>);
 
 impl Debt {
+    /// Records `fuel` owed.
+    pub(crate) fn add(&self, fuel: u64) {
+        self.0.fetch_add(fuel, Ordering::Relaxed);
+    }
+
     /// Records `bytes` handled for the guest.
     pub(crate) fn add_bytes(&self, bytes: usize) {
-        let fuel = (bytes as u64).saturating_mul(HOST_FUEL_PER_BYTE);
-        self.0.fetch_add(fuel, Ordering::Relaxed);
+        self.add((bytes as u64).saturating_mul(HOST_FUEL_PER_BYTE));
     }
 
     /// Takes what is owed, leaving nothing.
@@ -111,7 +137,7 @@ impl Seed {
 
 /// Per-call store data: the WASI context and everything the host records.
 pub(crate) struct Sandbox {
-    wasi: WasiCtx,
+    pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     /// The models of the encoder's package, by digest.
     pub(crate) models: PackageModels,
@@ -121,7 +147,7 @@ pub(crate) struct Sandbox {
     pub(crate) log: LogBuffer,
     pub(crate) stdout: CapturedOutput,
     pub(crate) stderr: CapturedOutput,
-    /// Fuel owed for output written and random bytes drawn.
+    /// Fuel owed for WASI calls, output written and random bytes drawn.
     pub(crate) debt: Debt,
     /// When the call's wall-clock budget ends; inference runs stop there too.
     pub(crate) deadline: Instant,
@@ -191,60 +217,6 @@ impl rand::TryRng for Metered {
     }
 }
 
-impl WasiView for Sandbox {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Adds WASI 0.2 to `linker`, closed as described in the module docs.
-pub(crate) fn add_wasi_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
-    // wasmtime-wasi sleeps on the real clock, and a guest subscribing to a
-    // far-away instant would block the host thread where epoch interruption
-    // cannot reach it. Replace the monotonic clock with a frozen one.
-    linker.allow_shadowing(true);
-    monotonic_clock::add_to_linker::<Sandbox, FrozenClock<'static>>(linker, |s| {
-        FrozenClock(&mut s.table)
-    })?;
-    // wasmtime-wasi's poll works through every handle of the list, which a
-    // guest can make millions long for a few instructions: this one charges
-    // per handle first.
-    linker.instance(POLL_INTERFACE)?.func_wrap(
-        "poll",
-        |mut store: wasmtime::StoreContextMut<'_, Sandbox>,
-         (list,): (WasmList<Resource<DynPollable>>,)| {
-            let handles = list.len() as u64;
-            charge_fuel(
-                &mut store,
-                POLL_FUEL_PER_HANDLE.saturating_mul(handles) + 1_000,
-            )?;
-            if handles == 0 {
-                wasmtime::bail!("empty poll list");
-            }
-            // Lifting checks that each handle is a pollable the guest holds.
-            for handle in list.iter(&mut store)? {
-                handle?;
-            }
-            // Every pollable of this sandbox is ready at once: clocks are
-            // frozen, output is captured, stdin is empty, there are no
-            // sockets or files.
-            Ok(((0..handles as u32).collect::<Vec<u32>>(),))
-        },
-    )?;
-    linker.allow_shadowing(false);
-    Ok(())
-}
-
-/// The `wasi:io/poll` interface wasmtime-wasi implements.
-const POLL_INTERFACE: &str = "wasi:io/poll@0.2.12";
-
-/// Fuel charged per handle in a `poll` list.
-const POLL_FUEL_PER_HANDLE: u64 = 256;
-
 struct FixedWallClock;
 
 impl HostWallClock for FixedWallClock {
@@ -255,52 +227,6 @@ impl HostWallClock for FixedWallClock {
     fn now(&self) -> Duration {
         FIXED_WALL_CLOCK
     }
-}
-
-/// `wasi:clocks/monotonic-clock` with time standing still.
-struct FrozenClock<'a>(&'a mut ResourceTable);
-
-impl HasData for FrozenClock<'static> {
-    type Data<'a> = FrozenClock<'a>;
-}
-
-impl monotonic_clock::Host for FrozenClock<'_> {
-    fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
-        Ok(FIXED_MONOTONIC_CLOCK)
-    }
-
-    fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
-        Ok(1)
-    }
-
-    fn subscribe_instant(
-        &mut self,
-        _when: monotonic_clock::Instant,
-    ) -> wasmtime::Result<Resource<DynPollable>> {
-        self.elapsed()
-    }
-
-    fn subscribe_duration(
-        &mut self,
-        _duration: monotonic_clock::Duration,
-    ) -> wasmtime::Result<Resource<DynPollable>> {
-        self.elapsed()
-    }
-}
-
-impl FrozenClock<'_> {
-    /// Every wait is over as soon as it starts.
-    fn elapsed(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
-        let ready = self.0.push(Elapsed)?;
-        wasmtime_wasi::p2::subscribe(self.0, ready)
-    }
-}
-
-struct Elapsed;
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for Elapsed {
-    async fn ready(&mut self) {}
 }
 
 /// An in-memory stdout/stderr that keeps the first `cap` bytes and drops

@@ -16,6 +16,7 @@
 //! | `too-many`       | returns one vector more than it was given inputs       |
 //! | `flood-output`   | writes 1 MiB to stdout and 10 000 log messages         |
 //! | `poll-flood`     | polls one pollable 90 000 times in one call             |
+//! | `wasi-calls:<n>` | reads the clock and draws 8 random bytes, `n` times    |
 //! | `bad-utf8-error` | refuses the batch with a message that is not UTF-8     |
 //! | `huge-error`     | refuses the batch with a 10 MB message                  |
 //! | `aliased-vectors`| returns 64 vectors of 16 Mi values, all one buffer     |
@@ -64,6 +65,16 @@ impl Encoder for Hostile {
                 let ready = wasip2::clocks::monotonic_clock::subscribe_duration(0);
                 let list = vec![&ready; 90_000];
                 out[0][0] = wasip2::io::poll::poll(&list).len() as f32;
+            }
+            Some(other) if other.starts_with(b"wasi-calls:") => {
+                let n: u32 = std::str::from_utf8(&other[11..]).unwrap().parse().unwrap();
+                let mut mix = 0u64;
+                for _ in 0..n {
+                    mix ^= wasip2::clocks::monotonic_clock::now();
+                    mix ^= wasip2::random::random::get_random_u64();
+                }
+                out[0][0] = n as f32;
+                out[0][1] = (mix & 1) as f32;
             }
             Some(b"bad-utf8-error") => {
                 // SAFETY: deliberately not UTF-8: the host must not trust it.

@@ -28,6 +28,8 @@ pub const MAX_CONSTANT_WORK: u64 = 1 << 32;
 pub const MAX_CONSTANT_BYTES: u64 = 1 << 30;
 /// Longest name of a value.
 pub const MAX_VALUE_NAME_BYTES: usize = 4096;
+/// Largest model, in bytes (an ONNX file cannot exceed 2 GiB anyway).
+pub const MAX_MODEL_BYTES: u64 = 1 << 30;
 /// Nesting of protobuf messages the parser follows (an admitted model needs
 /// five levels).
 const RECURSION_LIMIT: u32 = 16;
@@ -143,6 +145,12 @@ impl Admitted {
 /// Checks `bytes` and returns what the host needs to run it safely.
 pub fn admit(bytes: &[u8]) -> Result<Admitted, AdmissionError> {
     use protobuf::MessageFull;
+    if bytes.len() as u64 > MAX_MODEL_BYTES {
+        return Err(unsupported(format!(
+            "the model has {} bytes; at most {MAX_MODEL_BYTES}",
+            bytes.len()
+        )));
+    }
     prescan::parse_overhead(bytes, &proto::ModelProto::descriptor(), RECURSION_LIMIT)?;
     let mut input = CodedInputStream::from_bytes(bytes);
     input.set_recursion_limit(RECURSION_LIMIT);

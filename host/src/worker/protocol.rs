@@ -17,6 +17,7 @@
 
 use crate::bindings::soma::encoder::inference::{NamedTensor, Tensor, TensorType};
 use crate::digest::Digest;
+use soma_codec::{DecodeError, Reader, Writer};
 use std::io::{self, Read, Write};
 
 /// A request from the host.
@@ -52,7 +53,7 @@ pub(crate) enum ProtocolError {
     TooLarge(u64, u64),
     /// The frame does not decode.
     #[error("malformed frame: {0}")]
-    Malformed(&'static str),
+    Malformed(#[from] DecodeError),
 }
 
 const LOAD: u8 = 1;
@@ -88,39 +89,41 @@ pub(crate) fn read_frame(
 impl<'a> Request<'a> {
     /// Sends the request.
     pub(crate) fn write(&self, out: &mut impl Write) -> io::Result<()> {
-        let mut body = Vec::new();
+        let mut w = Writer::new();
         match self {
             Request::Load { digest, model } => {
-                body.push(LOAD);
-                body.extend_from_slice(&digest.0);
-                put_bytes(&mut body, model);
+                w.u8(LOAD);
+                w.array(&digest.0);
+                w.bytes64(model);
             }
             Request::Run { digest, inputs } => {
-                body.push(RUN);
-                body.extend_from_slice(&digest.0);
-                put_tensors(&mut body, inputs);
+                w.u8(RUN);
+                w.array(&digest.0);
+                put_tensors(&mut w, inputs);
             }
         }
-        write_frame(out, &body)
+        write_frame(out, &w.into_bytes())
     }
 
     /// Decodes a request frame.
     pub(crate) fn decode(body: &'a [u8]) -> Result<Request<'a>, ProtocolError> {
-        let mut r = Reader(body);
-        let tag = r.u8()?;
-        let digest = Digest(r.array()?);
+        let mut r = Reader::new(body);
+        let tag = r.u8("request")?;
+        let digest = Digest(r.array("digest")?);
         let request = match tag {
             LOAD => Request::Load {
                 digest,
-                model: r.bytes()?,
+                model: r.bytes64("model", u64::MAX)?,
             },
             RUN => Request::Run {
                 digest,
-                inputs: r.tensors()?,
+                inputs: read_tensors(&mut r)?,
             },
-            _ => return Err(ProtocolError::Malformed("unknown request")),
+            tag => {
+                return Err(DecodeError::invalid("request", format!("unknown tag {tag}")).into());
+            }
         };
-        r.end()?;
+        r.finish()?;
         Ok(request)
     }
 }
@@ -128,51 +131,76 @@ impl<'a> Request<'a> {
 impl Reply {
     /// Sends the reply.
     pub(crate) fn write(&self, out: &mut impl Write) -> io::Result<()> {
-        let mut body = Vec::new();
+        let mut w = Writer::new();
         match self {
             Reply::Done(outputs) => {
-                body.push(DONE);
-                put_tensors(&mut body, outputs);
+                w.u8(DONE);
+                put_tensors(&mut w, outputs);
             }
             Reply::Refused(text) => {
-                body.push(REFUSED);
-                put_bytes(&mut body, text.as_bytes());
+                w.u8(REFUSED);
+                w.bytes64(text.as_bytes());
             }
         }
-        write_frame(out, &body)
+        write_frame(out, &w.into_bytes())
     }
 
     /// Decodes a reply frame.
     pub(crate) fn decode(body: &[u8]) -> Result<Reply, ProtocolError> {
-        let mut r = Reader(body);
-        let reply = match r.u8()? {
-            DONE => Reply::Done(r.tensors()?),
-            REFUSED => Reply::Refused(String::from_utf8_lossy(r.bytes()?).into_owned()),
-            _ => return Err(ProtocolError::Malformed("unknown reply")),
+        let mut r = Reader::new(body);
+        let reply = match r.u8("reply")? {
+            DONE => Reply::Done(read_tensors(&mut r)?),
+            REFUSED => Reply::Refused(
+                String::from_utf8_lossy(r.bytes64("refusal", u64::MAX)?).into_owned(),
+            ),
+            tag => return Err(DecodeError::invalid("reply", format!("unknown tag {tag}")).into()),
         };
-        r.end()?;
+        r.finish()?;
         Ok(reply)
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-    out.extend_from_slice(bytes);
+fn put_tensors(w: &mut Writer, tensors: &[NamedTensor]) {
+    w.count16(tensors.len());
+    for t in tensors {
+        w.str16(&t.name);
+        w.u8(type_code(t.tensor.ty));
+        w.count8(t.tensor.dimensions.len());
+        t.tensor.dimensions.iter().for_each(|&d| w.u32(d));
+        w.bytes64(&t.tensor.data);
+    }
 }
 
-fn put_tensors(out: &mut Vec<u8>, tensors: &[NamedTensor]) {
-    out.extend_from_slice(&(tensors.len() as u16).to_le_bytes());
-    for t in tensors {
-        let name = t.name.as_bytes();
-        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        out.extend_from_slice(name);
-        out.push(type_code(t.tensor.ty));
-        out.push(t.tensor.dimensions.len() as u8);
-        for d in &t.tensor.dimensions {
-            out.extend_from_slice(&d.to_le_bytes());
-        }
-        put_bytes(out, &t.tensor.data);
+/// Tensors as [`put_tensors`] writes them; every length is checked against
+/// what is left of the frame before anything is allocated for it.
+fn read_tensors(r: &mut Reader<'_>) -> Result<Vec<NamedTensor>, DecodeError> {
+    // A tensor takes at least a name length, type, rank and data length.
+    let count = r.count16("tensors", u16::MAX, 2 + 1 + 1 + 8)?;
+    let mut tensors = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = r.str16("tensor name", u16::MAX)?.to_owned();
+        let ty = match r.u8("element type")? {
+            0 => TensorType::Fp32,
+            1 => TensorType::I64,
+            2 => TensorType::I32,
+            3 => TensorType::U8,
+            code => return Err(DecodeError::invalid("element type", format!("code {code}"))),
+        };
+        let rank = r.count8("rank", u8::MAX)?;
+        let dimensions = (0..rank)
+            .map(|_| r.u32("dimension"))
+            .collect::<Result<_, _>>()?;
+        let data = r.bytes64("tensor data", u64::MAX)?.to_vec();
+        tensors.push(NamedTensor {
+            name,
+            tensor: Tensor {
+                dimensions,
+                ty,
+                data,
+            },
+        });
     }
+    Ok(tensors)
 }
 
 fn type_code(ty: TensorType) -> u8 {
@@ -181,76 +209,6 @@ fn type_code(ty: TensorType) -> u8 {
         TensorType::I64 => 1,
         TensorType::I32 => 2,
         TensorType::U8 => 3,
-    }
-}
-
-/// A bounds-checked cursor over a frame; every length is checked against
-/// what is left before anything is allocated for it.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
-        if n > self.0.len() {
-            return Err(ProtocolError::Malformed("truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
-        Ok(self.take(N)?.try_into().expect("N bytes"))
-    }
-
-    fn u8(&mut self) -> Result<u8, ProtocolError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
-        let len = u64::from_le_bytes(self.array()?);
-        self.take(usize::try_from(len).map_err(|_| ProtocolError::Malformed("length"))?)
-    }
-
-    fn tensors(&mut self) -> Result<Vec<NamedTensor>, ProtocolError> {
-        let count = u16::from_le_bytes(self.array()?);
-        let mut tensors = Vec::new();
-        for _ in 0..count {
-            let name_len = u16::from_le_bytes(self.array()?);
-            let name = std::str::from_utf8(self.take(usize::from(name_len))?)
-                .map_err(|_| ProtocolError::Malformed("name is not UTF-8"))?
-                .to_owned();
-            let ty = match self.u8()? {
-                0 => TensorType::Fp32,
-                1 => TensorType::I64,
-                2 => TensorType::I32,
-                3 => TensorType::U8,
-                _ => return Err(ProtocolError::Malformed("element type")),
-            };
-            let rank = usize::from(self.u8()?);
-            let dims = self.take(rank * 4)?;
-            let dimensions = dims
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect();
-            let data = self.bytes()?.to_vec();
-            tensors.push(NamedTensor {
-                name,
-                tensor: Tensor {
-                    dimensions,
-                    ty,
-                    data,
-                },
-            });
-        }
-        Ok(tensors)
-    }
-
-    fn end(&self) -> Result<(), ProtocolError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ProtocolError::Malformed("trailing bytes"))
-        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 pub const DYLIB_ENV: &str = "SOMA_ORT_DYLIB";
 
 /// Largest request the worker reads: a model and its framing.
-const MAX_REQUEST_BYTES: u64 = crate::package::MAX_MODEL_BYTES + (1 << 20);
+const MAX_REQUEST_BYTES: u64 = crate::model::MAX_MODEL_BYTES + (1 << 20);
 
 /// Why ONNX Runtime could not be used.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -3,8 +3,8 @@
 
 use super::{engine, hash_encoder, hostile, text};
 use soma_host::{
-    Embeddings, Error, FIXED_WALL_CLOCK, InvalidOutput, Limits, MAX_REFUSAL_BYTES,
-    OUTPUT_CAPTURE_BYTES, Seed,
+    Embeddings, Error, FIXED_WALL_CLOCK, HOST_FUEL_PER_BYTE, InvalidOutput, Limits,
+    MAX_REFUSAL_BYTES, OUTPUT_CAPTURE_BYTES, Seed, WASI_CALL_FUEL,
     log::{LOG_FUEL_PER_CALL, MAX_LOG_RECORDS},
 };
 use std::time::Duration;
@@ -310,6 +310,33 @@ fn a_poll_over_a_huge_list_of_handles_is_paid_for_first() {
         "poll-flood",
         &Limits {
             fuel: 20_000_000,
+            ..Limits::default()
+        },
+    ));
+    assert!(matches!(err, Error::FuelExhausted { .. }), "{err}");
+}
+
+#[test]
+fn every_wasi_call_is_paid_for_as_it_returns() {
+    let fuel = |n: u64| {
+        let out = attack(&format!("wasi-calls:{n}"), &Limits::default()).unwrap();
+        assert_eq!(out.vectors[0][0], n as f32);
+        out.fuel_used
+    };
+    // Per round: two WASI calls, 8 random bytes, and a few instructions.
+    let rounds = 10_000;
+    let extra = fuel(rounds) - fuel(0);
+    let charged = rounds * (2 * WASI_CALL_FUEL + 8 * HOST_FUEL_PER_BYTE);
+    assert!(
+        (charged..charged + rounds * 100).contains(&extra),
+        "{rounds} rounds cost {extra} fuel; the host charges {charged}"
+    );
+    // Paid as it goes: the call stops on fuel, not on the wall clock.
+    let err = failure(attack(
+        "wasi-calls:4000000000",
+        &Limits {
+            fuel: 50_000_000,
+            timeout: Duration::from_secs(600),
             ..Limits::default()
         },
     ));

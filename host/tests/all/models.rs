@@ -338,8 +338,10 @@ fn a_run_past_its_wall_clock_budget_kills_the_worker_and_is_not_held_against_the
     encoder
         .embed(&input, &Limits::default(), Seed::from(0))
         .unwrap();
+    // Long enough for the wasm before the run (the epoch ticks every 10 ms,
+    // at any moment), far too short for the run's seconds of matrix products.
     let tight = Limits {
-        timeout: std::time::Duration::from_millis(5),
+        timeout: std::time::Duration::from_millis(200),
         ..Limits::default()
     };
     let err = encoder.embed(&input, &tight, Seed::from(0)).unwrap_err();

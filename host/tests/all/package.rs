@@ -240,25 +240,27 @@ fn manifests_out_of_bounds_or_of_another_world_are_refused() {
     );
     assert!(err.to_string().contains(WORLD));
 
-    let long_name = "n".repeat(MAX_NAME_BYTES + 1);
-    let err = sign(
-        EncoderMeta {
-            name: long_name,
-            ..meta()
-        },
-        vec![],
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PackageError::TooLarge {
-                field: "encoder name",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    // Longer than the limit, and longer than a length prefix can say.
+    for len in [usize::from(MAX_NAME_BYTES) + 1, 70_000] {
+        let err = sign(
+            EncoderMeta {
+                name: "n".repeat(len),
+                ..meta()
+            },
+            vec![],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PackageError::TooLarge {
+                    field: "encoder name",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 
     let too_many = (0..=MAX_MODELS)
         .map(|i| (format!("m{i:02}"), vec![]))
@@ -293,7 +295,7 @@ fn manifests_out_of_bounds_or_of_another_world_are_refused() {
     );
 
     let mut header = b"SOMAPKG1".to_vec();
-    header.extend_from_slice(&(MAX_MANIFEST_BYTES as u32 + 1).to_le_bytes());
+    header.extend_from_slice(&(MAX_MANIFEST_BYTES + 1).to_le_bytes());
     let err = Package::decode(&header).unwrap_err();
     assert!(
         matches!(

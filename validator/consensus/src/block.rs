@@ -18,6 +18,7 @@
 //! every validator starts with all of them.
 
 use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
+use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::{Domain, SecretKey, Signature};
 use std::fmt;
 use std::ops::Deref;
@@ -47,6 +48,9 @@ pub struct BlockRef {
 }
 
 impl BlockRef {
+    /// Bytes of a reference's wire form: round, author, digest.
+    pub const ENCODED_BYTES: usize = 4 + 4 + 32;
+
     /// The reference of `author`'s genesis block.
     pub fn genesis(author: AuthorityIndex) -> BlockRef {
         BlockRef {
@@ -154,24 +158,20 @@ impl Block {
 
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let tx_bytes: usize = self.transactions.iter().map(|t| 4 + t.len()).sum();
-        let mut out = Vec::with_capacity(8 + 10 + self.parents.len() * 40 + 4 + tx_bytes + 32);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&self.round.to_le_bytes());
-        out.extend_from_slice(&self.author.0.to_le_bytes());
-        out.extend_from_slice(&(self.parents.len() as u16).to_le_bytes());
+        let mut w = Writer::new();
+        w.raw(MAGIC);
+        w.u32(self.round);
+        w.u32(self.author.0);
+        w.count16(self.parents.len());
         for parent in &self.parents {
-            out.extend_from_slice(&parent.round.to_le_bytes());
-            out.extend_from_slice(&parent.author.0.to_le_bytes());
-            out.extend_from_slice(&parent.digest);
+            parent.encode(&mut w);
         }
-        out.extend_from_slice(&(self.transactions.len() as u32).to_le_bytes());
+        w.count32(self.transactions.len());
         for tx in &self.transactions {
-            out.extend_from_slice(&(tx.len() as u32).to_le_bytes());
-            out.extend_from_slice(tx);
+            w.bytes32(tx);
         }
-        out.extend_from_slice(&self.state_root);
-        out
+        w.array(&self.state_root);
+        w.into_bytes()
     }
 
     /// Parses a canonical encoding.
@@ -183,27 +183,18 @@ impl Block {
                 max: MAX_BLOCK_BYTES,
             });
         }
-        let mut r = Reader(bytes);
-        if r.take(8)? != MAGIC {
+        let mut r = Reader::new(bytes);
+        if r.take(8, "magic")? != MAGIC {
             return Err(BlockError::Malformed("bad magic bytes".into()));
         }
-        let round = r.u32()?;
-        let author = AuthorityIndex(r.u32()?);
-        let parent_count = usize::from(r.u16()?);
-        // Each parent takes 40 bytes: a count the input cannot hold is
-        // refused before anything is allocated for it.
-        if parent_count * 40 > r.0.len() {
-            return Err(BlockError::Malformed("ends inside the parents".into()));
-        }
+        let round = r.u32("round")?;
+        let author = AuthorityIndex(r.u32("author")?);
+        // A count the input cannot hold is refused before anything is
+        // allocated for it.
+        let parent_count = r.count16("parents", u16::MAX, BlockRef::ENCODED_BYTES)?;
         let mut parents = Vec::with_capacity(parent_count);
         for _ in 0..parent_count {
-            let round = r.u32()?;
-            let author = AuthorityIndex(r.u32()?);
-            parents.push(BlockRef {
-                round,
-                author,
-                digest: r.array()?,
-            });
+            parents.push(BlockRef::decode(&mut r)?);
         }
         if parents
             .windows(2)
@@ -213,34 +204,19 @@ impl Block {
                 "parents are not sorted by (round, author) without repeats".into(),
             ));
         }
-        let tx_count = r.u32()? as usize;
-        if tx_count > MAX_TRANSACTIONS {
-            return Err(BlockError::TooLarge {
-                field: "transaction count",
-                size: tx_count,
-                max: MAX_TRANSACTIONS,
-            });
-        }
-        if tx_count * 4 > r.0.len() {
-            return Err(BlockError::Malformed("ends inside the transactions".into()));
-        }
+        let tx_count = r.count32("transaction count", MAX_TRANSACTIONS as u32, 4)?;
         let mut transactions = Vec::with_capacity(tx_count);
         for _ in 0..tx_count {
-            let len = r.u32()? as usize;
-            if len > MAX_TRANSACTION_BYTES {
-                return Err(BlockError::TooLarge {
-                    field: "transaction",
-                    size: len,
-                    max: MAX_TRANSACTION_BYTES,
-                });
-            }
-            transactions.push(r.take(len)?.to_vec());
+            transactions.push(
+                r.bytes32("transaction", MAX_TRANSACTION_BYTES as u32)?
+                    .to_vec(),
+            );
         }
-        let state_root = r.array()?;
-        if !r.0.is_empty() {
+        let state_root = r.array("state root")?;
+        if !r.is_empty() {
             return Err(BlockError::Malformed(format!(
                 "{} bytes after the state root",
-                r.0.len()
+                r.remaining()
             )));
         }
         Ok(Block {
@@ -389,29 +365,34 @@ impl Deref for VerifiedBlock {
     }
 }
 
-/// A cursor over untrusted bytes that never reads past the end.
-struct Reader<'a>(&'a [u8]);
+impl Encode for BlockRef {
+    fn encode(&self, w: &mut Writer) {
+        w.u32(self.round);
+        w.u32(self.author.0);
+        w.array(&self.digest);
+    }
+}
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BlockError> {
-        if self.0.len() < n {
-            return Err(BlockError::Malformed("truncated".into()));
+impl Decode<'_> for BlockRef {
+    fn decode(r: &mut Reader<'_>) -> Result<BlockRef, DecodeError> {
+        Ok(BlockRef {
+            round: r.u32("parent round")?,
+            author: AuthorityIndex(r.u32("parent author")?),
+            digest: r.array("parent digest")?,
+        })
+    }
+}
+
+impl From<DecodeError> for BlockError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::TooLarge { what, len, max } => BlockError::TooLarge {
+                field: what,
+                size: usize::try_from(len).unwrap_or(usize::MAX),
+                max: usize::try_from(max).unwrap_or(usize::MAX),
+            },
+            e => BlockError::Malformed(e.to_string()),
         }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], BlockError> {
-        Ok(self.take(N)?.try_into().expect("take returns N bytes"))
-    }
-
-    fn u16(&mut self) -> Result<u16, BlockError> {
-        self.array().map(u16::from_le_bytes)
-    }
-
-    fn u32(&mut self) -> Result<u32, BlockError> {
-        self.array().map(u32::from_le_bytes)
     }
 }
 

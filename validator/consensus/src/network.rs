@@ -17,6 +17,7 @@
 
 use crate::block::{BlockRef, MAX_BLOCK_BYTES, Round};
 use crate::committee::{AuthorityIndex, Committee};
+use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::{Domain, SecretKey, Signature};
 
 /// Path that takes one block.
@@ -140,53 +141,32 @@ impl FetchRequest {
     pub fn encode(&self) -> Vec<u8> {
         let references = &self.references[..self.references.len().min(MAX_FETCH_REFERENCES)];
         let rounds = &self.known_rounds[..self.known_rounds.len().min(MAX_FETCH_REFERENCES)];
-        let mut out = Vec::with_capacity(4 + 40 * references.len() + 4 * rounds.len());
-        out.extend_from_slice(&(references.len() as u16).to_le_bytes());
-        for reference in references {
-            out.extend_from_slice(&reference.round.to_le_bytes());
-            out.extend_from_slice(&reference.author.0.to_le_bytes());
-            out.extend_from_slice(&reference.digest);
-        }
-        out.extend_from_slice(&(rounds.len() as u16).to_le_bytes());
-        for round in rounds {
-            out.extend_from_slice(&round.to_le_bytes());
-        }
-        out
+        let mut w = Writer::new();
+        w.count16(references.len());
+        references.iter().for_each(|r| r.encode(&mut w));
+        w.count16(rounds.len());
+        rounds.iter().for_each(|&round| w.u32(round));
+        w.into_bytes()
     }
 
     /// Parses the wire form.
     pub fn decode(bytes: &[u8]) -> Result<FetchRequest, WireError> {
-        let malformed = |m: &str| WireError::Malformed(format!("fetch request: {m}"));
-        let count = |at: usize| -> Result<usize, WireError> {
-            let n = bytes
-                .get(at..at + 2)
-                .map(|b| usize::from(u16::from_le_bytes(b.try_into().expect("2 bytes"))))
-                .ok_or_else(|| malformed("truncated"))?;
-            if n > MAX_FETCH_REFERENCES {
-                return Err(malformed("too many entries"));
-            }
-            Ok(n)
-        };
-        let references_end = 2 + 40 * count(0)?;
-        let references = bytes
-            .get(2..references_end)
-            .ok_or_else(|| malformed("truncated"))?
-            .chunks_exact(40)
-            .map(|c| BlockRef {
-                round: u32::from_le_bytes(c[..4].try_into().expect("4 bytes")),
-                author: AuthorityIndex(u32::from_le_bytes(c[4..8].try_into().expect("4 bytes"))),
-                digest: c[8..].try_into().expect("32 bytes"),
-            })
-            .collect();
-        let rounds = count(references_end)?;
-        let rest = &bytes[references_end + 2..];
-        if rest.len() != 4 * rounds {
-            return Err(malformed("length does not match the counts"));
-        }
-        let known_rounds = rest
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+        let malformed = |e: DecodeError| WireError::Malformed(format!("fetch request: {e}"));
+        let mut r = Reader::new(bytes);
+        let max = MAX_FETCH_REFERENCES as u16;
+        let count = r
+            .count16("references", max, BlockRef::ENCODED_BYTES)
+            .map_err(malformed)?;
+        let references = (0..count)
+            .map(|_| BlockRef::decode(&mut r))
+            .collect::<Result<_, _>>()
+            .map_err(malformed)?;
+        let count = r.count16("known rounds", max, 4).map_err(malformed)?;
+        let known_rounds = (0..count)
+            .map(|_| r.u32("known round"))
+            .collect::<Result<_, _>>()
+            .map_err(malformed)?;
+        r.finish().map_err(malformed)?;
         Ok(FetchRequest {
             references,
             known_rounds,
@@ -196,46 +176,32 @@ impl FetchRequest {
 
 /// Encodes a fetch answer from blocks' wire bytes.
 pub fn encode_blocks<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = vec![0; 4];
-    let mut count: u32 = 0;
-    for block in blocks {
-        if out.len() + 4 + block.len() > MAX_FETCH_ANSWER {
-            break;
-        }
-        out.extend_from_slice(&(block.len() as u32).to_le_bytes());
-        out.extend_from_slice(block);
-        count += 1;
-    }
-    out[..4].copy_from_slice(&count.to_le_bytes());
-    out
+    let mut size = 4;
+    let fitting: Vec<&[u8]> = blocks
+        .into_iter()
+        .take_while(|block| {
+            size += 4 + block.len();
+            size <= MAX_FETCH_ANSWER
+        })
+        .collect();
+    let mut w = Writer::new();
+    w.count32(fitting.len());
+    fitting.iter().for_each(|block| w.bytes32(block));
+    w.into_bytes()
 }
 
 /// Splits a fetch answer into blocks' wire bytes (each still to verify).
 pub fn decode_blocks(bytes: &[u8]) -> Result<Vec<&[u8]>, WireError> {
-    let malformed = |m: &str| WireError::Malformed(format!("fetch answer: {m}"));
-    if bytes.len() < 4 {
-        return Err(malformed("shorter than its count"));
-    }
-    let count = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-    if count > FETCH_LIMIT {
-        return Err(malformed("too many blocks"));
-    }
-    let mut rest = &bytes[4..];
-    let mut blocks = Vec::with_capacity(count);
-    for _ in 0..count {
-        if rest.len() < 4 {
-            return Err(malformed("truncated"));
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        if len > MAX_BLOCK_BODY || rest.len() - 4 < len {
-            return Err(malformed("a block overruns the answer"));
-        }
-        blocks.push(&rest[4..4 + len]);
-        rest = &rest[4 + len..];
-    }
-    if !rest.is_empty() {
-        return Err(malformed("bytes after the last block"));
-    }
+    let malformed = |e: DecodeError| WireError::Malformed(format!("fetch answer: {e}"));
+    let mut r = Reader::new(bytes);
+    let count = r
+        .count32("block count", FETCH_LIMIT as u32, 4)
+        .map_err(malformed)?;
+    let blocks = (0..count)
+        .map(|_| r.bytes32("block", MAX_BLOCK_BODY as u32))
+        .collect::<Result<_, _>>()
+        .map_err(malformed)?;
+    r.finish().map_err(malformed)?;
     Ok(blocks)
 }
 

@@ -21,10 +21,21 @@
 //! manifest bytes; the signature is by the manifest's signer over them in
 //! [`Domain::EncoderPackage`]. Every length is checked against a limit
 //! before anything is allocated for it.
+//!
+//! Installed packages and their blobs live in a [`BlobStore`]; what the
+//! engine compiled from their components, in a [`CompiledCache`].
+
+mod cache;
+mod store;
+
+pub use crate::model::MAX_MODEL_BYTES;
+pub use cache::{CacheOutcome, CompiledCache};
+pub use store::{BlobStore, StoreError};
 
 use crate::digest::Digest;
-use crate::encoder::{EncoderInfo, Modality};
+use crate::info::{EncoderInfo, Modality};
 use serde::Serialize;
+use soma_codec::{DecodeError, Reader, Writer};
 use soma_crypto::{Domain, PublicKey, SecretKey, Signature};
 use std::fmt;
 
@@ -32,22 +43,20 @@ use std::fmt;
 pub const WORLD: &str = "soma:encoder/encoder@0.1.0";
 
 /// Largest manifest, in bytes.
-pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+pub const MAX_MANIFEST_BYTES: u32 = 64 * 1024;
 /// Most models in one package.
-pub const MAX_MODELS: usize = 16;
+pub const MAX_MODELS: u16 = 16;
 /// Largest component, in bytes.
 pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
-/// Largest model blob, in bytes.
-pub const MAX_MODEL_BYTES: u64 = 1 << 30;
 /// Largest sum of the component and the models, in bytes.
 pub const MAX_PACKAGE_BYTES: u64 = 1 << 30;
 /// Highest fuel limit a manifest may declare: the network-wide ceiling on
 /// one call's deterministic work.
 pub const MAX_FUEL_LIMIT: u64 = 100_000_000_000;
 /// Longest name (of the encoder or of a model), in bytes.
-pub const MAX_NAME_BYTES: usize = 128;
+pub const MAX_NAME_BYTES: u16 = 128;
 /// Longest version or world string, in bytes.
-pub const MAX_VERSION_BYTES: usize = 64;
+pub const MAX_VERSION_BYTES: u16 = 64;
 
 const PACKAGE_MAGIC: &[u8; 8] = b"SOMAPKG1";
 const MANIFEST_MAGIC: &[u8; 8] = b"SOMAMFv1";
@@ -177,57 +186,78 @@ fn serialize_display<S: serde::Serializer>(v: &impl fmt::Display, s: S) -> Resul
 impl Manifest {
     /// The canonical bytes of the manifest.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(MANIFEST_MAGIC);
-        put_str(&mut out, &self.name);
-        put_str(&mut out, &self.version);
-        put_str(&mut out, &self.world);
-        out.extend_from_slice(&self.dimension.to_le_bytes());
-        out.extend_from_slice(&self.fuel_limit.to_le_bytes());
-        out.push(modality_code(self.modality));
-        put_blob(&mut out, &self.component);
-        out.extend_from_slice(&(self.models.len() as u16).to_le_bytes());
+        let mut w = Writer::new();
+        w.raw(MANIFEST_MAGIC);
+        w.str16(&self.name);
+        w.str16(&self.version);
+        w.str16(&self.world);
+        w.u32(self.dimension);
+        w.u64(self.fuel_limit);
+        w.u8(modality_code(self.modality));
+        put_blob(&mut w, &self.component);
+        w.count16(self.models.len());
         for model in &self.models {
-            put_str(&mut out, &model.name);
-            put_blob(&mut out, &model.blob);
+            w.str16(&model.name);
+            put_blob(&mut w, &model.blob);
         }
-        out.extend_from_slice(&self.signer.to_bytes());
-        out
+        w.array(&self.signer.to_bytes());
+        w.into_bytes()
+    }
+
+    /// Refuses strings and lists longer than their length prefix allows,
+    /// before encoding (the decoder checks everything else).
+    fn check_lengths(&self) -> Result<(), PackageError> {
+        let fields = [
+            ("encoder name", &self.name, MAX_NAME_BYTES),
+            ("version", &self.version, MAX_VERSION_BYTES),
+            ("world", &self.world, MAX_VERSION_BYTES),
+        ];
+        let models = self
+            .models
+            .iter()
+            .map(|m| ("model name", &m.name, MAX_NAME_BYTES));
+        for (field, value, max) in fields.into_iter().chain(models) {
+            if value.len() > usize::from(max) {
+                return Err(too_large(field, value.len() as u64, max.into()));
+            }
+        }
+        if self.models.len() > usize::from(MAX_MODELS) {
+            return Err(too_large(
+                "model count",
+                self.models.len() as u64,
+                MAX_MODELS.into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Parses canonical manifest bytes.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, PackageError> {
-        if bytes.len() > MAX_MANIFEST_BYTES {
+        if bytes.len() as u64 > u64::from(MAX_MANIFEST_BYTES) {
             return Err(too_large(
                 "manifest size",
                 bytes.len() as u64,
-                MAX_MANIFEST_BYTES as u64,
+                u64::from(MAX_MANIFEST_BYTES),
             ));
         }
-        let mut r = Reader {
-            bytes,
-            what: "manifest",
-        };
-        if r.take(8)? != MANIFEST_MAGIC {
+        let mut r = Reader::new(bytes);
+        if r.take(8, "manifest")? != MANIFEST_MAGIC {
             return Err(PackageError::BadMagic);
         }
-        let name = r.str("encoder name", MAX_NAME_BYTES)?;
-        let version = r.str("version", MAX_VERSION_BYTES)?;
-        let world = r.str("world", MAX_VERSION_BYTES)?;
-        let dimension = r.u32()?;
-        let fuel_limit = r.u64()?;
+        let name = read_name(&mut r, "encoder name", MAX_NAME_BYTES)?;
+        let version = read_name(&mut r, "version", MAX_VERSION_BYTES)?;
+        let world = read_name(&mut r, "world", MAX_VERSION_BYTES)?;
+        let dimension = r.u32("manifest")?;
+        let fuel_limit = r.u64("manifest")?;
         if fuel_limit > MAX_FUEL_LIMIT {
             return Err(too_large("fuel limit", fuel_limit, MAX_FUEL_LIMIT));
         }
-        let modality = modality_from_code(r.u8()?)?;
-        let component = r.blob("component size", MAX_COMPONENT_BYTES)?;
-        let count = usize::from(r.u16()?);
-        if count > MAX_MODELS {
-            return Err(too_large("model count", count as u64, MAX_MODELS as u64));
-        }
+        let modality = modality_from_code(r.u8("manifest")?)?;
+        let component = read_blob(&mut r, "component size", MAX_COMPONENT_BYTES)?;
+        let count = r.count16("model count", MAX_MODELS, 2 + 32 + 8)?;
         let mut models: Vec<ModelRef> = Vec::with_capacity(count);
         for _ in 0..count {
-            let name = r.str("model name", MAX_NAME_BYTES)?;
+            let name = read_name(&mut r, "model name", MAX_NAME_BYTES)?;
             if models.last().is_some_and(|prev| prev.name >= name) {
                 return Err(PackageError::Malformed(format!(
                     "model names must be unique and sorted; `{name}` is out of place"
@@ -235,7 +265,7 @@ impl Manifest {
             }
             models.push(ModelRef {
                 name,
-                blob: r.blob("model size", MAX_MODEL_BYTES)?,
+                blob: read_blob(&mut r, "model size", MAX_MODEL_BYTES)?,
             });
         }
         let total = models
@@ -244,11 +274,12 @@ impl Manifest {
         if total > MAX_PACKAGE_BYTES {
             return Err(too_large("package size", total, MAX_PACKAGE_BYTES));
         }
-        let signer = PublicKey::from_bytes(r.array()?).map_err(|_| PackageError::InvalidSigner)?;
-        if !r.bytes.is_empty() {
+        let signer = PublicKey::from_bytes(&r.array("manifest")?)
+            .map_err(|_| PackageError::InvalidSigner)?;
+        if !r.is_empty() {
             return Err(PackageError::Malformed(format!(
                 "{} bytes after the signer key",
-                r.bytes.len()
+                r.remaining()
             )));
         }
         if world != WORLD {
@@ -369,6 +400,7 @@ impl Package {
                 .collect(),
             signer: key.public_key(),
         };
+        manifest.check_lengths()?;
         let manifest_bytes = manifest.encode();
         // Round-trip through the decoder so that a package this function
         // produces is always one the decoder accepts.
@@ -387,22 +419,15 @@ impl Package {
 
     /// Parses package bytes; checks the form, not the signature or digests.
     pub fn decode(bytes: &[u8]) -> Result<Package, PackageError> {
-        let mut r = Reader {
-            bytes,
-            what: "package header",
-        };
+        let mut r = Reader::new(bytes);
         let (manifest, manifest_bytes, signature) = read_header(&mut r)?;
-        let component = r.blob_bytes("component", manifest.component.size)?.to_vec();
+        let component = read_blob_bytes(&mut r, "component", manifest.component.size)?.to_vec();
         let mut models = Vec::with_capacity(manifest.models.len());
         for model in &manifest.models {
-            models.push(
-                r.blob_bytes(&format!("model `{}`", model.name), model.blob.size)?
-                    .to_vec(),
-            );
+            let what = format!("model `{}`", model.name);
+            models.push(read_blob_bytes(&mut r, &what, model.blob.size)?.to_vec());
         }
-        if !r.bytes.is_empty() {
-            return Err(PackageError::TrailingBytes(r.bytes.len() as u64));
-        }
+        r.finish()?;
         Ok(Package {
             manifest,
             manifest_bytes: manifest_bytes.to_vec(),
@@ -515,46 +540,33 @@ impl VerifiedPackage {
     /// The package without its blobs: magic, manifest and signature.
     pub(crate) fn header(&self) -> Vec<u8> {
         let p = &self.0;
-        let mut out = Vec::with_capacity(8 + 4 + p.manifest_bytes.len() + 64);
-        out.extend_from_slice(PACKAGE_MAGIC);
-        out.extend_from_slice(&(p.manifest_bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&p.manifest_bytes);
-        out.extend_from_slice(&p.signature.0);
-        out
+        let mut w = Writer::new();
+        w.raw(PACKAGE_MAGIC);
+        w.bytes32(&p.manifest_bytes);
+        w.array(&p.signature.0);
+        w.into_bytes()
     }
 }
 
 /// Parses a header that must stand alone (no blobs after it).
 fn parse_header(bytes: &[u8]) -> Result<(Manifest, &[u8], Signature), PackageError> {
-    let mut r = Reader {
-        bytes,
-        what: "package header",
-    };
+    let mut r = Reader::new(bytes);
     let header = read_header(&mut r)?;
-    if !r.bytes.is_empty() {
-        return Err(PackageError::TrailingBytes(r.bytes.len() as u64));
-    }
+    r.finish()?;
     Ok(header)
 }
 
 /// Reads magic, manifest and signature.
 fn read_header<'a>(r: &mut Reader<'a>) -> Result<(Manifest, &'a [u8], Signature), PackageError> {
-    if r.take(8)? != PACKAGE_MAGIC {
+    if r.take(8, "package header")? != PACKAGE_MAGIC {
         return Err(PackageError::BadMagic);
     }
-    let manifest_len = r.u32()? as usize;
-    if manifest_len > MAX_MANIFEST_BYTES {
-        return Err(too_large(
-            "manifest size",
-            manifest_len as u64,
-            MAX_MANIFEST_BYTES as u64,
-        ));
-    }
-    r.what = "manifest";
-    let manifest_bytes = r.take(manifest_len)?;
+    let manifest_bytes = match r.bytes32("manifest size", MAX_MANIFEST_BYTES) {
+        Err(DecodeError::Truncated { .. }) => return Err(truncated("manifest")),
+        bytes => bytes?,
+    };
     let manifest = Manifest::decode(manifest_bytes)?;
-    r.what = "signature";
-    let signature = Signature(*r.array()?);
+    let signature = Signature(r.array("signature")?);
     Ok((manifest, manifest_bytes, signature))
 }
 
@@ -579,14 +591,9 @@ fn too_large(field: &'static str, size: u64, max: u64) -> PackageError {
     PackageError::TooLarge { field, size, max }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_blob(out: &mut Vec<u8>, blob: &BlobRef) {
-    out.extend_from_slice(&blob.digest.0);
-    out.extend_from_slice(&blob.size.to_le_bytes());
+fn put_blob(w: &mut Writer, blob: &BlobRef) {
+    w.array(&blob.digest.0);
+    w.u64(blob.size);
 }
 
 fn modality_code(m: Modality) -> u8 {
@@ -612,79 +619,54 @@ fn modality_from_code(code: u8) -> Result<Modality, PackageError> {
     })
 }
 
-/// A cursor over untrusted bytes that never reads past the end.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    /// What is being read, for truncation errors.
-    what: &'static str,
+fn truncated(what: &str) -> PackageError {
+    PackageError::Truncated { what: what.into() }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], PackageError> {
-        if self.bytes.len() < n {
-            return Err(PackageError::Truncated {
-                what: self.what.into(),
-            });
+/// A non-empty UTF-8 string of at most `max` bytes.
+fn read_name(r: &mut Reader<'_>, what: &'static str, max: u16) -> Result<String, PackageError> {
+    let name = r.str16(what, max)?;
+    if name.is_empty() {
+        return Err(PackageError::Malformed(format!("{what} is empty")));
+    }
+    Ok(name.to_owned())
+}
+
+fn read_blob(r: &mut Reader<'_>, what: &'static str, max: u64) -> Result<BlobRef, PackageError> {
+    let digest = Digest(r.array("manifest")?);
+    let size = r.u64("manifest")?;
+    if size > max {
+        return Err(too_large(what, size, max));
+    }
+    Ok(BlobRef { digest, size })
+}
+
+/// The `size` bytes of a blob named `what`: missing if none are left,
+/// truncated if some are.
+fn read_blob_bytes<'a>(
+    r: &mut Reader<'a>,
+    what: &str,
+    size: u64,
+) -> Result<&'a [u8], PackageError> {
+    if r.is_empty() && size > 0 {
+        return Err(PackageError::MissingBlob(what.into()));
+    }
+    match usize::try_from(size) {
+        Ok(size) if size <= r.remaining() => Ok(r.take(size, "blob")?),
+        _ => Err(truncated(what)),
+    }
+}
+
+impl From<DecodeError> for PackageError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Truncated { what } => truncated(what),
+            DecodeError::TooLarge { what, len, max } => too_large(what, len, max),
+            DecodeError::TrailingBytes(n) => PackageError::TrailingBytes(n),
+            e @ (DecodeError::NotUtf8 { .. } | DecodeError::Invalid { .. }) => {
+                PackageError::Malformed(e.to_string())
+            }
         }
-        let (head, tail) = self.bytes.split_at(n);
-        self.bytes = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<&'a [u8; N], PackageError> {
-        Ok(self.take(N)?.try_into().expect("take returns N bytes"))
-    }
-
-    fn u8(&mut self) -> Result<u8, PackageError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, PackageError> {
-        Ok(u16::from_le_bytes(*self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, PackageError> {
-        Ok(u32::from_le_bytes(*self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, PackageError> {
-        Ok(u64::from_le_bytes(*self.array()?))
-    }
-
-    fn str(&mut self, field: &'static str, max: usize) -> Result<String, PackageError> {
-        let len = usize::from(self.u16()?);
-        if len > max {
-            return Err(too_large(field, len as u64, max as u64));
-        }
-        if len == 0 {
-            return Err(PackageError::Malformed(format!("{field} is empty")));
-        }
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| PackageError::Malformed(format!("{field} is not UTF-8")))
-    }
-
-    fn blob(&mut self, field: &'static str, max: u64) -> Result<BlobRef, PackageError> {
-        let digest = Digest(*self.array()?);
-        let size = self.u64()?;
-        if size > max {
-            return Err(too_large(field, size, max));
-        }
-        Ok(BlobRef { digest, size })
-    }
-
-    /// The `size` bytes of a blob named `what`: missing if none are left,
-    /// truncated if some are.
-    fn blob_bytes(&mut self, what: &str, size: u64) -> Result<&'a [u8], PackageError> {
-        if self.bytes.is_empty() && size > 0 {
-            return Err(PackageError::MissingBlob(what.into()));
-        }
-        let size =
-            usize::try_from(size).map_err(|_| too_large("blob size", size, usize::MAX as u64))?;
-        if self.bytes.len() < size {
-            return Err(PackageError::Truncated { what: what.into() });
-        }
-        Ok(self.take(size).expect("length checked"))
     }
 }
 

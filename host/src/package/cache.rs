@@ -15,8 +15,8 @@
 //! <dir>/compiled/<digest>-<engine hash>.cwasm MAC (32) ‖ compiled component
 //! ```
 
+use super::store::{StoreError, write_atomically};
 use crate::digest::Digest;
-use crate::store::{StoreError, write_atomically};
 use soma_crypto::keyfile::{KeyFileError, create_private, read_private};
 use std::fs;
 use std::hash::{Hash, Hasher};

@@ -10,8 +10,8 @@
 //! into place, so a crash leaves either the whole blob or nothing. Reads
 //! verify the digest, so a blob damaged on disk is reported, never used.
 
+use super::{Package, PackageError, VerifiedPackage};
 use crate::digest::Digest;
-use crate::package::{Package, PackageError, VerifiedPackage};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
