@@ -1,0 +1,354 @@
+//! Genesis: the state a network starts from, and the chain id derived
+//! from it.
+//!
+//! A genesis is written as a JSON config by whoever starts a network
+//! ([`GenesisConfig`]); encoders in it are named by their signed package
+//! files, which are verified when the config is read. [`Genesis`] is its
+//! canonical form: accounts, validators and encoders sorted by key, each key
+//! once, with the protocol parameters. The chain id is the blake3 of that
+//! encoding: every transaction and (with consensus hardening) every block
+//! is bound to it.
+
+use crate::params::Parameters;
+use crate::transaction::public_key;
+use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
+use soma_crypto::PublicKey;
+use soma_host::Digest;
+use soma_host::package::Package;
+use std::path::{Path, PathBuf};
+
+/// Most entries of each kind (accounts, validators, encoders) in a genesis.
+pub const MAX_GENESIS_ENTRIES: u32 = 100_000;
+
+/// Longest chain name, in bytes.
+pub const MAX_CHAIN_NAME_BYTES: u8 = 64;
+
+const MAGIC: &[u8; 8] = b"SOMAGNv1";
+
+/// Why a genesis cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GenesisError {
+    /// The config file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config is not valid JSON of the right shape.
+    #[error("genesis config: {0}")]
+    Config(String),
+    /// An encoder's package does not verify.
+    #[error("encoder package {}: {source}", path.display())]
+    Package {
+        /// The package file.
+        path: PathBuf,
+        /// Why.
+        source: soma_host::package::PackageError,
+    },
+    /// The canonical bytes do not decode.
+    #[error("genesis: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+/// An account and its starting balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesisAccount {
+    /// The account's key.
+    pub key: PublicKey,
+    /// Base units it holds.
+    pub balance: u64,
+}
+
+/// A validator and its starting stake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesisValidator {
+    /// The validator's account key.
+    pub key: PublicKey,
+    /// Base units staked.
+    pub stake: u64,
+}
+
+/// A registered encoder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesisEncoder {
+    /// The digest of its signed package.
+    pub package: Digest,
+    /// The account that owns it.
+    pub owner: PublicKey,
+    /// Base units bonded.
+    pub bond: u64,
+}
+
+/// The canonical genesis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Genesis {
+    /// A human name for the network.
+    pub chain_name: String,
+    /// Starting accounts, sorted by key.
+    pub accounts: Vec<GenesisAccount>,
+    /// Starting validators, sorted by key.
+    pub validators: Vec<GenesisValidator>,
+    /// Registered encoders, sorted by package digest.
+    pub encoders: Vec<GenesisEncoder>,
+    /// Protocol parameters.
+    pub parameters: Parameters,
+}
+
+impl Genesis {
+    /// Builds a genesis, sorting its entries; refuses a key given twice.
+    pub fn new(
+        chain_name: String,
+        mut accounts: Vec<GenesisAccount>,
+        mut validators: Vec<GenesisValidator>,
+        mut encoders: Vec<GenesisEncoder>,
+        parameters: Parameters,
+    ) -> Result<Genesis, GenesisError> {
+        accounts.sort_by_key(|a| a.key);
+        validators.sort_by_key(|v| v.key);
+        encoders.sort_by_key(|e| e.package);
+        let genesis = Genesis {
+            chain_name,
+            accounts,
+            validators,
+            encoders,
+            parameters,
+        };
+        genesis.check().map_err(GenesisError::Decode)?;
+        Ok(genesis)
+    }
+
+    /// The network's identity: the blake3 of the canonical encoding.
+    pub fn chain_id(&self) -> [u8; 32] {
+        blake3::derive_key("soma/chain-id/v1", &self.to_bytes())
+    }
+
+    /// Reads a JSON config (see [`GenesisConfig`]); package paths are
+    /// relative to the config file's directory.
+    pub fn from_config_file(path: &Path) -> Result<Genesis, GenesisError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| GenesisError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let config: GenesisConfig = serde_json::from_slice(&read(path)?)
+            .map_err(|e| GenesisError::Config(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut encoders = Vec::new();
+        for encoder in config.encoders {
+            let package_path = base.join(&encoder.package);
+            let package = Package::decode(&read(&package_path)?)
+                .and_then(|p| p.verify(None))
+                .map_err(|source| GenesisError::Package {
+                    path: package_path,
+                    source,
+                })?;
+            encoders.push(GenesisEncoder {
+                package: package.digest(),
+                owner: encoder.owner.0,
+                bond: encoder.bond,
+            });
+        }
+        Genesis::new(
+            config.chain_name,
+            config
+                .accounts
+                .into_iter()
+                .map(|a| GenesisAccount {
+                    key: a.key.0,
+                    balance: a.balance,
+                })
+                .collect(),
+            config
+                .validators
+                .into_iter()
+                .map(|v| GenesisValidator {
+                    key: v.key.0,
+                    stake: v.stake,
+                })
+                .collect(),
+            encoders,
+            config.parameters,
+        )
+    }
+
+    /// Limits and uniqueness; what the decoder and [`Genesis::new`] share.
+    fn check(&self) -> Result<(), DecodeError> {
+        if self.chain_name.is_empty() || self.chain_name.len() > usize::from(MAX_CHAIN_NAME_BYTES) {
+            return Err(DecodeError::invalid(
+                "chain name",
+                format!("must be 1 to {MAX_CHAIN_NAME_BYTES} bytes"),
+            ));
+        }
+        let max = MAX_GENESIS_ENTRIES as usize;
+        for (what, len) in [
+            ("accounts", self.accounts.len()),
+            ("validators", self.validators.len()),
+            ("encoders", self.encoders.len()),
+        ] {
+            if len > max {
+                return Err(DecodeError::TooLarge {
+                    what,
+                    len: len as u64,
+                    max: max as u64,
+                });
+            }
+        }
+        let unique = |what: &'static str, sorted: bool| match sorted {
+            true => Ok(()),
+            false => Err(DecodeError::invalid(what, "keys must be sorted and unique")),
+        };
+        unique(
+            "accounts",
+            self.accounts.windows(2).all(|w| w[0].key < w[1].key),
+        )?;
+        unique(
+            "validators",
+            self.validators.windows(2).all(|w| w[0].key < w[1].key),
+        )?;
+        unique(
+            "encoders",
+            self.encoders
+                .windows(2)
+                .all(|w| w[0].package < w[1].package),
+        )?;
+        if self.validators.is_empty() {
+            return Err(DecodeError::invalid(
+                "validators",
+                "a network needs at least one",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Encode for Genesis {
+    fn encode(&self, w: &mut Writer) {
+        w.raw(MAGIC);
+        w.str8(&self.chain_name);
+        w.count32(self.accounts.len());
+        for a in &self.accounts {
+            w.array(&a.key.to_bytes());
+            w.u64(a.balance);
+        }
+        w.count32(self.validators.len());
+        for v in &self.validators {
+            w.array(&v.key.to_bytes());
+            w.u64(v.stake);
+        }
+        w.count32(self.encoders.len());
+        for e in &self.encoders {
+            w.array(&e.package.0);
+            w.array(&e.owner.to_bytes());
+            w.u64(e.bond);
+        }
+        self.parameters.encode(w);
+    }
+}
+
+impl Decode<'_> for Genesis {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        if r.take(8, "magic")? != MAGIC {
+            return Err(DecodeError::invalid("magic", "not a Soma genesis"));
+        }
+        let chain_name = r.str8("chain name", MAX_CHAIN_NAME_BYTES)?.to_owned();
+        let n = r.count32("accounts", MAX_GENESIS_ENTRIES, 40)?;
+        let accounts = (0..n)
+            .map(|_| {
+                Ok(GenesisAccount {
+                    key: public_key(r, "account key")?,
+                    balance: r.u64("balance")?,
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        let n = r.count32("validators", MAX_GENESIS_ENTRIES, 40)?;
+        let validators = (0..n)
+            .map(|_| {
+                Ok(GenesisValidator {
+                    key: public_key(r, "validator key")?,
+                    stake: r.u64("stake")?,
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        let n = r.count32("encoders", MAX_GENESIS_ENTRIES, 72)?;
+        let encoders = (0..n)
+            .map(|_| {
+                Ok(GenesisEncoder {
+                    package: Digest(r.array("package")?),
+                    owner: public_key(r, "owner")?,
+                    bond: r.u64("bond")?,
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        let genesis = Genesis {
+            chain_name,
+            accounts,
+            validators,
+            encoders,
+            parameters: Parameters::decode(r)?,
+        };
+        genesis.check()?;
+        Ok(genesis)
+    }
+}
+
+/// The JSON form of a genesis, as a network's founder writes it.
+///
+/// ```json
+/// {
+///   "chain_name": "soma-localnet",
+///   "accounts": [{ "key": "<hex public key>", "balance": 1000000000 }],
+///   "validators": [{ "key": "<hex public key>", "stake": 5000000 }],
+///   "encoders": [{ "package": "hash-encoder.somapkg", "owner": "<hex>", "bond": 1000000 }],
+///   "parameters": { "min_fee": 10, "min_encoder_bond": 1000000, "min_validator_stake": 1000000 }
+/// }
+/// ```
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisConfig {
+    chain_name: String,
+    #[serde(default)]
+    accounts: Vec<AccountConfig>,
+    validators: Vec<ValidatorConfig>,
+    #[serde(default)]
+    encoders: Vec<EncoderConfig>,
+    #[serde(default)]
+    parameters: Parameters,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountConfig {
+    key: HexKey,
+    balance: u64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidatorConfig {
+    key: HexKey,
+    stake: u64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncoderConfig {
+    package: PathBuf,
+    owner: HexKey,
+    bond: u64,
+}
+
+/// A public key written as hex in a config.
+#[derive(Debug)]
+struct HexKey(PublicKey);
+
+impl<'de> serde::Deserialize<'de> for HexKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        PublicKey::from_hex(&text)
+            .map(HexKey)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+    }
+}

@@ -1,0 +1,36 @@
+//! Soma's state machine: accounts, validators and encoders in fjall, the
+//! transactions that change them, and [`Executor::apply`], which turns a
+//! committed, ordered list of transactions into new state and a state root.
+//!
+//! Apply is a pure function of the prior state and the commit (DESIGN.md,
+//! "Execution"): integer money, sorted iteration, no clock, no host calls.
+//! Every validator that applies the same commits reaches the same root, and
+//! a transaction that breaks a rule changes nothing but its [`Receipt`].
+//!
+//! ```no_run
+//! use soma_execution::{Commit, Executor, Genesis};
+//!
+//! let genesis = Genesis::from_config_file("genesis.json".as_ref())?;
+//! let mut executor = Executor::open("state".as_ref(), &genesis)?;
+//! let transactions: Vec<Vec<u8>> = vec![/* signed transactions, in commit order */];
+//! let effects = executor.apply(Commit { index: 0, digest: [0; 32], transactions: &transactions })?;
+//! println!("root {}", hex::encode(effects.root));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod executor;
+mod genesis;
+mod params;
+mod receipt;
+mod state;
+mod transaction;
+
+pub use executor::{Commit, CommitEffects, ExecutionError, Executor, Supply};
+pub use genesis::{
+    Genesis, GenesisAccount, GenesisConfig, GenesisEncoder, GenesisError, GenesisValidator,
+    MAX_CHAIN_NAME_BYTES, MAX_GENESIS_ENTRIES,
+};
+pub use params::Parameters;
+pub use receipt::{Receipt, Rejection};
+pub use state::{Account, Encoder, StateError, Validator};
+pub use transaction::{Action, MAX_TRANSACTION_BYTES, SignedTransaction, Transaction};

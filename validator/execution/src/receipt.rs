@@ -1,0 +1,203 @@
+//! What apply recorded for each transaction of a commit.
+//!
+//! A receipt's encoding is part of the state root, so it holds only what
+//! every validator computes alike: a refusal's kind and numbers, never a
+//! decoder's message text.
+
+use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
+use soma_host::Digest;
+use std::fmt;
+
+/// Why a transaction changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The bytes are not a signed transaction.
+    Malformed,
+    /// It is for another network.
+    WrongChain,
+    /// The signature does not verify for the sender.
+    BadSignature,
+    /// The nonce is not the sender's next one.
+    BadNonce {
+        /// The nonce the sender's account expects.
+        expected: u64,
+        /// The nonce the transaction carries.
+        got: u64,
+    },
+    /// The fee is below the protocol's minimum.
+    FeeTooLow {
+        /// The minimum.
+        min: u64,
+    },
+    /// The sender's balance does not cover the fee and what the action
+    /// moves.
+    InsufficientFunds {
+        /// What it needs.
+        needed: u64,
+        /// What it has.
+        available: u64,
+    },
+    /// A stake action by an account that is not a validator.
+    NotAValidator,
+    /// A withdrawal of more stake than the validator has.
+    InsufficientStake {
+        /// What it has.
+        available: u64,
+    },
+    /// A withdrawal that would leave a stake above zero but below the
+    /// minimum.
+    StakeBelowMinimum {
+        /// The minimum.
+        min: u64,
+    },
+    /// An encoder bond below the minimum.
+    BondTooLow {
+        /// The minimum.
+        min: u64,
+    },
+    /// The package is already registered.
+    EncoderExists,
+    /// No encoder is registered for the package.
+    UnknownEncoder,
+    /// The sender does not own the encoder.
+    NotOwner,
+    /// A balance would exceed what a `u64` holds.
+    Overflow,
+}
+
+/// What happened to one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The transaction's digest, if it decoded.
+    pub transaction: Option<Digest>,
+    /// `None` if it applied; why it did not otherwise.
+    pub rejection: Option<Rejection>,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Malformed => write!(f, "not a well-formed signed transaction"),
+            Rejection::WrongChain => write!(f, "signed for another network"),
+            Rejection::BadSignature => write!(f, "the signature does not verify"),
+            Rejection::BadNonce { expected, got } => {
+                write!(f, "nonce {got}; the account's next nonce is {expected}")
+            }
+            Rejection::FeeTooLow { min } => write!(f, "the fee is below the minimum of {min}"),
+            Rejection::InsufficientFunds { needed, available } => {
+                write!(
+                    f,
+                    "needs {needed} base units; the account holds {available}"
+                )
+            }
+            Rejection::NotAValidator => write!(f, "the sender is not a validator"),
+            Rejection::InsufficientStake { available } => {
+                write!(f, "the validator has only {available} staked")
+            }
+            Rejection::StakeBelowMinimum { min } => {
+                write!(f, "the stake left would be below the minimum of {min}")
+            }
+            Rejection::BondTooLow { min } => write!(f, "the bond is below the minimum of {min}"),
+            Rejection::EncoderExists => write!(f, "the package is already registered"),
+            Rejection::UnknownEncoder => write!(f, "no encoder is registered for the package"),
+            Rejection::NotOwner => write!(f, "the sender does not own the encoder"),
+            Rejection::Overflow => write!(f, "a balance would overflow"),
+        }
+    }
+}
+
+impl Encode for Receipt {
+    fn encode(&self, w: &mut Writer) {
+        match &self.transaction {
+            Some(digest) => {
+                w.bool(true);
+                w.array(&digest.0);
+            }
+            None => w.bool(false),
+        }
+        let Some(rejection) = &self.rejection else {
+            w.u8(0);
+            return;
+        };
+        match *rejection {
+            Rejection::Malformed => w.u8(1),
+            Rejection::WrongChain => w.u8(2),
+            Rejection::BadSignature => w.u8(3),
+            Rejection::BadNonce { expected, got } => {
+                w.u8(4);
+                w.u64(expected);
+                w.u64(got);
+            }
+            Rejection::FeeTooLow { min } => {
+                w.u8(5);
+                w.u64(min);
+            }
+            Rejection::InsufficientFunds { needed, available } => {
+                w.u8(6);
+                w.u64(needed);
+                w.u64(available);
+            }
+            Rejection::NotAValidator => w.u8(7),
+            Rejection::InsufficientStake { available } => {
+                w.u8(8);
+                w.u64(available);
+            }
+            Rejection::StakeBelowMinimum { min } => {
+                w.u8(9);
+                w.u64(min);
+            }
+            Rejection::BondTooLow { min } => {
+                w.u8(10);
+                w.u64(min);
+            }
+            Rejection::EncoderExists => w.u8(11),
+            Rejection::UnknownEncoder => w.u8(12),
+            Rejection::NotOwner => w.u8(13),
+            Rejection::Overflow => w.u8(14),
+        }
+    }
+}
+
+impl Decode<'_> for Receipt {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let transaction = match r.bool("has digest")? {
+            true => Some(Digest(r.array("transaction")?)),
+            false => None,
+        };
+        let rejection = match r.u8("outcome")? {
+            0 => None,
+            1 => Some(Rejection::Malformed),
+            2 => Some(Rejection::WrongChain),
+            3 => Some(Rejection::BadSignature),
+            4 => Some(Rejection::BadNonce {
+                expected: r.u64("expected")?,
+                got: r.u64("got")?,
+            }),
+            5 => Some(Rejection::FeeTooLow { min: r.u64("min")? }),
+            6 => Some(Rejection::InsufficientFunds {
+                needed: r.u64("needed")?,
+                available: r.u64("available")?,
+            }),
+            7 => Some(Rejection::NotAValidator),
+            8 => Some(Rejection::InsufficientStake {
+                available: r.u64("available")?,
+            }),
+            9 => Some(Rejection::StakeBelowMinimum { min: r.u64("min")? }),
+            10 => Some(Rejection::BondTooLow { min: r.u64("min")? }),
+            11 => Some(Rejection::EncoderExists),
+            12 => Some(Rejection::UnknownEncoder),
+            13 => Some(Rejection::NotOwner),
+            14 => Some(Rejection::Overflow),
+            code => {
+                return Err(DecodeError::invalid(
+                    "outcome",
+                    format!("unknown code {code}"),
+                ));
+            }
+        };
+        Ok(Receipt {
+            transaction,
+            rejection,
+        })
+    }
+}

@@ -1,0 +1,324 @@
+//! The state apply reads and writes, in fjall.
+//!
+//! ```text
+//! accounts    key (32)        → u64 balance ‖ u64 nonce
+//! validators  key (32)        → u64 stake
+//! encoders    package (32)    → owner (32) ‖ u64 bond
+//! receipts    u64 commit index (BE) ‖ u32 position (BE) → receipt
+//! meta        "genesis"       → the canonical genesis
+//!             "applied"       → u64 next commit index ‖ state root (32)
+//!             "treasury"      → u64 fees collected
+//! ```
+//!
+//! A commit's writes are gathered in [`Changes`] (sorted, so their digest
+//! is the same on every validator) and written in one batch with the
+//! receipts and the new `applied` record: a crash leaves the state before
+//! the commit or after it, never between.
+
+use crate::transaction::public_key;
+use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
+use soma_crypto::PublicKey;
+use soma_host::Digest;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Why the state store failed. Any of these stops apply: carrying on could
+/// make this validator's state differ from everyone else's.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The storage engine failed.
+    #[error("state store: {0}")]
+    Engine(#[from] fjall::Error),
+    /// Stored bytes do not decode.
+    #[error("state store is corrupt: {0}")]
+    Corrupt(#[from] DecodeError),
+}
+
+/// An account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Account {
+    /// Base units it holds.
+    pub balance: u64,
+    /// The nonce its next transaction must carry.
+    pub nonce: u64,
+}
+
+/// A validator's stake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Validator {
+    /// Base units staked.
+    pub stake: u64,
+}
+
+/// A registered encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoder {
+    /// The account that registered it and gets its bond back.
+    pub owner: PublicKey,
+    /// Base units bonded.
+    pub bond: u64,
+}
+
+/// Where the state stands: the next commit to apply and the root after
+/// the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Index of the next commit apply takes.
+    pub next_index: u64,
+    /// The state root after the last applied commit (or genesis).
+    pub root: [u8; 32],
+}
+
+impl Encode for Account {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.balance);
+        w.u64(self.nonce);
+    }
+}
+
+impl Decode<'_> for Account {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Account {
+            balance: r.u64("balance")?,
+            nonce: r.u64("nonce")?,
+        })
+    }
+}
+
+impl Encode for Validator {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.stake);
+    }
+}
+
+impl Decode<'_> for Validator {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Validator {
+            stake: r.u64("stake")?,
+        })
+    }
+}
+
+impl Encode for Encoder {
+    fn encode(&self, w: &mut Writer) {
+        w.array(&self.owner.to_bytes());
+        w.u64(self.bond);
+    }
+}
+
+impl Decode<'_> for Encoder {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Encoder {
+            owner: public_key(r, "owner")?,
+            bond: r.u64("bond")?,
+        })
+    }
+}
+
+impl Encode for Applied {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.next_index);
+        w.array(&self.root);
+    }
+}
+
+impl Decode<'_> for Applied {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Applied {
+            next_index: r.u64("next index")?,
+            root: r.array("root")?,
+        })
+    }
+}
+
+/// Fees collected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Treasury(pub(crate) u64);
+
+impl Encode for Treasury {
+    fn encode(&self, w: &mut Writer) {
+        w.u64(self.0);
+    }
+}
+
+impl Decode<'_> for Treasury {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.u64("treasury").map(Treasury)
+    }
+}
+
+/// The keyspaces [`Changes`] write to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Space {
+    Accounts,
+    Validators,
+    Encoders,
+    Meta,
+}
+
+pub(crate) const GENESIS: &[u8] = b"genesis";
+pub(crate) const APPLIED: &[u8] = b"applied";
+pub(crate) const TREASURY: &[u8] = b"treasury";
+
+/// Writes not yet in the store, by keyspace and key (`None` deletes).
+#[derive(Debug, Default)]
+pub(crate) struct Changes(BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>);
+
+impl Changes {
+    pub(crate) fn put(&mut self, space: Space, key: &[u8], value: &impl Encode) {
+        self.0.insert((space, key.to_vec()), Some(value.to_bytes()));
+    }
+
+    pub(crate) fn delete(&mut self, space: Space, key: &[u8]) {
+        self.0.insert((space, key.to_vec()), None);
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.0
+            .get(&(space, key.to_vec()))
+            .map(|value| value.as_deref())
+    }
+
+    /// Takes `other`'s writes over these.
+    pub(crate) fn extend(&mut self, other: Changes) {
+        self.0.extend(other.0);
+    }
+
+    /// A digest of every write, in key order: the same on every validator
+    /// that made the same writes.
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key("soma/state-writes/v1");
+        let mut w = Writer::new();
+        for ((space, key), value) in &self.0 {
+            w.u8(*space as u8);
+            w.bytes32(key);
+            match value {
+                Some(value) => {
+                    w.bool(true);
+                    w.bytes32(value);
+                }
+                None => w.bool(false),
+            }
+        }
+        hasher.update(&w.into_bytes());
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// The state on disk.
+pub struct StateStore {
+    db: fjall::Database,
+    accounts: fjall::Keyspace,
+    validators: fjall::Keyspace,
+    encoders: fjall::Keyspace,
+    receipts: fjall::Keyspace,
+    meta: fjall::Keyspace,
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the state under `path`.
+    pub fn open(path: &Path) -> Result<StateStore, StateError> {
+        let db = fjall::Database::builder(path).open()?;
+        let options = fjall::KeyspaceCreateOptions::default;
+        Ok(StateStore {
+            accounts: db.keyspace("accounts", options)?,
+            validators: db.keyspace("validators", options)?,
+            encoders: db.keyspace("encoders", options)?,
+            receipts: db.keyspace("receipts", options)?,
+            meta: db.keyspace("meta", options)?,
+            db,
+        })
+    }
+
+    fn keyspace(&self, space: Space) -> &fjall::Keyspace {
+        match space {
+            Space::Accounts => &self.accounts,
+            Space::Validators => &self.validators,
+            Space::Encoders => &self.encoders,
+            Space::Meta => &self.meta,
+        }
+    }
+
+    /// The value under `key`, decoded, as `pending` leaves it.
+    pub(crate) fn read<T: for<'a> Decode<'a>>(
+        &self,
+        pending: &[&Changes],
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        for changes in pending.iter().rev() {
+            if let Some(value) = changes.get(space, key) {
+                return Ok(value.map(T::from_bytes).transpose()?);
+            }
+        }
+        match self.keyspace(space).get(key)? {
+            Some(bytes) => Ok(Some(T::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `changes`, `receipts` (under `commit`) and `applied` at once,
+    /// durably.
+    pub(crate) fn write(
+        &self,
+        changes: Changes,
+        commit: u64,
+        receipts: &[Vec<u8>],
+        applied: &Applied,
+    ) -> Result<(), StateError> {
+        let mut batch = self
+            .db
+            .batch()
+            .durability(Some(fjall::PersistMode::SyncData));
+        for ((space, key), value) in changes.0 {
+            match value {
+                Some(value) => batch.insert(self.keyspace(space), key, value),
+                None => batch.remove(self.keyspace(space), key),
+            }
+        }
+        for (position, receipt) in receipts.iter().enumerate() {
+            batch.insert(
+                &self.receipts,
+                receipt_key(commit, position),
+                receipt.as_slice(),
+            );
+        }
+        batch.insert(&self.meta, APPLIED, applied.to_bytes());
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// The receipts of commit `index`, in transaction order.
+    pub(crate) fn receipts(&self, index: u64) -> Result<Vec<Vec<u8>>, StateError> {
+        self.receipts
+            .prefix(index.to_be_bytes())
+            .map(|entry| Ok(entry.value()?.to_vec()))
+            .collect()
+    }
+
+    /// Every (key, value) of a keyspace, decoded, in key order.
+    pub(crate) fn scan<T: for<'a> Decode<'a>>(
+        &self,
+        space: Space,
+    ) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+        self.keyspace(space)
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.into_inner()?;
+                Ok((key.to_vec(), T::from_bytes(&value)?))
+            })
+            .collect()
+    }
+}
+
+fn receipt_key(commit: u64, position: usize) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..8].copy_from_slice(&commit.to_be_bytes());
+    key[8..].copy_from_slice(&(position as u32).to_be_bytes());
+    key
+}
+
+/// A key in the encoders keyspace.
+pub(crate) fn encoder_key(package: &Digest) -> [u8; 32] {
+    package.0
+}

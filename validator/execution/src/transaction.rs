@@ -1,0 +1,282 @@
+//! Transactions: what an account asks the state machine to do, signed.
+//!
+//! ```text
+//! signed      = u32 length ‖ transaction ‖ signature (64)
+//! transaction = "SOMATXv1" ‖ chain id (32) ‖ sender (32) ‖ u64 nonce ‖ u64 fee ‖ action
+//! action      = 0 ‖ recipient (32) ‖ u64 amount      transfer
+//!             | 1 ‖ u64 amount                        add validator stake
+//!             | 2 ‖ u64 amount                        withdraw validator stake
+//!             | 3 ‖ package digest (32) ‖ u64 bond    register an encoder
+//!             | 4 ‖ package digest (32)               deregister it
+//! ```
+//!
+//! The encoding is canonical ([`soma_codec`]); the signature is the
+//! sender's, in [`Domain::Transaction`], over the transaction's bytes, which
+//! carry the chain id: a transaction never verifies on another network.
+
+use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
+use soma_crypto::{Domain, PublicKey, SecretKey, Signature};
+use soma_host::Digest;
+
+/// Largest signed transaction, in bytes.
+pub const MAX_TRANSACTION_BYTES: u32 = 64 * 1024;
+
+const MAGIC: &[u8; 8] = b"SOMATXv1";
+
+/// What a transaction does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Moves `amount` from the sender to `to`.
+    Transfer {
+        /// The recipient's account.
+        to: PublicKey,
+        /// Base units moved.
+        amount: u64,
+    },
+    /// Moves `amount` from the sender's balance to its validator stake.
+    AddStake {
+        /// Base units staked.
+        amount: u64,
+    },
+    /// Moves `amount` of the sender's validator stake back to its balance.
+    WithdrawStake {
+        /// Base units withdrawn.
+        amount: u64,
+    },
+    /// Registers the encoder of a signed package, bonding `bond`.
+    RegisterEncoder {
+        /// The package's digest (its manifest's blake3).
+        package: Digest,
+        /// Base units bonded.
+        bond: u64,
+    },
+    /// Deregisters an encoder the sender owns, returning its bond.
+    DeregisterEncoder {
+        /// The package's digest.
+        package: Digest,
+    },
+}
+
+/// A transaction before it is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// The network it is for (the digest of its genesis).
+    pub chain_id: [u8; 32],
+    /// The account that signs and pays.
+    pub sender: PublicKey,
+    /// The sender's next nonce: transactions of one account apply in
+    /// nonce order, each once.
+    pub nonce: u64,
+    /// Base units paid to the network for applying it.
+    pub fee: u64,
+    /// What it does.
+    pub action: Action,
+}
+
+impl Transaction {
+    /// Signs the transaction as `key`, which must be the sender's.
+    pub fn sign(self, key: &SecretKey) -> SignedTransaction {
+        let bytes = self.to_bytes();
+        let signature = key.sign(Domain::Transaction, &bytes);
+        SignedTransaction {
+            digest: Digest::of(&bytes),
+            transaction: self,
+            bytes,
+            signature,
+        }
+    }
+}
+
+/// A transaction with its sender's signature (not yet checked: see
+/// [`SignedTransaction::verify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedTransaction {
+    transaction: Transaction,
+    bytes: Vec<u8>,
+    signature: Signature,
+    digest: Digest,
+}
+
+impl SignedTransaction {
+    /// The transaction.
+    pub fn transaction(&self) -> &Transaction {
+        &self.transaction
+    }
+
+    /// Its identity: the blake3 of the unsigned transaction's bytes.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Whether the sender signed exactly these bytes.
+    pub fn verify(&self) -> bool {
+        self.transaction
+            .sender
+            .verify(Domain::Transaction, &self.bytes, &self.signature)
+            .is_ok()
+    }
+}
+
+impl Encode for SignedTransaction {
+    fn encode(&self, w: &mut Writer) {
+        w.bytes32(&self.bytes);
+        w.array(&self.signature.0);
+    }
+}
+
+impl Decode<'_> for SignedTransaction {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let bytes = r.bytes32("transaction", MAX_TRANSACTION_BYTES - 4 - 64)?;
+        let transaction = Transaction::from_bytes(bytes)?;
+        Ok(SignedTransaction {
+            transaction,
+            digest: Digest::of(bytes),
+            bytes: bytes.to_vec(),
+            signature: Signature(r.array("signature")?),
+        })
+    }
+}
+
+const TRANSFER: u8 = 0;
+const ADD_STAKE: u8 = 1;
+const WITHDRAW_STAKE: u8 = 2;
+const REGISTER_ENCODER: u8 = 3;
+const DEREGISTER_ENCODER: u8 = 4;
+
+impl Encode for Transaction {
+    fn encode(&self, w: &mut Writer) {
+        w.raw(MAGIC);
+        w.array(&self.chain_id);
+        w.array(&self.sender.to_bytes());
+        w.u64(self.nonce);
+        w.u64(self.fee);
+        match &self.action {
+            Action::Transfer { to, amount } => {
+                w.u8(TRANSFER);
+                w.array(&to.to_bytes());
+                w.u64(*amount);
+            }
+            Action::AddStake { amount } => {
+                w.u8(ADD_STAKE);
+                w.u64(*amount);
+            }
+            Action::WithdrawStake { amount } => {
+                w.u8(WITHDRAW_STAKE);
+                w.u64(*amount);
+            }
+            Action::RegisterEncoder { package, bond } => {
+                w.u8(REGISTER_ENCODER);
+                w.array(&package.0);
+                w.u64(*bond);
+            }
+            Action::DeregisterEncoder { package } => {
+                w.u8(DEREGISTER_ENCODER);
+                w.array(&package.0);
+            }
+        }
+    }
+}
+
+impl Decode<'_> for Transaction {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        if r.take(8, "magic")? != MAGIC {
+            return Err(DecodeError::invalid("magic", "not a Soma transaction"));
+        }
+        let chain_id = r.array("chain id")?;
+        let sender = public_key(r, "sender")?;
+        let nonce = r.u64("nonce")?;
+        let fee = r.u64("fee")?;
+        let action = match r.u8("action")? {
+            TRANSFER => Action::Transfer {
+                to: public_key(r, "recipient")?,
+                amount: r.u64("amount")?,
+            },
+            ADD_STAKE => Action::AddStake {
+                amount: r.u64("amount")?,
+            },
+            WITHDRAW_STAKE => Action::WithdrawStake {
+                amount: r.u64("amount")?,
+            },
+            REGISTER_ENCODER => Action::RegisterEncoder {
+                package: Digest(r.array("package")?),
+                bond: r.u64("bond")?,
+            },
+            DEREGISTER_ENCODER => Action::DeregisterEncoder {
+                package: Digest(r.array("package")?),
+            },
+            tag => return Err(DecodeError::invalid("action", format!("unknown tag {tag}"))),
+        };
+        Ok(Transaction {
+            chain_id,
+            sender,
+            nonce,
+            fee,
+            action,
+        })
+    }
+}
+
+/// A public key that is a valid ed25519 point.
+pub(crate) fn public_key(r: &mut Reader<'_>, what: &'static str) -> Result<PublicKey, DecodeError> {
+    PublicKey::from_bytes(&r.array(what)?)
+        .map_err(|_| DecodeError::invalid(what, "not an ed25519 public key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(key: &SecretKey) -> Transaction {
+        Transaction {
+            chain_id: [9; 32],
+            sender: key.public_key(),
+            nonce: 3,
+            fee: 10,
+            action: Action::Transfer {
+                to: SecretKey::from_bytes(&[2; 32]).public_key(),
+                amount: 500,
+            },
+        }
+    }
+
+    #[test]
+    fn a_signed_transaction_round_trips_and_verifies() {
+        let key = SecretKey::from_bytes(&[1; 32]);
+        let signed = transfer(&key).sign(&key);
+        let bytes = signed.to_bytes();
+        let decoded = SignedTransaction::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, signed);
+        assert!(decoded.verify());
+        assert_eq!(decoded.to_bytes(), bytes);
+    }
+
+    #[test]
+    fn a_changed_byte_or_another_signer_does_not_verify() {
+        let key = SecretKey::from_bytes(&[1; 32]);
+        let mut bytes = transfer(&key).sign(&key).to_bytes();
+        // The last byte of the amount.
+        let at = bytes.len() - 64 - 1;
+        bytes[at] ^= 1;
+        assert!(!SignedTransaction::from_bytes(&bytes).unwrap().verify());
+        let other = SecretKey::from_bytes(&[3; 32]);
+        assert!(!transfer(&key).sign(&other).verify());
+    }
+
+    #[test]
+    fn unknown_actions_and_trailing_bytes_are_refused() {
+        let key = SecretKey::from_bytes(&[1; 32]);
+        let tx = transfer(&key).to_bytes();
+        let mut unknown = tx.clone();
+        unknown[8 + 32 + 32 + 8 + 8] = 9;
+        assert!(matches!(
+            Transaction::from_bytes(&unknown),
+            Err(DecodeError::Invalid { what: "action", .. })
+        ));
+        let mut longer = tx.clone();
+        longer.push(0);
+        assert_eq!(
+            Transaction::from_bytes(&longer),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! Properties over random transaction streams: money is conserved, no
+//! transaction applies twice, and two executors agree on every root.
+
+use super::*;
+use proptest::prelude::*;
+use soma_execution::Rejection;
+use soma_host::Digest;
+
+/// One random transaction: sender, what it does, how much, its fee, and
+/// whether its nonce is off.
+#[derive(Debug, Clone)]
+struct Op {
+    from: u8,
+    kind: u8,
+    amount: u64,
+    fee: u64,
+    skew_nonce: bool,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    (
+        0u8..5,
+        0u8..6,
+        prop_oneof![0u64..2_000, 900_000u64..6_000_000, Just(u64::MAX)],
+        prop_oneof![9u64..20, Just(u64::MAX)],
+        proptest::bool::weighted(0.1),
+    )
+        .prop_map(|(from, kind, amount, fee, skew_nonce)| Op {
+            from,
+            kind,
+            amount,
+            fee,
+            skew_nonce,
+        })
+}
+
+fn action(op: &Op) -> Action {
+    // Two packages, so registrations collide and deregistrations find
+    // encoders of other owners.
+    let package = Digest([(op.amount % 2) as u8; 32]);
+    match op.kind {
+        0 | 1 => Action::Transfer {
+            to: public(((op.amount % 5) as u8 + op.from) % 5),
+            amount: op.amount,
+        },
+        2 => Action::AddStake { amount: op.amount },
+        3 => Action::WithdrawStake { amount: op.amount },
+        4 => Action::RegisterEncoder {
+            package,
+            bond: op.amount,
+        },
+        _ => Action::DeregisterEncoder { package },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn money_is_conserved_nothing_applies_twice_and_executors_agree(
+        commits in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..6)
+    ) {
+        let g = genesis();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut first, mut second) = (open(a.path(), &g), open(b.path(), &g));
+        prop_assert_eq!(first.root(), second.root());
+        let supply = first.supply().unwrap().total();
+        let mut replay: Option<Vec<u8>> = None;
+        for ops in commits {
+            let mut nonces: Vec<u64> = (0..5).map(|i| first.account(&public(i)).unwrap().nonce).collect();
+            let mut transactions: Vec<Vec<u8>> = replay.take().into_iter().collect();
+            let replayed = !transactions.is_empty();
+            for op in &ops {
+                let nonce = nonces[op.from as usize] + u64::from(op.skew_nonce) * 7;
+                transactions.push(signed(&g, op.from, nonce, op.fee, action(op)));
+                nonces[op.from as usize] += 1;
+            }
+            let effects = apply(&mut first, &transactions);
+            prop_assert_eq!(&apply(&mut second, &transactions), &effects);
+            if replayed {
+                let is_bad_nonce = matches!(effects.receipts[0].rejection, Some(Rejection::BadNonce { .. }));
+                prop_assert!(is_bad_nonce, "a replay applied: {:?}", effects.receipts[0]);
+            }
+            replay = effects
+                .receipts
+                .iter()
+                .position(|r| r.rejection.is_none())
+                .map(|i| transactions[i].clone());
+            prop_assert_eq!(first.supply().unwrap().total(), supply);
+        }
+    }
+}
