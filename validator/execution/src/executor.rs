@@ -14,13 +14,16 @@
 //! with the same outcomes and the same writes.
 
 use crate::genesis::Genesis;
+use crate::job::{Attestation, EncoderResult, Job, JobStatus, Outcome};
 use crate::params::Parameters;
 use crate::receipt::{Receipt, Rejection};
 use crate::state::{
-    APPLIED, Account, Applied, Changes, Encoder, GENESIS, Space, StateError, StateStore, TREASURY,
-    Treasury, Validator, encoder_key,
+    APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, Space,
+    StateError, StateStore, TREASURY, Validator, encoder_key,
 };
 use crate::transaction::{Action, SignedTransaction};
+use crate::view::{Stop, View};
+use crate::{finalise, shard};
 use soma_codec::{Decode, Encode, Writer};
 use soma_crypto::PublicKey;
 use soma_host::Digest;
@@ -73,8 +76,7 @@ pub struct CommitEffects {
     pub receipts: Vec<Receipt>,
 }
 
-/// Money by where it is held: the sum is the supply, which only slashing
-/// and burning may change.
+/// Money by where it is held. Their sum, burned included, never changes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Supply {
     /// Account balances.
@@ -83,14 +85,18 @@ pub struct Supply {
     pub stakes: u128,
     /// Encoder bonds.
     pub bonds: u128,
-    /// Fees collected.
+    /// Fees and job payments kept by the network.
     pub treasury: u128,
+    /// Payments of jobs not yet decided.
+    pub escrow: u128,
+    /// Slashed or burned.
+    pub burned: u128,
 }
 
 impl Supply {
-    /// Everything.
+    /// Everything that exists, burned included: the genesis supply.
     pub fn total(&self) -> u128 {
-        self.balances + self.stakes + self.bonds + self.treasury
+        self.balances + self.stakes + self.bonds + self.treasury + self.escrow + self.burned
     }
 }
 
@@ -156,7 +162,7 @@ impl Executor {
         let mut receipts = Vec::with_capacity(commit.transactions.len());
         for bytes in commit.transactions {
             let mut pending = Changes::default();
-            let receipt = self.apply_transaction(&changes, &mut pending, bytes)?;
+            let receipt = self.apply_transaction(&commit, &changes, &mut pending, bytes)?;
             if receipt.rejection.is_none() {
                 changes.extend(pending);
             }
@@ -182,6 +188,7 @@ impl Executor {
     /// or says why it is refused; only a store failure is an error.
     fn apply_transaction(
         &self,
+        commit: &Commit<'_>,
         changes: &Changes,
         pending: &mut Changes,
         bytes: &[u8],
@@ -197,7 +204,7 @@ impl Executor {
             changes,
             pending,
         };
-        let rejection = match self.execute(&mut view, &signed) {
+        let rejection = match self.execute(&mut view, commit, &signed) {
             Ok(()) => None,
             Err(Stop::Refused(rejection)) => Some(rejection),
             Err(Stop::Store(e)) => return Err(e),
@@ -210,7 +217,12 @@ impl Executor {
 
     /// The protocol's rules for one transaction. Writes go to `state` as
     /// they are decided; a refusal discards all of them.
-    fn execute(&self, state: &mut View<'_>, signed: &SignedTransaction) -> Result<(), Stop> {
+    fn execute(
+        &self,
+        state: &mut View<'_>,
+        commit: &Commit<'_>,
+        signed: &SignedTransaction,
+    ) -> Result<(), Stop> {
         let tx = signed.transaction();
         let params = &self.parameters;
         if tx.chain_id != self.chain_id {
@@ -233,10 +245,13 @@ impl Executor {
         }
         // What leaves the sender's balance: the fee, and what the action
         // moves out of it.
-        let moved = match tx.action {
-            Action::Transfer { amount, .. } | Action::AddStake { amount } => amount,
-            Action::RegisterEncoder { bond, .. } => bond,
-            Action::WithdrawStake { .. } | Action::DeregisterEncoder { .. } => 0,
+        let moved = match &tx.action {
+            Action::Transfer { amount, .. } | Action::AddStake { amount } => *amount,
+            Action::RegisterEncoder { bond, .. } => *bond,
+            Action::SubmitData { payment, .. } => *payment,
+            Action::WithdrawStake { .. }
+            | Action::DeregisterEncoder { .. }
+            | Action::Attest { .. } => 0,
         };
         let needed = tx.fee.saturating_add(moved);
         if needed > sender.balance {
@@ -248,11 +263,10 @@ impl Executor {
         sender.balance -= needed;
         sender.nonce += 1;
         state.put_account(&tx.sender, sender);
-        let treasury = state.treasury()?.checked_add(tx.fee);
-        state.set_treasury(treasury.ok_or(Rejection::Overflow)?);
-        match tx.action {
-            Action::Transfer { to, amount } => state.credit(&to, amount),
-            Action::AddStake { amount } => {
+        state.pay_treasury(tx.fee)?;
+        match &tx.action {
+            &Action::Transfer { to, amount } => state.credit(&to, amount),
+            &Action::AddStake { amount } => {
                 let mut validator = state
                     .validator(&tx.sender)?
                     .ok_or(Rejection::NotAValidator)?;
@@ -263,7 +277,7 @@ impl Executor {
                 state.put_validator(&tx.sender, validator);
                 Ok(())
             }
-            Action::WithdrawStake { amount } => {
+            &Action::WithdrawStake { amount } => {
                 let mut validator = state
                     .validator(&tx.sender)?
                     .ok_or(Rejection::NotAValidator)?;
@@ -283,7 +297,7 @@ impl Executor {
                 state.put_validator(&tx.sender, validator);
                 state.credit(&tx.sender, amount)
             }
-            Action::RegisterEncoder { package, bond } => {
+            &Action::RegisterEncoder { package, bond } => {
                 if bond < params.min_encoder_bond {
                     Err(Rejection::BondTooLow {
                         min: params.min_encoder_bond,
@@ -296,7 +310,7 @@ impl Executor {
                 state.put_encoder(&package, Encoder { owner, bond });
                 Ok(())
             }
-            Action::DeregisterEncoder { package } => {
+            &Action::DeregisterEncoder { package } => {
                 let encoder = state.encoder(&package)?.ok_or(Rejection::UnknownEncoder)?;
                 if encoder.owner != tx.sender {
                     Err(Rejection::NotOwner)?;
@@ -304,7 +318,98 @@ impl Executor {
                 state.delete_encoder(&package);
                 state.credit(&tx.sender, encoder.bond)
             }
+            Action::SubmitData { data, payment } => {
+                self.submit(state, commit, signed.digest(), &tx.sender, data, *payment)
+            }
+            Action::Attest { job, results } => self.attest(state, commit, job, &tx.sender, results),
         }
+    }
+
+    /// Creates the job `id`: checks the submission and picks its shard,
+    /// seeded by the commit and the job.
+    fn submit(
+        &self,
+        state: &mut View<'_>,
+        commit: &Commit<'_>,
+        id: Digest,
+        submitter: &PublicKey,
+        data: &[u8],
+        payment: u64,
+    ) -> Result<(), Stop> {
+        let params = &self.parameters;
+        if data.len() > params.max_data_bytes as usize {
+            Err(Rejection::DataTooLarge {
+                max: params.max_data_bytes,
+            })?;
+        }
+        if payment < params.min_job_payment {
+            Err(Rejection::PaymentTooLow {
+                min: params.min_job_payment,
+            })?;
+        }
+        let mut seed_input = commit.digest.to_vec();
+        seed_input.extend_from_slice(&id.0);
+        let seed = blake3::derive_key("soma/job-seed/v1", &seed_input);
+        let shard = shard::select(&state.encoder_bonds()?, params.shard_size.into(), &seed);
+        if shard.is_empty() {
+            Err(Rejection::NoEncoders)?;
+        }
+        state.hold_in_escrow(payment)?;
+        let job = Job {
+            submitter: *submitter,
+            commit: commit.index,
+            data: data.to_vec(),
+            payment,
+            shard,
+            seed,
+            attesters: vec![],
+            status: JobStatus::Pending,
+        };
+        state.put_job(&id, &job);
+        Ok(())
+    }
+
+    /// Records a validator's attestation for a job, and finalises the job
+    /// once attesters hold more than two thirds of the stake.
+    fn attest(
+        &self,
+        state: &mut View<'_>,
+        commit: &Commit<'_>,
+        id: &Digest,
+        validator: &PublicKey,
+        results: &[EncoderResult],
+    ) -> Result<(), Stop> {
+        let dimension = usize::from(self.parameters.dimension);
+        let stake = state.validator(validator)?.map_or(0, |v| v.stake);
+        if stake == 0 {
+            Err(Rejection::NotAValidator)?;
+        }
+        let mut job = state.job(id)?.ok_or(Rejection::UnknownJob)?;
+        if job.status != JobStatus::Pending {
+            Err(Rejection::JobDecided)?;
+        }
+        if job.attesters.contains(validator) {
+            Err(Rejection::AlreadyAttested)?;
+        }
+        let well_formed = results.len() == job.shard.len()
+            && results.iter().all(|r| match r.outcome {
+                Outcome::Ok => r.embedding.len() == dimension,
+                _ => r.embedding.is_empty() && r.loss == 0,
+            });
+        if !well_formed {
+            Err(Rejection::BadAttestation)?;
+        }
+        state.put_attestation(id, validator, &Attestation(results.to_vec()));
+        job.attesters.push(*validator);
+        let mut attested = 0u128;
+        for attester in &job.attesters {
+            attested += u128::from(state.validator(attester)?.map_or(0, |v| v.stake));
+        }
+        if attested * 3 > state.total_stake()? * 2 {
+            finalise::finalise(state, &self.parameters, id, &mut job, commit.index)?;
+        }
+        state.put_job(id, &job);
+        Ok(())
     }
 
     /// The account of `key` (empty if it never received anything).
@@ -336,114 +441,33 @@ impl Executor {
             .collect()
     }
 
+    /// The job `id`, if one was submitted.
+    pub fn job(&self, id: &Digest) -> Result<Option<Job>, ExecutionError> {
+        Ok(self.store.read(&[], Space::Jobs, &id.0)?)
+    }
+
     /// Where all the money is.
     pub fn supply(&self) -> Result<Supply, ExecutionError> {
         let sum = |values: Vec<u64>| values.into_iter().map(u128::from).sum::<u128>();
         let accounts = self.store.scan::<Account>(Space::Accounts)?;
         let validators = self.store.scan::<Validator>(Space::Validators)?;
         let encoders = self.store.scan::<Encoder>(Space::Encoders)?;
+        let total = |key| -> Result<u128, StateError> {
+            Ok(self
+                .store
+                .read::<Amount>(&[], Space::Meta, key)?
+                .unwrap_or_default()
+                .0
+                .into())
+        };
         Ok(Supply {
             balances: sum(accounts.into_iter().map(|(_, a)| a.balance).collect()),
             stakes: sum(validators.into_iter().map(|(_, v)| v.stake).collect()),
             bonds: sum(encoders.into_iter().map(|(_, e)| e.bond).collect()),
-            treasury: self
-                .store
-                .read::<Treasury>(&[], Space::Meta, TREASURY)?
-                .unwrap_or_default()
-                .0
-                .into(),
+            treasury: total(TREASURY)?,
+            escrow: total(ESCROW)?,
+            burned: total(BURNED)?,
         })
-    }
-}
-
-/// Why a transaction stops: refused (its receipt says why), or the store
-/// failed (apply stops).
-enum Stop {
-    Refused(Rejection),
-    Store(StateError),
-}
-
-impl From<Rejection> for Stop {
-    fn from(rejection: Rejection) -> Self {
-        Stop::Refused(rejection)
-    }
-}
-
-impl From<StateError> for Stop {
-    fn from(e: StateError) -> Self {
-        Stop::Store(e)
-    }
-}
-
-/// The state as one transaction sees it: the store, the commit's earlier
-/// transactions' writes, and its own.
-struct View<'a> {
-    store: &'a StateStore,
-    changes: &'a Changes,
-    pending: &'a mut Changes,
-}
-
-impl View<'_> {
-    fn get<T: for<'b> Decode<'b>>(
-        &self,
-        space: Space,
-        key: &[u8],
-    ) -> Result<Option<T>, StateError> {
-        self.store.read(&[self.changes, &*self.pending], space, key)
-    }
-
-    fn account(&self, key: &PublicKey) -> Result<Account, StateError> {
-        Ok(self
-            .get(Space::Accounts, &key.to_bytes())?
-            .unwrap_or_default())
-    }
-
-    fn put_account(&mut self, key: &PublicKey, account: Account) {
-        self.pending.put(Space::Accounts, &key.to_bytes(), &account);
-    }
-
-    /// Adds `amount` to the balance of `key`.
-    fn credit(&mut self, key: &PublicKey, amount: u64) -> Result<(), Stop> {
-        let mut account = self.account(key)?;
-        account.balance = account
-            .balance
-            .checked_add(amount)
-            .ok_or(Rejection::Overflow)?;
-        self.put_account(key, account);
-        Ok(())
-    }
-
-    fn validator(&self, key: &PublicKey) -> Result<Option<Validator>, StateError> {
-        self.get(Space::Validators, &key.to_bytes())
-    }
-
-    fn put_validator(&mut self, key: &PublicKey, validator: Validator) {
-        self.pending
-            .put(Space::Validators, &key.to_bytes(), &validator);
-    }
-
-    fn encoder(&self, package: &Digest) -> Result<Option<Encoder>, StateError> {
-        self.get(Space::Encoders, &encoder_key(package))
-    }
-
-    fn put_encoder(&mut self, package: &Digest, encoder: Encoder) {
-        self.pending
-            .put(Space::Encoders, &encoder_key(package), &encoder);
-    }
-
-    fn delete_encoder(&mut self, package: &Digest) {
-        self.pending.delete(Space::Encoders, &encoder_key(package));
-    }
-
-    fn treasury(&self) -> Result<u64, StateError> {
-        Ok(self
-            .get::<Treasury>(Space::Meta, TREASURY)?
-            .unwrap_or_default()
-            .0)
-    }
-
-    fn set_treasury(&mut self, amount: u64) {
-        self.pending.put(Space::Meta, TREASURY, &Treasury(amount));
     }
 }
 
@@ -461,7 +485,10 @@ fn initialise(store: &StateStore, genesis: &Genesis) -> Result<Applied, StateErr
         changes.put(
             Space::Validators,
             &v.key.to_bytes(),
-            &Validator { stake: v.stake },
+            &Validator {
+                stake: v.stake,
+                deviant: 0,
+            },
         );
     }
     for e in &genesis.encoders {

@@ -214,6 +214,7 @@ impl Genesis {
                 .windows(2)
                 .all(|w| w[0].package < w[1].package),
         )?;
+        self.parameters.check()?;
         if self.validators.is_empty() {
             return Err(DecodeError::invalid(
                 "validators",

@@ -19,18 +19,25 @@
 //! ```
 
 mod executor;
+mod finalise;
 mod genesis;
+mod job;
 mod params;
 mod receipt;
+mod scoring;
+mod shard;
 mod state;
 mod transaction;
+mod view;
 
 pub use executor::{Commit, CommitEffects, ExecutionError, Executor, Supply};
 pub use genesis::{
     Genesis, GenesisAccount, GenesisConfig, GenesisEncoder, GenesisError, GenesisValidator,
     MAX_CHAIN_NAME_BYTES, MAX_GENESIS_ENTRIES,
 };
-pub use params::Parameters;
+pub use job::{EncoderResult, EncoderScore, Finalisation, Job, JobStatus, Outcome};
+pub use params::{BPS, Parameters};
 pub use receipt::{Receipt, Rejection};
+pub use scoring::ONE;
 pub use state::{Account, Encoder, StateError, Validator};
 pub use transaction::{Action, MAX_TRANSACTION_BYTES, SignedTransaction, Transaction};

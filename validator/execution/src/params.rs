@@ -1,10 +1,15 @@
 //! Protocol parameters: fixed in genesis, the same for every validator.
 
+use crate::transaction::MAX_TRANSACTION_BYTES;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 
+/// Basis points in a whole.
+pub const BPS: u16 = 10_000;
+
 /// The parameters apply reads. Every field is part of the chain id.
+/// Fixed-point fields are in units of 2⁻¹⁶.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Parameters {
     /// Least fee a transaction may offer, in base units.
     pub min_fee: u64,
@@ -13,6 +18,40 @@ pub struct Parameters {
     /// Least stake a validator may keep: withdrawing to below it (other
     /// than to zero) is refused.
     pub min_validator_stake: u64,
+    /// Least payment for a job, in base units.
+    pub min_job_payment: u64,
+    /// Largest data of one submission, in bytes.
+    pub max_data_bytes: u32,
+    /// Encoders per job.
+    pub shard_size: u8,
+    /// Masked variants of the data each encoder also embeds.
+    pub mask_count: u8,
+    /// The network's embedding dimension.
+    pub dimension: u16,
+    /// Share of a job's payment paid to its best encoder, in basis points.
+    pub encoder_reward_bps: u16,
+    /// Share of a job's payment paid to its attesters (pro rata stake).
+    pub validator_reward_bps: u16,
+    /// Share of a disqualified encoder's bond slashed per job.
+    pub slash_bps: u16,
+    /// Share of the worst qualified encoder's bond taken per job.
+    pub penalty_bps: u16,
+    /// An encoder is an outlier beyond the median distance from the
+    /// shard's centre plus this many median absolute deviations (fixed
+    /// point) ...
+    pub outlier_mad_multiple: u32,
+    /// ... and beyond this distance (fixed point).
+    pub outlier_floor: u32,
+    /// An attested embedding deviates beyond this largest coordinate
+    /// difference from the median (fixed point); honest hardware noise is
+    /// about 2⁻¹⁶.
+    pub deviance_tolerance: u32,
+    /// Deviant attestations a validator may make before each further one
+    /// costs it stake.
+    pub deviance_allowance: u32,
+    /// Share of a validator's stake each deviant attestation beyond the
+    /// allowance costs.
+    pub deviance_slash_bps: u16,
 }
 
 impl Default for Parameters {
@@ -21,7 +60,57 @@ impl Default for Parameters {
             min_fee: 10,
             min_encoder_bond: 1_000_000,
             min_validator_stake: 1_000_000,
+            min_job_payment: 1_000,
+            max_data_bytes: 16 * 1024,
+            shard_size: 3,
+            mask_count: 4,
+            dimension: 384,
+            encoder_reward_bps: 4_000,
+            validator_reward_bps: 4_000,
+            slash_bps: 1_000,
+            penalty_bps: 10,
+            outlier_mad_multiple: 3 << 16,
+            outlier_floor: 1 << 13,
+            deviance_tolerance: 1 << 6,
+            deviance_allowance: 3,
+            deviance_slash_bps: 10,
         }
+    }
+}
+
+impl Parameters {
+    /// Refuses parameters no network can run with.
+    pub(crate) fn check(&self) -> Result<(), DecodeError> {
+        let invalid = |what, reason: &str| Err(DecodeError::invalid(what, reason));
+        let bps = [
+            ("encoder reward", self.encoder_reward_bps),
+            ("validator reward", self.validator_reward_bps),
+            ("slash", self.slash_bps),
+            ("penalty", self.penalty_bps),
+            ("deviance slash", self.deviance_slash_bps),
+        ];
+        if let Some((what, _)) = bps.iter().find(|(_, v)| *v > BPS) {
+            return invalid(what, "more than 10 000 basis points");
+        }
+        if u32::from(self.encoder_reward_bps) + u32::from(self.validator_reward_bps)
+            > u32::from(BPS)
+        {
+            return invalid("rewards", "the shares add up to more than the payment");
+        }
+        if self.shard_size == 0 || self.dimension == 0 {
+            return invalid("shard", "shard size and dimension must be at least 1");
+        }
+        // An attestation must fit in one transaction.
+        let attestation = u64::from(self.shard_size) * (4 * u64::from(self.dimension) + 32);
+        if attestation + 256 > u64::from(MAX_TRANSACTION_BYTES)
+            || u64::from(self.max_data_bytes) + 256 > u64::from(MAX_TRANSACTION_BYTES)
+        {
+            return invalid(
+                "sizes",
+                "an attestation or a submission would not fit a transaction",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -30,15 +119,50 @@ impl Encode for Parameters {
         w.u64(self.min_fee);
         w.u64(self.min_encoder_bond);
         w.u64(self.min_validator_stake);
+        w.u64(self.min_job_payment);
+        w.u32(self.max_data_bytes);
+        w.u8(self.shard_size);
+        w.u8(self.mask_count);
+        w.u16(self.dimension);
+        w.u16(self.encoder_reward_bps);
+        w.u16(self.validator_reward_bps);
+        w.u16(self.slash_bps);
+        w.u16(self.penalty_bps);
+        w.u32(self.outlier_mad_multiple);
+        w.u32(self.outlier_floor);
+        w.u32(self.deviance_tolerance);
+        w.u32(self.deviance_allowance);
+        w.u16(self.deviance_slash_bps);
     }
 }
 
 impl Decode<'_> for Parameters {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Parameters {
+        let parameters = Parameters {
             min_fee: r.u64("min fee")?,
             min_encoder_bond: r.u64("min encoder bond")?,
             min_validator_stake: r.u64("min validator stake")?,
-        })
+            min_job_payment: r.u64("min job payment")?,
+            max_data_bytes: r.u32("max data bytes")?,
+            shard_size: r.u8("shard size")?,
+            mask_count: r.u8("mask count")?,
+            dimension: r.u16("dimension")?,
+            encoder_reward_bps: r.u16("encoder reward")?,
+            validator_reward_bps: r.u16("validator reward")?,
+            slash_bps: r.u16("slash")?,
+            penalty_bps: r.u16("penalty")?,
+            outlier_mad_multiple: r.u32("outlier multiple")?,
+            outlier_floor: r.u32("outlier floor")?,
+            deviance_tolerance: r.u32("deviance tolerance")?,
+            deviance_allowance: r.u32("deviance allowance")?,
+            deviance_slash_bps: r.u16("deviance slash")?,
+        };
+        parameters.check()?;
+        Ok(parameters)
     }
+}
+
+/// `amount` × `bps` / 10 000, rounded down.
+pub(crate) fn share(amount: u64, bps: u16) -> u64 {
+    (u128::from(amount) * u128::from(bps) / u128::from(BPS)) as u64
 }

@@ -63,6 +63,27 @@ pub enum Rejection {
     NotOwner,
     /// A balance would exceed what a `u64` holds.
     Overflow,
+    /// Submitted data is longer than the protocol allows.
+    DataTooLarge {
+        /// The limit, in bytes.
+        max: u32,
+    },
+    /// A job payment below the minimum.
+    PaymentTooLow {
+        /// The minimum.
+        min: u64,
+    },
+    /// No encoder is registered to run a job.
+    NoEncoders,
+    /// An attestation for a job that does not exist.
+    UnknownJob,
+    /// An attestation for a job already decided.
+    JobDecided,
+    /// A second attestation by one validator for one job.
+    AlreadyAttested,
+    /// An attestation whose results do not match the job's shard (count)
+    /// or the network's dimension.
+    BadAttestation,
 }
 
 /// What happened to one transaction.
@@ -102,6 +123,20 @@ impl fmt::Display for Rejection {
             Rejection::UnknownEncoder => write!(f, "no encoder is registered for the package"),
             Rejection::NotOwner => write!(f, "the sender does not own the encoder"),
             Rejection::Overflow => write!(f, "a balance would overflow"),
+            Rejection::DataTooLarge { max } => write!(f, "the data is longer than {max} bytes"),
+            Rejection::PaymentTooLow { min } => {
+                write!(f, "the job payment is below the minimum of {min}")
+            }
+            Rejection::NoEncoders => write!(f, "no encoder is registered to run the job"),
+            Rejection::UnknownJob => write!(f, "no such job"),
+            Rejection::JobDecided => write!(f, "the job is already decided"),
+            Rejection::AlreadyAttested => write!(f, "the validator already attested this job"),
+            Rejection::BadAttestation => {
+                write!(
+                    f,
+                    "the results do not match the job's shard or the network's dimension"
+                )
+            }
         }
     }
 }
@@ -154,6 +189,19 @@ impl Encode for Receipt {
             Rejection::UnknownEncoder => w.u8(12),
             Rejection::NotOwner => w.u8(13),
             Rejection::Overflow => w.u8(14),
+            Rejection::DataTooLarge { max } => {
+                w.u8(15);
+                w.u32(max);
+            }
+            Rejection::PaymentTooLow { min } => {
+                w.u8(16);
+                w.u64(min);
+            }
+            Rejection::NoEncoders => w.u8(17),
+            Rejection::UnknownJob => w.u8(18),
+            Rejection::JobDecided => w.u8(19),
+            Rejection::AlreadyAttested => w.u8(20),
+            Rejection::BadAttestation => w.u8(21),
         }
     }
 }
@@ -188,6 +236,13 @@ impl Decode<'_> for Receipt {
             12 => Some(Rejection::UnknownEncoder),
             13 => Some(Rejection::NotOwner),
             14 => Some(Rejection::Overflow),
+            15 => Some(Rejection::DataTooLarge { max: r.u32("max")? }),
+            16 => Some(Rejection::PaymentTooLow { min: r.u64("min")? }),
+            17 => Some(Rejection::NoEncoders),
+            18 => Some(Rejection::UnknownJob),
+            19 => Some(Rejection::JobDecided),
+            20 => Some(Rejection::AlreadyAttested),
+            21 => Some(Rejection::BadAttestation),
             code => {
                 return Err(DecodeError::invalid(
                     "outcome",

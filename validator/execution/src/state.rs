@@ -2,12 +2,16 @@
 //!
 //! ```text
 //! accounts    key (32)        → u64 balance ‖ u64 nonce
-//! validators  key (32)        → u64 stake
+//! validators  key (32)        → u64 stake ‖ u32 deviant attestations
 //! encoders    package (32)    → owner (32) ‖ u64 bond
+//! jobs        job id (32)     → job (see `job.rs`)
+//! attestations job id (32) ‖ validator key (32) → attestation
 //! receipts    u64 commit index (BE) ‖ u32 position (BE) → receipt
 //! meta        "genesis"       → the canonical genesis
 //!             "applied"       → u64 next commit index ‖ state root (32)
-//!             "treasury"      → u64 fees collected
+//!             "treasury"      → u64 fees and job payments kept
+//!             "escrow"        → u64 payments of undecided jobs
+//!             "burned"        → u64 slashed and burned
 //! ```
 //!
 //! A commit's writes are gathered in [`Changes`] (sorted, so their digest
@@ -43,11 +47,13 @@ pub struct Account {
     pub nonce: u64,
 }
 
-/// A validator's stake.
+/// A validator's stake and record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Validator {
     /// Base units staked.
     pub stake: u64,
+    /// Attestations of its that deviated from the finalised medians.
+    pub deviant: u32,
 }
 
 /// A registered encoder.
@@ -88,6 +94,7 @@ impl Decode<'_> for Account {
 impl Encode for Validator {
     fn encode(&self, w: &mut Writer) {
         w.u64(self.stake);
+        w.u32(self.deviant);
     }
 }
 
@@ -95,6 +102,7 @@ impl Decode<'_> for Validator {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Validator {
             stake: r.u64("stake")?,
+            deviant: r.u32("deviant")?,
         })
     }
 }
@@ -131,19 +139,19 @@ impl Decode<'_> for Applied {
     }
 }
 
-/// Fees collected.
+/// A running total of base units.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Treasury(pub(crate) u64);
+pub(crate) struct Amount(pub(crate) u64);
 
-impl Encode for Treasury {
+impl Encode for Amount {
     fn encode(&self, w: &mut Writer) {
         w.u64(self.0);
     }
 }
 
-impl Decode<'_> for Treasury {
+impl Decode<'_> for Amount {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        r.u64("treasury").map(Treasury)
+        r.u64("amount").map(Amount)
     }
 }
 
@@ -153,12 +161,16 @@ pub(crate) enum Space {
     Accounts,
     Validators,
     Encoders,
+    Jobs,
+    Attestations,
     Meta,
 }
 
 pub(crate) const GENESIS: &[u8] = b"genesis";
 pub(crate) const APPLIED: &[u8] = b"applied";
 pub(crate) const TREASURY: &[u8] = b"treasury";
+pub(crate) const ESCROW: &[u8] = b"escrow";
+pub(crate) const BURNED: &[u8] = b"burned";
 
 /// Writes not yet in the store, by keyspace and key (`None` deletes).
 #[derive(Debug, Default)]
@@ -177,6 +189,14 @@ impl Changes {
         self.0
             .get(&(space, key.to_vec()))
             .map(|value| value.as_deref())
+    }
+
+    /// The writes to `space`, in key order.
+    pub(crate) fn entries(&self, space: Space) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.0
+            .range((space, Vec::new())..)
+            .take_while(move |((s, _), _)| *s == space)
+            .map(|((_, key), value)| (key.as_slice(), value.as_deref()))
     }
 
     /// Takes `other`'s writes over these.
@@ -211,6 +231,8 @@ pub struct StateStore {
     accounts: fjall::Keyspace,
     validators: fjall::Keyspace,
     encoders: fjall::Keyspace,
+    jobs: fjall::Keyspace,
+    attestations: fjall::Keyspace,
     receipts: fjall::Keyspace,
     meta: fjall::Keyspace,
 }
@@ -224,6 +246,8 @@ impl StateStore {
             accounts: db.keyspace("accounts", options)?,
             validators: db.keyspace("validators", options)?,
             encoders: db.keyspace("encoders", options)?,
+            jobs: db.keyspace("jobs", options)?,
+            attestations: db.keyspace("attestations", options)?,
             receipts: db.keyspace("receipts", options)?,
             meta: db.keyspace("meta", options)?,
             db,
@@ -235,6 +259,8 @@ impl StateStore {
             Space::Accounts => &self.accounts,
             Space::Validators => &self.validators,
             Space::Encoders => &self.encoders,
+            Space::Jobs => &self.jobs,
+            Space::Attestations => &self.attestations,
             Space::Meta => &self.meta,
         }
     }

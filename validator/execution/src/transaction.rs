@@ -8,12 +8,16 @@
 //!             | 2 ‖ u64 amount                        withdraw validator stake
 //!             | 3 ‖ package digest (32) ‖ u64 bond    register an encoder
 //!             | 4 ‖ package digest (32)               deregister it
+//!             | 5 ‖ u64 payment ‖ u32 length ‖ data    submit data to embed
+//!             | 6 ‖ job (32) ‖ attestation            a validator's results
+//! attestation = u8 count ‖ (u8 outcome ‖ u64 fuel ‖ u32 loss ‖ u16 n ‖ i32 embedding * n)*
 //! ```
 //!
 //! The encoding is canonical ([`soma_codec`]); the signature is the
 //! sender's, in [`Domain::Transaction`], over the transaction's bytes, which
 //! carry the chain id: a transaction never verifies on another network.
 
+use crate::job::{Attestation, EncoderResult};
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::{Domain, PublicKey, SecretKey, Signature};
 use soma_host::Digest;
@@ -54,6 +58,22 @@ pub enum Action {
     DeregisterEncoder {
         /// The package's digest.
         package: Digest,
+    },
+    /// Asks the network to embed `data`, paying `payment` (held until the
+    /// job is decided). The job's id is this transaction's digest.
+    SubmitData {
+        /// What to embed.
+        data: Vec<u8>,
+        /// Base units paid for the job.
+        payment: u64,
+    },
+    /// A validator's results for a job: one per shard encoder, in shard
+    /// order.
+    Attest {
+        /// The job.
+        job: Digest,
+        /// The results.
+        results: Vec<EncoderResult>,
     },
 }
 
@@ -142,6 +162,8 @@ const ADD_STAKE: u8 = 1;
 const WITHDRAW_STAKE: u8 = 2;
 const REGISTER_ENCODER: u8 = 3;
 const DEREGISTER_ENCODER: u8 = 4;
+const SUBMIT_DATA: u8 = 5;
+const ATTEST: u8 = 6;
 
 impl Encode for Transaction {
     fn encode(&self, w: &mut Writer) {
@@ -173,6 +195,16 @@ impl Encode for Transaction {
                 w.u8(DEREGISTER_ENCODER);
                 w.array(&package.0);
             }
+            Action::SubmitData { data, payment } => {
+                w.u8(SUBMIT_DATA);
+                w.u64(*payment);
+                w.bytes32(data);
+            }
+            Action::Attest { job, results } => {
+                w.u8(ATTEST);
+                w.array(&job.0);
+                Attestation::encode_results(results, w);
+            }
         }
     }
 }
@@ -203,6 +235,14 @@ impl Decode<'_> for Transaction {
             },
             DEREGISTER_ENCODER => Action::DeregisterEncoder {
                 package: Digest(r.array("package")?),
+            },
+            SUBMIT_DATA => Action::SubmitData {
+                payment: r.u64("payment")?,
+                data: r.bytes32("data", MAX_TRANSACTION_BYTES)?.to_vec(),
+            },
+            ATTEST => Action::Attest {
+                job: Digest(r.array("job")?),
+                results: Attestation::decode(r)?.0,
             },
             tag => return Err(DecodeError::invalid("action", format!("unknown tag {tag}"))),
         };

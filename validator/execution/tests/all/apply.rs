@@ -221,11 +221,17 @@ fn stake_and_encoder_bonds_move_between_balance_and_records() {
     );
     assert_eq!(
         ex.validator(&public(0)).unwrap(),
-        Some(Validator { stake: 5_001_000 })
+        Some(Validator {
+            stake: 5_001_000,
+            deviant: 0
+        })
     );
     assert_eq!(
         ex.validator(&public(1)).unwrap(),
-        Some(Validator { stake: 0 })
+        Some(Validator {
+            stake: 0,
+            deviant: 0
+        })
     );
     assert_eq!(
         ex.account(&public(1)).unwrap().balance,

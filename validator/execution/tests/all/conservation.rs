@@ -3,7 +3,7 @@
 
 use super::*;
 use proptest::prelude::*;
-use soma_execution::Rejection;
+use soma_execution::{EncoderResult, ONE, Outcome, Rejection};
 use soma_host::Digest;
 
 /// One random transaction: sender, what it does, how much, its fee, and
@@ -20,7 +20,7 @@ struct Op {
 fn op() -> impl Strategy<Value = Op> {
     (
         0u8..5,
-        0u8..6,
+        0u8..8,
         prop_oneof![0u64..2_000, 900_000u64..6_000_000, Just(u64::MAX)],
         prop_oneof![9u64..20, Just(u64::MAX)],
         proptest::bool::weighted(0.1),
@@ -34,7 +34,9 @@ fn op() -> impl Strategy<Value = Op> {
         })
 }
 
-fn action(op: &Op) -> Action {
+/// The action `op` stands for; attestations are for `job` (with a shard
+/// of `shard` encoders), if one was submitted.
+fn action(op: &Op, job: Option<(Digest, usize)>) -> Action {
     // Two packages, so registrations collide and deregistrations find
     // encoders of other owners.
     let package = Digest([(op.amount % 2) as u8; 32]);
@@ -49,7 +51,32 @@ fn action(op: &Op) -> Action {
             package,
             bond: op.amount,
         },
-        _ => Action::DeregisterEncoder { package },
+        5 => Action::DeregisterEncoder { package },
+        6 => Action::SubmitData {
+            data: op.amount.to_le_bytes().to_vec(),
+            payment: op.amount,
+        },
+        _ => {
+            let (job, shard) = job.unwrap_or((package, 1));
+            let result = |k: usize| match (op.amount as usize + k) % 3 {
+                0 => EncoderResult {
+                    outcome: Outcome::Trap,
+                    fuel: op.amount,
+                    loss: 0,
+                    embedding: vec![],
+                },
+                n => EncoderResult {
+                    outcome: Outcome::Ok,
+                    fuel: op.amount,
+                    loss: (op.amount % 70_000) as u32,
+                    embedding: vec![(n as i32 - 1) * ONE as i32 / 20; 384],
+                },
+            };
+            Action::Attest {
+                job,
+                results: (0..shard).map(result).collect(),
+            }
+        }
     }
 }
 
@@ -66,13 +93,14 @@ proptest! {
         prop_assert_eq!(first.root(), second.root());
         let supply = first.supply().unwrap().total();
         let mut replay: Option<Vec<u8>> = None;
+        let mut job: Option<(Digest, usize)> = None;
         for ops in commits {
             let mut nonces: Vec<u64> = (0..5).map(|i| first.account(&public(i)).unwrap().nonce).collect();
             let mut transactions: Vec<Vec<u8>> = replay.take().into_iter().collect();
             let replayed = !transactions.is_empty();
             for op in &ops {
                 let nonce = nonces[op.from as usize] + u64::from(op.skew_nonce) * 7;
-                transactions.push(signed(&g, op.from, nonce, op.fee, action(op)));
+                transactions.push(signed(&g, op.from, nonce, op.fee, action(op, job)));
                 nonces[op.from as usize] += 1;
             }
             let effects = apply(&mut first, &transactions);
@@ -80,6 +108,14 @@ proptest! {
             if replayed {
                 let is_bad_nonce = matches!(effects.receipts[0].rejection, Some(Rejection::BadNonce { .. }));
                 prop_assert!(is_bad_nonce, "a replay applied: {:?}", effects.receipts[0]);
+            }
+            // The last job submitted, for the next commit's attestations.
+            for receipt in &effects.receipts {
+                if let Some(id) = receipt.transaction.filter(|_| receipt.rejection.is_none())
+                    && let Some(submitted) = first.job(&id).unwrap()
+                {
+                    job = Some((id, submitted.shard.len()));
+                }
             }
             replay = effects
                 .receipts

@@ -4,6 +4,7 @@
 mod apply;
 mod conservation;
 mod genesis;
+mod jobs;
 mod restart;
 
 use soma_crypto::{PublicKey, SecretKey};

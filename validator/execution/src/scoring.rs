@@ -1,0 +1,178 @@
+//! The arithmetic of finalisation, in integers: medians, the robust centre
+//! of a shard, outliers, loss weights and the final embedding.
+//!
+//! Embeddings are fixed point: `i32` in units of 2⁻¹⁶ (the host's output
+//! grid), losses `u32` in the same units. Nothing here uses floats, so
+//! every validator computes the same bits.
+
+/// One unit of fixed point: 1.0.
+pub const ONE: i64 = 1 << 16;
+
+/// The lower median of `values` (which it sorts).
+pub(crate) fn median<T: Ord + Copy>(values: &mut [T]) -> T {
+    values.sort_unstable();
+    values[(values.len() - 1) / 2]
+}
+
+/// The coordinate-wise lower median of equally long vectors.
+pub(crate) fn coordinate_median(vectors: &[&[i32]]) -> Vec<i32> {
+    let dimension = vectors[0].len();
+    let mut column = Vec::with_capacity(vectors.len());
+    (0..dimension)
+        .map(|i| {
+            column.clear();
+            column.extend(vectors.iter().map(|v| v[i]));
+            median(&mut column)
+        })
+        .collect()
+}
+
+/// The integer square root: the largest `r` with `r² ≤ n`.
+pub(crate) fn isqrt(n: u128) -> u128 {
+    if n < 2 {
+        return n;
+    }
+    // Newton's iteration from above converges to the floor.
+    let mut x = 1u128 << (128 - n.leading_zeros()).div_ceil(2);
+    loop {
+        let y = (x + n / x) / 2;
+        if y >= x {
+            return x;
+        }
+        x = y;
+    }
+}
+
+/// The Euclidean distance between two vectors, in fixed point.
+pub(crate) fn distance(a: &[i32], b: &[i32]) -> u64 {
+    let sum: u128 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (i64::from(x) - i64::from(y)).unsigned_abs())
+        .map(|d| u128::from(d) * u128::from(d))
+        .sum();
+    u64::try_from(isqrt(sum)).unwrap_or(u64::MAX)
+}
+
+/// The largest coordinate difference between two vectors, in fixed point.
+pub(crate) fn max_deviation(a: &[i32], b: &[i32]) -> u64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (i64::from(x) - i64::from(y)).unsigned_abs())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Which of `distances` (each vector's distance from the robust centre)
+/// are outliers: beyond the median distance plus `multiple` (fixed point)
+/// median absolute deviations, and beyond `floor`.
+pub(crate) fn outliers(distances: &[u64], multiple: u32, floor: u64) -> Vec<bool> {
+    let mut sorted = distances.to_vec();
+    let centre = median(&mut sorted);
+    let mut deviations: Vec<u64> = distances.iter().map(|&d| d.abs_diff(centre)).collect();
+    let mad = median(&mut deviations);
+    let spread = (u128::from(mad) * u128::from(multiple)) >> 16;
+    let threshold = (u128::from(centre) + spread).max(u128::from(floor));
+    distances
+        .iter()
+        .map(|&d| u128::from(d) > threshold)
+        .collect()
+}
+
+/// The weight of an embedding in the final average: decreasing in its
+/// loss, 2³² at loss 0, half that at loss 1.0, and never 0.
+pub(crate) fn weight(loss: u32) -> u64 {
+    (1u64 << 48) / (ONE as u64 + u64::from(loss))
+}
+
+/// The weighted average of `vectors`, scaled to unit length (in fixed
+/// point); all zeros if the average is zero.
+pub(crate) fn weighted_unit_average(vectors: &[(&[i32], u64)]) -> Vec<i32> {
+    let dimension = vectors[0].0.len();
+    let total: i128 = vectors.iter().map(|&(_, w)| i128::from(w)).sum();
+    let average: Vec<i128> = (0..dimension)
+        .map(|i| {
+            let sum: i128 = vectors
+                .iter()
+                .map(|&(v, w)| i128::from(v[i]) * i128::from(w))
+                .sum();
+            sum / total.max(1)
+        })
+        .collect();
+    let norm = isqrt(average.iter().map(|&x| (x * x) as u128).sum()) as i128;
+    if norm == 0 {
+        return vec![0; dimension];
+    }
+    average
+        .iter()
+        .map(|&x| (x * i128::from(ONE) / norm) as i32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn medians_are_the_lower_middle() {
+        assert_eq!(median(&mut [3, 1, 2]), 2);
+        assert_eq!(median(&mut [4, 1, 3, 2]), 2);
+        assert_eq!(coordinate_median(&[&[1, 9], &[5, 0], &[3, 4]]), vec![3, 4]);
+    }
+
+    #[test]
+    fn an_outlier_is_far_beyond_the_spread_of_the_rest() {
+        let far = outliers(&[100, 120, 110, 5_000], 3 * ONE as u32, 0);
+        assert_eq!(far, [false, false, false, true]);
+        // When all agree, the floor keeps tiny differences in.
+        assert_eq!(
+            outliers(&[1, 1, 3], 3 * ONE as u32, 10),
+            [false, false, false]
+        );
+    }
+
+    #[test]
+    fn weights_fall_with_loss() {
+        assert_eq!(weight(0), 1 << 32);
+        assert_eq!(weight(ONE as u32), 1 << 31);
+        assert!(weight(10) > weight(11));
+        assert!(weight(u32::MAX) > 0);
+    }
+
+    #[test]
+    fn the_average_is_weighted_and_of_unit_length() {
+        let a = [ONE as i32, 0];
+        let b = [0, ONE as i32];
+        let even = weighted_unit_average(&[(&a, 1), (&b, 1)]);
+        assert_eq!(even[0], even[1]);
+        let length = isqrt(
+            even.iter()
+                .map(|&x| (i64::from(x) * i64::from(x)) as u128)
+                .sum(),
+        );
+        assert!(length.abs_diff(ONE as u128) <= 1, "{length}");
+        let tilted = weighted_unit_average(&[(&a, 3), (&b, 1)]);
+        assert!(tilted[0] > tilted[1]);
+        assert_eq!(weighted_unit_average(&[(&[0, 0], 1)]), [0, 0]);
+    }
+
+    proptest! {
+        #[test]
+        fn isqrt_is_the_floor_of_the_square_root(n in any::<u128>()) {
+            let r = isqrt(n);
+            prop_assert!(r * r <= n);
+            prop_assert!((r + 1).checked_mul(r + 1).is_none_or(|s| s > n));
+        }
+
+        #[test]
+        fn distance_is_symmetric_and_zero_only_between_equals(
+            a in proptest::collection::vec(any::<i32>(), 8),
+            b in proptest::collection::vec(any::<i32>(), 8),
+        ) {
+            prop_assert_eq!(distance(&a, &b), distance(&b, &a));
+            prop_assert_eq!(distance(&a, &a), 0);
+            prop_assert_eq!(distance(&a, &b) == 0, a == b);
+        }
+    }
+}

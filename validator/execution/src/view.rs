@@ -1,0 +1,212 @@
+//! The state as one transaction sees it: the store, the writes of the
+//! commit's earlier transactions, and its own pending writes, which a
+//! refusal discards whole.
+
+use crate::job::{Attestation, Job};
+use crate::receipt::Rejection;
+use crate::state::{
+    Account, Amount, BURNED, Changes, ESCROW, Encoder, Space, StateError, StateStore, TREASURY,
+    Validator, encoder_key,
+};
+use soma_codec::{Decode, Encode};
+use soma_crypto::PublicKey;
+use soma_host::Digest;
+use std::collections::BTreeMap;
+
+/// Why a transaction stops: refused (its receipt says why), or the store
+/// failed (apply stops).
+pub(crate) enum Stop {
+    Refused(Rejection),
+    Store(StateError),
+}
+
+impl From<Rejection> for Stop {
+    fn from(rejection: Rejection) -> Self {
+        Stop::Refused(rejection)
+    }
+}
+
+impl From<StateError> for Stop {
+    fn from(e: StateError) -> Self {
+        Stop::Store(e)
+    }
+}
+
+pub(crate) struct View<'a> {
+    pub(crate) store: &'a StateStore,
+    pub(crate) changes: &'a Changes,
+    pub(crate) pending: &'a mut Changes,
+}
+
+impl View<'_> {
+    fn get<T: for<'b> Decode<'b>>(
+        &self,
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        self.store.read(&[self.changes, &*self.pending], space, key)
+    }
+
+    fn put(&mut self, space: Space, key: &[u8], value: &impl Encode) {
+        self.pending.put(space, key, value);
+    }
+
+    /// Every entry of `space`, with this transaction's view of pending
+    /// writes, in key order.
+    fn scan<T: for<'b> Decode<'b>>(
+        &self,
+        space: Space,
+    ) -> Result<BTreeMap<Vec<u8>, T>, StateError> {
+        let mut entries: BTreeMap<Vec<u8>, T> = self.store.scan(space)?.into_iter().collect();
+        for changes in [self.changes, &*self.pending] {
+            for (key, value) in changes.entries(space) {
+                match value {
+                    Some(bytes) => entries.insert(
+                        key.to_vec(),
+                        T::from_bytes(bytes).map_err(StateError::from)?,
+                    ),
+                    None => entries.remove(key),
+                };
+            }
+        }
+        Ok(entries)
+    }
+
+    pub(crate) fn account(&self, key: &PublicKey) -> Result<Account, StateError> {
+        Ok(self
+            .get(Space::Accounts, &key.to_bytes())?
+            .unwrap_or_default())
+    }
+
+    pub(crate) fn put_account(&mut self, key: &PublicKey, account: Account) {
+        self.put(Space::Accounts, &key.to_bytes(), &account);
+    }
+
+    /// Adds `amount` to the balance of `key`.
+    pub(crate) fn credit(&mut self, key: &PublicKey, amount: u64) -> Result<(), Stop> {
+        let mut account = self.account(key)?;
+        account.balance = account
+            .balance
+            .checked_add(amount)
+            .ok_or(Rejection::Overflow)?;
+        self.put_account(key, account);
+        Ok(())
+    }
+
+    pub(crate) fn validator(&self, key: &PublicKey) -> Result<Option<Validator>, StateError> {
+        self.get(Space::Validators, &key.to_bytes())
+    }
+
+    pub(crate) fn put_validator(&mut self, key: &PublicKey, validator: Validator) {
+        self.put(Space::Validators, &key.to_bytes(), &validator);
+    }
+
+    /// The stake of every validator.
+    pub(crate) fn total_stake(&self) -> Result<u128, StateError> {
+        Ok(self
+            .scan::<Validator>(Space::Validators)?
+            .values()
+            .map(|v| u128::from(v.stake))
+            .sum())
+    }
+
+    pub(crate) fn encoder(&self, package: &Digest) -> Result<Option<Encoder>, StateError> {
+        self.get(Space::Encoders, &encoder_key(package))
+    }
+
+    pub(crate) fn put_encoder(&mut self, package: &Digest, encoder: Encoder) {
+        self.put(Space::Encoders, &encoder_key(package), &encoder);
+    }
+
+    pub(crate) fn delete_encoder(&mut self, package: &Digest) {
+        self.pending.delete(Space::Encoders, &encoder_key(package));
+    }
+
+    /// Every registered encoder with its bond, in digest order.
+    pub(crate) fn encoder_bonds(&self) -> Result<Vec<(Digest, u64)>, StateError> {
+        Ok(self
+            .scan::<Encoder>(Space::Encoders)?
+            .into_iter()
+            .filter_map(|(key, e)| Some((Digest(key.try_into().ok()?), e.bond)))
+            .collect())
+    }
+
+    pub(crate) fn job(&self, id: &Digest) -> Result<Option<Job>, StateError> {
+        self.get(Space::Jobs, &id.0)
+    }
+
+    pub(crate) fn put_job(&mut self, id: &Digest, job: &Job) {
+        self.put(Space::Jobs, &id.0, job);
+    }
+
+    pub(crate) fn attestation(
+        &self,
+        job: &Digest,
+        validator: &PublicKey,
+    ) -> Result<Option<Attestation>, StateError> {
+        self.get(Space::Attestations, &attestation_key(job, validator))
+    }
+
+    pub(crate) fn put_attestation(
+        &mut self,
+        job: &Digest,
+        validator: &PublicKey,
+        attestation: &Attestation,
+    ) {
+        self.put(
+            Space::Attestations,
+            &attestation_key(job, validator),
+            attestation,
+        );
+    }
+
+    /// A running total kept under `key` in the meta keyspace.
+    fn amount(&self, key: &[u8]) -> Result<u64, StateError> {
+        Ok(self.get::<Amount>(Space::Meta, key)?.unwrap_or_default().0)
+    }
+
+    /// Adds `delta` to the total under `key`, refusing an overflow.
+    fn add_amount(&mut self, key: &[u8], delta: u64) -> Result<(), Stop> {
+        let total = self
+            .amount(key)?
+            .checked_add(delta)
+            .ok_or(Rejection::Overflow)?;
+        self.put(Space::Meta, key, &Amount(total));
+        Ok(())
+    }
+
+    /// Takes `delta` from the total under `key`; it was added before, so
+    /// it cannot underflow in a consistent state.
+    fn sub_amount(&mut self, key: &[u8], delta: u64) -> Result<(), Stop> {
+        let total = self.amount(key)?.checked_sub(delta);
+        let total = total.ok_or(StateError::Corrupt(soma_codec::DecodeError::invalid(
+            "totals",
+            "a total would fall below zero",
+        )))?;
+        self.put(Space::Meta, key, &Amount(total));
+        Ok(())
+    }
+
+    pub(crate) fn pay_treasury(&mut self, amount: u64) -> Result<(), Stop> {
+        self.add_amount(TREASURY, amount)
+    }
+
+    pub(crate) fn burn(&mut self, amount: u64) -> Result<(), Stop> {
+        self.add_amount(BURNED, amount)
+    }
+
+    pub(crate) fn hold_in_escrow(&mut self, amount: u64) -> Result<(), Stop> {
+        self.add_amount(ESCROW, amount)
+    }
+
+    pub(crate) fn release_escrow(&mut self, amount: u64) -> Result<(), Stop> {
+        self.sub_amount(ESCROW, amount)
+    }
+}
+
+fn attestation_key(job: &Digest, validator: &PublicKey) -> [u8; 64] {
+    let mut key = [0; 64];
+    key[..32].copy_from_slice(&job.0);
+    key[32..].copy_from_slice(&validator.to_bytes());
+    key
+}

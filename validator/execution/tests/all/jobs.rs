@@ -1,0 +1,328 @@
+//! Jobs from submission to finalisation, with hand-made attestations: the
+//! job runner that computes real ones is tested with the host.
+
+use super::*;
+use soma_execution::{EncoderResult, GenesisEncoder, Job, JobStatus, ONE, Outcome, Rejection};
+use soma_host::Digest;
+
+const DIMENSION: usize = 8;
+/// Validators 0..4, equal stakes.
+const VALIDATORS: u8 = 4;
+/// Encoder owners are accounts 10, 11, ...; the submitter is account 20.
+const SUBMITTER: u8 = 20;
+
+fn package(i: u8) -> Digest {
+    Digest([i + 1; 32])
+}
+
+/// `encoders` encoders of equal bond, all in every shard.
+fn network(encoders: u8) -> Genesis {
+    let parameters = Parameters {
+        dimension: DIMENSION as u16,
+        shard_size: encoders.max(1),
+        ..Parameters::default()
+    };
+    let mut accounts: Vec<GenesisAccount> = (0..VALIDATORS)
+        .chain(10..10 + encoders)
+        .chain([SUBMITTER])
+        .map(|i| GenesisAccount {
+            key: public(i),
+            balance: 1_000_000_000,
+        })
+        .collect();
+    accounts.sort_by_key(|a| a.key);
+    Genesis::new(
+        "soma-jobs".into(),
+        accounts,
+        (0..VALIDATORS)
+            .map(|i| GenesisValidator {
+                key: public(i),
+                stake: 5_000_000,
+            })
+            .collect(),
+        (0..encoders)
+            .map(|i| GenesisEncoder {
+                package: package(i),
+                owner: public(10 + i),
+                bond: 10_000_000,
+            })
+            .collect(),
+        parameters,
+    )
+    .unwrap()
+}
+
+/// A unit-ish vector pointing mostly along axis `axis`, in fixed point.
+fn vector(axis: usize, tilt: i32) -> Vec<i32> {
+    let mut v = vec![tilt; DIMENSION];
+    v[axis] = ONE as i32;
+    v
+}
+
+fn ok(embedding: Vec<i32>, loss: u32) -> EncoderResult {
+    EncoderResult {
+        outcome: Outcome::Ok,
+        fuel: 1_000,
+        loss,
+        embedding,
+    }
+}
+
+fn failed(outcome: Outcome) -> EncoderResult {
+    EncoderResult {
+        outcome,
+        fuel: 5_000,
+        loss: 0,
+        embedding: vec![],
+    }
+}
+
+/// Submits `data` for 1 000 000 base units; returns the job id.
+fn submit(ex: &mut Executor, g: &Genesis, data: &[u8]) -> Digest {
+    let nonce = ex.account(&public(SUBMITTER)).unwrap().nonce;
+    let action = Action::SubmitData {
+        data: data.to_vec(),
+        payment: 1_000_000,
+    };
+    let effects = apply(ex, &[signed(g, SUBMITTER, nonce, 10, action)]);
+    assert_eq!(effects.receipts[0].rejection, None);
+    effects.receipts[0].transaction.unwrap()
+}
+
+/// Validator `v` attests `results` for `job`; returns the refusal, if any.
+fn attest(
+    ex: &mut Executor,
+    g: &Genesis,
+    v: u8,
+    job: Digest,
+    results: Vec<EncoderResult>,
+) -> Option<Rejection> {
+    let nonce = ex.account(&public(v)).unwrap().nonce;
+    let tx = signed(g, v, nonce, 10, Action::Attest { job, results });
+    apply(ex, &[tx]).receipts[0].rejection
+}
+
+fn finalised(ex: &Executor, job: &Digest) -> soma_execution::Finalisation {
+    match ex.job(job).unwrap().unwrap().status {
+        JobStatus::Finalised(f) => *f,
+        JobStatus::Pending => panic!("job {job} is still pending"),
+    }
+}
+
+/// Three honest encoders: near one another, the third with a higher
+/// loss.
+fn honest() -> Vec<EncoderResult> {
+    vec![
+        ok(vector(0, 300), 2_000),
+        ok(vector(0, 900), 1_000),
+        ok(vector(0, 600), 9_000),
+    ]
+}
+
+#[test]
+fn a_job_is_pending_until_more_than_two_thirds_of_the_stake_attested() {
+    let g = network(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ex = open(dir.path(), &g);
+    let supply = ex.supply().unwrap().total();
+    let job = submit(&mut ex, &g, b"a sentence to embed");
+    let pending: Job = ex.job(&job).unwrap().unwrap();
+    assert_eq!(pending.shard, vec![package(0), package(1), package(2)]);
+    assert_eq!(ex.supply().unwrap().escrow, 1_000_000);
+    for v in 0..2 {
+        assert_eq!(attest(&mut ex, &g, v, job, honest()), None);
+        assert_eq!(ex.job(&job).unwrap().unwrap().status, JobStatus::Pending);
+    }
+    assert_eq!(attest(&mut ex, &g, 2, job, honest()), None);
+    let result = finalised(&ex, &job);
+    assert!(
+        result
+            .encoders
+            .iter()
+            .all(|e| !e.disqualified && e.outcome == Outcome::Ok)
+    );
+    // The best (lowest loss) encoder's owner gets 40 %; each attester a
+    // third of 40 %; the worst qualified encoder pays 0.1 % of its bond.
+    assert_eq!(result.encoders[1].reward, 400_000);
+    assert_eq!(ex.account(&public(11)).unwrap().balance, 1_000_400_000);
+    assert_eq!(result.validator_rewards, 3 * 133_333);
+    assert_eq!(result.encoders[2].slashed, 10_000);
+    assert_eq!(ex.encoder(&package(2)).unwrap().unwrap().bond, 9_990_000);
+    assert!(result.deviant.is_empty());
+    let length: i64 = result
+        .embedding
+        .iter()
+        .map(|&x| i64::from(x) * i64::from(x))
+        .sum();
+    assert!(
+        (length - ONE * ONE).abs() < ONE * ONE / 100,
+        "not unit length: {length}"
+    );
+    let supply_after = ex.supply().unwrap();
+    assert_eq!(supply_after.escrow, 0);
+    assert_eq!(supply_after.burned, 10_000);
+    assert_eq!(supply_after.total(), supply);
+
+    // A fourth attestation comes too late.
+    assert_eq!(
+        attest(&mut ex, &g, 3, job, honest()),
+        Some(Rejection::JobDecided)
+    );
+}
+
+#[test]
+fn hardware_noise_in_one_validator_changes_nothing_and_garbage_is_outvoted() {
+    let g = network(3);
+    let decide = |attesters: &[(u8, Vec<EncoderResult>)]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ex = open(dir.path(), &g);
+        let job = submit(&mut ex, &g, b"the same sentence");
+        for (v, results) in attesters {
+            assert_eq!(attest(&mut ex, &g, *v, job, results.clone()), None);
+        }
+        let deviant = |v: u8| ex.validator(&public(v)).unwrap().unwrap().deviant;
+        (finalised(&ex, &job), deviant(0), deviant(2))
+    };
+    let (clean, ..) = decide(&[(0, honest()), (1, honest()), (2, honest())]);
+
+    // A few units of 2⁻¹⁶ of difference, as another CPU's kernels give.
+    let mut noisy = honest();
+    for r in &mut noisy {
+        r.embedding.iter_mut().step_by(3).for_each(|x| *x += 2);
+    }
+    let (with_noise, _, noisy_deviance) = decide(&[(0, honest()), (1, honest()), (2, noisy)]);
+    assert_eq!(with_noise, clean);
+    assert_eq!(noisy_deviance, 0);
+
+    // Garbage: wrong vectors, one failure claimed where the encoder ran.
+    let garbage = vec![
+        ok(vector(5, -ONE as i32), 0),
+        failed(Outcome::Trap),
+        ok(vector(7, 77), 0),
+    ];
+    let (outvoted, honest_deviance, byzantine_deviance) =
+        decide(&[(0, honest()), (2, garbage), (1, honest())]);
+    assert_eq!(outvoted.embedding, clean.embedding);
+    assert_eq!(outvoted.deviant, vec![public(2)]);
+    assert_eq!((honest_deviance, byzantine_deviance), (0, 1));
+}
+
+#[test]
+fn outliers_and_failures_are_disqualified_slashed_and_left_out() {
+    let g = network(5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ex = open(dir.path(), &g);
+    let job = submit(&mut ex, &g, b"five encoders");
+    // Encoders 0-2 agree, 3 returns something unrelated (a random or
+    // constant encoder), 4 runs out of fuel.
+    let results = vec![
+        ok(vector(0, 500), 3_000),
+        ok(vector(0, 700), 1_000),
+        ok(vector(0, 600), 2_000),
+        ok(vector(4, -9_000), 0),
+        failed(Outcome::FuelExhausted),
+    ];
+    for v in 0..3 {
+        assert_eq!(attest(&mut ex, &g, v, job, results.clone()), None);
+    }
+    let result = finalised(&ex, &job);
+    let disqualified: Vec<bool> = result.encoders.iter().map(|e| e.disqualified).collect();
+    assert_eq!(disqualified, [false, false, false, true, true]);
+    // Slashed 10 % of the bond; the worst qualified (0) pays 0.1 %.
+    let slashed: Vec<u64> = result.encoders.iter().map(|e| e.slashed).collect();
+    assert_eq!(slashed, [10_000, 0, 0, 1_000_000, 1_000_000]);
+    assert_eq!(result.encoders[3].weight, 0);
+    // The outlier's low loss did not win it the reward.
+    assert_eq!(result.encoders[1].reward, 400_000);
+    // The final embedding is closer to every honest member than the
+    // outlier is.
+    let distance = |a: &[i32], b: &[i32]| -> i64 {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| (i64::from(x) - i64::from(y)).pow(2))
+            .sum()
+    };
+    let outlier = &results[3].embedding;
+    for honest in &results[..3] {
+        assert!(
+            distance(&result.embedding, &honest.embedding) < distance(outlier, &honest.embedding)
+        );
+    }
+}
+
+#[test]
+fn submissions_and_attestations_that_break_the_rules_are_refused() {
+    let g = network(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ex = open(dir.path(), &g);
+    let submit_tx = |ex: &Executor, data: Vec<u8>, payment| {
+        let nonce = ex.account(&public(SUBMITTER)).unwrap().nonce;
+        signed(
+            &g,
+            SUBMITTER,
+            nonce,
+            10,
+            Action::SubmitData { data, payment },
+        )
+    };
+    let too_long = vec![0; g.parameters.max_data_bytes as usize + 1];
+    let tx = submit_tx(&ex, too_long, 1_000_000);
+    assert_eq!(
+        apply(&mut ex, &[tx]).receipts[0].rejection,
+        Some(Rejection::DataTooLarge {
+            max: g.parameters.max_data_bytes
+        })
+    );
+    let tx = submit_tx(&ex, b"cheap".to_vec(), 999);
+    assert_eq!(
+        apply(&mut ex, &[tx]).receipts[0].rejection,
+        Some(Rejection::PaymentTooLow {
+            min: g.parameters.min_job_payment
+        })
+    );
+
+    let job = submit(&mut ex, &g, b"attest me");
+    let wrong_count = honest()[..2].to_vec();
+    let mut wrong_dimension = honest();
+    wrong_dimension[0].embedding.push(0);
+    let mut failure_with_vector = honest();
+    failure_with_vector[1].outcome = Outcome::Trap;
+    for results in [wrong_count, wrong_dimension, failure_with_vector] {
+        assert_eq!(
+            attest(&mut ex, &g, 0, job, results),
+            Some(Rejection::BadAttestation)
+        );
+    }
+    assert_eq!(
+        attest(&mut ex, &g, 0, Digest([0; 32]), honest()),
+        Some(Rejection::UnknownJob)
+    );
+    assert_eq!(
+        attest(&mut ex, &g, SUBMITTER, job, honest()),
+        Some(Rejection::NotAValidator)
+    );
+    assert_eq!(attest(&mut ex, &g, 0, job, honest()), None);
+    assert_eq!(
+        attest(&mut ex, &g, 0, job, honest()),
+        Some(Rejection::AlreadyAttested)
+    );
+
+    // Without encoders there is no job.
+    let empty = tempfile::tempdir().unwrap();
+    let g = genesis();
+    let mut ex = open(empty.path(), &g);
+    let tx = signed(
+        &g,
+        2,
+        0,
+        10,
+        Action::SubmitData {
+            data: b"x".to_vec(),
+            payment: 5_000,
+        },
+    );
+    assert_eq!(
+        apply(&mut ex, &[tx]).receipts[0].rejection,
+        Some(Rejection::NoEncoders)
+    );
+}
