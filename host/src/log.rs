@@ -1,4 +1,4 @@
-//! The bounded `soma:encoder/log` import.
+//! What an encoder logs: the records the `soma:encoder/log` import keeps, bounded.
 
 use serde::Serialize;
 use wasmtime::component::{ComponentType, Lift};

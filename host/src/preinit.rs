@@ -55,17 +55,24 @@ pub(crate) fn preinitialize(
     if component.get_export(None, "info").is_none() {
         return Ok(None);
     }
+    // Whether it links is the component's doing; whether it can be
+    // instantiated now (memory, pooled slots) is this host's.
+    let incompatible = |e: wasmtime::Error| Error::Incompatible(format!("{e:#}"));
+    let pre = runtime
+        .linker()
+        .instantiate_pre(&component)
+        .and_then(bindings::EncoderPre::new)
+        .map_err(incompatible)?;
     runtime.prepare(&component)?;
     let mut store = runtime.new_store(PackageModels::default(), limits, Seed::default())?;
-
-    let instance = match runtime.linker().instantiate(&mut store, &component) {
-        Ok(instance) => instance,
-        Err(e) => return Err(link_or_run_error(e, &store, limits)),
-    };
+    let instance = pre
+        .instance_pre()
+        .instantiate(&mut store)
+        .map_err(|e| classify(e, store.data(), limits))?;
     let init = bindings::Encoder::new(&mut store, &instance)
         .and_then(|encoder| encoder.call_info(&mut store).map(drop));
     if let Err(e) = init {
-        return Err(link_or_run_error(e, &store, limits));
+        return Err(classify(e, store.data(), limits));
     }
     let memory = store.data().limiter.memory_in_use;
     if memory > MAX_SNAPSHOT_MEMORY {
@@ -90,15 +97,6 @@ pub(crate) fn preinitialize(
         Err(e) => Err(Error::Host(format!(
             "cannot snapshot the initialised encoder: {e:#}"
         ))),
-    }
-}
-
-/// A link failure means the component is not an encoder; anything else is
-/// a failure of its start-up code.
-fn link_or_run_error(e: wasmtime::Error, store: &Store<Sandbox>, limits: &Limits) -> Error {
-    match classify(e, store.data(), limits) {
-        Error::Host(message) => Error::Incompatible(message),
-        other => other,
     }
 }
 

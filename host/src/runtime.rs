@@ -11,7 +11,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store};
 
 /// How often the wall-clock safety net advances the epoch.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Encoder stores that can be alive at once in one engine.
 pub(crate) const POOLED_INSTANCES: u32 = 64;

@@ -70,16 +70,22 @@ pub(crate) fn charge_fuel(
     store.set_fuel(fuel - cost)
 }
 
-/// The store's call hook: as each host call returns, the guest pays the
-/// [`Debt`] it ran up, so host work is paid for as it is done (and a guest
-/// that only calls WASI runs out of fuel as surely as one that computes).
-/// wasmtime also calls this around its own libcalls (`memory.grow`,
-/// `memory.copy`, ...), which run up no debt and so cost nothing here.
+/// The store's call hook: the guest pays the [`Debt`] a host call ran up
+/// as the call returns, or earlier if the host calls back into wasm first
+/// (to allocate a result), so host work is paid for as it is done and a
+/// guest that only calls WASI runs out of fuel as surely as one that
+/// computes.
+///
+/// Fuel is only ever changed on these two transitions: compiled wasm keeps
+/// its fuel counter in a register across wasmtime's own libcalls
+/// (`memory.grow`, `table.grow`) and writes it back after them, so a change
+/// made while one runs would be lost. Libcalls run up no debt, and any debt
+/// is settled before wasm runs again, so none is owed when they return.
 pub(crate) fn settle_debt(
     mut store: StoreContextMut<'_, Sandbox>,
     hook: CallHook,
 ) -> wasmtime::Result<()> {
-    if !matches!(hook, CallHook::ReturningFromHost) {
+    if !matches!(hook, CallHook::ReturningFromHost | CallHook::CallingWasm) {
         return Ok(());
     }
     match store.data().debt.take() {

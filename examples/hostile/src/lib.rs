@@ -17,6 +17,8 @@
 //! | `flood-output`   | writes 1 MiB to stdout and 10 000 log messages         |
 //! | `poll-flood`     | polls one pollable 90 000 times in one call             |
 //! | `wasi-calls:<n>` | reads the clock and draws 8 random bytes, `n` times    |
+//! | `random-mib:<n>` | draws 1 MiB of random bytes `n` times, keeping each    |
+//! |                  | (so every result is allocated in newly grown memory)   |
 //! | `bad-utf8-error` | refuses the batch with a message that is not UTF-8     |
 //! | `huge-error`     | refuses the batch with a 10 MB message                  |
 //! | `aliased-vectors`| returns 64 vectors of 16 Mi values, all one buffer     |
@@ -75,6 +77,14 @@ impl Encoder for Hostile {
                 }
                 out[0][0] = n as f32;
                 out[0][1] = (mix & 1) as f32;
+            }
+            Some(other) if other.starts_with(b"random-mib:") => {
+                let n: u32 = std::str::from_utf8(&other[11..]).unwrap().parse().unwrap();
+                let kept: Vec<Vec<u8>> = (0..n)
+                    .map(|_| wasip2::random::random::get_random_bytes(1 << 20))
+                    .collect();
+                out[0][0] = kept.len() as f32;
+                out[0][1] = kept.iter().map(|b| f32::from(b[0])).sum();
             }
             Some(b"bad-utf8-error") => {
                 // SAFETY: deliberately not UTF-8: the host must not trust it.

@@ -16,6 +16,8 @@ pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
 pub const MAX_NODES: usize = 20_000;
 /// Most initializers in a graph.
 pub const MAX_INITIALIZERS: usize = 20_000;
+/// Most outputs of a graph: as many tensors as one run may hand over.
+pub const MAX_GRAPH_OUTPUTS: usize = 16;
 /// Most elements of one constant tensor (an initializer or a `Constant`).
 pub const MAX_CONSTANT_ELEMENTS: u64 = 1 << 26;
 /// Highest rank of any tensor.
@@ -381,6 +383,12 @@ impl Builder {
     fn build(mut self, g: &proto::GraphProto) -> Result<Graph, AdmissionError> {
         if !g.sparse_initializer.is_empty() {
             return Err(unsupported("sparse initializers are not admitted".into()));
+        }
+        if g.output.len() > MAX_GRAPH_OUTPUTS {
+            return Err(AdmissionError::Graph(format!(
+                "{} outputs; at most {MAX_GRAPH_OUTPUTS}",
+                g.output.len()
+            )));
         }
         if g.node.len() > MAX_NODES || g.initializer.len() > MAX_INITIALIZERS {
             return Err(AdmissionError::Graph(format!(

@@ -344,6 +344,23 @@ fn every_wasi_call_is_paid_for_as_it_returns() {
 }
 
 #[test]
+fn host_work_paid_while_the_guest_allocates_its_result_is_not_lost() {
+    // Each 1 MiB result is lowered through the guest's allocator, which
+    // grows memory: the debt must survive that nested libcall.
+    let fuel = |n: u64| {
+        let out = attack(&format!("random-mib:{n}"), &Limits::default()).unwrap();
+        assert_eq!(out.vectors[0][0], n as f32);
+        out.fuel_used
+    };
+    let extra = fuel(8) - fuel(0);
+    let charged = 8 * ((1 << 20) * HOST_FUEL_PER_BYTE + WASI_CALL_FUEL);
+    assert!(
+        extra >= charged,
+        "8 MiB of random bytes cost {extra} fuel; the host charges {charged}"
+    );
+}
+
+#[test]
 fn one_encoder_cannot_take_every_pooled_instance() {
     // More calls at once than the engine has pooled instances: without a
     // per-encoder cap, some fail for want of an instance (a host error).

@@ -143,6 +143,14 @@ fn graphs_must_be_ordered_and_defined_once() {
         y_like_x(),
     ));
     assert!(matches!(refused(&twice), AdmissionError::Graph(m) if m.contains("defined twice")));
+    // More outputs than a run may hand over: 17 naming the same value.
+    let negation = graph(
+        vec![node("Neg", &["x"], &["y"], vec![])],
+        vec![],
+        y_like_x(),
+    );
+    let many = (0..16).fold(negation, |g, _| g.msg(12, y_like_x()));
+    assert!(matches!(refused(&model(many)), AdmissionError::Graph(m) if m.contains("17 outputs")));
 }
 
 /// `ConstantOfShape` of 2²⁸ floats: 1 GiB of host memory for no fuel.
@@ -338,10 +346,11 @@ fn a_run_past_its_wall_clock_budget_kills_the_worker_and_is_not_held_against_the
     encoder
         .embed(&input, &Limits::default(), Seed::from(0))
         .unwrap();
-    // Long enough for the wasm before the run (the epoch ticks every 10 ms,
-    // at any moment), far too short for the run's seconds of matrix products.
+    // Long enough for the wasm before the run (well under a millisecond;
+    // the epoch ticks every 10 ms, at any moment, so the deadline falls
+    // 50 to 60 ms after the start), far too short for the run.
     let tight = Limits {
-        timeout: std::time::Duration::from_millis(200),
+        timeout: std::time::Duration::from_millis(50),
         ..Limits::default()
     };
     let err = encoder.embed(&input, &tight, Seed::from(0)).unwrap_err();

@@ -1,8 +1,9 @@
 //! Apply: the state machine. A pure function of the prior state and a
 //! committed, ordered list of transactions.
 //!
-//! Each transaction either applies whole or changes nothing but its
-//! receipt. After each commit the state root extends a hash chain over the
+//! A transaction that passes the checks that make it chargeable (see
+//! [`crate::Receipt`]) pays its fee; its action then applies whole or not
+//! at all, and its receipt says which. After each commit the state root extends a hash chain over the
 //! commit and its effects:
 //!
 //! ```text
@@ -25,8 +26,9 @@ use crate::transaction::{Action, SignedTransaction};
 use crate::view::{Stop, View};
 use crate::{finalise, shard};
 use soma_codec::{Decode, Encode, Writer};
-use soma_crypto::PublicKey;
+use soma_crypto::{Domain, PublicKey, Signature};
 use soma_host::Digest;
+use soma_host::package::Manifest;
 use std::path::Path;
 
 /// Why apply (or opening the state) failed. None of these is caused by a
@@ -129,7 +131,7 @@ impl Executor {
         Ok(Executor {
             store,
             chain_id,
-            parameters: genesis.parameters.clone(),
+            parameters: genesis.parameters().clone(),
             applied,
         })
     }
@@ -161,12 +163,7 @@ impl Executor {
         let mut changes = Changes::default();
         let mut receipts = Vec::with_capacity(commit.transactions.len());
         for bytes in commit.transactions {
-            let mut pending = Changes::default();
-            let receipt = self.apply_transaction(&commit, &changes, &mut pending, bytes)?;
-            if receipt.rejection.is_none() {
-                changes.extend(pending);
-            }
-            receipts.push(receipt);
+            receipts.push(self.apply_transaction(&commit, &mut changes, bytes)?);
         }
         let encoded: Vec<Vec<u8>> = receipts.iter().map(Encode::to_bytes).collect();
         let root = next_root(&self.applied.root, &commit, &encoded, &changes);
@@ -184,45 +181,51 @@ impl Executor {
         })
     }
 
-    /// Applies one transaction's effects to `pending` (over `changes`),
-    /// or says why it is refused; only a store failure is an error.
+    /// Applies one transaction to `changes`: its fee (if it passes the
+    /// checks that make it chargeable), then its action (if the action
+    /// breaks no rule). Only a store failure is an error.
     fn apply_transaction(
         &self,
         commit: &Commit<'_>,
-        changes: &Changes,
-        pending: &mut Changes,
+        changes: &mut Changes,
         bytes: &[u8],
     ) -> Result<Receipt, StateError> {
         let Ok(signed) = SignedTransaction::from_bytes(bytes) else {
             return Ok(Receipt {
                 transaction: None,
                 rejection: Some(Rejection::Malformed),
+                fee: 0,
             });
         };
-        let mut view = View {
-            store: &self.store,
-            changes,
-            pending,
-        };
-        let rejection = match self.execute(&mut view, commit, &signed) {
-            Ok(()) => None,
-            Err(Stop::Refused(rejection)) => Some(rejection),
-            Err(Stop::Store(e)) => return Err(e),
-        };
-        Ok(Receipt {
+        let receipt = |rejection, fee| Receipt {
             transaction: Some(signed.digest()),
             rejection,
-        })
+            fee,
+        };
+        let fee = signed.transaction().fee;
+        for (step, charged) in [(Step::Charge, 0), (Step::Act, fee)] {
+            let mut pending = Changes::default();
+            let mut view = View {
+                store: &self.store,
+                changes,
+                pending: &mut pending,
+            };
+            let outcome = match step {
+                Step::Charge => self.charge(&mut view, &signed),
+                Step::Act => self.act(&mut view, commit, &signed),
+            };
+            match outcome {
+                Ok(()) => changes.extend(pending),
+                Err(Stop::Refused(rejection)) => return Ok(receipt(Some(rejection), charged)),
+                Err(Stop::Store(e)) => return Err(e),
+            }
+        }
+        Ok(receipt(None, fee))
     }
 
-    /// The protocol's rules for one transaction. Writes go to `state` as
-    /// they are decided; a refusal discards all of them.
-    fn execute(
-        &self,
-        state: &mut View<'_>,
-        commit: &Commit<'_>,
-        signed: &SignedTransaction,
-    ) -> Result<(), Stop> {
+    /// Checks what makes a transaction chargeable (chain, signature, nonce,
+    /// fee) and charges it: the fee to the treasury, the nonce used.
+    fn charge(&self, state: &mut View<'_>, signed: &SignedTransaction) -> Result<(), Stop> {
         let tx = signed.transaction();
         let params = &self.parameters;
         if tx.chain_id != self.chain_id {
@@ -243,8 +246,29 @@ impl Executor {
                 min: params.min_fee,
             })?;
         }
-        // What leaves the sender's balance: the fee, and what the action
-        // moves out of it.
+        if tx.fee > sender.balance {
+            Err(Rejection::InsufficientFunds {
+                needed: tx.fee,
+                available: sender.balance,
+            })?;
+        }
+        sender.balance -= tx.fee;
+        sender.nonce += 1;
+        state.put_account(&tx.sender, sender);
+        state.pay_treasury(tx.fee)
+    }
+
+    /// The protocol's rules for a charged transaction's action. Writes go
+    /// to `state` as they are decided; a refusal discards all of them.
+    fn act(
+        &self,
+        state: &mut View<'_>,
+        commit: &Commit<'_>,
+        signed: &SignedTransaction,
+    ) -> Result<(), Stop> {
+        let tx = signed.transaction();
+        let params = &self.parameters;
+        // What leaves the sender's balance.
         let moved = match &tx.action {
             Action::Transfer { amount, .. } | Action::AddStake { amount } => *amount,
             Action::RegisterEncoder { bond, .. } => *bond,
@@ -253,17 +277,15 @@ impl Executor {
             | Action::DeregisterEncoder { .. }
             | Action::Attest { .. } => 0,
         };
-        let needed = tx.fee.saturating_add(moved);
-        if needed > sender.balance {
+        let mut sender = state.account(&tx.sender)?;
+        if moved > sender.balance {
             Err(Rejection::InsufficientFunds {
-                needed,
+                needed: moved,
                 available: sender.balance,
             })?;
         }
-        sender.balance -= needed;
-        sender.nonce += 1;
+        sender.balance -= moved;
         state.put_account(&tx.sender, sender);
-        state.pay_treasury(tx.fee)?;
         match &tx.action {
             &Action::Transfer { to, amount } => state.credit(&to, amount),
             &Action::AddStake { amount } => {
@@ -297,8 +319,13 @@ impl Executor {
                 state.put_validator(&tx.sender, validator);
                 state.credit(&tx.sender, amount)
             }
-            &Action::RegisterEncoder { package, bond } => {
-                if bond < params.min_encoder_bond {
+            Action::RegisterEncoder {
+                manifest,
+                signature,
+                bond,
+            } => {
+                let package = self.check_package(&tx.sender, manifest, signature)?;
+                if *bond < params.min_encoder_bond {
                     Err(Rejection::BondTooLow {
                         min: params.min_encoder_bond,
                     })?;
@@ -307,7 +334,7 @@ impl Executor {
                     Err(Rejection::EncoderExists)?;
                 }
                 let owner = tx.sender;
-                state.put_encoder(&package, Encoder { owner, bond });
+                state.put_encoder(&package, Encoder { owner, bond: *bond });
                 Ok(())
             }
             &Action::DeregisterEncoder { package } => {
@@ -323,6 +350,31 @@ impl Executor {
             }
             Action::Attest { job, results } => self.attest(state, commit, job, &tx.sender, results),
         }
+    }
+
+    /// The digest of the package a registration names, once its manifest
+    /// is shown to be signed by `sender` and to embed into the network's
+    /// space.
+    fn check_package(
+        &self,
+        sender: &PublicKey,
+        manifest: &[u8],
+        signature: &Signature,
+    ) -> Result<Digest, Rejection> {
+        let decoded = Manifest::decode(manifest).map_err(|_| Rejection::BadPackage)?;
+        decoded
+            .signer
+            .verify(Domain::EncoderPackage, manifest, signature)
+            .map_err(|_| Rejection::BadPackage)?;
+        if decoded.signer != *sender {
+            return Err(Rejection::NotPackageSigner);
+        }
+        if decoded.dimension != u32::from(self.parameters.dimension) {
+            return Err(Rejection::WrongDimension {
+                expected: self.parameters.dimension,
+            });
+        }
+        Ok(Digest::of(manifest))
     }
 
     /// Creates the job `id`: checks the submission and picks its shard,
@@ -474,14 +526,14 @@ impl Executor {
 /// Writes the genesis state; returns where apply starts.
 fn initialise(store: &StateStore, genesis: &Genesis) -> Result<Applied, StateError> {
     let mut changes = Changes::default();
-    for a in &genesis.accounts {
+    for a in genesis.accounts() {
         let account = Account {
             balance: a.balance,
             nonce: 0,
         };
         changes.put(Space::Accounts, &a.key.to_bytes(), &account);
     }
-    for v in &genesis.validators {
+    for v in genesis.validators() {
         changes.put(
             Space::Validators,
             &v.key.to_bytes(),
@@ -491,7 +543,7 @@ fn initialise(store: &StateStore, genesis: &Genesis) -> Result<Applied, StateErr
             },
         );
     }
-    for e in &genesis.encoders {
+    for e in genesis.encoders() {
         let encoder = Encoder {
             owner: e.owner,
             bond: e.bond,
@@ -529,4 +581,13 @@ fn next_root(
 
 fn missing(what: &'static str) -> soma_codec::DecodeError {
     soma_codec::DecodeError::invalid(what, "missing from the state")
+}
+
+/// The two steps of a transaction, each kept or discarded whole.
+#[derive(Clone, Copy)]
+enum Step {
+    /// The checks that make it chargeable, and the charge.
+    Charge,
+    /// Its action.
+    Act,
 }

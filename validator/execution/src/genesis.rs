@@ -81,19 +81,15 @@ pub struct GenesisEncoder {
     pub bond: u64,
 }
 
-/// The canonical genesis.
+/// The canonical genesis; built only by [`Genesis::new`] (or decoding),
+/// which check it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Genesis {
-    /// A human name for the network.
-    pub chain_name: String,
-    /// Starting accounts, sorted by key.
-    pub accounts: Vec<GenesisAccount>,
-    /// Starting validators, sorted by key.
-    pub validators: Vec<GenesisValidator>,
-    /// Registered encoders, sorted by package digest.
-    pub encoders: Vec<GenesisEncoder>,
-    /// Protocol parameters.
-    pub parameters: Parameters,
+    chain_name: String,
+    accounts: Vec<GenesisAccount>,
+    validators: Vec<GenesisValidator>,
+    encoders: Vec<GenesisEncoder>,
+    parameters: Parameters,
 }
 
 impl Genesis {
@@ -117,6 +113,31 @@ impl Genesis {
         };
         genesis.check().map_err(GenesisError::Decode)?;
         Ok(genesis)
+    }
+
+    /// A human name for the network.
+    pub fn chain_name(&self) -> &str {
+        &self.chain_name
+    }
+
+    /// Starting accounts, sorted by key.
+    pub fn accounts(&self) -> &[GenesisAccount] {
+        &self.accounts
+    }
+
+    /// Starting validators, sorted by key.
+    pub fn validators(&self) -> &[GenesisValidator] {
+        &self.validators
+    }
+
+    /// Registered encoders, sorted by package digest.
+    pub fn encoders(&self) -> &[GenesisEncoder] {
+        &self.encoders
+    }
+
+    /// Protocol parameters.
+    pub fn parameters(&self) -> &Parameters {
+        &self.parameters
     }
 
     /// The network's identity: the blake3 of the canonical encoding.
@@ -215,6 +236,29 @@ impl Genesis {
                 .all(|w| w[0].package < w[1].package),
         )?;
         self.parameters.check()?;
+        // Every amount apply handles is part of the supply: if the supply
+        // fits a u64, no balance, stake, bond or total can overflow.
+        let supply: u128 = self
+            .accounts
+            .iter()
+            .map(|a| u128::from(a.balance))
+            .sum::<u128>()
+            + self
+                .validators
+                .iter()
+                .map(|v| u128::from(v.stake))
+                .sum::<u128>()
+            + self
+                .encoders
+                .iter()
+                .map(|e| u128::from(e.bond))
+                .sum::<u128>();
+        if supply > u128::from(u64::MAX) {
+            return Err(DecodeError::invalid(
+                "supply",
+                "the total is more than a u64 holds",
+            ));
+        }
         if self.validators.is_empty() {
             return Err(DecodeError::invalid(
                 "validators",

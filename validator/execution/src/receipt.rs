@@ -1,5 +1,11 @@
 //! What apply recorded for each transaction of a commit.
 //!
+//! A transaction that is not well formed, not for this chain, not signed
+//! by its sender, out of nonce order or unable to pay its fee changes
+//! nothing. One that passes those checks pays its fee and uses its nonce
+//! even if its action is then refused: otherwise a signed transaction whose
+//! action fails could be included again and again for free.
+//!
 //! A receipt's encoding is part of the state root, so it holds only what
 //! every validator computes alike: a refusal's kind and numbers, never a
 //! decoder's message text.
@@ -29,8 +35,8 @@ pub enum Rejection {
         /// The minimum.
         min: u64,
     },
-    /// The sender's balance does not cover the fee and what the action
-    /// moves.
+    /// The sender's balance does not cover the fee, or (after paying it)
+    /// what the action moves.
     InsufficientFunds {
         /// What it needs.
         needed: u64,
@@ -84,6 +90,16 @@ pub enum Rejection {
     /// An attestation whose results do not match the job's shard (count)
     /// or the network's dimension.
     BadAttestation,
+    /// A registration whose manifest does not decode or whose signature
+    /// does not verify.
+    BadPackage,
+    /// A registration by someone other than the package's signer.
+    NotPackageSigner,
+    /// A package whose dimension is not the network's.
+    WrongDimension {
+        /// The network's dimension.
+        expected: u16,
+    },
 }
 
 /// What happened to one transaction.
@@ -93,6 +109,8 @@ pub struct Receipt {
     pub transaction: Option<Digest>,
     /// `None` if it applied; why it did not otherwise.
     pub rejection: Option<Rejection>,
+    /// The fee paid (0 if the transaction changed nothing).
+    pub fee: u64,
 }
 
 impl fmt::Display for Rejection {
@@ -137,6 +155,14 @@ impl fmt::Display for Rejection {
                     "the results do not match the job's shard or the network's dimension"
                 )
             }
+            Rejection::BadPackage => write!(f, "the package manifest or its signature is invalid"),
+            Rejection::NotPackageSigner => write!(f, "the sender did not sign the package"),
+            Rejection::WrongDimension { expected } => {
+                write!(
+                    f,
+                    "the encoder's dimension is not the network's ({expected})"
+                )
+            }
         }
     }
 }
@@ -150,6 +176,7 @@ impl Encode for Receipt {
             }
             None => w.bool(false),
         }
+        w.u64(self.fee);
         let Some(rejection) = &self.rejection else {
             w.u8(0);
             return;
@@ -202,6 +229,12 @@ impl Encode for Receipt {
             Rejection::JobDecided => w.u8(19),
             Rejection::AlreadyAttested => w.u8(20),
             Rejection::BadAttestation => w.u8(21),
+            Rejection::BadPackage => w.u8(22),
+            Rejection::NotPackageSigner => w.u8(23),
+            Rejection::WrongDimension { expected } => {
+                w.u8(24);
+                w.u16(expected);
+            }
         }
     }
 }
@@ -212,6 +245,7 @@ impl Decode<'_> for Receipt {
             true => Some(Digest(r.array("transaction")?)),
             false => None,
         };
+        let fee = r.u64("fee")?;
         let rejection = match r.u8("outcome")? {
             0 => None,
             1 => Some(Rejection::Malformed),
@@ -243,6 +277,11 @@ impl Decode<'_> for Receipt {
             19 => Some(Rejection::JobDecided),
             20 => Some(Rejection::AlreadyAttested),
             21 => Some(Rejection::BadAttestation),
+            22 => Some(Rejection::BadPackage),
+            23 => Some(Rejection::NotPackageSigner),
+            24 => Some(Rejection::WrongDimension {
+                expected: r.u16("expected")?,
+            }),
             code => {
                 return Err(DecodeError::invalid(
                     "outcome",
@@ -253,6 +292,7 @@ impl Decode<'_> for Receipt {
         Ok(Receipt {
             transaction,
             rejection,
+            fee,
         })
     }
 }

@@ -6,7 +6,8 @@
 //! action      = 0 ‖ recipient (32) ‖ u64 amount      transfer
 //!             | 1 ‖ u64 amount                        add validator stake
 //!             | 2 ‖ u64 amount                        withdraw validator stake
-//!             | 3 ‖ package digest (32) ‖ u64 bond    register an encoder
+//!             | 3 ‖ u32 length ‖ manifest ‖ signature (64) ‖ u64 bond
+//!                                                     register an encoder
 //!             | 4 ‖ package digest (32)               deregister it
 //!             | 5 ‖ u64 payment ‖ u32 length ‖ data    submit data to embed
 //!             | 6 ‖ job (32) ‖ attestation            a validator's results
@@ -47,10 +48,14 @@ pub enum Action {
         /// Base units withdrawn.
         amount: u64,
     },
-    /// Registers the encoder of a signed package, bonding `bond`.
+    /// Registers the encoder of a signed package, bonding `bond`. The
+    /// sender must be the package's signer: the signed manifest proves it
+    /// (the package is named by the manifest's digest).
     RegisterEncoder {
-        /// The package's digest (its manifest's blake3).
-        package: Digest,
+        /// The package's canonical manifest bytes.
+        manifest: Vec<u8>,
+        /// The signer's signature over them.
+        signature: Signature,
         /// Base units bonded.
         bond: u64,
     },
@@ -186,9 +191,14 @@ impl Encode for Transaction {
                 w.u8(WITHDRAW_STAKE);
                 w.u64(*amount);
             }
-            Action::RegisterEncoder { package, bond } => {
+            Action::RegisterEncoder {
+                manifest,
+                signature,
+                bond,
+            } => {
                 w.u8(REGISTER_ENCODER);
-                w.array(&package.0);
+                w.bytes32(manifest);
+                w.array(&signature.0);
                 w.u64(*bond);
             }
             Action::DeregisterEncoder { package } => {
@@ -230,7 +240,8 @@ impl Decode<'_> for Transaction {
                 amount: r.u64("amount")?,
             },
             REGISTER_ENCODER => Action::RegisterEncoder {
-                package: Digest(r.array("package")?),
+                manifest: r.bytes32("manifest", MAX_TRANSACTION_BYTES)?.to_vec(),
+                signature: Signature(r.array("package signature")?),
                 bond: r.u64("bond")?,
             },
             DEREGISTER_ENCODER => Action::DeregisterEncoder {

@@ -1,6 +1,5 @@
 use super::*;
 use soma_execution::{Account, ExecutionError, Rejection, Validator};
-use soma_host::Digest;
 
 fn transfer(to: u8, amount: u64) -> Action {
     Action::Transfer {
@@ -17,6 +16,7 @@ fn a_transfer_moves_money_bumps_the_nonce_and_pays_the_fee() {
     let before = ex.root();
     let effects = apply(&mut ex, &[signed(&g, 2, 0, 10, transfer(3, 500))]);
     assert_eq!(effects.receipts[0].rejection, None);
+    assert_eq!(effects.receipts[0].fee, 10);
     assert!(effects.receipts[0].transaction.is_some());
     assert_eq!(
         ex.account(&public(2)).unwrap(),
@@ -31,40 +31,41 @@ fn a_transfer_moves_money_bumps_the_nonce_and_pays_the_fee() {
     assert_eq!(ex.receipts(0).unwrap(), effects.receipts);
 }
 
-/// Applies one transaction and checks it is refused with `expected` and
-/// changed no account, stake, bond or fee.
-fn refused(g: &Genesis, setup: &[Vec<u8>], tx: Vec<u8>, expected: Rejection) {
+/// Applies `tx` (after `setup`) and checks it is refused with `expected`,
+/// having charged the sender (account 0 to 4) `fee` and its nonce if `fee`
+/// is not 0, and changed nothing else.
+fn refused(g: &Genesis, setup: &[Vec<u8>], tx: Vec<u8>, expected: Rejection, sender: u8, fee: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut ex = open(dir.path(), g);
     if !setup.is_empty() {
         let effects = apply(&mut ex, setup);
-        assert!(
-            effects.receipts.iter().all(|r| r.rejection.is_none()),
-            "{effects:?}"
-        );
+        let applied = effects.receipts.iter().all(|r| r.rejection.is_none());
+        assert!(applied, "{effects:?}");
     }
     let accounts = |ex: &Executor| {
         (0..5)
             .map(|i| ex.account(&public(i)).unwrap())
             .collect::<Vec<_>>()
     };
-    let (before, supply) = (accounts(&ex), ex.supply().unwrap());
+    let (mut after, mut supply) = (accounts(&ex), ex.supply().unwrap());
     let effects = apply(&mut ex, &[tx]);
     assert_eq!(effects.receipts[0].rejection, Some(expected));
-    assert_eq!(accounts(&ex), before);
-    assert_eq!(ex.supply().unwrap(), supply);
+    assert_eq!(effects.receipts[0].fee, fee, "{expected:?}");
+    if fee > 0 {
+        after[sender as usize].balance -= fee;
+        after[sender as usize].nonce += 1;
+        supply.balances -= u128::from(fee);
+        supply.treasury += u128::from(fee);
+    }
+    assert_eq!(accounts(&ex), after, "{expected:?}");
+    assert_eq!(ex.supply().unwrap(), supply, "{expected:?}");
 }
 
 #[test]
-fn every_broken_rule_is_refused_and_changes_nothing() {
+fn a_transaction_that_cannot_be_charged_changes_nothing() {
     let g = genesis();
-    let other_chain = Genesis {
-        chain_name: "elsewhere".into(),
-        ..g.clone()
-    };
-    let package = Digest([7; 32]);
-    let register = |bond| Action::RegisterEncoder { package, bond };
-    let min = Parameters::default();
+    let other_chain = variant(&g, "elsewhere", Parameters::default());
+    let min = Parameters::default().min_fee;
     let cases: Vec<(Vec<Vec<u8>>, Vec<u8>, Rejection)> = vec![
         (vec![], vec![1, 2, 3], Rejection::Malformed),
         (
@@ -90,16 +91,8 @@ fn every_broken_rule_is_refused_and_changes_nothing() {
         ),
         (
             vec![],
-            signed(&g, 2, 0, 9, transfer(3, 1)),
-            Rejection::FeeTooLow { min: min.min_fee },
-        ),
-        (
-            vec![],
-            signed(&g, 2, 0, 10, transfer(3, 1_000_000_000)),
-            Rejection::InsufficientFunds {
-                needed: 1_000_000_010,
-                available: 1_000_000_000,
-            },
+            signed(&g, 2, 0, min - 1, transfer(3, 1)),
+            Rejection::FeeTooLow { min },
         ),
         (
             vec![],
@@ -109,62 +102,151 @@ fn every_broken_rule_is_refused_and_changes_nothing() {
                 available: 1_000_000_000,
             },
         ),
-        (
-            vec![],
-            signed(&g, 2, 0, 10, Action::AddStake { amount: 1 }),
-            Rejection::NotAValidator,
-        ),
-        (
-            vec![],
-            signed(&g, 0, 0, 10, Action::WithdrawStake { amount: 5_000_001 }),
-            Rejection::InsufficientStake {
-                available: 5_000_000,
-            },
-        ),
-        (
-            vec![],
-            signed(&g, 0, 0, 10, Action::WithdrawStake { amount: 4_500_000 }),
-            Rejection::StakeBelowMinimum {
-                min: min.min_validator_stake,
-            },
-        ),
-        (
-            vec![],
-            signed(&g, 2, 0, 10, register(999_999)),
-            Rejection::BondTooLow {
-                min: min.min_encoder_bond,
-            },
-        ),
-        (
-            vec![signed(&g, 2, 0, 10, register(1_000_000))],
-            signed(&g, 3, 0, 10, register(1_000_000)),
-            Rejection::EncoderExists,
-        ),
-        (
-            vec![],
-            signed(&g, 2, 0, 10, Action::DeregisterEncoder { package }),
-            Rejection::UnknownEncoder,
-        ),
-        (
-            vec![signed(&g, 2, 0, 10, register(1_000_000))],
-            signed(&g, 3, 0, 10, Action::DeregisterEncoder { package }),
-            Rejection::NotOwner,
-        ),
     ];
     for (setup, tx, expected) in cases {
-        refused(&g, &setup, tx, expected);
+        refused(&g, &setup, tx, expected, 2, 0);
     }
     // A signature by someone other than the sender.
     let mut forged = signed(&g, 2, 0, 10, transfer(3, 1));
     let theirs = signed(&g, 3, 0, 10, transfer(3, 1));
     let n = forged.len();
     forged[n - 64..].copy_from_slice(&theirs[n - 64..]);
-    refused(&g, &[], forged, Rejection::BadSignature);
+    refused(&g, &[], forged, Rejection::BadSignature, 2, 0);
+}
+
+/// A network, transactions applied first, the transaction refused, why,
+/// and its sender.
+type Case<'a> = (&'a Genesis, Vec<Vec<u8>>, Vec<u8>, Rejection, u8);
+
+#[test]
+fn a_refused_action_pays_its_fee_and_uses_its_nonce_but_changes_nothing_else() {
+    let g = genesis();
+    let min = Parameters::default();
+    let (register, package) = registration(&g, 2, "mine", 1_000_000);
+    let (cheap, _) = registration(&g, 2, "cheap", 999_999);
+    let (theirs, _) = registration(&g, 3, "theirs", 1_000_000);
+    let narrow = Genesis::new(
+        "narrow".into(),
+        g.accounts().to_vec(),
+        g.validators().to_vec(),
+        vec![],
+        Parameters {
+            dimension: 8,
+            ..Parameters::default()
+        },
+    )
+    .unwrap();
+    let (wide, _) = registration(&g, 2, "wide", 1_000_000);
+    // Signed by account 3, sent by account 2.
+    let stolen = theirs.clone();
+    let mut garbled = stolen.clone();
+    if let Action::RegisterEncoder { manifest, .. } = &mut garbled {
+        manifest[20] ^= 1;
+    }
+    let cases: Vec<Case> = vec![
+        (
+            &g,
+            vec![],
+            signed(&g, 2, 0, 10, transfer(3, 1_000_000_000)),
+            Rejection::InsufficientFunds {
+                needed: 1_000_000_000,
+                available: 999_999_990,
+            },
+            2,
+        ),
+        (
+            &g,
+            vec![],
+            signed(&g, 2, 0, 10, Action::AddStake { amount: 1 }),
+            Rejection::NotAValidator,
+            2,
+        ),
+        (
+            &g,
+            vec![],
+            signed(&g, 0, 0, 10, Action::WithdrawStake { amount: 5_000_001 }),
+            Rejection::InsufficientStake {
+                available: 5_000_000,
+            },
+            0,
+        ),
+        (
+            &g,
+            vec![],
+            signed(&g, 0, 0, 10, Action::WithdrawStake { amount: 4_500_000 }),
+            Rejection::StakeBelowMinimum {
+                min: min.min_validator_stake,
+            },
+            0,
+        ),
+        (
+            &g,
+            vec![],
+            signed(&g, 2, 0, 10, cheap),
+            Rejection::BondTooLow {
+                min: min.min_encoder_bond,
+            },
+            2,
+        ),
+        (
+            &g,
+            vec![signed(&g, 2, 0, 10, register.clone())],
+            signed(&g, 2, 1, 10, register),
+            Rejection::EncoderExists,
+            2,
+        ),
+        (
+            &g,
+            vec![],
+            signed(&g, 2, 0, 10, stolen),
+            Rejection::NotPackageSigner,
+            2,
+        ),
+        (
+            &g,
+            vec![],
+            signed(&g, 2, 0, 10, garbled),
+            Rejection::BadPackage,
+            2,
+        ),
+        (
+            &narrow,
+            vec![],
+            signed(&narrow, 2, 0, 10, wide),
+            Rejection::WrongDimension { expected: 8 },
+            2,
+        ),
+        (
+            &g,
+            vec![],
+            signed(&g, 2, 0, 10, Action::DeregisterEncoder { package }),
+            Rejection::UnknownEncoder,
+            2,
+        ),
+        (
+            &g,
+            vec![signed(&g, 3, 0, 10, theirs)],
+            signed(
+                &g,
+                2,
+                0,
+                10,
+                Action::DeregisterEncoder {
+                    package: registration(&g, 3, "theirs", 0).1,
+                },
+            ),
+            Rejection::NotOwner,
+            2,
+        ),
+    ];
+    for (g, setup, tx, expected, sender) in cases {
+        refused(g, &setup, tx, expected, sender, 10);
+    }
 }
 
 #[test]
-fn a_transfer_that_would_overflow_the_recipient_is_refused() {
-    let g = Genesis::new(
+fn a_supply_larger_than_a_u64_is_refused_at_genesis() {
+    let err = Genesis::new(
         "rich".into(),
         vec![
             GenesisAccount {
@@ -183,13 +265,8 @@ fn a_transfer_that_would_overflow_the_recipient_is_refused() {
         vec![],
         Parameters::default(),
     )
-    .unwrap();
-    refused(
-        &g,
-        &[],
-        signed(&g, 0, 0, 10, transfer(1, 50)),
-        Rejection::Overflow,
-    );
+    .unwrap_err();
+    assert!(err.to_string().contains("u64"), "{err}");
 }
 
 #[test]
@@ -197,42 +274,22 @@ fn stake_and_encoder_bonds_move_between_balance_and_records() {
     let dir = tempfile::tempdir().unwrap();
     let g = genesis();
     let mut ex = open(dir.path(), &g);
-    let package = Digest([9; 32]);
+    let (register, package) = registration(&g, 2, "mine", 2_000_000);
     let effects = apply(
         &mut ex,
         &[
             signed(&g, 0, 0, 10, Action::AddStake { amount: 1_000 }),
             signed(&g, 1, 0, 10, Action::WithdrawStake { amount: 5_000_000 }),
-            signed(
-                &g,
-                2,
-                0,
-                10,
-                Action::RegisterEncoder {
-                    package,
-                    bond: 2_000_000,
-                },
-            ),
+            signed(&g, 2, 0, 10, register),
         ],
     );
     assert!(
         effects.receipts.iter().all(|r| r.rejection.is_none()),
         "{effects:?}"
     );
-    assert_eq!(
-        ex.validator(&public(0)).unwrap(),
-        Some(Validator {
-            stake: 5_001_000,
-            deviant: 0
-        })
-    );
-    assert_eq!(
-        ex.validator(&public(1)).unwrap(),
-        Some(Validator {
-            stake: 0,
-            deviant: 0
-        })
-    );
+    let validator = |stake| Some(Validator { stake, deviant: 0 });
+    assert_eq!(ex.validator(&public(0)).unwrap(), validator(5_001_000));
+    assert_eq!(ex.validator(&public(1)).unwrap(), validator(0));
     assert_eq!(
         ex.account(&public(1)).unwrap().balance,
         1_000_000_000 + 5_000_000 - 10
@@ -253,17 +310,17 @@ fn stake_and_encoder_bonds_move_between_balance_and_records() {
 }
 
 #[test]
-fn transactions_of_one_commit_see_each_other_and_a_refusal_keeps_the_rest() {
+fn transactions_of_one_commit_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let g = genesis();
     let mut ex = open(dir.path(), &g);
     // Account 4 starts empty: it can spend only what the first transfer
-    // gives it, and only once.
+    // gives it.
     let effects = apply(
         &mut ex,
         &[
             signed(&g, 2, 0, 10, transfer(4, 100)),
-            signed(&g, 4, 0, 10, transfer(3, 90)),
+            signed(&g, 4, 0, 10, transfer(3, 80)),
             signed(&g, 4, 1, 10, transfer(3, 1)),
             signed(&g, 2, 1, 10, transfer(3, 1)),
         ],
@@ -275,17 +332,18 @@ fn transactions_of_one_commit_see_each_other_and_a_refusal_keeps_the_rest() {
             None,
             None,
             Some(Rejection::InsufficientFunds {
-                needed: 11,
+                needed: 1,
                 available: 0
             }),
             None
         ]
     );
+    // The refused transfer still paid its fee.
     assert_eq!(
         ex.account(&public(4)).unwrap(),
         Account {
             balance: 0,
-            nonce: 1
+            nonce: 2
         }
     );
 }
@@ -336,10 +394,7 @@ fn commits_apply_in_order_and_a_state_belongs_to_one_genesis() {
     let reopened = open(dir.path(), &g);
     assert_eq!((reopened.root(), reopened.next_index()), (root, next));
     drop(reopened);
-    let other = Genesis {
-        chain_name: "other".into(),
-        ..g
-    };
+    let other = variant(&g, "other", Parameters::default());
     let err = Executor::open(dir.path(), &other).err().unwrap();
     assert!(matches!(err, ExecutionError::WrongGenesis { .. }), "{err}");
 }

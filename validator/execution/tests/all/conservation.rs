@@ -36,10 +36,12 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// The action `op` stands for; attestations are for `job` (with a shard
 /// of `shard` encoders), if one was submitted.
-fn action(op: &Op, job: Option<(Digest, usize)>) -> Action {
-    // Two packages, so registrations collide and deregistrations find
-    // encoders of other owners.
-    let package = Digest([(op.amount % 2) as u8; 32]);
+fn action(g: &Genesis, op: &Op, job: Option<(Digest, usize)>) -> Action {
+    // Two packages per account, so registrations collide, and
+    // deregistrations of any account's, so some are refused.
+    let name = format!("p{}", op.amount % 2);
+    let (register, _) = registration(g, op.from, &name, op.amount);
+    let (_, package) = registration(g, (op.amount % 5) as u8, &name, 0);
     match op.kind {
         0 | 1 => Action::Transfer {
             to: public(((op.amount % 5) as u8 + op.from) % 5),
@@ -47,10 +49,7 @@ fn action(op: &Op, job: Option<(Digest, usize)>) -> Action {
         },
         2 => Action::AddStake { amount: op.amount },
         3 => Action::WithdrawStake { amount: op.amount },
-        4 => Action::RegisterEncoder {
-            package,
-            bond: op.amount,
-        },
+        4 => register,
         5 => Action::DeregisterEncoder { package },
         6 => Action::SubmitData {
             data: op.amount.to_le_bytes().to_vec(),
@@ -100,7 +99,7 @@ proptest! {
             let replayed = !transactions.is_empty();
             for op in &ops {
                 let nonce = nonces[op.from as usize] + u64::from(op.skew_nonce) * 7;
-                transactions.push(signed(&g, op.from, nonce, op.fee, action(op, job)));
+                transactions.push(signed(&g, op.from, nonce, op.fee, action(&g, op, job)));
                 nonces[op.from as usize] += 1;
             }
             let effects = apply(&mut first, &transactions);

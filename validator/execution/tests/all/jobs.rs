@@ -265,19 +265,19 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
             Action::SubmitData { data, payment },
         )
     };
-    let too_long = vec![0; g.parameters.max_data_bytes as usize + 1];
+    let too_long = vec![0; g.parameters().max_data_bytes as usize + 1];
     let tx = submit_tx(&ex, too_long, 1_000_000);
     assert_eq!(
         apply(&mut ex, &[tx]).receipts[0].rejection,
         Some(Rejection::DataTooLarge {
-            max: g.parameters.max_data_bytes
+            max: g.parameters().max_data_bytes
         })
     );
     let tx = submit_tx(&ex, b"cheap".to_vec(), 999);
     assert_eq!(
         apply(&mut ex, &[tx]).receipts[0].rejection,
         Some(Rejection::PaymentTooLow {
-            min: g.parameters.min_job_payment
+            min: g.parameters().min_job_payment
         })
     );
 

@@ -12,6 +12,8 @@ use soma_execution::{
     Action, Commit, CommitEffects, Executor, Genesis, GenesisAccount, GenesisValidator, Parameters,
     Transaction,
 };
+use soma_host::Digest;
+use soma_host::package::{EncoderMeta, Package};
 use std::path::Path;
 
 /// The key of test account `i`.
@@ -70,6 +72,38 @@ pub fn apply(executor: &mut Executor, transactions: &[Vec<u8>]) -> CommitEffects
             transactions,
         })
         .unwrap()
+}
+
+/// `g` under another name or with other parameters.
+pub fn variant(g: &Genesis, name: &str, parameters: Parameters) -> Genesis {
+    Genesis::new(
+        name.into(),
+        g.accounts().to_vec(),
+        g.validators().to_vec(),
+        g.encoders().to_vec(),
+        parameters,
+    )
+    .unwrap()
+}
+
+/// Account `owner` registering its package `name` (signed by it, of the
+/// network's dimension) with `bond`; and the package's digest.
+pub fn registration(g: &Genesis, owner: u8, name: &str, bond: u64) -> (Action, Digest) {
+    let meta = EncoderMeta {
+        name: name.into(),
+        version: "1.0.0".into(),
+        dimension: u32::from(g.parameters().dimension),
+        fuel_limit: 1_000_000,
+        modality: soma_host::Modality::Text,
+    };
+    let package = Package::sign(&key(owner), &meta, name.as_bytes().to_vec(), vec![]).unwrap();
+    let (manifest, signature) = package.signed_manifest();
+    let action = Action::RegisterEncoder {
+        manifest: manifest.to_vec(),
+        signature: *signature,
+        bond,
+    };
+    (action, package.digest())
 }
 
 pub fn open(dir: &Path, genesis: &Genesis) -> Executor {
