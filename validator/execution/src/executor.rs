@@ -19,7 +19,7 @@ use crate::job::{Attestation, EncoderResult, Job, JobStatus, Outcome};
 use crate::params::Parameters;
 use crate::receipt::{Receipt, Rejection};
 use crate::state::{
-    APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, Space,
+    APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, Space,
     StateError, StateStore, TREASURY, Validator, encoder_key,
 };
 use crate::transaction::{Action, SignedTransaction};
@@ -161,6 +161,7 @@ impl Executor {
             });
         }
         let mut changes = Changes::default();
+        self.expire_jobs(&commit, &mut changes)?;
         let mut receipts = Vec::with_capacity(commit.transactions.len());
         for bytes in commit.transactions {
             receipts.push(self.apply_transaction(&commit, &mut changes, bytes)?);
@@ -179,6 +180,43 @@ impl Executor {
             root,
             receipts,
         })
+    }
+
+    /// Expires the jobs whose deadline ended before `commit`: each
+    /// payment goes back to its submitter, the shard's bonds are freed, and
+    /// nobody is paid or slashed.
+    fn expire_jobs(&self, commit: &Commit<'_>, changes: &mut Changes) -> Result<(), StateError> {
+        let mut pending = Changes::default();
+        let mut state = View {
+            store: &self.store,
+            changes,
+            pending: &mut pending,
+        };
+        let due = self
+            .store
+            .below::<JobId>(Space::Deadlines, &commit.index.to_be_bytes())?;
+        for (key, JobId(id)) in due {
+            let job = state.job(&id)?;
+            let Some(mut job) = job.filter(|j| j.status == JobStatus::Pending) else {
+                return Err(StateError::Corrupt(missing(
+                    "a pending job with a deadline",
+                )));
+            };
+            let expired = expire(&mut state, &mut job, commit.index);
+            match expired {
+                Ok(()) => {}
+                Err(Stop::Store(e)) => return Err(e),
+                // Returning escrowed money cannot overflow a supply that
+                // fits a u64.
+                Err(Stop::Refused(_)) => {
+                    return Err(StateError::Corrupt(missing("room for a refund")));
+                }
+            }
+            state.put_job(&id, &job);
+            state.pending.delete(Space::Deadlines, &key);
+        }
+        changes.extend(pending);
+        Ok(())
     }
 
     /// Applies one transaction to `changes`: its fee (if it passes the
@@ -333,14 +371,21 @@ impl Executor {
                 if state.encoder(&package)?.is_some() {
                     Err(Rejection::EncoderExists)?;
                 }
-                let owner = tx.sender;
-                state.put_encoder(&package, Encoder { owner, bond: *bond });
+                let encoder = Encoder {
+                    owner: tx.sender,
+                    bond: *bond,
+                    pending: 0,
+                };
+                state.put_encoder(&package, encoder);
                 Ok(())
             }
             &Action::DeregisterEncoder { package } => {
                 let encoder = state.encoder(&package)?.ok_or(Rejection::UnknownEncoder)?;
                 if encoder.owner != tx.sender {
                     Err(Rejection::NotOwner)?;
+                }
+                if encoder.pending > 0 {
+                    Err(Rejection::EncoderBusy)?;
                 }
                 state.delete_encoder(&package);
                 state.credit(&tx.sender, encoder.bond)
@@ -407,6 +452,14 @@ impl Executor {
             Err(Rejection::NoEncoders)?;
         }
         state.hold_in_escrow(payment)?;
+        // The shard's bonds stay until the job is decided or expires.
+        for package in &shard {
+            let mut encoder = state.encoder(package)?.ok_or(Rejection::UnknownEncoder)?;
+            encoder.pending = encoder.pending.checked_add(1).ok_or(Rejection::Overflow)?;
+            state.put_encoder(package, encoder);
+        }
+        let deadline = commit.index.saturating_add(params.job_expiry_commits);
+        state.put_deadline(deadline, &id);
         let job = Job {
             submitter: *submitter,
             commit: commit.index,
@@ -414,6 +467,7 @@ impl Executor {
             payment,
             shard,
             seed,
+            deadline,
             attesters: vec![],
             status: JobStatus::Pending,
         };
@@ -457,8 +511,10 @@ impl Executor {
         for attester in &job.attesters {
             attested += u128::from(state.validator(attester)?.map_or(0, |v| v.stake));
         }
-        if attested * 3 > state.total_stake()? * 2 {
-            finalise::finalise(state, &self.parameters, id, &mut job, commit.index)?;
+        let total = state.total_stake()?;
+        if attested * 3 > total * 2 {
+            finalise::finalise(state, &self.parameters, id, &mut job, commit.index, total)?;
+            state.delete_deadline(job.deadline, id);
         }
         state.put_job(id, &job);
         Ok(())
@@ -547,6 +603,7 @@ fn initialise(store: &StateStore, genesis: &Genesis) -> Result<Applied, StateErr
         let encoder = Encoder {
             owner: e.owner,
             bond: e.bond,
+            pending: 0,
         };
         changes.put(Space::Encoders, &encoder_key(&e.package), &encoder);
     }
@@ -590,4 +647,19 @@ enum Step {
     Charge,
     /// Its action.
     Act,
+}
+
+/// Expires `job`: the payment back to the submitter, the shard's bonds
+/// freed.
+fn expire(state: &mut View<'_>, job: &mut Job, commit: u64) -> Result<(), Stop> {
+    state.release_escrow(job.payment)?;
+    state.credit(&job.submitter, job.payment)?;
+    for package in &job.shard {
+        if let Some(mut encoder) = state.encoder(package)? {
+            encoder.pending = encoder.pending.saturating_sub(1);
+            state.put_encoder(package, encoder);
+        }
+    }
+    job.status = JobStatus::Expired { commit };
+    Ok(())
 }

@@ -2,19 +2,23 @@
 //! job's result is decided from their attestations alone (DESIGN.md,
 //! "Execution", steps 5 and 6).
 //!
-//! Per shard encoder: the outcome most stake attested, and the medians of
-//! what the attesters who saw it succeed reported. Encoders whose outcome
-//! is a failure, or whose median embedding is an outlier from the shard's
-//! robust centre, are disqualified and slashed; the rest are averaged,
-//! weighted by their loss. The payment goes to the best encoder, to the
-//! attesters by stake, and the rest to the treasury; the worst qualified
-//! encoder pays a small penalty. Attesters whose results deviate from the
-//! medians are recorded, and past an allowance each deviation costs stake.
+//! Per shard encoder: the outcome attested by the most stake, if that is
+//! more than a third of all stake (else there is no verdict: a few
+//! attesters cannot decide alone), and the stake-weighted medians of what
+//! the attesters who saw that outcome reported. Encoders whose outcome is a
+//! failure, or whose median embedding is an outlier from the shard's
+//! robust centre (judged only among three or more), are disqualified and
+//! slashed; the rest are averaged, weighted by their loss. The payment goes
+//! to the best encoder, to the attesters whose results held (by stake),
+//! and the rest to the treasury; the worst qualified encoder, if worse than
+//! the best, pays a small penalty. Attesters whose results deviate from the
+//! verdicts are recorded, are not paid, and past an allowance lose stake.
 
 use crate::job::{EncoderResult, EncoderScore, Finalisation, Job, JobStatus, Outcome};
 use crate::params::{Parameters, share};
 use crate::scoring::{
-    coordinate_median, distance, max_deviation, median, outliers, weight, weighted_unit_average,
+    coordinate_median, distance, max_deviation, outliers, weight, weighted_coordinate_median,
+    weighted_median, weighted_unit_average,
 };
 use crate::state::StateError;
 use crate::view::{Stop, View};
@@ -22,6 +26,9 @@ use soma_codec::DecodeError;
 use soma_crypto::PublicKey;
 use soma_host::Digest;
 use std::collections::BTreeMap;
+
+/// Fewest successful encoders among which one can be judged an outlier.
+const MIN_FOR_OUTLIERS: usize = 3;
 
 /// What the attesters together say about one shard encoder.
 struct Verdict {
@@ -39,14 +46,15 @@ struct Attested {
     results: Vec<EncoderResult>,
 }
 
-/// Decides job `id` (whose attesters hold more than two thirds of the
-/// stake): records the result on `job` and moves the money.
+/// Decides job `id` (whose attesters hold more than two thirds of
+/// `total_stake`): records the result on `job` and moves the money.
 pub(crate) fn finalise(
     state: &mut View<'_>,
     params: &Parameters,
     id: &Digest,
     job: &mut Job,
     commit: u64,
+    total_stake: u128,
 ) -> Result<(), Stop> {
     let mut attested = Vec::with_capacity(job.attesters.len());
     for validator in &job.attesters {
@@ -64,7 +72,7 @@ pub(crate) fn finalise(
         });
     }
     let verdicts: Vec<Verdict> = (0..job.shard.len())
-        .map(|j| verdict(&attested, j))
+        .map(|j| verdict(&attested, j, total_stake))
         .collect();
 
     // Outliers among the encoders that succeeded.
@@ -72,7 +80,7 @@ pub(crate) fn finalise(
         .filter(|&j| verdicts[j].outcome == Outcome::Ok)
         .collect();
     let mut outlier = vec![false; verdicts.len()];
-    if !ok.is_empty() {
+    if ok.len() >= MIN_FOR_OUTLIERS {
         let embeddings: Vec<&[i32]> = ok
             .iter()
             .map(|&j| verdicts[j].embedding.as_slice())
@@ -117,59 +125,20 @@ pub(crate) fn finalise(
                 .collect::<Vec<_>>(),
         ),
     };
-    let best = qualified
-        .iter()
-        .copied()
-        .min_by_key(|&j| (verdicts[j].loss, j));
+    // Equal losses are ranked by a draw from the job's seed, not by digest
+    // (which owners could grind).
+    let rank = |j: usize| {
+        (
+            verdicts[j].loss,
+            *blake3::keyed_hash(&job.seed, &job.shard[j].0).as_bytes(),
+        )
+    };
+    let best = qualified.iter().copied().min_by_key(|&j| rank(j));
     let worst = qualified
         .iter()
         .copied()
-        .max_by_key(|&j| (verdicts[j].loss, j));
-
-    // The payment: the best encoder's share, the attesters' share by
-    // stake, and what is left to the treasury.
-    let payment = job.payment;
-    state.release_escrow(payment)?;
-    let mut kept = payment;
-    if let Some(best) = best {
-        let reward = share(payment, params.encoder_reward_bps);
-        // The owner, if the encoder was not deregistered meanwhile.
-        if let Some(encoder) = state.encoder(&job.shard[best])? {
-            state.credit(&encoder.owner, reward)?;
-            scores[best].reward = reward;
-            kept -= reward;
-        }
-    }
-    let pool = share(payment, params.validator_reward_bps);
-    let attested_stake: u128 = attested.iter().map(|a| u128::from(a.stake)).sum();
-    let mut validator_rewards = 0;
-    for a in &attested {
-        // Nothing to share out if the attesters have since withdrawn all.
-        let reward = (u128::from(pool) * u128::from(a.stake))
-            .checked_div(attested_stake)
-            .unwrap_or(0) as u64;
-        state.credit(&a.validator, reward)?;
-        validator_rewards += reward;
-    }
-    kept -= validator_rewards;
-    state.pay_treasury(kept)?;
-
-    // Slashes and the penalty, burned.
-    for (j, score) in scores.iter_mut().enumerate() {
-        let bps = match (score.disqualified, Some(j) == worst && qualified.len() > 1) {
-            (true, _) => params.slash_bps,
-            (false, true) => params.penalty_bps,
-            (false, false) => continue,
-        };
-        let Some(mut encoder) = state.encoder(&score.package)? else {
-            continue;
-        };
-        let amount = share(encoder.bond, bps);
-        encoder.bond -= amount;
-        state.put_encoder(&score.package, encoder);
-        state.burn(amount)?;
-        score.slashed = amount;
-    }
+        .max_by_key(|&j| rank(j))
+        .filter(|&w| best.is_some_and(|b| verdicts[w].loss > verdicts[b].loss));
 
     // Attesters whose results deviate from the verdicts.
     let mut deviant = Vec::new();
@@ -198,6 +167,63 @@ pub(crate) fn finalise(
         state.put_validator(&a.validator, validator);
     }
 
+    // The payment: the best encoder's share; the attesters' share, by
+    // stake, to those whose results held; the rest to the treasury.
+    let payment = job.payment;
+    state.release_escrow(payment)?;
+    let mut kept = payment;
+    if let Some(best) = best {
+        let reward = share(payment, params.encoder_reward_bps);
+        let encoder = state.encoder(&job.shard[best])?.ok_or_else(|| {
+            StateError::Corrupt(DecodeError::invalid("job", "a shard encoder is missing"))
+        })?;
+        state.credit(&encoder.owner, reward)?;
+        scores[best].reward = reward;
+        kept -= reward;
+    }
+    // Paid: attesters not deviant whose results confirmed some verdict.
+    let earns = |a: &Attested| {
+        !deviant.contains(&a.validator)
+            && verdicts
+                .iter()
+                .zip(&a.results)
+                .any(|(v, r)| v.outcome != Outcome::Local && r.outcome == v.outcome)
+    };
+    let pool = share(payment, params.validator_reward_bps);
+    let earning_stake: u128 = attested
+        .iter()
+        .filter(|a| earns(a))
+        .map(|a| u128::from(a.stake))
+        .sum();
+    let mut validator_rewards = 0;
+    for a in attested.iter().filter(|a| earns(a)) {
+        let reward = (u128::from(pool) * u128::from(a.stake))
+            .checked_div(earning_stake)
+            .unwrap_or(0) as u64;
+        state.credit(&a.validator, reward)?;
+        validator_rewards += reward;
+    }
+    kept -= validator_rewards;
+    state.pay_treasury(kept)?;
+
+    // Slashes and the penalty, burned; the shard's bonds are free again.
+    for (j, score) in scores.iter_mut().enumerate() {
+        let mut encoder = state.encoder(&score.package)?.ok_or_else(|| {
+            StateError::Corrupt(DecodeError::invalid("job", "a shard encoder is missing"))
+        })?;
+        encoder.pending = encoder.pending.saturating_sub(1);
+        let bps = match (score.disqualified, Some(j) == worst) {
+            (true, _) => params.slash_bps,
+            (false, true) => params.penalty_bps,
+            (false, false) => 0,
+        };
+        let amount = share(encoder.bond, bps);
+        encoder.bond -= amount;
+        state.put_encoder(&score.package, encoder);
+        state.burn(amount)?;
+        score.slashed = amount;
+    }
+
     job.status = JobStatus::Finalised(Box::new(Finalisation {
         commit,
         encoders: scores,
@@ -211,8 +237,16 @@ pub(crate) fn finalise(
 
 /// The attesters' verdict on shard encoder `j`: the outcome attested by
 /// the most stake (local failures are no evidence; ties go to the lower
-/// outcome), and the medians of the results with that outcome.
-fn verdict(attested: &[Attested], j: usize) -> Verdict {
+/// outcome) if that is more than a third of `total_stake`, and the
+/// stake-weighted medians of the results with that outcome. Without such
+/// an outcome, there is no verdict (`Local`).
+fn verdict(attested: &[Attested], j: usize, total_stake: u128) -> Verdict {
+    let none = |outcome| Verdict {
+        outcome,
+        loss: 0,
+        fuel: 0,
+        embedding: vec![],
+    };
     let mut stake_by_outcome: BTreeMap<Outcome, u128> = BTreeMap::new();
     for a in attested
         .iter()
@@ -220,37 +254,41 @@ fn verdict(attested: &[Attested], j: usize) -> Verdict {
     {
         *stake_by_outcome.entry(a.results[j].outcome).or_default() += u128::from(a.stake);
     }
-    let outcome = stake_by_outcome
+    let winner = stake_by_outcome
         .iter()
-        .max_by_key(|&(outcome, stake)| (*stake, std::cmp::Reverse(*outcome)))
-        .map_or(Outcome::Local, |(outcome, _)| *outcome);
-    let agreeing: Vec<&EncoderResult> = attested
+        .max_by_key(|&(outcome, stake)| (*stake, std::cmp::Reverse(*outcome)));
+    let outcome = match winner {
+        Some((&outcome, &stake)) if stake * 3 > total_stake => outcome,
+        _ => return none(Outcome::Local),
+    };
+    let agreeing: Vec<(&EncoderResult, u64)> = attested
         .iter()
-        .map(|a| &a.results[j])
-        .filter(|r| r.outcome == outcome)
+        .map(|a| (&a.results[j], a.stake))
+        .filter(|(r, _)| r.outcome == outcome)
         .collect();
-    if agreeing.is_empty() {
-        return Verdict {
-            outcome,
-            loss: 0,
-            fuel: 0,
-            embedding: vec![],
-        };
-    }
-    let fuel = median(&mut agreeing.iter().map(|r| r.fuel).collect::<Vec<_>>());
+    let median_of = |value: fn(&EncoderResult) -> i64| {
+        weighted_median(
+            &mut agreeing
+                .iter()
+                .map(|&(r, w)| (value(r), w))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let fuel = median_of(|r| r.fuel.min(i64::MAX as u64) as i64) as u64;
     if outcome != Outcome::Ok {
         return Verdict {
-            outcome,
-            loss: 0,
             fuel,
-            embedding: vec![],
+            ..none(outcome)
         };
     }
-    let embeddings: Vec<&[i32]> = agreeing.iter().map(|r| r.embedding.as_slice()).collect();
+    let embeddings: Vec<(&[i32], u64)> = agreeing
+        .iter()
+        .map(|&(r, w)| (r.embedding.as_slice(), w))
+        .collect();
     Verdict {
         outcome,
-        loss: median(&mut agreeing.iter().map(|r| r.loss).collect::<Vec<_>>()),
+        loss: median_of(|r| i64::from(r.loss)) as u32,
         fuel,
-        embedding: coordinate_median(&embeddings),
+        embedding: weighted_coordinate_median(&embeddings),
     }
 }

@@ -24,6 +24,9 @@ pub enum Outcome {
     /// This validator could not run it (timeout, host error, worker
     /// crash): no evidence about the encoder.
     Local,
+    /// Its package does not load: the component or a model is refused, or
+    /// the component is not the encoder its manifest describes.
+    Unloadable,
 }
 
 impl Outcome {
@@ -46,6 +49,7 @@ impl Outcome {
             4 => Outcome::InvalidOutput,
             5 => Outcome::Refused,
             6 => Outcome::Local,
+            7 => Outcome::Unloadable,
             code => {
                 return Err(DecodeError::invalid(
                     "outcome",
@@ -105,6 +109,12 @@ pub enum JobStatus {
     Pending,
     /// Decided.
     Finalised(Box<Finalisation>),
+    /// Not decided by its deadline: the payment went back to the
+    /// submitter, and nobody was paid or slashed.
+    Expired {
+        /// The commit that expired it.
+        commit: u64,
+    },
 }
 
 /// A job: the data to embed, the shard that embeds it, and its result.
@@ -122,6 +132,8 @@ pub struct Job {
     pub shard: Vec<Digest>,
     /// Seed of the masks the job runner applies.
     pub seed: [u8; 32],
+    /// The last commit at whose end it may still be undecided.
+    pub deadline: u64,
     /// Validators whose attestations were applied, in commit order.
     pub attesters: Vec<PublicKey>,
     /// Pending or decided.
@@ -176,13 +188,18 @@ impl Encode for Job {
         w.count8(self.shard.len());
         self.shard.iter().for_each(|d| w.array(&d.0));
         w.array(&self.seed);
+        w.u64(self.deadline);
         w.count32(self.attesters.len());
         self.attesters.iter().for_each(|k| w.array(&k.to_bytes()));
         match &self.status {
-            JobStatus::Pending => w.bool(false),
+            JobStatus::Pending => w.u8(0),
             JobStatus::Finalised(f) => {
-                w.bool(true);
+                w.u8(1);
                 f.encode(w);
+            }
+            JobStatus::Expired { commit } => {
+                w.u8(2);
+                w.u64(*commit);
             }
         }
     }
@@ -199,13 +216,18 @@ impl Decode<'_> for Job {
             .map(|_| r.array("shard").map(Digest))
             .collect::<Result<_, _>>()?;
         let seed = r.array("seed")?;
+        let deadline = r.u64("deadline")?;
         let n = r.count32("attesters", u32::MAX, 32)?;
         let attesters = (0..n)
             .map(|_| public_key(r, "attester"))
             .collect::<Result<_, _>>()?;
-        let status = match r.bool("finalised")? {
-            false => JobStatus::Pending,
-            true => JobStatus::Finalised(Box::new(Finalisation::decode(r)?)),
+        let status = match r.u8("status")? {
+            0 => JobStatus::Pending,
+            1 => JobStatus::Finalised(Box::new(Finalisation::decode(r)?)),
+            2 => JobStatus::Expired {
+                commit: r.u64("expired")?,
+            },
+            tag => return Err(DecodeError::invalid("status", format!("unknown tag {tag}"))),
         };
         Ok(Job {
             submitter,
@@ -214,6 +236,7 @@ impl Decode<'_> for Job {
             payment,
             shard,
             seed,
+            deadline,
             attesters,
             status,
         })

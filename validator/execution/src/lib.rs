@@ -1,6 +1,8 @@
-//! Soma's state machine: accounts, validators and encoders in fjall, the
-//! transactions that change them, and [`Executor::apply`], which turns a
-//! committed, ordered list of transactions into new state and a state root.
+//! Soma's state machine: accounts, validators, encoders and embedding jobs
+//! in fjall, the transactions that change them, and [`Executor::apply`],
+//! which turns a committed, ordered list of transactions into new state and
+//! a state root; and the [`JobRunner`], which computes a validator's
+//! results for a job in the encoder host (outside the state machine).
 //!
 //! Apply is a pure function of the prior state and the commit (DESIGN.md,
 //! "Execution"): integer money, sorted iteration, no clock, no host calls.
@@ -24,6 +26,7 @@ mod genesis;
 mod job;
 mod params;
 mod receipt;
+mod runner;
 mod scoring;
 mod shard;
 mod state;
@@ -38,6 +41,7 @@ pub use genesis::{
 pub use job::{EncoderResult, EncoderScore, Finalisation, Job, JobStatus, Outcome};
 pub use params::{BPS, Parameters};
 pub use receipt::{Receipt, Rejection};
+pub use runner::{JobRunner, RunnerError};
 pub use scoring::ONE;
 pub use state::{Account, Encoder, StateError, Validator};
 pub use transaction::{Action, MAX_TRANSACTION_BYTES, SignedTransaction, Transaction};

@@ -26,6 +26,9 @@ pub struct Parameters {
     pub shard_size: u8,
     /// Masked variants of the data each encoder also embeds.
     pub mask_count: u8,
+    /// Commits a job may stay undecided before it expires (its payment
+    /// returned).
+    pub job_expiry_commits: u64,
     /// The network's embedding dimension.
     pub dimension: u16,
     /// Share of a job's payment paid to its best encoder, in basis points.
@@ -64,13 +67,14 @@ impl Default for Parameters {
             max_data_bytes: 16 * 1024,
             shard_size: 3,
             mask_count: 4,
+            job_expiry_commits: 1_000,
             dimension: 384,
             encoder_reward_bps: 4_000,
             validator_reward_bps: 4_000,
             slash_bps: 1_000,
             penalty_bps: 10,
             outlier_mad_multiple: 3 << 16,
-            outlier_floor: 1 << 13,
+            outlier_floor: 3 << 14,
             deviance_tolerance: 1 << 6,
             deviance_allowance: 3,
             deviance_slash_bps: 10,
@@ -97,8 +101,11 @@ impl Parameters {
         {
             return invalid("rewards", "the shares add up to more than the payment");
         }
-        if self.shard_size == 0 || self.dimension == 0 {
-            return invalid("shard", "shard size and dimension must be at least 1");
+        if self.shard_size == 0 || self.dimension == 0 || self.job_expiry_commits == 0 {
+            return invalid(
+                "shard",
+                "shard size, dimension and job expiry must be at least 1",
+            );
         }
         // An attestation must fit in one transaction.
         let attestation = u64::from(self.shard_size) * (4 * u64::from(self.dimension) + 32);
@@ -123,6 +130,7 @@ impl Encode for Parameters {
         w.u32(self.max_data_bytes);
         w.u8(self.shard_size);
         w.u8(self.mask_count);
+        w.u64(self.job_expiry_commits);
         w.u16(self.dimension);
         w.u16(self.encoder_reward_bps);
         w.u16(self.validator_reward_bps);
@@ -146,6 +154,7 @@ impl Decode<'_> for Parameters {
             max_data_bytes: r.u32("max data bytes")?,
             shard_size: r.u8("shard size")?,
             mask_count: r.u8("mask count")?,
+            job_expiry_commits: r.u64("job expiry")?,
             dimension: r.u16("dimension")?,
             encoder_reward_bps: r.u16("encoder reward")?,
             validator_reward_bps: r.u16("validator reward")?,

@@ -100,6 +100,9 @@ pub enum Rejection {
         /// The network's dimension.
         expected: u16,
     },
+    /// A deregistration of an encoder that is in the shard of an undecided
+    /// job (its bond may yet be slashed).
+    EncoderBusy,
 }
 
 /// What happened to one transaction.
@@ -163,6 +166,7 @@ impl fmt::Display for Rejection {
                     "the encoder's dimension is not the network's ({expected})"
                 )
             }
+            Rejection::EncoderBusy => write!(f, "the encoder is in the shard of an undecided job"),
         }
     }
 }
@@ -235,6 +239,7 @@ impl Encode for Receipt {
                 w.u8(24);
                 w.u16(expected);
             }
+            Rejection::EncoderBusy => w.u8(25),
         }
     }
 }
@@ -282,6 +287,7 @@ impl Decode<'_> for Receipt {
             24 => Some(Rejection::WrongDimension {
                 expected: r.u16("expected")?,
             }),
+            25 => Some(Rejection::EncoderBusy),
             code => {
                 return Err(DecodeError::invalid(
                     "outcome",

@@ -8,21 +8,53 @@
 /// One unit of fixed point: 1.0.
 pub const ONE: i64 = 1 << 16;
 
-/// The lower median of `values` (which it sorts).
-pub(crate) fn median<T: Ord + Copy>(values: &mut [T]) -> T {
+/// The median of `values` (which it sorts): the middle one, or the mean
+/// of the two middle ones (rounded down) for an even count.
+pub(crate) fn median(values: &mut [i64]) -> i64 {
     values.sort_unstable();
-    values[(values.len() - 1) / 2]
+    let n = values.len();
+    (values[(n - 1) / 2] + values[n / 2]).div_euclid(2)
 }
 
-/// The coordinate-wise lower median of equally long vectors.
+/// The coordinate-wise median of equally long vectors: each counts once
+/// (the robust centre of a shard's encoders).
 pub(crate) fn coordinate_median(vectors: &[&[i32]]) -> Vec<i32> {
     let dimension = vectors[0].len();
     let mut column = Vec::with_capacity(vectors.len());
     (0..dimension)
         .map(|i| {
             column.clear();
-            column.extend(vectors.iter().map(|v| v[i]));
-            median(&mut column)
+            column.extend(vectors.iter().map(|v| i64::from(v[i])));
+            median(&mut column) as i32
+        })
+        .collect()
+}
+
+/// The stake-weighted median of `(value, stake)` pairs (which it sorts):
+/// the smallest value with at least half the stake at or below it. No
+/// minority of stake can move it outside the values of the majority.
+pub(crate) fn weighted_median(pairs: &mut [(i64, u64)]) -> i64 {
+    pairs.sort_unstable();
+    let total: u128 = pairs.iter().map(|&(_, w)| u128::from(w)).sum();
+    let mut below = 0u128;
+    for &(value, weight) in pairs.iter() {
+        below += u128::from(weight);
+        if below * 2 >= total {
+            return value;
+        }
+    }
+    pairs[pairs.len() - 1].0
+}
+
+/// The coordinate-wise stake-weighted median of attested vectors.
+pub(crate) fn weighted_coordinate_median(vectors: &[(&[i32], u64)]) -> Vec<i32> {
+    let dimension = vectors[0].0.len();
+    let mut column = Vec::with_capacity(vectors.len());
+    (0..dimension)
+        .map(|i| {
+            column.clear();
+            column.extend(vectors.iter().map(|&(v, w)| (i64::from(v[i]), w)));
+            weighted_median(&mut column) as i32
         })
         .collect()
 }
@@ -67,10 +99,13 @@ pub(crate) fn max_deviation(a: &[i32], b: &[i32]) -> u64 {
 /// are outliers: beyond the median distance plus `multiple` (fixed point)
 /// median absolute deviations, and beyond `floor`.
 pub(crate) fn outliers(distances: &[u64], multiple: u32, floor: u64) -> Vec<bool> {
-    let mut sorted = distances.to_vec();
-    let centre = median(&mut sorted);
-    let mut deviations: Vec<u64> = distances.iter().map(|&d| d.abs_diff(centre)).collect();
-    let mad = median(&mut deviations);
+    let mut sorted: Vec<i64> = distances.iter().map(|&d| d as i64).collect();
+    let centre = median(&mut sorted) as u64;
+    let mut deviations: Vec<i64> = distances
+        .iter()
+        .map(|&d| d.abs_diff(centre) as i64)
+        .collect();
+    let mad = median(&mut deviations) as u64;
     let spread = (u128::from(mad) * u128::from(multiple)) >> 16;
     let threshold = (u128::from(centre) + spread).max(u128::from(floor));
     distances
@@ -115,10 +150,27 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn medians_are_the_lower_middle() {
+    fn medians_are_the_middle() {
         assert_eq!(median(&mut [3, 1, 2]), 2);
         assert_eq!(median(&mut [4, 1, 3, 2]), 2);
+        assert_eq!(median(&mut [10, 1]), 5);
+        assert_eq!(median(&mut [-3, 0]), -2);
         assert_eq!(coordinate_median(&[&[1, 9], &[5, 0], &[3, 4]]), vec![3, 4]);
+    }
+
+    #[test]
+    fn a_weighted_median_follows_the_stake_not_the_count() {
+        // Three small attesters cannot outvote one with more stake.
+        assert_eq!(
+            weighted_median(&mut [(100, 60), (0, 10), (0, 10), (0, 10)]),
+            100
+        );
+        assert_eq!(weighted_median(&mut [(1, 1), (2, 1), (3, 1)]), 2);
+        assert_eq!(weighted_median(&mut [(7, 0), (9, 5)]), 9);
+        assert_eq!(
+            weighted_coordinate_median(&[(&[1, 5], 3), (&[2, 0], 1)]),
+            vec![1, 5]
+        );
     }
 
     #[test]

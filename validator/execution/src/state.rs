@@ -3,9 +3,10 @@
 //! ```text
 //! accounts    key (32)        → u64 balance ‖ u64 nonce
 //! validators  key (32)        → u64 stake ‖ u32 deviant attestations
-//! encoders    package (32)    → owner (32) ‖ u64 bond
+//! encoders    package (32)    → owner (32) ‖ u64 bond ‖ u32 undecided jobs
 //! jobs        job id (32)     → job (see `job.rs`)
 //! attestations job id (32) ‖ validator key (32) → attestation
+//! deadlines   u64 commit index (BE) ‖ job id (32) → job id: when a job expires
 //! receipts    u64 commit index (BE) ‖ u32 position (BE) → receipt
 //! meta        "genesis"       → the canonical genesis
 //!             "applied"       → u64 next commit index ‖ state root (32)
@@ -63,6 +64,9 @@ pub struct Encoder {
     pub owner: PublicKey,
     /// Base units bonded.
     pub bond: u64,
+    /// Undecided jobs it is in the shard of: while there are any, its bond
+    /// stays (it may be slashed) and it cannot be deregistered.
+    pub pending: u32,
 }
 
 /// Where the state stands: the next commit to apply and the root after
@@ -111,6 +115,7 @@ impl Encode for Encoder {
     fn encode(&self, w: &mut Writer) {
         w.array(&self.owner.to_bytes());
         w.u64(self.bond);
+        w.u32(self.pending);
     }
 }
 
@@ -119,6 +124,7 @@ impl Decode<'_> for Encoder {
         Ok(Encoder {
             owner: public_key(r, "owner")?,
             bond: r.u64("bond")?,
+            pending: r.u32("pending jobs")?,
         })
     }
 }
@@ -163,6 +169,7 @@ pub(crate) enum Space {
     Encoders,
     Jobs,
     Attestations,
+    Deadlines,
     Meta,
 }
 
@@ -233,6 +240,7 @@ pub struct StateStore {
     encoders: fjall::Keyspace,
     jobs: fjall::Keyspace,
     attestations: fjall::Keyspace,
+    deadlines: fjall::Keyspace,
     receipts: fjall::Keyspace,
     meta: fjall::Keyspace,
 }
@@ -248,6 +256,7 @@ impl StateStore {
             encoders: db.keyspace("encoders", options)?,
             jobs: db.keyspace("jobs", options)?,
             attestations: db.keyspace("attestations", options)?,
+            deadlines: db.keyspace("deadlines", options)?,
             receipts: db.keyspace("receipts", options)?,
             meta: db.keyspace("meta", options)?,
             db,
@@ -261,6 +270,7 @@ impl StateStore {
             Space::Encoders => &self.encoders,
             Space::Jobs => &self.jobs,
             Space::Attestations => &self.attestations,
+            Space::Deadlines => &self.deadlines,
             Space::Meta => &self.meta,
         }
     }
@@ -322,6 +332,22 @@ impl StateStore {
             .collect()
     }
 
+    /// The (key, value) pairs of a keyspace below `end`, decoded, in key
+    /// order (as stored: without pending changes).
+    pub(crate) fn below<T: for<'a> Decode<'a>>(
+        &self,
+        space: Space,
+        end: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StateError> {
+        self.keyspace(space)
+            .range(..end)
+            .map(|entry| {
+                let (key, value) = entry.into_inner()?;
+                Ok((key.to_vec(), T::from_bytes(&value)?))
+            })
+            .collect()
+    }
+
     /// Every (key, value) of a keyspace, decoded, in key order.
     pub(crate) fn scan<T: for<'a> Decode<'a>>(
         &self,
@@ -341,6 +367,31 @@ fn receipt_key(commit: u64, position: usize) -> [u8; 12] {
     let mut key = [0; 12];
     key[..8].copy_from_slice(&commit.to_be_bytes());
     key[8..].copy_from_slice(&(position as u32).to_be_bytes());
+    key
+}
+
+/// A job id as a stored value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JobId(pub(crate) Digest);
+
+impl Encode for JobId {
+    fn encode(&self, w: &mut Writer) {
+        w.array(&self.0.0);
+    }
+}
+
+impl Decode<'_> for JobId {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.array("job id").map(|id| JobId(Digest(id)))
+    }
+}
+
+/// The key under which job `id`'s deadline (commit index) is kept: in
+/// deadline order.
+pub(crate) fn deadline_key(deadline: u64, id: &Digest) -> [u8; 40] {
+    let mut key = [0; 40];
+    key[..8].copy_from_slice(&deadline.to_be_bytes());
+    key[8..].copy_from_slice(&id.0);
     key
 }
 

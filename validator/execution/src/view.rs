@@ -5,8 +5,8 @@
 use crate::job::{Attestation, Job};
 use crate::receipt::Rejection;
 use crate::state::{
-    Account, Amount, BURNED, Changes, ESCROW, Encoder, Space, StateError, StateStore, TREASURY,
-    Validator, encoder_key,
+    Account, Amount, BURNED, Changes, ESCROW, Encoder, JobId, Space, StateError, StateStore,
+    TREASURY, Validator, deadline_key, encoder_key,
 };
 use soma_codec::{Decode, Encode};
 use soma_crypto::PublicKey;
@@ -137,6 +137,15 @@ impl View<'_> {
 
     pub(crate) fn put_job(&mut self, id: &Digest, job: &Job) {
         self.put(Space::Jobs, &id.0, job);
+    }
+
+    pub(crate) fn put_deadline(&mut self, deadline: u64, id: &Digest) {
+        self.put(Space::Deadlines, &deadline_key(deadline, id), &JobId(*id));
+    }
+
+    pub(crate) fn delete_deadline(&mut self, deadline: u64, id: &Digest) {
+        self.pending
+            .delete(Space::Deadlines, &deadline_key(deadline, id));
     }
 
     pub(crate) fn attestation(

@@ -6,6 +6,7 @@ mod conservation;
 mod genesis;
 mod jobs;
 mod restart;
+mod runner;
 
 use soma_crypto::{PublicKey, SecretKey};
 use soma_execution::{

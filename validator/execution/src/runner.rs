@@ -1,0 +1,420 @@
+//! The job runner (compute, outside the state machine): runs each shard
+//! encoder of a job in the host on the data and on masked variants of it,
+//! measures each encoder's differential loss, and gives this validator's
+//! results for its attestation (DESIGN.md, "Execution", steps 2 to 4).
+//!
+//! Results need not be bit-identical across validators (ONNX Runtime is
+//! not, across CPUs); finalisation takes medians. They are deterministic on
+//! one machine: fixed seeds, fixed input order, and arithmetic that is
+//! exact IEEE (no libm), and encoders run in parallel but are combined in
+//! shard order.
+//!
+//! Every variant is embedded in a call of its own, in a fresh sandbox: an
+//! encoder never sees the whole and its parts together, so it cannot answer
+//! every part with its embedding of the whole to fake a loss of zero.
+//!
+//! The differential loss asks whether an encoder composes: its embedding of
+//! the whole should be predictable from its embeddings of a masked part
+//! and of the rest. For each of K masks (a seeded third of the words, or a
+//! byte range for data that is not text) the prediction is the
+//! length-weighted sum of the two parts' embeddings, and the loss is one
+//! minus its cosine with the whole's embedding, averaged over the masks.
+//! Masks come from the job's seed, which no submitter or encoder controls.
+
+use crate::job::{EncoderResult, Job, Outcome};
+use crate::params::Parameters;
+use crate::scoring::ONE;
+use soma_host::package::BlobStore;
+use soma_host::{CompiledCache, Digest, Encoder, Engine, Error, Limits, Seed, StoreError};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Why a job cannot be computed yet.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// A shard encoder's package has not reached this node: compute waits
+    /// for it (apply never does).
+    #[error("package {0} is not in the blob store yet")]
+    MissingPackage(Digest),
+    /// The blob store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Runs jobs' shard encoders for this validator.
+pub struct JobRunner {
+    engine: Engine,
+    store: BlobStore,
+    cache: Option<CompiledCache>,
+    /// Encoders loaded so far, or how loading them failed for good.
+    loaded: Mutex<BTreeMap<Digest, Result<Arc<Loaded>, Outcome>>>,
+}
+
+struct Loaded {
+    encoder: Encoder,
+    /// The manifest's fuel limit for one call.
+    fuel: u64,
+}
+
+impl JobRunner {
+    /// A runner loading packages from `store` (compiled code cached in
+    /// `cache`, if given) into `engine`.
+    pub fn new(engine: Engine, store: BlobStore, cache: Option<CompiledCache>) -> JobRunner {
+        JobRunner {
+            engine,
+            store,
+            cache,
+            loaded: Mutex::default(),
+        }
+    }
+
+    /// This validator's results for `job`: one per shard encoder, in shard
+    /// order. Encoders run in parallel, one thread each.
+    pub fn compute(
+        &self,
+        job: &Job,
+        params: &Parameters,
+    ) -> Result<Vec<EncoderResult>, RunnerError> {
+        let encoders = job
+            .shard
+            .iter()
+            .map(|package| self.encoder(package))
+            .collect::<Result<Vec<_>, _>>()?;
+        let variants = Variants::of(&job.data, &job.seed, params.mask_count);
+        let seed = Seed(blake3::derive_key("soma/job-sandbox/v1", &job.seed));
+        Ok(std::thread::scope(|s| {
+            let runs: Vec<_> = encoders
+                .iter()
+                .map(|encoder| s.spawn(|| run(encoder, &variants, seed, params)))
+                .collect();
+            runs.into_iter()
+                .map(|run| run.join().unwrap_or_else(|_| failed(Outcome::Local, 0)))
+                .collect()
+        }))
+    }
+
+    /// The loaded encoder of `package`, loading it on first use; `Err`
+    /// inside if it cannot be loaded for a reason of its own.
+    fn encoder(&self, package: &Digest) -> Result<Result<Arc<Loaded>, Outcome>, RunnerError> {
+        if let Some(known) = self.lock().get(package) {
+            return Ok(known.clone());
+        }
+        let verified = match self.store.package(package) {
+            Ok(verified) => verified,
+            Err(StoreError::NotFound(_)) => return Err(RunnerError::MissingPackage(*package)),
+            Err(e) => return Err(RunnerError::Store(e)),
+        };
+        let loaded = match self.engine.load_package(&verified, self.cache.as_ref()) {
+            Ok(encoder) => Ok(Arc::new(Loaded {
+                encoder,
+                fuel: verified.manifest().fuel_limit,
+            })),
+            // This host's trouble (compiling can fail for want of memory
+            // here): not remembered, tried again next time.
+            Err(e) if !e.is_deterministic() || matches!(e, Error::Compile(_)) => {
+                return Ok(Err(Outcome::Local));
+            }
+            Err(_) => Err(Outcome::Unloadable),
+        };
+        self.lock().insert(*package, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Digest, Result<Arc<Loaded>, Outcome>>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One encoder's result: the whole and each masked variant in a call of
+/// its own (each call retried once if this host failed it); the first
+/// failure ends the run.
+fn run(
+    encoder: &Result<Arc<Loaded>, Outcome>,
+    variants: &Variants,
+    seed: Seed,
+    params: &Parameters,
+) -> EncoderResult {
+    let loaded = match encoder {
+        Ok(loaded) => loaded,
+        Err(outcome) => return failed(*outcome, 0),
+    };
+    let limits = Limits {
+        fuel: loaded.fuel,
+        ..Limits::default()
+    };
+    let mut vectors = Vec::with_capacity(variants.inputs.len());
+    let mut fuel = 0u64;
+    for input in &variants.inputs {
+        let batch = std::slice::from_ref(input);
+        let mut outcome = loaded.encoder.embed(batch, &limits, seed);
+        if matches!(&outcome, Err(e) if !e.is_deterministic()) {
+            outcome = loaded.encoder.embed(batch, &limits, seed);
+        }
+        match outcome {
+            Ok(mut embeddings) => {
+                fuel = fuel.saturating_add(embeddings.fuel_used);
+                vectors.push(embeddings.vectors.swap_remove(0));
+            }
+            Err(e) => return failed(outcome_of(&e), fuel.saturating_add(fuel_of(&e, &limits))),
+        }
+    }
+    if vectors[0].len() != usize::from(params.dimension) {
+        return failed(Outcome::InvalidOutput, fuel);
+    }
+    EncoderResult {
+        outcome: Outcome::Ok,
+        fuel,
+        loss: fixed_loss(variants.loss(&vectors)),
+        embedding: vectors[0].iter().map(|&x| fixed(x)).collect(),
+    }
+}
+
+fn failed(outcome: Outcome, fuel: u64) -> EncoderResult {
+    EncoderResult {
+        outcome,
+        fuel,
+        loss: 0,
+        embedding: vec![],
+    }
+}
+
+/// The attested outcome of a failed call.
+fn outcome_of(error: &Error) -> Outcome {
+    match error {
+        Error::FuelExhausted { .. } => Outcome::FuelExhausted,
+        Error::MemoryLimit { .. } => Outcome::MemoryLimit,
+        Error::Trap { .. } => Outcome::Trap,
+        Error::InvalidOutput(_) => Outcome::InvalidOutput,
+        Error::Refused(_) => Outcome::Refused,
+        // The host refused the input before the encoder ran (too long for
+        // it): no evidence against the encoder.
+        Error::InvalidInput(_) => Outcome::Local,
+        e if !e.is_deterministic() => Outcome::Local,
+        // Load-time errors do not come from a call.
+        _ => Outcome::Unloadable,
+    }
+}
+
+/// Fuel a failed call used, as far as the host tells.
+fn fuel_of(error: &Error, limits: &Limits) -> u64 {
+    match error {
+        Error::FuelExhausted { .. } => limits.fuel,
+        _ => 0,
+    }
+}
+
+/// `x` on the fixed-point grid (2⁻¹⁶), saturating.
+fn fixed(x: f32) -> i32 {
+    (f64::from(x) * ONE as f64).round() as i32
+}
+
+fn fixed_loss(loss: f64) -> u32 {
+    (loss * ONE as f64).round().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+/// The inputs of one job's calls: the whole, then each mask's part and
+/// rest; and each part's share of the whole.
+struct Variants {
+    inputs: Vec<Vec<u8>>,
+    /// Per mask, the part's and the rest's lengths (in words or bytes).
+    sizes: Vec<(f64, f64)>,
+}
+
+impl Variants {
+    /// The whole and `masks` masked variants of `data`, from `seed`. Data
+    /// too short to split has no variants (its loss is 0).
+    fn of(data: &[u8], seed: &[u8; 32], masks: u8) -> Variants {
+        let mut inputs = vec![data.to_vec()];
+        let mut sizes = Vec::new();
+        let words: Option<Vec<&str>> = std::str::from_utf8(data)
+            .ok()
+            .map(|text| text.split_whitespace().collect());
+        for k in 0..masks {
+            let (part, rest, size) = match &words {
+                Some(words) if words.len() >= 2 => split_words(words, seed, k),
+                Some(_) => continue,
+                None if data.len() >= 2 => split_bytes(data, seed, k),
+                None => continue,
+            };
+            inputs.push(part);
+            inputs.push(rest);
+            sizes.push(size);
+        }
+        Variants { inputs, sizes }
+    }
+
+    /// The mean over masks of 1 − cos(whole, |part|·e(part) + |rest|·e(rest)).
+    fn loss(&self, vectors: &[Vec<f32>]) -> f64 {
+        if self.sizes.is_empty() {
+            return 0.0;
+        }
+        let whole = &vectors[0];
+        let total: f64 = self
+            .sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &(part_size, rest_size))| {
+                let (part, rest) = (&vectors[1 + 2 * k], &vectors[2 + 2 * k]);
+                let predicted: Vec<f64> = part
+                    .iter()
+                    .zip(rest)
+                    .map(|(&p, &r)| part_size * f64::from(p) + rest_size * f64::from(r))
+                    .collect();
+                (1.0 - cosine(whole, &predicted)).max(0.0)
+            })
+            .sum();
+        total / self.sizes.len() as f64
+    }
+}
+
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * y).sum();
+    let norm_a: f64 = a
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    let norm_b: f64 = b.iter().map(|&y| y * y).sum::<f64>().sqrt();
+    if norm_a == 0.0 || norm_b == 0.0 {
+        return 0.0;
+    }
+    dot / (norm_a * norm_b)
+}
+
+/// Whether mask `k` takes item `i`: a third of the items, by the seed.
+fn masked(seed: &[u8; 32], k: u8, i: usize) -> bool {
+    let mut input = [0u8; 9];
+    input[0] = k;
+    input[1..].copy_from_slice(&(i as u64).to_le_bytes());
+    blake3::keyed_hash(seed, &input).as_bytes()[0] < 86
+}
+
+/// Mask `k` of a text: the masked words and the rest, each joined by
+/// spaces, and their word counts. Neither side is ever empty.
+fn split_words(words: &[&str], seed: &[u8; 32], k: u8) -> (Vec<u8>, Vec<u8>, (f64, f64)) {
+    let mut take: Vec<bool> = (0..words.len()).map(|i| masked(seed, k, i)).collect();
+    let flip = usize::from(k) % words.len();
+    if take.iter().all(|&t| t) || take.iter().all(|&t| !t) {
+        take[flip] = !take[flip];
+    }
+    let join = |side: bool| -> Vec<u8> {
+        let chosen: Vec<&str> = words
+            .iter()
+            .zip(&take)
+            .filter(|&(_, &t)| t == side)
+            .map(|(w, _)| *w)
+            .collect();
+        chosen.join(" ").into_bytes()
+    };
+    let parts = take.iter().filter(|&&t| t).count();
+    let size = (parts as f64, (words.len() - parts) as f64);
+    (join(true), join(false), size)
+}
+
+/// Mask `k` of bytes: a seeded range of about a third, and the rest.
+fn split_bytes(data: &[u8], seed: &[u8; 32], k: u8) -> (Vec<u8>, Vec<u8>, (f64, f64)) {
+    let n = data.len();
+    let mut draw = [0u8; 8];
+    draw.copy_from_slice(&blake3::keyed_hash(seed, &[b'b', k]).as_bytes()[..8]);
+    let len = (n / 3).max(1);
+    let start = (u64::from_le_bytes(draw) % (n - len + 1) as u64) as usize;
+    let part = data[start..start + len].to_vec();
+    let rest = [&data[..start], &data[start + len..]].concat();
+    let rest = if rest.is_empty() {
+        data[..1].to_vec()
+    } else {
+        rest
+    };
+    let size = (part.len() as f64, rest.len() as f64);
+    (part, rest, size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: [u8; 32] = [7; 32];
+
+    #[test]
+    fn text_masks_split_the_words_into_two_non_empty_sides() {
+        let text = b"the quick brown fox jumps over the lazy dog";
+        let v = Variants::of(text, &SEED, 4);
+        assert_eq!(v.inputs.len(), 9);
+        assert_eq!(v.inputs[0], text);
+        for (k, &(part, rest)) in v.sizes.iter().enumerate() {
+            assert!(part >= 1.0 && rest >= 1.0);
+            assert_eq!(part + rest, 9.0);
+            let words = |i: usize| {
+                std::str::from_utf8(&v.inputs[i])
+                    .unwrap()
+                    .split(' ')
+                    .count() as f64
+            };
+            assert_eq!((words(1 + 2 * k), words(2 + 2 * k)), (part, rest));
+        }
+        // Another seed, other masks; the same seed, the same ones.
+        assert_ne!(Variants::of(text, &[8; 32], 4).inputs, v.inputs);
+        assert_eq!(Variants::of(text, &SEED, 4).inputs, v.inputs);
+        // Two words still split; one cannot.
+        assert_eq!(Variants::of(b"two words", &SEED, 4).inputs.len(), 9);
+        assert_eq!(Variants::of(b"single", &SEED, 4).inputs.len(), 1);
+    }
+
+    #[test]
+    fn byte_masks_split_the_data_into_a_range_and_the_rest() {
+        let data: Vec<u8> = (0..=255).chain(0..44).map(|b| b as u8 ^ 0x80).collect();
+        assert!(std::str::from_utf8(&data).is_err());
+        let v = Variants::of(&data, &SEED, 3);
+        for k in 0..3 {
+            let (part, rest) = (&v.inputs[1 + 2 * k], &v.inputs[2 + 2 * k]);
+            assert_eq!(part.len() + rest.len(), data.len());
+            assert_eq!(part.len(), 100);
+        }
+    }
+
+    /// Vectors for `v`'s inputs from `embed` (of the input's text).
+    fn vectors(v: &Variants, embed: impl Fn(&str) -> Vec<f32>) -> Vec<Vec<f32>> {
+        v.inputs
+            .iter()
+            .map(|i| embed(std::str::from_utf8(i).unwrap()))
+            .collect()
+    }
+
+    /// A bag of words: each word a fixed direction, the text their mean.
+    fn bag_of_words(text: &str) -> Vec<f32> {
+        let mut sum = [0f32; 16];
+        let words: Vec<&str> = text.split_whitespace().collect();
+        for w in &words {
+            sum[blake3::hash(w.as_bytes()).as_bytes()[0] as usize % 16] += 1.0;
+        }
+        sum.iter().map(|x| x / words.len() as f32).collect()
+    }
+
+    #[test]
+    fn a_compositional_encoder_has_no_loss_and_an_arbitrary_one_a_large_one() {
+        let v = Variants::of(b"a b c d e f g h i j k l", &SEED, 4);
+        assert!(v.loss(&vectors(&v, bag_of_words)) < 1e-6);
+        // Unrelated directions for every input: a random encoder.
+        let random = |text: &str| -> Vec<f32> {
+            let h = blake3::hash(text.as_bytes());
+            h.as_bytes()[..16]
+                .iter()
+                .map(|&b| f32::from(b) - 127.5)
+                .collect()
+        };
+        assert!(v.loss(&vectors(&v, random)) > 0.3);
+        // A constant encoder composes perfectly: the outlier test, not the
+        // loss, catches it.
+        assert!(v.loss(&vectors(&v, |_| vec![1.0; 16])) < 1e-6);
+    }
+
+    #[test]
+    fn fixed_point_rounds_to_the_grid_and_saturates() {
+        assert_eq!(fixed(1.0), ONE as i32);
+        assert_eq!(fixed(-0.5), -(ONE as i32) / 2);
+        assert_eq!(fixed(1.0 / 131_072.0 + 1e-9), 1);
+        assert_eq!(fixed(1e30), i32::MAX);
+        assert_eq!(fixed_loss(-1.0), 0);
+        assert_eq!(fixed_loss(2.0), 2 * ONE as u32);
+    }
+}

@@ -1,0 +1,182 @@
+//! The job runner on real example encoders: computed results, attested by
+//! validators, decided by apply.
+
+use super::*;
+use soma_execution::{GenesisEncoder, JobRunner, JobStatus, ONE, Outcome, RunnerError};
+use soma_host::package::{BlobStore, MAX_FUEL_LIMIT, VerifiedPackage};
+use soma_host::{Digest, Engine, Modality};
+
+/// `component` signed by account `owner` as the 384-dimension text encoder
+/// `name`, allowed `fuel` per call.
+fn package(component: &str, name: &str, owner: u8, fuel: u64) -> VerifiedPackage {
+    let meta = EncoderMeta {
+        name: name.into(),
+        version: "0.1.0".into(),
+        dimension: 384,
+        fuel_limit: fuel,
+        modality: Modality::Text,
+    };
+    Package::sign(
+        &key(owner),
+        &meta,
+        std::fs::read(component).unwrap(),
+        vec![],
+    )
+    .unwrap()
+}
+
+/// Four validators (0-3); the hash encoder (owned by 10) and the hostile
+/// one (owned by 11, which loops on "spin" until its 50 million fuel run
+/// out) registered and installed in `store`; a submitter (20).
+fn network(store: &BlobStore) -> (Genesis, Digest, Digest) {
+    let hash = package(
+        soma_examples_artifacts::HASH_ENCODER,
+        "hash-encoder",
+        10,
+        MAX_FUEL_LIMIT,
+    );
+    let hostile = package(soma_examples_artifacts::HOSTILE, "hostile", 11, 50_000_000);
+    store.install(&hash).unwrap();
+    store.install(&hostile).unwrap();
+    let mut accounts: Vec<GenesisAccount> = [0, 1, 2, 3, 10, 11, 20]
+        .into_iter()
+        .map(|i| GenesisAccount {
+            key: public(i),
+            balance: 1_000_000_000,
+        })
+        .collect();
+    accounts.sort_by_key(|a| a.key);
+    let encoders = [(&hash, 10), (&hostile, 11)]
+        .into_iter()
+        .map(|(p, owner)| GenesisEncoder {
+            package: p.digest(),
+            owner: public(owner),
+            bond: 10_000_000,
+        })
+        .collect();
+    let g = Genesis::new(
+        "soma-runner".into(),
+        accounts,
+        (0..4)
+            .map(|i| GenesisValidator {
+                key: public(i),
+                stake: 5_000_000,
+            })
+            .collect(),
+        encoders,
+        Parameters {
+            shard_size: 2,
+            ..Parameters::default()
+        },
+    )
+    .unwrap();
+    (g, hash.digest(), hostile.digest())
+}
+
+#[test]
+fn validators_compute_attest_and_a_looping_encoder_is_slashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let (g, hash, hostile) = network(&store);
+    let mut ex = open(&dir.path().join("state"), &g);
+    let submit = signed(
+        &g,
+        20,
+        0,
+        10,
+        Action::SubmitData {
+            data: b"spin".to_vec(),
+            payment: 1_000_000,
+        },
+    );
+    let effects = apply(&mut ex, &[submit]);
+    let id = effects.receipts[0].transaction.unwrap();
+    let job = ex.job(&id).unwrap().unwrap();
+    assert_eq!(job.shard, {
+        let mut both = vec![hash, hostile];
+        both.sort();
+        both
+    });
+
+    let runner = JobRunner::new(Engine::new().unwrap(), store, None);
+    let results = runner.compute(&job, g.parameters()).unwrap();
+    // The same machine computes the same bits.
+    assert_eq!(runner.compute(&job, g.parameters()).unwrap(), results);
+    let by_package = |d: Digest| &results[job.shard.iter().position(|&p| p == d).unwrap()];
+    assert_eq!(by_package(hash).outcome, Outcome::Ok);
+    assert_eq!(by_package(hash).embedding.len(), 384);
+    assert_eq!(by_package(hostile).outcome, Outcome::FuelExhausted);
+
+    let attestations: Vec<Vec<u8>> = (0..3)
+        .map(|v| {
+            signed(
+                &g,
+                v,
+                0,
+                10,
+                Action::Attest {
+                    job: id,
+                    results: results.clone(),
+                },
+            )
+        })
+        .collect();
+    let effects = apply(&mut ex, &attestations);
+    assert!(
+        effects.receipts.iter().all(|r| r.rejection.is_none()),
+        "{effects:?}"
+    );
+    let JobStatus::Finalised(result) = ex.job(&id).unwrap().unwrap().status else {
+        panic!("not finalised");
+    };
+    let score = |d: Digest| {
+        result
+            .encoders
+            .iter()
+            .find(|e| e.package == d)
+            .unwrap()
+            .clone()
+    };
+    assert!(score(hostile).disqualified);
+    assert_eq!(score(hostile).slashed, 1_000_000);
+    assert_eq!(ex.encoder(&hostile).unwrap().unwrap().bond, 9_000_000);
+    assert_eq!(score(hash).reward, 400_000);
+    assert_eq!(ex.account(&public(10)).unwrap().balance, 1_000_400_000);
+    // The hash encoder alone makes the embedding: its own, at unit length.
+    let own = &by_package(hash).embedding;
+    let cos: f64 = result
+        .embedding
+        .iter()
+        .zip(own)
+        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+        .sum::<f64>()
+        / (ONE as f64 * ONE as f64);
+    assert!(cos > 0.999, "{cos}");
+}
+
+#[test]
+fn a_package_not_yet_received_makes_the_runner_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let (g, ..) = network(&store);
+    let mut ex = open(&dir.path().join("state"), &g);
+    let submit = signed(
+        &g,
+        20,
+        0,
+        10,
+        Action::SubmitData {
+            data: b"hello".to_vec(),
+            payment: 1_000_000,
+        },
+    );
+    let id = apply(&mut ex, &[submit]).receipts[0].transaction.unwrap();
+    let job = ex.job(&id).unwrap().unwrap();
+    let empty = BlobStore::open(dir.path().join("empty")).unwrap();
+    let runner = JobRunner::new(Engine::new().unwrap(), empty, None);
+    let err = runner.compute(&job, g.parameters()).unwrap_err();
+    assert!(
+        matches!(err, RunnerError::MissingPackage(d) if job.shard.contains(&d)),
+        "{err}"
+    );
+}
