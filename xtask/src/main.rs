@@ -86,7 +86,11 @@ fn main() -> Result<()> {
 
 /// Every benchmark `cargo xtask bench` runs: (package, bench target). Each
 /// writes its section to `target/bench/<bench>.md`.
-const BENCHES: [(&str, &str); 2] = [("soma-host", "host"), ("soma-consensus", "consensus")];
+const BENCHES: [(&str, &str); 3] = [
+    ("soma-host", "host"),
+    ("soma-consensus", "consensus"),
+    ("soma-execution", "execution"),
+];
 
 /// Assembles BENCHMARKS.md from the sections the benchmarks wrote.
 fn write_benchmarks() -> Result<()> {

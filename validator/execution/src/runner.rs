@@ -6,8 +6,8 @@
 //! Results need not be bit-identical across validators (ONNX Runtime is
 //! not, across CPUs); finalisation takes medians. They are deterministic on
 //! one machine: fixed seeds, fixed input order, and arithmetic that is
-//! exact IEEE (no libm), and encoders run in parallel but are combined in
-//! shard order.
+//! exact IEEE (no libm); calls run in parallel, and their results are put
+//! back in shard and variant order.
 //!
 //! Every variant is embedded in a call of its own, in a fresh sandbox: an
 //! encoder never sees the whole and its parts together, so it cannot answer
@@ -27,6 +27,8 @@ use crate::scoring::ONE;
 use soma_host::package::BlobStore;
 use soma_host::{CompiledCache, Digest, Encoder, Engine, Error, Limits, Seed, StoreError};
 use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Why a job cannot be computed yet.
@@ -48,6 +50,8 @@ pub struct JobRunner {
     cache: Option<CompiledCache>,
     /// Encoders loaded so far, or how loading them failed for good.
     loaded: Mutex<BTreeMap<Digest, Result<Arc<Loaded>, Outcome>>>,
+    /// Threads that run a job's calls.
+    threads: usize,
 }
 
 struct Loaded {
@@ -58,18 +62,29 @@ struct Loaded {
 
 impl JobRunner {
     /// A runner loading packages from `store` (compiled code cached in
-    /// `cache`, if given) into `engine`.
+    /// `cache`, if given) into `engine`, using every core.
     pub fn new(engine: Engine, store: BlobStore, cache: Option<CompiledCache>) -> JobRunner {
         JobRunner {
             engine,
             store,
             cache,
             loaded: Mutex::default(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
+    /// The same runner using `threads` threads (at least one) for a job's
+    /// calls: to leave cores to consensus, or to measure.
+    pub fn with_threads(mut self, threads: usize) -> JobRunner {
+        self.threads = threads.max(1);
+        self
+    }
+
     /// This validator's results for `job`: one per shard encoder, in shard
-    /// order. Encoders run in parallel, one thread each.
+    /// order. Every call (each encoder on each variant) is a task; the
+    /// runner's threads (one per core by default) take tasks in turn, and
+    /// the results are put back in order, so scheduling never changes what
+    /// is attested.
     pub fn compute(
         &self,
         job: &Job,
@@ -82,15 +97,55 @@ impl JobRunner {
             .collect::<Result<Vec<_>, _>>()?;
         let variants = Variants::of(&job.data, &job.seed, params.mask_count);
         let seed = Seed(blake3::derive_key("soma/job-sandbox/v1", &job.seed));
-        Ok(std::thread::scope(|s| {
-            let runs: Vec<_> = encoders
-                .iter()
-                .map(|encoder| s.spawn(|| run(encoder, &variants, seed, params)))
+        let tasks: Vec<(&Loaded, &Vec<u8>)> = encoders
+            .iter()
+            .filter_map(|e| e.as_ref().ok())
+            .flat_map(|loaded| {
+                variants
+                    .inputs
+                    .iter()
+                    .map(move |input| (loaded.as_ref(), input))
+            })
+            .collect();
+        let next = AtomicUsize::new(0);
+        let mut calls: Vec<Option<Call>> = vec![None; tasks.len()];
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..self.threads.min(tasks.len()))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&(loaded, input)) = tasks.get(i) else {
+                                return done;
+                            };
+                            let result =
+                                catch_unwind(AssertUnwindSafe(|| call(loaded, input, seed)));
+                            done.push((i, result.unwrap_or(Err((Outcome::Local, 0)))));
+                        }
+                    })
+                })
                 .collect();
-            runs.into_iter()
-                .map(|run| run.join().unwrap_or_else(|_| failed(Outcome::Local, 0)))
-                .collect()
-        }))
+            for worker in workers {
+                // A worker's calls are caught; its thread cannot panic.
+                for (i, result) in worker.join().unwrap_or_default() {
+                    calls[i] = Some(result);
+                }
+            }
+        });
+        let mut calls = calls
+            .into_iter()
+            .map(|c| c.unwrap_or(Err((Outcome::Local, 0))));
+        Ok(encoders
+            .iter()
+            .map(|encoder| match encoder {
+                Ok(_) => {
+                    let mine: Vec<Call> = calls.by_ref().take(variants.inputs.len()).collect();
+                    result(mine, &variants, params)
+                }
+                Err(outcome) => failed(*outcome, 0),
+            })
+            .collect())
     }
 
     /// The loaded encoder of `package`, loading it on first use; `Err`
@@ -125,37 +180,40 @@ impl JobRunner {
     }
 }
 
-/// One encoder's result: the whole and each masked variant in a call of
-/// its own (each call retried once if this host failed it); the first
-/// failure ends the run.
-fn run(
-    encoder: &Result<Arc<Loaded>, Outcome>,
-    variants: &Variants,
-    seed: Seed,
-    params: &Parameters,
-) -> EncoderResult {
-    let loaded = match encoder {
-        Ok(loaded) => loaded,
-        Err(outcome) => return failed(*outcome, 0),
-    };
+/// One call's outcome: the vector and the fuel used, or the attested
+/// failure with the fuel it used.
+type Call = Result<(Vec<f32>, u64), (Outcome, u64)>;
+
+/// One encoder on one input, in a fresh sandbox, retried once if this host
+/// failed it.
+fn call(loaded: &Loaded, input: &[u8], seed: Seed) -> Call {
     let limits = Limits {
         fuel: loaded.fuel,
         ..Limits::default()
     };
-    let mut vectors = Vec::with_capacity(variants.inputs.len());
+    let batch = [input.to_vec()];
+    let mut outcome = loaded.encoder.embed(&batch, &limits, seed);
+    if matches!(&outcome, Err(e) if !e.is_deterministic()) {
+        outcome = loaded.encoder.embed(&batch, &limits, seed);
+    }
+    match outcome {
+        Ok(mut embeddings) => Ok((embeddings.vectors.swap_remove(0), embeddings.fuel_used)),
+        Err(e) => Err((outcome_of(&e), fuel_of(&e, &limits))),
+    }
+}
+
+/// An encoder's result from its calls on the whole and each variant, in
+/// order: the first failure, if any, is the outcome.
+fn result(calls: Vec<Call>, variants: &Variants, params: &Parameters) -> EncoderResult {
+    let mut vectors = Vec::with_capacity(calls.len());
     let mut fuel = 0u64;
-    for input in &variants.inputs {
-        let batch = std::slice::from_ref(input);
-        let mut outcome = loaded.encoder.embed(batch, &limits, seed);
-        if matches!(&outcome, Err(e) if !e.is_deterministic()) {
-            outcome = loaded.encoder.embed(batch, &limits, seed);
-        }
-        match outcome {
-            Ok(mut embeddings) => {
-                fuel = fuel.saturating_add(embeddings.fuel_used);
-                vectors.push(embeddings.vectors.swap_remove(0));
+    for call in calls {
+        match call {
+            Ok((vector, used)) => {
+                fuel = fuel.saturating_add(used);
+                vectors.push(vector);
             }
-            Err(e) => return failed(outcome_of(&e), fuel.saturating_add(fuel_of(&e, &limits))),
+            Err((outcome, used)) => return failed(outcome, fuel.saturating_add(used)),
         }
     }
     if vectors[0].len() != usize::from(params.dimension) {

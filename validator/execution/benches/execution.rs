@@ -1,0 +1,359 @@
+//! Execution benchmark: `cargo xtask bench` runs it; it writes its section
+//! of BENCHMARKS.md to `target/bench/execution.md`.
+//!
+//! Each figure is a ratio of two timings taken in this run, on this
+//! machine (medians of repeated runs):
+//!
+//! * transfers applied per second ÷ ed25519 verifications per second on
+//!   one core (every transfer needs one; the rest is apply's own cost);
+//! * the job runner's time for a job on one thread ÷ on every core
+//!   (parallelism across cores must pay);
+//! * applying the attestation that finalises a job ÷ one call of the
+//!   cheapest example encoder.
+
+use soma_codec::Encode;
+use soma_crypto::{Domain, SecretKey};
+use soma_execution::{
+    Action, Commit, Executor, Genesis, GenesisAccount, GenesisEncoder, GenesisValidator, Job,
+    JobRunner, JobStatus, Parameters, Transaction,
+};
+use soma_host::package::{BlobStore, EncoderMeta, MAX_FUEL_LIMIT, Package};
+use soma_host::{Engine, Limits, Modality, Seed};
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const ACCOUNTS: u8 = 8;
+const TRANSFERS_PER_COMMIT: u64 = 1_000;
+const COMMITS: u64 = 10;
+const JOBS: usize = 30;
+const SENTENCE: &[u8] = b"validators agree on the order of transactions and then embed the data";
+
+fn key(i: u8) -> SecretKey {
+    SecretKey::from_bytes(&[i + 1; 32])
+}
+
+/// Four validators (0-3), accounts 0..ACCOUNTS, and three copies of the
+/// hash encoder (signed by accounts 10, 11, 12), installed in `store`.
+fn network(store: &BlobStore) -> Genesis {
+    let encoders = (10..13)
+        .map(|owner| {
+            let meta = EncoderMeta {
+                name: "hash-encoder".into(),
+                version: "0.1.0".into(),
+                dimension: 384,
+                fuel_limit: MAX_FUEL_LIMIT,
+                modality: Modality::Text,
+            };
+            let component = std::fs::read(soma_examples_artifacts::HASH_ENCODER).unwrap();
+            let package = Package::sign(&key(owner), &meta, component, vec![]).unwrap();
+            store.install(&package).unwrap();
+            GenesisEncoder {
+                package: package.digest(),
+                owner: key(owner).public_key(),
+                bond: 10_000_000,
+            }
+        })
+        .collect();
+    let mut accounts: Vec<GenesisAccount> = (0..ACCOUNTS)
+        .chain(10..13)
+        .map(|i| GenesisAccount {
+            key: key(i).public_key(),
+            balance: 1_000_000_000_000,
+        })
+        .collect();
+    accounts.sort_by_key(|a| a.key);
+    Genesis::new(
+        "soma-bench".into(),
+        accounts,
+        (0..4)
+            .map(|i| GenesisValidator {
+                key: key(i).public_key(),
+                stake: 5_000_000,
+            })
+            .collect(),
+        encoders,
+        Parameters::default(),
+    )
+    .unwrap()
+}
+
+fn signed(g: &Genesis, from: u8, nonce: u64, action: Action) -> Vec<u8> {
+    Transaction {
+        chain_id: g.chain_id(),
+        sender: key(from).public_key(),
+        nonce,
+        fee: 10,
+        action,
+    }
+    .sign(&key(from))
+    .to_bytes()
+}
+
+fn apply(ex: &mut Executor, transactions: &[Vec<u8>]) -> soma_execution::CommitEffects {
+    let index = ex.next_index();
+    ex.apply(Commit {
+        index,
+        digest: *blake3::hash(&index.to_le_bytes()).as_bytes(),
+        transactions,
+    })
+    .unwrap()
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Seconds per transfer applied, and per signature verification.
+fn transfers(dir: &Path, g: &Genesis) -> (f64, f64) {
+    let mut ex = Executor::open(&dir.join("transfers"), g).unwrap();
+    let commits: Vec<Vec<Vec<u8>>> = (0..COMMITS)
+        .map(|c| {
+            (0..TRANSFERS_PER_COMMIT)
+                .map(|i| {
+                    let from = (i % u64::from(ACCOUNTS)) as u8;
+                    let nonce =
+                        c * TRANSFERS_PER_COMMIT / u64::from(ACCOUNTS) + i / u64::from(ACCOUNTS);
+                    let to = key((from + 1) % ACCOUNTS).public_key();
+                    signed(g, from, nonce, Action::Transfer { to, amount: 1 })
+                })
+                .collect()
+        })
+        .collect();
+    let per_commit: Vec<Duration> = commits
+        .iter()
+        .map(|transactions| {
+            let start = Instant::now();
+            let effects = apply(&mut ex, transactions);
+            assert!(effects.receipts.iter().all(|r| r.rejection.is_none()));
+            start.elapsed()
+        })
+        .collect();
+    let transfer = median(per_commit).as_secs_f64() / TRANSFERS_PER_COMMIT as f64;
+    let k = key(0);
+    let message = b"a transaction's bytes, about as long as a transfer's are";
+    let signature = k.sign(Domain::Transaction, message);
+    let public = k.public_key();
+    let verify = median(
+        (0..9)
+            .map(|_| {
+                let start = Instant::now();
+                for _ in 0..1_000 {
+                    public
+                        .verify(Domain::Transaction, message, &signature)
+                        .unwrap();
+                }
+                start.elapsed()
+            })
+            .collect(),
+    )
+    .as_secs_f64()
+        / 1_000.0;
+    (transfer, verify)
+}
+
+/// Submits `JOBS` jobs; returns them.
+fn submit(ex: &mut Executor, g: &Genesis) -> Vec<(soma_host::Digest, Job)> {
+    let start = ex.account(&key(5).public_key()).unwrap().nonce;
+    let transactions: Vec<Vec<u8>> = (0..JOBS as u64)
+        .map(|n| {
+            let data = [SENTENCE, format!(" number {n}").as_bytes()].concat();
+            signed(
+                g,
+                5,
+                start + n,
+                Action::SubmitData {
+                    data,
+                    payment: 1_000_000,
+                },
+            )
+        })
+        .collect();
+    let effects = apply(ex, &transactions);
+    effects
+        .receipts
+        .iter()
+        .map(|r| {
+            let id = r.transaction.unwrap();
+            (id, ex.job(&id).unwrap().unwrap())
+        })
+        .collect()
+}
+
+struct Jobs {
+    /// Seconds per job through the runner.
+    runner: f64,
+    /// Seconds per job with one thread.
+    sequential: f64,
+    /// Seconds to apply a job's finalising attestation (in a commit of
+    /// several).
+    finalise: f64,
+    /// Seconds per encoder call.
+    call: f64,
+}
+
+fn jobs(dir: &Path, g: &Genesis, store: BlobStore, store_again: BlobStore) -> Jobs {
+    let mut ex = Executor::open(&dir.join("jobs"), g).unwrap();
+    let engine = Engine::new().unwrap();
+    let runner = JobRunner::new(engine.clone(), store, None);
+    let params = g.parameters();
+    let jobs = submit(&mut ex, g);
+    // Warm: load the encoders once.
+    runner.compute(&jobs[0].1, params).unwrap();
+    let mut results = Vec::new();
+    let start = Instant::now();
+    for (_, job) in &jobs {
+        results.push(runner.compute(job, params).unwrap());
+    }
+    let runner_time = start.elapsed().as_secs_f64() / JOBS as f64;
+
+    // The same jobs with one thread: the calls one after another.
+    let single = JobRunner::new(engine.clone(), store_again, None).with_threads(1);
+    single.compute(&jobs[0].1, params).unwrap();
+    let start = Instant::now();
+    for (_, job) in &jobs {
+        assert_eq!(
+            single.compute(job, params).unwrap(),
+            results[jobs.iter().position(|(_, j)| j == job).unwrap()]
+        );
+    }
+    let sequential = start.elapsed().as_secs_f64() / JOBS as f64;
+    // One call of the cheapest encoder, for scale.
+    let hash = engine
+        .load(&std::fs::read(soma_examples_artifacts::HASH_ENCODER).unwrap())
+        .unwrap();
+    let input = vec![SENTENCE.to_vec()];
+    let calls = 200;
+    let start = Instant::now();
+    for _ in 0..calls {
+        hash.embed(&input, &Limits::default(), Seed::from(1))
+            .unwrap();
+    }
+    let call = start.elapsed().as_secs_f64() / f64::from(calls);
+
+    // Finalising: two attestations per job first, then the third of every
+    // job in one commit (so the commit's durable write is shared).
+    // Validator `v`'s attestations of every job, nonces in order.
+    let round = |ex: &Executor, v: u8| -> Vec<Vec<u8>> {
+        let first = ex.account(&key(v).public_key()).unwrap().nonce;
+        jobs.iter()
+            .zip(&results)
+            .enumerate()
+            .map(|(n, ((id, _), results))| {
+                let action = Action::Attest {
+                    job: *id,
+                    results: results.clone(),
+                };
+                signed(g, v, first + n as u64, action)
+            })
+            .collect()
+    };
+    for v in 0..2 {
+        let transactions = round(&ex, v);
+        apply(&mut ex, &transactions);
+    }
+    let thirds = round(&ex, 2);
+    let start = Instant::now();
+    let effects = apply(&mut ex, &thirds);
+    let finalise = start.elapsed().as_secs_f64() / JOBS as f64;
+    assert!(effects.receipts.iter().all(|r| r.rejection.is_none()));
+    for (id, _) in &jobs {
+        assert!(matches!(
+            ex.job(id).unwrap().unwrap().status,
+            JobStatus::Finalised(_)
+        ));
+    }
+    Jobs {
+        runner: runner_time,
+        sequential,
+        finalise,
+        call,
+    }
+}
+
+fn human(seconds: f64) -> String {
+    match seconds {
+        s if s < 1e-3 => format!("{:.1} µs", s * 1e6),
+        s if s < 1.0 => format!("{:.2} ms", s * 1e3),
+        s => format!("{s:.2} s"),
+    }
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let g = network(&store);
+    let (transfer, verify) = transfers(dir.path(), &g);
+    let again = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let jobs = jobs(dir.path(), &g, store, again);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shard = usize::from(g.parameters().shard_size);
+    let parallel_target = 0.8 * cores.min(shard) as f64;
+    let speedup = jobs.sequential / jobs.runner;
+    let finalise_ratio = jobs.finalise / jobs.call;
+    let verify_share = verify / transfer;
+    let met = |ok: bool| if ok { "yes" } else { "**no**" };
+
+    let mut md = String::from(
+        "## Execution\n\n\
+         Medians of repeated runs; fjall state in a temporary directory, one durable batch per commit.\n\n\
+         | Figure | Ratio | Measured | Baseline | Target | Met |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    writeln!(
+        md,
+        "| Transfers applied per second ({} per commit) ÷ ed25519 verifications per second, one core | {verify_share:.2}× | {:.0}/s | {:.0}/s | ≥ 0.5 | {} |",
+        TRANSFERS_PER_COMMIT,
+        1.0 / transfer,
+        1.0 / verify,
+        met(verify_share >= 0.5)
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "| A job of {shard} hash encoders × {} variants: the runner on one thread ÷ on every core | {speedup:.2}× | {} | {} | ≥ {parallel_target:.1}× (0.8 × {} cores used) | {} |",
+        1 + 2 * g.parameters().mask_count,
+        human(jobs.sequential),
+        human(jobs.runner),
+        cores.min(shard),
+        met(speedup >= parallel_target)
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "| Applying a job's finalising attestation ({JOBS} per commit) ÷ one hash-encoder call | {finalise_ratio:.2}× | {} | {} | ≤ 1 | {} |",
+        human(jobs.finalise),
+        human(jobs.call),
+        met(finalise_ratio <= 1.0)
+    )
+    .unwrap();
+    let mut missed = Vec::new();
+    if speedup < parallel_target {
+        missed.push(
+            "**Runner parallelism**: not yet profiled. Each call of the hash encoder is a fresh \
+             instance and tens of microseconds of work; two threads creating instances at once \
+             likely contend in the kernel on the process's memory map, so calls this short do \
+             not scale. Encoders with longer calls (MiniLM) are not measured here yet.",
+        );
+    }
+    if finalise_ratio > 1.0 {
+        missed.push(
+            "**Finalisation**: the figure includes verifying the attestation's signature, \
+             reading and decoding the job's three 384-value attestations from fjall, and a share \
+             of the commit's durable write, against one call of the cheapest example encoder; a \
+             MiniLM call (about 13 ms) is some 40 times the finalisation.",
+        );
+    }
+    if !missed.is_empty() {
+        md += "\n### Missed targets\n\n";
+        for m in missed {
+            writeln!(md, "- {m}").unwrap();
+        }
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let sections = workspace.join("target/bench");
+    std::fs::create_dir_all(&sections).unwrap();
+    std::fs::write(sections.join("execution.md"), &md).unwrap();
+    println!("\n{md}");
+}
