@@ -2,8 +2,7 @@
 
 use crate::error::{InvalidOutput, LocalFailure};
 use crate::inference::PackageModels;
-use crate::info::MAX_DIMENSION;
-use crate::info::{EncoderInfo, Modality};
+use crate::info::{EncoderInfo, MAX_DIMENSION, Modality};
 use crate::log::LogRecord;
 use crate::runtime::{HOSTCALL_BYTES, POOLED_INSTANCES, Runtime};
 use crate::sandbox::{Sandbox, Seed};
@@ -216,7 +215,7 @@ fn run<R>(
 /// tells apart, an error raised while no wasm was running is the canonical
 /// ABI refusing what the guest handed back (invalid UTF-8, a list out of
 /// bounds or larger than a well-formed answer can be): the guest's fault.
-fn classify_call(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
+pub(crate) fn classify_call(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
     let during_wasm = error.downcast_ref::<LocalFailure>().is_some()
         || raised_by_wasm(&error)
         || sandbox.limiter.refused;

@@ -12,7 +12,7 @@
 //! clocks, fuel), so every host produces the same snapshot bytes.
 
 use crate::bindings;
-use crate::encoder::classify;
+use crate::encoder::{classify, classify_call};
 use crate::inference::PackageModels;
 use crate::runtime::Runtime;
 use crate::sandbox::{Sandbox, Seed};
@@ -69,10 +69,12 @@ pub(crate) fn preinitialize(
         .instance_pre()
         .instantiate(&mut store)
         .map_err(|e| classify(e, store.data(), limits))?;
+    // As for any call: what the canonical ABI refuses in the answer is
+    // the guest's fault.
     let init = bindings::Encoder::new(&mut store, &instance)
         .and_then(|encoder| encoder.call_info(&mut store).map(drop));
     if let Err(e) = init {
-        return Err(classify(e, store.data(), limits));
+        return Err(classify_call(e, store.data(), limits));
     }
     let memory = store.data().limiter.memory_in_use;
     if memory > MAX_SNAPSHOT_MEMORY {
