@@ -348,6 +348,9 @@ impl Executor {
                         .ok_or(Rejection::InsufficientStake {
                             available: validator.stake,
                         })?;
+                if validator.pending > 0 {
+                    Err(Rejection::StakeLocked)?;
+                }
                 if left != 0 && left < params.min_validator_stake {
                     Err(Rejection::StakeBelowMinimum {
                         min: params.min_validator_stake,
@@ -486,8 +489,8 @@ impl Executor {
         results: &[EncoderResult],
     ) -> Result<(), Stop> {
         let dimension = usize::from(self.parameters.dimension);
-        let stake = state.validator(validator)?.map_or(0, |v| v.stake);
-        if stake == 0 {
+        let mut record = state.validator(validator)?.unwrap_or_default();
+        if record.stake == 0 {
             Err(Rejection::NotAValidator)?;
         }
         let mut job = state.job(id)?.ok_or(Rejection::UnknownJob)?;
@@ -507,6 +510,9 @@ impl Executor {
         }
         state.put_attestation(id, validator, &Attestation(results.to_vec()));
         job.attesters.push(*validator);
+        // Its stake stays until the job is decided or expires.
+        record.pending = record.pending.checked_add(1).ok_or(Rejection::Overflow)?;
+        state.put_validator(validator, record);
         let mut attested = 0u128;
         for attester in &job.attesters {
             attested += u128::from(state.validator(attester)?.map_or(0, |v| v.stake));
@@ -596,6 +602,7 @@ fn initialise(store: &StateStore, genesis: &Genesis) -> Result<Applied, StateErr
             &Validator {
                 stake: v.stake,
                 deviant: 0,
+                pending: 0,
             },
         );
     }
@@ -658,6 +665,12 @@ fn expire(state: &mut View<'_>, job: &mut Job, commit: u64) -> Result<(), Stop> 
         if let Some(mut encoder) = state.encoder(package)? {
             encoder.pending = encoder.pending.saturating_sub(1);
             state.put_encoder(package, encoder);
+        }
+    }
+    for attester in &job.attesters {
+        if let Some(mut validator) = state.validator(attester)? {
+            validator.pending = validator.pending.saturating_sub(1);
+            state.put_validator(attester, validator);
         }
     }
     job.status = JobStatus::Expired { commit };

@@ -140,9 +140,14 @@ pub(crate) fn finalise(
         .max_by_key(|&j| rank(j))
         .filter(|&w| best.is_some_and(|b| verdicts[w].loss > verdicts[b].loss));
 
-    // Attesters whose results deviate from the verdicts.
+    // Attesters whose results deviate from the verdicts; every attester's
+    // stake is free again.
     let mut deviant = Vec::new();
     for a in &attested {
+        let Some(mut validator) = state.validator(&a.validator)? else {
+            continue;
+        };
+        validator.pending = validator.pending.saturating_sub(1);
         let deviates = verdicts.iter().zip(&a.results).any(|(v, r)| {
             r.outcome != Outcome::Local
                 && v.outcome != Outcome::Local
@@ -151,18 +156,14 @@ pub(crate) fn finalise(
                         && max_deviation(&r.embedding, &v.embedding)
                             > params.deviance_tolerance.into()))
         });
-        if !deviates {
-            continue;
-        }
-        deviant.push(a.validator);
-        let Some(mut validator) = state.validator(&a.validator)? else {
-            continue;
-        };
-        validator.deviant = validator.deviant.saturating_add(1);
-        if validator.deviant > params.deviance_allowance {
-            let amount = share(validator.stake, params.deviance_slash_bps);
-            validator.stake -= amount;
-            state.burn(amount)?;
+        if deviates {
+            deviant.push(a.validator);
+            validator.deviant = validator.deviant.saturating_add(1);
+            if validator.deviant > params.deviance_allowance {
+                let amount = share(validator.stake, params.deviance_slash_bps);
+                validator.stake -= amount;
+                state.burn(amount)?;
+            }
         }
         state.put_validator(&a.validator, validator);
     }

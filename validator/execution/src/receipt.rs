@@ -103,6 +103,9 @@ pub enum Rejection {
     /// A deregistration of an encoder that is in the shard of an undecided
     /// job (its bond may yet be slashed).
     EncoderBusy,
+    /// A withdrawal by a validator with attestations of undecided jobs (its
+    /// stake may yet be slashed for deviance).
+    StakeLocked,
 }
 
 /// What happened to one transaction.
@@ -167,6 +170,7 @@ impl fmt::Display for Rejection {
                 )
             }
             Rejection::EncoderBusy => write!(f, "the encoder is in the shard of an undecided job"),
+            Rejection::StakeLocked => write!(f, "the validator attested jobs not yet decided"),
         }
     }
 }
@@ -240,6 +244,7 @@ impl Encode for Receipt {
                 w.u16(expected);
             }
             Rejection::EncoderBusy => w.u8(25),
+            Rejection::StakeLocked => w.u8(26),
         }
     }
 }
@@ -288,6 +293,7 @@ impl Decode<'_> for Receipt {
                 expected: r.u16("expected")?,
             }),
             25 => Some(Rejection::EncoderBusy),
+            26 => Some(Rejection::StakeLocked),
             code => {
                 return Err(DecodeError::invalid(
                     "outcome",

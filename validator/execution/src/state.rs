@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! accounts    key (32)        → u64 balance ‖ u64 nonce
-//! validators  key (32)        → u64 stake ‖ u32 deviant attestations
+//! validators  key (32)        → u64 stake ‖ u32 deviant attestations ‖ u32 undecided ones
 //! encoders    package (32)    → owner (32) ‖ u64 bond ‖ u32 undecided jobs
 //! jobs        job id (32)     → job (see `job.rs`)
 //! attestations job id (32) ‖ validator key (32) → attestation
@@ -55,6 +55,9 @@ pub struct Validator {
     pub stake: u64,
     /// Attestations of its that deviated from the finalised medians.
     pub deviant: u32,
+    /// Its attestations of jobs not yet decided: while there are any, its
+    /// stake stays (deviance may yet cost some of it).
+    pub pending: u32,
 }
 
 /// A registered encoder.
@@ -99,6 +102,7 @@ impl Encode for Validator {
     fn encode(&self, w: &mut Writer) {
         w.u64(self.stake);
         w.u32(self.deviant);
+        w.u32(self.pending);
     }
 }
 
@@ -107,6 +111,7 @@ impl Decode<'_> for Validator {
         Ok(Validator {
             stake: r.u64("stake")?,
             deviant: r.u32("deviant")?,
+            pending: r.u32("pending attestations")?,
         })
     }
 }

@@ -287,7 +287,13 @@ fn stake_and_encoder_bonds_move_between_balance_and_records() {
         effects.receipts.iter().all(|r| r.rejection.is_none()),
         "{effects:?}"
     );
-    let validator = |stake| Some(Validator { stake, deviant: 0 });
+    let validator = |stake| {
+        Some(Validator {
+            stake,
+            deviant: 0,
+            pending: 0,
+        })
+    };
     assert_eq!(ex.validator(&public(0)).unwrap(), validator(5_001_000));
     assert_eq!(ex.validator(&public(1)).unwrap(), validator(0));
     assert_eq!(

@@ -244,6 +244,37 @@ fn hardware_noise_changes_no_decision_and_garbage_is_outvoted_and_unpaid() {
 }
 
 #[test]
+fn an_attester_cannot_withdraw_its_stake_until_the_job_is_decided() {
+    let g = network(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ex = open(dir.path(), &g);
+    let job = submit(&mut ex, &g, b"attest, then run");
+    assert_eq!(attest(&mut ex, &g, 0, job, honest()), None);
+    let withdraw = |ex: &Executor| {
+        let nonce = ex.account(&public(0)).unwrap().nonce;
+        signed(
+            &g,
+            0,
+            nonce,
+            10,
+            Action::WithdrawStake { amount: 5_000_000 },
+        )
+    };
+    let tx = withdraw(&ex);
+    assert_eq!(
+        apply(&mut ex, &[tx]).receipts[0].rejection,
+        Some(Rejection::StakeLocked)
+    );
+    for v in 1..3 {
+        assert_eq!(attest(&mut ex, &g, v, job, honest()), None);
+    }
+    finalised(&ex, &job);
+    let tx = withdraw(&ex);
+    assert_eq!(apply(&mut ex, &[tx]).receipts[0].rejection, None);
+    assert_eq!(ex.validator(&public(0)).unwrap().unwrap().stake, 0);
+}
+
+#[test]
 fn a_third_of_the_stake_or_less_decides_nothing() {
     let g = network(3);
     let dir = tempfile::tempdir().unwrap();
