@@ -163,9 +163,17 @@ impl Genesis {
             let package = Package::decode(&read(&package_path)?)
                 .and_then(|p| p.verify(None))
                 .map_err(|source| GenesisError::Package {
-                    path: package_path,
+                    path: package_path.clone(),
                     source,
                 })?;
+            let dimension = package.manifest().dimension;
+            if dimension != u32::from(config.parameters.dimension) {
+                return Err(GenesisError::Config(format!(
+                    "encoder package {} embeds into {dimension} dimensions; the network's are {}",
+                    package_path.display(),
+                    config.parameters.dimension
+                )));
+            }
             encoders.push(GenesisEncoder {
                 package: package.digest(),
                 owner: encoder.owner.0,

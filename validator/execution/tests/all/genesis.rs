@@ -3,16 +3,21 @@ use soma_execution::{GenesisError, Rejection};
 use soma_host::package::{EncoderMeta, MAX_FUEL_LIMIT, Package};
 
 fn package(dir: &Path) -> (String, soma_host::Digest) {
+    package_of(dir, "encoder.somapkg", 384)
+}
+
+/// A signed package of `dimension` written to `dir/file`.
+fn package_of(dir: &Path, file: &str, dimension: u32) -> (String, soma_host::Digest) {
     let meta = EncoderMeta {
         name: "genesis-encoder".into(),
         version: "1.0.0".into(),
-        dimension: 384,
+        dimension,
         fuel_limit: MAX_FUEL_LIMIT,
         modality: soma_host::Modality::Text,
     };
     let package = Package::sign(&key(9), &meta, b"component bytes".to_vec(), vec![]).unwrap();
-    std::fs::write(dir.join("encoder.somapkg"), package.encode()).unwrap();
-    ("encoder.somapkg".into(), package.digest())
+    std::fs::write(dir.join(file), package.encode()).unwrap();
+    (file.into(), package.digest())
 }
 
 fn config(package: &str) -> serde_json::Value {
@@ -125,4 +130,8 @@ fn bad_genesis_configs_are_refused_with_the_reason() {
 
     let err = read(dir.path(), &config("missing.somapkg")).unwrap_err();
     assert!(matches!(err, GenesisError::Read { .. }), "{err}");
+
+    let (narrow, _) = package_of(dir.path(), "narrow.somapkg", 8);
+    let err = read(dir.path(), &config(&narrow)).unwrap_err();
+    assert!(err.to_string().contains("8 dimensions"), "{err}");
 }
