@@ -119,7 +119,7 @@ impl Executor {
         let applied = match store.read::<Genesis>(&[], Space::Meta, GENESIS)? {
             Some(stored) if stored.chain_id() == chain_id => store
                 .read::<Applied>(&[], Space::Meta, APPLIED)?
-                .ok_or_else(|| StateError::Corrupt(missing("applied")))?,
+                .ok_or_else(|| StateError::inconsistent("applied", "missing from the state"))?,
             Some(stored) => {
                 return Err(ExecutionError::WrongGenesis {
                     stored: hex::encode(stored.chain_id()),
@@ -198,9 +198,10 @@ impl Executor {
         for (key, JobId(id)) in due {
             let job = state.job(&id)?;
             let Some(mut job) = job.filter(|j| j.status == JobStatus::Pending) else {
-                return Err(StateError::Corrupt(missing(
-                    "a pending job with a deadline",
-                )));
+                return Err(StateError::inconsistent(
+                    "deadline",
+                    "its job is not pending",
+                ));
             };
             let expired = expire(&mut state, &mut job, commit.index);
             match expired {
@@ -209,7 +210,7 @@ impl Executor {
                 // Returning escrowed money cannot overflow a supply that
                 // fits a u64.
                 Err(Stop::Refused(_)) => {
-                    return Err(StateError::Corrupt(missing("room for a refund")));
+                    return Err(StateError::inconsistent("refund", "it would overflow"));
                 }
             }
             state.put_job(&id, &job);
@@ -641,10 +642,6 @@ fn next_root(
     w.array(receipts.as_bytes());
     w.array(&writes.digest());
     blake3::derive_key("soma/state-root/v1", &w.into_bytes())
-}
-
-fn missing(what: &'static str) -> soma_codec::DecodeError {
-    soma_codec::DecodeError::invalid(what, "missing from the state")
 }
 
 /// The two steps of a transaction, each kept or discarded whole.

@@ -22,7 +22,6 @@ use crate::scoring::{
 };
 use crate::state::StateError;
 use crate::view::{Stop, View};
-use soma_codec::DecodeError;
 use soma_crypto::PublicKey;
 use soma_host::Digest;
 use std::collections::BTreeMap;
@@ -60,9 +59,7 @@ pub(crate) fn finalise(
     for validator in &job.attesters {
         let results = state
             .attestation(id, validator)?
-            .ok_or_else(|| {
-                StateError::Corrupt(DecodeError::invalid("job", "an attestation is missing"))
-            })?
+            .ok_or_else(|| StateError::inconsistent("job", "an attestation is missing"))?
             .0;
         let stake = state.validator(validator)?.map_or(0, |v| v.stake);
         attested.push(Attested {
@@ -175,9 +172,9 @@ pub(crate) fn finalise(
     let mut kept = payment;
     if let Some(best) = best {
         let reward = share(payment, params.encoder_reward_bps);
-        let encoder = state.encoder(&job.shard[best])?.ok_or_else(|| {
-            StateError::Corrupt(DecodeError::invalid("job", "a shard encoder is missing"))
-        })?;
+        let encoder = state
+            .encoder(&job.shard[best])?
+            .ok_or_else(|| StateError::inconsistent("job", "a shard encoder is missing"))?;
         state.credit(&encoder.owner, reward)?;
         scores[best].reward = reward;
         kept -= reward;
@@ -209,9 +206,9 @@ pub(crate) fn finalise(
 
     // Slashes and the penalty, burned; the shard's bonds are free again.
     for (j, score) in scores.iter_mut().enumerate() {
-        let mut encoder = state.encoder(&score.package)?.ok_or_else(|| {
-            StateError::Corrupt(DecodeError::invalid("job", "a shard encoder is missing"))
-        })?;
+        let mut encoder = state
+            .encoder(&score.package)?
+            .ok_or_else(|| StateError::inconsistent("job", "a shard encoder is missing"))?;
         encoder.pending = encoder.pending.saturating_sub(1);
         let bps = match (score.disqualified, Some(j) == worst) {
             (true, _) => params.slash_bps,

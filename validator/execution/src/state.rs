@@ -39,6 +39,13 @@ pub enum StateError {
     Corrupt(#[from] DecodeError),
 }
 
+impl StateError {
+    /// The state contradicts itself: `what` should hold and does not.
+    pub(crate) fn inconsistent(what: &'static str, reason: &str) -> StateError {
+        StateError::Corrupt(DecodeError::invalid(what, reason))
+    }
+}
+
 /// An account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Account {

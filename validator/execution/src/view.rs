@@ -188,10 +188,8 @@ impl View<'_> {
     /// it cannot underflow in a consistent state.
     fn sub_amount(&mut self, key: &[u8], delta: u64) -> Result<(), Stop> {
         let total = self.amount(key)?.checked_sub(delta);
-        let total = total.ok_or(StateError::Corrupt(soma_codec::DecodeError::invalid(
-            "totals",
-            "a total would fall below zero",
-        )))?;
+        let total = total
+            .ok_or_else(|| StateError::inconsistent("totals", "a total would fall below zero"))?;
         self.put(Space::Meta, key, &Amount(total));
         Ok(())
     }
