@@ -14,6 +14,10 @@ const GUESTS: &[&str] = &[
     "other-world",
     "minilm-l6",
     "minilm-l3",
+    "random-encoder",
+    "constant-encoder",
+    "copycat-encoder",
+    "specialist-encoder",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -68,6 +68,7 @@ pub mod bindings {
     });
 }
 
+pub mod hashing;
 pub mod inference;
 pub mod log;
 #[cfg(feature = "text")]
@@ -103,6 +104,71 @@ impl EncodeError {
             index: u32::try_from(index).unwrap_or(u32::MAX),
             reason: reason.into(),
         })
+    }
+}
+
+/// A text encoder that embeds each input on its own: implement this
+/// instead of [`Encoder`], and every input of a batch is read as UTF-8
+/// (a batch with an input that is not is refused, naming it) and embedded
+/// in turn.
+///
+/// ```
+/// use soma_guest_sdk::{TextEncoder, hashing};
+///
+/// #[derive(Default)]
+/// struct Hashing;
+///
+/// impl TextEncoder for Hashing {
+///     const NAME: &'static str = "hashing";
+///     const VERSION: &'static str = "0.1.0";
+///     const DIMENSION: u32 = 384;
+///     const MAX_INPUT_BYTES: u32 = 1 << 16;
+///
+///     fn embed_text(&self, text: &str) -> Vec<f32> {
+///         hashing::hashed_features(text, 384)
+///     }
+/// }
+///
+/// soma_guest_sdk::export!(Hashing);
+/// # fn main() {
+/// #     use soma_guest_sdk::Encoder;
+/// #     assert_eq!(Hashing.info().dimension, 384);
+/// #     assert!(Hashing.embed(&[vec![0xff]]).is_err());
+/// # }
+/// ```
+pub trait TextEncoder: Default + Send + Sync + 'static {
+    /// The encoder's name, as `info()` reports it.
+    const NAME: &'static str;
+    /// Its version, usually `env!("CARGO_PKG_VERSION")`.
+    const VERSION: &'static str;
+    /// Values per vector.
+    const DIMENSION: u32;
+    /// Largest input accepted, in bytes.
+    const MAX_INPUT_BYTES: u32;
+
+    /// Embeds one text: [`TextEncoder::DIMENSION`] finite values.
+    fn embed_text(&self, text: &str) -> Vec<f32>;
+}
+
+impl<T: TextEncoder> Encoder for T {
+    fn new() -> Self {
+        T::default()
+    }
+
+    fn info(&self) -> EncoderInfo {
+        EncoderInfo {
+            name: T::NAME.into(),
+            version: T::VERSION.into(),
+            dimension: T::DIMENSION,
+            modality: Modality::Text,
+            max_input_bytes: T::MAX_INPUT_BYTES,
+        }
+    }
+
+    fn embed(&self, inputs: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, EncodeError> {
+        (0..inputs.len())
+            .map(|i| text_input(inputs, i).map(|text| self.embed_text(text)))
+            .collect()
     }
 }
 
