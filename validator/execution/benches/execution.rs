@@ -107,7 +107,7 @@ fn median(mut times: Vec<Duration>) -> Duration {
 
 /// Seconds per transfer applied, and per signature verification.
 fn transfers(dir: &Path, g: &Genesis) -> (f64, f64) {
-    let mut ex = Executor::open(&dir.join("transfers"), g).unwrap();
+    let mut ex = Executor::open(&dir.join("transfers"), g, None).unwrap();
     let commits: Vec<Vec<Vec<u8>>> = (0..COMMITS)
         .map(|c| {
             (0..TRANSFERS_PER_COMMIT)
@@ -194,7 +194,7 @@ struct Jobs {
 }
 
 fn jobs(dir: &Path, g: &Genesis, store: BlobStore, store_again: BlobStore) -> Jobs {
-    let mut ex = Executor::open(&dir.join("jobs"), g).unwrap();
+    let mut ex = Executor::open(&dir.join("jobs"), g, None).unwrap();
     let engine = Engine::new().unwrap();
     let runner = JobRunner::new(engine.clone(), store, None);
     let params = g.parameters();

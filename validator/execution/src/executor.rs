@@ -18,13 +18,14 @@ use crate::genesis::Genesis;
 use crate::job::{Attestation, EncoderResult, Job, JobStatus, Outcome};
 use crate::params::Parameters;
 use crate::receipt::{Receipt, Rejection};
+use crate::routing::{Router, RouterError};
 use crate::state::{
     APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, Space,
     StateError, StateStore, TREASURY, Validator, encoder_key,
 };
 use crate::transaction::{Action, SignedTransaction};
 use crate::view::{Stop, View};
-use crate::{finalise, shard};
+use crate::{finalise, routing, shard};
 use soma_codec::{Decode, Encode, Writer};
 use soma_crypto::{Domain, PublicKey, Signature};
 use soma_host::Digest;
@@ -46,6 +47,9 @@ pub enum ExecutionError {
         /// Chain id of the genesis given.
         given: String,
     },
+    /// The router is not the genesis one, or this node could not run it.
+    #[error(transparent)]
+    Router(#[from] RouterError),
     /// A commit other than the next one was given.
     #[error("commit {got} given; the next commit to apply is {expected}")]
     OutOfOrder {
@@ -107,13 +111,28 @@ pub struct Executor {
     store: StateStore,
     chain_id: [u8; 32],
     parameters: Parameters,
+    router: Option<Router>,
+    /// Regions each encoder keeps a routing score for.
+    regions: usize,
     applied: Applied,
 }
 
 impl Executor {
     /// Opens the state at `path`, creating it from `genesis` if it is new;
     /// an existing state must have been created from the same genesis.
-    pub fn open(path: &Path, genesis: &Genesis) -> Result<Executor, ExecutionError> {
+    /// `router` is the genesis router, loaded (`None` if genesis has none).
+    pub fn open(
+        path: &Path,
+        genesis: &Genesis,
+        router: Option<Router>,
+    ) -> Result<Executor, ExecutionError> {
+        if genesis.router() != router.as_ref().map(Router::package).as_ref() {
+            return Err(RouterError::Mismatch {
+                expected: genesis.router().copied(),
+                given: router.as_ref().map(Router::package),
+            }
+            .into());
+        }
         let store = StateStore::open(path)?;
         let chain_id = genesis.chain_id();
         let applied = match store.read::<Genesis>(&[], Space::Meta, GENESIS)? {
@@ -126,12 +145,18 @@ impl Executor {
                     given: hex::encode(chain_id),
                 });
             }
-            None => initialise(&store, genesis)?,
+            None => initialise(
+                &store,
+                genesis,
+                routing::regions(genesis.parameters(), genesis.router()),
+            )?,
         };
         Ok(Executor {
             store,
             chain_id,
             parameters: genesis.parameters().clone(),
+            router,
+            regions: routing::regions(genesis.parameters(), genesis.router()),
             applied,
         })
     }
@@ -208,8 +233,8 @@ impl Executor {
                 Ok(()) => {}
                 Err(Stop::Store(e)) => return Err(e),
                 // Returning escrowed money cannot overflow a supply that
-                // fits a u64.
-                Err(Stop::Refused(_)) => {
+                // fits a u64, and expiring runs no router.
+                Err(Stop::Refused(_) | Stop::Router(_)) => {
                     return Err(StateError::inconsistent("refund", "it would overflow"));
                 }
             }
@@ -228,7 +253,7 @@ impl Executor {
         commit: &Commit<'_>,
         changes: &mut Changes,
         bytes: &[u8],
-    ) -> Result<Receipt, StateError> {
+    ) -> Result<Receipt, ExecutionError> {
         let Ok(signed) = SignedTransaction::from_bytes(bytes) else {
             return Ok(Receipt {
                 transaction: None,
@@ -256,7 +281,8 @@ impl Executor {
             match outcome {
                 Ok(()) => changes.extend(pending),
                 Err(Stop::Refused(rejection)) => return Ok(receipt(Some(rejection), charged)),
-                Err(Stop::Store(e)) => return Err(e),
+                Err(Stop::Store(e)) => return Err(e.into()),
+                Err(Stop::Router(e)) => return Err(e.into()),
             }
         }
         Ok(receipt(None, fee))
@@ -379,6 +405,7 @@ impl Executor {
                     owner: tx.sender,
                     bond: *bond,
                     pending: 0,
+                    performance: routing::initial_performance(self.regions),
                 };
                 state.put_encoder(&package, encoder);
                 Ok(())
@@ -451,7 +478,12 @@ impl Executor {
         let mut seed_input = commit.digest.to_vec();
         seed_input.extend_from_slice(&id.0);
         let seed = blake3::derive_key("soma/job-seed/v1", &seed_input);
-        let shard = shard::select(&state.encoder_bonds()?, params.shard_size.into(), &seed);
+        let region = match &self.router {
+            Some(router) => router.region(data, params.region_bits)?,
+            None => 0,
+        };
+        let candidates = state.shard_candidates(region, params.routing_floor)?;
+        let shard = shard::select(&candidates, params.shard_size.into(), &seed);
         if shard.is_empty() {
             Err(Rejection::NoEncoders)?;
         }
@@ -471,6 +503,7 @@ impl Executor {
             payment,
             shard,
             seed,
+            region,
             deadline,
             attesters: vec![],
             status: JobStatus::Pending,
@@ -587,7 +620,11 @@ impl Executor {
 }
 
 /// Writes the genesis state; returns where apply starts.
-fn initialise(store: &StateStore, genesis: &Genesis) -> Result<Applied, StateError> {
+fn initialise(
+    store: &StateStore,
+    genesis: &Genesis,
+    regions: usize,
+) -> Result<Applied, StateError> {
     let mut changes = Changes::default();
     for a in genesis.accounts() {
         let account = Account {
@@ -612,6 +649,7 @@ fn initialise(store: &StateStore, genesis: &Genesis) -> Result<Applied, StateErr
             owner: e.owner,
             bond: e.bond,
             pending: 0,
+            performance: routing::initial_performance(regions),
         };
         changes.put(Space::Encoders, &encoder_key(&e.package), &encoder);
     }

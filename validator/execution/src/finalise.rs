@@ -16,8 +16,9 @@
 
 use crate::job::{EncoderResult, EncoderScore, Finalisation, Job, JobStatus, Outcome};
 use crate::params::{Parameters, share};
+use crate::routing;
 use crate::scoring::{
-    coordinate_median, distance, max_deviation, outliers, weight, weighted_coordinate_median,
+    ONE, coordinate_median, distance, max_deviation, outliers, weight, weighted_coordinate_median,
     weighted_median, weighted_unit_average,
 };
 use crate::state::StateError;
@@ -204,12 +205,21 @@ pub(crate) fn finalise(
     kept -= validator_rewards;
     state.pay_treasury(kept)?;
 
-    // Slashes and the penalty, burned; the shard's bonds are free again.
+    // Slashes and the penalty, burned; routing scores in the job's region
+    // move toward how each encoder did; the shard's bonds are free again.
+    let best_weight = scores.iter().map(|s| s.weight).max().unwrap_or(0);
     for (j, score) in scores.iter_mut().enumerate() {
         let mut encoder = state
             .encoder(&score.package)?
             .ok_or_else(|| StateError::inconsistent("job", "a shard encoder is missing"))?;
         encoder.pending = encoder.pending.saturating_sub(1);
+        if let Some(sample) = routing_sample(score, best_weight) {
+            let region = encoder
+                .performance
+                .get_mut(usize::from(job.region))
+                .ok_or_else(|| StateError::inconsistent("job", "its region has no score"))?;
+            *region = routing::update(*region, sample, params.routing_decay_bps);
+        }
         let bps = match (score.disqualified, Some(j) == worst) {
             (true, _) => params.slash_bps,
             (false, true) => params.penalty_bps,
@@ -231,6 +241,17 @@ pub(crate) fn finalise(
         to_treasury: kept,
     }));
     Ok(())
+}
+
+/// How an encoder did on a job, for routing: nothing if there is no
+/// verdict on it; 0 if disqualified; else its loss weight relative to the
+/// best encoder's (fixed point, the best scoring 1.0).
+fn routing_sample(score: &EncoderScore, best_weight: u64) -> Option<u32> {
+    match score.outcome {
+        Outcome::Local => None,
+        _ if score.disqualified || best_weight == 0 => Some(0),
+        _ => Some((u128::from(score.weight) * ONE as u128 / u128::from(best_weight)) as u32),
+    }
 }
 
 /// The attesters' verdict on shard encoder `j`: the outcome attested by

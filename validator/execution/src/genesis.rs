@@ -90,6 +90,7 @@ pub struct Genesis {
     validators: Vec<GenesisValidator>,
     encoders: Vec<GenesisEncoder>,
     parameters: Parameters,
+    router: Option<Digest>,
 }
 
 impl Genesis {
@@ -110,9 +111,23 @@ impl Genesis {
             validators,
             encoders,
             parameters,
+            router: None,
         };
         genesis.check().map_err(GenesisError::Decode)?;
         Ok(genesis)
+    }
+
+    /// The same genesis with `router` (a pure-wasm package's digest) as the
+    /// network's router: jobs are routed to regions (see
+    /// [`crate::Router`]).
+    pub fn with_router(mut self, router: Digest) -> Genesis {
+        self.router = Some(router);
+        self
+    }
+
+    /// The network's router, if it has one.
+    pub fn router(&self) -> Option<&Digest> {
+        self.router.as_ref()
     }
 
     /// A human name for the network.
@@ -157,9 +172,10 @@ impl Genesis {
         let config: GenesisConfig = serde_json::from_slice(&read(path)?)
             .map_err(|e| GenesisError::Config(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut encoders = Vec::new();
-        for encoder in config.encoders {
-            let package_path = base.join(&encoder.package);
+        // A package named by the config, verified and of the network's
+        // dimension.
+        let package = |relative: &Path| {
+            let package_path = base.join(relative);
             let package = Package::decode(&read(&package_path)?)
                 .and_then(|p| p.verify(None))
                 .map_err(|source| GenesisError::Package {
@@ -174,13 +190,32 @@ impl Genesis {
                     config.parameters.dimension
                 )));
             }
+            Ok((package_path, package))
+        };
+        let router = match &config.router {
+            None => None,
+            Some(relative) => {
+                let (path, router) = package(relative)?;
+                if router.models().next().is_some() {
+                    return Err(GenesisError::Config(format!(
+                        "router package {} ships models; a router must be pure WebAssembly, \
+                         so that every validator routes a submission alike",
+                        path.display()
+                    )));
+                }
+                Some(router.digest())
+            }
+        };
+        let mut encoders = Vec::new();
+        for encoder in &config.encoders {
+            let (_, package) = package(&encoder.package)?;
             encoders.push(GenesisEncoder {
                 package: package.digest(),
                 owner: encoder.owner.0,
                 bond: encoder.bond,
             });
         }
-        Genesis::new(
+        let genesis = Genesis::new(
             config.chain_name,
             config
                 .accounts
@@ -200,7 +235,11 @@ impl Genesis {
                 .collect(),
             encoders,
             config.parameters,
-        )
+        )?;
+        Ok(match router {
+            Some(router) => genesis.with_router(router),
+            None => genesis,
+        })
     }
 
     /// Limits and uniqueness; what the decoder and [`Genesis::new`] share.
@@ -298,6 +337,10 @@ impl Encode for Genesis {
             w.u64(e.bond);
         }
         self.parameters.encode(w);
+        w.bool(self.router.is_some());
+        if let Some(router) = &self.router {
+            w.array(&router.0);
+        }
     }
 }
 
@@ -341,6 +384,10 @@ impl Decode<'_> for Genesis {
             validators,
             encoders,
             parameters: Parameters::decode(r)?,
+            router: match r.bool("router")? {
+                true => Some(Digest(r.array("router")?)),
+                false => None,
+            },
         };
         genesis.check()?;
         Ok(genesis)
@@ -355,6 +402,7 @@ impl Decode<'_> for Genesis {
 ///   "accounts": [{ "key": "<hex public key>", "balance": 1000000000 }],
 ///   "validators": [{ "key": "<hex public key>", "stake": 5000000 }],
 ///   "encoders": [{ "package": "hash-encoder.somapkg", "owner": "<hex>", "bond": 1000000 }],
+///   "router": "hash-encoder.somapkg",
 ///   "parameters": { "min_fee": 10, "min_encoder_bond": 1000000, "min_validator_stake": 1000000 }
 /// }
 /// ```
@@ -367,6 +415,9 @@ pub struct GenesisConfig {
     validators: Vec<ValidatorConfig>,
     #[serde(default)]
     encoders: Vec<EncoderConfig>,
+    /// A pure-wasm package that routes submissions to regions.
+    #[serde(default)]
+    router: Option<PathBuf>,
     #[serde(default)]
     parameters: Parameters,
 }

@@ -132,6 +132,8 @@ pub struct Job {
     pub shard: Vec<Digest>,
     /// Seed of the masks the job runner applies.
     pub seed: [u8; 32],
+    /// The routing region the router put the data in.
+    pub region: u16,
     /// The last commit at whose end it may still be undecided.
     pub deadline: u64,
     /// Validators whose attestations were applied, in commit order.
@@ -188,6 +190,7 @@ impl Encode for Job {
         w.count8(self.shard.len());
         self.shard.iter().for_each(|d| w.array(&d.0));
         w.array(&self.seed);
+        w.u16(self.region);
         w.u64(self.deadline);
         w.count32(self.attesters.len());
         self.attesters.iter().for_each(|k| w.array(&k.to_bytes()));
@@ -216,6 +219,7 @@ impl Decode<'_> for Job {
             .map(|_| r.array("shard").map(Digest))
             .collect::<Result<_, _>>()?;
         let seed = r.array("seed")?;
+        let region = r.u16("region")?;
         let deadline = r.u64("deadline")?;
         let n = r.count32("attesters", u32::MAX, 32)?;
         let attesters = (0..n)
@@ -236,6 +240,7 @@ impl Decode<'_> for Job {
             payment,
             shard,
             seed,
+            region,
             deadline,
             attesters,
             status,

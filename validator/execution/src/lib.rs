@@ -13,7 +13,7 @@
 //! use soma_execution::{Commit, Executor, Genesis};
 //!
 //! let genesis = Genesis::from_config_file("genesis.json".as_ref())?;
-//! let mut executor = Executor::open("state".as_ref(), &genesis)?;
+//! let mut executor = Executor::open("state".as_ref(), &genesis, None)?;
 //! let transactions: Vec<Vec<u8>> = vec![/* signed transactions, in commit order */];
 //! let effects = executor.apply(Commit { index: 0, digest: [0; 32], transactions: &transactions })?;
 //! println!("root {}", hex::encode(effects.root));
@@ -26,6 +26,7 @@ mod genesis;
 mod job;
 mod params;
 mod receipt;
+mod routing;
 mod runner;
 mod scoring;
 mod shard;
@@ -41,6 +42,7 @@ pub use genesis::{
 pub use job::{EncoderResult, EncoderScore, Finalisation, Job, JobStatus, Outcome};
 pub use params::{BPS, Parameters};
 pub use receipt::{Receipt, Rejection};
+pub use routing::{MAX_REGION_BITS, Router, RouterError};
 pub use runner::{JobRunner, RunnerError};
 pub use scoring::ONE;
 pub use state::{Account, Encoder, StateError, Validator};

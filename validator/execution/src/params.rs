@@ -1,5 +1,7 @@
 //! Protocol parameters: fixed in genesis, the same for every validator.
 
+use crate::routing::MAX_REGION_BITS;
+use crate::scoring::ONE;
 use crate::transaction::MAX_TRANSACTION_BYTES;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 
@@ -55,6 +57,15 @@ pub struct Parameters {
     /// Share of a validator's stake each deviant attestation beyond the
     /// allowance costs.
     pub deviance_slash_bps: u16,
+    /// Hyperplanes that split the embedding space into routing regions
+    /// (2^bits regions; used only with a router in genesis).
+    pub region_bits: u8,
+    /// How far one decided job moves an encoder's score in its region, in
+    /// basis points of the difference.
+    pub routing_decay_bps: u16,
+    /// Least score (fixed point) shard selection counts an encoder with:
+    /// room to explore, so a poor start is not forever.
+    pub routing_floor: u32,
 }
 
 impl Default for Parameters {
@@ -78,6 +89,9 @@ impl Default for Parameters {
             deviance_tolerance: 1 << 6,
             deviance_allowance: 3,
             deviance_slash_bps: 10,
+            region_bits: 3,
+            routing_decay_bps: 1_000,
+            routing_floor: (ONE / 10) as u32,
         }
     }
 }
@@ -92,6 +106,7 @@ impl Parameters {
             ("slash", self.slash_bps),
             ("penalty", self.penalty_bps),
             ("deviance slash", self.deviance_slash_bps),
+            ("routing decay", self.routing_decay_bps),
         ];
         if let Some((what, _)) = bps.iter().find(|(_, v)| *v > BPS) {
             return invalid(what, "more than 10 000 basis points");
@@ -106,6 +121,12 @@ impl Parameters {
                 "shard",
                 "shard size, dimension and job expiry must be at least 1",
             );
+        }
+        if self.region_bits > MAX_REGION_BITS {
+            return invalid("region bits", "more than 8");
+        }
+        if i64::from(self.routing_floor) > ONE {
+            return invalid("routing floor", "more than 1.0");
         }
         // An attestation must fit in one transaction.
         let attestation = u64::from(self.shard_size) * (4 * u64::from(self.dimension) + 32);
@@ -141,6 +162,9 @@ impl Encode for Parameters {
         w.u32(self.deviance_tolerance);
         w.u32(self.deviance_allowance);
         w.u16(self.deviance_slash_bps);
+        w.u8(self.region_bits);
+        w.u16(self.routing_decay_bps);
+        w.u32(self.routing_floor);
     }
 }
 
@@ -165,6 +189,9 @@ impl Decode<'_> for Parameters {
             deviance_tolerance: r.u32("deviance tolerance")?,
             deviance_allowance: r.u32("deviance allowance")?,
             deviance_slash_bps: r.u16("deviance slash")?,
+            region_bits: r.u8("region bits")?,
+            routing_decay_bps: r.u16("routing decay")?,
+            routing_floor: r.u32("routing floor")?,
         };
         parameters.check()?;
         Ok(parameters)

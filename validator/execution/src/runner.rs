@@ -262,7 +262,7 @@ fn fuel_of(error: &Error, limits: &Limits) -> u64 {
 }
 
 /// `x` on the fixed-point grid (2⁻¹⁶), saturating.
-fn fixed(x: f32) -> i32 {
+pub(crate) fn fixed(x: f32) -> i32 {
     (f64::from(x) * ONE as f64).round() as i32
 }
 

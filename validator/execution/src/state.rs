@@ -20,6 +20,7 @@
 //! receipts and the new `applied` record: a crash leaves the state before
 //! the commit or after it, never between.
 
+use crate::routing::MAX_REGION_BITS;
 use crate::transaction::public_key;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::PublicKey;
@@ -68,7 +69,7 @@ pub struct Validator {
 }
 
 /// A registered encoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoder {
     /// The account that registered it and gets its bond back.
     pub owner: PublicKey,
@@ -77,6 +78,8 @@ pub struct Encoder {
     /// Undecided jobs it is in the shard of: while there are any, its bond
     /// stays (it may be slashed) and it cannot be deregistered.
     pub pending: u32,
+    /// Its routing score in each region (fixed point, at most 1.0).
+    pub performance: Vec<u32>,
 }
 
 /// Where the state stands: the next commit to apply and the root after
@@ -128,15 +131,24 @@ impl Encode for Encoder {
         w.array(&self.owner.to_bytes());
         w.u64(self.bond);
         w.u32(self.pending);
+        w.count16(self.performance.len());
+        self.performance.iter().for_each(|&p| w.u32(p));
     }
 }
 
 impl Decode<'_> for Encoder {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let owner = public_key(r, "owner")?;
+        let bond = r.u64("bond")?;
+        let pending = r.u32("pending jobs")?;
+        let n = r.count16("performance", 1 << MAX_REGION_BITS, 4)?;
         Ok(Encoder {
-            owner: public_key(r, "owner")?,
-            bond: r.u64("bond")?,
-            pending: r.u32("pending jobs")?,
+            owner,
+            bond,
+            pending,
+            performance: (0..n)
+                .map(|_| r.u32("performance"))
+                .collect::<Result<_, _>>()?,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::job::{Attestation, Job};
 use crate::receipt::Rejection;
+use crate::routing::{RouterError, selection_weight};
 use crate::state::{
     Account, Amount, BURNED, Changes, ESCROW, Encoder, JobId, Space, StateError, StateStore,
     TREASURY, Validator, deadline_key, encoder_key,
@@ -13,16 +14,23 @@ use soma_crypto::PublicKey;
 use soma_host::Digest;
 use std::collections::BTreeMap;
 
-/// Why a transaction stops: refused (its receipt says why), or the store
-/// failed (apply stops).
+/// Why a transaction stops: refused (its receipt says why), or this node
+/// failed (the store, or running the router): apply stops.
 pub(crate) enum Stop {
     Refused(Rejection),
     Store(StateError),
+    Router(RouterError),
 }
 
 impl From<Rejection> for Stop {
     fn from(rejection: Rejection) -> Self {
         Stop::Refused(rejection)
+    }
+}
+
+impl From<RouterError> for Stop {
+    fn from(e: RouterError) -> Self {
+        Stop::Router(e)
     }
 }
 
@@ -122,13 +130,26 @@ impl View<'_> {
         self.pending.delete(Space::Encoders, &encoder_key(package));
     }
 
-    /// Every registered encoder with its bond, in digest order.
-    pub(crate) fn encoder_bonds(&self) -> Result<Vec<(Digest, u64)>, StateError> {
-        Ok(self
-            .scan::<Encoder>(Space::Encoders)?
+    /// Every registered encoder with its weight in shard selection for
+    /// `region` (its bond scaled by its score there, never below `floor`),
+    /// in digest order.
+    pub(crate) fn shard_candidates(
+        &self,
+        region: u16,
+        floor: u32,
+    ) -> Result<Vec<(Digest, u64)>, StateError> {
+        self.scan::<Encoder>(Space::Encoders)?
             .into_iter()
-            .filter_map(|(key, e)| Some((Digest(key.try_into().ok()?), e.bond)))
-            .collect())
+            .map(|(key, e)| {
+                let package = key
+                    .try_into()
+                    .map_err(|_| StateError::inconsistent("encoder", "a key is not a digest"))?;
+                let score = *e.performance.get(usize::from(region)).ok_or_else(|| {
+                    StateError::inconsistent("encoder", "it has no score for a region")
+                })?;
+                Ok((Digest(package), selection_weight(e.bond, score, floor)))
+            })
+            .collect()
     }
 
     pub(crate) fn job(&self, id: &Digest) -> Result<Option<Job>, StateError> {

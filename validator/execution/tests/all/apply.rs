@@ -401,6 +401,6 @@ fn commits_apply_in_order_and_a_state_belongs_to_one_genesis() {
     assert_eq!((reopened.root(), reopened.next_index()), (root, next));
     drop(reopened);
     let other = variant(&g, "other", Parameters::default());
-    let err = Executor::open(dir.path(), &other).err().unwrap();
+    let err = Executor::open(dir.path(), &other, None).err().unwrap();
     assert!(matches!(err, ExecutionError::WrongGenesis { .. }), "{err}");
 }

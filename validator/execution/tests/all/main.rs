@@ -108,5 +108,5 @@ pub fn registration(g: &Genesis, owner: u8, name: &str, bond: u64) -> (Action, D
 }
 
 pub fn open(dir: &Path, genesis: &Genesis) -> Executor {
-    Executor::open(dir, genesis).unwrap()
+    Executor::open(dir, genesis, None).unwrap()
 }
