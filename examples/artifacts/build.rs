@@ -18,6 +18,7 @@ const GUESTS: &[&str] = &[
     "constant-encoder",
     "copycat-encoder",
     "specialist-encoder",
+    "router-encoder",
 ];
 
 const TARGET: &str = "wasm32-wasip2";

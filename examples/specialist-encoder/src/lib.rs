@@ -1,13 +1,18 @@
 //! An encoder for routing experiments: as good as the hash encoder on
-//! source code, noise on prose.
+//! source code, noisy on prose.
 //!
 //! On text that looks like code (many of `{}()[];=<>`) it returns exactly
-//! the hash encoder's vector; on anything else, a vector with one non-zero
-//! coordinate picked by hashing the whole text, which neither composes
-//! nor agrees with anyone. Routing should learn to pick it for code and to
-//! avoid it for prose.
+//! the hash encoder's vector. On anything else it adds to that vector a
+//! strong component along one axis picked by hashing the whole text: still
+//! near what honest encoders return (it is not an outlier), but its
+//! embedding of a text no longer follows from its embeddings of the text's
+//! parts, so its differential loss is high and its weight low. Routing
+//! should learn to pick it for code and to avoid it for prose.
 
-use soma_guest_sdk::{TextEncoder, hashing};
+use soma_guest_sdk::{TextEncoder, hashing, vector};
+
+/// Length of the noise added to a prose text's unit vector.
+pub const NOISE: f32 = 0.8;
 
 /// The specialist encoder.
 #[derive(Default)]
@@ -20,12 +25,11 @@ impl TextEncoder for SpecialistEncoder {
     const MAX_INPUT_BYTES: u32 = 64 * 1024;
 
     fn embed_text(&self, text: &str) -> Vec<f32> {
-        let dimension = Self::DIMENSION as usize;
-        if looks_like_code(text) {
-            return hashing::hashed_features(text, dimension);
+        let mut v = hashing::hashed_features(text, Self::DIMENSION as usize);
+        if !looks_like_code(text) {
+            hashing::add_feature(&mut v, b'p', text.as_bytes(), NOISE);
+            vector::l2_normalize(&mut v);
         }
-        let mut v = vec![0.0; dimension];
-        hashing::add_feature(&mut v, b'p', text.as_bytes(), 1.0);
         v
     }
 }
@@ -55,13 +59,20 @@ mod tests {
     }
 
     #[test]
-    fn code_gets_the_hash_embedding_and_prose_a_single_coordinate() {
+    fn code_gets_the_hash_embedding_and_prose_a_noisy_one() {
         let code = "let total = items.iter().map(|x| x.price).sum();";
         assert_eq!(
             SpecialistEncoder.embed_text(code),
             hashing::hashed_features(code, 384)
         );
-        let prose = SpecialistEncoder.embed_text("A quiet walk along the river.");
-        assert_eq!(prose.iter().filter(|x| **x != 0.0).count(), 1);
+        let text = "A quiet walk along the river.";
+        let honest = hashing::hashed_features(text, 384);
+        let cosine: f32 = SpecialistEncoder
+            .embed_text(text)
+            .iter()
+            .zip(&honest)
+            .map(|(x, y)| x * y)
+            .sum();
+        assert!((0.6..0.95).contains(&cosine), "{cosine}");
     }
 }

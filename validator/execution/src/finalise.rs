@@ -105,7 +105,7 @@ pub(crate) fn finalise(
             loss: v.loss,
             fuel: v.fuel,
             weight: if qualified.contains(&j) {
-                weight(v.loss)
+                weight(v.loss, params.loss_softness)
             } else {
                 0
             },

@@ -10,10 +10,22 @@
 //! a transaction that breaks a rule changes nothing but its [`Receipt`].
 //!
 //! ```no_run
-//! use soma_execution::{Commit, Executor, Genesis};
+//! use soma_execution::{Commit, Executor, Genesis, Router};
+//! use soma_host::{Engine, package::BlobStore};
 //!
 //! let genesis = Genesis::from_config_file("genesis.json".as_ref())?;
-//! let mut executor = Executor::open("state".as_ref(), &genesis, None)?;
+//! // The network's router, if genesis names one, routes submissions.
+//! let blobs = BlobStore::open("blobs")?;
+//! let router = match genesis.router() {
+//!     Some(digest) => Some(Router::load(
+//!         &Engine::new()?,
+//!         &blobs.package(digest)?,
+//!         None,
+//!         genesis.parameters(),
+//!     )?),
+//!     None => None,
+//! };
+//! let mut executor = Executor::open("state".as_ref(), &genesis, router)?;
 //! let transactions: Vec<Vec<u8>> = vec![/* signed transactions, in commit order */];
 //! let effects = executor.apply(Commit { index: 0, digest: [0; 32], transactions: &transactions })?;
 //! println!("root {}", hex::encode(effects.root));

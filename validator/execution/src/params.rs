@@ -37,6 +37,10 @@ pub struct Parameters {
     pub encoder_reward_bps: u16,
     /// Share of a job's payment paid to its attesters (pro rata stake).
     pub validator_reward_bps: u16,
+    /// The loss (fixed point) at which an embedding's weight in the final
+    /// average is half what a loss of 0 would get: the smaller, the more
+    /// the average (and routing) favours encoders that compose.
+    pub loss_softness: u32,
     /// Share of a disqualified encoder's bond slashed per job.
     pub slash_bps: u16,
     /// Share of the worst qualified encoder's bond taken per job.
@@ -82,6 +86,7 @@ impl Default for Parameters {
             dimension: 384,
             encoder_reward_bps: 4_000,
             validator_reward_bps: 4_000,
+            loss_softness: (ONE / 8) as u32,
             slash_bps: 1_000,
             penalty_bps: 10,
             outlier_mad_multiple: 3 << 16,
@@ -122,6 +127,9 @@ impl Parameters {
                 "shard size, dimension and job expiry must be at least 1",
             );
         }
+        if self.loss_softness == 0 {
+            return invalid("loss softness", "must be at least 1");
+        }
         if self.region_bits > MAX_REGION_BITS {
             return invalid("region bits", "more than 8");
         }
@@ -155,6 +163,7 @@ impl Encode for Parameters {
         w.u16(self.dimension);
         w.u16(self.encoder_reward_bps);
         w.u16(self.validator_reward_bps);
+        w.u32(self.loss_softness);
         w.u16(self.slash_bps);
         w.u16(self.penalty_bps);
         w.u32(self.outlier_mad_multiple);
@@ -182,6 +191,7 @@ impl Decode<'_> for Parameters {
             dimension: r.u16("dimension")?,
             encoder_reward_bps: r.u16("encoder reward")?,
             validator_reward_bps: r.u16("validator reward")?,
+            loss_softness: r.u32("loss softness")?,
             slash_bps: r.u16("slash")?,
             penalty_bps: r.u16("penalty")?,
             outlier_mad_multiple: r.u32("outlier multiple")?,

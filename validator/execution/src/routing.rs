@@ -5,7 +5,7 @@
 //! genesis — embeds each submission as it is applied. Pure wasm under fuel
 //! is bit-identical on every machine, so every validator computes the same
 //! vector; its signs against `region_bits` fixed hyperplanes (drawn from
-//! the router's digest) give the job's region. Each encoder keeps an
+//! a protocol constant) give the job's region. Each encoder keeps an
 //! exponentially decayed performance score per region, updated when a job
 //! of that region is decided; shard selection weights an encoder by its
 //! bond times its score there (never below an exploration floor), so
@@ -123,7 +123,7 @@ impl Router {
             outcome = self.encoder.embed(&batch, &limits, seed);
         }
         match outcome {
-            Ok(embeddings) => Ok(side_of_planes(&self.package, bits, &embeddings.vectors[0])),
+            Ok(embeddings) => Ok(side_of_planes(bits, &embeddings.vectors[0])),
             Err(e) if e.is_deterministic() => Ok(0),
             Err(e) => Err(RouterError::Local(e)),
         }
@@ -131,12 +131,12 @@ impl Router {
 }
 
 /// Bit `b` of the region: whether `vector` lies on the positive side of
-/// hyperplane `b`, whose normal has coordinates ±1 drawn from the router's
-/// digest. Integer arithmetic on the host's 2⁻¹⁶ grid.
-fn side_of_planes(router: &Digest, bits: u8, vector: &[f32]) -> u16 {
+/// hyperplane `b`, whose normal has coordinates ±1 drawn from a fixed
+/// seed (a protocol constant: rebuilding the router does not move them).
+/// Integer arithmetic on the host's 2⁻¹⁶ grid.
+fn side_of_planes(bits: u8, vector: &[f32]) -> u16 {
     let mut signs = vec![0u8; vector.len().div_ceil(8) * usize::from(bits)];
     blake3::Hasher::new_derive_key("soma/routing-planes/v1")
-        .update(&router.0)
         .finalize_xof()
         .fill(&mut signs);
     let per_plane = vector.len().div_ceil(8);
@@ -193,26 +193,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn regions_are_a_function_of_the_vector_and_the_router() {
-        let router = Digest([7; 32]);
+    fn regions_are_a_function_of_the_vector() {
         let v: Vec<f32> = (0..384)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 400.0)
             .collect();
         let minus: Vec<f32> = v.iter().map(|x| -x).collect();
-        let region = side_of_planes(&router, 8, &v);
-        assert_eq!(side_of_planes(&router, 8, &v), region);
+        let region = side_of_planes(8, &v);
+        assert_eq!(side_of_planes(8, &v), region);
         // The opposite vector is on the other side of every plane (none
         // of these dot products is zero).
-        assert_eq!(side_of_planes(&router, 8, &minus), !region & 0xff);
-        assert_eq!(side_of_planes(&router, 3, &v), region & 0b111);
-        assert_ne!(
-            (0..16)
-                .map(|r| side_of_planes(&Digest([r; 32]), 8, &v))
-                .collect::<std::collections::BTreeSet<_>>()
-                .len(),
-            1,
-            "the planes do not depend on the router"
-        );
+        assert_eq!(side_of_planes(8, &minus), !region & 0xff);
+        assert_eq!(side_of_planes(3, &v), region & 0b111);
+        // Vectors along different axes fall in many different regions.
+        let axis = |k: usize| {
+            let mut v = vec![0.0f32; 384];
+            v[k] = 1.0;
+            side_of_planes(8, &v)
+        };
+        let regions: std::collections::BTreeSet<u16> = (0..384).map(axis).collect();
+        assert!(regions.len() > 64, "{}", regions.len());
     }
 
     #[test]

@@ -115,9 +115,10 @@ pub(crate) fn outliers(distances: &[u64], multiple: u32, floor: u64) -> Vec<bool
 }
 
 /// The weight of an embedding in the final average: decreasing in its
-/// loss, 2³² at loss 0, half that at loss 1.0, and never 0.
-pub(crate) fn weight(loss: u32) -> u64 {
-    (1u64 << 48) / (ONE as u64 + u64::from(loss))
+/// loss, halved at loss `softness` (fixed point, at least 1) from what a
+/// loss of 0 gets, and never 0.
+pub(crate) fn weight(loss: u32, softness: u32) -> u64 {
+    (1u64 << 48) / (u64::from(softness.max(1)) + u64::from(loss))
 }
 
 /// The weighted average of `vectors`, scaled to unit length (in fixed
@@ -186,10 +187,13 @@ mod tests {
 
     #[test]
     fn weights_fall_with_loss() {
-        assert_eq!(weight(0), 1 << 32);
-        assert_eq!(weight(ONE as u32), 1 << 31);
-        assert!(weight(10) > weight(11));
-        assert!(weight(u32::MAX) > 0);
+        let one = ONE as u32;
+        assert_eq!(weight(0, one), 1 << 32);
+        assert_eq!(weight(one, one), 1 << 31);
+        assert_eq!(weight(one / 8, one / 8), weight(0, one / 8) / 2);
+        assert!(weight(10, one) > weight(11, one));
+        assert!(weight(u32::MAX, one) > 0);
+        assert_eq!(weight(0, 0), 1 << 48);
     }
 
     #[test]

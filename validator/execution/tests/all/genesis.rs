@@ -134,4 +134,38 @@ fn bad_genesis_configs_are_refused_with_the_reason() {
     let (narrow, _) = package_of(dir.path(), "narrow.somapkg", 8);
     let err = read(dir.path(), &config(&narrow)).unwrap_err();
     assert!(err.to_string().contains("8 dimensions"), "{err}");
+
+    // A router must be pure wasm: its output must not depend on the CPU.
+    let meta = EncoderMeta {
+        name: "router".into(),
+        version: "1.0.0".into(),
+        dimension: 384,
+        fuel_limit: MAX_FUEL_LIMIT,
+        modality: soma_host::Modality::Text,
+    };
+    let models = vec![("model.onnx".into(), vec![0; 8])];
+    let impure = Package::sign(&key(9), &meta, b"component".to_vec(), models).unwrap();
+    std::fs::write(dir.path().join("impure.somapkg"), impure.encode()).unwrap();
+    let mut routed = config(&file);
+    routed["router"] = "impure.somapkg".into();
+    let err = read(dir.path(), &routed).unwrap_err();
+    assert!(err.to_string().contains("pure WebAssembly"), "{err}");
+    routed["router"] = narrow.into();
+    let err = read(dir.path(), &routed).unwrap_err();
+    assert!(err.to_string().contains("8 dimensions"), "{err}");
+}
+
+#[test]
+fn a_router_named_in_the_config_is_part_of_the_chain_id() {
+    use soma_codec::{Decode, Encode};
+    let dir = tempfile::tempdir().unwrap();
+    let (file, digest) = package(dir.path());
+    let plain = read(dir.path(), &config(&file)).unwrap();
+    assert_eq!(plain.router(), None);
+    let mut routed = config(&file);
+    routed["router"] = file.clone().into();
+    let routed = read(dir.path(), &routed).unwrap();
+    assert_eq!(routed.router(), Some(&digest));
+    assert_ne!(routed.chain_id(), plain.chain_id());
+    assert_eq!(Genesis::from_bytes(&routed.to_bytes()).unwrap(), routed);
 }

@@ -8,8 +8,7 @@ use soma_host::Digest;
 const DIMENSION: usize = 8;
 /// Validators 0..4, equal stakes.
 const VALIDATORS: u8 = 4;
-/// Encoder owners are accounts 10, 11, ...; the submitter is account 20.
-const SUBMITTER: u8 = 20;
+// Encoder owners are accounts 10, 11, ...; the submitter is SUBMITTER.
 
 fn package(i: u8) -> Digest {
     Digest([i + 1; 32])

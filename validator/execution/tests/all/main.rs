@@ -1,20 +1,22 @@
 //! Integration tests of the state machine: real fjall state in temporary
 //! directories, real signed transactions.
 
+mod adversaries;
 mod apply;
 mod conservation;
 mod genesis;
 mod jobs;
 mod restart;
+mod routing;
 mod runner;
 
 use soma_crypto::{PublicKey, SecretKey};
 use soma_execution::{
-    Action, Commit, CommitEffects, Executor, Genesis, GenesisAccount, GenesisValidator, Parameters,
-    Transaction,
+    Action, Commit, CommitEffects, Executor, Finalisation, Genesis, GenesisAccount, GenesisEncoder,
+    GenesisValidator, JobRunner, JobStatus, Parameters, Transaction,
 };
 use soma_host::Digest;
-use soma_host::package::{EncoderMeta, Package};
+use soma_host::package::{BlobStore, EncoderMeta, Package, VerifiedPackage};
 use std::path::Path;
 
 /// The key of test account `i`.
@@ -109,4 +111,127 @@ pub fn registration(g: &Genesis, owner: u8, name: &str, bond: u64) -> (Action, D
 
 pub fn open(dir: &Path, genesis: &Genesis) -> Executor {
     Executor::open(dir, genesis, None).unwrap()
+}
+
+/// `component` signed by account `owner` as the 384-dimension text encoder
+/// `name`, allowed `fuel` per call.
+pub fn component_package(component: &str, name: &str, owner: u8, fuel: u64) -> VerifiedPackage {
+    let meta = EncoderMeta {
+        name: name.into(),
+        version: "0.1.0".into(),
+        dimension: 384,
+        fuel_limit: fuel,
+        modality: soma_host::Modality::Text,
+    };
+    Package::sign(
+        &key(owner),
+        &meta,
+        std::fs::read(component).unwrap(),
+        vec![],
+    )
+    .unwrap()
+}
+
+/// The one validator of [`encoder_network`].
+pub const VALIDATOR: u8 = 0;
+
+/// The submitter of [`encoder_network`].
+pub const SUBMITTER: u8 = 20;
+
+/// A network of one validator ([`VALIDATOR`], holding all the stake) and a
+/// funded [`SUBMITTER`], with `encoders` (package, owner) registered with
+/// a bond of 10 000 000 each and installed in `store`.
+pub fn encoder_network(
+    store: &BlobStore,
+    encoders: &[(&VerifiedPackage, u8)],
+    parameters: Parameters,
+) -> Genesis {
+    let mut holders = vec![VALIDATOR, SUBMITTER];
+    holders.extend(encoders.iter().map(|&(_, owner)| owner));
+    holders.sort();
+    holders.dedup();
+    let accounts = holders
+        .into_iter()
+        .map(|i| GenesisAccount {
+            key: public(i),
+            balance: 1_000_000_000,
+        })
+        .collect();
+    let encoders = encoders
+        .iter()
+        .map(|&(package, owner)| {
+            store.install(package).unwrap();
+            GenesisEncoder {
+                package: package.digest(),
+                owner: public(owner),
+                bond: 10_000_000,
+            }
+        })
+        .collect();
+    let validators = vec![GenesisValidator {
+        key: public(VALIDATOR),
+        stake: 5_000_000,
+    }];
+    Genesis::new(
+        "soma-encoders".into(),
+        accounts,
+        validators,
+        encoders,
+        parameters,
+    )
+    .unwrap()
+}
+
+/// [`SUBMITTER`]'s submissions of `data`, 1 000 000 base units each, in one
+/// commit; returns the job ids.
+pub fn submit_all(executor: &mut Executor, genesis: &Genesis, data: &[&[u8]]) -> Vec<Digest> {
+    let nonce = executor.account(&public(SUBMITTER)).unwrap().nonce;
+    let transactions: Vec<Vec<u8>> = data
+        .iter()
+        .zip(nonce..)
+        .map(|(data, nonce)| {
+            let action = Action::SubmitData {
+                data: data.to_vec(),
+                payment: 1_000_000,
+            };
+            signed(genesis, SUBMITTER, nonce, 10, action)
+        })
+        .collect();
+    apply(executor, &transactions)
+        .receipts
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.rejection, None);
+            r.transaction.unwrap()
+        })
+        .collect()
+}
+
+/// [`VALIDATOR`] computes `jobs` with `runner` and attests them in one
+/// commit, which decides them; returns their finalisations.
+pub fn decide_all(
+    executor: &mut Executor,
+    genesis: &Genesis,
+    runner: &JobRunner,
+    jobs: &[Digest],
+) -> Vec<Finalisation> {
+    let nonce = executor.account(&public(VALIDATOR)).unwrap().nonce;
+    let attestations: Vec<Vec<u8>> = jobs
+        .iter()
+        .zip(nonce..)
+        .map(|(id, nonce)| {
+            let job = executor.job(id).unwrap().unwrap();
+            let results = runner.compute(&job, genesis.parameters()).unwrap();
+            let action = Action::Attest { job: *id, results };
+            signed(genesis, VALIDATOR, nonce, 10, action)
+        })
+        .collect();
+    let effects = apply(executor, &attestations);
+    assert!(effects.receipts.iter().all(|r| r.rejection.is_none()));
+    jobs.iter()
+        .map(|id| match executor.job(id).unwrap().unwrap().status {
+            JobStatus::Finalised(f) => *f,
+            other => panic!("job {id} is not decided: {other:?}"),
+        })
+        .collect()
 }

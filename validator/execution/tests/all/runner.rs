@@ -3,39 +3,20 @@
 
 use super::*;
 use soma_execution::{GenesisEncoder, JobRunner, JobStatus, ONE, Outcome, RunnerError};
-use soma_host::package::{BlobStore, MAX_FUEL_LIMIT, VerifiedPackage};
-use soma_host::{Digest, Engine, Modality};
-
-/// `component` signed by account `owner` as the 384-dimension text encoder
-/// `name`, allowed `fuel` per call.
-fn package(component: &str, name: &str, owner: u8, fuel: u64) -> VerifiedPackage {
-    let meta = EncoderMeta {
-        name: name.into(),
-        version: "0.1.0".into(),
-        dimension: 384,
-        fuel_limit: fuel,
-        modality: Modality::Text,
-    };
-    Package::sign(
-        &key(owner),
-        &meta,
-        std::fs::read(component).unwrap(),
-        vec![],
-    )
-    .unwrap()
-}
+use soma_host::package::{BlobStore, MAX_FUEL_LIMIT};
+use soma_host::{Digest, Engine};
 
 /// Four validators (0-3); the hash encoder (owned by 10) and the hostile
 /// one (owned by 11, which loops on "spin" until its 50 million fuel run
 /// out) registered and installed in `store`; a submitter (20).
 fn network(store: &BlobStore) -> (Genesis, Digest, Digest) {
-    let hash = package(
+    let hash = component_package(
         soma_examples_artifacts::HASH_ENCODER,
         "hash-encoder",
         10,
         MAX_FUEL_LIMIT,
     );
-    let hostile = package(soma_examples_artifacts::HOSTILE, "hostile", 11, 50_000_000);
+    let hostile = component_package(soma_examples_artifacts::HOSTILE, "hostile", 11, 50_000_000);
     store.install(&hash).unwrap();
     store.install(&hostile).unwrap();
     let mut accounts: Vec<GenesisAccount> = [0, 1, 2, 3, 10, 11, 20]
