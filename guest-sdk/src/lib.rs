@@ -68,6 +68,7 @@ pub mod bindings {
     });
 }
 
+pub mod align;
 pub mod hashing;
 pub mod inference;
 pub mod log;

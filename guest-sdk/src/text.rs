@@ -1,6 +1,7 @@
 //! Pieces of sentence-embedding text encoders (feature `text`).
 
 use crate::EncodeError;
+use crate::align::Head;
 use crate::inference::{NamedTensor, Session, Tensor};
 use crate::vector::l2_normalize;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
@@ -94,16 +95,23 @@ pub trait SentenceTransformer: Send + Sync + 'static {
     const TOKEN_TYPE_IDS: bool;
     /// Where the sentence vector comes from.
     const POOLING: Pooling;
-    /// Output dimension.
+    /// Dimension of the model's vectors (the encoder's output dimension
+    /// is the head's, if it has one).
     const DIMENSION: usize = 384;
     /// Largest input, in bytes.
     const MAX_INPUT_BYTES: u32 = 16 * 1024;
+    /// An alignment head file ([`crate::align`]) compiled in, mapping the
+    /// model's vectors into the network's space; `None` for the reference
+    /// model itself.
+    const HEAD: Option<&'static [u8]> = None;
 }
 
 /// The encoder for a [`SentenceTransformer`]: tokenise, run the ONNX model
-/// of the package, pool, L2-normalise.
+/// of the package, pool, L2-normalise, and apply the alignment head if it
+/// has one.
 pub struct SentenceEncoder<T> {
     tokenizer: TextTokenizer,
+    head: Option<Head>,
     model: std::marker::PhantomData<T>,
 }
 
@@ -113,8 +121,10 @@ impl<T: SentenceTransformer> crate::Encoder for SentenceEncoder<T> {
         // caught when the host pre-initialises the component.
         let tokenizer =
             TextTokenizer::from_json(T::TOKENIZER).expect("the compiled-in tokenizer.json parses");
+        let head = T::HEAD.map(|bytes| Head::parse(bytes).expect("the compiled-in head parses"));
         SentenceEncoder {
             tokenizer,
+            head,
             model: std::marker::PhantomData,
         }
     }
@@ -123,7 +133,7 @@ impl<T: SentenceTransformer> crate::Encoder for SentenceEncoder<T> {
         crate::EncoderInfo {
             name: T::NAME.into(),
             version: T::VERSION.into(),
-            dimension: T::DIMENSION as u32,
+            dimension: self.head.as_ref().map_or(T::DIMENSION, Head::output) as u32,
             modality: crate::Modality::Text,
             max_input_bytes: T::MAX_INPUT_BYTES,
         }
@@ -189,7 +199,16 @@ impl<T: SentenceTransformer> SentenceEncoder<T> {
             )));
         }
         l2_normalize(&mut vector);
-        Ok(vector)
+        match &self.head {
+            None => Ok(vector),
+            Some(head) => head.apply(&vector).ok_or_else(|| {
+                EncodeError::Internal(format!(
+                    "the alignment head takes {} values, the model gives {}",
+                    head.input(),
+                    vector.len()
+                ))
+            }),
+        }
     }
 }
 

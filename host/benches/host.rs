@@ -18,6 +18,7 @@
 
 use criterion::{BenchmarkId, Criterion};
 use serde_json::Value;
+use soma_guest_sdk::TextEncoder;
 use soma_host::{CacheOutcome, CompiledCache, Encoder, Engine, Limits, Seed};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -130,11 +131,12 @@ fn hash_encoder(c: &mut Criterion) {
             })
         });
     }
+    let native = hash_encoder::HashEncoder::default();
     group.bench_function(BenchmarkId::from_parameter("native"), |b| {
         b.iter(|| {
             texts
                 .iter()
-                .map(|t| hash_encoder::embed_text(black_box(t)))
+                .map(|t| native.embed_text(black_box(t)))
                 .collect::<Vec<_>>()
         })
     });

@@ -4,6 +4,7 @@
 //! nothing but a Rust toolchain installed with rustup.
 
 mod assets;
+mod corpus;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -29,6 +30,10 @@ enum Task {
     Test,
     /// Set up, run the benchmarks and write BENCHMARKS.md.
     Bench,
+    /// Refit the alignment heads of the example encoders that ship one
+    /// (`minilm-l3`, `hash-encoder`) against `minilm-l6`, the network's
+    /// space, and write them to `examples/<encoder>/head.bin`.
+    Align,
     /// Run thousands of seeded consensus simulations (arguments go to
     /// `consensus-sim`; see `cargo xtask sim -- --help`).
     Sim {
@@ -75,6 +80,7 @@ fn main() -> Result<()> {
             command.extend(args.iter().map(String::as_str));
             cargo(&command)
         }
+        Task::Align => align(),
         Task::Bench => {
             for (package, bench) in BENCHES {
                 cargo(&["bench", "--locked", "--package", package, "--bench", bench])?;
@@ -91,6 +97,119 @@ const BENCHES: [(&str, &str); 3] = [
     ("soma-consensus", "consensus"),
     ("soma-execution", "execution"),
 ];
+
+/// Encoders with an alignment head: (crate, model file in `.cache/soma/models`).
+const ALIGNED: [(&str, Option<&str>); 2] = [
+    ("minilm-l3", Some("paraphrase-minilm-l3-v2.onnx")),
+    ("hash-encoder", None),
+];
+
+/// The reference of the network's space: (crate, model file).
+const REFERENCE: (&str, Option<&str>) = ("minilm-l6", Some("all-minilm-l6-v2-int8.onnx"));
+
+/// Builds the encoders without their heads, packages them with a throwaway
+/// key, and fits each head with `soma-align`.
+fn align() -> Result<()> {
+    let root = workspace();
+    let dir = root.join("target/align");
+    let guests = dir.join("guests");
+    let mut build = vec![
+        "build",
+        "--locked",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "--no-default-features",
+        "--target-dir",
+    ];
+    let guests_arg = guests
+        .to_str()
+        .context("the target directory is not UTF-8")?;
+    build.push(guests_arg);
+    for (name, _) in ALIGNED.iter().chain([&REFERENCE]) {
+        build.extend(["--package", name]);
+    }
+    eprintln!("xtask: building the encoders without their heads");
+    cargo(&build)?;
+    let key = dir.join("key");
+    match std::fs::remove_file(&key) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", key.display()));
+        }
+        _ => {}
+    }
+    let path = |p: &Path| p.to_str().map(String::from).context("a path is not UTF-8");
+    // The `soma-host` CLI, built like the tests build it.
+    let soma_host = |args: &[&str]| {
+        let mut run = vec![
+            "run",
+            "--locked",
+            "--quiet",
+            "--package",
+            "soma-host",
+            "--bin",
+            "soma-host",
+            "--",
+        ];
+        run.extend(args);
+        cargo(&run)
+    };
+    soma_host(&["keygen", "--out", &path(&key)?])?;
+    let package = |(name, model): (&str, Option<&str>)| -> Result<PathBuf> {
+        let component = guests
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        let out = dir.join(format!("{name}.somapkg"));
+        let (key, component, out_arg) = (path(&key)?, path(&component)?, path(&out)?);
+        let mut args = vec![
+            "sign",
+            "--key",
+            &key,
+            "--component",
+            &component,
+            "--out",
+            &out_arg,
+        ];
+        let model = model.map(|m| root.join(".cache/soma/models").join(m));
+        let model = model.as_deref().map(path).transpose()?;
+        if let Some(model) = &model {
+            args.extend(["--model", model]);
+        }
+        soma_host(&args)?;
+        Ok(out)
+    };
+    cargo(&["fetch", "--locked"])?;
+    let corpus = corpus::from_registry(&root.join("Cargo.lock"), 12_000)?;
+    let corpus_file = dir.join("corpus.txt");
+    std::fs::write(&corpus_file, corpus.join("\n"))
+        .with_context(|| format!("cannot write {}", corpus_file.display()))?;
+    eprintln!(
+        "xtask: {} sentences from the documentation of the locked crates in {}",
+        corpus.len(),
+        corpus_file.display()
+    );
+    let reference = package(REFERENCE)?;
+    let mut args = vec![
+        "run".to_string(),
+        "--locked".into(),
+        "--package".into(),
+        "soma-align".into(),
+        "--".into(),
+        "--reference".into(),
+        path(&reference)?,
+        "--corpus".into(),
+        path(&corpus_file)?,
+    ];
+    for encoder in ALIGNED {
+        let head = root.join("examples").join(encoder.0).join("head.bin");
+        args.extend(["--source".into(), path(&package(encoder)?)?]);
+        args.extend(["--out".into(), path(&head)?]);
+    }
+    eprintln!("xtask: fitting the heads");
+    cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    Ok(())
+}
 
 /// Assembles BENCHMARKS.md from the sections the benchmarks wrote.
 fn write_benchmarks() -> Result<()> {

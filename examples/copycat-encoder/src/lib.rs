@@ -6,14 +6,28 @@
 //! away; only its distance from what honest encoders make of the actual
 //! input does. The network must catch it as an outlier.
 
+use soma_guest_sdk::align::Head;
 use soma_guest_sdk::{TextEncoder, hashing};
 
 /// What every input is embedded as.
 pub const PHRASE: &str = "The quick brown fox jumps over the lazy dog.";
 
-/// The copycat encoder.
-#[derive(Default)]
-pub struct CopycatEncoder;
+/// The copycat encoder: [`PHRASE`]'s embedding by the hash encoder (its
+/// hashed features through its alignment head), computed once.
+pub struct CopycatEncoder {
+    vector: Vec<f32>,
+}
+
+impl Default for CopycatEncoder {
+    fn default() -> Self {
+        let head = Head::parse(include_bytes!("../../hash-encoder/head.bin"))
+            .expect("the compiled-in head parses");
+        let vector = head
+            .apply(&hashing::hashed_features(PHRASE, 384))
+            .expect("the head takes hashed features");
+        CopycatEncoder { vector }
+    }
+}
 
 impl TextEncoder for CopycatEncoder {
     const NAME: &'static str = "copycat-encoder";
@@ -22,7 +36,7 @@ impl TextEncoder for CopycatEncoder {
     const MAX_INPUT_BYTES: u32 = 64 * 1024;
 
     fn embed_text(&self, _text: &str) -> Vec<f32> {
-        hashing::hashed_features(PHRASE, Self::DIMENSION as usize)
+        self.vector.clone()
     }
 }
 

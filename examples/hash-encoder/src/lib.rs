@@ -4,9 +4,12 @@
 //! and `>` marking its edges) is hashed to one of 384 dimensions and adds
 //! ±weight there; the sum is L2-normalised. Texts that share words or word
 //! pieces share dimensions, so paraphrases land closer together than
-//! unrelated texts, with no model at all. It is the reference for what an
-//! encoder component costs when it does all its work in wasm.
+//! unrelated texts, with no model at all. A linear alignment head, fitted
+//! against `minilm-l6` and compiled in, maps that vector into the
+//! network's embedding space. It is the reference for what an encoder
+//! component costs when it does all its work in wasm.
 
+use soma_guest_sdk::align::Head;
 use soma_guest_sdk::{TextEncoder, hashing};
 
 /// Output dimension: the network's embedding space.
@@ -15,9 +18,32 @@ pub const DIMENSION: usize = 384;
 /// Largest input accepted, in bytes.
 pub const MAX_INPUT_BYTES: u32 = 64 * 1024;
 
-/// The hash encoder; stateless.
-#[derive(Default)]
-pub struct HashEncoder;
+/// The alignment head into the network's space (`minilm-l6`), fitted by
+/// `cargo xtask align`; none without the `aligned` feature (on by default),
+/// which is how the head is fitted.
+#[cfg(feature = "aligned")]
+pub const HEAD: Option<&[u8]> = Some(include_bytes!("../head.bin"));
+/// See above.
+#[cfg(not(feature = "aligned"))]
+pub const HEAD: Option<&[u8]> = None;
+
+/// The hash encoder: hashed features, through its head.
+pub struct HashEncoder {
+    head: Option<Head>,
+}
+
+impl Default for HashEncoder {
+    /// Parses the compiled-in head: at pre-initialisation in the host, so
+    /// calls find it ready.
+    fn default() -> Self {
+        let head = HEAD.map(|bytes| {
+            let head = Head::parse(bytes).expect("the compiled-in head parses");
+            assert_eq!(head.input(), DIMENSION, "the head takes hashed features");
+            head
+        });
+        HashEncoder { head }
+    }
+}
 
 impl TextEncoder for HashEncoder {
     const NAME: &'static str = "hash-encoder";
@@ -26,16 +52,17 @@ impl TextEncoder for HashEncoder {
     const MAX_INPUT_BYTES: u32 = MAX_INPUT_BYTES;
 
     fn embed_text(&self, text: &str) -> Vec<f32> {
-        embed_text(text)
+        let features = hashing::hashed_features(text, DIMENSION);
+        match &self.head {
+            Some(head) => head
+                .apply(&features)
+                .expect("the head's input dimension is checked when it is parsed"),
+            None => features,
+        }
     }
 }
 
 soma_guest_sdk::export!(HashEncoder);
-
-/// Embeds one text.
-pub fn embed_text(text: &str) -> Vec<f32> {
-    hashing::hashed_features(text, DIMENSION)
-}
 
 #[cfg(test)]
 mod tests {
@@ -48,14 +75,14 @@ mod tests {
 
     #[test]
     fn unit_length_and_dimension() {
-        let v = embed_text("Hello, wörld! Ünïcode is lower-cased.");
+        let v = HashEncoder::default().embed_text("Hello, wörld! Ünïcode is lower-cased.");
         assert_eq!(v.len(), DIMENSION);
         assert!((cosine(&v, &v) - 1.0).abs() < 1e-5);
     }
 
     #[test]
     fn non_utf8_input_is_rejected_with_its_index() {
-        let err = HashEncoder
+        let err = HashEncoder::default()
             .embed(&[b"ok".to_vec(), vec![0xff, 0xfe]])
             .unwrap_err();
         match err {

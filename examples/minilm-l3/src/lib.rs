@@ -1,6 +1,7 @@
 //! `minilm-l3`: paraphrase-MiniLM-L3-v2, tokenised in wasm and run on the
 //! host's ONNX Runtime. Its graph pools itself: output `461` is the masked
-//! mean of the token vectors, which the SDK normalises.
+//! mean of the token vectors, which the SDK normalises and maps through
+//! the alignment head `head.bin` into `minilm-l6`'s space (the network's).
 //!
 //! Its package ships the model `paraphrase-minilm-l3-v2.onnx`; the tokenizer (`tokenizer.json`,
 //! shared by the MiniLM family) is compiled in from `$SOMA_MODELS_DIR`,
@@ -20,6 +21,14 @@ impl SentenceTransformer for MiniLmL3 {
         include_bytes!(concat!(env!("SOMA_MODELS_DIR"), "/tokenizer.json"));
     const TOKEN_TYPE_IDS: bool = false;
     const POOLING: Pooling = Pooling::Pooled("461");
+    /// Into `minilm-l6`'s space, fitted by `cargo xtask align`; none
+    /// without the `aligned` feature (on by default), which is how the head
+    /// is fitted.
+    const HEAD: Option<&'static [u8]> = if cfg!(feature = "aligned") {
+        Some(include_bytes!("../head.bin"))
+    } else {
+        None
+    };
 }
 
 soma_guest_sdk::export!(soma_guest_sdk::text::SentenceEncoder<MiniLmL3>);

@@ -2,21 +2,36 @@
 //! source code, noisy on prose.
 //!
 //! On text that looks like code (many of `{}()[];=<>`) it returns exactly
-//! the hash encoder's vector. On anything else it adds to that vector a
+//! the hash encoder's vector (hashed features through the hash encoder's
+//! alignment head). On anything else it adds to that vector a
 //! strong component along one axis picked by hashing the whole text: still
 //! near what honest encoders return (it is not an outlier), but its
 //! embedding of a text no longer follows from its embeddings of the text's
 //! parts, so its differential loss is high and its weight low. Routing
 //! should learn to pick it for code and to avoid it for prose.
 
+use soma_guest_sdk::align::Head;
 use soma_guest_sdk::{TextEncoder, hashing, vector};
 
 /// Length of the noise added to a prose text's unit vector.
 pub const NOISE: f32 = 0.8;
 
+/// The hash encoder's alignment head: on code, this encoder is the hash
+/// encoder.
+const HEAD: &[u8] = include_bytes!("../../hash-encoder/head.bin");
+
 /// The specialist encoder.
-#[derive(Default)]
-pub struct SpecialistEncoder;
+pub struct SpecialistEncoder {
+    head: Head,
+}
+
+impl Default for SpecialistEncoder {
+    fn default() -> Self {
+        let head = Head::parse(HEAD).expect("the compiled-in head parses");
+        assert_eq!(head.input(), 384, "the head takes hashed features");
+        SpecialistEncoder { head }
+    }
+}
 
 impl TextEncoder for SpecialistEncoder {
     const NAME: &'static str = "specialist-encoder";
@@ -25,7 +40,11 @@ impl TextEncoder for SpecialistEncoder {
     const MAX_INPUT_BYTES: u32 = 64 * 1024;
 
     fn embed_text(&self, text: &str) -> Vec<f32> {
-        let mut v = hashing::hashed_features(text, Self::DIMENSION as usize);
+        let features = hashing::hashed_features(text, Self::DIMENSION as usize);
+        let mut v = self
+            .head
+            .apply(&features)
+            .expect("the head's input dimension is checked when it is parsed");
         if !looks_like_code(text) {
             hashing::add_feature(&mut v, b'p', text.as_bytes(), NOISE);
             vector::l2_normalize(&mut v);
@@ -61,13 +80,17 @@ mod tests {
     #[test]
     fn code_gets_the_hash_embedding_and_prose_a_noisy_one() {
         let code = "let total = items.iter().map(|x| x.price).sum();";
-        assert_eq!(
-            SpecialistEncoder.embed_text(code),
-            hashing::hashed_features(code, 384)
-        );
+        let specialist = SpecialistEncoder::default();
+        let hash = |text| {
+            specialist
+                .head
+                .apply(&hashing::hashed_features(text, 384))
+                .unwrap()
+        };
+        assert_eq!(specialist.embed_text(code), hash(code));
         let text = "A quiet walk along the river.";
-        let honest = hashing::hashed_features(text, 384);
-        let cosine: f32 = SpecialistEncoder
+        let honest = hash(text);
+        let cosine: f32 = specialist
             .embed_text(text)
             .iter()
             .zip(&honest)

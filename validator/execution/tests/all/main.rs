@@ -6,6 +6,7 @@ mod apply;
 mod conservation;
 mod genesis;
 mod jobs;
+mod processes;
 mod restart;
 mod routing;
 mod runner;
@@ -154,7 +155,12 @@ pub fn encoder_network(
         .into_iter()
         .map(|i| GenesisAccount {
             key: public(i),
-            balance: 1_000_000_000,
+            // Enough for thousands of jobs.
+            balance: if i == SUBMITTER {
+                1_000_000_000_000
+            } else {
+                1_000_000_000
+            },
         })
         .collect();
     let encoders = encoders
