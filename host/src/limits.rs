@@ -55,6 +55,9 @@ pub(crate) struct Limiter {
     max_instances: usize,
     pub(crate) memory_in_use: usize,
     pub(crate) refused: bool,
+    /// Why this host failed a growth the limits allowed (the operating
+    /// system refused pages): a local failure, never the guest's.
+    pub(crate) host_failure: Option<String>,
 }
 
 impl Limiter {
@@ -66,6 +69,7 @@ impl Limiter {
             max_instances: clamp(u64::from(limits.max_instances)),
             memory_in_use: 0,
             refused: false,
+            host_failure: None,
         }
     }
 }
@@ -86,8 +90,11 @@ impl wasmtime::ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.refused = true;
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        match growth_past_a_limit(&error) {
+            true => self.refused = true,
+            false => self.host_failure = Some(format!("growing linear memory failed: {error:#}")),
+        }
         Ok(())
     }
 
@@ -122,10 +129,49 @@ impl wasmtime::ResourceLimiter for Limiter {
     }
 }
 
+/// Whether a failed `memory.grow` went past a limit every host shares: the
+/// memory type's maximum or the engine's (wasmtime's own words for the two;
+/// the engine version is pinned, and a test holds it to them). Anything
+/// else is this host's operating system refusing pages.
+fn growth_past_a_limit(error: &wasmtime::Error) -> bool {
+    let text = error.to_string();
+    text.contains("memory growth exceeds memory type's limits")
+        || text.contains("Memory maximum size exceeded")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn a_growth_past_a_limit_is_refused_and_any_other_failure_is_the_hosts() {
+        for words in [
+            "memory growth exceeds memory type's limits",
+            "Memory maximum size exceeded",
+        ] {
+            let mut limiter = Limiter::new(&Limits::default());
+            limiter
+                .memory_grow_failed(wasmtime::format_err!("{words}"))
+                .unwrap();
+            assert!(limiter.refused && limiter.host_failure.is_none(), "{words}");
+        }
+        // Wasmtime's own words, from a real growth past a memory's type.
+        let engine = wasmtime::Engine::default();
+        let mut store = wasmtime::Store::new(&engine, Limiter::new(&Limits::default()));
+        store.limiter(|l| l);
+        let memory =
+            wasmtime::Memory::new(&mut store, wasmtime::MemoryType::new(1, Some(2))).unwrap();
+        assert!(memory.grow(&mut store, 5).is_err());
+        let limiter = store.data();
+        assert!(limiter.refused && limiter.host_failure.is_none());
+
+        let mut limiter = Limiter::new(&Limits::default());
+        let enomem = std::io::Error::from_raw_os_error(12);
+        limiter.memory_grow_failed(enomem.into()).unwrap();
+        assert!(!limiter.refused);
+        assert!(limiter.host_failure.unwrap().contains("memory"));
+    }
 
     #[test]
     fn memory_is_summed_across_memories() {
