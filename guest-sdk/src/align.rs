@@ -123,7 +123,7 @@ mod tests {
     use super::*;
 
     fn swap() -> Head {
-        // Swaps two coordinates and shifts the first.
+        // Swaps two coordinates.
         Head::new(2, 2, vec![0.0, 1.0, 1.0, 0.0], vec![0.0, 0.0]).unwrap()
     }
 

@@ -130,7 +130,6 @@ mod tests {
     #[test]
     fn the_hash_is_fixed() {
         // A change here changes every hashing encoder's output.
-        assert_eq!(feature_hash(b'w', b"soma"), feature_hash(b'w', b"soma"));
         assert_ne!(feature_hash(b'w', b"soma"), feature_hash(b't', b"soma"));
         assert_eq!(feature_hash(b'w', b""), 0x1565_2e86_25e3_01f3);
     }

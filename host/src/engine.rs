@@ -33,6 +33,12 @@ impl Engine {
         Engine::build(false)
     }
 
+    /// Whether calls on this engine are metered with fuel (every engine but
+    /// [`Engine::without_fuel_metering`]'s).
+    pub fn meters_fuel(&self) -> bool {
+        self.runtime.fuel_metering()
+    }
+
     fn build(fuel_metering: bool) -> Result<Engine, Error> {
         Ok(Engine {
             runtime: Runtime::new(fuel_metering)?,

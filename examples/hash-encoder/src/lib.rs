@@ -56,7 +56,7 @@ impl TextEncoder for HashEncoder {
         match &self.head {
             Some(head) => head
                 .apply(&features)
-                .expect("the head's input dimension is checked when it is parsed"),
+                .expect("the head's input dimension is checked when the encoder is built"),
             None => features,
         }
     }

@@ -44,7 +44,7 @@ impl TextEncoder for SpecialistEncoder {
         let mut v = self
             .head
             .apply(&features)
-            .expect("the head's input dimension is checked when it is parsed");
+            .expect("the head's input dimension is checked when the encoder is built");
         if !looks_like_code(text) {
             hashing::add_feature(&mut v, b'p', text.as_bytes(), NOISE);
             vector::l2_normalize(&mut v);

@@ -29,6 +29,7 @@ use crate::{finalise, routing, shard};
 use soma_codec::{Decode, Encode, Writer};
 use soma_crypto::{Domain, PublicKey, Signature};
 use soma_host::Digest;
+use soma_host::Modality;
 use soma_host::package::Manifest;
 use std::path::Path;
 
@@ -233,9 +234,12 @@ impl Executor {
                 Ok(()) => {}
                 Err(Stop::Store(e)) => return Err(e),
                 // Returning escrowed money cannot overflow a supply that
-                // fits a u64, and expiring runs no router.
-                Err(Stop::Refused(_) | Stop::Router(_)) => {
+                // fits a u64.
+                Err(Stop::Refused(_)) => {
                     return Err(StateError::inconsistent("refund", "it would overflow"));
+                }
+                Err(Stop::Router(_)) => {
+                    return Err(StateError::inconsistent("expiry", "it ran the router"));
                 }
             }
             state.put_job(&id, &job);
@@ -247,7 +251,8 @@ impl Executor {
 
     /// Applies one transaction to `changes`: its fee (if it passes the
     /// checks that make it chargeable), then its action (if the action
-    /// breaks no rule). Only a store failure is an error.
+    /// breaks no rule). Only a failure of this node (the store, or running
+    /// the router) is an error.
     fn apply_transaction(
         &self,
         commit: &Commit<'_>,
@@ -401,11 +406,13 @@ impl Executor {
                 if state.encoder(&package)?.is_some() {
                     Err(Rejection::EncoderExists)?;
                 }
+                // A newcomer starts where the registered encoders' median is:
+                // neither a free top score nor a penalty for being new.
                 let encoder = Encoder {
                     owner: tx.sender,
                     bond: *bond,
                     pending: 0,
-                    performance: routing::initial_performance(self.regions),
+                    performance: state.median_performance(self.regions)?,
                 };
                 state.put_encoder(&package, encoder);
                 Ok(())
@@ -450,6 +457,9 @@ impl Executor {
                 expected: self.parameters.dimension,
             });
         }
+        if decoded.modality != Modality::Text {
+            return Err(Rejection::NotTextEncoder);
+        }
         Ok(Digest::of(manifest))
     }
 
@@ -475,12 +485,17 @@ impl Executor {
                 min: params.min_job_payment,
             })?;
         }
+        // Text encoders refuse anything else, which would count against
+        // every one of them.
+        if std::str::from_utf8(data).is_err() {
+            Err(Rejection::NotText)?;
+        }
         let mut seed_input = commit.digest.to_vec();
         seed_input.extend_from_slice(&id.0);
         let seed = blake3::derive_key("soma/job-seed/v1", &seed_input);
         let region = match &self.router {
             Some(router) => router.region(data, params.region_bits)?,
-            None => 0,
+            None => Some(0),
         };
         let candidates = state.shard_candidates(region, params.routing_floor)?;
         let shard = shard::select(&candidates, params.shard_size.into(), &seed);

@@ -17,6 +17,7 @@
 use crate::job::{EncoderResult, EncoderScore, Finalisation, Job, JobStatus, Outcome};
 use crate::params::{Parameters, share};
 use crate::routing;
+use crate::runner::has_masks;
 use crate::scoring::{
     ONE, coordinate_median, distance, max_deviation, outliers, weight, weighted_coordinate_median,
     weighted_median, weighted_unit_average,
@@ -207,16 +208,24 @@ pub(crate) fn finalise(
 
     // Slashes and the penalty, burned; routing scores in the job's region
     // move toward how each encoder did; the shard's bonds are free again.
+    // Losses and outliers say how an encoder did only when the data had
+    // masks and the outlier test ran; a failure always does.
     let best_weight = scores.iter().map(|s| s.weight).max().unwrap_or(0);
+    let judged = has_masks(&job.data, params.mask_count) && ok.len() >= MIN_FOR_OUTLIERS;
     for (j, score) in scores.iter_mut().enumerate() {
         let mut encoder = state
             .encoder(&score.package)?
             .ok_or_else(|| StateError::inconsistent("job", "a shard encoder is missing"))?;
         encoder.pending = encoder.pending.saturating_sub(1);
-        if let Some(sample) = routing_sample(score, best_weight) {
+        let sample = match score.outcome {
+            outcome if outcome.is_failure() => Some(0),
+            _ if judged => routing_sample(score, best_weight),
+            _ => None,
+        };
+        if let (Some(sample), Some(region)) = (sample, job.region) {
             let region = encoder
                 .performance
-                .get_mut(usize::from(job.region))
+                .get_mut(usize::from(region))
                 .ok_or_else(|| StateError::inconsistent("job", "its region has no score"))?;
             *region = routing::update(*region, sample, params.routing_decay_bps);
         }
@@ -243,13 +252,13 @@ pub(crate) fn finalise(
     Ok(())
 }
 
-/// How an encoder did on a job, for routing: nothing if there is no
-/// verdict on it; 0 if disqualified; else its loss weight relative to the
-/// best encoder's (fixed point, the best scoring 1.0).
+/// How an encoder did on a judged job, for routing: 0 if disqualified or
+/// if no validator could run it (no verdict: an encoder must not escape
+/// judgement by making itself unrunnable); else its loss weight relative
+/// to the best encoder's (fixed point, the best scoring 1.0).
 fn routing_sample(score: &EncoderScore, best_weight: u64) -> Option<u32> {
     match score.outcome {
-        Outcome::Local => None,
-        _ if score.disqualified || best_weight == 0 => Some(0),
+        _ if score.disqualified || score.outcome == Outcome::Local || best_weight == 0 => Some(0),
         _ => Some((u128::from(score.weight) * ONE as u128 / u128::from(best_weight)) as u32),
     }
 }

@@ -13,8 +13,8 @@ use crate::params::Parameters;
 use crate::transaction::public_key;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::PublicKey;
-use soma_host::Digest;
 use soma_host::package::Package;
+use soma_host::{Digest, Modality};
 use std::path::{Path, PathBuf};
 
 /// Most entries of each kind (accounts, validators, encoders) in a genesis.
@@ -182,6 +182,12 @@ impl Genesis {
                     path: package_path.clone(),
                     source,
                 })?;
+            if package.manifest().modality != Modality::Text {
+                return Err(GenesisError::Config(format!(
+                    "encoder package {} is not a text encoder; the network embeds text",
+                    package_path.display()
+                )));
+            }
             let dimension = package.manifest().dimension;
             if dimension != u32::from(config.parameters.dimension) {
                 return Err(GenesisError::Config(format!(

@@ -132,8 +132,10 @@ pub struct Job {
     pub shard: Vec<Digest>,
     /// Seed of the masks the job runner applies.
     pub seed: [u8; 32],
-    /// The routing region the router put the data in.
-    pub region: u16,
+    /// The routing region the router put the data in; `None` if it could
+    /// not place it (the shard was drawn by bond alone, and the job moves
+    /// no routing score).
+    pub region: Option<u16>,
     /// The last commit at whose end it may still be undecided.
     pub deadline: u64,
     /// Validators whose attestations were applied, in commit order.
@@ -190,7 +192,10 @@ impl Encode for Job {
         w.count8(self.shard.len());
         self.shard.iter().for_each(|d| w.array(&d.0));
         w.array(&self.seed);
-        w.u16(self.region);
+        w.bool(self.region.is_some());
+        if let Some(region) = self.region {
+            w.u16(region);
+        }
         w.u64(self.deadline);
         w.count32(self.attesters.len());
         self.attesters.iter().for_each(|k| w.array(&k.to_bytes()));
@@ -219,7 +224,10 @@ impl Decode<'_> for Job {
             .map(|_| r.array("shard").map(Digest))
             .collect::<Result<_, _>>()?;
         let seed = r.array("seed")?;
-        let region = r.u16("region")?;
+        let region = match r.bool("routed")? {
+            true => Some(r.u16("region")?),
+            false => None,
+        };
         let deadline = r.u64("deadline")?;
         let n = r.count32("attesters", u32::MAX, 32)?;
         let attesters = (0..n)

@@ -133,8 +133,10 @@ impl Parameters {
         if self.region_bits > MAX_REGION_BITS {
             return invalid("region bits", "more than 8");
         }
-        if i64::from(self.routing_floor) > ONE {
-            return invalid("routing floor", "more than 1.0");
+        if self.routing_floor == 0 || i64::from(self.routing_floor) > ONE {
+            // A floor of 0 lets a region's encoders all fall out of
+            // selection, and its submissions find no shard.
+            return invalid("routing floor", "must be above 0 and at most 1.0");
         }
         // An attestation must fit in one transaction.
         let attestation = u64::from(self.shard_size) * (4 * u64::from(self.dimension) + 32);

@@ -106,6 +106,11 @@ pub enum Rejection {
     /// A withdrawal by a validator with attestations of undecided jobs (its
     /// stake may yet be slashed for deviance).
     StakeLocked,
+    /// Submitted data that is not UTF-8 text: the network embeds text (every
+    /// encoder it admits is a text encoder).
+    NotText,
+    /// A package of an encoder of another modality than text.
+    NotTextEncoder,
 }
 
 /// What happened to one transaction.
@@ -171,6 +176,8 @@ impl fmt::Display for Rejection {
             }
             Rejection::EncoderBusy => write!(f, "the encoder is in the shard of an undecided job"),
             Rejection::StakeLocked => write!(f, "the validator attested jobs not yet decided"),
+            Rejection::NotText => write!(f, "the data is not UTF-8 text"),
+            Rejection::NotTextEncoder => write!(f, "the network admits text encoders only"),
         }
     }
 }
@@ -245,6 +252,8 @@ impl Encode for Receipt {
             }
             Rejection::EncoderBusy => w.u8(25),
             Rejection::StakeLocked => w.u8(26),
+            Rejection::NotText => w.u8(27),
+            Rejection::NotTextEncoder => w.u8(28),
         }
     }
 }
@@ -294,6 +303,8 @@ impl Decode<'_> for Receipt {
             }),
             25 => Some(Rejection::EncoderBusy),
             26 => Some(Rejection::StakeLocked),
+            27 => Some(Rejection::NotText),
+            28 => Some(Rejection::NotTextEncoder),
             code => {
                 return Err(DecodeError::invalid(
                     "outcome",

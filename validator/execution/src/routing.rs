@@ -21,6 +21,11 @@ use soma_host::{CompiledCache, Digest, Encoder, Engine, Limits, Seed};
 /// Most hyperplanes (and so 2⁸ = 256 regions).
 pub const MAX_REGION_BITS: u8 = 8;
 
+/// Most fuel the router may spend on one submission, whatever its manifest
+/// allows: far below what any machine runs into the wall-clock safety net
+/// in, so that running out of fuel, never time, ends a router that loops.
+pub const ROUTER_FUEL: u64 = 1_000_000_000;
+
 /// Why a router cannot be used, or could not route a submission here.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -35,8 +40,13 @@ pub enum RouterError {
     /// The router package has models: its output would depend on the CPU.
     #[error("router {0} ships models; a router must be pure WebAssembly")]
     NotPureWasm(Digest),
-    /// The router does not embed into the network's space.
-    #[error("router {package} embeds into {dimension} dimensions; the network's are {expected}")]
+    /// The engine does not meter fuel: the router's cost would be time,
+    /// which differs between validators.
+    #[error("a router needs an engine that meters fuel")]
+    Unmetered,
+    /// The router's vectors do not have the network's dimension (the
+    /// hyperplanes have).
+    #[error("router {package} gives {dimension}-dimensional vectors; the network's are {expected}")]
     Dimension {
         /// The router package.
         package: Digest,
@@ -75,6 +85,9 @@ impl Router {
         cache: Option<&CompiledCache>,
         parameters: &Parameters,
     ) -> Result<Router, RouterError> {
+        if !engine.meters_fuel() {
+            return Err(RouterError::Unmetered);
+        }
         let digest = package.digest();
         let manifest = package.manifest();
         if package.models().next().is_some() {
@@ -105,15 +118,16 @@ impl Router {
         self.package
     }
 
-    /// The region of `data` among `1 << bits`: region 0 if the router
-    /// fails on it deterministically (out of fuel, refused, trapped), an
-    /// error if this node failed to run it.
-    pub(crate) fn region(&self, data: &[u8], bits: u8) -> Result<u16, RouterError> {
+    /// The region of `data` among `1 << bits`; `None` if the router fails
+    /// on it deterministically (out of fuel, refused, trapped) or gives the
+    /// zero vector, which no plane separates; an error if this node failed
+    /// to run it.
+    pub(crate) fn region(&self, data: &[u8], bits: u8) -> Result<Option<u16>, RouterError> {
         if bits == 0 {
-            return Ok(0);
+            return Ok(Some(0));
         }
         let limits = Limits {
-            fuel: self.fuel,
+            fuel: self.fuel.min(ROUTER_FUEL),
             ..Limits::default()
         };
         let seed = Seed(blake3::derive_key("soma/router-sandbox/v1", data));
@@ -123,8 +137,14 @@ impl Router {
             outcome = self.encoder.embed(&batch, &limits, seed);
         }
         match outcome {
-            Ok(embeddings) => Ok(side_of_planes(bits, &embeddings.vectors[0])),
-            Err(e) if e.is_deterministic() => Ok(0),
+            Ok(embeddings) => {
+                let vector = &embeddings.vectors[0];
+                Ok(vector
+                    .iter()
+                    .any(|&x| x != 0.0)
+                    .then(|| side_of_planes(bits, vector)))
+            }
+            Err(e) if e.is_deterministic() => Ok(None),
             Err(e) => Err(RouterError::Local(e)),
         }
     }

@@ -270,6 +270,38 @@ fn fixed_loss(loss: f64) -> u32 {
     (loss * ONE as f64).round().clamp(0.0, f64::from(u32::MAX)) as u32
 }
 
+/// How a job's data is split into masked parts.
+enum Masking<'a> {
+    /// Text of two words or more: by words.
+    Words(Vec<&'a str>),
+    /// Other data of two bytes or more: by byte ranges.
+    Bytes,
+    /// Too short to split: no masks, so no loss.
+    None,
+}
+
+impl Masking<'_> {
+    fn of(data: &[u8]) -> Masking<'_> {
+        match std::str::from_utf8(data) {
+            Ok(text) => {
+                let words: Vec<&str> = text.split_whitespace().collect();
+                match words.len() >= 2 {
+                    true => Masking::Words(words),
+                    false => Masking::None,
+                }
+            }
+            Err(_) if data.len() >= 2 => Masking::Bytes,
+            Err(_) => Masking::None,
+        }
+    }
+}
+
+/// Whether the job runner measures a loss on `data` with `masks` masks:
+/// without one, every encoder's loss is 0 and says nothing.
+pub(crate) fn has_masks(data: &[u8], masks: u8) -> bool {
+    masks > 0 && !matches!(Masking::of(data), Masking::None)
+}
+
 /// The inputs of one job's calls: the whole, then each mask's part and
 /// rest; and each part's share of the whole.
 struct Variants {
@@ -284,15 +316,12 @@ impl Variants {
     fn of(data: &[u8], seed: &[u8; 32], masks: u8) -> Variants {
         let mut inputs = vec![data.to_vec()];
         let mut sizes = Vec::new();
-        let words: Option<Vec<&str>> = std::str::from_utf8(data)
-            .ok()
-            .map(|text| text.split_whitespace().collect());
+        let masking = Masking::of(data);
         for k in 0..masks {
-            let (part, rest, size) = match &words {
-                Some(words) if words.len() >= 2 => split_words(words, seed, k),
-                Some(_) => continue,
-                None if data.len() >= 2 => split_bytes(data, seed, k),
-                None => continue,
+            let (part, rest, size) = match &masking {
+                Masking::Words(words) => split_words(words, seed, k),
+                Masking::Bytes => split_bytes(data, seed, k),
+                Masking::None => break,
             };
             inputs.push(part);
             inputs.push(rest);

@@ -5,6 +5,7 @@
 use crate::job::{Attestation, Job};
 use crate::receipt::Rejection;
 use crate::routing::{RouterError, selection_weight};
+use crate::scoring::{ONE, median};
 use crate::state::{
     Account, Amount, BURNED, Changes, ESCROW, Encoder, JobId, Space, StateError, StateStore,
     TREASURY, Validator, deadline_key, encoder_key,
@@ -131,11 +132,12 @@ impl View<'_> {
     }
 
     /// Every registered encoder with its weight in shard selection for
-    /// `region` (its bond scaled by its score there, never below `floor`),
-    /// in digest order.
+    /// `region` (its bond scaled by its score there, never below `floor`;
+    /// just its bond for data the router could not place), in digest
+    /// order.
     pub(crate) fn shard_candidates(
         &self,
-        region: u16,
+        region: Option<u16>,
         floor: u32,
     ) -> Result<Vec<(Digest, u64)>, StateError> {
         self.scan::<Encoder>(Space::Encoders)?
@@ -144,12 +146,36 @@ impl View<'_> {
                 let package = key
                     .try_into()
                     .map_err(|_| StateError::inconsistent("encoder", "a key is not a digest"))?;
-                let score = *e.performance.get(usize::from(region)).ok_or_else(|| {
-                    StateError::inconsistent("encoder", "it has no score for a region")
-                })?;
-                Ok((Digest(package), selection_weight(e.bond, score, floor)))
+                let weight = match region {
+                    None => e.bond,
+                    Some(region) => {
+                        let score = *e.performance.get(usize::from(region)).ok_or_else(|| {
+                            StateError::inconsistent("encoder", "it has no score for a region")
+                        })?;
+                        selection_weight(e.bond, score, floor)
+                    }
+                };
+                Ok((Digest(package), weight))
             })
             .collect()
+    }
+
+    /// Per region, the median score of the registered encoders (1.0 where
+    /// there are none): where a newly registered encoder starts.
+    pub(crate) fn median_performance(&self, regions: usize) -> Result<Vec<u32>, StateError> {
+        let encoders = self.scan::<Encoder>(Space::Encoders)?;
+        Ok((0..regions)
+            .map(|r| {
+                let mut scores: Vec<i64> = encoders
+                    .values()
+                    .filter_map(|e| e.performance.get(r).map(|&s| i64::from(s)))
+                    .collect();
+                match scores.is_empty() {
+                    true => ONE as u32,
+                    false => median(&mut scores) as u32,
+                }
+            })
+            .collect())
     }
 
     pub(crate) fn job(&self, id: &Digest) -> Result<Option<Job>, StateError> {

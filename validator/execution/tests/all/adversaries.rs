@@ -1,6 +1,11 @@
 //! Adversarial encoders among honest ones, all real components: each is
 //! caught by the shard's honest majority, slashed, and left out of the
 //! final embedding.
+//!
+//! The honest majority is the hash encoder run by two operators, which
+//! agree exactly. Honest encoders of different models agree only as well
+//! as their alignment heads map them into one space (see
+//! `host/tests/all/minilm.rs`); `processes.rs` runs such a shard.
 
 use super::*;
 use soma_execution::{EncoderScore, ONE};

@@ -137,6 +137,7 @@ fn a_refused_action_pays_its_fee_and_uses_its_nonce_but_changes_nothing_else() {
     )
     .unwrap();
     let (wide, _) = registration(&g, 2, "wide", 1_000_000);
+    let (pictures, _) = registration_of(&g, 2, "pictures", 1_000_000, soma_host::Modality::Image);
     // Signed by account 3, sent by account 2.
     let stolen = theirs.clone();
     let mut garbled = stolen.clone();
@@ -214,6 +215,13 @@ fn a_refused_action_pays_its_fee_and_uses_its_nonce_but_changes_nothing_else() {
             vec![],
             signed(&narrow, 2, 0, 10, wide),
             Rejection::WrongDimension { expected: 8 },
+            2,
+        ),
+        (
+            &g,
+            vec![],
+            signed(&g, 2, 0, 10, pictures),
+            Rejection::NotTextEncoder,
             2,
         ),
         (

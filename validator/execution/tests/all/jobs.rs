@@ -423,6 +423,11 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
             max: g.parameters().max_data_bytes
         })
     );
+    let tx = submit_tx(&ex, vec![b'a', 0xff, b'b'], 1_000_000);
+    assert_eq!(
+        apply(&mut ex, &[tx]).receipts[0].rejection,
+        Some(Rejection::NotText)
+    );
     let tx = submit_tx(&ex, b"cheap".to_vec(), 999);
     assert_eq!(
         apply(&mut ex, &[tx]).receipts[0].rejection,

@@ -90,15 +90,27 @@ pub fn variant(g: &Genesis, name: &str, parameters: Parameters) -> Genesis {
     .unwrap()
 }
 
-/// Account `owner` registering its package `name` (signed by it, of the
-/// network's dimension) with `bond`; and the package's digest.
+/// Account `owner` registering its package `name` (signed by it, a text
+/// encoder of the network's dimension) with `bond`; and the package's
+/// digest.
 pub fn registration(g: &Genesis, owner: u8, name: &str, bond: u64) -> (Action, Digest) {
+    registration_of(g, owner, name, bond, soma_host::Modality::Text)
+}
+
+/// [`registration`] of an encoder of `modality`.
+pub fn registration_of(
+    g: &Genesis,
+    owner: u8,
+    name: &str,
+    bond: u64,
+    modality: soma_host::Modality,
+) -> (Action, Digest) {
     let meta = EncoderMeta {
         name: name.into(),
         version: "1.0.0".into(),
         dimension: u32::from(g.parameters().dimension),
         fuel_limit: 1_000_000,
-        modality: soma_host::Modality::Text,
+        modality,
     };
     let package = Package::sign(&key(owner), &meta, name.as_bytes().to_vec(), vec![]).unwrap();
     let (manifest, signature) = package.signed_manifest();

@@ -71,7 +71,7 @@ struct Measured {
     /// The specialist's routing score per region, after.
     scores: Vec<f64>,
     /// The regions of the code and of the prose texts.
-    regions: (Vec<u16>, Vec<u16>),
+    regions: (Vec<Option<u16>>, Vec<Option<u16>>),
 }
 
 /// A network of two hash encoders, the specialist, the random and the
@@ -183,14 +183,16 @@ fn the_specialist_is_chosen_more_often_for_code_after_learning_where_it_is_good(
     // The router tells code from prose: most prose is in one region,
     // which holds little code.
     let prose_region = (0..4u16)
-        .max_by_key(|r| prose.iter().filter(|&p| p == r).count())
+        .max_by_key(|&r| prose.iter().filter(|&&p| p == Some(r)).count())
         .unwrap();
-    assert!(prose.iter().filter(|&&r| r == prose_region).count() * 4 >= prose.len() * 3);
-    assert!(code.iter().filter(|&&r| r == prose_region).count() * 4 <= code.len());
+    let in_prose_region =
+        |texts: &[Option<u16>]| texts.iter().filter(|&&r| r == Some(prose_region)).count();
+    assert!(in_prose_region(prose) * 4 >= prose.len() * 3);
+    assert!(in_prose_region(code) * 4 <= code.len());
     // The specialist scores well where code goes and badly where prose
     // goes, and is chosen for code far more often than at the start.
-    for &r in code.iter().filter(|&&r| r != prose_region) {
-        assert!(routed.scores[usize::from(r)] > 0.75, "{:?}", routed.scores);
+    for r in code.iter().flatten().filter(|&&r| r != prose_region) {
+        assert!(routed.scores[usize::from(*r)] > 0.75, "{:?}", routed.scores);
     }
     assert!(
         routed.scores[usize::from(prose_region)] < 0.5,
@@ -264,16 +266,48 @@ fn a_router_must_be_the_genesis_one_pure_wasm_and_in_the_space() {
         "{elsewhere}"
     );
 
-    // Data the router refuses (not UTF-8) is routed to region 0, the same
-    // on every validator, and the job goes ahead.
+    let unmetered = soma_host::Engine::without_fuel_metering().unwrap();
+    let err = Router::load(&unmetered, &router, None, g.parameters())
+        .err()
+        .unwrap();
+    assert!(matches!(err, RouterError::Unmetered), "{err}");
+}
+
+#[test]
+fn data_the_router_cannot_place_is_drawn_by_bond_and_moves_no_score() {
+    // The hostile encoder as router: it loops on "spin" (until the fuel
+    // runs out) and gives the zero vector for anything else.
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let router = component_package(soma_examples_artifacts::HOSTILE, "hostile", 15, 50_000_000);
+    let hash = component_package(
+        soma_examples_artifacts::HASH_ENCODER,
+        "hash-encoder",
+        10,
+        MAX_FUEL_LIMIT,
+    );
+    let g = encoder_network(
+        &store,
+        &[(&hash, 10)],
+        Parameters {
+            shard_size: 1,
+            ..Parameters::default()
+        },
+    )
+    .with_router(router.digest());
+    let engine = Engine::new().unwrap();
     let loaded = Router::load(&engine, &router, None, g.parameters()).unwrap();
-    let mut ex = Executor::open(&state, &g, Some(loaded)).unwrap();
-    let jobs = submit_all(&mut ex, &g, &[&[0xff, 0xfe, 0x00], b"fn main() {}"]);
-    let region = |id: &Digest| ex.job(id).unwrap().unwrap().region;
-    assert_eq!(region(&jobs[0]), 0);
-    assert_ne!(
-        region(&jobs[1]),
-        0,
-        "code fell in region 0 too; pick other data"
+    let mut ex = Executor::open(&dir.path().join("state"), &g, Some(loaded)).unwrap();
+    let jobs = submit_all(&mut ex, &g, &[b"spin", b"two words"]);
+    for id in &jobs {
+        let job = ex.job(id).unwrap().unwrap();
+        assert_eq!((job.region, job.shard.len()), (None, 1));
+    }
+    let runner = JobRunner::new(engine, store, None);
+    let before = ex.encoder(&hash.digest()).unwrap().unwrap().performance;
+    decide_all(&mut ex, &g, &runner, &jobs);
+    assert_eq!(
+        ex.encoder(&hash.digest()).unwrap().unwrap().performance,
+        before
     );
 }
