@@ -225,9 +225,10 @@ fn two_processes_compute_and_apply_the_same_commits_to_the_same_roots() {
 
     // Two executors, each in a process of its own, apply them.
     let mut roots = Vec::new();
-    for i in 2..4 {
-        std::fs::write(dirs[i].path().join("commits"), text.join("\n")).unwrap();
-        let out = child("processes::child_applies", &[(CHILD_DIR, &path(i))]);
+    for dir in &dirs[2..] {
+        std::fs::write(dir.path().join("commits"), text.join("\n")).unwrap();
+        let dir = dir.path().to_str().unwrap();
+        let out = child("processes::child_applies", &[(CHILD_DIR, dir)]);
         roots.push(
             marked(&out, "root ")
                 .iter()
@@ -251,7 +252,7 @@ fn two_processes_compute_and_apply_the_same_commits_to_the_same_roots() {
     }
     assert_eq!(hex::encode(ex.root()), roots[0][commits.len() - 1]);
     for id in &jobs[..TEXTS.len()] {
-        let JobStatus::Finalised(decided) = ex.job(&id).unwrap().unwrap().status else {
+        let JobStatus::Finalised(decided) = ex.job(id).unwrap().unwrap().status else {
             panic!("job {id} was not decided");
         };
         assert_eq!(decided.encoders.len(), 3);
