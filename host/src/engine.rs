@@ -149,4 +149,10 @@ impl Engine {
     pub fn memory_image_retries(&self) -> u64 {
         self.runtime.image_retries()
     }
+
+    /// How many inference worker processes this engine has running (they
+    /// start on first use, one or two per model, at most one per core).
+    pub fn running_inference_workers(&self) -> usize {
+        self.models.running_workers()
+    }
 }

@@ -20,7 +20,7 @@ use crate::bindings::soma::encoder::inference::{
 use crate::digest::Digest;
 use crate::error::LocalFailure;
 use crate::model::{self, AdmissionError, ElemType, Graph, Plan, TensorInfo};
-use crate::worker::Worker;
+use crate::worker::{RunOutcome, Worker};
 use std::collections::BTreeMap;
 use std::panic::catch_unwind;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -55,7 +55,12 @@ pub(crate) struct Model {
     digest: Digest,
     /// What the host knows of the graph: shapes and work for any inputs.
     pub(crate) graph: Graph,
-    worker: Arc<Worker>,
+    /// The admitted graph's bytes, for a worker that has not loaded it.
+    canonical: Arc<Vec<u8>>,
+    /// The workers that run it, in order of preference: the first compiled
+    /// it; a run goes to the first idle one (loading the model there on
+    /// first use), or waits for the first.
+    workers: Vec<Arc<Worker>>,
 }
 
 /// Admitted models by digest, shared by every encoder of an engine, and the
@@ -64,9 +69,10 @@ pub(crate) struct ModelCache {
     /// One cell per digest: compiling one model never holds up loads of
     /// another, and concurrent loads of one model compile it once.
     models: Mutex<BTreeMap<Digest, Arc<ModelCell>>>,
-    /// One worker per core (each started on first use). A model always runs
-    /// in the same one, so it is compiled once, and runs of different
-    /// models (a shard's encoders) go in parallel.
+    /// One worker per core (each started on first use). A model runs in at
+    /// most [`REPLICAS`] of them, so it is compiled at most that often:
+    /// concurrent runs of one model (a job's variants, several jobs) go in
+    /// parallel, and so do runs of different models (a shard's encoders).
     workers: Vec<Arc<Worker>>,
     placement_key: [u8; 32],
 }
@@ -93,6 +99,10 @@ impl Default for ModelCache {
 /// Most inference workers per engine.
 const MAX_WORKERS: usize = 8;
 
+/// Most workers one model runs in (each holds its own session, so memory
+/// grows with this).
+const REPLICAS: usize = 2;
+
 impl ModelCache {
     /// The session for `bytes` (whose digest is `digest`), admitting and
     /// compiling it on first use.
@@ -115,13 +125,22 @@ impl ModelCache {
         result
     }
 
-    /// Which worker runs the model of `digest`: by a hash keyed with a
-    /// secret of this process, so that no package author can choose to
-    /// share a worker with another's model.
-    fn worker_of(&self, digest: &Digest) -> usize {
+    /// The workers that run the model of `digest`, first choice first: by
+    /// a hash keyed with a secret of this process, so that no package
+    /// author can choose to share workers with another's model.
+    fn workers_of(&self, digest: &Digest) -> Vec<Arc<Worker>> {
         let hash = blake3::keyed_hash(&self.placement_key, &digest.0);
         let n = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
-        (n % self.workers.len() as u64) as usize
+        let count = self.workers.len();
+        let first = (n % count as u64) as usize;
+        (0..REPLICAS.min(count))
+            .map(|i| self.workers[(first + i) % count].clone())
+            .collect()
+    }
+
+    /// How many worker processes are running.
+    pub(crate) fn running_workers(&self) -> usize {
+        self.workers.iter().filter(|w| w.is_running()).count()
     }
 
     fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Model>, ModelError> {
@@ -131,12 +150,14 @@ impl ModelCache {
             .unwrap_or_else(|_| Err(AdmissionError::Malformed("admission failed".into())))
             .map_err(ModelError::Refused)?;
         let graph = admitted.graph;
-        let worker = &self.workers[self.worker_of(digest)];
-        match worker.load(*digest, Arc::new(admitted.canonical)) {
+        let canonical = Arc::new(admitted.canonical);
+        let workers = self.workers_of(digest);
+        match workers[0].load(*digest, canonical.clone()) {
             Ok(Ok(())) => Ok(Arc::new(Model {
                 digest: *digest,
                 graph,
-                worker: worker.clone(),
+                canonical,
+                workers,
             })),
             Ok(Err(text)) => {
                 tracing::debug!(model = %digest, "ONNX Runtime refused an admitted model: {text}");
@@ -218,7 +239,8 @@ pub(crate) fn run(
         .into_iter()
         .map(|(name, tensor)| NamedTensor { name, tensor })
         .collect();
-    let outputs = match model.worker.run(model.digest, inputs, max_reply, timeout) {
+    let (worker, outcome) = run_somewhere(model, inputs, max_reply, timeout);
+    let outputs = match outcome {
         Ok(Ok(outputs)) => outputs,
         Ok(Err(text)) => {
             // Admission and planning accepted the run; a refusal now may be
@@ -249,12 +271,31 @@ pub(crate) fn run(
         // Shape inference or the worker is wrong: neither is the encoder's
         // doing, and a worker that answers wrongly is not trusted again.
         tracing::warn!(model = %model.digest, "a run's outputs differ from the host's shape inference");
-        model.worker.restart();
+        worker.restart();
         return Err(LocalFailure(
             "the inference worker's outputs differ from the host's shape inference".into(),
         ));
     }
     Ok(Ok(outputs.into_iter().map(canonical_tensor).collect()))
+}
+
+/// Runs `model` in its first idle worker, or waits for its first one;
+/// returns the worker it ran in, and how the run ended.
+fn run_somewhere<'m>(
+    model: &'m Model,
+    mut inputs: Vec<NamedTensor>,
+    max_reply: u64,
+    timeout: Duration,
+) -> (&'m Worker, RunOutcome) {
+    for worker in &model.workers {
+        match worker.run_if_idle(model.digest, &model.canonical, inputs, max_reply, timeout) {
+            Ok(outcome) => return (worker, outcome),
+            Err(back) => inputs = back,
+        }
+    }
+    let first = &model.workers[0];
+    let outcome = first.run(model.digest, &model.canonical, inputs, max_reply, timeout);
+    (first, outcome)
 }
 
 /// `t` with every float rounded by [`canonical`].

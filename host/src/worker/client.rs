@@ -9,7 +9,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 /// Environment variable naming the worker executable; by default the host
@@ -47,6 +47,10 @@ pub(crate) enum WorkerError {
 pub(crate) struct Worker {
     state: Mutex<State>,
 }
+
+/// What a run ends with: the outputs, ONNX Runtime's refusal, or a failure
+/// of the worker.
+pub(crate) type RunOutcome = Result<Result<Vec<NamedTensor>, String>, WorkerError>;
 
 #[derive(Default)]
 struct State {
@@ -100,29 +104,72 @@ impl Worker {
         }
     }
 
-    /// Runs the model of `digest` on `inputs`, waiting at most `timeout`
-    /// and accepting a reply of at most `max_reply` bytes.
+    /// Runs the model of `digest` (whose bytes are `model`: loaded first if
+    /// this worker has not got it) on `inputs`, waiting for the worker if
+    /// it is busy, then at most `timeout` for the run, and accepting a
+    /// reply of at most `max_reply` bytes.
     pub(crate) fn run(
         &self,
         digest: Digest,
+        model: &Arc<Vec<u8>>,
         inputs: Vec<NamedTensor>,
         max_reply: u64,
         timeout: Duration,
-    ) -> Result<Result<Vec<NamedTensor>, String>, WorkerError> {
+    ) -> RunOutcome {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if !state.process()?.loaded.contains(&digest)
-            && let Err(refused) = state.load_into_process(digest)?
-        {
-            return Ok(Err(refused));
-        }
-        match state.exchange(&Request::Run { digest, inputs }, max_reply, timeout)? {
-            Reply::Done(outputs) => Ok(Ok(outputs)),
-            Reply::Refused(text) => Ok(Err(text)),
+        state.run(digest, model, inputs, max_reply, timeout)
+    }
+
+    /// [`Worker::run`] if the worker is idle; the inputs back if it is
+    /// busy.
+    pub(crate) fn run_if_idle(
+        &self,
+        digest: Digest,
+        model: &Arc<Vec<u8>>,
+        inputs: Vec<NamedTensor>,
+        max_reply: u64,
+        timeout: Duration,
+    ) -> Result<RunOutcome, Vec<NamedTensor>> {
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(inputs),
+        };
+        Ok(state.run(digest, model, inputs, max_reply, timeout))
+    }
+
+    /// Whether the worker process is running (a busy worker is).
+    pub(crate) fn is_running(&self) -> bool {
+        match self.state.try_lock() {
+            Ok(state) => state.process.is_some(),
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().process.is_some(),
+            Err(TryLockError::WouldBlock) => true,
         }
     }
 }
 
 impl State {
+    fn run(
+        &mut self,
+        digest: Digest,
+        model: &Arc<Vec<u8>>,
+        inputs: Vec<NamedTensor>,
+        max_reply: u64,
+        timeout: Duration,
+    ) -> RunOutcome {
+        // Remembered, so that a restarted worker loads it again.
+        self.models.entry(digest).or_insert_with(|| model.clone());
+        if !self.process()?.loaded.contains(&digest)
+            && let Err(refused) = self.load_into_process(digest)?
+        {
+            return Ok(Err(refused));
+        }
+        match self.exchange(&Request::Run { digest, inputs }, max_reply, timeout)? {
+            Reply::Done(outputs) => Ok(Ok(outputs)),
+            Reply::Refused(text) => Ok(Err(text)),
+        }
+    }
+
     /// The running worker, started if there is none.
     fn process(&mut self) -> Result<&mut Process, WorkerError> {
         if self.process.is_none() {

@@ -22,7 +22,7 @@ mod confine;
 mod protocol;
 mod server;
 
-pub(crate) use client::Worker;
+pub(crate) use client::{RunOutcome, Worker};
 pub use client::{WORKER_ENV, WORKER_NAME};
 pub use confine::MEMORY_BYTES;
 pub use server::{DYLIB_ENV, RuntimeUnavailable, runtime, session_builder};

@@ -208,6 +208,33 @@ fn aligned_encoders_embed_into_the_reference_space() {
 }
 
 #[test]
+fn concurrent_runs_of_one_model_go_to_a_second_worker_with_the_same_bits() {
+    // A fresh engine: no other model has started a worker.
+    let engine = Engine::new().unwrap();
+    let package = package(soma_examples_artifacts::MINILM_L6, "minilm-l6", &[L6_MODEL]);
+    let encoder = engine.load_package(&package, None).unwrap();
+    let inputs = text(&SENTENCES[..8]);
+    let start = std::sync::Barrier::new(2);
+    let outputs: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    encoder
+                        .embed(&inputs, &Limits::default(), Seed::from(0))
+                        .unwrap()
+                        .vectors
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(bits(&outputs[0]), bits(&outputs[1]));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(engine.running_inference_workers(), cores.min(2));
+}
+
+#[test]
 fn output_is_bit_identical_across_runs_hosts_and_batches() {
     let batch = text(&SENTENCES[..6]);
     let first = l6()
