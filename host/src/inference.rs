@@ -281,12 +281,12 @@ pub(crate) fn run(
 
 /// Runs `model` in its first idle worker, or waits for its first one;
 /// returns the worker it ran in, and how the run ended.
-fn run_somewhere<'m>(
-    model: &'m Model,
+fn run_somewhere(
+    model: &Model,
     mut inputs: Vec<NamedTensor>,
     max_reply: u64,
     timeout: Duration,
-) -> (&'m Worker, RunOutcome) {
+) -> (&Worker, RunOutcome) {
     for worker in &model.workers {
         match worker.run_if_idle(model.digest, &model.canonical, inputs, max_reply, timeout) {
             Ok(outcome) => return (worker, outcome),
