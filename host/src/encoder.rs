@@ -218,8 +218,7 @@ fn run<R>(
 pub(crate) fn classify_call(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
     let during_wasm = error.downcast_ref::<LocalFailure>().is_some()
         || raised_by_wasm(&error)
-        || sandbox.limiter.refused
-        || sandbox.limiter.host_failure.is_some();
+        || sandbox.limiter.refused;
     if during_wasm {
         classify(error, sandbox, limits)
     } else {
@@ -249,9 +248,6 @@ pub(crate) fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limit
         }
         Some(Trap::StackOverflow) => return Error::StackExhausted,
         _ => {}
-    }
-    if let Some(failure) = &sandbox.limiter.host_failure {
-        return Error::Host(failure.clone());
     }
     if sandbox.limiter.refused {
         return Error::MemoryLimit {

@@ -55,11 +55,10 @@ pub(crate) struct Model {
     digest: Digest,
     /// What the host knows of the graph: shapes and work for any inputs.
     pub(crate) graph: Graph,
-    /// The admitted graph's bytes, for a worker that has not loaded it.
+    /// The admitted graph's bytes, for a restarted worker to load again.
     canonical: Arc<Vec<u8>>,
-    /// The workers that run it, in order of preference: the first compiled
-    /// it; a run goes to the first idle one (loading the model there on
-    /// first use), or waits for the first.
+    /// The workers that compiled it, in order of preference: a run goes to
+    /// the first idle one, or waits for the first.
     workers: Vec<Arc<Worker>>,
 }
 
@@ -127,7 +126,9 @@ impl ModelCache {
 
     /// The workers that run the model of `digest`, first choice first: by
     /// a hash keyed with a secret of this process, so that no package
-    /// author can choose to share workers with another's model.
+    /// author can choose to share workers with another's model. With few
+    /// cores every model shares every worker: what keeps models apart is
+    /// the worker's confinement, not placement.
     fn workers_of(&self, digest: &Digest) -> Vec<Arc<Worker>> {
         let hash = blake3::keyed_hash(&self.placement_key, &digest.0);
         let n = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
@@ -151,14 +152,30 @@ impl ModelCache {
             .map_err(ModelError::Refused)?;
         let graph = admitted.graph;
         let canonical = Arc::new(admitted.canonical);
-        let workers = self.workers_of(digest);
-        match workers[0].load(*digest, canonical.clone()) {
-            Ok(Ok(())) => Ok(Arc::new(Model {
-                digest: *digest,
-                graph,
-                canonical,
-                workers,
-            })),
+        let mut replicas = self.workers_of(digest).into_iter();
+        let first = replicas.next().expect("at least one worker");
+        match first.load(*digest, canonical.clone()) {
+            Ok(Ok(())) => {
+                // Every replica compiles the model now, under the load's
+                // budget, not in the middle of some call's run; one that
+                // cannot is left out.
+                let mut workers = vec![first];
+                for worker in replicas {
+                    match worker.load(*digest, canonical.clone()) {
+                        Ok(Ok(())) => workers.push(worker),
+                        Ok(Err(text)) => {
+                            tracing::debug!(model = %digest, "a replica refused the model: {text}")
+                        }
+                        Err(e) => tracing::debug!(model = %digest, "a replica failed: {e}"),
+                    }
+                }
+                Ok(Arc::new(Model {
+                    digest: *digest,
+                    graph,
+                    canonical,
+                    workers,
+                }))
+            }
             Ok(Err(text)) => {
                 tracing::debug!(model = %digest, "ONNX Runtime refused an admitted model: {text}");
                 Err(ModelError::Runtime)

@@ -1,5 +1,6 @@
 //! Per-call resource limits and the limiter that enforces them.
 
+use crate::error::LocalFailure;
 use std::time::Duration;
 
 /// Resources one encoder call may use.
@@ -55,9 +56,6 @@ pub(crate) struct Limiter {
     max_instances: usize,
     pub(crate) memory_in_use: usize,
     pub(crate) refused: bool,
-    /// Why this host failed a growth the limits allowed (the operating
-    /// system refused pages): a local failure, never the guest's.
-    pub(crate) host_failure: Option<String>,
 }
 
 impl Limiter {
@@ -69,7 +67,6 @@ impl Limiter {
             max_instances: clamp(u64::from(limits.max_instances)),
             memory_in_use: 0,
             refused: false,
-            host_failure: None,
         }
     }
 }
@@ -90,12 +87,18 @@ impl wasmtime::ResourceLimiter for Limiter {
         Ok(true)
     }
 
+    /// A growth past a limit fails as wasm says (`memory.grow` gives -1);
+    /// one this host failed ends the call at once as a local failure, so
+    /// that the guest cannot go on to an outcome that only looks like its
+    /// own.
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         match growth_past_a_limit(&error) {
-            true => self.refused = true,
-            false => self.host_failure = Some(format!("growing linear memory failed: {error:#}")),
+            true => {
+                self.refused = true;
+                Ok(())
+            }
+            false => Err(LocalFailure(format!("growing linear memory failed: {error:#}")).into()),
         }
-        Ok(())
     }
 
     fn table_growing(
@@ -154,7 +157,7 @@ mod tests {
             limiter
                 .memory_grow_failed(wasmtime::format_err!("{words}"))
                 .unwrap();
-            assert!(limiter.refused && limiter.host_failure.is_none(), "{words}");
+            assert!(limiter.refused, "{words}");
         }
         // Wasmtime's own words, from a real growth past a memory's type.
         let engine = wasmtime::Engine::default();
@@ -163,14 +166,13 @@ mod tests {
         let memory =
             wasmtime::Memory::new(&mut store, wasmtime::MemoryType::new(1, Some(2))).unwrap();
         assert!(memory.grow(&mut store, 5).is_err());
-        let limiter = store.data();
-        assert!(limiter.refused && limiter.host_failure.is_none());
+        assert!(store.data().refused);
 
         let mut limiter = Limiter::new(&Limits::default());
         let enomem = std::io::Error::from_raw_os_error(12);
-        limiter.memory_grow_failed(enomem.into()).unwrap();
+        let error = limiter.memory_grow_failed(enomem.into()).unwrap_err();
         assert!(!limiter.refused);
-        assert!(limiter.host_failure.unwrap().contains("memory"));
+        assert!(error.downcast_ref::<LocalFailure>().is_some(), "{error}");
     }
 
     #[test]

@@ -217,8 +217,10 @@ pub(crate) fn finalise(
             .encoder(&score.package)?
             .ok_or_else(|| StateError::inconsistent("job", "a shard encoder is missing"))?;
         encoder.pending = encoder.pending.saturating_sub(1);
+        // No verdict (no validator could run it) counts as failing too: an
+        // encoder must not escape judgement by making itself unrunnable.
         let sample = match score.outcome {
-            outcome if outcome.is_failure() => Some(0),
+            outcome if outcome.is_failure() || outcome == Outcome::Local => Some(0),
             _ if judged => routing_sample(score, best_weight),
             _ => None,
         };
@@ -252,14 +254,13 @@ pub(crate) fn finalise(
     Ok(())
 }
 
-/// How an encoder did on a judged job, for routing: 0 if disqualified or
-/// if no validator could run it (no verdict: an encoder must not escape
-/// judgement by making itself unrunnable); else its loss weight relative
-/// to the best encoder's (fixed point, the best scoring 1.0).
+/// How a successful encoder did on a judged job, for routing: 0 if it was
+/// an outlier; else its loss weight relative to the best encoder's (fixed
+/// point, the best scoring 1.0).
 fn routing_sample(score: &EncoderScore, best_weight: u64) -> Option<u32> {
-    match score.outcome {
-        _ if score.disqualified || score.outcome == Outcome::Local || best_weight == 0 => Some(0),
-        _ => Some((u128::from(score.weight) * ONE as u128 / u128::from(best_weight)) as u32),
+    match score.disqualified || best_weight == 0 {
+        true => Some(0),
+        false => Some((u128::from(score.weight) * ONE as u128 / u128::from(best_weight)) as u32),
     }
 }
 

@@ -481,3 +481,76 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
         Some(Rejection::NoEncoders)
     );
 }
+
+/// Every encoder's routing score in region 0 (the only one without a
+/// router).
+fn scores(ex: &Executor, encoders: u8) -> Vec<u32> {
+    (0..encoders)
+        .map(|i| ex.encoder(&package(i)).unwrap().unwrap().performance[0])
+        .collect()
+}
+
+#[test]
+fn routing_scores_move_on_judged_jobs_and_on_failures_only() {
+    let g = network(4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ex = open(dir.path(), &g);
+    let one = ONE as u32;
+    assert_eq!(scores(&ex, 4), [one; 4]);
+    let decide = |ex: &mut Executor, data: &[u8], results: Vec<EncoderResult>| {
+        let job = submit(ex, &g, data);
+        for v in 0..3 {
+            assert_eq!(attest(ex, &g, v, job, results.clone()), None);
+        }
+    };
+    // Judged (masks, three successes): the two best keep 1.0, the one
+    // with a higher loss and the one nobody could run (no verdict) drop.
+    decide(
+        &mut ex,
+        b"several words to mask",
+        vec![
+            ok(vector(0, 500), 1_000),
+            ok(vector(0, 600), 1_000),
+            ok(vector(0, 700), 30_000),
+            failed(Outcome::Local),
+        ],
+    );
+    let after = scores(&ex, 4);
+    assert_eq!(after[..2], [one, one]);
+    assert!(after[2] < one && after[2] > after[3], "{after:?}");
+    assert_eq!(after[3], one - one.div_ceil(10), "{after:?}");
+    // Not judged (one word: no masks, no loss): the successes stay where
+    // they are; a failure and no verdict still cost.
+    decide(
+        &mut ex,
+        b"word",
+        vec![
+            ok(vector(0, 500), 0),
+            ok(vector(0, 600), 0),
+            failed(Outcome::Trap),
+            failed(Outcome::Local),
+        ],
+    );
+    let last = scores(&ex, 4);
+    assert_eq!(last[..2], after[..2]);
+    assert!(last[2] < after[2] && last[3] < after[3], "{last:?}");
+
+    // A newcomer starts at the median of the registered encoders.
+    let (registration, newcomer) = registration_of(
+        &g,
+        SUBMITTER,
+        "newcomer",
+        10_000_000,
+        soma_host::Modality::Text,
+    );
+    let nonce = ex.account(&public(SUBMITTER)).unwrap().nonce;
+    let tx = signed(&g, SUBMITTER, nonce, 10, registration);
+    assert_eq!(apply(&mut ex, &[tx]).receipts[0].rejection, None);
+    let mut sorted = last.clone();
+    sorted.sort();
+    let median = (sorted[1] + sorted[2]) / 2;
+    assert_eq!(
+        ex.encoder(&newcomer).unwrap().unwrap().performance,
+        [median]
+    );
+}

@@ -280,17 +280,23 @@ fn data_the_router_cannot_place_is_drawn_by_bond_and_moves_no_score() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path().join("blobs")).unwrap();
     let router = component_package(soma_examples_artifacts::HOSTILE, "hostile", 15, 50_000_000);
-    let hash = component_package(
-        soma_examples_artifacts::HASH_ENCODER,
-        "hash-encoder",
-        10,
-        MAX_FUEL_LIMIT,
+    // Judged jobs (three encoders that succeed, masks) whose decisions
+    // would move scores if the jobs had a region: the random encoder is
+    // an outlier.
+    let artifact = |path, name, owner| component_package(path, name, owner, MAX_FUEL_LIMIT);
+    let hash_a = artifact(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
+    let hash_b = artifact(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 11);
+    let random = artifact(
+        soma_examples_artifacts::RANDOM_ENCODER,
+        "random-encoder",
+        12,
     );
+    let encoders = [(&hash_a, 10), (&hash_b, 11), (&random, 12)];
     let g = encoder_network(
         &store,
-        &[(&hash, 10)],
+        &encoders,
         Parameters {
-            shard_size: 1,
+            shard_size: 3,
             ..Parameters::default()
         },
     )
@@ -298,16 +304,23 @@ fn data_the_router_cannot_place_is_drawn_by_bond_and_moves_no_score() {
     let engine = Engine::new().unwrap();
     let loaded = Router::load(&engine, &router, None, g.parameters()).unwrap();
     let mut ex = Executor::open(&dir.path().join("state"), &g, Some(loaded)).unwrap();
-    let jobs = submit_all(&mut ex, &g, &[b"spin", b"two words"]);
+    let jobs = submit_all(&mut ex, &g, &[b"spin", b"several words to mask"]);
     for id in &jobs {
         let job = ex.job(id).unwrap().unwrap();
-        assert_eq!((job.region, job.shard.len()), (None, 1));
+        assert_eq!((job.region, job.shard.len()), (None, 3));
     }
     let runner = JobRunner::new(engine, store, None);
-    let before = ex.encoder(&hash.digest()).unwrap().unwrap().performance;
-    decide_all(&mut ex, &g, &runner, &jobs);
-    assert_eq!(
-        ex.encoder(&hash.digest()).unwrap().unwrap().performance,
-        before
+    let performance = |ex: &Executor| {
+        encoders
+            .iter()
+            .map(|(p, _)| ex.encoder(&p.digest()).unwrap().unwrap().performance)
+            .collect::<Vec<_>>()
+    };
+    let before = performance(&ex);
+    let decided = decide_all(&mut ex, &g, &runner, &jobs);
+    assert!(
+        decided[1].encoders.iter().any(|e| e.disqualified),
+        "{decided:?}"
     );
+    assert_eq!(performance(&ex), before);
 }
