@@ -221,7 +221,7 @@ pub(crate) fn finalise(
         // encoder must not escape judgement by making itself unrunnable.
         let sample = match score.outcome {
             outcome if outcome.is_failure() || outcome == Outcome::Local => Some(0),
-            _ if judged => routing_sample(score, best_weight),
+            _ if judged => Some(routing_sample(score, best_weight)),
             _ => None,
         };
         if let (Some(sample), Some(region)) = (sample, job.region) {
@@ -257,10 +257,10 @@ pub(crate) fn finalise(
 /// How a successful encoder did on a judged job, for routing: 0 if it was
 /// an outlier; else its loss weight relative to the best encoder's (fixed
 /// point, the best scoring 1.0).
-fn routing_sample(score: &EncoderScore, best_weight: u64) -> Option<u32> {
+fn routing_sample(score: &EncoderScore, best_weight: u64) -> u32 {
     match score.disqualified || best_weight == 0 {
-        true => Some(0),
-        false => Some((u128::from(score.weight) * ONE as u128 / u128::from(best_weight)) as u32),
+        true => 0,
+        false => (u128::from(score.weight) * ONE as u128 / u128::from(best_weight)) as u32,
     }
 }
 
