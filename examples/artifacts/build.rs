@@ -80,10 +80,6 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    // 128-bit SIMD (deterministic: the engine canonicalises NaNs and gives
-    // relaxed SIMD one behaviour) for code written to vectorise, such as
-    // alignment heads.
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+simd128");
     let status = cmd
         .status()
         .expect("failed to run cargo for the example components");

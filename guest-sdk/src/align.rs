@@ -111,27 +111,11 @@ impl Head {
             .weights
             .chunks_exact(self.input)
             .zip(&self.bias)
-            .map(|(row, b)| dot(row, v) + b)
+            .map(|(row, b)| row.iter().zip(v).fold(*b, |sum, (w, x)| sum + w * x))
             .collect();
         l2_normalize(&mut out);
         Some(out)
     }
-}
-
-/// `a · b` summed in four lanes (element `i` into lane `i % 4`), the lanes
-/// added as `(0 + 1) + (2 + 3)`: a fixed order, so every build gives the
-/// same bits, and one a compiler turns into 128-bit SIMD where the target
-/// has it (the example encoders are built with `+simd128`).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 4];
-    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (a_rest, b_rest) = (a4.remainder(), b4.remainder());
-    for (x, y) in a4.zip(b4).chain([(a_rest, b_rest)]) {
-        for ((lane, x), y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane += x * y;
-        }
-    }
-    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
 }
 
 #[cfg(test)]
@@ -154,15 +138,6 @@ mod tests {
             vec![0.70710677, 0.70710677]
         );
         assert_eq!(head.apply(&[1.0]), None);
-    }
-
-    #[test]
-    fn dot_products_sum_in_a_fixed_lane_order() {
-        // Summed in order this is 1; in the four lanes, (1e8 + 1) + (-1e8
-        // + 1) = 1e8 - 1e8 = 0 in f32.
-        assert_eq!(dot(&[1e8, 1.0, -1e8, 1.0], &[1.0; 4]), 0.0);
-        // A tail shorter than four goes to the first lanes.
-        assert_eq!(dot(&[1.0, 2.0, 3.0, 4.0, 5.0], &[1.0; 5]), 15.0);
     }
 
     #[test]
