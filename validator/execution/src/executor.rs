@@ -407,12 +407,19 @@ impl Executor {
                     Err(Rejection::EncoderExists)?;
                 }
                 // A newcomer starts where the registered encoders' median is:
-                // neither a free top score nor a penalty for being new.
+                // neither a free top score nor a penalty for being new. One
+                // that was registered before starts no higher than it left.
+                let mut performance = state.median_performance(self.regions)?;
+                if let Some(left) = state.retired_scores(&package)? {
+                    for (score, left) in performance.iter_mut().zip(left) {
+                        *score = (*score).min(left);
+                    }
+                }
                 let encoder = Encoder {
                     owner: tx.sender,
                     bond: *bond,
                     pending: 0,
-                    performance: state.median_performance(self.regions)?,
+                    performance,
                 };
                 state.put_encoder(&package, encoder);
                 Ok(())
@@ -425,6 +432,7 @@ impl Executor {
                 if encoder.pending > 0 {
                     Err(Rejection::EncoderBusy)?;
                 }
+                state.put_retired_scores(&package, &encoder.performance);
                 state.delete_encoder(&package);
                 state.credit(&tx.sender, encoder.bond)
             }

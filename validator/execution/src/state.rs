@@ -131,25 +131,46 @@ impl Encode for Encoder {
         w.array(&self.owner.to_bytes());
         w.u64(self.bond);
         w.u32(self.pending);
-        w.count16(self.performance.len());
-        self.performance.iter().for_each(|&p| w.u32(p));
+        Scores::encode_slice(&self.performance, w);
     }
 }
 
 impl Decode<'_> for Encoder {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let owner = public_key(r, "owner")?;
-        let bond = r.u64("bond")?;
-        let pending = r.u32("pending jobs")?;
-        let n = r.count16("performance", 1 << MAX_REGION_BITS, 4)?;
         Ok(Encoder {
-            owner,
-            bond,
-            pending,
-            performance: (0..n)
-                .map(|_| r.u32("performance"))
-                .collect::<Result<_, _>>()?,
+            owner: public_key(r, "owner")?,
+            bond: r.u64("bond")?,
+            pending: r.u32("pending jobs")?,
+            performance: Scores::decode(r)?.0,
         })
+    }
+}
+
+/// Routing scores, one per region: an encoder's, and those a deregistered
+/// encoder leaves behind (kept, so that registering again is no fresh
+/// start).
+pub(crate) struct Scores(pub(crate) Vec<u32>);
+
+impl Scores {
+    fn encode_slice(scores: &[u32], w: &mut Writer) {
+        w.count16(scores.len());
+        scores.iter().for_each(|&p| w.u32(p));
+    }
+}
+
+impl Encode for Scores {
+    fn encode(&self, w: &mut Writer) {
+        Scores::encode_slice(&self.0, w);
+    }
+}
+
+impl Decode<'_> for Scores {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let n = r.count16("performance", 1 << MAX_REGION_BITS, 4)?;
+        (0..n)
+            .map(|_| r.u32("performance"))
+            .collect::<Result<_, _>>()
+            .map(Scores)
     }
 }
 
@@ -194,6 +215,8 @@ pub(crate) enum Space {
     Jobs,
     Attestations,
     Deadlines,
+    /// Routing scores of deregistered encoders, by package digest.
+    Retired,
     Meta,
 }
 
@@ -265,6 +288,7 @@ pub struct StateStore {
     jobs: fjall::Keyspace,
     attestations: fjall::Keyspace,
     deadlines: fjall::Keyspace,
+    retired: fjall::Keyspace,
     receipts: fjall::Keyspace,
     meta: fjall::Keyspace,
 }
@@ -281,6 +305,7 @@ impl StateStore {
             jobs: db.keyspace("jobs", options)?,
             attestations: db.keyspace("attestations", options)?,
             deadlines: db.keyspace("deadlines", options)?,
+            retired: db.keyspace("retired", options)?,
             receipts: db.keyspace("receipts", options)?,
             meta: db.keyspace("meta", options)?,
             db,
@@ -295,6 +320,7 @@ impl StateStore {
             Space::Jobs => &self.jobs,
             Space::Attestations => &self.attestations,
             Space::Deadlines => &self.deadlines,
+            Space::Retired => &self.retired,
             Space::Meta => &self.meta,
         }
     }

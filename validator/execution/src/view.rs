@@ -7,8 +7,8 @@ use crate::receipt::Rejection;
 use crate::routing::{RouterError, selection_weight};
 use crate::scoring::{ONE, median};
 use crate::state::{
-    Account, Amount, BURNED, Changes, ESCROW, Encoder, JobId, Space, StateError, StateStore,
-    TREASURY, Validator, deadline_key, encoder_key,
+    Account, Amount, BURNED, Changes, ESCROW, Encoder, JobId, Scores, Space, StateError,
+    StateStore, TREASURY, Validator, deadline_key, encoder_key,
 };
 use soma_codec::{Decode, Encode};
 use soma_crypto::PublicKey;
@@ -125,6 +125,21 @@ impl View<'_> {
 
     pub(crate) fn put_encoder(&mut self, package: &Digest, encoder: Encoder) {
         self.put(Space::Encoders, &encoder_key(package), &encoder);
+    }
+
+    /// The routing scores `package` left when it was deregistered.
+    pub(crate) fn retired_scores(&self, package: &Digest) -> Result<Option<Vec<u32>>, StateError> {
+        Ok(self
+            .get::<Scores>(Space::Retired, &encoder_key(package))?
+            .map(|s| s.0))
+    }
+
+    pub(crate) fn put_retired_scores(&mut self, package: &Digest, scores: &[u32]) {
+        self.put(
+            Space::Retired,
+            &encoder_key(package),
+            &Scores(scores.to_vec()),
+        );
     }
 
     pub(crate) fn delete_encoder(&mut self, package: &Digest) {

@@ -554,3 +554,39 @@ fn routing_scores_move_on_judged_jobs_and_on_failures_only() {
         [median]
     );
 }
+
+#[test]
+fn an_encoder_registered_again_starts_no_higher_than_it_left() {
+    let g = network(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ex = open(dir.path(), &g);
+    let (register, returning) = registration(&g, SUBMITTER, "returning", 10_000_000);
+    let send = |ex: &mut Executor, action: Action| {
+        let nonce = ex.account(&public(SUBMITTER)).unwrap().nonce;
+        let tx = signed(&g, SUBMITTER, nonce, 10, action);
+        assert_eq!(apply(ex, &[tx]).receipts[0].rejection, None);
+    };
+    send(&mut ex, register.clone());
+    // It traps whenever it is drawn; the others agree.
+    for n in 0..8 {
+        let job = submit(&mut ex, &g, format!("job number {n}").as_bytes());
+        let shard = ex.job(&job).unwrap().unwrap().shard;
+        let results: Vec<EncoderResult> = shard
+            .iter()
+            .map(|p| match *p == returning {
+                true => failed(Outcome::Trap),
+                false => ok(vector(0, 500), 1_000),
+            })
+            .collect();
+        for v in 0..3 {
+            assert_eq!(attest(&mut ex, &g, v, job, results.clone()), None);
+        }
+    }
+    let left = ex.encoder(&returning).unwrap().unwrap().performance;
+    assert!(left[0] < (ONE * 3 / 4) as u32, "{left:?}");
+    send(&mut ex, Action::DeregisterEncoder { package: returning });
+    assert!(ex.encoder(&returning).unwrap().is_none());
+    // Registering again is no fresh start at the median (1.0 here).
+    send(&mut ex, register);
+    assert_eq!(ex.encoder(&returning).unwrap().unwrap().performance, left);
+}
