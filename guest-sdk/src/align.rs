@@ -81,6 +81,18 @@ impl Head {
             .ok_or_else(|| "a value is not finite".to_string())
     }
 
+    /// A head compiled into the component, taking `input` values. One that
+    /// does not parse, or takes other vectors, is a build bug: this panics,
+    /// which the host reports when it pre-initialises the component.
+    pub fn compiled_in(bytes: &[u8], input: usize) -> Head {
+        let head = Head::parse(bytes).expect("the compiled-in head parses");
+        assert_eq!(
+            head.input, input,
+            "the compiled-in head takes {input} values"
+        );
+        head
+    }
+
     /// The head file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
@@ -138,6 +150,17 @@ mod tests {
             vec![0.70710677, 0.70710677]
         );
         assert_eq!(head.apply(&[1.0]), None);
+    }
+
+    #[test]
+    fn a_compiled_in_head_is_checked_for_its_input() {
+        assert_eq!(Head::compiled_in(&swap().to_bytes(), 2), swap());
+    }
+
+    #[test]
+    #[should_panic(expected = "takes 3 values")]
+    fn a_compiled_in_head_for_other_vectors_is_a_build_bug() {
+        Head::compiled_in(&swap().to_bytes(), 3);
     }
 
     #[test]

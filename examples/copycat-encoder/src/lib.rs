@@ -20,11 +20,10 @@ pub struct CopycatEncoder {
 
 impl Default for CopycatEncoder {
     fn default() -> Self {
-        let head = Head::parse(include_bytes!("../../hash-encoder/head.bin"))
-            .expect("the compiled-in head parses");
+        let head = Head::compiled_in(include_bytes!("../../hash-encoder/head.bin"), 384);
         let vector = head
             .apply(&hashing::hashed_features(PHRASE, 384))
-            .expect("the head takes hashed features");
+            .expect("the head's input dimension is checked when it is built");
         CopycatEncoder { vector }
     }
 }

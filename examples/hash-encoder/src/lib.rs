@@ -36,12 +36,9 @@ impl Default for HashEncoder {
     /// Parses the compiled-in head: at pre-initialisation in the host, so
     /// calls find it ready.
     fn default() -> Self {
-        let head = HEAD.map(|bytes| {
-            let head = Head::parse(bytes).expect("the compiled-in head parses");
-            assert_eq!(head.input(), DIMENSION, "the head takes hashed features");
-            head
-        });
-        HashEncoder { head }
+        HashEncoder {
+            head: HEAD.map(|bytes| Head::compiled_in(bytes, DIMENSION)),
+        }
     }
 }
 

@@ -27,9 +27,9 @@ pub struct SpecialistEncoder {
 
 impl Default for SpecialistEncoder {
     fn default() -> Self {
-        let head = Head::parse(HEAD).expect("the compiled-in head parses");
-        assert_eq!(head.input(), 384, "the head takes hashed features");
-        SpecialistEncoder { head }
+        SpecialistEncoder {
+            head: Head::compiled_in(HEAD, Self::DIMENSION as usize),
+        }
     }
 }
 
