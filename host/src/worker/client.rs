@@ -9,7 +9,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 /// Environment variable naming the worker executable; by default the host
@@ -87,7 +87,7 @@ impl Worker {
         digest: Digest,
         model: Arc<Vec<u8>>,
     ) -> Result<Result<(), String>, WorkerError> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         state.models.insert(digest, model);
         let answer = state.load_into_process(digest)?;
         if answer.is_err() {
@@ -98,7 +98,7 @@ impl Worker {
 
     /// Kills the worker; the next request starts a fresh one.
     pub(crate) fn restart(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         if let Some(mut process) = state.process.take() {
             process.kill();
         }
@@ -116,7 +116,7 @@ impl Worker {
         max_reply: u64,
         timeout: Duration,
     ) -> RunOutcome {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         state.run(digest, model, inputs, max_reply, timeout)
     }
 
@@ -130,20 +130,28 @@ impl Worker {
         max_reply: u64,
         timeout: Duration,
     ) -> Result<RunOutcome, Vec<NamedTensor>> {
-        let mut state = match self.state.try_lock() {
-            Ok(state) => state,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(inputs),
-        };
-        Ok(state.run(digest, model, inputs, max_reply, timeout))
+        match self.try_lock() {
+            Some(mut state) => Ok(state.run(digest, model, inputs, max_reply, timeout)),
+            None => Err(inputs),
+        }
     }
 
     /// Whether the worker process is running (a busy worker is).
     pub(crate) fn is_running(&self) -> bool {
+        self.try_lock().is_none_or(|state| state.process.is_some())
+    }
+
+    /// The worker's state, taken over if a holder panicked.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker's state if no one holds it.
+    fn try_lock(&self) -> Option<MutexGuard<'_, State>> {
         match self.state.try_lock() {
-            Ok(state) => state.process.is_some(),
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().process.is_some(),
-            Err(TryLockError::WouldBlock) => true,
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         }
     }
 }
