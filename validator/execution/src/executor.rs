@@ -136,6 +136,7 @@ impl Executor {
         }
         let store = StateStore::open(path)?;
         let chain_id = genesis.chain_id();
+        let regions = routing::regions(genesis.parameters(), genesis.router());
         let applied = match store.read::<Genesis>(&[], Space::Meta, GENESIS)? {
             Some(stored) if stored.chain_id() == chain_id => store
                 .read::<Applied>(&[], Space::Meta, APPLIED)?
@@ -146,18 +147,14 @@ impl Executor {
                     given: hex::encode(chain_id),
                 });
             }
-            None => initialise(
-                &store,
-                genesis,
-                routing::regions(genesis.parameters(), genesis.router()),
-            )?,
+            None => initialise(&store, genesis, regions)?,
         };
         Ok(Executor {
             store,
             chain_id,
             parameters: genesis.parameters().clone(),
             router,
-            regions: routing::regions(genesis.parameters(), genesis.router()),
+            regions,
             applied,
         })
     }

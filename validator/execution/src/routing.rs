@@ -74,6 +74,7 @@ pub struct Router {
     package: Digest,
     encoder: Encoder,
     fuel: u64,
+    planes: Planes,
 }
 
 impl Router {
@@ -110,6 +111,7 @@ impl Router {
             package: digest,
             encoder,
             fuel: manifest.fuel_limit,
+            planes: Planes::new(usize::from(parameters.dimension)),
         })
     }
 
@@ -142,7 +144,7 @@ impl Router {
                 Ok(vector
                     .iter()
                     .any(|&x| x != 0.0)
-                    .then(|| side_of_planes(bits, vector)))
+                    .then(|| self.planes.region(bits, vector)))
             }
             Err(e) if e.is_deterministic() => Ok(None),
             Err(e) => Err(RouterError::Local(e)),
@@ -150,32 +152,49 @@ impl Router {
     }
 }
 
-/// Bit `b` of the region: whether `vector` lies on the positive side of
-/// hyperplane `b`, whose normal has coordinates ±1 drawn from a fixed
-/// seed (a protocol constant: rebuilding the router does not move them).
-/// Integer arithmetic on the host's 2⁻¹⁶ grid.
-fn side_of_planes(bits: u8, vector: &[f32]) -> u16 {
-    let mut signs = vec![0u8; vector.len().div_ceil(8) * usize::from(bits)];
-    blake3::Hasher::new_derive_key("soma/routing-planes/v1")
-        .finalize_xof()
-        .fill(&mut signs);
-    let per_plane = vector.len().div_ceil(8);
-    (0..usize::from(bits)).fold(0u16, |region, b| {
-        let plane = &signs[b * per_plane..(b + 1) * per_plane];
-        let dot: i64 = vector
-            .iter()
-            .enumerate()
-            .map(|(k, &x)| {
-                let x = crate::runner::fixed(x) as i64;
-                if plane[k / 8] >> (k % 8) & 1 == 1 {
-                    x
-                } else {
-                    -x
-                }
-            })
-            .sum();
-        region | (u16::from(dot > 0) << b)
-    })
+/// The hyperplanes regions are cut by: for each of [`MAX_REGION_BITS`]
+/// planes, a normal with coordinates ±1 drawn from a fixed seed (a
+/// protocol constant: rebuilding the router does not move them). Drawn
+/// once, when the router is loaded; a region of `bits` bits uses the first
+/// `bits` planes.
+struct Planes {
+    /// Sign bits, plane after plane, `per_plane` bytes each.
+    signs: Vec<u8>,
+    per_plane: usize,
+}
+
+impl Planes {
+    fn new(dimension: usize) -> Planes {
+        let per_plane = dimension.div_ceil(8);
+        let mut signs = vec![0u8; per_plane * usize::from(MAX_REGION_BITS)];
+        blake3::Hasher::new_derive_key("soma/routing-planes/v1")
+            .finalize_xof()
+            .fill(&mut signs);
+        Planes { signs, per_plane }
+    }
+
+    /// The region of `vector`: bit `b` says whether it lies on the
+    /// positive side of plane `b`. Integer arithmetic on the host's 2⁻¹⁶
+    /// grid.
+    fn region(&self, bits: u8, vector: &[f32]) -> u16 {
+        (0..usize::from(bits.min(MAX_REGION_BITS))).fold(0u16, |region, b| {
+            let plane = &self.signs[b * self.per_plane..(b + 1) * self.per_plane];
+            let dot: i64 = vector
+                .iter()
+                .take(self.per_plane * 8)
+                .enumerate()
+                .map(|(k, &x)| {
+                    let x = crate::runner::fixed(x) as i64;
+                    if plane[k / 8] >> (k % 8) & 1 == 1 {
+                        x
+                    } else {
+                        -x
+                    }
+                })
+                .sum();
+            region | (u16::from(dot > 0) << b)
+        })
+    }
 }
 
 /// Regions an encoder keeps scores for.
@@ -218,17 +237,18 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 400.0)
             .collect();
         let minus: Vec<f32> = v.iter().map(|x| -x).collect();
-        let region = side_of_planes(8, &v);
-        assert_eq!(side_of_planes(8, &v), region);
+        let planes = Planes::new(384);
+        let region = planes.region(8, &v);
+        assert_eq!(planes.region(8, &v), region);
         // The opposite vector is on the other side of every plane (none
         // of these dot products is zero).
-        assert_eq!(side_of_planes(8, &minus), !region & 0xff);
-        assert_eq!(side_of_planes(3, &v), region & 0b111);
+        assert_eq!(planes.region(8, &minus), !region & 0xff);
+        assert_eq!(planes.region(3, &v), region & 0b111);
         // Vectors along different axes fall in many different regions.
         let axis = |k: usize| {
             let mut v = vec![0.0f32; 384];
             v[k] = 1.0;
-            side_of_planes(8, &v)
+            planes.region(8, &v)
         };
         let regions: std::collections::BTreeSet<u16> = (0..384).map(axis).collect();
         assert!(regions.len() > 64, "{}", regions.len());
