@@ -10,7 +10,6 @@
 use super::*;
 use soma_execution::{EncoderScore, ONE};
 use soma_host::Engine;
-use soma_host::package::MAX_FUEL_LIMIT;
 
 /// Euclidean distance between fixed-point vectors, as a float.
 fn distance(a: &[i32], b: &[i32]) -> f64 {
@@ -36,16 +35,10 @@ fn random_constant_and_copycat_encoders_are_outliers_slashed_and_left_out() {
         let store = BlobStore::open(dir.path().join("blobs")).unwrap();
         // Two operators run the hash encoder; account 11 runs the
         // adversary.
-        let hash = |owner| {
-            component_package(
-                soma_examples_artifacts::HASH_ENCODER,
-                "hash-encoder",
-                owner,
-                MAX_FUEL_LIMIT,
-            )
-        };
+        let hash =
+            |owner| example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", owner);
         let (honest_a, honest_b) = (hash(10), hash(12));
-        let adversary = component_package(component, name, 11, MAX_FUEL_LIMIT);
+        let adversary = example_package(component, name, 11);
         let g = encoder_network(
             &store,
             &[(&honest_a, 10), (&honest_b, 12), (&adversary, 11)],

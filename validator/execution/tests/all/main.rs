@@ -145,6 +145,12 @@ pub fn component_package(component: &str, name: &str, owner: u8, fuel: u64) -> V
     .unwrap()
 }
 
+/// An example `component` as the text encoder `name`, signed by account
+/// `owner` and allowed the most fuel a package may have.
+pub fn example_package(component: &str, name: &str, owner: u8) -> VerifiedPackage {
+    component_package(component, name, owner, soma_host::package::MAX_FUEL_LIMIT)
+}
+
 /// The one validator of [`encoder_network`].
 pub const VALIDATOR: u8 = 0;
 

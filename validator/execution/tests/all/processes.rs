@@ -56,17 +56,11 @@ fn network(dir: &Path) -> (Genesis, BlobStore, VerifiedPackage) {
         vec![model("paraphrase-minilm-l3-v2.onnx")],
     )
     .unwrap();
-    let hash = component_package(
-        soma_examples_artifacts::HASH_ENCODER,
-        "hash-encoder",
-        12,
-        MAX_FUEL_LIMIT,
-    );
-    let router = component_package(
+    let hash = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 12);
+    let router = example_package(
         soma_examples_artifacts::ROUTER_ENCODER,
         "router-encoder",
         13,
-        MAX_FUEL_LIMIT,
     );
     let single = encoder_network(
         &store,

@@ -81,25 +81,24 @@ struct Measured {
 fn train(region_bits: u8) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path().join("blobs")).unwrap();
-    let artifact = |path, name, owner| component_package(path, name, owner, MAX_FUEL_LIMIT);
-    let hash_a = artifact(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
-    let hash_b = artifact(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 12);
-    let specialist = artifact(
+    let hash_a = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
+    let hash_b = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 12);
+    let specialist = example_package(
         soma_examples_artifacts::SPECIALIST_ENCODER,
         "specialist-encoder",
         11,
     );
-    let random = artifact(
+    let random = example_package(
         soma_examples_artifacts::RANDOM_ENCODER,
         "random-encoder",
         13,
     );
-    let constant = artifact(
+    let constant = example_package(
         soma_examples_artifacts::CONSTANT_ENCODER,
         "constant-encoder",
         14,
     );
-    let router = artifact(
+    let router = example_package(
         soma_examples_artifacts::ROUTER_ENCODER,
         "router-encoder",
         15,
@@ -211,13 +210,12 @@ fn the_specialist_is_chosen_more_often_for_code_after_learning_where_it_is_good(
 fn a_router_must_be_the_genesis_one_pure_wasm_and_in_the_space() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path().join("blobs")).unwrap();
-    let artifact = |path, name, owner| component_package(path, name, owner, MAX_FUEL_LIMIT);
-    let router = artifact(
+    let router = example_package(
         soma_examples_artifacts::ROUTER_ENCODER,
         "router-encoder",
         15,
     );
-    let hash = artifact(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
+    let hash = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
     let g =
         encoder_network(&store, &[(&hash, 10)], Parameters::default()).with_router(router.digest());
     let engine = Engine::new().unwrap();
@@ -231,7 +229,7 @@ fn a_router_must_be_the_genesis_one_pure_wasm_and_in_the_space() {
         ),
         "{missing}"
     );
-    let other = artifact(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 15);
+    let other = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 15);
     let other = Router::load(&engine, &other, None, g.parameters()).unwrap();
     let wrong = Executor::open(&state, &g, Some(other)).err().unwrap();
     assert!(
@@ -283,10 +281,9 @@ fn data_the_router_cannot_place_is_drawn_by_bond_and_moves_no_score() {
     // Judged jobs (three encoders that succeed, masks) whose decisions
     // would move scores if the jobs had a region: the random encoder is
     // an outlier.
-    let artifact = |path, name, owner| component_package(path, name, owner, MAX_FUEL_LIMIT);
-    let hash_a = artifact(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
-    let hash_b = artifact(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 11);
-    let random = artifact(
+    let hash_a = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
+    let hash_b = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 11);
+    let random = example_package(
         soma_examples_artifacts::RANDOM_ENCODER,
         "random-encoder",
         12,

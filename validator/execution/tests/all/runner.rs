@@ -3,23 +3,18 @@
 
 use super::*;
 use soma_execution::{GenesisEncoder, JobRunner, JobStatus, ONE, Outcome, RunnerError};
-use soma_host::package::{BlobStore, MAX_FUEL_LIMIT};
+use soma_host::package::BlobStore;
 use soma_host::{Digest, Engine};
 
 /// Four validators (0-3); the hash encoder (owned by 10) and the hostile
 /// one (owned by 11, which loops on "spin" until its 50 million fuel run
-/// out) registered and installed in `store`; a submitter (20).
+/// out) registered and installed in `store`; a submitter ([`SUBMITTER`]).
 fn network(store: &BlobStore) -> (Genesis, Digest, Digest) {
-    let hash = component_package(
-        soma_examples_artifacts::HASH_ENCODER,
-        "hash-encoder",
-        10,
-        MAX_FUEL_LIMIT,
-    );
+    let hash = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
     let hostile = component_package(soma_examples_artifacts::HOSTILE, "hostile", 11, 50_000_000);
     store.install(&hash).unwrap();
     store.install(&hostile).unwrap();
-    let mut accounts: Vec<GenesisAccount> = [0, 1, 2, 3, 10, 11, 20]
+    let mut accounts: Vec<GenesisAccount> = [0, 1, 2, 3, 10, 11, SUBMITTER]
         .into_iter()
         .map(|i| GenesisAccount {
             key: public(i),
@@ -60,18 +55,7 @@ fn validators_compute_attest_and_a_looping_encoder_is_slashed() {
     let store = BlobStore::open(dir.path().join("blobs")).unwrap();
     let (g, hash, hostile) = network(&store);
     let mut ex = open(&dir.path().join("state"), &g);
-    let submit = signed(
-        &g,
-        20,
-        0,
-        10,
-        Action::SubmitData {
-            data: b"spin".to_vec(),
-            payment: 1_000_000,
-        },
-    );
-    let effects = apply(&mut ex, &[submit]);
-    let id = effects.receipts[0].transaction.unwrap();
+    let id = submit_all(&mut ex, &g, &[b"spin"])[0];
     let job = ex.job(&id).unwrap().unwrap();
     assert_eq!(job.shard, {
         let mut both = vec![hash, hostile];
@@ -141,17 +125,7 @@ fn a_package_not_yet_received_makes_the_runner_wait() {
     let store = BlobStore::open(dir.path().join("blobs")).unwrap();
     let (g, ..) = network(&store);
     let mut ex = open(&dir.path().join("state"), &g);
-    let submit = signed(
-        &g,
-        20,
-        0,
-        10,
-        Action::SubmitData {
-            data: b"hello".to_vec(),
-            payment: 1_000_000,
-        },
-    );
-    let id = apply(&mut ex, &[submit]).receipts[0].transaction.unwrap();
+    let id = submit_all(&mut ex, &g, &[b"hello"])[0];
     let job = ex.job(&id).unwrap().unwrap();
     let empty = BlobStore::open(dir.path().join("empty")).unwrap();
     let runner = JobRunner::new(Engine::new().unwrap(), empty, None);
