@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use soma_consensus::network::{FetchRequest, decode_blocks};
-use soma_consensus::{Committee, SignedBlock, VerifiedBlock};
+use soma_consensus::{Committee, Protocol, SignedBlock, VerifiedBlock};
 use soma_crypto::SecretKey;
 use std::sync::OnceLock;
 
@@ -16,7 +16,7 @@ fn committee() -> &'static Committee {
         let members = (1..=4u8)
             .map(|i| (SecretKey::from_bytes(&[i; 32]).public_key(), 1))
             .collect();
-        Committee::new(members).expect("four distinct keys")
+        Committee::new(members, Protocol::new([0; 32])).expect("four distinct keys")
     })
 }
 

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use soma_consensus::{AcceptAny, AuthorityIndex, Committee, NodeConfig, Parameters};
+use soma_consensus::{AcceptAny, AuthorityIndex, Committee, NodeConfig, Parameters, Protocol};
 use soma_crypto::keyfile;
 use soma_crypto::{PublicKey, SecretKey};
 use std::net::SocketAddr;
@@ -22,9 +22,22 @@ pub struct Member {
     pub address: SocketAddr,
 }
 
+/// The chain the committee runs: every validator's file must say the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChainFile {
+    /// Hex chain id (the digest of genesis).
+    pub id: String,
+    /// The committee's epoch.
+    pub epoch: u64,
+    /// Rounds kept below the last commit; the oldest a parent may be.
+    pub gc_depth: u32,
+}
+
 /// What `soma node --config` reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ValidatorFile {
+    /// The chain and its consensus constants.
+    pub chain: ChainFile,
     /// This validator's index in `committee`.
     pub authority: u32,
     /// Its secret key file, relative to the configuration file.
@@ -55,7 +68,16 @@ impl ValidatorFile {
                 .with_context(|| format!("committee member {i} has an invalid key"))?;
             members.push((key, member.stake));
         }
-        let committee = Committee::new(members).context("invalid committee")?;
+        let chain_id = hex::decode(&self.chain.id)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .context("chain.id is not 32 hex bytes")?;
+        let protocol = Protocol {
+            chain_id,
+            epoch: self.chain.epoch,
+            gc_depth: self.chain.gc_depth,
+        };
+        let committee = Committee::new(members, protocol).context("invalid committee")?;
         let key_path = dir.join(&self.key_file);
         let key = keyfile::read_secret_key(&key_path)?;
         if committee.key(AuthorityIndex(self.authority)) != Some(&key.public_key()) {
@@ -105,6 +127,18 @@ pub fn write_localnet(dir: &Path, validators: usize, base_port: u16) -> Result<V
             address: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16)),
         })
         .collect();
+    // The chain id is the digest of this genesis, the committee of fresh
+    // keys: each localnet is a chain of its own, and nothing signed for one
+    // replays on another.
+    let mut genesis = blake3::Hasher::new_derive_key("soma/localnet-genesis/v1");
+    for member in &committee {
+        genesis.update(member.key.as_bytes());
+    }
+    let chain = ChainFile {
+        id: genesis.finalize().to_hex().to_string(),
+        epoch: 0,
+        gc_depth: Protocol::DEFAULT_GC_DEPTH,
+    };
     let mut paths = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let home = dir.join(format!("validator-{i}"));
@@ -112,6 +146,7 @@ pub fn write_localnet(dir: &Path, validators: usize, base_port: u16) -> Result<V
             .with_context(|| format!("cannot create {}", home.display()))?;
         keyfile::write_secret_key(&home.join("key"), key)?;
         let file = ValidatorFile {
+            chain: chain.clone(),
             authority: i as u32,
             key_file: "key".into(),
             store: "consensus".into(),

@@ -10,7 +10,7 @@
 //! reported as a fraction of it.
 
 use soma_consensus::{
-    AuthorityIndex, Committee, Node, NodeConfig, Parameters, SubmitError, SubmitRefused,
+    AuthorityIndex, Committee, Node, NodeConfig, Parameters, Protocol, SubmitError, SubmitRefused,
     TransactionVerifier,
 };
 use soma_crypto::{Domain, PublicKey, SecretKey, Signature};
@@ -89,7 +89,11 @@ async fn start_nodes(dir: &std::path::Path) -> Vec<Node> {
     let keys: Vec<SecretKey> = (0..VALIDATORS)
         .map(|_| SecretKey::generate().unwrap())
         .collect();
-    let committee = Committee::new(keys.iter().map(|k| (k.public_key(), 1)).collect()).unwrap();
+    let committee = Committee::new(
+        keys.iter().map(|k| (k.public_key(), 1)).collect(),
+        Protocol::new(*blake3::hash(b"soma consensus benchmark").as_bytes()),
+    )
+    .unwrap();
     let addresses = free_addresses(VALIDATORS);
     let mut nodes = Vec::new();
     for (i, key) in keys.into_iter().enumerate() {

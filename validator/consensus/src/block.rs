@@ -10,14 +10,15 @@
 //! Integers are little-endian; decoding is canonical (it refuses anything
 //! [`Block::encode`] would not produce) and checks every length against a
 //! limit before allocating. A block's digest is the blake3 of its encoding;
-//! its signature is the author's, over the encoding, in
-//! [`Domain::Block`].
+//! its signature is the author's, in [`Domain::Block`], over
+//! `chain id ‖ u64 epoch ‖ digest` (see [`Protocol`]), so a block signed
+//! for one network or epoch verifies in no other.
 //!
 //! Round 0 holds one genesis block per validator. They are implied by the
 //! committee (fixed content, so fixed digests) and never signed or sent:
 //! every validator starts with all of them.
 
-use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
+use crate::committee::{AuthorityIndex, Committee, Protocol, StakeAggregator};
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::{Domain, SecretKey, Signature};
 use std::fmt;
@@ -228,11 +229,16 @@ impl Block {
         })
     }
 
-    /// Signs the block as `key` (which must be its author's).
-    pub fn sign(self, key: &SecretKey) -> SignedBlock {
+    /// Signs the block as `key` (which must be its author's) for the
+    /// chain and epoch of `protocol`.
+    pub fn sign(self, key: &SecretKey, protocol: &Protocol) -> SignedBlock {
         let encoding = self.encode();
-        let signature = key.sign(Domain::Block, &encoding);
-        SignedBlock::assemble(self, encoding, signature)
+        let unsigned = SignedBlock::assemble(self, encoding, Signature([0; 64]));
+        let signature = key.sign(Domain::Block, &unsigned.signed_message(protocol));
+        SignedBlock {
+            signature,
+            ..unsigned
+        }
     }
 }
 
@@ -249,6 +255,16 @@ impl SignedBlock {
             signature,
             reference,
         }
+    }
+
+    /// What the author signs: the block's digest bound to a chain and an
+    /// epoch (the digest already covers every byte of the block).
+    fn signed_message(&self, protocol: &Protocol) -> [u8; 72] {
+        let mut message = [0; 72];
+        message[..32].copy_from_slice(&protocol.chain_id);
+        message[32..40].copy_from_slice(&protocol.epoch.to_le_bytes());
+        message[40..].copy_from_slice(&self.reference.digest);
+        message
     }
 
     /// Parses wire bytes; checks the form only (see [`VerifiedBlock::verify`]).
@@ -284,7 +300,8 @@ impl SignedBlock {
         let key = committee
             .key(block.author)
             .ok_or(BlockError::UnknownAuthor(block.author.0))?;
-        key.verify(Domain::Block, &self.encoding, &self.signature)
+        let message = self.signed_message(committee.protocol());
+        key.verify(Domain::Block, &message, &self.signature)
             .map_err(|_| BlockError::BadSignature(self.reference))?;
         let invalid = |reason: &str| {
             Err(BlockError::InvalidParents {
@@ -297,6 +314,17 @@ impl SignedBlock {
         }
         if block.parents.iter().any(|p| p.round >= block.round) {
             return invalid("a parent is not from an earlier round");
+        }
+        // Whether an old parent is still held differs between validators;
+        // a bound on age makes validity the same everywhere. Genesis
+        // blocks are held by all, so they stay allowed at any age.
+        let gc_depth = committee.protocol().gc_depth;
+        if block
+            .parents
+            .iter()
+            .any(|p| p.round > 0 && block.round - p.round > gc_depth)
+        {
+            return invalid("a parent is more than gc_depth rounds older than the block");
         }
         if block
             .parents
@@ -341,8 +369,10 @@ pub struct VerifiedBlock(Arc<SignedBlock>);
 
 impl VerifiedBlock {
     /// Verifies `block` for `committee`: the author is a member and signed
-    /// it; it is not a genesis block; it references only earlier rounds,
-    /// genesis blocks as they are, at most one block per author, its
+    /// it for the committee's chain and epoch; it is not a genesis block;
+    /// it references only earlier rounds, none more than the protocol's
+    /// `gc_depth` below its own (genesis blocks aside), genesis blocks as
+    /// they are, at most one block per author, its
     /// author's own previous block, and a quorum of stake from the round
     /// just before it.
     pub fn verify(block: SignedBlock, committee: &Committee) -> Result<VerifiedBlock, BlockError> {
@@ -352,8 +382,8 @@ impl VerifiedBlock {
 
     /// Signs `block` as `key`. The caller builds it by the rules, so it is
     /// not checked again.
-    pub(crate) fn sign_own(block: Block, key: &SecretKey) -> VerifiedBlock {
-        VerifiedBlock(Arc::new(block.sign(key)))
+    pub(crate) fn sign_own(block: Block, key: &SecretKey, committee: &Committee) -> VerifiedBlock {
+        VerifiedBlock(Arc::new(block.sign(key, committee.protocol())))
     }
 }
 
@@ -399,7 +429,7 @@ impl From<DecodeError> for BlockError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::committee::tests::committee;
+    use crate::committee::tests::{committee, protocol};
     use proptest::prelude::*;
 
     fn genesis(n: u32) -> Vec<BlockRef> {
@@ -418,7 +448,7 @@ mod tests {
             transactions: vec![b"transfer 5".to_vec(), vec![]],
             state_root: [7; 32],
         }
-        .sign(&keys[author as usize])
+        .sign(&keys[author as usize], &protocol())
     }
 
     #[test]
@@ -462,11 +492,73 @@ mod tests {
             Err(BlockError::BadSignature(_))
         ));
 
-        let stranger = Block::genesis(AuthorityIndex(9)).sign(&keys[0]);
+        let stranger = Block::genesis(AuthorityIndex(9)).sign(&keys[0], &protocol());
         assert_eq!(stranger.verify(&c), Err(BlockError::UnknownAuthor(9)));
 
-        let sent_genesis = Block::genesis(AuthorityIndex(0)).sign(&keys[0]);
+        let sent_genesis = Block::genesis(AuthorityIndex(0)).sign(&keys[0], &protocol());
         assert!(parents_error(sent_genesis).contains("genesis"));
+    }
+
+    #[test]
+    fn a_block_verifies_only_on_the_chain_and_epoch_it_was_signed_for() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let block = round_one(0, &genesis(4)[..3], &keys);
+        let members: Vec<_> = c.authorities().map(|a| (*c.key(a).unwrap(), 1)).collect();
+        let p = protocol();
+        for other in [
+            Protocol {
+                chain_id: [1; 32],
+                ..p
+            },
+            Protocol { epoch: 1, ..p },
+        ] {
+            let elsewhere = Committee::new(members.clone(), other).unwrap();
+            assert_eq!(
+                block.verify(&elsewhere),
+                Err(BlockError::BadSignature(block.reference()))
+            );
+        }
+        assert_eq!(block.verify(&c), Ok(()));
+    }
+
+    #[test]
+    fn a_parent_older_than_the_gc_depth_makes_a_block_invalid() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let depth = c.protocol().gc_depth;
+        let at = |round, author| BlockRef {
+            round,
+            author: AuthorityIndex(author),
+            digest: [round as u8; 32],
+        };
+        let block = |own_parent: BlockRef| {
+            let round = depth + 2;
+            let mut parents = vec![
+                own_parent,
+                at(round - 1, 1),
+                at(round - 1, 2),
+                at(round - 1, 3),
+            ];
+            parents.sort();
+            Block {
+                round,
+                author: AuthorityIndex(0),
+                parents,
+                transactions: vec![],
+                state_root: [0; 32],
+            }
+            .sign(&keys[0], c.protocol())
+        };
+        // Its own block from exactly gc_depth rounds before is still fine,
+        // one round older is not; the genesis block is fine at any age.
+        assert_eq!(block(at(2, 0)).verify(&c), Ok(()));
+        assert!(matches!(
+            block(at(1, 0)).verify(&c),
+            Err(BlockError::InvalidParents { reason, .. }) if reason.contains("gc_depth")
+        ));
+        assert_eq!(
+            block(BlockRef::genesis(AuthorityIndex(0))).verify(&c),
+            Ok(())
+        );
     }
 
     #[test]

@@ -233,7 +233,7 @@ mod tests {
                 state_root: [0; 32],
             };
             let signed = VerifiedBlock::verify(
-                block.sign(&self.keys[author as usize]),
+                block.sign(&self.keys[author as usize], self.dag.committee().protocol()),
                 self.dag.committee(),
             )
             .unwrap();

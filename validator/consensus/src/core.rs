@@ -15,14 +15,12 @@ use crate::suspended::SuspendedBlocks;
 use soma_crypto::SecretKey;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Tunables of the consensus core.
+/// A node's own tunables of the consensus core: none of them changes what
+/// is committed (those are in the committee's [`Protocol`]).
+///
+/// [`Protocol`]: crate::Protocol
 #[derive(Debug, Clone)]
 pub struct Parameters {
-    /// Rounds kept below the last committed leader; older blocks are
-    /// dropped (their references, and the stored blocks, are kept for as
-    /// many rounds again). A validator further behind than twice this
-    /// cannot catch up by fetching blocks.
-    pub gc_depth: Round,
     /// Most transactions in one proposal.
     pub max_block_transactions: usize,
     /// Most transaction bytes in one proposal.
@@ -37,7 +35,6 @@ pub struct Parameters {
 impl Default for Parameters {
     fn default() -> Self {
         Parameters {
-            gc_depth: 100,
             max_block_transactions: MAX_TRANSACTIONS,
             max_block_transaction_bytes: 2 << 20,
             max_pending_transactions: 100_000,
@@ -108,14 +105,16 @@ impl Core {
         me: AuthorityIndex,
         key: SecretKey,
         params: Parameters,
-        store: Box<dyn Store>,
+        mut store: Box<dyn Store>,
     ) -> Result<Core, CoreError> {
         if committee.key(me) != Some(&key.public_key()) {
             return Err(CoreError::NotThisMember(me.0));
         }
-        let recovered = store.recover(params.gc_depth)?;
-        let gc_round = gc_round(recovered.progress.last_committed, params.gc_depth);
-        let mut dag = DagState::new(committee, params.gc_depth);
+        store.bind(committee.digest())?;
+        let gc_depth = committee.protocol().gc_depth;
+        let recovered = store.recover(gc_depth)?;
+        let gc_round = gc_round(recovered.progress.last_committed, gc_depth);
+        let mut dag = DagState::new(committee, gc_depth);
         dag.garbage_collect(gc_round);
         let committed = recovered
             .commits
@@ -375,14 +374,14 @@ impl Core {
                     // Collected between commits, so what each commit leaves
                     // out depends only on the commits before it.
                     self.linearizer
-                        .garbage_collect(gc_round(leader.round, self.params.gc_depth));
+                        .garbage_collect(gc_round(leader.round, self.gc_depth()));
                     committed.push(subdag);
                 }
                 LeaderStatus::Skip(round) => self.progress.last_decided = round,
                 LeaderStatus::Undecided(_) => unreachable!("try_decide returns decided leaders"),
             }
         }
-        let gc = gc_round(self.progress.last_committed, self.params.gc_depth);
+        let gc = gc_round(self.progress.last_committed, self.gc_depth());
         if gc > self.dag.gc_round() {
             self.dag.garbage_collect(gc);
             let floor = self.dag.retention_floor();
@@ -426,7 +425,7 @@ impl Core {
             transactions: self.take_transactions(),
             state_root: self.state_root,
         };
-        let block = VerifiedBlock::sign_own(block, &self.key);
+        let block = VerifiedBlock::sign_own(block, &self.key, self.dag.committee());
         self.store.write_own(&block)?;
         let accepted = self.dag.accept(block.clone());
         debug_assert_eq!(accepted, Acceptance::Accepted, "own block {block:?}");
@@ -456,14 +455,16 @@ impl Core {
                     // After a long absence our last block may be forgotten
                     // by peers (and by us); our genesis block is known to
                     // all and names us as well.
-                    let recent = self.last_proposed.round + self.params.gc_depth > round;
+                    let recent = self.last_proposed.round + self.gc_depth() > round;
                     return Some(if recent {
                         self.last_proposed
                     } else {
                         BlockRef::genesis(self.me)
                     });
                 }
-                let floor = self.referenced[author.0 as usize].max(round.saturating_sub(LOOK_BACK));
+                // No parent older than the protocol allows.
+                let look_back = LOOK_BACK.min(self.gc_depth());
+                let floor = self.referenced[author.0 as usize].max(round.saturating_sub(look_back));
                 (floor + 1..=round)
                     .rev()
                     .find_map(|r| self.dag.blocks_in_slot(r, author).next())
@@ -472,6 +473,10 @@ impl Core {
             .collect();
         parents.sort();
         parents
+    }
+
+    fn gc_depth(&self) -> Round {
+        self.dag.committee().protocol().gc_depth
     }
 
     fn take_transactions(&mut self) -> Vec<Vec<u8>> {
@@ -493,7 +498,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::committee::tests::committee;
+    use crate::committee::tests::{committee, with_gc_depth};
     use crate::store::{FjallStore, MemStore};
 
     fn open(c: &Committee, keys: &[SecretKey], me: u32, store: Box<dyn Store>) -> Core {
@@ -600,10 +605,8 @@ mod tests {
     #[test]
     fn history_withheld_from_everyone_is_never_built_on() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let params = Parameters {
-            gc_depth: 2,
-            ..Parameters::default()
-        };
+        let c = with_gc_depth(&c, 3);
+        let params = Parameters::default();
         let mut cores = open_all(&c, &keys, &params, None);
         let mut committed = vec![Vec::new(); 4];
         let mut inbox: Vec<VerifiedBlock> = Vec::new();
@@ -673,10 +676,8 @@ mod tests {
     #[test]
     fn collected_blocks_are_served_from_the_store_down_to_the_retention_floor() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let params = Parameters {
-            gc_depth: 3,
-            ..Parameters::default()
-        };
+        let c = with_gc_depth(&c, 3);
+        let params = Parameters::default();
         let dir = tempfile::tempdir().unwrap();
         let mut cores = open_all(&c, &keys, &params, Some(dir.path()));
         let committed = lockstep(&mut cores, 20);
@@ -706,10 +707,8 @@ mod tests {
     #[test]
     fn a_validator_back_after_its_last_block_was_forgotten_builds_on_its_genesis_block() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let params = Parameters {
-            gc_depth: 3,
-            ..Parameters::default()
-        };
+        let c = with_gc_depth(&c, 3);
+        let params = Parameters::default();
         let stores: Vec<MemStore> = (0..4).map(|_| MemStore::new()).collect();
         let mut cores: Vec<Core> = (0..4)
             .map(|i| {
@@ -760,8 +759,9 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_store_or_a_wrong_key_stops_the_start_with_a_reason() {
+    fn a_corrupt_store_another_committee_or_a_wrong_key_stops_the_start_with_a_reason() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
+        let key0 = || SecretKey::from_bytes(&keys[0].to_bytes());
         let dir = tempfile::tempdir().unwrap();
         let store = FjallStore::open(dir.path()).unwrap();
         store
@@ -784,6 +784,45 @@ mod tests {
         assert!(
             matches!(error, CoreError::Store(StoreError::Corrupt(ref m)) if m.contains("stored block")),
             "{error}"
+        );
+
+        // A store written under other protocol constants is refused: this
+        // node would commit other sub-DAGs than its peers.
+        let dir = tempfile::tempdir().unwrap();
+        let store = || Box::new(FjallStore::open(dir.path()).unwrap());
+        drop(
+            Core::open(
+                c.clone(),
+                AuthorityIndex(0),
+                key0(),
+                Parameters::default(),
+                store(),
+            )
+            .unwrap(),
+        );
+        let deeper = with_gc_depth(&c, 200);
+        let error = Core::open(
+            deeper,
+            AuthorityIndex(0),
+            key0(),
+            Parameters::default(),
+            store(),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(error, CoreError::Store(StoreError::OtherCommittee { .. })),
+            "{error}"
+        );
+        assert!(
+            Core::open(
+                c.clone(),
+                AuthorityIndex(0),
+                key0(),
+                Parameters::default(),
+                store()
+            )
+            .is_ok()
         );
 
         let key = SecretKey::from_bytes(&keys[1].to_bytes());
@@ -852,7 +891,7 @@ mod tests {
                 transactions: vec![],
                 state_root: [0; 32],
             };
-            VerifiedBlock::verify(block.sign(&keys[1]), &c).unwrap()
+            VerifiedBlock::verify(block.sign(&keys[1], c.protocol()), &c).unwrap()
         };
         let outcome = core
             .add_blocks((0..5).map(|i| orphan(6, i)).collect())

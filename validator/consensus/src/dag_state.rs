@@ -268,7 +268,7 @@ mod tests {
                 transactions: vec![tx.to_vec()],
                 state_root: [0; 32],
             }
-            .sign(&keys[author as usize]);
+            .sign(&keys[author as usize], c.protocol());
             VerifiedBlock::verify(signed, &c)
         };
         let round_one: Vec<VerifiedBlock> = (0..3)
@@ -304,7 +304,7 @@ mod tests {
             author: AuthorityIndex(1),
             ..child.block().clone()
         }
-        .sign(&keys[0]);
+        .sign(&keys[0], c.protocol());
         assert!(matches!(
             VerifiedBlock::verify(forged, &c),
             Err(BlockError::BadSignature(_))

@@ -26,7 +26,9 @@ mod store;
 mod suspended;
 
 pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, VerifiedBlock};
-pub use committee::{AuthorityIndex, Committee, CommitteeError, Stake, StakeAggregator};
+pub use committee::{
+    AuthorityIndex, Committee, CommitteeError, MIN_GC_DEPTH, Protocol, Stake, StakeAggregator,
+};
 pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
 pub use core::{Core, CoreError, Outcome, Parameters, SubmitError};
 pub use dag_state::{Acceptance, DagState};

@@ -8,8 +8,12 @@
 //! ```
 //!
 //! Both carry `soma-peer` (the sender's authority index), `soma-boot` (16
-//! random bytes chosen at start) and `soma-auth`: the sender's signature, in
-//! [`Domain::PeerAuth`], over sender ‖ receiver ‖ boot. The token is signed
+//! random bytes chosen at start), `soma-committee` (the sender's
+//! [`Committee::digest`]: chain, epoch, protocol constants and members) and
+//! `soma-auth`: the sender's signature, in [`Domain::PeerAuth`], over
+//! sender ‖ receiver ‖ boot ‖ committee digest. A peer that runs another
+//! chain, epoch or protocol constants is refused with both digests named
+//! (it would commit other sub-DAGs than this node). The token is signed
 //! once per start and checked once per (peer, boot), so it costs nothing
 //! per message. Without TLS a man in the middle could replay it; blocks stay
 //! authenticated by their own signatures either way, so the token serves to
@@ -39,6 +43,8 @@ pub const MAX_FETCH_ANSWER: usize = 64 << 20;
 pub const PEER_HEADER: &str = "soma-peer";
 /// Header with the sender's boot identifier.
 pub const BOOT_HEADER: &str = "soma-boot";
+/// Header with the sender's committee digest.
+pub const COMMITTEE_HEADER: &str = "soma-committee";
 /// Header with the signed token.
 pub const AUTH_HEADER: &str = "soma-auth";
 
@@ -60,36 +66,66 @@ pub struct PeerToken {
     pub peer: String,
     /// `soma-boot`.
     pub boot: String,
+    /// `soma-committee`.
+    pub committee: String,
     /// `soma-auth`.
     pub auth: String,
 }
 
+/// The authentication headers of a received request, as found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerHeaders<'a> {
+    /// `soma-peer`.
+    pub peer: Option<&'a str>,
+    /// `soma-boot`.
+    pub boot: Option<&'a str>,
+    /// `soma-committee`.
+    pub committee: Option<&'a str>,
+    /// `soma-auth`.
+    pub auth: Option<&'a str>,
+}
+
 impl PeerToken {
-    /// The token `sender` (holding `key`) presents to `receiver` this boot.
+    /// The token `sender` (holding `key`) of `committee` presents to
+    /// `receiver` this boot.
     pub fn sign(
         key: &SecretKey,
+        committee: &Committee,
         sender: AuthorityIndex,
         receiver: AuthorityIndex,
         boot: [u8; 16],
     ) -> PeerToken {
-        let signature = key.sign(Domain::PeerAuth, &token_message(sender, receiver, boot));
+        let digest = committee.digest();
+        let message = token_message(sender, receiver, boot, digest);
+        let signature = key.sign(Domain::PeerAuth, &message);
         PeerToken {
             peer: sender.0.to_string(),
             boot: hex::encode(boot),
+            committee: hex::encode(digest),
             auth: hex::encode(signature.0),
         }
     }
 
-    /// Checks headers received by `receiver`; returns the sender.
+    /// The headers this token sends, by name.
+    pub fn headers(&self) -> [(&'static str, &str); 4] {
+        [
+            (PEER_HEADER, &self.peer),
+            (BOOT_HEADER, &self.boot),
+            (COMMITTEE_HEADER, &self.committee),
+            (AUTH_HEADER, &self.auth),
+        ]
+    }
+
+    /// Checks headers received by `receiver` of `committee`; returns the
+    /// sender.
     pub fn verify(
-        peer: Option<&str>,
-        boot: Option<&str>,
-        auth: Option<&str>,
+        headers: PeerHeaders<'_>,
         receiver: AuthorityIndex,
         committee: &Committee,
     ) -> Result<AuthorityIndex, WireError> {
         let missing = |h: &str| WireError::Unauthenticated(format!("no {h} header"));
-        let sender = peer
+        let sender = headers
+            .peer
             .ok_or_else(|| missing(PEER_HEADER))?
             .parse::<u32>()
             .map(AuthorityIndex)
@@ -97,12 +133,30 @@ impl PeerToken {
         let key = committee.key(sender).ok_or_else(|| {
             WireError::Unauthenticated(format!("validator {} is not in the committee", sender.0))
         })?;
-        let boot: [u8; 16] = hex_array(boot.ok_or_else(|| missing(BOOT_HEADER))?, BOOT_HEADER)?;
-        let signature: [u8; 64] =
-            hex_array(auth.ok_or_else(|| missing(AUTH_HEADER))?, AUTH_HEADER)?;
+        let theirs: [u8; 32] = hex_array(
+            headers.committee.ok_or_else(|| missing(COMMITTEE_HEADER))?,
+            COMMITTEE_HEADER,
+        )?;
+        if theirs != committee.digest() {
+            return Err(WireError::Unauthenticated(format!(
+                "validator {} runs committee {} (chain, epoch, protocol constants, members), \
+                 this node runs {}",
+                sender.0,
+                hex::encode(&theirs[..8]),
+                hex::encode(&committee.digest()[..8])
+            )));
+        }
+        let boot: [u8; 16] = hex_array(
+            headers.boot.ok_or_else(|| missing(BOOT_HEADER))?,
+            BOOT_HEADER,
+        )?;
+        let signature: [u8; 64] = hex_array(
+            headers.auth.ok_or_else(|| missing(AUTH_HEADER))?,
+            AUTH_HEADER,
+        )?;
         key.verify(
             Domain::PeerAuth,
-            &token_message(sender, receiver, boot),
+            &token_message(sender, receiver, boot, theirs),
             &Signature(signature),
         )
         .map_err(|_| WireError::Unauthenticated(format!("bad token for validator {}", sender.0)))?;
@@ -110,11 +164,17 @@ impl PeerToken {
     }
 }
 
-fn token_message(sender: AuthorityIndex, receiver: AuthorityIndex, boot: [u8; 16]) -> Vec<u8> {
+fn token_message(
+    sender: AuthorityIndex,
+    receiver: AuthorityIndex,
+    boot: [u8; 16],
+    committee: [u8; 32],
+) -> Vec<u8> {
     [
         &sender.0.to_le_bytes()[..],
         &receiver.0.to_le_bytes(),
         &boot,
+        &committee,
     ]
     .concat()
 }
@@ -208,6 +268,7 @@ pub fn decode_blocks(bytes: &[u8]) -> Result<Vec<&[u8]>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::committee::Protocol;
     use crate::committee::tests::committee;
     use proptest::prelude::*;
 
@@ -215,16 +276,50 @@ mod tests {
     fn tokens_prove_the_sender_to_one_receiver() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let (a, b) = (AuthorityIndex(1), AuthorityIndex(2));
-        let t = PeerToken::sign(&keys[1], a, b, [7; 16]);
+        let t = PeerToken::sign(&keys[1], &c, a, b, [7; 16]);
         let check = |t: &PeerToken, receiver| {
-            PeerToken::verify(Some(&t.peer), Some(&t.boot), Some(&t.auth), receiver, &c)
+            let headers = PeerHeaders {
+                peer: Some(&t.peer),
+                boot: Some(&t.boot),
+                committee: Some(&t.committee),
+                auth: Some(&t.auth),
+            };
+            PeerToken::verify(headers, receiver, &c)
         };
         assert_eq!(check(&t, b).unwrap(), a);
         assert!(
             check(&t, AuthorityIndex(3)).is_err(),
             "bound to its receiver"
         );
-        let forged = PeerToken::sign(&keys[0], a, b, [7; 16]);
+        // A peer of another epoch (or chain, or gc depth) is named as such.
+        let next_epoch = Committee::new(
+            c.authorities().map(|a| (*c.key(a).unwrap(), 1)).collect(),
+            Protocol {
+                epoch: 1,
+                ..*c.protocol()
+            },
+        )
+        .unwrap();
+        let other = PeerToken::sign(&keys[1], &next_epoch, a, b, [7; 16]);
+        assert!(
+            check(&other, b)
+                .unwrap_err()
+                .to_string()
+                .contains("runs committee")
+        );
+        // Claiming this committee's digest does not help: the signature
+        // covers the one it was made for.
+        let claimed = PeerToken {
+            committee: t.committee.clone(),
+            ..other
+        };
+        assert!(
+            check(&claimed, b)
+                .unwrap_err()
+                .to_string()
+                .contains("bad token")
+        );
+        let forged = PeerToken::sign(&keys[0], &c, a, b, [7; 16]);
         assert!(matches!(
             check(&forged, b),
             Err(WireError::Unauthenticated(_))
@@ -239,7 +334,7 @@ mod tests {
                 .to_string()
                 .contains("not in the committee")
         );
-        assert!(PeerToken::verify(None, None, None, b, &c).is_err());
+        assert!(PeerToken::verify(PeerHeaders::default(), b, &c).is_err());
     }
 
     #[test]

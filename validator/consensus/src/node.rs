@@ -143,7 +143,8 @@ struct Shared {
     tokens: Vec<PeerToken>,
 }
 
-/// A peer's `soma-boot` and `soma-auth` headers, once verified.
+/// A peer's `soma-boot` and `soma-auth` headers, once verified (the
+/// signature covers the others).
 #[derive(Clone)]
 struct CheckedToken {
     boot: String,
@@ -192,7 +193,9 @@ impl Node {
         let tokens = config
             .committee
             .authorities()
-            .map(|peer| PeerToken::sign(&config.key, config.authority, peer, boot))
+            .map(|peer| {
+                PeerToken::sign(&config.key, &config.committee, config.authority, peer, boot)
+            })
             .collect();
         let (commands, inbox) = mpsc::channel(1024);
         let (transactions, submitted) = mpsc::channel(TRANSACTION_QUEUE);
@@ -409,18 +412,14 @@ fn connector() -> HttpConnector {
 }
 
 fn post(shared: &Shared, peer: AuthorityIndex, path: &str, body: Bytes) -> Request<Full<Bytes>> {
-    let token = &shared.tokens[peer.0 as usize];
-    Request::builder()
-        .method(Method::POST)
-        .uri(format!(
-            "http://{}{path}",
-            shared.addresses[peer.0 as usize]
-        ))
-        .header(network::PEER_HEADER, &token.peer)
-        .header(network::BOOT_HEADER, &token.boot)
-        .header(network::AUTH_HEADER, &token.auth)
-        .body(Full::new(body))
-        .expect("a valid request")
+    let mut request = Request::builder().method(Method::POST).uri(format!(
+        "http://{}{path}",
+        shared.addresses[peer.0 as usize]
+    ));
+    for (name, value) in shared.tokens[peer.0 as usize].headers() {
+        request = request.header(name, value);
+    }
+    request.body(Full::new(body)).expect("a valid request")
 }
 
 /// Sends this validator's blocks to one peer, in order.
@@ -616,32 +615,35 @@ async fn read_body(
 
 fn authenticate(shared: &Shared, request: &Request<Incoming>) -> Result<AuthorityIndex, WireError> {
     let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
-    let (peer, boot, auth) = (
-        header(network::PEER_HEADER),
-        header(network::BOOT_HEADER),
-        header(network::AUTH_HEADER),
-    );
+    let headers = network::PeerHeaders {
+        peer: header(network::PEER_HEADER),
+        boot: header(network::BOOT_HEADER),
+        committee: header(network::COMMITTEE_HEADER),
+        auth: header(network::AUTH_HEADER),
+    };
     // A token checked before is accepted without another signature check.
     let known = |index: usize| {
         let tokens = shared
             .checked_tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        matches!(tokens.get(index), Some(Some(t)) if Some(t.boot.as_str()) == boot && Some(t.auth.as_str()) == auth)
+        matches!(tokens.get(index), Some(Some(t))
+            if Some(t.boot.as_str()) == headers.boot && Some(t.auth.as_str()) == headers.auth)
     };
-    if let Some(index) = peer
+    if let Some(index) = headers
+        .peer
         .and_then(|p| p.parse::<usize>().ok())
         .filter(|i| known(*i))
     {
         return Ok(AuthorityIndex(index as u32));
     }
-    let sender = PeerToken::verify(peer, boot, auth, shared.authority, &shared.committee)?;
+    let sender = PeerToken::verify(headers, shared.authority, &shared.committee)?;
     shared
         .checked_tokens
         .lock()
         .unwrap_or_else(|e| e.into_inner())[sender.0 as usize] = Some(CheckedToken {
-        boot: boot.unwrap_or_default().to_string(),
-        auth: auth.unwrap_or_default().to_string(),
+        boot: headers.boot.unwrap_or_default().to_string(),
+        auth: headers.auth.unwrap_or_default().to_string(),
     });
     Ok(sender)
 }

@@ -10,7 +10,7 @@
 //! (every honest validator commits a leader of the target round).
 
 use crate::block::{Block, BlockRef, Round, SignedBlock, VerifiedBlock};
-use crate::committee::{AuthorityIndex, Committee};
+use crate::committee::{AuthorityIndex, Committee, Protocol};
 use crate::core::{Core, Outcome, Parameters};
 use crate::linearizer::CommittedSubDag;
 use crate::network::{FETCH_LIMIT, FetchRequest};
@@ -279,13 +279,16 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             SecretKey::from_bytes(&seed)
         })
         .collect();
-    let committee = Committee::new(keys.iter().map(|k| (k.public_key(), 1)).collect())
-        .expect("distinct keys, unit stakes");
     // Outages here last at most a few seconds (about a hundred rounds):
     // everyone keeps enough history for the slowest validator to catch up
     // by fetching blocks.
-    let params = Parameters {
+    let protocol = Protocol {
         gc_depth: 200,
+        ..Protocol::new(*blake3::hash(b"soma simulation").as_bytes())
+    };
+    let committee = Committee::new(keys.iter().map(|k| (k.public_key(), 1)).collect(), protocol)
+        .expect("distinct keys, unit stakes");
+    let params = Parameters {
         max_suspended_per_author: 200,
         ..Parameters::default()
     };
@@ -624,7 +627,9 @@ impl Sim {
             Behaviour::Equivocate => {
                 let mut twin = block.block().clone();
                 twin.transactions.push(b"equivocation".to_vec());
-                let twin = twin.sign(&self.keys[node]).to_bytes();
+                let twin = twin
+                    .sign(&self.keys[node], self.committee.protocol())
+                    .to_bytes();
                 for to in 0..self.nodes.len() {
                     let bytes = if to % 2 == 0 {
                         block.to_bytes()
@@ -643,7 +648,13 @@ impl Sim {
                 if let Some(parent) = other {
                     parent.digest = self.rng.random();
                 }
-                self.broadcast(node, Message::Block(fake.sign(&self.keys[node]).to_bytes()));
+                self.broadcast(
+                    node,
+                    Message::Block(
+                        fake.sign(&self.keys[node], self.committee.protocol())
+                            .to_bytes(),
+                    ),
+                );
             }
         }
     }
@@ -668,7 +679,11 @@ impl Sim {
                 author: victim,
                 ..last.block().clone()
             };
-            junk.push(forged.sign(&self.keys[node]).to_bytes());
+            junk.push(
+                forged
+                    .sign(&self.keys[node], self.committee.protocol())
+                    .to_bytes(),
+            );
         }
         junk
     }

@@ -22,6 +22,20 @@ pub enum StoreError {
     /// Stored bytes do not decode.
     #[error("consensus store is corrupt: {0}")]
     Corrupt(String),
+    /// The store was written for another chain, epoch, committee or
+    /// protocol constants.
+    #[error(
+        "the consensus store belongs to committee {} but this node runs committee {}: \
+         use the store of this chain, or a new directory",
+        hex::encode(&stored[..8]),
+        hex::encode(&running[..8])
+    )]
+    OtherCommittee {
+        /// The committee digest the store was written under.
+        stored: [u8; 32],
+        /// The committee digest of this run.
+        running: [u8; 32],
+    },
 }
 
 /// One committed sub-DAG as stored: enough to rebuild the linearizer.
@@ -75,6 +89,12 @@ pub struct Recovered {
 
 /// Durable consensus state.
 pub trait Store: Send {
+    /// Ties the store to `committee` (a [`Committee::digest`]): the first
+    /// call records it, later ones refuse any other.
+    ///
+    /// [`Committee::digest`]: crate::Committee::digest
+    fn bind(&mut self, committee: [u8; 32]) -> Result<(), StoreError>;
+
     /// Writes the validator's own new block and returns only once it is
     /// durable: the block may be sent after this.
     fn write_own(&mut self, block: &SignedBlock) -> Result<(), StoreError>;
@@ -97,6 +117,7 @@ pub struct MemStore(Arc<Mutex<MemContents>>);
 
 #[derive(Debug, Default)]
 struct MemContents {
+    committee: Option<[u8; 32]>,
     blocks: BTreeMap<BlockRef, SignedBlock>,
     commits: BTreeMap<u64, CommitRecord>,
     progress: CommitProgress,
@@ -117,6 +138,11 @@ impl MemStore {
 }
 
 impl Store for MemStore {
+    fn bind(&mut self, committee: [u8; 32]) -> Result<(), StoreError> {
+        let stored = *self.contents().committee.get_or_insert(committee);
+        check_committee(stored, committee)
+    }
+
     fn write_own(&mut self, block: &SignedBlock) -> Result<(), StoreError> {
         let mut contents = self.contents();
         contents.blocks.insert(block.reference(), block.clone());
@@ -174,6 +200,7 @@ pub struct FjallStore {
     meta: fjall::Keyspace,
 }
 
+const COMMITTEE: &[u8] = b"committee";
 const OWN_LAST: &[u8] = b"own-last";
 const PROGRESS: &[u8] = b"progress";
 
@@ -192,6 +219,22 @@ impl FjallStore {
 }
 
 impl Store for FjallStore {
+    fn bind(&mut self, committee: [u8; 32]) -> Result<(), StoreError> {
+        let Some(stored) = self.meta.get(COMMITTEE)? else {
+            let mut batch = self
+                .db
+                .batch()
+                .durability(Some(fjall::PersistMode::SyncAll));
+            batch.insert(&self.meta, COMMITTEE, committee);
+            batch.commit()?;
+            return Ok(());
+        };
+        let stored = stored[..]
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("the committee digest is not 32 bytes".into()))?;
+        check_committee(stored, committee)
+    }
+
     fn write_own(&mut self, block: &SignedBlock) -> Result<(), StoreError> {
         let mut batch = self
             .db
@@ -274,6 +317,14 @@ impl FjallStore {
             commits.push(decode_commit(&key, &value)?);
         }
         Ok(commits)
+    }
+}
+
+fn check_committee(stored: [u8; 32], running: [u8; 32]) -> Result<(), StoreError> {
+    if stored == running {
+        Ok(())
+    } else {
+        Err(StoreError::OtherCommittee { stored, running })
     }
 }
 

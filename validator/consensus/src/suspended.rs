@@ -138,7 +138,7 @@ mod tests {
                 transactions: vec![],
                 state_root: [0; 32],
             }
-            .sign(&keys[author as usize]);
+            .sign(&keys[author as usize], c.protocol());
             VerifiedBlock::verify(signed, &c).unwrap()
         };
         let mut suspended = SuspendedBlocks::default();

@@ -2,9 +2,10 @@
 //! SIGKILL and restarted catches up; garbage sent to a node is refused
 //! without stopping it.
 
-use soma_consensus::network::{AUTH_HEADER, BLOCK_PATH, BOOT_HEADER, PEER_HEADER, PeerToken};
+use soma_consensus::network::{BLOCK_PATH, PeerToken};
 use soma_consensus::{AuthorityIndex, Block, BlockRef};
 use soma_crypto::keyfile::read_secret_key;
+use soma_validator::config::ValidatorFile;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -206,12 +207,19 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
     // refused with a reason; the node keeps committing.
     let target = validators[0].port;
     let key1 = read_secret_key(&configs[1].with_file_name("key")).unwrap();
-    let token = PeerToken::sign(&key1, AuthorityIndex(1), AuthorityIndex(0), [1; 16]);
-    let auth = [
-        (PEER_HEADER, token.peer.as_str()),
-        (BOOT_HEADER, token.boot.as_str()),
-        (AUTH_HEADER, token.auth.as_str()),
-    ];
+    let committee = ValidatorFile::read(&configs[1])
+        .unwrap()
+        .node_config(configs[1].parent().unwrap())
+        .unwrap()
+        .committee;
+    let token = PeerToken::sign(
+        &key1,
+        &committee,
+        AuthorityIndex(1),
+        AuthorityIndex(0),
+        [1; 16],
+    );
+    let auth = token.headers();
     let (code, body) = http(target, "POST", BLOCK_PATH, &[], b"garbage");
     assert_eq!(code, 401, "{body}");
     let (code, body) = http(target, "POST", BLOCK_PATH, &auth, b"garbage");
@@ -228,7 +236,7 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
         transactions: vec![b"forged".to_vec()],
         state_root: [0; 32],
     }
-    .sign(&key1);
+    .sign(&key1, committee.protocol());
     let (code, body) = http(target, "POST", BLOCK_PATH, &auth, &forged.to_bytes());
     assert_eq!((code, body.contains("signature")), (422, true), "{body}");
     let refused = status(target).unwrap()["refused"].as_u64().unwrap();
