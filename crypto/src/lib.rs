@@ -169,7 +169,7 @@ impl fmt::Debug for PublicKey {
 }
 
 /// An ed25519 signature.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Signature(pub [u8; 64]);
 
 impl fmt::Debug for Signature {

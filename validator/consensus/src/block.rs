@@ -283,6 +283,11 @@ impl SignedBlock {
         [&self.encoding[..], &self.signature.0].concat()
     }
 
+    /// The length of [`SignedBlock::to_bytes`].
+    pub fn wire_size(&self) -> usize {
+        self.encoding.len() + self.signature.0.len()
+    }
+
     /// The block.
     pub fn block(&self) -> &Block {
         &self.block
@@ -291,6 +296,11 @@ impl SignedBlock {
     /// Its reference.
     pub fn reference(&self) -> BlockRef {
         self.reference
+    }
+
+    /// The author's signature.
+    pub fn signature(&self) -> Signature {
+        self.signature
     }
 
     /// Checks everything that can be checked without the rest of the DAG

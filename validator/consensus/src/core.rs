@@ -3,7 +3,7 @@
 //! drive this same type.
 
 use crate::block::{
-    Block, BlockRef, MAX_TRANSACTION_BYTES, MAX_TRANSACTIONS, Round, SignedBlock, VerifiedBlock,
+    Block, BlockRef, MAX_TRANSACTION_BYTES, MAX_TRANSACTIONS, Round, VerifiedBlock,
 };
 use crate::committee::{AuthorityIndex, Committee};
 use crate::committer::{Committer, LeaderStatus, leader};
@@ -13,7 +13,7 @@ use crate::network::FetchRequest;
 use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError, gc_round};
 use crate::suspended::SuspendedBlocks;
 use soma_crypto::SecretKey;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 /// A node's own tunables of the consensus core: none of them changes what
 /// is committed (those are in the committee's [`Protocol`]).
@@ -27,9 +27,14 @@ pub struct Parameters {
     pub max_block_transaction_bytes: usize,
     /// Most transactions waiting to be proposed.
     pub max_pending_transactions: usize,
-    /// Most blocks per author kept while their parents are fetched (the
-    /// highest go first).
-    pub max_suspended_per_author: usize,
+    /// Most bytes of one author's blocks kept while their parents are
+    /// fetched (the highest go first).
+    pub max_suspended_bytes_per_author: usize,
+    /// Rounds of accepted blocks the store keeps below the
+    /// garbage-collection round (at least the protocol's `gc_depth`), to
+    /// serve validators that fell behind: one down for longer than this
+    /// many rounds cannot catch up through consensus.
+    pub store_retention: Round,
 }
 
 impl Default for Parameters {
@@ -38,7 +43,9 @@ impl Default for Parameters {
             max_block_transactions: MAX_TRANSACTIONS,
             max_block_transaction_bytes: 2 << 20,
             max_pending_transactions: 100_000,
-            max_suspended_per_author: 1_000,
+            max_suspended_bytes_per_author: 64 << 20,
+            // About an hour at the pace of a committee on one site.
+            store_retention: 100_000,
         }
     }
 }
@@ -75,9 +82,21 @@ pub struct Outcome {
     /// Missing parents of the blocks just suspended: fetch them from the
     /// sender (see [`Core::missing`] for all of them).
     pub missing: BTreeSet<BlockRef>,
-    /// Suspended blocks dropped because their author had too many waiting.
+    /// Blocks dropped: their author had too many bytes suspended, or too
+    /// many blocks in one slot.
     pub dropped: usize,
+    /// The highest round holding a quorum of stake, if this step raised
+    /// it: the wait for that round's leader starts now.
+    pub quorum_round: Option<Round>,
 }
+
+/// Rounds a validator may lag behind the committee and still propose;
+/// further behind it catches up first (see [`Core::catch_up_from`]).
+pub const CATCH_UP_LAG: Round = 20;
+
+/// Blocks one author may have in one slot before more are refused, unless
+/// a block waits for them: two are proof of equivocation already.
+const BLOCKS_PER_SLOT: usize = 2;
 
 /// A validator's consensus state machine.
 pub struct Core {
@@ -92,6 +111,9 @@ pub struct Core {
     /// Per author, the highest round of its blocks this validator has
     /// referenced so far.
     referenced: Vec<Round>,
+    /// Per author, the highest round of a verified block received from it.
+    seen: Vec<Round>,
+    quorum_round: Round,
     transactions: VecDeque<Vec<u8>>,
     state_root: [u8; 32],
     store: Box<dyn Store>,
@@ -132,6 +154,8 @@ impl Core {
             linearizer,
             progress: recovered.progress,
             referenced: vec![0; n],
+            seen: vec![0; n],
+            quorum_round: 0,
             transactions: VecDeque::new(),
             state_root: [0; 32],
             store,
@@ -152,6 +176,7 @@ impl Core {
                 core.suspended.insert(block, &missing, usize::MAX);
             }
         }
+        core.quorum_round = core.highest_quorum_round();
         Ok(core)
     }
 
@@ -210,17 +235,27 @@ impl Core {
         blocks.sort_by_key(|b| b.reference());
         let mut accepted = Vec::new();
         for block in blocks {
-            if self.suspended.contains(&block.reference()) {
+            let reference = block.reference();
+            let seen = &mut self.seen[reference.author.0 as usize];
+            *seen = (*seen).max(reference.round);
+            if self.suspended.contains(&reference) {
+                continue;
+            }
+            let slot_full = self
+                .dag
+                .blocks_in_slot(reference.round, reference.author)
+                .nth(BLOCKS_PER_SLOT - 1)
+                .is_some();
+            if slot_full && !self.dag.contains(&reference) && !self.suspended.lacks(&reference) {
+                outcome.dropped += 1;
                 continue;
             }
             match self.dag.accept(block.clone()) {
                 Acceptance::Accepted => self.accept_with_children(block, &mut accepted),
                 Acceptance::MissingParents(missing) => {
                     outcome.missing.extend(missing.iter().copied());
-                    let cap = self.params.max_suspended_per_author;
-                    if self.suspended.insert(block, &missing, cap) {
-                        outcome.dropped += 1;
-                    }
+                    let cap = self.params.max_suspended_bytes_per_author;
+                    outcome.dropped += self.suspended.insert(block, &missing, cap);
                 }
                 Acceptance::Duplicate | Acceptance::TooOld => {}
             }
@@ -230,6 +265,35 @@ impl Core {
             .retain(|p| self.suspended.lacks(p) && !self.dag.contains(p));
         self.step(accepted, false, &mut outcome)?;
         Ok(outcome)
+    }
+
+    /// The round a committee has reached, as far as this validator can
+    /// tell: the highest round that validators of more than f stake (so
+    /// at least one honest one) have sent blocks of.
+    pub fn committee_round(&self) -> Round {
+        let committee = self.dag.committee();
+        let mut rounds: Vec<(Round, AuthorityIndex)> = committee
+            .authorities()
+            .map(|a| (self.seen[a.0 as usize].max(self.dag.latest_of(a).round), a))
+            .collect();
+        rounds.sort_unstable_by(|x, y| y.cmp(x));
+        let mut stake = crate::committee::StakeAggregator::new();
+        for (round, author) in rounds {
+            stake.add(author, committee);
+            if stake.reached_validity(committee) {
+                return round;
+            }
+        }
+        0
+    }
+
+    /// Where to start replaying rounds from peers' stores when this
+    /// validator lags more than [`CATCH_UP_LAG`] rounds behind the
+    /// committee; `None` when it keeps up. It proposes nothing meanwhile:
+    /// blocks of rounds the others have left behind help no one, and its
+    /// own chain would then start below what they still accept.
+    pub fn catch_up_from(&self) -> Option<Round> {
+        (self.committee_round() > self.quorum_round + CATCH_UP_LAG).then_some(self.quorum_round)
     }
 
     /// The leader of the round this validator waits on did not show up in
@@ -254,50 +318,6 @@ impl Core {
         }
     }
 
-    /// Blocks to answer a fetch: each of `references` this validator has,
-    /// with every ancestor the requester lacks (above its `known_rounds`
-    /// for that author), lowest rounds first, at most `limit` blocks. A
-    /// validator far behind gets whole chains in one answer. Collected
-    /// blocks come from the store, which keeps them down to the retention
-    /// floor: a peer that lags further than the garbage-collection depth,
-    /// or that never got them, can still catch up.
-    pub fn blocks_for(
-        &self,
-        references: &[BlockRef],
-        known_rounds: &[Round],
-        limit: usize,
-    ) -> Result<Vec<SignedBlock>, CoreError> {
-        let lacks = |r: &BlockRef| {
-            known_rounds
-                .get(r.author.0 as usize)
-                .is_none_or(|k| r.round > *k)
-        };
-        let mut found = BTreeMap::new();
-        let mut stack: Vec<BlockRef> = references.to_vec();
-        while let Some(reference) = stack.pop() {
-            if found.contains_key(&reference) {
-                continue;
-            }
-            let block = match self.dag.get(&reference) {
-                Some(block) => SignedBlock::clone(block),
-                None if self.dag.contains(&reference) => match self.store.block(&reference)? {
-                    Some(block) => block,
-                    // A genesis block, or one lost in a crash.
-                    None => continue,
-                },
-                None => continue,
-            };
-            stack.extend(block.block().parents.iter().filter(|p| lacks(p)));
-            found.insert(reference, block);
-            // The walk never needs more than `limit` blocks past the lowest
-            // ones, so it stops early on long histories.
-            if found.len() > 4 * limit {
-                break;
-            }
-        }
-        Ok(found.into_values().take(limit).collect())
-    }
-
     /// Records `block` (just accepted) in `accepted`, then accepts every
     /// suspended block that waited for it, or for one accepted in turn.
     fn accept_with_children(&mut self, block: VerifiedBlock, accepted: &mut Vec<VerifiedBlock>) {
@@ -319,10 +339,17 @@ impl Core {
     /// Every parent of a suspended block that is neither known nor
     /// suspended itself. Drivers ask peers for these now and then, in turn:
     /// the peer that sent a block may not be able (or willing) to serve
-    /// its history, and honest peers garbage-collect it in time.
+    /// its history, and honest peers garbage-collect it in time. While
+    /// catching up only those near the DAG's frontier: a hole there holds
+    /// back everything above it, and replayed rounds bring the rest.
     pub fn missing(&self) -> BTreeSet<BlockRef> {
+        let frontier = match self.catch_up_from() {
+            Some(from) => from.saturating_add(CATCH_UP_LAG),
+            None => Round::MAX,
+        };
         self.suspended
             .lacking()
+            .take_while(|p| p.round <= frontier)
             .filter(|p| !self.dag.contains(p))
             .copied()
             .collect()
@@ -342,13 +369,23 @@ impl Core {
         };
         outcome.committed = self.try_commit(&mut batch);
         self.store.write(batch)?;
+        self.raise_quorum_round(outcome);
         if let Some(block) = self.try_propose(leader_timed_out)? {
             outcome.proposed = Some(block);
             let mut batch = StoreBatch::default();
             outcome.committed.extend(self.try_commit(&mut batch));
             self.store.write(batch)?;
+            self.raise_quorum_round(outcome);
         }
         Ok(())
+    }
+
+    fn raise_quorum_round(&mut self, outcome: &mut Outcome) {
+        let round = self.highest_quorum_round();
+        if round > self.quorum_round {
+            self.quorum_round = round;
+            outcome.quorum_round = Some(round);
+        }
     }
 
     /// Decides leaders, linearizes the committed ones and collects garbage;
@@ -384,9 +421,9 @@ impl Core {
         let gc = gc_round(self.progress.last_committed, self.gc_depth());
         if gc > self.dag.gc_round() {
             self.dag.garbage_collect(gc);
-            let floor = self.dag.retention_floor();
-            self.suspended.drop_below(floor);
-            batch.drop_below = Some(floor);
+            self.suspended.drop_below(self.dag.retention_floor());
+            let kept = self.params.store_retention.max(self.gc_depth());
+            batch.drop_below = Some(gc.saturating_sub(kept));
         }
         batch.progress = Some(self.progress);
         committed
@@ -401,11 +438,8 @@ impl Core {
             // Our own last block waits for fetched parents after a crash.
             return Ok(None);
         }
-        let mut quorum_round = self.dag.highest_round();
-        while !self.dag.has_quorum_at(quorum_round) {
-            quorum_round -= 1;
-        }
-        if quorum_round < self.last_proposed.round {
+        let quorum_round = self.quorum_round;
+        if quorum_round < self.last_proposed.round || self.catch_up_from().is_some() {
             return Ok(None);
         }
         let round = quorum_round + 1;
@@ -475,6 +509,15 @@ impl Core {
         parents
     }
 
+    /// The highest round whose blocks in the DAG hold a quorum of stake.
+    fn highest_quorum_round(&self) -> Round {
+        let mut round = self.dag.highest_round();
+        while !self.dag.has_quorum_at(round) {
+            round -= 1;
+        }
+        round
+    }
+
     fn gc_depth(&self) -> Round {
         self.dag.committee().protocol().gc_depth
     }
@@ -499,6 +542,7 @@ impl Core {
 mod tests {
     use super::*;
     use crate::committee::tests::{committee, with_gc_depth};
+    use crate::network::RoundsRequest;
     use crate::store::{FjallStore, MemStore};
 
     fn open(c: &Committee, keys: &[SecretKey], me: u32, store: Box<dyn Store>) -> Core {
@@ -674,16 +718,20 @@ mod tests {
     }
 
     #[test]
-    fn collected_blocks_are_served_from_the_store_down_to_the_retention_floor() {
+    fn the_store_serves_blocks_far_below_the_dag_and_a_restart_reloads_only_the_dag() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let c = with_gc_depth(&c, 3);
-        let params = Parameters::default();
+        let params = Parameters {
+            store_retention: 8,
+            ..Parameters::default()
+        };
         let dir = tempfile::tempdir().unwrap();
         let mut cores = open_all(&c, &keys, &params, Some(dir.path()));
-        let committed = lockstep(&mut cores, 20);
-        let core = &cores[0];
+        let committed = lockstep(&mut cores, 30);
+        let core = cores.remove(0);
         let (gc, floor) = (core.dag().gc_round(), core.dag().retention_floor());
-        assert!(floor > 1 && floor < gc, "{floor} {gc}");
+        let kept = gc - 8;
+        assert!(kept > 1 && kept < floor, "{kept} {floor} {gc}");
         let of_round = |round| {
             committed[0]
                 .iter()
@@ -691,17 +739,124 @@ mod tests {
                 .find(|b| b.reference().round == round)
                 .unwrap()
         };
+        drop(core);
+        let store = FjallStore::open(dir.path()).unwrap();
         // The requester holds everything below the block it asks for.
         let serve = |block: &VerifiedBlock| {
-            let below = vec![block.reference().round - 1; 4];
-            core.blocks_for(&[block.reference()], &below, 10).unwrap()
+            let request = FetchRequest {
+                references: vec![block.reference()],
+                known_rounds: vec![block.reference().round - 1; 4],
+            };
+            request.answer(&store, 10).unwrap()
         };
-        for round in [gc, gc - 1, floor] {
+        for round in [gc, floor - 1, kept] {
             let block = of_round(round);
-            assert!(core.dag().get(&block.reference()).is_some() == (round >= gc));
-            assert_eq!(serve(block), [SignedBlock::clone(block)], "round {round}");
+            assert_eq!(serve(block), [(**block).clone()], "round {round}");
         }
-        assert!(serve(of_round(floor - 1)).is_empty());
+        assert!(serve(of_round(kept - 1)).is_empty());
+        // Whole rounds from the lowest kept one on, in order.
+        let rounds = RoundsRequest { from: kept - 5 }.answer(&store).unwrap();
+        assert_eq!(rounds[0].reference().round, kept);
+        assert!(
+            rounds
+                .windows(2)
+                .all(|w| w[0].reference() < w[1].reference())
+        );
+        assert_eq!(
+            rounds
+                .iter()
+                .filter(|b| b.reference().round == kept)
+                .count(),
+            4
+        );
+
+        // A restart takes back the DAG, not the whole store.
+        let restarted = open(&c, &keys, 0, Box::new(store));
+        let below = of_round(floor - 1).reference();
+        assert!(!restarted.dag().contains(&below));
+        assert!(restarted.dag().contains(&of_round(floor).reference()));
+    }
+
+    #[test]
+    fn a_validator_far_behind_replays_rounds_proposes_nothing_meanwhile_and_rejoins() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let c = with_gc_depth(&c, 3);
+        let params = Parameters::default();
+        let stores: Vec<MemStore> = (0..4).map(|_| MemStore::new()).collect();
+        let mut cores: Vec<Core> = (0..4)
+            .map(|i| {
+                open_with(
+                    &c,
+                    &keys,
+                    i,
+                    params.clone(),
+                    Box::new(stores[i as usize].clone()),
+                )
+            })
+            .collect();
+        let first = lockstep(&mut cores, 5);
+        let mut reference = first[0].clone();
+        let mut its_commits = first[3].clone();
+        drop(cores.pop());
+        // The others go on far beyond what the laggard's DAG reaches.
+        for _ in 0..(4 * CATCH_UP_LAG) {
+            reference.extend(lockstep(&mut cores, 1).swap_remove(0));
+        }
+        let mut back = open_with(&c, &keys, 3, params, Box::new(stores[3].clone()));
+        let resumed_at = back.progress().next_index as usize;
+        // It hears the others' latest blocks, so it knows it is behind.
+        let tips: Vec<VerifiedBlock> = cores
+            .iter()
+            .map(|c| c.last_proposed_block().unwrap().clone())
+            .collect();
+        let mut outcome = back.add_blocks(tips.clone()).unwrap();
+        let mut commits = std::mem::take(&mut outcome.committed);
+        let mut replays = 0;
+        while let Some(from) = back.catch_up_from() {
+            assert!(outcome.proposed.is_none(), "proposed while behind");
+            let request = RoundsRequest { from };
+            let (answer, left_out) = request.select(request.answer(&stores[0]).unwrap());
+            assert_eq!(left_out, 0);
+            let answer = answer
+                .into_iter()
+                .map(|b| VerifiedBlock::verify(b, &c).unwrap())
+                .collect();
+            outcome = back.add_blocks(answer).unwrap();
+            commits.append(&mut outcome.committed);
+            replays += 1;
+            assert!(replays < 100, "no progress from {from}");
+        }
+        assert!(replays >= 1);
+        // Caught up: the same commits as everyone, then its own blocks again.
+        // (It holds the others' last blocks, which they have not all
+        // exchanged yet, so it may be a commit ahead.)
+        let common = commits.len().min(reference.len() - resumed_at);
+        assert!(common + resumed_at + 2 >= reference.len(), "{common}");
+        assert_eq!(
+            commits[..common],
+            reference[resumed_at..resumed_at + common]
+        );
+        cores.push(back);
+        // Round 86's leader was the laggard, absent then: the others go on
+        // after their leader timeouts (which each lockstep starts with).
+        let mut after = vec![Vec::new(); 4];
+        for _ in 0..4 {
+            for (all, new) in after.iter_mut().zip(lockstep(&mut cores, 3)) {
+                all.extend(new);
+            }
+        }
+        assert!(!after[0].is_empty() && !after[3].is_empty());
+        reference.extend_from_slice(&after[0]);
+        its_commits.extend(commits);
+        its_commits.extend_from_slice(&after[3]);
+        let common = reference.len().min(its_commits.len());
+        assert_eq!(reference[..common], its_commits[..common]);
+        // Its new blocks are committed by the others.
+        let its_blocks = after[0]
+            .iter()
+            .flat_map(|s| &s.blocks)
+            .filter(|b| b.reference().author == AuthorityIndex(3));
+        assert!(its_blocks.count() > 2);
     }
 
     #[test]
@@ -736,9 +891,7 @@ mod tests {
         let mut back = open_with(&c, &keys, 3, params, Box::new(stores[3].clone()));
         let tips = cores.iter().map(|c| c.last_proposed()).collect();
         let request = back.fetch_request(tips);
-        let answer = cores[0]
-            .blocks_for(&request.references, &request.known_rounds, 1_000)
-            .unwrap();
+        let answer = request.answer(&stores[0], 1_000).unwrap();
         let answer = answer
             .into_iter()
             .map(|b| VerifiedBlock::verify(b, &c).unwrap())
@@ -839,12 +992,84 @@ mod tests {
     }
 
     #[test]
+    fn an_equivocator_gets_two_blocks_per_slot_unless_a_block_waits_for_more() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let mut core = open(&c, &keys, 0, Box::new(MemStore::new()));
+        let genesis: Vec<BlockRef> = c.authorities().map(BlockRef::genesis).collect();
+        let block = |author: u32, round, parents: Vec<BlockRef>, tx: u8| {
+            let block = Block {
+                round,
+                author: AuthorityIndex(author),
+                parents,
+                transactions: vec![vec![tx]],
+                state_root: [0; 32],
+            };
+            VerifiedBlock::verify(block.sign(&keys[author as usize], c.protocol()), &c).unwrap()
+        };
+        let versions: Vec<VerifiedBlock> =
+            (0..4).map(|i| block(1, 1, genesis.clone(), i)).collect();
+        let outcome = core.add_blocks(versions.clone()).unwrap();
+        assert_eq!(outcome.dropped, 2);
+        let kept = core.dag().blocks_in_slot(1, AuthorityIndex(1)).count();
+        assert_eq!(kept, 2);
+        let refused = versions
+            .iter()
+            .find(|v| !core.dag().contains(&v.reference()))
+            .unwrap();
+
+        // Another validator built on a refused version: its block waits
+        // for it, and then the version is taken after all.
+        let (two, three) = (
+            block(2, 1, genesis.clone(), 0),
+            block(3, 1, genesis.clone(), 0),
+        );
+        core.add_blocks(vec![two.clone(), three.clone()]).unwrap();
+        let mut parents = vec![two.reference(), refused.reference(), three.reference()];
+        parents.sort();
+        let child = block(2, 2, parents, 9);
+        let outcome = core.add_blocks(vec![child.clone()]).unwrap();
+        assert_eq!(outcome.missing, BTreeSet::from([refused.reference()]));
+        let outcome = core.add_blocks(vec![refused.clone()]).unwrap();
+        assert_eq!(outcome.dropped, 0);
+        assert!(core.dag().contains(&child.reference()));
+        assert_eq!(core.dag().blocks_in_slot(1, AuthorityIndex(1)).count(), 3);
+    }
+
+    #[test]
+    fn the_quorum_round_is_reported_when_it_rises_so_the_leader_wait_starts_there() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let mut cores = open_all(&c, &keys, &Parameters::default(), None);
+        let first: Vec<VerifiedBlock> = cores
+            .iter_mut()
+            .map(|core| core.on_leader_timeout().unwrap().proposed.unwrap())
+            .collect();
+        // Round 1's leader is not among the first three blocks validator 0
+        // gets: the round has a quorum, but it waits for the leader.
+        let leader = leader(&c, 1);
+        let others: Vec<VerifiedBlock> = first
+            .iter()
+            .filter(|b| b.reference().author != leader)
+            .take(3)
+            .cloned()
+            .collect();
+        let receiver = if leader == AuthorityIndex(0) { 1 } else { 0 };
+        let outcome = cores[receiver].add_blocks(others).unwrap();
+        assert_eq!(outcome.quorum_round, Some(1));
+        assert!(outcome.proposed.is_none(), "the leader is waited for");
+        // Nothing new: no restart of the wait.
+        let outcome = cores[receiver].add_blocks(first.clone()).unwrap();
+        assert_eq!(outcome.quorum_round, None);
+        assert!(outcome.proposed.is_some(), "the leader came");
+    }
+
+    #[test]
     fn transactions_and_suspended_blocks_are_bounded() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let key = SecretKey::from_bytes(&keys[0].to_bytes());
         let params = Parameters {
             max_pending_transactions: 2,
-            max_suspended_per_author: 3,
+            // Three of the blocks below.
+            max_suspended_bytes_per_author: 3 * 238,
             ..Parameters::default()
         };
         let mut core = Core::open(
@@ -893,6 +1118,7 @@ mod tests {
             };
             VerifiedBlock::verify(block.sign(&keys[1], c.protocol()), &c).unwrap()
         };
+        assert_eq!(orphan(6, 0).wire_size(), 238);
         let outcome = core
             .add_blocks((0..5).map(|i| orphan(6, i)).collect())
             .unwrap();

@@ -13,10 +13,14 @@
 //! the simulation); the I/O-free [`Core`] that proposes and commits; the
 //! [`Node`] that runs it over TCP with hyper; and the [`simulator`].
 
+mod authority_service;
 mod block;
+mod block_verifier;
+mod broadcaster;
 mod committee;
 mod committer;
 mod core;
+mod core_thread;
 mod dag_state;
 mod linearizer;
 pub mod network;
@@ -24,13 +28,17 @@ mod node;
 pub mod simulator;
 mod store;
 mod suspended;
+mod synchronizer;
 
+pub use authority_service::{
+    BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, TRANSACTIONS_PER_SECOND,
+};
 pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, VerifiedBlock};
 pub use committee::{
     AuthorityIndex, Committee, CommitteeError, MIN_GC_DEPTH, Protocol, Stake, StakeAggregator,
 };
 pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
-pub use core::{Core, CoreError, Outcome, Parameters, SubmitError};
+pub use core::{CATCH_UP_LAG, Core, CoreError, Outcome, Parameters, SubmitError};
 pub use dag_state::{Acceptance, DagState};
 pub use linearizer::{CommittedSubDag, Linearizer};
 pub use node::{

@@ -4,8 +4,16 @@
 //! ```text
 //! POST /consensus/v1/block   body: a signed block's wire bytes
 //! POST /consensus/v1/fetch   body: u16 count ‖ reference* ‖ u16 count ‖ u32 known round*
-//!                            answer: u32 count ‖ (u32 length ‖ block)*
+//!                            answer: blocks
+//! POST /consensus/v1/rounds  body: u32 first round
+//!                            answer: blocks
+//! blocks = u32 count ‖ (u32 length ‖ block)*
 //! ```
+//!
+//! A fetch asks for given blocks and the history the requester lacks; a
+//! rounds request replays whole rounds from the peer's store, for a
+//! validator that fell far behind. The requester keeps only what it asked
+//! for (see [`FetchRequest::select`] and [`RoundsRequest::select`]).
 //!
 //! Both carry `soma-peer` (the sender's authority index), `soma-boot` (16
 //! random bytes chosen at start), `soma-committee` (the sender's
@@ -19,15 +27,19 @@
 //! authenticated by their own signatures either way, so the token serves to
 //! keep strangers out and to attribute malformed input to a member.
 
-use crate::block::{BlockRef, MAX_BLOCK_BYTES, Round};
+use crate::block::{BlockRef, MAX_BLOCK_BYTES, Round, SignedBlock};
 use crate::committee::{AuthorityIndex, Committee};
+use crate::store::{Store, StoreError};
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::{Domain, SecretKey, Signature};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Path that takes one block.
 pub const BLOCK_PATH: &str = "/consensus/v1/block";
 /// Path that answers block fetches.
 pub const FETCH_PATH: &str = "/consensus/v1/fetch";
+/// Path that answers rounds requests.
+pub const ROUNDS_PATH: &str = "/consensus/v1/rounds";
 /// Largest block request body.
 pub const MAX_BLOCK_BODY: usize = MAX_BLOCK_BYTES + 64;
 /// Most references in one fetch.
@@ -36,8 +48,12 @@ pub const MAX_FETCH_REFERENCES: usize = 1_000;
 pub const MAX_FETCH_BODY: usize = 4 + 44 * MAX_FETCH_REFERENCES;
 /// Most blocks in one fetch answer.
 pub const FETCH_LIMIT: usize = 500;
-/// Largest fetch answer.
+/// Most blocks in any answer.
+pub const MAX_ANSWER_BLOCKS: usize = 10_000;
+/// Largest answer of either kind.
 pub const MAX_FETCH_ANSWER: usize = 64 << 20;
+/// Bytes of blocks a rounds answer stops at (after its first whole round).
+pub const ROUNDS_ANSWER_BYTES: usize = 8 << 20;
 
 /// Header naming the sending validator.
 pub const PEER_HEADER: &str = "soma-peer";
@@ -232,13 +248,110 @@ impl FetchRequest {
             known_rounds,
         })
     }
+
+    /// The answer from `store`: each of the references it holds, with every
+    /// ancestor the requester lacks (above its known round for that
+    /// author), lowest rounds first, at most `limit` blocks. A requester
+    /// far behind gets whole chains in one answer.
+    pub fn answer(&self, store: &dyn Store, limit: usize) -> Result<Vec<SignedBlock>, StoreError> {
+        let mut found = BTreeMap::new();
+        let mut stack: Vec<BlockRef> = self.references.clone();
+        while let Some(reference) = stack.pop() {
+            if found.contains_key(&reference) {
+                continue;
+            }
+            // Genesis blocks are not stored (every validator has them), nor
+            // blocks below the store's retention.
+            let Some(block) = store.block(&reference)? else {
+                continue;
+            };
+            stack.extend(block.block().parents.iter().filter(|p| self.lacks(p)));
+            found.insert(reference, block);
+            // The walk never needs more than `limit` blocks past the lowest
+            // ones, so it stops early on long histories.
+            if found.len() > 4 * limit {
+                break;
+            }
+        }
+        Ok(found.into_values().take(limit).collect())
+    }
+
+    /// Whether the requester said it lacks `reference`.
+    fn lacks(&self, reference: &BlockRef) -> bool {
+        self.known_rounds
+            .get(reference.author.0 as usize)
+            .is_none_or(|known| reference.round > *known)
+    }
+
+    /// Of an answer's `blocks` (decoded, not yet verified), those this
+    /// request asked for: the references, and the ancestors of those the
+    /// requester lacks. Returns them and how many others were left out.
+    /// A block whose reference was asked for has the asked-for content
+    /// (the reference is its digest), so its parents can be followed
+    /// before its signature is checked.
+    pub fn select(&self, mut blocks: Vec<SignedBlock>) -> (Vec<SignedBlock>, usize) {
+        blocks.sort_by_key(|b| std::cmp::Reverse(b.reference()));
+        let mut wanted: BTreeSet<BlockRef> = self.references.iter().copied().collect();
+        let before = blocks.len();
+        blocks.retain(|block| {
+            let keep = wanted.remove(&block.reference());
+            if keep {
+                let parents = block.block().parents.iter();
+                wanted.extend(parents.filter(|p| self.lacks(p)));
+            }
+            keep
+        });
+        let left_out = before - blocks.len();
+        (blocks, left_out)
+    }
 }
 
-/// Encodes a fetch answer from blocks' wire bytes.
+/// A request to replay whole rounds from a peer's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundsRequest {
+    /// The first round wanted.
+    pub from: Round,
+}
+
+impl RoundsRequest {
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        self.from.to_le_bytes().to_vec()
+    }
+
+    /// Parses the wire form.
+    pub fn decode(bytes: &[u8]) -> Result<RoundsRequest, WireError> {
+        let malformed = |e: DecodeError| WireError::Malformed(format!("rounds request: {e}"));
+        let mut r = Reader::new(bytes);
+        let from = r.u32("first round").map_err(malformed)?;
+        r.finish().map_err(malformed)?;
+        Ok(RoundsRequest { from })
+    }
+
+    /// The answer from `store`: whole rounds from `from` on, lowest
+    /// first, as many as fit in [`ROUNDS_ANSWER_BYTES`] (at least one).
+    pub fn answer(&self, store: &dyn Store) -> Result<Vec<SignedBlock>, StoreError> {
+        let mut blocks = store.rounds_from(self.from, ROUNDS_ANSWER_BYTES)?;
+        blocks.truncate(MAX_ANSWER_BLOCKS);
+        Ok(blocks)
+    }
+
+    /// Of an answer's `blocks`, those of the rounds asked for; and how
+    /// many others were left out.
+    pub fn select(&self, mut blocks: Vec<SignedBlock>) -> (Vec<SignedBlock>, usize) {
+        let before = blocks.len();
+        blocks.retain(|b| b.reference().round >= self.from);
+        let left_out = before - blocks.len();
+        (blocks, left_out)
+    }
+}
+
+/// Encodes an answer from blocks' wire bytes.
 pub fn encode_blocks<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut size = 4;
     let fitting: Vec<&[u8]> = blocks
         .into_iter()
+        .take(MAX_ANSWER_BLOCKS)
         .take_while(|block| {
             size += 4 + block.len();
             size <= MAX_FETCH_ANSWER
@@ -250,12 +363,13 @@ pub fn encode_blocks<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> 
     w.into_bytes()
 }
 
-/// Splits a fetch answer into blocks' wire bytes (each still to verify).
+/// Splits an answer into blocks' wire bytes (each still to decode and
+/// verify).
 pub fn decode_blocks(bytes: &[u8]) -> Result<Vec<&[u8]>, WireError> {
-    let malformed = |e: DecodeError| WireError::Malformed(format!("fetch answer: {e}"));
+    let malformed = |e: DecodeError| WireError::Malformed(format!("answer: {e}"));
     let mut r = Reader::new(bytes);
     let count = r
-        .count32("block count", FETCH_LIMIT as u32, 4)
+        .count32("block count", MAX_ANSWER_BLOCKS as u32, 4)
         .map_err(malformed)?;
     let blocks = (0..count)
         .map(|_| r.bytes32("block", MAX_BLOCK_BODY as u32))
@@ -359,6 +473,7 @@ mod tests {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = FetchRequest::decode(&bytes);
+            let _ = RoundsRequest::decode(&bytes);
             let _ = decode_blocks(&bytes);
         }
     }

@@ -1,31 +1,34 @@
-//! A consensus validator on a real network: the [`Core`] in one task, an
-//! HTTP server for peers, one sender per peer, and fetches of missing
-//! blocks.
+//! A consensus validator on a real network, in pieces of one file each:
+//! the task that owns the [`Core`] (`core_thread`), the HTTP server peers
+//! and clients talk to (`authority_service`), the sender of this
+//! validator's blocks (`broadcaster`), the fetching of what it lacks
+//! (`synchronizer`) and the check of peers' blocks (`block_verifier`).
+//! This file starts them and holds what they share.
 
-use crate::block::{BlockRef, MAX_TRANSACTION_BYTES, SignedBlock, VerifiedBlock};
+use crate::block::MAX_TRANSACTION_BYTES;
+use crate::block_verifier::BlockVerifier;
 use crate::committee::{AuthorityIndex, Committee};
-use crate::core::{Core, CoreError, Outcome, Parameters, SubmitError};
+use crate::core::{Core, CoreError, Parameters, SubmitError};
+use crate::core_thread::{self, Command};
 use crate::linearizer::CommittedSubDag;
-use crate::network::{self, FetchRequest, PeerToken, WireError};
-use crate::store::{CommitRecord, FjallStore, StoreError};
+use crate::network::PeerToken;
+use crate::store::{FjallStore, StoreError};
+use crate::synchronizer::Synchronizer;
+use crate::{authority_service, broadcaster};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use soma_crypto::SecretKey;
-use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-
-/// How often a validator asks a peer for blocks it still misses.
-const SYNC_INTERVAL: Duration = Duration::from_millis(200);
+use tokio::sync::mpsc;
 
 /// Transactions submitted but not yet taken by the core.
 const TRANSACTION_QUEUE: usize = 10_000;
@@ -37,10 +40,15 @@ pub const STATUS_PATH: &str = "/consensus/v1/status";
 /// Path listing commits: `?from=INDEX&limit=N`, one line per commit.
 pub const COMMITS_PATH: &str = "/consensus/v1/commits";
 
-/// Decides which transaction bytes a block may carry. Every validator
-/// checks every transaction of every block it receives once.
+/// Decides which submitted transactions this node admits into its blocks.
+///
+/// It gates admission only: blocks from peers are never refused for their
+/// transactions, because a check that differed between validators (or
+/// changed with their state) would split them on the block. Execution
+/// checks every committed transaction with a deterministic rule and
+/// rejects an invalid one alone.
 pub trait TransactionVerifier: Send + Sync {
-    /// Whether `transaction` is acceptable.
+    /// Whether `transaction` may be queued for this node's blocks.
     fn verify(&self, transaction: &[u8]) -> bool;
 }
 
@@ -59,7 +67,7 @@ pub struct NodeConfig {
     pub authority: AuthorityIndex,
     /// Its key.
     pub key: SecretKey,
-    /// The committee.
+    /// The committee, with the chain's protocol constants.
     pub committee: Committee,
     /// Every validator's address, by index.
     pub addresses: Vec<SocketAddr>,
@@ -67,9 +75,10 @@ pub struct NodeConfig {
     pub store: PathBuf,
     /// Core tunables.
     pub parameters: Parameters,
-    /// How long to wait for a round's leader before proposing without it.
+    /// How long to wait for a round's leader, from the moment the round
+    /// has a quorum, before proposing without it.
     pub leader_timeout: Duration,
-    /// Checks transactions in received blocks and submissions.
+    /// Admits submitted transactions.
     pub verifier: Arc<dyn TransactionVerifier>,
 }
 
@@ -101,10 +110,14 @@ pub enum NodeError {
 pub struct Metrics {
     /// Blocks received from peers and accepted for processing.
     pub blocks_received: AtomicU64,
-    /// Peer messages refused: unauthenticated, malformed, oversized or
-    /// invalid.
+    /// Peer messages refused: unauthenticated, malformed, oversized,
+    /// invalid, or blocks in an answer that were not asked for.
     pub refused: AtomicU64,
-    /// Blocks dropped because their author had too many suspended.
+    /// Requests turned away because their sender had too many in flight
+    /// or the server too many connections.
+    pub throttled: AtomicU64,
+    /// Blocks dropped: too many bytes suspended for their author, or too
+    /// many blocks in one slot.
     pub dropped: AtomicU64,
     /// Commits delivered.
     pub commits: AtomicU64,
@@ -114,41 +127,57 @@ pub struct Metrics {
     pub last_proposed_round: AtomicU64,
     /// Transactions in delivered commits.
     pub committed_transactions: AtomicU64,
+    /// Rounds requests sent while catching up.
+    pub catch_up_requests: AtomicU64,
 }
 
-enum Command {
-    Blocks {
-        blocks: Vec<VerifiedBlock>,
-        from: Option<AuthorityIndex>,
-    },
-    Fetch {
-        request: FetchRequest,
-        reply: oneshot::Sender<Vec<SignedBlock>>,
-    },
-}
-
-struct Shared {
-    authority: AuthorityIndex,
-    committee: Committee,
-    verifier: Arc<dyn TransactionVerifier>,
-    metrics: Metrics,
-    commands: mpsc::Sender<Command>,
-    transactions: mpsc::Sender<Vec<u8>>,
-    store: FjallStore,
-    /// The token last checked per peer.
-    checked_tokens: Mutex<Vec<Option<CheckedToken>>>,
-    recent: Mutex<RecentBlocks>,
-    client: Client<HttpConnector, Full<Bytes>>,
+/// What the tasks of one node share.
+pub(crate) struct Shared {
+    pub(crate) authority: AuthorityIndex,
+    pub(crate) committee: Committee,
+    pub(crate) verifier: Arc<dyn TransactionVerifier>,
+    pub(crate) metrics: Metrics,
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) transactions: mpsc::Sender<Vec<u8>>,
+    pub(crate) store: FjallStore,
+    pub(crate) blocks: BlockVerifier,
     addresses: Vec<SocketAddr>,
+    /// The token this node presents to each peer.
     tokens: Vec<PeerToken>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
-/// A peer's `soma-boot` and `soma-auth` headers, once verified (the
-/// signature covers the others).
-#[derive(Clone)]
-struct CheckedToken {
-    boot: String,
-    auth: String,
+impl Shared {
+    /// Sends `body` to `path` of `peer` with this node's token; the
+    /// response, unless none came within `timeout`.
+    pub(crate) async fn post(
+        &self,
+        peer: AuthorityIndex,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Option<Response<Incoming>> {
+        let address = self.addresses[peer.0 as usize];
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{address}{path}"));
+        for (name, value) in self.tokens[peer.0 as usize].headers() {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(body)).expect("a valid request");
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Some(response),
+            _ => None,
+        }
+    }
+}
+
+/// HTTP connections to peers, without Nagle's delay: a block sent in two
+/// writes (head, body) would otherwise wait for the peer's delayed ACK.
+fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
 }
 
 /// A running validator.
@@ -202,37 +231,30 @@ impl Node {
         let (commit_tx, commits) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             authority: config.authority,
+            blocks: BlockVerifier::new(config.committee.clone()),
             committee: config.committee,
             verifier: config.verifier,
             metrics: Metrics::default(),
             commands,
             transactions,
             store,
-            checked_tokens: Mutex::new(vec![None; n]),
-            recent: Mutex::new(RecentBlocks::new()),
-            client: Client::builder(TokioExecutor::new()).build(connector()),
             addresses: config.addresses,
             tokens,
+            client: Client::builder(TokioExecutor::new()).build(connector()),
         });
-        tokio::spawn(serve(listener, shared.clone()));
-        let peers: Vec<Option<mpsc::Sender<Bytes>>> = shared
-            .committee
-            .authorities()
-            .map(|peer| {
-                (peer != shared.authority).then(|| {
-                    let (tx, rx) = mpsc::channel(256);
-                    tokio::spawn(send_to_peer(shared.clone(), peer, rx));
-                    tx
-                })
-            })
-            .collect();
-        let task = tokio::spawn(run_core(
+        tokio::spawn(authority_service::serve(listener, shared.clone()));
+        let broadcaster = broadcaster::start(&shared);
+        let synchronizer = Synchronizer::new(shared.clone());
+        let task = tokio::spawn(core_thread::run(
             core,
-            inbox,
-            submitted,
+            core_thread::Channels {
+                inbox,
+                submitted,
+                commits: commit_tx,
+            },
             shared.clone(),
-            peers,
-            commit_tx,
+            broadcaster,
+            synchronizer,
             config.leader_timeout,
         ));
         Ok(Node {
@@ -282,7 +304,7 @@ pub enum SubmitRefused {
 
 /// Checks a transaction and queues it for the core without waiting for it:
 /// submitters never queue behind block processing.
-fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
+pub(crate) fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
     if transaction.len() > MAX_TRANSACTION_BYTES {
         return Err(SubmitError::TooLarge(transaction.len()).into());
     }
@@ -296,481 +318,4 @@ fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), SubmitRefused> {
             mpsc::error::TrySendError::Full(_) => SubmitError::Full(TRANSACTION_QUEUE).into(),
             mpsc::error::TrySendError::Closed(_) => SubmitRefused::Stopping,
         })
-}
-
-/// The one task that owns the core.
-async fn run_core(
-    mut core: Core,
-    mut inbox: mpsc::Receiver<Command>,
-    mut submitted: mpsc::Receiver<Vec<u8>>,
-    shared: Arc<Shared>,
-    peers: Vec<Option<mpsc::Sender<Bytes>>>,
-    commits: mpsc::UnboundedSender<CommittedSubDag>,
-    leader_timeout: Duration,
-) -> Result<(), NodeError> {
-    let broadcast = |block: &VerifiedBlock| {
-        let bytes = Bytes::from(block.to_bytes());
-        for peer in peers.iter().flatten() {
-            // A peer that cannot keep up gets the block later by fetching.
-            let _ = peer.try_send(bytes.clone());
-        }
-    };
-    let mut deadline = tokio::time::Instant::now();
-    let mut sync = tokio::time::interval(SYNC_INTERVAL);
-    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Periodic fetches go to the other validators in turn.
-    let mut sync_turn = shared.authority.0;
-    loop {
-        // Submissions wait here until the core's pool has room for them.
-        while core.has_room_for_transactions()
-            && let Ok(transaction) = submitted.try_recv()
-        {
-            if let Err(e) = core.submit(transaction) {
-                tracing::warn!("submitted transaction dropped: {e}");
-            }
-        }
-        let (outcome, from) = tokio::select! {
-            command = inbox.recv() => match command {
-                None => return Ok(()),
-                Some(Command::Blocks { blocks, from }) => (core.add_blocks(blocks)?, from),
-                Some(Command::Fetch { request, reply }) => {
-                    let blocks = core.blocks_for(&request.references, &request.known_rounds, network::FETCH_LIMIT)?;
-                    let _ = reply.send(blocks);
-                    continue;
-                }
-            },
-            _ = sync.tick() => {
-                let missing = core.missing();
-                if !missing.is_empty() {
-                    let n = shared.committee.size() as u32;
-                    sync_turn = (sync_turn + 1) % n;
-                    if sync_turn == shared.authority.0 {
-                        sync_turn = (sync_turn + 1) % n;
-                    }
-                    let request = core.fetch_request(missing);
-                    tokio::spawn(fetch(shared.clone(), AuthorityIndex(sync_turn), request));
-                }
-                continue;
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                let outcome = core.on_leader_timeout()?;
-                if outcome.proposed.is_none() {
-                    // Nothing new to say: repeat the last block in case a
-                    // peer missed it.
-                    if let Some(last) = core.last_proposed_block() {
-                        broadcast(last);
-                    }
-                }
-                deadline = tokio::time::Instant::now() + leader_timeout;
-                (outcome, None)
-            }
-        };
-        let Outcome {
-            proposed,
-            committed,
-            missing,
-            dropped,
-        } = outcome;
-        let metrics = &shared.metrics;
-        metrics.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
-        if let Some(block) = proposed {
-            broadcast(&block);
-            metrics
-                .last_proposed_round
-                .store(block.reference().round.into(), Ordering::Relaxed);
-            deadline = tokio::time::Instant::now() + leader_timeout;
-        }
-        for subdag in committed {
-            metrics.commits.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .last_committed_round
-                .store(subdag.leader.round.into(), Ordering::Relaxed);
-            let transactions: usize = subdag
-                .blocks
-                .iter()
-                .map(|b| b.block().transactions.len())
-                .sum();
-            metrics
-                .committed_transactions
-                .fetch_add(transactions as u64, Ordering::Relaxed);
-            let _ = commits.send(subdag);
-        }
-        // What the blocks a peer just sent lack, ask that peer first.
-        if let Some(peer) = from.filter(|_| !missing.is_empty()) {
-            let request = core.fetch_request(missing);
-            tokio::spawn(fetch(shared.clone(), peer, request));
-        }
-    }
-}
-
-/// HTTP connections to peers, without Nagle's delay: a block sent in two
-/// writes (head, body) would otherwise wait for the peer's delayed ACK.
-fn connector() -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector
-}
-
-fn post(shared: &Shared, peer: AuthorityIndex, path: &str, body: Bytes) -> Request<Full<Bytes>> {
-    let mut request = Request::builder().method(Method::POST).uri(format!(
-        "http://{}{path}",
-        shared.addresses[peer.0 as usize]
-    ));
-    for (name, value) in shared.tokens[peer.0 as usize].headers() {
-        request = request.header(name, value);
-    }
-    request.body(Full::new(body)).expect("a valid request")
-}
-
-/// Sends this validator's blocks to one peer, in order.
-async fn send_to_peer(
-    shared: Arc<Shared>,
-    peer: AuthorityIndex,
-    mut blocks: mpsc::Receiver<Bytes>,
-) {
-    while let Some(block) = blocks.recv().await {
-        let request = post(&shared, peer, network::BLOCK_PATH, block);
-        let sent =
-            tokio::time::timeout(Duration::from_secs(5), shared.client.request(request)).await;
-        match sent {
-            Ok(Ok(response)) => {
-                let _ = response.into_body().collect().await;
-            }
-            // A peer that is down misses the block; it fetches it later.
-            _ => tracing::debug!(peer = peer.0, "block not delivered"),
-        }
-    }
-}
-
-/// Asks `peer` for missing blocks and hands what verifies to the core.
-async fn fetch(shared: Arc<Shared>, peer: AuthorityIndex, request: FetchRequest) {
-    let request = post(
-        &shared,
-        peer,
-        network::FETCH_PATH,
-        Bytes::from(request.encode()),
-    );
-    let Ok(Ok(response)) =
-        tokio::time::timeout(Duration::from_secs(10), shared.client.request(request)).await
-    else {
-        return;
-    };
-    if response.status() != StatusCode::OK {
-        return;
-    }
-    let Ok(body) = Limited::new(response.into_body(), network::MAX_FETCH_ANSWER)
-        .collect()
-        .await
-    else {
-        shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    let body = body.to_bytes();
-    let Ok(wires) = network::decode_blocks(&body) else {
-        shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    let mut blocks = Vec::new();
-    for wire in wires {
-        match verify_block(&shared, body.slice_ref(wire)).await {
-            Ok(block) => blocks.extend(block),
-            Err(_) => {
-                shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    let _ = shared
-        .commands
-        .send(Command::Blocks {
-            blocks,
-            from: Some(peer),
-        })
-        .await;
-}
-
-/// Decodes and verifies a block, including each of its transactions, on a
-/// blocking thread (a large block takes a while). `Ok(None)`: this block was
-/// verified already, or is being verified, so the copy is ignored.
-async fn verify_block(shared: &Arc<Shared>, wire: Bytes) -> Result<Option<VerifiedBlock>, String> {
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || {
-        let block = SignedBlock::decode(&wire).map_err(|e| e.to_string())?;
-        let reference = block.reference();
-        if !shared.lock_recent().insert(reference) {
-            return Ok(None);
-        }
-        let verified = VerifiedBlock::verify(block, &shared.committee)
-            .map_err(|e| e.to_string())
-            .and_then(|block| {
-                match block
-                    .block()
-                    .transactions
-                    .iter()
-                    .position(|t| !shared.verifier.verify(t))
-                {
-                    Some(i) => Err(format!("transaction {i} of {reference:?} is invalid")),
-                    None => Ok(block),
-                }
-            });
-        if verified.is_err() {
-            // A forged copy must not keep the genuine block out.
-            shared.lock_recent().remove(&reference);
-        }
-        verified.map(Some)
-    })
-    .await
-    .map_err(|e| format!("verification failed: {e}"))?
-}
-
-/// Blocks verified lately (or being verified), so that the copies every
-/// block arrives in (broadcast, repeats, fetch answers) are checked once.
-struct RecentBlocks {
-    set: BTreeSet<BlockRef>,
-    order: VecDeque<BlockRef>,
-}
-
-impl RecentBlocks {
-    /// How many references are remembered.
-    const CAPACITY: usize = 100_000;
-
-    fn new() -> Self {
-        RecentBlocks {
-            set: BTreeSet::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// Remembers `reference`; returns whether it is new.
-    fn insert(&mut self, reference: BlockRef) -> bool {
-        if !self.set.insert(reference) {
-            return false;
-        }
-        self.order.push_back(reference);
-        if self.order.len() > Self::CAPACITY
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.set.remove(&oldest);
-        }
-        true
-    }
-
-    fn remove(&mut self, reference: &BlockRef) {
-        self.set.remove(reference);
-    }
-}
-
-impl Shared {
-    fn lock_recent(&self) -> std::sync::MutexGuard<'_, RecentBlocks> {
-        self.recent.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        // Small messages must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&shared, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .body(Full::new(body.into()))
-        .expect("a valid response")
-}
-
-/// A refusal: counted, answered with the reason.
-fn refuse(shared: &Shared, status: StatusCode, reason: impl ToString) -> Response<Full<Bytes>> {
-    shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
-    reply(status, reason.to_string())
-}
-
-async fn read_body(
-    shared: &Shared,
-    request: Request<Incoming>,
-    limit: usize,
-) -> Result<Bytes, Response<Full<Bytes>>> {
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(_) => Err(refuse(
-            shared,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over {limit} bytes"),
-        )),
-    }
-}
-
-fn authenticate(shared: &Shared, request: &Request<Incoming>) -> Result<AuthorityIndex, WireError> {
-    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
-    let headers = network::PeerHeaders {
-        peer: header(network::PEER_HEADER),
-        boot: header(network::BOOT_HEADER),
-        committee: header(network::COMMITTEE_HEADER),
-        auth: header(network::AUTH_HEADER),
-    };
-    // A token checked before is accepted without another signature check.
-    let known = |index: usize| {
-        let tokens = shared
-            .checked_tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        matches!(tokens.get(index), Some(Some(t))
-            if Some(t.boot.as_str()) == headers.boot && Some(t.auth.as_str()) == headers.auth)
-    };
-    if let Some(index) = headers
-        .peer
-        .and_then(|p| p.parse::<usize>().ok())
-        .filter(|i| known(*i))
-    {
-        return Ok(AuthorityIndex(index as u32));
-    }
-    let sender = PeerToken::verify(headers, shared.authority, &shared.committee)?;
-    shared
-        .checked_tokens
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())[sender.0 as usize] = Some(CheckedToken {
-        boot: headers.boot.unwrap_or_default().to_string(),
-        auth: headers.auth.unwrap_or_default().to_string(),
-    });
-    Ok(sender)
-}
-
-async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = request.uri().path().to_string();
-    match (request.method().clone(), path.as_str()) {
-        (Method::POST, network::BLOCK_PATH) => {
-            let peer = match authenticate(shared, &request) {
-                Ok(peer) => peer,
-                Err(e) => return refuse(shared, StatusCode::UNAUTHORIZED, e),
-            };
-            let body = match read_body(shared, request, network::MAX_BLOCK_BODY).await {
-                Ok(body) => body,
-                Err(response) => return response,
-            };
-            match verify_block(shared, body).await {
-                Ok(None) => reply(StatusCode::OK, ""),
-                Ok(Some(block)) => {
-                    shared
-                        .metrics
-                        .blocks_received
-                        .fetch_add(1, Ordering::Relaxed);
-                    let _ = shared
-                        .commands
-                        .send(Command::Blocks {
-                            blocks: vec![block],
-                            from: Some(peer),
-                        })
-                        .await;
-                    reply(StatusCode::OK, "")
-                }
-                Err(reason) => refuse(shared, StatusCode::UNPROCESSABLE_ENTITY, reason),
-            }
-        }
-        (Method::POST, network::FETCH_PATH) => {
-            if let Err(e) = authenticate(shared, &request) {
-                return refuse(shared, StatusCode::UNAUTHORIZED, e);
-            }
-            let body = match read_body(shared, request, network::MAX_FETCH_BODY).await {
-                Ok(body) => body,
-                Err(response) => return response,
-            };
-            let request = match FetchRequest::decode(&body) {
-                Ok(request) => request,
-                Err(e) => return refuse(shared, StatusCode::BAD_REQUEST, e),
-            };
-            let (tx, rx) = oneshot::channel();
-            let _ = shared
-                .commands
-                .send(Command::Fetch { request, reply: tx })
-                .await;
-            let blocks = rx.await.unwrap_or_default();
-            let wires: Vec<Vec<u8>> = blocks.iter().map(|b| b.to_bytes()).collect();
-            reply(
-                StatusCode::OK,
-                network::encode_blocks(wires.iter().map(|w| &w[..])),
-            )
-        }
-        (Method::POST, TRANSACTION_PATH) => {
-            let body = match read_body(shared, request, crate::block::MAX_TRANSACTION_BYTES).await {
-                Ok(body) => body,
-                Err(response) => return response,
-            };
-            match submit(shared, body.to_vec()) {
-                Ok(()) => reply(StatusCode::ACCEPTED, ""),
-                Err(e @ SubmitRefused::Invalid) => {
-                    reply(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-                }
-                Err(e @ SubmitRefused::Core(SubmitError::TooLarge(_))) => {
-                    reply(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-                }
-                Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            }
-        }
-        (Method::GET, STATUS_PATH) => {
-            let m = &shared.metrics;
-            let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-            let status = serde_json::json!({
-                "authority": shared.authority.0,
-                "commits": load(&m.commits),
-                "last_committed_round": load(&m.last_committed_round),
-                "last_proposed_round": load(&m.last_proposed_round),
-                "committed_transactions": load(&m.committed_transactions),
-                "blocks_received": load(&m.blocks_received),
-                "refused": load(&m.refused),
-                "dropped": load(&m.dropped),
-            });
-            reply(StatusCode::OK, status.to_string())
-        }
-        (Method::GET, COMMITS_PATH) => {
-            let query = request.uri().query().unwrap_or("");
-            let param = |name: &str| {
-                query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                    .map(str::parse::<u64>)
-            };
-            let (Ok(from), Ok(limit)) = (
-                param("from").unwrap_or(Ok(0)),
-                param("limit").unwrap_or(Ok(1000)),
-            ) else {
-                return reply(StatusCode::BAD_REQUEST, "from and limit are integers");
-            };
-            match shared.store.commits(from, limit.min(10_000) as usize) {
-                Ok(commits) => reply(
-                    StatusCode::OK,
-                    commits.iter().map(commit_line).collect::<String>(),
-                ),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-        }
-        _ => reply(StatusCode::NOT_FOUND, format!("no {path} here")),
-    }
-}
-
-/// `index leader-round leader-author blake3(blocks)` for one commit.
-fn commit_line(commit: &CommitRecord) -> String {
-    let mut hasher = blake3::Hasher::new();
-    for block in &commit.blocks {
-        hasher.update(&block.to_key());
-    }
-    format!(
-        "{} {} {} {}\n",
-        commit.index,
-        commit.leader.round,
-        commit.leader.author.0,
-        hasher.finalize().to_hex()
-    )
 }

@@ -13,7 +13,7 @@ use crate::block::{Block, BlockRef, Round, SignedBlock, VerifiedBlock};
 use crate::committee::{AuthorityIndex, Committee, Protocol};
 use crate::core::{Core, Outcome, Parameters};
 use crate::linearizer::CommittedSubDag;
-use crate::network::{FETCH_LIMIT, FetchRequest};
+use crate::network::{FETCH_LIMIT, FetchRequest, RoundsRequest};
 
 /// How often a validator asks a peer for missing blocks.
 const SYNC_INTERVAL_MS: u64 = 200;
@@ -186,6 +186,7 @@ pub enum SimFailure {
 enum Message {
     Block(Vec<u8>),
     Fetch(FetchRequest),
+    Rounds(RoundsRequest),
     Blocks(Vec<Vec<u8>>),
 }
 
@@ -289,7 +290,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
     let committee = Committee::new(keys.iter().map(|k| (k.public_key(), 1)).collect(), protocol)
         .expect("distinct keys, unit stakes");
     let params = Parameters {
-        max_suspended_per_author: 200,
+        max_suspended_bytes_per_author: 1 << 20,
         ..Parameters::default()
     };
     let mut sim = Sim {
@@ -506,7 +507,8 @@ impl Sim {
         let blocks = match message {
             Message::Block(bytes) => vec![bytes],
             Message::Blocks(blocks) => blocks,
-            Message::Fetch(request) => return self.answer_fetch(to, from, &request),
+            Message::Fetch(request) => return self.answer(to, from, Ok(&request)),
+            Message::Rounds(request) => return self.answer(to, from, Err(request)),
         };
         let mut verified = Vec::new();
         for bytes in &blocks {
@@ -525,11 +527,12 @@ impl Sim {
         self.act(to, Some(from), outcome)
     }
 
-    fn answer_fetch(
+    /// Answers a fetch (`Ok`) or a rounds request (`Err`).
+    fn answer(
         &mut self,
         node: usize,
         requester: usize,
-        request: &FetchRequest,
+        request: Result<&FetchRequest, RoundsRequest>,
     ) -> Result<(), SimFailure> {
         match self.nodes[node].behaviour {
             Behaviour::Silent => {}
@@ -538,32 +541,38 @@ impl Sim {
                 self.send(node, requester, Message::Blocks(junk));
             }
             Behaviour::Honest | Behaviour::Equivocate => {
-                let core = self.nodes[node].core.as_ref().expect("running");
-                let blocks = core
-                    .blocks_for(&request.references, &request.known_rounds, FETCH_LIMIT)
-                    .map_err(|e| self.core_failure(node, e))?
-                    .iter()
-                    .map(|b| b.to_bytes())
-                    .collect::<Vec<_>>();
+                let store = &self.nodes[node].store;
+                let blocks = match request {
+                    Ok(fetch) => fetch.answer(store, FETCH_LIMIT),
+                    Err(rounds) => rounds.answer(store),
+                }
+                .map_err(|e| self.core_failure(node, e))?;
                 if !blocks.is_empty() {
-                    self.send(node, requester, Message::Blocks(blocks));
+                    let wires = blocks.iter().map(|b| b.to_bytes()).collect();
+                    self.send(node, requester, Message::Blocks(wires));
                 }
             }
         }
         Ok(())
     }
 
-    /// Asks a random peer for every missing parent.
+    /// Asks a random peer for every missing parent, and, if far behind,
+    /// another for the next rounds.
     fn sync(&mut self, node: usize) {
         let core = self.nodes[node].core.as_ref().expect("running");
         let missing = core.missing();
-        if missing.is_empty() {
-            return;
+        let mut messages = Vec::new();
+        if let Some(from) = core.catch_up_from() {
+            messages.push(Message::Rounds(RoundsRequest { from }));
         }
-        let request = core.fetch_request(missing);
+        if !missing.is_empty() {
+            messages.push(Message::Fetch(core.fetch_request(missing)));
+        }
         let n = self.nodes.len();
-        let peer = (node + self.rng.random_range(1..n)) % n;
-        self.send(node, peer, Message::Fetch(request));
+        for message in messages {
+            let peer = (node + self.rng.random_range(1..n)) % n;
+            self.send(node, peer, message);
+        }
     }
 
     fn timeout(&mut self, node: usize) -> Result<(), SimFailure> {
@@ -606,11 +615,17 @@ impl Sim {
             // carry payload.
             let core = self.nodes[node].core.as_mut().expect("running");
             let _ = core.submit(format!("tx {node} {}", block.reference().round).into_bytes());
+        }
+        // The wait for a round's leader starts when the round has a quorum.
+        if outcome.quorum_round.is_some() {
             self.arm_timer(node);
         }
-        // What the blocks a peer just sent lack, ask that peer first.
-        if let Some(peer) = peer.filter(|_| !outcome.missing.is_empty()) {
-            let core = self.nodes[node].core.as_ref().expect("running");
+        // What the blocks a peer just sent lack, ask that peer first (a
+        // validator far behind replays rounds instead).
+        let core = self.nodes[node].core.as_ref().expect("running");
+        if let Some(peer) = peer.filter(|_| !outcome.missing.is_empty())
+            && core.catch_up_from().is_none()
+        {
             let request = core.fetch_request(outcome.missing);
             self.send(node, peer, Message::Fetch(request));
         }

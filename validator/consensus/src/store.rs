@@ -1,7 +1,11 @@
 //! What a validator keeps on disk so that a restart never makes it sign two
 //! blocks for one round: its own blocks (written durably before they are
-//! sent), the blocks it accepted above the DAG's retention floor, and every
-//! commit (the ordered history that execution replays).
+//! sent), the blocks it accepted, kept far below the DAG's retention floor
+//! so that validators that fell behind can replay them (see
+//! [`Parameters::store_retention`]), and every commit (the ordered history
+//! that execution replays).
+//!
+//! [`Parameters::store_retention`]: crate::Parameters::store_retention
 //!
 //! Two implementations: [`FjallStore`] for nodes and [`MemStore`] for the
 //! simulation, where a "crash" keeps exactly what was written.
@@ -69,14 +73,14 @@ pub struct StoreBatch {
     pub commits: Vec<CommitRecord>,
     /// The commit rule's progress after them.
     pub progress: Option<CommitProgress>,
-    /// Drop blocks below this round (the DAG's retention floor).
+    /// Drop blocks below this round.
     pub drop_below: Option<Round>,
 }
 
 /// Everything a validator reloads at start.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Stored blocks, sorted by reference.
+    /// Stored blocks from the DAG's retention floor up, sorted by reference.
     pub blocks: Vec<SignedBlock>,
     /// The stored commits whose leaders are not garbage-collected, in
     /// order.
@@ -105,9 +109,44 @@ pub trait Store: Send {
     /// The stored block `reference`, if it is still kept.
     fn block(&self, reference: &BlockRef) -> Result<Option<SignedBlock>, StoreError>;
 
-    /// Reads back what was written, with the commits a restart needs:
-    /// those of leaders within `gc_depth` rounds of the last one.
+    /// Stored blocks of whole rounds from `from` up, lowest first: at
+    /// least one round (if any is stored), then more while their total
+    /// wire size stays within `max_bytes`.
+    fn rounds_from(&self, from: Round, max_bytes: usize) -> Result<Vec<SignedBlock>, StoreError>;
+
+    /// Reads back what a restart needs: the blocks from the DAG's
+    /// retention floor up and the commits of leaders within `gc_depth`
+    /// rounds of the last one.
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError>;
+}
+
+/// Collects whole rounds from `blocks` (sorted by reference) while they
+/// fit in `max_bytes`; the first round always.
+fn whole_rounds(
+    blocks: impl Iterator<Item = Result<SignedBlock, StoreError>>,
+    max_bytes: usize,
+) -> Result<Vec<SignedBlock>, StoreError> {
+    let mut taken: Vec<SignedBlock> = Vec::new();
+    let mut bytes = 0;
+    // Where the round being collected starts in `taken`.
+    let mut round_start = 0;
+    for block in blocks {
+        let block = block?;
+        if taken
+            .last()
+            .is_some_and(|last| last.reference().round != block.reference().round)
+        {
+            round_start = taken.len();
+        }
+        bytes += block.wire_size();
+        if bytes > max_bytes && round_start > 0 {
+            // This round does not fit whole: it is left for the next request.
+            taken.truncate(round_start);
+            break;
+        }
+        taken.push(block);
+    }
+    Ok(taken)
 }
 
 /// A store in memory whose clones share contents: a simulated validator
@@ -171,9 +210,19 @@ impl Store for MemStore {
         Ok(self.contents().blocks.get(reference).cloned())
     }
 
+    fn rounds_from(&self, from: Round, max_bytes: usize) -> Result<Vec<SignedBlock>, StoreError> {
+        let contents = self.contents();
+        let blocks = contents
+            .blocks
+            .range(BlockRef::first_of_round(from)..)
+            .map(|(_, b)| Ok(b.clone()));
+        whole_rounds(blocks, max_bytes)
+    }
+
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError> {
         let contents = self.contents();
         let gc = gc_round(contents.progress.last_committed, gc_depth);
+        let floor = BlockRef::first_of_round(gc.saturating_sub(gc_depth));
         let mut commits: Vec<CommitRecord> = contents
             .commits
             .values()
@@ -183,7 +232,11 @@ impl Store for MemStore {
             .collect();
         commits.reverse();
         Ok(Recovered {
-            blocks: contents.blocks.values().cloned().collect(),
+            blocks: contents
+                .blocks
+                .range(floor..)
+                .map(|(_, b)| b.clone())
+                .collect(),
             commits,
             progress: contents.progress,
             own_last: contents.own_last,
@@ -282,16 +335,29 @@ impl Store for FjallStore {
         decode_block(&key, &bytes).map(Some)
     }
 
+    fn rounds_from(&self, from: Round, max_bytes: usize) -> Result<Vec<SignedBlock>, StoreError> {
+        let blocks = self
+            .blocks
+            .range(BlockRef::first_of_round(from).to_key()..)
+            .map(|entry| {
+                let (key, value) = entry.into_inner()?;
+                decode_block(&key, &value)
+            });
+        whole_rounds(blocks, max_bytes)
+    }
+
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError> {
         let mut recovered = Recovered::default();
         if let Some(bytes) = self.meta.get(PROGRESS)? {
             recovered.progress = decode_progress(&bytes)?;
         }
-        for entry in self.blocks.iter() {
+        let gc = gc_round(recovered.progress.last_committed, gc_depth);
+        // Older blocks are kept only to be served to peers that lag.
+        let floor = BlockRef::first_of_round(gc.saturating_sub(gc_depth));
+        for entry in self.blocks.range(floor.to_key()..) {
             let (key, value) = entry.into_inner()?;
             recovered.blocks.push(decode_block(&key, &value)?);
         }
-        let gc = gc_round(recovered.progress.last_committed, gc_depth);
         for entry in self.commits.iter().rev() {
             let (key, value) = entry.into_inner()?;
             let commit = decode_commit(&key, &value)?;

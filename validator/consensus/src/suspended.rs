@@ -1,5 +1,5 @@
-//! Verified blocks that wait for their parents, bounded per author and
-//! indexed by what they wait for.
+//! Verified blocks that wait for their parents, bounded in bytes per
+//! author and indexed by what they wait for.
 
 use crate::block::{BlockRef, Round, VerifiedBlock};
 use crate::committee::AuthorityIndex;
@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Blocks waiting for parents, in reference (round-first) order.
 ///
-/// Each author may have at most a fixed number waiting. When one more
-/// arrives, the author's highest-round block goes: lower blocks are closer
+/// Each author's waiting blocks may take at most a fixed number of bytes
+/// (a count would let large blocks take far more memory than small
+/// ones). When more arrive, the author's highest-round blocks go: lower
+/// blocks are closer
 /// to what the DAG holds, and a validator catching up must always be able
 /// to take the next block it needs, or it would wait forever behind
 /// blocks it cannot accept yet.
@@ -18,9 +20,16 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Default)]
 pub(crate) struct SuspendedBlocks {
     blocks: BTreeMap<BlockRef, VerifiedBlock>,
-    by_author: BTreeMap<AuthorityIndex, BTreeSet<BlockRef>>,
+    by_author: BTreeMap<AuthorityIndex, Waiting>,
     /// For each lacking parent, the waiting blocks that name it.
     waiting_on: BTreeMap<BlockRef, BTreeSet<BlockRef>>,
+}
+
+/// One author's waiting blocks and their wire bytes.
+#[derive(Default)]
+struct Waiting {
+    blocks: BTreeSet<BlockRef>,
+    bytes: usize,
 }
 
 impl SuspendedBlocks {
@@ -33,19 +42,19 @@ impl SuspendedBlocks {
     }
 
     /// Adds `block`, which lacks the parents `missing`, keeping at most
-    /// `cap` per author; returns whether a block (possibly this one) was
-    /// dropped for it.
+    /// `max_bytes` of blocks per author; returns how many blocks (possibly
+    /// this one) were dropped for it.
     pub(crate) fn insert(
         &mut self,
         block: VerifiedBlock,
         missing: &[BlockRef],
-        cap: usize,
-    ) -> bool {
+        max_bytes: usize,
+    ) -> usize {
         let reference = block.reference();
         let mine = self.by_author.entry(reference.author).or_default();
-        mine.insert(reference);
-        let over = mine.len() > cap;
-        let highest = if over { mine.last().copied() } else { None };
+        if mine.blocks.insert(reference) {
+            mine.bytes += block.wire_size();
+        }
         self.blocks.insert(reference, block);
         for parent in missing {
             self.waiting_on
@@ -53,10 +62,15 @@ impl SuspendedBlocks {
                 .or_default()
                 .insert(reference);
         }
-        if let Some(highest) = highest {
+        let mut dropped = 0;
+        while let Some(mine) = self.by_author.get(&reference.author)
+            && mine.bytes > max_bytes
+            && let Some(highest) = mine.blocks.last().copied()
+        {
             self.remove(&highest);
+            dropped += 1;
         }
-        over
+        dropped
     }
 
     /// Takes out the blocks that named `parent` (just accepted): each now
@@ -85,8 +99,10 @@ impl SuspendedBlocks {
     /// Removes `reference` (and its entries under the parents it lacks).
     pub(crate) fn remove(&mut self, reference: &BlockRef) -> Option<VerifiedBlock> {
         let block = self.blocks.remove(reference)?;
-        if let Some(mine) = self.by_author.get_mut(&reference.author) {
-            mine.remove(reference);
+        if let Some(mine) = self.by_author.get_mut(&reference.author)
+            && mine.blocks.remove(reference)
+        {
+            mine.bytes -= block.wire_size();
         }
         for parent in &block.block().parents {
             if let Some(children) = self.waiting_on.get_mut(parent) {
@@ -144,10 +160,18 @@ mod tests {
         let mut suspended = SuspendedBlocks::default();
         let low = block(5, 0);
         let high = block(6, 0);
-        assert!(!suspended.insert(high.clone(), &[absent(5, 0)], 1));
+        let cap = high.wire_size();
+        assert_eq!(suspended.insert(high.clone(), &[absent(5, 0)], cap), 0);
         // Over the cap the author's highest block goes, whichever arrived.
-        assert!(suspended.insert(low.clone(), &[absent(4, 1), absent(4, 2)], 1));
+        assert_eq!(
+            suspended.insert(low.clone(), &[absent(4, 1), absent(4, 2)], cap),
+            1
+        );
         assert!(!suspended.contains(&high.reference()));
+        assert_eq!(
+            suspended.by_author[&AuthorityIndex(0)].bytes,
+            low.wire_size()
+        );
         assert_eq!(
             suspended.lacking().copied().collect::<Vec<_>>(),
             [absent(4, 1), absent(4, 2)]
@@ -163,9 +187,10 @@ mod tests {
 
         // A block waiting for a parent below the floor can never be
         // accepted, and goes with it.
-        suspended.insert(high.clone(), &[absent(5, 0)], 1);
+        suspended.insert(high.clone(), &[absent(5, 0)], cap);
         suspended.drop_below(6);
         assert_eq!(suspended.len(), 0);
+        assert_eq!(suspended.by_author[&AuthorityIndex(0)].bytes, 0);
         assert_eq!(suspended.lacking().count(), 0);
     }
 }

@@ -4,6 +4,7 @@
 
 use soma_consensus::network::{BLOCK_PATH, PeerToken};
 use soma_consensus::{AuthorityIndex, Block, BlockRef};
+use soma_crypto::SecretKey;
 use soma_crypto::keyfile::read_secret_key;
 use soma_validator::config::ValidatorFile;
 use std::io::{Read, Write};
@@ -229,18 +230,27 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
     let genesis: Vec<BlockRef> = (0..4)
         .map(|a| BlockRef::genesis(AuthorityIndex(a)))
         .collect();
-    let forged = Block {
+    let block = |author| Block {
         round: 1,
-        author: AuthorityIndex(2),
-        parents: genesis,
+        author: AuthorityIndex(author),
+        parents: genesis.clone(),
         transactions: vec![b"forged".to_vec()],
         state_root: [0; 32],
-    }
-    .sign(&key1, committee.protocol());
+    };
+    // Pushed blocks must be the sender's own, and signed by it.
+    let not_its_own = block(2).sign(&key1, committee.protocol());
+    let (code, body) = http(target, "POST", BLOCK_PATH, &auth, &not_its_own.to_bytes());
+    assert_eq!(
+        (code, body.contains("block of validator 2")),
+        (403, true),
+        "{body}"
+    );
+    let stranger = SecretKey::from_bytes(&[9; 32]);
+    let forged = block(1).sign(&stranger, committee.protocol());
     let (code, body) = http(target, "POST", BLOCK_PATH, &auth, &forged.to_bytes());
     assert_eq!((code, body.contains("signature")), (422, true), "{body}");
     let refused = status(target).unwrap()["refused"].as_u64().unwrap();
-    assert!(refused >= 4, "{refused}");
+    assert!(refused >= 5, "{refused}");
 
     // SIGKILL validator 3; the others go on without it.
     let killed = validators.pop().unwrap();

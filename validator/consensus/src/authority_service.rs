@@ -1,0 +1,452 @@
+//! The HTTP server of a node: blocks pushed by their authors, fetches and
+//! rounds requests from peers, transactions and status from clients.
+//!
+//! Everything here is bounded, because anyone can connect: a cap on open
+//! connections, a deadline for request headers and one for the body, body
+//! sizes per path, one fetch served at a time per peer (from the store, on
+//! a blocking thread, never on the core task), and a rate per source
+//! address for transactions.
+
+use crate::block::{MAX_TRANSACTION_BYTES, SignedBlock};
+use crate::block_verifier::Verdict;
+use crate::committee::AuthorityIndex;
+use crate::core::SubmitError;
+use crate::core_thread::Command;
+use crate::network::{self, FetchRequest, PeerToken, RoundsRequest, WireError};
+use crate::node::{COMMITS_PATH, STATUS_PATH, Shared, SubmitRefused, TRANSACTION_PATH, submit};
+use crate::store::{CommitRecord, Store, StoreError};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Most connections open at once; more are closed on arrival.
+pub const MAX_CONNECTIONS: usize = 512;
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Transactions one source address may submit per second (and at once).
+pub const TRANSACTIONS_PER_SECOND: u32 = 2_000;
+/// Source addresses whose submission rates are tracked.
+const TRACKED_SOURCES: usize = 10_000;
+
+/// The server's own state beside what the node shares.
+struct Service {
+    shared: Arc<Shared>,
+    /// The token last checked per peer.
+    checked_tokens: Mutex<Vec<Option<CheckedToken>>>,
+    /// Per peer, whether a fetch of theirs is being served.
+    serving: Vec<AtomicBool>,
+    rates: Mutex<SourceRates>,
+}
+
+/// A peer's `soma-boot` and `soma-auth` headers, once verified (the
+/// signature covers the others).
+#[derive(Clone)]
+struct CheckedToken {
+    boot: String,
+    auth: String,
+}
+
+/// Accepts connections until the listener fails for good.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let n = shared.committee.size();
+    let service = Arc::new(Service {
+        shared,
+        checked_tokens: Mutex::new(vec![None; n]),
+        serving: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        rates: Mutex::new(SourceRates::default()),
+    });
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, source) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: back off instead of
+                // spinning on the error.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            service.count(&service.shared.metrics.throttled);
+            continue;
+        };
+        // Small messages must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let handler = service.clone();
+            let source = source.ip();
+            let http = hyper::service::service_fn(move |request| {
+                let service = handler.clone();
+                async move { Ok::<_, std::convert::Infallible>(service.handle(request, source).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), http)
+                .await;
+            drop(permit);
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(body.into()))
+        .expect("a valid response")
+}
+
+impl Service {
+    fn count(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A refusal: counted, answered with the reason.
+    fn refuse(&self, status: StatusCode, reason: impl ToString) -> Response<Full<Bytes>> {
+        self.count(&self.shared.metrics.refused);
+        reply(status, reason.to_string())
+    }
+
+    async fn read_body(
+        &self,
+        request: Request<Incoming>,
+        limit: usize,
+    ) -> Result<Bytes, Response<Full<Bytes>>> {
+        let body = Limited::new(request.into_body(), limit).collect();
+        match tokio::time::timeout(BODY_TIMEOUT, body).await {
+            Ok(Ok(body)) => Ok(body.to_bytes()),
+            Ok(Err(_)) => Err(self.refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {limit} bytes"),
+            )),
+            Err(_) => Err(self.refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within {BODY_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    fn authenticate(&self, request: &Request<Incoming>) -> Result<AuthorityIndex, WireError> {
+        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let headers = network::PeerHeaders {
+            peer: header(network::PEER_HEADER),
+            boot: header(network::BOOT_HEADER),
+            committee: header(network::COMMITTEE_HEADER),
+            auth: header(network::AUTH_HEADER),
+        };
+        let lock = || {
+            self.checked_tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        // A token checked before is accepted without another signature
+        // check.
+        let known = |index: usize| {
+            matches!(lock().get(index), Some(Some(t))
+                if Some(t.boot.as_str()) == headers.boot && Some(t.auth.as_str()) == headers.auth)
+        };
+        if let Some(index) = headers
+            .peer
+            .and_then(|p| p.parse::<usize>().ok())
+            .filter(|i| known(*i))
+        {
+            return Ok(AuthorityIndex(index as u32));
+        }
+        let shared = &self.shared;
+        let sender = PeerToken::verify(headers, shared.authority, &shared.committee)?;
+        lock()[sender.0 as usize] = Some(CheckedToken {
+            boot: headers.boot.unwrap_or_default().to_string(),
+            auth: headers.auth.unwrap_or_default().to_string(),
+        });
+        Ok(sender)
+    }
+
+    async fn handle(&self, request: Request<Incoming>, source: IpAddr) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_string();
+        match (request.method().clone(), path.as_str()) {
+            (Method::POST, network::BLOCK_PATH) => self.take_block(request).await,
+            (Method::POST, network::FETCH_PATH) => {
+                self.answer(request, network::MAX_FETCH_BODY, |body, store| {
+                    let request = FetchRequest::decode(body)?;
+                    Ok(request.answer(store, network::FETCH_LIMIT)?)
+                })
+                .await
+            }
+            (Method::POST, network::ROUNDS_PATH) => {
+                self.answer(request, 4, |body, store| {
+                    Ok(RoundsRequest::decode(body)?.answer(store)?)
+                })
+                .await
+            }
+            (Method::POST, TRANSACTION_PATH) => self.take_transaction(request, source).await,
+            (Method::GET, STATUS_PATH) => reply(StatusCode::OK, self.status().to_string()),
+            (Method::GET, COMMITS_PATH) => self.commits(request.uri().query().unwrap_or("")),
+            _ => reply(StatusCode::NOT_FOUND, format!("no {path} here")),
+        }
+    }
+
+    /// A block pushed by its author.
+    async fn take_block(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let peer = match self.authenticate(&request) {
+            Ok(peer) => peer,
+            Err(e) => return self.refuse(StatusCode::UNAUTHORIZED, e),
+        };
+        let body = match self.read_body(request, network::MAX_BLOCK_BODY).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let block = match SignedBlock::decode(&body) {
+            Ok(block) => block,
+            Err(e) => return self.refuse(StatusCode::UNPROCESSABLE_ENTITY, e),
+        };
+        // Others' blocks come by fetching, where only what was asked for is
+        // taken: a pushed block must be its sender's own.
+        if block.block().author != peer {
+            return self.refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "validator {} pushed a block of validator {}",
+                    peer.0,
+                    block.block().author.0
+                ),
+            );
+        }
+        let shared = self.shared.clone();
+        let verdict = tokio::task::spawn_blocking(move || shared.blocks.verify(block)).await;
+        match verdict {
+            Ok(Ok(Verdict::Seen)) => reply(StatusCode::OK, ""),
+            Ok(Ok(Verdict::New(block))) => {
+                self.count(&self.shared.metrics.blocks_received);
+                let _ = self
+                    .shared
+                    .commands
+                    .send(Command::Blocks {
+                        blocks: vec![block],
+                        from: Some(peer),
+                    })
+                    .await;
+                reply(StatusCode::OK, "")
+            }
+            Ok(Err(e)) => self.refuse(StatusCode::UNPROCESSABLE_ENTITY, e),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    /// Answers a peer's fetch or rounds request from the store, one at a
+    /// time per peer.
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        limit: usize,
+        answer: impl FnOnce(&[u8], &dyn Store) -> Result<Vec<SignedBlock>, AnswerError> + Send + 'static,
+    ) -> Response<Full<Bytes>> {
+        let peer = match self.authenticate(&request) {
+            Ok(peer) => peer,
+            Err(e) => return self.refuse(StatusCode::UNAUTHORIZED, e),
+        };
+        let serving = &self.serving[peer.0 as usize];
+        if serving.swap(true, Ordering::AcqRel) {
+            self.count(&self.shared.metrics.throttled);
+            return reply(
+                StatusCode::TOO_MANY_REQUESTS,
+                "one fetch at a time per validator",
+            );
+        }
+        let response = match self.read_body(request, limit).await {
+            Ok(body) => {
+                let store = self.shared.store.clone();
+                let answered = tokio::task::spawn_blocking(move || {
+                    let blocks = answer(&body, &store)?;
+                    let wires: Vec<Vec<u8>> = blocks.iter().map(|b| b.to_bytes()).collect();
+                    Ok::<_, AnswerError>(network::encode_blocks(wires.iter().map(|w| &w[..])))
+                })
+                .await;
+                match answered {
+                    Ok(Ok(bytes)) => reply(StatusCode::OK, bytes),
+                    Ok(Err(AnswerError::Wire(e))) => self.refuse(StatusCode::BAD_REQUEST, e),
+                    Ok(Err(AnswerError::Store(e))) => {
+                        reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                    }
+                    Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+            Err(response) => response,
+        };
+        serving.store(false, Ordering::Release);
+        response
+    }
+
+    async fn take_transaction(
+        &self,
+        request: Request<Incoming>,
+        source: IpAddr,
+    ) -> Response<Full<Bytes>> {
+        let allowed = self
+            .rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(source, Instant::now());
+        if !allowed {
+            self.count(&self.shared.metrics.throttled);
+            return Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .header("retry-after", "1")
+                .body(Full::new(Bytes::from(format!(
+                    "over {TRANSACTIONS_PER_SECOND} transactions per second from {source}"
+                ))))
+                .expect("a valid response");
+        }
+        let body = match self.read_body(request, MAX_TRANSACTION_BYTES).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        match submit(&self.shared, body.to_vec()) {
+            Ok(()) => reply(StatusCode::ACCEPTED, ""),
+            Err(e @ SubmitRefused::Invalid) => {
+                reply(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            Err(e @ SubmitRefused::Core(SubmitError::TooLarge(_))) => {
+                reply(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let m = &self.shared.metrics;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "authority": self.shared.authority.0,
+            "commits": load(&m.commits),
+            "last_committed_round": load(&m.last_committed_round),
+            "last_proposed_round": load(&m.last_proposed_round),
+            "committed_transactions": load(&m.committed_transactions),
+            "blocks_received": load(&m.blocks_received),
+            "refused": load(&m.refused),
+            "throttled": load(&m.throttled),
+            "dropped": load(&m.dropped),
+            "catch_up_requests": load(&m.catch_up_requests),
+        })
+    }
+
+    fn commits(&self, query: &str) -> Response<Full<Bytes>> {
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .map(str::parse::<u64>)
+        };
+        let (Ok(from), Ok(limit)) = (
+            param("from").unwrap_or(Ok(0)),
+            param("limit").unwrap_or(Ok(1000)),
+        ) else {
+            return reply(StatusCode::BAD_REQUEST, "from and limit are integers");
+        };
+        match self.shared.store.commits(from, limit.min(10_000) as usize) {
+            Ok(commits) => reply(
+                StatusCode::OK,
+                commits.iter().map(commit_line).collect::<String>(),
+            ),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+/// Why a fetch could not be answered.
+enum AnswerError {
+    Wire(WireError),
+    Store(StoreError),
+}
+
+impl From<WireError> for AnswerError {
+    fn from(e: WireError) -> Self {
+        AnswerError::Wire(e)
+    }
+}
+
+impl From<StoreError> for AnswerError {
+    fn from(e: StoreError) -> Self {
+        AnswerError::Store(e)
+    }
+}
+
+/// `index leader-round leader-author blake3(blocks)` for one commit.
+fn commit_line(commit: &CommitRecord) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for block in &commit.blocks {
+        hasher.update(&block.to_key());
+    }
+    format!(
+        "{} {} {} {}\n",
+        commit.index,
+        commit.leader.round,
+        commit.leader.author.0,
+        hasher.finalize().to_hex()
+    )
+}
+
+/// A token bucket per source address, refilled at
+/// [`TRANSACTIONS_PER_SECOND`].
+#[derive(Default)]
+struct SourceRates {
+    buckets: BTreeMap<IpAddr, (f64, Instant)>,
+}
+
+impl SourceRates {
+    /// Takes one token for `source`; whether there was one.
+    fn take(&mut self, source: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() >= TRACKED_SOURCES && !self.buckets.contains_key(&source) {
+            // Full buckets are the same as no entry: forget those.
+            let rate = f64::from(TRANSACTIONS_PER_SECOND);
+            self.buckets
+                .retain(|_, (tokens, at)| *tokens + rate * (now - *at).as_secs_f64() < rate);
+            if self.buckets.len() >= TRACKED_SOURCES {
+                return false;
+            }
+        }
+        let rate = f64::from(TRANSACTIONS_PER_SECOND);
+        let (tokens, at) = self.buckets.entry(source).or_insert((rate, now));
+        *tokens = (*tokens + rate * (now - *at).as_secs_f64()).min(rate);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_gets_its_own_rate() {
+        let mut rates = SourceRates::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let start = Instant::now();
+        for _ in 0..TRANSACTIONS_PER_SECOND {
+            assert!(rates.take(a, start));
+        }
+        assert!(!rates.take(a, start), "the burst is spent");
+        assert!(rates.take(b, start), "another source is not held back");
+        let later = start + Duration::from_millis(10);
+        let refilled = (TRANSACTIONS_PER_SECOND / 100) as usize;
+        assert_eq!(
+            (0..1_000).filter(|_| rates.take(a, later)).count(),
+            refilled
+        );
+    }
+}

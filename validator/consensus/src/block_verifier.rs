@@ -1,0 +1,161 @@
+//! Verifies blocks received from peers, once per distinct copy.
+//!
+//! Every block arrives several times (broadcast, repeats, fetch answers),
+//! so verification results are remembered. They are keyed by reference
+//! *and* signature: a copy of a genuine block with a forged signature has
+//! the genuine block's reference, and keying by reference alone would let
+//! it make the genuine copy look like a duplicate while it was verified.
+//!
+//! Blocks are never refused for the transactions they carry. Consensus
+//! orders opaque bytes; execution checks each committed transaction with
+//! a deterministic rule and rejects an invalid one alone. Refusing a whole
+//! block for one transaction would let a check that differs between
+//! validators (or over time) split them on the block, and its author would
+//! resend it forever.
+
+use crate::block::{BlockError, BlockRef, SignedBlock, VerifiedBlock};
+use crate::committee::Committee;
+use soma_crypto::Signature;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Mutex;
+
+/// Decodes and verifies peers' blocks, each distinct copy once.
+pub(crate) struct BlockVerifier {
+    committee: Committee,
+    recent: Mutex<RecentCopies>,
+}
+
+/// What a copy of a block turned out to be.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// A block not seen before, now verified.
+    New(VerifiedBlock),
+    /// This copy was verified before (or is being verified).
+    Seen,
+}
+
+impl BlockVerifier {
+    /// How many copies are remembered.
+    const CAPACITY: usize = 100_000;
+
+    pub(crate) fn new(committee: Committee) -> BlockVerifier {
+        BlockVerifier {
+            committee,
+            recent: Mutex::new(RecentCopies::default()),
+        }
+    }
+
+    /// Verifies `block` (decoded from a peer's bytes) unless this copy was
+    /// verified before. Slow for a large block: call it off the async
+    /// threads.
+    pub(crate) fn verify(&self, block: SignedBlock) -> Result<Verdict, BlockError> {
+        let copy = (block.reference(), block.signature());
+        if !self.lock().insert(copy) {
+            return Ok(Verdict::Seen);
+        }
+        let verified = VerifiedBlock::verify(block, &self.committee);
+        if verified.is_err() {
+            // A later copy with the same bytes fails the same way, but
+            // remembering it would let a sender fill the memory with
+            // failures at no cost to it.
+            self.lock().remove(&copy);
+        }
+        verified.map(Verdict::New)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentCopies> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+type Copy = (BlockRef, Signature);
+
+/// The copies verified lately, oldest first out.
+#[derive(Default)]
+struct RecentCopies {
+    set: BTreeSet<Copy>,
+    order: VecDeque<Copy>,
+}
+
+impl RecentCopies {
+    /// Remembers `copy`; returns whether it is new.
+    fn insert(&mut self, copy: Copy) -> bool {
+        if !self.set.insert(copy) {
+            return false;
+        }
+        self.order.push_back(copy);
+        if self.order.len() > BlockVerifier::CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+        true
+    }
+
+    fn remove(&mut self, copy: &Copy) {
+        self.set.remove(copy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::Block;
+    use crate::committee::AuthorityIndex;
+    use crate::committee::tests::committee;
+
+    fn round_one(keys: &[soma_crypto::SecretKey], c: &Committee) -> SignedBlock {
+        Block {
+            round: 1,
+            author: AuthorityIndex(0),
+            parents: (0..3)
+                .map(|a| BlockRef::genesis(AuthorityIndex(a)))
+                .collect(),
+            transactions: vec![b"not a transaction anyone would accept".to_vec()],
+            state_root: [0; 32],
+        }
+        .sign(&keys[0], c.protocol())
+    }
+
+    #[test]
+    fn a_forged_copy_does_not_keep_the_genuine_block_out() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let verifier = BlockVerifier::new(c.clone());
+        let genuine = round_one(&keys, &c);
+        let mut wire = genuine.to_bytes();
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        let forged = SignedBlock::decode(&wire).unwrap();
+        assert_eq!(forged.reference(), genuine.reference());
+
+        // The forged copy is refused, and refused again: it is not
+        // remembered as seen.
+        for _ in 0..2 {
+            assert!(matches!(
+                verifier.verify(forged.clone()),
+                Err(BlockError::BadSignature(_))
+            ));
+        }
+        // While it is remembered as being verified, the genuine copy
+        // still gets through.
+        verifier
+            .lock()
+            .insert((forged.reference(), forged.signature()));
+        assert!(matches!(
+            verifier.verify(genuine.clone()),
+            Ok(Verdict::New(_))
+        ));
+        assert!(matches!(verifier.verify(genuine), Ok(Verdict::Seen)));
+    }
+
+    #[test]
+    fn blocks_are_not_judged_by_their_transactions() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let verifier = BlockVerifier::new(c.clone());
+        let block = round_one(&keys, &c);
+        match verifier.verify(block.clone()) {
+            Ok(Verdict::New(verified)) => assert_eq!(verified.block(), block.block()),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The one task that owns a node's [`Core`]: it takes verified blocks and
+//! submitted transactions in, runs the leader timer, and hands what each
+//! step produced to the broadcaster, the synchronizer and the commit
+//! stream. Nothing slow runs here: blocks arrive verified, and fetches are
+//! served from the store by the authority service.
+
+use crate::block::VerifiedBlock;
+use crate::broadcaster::Broadcaster;
+use crate::committee::AuthorityIndex;
+use crate::core::{Core, Outcome};
+use crate::linearizer::CommittedSubDag;
+use crate::node::{NodeError, Shared};
+use crate::synchronizer::{SYNC_INTERVAL, Synchronizer};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What other tasks ask of the core.
+pub(crate) enum Command {
+    /// Verified blocks, from a peer if `from` is set.
+    Blocks {
+        blocks: Vec<VerifiedBlock>,
+        from: Option<AuthorityIndex>,
+    },
+}
+
+/// The core task's channels.
+pub(crate) struct Channels {
+    pub(crate) inbox: mpsc::Receiver<Command>,
+    pub(crate) submitted: mpsc::Receiver<Vec<u8>>,
+    pub(crate) commits: mpsc::UnboundedSender<CommittedSubDag>,
+}
+
+/// Runs the core until its inbox closes or storage fails.
+pub(crate) async fn run(
+    mut core: Core,
+    mut channels: Channels,
+    shared: Arc<Shared>,
+    broadcaster: Broadcaster,
+    mut synchronizer: Synchronizer,
+    leader_timeout: Duration,
+) -> Result<(), NodeError> {
+    // At start the node acts as after a timeout: it proposes if it may, or
+    // sends its last block again.
+    let mut deadline = tokio::time::Instant::now();
+    let mut sync = tokio::time::interval(SYNC_INTERVAL);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Submissions wait here until the core's pool has room for them.
+        while core.has_room_for_transactions()
+            && let Ok(transaction) = channels.submitted.try_recv()
+        {
+            if let Err(e) = core.submit(transaction) {
+                tracing::warn!("submitted transaction dropped: {e}");
+            }
+        }
+        let (outcome, from) = tokio::select! {
+            command = channels.inbox.recv() => match command {
+                None => return Ok(()),
+                Some(Command::Blocks { blocks, from }) => (core.add_blocks(blocks)?, from),
+            },
+            _ = sync.tick() => {
+                synchronizer.tick(&core);
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let outcome = core.on_leader_timeout()?;
+                if outcome.proposed.is_none()
+                    && let Some(last) = core.last_proposed_block()
+                {
+                    // Nothing new to say: repeat the last block in case a
+                    // peer missed it.
+                    broadcaster.send(last);
+                }
+                deadline = tokio::time::Instant::now() + leader_timeout;
+                (outcome, None)
+            }
+        };
+        let Outcome {
+            proposed,
+            committed,
+            missing,
+            dropped,
+            quorum_round,
+        } = outcome;
+        let metrics = &shared.metrics;
+        metrics.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        if let Some(block) = proposed {
+            broadcaster.send(&block);
+            metrics
+                .last_proposed_round
+                .store(block.reference().round.into(), Ordering::Relaxed);
+        }
+        // The wait for a round's leader starts when the round has a quorum.
+        if quorum_round.is_some() {
+            deadline = tokio::time::Instant::now() + leader_timeout;
+        }
+        for subdag in committed {
+            metrics.commits.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .last_committed_round
+                .store(subdag.leader.round.into(), Ordering::Relaxed);
+            let transactions: usize = subdag
+                .blocks
+                .iter()
+                .map(|b| b.block().transactions.len())
+                .sum();
+            metrics
+                .committed_transactions
+                .fetch_add(transactions as u64, Ordering::Relaxed);
+            let _ = channels.commits.send(subdag);
+        }
+        // What the blocks a peer just sent lack, ask that peer first; a
+        // validator far behind replays rounds instead (on the next tick).
+        if let Some(peer) = from.filter(|_| !missing.is_empty())
+            && core.catch_up_from().is_none()
+        {
+            synchronizer.fetch(peer, core.fetch_request(missing));
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Fetches what a node lacks from its peers: the missing parents of
+//! suspended blocks, or, for a node far behind the committee, whole rounds
+//! replayed from a peer's store (catch-up). Answers are checked before they
+//! reach the core: only blocks that were asked for are kept, and each is
+//! verified off the async threads.
+
+use crate::block::{BlockRef, SignedBlock, VerifiedBlock};
+use crate::block_verifier::Verdict;
+use crate::committee::AuthorityIndex;
+use crate::core::Core;
+use crate::core_thread::Command;
+use crate::network::{self, FetchRequest, RoundsRequest};
+use crate::node::Shared;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::StatusCode;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How often a node asks a peer for what it still lacks.
+pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Most fetches in flight at once; more wait for the next tick.
+const MAX_FETCHES: usize = 8;
+
+/// How long one request and its answer may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node's outgoing fetches.
+pub(crate) struct Synchronizer {
+    shared: Arc<Shared>,
+    /// References asked for and not answered yet: never asked twice at once.
+    in_flight: Arc<Mutex<BTreeSet<BlockRef>>>,
+    fetches: Arc<Semaphore>,
+    /// Whether a rounds request is out: one at a time.
+    catching_up: Arc<AtomicBool>,
+    /// The peer asked last by the periodic sync; peers are asked in turn.
+    turn: u32,
+}
+
+impl Synchronizer {
+    pub(crate) fn new(shared: Arc<Shared>) -> Synchronizer {
+        let turn = shared.authority.0;
+        Synchronizer {
+            shared,
+            in_flight: Arc::default(),
+            fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
+            catching_up: Arc::default(),
+            turn,
+        }
+    }
+
+    /// The periodic step: asks the next peer for missing parents, and a
+    /// node far behind asks another for the rounds after its DAG. The
+    /// peer that sent a block may not be able (or willing) to serve its
+    /// history, and honest peers drop history in time, so peers are asked
+    /// in turn.
+    pub(crate) fn tick(&mut self, core: &Core) {
+        let missing = core.missing();
+        if !missing.is_empty() {
+            let peer = self.next_peer();
+            self.fetch(peer, core.fetch_request(missing));
+        }
+        let Some(from) = core.catch_up_from() else {
+            return;
+        };
+        if self.catching_up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let peer = self.next_peer();
+        let done = self.catching_up.clone();
+        let shared = self.shared.clone();
+        shared
+            .metrics
+            .catch_up_requests
+            .fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let request = RoundsRequest { from };
+            let body = Bytes::from(request.encode());
+            let blocks = ask(&shared, peer, network::ROUNDS_PATH, body, move |answer| {
+                request.select(answer)
+            })
+            .await;
+            deliver(&shared, peer, blocks).await;
+            done.store(false, Ordering::Release);
+        });
+    }
+
+    /// Asks `peer` for the blocks of `request` not already asked for.
+    pub(crate) fn fetch(&self, peer: AuthorityIndex, mut request: FetchRequest) {
+        let Ok(permit) = self.fetches.clone().try_acquire_owned() else {
+            // The periodic sync asks again.
+            return;
+        };
+        {
+            let mut in_flight = lock(&self.in_flight);
+            request.references.retain(|r| in_flight.insert(*r));
+        }
+        if request.references.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let in_flight = self.in_flight.clone();
+        tokio::spawn(async move {
+            let asked = request.references.clone();
+            let body = Bytes::from(request.encode());
+            let blocks = ask(&shared, peer, network::FETCH_PATH, body, move |answer| {
+                request.select(answer)
+            })
+            .await;
+            deliver(&shared, peer, blocks).await;
+            let mut in_flight = lock(&in_flight);
+            for reference in &asked {
+                in_flight.remove(reference);
+            }
+            drop(permit);
+        });
+    }
+
+    fn next_peer(&mut self) -> AuthorityIndex {
+        let n = self.shared.committee.size() as u32;
+        self.turn = (self.turn + 1) % n;
+        if self.turn == self.shared.authority.0 {
+            self.turn = (self.turn + 1) % n;
+        }
+        AuthorityIndex(self.turn)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends `body` to `path` of `peer` and returns the new blocks of the
+/// answer that `select` keeps, verified. Whatever is malformed, invalid or
+/// not asked for is counted as refused.
+async fn ask(
+    shared: &Arc<Shared>,
+    peer: AuthorityIndex,
+    path: &str,
+    body: Bytes,
+    select: impl FnOnce(Vec<SignedBlock>) -> (Vec<SignedBlock>, usize) + Send + 'static,
+) -> Vec<VerifiedBlock> {
+    let Some(response) = shared.post(peer, path, body, FETCH_TIMEOUT).await else {
+        return Vec::new();
+    };
+    if response.status() != StatusCode::OK {
+        return Vec::new();
+    }
+    let body = Limited::new(response.into_body(), network::MAX_FETCH_ANSWER).collect();
+    let Ok(Ok(body)) = tokio::time::timeout(FETCH_TIMEOUT, body).await else {
+        shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
+        return Vec::new();
+    };
+    let body = body.to_bytes();
+    let checker = shared.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let Ok(wires) = network::decode_blocks(&body) else {
+            return (Vec::new(), 1);
+        };
+        let sent = wires.len();
+        let decoded = wires
+            .into_iter()
+            .filter_map(|wire| SignedBlock::decode(wire).ok())
+            .collect::<Vec<_>>();
+        let mut refused = sent - decoded.len();
+        let (wanted, left_out) = select(decoded);
+        refused += left_out;
+        let mut verified = Vec::new();
+        for block in wanted {
+            match checker.blocks.verify(block) {
+                Ok(Verdict::New(block)) => verified.push(block),
+                Ok(Verdict::Seen) => {}
+                Err(_) => refused += 1,
+            }
+        }
+        (verified, refused)
+    })
+    .await;
+    let (blocks, refused) = checked.unwrap_or_default();
+    shared
+        .metrics
+        .refused
+        .fetch_add(refused as u64, Ordering::Relaxed);
+    blocks
+}
+
+/// Hands verified blocks from `peer` to the core.
+async fn deliver(shared: &Shared, peer: AuthorityIndex, blocks: Vec<VerifiedBlock>) {
+    if blocks.is_empty() {
+        return;
+    }
+    let _ = shared
+        .commands
+        .send(Command::Blocks {
+            blocks,
+            from: Some(peer),
+        })
+        .await;
+}
