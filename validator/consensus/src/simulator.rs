@@ -7,10 +7,11 @@
 //! run checks safety as it goes (honest committed sequences are prefixes
 //! of one another, each block is committed once, no honest validator signs
 //! two blocks for one round, crashes included) and liveness at the end
-//! (every honest validator commits a leader of the target round).
+//! (every honest validator commits a leader of the target round, including
+//! one that was down for a minute and had to catch up).
 
 use crate::block::{Block, BlockRef, Round, SignedBlock, VerifiedBlock};
-use crate::committee::{AuthorityIndex, Committee, Protocol};
+use crate::committee::{AuthorityIndex, Committee, Protocol, Stake};
 use crate::core::{Core, Outcome, Parameters};
 use crate::linearizer::CommittedSubDag;
 use crate::network::{FETCH_LIMIT, FetchRequest, RoundsRequest};
@@ -39,29 +40,66 @@ pub enum Behaviour {
     Garbage,
     /// Never sends anything.
     Silent,
+    /// Names its own block from more than `gc_depth` rounds back as its
+    /// parent, which some validators still hold and others do not.
+    OldParents,
+    /// Sends many large, validly signed versions of each of its blocks.
+    Flood,
 }
 
 impl Behaviour {
-    const BYZANTINE: [Behaviour; 4] = [
+    /// Every Byzantine behaviour.
+    pub const BYZANTINE: [Behaviour; 6] = [
         Behaviour::Equivocate,
         Behaviour::InvalidParents,
         Behaviour::Garbage,
         Behaviour::Silent,
+        Behaviour::OldParents,
+        Behaviour::Flood,
     ];
 }
+
+/// A disruption beyond the random single crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// None.
+    None,
+    /// One honest validator is down this long, far beyond what its peers
+    /// keep in their DAGs, and must catch up from their stores.
+    Long {
+        /// Simulated milliseconds.
+        down_ms: u64,
+    },
+    /// Two honest validators crash at once.
+    Two,
+    /// The whole committee crashes and restarts.
+    Everyone,
+}
+
+/// The protocol constant of the simulated chain: small, so that a minute
+/// down is far beyond what peers keep in their DAGs.
+const GC_DEPTH: Round = 50;
+
+/// Versions of each block a flooder sends, and their payload.
+const FLOOD_VERSIONS: usize = 8;
+const FLOOD_BYTES: usize = 16 << 10;
 
 /// One simulation run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// Seed of every random choice.
     pub seed: u64,
-    /// Behaviour of each validator (equal stakes).
+    /// Behaviour of each validator.
     pub behaviours: Vec<Behaviour>,
+    /// Stake of each validator; Byzantine ones hold at most f.
+    pub stakes: Vec<Stake>,
     /// The run succeeds when every honest validator has committed a leader
     /// of this round.
     pub rounds: Round,
     /// Honest validators crash and restart from their stores.
     pub crashes: bool,
+    /// One larger disruption.
+    pub outage: Outage,
     /// The network splits in two now and then, and heals.
     pub partitions: bool,
     /// Message delay bounds, in simulated milliseconds.
@@ -72,23 +110,43 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// A run of `validators` for `rounds` whose faults are drawn from
-    /// `seed`: up to f Byzantine validators of random behaviours, and
-    /// crashes and partitions.
+    /// `seed`: equal or unequal stakes, Byzantine validators of random
+    /// behaviours holding at most f stake, crashes, partitions and one of
+    /// the [`Outage`]s.
     pub fn random(validators: usize, rounds: Round, seed: u64) -> SimConfig {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-        let f = (validators - 1) / 3;
-        let byzantine = rng.random_range(0..=f);
+        let stakes: Vec<Stake> = if rng.random_bool(0.5) {
+            vec![1; validators]
+        } else {
+            (0..validators).map(|_| rng.random_range(1..=4)).collect()
+        };
+        let total: Stake = stakes.iter().sum();
+        let f = (total - 1) / 3;
+        let wanted = rng.random_range(0..=(validators - 1) / 3);
         let mut behaviours = vec![Behaviour::Honest; validators];
         let mut indices: Vec<usize> = (0..validators).collect();
         indices.shuffle(&mut rng);
-        for &i in &indices[..byzantine] {
-            behaviours[i] = Behaviour::BYZANTINE[rng.random_range(0..Behaviour::BYZANTINE.len())];
+        let mut byzantine_stake = 0;
+        for &i in indices.iter().take(wanted) {
+            if byzantine_stake + stakes[i] <= f {
+                byzantine_stake += stakes[i];
+                behaviours[i] =
+                    Behaviour::BYZANTINE[rng.random_range(0..Behaviour::BYZANTINE.len())];
+            }
         }
+        let outage = match rng.random_range(0..4) {
+            0 => Outage::None,
+            1 => Outage::Long { down_ms: 60_000 },
+            2 => Outage::Two,
+            _ => Outage::Everyone,
+        };
         SimConfig {
             seed,
             behaviours,
+            stakes,
             rounds,
             crashes: true,
+            outage,
             partitions: true,
             latency_ms: (1, 80),
             leader_timeout_ms: 250,
@@ -113,6 +171,8 @@ pub struct SimReport {
     pub refused: u64,
     /// Crashes (each followed by a restart).
     pub crashes: u64,
+    /// Rounds requests of validators catching up.
+    pub catch_ups: u64,
     /// Partitions (each healed).
     pub partitions: u64,
 }
@@ -170,6 +230,9 @@ pub enum SimFailure {
         /// Where each validator stands.
         validators: String,
     },
+    /// The configuration cannot run.
+    #[error("{0}")]
+    Config(String),
     /// A core failed (only storage can fail, and the memory store cannot).
     #[error("seed {seed}: validator {validator}: {reason}")]
     Core {
@@ -207,7 +270,12 @@ enum Event {
         incarnation: u64,
     },
     Crash(usize),
-    Restart(usize),
+    Restart {
+        node: usize,
+        /// Whether the random crash process goes on from this restart.
+        next_crash: bool,
+    },
+    Outage,
     Split,
     Heal,
 }
@@ -249,6 +317,8 @@ struct Node {
     /// Stands in for execution: a hash chain over the commits, carried in
     /// the validator's blocks where the state root will be.
     state_root: [u8; 32],
+    /// The references of the blocks it proposed (for old-parent attacks).
+    proposed: Vec<BlockRef>,
 }
 
 struct Sim {
@@ -263,6 +333,8 @@ struct Sim {
     nodes: Vec<Node>,
     /// Side of each validator while the network is split.
     side: Option<Vec<bool>>,
+    /// A validator kept down by a long outage.
+    held_down: Option<usize>,
     /// Verification results by blake3 of the wire bytes: verification is
     /// a pure function of the bytes, so validators share the work.
     verified: BTreeMap<[u8; 32], Option<VerifiedBlock>>,
@@ -280,15 +352,16 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             SecretKey::from_bytes(&seed)
         })
         .collect();
-    // Outages here last at most a few seconds (about a hundred rounds):
-    // everyone keeps enough history for the slowest validator to catch up
-    // by fetching blocks.
     let protocol = Protocol {
-        gc_depth: 200,
+        gc_depth: GC_DEPTH,
         ..Protocol::new(*blake3::hash(b"soma simulation").as_bytes())
     };
-    let committee = Committee::new(keys.iter().map(|k| (k.public_key(), 1)).collect(), protocol)
-        .expect("distinct keys, unit stakes");
+    let members = keys
+        .iter()
+        .map(|k| k.public_key())
+        .zip(config.stakes.iter().copied());
+    let committee = Committee::new(members.collect(), protocol)
+        .map_err(|e| SimFailure::Config(format!("seed {}: {e}", config.seed)))?;
     let params = Parameters {
         max_suspended_bytes_per_author: 1 << 20,
         ..Parameters::default()
@@ -300,6 +373,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
         queue: BinaryHeap::new(),
         nodes: Vec::new(),
         side: None,
+        held_down: None,
         verified: BTreeMap::new(),
         signed: BTreeMap::new(),
         report: SimReport {
@@ -310,6 +384,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             messages: 0,
             refused: 0,
             crashes: 0,
+            catch_ups: 0,
             partitions: 0,
         },
         committee,
@@ -329,6 +404,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             sequence: Vec::new(),
             transactions: 0,
             state_root: [0; 32],
+            proposed: Vec::new(),
         });
     }
     for i in 0..n {
@@ -342,6 +418,10 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
     if sim.config.partitions {
         let at = sim.rng.random_range(500..5_000);
         sim.schedule(at, Event::Split);
+    }
+    if sim.config.outage != Outage::None {
+        let at = sim.rng.random_range(1_000..3_000);
+        sim.schedule(at, Event::Outage);
     }
     let deadline = u64::from(sim.config.rounds) * 1_000 + 60_000;
     while let Some(Reverse(next)) = sim.queue.pop() {
@@ -362,6 +442,46 @@ impl Sim {
             seq: self.seq,
             event,
         }));
+    }
+
+    /// Stops `node` (if running): what it wrote stays in its store.
+    fn crash(&mut self, node: usize) {
+        if self.nodes[node].core.take().is_some() {
+            self.nodes[node].generation += 1;
+            self.report.crashes += 1;
+        }
+    }
+
+    fn outage(&mut self) {
+        let restart = |node| Event::Restart {
+            node,
+            next_crash: false,
+        };
+        match self.config.outage {
+            Outage::None => {}
+            Outage::Long { down_ms } => {
+                let victim = self.random_honest();
+                self.crash(victim);
+                self.held_down = Some(victim);
+                self.schedule(down_ms, restart(victim));
+            }
+            Outage::Two => {
+                let first = self.random_honest();
+                let second = self.honest().find(|&i| i != first);
+                for node in [Some(first), second].into_iter().flatten() {
+                    self.crash(node);
+                    let downtime = self.rng.random_range(100..3_000);
+                    self.schedule(downtime, restart(node));
+                }
+            }
+            Outage::Everyone => {
+                let downtime = self.rng.random_range(100..3_000);
+                for node in 0..self.nodes.len() {
+                    self.crash(node);
+                    self.schedule(downtime, restart(node));
+                }
+            }
+        }
     }
 
     fn honest(&self) -> impl Iterator<Item = usize> + '_ {
@@ -459,18 +579,30 @@ impl Sim {
                 }
             }
             Event::Crash(node) => {
-                self.nodes[node].core = None;
-                self.nodes[node].generation += 1;
-                self.report.crashes += 1;
+                self.crash(node);
                 let downtime = self.rng.random_range(100..3_000);
-                self.schedule(downtime, Event::Restart(node));
+                self.schedule(
+                    downtime,
+                    Event::Restart {
+                        node,
+                        next_crash: true,
+                    },
+                );
             }
-            Event::Restart(node) => {
-                self.start(node)?;
-                let next = self.rng.random_range(1_000..15_000);
-                let victim = self.random_honest();
-                self.schedule(next, Event::Crash(victim));
+            Event::Restart { node, next_crash } => {
+                if !next_crash && self.held_down == Some(node) {
+                    self.held_down = None;
+                }
+                if self.held_down != Some(node) {
+                    self.start(node)?;
+                }
+                if next_crash {
+                    let next = self.rng.random_range(1_000..15_000);
+                    let victim = self.random_honest();
+                    self.schedule(next, Event::Crash(victim));
+                }
             }
+            Event::Outage => self.outage(),
             Event::Split => {
                 let mut side: Vec<bool> = (0..self.nodes.len())
                     .map(|_| self.rng.random_bool(0.5))
@@ -540,7 +672,10 @@ impl Sim {
                 let junk = self.garbage(node);
                 self.send(node, requester, Message::Blocks(junk));
             }
-            Behaviour::Honest | Behaviour::Equivocate => {
+            Behaviour::Honest
+            | Behaviour::Equivocate
+            | Behaviour::OldParents
+            | Behaviour::Flood => {
                 let store = &self.nodes[node].store;
                 let blocks = match request {
                     Ok(fetch) => fetch.answer(store, FETCH_LIMIT),
@@ -564,6 +699,7 @@ impl Sim {
         let mut messages = Vec::new();
         if let Some(from) = core.catch_up_from() {
             messages.push(Message::Rounds(RoundsRequest { from }));
+            self.report.catch_ups += 1;
         }
         if !missing.is_empty() {
             messages.push(Message::Fetch(core.fetch_request(missing)));
@@ -634,17 +770,47 @@ impl Sim {
     }
 
     fn send_proposal(&mut self, node: usize, block: &VerifiedBlock) {
+        self.nodes[node].proposed.push(block.reference());
+        let protocol = *self.committee.protocol();
         match self.nodes[node].behaviour {
             Behaviour::Honest | Behaviour::Garbage => {
                 self.broadcast(node, Message::Block(block.to_bytes()));
             }
             Behaviour::Silent => {}
+            Behaviour::OldParents => {
+                let round = block.reference().round;
+                let old = self.nodes[node]
+                    .proposed
+                    .iter()
+                    .rev()
+                    .find(|r| r.round + GC_DEPTH < round)
+                    .copied();
+                let mut aged = block.block().clone();
+                if let Some(old) = old {
+                    let own = aged
+                        .parents
+                        .iter_mut()
+                        .find(|p| p.author.0 as usize == node)
+                        .expect("a block names its author's previous one");
+                    *own = old;
+                    aged.parents.sort();
+                }
+                let aged = aged.sign(&self.keys[node], &protocol).to_bytes();
+                self.broadcast(node, Message::Block(aged));
+            }
+            Behaviour::Flood => {
+                self.broadcast(node, Message::Block(block.to_bytes()));
+                for version in 0..FLOOD_VERSIONS {
+                    let mut copy = block.block().clone();
+                    copy.transactions.push(vec![version as u8; FLOOD_BYTES]);
+                    let copy = copy.sign(&self.keys[node], &protocol).to_bytes();
+                    self.broadcast(node, Message::Block(copy));
+                }
+            }
             Behaviour::Equivocate => {
                 let mut twin = block.block().clone();
                 twin.transactions.push(b"equivocation".to_vec());
-                let twin = twin
-                    .sign(&self.keys[node], self.committee.protocol())
-                    .to_bytes();
+                let twin = twin.sign(&self.keys[node], &protocol).to_bytes();
                 for to in 0..self.nodes.len() {
                     let bytes = if to % 2 == 0 {
                         block.to_bytes()

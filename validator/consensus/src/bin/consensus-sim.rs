@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 #[command(about = "Seeded consensus simulations: safety and liveness over many runs")]
 struct Args {
     /// Committee sizes to simulate.
-    #[arg(long, value_delimiter = ',', default_values_t = [4, 7])]
+    #[arg(long, value_delimiter = ',', default_values_t = [4, 7, 10])]
     validators: Vec<usize>,
     /// Seeds per committee size.
     #[arg(long, default_value_t = 1000)]
