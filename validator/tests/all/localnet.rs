@@ -1,9 +1,10 @@
 //! Four validator processes commit the same sequence; one killed with
-//! SIGKILL and restarted catches up; garbage sent to a node is refused
-//! without stopping it.
+//! SIGKILL and restarted catches up, also after a minute away; garbage
+//! sent to a node is refused, and an outsider's attack does not stop the
+//! commits.
 
 use soma_consensus::network::{BLOCK_PATH, PeerToken};
-use soma_consensus::{AuthorityIndex, Block, BlockRef};
+use soma_consensus::{AuthorityIndex, Block, BlockRef, TRANSACTION_PATH};
 use soma_crypto::SecretKey;
 use soma_crypto::keyfile::read_secret_key;
 use soma_validator::config::ValidatorFile;
@@ -149,9 +150,9 @@ fn wait_for(
     }
 }
 
-#[test]
-fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes a four-validator network into `dir`; returns its configuration
+/// paths and the first port.
+fn genesis(dir: &Path) -> (Vec<PathBuf>, u16) {
     let base = free_ports(4);
     let output = Command::new(SOMA)
         .args([
@@ -162,7 +163,7 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
             &base.to_string(),
             "--dir",
         ])
-        .arg(dir.path())
+        .arg(dir)
         .output()
         .unwrap();
     assert!(
@@ -170,23 +171,46 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let configs: Vec<PathBuf> = String::from_utf8(output.stdout)
+    let configs = String::from_utf8(output.stdout)
         .unwrap()
         .lines()
         .map(PathBuf::from)
         .collect();
-    let mut validators: Vec<Validator> = configs
+    (configs, base)
+}
+
+/// Starts a validator per configuration and waits until all serve.
+fn start_all(configs: &[PathBuf], base: u16) -> Vec<Validator> {
+    let validators: Vec<Validator> = configs
         .iter()
         .enumerate()
         .map(|(i, c)| Validator::start(c, base + i as u16))
         .collect();
-
     wait_for(
         "every validator to serve",
         Duration::from_secs(30),
         || validators.iter().all(|v| status(v.port).is_some()),
         &validators,
     );
+    validators
+}
+
+/// Checks that every validator's commits so far are one sequence; returns
+/// how long the common part is.
+fn assert_one_sequence(validators: &[Validator]) -> usize {
+    let sequences: Vec<Vec<String>> = validators.iter().map(|v| commits(v.port)).collect();
+    let shortest = sequences.iter().map(Vec::len).min().unwrap();
+    for s in &sequences[1..] {
+        assert_eq!(s[..shortest], sequences[0][..shortest]);
+    }
+    shortest
+}
+
+#[test]
+fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, base) = genesis(dir.path());
+    let mut validators = start_all(&configs, base);
     for (i, v) in validators.iter().enumerate() {
         let (code, body) = http(
             v.port,
@@ -274,12 +298,8 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
         &validators,
     );
 
-    let sequences: Vec<Vec<String>> = validators.iter().map(|v| commits(v.port)).collect();
-    let shortest = sequences.iter().map(Vec::len).min().unwrap();
+    let shortest = assert_one_sequence(&validators);
     assert!(shortest >= 40, "{shortest}");
-    for s in &sequences[1..] {
-        assert_eq!(s[..shortest], sequences[0][..shortest]);
-    }
     let transactions = status(validators[0].port).unwrap()["committed_transactions"]
         .as_u64()
         .unwrap();
@@ -321,4 +341,144 @@ fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
         !ok && stderr.contains("cannot read the configuration"),
         "{stderr}"
     );
+}
+
+/// What an outsider throws at one validator: connections that never
+/// finish their headers, unauthenticated fetches and a flood of
+/// transactions, until `stop` is set.
+fn attack(port: u16, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    std::thread::scope(|scope| {
+        // Slow clients: a request line, then silence, reopened as the
+        // server's header deadline closes them.
+        scope.spawn(|| {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                held.retain(|s: &TcpStream| {
+                    s.peek(&mut [0])
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
+                });
+                while held.len() < 300 {
+                    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                        break;
+                    };
+                    let _ = s.write_all(b"POST /consensus/v1/transaction HTTP/1.1\r\n");
+                    let _ = s.set_nonblocking(true);
+                    held.push(s);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let _ = http(port, "POST", "/consensus/v1/fetch", &[], &[0; 40_000]);
+                    let _ = http(
+                        port,
+                        "POST",
+                        "/consensus/v1/transaction",
+                        &[],
+                        format!("flood {i}").as_bytes(),
+                    );
+                }
+            });
+        }
+    });
+}
+
+/// Commits of `validator` over `span`, per second.
+fn commit_rate(validator: &Validator, span: Duration) -> f64 {
+    let before = validator.committed();
+    std::thread::sleep(span);
+    (validator.committed() - before) as f64 / span.as_secs_f64()
+}
+
+/// A validator killed for a minute while the others commit under load, far
+/// beyond the 2 × gc_depth rounds they keep in their DAGs, catches up from
+/// their stores and commits the same sequence; meanwhile an outsider
+/// attacking one of them does not stop the commits.
+#[test]
+fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, base) = genesis(dir.path());
+    let mut validators = start_all(&configs, base);
+    wait_for(
+        "10 commits everywhere",
+        Duration::from_secs(60),
+        || validators.iter().all(|v| v.committed() >= 10),
+        &validators,
+    );
+    let killed = validators.pop().unwrap();
+    let (config, port) = (killed.config.clone(), killed.port);
+    let round_then = status(port).unwrap()["last_committed_round"]
+        .as_u64()
+        .unwrap();
+    drop(killed);
+
+    let stop_load = AtomicBool::new(false);
+    let stop_attack = AtomicBool::new(false);
+    let (quiet, attacked) = std::thread::scope(|scope| {
+        // Load: a transaction every 20 ms at validator 1.
+        scope.spawn(|| {
+            let mut i = 0;
+            while !stop_load.load(Ordering::Relaxed) {
+                i += 1;
+                let (code, body) = http(
+                    validators[1].port,
+                    "POST",
+                    TRANSACTION_PATH,
+                    &[],
+                    format!("load {i}").as_bytes(),
+                );
+                assert_eq!(code, 202, "{body}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let quiet = commit_rate(&validators[1], Duration::from_secs(15));
+        let attacker = scope.spawn(|| attack(validators[0].port, &stop_attack));
+        let attacked = commit_rate(&validators[1], Duration::from_secs(30));
+        stop_attack.store(true, Ordering::Relaxed);
+        attacker.join().unwrap();
+        std::thread::sleep(Duration::from_secs(15));
+        stop_load.store(true, Ordering::Relaxed);
+        (quiet, attacked)
+    });
+    eprintln!(
+        "commits per second at validator 1: {quiet:.1} quiet, {attacked:.1} while validator 0 \
+         is attacked (ratio {:.2})",
+        attacked / quiet
+    );
+    assert!(
+        attacked > 0.5,
+        "commits nearly stopped under attack: {attacked:.2}/s"
+    );
+    let status0 = status(validators[0].port).unwrap();
+    assert!(status0["throttled"].as_u64().unwrap() > 0, "{status0}");
+
+    let round_now = status(validators[0].port).unwrap()["last_committed_round"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        round_now > round_then + 2 * u64::from(soma_consensus::Protocol::DEFAULT_GC_DEPTH),
+        "the others got only from round {round_then} to {round_now}"
+    );
+
+    // Back from its store, it replays what it missed and keeps up.
+    validators.push(Validator::start(&config, port));
+    let goal = validators[0].committed();
+    wait_for(
+        "validator 3 to catch up",
+        Duration::from_secs(120),
+        || validators[3].committed() >= goal + 5,
+        &validators,
+    );
+    let status3 = status(port).unwrap();
+    assert!(
+        status3["catch_up_requests"].as_u64().unwrap() > 0,
+        "{status3}"
+    );
+    assert!(assert_one_sequence(&validators) as u64 >= goal);
 }
