@@ -41,19 +41,16 @@ const TRACKED_SOURCES: usize = 10_000;
 /// The server's own state beside what the node shares.
 struct Service {
     shared: Arc<Shared>,
-    /// The token last checked per peer.
-    checked_tokens: Mutex<Vec<Option<CheckedToken>>>,
     /// Per peer, whether a fetch of theirs is being served.
     serving: Vec<AtomicBool>,
     rates: Mutex<SourceRates>,
 }
 
-/// A peer's `soma-boot` and `soma-auth` headers, once verified (the
-/// signature covers the others).
-#[derive(Clone)]
-struct CheckedToken {
-    boot: String,
-    auth: String,
+/// One accepted connection: its challenge, and the peer that proved
+/// itself on it.
+struct Connection {
+    challenge: [u8; 16],
+    peer: std::sync::OnceLock<AuthorityIndex>,
 }
 
 /// Accepts connections until the listener fails for good.
@@ -61,7 +58,6 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
     let n = shared.committee.size();
     let service = Arc::new(Service {
         shared,
-        checked_tokens: Mutex::new(vec![None; n]),
         serving: (0..n).map(|_| AtomicBool::new(false)).collect(),
         rates: Mutex::new(SourceRates::default()),
     });
@@ -81,6 +77,15 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
             service.count(&service.shared.metrics.throttled);
             continue;
         };
+        let mut challenge = [0; 16];
+        if let Err(e) = getrandom::fill(&mut challenge) {
+            tracing::warn!("no randomness for a connection's challenge: {e}");
+            continue;
+        }
+        let connection = Arc::new(Connection {
+            challenge,
+            peer: std::sync::OnceLock::new(),
+        });
         // Small messages must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let service = service.clone();
@@ -89,7 +94,11 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
             let source = source.ip();
             let http = hyper::service::service_fn(move |request| {
                 let service = handler.clone();
-                async move { Ok::<_, std::convert::Infallible>(service.handle(request, source).await) }
+                let connection = connection.clone();
+                async move {
+                    let response = service.handle(request, source, &connection).await;
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -138,54 +147,58 @@ impl Service {
         }
     }
 
-    fn authenticate(&self, request: &Request<Incoming>) -> Result<AuthorityIndex, WireError> {
+    /// The peer `connection` belongs to: proved by the request's token
+    /// once, remembered for the connection's life.
+    fn authenticate(
+        &self,
+        request: &Request<Incoming>,
+        connection: &Connection,
+    ) -> Result<AuthorityIndex, WireError> {
+        if let Some(peer) = connection.peer.get() {
+            return Ok(*peer);
+        }
         let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
         let headers = network::PeerHeaders {
             peer: header(network::PEER_HEADER),
-            boot: header(network::BOOT_HEADER),
             committee: header(network::COMMITTEE_HEADER),
             auth: header(network::AUTH_HEADER),
         };
-        let lock = || {
-            self.checked_tokens
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-        };
-        // A token checked before is accepted without another signature
-        // check.
-        let known = |index: usize| {
-            matches!(lock().get(index), Some(Some(t))
-                if Some(t.boot.as_str()) == headers.boot && Some(t.auth.as_str()) == headers.auth)
-        };
-        if let Some(index) = headers
-            .peer
-            .and_then(|p| p.parse::<usize>().ok())
-            .filter(|i| known(*i))
-        {
-            return Ok(AuthorityIndex(index as u32));
-        }
         let shared = &self.shared;
-        let sender = PeerToken::verify(headers, shared.authority, &shared.committee)?;
-        lock()[sender.0 as usize] = Some(CheckedToken {
-            boot: headers.boot.unwrap_or_default().to_string(),
-            auth: headers.auth.unwrap_or_default().to_string(),
-        });
-        Ok(sender)
+        let sender = PeerToken::verify(
+            headers,
+            shared.authority,
+            &shared.committee,
+            connection.challenge,
+        )?;
+        Ok(*connection.peer.get_or_init(|| sender))
     }
 
-    async fn handle(&self, request: Request<Incoming>, source: IpAddr) -> Response<Full<Bytes>> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        source: IpAddr,
+        connection: &Connection,
+    ) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_string();
         match (request.method().clone(), path.as_str()) {
-            (Method::POST, network::BLOCK_PATH) => self.take_block(request).await,
+            (Method::GET, network::CHALLENGE_PATH) => {
+                reply(StatusCode::OK, hex::encode(connection.challenge))
+            }
+            (Method::POST, network::BLOCK_PATH) => self.take_block(request, connection).await,
             (Method::POST, network::FETCH_PATH) => {
-                self.answer(request, network::MAX_FETCH_BODY, |body, store| {
-                    let request = FetchRequest::decode(body)?;
-                    Ok(request.answer(store, network::FETCH_LIMIT)?)
-                })
+                self.answer(
+                    request,
+                    connection,
+                    network::MAX_FETCH_BODY,
+                    |body, store| {
+                        let request = FetchRequest::decode(body)?;
+                        Ok(request.answer(store, network::FETCH_LIMIT)?)
+                    },
+                )
                 .await
             }
             (Method::POST, network::ROUNDS_PATH) => {
-                self.answer(request, 4, |body, store| {
+                self.answer(request, connection, 4, |body, store| {
                     Ok(RoundsRequest::decode(body)?.answer(store)?)
                 })
                 .await
@@ -198,8 +211,12 @@ impl Service {
     }
 
     /// A block pushed by its author.
-    async fn take_block(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let peer = match self.authenticate(&request) {
+    async fn take_block(
+        &self,
+        request: Request<Incoming>,
+        connection: &Connection,
+    ) -> Response<Full<Bytes>> {
+        let peer = match self.authenticate(&request, connection) {
             Ok(peer) => peer,
             Err(e) => return self.refuse(StatusCode::UNAUTHORIZED, e),
         };
@@ -249,10 +266,11 @@ impl Service {
     async fn answer(
         &self,
         request: Request<Incoming>,
+        connection: &Connection,
         limit: usize,
         answer: impl FnOnce(&[u8], &dyn Store) -> Result<Vec<SignedBlock>, AnswerError> + Send + 'static,
     ) -> Response<Full<Bytes>> {
-        let peer = match self.authenticate(&request) {
+        let peer = match self.authenticate(&request, connection) {
             Ok(peer) => peer,
             Err(e) => return self.refuse(StatusCode::UNAUTHORIZED, e),
         };

@@ -25,6 +25,7 @@ mod dag_state;
 mod linearizer;
 pub mod network;
 mod node;
+mod peer_client;
 pub mod simulator;
 mod store;
 mod suspended;

@@ -2,6 +2,7 @@
 //! they are.
 //!
 //! ```text
+//! GET  /consensus/v1/challenge answer: 32 hex digits, this connection's challenge
 //! POST /consensus/v1/block   body: a signed block's wire bytes
 //! POST /consensus/v1/fetch   body: u16 count ‖ reference* ‖ u16 count ‖ u32 known round*
 //!                            answer: blocks
@@ -15,17 +16,20 @@
 //! validator that fell far behind. The requester keeps only what it asked
 //! for (see [`FetchRequest::select`] and [`RoundsRequest::select`]).
 //!
-//! Both carry `soma-peer` (the sender's authority index), `soma-boot` (16
-//! random bytes chosen at start), `soma-committee` (the sender's
-//! [`Committee::digest`]: chain, epoch, protocol constants and members) and
-//! `soma-auth`: the sender's signature, in [`Domain::PeerAuth`], over
-//! sender ‖ receiver ‖ boot ‖ committee digest. A peer that runs another
-//! chain, epoch or protocol constants is refused with both digests named
-//! (it would commit other sub-DAGs than this node). The token is signed
-//! once per start and checked once per (peer, boot), so it costs nothing
-//! per message. Without TLS a man in the middle could replay it; blocks stay
-//! authenticated by their own signatures either way, so the token serves to
-//! keep strangers out and to attribute malformed input to a member.
+//! Peers prove who they are once per connection. The server picks 16
+//! random bytes for each TCP connection it accepts (the challenge, served
+//! at `/consensus/v1/challenge`); every peer request on that connection
+//! carries `soma-peer` (the sender's authority index), `soma-committee`
+//! (the sender's [`Committee::digest`]: chain, epoch, protocol constants
+//! and members) and `soma-auth`: the sender's signature, in
+//! [`Domain::PeerAuth`], over sender ‖ receiver ‖ challenge ‖ committee
+//! digest. The server checks it on the connection's first peer request;
+//! seen anywhere else the token is worthless, because every other
+//! connection has another challenge. A peer that runs another chain, epoch
+//! or protocol constants is refused with both digests named (it would
+//! commit other sub-DAGs than this node). Without TLS a man in the middle
+//! could still take over an authenticated connection; blocks stay
+//! authenticated by their own signatures either way.
 
 use crate::block::{BlockRef, MAX_BLOCK_BYTES, Round, SignedBlock};
 use crate::committee::{AuthorityIndex, Committee};
@@ -34,6 +38,8 @@ use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::{Domain, SecretKey, Signature};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Path that answers with the connection's challenge.
+pub const CHALLENGE_PATH: &str = "/consensus/v1/challenge";
 /// Path that takes one block.
 pub const BLOCK_PATH: &str = "/consensus/v1/block";
 /// Path that answers block fetches.
@@ -57,8 +63,6 @@ pub const ROUNDS_ANSWER_BYTES: usize = 8 << 20;
 
 /// Header naming the sending validator.
 pub const PEER_HEADER: &str = "soma-peer";
-/// Header with the sender's boot identifier.
-pub const BOOT_HEADER: &str = "soma-boot";
 /// Header with the sender's committee digest.
 pub const COMMITTEE_HEADER: &str = "soma-committee";
 /// Header with the signed token.
@@ -80,8 +84,6 @@ pub enum WireError {
 pub struct PeerToken {
     /// `soma-peer`.
     pub peer: String,
-    /// `soma-boot`.
-    pub boot: String,
     /// `soma-committee`.
     pub committee: String,
     /// `soma-auth`.
@@ -93,8 +95,6 @@ pub struct PeerToken {
 pub struct PeerHeaders<'a> {
     /// `soma-peer`.
     pub peer: Option<&'a str>,
-    /// `soma-boot`.
-    pub boot: Option<&'a str>,
     /// `soma-committee`.
     pub committee: Option<&'a str>,
     /// `soma-auth`.
@@ -102,42 +102,41 @@ pub struct PeerHeaders<'a> {
 }
 
 impl PeerToken {
-    /// The token `sender` (holding `key`) of `committee` presents to
-    /// `receiver` this boot.
+    /// The token `sender` (holding `key`) of `committee` presents on a
+    /// connection to `receiver` that has `challenge`.
     pub fn sign(
         key: &SecretKey,
         committee: &Committee,
         sender: AuthorityIndex,
         receiver: AuthorityIndex,
-        boot: [u8; 16],
+        challenge: [u8; 16],
     ) -> PeerToken {
         let digest = committee.digest();
-        let message = token_message(sender, receiver, boot, digest);
+        let message = token_message(sender, receiver, challenge, digest);
         let signature = key.sign(Domain::PeerAuth, &message);
         PeerToken {
             peer: sender.0.to_string(),
-            boot: hex::encode(boot),
             committee: hex::encode(digest),
             auth: hex::encode(signature.0),
         }
     }
 
     /// The headers this token sends, by name.
-    pub fn headers(&self) -> [(&'static str, &str); 4] {
+    pub fn headers(&self) -> [(&'static str, &str); 3] {
         [
             (PEER_HEADER, &self.peer),
-            (BOOT_HEADER, &self.boot),
             (COMMITTEE_HEADER, &self.committee),
             (AUTH_HEADER, &self.auth),
         ]
     }
 
-    /// Checks headers received by `receiver` of `committee`; returns the
-    /// sender.
+    /// Checks headers received by `receiver` of `committee` on a
+    /// connection with `challenge`; returns the sender.
     pub fn verify(
         headers: PeerHeaders<'_>,
         receiver: AuthorityIndex,
         committee: &Committee,
+        challenge: [u8; 16],
     ) -> Result<AuthorityIndex, WireError> {
         let missing = |h: &str| WireError::Unauthenticated(format!("no {h} header"));
         let sender = headers
@@ -162,17 +161,13 @@ impl PeerToken {
                 hex::encode(&committee.digest()[..8])
             )));
         }
-        let boot: [u8; 16] = hex_array(
-            headers.boot.ok_or_else(|| missing(BOOT_HEADER))?,
-            BOOT_HEADER,
-        )?;
         let signature: [u8; 64] = hex_array(
             headers.auth.ok_or_else(|| missing(AUTH_HEADER))?,
             AUTH_HEADER,
         )?;
         key.verify(
             Domain::PeerAuth,
-            &token_message(sender, receiver, boot, theirs),
+            &token_message(sender, receiver, challenge, theirs),
             &Signature(signature),
         )
         .map_err(|_| WireError::Unauthenticated(format!("bad token for validator {}", sender.0)))?;
@@ -183,16 +178,21 @@ impl PeerToken {
 fn token_message(
     sender: AuthorityIndex,
     receiver: AuthorityIndex,
-    boot: [u8; 16],
+    challenge: [u8; 16],
     committee: [u8; 32],
 ) -> Vec<u8> {
     [
         &sender.0.to_le_bytes()[..],
         &receiver.0.to_le_bytes(),
-        &boot,
+        &challenge,
         &committee,
     ]
     .concat()
+}
+
+/// Parses a challenge as served at [`CHALLENGE_PATH`].
+pub fn parse_challenge(text: &str) -> Result<[u8; 16], WireError> {
+    hex_array(text.trim(), "the challenge")
 }
 
 fn hex_array<const N: usize>(text: &str, header: &str) -> Result<[u8; N], WireError> {
@@ -387,23 +387,27 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn tokens_prove_the_sender_to_one_receiver() {
+    fn tokens_prove_the_sender_to_one_receiver_on_one_connection() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let (a, b) = (AuthorityIndex(1), AuthorityIndex(2));
         let t = PeerToken::sign(&keys[1], &c, a, b, [7; 16]);
-        let check = |t: &PeerToken, receiver| {
+        let on = |t: &PeerToken, receiver, challenge| {
             let headers = PeerHeaders {
                 peer: Some(&t.peer),
-                boot: Some(&t.boot),
                 committee: Some(&t.committee),
                 auth: Some(&t.auth),
             };
-            PeerToken::verify(headers, receiver, &c)
+            PeerToken::verify(headers, receiver, &c, challenge)
         };
+        let check = |t: &PeerToken, receiver| on(t, receiver, [7; 16]);
         assert_eq!(check(&t, b).unwrap(), a);
         assert!(
             check(&t, AuthorityIndex(3)).is_err(),
             "bound to its receiver"
+        );
+        assert!(
+            on(&t, b, [8; 16]).is_err(),
+            "bound to its connection's challenge"
         );
         // A peer of another epoch (or chain, or gc depth) is named as such.
         let next_epoch = Committee::new(
@@ -448,7 +452,9 @@ mod tests {
                 .to_string()
                 .contains("not in the committee")
         );
-        assert!(PeerToken::verify(PeerHeaders::default(), b, &c).is_err());
+        assert!(PeerToken::verify(PeerHeaders::default(), b, &c, [7; 16]).is_err());
+        assert_eq!(parse_challenge(&hex::encode([7; 16])).unwrap(), [7; 16]);
+        assert!(parse_challenge("07").is_err());
     }
 
     #[test]

@@ -11,17 +11,13 @@ use crate::committee::{AuthorityIndex, Committee};
 use crate::core::{Core, CoreError, Parameters, SubmitError};
 use crate::core_thread::{self, Command};
 use crate::linearizer::CommittedSubDag;
-use crate::network::PeerToken;
+use crate::peer_client::PeerClient;
 use crate::store::{FjallStore, StoreError};
 use crate::synchronizer::Synchronizer;
 use crate::{authority_service, broadcaster};
 use bytes::Bytes;
-use http_body_util::Full;
+use hyper::Response;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use soma_crypto::SecretKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -141,15 +137,12 @@ pub(crate) struct Shared {
     pub(crate) transactions: mpsc::Sender<Vec<u8>>,
     pub(crate) store: FjallStore,
     pub(crate) blocks: BlockVerifier,
-    addresses: Vec<SocketAddr>,
-    /// The token this node presents to each peer.
-    tokens: Vec<PeerToken>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: PeerClient,
 }
 
 impl Shared {
-    /// Sends `body` to `path` of `peer` with this node's token; the
-    /// response, unless none came within `timeout`.
+    /// Sends `body` to `path` of `peer` on an authenticated connection;
+    /// the response, unless none came within `timeout`.
     pub(crate) async fn post(
         &self,
         peer: AuthorityIndex,
@@ -157,27 +150,8 @@ impl Shared {
         body: Bytes,
         timeout: Duration,
     ) -> Option<Response<Incoming>> {
-        let address = self.addresses[peer.0 as usize];
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(format!("http://{address}{path}"));
-        for (name, value) in self.tokens[peer.0 as usize].headers() {
-            request = request.header(name, value);
-        }
-        let request = request.body(Full::new(body)).expect("a valid request");
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Some(response),
-            _ => None,
-        }
+        self.client.post(peer, path, body, timeout).await
     }
-}
-
-/// HTTP connections to peers, without Nagle's delay: a block sent in two
-/// writes (head, body) would otherwise wait for the peer's delayed ACK.
-fn connector() -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector
 }
 
 /// A running validator.
@@ -216,19 +190,15 @@ impl Node {
                 address: listen,
                 source,
             })?;
-        let mut boot = [0u8; 16];
-        getrandom::fill(&mut boot)
-            .map_err(|e| NodeError::Config(format!("no system randomness: {e}")))?;
-        let tokens = config
-            .committee
-            .authorities()
-            .map(|peer| {
-                PeerToken::sign(&config.key, &config.committee, config.authority, peer, boot)
-            })
-            .collect();
         let (commands, inbox) = mpsc::channel(1024);
         let (transactions, submitted) = mpsc::channel(TRANSACTION_QUEUE);
         let (commit_tx, commits) = mpsc::unbounded_channel();
+        let client = PeerClient::new(
+            &config.key,
+            config.committee.clone(),
+            config.authority,
+            config.addresses,
+        );
         let shared = Arc::new(Shared {
             authority: config.authority,
             blocks: BlockVerifier::new(config.committee.clone()),
@@ -238,9 +208,7 @@ impl Node {
             commands,
             transactions,
             store,
-            addresses: config.addresses,
-            tokens,
-            client: Client::builder(TokioExecutor::new()).build(connector()),
+            client,
         });
         tokio::spawn(authority_service::serve(listener, shared.clone()));
         let broadcaster = broadcaster::start(&shared);

@@ -3,8 +3,8 @@
 //! sent to a node is refused, and an outsider's attack does not stop the
 //! commits.
 
-use soma_consensus::network::{BLOCK_PATH, PeerToken};
-use soma_consensus::{AuthorityIndex, Block, BlockRef, TRANSACTION_PATH};
+use soma_consensus::network::{BLOCK_PATH, CHALLENGE_PATH, PeerToken, parse_challenge};
+use soma_consensus::{AuthorityIndex, Block, BlockRef, Committee, TRANSACTION_PATH};
 use soma_crypto::SecretKey;
 use soma_crypto::keyfile::read_secret_key;
 use soma_validator::config::ValidatorFile;
@@ -16,16 +16,22 @@ use std::time::{Duration, Instant};
 
 const SOMA: &str = env!("CARGO_BIN_EXE_soma");
 
-/// A base port with `n` free ports after it.
+/// A base port with `n` free ports after it, never one handed out before
+/// in this process (tests run in parallel).
 fn free_ports(n: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let start = 20_000 + (std::process::id() % 20_000) as u16;
-    (start..start + 2_000)
-        .step_by(n as usize)
-        .find(|base| (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
-        .expect("free ports")
+    loop {
+        let base = start + NEXT.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        assert!(base < start + 2_000, "no free ports");
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
 }
 
-/// Sends one HTTP/1.1 request; returns (status, body).
+/// Sends one HTTP/1.1 request on its own connection; returns (status,
+/// body).
 fn http(
     port: u16,
     method: &str,
@@ -33,35 +39,90 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+    Session::connect(port).request(method, path, headers, body)
+}
+
+/// One kept-alive connection: peers authenticate once per connection.
+struct Session(TcpStream);
+
+impl Session {
+    fn connect(port: u16) -> Session {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Session(stream)
     }
-    request.push_str("\r\n");
-    // A server may answer (413) before it has read a large body.
-    let _ = stream
-        .write_all(request.as_bytes())
-        .and_then(|()| stream.write_all(body));
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+
+    /// A validator's token for this connection to validator `to`.
+    fn authenticate(
+        &mut self,
+        key: &SecretKey,
+        committee: &Committee,
+        from: u32,
+        to: u32,
+    ) -> PeerToken {
+        let (code, challenge) = self.request("GET", CHALLENGE_PATH, &[], b"");
+        assert_eq!(code, 200, "{challenge}");
+        let challenge = parse_challenge(&challenge).unwrap();
+        PeerToken::sign(
+            key,
+            committee,
+            AuthorityIndex(from),
+            AuthorityIndex(to),
+            challenge,
+        )
+    }
+
+    /// Sends a request and reads its response (status, body); status 0 if
+    /// the server closed the connection instead.
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        // A server may answer (413) before it has read a large body.
+        let _ = self
+            .0
+            .write_all(request.as_bytes())
+            .and_then(|()| self.0.write_all(body));
+        let mut head = Vec::new();
+        let mut byte = [0];
+        while !head.ends_with(b"\r\n\r\n") {
+            match self.0.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return (0, String::new()),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        let _ = self.0.read_exact(&mut body);
+        (status, String::from_utf8_lossy(&body).to_string())
+    }
 }
 
 fn status(port: u16) -> Option<serde_json::Value> {
@@ -237,19 +298,20 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
         .node_config(configs[1].parent().unwrap())
         .unwrap()
         .committee;
-    let token = PeerToken::sign(
-        &key1,
-        &committee,
-        AuthorityIndex(1),
-        AuthorityIndex(0),
-        [1; 16],
-    );
-    let auth = token.headers();
     let (code, body) = http(target, "POST", BLOCK_PATH, &[], b"garbage");
     assert_eq!(code, 401, "{body}");
+    // Validator 1's token is good on the connection it was made for, and
+    // on no other.
+    let mut session = Session::connect(target);
+    let token = session.authenticate(&key1, &committee, 1, 0);
+    let auth = token.headers();
     let (code, body) = http(target, "POST", BLOCK_PATH, &auth, b"garbage");
+    assert_eq!((code, body.contains("bad token")), (401, true), "{body}");
+    let (code, body) = session.request("POST", BLOCK_PATH, &auth, b"garbage");
     assert_eq!((code, body.contains("malformed")), (422, true), "{body}");
-    let (code, _) = http(target, "POST", BLOCK_PATH, &auth, &vec![0; 5 << 20]);
+    let mut large = Session::connect(target);
+    let token = large.authenticate(&key1, &committee, 1, 0);
+    let (code, _) = large.request("POST", BLOCK_PATH, &token.headers(), &vec![0; 5 << 20]);
     assert_eq!(code, 413);
     let genesis: Vec<BlockRef> = (0..4)
         .map(|a| BlockRef::genesis(AuthorityIndex(a)))
@@ -263,7 +325,7 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
     };
     // Pushed blocks must be the sender's own, and signed by it.
     let not_its_own = block(2).sign(&key1, committee.protocol());
-    let (code, body) = http(target, "POST", BLOCK_PATH, &auth, &not_its_own.to_bytes());
+    let (code, body) = session.request("POST", BLOCK_PATH, &auth, &not_its_own.to_bytes());
     assert_eq!(
         (code, body.contains("block of validator 2")),
         (403, true),
@@ -271,10 +333,10 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
     );
     let stranger = SecretKey::from_bytes(&[9; 32]);
     let forged = block(1).sign(&stranger, committee.protocol());
-    let (code, body) = http(target, "POST", BLOCK_PATH, &auth, &forged.to_bytes());
+    let (code, body) = session.request("POST", BLOCK_PATH, &auth, &forged.to_bytes());
     assert_eq!((code, body.contains("signature")), (422, true), "{body}");
     let refused = status(target).unwrap()["refused"].as_u64().unwrap();
-    assert!(refused >= 5, "{refused}");
+    assert!(refused >= 6, "{refused}");
 
     // SIGKILL validator 3; the others go on without it.
     let killed = validators.pop().unwrap();
