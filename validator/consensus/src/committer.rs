@@ -184,6 +184,7 @@ mod tests {
     use crate::block::{Block, VerifiedBlock};
     use crate::committee::tests::committee;
     use crate::dag_state::Acceptance;
+    use crate::test_dag::TestDag;
     use soma_crypto::SecretKey;
 
     /// Builds DAGs round by round for 4 equal-stake validators.
@@ -400,6 +401,191 @@ mod tests {
         let next = b.made[&(10, b.leader(10))];
         let subdag = linearizer.linearize(&b.dag, next);
         assert!(subdag.blocks.iter().all(|x| x.reference().round >= 8));
+    }
+
+    /// One validator's view of a [`TestDag`]: blocks accepted once their
+    /// parents are, leaders decided and linearized after each block, as
+    /// the core does.
+    struct Replica {
+        dag: DagState,
+        waiting: Vec<VerifiedBlock>,
+        last_decided: Round,
+        linearizer: crate::Linearizer,
+        sequence: Vec<crate::CommittedSubDag>,
+        decided: Vec<LeaderStatus>,
+    }
+
+    impl Replica {
+        fn new(committee: &Committee) -> Replica {
+            Replica {
+                dag: DagState::new(committee.clone(), 1_000),
+                waiting: Vec::new(),
+                last_decided: 0,
+                linearizer: crate::Linearizer::new([], 0),
+                sequence: Vec::new(),
+                decided: Vec::new(),
+            }
+        }
+
+        /// Replays `blocks` in this order.
+        fn replay(committee: &Committee, blocks: &[VerifiedBlock]) -> Replica {
+            let mut replica = Replica::new(committee);
+            for block in blocks {
+                replica.receive(block.clone());
+            }
+            replica
+        }
+
+        fn receive(&mut self, block: VerifiedBlock) {
+            self.waiting.push(block);
+            loop {
+                let before = self.waiting.len();
+                let dag = &mut self.dag;
+                self.waiting
+                    .retain(|b| matches!(dag.accept(b.clone()), Acceptance::MissingParents(_)));
+                if self.waiting.len() == before {
+                    break;
+                }
+            }
+            for status in Committer::new(&self.dag).try_decide(self.last_decided) {
+                self.decided.push(status);
+                self.last_decided = status.round();
+                if let LeaderStatus::Commit(leader) = status {
+                    self.sequence
+                        .push(self.linearizer.linearize(&self.dag, leader));
+                }
+            }
+        }
+
+        fn status(&self, round: Round) -> LeaderStatus {
+            *self.decided.iter().find(|s| s.round() == round).unwrap()
+        }
+    }
+
+    /// The letter of the leader of `round` for four equal stakes.
+    fn leader_letter(round: Round) -> char {
+        let (c, _) = committee(&[1, 1, 1, 1]);
+        (b'A' + leader(&c, round).0 as u8) as char
+    }
+
+    /// The three letters that are not `l`.
+    fn others(l: char) -> Vec<char> {
+        ['A', 'B', 'C', 'D']
+            .into_iter()
+            .filter(|x| *x != l)
+            .collect()
+    }
+
+    #[test]
+    fn an_equivocating_leader_is_committed_only_in_the_version_a_quorum_voted_for() {
+        let l = leader_letter(5);
+        let [a, b, c] = others(l)[..] else { panic!() };
+        // The leader's own next block must name its first version; the
+        // others split 2 : 2, or all vote for the second.
+        for (split, voters_of_second) in [(true, vec![a, b]), (false, vec![a, b, c])] {
+            let votes: Vec<String> = [a, b, c]
+                .into_iter()
+                .map(|x| {
+                    let leader = if voters_of_second.contains(&x) {
+                        "L5'"
+                    } else {
+                        "L5"
+                    };
+                    let other = if x == a { b } else { a };
+                    format!("{x}={leader},{x}5,{other}5")
+                })
+                .collect();
+            let text = format!("1..4: *\n5: * L'\n6: {} {l}\n7..12: *", votes.join(" "));
+            let dag = TestDag::parse(&[1, 1, 1, 1], &text);
+            let replica = Replica::replay(&dag.committee, &dag.blocks);
+            let status = replica.status(5);
+            if split {
+                assert_eq!(status, LeaderStatus::Skip(5), "2 : 2 votes");
+            } else {
+                assert_eq!(status, LeaderStatus::Commit(dag.get("L5'")));
+            }
+            let mut committed = replica.sequence.iter().flat_map(|s| &s.blocks);
+            // Whichever version is decided, both may be committed later as
+            // ordinary blocks of the leader's history, each once.
+            let mut seen = std::collections::BTreeSet::new();
+            assert!(committed.all(|x| seen.insert(x.reference())));
+        }
+    }
+
+    #[test]
+    fn a_leader_short_of_votes_and_of_blame_is_skipped_through_its_anchor() {
+        let l = leader_letter(5);
+        let [a, b, c] = others(l)[..] else { panic!() };
+        // Round 6: two blocks vote for the leader, two do not: neither a
+        // quorum of votes nor one of blame.
+        let text = format!("1..5: *\n6: {l} {a} {b}={a}5,{b}5,{c}5 {c}={a}5,{b}5,{c}5\n7..12: *");
+        let dag = TestDag::parse(&[1, 1, 1, 1], &text);
+        let replica = Replica::replay(&dag.committee, &dag.blocks);
+        assert_eq!(
+            Committer::new(&replica.dag).try_direct_decide(5),
+            LeaderStatus::Undecided(5)
+        );
+        assert_eq!(replica.status(5), LeaderStatus::Skip(5));
+        assert!(matches!(replica.status(8), LeaderStatus::Commit(_)));
+    }
+
+    /// Rounds `r+1` and `r+2` of a weakly supported leader of `r`: three
+    /// votes, one certificate.
+    fn weak_wave(r: Round) -> String {
+        let l = leader_letter(r);
+        let [n, v1, v2] = others(l)[..] else { panic!() };
+        let p = r + 1;
+        format!(
+            "{p}: {l} {v1} {v2} {n}={v1}{r},{v2}{r},{n}{r}\n\
+             {}: {l}={l}{p},{v1}{p},{v2}{p} {v1}={n}{p},{v1}{p},{v2}{p} \
+             {v2}={n}{p},{v1}{p},{v2}{p} {n}={n}{p},{v1}{p},{v2}{p}\n",
+            r + 2
+        )
+    }
+
+    #[test]
+    fn a_chain_of_undecided_anchors_is_decided_from_the_top() {
+        let text = format!("1..5: *\n{}8: *\n{}11..16: *", weak_wave(5), weak_wave(8));
+        let dag = TestDag::parse(&[1, 1, 1, 1], &text);
+        let replica = Replica::replay(&dag.committee, &dag.blocks);
+        let committer = Committer::new(&replica.dag);
+        for r in [5, 8] {
+            assert_eq!(committer.try_direct_decide(r), LeaderStatus::Undecided(r));
+        }
+        assert!(matches!(
+            committer.try_direct_decide(11),
+            LeaderStatus::Commit(_)
+        ));
+        // 11 anchors 8, which anchors 5.
+        assert_eq!(replica.status(8), LeaderStatus::Commit(dag.get("L8")));
+        assert_eq!(replica.status(5), LeaderStatus::Commit(dag.get("L5")));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Random DAGs delivered in random orders (parents may come after
+        /// their children): every replica decides the same leaders and
+        /// commits the same sequence, each block at most once.
+        #[test]
+        fn committer_and_linearizer_agree_whatever_the_delivery_order(seed in 0u64..u64::MAX) {
+            use rand::SeedableRng;
+            use rand::seq::SliceRandom;
+            let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
+            let dag = TestDag::random(4, 30, &mut rng);
+            let in_order = Replica::replay(&dag.committee, &dag.blocks);
+            proptest::prop_assert!(!in_order.sequence.is_empty());
+            for _ in 0..3 {
+                let mut shuffled = dag.blocks.clone();
+                shuffled.shuffle(&mut rng);
+                let replica = Replica::replay(&dag.committee, &shuffled);
+                proptest::prop_assert_eq!(&replica.decided, &in_order.decided);
+                proptest::prop_assert_eq!(&replica.sequence, &in_order.sequence);
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for block in in_order.sequence.iter().flat_map(|s| &s.blocks) {
+                proptest::prop_assert!(seen.insert(block.reference()));
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub mod simulator;
 mod store;
 mod suspended;
 mod synchronizer;
+#[cfg(test)]
+mod test_dag;
 
 pub use authority_service::{
     BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, TRANSACTIONS_PER_SECOND,
