@@ -25,8 +25,8 @@ pub struct Parameters {
     pub max_block_transactions: usize,
     /// Most transaction bytes in one proposal.
     pub max_block_transaction_bytes: usize,
-    /// Most transactions waiting to be proposed.
-    pub max_pending_transactions: usize,
+    /// Most bytes of transactions waiting to be proposed.
+    pub max_pending_transaction_bytes: usize,
     /// Most bytes of one author's blocks kept while their parents are
     /// fetched (the highest go first).
     pub max_suspended_bytes_per_author: usize,
@@ -42,7 +42,7 @@ impl Default for Parameters {
         Parameters {
             max_block_transactions: MAX_TRANSACTIONS,
             max_block_transaction_bytes: 2 << 20,
-            max_pending_transactions: 100_000,
+            max_pending_transaction_bytes: 64 << 20,
             max_suspended_bytes_per_author: 64 << 20,
             // About an hour at the pace of a committee on one site.
             store_retention: 100_000,
@@ -67,8 +67,8 @@ pub enum SubmitError {
     /// Larger than a block may carry.
     #[error("transaction of {0} bytes is over the limit of {MAX_TRANSACTION_BYTES}")]
     TooLarge(usize),
-    /// Too many transactions are waiting; try again later.
-    #[error("{0} transactions are already waiting to be proposed")]
+    /// Too many transaction bytes are waiting; try again later.
+    #[error("{0} bytes of transactions are already waiting to be proposed")]
     Full(usize),
 }
 
@@ -115,6 +115,8 @@ pub struct Core {
     seen: Vec<Round>,
     quorum_round: Round,
     transactions: VecDeque<Vec<u8>>,
+    /// Bytes in `transactions`.
+    pending_bytes: usize,
     state_root: [u8; 32],
     store: Box<dyn Store>,
 }
@@ -157,6 +159,7 @@ impl Core {
             seen: vec![0; n],
             quorum_round: 0,
             transactions: VecDeque::new(),
+            pending_bytes: 0,
             state_root: [0; 32],
             store,
         };
@@ -212,7 +215,7 @@ impl Core {
 
     /// Whether [`Core::submit`] would take another transaction.
     pub fn has_room_for_transactions(&self) -> bool {
-        self.transactions.len() < self.params.max_pending_transactions
+        self.pending_bytes + MAX_TRANSACTION_BYTES <= self.params.max_pending_transaction_bytes
     }
 
     /// Queues a transaction for a coming proposal.
@@ -220,9 +223,10 @@ impl Core {
         if transaction.len() > MAX_TRANSACTION_BYTES {
             return Err(SubmitError::TooLarge(transaction.len()));
         }
-        if self.transactions.len() >= self.params.max_pending_transactions {
-            return Err(SubmitError::Full(self.transactions.len()));
+        if self.pending_bytes + transaction.len() > self.params.max_pending_transaction_bytes {
+            return Err(SubmitError::Full(self.pending_bytes));
         }
+        self.pending_bytes += transaction.len();
         self.transactions.push_back(transaction);
         Ok(())
     }
@@ -534,6 +538,7 @@ impl Core {
             bytes += next.len();
             taken.push(self.transactions.pop_front().expect("front exists"));
         }
+        self.pending_bytes -= bytes;
         taken
     }
 }
@@ -1067,7 +1072,7 @@ mod tests {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let key = SecretKey::from_bytes(&keys[0].to_bytes());
         let params = Parameters {
-            max_pending_transactions: 2,
+            max_pending_transaction_bytes: 2,
             // Three of the blocks below.
             max_suspended_bytes_per_author: 3 * 238,
             ..Parameters::default()

@@ -51,6 +51,9 @@ pub(crate) async fn run(
         while core.has_room_for_transactions()
             && let Ok(transaction) = channels.submitted.try_recv()
         {
+            shared
+                .queued_bytes
+                .fetch_sub(transaction.len(), Ordering::AcqRel);
             if let Err(e) = core.submit(transaction) {
                 tracing::warn!("submitted transaction dropped: {e}");
             }

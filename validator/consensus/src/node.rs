@@ -22,12 +22,13 @@ use soma_crypto::SecretKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Transactions submitted but not yet taken by the core.
+/// Transactions submitted but not yet taken by the core, and their bytes.
 const TRANSACTION_QUEUE: usize = 10_000;
+const TRANSACTION_QUEUE_BYTES: usize = 16 << 20;
 
 /// Path where clients submit a transaction (the raw bytes as the body).
 pub const TRANSACTION_PATH: &str = "/consensus/v1/transaction";
@@ -135,6 +136,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) transactions: mpsc::Sender<Vec<u8>>,
+    /// Bytes sent on `transactions` and not yet taken by the core.
+    pub(crate) queued_bytes: AtomicUsize,
     pub(crate) store: FjallStore,
     pub(crate) blocks: BlockVerifier,
     client: PeerClient,
@@ -207,6 +210,7 @@ impl Node {
             metrics: Metrics::default(),
             commands,
             transactions,
+            queued_bytes: AtomicUsize::new(0),
             store,
             client,
         });
@@ -279,11 +283,21 @@ pub(crate) fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), Submit
     if !shared.verifier.verify(&transaction) {
         return Err(SubmitRefused::Invalid);
     }
-    shared
-        .transactions
-        .try_send(transaction)
-        .map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SubmitError::Full(TRANSACTION_QUEUE).into(),
-            mpsc::error::TrySendError::Closed(_) => SubmitRefused::Stopping,
-        })
+    let size = transaction.len();
+    let queued = shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+    let sent = if queued + size > TRANSACTION_QUEUE_BYTES {
+        Err(SubmitError::Full(queued).into())
+    } else {
+        shared
+            .transactions
+            .try_send(transaction)
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Full(queued).into(),
+                mpsc::error::TrySendError::Closed(_) => SubmitRefused::Stopping,
+            })
+    };
+    if sent.is_err() {
+        shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+    }
+    sent
 }
