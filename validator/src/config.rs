@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use soma_consensus::{AcceptAny, AuthorityIndex, Committee, NodeConfig, Parameters, Protocol};
+use soma_consensus::{
+    AcceptAny, AuthorityIndex, Committee, DEFAULT_MIN_ROUND_DELAY, NodeConfig, Parameters, Protocol,
+};
 use soma_crypto::keyfile;
 use soma_crypto::{PublicKey, SecretKey};
 use std::net::SocketAddr;
@@ -46,8 +48,15 @@ pub struct ValidatorFile {
     pub store: PathBuf,
     /// Milliseconds to wait for a round's leader.
     pub leader_timeout_ms: u64,
+    /// The fewest milliseconds between two of this validator's blocks.
+    #[serde(default = "default_min_round_delay_ms")]
+    pub min_round_delay_ms: u64,
     /// The committee, in index order.
     pub committee: Vec<Member>,
+}
+
+fn default_min_round_delay_ms() -> u64 {
+    DEFAULT_MIN_ROUND_DELAY.as_millis() as u64
 }
 
 impl ValidatorFile {
@@ -95,6 +104,7 @@ impl ValidatorFile {
             store: dir.join(&self.store),
             parameters: Parameters::default(),
             leader_timeout: Duration::from_millis(self.leader_timeout_ms),
+            min_round_delay: Duration::from_millis(self.min_round_delay_ms),
             verifier: Arc::new(AcceptAny),
         })
     }
@@ -151,6 +161,7 @@ pub fn write_localnet(dir: &Path, validators: usize, base_port: u16) -> Result<V
             key_file: "key".into(),
             store: "consensus".into(),
             leader_timeout_ms: 500,
+            min_round_delay_ms: default_min_round_delay_ms(),
             committee: committee.clone(),
         };
         let path = home.join("config.json");

@@ -10,8 +10,8 @@
 //! reported as a fraction of it.
 
 use soma_consensus::{
-    AuthorityIndex, Committee, Node, NodeConfig, Parameters, Protocol, SubmitError, SubmitRefused,
-    TransactionVerifier,
+    AuthorityIndex, Committee, DEFAULT_MIN_ROUND_DELAY, Node, NodeConfig, Parameters, Protocol,
+    SubmitError, SubmitRefused, TransactionVerifier,
 };
 use soma_crypto::{Domain, PublicKey, SecretKey, Signature};
 use std::collections::BTreeMap;
@@ -105,6 +105,7 @@ async fn start_nodes(dir: &std::path::Path) -> Vec<Node> {
             store: dir.join(format!("validator-{i}")),
             parameters: Parameters::default(),
             leader_timeout: Duration::from_millis(500),
+            min_round_delay: DEFAULT_MIN_ROUND_DELAY,
             verifier: Arc::new(SignedTransfer),
         };
         nodes.push(Node::start(config).await.unwrap());

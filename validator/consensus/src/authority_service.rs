@@ -2,10 +2,13 @@
 //! rounds requests from peers, transactions and status from clients.
 //!
 //! Everything here is bounded, because anyone can connect: a cap on open
-//! connections, a deadline for request headers and one for the body, body
-//! sizes per path, one fetch served at a time per peer (from the store, on
-//! a blocking thread, never on the core task), and a rate per source
-//! address for transactions.
+//! connections (at the cap, the oldest connection no validator has
+//! authenticated on makes room, so strangers cannot lock peers out), a
+//! deadline for request headers and one for the body, body sizes per path,
+//! one fetch served at a time per peer (from the store, on a blocking
+//! thread, never on the core task), a rate per source address for
+//! transactions (in bytes), and a closed connection after a failed peer
+//! authentication.
 
 use crate::block::{MAX_TRANSACTION_BYTES, SignedBlock};
 use crate::block_verifier::Verdict;
@@ -25,7 +28,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// Most connections open at once; more are closed on arrival.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -33,8 +35,13 @@ pub const MAX_CONNECTIONS: usize = 512;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to send a request's body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Transactions one source address may submit per second (and at once).
-pub const TRANSACTIONS_PER_SECOND: u32 = 2_000;
+/// Transaction bytes one source address may submit per second (and at
+/// once); each transaction counts at least [`MIN_TRANSACTION_CHARGE`].
+pub const TRANSACTION_BYTES_PER_SECOND: u32 = 4 << 20;
+/// What the smallest transaction costs of a source's rate.
+const MIN_TRANSACTION_CHARGE: u32 = 512;
+/// Most commits one request to the commit log lists.
+const MAX_COMMITS_LISTED: u64 = 10_000;
 /// Source addresses whose submission rates are tracked.
 const TRACKED_SOURCES: usize = 10_000;
 
@@ -44,6 +51,8 @@ struct Service {
     /// Per peer, whether a fetch of theirs is being served.
     serving: Vec<AtomicBool>,
     rates: Mutex<SourceRates>,
+    /// Open connections by the order they were accepted in.
+    open: Mutex<BTreeMap<u64, Arc<Connection>>>,
 }
 
 /// One accepted connection: its challenge, and the peer that proved
@@ -51,6 +60,27 @@ struct Service {
 struct Connection {
     challenge: [u8; 16],
     peer: std::sync::OnceLock<AuthorityIndex>,
+    /// Ends the connection's task, to make room for another.
+    abort: std::sync::OnceLock<tokio::task::AbortHandle>,
+}
+
+/// Removes a connection from [`Service::open`] however its task ends.
+struct Opened<'a>(&'a Service, u64);
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        self.0.lock_open().remove(&self.1);
+    }
+}
+
+/// Marks a peer's fetch as served until dropped, however the request ends
+/// (hyper drops a handler whose client went away).
+struct Serving<'a>(&'a AtomicBool);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Accepts connections until the listener fails for good.
@@ -60,8 +90,9 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         shared,
         serving: (0..n).map(|_| AtomicBool::new(false)).collect(),
         rates: Mutex::new(SourceRates::default()),
+        open: Mutex::default(),
     });
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut next_id = 0u64;
     loop {
         let (stream, source) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -73,10 +104,10 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        if !service.make_room() {
             service.count(&service.shared.metrics.throttled);
             continue;
-        };
+        }
         let mut challenge = [0; 16];
         if let Err(e) = getrandom::fill(&mut challenge) {
             tracing::warn!("no randomness for a connection's challenge: {e}");
@@ -85,28 +116,36 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         let connection = Arc::new(Connection {
             challenge,
             peer: std::sync::OnceLock::new(),
+            abort: std::sync::OnceLock::new(),
         });
+        let id = next_id;
+        next_id += 1;
+        service.lock_open().insert(id, connection.clone());
         // Small messages must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        tokio::spawn(async move {
-            let handler = service.clone();
-            let source = source.ip();
-            let http = hyper::service::service_fn(move |request| {
-                let service = handler.clone();
-                let connection = connection.clone();
-                async move {
-                    let response = service.handle(request, source, &connection).await;
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), http)
-                .await;
-            drop(permit);
+        let task = tokio::spawn({
+            let connection = connection.clone();
+            async move {
+                let _opened = Opened(&service, id);
+                let handler = service.clone();
+                let source = source.ip();
+                let http = hyper::service::service_fn(move |request| {
+                    let service = handler.clone();
+                    let connection = connection.clone();
+                    async move {
+                        let response = service.handle(request, source, &connection).await;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), http)
+                    .await;
+            }
         });
+        let _ = connection.abort.set(task.abort_handle());
     }
 }
 
@@ -118,6 +157,32 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 impl Service {
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Connection>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether another connection may open: below the cap, or after
+    /// closing the oldest one no peer authenticated on.
+    fn make_room(&self) -> bool {
+        let mut open = self.lock_open();
+        if open.len() < MAX_CONNECTIONS {
+            return true;
+        }
+        let stranger = open
+            .iter()
+            .find(|(_, c)| c.peer.get().is_none())
+            .map(|(id, _)| *id);
+        let Some(id) = stranger else {
+            return false;
+        };
+        let evicted = open.remove(&id).expect("just found");
+        if let Some(abort) = evicted.abort.get() {
+            abort.abort();
+        }
+        self.count(&self.shared.metrics.throttled);
+        true
+    }
+
     fn count(&self, counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -126,6 +191,17 @@ impl Service {
     fn refuse(&self, status: StatusCode, reason: impl ToString) -> Response<Full<Bytes>> {
         self.count(&self.shared.metrics.refused);
         reply(status, reason.to_string())
+    }
+
+    /// A failed peer authentication: refused, and the connection closed,
+    /// so that each attempt costs the sender a new connection.
+    fn unauthorized(&self, e: WireError) -> Response<Full<Bytes>> {
+        let mut response = self.refuse(StatusCode::UNAUTHORIZED, e);
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        response
     }
 
     async fn read_body(
@@ -205,7 +281,7 @@ impl Service {
             }
             (Method::POST, TRANSACTION_PATH) => self.take_transaction(request, source).await,
             (Method::GET, STATUS_PATH) => reply(StatusCode::OK, self.status().to_string()),
-            (Method::GET, COMMITS_PATH) => self.commits(request.uri().query().unwrap_or("")),
+            (Method::GET, COMMITS_PATH) => self.commits(request.uri().query().unwrap_or("")).await,
             _ => reply(StatusCode::NOT_FOUND, format!("no {path} here")),
         }
     }
@@ -218,7 +294,7 @@ impl Service {
     ) -> Response<Full<Bytes>> {
         let peer = match self.authenticate(&request, connection) {
             Ok(peer) => peer,
-            Err(e) => return self.refuse(StatusCode::UNAUTHORIZED, e),
+            Err(e) => return self.unauthorized(e),
         };
         let body = match self.read_body(request, network::MAX_BLOCK_BODY).await {
             Ok(body) => body,
@@ -272,7 +348,7 @@ impl Service {
     ) -> Response<Full<Bytes>> {
         let peer = match self.authenticate(&request, connection) {
             Ok(peer) => peer,
-            Err(e) => return self.refuse(StatusCode::UNAUTHORIZED, e),
+            Err(e) => return self.unauthorized(e),
         };
         let serving = &self.serving[peer.0 as usize];
         if serving.swap(true, Ordering::AcqRel) {
@@ -282,28 +358,26 @@ impl Service {
                 "one fetch at a time per validator",
             );
         }
-        let response = match self.read_body(request, limit).await {
-            Ok(body) => {
-                let store = self.shared.store.clone();
-                let answered = tokio::task::spawn_blocking(move || {
-                    let blocks = answer(&body, &store)?;
-                    let wires: Vec<Vec<u8>> = blocks.iter().map(|b| b.to_bytes()).collect();
-                    Ok::<_, AnswerError>(network::encode_blocks(wires.iter().map(|w| &w[..])))
-                })
-                .await;
-                match answered {
-                    Ok(Ok(bytes)) => reply(StatusCode::OK, bytes),
-                    Ok(Err(AnswerError::Wire(e))) => self.refuse(StatusCode::BAD_REQUEST, e),
-                    Ok(Err(AnswerError::Store(e))) => {
-                        reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                    }
-                    Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                }
-            }
-            Err(response) => response,
+        let _serving = Serving(serving);
+        let body = match self.read_body(request, limit).await {
+            Ok(body) => body,
+            Err(response) => return response,
         };
-        serving.store(false, Ordering::Release);
-        response
+        let store = self.shared.store.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            let blocks = answer(&body, &store)?;
+            let wires: Vec<Vec<u8>> = blocks.iter().map(|b| b.to_bytes()).collect();
+            Ok::<_, AnswerError>(network::encode_blocks(wires.iter().map(|w| &w[..])))
+        })
+        .await;
+        match answered {
+            Ok(Ok(bytes)) => reply(StatusCode::OK, bytes),
+            Ok(Err(AnswerError::Wire(e))) => self.refuse(StatusCode::BAD_REQUEST, e),
+            Ok(Err(AnswerError::Store(e))) => {
+                reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
     }
 
     async fn take_transaction(
@@ -311,25 +385,26 @@ impl Service {
         request: Request<Incoming>,
         source: IpAddr,
     ) -> Response<Full<Bytes>> {
-        let allowed = self
-            .rates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(source, Instant::now());
+        let body = match self.read_body(request, MAX_TRANSACTION_BYTES).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let cost = (body.len() as u32).max(MIN_TRANSACTION_CHARGE);
+        let allowed =
+            self.rates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(source, cost, Instant::now());
         if !allowed {
             self.count(&self.shared.metrics.throttled);
             return Response::builder()
                 .status(StatusCode::TOO_MANY_REQUESTS)
                 .header("retry-after", "1")
                 .body(Full::new(Bytes::from(format!(
-                    "over {TRANSACTIONS_PER_SECOND} transactions per second from {source}"
+                    "over {TRANSACTION_BYTES_PER_SECOND} transaction bytes per second from {source}"
                 ))))
                 .expect("a valid response");
         }
-        let body = match self.read_body(request, MAX_TRANSACTION_BYTES).await {
-            Ok(body) => body,
-            Err(response) => return response,
-        };
         match submit(&self.shared, body.to_vec()) {
             Ok(()) => reply(StatusCode::ACCEPTED, ""),
             Err(e @ SubmitRefused::Invalid) => {
@@ -359,7 +434,9 @@ impl Service {
         })
     }
 
-    fn commits(&self, query: &str) -> Response<Full<Bytes>> {
+    /// The commit log, read on a blocking thread, at most
+    /// [`MAX_COMMITS_LISTED`] per request.
+    async fn commits(&self, query: &str) -> Response<Full<Bytes>> {
         let param = |name: &str| {
             query
                 .split('&')
@@ -372,11 +449,15 @@ impl Service {
         ) else {
             return reply(StatusCode::BAD_REQUEST, "from and limit are integers");
         };
-        match self.shared.store.commits(from, limit.min(10_000) as usize) {
-            Ok(commits) => reply(
+        let store = self.shared.store.clone();
+        let limit = limit.min(MAX_COMMITS_LISTED) as usize;
+        let read = tokio::task::spawn_blocking(move || store.commits(from, limit)).await;
+        match read {
+            Ok(Ok(commits)) => reply(
                 StatusCode::OK,
                 commits.iter().map(commit_line).collect::<String>(),
             ),
+            Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -415,34 +496,38 @@ fn commit_line(commit: &CommitRecord) -> String {
     )
 }
 
-/// A token bucket per source address, refilled at
-/// [`TRANSACTIONS_PER_SECOND`].
+/// A token bucket of bytes per source address, refilled at
+/// [`TRANSACTION_BYTES_PER_SECOND`].
 #[derive(Default)]
 struct SourceRates {
     buckets: BTreeMap<IpAddr, (f64, Instant)>,
 }
 
 impl SourceRates {
-    /// Takes one token for `source`; whether there was one.
-    fn take(&mut self, source: IpAddr, now: Instant) -> bool {
+    /// Takes `cost` bytes from `source`'s bucket; whether they were there.
+    fn take(&mut self, source: IpAddr, cost: u32, now: Instant) -> bool {
+        let rate = f64::from(TRANSACTION_BYTES_PER_SECOND);
+        let refill =
+            |(tokens, at): &(f64, Instant)| (tokens + rate * (now - *at).as_secs_f64()).min(rate);
         if self.buckets.len() >= TRACKED_SOURCES && !self.buckets.contains_key(&source) {
-            // Full buckets are the same as no entry: forget those.
-            let rate = f64::from(TRANSACTIONS_PER_SECOND);
-            self.buckets
-                .retain(|_, (tokens, at)| *tokens + rate * (now - *at).as_secs_f64() < rate);
+            // A full bucket is the same as no entry: forget those.
+            self.buckets.retain(|_, bucket| refill(bucket) < rate);
             if self.buckets.len() >= TRACKED_SOURCES {
                 return false;
             }
         }
-        let rate = f64::from(TRANSACTIONS_PER_SECOND);
-        let (tokens, at) = self.buckets.entry(source).or_insert((rate, now));
-        *tokens = (*tokens + rate * (now - *at).as_secs_f64()).min(rate);
-        *at = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
+        let bucket = self.buckets.entry(source).or_insert((rate, now));
+        let tokens = refill(bucket);
+        let allowed = tokens >= f64::from(cost);
+        *bucket = (
+            if allowed {
+                tokens - f64::from(cost)
+            } else {
+                tokens
+            },
+            now,
+        );
+        allowed
     }
 }
 
@@ -451,20 +536,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_source_gets_its_own_rate() {
+    fn each_source_gets_its_own_rate_in_bytes() {
         let mut rates = SourceRates::default();
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let start = Instant::now();
-        for _ in 0..TRANSACTIONS_PER_SECOND {
-            assert!(rates.take(a, start));
+        let large = 64 << 10;
+        for _ in 0..TRANSACTION_BYTES_PER_SECOND / large {
+            assert!(rates.take(a, large, start));
         }
-        assert!(!rates.take(a, start), "the burst is spent");
-        assert!(rates.take(b, start), "another source is not held back");
-        let later = start + Duration::from_millis(10);
-        let refilled = (TRANSACTIONS_PER_SECOND / 100) as usize;
-        assert_eq!(
-            (0..1_000).filter(|_| rates.take(a, later)).count(),
-            refilled
+        assert!(!rates.take(a, large, start), "the burst is spent");
+        assert!(
+            rates.take(b, large, start),
+            "another source is not held back"
         );
+        // 10 ms later there is room for 40 KiB: small ones, no large one.
+        let later = start + Duration::from_millis(10);
+        assert!(!rates.take(a, large, later));
+        let small = MIN_TRANSACTION_CHARGE;
+        let refilled = TRANSACTION_BYTES_PER_SECOND / 100 / small;
+        let taken = (0..1_000).filter(|_| rates.take(a, small, later)).count();
+        assert_eq!(taken, refilled as usize);
     }
 }

@@ -63,23 +63,39 @@ impl BlockVerifier {
         verified.map(Verdict::New)
     }
 
+    /// Forgets every copy of `references` (the core dropped them), so the
+    /// next copy is verified and delivered again.
+    pub(crate) fn forget(&self, references: &[BlockRef]) {
+        if references.is_empty() {
+            return;
+        }
+        let mut recent = self.lock();
+        for reference in references {
+            let copies = (*reference, Signature([0; 64]))..=(*reference, Signature([u8::MAX; 64]));
+            let doomed: Vec<CopyKey> = recent.set.range(copies).copied().collect();
+            for copy in doomed {
+                recent.remove(&copy);
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, RecentCopies> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-type Copy = (BlockRef, Signature);
+type CopyKey = (BlockRef, Signature);
 
 /// The copies verified lately, oldest first out.
 #[derive(Default)]
 struct RecentCopies {
-    set: BTreeSet<Copy>,
-    order: VecDeque<Copy>,
+    set: BTreeSet<CopyKey>,
+    order: VecDeque<CopyKey>,
 }
 
 impl RecentCopies {
     /// Remembers `copy`; returns whether it is new.
-    fn insert(&mut self, copy: Copy) -> bool {
+    fn insert(&mut self, copy: CopyKey) -> bool {
         if !self.set.insert(copy) {
             return false;
         }
@@ -92,7 +108,7 @@ impl RecentCopies {
         true
     }
 
-    fn remove(&mut self, copy: &Copy) {
+    fn remove(&mut self, copy: &CopyKey) {
         self.set.remove(copy);
     }
 }
@@ -145,7 +161,13 @@ mod tests {
             verifier.verify(genuine.clone()),
             Ok(Verdict::New(_))
         ));
-        assert!(matches!(verifier.verify(genuine), Ok(Verdict::Seen)));
+        assert!(matches!(
+            verifier.verify(genuine.clone()),
+            Ok(Verdict::Seen)
+        ));
+        // A block the core dropped is delivered again when it comes back.
+        verifier.forget(&[genuine.reference()]);
+        assert!(matches!(verifier.verify(genuine), Ok(Verdict::New(_))));
     }
 
     #[test]

@@ -57,7 +57,9 @@ async fn send_to_peer(
     while let Some(block) = blocks.recv().await {
         match shared.post(peer, BLOCK_PATH, block, PUSH_TIMEOUT).await {
             Some(response) => {
-                let _ = response.into_body().collect().await;
+                // A peer that never finishes its answer holds up only its
+                // own queue, and not for long.
+                let _ = tokio::time::timeout(PUSH_TIMEOUT, response.into_body().collect()).await;
             }
             // A peer that is down misses the block; it fetches it later.
             None => tracing::debug!(peer = peer.0, "block not delivered"),

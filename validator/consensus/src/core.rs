@@ -44,8 +44,9 @@ impl Default for Parameters {
             max_block_transaction_bytes: 2 << 20,
             max_pending_transaction_bytes: 64 << 20,
             max_suspended_bytes_per_author: 64 << 20,
-            // About an hour at the pace of a committee on one site.
-            store_retention: 100_000,
+            // An hour at the fastest pace the default minimum round delay
+            // allows (100 rounds a second); longer at a slower pace.
+            store_retention: 360_000,
         }
     }
 }
@@ -83,8 +84,9 @@ pub struct Outcome {
     /// sender (see [`Core::missing`] for all of them).
     pub missing: BTreeSet<BlockRef>,
     /// Blocks dropped: their author had too many bytes suspended, or too
-    /// many blocks in one slot.
-    pub dropped: usize,
+    /// many blocks in one slot. A driver that skips copies of blocks it
+    /// has seen must take these again.
+    pub dropped: Vec<BlockRef>,
     /// The highest round holding a quorum of stake, if this step raised
     /// it: the wait for that round's leader starts now.
     pub quorum_round: Option<Round>,
@@ -93,6 +95,9 @@ pub struct Outcome {
 /// Rounds a validator may lag behind the committee and still propose;
 /// further behind it catches up first (see [`Core::catch_up_from`]).
 pub const CATCH_UP_LAG: Round = 20;
+
+/// Most missing parents asked for at once on behalf of one author's blocks.
+pub const MISSING_PER_AUTHOR: usize = 100;
 
 /// Blocks one author may have in one slot before more are refused, unless
 /// a block waits for them: two are proof of equivocation already.
@@ -117,6 +122,9 @@ pub struct Core {
     transactions: VecDeque<Vec<u8>>,
     /// Bytes in `transactions`.
     pending_bytes: usize,
+    /// Whether the driver holds proposals back (a minimum time between
+    /// rounds, which a clock-free core cannot keep itself).
+    proposals_held: bool,
     state_root: [u8; 32],
     store: Box<dyn Store>,
 }
@@ -160,6 +168,7 @@ impl Core {
             quorum_round: 0,
             transactions: VecDeque::new(),
             pending_bytes: 0,
+            proposals_held: false,
             state_root: [0; 32],
             store,
         };
@@ -237,6 +246,16 @@ impl Core {
         let mut outcome = Outcome::default();
         // Parents before children, so one pass takes in whole chains.
         blocks.sort_by_key(|b| b.reference());
+        // A block another author's block in this batch builds on is needed,
+        // even though it comes first.
+        let needed: BTreeSet<BlockRef> = blocks
+            .iter()
+            .flat_map(|b| {
+                let author = b.reference().author;
+                b.block().parents.iter().filter(move |p| p.author != author)
+            })
+            .copied()
+            .collect();
         let mut accepted = Vec::new();
         for block in blocks {
             let reference = block.reference();
@@ -245,21 +264,19 @@ impl Core {
             if self.suspended.contains(&reference) {
                 continue;
             }
-            let slot_full = self
-                .dag
-                .blocks_in_slot(reference.round, reference.author)
-                .nth(BLOCKS_PER_SLOT - 1)
-                .is_some();
-            if slot_full && !self.dag.contains(&reference) && !self.suspended.lacks(&reference) {
-                outcome.dropped += 1;
+            if self.over_slot_cap(&reference, &needed) {
+                outcome.dropped.push(reference);
                 continue;
             }
             match self.dag.accept(block.clone()) {
-                Acceptance::Accepted => self.accept_with_children(block, &mut accepted),
+                Acceptance::Accepted => {
+                    self.accept_with_children(block, &mut accepted, &mut outcome.dropped)
+                }
                 Acceptance::MissingParents(missing) => {
                     outcome.missing.extend(missing.iter().copied());
                     let cap = self.params.max_suspended_bytes_per_author;
-                    outcome.dropped += self.suspended.insert(block, &missing, cap);
+                    let dropped = self.suspended.insert(block, &missing, cap);
+                    outcome.dropped.extend(dropped);
                 }
                 Acceptance::Duplicate | Acceptance::TooOld => {}
             }
@@ -308,6 +325,22 @@ impl Core {
         Ok(outcome)
     }
 
+    /// Holds proposals back until [`Core::release_proposals`]: a driver
+    /// does so for a minimum time after each of its blocks, so that an
+    /// idle committee does not race through empty rounds.
+    pub fn hold_proposals(&mut self) {
+        self.proposals_held = true;
+    }
+
+    /// Lets proposals go again, and proposes now if a quorum and the
+    /// round's leader allow.
+    pub fn release_proposals(&mut self) -> Result<Outcome, CoreError> {
+        self.proposals_held = false;
+        let mut outcome = Outcome::default();
+        self.step(Vec::new(), false, &mut outcome)?;
+        Ok(outcome)
+    }
+
     /// A request for `missing` blocks that also tells the peer, per
     /// author, the round of the highest block this validator holds.
     pub fn fetch_request(&self, missing: BTreeSet<BlockRef>) -> FetchRequest {
@@ -324,10 +357,20 @@ impl Core {
 
     /// Records `block` (just accepted) in `accepted`, then accepts every
     /// suspended block that waited for it, or for one accepted in turn.
-    fn accept_with_children(&mut self, block: VerifiedBlock, accepted: &mut Vec<VerifiedBlock>) {
+    fn accept_with_children(
+        &mut self,
+        block: VerifiedBlock,
+        accepted: &mut Vec<VerifiedBlock>,
+        dropped: &mut Vec<BlockRef>,
+    ) {
         let mut ready = vec![block];
         while let Some(block) = ready.pop() {
             for child in self.suspended.take_children(&block.reference()) {
+                // Waiting did not make room in a full slot.
+                if self.over_slot_cap(&child.reference(), &BTreeSet::new()) {
+                    dropped.push(child.reference());
+                    continue;
+                }
                 match self.dag.accept(child.clone()) {
                     Acceptance::Accepted => ready.push(child),
                     Acceptance::MissingParents(missing) => {
@@ -340,23 +383,57 @@ impl Core {
         }
     }
 
+    /// Whether `reference` would be one block too many in its slot: the
+    /// slot holds [`BLOCKS_PER_SLOT`] others already, and no block of
+    /// another author (waiting here, or in `needed`) builds on it. Its
+    /// author's own blocks do not count: an equivocator could make one for
+    /// each of its versions.
+    fn over_slot_cap(&self, reference: &BlockRef, needed: &BTreeSet<BlockRef>) -> bool {
+        let full = self
+            .dag
+            .blocks_in_slot(reference.round, reference.author)
+            .nth(BLOCKS_PER_SLOT - 1)
+            .is_some();
+        full && !self.dag.contains(reference)
+            && !needed.contains(reference)
+            && !self.suspended.awaited_by_others(reference)
+    }
+
     /// Every parent of a suspended block that is neither known nor
     /// suspended itself. Drivers ask peers for these now and then, in turn:
     /// the peer that sent a block may not be able (or willing) to serve
     /// its history, and honest peers garbage-collect it in time. While
     /// catching up only those near the DAG's frontier: a hole there holds
     /// back everything above it, and replayed rounds bring the rest.
+    ///
+    /// At most [`MISSING_PER_AUTHOR`] parents for the blocks of each
+    /// author, lowest rounds first: a Byzantine validator's blocks naming
+    /// made-up parents cannot crowd out the parents that honest blocks
+    /// wait for.
     pub fn missing(&self) -> BTreeSet<BlockRef> {
         let frontier = match self.catch_up_from() {
             Some(from) => from.saturating_add(CATCH_UP_LAG),
             None => Round::MAX,
         };
-        self.suspended
-            .lacking()
-            .take_while(|p| p.round <= frontier)
-            .filter(|p| !self.dag.contains(p))
-            .copied()
-            .collect()
+        let mut quota = vec![MISSING_PER_AUTHOR; self.dag.committee().size()];
+        let mut missing = BTreeSet::new();
+        for (parent, waiting) in self.suspended.lacking() {
+            if parent.round > frontier || quota.iter().all(|q| *q == 0) {
+                break;
+            }
+            if self.dag.contains(parent) {
+                continue;
+            }
+            let waiter = waiting
+                .iter()
+                .map(|w| w.author.0 as usize)
+                .find(|a| quota[*a] > 0);
+            if let Some(author) = waiter {
+                quota[author] -= 1;
+                missing.insert(*parent);
+            }
+        }
+        missing
     }
 
     /// Stores newly accepted blocks with the commits they allow, then
@@ -436,6 +513,9 @@ impl Core {
     /// Proposes a block for the round after the highest round with a
     /// quorum, once that round's leader is in (or its wait timed out).
     fn try_propose(&mut self, leader_timed_out: bool) -> Result<Option<VerifiedBlock>, CoreError> {
+        if self.proposals_held {
+            return Ok(None);
+        }
         if self.last_proposed.round >= self.dag.gc_round()
             && !self.dag.contains(&self.last_proposed)
         {
@@ -1014,7 +1094,7 @@ mod tests {
         let versions: Vec<VerifiedBlock> =
             (0..4).map(|i| block(1, 1, genesis.clone(), i)).collect();
         let outcome = core.add_blocks(versions.clone()).unwrap();
-        assert_eq!(outcome.dropped, 2);
+        assert_eq!(outcome.dropped.len(), 2);
         let kept = core.dag().blocks_in_slot(1, AuthorityIndex(1)).count();
         assert_eq!(kept, 2);
         let refused = versions
@@ -1035,9 +1115,65 @@ mod tests {
         let outcome = core.add_blocks(vec![child.clone()]).unwrap();
         assert_eq!(outcome.missing, BTreeSet::from([refused.reference()]));
         let outcome = core.add_blocks(vec![refused.clone()]).unwrap();
-        assert_eq!(outcome.dropped, 0);
+        assert!(outcome.dropped.is_empty());
         assert!(core.dag().contains(&child.reference()));
         assert_eq!(core.dag().blocks_in_slot(1, AuthorityIndex(1)).count(), 3);
+
+        // The equivocator's own blocks do not count as needing a version:
+        // it could make one for each. Another author's block in the same
+        // batch does, though the version comes first in it.
+        let versions: Vec<VerifiedBlock> =
+            (5..8).map(|i| block(1, 1, genesis.clone(), i)).collect();
+        let own_child = |v: &VerifiedBlock| {
+            let mut parents = vec![two.reference(), v.reference(), three.reference()];
+            parents.sort();
+            block(1, 2, parents, 0)
+        };
+        core.add_blocks(vec![own_child(&versions[0])]).unwrap();
+        let outcome = core.add_blocks(vec![versions[0].clone()]).unwrap();
+        assert_eq!(outcome.dropped, [versions[0].reference()]);
+        let mut parents = vec![two.reference(), versions[1].reference(), three.reference()];
+        parents.sort();
+        let other_child = block(3, 2, parents, 1);
+        let outcome = core
+            .add_blocks(vec![versions[1].clone(), other_child.clone()])
+            .unwrap();
+        assert!(outcome.dropped.is_empty());
+        assert!(core.dag().contains(&other_child.reference()));
+    }
+
+    #[test]
+    fn one_author_s_made_up_parents_do_not_crowd_out_what_others_wait_for() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let mut core = open(&c, &keys, 0, Box::new(MemStore::new()));
+        let made_up = |round: Round, author: u32, tag: u8| BlockRef {
+            round,
+            author: AuthorityIndex(author),
+            digest: [tag; 32],
+        };
+        let block = |round: Round, author: u32, tag: u8| {
+            let parents = (0..4).map(|a| made_up(round - 1, a, tag)).collect();
+            let block = Block {
+                round,
+                author: AuthorityIndex(author),
+                parents,
+                transactions: vec![],
+                state_root: [0; 32],
+            };
+            VerifiedBlock::verify(block.sign(&keys[author as usize], c.protocol()), &c).unwrap()
+        };
+        // Validator 1 sends two blocks a round naming 120 parents no one
+        // has, all below the one block validator 2 sends (and not so far
+        // ahead that validator 0 would rather catch up).
+        let flood: Vec<VerifiedBlock> = (2..17)
+            .flat_map(|r| [block(r, 1, 1), block(r, 1, 2)])
+            .collect();
+        core.add_blocks(flood).unwrap();
+        core.add_blocks(vec![block(18, 2, 3)]).unwrap();
+        assert!(core.catch_up_from().is_none());
+        let missing = core.missing();
+        assert_eq!(missing.len(), MISSING_PER_AUTHOR + 4, "{missing:?}");
+        assert!((0..4).all(|a| missing.contains(&made_up(17, a, 3))));
     }
 
     #[test]
@@ -1061,9 +1197,13 @@ mod tests {
         let outcome = cores[receiver].add_blocks(others).unwrap();
         assert_eq!(outcome.quorum_round, Some(1));
         assert!(outcome.proposed.is_none(), "the leader is waited for");
-        // Nothing new: no restart of the wait.
+        // Nothing new: no restart of the wait. Held proposals wait for
+        // their release.
+        cores[receiver].hold_proposals();
         let outcome = cores[receiver].add_blocks(first.clone()).unwrap();
         assert_eq!(outcome.quorum_round, None);
+        assert!(outcome.proposed.is_none(), "held");
+        let outcome = cores[receiver].release_proposals().unwrap();
         assert!(outcome.proposed.is_some(), "the leader came");
     }
 
@@ -1127,7 +1267,7 @@ mod tests {
         let outcome = core
             .add_blocks((0..5).map(|i| orphan(6, i)).collect())
             .unwrap();
-        assert_eq!(outcome.dropped, 2);
+        assert_eq!(outcome.dropped.len(), 2);
         assert_eq!(core.suspended(), 3);
         assert!(outcome.missing.contains(&unknown(5)));
         assert_eq!(outcome.missing.len(), 7, "{:?}", outcome.missing);
@@ -1136,7 +1276,7 @@ mod tests {
         // A lower block still gets in: the author's highest one goes.
         let lower = orphan(5, 9);
         let outcome = core.add_blocks(vec![lower.clone()]).unwrap();
-        assert_eq!((outcome.dropped, core.suspended()), (1, 3));
+        assert_eq!((outcome.dropped.len(), core.suspended()), (1, 3));
         assert!(core.suspended.contains(&lower.reference()));
     }
 }

@@ -25,6 +25,14 @@ pub(crate) enum Command {
     },
 }
 
+/// The core task's clocks.
+pub(crate) struct Timing {
+    /// How long to wait for a round's leader once the round has a quorum.
+    pub(crate) leader_timeout: Duration,
+    /// The shortest time between two of this node's blocks.
+    pub(crate) min_round_delay: Duration,
+}
+
 /// The core task's channels.
 pub(crate) struct Channels {
     pub(crate) inbox: mpsc::Receiver<Command>,
@@ -39,11 +47,13 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     broadcaster: Broadcaster,
     mut synchronizer: Synchronizer,
-    leader_timeout: Duration,
+    timing: Timing,
 ) -> Result<(), NodeError> {
     // At start the node acts as after a timeout: it proposes if it may, or
     // sends its last block again.
     let mut deadline = tokio::time::Instant::now();
+    // While proposals are held, when they are let go.
+    let mut release: Option<tokio::time::Instant> = None;
     let mut sync = tokio::time::interval(SYNC_INTERVAL);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -67,6 +77,10 @@ pub(crate) async fn run(
                 synchronizer.tick(&core);
                 continue;
             }
+            () = tokio::time::sleep_until(release.unwrap_or(deadline)), if release.is_some() => {
+                release = None;
+                (core.release_proposals()?, None)
+            }
             () = tokio::time::sleep_until(deadline) => {
                 let outcome = core.on_leader_timeout()?;
                 if outcome.proposed.is_none()
@@ -76,7 +90,7 @@ pub(crate) async fn run(
                     // peer missed it.
                     broadcaster.send(last);
                 }
-                deadline = tokio::time::Instant::now() + leader_timeout;
+                deadline = tokio::time::Instant::now() + timing.leader_timeout;
                 (outcome, None)
             }
         };
@@ -88,16 +102,24 @@ pub(crate) async fn run(
             quorum_round,
         } = outcome;
         let metrics = &shared.metrics;
-        metrics.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        metrics
+            .dropped
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        // Copies of these must reach the core again if they are needed.
+        shared.blocks.forget(&dropped);
         if let Some(block) = proposed {
             broadcaster.send(&block);
+            if !timing.min_round_delay.is_zero() {
+                core.hold_proposals();
+                release = Some(tokio::time::Instant::now() + timing.min_round_delay);
+            }
             metrics
                 .last_proposed_round
                 .store(block.reference().round.into(), Ordering::Relaxed);
         }
         // The wait for a round's leader starts when the round has a quorum.
         if quorum_round.is_some() {
-            deadline = tokio::time::Instant::now() + leader_timeout;
+            deadline = tokio::time::Instant::now() + timing.leader_timeout;
         }
         for subdag in committed {
             metrics.commits.fetch_add(1, Ordering::Relaxed);

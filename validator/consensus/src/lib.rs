@@ -34,7 +34,7 @@ mod synchronizer;
 mod test_dag;
 
 pub use authority_service::{
-    BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, TRANSACTIONS_PER_SECOND,
+    BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, TRANSACTION_BYTES_PER_SECOND,
 };
 pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, VerifiedBlock};
 pub use committee::{
@@ -45,8 +45,8 @@ pub use core::{CATCH_UP_LAG, Core, CoreError, Outcome, Parameters, SubmitError};
 pub use dag_state::{Acceptance, DagState};
 pub use linearizer::{CommittedSubDag, Linearizer};
 pub use node::{
-    AcceptAny, COMMITS_PATH, Metrics, Node, NodeConfig, NodeError, STATUS_PATH, SubmitRefused,
-    TRANSACTION_PATH, TransactionVerifier,
+    AcceptAny, COMMITS_PATH, DEFAULT_MIN_ROUND_DELAY, Metrics, Node, NodeConfig, NodeError,
+    STATUS_PATH, SubmitRefused, TRANSACTION_PATH, TransactionVerifier,
 };
 pub use store::{
     CommitProgress, CommitRecord, FjallStore, MemStore, Recovered, Store, StoreBatch, StoreError,

@@ -251,10 +251,12 @@ impl FetchRequest {
 
     /// The answer from `store`: each of the references it holds, with every
     /// ancestor the requester lacks (above its known round for that
-    /// author), lowest rounds first, at most `limit` blocks. A requester
-    /// far behind gets whole chains in one answer.
+    /// author), lowest rounds first, at most `limit` blocks and
+    /// [`MAX_FETCH_ANSWER`] bytes. A requester far behind gets whole
+    /// chains in one answer.
     pub fn answer(&self, store: &dyn Store, limit: usize) -> Result<Vec<SignedBlock>, StoreError> {
         let mut found = BTreeMap::new();
+        let mut bytes = 0;
         let mut stack: Vec<BlockRef> = self.references.clone();
         while let Some(reference) = stack.pop() {
             if found.contains_key(&reference) {
@@ -266,14 +268,16 @@ impl FetchRequest {
                 continue;
             };
             stack.extend(block.block().parents.iter().filter(|p| self.lacks(p)));
+            bytes += block.wire_size();
             found.insert(reference, block);
-            // The walk never needs more than `limit` blocks past the lowest
-            // ones, so it stops early on long histories.
-            if found.len() > 4 * limit {
+            // The walk never needs much more than `limit` blocks past the
+            // lowest ones, so it stops early on long histories, and on
+            // large blocks before they take much memory.
+            if found.len() > 4 * limit || bytes > 2 * MAX_FETCH_ANSWER {
                 break;
             }
         }
-        Ok(found.into_values().take(limit).collect())
+        Ok(within_answer(found.into_values().take(limit)))
     }
 
     /// Whether the requester said it lacks `reference`.
@@ -329,11 +333,11 @@ impl RoundsRequest {
     }
 
     /// The answer from `store`: whole rounds from `from` on, lowest
-    /// first, as many as fit in [`ROUNDS_ANSWER_BYTES`] (at least one).
+    /// first, as many as fit in [`ROUNDS_ANSWER_BYTES`] (at least one, cut
+    /// short only if that one round is over an answer's limits).
     pub fn answer(&self, store: &dyn Store) -> Result<Vec<SignedBlock>, StoreError> {
-        let mut blocks = store.rounds_from(self.from, ROUNDS_ANSWER_BYTES)?;
-        blocks.truncate(MAX_ANSWER_BLOCKS);
-        Ok(blocks)
+        let blocks = store.rounds_from(self.from, ROUNDS_ANSWER_BYTES, MAX_FETCH_ANSWER)?;
+        Ok(within_answer(blocks))
     }
 
     /// Of an answer's `blocks`, those of the rounds asked for; and how
@@ -346,20 +350,27 @@ impl RoundsRequest {
     }
 }
 
-/// Encodes an answer from blocks' wire bytes.
-pub fn encode_blocks<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+/// The first of `blocks` that fit in an answer: at most
+/// [`MAX_ANSWER_BLOCKS`] and [`MAX_FETCH_ANSWER`] bytes.
+fn within_answer(blocks: impl IntoIterator<Item = SignedBlock>) -> Vec<SignedBlock> {
     let mut size = 4;
-    let fitting: Vec<&[u8]> = blocks
+    blocks
         .into_iter()
         .take(MAX_ANSWER_BLOCKS)
         .take_while(|block| {
-            size += 4 + block.len();
+            size += 4 + block.wire_size();
             size <= MAX_FETCH_ANSWER
         })
-        .collect();
+        .collect()
+}
+
+/// Encodes an answer from blocks' wire bytes (as [`FetchRequest::answer`]
+/// and [`RoundsRequest::answer`] give them, within an answer's limits).
+pub fn encode_blocks<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let blocks: Vec<&[u8]> = blocks.into_iter().collect();
     let mut w = Writer::new();
-    w.count32(fitting.len());
-    fitting.iter().for_each(|block| w.bytes32(block));
+    w.count32(blocks.len());
+    blocks.iter().for_each(|block| w.bytes32(block));
     w.into_bytes()
 }
 

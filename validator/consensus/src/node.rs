@@ -9,7 +9,7 @@ use crate::block::MAX_TRANSACTION_BYTES;
 use crate::block_verifier::BlockVerifier;
 use crate::committee::{AuthorityIndex, Committee};
 use crate::core::{Core, CoreError, Parameters, SubmitError};
-use crate::core_thread::{self, Command};
+use crate::core_thread::{self, Command, Timing};
 use crate::linearizer::CommittedSubDag;
 use crate::peer_client::PeerClient;
 use crate::store::{FjallStore, StoreError};
@@ -29,6 +29,10 @@ use tokio::sync::mpsc;
 /// Transactions submitted but not yet taken by the core, and their bytes.
 const TRANSACTION_QUEUE: usize = 10_000;
 const TRANSACTION_QUEUE_BYTES: usize = 16 << 20;
+
+/// The shortest time between two of a validator's blocks unless configured
+/// otherwise: at most 100 rounds a second.
+pub const DEFAULT_MIN_ROUND_DELAY: Duration = Duration::from_millis(10);
 
 /// Path where clients submit a transaction (the raw bytes as the body).
 pub const TRANSACTION_PATH: &str = "/consensus/v1/transaction";
@@ -75,6 +79,10 @@ pub struct NodeConfig {
     /// How long to wait for a round's leader, from the moment the round
     /// has a quorum, before proposing without it.
     pub leader_timeout: Duration,
+    /// The shortest time between two of this validator's blocks, so that
+    /// an idle committee does not race through empty rounds (and fill
+    /// every store with them).
+    pub min_round_delay: Duration,
     /// Admits submitted transactions.
     pub verifier: Arc<dyn TransactionVerifier>,
 }
@@ -227,7 +235,10 @@ impl Node {
             shared.clone(),
             broadcaster,
             synchronizer,
-            config.leader_timeout,
+            Timing {
+                leader_timeout: config.leader_timeout,
+                min_round_delay: config.min_round_delay,
+            },
         ));
         Ok(Node {
             shared,

@@ -109,10 +109,15 @@ pub trait Store: Send {
     /// The stored block `reference`, if it is still kept.
     fn block(&self, reference: &BlockRef) -> Result<Option<SignedBlock>, StoreError>;
 
-    /// Stored blocks of whole rounds from `from` up, lowest first: at
-    /// least one round (if any is stored), then more while their total
-    /// wire size stays within `max_bytes`.
-    fn rounds_from(&self, from: Round, max_bytes: usize) -> Result<Vec<SignedBlock>, StoreError>;
+    /// Stored blocks of whole rounds from `from` up, lowest first: the
+    /// first round (if any is stored; cut at `hard_max_bytes`), then more
+    /// while their total wire size stays within `max_bytes`.
+    fn rounds_from(
+        &self,
+        from: Round,
+        max_bytes: usize,
+        hard_max_bytes: usize,
+    ) -> Result<Vec<SignedBlock>, StoreError>;
 
     /// Reads back what a restart needs: the blocks from the DAG's
     /// retention floor up and the commits of leaders within `gc_depth`
@@ -121,10 +126,11 @@ pub trait Store: Send {
 }
 
 /// Collects whole rounds from `blocks` (sorted by reference) while they
-/// fit in `max_bytes`; the first round always.
+/// fit in `max_bytes`; the first round always, up to `hard_max_bytes`.
 fn whole_rounds(
     blocks: impl Iterator<Item = Result<SignedBlock, StoreError>>,
     max_bytes: usize,
+    hard_max_bytes: usize,
 ) -> Result<Vec<SignedBlock>, StoreError> {
     let mut taken: Vec<SignedBlock> = Vec::new();
     let mut bytes = 0;
@@ -142,6 +148,9 @@ fn whole_rounds(
         if bytes > max_bytes && round_start > 0 {
             // This round does not fit whole: it is left for the next request.
             taken.truncate(round_start);
+            break;
+        }
+        if bytes > hard_max_bytes {
             break;
         }
         taken.push(block);
@@ -210,13 +219,18 @@ impl Store for MemStore {
         Ok(self.contents().blocks.get(reference).cloned())
     }
 
-    fn rounds_from(&self, from: Round, max_bytes: usize) -> Result<Vec<SignedBlock>, StoreError> {
+    fn rounds_from(
+        &self,
+        from: Round,
+        max_bytes: usize,
+        hard_max_bytes: usize,
+    ) -> Result<Vec<SignedBlock>, StoreError> {
         let contents = self.contents();
         let blocks = contents
             .blocks
             .range(BlockRef::first_of_round(from)..)
             .map(|(_, b)| Ok(b.clone()));
-        whole_rounds(blocks, max_bytes)
+        whole_rounds(blocks, max_bytes, hard_max_bytes)
     }
 
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError> {
@@ -335,7 +349,12 @@ impl Store for FjallStore {
         decode_block(&key, &bytes).map(Some)
     }
 
-    fn rounds_from(&self, from: Round, max_bytes: usize) -> Result<Vec<SignedBlock>, StoreError> {
+    fn rounds_from(
+        &self,
+        from: Round,
+        max_bytes: usize,
+        hard_max_bytes: usize,
+    ) -> Result<Vec<SignedBlock>, StoreError> {
         let blocks = self
             .blocks
             .range(BlockRef::first_of_round(from).to_key()..)
@@ -343,7 +362,7 @@ impl Store for FjallStore {
                 let (key, value) = entry.into_inner()?;
                 decode_block(&key, &value)
             });
-        whole_rounds(blocks, max_bytes)
+        whole_rounds(blocks, max_bytes, hard_max_bytes)
     }
 
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError> {

@@ -42,14 +42,14 @@ impl SuspendedBlocks {
     }
 
     /// Adds `block`, which lacks the parents `missing`, keeping at most
-    /// `max_bytes` of blocks per author; returns how many blocks (possibly
-    /// this one) were dropped for it.
+    /// `max_bytes` of blocks per author; returns the blocks (possibly this
+    /// one) dropped for it.
     pub(crate) fn insert(
         &mut self,
         block: VerifiedBlock,
         missing: &[BlockRef],
         max_bytes: usize,
-    ) -> usize {
+    ) -> Vec<BlockRef> {
         let reference = block.reference();
         let mine = self.by_author.entry(reference.author).or_default();
         if mine.blocks.insert(reference) {
@@ -62,13 +62,13 @@ impl SuspendedBlocks {
                 .or_default()
                 .insert(reference);
         }
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         while let Some(mine) = self.by_author.get(&reference.author)
             && mine.bytes > max_bytes
             && let Some(highest) = mine.blocks.last().copied()
         {
             self.remove(&highest);
-            dropped += 1;
+            dropped.push(highest);
         }
         dropped
     }
@@ -91,9 +91,17 @@ impl SuspendedBlocks {
         self.waiting_on.contains_key(parent) && !self.blocks.contains_key(parent)
     }
 
-    /// Every parent [`SuspendedBlocks::lacks`].
-    pub(crate) fn lacking(&self) -> impl Iterator<Item = &BlockRef> {
-        self.waiting_on.keys().filter(|p| self.lacks(p))
+    /// Whether a waiting block of another author names `reference`.
+    pub(crate) fn awaited_by_others(&self, reference: &BlockRef) -> bool {
+        self.waiting_on
+            .get(reference)
+            .is_some_and(|children| children.iter().any(|c| c.author != reference.author))
+    }
+
+    /// Every parent [`SuspendedBlocks::lacks`], lowest first, with the
+    /// blocks waiting for it.
+    pub(crate) fn lacking(&self) -> impl Iterator<Item = (&BlockRef, &BTreeSet<BlockRef>)> {
+        self.waiting_on.iter().filter(|(p, _)| self.lacks(p))
     }
 
     /// Removes `reference` (and its entries under the parents it lacks).
@@ -161,11 +169,15 @@ mod tests {
         let low = block(5, 0);
         let high = block(6, 0);
         let cap = high.wire_size();
-        assert_eq!(suspended.insert(high.clone(), &[absent(5, 0)], cap), 0);
+        assert!(
+            suspended
+                .insert(high.clone(), &[absent(5, 0)], cap)
+                .is_empty()
+        );
         // Over the cap the author's highest block goes, whichever arrived.
         assert_eq!(
             suspended.insert(low.clone(), &[absent(4, 1), absent(4, 2)], cap),
-            1
+            [high.reference()]
         );
         assert!(!suspended.contains(&high.reference()));
         assert_eq!(
@@ -173,7 +185,7 @@ mod tests {
             low.wire_size()
         );
         assert_eq!(
-            suspended.lacking().copied().collect::<Vec<_>>(),
+            suspended.lacking().map(|(p, _)| *p).collect::<Vec<_>>(),
             [absent(4, 1), absent(4, 2)]
         );
 

@@ -97,7 +97,10 @@ impl Synchronizer {
         };
         {
             let mut in_flight = lock(&self.in_flight);
-            request.references.retain(|r| in_flight.insert(*r));
+            request.references.retain(|r| !in_flight.contains(r));
+            // Only what goes out is in flight.
+            request.references.truncate(network::MAX_FETCH_REFERENCES);
+            in_flight.extend(request.references.iter().copied());
         }
         if request.references.is_empty() {
             return;

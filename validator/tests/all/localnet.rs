@@ -405,9 +405,9 @@ fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
     );
 }
 
-/// What an outsider throws at one validator: connections that never
-/// finish their headers, unauthenticated fetches and a flood of
-/// transactions, until `stop` is set.
+/// What an outsider throws at one validator: more connections than it
+/// takes, none finishing its headers; unauthenticated fetches; and a flood
+/// of transactions, until `stop` is set.
 fn attack(port: u16, stop: &std::sync::atomic::AtomicBool) {
     use std::sync::atomic::Ordering;
     std::thread::scope(|scope| {
@@ -420,7 +420,9 @@ fn attack(port: u16, stop: &std::sync::atomic::AtomicBool) {
                     s.peek(&mut [0])
                         .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
                 });
-                while held.len() < 300 {
+                // More than the server's cap: it must make room by closing
+                // strangers' connections, never its peers'.
+                while held.len() < soma_consensus::MAX_CONNECTIONS + 100 {
                     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
                         break;
                     };
