@@ -246,15 +246,11 @@ impl Core {
         let mut outcome = Outcome::default();
         // Parents before children, so one pass takes in whole chains.
         blocks.sort_by_key(|b| b.reference());
-        // A block another author's block in this batch builds on is needed,
+        // A block that another block of this batch builds on is needed,
         // even though it comes first.
         let needed: BTreeSet<BlockRef> = blocks
             .iter()
-            .flat_map(|b| {
-                let author = b.reference().author;
-                b.block().parents.iter().filter(move |p| p.author != author)
-            })
-            .copied()
+            .flat_map(|b| b.block().parents.iter().copied())
             .collect();
         let mut accepted = Vec::new();
         for block in blocks {
@@ -342,15 +338,18 @@ impl Core {
     }
 
     /// A request for `missing` blocks that also tells the peer, per
-    /// author, the round of the highest block this validator holds.
+    /// author, the round of the highest block this validator holds (or,
+    /// if lower, the round below its retention floor: it could not take
+    /// older blocks).
     pub fn fetch_request(&self, missing: BTreeSet<BlockRef>) -> FetchRequest {
+        let floor = self.dag.retention_floor().saturating_sub(1);
         FetchRequest {
             references: missing.into_iter().collect(),
             known_rounds: self
                 .dag
                 .committee()
                 .authorities()
-                .map(|a| self.dag.latest_of(a).round)
+                .map(|a| self.dag.latest_of(a).round.max(floor))
                 .collect(),
         }
     }
@@ -384,10 +383,11 @@ impl Core {
     }
 
     /// Whether `reference` would be one block too many in its slot: the
-    /// slot holds [`BLOCKS_PER_SLOT`] others already, and no block of
-    /// another author (waiting here, or in `needed`) builds on it. Its
-    /// author's own blocks do not count: an equivocator could make one for
-    /// each of its versions.
+    /// slot holds [`BLOCKS_PER_SLOT`] others already, and no block
+    /// (waiting here, or in `needed`) builds on it. Blocks that are built
+    /// on must be let in, or this validator could never accept what its
+    /// peers accepted; the extra versions of a slot are thus bounded by
+    /// what may wait, [`Parameters::max_suspended_bytes_per_author`].
     fn over_slot_cap(&self, reference: &BlockRef, needed: &BTreeSet<BlockRef>) -> bool {
         let full = self
             .dag
@@ -396,7 +396,7 @@ impl Core {
             .is_some();
         full && !self.dag.contains(reference)
             && !needed.contains(reference)
-            && !self.suspended.awaited_by_others(reference)
+            && !self.suspended.lacks(reference)
     }
 
     /// Every parent of a suspended block that is neither known nor
@@ -1119,19 +1119,10 @@ mod tests {
         assert!(core.dag().contains(&child.reference()));
         assert_eq!(core.dag().blocks_in_slot(1, AuthorityIndex(1)).count(), 3);
 
-        // The equivocator's own blocks do not count as needing a version:
-        // it could make one for each. Another author's block in the same
-        // batch does, though the version comes first in it.
+        // Another block of the same batch that builds on a version makes it
+        // needed, though the version comes first.
         let versions: Vec<VerifiedBlock> =
             (5..8).map(|i| block(1, 1, genesis.clone(), i)).collect();
-        let own_child = |v: &VerifiedBlock| {
-            let mut parents = vec![two.reference(), v.reference(), three.reference()];
-            parents.sort();
-            block(1, 2, parents, 0)
-        };
-        core.add_blocks(vec![own_child(&versions[0])]).unwrap();
-        let outcome = core.add_blocks(vec![versions[0].clone()]).unwrap();
-        assert_eq!(outcome.dropped, [versions[0].reference()]);
         let mut parents = vec![two.reference(), versions[1].reference(), three.reference()];
         parents.sort();
         let other_child = block(3, 2, parents, 1);

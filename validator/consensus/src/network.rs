@@ -249,11 +249,11 @@ impl FetchRequest {
         })
     }
 
-    /// The answer from `store`: each of the references it holds, with every
-    /// ancestor the requester lacks (above its known round for that
+    /// The answer from `store`: each of the references it holds, then
+    /// every ancestor the requester lacks (above its known round for that
     /// author), lowest rounds first, at most `limit` blocks and
     /// [`MAX_FETCH_ANSWER`] bytes. A requester far behind gets whole
-    /// chains in one answer.
+    /// chains in one answer, and always what it named.
     pub fn answer(&self, store: &dyn Store, limit: usize) -> Result<Vec<SignedBlock>, StoreError> {
         let mut found = BTreeMap::new();
         let mut bytes = 0;
@@ -277,7 +277,12 @@ impl FetchRequest {
                 break;
             }
         }
-        Ok(within_answer(found.into_values().take(limit)))
+        let (named, ancestors): (Vec<SignedBlock>, Vec<SignedBlock>) = found
+            .into_values()
+            .partition(|b| self.references.contains(&b.reference()));
+        Ok(within_answer(
+            named.into_iter().chain(ancestors).take(limit),
+        ))
     }
 
     /// Whether the requester said it lacks `reference`.

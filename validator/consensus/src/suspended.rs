@@ -91,13 +91,6 @@ impl SuspendedBlocks {
         self.waiting_on.contains_key(parent) && !self.blocks.contains_key(parent)
     }
 
-    /// Whether a waiting block of another author names `reference`.
-    pub(crate) fn awaited_by_others(&self, reference: &BlockRef) -> bool {
-        self.waiting_on
-            .get(reference)
-            .is_some_and(|children| children.iter().any(|c| c.author != reference.author))
-    }
-
     /// Every parent [`SuspendedBlocks::lacks`], lowest first, with the
     /// blocks waiting for it.
     pub(crate) fn lacking(&self) -> impl Iterator<Item = (&BlockRef, &BTreeSet<BlockRef>)> {
