@@ -3,7 +3,6 @@
 
 use crate::block::{BlockRef, Round, VerifiedBlock};
 use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What became of a block offered to the DAG.
@@ -48,11 +47,6 @@ pub struct DagState {
     latest: Vec<BlockRef>,
     highest_round: Round,
     gc_round: Round,
-    /// [`DagState::supported_block`] answers by (from, round, author): the
-    /// commit rule asks the same questions after every new block, and the
-    /// answers never change (a block's history is complete and fixed once
-    /// it is accepted, and the walks stay above the collection round).
-    supported: RefCell<BTreeMap<(BlockRef, Round, AuthorityIndex), Option<BlockRef>>>,
 }
 
 impl DagState {
@@ -70,7 +64,6 @@ impl DagState {
             latest,
             highest_round: 0,
             gc_round: 0,
-            supported: RefCell::default(),
         }
     }
 
@@ -145,9 +138,6 @@ impl DagState {
         self.collected = self
             .collected
             .split_off(&BlockRef::first_of_round(self.retention_floor()));
-        let first = (BlockRef::first_of_round(round), 0, AuthorityIndex(0));
-        let kept = self.supported.get_mut().split_off(&first);
-        *self.supported.get_mut() = kept;
     }
 
     /// Blocks below this round are forgotten altogether.
@@ -234,24 +224,6 @@ impl DagState {
     /// one met walking its causal history down to `round`. An honest block
     /// supports at most one block per slot, so this is what it votes for.
     pub fn supported_block(
-        &self,
-        round: Round,
-        author: AuthorityIndex,
-        from: &BlockRef,
-    ) -> Option<BlockRef> {
-        let key = (*from, round, author);
-        if let Some(known) = self.supported.borrow().get(&key) {
-            return *known;
-        }
-        let found = self.find_supported_block(round, author, from);
-        // Only for blocks held: a block that arrives later has more to say.
-        if self.blocks.contains_key(from) {
-            self.supported.borrow_mut().insert(key, found);
-        }
-        found
-    }
-
-    fn find_supported_block(
         &self,
         round: Round,
         author: AuthorityIndex,
