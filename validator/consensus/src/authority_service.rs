@@ -2,8 +2,9 @@
 //! rounds requests from peers, transactions and status from clients.
 //!
 //! Everything here is bounded, because anyone can connect: a cap on open
-//! connections (at the cap, the oldest connection no validator has
-//! authenticated on makes room, so strangers cannot lock peers out), a
+//! connections (at the cap, a connection no validator authenticated on
+//! makes room, the oldest of the address holding the most, and no peer
+//! may hold more than [`PEER_CONNECTIONS`]), a
 //! deadline for request headers and one for the body, body sizes per path,
 //! one fetch served at a time per peer (from the store, on a blocking
 //! thread, never on the core task), a rate per source address for
@@ -28,9 +29,12 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// Most connections open at once; more are closed on arrival.
 pub const MAX_CONNECTIONS: usize = 512;
+/// Most connections one peer may hold; its oldest are closed beyond.
+pub const PEER_CONNECTIONS: usize = 16;
 /// How long a client may take to send a request's headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to send a request's body.
@@ -40,6 +44,8 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TRANSACTION_BYTES_PER_SECOND: u32 = 4 << 20;
 /// What the smallest transaction costs of a source's rate.
 const MIN_TRANSACTION_CHARGE: u32 = 512;
+/// Requests reading the commit log at once.
+const COMMIT_READERS: usize = 2;
 /// Most commits one request to the commit log lists.
 const MAX_COMMITS_LISTED: u64 = 10_000;
 /// Source addresses whose submission rates are tracked.
@@ -53,11 +59,14 @@ struct Service {
     rates: Mutex<SourceRates>,
     /// Open connections by the order they were accepted in.
     open: Mutex<BTreeMap<u64, Arc<Connection>>>,
+    /// Reads of the commit log at once.
+    commit_readers: Semaphore,
 }
 
 /// One accepted connection: its challenge, and the peer that proved
 /// itself on it.
 struct Connection {
+    source: IpAddr,
     challenge: [u8; 16],
     peer: std::sync::OnceLock<AuthorityIndex>,
     /// Ends the connection's task, to make room for another.
@@ -73,13 +82,18 @@ impl Drop for Opened<'_> {
     }
 }
 
-/// Marks a peer's fetch as served until dropped, however the request ends
-/// (hyper drops a handler whose client went away).
-struct Serving<'a>(&'a AtomicBool);
+/// A peer's fetch being served, until dropped: by the handler if it ends
+/// (or hyper drops it because the client went away) before the store is
+/// read, else by the blocking task that reads it, so that a peer that
+/// hangs up cannot start another walk while one runs.
+struct Serving {
+    service: Arc<Service>,
+    peer: usize,
+}
 
-impl Drop for Serving<'_> {
+impl Drop for Serving {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.service.serving[self.peer].store(false, Ordering::Release);
     }
 }
 
@@ -91,6 +105,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         serving: (0..n).map(|_| AtomicBool::new(false)).collect(),
         rates: Mutex::new(SourceRates::default()),
         open: Mutex::default(),
+        commit_readers: Semaphore::new(COMMIT_READERS),
     });
     let mut next_id = 0u64;
     loop {
@@ -114,6 +129,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
             continue;
         }
         let connection = Arc::new(Connection {
+            source: source.ip(),
             challenge,
             peer: std::sync::OnceLock::new(),
             abort: std::sync::OnceLock::new(),
@@ -162,25 +178,49 @@ impl Service {
     }
 
     /// Whether another connection may open: below the cap, or after
-    /// closing the oldest one no peer authenticated on.
+    /// closing the oldest one no peer authenticated on, from the address
+    /// that holds the most of those.
     fn make_room(&self) -> bool {
         let mut open = self.lock_open();
         if open.len() < MAX_CONNECTIONS {
             return true;
         }
-        let stranger = open
-            .iter()
-            .find(|(_, c)| c.peer.get().is_none())
-            .map(|(id, _)| *id);
-        let Some(id) = stranger else {
+        let mut strangers: BTreeMap<IpAddr, (usize, u64)> = BTreeMap::new();
+        for (id, connection) in open.iter().filter(|(_, c)| c.peer.get().is_none()) {
+            let entry = strangers.entry(connection.source).or_insert((0, *id));
+            entry.0 += 1;
+        }
+        let busiest = strangers.values().max_by_key(|(count, _)| *count);
+        let Some(&(_, oldest)) = busiest else {
             return false;
         };
-        let evicted = open.remove(&id).expect("just found");
-        if let Some(abort) = evicted.abort.get() {
+        self.close(&mut open, oldest);
+        true
+    }
+
+    /// Ends connection `id`'s task.
+    fn close(&self, open: &mut BTreeMap<u64, Arc<Connection>>, id: u64) {
+        if let Some(closed) = open.remove(&id)
+            && let Some(abort) = closed.abort.get()
+        {
             abort.abort();
         }
         self.count(&self.shared.metrics.throttled);
-        true
+    }
+
+    /// Keeps at most [`PEER_CONNECTIONS`] connections per peer: a peer
+    /// (honest or not) cannot hold the server's connections.
+    fn limit_peer(&self, peer: AuthorityIndex) {
+        let mut open = self.lock_open();
+        let theirs: Vec<u64> = open
+            .iter()
+            .filter(|(_, c)| c.peer.get() == Some(&peer))
+            .map(|(id, _)| *id)
+            .collect();
+        let excess = theirs.len().saturating_sub(PEER_CONNECTIONS);
+        for id in &theirs[..excess] {
+            self.close(&mut open, *id);
+        }
     }
 
     fn count(&self, counter: &AtomicU64) {
@@ -246,11 +286,13 @@ impl Service {
             &shared.committee,
             connection.challenge,
         )?;
-        Ok(*connection.peer.get_or_init(|| sender))
+        let peer = *connection.peer.get_or_init(|| sender);
+        self.limit_peer(peer);
+        Ok(peer)
     }
 
     async fn handle(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         source: IpAddr,
         connection: &Connection,
@@ -340,7 +382,7 @@ impl Service {
     /// Answers a peer's fetch or rounds request from the store, one at a
     /// time per peer.
     async fn answer(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         connection: &Connection,
         limit: usize,
@@ -358,13 +400,17 @@ impl Service {
                 "one fetch at a time per validator",
             );
         }
-        let _serving = Serving(serving);
+        let serving = Serving {
+            service: self.clone(),
+            peer: peer.0 as usize,
+        };
         let body = match self.read_body(request, limit).await {
             Ok(body) => body,
             Err(response) => return response,
         };
         let store = self.shared.store.clone();
         let answered = tokio::task::spawn_blocking(move || {
+            let _serving = serving;
             let blocks = answer(&body, &store)?;
             let wires: Vec<Vec<u8>> = blocks.iter().map(|b| b.to_bytes()).collect();
             Ok::<_, AnswerError>(network::encode_blocks(wires.iter().map(|w| &w[..])))
@@ -449,14 +495,19 @@ impl Service {
         ) else {
             return reply(StatusCode::BAD_REQUEST, "from and limit are integers");
         };
+        let Ok(_reading) = self.commit_readers.try_acquire() else {
+            self.count(&self.shared.metrics.throttled);
+            return reply(StatusCode::TOO_MANY_REQUESTS, "the commit log is busy");
+        };
         let store = self.shared.store.clone();
         let limit = limit.min(MAX_COMMITS_LISTED) as usize;
-        let read = tokio::task::spawn_blocking(move || store.commits(from, limit)).await;
+        let read = tokio::task::spawn_blocking(move || {
+            let commits = store.commits(from, limit)?;
+            Ok::<_, StoreError>(commits.iter().map(commit_line).collect::<String>())
+        })
+        .await;
         match read {
-            Ok(Ok(commits)) => reply(
-                StatusCode::OK,
-                commits.iter().map(commit_line).collect::<String>(),
-            ),
+            Ok(Ok(lines)) => reply(StatusCode::OK, lines),
             Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }

@@ -99,6 +99,18 @@ pub const CATCH_UP_LAG: Round = 20;
 /// Most missing parents asked for at once on behalf of one author's blocks.
 pub const MISSING_PER_AUTHOR: usize = 100;
 
+/// What a waiting transaction counts against byte limits: its length, but
+/// at least [`MIN_TRANSACTION_COST`], so empty ones are not free.
+pub fn transaction_cost(transaction: &[u8]) -> usize {
+    transaction.len().max(MIN_TRANSACTION_COST)
+}
+
+/// The least a waiting transaction counts against byte limits.
+pub const MIN_TRANSACTION_COST: usize = 64;
+
+/// Waiting blocks looked at to find who needs a block.
+const WAITERS_LOOKED_AT: usize = 1_000;
+
 /// Blocks one author may have in one slot before more are refused, unless
 /// a block waits for them: two are proof of equivocation already.
 const BLOCKS_PER_SLOT: usize = 2;
@@ -125,6 +137,8 @@ pub struct Core {
     /// Whether the driver holds proposals back (a minimum time between
     /// rounds, which a clock-free core cannot keep itself).
     proposals_held: bool,
+    /// Whether the leader timed out while proposals were held.
+    timed_out_while_held: bool,
     state_root: [u8; 32],
     store: Box<dyn Store>,
 }
@@ -169,6 +183,7 @@ impl Core {
             transactions: VecDeque::new(),
             pending_bytes: 0,
             proposals_held: false,
+            timed_out_while_held: false,
             state_root: [0; 32],
             store,
         };
@@ -232,10 +247,11 @@ impl Core {
         if transaction.len() > MAX_TRANSACTION_BYTES {
             return Err(SubmitError::TooLarge(transaction.len()));
         }
-        if self.pending_bytes + transaction.len() > self.params.max_pending_transaction_bytes {
+        let cost = transaction_cost(&transaction);
+        if self.pending_bytes + cost > self.params.max_pending_transaction_bytes {
             return Err(SubmitError::Full(self.pending_bytes));
         }
-        self.pending_bytes += transaction.len();
+        self.pending_bytes += cost;
         self.transactions.push_back(transaction);
         Ok(())
     }
@@ -246,12 +262,21 @@ impl Core {
         let mut outcome = Outcome::default();
         // Parents before children, so one pass takes in whole chains.
         blocks.sort_by_key(|b| b.reference());
-        // A block that another block of this batch builds on is needed,
-        // even though it comes first.
-        let needed: BTreeSet<BlockRef> = blocks
-            .iter()
-            .flat_map(|b| b.block().parents.iter().copied())
-            .collect();
+        // A block that another author's block of this batch builds on,
+        // directly or through blocks of its own author, is needed even
+        // though it comes first. Children before parents, in one pass.
+        let mut needed: BTreeSet<BlockRef> = BTreeSet::new();
+        for block in blocks.iter().rev() {
+            let reference = block.reference();
+            let carried = needed.contains(&reference);
+            needed.extend(
+                block
+                    .block()
+                    .parents
+                    .iter()
+                    .filter(|p| carried || p.author != reference.author),
+            );
+        }
         let mut accepted = Vec::new();
         for block in blocks {
             let reference = block.reference();
@@ -316,6 +341,7 @@ impl Core {
     /// The leader of the round this validator waits on did not show up in
     /// time: propose without it if a quorum allows.
     pub fn on_leader_timeout(&mut self) -> Result<Outcome, CoreError> {
+        self.timed_out_while_held |= self.proposals_held;
         let mut outcome = Outcome::default();
         self.step(Vec::new(), true, &mut outcome)?;
         Ok(outcome)
@@ -332,8 +358,9 @@ impl Core {
     /// round's leader allow.
     pub fn release_proposals(&mut self) -> Result<Outcome, CoreError> {
         self.proposals_held = false;
+        let timed_out = std::mem::take(&mut self.timed_out_while_held);
         let mut outcome = Outcome::default();
-        self.step(Vec::new(), false, &mut outcome)?;
+        self.step(Vec::new(), timed_out, &mut outcome)?;
         Ok(outcome)
     }
 
@@ -383,11 +410,12 @@ impl Core {
     }
 
     /// Whether `reference` would be one block too many in its slot: the
-    /// slot holds [`BLOCKS_PER_SLOT`] others already, and no block
-    /// (waiting here, or in `needed`) builds on it. Blocks that are built
+    /// slot holds [`BLOCKS_PER_SLOT`] others already, and no block of
+    /// another author (waiting here, or in `needed`) builds on it, directly
+    /// or through blocks of its own author. Blocks other validators built
     /// on must be let in, or this validator could never accept what its
-    /// peers accepted; the extra versions of a slot are thus bounded by
-    /// what may wait, [`Parameters::max_suspended_bytes_per_author`].
+    /// peers accepted; the equivocator's own blocks do not count, or it
+    /// could make one for each of its versions.
     fn over_slot_cap(&self, reference: &BlockRef, needed: &BTreeSet<BlockRef>) -> bool {
         let full = self
             .dag
@@ -396,7 +424,11 @@ impl Core {
             .is_some();
         full && !self.dag.contains(reference)
             && !needed.contains(reference)
-            && !self.suspended.lacks(reference)
+            && !self
+                .suspended
+                .waiters(reference, WAITERS_LOOKED_AT)
+                .iter()
+                .any(|a| *a != reference.author)
     }
 
     /// Every parent of a suspended block that is neither known nor
@@ -424,10 +456,19 @@ impl Core {
             if self.dag.contains(parent) {
                 continue;
             }
+            // Charged to a waiting author with quota left, those that wait
+            // through other blocks included.
             let waiter = waiting
                 .iter()
                 .map(|w| w.author.0 as usize)
-                .find(|a| quota[*a] > 0);
+                .find(|a| quota[*a] > 0)
+                .or_else(|| {
+                    let waiters = self.suspended.waiters(parent, WAITERS_LOOKED_AT);
+                    waiters
+                        .into_iter()
+                        .map(|a| a.0 as usize)
+                        .find(|a| quota[*a] > 0)
+                });
             if let Some(author) = waiter {
                 quota[author] -= 1;
                 missing.insert(*parent);
@@ -616,9 +657,10 @@ impl Core {
                 break;
             }
             bytes += next.len();
-            taken.push(self.transactions.pop_front().expect("front exists"));
+            let next = self.transactions.pop_front().expect("front exists");
+            self.pending_bytes -= transaction_cost(&next);
+            taken.push(next);
         }
-        self.pending_bytes -= bytes;
         taken
     }
 }
@@ -1119,10 +1161,28 @@ mod tests {
         assert!(core.dag().contains(&child.reference()));
         assert_eq!(core.dag().blocks_in_slot(1, AuthorityIndex(1)).count(), 3);
 
-        // Another block of the same batch that builds on a version makes it
-        // needed, though the version comes first.
+        // The equivocator's own blocks do not make a version needed (it
+        // could make one for each), unless another author builds on them.
         let versions: Vec<VerifiedBlock> =
             (5..8).map(|i| block(1, 1, genesis.clone(), i)).collect();
+        let mut parents = vec![two.reference(), versions[0].reference(), three.reference()];
+        parents.sort();
+        let own = block(1, 2, parents, 0);
+        core.add_blocks(vec![own.clone()]).unwrap();
+        let outcome = core.add_blocks(vec![versions[0].clone()]).unwrap();
+        assert_eq!(outcome.dropped, [versions[0].reference()]);
+        let mut parents = vec![two.reference(), refused.reference(), three.reference()];
+        parents.sort();
+        let third = block(3, 2, parents, 4);
+        core.add_blocks(vec![third.clone()]).unwrap();
+        let mut parents = vec![own.reference(), child.reference(), third.reference()];
+        parents.sort();
+        let grandchild = block(2, 3, parents, 2);
+        core.add_blocks(vec![grandchild.clone()]).unwrap();
+        core.add_blocks(vec![versions[0].clone()]).unwrap();
+        assert!(core.dag().contains(&grandchild.reference()));
+        // Another author's block of the same batch makes a version needed,
+        // though the version comes first.
         let mut parents = vec![two.reference(), versions[1].reference(), three.reference()];
         parents.sort();
         let other_child = block(3, 2, parents, 1);
@@ -1203,7 +1263,7 @@ mod tests {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let key = SecretKey::from_bytes(&keys[0].to_bytes());
         let params = Parameters {
-            max_pending_transaction_bytes: 2,
+            max_pending_transaction_bytes: 2 * MIN_TRANSACTION_COST,
             // Three of the blocks below.
             max_suspended_bytes_per_author: 3 * 238,
             ..Parameters::default()
@@ -1222,7 +1282,10 @@ mod tests {
         );
         core.submit(vec![1]).unwrap();
         core.submit(vec![2]).unwrap();
-        assert_eq!(core.submit(vec![3]), Err(SubmitError::Full(2)));
+        assert_eq!(
+            core.submit(vec![]),
+            Err(SubmitError::Full(2 * MIN_TRANSACTION_COST))
+        );
 
         // Validator 1 sends blocks whose parents no one has.
         let unknown = |round| BlockRef {

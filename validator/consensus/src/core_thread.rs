@@ -7,7 +7,7 @@
 use crate::block::VerifiedBlock;
 use crate::broadcaster::Broadcaster;
 use crate::committee::AuthorityIndex;
-use crate::core::{Core, Outcome};
+use crate::core::{Core, Outcome, transaction_cost};
 use crate::linearizer::CommittedSubDag;
 use crate::node::{NodeError, Shared};
 use crate::synchronizer::{SYNC_INTERVAL, Synchronizer};
@@ -63,7 +63,7 @@ pub(crate) async fn run(
         {
             shared
                 .queued_bytes
-                .fetch_sub(transaction.len(), Ordering::AcqRel);
+                .fetch_sub(transaction_cost(&transaction), Ordering::AcqRel);
             if let Err(e) = core.submit(transaction) {
                 tracing::warn!("submitted transaction dropped: {e}");
             }

@@ -252,18 +252,29 @@ impl FetchRequest {
     /// The answer from `store`: each of the references it holds, then
     /// every ancestor the requester lacks (above its known round for that
     /// author), lowest rounds first, at most `limit` blocks and
-    /// [`MAX_FETCH_ANSWER`] bytes. A requester far behind gets whole
-    /// chains in one answer, and always what it named.
+    /// [`MAX_FETCH_ANSWER`] bytes in all. A requester far behind gets whole
+    /// chains in one answer, and what it named comes first.
     pub fn answer(&self, store: &dyn Store, limit: usize) -> Result<Vec<SignedBlock>, StoreError> {
-        let mut found = BTreeMap::new();
-        let mut bytes = 0;
-        let mut stack: Vec<BlockRef> = self.references.clone();
-        while let Some(reference) = stack.pop() {
-            if found.contains_key(&reference) {
-                continue;
-            }
+        // The named blocks first, each looked up before any walk.
+        let mut named = Vec::new();
+        for reference in &self.references {
             // Genesis blocks are not stored (every validator has them), nor
             // blocks below the store's retention.
+            if let Some(block) = store.block(reference)? {
+                named.push(block);
+            }
+        }
+        let mut found = BTreeMap::new();
+        let mut bytes = 0;
+        let mut stack: Vec<BlockRef> = named
+            .iter()
+            .flat_map(|b| b.block().parents.iter().filter(|p| self.lacks(p)))
+            .copied()
+            .collect();
+        while let Some(reference) = stack.pop() {
+            if found.contains_key(&reference) || self.references.contains(&reference) {
+                continue;
+            }
             let Some(block) = store.block(&reference)? else {
                 continue;
             };
@@ -277,9 +288,7 @@ impl FetchRequest {
                 break;
             }
         }
-        let (named, ancestors): (Vec<SignedBlock>, Vec<SignedBlock>) = found
-            .into_values()
-            .partition(|b| self.references.contains(&b.reference()));
+        let ancestors = found.into_values();
         Ok(within_answer(
             named.into_iter().chain(ancestors).take(limit),
         ))
@@ -338,8 +347,9 @@ impl RoundsRequest {
     }
 
     /// The answer from `store`: whole rounds from `from` on, lowest
-    /// first, as many as fit in [`ROUNDS_ANSWER_BYTES`] (at least one, cut
-    /// short only if that one round is over an answer's limits).
+    /// first, as many as fit in [`ROUNDS_ANSWER_BYTES`] (at least one);
+    /// an answer's own limits ([`MAX_ANSWER_BLOCKS`], [`MAX_FETCH_ANSWER`])
+    /// may cut the last round short.
     pub fn answer(&self, store: &dyn Store) -> Result<Vec<SignedBlock>, StoreError> {
         let blocks = store.rounds_from(self.from, ROUNDS_ANSWER_BYTES, MAX_FETCH_ANSWER)?;
         Ok(within_answer(blocks))

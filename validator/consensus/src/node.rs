@@ -294,7 +294,7 @@ pub(crate) fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), Submit
     if !shared.verifier.verify(&transaction) {
         return Err(SubmitRefused::Invalid);
     }
-    let size = transaction.len();
+    let size = crate::core::transaction_cost(&transaction);
     let queued = shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
     let sent = if queued + size > TRANSACTION_QUEUE_BYTES {
         Err(SubmitError::Full(queued).into())

@@ -91,6 +91,29 @@ impl SuspendedBlocks {
         self.waiting_on.contains_key(parent) && !self.blocks.contains_key(parent)
     }
 
+    /// The authors of the waiting blocks that need `reference`: those
+    /// that name it, and those that name a waiting block that needs it in
+    /// turn (an honest block may build on an equivocator's block that
+    /// builds on one of its versions). At most `limit` waiting blocks are
+    /// looked at.
+    pub(crate) fn waiters(&self, reference: &BlockRef, limit: usize) -> BTreeSet<AuthorityIndex> {
+        let mut authors = BTreeSet::new();
+        let mut stack = vec![*reference];
+        let mut seen = BTreeSet::new();
+        while let Some(parent) = stack.pop() {
+            for child in self.waiting_on.get(&parent).into_iter().flatten() {
+                if seen.len() == limit {
+                    return authors;
+                }
+                if seen.insert(*child) {
+                    authors.insert(child.author);
+                    stack.push(*child);
+                }
+            }
+        }
+        authors
+    }
+
     /// Every parent [`SuspendedBlocks::lacks`], lowest first, with the
     /// blocks waiting for it.
     pub(crate) fn lacking(&self) -> impl Iterator<Item = (&BlockRef, &BTreeSet<BlockRef>)> {
