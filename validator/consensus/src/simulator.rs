@@ -41,7 +41,8 @@ pub enum Behaviour {
     /// Never sends anything.
     Silent,
     /// Names its own block from more than `gc_depth` rounds back as its
-    /// parent, which some validators still hold and others do not.
+    /// parent. Such blocks are invalid everywhere; before that rule, some
+    /// validators still held the parent and others did not.
     OldParents,
     /// Sends many large, validly signed versions of each of its blocks.
     Flood,
