@@ -55,7 +55,11 @@ async fn send_to_peer(
     mut blocks: mpsc::Receiver<Bytes>,
 ) {
     while let Some(block) = blocks.recv().await {
-        match shared.post(peer, BLOCK_PATH, block, PUSH_TIMEOUT).await {
+        match shared
+            .client
+            .post(peer, BLOCK_PATH, block, PUSH_TIMEOUT)
+            .await
+        {
             Some(response) => {
                 // A peer that never finishes its answer holds up only its
                 // own queue, and not for long.

@@ -706,6 +706,27 @@ mod tests {
             .collect()
     }
 
+    /// A core for every member, each on its own of `stores` (kept by the
+    /// caller, so that a member can be reopened on what it wrote).
+    fn open_on(
+        c: &Committee,
+        keys: &[SecretKey],
+        params: &Parameters,
+        stores: &[MemStore],
+    ) -> Vec<Core> {
+        (0..keys.len() as u32)
+            .map(|i| {
+                open_with(
+                    c,
+                    keys,
+                    i,
+                    params.clone(),
+                    Box::new(stores[i as usize].clone()),
+                )
+            })
+            .collect()
+    }
+
     /// Runs `rounds` rounds in lockstep: every new block reaches everyone.
     /// It starts as after a timeout: each proposes if it can, or else
     /// sends its last block again.
@@ -910,17 +931,7 @@ mod tests {
         let c = with_gc_depth(&c, 3);
         let params = Parameters::default();
         let stores: Vec<MemStore> = (0..4).map(|_| MemStore::new()).collect();
-        let mut cores: Vec<Core> = (0..4)
-            .map(|i| {
-                open_with(
-                    &c,
-                    &keys,
-                    i,
-                    params.clone(),
-                    Box::new(stores[i as usize].clone()),
-                )
-            })
-            .collect();
+        let mut cores = open_on(&c, &keys, &params, &stores);
         let first = lockstep(&mut cores, 5);
         let mut reference = first[0].clone();
         let mut its_commits = first[3].clone();
@@ -992,17 +1003,7 @@ mod tests {
         let c = with_gc_depth(&c, 3);
         let params = Parameters::default();
         let stores: Vec<MemStore> = (0..4).map(|_| MemStore::new()).collect();
-        let mut cores: Vec<Core> = (0..4)
-            .map(|i| {
-                open_with(
-                    &c,
-                    &keys,
-                    i,
-                    params.clone(),
-                    Box::new(stores[i as usize].clone()),
-                )
-            })
-            .collect();
+        let mut cores = open_on(&c, &keys, &params, &stores);
         lockstep(&mut cores, 5);
         let gone = cores.pop().unwrap();
         let last = gone.last_proposed();

@@ -15,9 +15,6 @@ use crate::peer_client::PeerClient;
 use crate::store::{FjallStore, StoreError};
 use crate::synchronizer::Synchronizer;
 use crate::{authority_service, broadcaster};
-use bytes::Bytes;
-use hyper::Response;
-use hyper::body::Incoming;
 use soma_crypto::SecretKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -148,21 +145,8 @@ pub(crate) struct Shared {
     pub(crate) queued_bytes: AtomicUsize,
     pub(crate) store: FjallStore,
     pub(crate) blocks: BlockVerifier,
-    client: PeerClient,
-}
-
-impl Shared {
-    /// Sends `body` to `path` of `peer` on an authenticated connection;
-    /// the response, unless none came within `timeout`.
-    pub(crate) async fn post(
-        &self,
-        peer: AuthorityIndex,
-        path: &str,
-        body: Bytes,
-        timeout: Duration,
-    ) -> Option<Response<Incoming>> {
-        self.client.post(peer, path, body, timeout).await
-    }
+    /// Authenticated connections to the peers.
+    pub(crate) client: PeerClient,
 }
 
 /// A running validator.

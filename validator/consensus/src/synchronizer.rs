@@ -147,7 +147,7 @@ async fn ask(
     body: Bytes,
     select: impl FnOnce(Vec<SignedBlock>) -> (Vec<SignedBlock>, usize) + Send + 'static,
 ) -> Vec<VerifiedBlock> {
-    let Some(response) = shared.post(peer, path, body, FETCH_TIMEOUT).await else {
+    let Some(response) = shared.client.post(peer, path, body, FETCH_TIMEOUT).await else {
         return Vec::new();
     };
     if response.status() != StatusCode::OK {
