@@ -11,6 +11,7 @@
 use crate::block::{BlockRef, Round};
 use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
 use crate::dag_state::DagState;
+use std::collections::BTreeMap;
 
 /// Rounds from a leader to the round whose blocks can certify it, plus one:
 /// the earliest anchor of a leader of round r is at round r + 3.
@@ -59,33 +60,44 @@ pub fn leader(committee: &Committee, round: Round) -> AuthorityIndex {
     unreachable!("the ticket is below the total stake")
 }
 
-/// Decides leaders over a [`DagState`].
-pub struct Committer<'a> {
-    dag: &'a DagState,
+/// Decides leaders over a [`DagState`], remembering between calls what it
+/// learnt of votes and certificates.
+///
+/// Both are facts about a block's history, which never changes once the
+/// block is in the DAG: which block of the leader's slot a block of the
+/// next round supports, and whether a block certifies a leader block. So a
+/// call looks only at blocks it has not met before, instead of walking
+/// every undecided round's blocks again after every new block. What
+/// concerns decided rounds is forgotten.
+#[derive(Default)]
+pub struct Committer {
+    /// For a block of round r+1, the block of the leader slot of round r it
+    /// supports (`None`: it blames the leader).
+    votes: BTreeMap<BlockRef, Option<BlockRef>>,
+    /// For (leader block, block of two rounds later), whether the second
+    /// certifies the first.
+    certificates: BTreeMap<(BlockRef, BlockRef), bool>,
 }
 
-impl<'a> Committer<'a> {
-    /// A committer reading `dag`.
-    pub fn new(dag: &'a DagState) -> Self {
-        Committer { dag }
-    }
-
-    fn committee(&self) -> &Committee {
-        self.dag.committee()
+impl Committer {
+    /// A committer that has seen nothing yet.
+    pub fn new() -> Self {
+        Committer::default()
     }
 
     /// Decides the leaders of rounds after `last_decided` (the genesis round
     /// 0 has no leader), and returns the decided prefix in round order: it
     /// stops before the first undecided leader.
-    pub fn try_decide(&self, last_decided: Round) -> Vec<LeaderStatus> {
-        let highest = self.dag.highest_round();
+    pub fn try_decide(&mut self, dag: &DagState, last_decided: Round) -> Vec<LeaderStatus> {
+        self.forget_up_to(last_decided);
+        let highest = dag.highest_round();
         let mut decided: Vec<LeaderStatus> = Vec::new();
         // From the highest round down, so that later decisions anchor
         // earlier ones.
         for round in (last_decided + 1..=highest.saturating_sub(2)).rev() {
-            let mut status = self.try_direct_decide(round);
+            let mut status = self.try_direct_decide(dag, round);
             if let LeaderStatus::Undecided(_) = status {
-                status = self.try_indirect_decide(round, &decided);
+                status = self.try_indirect_decide(dag, round, &decided);
             }
             decided.push(status);
         }
@@ -97,30 +109,27 @@ impl<'a> Committer<'a> {
     }
 
     /// The direct rule for the leader of `round`.
-    pub fn try_direct_decide(&self, round: Round) -> LeaderStatus {
-        let author = leader(self.committee(), round);
-        for leader_block in self.dag.blocks_in_slot(round, author) {
+    pub fn try_direct_decide(&mut self, dag: &DagState, round: Round) -> LeaderStatus {
+        let committee = dag.committee();
+        let author = leader(committee, round);
+        for leader_block in dag.blocks_in_slot(round, author) {
             let mut certificates = StakeAggregator::new();
-            for candidate in self.dag.blocks_at(round + 2) {
-                if self.is_certificate(&candidate.reference(), &leader_block.reference()) {
-                    certificates.add(candidate.reference().author, self.committee());
+            for candidate in dag.blocks_at(round + 2) {
+                if self.is_certificate(dag, &candidate.reference(), &leader_block.reference()) {
+                    certificates.add(candidate.reference().author, committee);
                 }
             }
-            if certificates.reached_quorum(self.committee()) {
+            if certificates.reached_quorum(committee) {
                 return LeaderStatus::Commit(leader_block.reference());
             }
         }
         let mut blame = StakeAggregator::new();
-        for voter in self.dag.blocks_at(round + 1) {
-            if self
-                .dag
-                .supported_block(round, author, &voter.reference())
-                .is_none()
-            {
-                blame.add(voter.reference().author, self.committee());
+        for voter in dag.blocks_at(round + 1) {
+            if self.vote(dag, &voter.reference()).is_none() {
+                blame.add(voter.reference().author, committee);
             }
         }
-        if blame.reached_quorum(self.committee()) {
+        if blame.reached_quorum(committee) {
             LeaderStatus::Skip(round)
         } else {
             LeaderStatus::Undecided(round)
@@ -131,7 +140,12 @@ impl<'a> Committer<'a> {
     /// later that is not skipped is the anchor; if it is committed, the
     /// leader of `round` is committed when the anchor's history holds a
     /// certificate for it, and skipped otherwise.
-    fn try_indirect_decide(&self, round: Round, later: &[LeaderStatus]) -> LeaderStatus {
+    fn try_indirect_decide(
+        &mut self,
+        dag: &DagState,
+        round: Round,
+        later: &[LeaderStatus],
+    ) -> LeaderStatus {
         // `later` is in decreasing round order: look from the lowest up.
         let anchor = later
             .iter()
@@ -141,11 +155,11 @@ impl<'a> Committer<'a> {
         let Some(LeaderStatus::Commit(anchor)) = anchor else {
             return LeaderStatus::Undecided(round);
         };
-        let author = leader(self.committee(), round);
-        for leader_block in self.dag.blocks_in_slot(round, author) {
-            let certified = self.dag.blocks_at(round + 2).any(|candidate| {
-                self.dag.is_ancestor(&candidate.reference(), anchor)
-                    && self.is_certificate(&candidate.reference(), &leader_block.reference())
+        let author = leader(dag.committee(), round);
+        for leader_block in dag.blocks_in_slot(round, author) {
+            let certified = dag.blocks_at(round + 2).any(|candidate| {
+                dag.is_ancestor(&candidate.reference(), anchor)
+                    && self.is_certificate(dag, &candidate.reference(), &leader_block.reference())
             });
             if certified {
                 return LeaderStatus::Commit(leader_block.reference());
@@ -154,12 +168,31 @@ impl<'a> Committer<'a> {
         LeaderStatus::Skip(round)
     }
 
+    /// The block of the leader slot one round below `voter` that `voter`
+    /// supports.
+    fn vote(&mut self, dag: &DagState, voter: &BlockRef) -> Option<BlockRef> {
+        let round = voter.round - 1;
+        *self
+            .votes
+            .entry(*voter)
+            .or_insert_with(|| dag.supported_block(round, leader(dag.committee(), round), voter))
+    }
+
     /// Whether `candidate` (of round r+2) has a quorum of parents voting
     /// for `leader_block` (of round r).
-    fn is_certificate(&self, candidate: &BlockRef, leader_block: &BlockRef) -> bool {
-        let Some(block) = self.dag.get(candidate) else {
+    fn is_certificate(
+        &mut self,
+        dag: &DagState,
+        candidate: &BlockRef,
+        leader_block: &BlockRef,
+    ) -> bool {
+        if let Some(known) = self.certificates.get(&(*leader_block, *candidate)) {
+            return *known;
+        }
+        let Some(block) = dag.get(candidate) else {
             return false;
         };
+        let committee = dag.committee();
         let mut votes = StakeAggregator::new();
         for parent in block
             .block()
@@ -167,241 +200,44 @@ impl<'a> Committer<'a> {
             .iter()
             .filter(|p| p.round == leader_block.round + 1)
         {
-            let supported =
-                self.dag
-                    .supported_block(leader_block.round, leader_block.author, parent);
-            if supported == Some(*leader_block) {
-                votes.add(parent.author, self.committee());
+            if self.vote(dag, parent) == Some(*leader_block) {
+                votes.add(parent.author, committee);
             }
         }
-        votes.reached_quorum(self.committee())
+        let certifies = votes.reached_quorum(committee);
+        self.certificates
+            .insert((*leader_block, *candidate), certifies);
+        certifies
+    }
+
+    /// Forgets votes and certificates for leaders of `round` and below.
+    fn forget_up_to(&mut self, round: Round) {
+        let first_voter = BlockRef::first_of_round(round + 2);
+        if self
+            .votes
+            .first_key_value()
+            .is_some_and(|(v, _)| *v < first_voter)
+        {
+            self.votes = self.votes.split_off(&first_voter);
+        }
+        let first = BlockRef::first_of_round(round + 1);
+        if self
+            .certificates
+            .first_key_value()
+            .is_some_and(|((l, _), _)| *l < first)
+        {
+            self.certificates = self.certificates.split_off(&(first, first));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{Block, VerifiedBlock};
+    use crate::block::VerifiedBlock;
     use crate::committee::tests::committee;
     use crate::dag_state::Acceptance;
     use crate::test_dag::TestDag;
-    use soma_crypto::SecretKey;
-
-    /// Builds DAGs round by round for 4 equal-stake validators.
-    struct Builder {
-        keys: Vec<SecretKey>,
-        dag: DagState,
-        /// The block of each (round, author) this builder made.
-        made: std::collections::BTreeMap<(Round, u32), BlockRef>,
-    }
-
-    impl Builder {
-        fn new() -> Builder {
-            let (c, keys) = committee(&[1, 1, 1, 1]);
-            let mut b = Builder {
-                keys,
-                dag: DagState::new(c, 0),
-                made: Default::default(),
-            };
-            for author in 0..4 {
-                b.made
-                    .insert((0, author), BlockRef::genesis(AuthorityIndex(author)));
-            }
-            b
-        }
-
-        /// `author` proposes at `round`, referencing the previous round's
-        /// blocks of `parents` (plus its own latest block).
-        fn propose(&mut self, round: Round, author: u32, parents: &[u32]) {
-            let mut refs: Vec<BlockRef> = parents
-                .iter()
-                .map(|p| self.made[&(round - 1, *p)])
-                .collect();
-            if !parents.contains(&author) && round > 0 {
-                let own = (0..round)
-                    .rev()
-                    .find_map(|r| self.made.get(&(r, author)))
-                    .copied()
-                    .unwrap();
-                refs.push(own);
-            }
-            refs.sort();
-            let block = Block {
-                round,
-                author: AuthorityIndex(author),
-                parents: refs,
-                transactions: vec![],
-                state_root: [0; 32],
-            };
-            let signed = VerifiedBlock::verify(
-                block.sign(&self.keys[author as usize], self.dag.committee().protocol()),
-                self.dag.committee(),
-            )
-            .unwrap();
-            self.made.insert((round, author), signed.reference());
-            assert_eq!(self.dag.accept(signed), Acceptance::Accepted);
-        }
-
-        /// Every validator proposes at each of `rounds`, referencing all of
-        /// the previous round.
-        fn full_rounds(&mut self, rounds: std::ops::RangeInclusive<Round>) {
-            for round in rounds {
-                let previous: Vec<u32> = (0..4)
-                    .filter(|a| self.made.contains_key(&(round - 1, *a)))
-                    .collect();
-                for author in 0..4 {
-                    self.propose(round, author, &previous);
-                }
-            }
-        }
-
-        fn leader(&self, round: Round) -> u32 {
-            leader(self.dag.committee(), round).0
-        }
-    }
-
-    #[test]
-    fn a_fully_connected_dag_commits_every_leader_in_order() {
-        let mut b = Builder::new();
-        b.full_rounds(1..=10);
-        let decided = Committer::new(&b.dag).try_decide(0);
-        let expected: Vec<LeaderStatus> = (1..=8)
-            .map(|r| LeaderStatus::Commit(b.made[&(r, b.leader(r))]))
-            .collect();
-        assert_eq!(decided, expected);
-        assert_eq!(Committer::new(&b.dag).try_decide(5), expected[5..]);
-    }
-
-    #[test]
-    fn a_missing_leader_is_skipped_directly() {
-        let mut b = Builder::new();
-        b.full_rounds(1..=2);
-        let absent = b.leader(3);
-        let present: Vec<u32> = (0..4).filter(|a| *a != absent).collect();
-        for author in &present {
-            b.propose(3, *author, &[0, 1, 2, 3]);
-        }
-        for author in 0..4 {
-            b.propose(4, author, &present);
-        }
-        b.full_rounds(5..=8);
-        assert_eq!(
-            Committer::new(&b.dag).try_direct_decide(3),
-            LeaderStatus::Skip(3)
-        );
-        let decided = Committer::new(&b.dag).try_decide(0);
-        assert_eq!(decided[2], LeaderStatus::Skip(3));
-        assert!(
-            decided
-                .iter()
-                .enumerate()
-                .all(|(i, s)| i == 2 || matches!(s, LeaderStatus::Commit(_)))
-        );
-    }
-
-    #[test]
-    fn a_weakly_supported_leader_is_decided_through_its_anchor() {
-        let mut b = Builder::new();
-        b.full_rounds(1..=4);
-        let r = 5;
-        b.full_rounds(r..=r);
-        let l = b.leader(r);
-        let others: Vec<u32> = (0..4).filter(|a| *a != l).collect();
-        // Round r+1: three validators vote for the leader, one does not.
-        let non_voter = others[0];
-        for author in 0..4 {
-            let parents: Vec<u32> = if author == non_voter {
-                others.clone()
-            } else {
-                vec![0, 1, 2, 3]
-            };
-            b.propose(r + 1, author, &parents);
-        }
-        // Round r+2: only one block certifies (references the three
-        // voters); the others reference two voters and the non-voter.
-        let voters: Vec<u32> = (0..4).filter(|a| *a != non_voter).collect();
-        for author in 0..4 {
-            let parents: Vec<u32> = if author == voters[0] {
-                voters.clone()
-            } else {
-                let mut p = vec![non_voter];
-                p.extend(voters.iter().filter(|v| **v != voters[0]).take(2));
-                p
-            };
-            b.propose(r + 2, author, &parents);
-        }
-        b.full_rounds(r + 3..=r + 8);
-
-        let committer = Committer::new(&b.dag);
-        assert_eq!(committer.try_direct_decide(r), LeaderStatus::Undecided(r));
-        let decided = committer.try_decide(0);
-        assert_eq!(
-            decided[(r - 1) as usize],
-            LeaderStatus::Commit(b.made[&(r, l)])
-        );
-    }
-
-    #[test]
-    fn committed_leaders_linearize_every_block_exactly_once_in_a_fixed_order() {
-        let mut b = Builder::new();
-        b.full_rounds(1..=10);
-        let leaders: Vec<BlockRef> = Committer::new(&b.dag)
-            .try_decide(0)
-            .into_iter()
-            .map(|s| match s {
-                LeaderStatus::Commit(l) => l,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        let sequence = |dag: &DagState| {
-            let mut linearizer = crate::Linearizer::new([], 0);
-            leaders
-                .iter()
-                .map(|l| linearizer.linearize(dag, *l))
-                .collect::<Vec<_>>()
-        };
-        let subdags = sequence(&b.dag);
-        let mut seen = std::collections::BTreeSet::new();
-        for subdag in &subdags {
-            assert_eq!(subdag.blocks.last().unwrap().reference(), subdag.leader);
-            for block in &subdag.blocks {
-                assert!(
-                    seen.insert(block.reference()),
-                    "{:?} committed twice",
-                    block.reference()
-                );
-                assert!(b.dag.is_ancestor(&block.reference(), &subdag.leader));
-            }
-        }
-        // Everything from round 1 up to the last leader's round minus one
-        // is committed.
-        let last = leaders.last().unwrap().round;
-        assert_eq!(
-            seen.iter().filter(|r| r.round < last).count(),
-            4 * (last as usize - 1)
-        );
-        assert_eq!(sequence(&b.dag), subdags, "linearization is deterministic");
-    }
-
-    #[test]
-    fn blocks_below_the_garbage_collection_round_are_never_committed() {
-        let mut b = Builder::new();
-        b.full_rounds(1..=10);
-        let leader = b.made[&(8, b.leader(8))];
-        let mut linearizer = crate::Linearizer::new([], 4);
-        let subdag = linearizer.linearize(&b.dag, leader);
-        assert!(subdag.blocks.iter().all(|x| x.reference().round >= 4));
-        assert_eq!(
-            subdag.blocks.len(),
-            4 * 4 + 1,
-            "rounds 4 to 7, and the leader"
-        );
-        // Raising the round later forgets what was committed below it.
-        linearizer.garbage_collect(6);
-        let next = b.made[&(10, b.leader(10))];
-        let subdag = linearizer.linearize(&b.dag, next);
-        assert!(subdag.blocks.iter().all(|x| x.reference().round >= 8));
-    }
 
     /// One validator's view of a [`TestDag`]: blocks accepted once their
     /// parents are, leaders decided and linearized after each block, as
@@ -409,6 +245,7 @@ mod tests {
     struct Replica {
         dag: DagState,
         waiting: Vec<VerifiedBlock>,
+        committer: Committer,
         last_decided: Round,
         linearizer: crate::Linearizer,
         sequence: Vec<crate::CommittedSubDag>,
@@ -420,6 +257,7 @@ mod tests {
             Replica {
                 dag: DagState::new(committee.clone(), 1_000),
                 waiting: Vec::new(),
+                committer: Committer::new(),
                 last_decided: 0,
                 linearizer: crate::Linearizer::new([], 0),
                 sequence: Vec::new(),
@@ -447,7 +285,7 @@ mod tests {
                     break;
                 }
             }
-            for status in Committer::new(&self.dag).try_decide(self.last_decided) {
+            for status in self.committer.try_decide(&self.dag, self.last_decided) {
                 self.decided.push(status);
                 self.last_decided = status.round();
                 if let LeaderStatus::Commit(leader) = status {
@@ -474,6 +312,101 @@ mod tests {
             .into_iter()
             .filter(|x| *x != l)
             .collect()
+    }
+
+    /// Every validator in every round of `rounds`, all parents.
+    fn full(rounds: &str) -> (TestDag, Replica) {
+        let dag = TestDag::parse(&[1, 1, 1, 1], &format!("{rounds}: *"));
+        let replica = Replica::replay(&dag.committee, &dag.blocks);
+        (dag, replica)
+    }
+
+    #[test]
+    fn a_fully_connected_dag_commits_every_leader_in_order() {
+        let (dag, replica) = full("1..10");
+        let expected: Vec<LeaderStatus> = (1..=8)
+            .map(|r| LeaderStatus::Commit(dag.get(&format!("L{r}"))))
+            .collect();
+        assert_eq!(replica.decided, expected, "decided block by block");
+        let mut fresh = Committer::new();
+        assert_eq!(fresh.try_decide(&replica.dag, 0), expected, "all at once");
+        assert_eq!(fresh.try_decide(&replica.dag, 5), expected[5..]);
+    }
+
+    #[test]
+    fn a_missing_leader_is_skipped_directly() {
+        let present: Vec<String> = others(leader_letter(3))
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let text = format!("1..2: *\n3: {}\n4..8: *", present.join(" "));
+        let dag = TestDag::parse(&[1, 1, 1, 1], &text);
+        let replica = Replica::replay(&dag.committee, &dag.blocks);
+        assert_eq!(
+            Committer::new().try_direct_decide(&replica.dag, 3),
+            LeaderStatus::Skip(3)
+        );
+        assert_eq!(replica.status(3), LeaderStatus::Skip(3));
+        assert_eq!(replica.decided.len(), 6);
+        assert!(
+            replica
+                .decided
+                .iter()
+                .all(|s| s.round() == 3 || matches!(s, LeaderStatus::Commit(_)))
+        );
+    }
+
+    #[test]
+    fn a_weakly_supported_leader_is_decided_through_its_anchor() {
+        let text = format!("1..5: *\n{}8..13: *", weak_wave(5));
+        let dag = TestDag::parse(&[1, 1, 1, 1], &text);
+        let replica = Replica::replay(&dag.committee, &dag.blocks);
+        assert_eq!(
+            Committer::new().try_direct_decide(&replica.dag, 5),
+            LeaderStatus::Undecided(5)
+        );
+        assert_eq!(replica.status(5), LeaderStatus::Commit(dag.get("L5")));
+    }
+
+    #[test]
+    fn committed_leaders_linearize_every_block_exactly_once() {
+        let (_, replica) = full("1..10");
+        let mut seen = std::collections::BTreeSet::new();
+        for subdag in &replica.sequence {
+            assert_eq!(subdag.blocks.last().unwrap().reference(), subdag.leader);
+            for block in &subdag.blocks {
+                assert!(
+                    seen.insert(block.reference()),
+                    "{:?} committed twice",
+                    block.reference()
+                );
+                assert!(replica.dag.is_ancestor(&block.reference(), &subdag.leader));
+            }
+        }
+        // Everything from round 1 up to the last leader's round minus one
+        // is committed.
+        let last = replica.sequence.last().unwrap().leader.round;
+        assert_eq!(
+            seen.iter().filter(|r| r.round < last).count(),
+            4 * (last as usize - 1)
+        );
+    }
+
+    #[test]
+    fn blocks_below_the_garbage_collection_round_are_never_committed() {
+        let (dag, replica) = full("1..10");
+        let mut linearizer = crate::Linearizer::new([], 4);
+        let subdag = linearizer.linearize(&replica.dag, dag.get("L8"));
+        assert!(subdag.blocks.iter().all(|x| x.reference().round >= 4));
+        assert_eq!(
+            subdag.blocks.len(),
+            4 * 4 + 1,
+            "rounds 4 to 7, and the leader"
+        );
+        // Raising the round later forgets what was committed below it.
+        linearizer.garbage_collect(6);
+        let subdag = linearizer.linearize(&replica.dag, dag.get("L10"));
+        assert!(subdag.blocks.iter().all(|x| x.reference().round >= 8));
     }
 
     #[test]
@@ -522,7 +455,7 @@ mod tests {
         let dag = TestDag::parse(&[1, 1, 1, 1], &text);
         let replica = Replica::replay(&dag.committee, &dag.blocks);
         assert_eq!(
-            Committer::new(&replica.dag).try_direct_decide(5),
+            Committer::new().try_direct_decide(&replica.dag, 5),
             LeaderStatus::Undecided(5)
         );
         assert_eq!(replica.status(5), LeaderStatus::Skip(5));
@@ -548,12 +481,15 @@ mod tests {
         let text = format!("1..5: *\n{}8: *\n{}11..16: *", weak_wave(5), weak_wave(8));
         let dag = TestDag::parse(&[1, 1, 1, 1], &text);
         let replica = Replica::replay(&dag.committee, &dag.blocks);
-        let committer = Committer::new(&replica.dag);
+        let mut committer = Committer::new();
         for r in [5, 8] {
-            assert_eq!(committer.try_direct_decide(r), LeaderStatus::Undecided(r));
+            assert_eq!(
+                committer.try_direct_decide(&replica.dag, r),
+                LeaderStatus::Undecided(r)
+            );
         }
         assert!(matches!(
-            committer.try_direct_decide(11),
+            committer.try_direct_decide(&replica.dag, 11),
             LeaderStatus::Commit(_)
         ));
         // 11 anchors 8, which anchors 5.
@@ -574,6 +510,9 @@ mod tests {
             let dag = TestDag::random(4, 30, &mut rng);
             let in_order = Replica::replay(&dag.committee, &dag.blocks);
             proptest::prop_assert!(!in_order.sequence.is_empty());
+            // What a committer remembers between blocks changes nothing.
+            let at_once = Committer::new().try_decide(&in_order.dag, 0);
+            proptest::prop_assert_eq!(&at_once, &in_order.decided);
             for _ in 0..3 {
                 let mut shuffled = dag.blocks.clone();
                 shuffled.shuffle(&mut rng);

@@ -122,6 +122,7 @@ pub struct Core {
     params: Parameters,
     dag: DagState,
     suspended: SuspendedBlocks,
+    committer: Committer,
     linearizer: Linearizer,
     progress: CommitProgress,
     last_proposed: BlockRef,
@@ -175,6 +176,7 @@ impl Core {
             last_proposed: recovered.own_last.unwrap_or(BlockRef::genesis(me)),
             dag,
             suspended: SuspendedBlocks::default(),
+            committer: Committer::new(),
             linearizer,
             progress: recovered.progress,
             referenced: vec![0; n],
@@ -513,7 +515,9 @@ impl Core {
     /// Decides leaders, linearizes the committed ones and collects garbage;
     /// records all of it in `batch`.
     fn try_commit(&mut self, batch: &mut StoreBatch) -> Vec<CommittedSubDag> {
-        let decided = Committer::new(&self.dag).try_decide(self.progress.last_decided);
+        let decided = self
+            .committer
+            .try_decide(&self.dag, self.progress.last_decided);
         if decided.is_empty() {
             return Vec::new();
         }
