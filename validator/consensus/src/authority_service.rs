@@ -5,7 +5,8 @@
 //! connections (at the cap, a connection no validator authenticated on
 //! makes room, the oldest of the address holding the most, and no peer
 //! may hold more than [`PEER_CONNECTIONS`]), a
-//! deadline for request headers and one for the body, body sizes per path,
+//! deadline for request headers and one for the body, one for each write
+//! of a response (a client that stops reading is closed), body sizes per path,
 //! one fetch served at a time per peer (from the store, on a blocking
 //! thread, never on the core task), a rate per source address for
 //! transactions (in bytes), and a closed connection after a failed peer
@@ -39,6 +40,8 @@ pub const PEER_CONNECTIONS: usize = 16;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to send a request's body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write of a response may wait for the client to read.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Transaction bytes one source address may submit per second (and at
 /// once); each transaction counts at least [`MIN_TRANSACTION_CHARGE`].
 pub const TRANSACTION_BYTES_PER_SECOND: u32 = 4 << 20;
@@ -139,6 +142,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         service.lock_open().insert(id, connection.clone());
         // Small messages must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let service = service.clone();
         let task = tokio::spawn({
             let connection = connection.clone();
@@ -157,7 +162,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), http)
+                    .serve_connection(TokioIo::new(Box::pin(stream)), http)
                     .await;
             }
         });

@@ -34,7 +34,7 @@ mod synchronizer;
 mod test_dag;
 
 pub use authority_service::{
-    BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, TRANSACTION_BYTES_PER_SECOND,
+    BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, TRANSACTION_BYTES_PER_SECOND, WRITE_TIMEOUT,
 };
 pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, VerifiedBlock};
 pub use committee::{

@@ -452,6 +452,52 @@ fn attack(port: u16, stop: &std::sync::atomic::AtomicBool) {
     });
 }
 
+/// A client that asks for the commit log over and over on one connection
+/// (pipelined) and never reads an answer, until the server stops reading
+/// from it because its answers cannot be written.
+fn never_reading_client(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_nonblocking(true).unwrap();
+    let request = b"GET /consensus/v1/commits?from=0&limit=10000 HTTP/1.1\r\nhost: soma\r\n\r\n";
+    let started = Instant::now();
+    loop {
+        match stream.write(request) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Full both ways: give the server time to block on its
+                // writes, then try once more.
+                std::thread::sleep(Duration::from_millis(200));
+                if stream.write(request).is_err() {
+                    break;
+                }
+            }
+            Err(e) => panic!("the server closed a client before it stopped reading: {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server kept reading requests whose answers were not read"
+        );
+    }
+    stream
+}
+
+/// Whether the server closed `stream` (what it had sent is read and
+/// dropped first).
+fn closed_by_server(mut stream: TcpStream) -> bool {
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
 /// Commits of `validator` over `span`, per second.
 fn commit_rate(validator: &Validator, span: Duration) -> f64 {
     let before = validator.committed();
@@ -482,6 +528,10 @@ fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits()
         .unwrap();
     drop(killed);
 
+    // Held through the phases below, longer than the server's deadline for
+    // a write; validator 2 is not otherwise attacked, so it is not closed
+    // to make room for other connections.
+    let unread = never_reading_client(validators[2].port);
     let stop_load = AtomicBool::new(false);
     let stop_attack = AtomicBool::new(false);
     let (quiet, attacked) = std::thread::scope(|scope| {
@@ -521,6 +571,11 @@ fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits()
     );
     let status0 = status(validators[0].port).unwrap();
     assert!(status0["throttled"].as_u64().unwrap() > 0, "{status0}");
+    assert!(
+        closed_by_server(unread),
+        "a client that read nothing for a minute was not closed (deadline {:?})",
+        soma_consensus::WRITE_TIMEOUT
+    );
 
     let round_now = status(validators[0].port).unwrap()["last_committed_round"]
         .as_u64()
