@@ -137,10 +137,12 @@ pub struct Block {
 }
 
 /// A block with its author's signature, as it travels and is stored.
+/// Cheap to clone: a block of megabytes is handed to the store, the DAG
+/// and fetch answers without being copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedBlock {
-    block: Block,
-    encoding: Vec<u8>,
+    block: Arc<Block>,
+    encoding: Arc<[u8]>,
     signature: Signature,
     reference: BlockRef,
 }
@@ -233,7 +235,7 @@ impl Block {
     /// chain and epoch of `protocol`.
     pub fn sign(self, key: &SecretKey, protocol: &Protocol) -> SignedBlock {
         let encoding = self.encode();
-        let unsigned = SignedBlock::assemble(self, encoding, Signature([0; 64]));
+        let unsigned = SignedBlock::assemble(self, encoding.into(), Signature([0; 64]));
         let signature = key.sign(Domain::Block, &unsigned.signed_message(protocol));
         SignedBlock {
             signature,
@@ -243,14 +245,14 @@ impl Block {
 }
 
 impl SignedBlock {
-    fn assemble(block: Block, encoding: Vec<u8>, signature: Signature) -> SignedBlock {
+    fn assemble(block: Block, encoding: Arc<[u8]>, signature: Signature) -> SignedBlock {
         let reference = BlockRef {
             round: block.round,
             author: block.author,
             digest: *blake3::hash(&encoding).as_bytes(),
         };
         SignedBlock {
-            block,
+            block: Arc::new(block),
             encoding,
             signature,
             reference,
@@ -275,7 +277,7 @@ impl SignedBlock {
         let (encoding, signature) = bytes.split_at(split);
         let block = Block::decode(encoding)?;
         let signature = Signature(signature.try_into().expect("64 bytes"));
-        Ok(SignedBlock::assemble(block, encoding.to_vec(), signature))
+        Ok(SignedBlock::assemble(block, Arc::from(encoding), signature))
     }
 
     /// The wire bytes.

@@ -10,14 +10,11 @@
 //! (every honest validator commits a leader of the target round, including
 //! one that was down for a minute and had to catch up).
 
-use crate::block::{Block, BlockRef, Round, SignedBlock, VerifiedBlock};
+use crate::block::{Block, BlockRef, MAX_TRANSACTION_BYTES, Round, SignedBlock, VerifiedBlock};
 use crate::committee::{AuthorityIndex, Committee, Protocol, Stake};
 use crate::core::{Core, Outcome, Parameters};
 use crate::linearizer::CommittedSubDag;
 use crate::network::{FETCH_LIMIT, FetchRequest, RoundsRequest};
-
-/// How often a validator asks a peer for missing blocks.
-const SYNC_INTERVAL_MS: u64 = 200;
 use crate::store::MemStore;
 use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
@@ -77,9 +74,15 @@ pub enum Outage {
     Everyone,
 }
 
+/// How often a validator asks a peer for missing blocks.
+const SYNC_INTERVAL_MS: u64 = 200;
+
 /// The protocol constant of the simulated chain: small, so that a minute
 /// down is far beyond what peers keep in their DAGs.
 const GC_DEPTH: Round = 50;
+
+/// Most wire bytes of blocks whose verification results are kept.
+const VERIFIED_CACHE_BYTES: usize = 256 << 20;
 
 /// Versions of each block a flooder sends, and their payload.
 const FLOOD_VERSIONS: usize = 8;
@@ -107,6 +110,11 @@ pub struct SimConfig {
     pub latency_ms: (u64, u64),
     /// How long a validator waits for a round's leader.
     pub leader_timeout_ms: u64,
+    /// Honest validators submit a block's worth of transactions of the
+    /// largest size with every block, so blocks, fetch answers and
+    /// restarts run at their byte limits (a few hundred megabytes of
+    /// memory per round of 4 validators: keep such runs short).
+    pub large_blocks: bool,
 }
 
 impl SimConfig {
@@ -151,6 +159,7 @@ impl SimConfig {
             partitions: true,
             latency_ms: (1, 80),
             leader_timeout_ms: 250,
+            large_blocks: false,
         }
     }
 }
@@ -338,7 +347,11 @@ struct Sim {
     held_down: Option<usize>,
     /// Verification results by blake3 of the wire bytes: verification is
     /// a pure function of the bytes, so validators share the work.
+    /// Emptied when it holds [`VERIFIED_CACHE_BYTES`], which changes
+    /// nothing but the time a run takes.
     verified: BTreeMap<[u8; 32], Option<VerifiedBlock>>,
+    /// Wire bytes of the blocks in `verified`.
+    verified_bytes: usize,
     /// The one block each honest validator signed per round.
     signed: BTreeMap<(u32, Round), [u8; 32]>,
     report: SimReport,
@@ -363,6 +376,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
         .zip(config.stakes.iter().copied());
     let committee = Committee::new(members.collect(), protocol)
         .map_err(|e| SimFailure::Config(format!("seed {}: {e}", config.seed)))?;
+    // Small enough that floods hit the bound, and below the largest blocks.
     let params = Parameters {
         max_suspended_bytes_per_author: 1 << 20,
         ..Parameters::default()
@@ -376,6 +390,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
         side: None,
         held_down: None,
         verified: BTreeMap::new(),
+        verified_bytes: 0,
         signed: BTreeMap::new(),
         report: SimReport {
             config: config.clone(),
@@ -632,6 +647,11 @@ impl Sim {
         let result = SignedBlock::decode(bytes)
             .and_then(|b| VerifiedBlock::verify(b, &self.committee))
             .ok();
+        if self.verified_bytes + bytes.len() > VERIFIED_CACHE_BYTES {
+            self.verified.clear();
+            self.verified_bytes = 0;
+        }
+        self.verified_bytes += bytes.len();
         self.verified.insert(digest, result.clone());
         result
     }
@@ -748,10 +768,22 @@ impl Sim {
         if let Some(block) = &outcome.proposed {
             self.record_signed(node, block)?;
             self.send_proposal(node, block);
-            // Each validator submits a transaction per block, so commits
-            // carry payload.
+            // Each validator submits a transaction per block (or a block's
+            // worth), so commits carry payload.
+            let round = block.reference().round;
+            let count = if self.config.large_blocks {
+                self.params.max_block_transaction_bytes / MAX_TRANSACTION_BYTES
+            } else {
+                1
+            };
             let core = self.nodes[node].core.as_mut().expect("running");
-            let _ = core.submit(format!("tx {node} {}", block.reference().round).into_bytes());
+            for i in 0..count {
+                let mut transaction = format!("tx {node} {round} {i}").into_bytes();
+                if self.config.large_blocks {
+                    transaction.resize(MAX_TRANSACTION_BYTES, 0);
+                }
+                let _ = core.submit(transaction);
+            }
         }
         // The wait for a round's leader starts when the round has a quorum.
         if outcome.quorum_round.is_some() {

@@ -42,8 +42,8 @@ impl SuspendedBlocks {
     }
 
     /// Adds `block`, which lacks the parents `missing`, keeping at most
-    /// `max_bytes` of blocks per author; returns the blocks (possibly this
-    /// one) dropped for it.
+    /// `max_bytes` of blocks per author (or a single block); returns the
+    /// blocks (possibly this one) dropped for it.
     pub(crate) fn insert(
         &mut self,
         block: VerifiedBlock,
@@ -63,8 +63,12 @@ impl SuspendedBlocks {
                 .insert(reference);
         }
         let mut dropped = Vec::new();
+        // The lowest block is kept even over the bound, so that a bound
+        // below the largest block cannot leave a block that arrived
+        // before its parents nowhere to wait.
         while let Some(mine) = self.by_author.get(&reference.author)
             && mine.bytes > max_bytes
+            && mine.blocks.len() > 1
             && let Some(highest) = mine.blocks.last().copied()
         {
             self.remove(&highest);
@@ -220,5 +224,18 @@ mod tests {
         assert_eq!(suspended.len(), 0);
         assert_eq!(suspended.by_author[&AuthorityIndex(0)].bytes, 0);
         assert_eq!(suspended.lacking().count(), 0);
+
+        // A block larger than the bound may still wait, alone.
+        assert!(
+            suspended
+                .insert(high.clone(), &[absent(5, 0)], 1)
+                .is_empty()
+        );
+        assert_eq!(
+            suspended.insert(block(7, 0), &[absent(6, 1)], 1).len(),
+            1,
+            "a second one does not"
+        );
+        assert!(suspended.contains(&high.reference()));
     }
 }

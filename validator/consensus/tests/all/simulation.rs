@@ -104,6 +104,27 @@ fn a_validator_down_for_a_minute_catches_up_and_commits_the_same_sequence() {
     assert!(report.catch_ups > 0, "{report:?}");
 }
 
+/// Blocks at their byte limit, a block's worth of the largest transactions
+/// from every validator in every round, through crashes, partitions and a
+/// restart of the whole committee: fetch answers and recovery carry them,
+/// and every honest validator commits them.
+#[test]
+fn blocks_at_the_size_limit_commit_through_crashes_partitions_and_restarts() {
+    for seed in 0..2 {
+        let config = SimConfig {
+            behaviours: vec![Behaviour::Honest; 4],
+            stakes: vec![1; 4],
+            outage: Outage::Everyone,
+            large_blocks: true,
+            ..SimConfig::random(4, 40, seed)
+        };
+        let report = run(config).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.crashes > 0 && report.partitions > 0, "{report:?}");
+        // 32 transactions of 64 KiB fill a block.
+        assert!(report.transactions >= 30 * 4 * 32, "{report:?}");
+    }
+}
+
 #[test]
 fn a_fault_free_committee_commits_every_round() {
     let config = SimConfig {
