@@ -572,13 +572,7 @@ impl Core {
             return Ok(None);
         }
         let round = quorum_round + 1;
-        let leader_in = quorum_round == 0
-            || self
-                .dag
-                .blocks_in_slot(quorum_round, leader(self.dag.committee(), quorum_round))
-                .next()
-                .is_some();
-        if !leader_in && !leader_timed_out {
+        if !leader_timed_out && self.waits_for_leader(quorum_round) {
             return Ok(None);
         }
         let block = Block {
@@ -598,6 +592,20 @@ impl Core {
             *seen = (*seen).max(parent.round);
         }
         Ok(Some(block))
+    }
+
+    /// Whether the leader of `round` may still send its block: it has not,
+    /// and it has moved on neither past that round nor to this validator's
+    /// next proposal. An honest validator never signs a round it moved
+    /// past, which happens when its quorum grows by two rounds at once
+    /// (while its proposals were held, say); waiting for such a block
+    /// would cost a whole leader timeout.
+    fn waits_for_leader(&self, round: Round) -> bool {
+        let author = leader(self.dag.committee(), round);
+        round > 0
+            && author != self.me
+            && self.dag.blocks_in_slot(round, author).next().is_none()
+            && self.seen[author.0 as usize].max(self.dag.latest_of(author).round) <= round
     }
 
     /// One parent per author: our own last block (unless it is older than
@@ -1230,6 +1238,59 @@ mod tests {
         let missing = core.missing();
         assert_eq!(missing.len(), MISSING_PER_AUTHOR + 4, "{missing:?}");
         assert!((0..4).all(|a| missing.contains(&made_up(17, a, 3))));
+    }
+
+    #[test]
+    fn a_leader_that_skipped_its_round_is_not_waited_for() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let mut cores = open_all(&c, &keys, &Parameters::default(), None);
+        let l = leader(&c, 1).0 as usize;
+        let receiver = (l + 1) % 4;
+        // Everyone but the leader proposes round 1.
+        let first: Vec<VerifiedBlock> = (0..4)
+            .filter(|i| *i != l)
+            .map(|i| cores[i].on_leader_timeout().unwrap().proposed.unwrap())
+            .collect();
+        let outcome = cores[receiver].add_blocks(first.clone()).unwrap();
+        assert_eq!(outcome.quorum_round, Some(1));
+        assert!(outcome.proposed.is_none(), "the leader is waited for");
+        // The leader gets there late, and goes straight to round 2.
+        let skipped = cores[l].add_blocks(first).unwrap().proposed.unwrap();
+        assert_eq!(skipped.reference().round, 2);
+        let outcome = cores[receiver].add_blocks(vec![skipped]).unwrap();
+        let proposed = outcome.proposed.expect("no wait for a round-1 block");
+        assert_eq!(proposed.reference().round, 2);
+    }
+
+    #[test]
+    fn a_leader_held_past_its_own_round_does_not_wait_for_itself() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let mut cores = open_all(&c, &keys, &Parameters::default(), None);
+        let l = leader(&c, 2).0 as usize;
+        let first: Vec<VerifiedBlock> = cores
+            .iter_mut()
+            .map(|core| core.on_leader_timeout().unwrap().proposed.unwrap())
+            .collect();
+        // The leader of round 2 holds its proposals (its minimum round
+        // delay) while the others reach round 2.
+        cores[l].hold_proposals();
+        let second: Vec<VerifiedBlock> = (0..4)
+            .filter(|i| *i != l)
+            .map(|i| {
+                cores[i]
+                    .add_blocks(first.clone())
+                    .unwrap()
+                    .proposed
+                    .unwrap()
+            })
+            .collect();
+        assert!(cores[l].add_blocks(first).unwrap().proposed.is_none());
+        assert!(cores[l].add_blocks(second).unwrap().proposed.is_none());
+        let released = cores[l].release_proposals().unwrap();
+        let proposed = released
+            .proposed
+            .expect("no wait for its own round-2 block");
+        assert_eq!(proposed.reference().round, 3);
     }
 
     #[test]
