@@ -45,8 +45,8 @@ impl Default for Parameters {
             max_pending_transaction_bytes: 64 << 20,
             max_suspended_bytes_per_author: 64 << 20,
             // An hour at the fastest pace the default minimum round delay
-            // allows (100 rounds a second); longer at a slower pace.
-            store_retention: 360_000,
+            // allows (200 rounds a second); longer at a slower pace.
+            store_retention: 720_000,
         }
     }
 }

@@ -46,7 +46,7 @@ pub use dag_state::{Acceptance, DagState};
 pub use linearizer::{CommittedSubDag, Linearizer};
 pub use node::{
     AcceptAny, COMMITS_PATH, DEFAULT_MIN_ROUND_DELAY, Metrics, Node, NodeConfig, NodeError,
-    STATUS_PATH, SubmitRefused, TRANSACTION_PATH, TransactionVerifier,
+    STATUS_PATH, SubmitRefused, Submitter, TRANSACTION_PATH, TransactionVerifier,
 };
 pub use store::{
     CommitProgress, CommitRecord, FjallStore, MemStore, Recovered, Store, StoreBatch, StoreError,
