@@ -159,15 +159,31 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let served = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(Box::pin(stream)), http)
                     .await;
+                if served.is_err_and(|e| write_timed_out(&e)) {
+                    service.count(&service.shared.metrics.write_timeouts);
+                }
             }
         });
         let _ = connection.abort.set(task.abort_handle());
     }
+}
+
+/// Whether a connection ended because a response could not be written
+/// within [`WRITE_TIMEOUT`] (the only timeout that surfaces as an I/O error).
+fn write_timed_out(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -482,6 +498,7 @@ impl Service {
             "throttled": load(&m.throttled),
             "dropped": load(&m.dropped),
             "catch_up_requests": load(&m.catch_up_requests),
+            "write_timeouts": load(&m.write_timeouts),
         })
     }
 

@@ -66,9 +66,9 @@ pub fn leader(committee: &Committee, round: Round) -> AuthorityIndex {
 /// Both are facts about a block's history, which never changes once the
 /// block is in the DAG: which block of the leader's slot a block of the
 /// next round supports, and whether a block certifies a leader block. So a
-/// call looks only at blocks it has not met before, instead of walking
-/// every undecided round's blocks again after every new block. What
-/// concerns decided rounds is forgotten.
+/// call after a new block still lists the blocks of each undecided round,
+/// but looks up what it learnt of those it met before instead of walking
+/// their histories again. What concerns decided rounds is forgotten.
 #[derive(Default)]
 pub struct Committer {
     /// For a block of round r+1, the block of the leader slot of round r it

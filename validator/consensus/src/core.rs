@@ -595,17 +595,20 @@ impl Core {
     }
 
     /// Whether the leader of `round` may still send its block: it has not,
-    /// and it has moved on neither past that round nor to this validator's
-    /// next proposal. An honest validator never signs a round it moved
-    /// past, which happens when its quorum grows by two rounds at once
-    /// (while its proposals were held, say); waiting for such a block
-    /// would cost a whole leader timeout.
+    /// it is not this validator, and no later block of its is in the DAG.
+    /// A later block in the DAG without one in the slot means the leader
+    /// skipped the round (its own previous block is older), which an
+    /// honest validator does when its quorum grows by two rounds at once,
+    /// while its proposals were held, say; it never signs a round it moved
+    /// past, and waiting for one would cost a whole leader timeout. Blocks
+    /// merely received are no such proof: a later block that waits for its
+    /// parents may well name the leader's block of `round`.
     fn waits_for_leader(&self, round: Round) -> bool {
         let author = leader(self.dag.committee(), round);
         round > 0
             && author != self.me
             && self.dag.blocks_in_slot(round, author).next().is_none()
-            && self.seen[author.0 as usize].max(self.dag.latest_of(author).round) <= round
+            && self.dag.latest_of(author).round <= round
     }
 
     /// One parent per author: our own last block (unless it is older than

@@ -460,16 +460,23 @@ fn never_reading_client(port: u16) -> TcpStream {
     stream.set_nonblocking(true).unwrap();
     let request = b"GET /consensus/v1/commits?from=0&limit=10000 HTTP/1.1\r\nhost: soma\r\n\r\n";
     let started = Instant::now();
+    // Where in `request` the next write starts: a short write is finished
+    // before another request begins.
+    let mut at = 0;
+    let mut stalled_since: Option<Instant> = None;
     loop {
-        match stream.write(request) {
-            Ok(_) => {}
+        match stream.write(&request[at..]) {
+            Ok(n) => {
+                at = (at + n) % request.len();
+                stalled_since = None;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Full both ways: give the server time to block on its
-                // writes, then try once more.
-                std::thread::sleep(Duration::from_millis(200));
-                if stream.write(request).is_err() {
-                    break;
+                // Full both ways for a while: the server no longer reads.
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(1) {
+                    return stream;
                 }
+                std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => panic!("the server closed a client before it stopped reading: {e}"),
         }
@@ -478,24 +485,25 @@ fn never_reading_client(port: u16) -> TcpStream {
             "the server kept reading requests whose answers were not read"
         );
     }
-    stream
 }
 
-/// Whether the server closed `stream` (what it had sent is read and
-/// dropped first).
+/// Whether the server closed `stream`: what it had sent is read and
+/// dropped, for at most a minute, and then the connection must have ended.
 fn closed_by_server(mut stream: TcpStream) -> bool {
     stream.set_nonblocking(false).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
+    let started = Instant::now();
     let mut buffer = vec![0; 1 << 20];
-    loop {
+    while started.elapsed() < Duration::from_secs(60) {
         match stream.read(&mut buffer) {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
         }
     }
+    false
 }
 
 /// Commits of `validator` over `span`, per second.
@@ -571,6 +579,11 @@ fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits()
     );
     let status0 = status(validators[0].port).unwrap();
     assert!(status0["throttled"].as_u64().unwrap() > 0, "{status0}");
+    let status2 = status(validators[2].port).unwrap();
+    assert!(
+        status2["write_timeouts"].as_u64().unwrap() >= 1,
+        "no write timed out: {status2}"
+    );
     assert!(
         closed_by_server(unread),
         "a client that read nothing for a minute was not closed (deadline {:?})",
