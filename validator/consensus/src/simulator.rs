@@ -112,8 +112,8 @@ pub struct SimConfig {
     pub leader_timeout_ms: u64,
     /// Honest validators submit a block's worth of transactions of the
     /// largest size with every block, so blocks, fetch answers and
-    /// restarts run at their byte limits (a few hundred megabytes of
-    /// memory per round of 4 validators: keep such runs short).
+    /// restarts run at their byte limits (about 30 MB of memory per round
+    /// of 4 validators: keep such runs short).
     pub large_blocks: bool,
 }
 

@@ -110,19 +110,25 @@ fn a_validator_down_for_a_minute_catches_up_and_commits_the_same_sequence() {
 /// and every honest validator commits them.
 #[test]
 fn blocks_at_the_size_limit_commit_through_crashes_partitions_and_restarts() {
-    for seed in 0..2 {
-        let config = SimConfig {
-            behaviours: vec![Behaviour::Honest; 4],
-            stakes: vec![1; 4],
-            outage: Outage::Everyone,
-            large_blocks: true,
-            ..SimConfig::random(4, 40, seed)
-        };
-        let report = run(config).unwrap_or_else(|e| panic!("{e}"));
-        assert!(report.crashes > 0 && report.partitions > 0, "{report:?}");
+    let reports: Vec<SimReport> = (0..3)
+        .map(|seed| {
+            let config = SimConfig {
+                behaviours: vec![Behaviour::Honest; 4],
+                stakes: vec![1; 4],
+                outage: Outage::Everyone,
+                large_blocks: true,
+                ..SimConfig::random(4, 100, seed)
+            };
+            run(config).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    for report in &reports {
+        assert!(report.crashes > 0, "{report:?}");
         // 32 transactions of 64 KiB fill a block.
-        assert!(report.transactions >= 30 * 4 * 32, "{report:?}");
+        assert!(report.transactions >= 90 * 4 * 32, "{report:?}");
     }
+    // A split is drawn at a random time; short runs may end before it.
+    assert!(reports.iter().any(|r| r.partitions > 0));
 }
 
 #[test]
