@@ -452,13 +452,13 @@ fn attack(port: u16, stop: &std::sync::atomic::AtomicBool) {
     });
 }
 
-/// A client that asks for the commit log over and over on one connection
+/// A client that asks for the status over and over on one connection
 /// (pipelined) and never reads an answer, until the server stops reading
 /// from it because its answers cannot be written.
 fn never_reading_client(port: u16) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream.set_nonblocking(true).unwrap();
-    let request = b"GET /consensus/v1/commits?from=0&limit=10000 HTTP/1.1\r\nhost: soma\r\n\r\n";
+    let request = b"GET /consensus/v1/status HTTP/1.1\r\nhost: soma\r\n\r\n";
     let started = Instant::now();
     // Where in `request` the next write starts: a short write is finished
     // before another request begins.
