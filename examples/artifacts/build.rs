@@ -21,6 +21,10 @@ const GUESTS: &[&str] = &[
     "router-encoder",
 ];
 
+/// Example encoders written in Python, built with componentize-py when
+/// `cargo xtask setup` could install it (`$SOMA_COMPONENTIZE_PY`).
+const PYTHON_GUESTS: &[&str] = &["python-encoder"];
+
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
@@ -111,7 +115,51 @@ fn main() {
     }
     generated += &all;
     generated += "];\n";
+    for guest in PYTHON_GUESTS {
+        let built = build_python(&workspace, &guest_target, guest);
+        generated += &format!(
+            "/// Path of the `{guest}` example component (Python), if componentize-py was installed.\npub const {}: Option<&str> = {:?};\n",
+            guest.replace('-', "_").to_uppercase(),
+            built.map(|p| p.display().to_string()),
+        );
+    }
     std::fs::write(out_dir.join("artifacts.rs"), generated).unwrap();
+}
+
+/// Builds the Python encoder in `examples/<guest>/app.py` into a component
+/// under `guest_target`, or says why it cannot and returns `None`.
+fn build_python(workspace: &Path, guest_target: &Path, guest: &str) -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=SOMA_COMPONENTIZE_PY");
+    let tool = env::var_os("SOMA_COMPONENTIZE_PY")
+        .map(PathBuf::from)
+        .filter(|t| t.is_file());
+    let Some(tool) = tool else {
+        println!(
+            "cargo:warning=componentize-py is not installed: the Python example encoder `{guest}` is not built \
+             (run `cargo xtask setup`)"
+        );
+        return None;
+    };
+    println!("cargo:rerun-if-changed={}", tool.display());
+    let source = workspace.join("examples").join(guest);
+    println!("cargo:rerun-if-changed={}", source.join("app.py").display());
+    let out = guest_target
+        .join("python")
+        .join(format!("{}.wasm", guest.replace('-', "_")));
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let status = Command::new(&tool)
+        .arg("-d")
+        .arg(workspace.join("wit"))
+        .args(["-w", "encoder", "componentize", "app", "-p"])
+        .arg(&source)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
+    if !status.success() {
+        panic!("componentize-py failed to build {guest} ({status}; see its output above)");
+    }
+    Some(out)
 }
 
 /// Fails with a message saying how to install the target, instead of

@@ -5,6 +5,7 @@
 
 mod assets;
 mod corpus;
+mod toolchains;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -231,8 +232,9 @@ fn write_benchmarks() -> Result<()> {
 }
 
 /// Installs what the build needs and is missing: the `wasm32-wasip2`
-/// standard library, clippy and rustfmt for `test`, and the ONNX Runtime
-/// library and models (see [`assets`]).
+/// standard library, clippy and rustfmt for `test`, the ONNX Runtime
+/// library and models (see [`assets`]), and the toolchain of the Python
+/// example encoder (see [`toolchains`]).
 fn setup() -> Result<()> {
     if !target_installed()? {
         rustup(
@@ -257,7 +259,9 @@ fn setup() -> Result<()> {
             "clippy and rustfmt",
         )?;
     }
-    assets::install(&workspace().join(".cache"))
+    let cache = workspace().join(".cache");
+    assets::install(&cache)?;
+    toolchains::install(&cache)
 }
 
 /// Runs rustup to install `what`, explaining how to do it by hand if that fails.

@@ -9,6 +9,7 @@ mod models;
 mod native;
 mod onnx;
 mod package;
+mod python;
 mod worker;
 
 use soma_host::{Encoder, Engine};
