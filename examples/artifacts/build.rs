@@ -21,9 +21,13 @@ const GUESTS: &[&str] = &[
     "router-encoder",
 ];
 
-/// Example encoders written in Python, built with componentize-py when
-/// `cargo xtask setup` could install it (`$SOMA_COMPONENTIZE_PY`).
-const PYTHON_GUESTS: &[&str] = &["python-encoder"];
+/// Example encoders in other languages: (crate-like name, source file,
+/// the variable naming the tool that `cargo xtask setup` installs). Each is
+/// built only when its tool is there.
+const OTHER_GUESTS: &[(&str, &str, &str)] = &[
+    ("python-encoder", "app.py", "SOMA_COMPONENTIZE_PY"),
+    ("js-encoder", "app.js", "SOMA_COMPONENTIZE_JS"),
+];
 
 const TARGET: &str = "wasm32-wasip2";
 
@@ -115,10 +119,10 @@ fn main() {
     }
     generated += &all;
     generated += "];\n";
-    for guest in PYTHON_GUESTS {
-        let built = build_python(&workspace, &guest_target, guest);
+    for &(guest, source, tool) in OTHER_GUESTS {
+        let built = build_other(&workspace, &guest_target, guest, source, tool);
         generated += &format!(
-            "/// Path of the `{guest}` example component (Python), if componentize-py was installed.\npub const {}: Option<&str> = {:?};\n",
+            "/// Path of the `{guest}` example component, if its toolchain was installed.\npub const {}: Option<&str> = {:?};\n",
             guest.replace('-', "_").to_uppercase(),
             built.map(|p| p.display().to_string()),
         );
@@ -126,38 +130,58 @@ fn main() {
     std::fs::write(out_dir.join("artifacts.rs"), generated).unwrap();
 }
 
-/// Builds the Python encoder in `examples/<guest>/app.py` into a component
-/// under `guest_target`, or says why it cannot and returns `None`.
-fn build_python(workspace: &Path, guest_target: &Path, guest: &str) -> Option<PathBuf> {
-    println!("cargo:rerun-if-env-changed=SOMA_COMPONENTIZE_PY");
-    let tool = env::var_os("SOMA_COMPONENTIZE_PY")
-        .map(PathBuf::from)
-        .filter(|t| t.is_file());
-    let Some(tool) = tool else {
+/// Builds `examples/<guest>/<source>` into a component under
+/// `guest_target` with the tool named by `$<tool>`, or says why it cannot
+/// and returns `None`.
+fn build_other(
+    workspace: &Path,
+    guest_target: &Path,
+    guest: &str,
+    source: &str,
+    tool: &str,
+) -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed={tool}");
+    let Some(program) = env::var_os(tool).map(PathBuf::from).filter(|t| t.exists()) else {
         println!(
-            "cargo:warning=componentize-py is not installed: the Python example encoder `{guest}` is not built \
-             (run `cargo xtask setup`)"
+            "cargo:warning=the example encoder `{guest}` is not built: its toolchain (${tool}) is \
+             not installed (run `cargo xtask setup`)"
         );
         return None;
     };
-    println!("cargo:rerun-if-changed={}", tool.display());
-    let source = workspace.join("examples").join(guest);
-    println!("cargo:rerun-if-changed={}", source.join("app.py").display());
+    println!("cargo:rerun-if-changed={}", program.display());
+    let dir = workspace.join("examples").join(guest);
+    println!("cargo:rerun-if-changed={}", dir.join(source).display());
     let out = guest_target
-        .join("python")
+        .join("other")
         .join(format!("{}.wasm", guest.replace('-', "_")));
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let status = Command::new(&tool)
-        .arg("-d")
-        .arg(workspace.join("wit"))
-        .args(["-w", "encoder", "componentize", "app", "-p"])
-        .arg(&source)
+    let wit = workspace.join("wit");
+    let mut cmd = Command::new(&program);
+    if source.ends_with(".py") {
+        cmd.arg("-d")
+            .arg(&wit)
+            .args(["-w", "encoder", "componentize", "app", "-p"])
+            .arg(&dir);
+    } else {
+        // No wasi:http, which the sandbox does not grant.
+        cmd.arg(dir.join(source)).arg("-w").arg(&wit).args([
+            "-n",
+            "encoder",
+            "-d",
+            "http",
+            "fetch-event",
+        ]);
+    }
+    let status = cmd
         .arg("-o")
         .arg(&out)
         .status()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
     if !status.success() {
-        panic!("componentize-py failed to build {guest} ({status}; see its output above)");
+        panic!(
+            "{} failed to build {guest} ({status}; see its output above)",
+            program.display()
+        );
     }
     Some(out)
 }

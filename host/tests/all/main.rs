@@ -4,12 +4,12 @@
 mod cli;
 mod determinism;
 mod hostile;
+mod languages;
 mod minilm;
 mod models;
 mod native;
 mod onnx;
 mod package;
-mod python;
 mod worker;
 
 use soma_host::{Encoder, Engine};
