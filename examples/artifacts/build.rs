@@ -141,14 +141,23 @@ fn build_other(
     tool: &str,
 ) -> Option<PathBuf> {
     println!("cargo:rerun-if-env-changed={tool}");
-    let Some(program) = env::var_os(tool).map(PathBuf::from).filter(|t| t.exists()) else {
+    let program = env::var_os(tool).map(PathBuf::from);
+    if let Some(program) = &program {
+        // Watched even while missing, so that installing it later rebuilds.
+        println!("cargo:rerun-if-changed={}", program.display());
+    }
+    let Some(program) = program.filter(|p| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
         println!(
             "cargo:warning=the example encoder `{guest}` is not built: its toolchain (${tool}) is \
-             not installed (run `cargo xtask setup`)"
+             missing or broken (run `cargo xtask setup`)"
         );
         return None;
     };
-    println!("cargo:rerun-if-changed={}", program.display());
     let dir = workspace.join("examples").join(guest);
     println!("cargo:rerun-if-changed={}", dir.join(source).display());
     let out = guest_target

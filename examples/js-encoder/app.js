@@ -5,8 +5,9 @@
 // ±weight there; the sum is L2-normalised. These are the features of the
 // Rust guest SDK's `hashing::hashed_features`, computed with the same f32
 // rounding (`Math.fround` after every operation), so both give the same
-// bits for the same text. The sandbox grants no files, network or
-// environment; the component imports no WASI HTTP.
+// bits for text whose words are made of letters that have case and of
+// ASCII digits (see `isAlphanumeric` for the rest). The sandbox grants no
+// files, network or environment; the component imports no WASI HTTP.
 
 import { log } from "soma:encoder/log@0.1.0";
 
@@ -18,9 +19,10 @@ const MASK = (1n << 64n) - 1n;
 const PRIME = 0x100000001b3n;
 const UTF8 = new TextEncoder();
 
-/** A digit, or a letter that has case (the engine has no Unicode property
- * tables; scripts without case, such as Chinese, count as separators
- * here, unlike in the Rust SDK). */
+/** An ASCII digit, or a letter that has case. The engine has no Unicode
+ * property tables, so scripts without case (Chinese, Arabic, Hindi, ...)
+ * and other digits count as separators here, unlike in the Rust SDK: a text
+ * in such a script embeds to the zero vector. */
 function isAlphanumeric(c) {
   return (c >= "0" && c <= "9") || c.toLowerCase() !== c.toUpperCase();
 }
@@ -62,7 +64,9 @@ function* words(text) {
 function hashedFeatures(text) {
   let v = new Array(DIMENSION).fill(0);
   for (const token of words(text)) {
-    const word = token.toLowerCase();
+    // One character at a time, as Rust does: no context rules such as
+    // Greek final sigma.
+    const word = Array.from(token, (c) => c.toLowerCase()).join("");
     addFeature(v, 0x77 /* 'w' */, word, WORD_WEIGHT);
     const edged = Array.from("<" + word + ">");
     for (let n = 0; n + 3 <= edged.length; n++) {

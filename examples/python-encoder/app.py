@@ -4,9 +4,12 @@ Every lower-cased word and every character trigram of a word (with `<` and
 `>` marking its edges) is hashed to one of 384 dimensions and adds ±weight
 there; the sum is L2-normalised. These are the features of the Rust guest
 SDK's `hashing::hashed_features`, computed with the same f32 rounding, so
-both give the same bits for the same text. Only the standard library is
-used: the component carries its own Python interpreter, and the sandbox
-grants no files, network or environment.
+both give the same bits for the same text, with one exception: Python's
+`str.isalnum` does not count combining vowel signs and marks (Unicode's
+Other_Alphabetic, as in Hindi, Thai or vowelled Arabic) as parts of words,
+and Rust's `char::is_alphanumeric` does. Only the standard library is used:
+the component carries its own Python interpreter, and the sandbox grants no
+files, network or environment.
 """
 
 import math
@@ -70,7 +73,9 @@ def words(text: str):
 def hashed_features(text: str) -> list:
     v = [0.0] * DIMENSION
     for token in words(text):
-        word = token.lower()
+        # One character at a time, as Rust does: no context rules such as
+        # Greek final sigma.
+        word = "".join(c.lower() for c in token)
         add_feature(v, ord("w"), word.encode(), WORD_WEIGHT)
         edged = "<" + word + ">"
         for n in range(len(edged) - 2):

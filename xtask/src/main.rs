@@ -23,7 +23,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the build needs: the wasm32-wasip2 Rust target, clippy
-    /// and rustfmt, the ONNX Runtime library and the models.
+    /// and rustfmt, the ONNX Runtime library and the models, and the
+    /// toolchains of the Python and JavaScript example encoders.
     Setup,
     /// Set up, build the example encoders and show them at work.
     Demo,
@@ -233,8 +234,8 @@ fn write_benchmarks() -> Result<()> {
 
 /// Installs what the build needs and is missing: the `wasm32-wasip2`
 /// standard library, clippy and rustfmt for `test`, the ONNX Runtime
-/// library and models (see [`assets`]), and the toolchain of the Python
-/// example encoder (see [`toolchains`]).
+/// library and models (see [`assets`]), and the toolchains of the Python
+/// and JavaScript example encoders (see [`toolchains`]).
 fn setup() -> Result<()> {
     if !target_installed()? {
         rustup(

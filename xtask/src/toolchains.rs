@@ -67,7 +67,13 @@ fn install_componentize_js(prefix: &Path) -> Result<()> {
     );
     std::fs::create_dir_all(prefix)?;
     let status = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
         .arg(prefix)
         .arg(format!(
             "@bytecodealliance/componentize-js@{COMPONENTIZE_JS}"
