@@ -314,11 +314,16 @@ mod tests {
             .collect()
     }
 
-    /// Every validator in every round of `rounds`, all parents.
-    fn full(rounds: &str) -> (TestDag, Replica) {
-        let dag = TestDag::parse(&[1, 1, 1, 1], &format!("{rounds}: *"));
+    /// The DAG `text` describes for four equal stakes, replayed in order.
+    fn replay(text: &str) -> (TestDag, Replica) {
+        let dag = TestDag::parse(&[1, 1, 1, 1], text);
         let replica = Replica::replay(&dag.committee, &dag.blocks);
         (dag, replica)
+    }
+
+    /// Every validator in every round of `rounds`, all parents.
+    fn full(rounds: &str) -> (TestDag, Replica) {
+        replay(&format!("{rounds}: *"))
     }
 
     #[test]
@@ -340,8 +345,7 @@ mod tests {
             .map(String::from)
             .collect();
         let text = format!("1..2: *\n3: {}\n4..8: *", present.join(" "));
-        let dag = TestDag::parse(&[1, 1, 1, 1], &text);
-        let replica = Replica::replay(&dag.committee, &dag.blocks);
+        let (_, replica) = replay(&text);
         assert_eq!(
             Committer::new().try_direct_decide(&replica.dag, 3),
             LeaderStatus::Skip(3)
@@ -359,8 +363,7 @@ mod tests {
     #[test]
     fn a_weakly_supported_leader_is_decided_through_its_anchor() {
         let text = format!("1..5: *\n{}8..13: *", weak_wave(5));
-        let dag = TestDag::parse(&[1, 1, 1, 1], &text);
-        let replica = Replica::replay(&dag.committee, &dag.blocks);
+        let (dag, replica) = replay(&text);
         assert_eq!(
             Committer::new().try_direct_decide(&replica.dag, 5),
             LeaderStatus::Undecided(5)
@@ -429,8 +432,7 @@ mod tests {
                 })
                 .collect();
             let text = format!("1..4: *\n5: * L'\n6: {} {l}\n7..12: *", votes.join(" "));
-            let dag = TestDag::parse(&[1, 1, 1, 1], &text);
-            let replica = Replica::replay(&dag.committee, &dag.blocks);
+            let (dag, replica) = replay(&text);
             let status = replica.status(5);
             if split {
                 assert_eq!(status, LeaderStatus::Skip(5), "2 : 2 votes");
@@ -452,8 +454,7 @@ mod tests {
         // Round 6: two blocks vote for the leader, two do not: neither a
         // quorum of votes nor one of blame.
         let text = format!("1..5: *\n6: {l} {a} {b}={a}5,{b}5,{c}5 {c}={a}5,{b}5,{c}5\n7..12: *");
-        let dag = TestDag::parse(&[1, 1, 1, 1], &text);
-        let replica = Replica::replay(&dag.committee, &dag.blocks);
+        let (_, replica) = replay(&text);
         assert_eq!(
             Committer::new().try_direct_decide(&replica.dag, 5),
             LeaderStatus::Undecided(5)
@@ -479,8 +480,7 @@ mod tests {
     #[test]
     fn a_chain_of_undecided_anchors_is_decided_from_the_top() {
         let text = format!("1..5: *\n{}8: *\n{}11..16: *", weak_wave(5), weak_wave(8));
-        let dag = TestDag::parse(&[1, 1, 1, 1], &text);
-        let replica = Replica::replay(&dag.committee, &dag.blocks);
+        let (dag, replica) = replay(&text);
         let mut committer = Committer::new();
         for r in [5, 8] {
             assert_eq!(
