@@ -163,8 +163,20 @@ fn build_other(
     let out = guest_target
         .join("other")
         .join(format!("{}.wasm", guest.replace('-', "_")));
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let wit = workspace.join("wit");
+    // These builds are slow and not reproducible (a rebuild has another
+    // digest, so compiled code cached for it is useless): build only when
+    // something it is built from changed, not whenever a Rust guest did.
+    let mut inputs = vec![dir.join(source), program.clone()];
+    inputs.extend(
+        std::fs::read_dir(&wit)
+            .unwrap()
+            .map(|entry| entry.unwrap().path()),
+    );
+    if newer_than_all(&out, &inputs) {
+        return Some(out);
+    }
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let mut cmd = Command::new(&program);
     if source.ends_with(".py") {
         cmd.arg("-d")
@@ -193,6 +205,17 @@ fn build_other(
         );
     }
     Some(out)
+}
+
+/// Whether `out` exists and was written after every one of `inputs`.
+fn newer_than_all(out: &Path, inputs: &[PathBuf]) -> bool {
+    let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    let Some(built) = modified(out) else {
+        return false;
+    };
+    inputs
+        .iter()
+        .all(|i| modified(i).is_some_and(|t| t < built))
 }
 
 /// Fails with a message saying how to install the target, instead of
