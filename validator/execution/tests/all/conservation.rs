@@ -57,7 +57,7 @@ fn action(g: &Genesis, op: &Op, job: Option<(Digest, usize)>) -> Action {
         },
         _ => {
             let (job, shard) = job.unwrap_or((package, 1));
-            let result = |k: usize| match (op.amount as usize + k) % 3 {
+            let result = |k: usize| match (op.amount % 3 + k as u64) % 3 {
                 0 => EncoderResult {
                     outcome: Outcome::Trap,
                     fuel: op.amount,
