@@ -241,7 +241,9 @@ impl Process {
         // ONNX Runtime is (ONNX Runtime reads settings from variables).
         let mut command = Command::new(&path);
         command.env_clear().arg(external_data);
-        if let Some(dylib) = std::env::var_os(super::DYLIB_ENV) {
+        // Resolved here, so the worker (possibly elsewhere) loads the same
+        // library; a missing one is reported by the worker's hello.
+        if let Ok(dylib) = super::server::dylib_path() {
             command.env(super::DYLIB_ENV, dylib);
         }
         let mut child = command

@@ -27,19 +27,60 @@ pub struct RuntimeUnavailable(pub String);
 static RUNTIME: OnceLock<Result<ort::environment::Environment, RuntimeUnavailable>> =
     OnceLock::new();
 
-/// The process's ONNX Runtime environment, loaded on first use from the
-/// library `SOMA_ORT_DYLIB` names. The host never calls it for encoders
-/// (their models run in the worker); it is public for native baselines.
+/// Where ONNX Runtime's shared library is looked for, in order, when
+/// `SOMA_ORT_DYLIB` is not set: beside this executable (how a release
+/// bundle ships it), then where `cargo xtask setup` installed it in the
+/// checkout this crate was built from (so `cargo run`, test binaries and
+/// `cargo install --path host` find it without the variable).
+fn dylib_candidates() -> Vec<PathBuf> {
+    let name = format!(
+        "{}onnxruntime{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(&name)));
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|root| root.join(".cache/soma/onnxruntime").join(&name));
+    beside_exe.into_iter().chain(checkout).collect()
+}
+
+/// The ONNX Runtime shared library this process uses: the one
+/// `SOMA_ORT_DYLIB` names, or else the first of [`dylib_candidates`] that
+/// exists.
+pub(crate) fn dylib_path() -> Result<PathBuf, RuntimeUnavailable> {
+    if let Some(path) = std::env::var_os(DYLIB_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    let candidates = dylib_candidates();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            RuntimeUnavailable(format!(
+                "libonnxruntime (1.32) is not installed: looked in {}; run `cargo xtask setup` \
+                 in the Soma checkout, or point {DYLIB_ENV} at the library",
+                looked.join(", ")
+            ))
+        })
+}
+
+/// The process's ONNX Runtime environment, loaded on first use from
+/// [`dylib_path`]. The host never calls it for encoders (their models run
+/// in the worker); it is public for native baselines.
 pub fn runtime() -> Result<&'static ort::environment::Environment, RuntimeUnavailable> {
     RUNTIME
         .get_or_init(|| {
-            let path = std::env::var_os(DYLIB_ENV).map(PathBuf::from).ok_or_else(|| {
-                RuntimeUnavailable(format!(
-                    "{DYLIB_ENV} is not set; run `cargo xtask setup`, or point {DYLIB_ENV} at libonnxruntime.so (1.32)"
-                ))
-            })?;
+            let path = dylib_path()?;
             let unavailable =
                 |e: &dyn std::fmt::Display| RuntimeUnavailable(format!("{}: {e}", path.display()));
+            if !path.is_file() {
+                return Err(unavailable(&format!("no such file (from {DYLIB_ENV})")));
+            }
             ort::init_from(&path)
                 .map_err(|e| unavailable(&e))?
                 .with_name("soma")

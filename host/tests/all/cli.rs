@@ -3,8 +3,21 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+/// `soma-host` as a user runs it: without the `SOMA_ORT_DYLIB` that cargo
+/// sets, so it must find the ONNX Runtime that `cargo xtask setup`
+/// installed by itself.
 fn soma_host(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_soma-host"))
+    soma_host_with(args, stdin, None)
+}
+
+/// [`soma_host`] with `SOMA_ORT_DYLIB` set to `dylib`.
+fn soma_host_with(args: &[&str], stdin: &str, dylib: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_soma-host"));
+    command.env_remove("SOMA_ORT_DYLIB");
+    if let Some(dylib) = dylib {
+        command.env("SOMA_ORT_DYLIB", dylib);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -360,6 +373,23 @@ fn a_minilm_package_runs_from_the_command_line_as_the_readme_shows() {
     assert_eq!(
         runs[0], runs[1],
         "a cached second run gives the same vector"
+    );
+    let missing = p("nowhere/libonnxruntime.so");
+    let out = soma_host_with(
+        &[
+            "run",
+            &p("minilm-l6.somapkg"),
+            "-i",
+            "A man is playing a guitar.",
+        ],
+        "",
+        Some(&missing),
+    );
+    assert!(!out.status.success());
+    let error = stderr(&out);
+    assert!(
+        error.contains(&missing) && error.contains("no such file (from SOMA_ORT_DYLIB)"),
+        "{error}"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
