@@ -139,40 +139,99 @@ impl<T: SentenceTransformer> crate::Encoder for SentenceEncoder<T> {
         }
     }
 
-    /// One model run per input, so that a text gets the same vector
-    /// whatever else is in its batch.
+    /// Texts of similar length run together, padded to the longest of
+    /// their batch ([`batches`]): a batch of short texts costs little more
+    /// than one. A text's vector depends on its batch only through the
+    /// kernels' summation order (differences of order 1e-7).
     fn embed(&self, inputs: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, EncodeError> {
+        let encodings = (0..inputs.len())
+            .map(|i| {
+                let text = crate::text_input(inputs, i)?;
+                self.tokenizer
+                    .encode(text)
+                    .map_err(|e| EncodeError::invalid_input(i, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if encodings.is_empty() {
+            return Ok(Vec::new());
+        }
         let session = Session::open(T::MODEL).map_err(|e| {
             EncodeError::Internal(format!(
                 "cannot open the model: {:?}: {}",
                 e.code, e.message
             ))
         })?;
-        (0..inputs.len())
-            .map(|i| self.embed_one(&session, inputs, i))
-            .collect()
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.input_ids.len()).collect();
+        let mut vectors = vec![Vec::new(); encodings.len()];
+        for batch in batches(&lengths) {
+            let members: Vec<&Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+            for (i, vector) in batch.into_iter().zip(self.run(&session, &members)?) {
+                vectors[i] = self.finish(vector)?;
+            }
+        }
+        Ok(vectors)
     }
 }
 
+/// Most texts one model run takes.
+pub const MAX_BATCH: usize = 32;
+
+/// Most tokens, padding included, one model run takes: attention grows
+/// with the square of the length, so long texts gain nothing from large
+/// batches and run in smaller ones.
+pub const MAX_BATCH_TOKENS: usize = 2048;
+
+/// Splits texts of `lengths` tokens into model runs: by increasing length
+/// (ties by position, so the split depends only on the lengths), each run
+/// as long as it stays within [`MAX_BATCH`] texts and [`MAX_BATCH_TOKENS`]
+/// once padded to its longest text. Returns positions in `lengths`.
+pub fn batches(lengths: &[usize]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| (lengths[i], i));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        // Sorted, so `i` is the longest of any batch it joins.
+        match batches.last_mut() {
+            Some(batch)
+                if batch.len() < MAX_BATCH
+                    && (batch.len() + 1) * lengths[i] <= MAX_BATCH_TOKENS =>
+            {
+                batch.push(i)
+            }
+            _ => batches.push(vec![i]),
+        }
+    }
+    batches
+}
+
 impl<T: SentenceTransformer> SentenceEncoder<T> {
-    fn embed_one(
-        &self,
-        session: &Session,
-        inputs: &[Vec<u8>],
-        i: usize,
-    ) -> Result<Vec<f32>, EncodeError> {
-        let text = crate::text_input(inputs, i)?;
-        let encoding = self
-            .tokenizer
-            .encode(text)
-            .map_err(|e| EncodeError::invalid_input(i, e))?;
-        let dims = [1, encoding.input_ids.len() as u32];
+    /// Runs the model once on `batch`, padded to its longest text (padding
+    /// is masked out of attention and pooling), and returns one pooled
+    /// vector per text.
+    fn run(&self, session: &Session, batch: &[&Encoding]) -> Result<Vec<Vec<f32>>, EncodeError> {
+        let length = batch.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+        let padded = |field: fn(&Encoding) -> &Vec<i64>| -> Vec<i64> {
+            batch
+                .iter()
+                .flat_map(|e| {
+                    let values = field(e);
+                    values
+                        .iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(0, length - values.len()))
+                })
+                .collect()
+        };
+        let dims = [batch.len() as u32, length as u32];
+        let mask = padded(|e| &e.attention_mask);
         let mut feed = vec![
-            Tensor::from_i64(&dims, &encoding.input_ids).named("input_ids"),
-            Tensor::from_i64(&dims, &encoding.attention_mask).named("attention_mask"),
+            Tensor::from_i64(&dims, &padded(|e| &e.input_ids)).named("input_ids"),
+            Tensor::from_i64(&dims, &mask).named("attention_mask"),
         ];
         if T::TOKEN_TYPE_IDS {
-            feed.push(Tensor::from_i64(&dims, &encoding.token_type_ids).named("token_type_ids"));
+            feed.push(
+                Tensor::from_i64(&dims, &padded(|e| &e.token_type_ids)).named("token_type_ids"),
+            );
         }
         let outputs = session.run(&feed).map_err(|e| {
             EncodeError::Internal(format!("inference failed: {:?}: {}", e.code, e.message))
@@ -186,18 +245,31 @@ impl<T: SentenceTransformer> SentenceEncoder<T> {
             .ok_or_else(|| {
                 EncodeError::Internal(format!("the model has no fp32 output `{name}`"))
             })?;
-        let mut vector = if per_token {
-            mean_pool(&values, &encoding.attention_mask, T::DIMENSION)
+        let per_text = if per_token {
+            length * T::DIMENSION
         } else {
-            values
+            T::DIMENSION
         };
-        if vector.len() != T::DIMENSION {
+        if values.len() != batch.len() * per_text {
             return Err(EncodeError::Internal(format!(
-                "output `{name}` has {} values, expected {}",
-                vector.len(),
-                T::DIMENSION
+                "output `{name}` has {} values, expected {} ({} texts of {per_text})",
+                values.len(),
+                batch.len() * per_text,
+                batch.len()
             )));
         }
+        Ok(values
+            .chunks_exact(per_text)
+            .zip(mask.chunks_exact(length))
+            .map(|(values, mask)| match per_token {
+                true => mean_pool(values, mask, T::DIMENSION),
+                false => values.to_vec(),
+            })
+            .collect())
+    }
+
+    /// Normalises a pooled vector and applies the alignment head.
+    fn finish(&self, mut vector: Vec<f32>) -> Result<Vec<f32>, EncodeError> {
         l2_normalize(&mut vector);
         match &self.head {
             None => Ok(vector),
@@ -235,7 +307,25 @@ pub fn mean_pool(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use super::mean_pool;
+    use super::{batches, mean_pool};
+
+    #[test]
+    fn batches_group_similar_lengths_within_both_bounds() {
+        assert!(batches(&[]).is_empty());
+        assert_eq!(batches(&[9, 3, 9, 5]), vec![vec![1, 3, 0, 2]]);
+        // 40 short texts: one full batch and the rest.
+        let short = batches(&[10; 40]);
+        assert_eq!(short.iter().map(Vec::len).collect::<Vec<_>>(), [32, 8]);
+        assert_eq!(short.concat(), (0..40).collect::<Vec<_>>());
+        // Long texts: the token bound decides (2048 / 256 = 8 per run),
+        // and a text longer than the bound still runs, alone.
+        let long = batches(&[256; 20]);
+        assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), [8, 8, 4]);
+        assert_eq!(batches(&[4096, 1]), vec![vec![1], vec![0]]);
+        // A long text closes the batch of short ones it would overfill.
+        let mixed = batches(&[200, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20]);
+        assert_eq!(mixed, vec![(1..=10).collect::<Vec<_>>(), vec![0]]);
+    }
 
     #[test]
     fn mean_pooling_skips_masked_rows() {

@@ -6,7 +6,7 @@ use ort::session::Session;
 use ort::session::builder::SessionBuilder;
 use ort::value::Tensor;
 use std::path::Path;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::{Encoding, PaddingParams, Tokenizer, TruncationParams};
 
 /// The native pipeline.
 pub struct NativeMiniLm {
@@ -20,7 +20,8 @@ impl NativeMiniLm {
     pub fn new(builder: SessionBuilder, model: &[u8], tokenizer: &Path) -> NativeMiniLm {
         let session = { builder }.commit_from_memory(model).unwrap();
         let mut tokenizer = Tokenizer::from_file(tokenizer).unwrap();
-        tokenizer.with_padding(None);
+        // Padded to the longest of a batch, as sentence-transformers does.
+        tokenizer.with_padding(Some(PaddingParams::default()));
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: 256,
@@ -32,30 +33,50 @@ impl NativeMiniLm {
 
     /// The unit-length embedding of one sentence.
     pub fn embed(&mut self, sentence: &str) -> Vec<f32> {
-        let encoding = self.tokenizer.encode(sentence, true).unwrap();
-        let n = encoding.get_ids().len();
-        let tensor = |v: &[u32]| {
-            Tensor::from_array(([1, n], v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>()))
-                .unwrap()
+        self.embed_batch(&[sentence]).remove(0)
+    }
+
+    /// The unit-length embeddings of `sentences`, in one run padded to the
+    /// longest (as sentence-transformers batches).
+    pub fn embed_batch(&mut self, sentences: &[&str]) -> Vec<Vec<f32>> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(sentences.to_vec(), true)
+            .unwrap();
+        let n = encodings[0].get_ids().len();
+        let tensor = |field: fn(&Encoding) -> &[u32]| {
+            let values: Vec<i64> = encodings
+                .iter()
+                .flat_map(|e| field(e).iter().map(|&x| i64::from(x)))
+                .collect();
+            Tensor::from_array(([encodings.len(), n], values)).unwrap()
         };
         let outputs = self
             .session
             .run(ort::inputs![
-                "input_ids" => tensor(encoding.get_ids()),
-                "attention_mask" => tensor(encoding.get_attention_mask()),
-                "token_type_ids" => tensor(encoding.get_type_ids()),
+                "input_ids" => tensor(Encoding::get_ids),
+                "attention_mask" => tensor(Encoding::get_attention_mask),
+                "token_type_ids" => tensor(Encoding::get_type_ids),
             ])
             .unwrap();
         let (_, hidden) = outputs["last_hidden_state"]
             .try_extract_tensor::<f32>()
             .unwrap();
-        let mut mean = vec![0.0f32; 384];
-        for row in hidden.chunks_exact(384) {
-            for (m, x) in mean.iter_mut().zip(row) {
-                *m += x / n as f32;
-            }
-        }
-        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
-        mean.iter().map(|x| x / norm).collect()
+        hidden
+            .chunks_exact(n * 384)
+            .zip(&encodings)
+            .map(|(rows, encoding)| {
+                let mask = encoding.get_attention_mask();
+                let tokens = mask.iter().filter(|&&m| m != 0).count() as f32;
+                let mut mean = vec![0.0f32; 384];
+                for (row, _) in rows.chunks_exact(384).zip(mask).filter(|(_, m)| **m != 0) {
+                    for (m, x) in mean.iter_mut().zip(row) {
+                        *m += x / tokens;
+                    }
+                }
+                let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+                mean.iter().map(|x| x / norm).collect()
+            })
+            .collect()
     }
 }
