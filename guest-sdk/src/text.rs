@@ -181,26 +181,46 @@ pub const MAX_BATCH: usize = 32;
 /// batches and run in smaller ones.
 pub const MAX_BATCH_TOKENS: usize = 2048;
 
-/// Splits texts of `lengths` tokens into model runs: by increasing length
-/// (ties by position, so the split depends only on the lengths), each run
-/// as long as it stays within [`MAX_BATCH`] texts and [`MAX_BATCH_TOKENS`]
-/// once padded to its longest text. Returns positions in `lengths`.
+/// What one model run costs beyond its tokens, in tokens: a MiniLM run of
+/// 1 × 8 tokens takes about as long as 15 more tokens would (BENCHMARKS.md,
+/// inference fuel against time), so merging runs pays while it pads less
+/// than that.
+pub const RUN_COST_TOKENS: usize = 16;
+
+/// Splits texts of `lengths` tokens into model runs, returning positions in
+/// `lengths`. Texts are sorted by length (ties by position, so the split
+/// depends only on the lengths) and cut into consecutive runs of at most
+/// [`MAX_BATCH`] texts and [`MAX_BATCH_TOKENS`] once padded to their
+/// longest (a longer text runs alone), choosing the cuts that minimise
+/// padded tokens plus [`RUN_COST_TOKENS`] per run: short and long texts
+/// are not padded to each other's length when that costs more than a run.
 pub fn batches(lengths: &[usize]) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| (lengths[i], i));
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    for i in order {
-        // Sorted, so `i` is the longest of any batch it joins.
-        match batches.last_mut() {
-            Some(batch)
-                if batch.len() < MAX_BATCH
-                    && (batch.len() + 1) * lengths[i] <= MAX_BATCH_TOKENS =>
-            {
-                batch.push(i)
-            }
-            _ => batches.push(vec![i]),
-        }
+    let length = |k: usize| lengths[order[k]];
+    // cheapest[j]: the least cost of the first j sorted texts, and where
+    // its last run starts.
+    let mut cheapest: Vec<(usize, usize)> = vec![(0, 0)];
+    for j in 1..=order.len() {
+        let longest = length(j - 1);
+        let best = (j.saturating_sub(MAX_BATCH)..j)
+            .filter(|&i| i + 1 == j || (j - i).saturating_mul(longest) <= MAX_BATCH_TOKENS)
+            .map(|i| {
+                let run = RUN_COST_TOKENS.saturating_add((j - i).saturating_mul(longest));
+                (cheapest[i].0.saturating_add(run), i)
+            })
+            .min()
+            .expect("a text can always run alone");
+        cheapest.push(best);
     }
+    let mut batches = Vec::new();
+    let mut end = order.len();
+    while end > 0 {
+        let start = cheapest[end].1;
+        batches.push(order[start..end].to_vec());
+        end = start;
+    }
+    batches.reverse();
     batches
 }
 
@@ -313,18 +333,31 @@ mod tests {
     fn batches_group_similar_lengths_within_both_bounds() {
         assert!(batches(&[]).is_empty());
         assert_eq!(batches(&[9, 3, 9, 5]), vec![vec![1, 3, 0, 2]]);
-        // 40 short texts: one full batch and the rest.
+        // 40 short texts: two runs, every text once, in order.
         let short = batches(&[10; 40]);
-        assert_eq!(short.iter().map(Vec::len).collect::<Vec<_>>(), [32, 8]);
+        assert_eq!(short.iter().map(Vec::len).collect::<Vec<_>>(), [8, 32]);
         assert_eq!(short.concat(), (0..40).collect::<Vec<_>>());
         // Long texts: the token bound decides (2048 / 256 = 8 per run),
         // and a text longer than the bound still runs, alone.
         let long = batches(&[256; 20]);
-        assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), [8, 8, 4]);
+        assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), [4, 8, 8]);
         assert_eq!(batches(&[4096, 1]), vec![vec![1], vec![0]]);
         // A long text closes the batch of short ones it would overfill.
         let mixed = batches(&[200, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20]);
         assert_eq!(mixed, vec![(1..=10).collect::<Vec<_>>(), vec![0]]);
+    }
+
+    #[test]
+    fn batches_pad_short_texts_to_long_ones_only_when_a_run_costs_more() {
+        // 16 texts of 5 tokens and 16 of 30: padding the short ones to 30
+        // costs 400 tokens, a second run 16: two runs.
+        let lengths: Vec<usize> = (0..32).map(|i| if i % 2 == 0 { 5 } else { 30 }).collect();
+        let split = batches(&lengths);
+        assert_eq!(split.len(), 2);
+        assert!(split[0].iter().all(|&i| lengths[i] == 5));
+        assert!(split[1].iter().all(|&i| lengths[i] == 30));
+        // Lengths 10 and 11: one token of padding each is cheaper than a run.
+        assert_eq!(batches(&[10, 11, 10, 11]).len(), 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use ort::session::Session;
 use ort::session::builder::SessionBuilder;
 use ort::value::Tensor;
 use std::path::Path;
-use tokenizers::{Encoding, PaddingParams, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 /// The native pipeline.
 pub struct NativeMiniLm {
@@ -20,8 +20,7 @@ impl NativeMiniLm {
     pub fn new(builder: SessionBuilder, model: &[u8], tokenizer: &Path) -> NativeMiniLm {
         let session = { builder }.commit_from_memory(model).unwrap();
         let mut tokenizer = Tokenizer::from_file(tokenizer).unwrap();
-        // Padded to the longest of a batch, as sentence-transformers does.
-        tokenizer.with_padding(Some(PaddingParams::default()));
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: 256,
@@ -36,20 +35,38 @@ impl NativeMiniLm {
         self.embed_batch(&[sentence]).remove(0)
     }
 
-    /// The unit-length embeddings of `sentences`, in one run padded to the
-    /// longest (as sentence-transformers batches).
+    /// The unit-length embeddings of `sentences`, in the padded runs the
+    /// guest SDK's sentence encoder would make of them.
     pub fn embed_batch(&mut self, sentences: &[&str]) -> Vec<Vec<f32>> {
         let encodings = self
             .tokenizer
             .encode_batch(sentences.to_vec(), true)
             .unwrap();
-        let n = encodings[0].get_ids().len();
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let mut vectors = vec![Vec::new(); sentences.len()];
+        for batch in soma_guest_sdk::text::batches(&lengths) {
+            let members: Vec<&Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+            for (i, vector) in batch.into_iter().zip(self.run(&members)) {
+                vectors[i] = vector;
+            }
+        }
+        vectors
+    }
+
+    /// One run over `batch`, padded to its longest text.
+    fn run(&mut self, batch: &[&Encoding]) -> Vec<Vec<f32>> {
+        let n = batch.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
         let tensor = |field: fn(&Encoding) -> &[u32]| {
-            let values: Vec<i64> = encodings
+            let values: Vec<i64> = batch
                 .iter()
-                .flat_map(|e| field(e).iter().map(|&x| i64::from(x)))
+                .flat_map(|e| {
+                    let v = field(e);
+                    v.iter()
+                        .map(|&x| i64::from(x))
+                        .chain(std::iter::repeat_n(0, n - v.len()))
+                })
                 .collect();
-            Tensor::from_array(([encodings.len(), n], values)).unwrap()
+            Tensor::from_array(([batch.len(), n], values)).unwrap()
         };
         let outputs = self
             .session
@@ -64,12 +81,11 @@ impl NativeMiniLm {
             .unwrap();
         hidden
             .chunks_exact(n * 384)
-            .zip(&encodings)
+            .zip(batch)
             .map(|(rows, encoding)| {
-                let mask = encoding.get_attention_mask();
-                let tokens = mask.iter().filter(|&&m| m != 0).count() as f32;
+                let tokens = encoding.get_ids().len() as f32;
                 let mut mean = vec![0.0f32; 384];
-                for (row, _) in rows.chunks_exact(384).zip(mask).filter(|(_, m)| **m != 0) {
+                for row in rows.chunks_exact(384).take(encoding.get_ids().len()) {
                     for (m, x) in mean.iter_mut().zip(row) {
                         *m += x / tokens;
                     }
