@@ -37,7 +37,8 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     let cargo = env::var_os("CARGO").unwrap();
 
-    for dir in ["wit", "guest-sdk", "Cargo.lock"] {
+    // `.cargo/config.toml` holds the guests' rustflags (simd128).
+    for dir in ["wit", "guest-sdk", "Cargo.lock", ".cargo/config.toml"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     for guest in GUESTS {

@@ -123,7 +123,8 @@ impl Head {
     /// Every output value is summed in one fixed order, `b + w₀v₀ + w₁v₁ +
     /// …`, so the bits are the same on every machine. Zero values of `v`
     /// are skipped (hashed features are mostly zeros): their products are
-    /// ±0 and leave every non-zero sum unchanged. Outputs are summed
+    /// ±0 and leave every non-zero sum unchanged (an output of exactly zero
+    /// may differ in its sign from the full sum's). Outputs are summed
     /// [`BLOCK`] at a time in independent sums held across all inputs, so
     /// the loop vectorises (with `simd128` in wasm) and keeps its sums in
     /// registers without reordering any of them.

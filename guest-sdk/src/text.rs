@@ -56,10 +56,11 @@ impl TextTokenizer {
 /// Where an ONNX sentence-transformer graph leaves the sentence vector.
 #[derive(Debug, Clone, Copy)]
 pub enum Pooling {
-    /// The named output holds token vectors (`1 × tokens × dim`): average
-    /// them over the attention mask.
+    /// The named output holds token vectors (`texts × tokens × dim`):
+    /// average each text's over its attention mask.
     MeanOfTokens(&'static str),
-    /// The named output already holds the pooled vector (`1 × dim`).
+    /// The named output already holds the pooled vectors (`texts × dim`);
+    /// the graph must leave out padding itself (its attention mask is 0).
     Pooled(&'static str),
 }
 
@@ -100,6 +101,9 @@ pub trait SentenceTransformer: Send + Sync + 'static {
     const DIMENSION: usize = 384;
     /// Largest input, in bytes.
     const MAX_INPUT_BYTES: u32 = 16 * 1024;
+    /// Most texts per model run, up to [`MAX_BATCH`]: 1 for a graph
+    /// exported with a fixed batch of one.
+    const BATCH: usize = MAX_BATCH;
     /// An alignment head file ([`crate::align`]) compiled in, mapping the
     /// model's vectors into the network's space; `None` for the reference
     /// model itself.
@@ -142,7 +146,9 @@ impl<T: SentenceTransformer> crate::Encoder for SentenceEncoder<T> {
     /// Texts of similar length run together, padded to the longest of
     /// their batch ([`batches`]): a batch of short texts costs little more
     /// than one. A text's vector depends on its batch only through the
-    /// kernels' summation order (differences of order 1e-7).
+    /// kernels' summation order (measured: at most 1.6e-6). A text the
+    /// tokenizer gives no tokens for is the zero vector, as the mean of no
+    /// tokens, without a run.
     fn embed(&self, inputs: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, EncodeError> {
         let encodings = (0..inputs.len())
             .map(|i| {
@@ -163,7 +169,14 @@ impl<T: SentenceTransformer> crate::Encoder for SentenceEncoder<T> {
         })?;
         let lengths: Vec<usize> = encodings.iter().map(|e| e.input_ids.len()).collect();
         let mut vectors = vec![Vec::new(); encodings.len()];
-        for batch in batches(&lengths) {
+        for batch in batches(&lengths, T::BATCH) {
+            if lengths[batch[0]] == 0 {
+                // The texts without tokens: a group of their own.
+                for i in batch {
+                    vectors[i] = self.finish(vec![0.0; T::DIMENSION])?;
+                }
+                continue;
+            }
             let members: Vec<&Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
             for (i, vector) in batch.into_iter().zip(self.run(&session, &members)?) {
                 vectors[i] = self.finish(vector)?;
@@ -190,20 +203,25 @@ pub const RUN_COST_TOKENS: usize = 16;
 /// Splits texts of `lengths` tokens into model runs, returning positions in
 /// `lengths`. Texts are sorted by length (ties by position, so the split
 /// depends only on the lengths) and cut into consecutive runs of at most
-/// [`MAX_BATCH`] texts and [`MAX_BATCH_TOKENS`] once padded to their
-/// longest (a longer text runs alone), choosing the cuts that minimise
-/// padded tokens plus [`RUN_COST_TOKENS`] per run: short and long texts
-/// are not padded to each other's length when that costs more than a run.
-pub fn batches(lengths: &[usize]) -> Vec<Vec<usize>> {
+/// `max_batch` (clamped to 1..=[`MAX_BATCH`]) texts and [`MAX_BATCH_TOKENS`]
+/// once padded to their longest (a longer text runs alone), choosing the
+/// cuts that minimise padded tokens plus [`RUN_COST_TOKENS`] per run: short
+/// and long texts are not padded to each other's length when that costs
+/// more than a run. Texts of no tokens, if any, come first, in a group of
+/// their own: there is nothing to run for them.
+pub fn batches(lengths: &[usize], max_batch: usize) -> Vec<Vec<usize>> {
+    let max_batch = max_batch.clamp(1, MAX_BATCH);
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| (lengths[i], i));
+    let empty = order.iter().take_while(|&&i| lengths[i] == 0).count();
+    let (empty, order) = order.split_at(empty);
     let length = |k: usize| lengths[order[k]];
     // cheapest[j]: the least cost of the first j sorted texts, and where
     // its last run starts.
     let mut cheapest: Vec<(usize, usize)> = vec![(0, 0)];
     for j in 1..=order.len() {
         let longest = length(j - 1);
-        let best = (j.saturating_sub(MAX_BATCH)..j)
+        let best = (j.saturating_sub(max_batch)..j)
             .filter(|&i| i + 1 == j || (j - i).saturating_mul(longest) <= MAX_BATCH_TOKENS)
             .map(|i| {
                 let run = RUN_COST_TOKENS.saturating_add((j - i).saturating_mul(longest));
@@ -219,6 +237,9 @@ pub fn batches(lengths: &[usize]) -> Vec<Vec<usize>> {
         let start = cheapest[end].1;
         batches.push(order[start..end].to_vec());
         end = start;
+    }
+    if !empty.is_empty() {
+        batches.push(empty.to_vec());
     }
     batches.reverse();
     batches
@@ -327,23 +348,30 @@ pub fn mean_pool(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use super::{batches, mean_pool};
+    use super::{MAX_BATCH, batches, mean_pool};
+
+    fn batches_of(lengths: &[usize]) -> Vec<Vec<usize>> {
+        batches(lengths, MAX_BATCH)
+    }
 
     #[test]
     fn batches_group_similar_lengths_within_both_bounds() {
-        assert!(batches(&[]).is_empty());
-        assert_eq!(batches(&[9, 3, 9, 5]), vec![vec![1, 3, 0, 2]]);
+        assert!(batches_of(&[]).is_empty());
+        // Graphs of a fixed batch of one; texts without tokens first.
+        assert_eq!(batches(&[7, 7], 1), vec![vec![0], vec![1]]);
+        assert_eq!(batches_of(&[3, 0, 0]), vec![vec![1, 2], vec![0]]);
+        assert_eq!(batches_of(&[9, 3, 9, 5]), vec![vec![1, 3, 0, 2]]);
         // 40 short texts: two runs, every text once, in order.
-        let short = batches(&[10; 40]);
+        let short = batches_of(&[10; 40]);
         assert_eq!(short.iter().map(Vec::len).collect::<Vec<_>>(), [8, 32]);
         assert_eq!(short.concat(), (0..40).collect::<Vec<_>>());
         // Long texts: the token bound decides (2048 / 256 = 8 per run),
         // and a text longer than the bound still runs, alone.
-        let long = batches(&[256; 20]);
+        let long = batches_of(&[256; 20]);
         assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), [4, 8, 8]);
-        assert_eq!(batches(&[4096, 1]), vec![vec![1], vec![0]]);
+        assert_eq!(batches_of(&[4096, 1]), vec![vec![1], vec![0]]);
         // A long text closes the batch of short ones it would overfill.
-        let mixed = batches(&[200, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20]);
+        let mixed = batches_of(&[200, 20, 20, 20, 20, 20, 20, 20, 20, 20, 20]);
         assert_eq!(mixed, vec![(1..=10).collect::<Vec<_>>(), vec![0]]);
     }
 
@@ -352,12 +380,12 @@ mod tests {
         // 16 texts of 5 tokens and 16 of 30: padding the short ones to 30
         // costs 400 tokens, a second run 16: two runs.
         let lengths: Vec<usize> = (0..32).map(|i| if i % 2 == 0 { 5 } else { 30 }).collect();
-        let split = batches(&lengths);
+        let split = batches_of(&lengths);
         assert_eq!(split.len(), 2);
         assert!(split[0].iter().all(|&i| lengths[i] == 5));
         assert!(split[1].iter().all(|&i| lengths[i] == 30));
         // Lengths 10 and 11: one token of padding each is cheaper than a run.
-        assert_eq!(batches(&[10, 11, 10, 11]).len(), 1);
+        assert_eq!(batches_of(&[10, 11, 10, 11]).len(), 1);
     }
 
     #[test]

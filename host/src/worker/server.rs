@@ -47,26 +47,43 @@ fn dylib_candidates() -> Vec<PathBuf> {
     beside_exe.into_iter().chain(checkout).collect()
 }
 
+/// blake3 of the library `cargo xtask setup` installs (ONNX Runtime 1.32.0
+/// from the `onnxruntime` wheel). A library found by searching is loaded
+/// only if it is this file: whoever can write to a searched directory could
+/// otherwise plant code that runs before the worker confines itself.
+const SETUP_DYLIB_BLAKE3: &str = "b9ca235169118134f48a14c831d0cb389470e1d98b78942aea77c99d90cf8d98";
+
 /// The ONNX Runtime shared library this process uses: the one
 /// `SOMA_ORT_DYLIB` names, or else the first of [`dylib_candidates`] that
-/// exists.
+/// is the library set-up installs.
 pub(crate) fn dylib_path() -> Result<PathBuf, RuntimeUnavailable> {
-    if let Some(path) = std::env::var_os(DYLIB_ENV) {
-        return Ok(PathBuf::from(path));
+    match std::env::var_os(DYLIB_ENV) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => find_dylib(&dylib_candidates()),
     }
-    let candidates = dylib_candidates();
-    candidates
-        .iter()
-        .find(|path| path.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            RuntimeUnavailable(format!(
-                "libonnxruntime (1.32) is not installed: looked in {}; run `cargo xtask setup` \
-                 in the Soma checkout, or point {DYLIB_ENV} at the library",
-                looked.join(", ")
-            ))
-        })
+}
+
+/// The first of `candidates` whose bytes are the library set-up installs;
+/// the error says where it looked and what it found there.
+fn find_dylib(candidates: &[PathBuf]) -> Result<PathBuf, RuntimeUnavailable> {
+    let mut looked = Vec::new();
+    for path in candidates {
+        match std::fs::read(path) {
+            Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == SETUP_DYLIB_BLAKE3 => {
+                return Ok(path.clone());
+            }
+            Ok(_) => looked.push(format!(
+                "{} (not the library set-up installs: set {DYLIB_ENV} to use it)",
+                path.display()
+            )),
+            Err(_) => looked.push(path.display().to_string()),
+        }
+    }
+    Err(RuntimeUnavailable(format!(
+        "libonnxruntime (1.32) is not installed: looked in {}; run `cargo xtask setup` \
+         in the Soma checkout, or point {DYLIB_ENV} at the library",
+        looked.join(", ")
+    )))
 }
 
 /// The process's ONNX Runtime environment, loaded on first use from
@@ -277,4 +294,47 @@ fn extract<T: PrimitiveTensorElementType + Copy, const N: usize>(
         ty,
         data: data.iter().flat_map(|&x| to_le(x)).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pinned_digest_is_the_one_set_up_installs() {
+        let assets = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../xtask/src/assets.rs"
+        ));
+        assert!(
+            assets.contains(SETUP_DYLIB_BLAKE3),
+            "xtask pins another library"
+        );
+    }
+
+    #[test]
+    fn only_the_library_set_up_installs_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let planted = dir.path().join("libonnxruntime.so");
+        std::fs::write(&planted, b"\x7fELF not the real library").unwrap();
+        let missing = dir.path().join("nowhere/libonnxruntime.so");
+        let error = find_dylib(&[missing.clone(), planted.clone()])
+            .unwrap_err()
+            .0;
+        assert!(error.contains(&missing.display().to_string()), "{error}");
+        assert!(
+            error.contains(&format!(
+                "{} (not the library set-up installs",
+                planted.display()
+            )),
+            "{error}"
+        );
+        // The installed one (cargo points SOMA_ORT_DYLIB at it) is found,
+        // after the impostor.
+        let installed = PathBuf::from(std::env::var_os(DYLIB_ENV).expect("cargo xtask setup"));
+        assert_eq!(
+            find_dylib(&[planted, installed.clone()]).unwrap(),
+            installed
+        );
+    }
 }

@@ -292,6 +292,31 @@ fn batched_runs_stay_within_1e_5_of_single_runs_for_both_models() {
     }
 }
 
+#[test]
+fn texts_of_one_length_run_as_one_model_run() {
+    // Eight copies of a sentence: one 8 × n run in a batch, eight 1 × n
+    // runs apart. The plan's fuel for a run has a fixed part, so apart
+    // costs at least what the plans differ by; with one run per text the
+    // batch would save only instance starts, far less.
+    let sentence = SENTENCES[0];
+    let fuel = |texts: &[&str]| {
+        l6().embed(&text(texts), &Limits::default(), Seed::from(1))
+            .unwrap()
+            .fuel_used
+    };
+    let (together, alone) = (fuel(&[sentence; 8]), fuel(&[sentence]));
+    let tokenizer = tokenizers::Tokenizer::from_file(models_dir().join("tokenizer.json")).unwrap();
+    let tokens = tokenizer.encode(sentence, true).unwrap().len() as u64;
+    let admitted = soma_host::model::admit(&model(L6_MODEL)).unwrap();
+    let planned = |texts: u64| admitted.fuel(&vec![vec![texts, tokens]; 3]).unwrap();
+    let batching_saves = 8 * planned(1) - planned(8);
+    assert!(batching_saves > 50_000_000, "{batching_saves}");
+    assert!(
+        8 * alone - together >= batching_saves,
+        "8 × {alone} apart, {together} together: saved less than {batching_saves}"
+    );
+}
+
 /// The hostile encoder packaged with the L6 model, so that it can reach the
 /// inference import.
 fn hostile_with_model() -> &'static Encoder {

@@ -38,13 +38,14 @@ impl NativeMiniLm {
     /// The unit-length embeddings of `sentences`, in the padded runs the
     /// guest SDK's sentence encoder would make of them.
     pub fn embed_batch(&mut self, sentences: &[&str]) -> Vec<Vec<f32>> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(sentences.to_vec(), true)
-            .unwrap();
+        // One at a time, on this thread, as the component tokenises.
+        let encodings: Vec<Encoding> = sentences
+            .iter()
+            .map(|s| self.tokenizer.encode(*s, true).unwrap())
+            .collect();
         let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         let mut vectors = vec![Vec::new(); sentences.len()];
-        for batch in soma_guest_sdk::text::batches(&lengths) {
+        for batch in soma_guest_sdk::text::batches(&lengths, soma_guest_sdk::text::MAX_BATCH) {
             let members: Vec<&Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
             for (i, vector) in batch.into_iter().zip(self.run(&members)) {
                 vectors[i] = vector;
