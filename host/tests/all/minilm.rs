@@ -309,10 +309,10 @@ fn texts_of_one_length_run_as_one_model_run() {
     let tokens = tokenizer.encode(sentence, true).unwrap().len() as u64;
     let admitted = soma_host::model::admit(&model(L6_MODEL)).unwrap();
     let planned = |texts: u64| admitted.fuel(&vec![vec![texts, tokens]; 3]).unwrap();
-    let batching_saves = 8 * planned(1) - planned(8);
+    let batching_saves = (8 * planned(1)).saturating_sub(planned(8));
     assert!(batching_saves > 50_000_000, "{batching_saves}");
     assert!(
-        8 * alone - together >= batching_saves,
+        (8 * alone).saturating_sub(together) >= batching_saves,
         "8 × {alone} apart, {together} together: saved less than {batching_saves}"
     );
 }
