@@ -51,6 +51,7 @@ fn main() {
     // The MiniLM encoders compile in the tokenizer that `cargo xtask setup`
     // fetches.
     println!("cargo:rerun-if-env-changed=SOMA_MODELS_DIR");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS");
     match env::var_os("SOMA_MODELS_DIR").map(PathBuf::from) {
         Some(models) if models.join("tokenizer.json").is_file() => {
             println!(

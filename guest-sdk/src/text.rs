@@ -147,9 +147,15 @@ impl<T: SentenceTransformer> crate::Encoder for SentenceEncoder<T> {
     /// their batch ([`batches`]): a batch of short texts costs little more
     /// than one. A text's vector depends on its batch only through the
     /// kernels' summation order (measured: at most 1.6e-6). A text the
-    /// tokenizer gives no tokens for is the zero vector, as the mean of no
-    /// tokens, without a run.
+    /// tokenizer gives no tokens for pools, without a run, to the zero
+    /// vector (the mean of no tokens), which then goes through the head.
     fn embed(&self, inputs: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, EncodeError> {
+        const {
+            assert!(
+                T::BATCH >= 1 && T::BATCH <= MAX_BATCH,
+                "BATCH is 1..=MAX_BATCH"
+            )
+        };
         let encodings = (0..inputs.len())
             .map(|i| {
                 let text = crate::text_input(inputs, i)?;

@@ -243,8 +243,8 @@ impl Process {
         command.env_clear().arg(external_data);
         // Resolved here, so the worker (possibly elsewhere) loads the same
         // library; a missing one is reported by the worker's hello.
-        if let Ok(dylib) = super::server::dylib_path() {
-            command.env(super::DYLIB_ENV, dylib);
+        if let Ok(dylib) = super::server::dylib() {
+            dylib.pass_to(&mut command);
         }
         let mut child = command
             .stdin(Stdio::piped())

@@ -27,11 +27,20 @@ pub struct RuntimeUnavailable(pub String);
 static RUNTIME: OnceLock<Result<ort::environment::Environment, RuntimeUnavailable>> =
     OnceLock::new();
 
+/// Set by the host for its worker when the library it names was found by
+/// searching: the worker then loads it only if it is still the library
+/// set-up installs.
+const DYLIB_VERIFY_ENV: &str = "SOMA_ORT_DYLIB_VERIFY";
+
+/// Largest file taken for the ONNX Runtime library (1.32 is about 20 MB).
+const MAX_DYLIB_BYTES: u64 = 256 << 20;
+
 /// Where ONNX Runtime's shared library is looked for, in order, when
-/// `SOMA_ORT_DYLIB` is not set: beside this executable (how a release
-/// bundle ships it), then where `cargo xtask setup` installed it in the
-/// checkout this crate was built from (so `cargo run`, test binaries and
-/// `cargo install --path host` find it without the variable).
+/// `SOMA_ORT_DYLIB` is not set: beside this executable, then where `cargo
+/// xtask setup` installed it in the checkout this crate was built from (so
+/// `cargo run`, test binaries and `cargo install --path host` find it
+/// without the variable). Only the library set-up installs (Linux x86-64)
+/// is taken from these places; any other needs the variable.
 fn dylib_candidates() -> Vec<PathBuf> {
     let name = format!(
         "{}onnxruntime{}",
@@ -41,10 +50,14 @@ fn dylib_candidates() -> Vec<PathBuf> {
     let beside_exe = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.join(&name)));
-    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(|root| root.join(".cache/soma/onnxruntime").join(&name));
-    beside_exe.into_iter().chain(checkout).collect()
+    beside_exe.into_iter().chain([setup_dylib(&name)]).collect()
+}
+
+/// Where `cargo xtask setup` puts the library `name` in this checkout.
+fn setup_dylib(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.cache/soma/onnxruntime")
+        .join(name)
 }
 
 /// blake3 of the library `cargo xtask setup` installs (ONNX Runtime 1.32.0
@@ -53,29 +66,76 @@ fn dylib_candidates() -> Vec<PathBuf> {
 /// otherwise plant code that runs before the worker confines itself.
 const SETUP_DYLIB_BLAKE3: &str = "b9ca235169118134f48a14c831d0cb389470e1d98b78942aea77c99d90cf8d98";
 
-/// The ONNX Runtime shared library this process uses: the one
-/// `SOMA_ORT_DYLIB` names, or else the first of [`dylib_candidates`] that
-/// is the library set-up installs.
-pub(crate) fn dylib_path() -> Result<PathBuf, RuntimeUnavailable> {
-    match std::env::var_os(DYLIB_ENV) {
-        Some(path) => Ok(PathBuf::from(path)),
-        None => find_dylib(&dylib_candidates()),
+/// The ONNX Runtime library to load, and whether it must be the library
+/// set-up installs.
+#[derive(Debug, Clone)]
+pub(crate) struct Dylib {
+    /// Its path.
+    pub(crate) path: PathBuf,
+    /// Whether it was found by searching (its digest is checked on load).
+    pub(crate) searched: bool,
+}
+
+impl Dylib {
+    /// Sets `command`'s environment so that it loads this library, checked
+    /// the same way.
+    pub(crate) fn pass_to(&self, command: &mut std::process::Command) {
+        command.env(DYLIB_ENV, &self.path);
+        if self.searched {
+            command.env(DYLIB_VERIFY_ENV, "1");
+        }
     }
 }
 
-/// The first of `candidates` whose bytes are the library set-up installs;
-/// the error says where it looked and what it found there.
+/// The ONNX Runtime library this process uses: the one `SOMA_ORT_DYLIB`
+/// names, or else the first of [`dylib_candidates`] that is the library
+/// set-up installs (searched once per process).
+pub(crate) fn dylib() -> Result<Dylib, RuntimeUnavailable> {
+    static SEARCHED: OnceLock<Result<PathBuf, RuntimeUnavailable>> = OnceLock::new();
+    match std::env::var_os(DYLIB_ENV) {
+        Some(path) => Ok(Dylib {
+            path: PathBuf::from(path),
+            searched: std::env::var_os(DYLIB_VERIFY_ENV).is_some(),
+        }),
+        None => SEARCHED
+            .get_or_init(|| find_dylib(&dylib_candidates()))
+            .clone()
+            .map(|path| Dylib {
+                path,
+                searched: true,
+            }),
+    }
+}
+
+/// `path` opened, if it is a regular file of at most [`MAX_DYLIB_BYTES`]
+/// whose bytes, read through the returned handle, are the library set-up
+/// installs.
+fn open_setup_dylib(path: &Path) -> Result<std::fs::File, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() || meta.len() > MAX_DYLIB_BYTES {
+        return Err("not a library file".into());
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(std::io::Read::take(&mut file, MAX_DYLIB_BYTES))
+        .map_err(|e| e.to_string())?;
+    match hasher.finalize().to_hex().as_str() == SETUP_DYLIB_BLAKE3 {
+        true => Ok(file),
+        false => Err(format!(
+            "not the library set-up installs: set {DYLIB_ENV} to use it"
+        )),
+    }
+}
+
+/// The first of `candidates` that is the library set-up installs; the
+/// error says where it looked and what it found there.
 fn find_dylib(candidates: &[PathBuf]) -> Result<PathBuf, RuntimeUnavailable> {
     let mut looked = Vec::new();
     for path in candidates {
-        match std::fs::read(path) {
-            Ok(bytes) if blake3::hash(&bytes).to_hex().as_str() == SETUP_DYLIB_BLAKE3 => {
-                return Ok(path.clone());
-            }
-            Ok(_) => looked.push(format!(
-                "{} (not the library set-up installs: set {DYLIB_ENV} to use it)",
-                path.display()
-            )),
+        match open_setup_dylib(path) {
+            Ok(_) => return Ok(path.clone()),
+            Err(e) if path.exists() => looked.push(format!("{} ({e})", path.display())),
             Err(_) => looked.push(path.display().to_string()),
         }
     }
@@ -87,18 +147,33 @@ fn find_dylib(candidates: &[PathBuf]) -> Result<PathBuf, RuntimeUnavailable> {
 }
 
 /// The process's ONNX Runtime environment, loaded on first use from
-/// [`dylib_path`]. The host never calls it for encoders (their models run
-/// in the worker); it is public for native baselines.
+/// [`dylib`]. A searched library is loaded through the handle its digest
+/// was checked on, so it cannot be swapped in between. The host never
+/// calls it for encoders (their models run in the worker); it is public
+/// for native baselines.
 pub fn runtime() -> Result<&'static ort::environment::Environment, RuntimeUnavailable> {
     RUNTIME
         .get_or_init(|| {
-            let path = dylib_path()?;
+            let Dylib { path, searched } = dylib()?;
             let unavailable =
                 |e: &dyn std::fmt::Display| RuntimeUnavailable(format!("{}: {e}", path.display()));
             if !path.is_file() {
                 return Err(unavailable(&format!("no such file (from {DYLIB_ENV})")));
             }
-            ort::init_from(&path)
+            // Held open until the library is loaded from it.
+            let checked = match searched {
+                true => Some(open_setup_dylib(&path).map_err(|e| unavailable(&e))?),
+                false => None,
+            };
+            let load_from = match &checked {
+                #[cfg(target_os = "linux")]
+                Some(file) => {
+                    use std::os::fd::AsRawFd;
+                    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                }
+                _ => path.clone(),
+            };
+            ort::init_from(&load_from)
                 .map_err(|e| unavailable(&e))?
                 .with_name("soma")
                 .with_telemetry(false)
@@ -329,9 +404,10 @@ mod tests {
             )),
             "{error}"
         );
-        // The installed one (cargo points SOMA_ORT_DYLIB at it) is found,
-        // after the impostor.
-        let installed = PathBuf::from(std::env::var_os(DYLIB_ENV).expect("cargo xtask setup"));
+        let not_a_file = open_setup_dylib(dir.path()).unwrap_err();
+        assert_eq!(not_a_file, "not a library file");
+        // The installed one is found, after the impostor.
+        let installed = setup_dylib("libonnxruntime.so");
         assert_eq!(
             find_dylib(&[planted, installed.clone()]).unwrap(),
             installed
