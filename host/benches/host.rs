@@ -13,8 +13,7 @@
 //! * loading a component by compiling it ÷ from the compiled-component cache;
 //! * minilm-l6 through the component ÷ natively (batch 1, and 32 texts in
 //!   one call on both sides: padded runs), 32 texts in one call ÷ one call
-//!   each,
-//!   and a fresh instance's start ÷ one inference;
+//!   each, and a fresh instance's start ÷ one inference;
 //! * the Rust, Python and JavaScript hash encoders side by side.
 //!
 //! A failed iteration does not end the run: its error is recorded and its
@@ -73,16 +72,23 @@ fn ok<T, E: std::fmt::Display>(id: &str, result: Result<T, E>) -> Option<T> {
 /// Why a figure cannot be trusted: the first of its benchmarks with failed
 /// iterations.
 fn failure(f: &Figure) -> Option<String> {
+    first_failure(
+        [Some(f.measured), f.minus, Some(f.baseline)]
+            .into_iter()
+            .flatten(),
+    )
+}
+
+/// The first of the benchmarks `ids` with failed iterations: how many, and
+/// the first error.
+fn first_failure<'a>(ids: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let failures = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
-    [Some(f.measured), f.minus, Some(f.baseline)]
-        .into_iter()
-        .flatten()
-        .find_map(|id| {
-            let (count, error) = failures.get(id)?;
-            Some(format!(
-                "{count} iterations of `{id}` failed, first with: {error}"
-            ))
-        })
+    ids.into_iter().find_map(|id| {
+        let (count, error) = failures.get(id)?;
+        Some(format!(
+            "{count} iterations of `{id}` failed, first with: {error}"
+        ))
+    })
 }
 
 fn load(engine: &Engine, path: &str) -> Encoder {
@@ -217,6 +223,11 @@ const LANGUAGES: &[(&str, &str, Option<&str>)] = &[
     ),
 ];
 
+/// The criterion id of the languages figure `id` of the encoder `name`.
+fn language_id(name: &str, id: &str) -> String {
+    format!("languages/{name}-{id}")
+}
+
 /// Fuel per sentence of each built language encoder on the corpus (less an
 /// empty call), by crate name. Fuel is deterministic, so one run tells it.
 static LANGUAGE_FUEL: Mutex<BTreeMap<&str, f64>> = Mutex::new(BTreeMap::new());
@@ -236,8 +247,8 @@ fn languages(c: &mut Criterion) {
     for &(_, name, path) in LANGUAGES {
         let Some(path) = path else { continue };
         let (start, corpus) = (
-            format!("languages/{name}-instantiate"),
-            format!("languages/{name}-corpus"),
+            language_id(name, "instantiate"),
+            language_id(name, "corpus"),
         );
         let loaded = std::fs::read(path)
             .map_err(|e| format!("{path}: {e}"))
@@ -254,7 +265,7 @@ fn languages(c: &mut Criterion) {
             LANGUAGE_FUEL.lock().unwrap().insert(name, per_sentence);
         }
         for (id, inputs) in [("instantiate", &[][..]), ("corpus", &batch[..])] {
-            let figure = format!("languages/{name}-{id}");
+            let figure = language_id(name, id);
             group.bench_function(format!("{name}-{id}"), |b| {
                 b.iter(|| {
                     ok(
@@ -284,12 +295,11 @@ fn languages_report(dir: &Path) -> String {
     let fuel = LANGUAGE_FUEL.lock().unwrap();
     let figures = |name: &str| -> Result<(f64, f64, f64), String> {
         let (start, corpus) = (
-            format!("languages/{name}-instantiate"),
-            format!("languages/{name}-corpus"),
+            language_id(name, "instantiate"),
+            language_id(name, "corpus"),
         );
-        let failures = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((count, error)) = failures.get(&start).or_else(|| failures.get(&corpus)) {
-            return Err(format!("{count} iterations failed, first with: {error}"));
+        if let Some(failed) = first_failure([start.as_str(), corpus.as_str()]) {
+            return Err(failed);
         }
         let fuel = *fuel.get(name).ok_or("its fuel was not measured")?;
         let start = median_ns(dir, &start);
