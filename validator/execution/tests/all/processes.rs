@@ -5,12 +5,13 @@
 
 use super::*;
 use soma_execution::{Outcome, Router};
-use soma_host::Engine;
 use soma_host::package::MAX_FUEL_LIMIT;
+use soma_host::{CompiledCache, Engine};
 use std::process::Command;
 
 const CHILD_DIR: &str = "SOMA_EXECUTION_TEST_CHILD_DIR";
 const CHILD_VALIDATOR: &str = "SOMA_EXECUTION_TEST_CHILD_VALIDATOR";
+const CHILD_CACHE: &str = "SOMA_EXECUTION_TEST_CHILD_CACHE";
 
 const TEXTS: &[&str] = &[
     "A man is playing a guitar on stage.",
@@ -97,9 +98,18 @@ fn network(dir: &Path) -> (Genesis, BlobStore, VerifiedPackage) {
 }
 
 /// An executor of the network's state in `dir/state`, with its router.
-fn executor(dir: &Path, g: &Genesis, router: &VerifiedPackage) -> Executor {
-    let router = Router::load(&Engine::new().unwrap(), router, None, g.parameters()).unwrap();
+fn executor(dir: &Path, g: &Genesis, router: &VerifiedPackage, cache: &CompiledCache) -> Executor {
+    let router =
+        Router::load(&Engine::new().unwrap(), router, Some(cache), g.parameters()).unwrap();
     Executor::open(&dir.join("state"), g, Some(router)).unwrap()
+}
+
+/// The compiled-code cache the parent test shares with its children: each
+/// process has its own engine and workers, but only the first compiles
+/// the components (minutes of Cranelift in a debug test run otherwise).
+fn child_cache() -> CompiledCache {
+    let dir = std::env::var_os(CHILD_CACHE).expect("run by its parent test");
+    CompiledCache::open(dir).unwrap()
 }
 
 /// The commit that submits [`TEXTS`].
@@ -152,13 +162,14 @@ fn child_attests() {
     let validator: u8 = std::env::var(CHILD_VALIDATOR).unwrap().parse().unwrap();
     let dir = Path::new(&dir);
     let (g, store, router) = network(dir);
-    let mut ex = executor(dir, &g, &router);
+    let cache = child_cache();
+    let mut ex = executor(dir, &g, &router, &cache);
     let jobs: Vec<Digest> = apply(&mut ex, &submissions(&g))
         .receipts
         .iter()
         .map(|r| r.transaction.unwrap())
         .collect();
-    let runner = JobRunner::new(Engine::new().unwrap(), store, None);
+    let runner = JobRunner::new(Engine::new().unwrap(), store, Some(cache));
     for (id, nonce) in jobs.iter().zip(0..) {
         let job = ex.job(id).unwrap().unwrap();
         let results = runner.compute(&job, g.parameters()).unwrap();
@@ -179,7 +190,7 @@ fn child_applies() {
     let dir = std::env::var_os(CHILD_DIR).expect("run by its parent test");
     let dir = Path::new(&dir);
     let (g, _, router) = network(dir);
-    let mut ex = executor(dir, &g, &router);
+    let mut ex = executor(dir, &g, &router, &child_cache());
     let commits = std::fs::read_to_string(dir.join("commits")).unwrap();
     for line in commits.lines() {
         let transactions: Vec<Vec<u8>> = line.split(',').map(|t| hex::decode(t).unwrap()).collect();
@@ -192,6 +203,8 @@ fn two_processes_compute_and_apply_the_same_commits_to_the_same_roots() {
     // Each validator computes in a process of its own.
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let path = |i: usize| dirs[i].path().to_str().unwrap().to_string();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().to_str().unwrap();
     let mut attestations = Vec::new();
     for (i, validator) in [VALIDATOR, OTHER_VALIDATOR].into_iter().enumerate() {
         let out = child(
@@ -199,6 +212,7 @@ fn two_processes_compute_and_apply_the_same_commits_to_the_same_roots() {
             &[
                 (CHILD_DIR, &path(i)),
                 (CHILD_VALIDATOR, &validator.to_string()),
+                (CHILD_CACHE, cache),
             ],
         );
         let mine: Vec<String> = marked(&out, "attestation ")
@@ -222,7 +236,10 @@ fn two_processes_compute_and_apply_the_same_commits_to_the_same_roots() {
     for dir in &dirs[2..] {
         std::fs::write(dir.path().join("commits"), text.join("\n")).unwrap();
         let dir = dir.path().to_str().unwrap();
-        let out = child("processes::child_applies", &[(CHILD_DIR, dir)]);
+        let out = child(
+            "processes::child_applies",
+            &[(CHILD_DIR, dir), (CHILD_CACHE, cache)],
+        );
         roots.push(
             marked(&out, "root ")
                 .iter()
@@ -236,7 +253,8 @@ fn two_processes_compute_and_apply_the_same_commits_to_the_same_roots() {
     // Every job was decided, with all three encoders in its shard run to
     // the end, and the two validators agreed.
     let (g, _, router) = network(dir.path());
-    let mut ex = executor(dir.path(), &g, &router);
+    let compiled = CompiledCache::open(cache_dir.path()).unwrap();
+    let mut ex = executor(dir.path(), &g, &router, &compiled);
     let mut jobs = Vec::new();
     for commit in &commits {
         let transactions: Vec<Vec<u8>> = commit.iter().map(|t| hex::decode(t).unwrap()).collect();
