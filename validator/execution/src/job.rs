@@ -1,7 +1,7 @@
 //! Embedding jobs: what a submission creates, what validators attest about
 //! it, and what finalisation records.
 
-use crate::transaction::public_key;
+use crate::state::stored_key;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::PublicKey;
 use soma_host::Digest;
@@ -215,7 +215,7 @@ impl Encode for Job {
 
 impl Decode<'_> for Job {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let submitter = public_key(r, "submitter")?;
+        let submitter = stored_key(r, "submitter")?;
         let commit = r.u64("commit")?;
         let data = r.bytes32("data", u32::MAX)?.to_vec();
         let payment = r.u64("payment")?;
@@ -231,7 +231,7 @@ impl Decode<'_> for Job {
         let deadline = r.u64("deadline")?;
         let n = r.count32("attesters", u32::MAX, 32)?;
         let attesters = (0..n)
-            .map(|_| public_key(r, "attester"))
+            .map(|_| stored_key(r, "attester"))
             .collect::<Result<_, _>>()?;
         let status = match r.u8("status")? {
             0 => JobStatus::Pending,
@@ -303,7 +303,7 @@ impl Decode<'_> for Finalisation {
             .collect::<Result<_, _>>()?;
         let n = r.count32("deviant", u32::MAX, 32)?;
         let deviant = (0..n)
-            .map(|_| public_key(r, "deviant"))
+            .map(|_| stored_key(r, "deviant"))
             .collect::<Result<_, _>>()?;
         Ok(Finalisation {
             commit,

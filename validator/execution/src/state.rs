@@ -21,7 +21,6 @@
 //! the commit or after it, never between.
 
 use crate::routing::MAX_REGION_BITS;
-use crate::transaction::public_key;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::PublicKey;
 use soma_host::Digest;
@@ -135,10 +134,17 @@ impl Encode for Encoder {
     }
 }
 
+/// A key in a record of this node's state: it was checked when it entered
+/// (in a transaction or the genesis), so it is not decompressed again on
+/// every read.
+pub(crate) fn stored_key(r: &mut Reader<'_>, what: &'static str) -> Result<PublicKey, DecodeError> {
+    r.array(what).map(PublicKey::from_stored_bytes)
+}
+
 impl Decode<'_> for Encoder {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Encoder {
-            owner: public_key(r, "owner")?,
+            owner: stored_key(r, "owner")?,
             bond: r.u64("bond")?,
             pending: r.u32("pending jobs")?,
             performance: Scores::decode(r)?.0,
