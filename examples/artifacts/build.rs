@@ -11,6 +11,7 @@ const GUESTS: &[&str] = &[
     "hash-encoder",
     "hostile",
     "bloated-start",
+    "oversized-memory",
     "other-world",
     "minilm-l6",
     "minilm-l3",

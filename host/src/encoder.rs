@@ -197,6 +197,7 @@ fn run<R>(
     seed: Seed,
     call: impl FnOnce(&bindings::Encoder, &mut Store<Sandbox>) -> wasmtime::Result<R>,
 ) -> Result<(R, u64, Sandbox), Error> {
+    limits.check_initial_memory(pre.instance_pre().component())?;
     let mut store = runtime.new_store(models.clone(), limits, seed)?;
     let value = match pre.instantiate(&mut store) {
         Ok(encoder) => {

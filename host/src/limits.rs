@@ -1,7 +1,9 @@
 //! Per-call resource limits and the limiter that enforces them.
 
+use crate::Error;
 use crate::error::LocalFailure;
 use std::time::Duration;
+use wasmtime::component::Component;
 
 /// Resources one encoder call may use.
 ///
@@ -44,6 +46,44 @@ impl Default for Limits {
     }
 }
 
+/// Bytes in a page of linear memory (the engine has no custom page sizes).
+const WASM_PAGE_BYTES: u64 = 64 << 10;
+
+impl Limits {
+    /// Bytes of linear memory a store may hold in all:
+    /// [`Limits::max_memory_bytes`], at most [`Limits::MEMORY_CEILING`].
+    fn memory_budget(&self) -> u64 {
+        self.max_memory_bytes.min(Limits::MEMORY_CEILING)
+    }
+
+    /// Refuses, as the encoder's [`Error::MemoryLimit`], to instantiate
+    /// `component` when one of its linear memories starts out larger than
+    /// a store may hold.
+    ///
+    /// The pooling allocator makes a memory's initial pages accessible
+    /// before it asks the store's limiter. Usually that costs nothing and
+    /// the limiter refuses next, but a host that commits memory strictly can
+    /// fail the mapping itself: a local failure where every other host
+    /// reports the limit. Checked here first, no memory larger than the
+    /// budget is ever mapped, so the outcome is the same on every host.
+    /// Memories that fit one by one but not together are still refused by
+    /// the limiter, each mapped within the budget before.
+    pub(crate) fn check_initial_memory(&self, component: &Component) -> Result<(), Error> {
+        // `None`: the component instantiates imported modules, whose
+        // memories only the limiter sees. Encoders cannot import modules.
+        let largest_pages = component
+            .resources_required()
+            .and_then(|r| r.max_initial_memory_size)
+            .unwrap_or(0);
+        match largest_pages.saturating_mul(WASM_PAGE_BYTES) > self.memory_budget() {
+            true => Err(Error::MemoryLimit {
+                limit_bytes: self.max_memory_bytes,
+            }),
+            false => Ok(()),
+        }
+    }
+}
+
 /// Fuel charged per byte a guest hands to the host (a log message, tensor
 /// data, a name), before the host reads it.
 pub const HOST_FUEL_PER_BYTE: u64 = 1;
@@ -62,7 +102,7 @@ impl Limiter {
     pub(crate) fn new(limits: &Limits) -> Self {
         let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Limiter {
-            max_memory_bytes: clamp(limits.max_memory_bytes.min(Limits::MEMORY_CEILING)),
+            max_memory_bytes: clamp(limits.memory_budget()),
             max_table_elements: clamp(limits.max_table_elements),
             max_instances: clamp(u64::from(limits.max_instances)),
             memory_in_use: 0,
@@ -146,6 +186,36 @@ fn growth_past_a_limit(error: &wasmtime::Error) -> bool {
 mod tests {
     use super::*;
     use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn a_memory_that_starts_larger_than_the_budget_is_refused_before_instantiation() {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let component = |path: &str| Component::new(&engine, std::fs::read(path).unwrap()).unwrap();
+        let oversized = component(soma_examples_artifacts::OVERSIZED_MEMORY);
+        let err = Limits::default().check_initial_memory(&oversized);
+        assert!(
+            matches!(err, Err(Error::MemoryLimit { limit_bytes }) if limit_bytes == 512 << 20),
+            "{err:?}"
+        );
+        // Its 768 MiB fit a budget of 1 GiB, and above the ceiling the
+        // ceiling is the budget.
+        for max_memory_bytes in [1 << 30, u64::MAX] {
+            let limits = Limits {
+                max_memory_bytes,
+                ..Limits::default()
+            };
+            assert!(limits.check_initial_memory(&oversized).is_ok());
+        }
+        let tight = Limits {
+            max_memory_bytes: (768 << 20) - 1,
+            ..Limits::default()
+        };
+        assert!(tight.check_initial_memory(&oversized).is_err());
+        let hash = component(soma_examples_artifacts::HASH_ENCODER);
+        assert!(Limits::default().check_initial_memory(&hash).is_ok());
+    }
 
     #[test]
     fn a_growth_past_a_limit_is_refused_and_any_other_failure_is_the_hosts() {

@@ -64,6 +64,7 @@ pub(crate) fn preinitialize(
         .and_then(bindings::EncoderPre::new)
         .map_err(incompatible)?;
     runtime.prepare(&component)?;
+    limits.check_initial_memory(&component)?;
     let mut store = runtime.new_store(PackageModels::default(), limits, Seed::default())?;
     let instance = pre
         .instance_pre()

@@ -301,6 +301,21 @@ fn a_start_up_that_leaves_too_much_memory_is_refused_at_load() {
 }
 
 #[test]
+fn a_memory_that_starts_over_the_limit_is_the_encoders_memory_limit() {
+    let wasm = std::fs::read(soma_examples_artifacts::OVERSIZED_MEMORY).unwrap();
+    let Err(err) = engine().load(&wasm) else {
+        panic!("a component whose memory starts at 768 MiB loaded under a 512 MiB limit")
+    };
+    assert!(
+        matches!(err, Error::MemoryLimit { limit_bytes } if limit_bytes == 512 << 20),
+        "{err}"
+    );
+    hash_encoder()
+        .embed(&text(&["still serving"]), &Limits::default(), Seed::from(9))
+        .unwrap();
+}
+
+#[test]
 fn a_poll_over_a_huge_list_of_handles_is_paid_for_first() {
     let out = attack("poll-flood", &Limits::default()).unwrap();
     assert_eq!(out.vectors[0][0], 90_000.0);
