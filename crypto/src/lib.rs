@@ -115,10 +115,12 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-/// An ed25519 public key: 32 bytes known to encode a curve point.
+/// An ed25519 public key: 32 bytes checked to encode a curve point when
+/// they came in ([`PublicKey::from_bytes`]), or read back from a record this
+/// process stored after such a check ([`PublicKey::from_stored_bytes`]).
 ///
 /// Kept compressed so that keys are cheap to copy and to carry in errors;
-/// the point is decompressed for each verification.
+/// the point is decompressed, and so checked again, for each verification.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey([u8; 32]);
 
@@ -133,8 +135,9 @@ impl PublicKey {
     /// Takes 32 bytes that were a checked key when this process stored them
     /// (a record read back from its own state), without decompressing the
     /// point again: that costs about a fifth of a verification, and state
-    /// records carry several keys. Bytes that are not a point (a corrupted
-    /// store) make every verification with the key fail, as a wrong key does.
+    /// records carry several keys. Never use it for bytes from outside.
+    /// Bytes that are not a point (a corrupted store) fail every
+    /// verification with [`Error::InvalidPublicKey`].
     pub fn from_stored_bytes(bytes: [u8; 32]) -> Self {
         PublicKey(bytes)
     }

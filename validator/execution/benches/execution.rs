@@ -2,14 +2,16 @@
 //! of BENCHMARKS.md to `target/bench/execution.md`.
 //!
 //! Each figure is a ratio of two timings taken in this run, on this
-//! machine (medians of repeated runs):
+//! machine:
 //!
 //! * transfers applied per second ÷ ed25519 verifications per second on
 //!   one core (every transfer needs one; the rest is apply's own cost);
 //! * the job runner's time for a job on one thread ÷ on every core
 //!   (parallelism across cores must pay);
 //! * applying the attestation that finalises a job ÷ one call of the
-//!   cheapest example encoder.
+//!   cheapest example encoder, and what deciding the job adds to applying
+//!   any attestation ÷ the same call (the design wants finalisation
+//!   negligible next to compute).
 
 use soma_codec::Encode;
 use soma_crypto::{Domain, SecretKey};
@@ -27,6 +29,10 @@ const ACCOUNTS: u8 = 8;
 const TRANSFERS_PER_COMMIT: u64 = 1_000;
 const COMMITS: u64 = 10;
 const JOBS: usize = 120;
+/// One MiniLM-L6 call through the component, as the host benchmark
+/// measures it, for scale in the report (not measured here: it needs the
+/// models).
+const MINILM_CALL_MS: f64 = 16.0;
 /// Sets of `JOBS` jobs whose attestations are timed (medians over sets).
 const SETS: usize = 7;
 const SENTENCE: &[u8] = b"validators agree on the order of transactions and then embed the data";
@@ -189,11 +195,14 @@ struct Jobs {
     /// Seconds per job with one thread.
     sequential: f64,
     /// Seconds to apply a job's second, not yet finalising, attestation
-    /// (in a commit of `JOBS`).
+    /// (in a commit of `JOBS`; median over sets).
     attest: f64,
     /// Seconds to apply a job's finalising attestation (in a commit of
-    /// `JOBS`).
+    /// `JOBS`; median over sets).
     finalise: f64,
+    /// What the finalising attestation costs more than the ordinary one
+    /// (median over sets of each set's difference, at least 0).
+    deciding: f64,
     /// Seconds per encoder call.
     call: f64,
 }
@@ -241,7 +250,7 @@ fn jobs(dir: &Path, g: &Genesis, store: BlobStore, store_again: BlobStore) -> Jo
     // first attestation, then the second in one commit (an ordinary
     // attestation), then the third (it finalises the job), so that each
     // commit's durable write is shared by `JOBS` jobs.
-    let (mut attest, mut finalise) = (Vec::new(), Vec::new());
+    let (mut attest, mut finalise, mut deciding) = (Vec::new(), Vec::new(), Vec::new());
     for set in 0..SETS {
         let (jobs, results) = match set {
             0 => (jobs.clone(), results.clone()),
@@ -278,6 +287,7 @@ fn jobs(dir: &Path, g: &Genesis, store: BlobStore, store_again: BlobStore) -> Jo
             times.push(start.elapsed() / JOBS as u32);
             assert!(effects.receipts.iter().all(|r| r.rejection.is_none()));
         }
+        deciding.push(finalise[set].saturating_sub(attest[set]));
         for (id, _) in &jobs {
             assert!(matches!(
                 ex.job(id).unwrap().unwrap().status,
@@ -290,6 +300,7 @@ fn jobs(dir: &Path, g: &Genesis, store: BlobStore, store_again: BlobStore) -> Jo
         sequential,
         attest: median(attest).as_secs_f64(),
         finalise: median(finalise).as_secs_f64(),
+        deciding: median(deciding).as_secs_f64(),
         call,
     }
 }
@@ -319,7 +330,7 @@ fn main() {
 
     let mut md = String::from(
         "## Execution\n\n\
-         Medians of repeated runs; fjall state in a temporary directory, one durable batch per commit.\n\n\
+         Means over many calls or jobs, attestations as medians over sets of jobs; fjall state in a temporary directory, one durable batch per commit.\n\n\
          | Figure | Ratio | Measured | Baseline | Target | Met |\n\
          |---|---|---|---|---|---|\n",
     );
@@ -352,12 +363,11 @@ fn main() {
     .unwrap();
     // What deciding the job adds to applying an attestation, which every
     // attestation pays whether or not it finalises.
-    let deciding = jobs.finalise - jobs.attest;
-    let deciding_ratio = deciding / jobs.call;
+    let deciding_ratio = jobs.deciding / jobs.call;
     writeln!(
         md,
         "| Of which deciding the job: a finalising attestation less an ordinary one ÷ one hash-encoder call | {deciding_ratio:.2}× | {} | {} | ≤ 1 | {} |",
-        human(deciding),
+        human(jobs.deciding),
         human(jobs.call),
         met(deciding_ratio <= 1.0)
     )
@@ -372,16 +382,18 @@ fn main() {
                 .to_string(),
         );
     }
-    if finalise_ratio > 1.0 || deciding_ratio > 1.0 {
+    if finalise_ratio > 1.0 {
         missed.push(format!(
             "**Finalisation**: applying an ordinary attestation costs {} per job: verifying \
              its signature ({} on its own, the baseline of the first row), decoding and storing \
              its results, and a share of the commit's durable write. Deciding the job adds {} \
              to that. The baseline is one call of the cheapest example encoder; a MiniLM call \
-             (about 13 ms) is some 50 times a finalising attestation.",
+             (about {MINILM_CALL_MS} ms, from the host section) is some {:.0} times a finalising \
+             attestation.",
             human(jobs.attest),
             human(verify),
-            human(deciding),
+            human(jobs.deciding),
+            MINILM_CALL_MS * 1e-3 / jobs.finalise,
         ));
     }
     if !missed.is_empty() {

@@ -118,6 +118,9 @@ pub enum JobStatus {
 }
 
 /// A job: the data to embed, the shard that embeds it, and its result.
+///
+/// Its encoding is a record of this node's state: decode only bytes this
+/// node stored (keys in it are not checked again, see `stored_key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     /// Who submitted and paid.

@@ -27,6 +27,16 @@ use soma_host::Digest;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A key in a record of this node's state: it was checked when it entered
+/// (in a transaction or the genesis), so it is not decompressed again on
+/// every read. The decoders that use it ([`crate::Job`], [`Encoder`]) are
+/// for this node's own store only. A key corrupted on disk is not caught
+/// here; it changes what apply does with it, so this node's state root
+/// parts from the others' and the root check stops it.
+pub(crate) fn stored_key(r: &mut Reader<'_>, what: &'static str) -> Result<PublicKey, DecodeError> {
+    r.array(what).map(PublicKey::from_stored_bytes)
+}
+
 /// Why the state store failed. Any of these stops apply: carrying on could
 /// make this validator's state differ from everyone else's.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +78,9 @@ pub struct Validator {
 }
 
 /// A registered encoder.
+///
+/// Its encoding is a record of this node's state: decode only bytes this
+/// node stored (its owner key is not checked again, see `stored_key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoder {
     /// The account that registered it and gets its bond back.
@@ -132,13 +145,6 @@ impl Encode for Encoder {
         w.u32(self.pending);
         Scores::encode_slice(&self.performance, w);
     }
-}
-
-/// A key in a record of this node's state: it was checked when it entered
-/// (in a transaction or the genesis), so it is not decompressed again on
-/// every read.
-pub(crate) fn stored_key(r: &mut Reader<'_>, what: &'static str) -> Result<PublicKey, DecodeError> {
-    r.array(what).map(PublicKey::from_stored_bytes)
 }
 
 impl Decode<'_> for Encoder {

@@ -2,6 +2,10 @@
 //! jobs on the hash encoder and the MiniLM encoders (each with its own
 //! ONNX Runtime worker), and two executors in separate processes, fed the
 //! same commits, reach bit-identical state roots.
+//!
+//! The processes share one compiled-code cache, so only the first compiles
+//! and pre-initialises the encoders: that two independent pre-initialisations
+//! agree is shown in the host's tests (`minilm.rs`, `languages.rs`).
 
 use super::*;
 use soma_execution::{Outcome, Router};
@@ -204,7 +208,7 @@ fn two_processes_compute_and_apply_the_same_commits_to_the_same_roots() {
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let path = |i: usize| dirs[i].path().to_str().unwrap().to_string();
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = cache_dir.path().to_str().unwrap();
+    let cache_path = cache_dir.path().to_str().unwrap();
     let mut attestations = Vec::new();
     for (i, validator) in [VALIDATOR, OTHER_VALIDATOR].into_iter().enumerate() {
         let out = child(
@@ -212,7 +216,7 @@ fn two_processes_compute_and_apply_the_same_commits_to_the_same_roots() {
             &[
                 (CHILD_DIR, &path(i)),
                 (CHILD_VALIDATOR, &validator.to_string()),
-                (CHILD_CACHE, cache),
+                (CHILD_CACHE, cache_path),
             ],
         );
         let mine: Vec<String> = marked(&out, "attestation ")
@@ -238,7 +242,7 @@ fn two_processes_compute_and_apply_the_same_commits_to_the_same_roots() {
         let dir = dir.path().to_str().unwrap();
         let out = child(
             "processes::child_applies",
-            &[(CHILD_DIR, dir), (CHILD_CACHE, cache)],
+            &[(CHILD_DIR, dir), (CHILD_CACHE, cache_path)],
         );
         roots.push(
             marked(&out, "root ")
