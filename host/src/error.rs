@@ -48,7 +48,8 @@ pub enum Error {
         limit: u64,
     },
 
-    /// The encoder tried to grow its memory (or tables) past the limit.
+    /// The encoder's memory starts larger than the limit, or it tried to
+    /// grow its memory (or tables) past the limit.
     #[error("encoder exceeded its memory limit of {limit_bytes} bytes")]
     MemoryLimit {
         /// Bytes of linear memory the call was allowed.

@@ -64,10 +64,13 @@ impl Limits {
     /// before it asks the store's limiter. Usually that costs nothing and
     /// the limiter refuses next, but a host that commits memory strictly can
     /// fail the mapping itself: a local failure where every other host
-    /// reports the limit. Checked here first, no memory larger than the
-    /// budget is ever mapped, so the outcome is the same on every host.
-    /// Memories that fit one by one but not together are still refused by
-    /// the limiter, each mapped within the budget before.
+    /// reports the limit. Checked here first, no single memory larger than
+    /// the budget is ever mapped. Several memories that fit one by one but
+    /// not together are still refused by the limiter, after the one that
+    /// goes over was mapped: less than twice the budget in all, a mapping
+    /// any host that accepts the budget can make. (The exact sum would need
+    /// the component parsed; wasmtime reports only the largest memory and
+    /// the count.)
     pub(crate) fn check_initial_memory(&self, component: &Component) -> Result<(), Error> {
         // `None`: the component instantiates imported modules, whose
         // memories only the limiter sees. Encoders cannot import modules.
@@ -208,6 +211,12 @@ mod tests {
             };
             assert!(limits.check_initial_memory(&oversized).is_ok());
         }
+        // The limiter allows a total equal to the limit; so does the check.
+        let exact = Limits {
+            max_memory_bytes: 768 << 20,
+            ..Limits::default()
+        };
+        assert!(exact.check_initial_memory(&oversized).is_ok());
         let tight = Limits {
             max_memory_bytes: (768 << 20) - 1,
             ..Limits::default()
