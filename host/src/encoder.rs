@@ -235,6 +235,17 @@ fn raised_by_wasm(error: &wasmtime::Error) -> bool {
         || error.downcast_ref::<wasmtime::WasmBacktrace>().is_some()
 }
 
+/// Whether instantiating went past the store's count of instances,
+/// memories or tables ([`Limits::max_instances`]). wasmtime checks those
+/// counts itself, without the limiter's growth hooks, so only its words
+/// (the version is pinned; a test holds them) tell this deterministic
+/// refusal apart from a failure of this host.
+fn too_many_instances(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|e| e.to_string().starts_with("resource limit exceeded: "))
+}
+
 /// Names the failure of a call: which limit was hit, or what trapped.
 pub(crate) fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> Error {
     if let Some(local) = error.downcast_ref::<LocalFailure>() {
@@ -253,6 +264,11 @@ pub(crate) fn classify(error: wasmtime::Error, sandbox: &Sandbox, limits: &Limit
     if sandbox.limiter.refused {
         return Error::MemoryLimit {
             limit_bytes: limits.max_memory_bytes,
+        };
+    }
+    if too_many_instances(&error) {
+        return Error::InstanceLimit {
+            limit: limits.max_instances,
         };
     }
     if raised_by_wasm(&error) {

@@ -56,6 +56,15 @@ pub enum Error {
         limit_bytes: u64,
     },
 
+    /// The encoder's component instantiates more core instances, or
+    /// defines more memories or tables, than a call allows
+    /// ([`crate::Limits::max_instances`] of each).
+    #[error("encoder needs more than {limit} instances, memories or tables")]
+    InstanceLimit {
+        /// Instances (and memories, and tables) the call was allowed.
+        limit: u32,
+    },
+
     /// The encoder trapped: a panic, an `unreachable`, an out-of-bounds
     /// access, an explicit exit, ...
     #[error("encoder trapped: {message}{}", stderr_suffix(stderr))]

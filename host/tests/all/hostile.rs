@@ -397,3 +397,18 @@ fn one_encoder_cannot_take_every_pooled_instance() {
         }
     });
 }
+
+#[test]
+fn more_instances_than_a_call_allows_is_the_encoders_limit_not_the_hosts() {
+    // The hash encoder's component instantiates three core modules.
+    let limits = |max_instances| Limits {
+        max_instances,
+        ..Limits::default()
+    };
+    let err = failure(hash_encoder().embed(&text(&["x"]), &limits(2), Seed::from(1)));
+    assert!(matches!(err, Error::InstanceLimit { limit: 2 }), "{err}");
+    assert!(err.is_deterministic());
+    hash_encoder()
+        .embed(&text(&["x"]), &limits(3), Seed::from(1))
+        .unwrap();
+}

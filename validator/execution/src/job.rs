@@ -15,7 +15,8 @@ pub enum Outcome {
     FuelExhausted,
     /// It trapped.
     Trap,
-    /// It hit its memory limit.
+    /// It hit a per-call resource limit: memory, or the count of
+    /// instances, memories and tables.
     MemoryLimit,
     /// Its output broke the contract (count, dimension, NaN).
     InvalidOutput,

@@ -240,7 +240,7 @@ fn failed(outcome: Outcome, fuel: u64) -> EncoderResult {
 fn outcome_of(error: &Error) -> Outcome {
     match error {
         Error::FuelExhausted { .. } => Outcome::FuelExhausted,
-        Error::MemoryLimit { .. } => Outcome::MemoryLimit,
+        Error::MemoryLimit { .. } | Error::InstanceLimit { .. } => Outcome::MemoryLimit,
         Error::Trap { .. } => Outcome::Trap,
         Error::InvalidOutput(_) => Outcome::InvalidOutput,
         Error::Refused(_) => Outcome::Refused,
