@@ -8,8 +8,9 @@ use wasmtime::component::Component;
 /// Resources one encoder call may use.
 ///
 /// Fuel is the deterministic budget: running out is the encoder's fault and
-/// every host agrees on it. Memory, tables and instances are hard caps
-/// checked on every growth. The timeout is only a wall-clock safety net for
+/// every host agrees on it. Memory and tables are hard caps checked on
+/// every growth; instances, memories and tables are counted as the
+/// component is instantiated. The timeout is only a wall-clock safety net for
 /// this host (see [`crate::Error::Timeout`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -19,7 +20,8 @@ pub struct Limits {
     pub max_memory_bytes: u64,
     /// Elements per table.
     pub max_table_elements: u64,
-    /// Core instances a component may create.
+    /// Core instances a component may create, and as many memories and
+    /// tables ([`crate::Error::InstanceLimit`] past any of them).
     pub max_instances: u32,
     /// Wall-clock safety net.
     pub timeout: Duration,

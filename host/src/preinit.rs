@@ -66,10 +66,15 @@ pub(crate) fn preinitialize(
     runtime.prepare(&component)?;
     limits.check_initial_memory(&component)?;
     let mut store = runtime.new_store(PackageModels::default(), limits, Seed::default())?;
-    let instance = pre
-        .instance_pre()
-        .instantiate(&mut store)
-        .map_err(|e| classify(e, store.data(), limits))?;
+    let instance = match pre.instance_pre().instantiate(&mut store) {
+        Ok(instance) => instance,
+        Err(e) => match classify(e, store.data(), limits) {
+            // The instrumentation adds a core instance of its own, which the
+            // snapshot drops: a component at the limit is judged as it is.
+            Error::InstanceLimit { .. } => return Ok(None),
+            other => return Err(other),
+        },
+    };
     // As for any call: what the canonical ABI refuses in the answer is
     // the guest's fault.
     let init = bindings::Encoder::new(&mut store, &instance)
@@ -176,5 +181,32 @@ fn block_on<F: Future>(future: F) -> F::Output {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return output;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_at_the_instance_limit_is_used_as_it_is_not_refused() {
+        // The hash encoder instantiates three core modules; instrumented,
+        // four.
+        let runtime = Runtime::new(true).unwrap();
+        let wasm = std::fs::read(soma_examples_artifacts::HASH_ENCODER).unwrap();
+        let limits = |max_instances| Limits {
+            max_instances,
+            ..Limits::default()
+        };
+        assert!(
+            preinitialize(&runtime, &wasm, &limits(4))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            preinitialize(&runtime, &wasm, &limits(3))
+                .unwrap()
+                .is_none()
+        );
     }
 }
