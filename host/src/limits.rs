@@ -69,10 +69,10 @@ impl Limits {
     /// reports the limit. Checked here first, no single memory larger than
     /// the budget is ever mapped. Several memories that fit one by one but
     /// not together are still refused by the limiter, after the one that
-    /// goes over was mapped: less than twice the budget in all, a mapping
-    /// any host that accepts the budget can make. (The exact sum would need
-    /// the component parsed; wasmtime reports only the largest memory and
-    /// the count.)
+    /// goes over was mapped: at most twice the budget in all, so a host
+    /// that commits strictly may still fail there. (The exact sum would
+    /// need the component parsed; wasmtime reports only the largest memory
+    /// and the count.)
     pub(crate) fn check_initial_memory(&self, component: &Component) -> Result<(), Error> {
         // `None`: the component instantiates imported modules, whose
         // memories only the limiter sees. Encoders cannot import modules.
