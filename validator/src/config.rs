@@ -1,168 +1,245 @@
-//! A validator's configuration file and the generation of a local
-//! network's configurations.
+//! A validator's configuration file, and the generation of a local
+//! network: keys, genesis and one configuration per validator.
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use soma_consensus::{
-    AcceptAny, AuthorityIndex, Committee, DEFAULT_MIN_ROUND_DELAY, NodeConfig, Parameters, Protocol,
-};
+use soma_consensus::{DEFAULT_MIN_ROUND_DELAY, Protocol};
 use soma_crypto::keyfile;
 use soma_crypto::{PublicKey, SecretKey};
+use soma_host::package::Package;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-/// One member of the committee as configured.
+/// What `soma node --config` reads. Paths are relative to the file's
+/// directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Member {
-    /// Hex ed25519 public key.
-    pub key: String,
-    /// Voting stake.
-    pub stake: u64,
-    /// Where it listens.
-    pub address: SocketAddr,
-}
-
-/// The chain the committee runs: every validator's file must say the same.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChainFile {
-    /// Hex chain id (the digest of genesis).
-    pub id: String,
-    /// The committee's epoch.
-    pub epoch: u64,
-    /// Rounds kept below the last commit; the oldest a parent may be.
-    pub gc_depth: u32,
-}
-
-/// What `soma node --config` reads.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ValidatorFile {
-    /// The chain and its consensus constants.
-    pub chain: ChainFile,
-    /// This validator's index in `committee`.
-    pub authority: u32,
-    /// Its secret key file, relative to the configuration file.
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// The network's genesis config (shared by every validator; its
+    /// digest is the chain id).
+    pub genesis: PathBuf,
+    /// This validator's secret key file: its consensus identity and the
+    /// account its attestations are paid from.
     pub key_file: PathBuf,
-    /// Its consensus store directory, relative to the configuration file.
-    pub store: PathBuf,
+    /// Where the node keeps its consensus store, state, blobs and compiled
+    /// code.
+    pub data_dir: PathBuf,
+    /// Every validator's consensus address, by hex public key (this one's
+    /// included: it listens there).
+    pub peers: BTreeMap<String, SocketAddr>,
+    /// Where the HTTP API listens.
+    pub api: SocketAddr,
+    /// API keys (bearer tokens) and the secret key file of the account each
+    /// one spends from in `POST /v1/embeddings`.
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, PathBuf>,
+    /// Rounds kept below the last commit; the oldest a parent may be. Every
+    /// validator must use the same (peers refuse each other otherwise).
+    #[serde(default = "default_gc_depth")]
+    pub gc_depth: u32,
     /// Milliseconds to wait for a round's leader.
+    #[serde(default = "default_leader_timeout_ms")]
     pub leader_timeout_ms: u64,
     /// The fewest milliseconds between two of this validator's blocks.
     #[serde(default = "default_min_round_delay_ms")]
     pub min_round_delay_ms: u64,
-    /// The committee, in index order.
-    pub committee: Vec<Member>,
+    /// Threads the job runner uses (0: one per core).
+    #[serde(default)]
+    pub runner_threads: usize,
+}
+
+fn default_gc_depth() -> u32 {
+    Protocol::DEFAULT_GC_DEPTH
+}
+
+fn default_leader_timeout_ms() -> u64 {
+    500
 }
 
 fn default_min_round_delay_ms() -> u64 {
     DEFAULT_MIN_ROUND_DELAY.as_millis() as u64
 }
 
-impl ValidatorFile {
+impl NodeFile {
     /// Reads a configuration file.
-    pub fn read(path: &Path) -> Result<ValidatorFile> {
+    pub fn read(path: &Path) -> Result<NodeFile> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the configuration {}", path.display()))?;
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a validator configuration", path.display()))
     }
-
-    /// The node configuration this file describes, with paths resolved
-    /// against `dir` (the file's directory).
-    pub fn node_config(&self, dir: &Path) -> Result<NodeConfig> {
-        let mut members = Vec::new();
-        for (i, member) in self.committee.iter().enumerate() {
-            let key = PublicKey::from_hex(&member.key)
-                .with_context(|| format!("committee member {i} has an invalid key"))?;
-            members.push((key, member.stake));
-        }
-        let chain_id = hex::decode(&self.chain.id)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .context("chain.id is not 32 hex bytes")?;
-        let protocol = Protocol {
-            chain_id,
-            epoch: self.chain.epoch,
-            gc_depth: self.chain.gc_depth,
-        };
-        let committee = Committee::new(members, protocol).context("invalid committee")?;
-        let key_path = dir.join(&self.key_file);
-        let key = keyfile::read_secret_key(&key_path)?;
-        if committee.key(AuthorityIndex(self.authority)) != Some(&key.public_key()) {
-            bail!(
-                "{} is not the key of committee member {}",
-                key_path.display(),
-                self.authority
-            );
-        }
-        Ok(NodeConfig {
-            authority: AuthorityIndex(self.authority),
-            key,
-            committee,
-            addresses: self.committee.iter().map(|m| m.address).collect(),
-            store: dir.join(&self.store),
-            parameters: Parameters::default(),
-            leader_timeout: Duration::from_millis(self.leader_timeout_ms),
-            min_round_delay: Duration::from_millis(self.min_round_delay_ms),
-            verifier: Arc::new(AcceptAny),
-        })
-    }
 }
 
-/// Writes keys and configurations for `validators` validators on
-/// 127.0.0.1 from `base_port` into `dir/validator-<i>/config.json`;
-/// returns the configuration paths.
-pub fn write_localnet(dir: &Path, validators: usize, base_port: u16) -> Result<Vec<PathBuf>> {
-    if validators == 0 {
+/// What a client of a local network needs: where the APIs are, an API
+/// key, and the account that key spends from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientFile {
+    /// Every validator's API address, by index.
+    pub apis: Vec<SocketAddr>,
+    /// An API key every validator accepts.
+    pub api_key: String,
+    /// Hex public key of the account the key spends from.
+    pub account: String,
+    /// That account's secret key file, relative to this file.
+    pub account_key_file: PathBuf,
+    /// Hex public key of the account that owns the genesis encoders.
+    pub publisher: String,
+}
+
+/// What [`write_localnet`] writes.
+pub struct Localnet<'a> {
+    /// Directory to write into.
+    pub dir: &'a Path,
+    /// Number of validators.
+    pub validators: usize,
+    /// Consensus port of validator 0; the others follow, then the API
+    /// ports.
+    pub base_port: u16,
+    /// Signed packages of the encoders registered at genesis.
+    pub encoders: &'a [PathBuf],
+    /// The signed package of the network's router, if any.
+    pub router: Option<&'a Path>,
+}
+
+/// Base units a localnet's user account starts with.
+pub const LOCALNET_USER_BALANCE: u64 = 1_000_000_000_000;
+/// Base units each localnet validator's account starts with (it pays its
+/// attestations' fees).
+pub const LOCALNET_VALIDATOR_BALANCE: u64 = 1_000_000_000;
+/// Each localnet validator's stake.
+pub const LOCALNET_STAKE: u64 = 10_000_000;
+/// Commits a localnet job may take before it expires.
+pub const LOCALNET_JOB_EXPIRY: u64 = 50_000;
+/// Each localnet encoder's bond.
+pub const LOCALNET_BOND: u64 = 10_000_000;
+
+/// Writes keys, a genesis and configurations for a network of validators
+/// on 127.0.0.1: `dir/genesis.json` (with the packages copied beside it),
+/// `dir/client.json` and `dir/validator-<i>/config.json`; returns the
+/// configuration paths.
+pub fn write_localnet(net: &Localnet<'_>) -> Result<Vec<PathBuf>> {
+    let n = net.validators;
+    if n == 0 {
         bail!("a network needs at least one validator");
     }
-    let fits = u16::try_from(validators - 1)
-        .ok()
-        .and_then(|n| base_port.checked_add(n))
-        .is_some();
-    if !fits {
-        bail!("{validators} validators from port {base_port} run past port 65535");
+    let ports = u16::try_from(2 * n).ok();
+    if ports
+        .and_then(|p| net.base_port.checked_add(p - 1))
+        .is_none()
+    {
+        bail!(
+            "{n} validators need {} ports from {}, past port 65535",
+            2 * n,
+            net.base_port
+        );
     }
-    let keys = (0..validators)
+    let port = |i: usize| net.base_port + i as u16;
+    let dir = net.dir;
+    std::fs::create_dir_all(dir.join("packages"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let keys = (0..n)
         .map(|_| SecretKey::generate())
         .collect::<Result<Vec<_>, _>>()?;
-    let committee: Vec<Member> = keys
+    let user = SecretKey::generate()?;
+    let publisher = SecretKey::generate()?;
+    let hex_key = |k: &SecretKey| hex::encode(k.public_key().to_bytes());
+    let accounts_dir = dir.join("accounts");
+    std::fs::create_dir_all(&accounts_dir)?;
+    keyfile::write_secret_key(&accounts_dir.join("user.key"), &user)?;
+    keyfile::write_secret_key(&accounts_dir.join("publisher.key"), &publisher)?;
+
+    let copy_package = |path: &Path| -> Result<String> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let package = Package::decode(&bytes)
+            .and_then(|p| p.verify(None))
+            .with_context(|| format!("{} is not a valid signed package", path.display()))?;
+        // Two packages may carry one encoder name (signed by different
+        // authors): the digest tells their files apart.
+        let digest = package.digest().to_string();
+        let name = format!(
+            "packages/{}-{}.somapkg",
+            package.manifest().name,
+            &digest[..12]
+        );
+        std::fs::write(dir.join(&name), &bytes)?;
+        Ok(name)
+    };
+    let mut encoders = Vec::new();
+    for path in net.encoders {
+        encoders.push(serde_json::json!({
+            "package": copy_package(path)?,
+            "owner": hex_key(&publisher),
+            "bond": LOCALNET_BOND,
+        }));
+    }
+    let mut accounts =
+        vec![serde_json::json!({"key": hex_key(&user), "balance": LOCALNET_USER_BALANCE})];
+    accounts
+        .extend(keys.iter().map(
+            |k| serde_json::json!({"key": hex_key(k), "balance": LOCALNET_VALIDATOR_BALANCE}),
+        ));
+    let mut genesis = serde_json::json!({
+        "chain_name": "soma-localnet",
+        // Rounds are fast on one machine: a job may take this many commits
+        // (minutes) before it expires.
+        "parameters": {"job_expiry_commits": LOCALNET_JOB_EXPIRY},
+        "accounts": accounts,
+        "validators": keys.iter().map(|k| serde_json::json!({"key": hex_key(k), "stake": LOCALNET_STAKE})).collect::<Vec<_>>(),
+        "encoders": encoders,
+    });
+    if let Some(router) = net.router {
+        genesis["router"] = copy_package(router)?.into();
+    }
+    let genesis_path = dir.join("genesis.json");
+    std::fs::write(&genesis_path, serde_json::to_string_pretty(&genesis)?)?;
+    // What every node will read: refused here, with the reason, rather than
+    // by each node as it starts.
+    soma_execution::Genesis::from_config_file(&genesis_path)
+        .context("the network's genesis is not valid")?;
+
+    // Fresh keys make each localnet a chain of its own; so does a fresh
+    // API key.
+    let mut token = [0u8; 24];
+    getrandom::fill(&mut token).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let api_key = format!("soma-{}", hex::encode(token));
+    let peers: BTreeMap<String, SocketAddr> = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| Member {
-            key: hex::encode(k.public_key().to_bytes()),
-            stake: 1,
-            // Checked above: every port fits.
-            address: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16)),
-        })
+        .map(|(i, k)| (hex_key(k), SocketAddr::from(([127, 0, 0, 1], port(i)))))
         .collect();
-    // The chain id is the digest of this genesis, the committee of fresh
-    // keys: each localnet is a chain of its own, and nothing signed for one
-    // replays on another.
-    let mut genesis = blake3::Hasher::new_derive_key("soma/localnet-genesis/v1");
-    for member in &committee {
-        genesis.update(member.key.as_bytes());
-    }
-    let chain = ChainFile {
-        id: genesis.finalize().to_hex().to_string(),
-        epoch: 0,
-        gc_depth: Protocol::DEFAULT_GC_DEPTH,
+    let apis: Vec<SocketAddr> = (0..n)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], port(n + i))))
+        .collect();
+    let client = ClientFile {
+        apis: apis.clone(),
+        api_key: api_key.clone(),
+        account: hex_key(&user),
+        account_key_file: "accounts/user.key".into(),
+        publisher: hex_key(&publisher),
     };
+    std::fs::write(
+        dir.join("client.json"),
+        serde_json::to_string_pretty(&client)?,
+    )?;
     let mut paths = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let home = dir.join(format!("validator-{i}"));
         std::fs::create_dir_all(&home)
             .with_context(|| format!("cannot create {}", home.display()))?;
         keyfile::write_secret_key(&home.join("key"), key)?;
-        let file = ValidatorFile {
-            chain: chain.clone(),
-            authority: i as u32,
+        let file = NodeFile {
+            genesis: "../genesis.json".into(),
             key_file: "key".into(),
-            store: "consensus".into(),
-            leader_timeout_ms: 500,
+            data_dir: "data".into(),
+            peers: peers.clone(),
+            api: apis[i],
+            api_keys: BTreeMap::from([(api_key.clone(), "../accounts/user.key".into())]),
+            gc_depth: default_gc_depth(),
+            leader_timeout_ms: default_leader_timeout_ms(),
             min_round_delay_ms: default_min_round_delay_ms(),
-            committee: committee.clone(),
+            runner_threads: 0,
         };
         let path = home.join("config.json");
         std::fs::write(&path, serde_json::to_string_pretty(&file)?)
@@ -170,4 +247,9 @@ pub fn write_localnet(dir: &Path, validators: usize, base_port: u16) -> Result<V
         paths.push(path);
     }
     Ok(paths)
+}
+
+/// Reads the public key written as hex in a configuration.
+pub(crate) fn hex_public_key(text: &str, what: &str) -> Result<PublicKey> {
+    PublicKey::from_hex(text).with_context(|| format!("{what} `{text}` is not a public key"))
 }

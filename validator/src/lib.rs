@@ -1,4 +1,12 @@
-//! A Soma validator. So far it runs consensus: validators order opaque
-//! transactions and expose their commits; state and execution come next.
+//! A Soma validator: consensus ([`soma_consensus`]) orders transactions,
+//! execution ([`soma_execution`]) applies every commit, the attester
+//! computes each job in the encoder host and attests through consensus,
+//! and an HTTP API (with OpenAI-compatible `POST /v1/embeddings`) serves
+//! clients. [`node::run`] runs one; [`config`] writes local networks.
 
+mod admission;
+pub mod api;
+mod attester;
 pub mod config;
+mod metrics;
+pub mod node;

@@ -1,11 +1,10 @@
 //! `soma`: run a Soma validator or a local network of them.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use soma_consensus::Node;
-use soma_validator::config::{ValidatorFile, write_localnet};
+use clap::{Args, Parser, Subcommand};
+use soma_validator::config::{Localnet, write_localnet};
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Child, Command as Process, ExitCode};
 
 #[derive(Parser)]
 #[command(name = "soma", version, about = "Run Soma validators")]
@@ -16,25 +15,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs one validator from its configuration file until killed.
+    /// Runs one validator from its configuration file until Ctrl-C.
     Node {
         /// The validator's config.json.
         #[arg(long)]
         config: PathBuf,
     },
-    /// Writes keys and configurations for a network of validators on
-    /// 127.0.0.1 (each then runs with `soma node --config`).
-    Genesis {
-        /// Directory to write into (validator-<i>/ per validator).
-        #[arg(long)]
-        dir: PathBuf,
-        /// Number of validators.
-        #[arg(long, default_value_t = 4)]
-        validators: usize,
-        /// Port of validator 0; the others follow.
-        #[arg(long, default_value_t = 7100)]
-        base_port: u16,
-    },
+    /// Writes keys, a genesis and configurations for a network of
+    /// validators on 127.0.0.1 (each then runs with `soma node --config`);
+    /// prints the configuration paths.
+    Genesis(NetworkArgs),
+    /// Writes a network as `genesis` does and runs every validator as a
+    /// process of its own until Ctrl-C.
+    Localnet(NetworkArgs),
+}
+
+#[derive(Args)]
+struct NetworkArgs {
+    /// Directory to write into.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Number of validators.
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Consensus port of validator 0; the others follow, then the API
+    /// ports (validator i's API is at base + validators + i).
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    /// A signed encoder package registered at genesis (repeatable).
+    #[arg(long = "encoder")]
+    encoders: Vec<PathBuf>,
+    /// The signed package of the network's router.
+    #[arg(long)]
+    router: Option<PathBuf>,
+}
+
+impl NetworkArgs {
+    fn write(&self) -> Result<Vec<PathBuf>> {
+        write_localnet(&Localnet {
+            dir: &self.dir,
+            validators: self.validators,
+            base_port: self.base_port,
+            encoders: &self.encoders,
+            router: self.router.as_deref(),
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -54,37 +79,59 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let runtime = || tokio::runtime::Runtime::new().context("cannot start the async runtime");
     match cli.command {
-        Command::Genesis {
-            dir,
-            validators,
-            base_port,
-        } => {
-            for path in write_localnet(&dir, validators, base_port)? {
+        Command::Genesis(args) => {
+            for path in args.write()? {
                 println!("{}", path.display());
             }
             Ok(())
         }
         Command::Node { config } => {
-            let file = ValidatorFile::read(&config)?;
-            let dir = config.parent().map(PathBuf::from).unwrap_or_default();
-            let node_config = file.node_config(&dir)?;
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(async move {
-                let mut node = Node::start(node_config).await?;
-                tracing::info!(authority = file.authority, "validator running");
-                loop {
-                    tokio::select! {
-                        commit = node.next_commit() => match commit {
-                            Some(subdag) => tracing::debug!(leader = ?subdag.leader, blocks = subdag.blocks.len(), "committed"),
-                            None => break,
-                        },
-                        _ = tokio::signal::ctrl_c() => return Ok(()),
+            runtime()?.block_on(soma_validator::node::run(&config, async {
+                let _ = tokio::signal::ctrl_c().await;
+            }))
+        }
+        Command::Localnet(args) => {
+            let configs = args.write()?;
+            let me = std::env::current_exe().context("cannot find the soma executable")?;
+            let mut children = Vec::new();
+            for (i, config) in configs.iter().enumerate() {
+                let child = Process::new(&me)
+                    .args(["node", "--config"])
+                    .arg(config)
+                    .spawn()
+                    .with_context(|| format!("cannot start validator {i}"));
+                match child {
+                    Ok(child) => children.push(child),
+                    Err(e) => {
+                        stop(&mut children);
+                        return Err(e);
                     }
                 }
-                node.stopped().await.context("validator stopped")
-            })
+            }
+            eprintln!(
+                "{} validators running; clients: {}; Ctrl-C stops them",
+                children.len(),
+                args.dir.join("client.json").display()
+            );
+            let waited = runtime().map(|runtime| {
+                runtime.block_on(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+            });
+            stop(&mut children);
+            waited
         }
+    }
+}
+
+/// Stops the validator processes and waits for them.
+fn stop(children: &mut [Child]) {
+    for child in children.iter_mut() {
+        let _ = child.kill();
+    }
+    for child in children.iter_mut() {
+        let _ = child.wait();
     }
 }

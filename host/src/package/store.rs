@@ -51,7 +51,10 @@ pub enum StoreError {
     },
 }
 
-/// Blobs by digest, plus the manifests of installed packages.
+/// Blobs by digest, plus the manifests of installed packages. Clones
+/// share the directory (writes go through `tmp/` and a rename, so
+/// concurrent writers never expose a partial blob).
+#[derive(Clone)]
 pub struct BlobStore {
     dir: PathBuf,
 }

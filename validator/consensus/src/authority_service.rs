@@ -554,18 +554,14 @@ impl From<StoreError> for AnswerError {
     }
 }
 
-/// `index leader-round leader-author blake3(blocks)` for one commit.
+/// `index leader-round leader-author digest` for one commit.
 fn commit_line(commit: &CommitRecord) -> String {
-    let mut hasher = blake3::Hasher::new();
-    for block in &commit.blocks {
-        hasher.update(&block.to_key());
-    }
     format!(
         "{} {} {} {}\n",
         commit.index,
         commit.leader.round,
         commit.leader.author.0,
-        hasher.finalize().to_hex()
+        hex::encode(commit.digest())
     )
 }
 

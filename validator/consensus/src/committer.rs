@@ -289,8 +289,11 @@ mod tests {
                 self.decided.push(status);
                 self.last_decided = status.round();
                 if let LeaderStatus::Commit(leader) = status {
-                    self.sequence
-                        .push(self.linearizer.linearize(&self.dag, leader));
+                    self.sequence.push(self.linearizer.linearize(
+                        &self.dag,
+                        leader,
+                        self.sequence.len() as u64,
+                    ));
                 }
             }
         }
@@ -399,7 +402,7 @@ mod tests {
     fn blocks_below_the_garbage_collection_round_are_never_committed() {
         let (dag, replica) = full("1..10");
         let mut linearizer = crate::Linearizer::new([], 4);
-        let subdag = linearizer.linearize(&replica.dag, dag.get("L8"));
+        let subdag = linearizer.linearize(&replica.dag, dag.get("L8"), 0);
         assert!(subdag.blocks.iter().all(|x| x.reference().round >= 4));
         assert_eq!(
             subdag.blocks.len(),
@@ -408,7 +411,7 @@ mod tests {
         );
         // Raising the round later forgets what was committed below it.
         linearizer.garbage_collect(6);
-        let subdag = linearizer.linearize(&replica.dag, dag.get("L10"));
+        let subdag = linearizer.linearize(&replica.dag, dag.get("L10"), 1);
         assert!(subdag.blocks.iter().all(|x| x.reference().round >= 8));
     }
 

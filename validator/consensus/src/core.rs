@@ -525,7 +525,9 @@ impl Core {
         for status in decided {
             match status {
                 LeaderStatus::Commit(leader) => {
-                    let subdag = self.linearizer.linearize(&self.dag, leader);
+                    let subdag =
+                        self.linearizer
+                            .linearize(&self.dag, leader, self.progress.next_index);
                     batch.commits.push(CommitRecord {
                         index: self.progress.next_index,
                         leader,

@@ -8,12 +8,50 @@ use std::collections::BTreeSet;
 /// are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedSubDag {
+    /// Its position in the committed sequence, from 0.
+    pub index: u64,
     /// The committed leader.
     pub leader: BlockRef,
     /// Its causal history not committed before and not below the
     /// garbage-collection round, sorted by (round, author, digest); the
     /// leader comes last.
     pub blocks: Vec<VerifiedBlock>,
+}
+
+impl CommittedSubDag {
+    /// The commit's digest: what execution binds its effects to, the same
+    /// on every validator that commits the same sequence.
+    pub fn digest(&self) -> [u8; 32] {
+        commit_digest(
+            self.index,
+            &self.leader,
+            self.blocks.iter().map(|b| b.reference()),
+        )
+    }
+
+    /// The committed transactions, in the order they apply: block by
+    /// block, each block's in its own order.
+    pub fn transactions(&self) -> impl Iterator<Item = &[u8]> {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.block().transactions.iter().map(Vec::as_slice))
+    }
+}
+
+/// The digest of commit `index` of `leader` with `blocks` (in commit
+/// order).
+pub(crate) fn commit_digest(
+    index: u64,
+    leader: &BlockRef,
+    blocks: impl Iterator<Item = BlockRef>,
+) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("soma/commit/v1");
+    hasher.update(&index.to_be_bytes());
+    hasher.update(&leader.to_key());
+    for block in blocks {
+        hasher.update(&block.to_key());
+    }
+    *hasher.finalize().as_bytes()
 }
 
 /// Remembers what was committed, so each block is committed exactly once.
@@ -39,8 +77,9 @@ impl Linearizer {
 
     /// Commits `leader` and every block of its causal history not committed
     /// yet. Every honest validator calls this with the same leaders in the
-    /// same order, so all get the same sequence.
-    pub fn linearize(&mut self, dag: &DagState, leader: BlockRef) -> CommittedSubDag {
+    /// same order, so all get the same sequence; `index` is the commit's
+    /// position in it.
+    pub fn linearize(&mut self, dag: &DagState, leader: BlockRef, index: u64) -> CommittedSubDag {
         let mut collected = Vec::new();
         let mut stack = vec![leader];
         while let Some(reference) = stack.pop() {
@@ -57,6 +96,7 @@ impl Linearizer {
         }
         collected.sort_by_key(|b| b.reference());
         CommittedSubDag {
+            index,
             leader,
             blocks: collected,
         }

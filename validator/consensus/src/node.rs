@@ -6,13 +6,14 @@
 //! This file starts them and holds what they share.
 
 use crate::block::MAX_TRANSACTION_BYTES;
+use crate::block::VerifiedBlock;
 use crate::block_verifier::BlockVerifier;
 use crate::committee::{AuthorityIndex, Committee};
 use crate::core::{Core, CoreError, Parameters, SubmitError};
 use crate::core_thread::{self, Command, Timing};
 use crate::linearizer::CommittedSubDag;
 use crate::peer_client::PeerClient;
-use crate::store::{FjallStore, StoreError};
+use crate::store::{FjallStore, Store, StoreError};
 use crate::synchronizer::Synchronizer;
 use crate::{authority_service, broadcaster};
 use soma_crypto::SecretKey;
@@ -253,6 +254,50 @@ impl Node {
         self.commits.recv().await
     }
 
+    /// Up to `limit` commits from index `from` on, read back from the
+    /// store: what a consumer that fell behind the commits delivered (say,
+    /// an executor killed between a commit and its apply) replays first.
+    /// Blocks are kept for the store's retention window; a commit whose
+    /// blocks are gone is an error naming it.
+    pub async fn committed(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<CommittedSubDag>, NodeError> {
+        let shared = self.shared.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut subdags = Vec::new();
+            for record in shared.store.commits(from, limit)? {
+                let mut blocks = Vec::with_capacity(record.blocks.len());
+                for reference in &record.blocks {
+                    let block = shared.store.block(reference)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "block {reference:?} of commit {} is no longer stored",
+                            record.index
+                        ))
+                    })?;
+                    blocks.push(
+                        VerifiedBlock::verify(block, &shared.committee).map_err(|e| {
+                            StoreError::Corrupt(format!(
+                                "stored block {reference:?} does not verify: {e}"
+                            ))
+                        })?,
+                    );
+                }
+                subdags.push(CommittedSubDag {
+                    index: record.index,
+                    leader: record.leader,
+                    blocks,
+                });
+            }
+            Ok::<_, StoreError>(subdags)
+        });
+        match read.await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(NodeError::Config(format!("reading commits failed: {e}"))),
+        }
+    }
+
     /// Waits until the node stops, which only an error does.
     pub async fn stopped(self) -> Result<(), NodeError> {
         self.task
@@ -266,6 +311,11 @@ impl Node {
 pub struct Submitter(Arc<Shared>);
 
 impl Submitter {
+    /// The node's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
     /// Checks `transaction` (on the calling thread) and queues it for the
     /// node's next blocks.
     pub fn submit(&self, transaction: Vec<u8>) -> Result<(), SubmitRefused> {

@@ -53,6 +53,13 @@ pub struct CommitRecord {
     pub blocks: Vec<BlockRef>,
 }
 
+impl CommitRecord {
+    /// The commit's digest, as [`CommittedSubDag::digest`](crate::CommittedSubDag::digest).
+    pub fn digest(&self) -> [u8; 32] {
+        crate::linearizer::commit_digest(self.index, &self.leader, self.blocks.iter().copied())
+    }
+}
+
 /// Where the commit rule stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitProgress {

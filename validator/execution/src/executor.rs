@@ -614,6 +614,17 @@ impl Executor {
         Ok(self.store.read(&[], Space::Jobs, &id.0)?)
     }
 
+    /// The jobs still waiting for attestations, by deadline: what a job
+    /// runner that restarted has left to compute.
+    pub fn pending_jobs(&self) -> Result<Vec<Digest>, ExecutionError> {
+        Ok(self
+            .store
+            .scan::<JobId>(Space::Deadlines)?
+            .into_iter()
+            .map(|(_, JobId(id))| id)
+            .collect())
+    }
+
     /// Where all the money is.
     pub fn supply(&self) -> Result<Supply, ExecutionError> {
         let sum = |values: Vec<u64>| values.into_iter().map(u128::from).sum::<u128>();

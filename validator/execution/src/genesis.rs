@@ -13,7 +13,7 @@ use crate::params::Parameters;
 use crate::transaction::public_key;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::PublicKey;
-use soma_host::package::Package;
+use soma_host::package::{Package, VerifiedPackage};
 use soma_host::{Digest, Modality};
 use std::path::{Path, PathBuf};
 
@@ -163,6 +163,16 @@ impl Genesis {
     /// Reads a JSON config (see [`GenesisConfig`]); package paths are
     /// relative to the config file's directory.
     pub fn from_config_file(path: &Path) -> Result<Genesis, GenesisError> {
+        Ok(Genesis::from_config_file_with_packages(path)?.0)
+    }
+
+    /// Reads a JSON config as [`Genesis::from_config_file`] does, and
+    /// gives back the verified packages it names (the router's first, if
+    /// any, then the encoders' in config order): what a node installs in
+    /// its blob store before it computes.
+    pub fn from_config_file_with_packages(
+        path: &Path,
+    ) -> Result<(Genesis, Vec<VerifiedPackage>), GenesisError> {
         let read = |path: &Path| {
             std::fs::read(path).map_err(|source| GenesisError::Read {
                 path: path.to_path_buf(),
@@ -198,6 +208,7 @@ impl Genesis {
             }
             Ok((package_path, package))
         };
+        let mut packages = Vec::new();
         let router = match &config.router {
             None => None,
             Some(relative) => {
@@ -209,7 +220,9 @@ impl Genesis {
                         path.display()
                     )));
                 }
-                Some(router.digest())
+                let digest = router.digest();
+                packages.push(router);
+                Some(digest)
             }
         };
         let mut encoders = Vec::new();
@@ -220,6 +233,7 @@ impl Genesis {
                 owner: encoder.owner.0,
                 bond: encoder.bond,
             });
+            packages.push(package);
         }
         let genesis = Genesis::new(
             config.chain_name,
@@ -242,10 +256,11 @@ impl Genesis {
             encoders,
             config.parameters,
         )?;
-        Ok(match router {
+        let genesis = match router {
             Some(router) => genesis.with_router(router),
             None => genesis,
-        })
+        };
+        Ok((genesis, packages))
     }
 
     /// Limits and uniqueness; what the decoder and [`Genesis::new`] share.

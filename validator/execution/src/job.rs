@@ -31,6 +31,32 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in code order.
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Ok,
+        Outcome::FuelExhausted,
+        Outcome::Trap,
+        Outcome::MemoryLimit,
+        Outcome::InvalidOutput,
+        Outcome::Refused,
+        Outcome::Local,
+        Outcome::Unloadable,
+    ];
+
+    /// Its name in reports and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::FuelExhausted => "fuel_exhausted",
+            Outcome::Trap => "trap",
+            Outcome::MemoryLimit => "memory_limit",
+            Outcome::InvalidOutput => "invalid_output",
+            Outcome::Refused => "refused",
+            Outcome::Local => "local",
+            Outcome::Unloadable => "unloadable",
+        }
+    }
+
     /// Whether the outcome is a deterministic failure of the encoder,
     /// which disqualifies and slashes it.
     pub fn is_failure(self) -> bool {
@@ -42,22 +68,10 @@ impl Outcome {
     }
 
     fn from_code(code: u8) -> Result<Outcome, DecodeError> {
-        Ok(match code {
-            0 => Outcome::Ok,
-            1 => Outcome::FuelExhausted,
-            2 => Outcome::Trap,
-            3 => Outcome::MemoryLimit,
-            4 => Outcome::InvalidOutput,
-            5 => Outcome::Refused,
-            6 => Outcome::Local,
-            7 => Outcome::Unloadable,
-            code => {
-                return Err(DecodeError::invalid(
-                    "outcome",
-                    format!("unknown code {code}"),
-                ));
-            }
-        })
+        Outcome::ALL
+            .get(usize::from(code))
+            .copied()
+            .ok_or_else(|| DecodeError::invalid("outcome", format!("unknown code {code}")))
     }
 }
 

@@ -150,6 +150,16 @@ impl JobRunner {
 
     /// The loaded encoder of `package`, loading it on first use; `Err`
     /// inside if it cannot be loaded for a reason of its own.
+    /// Loads (compiles, pre-initialises) the encoder of `package` ahead of
+    /// its first job, so that job does not wait for it; the outcome
+    /// compute would attest if it does not load.
+    pub fn preload(&self, package: &Digest) -> Result<Outcome, RunnerError> {
+        Ok(match self.encoder(package)? {
+            Ok(_) => Outcome::Ok,
+            Err(outcome) => outcome,
+        })
+    }
+
     fn encoder(&self, package: &Digest) -> Result<Result<Arc<Loaded>, Outcome>, RunnerError> {
         if let Some(known) = self.lock().get(package) {
             return Ok(known.clone());

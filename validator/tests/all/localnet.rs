@@ -7,7 +7,7 @@ use soma_consensus::network::{BLOCK_PATH, CHALLENGE_PATH, PeerToken, parse_chall
 use soma_consensus::{AuthorityIndex, Block, BlockRef, Committee, TRANSACTION_PATH};
 use soma_crypto::SecretKey;
 use soma_crypto::keyfile::read_secret_key;
-use soma_validator::config::ValidatorFile;
+use soma_validator::node::committee_of;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ const SOMA: &str = env!("CARGO_BIN_EXE_soma");
 
 /// A base port with `n` free ports after it, never one handed out before
 /// in this process (tests run in parallel).
-fn free_ports(n: u16) -> u16 {
+pub(crate) fn free_ports(n: u16) -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let start = 20_000 + (std::process::id() % 20_000) as u16;
     loop {
@@ -32,7 +32,7 @@ fn free_ports(n: u16) -> u16 {
 
 /// Sends one HTTP/1.1 request on its own connection; returns (status,
 /// body).
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,
@@ -43,10 +43,10 @@ fn http(
 }
 
 /// One kept-alive connection: peers authenticate once per connection.
-struct Session(TcpStream);
+pub(crate) struct Session(TcpStream);
 
 impl Session {
-    fn connect(port: u16) -> Session {
+    pub(crate) fn connect(port: u16) -> Session {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -76,7 +76,7 @@ impl Session {
 
     /// Sends a request and reads its response (status, body); status 0 if
     /// the server closed the connection instead.
-    fn request(
+    pub(crate) fn request(
         &mut self,
         method: &str,
         path: &str,
@@ -125,7 +125,7 @@ impl Session {
     }
 }
 
-fn status(port: u16) -> Option<serde_json::Value> {
+pub(crate) fn status(port: u16) -> Option<serde_json::Value> {
     TcpStream::connect(("127.0.0.1", port)).ok()?;
     let (code, body) = http(port, "GET", "/consensus/v1/status", &[], b"");
     (code == 200)
@@ -133,7 +133,7 @@ fn status(port: u16) -> Option<serde_json::Value> {
         .flatten()
 }
 
-fn commits(port: u16) -> Vec<String> {
+pub(crate) fn commits(port: u16) -> Vec<String> {
     let (code, body) = http(
         port,
         "GET",
@@ -145,14 +145,14 @@ fn commits(port: u16) -> Vec<String> {
     body.lines().map(str::to_string).collect()
 }
 
-struct Validator {
-    config: PathBuf,
-    port: u16,
+pub(crate) struct Validator {
+    pub(crate) config: PathBuf,
+    pub(crate) port: u16,
     child: Child,
 }
 
 impl Validator {
-    fn start(config: &Path, port: u16) -> Validator {
+    pub(crate) fn start(config: &Path, port: u16) -> Validator {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -186,7 +186,7 @@ impl Drop for Validator {
     }
 }
 
-fn wait_for(
+pub(crate) fn wait_for(
     what: &str,
     timeout: Duration,
     mut done: impl FnMut() -> bool,
@@ -211,10 +211,50 @@ fn wait_for(
     }
 }
 
+/// Signed transfers from the localnet's user account, nonce after nonce.
+struct Transfers {
+    chain_id: [u8; 32],
+    key: SecretKey,
+    nonce: u64,
+}
+
+impl Transfers {
+    fn new(dir: &Path) -> Transfers {
+        let genesis = soma_execution::Genesis::from_config_file(&dir.join("genesis.json")).unwrap();
+        Transfers {
+            chain_id: genesis.chain_id(),
+            key: read_secret_key(&dir.join("accounts/user.key")).unwrap(),
+            nonce: 0,
+        }
+    }
+
+    fn next(&mut self) -> Vec<u8> {
+        use soma_codec::Encode;
+        let tx = soma_execution::Transaction {
+            chain_id: self.chain_id,
+            sender: self.key.public_key(),
+            nonce: self.nonce,
+            fee: soma_execution::Parameters::default().min_fee,
+            action: soma_execution::Action::Transfer {
+                to: SecretKey::from_bytes(&[7; 32]).public_key(),
+                amount: 1,
+            },
+        };
+        self.nonce += 1;
+        tx.sign(&self.key).to_bytes()
+    }
+}
+
 /// Writes a four-validator network into `dir`; returns its configuration
 /// paths and the first port.
-fn genesis(dir: &Path) -> (Vec<PathBuf>, u16) {
-    let base = free_ports(4);
+pub(crate) fn genesis(dir: &Path) -> (Vec<PathBuf>, u16) {
+    genesis_with(dir, &[])
+}
+
+/// [`genesis`] with more arguments (encoders, a router).
+pub(crate) fn genesis_with(dir: &Path, args: &[&std::ffi::OsStr]) -> (Vec<PathBuf>, u16) {
+    // Consensus ports, then API ports.
+    let base = free_ports(8);
     let output = Command::new(SOMA)
         .args([
             "genesis",
@@ -225,6 +265,7 @@ fn genesis(dir: &Path) -> (Vec<PathBuf>, u16) {
             "--dir",
         ])
         .arg(dir)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -241,7 +282,7 @@ fn genesis(dir: &Path) -> (Vec<PathBuf>, u16) {
 }
 
 /// Starts a validator per configuration and waits until all serve.
-fn start_all(configs: &[PathBuf], base: u16) -> Vec<Validator> {
+pub(crate) fn start_all(configs: &[PathBuf], base: u16) -> Vec<Validator> {
     let validators: Vec<Validator> = configs
         .iter()
         .enumerate()
@@ -258,7 +299,7 @@ fn start_all(configs: &[PathBuf], base: u16) -> Vec<Validator> {
 
 /// Checks that every validator's commits so far are one sequence; returns
 /// how long the common part is.
-fn assert_one_sequence(validators: &[Validator]) -> usize {
+pub(crate) fn assert_one_sequence(validators: &[Validator]) -> usize {
     let sequences: Vec<Vec<String>> = validators.iter().map(|v| commits(v.port)).collect();
     let shortest = sequences.iter().map(Vec::len).min().unwrap();
     for s in &sequences[1..] {
@@ -272,16 +313,21 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let (configs, base) = genesis(dir.path());
     let mut validators = start_all(&configs, base);
-    for (i, v) in validators.iter().enumerate() {
+    let mut transfers = Transfers::new(dir.path());
+    for v in &validators {
         let (code, body) = http(
             v.port,
             "POST",
             "/consensus/v1/transaction",
             &[],
-            format!("pay {i}").as_bytes(),
+            &transfers.next(),
         );
         assert_eq!(code, 202, "{body}");
     }
+    // Bytes that are not a signed transaction for this chain never enter
+    // a block.
+    let (code, body) = http(validators[0].port, "POST", TRANSACTION_PATH, &[], b"pay 5");
+    assert_eq!(code, 422, "{body}");
     wait_for(
         "20 commits everywhere",
         Duration::from_secs(60),
@@ -292,25 +338,30 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
     // Garbage, oversized, unauthenticated and wrongly signed blocks are
     // refused with a reason; the node keeps committing.
     let target = validators[0].port;
-    let key1 = read_secret_key(&configs[1].with_file_name("key")).unwrap();
-    let committee = ValidatorFile::read(&configs[1])
-        .unwrap()
-        .node_config(configs[1].parent().unwrap())
-        .unwrap()
-        .committee;
+    let committee = committee_of(&configs[1]).unwrap();
+    // Committee indices follow genesis (validators sorted by key), not the
+    // configuration directories.
+    let index = |config: &Path| {
+        let key = read_secret_key(&config.with_file_name("key")).unwrap();
+        let i = (0..4).find(|&i| committee.key(AuthorityIndex(i)) == Some(&key.public_key()));
+        (key, i.unwrap())
+    };
+    let (key1, one) = index(&configs[1]);
+    let (_, zero) = index(&configs[0]);
+    let other = (0..4).find(|i| ![one, zero].contains(i)).unwrap();
     let (code, body) = http(target, "POST", BLOCK_PATH, &[], b"garbage");
     assert_eq!(code, 401, "{body}");
     // Validator 1's token is good on the connection it was made for, and
     // on no other.
     let mut session = Session::connect(target);
-    let token = session.authenticate(&key1, &committee, 1, 0);
+    let token = session.authenticate(&key1, &committee, one, zero);
     let auth = token.headers();
     let (code, body) = http(target, "POST", BLOCK_PATH, &auth, b"garbage");
     assert_eq!((code, body.contains("bad token")), (401, true), "{body}");
     let (code, body) = session.request("POST", BLOCK_PATH, &auth, b"garbage");
     assert_eq!((code, body.contains("malformed")), (422, true), "{body}");
     let mut large = Session::connect(target);
-    let token = large.authenticate(&key1, &committee, 1, 0);
+    let token = large.authenticate(&key1, &committee, one, zero);
     let (code, _) = large.request("POST", BLOCK_PATH, &token.headers(), &vec![0; 5 << 20]);
     assert_eq!(code, 413);
     let genesis: Vec<BlockRef> = (0..4)
@@ -324,15 +375,15 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
         state_root: [0; 32],
     };
     // Pushed blocks must be the sender's own, and signed by it.
-    let not_its_own = block(2).sign(&key1, committee.protocol());
+    let not_its_own = block(other).sign(&key1, committee.protocol());
     let (code, body) = session.request("POST", BLOCK_PATH, &auth, &not_its_own.to_bytes());
     assert_eq!(
-        (code, body.contains("block of validator 2")),
+        (code, body.contains(&format!("block of validator {other}"))),
         (403, true),
         "{body}"
     );
     let stranger = SecretKey::from_bytes(&[9; 32]);
-    let forged = block(1).sign(&stranger, committee.protocol());
+    let forged = block(one).sign(&stranger, committee.protocol());
     let (code, body) = session.request("POST", BLOCK_PATH, &auth, &forged.to_bytes());
     assert_eq!((code, body.contains("signature")), (422, true), "{body}");
     let refused = status(target).unwrap()["refused"].as_u64().unwrap();
@@ -543,17 +594,16 @@ fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits()
     let stop_load = AtomicBool::new(false);
     let stop_attack = AtomicBool::new(false);
     let (quiet, attacked) = std::thread::scope(|scope| {
-        // Load: a transaction every 20 ms at validator 1.
+        // Load: a transfer every 20 ms at validator 1.
         scope.spawn(|| {
-            let mut i = 0;
+            let mut transfers = Transfers::new(dir.path());
             while !stop_load.load(Ordering::Relaxed) {
-                i += 1;
                 let (code, body) = http(
                     validators[1].port,
                     "POST",
                     TRANSACTION_PATH,
                     &[],
-                    format!("load {i}").as_bytes(),
+                    &transfers.next(),
                 );
                 assert_eq!(code, 202, "{body}");
                 std::thread::sleep(Duration::from_millis(20));

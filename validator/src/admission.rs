@@ -1,0 +1,105 @@
+//! Which submitted transactions a node lets into its blocks.
+//!
+//! Admission is a node's own filter, never a rule of the chain: apply checks
+//! every committed transaction again, deterministically, and a transaction
+//! admitted here may still be refused there (its sender's balance may have
+//! moved in between). Admission keeps out what can only waste block space:
+//! bytes that are not a signed transaction for this chain, bad signatures,
+//! fees below the minimum or beyond the balance, and nonces already used.
+
+use crate::node::Shared;
+use soma_codec::Decode;
+use soma_consensus::TransactionVerifier;
+use soma_execution::{MAX_TRANSACTION_BYTES, SignedTransaction};
+use std::sync::Arc;
+
+/// Why a node does not admit a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Longer than any transaction may be.
+    #[error("the transaction is {0} bytes; at most {MAX_TRANSACTION_BYTES} are allowed")]
+    TooLarge(usize),
+    /// The bytes do not decode as a signed transaction.
+    #[error("not a signed transaction: {0}")]
+    Malformed(String),
+    /// Signed for another network.
+    #[error("signed for chain {0}, not this one")]
+    WrongChain(String),
+    /// The signature does not verify for the sender.
+    #[error("the signature does not verify for the sender")]
+    BadSignature,
+    /// The nonce was used already.
+    #[error("nonce {got} was used already; the account's next nonce is {next}")]
+    StaleNonce {
+        /// The account's next nonce.
+        next: u64,
+        /// The transaction's.
+        got: u64,
+    },
+    /// The fee is below the protocol's minimum.
+    #[error("the fee {fee} is below the minimum of {min}")]
+    FeeTooLow {
+        /// The transaction's fee.
+        fee: u64,
+        /// The minimum.
+        min: u64,
+    },
+    /// The sender cannot pay the fee.
+    #[error("the fee {fee} is more than the account's balance of {balance}")]
+    InsufficientFunds {
+        /// The transaction's fee.
+        fee: u64,
+        /// The sender's balance.
+        balance: u64,
+    },
+    /// The node's state could not be read.
+    #[error("the node's state cannot be read: {0}")]
+    State(String),
+}
+
+/// Checks `bytes` against the node's state; the decoded transaction if it
+/// may enter a block.
+pub(crate) fn admit(shared: &Shared, bytes: &[u8]) -> Result<SignedTransaction, Refusal> {
+    if bytes.len() > MAX_TRANSACTION_BYTES as usize {
+        return Err(Refusal::TooLarge(bytes.len()));
+    }
+    let signed =
+        SignedTransaction::from_bytes(bytes).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let tx = signed.transaction();
+    if tx.chain_id != shared.chain_id {
+        return Err(Refusal::WrongChain(hex::encode(tx.chain_id)));
+    }
+    let min = shared.parameters.min_fee;
+    if tx.fee < min {
+        return Err(Refusal::FeeTooLow { fee: tx.fee, min });
+    }
+    if !signed.verify() {
+        return Err(Refusal::BadSignature);
+    }
+    let account = shared
+        .executor()
+        .account(&tx.sender)
+        .map_err(|e| Refusal::State(e.to_string()))?;
+    if tx.nonce < account.nonce {
+        return Err(Refusal::StaleNonce {
+            next: account.nonce,
+            got: tx.nonce,
+        });
+    }
+    if tx.fee > account.balance {
+        return Err(Refusal::InsufficientFunds {
+            fee: tx.fee,
+            balance: account.balance,
+        });
+    }
+    Ok(signed)
+}
+
+/// The consensus hook: peers' and clients' submissions pass [`admit`].
+pub(crate) struct Admission(pub(crate) Arc<Shared>);
+
+impl TransactionVerifier for Admission {
+    fn verify(&self, transaction: &[u8]) -> bool {
+        admit(&self.0, transaction).is_ok()
+    }
+}

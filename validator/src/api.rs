@@ -1,0 +1,714 @@
+//! The HTTP API clients use: submit signed transactions, read accounts,
+//! encoders and jobs, upload packages, and `POST /v1/embeddings`, which is
+//! compatible with OpenAI's embeddings API.
+//!
+//! Anyone can connect, so everything is bounded: open connections (more are
+//! closed on arrival), the time to send headers and body, body sizes per
+//! path, embedding requests in flight (429 with `Retry-After` beyond), and
+//! what one embedding request may ask for. Every refusal is JSON with a
+//! reason, in OpenAI's error shape, and a 4xx status.
+
+use crate::admission::{self, Refusal};
+use crate::metrics;
+use crate::node::Shared;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use soma_codec::Encode;
+use soma_crypto::PublicKey;
+use soma_execution::{Action, Job, JobStatus, SignedTransaction, Transaction};
+use soma_host::Digest;
+use soma_host::package::Package;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Most API connections open at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write of a response may wait for the client to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest body of a JSON request.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+/// Largest uploaded package.
+pub const MAX_PACKAGE_BODY: usize = 256 << 20;
+/// Embedding requests waiting for their jobs at once; more get 429.
+pub const MAX_EMBEDDING_REQUESTS: usize = 64;
+/// Most inputs in one embedding request.
+pub const MAX_INPUTS: usize = 64;
+/// How long `POST /v1/embeddings` waits for its jobs.
+pub const EMBEDDING_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The one model this API serves: the network's embedding space.
+const MODEL: &str = "soma";
+
+type Reply = Response<Full<Bytes>>;
+
+struct Api {
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    embedding_requests: Semaphore,
+}
+
+/// Serves the API on `listener` until the process ends.
+pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let api = Arc::new(Api {
+        shared,
+        connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        embedding_requests: Semaphore::new(MAX_EMBEDDING_REQUESTS),
+    });
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: back off.
+                tracing::warn!("API accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = api.connections.clone().try_acquire_owned() else {
+            count(&api.shared.metrics.api_throttled);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let api = api.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |request| {
+                let api = api.clone();
+                async move { Ok::<_, std::convert::Infallible>(api.handle(request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(Box::pin(stream)), service)
+                .await;
+        });
+    }
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn json_reply(status: StatusCode, body: &Value) -> Reply {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+/// A refusal: why, and which status says it.
+struct Refused {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+fn refused(status: StatusCode, message: impl ToString) -> Refused {
+    Refused {
+        status,
+        message: message.to_string(),
+        retry_after: None,
+    }
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
+        let status = match refusal {
+            Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+            Refusal::State(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        refused(status, refusal)
+    }
+}
+
+impl Api {
+    async fn handle(&self, request: Request<Incoming>) -> Reply {
+        let path = request.uri().path().to_string();
+        let result = match (request.method().clone(), path.as_str()) {
+            (Method::GET, "/health") => Ok(self.health()),
+            (Method::GET, "/metrics") => Ok(Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(metrics::render(&self.shared))))
+                .expect("a valid response")),
+            (Method::GET, "/v1/models") => Ok(self.models()),
+            (Method::POST, "/v1/embeddings") => self.embeddings(request).await,
+            (Method::POST, "/v1/transactions") => self.transaction(request).await,
+            (Method::POST, "/v1/packages") => self.package(request).await,
+            (Method::GET, p) if p.starts_with("/v1/accounts/") => {
+                self.account(&p["/v1/accounts/".len()..])
+            }
+            (Method::GET, p) if p.starts_with("/v1/encoders/") => {
+                self.encoder(&p["/v1/encoders/".len()..])
+            }
+            (Method::GET, p) if p.starts_with("/v1/jobs/") => self.job(&p["/v1/jobs/".len()..]),
+            (_, "/health" | "/metrics" | "/v1/models" | "/v1/embeddings" | "/v1/transactions")
+            | (_, "/v1/packages") => Err(refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed on {path}", request.method()),
+            )),
+            _ => Err(refused(
+                StatusCode::NOT_FOUND,
+                format!("no such path {path}"),
+            )),
+        };
+        result.unwrap_or_else(|r| self.refusal(r))
+    }
+
+    fn refusal(&self, r: Refused) -> Reply {
+        let metrics = &self.shared.metrics;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            count(&metrics.api_throttled);
+        } else if r.status.is_client_error() {
+            count(&metrics.api_refused);
+        }
+        let kind = if r.status.is_client_error() {
+            "invalid_request_error"
+        } else {
+            "server_error"
+        };
+        let mut reply = json_reply(
+            r.status,
+            &json!({"error": {"message": r.message, "type": kind, "code": r.status.as_u16()}}),
+        );
+        if let Some(seconds) = r.retry_after {
+            reply
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        reply
+    }
+
+    async fn body(&self, request: Request<Incoming>, limit: usize) -> Result<Bytes, Refused> {
+        let body = Limited::new(request.into_body(), limit).collect();
+        match tokio::time::timeout(BODY_TIMEOUT, body).await {
+            Ok(Ok(body)) => Ok(body.to_bytes()),
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over {limit} bytes"),
+                ))
+            }
+            Ok(Err(e)) => Err(refused(
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
+            )),
+            Err(_) => Err(refused(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body was not received within {BODY_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    fn health(&self) -> Reply {
+        let applied = *self.shared.applied.borrow();
+        json_reply(
+            StatusCode::OK,
+            &json!({
+                "status": "ok",
+                "chain": self.shared.chain_name,
+                "chain_id": hex::encode(self.shared.chain_id),
+                "next_commit": applied.next_index,
+                "state_root": hex::encode(applied.root),
+            }),
+        )
+    }
+
+    fn models(&self) -> Reply {
+        json_reply(
+            StatusCode::OK,
+            &json!({"object": "list", "data": [{
+                "id": MODEL,
+                "object": "model",
+                "owned_by": self.shared.chain_name,
+                "dimension": self.shared.parameters.dimension,
+            }]}),
+        )
+    }
+
+    /// `POST /v1/transactions`: a signed transaction's bytes as the body.
+    async fn transaction(&self, request: Request<Incoming>) -> Result<Reply, Refused> {
+        let bytes = self
+            .body(request, soma_execution::MAX_TRANSACTION_BYTES as usize)
+            .await?;
+        let signed = admission::admit(&self.shared, &bytes)?;
+        self.submit(&signed)?;
+        Ok(json_reply(
+            StatusCode::ACCEPTED,
+            &json!({"transaction": signed.digest().to_string()}),
+        ))
+    }
+
+    fn submit(&self, signed: &SignedTransaction) -> Result<(), Refused> {
+        self.shared
+            .submitter()
+            .submit(signed.to_bytes())
+            .map_err(|e| Refused {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!("the node cannot take the transaction now: {e}"),
+                retry_after: Some(1),
+            })
+    }
+
+    /// `POST /v1/packages`: a signed package's bytes; verified and stored,
+    /// so this node's attester can run the encoder once it is registered.
+    async fn package(&self, request: Request<Incoming>) -> Result<Reply, Refused> {
+        let bytes = self.body(request, MAX_PACKAGE_BODY).await?;
+        let shared = self.shared.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let package = Package::decode(&bytes)
+                .and_then(|p| p.verify(None))
+                .map_err(|e| refused(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            shared
+                .blobs
+                .install(&package)
+                .map_err(|e| refused(StatusCode::SERVICE_UNAVAILABLE, e))
+        })
+        .await
+        .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))??;
+        Ok(json_reply(
+            StatusCode::CREATED,
+            &json!({"package": stored.to_string()}),
+        ))
+    }
+
+    fn account(&self, key: &str) -> Result<Reply, Refused> {
+        let key = PublicKey::from_hex(key)
+            .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("`{key}`: {e}")))?;
+        let executor = self.shared.executor();
+        let account = executor.account(&key).map_err(unavailable)?;
+        let validator = executor.validator(&key).map_err(unavailable)?;
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "key": hex::encode(key.to_bytes()),
+                "balance": account.balance,
+                "nonce": account.nonce,
+                "validator": validator.map(|v| json!({
+                    "stake": v.stake,
+                    "deviant_attestations": v.deviant,
+                    "pending_attestations": v.pending,
+                })),
+            }),
+        ))
+    }
+
+    fn encoder(&self, digest: &str) -> Result<Reply, Refused> {
+        let package = parse_digest(digest)?;
+        let encoder = self
+            .shared
+            .executor()
+            .encoder(&package)
+            .map_err(unavailable)?
+            .ok_or_else(|| {
+                refused(
+                    StatusCode::NOT_FOUND,
+                    format!("no encoder is registered for {package}"),
+                )
+            })?;
+        let manifest = self
+            .shared
+            .blobs
+            .package(&package)
+            .ok()
+            .map(|p| p.manifest().clone());
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "package": package.to_string(),
+                "name": manifest.as_ref().map(|m| m.name.clone()),
+                "version": manifest.as_ref().map(|m| m.version.clone()),
+                "owner": hex::encode(encoder.owner.to_bytes()),
+                "bond": encoder.bond,
+                "pending_jobs": encoder.pending,
+                "performance": encoder.performance.iter().map(|&p| fixed(i64::from(p))).collect::<Vec<_>>(),
+            }),
+        ))
+    }
+
+    fn job(&self, id: &str) -> Result<Reply, Refused> {
+        let id = parse_digest(id)?;
+        let job = self
+            .shared
+            .executor()
+            .job(&id)
+            .map_err(unavailable)?
+            .ok_or_else(|| refused(StatusCode::NOT_FOUND, format!("no job {id}")))?;
+        Ok(json_reply(StatusCode::OK, &self.job_json(&id, &job)))
+    }
+
+    fn job_json(&self, id: &Digest, job: &Job) -> Value {
+        let names: Vec<Option<String>> = job
+            .shard
+            .iter()
+            .map(|d| {
+                self.shared
+                    .blobs
+                    .package(d)
+                    .ok()
+                    .map(|p| p.manifest().name.clone())
+            })
+            .collect();
+        let keys = |keys: &[PublicKey]| -> Vec<String> {
+            keys.iter().map(|k| hex::encode(k.to_bytes())).collect()
+        };
+        let mut value = json!({
+            "id": id.to_string(),
+            "submitter": hex::encode(job.submitter.to_bytes()),
+            "commit": job.commit,
+            "data": String::from_utf8_lossy(&job.data),
+            "data_bytes": job.data.len(),
+            "payment": job.payment,
+            "shard": job.shard.iter().zip(&names).map(|(d, name)| json!({"package": d.to_string(), "name": name})).collect::<Vec<_>>(),
+            "region": job.region,
+            "deadline": job.deadline,
+            "attesters": keys(&job.attesters),
+        });
+        match &job.status {
+            JobStatus::Pending => value["status"] = "pending".into(),
+            JobStatus::Expired { commit } => {
+                value["status"] = "expired".into();
+                value["expired_in_commit"] = (*commit).into();
+            }
+            JobStatus::Finalised(f) => {
+                value["status"] = "finalised".into();
+                value["finalisation"] = json!({
+                    "commit": f.commit,
+                    "encoders": f.encoders.iter().zip(&names).map(|(e, name)| json!({
+                        "package": e.package.to_string(),
+                        "name": name,
+                        "outcome": e.outcome.name(),
+                        "loss": fixed(i64::from(e.loss)),
+                        "fuel": e.fuel,
+                        "weight": e.weight,
+                        "disqualified": e.disqualified,
+                        "slashed": e.slashed,
+                        "reward": e.reward,
+                    })).collect::<Vec<_>>(),
+                    "embedding": floats(&f.embedding),
+                    "deviant_attesters": keys(&f.deviant),
+                    "validator_rewards": f.validator_rewards,
+                    "to_treasury": f.to_treasury,
+                });
+            }
+        }
+        value
+    }
+
+    /// `POST /v1/embeddings`: one job per input, paid from the account the
+    /// bearer API key maps to, answered once every job is decided.
+    async fn embeddings(&self, request: Request<Incoming>) -> Result<Reply, Refused> {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let account = token
+            .and_then(|t| {
+                self.shared
+                    .api_keys
+                    .get(blake3::hash(t.as_bytes()).as_bytes())
+            })
+            .ok_or_else(|| {
+                refused(
+                    StatusCode::UNAUTHORIZED,
+                    "an API key this node knows is required: `Authorization: Bearer <key>`",
+                )
+            })?;
+        let Ok(_permit) = self.embedding_requests.try_acquire() else {
+            return Err(Refused {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!(
+                    "{MAX_EMBEDDING_REQUESTS} embedding requests are in flight; retry later"
+                ),
+                retry_after: Some(1),
+            });
+        };
+        let body = self.body(request, MAX_JSON_BODY).await?;
+        let request: EmbeddingsRequest = serde_json::from_slice(&body)
+            .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?;
+        let inputs = request.inputs(&self.shared)?;
+        let params = &self.shared.parameters;
+        let sender = account.public_key();
+        let cost = (params.min_fee + params.min_job_payment) as u128 * inputs.len() as u128;
+        let balance = self
+            .shared
+            .executor()
+            .account(&sender)
+            .map_err(unavailable)?;
+        if cost > u128::from(balance.balance) {
+            return Err(refused(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{} inputs cost {cost} base units; the account holds {}",
+                    inputs.len(),
+                    balance.balance
+                ),
+            ));
+        }
+        let started = Instant::now();
+        let mut jobs = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            let nonce = self.shared.next_nonce(&sender, balance.nonce);
+            let signed = Transaction {
+                chain_id: self.shared.chain_id,
+                sender,
+                nonce,
+                fee: params.min_fee,
+                action: Action::SubmitData {
+                    data: input.as_bytes().to_vec(),
+                    payment: params.min_job_payment,
+                },
+            }
+            .sign(account);
+            if let Err(e) = self.submit(&signed) {
+                self.shared.reset_nonce(&sender);
+                return Err(e);
+            }
+            jobs.push((signed.digest(), nonce));
+        }
+        let decided = self.wait_for(&sender, &jobs).await;
+        count_wait(&self.shared, started);
+        let decided = decided?;
+        let encoding = request.encoding_format.as_deref().unwrap_or("float");
+        let data: Vec<Value> = decided
+            .iter()
+            .enumerate()
+            .map(|(index, embedding)| {
+                let embedding = if encoding == "base64" {
+                    let bytes: Vec<u8> = embedding
+                        .iter()
+                        .flat_map(|&x| to_float(x).to_le_bytes())
+                        .collect();
+                    Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    Value::from(floats(embedding))
+                };
+                json!({"object": "embedding", "index": index, "embedding": embedding})
+            })
+            .collect();
+        self.shared
+            .metrics
+            .embeddings_served
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let tokens: usize = inputs.iter().map(|i| i.split_whitespace().count()).sum();
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "object": "list",
+                "data": data,
+                "model": MODEL,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "jobs": jobs.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
+            }),
+        ))
+    }
+
+    /// Waits until every job of `jobs` (id, submission nonce) is decided;
+    /// their final embeddings in order.
+    async fn wait_for(
+        &self,
+        sender: &PublicKey,
+        jobs: &[(Digest, u64)],
+    ) -> Result<Vec<Vec<i32>>, Refused> {
+        let mut applied = self.shared.applied.subscribe();
+        let deadline = tokio::time::Instant::now() + EMBEDDING_TIMEOUT;
+        loop {
+            let mut done = Vec::with_capacity(jobs.len());
+            {
+                let executor = self.shared.executor();
+                let nonce = executor.account(sender).map_err(unavailable)?.nonce;
+                for (id, submitted_with) in jobs {
+                    match executor.job(id).map_err(unavailable)? {
+                        Some(job) => match job.status {
+                            JobStatus::Finalised(f) => done.push(f.embedding),
+                            JobStatus::Expired { commit } => {
+                                count(&self.shared.metrics.jobs_expired);
+                                return Err(refused(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    format!(
+                                        "job {id} expired in commit {commit} before enough \
+                                         validators attested; its payment was returned"
+                                    ),
+                                ));
+                            }
+                            JobStatus::Pending => break,
+                        },
+                        // Its nonce was used and it made no job: refused in
+                        // apply (another transaction took the nonce, or the
+                        // balance moved).
+                        None if nonce > *submitted_with => {
+                            self.shared.reset_nonce(sender);
+                            return Err(refused(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                format!(
+                                    "submission {id} was not applied: the account's state changed"
+                                ),
+                            ));
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if done.len() == jobs.len() {
+                for _ in jobs {
+                    count(&self.shared.metrics.jobs_finalised);
+                }
+                return Ok(done);
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the node is stopping",
+                    ));
+                }
+                Err(_) => {
+                    // Never committed, perhaps: the next request starts
+                    // again from the state's nonce.
+                    self.shared.reset_nonce(sender);
+                    return Err(refused(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "the jobs were not decided within {EMBEDDING_TIMEOUT:?}; \
+                             look them up at /v1/jobs/<id>: {}",
+                            jobs.iter()
+                                .map(|(id, _)| id.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn count_wait(shared: &Shared, started: Instant) {
+    shared
+        .metrics
+        .embedding_wait_ms
+        .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+/// The body of `POST /v1/embeddings`, as OpenAI defines it.
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    input: Input,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u64>,
+    // Other fields OpenAI's clients send (`user`) are ignored.
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl EmbeddingsRequest {
+    /// The texts to embed, checked against what one request may ask.
+    fn inputs(&self, shared: &Shared) -> Result<Vec<String>, Refused> {
+        let bad = |message: String| refused(StatusCode::BAD_REQUEST, message);
+        if let Some(model) = self.model.as_deref()
+            && model != MODEL
+        {
+            return Err(refused(
+                StatusCode::NOT_FOUND,
+                format!("no model `{model}`; this network serves `{MODEL}`"),
+            ));
+        }
+        match self.encoding_format.as_deref() {
+            None | Some("float" | "base64") => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "encoding_format `{other}` is not `float` or `base64`"
+                )));
+            }
+        }
+        let dimension = u64::from(shared.parameters.dimension);
+        if self.dimensions.is_some_and(|d| d != dimension) {
+            return Err(bad(format!(
+                "dimensions must be {dimension}, the network's embedding dimension"
+            )));
+        }
+        let inputs = match &self.input {
+            Input::One(text) => vec![text.clone()],
+            Input::Many(texts) => texts.clone(),
+        };
+        if inputs.is_empty() || inputs.len() > MAX_INPUTS {
+            return Err(bad(format!(
+                "input must hold 1 to {MAX_INPUTS} texts, not {}",
+                inputs.len()
+            )));
+        }
+        let max = shared.parameters.max_data_bytes as usize;
+        for (i, text) in inputs.iter().enumerate() {
+            if text.trim().is_empty() {
+                return Err(bad(format!("input {i} is empty")));
+            }
+            if text.len() > max {
+                return Err(bad(format!(
+                    "input {i} is {} bytes; at most {max} are embedded",
+                    text.len()
+                )));
+            }
+        }
+        Ok(inputs)
+    }
+}
+
+fn parse_digest(text: &str) -> Result<Digest, Refused> {
+    Digest::from_hex(text).ok_or_else(|| {
+        refused(
+            StatusCode::BAD_REQUEST,
+            format!("`{text}` is not a 64-digit hex digest"),
+        )
+    })
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Refused {
+    refused(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the node's state cannot be read: {e}"),
+    )
+}
+
+/// A fixed-point value in units of 2⁻¹⁶ as a float, for reading.
+fn fixed(x: i64) -> f64 {
+    x as f64 / 65536.0
+}
+
+fn to_float(x: i32) -> f32 {
+    x as f32 / 65536.0
+}
+
+fn floats(v: &[i32]) -> Vec<f32> {
+    v.iter().copied().map(to_float).collect()
+}

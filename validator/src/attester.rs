@@ -1,0 +1,223 @@
+//! Compute (DESIGN.md, "Execution", steps 2 to 4): a thread that runs
+//! every new job's shard in the host and submits this validator's
+//! attestation through consensus, paid from the validator's account.
+//!
+//! Apply never waits for it. A job whose package this node lacks waits
+//! here (and is retried) while apply goes on; an attestation that is not
+//! applied within [`RESUBMIT_AFTER`] commits (dropped from a full pool, or
+//! lost with a crash) is submitted again, renumbered from the account's
+//! next nonce if a nonce before it was never used.
+
+use crate::node::Shared;
+use soma_codec::Encode;
+use soma_crypto::{PublicKey, SecretKey};
+use soma_execution::{
+    Action, EncoderResult, JobRunner, JobStatus, RunnerError, SignedTransaction, Transaction,
+};
+use soma_host::Digest;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+
+/// Commits an attestation may take to be applied before it is submitted
+/// again.
+pub(crate) const RESUBMIT_AFTER: u64 = 50;
+/// Commits between two attempts at jobs waiting for a package.
+const RETRY_EVERY: u64 = 20;
+
+/// What the attester is told.
+pub(crate) enum Work {
+    /// A job to compute and attest (if it still needs this validator).
+    Job(Digest),
+    /// Commit `index` was applied.
+    Applied(u64),
+}
+
+/// Starts the attester with the pending jobs this validator has not
+/// attested (a restarted node picks up where it stopped); returns where to
+/// send it work.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    runner: JobRunner,
+    key: SecretKey,
+    preload: Vec<Digest>,
+) -> std::io::Result<mpsc::Sender<Work>> {
+    let (work, inbox) = mpsc::channel();
+    let backlog = shared.executor().pending_jobs();
+    match backlog {
+        Ok(jobs) => jobs.into_iter().for_each(|job| {
+            let _ = work.send(Work::Job(job));
+        }),
+        Err(e) => tracing::warn!("cannot list pending jobs: {e}"),
+    }
+    let attester = Attester {
+        me: key.public_key(),
+        key,
+        shared,
+        runner,
+        next_nonce: 0,
+        in_flight: BTreeMap::new(),
+        waiting: Vec::new(),
+    };
+    std::thread::Builder::new()
+        .name("attester".into())
+        .spawn(move || {
+            // Compiled before the first job rather than during it.
+            for package in preload {
+                match attester.runner.preload(&package) {
+                    Ok(outcome) => {
+                        tracing::info!(%package, outcome = outcome.name(), "encoder loaded")
+                    }
+                    Err(e) => tracing::warn!(%package, "encoder not loaded: {e}"),
+                }
+            }
+            attester.run(inbox)
+        })?;
+    Ok(work)
+}
+
+/// An attestation submitted and not yet applied.
+struct InFlight {
+    job: Digest,
+    results: Vec<EncoderResult>,
+    /// The last commit applied when it was (re)submitted.
+    submitted_at: u64,
+}
+
+struct Attester {
+    shared: Arc<Shared>,
+    runner: JobRunner,
+    key: SecretKey,
+    me: PublicKey,
+    /// The nonce of the next attestation.
+    next_nonce: u64,
+    /// By nonce.
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Jobs that could not be computed yet (a package missing).
+    waiting: Vec<Digest>,
+}
+
+impl Attester {
+    fn run(mut self, inbox: mpsc::Receiver<Work>) {
+        while let Ok(work) = inbox.recv() {
+            match work {
+                Work::Job(job) => self.attest(job),
+                Work::Applied(index) => self.applied(index),
+            }
+        }
+    }
+
+    /// Computes `id` and submits the attestation, unless the job is decided
+    /// or this validator attested it already.
+    fn attest(&mut self, id: Digest) {
+        if self.in_flight.values().any(|f| f.job == id) || self.waiting.contains(&id) {
+            return;
+        }
+        let job = match self.shared.executor().job(&id) {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(job = %id, "cannot read the job: {e}");
+                return;
+            }
+        };
+        if job.status != JobStatus::Pending || job.attesters.contains(&self.me) {
+            return;
+        }
+        let results = match self.runner.compute(&job, &self.shared.parameters) {
+            Ok(results) => results,
+            Err(e @ RunnerError::MissingPackage(_)) => {
+                tracing::info!(job = %id, "waiting: {e}");
+                self.waiting.push(id);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, "cannot compute the job: {e}");
+                self.waiting.push(id);
+                return;
+            }
+        };
+        for result in &results {
+            self.shared.metrics.encoder_outcomes[result.outcome as usize]
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let at = self.shared.applied.borrow().next_index;
+        let nonce = self.next_nonce.max(self.account_nonce());
+        self.next_nonce = nonce + 1;
+        let attestation = InFlight {
+            job: id,
+            results,
+            submitted_at: at,
+        };
+        self.submit(nonce, &attestation);
+        self.in_flight.insert(nonce, attestation);
+    }
+
+    fn account_nonce(&self) -> u64 {
+        match self.shared.executor().account(&self.me) {
+            Ok(account) => account.nonce,
+            Err(e) => {
+                tracing::warn!("cannot read the validator's account: {e}");
+                0
+            }
+        }
+    }
+
+    fn sign(&self, nonce: u64, attestation: &InFlight) -> SignedTransaction {
+        Transaction {
+            chain_id: self.shared.chain_id,
+            sender: self.me,
+            nonce,
+            fee: self.shared.parameters.min_fee,
+            action: Action::Attest {
+                job: attestation.job,
+                results: attestation.results.clone(),
+            },
+        }
+        .sign(&self.key)
+    }
+
+    fn submit(&self, nonce: u64, attestation: &InFlight) {
+        let bytes = self.sign(nonce, attestation).to_bytes();
+        match self.shared.submitter().submit(bytes) {
+            Ok(()) => {
+                self.shared
+                    .metrics
+                    .attestations_submitted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            // Submitted again after RESUBMIT_AFTER commits.
+            Err(e) => tracing::warn!(job = %attestation.job, "attestation not queued: {e}"),
+        }
+    }
+
+    /// After commit `index`: forgets applied attestations, submits again
+    /// those that waited too long, and retries jobs that were waiting.
+    fn applied(&mut self, index: u64) {
+        let nonce = self.account_nonce();
+        self.in_flight.retain(|n, _| *n >= nonce);
+        let stale = self
+            .in_flight
+            .values()
+            .next()
+            .is_some_and(|first| index >= first.submitted_at + RESUBMIT_AFTER);
+        if stale {
+            // Renumbered from the account's next nonce: a nonce handed out
+            // and never applied would otherwise block every later one.
+            let attestations = std::mem::take(&mut self.in_flight);
+            for (i, (_, mut attestation)) in attestations.into_iter().enumerate() {
+                let renumbered = nonce + i as u64;
+                attestation.submitted_at = index;
+                self.submit(renumbered, &attestation);
+                self.in_flight.insert(renumbered, attestation);
+            }
+            self.next_nonce = nonce + self.in_flight.len() as u64;
+        }
+        if index.is_multiple_of(RETRY_EVERY) {
+            for job in std::mem::take(&mut self.waiting) {
+                self.attest(job);
+            }
+        }
+    }
+}

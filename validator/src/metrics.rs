@@ -1,0 +1,143 @@
+//! The node's counters, and `/metrics` in the Prometheus text format.
+
+use crate::node::Shared;
+use soma_execution::Outcome;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of execution, compute and the API (consensus keeps its own).
+#[derive(Debug, Default)]
+pub(crate) struct NodeMetrics {
+    pub(crate) commits_applied: AtomicU64,
+    pub(crate) transactions_applied: AtomicU64,
+    pub(crate) transactions_rejected: AtomicU64,
+    pub(crate) attestations_submitted: AtomicU64,
+    /// This node's encoder runs by outcome, indexed by `Outcome as usize`.
+    pub(crate) encoder_outcomes: [AtomicU64; Outcome::ALL.len()],
+    pub(crate) jobs_finalised: AtomicU64,
+    pub(crate) jobs_expired: AtomicU64,
+    /// Milliseconds `POST /v1/embeddings` waited for its jobs, summed.
+    pub(crate) embedding_wait_ms: AtomicU64,
+    pub(crate) embeddings_served: AtomicU64,
+    /// API requests answered with a 4xx.
+    pub(crate) api_refused: AtomicU64,
+    /// API requests turned away: connection cap or too many in flight.
+    pub(crate) api_throttled: AtomicU64,
+}
+
+/// The Prometheus text exposition of `shared`'s counters and its
+/// consensus's.
+pub(crate) fn render(shared: &Shared) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP soma_{name} {help}\n# TYPE soma_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "soma_{name}{labels} {value}");
+        }
+    };
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let m = &shared.metrics;
+    let consensus = shared.submitter().metrics();
+    let applied = *shared.applied.borrow();
+    metric(
+        "commits_total",
+        "counter",
+        "Commits consensus delivered.",
+        &[("", load(&consensus.commits))],
+    );
+    metric(
+        "commits_applied_total",
+        "counter",
+        "Commits the executor applied since the node started.",
+        &[("", load(&m.commits_applied))],
+    );
+    metric(
+        "next_commit_index",
+        "gauge",
+        "Index of the next commit to apply.",
+        &[("", applied.next_index)],
+    );
+    metric(
+        "last_committed_round",
+        "gauge",
+        "Round of the last committed leader.",
+        &[("", load(&consensus.last_committed_round))],
+    );
+    metric(
+        "transactions_total",
+        "counter",
+        "Committed transactions by what apply did with them.",
+        &[
+            ("{result=\"applied\"}", load(&m.transactions_applied)),
+            ("{result=\"rejected\"}", load(&m.transactions_rejected)),
+        ],
+    );
+    let outcomes: Vec<(String, u64)> = Outcome::ALL
+        .iter()
+        .map(|o| {
+            (
+                format!("{{outcome=\"{}\"}}", o.name()),
+                load(&m.encoder_outcomes[*o as usize]),
+            )
+        })
+        .collect();
+    let outcomes: Vec<(&str, u64)> = outcomes.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(
+        "encoder_runs_total",
+        "counter",
+        "Shard encoder runs this validator computed, by outcome.",
+        &outcomes,
+    );
+    metric(
+        "attestations_submitted_total",
+        "counter",
+        "Attestations this validator submitted (resubmissions included).",
+        &[("", load(&m.attestations_submitted))],
+    );
+    metric(
+        "jobs_total",
+        "counter",
+        "Jobs the API waited for, by how they ended.",
+        &[
+            ("{status=\"finalised\"}", load(&m.jobs_finalised)),
+            ("{status=\"expired\"}", load(&m.jobs_expired)),
+        ],
+    );
+    metric(
+        "embeddings_served_total",
+        "counter",
+        "Embeddings returned by POST /v1/embeddings.",
+        &[("", load(&m.embeddings_served))],
+    );
+    metric(
+        "embedding_wait_milliseconds_total",
+        "counter",
+        "Milliseconds POST /v1/embeddings waited for finalisation, summed.",
+        &[("", load(&m.embedding_wait_ms))],
+    );
+    metric(
+        "api_refused_total",
+        "counter",
+        "API requests refused with a 4xx.",
+        &[("", load(&m.api_refused))],
+    );
+    metric(
+        "api_throttled_total",
+        "counter",
+        "API requests or connections turned away for load.",
+        &[("", load(&m.api_throttled))],
+    );
+    metric(
+        "consensus_refused_total",
+        "counter",
+        "Peer messages and submissions consensus refused.",
+        &[("", load(&consensus.refused))],
+    );
+    metric(
+        "consensus_dropped_blocks_total",
+        "counter",
+        "Blocks consensus dropped for bounds.",
+        &[("", load(&consensus.dropped))],
+    );
+    out
+}

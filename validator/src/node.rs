@@ -1,0 +1,327 @@
+//! One validator: consensus orders transactions, the executor applies each
+//! commit in order, the attester computes every new job and submits this
+//! validator's attestation through consensus, and the HTTP API serves
+//! clients. This file starts them and holds what they share.
+
+use crate::admission::Admission;
+use crate::attester::{self, Work};
+use crate::config::{NodeFile, hex_public_key};
+use crate::metrics::NodeMetrics;
+use crate::{api, config};
+use anyhow::{Context, Result, bail};
+use soma_consensus::{
+    AuthorityIndex, CommittedSubDag, Committee, Node, NodeConfig,
+    Parameters as ConsensusParameters, Protocol, Submitter,
+};
+use soma_crypto::{PublicKey, SecretKey, keyfile};
+use soma_execution::{Commit, Executor, Genesis, JobStatus, Parameters, Router};
+use soma_host::package::BlobStore;
+use soma_host::{CompiledCache, Engine};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Commits read back from the consensus store at once while catching up.
+const REPLAY_BATCH: usize = 256;
+
+/// Where the state stands, as the API and waiters see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Index of the next commit to apply.
+    pub(crate) next_index: u64,
+    /// The state root after the last applied commit.
+    pub(crate) root: [u8; 32],
+}
+
+/// What the node's tasks share.
+pub(crate) struct Shared {
+    pub(crate) chain_id: [u8; 32],
+    pub(crate) chain_name: String,
+    pub(crate) parameters: Parameters,
+    executor: Mutex<Executor>,
+    pub(crate) blobs: BlobStore,
+    /// The last applied commit; waiters watch it.
+    pub(crate) applied: watch::Sender<Applied>,
+    /// Set once consensus runs (admission, which consensus calls, needs the
+    /// rest of this first).
+    submitter: OnceLock<Submitter>,
+    /// API keys by the blake3 of the key, and the account each spends from.
+    pub(crate) api_keys: BTreeMap<[u8; 32], SecretKey>,
+    /// The next nonce this node hands out per account it signs for.
+    pub(crate) nonces: Mutex<BTreeMap<PublicKey, u64>>,
+    pub(crate) metrics: NodeMetrics,
+}
+
+impl Shared {
+    /// The executor, for reads (apply holds it while it writes).
+    pub(crate) fn executor(&self) -> MutexGuard<'_, Executor> {
+        self.executor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `transaction` in this node's consensus.
+    pub(crate) fn submitter(&self) -> &Submitter {
+        self.submitter
+            .get()
+            .expect("consensus starts before anything submits")
+    }
+
+    /// The nonce for the next transaction this node signs for `account`:
+    /// after every nonce it handed out, and never one the state used.
+    pub(crate) fn next_nonce(&self, account: &PublicKey, state_nonce: u64) -> u64 {
+        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        let next = nonces.entry(*account).or_insert(state_nonce);
+        let nonce = (*next).max(state_nonce);
+        *next = nonce + 1;
+        nonce
+    }
+
+    /// Forgets the nonces handed out for `account` beyond the state's:
+    /// they were never committed (the node restarted, or the transaction
+    /// was dropped), so the next one fills the gap.
+    pub(crate) fn reset_nonce(&self, account: &PublicKey) {
+        self.nonces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(account);
+    }
+}
+
+/// Runs the validator configured by `config_path` until `stop` resolves
+/// or a part of it fails.
+pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<()> {
+    let file = NodeFile::read(config_path)?;
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let genesis_path = dir.join(&file.genesis);
+    let (genesis, packages) = Genesis::from_config_file_with_packages(&genesis_path)
+        .with_context(|| format!("genesis {}", genesis_path.display()))?;
+    let key = keyfile::read_secret_key(&dir.join(&file.key_file))?;
+    let me = key.public_key();
+    let committee = committee(&file, &genesis)?;
+    let authority = (0..committee.size())
+        .map(|i| AuthorityIndex(i as u32))
+        .find(|&i| committee.key(i) == Some(&me))
+        .with_context(|| {
+            format!(
+                "{} is not the key of a genesis validator",
+                dir.join(&file.key_file).display()
+            )
+        })?;
+    let addresses = genesis
+        .validators()
+        .iter()
+        .map(|v| {
+            file.peers
+                .get(&hex::encode(v.key.to_bytes()))
+                .copied()
+                .with_context(|| {
+                    format!(
+                        "peers has no address for validator {}",
+                        hex::encode(v.key.to_bytes())
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for peer in file.peers.keys() {
+        let key = hex_public_key(peer, "peer")?;
+        if !genesis.validators().iter().any(|v| v.key == key) {
+            bail!("peers names {peer}, which is not a genesis validator");
+        }
+    }
+
+    let data = dir.join(&file.data_dir);
+    let blobs = BlobStore::open(data.join("blobs"))?;
+    for package in &packages {
+        blobs.install(package)?;
+    }
+    let engine = Engine::new()?;
+    let cache = CompiledCache::open(data.join("compiled"))?;
+    let router = match genesis.router() {
+        Some(digest) => Some(Router::load(
+            &engine,
+            &blobs.package(digest)?,
+            Some(&cache),
+            genesis.parameters(),
+        )?),
+        None => None,
+    };
+    let executor = Executor::open(&data.join("state"), &genesis, router)?;
+    let mut api_keys = BTreeMap::new();
+    for (token, key_file) in &file.api_keys {
+        let account = keyfile::read_secret_key(&dir.join(key_file))?;
+        api_keys.insert(*blake3::hash(token.as_bytes()).as_bytes(), account);
+    }
+    let (applied, _) = watch::channel(Applied {
+        next_index: executor.next_index(),
+        root: executor.root(),
+    });
+    let shared = Arc::new(Shared {
+        chain_id: genesis.chain_id(),
+        chain_name: genesis.chain_name().to_string(),
+        parameters: genesis.parameters().clone(),
+        executor: Mutex::new(executor),
+        blobs: blobs.clone(),
+        applied,
+        submitter: OnceLock::new(),
+        api_keys,
+        nonces: Mutex::default(),
+        metrics: NodeMetrics::default(),
+    });
+
+    let mut node = Node::start(NodeConfig {
+        authority,
+        key: SecretKey::from_bytes(&key.to_bytes()),
+        committee,
+        addresses,
+        store: data.join("consensus"),
+        parameters: ConsensusParameters::default(),
+        leader_timeout: Duration::from_millis(file.leader_timeout_ms),
+        min_round_delay: Duration::from_millis(file.min_round_delay_ms),
+        verifier: Arc::new(Admission(shared.clone())),
+    })
+    .await?;
+    let _ = shared.submitter.set(node.submitter());
+
+    let listener = tokio::net::TcpListener::bind(file.api)
+        .await
+        .with_context(|| format!("cannot listen for the API on {}", file.api))?;
+    tokio::spawn(api::serve(listener, shared.clone()));
+
+    let mut runner = soma_execution::JobRunner::new(engine, blobs, Some(cache));
+    if file.runner_threads > 0 {
+        runner = runner.with_threads(file.runner_threads);
+    }
+    let preload = genesis.encoders().iter().map(|e| e.package).collect();
+    let work = attester::start(shared.clone(), runner, key, preload)?;
+    tracing::info!(
+        authority = authority.0,
+        api = %file.api,
+        next_commit = shared.applied.borrow().next_index,
+        "validator running"
+    );
+    tokio::pin!(stop);
+    // Commits this node's consensus recorded before the executor applied
+    // them (a crash between the two) come first.
+    catch_up(&shared, &node, &work, None).await?;
+    loop {
+        tokio::select! {
+            commit = node.next_commit() => match commit {
+                Some(subdag) => catch_up(&shared, &node, &work, Some(subdag)).await?,
+                None => break,
+            },
+            () = &mut stop => return Ok(()),
+        }
+    }
+    node.stopped().await.context("consensus stopped")
+}
+
+/// The committee genesis names, with the chain's protocol constants.
+fn committee(file: &NodeFile, genesis: &Genesis) -> Result<Committee> {
+    let protocol = Protocol {
+        chain_id: genesis.chain_id(),
+        epoch: 0,
+        gc_depth: file.gc_depth,
+    };
+    let members = genesis
+        .validators()
+        .iter()
+        .map(|v| (v.key, v.stake))
+        .collect();
+    Committee::new(members, protocol).context("the genesis validators are not a valid committee")
+}
+
+/// Applies every commit up to and including `subdag` (read back from the
+/// consensus store what the executor has not seen), in order, once each.
+async fn catch_up(
+    shared: &Arc<Shared>,
+    node: &Node,
+    work: &std::sync::mpsc::Sender<Work>,
+    subdag: Option<CommittedSubDag>,
+) -> Result<()> {
+    loop {
+        let next = shared.applied.borrow().next_index;
+        match &subdag {
+            Some(s) if s.index < next => return Ok(()),
+            Some(s) if s.index == next => return apply(shared, s.clone(), work).await,
+            _ => {}
+        }
+        let missed = node
+            .committed(next, REPLAY_BATCH)
+            .await
+            .with_context(|| format!("cannot read commit {next} back from the consensus store"))?;
+        if missed.is_empty() {
+            return match subdag {
+                Some(s) => bail!(
+                    "commit {} was delivered, but commit {next} is not in the consensus store",
+                    s.index
+                ),
+                None => Ok(()),
+            };
+        }
+        for missed in missed {
+            apply(shared, missed, work).await?;
+        }
+    }
+}
+
+/// Applies one commit on a blocking thread, then tells waiters and the
+/// attester.
+async fn apply(
+    shared: &Arc<Shared>,
+    subdag: CommittedSubDag,
+    work: &std::sync::mpsc::Sender<Work>,
+) -> Result<()> {
+    let index = subdag.index;
+    let task_shared = shared.clone();
+    let (effects, jobs) = tokio::task::spawn_blocking(move || {
+        let transactions: Vec<Vec<u8>> = subdag.transactions().map(<[u8]>::to_vec).collect();
+        let mut executor = task_shared.executor();
+        let effects = executor.apply(Commit {
+            index: subdag.index,
+            digest: subdag.digest(),
+            transactions: &transactions,
+        })?;
+        // A submission that applied made a job under its digest.
+        let mut jobs = Vec::new();
+        for receipt in effects.receipts.iter().filter(|r| r.rejection.is_none()) {
+            if let Some(digest) = receipt.transaction
+                && let Some(job) = executor.job(&digest)?
+                && job.status == JobStatus::Pending
+            {
+                jobs.push(digest);
+            }
+        }
+        Ok::<_, anyhow::Error>((effects, jobs))
+    })
+    .await
+    .context("the apply task failed")?
+    .with_context(|| format!("cannot apply commit {index}"))?;
+    let metrics = &shared.metrics;
+    metrics.commits_applied.fetch_add(1, Ordering::Relaxed);
+    for receipt in &effects.receipts {
+        let counter = match receipt.rejection {
+            None => &metrics.transactions_applied,
+            Some(_) => &metrics.transactions_rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    shared.applied.send_replace(Applied {
+        next_index: index + 1,
+        root: effects.root,
+    });
+    for job in jobs {
+        let _ = work.send(Work::Job(job));
+    }
+    let _ = work.send(Work::Applied(index));
+    Ok(())
+}
+
+/// The committee a configuration's validator runs in, read without
+/// starting anything (tools and tests sign blocks for it).
+pub fn committee_of(config_path: &Path) -> Result<Committee> {
+    let file = config::NodeFile::read(config_path)?;
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    committee(&file, &Genesis::from_config_file(&dir.join(&file.genesis))?)
+}

@@ -1,0 +1,338 @@
+//! A four-validator network embeds text end to end: `POST /v1/embeddings`
+//! submits a job per input, every validator computes the shard in its
+//! sandbox and attests through consensus, and the job is finalised with
+//! the same result everywhere, the dishonest encoder slashed; a validator
+//! that was down while it happened applies the commits it missed and
+//! reports the same. Bad requests get a 4xx with a reason.
+
+use super::localnet::{Validator, genesis_with, http, start_all, wait_for};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use soma_codec::Encode;
+use soma_crypto::SecretKey;
+use soma_execution::{Action, Transaction};
+use soma_host::package::{EncoderMeta, MAX_FUEL_LIMIT, Package};
+use soma_validator::config::{ClientFile, LOCALNET_BOND};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `component` signed by a fresh key (so each call makes another package)
+/// as the 384-dimension text encoder `name`, written to `dir/file`.
+fn package(dir: &Path, component: &str, name: &str, file: &str) -> PathBuf {
+    let meta = EncoderMeta {
+        name: name.into(),
+        version: "0.1.0".into(),
+        dimension: 384,
+        fuel_limit: MAX_FUEL_LIMIT,
+        modality: soma_host::Modality::Text,
+    };
+    let signer = SecretKey::generate().unwrap();
+    let package = Package::sign(&signer, &meta, std::fs::read(component).unwrap(), vec![]).unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, package.encode()).unwrap();
+    path
+}
+
+/// Sends `body` as JSON to `path` of the API at `port`; (status, JSON).
+fn call(port: u16, method: &str, path: &str, key: Option<&str>, body: &[u8]) -> (u16, Value) {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth));
+    }
+    let (code, text) = http(port, method, path, &headers, body);
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (code, value)
+}
+
+/// Asserts a refusal: the status, and a reason that says `because`.
+fn assert_refused(reply: (u16, Value), status: u16, because: &str) {
+    let (code, body) = reply;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        code == status && message.contains(because),
+        "expected {status} saying `{because}`, got {code}: {body}"
+    );
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+#[test]
+fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let packages = dir.path().join("packages-in");
+    std::fs::create_dir(&packages).unwrap();
+    let hash = soma_examples_artifacts::HASH_ENCODER;
+    let encoders = [
+        package(&packages, hash, "hash-encoder", "hash-a.somapkg"),
+        package(&packages, hash, "hash-encoder", "hash-b.somapkg"),
+        package(
+            &packages,
+            soma_examples_artifacts::RANDOM_ENCODER,
+            "random-encoder",
+            "random.somapkg",
+        ),
+    ];
+    let mut args = Vec::new();
+    for encoder in &encoders {
+        args.push("--encoder".as_ref());
+        args.push(encoder.as_os_str());
+    }
+    let net = dir.path().join("net");
+    let (configs, base) = genesis_with(&net, &args);
+    let client: ClientFile =
+        serde_json::from_str(&std::fs::read_to_string(net.join("client.json")).unwrap()).unwrap();
+    let api = |i: usize| client.apis[i].port();
+    let key = client.api_key.as_str();
+    let mut validators = start_all(&configs, base);
+    wait_for(
+        "every API to answer",
+        Duration::from_secs(60),
+        || (0..4).all(|i| call(api(i), "GET", "/health", None, b"").0 == 200),
+        &validators,
+    );
+
+    // Refusals, each with its status and reason; none changes anything.
+    let embed = |body: &[u8], key: Option<&str>| call(api(0), "POST", "/v1/embeddings", key, body);
+    assert_refused(embed(br#"{"input":"a"}"#, None), 401, "API key");
+    assert_refused(embed(br#"{"input":"a"}"#, Some("guess")), 401, "API key");
+    assert_refused(embed(b"{", Some(key)), 400, "invalid request");
+    assert_refused(
+        embed(b"{\"input\":\"\xff\xfe\"}", Some(key)),
+        400,
+        "invalid request",
+    );
+    assert_refused(embed(br#"{"input":[]}"#, Some(key)), 400, "1 to 64 texts");
+    assert_refused(
+        embed(br#"{"input":[1,2,3]}"#, Some(key)),
+        400,
+        "invalid request",
+    );
+    assert_refused(
+        embed(br#"{"input":"a","model":"gpt"}"#, Some(key)),
+        404,
+        "no model",
+    );
+    assert_refused(
+        embed(br#"{"input":"a","encoding_format":"hex"}"#, Some(key)),
+        400,
+        "encoding_format",
+    );
+    assert_refused(
+        embed(br#"{"input":"a","dimensions":3}"#, Some(key)),
+        400,
+        "384",
+    );
+    let long = json!({"input": "x".repeat(20_000)}).to_string();
+    assert_refused(embed(long.as_bytes(), Some(key)), 400, "at most 16384");
+    let huge = json!({"input": "x".repeat(2 << 20)}).to_string();
+    assert_refused(embed(huge.as_bytes(), Some(key)), 413, "over");
+    assert_refused(
+        call(api(0), "POST", "/v1/transactions", None, b"junk"),
+        400,
+        "not a signed transaction",
+    );
+    let user = soma_crypto::keyfile::read_secret_key(&net.join(&client.account_key_file)).unwrap();
+    let transfer = |chain_id: [u8; 32], fee: u64| {
+        Transaction {
+            chain_id,
+            sender: user.public_key(),
+            nonce: 0,
+            fee,
+            action: Action::Transfer {
+                to: SecretKey::from_bytes(&[5; 32]).public_key(),
+                amount: 1,
+            },
+        }
+        .sign(&user)
+        .to_bytes()
+    };
+    let tx = |bytes: &[u8]| call(api(0), "POST", "/v1/transactions", None, bytes);
+    assert_refused(tx(&transfer([0; 32], 10)), 422, "signed for chain");
+    let health = call(api(0), "GET", "/health", None, b"").1;
+    let chain_id: [u8; 32] = hex::decode(health["chain_id"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_refused(tx(&transfer(chain_id, 1)), 422, "below the minimum");
+    let mut forged = transfer(chain_id, 10);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_refused(tx(&forged), 422, "signature");
+    assert_refused(
+        call(api(0), "GET", "/v1/jobs/zz", None, b""),
+        400,
+        "hex digest",
+    );
+    assert_refused(
+        call(
+            api(0),
+            "GET",
+            &format!("/v1/jobs/{}", "0".repeat(64)),
+            None,
+            b"",
+        ),
+        404,
+        "no job",
+    );
+    assert_refused(
+        call(api(0), "GET", "/v1/nothing", None, b""),
+        404,
+        "no such path",
+    );
+    assert_refused(
+        call(api(0), "DELETE", "/v1/embeddings", None, b""),
+        405,
+        "not allowed",
+    );
+    let account = |i: usize| {
+        call(
+            api(i),
+            "GET",
+            &format!("/v1/accounts/{}", client.account),
+            None,
+            b"",
+        )
+        .1
+    };
+    let balance_before = account(0)["balance"].as_u64().unwrap();
+    assert_eq!(account(0)["nonce"], 0, "no refusal used a nonce");
+
+    // Validator 3 is down while the jobs run.
+    let stopped = validators.pop().unwrap();
+    let (config3, port3) = (stopped.config.clone(), stopped.port);
+    drop(stopped);
+
+    let texts = [
+        "A man is playing a guitar on stage.",
+        "Interest rates rose again.",
+    ];
+    let (code, reply) = embed(
+        json!({"input": texts, "model": "soma"})
+            .to_string()
+            .as_bytes(),
+        Some(key),
+    );
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["object"], "list");
+    assert_eq!(reply["usage"]["prompt_tokens"], 12);
+    let data = reply["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let embeddings: Vec<Vec<f64>> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(d["index"], i);
+            d["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let job_id = reply["jobs"][0].as_str().unwrap().to_string();
+    let job = |i: usize| call(api(i), "GET", &format!("/v1/jobs/{job_id}"), None, b"").1;
+    for e in &embeddings {
+        assert_eq!(e.len(), 384, "{}", job(0));
+        assert!((norm(e) - 1.0).abs() < 1e-3, "{}", norm(e));
+    }
+    assert_ne!(embeddings[0], embeddings[1]);
+
+    // The same text again, as base64: another job, the same embedding (the
+    // honest encoders are deterministic, and outvote the random one).
+    let (code, again) = embed(
+        json!({"input": texts[0], "encoding_format": "base64"})
+            .to_string()
+            .as_bytes(),
+        Some(key),
+    );
+    assert_eq!(code, 200, "{again}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(again["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let floats: Vec<f32> = embeddings[0].iter().map(|&x| x as f32).collect();
+    assert_eq!(decoded, floats);
+
+    // What finalisation decided: the random encoder is an outlier,
+    // disqualified and slashed; an honest one is rewarded.
+    let decided = job(0);
+    assert_eq!(decided["status"], "finalised", "{decided}");
+    let scores = decided["finalisation"]["encoders"].as_array().unwrap();
+    let named = |name: &'static str| scores.iter().filter(move |e| e["name"] == name);
+    let random = named("random-encoder").next().unwrap();
+    assert_eq!(random["disqualified"], true, "{decided}");
+    assert!(random["slashed"].as_u64().unwrap() > 0, "{decided}");
+    assert_eq!(named("hash-encoder").count(), 2);
+    for e in named("hash-encoder") {
+        assert_eq!(
+            (e["outcome"].as_str(), e["disqualified"].as_bool()),
+            (Some("ok"), Some(false)),
+            "{decided}"
+        );
+    }
+    assert_eq!(
+        scores
+            .iter()
+            .map(|e| e["reward"].as_u64().unwrap())
+            .filter(|&r| r > 0)
+            .count(),
+        1,
+        "one best encoder is paid: {decided}"
+    );
+    let random_package = random["package"].as_str().unwrap();
+    let bond = call(
+        api(0),
+        "GET",
+        &format!("/v1/encoders/{random_package}"),
+        None,
+        b"",
+    )
+    .1["bond"]
+        .as_u64()
+        .unwrap();
+    assert!(bond < LOCALNET_BOND, "{bond}");
+    let spent = balance_before - account(0)["balance"].as_u64().unwrap();
+    let params = soma_execution::Parameters::default();
+    assert_eq!(spent, 3 * (params.min_fee + params.min_job_payment));
+
+    // Back up, validator 3 applies what it missed and agrees.
+    validators.push(Validator::start(&config3, port3));
+    wait_for(
+        "validator 3 to apply the jobs",
+        Duration::from_secs(120),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", api(3))).is_ok()
+                && job(3)["status"] == "finalised"
+        },
+        &validators,
+    );
+    for i in 1..4 {
+        assert_eq!(
+            job(i)["finalisation"],
+            decided["finalisation"],
+            "validator {i}"
+        );
+        assert_eq!(
+            account(i)["balance"],
+            account(0)["balance"],
+            "validator {i}"
+        );
+    }
+
+    let (code, metrics) = http(api(0), "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("soma_embeddings_served_total 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("soma_api_refused_total "), "{metrics}");
+    let (_, models) = call(api(0), "GET", "/v1/models", None, b"");
+    assert_eq!(models["data"][0]["id"], "soma");
+}
