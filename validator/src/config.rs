@@ -47,6 +47,12 @@ pub struct NodeFile {
     /// Threads the job runner uses (0: one per core).
     #[serde(default)]
     pub runner_threads: usize,
+    /// Where compiled encoders are cached, if not in `data_dir`: validators
+    /// of one localnet share one, so each encoder is compiled once. Only
+    /// processes that trust each other may share it (loading compiled code
+    /// runs it).
+    #[serde(default)]
+    pub compiled_cache: Option<PathBuf>,
 }
 
 fn default_gc_depth() -> u32 {
@@ -109,6 +115,9 @@ pub const LOCALNET_USER_BALANCE: u64 = 1_000_000_000_000;
 pub const LOCALNET_VALIDATOR_BALANCE: u64 = 1_000_000_000;
 /// Each localnet validator's stake.
 pub const LOCALNET_STAKE: u64 = 10_000_000;
+/// The compiled-code cache a localnet's validators share, relative to
+/// each one's directory.
+pub const LOCALNET_COMPILED_CACHE: &str = "../compiled";
 /// Commits a localnet job may take before it expires.
 pub const LOCALNET_JOB_EXPIRY: u64 = 50_000;
 /// Each localnet encoder's bond.
@@ -240,6 +249,7 @@ pub fn write_localnet(net: &Localnet<'_>) -> Result<Vec<PathBuf>> {
             leader_timeout_ms: default_leader_timeout_ms(),
             min_round_delay_ms: default_min_round_delay_ms(),
             runner_threads: 0,
+            compiled_cache: Some(LOCALNET_COMPILED_CACHE.into()),
         };
         let path = home.join("config.json");
         std::fs::write(&path, serde_json::to_string_pretty(&file)?)

@@ -7,6 +7,7 @@
 mod admission;
 pub mod api;
 mod attester;
+pub mod client;
 pub mod config;
 mod metrics;
 pub mod node;

@@ -137,7 +137,10 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         blobs.install(package)?;
     }
     let engine = Engine::new()?;
-    let cache = CompiledCache::open(data.join("compiled"))?;
+    let cache = CompiledCache::open(match &file.compiled_cache {
+        Some(shared) => dir.join(shared),
+        None => data.join("compiled"),
+    })?;
     let router = match genesis.router() {
         Some(digest) => Some(Router::load(
             &engine,

@@ -26,7 +26,8 @@ enum Task {
     /// and rustfmt, the ONNX Runtime library and the models, and the
     /// toolchains of the Python and JavaScript example encoders.
     Setup,
-    /// Set up, build the example encoders and show them at work.
+    /// Set up, start a four-validator network on this machine, embed
+    /// sentences through its API and report what it decided.
     Demo,
     /// Set up, check formatting and lints, and run every test of the workspace.
     Test,
@@ -55,7 +56,19 @@ fn main() -> Result<()> {
     }
     match cli.task {
         Task::Setup => Ok(()),
-        Task::Demo => cargo(&["run", "--locked", "--package", "soma-demo"]),
+        Task::Demo => {
+            // The demo starts `soma node` processes from beside its own
+            // executable.
+            cargo(&[
+                "build",
+                "--locked",
+                "--package",
+                "soma-validator",
+                "--bin",
+                "soma",
+            ])?;
+            cargo(&["run", "--locked", "--package", "soma-demo"])
+        }
         Task::Test => {
             cargo(&["fmt", "--all", "--check"])?;
             cargo(&[

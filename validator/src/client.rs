@@ -1,0 +1,115 @@
+//! A small blocking client of a node's HTTP API, for `soma client`, the
+//! demo and scripts: one connection per request, JSON in and out.
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Largest response body the client reads.
+const MAX_RESPONSE: u64 = 64 << 20;
+
+/// A node's API.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    address: SocketAddr,
+    api_key: Option<String>,
+    timeout: Duration,
+}
+
+/// An answer: its status and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body, parsed as JSON (a string if it is not JSON).
+    pub body: Value,
+}
+
+impl Answer {
+    /// The body if the status is 2xx; otherwise an error with the node's
+    /// reason.
+    pub fn ok(self) -> Result<Value> {
+        if (200..300).contains(&self.status) {
+            return Ok(self.body);
+        }
+        let reason = self.body["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| self.body.to_string());
+        bail!("the node answered {}: {reason}", self.status)
+    }
+}
+
+impl ApiClient {
+    /// A client of the API at `address`, sending `api_key` as the bearer
+    /// token if given, waiting at most `timeout` for an answer.
+    pub fn new(address: SocketAddr, api_key: Option<String>, timeout: Duration) -> ApiClient {
+        ApiClient {
+            address,
+            api_key,
+            timeout,
+        }
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Result<Answer> {
+        self.request("GET", path, "application/json", &[])
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post_json(&self, path: &str, body: &Value) -> Result<Answer> {
+        self.request(
+            "POST",
+            path,
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+    }
+
+    /// `POST path` with raw bytes (a signed transaction, a package).
+    pub fn post_bytes(&self, path: &str, body: &[u8]) -> Result<Answer> {
+        self.request("POST", path, "application/octet-stream", body)
+    }
+
+    fn request(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Result<Answer> {
+        let failed = || format!("{method} http://{}{path}", self.address);
+        let mut stream = TcpStream::connect_timeout(&self.address, Duration::from_secs(5))
+            .with_context(|| format!("cannot reach the node at {}", self.address))?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\
+             content-type: {content_type}\r\ncontent-length: {}\r\n",
+            self.address,
+            body.len()
+        );
+        if let Some(key) = &self.api_key {
+            head.push_str(&format!("authorization: Bearer {key}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body))
+            .with_context(failed)?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_RESPONSE)
+            .read_to_end(&mut response)
+            .with_context(failed)?;
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .with_context(|| format!("{}: no complete response", failed()))?;
+        let status = std::str::from_utf8(&response[..split])
+            .ok()
+            .and_then(|head| head.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("{}: no status in the response", failed()))?;
+        let body = &response[split + 4..];
+        let body = serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+        Ok(Answer { status, body })
+    }
+}
