@@ -13,6 +13,9 @@ use soma_consensus::TransactionVerifier;
 use soma_execution::{MAX_TRANSACTION_BYTES, SignedTransaction};
 use std::sync::Arc;
 
+/// How far ahead of an account's next nonce a transaction's may be.
+pub const NONCE_WINDOW: u64 = 256;
+
 /// Why a node does not admit a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -31,6 +34,15 @@ pub enum Refusal {
     /// The nonce was used already.
     #[error("nonce {got} was used already; the account's next nonce is {next}")]
     StaleNonce {
+        /// The account's next nonce.
+        next: u64,
+        /// The transaction's.
+        got: u64,
+    },
+    /// The nonce is further ahead of the account's next than
+    /// [`NONCE_WINDOW`].
+    #[error("nonce {got} is too far ahead; the account's next nonce is {next}")]
+    FutureNonce {
         /// The account's next nonce.
         next: u64,
         /// The transaction's.
@@ -77,11 +89,19 @@ pub(crate) fn admit(shared: &Shared, bytes: &[u8]) -> Result<SignedTransaction, 
         return Err(Refusal::BadSignature);
     }
     let account = shared
-        .executor()
+        .state
         .account(&tx.sender)
         .map_err(|e| Refusal::State(e.to_string()))?;
     if tx.nonce < account.nonce {
         return Err(Refusal::StaleNonce {
+            next: account.nonce,
+            got: tx.nonce,
+        });
+    }
+    // Apply refuses a nonce out of order without charging a fee, so one
+    // far ahead could be sent again and again for free.
+    if tx.nonce - account.nonce > NONCE_WINDOW {
+        return Err(Refusal::FutureNonce {
             next: account.nonce,
             got: tx.nonce,
         });

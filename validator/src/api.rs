@@ -20,12 +20,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use soma_codec::Encode;
+use soma_consensus::SubmitRefused;
 use soma_crypto::PublicKey;
+use soma_crypto::SecretKey;
 use soma_execution::{Action, Job, JobStatus, SignedTransaction, Transaction};
 use soma_host::Digest;
 use soma_host::package::Package;
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -40,9 +43,15 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest body of a JSON request.
 pub const MAX_JSON_BODY: usize = 1 << 20;
 /// Largest uploaded package.
-pub const MAX_PACKAGE_BODY: usize = 256 << 20;
+pub const MAX_PACKAGE_BODY: usize = 128 << 20;
 /// Embedding requests waiting for their jobs at once; more get 429.
 pub const MAX_EMBEDDING_REQUESTS: usize = 64;
+/// Embedding requests one API key may have waiting at once.
+pub const MAX_REQUESTS_PER_KEY: usize = 8;
+/// Package uploads a node takes at once.
+pub const MAX_UPLOADS: usize = 1;
+/// The shortest time between two checks of an embedding request's jobs.
+const WAIT_POLL: Duration = Duration::from_millis(100);
 /// Most inputs in one embedding request.
 pub const MAX_INPUTS: usize = 64;
 /// How long `POST /v1/embeddings` waits for its jobs.
@@ -57,6 +66,10 @@ struct Api {
     shared: Arc<Shared>,
     connections: Arc<Semaphore>,
     embedding_requests: Semaphore,
+    /// Embedding requests in flight per API key (by its hash).
+    per_key: Mutex<BTreeMap<[u8; 32], usize>>,
+    /// Package uploads at once.
+    uploads: Semaphore,
 }
 
 /// Serves the API on `listener` until the process ends.
@@ -65,6 +78,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         shared,
         connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         embedding_requests: Semaphore::new(MAX_EMBEDDING_REQUESTS),
+        per_key: Mutex::default(),
+        uploads: Semaphore::new(MAX_UPLOADS),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -115,7 +130,33 @@ fn json_reply(status: StatusCode, body: &Value) -> Reply {
 struct Refused {
     status: StatusCode,
     message: String,
+    /// Seconds to wait before trying again (429).
     retry_after: Option<u64>,
+    /// The method the path takes (405).
+    allow: Option<&'static str>,
+}
+
+/// A 429: too much at once; try again after `seconds`.
+fn busy(message: String, seconds: u64) -> Refused {
+    Refused {
+        retry_after: Some(seconds),
+        ..refused(StatusCode::TOO_MANY_REQUESTS, message)
+    }
+}
+
+/// The method `path` takes, if it is a path of the API.
+fn allowed(path: &str) -> Option<&'static str> {
+    match path {
+        "/health" | "/metrics" | "/v1/models" => Some("GET"),
+        "/v1/embeddings" | "/v1/transactions" | "/v1/packages" => Some("POST"),
+        p if ["/v1/accounts/", "/v1/encoders/", "/v1/jobs/"]
+            .iter()
+            .any(|prefix| p.starts_with(prefix)) =>
+        {
+            Some("GET")
+        }
+        _ => None,
+    }
 }
 
 fn refused(status: StatusCode, message: impl ToString) -> Refused {
@@ -123,6 +164,7 @@ fn refused(status: StatusCode, message: impl ToString) -> Refused {
         status,
         message: message.to_string(),
         retry_after: None,
+        allow: None,
     }
 }
 
@@ -158,15 +200,19 @@ impl Api {
                 self.encoder(&p["/v1/encoders/".len()..])
             }
             (Method::GET, p) if p.starts_with("/v1/jobs/") => self.job(&p["/v1/jobs/".len()..]),
-            (_, "/health" | "/metrics" | "/v1/models" | "/v1/embeddings" | "/v1/transactions")
-            | (_, "/v1/packages") => Err(refused(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{} is not allowed on {path}", request.method()),
-            )),
-            _ => Err(refused(
-                StatusCode::NOT_FOUND,
-                format!("no such path {path}"),
-            )),
+            (method, path) => match allowed(path) {
+                Some(allow) => Err(Refused {
+                    allow: Some(allow),
+                    ..refused(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        format!("{method} is not allowed on {path}; {allow} is"),
+                    )
+                }),
+                None => Err(refused(
+                    StatusCode::NOT_FOUND,
+                    format!("no such path {path}"),
+                )),
+            },
         };
         result.unwrap_or_else(|r| self.refusal(r))
     }
@@ -183,14 +229,25 @@ impl Api {
         } else {
             "server_error"
         };
+        let code = r
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+            .replace(' ', "_");
         let mut reply = json_reply(
             r.status,
-            &json!({"error": {"message": r.message, "type": kind, "code": r.status.as_u16()}}),
+            &json!({"error": {"message": r.message, "type": kind, "param": null, "code": code}}),
         );
         if let Some(seconds) = r.retry_after {
             reply
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        if let Some(allow) = r.allow {
+            reply
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
         }
         reply
     }
@@ -229,6 +286,7 @@ impl Api {
                 "chain_id": hex::encode(self.shared.chain_id),
                 "next_commit": applied.next_index,
                 "state_root": hex::encode(applied.root),
+                "parameters": self.shared.parameters,
             }),
         )
     }
@@ -239,6 +297,7 @@ impl Api {
             &json!({"object": "list", "data": [{
                 "id": MODEL,
                 "object": "model",
+                "created": 0,
                 "owned_by": self.shared.chain_name,
                 "dimension": self.shared.parameters.dimension,
             }]}),
@@ -262,22 +321,43 @@ impl Api {
         self.shared
             .submitter()
             .submit(signed.to_bytes())
-            .map_err(|e| Refused {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: format!("the node cannot take the transaction now: {e}"),
-                retry_after: Some(1),
+            .map_err(|e| match e {
+                SubmitRefused::Invalid => refused(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "the node does not admit the transaction",
+                ),
+                SubmitRefused::Stopping => {
+                    refused(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping")
+                }
+                SubmitRefused::Core(e) => {
+                    busy(format!("the node cannot take the transaction now: {e}"), 1)
+                }
             })
     }
 
     /// `POST /v1/packages`: a signed package's bytes; verified and stored,
     /// so this node's attester can run the encoder once it is registered.
     async fn package(&self, request: Request<Incoming>) -> Result<Reply, Refused> {
+        // Stored packages stay: only holders of an API key may add them,
+        // one at a time.
+        self.authorize(&request)?;
+        let Ok(_upload) = self.uploads.try_acquire() else {
+            return Err(busy(
+                "another package is being uploaded; retry later".into(),
+                5,
+            ));
+        };
         let bytes = self.body(request, MAX_PACKAGE_BODY).await?;
         let shared = self.shared.clone();
         let stored = tokio::task::spawn_blocking(move || {
             let package = Package::decode(&bytes)
                 .and_then(|p| p.verify(None))
-                .map_err(|e| refused(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+                .map_err(|e| {
+                    refused(
+                        StatusCode::BAD_REQUEST,
+                        format!("not a valid signed package: {e}"),
+                    )
+                })?;
             shared
                 .blobs
                 .install(&package)
@@ -294,9 +374,9 @@ impl Api {
     fn account(&self, key: &str) -> Result<Reply, Refused> {
         let key = PublicKey::from_hex(key)
             .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("`{key}`: {e}")))?;
-        let executor = self.shared.executor();
-        let account = executor.account(&key).map_err(unavailable)?;
-        let validator = executor.validator(&key).map_err(unavailable)?;
+        let state = &self.shared.state;
+        let account = state.account(&key).map_err(unavailable)?;
+        let validator = state.validator(&key).map_err(unavailable)?;
         Ok(json_reply(
             StatusCode::OK,
             &json!({
@@ -316,7 +396,7 @@ impl Api {
         let package = parse_digest(digest)?;
         let encoder = self
             .shared
-            .executor()
+            .state
             .encoder(&package)
             .map_err(unavailable)?
             .ok_or_else(|| {
@@ -349,7 +429,7 @@ impl Api {
         let id = parse_digest(id)?;
         let job = self
             .shared
-            .executor()
+            .state
             .job(&id)
             .map_err(unavailable)?
             .ok_or_else(|| refused(StatusCode::NOT_FOUND, format!("no job {id}")))?;
@@ -414,62 +494,71 @@ impl Api {
         value
     }
 
-    /// `POST /v1/embeddings`: one job per input, paid from the account the
-    /// bearer API key maps to, answered once every job is decided.
-    async fn embeddings(&self, request: Request<Incoming>) -> Result<Reply, Refused> {
+    /// The account of the request's API key (`Authorization: Bearer`).
+    fn authorize(&self, request: &Request<Incoming>) -> Result<(&SecretKey, [u8; 32]), Refused> {
         let token = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let account = token
-            .and_then(|t| {
-                self.shared
-                    .api_keys
-                    .get(blake3::hash(t.as_bytes()).as_bytes())
-            })
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let hash = token.map(|t| *blake3::hash(t.as_bytes()).as_bytes());
+        hash.and_then(|h| self.shared.api_keys.get(&h).map(|key| (key, h)))
             .ok_or_else(|| {
                 refused(
                     StatusCode::UNAUTHORIZED,
                     "an API key this node knows is required: `Authorization: Bearer <key>`",
                 )
-            })?;
-        let Ok(_permit) = self.embedding_requests.try_acquire() else {
-            return Err(Refused {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: format!(
-                    "{MAX_EMBEDDING_REQUESTS} embedding requests are in flight; retry later"
-                ),
-                retry_after: Some(1),
-            });
-        };
+            })
+    }
+
+    /// `POST /v1/embeddings`: one job per input, paid from the account the
+    /// bearer API key maps to, answered once every job is decided.
+    async fn embeddings(&self, request: Request<Incoming>) -> Result<Reply, Refused> {
+        let (account, api_key) = self.authorize(&request)?;
         let body = self.body(request, MAX_JSON_BODY).await?;
         let request: EmbeddingsRequest = serde_json::from_slice(&body)
             .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?;
         let inputs = request.inputs(&self.shared)?;
+        let Ok(_permit) = self.embedding_requests.try_acquire() else {
+            return Err(busy(
+                format!("{MAX_EMBEDDING_REQUESTS} embedding requests are in flight; retry later"),
+                1,
+            ));
+        };
+        let Some(_key_slot) = KeySlot::take(&self.per_key, api_key) else {
+            return Err(busy(
+                format!(
+                    "this API key has {MAX_REQUESTS_PER_KEY} embedding requests in flight; \
+                     retry later"
+                ),
+                1,
+            ));
+        };
         let params = &self.shared.parameters;
         let sender = account.public_key();
-        let cost = (params.min_fee + params.min_job_payment) as u128 * inputs.len() as u128;
-        let balance = self
-            .shared
-            .executor()
-            .account(&sender)
-            .map_err(unavailable)?;
-        if cost > u128::from(balance.balance) {
+        let cost = u128::from(params.min_fee + params.min_job_payment) * inputs.len() as u128;
+        let state = self.shared.state.account(&sender).map_err(unavailable)?;
+        if cost > u128::from(state.balance) {
             return Err(refused(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
                     "{} inputs cost {cost} base units; the account holds {}",
                     inputs.len(),
-                    balance.balance
+                    state.balance
                 ),
             ));
         }
         let started = Instant::now();
         let mut jobs = Vec::with_capacity(inputs.len());
-        for input in &inputs {
-            let nonce = self.shared.next_nonce(&sender, balance.nonce);
+        let _nonces = NonceHold {
+            shared: &self.shared,
+            account: sender,
+            count: inputs.len(),
+        };
+        for (i, input) in inputs.iter().enumerate() {
+            let nonce = self.shared.next_nonce(&sender, state.nonce);
             let signed = Transaction {
                 chain_id: self.shared.chain_id,
                 sender,
@@ -481,14 +570,23 @@ impl Api {
                 },
             }
             .sign(account);
-            if let Err(e) = self.submit(&signed) {
-                self.shared.reset_nonce(&sender);
+            if let Err(mut e) = self.submit(&signed) {
+                if !jobs.is_empty() {
+                    e.message = format!(
+                        "input {i}: {}; the inputs before it were submitted as jobs {}",
+                        e.message,
+                        ids(&jobs)
+                    );
+                }
                 return Err(e);
             }
             jobs.push((signed.digest(), nonce));
         }
         let decided = self.wait_for(&sender, &jobs).await;
-        count_wait(&self.shared, started);
+        self.shared
+            .metrics
+            .embedding_wait_ms
+            .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let decided = decided?;
         let encoding = request.encoding_format.as_deref().unwrap_or("float");
         let data: Vec<Value> = decided
@@ -498,7 +596,7 @@ impl Api {
                 let embedding = if encoding == "base64" {
                     let bytes: Vec<u8> = embedding
                         .iter()
-                        .flat_map(|&x| to_float(x).to_le_bytes())
+                        .flat_map(|&x| (fixed(x.into()) as f32).to_le_bytes())
                         .collect();
                     Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
                 } else {
@@ -525,7 +623,8 @@ impl Api {
     }
 
     /// Waits until every job of `jobs` (id, submission nonce) is decided;
-    /// their final embeddings in order.
+    /// their final embeddings in order. Checks at most every
+    /// [`WAIT_POLL`], however fast commits come.
     async fn wait_for(
         &self,
         sender: &PublicKey,
@@ -533,50 +632,51 @@ impl Api {
     ) -> Result<Vec<Vec<i32>>, Refused> {
         let mut applied = self.shared.applied.subscribe();
         let deadline = tokio::time::Instant::now() + EMBEDDING_TIMEOUT;
+        let state = &self.shared.state;
+        let mut done: Vec<Option<Vec<i32>>> = vec![None; jobs.len()];
         loop {
-            let mut done = Vec::with_capacity(jobs.len());
-            {
-                let executor = self.shared.executor();
-                let nonce = executor.account(sender).map_err(unavailable)?.nonce;
-                for (id, submitted_with) in jobs {
-                    match executor.job(id).map_err(unavailable)? {
-                        Some(job) => match job.status {
-                            JobStatus::Finalised(f) => done.push(f.embedding),
-                            JobStatus::Expired { commit } => {
-                                count(&self.shared.metrics.jobs_expired);
-                                return Err(refused(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    format!(
-                                        "job {id} expired in commit {commit} before enough \
-                                         validators attested; its payment was returned"
-                                    ),
-                                ));
-                            }
-                            JobStatus::Pending => break,
-                        },
-                        // Its nonce was used and it made no job: refused in
-                        // apply (another transaction took the nonce, or the
-                        // balance moved).
-                        None if nonce > *submitted_with => {
-                            self.shared.reset_nonce(sender);
-                            return Err(refused(
-                                StatusCode::UNPROCESSABLE_ENTITY,
-                                format!(
-                                    "submission {id} was not applied: the account's state changed"
-                                ),
-                            ));
-                        }
-                        None => break,
+            let nonce = state.account(sender).map_err(unavailable)?.nonce;
+            for ((id, submitted_with), slot) in jobs.iter().zip(&mut done) {
+                if slot.is_some() {
+                    continue;
+                }
+                match state.job(id).map_err(unavailable)?.map(|j| j.status) {
+                    Some(JobStatus::Finalised(f)) => {
+                        count(&self.shared.metrics.jobs_finalised);
+                        *slot = Some(f.embedding);
                     }
+                    Some(JobStatus::Expired { commit }) => {
+                        count(&self.shared.metrics.jobs_expired);
+                        return Err(refused(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "job {id} expired in commit {commit} before enough validators \
+                                 attested; its payment was returned"
+                            ),
+                        ));
+                    }
+                    Some(JobStatus::Pending) => {}
+                    // Its nonce was used and it made no job: refused in
+                    // apply (another transaction of the account took the
+                    // nonce, or its balance moved).
+                    None if nonce > *submitted_with => {
+                        return Err(refused(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            format!("submission {id} was not applied: the account's state changed"),
+                        ));
+                    }
+                    None => {}
                 }
             }
-            if done.len() == jobs.len() {
-                for _ in jobs {
-                    count(&self.shared.metrics.jobs_finalised);
-                }
-                return Ok(done);
+            if done.iter().all(Option::is_some) {
+                return Ok(done.into_iter().flatten().collect());
             }
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
+            let next = async {
+                applied.changed().await?;
+                tokio::time::sleep(WAIT_POLL).await;
+                Ok::<_, tokio::sync::watch::error::RecvError>(())
+            };
+            match tokio::time::timeout_at(deadline, next).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
                     return Err(refused(
@@ -585,18 +685,12 @@ impl Api {
                     ));
                 }
                 Err(_) => {
-                    // Never committed, perhaps: the next request starts
-                    // again from the state's nonce.
-                    self.shared.reset_nonce(sender);
                     return Err(refused(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
                             "the jobs were not decided within {EMBEDDING_TIMEOUT:?}; \
                              look them up at /v1/jobs/<id>: {}",
-                            jobs.iter()
-                                .map(|(id, _)| id.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            ids(jobs)
                         ),
                     ));
                 }
@@ -605,11 +699,57 @@ impl Api {
     }
 }
 
-fn count_wait(shared: &Shared, started: Instant) {
-    shared
-        .metrics
-        .embedding_wait_ms
-        .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+/// Job ids, comma-separated.
+fn ids(jobs: &[(Digest, u64)]) -> String {
+    jobs.iter()
+        .map(|(id, _)| id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Nonces a request holds for an account, given back when it ends.
+struct NonceHold<'a> {
+    shared: &'a Shared,
+    account: PublicKey,
+    count: usize,
+}
+
+impl Drop for NonceHold<'_> {
+    fn drop(&mut self) {
+        for _ in 0..self.count {
+            self.shared.release_nonce(&self.account);
+        }
+    }
+}
+
+/// One of an API key's [`MAX_REQUESTS_PER_KEY`] embedding requests.
+struct KeySlot<'a> {
+    slots: &'a Mutex<BTreeMap<[u8; 32], usize>>,
+    key: [u8; 32],
+}
+
+impl<'a> KeySlot<'a> {
+    fn take(slots: &'a Mutex<BTreeMap<[u8; 32], usize>>, key: [u8; 32]) -> Option<KeySlot<'a>> {
+        let mut held = slots.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(key).or_default();
+        if *count >= MAX_REQUESTS_PER_KEY {
+            return None;
+        }
+        *count += 1;
+        Some(KeySlot { slots, key })
+    }
+}
+
+impl Drop for KeySlot<'_> {
+    fn drop(&mut self) {
+        let mut held = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The body of `POST /v1/embeddings`, as OpenAI defines it.
@@ -630,12 +770,21 @@ struct EmbeddingsRequest {
 enum Input {
     One(String),
     Many(Vec<String>),
+    /// Token ids, which OpenAI also takes: refused, the network embeds
+    /// text (each encoder tokenises it its own way).
+    Tokens(Vec<u32>),
+    TokenBatches(Vec<Vec<u32>>),
 }
 
 impl EmbeddingsRequest {
     /// The texts to embed, checked against what one request may ask.
     fn inputs(&self, shared: &Shared) -> Result<Vec<String>, Refused> {
         let bad = |message: String| refused(StatusCode::BAD_REQUEST, message);
+        let tokens = |count: usize| {
+            bad(format!(
+                "input is {count} token ids; send text (each encoder tokenises it its own way)"
+            ))
+        };
         if let Some(model) = self.model.as_deref()
             && model != MODEL
         {
@@ -661,6 +810,10 @@ impl EmbeddingsRequest {
         let inputs = match &self.input {
             Input::One(text) => vec![text.clone()],
             Input::Many(texts) => texts.clone(),
+            Input::Tokens(ids) => return Err(tokens(ids.len())),
+            Input::TokenBatches(batches) => {
+                return Err(tokens(batches.iter().map(Vec::len).sum()));
+            }
         };
         if inputs.is_empty() || inputs.len() > MAX_INPUTS {
             return Err(bad(format!(
@@ -705,10 +858,8 @@ fn fixed(x: i64) -> f64 {
     x as f64 / 65536.0
 }
 
-fn to_float(x: i32) -> f32 {
-    x as f32 / 65536.0
-}
-
+/// Fixed-point values as the f32 vectors OpenAI's clients expect (exact:
+/// every value is a multiple of 2⁻¹⁶ below 2⁸).
 fn floats(v: &[i32]) -> Vec<f32> {
-    v.iter().copied().map(to_float).collect()
+    v.iter().map(|&x| fixed(x.into()) as f32).collect()
 }

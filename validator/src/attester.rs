@@ -34,24 +34,24 @@ pub(crate) enum Work {
     Applied(u64),
 }
 
-/// Starts the attester with the pending jobs this validator has not
-/// attested (a restarted node picks up where it stopped); returns where to
-/// send it work.
+/// Starts the attester on `inbox`, after loading the `preload` encoders
+/// and with the pending jobs this validator has not attested (a restarted
+/// node picks up where it stopped).
 pub(crate) fn start(
     shared: Arc<Shared>,
     runner: JobRunner,
     key: SecretKey,
     preload: Vec<Digest>,
-) -> std::io::Result<mpsc::Sender<Work>> {
-    let (work, inbox) = mpsc::channel();
-    let backlog = shared.executor().pending_jobs();
-    match backlog {
-        Ok(jobs) => jobs.into_iter().for_each(|job| {
-            let _ = work.send(Work::Job(job));
-        }),
-        Err(e) => tracing::warn!("cannot list pending jobs: {e}"),
-    }
-    let attester = Attester {
+    inbox: mpsc::Receiver<Work>,
+) -> std::io::Result<()> {
+    let backlog = match shared.state.pending_jobs() {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!("cannot list pending jobs: {e}");
+            Vec::new()
+        }
+    };
+    let mut attester = Attester {
         me: key.public_key(),
         key,
         shared,
@@ -72,9 +72,12 @@ pub(crate) fn start(
                     Err(e) => tracing::warn!(%package, "encoder not loaded: {e}"),
                 }
             }
+            for job in backlog {
+                attester.attest(job);
+            }
             attester.run(inbox)
         })?;
-    Ok(work)
+    Ok(())
 }
 
 /// An attestation submitted and not yet applied.
@@ -99,7 +102,7 @@ struct Attester {
 }
 
 impl Attester {
-    fn run(mut self, inbox: mpsc::Receiver<Work>) {
+    fn run(&mut self, inbox: mpsc::Receiver<Work>) {
         while let Ok(work) = inbox.recv() {
             match work {
                 Work::Job(job) => self.attest(job),
@@ -114,7 +117,7 @@ impl Attester {
         if self.in_flight.values().any(|f| f.job == id) || self.waiting.contains(&id) {
             return;
         }
-        let job = match self.shared.executor().job(&id) {
+        let job = match self.shared.state.job(&id) {
             Ok(Some(job)) => job,
             Ok(None) => return,
             Err(e) => {
@@ -155,7 +158,7 @@ impl Attester {
     }
 
     fn account_nonce(&self) -> u64 {
-        match self.shared.executor().account(&self.me) {
+        match self.shared.state.account(&self.me) {
             Ok(account) => account.nonce,
             Err(e) => {
                 tracing::warn!("cannot read the validator's account: {e}");
@@ -192,11 +195,21 @@ impl Attester {
         }
     }
 
-    /// After commit `index`: forgets applied attestations, submits again
-    /// those that waited too long, and retries jobs that were waiting.
+    /// After commit `index`: forgets attestations whose nonces were used,
+    /// submits again those that waited too long, and retries jobs that were
+    /// waiting.
     fn applied(&mut self, index: u64) {
         let nonce = self.account_nonce();
-        self.in_flight.retain(|n, _| *n >= nonce);
+        let later = self.in_flight.split_off(&nonce);
+        let used = std::mem::replace(&mut self.in_flight, later);
+        // A used nonce is not an applied attestation: another transaction
+        // of this key may have taken it (one signed before a restart).
+        // A job that still lacks this validator's attestation is attested
+        // again.
+        for (_, attestation) in used {
+            self.waiting.push(attestation.job);
+        }
+        self.retry_waiting(index, false);
         let stale = self
             .in_flight
             .values()
@@ -214,7 +227,14 @@ impl Attester {
             }
             self.next_nonce = nonce + self.in_flight.len() as u64;
         }
-        if index.is_multiple_of(RETRY_EVERY) {
+        self.retry_waiting(index, true);
+    }
+
+    /// Attests the jobs that were waiting: now if `!periodic`, else every
+    /// [`RETRY_EVERY`] commits. (`attest` drops those that no longer need
+    /// this validator.)
+    fn retry_waiting(&mut self, index: u64, periodic: bool) {
+        if !periodic || index.is_multiple_of(RETRY_EVERY) {
             for job in std::mem::take(&mut self.waiting) {
                 self.attest(job);
             }

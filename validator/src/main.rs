@@ -6,6 +6,8 @@ use soma_validator::config::{Localnet, write_localnet};
 use std::path::PathBuf;
 use std::process::{Child, Command as Process, ExitCode};
 
+mod client_command;
+
 #[derive(Parser)]
 #[command(name = "soma", version, about = "Run Soma validators")]
 struct Cli {
@@ -28,6 +30,9 @@ enum Command {
     /// Writes a network as `genesis` does and runs every validator as a
     /// process of its own until Ctrl-C.
     Localnet(NetworkArgs),
+    /// Talks to a node's API: keys, balances, transfers, stake, encoder
+    /// registration, submissions and jobs.
+    Client(client_command::ClientArgs),
 }
 
 #[derive(Args)]
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let runtime = || tokio::runtime::Runtime::new().context("cannot start the async runtime");
     match cli.command {
+        Command::Client(args) => client_command::run(args),
         Command::Genesis(args) => {
             for path in args.write()? {
                 println!("{}", path.display());

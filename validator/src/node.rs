@@ -14,7 +14,7 @@ use soma_consensus::{
     Parameters as ConsensusParameters, Protocol, Submitter,
 };
 use soma_crypto::{PublicKey, SecretKey, keyfile};
-use soma_execution::{Commit, Executor, Genesis, JobStatus, Parameters, Router};
+use soma_execution::{Commit, Executor, Genesis, JobStatus, Parameters, Router, StateReader};
 use soma_host::package::BlobStore;
 use soma_host::{CompiledCache, Engine};
 use std::collections::BTreeMap;
@@ -41,7 +41,8 @@ pub(crate) struct Shared {
     pub(crate) chain_id: [u8; 32],
     pub(crate) chain_name: String,
     pub(crate) parameters: Parameters,
-    executor: Mutex<Executor>,
+    /// Reads of the state; they never wait for apply.
+    pub(crate) state: StateReader,
     pub(crate) blobs: BlobStore,
     /// The last applied commit; waiters watch it.
     pub(crate) applied: watch::Sender<Applied>,
@@ -50,17 +51,20 @@ pub(crate) struct Shared {
     submitter: OnceLock<Submitter>,
     /// API keys by the blake3 of the key, and the account each spends from.
     pub(crate) api_keys: BTreeMap<[u8; 32], SecretKey>,
-    /// The next nonce this node hands out per account it signs for.
-    pub(crate) nonces: Mutex<BTreeMap<PublicKey, u64>>,
+    /// Nonces this node hands out per account it signs for.
+    nonces: Mutex<BTreeMap<PublicKey, Nonces>>,
     pub(crate) metrics: NodeMetrics,
 }
 
-impl Shared {
-    /// The executor, for reads (apply holds it while it writes).
-    pub(crate) fn executor(&self) -> MutexGuard<'_, Executor> {
-        self.executor.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// The nonces handed out for one account.
+struct Nonces {
+    /// The next one.
+    next: u64,
+    /// Handed out to requests still running.
+    outstanding: usize,
+}
 
+impl Shared {
     /// Queues `transaction` in this node's consensus.
     pub(crate) fn submitter(&self) -> &Submitter {
         self.submitter
@@ -68,24 +72,38 @@ impl Shared {
             .expect("consensus starts before anything submits")
     }
 
-    /// The nonce for the next transaction this node signs for `account`:
-    /// after every nonce it handed out, and never one the state used.
+    fn lock_nonces(&self) -> MutexGuard<'_, BTreeMap<PublicKey, Nonces>> {
+        self.nonces.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The nonce for the next transaction this node signs for `account`
+    /// (whose state nonce is `state_nonce`): after every nonce it handed
+    /// out, and never one the state used. Each must be given back with
+    /// [`Shared::release_nonce`] when its request ends.
     pub(crate) fn next_nonce(&self, account: &PublicKey, state_nonce: u64) -> u64 {
-        let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
-        let next = nonces.entry(*account).or_insert(state_nonce);
-        let nonce = (*next).max(state_nonce);
-        *next = nonce + 1;
+        let mut nonces = self.lock_nonces();
+        let entry = nonces.entry(*account).or_insert(Nonces {
+            next: state_nonce,
+            outstanding: 0,
+        });
+        let nonce = entry.next.max(state_nonce);
+        entry.next = nonce + 1;
+        entry.outstanding += 1;
         nonce
     }
 
-    /// Forgets the nonces handed out for `account` beyond the state's:
-    /// they were never committed (the node restarted, or the transaction
-    /// was dropped), so the next one fills the gap.
-    pub(crate) fn reset_nonce(&self, account: &PublicKey) {
-        self.nonces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(account);
+    /// Ends a request's hold on a nonce of `account`. Once no request holds
+    /// one, the account's next nonce comes from the state again: a nonce
+    /// handed out and never committed (a dropped transaction) leaves no
+    /// gap that would block the account for good.
+    pub(crate) fn release_nonce(&self, account: &PublicKey) {
+        let mut nonces = self.lock_nonces();
+        if let Some(entry) = nonces.get_mut(account) {
+            entry.outstanding = entry.outstanding.saturating_sub(1);
+            if entry.outstanding == 0 {
+                nonces.remove(account);
+            }
+        }
     }
 }
 
@@ -164,7 +182,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         chain_id: genesis.chain_id(),
         chain_name: genesis.chain_name().to_string(),
         parameters: genesis.parameters().clone(),
-        executor: Mutex::new(executor),
+        state: StateReader::clone(&executor),
         blobs: blobs.clone(),
         applied,
         submitter: OnceLock::new(),
@@ -186,32 +204,41 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
     })
     .await?;
     let _ = shared.submitter.set(node.submitter());
+    let (work, inbox) = std::sync::mpsc::channel();
+    let mut applier = Applier {
+        shared: shared.clone(),
+        executor: Arc::new(Mutex::new(executor)),
+        work,
+    };
+    tokio::pin!(stop);
+    // Commits this node's consensus recorded before the executor applied
+    // them (a crash between the two) come first, before clients and the
+    // attester see the state.
+    tokio::select! {
+        caught_up = applier.catch_up(&node, None) => caught_up?,
+        () = &mut stop => return Ok(()),
+    }
 
     let listener = tokio::net::TcpListener::bind(file.api)
         .await
         .with_context(|| format!("cannot listen for the API on {}", file.api))?;
     tokio::spawn(api::serve(listener, shared.clone()));
-
     let mut runner = soma_execution::JobRunner::new(engine, blobs, Some(cache));
     if file.runner_threads > 0 {
         runner = runner.with_threads(file.runner_threads);
     }
     let preload = genesis.encoders().iter().map(|e| e.package).collect();
-    let work = attester::start(shared.clone(), runner, key, preload)?;
+    attester::start(shared.clone(), runner, key, preload, inbox)?;
     tracing::info!(
         authority = authority.0,
         api = %file.api,
         next_commit = shared.applied.borrow().next_index,
         "validator running"
     );
-    tokio::pin!(stop);
-    // Commits this node's consensus recorded before the executor applied
-    // them (a crash between the two) come first.
-    catch_up(&shared, &node, &work, None).await?;
     loop {
         tokio::select! {
             commit = node.next_commit() => match commit {
-                Some(subdag) => catch_up(&shared, &node, &work, Some(subdag)).await?,
+                Some(subdag) => applier.catch_up(&node, Some(subdag)).await?,
                 None => break,
             },
             () = &mut stop => return Ok(()),
@@ -235,90 +262,91 @@ fn committee(file: &NodeFile, genesis: &Genesis) -> Result<Committee> {
     Committee::new(members, protocol).context("the genesis validators are not a valid committee")
 }
 
-/// Applies every commit up to and including `subdag` (read back from the
-/// consensus store what the executor has not seen), in order, once each.
-async fn catch_up(
-    shared: &Arc<Shared>,
-    node: &Node,
-    work: &std::sync::mpsc::Sender<Work>,
-    subdag: Option<CommittedSubDag>,
-) -> Result<()> {
-    loop {
-        let next = shared.applied.borrow().next_index;
-        match &subdag {
-            Some(s) if s.index < next => return Ok(()),
-            Some(s) if s.index == next => return apply(shared, s.clone(), work).await,
-            _ => {}
-        }
-        let missed = node
-            .committed(next, REPLAY_BATCH)
-            .await
-            .with_context(|| format!("cannot read commit {next} back from the consensus store"))?;
-        if missed.is_empty() {
-            return match subdag {
-                Some(s) => bail!(
-                    "commit {} was delivered, but commit {next} is not in the consensus store",
-                    s.index
-                ),
-                None => Ok(()),
-            };
-        }
-        for missed in missed {
-            apply(shared, missed, work).await?;
-        }
-    }
+/// Applies commits to the state, in order, once each, and tells waiters
+/// and the attester.
+struct Applier {
+    shared: Arc<Shared>,
+    /// Only apply takes it, on a blocking thread.
+    executor: Arc<Mutex<Executor>>,
+    work: std::sync::mpsc::Sender<Work>,
 }
 
-/// Applies one commit on a blocking thread, then tells waiters and the
-/// attester.
-async fn apply(
-    shared: &Arc<Shared>,
-    subdag: CommittedSubDag,
-    work: &std::sync::mpsc::Sender<Work>,
-) -> Result<()> {
-    let index = subdag.index;
-    let task_shared = shared.clone();
-    let (effects, jobs) = tokio::task::spawn_blocking(move || {
-        let transactions: Vec<Vec<u8>> = subdag.transactions().map(<[u8]>::to_vec).collect();
-        let mut executor = task_shared.executor();
-        let effects = executor.apply(Commit {
-            index: subdag.index,
-            digest: subdag.digest(),
-            transactions: &transactions,
-        })?;
-        // A submission that applied made a job under its digest.
-        let mut jobs = Vec::new();
-        for receipt in effects.receipts.iter().filter(|r| r.rejection.is_none()) {
-            if let Some(digest) = receipt.transaction
-                && let Some(job) = executor.job(&digest)?
-                && job.status == JobStatus::Pending
-            {
-                jobs.push(digest);
+impl Applier {
+    /// Applies every commit up to and including `subdag` (or every commit
+    /// the consensus store holds, if `None`), reading back from the store
+    /// what was not delivered to the executor.
+    async fn catch_up(&mut self, node: &Node, subdag: Option<CommittedSubDag>) -> Result<()> {
+        loop {
+            let next = self.shared.applied.borrow().next_index;
+            match subdag {
+                Some(ref s) if s.index < next => return Ok(()),
+                Some(s) if s.index == next => return self.apply(s).await,
+                _ => {}
+            }
+            let missed = node.committed(next, REPLAY_BATCH).await.with_context(|| {
+                format!("cannot read commit {next} back from the consensus store")
+            })?;
+            if missed.is_empty() {
+                return match subdag {
+                    Some(s) => bail!(
+                        "commit {} was delivered, but commit {next} is not in the consensus store",
+                        s.index
+                    ),
+                    None => Ok(()),
+                };
+            }
+            for missed in missed {
+                self.apply(missed).await?;
             }
         }
-        Ok::<_, anyhow::Error>((effects, jobs))
-    })
-    .await
-    .context("the apply task failed")?
-    .with_context(|| format!("cannot apply commit {index}"))?;
-    let metrics = &shared.metrics;
-    metrics.commits_applied.fetch_add(1, Ordering::Relaxed);
-    for receipt in &effects.receipts {
-        let counter = match receipt.rejection {
-            None => &metrics.transactions_applied,
-            Some(_) => &metrics.transactions_rejected,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
     }
-    shared.applied.send_replace(Applied {
-        next_index: index + 1,
-        root: effects.root,
-    });
-    for job in jobs {
-        let _ = work.send(Work::Job(job));
+
+    /// Applies one commit on a blocking thread.
+    async fn apply(&mut self, subdag: CommittedSubDag) -> Result<()> {
+        let index = subdag.index;
+        let executor = self.executor.clone();
+        let (effects, jobs) = tokio::task::spawn_blocking(move || {
+            let transactions: Vec<Vec<u8>> = subdag.transactions().map(<[u8]>::to_vec).collect();
+            let mut executor = executor.lock().unwrap_or_else(|e| e.into_inner());
+            let effects = executor.apply(Commit {
+                index: subdag.index,
+                digest: subdag.digest(),
+                transactions: &transactions,
+            })?;
+            // A submission that applied made a job under its digest.
+            let mut jobs = Vec::new();
+            for receipt in effects.receipts.iter().filter(|r| r.rejection.is_none()) {
+                if let Some(digest) = receipt.transaction
+                    && let Some(job) = executor.job(&digest)?
+                    && job.status == JobStatus::Pending
+                {
+                    jobs.push(digest);
+                }
+            }
+            Ok::<_, anyhow::Error>((effects, jobs))
+        })
+        .await
+        .context("the apply task failed")?
+        .with_context(|| format!("cannot apply commit {index}"))?;
+        let metrics = &self.shared.metrics;
+        metrics.commits_applied.fetch_add(1, Ordering::Relaxed);
+        for receipt in &effects.receipts {
+            let counter = match receipt.rejection {
+                None => &metrics.transactions_applied,
+                Some(_) => &metrics.transactions_rejected,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.shared.applied.send_replace(Applied {
+            next_index: index + 1,
+            root: effects.root,
+        });
+        let stopped = || anyhow::anyhow!("the attester stopped; see the log above");
+        for job in jobs {
+            self.work.send(Work::Job(job)).map_err(|_| stopped())?;
+        }
+        self.work.send(Work::Applied(index)).map_err(|_| stopped())
     }
-    let _ = work.send(Work::Applied(index));
-    Ok(())
 }
 
 /// The committee a configuration's validator runs in, read without

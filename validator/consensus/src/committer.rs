@@ -413,6 +413,18 @@ mod tests {
         linearizer.garbage_collect(6);
         let subdag = linearizer.linearize(&replica.dag, dag.get("L10"), 1);
         assert!(subdag.blocks.iter().all(|x| x.reference().round >= 8));
+
+        // A commit read back from the store has the digest it was applied
+        // under; another index or block list has another.
+        let record = |index, blocks: Vec<_>| crate::CommitRecord {
+            index,
+            leader: subdag.leader,
+            blocks,
+        };
+        let refs: Vec<_> = subdag.blocks.iter().map(|b| b.reference()).collect();
+        assert_eq!(record(1, refs.clone()).digest(), subdag.digest());
+        assert_ne!(record(2, refs.clone()).digest(), subdag.digest());
+        assert_ne!(record(1, refs[1..].to_vec()).digest(), subdag.digest());
     }
 
     #[test]

@@ -110,12 +110,21 @@ impl Supply {
 /// Applies commits to a [`StateStore`].
 pub struct Executor {
     store: StateStore,
+    reader: StateReader,
     chain_id: [u8; 32],
     parameters: Parameters,
     router: Option<Router>,
     /// Regions each encoder keeps a routing score for.
     regions: usize,
     applied: Applied,
+}
+
+impl std::ops::Deref for Executor {
+    type Target = StateReader;
+
+    fn deref(&self) -> &StateReader {
+        &self.reader
+    }
 }
 
 impl Executor {
@@ -150,6 +159,9 @@ impl Executor {
             None => initialise(&store, genesis, regions)?,
         };
         Ok(Executor {
+            reader: StateReader {
+                store: store.clone(),
+            },
             store,
             chain_id,
             parameters: genesis.parameters().clone(),
@@ -579,7 +591,19 @@ impl Executor {
         state.put_job(id, &job);
         Ok(())
     }
+}
 
+/// Reads of the applied state. Cheap to clone and usable from any thread
+/// while apply runs: each commit's writes land in one atomic batch, so a
+/// read of one record sees it before or after a commit, never half-way.
+/// (Reads of several records are not one snapshot.) An [`Executor`]
+/// dereferences to its reader.
+#[derive(Clone)]
+pub struct StateReader {
+    store: StateStore,
+}
+
+impl StateReader {
     /// The account of `key` (empty if it never received anything).
     pub fn account(&self, key: &PublicKey) -> Result<Account, ExecutionError> {
         Ok(self

@@ -362,3 +362,21 @@ impl Decode<'_> for Attestation {
             .map(Attestation)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_listed_in_code_order_with_distinct_names() {
+        for (code, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(usize::from(outcome.code()), code);
+            assert_eq!(Outcome::from_code(outcome.code()).unwrap(), *outcome);
+        }
+        assert!(Outcome::from_code(Outcome::ALL.len() as u8).is_err());
+        let mut names: Vec<_> = Outcome::ALL.iter().map(|o| o.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Outcome::ALL.len());
+    }
+}

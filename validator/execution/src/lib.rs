@@ -46,7 +46,7 @@ mod state;
 mod transaction;
 mod view;
 
-pub use executor::{Commit, CommitEffects, ExecutionError, Executor, Supply};
+pub use executor::{Commit, CommitEffects, ExecutionError, Executor, StateReader, Supply};
 pub use genesis::{
     Genesis, GenesisAccount, GenesisConfig, GenesisEncoder, GenesisError, GenesisValidator,
     MAX_CHAIN_NAME_BYTES, MAX_GENESIS_ENTRIES,

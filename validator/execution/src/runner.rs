@@ -148,8 +148,6 @@ impl JobRunner {
             .collect())
     }
 
-    /// The loaded encoder of `package`, loading it on first use; `Err`
-    /// inside if it cannot be loaded for a reason of its own.
     /// Loads (compiles, pre-initialises) the encoder of `package` ahead of
     /// its first job, so that job does not wait for it; the outcome
     /// compute would attest if it does not load.
@@ -160,6 +158,8 @@ impl JobRunner {
         })
     }
 
+    /// The loaded encoder of `package`, loading it on first use; `Err`
+    /// inside if it cannot be loaded for a reason of its own.
     fn encoder(&self, package: &Digest) -> Result<Result<Arc<Loaded>, Outcome>, RunnerError> {
         if let Some(known) = self.lock().get(package) {
             return Ok(known.clone());

@@ -291,7 +291,8 @@ impl Changes {
     }
 }
 
-/// The state on disk.
+/// The state on disk; clones share it.
+#[derive(Clone)]
 pub struct StateStore {
     db: fjall::Database,
     accounts: fjall::Keyspace,

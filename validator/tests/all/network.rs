@@ -108,6 +108,11 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     assert_refused(
         embed(br#"{"input":[1,2,3]}"#, Some(key)),
         400,
+        "3 token ids",
+    );
+    assert_refused(
+        embed(br#"{"input":{"a":1}}"#, Some(key)),
+        400,
         "invalid request",
     );
     assert_refused(
@@ -135,20 +140,22 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
         "not a signed transaction",
     );
     let user = soma_crypto::keyfile::read_secret_key(&net.join(&client.account_key_file)).unwrap();
-    let transfer = |chain_id: [u8; 32], fee: u64| {
+    let recipient = SecretKey::from_bytes(&[5; 32]).public_key();
+    let signed = |key: &SecretKey, chain_id: [u8; 32], nonce: u64, fee: u64| {
         Transaction {
             chain_id,
-            sender: user.public_key(),
-            nonce: 0,
+            sender: key.public_key(),
+            nonce,
             fee,
             action: Action::Transfer {
-                to: SecretKey::from_bytes(&[5; 32]).public_key(),
+                to: recipient,
                 amount: 1,
             },
         }
-        .sign(&user)
+        .sign(key)
         .to_bytes()
     };
+    let transfer = |chain_id: [u8; 32], fee: u64| signed(&user, chain_id, 0, fee);
     let tx = |bytes: &[u8]| call(api(0), "POST", "/v1/transactions", None, bytes);
     assert_refused(tx(&transfer([0; 32], 10)), 422, "signed for chain");
     let health = call(api(0), "GET", "/health", None, b"").1;
@@ -161,6 +168,12 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     let last = forged.len() - 1;
     forged[last] ^= 1;
     assert_refused(tx(&forged), 422, "signature");
+    assert_refused(tx(&signed(&user, chain_id, 300, 10)), 422, "too far ahead");
+    let pauper = SecretKey::from_bytes(&[6; 32]);
+    assert_refused(tx(&signed(&pauper, chain_id, 0, 10)), 422, "balance of 0");
+    let upload = |key: Option<&str>| call(api(0), "POST", "/v1/packages", key, b"not a package");
+    assert_refused(upload(None), 401, "API key");
+    assert_refused(upload(Some(key)), 400, "not a valid signed package");
     assert_refused(
         call(api(0), "GET", "/v1/jobs/zz", None, b""),
         400,
@@ -185,7 +198,7 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     assert_refused(
         call(api(0), "DELETE", "/v1/embeddings", None, b""),
         405,
-        "not allowed",
+        "POST is",
     );
     let account = |i: usize| {
         call(
@@ -200,10 +213,13 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     let balance_before = account(0)["balance"].as_u64().unwrap();
     assert_eq!(account(0)["nonce"], 0, "no refusal used a nonce");
 
-    // Validator 3 is down while the jobs run.
+    // Validator 3 is down while the jobs run, and loses its state: it
+    // rebuilds it from its consensus store (as after a crash between a
+    // commit and its apply) and from its peers.
     let stopped = validators.pop().unwrap();
     let (config3, port3) = (stopped.config.clone(), stopped.port);
     drop(stopped);
+    std::fs::remove_dir_all(config3.with_file_name("data").join("state")).unwrap();
 
     let texts = [
         "A man is playing a guitar on stage.",
@@ -328,11 +344,109 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
 
     let (code, metrics) = http(api(0), "GET", "/metrics", &[], b"");
     assert_eq!(code, 200);
-    assert!(
-        metrics.contains("soma_embeddings_served_total 3"),
-        "{metrics}"
+    let value = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.and_then(|l| l.split(' ').nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(value("soma_embeddings_served_total"), 3);
+    assert!(value("soma_api_refused_total") >= 20, "{metrics}");
+
+    // A transfer through the API; its old nonce is then refused.
+    let nonce = account(0)["nonce"].as_u64().unwrap();
+    let (code, body) = tx(&signed(&user, chain_id, nonce, 10));
+    assert_eq!(code, 202, "{body}");
+    let recipient_hex = hex::encode(recipient.to_bytes());
+    wait_for(
+        "the transfer to apply",
+        Duration::from_secs(60),
+        || {
+            call(
+                api(1),
+                "GET",
+                &format!("/v1/accounts/{recipient_hex}"),
+                None,
+                b"",
+            )
+            .1["balance"]
+                == 1
+        },
+        &validators,
     );
-    assert!(metrics.contains("soma_api_refused_total "), "{metrics}");
+    assert_refused(tx(&signed(&user, chain_id, nonce, 10)), 422, "used already");
+
+    // `soma client`: a balance, an encoder registered with its package
+    // uploaded, and a submission waited for.
+    let addr = client.apis[2].to_string();
+    let user_key = net.join(&client.account_key_file);
+    let soma = |args: &[&std::ffi::OsStr]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args(["client", "--api", &addr, "--api-key", key])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        text
+    };
+    let shown = soma(&["balance".as_ref(), client.account.as_ref()]);
+    assert!(
+        shown.starts_with(&format!("balance {}", account(2)["balance"])),
+        "{shown}"
+    );
+    let mine = {
+        let meta = EncoderMeta {
+            name: "hash-encoder".into(),
+            version: "0.1.0".into(),
+            dimension: 384,
+            fuel_limit: MAX_FUEL_LIMIT,
+            modality: soma_host::Modality::Text,
+        };
+        Package::sign(&user, &meta, std::fs::read(hash).unwrap(), vec![]).unwrap()
+    };
+    let mine_path = packages.join("mine.somapkg");
+    std::fs::write(&mine_path, mine.encode()).unwrap();
+    // Nodes do not fetch packages from each other yet: the others get it
+    // uploaded too, so that a shard with it can be computed everywhere.
+    for i in [0, 1, 3] {
+        let (code, body) = call(api(i), "POST", "/v1/packages", Some(key), &mine.encode());
+        assert_eq!(code, 201, "{body}");
+    }
+    let shown = soma(&[
+        "register-encoder".as_ref(),
+        "--key".as_ref(),
+        user_key.as_os_str(),
+        "--package".as_ref(),
+        mine_path.as_os_str(),
+        "--bond".as_ref(),
+        "2000000".as_ref(),
+    ]);
+    assert!(shown.contains("uploaded"), "{shown}");
+    let registered = format!("/v1/encoders/{}", mine.digest());
+    wait_for(
+        "the encoder's registration to apply",
+        Duration::from_secs(60),
+        || call(api(2), "GET", &registered, None, b"").0 == 200,
+        &validators,
+    );
+    assert_eq!(
+        call(api(2), "GET", &registered, None, b"").1["bond"],
+        2_000_000
+    );
+    let shown = soma(&[
+        "submit".as_ref(),
+        "--key".as_ref(),
+        user_key.as_os_str(),
+        "a cat on a mat".as_ref(),
+    ]);
+    assert!(
+        shown.contains("(finalised)") && shown.contains("384 dimensions"),
+        "{shown}"
+    );
     let (_, models) = call(api(0), "GET", "/v1/models", None, b"");
     assert_eq!(models["data"][0]["id"], "soma");
 }
