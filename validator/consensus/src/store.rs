@@ -117,7 +117,7 @@ pub trait Store: Send {
     fn block(&self, reference: &BlockRef) -> Result<Option<SignedBlock>, StoreError>;
 
     /// Stored blocks of whole rounds from `from` up, lowest first: the
-    /// first round (if any is stored; cut at `hard_max_bytes`), then more
+    /// first two rounds (those stored; cut at `hard_max_bytes`), then more
     /// while their total wire size stays within `max_bytes`.
     fn rounds_from(
         &self,
@@ -133,7 +133,11 @@ pub trait Store: Send {
 }
 
 /// Collects whole rounds from `blocks` (sorted by reference) while they
-/// fit in `max_bytes`; the first round always, up to `hard_max_bytes`.
+/// fit in `max_bytes`; the first two rounds always, up to
+/// `hard_max_bytes`. A validator catching up asks from its quorum round,
+/// which it holds: the round after it must come in every answer, or rounds
+/// larger than `max_bytes` would leave it asking for the same round for
+/// ever.
 fn whole_rounds(
     blocks: impl Iterator<Item = Result<SignedBlock, StoreError>>,
     max_bytes: usize,
@@ -141,8 +145,10 @@ fn whole_rounds(
 ) -> Result<Vec<SignedBlock>, StoreError> {
     let mut taken: Vec<SignedBlock> = Vec::new();
     let mut bytes = 0;
-    // Where the round being collected starts in `taken`.
+    // Where the round being collected starts in `taken`, and how many
+    // rounds came before it.
     let mut round_start = 0;
+    let mut rounds_before = 0;
     for block in blocks {
         let block = block?;
         if taken
@@ -150,9 +156,10 @@ fn whole_rounds(
             .is_some_and(|last| last.reference().round != block.reference().round)
         {
             round_start = taken.len();
+            rounds_before += 1;
         }
         bytes += block.wire_size();
-        if bytes > max_bytes && round_start > 0 {
+        if bytes > max_bytes && rounds_before >= 2 {
             // This round does not fit whole: it is left for the next request.
             taken.truncate(round_start);
             break;
@@ -498,4 +505,53 @@ fn decode_progress(bytes: &[u8]) -> Result<CommitProgress, StoreError> {
         last_committed: u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")),
         next_index: u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::Block;
+    use crate::committee::AuthorityIndex;
+    use crate::committee::tests::{committee, protocol};
+
+    /// Blocks of rounds 1 to `rounds` by 4 authors, each carrying `size`
+    /// bytes of transactions, sorted by reference.
+    fn rounds(rounds: u32, size: usize) -> Vec<SignedBlock> {
+        let (_, keys) = committee(&[1, 1, 1, 1]);
+        let mut blocks: Vec<SignedBlock> = (1..=rounds)
+            .flat_map(|round| {
+                keys.iter().enumerate().map(move |(author, key)| {
+                    Block {
+                        round,
+                        author: AuthorityIndex(author as u32),
+                        parents: vec![],
+                        transactions: vec![vec![round as u8; size]],
+                        state_root: [0; 32],
+                    }
+                    .sign(key, &protocol())
+                })
+            })
+            .collect();
+        blocks.sort_by_key(|b| b.reference());
+        blocks
+    }
+
+    #[test]
+    fn an_answer_carries_two_whole_rounds_however_large_then_what_fits() {
+        let blocks = rounds(4, 1000);
+        let take = |max, hard| {
+            let taken = whole_rounds(blocks.iter().cloned().map(Ok), max, hard).unwrap();
+            let rounds: std::collections::BTreeSet<_> =
+                taken.iter().map(|b| b.reference().round).collect();
+            (taken.len(), rounds.into_iter().collect::<Vec<_>>())
+        };
+        // Rounds far over the soft limit: still the first two, whole (one
+        // round would be the round the asker already holds).
+        assert_eq!(take(100, usize::MAX), (8, vec![1, 2]));
+        // Room for three rounds: three, never part of the fourth.
+        let round = blocks[..4].iter().map(SignedBlock::wire_size).sum::<usize>();
+        assert_eq!(take(3 * round + round / 2, usize::MAX), (12, vec![1, 2, 3]));
+        // The hard limit cuts even the first rounds.
+        assert_eq!(take(100, round + round / 2).0, 6, "a round and a half");
+    }
 }
