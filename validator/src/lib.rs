@@ -11,3 +11,4 @@ pub mod client;
 pub mod config;
 mod metrics;
 pub mod node;
+mod roots;

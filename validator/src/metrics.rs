@@ -12,6 +12,8 @@ pub(crate) struct NodeMetrics {
     pub(crate) transactions_applied: AtomicU64,
     pub(crate) transactions_rejected: AtomicU64,
     pub(crate) attestations_submitted: AtomicU64,
+    /// Blocks' state-root claims that differ from this node's root.
+    pub(crate) deviant_state_roots: AtomicU64,
     /// This node's encoder runs by outcome, indexed by `Outcome as usize`.
     pub(crate) encoder_outcomes: [AtomicU64; Outcome::ALL.len()],
     pub(crate) jobs_finalised: AtomicU64,
@@ -87,6 +89,12 @@ pub(crate) fn render(shared: &Shared) -> String {
         "counter",
         "Shard encoder runs this validator computed, by outcome.",
         &outcomes,
+    );
+    metric(
+        "deviant_state_roots_total",
+        "counter",
+        "State roots in committed blocks that differ from this node's for the same commit.",
+        &[("", load(&m.deviant_state_roots))],
     );
     metric(
         "attestations_submitted_total",

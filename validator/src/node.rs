@@ -7,11 +7,12 @@ use crate::admission::Admission;
 use crate::attester::{self, Work};
 use crate::config::{NodeFile, hex_public_key};
 use crate::metrics::NodeMetrics;
+use crate::roots::RootWatch;
 use crate::{api, config};
 use anyhow::{Context, Result, bail};
 use soma_consensus::{
     AuthorityIndex, CommittedSubDag, Committee, Node, NodeConfig,
-    Parameters as ConsensusParameters, Protocol, Submitter,
+    Parameters as ConsensusParameters, Protocol, StateRoot, Submitter,
 };
 use soma_crypto::{PublicKey, SecretKey, keyfile};
 use soma_execution::{Commit, Executor, Genesis, JobStatus, Parameters, Router, StateReader};
@@ -191,6 +192,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         metrics: NodeMetrics::default(),
     });
 
+    let committee_for_roots = committee.clone();
     let mut node = Node::start(NodeConfig {
         authority,
         key: SecretKey::from_bytes(&key.to_bytes()),
@@ -209,6 +211,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         shared: shared.clone(),
         executor: Arc::new(Mutex::new(executor)),
         work,
+        roots: RootWatch::new(committee_for_roots),
     };
     tokio::pin!(stop);
     // Commits this node's consensus recorded before the executor applied
@@ -269,6 +272,8 @@ struct Applier {
     /// Only apply takes it, on a blocking thread.
     executor: Arc<Mutex<Executor>>,
     work: std::sync::mpsc::Sender<Work>,
+    /// This node's roots against those its peers' blocks claim.
+    roots: RootWatch,
 }
 
 impl Applier {
@@ -280,7 +285,7 @@ impl Applier {
             let next = self.shared.applied.borrow().next_index;
             match subdag {
                 Some(ref s) if s.index < next => return Ok(()),
-                Some(s) if s.index == next => return self.apply(s).await,
+                Some(s) if s.index == next => return self.apply(node, s).await,
                 _ => {}
             }
             let missed = node.committed(next, REPLAY_BATCH).await.with_context(|| {
@@ -296,14 +301,21 @@ impl Applier {
                 };
             }
             for missed in missed {
-                self.apply(missed).await?;
+                self.apply(node, missed).await?;
             }
         }
     }
 
-    /// Applies one commit on a blocking thread.
-    async fn apply(&mut self, subdag: CommittedSubDag) -> Result<()> {
+    /// Applies one commit on a blocking thread; checks the state roots its
+    /// blocks claim against this node's, and has this node's next blocks
+    /// claim the new one.
+    async fn apply(&mut self, node: &Node, subdag: CommittedSubDag) -> Result<()> {
         let index = subdag.index;
+        let claims: Vec<(AuthorityIndex, StateRoot)> = subdag
+            .blocks
+            .iter()
+            .map(|b| (b.reference().author, b.block().state_root))
+            .collect();
         let executor = self.executor.clone();
         let (effects, jobs) = tokio::task::spawn_blocking(move || {
             let transactions: Vec<Vec<u8>> = subdag.transactions().map(<[u8]>::to_vec).collect();
@@ -337,6 +349,21 @@ impl Applier {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
+        let deviant = self.roots.observe(index + 1, effects.root, claims)?;
+        if deviant > 0 {
+            tracing::warn!(
+                commit = index,
+                deviant,
+                "blocks claim other state roots than this node's"
+            );
+            metrics
+                .deviant_state_roots
+                .fetch_add(deviant as u64, Ordering::Relaxed);
+        }
+        node.set_state_root(StateRoot {
+            commits: index + 1,
+            root: effects.root,
+        });
         self.shared.applied.send_replace(Applied {
             next_index: index + 1,
             root: effects.root,

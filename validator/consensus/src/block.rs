@@ -132,8 +132,19 @@ pub struct Block {
     pub parents: Vec<BlockRef>,
     /// Opaque transaction bytes, in the author's order.
     pub transactions: Vec<Vec<u8>>,
-    /// The author's latest state root.
-    pub state_root: [u8; 32],
+    /// The author's state after the last commit it applied.
+    pub state_root: StateRoot,
+}
+
+/// A validator's executed state as its blocks carry it: the state root
+/// after applying the first `commits` commits. Consensus only carries it;
+/// the node compares it with its own to detect divergence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateRoot {
+    /// How many commits were applied (0: none yet, no claim).
+    pub commits: u64,
+    /// The state root after them.
+    pub root: [u8; 32],
 }
 
 /// A block with its author's signature, as it travels and is stored.
@@ -155,7 +166,7 @@ impl Block {
             author,
             parents: vec![],
             transactions: vec![],
-            state_root: [0; 32],
+            state_root: StateRoot::default(),
         }
     }
 
@@ -173,7 +184,8 @@ impl Block {
         for tx in &self.transactions {
             w.bytes32(tx);
         }
-        w.array(&self.state_root);
+        w.u64(self.state_root.commits);
+        w.array(&self.state_root.root);
         w.into_bytes()
     }
 
@@ -215,7 +227,10 @@ impl Block {
                     .to_vec(),
             );
         }
-        let state_root = r.array("state root")?;
+        let state_root = StateRoot {
+            commits: r.u64("applied commits")?,
+            root: r.array("state root")?,
+        };
         if !r.is_empty() {
             return Err(BlockError::Malformed(format!(
                 "{} bytes after the state root",
@@ -458,7 +473,10 @@ mod tests {
             author: AuthorityIndex(author),
             parents,
             transactions: vec![b"transfer 5".to_vec(), vec![]],
-            state_root: [7; 32],
+            state_root: StateRoot {
+                commits: 3,
+                root: [7; 32],
+            },
         }
         .sign(&keys[author as usize], &protocol())
     }
@@ -556,7 +574,7 @@ mod tests {
                 author: AuthorityIndex(0),
                 parents,
                 transactions: vec![],
-                state_root: [0; 32],
+                state_root: StateRoot::default(),
             }
             .sign(&keys[0], c.protocol())
         };

@@ -128,7 +128,7 @@ mod tests {
                 .map(|a| BlockRef::genesis(AuthorityIndex(a)))
                 .collect(),
             transactions: vec![b"not a transaction anyone would accept".to_vec()],
-            state_root: [0; 32],
+            state_root: crate::StateRoot::default(),
         }
         .sign(&keys[0], c.protocol())
     }

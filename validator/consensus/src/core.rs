@@ -140,7 +140,7 @@ pub struct Core {
     proposals_held: bool,
     /// Whether the leader timed out while proposals were held.
     timed_out_while_held: bool,
-    state_root: [u8; 32],
+    state_root: crate::StateRoot,
     store: Box<dyn Store>,
 }
 
@@ -186,7 +186,7 @@ impl Core {
             pending_bytes: 0,
             proposals_held: false,
             timed_out_while_held: false,
-            state_root: [0; 32],
+            state_root: crate::StateRoot::default(),
             store,
         };
         for block in recovered.blocks {
@@ -234,8 +234,8 @@ impl Core {
         self.suspended.len()
     }
 
-    /// Sets the state root carried by the next proposals.
-    pub fn set_state_root(&mut self, root: [u8; 32]) {
+    /// Sets the executed state carried by the next proposals.
+    pub fn set_state_root(&mut self, root: crate::StateRoot) {
         self.state_root = root;
     }
 
@@ -1147,7 +1147,7 @@ mod tests {
                 author: AuthorityIndex(author),
                 parents,
                 transactions: vec![vec![tx]],
-                state_root: [0; 32],
+                state_root: crate::StateRoot::default(),
             };
             VerifiedBlock::verify(block.sign(&keys[author as usize], c.protocol()), &c).unwrap()
         };
@@ -1227,7 +1227,7 @@ mod tests {
                 author: AuthorityIndex(author),
                 parents,
                 transactions: vec![],
-                state_root: [0; 32],
+                state_root: crate::StateRoot::default(),
             };
             VerifiedBlock::verify(block.sign(&keys[author as usize], c.protocol()), &c).unwrap()
         };
@@ -1336,7 +1336,7 @@ mod tests {
         let params = Parameters {
             max_pending_transaction_bytes: 2 * MIN_TRANSACTION_COST,
             // Three of the blocks below.
-            max_suspended_bytes_per_author: 3 * 238,
+            max_suspended_bytes_per_author: 3 * 246,
             ..Parameters::default()
         };
         let mut core = Core::open(
@@ -1384,11 +1384,11 @@ mod tests {
                 author: AuthorityIndex(1),
                 parents,
                 transactions: vec![],
-                state_root: [0; 32],
+                state_root: crate::StateRoot::default(),
             };
             VerifiedBlock::verify(block.sign(&keys[1], c.protocol()), &c).unwrap()
         };
-        assert_eq!(orphan(6, 0).wire_size(), 238);
+        assert_eq!(orphan(6, 0).wire_size(), 246);
         let outcome = core
             .add_blocks((0..5).map(|i| orphan(6, i)).collect())
             .unwrap();

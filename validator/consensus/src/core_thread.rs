@@ -57,6 +57,7 @@ pub(crate) async fn run(
     let mut sync = tokio::time::interval(SYNC_INTERVAL);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        core.set_state_root(*shared.state_root.lock().unwrap_or_else(|e| e.into_inner()));
         // Submissions wait here until the core's pool has room for them.
         while core.has_room_for_transactions()
             && let Ok(transaction) = channels.submitted.try_recv()

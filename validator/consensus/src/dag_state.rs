@@ -266,7 +266,7 @@ mod tests {
                 author: AuthorityIndex(author),
                 parents,
                 transactions: vec![tx.to_vec()],
-                state_root: [0; 32],
+                state_root: crate::StateRoot::default(),
             }
             .sign(&keys[author as usize], c.protocol());
             VerifiedBlock::verify(signed, &c)

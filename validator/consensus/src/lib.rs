@@ -36,7 +36,7 @@ mod test_dag;
 pub use authority_service::{
     BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, TRANSACTION_BYTES_PER_SECOND, WRITE_TIMEOUT,
 };
-pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, VerifiedBlock};
+pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, StateRoot, VerifiedBlock};
 pub use committee::{
     AuthorityIndex, Committee, CommitteeError, MIN_GC_DEPTH, Protocol, Stake, StakeAggregator,
 };

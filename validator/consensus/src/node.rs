@@ -6,7 +6,7 @@
 //! This file starts them and holds what they share.
 
 use crate::block::MAX_TRANSACTION_BYTES;
-use crate::block::VerifiedBlock;
+use crate::block::{StateRoot, VerifiedBlock};
 use crate::block_verifier::BlockVerifier;
 use crate::committee::{AuthorityIndex, Committee};
 use crate::core::{Core, CoreError, Parameters, SubmitError};
@@ -153,6 +153,8 @@ pub(crate) struct Shared {
     pub(crate) blocks: BlockVerifier,
     /// Authenticated connections to the peers.
     pub(crate) client: PeerClient,
+    /// What the next proposals carry as their author's executed state.
+    pub(crate) state_root: std::sync::Mutex<StateRoot>,
 }
 
 /// A running validator.
@@ -211,6 +213,7 @@ impl Node {
             queued_bytes: AtomicUsize::new(0),
             store,
             client,
+            state_root: std::sync::Mutex::default(),
         });
         tokio::spawn(authority_service::serve(listener, shared.clone()));
         let broadcaster = broadcaster::start(&shared);
@@ -296,6 +299,16 @@ impl Node {
             Ok(result) => Ok(result?),
             Err(e) => Err(NodeError::Config(format!("reading commits failed: {e}"))),
         }
+    }
+
+    /// Sets the executed state this node's next blocks carry (the node
+    /// that applies commits calls it after each).
+    pub fn set_state_root(&self, state: StateRoot) {
+        *self
+            .shared
+            .state_root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// Waits until the node stops, which only an error does.

@@ -325,10 +325,20 @@ struct Node {
     sequence: Vec<(BlockRef, Vec<BlockRef>)>,
     transactions: usize,
     /// Stands in for execution: a hash chain over the commits, carried in
-    /// the validator's blocks where the state root will be.
+    /// the validator's blocks as their state root.
     state_root: [u8; 32],
     /// The references of the blocks it proposed (for old-parent attacks).
     proposed: Vec<BlockRef>,
+}
+
+impl Node {
+    /// What its blocks carry: the commits it delivered and its chain.
+    fn executed(&self) -> crate::StateRoot {
+        crate::StateRoot {
+            commits: self.sequence.len() as u64,
+            root: self.state_root,
+        }
+    }
 }
 
 struct Sim {
@@ -537,7 +547,7 @@ impl Sim {
             Box::new(self.nodes[node].store.clone()),
         )
         .map_err(|e| self.core_failure(node, e))?;
-        core.set_state_root(self.nodes[node].state_root);
+        core.set_state_root(self.nodes[node].executed());
         self.nodes[node].core = Some(core);
         self.nodes[node].incarnation += 1;
         let incarnation = self.nodes[node].incarnation;
@@ -937,7 +947,7 @@ impl Sim {
             self.nodes[node].state_root = *chain.finalize().as_bytes();
             self.nodes[node].sequence.push((subdag.leader, refs));
         }
-        let root = self.nodes[node].state_root;
+        let root = self.nodes[node].executed();
         if let Some(core) = self.nodes[node].core.as_mut() {
             core.set_state_root(root);
         }

@@ -526,7 +526,7 @@ mod tests {
                         author: AuthorityIndex(author as u32),
                         parents: vec![],
                         transactions: vec![vec![round as u8; size]],
-                        state_root: [0; 32],
+                        state_root: crate::StateRoot::default(),
                     }
                     .sign(key, &protocol())
                 })
@@ -549,7 +549,10 @@ mod tests {
         // round would be the round the asker already holds).
         assert_eq!(take(100, usize::MAX), (8, vec![1, 2]));
         // Room for three rounds: three, never part of the fourth.
-        let round = blocks[..4].iter().map(SignedBlock::wire_size).sum::<usize>();
+        let round = blocks[..4]
+            .iter()
+            .map(SignedBlock::wire_size)
+            .sum::<usize>();
         assert_eq!(take(3 * round + round / 2, usize::MAX), (12, vec![1, 2, 3]));
         // The hard limit cuts even the first rounds.
         assert_eq!(take(100, round + round / 2).0, 6, "a round and a half");

@@ -175,7 +175,7 @@ impl TestDag {
             parents: refs,
             // Versions of one slot differ in content.
             transactions: vec![vec![version]],
-            state_root: [0; 32],
+            state_root: crate::StateRoot::default(),
         };
         let signed = block.sign(&self.keys[author as usize], self.committee.protocol());
         let verified = VerifiedBlock::verify(signed, &self.committee)

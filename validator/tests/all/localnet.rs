@@ -372,7 +372,7 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
         author: AuthorityIndex(author),
         parents: genesis.clone(),
         transactions: vec![b"forged".to_vec()],
-        state_root: [0; 32],
+        state_root: soma_consensus::StateRoot::default(),
     };
     // Pushed blocks must be the sender's own, and signed by it.
     let not_its_own = block(other).sign(&key1, committee.protocol());

@@ -351,6 +351,8 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     };
     assert_eq!(value("soma_embeddings_served_total"), 3);
     assert!(value("soma_api_refused_total") >= 20, "{metrics}");
+    // Every block's state-root claim matched this node's roots.
+    assert_eq!(value("soma_deviant_state_roots_total"), 0);
 
     // A transfer through the API; its old nonce is then refused.
     let nonce = account(0)["nonce"].as_u64().unwrap();
