@@ -50,6 +50,8 @@ pub const MAX_EMBEDDING_REQUESTS: usize = 64;
 pub const MAX_REQUESTS_PER_KEY: usize = 8;
 /// Package uploads a node takes at once.
 pub const MAX_UPLOADS: usize = 1;
+/// Package downloads a node serves at once.
+pub const MAX_DOWNLOADS: usize = 2;
 /// The shortest time between two checks of an embedding request's jobs.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 /// Most inputs in one embedding request.
@@ -70,6 +72,8 @@ struct Api {
     per_key: Mutex<BTreeMap<[u8; 32], usize>>,
     /// Package uploads at once.
     uploads: Semaphore,
+    /// Package downloads at once.
+    downloads: Semaphore,
 }
 
 /// Serves the API on `listener` until the process ends.
@@ -80,6 +84,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         embedding_requests: Semaphore::new(MAX_EMBEDDING_REQUESTS),
         per_key: Mutex::default(),
         uploads: Semaphore::new(MAX_UPLOADS),
+        downloads: Semaphore::new(MAX_DOWNLOADS),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -149,9 +154,14 @@ fn allowed(path: &str) -> Option<&'static str> {
     match path {
         "/health" | "/metrics" | "/v1/models" => Some("GET"),
         "/v1/embeddings" | "/v1/transactions" | "/v1/packages" => Some("POST"),
-        p if ["/v1/accounts/", "/v1/encoders/", "/v1/jobs/"]
-            .iter()
-            .any(|prefix| p.starts_with(prefix)) =>
+        p if [
+            "/v1/accounts/",
+            "/v1/encoders/",
+            "/v1/jobs/",
+            "/v1/packages/",
+        ]
+        .iter()
+        .any(|prefix| p.starts_with(prefix)) =>
         {
             Some("GET")
         }
@@ -200,6 +210,9 @@ impl Api {
                 self.encoder(&p["/v1/encoders/".len()..])
             }
             (Method::GET, p) if p.starts_with("/v1/jobs/") => self.job(&p["/v1/jobs/".len()..]),
+            (Method::GET, p) if p.starts_with("/v1/packages/") => {
+                self.download(&p["/v1/packages/".len()..]).await
+            }
             (method, path) => match allowed(path) {
                 Some(allow) => Err(Refused {
                     allow: Some(allow),
@@ -369,6 +382,24 @@ impl Api {
             StatusCode::CREATED,
             &json!({"package": stored.to_string()}),
         ))
+    }
+
+    /// `GET /v1/packages/<digest>`: a stored package's bytes, for peers
+    /// that lack it (they verify it against the digest).
+    async fn download(&self, digest: &str) -> Result<Reply, Refused> {
+        let digest = parse_digest(digest)?;
+        let Ok(_download) = self.downloads.try_acquire() else {
+            return Err(busy("packages are being downloaded; retry later".into(), 5));
+        };
+        let blobs = self.shared.blobs.clone();
+        let bytes = tokio::task::spawn_blocking(move || blobs.package(&digest).map(|p| p.encode()))
+            .await
+            .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?
+            .map_err(|_| refused(StatusCode::NOT_FOUND, format!("no package {digest} here")))?;
+        Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(Bytes::from(bytes)))
+            .expect("a valid response"))
     }
 
     fn account(&self, key: &str) -> Result<Reply, Refused> {

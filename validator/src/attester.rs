@@ -8,6 +8,7 @@
 //! lost with a crash) is submitted again, renumbered from the account's
 //! next nonce if a nonce before it was never used.
 
+use crate::client::ApiClient;
 use crate::node::Shared;
 use soma_codec::Encode;
 use soma_crypto::{PublicKey, SecretKey};
@@ -15,14 +16,19 @@ use soma_execution::{
     Action, EncoderResult, JobRunner, JobStatus, RunnerError, SignedTransaction, Transaction,
 };
 use soma_host::Digest;
+use soma_host::package::Package;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
+use std::time::Duration;
 
 /// Commits an attestation may take to be applied before it is submitted
 /// again.
 pub(crate) const RESUBMIT_AFTER: u64 = 50;
+/// How long a peer may take to send a package.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Commits between two attempts at jobs waiting for a package.
 const RETRY_EVERY: u64 = 20;
 
@@ -32,6 +38,9 @@ pub(crate) enum Work {
     Job(Digest),
     /// Commit `index` was applied.
     Applied(u64),
+    /// An encoder was registered: fetch its package from peers if this
+    /// node lacks it.
+    Fetch(Digest),
 }
 
 /// Starts the attester on `inbox`, after loading the `preload` encoders
@@ -42,6 +51,7 @@ pub(crate) fn start(
     runner: JobRunner,
     key: SecretKey,
     preload: Vec<Digest>,
+    peer_apis: Vec<SocketAddr>,
     inbox: mpsc::Receiver<Work>,
 ) -> std::io::Result<()> {
     let backlog = match shared.state.pending_jobs() {
@@ -59,6 +69,8 @@ pub(crate) fn start(
         next_nonce: 0,
         in_flight: BTreeMap::new(),
         waiting: Vec::new(),
+        wanted: Vec::new(),
+        peer_apis,
     };
     std::thread::Builder::new()
         .name("attester".into())
@@ -99,6 +111,10 @@ struct Attester {
     in_flight: BTreeMap<u64, InFlight>,
     /// Jobs that could not be computed yet (a package missing).
     waiting: Vec<Digest>,
+    /// Packages of registered encoders no peer has sent yet.
+    wanted: Vec<Digest>,
+    /// Peers' APIs, asked for packages this node lacks.
+    peer_apis: Vec<SocketAddr>,
 }
 
 impl Attester {
@@ -107,6 +123,11 @@ impl Attester {
             match work {
                 Work::Job(job) => self.attest(job),
                 Work::Applied(index) => self.applied(index),
+                Work::Fetch(package) => {
+                    if !self.fetch(&package) && !self.wanted.contains(&package) {
+                        self.wanted.push(package);
+                    }
+                }
             }
         }
     }
@@ -128,7 +149,13 @@ impl Attester {
         if job.status != JobStatus::Pending || job.attesters.contains(&self.me) {
             return;
         }
-        let results = match self.runner.compute(&job, &self.shared.parameters) {
+        let mut computed = self.runner.compute(&job, &self.shared.parameters);
+        if let Err(RunnerError::MissingPackage(package)) = computed
+            && self.fetch(&package)
+        {
+            computed = self.runner.compute(&job, &self.shared.parameters);
+        }
+        let results = match computed {
             Ok(results) => results,
             Err(e @ RunnerError::MissingPackage(_)) => {
                 tracing::info!(job = %id, "waiting: {e}");
@@ -155,6 +182,38 @@ impl Attester {
         };
         self.submit(nonce, &attestation);
         self.in_flight.insert(nonce, attestation);
+    }
+
+    /// Fetches `package` from the first peer that has it, verifies it and
+    /// stores it; whether this node now holds it.
+    fn fetch(&self, package: &Digest) -> bool {
+        let blobs = &self.shared.blobs;
+        if blobs.has_package(package) {
+            return true;
+        }
+        for peer in &self.peer_apis {
+            let client = ApiClient::new(*peer, None, FETCH_TIMEOUT);
+            let fetched = client
+                .get_bytes(&format!("/v1/packages/{package}"))
+                .and_then(|(status, bytes)| {
+                    if status != 200 {
+                        anyhow::bail!("answered {status}");
+                    }
+                    let verified = Package::decode(&bytes)?.verify(None)?;
+                    if verified.digest() != *package {
+                        anyhow::bail!("sent package {} instead", verified.digest());
+                    }
+                    Ok(blobs.install(&verified)?)
+                });
+            match fetched {
+                Ok(_) => {
+                    tracing::info!(%package, %peer, "package fetched");
+                    return true;
+                }
+                Err(e) => tracing::debug!(%package, %peer, "package not fetched: {e:#}"),
+            }
+        }
+        false
     }
 
     fn account_nonce(&self) -> u64 {
@@ -231,9 +290,13 @@ impl Attester {
     }
 
     /// Attests the jobs that were waiting: now if `!periodic`, else every
-    /// [`RETRY_EVERY`] commits. (`attest` drops those that no longer need
-    /// this validator.)
+    /// [`RETRY_EVERY`] commits, when wanted packages are asked for again.
+    /// (`attest` drops jobs that no longer need this validator.)
     fn retry_waiting(&mut self, index: u64, periodic: bool) {
+        if periodic && index.is_multiple_of(RETRY_EVERY) {
+            let wanted = std::mem::take(&mut self.wanted);
+            self.wanted = wanted.into_iter().filter(|p| !self.fetch(p)).collect();
+        }
         if !periodic || index.is_multiple_of(RETRY_EVERY) {
             for job in std::mem::take(&mut self.waiting) {
                 self.attest(job);

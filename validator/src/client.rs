@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// Largest response body the client reads.
-const MAX_RESPONSE: u64 = 64 << 20;
+/// Largest response the client reads: a package at most, and its head.
+const MAX_RESPONSE: u64 = crate::api::MAX_PACKAGE_BODY as u64 + (1 << 20);
 
 /// A node's API.
 #[derive(Debug, Clone)]
@@ -58,6 +58,12 @@ impl ApiClient {
         self.request("GET", path, "application/json", &[])
     }
 
+    /// `GET path`, for bytes that are not JSON (a package): the status and
+    /// the body.
+    pub fn get_bytes(&self, path: &str) -> Result<(u16, Vec<u8>)> {
+        self.exchange("GET", path, "application/octet-stream", &[])
+    }
+
     /// `POST path` with a JSON body.
     pub fn post_json(&self, path: &str, body: &Value) -> Result<Answer> {
         self.request(
@@ -74,6 +80,19 @@ impl ApiClient {
     }
 
     fn request(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Result<Answer> {
+        let (status, body) = self.exchange(method, path, content_type, body)?;
+        let body = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        Ok(Answer { status, body })
+    }
+
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
         let failed = || format!("{method} http://{}{path}", self.address);
         let mut stream = TcpStream::connect_timeout(&self.address, Duration::from_secs(5))
             .with_context(|| format!("cannot reach the node at {}", self.address))?;
@@ -107,9 +126,7 @@ impl ApiClient {
             .and_then(|head| head.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("{}: no status in the response", failed()))?;
-        let body = &response[split + 4..];
-        let body = serde_json::from_slice(body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
-        Ok(Answer { status, body })
+        response.drain(..split + 4);
+        Ok((status, response))
     }
 }

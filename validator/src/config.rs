@@ -30,6 +30,10 @@ pub struct NodeFile {
     pub peers: BTreeMap<String, SocketAddr>,
     /// Where the HTTP API listens.
     pub api: SocketAddr,
+    /// Other validators' API addresses, by hex public key: where this node
+    /// fetches encoder packages it lacks.
+    #[serde(default)]
+    pub peer_apis: BTreeMap<String, SocketAddr>,
     /// API keys (bearer tokens) and the secret key file of the account each
     /// one spends from in `POST /v1/embeddings`.
     #[serde(default)]
@@ -244,6 +248,12 @@ pub fn write_localnet(net: &Localnet<'_>) -> Result<Vec<PathBuf>> {
             data_dir: "data".into(),
             peers: peers.clone(),
             api: apis[i],
+            peer_apis: keys
+                .iter()
+                .zip(&apis)
+                .filter(|(k, _)| k.public_key() != key.public_key())
+                .map(|(k, a)| (hex_key(k), *a))
+                .collect(),
             api_keys: BTreeMap::from([(api_key.clone(), "../accounts/user.key".into())]),
             gc_depth: default_gc_depth(),
             leader_timeout_ms: default_leader_timeout_ms(),

@@ -10,12 +10,16 @@ use crate::metrics::NodeMetrics;
 use crate::roots::RootWatch;
 use crate::{api, config};
 use anyhow::{Context, Result, bail};
+use soma_codec::Decode;
 use soma_consensus::{
     AuthorityIndex, CommittedSubDag, Committee, Node, NodeConfig,
     Parameters as ConsensusParameters, Protocol, StateRoot, Submitter,
 };
 use soma_crypto::{PublicKey, SecretKey, keyfile};
-use soma_execution::{Commit, Executor, Genesis, JobStatus, Parameters, Router, StateReader};
+use soma_execution::{
+    Action, Commit, Executor, Genesis, Parameters, Router, SignedTransaction, StateReader,
+};
+use soma_host::Digest;
 use soma_host::package::BlobStore;
 use soma_host::{CompiledCache, Engine};
 use std::collections::BTreeMap;
@@ -231,7 +235,8 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         runner = runner.with_threads(file.runner_threads);
     }
     let preload = genesis.encoders().iter().map(|e| e.package).collect();
-    attester::start(shared.clone(), runner, key, preload, inbox)?;
+    let peer_apis = file.peer_apis.values().copied().collect();
+    attester::start(shared.clone(), runner, key, preload, peer_apis, inbox)?;
     tracing::info!(
         authority = authority.0,
         api = %file.api,
@@ -317,7 +322,7 @@ impl Applier {
             .map(|b| (b.reference().author, b.block().state_root))
             .collect();
         let executor = self.executor.clone();
-        let (effects, jobs) = tokio::task::spawn_blocking(move || {
+        let (effects, work) = tokio::task::spawn_blocking(move || {
             let transactions: Vec<Vec<u8>> = subdag.transactions().map(<[u8]>::to_vec).collect();
             let mut executor = executor.lock().unwrap_or_else(|e| e.into_inner());
             let effects = executor.apply(Commit {
@@ -325,17 +330,26 @@ impl Applier {
                 digest: subdag.digest(),
                 transactions: &transactions,
             })?;
-            // A submission that applied made a job under its digest.
-            let mut jobs = Vec::new();
-            for receipt in effects.receipts.iter().filter(|r| r.rejection.is_none()) {
-                if let Some(digest) = receipt.transaction
-                    && let Some(job) = executor.job(&digest)?
-                    && job.status == JobStatus::Pending
-                {
-                    jobs.push(digest);
+            // What the attester does about applied transactions: a
+            // submission made a job under its digest; a registration names
+            // a package to have before the encoder's first job.
+            let mut work = Vec::new();
+            for (bytes, receipt) in transactions.iter().zip(&effects.receipts) {
+                if receipt.rejection.is_some() {
+                    continue;
+                }
+                let Ok(signed) = SignedTransaction::from_bytes(bytes) else {
+                    continue;
+                };
+                match &signed.transaction().action {
+                    Action::SubmitData { .. } => work.push(Work::Job(signed.digest())),
+                    Action::RegisterEncoder { manifest, .. } => {
+                        work.push(Work::Fetch(Digest::of(manifest)));
+                    }
+                    _ => {}
                 }
             }
-            Ok::<_, anyhow::Error>((effects, jobs))
+            Ok::<_, anyhow::Error>((effects, work))
         })
         .await
         .context("the apply task failed")?
@@ -369,8 +383,8 @@ impl Applier {
             root: effects.root,
         });
         let stopped = || anyhow::anyhow!("the attester stopped; see the log above");
-        for job in jobs {
-            self.work.send(Work::Job(job)).map_err(|_| stopped())?;
+        for work in work {
+            self.work.send(work).map_err(|_| stopped())?;
         }
         self.work.send(Work::Applied(index)).map_err(|_| stopped())
     }

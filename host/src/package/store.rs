@@ -103,6 +103,11 @@ impl BlobStore {
         self.blob_path(digest).exists()
     }
 
+    /// Whether the package `digest` is installed (without verifying it).
+    pub fn has_package(&self, digest: &Digest) -> bool {
+        self.dir.join("packages").join(digest.to_string()).exists()
+    }
+
     /// Stores a verified package: its blobs first, then its signed manifest,
     /// so an installed package always has all its blobs.
     pub fn install(&self, package: &VerifiedPackage) -> Result<Digest, StoreError> {

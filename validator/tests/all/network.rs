@@ -412,12 +412,7 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     };
     let mine_path = packages.join("mine.somapkg");
     std::fs::write(&mine_path, mine.encode()).unwrap();
-    // Nodes do not fetch packages from each other yet: the others get it
-    // uploaded too, so that a shard with it can be computed everywhere.
-    for i in [0, 1, 3] {
-        let (code, body) = call(api(i), "POST", "/v1/packages", Some(key), &mine.encode());
-        assert_eq!(code, 201, "{body}");
-    }
+
     let shown = soma(&[
         "register-encoder".as_ref(),
         "--key".as_ref(),
@@ -438,6 +433,31 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     assert_eq!(
         call(api(2), "GET", &registered, None, b"").1["bond"],
         2_000_000
+    );
+    // Uploaded to validator 2 only, the package reaches the others: each
+    // fetches it from a peer once the registration applies, and verifies it.
+    let download = format!("/v1/packages/{}", mine.digest());
+    wait_for(
+        "every validator to fetch the package",
+        Duration::from_secs(60),
+        || (0..4).all(|i| http(api(i), "GET", &download, &[], b"").0 == 200),
+        &validators,
+    );
+    let fetched =
+        soma_validator::client::ApiClient::new(client.apis[0], None, Duration::from_secs(30))
+            .get_bytes(&download)
+            .unwrap();
+    assert_eq!(fetched, (200, mine.encode()));
+    assert_refused(
+        call(
+            api(0),
+            "GET",
+            &format!("/v1/packages/{}", "1".repeat(64)),
+            None,
+            b"",
+        ),
+        404,
+        "no package",
     );
     let shown = soma(&[
         "submit".as_ref(),
