@@ -388,6 +388,14 @@ impl Api {
     /// that lack it (they verify it against the digest).
     async fn download(&self, digest: &str) -> Result<Reply, Refused> {
         let digest = parse_digest(digest)?;
+        // Only what the chain registered is served: a node is no file
+        // host for whatever was uploaded to it.
+        if !matches!(self.shared.state.encoder(&digest), Ok(Some(_))) {
+            return Err(refused(
+                StatusCode::NOT_FOUND,
+                format!("no registered encoder's package {digest}"),
+            ));
+        }
         let Ok(_download) = self.downloads.try_acquire() else {
             return Err(busy("packages are being downloaded; retry later".into(), 5));
         };
@@ -436,12 +444,7 @@ impl Api {
                     format!("no encoder is registered for {package}"),
                 )
             })?;
-        let manifest = self
-            .shared
-            .blobs
-            .package(&package)
-            .ok()
-            .map(|p| p.manifest().clone());
+        let manifest = self.shared.blobs.manifest(&package).ok();
         Ok(json_reply(
             StatusCode::OK,
             &json!({
@@ -471,13 +474,7 @@ impl Api {
         let names: Vec<Option<String>> = job
             .shard
             .iter()
-            .map(|d| {
-                self.shared
-                    .blobs
-                    .package(d)
-                    .ok()
-                    .map(|p| p.manifest().name.clone())
-            })
+            .map(|d| self.shared.blobs.manifest(d).ok().map(|m| m.name))
             .collect();
         let keys = |keys: &[PublicKey]| -> Vec<String> {
             keys.iter().map(|k| hex::encode(k.to_bytes())).collect()
@@ -583,13 +580,13 @@ impl Api {
         }
         let started = Instant::now();
         let mut jobs = Vec::with_capacity(inputs.len());
-        let _nonces = NonceHold {
+        let mut nonces = NonceHold {
             shared: &self.shared,
             account: sender,
-            count: inputs.len(),
+            held: 0,
         };
         for (i, input) in inputs.iter().enumerate() {
-            let nonce = self.shared.next_nonce(&sender, state.nonce);
+            let nonce = nonces.take(state.nonce);
             let signed = Transaction {
                 chain_id: self.shared.chain_id,
                 sender,
@@ -742,12 +739,20 @@ fn ids(jobs: &[(Digest, u64)]) -> String {
 struct NonceHold<'a> {
     shared: &'a Shared,
     account: PublicKey,
-    count: usize,
+    held: usize,
+}
+
+impl NonceHold<'_> {
+    /// The account's next nonce (`state_nonce` if none is handed out).
+    fn take(&mut self, state_nonce: u64) -> u64 {
+        self.held += 1;
+        self.shared.next_nonce(&self.account, state_nonce)
+    }
 }
 
 impl Drop for NonceHold<'_> {
     fn drop(&mut self) {
-        for _ in 0..self.count {
+        for _ in 0..self.held {
             self.shared.release_nonce(&self.account);
         }
     }

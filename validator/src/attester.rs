@@ -29,6 +29,9 @@ use std::time::Duration;
 pub(crate) const RESUBMIT_AFTER: u64 = 50;
 /// How long a peer may take to send a package.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Packages asked for again at most (the oldest are kept): each costs a
+/// request to every peer per retry.
+const MAX_WANTED: usize = 64;
 /// Commits between two attempts at jobs waiting for a package.
 const RETRY_EVERY: u64 = 20;
 
@@ -124,7 +127,10 @@ impl Attester {
                 Work::Job(job) => self.attest(job),
                 Work::Applied(index) => self.applied(index),
                 Work::Fetch(package) => {
-                    if !self.fetch(&package) && !self.wanted.contains(&package) {
+                    if !self.fetch(&package)
+                        && !self.wanted.contains(&package)
+                        && self.wanted.len() < MAX_WANTED
+                    {
                         self.wanted.push(package);
                     }
                 }
@@ -266,9 +272,8 @@ impl Attester {
         // A job that still lacks this validator's attestation is attested
         // again.
         for (_, attestation) in used {
-            self.waiting.push(attestation.job);
+            self.attest(attestation.job);
         }
-        self.retry_waiting(index, false);
         let stale = self
             .in_flight
             .values()
@@ -286,21 +291,25 @@ impl Attester {
             }
             self.next_nonce = nonce + self.in_flight.len() as u64;
         }
-        self.retry_waiting(index, true);
+        if index.is_multiple_of(RETRY_EVERY) {
+            self.retry();
+        }
     }
 
-    /// Attests the jobs that were waiting: now if `!periodic`, else every
-    /// [`RETRY_EVERY`] commits, when wanted packages are asked for again.
-    /// (`attest` drops jobs that no longer need this validator.)
-    fn retry_waiting(&mut self, index: u64, periodic: bool) {
-        if periodic && index.is_multiple_of(RETRY_EVERY) {
-            let wanted = std::mem::take(&mut self.wanted);
-            self.wanted = wanted.into_iter().filter(|p| !self.fetch(p)).collect();
-        }
-        if !periodic || index.is_multiple_of(RETRY_EVERY) {
-            for job in std::mem::take(&mut self.waiting) {
-                self.attest(job);
-            }
+    /// Asks peers again for the wanted packages of encoders still
+    /// registered (at most [`MAX_WANTED`] are kept), then attests the jobs
+    /// that were waiting (`attest` drops those that no longer need this
+    /// validator).
+    fn retry(&mut self) {
+        let wanted = std::mem::take(&mut self.wanted);
+        self.wanted = wanted
+            .into_iter()
+            .filter(|p| matches!(self.shared.state.encoder(p), Ok(Some(_))))
+            .filter(|p| !self.fetch(p))
+            .take(MAX_WANTED)
+            .collect();
+        for job in std::mem::take(&mut self.waiting) {
+            self.attest(job);
         }
     }
 }

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest response the client reads: a package at most, and its head.
 const MAX_RESPONSE: u64 = crate::api::MAX_PACKAGE_BODY as u64 + (1 << 20);
@@ -44,7 +44,7 @@ impl Answer {
 
 impl ApiClient {
     /// A client of the API at `address`, sending `api_key` as the bearer
-    /// token if given, waiting at most `timeout` for an answer.
+    /// token if given, waiting at most `timeout` for each whole answer.
     pub fn new(address: SocketAddr, api_key: Option<String>, timeout: Duration) -> ApiClient {
         ApiClient {
             address,
@@ -112,11 +112,28 @@ impl ApiClient {
             .write_all(head.as_bytes())
             .and_then(|()| stream.write_all(body))
             .with_context(failed)?;
+        // The deadline is for the whole answer: a peer that sends a byte
+        // now and then cannot hold the caller.
+        let deadline = Instant::now() + self.timeout;
         let mut response = Vec::new();
-        stream
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut response)
-            .with_context(failed)?;
+        let mut chunk = vec![0; 64 << 10];
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero())
+                .with_context(|| {
+                    format!("{}: no whole answer within {:?}", failed(), self.timeout)
+                })?;
+            stream.set_read_timeout(Some(left))?;
+            let n = stream.read(&mut chunk).with_context(failed)?;
+            if n == 0 {
+                break;
+            }
+            if (response.len() + n) as u64 > MAX_RESPONSE {
+                bail!("{}: the answer is over {MAX_RESPONSE} bytes", failed());
+            }
+            response.extend_from_slice(&chunk[..n]);
+        }
         let split = response
             .windows(4)
             .position(|w| w == b"\r\n\r\n")

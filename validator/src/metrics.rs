@@ -12,7 +12,9 @@ pub(crate) struct NodeMetrics {
     pub(crate) transactions_applied: AtomicU64,
     pub(crate) transactions_rejected: AtomicU64,
     pub(crate) attestations_submitted: AtomicU64,
-    /// Blocks' state-root claims that differ from this node's root.
+    /// Blocks' state-root claims compared with this node's roots.
+    pub(crate) state_roots_compared: AtomicU64,
+    /// Of those, the ones that differ.
     pub(crate) deviant_state_roots: AtomicU64,
     /// This node's encoder runs by outcome, indexed by `Outcome as usize`.
     pub(crate) encoder_outcomes: [AtomicU64; Outcome::ALL.len()],
@@ -89,6 +91,12 @@ pub(crate) fn render(shared: &Shared) -> String {
         "counter",
         "Shard encoder runs this validator computed, by outcome.",
         &outcomes,
+    );
+    metric(
+        "state_roots_compared_total",
+        "counter",
+        "State roots in committed blocks compared with this node's for the same commit.",
+        &[("", load(&m.state_roots_compared))],
     );
     metric(
         "deviant_state_roots_total",

@@ -70,7 +70,7 @@ struct Nonces {
 }
 
 impl Shared {
-    /// Queues `transaction` in this node's consensus.
+    /// What queues transactions in this node's consensus.
     pub(crate) fn submitter(&self) -> &Submitter {
         self.submitter
             .get()
@@ -147,10 +147,12 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    for peer in file.peers.keys() {
-        let key = hex_public_key(peer, "peer")?;
-        if !genesis.validators().iter().any(|v| v.key == key) {
-            bail!("peers names {peer}, which is not a genesis validator");
+    for (field, peers) in [("peers", &file.peers), ("peer_apis", &file.peer_apis)] {
+        for peer in peers.keys() {
+            let key = hex_public_key(peer, "peer")?;
+            if !genesis.validators().iter().any(|v| v.key == key) {
+                bail!("{field} names {peer}, which is not a genesis validator");
+            }
         }
     }
 
@@ -363,16 +365,19 @@ impl Applier {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        let deviant = self.roots.observe(index + 1, effects.root, claims)?;
-        if deviant > 0 {
+        let judged = self.roots.observe(index + 1, effects.root, claims)?;
+        metrics
+            .state_roots_compared
+            .fetch_add(judged.compared as u64, Ordering::Relaxed);
+        if judged.deviant > 0 {
             tracing::warn!(
                 commit = index,
-                deviant,
+                deviant = judged.deviant,
                 "blocks claim other state roots than this node's"
             );
             metrics
                 .deviant_state_roots
-                .fetch_add(deviant as u64, Ordering::Relaxed);
+                .fetch_add(judged.deviant as u64, Ordering::Relaxed);
         }
         node.set_state_root(StateRoot {
             commits: index + 1,

@@ -29,6 +29,15 @@ pub(crate) struct Divergence {
     pub(crate) theirs: [u8; 32],
 }
 
+/// What [`RootWatch::observe`] compared.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Judged {
+    /// Claims newly compared with this node's roots.
+    pub(crate) compared: usize,
+    /// Of those, the ones that differ.
+    pub(crate) deviant: usize,
+}
+
 /// Claims: by commit count, root, and who claimed it.
 type Claims = BTreeMap<u64, BTreeMap<[u8; 32], BTreeSet<AuthorityIndex>>>;
 
@@ -49,26 +58,28 @@ impl RootWatch {
     }
 
     /// Records this node's `root` after `commits` commits and the `claims`
-    /// carried by the blocks of the commit just applied; how many claims
-    /// newly disagree with this node's roots.
+    /// carried by the blocks of the commit just applied: how many claims
+    /// were newly compared with this node's roots, and how many of those
+    /// disagree.
     pub(crate) fn observe(
         &mut self,
         commits: u64,
         root: [u8; 32],
         claims: impl IntoIterator<Item = (AuthorityIndex, StateRoot)>,
-    ) -> Result<usize, Divergence> {
+    ) -> Result<Judged, Divergence> {
         let floor = commits.saturating_sub(WINDOW);
         self.mine.insert(commits, root);
         self.mine = self.mine.split_off(&floor);
         self.claims = self.claims.split_off(&floor);
+        let mut judged = Judged::default();
         // Claims made before this node got here are judged now.
-        let mut deviant = self.claims.get(&commits).map_or(0, |earlier| {
-            earlier
-                .iter()
-                .filter(|(r, _)| **r != root)
-                .map(|(_, authors)| authors.len())
-                .sum()
-        });
+        for (claimed, authors) in self.claims.get(&commits).into_iter().flatten() {
+            judged.compared += authors.len();
+            if *claimed != root {
+                judged.deviant += authors.len();
+            }
+        }
+        let mut touched = BTreeSet::from([commits]);
         for (author, claim) in claims {
             if claim.commits == 0 || claim.commits < floor || claim.commits > commits + WINDOW {
                 continue;
@@ -80,38 +91,37 @@ impl RootWatch {
                 .entry(claim.root)
                 .or_default()
                 .insert(author);
-            if new
-                && self
-                    .mine
-                    .get(&claim.commits)
-                    .is_some_and(|r| *r != claim.root)
-            {
-                deviant += 1;
+            if let Some(mine) = self.mine.get(&claim.commits).filter(|_| new) {
+                judged.compared += 1;
+                if *mine != claim.root {
+                    judged.deviant += 1;
+                    touched.insert(claim.commits);
+                }
             }
         }
-        self.check()?;
-        Ok(deviant)
+        for commits in touched {
+            self.check(commits)?;
+        }
+        Ok(judged)
     }
 
-    /// Whether a quorum of stake claims another root than this node's for a
-    /// commit count both know.
-    fn check(&self) -> Result<(), Divergence> {
-        for (commits, roots) in &self.claims {
-            let Some(mine) = self.mine.get(commits) else {
-                continue;
-            };
-            for (theirs, authors) in roots.iter().filter(|(r, _)| *r != mine) {
-                let mut stake = StakeAggregator::new();
-                for author in authors {
-                    stake.add(*author, &self.committee);
-                }
-                if stake.reached_quorum(&self.committee) {
-                    return Err(Divergence {
-                        commits: *commits,
-                        mine: *mine,
-                        theirs: *theirs,
-                    });
-                }
+    /// Whether a quorum of stake claims another root than this node's
+    /// after `commits` commits.
+    fn check(&self, commits: u64) -> Result<(), Divergence> {
+        let (Some(roots), Some(mine)) = (self.claims.get(&commits), self.mine.get(&commits)) else {
+            return Ok(());
+        };
+        for (theirs, authors) in roots.iter().filter(|(r, _)| *r != mine) {
+            let mut stake = StakeAggregator::new();
+            for author in authors {
+                stake.add(*author, &self.committee);
+            }
+            if stake.reached_quorum(&self.committee) {
+                return Err(Divergence {
+                    commits,
+                    mine: *mine,
+                    theirs: *theirs,
+                });
             }
         }
         Ok(())
@@ -144,36 +154,30 @@ mod tests {
     #[test]
     fn agreeing_roots_pass_and_a_deviant_minority_is_counted() {
         let mut watch = RootWatch::new(committee());
+        let judged = |compared, deviant| Ok(Judged { compared, deviant });
         // Claims for a commit this node has not reached wait for it.
-        assert_eq!(
-            watch.observe(1, [1; 32], [claim(0, 2, 2), claim(1, 2, 9)]),
-            Ok(0)
-        );
-        assert_eq!(
-            watch.observe(2, [2; 32], [claim(2, 2, 2)]),
-            Ok(1),
-            "1 claimed 9"
-        );
+        let early = [claim(0, 2, 2), claim(1, 2, 9)];
+        assert_eq!(watch.observe(1, [1; 32], early), judged(0, 0));
+        // Judged once it gets there: 1 claimed 9.
+        assert_eq!(watch.observe(2, [2; 32], [claim(2, 2, 2)]), judged(3, 1));
         // Once each: the same claim again is not counted again.
-        assert_eq!(
-            watch.observe(3, [3; 32], [claim(1, 2, 9), claim(3, 2, 8)]),
-            Ok(1)
-        );
+        let again = [claim(1, 2, 9), claim(3, 2, 8)];
+        assert_eq!(watch.observe(3, [3; 32], again), judged(1, 1));
         // Claims of no commit, or outside the window, are ignored.
-        assert_eq!(
-            watch.observe(4, [4; 32], [claim(0, 0, 7), claim(1, 5000, 7)]),
-            Ok(0)
-        );
+        let ignored = [claim(0, 0, 7), claim(1, 5000, 7)];
+        assert_eq!(watch.observe(4, [4; 32], ignored), judged(0, 0));
     }
 
     #[test]
     fn a_quorum_on_another_root_means_this_node_diverged() {
         let mut watch = RootWatch::new(committee());
         watch.observe(1, [1; 32], []).unwrap();
-        assert_eq!(
-            watch.observe(2, [2; 32], [claim(0, 1, 5), claim(1, 1, 5)]),
-            Ok(2)
-        );
+        let deviant = Judged {
+            compared: 2,
+            deviant: 2,
+        };
+        let two = [claim(0, 1, 5), claim(1, 1, 5)];
+        assert_eq!(watch.observe(2, [2; 32], two), Ok(deviant));
         let stopped = watch.observe(3, [3; 32], [claim(2, 1, 5)]).unwrap_err();
         assert_eq!(
             stopped,

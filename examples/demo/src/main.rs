@@ -87,9 +87,9 @@ fn run(soma: &Path, dir: &Path) -> Result<()> {
     )?;
     let health = apis[0].get("/health")?.ok()?;
     println!(
-        "{VALIDATORS} validators run chain {} ({}…); encoders in genesis:",
+        "{VALIDATORS} validators run chain {} (id {}…); encoders in genesis:",
         health["chain"].as_str().unwrap_or_default(),
-        &health["chain_id"].as_str().unwrap_or_default()[..16]
+        short(health["chain_id"].as_str().unwrap_or_default())
     );
     for (_, package) in &packages[1..] {
         println!(

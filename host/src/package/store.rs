@@ -10,7 +10,7 @@
 //! into place, so a crash leaves either the whole blob or nothing. Reads
 //! verify the digest, so a blob damaged on disk is reported, never used.
 
-use super::{Package, PackageError, VerifiedPackage};
+use super::{Manifest, Package, PackageError, VerifiedPackage};
 use crate::digest::Digest;
 use std::fs;
 use std::io::{self, Write};
@@ -120,6 +120,17 @@ impl BlobStore {
         let path = self.dir.join("packages").join(digest.to_string());
         write_atomically(&self.dir.join("tmp"), &path, &header)?;
         Ok(digest)
+    }
+
+    /// The manifest of an installed package, read without its blobs and
+    /// not verified again: for showing what a package is, never for
+    /// running it.
+    pub fn manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        let header = read_named(&self.dir.join("packages").join(digest.to_string()), digest)?;
+        Package::decode_header(&header).map_err(|source| StoreError::InvalidPackage {
+            digest: *digest,
+            source,
+        })
     }
 
     /// Loads and re-verifies an installed package.

@@ -16,7 +16,7 @@
 use crate::block::{BlockError, BlockRef, SignedBlock, VerifiedBlock};
 use crate::committee::Committee;
 use soma_crypto::Signature;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 /// Decodes and verifies peers' blocks, each distinct copy once.
@@ -72,7 +72,7 @@ impl BlockVerifier {
         let mut recent = self.lock();
         for reference in references {
             let copies = (*reference, Signature([0; 64]))..=(*reference, Signature([u8::MAX; 64]));
-            let doomed: Vec<CopyKey> = recent.set.range(copies).copied().collect();
+            let doomed: Vec<CopyKey> = recent.set.range(copies).map(|(copy, _)| *copy).collect();
             for copy in doomed {
                 recent.remove(&copy);
             }
@@ -89,21 +89,30 @@ type CopyKey = (BlockRef, Signature);
 /// The copies verified lately, oldest first out.
 #[derive(Default)]
 struct RecentCopies {
-    set: BTreeSet<CopyKey>,
-    order: VecDeque<CopyKey>,
+    /// Each copy with the insertion that put it there.
+    set: BTreeMap<CopyKey, u64>,
+    /// Insertions, oldest first; one whose copy was removed (or inserted
+    /// again since) is stale and only waits to be popped.
+    order: VecDeque<(CopyKey, u64)>,
+    insertions: u64,
 }
 
 impl RecentCopies {
     /// Remembers `copy`; returns whether it is new.
     fn insert(&mut self, copy: CopyKey) -> bool {
-        if !self.set.insert(copy) {
+        if self.set.contains_key(&copy) {
             return false;
         }
-        self.order.push_back(copy);
-        if self.order.len() > BlockVerifier::CAPACITY
-            && let Some(oldest) = self.order.pop_front()
+        self.insertions += 1;
+        self.set.insert(copy, self.insertions);
+        self.order.push_back((copy, self.insertions));
+        while self.order.len() > BlockVerifier::CAPACITY
+            && let Some((oldest, insertion)) = self.order.pop_front()
         {
-            self.set.remove(&oldest);
+            // A stale entry must not evict the copy inserted again later.
+            if self.set.get(&oldest) == Some(&insertion) {
+                self.set.remove(&oldest);
+            }
         }
         true
     }
@@ -179,5 +188,32 @@ mod tests {
             Ok(Verdict::New(verified)) => assert_eq!(verified.block(), block.block()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_copy_removed_and_remembered_again_is_not_evicted_by_its_old_entry() {
+        let copy = |i: u32| {
+            (
+                BlockRef {
+                    round: i,
+                    author: AuthorityIndex(0),
+                    digest: [0; 32],
+                },
+                Signature([0; 64]),
+            )
+        };
+        let mut recent = RecentCopies::default();
+        assert!(recent.insert(copy(0)));
+        assert!(!recent.insert(copy(0)));
+        recent.remove(&copy(0));
+        assert!(recent.insert(copy(0)), "forgotten, so new again");
+        // Fill up to the capacity: the old entry of copy 0 goes first,
+        // and must not take its newer entry with it.
+        for i in 1..BlockVerifier::CAPACITY as u32 {
+            assert!(recent.insert(copy(i)));
+        }
+        assert!(!recent.insert(copy(0)), "still remembered");
+        assert!(recent.insert(copy(u32::MAX)));
+        assert!(recent.insert(copy(0)), "evicted as the oldest live copy");
     }
 }

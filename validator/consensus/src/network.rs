@@ -58,7 +58,8 @@ pub const FETCH_LIMIT: usize = 500;
 pub const MAX_ANSWER_BLOCKS: usize = 10_000;
 /// Largest answer of either kind.
 pub const MAX_FETCH_ANSWER: usize = 64 << 20;
-/// Bytes of blocks a rounds answer stops at (after its first whole round).
+/// Bytes of blocks a rounds answer stops at (after its first two whole
+/// rounds).
 pub const ROUNDS_ANSWER_BYTES: usize = 8 << 20;
 
 /// Header naming the sending validator.
@@ -347,7 +348,7 @@ impl RoundsRequest {
     }
 
     /// The answer from `store`: whole rounds from `from` on, lowest
-    /// first, as many as fit in [`ROUNDS_ANSWER_BYTES`] (at least one);
+    /// first, as many as fit in [`ROUNDS_ANSWER_BYTES`] (at least two);
     /// an answer's own limits ([`MAX_ANSWER_BLOCKS`], [`MAX_FETCH_ANSWER`])
     /// may cut the last round short.
     pub fn answer(&self, store: &dyn Store) -> Result<Vec<SignedBlock>, StoreError> {
