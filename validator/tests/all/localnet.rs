@@ -248,18 +248,23 @@ impl Transfers {
 /// Writes a four-validator network into `dir`; returns its configuration
 /// paths and the first port.
 pub(crate) fn genesis(dir: &Path) -> (Vec<PathBuf>, u16) {
-    genesis_with(dir, &[])
+    genesis_with(dir, 4, &[])
 }
 
-/// [`genesis`] with more arguments (encoders, a router).
-pub(crate) fn genesis_with(dir: &Path, args: &[&std::ffi::OsStr]) -> (Vec<PathBuf>, u16) {
+/// [`genesis`] of `validators` validators, with more arguments (encoders,
+/// a router).
+pub(crate) fn genesis_with(
+    dir: &Path,
+    validators: u16,
+    args: &[&std::ffi::OsStr],
+) -> (Vec<PathBuf>, u16) {
     // Consensus ports, then API ports.
-    let base = free_ports(8);
+    let base = free_ports(2 * validators);
     let output = Command::new(SOMA)
         .args([
             "genesis",
             "--validators",
-            "4",
+            &validators.to_string(),
             "--base-port",
             &base.to_string(),
             "--dir",

@@ -90,7 +90,7 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
         args.push(encoder.as_os_str());
     }
     let net = dir.path().join("net");
-    let (configs, base) = genesis_with(&net, &args);
+    let (configs, base) = genesis_with(&net, 4, &args);
     let client: ClientFile =
         serde_json::from_str(&std::fs::read_to_string(net.join("client.json")).unwrap()).unwrap();
     let api = |i: usize| client.apis[i].port();
@@ -482,4 +482,100 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     );
     let (_, models) = call(api(0), "GET", "/v1/models", None, b"");
     assert_eq!(models["data"][0]["id"], "soma");
+}
+
+/// Reads what the server sends on `stream` until it closes it (or
+/// `within` passes); the bytes read and how long it took.
+fn until_closed(stream: &mut std::net::TcpStream, within: Duration) -> (String, Duration) {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0; 4096];
+    while let Ok(n) = stream.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    (
+        String::from_utf8_lossy(&seen).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn the_api_holds_up_against_slow_many_and_malformed_clients() {
+    use soma_validator::api::{BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS};
+    use std::io::Write;
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, base) = genesis_with(dir.path(), 1, &[]);
+    let client: ClientFile =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("client.json")).unwrap())
+            .unwrap();
+    let port = client.apis[0].port();
+    let validators = start_all(&configs, base);
+    let healthy = || call(port, "GET", "/health", None, b"").0 == 200;
+    wait_for("the API", Duration::from_secs(60), healthy, &validators);
+    let connect = || TcpStream::connect(("127.0.0.1", port)).unwrap();
+
+    std::thread::scope(|s| {
+        // Headers never finished: closed at the header deadline.
+        let headers = s.spawn(|| {
+            let mut slow = connect();
+            slow.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+            until_closed(&mut slow, HEADER_TIMEOUT * 3)
+        });
+        // A body never finished: 408 at the body deadline.
+        let body = s.spawn(|| {
+            let mut slow = connect();
+            let head = format!(
+                "POST /v1/embeddings HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+                 content-length: 100\r\n\r\n{{\"input\"",
+                client.api_key
+            );
+            slow.write_all(head.as_bytes()).unwrap();
+            until_closed(&mut slow, BODY_TIMEOUT * 3)
+        });
+        let (_, waited) = headers.join().unwrap();
+        assert!(
+            waited >= HEADER_TIMEOUT - Duration::from_secs(1) && waited < HEADER_TIMEOUT * 2,
+            "{waited:?}"
+        );
+        let (answer, waited) = body.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("not received within"), "{answer}");
+        assert!(
+            waited >= BODY_TIMEOUT - Duration::from_secs(1),
+            "{waited:?}"
+        );
+    });
+
+    // JSON nested past the parser's depth limit: refused, not a crash.
+    let deep = format!("{{\"input\":{}}}", "[".repeat(100_000));
+    let key = Some(client.api_key.as_str());
+    assert_refused(
+        call(port, "POST", "/v1/embeddings", key, deep.as_bytes()),
+        400,
+        "invalid request",
+    );
+
+    // At the connection cap, another connection is closed at once; the
+    // API answers again once the idle ones reach their header deadline.
+    let held: Vec<TcpStream> = (0..MAX_CONNECTIONS).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut extra = connect();
+    let _ = extra.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n");
+    let (answer, _) = until_closed(&mut extra, Duration::from_secs(5));
+    assert!(answer.is_empty(), "{answer}");
+    wait_for(
+        "the API after the idle connections closed",
+        HEADER_TIMEOUT * 3,
+        healthy,
+        &validators,
+    );
+    drop(held);
+    assert!(metric(port, "soma_api_throttled_total") >= 1);
+    assert!(healthy());
 }
