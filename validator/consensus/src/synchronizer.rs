@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::StatusCode;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -26,6 +26,11 @@ pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 /// Most fetches in flight at once; more wait for the next tick.
 const MAX_FETCHES: usize = 8;
 
+/// Most fetches in flight to one peer: a peer that stalls its answers
+/// (pushing blocks with made-up parents to be asked for them) holds at
+/// most this many of [`MAX_FETCHES`].
+const PEER_FETCHES: usize = 1;
+
 /// How long one request and its answer may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,6 +40,8 @@ pub(crate) struct Synchronizer {
     /// References asked for and not answered yet: never asked twice at once.
     in_flight: Arc<Mutex<BTreeSet<BlockRef>>>,
     fetches: Arc<Semaphore>,
+    /// Fetches in flight per peer.
+    per_peer: PeerSlots,
     /// Whether a rounds request is out: one at a time.
     catching_up: Arc<AtomicBool>,
     /// The peer asked last by the periodic sync; peers are asked in turn.
@@ -44,10 +51,12 @@ pub(crate) struct Synchronizer {
 impl Synchronizer {
     pub(crate) fn new(shared: Arc<Shared>) -> Synchronizer {
         let turn = shared.authority.0;
+        let peers = shared.committee.size();
         Synchronizer {
             shared,
             in_flight: Arc::default(),
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
+            per_peer: PeerSlots::new(peers, PEER_FETCHES),
             catching_up: Arc::default(),
             turn,
         }
@@ -91,8 +100,12 @@ impl Synchronizer {
 
     /// Asks `peer` for the blocks of `request` not already asked for.
     pub(crate) fn fetch(&self, peer: AuthorityIndex, mut request: FetchRequest) {
+        // Both are given back when the fetch ends; without them the
+        // periodic sync asks again.
+        let Some(slot) = self.per_peer.take(peer) else {
+            return;
+        };
         let Ok(permit) = self.fetches.clone().try_acquire_owned() else {
-            // The periodic sync asks again.
             return;
         };
         {
@@ -119,7 +132,7 @@ impl Synchronizer {
             for reference in &asked {
                 in_flight.remove(reference);
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
 
@@ -130,6 +143,49 @@ impl Synchronizer {
             self.turn = (self.turn + 1) % n;
         }
         AuthorityIndex(self.turn)
+    }
+}
+
+/// A count of what is in flight per peer, each under a cap.
+#[derive(Clone)]
+struct PeerSlots {
+    taken: Arc<Vec<AtomicUsize>>,
+    cap: usize,
+}
+
+/// One of a peer's slots, given back when dropped.
+struct PeerSlot {
+    slots: PeerSlots,
+    peer: usize,
+}
+
+impl PeerSlots {
+    fn new(peers: usize, cap: usize) -> PeerSlots {
+        PeerSlots {
+            taken: Arc::new((0..peers).map(|_| AtomicUsize::new(0)).collect()),
+            cap,
+        }
+    }
+
+    /// A slot of `peer`'s, if it has one free.
+    fn take(&self, peer: AuthorityIndex) -> Option<PeerSlot> {
+        let peer = peer.0 as usize;
+        let taken = self.taken.get(peer)?;
+        taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cap).then_some(n + 1)
+            })
+            .ok()?;
+        Some(PeerSlot {
+            slots: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        self.slots.taken[self.peer].fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -203,4 +259,26 @@ async fn deliver(shared: &Shared, peer: AuthorityIndex, blocks: Vec<VerifiedBloc
             from: Some(peer),
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_holds_at_most_its_slots_and_gets_them_back() {
+        let slots = PeerSlots::new(3, 1);
+        let first = slots.take(AuthorityIndex(1)).unwrap();
+        assert!(
+            slots.take(AuthorityIndex(1)).is_none(),
+            "its one slot is taken"
+        );
+        assert!(
+            slots.take(AuthorityIndex(2)).is_some(),
+            "others are not held up"
+        );
+        assert!(slots.take(AuthorityIndex(3)).is_none(), "no such peer");
+        drop(first);
+        assert!(slots.take(AuthorityIndex(1)).is_some());
+    }
 }
