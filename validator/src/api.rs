@@ -331,6 +331,7 @@ impl Api {
     }
 
     fn submit(&self, signed: &SignedTransaction) -> Result<(), Refused> {
+        self.shared.track(signed.digest());
         self.shared
             .submitter()
             .submit(signed.to_bytes())

@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub(crate) struct NodeMetrics {
     pub(crate) commits_applied: AtomicU64,
+    /// Milliseconds from submission through the API to commit, summed,
+    /// and how many were measured.
+    pub(crate) commit_latency_ms: AtomicU64,
+    pub(crate) commit_latency_count: AtomicU64,
     pub(crate) transactions_applied: AtomicU64,
     pub(crate) transactions_rejected: AtomicU64,
     pub(crate) attestations_submitted: AtomicU64,
@@ -20,7 +24,8 @@ pub(crate) struct NodeMetrics {
     pub(crate) encoder_outcomes: [AtomicU64; Outcome::ALL.len()],
     pub(crate) jobs_finalised: AtomicU64,
     pub(crate) jobs_expired: AtomicU64,
-    /// Milliseconds `POST /v1/embeddings` waited for its jobs, summed.
+    /// Milliseconds `POST /v1/embeddings` waited for its jobs to be
+    /// finalised, summed.
     pub(crate) embedding_wait_ms: AtomicU64,
     pub(crate) embeddings_served: AtomicU64,
     /// API requests answered with a 4xx.
@@ -54,6 +59,21 @@ pub(crate) fn render(shared: &Shared) -> String {
         "counter",
         "Commits the executor applied since the node started.",
         &[("", load(&m.commits_applied))],
+    );
+    metric(
+        "commit_latency_milliseconds",
+        "summary",
+        "Time from a transaction's submission through the API to its commit.",
+        &[
+            ("_sum", load(&m.commit_latency_ms)),
+            ("_count", load(&m.commit_latency_count)),
+        ],
+    );
+    metric(
+        "mempool_bytes",
+        "gauge",
+        "Bytes of transactions submitted here and not yet in a block.",
+        &[("", load(&consensus.mempool_bytes))],
     );
     metric(
         "next_commit_index",

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Commits read back from the consensus store at once while catching up.
@@ -58,8 +58,16 @@ pub(crate) struct Shared {
     pub(crate) api_keys: BTreeMap<[u8; 32], SecretKey>,
     /// Nonces this node hands out per account it signs for.
     nonces: Mutex<BTreeMap<PublicKey, Nonces>>,
+    /// When transactions submitted through the API were submitted, until
+    /// they are committed (at most [`TRACKED_SUBMISSIONS`]).
+    submitted: Mutex<BTreeMap<Digest, Instant>>,
     pub(crate) metrics: NodeMetrics,
 }
+
+/// Submissions whose commit latency is measured at once.
+const TRACKED_SUBMISSIONS: usize = 10_000;
+/// How long a submission is waited for before it is no longer measured.
+const FORGET_SUBMISSIONS_AFTER: Duration = Duration::from_secs(600);
 
 /// The nonces handed out for one account.
 struct Nonces {
@@ -95,6 +103,19 @@ impl Shared {
         entry.next = nonce + 1;
         entry.outstanding += 1;
         nonce
+    }
+
+    /// Notes that `transaction` was submitted now, to measure how long it
+    /// takes to be committed.
+    pub(crate) fn track(&self, transaction: Digest) {
+        let mut submitted = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
+        if submitted.len() >= TRACKED_SUBMISSIONS {
+            // Those never committed (refused in apply, or dropped) go.
+            submitted.retain(|_, at| at.elapsed() < FORGET_SUBMISSIONS_AFTER);
+        }
+        if submitted.len() < TRACKED_SUBMISSIONS {
+            submitted.insert(transaction, Instant::now());
+        }
     }
 
     /// Ends a request's hold on a nonce of `account`. Once no request holds
@@ -195,6 +216,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         submitter: OnceLock::new(),
         api_keys,
         nonces: Mutex::default(),
+        submitted: Mutex::default(),
         metrics: NodeMetrics::default(),
     });
 
@@ -358,12 +380,26 @@ impl Applier {
         .with_context(|| format!("cannot apply commit {index}"))?;
         let metrics = &self.shared.metrics;
         metrics.commits_applied.fetch_add(1, Ordering::Relaxed);
-        for receipt in &effects.receipts {
-            let counter = match receipt.rejection {
-                None => &metrics.transactions_applied,
-                Some(_) => &metrics.transactions_rejected,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut submitted = self
+                .shared
+                .submitted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for receipt in &effects.receipts {
+                let counter = match receipt.rejection {
+                    None => &metrics.transactions_applied,
+                    Some(_) => &metrics.transactions_rejected,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = receipt.transaction.and_then(|d| submitted.remove(&d)) {
+                    let waited = at.elapsed().as_millis() as u64;
+                    metrics
+                        .commit_latency_ms
+                        .fetch_add(waited, Ordering::Relaxed);
+                    metrics.commit_latency_count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         let judged = self.roots.observe(index + 1, effects.root, claims)?;
         metrics

@@ -239,6 +239,12 @@ impl Core {
         self.state_root = root;
     }
 
+    /// Bytes of the transactions waiting for this validator's blocks
+    /// (each counted at least at its minimum cost).
+    pub fn pending_transaction_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     /// Whether [`Core::submit`] would take another transaction.
     pub fn has_room_for_transactions(&self) -> bool {
         self.pending_bytes + MAX_TRANSACTION_BYTES <= self.params.max_pending_transaction_bytes

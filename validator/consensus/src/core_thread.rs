@@ -58,6 +58,12 @@ pub(crate) async fn run(
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         core.set_state_root(*shared.state_root.lock().unwrap_or_else(|e| e.into_inner()));
+        let mempool =
+            core.pending_transaction_bytes() + shared.queued_bytes.load(Ordering::Acquire);
+        shared
+            .metrics
+            .mempool_bytes
+            .store(mempool as u64, Ordering::Relaxed);
         // Submissions wait here until the core's pool has room for them.
         while core.has_room_for_transactions()
             && let Ok(transaction) = channels.submitted.try_recv()

@@ -134,6 +134,9 @@ pub struct Metrics {
     pub committed_transactions: AtomicU64,
     /// Rounds requests sent while catching up.
     pub catch_up_requests: AtomicU64,
+    /// Bytes of transactions submitted here and not yet in a block: the
+    /// core's pool and what waits to enter it.
+    pub mempool_bytes: AtomicU64,
     /// Connections closed because a response waited longer than
     /// [`WRITE_TIMEOUT`](crate::WRITE_TIMEOUT) for the client to read.
     pub write_timeouts: AtomicU64,

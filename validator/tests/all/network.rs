@@ -353,6 +353,9 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
 
     let value = |name| metric(api(0), name);
     assert_eq!(value("soma_embeddings_served_total"), 3);
+    // The three submissions' commits were timed.
+    assert!(value("soma_commit_latency_milliseconds_count") >= 3);
+    assert!(value("soma_commit_latency_milliseconds_sum") > 0);
     assert!(value("soma_api_refused_total") >= 20);
     // Blocks' state-root claims were compared, and matched, on every
     // validator, validator 3 (which rebuilt its state) included.
