@@ -500,8 +500,10 @@ impl Api {
             }
             JobStatus::Finalised(f) => {
                 value["status"] = "finalised".into();
+                let root = self.shared.state.root_after(f.commit).ok().flatten();
                 value["finalisation"] = json!({
                     "commit": f.commit,
+                    "state_root": root.map(hex::encode),
                     "encoders": f.encoders.iter().zip(&names).map(|(e, name)| json!({
                         "package": e.package.to_string(),
                         "name": name,

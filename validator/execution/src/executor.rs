@@ -638,6 +638,11 @@ impl StateReader {
         Ok(self.store.read(&[], Space::Jobs, &id.0)?)
     }
 
+    /// The state root after commit `index`, if this node applied it.
+    pub fn root_after(&self, index: u64) -> Result<Option<[u8; 32]>, ExecutionError> {
+        Ok(self.store.root_after(index)?)
+    }
+
     /// The jobs still waiting for attestations, by deadline: what a job
     /// runner that restarted has left to compute.
     pub fn pending_jobs(&self) -> Result<Vec<Digest>, ExecutionError> {

@@ -303,6 +303,9 @@ pub struct StateStore {
     deadlines: fjall::Keyspace,
     retired: fjall::Keyspace,
     receipts: fjall::Keyspace,
+    /// The state root after each commit (by index): a record for readers,
+    /// not part of the root itself.
+    roots: fjall::Keyspace,
     meta: fjall::Keyspace,
 }
 
@@ -320,6 +323,7 @@ impl StateStore {
             deadlines: db.keyspace("deadlines", options)?,
             retired: db.keyspace("retired", options)?,
             receipts: db.keyspace("receipts", options)?,
+            roots: db.keyspace("roots", options)?,
             meta: db.keyspace("meta", options)?,
             db,
         })
@@ -382,9 +386,21 @@ impl StateStore {
                 receipt.as_slice(),
             );
         }
+        batch.insert(&self.roots, commit.to_be_bytes(), applied.root);
         batch.insert(&self.meta, APPLIED, applied.to_bytes());
         batch.commit()?;
         Ok(())
+    }
+
+    /// The state root after commit `index`, if it was applied.
+    pub(crate) fn root_after(&self, index: u64) -> Result<Option<[u8; 32]>, StateError> {
+        let Some(root) = self.roots.get(index.to_be_bytes())? else {
+            return Ok(None);
+        };
+        root.as_ref()
+            .try_into()
+            .map(Some)
+            .map_err(|_| StateError::inconsistent("root", "is not 32 bytes"))
     }
 
     /// The receipts of commit `index`, in transaction order.

@@ -289,6 +289,10 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     // disqualified and slashed; an honest one is rewarded.
     let decided = job(0);
     assert_eq!(decided["status"], "finalised", "{decided}");
+    // The root it was finalised in: the same on every validator (compared
+    // below with validator 3's, rebuilt from its consensus store).
+    let root = decided["finalisation"]["state_root"].as_str().unwrap();
+    assert_eq!(hex::decode(root).unwrap().len(), 32);
     let scores = decided["finalisation"]["encoders"].as_array().unwrap();
     let named = |name: &'static str| scores.iter().filter(move |e| e["name"] == name);
     let random = named("random-encoder").next().unwrap();
