@@ -491,6 +491,18 @@ impl Api {
             "region": job.region,
             "deadline": job.deadline,
             "attesters": keys(&job.attesters),
+            "attestations": job.attesters.iter().map(|v| {
+                let results = self.shared.state.attestation(id, v).ok().flatten().unwrap_or_default();
+                json!({
+                    "validator": hex::encode(v.to_bytes()),
+                    "results": results.iter().zip(&job.shard).map(|(r, package)| json!({
+                        "package": package.to_string(),
+                        "outcome": r.outcome.name(),
+                        "loss": fixed(i64::from(r.loss)),
+                        "fuel": r.fuel,
+                    })).collect::<Vec<_>>(),
+                })
+            }).collect::<Vec<_>>(),
         });
         match &job.status {
             JobStatus::Pending => value["status"] = "pending".into(),

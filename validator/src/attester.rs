@@ -29,8 +29,8 @@ use std::time::Duration;
 pub(crate) const RESUBMIT_AFTER: u64 = 50;
 /// How long a peer may take to send a package.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Packages asked for again at most (the oldest are kept): each costs a
-/// request to every peer per retry.
+/// Packages asked for again at most (the first wanted are kept): each
+/// costs a request to every peer per retry.
 const MAX_WANTED: usize = 64;
 /// Commits between two attempts at jobs waiting for a package.
 const RETRY_EVERY: u64 = 20;
@@ -156,7 +156,10 @@ impl Attester {
             return;
         }
         let mut computed = self.runner.compute(&job, &self.shared.parameters);
+        // A package already wanted is asked for once per retry, not once
+        // per job that needs it.
         if let Err(RunnerError::MissingPackage(package)) = computed
+            && !self.wanted.contains(&package)
             && self.fetch(&package)
         {
             computed = self.runner.compute(&job, &self.shared.parameters);
@@ -178,11 +181,16 @@ impl Attester {
             self.shared.metrics.encoder_outcomes[result.outcome as usize]
                 .fetch_add(1, Ordering::Relaxed);
         }
+        self.send(id, results);
+    }
+
+    /// Submits `results` for `job` under this validator's next nonce.
+    fn send(&mut self, job: Digest, results: Vec<EncoderResult>) {
         let at = self.shared.applied.borrow().next_index;
         let nonce = self.next_nonce.max(self.account_nonce());
         self.next_nonce = nonce + 1;
         let attestation = InFlight {
-            job: id,
+            job,
             results,
             submitted_at: at,
         };
@@ -269,10 +277,17 @@ impl Attester {
         let used = std::mem::replace(&mut self.in_flight, later);
         // A used nonce is not an applied attestation: another transaction
         // of this key may have taken it (one signed before a restart).
-        // A job that still lacks this validator's attestation is attested
-        // again.
+        // A job still pending without this validator's attestation gets
+        // the same results again, under a new nonce.
         for (_, attestation) in used {
-            self.attest(attestation.job);
+            let needed = self.shared.state.job(&attestation.job).is_ok_and(|job| {
+                job.is_some_and(|j| {
+                    j.status == JobStatus::Pending && !j.attesters.contains(&self.me)
+                })
+            });
+            if needed {
+                self.send(attestation.job, attestation.results);
+            }
         }
         let stale = self
             .in_flight
@@ -297,16 +312,17 @@ impl Attester {
     }
 
     /// Asks peers again for the wanted packages of encoders still
-    /// registered (at most [`MAX_WANTED`] are kept), then attests the jobs
+    /// registered, then attests the jobs
     /// that were waiting (`attest` drops those that no longer need this
     /// validator).
     fn retry(&mut self) {
         let wanted = std::mem::take(&mut self.wanted);
+        // Packages of deregistered encoders are no longer wanted (one whose
+        // registration cannot be read now stays).
         self.wanted = wanted
             .into_iter()
-            .filter(|p| matches!(self.shared.state.encoder(p), Ok(Some(_))))
+            .filter(|p| !matches!(self.shared.state.encoder(p), Ok(None)))
             .filter(|p| !self.fetch(p))
-            .take(MAX_WANTED)
             .collect();
         for job in std::mem::take(&mut self.waiting) {
             self.attest(job);

@@ -125,7 +125,19 @@ impl ApiClient {
                     format!("{}: no whole answer within {:?}", failed(), self.timeout)
                 })?;
             stream.set_read_timeout(Some(left))?;
-            let n = stream.read(&mut chunk).with_context(failed)?;
+            let n = match stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    bail!("{}: no whole answer within {:?}", failed(), self.timeout)
+                }
+                Err(e) => return Err(e).with_context(failed),
+            };
             if n == 0 {
                 break;
             }

@@ -60,8 +60,17 @@ pub(crate) struct Shared {
     nonces: Mutex<BTreeMap<PublicKey, Nonces>>,
     /// When transactions submitted through the API were submitted, until
     /// they are committed (at most [`TRACKED_SUBMISSIONS`]).
-    submitted: Mutex<BTreeMap<Digest, Instant>>,
+    submitted: Mutex<Submissions>,
     pub(crate) metrics: NodeMetrics,
+}
+
+/// Submissions through the API waiting to be committed, and when they
+/// were made.
+#[derive(Default)]
+struct Submissions {
+    at: BTreeMap<Digest, Instant>,
+    /// When entries were last dropped for age.
+    pruned: Option<Instant>,
 }
 
 /// Submissions whose commit latency is measured at once.
@@ -109,12 +118,22 @@ impl Shared {
     /// takes to be committed.
     pub(crate) fn track(&self, transaction: Digest) {
         let mut submitted = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
-        if submitted.len() >= TRACKED_SUBMISSIONS {
-            // Those never committed (refused in apply, or dropped) go.
-            submitted.retain(|_, at| at.elapsed() < FORGET_SUBMISSIONS_AFTER);
+        let now = Instant::now();
+        // Those never committed (refused in apply, or dropped) go, at most
+        // once a minute: a full map of recent ones is not rescanned for
+        // every submission.
+        if submitted.at.len() >= TRACKED_SUBMISSIONS
+            && submitted
+                .pruned
+                .is_none_or(|p| now - p > Duration::from_secs(60))
+        {
+            submitted
+                .at
+                .retain(|_, at| now - *at < FORGET_SUBMISSIONS_AFTER);
+            submitted.pruned = Some(now);
         }
-        if submitted.len() < TRACKED_SUBMISSIONS {
-            submitted.insert(transaction, Instant::now());
+        if submitted.at.len() < TRACKED_SUBMISSIONS {
+            submitted.at.insert(transaction, now);
         }
     }
 
@@ -240,6 +259,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         executor: Arc::new(Mutex::new(executor)),
         work,
         roots: RootWatch::new(committee_for_roots),
+        me: authority,
     };
     tokio::pin!(stop);
     // Commits this node's consensus recorded before the executor applied
@@ -303,6 +323,8 @@ struct Applier {
     work: std::sync::mpsc::Sender<Work>,
     /// This node's roots against those its peers' blocks claim.
     roots: RootWatch,
+    /// This validator.
+    me: AuthorityIndex,
 }
 
 impl Applier {
@@ -340,10 +362,12 @@ impl Applier {
     /// claim the new one.
     async fn apply(&mut self, node: &Node, subdag: CommittedSubDag) -> Result<()> {
         let index = subdag.index;
+        // Its own blocks' claims tell this node nothing.
         let claims: Vec<(AuthorityIndex, StateRoot)> = subdag
             .blocks
             .iter()
             .map(|b| (b.reference().author, b.block().state_root))
+            .filter(|(author, _)| *author != self.me)
             .collect();
         let executor = self.executor.clone();
         let (effects, work) = tokio::task::spawn_blocking(move || {
@@ -392,7 +416,7 @@ impl Applier {
                     Some(_) => &metrics.transactions_rejected,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                if let Some(at) = receipt.transaction.and_then(|d| submitted.remove(&d)) {
+                if let Some(at) = receipt.transaction.and_then(|d| submitted.at.remove(&d)) {
                     let waited = at.elapsed().as_millis() as u64;
                     metrics
                         .commit_latency_ms

@@ -7,8 +7,10 @@
 //! ```
 //!
 //! Writes are atomic: a file is written and synced under `tmp/`, then renamed
-//! into place, so a crash leaves either the whole blob or nothing. Reads
-//! verify the digest, so a blob damaged on disk is reported, never used.
+//! into place, so a crash leaves either the whole blob or nothing. Blob
+//! reads verify the digest, so a blob damaged on disk is reported, never
+//! used; [`BlobStore::manifest`] alone reads a package's manifest without
+//! its blobs, for showing it, never for running it.
 
 use super::{Manifest, Package, PackageError, VerifiedPackage};
 use crate::digest::Digest;
@@ -126,21 +128,27 @@ impl BlobStore {
     /// not verified again: for showing what a package is, never for
     /// running it.
     pub fn manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        Ok(self.header(digest)?.1)
+    }
+
+    /// An installed package's header file and the manifest in it.
+    fn header(&self, digest: &Digest) -> Result<(Vec<u8>, Manifest), StoreError> {
         let header = read_named(&self.dir.join("packages").join(digest.to_string()), digest)?;
-        Package::decode_header(&header).map_err(|source| StoreError::InvalidPackage {
-            digest: *digest,
-            source,
-        })
+        let manifest =
+            Package::decode_header(&header).map_err(|source| StoreError::InvalidPackage {
+                digest: *digest,
+                source,
+            })?;
+        Ok((header, manifest))
     }
 
     /// Loads and re-verifies an installed package.
     pub fn package(&self, digest: &Digest) -> Result<VerifiedPackage, StoreError> {
-        let header = read_named(&self.dir.join("packages").join(digest.to_string()), digest)?;
+        let (header, manifest) = self.header(digest)?;
         let invalid = |source| StoreError::InvalidPackage {
             digest: *digest,
             source,
         };
-        let manifest = Package::decode_header(&header).map_err(invalid)?;
         let component = self.get(&manifest.component.digest)?;
         let models = manifest
             .models

@@ -118,7 +118,14 @@ impl RecentCopies {
     }
 
     fn remove(&mut self, copy: &CopyKey) {
-        self.set.remove(copy);
+        let Some(insertion) = self.set.remove(copy) else {
+            return;
+        };
+        // A copy that failed is removed right after it was inserted: its
+        // entry goes too, so invalid blocks do not crowd out valid ones.
+        if self.order.back() == Some(&(*copy, insertion)) {
+            self.order.pop_back();
+        }
     }
 }
 
@@ -203,17 +210,23 @@ mod tests {
             )
         };
         let mut recent = RecentCopies::default();
+        // A copy that fails right away leaves nothing behind.
+        assert!(recent.insert(copy(7)));
+        recent.remove(&copy(7));
+        assert!(recent.order.is_empty());
         assert!(recent.insert(copy(0)));
         assert!(!recent.insert(copy(0)));
+        assert!(recent.insert(copy(1)));
         recent.remove(&copy(0));
         assert!(recent.insert(copy(0)), "forgotten, so new again");
-        // Fill up to the capacity: the old entry of copy 0 goes first,
+        // Fill up to the capacity: the stale entry of copy 0 goes first,
         // and must not take its newer entry with it.
-        for i in 1..BlockVerifier::CAPACITY as u32 {
+        for i in 2..BlockVerifier::CAPACITY as u32 {
             assert!(recent.insert(copy(i)));
         }
         assert!(!recent.insert(copy(0)), "still remembered");
-        assert!(recent.insert(copy(u32::MAX)));
+        assert!(recent.insert(copy(u32::MAX)), "evicts copy 1");
+        assert!(recent.insert(copy(u32::MAX - 1)), "evicts copy 0");
         assert!(recent.insert(copy(0)), "evicted as the oldest live copy");
     }
 }

@@ -28,7 +28,8 @@ const MAX_FETCHES: usize = 8;
 
 /// Most fetches in flight to one peer: a peer that stalls its answers
 /// (pushing blocks with made-up parents to be asked for them) holds at
-/// most this many of [`MAX_FETCHES`].
+/// most this many of [`MAX_FETCHES`]. (With fewer than nine peers,
+/// [`MAX_FETCHES`] is never the limit.)
 const PEER_FETCHES: usize = 1;
 
 /// How long one request and its answer may take.

@@ -24,7 +24,7 @@ use crate::state::{
     StateError, StateStore, TREASURY, Validator, encoder_key,
 };
 use crate::transaction::{Action, SignedTransaction};
-use crate::view::{Stop, View};
+use crate::view::{Stop, View, attestation_key};
 use crate::{finalise, routing, shard};
 use soma_codec::{Decode, Encode, Writer};
 use soma_crypto::{Domain, PublicKey, Signature};
@@ -636,6 +636,19 @@ impl StateReader {
     /// The job `id`, if one was submitted.
     pub fn job(&self, id: &Digest) -> Result<Option<Job>, ExecutionError> {
         Ok(self.store.read(&[], Space::Jobs, &id.0)?)
+    }
+
+    /// What `validator` attested for job `job`, if its attestation applied:
+    /// one result per shard encoder, in shard order.
+    pub fn attestation(
+        &self,
+        job: &Digest,
+        validator: &PublicKey,
+    ) -> Result<Option<Vec<EncoderResult>>, ExecutionError> {
+        Ok(self
+            .store
+            .read::<Attestation>(&[], Space::Attestations, &attestation_key(job, validator))?
+            .map(|a| a.0))
     }
 
     /// The state root after commit `index`, if this node applied it.

@@ -273,7 +273,7 @@ impl View<'_> {
     }
 }
 
-fn attestation_key(job: &Digest, validator: &PublicKey) -> [u8; 64] {
+pub(crate) fn attestation_key(job: &Digest, validator: &PublicKey) -> [u8; 64] {
     let mut key = [0; 64];
     key[..32].copy_from_slice(&job.0);
     key[32..].copy_from_slice(&validator.to_bytes());

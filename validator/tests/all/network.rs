@@ -293,6 +293,12 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     // below with validator 3's, rebuilt from its consensus store).
     let root = decided["finalisation"]["state_root"].as_str().unwrap();
     assert_eq!(hex::decode(root).unwrap().len(), 32);
+    // Each attester's results are shown, one per shard encoder.
+    let attestations = decided["attestations"].as_array().unwrap();
+    assert_eq!(attestations.len(), 3, "the three validators up");
+    for a in attestations {
+        assert_eq!(a["results"].as_array().unwrap().len(), 3, "{a}");
+    }
     let scores = decided["finalisation"]["encoders"].as_array().unwrap();
     let named = |name: &'static str| scores.iter().filter(move |e| e["name"] == name);
     let random = named("random-encoder").next().unwrap();
@@ -560,7 +566,11 @@ fn the_api_holds_up_against_slow_many_and_malformed_clients() {
     });
 
     // JSON nested past the parser's depth limit: refused, not a crash.
-    let deep = format!("{{\"input\":{}}}", "[".repeat(100_000));
+    let deep = format!(
+        "{{\"input\":{}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let key = Some(client.api_key.as_str());
     assert_refused(
         call(port, "POST", "/v1/embeddings", key, deep.as_bytes()),
@@ -574,8 +584,12 @@ fn the_api_holds_up_against_slow_many_and_malformed_clients() {
     std::thread::sleep(Duration::from_millis(500));
     let mut extra = connect();
     let _ = extra.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n");
-    let (answer, _) = until_closed(&mut extra, Duration::from_secs(5));
+    let (answer, waited) = until_closed(&mut extra, Duration::from_secs(5));
     assert!(answer.is_empty(), "{answer}");
+    assert!(
+        waited < Duration::from_secs(1),
+        "closed only after {waited:?}"
+    );
     wait_for(
         "the API after the idle connections closed",
         HEADER_TIMEOUT * 3,
