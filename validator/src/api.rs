@@ -6,7 +6,9 @@
 //! closed on arrival), the time to send headers and body, body sizes per
 //! path, embedding requests in flight (429 with `Retry-After` beyond), and
 //! what one embedding request may ask for. Every refusal is JSON with a
-//! reason, in OpenAI's error shape, and a 4xx status.
+//! reason, in OpenAI's error shape: 4xx for what the client must change
+//! (408 and 429 for slow or too many), 5xx when the node cannot answer
+//! now.
 
 use crate::admission::{self, Refusal};
 use crate::metrics;

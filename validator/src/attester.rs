@@ -127,11 +127,8 @@ impl Attester {
                 Work::Job(job) => self.attest(job),
                 Work::Applied(index) => self.applied(index),
                 Work::Fetch(package) => {
-                    if !self.fetch(&package)
-                        && !self.wanted.contains(&package)
-                        && self.wanted.len() < MAX_WANTED
-                    {
-                        self.wanted.push(package);
+                    if !self.fetch(&package) {
+                        self.want(package);
                     }
                 }
             }
@@ -160,9 +157,12 @@ impl Attester {
         // per job that needs it.
         if let Err(RunnerError::MissingPackage(package)) = computed
             && !self.wanted.contains(&package)
-            && self.fetch(&package)
         {
-            computed = self.runner.compute(&job, &self.shared.parameters);
+            if self.fetch(&package) {
+                computed = self.runner.compute(&job, &self.shared.parameters);
+            } else {
+                self.want(package);
+            }
         }
         let results = match computed {
             Ok(results) => results,
@@ -311,10 +311,17 @@ impl Attester {
         }
     }
 
+    /// Notes `package` as wanted: asked for again every [`RETRY_EVERY`]
+    /// commits (if fewer than [`MAX_WANTED`] are).
+    fn want(&mut self, package: Digest) {
+        if !self.wanted.contains(&package) && self.wanted.len() < MAX_WANTED {
+            self.wanted.push(package);
+        }
+    }
+
     /// Asks peers again for the wanted packages of encoders still
-    /// registered, then attests the jobs
-    /// that were waiting (`attest` drops those that no longer need this
-    /// validator).
+    /// registered, then attests the jobs that were waiting (`attest` drops
+    /// those that no longer need this validator).
     fn retry(&mut self) {
         let wanted = std::mem::take(&mut self.wanted);
         // Packages of deregistered encoders are no longer wanted (one whose
