@@ -452,6 +452,22 @@ fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
     assert!(genesis(&["--validators", "1"]).0);
     let (ok, stderr) = genesis(&["--validators", "1"]);
     assert!(!ok && stderr.contains("already exists"), "{stderr}");
+    // An encoder that is not a signed package is refused before any
+    // validator would read it.
+    let other = tempfile::tempdir().unwrap();
+    let fake = other.path().join("fake.somapkg");
+    std::fs::write(&fake, b"not a package").unwrap();
+    let (ok, stderr) = soma(&[
+        "genesis".as_ref(),
+        "--dir".as_ref(),
+        other.path().join("net").as_os_str(),
+        "--encoder".as_ref(),
+        fake.as_os_str(),
+    ]);
+    assert!(
+        !ok && stderr.contains("is not a valid signed package"),
+        "{stderr}"
+    );
 
     let missing = dir.path().join("nowhere/config.json");
     let (ok, stderr) = soma(&["node".as_ref(), "--config".as_ref(), missing.as_os_str()]);
