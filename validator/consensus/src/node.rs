@@ -5,8 +5,7 @@
 //! (`synchronizer`) and the check of peers' blocks (`block_verifier`).
 //! This file starts them and holds what they share.
 
-use crate::block::MAX_TRANSACTION_BYTES;
-use crate::block::{StateRoot, VerifiedBlock};
+use crate::block::{MAX_TRANSACTION_BYTES, StateRoot, VerifiedBlock};
 use crate::block_verifier::BlockVerifier;
 use crate::committee::{AuthorityIndex, Committee};
 use crate::core::{Core, CoreError, Parameters, SubmitError};
