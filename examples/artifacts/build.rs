@@ -20,6 +20,7 @@ const GUESTS: &[&str] = &[
     "copycat-encoder",
     "specialist-encoder",
     "router-encoder",
+    "scripted-encoder",
 ];
 
 /// Example encoders in other languages: (crate-like name, source file,

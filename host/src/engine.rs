@@ -49,12 +49,18 @@ impl Engine {
     /// Compiles a component, checks that it implements the `encoder` world
     /// and reads its [`crate::EncoderInfo`].
     pub fn load(&self, component: &[u8]) -> Result<Encoder, Error> {
-        let compiled = self.compile(component, &Limits::default())?;
+        self.load_with(component, &Limits::default())
+    }
+
+    /// Like [`Engine::load`], with the start-up work (pre-initialisation and
+    /// `info()`) under `limits`.
+    pub fn load_with(&self, component: &[u8], limits: &Limits) -> Result<Encoder, Error> {
+        let compiled = self.compile(component, limits)?;
         Encoder::link(
             self.runtime.clone(),
             &compiled,
             PackageModels::default(),
-            &Limits::default(),
+            limits,
         )
     }
 

@@ -25,7 +25,7 @@ use soma_codec::Encode;
 use soma_consensus::SubmitRefused;
 use soma_crypto::PublicKey;
 use soma_crypto::SecretKey;
-use soma_execution::{Action, Job, JobStatus, SignedTransaction, Transaction};
+use soma_execution::{Action, Job, JobStatus, Parameters, SignedTransaction, Transaction};
 use soma_host::Digest;
 use soma_host::package::Package;
 use std::collections::BTreeMap;
@@ -563,9 +563,8 @@ impl Api {
     async fn embeddings(&self, request: Request<Incoming>) -> Result<Reply, Refused> {
         let (account, api_key) = self.authorize(&request)?;
         let body = self.body(request, MAX_JSON_BODY).await?;
-        let request: EmbeddingsRequest = serde_json::from_slice(&body)
-            .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?;
-        let inputs = request.inputs(&self.shared)?;
+        let EmbeddingsCall { inputs, base64 } =
+            EmbeddingsCall::parse(&body, &self.shared.parameters)?;
         let Ok(_permit) = self.embedding_requests.try_acquire() else {
             return Err(busy(
                 format!("{MAX_EMBEDDING_REQUESTS} embedding requests are in flight; retry later"),
@@ -633,12 +632,12 @@ impl Api {
             .embedding_wait_ms
             .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let decided = decided?;
-        let encoding = request.encoding_format.as_deref().unwrap_or("float");
+
         let data: Vec<Value> = decided
             .iter()
             .enumerate()
             .map(|(index, embedding)| {
-                let embedding = if encoding == "base64" {
+                let embedding = if base64 {
                     let bytes: Vec<u8> = embedding
                         .iter()
                         .flat_map(|&x| (fixed(x.into()) as f32).to_le_bytes())
@@ -805,6 +804,35 @@ impl Drop for KeySlot<'_> {
     }
 }
 
+/// A checked body of `POST /v1/embeddings`: what to embed and how to
+/// answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingsCall {
+    /// The texts, one job each: 1 to [`MAX_INPUTS`], none blank, none
+    /// longer than the network embeds.
+    pub inputs: Vec<String>,
+    /// Whether vectors are answered as base64 of little-endian f32s
+    /// (`encoding_format: "base64"`) rather than JSON numbers.
+    pub base64: bool,
+}
+
+/// Why a request body was refused: its HTTP status and the reason given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {reason}")]
+pub struct BadRequest {
+    /// The HTTP status, a 4xx.
+    pub status: u16,
+    /// What is wrong, for the client.
+    pub reason: String,
+}
+
+impl From<BadRequest> for Refused {
+    fn from(bad: BadRequest) -> Refused {
+        let status = StatusCode::from_u16(bad.status).unwrap_or(StatusCode::BAD_REQUEST);
+        refused(status, bad.reason)
+    }
+}
+
 /// The body of `POST /v1/embeddings`, as OpenAI defines it.
 #[derive(Deserialize)]
 struct EmbeddingsRequest {
@@ -829,40 +857,48 @@ enum Input {
     TokenBatches(Vec<Vec<u32>>),
 }
 
-impl EmbeddingsRequest {
-    /// The texts to embed, checked against what one request may ask.
-    fn inputs(&self, shared: &Shared) -> Result<Vec<String>, Refused> {
-        let bad = |message: String| refused(StatusCode::BAD_REQUEST, message);
+impl EmbeddingsCall {
+    /// Parses `body` and checks it against what one request may ask of a
+    /// network with `parameters`: 400 with the reason if it asks anything
+    /// else, 404 for a model the network does not serve.
+    pub fn parse(body: &[u8], parameters: &Parameters) -> Result<EmbeddingsCall, BadRequest> {
+        let bad = |reason: String| BadRequest {
+            status: StatusCode::BAD_REQUEST.as_u16(),
+            reason,
+        };
+        let request: EmbeddingsRequest =
+            serde_json::from_slice(body).map_err(|e| bad(format!("invalid request: {e}")))?;
         let tokens = |count: usize| {
             bad(format!(
                 "input is {count} token ids; send text (each encoder tokenises it its own way)"
             ))
         };
-        if let Some(model) = self.model.as_deref()
+        if let Some(model) = request.model.as_deref()
             && model != MODEL
         {
-            return Err(refused(
-                StatusCode::NOT_FOUND,
-                format!("no model `{model}`; this network serves `{MODEL}`"),
-            ));
+            return Err(BadRequest {
+                status: StatusCode::NOT_FOUND.as_u16(),
+                reason: format!("no model `{model}`; this network serves `{MODEL}`"),
+            });
         }
-        match self.encoding_format.as_deref() {
-            None | Some("float" | "base64") => {}
+        let base64 = match request.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
             Some(other) => {
                 return Err(bad(format!(
                     "encoding_format `{other}` is not `float` or `base64`"
                 )));
             }
-        }
-        let dimension = u64::from(shared.parameters.dimension);
-        if self.dimensions.is_some_and(|d| d != dimension) {
+        };
+        let dimension = u64::from(parameters.dimension);
+        if request.dimensions.is_some_and(|d| d != dimension) {
             return Err(bad(format!(
                 "dimensions must be {dimension}, the network's embedding dimension"
             )));
         }
-        let inputs = match &self.input {
-            Input::One(text) => vec![text.clone()],
-            Input::Many(texts) => texts.clone(),
+        let inputs = match request.input {
+            Input::One(text) => vec![text],
+            Input::Many(texts) => texts,
             Input::Tokens(ids) => return Err(tokens(ids.len())),
             Input::TokenBatches(batches) => {
                 return Err(tokens(batches.iter().map(Vec::len).sum()));
@@ -874,7 +910,7 @@ impl EmbeddingsRequest {
                 inputs.len()
             )));
         }
-        let max = shared.parameters.max_data_bytes as usize;
+        let max = parameters.max_data_bytes as usize;
         for (i, text) in inputs.iter().enumerate() {
             if text.trim().is_empty() {
                 return Err(bad(format!("input {i} is empty")));
@@ -886,7 +922,7 @@ impl EmbeddingsRequest {
                 )));
             }
         }
-        Ok(inputs)
+        Ok(EmbeddingsCall { inputs, base64 })
     }
 }
 

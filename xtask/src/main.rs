@@ -5,6 +5,7 @@
 
 mod assets;
 mod corpus;
+mod fuzz;
 mod toolchains;
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +38,22 @@ enum Task {
     /// (`minilm-l3`, `hash-encoder`) against `minilm-l6`, the network's
     /// space, and write them to `examples/<encoder>/head.bin`.
     Align,
+    /// Run the fuzz targets of `fuzz/` under libFuzzer (nightly toolchain;
+    /// installs cargo-fuzz if missing) and report executions, coverage and
+    /// findings; fails if anything was found.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The sanitizer to build with (`none`, `address`, ...). Without one
+        /// the targets run about twice as fast; a panic, an abort or a
+        /// broken check is still a finding.
+        #[arg(long, default_value = "none")]
+        sanitizer: String,
+        /// Targets to run (all if none; they are the files of
+        /// `fuzz/fuzz_targets/`).
+        targets: Vec<String>,
+    },
     /// Run thousands of seeded consensus simulations (arguments go to
     /// `consensus-sim`; see `cargo xtask sim -- --help`).
     Sim {
@@ -95,6 +112,11 @@ fn main() -> Result<()> {
             command.extend(args.iter().map(String::as_str));
             cargo(&command)
         }
+        Task::Fuzz {
+            seconds,
+            sanitizer,
+            targets,
+        } => fuzz::run(&workspace(), seconds, &sanitizer, &targets),
         Task::Align => align(),
         Task::Bench => {
             for (package, bench) in BENCHES {

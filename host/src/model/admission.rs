@@ -119,6 +119,25 @@ impl Admitted {
         &self.canonical
     }
 
+    /// The graph's inputs as declared, in order: each dimension's fixed
+    /// size, or `None` where the caller chooses it.
+    pub fn input_dims(&self) -> Vec<Vec<Option<u64>>> {
+        self.graph
+            .inputs
+            .iter()
+            .map(|input| {
+                input
+                    .dims
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => Some(*n),
+                        Dim::Free => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// The fuel a run on inputs of these dimensions (one list per graph
     /// input, in order, of the declared types) pays for the model's work
     /// and outputs, on top of a fixed charge per run and a fuel per input

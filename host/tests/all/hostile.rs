@@ -413,3 +413,20 @@ fn more_instances_than_a_call_allows_is_the_encoders_limit_not_the_hosts() {
         .embed(&text(&["x"]), &Limits::default(), Seed::from(1))
         .unwrap();
 }
+
+#[test]
+fn start_up_work_runs_on_the_fuel_a_load_is_given() {
+    let wasm = std::fs::read(soma_examples_artifacts::HASH_ENCODER).unwrap();
+    let starved = Limits {
+        fuel: 1_000,
+        ..Limits::default()
+    };
+    match engine().load_with(&wasm, &starved) {
+        Err(Error::FuelExhausted { limit: 1_000 }) => {}
+        other => panic!(
+            "expected the start-up to run out of fuel: {:?}",
+            other.err()
+        ),
+    }
+    engine().load_with(&wasm, &Limits::default()).unwrap();
+}

@@ -17,8 +17,16 @@ fn refused(bytes: &[u8]) -> AdmissionError {
 }
 
 #[test]
-fn a_plain_model_is_admitted() {
-    admit(&negate()).unwrap();
+fn a_plain_model_is_admitted_and_tells_its_inputs() {
+    let admitted = admit(&negate()).unwrap();
+    assert_eq!(admitted.input_dims(), vec![vec![None]]);
+    let rows = Pb::default()
+        .msg(1, node("Neg", &["x"], &["y"], vec![]))
+        .str(2, "g")
+        .msg(11, value("x", FLOAT, &[Some(2), None]))
+        .msg(12, value("y", FLOAT, &[Some(2), None]));
+    let admitted = admit(&model(rows)).unwrap();
+    assert_eq!(admitted.input_dims(), vec![vec![Some(2), None]]);
 }
 
 #[test]

@@ -1,0 +1,292 @@
+//! Apply, on transaction streams the fuzzer writes: two executors fed the
+//! same commits produce the same effects and state roots; money is
+//! conserved (the supply, burns included, never changes); a transaction
+//! that applied never applies again.
+//!
+//! The input is read as operations, each: what and who (one byte: `% 10`
+//! is 0–1 transfer, 2 add stake, 3 withdraw stake, 4 register an encoder,
+//! 5 deregister one, 6 submit data, 7 attest the last job, 8 end the
+//! commit, 9 raw bytes; `/ 10 % 5` the account, and account 4 holds
+//! nothing), the amount's size (one byte: up to 85 a u16, up to 170 a
+//! million plus a u32, else a u64), the amount (little-endian), the fee
+//! (one byte: 0 is `u64::MAX`, else 9 to 20) and the nonce (one byte,
+//! `% 16`: 0 skips ahead, 1 repeats the last, else the next).
+//!
+//! Raw bytes take the amount's low byte as their length and go into the
+//! commit as they are, as a peer could put garbage into a block.
+
+use soma_codec::Encode;
+use soma_execution::{
+    Action, Commit, CommitEffects, EncoderResult, Executor, Genesis, GenesisAccount,
+    GenesisValidator, ONE, Outcome, Parameters, Rejection, Transaction,
+};
+use soma_host::package::{EncoderMeta, Package};
+use soma_host::{Digest, Modality};
+use std::sync::OnceLock;
+
+/// Accounts the operations name; the last holds nothing at genesis.
+const ACCOUNTS: u8 = 5;
+/// Operations read from one input, so that every input runs quickly.
+const MAX_OPERATIONS: usize = 96;
+/// Commits one input makes.
+const MAX_COMMITS: usize = 8;
+
+/// Accounts 0..4 funded, 0 and 1 validators.
+fn genesis() -> &'static Genesis {
+    static GENESIS: OnceLock<Genesis> = OnceLock::new();
+    GENESIS.get_or_init(|| {
+        let public = |i: u8| crate::key(i).public_key();
+        Genesis::new(
+            "soma-fuzz".into(),
+            (0..ACCOUNTS - 1)
+                .map(|i| GenesisAccount {
+                    key: public(i),
+                    balance: 1_000_000_000,
+                })
+                .collect(),
+            (0..2)
+                .map(|i| GenesisValidator {
+                    key: public(i),
+                    stake: 5_000_000,
+                })
+                .collect(),
+            vec![],
+            Parameters::default(),
+        )
+        .expect("the fuzz genesis is valid")
+    })
+}
+
+/// The registration of account `owner`'s package `name`, and its digest.
+fn registration(owner: u8, name: &str, bond: u64) -> (Action, Digest) {
+    let meta = EncoderMeta {
+        name: name.into(),
+        version: "1.0.0".into(),
+        dimension: u32::from(genesis().parameters().dimension),
+        fuel_limit: 1_000_000,
+        modality: Modality::Text,
+    };
+    let package = Package::sign(&crate::key(owner), &meta, name.as_bytes().to_vec(), vec![])
+        .expect("the package is valid");
+    let (manifest, signature) = package.signed_manifest();
+    let action = Action::RegisterEncoder {
+        manifest: manifest.to_vec(),
+        signature: *signature,
+        bond,
+    };
+    (action, package.digest())
+}
+
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn take(&mut self, n: usize) -> u64 {
+        let n = n.min(self.0.len());
+        let mut le = [0; 8];
+        le[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        u64::from_le_bytes(le)
+    }
+}
+
+/// What an attestation of `job` (with `shard` encoders) says, steered by
+/// `amount`.
+fn attestation(job: Digest, shard: usize, amount: u64) -> Action {
+    let result = |k: usize| match (amount % 3 + k as u64) % 3 {
+        0 => EncoderResult {
+            outcome: Outcome::Trap,
+            fuel: amount,
+            loss: 0,
+            embedding: vec![],
+        },
+        n => EncoderResult {
+            outcome: Outcome::Ok,
+            fuel: amount,
+            loss: (amount % 70_000) as u32,
+            embedding: vec![(n as i32 - 1) * ONE as i32 / 20; 384],
+        },
+    };
+    Action::Attest {
+        job,
+        results: (0..shard).map(result).collect(),
+    }
+}
+
+fn apply(executor: &mut Executor, transactions: &[Vec<u8>]) -> CommitEffects {
+    let index = executor.next_index();
+    executor
+        .apply(Commit {
+            index,
+            digest: *blake3::hash(&index.to_le_bytes()).as_bytes(),
+            transactions,
+        })
+        .expect("apply fails only when its store does")
+}
+
+/// Checks one input.
+pub fn check(bytes: &[u8]) {
+    let g = genesis();
+    let dirs =
+        [tempfile::tempdir(), tempfile::tempdir()].map(|d| d.expect("a temporary directory"));
+    let open =
+        |dir: &tempfile::TempDir| Executor::open(dir.path(), g, None).expect("a fresh state opens");
+    let (mut first, mut second) = (open(&dirs[0]), open(&dirs[1]));
+    assert_eq!(first.root(), second.root());
+    let supply = first.supply().expect("supply").total();
+    let mut input = Input(bytes);
+    let mut nonces = vec![0u64; ACCOUNTS as usize];
+    // The last submitted job, and its shard's size, for attestations.
+    let mut job: Option<(Digest, usize)> = None;
+    let mut replay: Option<Vec<u8>> = None;
+    let mut operations = 0;
+    for _ in 0..MAX_COMMITS {
+        let mut transactions: Vec<Vec<u8>> = replay.take().into_iter().collect();
+        let replayed = !transactions.is_empty();
+        while operations < MAX_OPERATIONS
+            && let Some(op) = input.byte()
+        {
+            operations += 1;
+            let from = op / 10 % ACCOUNTS;
+            let amount = match input.byte().unwrap_or(0) {
+                0..=85 => input.take(2),
+                86..=170 => 1_000_000 + input.take(4),
+                _ => input.take(8),
+            };
+            let fee = match input.byte().unwrap_or(1) {
+                0 => u64::MAX,
+                b => 9 + u64::from(b % 12),
+            };
+            let nonce_rule = input.byte().unwrap_or(2) % 16;
+            let name = format!("p{}", amount % 2);
+            let action = match op % 10 {
+                0 | 1 => Action::Transfer {
+                    to: crate::key(((amount % 5) as u8 + from) % ACCOUNTS).public_key(),
+                    amount,
+                },
+                2 => Action::AddStake { amount },
+                3 => Action::WithdrawStake { amount },
+                4 => registration(from, &name, amount).0,
+                5 => Action::DeregisterEncoder {
+                    package: registration((amount % 5) as u8, &name, 0).1,
+                },
+                6 => Action::SubmitData {
+                    data: amount.to_le_bytes().to_vec(),
+                    payment: amount,
+                },
+                7 => {
+                    let (id, shard) = job.unwrap_or((Digest::of(b"no job"), 1));
+                    attestation(id, shard, amount)
+                }
+                8 => break,
+                _ => {
+                    let len = (amount & 0xff) as usize;
+                    let raw = &input.0[..len.min(input.0.len())];
+                    transactions.push(raw.to_vec());
+                    input.0 = &input.0[raw.len()..];
+                    continue;
+                }
+            };
+            let next = &mut nonces[from as usize];
+            let nonce = match nonce_rule {
+                0 => *next + 7,
+                1 => next.saturating_sub(1),
+                _ => *next,
+            };
+            *next = (*next).max(nonce + 1);
+            let transaction = Transaction {
+                chain_id: g.chain_id(),
+                sender: crate::key(from).public_key(),
+                nonce,
+                fee,
+                action,
+            };
+            transactions.push(transaction.sign(&crate::key(from)).to_bytes());
+        }
+        let effects = apply(&mut first, &transactions);
+        assert_eq!(
+            apply(&mut second, &transactions),
+            effects,
+            "two executors disagree"
+        );
+        assert_eq!(first.root(), second.root());
+        if replayed {
+            assert!(
+                matches!(
+                    effects.receipts[0].rejection,
+                    Some(Rejection::BadNonce { .. })
+                ),
+                "a transaction applied twice: {:?}",
+                effects.receipts[0]
+            );
+        }
+        assert_eq!(
+            first.supply().expect("supply").total(),
+            supply,
+            "money was made or lost"
+        );
+        for receipt in &effects.receipts {
+            if let Some(id) = receipt.transaction.filter(|_| receipt.rejection.is_none())
+                && let Some(submitted) = first.job(&id).expect("job")
+            {
+                job = Some((id, submitted.shard.len()));
+            }
+        }
+        // Nonces as the state has them: a skipped one leaves a gap.
+        for (i, nonce) in nonces.iter_mut().enumerate() {
+            *nonce = first
+                .account(&crate::key(i as u8).public_key())
+                .expect("account")
+                .nonce;
+        }
+        replay = effects
+            .receipts
+            .iter()
+            .position(|r| r.rejection.is_none())
+            .map(|i| transactions[i].clone());
+        if input.0.is_empty() || operations >= MAX_OPERATIONS {
+            break;
+        }
+    }
+}
+
+/// Streams that transfer, stake, register an encoder, submit data and
+/// attest, over several commits, and one with garbage among them.
+pub fn seeds() -> Vec<Vec<u8>> {
+    // What and who, a u16 amount, fee 14, the next nonce.
+    let small = |what: u8, amount: u16| [&[what, 0][..], &amount.to_le_bytes(), &[5, 2]].concat();
+    // What and who, a million plus a u32, fee 14, the next nonce.
+    let large = |what: u8, extra: u32| [&[what, 100][..], &extra.to_le_bytes(), &[5, 2]].concat();
+    let end = small(8, 0);
+    let transfer = small(10, 100);
+    let garbage = [small(9, 4), b"junk".to_vec()].concat();
+    vec![
+        [
+            transfer.clone(),
+            small(2, 500),
+            end.clone(),
+            small(3, 200),
+            transfer.clone(),
+        ]
+        .concat(),
+        [
+            large(4, 0),
+            large(14, 7),
+            large(24, 1),
+            end.clone(),
+            small(36, 1_000),
+            end.clone(),
+            small(7, 1),
+            small(17, 2),
+            end,
+            small(5, 0),
+        ]
+        .concat(),
+        [garbage, transfer, small(40, 9)].concat(),
+    ]
+}
