@@ -34,7 +34,7 @@ pub fn check(bytes: &[u8]) {
         }
         Err(refusal) => {
             assert!(
-                (400..500).contains(&refusal.status),
+                refusal.status.is_client_error(),
                 "a bad body answered {refusal}"
             );
             assert!(!refusal.reason.is_empty(), "a refusal without a reason");
@@ -54,5 +54,12 @@ pub fn seeds() -> Vec<Vec<u8>> {
     ]
     .into_iter()
     .map(|body| body.as_bytes().to_vec())
+    .chain([0, 1].map(|over| {
+        // An input at the network's limit, and one byte over it.
+        let len = Parameters::default().max_data_bytes as usize + over;
+        serde_json::json!({"input": "a".repeat(len)})
+            .to_string()
+            .into_bytes()
+    }))
     .collect()
 }

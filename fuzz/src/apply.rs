@@ -1,7 +1,8 @@
 //! Apply, on transaction streams the fuzzer writes: two executors fed the
-//! same commits produce the same effects and state roots; money is
-//! conserved (the supply, burns included, never changes); a transaction
-//! that applied never applies again.
+//! same commits (one of them reopened from its store after each) produce
+//! the same effects and state roots; money is conserved (the supply, burns
+//! included, never changes); a transaction that applied never applies
+//! again.
 //!
 //! The input is read as operations, each: what and who (one byte: `% 10`
 //! is 0–1 transfer, 2 add stake, 3 withdraw stake, 4 register an encoder,
@@ -51,7 +52,12 @@ fn genesis() -> &'static Genesis {
                 })
                 .collect(),
             vec![],
-            Parameters::default(),
+            // Jobs expire within the few commits an input makes, so that
+            // refunds are checked too.
+            Parameters {
+                job_expiry_commits: 2,
+                ..Parameters::default()
+            },
         )
         .expect("the fuzz genesis is valid")
     })
@@ -109,7 +115,10 @@ fn attestation(job: Digest, shard: usize, amount: u64) -> Action {
             outcome: Outcome::Ok,
             fuel: amount,
             loss: (amount % 70_000) as u32,
-            embedding: vec![(n as i32 - 1) * ONE as i32 / 20; 384],
+            embedding: vec![
+                (n as i32 - 1) * ONE as i32 / 20;
+                usize::from(genesis().parameters().dimension)
+            ],
         },
     };
     Action::Attest {
@@ -214,6 +223,10 @@ pub fn check(bytes: &[u8]) {
             effects,
             "two executors disagree"
         );
+        // The second reads its state back from disk each time: what was
+        // persisted must be what the first holds in memory.
+        drop(second);
+        second = open(&dirs[1]);
         assert_eq!(first.root(), second.root());
         if replayed {
             assert!(

@@ -1,10 +1,10 @@
 //! What a guest hands back, steered by the fuzzer: the `scripted-encoder`
 //! example reads its input as a script of what `embed` answers (any count,
 //! dimension and values of vectors, either error, log calls; see
-//! [`scripted_encoder`]), and the host's verdict must be exactly the one
-//! its rules give for that answer: the first broken rule named, errors and
-//! log messages cut at character boundaries to their limits, valid vectors
-//! passed on bit for bit.
+//! [`scripted_encoder`]), and the host's verdict must be the one its rules
+//! give for that answer, as this target restates them: the first broken
+//! rule named, errors and log messages cut at character boundaries to
+//! their limits, valid vectors passed on bit for bit.
 
 use scripted_encoder::{Answer, DIMENSION, MAX_INPUT_BYTES, Plan};
 use soma_host::log::{MAX_LOG_MESSAGE_BYTES, MAX_LOG_RECORDS};
@@ -38,33 +38,37 @@ fn refusal(blamed: Option<u32>, message: &str) -> String {
     format!("{blamed}{kept}{}", if whole { "" } else { " [cut]" })
 }
 
-/// The first rule `vectors` break, for a batch of one input.
-fn broken(vectors: &[Vec<f32>]) -> Option<InvalidOutput> {
-    if vectors.len() != 1 {
+/// The first rule `vectors` break, for a batch of `batch` inputs.
+fn broken(vectors: &[Vec<f32>], batch: usize) -> Option<InvalidOutput> {
+    if vectors.len() != batch {
         return Some(InvalidOutput::WrongCount {
-            expected: 1,
+            expected: batch,
             actual: vectors.len(),
         });
     }
-    let vector = &vectors[0];
-    if vector.len() != DIMENSION as usize {
-        return Some(InvalidOutput::WrongDimension {
-            index: 0,
-            expected: DIMENSION as usize,
-            actual: vector.len(),
-        });
-    }
-    let position = vector.iter().position(|x| !x.is_finite())?;
-    Some(InvalidOutput::NonFinite {
-        index: 0,
-        position,
-        value: vector[position],
+    vectors.iter().enumerate().find_map(|(index, vector)| {
+        if vector.len() != DIMENSION as usize {
+            return Some(InvalidOutput::WrongDimension {
+                index,
+                expected: DIMENSION as usize,
+                actual: vector.len(),
+            });
+        }
+        let position = vector.iter().position(|x| !x.is_finite())?;
+        Some(InvalidOutput::NonFinite {
+            index,
+            position,
+            value: vector[position],
+        })
     })
 }
 
-/// Checks one input.
+/// Checks one input: a batch of one to three copies of it (the count from
+/// its length), of which the encoder reads the first.
 pub fn check(bytes: &[u8]) {
-    let result = encoder().embed(&[bytes.to_vec()], &Limits::default(), Seed::from(0));
+    let batch = 1 + bytes.len() % 3;
+    let inputs = vec![bytes.to_vec(); batch];
+    let result = encoder().embed(&inputs, &Limits::default(), Seed::from(0));
     if bytes.len() > MAX_INPUT_BYTES as usize {
         assert!(matches!(result, Err(Error::InvalidInput(_))), "{result:?}");
         return;
@@ -77,7 +81,7 @@ pub fn check(bytes: &[u8]) {
         (Answer::InvalidInput { index, reason }, Err(Error::Refused(got))) => {
             assert_eq!(got, refusal(Some(index), &reason));
         }
-        (Answer::Vectors(vectors), result) => match (broken(&vectors), result) {
+        (Answer::Vectors(vectors), result) => match (broken(&vectors, batch), result) {
             (Some(expected), Err(Error::InvalidOutput(got))) => {
                 // Compared by description: a NaN is not equal to itself.
                 assert_eq!(got.to_string(), expected.to_string());
@@ -138,5 +142,17 @@ pub fn seeds() -> Vec<Vec<u8>> {
             .flat_map(|_| log(1, 3))
             .chain(vector(8, 0.5))
             .collect(),
+        // Batches of two (lengths 16 and 22): valid, and a bad second
+        // vector (zeros are unknown tags, skipped).
+        [vector(8, 1.0), vector(8, 2.0), vec![0, 0]].concat(),
+        [
+            vector(8, 1.0),
+            vector(8, 2.0),
+            set(0, f32::NEG_INFINITY),
+            vec![0],
+        ]
+        .concat(),
+        // One byte more than the encoder takes.
+        vec![b'?'; MAX_INPUT_BYTES as usize + 1],
     ]
 }

@@ -110,6 +110,17 @@ fn example_component(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// Whether `error` is a failure of the host itself rather than a verdict
+/// about the encoder: what no input may cause. (Stack exhaustion is a
+/// verdict, though a machine-dependent one: how deep wasm recurses depends
+/// on native frame sizes.)
+fn host_failed(error: &soma_host::Error) -> bool {
+    matches!(
+        error,
+        soma_host::Error::Host(_) | soma_host::Error::Timeout { .. }
+    )
+}
+
 /// A process-wide encoder engine: building one per input would measure
 /// engine start-up, not the code under test.
 fn engine() -> &'static soma_host::Engine {

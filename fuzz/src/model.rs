@@ -1,19 +1,22 @@
 //! Model admission, on arbitrary bytes and on mutations of a real model:
-//! never a panic; whatever admission accepts loads and runs in ONNX
+//! never a panic; the fuel a run is planned to cost is finite and never
+//! falls as the input grows; whatever admission accepts loads in ONNX
 //! Runtime (in the inference worker) without crashing it or being refused
-//! by it, and the fuel a run is charged is finite and never falls as the
-//! input grows.
+//! by it, and runs there when it takes what the hostile encoder sends (one
+//! fp32 vector `x`; a mutated MiniLM wants token ids, so the host refuses
+//! that call before the worker sees it).
 //!
-//! The first byte chooses the model: even, the rest of the input is the
-//! model; odd, the rest is a list of patches (little-endian u32 offset,
-//! then a byte to xor there) applied to the MiniLM-L6 int8 model that
-//! `cargo xtask setup` installs in `$SOMA_MODELS_DIR`.
+//! The first byte chooses the model. If it is 1 modulo 8, the rest of the
+//! input is a list of patches (little-endian u32 offset, then a byte to
+//! xor there) applied to the MiniLM-L6 int8 model that `cargo xtask setup`
+//! installs in `$SOMA_MODELS_DIR` (a slow input: the model is 22 MB);
+//! otherwise the rest is the model.
 
 use soma_host::model::admit;
 use soma_host::package::{EncoderMeta, Package};
-use soma_host::{Error, Limits, Seed};
+use soma_host::{CompiledCache, Engine, Limits, Seed};
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Input lengths a run is planned (and, for the first two, made) with.
 const LENGTHS: [u64; 6] = [1, 2, 3, 5, 8, 64];
@@ -32,7 +35,7 @@ fn real_model() -> &'static [u8] {
 /// The model the input stands for.
 fn model(bytes: &[u8]) -> Option<Cow<'_, [u8]>> {
     let (&mode, rest) = bytes.split_first()?;
-    if mode % 2 == 0 {
+    if mode % 8 != 1 {
         return Some(Cow::Borrowed(rest));
     }
     let mut model = real_model().to_vec();
@@ -73,11 +76,11 @@ pub fn check(bytes: &[u8]) {
     // verdict about the encoder, never a failure of its own.
     let package = package(model.into_owned());
     let digest = blake3::hash(package.models().next().expect("one model").1).to_hex();
-    let encoder = match crate::engine().load_package(&package, None) {
+    let encoder = match engine().load_package(&package, Some(compiled())) {
         Ok(encoder) => encoder,
         Err(e) => {
             assert!(
-                !matches!(e, Error::Host(_)),
+                !crate::host_failed(&e),
                 "an admitted model broke the host at load: {e}"
             );
             return;
@@ -87,11 +90,45 @@ pub fn check(bytes: &[u8]) {
         let input = format!("run:{n}:{digest}").into_bytes();
         if let Err(e) = encoder.embed(&[input], &Limits::default(), Seed::from(0)) {
             assert!(
-                e.is_deterministic(),
+                !crate::host_failed(&e),
                 "an admitted model made the host fail: {e}"
             );
         }
     }
+}
+
+/// Models loaded before the engine is replaced: an engine keeps every
+/// model it loaded (in its cache and in its workers), which a long run
+/// would otherwise fill memory with.
+const MODELS_PER_ENGINE: usize = 16;
+
+/// An engine for this target's models, replaced every
+/// [`MODELS_PER_ENGINE`] calls.
+fn engine() -> Arc<Engine> {
+    static ENGINE: Mutex<Option<(Arc<Engine>, usize)>> = Mutex::new(None);
+    let mut held = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    if held
+        .as_ref()
+        .is_none_or(|(_, used)| *used >= MODELS_PER_ENGINE)
+    {
+        let engine = Engine::new().expect("the host's engine configuration is valid");
+        *held = Some((Arc::new(engine), 0));
+    }
+    let (engine, used) = held.as_mut().expect("set above");
+    *used += 1;
+    engine.clone()
+}
+
+/// Compiled code of the hostile encoder, kept across inputs (compiling it
+/// would otherwise take most of each input's time).
+fn compiled() -> &'static CompiledCache {
+    static CACHE: OnceLock<(tempfile::TempDir, CompiledCache)> = OnceLock::new();
+    let (_, cache) = CACHE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let cache = CompiledCache::open(dir.path()).expect("a cache in an empty directory");
+        (dir, cache)
+    });
+    cache
 }
 
 /// The hostile example encoder packaged with `model`.
@@ -202,12 +239,12 @@ mod tests {
                 .unwrap(),
         );
         let seeds = seeds();
-        for seed in seeds.iter().filter(|s| s[0] % 2 == 0) {
+        for seed in seeds.iter().filter(|s| s[0] % 8 != 1) {
             let model = model(seed).unwrap().into_owned();
             admit(&model).unwrap();
             let package = package(model);
             let digest = blake3::hash(package.models().next().unwrap().1).to_hex();
-            let encoder = crate::engine().load_package(&package, None).unwrap();
+            let encoder = engine().load_package(&package, Some(compiled())).unwrap();
             let out = encoder
                 .embed(
                     &[format!("run:3:{digest}").into_bytes()],

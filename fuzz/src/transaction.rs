@@ -106,5 +106,23 @@ pub fn seeds() -> Vec<Vec<u8>> {
     .into_iter()
     .zip(0..)
     .map(|(action, nonce)| signed(nonce, action))
+    .chain([largest()])
     .collect()
+}
+
+/// A submission exactly as large as a transaction may be.
+fn largest() -> Vec<u8> {
+    let submit = |len: usize| {
+        signed(
+            0,
+            Action::SubmitData {
+                data: vec![b'x'; len],
+                payment: 1,
+            },
+        )
+    };
+    let overhead = submit(0).len();
+    let largest = submit(MAX_TRANSACTION_BYTES as usize - overhead);
+    assert_eq!(largest.len(), MAX_TRANSACTION_BYTES as usize);
+    largest
 }

@@ -43,6 +43,9 @@ fn every_target_has_a_binary_and_a_corpus() {
     let mut names: Vec<String> = TARGETS.iter().map(|t| t.name.to_string()).collect();
     names.sort();
     assert_eq!(binaries, names);
+    let mut replayed = REPLAYED.to_vec();
+    replayed.sort();
+    assert_eq!(replayed, names, "every target needs its replay test below");
     for target in TARGETS {
         assert!(
             !files(&dir("corpus", target.name)).is_empty(),
@@ -61,12 +64,19 @@ fn the_seeds_are_committed_and_current() {
         let current: Vec<String> = seeds.iter().map(|s| seed_name(s)).collect();
         for file in files(&corpus) {
             let name = file.file_name().unwrap().to_string_lossy().into_owned();
-            assert!(
-                !name.starts_with("seed-") || current.contains(&name),
-                "{} is a seed {} no longer writes: remove it",
-                file.display(),
-                target.name
-            );
+            if !name.starts_with("seed-") || current.contains(&name) {
+                continue;
+            }
+            if write {
+                std::fs::remove_file(&file).unwrap();
+            } else {
+                panic!(
+                    "{} is a seed {} no longer writes: run `SOMA_FUZZ_WRITE_SEEDS=1 cargo test \
+                     -p soma-fuzz` and commit the change",
+                    file.display(),
+                    target.name
+                );
+            }
         }
         for seed in seeds {
             let path = corpus.join(seed_name(&seed));
@@ -87,7 +97,10 @@ fn the_seeds_are_committed_and_current() {
 
 /// One test per target, so a failure names it and they run in parallel.
 macro_rules! replays {
-    ($($name:ident),*) => {$(
+    ($($name:ident),*) => {
+    /// The targets with a replay test.
+    const REPLAYED: &[&str] = &[$(stringify!($name)),*];
+    $(
         #[test]
         fn $name() {
             let components = Path::new(soma_examples_artifacts::HOSTILE).parent().unwrap();

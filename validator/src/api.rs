@@ -632,7 +632,6 @@ impl Api {
             .embedding_wait_ms
             .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let decided = decided?;
-
         let data: Vec<Value> = decided
             .iter()
             .enumerate()
@@ -821,15 +820,14 @@ pub struct EmbeddingsCall {
 #[error("{status}: {reason}")]
 pub struct BadRequest {
     /// The HTTP status, a 4xx.
-    pub status: u16,
+    pub status: StatusCode,
     /// What is wrong, for the client.
     pub reason: String,
 }
 
 impl From<BadRequest> for Refused {
     fn from(bad: BadRequest) -> Refused {
-        let status = StatusCode::from_u16(bad.status).unwrap_or(StatusCode::BAD_REQUEST);
-        refused(status, bad.reason)
+        refused(bad.status, bad.reason)
     }
 }
 
@@ -863,7 +861,7 @@ impl EmbeddingsCall {
     /// else, 404 for a model the network does not serve.
     pub fn parse(body: &[u8], parameters: &Parameters) -> Result<EmbeddingsCall, BadRequest> {
         let bad = |reason: String| BadRequest {
-            status: StatusCode::BAD_REQUEST.as_u16(),
+            status: StatusCode::BAD_REQUEST,
             reason,
         };
         let request: EmbeddingsRequest =
@@ -877,7 +875,7 @@ impl EmbeddingsCall {
             && model != MODEL
         {
             return Err(BadRequest {
-                status: StatusCode::NOT_FOUND.as_u16(),
+                status: StatusCode::NOT_FOUND,
                 reason: format!("no model `{model}`; this network serves `{MODEL}`"),
             });
         }

@@ -27,6 +27,9 @@ fn all_targets(root: &Path) -> Result<Vec<String>> {
     Ok(targets)
 }
 
+/// Linux's shared-memory file system.
+const TMPFS: &str = "/dev/shm";
+
 /// What one target's run found.
 struct Report {
     target: String,
@@ -65,27 +68,38 @@ pub fn run(root: &Path, seconds: u64, sanitizer: &str, targets: &[String]) -> Re
         "soma-host",
         "--bin",
         "soma-inference-worker",
-        "--package",
-        "soma-examples-artifacts",
     ])?;
+    crate::cargo(&["build", "--locked", "--package", "soma-examples-artifacts"])?;
     let worker = root.join("target/debug/soma-inference-worker");
     let components = root
         .join("target/guests")
         .join(crate::WASM_TARGET)
         .join("release");
-    for needed in [&worker, &components.join("hostile.wasm")] {
-        if !needed.is_file() {
-            bail!(
-                "the stable build did not leave {} where expected",
-                needed.display()
-            );
-        }
+    let ort = root.join(".cache/soma/onnxruntime/libonnxruntime.so");
+    let needed = [
+        worker.clone(),
+        components.join("hostile.wasm"),
+        components.join("scripted_encoder.wasm"),
+        ort.clone(),
+    ];
+    if let Some(missing) = needed.iter().find(|p| !p.is_file()) {
+        bail!(
+            "{} is missing after the build and set-up (is CARGO_TARGET_DIR set? the fuzz \
+             targets expect the stable build in target/)",
+            missing.display()
+        );
     }
     eprintln!(
         "xtask: building the fuzz targets (nightly, sanitizer {sanitizer}; the first build takes minutes)"
     );
     let status = nightly(root)
-        .args(["fuzz", "build", "--sanitizer", sanitizer])
+        .args([
+            "fuzz",
+            "build",
+            "--debug-assertions",
+            "--sanitizer",
+            sanitizer,
+        ])
         .status()
         .context("cannot run cargo +nightly fuzz")?;
     if !status.success() {
@@ -132,16 +146,13 @@ pub fn run(root: &Path, seconds: u64, sanitizer: &str, targets: &[String]) -> Re
     }
     for r in &bad {
         for finding in &r.findings {
-            println!(
-                "{}: {} (replay: cargo +nightly fuzz run {} {}; once fixed, keep it in fuzz/regressions/{}/)",
-                r.target,
-                finding.display(),
-                r.target,
-                finding.display(),
-                r.target
-            );
+            println!("{}: {}", r.target, finding.display());
         }
     }
+    println!(
+        "to replay a finding as a test: copy it into fuzz/regressions/<target>/, then\n  \
+         cargo build -p soma-host --bin soma-inference-worker && cargo test -p soma-fuzz --test corpus"
+    );
     bail!(
         "{} of {} targets found something or failed to run",
         bad.len(),
@@ -213,7 +224,6 @@ fn run_target(
     let artifacts = work.join("artifacts").join(target);
     std::fs::create_dir_all(&corpus)?;
     std::fs::create_dir_all(&artifacts)?;
-    let before: Vec<PathBuf> = listing(&artifacts);
     let log_path = work.join(format!("{target}.log"));
     let log = std::fs::File::create(&log_path)?;
     eprintln!(
@@ -223,21 +233,42 @@ fn run_target(
     let started = Instant::now();
     let cache = root.join(".cache/soma");
     let mut child = nightly(root)
-        .args(["fuzz", "run", "--sanitizer", sanitizer, target])
+        .args([
+            "fuzz",
+            "run",
+            "--debug-assertions",
+            "--sanitizer",
+            sanitizer,
+            target,
+        ])
         .arg(&corpus)
         .arg(root.join("fuzz/corpus").join(target))
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
         .arg("-timeout=60")
+        // Inputs of any length from the start: the slow targets (apply,
+        // model, component) would otherwise spend a whole run on inputs of
+        // a few dozen bytes while libFuzzer grows its length limit.
+        .arg("-len_control=0")
         .arg("-print_final_stats=1")
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
-        .env("SOMA_INFERENCE_WORKER", worker)
-        .env("SOMA_FUZZ_COMPONENTS", components)
-        .env(
-            "SOMA_ORT_DYLIB",
-            cache.join("onnxruntime/libonnxruntime.so"),
-        )
-        .env("SOMA_MODELS_DIR", cache.join("models"))
+        .envs(unset([
+            ("SOMA_INFERENCE_WORKER", worker.to_path_buf()),
+            ("SOMA_FUZZ_COMPONENTS", components.to_path_buf()),
+            (
+                "SOMA_ORT_DYLIB",
+                cache.join("onnxruntime/libonnxruntime.so"),
+            ),
+            ("SOMA_MODELS_DIR", cache.join("models")),
+        ]))
+        // Scratch state (the `apply` target opens two stores per input)
+        // on tmpfs where there is one: the target measures apply, not the
+        // disk's fsync.
+        .envs(unset(
+            Path::new(TMPFS)
+                .is_dir()
+                .then(|| ("TMPDIR", PathBuf::from(TMPFS))),
+        ))
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
@@ -260,9 +291,20 @@ fn run_target(
         }
     };
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let findings: Vec<PathBuf> = listing(&artifacts)
-        .into_iter()
-        .filter(|p| !before.contains(p))
+    // What libFuzzer wrote as a finding (a crash, timeout, leak or
+    // running out of memory); slow units are written the same way but are
+    // not findings.
+    let findings: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| {
+            Some(PathBuf::from(
+                l.split("Test unit written to ").nth(1)?.trim(),
+            ))
+        })
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("slow-unit-"))
+        })
         .collect();
     let stat = |name: &str| {
         text.lines()
@@ -301,8 +343,11 @@ fn run_target(
     })
 }
 
-fn listing(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default()
+/// The variables of `vars` the environment does not set already (what is
+/// set wins, as in `.cargo/config.toml`).
+fn unset<'a>(
+    vars: impl IntoIterator<Item = (&'a str, PathBuf)>,
+) -> impl Iterator<Item = (&'a str, PathBuf)> {
+    vars.into_iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
 }

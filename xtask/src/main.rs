@@ -43,7 +43,7 @@ enum Task {
     /// findings; fails if anything was found.
     Fuzz {
         /// Seconds per target.
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         seconds: u64,
         /// The sanitizer to build with (`none`, `address`, ...). Without one
         /// the targets run about twice as fast; a panic, an abort or a

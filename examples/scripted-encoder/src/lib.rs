@@ -1,5 +1,5 @@
 //! A test encoder steered by its input: the first input of a batch is a
-//! script saying what `embed` answers, so a fuzzer can make the guest hand
+//! script saying what `embed` answers for the whole batch, so a fuzzer can make the guest hand
 //! the host any output (vectors of any count, dimension and values, either
 //! error, log calls) and check how the host classifies it.
 //!
@@ -55,14 +55,18 @@ pub enum Answer {
     },
 }
 
-/// Message text of `len` bytes mixing one- and two-byte characters, so
-/// that the host's cutting has character boundaries to respect.
+/// Message text of `len` bytes cycling through characters of one to four
+/// bytes, so that the host's cutting has every kind of character boundary
+/// to respect.
 fn text(len: usize) -> String {
     let mut s = String::with_capacity(len);
-    while s.len() + 2 <= len {
-        s.push(if s.len().is_multiple_of(3) { 'é' } else { 'a' });
+    for c in ['é', 'a', '€', '😀'].into_iter().cycle() {
+        if s.len() + c.len_utf8() > len {
+            break;
+        }
+        s.push(c);
     }
-    if s.len() < len {
+    while s.len() < len {
         s.push('z');
     }
     s
@@ -195,8 +199,8 @@ mod tests {
         script.extend((-2.0f32).to_bits().to_le_bytes());
         script.extend([b'?', b'e', 3]);
         let plan = Plan::read(&script);
-        assert_eq!(plan.logs, vec![(2, "éaé".into())]);
-        assert_eq!(plan.answer, Answer::Internal("éz".into()));
+        assert_eq!(plan.logs, vec![(2, "éazz".into())]);
+        assert_eq!(plan.answer, Answer::Internal("éa".into()));
         script.truncate(script.len() - 2);
         assert_eq!(
             Plan::read(&script).answer,
