@@ -8,26 +8,42 @@
 //! ...), never a panic, a failure of the host itself, or a timeout (fuel
 //! must stop it first).
 //!
-//! Random code seldom answers `info()` with a valid record, so most inputs
-//! end at load, after running guest code (start-up, `info()` and whatever
-//! imports it calls); `embed` runs for those that get through. The memory
-//! bound is the store limiter's: exceeding it is the `MemoryLimit`
-//! verdict, which this target accepts like any other.
+//! Random code seldom answers `info()` with a valid record, so in three
+//! inputs of four the generated `info` (and its post-return) is replaced by
+//! one that writes a record the fuzzer chose (dimension and modality, the
+//! dimension sometimes invalid) into the module's memory: those components
+//! load unless their own start-up fails, and `embed` runs their random code
+//! with the host's imports. The memory bound is the store limiter's:
+//! exceeding it is the `MemoryLimit` verdict, which this target accepts
+//! like any other.
 
 use arbitrary::Unstructured;
 use soma_host::{Limits, Seed};
 use std::sync::OnceLock;
+use wasm_encoder::reencode::{self, Reencode};
+use wasm_encoder::{CodeSection, Function, Instruction, MemArg};
 use wit_component::{ComponentEncoder, StringEncoding};
-use wit_parser::{ManglingAndAbi, Resolve, WorldId};
+use wit_parser::{ManglingAndAbi, Resolve, WasmExport, WasmExportKind, WorldId, WorldItem};
 
 /// Fuel per call: enough for real work, little enough that a generated
 /// infinite loop ends quickly.
 const FUEL: u64 = 20_000_000;
 
-/// The encoder world, and a core module with its core ABI's imports and
-/// exports (bodies `unreachable`).
-fn world() -> &'static (Resolve, WorldId, Vec<u8>) {
-    static WORLD: OnceLock<(Resolve, WorldId, Vec<u8>)> = OnceLock::new();
+/// The encoder world and what generated modules are built against.
+struct World {
+    resolve: Resolve,
+    world: WorldId,
+    /// A core module with the world's core ABI imports and exports (bodies
+    /// `unreachable`).
+    template: Vec<u8>,
+    /// The core export names of `info` and of its post-return.
+    info: String,
+    post_return: String,
+}
+
+/// The encoder world, read from the repository's WIT.
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let mut resolve = Resolve::default();
         let wit = concat!(env!("CARGO_MANIFEST_DIR"), "/../wit");
@@ -35,15 +51,198 @@ fn world() -> &'static (Resolve, WorldId, Vec<u8>) {
         let world = resolve
             .select_world(&[package], Some("encoder"))
             .expect("the encoder world exists");
-        let template = wit_component::dummy_module(&resolve, world, ManglingAndAbi::Standard32);
-        (resolve, world, template)
+        let mangling = ManglingAndAbi::Standard32;
+        let template = wit_component::dummy_module(&resolve, world, mangling);
+        let info = resolve.worlds[world]
+            .exports
+            .values()
+            .find_map(|item| match item {
+                WorldItem::Function(f) if f.name == "info" => Some(f),
+                _ => None,
+            })
+            .expect("the world exports info");
+        let name = |kind| {
+            resolve.wasm_export_name(
+                mangling,
+                WasmExport::Func {
+                    interface: None,
+                    func: info,
+                    kind,
+                },
+            )
+        };
+        let (info, post_return) = (
+            name(WasmExportKind::Normal),
+            name(WasmExportKind::PostReturn),
+        );
+        World {
+            resolve,
+            world,
+            template,
+            info,
+            post_return,
+        }
     })
+}
+
+/// The record a replaced `info` answers.
+#[derive(Clone, Copy)]
+struct Info {
+    /// Where in the module's memory (in its first page) the record and,
+    /// after it, the name are written.
+    at: u32,
+    /// The declared dimension; 0 is invalid, which the host must refuse.
+    dimension: u32,
+    /// The declared modality, as its enum index.
+    modality: u8,
+}
+
+impl Info {
+    /// What `info` and its post-return become.
+    fn bodies(self) -> (Function, Function) {
+        const NAME: &[u8; 8] = b"fuzz-enc";
+        const MAX_INPUT_BYTES: i32 = 256;
+        let at = self.at as i32;
+        let name = at + 32;
+        let store = |offset: u64| MemArg {
+            offset,
+            align: 2,
+            memory_index: 0,
+        };
+        let mut info = Function::new([]);
+        // A memory of no pages (wasm-smith's and the template's minimum)
+        // gets the one page the record needs.
+        info.instruction(&Instruction::MemorySize(0))
+            .instruction(&Instruction::I32Eqz)
+            .instruction(&Instruction::If(wasm_encoder::BlockType::Empty))
+            .instruction(&Instruction::I32Const(1))
+            .instruction(&Instruction::MemoryGrow(0))
+            .instruction(&Instruction::Drop)
+            .instruction(&Instruction::End);
+        // The canonical ABI's layout of `encoder-info`: name and version
+        // as (pointer, length), dimension, modality (one byte), largest
+        // input.
+        for (offset, value) in [
+            (0, name),
+            (4, NAME.len() as i32),
+            (8, name),
+            (12, NAME.len() as i32),
+            (16, self.dimension as i32),
+            (24, MAX_INPUT_BYTES),
+        ] {
+            info.instruction(&Instruction::I32Const(at))
+                .instruction(&Instruction::I32Const(value))
+                .instruction(&Instruction::I32Store(store(offset)));
+        }
+        info.instruction(&Instruction::I32Const(at))
+            .instruction(&Instruction::I32Const(i32::from(self.modality)))
+            .instruction(&Instruction::I32Store8(MemArg {
+                align: 0,
+                ..store(20)
+            }))
+            .instruction(&Instruction::I32Const(name))
+            .instruction(&Instruction::I64Const(i64::from_le_bytes(*NAME)))
+            .instruction(&Instruction::I64Store(MemArg {
+                align: 3,
+                ..store(0)
+            }))
+            .instruction(&Instruction::I32Const(at))
+            .instruction(&Instruction::End);
+        let mut post_return = Function::new([]);
+        post_return.instruction(&Instruction::End);
+        (info, post_return)
+    }
+}
+
+/// Re-encodes a module with `info` and its post-return replaced.
+struct ReplaceInfo {
+    /// Index among the module's defined functions of `info` and of its
+    /// post-return.
+    info: u32,
+    post_return: u32,
+    /// Index of the next defined function the re-encoding meets.
+    next: u32,
+    record: Info,
+}
+
+impl Reencode for ReplaceInfo {
+    type Error = std::convert::Infallible;
+
+    fn parse_function_body(
+        &mut self,
+        code: &mut CodeSection,
+        func: wasmparser::FunctionBody<'_>,
+    ) -> Result<(), reencode::Error<Self::Error>> {
+        let index = self.next;
+        self.next += 1;
+        let (info, post_return) = self.record.bodies();
+        match index {
+            i if i == self.info => code.function(&info),
+            i if i == self.post_return => code.function(&post_return),
+            _ => return reencode::utils::parse_function_body(self, code, func),
+        };
+        Ok(())
+    }
+}
+
+/// `module` with `info` answering `record` and an empty post-return, or
+/// `None` if either is an import (wasm-smith may export an imported
+/// function of the right type) or the module does not parse.
+fn replace_info(module: &[u8], record: Info) -> Option<Vec<u8>> {
+    let mut imported = 0;
+    let (mut info, mut post_return) = (None, None);
+    for payload in wasmparser::Parser::new(0).parse_all(module) {
+        match payload.ok()? {
+            wasmparser::Payload::ImportSection(section) => {
+                for import in section.into_imports() {
+                    if matches!(import.ok()?.ty, wasmparser::TypeRef::Func(_)) {
+                        imported += 1;
+                    }
+                }
+            }
+            wasmparser::Payload::ExportSection(section) => {
+                for export in section {
+                    let export = export.ok()?;
+                    if export.kind != wasmparser::ExternalKind::Func {
+                        continue;
+                    }
+                    if export.name == world().info {
+                        info = Some(export.index);
+                    } else if export.name == world().post_return {
+                        post_return = Some(export.index);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut replace = ReplaceInfo {
+        info: info?.checked_sub(imported)?,
+        post_return: post_return?.checked_sub(imported)?,
+        next: 0,
+        record,
+    };
+    let mut out = wasm_encoder::Module::new();
+    replace
+        .parse_core_module(&mut out, wasmparser::Parser::new(0), module)
+        .ok()?;
+    Some(out.finish())
 }
 
 /// The component the fuzzer's bytes describe, or `None` if they run out
 /// before describing one.
 fn component(u: &mut Unstructured<'_>) -> Option<Vec<u8>> {
-    let (resolve, world, template) = world();
+    let World {
+        resolve,
+        world,
+        template,
+        ..
+    } = world();
+    let record = u.ratio(3u8, 4).ok()?.then_some(Info {
+        at: u.int_in_range(0..=255u32).ok()? * 8,
+        dimension: u.int_in_range(0..=16).ok()?,
+        modality: u.int_in_range(0..=3).ok()?,
+    });
     let mut config: wasm_smith::Config = u.arbitrary().ok()?;
     // What the host's engine enables, and the world's interface.
     config.available_imports = Some(template.clone());
@@ -60,8 +259,11 @@ fn component(u: &mut Unstructured<'_>) -> Option<Vec<u8>> {
     // The world's exports bring the one memory a call may have.
     config.max_memories = 0;
     config.max_memory32_bytes = config.max_memory32_bytes.min(1 << 30);
-    let module = wasm_smith::Module::new(config, u).ok()?;
-    let mut core = module.to_bytes();
+    let module = wasm_smith::Module::new(config, u).ok()?.to_bytes();
+    let mut core = match record {
+        Some(record) => replace_info(&module, record)?,
+        None => module,
+    };
     wit_component::embed_component_metadata(&mut core, resolve, *world, StringEncoding::UTF8)
         .expect("metadata embeds in any module");
     // A module whose exports the world's ABI cannot lift (a `cabi_realloc`
@@ -125,25 +327,93 @@ mod tests {
     use super::*;
     use soma_host::Error;
 
-    /// A generated component's random `info()` rarely answers a valid
-    /// record, so few load; what matters is that they compile, link and
-    /// run guest code (a verdict from running it, not a refusal of the
-    /// bytes).
-    #[test]
-    fn the_seeds_describe_components_that_link_and_run() {
-        let limits = Limits {
+    fn limits() -> Limits {
+        Limits {
             fuel: FUEL,
             ..Limits::default()
+        }
+    }
+
+    /// The world's template module (every body `unreachable`) as a
+    /// component, `info` replaced by `record` if given.
+    fn template(record: Option<Info>) -> Vec<u8> {
+        let World {
+            resolve,
+            world,
+            template,
+            ..
+        } = world();
+        let mut core = match record {
+            Some(record) => replace_info(template, record).expect("the template re-encodes"),
+            None => template.clone(),
         };
-        let mut ran = 0;
+        wit_component::embed_component_metadata(&mut core, resolve, *world, StringEncoding::UTF8)
+            .unwrap();
+        ComponentEncoder::default()
+            .module(&core)
+            .unwrap()
+            .validate(true)
+            .encode()
+            .unwrap()
+    }
+
+    /// The replaced `info` is what the host reads, and `embed` then runs
+    /// the module's own code (here `unreachable`); without the
+    /// replacement the component fails at load.
+    #[test]
+    fn a_replaced_info_loads_and_embed_runs_the_generated_code() {
+        let record = Info {
+            at: 64,
+            dimension: 7,
+            modality: 3,
+        };
+        let encoder = crate::engine()
+            .load_with(&template(Some(record)), &limits())
+            .expect("loads");
+        assert_eq!(encoder.info().name, "fuzz-enc");
+        assert_eq!(encoder.info().version, "fuzz-enc");
+        assert_eq!(encoder.info().dimension, 7);
+        assert_eq!(encoder.info().modality, soma_host::Modality::Bytes);
+        assert_eq!(encoder.info().max_input_bytes, 256);
+        let called = encoder.embed(&[b"x".to_vec()], &limits(), Seed::from(1));
+        assert!(matches!(called, Err(Error::Trap { .. })), "{called:?}");
+
+        let unchanged = crate::engine().load_with(&template(None), &limits()).err();
+        assert!(
+            matches!(unchanged, Some(Error::Trap { .. })),
+            "{unchanged:?}"
+        );
+        let invalid = crate::engine()
+            .load_with(
+                &template(Some(Info {
+                    dimension: 0,
+                    ..record
+                })),
+                &limits(),
+            )
+            .err();
+        assert!(
+            matches!(invalid, Some(Error::InvalidInfo(_))),
+            "{invalid:?}"
+        );
+    }
+
+    /// Generated components compile, link and run guest code (a verdict
+    /// from running it, not a refusal of the bytes), and some get through
+    /// loading to `embed`.
+    #[test]
+    fn the_seeds_describe_components_that_run_and_reach_embed() {
+        let (mut ran, mut loaded) = (0, 0);
         for seed in seeds() {
             let component = component(&mut Unstructured::new(&seed)).expect("a component");
-            match crate::engine().load_with(&component, &limits) {
+            match crate::engine().load_with(&component, &limits()) {
                 Err(Error::Compile(_) | Error::Incompatible(_)) => {}
                 Err(e) if crate::host_failed(&e) => panic!("the host failed: {e}"),
-                _ => ran += 1,
+                Err(_) => ran += 1,
+                Ok(_) => loaded += 1,
             }
         }
-        assert!(ran > 0, "no seed describes a component that runs");
+        assert!(ran + loaded > 0, "no seed describes a component that runs");
+        assert!(loaded > 0, "no seed describes a component that loads");
     }
 }
