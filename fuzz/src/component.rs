@@ -95,13 +95,14 @@ struct Info {
     dimension: u32,
     /// The declared modality, as its enum index.
     modality: u8,
+    /// The declared largest input (0 is invalid).
+    max_input_bytes: u32,
 }
 
 impl Info {
     /// What `info` and its post-return become.
     fn bodies(self) -> (Function, Function) {
         const NAME: &[u8; 8] = b"fuzz-enc";
-        const MAX_INPUT_BYTES: i32 = 256;
         let at = self.at as i32;
         let name = at + 32;
         let store = |offset: u64| MemArg {
@@ -128,7 +129,7 @@ impl Info {
             (8, name),
             (12, NAME.len() as i32),
             (16, self.dimension as i32),
-            (24, MAX_INPUT_BYTES),
+            (24, self.max_input_bytes as i32),
         ] {
             info.instruction(&Instruction::I32Const(at))
                 .instruction(&Instruction::I32Const(value))
@@ -187,22 +188,25 @@ impl Reencode for ReplaceInfo {
 
 /// `module` with `info` answering `record` and an empty post-return, or
 /// `None` if either is an import (wasm-smith may export an imported
-/// function of the right type) or the module does not parse.
+/// function of the right type).
 fn replace_info(module: &[u8], record: Info) -> Option<Vec<u8>> {
     let mut imported = 0;
     let (mut info, mut post_return) = (None, None);
     for payload in wasmparser::Parser::new(0).parse_all(module) {
-        match payload.ok()? {
+        match payload.expect("wasm-smith writes valid modules") {
             wasmparser::Payload::ImportSection(section) => {
                 for import in section.into_imports() {
-                    if matches!(import.ok()?.ty, wasmparser::TypeRef::Func(_)) {
+                    if matches!(
+                        import.unwrap().ty,
+                        wasmparser::TypeRef::Func(_) | wasmparser::TypeRef::FuncExact(_)
+                    ) {
                         imported += 1;
                     }
                 }
             }
             wasmparser::Payload::ExportSection(section) => {
                 for export in section {
-                    let export = export.ok()?;
+                    let export = export.unwrap();
                     if export.kind != wasmparser::ExternalKind::Func {
                         continue;
                     }
@@ -225,8 +229,15 @@ fn replace_info(module: &[u8], record: Info) -> Option<Vec<u8>> {
     let mut out = wasm_encoder::Module::new();
     replace
         .parse_core_module(&mut out, wasmparser::Parser::new(0), module)
-        .ok()?;
-    Some(out.finish())
+        .expect("a valid module re-encodes");
+    let out = out.finish();
+    // A broken rewrite would only show as inputs that never load: fail.
+    if let Err(e) =
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all()).validate_all(&out)
+    {
+        panic!("the rewritten module is invalid: {e}");
+    }
+    Some(out)
 }
 
 /// The component the fuzzer's bytes describe, or `None` if they run out
@@ -242,6 +253,7 @@ fn component(u: &mut Unstructured<'_>) -> Option<Vec<u8>> {
         at: u.int_in_range(0..=255u32).ok()? * 8,
         dimension: u.int_in_range(0..=16).ok()?,
         modality: u.int_in_range(0..=3).ok()?,
+        max_input_bytes: u.int_in_range(0..=300).ok()?,
     });
     let mut config: wasm_smith::Config = u.arbitrary().ok()?;
     // What the host's engine enables, and the world's interface.
@@ -260,10 +272,10 @@ fn component(u: &mut Unstructured<'_>) -> Option<Vec<u8>> {
     config.max_memories = 0;
     config.max_memory32_bytes = config.max_memory32_bytes.min(1 << 30);
     let module = wasm_smith::Module::new(config, u).ok()?.to_bytes();
-    let mut core = match record {
-        Some(record) => replace_info(&module, record)?,
-        None => module,
-    };
+    // Where `info` is an import, the module stays as generated.
+    let mut core = record
+        .and_then(|record| replace_info(&module, record))
+        .unwrap_or(module);
     wit_component::embed_component_metadata(&mut core, resolve, *world, StringEncoding::UTF8)
         .expect("metadata embeds in any module");
     // A module whose exports the world's ABI cannot lift (a `cabi_realloc`
@@ -366,6 +378,7 @@ mod tests {
             at: 64,
             dimension: 7,
             modality: 3,
+            max_input_bytes: 256,
         };
         let encoder = crate::engine()
             .load_with(&template(Some(record)), &limits())
@@ -407,8 +420,8 @@ mod tests {
         for seed in seeds() {
             let component = component(&mut Unstructured::new(&seed)).expect("a component");
             match crate::engine().load_with(&component, &limits()) {
-                Err(Error::Compile(_) | Error::Incompatible(_)) => {}
                 Err(e) if crate::host_failed(&e) => panic!("the host failed: {e}"),
+                Err(Error::Invalid(_) | Error::Incompatible(_)) => {}
                 Err(_) => ran += 1,
                 Ok(_) => loaded += 1,
             }

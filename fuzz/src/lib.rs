@@ -111,13 +111,15 @@ fn example_component(name: &str) -> Vec<u8> {
 }
 
 /// Whether `error` is a failure of the host itself rather than a verdict
-/// about the encoder: what no input may cause. (Stack exhaustion is a
-/// verdict, though a machine-dependent one: how deep wasm recurses depends
-/// on native frame sizes.)
+/// about the encoder: what no input may cause. A valid component the
+/// compiler fails on counts: it would be attested as this host's trouble
+/// and never held against its author. (Stack exhaustion is a verdict,
+/// though a machine-dependent one: how deep wasm recurses depends on
+/// native frame sizes.)
 fn host_failed(error: &soma_host::Error) -> bool {
     matches!(
         error,
-        soma_host::Error::Host(_) | soma_host::Error::Timeout { .. }
+        soma_host::Error::Host(_) | soma_host::Error::Timeout { .. } | soma_host::Error::Compile(_)
     )
 }
 

@@ -3,7 +3,7 @@
 use crate::encoder::Encoder;
 use crate::inference::{ModelCache, ModelError, PackageModels};
 use crate::package::{CacheOutcome, CompiledCache, VerifiedPackage};
-use crate::runtime::Runtime;
+use crate::runtime::{FEATURES, Runtime};
 use crate::{Digest, Error, Limits, preinit};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -143,9 +143,10 @@ impl Engine {
         })
     }
 
-    /// `wasm` with its start-up done, or as it is if it cannot be
-    /// pre-initialised.
+    /// `wasm`, once validated, with its start-up done, or as it is if it
+    /// cannot be pre-initialised.
     fn preinitialized(&self, wasm: &[u8], limits: &Limits) -> Result<Vec<u8>, Error> {
+        validate(wasm)?;
         Ok(preinit::preinitialize(&self.runtime, wasm, limits)?.unwrap_or_else(|| wasm.to_vec()))
     }
 
@@ -161,4 +162,21 @@ impl Engine {
     pub fn running_inference_workers(&self) -> usize {
         self.models.running_workers()
     }
+}
+
+/// Refuses, as [`Error::Invalid`], bytes that are not a valid component
+/// with [`FEATURES`]. Judged on the author's bytes, before
+/// pre-initialisation rewrites them, and with the protocol's features
+/// rather than whatever a wasmtime build enables, so that every validator
+/// reaches the same verdict.
+fn validate(wasm: &[u8]) -> Result<(), Error> {
+    if !wasmparser::Parser::is_component(wasm) {
+        return Err(Error::Invalid(
+            "not a WebAssembly component (a core module, or not WebAssembly at all)".into(),
+        ));
+    }
+    wasmparser::Validator::new_with_features(FEATURES)
+        .validate_all(wasm)
+        .map(drop)
+        .map_err(|e| Error::Invalid(e.to_string()))
 }

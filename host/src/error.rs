@@ -8,8 +8,15 @@ use std::time::Duration;
 /// leaves the host unable to serve the next call.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// The bytes are not a valid WebAssembly component, or the engine could
-    /// not compile them.
+    /// The bytes are not a valid WebAssembly component with the features
+    /// every host enables ([`crate::FEATURES`]): the same verdict on every
+    /// host, since validation is a function of the bytes alone.
+    #[error("component is not valid WebAssembly: {0}")]
+    Invalid(String),
+
+    /// The engine could not compile or pre-initialise a valid component:
+    /// this host's trouble (compiling can fail for want of memory), not
+    /// held against the encoder.
     #[error("component does not compile: {0}")]
     Compile(String),
 
@@ -48,8 +55,9 @@ pub enum Error {
         limit: u64,
     },
 
-    /// The encoder's memory starts larger than the limit, or it tried to
-    /// grow its memory (or tables) past the limit.
+    /// The encoder's memory starts larger than the limit, it tried to grow
+    /// its memory (or tables) past the limit, or its start-up left more
+    /// memory than a snapshot may hold ([`crate::MAX_SNAPSHOT_MEMORY`]).
     #[error("encoder exceeded its memory limit of {limit_bytes} bytes")]
     MemoryLimit {
         /// Bytes of linear memory the call was allowed.
@@ -111,12 +119,12 @@ impl Error {
     /// Whether every correct host running the same call reaches this same
     /// failure, so that it can be held against the encoder.
     ///
-    /// Timeouts, stack exhaustion and host failures depend on this machine
-    /// and are not.
+    /// Timeouts, stack exhaustion, failures to compile valid code and host
+    /// failures depend on this machine and are not.
     pub fn is_deterministic(&self) -> bool {
         !matches!(
             self,
-            Error::Timeout { .. } | Error::StackExhausted | Error::Host(_)
+            Error::Timeout { .. } | Error::StackExhausted | Error::Compile(_) | Error::Host(_)
         )
     }
 }

@@ -48,4 +48,5 @@ pub use info::{EncoderInfo, MAX_DIMENSION, Modality};
 pub use limits::{HOST_FUEL_PER_BYTE, Limits};
 pub use package::{BlobStore, CacheOutcome, CompiledCache, StoreError};
 pub use preinit::MAX_SNAPSHOT_MEMORY;
+pub use runtime::FEATURES;
 pub use sandbox::{FIXED_MONOTONIC_CLOCK, FIXED_WALL_CLOCK, OUTPUT_CAPTURE_BYTES, Seed};

@@ -49,9 +49,11 @@ pub(crate) fn preinitialize(
     let Ok(Ok((cx, instrumented))) = instrumented else {
         return Ok(None);
     };
-    let Ok(component) = Component::new(runtime.engine(), &instrumented) else {
-        return Ok(None);
-    };
+    // The component was valid, so this is this host's trouble (out of
+    // memory, say); going on without a snapshot would run start-up in every
+    // call here alone and change what this host attests.
+    let component = Component::new(runtime.engine(), &instrumented)
+        .map_err(|e| Error::Compile(format!("pre-initialisation: {e:#}")))?;
     if component.get_export(None, "info").is_none() {
         return Ok(None);
     }
@@ -83,10 +85,11 @@ pub(crate) fn preinitialize(
         return Err(classify_call(e, store.data(), limits));
     }
     let memory = store.data().limiter.memory_in_use;
+    // As deterministic as the start-up itself: the encoder's own limit.
     if memory > MAX_SNAPSHOT_MEMORY {
-        return Err(Error::Compile(format!(
-            "the encoder's start-up leaves {memory} bytes of memory; a snapshot holds at most {MAX_SNAPSHOT_MEMORY}"
-        )));
+        return Err(Error::MemoryLimit {
+            limit_bytes: MAX_SNAPSHOT_MEMORY as u64,
+        });
     }
     let mut state = Snapshotting {
         store: &mut store,

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, Store, WasmFeatures,
+};
 
 /// How often the wall-clock safety net advances the epoch.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -151,6 +153,20 @@ fn epoch_ticks(timeout: Duration) -> u64 {
 /// copies more than the faults cost.
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
+/// The WebAssembly features every host enables, and no others: a protocol
+/// constant, since whether a component is valid decides whether its author
+/// is slashed for it, so every validator must judge with the same set
+/// rather than with its wasmtime build's defaults. WebAssembly 3.0 and the
+/// component model, without threads (not deterministic) and without GC
+/// types and exceptions (the engine is built without a collector).
+pub const FEATURES: WasmFeatures = WasmFeatures::WASM3
+    .union(WasmFeatures::COMPONENT_MODEL)
+    .difference(
+        WasmFeatures::THREADS
+            .union(WasmFeatures::GC_TYPES)
+            .union(WasmFeatures::EXCEPTIONS),
+    );
+
 fn config(fuel_metering: bool) -> Config {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOLED_INSTANCES)
@@ -163,14 +179,13 @@ fn config(fuel_metering: bool) -> Config {
 
     let mut config = Config::new();
     config
-        .wasm_component_model(true)
+        .wasm_features(WasmFeatures::all(), false)
+        .wasm_features(FEATURES, true)
         .consume_fuel(fuel_metering)
         .epoch_interruption(true)
         .cranelift_nan_canonicalization(true)
         .cranelift_opt_level(OptLevel::Speed)
-        .wasm_threads(false)
         .shared_memory(false)
-        .wasm_relaxed_simd(true)
         .relaxed_simd_deterministic(true)
         .parallel_compilation(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

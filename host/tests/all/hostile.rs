@@ -4,7 +4,7 @@
 use super::{engine, hash_encoder, hostile, text};
 use soma_host::{
     Embeddings, Error, FIXED_WALL_CLOCK, HOST_FUEL_PER_BYTE, InvalidOutput, Limits,
-    MAX_REFUSAL_BYTES, OUTPUT_CAPTURE_BYTES, Seed, WASI_CALL_FUEL,
+    MAX_REFUSAL_BYTES, MAX_SNAPSHOT_MEMORY, OUTPUT_CAPTURE_BYTES, Seed, WASI_CALL_FUEL,
     log::{LOG_FUEL_PER_CALL, MAX_LOG_RECORDS},
 };
 use std::time::Duration;
@@ -213,13 +213,39 @@ fn a_component_of_another_world_is_incompatible_and_named() {
 }
 
 #[test]
-fn bytes_that_are_not_a_component_do_not_compile() {
+fn bytes_that_are_not_a_component_are_invalid() {
     for garbage in [&b""[..], b"\0asm\x01\0\0\0", b"not wasm at all"] {
         let Err(err) = engine().load(garbage) else {
             panic!("garbage loaded")
         };
-        assert!(matches!(err, Error::Compile(_)), "{err}");
+        assert!(matches!(err, Error::Invalid(_)), "{err}");
+        assert!(err.is_deterministic(), "{err}");
     }
+}
+
+/// Function bodies are validated with the rest, before compiling (the
+/// compiler would only meet them later, as its own failure).
+#[test]
+fn a_component_whose_code_does_not_validate_is_invalid() {
+    use wasm_encoder::{CodeSection, Function, FunctionSection, Module, TypeSection, ValType};
+    let mut types = TypeSection::new();
+    types.ty().function([], [ValType::I32]);
+    let mut functions = FunctionSection::new();
+    functions.function(0);
+    let mut code = CodeSection::new();
+    // Returns nothing where an i32 is due.
+    code.function(Function::new([]).instruction(&wasm_encoder::Instruction::End));
+    let mut module = Module::new();
+    module.section(&types).section(&functions).section(&code);
+    let mut component = wasm_encoder::Component::new();
+    component.section(&wasm_encoder::ModuleSection(&module));
+    let Err(err) = engine().load(&component.finish()) else {
+        panic!("an invalid body loaded")
+    };
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("type mismatch")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -292,7 +318,7 @@ fn a_start_up_that_leaves_too_much_memory_is_refused_at_load() {
         panic!("a 160 MiB start-up snapshot was taken")
     };
     assert!(
-        matches!(&err, Error::Compile(m) if m.contains("start-up leaves")),
+        matches!(err, Error::MemoryLimit { limit_bytes } if limit_bytes == MAX_SNAPSHOT_MEMORY as u64),
         "{err}"
     );
     hash_encoder()

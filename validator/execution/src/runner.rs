@@ -176,7 +176,7 @@ impl JobRunner {
             })),
             // This host's trouble (compiling can fail for want of memory
             // here): not remembered, tried again next time.
-            Err(e) if !e.is_deterministic() || matches!(e, Error::Compile(_)) => {
+            Err(e) if !e.is_deterministic() => {
                 return Ok(Err(Outcome::Local));
             }
             Err(_) => Err(Outcome::Unloadable),

@@ -135,3 +135,33 @@ fn a_package_not_yet_received_makes_the_runner_wait() {
         "{err}"
     );
 }
+
+/// A package whose component is not valid WebAssembly is its author's
+/// fault on every host: attested `Unloadable`, which disqualifies and
+/// slashes it (a failure to compile valid code would be this host's
+/// `Local` instead).
+#[test]
+fn a_component_that_is_not_webassembly_is_unloadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let hash = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
+    let junk_file = dir.path().join("junk.wasm");
+    std::fs::write(&junk_file, b"\0asm\x0d\0\x01\0 not a component").unwrap();
+    let junk = example_package(junk_file.to_str().unwrap(), "junk", 11);
+    let g = encoder_network(
+        &store,
+        &[(&hash, 10), (&junk, 11)],
+        Parameters {
+            shard_size: 2,
+            ..Parameters::default()
+        },
+    );
+    let mut ex = open(&dir.path().join("state"), &g);
+    let id = submit_all(&mut ex, &g, &[b"a few words"])[0];
+    let job = ex.job(&id).unwrap().unwrap();
+    let runner = JobRunner::new(Engine::new().unwrap(), store, None);
+    let results = runner.compute(&job, g.parameters()).unwrap();
+    let of = |d: Digest| &results[job.shard.iter().position(|&p| p == d).unwrap()];
+    assert_eq!(of(junk.digest()).outcome, Outcome::Unloadable);
+    assert_eq!(of(hash.digest()).outcome, Outcome::Ok);
+}
