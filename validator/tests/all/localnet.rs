@@ -195,20 +195,19 @@ pub(crate) fn wait_for(
     let start = Instant::now();
     while !done() {
         if start.elapsed() > timeout {
-            let logs: Vec<String> = validators
-                .iter()
-                .map(|v| {
-                    std::fs::read_to_string(v.config.with_file_name("stderr.log"))
-                        .unwrap_or_default()
-                })
-                .collect();
-            panic!(
-                "timed out waiting for {what}; logs:\n{}",
-                logs.join("\n---\n")
-            );
+            panic!("timed out waiting for {what}; logs:\n{}", logs(validators));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// What the validators wrote to stderr, for a failure's message.
+pub(crate) fn logs(validators: &[Validator]) -> String {
+    let logs: Vec<String> = validators
+        .iter()
+        .map(|v| std::fs::read_to_string(v.config.with_file_name("stderr.log")).unwrap_or_default())
+        .collect();
+    logs.join("\n---\n")
 }
 
 /// Signed transfers from the localnet's user account, nonce after nonce.

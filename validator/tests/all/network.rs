@@ -3,9 +3,10 @@
 //! sandbox and attests through consensus, and the job is finalised with
 //! the same result everywhere, the dishonest encoder slashed; a validator
 //! that was down while it happened applies the commits it missed and
-//! reports the same. Bad requests get a 4xx with a reason.
+//! reports the same. Bad requests get a 4xx with a reason, and the
+//! `openai` Python package's client gets answers it reads.
 
-use super::localnet::{Validator, genesis_with, http, start_all, wait_for};
+use super::localnet::{Validator, genesis_with, http, logs, start_all, wait_for};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use soma_codec::Encode;
@@ -495,6 +496,107 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     );
     let (_, models) = call(api(0), "GET", "/v1/models", None, b"");
     assert_eq!(models["data"][0]["id"], "soma");
+
+    // The `openai` package's client, as an OpenAI user would call it:
+    // floats and base64, one text and a batch, and a wrong key refused.
+    let from_client = openai_client(
+        &format!("http://{}/v1", client.apis[1]),
+        key,
+        texts,
+        &validators,
+    );
+    let close = |got: &[f64], want: &[f64]| {
+        got.len() == want.len() && got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5)
+    };
+    let floats_of = |reply: &Value| -> Vec<Vec<f64>> {
+        reply["embeddings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    for (call, n, tokens, base64) in [
+        ("float_single", 1, 8, false),
+        ("float_batch", 2, 12, false),
+        ("base64_single", 1, 8, true),
+        ("default_batch", 2, 12, true),
+    ] {
+        let reply = &from_client[call];
+        assert_eq!(reply["model"], "soma", "{call}: {reply}");
+        assert_eq!(reply["object"], "list", "{call}");
+        assert_eq!(reply["data_objects"], json!(vec!["embedding"; n]), "{call}");
+        assert_eq!(reply["sent_base64"], json!(vec![base64; n]), "{call}");
+        assert_eq!(reply["prompt_tokens"], tokens, "{call}: {reply}");
+        assert_eq!(reply["total_tokens"], tokens, "{call}: {reply}");
+        assert_eq!(
+            reply["indices"],
+            json!((0..n).collect::<Vec<_>>()),
+            "{call}"
+        );
+        if call != "base64_single" {
+            let got = floats_of(reply);
+            for (i, e) in got.iter().enumerate() {
+                assert!(close(e, &embeddings[i]), "{call}: input {i} differs");
+            }
+        }
+    }
+    let base64 = from_client["base64_single"]["embeddings"][0]
+        .as_str()
+        .expect("asked for base64, the client returns the server's string");
+    let decoded: Vec<f64> = base64::engine::general_purpose::STANDARD
+        .decode(base64)
+        .unwrap()
+        .chunks(4)
+        .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+        .collect();
+    assert!(close(&decoded, &embeddings[0]), "base64_single differs");
+    let refused = &from_client["refused"];
+    assert_eq!(refused["status"], 401, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("API key"),
+        "{refused}"
+    );
+}
+
+/// Runs `openai_client.py` with the `openai` package set-up installed
+/// against the API at `base_url`; what the client returned, as JSON.
+fn openai_client(base_url: &str, key: &str, texts: [&str; 2], validators: &[Validator]) -> Value {
+    let python = std::env::var_os("SOMA_OPENAI_PYTHON")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the `openai` Python package is not installed (SOMA_OPENAI_PYTHON): \
+                 run `cargo xtask setup`, which installs it from the Python package index"
+            )
+        });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/all/openai_client.py");
+    let mut command = std::process::Command::new(python);
+    // The node is on loopback: no proxy of the machine's may stand between.
+    for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        command.env_remove(proxy).env_remove(proxy.to_lowercase());
+    }
+    let output = command
+        .arg(script)
+        .args([base_url, key])
+        .args(texts)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the openai client failed ({}):\n{}\nlogs:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        logs(validators)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// Reads what the server sends on `stream` until it closes it (or
