@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 const SOMA: &str = env!("CARGO_BIN_EXE_soma");
 
 /// A base port with `n` free ports after it, never one handed out before
-/// in this process (tests run in parallel).
+/// in this process (tests run in parallel). All below Linux's ephemeral
+/// range (32768 and up): there, an outgoing connection of another test can
+/// take the port of a validator that is down and about to restart.
 pub(crate) fn free_ports(n: u16) -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let start = 20_000 + (std::process::id() % 20_000) as u16;
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
     loop {
         let base = start + NEXT.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         assert!(base < start + 2_000, "no free ports");
