@@ -10,12 +10,12 @@
 //!
 //! Random code seldom answers `info()` with a valid record, so in three
 //! inputs of four the generated `info` (and its post-return) is replaced by
-//! one that writes a record the fuzzer chose (dimension and modality, the
-//! dimension sometimes invalid) into the module's memory: those components
-//! load unless their own start-up fails, and `embed` runs their random code
-//! with the host's imports. The memory bound is the store limiter's:
-//! exceeding it is the `MemoryLimit` verdict, which this target accepts
-//! like any other.
+//! one that writes a record the fuzzer chose (dimension, modality and input
+//! limit, the first and last sometimes invalid) into the module's memory:
+//! those components load unless their own start-up fails, and `embed` runs
+//! their random code with the host's imports. The memory bound is the
+//! store limiter's: exceeding it is the `MemoryLimit` verdict, which this
+//! target accepts like any other.
 
 use arbitrary::Unstructured;
 use soma_host::{Limits, Seed};
