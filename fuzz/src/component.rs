@@ -163,7 +163,8 @@ struct ReplaceInfo {
     post_return: u32,
     /// Index of the next defined function the re-encoding meets.
     next: u32,
-    record: Info,
+    /// The new bodies of `info` and of its post-return.
+    bodies: (Function, Function),
 }
 
 impl Reencode for ReplaceInfo {
@@ -176,10 +177,9 @@ impl Reencode for ReplaceInfo {
     ) -> Result<(), reencode::Error<Self::Error>> {
         let index = self.next;
         self.next += 1;
-        let (info, post_return) = self.record.bodies();
         match index {
-            i if i == self.info => code.function(&info),
-            i if i == self.post_return => code.function(&post_return),
+            i if i == self.info => code.function(&self.bodies.0),
+            i if i == self.post_return => code.function(&self.bodies.1),
             _ => return reencode::utils::parse_function_body(self, code, func),
         };
         Ok(())
@@ -224,7 +224,7 @@ fn replace_info(module: &[u8], record: Info) -> Option<Vec<u8>> {
         info: info?.checked_sub(imported)?,
         post_return: post_return?.checked_sub(imported)?,
         next: 0,
-        record,
+        bodies: record.bodies(),
     };
     let mut out = wasm_encoder::Module::new();
     replace
