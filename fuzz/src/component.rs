@@ -13,9 +13,10 @@
 //! one that writes a record the fuzzer chose (dimension, modality and input
 //! limit, the first and last sometimes invalid) into the module's memory:
 //! those components load unless their own start-up fails, and `embed` runs
-//! their random code with the host's imports. The memory bound is the
-//! store limiter's: exceeding it is the `MemoryLimit` verdict, which this
-//! target accepts like any other.
+//! their random code with the host's imports. The input also draws the
+//! call's memory budget (1 to 1024 pages): a growth past it is the
+//! `MemoryLimit` verdict, which this target accepts like any other, and a
+//! call that answers must report holding no more than the budget.
 
 use arbitrary::Unstructured;
 use soma_host::{Limits, Seed};
@@ -36,9 +37,11 @@ struct World {
     /// A core module with the world's core ABI imports and exports (bodies
     /// `unreachable`).
     template: Vec<u8>,
-    /// The core export names of `info` and of its post-return.
+    /// The core export names of `info`, of its post-return and of the
+    /// memory the canonical ABI uses.
     info: String,
     post_return: String,
+    memory: String,
 }
 
 /// The encoder world, read from the repository's WIT.
@@ -75,12 +78,24 @@ fn world() -> &'static World {
             name(WasmExportKind::Normal),
             name(WasmExportKind::PostReturn),
         );
+        let memory = wasmparser::Parser::new(0)
+            .parse_all(&template)
+            .find_map(|payload| match payload {
+                Ok(wasmparser::Payload::ExportSection(section)) => section
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e.kind == wasmparser::ExternalKind::Memory)
+                    .map(|e| e.name.to_owned()),
+                _ => None,
+            })
+            .expect("the template exports a memory");
         World {
             resolve,
             world,
             template,
             info,
             post_return,
+            memory,
         }
     })
 }
@@ -88,7 +103,7 @@ fn world() -> &'static World {
 /// The record a replaced `info` answers.
 #[derive(Clone, Copy)]
 struct Info {
-    /// Where in the module's memory (in its first page) the record and,
+    /// Where in the exported memory (in its first page) the record and,
     /// after it, the name are written.
     at: u32,
     /// The declared dimension; 0 is invalid, which the host must refuse.
@@ -100,24 +115,26 @@ struct Info {
 }
 
 impl Info {
-    /// What `info` and its post-return become.
-    fn bodies(self) -> (Function, Function) {
+    /// What `info` and its post-return become, writing into the 32-bit
+    /// memory of index `memory` (the one the module exports for the
+    /// canonical ABI).
+    fn bodies(self, memory: u32) -> (Function, Function) {
         const NAME: &[u8; 8] = b"fuzz-enc";
         let at = self.at as i32;
         let name = at + 32;
         let store = |offset: u64| MemArg {
             offset,
             align: 2,
-            memory_index: 0,
+            memory_index: memory,
         };
         let mut info = Function::new([]);
         // A memory of no pages (wasm-smith's and the template's minimum)
         // gets the one page the record needs.
-        info.instruction(&Instruction::MemorySize(0))
+        info.instruction(&Instruction::MemorySize(memory))
             .instruction(&Instruction::I32Eqz)
             .instruction(&Instruction::If(wasm_encoder::BlockType::Empty))
             .instruction(&Instruction::I32Const(1))
-            .instruction(&Instruction::MemoryGrow(0))
+            .instruction(&Instruction::MemoryGrow(memory))
             .instruction(&Instruction::Drop)
             .instruction(&Instruction::End);
         // The canonical ABI's layout of `encoder-info`: name and version
@@ -188,43 +205,58 @@ impl Reencode for ReplaceInfo {
 
 /// `module` with `info` answering `record` and an empty post-return, or
 /// `None` if either is an import (wasm-smith may export an imported
-/// function of the right type).
+/// function of the right type) or the exported memory is 64-bit (which the
+/// canonical ABI's 32-bit pointers cannot address: no component either).
 fn replace_info(module: &[u8], record: Info) -> Option<Vec<u8>> {
     let mut imported = 0;
-    let (mut info, mut post_return) = (None, None);
+    // Whether each memory, imported then defined, is 64-bit.
+    let mut memory64 = Vec::new();
+    let (mut info, mut post_return, mut memory) = (None, None, None);
     for payload in wasmparser::Parser::new(0).parse_all(module) {
         match payload.expect("wasm-smith writes valid modules") {
             wasmparser::Payload::ImportSection(section) => {
                 for import in section.into_imports() {
-                    if matches!(
-                        import.unwrap().ty,
-                        wasmparser::TypeRef::Func(_) | wasmparser::TypeRef::FuncExact(_)
-                    ) {
-                        imported += 1;
+                    match import.unwrap().ty {
+                        wasmparser::TypeRef::Func(_) | wasmparser::TypeRef::FuncExact(_) => {
+                            imported += 1
+                        }
+                        wasmparser::TypeRef::Memory(ty) => memory64.push(ty.memory64),
+                        _ => {}
                     }
                 }
+            }
+            wasmparser::Payload::MemorySection(section) => {
+                memory64.extend(section.into_iter().map(|ty| ty.unwrap().memory64));
             }
             wasmparser::Payload::ExportSection(section) => {
                 for export in section {
                     let export = export.unwrap();
-                    if export.kind != wasmparser::ExternalKind::Func {
-                        continue;
-                    }
-                    if export.name == world().info {
-                        info = Some(export.index);
-                    } else if export.name == world().post_return {
-                        post_return = Some(export.index);
+                    match export.kind {
+                        wasmparser::ExternalKind::Func if export.name == world().info => {
+                            info = Some(export.index)
+                        }
+                        wasmparser::ExternalKind::Func if export.name == world().post_return => {
+                            post_return = Some(export.index)
+                        }
+                        wasmparser::ExternalKind::Memory if export.name == world().memory => {
+                            memory = Some(export.index)
+                        }
+                        _ => {}
                     }
                 }
             }
             _ => {}
         }
     }
+    let memory = memory?;
+    if memory64[memory as usize] {
+        return None;
+    }
     let mut replace = ReplaceInfo {
         info: info?.checked_sub(imported)?,
         post_return: post_return?.checked_sub(imported)?,
         next: 0,
-        bodies: record.bodies(),
+        bodies: record.bodies(memory),
     };
     let mut out = wasm_encoder::Module::new();
     replace
@@ -259,17 +291,32 @@ fn component(u: &mut Unstructured<'_>) -> Option<Vec<u8>> {
     // What the host's engine enables, and the world's interface.
     config.available_imports = Some(template.clone());
     config.exports = Some(template.clone());
+    // What the engine leaves out is off; the rest of the host's `FEATURES`
+    // (multiple memories, SIMD, tail calls, ...) stays as the input chose
+    // it.
     config.threads_enabled = false;
     config.shared_everything_threads_enabled = false;
-    config.memory64_enabled = false;
     config.gc_enabled = false;
     config.exceptions_enabled = false;
     config.custom_page_sizes_enabled = false;
     config.wide_arithmetic_enabled = false;
-    // externref needs the GC the engine leaves out.
-    config.reference_types_enabled = false;
-    // The world's exports bring the one memory a call may have.
-    config.max_memories = 0;
+    // One input in four may go beyond what the host accepts: reference
+    // types (wasm-smith then writes `externref`, which needs the GC the
+    // engine leaves out) and 64-bit memories (`Invalid`); more memories
+    // and tables per module
+    // than the instance layout's one each, longer tables (`Layout`). The
+    // others stay within, so that most inputs load.
+    if u.ratio(1u8, 4).ok()? {
+        config.max_memories = config.max_memories.min(2);
+        config.max_memory64_bytes = config.max_memory64_bytes.min(1 << 30);
+        config.max_tables = config.max_tables.min(3);
+    } else {
+        config.reference_types_enabled = false;
+        config.memory64_enabled = false;
+        config.max_memories = 0;
+        config.max_tables = config.max_tables.min(1);
+        config.max_table_elements = config.max_table_elements.min(100_000);
+    }
     config.max_memory32_bytes = config.max_memory32_bytes.min(1 << 30);
     let module = wasm_smith::Module::new(config, u).ok()?.to_bytes();
     // Where `info` is an import, the module stays as generated.
@@ -294,8 +341,12 @@ pub fn check(bytes: &[u8]) {
     let Some(component) = component(&mut u) else {
         return;
     };
+    // A memory budget of 1 to 1024 pages, so that modules of every size
+    // meet it.
+    let pages = u.int_in_range(1..=1024u64).unwrap_or(1024);
     let limits = Limits {
         fuel: FUEL,
+        max_memory_bytes: pages << 16,
         ..Limits::default()
     };
     let encoder = match crate::engine().load_with(&component, &limits) {
@@ -309,17 +360,24 @@ pub fn check(bytes: &[u8]) {
         }
     };
     let input = u.bytes(u.len().min(256)).unwrap_or_default().to_vec();
-    if let Err(e) = encoder.embed(&[input], &limits, Seed::from(1)) {
-        assert!(
+    match encoder.embed(&[input], &limits, Seed::from(1)) {
+        Ok(out) => assert!(
+            out.memory_bytes <= limits.max_memory_bytes,
+            "a call held {} bytes of memory; the limit is {}",
+            out.memory_bytes,
+            limits.max_memory_bytes
+        ),
+        Err(e) => assert!(
             !crate::host_failed(&e),
             "a generated component failed the host: {e}"
-        );
+        ),
     }
 }
 
-/// Byte strings that describe small components.
+/// Byte strings that describe small components: the first eight of a
+/// fixed pseudo-random series that do.
 pub fn seeds() -> Vec<Vec<u8>> {
-    (0u8..4)
+    (0u8..=255)
         .map(|i| {
             let mut state = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(u64::from(i) + 1);
             (0..4096)
@@ -329,8 +387,10 @@ pub fn seeds() -> Vec<Vec<u8>> {
                     state ^= state << 17;
                     state as u8
                 })
-                .collect()
+                .collect::<Vec<u8>>()
         })
+        .filter(|bytes| component(&mut Unstructured::new(bytes)).is_some())
+        .take(8)
         .collect()
 }
 
@@ -421,7 +481,7 @@ mod tests {
             let component = component(&mut Unstructured::new(&seed)).expect("a component");
             match crate::engine().load_with(&component, &limits()) {
                 Err(e) if crate::host_failed(&e) => panic!("the host failed: {e}"),
-                Err(Error::Invalid(_) | Error::Incompatible(_)) => {}
+                Err(Error::Invalid(_) | Error::Incompatible(_) | Error::Layout(_)) => {}
                 Err(_) => ran += 1,
                 Ok(_) => loaded += 1,
             }

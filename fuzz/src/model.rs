@@ -1,10 +1,12 @@
 //! Model admission, on arbitrary bytes and on mutations of a real model:
-//! never a panic; the fuel a run is planned to cost is finite and never
-//! falls as the input grows; whatever admission accepts loads in ONNX
-//! Runtime (in the inference worker) without crashing it or being refused
-//! by it, and runs there when it takes what the hostile encoder sends (one
-//! fp32 vector `x`; a mutated MiniLM wants token ids, so the host refuses
-//! that call before the worker sees it).
+//! never a panic; the fuel a run is planned to cost never falls as the
+//! input grows; whatever admission accepts loads in ONNX Runtime (in the
+//! inference worker) without crashing it or being refused by it, and runs
+//! there when it takes what the hostile encoder sends (one fp32 vector
+//! `x`; a mutated MiniLM wants token ids, so the host refuses that call
+//! before the worker sees it). A run that happens was charged at least
+//! the fuel its plan costs: planned work that saturates (more than any
+//! fuel limit buys) can never run.
 //!
 //! The first byte chooses the model. If it is 1 modulo 8, the rest of the
 //! input is a list of patches (little-endian u32 offset, then a byte to
@@ -56,20 +58,22 @@ pub fn check(bytes: &[u8]) {
         return;
     };
     let declared = admitted.input_dims();
+    let mut planned = Vec::with_capacity(LENGTHS.len());
     let mut charged = 0;
     for n in LENGTHS {
         let dims: Vec<Vec<u64>> = declared
             .iter()
             .map(|input| input.iter().map(|d| d.unwrap_or(n)).collect())
             .collect();
-        if let Ok(fuel) = admitted.fuel(&dims) {
+        let fuel = admitted.fuel(&dims);
+        if let Ok(fuel) = fuel {
             assert!(
                 fuel >= charged,
                 "a run of length {n} costs {fuel}, less than a shorter one ({charged})"
             );
-            assert!(fuel < u64::MAX, "a run of length {n} costs unbounded fuel");
             charged = fuel;
         }
+        planned.push(fuel);
     }
     // Loaded and run by the hostile encoder, which feeds `x` = 0, 1, ..
     // as fp32: whatever the model wants, the host must answer with a
@@ -86,13 +90,23 @@ pub fn check(bytes: &[u8]) {
             return;
         }
     };
-    for n in &LENGTHS[..2] {
+    for (n, planned) in LENGTHS.iter().zip(&planned).take(2) {
         let input = format!("run:{n}:{digest}").into_bytes();
-        if let Err(e) = encoder.embed(&[input], &Limits::default(), Seed::from(0)) {
-            assert!(
+        match encoder.embed(&[input], &Limits::default(), Seed::from(0)) {
+            // The encoder answers only if its run succeeded, which takes a
+            // single input of the dimensions planned above.
+            Ok(out) => match planned {
+                Ok(fuel) => assert!(
+                    out.fuel_used >= *fuel,
+                    "a run of length {n} planned to cost {fuel} was charged {}",
+                    out.fuel_used
+                ),
+                Err(e) => panic!("a run of length {n} that cannot be planned ran: {e}"),
+            },
+            Err(e) => assert!(
                 !crate::host_failed(&e),
                 "an admitted model made the host fail: {e}"
-            );
+            ),
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     /// Fuel the call consumed (0 on an engine without metering).
     pub fuel_used: u64,
+    /// Bytes of linear memory the instance held when the call returned, as
+    /// wasmtime reported each memory's size to the store's limiter: memories
+    /// only grow, so this is the most the call held, and never above
+    /// [`Limits::max_memory_bytes`].
+    pub memory_bytes: u64,
     /// Messages the encoder logged (at most [`crate::log::MAX_LOG_RECORDS`]).
     pub logs: Vec<LogRecord>,
     /// Messages dropped beyond that bound.
@@ -160,6 +165,7 @@ impl Encoder {
         Ok(Embeddings {
             vectors,
             fuel_used,
+            memory_bytes: sandbox.limiter.memory_in_use as u64,
             logs: sandbox.log.records,
             logs_dropped: sandbox.log.dropped,
             stdout: sandbox.stdout.text(),

@@ -127,7 +127,7 @@ impl Engine {
     /// Pre-initialises (under `limits`) and compiles `wasm`.
     fn compile(&self, wasm: &[u8], limits: &Limits) -> Result<Component, Error> {
         Component::new(self.runtime.engine(), self.preinitialized(wasm, limits)?)
-            .map_err(|e| Error::Compile(format!("{e:#}")))
+            .map_err(|e| Error::compiling("", &e))
     }
 
     /// Like [`Engine::compile`], through `cache`: keyed by the digest of

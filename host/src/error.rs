@@ -14,6 +14,13 @@ pub enum Error {
     #[error("component is not valid WebAssembly: {0}")]
     Invalid(String),
 
+    /// The component is valid but does not fit the instance layout every
+    /// host configures alike (memories or tables per core module, their
+    /// initial sizes, the state an instance needs): the same verdict on
+    /// every host, since the layout is pinned with the engine.
+    #[error("component does not fit the host's instance layout: {0}")]
+    Layout(String),
+
     /// The engine could not compile or pre-initialise a valid component:
     /// this host's trouble (compiling can fail for want of memory), not
     /// held against the encoder.
@@ -126,6 +133,21 @@ impl Error {
             self,
             Error::Timeout { .. } | Error::StackExhausted | Error::Compile(_) | Error::Host(_)
         )
+    }
+}
+
+impl Error {
+    /// Names wasmtime's failure to compile or load a valid component:
+    /// [`Error::Layout`] when the component does not fit the pooling
+    /// allocator's layout (wasmtime's words for it; the engine version and
+    /// the layout are pinned, and a test holds them to these words), else
+    /// this host's [`Error::Compile`].
+    pub(crate) fn compiling(context: &str, error: &wasmtime::Error) -> Error {
+        let text = format!("{context}{error:#}");
+        match text.contains("does not fit in pooling allocator requirements") {
+            true => Error::Layout(text),
+            false => Error::Compile(text),
+        }
     }
 }
 

@@ -215,6 +215,7 @@ fn run(args: RunArgs) -> Result<()> {
     let json = serde_json::json!({
         "encoder": encoder.info(),
         "fuel_used": out.fuel_used,
+        "memory_bytes": out.memory_bytes,
         "embeddings": out.vectors,
         "logs": out.logs,
         "logs_dropped": out.logs_dropped,

@@ -49,11 +49,19 @@ pub(crate) fn preinitialize(
     let Ok(Ok((cx, instrumented))) = instrumented else {
         return Ok(None);
     };
+    // wizer writes invalid code for some valid components (it checks only
+    // in debug builds, by panicking): as deterministic as a refusal, so it
+    // is one, the same on every host.
+    let valid =
+        wasmparser::Validator::new_with_features(crate::FEATURES).validate_all(&instrumented);
+    if valid.is_err() {
+        return Ok(None);
+    }
     // The component was valid, so this is this host's trouble (out of
     // memory, say); going on without a snapshot would run start-up in every
     // call here alone and change what this host attests.
     let component = Component::new(runtime.engine(), &instrumented)
-        .map_err(|e| Error::Compile(format!("pre-initialisation: {e:#}")))?;
+        .map_err(|e| Error::compiling("pre-initialisation: ", &e))?;
     if component.get_export(None, "info").is_none() {
         return Ok(None);
     }
@@ -98,26 +106,34 @@ pub(crate) fn preinitialize(
     };
     let snapshot = catch_unwind(AssertUnwindSafe(|| {
         block_on(wizer.snapshot_component(&cx, &mut state))
-    }))
-    .unwrap_or_else(|_| Err(wasmtime::format_err!("the snapshot tool failed")));
-    let failure = state
-        .failed
-        .map(|e| wasmtime::format_err!("reading state: {e}"));
-    match failure.map_or(snapshot, Err) {
-        Ok(snapshot) => Ok(Some(snapshot)),
-        Err(e) => Err(Error::Host(format!(
-            "cannot snapshot the initialised encoder: {e:#}"
-        ))),
+    }));
+    if let Some((accessor, e)) = state.failed {
+        // An accessor of a memory grows it by a page to answer, which fails
+        // alike on every host when the memory is at its maximum or at the
+        // store's limit: the component is then used as it is. What only
+        // this host met (a deadline, its own failure) is its trouble.
+        return match classify(e, store.data(), limits) {
+            e if e.is_deterministic() => Ok(None),
+            e => Err(Error::Host(format!(
+                "cannot snapshot the initialised encoder: reading {accessor}: {e}"
+            ))),
+        };
+    }
+    match snapshot {
+        Ok(Ok(snapshot)) => Ok(Some(snapshot)),
+        // wizer, a function of the component's bytes alone, refused or
+        // asserted on it: the same on every host.
+        Ok(Err(_)) | Err(_) => Ok(None),
     }
 }
 
-/// What the snapshot reads the instance's state through. wizer only asks
-/// for accessors its own instrumentation exported, which cannot fail; if one
-/// did anyway, the failure is recorded and the snapshot thrown away.
+/// What the snapshot reads the instance's state through: the accessors
+/// wizer's instrumentation exported. The first failure of one is kept
+/// (with the accessor's name), and the snapshot is thrown away.
 struct Snapshotting<'a> {
     store: &'a mut Store<Sandbox>,
     instance: Instance,
-    failed: Option<String>,
+    failed: Option<(String, wasmtime::Error)>,
 }
 
 impl Snapshotting<'_> {
@@ -138,8 +154,7 @@ impl Snapshotting<'_> {
         match value {
             Ok((value,)) => with(store, value),
             Err(e) => {
-                self.failed
-                    .get_or_insert(format!("{instance}#{func}: {e:#}"));
+                self.failed.get_or_insert((format!("{instance}#{func}"), e));
                 T::default()
             }
         }
@@ -153,9 +168,17 @@ impl ComponentInstanceState for Snapshotting<'_> {
         func: &str,
         contents: impl FnOnce(&[u8]) + Send,
     ) {
+        let mut contents = Some(contents);
         self.call(instance, func, |store, list: WasmList<u8>| {
-            contents(list.as_le_slice(store))
-        })
+            if let Some(contents) = contents.take() {
+                contents(list.as_le_slice(store));
+            }
+        });
+        // wizer asserts that every memory was read (a failed read is
+        // thrown away with the snapshot).
+        if let Some(contents) = contents {
+            contents(&[]);
+        }
     }
 
     async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {

@@ -157,24 +157,34 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// constant, since whether a component is valid decides whether its author
 /// is slashed for it, so every validator must judge with the same set
 /// rather than with its wasmtime build's defaults. WebAssembly 3.0 and the
-/// component model, without threads (not deterministic) and without GC
-/// types and exceptions (the engine is built without a collector).
+/// component model, without threads (not deterministic), without GC types
+/// and exceptions (the engine is built without a collector), and without
+/// 64-bit memories (the `soma:encoder` ABI addresses 32-bit memory, and
+/// pre-initialisation cannot snapshot 64-bit ones).
 pub const FEATURES: WasmFeatures = WasmFeatures::WASM3
     .union(WasmFeatures::COMPONENT_MODEL)
     .difference(
         WasmFeatures::THREADS
             .union(WasmFeatures::GC_TYPES)
-            .union(WasmFeatures::EXCEPTIONS),
+            .union(WasmFeatures::EXCEPTIONS)
+            .union(WasmFeatures::MEMORY64),
     );
 
 fn config(fuel_metering: bool) -> Config {
     let mut pool = PoolingAllocationConfig::default();
+    // The layout of one instance decides which valid components load at
+    // all (`Error::Layout`): every host sets it the same, explicitly, so
+    // that no change of wasmtime's defaults moves the verdict.
+    pool.max_memories_per_module(1)
+        .max_tables_per_module(1)
+        .table_elements(100_000)
+        .max_core_instance_size(1 << 20)
+        .max_component_instance_size(1 << 20)
+        .max_memory_size(Limits::MEMORY_CEILING as usize);
     pool.total_component_instances(POOLED_INSTANCES)
         .total_core_instances(POOLED_INSTANCES * 4)
         .total_memories(POOLED_INSTANCES * 2)
         .total_tables(POOLED_INSTANCES * 4)
-        .max_memory_size(Limits::MEMORY_CEILING as usize)
-        .table_elements(100_000)
         .table_keep_resident(TABLE_KEEP_RESIDENT);
 
     let mut config = Config::new();

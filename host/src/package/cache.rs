@@ -86,11 +86,15 @@ impl CompiledCache {
         };
         let compiled = engine
             .precompile_component(&source()?)
-            .map_err(|e| crate::Error::Compile(format!("{e:#}")))?;
+            .map_err(|e| crate::Error::compiling("", &e))?;
         // SAFETY: these bytes were produced by `precompile_component` on this
         // very engine a moment ago.
-        let component = unsafe { Component::deserialize(engine, &compiled) }
-            .map_err(|e| crate::Error::Host(format!("cannot load freshly compiled code: {e:#}")))?;
+        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {
+            match crate::Error::compiling("cannot load freshly compiled code: ", &e) {
+                layout @ crate::Error::Layout(_) => layout,
+                _ => crate::Error::Host(format!("cannot load freshly compiled code: {e:#}")),
+            }
+        })?;
         let mut entry = self.mac(digest, engine_hash, &compiled).to_vec();
         entry.extend_from_slice(&compiled);
         // A cache that cannot be written is slower, not broken.

@@ -57,6 +57,7 @@ fn run_prints_info_vectors_and_fuel() {
     assert_eq!(vectors.len(), 2);
     assert_eq!(vectors[0].as_array().unwrap().len(), 384);
     assert!(out["fuel_used"].as_u64().unwrap() > 0);
+    assert!(out["memory_bytes"].as_u64().unwrap() >= 64 << 10);
 }
 
 #[test]

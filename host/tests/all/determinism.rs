@@ -1,7 +1,7 @@
 //! Same component, same input, same seed: same bits, on any engine.
 
 use super::{bits, cosine, hash_encoder, text};
-use soma_host::{Engine, Limits, Seed};
+use soma_host::{Engine, Error, Limits, Seed};
 
 const SENTENCES: &[&str] = &[
     "A man is playing a guitar on stage.",
@@ -23,6 +23,7 @@ fn vectors_are_bit_identical_across_runs_and_fresh_engines() {
         .unwrap();
     assert_eq!(bits(&first.vectors), bits(&again.vectors));
     assert_eq!(first.fuel_used, again.fuel_used);
+    assert_eq!(first.memory_bytes, again.memory_bytes);
 
     let wasm = std::fs::read(soma_examples_artifacts::HASH_ENCODER).unwrap();
     for _ in 0..2 {
@@ -32,7 +33,31 @@ fn vectors_are_bit_identical_across_runs_and_fresh_engines() {
             .unwrap();
         assert_eq!(bits(&first.vectors), bits(&out.vectors));
         assert_eq!(first.fuel_used, out.fuel_used);
+        assert_eq!(first.memory_bytes, out.memory_bytes);
     }
+}
+
+#[test]
+fn the_memory_a_call_reports_is_exactly_what_it_needs() {
+    let inputs = text(SENTENCES);
+    let out = hash_encoder()
+        .embed(&inputs, &Limits::default(), Seed::from(1))
+        .unwrap();
+    let page = 64 << 10;
+    assert!(out.memory_bytes >= page && out.memory_bytes.is_multiple_of(page));
+    let limits = |max_memory_bytes| Limits {
+        max_memory_bytes,
+        ..Limits::default()
+    };
+    let exact = hash_encoder()
+        .embed(&inputs, &limits(out.memory_bytes), Seed::from(1))
+        .unwrap();
+    assert_eq!(bits(&exact.vectors), bits(&out.vectors));
+    let Err(err) = hash_encoder().embed(&inputs, &limits(out.memory_bytes - page), Seed::from(1))
+    else {
+        panic!("ran in a page less than it reported");
+    };
+    assert!(matches!(err, Error::MemoryLimit { .. }), "{err}");
 }
 
 #[test]

@@ -248,6 +248,91 @@ fn a_component_whose_code_does_not_validate_is_invalid() {
     );
 }
 
+/// 64-bit memories are outside the protocol's features (`soma:encoder`
+/// addresses 32-bit memory; pre-initialisation cannot snapshot them).
+#[test]
+fn a_component_with_a_64_bit_memory_is_invalid() {
+    let mut memories = wasm_encoder::MemorySection::new();
+    memories.memory(wasm_encoder::MemoryType {
+        minimum: 1,
+        maximum: None,
+        memory64: true,
+        shared: false,
+        page_size_log2: None,
+    });
+    let mut module = wasm_encoder::Module::new();
+    module.section(&memories);
+    let mut component = wasm_encoder::Component::new();
+    component.section(&wasm_encoder::ModuleSection(&module));
+    let Err(err) = engine().load(&component.finish()) else {
+        panic!("a 64-bit memory loaded")
+    };
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("memory64")),
+        "{err}"
+    );
+}
+
+/// A valid component whose core module needs more of an instance than the
+/// pinned layout gives is refused alike on every host, in wasmtime's words
+/// (which `Error::Layout` relies on).
+#[test]
+fn a_component_beyond_the_instance_layout_is_refused_as_its_own() {
+    use wasm_encoder::{
+        InstanceSection, MemorySection, MemoryType, Module, ModuleSection, RefType, TableSection,
+        TableType,
+    };
+    let memory = MemoryType {
+        minimum: 1,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    };
+    let table = |minimum| TableType {
+        element_type: RefType::FUNCREF,
+        table64: false,
+        minimum,
+        maximum: None,
+        shared: false,
+    };
+    let two_memories = {
+        let mut memories = MemorySection::new();
+        memories.memory(memory).memory(memory);
+        Module::new().section(&memories).clone()
+    };
+    let two_tables = {
+        let mut tables = TableSection::new();
+        tables.table(table(1)).table(table(1));
+        Module::new().section(&tables).clone()
+    };
+    let long_table = {
+        let mut tables = TableSection::new();
+        tables.table(table(100_001));
+        Module::new().section(&tables).clone()
+    };
+    for (module, words) in [
+        (two_memories, "defined memories count of 2"),
+        (two_tables, "defined tables count of 2"),
+        (long_table, "minimum element size of 100001"),
+    ] {
+        let mut instances = InstanceSection::new();
+        instances.instantiate(0, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+        let mut component = wasm_encoder::Component::new();
+        component
+            .section(&ModuleSection(&module))
+            .section(&instances);
+        let Err(err) = engine().load(&component.finish()) else {
+            panic!("a component beyond the layout loaded ({words})")
+        };
+        assert!(
+            matches!(&err, Error::Layout(m) if m.contains(words)),
+            "{words}: {err}"
+        );
+        assert!(err.is_deterministic(), "{err}");
+    }
+}
+
 #[test]
 fn oversized_inputs_and_batches_are_refused_before_running() {
     let too_long = vec![b'a'; 1025];
