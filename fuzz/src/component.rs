@@ -15,8 +15,9 @@
 //! those components load unless their own start-up fails, and `embed` runs
 //! their random code with the host's imports. The input also draws the
 //! call's memory budget (1 to 1024 pages): a growth past it is the
-//! `MemoryLimit` verdict, which this target accepts like any other, and a
-//! call that answers must report holding no more than the budget.
+//! `MemoryLimit` verdict, which this target accepts like any other. A call
+//! that answers reports the memory it held; run again with exactly that
+//! budget, it must answer the same (bits, fuel and memory).
 
 use arbitrary::Unstructured;
 use soma_host::{Limits, Seed};
@@ -360,18 +361,40 @@ pub fn check(bytes: &[u8]) {
         }
     };
     let input = u.bytes(u.len().min(256)).unwrap_or_default().to_vec();
-    match encoder.embed(&[input], &limits, Seed::from(1)) {
-        Ok(out) => assert!(
-            out.memory_bytes <= limits.max_memory_bytes,
-            "a call held {} bytes of memory; the limit is {}",
-            out.memory_bytes,
-            limits.max_memory_bytes
-        ),
+    let inputs = [input];
+    match encoder.embed(&inputs, &limits, Seed::from(1)) {
+        // The memory a call reports is what it needs: given exactly that
+        // budget, it answers the same.
+        Ok(out) => {
+            let exact = Limits {
+                max_memory_bytes: out.memory_bytes,
+                ..limits
+            };
+            let again = encoder.embed(&inputs, &exact, Seed::from(1));
+            let same = again.as_ref().is_ok_and(|again| {
+                bits(&again.vectors) == bits(&out.vectors)
+                    && (again.fuel_used, again.memory_bytes) == (out.fuel_used, out.memory_bytes)
+            });
+            assert!(
+                same,
+                "a call that held {} bytes answered otherwise under a budget of that much: {:?}",
+                out.memory_bytes,
+                again.map(|a| (a.fuel_used, a.memory_bytes))
+            );
+        }
         Err(e) => assert!(
             !crate::host_failed(&e),
             "a generated component failed the host: {e}"
         ),
     }
+}
+
+/// The bits of every value of `vectors`, so NaNs compare equal.
+fn bits(vectors: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    vectors
+        .iter()
+        .map(|v| v.iter().map(|x| x.to_bits()).collect())
+        .collect()
 }
 
 /// Byte strings that describe small components: the first eight of a

@@ -131,14 +131,26 @@ impl Engine {
     }
 
     /// Like [`Engine::compile`], through `cache`: keyed by the digest of
-    /// `wasm`, holding the compiled snapshot.
+    /// `wasm` and of the limits its start-up runs under (which decide
+    /// whether a snapshot is taken), holding the compiled result.
     fn compile_cached(
         &self,
         wasm: &[u8],
         cache: &CompiledCache,
         limits: &Limits,
     ) -> Result<(Component, CacheOutcome), Error> {
-        cache.component(self.runtime.engine(), &Digest::of(wasm), || {
+        let mut key = blake3::Hasher::new();
+        key.update(&Digest::of(wasm).0);
+        for bound in [
+            limits.fuel,
+            limits.max_memory_bytes,
+            limits.max_table_elements,
+            u64::from(limits.max_instances),
+        ] {
+            key.update(&bound.to_le_bytes());
+        }
+        let key = Digest(*key.finalize().as_bytes());
+        cache.component(self.runtime.engine(), &key, || {
             self.preinitialized(wasm, limits)
         })
     }

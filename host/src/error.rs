@@ -14,10 +14,11 @@ pub enum Error {
     #[error("component is not valid WebAssembly: {0}")]
     Invalid(String),
 
-    /// The component is valid but does not fit the instance layout every
-    /// host configures alike (memories or tables per core module, their
-    /// initial sizes, the state an instance needs): the same verdict on
-    /// every host, since the layout is pinned with the engine.
+    /// The component is valid but a core module's memories or tables do
+    /// not fit the instance layout every host configures alike (one memory
+    /// and one table per module, tables of at most 100 000 elements): the
+    /// same verdict on every host, since the layout is pinned with the
+    /// engine.
     #[error("component does not fit the host's instance layout: {0}")]
     Layout(String),
 
@@ -138,13 +139,20 @@ impl Error {
 
 impl Error {
     /// Names wasmtime's failure to compile or load a valid component:
-    /// [`Error::Layout`] when the component does not fit the pooling
-    /// allocator's layout (wasmtime's words for it; the engine version and
-    /// the layout are pinned, and a test holds them to these words), else
-    /// this host's [`Error::Compile`].
+    /// [`Error::Layout`] when a core module's memories or tables do not fit
+    /// the pooling allocator's layout (wasmtime's words for it; the engine
+    /// version and the layout are pinned, and a test holds them to these
+    /// words), else this host's [`Error::Compile`]. An instance's state
+    /// too large for the layout stays this host's: its size depends on the
+    /// host's build (pointer width, compiler), not only on the component.
     pub(crate) fn compiling(context: &str, error: &wasmtime::Error) -> Error {
         let text = format!("{context}{error:#}");
-        match text.contains("does not fit in pooling allocator requirements") {
+        let layout = ["module memory", "module table"].iter().any(|what| {
+            text.contains(&format!(
+                "{what} does not fit in pooling allocator requirements"
+            ))
+        });
+        match layout {
             true => Error::Layout(text),
             false => Error::Compile(text),
         }

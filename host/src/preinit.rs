@@ -17,6 +17,7 @@ use crate::inference::PackageModels;
 use crate::runtime::Runtime;
 use crate::sandbox::{Sandbox, Seed};
 use crate::{Error, Limits};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
@@ -52,16 +53,21 @@ pub(crate) fn preinitialize(
     // wizer writes invalid code for some valid components (it checks only
     // in debug builds, by panicking): as deterministic as a refusal, so it
     // is one, the same on every host.
-    let valid =
-        wasmparser::Validator::new_with_features(crate::FEATURES).validate_all(&instrumented);
-    if valid.is_err() {
+    if !valid(&instrumented) {
         return Ok(None);
     }
-    // The component was valid, so this is this host's trouble (out of
-    // memory, say); going on without a snapshot would run start-up in every
-    // call here alone and change what this host attests.
-    let component = Component::new(runtime.engine(), &instrumented)
-        .map_err(|e| Error::compiling("pre-initialisation: ", &e))?;
+    // The instrumentation's own core instance may take the component past
+    // the instance layout: it is then judged as it is. Any other failure
+    // is this host's trouble (out of memory, say); going on without a
+    // snapshot would run start-up in every call here alone and change what
+    // this host attests.
+    let component = match Component::new(runtime.engine(), &instrumented) {
+        Ok(component) => component,
+        Err(e) => match Error::compiling("pre-initialisation: ", &e) {
+            Error::Layout(_) => return Ok(None),
+            other => return Err(other),
+        },
+    };
     if component.get_export(None, "info").is_none() {
         return Ok(None);
     }
@@ -99,10 +105,14 @@ pub(crate) fn preinitialize(
             limit_bytes: MAX_SNAPSHOT_MEMORY as u64,
         });
     }
+    // A growth `info()` was refused and coped with is no verdict about
+    // the accessors below.
+    store.data_mut().limiter.refused = false;
     let mut state = Snapshotting {
         store: &mut store,
         instance,
         failed: None,
+        read: BTreeMap::new(),
     };
     let snapshot = catch_unwind(AssertUnwindSafe(|| {
         block_on(wizer.snapshot_component(&cx, &mut state))
@@ -120,11 +130,19 @@ pub(crate) fn preinitialize(
         };
     }
     match snapshot {
-        Ok(Ok(snapshot)) => Ok(Some(snapshot)),
-        // wizer, a function of the component's bytes alone, refused or
-        // asserted on it: the same on every host.
-        Ok(Err(_)) | Err(_) => Ok(None),
+        // wizer checks what it rewrote only in debug builds (by panicking).
+        Ok(Ok(snapshot)) if valid(&snapshot) => Ok(Some(snapshot)),
+        // wizer, a function of the component's bytes alone, refused,
+        // asserted on or broke it: the same on every host.
+        _ => Ok(None),
     }
+}
+
+/// Whether wizer's output is valid with the protocol's features.
+fn valid(wasm: &[u8]) -> bool {
+    wasmparser::Validator::new_with_features(crate::FEATURES)
+        .validate_all(wasm)
+        .is_ok()
 }
 
 /// What the snapshot reads the instance's state through: the accessors
@@ -134,6 +152,9 @@ struct Snapshotting<'a> {
     store: &'a mut Store<Sandbox>,
     instance: Instance,
     failed: Option<(String, wasmtime::Error)>,
+    /// Bytes each memory accessor answered first: wizer reads a memory
+    /// twice and indexes the second answer by the first.
+    read: BTreeMap<String, usize>,
 }
 
 impl Snapshotting<'_> {
@@ -168,16 +189,27 @@ impl ComponentInstanceState for Snapshotting<'_> {
         func: &str,
         contents: impl FnOnce(&[u8]) + Send,
     ) {
+        let accessor = format!("{instance}#{func}");
         let mut contents = Some(contents);
-        self.call(instance, func, |store, list: WasmList<u8>| {
+        let answered = self.call(instance, func, |store, list: WasmList<u8>| {
+            let bytes = list.as_le_slice(store);
             if let Some(contents) = contents.take() {
-                contents(list.as_le_slice(store));
+                contents(bytes);
             }
+            Some(bytes.len())
         });
-        // wizer asserts that every memory was read (a failed read is
-        // thrown away with the snapshot).
-        if let Some(contents) = contents {
-            contents(&[]);
+        match answered {
+            Some(len) => {
+                self.read.entry(accessor).or_insert(len);
+            }
+            // A failed read (the snapshot is thrown away) still answers, as
+            // long as the first, so that wizer goes on without asserting.
+            None => {
+                let len = self.read.get(&accessor).copied().unwrap_or(0);
+                if let Some(contents) = contents {
+                    contents(&vec![0; len]);
+                }
+            }
         }
     }
 

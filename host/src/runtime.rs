@@ -159,8 +159,8 @@ const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// rather than with its wasmtime build's defaults. WebAssembly 3.0 and the
 /// component model, without threads (not deterministic), without GC types
 /// and exceptions (the engine is built without a collector), and without
-/// 64-bit memories (the `soma:encoder` ABI addresses 32-bit memory, and
-/// pre-initialisation cannot snapshot 64-bit ones).
+/// 64-bit memories and tables (the `soma:encoder` ABI addresses 32-bit
+/// memory, and pre-initialisation cannot snapshot 64-bit memories).
 pub const FEATURES: WasmFeatures = WasmFeatures::WASM3
     .union(WasmFeatures::COMPONENT_MODEL)
     .difference(
@@ -177,6 +177,9 @@ fn config(fuel_metering: bool) -> Config {
     // that no change of wasmtime's defaults moves the verdict.
     pool.max_memories_per_module(1)
         .max_tables_per_module(1)
+        .max_core_instances_per_component(u32::MAX)
+        .max_memories_per_component(u32::MAX)
+        .max_tables_per_component(u32::MAX)
         .table_elements(100_000)
         .max_core_instance_size(1 << 20)
         .max_component_instance_size(1 << 20)

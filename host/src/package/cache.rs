@@ -86,7 +86,7 @@ impl CompiledCache {
         };
         let compiled = engine
             .precompile_component(&source()?)
-            .map_err(|e| crate::Error::compiling("", &e))?;
+            .map_err(|e| crate::Error::Compile(format!("{e:#}")))?;
         // SAFETY: these bytes were produced by `precompile_component` on this
         // very engine a moment ago.
         let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {

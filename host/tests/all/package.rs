@@ -414,6 +414,46 @@ fn a_corrupted_or_foreign_cache_entry_is_recompiled_with_identical_results() {
     assert_eq!(embed(&reloaded), expected);
 }
 
+/// Start-up runs under the package's fuel limit, and the cache must not
+/// let one package's start-up stand for another's: the same component
+/// with too little fuel to start is refused whether or not a package with
+/// enough fuel put it in the cache first.
+#[test]
+fn the_cache_keeps_start_ups_under_different_limits_apart() {
+    let package = |fuel_limit| {
+        let signed = Package::sign(
+            &key(1),
+            &EncoderMeta {
+                fuel_limit,
+                ..meta()
+            },
+            hash_component(),
+            vec![],
+        )
+        .unwrap();
+        Package::decode(&signed.encode())
+            .unwrap()
+            .verify(None)
+            .unwrap()
+    };
+    let (enough, starved) = (package(meta().fuel_limit), package(1_000));
+    let Err(uncached) = engine().load_package(&starved, None) else {
+        panic!("started on 1000 fuel")
+    };
+    assert!(
+        matches!(uncached, Error::FuelExhausted { .. }),
+        "{uncached}"
+    );
+
+    let dir = TempDir::new("cache-limits");
+    let cache = CompiledCache::open(dir.path()).unwrap();
+    engine().load_package(&enough, Some(&cache)).unwrap();
+    let Err(cached) = engine().load_package(&starved, Some(&cache)) else {
+        panic!("the cache let a starved start-up load")
+    };
+    assert!(matches!(cached, Error::FuelExhausted { .. }), "{cached}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
