@@ -147,17 +147,19 @@ impl Error {
     /// host's build (pointer width, compiler), not only on the component.
     pub(crate) fn compiling(context: &str, error: &wasmtime::Error) -> Error {
         let text = format!("{context}{error:#}");
-        let layout = ["module memory", "module table"].iter().any(|what| {
-            text.contains(&format!(
-                "{what} does not fit in pooling allocator requirements"
-            ))
-        });
+        let layout = ["module memory", "module table"]
+            .iter()
+            .any(|what| text.contains(&format!("{what} {BEYOND_LAYOUT}")));
         match layout {
             true => Error::Layout(text),
             false => Error::Compile(text),
         }
     }
 }
+
+/// How wasmtime ends its words for anything beyond the pooling allocator's
+/// instance layout.
+pub(crate) const BEYOND_LAYOUT: &str = "does not fit in pooling allocator requirements";
 
 /// A failure of this host met inside a guest's call (the inference worker
 /// died or ran out of time): it ends the call as [`Error::Host`].

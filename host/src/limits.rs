@@ -121,8 +121,14 @@ impl wasmtime::ResourceLimiter for Limiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // wasmtime asks before it checks the memory's own maximum: a growth
+        // past it is refused (a limit every host shares) and holds nothing.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            self.refused = true;
+            return Ok(false);
+        }
         let total = self.memory_in_use - current.min(self.memory_in_use) + desired;
         if total > self.max_memory_bytes {
             self.refused = true;
@@ -267,5 +273,14 @@ mod tests {
         assert!(!limiter.refused);
         assert!(!limiter.memory_growing(40, 41, None).unwrap());
         assert!(limiter.refused);
+    }
+
+    #[test]
+    fn a_growth_past_the_memorys_own_maximum_holds_nothing() {
+        let mut limiter = Limiter::new(&Limits::default());
+        assert!(limiter.memory_growing(0, 10, Some(20)).unwrap());
+        assert!(!limiter.memory_growing(10, 30, Some(20)).unwrap());
+        assert!(limiter.refused);
+        assert_eq!(limiter.memory_in_use, 10);
     }
 }

@@ -56,17 +56,16 @@ pub(crate) fn preinitialize(
     if !valid(&instrumented) {
         return Ok(None);
     }
-    // The instrumentation's own core instance may take the component past
+    // The instrumentation's accessors (a function per memory and mutable
+    // global, in a core instance of their own) may take the component past
     // the instance layout: it is then judged as it is. Any other failure
     // is this host's trouble (out of memory, say); going on without a
     // snapshot would run start-up in every call here alone and change what
     // this host attests.
     let component = match Component::new(runtime.engine(), &instrumented) {
         Ok(component) => component,
-        Err(e) => match Error::compiling("pre-initialisation: ", &e) {
-            Error::Layout(_) => return Ok(None),
-            other => return Err(other),
-        },
+        Err(e) if format!("{e:#}").contains(crate::error::BEYOND_LAYOUT) => return Ok(None),
+        Err(e) => return Err(Error::Compile(format!("pre-initialisation: {e:#}"))),
     };
     if component.get_export(None, "info").is_none() {
         return Ok(None);

@@ -89,12 +89,9 @@ impl CompiledCache {
             .map_err(|e| crate::Error::Compile(format!("{e:#}")))?;
         // SAFETY: these bytes were produced by `precompile_component` on this
         // very engine a moment ago.
-        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {
-            match crate::Error::compiling("cannot load freshly compiled code: ", &e) {
-                layout @ crate::Error::Layout(_) => layout,
-                _ => crate::Error::Host(format!("cannot load freshly compiled code: {e:#}")),
-            }
-        })?;
+        // Loading checks the instance layout, as compiling does uncached.
+        let component = unsafe { Component::deserialize(engine, &compiled) }
+            .map_err(|e| crate::Error::compiling("", &e))?;
         let mut entry = self.mac(digest, engine_hash, &compiled).to_vec();
         entry.extend_from_slice(&compiled);
         // A cache that cannot be written is slower, not broken.
