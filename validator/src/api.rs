@@ -60,6 +60,9 @@ const WAIT_POLL: Duration = Duration::from_millis(100);
 pub const MAX_INPUTS: usize = 64;
 /// How long `POST /v1/embeddings` waits for its jobs.
 pub const EMBEDDING_TIMEOUT: Duration = Duration::from_secs(120);
+/// Commits a job's submission may take to be applied (or refused) before
+/// it is submitted again.
+const RESUBMIT_AFTER: u64 = 50;
 
 /// The one model this API serves: the network's embedding space.
 const MODEL: &str = "soma";
@@ -624,13 +627,19 @@ impl Api {
                 }
                 return Err(e);
             }
-            jobs.push((signed.digest(), nonce));
+            jobs.push(Submission {
+                id: signed.digest(),
+                nonce,
+                signed,
+                at: self.shared.applied.borrow().next_index,
+            });
         }
-        let decided = self.wait_for(&sender, &jobs).await;
-        self.shared
-            .metrics
+        let decided = self.wait_for(&sender, &mut jobs).await;
+        let metrics = &self.shared.metrics;
+        metrics
             .embedding_wait_ms
             .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        count(&metrics.embedding_waits);
         let decided = decided?;
         let data: Vec<Value> = decided
             .iter()
@@ -660,18 +669,20 @@ impl Api {
                 "data": data,
                 "model": MODEL,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                "jobs": jobs.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
+                "jobs": jobs.iter().map(|s| s.id.to_string()).collect::<Vec<_>>(),
             }),
         ))
     }
 
-    /// Waits until every job of `jobs` (id, submission nonce) is decided;
-    /// their final embeddings in order. Checks at most every
-    /// [`WAIT_POLL`], however fast commits come.
+    /// Waits until every job of `jobs` is decided; their final embeddings
+    /// in order. Checks at most every [`WAIT_POLL`], however fast commits
+    /// come. A submission neither applied nor refused within
+    /// [`RESUBMIT_AFTER`] commits (lost with a block that was never
+    /// committed, say) is submitted again.
     async fn wait_for(
         &self,
         sender: &PublicKey,
-        jobs: &[(Digest, u64)],
+        jobs: &mut [Submission],
     ) -> Result<Vec<Vec<i32>>, Refused> {
         let mut applied = self.shared.applied.subscribe();
         let deadline = tokio::time::Instant::now() + EMBEDDING_TIMEOUT;
@@ -679,10 +690,12 @@ impl Api {
         let mut done: Vec<Option<Vec<i32>>> = vec![None; jobs.len()];
         loop {
             let nonce = state.account(sender).map_err(unavailable)?.nonce;
-            for ((id, submitted_with), slot) in jobs.iter().zip(&mut done) {
+            let now = applied.borrow().next_index;
+            for (submission, slot) in jobs.iter_mut().zip(&mut done) {
                 if slot.is_some() {
                     continue;
                 }
+                let (id, submitted_with) = (&submission.id, &submission.nonce);
                 match state.job(id).map_err(unavailable)?.map(|j| j.status) {
                     Some(JobStatus::Finalised(f)) => {
                         count(&self.shared.metrics.jobs_finalised);
@@ -707,6 +720,15 @@ impl Api {
                             StatusCode::UNPROCESSABLE_ENTITY,
                             format!("submission {id} was not applied: the account's state changed"),
                         ));
+                    }
+                    // The same bytes again: if the first copy is applied
+                    // after all, this one is refused for its used nonce.
+                    None if now >= submission.at + RESUBMIT_AFTER => {
+                        submission.at = now;
+                        count(&self.shared.metrics.resubmissions);
+                        // Refused now (a full pool), it is tried again
+                        // after the next window; the deadline bounds all.
+                        let _ = self.submit(&submission.signed);
                     }
                     None => {}
                 }
@@ -743,11 +765,21 @@ impl Api {
 }
 
 /// Job ids, comma-separated.
-fn ids(jobs: &[(Digest, u64)]) -> String {
+fn ids(jobs: &[Submission]) -> String {
     jobs.iter()
-        .map(|(id, _)| id.to_string())
+        .map(|s| s.id.to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A job's submission, as `POST /v1/embeddings` made it.
+struct Submission {
+    /// The job id: the transaction's digest.
+    id: Digest,
+    nonce: u64,
+    signed: SignedTransaction,
+    /// The next commit to apply when it was last submitted.
+    at: u64,
 }
 
 /// Nonces a request holds for an account, given back when it ends.

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use soma_validator::config::{Localnet, write_localnet};
 use std::path::PathBuf;
 use std::process::{Child, Command as Process, ExitCode};
+use std::time::{Duration, Instant};
 
 mod client_command;
 
@@ -96,7 +97,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Node { config } => {
             runtime()?.block_on(soma_validator::node::run(&config, async {
                 let _ = tokio::signal::ctrl_c().await;
-            }))
+            }))?;
+            tracing::info!("validator stopped");
+            Ok(())
         }
         Command::Localnet(args) => {
             let configs = args.write()?;
@@ -132,12 +135,42 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Stops the validator processes and waits for them.
+/// How long validators have to stop on their own before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// Asks the validator processes to stop as Ctrl-C asks one (a terminal's
+/// Ctrl-C has already reached them; a signal sent to this process alone
+/// has not), waits up to [`STOP_GRACE`] for them, kills what is left, and
+/// says how each ended.
 fn stop(children: &mut [Child]) {
-    for child in children.iter_mut() {
-        let _ = child.kill();
+    for child in children.iter() {
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) has no memory effects; the pid is a child
+            // not yet waited for, so it names no other process.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
     }
-    for child in children.iter_mut() {
-        let _ = child.wait();
+    let deadline = Instant::now() + STOP_GRACE;
+    let mut stopped = 0;
+    for (i, child) in children.iter_mut().enumerate() {
+        let ended = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(None) | Err(_) => break None,
+            }
+        };
+        match ended {
+            Some(status) if status.success() => stopped += 1,
+            Some(status) => eprintln!("validator {i} ended with {status}"),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("validator {i} did not stop within {STOP_GRACE:?}: killed");
+            }
+        }
     }
+    eprintln!("{stopped} of {} validators stopped cleanly", children.len());
 }

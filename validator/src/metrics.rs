@@ -24,10 +24,20 @@ pub(crate) struct NodeMetrics {
     pub(crate) encoder_outcomes: [AtomicU64; Outcome::ALL.len()],
     pub(crate) jobs_finalised: AtomicU64,
     pub(crate) jobs_expired: AtomicU64,
+    /// Jobs the applied commits finalised, the commits each took from its
+    /// submission (summed), and the deviant attestations finalisation
+    /// recorded.
+    pub(crate) finalisations: AtomicU64,
+    pub(crate) finalisation_commits: AtomicU64,
+    pub(crate) deviant_attestations: AtomicU64,
     /// Milliseconds `POST /v1/embeddings` waited for its jobs to be
-    /// finalised, summed.
+    /// finalised, summed, and how many requests waited.
     pub(crate) embedding_wait_ms: AtomicU64,
+    pub(crate) embedding_waits: AtomicU64,
     pub(crate) embeddings_served: AtomicU64,
+    /// Submissions of `POST /v1/embeddings` sent again, not applied in
+    /// time.
+    pub(crate) resubmissions: AtomicU64,
     /// API requests answered with a 4xx.
     pub(crate) api_refused: AtomicU64,
     /// API requests turned away: connection cap or too many in flight.
@@ -146,10 +156,40 @@ pub(crate) fn render(shared: &Shared) -> String {
         &[("", load(&m.embeddings_served))],
     );
     metric(
-        "embedding_wait_milliseconds_total",
+        "embedding_wait_milliseconds",
+        "summary",
+        "Time POST /v1/embeddings waited for its jobs to be finalised.",
+        &[
+            ("_sum", load(&m.embedding_wait_ms)),
+            ("_count", load(&m.embedding_waits)),
+        ],
+    );
+    metric(
+        "finalisations_total",
         "counter",
-        "Milliseconds POST /v1/embeddings waited for finalisation, summed.",
-        &[("", load(&m.embedding_wait_ms))],
+        "Jobs finalised by the commits this node applied.",
+        &[("", load(&m.finalisations))],
+    );
+    metric(
+        "finalisation_commits",
+        "summary",
+        "Commits from a job's submission to its finalisation.",
+        &[
+            ("_sum", load(&m.finalisation_commits)),
+            ("_count", load(&m.finalisations)),
+        ],
+    );
+    metric(
+        "deviant_attestations_total",
+        "counter",
+        "Attestations finalisation found deviating from the medians.",
+        &[("", load(&m.deviant_attestations))],
+    );
+    metric(
+        "resubmissions_total",
+        "counter",
+        "Job submissions of POST /v1/embeddings sent again after they were not applied in time.",
+        &[("", load(&m.resubmissions))],
     );
     metric(
         "api_refused_total",

@@ -17,7 +17,8 @@ use soma_consensus::{
 };
 use soma_crypto::{PublicKey, SecretKey, keyfile};
 use soma_execution::{
-    Action, Commit, Executor, Genesis, Parameters, Router, SignedTransaction, StateReader,
+    Action, Commit, Executor, Genesis, JobStatus, Parameters, Router, SignedTransaction,
+    StateReader,
 };
 use soma_host::Digest;
 use soma_host::package::BlobStore;
@@ -370,7 +371,7 @@ impl Applier {
             .filter(|(author, _)| *author != self.me)
             .collect();
         let executor = self.executor.clone();
-        let (effects, work) = tokio::task::spawn_blocking(move || {
+        let (effects, work, attested) = tokio::task::spawn_blocking(move || {
             let transactions: Vec<Vec<u8>> = subdag.transactions().map(<[u8]>::to_vec).collect();
             let mut executor = executor.lock().unwrap_or_else(|e| e.into_inner());
             let effects = executor.apply(Commit {
@@ -382,6 +383,8 @@ impl Applier {
             // submission made a job under its digest; a registration names
             // a package to have before the encoder's first job.
             let mut work = Vec::new();
+            // Jobs an applied attestation may have finalised.
+            let mut attested = Vec::new();
             for (bytes, receipt) in transactions.iter().zip(&effects.receipts) {
                 if receipt.rejection.is_some() {
                     continue;
@@ -394,10 +397,13 @@ impl Applier {
                     Action::RegisterEncoder { manifest, .. } => {
                         work.push(Work::Fetch(Digest::of(manifest)));
                     }
+                    Action::Attest { job, .. } => attested.push(*job),
                     _ => {}
                 }
             }
-            Ok::<_, anyhow::Error>((effects, work))
+            attested.sort();
+            attested.dedup();
+            Ok::<_, anyhow::Error>((effects, work, attested))
         })
         .await
         .context("the apply task failed")?
@@ -423,6 +429,22 @@ impl Applier {
                         .fetch_add(waited, Ordering::Relaxed);
                     metrics.commit_latency_count.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+        }
+        for id in attested {
+            let Ok(Some(job)) = self.shared.state.job(&id) else {
+                continue;
+            };
+            if let JobStatus::Finalised(decided) = &job.status
+                && decided.commit == index
+            {
+                metrics.finalisations.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .finalisation_commits
+                    .fetch_add(index.saturating_sub(job.commit), Ordering::Relaxed);
+                metrics
+                    .deviant_attestations
+                    .fetch_add(decided.deviant.len() as u64, Ordering::Relaxed);
             }
         }
         let judged = self.roots.observe(index + 1, effects.root, claims)?;

@@ -341,9 +341,11 @@ fn wait(
     Ok(())
 }
 
-/// A base port with `n` free ports after it.
+/// A base port with `n` free ports after it, below Linux's ephemeral range
+/// (32768 up), where an outgoing connection could take a port between
+/// this check and the validator's bind.
 fn free_ports(n: u16) -> Result<u16> {
-    let start = 20_000 + (std::process::id() % 20_000) as u16;
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
     (0..100)
         .map(|k| start + k * n)
         .find(|&base| (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))

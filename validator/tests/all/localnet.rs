@@ -49,10 +49,13 @@ pub(crate) struct Session(TcpStream);
 
 impl Session {
     pub(crate) fn connect(port: u16) -> Session {
+        Session::waiting(port, Duration::from_secs(10))
+    }
+
+    /// A connection whose reads wait up to `timeout` for an answer.
+    pub(crate) fn waiting(port: u16, timeout: Duration) -> Session {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        stream.set_read_timeout(Some(timeout)).unwrap();
         Session(stream)
     }
 
@@ -85,6 +88,19 @@ impl Session {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String) {
+        let (status, _, body) = self.exchange(method, path, headers, body);
+        (status, body)
+    }
+
+    /// Like [`Session::request`], with the response's head (status line
+    /// and headers) too.
+    pub(crate) fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, String) {
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\n",
             body.len()
@@ -103,7 +119,7 @@ impl Session {
         while !head.ends_with(b"\r\n\r\n") {
             match self.0.read(&mut byte) {
                 Ok(1) => head.push(byte[0]),
-                _ => return (0, String::new()),
+                _ => return (0, String::new(), String::new()),
             }
         }
         let head = String::from_utf8_lossy(&head).to_string();
@@ -123,7 +139,7 @@ impl Session {
             .unwrap_or(0);
         let mut body = vec![0; length];
         let _ = self.0.read_exact(&mut body);
-        (status, String::from_utf8_lossy(&body).to_string())
+        (status, head, String::from_utf8_lossy(&body).to_string())
     }
 }
 
@@ -690,4 +706,66 @@ fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits()
         "{status3}"
     );
     assert!(assert_one_sequence(&validators) as u64 >= goal);
+}
+
+/// `soma localnet` runs its validators until it is told to stop (SIGINT,
+/// as Ctrl-C sends), then has each stop cleanly rather than killing it.
+#[test]
+fn localnet_runs_its_validators_until_ctrl_c_and_stops_them_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(8);
+    let stderr = dir.path().join("localnet.log");
+    let mut localnet = Command::new(SOMA)
+        .args(["localnet", "--validators", "4", "--base-port"])
+        .arg(base.to_string())
+        .arg("--dir")
+        .arg(dir.path().join("net"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let api = |i: u16| base + 4 + i;
+    let committed = |i: u16| {
+        TcpStream::connect(("127.0.0.1", api(i))).is_ok() && {
+            let (code, body) = http(api(i), "GET", "/health", &[], b"");
+            let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            code == 200 && health["next_commit"].as_u64().is_some_and(|n| n > 3)
+        }
+    };
+    let start = Instant::now();
+    while !(0..4).all(committed) {
+        assert!(
+            start.elapsed() < Duration::from_secs(90) && localnet.try_wait().unwrap().is_none(),
+            "the localnet did not start committing:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let pid = libc::pid_t::try_from(localnet.id()).unwrap();
+    // SAFETY: kill(2) on the child spawned above, not yet waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = localnet.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the localnet did not stop:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = log();
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("4 of 4 validators stopped cleanly"), "{log}");
+    assert_eq!(log.matches("validator stopped").count(), 4, "{log}");
+    for i in 0..4 {
+        assert!(
+            TcpStream::connect(("127.0.0.1", api(i))).is_err(),
+            "validator {i}'s API still answers"
+        );
+    }
 }

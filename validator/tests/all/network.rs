@@ -3,16 +3,18 @@
 //! sandbox and attests through consensus, and the job is finalised with
 //! the same result everywhere, the dishonest encoder slashed; a validator
 //! that was down while it happened applies the commits it missed and
-//! reports the same. Bad requests get a 4xx with a reason, and the
-//! `openai` Python package's client gets answers it reads.
+//! reports the same. Bad requests get a 4xx with a reason, one request
+//! too many for an API key a 429 with `Retry-After`, and the `openai`
+//! Python package's client gets answers it reads.
 
-use super::localnet::{Validator, genesis_with, http, logs, start_all, wait_for};
+use super::localnet::{Session, Validator, genesis_with, http, logs, start_all, wait_for};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use soma_codec::Encode;
 use soma_crypto::SecretKey;
 use soma_execution::{Action, Transaction};
 use soma_host::package::{EncoderMeta, MAX_FUEL_LIMIT, Package};
+use soma_validator::api::MAX_REQUESTS_PER_KEY;
 use soma_validator::config::{ClientFile, LOCALNET_BOND};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,7 +43,9 @@ fn call(port: u16, method: &str, path: &str, key: Option<&str>, body: &[u8]) -> 
     if let Some(auth) = &auth {
         headers.push(("authorization", auth));
     }
-    let (code, text) = http(port, method, path, &headers, body);
+    // An embedding request waits for its jobs, up to the API's own limit.
+    let wait = soma_validator::api::EMBEDDING_TIMEOUT + Duration::from_secs(10);
+    let (code, text) = Session::waiting(port, wait).request(method, path, &headers, body);
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (code, value)
 }
@@ -368,6 +372,14 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     assert!(value("soma_commit_latency_milliseconds_count") >= 3);
     assert!(value("soma_commit_latency_milliseconds_sum") > 0);
     assert!(value("soma_api_refused_total") >= 20);
+    assert_eq!(value("soma_embedding_wait_milliseconds_count"), 2);
+    // Every job it applied a finalisation of, each at least a commit after
+    // its submission; and no validator's attestation deviated.
+    let finalised = value("soma_finalisations_total");
+    assert!(finalised >= 3, "{finalised}");
+    assert_eq!(value("soma_finalisation_commits_count"), finalised);
+    assert!(value("soma_finalisation_commits_sum") >= finalised);
+    assert_eq!(value("soma_deviant_attestations_total"), 0);
     // Blocks' state-root claims were compared, and matched, on every
     // validator, validator 3 (which rebuilt its state) included.
     for i in 0..4 {
@@ -406,19 +418,28 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     // uploaded, and a submission waited for.
     let addr = client.apis[2].to_string();
     let user_key = net.join(&client.account_key_file);
-    let soma = |args: &[&std::ffi::OsStr]| {
+    // (success, stdout, stderr) of `soma client` with `args`.
+    let run = |args: &[&std::ffi::OsStr]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
             .args(["client", "--api", &addr, "--api-key", key])
             .args(args)
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).to_string();
-        assert!(
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).to_string();
+        (
             output.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        text
+            text(&output.stdout),
+            text(&output.stderr),
+        )
+    };
+    let soma = |args: &[&std::ffi::OsStr]| {
+        let (ok, out, err) = run(args);
+        assert!(ok, "{out}{err}");
+        out
+    };
+    let soma_json = |args: &[&std::ffi::OsStr]| -> Value {
+        let out = soma(&[args, &["--json".as_ref()]].concat());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
     let shown = soma(&["balance".as_ref(), client.account.as_ref()]);
     assert!(
@@ -494,6 +515,71 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
         shown.contains("(finalised)") && shown.contains("384 dimensions"),
         "{shown}"
     );
+    // What scripts read (`--json`): a new key, a transfer to it, a
+    // validator's stake, a job; and mistakes as clear errors.
+    let new_key = dir.path().join("new.key");
+    let made = soma_json(&["keygen".as_ref(), "--out".as_ref(), new_key.as_os_str()]);
+    let new_account = made["key"].as_str().unwrap().to_string();
+    let sent = soma_json(&[
+        "transfer".as_ref(),
+        "--key".as_ref(),
+        user_key.as_os_str(),
+        "--to".as_ref(),
+        new_account.as_ref(),
+        "--amount".as_ref(),
+        "1234".as_ref(),
+    ]);
+    assert_eq!(sent["transaction"].as_str().unwrap().len(), 64, "{sent}");
+    let balance_of = |who: &std::ffi::OsStr| soma_json(&["balance".as_ref(), who]);
+    wait_for(
+        "the transfer to the new key to apply",
+        Duration::from_secs(60),
+        || balance_of(new_key.as_os_str())["balance"] == 1234,
+        &validators,
+    );
+    let validator_key = {
+        let config = soma_validator::config::NodeFile::read(&configs[0]).unwrap();
+        configs[0].parent().unwrap().join(config.key_file)
+    };
+    let staked = || balance_of(validator_key.as_os_str())["validator"]["stake"].as_u64();
+    let before = staked().expect("validator 0 has a stake");
+    soma_json(&[
+        "stake".as_ref(),
+        "--key".as_ref(),
+        validator_key.as_os_str(),
+        "--amount".as_ref(),
+        "5".as_ref(),
+    ]);
+    wait_for(
+        "validator 0's stake to grow",
+        Duration::from_secs(60),
+        || staked() == Some(before + 5),
+        &validators,
+    );
+    let shown = soma_json(&["job".as_ref(), job_id.as_ref()]);
+    assert_eq!(
+        (shown["id"].as_str(), shown["status"].as_str()),
+        (Some(job_id.as_str()), Some("finalised")),
+        "{shown}"
+    );
+    let summary = soma(&["job".as_ref(), job_id.as_ref()]);
+    assert!(summary.contains("(finalised)"), "{summary}");
+    for (args, because) in [
+        (vec!["job", "zz"], "64-digit hex digest"),
+        (
+            vec!["keygen", "--out", new_key.to_str().unwrap()],
+            "already exists",
+        ),
+        (
+            vec!["balance", "nobody"],
+            "neither a hex public key nor a key file",
+        ),
+    ] {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let (ok, _, err) = run(&args);
+        assert!(!ok && err.contains(because), "{args:?}: {err}");
+    }
+
     let (_, models) = call(api(0), "GET", "/v1/models", None, b"");
     assert_eq!(models["data"][0]["id"], "soma");
 
@@ -563,6 +649,50 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
         refused["message"].as_str().unwrap().contains("API key"),
         "{refused}"
     );
+
+    // One API key has at most MAX_REQUESTS_PER_KEY embedding requests
+    // waiting for their jobs (which take seconds): one more at once is
+    // told when to come back, and the others are served.
+    let auth = format!("Bearer {key}");
+    let replies: Vec<(u16, String, String)> = std::thread::scope(|s| {
+        let requests: Vec<_> = (0..=MAX_REQUESTS_PER_KEY)
+            .map(|i| {
+                let auth = &auth;
+                s.spawn(move || {
+                    let body = json!({ "input": format!("request number {i}") }).to_string();
+                    let headers = [
+                        ("content-type", "application/json"),
+                        ("authorization", auth.as_str()),
+                    ];
+                    Session::waiting(api(0), Duration::from_secs(120)).exchange(
+                        "POST",
+                        "/v1/embeddings",
+                        &headers,
+                        body.as_bytes(),
+                    )
+                })
+            })
+            .collect();
+        requests.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let statuses: Vec<u16> = replies.iter().map(|(status, ..)| *status).collect();
+    let busy: Vec<_> = replies
+        .iter()
+        .filter(|(status, ..)| *status == 429)
+        .collect();
+    assert_eq!(busy.len(), 1, "{statuses:?}");
+    let (_, head, body) = busy[0];
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{head}"
+    );
+    assert!(body.contains("embedding requests in flight"), "{body}");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        MAX_REQUESTS_PER_KEY,
+        "{statuses:?}: {replies:?}\n{}",
+        logs(&validators)
+    );
 }
 
 /// Runs `openai_client.py` with the `openai` package set-up installed
@@ -630,8 +760,20 @@ fn the_api_holds_up_against_slow_many_and_malformed_clients() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("client.json")).unwrap())
             .unwrap();
     let port = client.apis[0].port();
+    // A second API key, for an account that holds nothing.
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&configs[0]).unwrap()).unwrap();
+    config["api_keys"]["pauper-key"] = json!("pauper.key");
+    std::fs::write(&configs[0], config.to_string()).unwrap();
+    let pauper = SecretKey::generate().unwrap();
+    soma_crypto::keyfile::write_secret_key(&configs[0].with_file_name("pauper.key"), &pauper)
+        .unwrap();
     let validators = start_all(&configs, base);
-    let healthy = || call(port, "GET", "/health", None, b"").0 == 200;
+    // The API listens once the node has caught up.
+    let healthy = || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && call(port, "GET", "/health", None, b"").0 == 200
+    };
     wait_for("the API", Duration::from_secs(60), healthy, &validators);
     let connect = || TcpStream::connect(("127.0.0.1", port)).unwrap();
 
@@ -666,6 +808,19 @@ fn the_api_holds_up_against_slow_many_and_malformed_clients() {
             "{waited:?}"
         );
     });
+
+    // Spending more than the key's account holds: refused before any job.
+    assert_refused(
+        call(
+            port,
+            "POST",
+            "/v1/embeddings",
+            Some("pauper-key"),
+            br#"{"input":["a","b"]}"#,
+        ),
+        422,
+        "the account holds 0",
+    );
 
     // JSON nested past the parser's depth limit: refused, not a crash.
     let deep = format!(
