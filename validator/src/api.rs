@@ -60,9 +60,6 @@ const WAIT_POLL: Duration = Duration::from_millis(100);
 pub const MAX_INPUTS: usize = 64;
 /// How long `POST /v1/embeddings` waits for its jobs.
 pub const EMBEDDING_TIMEOUT: Duration = Duration::from_secs(120);
-/// Commits a job's submission may take to be applied (or refused) before
-/// it is submitted again.
-const RESUBMIT_AFTER: u64 = 50;
 
 /// The one model this API serves: the network's embedding space.
 const MODEL: &str = "soma";
@@ -574,6 +571,7 @@ impl Api {
                 1,
             ));
         };
+        let _in_flight = InFlight::enter(&self.shared.metrics.embedding_requests_in_flight);
         let Some(_key_slot) = KeySlot::take(&self.per_key, api_key) else {
             return Err(busy(
                 format!(
@@ -605,36 +603,36 @@ impl Api {
             held: 0,
         };
         for (i, input) in inputs.iter().enumerate() {
-            let nonce = nonces.take(state.nonce);
-            let signed = Transaction {
-                chain_id: self.shared.chain_id,
-                sender,
-                nonce,
-                fee: params.min_fee,
-                action: Action::SubmitData {
-                    data: input.as_bytes().to_vec(),
-                    payment: params.min_job_payment,
-                },
-            }
-            .sign(account);
-            if let Err(mut e) = self.submit(&signed) {
-                if !jobs.is_empty() {
-                    e.message = format!(
-                        "input {i}: {}; the inputs before it were submitted as jobs {}",
-                        e.message,
-                        ids(&jobs)
-                    );
+            let submitted = nonces.submit_next(state.nonce, |nonce| {
+                let signed = Transaction {
+                    chain_id: self.shared.chain_id,
+                    sender,
+                    nonce,
+                    fee: params.min_fee,
+                    action: Action::SubmitData {
+                        data: input.as_bytes().to_vec(),
+                        payment: params.min_job_payment,
+                    },
                 }
-                return Err(e);
-            }
-            jobs.push(Submission {
-                id: signed.digest(),
-                nonce,
-                signed,
-                at: self.shared.applied.borrow().next_index,
+                .sign(account);
+                self.submit(&signed).map(|()| (nonce, signed))
             });
+            let (nonce, signed) = match submitted {
+                Ok(submitted) => submitted,
+                Err(mut e) => {
+                    if !jobs.is_empty() {
+                        e.message = format!(
+                            "input {i}: {}; the inputs before it were submitted as jobs {}",
+                            e.message,
+                            ids(&jobs)
+                        );
+                    }
+                    return Err(e);
+                }
+            };
+            jobs.push((signed.digest(), nonce));
         }
-        let decided = self.wait_for(&sender, &mut jobs).await;
+        let decided = self.wait_for(&sender, &jobs).await;
         let metrics = &self.shared.metrics;
         metrics
             .embedding_wait_ms
@@ -669,20 +667,18 @@ impl Api {
                 "data": data,
                 "model": MODEL,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                "jobs": jobs.iter().map(|s| s.id.to_string()).collect::<Vec<_>>(),
+                "jobs": jobs.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
             }),
         ))
     }
 
-    /// Waits until every job of `jobs` is decided; their final embeddings
-    /// in order. Checks at most every [`WAIT_POLL`], however fast commits
-    /// come. A submission neither applied nor refused within
-    /// [`RESUBMIT_AFTER`] commits (lost with a block that was never
-    /// committed, say) is submitted again.
+    /// Waits until every job of `jobs` (id, submission nonce) is decided;
+    /// their final embeddings in order. Checks at most every
+    /// [`WAIT_POLL`], however fast commits come.
     async fn wait_for(
         &self,
         sender: &PublicKey,
-        jobs: &mut [Submission],
+        jobs: &[(Digest, u64)],
     ) -> Result<Vec<Vec<i32>>, Refused> {
         let mut applied = self.shared.applied.subscribe();
         let deadline = tokio::time::Instant::now() + EMBEDDING_TIMEOUT;
@@ -690,12 +686,10 @@ impl Api {
         let mut done: Vec<Option<Vec<i32>>> = vec![None; jobs.len()];
         loop {
             let nonce = state.account(sender).map_err(unavailable)?.nonce;
-            let now = applied.borrow().next_index;
-            for (submission, slot) in jobs.iter_mut().zip(&mut done) {
+            for ((id, submitted_with), slot) in jobs.iter().zip(&mut done) {
                 if slot.is_some() {
                     continue;
                 }
-                let (id, submitted_with) = (&submission.id, &submission.nonce);
                 match state.job(id).map_err(unavailable)?.map(|j| j.status) {
                     Some(JobStatus::Finalised(f)) => {
                         count(&self.shared.metrics.jobs_finalised);
@@ -720,15 +714,6 @@ impl Api {
                             StatusCode::UNPROCESSABLE_ENTITY,
                             format!("submission {id} was not applied: the account's state changed"),
                         ));
-                    }
-                    // The same bytes again: if the first copy is applied
-                    // after all, this one is refused for its used nonce.
-                    None if now >= submission.at + RESUBMIT_AFTER => {
-                        submission.at = now;
-                        count(&self.shared.metrics.resubmissions);
-                        // Refused now (a full pool), it is tried again
-                        // after the next window; the deadline bounds all.
-                        let _ = self.submit(&submission.signed);
                     }
                     None => {}
                 }
@@ -765,21 +750,11 @@ impl Api {
 }
 
 /// Job ids, comma-separated.
-fn ids(jobs: &[Submission]) -> String {
+fn ids(jobs: &[(Digest, u64)]) -> String {
     jobs.iter()
-        .map(|s| s.id.to_string())
+        .map(|(id, _)| id.to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A job's submission, as `POST /v1/embeddings` made it.
-struct Submission {
-    /// The job id: the transaction's digest.
-    id: Digest,
-    nonce: u64,
-    signed: SignedTransaction,
-    /// The next commit to apply when it was last submitted.
-    at: u64,
 }
 
 /// Nonces a request holds for an account, given back when it ends.
@@ -790,10 +765,20 @@ struct NonceHold<'a> {
 }
 
 impl NonceHold<'_> {
-    /// The account's next nonce (`state_nonce` if none is handed out).
-    fn take(&mut self, state_nonce: u64) -> u64 {
-        self.held += 1;
-        self.shared.next_nonce(&self.account, state_nonce)
+    /// Runs `submit` with the account's next nonce (`state_nonce` if none
+    /// is handed out), which this request holds if it succeeds.
+    fn submit_next<T, E>(
+        &mut self,
+        state_nonce: u64,
+        submit: impl FnOnce(u64) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let submitted = self
+            .shared
+            .submit_with_next_nonce(&self.account, state_nonce, submit);
+        if submitted.is_ok() {
+            self.held += 1;
+        }
+        submitted
     }
 }
 
@@ -802,6 +787,22 @@ impl Drop for NonceHold<'_> {
         for _ in 0..self.held {
             self.shared.release_nonce(&self.account);
         }
+    }
+}
+
+/// One request counted in a gauge while it runs.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a AtomicU64) -> InFlight<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -129,8 +129,16 @@ fn run(cli: Cli) -> Result<()> {
                     let _ = tokio::signal::ctrl_c().await;
                 })
             });
-            stop(&mut children);
-            waited
+            let stopped = stop(&mut children);
+            waited?;
+            if stopped < children.len() {
+                anyhow::bail!(
+                    "{} of {} validators did not stop cleanly",
+                    children.len() - stopped,
+                    children.len()
+                );
+            }
+            Ok(())
         }
     }
 }
@@ -141,8 +149,8 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 /// Asks the validator processes to stop as Ctrl-C asks one (a terminal's
 /// Ctrl-C has already reached them; a signal sent to this process alone
 /// has not), waits up to [`STOP_GRACE`] for them, kills what is left, and
-/// says how each ended.
-fn stop(children: &mut [Child]) {
+/// says how each ended; how many stopped cleanly.
+fn stop(children: &mut [Child]) -> usize {
     for child in children.iter() {
         if let Ok(pid) = libc::pid_t::try_from(child.id()) {
             // SAFETY: kill(2) has no memory effects; the pid is a child
@@ -173,4 +181,5 @@ fn stop(children: &mut [Child]) {
         }
     }
     eprintln!("{stopped} of {} validators stopped cleanly", children.len());
+    stopped
 }

@@ -24,20 +24,20 @@ pub(crate) struct NodeMetrics {
     pub(crate) encoder_outcomes: [AtomicU64; Outcome::ALL.len()],
     pub(crate) jobs_finalised: AtomicU64,
     pub(crate) jobs_expired: AtomicU64,
-    /// Jobs the applied commits finalised, the commits each took from its
-    /// submission (summed), and the deviant attestations finalisation
-    /// recorded.
+    /// Jobs the applied commits finalised, the commits each took from the
+    /// one that made it (summed), and the deviant attestations
+    /// finalisation recorded.
     pub(crate) finalisations: AtomicU64,
     pub(crate) finalisation_commits: AtomicU64,
     pub(crate) deviant_attestations: AtomicU64,
-    /// Milliseconds `POST /v1/embeddings` waited for its jobs to be
-    /// finalised, summed, and how many requests waited.
+    /// Milliseconds `POST /v1/embeddings` waited for its jobs (decided or
+    /// not), summed, and how many requests waited.
     pub(crate) embedding_wait_ms: AtomicU64,
     pub(crate) embedding_waits: AtomicU64,
     pub(crate) embeddings_served: AtomicU64,
-    /// Submissions of `POST /v1/embeddings` sent again, not applied in
-    /// time.
-    pub(crate) resubmissions: AtomicU64,
+    /// `POST /v1/embeddings` requests running (within the node-wide
+    /// limit).
+    pub(crate) embedding_requests_in_flight: AtomicU64,
     /// API requests answered with a 4xx.
     pub(crate) api_refused: AtomicU64,
     /// API requests turned away: connection cap or too many in flight.
@@ -158,7 +158,7 @@ pub(crate) fn render(shared: &Shared) -> String {
     metric(
         "embedding_wait_milliseconds",
         "summary",
-        "Time POST /v1/embeddings waited for its jobs to be finalised.",
+        "Time POST /v1/embeddings waited for its jobs, decided or not.",
         &[
             ("_sum", load(&m.embedding_wait_ms)),
             ("_count", load(&m.embedding_waits)),
@@ -173,7 +173,7 @@ pub(crate) fn render(shared: &Shared) -> String {
     metric(
         "finalisation_commits",
         "summary",
-        "Commits from a job's submission to its finalisation.",
+        "Commits from the one that made a job to the one that finalised it.",
         &[
             ("_sum", load(&m.finalisation_commits)),
             ("_count", load(&m.finalisations)),
@@ -186,10 +186,10 @@ pub(crate) fn render(shared: &Shared) -> String {
         &[("", load(&m.deviant_attestations))],
     );
     metric(
-        "resubmissions_total",
-        "counter",
-        "Job submissions of POST /v1/embeddings sent again after they were not applied in time.",
-        &[("", load(&m.resubmissions))],
+        "embedding_requests_in_flight",
+        "gauge",
+        "POST /v1/embeddings requests running (within the node-wide limit).",
+        &[("", load(&m.embedding_requests_in_flight))],
     );
     metric(
         "api_refused_total",

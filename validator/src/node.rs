@@ -99,20 +99,36 @@ impl Shared {
         self.nonces.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The nonce for the next transaction this node signs for `account`
-    /// (whose state nonce is `state_nonce`): after every nonce it handed
-    /// out, and never one the state used. Each must be given back with
-    /// [`Shared::release_nonce`] when its request ends.
-    pub(crate) fn next_nonce(&self, account: &PublicKey, state_nonce: u64) -> u64 {
+    /// Runs `submit` with the nonce of the next transaction this node
+    /// signs for `account` (whose state nonce is `state_nonce`): after
+    /// every nonce it handed out, and never one the state used. The nonce
+    /// is taken only if `submit` succeeds, and must then be given back
+    /// with [`Shared::release_nonce`] when its request ends.
+    ///
+    /// The account's nonces are held meanwhile, so that concurrent
+    /// requests queue its transactions in nonce order (one queued after a
+    /// later nonce would be refused in apply), and a refused submission
+    /// leaves no gap that would stall every later one.
+    pub(crate) fn submit_with_next_nonce<T, E>(
+        &self,
+        account: &PublicKey,
+        state_nonce: u64,
+        submit: impl FnOnce(u64) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut nonces = self.lock_nonces();
         let entry = nonces.entry(*account).or_insert(Nonces {
             next: state_nonce,
             outstanding: 0,
         });
         let nonce = entry.next.max(state_nonce);
-        entry.next = nonce + 1;
-        entry.outstanding += 1;
-        nonce
+        let submitted = submit(nonce);
+        if submitted.is_ok() {
+            entry.next = nonce + 1;
+            entry.outstanding += 1;
+        } else if entry.outstanding == 0 {
+            nonces.remove(account);
+        }
+        submitted
     }
 
     /// Notes that `transaction` was submitted now, to measure how long it

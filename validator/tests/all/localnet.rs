@@ -715,15 +715,29 @@ fn localnet_runs_its_validators_until_ctrl_c_and_stops_them_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_ports(8);
     let stderr = dir.path().join("localnet.log");
-    let mut localnet = Command::new(SOMA)
+    /// Killed, with its validators, if the test fails first.
+    struct Localnet(Child);
+    impl Drop for Localnet {
+        fn drop(&mut self) {
+            if let (Ok(None), Ok(pid)) = (self.0.try_wait(), libc::pid_t::try_from(self.0.id())) {
+                // SAFETY: kill(2) on our child, not yet reaped, so its pid
+                // names no other process.
+                unsafe { libc::kill(pid, libc::SIGINT) };
+            }
+            let _ = self.0.wait();
+        }
+    }
+    let localnet = Command::new(SOMA)
         .args(["localnet", "--validators", "4", "--base-port"])
         .arg(base.to_string())
         .arg("--dir")
         .arg(dir.path().join("net"))
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
+    let mut localnet = Localnet(localnet);
     let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
     let api = |i: u16| base + 4 + i;
     let committed = |i: u16| {
@@ -736,19 +750,19 @@ fn localnet_runs_its_validators_until_ctrl_c_and_stops_them_cleanly() {
     let start = Instant::now();
     while !(0..4).all(committed) {
         assert!(
-            start.elapsed() < Duration::from_secs(90) && localnet.try_wait().unwrap().is_none(),
+            start.elapsed() < Duration::from_secs(90) && localnet.0.try_wait().unwrap().is_none(),
             "the localnet did not start committing:\n{}",
             log()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let pid = libc::pid_t::try_from(localnet.id()).unwrap();
+    let pid = libc::pid_t::try_from(localnet.0.id()).unwrap();
     // SAFETY: kill(2) on the child spawned above, not yet waited for.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = localnet.try_wait().unwrap() {
+        if let Some(status) = localnet.0.try_wait().unwrap() {
             break status;
         }
         assert!(
