@@ -304,9 +304,9 @@ fn component(u: &mut Unstructured<'_>) -> Option<Vec<u8>> {
     // One input in four may go beyond what the host accepts: reference
     // types (wasm-smith then writes `externref`, which needs the GC the
     // engine leaves out) and 64-bit memories (`Invalid`); more memories
-    // and tables per module
-    // than the instance layout's one each, longer tables (`Layout`). The
-    // others stay within, so that most inputs load.
+    // and tables per module than the instance layout's one each, longer
+    // tables (`Layout`). The others stay within, so that most inputs
+    // load.
     if u.ratio(1u8, 4).ok()? {
         config.max_memories = config.max_memories.min(2);
         config.max_memory64_bytes = config.max_memory64_bytes.min(1 << 30);

@@ -135,9 +135,7 @@ impl Error {
             Error::Timeout { .. } | Error::StackExhausted | Error::Compile(_) | Error::Host(_)
         )
     }
-}
 
-impl Error {
     /// Names wasmtime's failure to compile or load a valid component:
     /// [`Error::Layout`] when a core module's memories or tables do not fit
     /// the pooling allocator's layout (wasmtime's words for it; the engine

@@ -87,9 +87,9 @@ impl CompiledCache {
         let compiled = engine
             .precompile_component(&source()?)
             .map_err(|e| crate::Error::Compile(format!("{e:#}")))?;
+        // Loading checks the instance layout, as compiling does uncached.
         // SAFETY: these bytes were produced by `precompile_component` on this
         // very engine a moment ago.
-        // Loading checks the instance layout, as compiling does uncached.
         let component = unsafe { Component::deserialize(engine, &compiled) }
             .map_err(|e| crate::Error::compiling("", &e))?;
         let mut entry = self.mac(digest, engine_hash, &compiled).to_vec();
