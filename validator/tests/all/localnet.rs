@@ -715,15 +715,20 @@ fn localnet_runs_its_validators_until_ctrl_c_and_stops_them_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_ports(8);
     let stderr = dir.path().join("localnet.log");
-    /// Killed, with its validators, if the test fails first.
+    /// Sends `child` SIGINT, as Ctrl-C does, unless it has ended.
+    fn interrupt(child: &mut Child) -> bool {
+        match (child.try_wait(), libc::pid_t::try_from(child.id())) {
+            // SAFETY: kill(2) on our child, not yet reaped, so its pid
+            // names no other process.
+            (Ok(None), Ok(pid)) => unsafe { libc::kill(pid, libc::SIGINT) == 0 },
+            _ => false,
+        }
+    }
+    /// Stopped, with its validators, if the test fails first.
     struct Localnet(Child);
     impl Drop for Localnet {
         fn drop(&mut self) {
-            if let (Ok(None), Ok(pid)) = (self.0.try_wait(), libc::pid_t::try_from(self.0.id())) {
-                // SAFETY: kill(2) on our child, not yet reaped, so its pid
-                // names no other process.
-                unsafe { libc::kill(pid, libc::SIGINT) };
-            }
+            interrupt(&mut self.0);
             let _ = self.0.wait();
         }
     }
@@ -757,9 +762,7 @@ fn localnet_runs_its_validators_until_ctrl_c_and_stops_them_cleanly() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let pid = libc::pid_t::try_from(localnet.0.id()).unwrap();
-    // SAFETY: kill(2) on the child spawned above, not yet waited for.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    assert!(interrupt(&mut localnet.0));
     let start = Instant::now();
     let status = loop {
         if let Some(status) = localnet.0.try_wait().unwrap() {
