@@ -376,8 +376,9 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     assert!(value("soma_commit_latency_milliseconds_sum") > 0);
     assert!(value("soma_api_refused_total") >= 20);
     assert_eq!(value("soma_embedding_wait_milliseconds_count"), 2);
-    // Every job it applied a finalisation of, each at least a commit after
-    // its submission; and no validator's attestation deviated.
+    // Every job it applied a finalisation of, each finalised at least a
+    // commit after the one that made it; and no validator's attestation
+    // deviated.
     let finalised = value("soma_finalisations_total");
     assert!(finalised >= 3, "{finalised}");
     assert_eq!(value("soma_finalisation_commits_count"), finalised);
@@ -658,8 +659,10 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     // back, and the others are served (their transactions, submitted at
     // once, applied in nonce order).
     let auth = format!("Bearer {key}");
+    // Eight texts each, so that a request waits for several jobs.
     let request = |i: usize| {
-        let body = json!({ "input": format!("request number {i}") }).to_string();
+        let texts: Vec<String> = (0..8).map(|t| format!("request {i}, text {t}")).collect();
+        let body = json!({ "input": texts }).to_string();
         let headers = [
             ("content-type", "application/json"),
             ("authorization", auth.as_str()),
