@@ -223,6 +223,31 @@ fn bytes_that_are_not_a_component_are_invalid() {
     }
 }
 
+/// Why the engine refuses a component that instantiates `module` alone.
+fn refusal_of(module: &wasm_encoder::Module) -> Error {
+    let mut instances = wasm_encoder::InstanceSection::new();
+    instances.instantiate(0, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    let mut component = wasm_encoder::Component::new();
+    component
+        .section(&wasm_encoder::ModuleSection(module))
+        .section(&instances);
+    match engine().load(&component.finish()) {
+        Err(err) => err,
+        Ok(_) => panic!("a component of this module loaded"),
+    }
+}
+
+/// A memory of one page, 32- or 64-bit.
+fn one_page(memory64: bool) -> wasm_encoder::MemoryType {
+    wasm_encoder::MemoryType {
+        minimum: 1,
+        maximum: None,
+        memory64,
+        shared: false,
+        page_size_log2: None,
+    }
+}
+
 /// Function bodies are validated with the rest, before compiling (the
 /// compiler would only meet them later, as its own failure).
 #[test]
@@ -237,11 +262,7 @@ fn a_component_whose_code_does_not_validate_is_invalid() {
     code.function(Function::new([]).instruction(&wasm_encoder::Instruction::End));
     let mut module = Module::new();
     module.section(&types).section(&functions).section(&code);
-    let mut component = wasm_encoder::Component::new();
-    component.section(&wasm_encoder::ModuleSection(&module));
-    let Err(err) = engine().load(&component.finish()) else {
-        panic!("an invalid body loaded")
-    };
+    let err = refusal_of(&module);
     assert!(
         matches!(&err, Error::Invalid(m) if m.contains("type mismatch")),
         "{err}"
@@ -253,20 +274,8 @@ fn a_component_whose_code_does_not_validate_is_invalid() {
 #[test]
 fn a_component_with_a_64_bit_memory_is_invalid() {
     let mut memories = wasm_encoder::MemorySection::new();
-    memories.memory(wasm_encoder::MemoryType {
-        minimum: 1,
-        maximum: None,
-        memory64: true,
-        shared: false,
-        page_size_log2: None,
-    });
-    let mut module = wasm_encoder::Module::new();
-    module.section(&memories);
-    let mut component = wasm_encoder::Component::new();
-    component.section(&wasm_encoder::ModuleSection(&module));
-    let Err(err) = engine().load(&component.finish()) else {
-        panic!("a 64-bit memory loaded")
-    };
+    memories.memory(one_page(true));
+    let err = refusal_of(wasm_encoder::Module::new().section(&memories));
     assert!(
         matches!(&err, Error::Invalid(m) if m.contains("memory64")),
         "{err}"
@@ -278,17 +287,7 @@ fn a_component_with_a_64_bit_memory_is_invalid() {
 /// (which `Error::Layout` relies on).
 #[test]
 fn a_component_beyond_the_instance_layout_is_refused_as_its_own() {
-    use wasm_encoder::{
-        InstanceSection, MemorySection, MemoryType, Module, ModuleSection, RefType, TableSection,
-        TableType,
-    };
-    let memory = MemoryType {
-        minimum: 1,
-        maximum: None,
-        memory64: false,
-        shared: false,
-        page_size_log2: None,
-    };
+    use wasm_encoder::{MemorySection, Module, RefType, TableSection, TableType};
     let table = |minimum| TableType {
         element_type: RefType::FUNCREF,
         table64: false,
@@ -298,7 +297,7 @@ fn a_component_beyond_the_instance_layout_is_refused_as_its_own() {
     };
     let two_memories = {
         let mut memories = MemorySection::new();
-        memories.memory(memory).memory(memory);
+        memories.memory(one_page(false)).memory(one_page(false));
         Module::new().section(&memories).clone()
     };
     let two_tables = {
@@ -316,15 +315,7 @@ fn a_component_beyond_the_instance_layout_is_refused_as_its_own() {
         (two_tables, "defined tables count of 2"),
         (long_table, "minimum element size of 100001"),
     ] {
-        let mut instances = InstanceSection::new();
-        instances.instantiate(0, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
-        let mut component = wasm_encoder::Component::new();
-        component
-            .section(&ModuleSection(&module))
-            .section(&instances);
-        let Err(err) = engine().load(&component.finish()) else {
-            panic!("a component beyond the layout loaded ({words})")
-        };
+        let err = refusal_of(&module);
         assert!(
             matches!(&err, Error::Layout(m) if m.contains(words)),
             "{words}: {err}"
