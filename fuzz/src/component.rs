@@ -377,7 +377,7 @@ pub fn check(bytes: &[u8]) {
                 return;
             }
             let same = again.as_ref().is_ok_and(|again| {
-                bits(&again.vectors) == bits(&out.vectors)
+                crate::bits(&again.vectors) == crate::bits(&out.vectors)
                     && (again.fuel_used, again.memory_bytes) == (out.fuel_used, out.memory_bytes)
             });
             assert!(
@@ -392,14 +392,6 @@ pub fn check(bytes: &[u8]) {
             "a generated component failed the host: {e}"
         ),
     }
-}
-
-/// The bits of every value of `vectors`, so NaNs compare equal.
-fn bits(vectors: &[Vec<f32>]) -> Vec<Vec<u32>> {
-    vectors
-        .iter()
-        .map(|v| v.iter().map(|x| x.to_bits()).collect())
-        .collect()
 }
 
 /// Byte strings that describe small components: the first eight of a

@@ -87,14 +87,9 @@ pub fn check(bytes: &[u8]) {
                 assert_eq!(got.to_string(), expected.to_string());
             }
             (None, Ok(out)) => {
-                let bits = |v: &[Vec<f32>]| -> Vec<Vec<u32>> {
-                    v.iter()
-                        .map(|v| v.iter().map(|x| x.to_bits()).collect())
-                        .collect()
-                };
                 assert_eq!(
-                    bits(&out.vectors),
-                    bits(&vectors),
+                    crate::bits(&out.vectors),
+                    crate::bits(&vectors),
                     "the vectors changed on the way"
                 );
                 let kept = plan.logs.len().min(MAX_LOG_RECORDS);

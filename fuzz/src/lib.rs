@@ -130,3 +130,11 @@ fn engine() -> &'static soma_host::Engine {
     ENGINE
         .get_or_init(|| soma_host::Engine::new().expect("the host's engine configuration is valid"))
 }
+
+/// The bits of every value of `vectors`, so that NaNs compare equal.
+fn bits(vectors: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    vectors
+        .iter()
+        .map(|v| v.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}

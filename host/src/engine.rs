@@ -139,13 +139,24 @@ impl Engine {
         cache: &CompiledCache,
         limits: &Limits,
     ) -> Result<(Component, CacheOutcome), Error> {
+        // Every bound start-up runs under; a new field of `Limits` does not
+        // compile here until it is placed. (The wall-clock safety net only
+        // ever fails a start-up as this host's trouble, which is not
+        // cached.)
+        let Limits {
+            fuel,
+            max_memory_bytes,
+            max_table_elements,
+            max_instances,
+            timeout: _,
+        } = *limits;
         let mut key = blake3::Hasher::new();
         key.update(&Digest::of(wasm).0);
         for bound in [
-            limits.fuel,
-            limits.max_memory_bytes,
-            limits.max_table_elements,
-            u64::from(limits.max_instances),
+            fuel,
+            max_memory_bytes,
+            max_table_elements,
+            u64::from(max_instances),
         ] {
             key.update(&bound.to_le_bytes());
         }
