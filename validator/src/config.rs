@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use soma_consensus::{DEFAULT_MIN_ROUND_DELAY, Protocol};
+use soma_consensus::{DEFAULT_MIN_ROUND_DELAY, Parameters as ConsensusParameters};
 use soma_crypto::keyfile;
 use soma_crypto::{PublicKey, SecretKey};
 use soma_host::package::Package;
@@ -38,10 +38,11 @@ pub struct NodeFile {
     /// one spends from in `POST /v1/embeddings`.
     #[serde(default)]
     pub api_keys: BTreeMap<String, PathBuf>,
-    /// Rounds kept below the last commit; the oldest a parent may be. Every
-    /// validator must use the same (peers refuse each other otherwise).
-    #[serde(default = "default_gc_depth")]
-    pub gc_depth: u32,
+    /// Rounds of committed blocks the store keeps to serve validators that
+    /// fell behind: one down for longer cannot catch up from this node. A
+    /// node's own choice; it does not change what is committed.
+    #[serde(default = "default_retention_rounds")]
+    pub retention_rounds: u32,
     /// Milliseconds to wait for a round's leader.
     #[serde(default = "default_leader_timeout_ms")]
     pub leader_timeout_ms: u64,
@@ -59,8 +60,8 @@ pub struct NodeFile {
     pub compiled_cache: Option<PathBuf>,
 }
 
-fn default_gc_depth() -> u32 {
-    Protocol::DEFAULT_GC_DEPTH
+fn default_retention_rounds() -> u32 {
+    ConsensusParameters::default().store_retention
 }
 
 fn default_leader_timeout_ms() -> u64 {
@@ -209,8 +210,9 @@ pub fn write_localnet(net: &Localnet<'_>) -> Result<Vec<PathBuf>> {
     std::fs::write(&genesis_path, serde_json::to_string_pretty(&genesis)?)?;
     // What every node will read: refused here, with the reason, rather than
     // by each node as it starts.
-    soma_execution::Genesis::from_config_file(&genesis_path)
+    let valid = soma_execution::Genesis::from_config_file(&genesis_path)
         .context("the network's genesis is not valid")?;
+    crate::node::committee(&valid)?;
 
     // Fresh keys make each localnet a chain of its own; so does a fresh
     // API key.
@@ -255,7 +257,7 @@ pub fn write_localnet(net: &Localnet<'_>) -> Result<Vec<PathBuf>> {
                 .map(|(k, a)| (hex_key(k), *a))
                 .collect(),
             api_keys: BTreeMap::from([(api_key.clone(), "../accounts/user.key".into())]),
-            gc_depth: default_gc_depth(),
+            retention_rounds: default_retention_rounds(),
             leader_timeout_ms: default_leader_timeout_ms(),
             min_round_delay_ms: default_min_round_delay_ms(),
             runner_threads: 0,

@@ -179,7 +179,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         .with_context(|| format!("genesis {}", genesis_path.display()))?;
     let key = keyfile::read_secret_key(&dir.join(&file.key_file))?;
     let me = key.public_key();
-    let committee = committee(&file, &genesis)?;
+    let committee = committee(&genesis)?;
     let authority = (0..committee.size())
         .map(|i| AuthorityIndex(i as u32))
         .find(|&i| committee.key(i) == Some(&me))
@@ -263,7 +263,10 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         committee,
         addresses,
         store: data.join("consensus"),
-        parameters: ConsensusParameters::default(),
+        parameters: ConsensusParameters {
+            store_retention: file.retention_rounds,
+            ..ConsensusParameters::default()
+        },
         leader_timeout: Duration::from_millis(file.leader_timeout_ms),
         min_round_delay: Duration::from_millis(file.min_round_delay_ms),
         verifier: Arc::new(Admission(shared.clone())),
@@ -317,11 +320,11 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
 }
 
 /// The committee genesis names, with the chain's protocol constants.
-fn committee(file: &NodeFile, genesis: &Genesis) -> Result<Committee> {
+pub fn committee(genesis: &Genesis) -> Result<Committee> {
     let protocol = Protocol {
         chain_id: genesis.chain_id(),
         epoch: 0,
-        gc_depth: file.gc_depth,
+        gc_depth: genesis.parameters().gc_depth,
     };
     let members = genesis
         .validators()
@@ -498,5 +501,5 @@ impl Applier {
 pub fn committee_of(config_path: &Path) -> Result<Committee> {
     let file = config::NodeFile::read(config_path)?;
     let dir = config_path.parent().unwrap_or(Path::new("."));
-    committee(&file, &Genesis::from_config_file(&dir.join(&file.genesis))?)
+    committee(&Genesis::from_config_file(&dir.join(&file.genesis))?)
 }

@@ -70,6 +70,11 @@ pub struct Parameters {
     /// Least score (fixed point) shard selection counts an encoder with:
     /// room to explore, so a poor start is not forever.
     pub routing_floor: u32,
+    /// Rounds the consensus DAG keeps below its last commit, and the most
+    /// rounds a block's parent may be older than the block. It decides
+    /// what each commit contains, so every validator must use the same:
+    /// apply never reads it, but it is part of the chain id.
+    pub gc_depth: u32,
 }
 
 impl Default for Parameters {
@@ -97,6 +102,7 @@ impl Default for Parameters {
             region_bits: 3,
             routing_decay_bps: 1_000,
             routing_floor: (ONE / 10) as u32,
+            gc_depth: 100,
         }
     }
 }
@@ -176,6 +182,7 @@ impl Encode for Parameters {
         w.u8(self.region_bits);
         w.u16(self.routing_decay_bps);
         w.u32(self.routing_floor);
+        w.u32(self.gc_depth);
     }
 }
 
@@ -204,6 +211,7 @@ impl Decode<'_> for Parameters {
             region_bits: r.u8("region bits")?,
             routing_decay_bps: r.u16("routing decay")?,
             routing_floor: r.u32("routing floor")?,
+            gc_depth: r.u32("gc depth")?,
         };
         parameters.check()?;
         Ok(parameters)

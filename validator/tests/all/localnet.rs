@@ -469,6 +469,21 @@ fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
     assert!(genesis(&["--validators", "1"]).0);
     let (ok, stderr) = genesis(&["--validators", "1"]);
     assert!(!ok && stderr.contains("already exists"), "{stderr}");
+    // Genesis fixes the consensus constants; one no committee can run
+    // with stops the node before it opens anything.
+    let genesis_file = dir.path().join("genesis.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&genesis_file).unwrap()).unwrap();
+    config["parameters"]["gc_depth"] = 2.into();
+    std::fs::write(&genesis_file, config.to_string()).unwrap();
+    let node = dir.path().join("validator-0");
+    let (ok, stderr) = soma(&[
+        "node".as_ref(),
+        "--config".as_ref(),
+        node.join("config.json").as_os_str(),
+    ]);
+    assert!(!ok && stderr.contains("gc_depth 2 is below"), "{stderr}");
+    assert!(!node.join("data").exists(), "the node opened its store");
     // An encoder that is not a signed package is refused before any
     // validator would read it.
     let other = tempfile::tempdir().unwrap();
@@ -687,7 +702,7 @@ fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits()
         .as_u64()
         .unwrap();
     assert!(
-        round_now > round_then + 2 * u64::from(soma_consensus::Protocol::DEFAULT_GC_DEPTH),
+        round_now > round_then + 2 * u64::from(soma_execution::Parameters::default().gc_depth),
         "the others got only from round {round_then} to {round_now}"
     );
 

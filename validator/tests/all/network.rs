@@ -7,7 +7,7 @@
 //! too many for an API key a 429 with `Retry-After`, and the `openai`
 //! Python package's client gets answers it reads.
 
-use super::localnet::{Session, Validator, genesis_with, http, logs, start_all, wait_for};
+use super::localnet::{Session, Validator, genesis_with, http, logs, start_all, status, wait_for};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use soma_codec::Encode;
@@ -22,18 +22,48 @@ use std::time::Duration;
 /// `component` signed by a fresh key (so each call makes another package)
 /// as the 384-dimension text encoder `name`, written to `dir/file`.
 fn package(dir: &Path, component: &str, name: &str, file: &str) -> PathBuf {
-    let meta = EncoderMeta {
+    let signer = SecretKey::generate().unwrap();
+    let package = Package::sign(
+        &signer,
+        &text_encoder(name),
+        std::fs::read(component).unwrap(),
+        vec![],
+    )
+    .unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, package.encode()).unwrap();
+    path
+}
+
+/// The manifest of a 384-dimension text encoder `name`.
+fn text_encoder(name: &str) -> EncoderMeta {
+    EncoderMeta {
         name: name.into(),
         version: "0.1.0".into(),
         dimension: 384,
         fuel_limit: MAX_FUEL_LIMIT,
         modality: soma_host::Modality::Text,
-    };
-    let signer = SecretKey::generate().unwrap();
-    let package = Package::sign(&signer, &meta, std::fs::read(component).unwrap(), vec![]).unwrap();
-    let path = dir.join(file);
-    std::fs::write(&path, package.encode()).unwrap();
-    path
+    }
+}
+
+/// Writes a four-validator network into `dir/net` whose genesis registers
+/// a package of each (component, encoder name); its directory,
+/// configurations, first port and client file.
+fn network(dir: &Path, encoders: &[(&str, &str)]) -> (PathBuf, Vec<PathBuf>, u16, ClientFile) {
+    let packages = dir.join("packages-in");
+    std::fs::create_dir(&packages).unwrap();
+    let mut args = Vec::new();
+    for (i, (component, name)) in encoders.iter().enumerate() {
+        args.push("--encoder".into());
+        args.push(package(&packages, component, name, &format!("{i}-{name}.somapkg")).into());
+    }
+    let args: Vec<std::ffi::OsString> = args;
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let net = dir.join("net");
+    let (configs, base) = genesis_with(&net, 4, &args);
+    let client =
+        serde_json::from_str(&std::fs::read_to_string(net.join("client.json")).unwrap()).unwrap();
+    (net, configs, base, client)
 }
 
 /// Sends `body` as JSON to `path` of the API at `port`; (status, JSON).
@@ -79,28 +109,15 @@ fn norm(v: &[f64]) -> f64 {
 #[test]
 fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     let dir = tempfile::tempdir().unwrap();
-    let packages = dir.path().join("packages-in");
-    std::fs::create_dir(&packages).unwrap();
     let hash = soma_examples_artifacts::HASH_ENCODER;
-    let encoders = [
-        package(&packages, hash, "hash-encoder", "hash-a.somapkg"),
-        package(&packages, hash, "hash-encoder", "hash-b.somapkg"),
-        package(
-            &packages,
-            soma_examples_artifacts::RANDOM_ENCODER,
-            "random-encoder",
-            "random.somapkg",
-        ),
-    ];
-    let mut args = Vec::new();
-    for encoder in &encoders {
-        args.push("--encoder".as_ref());
-        args.push(encoder.as_os_str());
-    }
-    let net = dir.path().join("net");
-    let (configs, base) = genesis_with(&net, 4, &args);
-    let client: ClientFile =
-        serde_json::from_str(&std::fs::read_to_string(net.join("client.json")).unwrap()).unwrap();
+    let (net, configs, base, client) = network(
+        dir.path(),
+        &[
+            (hash, "hash-encoder"),
+            (hash, "hash-encoder"),
+            (soma_examples_artifacts::RANDOM_ENCODER, "random-encoder"),
+        ],
+    );
     let api = |i: usize| client.apis[i].port();
     let key = client.api_key.as_str();
     let mut validators = start_all(&configs, base);
@@ -450,17 +467,14 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
         shown.starts_with(&format!("balance {}", account(2)["balance"])),
         "{shown}"
     );
-    let mine = {
-        let meta = EncoderMeta {
-            name: "hash-encoder".into(),
-            version: "0.1.0".into(),
-            dimension: 384,
-            fuel_limit: MAX_FUEL_LIMIT,
-            modality: soma_host::Modality::Text,
-        };
-        Package::sign(&user, &meta, std::fs::read(hash).unwrap(), vec![]).unwrap()
-    };
-    let mine_path = packages.join("mine.somapkg");
+    let mine = Package::sign(
+        &user,
+        &text_encoder("hash-encoder"),
+        std::fs::read(hash).unwrap(),
+        vec![],
+    )
+    .unwrap();
+    let mine_path = dir.path().join("mine.somapkg");
     std::fs::write(&mine_path, mine.encode()).unwrap();
 
     let shown = soma(&[
@@ -862,4 +876,153 @@ fn the_api_holds_up_against_slow_many_and_malformed_clients() {
     drop(held);
     assert!(metric(port, "soma_api_throttled_total") >= 1);
     assert!(healthy());
+}
+
+/// A validator killed (SIGKILL) during a stream of `/v1/embeddings`
+/// requests and kept down for a minute: the other three keep finalising
+/// jobs; restarted, it catches up and reports the same jobs, balances and
+/// nonces; every submission was applied exactly once on every validator.
+#[test]
+fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs_twice() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let hash = soma_examples_artifacts::HASH_ENCODER;
+    let (_net, configs, base, client) = network(
+        dir.path(),
+        &[
+            (hash, "hash-encoder"),
+            (hash, "hash-encoder"),
+            (hash, "hash-encoder"),
+        ],
+    );
+    let api = |i: usize| client.apis[i].port();
+    let key = client.api_key.as_str();
+    let mut validators = start_all(&configs, base);
+    wait_for(
+        "every API to answer",
+        Duration::from_secs(60),
+        || (0..4).all(|i| call(api(i), "GET", "/health", None, b"").0 == 200),
+        &validators,
+    );
+
+    // Three clients, each sending one sentence after another to validator
+    // 0 and recording the job each request made.
+    let jobs: Mutex<Vec<String>> = Mutex::default();
+    let failures: Mutex<Vec<Value>> = Mutex::default();
+    let stop = AtomicBool::new(false);
+    let done = || jobs.lock().unwrap().len();
+    let (killed_at, restarted_at) = std::thread::scope(|scope| {
+        for client in 0..3 {
+            let (jobs, failures, stop) = (&jobs, &failures, &stop);
+            scope.spawn(move || {
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let text = format!("client {client} sends sentence number {n}");
+                    let body = json!({"input": text}).to_string();
+                    match call(api(0), "POST", "/v1/embeddings", Some(key), body.as_bytes()) {
+                        (200, reply) => jobs
+                            .lock()
+                            .unwrap()
+                            .push(reply["jobs"][0].as_str().unwrap().to_string()),
+                        (code, reply) => failures.lock().unwrap().push(json!([code, reply])),
+                    }
+                }
+            });
+        }
+        wait_for(
+            "6 jobs",
+            Duration::from_secs(120),
+            || done() >= 6,
+            &validators,
+        );
+        let killed = validators.pop().unwrap();
+        let restart = (killed.config.clone(), killed.port);
+        drop(killed);
+        let killed_at = done();
+        std::thread::sleep(Duration::from_secs(60));
+        let restarted_at = done();
+        validators.push(Validator::start(&restart.0, restart.1));
+        std::thread::sleep(Duration::from_secs(10));
+        stop.store(true, Ordering::Relaxed);
+        (killed_at, restarted_at)
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    let jobs = jobs.into_inner().unwrap();
+    eprintln!(
+        "{} jobs: {killed_at} before validator 3 was killed, {} in the minute it was down",
+        jobs.len(),
+        restarted_at - killed_at
+    );
+    assert!(
+        restarted_at - killed_at >= 10,
+        "the three others finalised only {} jobs in a minute",
+        restarted_at - killed_at
+    );
+
+    // Validator 3 catches up: every job is decided there as it is at
+    // validator 0.
+    let job = |i: usize, id: &str| call(api(i), "GET", &format!("/v1/jobs/{id}"), None, b"").1;
+    let account = |i: usize| {
+        let path = format!("/v1/accounts/{}", client.account);
+        call(api(i), "GET", &path, None, b"").1
+    };
+    let submitted = jobs.len() as u64;
+    wait_for(
+        "validator 3 to apply every submission",
+        Duration::from_secs(180),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", api(3))).is_ok()
+                && account(3)["nonce"] == submitted
+                && jobs.iter().all(|id| job(3, id)["status"] == "finalised")
+        },
+        &validators,
+    );
+    // It was away too long to fetch single blocks: it replayed rounds.
+    let status3 = status(validators[3].port).unwrap();
+    assert!(
+        status3["catch_up_requests"].as_u64().unwrap() > 0,
+        "{status3}"
+    );
+    let params = soma_execution::Parameters::default();
+    let mut distinct = jobs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        jobs.len(),
+        "two requests were given one job"
+    );
+    for i in 0..4 {
+        // Each submission took one nonce and paid once: none was lost, none
+        // applied twice.
+        let account = account(i);
+        assert_eq!(account["nonce"], submitted, "validator {i}: {account}");
+        assert_eq!(
+            account["balance"].as_u64().unwrap(),
+            soma_validator::config::LOCALNET_USER_BALANCE
+                - submitted * (params.min_fee + params.min_job_payment),
+            "validator {i}"
+        );
+    }
+    for id in &jobs {
+        let decided = job(0, id);
+        for i in 1..4 {
+            assert_eq!(
+                job(i, id)["finalisation"],
+                decided["finalisation"],
+                "job {id} at validator {i}"
+            );
+        }
+    }
+    for i in 0..4 {
+        assert_eq!(
+            metric(api(i), "soma_deviant_state_roots_total"),
+            0,
+            "validator {i}"
+        );
+    }
 }

@@ -47,6 +47,10 @@ const PROSE: &[&str] = &[
     "Scientists observed a rare comet passing close to the sun.",
 ];
 
+/// Jobs per text each share is measured over: the share's standard
+/// error is then about 0.01, well below the margins asserted.
+const SAMPLES: usize = 128;
+
 /// Submits each text `times` times (shards are drawn per job) and returns
 /// the share of those jobs whose shard includes `encoder`.
 fn chosen(ex: &mut Executor, g: &Genesis, texts: &[&str], times: usize, encoder: Digest) -> f64 {
@@ -139,8 +143,8 @@ fn train(region_bits: u8) -> Measured {
     };
     let regions = (regions(CODE), regions(PROSE));
     let s = specialist.digest();
-    let code_before = chosen(&mut ex, &g, CODE, 32, s);
-    let prose_before = chosen(&mut ex, &g, PROSE, 32, s);
+    let code_before = chosen(&mut ex, &g, CODE, SAMPLES, s);
+    let prose_before = chosen(&mut ex, &g, PROSE, SAMPLES, s);
     for _ in 0..6 {
         let mut texts = CODE.to_vec();
         texts.extend(PROSE);
@@ -150,9 +154,9 @@ fn train(region_bits: u8) -> Measured {
     }
     Measured {
         code_before,
-        code_after: chosen(&mut ex, &g, CODE, 32, s),
+        code_after: chosen(&mut ex, &g, CODE, SAMPLES, s),
         prose_before,
-        prose_after: chosen(&mut ex, &g, PROSE, 32, s),
+        prose_after: chosen(&mut ex, &g, PROSE, SAMPLES, s),
         scores: ex
             .encoder(&s)
             .unwrap()
