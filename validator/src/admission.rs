@@ -9,7 +9,7 @@
 
 use crate::node::Shared;
 use soma_codec::Decode;
-use soma_consensus::TransactionVerifier;
+use soma_consensus::{MIN_TRANSACTION_COST, Placement, TransactionVerifier};
 use soma_execution::{MAX_TRANSACTION_BYTES, SignedTransaction};
 use std::sync::Arc;
 
@@ -115,11 +115,72 @@ pub(crate) fn admit(shared: &Shared, bytes: &[u8]) -> Result<SignedTransaction, 
     Ok(signed)
 }
 
+/// Where an admitted transaction waits for a block: in its sender's lane
+/// at its nonce, so a sender's transactions are proposed in nonce order,
+/// ranked against other senders' by fee per byte of block space.
+pub(crate) fn placement(signed: &SignedTransaction, bytes: usize) -> Placement {
+    let tx = signed.transaction();
+    // Per 2^16 bytes, so that fees a byte apart still rank apart.
+    let per_byte = (u128::from(tx.fee) << 16) / bytes.max(MIN_TRANSACTION_COST) as u128;
+    Placement {
+        lane: tx.sender.to_bytes(),
+        sequence: tx.nonce,
+        priority: u64::try_from(per_byte).unwrap_or(u64::MAX),
+    }
+}
+
 /// The consensus hook: peers' and clients' submissions pass [`admit`].
 pub(crate) struct Admission(pub(crate) Arc<Shared>);
 
 impl TransactionVerifier for Admission {
-    fn verify(&self, transaction: &[u8]) -> bool {
-        admit(&self.0, transaction).is_ok()
+    fn verify(&self, transaction: &[u8]) -> Option<Placement> {
+        let signed = admit(&self.0, transaction).ok()?;
+        Some(placement(&signed, transaction.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use soma_crypto::SecretKey;
+    use soma_execution::{Action, Transaction};
+
+    fn signed(key: &SecretKey, nonce: u64, fee: u64, action: Action) -> SignedTransaction {
+        Transaction {
+            chain_id: [1; 32],
+            sender: key.public_key(),
+            nonce,
+            fee,
+            action,
+        }
+        .sign(key)
+    }
+
+    #[test]
+    fn transactions_wait_in_their_senders_lane_at_their_nonce_ranked_by_fee_per_byte() {
+        use soma_codec::Encode;
+        let alice = SecretKey::from_bytes(&[1; 32]);
+        let transfer = Action::Transfer {
+            to: SecretKey::from_bytes(&[2; 32]).public_key(),
+            amount: 5,
+        };
+        let place = |t: &SignedTransaction| placement(t, t.to_bytes().len());
+        let cheap = signed(&alice, 7, 10, transfer.clone());
+        let dear = signed(&alice, 7, 11, transfer);
+        let large = signed(
+            &alice,
+            8,
+            11,
+            Action::SubmitData {
+                data: vec![b'x'; 4_000],
+                payment: 1_000,
+            },
+        );
+        assert_eq!(place(&cheap).lane, alice.public_key().to_bytes());
+        assert_eq!((place(&cheap).sequence, place(&large).sequence), (7, 8));
+        assert!(place(&dear).priority > place(&cheap).priority);
+        // The same fee for far more block space ranks lower.
+        assert!(place(&large).priority < place(&cheap).priority / 10);
+        assert!(place(&large).priority > 0);
     }
 }

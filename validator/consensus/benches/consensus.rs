@@ -11,8 +11,8 @@
 //! reported as a fraction of it.
 
 use soma_consensus::{
-    AuthorityIndex, Committee, DEFAULT_MIN_ROUND_DELAY, Node, NodeConfig, Parameters, Protocol,
-    SubmitError, SubmitRefused, Submitter, TransactionVerifier,
+    AuthorityIndex, Committee, DEFAULT_MIN_ROUND_DELAY, Node, NodeConfig, Parameters, Placement,
+    Protocol, SubmitError, SubmitRefused, Submitter, TransactionVerifier,
 };
 use soma_crypto::{Domain, PublicKey, SecretKey, Signature};
 use std::collections::BTreeMap;
@@ -44,9 +44,9 @@ impl SignedTransfer {
 }
 
 impl TransactionVerifier for SignedTransfer {
-    fn verify(&self, transaction: &[u8]) -> bool {
+    fn verify(&self, transaction: &[u8]) -> Option<Placement> {
         if transaction.len() < 104 {
-            return false;
+            return None;
         }
         let key = PublicKey::from_bytes(transaction[..32].try_into().unwrap());
         let signature = Signature(transaction[32..96].try_into().unwrap());
@@ -54,6 +54,7 @@ impl TransactionVerifier for SignedTransfer {
             k.verify(Domain::Transaction, &transaction[96..], &signature)
                 .is_ok()
         })
+        .then(|| Placement::alone(transaction))
     }
 }
 
@@ -70,7 +71,7 @@ fn verifications_per_second(transactions: &[Vec<u8>]) -> f64 {
     let mut checked = 0;
     while start.elapsed() < Duration::from_secs(3) {
         for t in transactions.iter().take(1000) {
-            assert!(SignedTransfer.verify(t));
+            assert!(SignedTransfer.verify(t).is_some());
             checked += 1;
         }
     }

@@ -15,8 +15,8 @@
 use crate::block::{MAX_TRANSACTION_BYTES, SignedBlock};
 use crate::block_verifier::Verdict;
 use crate::committee::AuthorityIndex;
-use crate::core::SubmitError;
 use crate::core_thread::Command;
+use crate::mempool::SubmitError;
 use crate::network::{self, FetchRequest, PeerToken, RoundsRequest, WireError};
 use crate::node::{COMMITS_PATH, STATUS_PATH, Shared, SubmitRefused, TRANSACTION_PATH, submit};
 use crate::store::{CommitRecord, Store, StoreError};

@@ -2,18 +2,17 @@
 //! proposals and commits out. The simulation and the network node both
 //! drive this same type.
 
-use crate::block::{
-    Block, BlockRef, MAX_TRANSACTION_BYTES, MAX_TRANSACTIONS, Round, VerifiedBlock,
-};
+use crate::block::{Block, BlockRef, MAX_TRANSACTIONS, Round, VerifiedBlock};
 use crate::committee::{AuthorityIndex, Committee};
 use crate::committer::{Committer, LeaderStatus, leader};
 use crate::dag_state::{Acceptance, DagState};
 use crate::linearizer::{CommittedSubDag, Linearizer};
+use crate::mempool::{Mempool, Placement, SubmitError};
 use crate::network::FetchRequest;
 use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError, gc_round};
 use crate::suspended::SuspendedBlocks;
 use soma_crypto::SecretKey;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 /// A node's own tunables of the consensus core: none of them changes what
 /// is committed (those are in the committee's [`Protocol`]).
@@ -62,17 +61,6 @@ pub enum CoreError {
     NotThisMember(u32),
 }
 
-/// Why a transaction was not queued.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubmitError {
-    /// Larger than a block may carry.
-    #[error("transaction of {0} bytes is over the limit of {MAX_TRANSACTION_BYTES}")]
-    TooLarge(usize),
-    /// Too many transaction bytes are waiting; try again later.
-    #[error("{0} bytes of transactions are already waiting to be proposed")]
-    Full(usize),
-}
-
 /// What one step of the core produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -99,15 +87,6 @@ pub const CATCH_UP_LAG: Round = 20;
 /// Most missing parents asked for at once on behalf of one author's blocks.
 pub const MISSING_PER_AUTHOR: usize = 100;
 
-/// What a waiting transaction counts against byte limits: its length, but
-/// at least [`MIN_TRANSACTION_COST`], so empty ones are not free.
-pub fn transaction_cost(transaction: &[u8]) -> usize {
-    transaction.len().max(MIN_TRANSACTION_COST)
-}
-
-/// The least a waiting transaction counts against byte limits.
-pub const MIN_TRANSACTION_COST: usize = 64;
-
 /// Waiting blocks looked at to find who needs a block.
 const WAITERS_LOOKED_AT: usize = 1_000;
 
@@ -132,9 +111,7 @@ pub struct Core {
     /// Per author, the highest round of a verified block received from it.
     seen: Vec<Round>,
     quorum_round: Round,
-    transactions: VecDeque<Vec<u8>>,
-    /// Bytes in `transactions`.
-    pending_bytes: usize,
+    transactions: Mempool,
     /// Whether the driver holds proposals back (a minimum time between
     /// rounds, which a clock-free core cannot keep itself).
     proposals_held: bool,
@@ -169,6 +146,7 @@ impl Core {
             .flat_map(|c| c.blocks.iter().copied());
         let linearizer = Linearizer::new(committed, gc_round);
         let n = dag.committee().size();
+        let max_pending = params.max_pending_transaction_bytes;
         let mut core = Core {
             me,
             key,
@@ -182,8 +160,7 @@ impl Core {
             referenced: vec![0; n],
             seen: vec![0; n],
             quorum_round: 0,
-            transactions: VecDeque::new(),
-            pending_bytes: 0,
+            transactions: Mempool::new(max_pending),
             proposals_held: false,
             timed_out_while_held: false,
             state_root: crate::StateRoot::default(),
@@ -242,26 +219,23 @@ impl Core {
     /// Bytes of the transactions waiting for this validator's blocks
     /// (each counted at least at its minimum cost).
     pub fn pending_transaction_bytes(&self) -> usize {
-        self.pending_bytes
+        self.transactions.bytes()
     }
 
     /// Whether [`Core::submit`] would take another transaction.
     pub fn has_room_for_transactions(&self) -> bool {
-        self.pending_bytes + MAX_TRANSACTION_BYTES <= self.params.max_pending_transaction_bytes
+        self.transactions.has_room()
     }
 
-    /// Queues a transaction for a coming proposal.
-    pub fn submit(&mut self, transaction: Vec<u8>) -> Result<(), SubmitError> {
-        if transaction.len() > MAX_TRANSACTION_BYTES {
-            return Err(SubmitError::TooLarge(transaction.len()));
-        }
-        let cost = transaction_cost(&transaction);
-        if self.pending_bytes + cost > self.params.max_pending_transaction_bytes {
-            return Err(SubmitError::Full(self.pending_bytes));
-        }
-        self.pending_bytes += cost;
-        self.transactions.push_back(transaction);
-        Ok(())
+    /// Queues a transaction for a coming proposal, where `placement`
+    /// says: proposals take the best lanes first, each lane in sequence
+    /// order.
+    pub fn submit(
+        &mut self,
+        transaction: Vec<u8>,
+        placement: Placement,
+    ) -> Result<(), SubmitError> {
+        self.transactions.insert(transaction, placement)
     }
 
     /// Adds verified blocks from peers, then commits and proposes what
@@ -671,27 +645,19 @@ impl Core {
     }
 
     fn take_transactions(&mut self) -> Vec<Vec<u8>> {
-        let mut taken = Vec::new();
-        let mut bytes = 0;
-        while let Some(next) = self.transactions.front() {
-            if taken.len() == self.params.max_block_transactions
-                || bytes + next.len() > self.params.max_block_transaction_bytes
-            {
-                break;
-            }
-            bytes += next.len();
-            let next = self.transactions.pop_front().expect("front exists");
-            self.pending_bytes -= transaction_cost(&next);
-            taken.push(next);
-        }
-        taken
+        self.transactions.take(
+            self.params.max_block_transactions,
+            self.params.max_block_transaction_bytes,
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::MAX_TRANSACTION_BYTES;
     use crate::committee::tests::{committee, with_gc_depth};
+    use crate::mempool::MIN_TRANSACTION_COST;
     use crate::network::RoundsRequest;
     use crate::store::{FjallStore, MemStore};
 
@@ -778,7 +744,9 @@ mod tests {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let dir = tempfile::tempdir().unwrap();
         let mut cores = open_all(&c, &keys, &Parameters::default(), Some(dir.path()));
-        cores[0].submit(b"pay 5".to_vec()).unwrap();
+        cores[0]
+            .submit(b"pay 5".to_vec(), Placement::alone(b"pay 5"))
+            .unwrap();
         let committed = lockstep(&mut cores, 12);
         assert!(committed[0].len() >= 8, "{}", committed[0].len());
         assert!(committed.iter().all(|c| *c == committed[0]));
@@ -1354,13 +1322,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            core.submit(vec![0; MAX_TRANSACTION_BYTES + 1]),
+            core.submit(vec![0; MAX_TRANSACTION_BYTES + 1], Placement::alone(b"")),
             Err(SubmitError::TooLarge(MAX_TRANSACTION_BYTES + 1))
         );
-        core.submit(vec![1]).unwrap();
-        core.submit(vec![2]).unwrap();
+        core.submit(vec![1], Placement::alone(&[1])).unwrap();
+        core.submit(vec![2], Placement::alone(&[2])).unwrap();
         assert_eq!(
-            core.submit(vec![]),
+            core.submit(vec![], Placement::alone(&[])),
             Err(SubmitError::Full(2 * MIN_TRANSACTION_COST))
         );
 

@@ -7,8 +7,9 @@
 use crate::block::VerifiedBlock;
 use crate::broadcaster::Broadcaster;
 use crate::committee::AuthorityIndex;
-use crate::core::{Core, Outcome, transaction_cost};
+use crate::core::{Core, Outcome};
 use crate::linearizer::CommittedSubDag;
+use crate::mempool::{Placement, SubmitError, transaction_cost};
 use crate::node::{NodeError, Shared};
 use crate::synchronizer::{SYNC_INTERVAL, Synchronizer};
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub(crate) struct Timing {
 /// The core task's channels.
 pub(crate) struct Channels {
     pub(crate) inbox: mpsc::Receiver<Command>,
-    pub(crate) submitted: mpsc::Receiver<Vec<u8>>,
+    pub(crate) submitted: mpsc::Receiver<(Vec<u8>, Placement)>,
     pub(crate) commits: mpsc::UnboundedSender<CommittedSubDag>,
 }
 
@@ -66,13 +67,19 @@ pub(crate) async fn run(
             .store(mempool as u64, Ordering::Relaxed);
         // Submissions wait here until the core's pool has room for them.
         while core.has_room_for_transactions()
-            && let Ok(transaction) = channels.submitted.try_recv()
+            && let Ok((transaction, placement)) = channels.submitted.try_recv()
         {
             shared
                 .queued_bytes
                 .fetch_sub(transaction_cost(&transaction), Ordering::AcqRel);
-            if let Err(e) = core.submit(transaction) {
-                tracing::warn!("submitted transaction dropped: {e}");
+            match core.submit(transaction, placement) {
+                Ok(()) => {}
+                // A copy, or a resubmission that pays no more: what waits
+                // already stands for it.
+                Err(e @ SubmitError::Duplicate(_)) => {
+                    tracing::debug!("submitted transaction not queued: {e}")
+                }
+                Err(e) => tracing::warn!("submitted transaction dropped: {e}"),
             }
         }
         let (outcome, from) = tokio::select! {

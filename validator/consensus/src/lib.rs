@@ -23,6 +23,7 @@ mod core;
 mod core_thread;
 mod dag_state;
 mod linearizer;
+mod mempool;
 pub mod network;
 mod node;
 mod peer_client;
@@ -41,9 +42,10 @@ pub use committee::{
     AuthorityIndex, Committee, CommitteeError, MIN_GC_DEPTH, Protocol, Stake, StakeAggregator,
 };
 pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
-pub use core::{CATCH_UP_LAG, Core, CoreError, Outcome, Parameters, SubmitError};
+pub use core::{CATCH_UP_LAG, Core, CoreError, Outcome, Parameters};
 pub use dag_state::{Acceptance, DagState};
 pub use linearizer::{CommittedSubDag, Linearizer};
+pub use mempool::{MIN_TRANSACTION_COST, Placement, SubmitError, transaction_cost};
 pub use node::{
     AcceptAny, COMMITS_PATH, DEFAULT_MIN_ROUND_DELAY, Metrics, Node, NodeConfig, NodeError,
     STATUS_PATH, SubmitRefused, Submitter, TRANSACTION_PATH, TransactionVerifier,

@@ -8,9 +8,10 @@
 use crate::block::{MAX_TRANSACTION_BYTES, StateRoot, VerifiedBlock};
 use crate::block_verifier::BlockVerifier;
 use crate::committee::{AuthorityIndex, Committee};
-use crate::core::{Core, CoreError, Parameters, SubmitError};
+use crate::core::{Core, CoreError, Parameters};
 use crate::core_thread::{self, Command, Timing};
 use crate::linearizer::CommittedSubDag;
+use crate::mempool::{Placement, SubmitError, transaction_cost};
 use crate::peer_client::PeerClient;
 use crate::store::{FjallStore, Store, StoreError};
 use crate::synchronizer::Synchronizer;
@@ -48,16 +49,16 @@ pub const COMMITS_PATH: &str = "/consensus/v1/commits";
 /// checks every committed transaction with a deterministic rule and
 /// rejects an invalid one alone.
 pub trait TransactionVerifier: Send + Sync {
-    /// Whether `transaction` may be queued for this node's blocks.
-    fn verify(&self, transaction: &[u8]) -> bool;
+    /// Where `transaction` waits for this node's blocks, if it may.
+    fn verify(&self, transaction: &[u8]) -> Option<Placement>;
 }
 
 /// Accepts any bytes: consensus alone orders opaque transactions.
 pub struct AcceptAny;
 
 impl TransactionVerifier for AcceptAny {
-    fn verify(&self, _: &[u8]) -> bool {
-        true
+    fn verify(&self, transaction: &[u8]) -> Option<Placement> {
+        Some(Placement::alone(transaction))
     }
 }
 
@@ -148,7 +149,7 @@ pub(crate) struct Shared {
     pub(crate) verifier: Arc<dyn TransactionVerifier>,
     pub(crate) metrics: Metrics,
     pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) transactions: mpsc::Sender<Vec<u8>>,
+    pub(crate) transactions: mpsc::Sender<(Vec<u8>, Placement)>,
     /// Bytes sent on `transactions` and not yet taken by the core.
     pub(crate) queued_bytes: AtomicUsize,
     pub(crate) store: FjallStore,
@@ -360,7 +361,7 @@ pub(crate) fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), Submit
     }
     // Room is reserved before the signature is checked: a submitter told
     // to come back later has cost no verification.
-    let size = crate::core::transaction_cost(&transaction);
+    let size = transaction_cost(&transaction);
     let queued = shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
     let mut reservation = Reservation {
         queued_bytes: &shared.queued_bytes,
@@ -370,12 +371,12 @@ pub(crate) fn submit(shared: &Shared, transaction: Vec<u8>) -> Result<(), Submit
     if queued + size > TRANSACTION_QUEUE_BYTES || shared.transactions.capacity() == 0 {
         return Err(SubmitError::Full(queued).into());
     }
-    if !shared.verifier.verify(&transaction) {
+    let Some(placement) = shared.verifier.verify(&transaction) else {
         return Err(SubmitRefused::Invalid);
-    }
+    };
     shared
         .transactions
-        .try_send(transaction)
+        .try_send((transaction, placement))
         .map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SubmitError::Full(queued).into(),
             mpsc::error::TrySendError::Closed(_) => SubmitRefused::Stopping,

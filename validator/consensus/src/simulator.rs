@@ -14,6 +14,7 @@ use crate::block::{Block, BlockRef, MAX_TRANSACTION_BYTES, Round, SignedBlock, V
 use crate::committee::{AuthorityIndex, Committee, Protocol, Stake};
 use crate::core::{Core, Outcome, Parameters};
 use crate::linearizer::CommittedSubDag;
+use crate::mempool::Placement;
 use crate::network::{FETCH_LIMIT, FetchRequest, RoundsRequest};
 use crate::store::MemStore;
 use rand::rngs::ChaCha8Rng;
@@ -792,7 +793,8 @@ impl Sim {
                 if self.config.large_blocks {
                     transaction.resize(MAX_TRANSACTION_BYTES, 0);
                 }
-                let _ = core.submit(transaction);
+                let placement = Placement::alone(&transaction);
+                let _ = core.submit(transaction, placement);
             }
         }
         // The wait for a round's leader starts when the round has a quorum.

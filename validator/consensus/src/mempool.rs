@@ -1,0 +1,341 @@
+//! The transactions waiting for this validator's blocks, best first.
+//!
+//! Consensus never reads a transaction; the node's
+//! [`TransactionVerifier`](crate::TransactionVerifier) places each one it
+//! admits ([`Placement`]): in a lane (a sender), at a sequence in that lane
+//! (a nonce), with a priority (a fee per byte). Proposals take the lanes'
+//! first transactions, highest priority first and, among equals, in the
+//! order they arrived; a lane's transactions always go in sequence order,
+//! so a sender's later transaction never overtakes its earlier one however
+//! much more it pays. An admitted transaction is never dropped to make
+//! room: a full pool refuses new ones instead, and the submitter hears so.
+
+use crate::block::MAX_TRANSACTION_BYTES;
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+/// The least a waiting transaction counts against byte limits.
+pub const MIN_TRANSACTION_COST: usize = 64;
+
+/// What a waiting transaction counts against byte limits: its length, but
+/// at least [`MIN_TRANSACTION_COST`], so empty ones are not free.
+pub fn transaction_cost(transaction: &[u8]) -> usize {
+    transaction.len().max(MIN_TRANSACTION_COST)
+}
+
+/// Why a transaction was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// Larger than a block may carry.
+    #[error("transaction of {0} bytes is over the limit of {MAX_TRANSACTION_BYTES}")]
+    TooLarge(usize),
+    /// Too many transaction bytes are waiting; try again later.
+    #[error("{0} bytes of transactions are already waiting to be proposed")]
+    Full(usize),
+    /// Its lane already holds a transaction at its sequence, with at
+    /// least its priority.
+    #[error(
+        "a transaction with sequence {0} of this sender is already waiting, with at least this \
+         one's priority"
+    )]
+    Duplicate(u64),
+}
+
+/// Where a verifier places an admitted transaction in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The lane (for example the sender): its transactions are proposed in
+    /// sequence order.
+    pub lane: [u8; 32],
+    /// Position in the lane (for example the nonce); a second transaction
+    /// at a taken position replaces the first only if its priority is
+    /// higher.
+    pub sequence: u64,
+    /// Across lanes, higher goes first (for example the fee per byte).
+    pub priority: u64,
+}
+
+impl Placement {
+    /// A lane of its own (named by the transaction's digest), at the
+    /// lowest priority: transactions placed so go in the order they came,
+    /// and the same bytes twice wait once.
+    pub fn alone(transaction: &[u8]) -> Placement {
+        Placement {
+            lane: *blake3::hash(transaction).as_bytes(),
+            sequence: 0,
+            priority: 0,
+        }
+    }
+}
+
+/// A waiting transaction.
+#[derive(Debug)]
+struct Waiting {
+    transaction: Vec<u8>,
+    priority: u64,
+    /// When it came, as a count: breaks ties between equal priorities.
+    arrival: u64,
+}
+
+impl Waiting {
+    fn rank(&self) -> Rank {
+        (Reverse(self.priority), self.arrival)
+    }
+}
+
+/// A lane head's place in the proposal order (smallest first).
+type Rank = (Reverse<u64>, u64);
+
+/// The pool: lanes of waiting transactions, bounded in bytes.
+#[derive(Debug)]
+pub(crate) struct Mempool {
+    lanes: BTreeMap<[u8; 32], BTreeMap<u64, Waiting>>,
+    /// Each lane's first transaction, by rank.
+    heads: BTreeMap<Rank, [u8; 32]>,
+    /// Sum of the waiting transactions' costs.
+    bytes: usize,
+    max_bytes: usize,
+    arrivals: u64,
+}
+
+impl Mempool {
+    /// An empty pool that holds at most `max_bytes` of transaction costs.
+    pub(crate) fn new(max_bytes: usize) -> Mempool {
+        Mempool {
+            lanes: BTreeMap::new(),
+            heads: BTreeMap::new(),
+            bytes: 0,
+            max_bytes,
+            arrivals: 0,
+        }
+    }
+
+    /// Costs of the waiting transactions.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether a transaction of any size would fit.
+    pub(crate) fn has_room(&self) -> bool {
+        self.bytes + MAX_TRANSACTION_BYTES <= self.max_bytes
+    }
+
+    /// Queues `transaction` where `placement` says, or says why not.
+    pub(crate) fn insert(
+        &mut self,
+        transaction: Vec<u8>,
+        placement: Placement,
+    ) -> Result<(), SubmitError> {
+        if transaction.len() > MAX_TRANSACTION_BYTES {
+            return Err(SubmitError::TooLarge(transaction.len()));
+        }
+        let cost = transaction_cost(&transaction);
+        let replaced = self
+            .lanes
+            .get(&placement.lane)
+            .and_then(|lane| lane.get(&placement.sequence));
+        if let Some(old) = replaced
+            && old.priority >= placement.priority
+        {
+            return Err(SubmitError::Duplicate(placement.sequence));
+        }
+        let freed = replaced.map_or(0, |old| transaction_cost(&old.transaction));
+        if self.bytes - freed + cost > self.max_bytes {
+            return Err(SubmitError::Full(self.bytes));
+        }
+        self.arrivals += 1;
+        let waiting = Waiting {
+            transaction,
+            priority: placement.priority,
+            arrival: self.arrivals,
+        };
+        let lane = self.lanes.entry(placement.lane).or_default();
+        if let Some((_, head)) = lane.first_key_value() {
+            self.heads.remove(&head.rank());
+        }
+        lane.insert(placement.sequence, waiting);
+        let (_, head) = lane.first_key_value().expect("just inserted");
+        self.heads.insert(head.rank(), placement.lane);
+        self.bytes = self.bytes - freed + cost;
+        Ok(())
+    }
+
+    /// Takes the best transactions for a proposal: at most `count`, of at
+    /// most `max_bytes` together. Stops at the first that does not fit, so
+    /// a large transaction is not passed over forever by small ones.
+    pub(crate) fn take(&mut self, count: usize, max_bytes: usize) -> Vec<Vec<u8>> {
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        while taken.len() < count
+            && let Some(entry) = self.heads.first_entry()
+        {
+            let lane_key = *entry.get();
+            let lane = self.lanes.get_mut(&lane_key).expect("a head's lane exists");
+            let first = lane.first_entry().expect("a lane is never empty");
+            if bytes + first.get().transaction.len() > max_bytes {
+                break;
+            }
+            entry.remove();
+            let waiting = first.remove();
+            bytes += waiting.transaction.len();
+            self.bytes -= transaction_cost(&waiting.transaction);
+            taken.push(waiting.transaction);
+            match lane.first_key_value() {
+                Some((_, next)) => {
+                    self.heads.insert(next.rank(), lane_key);
+                }
+                None => {
+                    self.lanes.remove(&lane_key);
+                }
+            }
+        }
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(lane: u8, sequence: u64, priority: u64) -> Placement {
+        Placement {
+            lane: [lane; 32],
+            sequence,
+            priority,
+        }
+    }
+
+    fn tx(name: &str) -> Vec<u8> {
+        name.as_bytes().to_vec()
+    }
+
+    fn all(pool: &mut Mempool) -> Vec<String> {
+        let taken = pool.take(usize::MAX, usize::MAX);
+        assert_eq!(pool.bytes(), 0, "everything taken is uncounted");
+        taken
+            .into_iter()
+            .map(|t| String::from_utf8(t).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn higher_priority_goes_first_and_equal_priorities_in_arrival_order() {
+        let mut pool = Mempool::new(1 << 20);
+        pool.insert(tx("a cheap"), at(1, 0, 10)).unwrap();
+        pool.insert(tx("b cheap"), at(2, 0, 10)).unwrap();
+        pool.insert(tx("c dear"), at(3, 0, 50)).unwrap();
+        pool.insert(tx("d alone"), Placement::alone(b"d alone"))
+            .unwrap();
+        assert_eq!(all(&mut pool), ["c dear", "a cheap", "b cheap", "d alone"]);
+    }
+
+    #[test]
+    fn a_lane_goes_in_sequence_order_whatever_its_later_transactions_pay() {
+        let mut pool = Mempool::new(1 << 20);
+        pool.insert(tx("a1"), at(1, 1, 90)).unwrap();
+        pool.insert(tx("b0"), at(2, 0, 20)).unwrap();
+        // Arrives later but comes before a1 in its lane: the lane now
+        // ranks by a0's priority.
+        pool.insert(tx("a0"), at(1, 0, 10)).unwrap();
+        assert_eq!(all(&mut pool), ["b0", "a0", "a1"]);
+    }
+
+    #[test]
+    fn a_taken_place_is_replaced_only_by_a_higher_priority() {
+        let mut pool = Mempool::new(1 << 20);
+        pool.insert(tx("first"), at(1, 0, 10)).unwrap();
+        assert_eq!(
+            pool.insert(tx("same fee"), at(1, 0, 10)),
+            Err(SubmitError::Duplicate(0))
+        );
+        pool.insert(tx("more"), at(1, 0, 11)).unwrap();
+        let other = Placement::alone(b"x");
+        pool.insert(tx("x"), other).unwrap();
+        assert_eq!(
+            pool.insert(tx("x"), other),
+            Err(SubmitError::Duplicate(0)),
+            "the same bytes twice wait once"
+        );
+        assert_eq!(pool.bytes(), 2 * MIN_TRANSACTION_COST);
+        assert_eq!(all(&mut pool), ["more", "x"]);
+    }
+
+    #[test]
+    fn a_full_pool_refuses_and_keeps_what_it_holds() {
+        let mut pool = Mempool::new(2 * MIN_TRANSACTION_COST);
+        pool.insert(tx("a"), at(1, 0, 1)).unwrap();
+        pool.insert(tx("b"), at(2, 0, 1)).unwrap();
+        assert!(!pool.has_room());
+        assert_eq!(
+            pool.insert(tx("rich"), at(3, 0, 1_000)),
+            Err(SubmitError::Full(2 * MIN_TRANSACTION_COST))
+        );
+        assert_eq!(
+            pool.insert(vec![0; MAX_TRANSACTION_BYTES + 1], at(4, 0, 1)),
+            Err(SubmitError::TooLarge(MAX_TRANSACTION_BYTES + 1))
+        );
+        // Replacing keeps the size: room is found.
+        pool.insert(tx("a again"), at(1, 0, 2)).unwrap();
+        assert_eq!(all(&mut pool), ["a again", "b"]);
+    }
+
+    #[test]
+    fn a_proposal_takes_what_fits_and_stops_at_the_first_that_does_not() {
+        let mut pool = Mempool::new(1 << 20);
+        pool.insert(vec![1; 100], at(1, 0, 3)).unwrap();
+        pool.insert(vec![2; 300], at(2, 0, 2)).unwrap();
+        pool.insert(vec![3; 10], at(3, 0, 1)).unwrap();
+        assert_eq!(pool.take(usize::MAX, 350), [vec![1; 100]]);
+        assert_eq!(pool.take(1, usize::MAX), [vec![2; 300]]);
+        assert_eq!(pool.take(5, 10), [vec![3; 10]]);
+        assert_eq!(pool.bytes(), 0);
+    }
+
+    proptest! {
+        /// Whatever arrives, everything kept comes out once, each lane in
+        /// sequence order, and each proposal's first transaction is the
+        /// best lane head there was.
+        #[test]
+        fn every_kept_transaction_comes_out_once_and_lanes_stay_in_order(
+            arrivals in proptest::collection::vec((0u8..4, 0u64..6, 0u64..4), 0..60),
+            batch in 1usize..5,
+        ) {
+            let mut pool = Mempool::new(1 << 20);
+            let mut kept = BTreeMap::new();
+            for (i, &(lane, sequence, priority)) in arrivals.iter().enumerate() {
+                let bytes = format!("{lane} {sequence} {i}").into_bytes();
+                if pool.insert(bytes.clone(), at(lane, sequence, priority)).is_ok() {
+                    kept.insert((lane, sequence), (priority, bytes));
+                }
+            }
+            let mut out = Vec::new();
+            loop {
+                let best = pool.heads.first_key_value().map(|(rank, _)| rank.0.0);
+                let taken = pool.take(batch, usize::MAX);
+                if taken.is_empty() {
+                    break;
+                }
+                let first: Vec<u64> = String::from_utf8(taken[0].clone()).unwrap()
+                    .split(' ').map(|n| n.parse().unwrap()).collect();
+                let priority = kept[&(first[0] as u8, first[1])].0;
+                prop_assert_eq!(Some(priority), best);
+                out.extend(taken);
+            }
+            prop_assert_eq!(pool.bytes(), 0);
+            let mut expected: Vec<Vec<u8>> = kept.values().map(|(_, b)| b.clone()).collect();
+            let mut got = out.clone();
+            expected.sort();
+            got.sort();
+            prop_assert_eq!(got, expected);
+            for lane in 0..4u8 {
+                let sequences: Vec<u64> = out.iter()
+                    .map(|t| String::from_utf8(t.clone()).unwrap())
+                    .filter(|t| t.starts_with(&format!("{lane} ")))
+                    .map(|t| t.split(' ').nth(1).unwrap().parse().unwrap())
+                    .collect();
+                prop_assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{:?}", sequences);
+            }
+        }
+    }
+}
