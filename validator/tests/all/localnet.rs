@@ -190,6 +190,11 @@ impl Validator {
         }
     }
 
+    /// How the process ended, if it has.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     fn committed(&self) -> u64 {
         status(self.port)
             .and_then(|s| s["commits"].as_u64())
@@ -721,6 +726,66 @@ fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits()
         "{status3}"
     );
     assert!(assert_one_sequence(&validators) as u64 >= goal);
+}
+
+/// A validator whose state was corrupted on disk while it was down (its
+/// recorded state root altered) notices, once it applies commits whose
+/// roots the others have claimed in their blocks, that validators of a
+/// quorum of stake disagree with it, and stops with an error naming the
+/// commit rather than going on with a state of its own; the others keep
+/// committing.
+#[test]
+fn a_validator_whose_state_diverged_stops_and_names_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, base) = genesis(dir.path());
+    let mut validators = start_all(&configs, base);
+    wait_for(
+        "10 commits everywhere",
+        Duration::from_secs(60),
+        || validators.iter().all(|v| v.committed() >= 10),
+        &validators,
+    );
+    let stopped = validators.pop().unwrap();
+    let (config, port) = (stopped.config.clone(), stopped.port);
+    drop(stopped);
+    {
+        let state = config.with_file_name("data").join("state");
+        let db = fjall::Database::builder(&state).open().unwrap();
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let mut applied = meta.get("applied").unwrap().unwrap().to_vec();
+        *applied.last_mut().unwrap() ^= 1;
+        meta.insert("applied", applied).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let mut corrupted = Validator::start(&config, port);
+    let log = || std::fs::read_to_string(config.with_file_name("stderr.log")).unwrap();
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = corrupted.exited() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the corrupted validator goes on: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!exit.success());
+    let log = log();
+    assert!(
+        log.contains("this node diverged: after commit") && log.contains("quorum of stake"),
+        "{log}"
+    );
+    let before = validators[0].committed();
+    wait_for(
+        "the others to go on committing",
+        Duration::from_secs(30),
+        || validators[..3].iter().all(|v| v.committed() >= before + 10),
+        &validators,
+    );
 }
 
 /// `soma localnet` runs its validators until it is told to stop (SIGINT,
