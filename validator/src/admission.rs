@@ -10,7 +10,7 @@
 use crate::node::Shared;
 use soma_codec::Decode;
 use soma_consensus::{MIN_TRANSACTION_COST, Placement, TransactionVerifier};
-use soma_execution::{MAX_TRANSACTION_BYTES, SignedTransaction};
+use soma_execution::{Action, MAX_TRANSACTION_BYTES, SignedTransaction};
 use std::sync::Arc;
 
 /// How far ahead of an account's next nonce a transaction's may be.
@@ -64,14 +64,30 @@ pub enum Refusal {
         /// The sender's balance.
         balance: u64,
     },
+    /// The sender could not pay this fee after as many fees for the nonces
+    /// before it.
+    #[error(
+        "nonce {got} is {ahead} after the account's next, and {ahead} fees of {fee} before it \
+         and this one would be more than its balance of {balance}"
+    )]
+    FeesBeyondBalance {
+        /// The transaction's nonce.
+        got: u64,
+        /// How far ahead of the account's next nonce it is.
+        ahead: u64,
+        /// The transaction's fee.
+        fee: u64,
+        /// The sender's balance.
+        balance: u64,
+    },
     /// The node's state could not be read.
     #[error("the node's state cannot be read: {0}")]
     State(String),
 }
 
-/// Checks `bytes` against the node's state; the decoded transaction if it
-/// may enter a block.
-pub(crate) fn admit(shared: &Shared, bytes: &[u8]) -> Result<SignedTransaction, Refusal> {
+/// Checks `bytes` against the node's state; the decoded transaction and
+/// its place in the pool if it may enter a block.
+pub(crate) fn admit(shared: &Shared, bytes: &[u8]) -> Result<Admitted, Refusal> {
     if bytes.len() > MAX_TRANSACTION_BYTES as usize {
         return Err(Refusal::TooLarge(bytes.len()));
     }
@@ -112,20 +128,56 @@ pub(crate) fn admit(shared: &Shared, bytes: &[u8]) -> Result<SignedTransaction, 
             balance: account.balance,
         });
     }
-    Ok(signed)
+    // Apply refuses a fee the balance cannot cover without charging it:
+    // without this, one balance would back a whole window of nonces, each
+    // claiming the priority of a fee only the first could pay.
+    let ahead = tx.nonce - account.nonce;
+    if u128::from(tx.fee) * u128::from(ahead + 1) > u128::from(account.balance) {
+        return Err(Refusal::FeesBeyondBalance {
+            got: tx.nonce,
+            ahead,
+            fee: tx.fee,
+            balance: account.balance,
+        });
+    }
+    let attests = matches!(tx.action, Action::Attest { .. })
+        && shared
+            .state
+            .validator(&tx.sender)
+            .map_err(|e| Refusal::State(e.to_string()))?
+            .is_some();
+    let placement = placement(&signed, bytes.len(), account.nonce, attests);
+    Ok(Admitted { signed, placement })
 }
 
-/// Where an admitted transaction waits for a block: in its sender's lane
-/// at its nonce, so a sender's transactions are proposed in nonce order,
-/// ranked against other senders' by fee per byte of block space.
-pub(crate) fn placement(signed: &SignedTransaction, bytes: usize) -> Placement {
+/// A transaction that may enter a block, and where it waits for one.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// The transaction.
+    pub(crate) signed: SignedTransaction,
+    /// Its place in the pool.
+    pub(crate) placement: Placement,
+}
+
+/// Where an admitted transaction of `bytes` bytes waits for a block: in
+/// its sender's lane at its nonce (continuing from the account's `next`
+/// nonce), so a sender's transactions are proposed in nonce order, ranked
+/// against other senders' by fee per byte of block space. A validator's
+/// attestation goes before everything else: jobs finalise on attestations,
+/// and user traffic that outbid them would let jobs expire.
+fn placement(signed: &SignedTransaction, bytes: usize, next: u64, attests: bool) -> Placement {
     let tx = signed.transaction();
     // Per 2^16 bytes, so that fees a byte apart still rank apart.
     let per_byte = (u128::from(tx.fee) << 16) / bytes.max(MIN_TRANSACTION_COST) as u128;
     Placement {
         lane: tx.sender.to_bytes(),
         sequence: tx.nonce,
-        priority: u64::try_from(per_byte).unwrap_or(u64::MAX),
+        priority: if attests {
+            u64::MAX
+        } else {
+            u64::try_from(per_byte).unwrap_or(u64::MAX - 1)
+        },
+        expected: next,
     }
 }
 
@@ -134,8 +186,7 @@ pub(crate) struct Admission(pub(crate) Arc<Shared>);
 
 impl TransactionVerifier for Admission {
     fn verify(&self, transaction: &[u8]) -> Option<Placement> {
-        let signed = admit(&self.0, transaction).ok()?;
-        Some(placement(&signed, transaction.len()))
+        admit(&self.0, transaction).ok().map(|a| a.placement)
     }
 }
 
@@ -164,7 +215,7 @@ mod tests {
             to: SecretKey::from_bytes(&[2; 32]).public_key(),
             amount: 5,
         };
-        let place = |t: &SignedTransaction| placement(t, t.to_bytes().len());
+        let place = |t: &SignedTransaction| placement(t, t.to_bytes().len(), 7, false);
         let cheap = signed(&alice, 7, 10, transfer.clone());
         let dear = signed(&alice, 7, 11, transfer);
         let large = signed(
@@ -182,5 +233,31 @@ mod tests {
         // The same fee for far more block space ranks lower.
         assert!(place(&large).priority < place(&cheap).priority / 10);
         assert!(place(&large).priority > 0);
+        assert_eq!(place(&large).expected, 7);
+        // A validator's attestation outranks any fee.
+        let attestation = signed(
+            &alice,
+            7,
+            10,
+            Action::Attest {
+                job: soma_host::Digest([3; 32]),
+                results: vec![],
+            },
+        );
+        let size = attestation.to_bytes().len();
+        assert_eq!(placement(&attestation, size, 7, true).priority, u64::MAX);
+        assert!(
+            place(&signed(
+                &alice,
+                7,
+                u64::MAX,
+                Action::Transfer {
+                    to: alice.public_key(),
+                    amount: 1
+                }
+            ))
+            .priority
+                < u64::MAX
+        );
     }
 }

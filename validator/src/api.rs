@@ -324,7 +324,7 @@ impl Api {
         let bytes = self
             .body(request, soma_execution::MAX_TRANSACTION_BYTES as usize)
             .await?;
-        let signed = admission::admit(&self.shared, &bytes)?;
+        let signed = admission::admit(&self.shared, &bytes)?.signed;
         self.submit(&signed)?;
         Ok(json_reply(
             StatusCode::ACCEPTED,

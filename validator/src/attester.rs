@@ -4,7 +4,7 @@
 //!
 //! Apply never waits for it. A job whose package this node lacks waits
 //! here (and is retried) while apply goes on; an attestation that is not
-//! applied within [`RESUBMIT_AFTER`] commits (dropped from a full pool, or
+//! applied within [`RESUBMIT_AFTER`] commits (refused by a full queue, or
 //! lost with a crash) is submitted again, renumbered from the account's
 //! next nonce if a nonce before it was never used.
 

@@ -38,7 +38,7 @@ pub struct NodeFile {
     /// one spends from in `POST /v1/embeddings`.
     #[serde(default)]
     pub api_keys: BTreeMap<String, PathBuf>,
-    /// Rounds of committed blocks the store keeps to serve validators that
+    /// Rounds of accepted blocks the store keeps to serve validators that
     /// fell behind: one down for longer cannot catch up from this node. A
     /// node's own choice; it does not change what is committed.
     #[serde(default = "default_retention_rounds")]

@@ -503,3 +503,15 @@ pub fn committee_of(config_path: &Path) -> Result<Committee> {
     let dir = config_path.parent().unwrap_or(Path::new("."));
     committee(&Genesis::from_config_file(&dir.join(&file.genesis))?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Genesis fixes the depth (execution cannot depend on consensus); a
+    /// network written with the defaults runs at consensus's own.
+    #[test]
+    fn genesis_and_consensus_default_to_one_gc_depth() {
+        assert_eq!(Parameters::default().gc_depth, Protocol::DEFAULT_GC_DEPTH);
+    }
+}

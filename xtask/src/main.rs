@@ -74,16 +74,7 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => Ok(()),
         Task::Demo => {
-            // The demo starts `soma node` processes from beside its own
-            // executable.
-            cargo(&[
-                "build",
-                "--locked",
-                "--package",
-                "soma-validator",
-                "--bin",
-                "soma",
-            ])?;
+            build_node(&[])?;
             cargo(&["run", "--locked", "--package", "soma-demo"])
         }
         Task::Test => {
@@ -119,6 +110,7 @@ fn main() -> Result<()> {
         } => fuzz::run(&workspace(), seconds, &sanitizer, &targets),
         Task::Align => align(),
         Task::Bench => {
+            build_node(&["--release"])?;
             for (package, bench) in BENCHES {
                 cargo(&["bench", "--locked", "--package", package, "--bench", bench])?;
             }
@@ -127,12 +119,33 @@ fn main() -> Result<()> {
     }
 }
 
+/// Builds what the demo and the localnet benchmark start beside their own
+/// executables: `soma` (the validators) and the inference worker that
+/// every process running ONNX models (the demo and the validators alike)
+/// starts; `profile` selects the release build.
+fn build_node(profile: &[&str]) -> Result<()> {
+    let mut args = vec!["build", "--locked"];
+    args.extend(profile);
+    args.extend([
+        "--package",
+        "soma-validator",
+        "--bin",
+        "soma",
+        "--package",
+        "soma-host",
+        "--bin",
+        "soma-inference-worker",
+    ]);
+    cargo(&args)
+}
+
 /// Every benchmark `cargo xtask bench` runs: (package, bench target). Each
 /// writes its section to `target/bench/<bench>.md`.
-const BENCHES: [(&str, &str); 3] = [
+const BENCHES: [(&str, &str); 4] = [
     ("soma-host", "host"),
     ("soma-consensus", "consensus"),
     ("soma-execution", "execution"),
+    ("soma-demo", "localnet"),
 ];
 
 /// Encoders with an alignment head: (crate, model file in `.cache/soma/models`).

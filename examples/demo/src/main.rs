@@ -1,9 +1,6 @@
 //! `cargo xtask demo`: a real Soma network on this machine.
 //!
-//! It signs the example encoders into packages (MiniLM-L6 and MiniLM-L3
-//! with their ONNX models, the pure-wasm hash encoder, and the dishonest
-//! random encoder), compiles them once into the cache the validators share,
-//! writes a genesis, starts four `soma node` processes on 127.0.0.1,
+//! It starts four validators of the example encoders ([`Network`]),
 //! embeds sentences through the OpenAI-compatible `POST /v1/embeddings`,
 //! and reports what the network decided: each job's shard, every encoder's
 //! outcome and loss, the winner, slashes and penalties, the similarity of
@@ -11,19 +8,12 @@
 //! the validators.
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use soma_crypto::SecretKey;
-use soma_host::package::{EncoderMeta, Package, VerifiedPackage};
-use soma_host::{CompiledCache, Engine, Limits, Modality};
+use soma_demo::{Network, spinner};
 use soma_validator::client::ApiClient;
-use soma_validator::config::{
-    ClientFile, LOCALNET_COMPILED_CACHE, Localnet, NodeFile, write_localnet,
-};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use soma_validator::config::{ClientFile, NodeFile};
+use std::path::Path;
+use std::time::Instant;
 
 const SENTENCES: &[&str] = &[
     "A man is playing a guitar on stage.",
@@ -54,37 +44,13 @@ fn main() -> Result<()> {
 }
 
 fn run(soma: &Path, dir: &Path) -> Result<()> {
-    println!("Signing the example encoders into packages...");
-    let packages = sign_packages(&dir.join("packages"))?;
-    let net = dir.join("net");
-    let paths: Vec<PathBuf> = packages.iter().map(|(path, _)| path.clone()).collect();
-    let (router, encoders) = paths.split_first().expect("a router and encoders");
-    let configs = write_localnet(&Localnet {
-        dir: &net,
-        validators: VALIDATORS,
-        base_port: free_ports(2 * VALIDATORS as u16)?,
-        encoders,
-        router: Some(router),
-    })?;
-    let home = configs[0].parent().expect("a config in a directory");
-    compile(&packages, &home.join(LOCALNET_COMPILED_CACHE))?;
-    let client: ClientFile =
-        serde_json::from_str(&std::fs::read_to_string(net.join("client.json"))?)?;
-    let mut nodes = Nodes::start(soma, &configs)?;
-    let apis: Vec<ApiClient> = client
-        .apis
-        .iter()
-        .map(|&a| api(a, Some(client.api_key.clone())))
-        .collect();
-    wait(
-        &format!("starting {VALIDATORS} validators"),
-        Duration::from_secs(180),
-        &mut nodes,
-        || {
-            apis.iter()
-                .all(|a| a.get("/health").is_ok_and(|r| r.status == 200))
-        },
-    )?;
+    let Network {
+        mut nodes,
+        dir: net,
+        packages,
+        client,
+        apis,
+    } = Network::start(soma, dir, VALIDATORS)?;
     let health = apis[0].get("/health")?.ok()?;
     println!(
         "{VALIDATORS} validators run chain {} (id {}…); encoders in genesis:",
@@ -169,187 +135,6 @@ fn run(soma: &Path, dir: &Path) -> Result<()> {
     );
     nodes.stop();
     Ok(())
-}
-
-/// A model file in a package: (name, bytes).
-type Model = (String, Vec<u8>);
-
-/// The router first, then the encoders: (package file, package).
-fn sign_packages(dir: &Path) -> Result<Vec<(PathBuf, VerifiedPackage)>> {
-    std::fs::create_dir_all(dir)?;
-    let models = PathBuf::from(
-        std::env::var_os("SOMA_MODELS_DIR")
-            .context("SOMA_MODELS_DIR is not set; run `cargo xtask setup`")?,
-    );
-    let model = |file: &str| -> Result<Model> {
-        let path = models.join(file);
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("cannot read {}; run `cargo xtask setup`", path.display()))?;
-        Ok((file.to_string(), bytes))
-    };
-    use soma_examples_artifacts as artifacts;
-    let list: Vec<(&str, &str, Vec<Model>)> = vec![
-        ("router-encoder", artifacts::ROUTER_ENCODER, vec![]),
-        (
-            "minilm-l6",
-            artifacts::MINILM_L6,
-            vec![model("all-minilm-l6-v2-int8.onnx")?],
-        ),
-        (
-            "minilm-l3",
-            artifacts::MINILM_L3,
-            vec![model("paraphrase-minilm-l3-v2.onnx")?],
-        ),
-        ("hash-encoder", artifacts::HASH_ENCODER, vec![]),
-        ("random-encoder", artifacts::RANDOM_ENCODER, vec![]),
-    ];
-    let author = SecretKey::generate()?;
-    let mut packages = Vec::new();
-    for (name, component, models) in list {
-        let component =
-            std::fs::read(component).with_context(|| format!("cannot read {component}"))?;
-        let meta = EncoderMeta {
-            name: name.into(),
-            version: "0.1.0".into(),
-            dimension: 384,
-            fuel_limit: Limits::default().fuel,
-            modality: Modality::Text,
-        };
-        let package = Package::sign(&author, &meta, component, models)?;
-        let path = dir.join(format!("{name}.somapkg"));
-        std::fs::write(&path, package.encode())?;
-        packages.push((path, package));
-    }
-    Ok(packages)
-}
-
-/// Compiles (and pre-initialises) every package into the cache the
-/// validators share, so that none of them compiles during a job.
-fn compile(packages: &[(PathBuf, VerifiedPackage)], cache: &Path) -> Result<()> {
-    let cache = CompiledCache::open(cache)?;
-    let engine = Engine::new()?;
-    let bar = ProgressBar::new(packages.len() as u64).with_style(
-        ProgressStyle::with_template("{spinner} compiling {msg} [{pos}/{len}] {elapsed}")
-            .expect("a valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(100));
-    for (_, package) in packages {
-        bar.set_message(package.manifest().name.clone());
-        engine
-            .load_package(package, Some(&cache))
-            .with_context(|| format!("cannot load {}", package.manifest().name))?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    println!("Compiled {} packages.", packages.len());
-    Ok(())
-}
-
-/// The validator processes, killed when dropped.
-struct Nodes {
-    children: Vec<Child>,
-    logs: Vec<PathBuf>,
-}
-
-impl Nodes {
-    fn start(soma: &Path, configs: &[PathBuf]) -> Result<Nodes> {
-        let mut nodes = Nodes {
-            children: Vec::new(),
-            logs: Vec::new(),
-        };
-        for config in configs {
-            let log = config.with_file_name("node.log");
-            let child = Command::new(soma)
-                .args(["node", "--config"])
-                .arg(config)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()
-                .with_context(|| format!("cannot start {}", soma.display()))?;
-            nodes.children.push(child);
-            nodes.logs.push(log);
-        }
-        Ok(nodes)
-    }
-
-    /// An error naming the first validator that exited, with its log's end.
-    fn check(&mut self) -> Result<()> {
-        for (i, child) in self.children.iter_mut().enumerate() {
-            if let Some(status) = child.try_wait()? {
-                let log = std::fs::read_to_string(&self.logs[i]).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                bail!(
-                    "validator {i} exited ({status}); the end of its log:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn stop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.children.clear();
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn api(address: SocketAddr, key: Option<String>) -> ApiClient {
-    ApiClient::new(address, key, Duration::from_secs(300))
-}
-
-fn spinner(message: &str) -> ProgressBar {
-    let bar = ProgressBar::new_spinner()
-        .with_style(
-            ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("a valid template"),
-        )
-        .with_message(message.to_string());
-    bar.enable_steady_tick(Duration::from_millis(100));
-    bar
-}
-
-/// Waits until `done`, showing `what`; fails if a validator exits or
-/// `timeout` passes.
-fn wait(
-    what: &str,
-    timeout: Duration,
-    nodes: &mut Nodes,
-    mut done: impl FnMut() -> bool,
-) -> Result<()> {
-    let bar = spinner(what);
-    let started = Instant::now();
-    while !done() {
-        if let Err(e) = nodes.check() {
-            bar.finish_and_clear();
-            return Err(e);
-        }
-        if started.elapsed() > timeout {
-            bar.finish_and_clear();
-            bail!("{what}: not done after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bar.finish_and_clear();
-    Ok(())
-}
-
-/// A base port with `n` free ports after it, below Linux's ephemeral range
-/// (32768 up), where an outgoing connection could take a port between
-/// this check and the validator's bind.
-fn free_ports(n: u16) -> Result<u16> {
-    let start = 20_000 + (std::process::id() % 10_000) as u16;
-    (0..100)
-        .map(|k| start + k * n)
-        .find(|&base| (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
-        .context("no free ports on 127.0.0.1")
 }
 
 /// The accounts the report follows: (name, hex key).

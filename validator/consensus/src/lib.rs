@@ -10,7 +10,9 @@
 //! ([`VerifiedBlock`]); the [`DagState`]; the Mysticeti commit rule
 //! ([`Committer`]: direct commit, direct skip, indirect decision through
 //! an anchor); the [`Linearizer`]; the [`Store`] (fjall on nodes, memory in
-//! the simulation); the I/O-free [`Core`] that proposes and commits; the
+//! the simulation); the pool of transactions waiting for a proposal, in
+//! lanes the node's verifier places them in ([`Placement`]); the I/O-free
+//! [`Core`] that proposes and commits; the
 //! [`Node`] that runs it over TCP with hyper; and the [`simulator`].
 
 mod authority_service;

@@ -7,8 +7,17 @@
 //! first transactions, highest priority first and, among equals, in the
 //! order they arrived; a lane's transactions always go in sequence order,
 //! so a sender's later transaction never overtakes its earlier one however
-//! much more it pays. An admitted transaction is never dropped to make
-//! room: a full pool refuses new ones instead, and the submitter hears so.
+//! much more it pays. A lane whose first transaction is past the sequence
+//! it is expected to continue from (a nonce gap: what comes before may
+//! never come, and the chain would then refuse it without charging) waits
+//! at the lowest priority, so a priority that may never be paid buys
+//! nothing.
+//!
+//! Nothing waiting is dropped to make room: when the pool is full, new
+//! transactions wait in the node's queue in front of it, and past that
+//! queue the submitter is refused. A transaction at a place already taken
+//! (a copy, or a replacement that does not outrank what waits) is dropped,
+//! and what waits stands for it.
 
 use crate::block::MAX_TRANSACTION_BYTES;
 use std::cmp::Reverse;
@@ -53,6 +62,10 @@ pub struct Placement {
     pub sequence: u64,
     /// Across lanes, higher goes first (for example the fee per byte).
     pub priority: u64,
+    /// The sequence the lane continues from, as the verifier knows it (for
+    /// example the account's next nonce). The pool never lowers it, and
+    /// raises it past every transaction it proposes.
+    pub expected: u64,
 }
 
 impl Placement {
@@ -64,6 +77,7 @@ impl Placement {
             lane: *blake3::hash(transaction).as_bytes(),
             sequence: 0,
             priority: 0,
+            expected: 0,
         }
     }
 }
@@ -77,19 +91,35 @@ struct Waiting {
     arrival: u64,
 }
 
-impl Waiting {
-    fn rank(&self) -> Rank {
-        (Reverse(self.priority), self.arrival)
-    }
-}
-
 /// A lane head's place in the proposal order (smallest first).
 type Rank = (Reverse<u64>, u64);
+
+/// One sender's waiting transactions.
+#[derive(Debug, Default)]
+struct Lane {
+    waiting: BTreeMap<u64, Waiting>,
+    /// The sequence the lane continues from.
+    expected: u64,
+}
+
+impl Lane {
+    /// Where the lane's first transaction goes in the proposal order: by
+    /// its priority if it continues the lane, else last.
+    fn rank(&self) -> Option<Rank> {
+        let (&sequence, first) = self.waiting.first_key_value()?;
+        let priority = if sequence <= self.expected {
+            first.priority
+        } else {
+            0
+        };
+        Some((Reverse(priority), first.arrival))
+    }
+}
 
 /// The pool: lanes of waiting transactions, bounded in bytes.
 #[derive(Debug)]
 pub(crate) struct Mempool {
-    lanes: BTreeMap<[u8; 32], BTreeMap<u64, Waiting>>,
+    lanes: BTreeMap<[u8; 32], Lane>,
     /// Each lane's first transaction, by rank.
     heads: BTreeMap<Rank, [u8; 32]>,
     /// Sum of the waiting transactions' costs.
@@ -133,7 +163,7 @@ impl Mempool {
         let replaced = self
             .lanes
             .get(&placement.lane)
-            .and_then(|lane| lane.get(&placement.sequence));
+            .and_then(|lane| lane.waiting.get(&placement.sequence));
         if let Some(old) = replaced
             && old.priority >= placement.priority
         {
@@ -150,12 +180,13 @@ impl Mempool {
             arrival: self.arrivals,
         };
         let lane = self.lanes.entry(placement.lane).or_default();
-        if let Some((_, head)) = lane.first_key_value() {
-            self.heads.remove(&head.rank());
+        if let Some(rank) = lane.rank() {
+            self.heads.remove(&rank);
         }
-        lane.insert(placement.sequence, waiting);
-        let (_, head) = lane.first_key_value().expect("just inserted");
-        self.heads.insert(head.rank(), placement.lane);
+        lane.expected = lane.expected.max(placement.expected);
+        lane.waiting.insert(placement.sequence, waiting);
+        self.heads
+            .insert(lane.rank().expect("just inserted"), placement.lane);
         self.bytes = self.bytes - freed + cost;
         Ok(())
     }
@@ -169,23 +200,25 @@ impl Mempool {
         while taken.len() < count
             && let Some(entry) = self.heads.first_entry()
         {
-            let lane_key = *entry.get();
-            let lane = self.lanes.get_mut(&lane_key).expect("a head's lane exists");
-            let first = lane.first_entry().expect("a lane is never empty");
+            let key = *entry.get();
+            let lane = self.lanes.get_mut(&key).expect("a head's lane exists");
+            let first = lane.waiting.first_entry().expect("a lane is never empty");
             if bytes + first.get().transaction.len() > max_bytes {
                 break;
             }
             entry.remove();
+            let sequence = *first.key();
             let waiting = first.remove();
             bytes += waiting.transaction.len();
             self.bytes -= transaction_cost(&waiting.transaction);
             taken.push(waiting.transaction);
-            match lane.first_key_value() {
-                Some((_, next)) => {
-                    self.heads.insert(next.rank(), lane_key);
+            lane.expected = lane.expected.max(sequence.saturating_add(1));
+            match lane.rank() {
+                Some(rank) => {
+                    self.heads.insert(rank, key);
                 }
                 None => {
-                    self.lanes.remove(&lane_key);
+                    self.lanes.remove(&key);
                 }
             }
         }
@@ -198,11 +231,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A placement that continues its lane.
     fn at(lane: u8, sequence: u64, priority: u64) -> Placement {
         Placement {
             lane: [lane; 32],
             sequence,
             priority,
+            expected: sequence,
         }
     }
 
@@ -239,6 +274,42 @@ mod tests {
         // ranks by a0's priority.
         pool.insert(tx("a0"), at(1, 0, 10)).unwrap();
         assert_eq!(all(&mut pool), ["b0", "a0", "a1"]);
+    }
+
+    #[test]
+    fn a_lane_past_its_expected_sequence_waits_last_until_it_continues() {
+        // Nonce 7 of an account whose next is 5: nonces 5 and 6 may never
+        // come, and then 7 would be refused without paying.
+        let ahead = |sequence, name: &str| {
+            let placement = Placement {
+                lane: [1; 32],
+                sequence,
+                priority: 1_000,
+                expected: 5,
+            };
+            (tx(name), placement)
+        };
+        let mut pool = Mempool::new(1 << 20);
+        let (t, p) = ahead(7, "a7");
+        pool.insert(t, p).unwrap();
+        pool.insert(tx("b"), at(2, 0, 10)).unwrap();
+        pool.insert(tx("c alone"), Placement::alone(b"c alone"))
+            .unwrap();
+        assert_eq!(all(&mut pool), ["b", "a7", "c alone"]);
+
+        let mut pool = Mempool::new(1 << 20);
+        let (t, p) = ahead(7, "a7");
+        pool.insert(t, p).unwrap();
+        pool.insert(tx("b"), at(2, 0, 10)).unwrap();
+        let (t, p) = ahead(5, "a5");
+        pool.insert(t, p).unwrap();
+        // a5 continues the lane; once it is taken, 6 is expected, and a7
+        // still waits behind b.
+        assert_eq!(pool.take(2, usize::MAX), [tx("a5"), tx("b")]);
+        let (t, p) = ahead(6, "a6");
+        pool.insert(t, p).unwrap();
+        pool.insert(tx("d"), at(3, 0, 500)).unwrap();
+        assert_eq!(all(&mut pool), ["a6", "a7", "d"]);
     }
 
     #[test]

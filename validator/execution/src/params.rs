@@ -5,6 +5,9 @@ use crate::scoring::ONE;
 use crate::transaction::MAX_TRANSACTION_BYTES;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 
+/// The largest [`Parameters::gc_depth`].
+pub(crate) const MAX_GC_DEPTH: u32 = 100_000;
+
 /// Basis points in a whole.
 pub const BPS: u16 = 10_000;
 
@@ -132,6 +135,11 @@ impl Parameters {
                 "shard",
                 "shard size, dimension and job expiry must be at least 1",
             );
+        }
+        // Consensus needs a leader's wave (3 rounds) kept; a depth of
+        // millions would hold that many rounds of blocks in memory.
+        if !(3..=MAX_GC_DEPTH).contains(&self.gc_depth) {
+            return invalid("gc depth", "must be from 3 to 100 000 rounds");
         }
         if self.loss_softness == 0 {
             return invalid("loss softness", "must be at least 1");

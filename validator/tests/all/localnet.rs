@@ -487,7 +487,10 @@ fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
         "--config".as_ref(),
         node.join("config.json").as_os_str(),
     ]);
-    assert!(!ok && stderr.contains("gc_depth 2 is below"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("gc depth: must be from 3"),
+        "{stderr}"
+    );
     assert!(!node.join("data").exists(), "the node opened its store");
     // An encoder that is not a signed package is refused before any
     // validator would read it.
@@ -745,6 +748,12 @@ fn a_validator_whose_state_diverged_stops_and_names_the_commit() {
         || validators.iter().all(|v| v.committed() >= 10),
         &validators,
     );
+    // Commits it applied before it stopped: the next it applies runs on
+    // the corrupted root.
+    let (code, health) = http(base + 4 + 3, "GET", "/health", &[], b"");
+    assert_eq!(code, 200, "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let applied = health["next_commit"].as_u64().unwrap();
     let stopped = validators.pop().unwrap();
     let (config, port) = (stopped.config.clone(), stopped.port);
     drop(stopped);
@@ -775,10 +784,14 @@ fn a_validator_whose_state_diverged_stops_and_names_the_commit() {
     };
     assert!(!exit.success());
     let log = log();
-    assert!(
-        log.contains("this node diverged: after commit") && log.contains("quorum of stake"),
-        "{log}"
-    );
+    let named: u64 = log
+        .split("this node diverged: after commit ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no divergence named in {log}"));
+    assert!(log.contains("quorum of stake"), "{log}");
+    // A commit applied on the corrupted root, never one from before.
+    assert!(named >= applied, "commit {named}, applied {applied}: {log}");
     let before = validators[0].committed();
     wait_for(
         "the others to go on committing",

@@ -203,6 +203,10 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     forged[last] ^= 1;
     assert_refused(tx(&forged), 422, "signature");
     assert_refused(tx(&signed(&user, chain_id, 300, 10)), 422, "too far ahead");
+    // One balance does not back a window of nonces each claiming a fee
+    // only the first could pay.
+    let fee = soma_validator::config::LOCALNET_USER_BALANCE / 50;
+    assert_refused(tx(&signed(&user, chain_id, 100, fee)), 422, "fees of");
     let pauper = SecretKey::from_bytes(&[6; 32]);
     assert_refused(tx(&signed(&pauper, chain_id, 0, 10)), 422, "balance of 0");
     let upload = |key: Option<&str>| call(api(0), "POST", "/v1/packages", key, b"not a package");
@@ -912,7 +916,16 @@ fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs
     let failures: Mutex<Vec<Value>> = Mutex::default();
     let stop = AtomicBool::new(false);
     let done = || jobs.lock().unwrap().len();
+    /// Tells the clients to stop when dropped, also by a panic, so the
+    /// scope that waits for them ends.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let (killed_at, restarted_at) = std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
         for client in 0..3 {
             let (jobs, failures, stop) = (&jobs, &failures, &stop);
             scope.spawn(move || {
@@ -946,7 +959,6 @@ fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs
         let restarted_at = done();
         validators.push(Validator::start(&restart.0, restart.1));
         std::thread::sleep(Duration::from_secs(10));
-        stop.store(true, Ordering::Relaxed);
         (killed_at, restarted_at)
     });
     let failures = failures.into_inner().unwrap();

@@ -115,6 +115,14 @@ fn bad_genesis_configs_are_refused_with_the_reason() {
         Err(GenesisError::Config(_))
     ));
 
+    // The consensus depth is fixed here, within what consensus can run.
+    for depth in [2, 1_000_000] {
+        let mut deep = config(&file);
+        deep["parameters"]["gc_depth"] = depth.into();
+        let err = read(dir.path(), &deep).unwrap_err();
+        assert!(err.to_string().contains("gc depth"), "{err}");
+    }
+
     let mut no_validators = config(&file);
     no_validators["validators"] = serde_json::json!([]);
     let err = read(dir.path(), &no_validators).unwrap_err();
