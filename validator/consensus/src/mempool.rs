@@ -21,7 +21,7 @@
 
 use crate::block::MAX_TRANSACTION_BYTES;
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// The least a waiting transaction counts against byte limits.
 pub const MIN_TRANSACTION_COST: usize = 64;
@@ -85,6 +85,7 @@ impl Placement {
 /// A waiting transaction.
 #[derive(Debug)]
 struct Waiting {
+    sequence: u64,
     transaction: Vec<u8>,
     priority: u64,
     /// When it came, as a count: breaks ties between equal priorities.
@@ -97,17 +98,24 @@ type Rank = (Reverse<u64>, u64);
 /// One sender's waiting transactions.
 #[derive(Debug, Default)]
 struct Lane {
-    waiting: BTreeMap<u64, Waiting>,
+    /// By sequence. Most lanes hold one transaction and none more than a
+    /// verifier's window of sequences, so a sorted vector serves.
+    waiting: VecDeque<Waiting>,
     /// The sequence the lane continues from.
     expected: u64,
 }
 
 impl Lane {
+    /// Where `sequence` is, or would go.
+    fn find(&self, sequence: u64) -> Result<usize, usize> {
+        self.waiting.binary_search_by_key(&sequence, |w| w.sequence)
+    }
+
     /// Where the lane's first transaction goes in the proposal order: by
     /// its priority if it continues the lane, else last.
     fn rank(&self) -> Option<Rank> {
-        let (&sequence, first) = self.waiting.first_key_value()?;
-        let priority = if sequence <= self.expected {
+        let first = self.waiting.front()?;
+        let priority = if first.sequence <= self.expected {
             first.priority
         } else {
             0
@@ -119,7 +127,9 @@ impl Lane {
 /// The pool: lanes of waiting transactions, bounded in bytes.
 #[derive(Debug)]
 pub(crate) struct Mempool {
-    lanes: BTreeMap<[u8; 32], Lane>,
+    /// By lane; never iterated (`heads` orders the proposals), so a hash
+    /// map's lookups serve.
+    lanes: HashMap<[u8; 32], Lane>,
     /// Each lane's first transaction, by rank.
     heads: BTreeMap<Rank, [u8; 32]>,
     /// Sum of the waiting transactions' costs.
@@ -132,7 +142,7 @@ impl Mempool {
     /// An empty pool that holds at most `max_bytes` of transaction costs.
     pub(crate) fn new(max_bytes: usize) -> Mempool {
         Mempool {
-            lanes: BTreeMap::new(),
+            lanes: HashMap::new(),
             heads: BTreeMap::new(),
             bytes: 0,
             max_bytes,
@@ -160,10 +170,9 @@ impl Mempool {
             return Err(SubmitError::TooLarge(transaction.len()));
         }
         let cost = transaction_cost(&transaction);
-        let replaced = self
-            .lanes
-            .get(&placement.lane)
-            .and_then(|lane| lane.waiting.get(&placement.sequence));
+        let lane = self.lanes.get(&placement.lane);
+        let place = lane.map_or(Err(0), |lane| lane.find(placement.sequence));
+        let replaced = lane.zip(place.ok()).map(|(lane, i)| &lane.waiting[i]);
         if let Some(old) = replaced
             && old.priority >= placement.priority
         {
@@ -175,6 +184,7 @@ impl Mempool {
         }
         self.arrivals += 1;
         let waiting = Waiting {
+            sequence: placement.sequence,
             transaction,
             priority: placement.priority,
             arrival: self.arrivals,
@@ -184,7 +194,10 @@ impl Mempool {
             self.heads.remove(&rank);
         }
         lane.expected = lane.expected.max(placement.expected);
-        lane.waiting.insert(placement.sequence, waiting);
+        match place {
+            Ok(i) => lane.waiting[i] = waiting,
+            Err(i) => lane.waiting.insert(i, waiting),
+        }
         self.heads
             .insert(lane.rank().expect("just inserted"), placement.lane);
         self.bytes = self.bytes - freed + cost;
@@ -202,17 +215,16 @@ impl Mempool {
         {
             let key = *entry.get();
             let lane = self.lanes.get_mut(&key).expect("a head's lane exists");
-            let first = lane.waiting.first_entry().expect("a lane is never empty");
-            if bytes + first.get().transaction.len() > max_bytes {
+            let first = lane.waiting.front().expect("a lane is never empty");
+            if bytes + first.transaction.len() > max_bytes {
                 break;
             }
             entry.remove();
-            let sequence = *first.key();
-            let waiting = first.remove();
+            let waiting = lane.waiting.pop_front().expect("a lane is never empty");
             bytes += waiting.transaction.len();
             self.bytes -= transaction_cost(&waiting.transaction);
+            lane.expected = lane.expected.max(waiting.sequence.saturating_add(1));
             taken.push(waiting.transaction);
-            lane.expected = lane.expected.max(sequence.saturating_add(1));
             match lane.rank() {
                 Some(rank) => {
                     self.heads.insert(rank, key);
