@@ -8,20 +8,23 @@
 //!
 //! ```text
 //! root(n) = blake3_derive("soma/state-root/v1",
-//!             root(n-1) ‖ u64 n ‖ commit digest ‖ digest(receipts) ‖ digest(writes))
+//!             root(n-1) ‖ u64 n ‖ commit digest ‖ digest(receipts) ‖ digest(writes)
+//!             ‖ digest(lattice of the state after commit n))
 //! ```
 //!
 //! so two validators agree on a root only if they applied the same commits
-//! with the same outcomes and the same writes.
+//! with the same outcomes and the same writes, and a root pins down the
+//! whole state after its commit (see [`crate::lattice`]).
 
 use crate::genesis::Genesis;
 use crate::job::{Attestation, EncoderResult, Job, JobStatus, Outcome};
+use crate::lattice::Lattice;
 use crate::params::Parameters;
 use crate::receipt::{Receipt, Rejection};
 use crate::routing::{Router, RouterError};
 use crate::state::{
-    APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, Space,
-    StateError, StateStore, TREASURY, Validator, encoder_key,
+    APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, LATTICE,
+    Space, StateError, StateStore, TREASURY, Validator, encoder_key,
 };
 use crate::transaction::{Action, SignedTransaction};
 use crate::view::{Stop, View, attestation_key};
@@ -117,6 +120,8 @@ pub struct Executor {
     /// Regions each encoder keeps a routing score for.
     regions: usize,
     applied: Applied,
+    /// The lattice of the state after the last applied commit.
+    lattice: Lattice,
 }
 
 impl std::ops::Deref for Executor {
@@ -146,10 +151,17 @@ impl Executor {
         let store = StateStore::open(path)?;
         let chain_id = genesis.chain_id();
         let regions = routing::regions(genesis.parameters(), genesis.router());
-        let applied = match store.read::<Genesis>(&[], Space::Meta, GENESIS)? {
-            Some(stored) if stored.chain_id() == chain_id => store
-                .read::<Applied>(&[], Space::Meta, APPLIED)?
-                .ok_or_else(|| StateError::inconsistent("applied", "missing from the state"))?,
+        let (applied, lattice) = match store.read::<Genesis>(&[], Space::Meta, GENESIS)? {
+            Some(stored) if stored.chain_id() == chain_id => {
+                let missing = |what| StateError::inconsistent(what, "missing from the state");
+                let applied = store
+                    .read::<Applied>(&[], Space::Meta, APPLIED)?
+                    .ok_or_else(|| missing("applied"))?;
+                let lattice = store
+                    .read::<Lattice>(&[], Space::Meta, LATTICE)?
+                    .ok_or_else(|| missing("lattice"))?;
+                (applied, lattice)
+            }
             Some(stored) => {
                 return Err(ExecutionError::WrongGenesis {
                     stored: hex::encode(stored.chain_id()),
@@ -168,6 +180,7 @@ impl Executor {
             router,
             regions,
             applied,
+            lattice,
         })
     }
 
@@ -186,6 +199,25 @@ impl Executor {
         self.applied.root
     }
 
+    /// Recomputes the state's digest from every entry it holds and checks
+    /// it is the one the last root folded in: the state on disk is whole
+    /// and untouched. Reads the whole state.
+    pub fn verify_state(&self) -> Result<(), ExecutionError> {
+        let entries = self.store.lattice_of_entries()?;
+        if entries != self.lattice {
+            return Err(StateError::inconsistent(
+                "state",
+                &format!(
+                    "its entries hash to {}, but the last root folded in {}",
+                    hex::encode(entries.digest()),
+                    hex::encode(self.lattice.digest())
+                ),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// Applies the next commit: every transaction in order, then one
     /// durable write of all their effects and the new root.
     pub fn apply(&mut self, commit: Commit<'_>) -> Result<CommitEffects, ExecutionError> {
@@ -202,14 +234,17 @@ impl Executor {
             receipts.push(self.apply_transaction(&commit, &mut changes, bytes)?);
         }
         let encoded: Vec<Vec<u8>> = receipts.iter().map(Encode::to_bytes).collect();
-        let root = next_root(&self.applied.root, &commit, &encoded, &changes);
+        let mut lattice = self.lattice.clone();
+        self.store.fold(&mut lattice, &changes)?;
+        let root = next_root(&self.applied.root, &commit, &encoded, &changes, &lattice);
         let applied = Applied {
             next_index: commit.index + 1,
             root,
         };
         self.store
-            .write(changes, commit.index, &encoded, &applied)?;
+            .write(changes, commit.index, &encoded, &applied, &lattice)?;
         self.applied = applied;
+        self.lattice = lattice;
         Ok(CommitEffects {
             index: commit.index,
             root,
@@ -697,7 +732,7 @@ fn initialise(
     store: &StateStore,
     genesis: &Genesis,
     regions: usize,
-) -> Result<Applied, StateError> {
+) -> Result<(Applied, Lattice), StateError> {
     let mut changes = Changes::default();
     for a in genesis.accounts() {
         let account = Account {
@@ -731,8 +766,10 @@ fn initialise(
         next_index: 0,
         root: blake3::derive_key("soma/state-root/v1/genesis", &genesis.chain_id()),
     };
-    store.write(changes, 0, &[], &applied)?;
-    Ok(applied)
+    let mut lattice = Lattice::default();
+    store.fold(&mut lattice, &changes)?;
+    store.write(changes, 0, &[], &applied, &lattice)?;
+    Ok((applied, lattice))
 }
 
 /// The root after `commit`, from the root before it.
@@ -741,6 +778,7 @@ fn next_root(
     commit: &Commit<'_>,
     receipts: &[Vec<u8>],
     writes: &Changes,
+    lattice: &Lattice,
 ) -> [u8; 32] {
     let mut w = Writer::new();
     w.count32(receipts.len());
@@ -752,6 +790,7 @@ fn next_root(
     w.array(&commit.digest);
     w.array(receipts.as_bytes());
     w.array(&writes.digest());
+    w.array(&lattice.digest());
     blake3::derive_key("soma/state-root/v1", &w.into_bytes())
 }
 

@@ -36,6 +36,7 @@ mod executor;
 mod finalise;
 mod genesis;
 mod job;
+mod lattice;
 mod params;
 mod receipt;
 mod routing;

@@ -20,6 +20,7 @@
 //! receipts and the new `applied` record: a crash leaves the state before
 //! the commit or after it, never between.
 
+use crate::lattice::Lattice;
 use crate::routing::MAX_REGION_BITS;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::PublicKey;
@@ -220,6 +221,7 @@ impl Decode<'_> for Amount {
 
 /// The keyspaces [`Changes`] write to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub(crate) enum Space {
     Accounts,
     Validators,
@@ -232,8 +234,25 @@ pub(crate) enum Space {
     Meta,
 }
 
+impl Space {
+    /// Every keyspace of the state.
+    pub(crate) const ALL: [Space; 8] = [
+        Space::Accounts,
+        Space::Validators,
+        Space::Encoders,
+        Space::Jobs,
+        Space::Attestations,
+        Space::Deadlines,
+        Space::Retired,
+        Space::Meta,
+    ];
+}
+
 pub(crate) const GENESIS: &[u8] = b"genesis";
 pub(crate) const APPLIED: &[u8] = b"applied";
+/// The state's [`Lattice`]: like [`APPLIED`], a record of the state, not
+/// an entry of it.
+pub(crate) const LATTICE: &[u8] = b"lattice";
 pub(crate) const TREASURY: &[u8] = b"treasury";
 pub(crate) const ESCROW: &[u8] = b"escrow";
 pub(crate) const BURNED: &[u8] = b"burned";
@@ -360,14 +379,44 @@ impl StateStore {
         }
     }
 
-    /// Writes `changes`, `receipts` (under `commit`) and `applied` at once,
-    /// durably.
+    /// `lattice` updated by `changes`: each entry they replace or delete
+    /// taken away, each they write added.
+    pub(crate) fn fold(&self, lattice: &mut Lattice, changes: &Changes) -> Result<(), StateError> {
+        for ((space, key), value) in &changes.0 {
+            if let Some(old) = self.keyspace(*space).get(key)? {
+                lattice.remove(*space as u8, key, &old);
+            }
+            if let Some(value) = value {
+                lattice.add(*space as u8, key, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The lattice of every entry the state holds, computed afresh.
+    pub(crate) fn lattice_of_entries(&self) -> Result<Lattice, StateError> {
+        let mut lattice = Lattice::default();
+        for space in Space::ALL {
+            for entry in self.keyspace(space).iter() {
+                let (key, value) = entry.into_inner()?;
+                if space == Space::Meta && [APPLIED, LATTICE].contains(&&*key) {
+                    continue;
+                }
+                lattice.add(space as u8, &key, &value);
+            }
+        }
+        Ok(lattice)
+    }
+
+    /// Writes `changes`, `receipts` (under `commit`), `applied` and the
+    /// state's `lattice` after them at once, durably.
     pub(crate) fn write(
         &self,
         changes: Changes,
         commit: u64,
         receipts: &[Vec<u8>],
         applied: &Applied,
+        lattice: &Lattice,
     ) -> Result<(), StateError> {
         let mut batch = self
             .db
@@ -388,6 +437,7 @@ impl StateStore {
         }
         batch.insert(&self.roots, commit.to_be_bytes(), applied.root);
         batch.insert(&self.meta, APPLIED, applied.to_bytes());
+        batch.insert(&self.meta, LATTICE, lattice.to_bytes());
         batch.commit()?;
         Ok(())
     }

@@ -10,6 +10,7 @@ mod processes;
 mod restart;
 mod routing;
 mod runner;
+mod state_digest;
 
 use soma_crypto::{PublicKey, SecretKey};
 use soma_execution::{
