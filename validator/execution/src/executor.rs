@@ -22,6 +22,7 @@ use crate::lattice::Lattice;
 use crate::params::Parameters;
 use crate::receipt::{Receipt, Rejection};
 use crate::routing::{Router, RouterError};
+use crate::snapshot::{RootStep, Snapshot};
 use crate::state::{
     APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, LATTICE,
     Space, StateError, StateStore, TREASURY, Validator, encoder_key,
@@ -54,6 +55,9 @@ pub enum ExecutionError {
     /// The router is not the genesis one, or this node could not run it.
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// A state snapshot cannot be made or restored.
+    #[error("state snapshot: {0}")]
+    Snapshot(String),
     /// A commit other than the next one was given.
     #[error("commit {got} given; the next commit to apply is {expected}")]
     OutOfOrder {
@@ -199,11 +203,78 @@ impl Executor {
         self.applied.root
     }
 
+    /// Restores a state at `path` from `snapshot` ([`Executor::snapshot`]
+    /// of a peer), if its root is `trusted_root`: the root after a commit
+    /// that validators of a quorum of stake vouch for. The entries must
+    /// hash to the state digest that root folds in. Nothing is left at
+    /// `path` unless the whole state was restored.
+    pub fn restore(
+        path: &Path,
+        genesis: &Genesis,
+        router: Option<Router>,
+        snapshot: &[u8],
+        trusted_root: [u8; 32],
+    ) -> Result<Executor, ExecutionError> {
+        let refused = |reason: String| ExecutionError::Snapshot(reason);
+        if path.exists() {
+            return Err(refused(format!(
+                "{} exists: a state is restored only where there is none",
+                path.display()
+            )));
+        }
+        let snapshot = Snapshot::from_bytes(snapshot).map_err(|e| refused(e.to_string()))?;
+        if snapshot.chain_id != genesis.chain_id() {
+            return Err(ExecutionError::WrongGenesis {
+                stored: hex::encode(snapshot.chain_id),
+                given: hex::encode(genesis.chain_id()),
+            });
+        }
+        if snapshot.root != trusted_root {
+            return Err(refused(format!(
+                "its root {} is not the root {} vouched for",
+                hex::encode(snapshot.root),
+                hex::encode(trusted_root)
+            )));
+        }
+        let lattice = Lattice::of(&snapshot.entries);
+        if snapshot.step.root(&lattice) != trusted_root {
+            return Err(refused(format!(
+                "its entries (state digest {}) are not the state root {} was made with",
+                hex::encode(lattice.digest()),
+                hex::encode(trusted_root)
+            )));
+        }
+        // Written beside `path` and moved into place whole: a crash part
+        // way leaves only the side directory, which the next try clears.
+        let partial = path.with_extension("restoring");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| refused(e.to_string()))?;
+        }
+        let applied = Applied {
+            next_index: snapshot.step.index + 1,
+            root: trusted_root,
+        };
+        let written = StateStore::open(&partial)
+            .and_then(|store| store.restore(&snapshot.entries, &applied, &snapshot.step, &lattice));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e.into());
+        }
+        std::fs::rename(&partial, path).map_err(|e| refused(e.to_string()))?;
+        let restored = Executor::open(path, genesis, router)?;
+        if restored.applied != applied {
+            return Err(refused(
+                "the restored state does not open as written".into(),
+            ));
+        }
+        Ok(restored)
+    }
+
     /// Recomputes the state's digest from every entry it holds and checks
     /// it is the one the last root folded in: the state on disk is whole
     /// and untouched. Reads the whole state.
     pub fn verify_state(&self) -> Result<(), ExecutionError> {
-        let entries = self.store.lattice_of_entries()?;
+        let entries = Lattice::of(&self.store.entries()?);
         if entries != self.lattice {
             return Err(StateError::inconsistent(
                 "state",
@@ -236,13 +307,26 @@ impl Executor {
         let encoded: Vec<Vec<u8>> = receipts.iter().map(Encode::to_bytes).collect();
         let mut lattice = self.lattice.clone();
         self.store.fold(&mut lattice, &changes)?;
-        let root = next_root(&self.applied.root, &commit, &encoded, &changes, &lattice);
+        let step = RootStep {
+            previous: self.applied.root,
+            index: commit.index,
+            commit: commit.digest,
+            receipts: receipts_digest(&encoded),
+            writes: changes.digest(),
+        };
+        let root = step.root(&lattice);
         let applied = Applied {
             next_index: commit.index + 1,
             root,
         };
-        self.store
-            .write(changes, commit.index, &encoded, &applied, &lattice)?;
+        self.store.write(
+            changes,
+            commit.index,
+            &encoded,
+            &applied,
+            &lattice,
+            Some(&step),
+        )?;
         self.applied = applied;
         self.lattice = lattice;
         Ok(CommitEffects {
@@ -639,6 +723,27 @@ pub struct StateReader {
 }
 
 impl StateReader {
+    /// A copy of the whole state after the last applied commit, read at
+    /// one instant while apply goes on, for a validator that fell behind
+    /// to restore (see [`Executor::restore`]). Reads the whole state.
+    pub fn snapshot(&self) -> Result<Vec<u8>, ExecutionError> {
+        let (applied, step, entries) = self
+            .store
+            .snapshot()?
+            .ok_or_else(|| ExecutionError::Snapshot("no commit applied yet".into()))?;
+        let genesis = self
+            .store
+            .read::<Genesis>(&[], Space::Meta, GENESIS)?
+            .ok_or_else(|| StateError::inconsistent("genesis", "missing from the state"))?;
+        Ok(Snapshot {
+            chain_id: genesis.chain_id(),
+            root: applied.root,
+            step,
+            entries,
+        }
+        .to_bytes())
+    }
+
     /// The account of `key` (empty if it never received anything).
     pub fn account(&self, key: &PublicKey) -> Result<Account, ExecutionError> {
         Ok(self
@@ -768,30 +873,16 @@ fn initialise(
     };
     let mut lattice = Lattice::default();
     store.fold(&mut lattice, &changes)?;
-    store.write(changes, 0, &[], &applied, &lattice)?;
+    store.write(changes, 0, &[], &applied, &lattice, None)?;
     Ok((applied, lattice))
 }
 
-/// The root after `commit`, from the root before it.
-fn next_root(
-    previous: &[u8; 32],
-    commit: &Commit<'_>,
-    receipts: &[Vec<u8>],
-    writes: &Changes,
-    lattice: &Lattice,
-) -> [u8; 32] {
+/// The digest of a commit's encoded receipts, in order.
+fn receipts_digest(receipts: &[Vec<u8>]) -> [u8; 32] {
     let mut w = Writer::new();
     w.count32(receipts.len());
     receipts.iter().for_each(|r| w.bytes32(r));
-    let receipts = blake3::hash(&w.into_bytes());
-    let mut w = Writer::new();
-    w.array(previous);
-    w.u64(commit.index);
-    w.array(&commit.digest);
-    w.array(receipts.as_bytes());
-    w.array(&writes.digest());
-    w.array(&lattice.digest());
-    blake3::derive_key("soma/state-root/v1", &w.into_bytes())
+    *blake3::hash(&w.into_bytes()).as_bytes()
 }
 
 /// The two steps of a transaction, each kept or discarded whole.

@@ -22,6 +22,7 @@
 
 use crate::lattice::Lattice;
 use crate::routing::MAX_REGION_BITS;
+use crate::snapshot::{Entry, RootStep};
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::PublicKey;
 use soma_host::Digest;
@@ -253,6 +254,10 @@ pub(crate) const APPLIED: &[u8] = b"applied";
 /// The state's [`Lattice`]: like [`APPLIED`], a record of the state, not
 /// an entry of it.
 pub(crate) const LATTICE: &[u8] = b"lattice";
+/// How the last root was made ([`RootStep`]): a record too.
+pub(crate) const STEP: &[u8] = b"step";
+/// The records kept beside the state's entries in its meta keyspace.
+const RECORDS: [&[u8]; 3] = [APPLIED, LATTICE, STEP];
 pub(crate) const TREASURY: &[u8] = b"treasury";
 pub(crate) const ESCROW: &[u8] = b"escrow";
 pub(crate) const BURNED: &[u8] = b"burned";
@@ -393,23 +398,76 @@ impl StateStore {
         Ok(())
     }
 
-    /// The lattice of every entry the state holds, computed afresh.
-    pub(crate) fn lattice_of_entries(&self) -> Result<Lattice, StateError> {
-        let mut lattice = Lattice::default();
-        for space in Space::ALL {
-            for entry in self.keyspace(space).iter() {
-                let (key, value) = entry.into_inner()?;
-                if space == Space::Meta && [APPLIED, LATTICE].contains(&&*key) {
-                    continue;
-                }
-                lattice.add(space as u8, &key, &value);
-            }
-        }
-        Ok(lattice)
+    /// Every entry the state holds (records aside), by keyspace and key.
+    pub(crate) fn entries(&self) -> Result<Vec<Entry>, StateError> {
+        self.entries_in(&self.db.snapshot())
     }
 
-    /// Writes `changes`, `receipts` (under `commit`), `applied` and the
-    /// state's `lattice` after them at once, durably.
+    /// [`StateStore::entries`], and the records of the commit they are
+    /// the state after, all read at one instant: `None` before any commit.
+    pub(crate) fn snapshot(&self) -> Result<Option<(Applied, RootStep, Vec<Entry>)>, StateError> {
+        use fjall::Readable;
+        let instant = self.db.snapshot();
+        let record = |key: &[u8]| instant.get(&self.meta, key);
+        let (Some(applied), Some(step)) = (record(APPLIED)?, record(STEP)?) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            Applied::from_bytes(&applied)?,
+            RootStep::from_bytes(&step)?,
+            self.entries_in(&instant)?,
+        )))
+    }
+
+    fn entries_in(&self, instant: &fjall::Snapshot) -> Result<Vec<Entry>, StateError> {
+        use fjall::Readable as _;
+        let mut entries = Vec::new();
+        for space in Space::ALL {
+            for entry in instant.iter(self.keyspace(space)) {
+                let (key, value) = entry.into_inner()?;
+                if space == Space::Meta && RECORDS.contains(&&*key) {
+                    continue;
+                }
+                entries.push((space as u8, key.to_vec(), value.to_vec()));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Writes `entries` (by keyspace and key, as [`StateStore::entries`]
+    /// gives them) into this empty state with its records, durably; the
+    /// lattice of the entries.
+    pub(crate) fn restore(
+        &self,
+        entries: &[Entry],
+        applied: &Applied,
+        step: &RootStep,
+        lattice: &Lattice,
+    ) -> Result<(), StateError> {
+        let mut batch = self.db.batch();
+        for (space, key, value) in entries {
+            let space = Space::ALL
+                .get(usize::from(*space))
+                .ok_or_else(|| StateError::inconsistent("snapshot", "an unknown keyspace"))?;
+            if *space == Space::Meta && RECORDS.contains(&key.as_slice()) {
+                return Err(StateError::inconsistent(
+                    "snapshot",
+                    "an entry in the place of a record",
+                ));
+            }
+            batch.insert(self.keyspace(*space), key.as_slice(), value.as_slice());
+        }
+        batch.insert(&self.meta, APPLIED, applied.to_bytes());
+        batch.insert(&self.meta, LATTICE, lattice.to_bytes());
+        batch.insert(&self.meta, STEP, step.to_bytes());
+        batch.commit()?;
+        self.db.persist(fjall::PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Writes `changes`, `receipts` (under `commit`), `applied`, the
+    /// state's `lattice` after them and the `step` that made the root (none
+    /// at genesis) at once, durably.
     pub(crate) fn write(
         &self,
         changes: Changes,
@@ -417,6 +475,7 @@ impl StateStore {
         receipts: &[Vec<u8>],
         applied: &Applied,
         lattice: &Lattice,
+        step: Option<&RootStep>,
     ) -> Result<(), StateError> {
         let mut batch = self
             .db
@@ -438,6 +497,9 @@ impl StateStore {
         batch.insert(&self.roots, commit.to_be_bytes(), applied.root);
         batch.insert(&self.meta, APPLIED, applied.to_bytes());
         batch.insert(&self.meta, LATTICE, lattice.to_bytes());
+        if let Some(step) = step {
+            batch.insert(&self.meta, STEP, step.to_bytes());
+        }
         batch.commit()?;
         Ok(())
     }
@@ -527,4 +589,18 @@ pub(crate) fn deadline_key(deadline: u64, id: &Digest) -> [u8; 40] {
 /// A key in the encoders keyspace.
 pub(crate) fn encoder_key(package: &Digest) -> [u8; 32] {
     package.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Snapshots name a keyspace by its number: the list and the numbers
+    /// must agree.
+    #[test]
+    fn every_keyspace_is_listed_at_its_number() {
+        for (i, space) in Space::ALL.iter().enumerate() {
+            assert_eq!(*space as usize, i);
+        }
+    }
 }

@@ -10,7 +10,7 @@ mod processes;
 mod restart;
 mod routing;
 mod runner;
-mod state_digest;
+mod snapshot;
 
 use soma_crypto::{PublicKey, SecretKey};
 use soma_execution::{
