@@ -26,15 +26,18 @@ pub enum Domain {
     Block,
     /// A validator proving its identity to a peer.
     PeerAuth,
+    /// A validator vouching for the state root after a number of commits.
+    StateRoot,
 }
 
 impl Domain {
     /// Every domain, for tests that check they are kept apart.
-    pub const ALL: [Domain; 4] = [
+    pub const ALL: [Domain; 5] = [
         Domain::EncoderPackage,
         Domain::Transaction,
         Domain::Block,
         Domain::PeerAuth,
+        Domain::StateRoot,
     ];
 
     /// The tag hashed in front of the message.
@@ -44,6 +47,7 @@ impl Domain {
             Domain::Transaction => "soma/tx/v1",
             Domain::Block => "soma/block/v1",
             Domain::PeerAuth => "soma/peer-auth/v1",
+            Domain::StateRoot => "soma/state-root-claim/v1",
         }
     }
 

@@ -13,6 +13,7 @@
 use crate::admission::{self, Refusal};
 use crate::metrics;
 use crate::node::Shared;
+use crate::roots;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,8 +24,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use soma_codec::Encode;
 use soma_consensus::SubmitRefused;
-use soma_crypto::PublicKey;
 use soma_crypto::SecretKey;
+use soma_crypto::{Domain, PublicKey};
 use soma_execution::{Action, Job, JobStatus, Parameters, SignedTransaction, Transaction};
 use soma_host::Digest;
 use soma_host::package::Package;
@@ -154,13 +155,14 @@ fn busy(message: String, seconds: u64) -> Refused {
 /// The method `path` takes, if it is a path of the API.
 fn allowed(path: &str) -> Option<&'static str> {
     match path {
-        "/health" | "/metrics" | "/v1/models" => Some("GET"),
+        "/health" | "/metrics" | "/v1/models" | "/v1/snapshot" => Some("GET"),
         "/v1/embeddings" | "/v1/transactions" | "/v1/packages" => Some("POST"),
         p if [
             "/v1/accounts/",
             "/v1/encoders/",
             "/v1/jobs/",
             "/v1/packages/",
+            "/v1/roots/",
         ]
         .iter()
         .any(|prefix| p.starts_with(prefix)) =>
@@ -215,6 +217,8 @@ impl Api {
             (Method::GET, p) if p.starts_with("/v1/packages/") => {
                 self.download(&p["/v1/packages/".len()..]).await
             }
+            (Method::GET, "/v1/snapshot") => self.snapshot().await,
+            (Method::GET, p) if p.starts_with("/v1/roots/") => self.root(&p["/v1/roots/".len()..]),
             (method, path) => match allowed(path) {
                 Some(allow) => Err(Refused {
                     allow: Some(allow),
@@ -411,6 +415,57 @@ impl Api {
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(Bytes::from(bytes)))
             .expect("a valid response"))
+    }
+
+    /// `GET /v1/snapshot`: the whole state after the last applied commit,
+    /// for a validator that must restore its own (`soma restore-state`).
+    /// It trusts the copy only for a root a quorum vouches for.
+    async fn snapshot(&self) -> Result<Reply, Refused> {
+        let Ok(_download) = self.downloads.try_acquire() else {
+            return Err(busy("downloads are being served; retry later".into(), 5));
+        };
+        let state = self.shared.state.clone();
+        let bytes = tokio::task::spawn_blocking(move || state.snapshot())
+            .await
+            .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?
+            .map_err(unavailable)?;
+        Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(Bytes::from(bytes)))
+            .expect("a valid response"))
+    }
+
+    /// `GET /v1/roots/<commits>`: this node's state root after that many
+    /// commits, signed with its validator key.
+    fn root(&self, commits: &str) -> Result<Reply, Refused> {
+        let commits: u64 = commits.parse().ok().filter(|&c| c > 0).ok_or_else(|| {
+            refused(
+                StatusCode::BAD_REQUEST,
+                format!("`{commits}` is not a number of commits (1 or more)"),
+            )
+        })?;
+        let root = self
+            .shared
+            .state
+            .root_after(commits - 1)
+            .map_err(unavailable)?
+            .ok_or_else(|| {
+                refused(
+                    StatusCode::NOT_FOUND,
+                    format!("this node has not applied {commits} commits"),
+                )
+            })?;
+        let message = roots::claim_message(&self.shared.chain_id, commits, &root);
+        let signature = self.shared.key.sign(Domain::StateRoot, &message);
+        Ok(json_reply(
+            StatusCode::OK,
+            &json!({
+                "commits": commits,
+                "root": hex::encode(root),
+                "validator": hex::encode(self.shared.key.public_key().to_bytes()),
+                "signature": hex::encode(signature.0),
+            }),
+        ))
     }
 
     fn account(&self, key: &str) -> Result<Reply, Refused> {

@@ -11,4 +11,5 @@ pub mod client;
 pub mod config;
 mod metrics;
 pub mod node;
+pub mod restore;
 mod roots;

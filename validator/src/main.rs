@@ -31,6 +31,15 @@ enum Command {
     /// Writes a network as `genesis` does and runs every validator as a
     /// process of its own until Ctrl-C.
     Localnet(NetworkArgs),
+    /// Replaces a stopped validator's state with a copy from its peers
+    /// (`peer_apis`), trusted for a root that validators of a quorum of
+    /// stake sign; the old state is kept aside. Start the node again
+    /// afterwards: it applies the commits since from its consensus store.
+    RestoreState {
+        /// The validator's config.json.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Talks to a node's API: keys, balances, transfers, stake, encoder
     /// registration, submissions and jobs.
     Client(client_command::ClientArgs),
@@ -88,6 +97,21 @@ fn run(cli: Cli) -> Result<()> {
     let runtime = || tokio::runtime::Runtime::new().context("cannot start the async runtime");
     match cli.command {
         Command::Client(args) => client_command::run(args),
+        Command::RestoreState { config } => {
+            let restored = soma_validator::restore::restore_state(&config)?;
+            println!(
+                "restored the state after {} commits (root {}), vouched for by validators of {} \
+                 of {} stake",
+                restored.commits,
+                hex::encode(restored.root),
+                restored.vouched.0,
+                restored.vouched.1
+            );
+            if let Some(old) = restored.replaced {
+                println!("the state it replaced is at {}", old.display());
+            }
+            Ok(())
+        }
         Command::Genesis(args) => {
             for path in args.write()? {
                 println!("{}", path.display());

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     /// Reads of the state; they never wait for apply.
     pub(crate) state: StateReader,
     pub(crate) blobs: BlobStore,
+    /// This validator's key: it vouches for its state roots with it.
+    pub(crate) key: SecretKey,
     /// The last applied commit; waiters watch it.
     pub(crate) applied: watch::Sender<Applied>,
     /// Set once consensus runs (admission, which consensus calls, needs the
@@ -223,15 +225,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         Some(shared) => dir.join(shared),
         None => data.join("compiled"),
     })?;
-    let router = match genesis.router() {
-        Some(digest) => Some(Router::load(
-            &engine,
-            &blobs.package(digest)?,
-            Some(&cache),
-            genesis.parameters(),
-        )?),
-        None => None,
-    };
+    let router = load_router(&genesis, &blobs, &engine, &cache)?;
     let executor = Executor::open(&data.join("state"), &genesis, router)?;
     let mut api_keys = BTreeMap::new();
     for (token, key_file) in &file.api_keys {
@@ -248,6 +242,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         parameters: genesis.parameters().clone(),
         state: StateReader::clone(&executor),
         blobs: blobs.clone(),
+        key: SecretKey::from_bytes(&key.to_bytes()),
         applied,
         submitter: OnceLock::new(),
         api_keys,
@@ -317,6 +312,24 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         }
     }
     node.stopped().await.context("consensus stopped")
+}
+
+/// The network's router, if genesis names one, loaded from `blobs`.
+pub(crate) fn load_router(
+    genesis: &Genesis,
+    blobs: &BlobStore,
+    engine: &Engine,
+    cache: &CompiledCache,
+) -> Result<Option<Router>> {
+    Ok(match genesis.router() {
+        Some(digest) => Some(Router::load(
+            engine,
+            &blobs.package(digest)?,
+            Some(cache),
+            genesis.parameters(),
+        )?),
+        None => None,
+    })
 }
 
 /// The committee genesis names, with the chain's protocol constants.

@@ -8,6 +8,13 @@
 use soma_consensus::{AuthorityIndex, Committee, StakeAggregator, StateRoot};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// What a validator signs ([`soma_crypto::Domain::StateRoot`]) to vouch
+/// that the state root of chain `chain_id` after `commits` commits is
+/// `root`.
+pub(crate) fn claim_message(chain_id: &[u8; 32], commits: u64, root: &[u8; 32]) -> Vec<u8> {
+    [&chain_id[..], &commits.to_le_bytes(), &root[..]].concat()
+}
+
 /// Commits of roots and claims kept, behind and ahead of this node's.
 pub(crate) const WINDOW: u64 = 1_000;
 

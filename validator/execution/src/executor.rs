@@ -203,6 +203,14 @@ impl Executor {
         self.applied.root
     }
 
+    /// What `snapshot` claims: the state after how many commits, and the
+    /// root after them. Checks only that it decodes.
+    pub fn snapshot_claim(snapshot: &[u8]) -> Result<(u64, [u8; 32]), ExecutionError> {
+        let snapshot =
+            Snapshot::from_bytes(snapshot).map_err(|e| ExecutionError::Snapshot(e.to_string()))?;
+        Ok((snapshot.step.index + 1, snapshot.root))
+    }
+
     /// Restores a state at `path` from `snapshot` ([`Executor::snapshot`]
     /// of a peer), if its root is `trusted_root`: the root after a commit
     /// that validators of a quorum of stake vouch for. The entries must

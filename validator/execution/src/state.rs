@@ -460,6 +460,7 @@ impl StateStore {
         batch.insert(&self.meta, APPLIED, applied.to_bytes());
         batch.insert(&self.meta, LATTICE, lattice.to_bytes());
         batch.insert(&self.meta, STEP, step.to_bytes());
+        batch.insert(&self.roots, step.index.to_be_bytes(), applied.root);
         batch.commit()?;
         self.db.persist(fjall::PersistMode::SyncAll)?;
         Ok(())

@@ -1038,3 +1038,128 @@ fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs
         );
     }
 }
+
+/// A validator whose state diverged (its recorded root altered on disk)
+/// restores it with `soma restore-state` from its peers' copy, trusted for
+/// a root that validators of a quorum of stake sign; started again, it
+/// applies what came after from its consensus store and agrees with the
+/// others. With too few peers to vouch, nothing is changed.
+#[test]
+fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = soma_examples_artifacts::HASH_ENCODER;
+    let (_net, configs, base, client) = network(
+        dir.path(),
+        &[
+            (hash, "hash-encoder"),
+            (hash, "hash-encoder"),
+            (hash, "hash-encoder"),
+        ],
+    );
+    let api = |i: usize| client.apis[i].port();
+    let key = client.api_key.as_str();
+    let mut validators = start_all(&configs, base);
+    wait_for(
+        "every API to answer",
+        Duration::from_secs(60),
+        || (0..4).all(|i| call(api(i), "GET", "/health", None, b"").0 == 200),
+        &validators,
+    );
+    let embed = |text: &str| {
+        let body = json!({ "input": text }).to_string();
+        let (code, reply) = call(api(0), "POST", "/v1/embeddings", Some(key), body.as_bytes());
+        assert_eq!(code, 200, "{reply}");
+        reply["jobs"][0].as_str().unwrap().to_string()
+    };
+    let first = embed("the first sentence");
+
+    let stopped = validators.pop().unwrap();
+    let (config, port) = (stopped.config.clone(), stopped.port);
+    drop(stopped);
+    let data = config.with_file_name("data");
+    {
+        let db = fjall::Database::builder(data.join("state")).open().unwrap();
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let mut applied = meta.get("applied").unwrap().unwrap().to_vec();
+        *applied.last_mut().unwrap() ^= 1;
+        meta.insert("applied", applied).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let restore = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args(["restore-state", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (
+            output.status.success(),
+            text(&output.stdout),
+            text(&output.stderr),
+        )
+    };
+    let (ok, stdout, stderr) = restore();
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("restored the state after") && stdout.contains("30000000 of 40000000"),
+        "{stdout}"
+    );
+    let kept: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("state.replaced-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the old state is kept aside");
+
+    // Back up, it goes on from the copy and agrees.
+    validators.push(Validator::start(&config, port));
+    let second = embed("the second sentence");
+    let job = |i: usize, id: &str| call(api(i), "GET", &format!("/v1/jobs/{id}"), None, b"").1;
+    wait_for(
+        "validator 3 to apply the second job",
+        Duration::from_secs(120),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", api(3))).is_ok()
+                && job(3, &second)["status"] == "finalised"
+        },
+        &validators,
+    );
+    assert_eq!(
+        job(3, &second)["finalisation"],
+        job(0, &second)["finalisation"]
+    );
+    // The first job was decided before the copy: the state holds it
+    // whole, but not the root of the commit it was decided in (roots are
+    // a record of the commits a node applied itself).
+    let (mut restored, mut original) = (job(3, &first), job(0, &first));
+    assert_eq!(restored["finalisation"]["state_root"], Value::Null);
+    restored["finalisation"]["state_root"] = Value::Null;
+    original["finalisation"]["state_root"] = Value::Null;
+    assert_eq!(restored, original);
+    assert_eq!(metric(api(3), "soma_deviant_state_roots_total"), 0);
+    assert!(metric(api(3), "soma_state_roots_compared_total") > 0);
+
+    // With validators 1 and 2 down, validator 0 alone cannot vouch for a
+    // copy: refused, and the state is left as it is.
+    let restored = validators.pop().unwrap();
+    drop(restored);
+    validators.truncate(1);
+    let (ok, _, stderr) = restore();
+    assert!(
+        !ok && stderr.contains("validators of only 10000000 of 40000000 stake vouch"),
+        "{stderr}"
+    );
+    let kept_now = std::fs::read_dir(&data)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("state.replaced-")
+        })
+        .count();
+    assert_eq!(kept_now, 1, "nothing was moved");
+}
