@@ -33,7 +33,7 @@ const MAX_OPERATIONS: usize = 96;
 const MAX_COMMITS: usize = 8;
 
 /// Accounts 0..4 funded, 0 and 1 validators.
-fn genesis() -> &'static Genesis {
+pub(crate) fn genesis() -> &'static Genesis {
     static GENESIS: OnceLock<Genesis> = OnceLock::new();
     GENESIS.get_or_init(|| {
         let public = |i: u8| crate::key(i).public_key();

@@ -17,6 +17,7 @@ pub mod consensus;
 pub mod guest_output;
 pub mod model;
 pub mod package;
+pub mod snapshot;
 pub mod transaction;
 
 use soma_crypto::SecretKey;
@@ -73,6 +74,11 @@ pub const TARGETS: &[Target] = &[
         name: "guest_output",
         check: guest_output::check,
         seeds: guest_output::seeds,
+    },
+    Target {
+        name: "snapshot",
+        check: snapshot::check,
+        seeds: snapshot::seeds,
     },
 ];
 

@@ -125,5 +125,6 @@ replays!(
     apply,
     model,
     component,
-    guest_output
+    guest_output,
+    snapshot
 );

@@ -1,0 +1,69 @@
+//! State snapshots, as a peer could send them to `soma restore-state`, on
+//! arbitrary bytes: never a panic. The check trusts the root a snapshot
+//! claims (restore is told to), so the fuzzer reaches everything past the
+//! quorum's vouching: a snapshot restores only if its entries hash to that
+//! root, and never by half. A refused one leaves no state behind; a
+//! restored one verifies, has the claimed root, and its own snapshot is
+//! the same bytes.
+
+use crate::apply::genesis;
+use soma_codec::Encode;
+use soma_execution::{Action, Commit, Executor, Parameters, Transaction};
+
+/// Checks one input.
+pub fn check(bytes: &[u8]) {
+    let Ok((commits, root)) = Executor::snapshot_claim(bytes) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("state");
+    match Executor::restore(&path, genesis(), None, bytes, root) {
+        Err(_) => assert!(!path.exists(), "a refused snapshot left a state behind"),
+        Ok(restored) => {
+            restored.verify_state().expect("a restored state verifies");
+            assert_eq!((restored.next_index(), restored.root()), (commits, root));
+            assert_eq!(
+                restored
+                    .snapshot()
+                    .expect("a restored state has a snapshot"),
+                bytes,
+                "snapshot decoding is not canonical"
+            );
+        }
+    }
+}
+
+/// Snapshots of the fuzz genesis after one and after two commits of
+/// transfers.
+pub fn seeds() -> Vec<Vec<u8>> {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let g = genesis();
+    let mut executor = Executor::open(&dir.path().join("state"), g, None).expect("a new state");
+    let transfer = |from: u8, nonce: u64, amount: u64| {
+        Transaction {
+            chain_id: g.chain_id(),
+            sender: crate::key(from).public_key(),
+            nonce,
+            fee: Parameters::default().min_fee,
+            action: Action::Transfer {
+                to: crate::key(3).public_key(),
+                amount,
+            },
+        }
+        .sign(&crate::key(from))
+        .to_bytes()
+    };
+    let mut seeds = Vec::new();
+    for index in 0..2 {
+        let transactions = vec![transfer(0, index, 5), transfer(1, index, 7)];
+        executor
+            .apply(Commit {
+                index,
+                digest: [index as u8; 32],
+                transactions: &transactions,
+            })
+            .expect("the commit applies");
+        seeds.push(executor.snapshot().expect("a snapshot"));
+    }
+    seeds
+}
