@@ -77,7 +77,19 @@ struct Api {
     uploads: Semaphore,
     /// Package downloads at once.
     downloads: Semaphore,
+    /// The last state snapshot made, and when: every request until it is
+    /// [`SNAPSHOT_REFRESH`] old shares its bytes, so slow readers hold one
+    /// copy, not one each.
+    snapshot: Mutex<Option<(Instant, Bytes)>>,
+    /// Snapshots being made (at most one).
+    snapshot_builds: Semaphore,
 }
+
+/// How long one state snapshot serves every request for one. An older
+/// snapshot is as good to a restoring validator (its peers vouch for the
+/// roots of every commit they applied); a fresh one per request would let
+/// clients make the node copy its whole state at will.
+const SNAPSHOT_REFRESH: Duration = Duration::from_secs(600);
 
 /// Serves the API on `listener` until the process ends.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
@@ -88,6 +100,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         per_key: Mutex::default(),
         uploads: Semaphore::new(MAX_UPLOADS),
         downloads: Semaphore::new(MAX_DOWNLOADS),
+        snapshot: Mutex::default(),
+        snapshot_builds: Semaphore::new(1),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -421,18 +435,39 @@ impl Api {
     /// for a validator that must restore its own (`soma restore-state`).
     /// It trusts the copy only for a root a quorum vouches for.
     async fn snapshot(&self) -> Result<Reply, Refused> {
-        let Ok(_download) = self.downloads.try_acquire() else {
-            return Err(busy("downloads are being served; retry later".into(), 5));
+        let reply = |bytes: Bytes| {
+            Ok(Response::builder()
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(Full::new(bytes))
+                .expect("a valid response"))
         };
+        let cached = || {
+            self.snapshot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .filter(|(made, _)| made.elapsed() < SNAPSHOT_REFRESH)
+                .map(|(_, bytes)| bytes.clone())
+        };
+        if let Some(bytes) = cached() {
+            return reply(bytes);
+        }
+        let Ok(_build) = self.snapshot_builds.try_acquire() else {
+            return Err(busy("a snapshot is being made; retry later".into(), 5));
+        };
+        // Made while this request waited for the permit.
+        if let Some(bytes) = cached() {
+            return reply(bytes);
+        }
         let state = self.shared.state.clone();
         let bytes = tokio::task::spawn_blocking(move || state.snapshot())
             .await
             .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?
             .map_err(unavailable)?;
-        Ok(Response::builder()
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Full::new(Bytes::from(bytes)))
-            .expect("a valid response"))
+        let bytes = Bytes::from(bytes);
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), bytes.clone()));
+        reply(bytes)
     }
 
     /// `GET /v1/roots/<commits>`: this node's state root after that many

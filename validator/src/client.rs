@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// Largest response the client reads: a package at most, and its head.
+/// Largest response the client reads: a package (or a state snapshot) at
+/// most, and its head.
 const MAX_RESPONSE: u64 = crate::api::MAX_PACKAGE_BODY as u64 + (1 << 20);
 
 /// A node's API.
@@ -50,6 +51,14 @@ impl ApiClient {
             address,
             api_key,
             timeout,
+        }
+    }
+
+    /// The same client, waiting at most `timeout` for each whole answer.
+    pub fn with_timeout(&self, timeout: Duration) -> ApiClient {
+        ApiClient {
+            timeout,
+            ..self.clone()
         }
     }
 

@@ -13,7 +13,7 @@ use crate::config::{NodeFile, hex_public_key};
 use crate::node::{committee, load_router};
 use crate::roots::claim_message;
 use anyhow::{Context, Result, bail};
-use soma_consensus::StakeAggregator;
+use soma_consensus::{AuthorityIndex, Committee, StakeAggregator};
 use soma_crypto::{Domain, PublicKey, Signature};
 use soma_execution::{Executor, Genesis};
 use soma_host::package::BlobStore;
@@ -21,8 +21,11 @@ use soma_host::{CompiledCache, Engine};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long a peer may take to answer, a snapshot included.
-const PEER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a peer may take to answer a question.
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a peer may take to send its snapshot.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long to wait for peers to vouch for the copy's root.
 const VOUCH_WAIT: Duration = Duration::from_secs(10);
@@ -41,7 +44,9 @@ pub struct Restored {
 }
 
 /// Restores the state of the validator configured at `config_path` (which
-/// must not be running) from its peers' APIs (`peer_apis`).
+/// must not be running: its consensus store is held meanwhile) from its
+/// peers' APIs (`peer_apis`). Every validator but this one counts toward
+/// the quorum: with four of equal stake, all three others must vouch.
 pub fn restore_state(config_path: &Path) -> Result<Restored> {
     let file = NodeFile::read(config_path)?;
     let dir = config_path.parent().unwrap_or(Path::new("."));
@@ -65,64 +70,56 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         bail!("the configuration names no peer_apis to restore the state from");
     }
 
-    // The most advanced peer's copy.
-    let (_, source) = peers
+    // Holding the consensus store proves the validator is not running
+    // (it holds it while it does), and keeps it from starting meanwhile.
+    let data = dir.join(&file.data_dir);
+    let _consensus =
+        soma_consensus::FjallStore::open(&data.join("consensus")).with_context(|| {
+            format!(
+                "cannot open {}: stop the validator first",
+                data.join("consensus").display()
+            )
+        })?;
+
+    // The most advanced peers first; a copy is taken only once a quorum
+    // vouches for its root, so a peer that lies about its progress or its
+    // state costs one try.
+    let mut candidates: Vec<(u64, &ApiClient)> = peers
         .iter()
         .filter_map(|(_, _, api)| {
             let health = api.get("/health").ok()?.ok().ok()?;
             Some((health["next_commit"].as_u64()?, api))
         })
-        .max_by_key(|(next, _)| *next)
-        .context("no peer's API answered")?;
-    let (status, snapshot) = source.get_bytes("/v1/snapshot")?;
-    if status != 200 {
-        bail!(
-            "the peer refused its snapshot ({status}): {}",
-            String::from_utf8_lossy(&snapshot)
-        );
+        .collect();
+    if candidates.is_empty() {
+        bail!("no peer's API answered");
     }
-    let (commits, root) = Executor::snapshot_claim(&snapshot)?;
-
-    // Who vouches for its root. The copy came from the most advanced peer:
-    // others may apply its last commits a moment later.
+    candidates.sort_by_key(|(next, _)| std::cmp::Reverse(*next));
     let chain_id = genesis.chain_id();
-    let mut stake = StakeAggregator::new();
-    let mut vouched_by = vec![false; peers.len()];
-    let mut doubts = Vec::new();
-    let deadline = std::time::Instant::now() + VOUCH_WAIT;
-    loop {
-        doubts.clear();
-        for ((key, index, api), done) in peers.iter().zip(&mut vouched_by) {
-            if *done {
-                continue;
+    let mut failures = Vec::new();
+    let mut chosen = None;
+    for (_, source) in candidates {
+        match copy_from(source, &peers, &committee, &chain_id) {
+            Ok(copy) => {
+                chosen = Some(copy);
+                break;
             }
-            match vouches(api, key, &chain_id, commits, &root) {
-                Ok(()) => {
-                    stake.add(*index, &committee);
-                    *done = true;
-                }
-                Err(e) => doubts.push(format!("validator {}: {e:#}", index.0)),
-            }
+            Err(e) => failures.push(format!("{e:#}")),
         }
-        if stake.reached_quorum(&committee) || std::time::Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
     }
-    let vouched = (stake.stake(), committee.total_stake());
-    if !stake.reached_quorum(&committee) {
+    let Some(Trusted {
+        snapshot,
+        commits,
+        root,
+        vouched,
+    }) = chosen
+    else {
         bail!(
-            "validators of only {} of {} stake vouch for the root {} after {commits} commits; \
-             a quorum is {}; nothing was changed ({})",
-            vouched.0,
-            vouched.1,
-            hex::encode(root),
-            committee.quorum_threshold(),
-            doubts.join("; ")
+            "no peer's copy could be trusted; nothing was changed: {}",
+            failures.join("; ")
         );
-    }
+    };
 
-    let data = dir.join(&file.data_dir);
     let blobs = BlobStore::open(data.join("blobs"))?;
     for package in &packages {
         blobs.install(package)?;
@@ -133,13 +130,20 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         None => data.join("compiled"),
     })?;
     let router = load_router(&genesis, &blobs, &engine, &cache)?;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    // Restored beside the state, then swapped in: until the swap, the old
+    // state is where it was.
+    let staged = data.join(format!("state.restored-{since_epoch}"));
+    drop(
+        Executor::restore(&staged, &genesis, router, &snapshot, root)
+            .context("the peer's snapshot does not restore; nothing was changed")?,
+    );
     let state = data.join("state");
     let replaced = match state.exists() {
         true => {
-            let since_epoch = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
             let aside = data.join(format!("state.replaced-{since_epoch}"));
             std::fs::rename(&state, &aside)
                 .with_context(|| format!("cannot move {} aside", state.display()))?;
@@ -147,11 +151,18 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         }
         false => None,
     };
-    if let Err(e) = Executor::restore(&state, &genesis, router, &snapshot, root) {
+    if let Err(e) = std::fs::rename(&staged, &state) {
         if let Some(aside) = &replaced {
-            let _ = std::fs::rename(aside, &state);
+            std::fs::rename(aside, &state).with_context(|| {
+                format!(
+                    "cannot move {} back after failing to move the copy in ({e}); \
+                     the copy is at {}",
+                    aside.display(),
+                    staged.display()
+                )
+            })?;
         }
-        return Err(e).context("the peer's snapshot does not restore; nothing was changed");
+        return Err(e).context("cannot move the restored state into place; nothing was changed");
     }
     Ok(Restored {
         commits,
@@ -159,6 +170,78 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         vouched,
         replaced,
     })
+}
+
+/// `source`'s snapshot, if validators of a quorum of stake among `peers`
+/// vouch for the root it claims.
+fn copy_from(
+    source: &ApiClient,
+    peers: &[(PublicKey, AuthorityIndex, ApiClient)],
+    committee: &Committee,
+    chain_id: &[u8; 32],
+) -> Result<Trusted> {
+    let (status, snapshot) = source
+        .with_timeout(SNAPSHOT_TIMEOUT)
+        .get_bytes("/v1/snapshot")?;
+    if status != 200 {
+        bail!(
+            "a peer refused its snapshot ({status}): {}",
+            String::from_utf8_lossy(&snapshot)
+        );
+    }
+    let (commits, root) = Executor::snapshot_claim(&snapshot)?;
+    // The copy came from the most advanced peer: others may apply its
+    // last commits a moment later.
+    let mut stake = StakeAggregator::new();
+    let mut vouched_by = vec![false; peers.len()];
+    let mut doubts = Vec::new();
+    let deadline = std::time::Instant::now() + VOUCH_WAIT;
+    loop {
+        doubts.clear();
+        for ((key, index, api), done) in peers.iter().zip(&mut vouched_by) {
+            if *done {
+                continue;
+            }
+            match vouches(api, key, chain_id, commits, &root) {
+                Ok(()) => {
+                    stake.add(*index, committee);
+                    *done = true;
+                }
+                Err(e) => doubts.push(format!("validator {}: {e:#}", index.0)),
+            }
+        }
+        if stake.reached_quorum(committee) || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let vouched = (stake.stake(), committee.total_stake());
+    if !stake.reached_quorum(committee) {
+        bail!(
+            "validators of only {} of {} stake vouch for the root {} after {commits} commits, \
+             a quorum is {} ({})",
+            vouched.0,
+            vouched.1,
+            hex::encode(root),
+            committee.quorum_threshold(),
+            doubts.join("; ")
+        );
+    }
+    Ok(Trusted {
+        snapshot,
+        commits,
+        root,
+        vouched,
+    })
+}
+
+/// A peer's snapshot that a quorum vouches for.
+struct Trusted {
+    snapshot: Vec<u8>,
+    commits: u64,
+    root: [u8; 32],
+    /// Stake that vouched, and the total.
+    vouched: (u64, u64),
 }
 
 /// Whether the validator of `key` signs, at `api`, that the root of chain

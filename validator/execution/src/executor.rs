@@ -252,30 +252,40 @@ impl Executor {
                 hex::encode(trusted_root)
             )));
         }
-        // Written beside `path` and moved into place whole: a crash part
-        // way leaves only the side directory, which the next try clears.
+        // Written beside `path`, opened there, and only then moved into
+        // place whole: a crash part way leaves only the side directory,
+        // which the next try clears.
         let partial = path.with_extension("restoring");
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(|e| refused(e.to_string()))?;
-        }
+        let clear = |partial: &Path| {
+            if partial.exists() {
+                std::fs::remove_dir_all(partial).map_err(|e| refused(e.to_string()))?;
+            }
+            Ok::<(), ExecutionError>(())
+        };
+        clear(&partial)?;
         let applied = Applied {
             next_index: snapshot.step.index + 1,
             root: trusted_root,
         };
-        let written = StateStore::open(&partial)
-            .and_then(|store| store.restore(&snapshot.entries, &applied, &snapshot.step, &lattice));
-        if let Err(e) = written {
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(e.into());
-        }
+        let staged = StateStore::open(&partial)
+            .and_then(|store| store.restore(&snapshot.entries, &applied, &snapshot.step, &lattice))
+            .map_err(ExecutionError::from)
+            .and_then(|()| Executor::open(&partial, genesis, router))
+            .and_then(|mut staged| match staged.applied == applied {
+                true => Ok(staged.router.take()),
+                false => Err(refused(
+                    "the restored state does not open as written".into(),
+                )),
+            });
+        let router = match staged {
+            Ok(router) => router,
+            Err(e) => {
+                clear(&partial)?;
+                return Err(e);
+            }
+        };
         std::fs::rename(&partial, path).map_err(|e| refused(e.to_string()))?;
-        let restored = Executor::open(path, genesis, router)?;
-        if restored.applied != applied {
-            return Err(refused(
-                "the restored state does not open as written".into(),
-            ));
-        }
-        Ok(restored)
+        Executor::open(path, genesis, router)
     }
 
     /// Recomputes the state's digest from every entry it holds and checks

@@ -59,6 +59,5 @@ pub use receipt::{Receipt, Rejection};
 pub use routing::{MAX_REGION_BITS, Router, RouterError};
 pub use runner::{JobRunner, RunnerError};
 pub use scoring::ONE;
-pub use snapshot::MAX_SNAPSHOT_ENTRIES;
 pub use state::{Account, Encoder, StateError, Validator};
 pub use transaction::{Action, MAX_TRANSACTION_BYTES, SignedTransaction, Transaction};

@@ -1,6 +1,6 @@
-//! A copy of the whole state after a commit, for a validator that fell
-//! behind further than its peers keep blocks: it restores the copy instead
-//! of replaying commits it can no longer get.
+//! A copy of the whole state after a commit, for a validator whose own
+//! state is lost or diverged: it restores the copy and applies the commits
+//! after it.
 //!
 //! A snapshot carries every state entry, the root after its commit, and
 //! how that root was made from the one before ([`RootStep`]: everything
@@ -15,9 +15,9 @@ use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 const MAGIC: &[u8; 8] = b"SOMASNv1";
 
 /// Most entries a snapshot may hold.
-pub const MAX_SNAPSHOT_ENTRIES: u32 = 50_000_000;
+const MAX_SNAPSHOT_ENTRIES: u32 = 50_000_000;
 
-/// Longest key of a state entry (the longest the state writes is 40).
+/// Longest key of a state entry (the longest the state writes is 64).
 const MAX_KEY_BYTES: u32 = 256;
 
 /// Largest value of a state entry.
@@ -65,9 +65,15 @@ impl Encode for RootStep {
 
 impl Decode<'_> for RootStep {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let previous = r.array("previous root")?;
+        let index = r.u64("commit index")?;
+        // The state after it has applied index + 1 commits.
+        if index == u64::MAX {
+            return Err(DecodeError::invalid("commit index", "past the last commit"));
+        }
         Ok(RootStep {
-            previous: r.array("previous root")?,
-            index: r.u64("commit index")?,
+            previous,
+            index,
             commit: r.array("commit digest")?,
             receipts: r.array("receipts digest")?,
             writes: r.array("writes digest")?,
@@ -117,7 +123,9 @@ impl<'a> Decode<'a> for Snapshot {
         // Each entry takes at least 9 bytes: a count beyond what is left
         // is refused before anything is allocated for it.
         let count = r.count32("entries", MAX_SNAPSHOT_ENTRIES, 9)?;
-        let mut entries: Vec<Entry> = Vec::with_capacity(count);
+        // An entry in memory is several times its smallest encoding: what
+        // is reserved ahead is capped, the rest grows with what decodes.
+        let mut entries: Vec<Entry> = Vec::with_capacity(count.min(1 << 16));
         for _ in 0..count {
             let entry = (
                 r.u8("keyspace")?,

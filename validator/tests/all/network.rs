@@ -1039,11 +1039,12 @@ fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs
     }
 }
 
-/// A validator whose state diverged (its recorded root altered on disk)
+/// A validator whose state diverged (an account's balance altered on disk)
 /// restores it with `soma restore-state` from its peers' copy, trusted for
 /// a root that validators of a quorum of stake sign; started again, it
 /// applies what came after from its consensus store and agrees with the
-/// others. With too few peers to vouch, nothing is changed.
+/// others. While it runs, or with too few peers to vouch, nothing is
+/// changed.
 #[test]
 fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     let dir = tempfile::tempdir().unwrap();
@@ -1072,21 +1073,8 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
         reply["jobs"][0].as_str().unwrap().to_string()
     };
     let first = embed("the first sentence");
-
-    let stopped = validators.pop().unwrap();
-    let (config, port) = (stopped.config.clone(), stopped.port);
-    drop(stopped);
+    let config = configs[3].clone();
     let data = config.with_file_name("data");
-    {
-        let db = fjall::Database::builder(data.join("state")).open().unwrap();
-        let meta = db
-            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
-        let mut applied = meta.get("applied").unwrap().unwrap().to_vec();
-        *applied.last_mut().unwrap() ^= 1;
-        meta.insert("applied", applied).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
     let restore = || {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
             .args(["restore-state", "--config"])
@@ -1100,6 +1088,26 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
             text(&output.stderr),
         )
     };
+    let (ok, _, stderr) = restore();
+    assert!(
+        !ok && stderr.contains("stop the validator first"),
+        "{stderr}"
+    );
+
+    let stopped = validators.pop().unwrap();
+    let port = stopped.port;
+    drop(stopped);
+    {
+        let db = fjall::Database::builder(data.join("state")).open().unwrap();
+        let accounts = db
+            .keyspace("accounts", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let user = hex::decode(&client.account).unwrap();
+        let mut account = accounts.get(&user).unwrap().unwrap().to_vec();
+        account[0] ^= 1;
+        accounts.insert(&user, account).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
     let (ok, stdout, stderr) = restore();
     assert!(ok, "{stderr}");
     assert!(
@@ -1138,6 +1146,11 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     restored["finalisation"]["state_root"] = Value::Null;
     original["finalisation"]["state_root"] = Value::Null;
     assert_eq!(restored, original);
+    let account = |i: usize| {
+        let path = format!("/v1/accounts/{}", client.account);
+        call(api(i), "GET", &path, None, b"").1
+    };
+    assert_eq!(account(3), account(0));
     assert_eq!(metric(api(3), "soma_deviant_state_roots_total"), 0);
     assert!(metric(api(3), "soma_state_roots_compared_total") > 0);
 
