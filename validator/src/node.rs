@@ -21,7 +21,7 @@ use soma_execution::{
     StateReader,
 };
 use soma_host::Digest;
-use soma_host::package::BlobStore;
+use soma_host::package::{BlobStore, VerifiedPackage};
 use soma_host::{CompiledCache, Engine};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -216,16 +216,12 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
     }
 
     let data = dir.join(&file.data_dir);
-    let blobs = BlobStore::open(data.join("blobs"))?;
-    for package in &packages {
-        blobs.install(package)?;
-    }
-    let engine = Engine::new()?;
-    let cache = CompiledCache::open(match &file.compiled_cache {
-        Some(shared) => dir.join(shared),
-        None => data.join("compiled"),
-    })?;
-    let router = load_router(&genesis, &blobs, &engine, &cache)?;
+    let Host {
+        blobs,
+        engine,
+        cache,
+        router,
+    } = Host::open(dir, &file, &genesis, &packages)?;
     let executor = Executor::open(&data.join("state"), &genesis, router)?;
     let mut api_keys = BTreeMap::new();
     for (token, key_file) in &file.api_keys {
@@ -314,22 +310,50 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
     node.stopped().await.context("consensus stopped")
 }
 
-/// The network's router, if genesis names one, loaded from `blobs`.
-pub(crate) fn load_router(
-    genesis: &Genesis,
-    blobs: &BlobStore,
-    engine: &Engine,
-    cache: &CompiledCache,
-) -> Result<Option<Router>> {
-    Ok(match genesis.router() {
-        Some(digest) => Some(Router::load(
+/// What runs a node's encoders: its blob store (holding the genesis
+/// packages), the engine, the compiled-code cache and the network's router.
+pub(crate) struct Host {
+    pub(crate) blobs: BlobStore,
+    pub(crate) engine: Engine,
+    pub(crate) cache: CompiledCache,
+    pub(crate) router: Option<Router>,
+}
+
+impl Host {
+    /// Opens the host of the node configured by `file` (in `dir`), with
+    /// the verified genesis `packages` installed.
+    pub(crate) fn open(
+        dir: &Path,
+        file: &NodeFile,
+        genesis: &Genesis,
+        packages: &[VerifiedPackage],
+    ) -> Result<Host> {
+        let data = dir.join(&file.data_dir);
+        let blobs = BlobStore::open(data.join("blobs"))?;
+        for package in packages {
+            blobs.install(package)?;
+        }
+        let engine = Engine::new()?;
+        let cache = CompiledCache::open(match &file.compiled_cache {
+            Some(shared) => dir.join(shared),
+            None => data.join("compiled"),
+        })?;
+        let router = match genesis.router() {
+            Some(digest) => Some(Router::load(
+                &engine,
+                &blobs.package(digest)?,
+                Some(&cache),
+                genesis.parameters(),
+            )?),
+            None => None,
+        };
+        Ok(Host {
+            blobs,
             engine,
-            &blobs.package(digest)?,
-            Some(cache),
-            genesis.parameters(),
-        )?),
-        None => None,
-    })
+            cache,
+            router,
+        })
+    }
 }
 
 /// The committee genesis names, with the chain's protocol constants.

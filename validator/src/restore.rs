@@ -10,14 +10,12 @@
 
 use crate::client::ApiClient;
 use crate::config::{NodeFile, hex_public_key};
-use crate::node::{committee, load_router};
+use crate::node::{Host, committee};
 use crate::roots::claim_message;
 use anyhow::{Context, Result, bail};
 use soma_consensus::{AuthorityIndex, Committee, StakeAggregator};
 use soma_crypto::{Domain, PublicKey, Signature};
 use soma_execution::{Executor, Genesis};
-use soma_host::package::BlobStore;
-use soma_host::{CompiledCache, Engine};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -120,16 +118,7 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         );
     };
 
-    let blobs = BlobStore::open(data.join("blobs"))?;
-    for package in &packages {
-        blobs.install(package)?;
-    }
-    let engine = Engine::new()?;
-    let cache = CompiledCache::open(match &file.compiled_cache {
-        Some(shared) => dir.join(shared),
-        None => data.join("compiled"),
-    })?;
-    let router = load_router(&genesis, &blobs, &engine, &cache)?;
+    let router = Host::open(dir, &file, &genesis, &packages)?.router;
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

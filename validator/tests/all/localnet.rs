@@ -308,6 +308,33 @@ pub(crate) fn genesis_with(
     (configs, base)
 }
 
+/// A four-validator network in `dir`, running, with 10 commits made
+/// everywhere: its first port and validators.
+fn committing(dir: &Path) -> (u16, Vec<Validator>) {
+    let (configs, base) = genesis(dir);
+    let validators = start_all(&configs, base);
+    wait_for(
+        "10 commits everywhere",
+        Duration::from_secs(60),
+        || validators.iter().all(|v| v.committed() >= 10),
+        &validators,
+    );
+    (base, validators)
+}
+
+/// Changes the value under `key` in `keyspace` of the stopped validator
+/// state at `state` with `change`, durably: a corrupt or forged state.
+pub(crate) fn tamper(state: &Path, keyspace: &str, key: &[u8], change: impl FnOnce(&mut Vec<u8>)) {
+    let db = fjall::Database::builder(state).open().unwrap();
+    let space = db
+        .keyspace(keyspace, fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    let mut value = space.get(key).unwrap().unwrap().to_vec();
+    change(&mut value);
+    space.insert(key, value).unwrap();
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
 /// Starts a validator per configuration and waits until all serve.
 pub(crate) fn start_all(configs: &[PathBuf], base: u16) -> Vec<Validator> {
     let validators: Vec<Validator> = configs
@@ -633,14 +660,7 @@ fn commit_rate(validator: &Validator, span: Duration) -> f64 {
 fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
-    let (configs, base) = genesis(dir.path());
-    let mut validators = start_all(&configs, base);
-    wait_for(
-        "10 commits everywhere",
-        Duration::from_secs(60),
-        || validators.iter().all(|v| v.committed() >= 10),
-        &validators,
-    );
+    let (_, mut validators) = committing(dir.path());
     let killed = validators.pop().unwrap();
     let (config, port) = (killed.config.clone(), killed.port);
     let round_then = status(port).unwrap()["last_committed_round"]
@@ -740,14 +760,7 @@ fn a_validator_down_for_a_minute_rejoins_and_an_outsider_does_not_stop_commits()
 #[test]
 fn a_validator_whose_state_diverged_stops_and_names_the_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let (configs, base) = genesis(dir.path());
-    let mut validators = start_all(&configs, base);
-    wait_for(
-        "10 commits everywhere",
-        Duration::from_secs(60),
-        || validators.iter().all(|v| v.committed() >= 10),
-        &validators,
-    );
+    let (base, mut validators) = committing(dir.path());
     // Commits it applied before it stopped: the next it applies runs on
     // the corrupted root.
     let (code, health) = http(base + 4 + 3, "GET", "/health", &[], b"");
@@ -757,17 +770,10 @@ fn a_validator_whose_state_diverged_stops_and_names_the_commit() {
     let stopped = validators.pop().unwrap();
     let (config, port) = (stopped.config.clone(), stopped.port);
     drop(stopped);
-    {
-        let state = config.with_file_name("data").join("state");
-        let db = fjall::Database::builder(&state).open().unwrap();
-        let meta = db
-            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
-        let mut applied = meta.get("applied").unwrap().unwrap().to_vec();
-        *applied.last_mut().unwrap() ^= 1;
-        meta.insert("applied", applied).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
+    let state = config.with_file_name("data").join("state");
+    tamper(&state, "meta", b"applied", |applied| {
+        *applied.last_mut().unwrap() ^= 1
+    });
     let mut corrupted = Validator::start(&config, port);
     let log = || std::fs::read_to_string(config.with_file_name("stderr.log")).unwrap();
     let started = Instant::now();

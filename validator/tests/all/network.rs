@@ -7,7 +7,9 @@
 //! too many for an API key a 429 with `Retry-After`, and the `openai`
 //! Python package's client gets answers it reads.
 
-use super::localnet::{Session, Validator, genesis_with, http, logs, start_all, status, wait_for};
+use super::localnet::{
+    Session, Validator, genesis_with, http, logs, start_all, status, tamper, wait_for,
+};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use soma_codec::Encode;
@@ -64,6 +66,22 @@ fn network(dir: &Path, encoders: &[(&str, &str)]) -> (PathBuf, Vec<PathBuf>, u16
     let client =
         serde_json::from_str(&std::fs::read_to_string(net.join("client.json")).unwrap()).unwrap();
     (net, configs, base, client)
+}
+
+/// [`network`] of three hash encoders, running, every API answering: its
+/// configurations, client file and validators.
+fn hash_network(dir: &Path) -> (Vec<PathBuf>, ClientFile, Vec<Validator>) {
+    let hash = soma_examples_artifacts::HASH_ENCODER;
+    let encoder = (hash, "hash-encoder");
+    let (_, configs, base, client) = network(dir, &[encoder, encoder, encoder]);
+    let validators = start_all(&configs, base);
+    wait_for(
+        "every API to answer",
+        Duration::from_secs(60),
+        || (0..4).all(|i| call(client.apis[i].port(), "GET", "/health", None, b"").0 == 200),
+        &validators,
+    );
+    (configs, client, validators)
 }
 
 /// Sends `body` as JSON to `path` of the API at `port`; (status, JSON).
@@ -891,24 +909,9 @@ fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
-    let hash = soma_examples_artifacts::HASH_ENCODER;
-    let (_net, configs, base, client) = network(
-        dir.path(),
-        &[
-            (hash, "hash-encoder"),
-            (hash, "hash-encoder"),
-            (hash, "hash-encoder"),
-        ],
-    );
+    let (_, client, mut validators) = hash_network(dir.path());
     let api = |i: usize| client.apis[i].port();
     let key = client.api_key.as_str();
-    let mut validators = start_all(&configs, base);
-    wait_for(
-        "every API to answer",
-        Duration::from_secs(60),
-        || (0..4).all(|i| call(api(i), "GET", "/health", None, b"").0 == 200),
-        &validators,
-    );
 
     // Three clients, each sending one sentence after another to validator
     // 0 and recording the job each request made.
@@ -1048,24 +1051,9 @@ fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs
 #[test]
 fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = soma_examples_artifacts::HASH_ENCODER;
-    let (_net, configs, base, client) = network(
-        dir.path(),
-        &[
-            (hash, "hash-encoder"),
-            (hash, "hash-encoder"),
-            (hash, "hash-encoder"),
-        ],
-    );
+    let (configs, client, mut validators) = hash_network(dir.path());
     let api = |i: usize| client.apis[i].port();
     let key = client.api_key.as_str();
-    let mut validators = start_all(&configs, base);
-    wait_for(
-        "every API to answer",
-        Duration::from_secs(60),
-        || (0..4).all(|i| call(api(i), "GET", "/health", None, b"").0 == 200),
-        &validators,
-    );
     let embed = |text: &str| {
         let body = json!({ "input": text }).to_string();
         let (code, reply) = call(api(0), "POST", "/v1/embeddings", Some(key), body.as_bytes());
@@ -1097,17 +1085,10 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     let stopped = validators.pop().unwrap();
     let port = stopped.port;
     drop(stopped);
-    {
-        let db = fjall::Database::builder(data.join("state")).open().unwrap();
-        let accounts = db
-            .keyspace("accounts", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
-        let user = hex::decode(&client.account).unwrap();
-        let mut account = accounts.get(&user).unwrap().unwrap().to_vec();
-        account[0] ^= 1;
-        accounts.insert(&user, account).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
+    let user = hex::decode(&client.account).unwrap();
+    tamper(&data.join("state"), "accounts", &user, |account| {
+        account[0] ^= 1
+    });
     let (ok, stdout, stderr) = restore();
     assert!(ok, "{stderr}");
     assert!(
