@@ -167,7 +167,8 @@ pub(crate) struct Admitted {
 /// and user traffic that outbid them would let jobs expire.
 fn placement(signed: &SignedTransaction, bytes: usize, next: u64, attests: bool) -> Placement {
     let tx = signed.transaction();
-    // Per 2^16 bytes, so that fees a byte apart still rank apart.
+    // Fee per byte in 16.16 fixed point: fees that differ by less than a
+    // unit per byte still rank apart.
     let per_byte = (u128::from(tx.fee) << 16) / bytes.max(MIN_TRANSACTION_COST) as u128;
     Placement {
         lane: tx.sender.to_bytes(),
