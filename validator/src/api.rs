@@ -47,6 +47,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_JSON_BODY: usize = 1 << 20;
 /// Largest uploaded package.
 pub const MAX_PACKAGE_BODY: usize = 128 << 20;
+
+/// Largest state snapshot served (`GET /v1/snapshot`): what
+/// `soma restore-state` reads in one answer.
+pub const MAX_SNAPSHOT_BYTES: usize = 128 << 20;
 /// Embedding requests waiting for their jobs at once; more get 429.
 pub const MAX_EMBEDDING_REQUESTS: usize = 64;
 /// Embedding requests one API key may have waiting at once.
@@ -464,6 +468,15 @@ impl Api {
             .await
             .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?
             .map_err(unavailable)?;
+        if bytes.len() > MAX_SNAPSHOT_BYTES {
+            return Err(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the state is {} bytes, over the {MAX_SNAPSHOT_BYTES} a snapshot may be",
+                    bytes.len()
+                ),
+            ));
+        }
         let bytes = Bytes::from(bytes);
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now(), bytes.clone()));

@@ -7,9 +7,16 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// Largest response the client reads: a package (or a state snapshot) at
+/// Largest response the client reads: a package or a state snapshot at
 /// most, and its head.
-const MAX_RESPONSE: u64 = crate::api::MAX_PACKAGE_BODY as u64 + (1 << 20);
+const MAX_RESPONSE: u64 = {
+    let body = if crate::api::MAX_PACKAGE_BODY > crate::api::MAX_SNAPSHOT_BYTES {
+        crate::api::MAX_PACKAGE_BODY
+    } else {
+        crate::api::MAX_SNAPSHOT_BYTES
+    };
+    body as u64 + (1 << 20)
+};
 
 /// A node's API.
 #[derive(Debug, Clone)]
