@@ -214,8 +214,9 @@ impl Executor {
     /// Restores a state at `path` from `snapshot` ([`Executor::snapshot`]
     /// of a peer), if its root is `trusted_root`: the root after a commit
     /// that validators of a quorum of stake vouch for. The entries must
-    /// hash to the state digest that root folds in. Nothing is left at
-    /// `path` unless the whole state was restored.
+    /// hash to the state digest that root folds in. The state is written
+    /// and opened beside `path` and only then moved there: nothing is left
+    /// at `path` unless the whole state was restored.
     pub fn restore(
         path: &Path,
         genesis: &Genesis,
@@ -742,8 +743,9 @@ pub struct StateReader {
 
 impl StateReader {
     /// A copy of the whole state after the last applied commit, read at
-    /// one instant while apply goes on, for a validator that fell behind
-    /// to restore (see [`Executor::restore`]). Reads the whole state.
+    /// one instant while apply goes on, for a validator whose own state is
+    /// lost or diverged to restore (see [`Executor::restore`]). Reads the
+    /// whole state.
     pub fn snapshot(&self) -> Result<Vec<u8>, ExecutionError> {
         let (applied, step, entries) = self
             .store
