@@ -31,6 +31,13 @@ enum Command {
     /// Writes a network as `genesis` does and runs every validator as a
     /// process of its own until Ctrl-C.
     Localnet(NetworkArgs),
+    /// Checks that a stopped validator's state is whole: its entries hash
+    /// to the state digest its last root folded in.
+    VerifyState {
+        /// The validator's config.json.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Replaces a stopped validator's state with a copy from its peers
     /// (`peer_apis`), trusted for a root that validators of a quorum of
     /// stake sign; the old state is kept aside. Start the node again
@@ -97,6 +104,14 @@ fn run(cli: Cli) -> Result<()> {
     let runtime = || tokio::runtime::Runtime::new().context("cannot start the async runtime");
     match cli.command {
         Command::Client(args) => client_command::run(args),
+        Command::VerifyState { config } => {
+            let commits = soma_validator::restore::verify_state(&config)?;
+            println!(
+                "the state after {commits} commits is whole: its entries hash to the digest its \
+                 root folds in"
+            );
+            Ok(())
+        }
         Command::RestoreState { config } => {
             let restored = soma_validator::restore::restore_state(&config)?;
             println!(

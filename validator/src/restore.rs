@@ -1,5 +1,6 @@
-//! `soma restore-state`: replaces a stopped validator's state with a copy
-//! from a peer, when its own is lost or diverged.
+//! `soma verify-state` checks a stopped validator's state against its own
+//! root; `soma restore-state` replaces it with a copy from a peer, when it
+//! is lost or diverged.
 //!
 //! The copy (`GET /v1/snapshot` of the most advanced peer) is trusted only
 //! for a root that validators of a quorum of stake vouch for, each by
@@ -39,6 +40,27 @@ pub struct Restored {
     pub vouched: (u64, u64),
     /// Where the state it replaced was moved, if there was one.
     pub replaced: Option<PathBuf>,
+}
+
+/// Checks that the state of the stopped validator configured at
+/// `config_path` is whole: every entry it holds hashes to the state digest
+/// its last root folded in. Reads the whole state; the commits it has
+/// applied.
+pub fn verify_state(config_path: &Path) -> Result<u64> {
+    let file = NodeFile::read(config_path)?;
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let genesis_path = dir.join(&file.genesis);
+    let (genesis, packages) = Genesis::from_config_file_with_packages(&genesis_path)
+        .with_context(|| format!("genesis {}", genesis_path.display()))?;
+    let router = Host::open(dir, &file, &genesis, &packages)?.router;
+    let state = dir.join(&file.data_dir).join("state");
+    if !state.exists() {
+        bail!("there is no state at {}", state.display());
+    }
+    let executor = Executor::open(&state, &genesis, router)
+        .with_context(|| format!("cannot open {} (stop the validator first)", state.display()))?;
+    executor.verify_state()?;
+    Ok(executor.next_index())
 }
 
 /// Restores the state of the validator configured at `config_path` (which

@@ -1089,7 +1089,23 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     tamper(&data.join("state"), "accounts", &user, |account| {
         account[0] ^= 1
     });
+    // The damage shows against the state's own root.
+    let verify = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args(["verify-state", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = verify();
+    assert!(!ok && stderr.contains("entries hash to"), "{stderr}");
     let (ok, stdout, stderr) = restore();
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = verify();
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("restored the state after") && stdout.contains("30000000 of 40000000"),
