@@ -152,9 +152,29 @@ impl Executor {
             }
             .into());
         }
-        let store = StateStore::open(path)?;
         let chain_id = genesis.chain_id();
         let regions = routing::regions(genesis.parameters(), genesis.router());
+        // A new state is made beside `path` and moved there whole: a
+        // process killed while the store is being created leaves no half
+        // made store behind, which the engine may not open again.
+        if path
+            .read_dir()
+            .map_or(true, |mut entries| entries.next().is_none())
+        {
+            let creating = path.with_extension("creating");
+            if creating.exists() {
+                std::fs::remove_dir_all(&creating).map_err(|source| StateError::Directory {
+                    path: creating.clone(),
+                    source,
+                })?;
+            }
+            initialise(&StateStore::open(&creating)?, genesis, regions)?;
+            std::fs::rename(&creating, path).map_err(|source| StateError::Directory {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let store = StateStore::open(path)?;
         let (applied, lattice) = match store.read::<Genesis>(&[], Space::Meta, GENESIS)? {
             Some(stored) if stored.chain_id() == chain_id => {
                 let missing = |what| StateError::inconsistent(what, "missing from the state");
@@ -172,7 +192,9 @@ impl Executor {
                     given: hex::encode(chain_id),
                 });
             }
-            None => initialise(&store, genesis, regions)?,
+            None => {
+                return Err(StateError::inconsistent("genesis", "missing from the state").into());
+            }
         };
         Ok(Executor {
             reader: StateReader {

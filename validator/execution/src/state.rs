@@ -49,6 +49,14 @@ pub enum StateError {
     /// Stored bytes do not decode.
     #[error("state store is corrupt: {0}")]
     Corrupt(#[from] DecodeError),
+    /// The state's directory could not be set up.
+    #[error("state directory {}: {source}", path.display())]
+    Directory {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl StateError {

@@ -88,3 +88,20 @@ fn a_process_killed_while_applying_restarts_to_the_same_root() {
     apply_rest(&mut ex, &g);
     assert_eq!(ex.root(), roots[COMMITS as usize]);
 }
+
+/// A process killed while it first created its state leaves at most the
+/// side directory the state is made in: the next start clears it and makes
+/// the state whole.
+#[test]
+fn a_state_half_made_by_a_killed_first_start_is_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let half = path.with_extension("creating");
+    std::fs::create_dir_all(half.join("keyspaces")).unwrap();
+    std::fs::write(half.join("keyspaces/0"), b"cut short").unwrap();
+    let g = genesis();
+    let ex = open(&path, &g);
+    assert_eq!(ex.next_index(), 0);
+    assert!(!half.exists());
+    ex.verify_state().unwrap();
+}
