@@ -171,14 +171,24 @@ impl Shared {
     }
 }
 
-/// Runs the validator configured by `config_path` until `stop` resolves
-/// or a part of it fails.
-pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<()> {
+/// Reads the validator configuration at `config_path` and the genesis it
+/// names (with its packages, verified): the configuration, the directory
+/// its paths are relative to, the genesis and the packages.
+pub(crate) fn read_config(
+    config_path: &Path,
+) -> Result<(NodeFile, &Path, Genesis, Vec<VerifiedPackage>)> {
     let file = NodeFile::read(config_path)?;
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let genesis_path = dir.join(&file.genesis);
     let (genesis, packages) = Genesis::from_config_file_with_packages(&genesis_path)
         .with_context(|| format!("genesis {}", genesis_path.display()))?;
+    Ok((file, dir, genesis, packages))
+}
+
+/// Runs the validator configured by `config_path` until `stop` resolves
+/// or a part of it fails.
+pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<()> {
+    let (file, dir, genesis, packages) = read_config(config_path)?;
     let key = keyfile::read_secret_key(&dir.join(&file.key_file))?;
     let me = key.public_key();
     let committee = committee(&genesis)?;

@@ -10,13 +10,13 @@
 //! consensus store.
 
 use crate::client::ApiClient;
-use crate::config::{NodeFile, hex_public_key};
-use crate::node::{Host, committee};
+use crate::config::hex_public_key;
+use crate::node::{Host, committee, read_config};
 use crate::roots::claim_message;
 use anyhow::{Context, Result, bail};
 use soma_consensus::{AuthorityIndex, Committee, StakeAggregator};
 use soma_crypto::{Domain, PublicKey, Signature};
-use soma_execution::{Executor, Genesis};
+use soma_execution::Executor;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,11 +47,7 @@ pub struct Restored {
 /// its last root folded in. Reads the whole state; the commits it has
 /// applied.
 pub fn verify_state(config_path: &Path) -> Result<u64> {
-    let file = NodeFile::read(config_path)?;
-    let dir = config_path.parent().unwrap_or(Path::new("."));
-    let genesis_path = dir.join(&file.genesis);
-    let (genesis, packages) = Genesis::from_config_file_with_packages(&genesis_path)
-        .with_context(|| format!("genesis {}", genesis_path.display()))?;
+    let (file, dir, genesis, packages) = read_config(config_path)?;
     let router = Host::open(dir, &file, &genesis, &packages)?.router;
     let state = dir.join(&file.data_dir).join("state");
     if !state.exists() {
@@ -68,11 +64,7 @@ pub fn verify_state(config_path: &Path) -> Result<u64> {
 /// peers' APIs (`peer_apis`). Every validator but this one counts toward
 /// the quorum: with four of equal stake, all three others must vouch.
 pub fn restore_state(config_path: &Path) -> Result<Restored> {
-    let file = NodeFile::read(config_path)?;
-    let dir = config_path.parent().unwrap_or(Path::new("."));
-    let genesis_path = dir.join(&file.genesis);
-    let (genesis, packages) = Genesis::from_config_file_with_packages(&genesis_path)
-        .with_context(|| format!("genesis {}", genesis_path.display()))?;
+    let (file, dir, genesis, packages) = read_config(config_path)?;
     let committee = committee(&genesis)?;
     let peers = file
         .peer_apis

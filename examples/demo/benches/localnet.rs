@@ -63,14 +63,7 @@ fn main() -> Result<()> {
             soma.display()
         );
     }
-    let dir = tempfile::Builder::new().prefix("soma-bench-").tempdir()?;
-    let measured = measure(&soma, dir.path());
-    if measured.is_err() {
-        // Kept, so the validators' logs can be read.
-        let kept = dir.keep();
-        eprintln!("the network's files and logs are in {}", kept.display());
-    }
-    let md = measured?;
+    let md = soma_demo::in_scratch_dir("soma-bench-", |dir| measure(&soma, dir))?;
     let sections = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     std::fs::create_dir_all(&sections)?;
     std::fs::write(sections.join("localnet.md"), &md)?;

@@ -19,6 +19,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs `work` in a new temporary directory named `prefix…`, removed
+/// afterwards unless `work` failed: then it is kept, and its path said, so
+/// the validators' logs can be read.
+pub fn in_scratch_dir<T>(prefix: &str, work: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    let result = work(dir.path());
+    if result.is_err() {
+        let kept = dir.keep();
+        eprintln!("the network's files and logs are in {}", kept.display());
+    }
+    result
+}
+
 /// A running network of the example encoders.
 pub struct Network {
     /// The validator processes.

@@ -33,14 +33,7 @@ fn main() -> Result<()> {
             soma.display()
         );
     }
-    let dir = tempfile::Builder::new().prefix("soma-demo-").tempdir()?;
-    let result = run(&soma, dir.path());
-    if result.is_err() {
-        // Kept, so the validators' logs can be read.
-        let kept = dir.keep();
-        eprintln!("the network's files and logs are in {}", kept.display());
-    }
-    result
+    soma_demo::in_scratch_dir("soma-demo-", |dir| run(&soma, dir))
 }
 
 fn run(soma: &Path, dir: &Path) -> Result<()> {
