@@ -374,20 +374,32 @@ impl Core {
         let mut ready = vec![block];
         while let Some(block) = ready.pop() {
             for child in self.suspended.take_children(&block.reference()) {
-                // Waiting did not make room in a full slot.
-                if self.over_slot_cap(&child.reference(), &BTreeSet::new()) {
-                    dropped.push(child.reference());
-                    continue;
-                }
-                match self.dag.accept(child.clone()) {
-                    Acceptance::Accepted => ready.push(child),
-                    Acceptance::MissingParents(missing) => {
-                        self.suspended.insert(child, &missing, usize::MAX);
-                    }
-                    Acceptance::Duplicate | Acceptance::TooOld => {}
-                }
+                self.offer_again(child, &mut ready, dropped);
             }
             accepted.push(block);
+        }
+    }
+
+    /// Offers the DAG a block that waited (already admitted once, so not
+    /// bounded again): into `ready` if accepted, back to wait if it still
+    /// lacks parents.
+    fn offer_again(
+        &mut self,
+        block: VerifiedBlock,
+        ready: &mut Vec<VerifiedBlock>,
+        dropped: &mut Vec<BlockRef>,
+    ) {
+        // Waiting did not make room in a full slot.
+        if self.over_slot_cap(&block.reference(), &BTreeSet::new()) {
+            dropped.push(block.reference());
+            return;
+        }
+        match self.dag.accept(block.clone()) {
+            Acceptance::Accepted => ready.push(block),
+            Acceptance::MissingParents(missing) => {
+                self.suspended.insert(block, &missing, usize::MAX);
+            }
+            Acceptance::Duplicate | Acceptance::TooOld => {}
         }
     }
 
@@ -467,20 +479,46 @@ impl Core {
         leader_timed_out: bool,
         outcome: &mut Outcome,
     ) -> Result<(), CoreError> {
-        let mut batch = StoreBatch {
-            blocks: accepted.iter().map(|b| (**b).clone()).collect(),
-            ..StoreBatch::default()
-        };
-        outcome.committed = self.try_commit(&mut batch);
-        self.store.write(batch)?;
-        self.raise_quorum_round(outcome);
+        self.store_and_commit(accepted, outcome)?;
         if let Some(block) = self.try_propose(leader_timed_out)? {
             outcome.proposed = Some(block);
-            let mut batch = StoreBatch::default();
-            outcome.committed.extend(self.try_commit(&mut batch));
-            self.store.write(batch)?;
-            self.raise_quorum_round(outcome);
+            self.store_and_commit(Vec::new(), outcome)?;
         }
+        Ok(())
+    }
+
+    /// Stores `accepted` with the commits they allow. A commit that raises
+    /// the retention floor frees the suspended blocks that waited for
+    /// parents below it: those the DAG now takes are stored too, and may
+    /// allow more commits.
+    fn store_and_commit(
+        &mut self,
+        mut accepted: Vec<VerifiedBlock>,
+        outcome: &mut Outcome,
+    ) -> Result<(), CoreError> {
+        let mut batch = StoreBatch::default();
+        loop {
+            batch
+                .blocks
+                .extend(accepted.drain(..).map(|b| (*b).clone()));
+            let floor = self.dag.retention_floor();
+            outcome.committed.extend(self.try_commit(&mut batch));
+            if self.dag.retention_floor() == floor {
+                break;
+            }
+            let mut ready = Vec::new();
+            for block in self.suspended.release_below(self.dag.retention_floor()) {
+                self.offer_again(block, &mut ready, &mut outcome.dropped);
+            }
+            for block in ready {
+                self.accept_with_children(block, &mut accepted, &mut outcome.dropped);
+            }
+            if accepted.is_empty() {
+                break;
+            }
+        }
+        self.store.write(batch)?;
+        self.raise_quorum_round(outcome);
         Ok(())
     }
 
@@ -529,7 +567,6 @@ impl Core {
         let gc = gc_round(self.progress.last_committed, self.gc_depth());
         if gc > self.dag.gc_round() {
             self.dag.garbage_collect(gc);
-            self.suspended.drop_below(self.dag.retention_floor());
             let kept = self.params.store_retention.max(self.gc_depth());
             batch.drop_below = Some(gc.saturating_sub(kept));
         }
@@ -786,7 +823,7 @@ mod tests {
     }
 
     #[test]
-    fn history_withheld_from_everyone_is_never_built_on() {
+    fn history_withheld_from_everyone_holds_its_author_back_until_the_floor_passes_it() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let c = with_gc_depth(&c, 3);
         let params = Parameters::default();
@@ -800,6 +837,13 @@ mod tests {
         let withheld = |b: &VerifiedBlock| {
             b.reference().author == AuthorityIndex(3) && b.reference().round == 3
         };
+        let builds_on_later_blocks_of_3 = |b: &VerifiedBlock| {
+            b.block()
+                .parents
+                .iter()
+                .any(|p| p.author == AuthorityIndex(3) && p.round > 3)
+        };
+        let mut built_on_again = false;
         let mut rounds_without_progress = 0;
         while committed[0].len() < 30 {
             let sent = std::mem::take(&mut inbox);
@@ -820,15 +864,13 @@ mod tests {
                 if let Some(block) = &outcome.proposed
                     && i != 3
                 {
-                    // No honest block ever names the withholder's later
-                    // blocks.
-                    let parents = &block.block().parents;
-                    assert!(
-                        parents
-                            .iter()
-                            .all(|p| p.author != AuthorityIndex(3) || p.round < 3),
-                        "{block:?}"
-                    );
+                    // The withholder's later blocks wait for the withheld
+                    // one until the floor passes it; then they are taken,
+                    // and built on again.
+                    if core.dag().retention_floor() <= 3 {
+                        assert!(!builds_on_later_blocks_of_3(block), "{block:?}");
+                    }
+                    built_on_again |= builds_on_later_blocks_of_3(block);
                 }
                 inbox.extend(outcome.proposed);
                 committed[i].extend(outcome.committed);
@@ -840,16 +882,18 @@ mod tests {
             };
             assert!(rounds_without_progress < 3, "the committee stalled");
         }
-        for (i, core) in cores.iter().enumerate().take(3) {
-            let dag = core.dag();
-            assert!(dag.gc_round() > 3, "validator {i} collected round 3");
-            // Nor did one get into an honest DAG, though it is long below
-            // the garbage-collection round.
-            let latest = cores[3].last_proposed();
-            assert!(!dag.contains(&latest) && dag.latest_of(AuthorityIndex(3)).round < 3);
-        }
-        // The honest three commit one sequence; so does the withholder, which
-        // holds everything.
+        assert!(
+            built_on_again,
+            "the withholder's later blocks were never taken"
+        );
+        assert!(
+            committed[0]
+                .iter()
+                .flat_map(|s| &s.blocks)
+                .any(|b| b.reference().author == AuthorityIndex(3) && b.reference().round > 3),
+            "none of the withholder's later blocks was committed"
+        );
+        // All four commit one sequence.
         for sequence in &committed[1..] {
             let common = sequence.len().min(committed[0].len());
             assert_eq!(sequence[..common], committed[0][..common]);

@@ -1,5 +1,5 @@
-//! The local view of the DAG: every verified block whose ancestors were all
-//! held by this validator.
+//! The local view of the DAG: every verified block whose ancestors, down
+//! to the retention floor, were all held by this validator.
 
 use crate::block::{BlockRef, Round, VerifiedBlock};
 use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
@@ -27,13 +27,20 @@ pub enum Acceptance {
 /// more rounds, so a late block that names one as its parent can still be
 /// accepted.
 ///
-/// A parent that was never held is never taken as known, however old: a
-/// block is accepted only once its whole history has been seen. Every
-/// validator thus leaves out the same blocks, those built on history their
-/// author withheld. (Taking everything below the local garbage-collection
-/// round as known would let validators that have committed further accept
-/// such blocks and build on them, while one that lags a few commits
-/// behind could then never accept its peers' blocks again.)
+/// A block is accepted once every parent at or above the retention floor
+/// is known; a parent below the floor holds nothing back, held or not (as
+/// in Sui, where ancestors at or below the garbage-collection round count
+/// as present). Requiring whole histories instead would stall a validator
+/// for good once its floor passed a parent it never received: every peer
+/// refuses to serve below its own floor, and each later block of that
+/// parent's author, with every block naming one, would wait forever.
+///
+/// The rule keeps every honest validator deciding alike because the floor
+/// is a function of the committed sequence. A validator that commits
+/// leader L has the same floor as every other at that point of the
+/// sequence, and the blocks L commits lie above the garbage-collection
+/// round, itself above the floor: whatever one validator needed to take in
+/// L's history, another needs too, and can fetch from it.
 pub struct DagState {
     committee: Committee,
     blocks: BTreeMap<BlockRef, VerifiedBlock>,
@@ -82,11 +89,12 @@ impl DagState {
         if self.contains(&reference) {
             return Acceptance::Duplicate;
         }
+        let floor = self.retention_floor();
         let missing: Vec<BlockRef> = block
             .block()
             .parents
             .iter()
-            .filter(|p| !self.contains(p))
+            .filter(|p| p.round >= floor && !self.contains(p))
             .copied()
             .collect();
         if !missing.is_empty() {
@@ -310,8 +318,8 @@ mod tests {
             Err(BlockError::BadSignature(_))
         ));
 
-        // Collected blocks stay known for `retention` rounds; a block that
-        // was never held is never taken as known, however old.
+        // Collected blocks stay known for `retention` rounds; above the
+        // floor a block that was never held is waited for, however old.
         let late = block(1, 3, genesis.clone(), b"late").unwrap();
         let orphan = block(2, 3, vec![refs[0], refs[1], late.reference()], b"x").unwrap();
         dag.garbage_collect(2);
@@ -329,5 +337,13 @@ mod tests {
         dag.garbage_collect(3);
         assert!(!dag.contains(&refs[0]));
         assert_eq!(dag.accept(late), Acceptance::TooOld);
+
+        // Below the floor a parent holds nothing back, even one never held.
+        let never_held = block(1, 3, genesis.clone(), b"never held").unwrap();
+        let parents = vec![refs[0], refs[1], never_held.reference()];
+        let built_on_it = block(2, 3, parents, b"y").unwrap();
+        assert!(!dag.contains(&never_held.reference()));
+        assert_eq!(dag.accept(built_on_it.clone()), Acceptance::Accepted);
+        assert!(dag.contains(&built_on_it.reference()));
     }
 }

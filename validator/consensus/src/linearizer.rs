@@ -86,9 +86,10 @@ impl Linearizer {
             if reference.round < self.gc_round || !self.committed.insert(reference) {
                 continue;
             }
-            // Blocks reach the DAG only with all their ancestors, so a
-            // committed leader's history is there down to the
-            // garbage-collection round (genesis blocks have no content).
+            // Blocks reach the DAG only with all their ancestors down to
+            // the retention floor, below the garbage-collection round, so
+            // a committed leader's history is there down to that round
+            // (genesis blocks have no content).
             if let Some(block) = dag.get(&reference) {
                 stack.extend(block.block().parents.iter().copied());
                 collected.push(block.clone());

@@ -143,19 +143,21 @@ impl SuspendedBlocks {
         Some(block)
     }
 
-    /// Forgets blocks below `round`, and the blocks waiting for a parent
-    /// below it: that parent can no longer be accepted.
-    pub(crate) fn drop_below(&mut self, round: Round) {
+    /// Forgets blocks below `round`, and takes out those waiting for a
+    /// parent below it: the DAG no longer waits for such a parent, so they
+    /// are to be offered to it again.
+    pub(crate) fn release_below(&mut self, round: Round) -> Vec<VerifiedBlock> {
         let first = BlockRef::first_of_round(round);
-        let mut doomed: BTreeSet<BlockRef> = self.blocks.range(..first).map(|(r, _)| *r).collect();
-        doomed.extend(
-            self.waiting_on
-                .range(..first)
-                .flat_map(|(_, c)| c.iter().copied()),
-        );
+        let doomed: Vec<BlockRef> = self.blocks.range(..first).map(|(r, _)| *r).collect();
         for reference in &doomed {
             self.remove(reference);
         }
+        let released: BTreeSet<BlockRef> = self
+            .waiting_on
+            .range(..first)
+            .flat_map(|(_, c)| c.iter().copied())
+            .collect();
+        released.iter().filter_map(|r| self.remove(r)).collect()
     }
 }
 
@@ -217,10 +219,15 @@ mod tests {
         assert_eq!(suspended.len(), 0);
         assert_eq!(suspended.lacking().count(), 0);
 
-        // A block waiting for a parent below the floor can never be
-        // accepted, and goes with it.
+        // Below the floor a block goes; one waiting for a parent below it
+        // comes out, to be offered again.
         suspended.insert(high.clone(), &[absent(5, 0)], cap);
-        suspended.drop_below(6);
+        suspended.insert(low.clone(), &[absent(4, 1)], usize::MAX);
+        let released = suspended.release_below(6);
+        assert_eq!(
+            released.iter().map(|b| b.reference()).collect::<Vec<_>>(),
+            [high.reference()]
+        );
         assert_eq!(suspended.len(), 0);
         assert_eq!(suspended.by_author[&AuthorityIndex(0)].bytes, 0);
         assert_eq!(suspended.lacking().count(), 0);
