@@ -54,8 +54,8 @@ enum Task {
         /// `fuzz/fuzz_targets/`).
         targets: Vec<String>,
     },
-    /// Run thousands of seeded consensus simulations (arguments go to
-    /// `consensus-sim`; see `cargo xtask sim -- --help`).
+    /// Run thousands of seeded consensus simulations, optimised (arguments
+    /// go to `consensus-sim`; see `cargo xtask sim -- --help`).
     Sim {
         /// Passed on to `consensus-sim`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -93,6 +93,7 @@ fn main() -> Result<()> {
         Task::Sim { args } => {
             let mut command = vec![
                 "run",
+                "--release",
                 "--locked",
                 "--package",
                 "soma-consensus",

@@ -78,6 +78,11 @@ pub enum Outage {
 /// How often a validator asks a peer for missing blocks.
 const SYNC_INTERVAL_MS: u64 = 200;
 
+/// Simulated time a running honest validator may go without committing:
+/// longer than any partition, and than catching up after the longest
+/// outage takes.
+pub const STALL_LIMIT_MS: u64 = 120_000;
+
 /// The protocol constant of the simulated chain: small, so that a minute
 /// down is far beyond what peers keep in their DAGs.
 const GC_DEPTH: Round = 50;
@@ -241,6 +246,23 @@ pub enum SimFailure {
         /// Where each validator stands.
         validators: String,
     },
+    /// A running honest validator committed nothing for
+    /// [`STALL_LIMIT_MS`] of simulated time.
+    #[error(
+        "seed {seed}: validator {validator} has committed nothing since round {reached} (at {since_ms} ms) for {STALL_LIMIT_MS} ms; {validators}"
+    )]
+    NoProgress {
+        /// The seed.
+        seed: u64,
+        /// Who.
+        validator: u32,
+        /// Its last committed leader's round.
+        reached: Round,
+        /// Simulated time when it committed that round (or restarted).
+        since_ms: u64,
+        /// Where each validator stands.
+        validators: String,
+    },
     /// The configuration cannot run.
     #[error("{0}")]
     Config(String),
@@ -330,6 +352,8 @@ struct Node {
     state_root: [u8; 32],
     /// The references of the blocks it proposed (for old-parent attacks).
     proposed: Vec<BlockRef>,
+    /// Its last committed round, and when it was first seen there.
+    progress_mark: (Round, u64),
 }
 
 impl Node {
@@ -432,6 +456,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             transactions: 0,
             state_root: [0; 32],
             proposed: Vec::new(),
+            progress_mark: (0, 0),
         });
     }
     for i in 0..n {
@@ -549,6 +574,7 @@ impl Sim {
         )
         .map_err(|e| self.core_failure(node, e))?;
         core.set_state_root(self.nodes[node].executed());
+        self.nodes[node].progress_mark = (core.progress().last_committed, self.now);
         self.nodes[node].core = Some(core);
         self.nodes[node].incarnation += 1;
         let incarnation = self.nodes[node].incarnation;
@@ -601,6 +627,7 @@ impl Sim {
                 let running =
                     self.nodes[node].incarnation == incarnation && self.nodes[node].core.is_some();
                 if running {
+                    self.check_progress(node)?;
                     self.sync(node);
                     self.schedule(SYNC_INTERVAL_MS, Event::Sync { node, incarnation });
                 }
@@ -719,6 +746,32 @@ impl Sim {
                     self.send(node, requester, Message::Blocks(wires));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Fails the run as soon as a running honest validator has committed
+    /// nothing for [`STALL_LIMIT_MS`], rather than at the deadline (hours
+    /// of simulated time away on long runs).
+    fn check_progress(&mut self, node: usize) -> Result<(), SimFailure> {
+        let Some(core) = self.nodes[node].core.as_ref() else {
+            return Ok(());
+        };
+        let reached = core.progress().last_committed;
+        let (round, since) = self.nodes[node].progress_mark;
+        if reached != round {
+            self.nodes[node].progress_mark = (reached, self.now);
+        } else if self.nodes[node].behaviour == Behaviour::Honest
+            && self.now - since > STALL_LIMIT_MS
+            && reached < self.config.rounds
+        {
+            return Err(SimFailure::NoProgress {
+                seed: self.config.seed,
+                validator: node as u32,
+                reached,
+                since_ms: since,
+                validators: self.describe(),
+            });
         }
         Ok(())
     }
