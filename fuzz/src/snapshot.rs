@@ -12,9 +12,10 @@ use soma_execution::{Action, Commit, Executor, Parameters, Transaction};
 
 /// Checks one input.
 pub fn check(bytes: &[u8]) {
-    let Ok((commits, root)) = Executor::snapshot_claim(bytes) else {
+    let Ok(claim) = Executor::snapshot_claim(bytes) else {
         return;
     };
+    let (commits, root) = (claim.commits, claim.root);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("state");
     match Executor::restore(&path, genesis(), None, bytes, root) {

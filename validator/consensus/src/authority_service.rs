@@ -18,7 +18,9 @@ use crate::committee::AuthorityIndex;
 use crate::core_thread::Command;
 use crate::mempool::SubmitError;
 use crate::network::{self, FetchRequest, PeerToken, RoundsRequest, WireError};
-use crate::node::{COMMITS_PATH, STATUS_PATH, Shared, SubmitRefused, TRANSACTION_PATH, submit};
+use crate::node::{
+    COMMIT_RECORDS_PATH, COMMITS_PATH, STATUS_PATH, Shared, SubmitRefused, TRANSACTION_PATH, submit,
+};
 use crate::store::{CommitRecord, Store, StoreError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -50,7 +52,7 @@ const MIN_TRANSACTION_CHARGE: u32 = 512;
 /// Requests reading the commit log at once.
 const COMMIT_READERS: usize = 2;
 /// Most commits one request to the commit log lists.
-const MAX_COMMITS_LISTED: u64 = 10_000;
+const MAX_COMMITS_LISTED: usize = 10_000;
 /// Source addresses whose submission rates are tracked.
 const TRACKED_SOURCES: usize = 10_000;
 
@@ -344,7 +346,20 @@ impl Service {
             }
             (Method::POST, TRANSACTION_PATH) => self.take_transaction(request, source).await,
             (Method::GET, STATUS_PATH) => reply(StatusCode::OK, self.status().to_string()),
-            (Method::GET, COMMITS_PATH) => self.commits(request.uri().query().unwrap_or("")).await,
+            (Method::GET, COMMITS_PATH) => {
+                let query = request.uri().query().unwrap_or("");
+                self.commit_log(query, MAX_COMMITS_LISTED, |commits| {
+                    commits.iter().map(commit_line).collect::<String>().into()
+                })
+                .await
+            }
+            (Method::GET, COMMIT_RECORDS_PATH) => {
+                let query = request.uri().query().unwrap_or("");
+                self.commit_log(query, crate::MAX_RECORDS, |commits| {
+                    crate::encode_records(commits).into()
+                })
+                .await
+            }
             _ => reply(StatusCode::NOT_FOUND, format!("no {path} here")),
         }
     }
@@ -502,9 +517,14 @@ impl Service {
         })
     }
 
-    /// The commit log, read on a blocking thread, at most
-    /// [`MAX_COMMITS_LISTED`] per request.
-    async fn commits(&self, query: &str) -> Response<Full<Bytes>> {
+    /// Up to `max` commits of the log from `from=` (at most `limit=`),
+    /// read on a blocking thread and answered in the form `format` gives.
+    async fn commit_log(
+        &self,
+        query: &str,
+        max: usize,
+        format: impl FnOnce(&[CommitRecord]) -> Bytes + Send + 'static,
+    ) -> Response<Full<Bytes>> {
         let param = |name: &str| {
             query
                 .split('&')
@@ -522,14 +542,13 @@ impl Service {
             return reply(StatusCode::TOO_MANY_REQUESTS, "the commit log is busy");
         };
         let store = self.shared.store.clone();
-        let limit = limit.min(MAX_COMMITS_LISTED) as usize;
+        let limit = (limit as usize).min(max);
         let read = tokio::task::spawn_blocking(move || {
-            let commits = store.commits(from, limit)?;
-            Ok::<_, StoreError>(commits.iter().map(commit_line).collect::<String>())
+            Ok::<_, StoreError>(format(&store.commits(from, limit)?))
         })
         .await;
         match read {
-            Ok(Ok(lines)) => reply(StatusCode::OK, lines),
+            Ok(Ok(body)) => reply(StatusCode::OK, body),
             Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }

@@ -259,7 +259,7 @@ mod tests {
                 waiting: Vec::new(),
                 committer: Committer::new(),
                 last_decided: 0,
-                linearizer: crate::Linearizer::new([], 0),
+                linearizer: crate::Linearizer::new([], 0, crate::linearizer::NO_COMMIT),
                 sequence: Vec::new(),
                 decided: Vec::new(),
             }
@@ -401,8 +401,10 @@ mod tests {
     #[test]
     fn blocks_below_the_garbage_collection_round_are_never_committed() {
         let (dag, replica) = full("1..10");
-        let mut linearizer = crate::Linearizer::new([], 4);
+        let mut linearizer = crate::Linearizer::new([], 4, crate::linearizer::NO_COMMIT);
         let subdag = linearizer.linearize(&replica.dag, dag.get("L8"), 0);
+        let first = subdag.clone();
+        assert_eq!(first.previous, crate::linearizer::NO_COMMIT);
         assert!(subdag.blocks.iter().all(|x| x.reference().round >= 4));
         assert_eq!(
             subdag.blocks.len(),
@@ -416,15 +418,23 @@ mod tests {
 
         // A commit read back from the store has the digest it was applied
         // under; another index or block list has another.
-        let record = |index, blocks: Vec<_>| crate::CommitRecord {
+        let record = |index, blocks: Vec<_>, previous| crate::CommitRecord {
             index,
             leader: subdag.leader,
             blocks,
+            previous,
         };
         let refs: Vec<_> = subdag.blocks.iter().map(|b| b.reference()).collect();
-        assert_eq!(record(1, refs.clone()).digest(), subdag.digest());
-        assert_ne!(record(2, refs.clone()).digest(), subdag.digest());
-        assert_ne!(record(1, refs[1..].to_vec()).digest(), subdag.digest());
+        let previous = subdag.previous;
+        assert_eq!(record(1, refs.clone(), previous).digest(), subdag.digest());
+        assert_ne!(record(2, refs.clone(), previous).digest(), subdag.digest());
+        assert_ne!(
+            record(1, refs[1..].to_vec(), previous).digest(),
+            subdag.digest()
+        );
+        // Each commit chains to the one before it.
+        assert_eq!(previous, first.digest());
+        assert_ne!(record(1, refs, [7; 32]).digest(), subdag.digest());
     }
 
     #[test]

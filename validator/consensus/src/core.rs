@@ -144,7 +144,11 @@ impl Core {
             .commits
             .iter()
             .flat_map(|c| c.blocks.iter().copied());
-        let linearizer = Linearizer::new(committed, gc_round);
+        let last_digest = recovered
+            .commits
+            .last()
+            .map_or(crate::linearizer::NO_COMMIT, CommitRecord::digest);
+        let linearizer = Linearizer::new(committed, gc_round, last_digest);
         let n = dag.committee().size();
         let max_pending = params.max_pending_transaction_bytes;
         let mut core = Core {
@@ -315,9 +319,12 @@ impl Core {
     /// validator lags more than [`CATCH_UP_LAG`] rounds behind the
     /// committee; `None` when it keeps up. It proposes nothing meanwhile:
     /// blocks of rounds the others have left behind help no one, and its
-    /// own chain would then start below what they still accept.
+    /// own chain would then start below what they still accept. It never
+    /// starts below the retention floor: a store seeded from commit
+    /// records holds no blocks, and blocks below the floor it would refuse.
     pub fn catch_up_from(&self) -> Option<Round> {
-        (self.committee_round() > self.quorum_round + CATCH_UP_LAG).then_some(self.quorum_round)
+        let from = self.quorum_round.max(self.dag.retention_floor());
+        (self.committee_round() > from + CATCH_UP_LAG).then_some(from)
     }
 
     /// The leader of the round this validator waits on did not show up in
@@ -550,6 +557,7 @@ impl Core {
                         index: self.progress.next_index,
                         leader,
                         blocks: subdag.blocks.iter().map(|b| b.reference()).collect(),
+                        previous: subdag.previous,
                     });
                     self.progress.next_index += 1;
                     self.progress.last_committed = leader.round;
@@ -692,10 +700,11 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Checkpoint;
     use crate::block::MAX_TRANSACTION_BYTES;
     use crate::committee::tests::{committee, with_gc_depth};
     use crate::mempool::MIN_TRANSACTION_COST;
-    use crate::network::RoundsRequest;
+    use crate::network::{FETCH_LIMIT, RoundsRequest};
     use crate::store::{FjallStore, MemStore};
 
     fn open(c: &Committee, keys: &[SecretKey], me: u32, store: Box<dyn Store>) -> Core {
@@ -1030,6 +1039,89 @@ mod tests {
             .flat_map(|s| &s.blocks)
             .filter(|b| b.reference().author == AuthorityIndex(3));
         assert!(its_blocks.count() > 2);
+    }
+
+    #[test]
+    fn a_validator_beyond_its_peers_retention_resumes_from_a_checkpoint() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let c = with_gc_depth(&c, 3);
+        let params = Parameters {
+            store_retention: 10,
+            ..Parameters::default()
+        };
+        let stores: Vec<MemStore> = (0..4).map(|_| MemStore::new()).collect();
+        let mut cores = open_on(&c, &keys, &params, &stores);
+        let mut reference = lockstep(&mut cores, 5).swap_remove(0);
+        drop(cores.pop());
+        for _ in 0..(4 * CATCH_UP_LAG) {
+            reference.extend(lockstep(&mut cores, 1).swap_remove(0));
+        }
+        let tips: Vec<VerifiedBlock> = cores
+            .iter()
+            .map(|c| c.last_proposed_block().unwrap().clone())
+            .collect();
+        let replay = |core: &mut Core| {
+            let request = RoundsRequest {
+                from: core.catch_up_from().expect("behind"),
+            };
+            let (answer, _) = request.select(request.answer(&stores[0]).unwrap());
+            let beyond = request.beyond_retention(&answer);
+            let answer = answer
+                .into_iter()
+                .map(|b| VerifiedBlock::verify(b, &c).unwrap())
+                .collect();
+            (beyond, core.add_blocks(answer).unwrap())
+        };
+
+        // Back on its own store, it needs rounds its peers dropped.
+        let mut stale = open_with(&c, &keys, 3, params.clone(), Box::new(stores[3].clone()));
+        stale.add_blocks(tips.clone()).unwrap();
+        let (beyond, outcome) = replay(&mut stale);
+        assert!(beyond && outcome.committed.is_empty());
+
+        // Seeded from the peers' commit log, checked against the last
+        // commit's digest (what a restored state root binds), it replays
+        // rounds from its floor and commits what they committed next.
+        let records = stores[0].commits(0, usize::MAX).unwrap();
+        let trusted = records[records.len() - 5].digest();
+        let resumed_at = records.len() - 4;
+        let tail = records[..resumed_at].to_vec();
+        let checkpoint = Checkpoint::verify(tail, trusted, 3).unwrap();
+        let own_last = stores[3].recover(3).unwrap().own_last.unwrap();
+        let seeded = MemStore::new();
+        checkpoint
+            .seed(&mut seeded.clone(), c.digest(), Some(own_last))
+            .unwrap();
+        let mut back = open_with(&c, &keys, 3, params, Box::new(seeded));
+        assert_eq!(back.last_proposed(), own_last);
+        let mut commits = back.add_blocks(tips).unwrap().committed;
+        for asked in 0.. {
+            assert!(asked < 100, "no progress");
+            let mut outcome = if back.catch_up_from().is_some() {
+                let (beyond, outcome) = replay(&mut back);
+                assert!(!beyond);
+                outcome
+            } else {
+                // Not far behind: what its peers' blocks lack, it fetches.
+                let missing = back.missing();
+                if missing.is_empty() {
+                    break;
+                }
+                let request = back.fetch_request(missing);
+                let answer = request.answer(&stores[0], FETCH_LIMIT).unwrap();
+                let blocks = request.select(answer).0.into_iter();
+                let blocks = blocks.map(|b| VerifiedBlock::verify(b, &c).unwrap());
+                back.add_blocks(blocks.collect()).unwrap()
+            };
+            commits.append(&mut outcome.committed);
+        }
+        assert_eq!(reference.len(), records.len());
+        let common = commits.len().min(reference.len() - resumed_at);
+        assert!(common >= 3, "{common}");
+        assert_eq!(
+            commits[..common],
+            reference[resumed_at..resumed_at + common]
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod authority_service;
 mod block;
 mod block_verifier;
 mod broadcaster;
+mod checkpoint;
 mod committee;
 mod committer;
 mod core;
@@ -40,17 +41,19 @@ pub use authority_service::{
     BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, TRANSACTION_BYTES_PER_SECOND, WRITE_TIMEOUT,
 };
 pub use block::{Block, BlockError, BlockRef, Round, SignedBlock, StateRoot, VerifiedBlock};
+pub use checkpoint::{Checkpoint, CheckpointError, MAX_RECORDS, decode_records, encode_records};
 pub use committee::{
     AuthorityIndex, Committee, CommitteeError, MIN_GC_DEPTH, Protocol, Stake, StakeAggregator,
 };
 pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
 pub use core::{CATCH_UP_LAG, Core, CoreError, Outcome, Parameters};
 pub use dag_state::{Acceptance, DagState};
-pub use linearizer::{CommittedSubDag, Linearizer};
+pub use linearizer::{CommittedSubDag, Linearizer, NO_COMMIT};
 pub use mempool::{MIN_TRANSACTION_COST, Placement, SubmitError, transaction_cost};
 pub use node::{
-    AcceptAny, COMMITS_PATH, DEFAULT_MIN_ROUND_DELAY, Metrics, Node, NodeConfig, NodeError,
-    STATUS_PATH, SubmitRefused, Submitter, TRANSACTION_PATH, TransactionVerifier,
+    AcceptAny, COMMIT_RECORDS_PATH, COMMITS_PATH, DEFAULT_MIN_ROUND_DELAY, Metrics, Node,
+    NodeConfig, NodeError, STATUS_PATH, SubmitRefused, Submitter, TRANSACTION_PATH,
+    TransactionVerifier,
 };
 pub use store::{
     CommitProgress, CommitRecord, FjallStore, MemStore, Recovered, Store, StoreBatch, StoreError,

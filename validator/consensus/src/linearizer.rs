@@ -16,6 +16,9 @@ pub struct CommittedSubDag {
     /// garbage-collection round, sorted by (round, author, digest); the
     /// leader comes last.
     pub blocks: Vec<VerifiedBlock>,
+    /// The digest of the commit before it ([`NO_COMMIT`] for the first):
+    /// each digest covers the whole sequence up to its commit.
+    pub previous: [u8; 32],
 }
 
 impl CommittedSubDag {
@@ -23,6 +26,7 @@ impl CommittedSubDag {
     /// on every validator that commits the same sequence.
     pub fn digest(&self) -> [u8; 32] {
         commit_digest(
+            &self.previous,
             self.index,
             &self.leader,
             self.blocks.iter().map(|b| b.reference()),
@@ -38,14 +42,21 @@ impl CommittedSubDag {
     }
 }
 
+/// What the first commit names as the commit before it.
+pub const NO_COMMIT: [u8; 32] = [0; 32];
+
 /// The digest of commit `index` of `leader` with `blocks` (in commit
-/// order).
+/// order), after the commit of digest `previous`. The chain lets a
+/// validator that trusts one commit's digest (a state root a quorum
+/// vouches for binds it) check every commit before it.
 pub(crate) fn commit_digest(
+    previous: &[u8; 32],
     index: u64,
     leader: &BlockRef,
     blocks: impl Iterator<Item = BlockRef>,
 ) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new_derive_key("soma/commit/v1");
+    let mut hasher = blake3::Hasher::new_derive_key("soma/commit/v2");
+    hasher.update(previous);
     hasher.update(&index.to_be_bytes());
     hasher.update(&leader.to_key());
     for block in blocks {
@@ -63,15 +74,22 @@ pub(crate) fn commit_digest(
 pub struct Linearizer {
     committed: BTreeSet<BlockRef>,
     gc_round: Round,
+    last_digest: [u8; 32],
 }
 
 impl Linearizer {
-    /// A linearizer that remembers `committed` blocks as committed and
-    /// commits nothing below `gc_round`.
-    pub fn new(committed: impl IntoIterator<Item = BlockRef>, gc_round: Round) -> Self {
+    /// A linearizer that remembers `committed` blocks as committed,
+    /// commits nothing below `gc_round`, and chains its first commit to
+    /// the commit of digest `last_digest` ([`NO_COMMIT`] at genesis).
+    pub fn new(
+        committed: impl IntoIterator<Item = BlockRef>,
+        gc_round: Round,
+        last_digest: [u8; 32],
+    ) -> Self {
         Linearizer {
             committed: committed.into_iter().collect(),
             gc_round,
+            last_digest,
         }
     }
 
@@ -96,11 +114,14 @@ impl Linearizer {
             }
         }
         collected.sort_by_key(|b| b.reference());
-        CommittedSubDag {
+        let subdag = CommittedSubDag {
             index,
             leader,
             blocks: collected,
-        }
+            previous: self.last_digest,
+        };
+        self.last_digest = subdag.digest();
+        subdag
     }
 
     /// Stops committing blocks below `round` and forgets them.

@@ -356,6 +356,18 @@ impl RoundsRequest {
         Ok(within_answer(blocks))
     }
 
+    /// Whether an answer shows that the peer no longer keeps the rounds
+    /// the requester needs next: its lowest block is above the round
+    /// after `from`. Replaying rounds cannot bring the requester back
+    /// then; a [`Checkpoint`](crate::Checkpoint) can.
+    pub fn beyond_retention(&self, blocks: &[SignedBlock]) -> bool {
+        blocks
+            .iter()
+            .map(|b| b.reference().round)
+            .min()
+            .is_some_and(|lowest| lowest > self.from + 1)
+    }
+
     /// Of an answer's `blocks`, those of the rounds asked for; and how
     /// many others were left out.
     pub fn select(&self, mut blocks: Vec<SignedBlock>) -> (Vec<SignedBlock>, usize) {

@@ -14,7 +14,7 @@ use crate::linearizer::CommittedSubDag;
 use crate::mempool::{Placement, SubmitError, transaction_cost};
 use crate::peer_client::PeerClient;
 use crate::store::{FjallStore, Store, StoreError};
-use crate::synchronizer::Synchronizer;
+use crate::synchronizer::{RetentionGap, Synchronizer};
 use crate::{authority_service, broadcaster};
 use soma_crypto::SecretKey;
 use std::net::SocketAddr;
@@ -40,6 +40,10 @@ pub const TRANSACTION_PATH: &str = "/consensus/v1/transaction";
 pub const STATUS_PATH: &str = "/consensus/v1/status";
 /// Path listing commits: `?from=INDEX&limit=N`, one line per commit.
 pub const COMMITS_PATH: &str = "/consensus/v1/commits";
+
+/// Where a node serves its commit log as [`CommitRecord`](crate::CommitRecord)s
+/// (`?from=I&limit=L`), for a validator seeding a [`Checkpoint`](crate::Checkpoint).
+pub const COMMIT_RECORDS_PATH: &str = "/consensus/v1/commit-records";
 
 /// Decides which submitted transactions this node admits into its blocks.
 ///
@@ -158,6 +162,8 @@ pub(crate) struct Shared {
     pub(crate) client: PeerClient,
     /// What the next proposals carry as their author's executed state.
     pub(crate) state_root: std::sync::Mutex<StateRoot>,
+    /// Whether peers dropped the rounds this node needs to catch up.
+    pub(crate) retention_gap: RetentionGap,
 }
 
 /// A running validator.
@@ -217,6 +223,7 @@ impl Node {
             store,
             client,
             state_root: std::sync::Mutex::default(),
+            retention_gap: RetentionGap::default(),
         });
         tokio::spawn(authority_service::serve(listener, shared.clone()));
         let broadcaster = broadcaster::start(&shared);
@@ -294,6 +301,7 @@ impl Node {
                     index: record.index,
                     leader: record.leader,
                     blocks,
+                    previous: record.previous,
                 });
             }
             Ok::<_, StoreError>(subdags)
@@ -312,6 +320,14 @@ impl Node {
             .state_root
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Waits until peers of more than f stake no longer keep the rounds
+    /// after the returned one, which this node needs to catch up: replay
+    /// cannot bring it back then, only a [`Checkpoint`](crate::Checkpoint)
+    /// with a state restored at its commit.
+    pub async fn beyond_retention(&self) -> crate::Round {
+        self.shared.retention_gap.confirmed().await
     }
 
     /// Waits until the node stops, which only an error does.

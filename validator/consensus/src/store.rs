@@ -51,12 +51,19 @@ pub struct CommitRecord {
     pub leader: BlockRef,
     /// Every block it committed, leader last.
     pub blocks: Vec<BlockRef>,
+    /// The digest of the commit before it.
+    pub previous: [u8; 32],
 }
 
 impl CommitRecord {
     /// The commit's digest, as [`CommittedSubDag::digest`](crate::CommittedSubDag::digest).
     pub fn digest(&self) -> [u8; 32] {
-        crate::linearizer::commit_digest(self.index, &self.leader, self.blocks.iter().copied())
+        crate::linearizer::commit_digest(
+            &self.previous,
+            self.index,
+            &self.leader,
+            self.blocks.iter().copied(),
+        )
     }
 }
 
@@ -82,6 +89,9 @@ pub struct StoreBatch {
     pub progress: Option<CommitProgress>,
     /// Drop blocks below this round.
     pub drop_below: Option<Round>,
+    /// This validator's last block, recorded without the block (a store
+    /// seeded from a [`Checkpoint`](crate::Checkpoint)).
+    pub own_last: Option<BlockRef>,
 }
 
 /// Everything a validator reloads at start.
@@ -130,6 +140,9 @@ pub trait Store: Send {
     /// retention floor up and the commits of leaders within `gc_depth`
     /// rounds of the last one.
     fn recover(&self, gc_depth: Round) -> Result<Recovered, StoreError>;
+
+    /// Up to `limit` commits from index `from` on.
+    fn commits(&self, from: u64, limit: usize) -> Result<Vec<CommitRecord>, StoreError>;
 }
 
 /// Collects whole rounds from `blocks` (sorted by reference) while they
@@ -223,6 +236,9 @@ impl Store for MemStore {
         if let Some(progress) = batch.progress {
             contents.progress = progress;
         }
+        if let Some(own) = batch.own_last {
+            contents.own_last = Some(own);
+        }
         if let Some(round) = batch.drop_below {
             contents.blocks = contents.blocks.split_off(&BlockRef::first_of_round(round));
         }
@@ -269,6 +285,16 @@ impl Store for MemStore {
             progress: contents.progress,
             own_last: contents.own_last,
         })
+    }
+
+    fn commits(&self, from: u64, limit: usize) -> Result<Vec<CommitRecord>, StoreError> {
+        let contents = self.contents();
+        Ok(contents
+            .commits
+            .range(from..)
+            .take(limit)
+            .map(|(_, c)| c.clone())
+            .collect())
     }
 }
 
@@ -343,6 +369,9 @@ impl Store for FjallStore {
         if let Some(progress) = batch.progress {
             write.insert(&self.meta, PROGRESS, encode_progress(&progress));
         }
+        if let Some(own) = batch.own_last {
+            write.insert(&self.meta, OWN_LAST, own.to_key());
+        }
         if let Some(round) = batch.drop_below {
             for entry in self
                 .blocks
@@ -405,11 +434,8 @@ impl Store for FjallStore {
         }
         Ok(recovered)
     }
-}
 
-impl FjallStore {
-    /// Up to `limit` commits from index `from` on.
-    pub fn commits(&self, from: u64, limit: usize) -> Result<Vec<CommitRecord>, StoreError> {
+    fn commits(&self, from: u64, limit: usize) -> Result<Vec<CommitRecord>, StoreError> {
         let mut commits = Vec::new();
         for entry in self.commits.range(from.to_be_bytes()..).take(limit) {
             let (key, value) = entry.into_inner()?;
@@ -460,7 +486,8 @@ fn decode_ref(bytes: &[u8]) -> Result<BlockRef, StoreError> {
 }
 
 fn encode_commit(commit: &CommitRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40 * (commit.blocks.len() + 1));
+    let mut out = Vec::with_capacity(32 + 40 * (commit.blocks.len() + 1));
+    out.extend_from_slice(&commit.previous);
     out.extend_from_slice(&commit.leader.to_key());
     for block in &commit.blocks {
         out.extend_from_slice(&block.to_key());
@@ -473,18 +500,20 @@ fn decode_commit(key: &[u8], value: &[u8]) -> Result<CommitRecord, StoreError> {
         key.try_into()
             .map_err(|_| StoreError::Corrupt("a commit key is not 8 bytes".into()))?,
     );
-    if value.is_empty() || !value.len().is_multiple_of(40) {
+    if value.len() < 32 + 40 || !(value.len() - 32).is_multiple_of(40) {
         return Err(StoreError::Corrupt(format!(
             "commit {index} has {} bytes",
             value.len()
         )));
     }
-    let mut refs = value.chunks(40).map(decode_ref);
+    let (previous, refs) = value.split_at(32);
+    let mut refs = refs.chunks(40).map(decode_ref);
     let leader = refs.next().expect("non-empty")?;
     Ok(CommitRecord {
         index,
         leader,
         blocks: refs.collect::<Result<_, _>>()?,
+        previous: previous.try_into().expect("32 bytes"),
     })
 }
 

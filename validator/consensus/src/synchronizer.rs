@@ -4,9 +4,9 @@
 //! reach the core: only blocks that were asked for are kept, and each is
 //! verified off the async threads.
 
-use crate::block::{BlockRef, SignedBlock, VerifiedBlock};
+use crate::block::{BlockRef, Round, SignedBlock, VerifiedBlock};
 use crate::block_verifier::Verdict;
-use crate::committee::AuthorityIndex;
+use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
 use crate::core::Core;
 use crate::core_thread::Command;
 use crate::network::{self, FetchRequest, RoundsRequest};
@@ -14,11 +14,11 @@ use crate::node::Shared;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::StatusCode;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 /// How often a node asks a peer for what it still lacks.
 pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(200);
@@ -90,7 +90,12 @@ impl Synchronizer {
         tokio::spawn(async move {
             let request = RoundsRequest { from };
             let body = Bytes::from(request.encode());
+            let reporter = shared.clone();
             let blocks = ask(&shared, peer, network::ROUNDS_PATH, body, move |answer| {
+                let beyond = request.beyond_retention(&answer);
+                reporter
+                    .retention_gap
+                    .report(&reporter.committee, peer, from, beyond);
                 request.select(answer)
             })
             .await;
@@ -192,6 +197,43 @@ impl Drop for PeerSlot {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Peers whose last rounds answer lacked the rounds this node needs next
+/// (they keep blocks for a while, then drop them), and the verdict once
+/// peers of more than f stake (so at least one honest one) agree.
+#[derive(Default)]
+pub(crate) struct RetentionGap {
+    reports: Mutex<BTreeMap<AuthorityIndex, Round>>,
+    verdict: watch::Sender<Option<Round>>,
+}
+
+impl RetentionGap {
+    /// Records whether `peer`'s answer to a rounds request from `from` was
+    /// beyond its retention.
+    fn report(&self, committee: &Committee, peer: AuthorityIndex, from: Round, beyond: bool) {
+        let mut reports = lock(&self.reports);
+        if beyond {
+            reports.insert(peer, from);
+        } else {
+            reports.remove(&peer);
+        }
+        let mut stake = StakeAggregator::new();
+        for (&peer, _) in reports.iter().filter(|(_, asked)| **asked == from) {
+            stake.add(peer, committee);
+        }
+        if stake.reached_validity(committee) {
+            self.verdict.send_replace(Some(from));
+        }
+    }
+
+    /// Waits until peers of more than f stake no longer keep the rounds
+    /// after the given one, which this node needs.
+    pub(crate) async fn confirmed(&self) -> Round {
+        let mut verdict = self.verdict.subscribe();
+        let found = verdict.wait_for(Option::is_some).await;
+        found.ok().and_then(|v| *v).unwrap_or_default()
+    }
 }
 
 /// Sends `body` to `path` of `peer` and returns the new blocks of the

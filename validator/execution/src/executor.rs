@@ -114,6 +114,19 @@ impl Supply {
     }
 }
 
+/// What a snapshot says of itself ([`Executor::snapshot_claim`]); trusted
+/// only once [`Executor::restore`] accepted it for a vouched root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotClaim {
+    /// The commits applied in the state.
+    pub commits: u64,
+    /// The root after them.
+    pub root: [u8; 32],
+    /// The consensus digest of the last of them, which the root binds:
+    /// it anchors the commit log a restored validator resumes from.
+    pub last_commit: [u8; 32],
+}
+
 /// Applies commits to a [`StateStore`].
 pub struct Executor {
     store: StateStore,
@@ -225,12 +238,17 @@ impl Executor {
         self.applied.root
     }
 
-    /// What `snapshot` claims: the state after how many commits, and the
-    /// root after them. Checks only that it decodes.
-    pub fn snapshot_claim(snapshot: &[u8]) -> Result<(u64, [u8; 32]), ExecutionError> {
+    /// What `snapshot` claims. Checks only that it decodes: its root is
+    /// to be vouched for, and [`Executor::restore`] checks the rest
+    /// against that root.
+    pub fn snapshot_claim(snapshot: &[u8]) -> Result<SnapshotClaim, ExecutionError> {
         let snapshot =
             Snapshot::from_bytes(snapshot).map_err(|e| ExecutionError::Snapshot(e.to_string()))?;
-        Ok((snapshot.step.index + 1, snapshot.root))
+        Ok(SnapshotClaim {
+            commits: snapshot.step.index + 1,
+            root: snapshot.root,
+            last_commit: snapshot.step.commit,
+        })
     }
 
     /// Restores a state at `path` from `snapshot` ([`Executor::snapshot`]

@@ -48,7 +48,9 @@ mod state;
 mod transaction;
 mod view;
 
-pub use executor::{Commit, CommitEffects, ExecutionError, Executor, StateReader, Supply};
+pub use executor::{
+    Commit, CommitEffects, ExecutionError, Executor, SnapshotClaim, StateReader, Supply,
+};
 pub use genesis::{
     Genesis, GenesisAccount, GenesisConfig, GenesisEncoder, GenesisError, GenesisValidator,
     MAX_CHAIN_NAME_BYTES, MAX_GENESIS_ENTRIES,
