@@ -125,6 +125,13 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(old) = restored.replaced {
                 println!("the state it replaced is at {}", old.display());
             }
+            if let Some(old) = restored.consensus_replaced {
+                println!(
+                    "its consensus store did not reach that commit: a new one resumes after it \
+                     (the old one is at {})",
+                    old.display()
+                );
+            }
             Ok(())
         }
         Command::Genesis(args) => {

@@ -308,12 +308,21 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         next_commit = shared.applied.borrow().next_index,
         "validator running"
     );
+    let beyond_retention = node.beyond_retention();
+    tokio::pin!(beyond_retention);
     loop {
         tokio::select! {
             commit = node.next_commit() => match commit {
                 Some(subdag) => applier.catch_up(&node, Some(subdag)).await?,
                 None => break,
             },
+            round = &mut beyond_retention => bail!(
+                "this validator is too far behind to catch up: it holds round {round}, and its \
+                 peers no longer keep the rounds after it (they keep `retention_rounds`); stop it, \
+                 run `soma restore-state --config {}` to restore its state from a copy a quorum \
+                 vouches for, and start it again",
+                config_path.display()
+            ),
             () = &mut stop => return Ok(()),
         }
     }

@@ -7,16 +7,24 @@
 //! signing it (`GET /v1/roots/<commits>`); the copy's entries must hash to
 //! the state digest that root folds in. The old state is kept aside. The
 //! node, started again, applies the commits after the copy's from its
-//! consensus store.
+//! consensus store; if that store does not reach the copy's last commit
+//! (the validator was down longer than its peers keep blocks), it is put
+//! aside too and a new one is seeded with the tail of a peer's commit log
+//! (`/consensus/v1/commit-records`), checked to end in the digest of the
+//! commit the vouched root binds ([`Checkpoint`]). Consensus then resumes
+//! after that commit.
 
 use crate::client::ApiClient;
 use crate::config::hex_public_key;
 use crate::node::{Host, committee, read_config};
 use crate::roots::claim_message;
 use anyhow::{Context, Result, bail};
-use soma_consensus::{AuthorityIndex, Committee, StakeAggregator};
+use soma_consensus::{
+    AuthorityIndex, COMMIT_RECORDS_PATH, Checkpoint, CheckpointError, CommitRecord, Committee,
+    FjallStore, MAX_RECORDS, Round, StakeAggregator, Store, decode_records,
+};
 use soma_crypto::{Domain, PublicKey, Signature};
-use soma_execution::Executor;
+use soma_execution::{Executor, SnapshotClaim};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +48,9 @@ pub struct Restored {
     pub vouched: (u64, u64),
     /// Where the state it replaced was moved, if there was one.
     pub replaced: Option<PathBuf>,
+    /// Where the consensus store it replaced by one seeded at the copy's
+    /// last commit was moved, if it did.
+    pub consensus_replaced: Option<PathBuf>,
 }
 
 /// Checks that the state of the stopped validator configured at
@@ -85,13 +96,15 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
     // Holding the consensus store proves the validator is not running
     // (it holds it while it does), and keeps it from starting meanwhile.
     let data = dir.join(&file.data_dir);
-    let _consensus =
-        soma_consensus::FjallStore::open(&data.join("consensus")).with_context(|| {
-            format!(
-                "cannot open {}: stop the validator first",
-                data.join("consensus").display()
-            )
-        })?;
+    let consensus_path = data.join("consensus");
+    let consensus = FjallStore::open(&consensus_path).with_context(|| {
+        format!(
+            "cannot open {}: stop the validator first",
+            consensus_path.display()
+        )
+    })?;
+    let gc_depth = committee.protocol().gc_depth;
+    let recovered = consensus.recover(gc_depth)?;
 
     // The most advanced peers first; a copy is taken only once a quorum
     // vouches for its root, so a peer that lies about its progress or its
@@ -121,8 +134,7 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
     }
     let Some(Trusted {
         snapshot,
-        commits,
-        root,
+        claim,
         vouched,
     }) = chosen
     else {
@@ -131,6 +143,23 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
             failures.join("; ")
         );
     };
+
+    // Checked before anything changes: a log that does not reach the copy
+    // is replaced by a checkpoint at its last commit.
+    let checkpoint = match recovered.progress.next_index < claim.commits {
+        true => {
+            let consensus_peers: Vec<(AuthorityIndex, ApiClient)> = peers
+                .iter()
+                .filter_map(|(key, index, _)| {
+                    let address = file.peers.get(&hex::encode(key.to_bytes()))?;
+                    Some((*index, ApiClient::new(*address, None, PEER_TIMEOUT)))
+                })
+                .collect();
+            Some(checkpoint_from_peers(&consensus_peers, &claim, gc_depth)?)
+        }
+        false => None,
+    };
+    let (commits, root) = (claim.commits, claim.root);
 
     let router = Host::open(dir, &file, &genesis, &packages)?.router;
     let since_epoch = std::time::SystemTime::now()
@@ -167,12 +196,89 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         }
         return Err(e).context("cannot move the restored state into place; nothing was changed");
     }
+    drop(consensus);
+    let consensus_replaced = match checkpoint {
+        Some(checkpoint) => {
+            let seeded = data.join(format!("consensus.seeded-{since_epoch}"));
+            let mut store = FjallStore::open(&seeded)?;
+            checkpoint.seed(&mut store, committee.digest(), recovered.own_last)?;
+            drop(store);
+            let aside = data.join(format!("consensus.replaced-{since_epoch}"));
+            let moved = std::fs::rename(&consensus_path, &aside)
+                .and_then(|()| std::fs::rename(&seeded, &consensus_path));
+            moved.with_context(|| {
+                format!(
+                    "the state is restored, but the consensus store seeded at its last commit \
+                     ({}) could not replace {}",
+                    seeded.display(),
+                    consensus_path.display()
+                )
+            })?;
+            Some(aside)
+        }
+        None => None,
+    };
     Ok(Restored {
         commits,
         root,
         vouched,
         replaced,
+        consensus_replaced,
     })
+}
+
+/// Most pages of commit records read from one peer.
+const MAX_RECORD_PAGES: usize = 64;
+
+/// A checkpoint at the last commit of `claim` from the first of
+/// `peers` whose commit log reaches it with the digest the claim's root
+/// binds.
+fn checkpoint_from_peers(
+    peers: &[(AuthorityIndex, ApiClient)],
+    claim: &SnapshotClaim,
+    gc_depth: Round,
+) -> Result<Checkpoint> {
+    let mut failures = Vec::new();
+    for (index, peer) in peers {
+        match checkpoint_from(peer, claim, gc_depth) {
+            Ok(checkpoint) => return Ok(checkpoint),
+            Err(e) => failures.push(format!("validator {}: {e:#}", index.0)),
+        }
+    }
+    bail!(
+        "this validator's consensus store ends before commit {} and no peer's commit log gave a \
+         checkpoint there; nothing was changed: {}",
+        claim.commits - 1,
+        failures.join("; ")
+    )
+}
+
+/// The tail of `peer`'s commit log up to the claim's last commit, read
+/// backwards a page at a time until it reaches below the
+/// garbage-collection round.
+fn checkpoint_from(peer: &ApiClient, claim: &SnapshotClaim, gc_depth: Round) -> Result<Checkpoint> {
+    let mut records: Vec<CommitRecord> = Vec::new();
+    let mut end = claim.commits;
+    for _ in 0..MAX_RECORD_PAGES {
+        let from = end.saturating_sub(MAX_RECORDS as u64);
+        let path = format!("{COMMIT_RECORDS_PATH}?from={from}&limit={}", end - from);
+        let (status, body) = peer.get_bytes(&path)?;
+        if status != 200 {
+            bail!("it refused its commit log ({status})");
+        }
+        let mut page = decode_records(&body).context("its commit records do not decode")?;
+        page.retain(|r| r.index < end);
+        if page.first().map(|r| r.index) != Some(from) {
+            bail!("its commit log does not hold commits {from} to {}", end - 1);
+        }
+        page.append(&mut records);
+        records = page;
+        match Checkpoint::verify(records.clone(), claim.last_commit, gc_depth) {
+            Err(CheckpointError::TooShort { .. }) if from > 0 => end = from,
+            verified => return Ok(verified?),
+        }
+    }
+    bail!("its commit log reaches back too far to read")
 }
 
 /// `source`'s snapshot, if validators of a quorum of stake among `peers`
@@ -192,7 +298,8 @@ fn copy_from(
             String::from_utf8_lossy(&snapshot)
         );
     }
-    let (commits, root) = Executor::snapshot_claim(&snapshot)?;
+    let claim = Executor::snapshot_claim(&snapshot)?;
+    let (commits, root) = (claim.commits, claim.root);
     // The copy came from the most advanced peer: others may apply its
     // last commits a moment later.
     let mut stake = StakeAggregator::new();
@@ -232,8 +339,7 @@ fn copy_from(
     }
     Ok(Trusted {
         snapshot,
-        commits,
-        root,
+        claim,
         vouched,
     })
 }
@@ -241,8 +347,7 @@ fn copy_from(
 /// A peer's snapshot that a quorum vouches for.
 struct Trusted {
     snapshot: Vec<u8>,
-    commits: u64,
-    root: [u8; 32],
+    claim: SnapshotClaim,
     /// Stake that vouched, and the total.
     vouched: (u64, u64),
 }

@@ -326,8 +326,9 @@ impl Node {
     /// after the returned one, which this node needs to catch up: replay
     /// cannot bring it back then, only a [`Checkpoint`](crate::Checkpoint)
     /// with a state restored at its commit.
-    pub async fn beyond_retention(&self) -> crate::Round {
-        self.shared.retention_gap.confirmed().await
+    pub fn beyond_retention(&self) -> impl Future<Output = crate::Round> + Send + 'static {
+        let shared = self.shared.clone();
+        async move { shared.retention_gap.confirmed().await }
     }
 
     /// Waits until the node stops, which only an error does.

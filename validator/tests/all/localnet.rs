@@ -191,7 +191,7 @@ impl Validator {
     }
 
     /// How the process ended, if it has.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().unwrap()
     }
 

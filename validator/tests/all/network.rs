@@ -8,7 +8,7 @@
 //! Python package's client gets answers it reads.
 
 use super::localnet::{
-    Session, Validator, genesis_with, http, logs, start_all, status, tamper, wait_for,
+    Session, Validator, commits, genesis_with, http, logs, start_all, status, tamper, wait_for,
 };
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -1048,6 +1048,128 @@ fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs
 /// applies what came after from its consensus store and agrees with the
 /// others. While it runs, or with too few peers to vouch, nothing is
 /// changed.
+/// Runs `soma <command> --config <config>`: whether it succeeded, its
+/// stdout and its stderr.
+fn soma(command: &str, config: &Path) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
+        .args([command, "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        output.status.success(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// A validator down for longer than its peers keep blocks cannot replay
+/// the rounds it missed: it stops and names `soma restore-state`, which
+/// restores its state from a copy a quorum vouches for and seeds its
+/// consensus at the copy's last commit; started again, it rejoins and
+/// agrees.
+#[test]
+fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
+    // Peers keep blocks for 1500 rounds past the protocol's own window
+    // (2 × gc_depth, 200 rounds): long enough for a restore to finish
+    // within it, short enough to outlast.
+    const RETENTION: u64 = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let hash = (soma_examples_artifacts::HASH_ENCODER, "hash-encoder");
+    let (_, configs, base, client) = network(dir.path(), &[hash, hash, hash]);
+    for config in &configs {
+        let mut file: Value =
+            serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+        file["retention_rounds"] = json!(RETENTION);
+        std::fs::write(config, file.to_string()).unwrap();
+    }
+    let mut validators = start_all(&configs, base);
+    let api = |i: usize| client.apis[i].port();
+    wait_for(
+        "every API to answer",
+        Duration::from_secs(60),
+        || (0..4).all(|i| call(api(i), "GET", "/health", None, b"").0 == 200),
+        &validators,
+    );
+    let key = client.api_key.as_str();
+    let embed = |text: &str| {
+        let body = json!({ "input": text }).to_string();
+        let (code, reply) = call(api(0), "POST", "/v1/embeddings", Some(key), body.as_bytes());
+        assert_eq!(code, 200, "{reply}");
+        reply["jobs"][0].as_str().unwrap().to_string()
+    };
+    embed("before the outage");
+    let round =
+        |port: u16| status(port).map_or(0, |s| s["last_committed_round"].as_u64().unwrap_or(0));
+    let stopped = validators.pop().unwrap();
+    let port = stopped.port;
+    let left_at = round(port);
+    drop(stopped);
+    wait_for(
+        "the others to leave validator 3's rounds behind their retention",
+        Duration::from_secs(300),
+        || round(base) > left_at + RETENTION + 400,
+        &validators,
+    );
+
+    let mut back = Validator::start(&configs[3], port);
+    wait_for(
+        "validator 3 to stop",
+        Duration::from_secs(120),
+        || back.exited().is_some(),
+        &validators,
+    );
+    assert!(!back.exited().unwrap().success());
+    let log = std::fs::read_to_string(configs[3].with_file_name("stderr.log")).unwrap();
+    assert!(
+        log.contains("too far behind to catch up") && log.contains("soma restore-state"),
+        "{log}"
+    );
+    drop(back);
+
+    let (ok, stdout, stderr) = soma("restore-state", &configs[3]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("its consensus store did not reach that commit"),
+        "{stdout}"
+    );
+    validators.push(Validator::start(&configs[3], port));
+    let after = embed("after the restore");
+    let job = |i: usize| call(api(i), "GET", &format!("/v1/jobs/{after}"), None, b"").1;
+    wait_for(
+        "validator 3 to apply the job after the restore",
+        Duration::from_secs(120),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", api(3))).is_ok()
+                && job(3)["status"] == "finalised"
+        },
+        &validators,
+    );
+    assert_eq!(job(3)["finalisation"], job(0)["finalisation"]);
+    let account = |i: usize| {
+        let path = format!("/v1/accounts/{}", client.account);
+        call(api(i), "GET", &path, None, b"").1
+    };
+    assert_eq!(account(3), account(0));
+    assert_eq!(metric(api(3), "soma_deviant_state_roots_total"), 0);
+    assert!(metric(api(3), "soma_state_roots_compared_total") > 0);
+    // Its commit log resumes at the checkpoint, and agrees with the others'.
+    let theirs: std::collections::BTreeMap<String, String> = commits(base)
+        .into_iter()
+        .map(|line| (line.split(' ').next().unwrap().to_string(), line))
+        .collect();
+    let mine = commits(port);
+    let shared: Vec<&String> = mine
+        .iter()
+        .filter(|line| theirs.contains_key(line.split(' ').next().unwrap()))
+        .collect();
+    assert!(shared.len() >= 10, "{} commits in common", shared.len());
+    for line in shared {
+        assert_eq!(&theirs[line.split(' ').next().unwrap()], line);
+    }
+}
+
 #[test]
 fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     let dir = tempfile::tempdir().unwrap();
@@ -1063,19 +1185,7 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     let first = embed("the first sentence");
     let config = configs[3].clone();
     let data = config.with_file_name("data");
-    let restore = || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
-            .args(["restore-state", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (
-            output.status.success(),
-            text(&output.stdout),
-            text(&output.stderr),
-        )
-    };
+    let restore = || soma("restore-state", &config);
     let (ok, _, stderr) = restore();
     assert!(
         !ok && stderr.contains("stop the validator first"),
@@ -1091,15 +1201,8 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     });
     // The damage shows against the state's own root.
     let verify = || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
-            .args(["verify-state", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let (ok, _, stderr) = soma("verify-state", &config);
+        (ok, stderr)
     };
     let (ok, stderr) = verify();
     assert!(!ok && stderr.contains("entries hash to"), "{stderr}");
