@@ -10,7 +10,7 @@ use crate::linearizer::{CommittedSubDag, Linearizer};
 use crate::mempool::{Mempool, Placement, SubmitError};
 use crate::network::FetchRequest;
 use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError, gc_round};
-use crate::suspended::SuspendedBlocks;
+use crate::suspended::{SuspendedBlocks, WAITERS_LOOKED_AT};
 use soma_crypto::SecretKey;
 use std::collections::BTreeSet;
 
@@ -86,9 +86,6 @@ pub const CATCH_UP_LAG: Round = 20;
 
 /// Most missing parents asked for at once on behalf of one author's blocks.
 pub const MISSING_PER_AUTHOR: usize = 100;
-
-/// Waiting blocks looked at to find who needs a block.
-const WAITERS_LOOKED_AT: usize = 1_000;
 
 /// Blocks one author may have in one slot before more are refused, unless
 /// a block waits for them: two are proof of equivocation already.

@@ -9,14 +9,19 @@ use std::collections::{BTreeMap, BTreeSet};
 ///
 /// Each author's waiting blocks may take at most a fixed number of bytes
 /// (a count would let large blocks take far more memory than small
-/// ones). When more arrive, the author's highest-round blocks go: lower
-/// blocks are closer
-/// to what the DAG holds, and a validator catching up must always be able
-/// to take the next block it needs, or it would wait forever behind
-/// blocks it cannot accept yet.
+/// ones). When more arrive, the author's highest-round blocks that no
+/// other author's block waits for go first, then its highest-round blocks:
+/// lower blocks are closer to what the DAG holds, and a validator catching
+/// up must always be able to take the next block it needs, or it would
+/// wait forever behind blocks it cannot accept yet. (Without the first
+/// rule, an equivocator's copies that nobody builds on could push out the
+/// one version honest blocks build on, each time it is fetched.)
 ///
 /// Each block is filed under the parents it lacks, so accepting a block
 /// looks only at the blocks that named it, however many wait.
+/// Waiting blocks looked at to find who needs a block.
+pub(crate) const WAITERS_LOOKED_AT: usize = 1_000;
+
 #[derive(Default)]
 pub(crate) struct SuspendedBlocks {
     blocks: BTreeMap<BlockRef, VerifiedBlock>,
@@ -71,8 +76,14 @@ impl SuspendedBlocks {
             && mine.blocks.len() > 1
             && let Some(highest) = mine.blocks.last().copied()
         {
-            self.remove(&highest);
-            dropped.push(highest);
+            let unwanted = mine.blocks.iter().skip(1).rev().find(|r| {
+                self.waiters(r, WAITERS_LOOKED_AT)
+                    .iter()
+                    .all(|a| *a == reference.author)
+            });
+            let victim = unwanted.copied().unwrap_or(highest);
+            self.remove(&victim);
+            dropped.push(victim);
         }
         dropped
     }
@@ -244,5 +255,40 @@ mod tests {
             "a second one does not"
         );
         assert!(suspended.contains(&high.reference()));
+    }
+
+    #[test]
+    fn over_the_bound_a_block_others_wait_for_outlasts_higher_ones_nobody_needs() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let absent = |round, author: u32| BlockRef {
+            round,
+            author: AuthorityIndex(author),
+            digest: [author as u8; 32],
+        };
+        let block = |round, author: u32, tag: u8| {
+            let signed = Block {
+                round,
+                author: AuthorityIndex(author),
+                parents: (0..3).map(|a| absent(round - 1, a)).collect(),
+                transactions: vec![vec![tag]],
+                state_root: crate::StateRoot::default(),
+            }
+            .sign(&keys[author as usize], c.protocol());
+            VerifiedBlock::verify(signed, &c).unwrap()
+        };
+        let (low, copy, needed) = (block(5, 0, 0), block(6, 0, 1), block(7, 0, 0));
+        let honest = block(8, 1, 0);
+        let mut suspended = SuspendedBlocks::default();
+        let cap = low.wire_size() + needed.wire_size();
+        suspended.insert(honest, &[needed.reference()], cap);
+        suspended.insert(low.clone(), &[absent(4, 0)], cap);
+        suspended.insert(copy.clone(), &[absent(5, 2)], cap);
+        // The highest block is the one an honest block waits for: the copy
+        // below it, which nobody builds on, goes instead.
+        assert_eq!(
+            suspended.insert(needed.clone(), &[absent(6, 1)], cap),
+            [copy.reference()]
+        );
+        assert!(suspended.contains(&needed.reference()) && suspended.contains(&low.reference()));
     }
 }
