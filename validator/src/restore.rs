@@ -144,9 +144,23 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         );
     };
 
-    // Checked before anything changes: a log that does not reach the copy
-    // is replaced by a checkpoint at its last commit.
-    let checkpoint = match recovered.progress.next_index < claim.commits {
+    let (commits, root) = (claim.commits, claim.root);
+    let router = Host::open(dir, &file, &genesis, &packages)?.router;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    // Restored beside the state, then swapped in: until the swap, the old
+    // state is where it was. Restoring checks the copy against the vouched
+    // root, which binds the digest of the copy's last commit.
+    let staged = data.join(format!("state.restored-{since_epoch}"));
+    drop(
+        Executor::restore(&staged, &genesis, router, &snapshot, root)
+            .context("the peer's snapshot does not restore; nothing was changed")?,
+    );
+    // A consensus log that does not reach the copy is replaced by one
+    // seeded at its last commit, made beside it while the old one is held.
+    let seeded = match recovered.progress.next_index < commits {
         true => {
             let consensus_peers: Vec<(AuthorityIndex, ApiClient)> = peers
                 .iter()
@@ -155,67 +169,40 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
                     Some((*index, ApiClient::new(*address, None, PEER_TIMEOUT)))
                 })
                 .collect();
-            Some(checkpoint_from_peers(&consensus_peers, &claim, gc_depth)?)
+            let path = data.join(format!("consensus.seeded-{since_epoch}"));
+            let made = checkpoint_from_peers(&consensus_peers, &claim, gc_depth).and_then(|c| {
+                let mut store = FjallStore::open(&path)?;
+                c.seed(&mut store, committee.digest(), recovered.own_last)?;
+                Ok(())
+            });
+            if let Err(e) = made {
+                let _ = std::fs::remove_dir_all(&staged);
+                let _ = std::fs::remove_dir_all(&path);
+                return Err(e.context("nothing was changed"));
+            }
+            Some(path)
         }
         false => None,
     };
-    let (commits, root) = (claim.commits, claim.root);
-
-    let router = Host::open(dir, &file, &genesis, &packages)?.router;
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    // Restored beside the state, then swapped in: until the swap, the old
-    // state is where it was.
-    let staged = data.join(format!("state.restored-{since_epoch}"));
-    drop(
-        Executor::restore(&staged, &genesis, router, &snapshot, root)
-            .context("the peer's snapshot does not restore; nothing was changed")?,
-    );
-    let state = data.join("state");
-    let replaced = match state.exists() {
-        true => {
-            let aside = data.join(format!("state.replaced-{since_epoch}"));
-            std::fs::rename(&state, &aside)
-                .with_context(|| format!("cannot move {} aside", state.display()))?;
-            Some(aside)
+    let replaced = match swap_in(&staged, &data.join("state"), since_epoch) {
+        Ok(replaced) => replaced,
+        Err(e) => {
+            if let Some(seeded) = &seeded {
+                let _ = std::fs::remove_dir_all(seeded);
+            }
+            return Err(e.context("cannot move the restored state into place; nothing was changed"));
         }
-        false => None,
     };
-    if let Err(e) = std::fs::rename(&staged, &state) {
-        if let Some(aside) = &replaced {
-            std::fs::rename(aside, &state).with_context(|| {
-                format!(
-                    "cannot move {} back after failing to move the copy in ({e}); \
-                     the copy is at {}",
-                    aside.display(),
-                    staged.display()
-                )
-            })?;
-        }
-        return Err(e).context("cannot move the restored state into place; nothing was changed");
-    }
     drop(consensus);
-    let consensus_replaced = match checkpoint {
-        Some(checkpoint) => {
-            let seeded = data.join(format!("consensus.seeded-{since_epoch}"));
-            let mut store = FjallStore::open(&seeded)?;
-            checkpoint.seed(&mut store, committee.digest(), recovered.own_last)?;
-            drop(store);
-            let aside = data.join(format!("consensus.replaced-{since_epoch}"));
-            let moved = std::fs::rename(&consensus_path, &aside)
-                .and_then(|()| std::fs::rename(&seeded, &consensus_path));
-            moved.with_context(|| {
-                format!(
-                    "the state is restored, but the consensus store seeded at its last commit \
-                     ({}) could not replace {}",
-                    seeded.display(),
-                    consensus_path.display()
-                )
-            })?;
-            Some(aside)
-        }
+    let consensus_replaced = match seeded {
+        Some(seeded) => swap_in(&seeded, &consensus_path, since_epoch).with_context(|| {
+            format!(
+                "the state is restored, but the consensus store seeded at its last commit ({}) \
+                 could not replace the old one: move it to {} by hand",
+                seeded.display(),
+                consensus_path.display()
+            )
+        })?,
         None => None,
     };
     Ok(Restored {
@@ -225,6 +212,35 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         replaced,
         consensus_replaced,
     })
+}
+
+/// Moves `staged` to `target`, and what was at `target` (if anything)
+/// aside to `<target>.replaced-<since_epoch>`, which it returns. If the
+/// second move fails, the first is undone: `target` is as it was.
+fn swap_in(staged: &Path, target: &Path, since_epoch: u64) -> Result<Option<PathBuf>> {
+    let aside = match target.exists() {
+        true => {
+            let name = target.file_name().unwrap_or_default().to_string_lossy();
+            let aside = target.with_file_name(format!("{name}.replaced-{since_epoch}"));
+            std::fs::rename(target, &aside)
+                .with_context(|| format!("cannot move {} aside", target.display()))?;
+            Some(aside)
+        }
+        false => None,
+    };
+    if let Err(e) = std::fs::rename(staged, target) {
+        if let Some(aside) = &aside {
+            std::fs::rename(aside, target).with_context(|| {
+                format!(
+                    "cannot move {} back after failing to move {} in ({e})",
+                    aside.display(),
+                    staged.display()
+                )
+            })?;
+        }
+        return Err(e).with_context(|| format!("cannot move {} in", staged.display()));
+    }
+    Ok(aside)
 }
 
 /// Most pages of commit records read from one peer.

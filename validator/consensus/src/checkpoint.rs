@@ -24,9 +24,9 @@ use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 /// Most records one answer carries.
 pub const MAX_RECORDS: usize = 2_000;
 
-/// Most blocks one record may name: no commit holds more than a committee
-/// of the largest size could propose in `gc_depth` rounds, and this bounds
-/// what decoding allocates.
+/// Most blocks one record may name: far more than any commit holds, and a
+/// bound on what decoding one record allocates (besides the bytes left,
+/// which the count is checked against first).
 const MAX_RECORD_BLOCKS: u32 = 1 << 20;
 
 /// Why commit records cannot seed a store.
@@ -104,7 +104,7 @@ impl Checkpoint {
             });
         }
         for pair in records.windows(2) {
-            if pair[1].index != pair[0].index + 1 {
+            if pair[0].index.checked_add(1) != Some(pair[1].index) {
                 return Err(CheckpointError::Gap {
                     after: pair[0].index,
                     next: pair[1].index,

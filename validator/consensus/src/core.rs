@@ -30,9 +30,11 @@ pub struct Parameters {
     /// fetched (the highest go first).
     pub max_suspended_bytes_per_author: usize,
     /// Rounds of accepted blocks the store keeps below the
-    /// garbage-collection round (at least the protocol's `gc_depth`), to
-    /// serve validators that fell behind: one down for longer than this
-    /// many rounds cannot catch up through consensus.
+    /// garbage-collection round, to serve validators that fell behind: one
+    /// down for longer than this many rounds cannot catch up through
+    /// consensus. At least 2 × `gc_depth`: a validator a few commits
+    /// behind has its retention floor 2 × `gc_depth` below its own last
+    /// commit, and must still be able to fetch what it lacks above it.
     pub store_retention: Round,
 }
 
@@ -572,7 +574,7 @@ impl Core {
         let gc = gc_round(self.progress.last_committed, self.gc_depth());
         if gc > self.dag.gc_round() {
             self.dag.garbage_collect(gc);
-            let kept = self.params.store_retention.max(self.gc_depth());
+            let kept = self.params.store_retention.max(2 * self.gc_depth());
             batch.drop_below = Some(gc.saturating_sub(kept));
         }
         batch.progress = Some(self.progress);

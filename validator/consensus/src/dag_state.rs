@@ -31,16 +31,20 @@ pub enum Acceptance {
 /// is known; a parent below the floor holds nothing back, held or not (as
 /// in Sui, where ancestors at or below the garbage-collection round count
 /// as present). Requiring whole histories instead would stall a validator
-/// for good once its floor passed a parent it never received: every peer
-/// refuses to serve below its own floor, and each later block of that
-/// parent's author, with every block naming one, would wait forever.
+/// for good once its floor passed a parent it never received: it refuses
+/// that parent as too old however often it is sent, and each later block
+/// of the parent's author, with every block naming one, waits forever.
 ///
 /// The rule keeps every honest validator deciding alike because the floor
-/// is a function of the committed sequence. A validator that commits
-/// leader L has the same floor as every other at that point of the
-/// sequence, and the blocks L commits lie above the garbage-collection
-/// round, itself above the floor: whatever one validator needed to take in
-/// L's history, another needs too, and can fetch from it.
+/// is a function of the committed sequence. A validator X takes a block B
+/// without its parent P only once X's floor is above P: after committing
+/// some leader C that raised the floor past P. C was decided on a DAG
+/// without B, so a validator Y lagging behind can decide and commit C
+/// (fetching the blocks X used) before it needs B, and by then its floor
+/// has passed P too. More generally, a validator committing leader L has
+/// the same floor as every other at that point of the sequence, and the
+/// blocks L commits lie above the garbage-collection round, itself above
+/// the floor.
 pub struct DagState {
     committee: Committee,
     blocks: BTreeMap<BlockRef, VerifiedBlock>,

@@ -13,7 +13,9 @@
 //! the simulation); the pool of transactions waiting for a proposal, in
 //! lanes the node's verifier places them in ([`Placement`]); the I/O-free
 //! [`Core`] that proposes and commits; the
-//! [`Node`] that runs it over TCP with hyper; and the [`simulator`].
+//! [`Node`] that runs it over TCP with hyper; the [`Checkpoint`] a
+//! validator resumes from when its peers no longer keep what it missed;
+//! and the [`simulator`].
 
 mod authority_service;
 mod block;

@@ -322,10 +322,12 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner()) = state;
     }
 
-    /// Waits until peers of more than f stake no longer keep the rounds
-    /// after the returned one, which this node needs to catch up: replay
-    /// cannot bring it back then, only a [`Checkpoint`](crate::Checkpoint)
-    /// with a state restored at its commit.
+    /// Waits until this node cannot catch up by replaying rounds: it
+    /// asked every peer for the rounds after the returned one, none served
+    /// them, and peers of more than f stake (so at least one honest one)
+    /// answered that they no longer keep them. A
+    /// [`Checkpoint`](crate::Checkpoint) with a state restored at its
+    /// commit brings it back.
     pub fn beyond_retention(&self) -> impl Future<Output = crate::Round> + Send + 'static {
         let shared = self.shared.clone();
         async move { shared.retention_gap.confirmed().await }

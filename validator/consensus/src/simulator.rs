@@ -8,15 +8,17 @@
 //! of one another, each block is committed once, no honest validator signs
 //! two blocks for one round, crashes included) and liveness at the end
 //! (every honest validator commits a leader of the target round, including
-//! one that was down for a minute and had to catch up).
+//! one that was down for a minute and had to catch up, and one down so
+//! long that it resumed from a checkpoint).
 
 use crate::block::{Block, BlockRef, MAX_TRANSACTION_BYTES, Round, SignedBlock, VerifiedBlock};
+use crate::checkpoint::Checkpoint;
 use crate::committee::{AuthorityIndex, Committee, Protocol, Stake};
 use crate::core::{Core, Outcome, Parameters};
 use crate::linearizer::CommittedSubDag;
 use crate::mempool::Placement;
 use crate::network::{FETCH_LIMIT, FetchRequest, RoundsRequest};
-use crate::store::MemStore;
+use crate::store::{MemStore, Store};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -71,6 +73,14 @@ pub enum Outage {
     },
     /// Two honest validators crash at once.
     Two,
+    /// One honest validator is down this long while its peers keep blocks
+    /// for only 2 × `gc_depth` rounds below their DAGs: it cannot replay
+    /// what it missed, and resumes from a [`Checkpoint`] of a peer's commit
+    /// log (with the peer's state at that commit, as a restored snapshot).
+    BeyondRetention {
+        /// Simulated milliseconds.
+        down_ms: u64,
+    },
     /// The whole committee crashes and restarts.
     Everyone,
 }
@@ -149,10 +159,11 @@ impl SimConfig {
                     Behaviour::BYZANTINE[rng.random_range(0..Behaviour::BYZANTINE.len())];
             }
         }
-        let outage = match rng.random_range(0..4) {
+        let outage = match rng.random_range(0..5) {
             0 => Outage::None,
             1 => Outage::Long { down_ms: 60_000 },
             2 => Outage::Two,
+            3 => Outage::BeyondRetention { down_ms: 60_000 },
             _ => Outage::Everyone,
         };
         SimConfig {
@@ -189,6 +200,8 @@ pub struct SimReport {
     pub crashes: u64,
     /// Rounds requests of validators catching up.
     pub catch_ups: u64,
+    /// Validators resumed from a checkpoint.
+    pub checkpoints: u64,
     /// Partitions (each healed).
     pub partitions: u64,
 }
@@ -284,6 +297,8 @@ enum Message {
     Fetch(FetchRequest),
     Rounds(RoundsRequest),
     Blocks(Vec<Vec<u8>>),
+    /// An honest peer's answer to a rounds request.
+    RoundsAnswer(RoundsRequest, Vec<Vec<u8>>),
 }
 
 #[derive(Debug)]
@@ -412,10 +427,14 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
     let committee = Committee::new(members.collect(), protocol)
         .map_err(|e| SimFailure::Config(format!("seed {}: {e}", config.seed)))?;
     // Small enough that floods hit the bound, and below the largest blocks.
-    let params = Parameters {
+    let mut params = Parameters {
         max_suspended_bytes_per_author: 1 << 20,
         ..Parameters::default()
     };
+    if let Outage::BeyondRetention { .. } = config.outage {
+        // The least a store keeps.
+        params.store_retention = 0;
+    }
     let mut sim = Sim {
         rng: ChaCha8Rng::seed_from_u64(config.seed),
         now: 0,
@@ -436,6 +455,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             refused: 0,
             crashes: 0,
             catch_ups: 0,
+            checkpoints: 0,
             partitions: 0,
         },
         committee,
@@ -511,7 +531,7 @@ impl Sim {
         };
         match self.config.outage {
             Outage::None => {}
-            Outage::Long { down_ms } => {
+            Outage::Long { down_ms } | Outage::BeyondRetention { down_ms } => {
                 let victim = self.random_honest();
                 self.crash(victim);
                 self.held_down = Some(victim);
@@ -698,6 +718,16 @@ impl Sim {
         let blocks = match message {
             Message::Block(bytes) => vec![bytes],
             Message::Blocks(blocks) => blocks,
+            Message::RoundsAnswer(request, blocks) => {
+                let signed: Vec<SignedBlock> = blocks
+                    .iter()
+                    .filter_map(|b| SignedBlock::decode(b).ok())
+                    .collect();
+                if request.beyond_retention(&signed) {
+                    return self.resume_from_checkpoint(to, from);
+                }
+                blocks
+            }
             Message::Fetch(request) => return self.answer(to, from, Ok(&request)),
             Message::Rounds(request) => return self.answer(to, from, Err(request)),
         };
@@ -736,14 +766,20 @@ impl Sim {
             | Behaviour::OldParents
             | Behaviour::Flood => {
                 let store = &self.nodes[node].store;
-                let blocks = match request {
+                let blocks = match &request {
                     Ok(fetch) => fetch.answer(store, FETCH_LIMIT),
                     Err(rounds) => rounds.answer(store),
                 }
                 .map_err(|e| self.core_failure(node, e))?;
                 if !blocks.is_empty() {
                     let wires = blocks.iter().map(|b| b.to_bytes()).collect();
-                    self.send(node, requester, Message::Blocks(wires));
+                    let message = match request {
+                        Err(rounds) if self.nodes[node].behaviour == Behaviour::Honest => {
+                            Message::RoundsAnswer(rounds, wires)
+                        }
+                        _ => Message::Blocks(wires),
+                    };
+                    self.send(node, requester, message);
                 }
             }
         }
@@ -774,6 +810,61 @@ impl Sim {
             });
         }
         Ok(())
+    }
+
+    /// `node` learned from honest `source` that its peers no longer keep
+    /// the rounds it needs: as an operator would with `soma
+    /// restore-state`, it takes the source's state (here, its delivered
+    /// commits) and restarts on a store seeded with a checkpoint of the
+    /// source's commit log at that state's last commit.
+    fn resume_from_checkpoint(&mut self, node: usize, source: usize) -> Result<(), SimFailure> {
+        if self.nodes[node].behaviour != Behaviour::Honest {
+            return Ok(());
+        }
+        let store = &self.nodes[source].store;
+        let records = store
+            .commits(0, usize::MAX)
+            .map_err(|e| self.core_failure(source, e))?;
+        let Some(trusted) = records.last().map(|r| r.digest()) else {
+            return Ok(());
+        };
+        let checkpoint = Checkpoint::verify(records, trusted, GC_DEPTH)
+            .map_err(|e| self.core_failure(node, e))?;
+        let own_last = self.nodes[node]
+            .store
+            .recover(GC_DEPTH)
+            .map_err(|e| self.core_failure(node, e))?
+            .own_last;
+        let mut seeded = MemStore::new();
+        checkpoint
+            .seed(&mut seeded, self.committee.digest(), own_last)
+            .map_err(|e| self.core_failure(node, e))?;
+        let (sequence, transactions, state_root) = {
+            let source = &self.nodes[source];
+            (
+                source.sequence.clone(),
+                source.transactions,
+                source.state_root,
+            )
+        };
+        // What it delivered itself must be a prefix of the source's.
+        let own = &self.nodes[node].sequence;
+        if sequence[..own.len().min(sequence.len())] != own[..own.len().min(sequence.len())] {
+            return Err(SimFailure::Divergence {
+                seed: self.config.seed,
+                a: node as u32,
+                b: source as u32,
+                index: 0,
+            });
+        }
+        self.crash(node);
+        let restored = &mut self.nodes[node];
+        restored.store = seeded;
+        restored.sequence = sequence;
+        restored.transactions = transactions;
+        restored.state_root = state_root;
+        self.report.checkpoints += 1;
+        self.start(node)
     }
 
     /// Asks a random peer for every missing parent, and, if far behind,

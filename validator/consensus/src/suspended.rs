@@ -19,9 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 ///
 /// Each block is filed under the parents it lacks, so accepting a block
 /// looks only at the blocks that named it, however many wait.
-/// Waiting blocks looked at to find who needs a block.
-pub(crate) const WAITERS_LOOKED_AT: usize = 1_000;
-
 #[derive(Default)]
 pub(crate) struct SuspendedBlocks {
     blocks: BTreeMap<BlockRef, VerifiedBlock>,
@@ -29,6 +26,14 @@ pub(crate) struct SuspendedBlocks {
     /// For each lacking parent, the waiting blocks that name it.
     waiting_on: BTreeMap<BlockRef, BTreeSet<BlockRef>>,
 }
+
+/// Waiting blocks looked at to find who needs a block.
+pub(crate) const WAITERS_LOOKED_AT: usize = 1_000;
+
+/// Of an author's waiting blocks over its bound, how many (highest first)
+/// are looked at for one that no other author needs: a bounded cost per
+/// block, however many wait.
+const EVICTION_CANDIDATES: usize = 16;
 
 /// One author's waiting blocks and their wire bytes.
 #[derive(Default)]
@@ -76,11 +81,13 @@ impl SuspendedBlocks {
             && mine.blocks.len() > 1
             && let Some(highest) = mine.blocks.last().copied()
         {
-            let unwanted = mine.blocks.iter().skip(1).rev().find(|r| {
-                self.waiters(r, WAITERS_LOOKED_AT)
-                    .iter()
-                    .all(|a| *a == reference.author)
-            });
+            let unwanted = mine
+                .blocks
+                .iter()
+                .skip(1)
+                .rev()
+                .take(EVICTION_CANDIDATES)
+                .find(|r| !self.needed_by_others(r));
             let victim = unwanted.copied().unwrap_or(highest);
             self.remove(&victim);
             dropped.push(victim);
@@ -112,13 +119,23 @@ impl SuspendedBlocks {
     /// builds on one of its versions). At most `limit` waiting blocks are
     /// looked at.
     pub(crate) fn waiters(&self, reference: &BlockRef, limit: usize) -> BTreeSet<AuthorityIndex> {
+        self.waiting_authors(reference, limit).0
+    }
+
+    /// [`SuspendedBlocks::waiters`], and whether the search looked at
+    /// every waiting block that needs `reference`.
+    fn waiting_authors(
+        &self,
+        reference: &BlockRef,
+        limit: usize,
+    ) -> (BTreeSet<AuthorityIndex>, bool) {
         let mut authors = BTreeSet::new();
         let mut stack = vec![*reference];
         let mut seen = BTreeSet::new();
         while let Some(parent) = stack.pop() {
             for child in self.waiting_on.get(&parent).into_iter().flatten() {
                 if seen.len() == limit {
-                    return authors;
+                    return (authors, false);
                 }
                 if seen.insert(*child) {
                     authors.insert(child.author);
@@ -126,7 +143,15 @@ impl SuspendedBlocks {
                 }
             }
         }
-        authors
+        (authors, true)
+    }
+
+    /// Whether a waiting block of another author than `reference`'s needs
+    /// it; a search cut short at [`WAITERS_LOOKED_AT`] blocks counts as
+    /// needed.
+    fn needed_by_others(&self, reference: &BlockRef) -> bool {
+        let (authors, complete) = self.waiting_authors(reference, WAITERS_LOOKED_AT);
+        !complete || authors.iter().any(|a| *a != reference.author)
     }
 
     /// Every parent [`SuspendedBlocks::lacks`], lowest first, with the

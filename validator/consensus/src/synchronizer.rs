@@ -14,7 +14,7 @@ use crate::node::Shared;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::StatusCode;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -90,15 +90,21 @@ impl Synchronizer {
         tokio::spawn(async move {
             let request = RoundsRequest { from };
             let body = Bytes::from(request.encode());
-            let reporter = shared.clone();
+            let answered = Arc::new(std::sync::OnceLock::new());
+            let beyond = answered.clone();
             let blocks = ask(&shared, peer, network::ROUNDS_PATH, body, move |answer| {
-                let beyond = request.beyond_retention(&answer);
-                reporter
-                    .retention_gap
-                    .report(&reporter.committee, peer, from, beyond);
+                let _ = beyond.set(request.beyond_retention(&answer));
                 request.select(answer)
             })
             .await;
+            let gap = &shared.retention_gap;
+            gap.report(
+                &shared.committee,
+                shared.authority,
+                peer,
+                from,
+                answered.get().copied(),
+            );
             deliver(&shared, peer, blocks).await;
             done.store(false, Ordering::Release);
         });
@@ -199,36 +205,66 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Peers whose last rounds answer lacked the rounds this node needs next
-/// (they keep blocks for a while, then drop them), and the verdict once
-/// peers of more than f stake (so at least one honest one) agree.
+/// What peers answered to this node's rounds requests from one round,
+/// and the verdict once it cannot catch up by replaying rounds: every peer
+/// was asked, none served the rounds after it, and peers of more than f
+/// stake (so at least one honest one) answered without them.
 #[derive(Default)]
 pub(crate) struct RetentionGap {
-    reports: Mutex<BTreeMap<AuthorityIndex, Round>>,
+    reports: Mutex<GapReports>,
     verdict: watch::Sender<Option<Round>>,
 }
 
+/// The answers to rounds requests from `from`.
+#[derive(Default)]
+struct GapReports {
+    from: Round,
+    asked: BTreeSet<AuthorityIndex>,
+    beyond: BTreeSet<AuthorityIndex>,
+    served: bool,
+}
+
 impl RetentionGap {
-    /// Records whether `peer`'s answer to a rounds request from `from` was
-    /// beyond its retention.
-    fn report(&self, committee: &Committee, peer: AuthorityIndex, from: Round, beyond: bool) {
+    /// Records `peer`'s answer to a rounds request from `from`: whether it
+    /// lacked the rounds this node (`me`) needs next, or `None` if it did
+    /// not answer.
+    fn report(
+        &self,
+        committee: &Committee,
+        me: AuthorityIndex,
+        peer: AuthorityIndex,
+        from: Round,
+        beyond: Option<bool>,
+    ) {
         let mut reports = lock(&self.reports);
-        if beyond {
-            reports.insert(peer, from);
-        } else {
-            reports.remove(&peer);
+        if reports.from != from {
+            *reports = GapReports {
+                from,
+                ..GapReports::default()
+            };
+        }
+        reports.asked.insert(peer);
+        match beyond {
+            Some(true) => {
+                reports.beyond.insert(peer);
+            }
+            Some(false) => reports.served = true,
+            None => {}
         }
         let mut stake = StakeAggregator::new();
-        for (&peer, _) in reports.iter().filter(|(_, asked)| **asked == from) {
+        for &peer in &reports.beyond {
             stake.add(peer, committee);
         }
-        if stake.reached_validity(committee) {
+        let everyone_asked = committee
+            .authorities()
+            .all(|a| a == me || reports.asked.contains(&a));
+        if everyone_asked && !reports.served && stake.reached_validity(committee) {
             self.verdict.send_replace(Some(from));
         }
     }
 
-    /// Waits until peers of more than f stake no longer keep the rounds
-    /// after the given one, which this node needs.
+    /// Waits for the verdict: the round after which this node cannot
+    /// replay rounds from its peers.
     pub(crate) async fn confirmed(&self) -> Round {
         let mut verdict = self.verdict.subscribe();
         let found = verdict.wait_for(Option::is_some).await;
@@ -307,6 +343,34 @@ async fn deliver(shared: &Shared, peer: AuthorityIndex, blocks: Vec<VerifiedBloc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::committee::tests::committee;
+
+    #[test]
+    fn a_retention_gap_is_confirmed_only_when_every_peer_was_asked_and_none_served() {
+        let (c, _) = committee(&[1, 1, 1, 1]);
+        let (me, peer) = (AuthorityIndex(0), AuthorityIndex);
+        let verdict = |gap: &RetentionGap| *gap.verdict.borrow();
+        let gap = RetentionGap::default();
+        gap.report(&c, me, peer(1), 40, Some(true));
+        gap.report(&c, me, peer(2), 40, Some(true));
+        assert_eq!(verdict(&gap), None, "validator 3 was not asked yet");
+        // Asked again from a later round: the earlier answers do not count.
+        gap.report(&c, me, peer(3), 41, None);
+        assert_eq!(verdict(&gap), None);
+        gap.report(&c, me, peer(1), 41, Some(true));
+        gap.report(&c, me, peer(2), 41, None);
+        assert_eq!(verdict(&gap), None, "one peer alone may be Byzantine");
+
+        // A peer that serves the rounds means replay can go on.
+        let served = RetentionGap::default();
+        for (p, beyond) in [(1, Some(true)), (2, Some(false)), (3, Some(true))] {
+            served.report(&c, me, peer(p), 40, beyond);
+        }
+        assert_eq!(verdict(&served), None);
+
+        gap.report(&c, me, peer(3), 41, Some(true));
+        assert_eq!(verdict(&gap), Some(41));
+    }
 
     #[test]
     fn a_peer_holds_at_most_its_slots_and_gets_them_back() {

@@ -1042,12 +1042,6 @@ fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs
     }
 }
 
-/// A validator whose state diverged (an account's balance altered on disk)
-/// restores it with `soma restore-state` from its peers' copy, trusted for
-/// a root that validators of a quorum of stake sign; started again, it
-/// applies what came after from its consensus store and agrees with the
-/// others. While it runs, or with too few peers to vouch, nothing is
-/// changed.
 /// Runs `soma <command> --config <config>`: whether it succeeded, its
 /// stdout and its stderr.
 fn soma(command: &str, config: &Path) -> (bool, String, String) {
@@ -1170,6 +1164,12 @@ fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
     }
 }
 
+/// A validator whose state diverged (an account's balance altered on disk)
+/// restores it with `soma restore-state` from its peers' copy, trusted for
+/// a root that validators of a quorum of stake sign; started again, it
+/// applies what came after from its consensus store and agrees with the
+/// others. While it runs, or with too few peers to vouch, nothing is
+/// changed.
 #[test]
 fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     let dir = tempfile::tempdir().unwrap();

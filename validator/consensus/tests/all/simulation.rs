@@ -53,6 +53,7 @@ fn the_seeds_cover_every_fault() {
         Outage::Long { down_ms: 60_000 },
         Outage::Two,
         Outage::Everyone,
+        Outage::BeyondRetention { down_ms: 60_000 },
     ] {
         assert!(
             configs.iter().any(|c| c.outage == outage),
@@ -102,6 +103,24 @@ fn a_validator_down_for_a_minute_catches_up_and_commits_the_same_sequence() {
     };
     let report = run(config).unwrap_or_else(|e| panic!("{e}"));
     assert!(report.catch_ups > 0, "{report:?}");
+}
+
+/// One validator down for a simulated minute while its peers keep blocks
+/// for only 2 × gc_depth rounds below their DAGs: its rounds requests come
+/// back without the rounds it needs, and it resumes from a checkpoint of a
+/// peer's commit log, then commits the same sequence as the others.
+#[test]
+fn a_validator_down_beyond_its_peers_retention_resumes_from_a_checkpoint() {
+    let config = SimConfig {
+        behaviours: vec![Behaviour::Honest; 4],
+        stakes: vec![1; 4],
+        crashes: false,
+        partitions: false,
+        outage: Outage::BeyondRetention { down_ms: 60_000 },
+        ..SimConfig::random(4, 1500, 3)
+    };
+    let report = run(config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.checkpoints > 0, "{report:?}");
 }
 
 /// Blocks at their byte limit, a block's worth of the largest transactions
