@@ -1,11 +1,13 @@
 //! What peers send a validator's consensus, on arbitrary bytes: never a
-//! panic; blocks, fetch and rounds requests that decode re-encode to the
-//! same bytes (the encodings are canonical); no garbage verifies as a
-//! block of the committee.
+//! panic; blocks, fetch and rounds requests and commit records that decode
+//! re-encode to the same bytes (the encodings are canonical); no garbage
+//! verifies as a block of the committee; commit records that chain to
+//! their last digest make a checkpoint ending there, others are refused.
 
 use soma_consensus::network::{FetchRequest, RoundsRequest, decode_blocks, encode_blocks};
 use soma_consensus::{
-    AuthorityIndex, Block, BlockRef, Committee, Protocol, SignedBlock, StateRoot, VerifiedBlock,
+    AuthorityIndex, Block, BlockRef, Checkpoint, CommitRecord, Committee, NO_COMMIT, Protocol,
+    SignedBlock, StateRoot, VerifiedBlock, decode_records, encode_records,
 };
 use std::sync::OnceLock;
 
@@ -62,6 +64,19 @@ pub fn check(bytes: &[u8]) {
             "a block list does not re-encode"
         );
     }
+    if let Ok(records) = decode_records(bytes) {
+        assert_eq!(
+            encode_records(&records),
+            bytes,
+            "commit records do not re-encode"
+        );
+        if let Some(last) = records.last() {
+            let trusted = last.digest();
+            if let Ok(checkpoint) = Checkpoint::verify(records.clone(), trusted, 3) {
+                assert_eq!(checkpoint.last_index(), last.index);
+            }
+        }
+    }
 }
 
 /// A genuine round-1 block, a fetch request, a rounds request and a fetch
@@ -85,10 +100,28 @@ pub fn seeds() -> Vec<Vec<u8>> {
         references: vec![BlockRef::genesis(AuthorityIndex(1))],
         known_rounds: vec![0, 1, 0, 2],
     };
+    let leader = BlockRef {
+        round: 2,
+        author: AuthorityIndex(1),
+        digest: [3; 32],
+    };
+    let first = CommitRecord {
+        index: 0,
+        leader,
+        blocks: vec![BlockRef::genesis(AuthorityIndex(0)), leader],
+        previous: NO_COMMIT,
+    };
+    let second = CommitRecord {
+        index: 1,
+        leader: BlockRef { round: 4, ..leader },
+        blocks: vec![BlockRef { round: 4, ..leader }],
+        previous: first.digest(),
+    };
     vec![
         block.clone(),
         fetch.encode(),
         RoundsRequest { from: 12 }.encode(),
         encode_blocks([block.as_slice(), block.as_slice()]),
+        encode_records(&[first, second]),
     ]
 }
