@@ -233,6 +233,19 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         router,
     } = Host::open(dir, &file, &genesis, &packages)?;
     let executor = Executor::open(&data.join("state"), &genesis, router)?;
+    // A validator that lost its consensus store no longer knows which
+    // blocks it signed: started on a new one, it could sign a round twice.
+    if executor.next_index() > 0 && !data.join("consensus").exists() {
+        bail!(
+            "{} is missing, but the state has applied {} commits: this validator may have \
+             signed blocks it no longer knows of; put its consensus store back, or keep it \
+             stopped until the committee has moved past the rounds it signed and run \
+             `soma restore-state --config {}`",
+            data.join("consensus").display(),
+            executor.next_index(),
+            config_path.display()
+        );
+    }
     let mut api_keys = BTreeMap::new();
     for (token, key_file) in &file.api_keys {
         let account = keyfile::read_secret_key(&dir.join(key_file))?;

@@ -1121,6 +1121,25 @@ fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
         "{log}"
     );
     drop(back);
+    // Without its consensus store it would not know what it signed: it
+    // refuses to start.
+    let consensus = configs[3].with_file_name("data").join("consensus");
+    let kept = consensus.with_extension("kept");
+    std::fs::rename(&consensus, &kept).unwrap();
+    let mut bare = Validator::start(&configs[3], port);
+    wait_for(
+        "validator 3 to refuse to start",
+        Duration::from_secs(60),
+        || bare.exited().is_some(),
+        &validators,
+    );
+    let log = std::fs::read_to_string(configs[3].with_file_name("stderr.log")).unwrap();
+    assert!(
+        log.contains("may have signed blocks it no longer knows of"),
+        "{log}"
+    );
+    drop(bare);
+    std::fs::rename(&kept, &consensus).unwrap();
 
     let (ok, stdout, stderr) = soma("restore-state", &configs[3]);
     assert!(ok, "{stderr}");
