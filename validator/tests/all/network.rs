@@ -463,17 +463,8 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     let user_key = net.join(&client.account_key_file);
     // (success, stdout, stderr) of `soma client` with `args`.
     let run = |args: &[&std::ffi::OsStr]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
-            .args(["client", "--api", &addr, "--api-key", key])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).to_string();
-        (
-            output.status.success(),
-            text(&output.stdout),
-            text(&output.stderr),
-        )
+        let client = ["client", "--api", &addr, "--api-key", key].map(std::ffi::OsStr::new);
+        run_soma(&[&client[..], args].concat())
     };
     let soma = |args: &[&std::ffi::OsStr]| {
         let (ok, out, err) = run(args);
@@ -1042,12 +1033,20 @@ fn a_validator_killed_during_a_stream_of_submissions_catches_up_and_nothing_runs
     }
 }
 
-/// Runs `soma <command> --config <config>`: whether it succeeded, its
-/// stdout and its stderr.
-fn soma(command: &str, config: &Path) -> (bool, String, String) {
+/// Embeds `text` through the API at `port` with `key`, waiting for its
+/// job; the job's id.
+fn submit_one(port: u16, key: &str, text: &str) -> String {
+    let body = json!({ "input": text }).to_string();
+    let (code, reply) = call(port, "POST", "/v1/embeddings", Some(key), body.as_bytes());
+    assert_eq!(code, 200, "{reply}");
+    reply["jobs"][0].as_str().unwrap().to_string()
+}
+
+/// Runs `soma` with `args`: whether it succeeded, its stdout and its
+/// stderr.
+fn run_soma<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
-        .args([command, "--config"])
-        .arg(config)
+        .args(args)
         .output()
         .unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -1056,6 +1055,11 @@ fn soma(command: &str, config: &Path) -> (bool, String, String) {
         text(&output.stdout),
         text(&output.stderr),
     )
+}
+
+/// Runs `soma <command> --config <config>`.
+fn soma(command: &str, config: &Path) -> (bool, String, String) {
+    run_soma(&[command.as_ref(), "--config".as_ref(), config.as_os_str()])
 }
 
 /// A validator down for longer than its peers keep blocks cannot replay
@@ -1087,12 +1091,7 @@ fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
         &validators,
     );
     let key = client.api_key.as_str();
-    let embed = |text: &str| {
-        let body = json!({ "input": text }).to_string();
-        let (code, reply) = call(api(0), "POST", "/v1/embeddings", Some(key), body.as_bytes());
-        assert_eq!(code, 200, "{reply}");
-        reply["jobs"][0].as_str().unwrap().to_string()
-    };
+    let embed = |text: &str| submit_one(api(0), key, text);
     embed("before the outage");
     let round =
         |port: u16| status(port).map_or(0, |s| s["last_committed_round"].as_u64().unwrap_or(0));
@@ -1195,12 +1194,7 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     let (configs, client, mut validators) = hash_network(dir.path());
     let api = |i: usize| client.apis[i].port();
     let key = client.api_key.as_str();
-    let embed = |text: &str| {
-        let body = json!({ "input": text }).to_string();
-        let (code, reply) = call(api(0), "POST", "/v1/embeddings", Some(key), body.as_bytes());
-        assert_eq!(code, 200, "{reply}");
-        reply["jobs"][0].as_str().unwrap().to_string()
-    };
+    let embed = |text: &str| submit_one(api(0), key, text);
     let first = embed("the first sentence");
     let config = configs[3].clone();
     let data = config.with_file_name("data");
