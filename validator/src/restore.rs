@@ -263,7 +263,7 @@ fn checkpoint_from_peers(
     }
     bail!(
         "this validator's consensus store ends before commit {} and no peer's commit log gave a \
-         checkpoint there; nothing was changed: {}",
+         checkpoint there: {}",
         claim.commits - 1,
         failures.join("; ")
     )

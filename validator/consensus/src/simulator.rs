@@ -849,12 +849,15 @@ impl Sim {
         };
         // What it delivered itself must be a prefix of the source's.
         let own = &self.nodes[node].sequence;
-        if sequence[..own.len().min(sequence.len())] != own[..own.len().min(sequence.len())] {
+        if sequence.len() <= own.len() {
+            return Ok(());
+        }
+        if let Some(index) = own.iter().zip(&sequence).position(|(a, b)| a != b) {
             return Err(SimFailure::Divergence {
                 seed: self.config.seed,
                 a: node as u32,
                 b: source as u32,
-                index: 0,
+                index,
             });
         }
         self.crash(node);

@@ -267,8 +267,15 @@ impl RetentionGap {
     /// replay rounds from its peers.
     pub(crate) async fn confirmed(&self) -> Round {
         let mut verdict = self.verdict.subscribe();
-        let found = verdict.wait_for(Option::is_some).await;
-        found.ok().and_then(|v| *v).unwrap_or_default()
+        let found = verdict
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| v.unwrap_or_default());
+        match found {
+            Ok(round) => round,
+            // The sender lives as long as this; no verdict ever comes.
+            Err(_) => std::future::pending().await,
+        }
     }
 }
 
