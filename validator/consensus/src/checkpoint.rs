@@ -103,6 +103,17 @@ impl Checkpoint {
                 trusted,
             });
         }
+        // Checked before the chain is hashed: a reader fetching the log
+        // backwards page by page learns it needs more without hashing
+        // every page again.
+        let first = &records[0];
+        if first.index != 0 && first.leader.round >= needed {
+            return Err(CheckpointError::TooShort {
+                first: first.index,
+                round: first.leader.round,
+                needed,
+            });
+        }
         for pair in records.windows(2) {
             if pair[0].index.checked_add(1) != Some(pair[1].index) {
                 return Err(CheckpointError::Gap {
@@ -115,14 +126,6 @@ impl Checkpoint {
                     index: pair[1].index,
                 });
             }
-        }
-        let first = &records[0];
-        if first.index != 0 && first.leader.round >= needed {
-            return Err(CheckpointError::TooShort {
-                first: first.index,
-                round: first.leader.round,
-                needed,
-            });
         }
         // What a restart reloads: the commits of leaders not collected.
         let keep = records

@@ -386,13 +386,10 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
 
     // Back up, validator 3 applies what it missed and agrees.
     validators.push(Validator::start(&config3, port3));
-    wait_for(
+    await_finalised(
+        api(3),
+        &job_id,
         "validator 3 to apply the jobs",
-        Duration::from_secs(120),
-        || {
-            std::net::TcpStream::connect(("127.0.0.1", api(3))).is_ok()
-                && job(3)["status"] == "finalised"
-        },
         &validators,
     );
     for i in 1..4 {
@@ -1042,6 +1039,21 @@ fn submit_one(port: u16, key: &str, text: &str) -> String {
     reply["jobs"][0].as_str().unwrap().to_string()
 }
 
+/// Waits (up to two minutes) until the API at `port`, of a validator
+/// that may still be starting, reports job `id` finalised.
+fn await_finalised(port: u16, id: &str, what: &str, validators: &[Validator]) {
+    let path = format!("/v1/jobs/{id}");
+    wait_for(
+        what,
+        Duration::from_secs(120),
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && call(port, "GET", &path, None, b"").1["status"] == "finalised"
+        },
+        validators,
+    );
+}
+
 /// Runs `soma` with `args`: whether it succeeded, its stdout and its
 /// stderr.
 fn run_soma<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
@@ -1149,15 +1161,8 @@ fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
     validators.push(Validator::start(&configs[3], port));
     let after = embed("after the restore");
     let job = |i: usize| call(api(i), "GET", &format!("/v1/jobs/{after}"), None, b"").1;
-    wait_for(
-        "validator 3 to apply the job after the restore",
-        Duration::from_secs(120),
-        || {
-            std::net::TcpStream::connect(("127.0.0.1", api(3))).is_ok()
-                && job(3)["status"] == "finalised"
-        },
-        &validators,
-    );
+    let what = "validator 3 to apply the job after the restore";
+    await_finalised(api(3), &after, what, &validators);
     assert_eq!(job(3)["finalisation"], job(0)["finalisation"]);
     let account = |i: usize| {
         let path = format!("/v1/accounts/{}", client.account);
@@ -1238,13 +1243,10 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     validators.push(Validator::start(&config, port));
     let second = embed("the second sentence");
     let job = |i: usize, id: &str| call(api(i), "GET", &format!("/v1/jobs/{id}"), None, b"").1;
-    wait_for(
+    await_finalised(
+        api(3),
+        &second,
         "validator 3 to apply the second job",
-        Duration::from_secs(120),
-        || {
-            std::net::TcpStream::connect(("127.0.0.1", api(3))).is_ok()
-                && job(3, &second)["status"] == "finalised"
-        },
         &validators,
     );
     assert_eq!(
