@@ -12,7 +12,7 @@ use crate::network::FetchRequest;
 use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError, gc_round};
 use crate::suspended::{SuspendedBlocks, WAITERS_LOOKED_AT};
 use soma_crypto::SecretKey;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A node's own tunables of the consensus core: none of them changes what
 /// is committed (those are in the committee's [`Protocol`]).
@@ -80,6 +80,12 @@ pub struct Outcome {
     /// The highest round holding a quorum of stake, if this step raised
     /// it: the wait for that round's leader starts now.
     pub quorum_round: Option<Round>,
+    /// Transactions of this validator's blocks that fell below the
+    /// garbage-collection round uncommitted, so no commit will ever carry
+    /// them (peers never built on those blocks in time): the driver submits
+    /// them again, through its verifier, since what they spend may have
+    /// changed meanwhile.
+    pub uncommitted: Vec<Vec<u8>>,
 }
 
 /// Rounds a validator may lag behind the committee and still propose;
@@ -109,6 +115,9 @@ pub struct Core {
     referenced: Vec<Round>,
     /// Per author, the highest round of a verified block received from it.
     seen: Vec<Round>,
+    /// This validator's blocks that carry transactions and are neither
+    /// committed nor below the garbage-collection round yet.
+    own_pending: BTreeMap<BlockRef, VerifiedBlock>,
     quorum_round: Round,
     transactions: Mempool,
     /// Whether the driver holds proposals back (a minimum time between
@@ -162,6 +171,7 @@ impl Core {
             progress: recovered.progress,
             referenced: vec![0; n],
             seen: vec![0; n],
+            own_pending: BTreeMap::new(),
             quorum_round: 0,
             transactions: Mempool::new(max_pending),
             proposals_held: false,
@@ -185,6 +195,15 @@ impl Core {
                 core.suspended.insert(block, &missing, usize::MAX);
             }
         }
+        // The pool did not survive a restart, but the blocks did: their
+        // transactions come back if the blocks are never committed.
+        core.own_pending = (core.dag.gc_round()..=core.last_proposed.round)
+            .flat_map(|round| core.dag.blocks_in_slot(round, me))
+            .filter(|b| {
+                !b.block().transactions.is_empty() && !core.linearizer.is_committed(&b.reference())
+            })
+            .map(|b| (b.reference(), b.clone()))
+            .collect();
         core.quorum_round = core.highest_quorum_round();
         Ok(core)
     }
@@ -508,7 +527,8 @@ impl Core {
                 .blocks
                 .extend(accepted.drain(..).map(|b| (*b).clone()));
             let floor = self.dag.retention_floor();
-            outcome.committed.extend(self.try_commit(&mut batch));
+            let committed = self.try_commit(&mut batch, &mut outcome.uncommitted);
+            outcome.committed.extend(committed);
             if self.dag.retention_floor() == floor {
                 break;
             }
@@ -538,7 +558,11 @@ impl Core {
 
     /// Decides leaders, linearizes the committed ones and collects garbage;
     /// records all of it in `batch`.
-    fn try_commit(&mut self, batch: &mut StoreBatch) -> Vec<CommittedSubDag> {
+    fn try_commit(
+        &mut self,
+        batch: &mut StoreBatch,
+        uncommitted: &mut Vec<Vec<u8>>,
+    ) -> Vec<CommittedSubDag> {
         let decided = self
             .committer
             .try_decide(&self.dag, self.progress.last_decided);
@@ -561,10 +585,19 @@ impl Core {
                     self.progress.next_index += 1;
                     self.progress.last_committed = leader.round;
                     self.progress.last_decided = leader.round;
+                    for block in &subdag.blocks {
+                        self.own_pending.remove(&block.reference());
+                    }
                     // Collected between commits, so what each commit leaves
                     // out depends only on the commits before it.
-                    self.linearizer
-                        .garbage_collect(gc_round(leader.round, self.gc_depth()));
+                    let gc = gc_round(leader.round, self.gc_depth());
+                    self.linearizer.garbage_collect(gc);
+                    let kept = self.own_pending.split_off(&BlockRef::first_of_round(gc));
+                    let lost = std::mem::replace(&mut self.own_pending, kept);
+                    uncommitted.extend(
+                        lost.into_values()
+                            .flat_map(|b| b.block().transactions.clone()),
+                    );
                     committed.push(subdag);
                 }
                 LeaderStatus::Skip(round) => self.progress.last_decided = round,
@@ -613,6 +646,9 @@ impl Core {
         let accepted = self.dag.accept(block.clone());
         debug_assert_eq!(accepted, Acceptance::Accepted, "own block {block:?}");
         self.last_proposed = block.reference();
+        if !block.block().transactions.is_empty() {
+            self.own_pending.insert(block.reference(), block.clone());
+        }
         for parent in &block.block().parents {
             let seen = &mut self.referenced[parent.author.0 as usize];
             *seen = (*seen).max(parent.round);
@@ -828,6 +864,83 @@ mod tests {
         assert!(!more[0].is_empty());
         assert!(more.iter().all(|c| *c == more[0]));
         assert!(more[0][0].leader.round > before.1.last_committed);
+    }
+
+    /// Adds `blocks`, and lets the leader's wait time out if that
+    /// proposes nothing: one round of a committee where a leader may be
+    /// missing.
+    fn add_or_time_out(core: &mut Core, blocks: Vec<VerifiedBlock>) -> Outcome {
+        let mut outcome = core.add_blocks(blocks).unwrap();
+        if outcome.proposed.is_none() {
+            let late = core.on_leader_timeout().unwrap();
+            outcome.proposed = late.proposed;
+            outcome.committed.extend(late.committed);
+            outcome.uncommitted.extend(late.uncommitted);
+        }
+        outcome
+    }
+
+    #[test]
+    fn transactions_of_own_blocks_nobody_built_on_come_back_once_and_commit_once() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let c = with_gc_depth(&c, 3);
+        let stores: Vec<MemStore> = (0..4).map(|_| MemStore::new()).collect();
+        let mut cores = open_on(&c, &keys, &Parameters::default(), &stores);
+        cores[3]
+            .submit(b"pay 7".to_vec(), Placement::alone(b"pay 7"))
+            .unwrap();
+        let carries = |s: &CommittedSubDag| {
+            s.blocks
+                .iter()
+                .any(|b| b.block().transactions.contains(&b"pay 7".to_vec()))
+        };
+
+        // Validator 3's blocks reach no one: the others commit without it.
+        let mut inbox: Vec<VerifiedBlock> = Vec::new();
+        let mut uncommitted = Vec::new();
+        let mut committed = 0;
+        for round in 0..20 {
+            let sent = std::mem::take(&mut inbox);
+            for (i, core) in cores.iter_mut().enumerate() {
+                let outcome = add_or_time_out(core, sent.clone());
+                assert!(!outcome.committed.iter().any(carries));
+                committed += outcome.committed.len();
+                if i == 3 {
+                    uncommitted.extend(outcome.uncommitted);
+                } else {
+                    assert!(outcome.uncommitted.is_empty());
+                    inbox.extend(outcome.proposed);
+                }
+            }
+            // Its pool is lost in a restart, but its blocks are not.
+            if round == 2 {
+                assert!(uncommitted.is_empty());
+                cores[3] = open(&c, &keys, 3, Box::new(stores[3].clone()));
+            }
+        }
+        assert!(committed > 20, "{committed}");
+        assert_eq!(uncommitted, [b"pay 7".to_vec()]);
+
+        // Submitted again, and heard this time, it is committed once.
+        cores[3]
+            .submit(b"pay 7".to_vec(), Placement::alone(b"pay 7"))
+            .unwrap();
+        let own = AuthorityIndex(3);
+        let kept: Vec<VerifiedBlock> = (0..=cores[3].last_proposed().round)
+            .flat_map(|r| cores[3].dag().blocks_in_slot(r, own).cloned())
+            .collect();
+        inbox.extend(kept);
+        let mut carried = 0;
+        for _ in 0..20 {
+            let sent = std::mem::take(&mut inbox);
+            for core in cores.iter_mut() {
+                let outcome = add_or_time_out(core, sent.clone());
+                assert!(outcome.uncommitted.is_empty());
+                carried += outcome.committed.iter().filter(|s| carries(s)).count();
+                inbox.extend(outcome.proposed);
+            }
+        }
+        assert_eq!(carried, 4, "once on each validator");
     }
 
     #[test]

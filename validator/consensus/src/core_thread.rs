@@ -10,7 +10,7 @@ use crate::committee::AuthorityIndex;
 use crate::core::{Core, Outcome};
 use crate::linearizer::CommittedSubDag;
 use crate::mempool::{Placement, SubmitError, transaction_cost};
-use crate::node::{NodeError, Shared};
+use crate::node::{NodeError, Shared, submit};
 use crate::synchronizer::{SYNC_INTERVAL, Synchronizer};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -114,6 +114,7 @@ pub(crate) async fn run(
             missing,
             dropped,
             quorum_round,
+            uncommitted,
         } = outcome;
         let metrics = &shared.metrics;
         metrics
@@ -130,6 +131,9 @@ pub(crate) async fn run(
             metrics
                 .last_proposed_round
                 .store(block.reference().round.into(), Ordering::Relaxed);
+        }
+        if !uncommitted.is_empty() {
+            resubmit(&shared, uncommitted);
         }
         // The wait for a round's leader starts when the round has a quorum.
         if quorum_round.is_some() {
@@ -158,4 +162,27 @@ pub(crate) async fn run(
             synchronizer.fetch(peer, core.fetch_request(missing));
         }
     }
+}
+
+/// Submits the transactions of this node's uncommitted blocks again, off
+/// the core task (the verifier checks signatures). The verifier decides
+/// afresh: one whose sender's nonce was used meanwhile is refused.
+fn resubmit(shared: &Arc<Shared>, transactions: Vec<Vec<u8>>) {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let count = transactions.len();
+        let admitted = transactions
+            .into_iter()
+            .map(|transaction| submit(&shared, transaction))
+            .filter(Result::is_ok)
+            .count();
+        shared
+            .metrics
+            .resubmitted
+            .fetch_add(count as u64, Ordering::Relaxed);
+        tracing::info!(
+            "{count} transactions of own blocks that were never committed submitted again; \
+             {admitted} admitted"
+        );
+    });
 }

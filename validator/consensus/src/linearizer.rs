@@ -124,6 +124,12 @@ impl Linearizer {
         subdag
     }
 
+    /// Whether `block` (at or above the garbage-collection round) was
+    /// committed.
+    pub fn is_committed(&self, block: &BlockRef) -> bool {
+        self.committed.contains(block)
+    }
+
     /// Stops committing blocks below `round` and forgets them.
     pub fn garbage_collect(&mut self, round: Round) {
         if round > self.gc_round {

@@ -138,6 +138,9 @@ pub struct Metrics {
     pub committed_transactions: AtomicU64,
     /// Rounds requests sent while catching up.
     pub catch_up_requests: AtomicU64,
+    /// Transactions of this node's own blocks that were never committed,
+    /// submitted again (whether admitted or not).
+    pub resubmitted: AtomicU64,
     /// Bytes of transactions submitted here and not yet in a block: the
     /// core's pool and what waits to enter it.
     pub mempool_bytes: AtomicU64,

@@ -24,7 +24,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use soma_crypto::SecretKey;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 /// How a simulated validator behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +204,9 @@ pub struct SimReport {
     pub checkpoints: u64,
     /// Partitions (each healed).
     pub partitions: u64,
+    /// Transactions of validators' own blocks that were never committed,
+    /// submitted again.
+    pub resubmitted: u64,
 }
 
 /// Why a run failed: the seed reproduces it.
@@ -230,6 +233,16 @@ pub enum SimFailure {
         author: u32,
         /// Which round.
         round: Round,
+    },
+    /// A validator committed an honest validator's transaction twice.
+    #[error("seed {seed}: validator {validator} committed transaction {transaction:?} twice")]
+    TransactionTwice {
+        /// The seed.
+        seed: u64,
+        /// Who.
+        validator: u32,
+        /// The transaction, up to its padding.
+        transaction: String,
     },
     /// A validator committed a block twice.
     #[error("seed {seed}: validator {validator} committed {block:?} twice")]
@@ -404,6 +417,10 @@ struct Sim {
     verified_bytes: usize,
     /// The one block each honest validator signed per round.
     signed: BTreeMap<(u32, Round), [u8; 32]>,
+    /// blake3 of each transaction of honest authors' blocks that the first
+    /// honest validator committed: resubmission must never commit one
+    /// twice (each such transaction is unique).
+    committed_transactions: BTreeSet<[u8; 32]>,
     report: SimReport,
 }
 
@@ -457,7 +474,9 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             catch_ups: 0,
             checkpoints: 0,
             partitions: 0,
+            resubmitted: 0,
         },
+        committed_transactions: BTreeSet::new(),
         committee,
         keys,
         params,
@@ -944,6 +963,13 @@ impl Sim {
                 let _ = core.submit(transaction, placement);
             }
         }
+        // As the node's driver does (through its verifier).
+        let core = self.nodes[node].core.as_mut().expect("running");
+        self.report.resubmitted += outcome.uncommitted.len() as u64;
+        for transaction in outcome.uncommitted {
+            let placement = Placement::alone(&transaction);
+            let _ = core.submit(transaction, placement);
+        }
         // The wait for a round's leader starts when the round has a quorum.
         if outcome.quorum_round.is_some() {
             self.arm_timer(node);
@@ -957,8 +983,7 @@ impl Sim {
             let request = core.fetch_request(outcome.missing);
             self.send(node, peer, Message::Fetch(request));
         }
-        self.record_commits(node, outcome.committed);
-        Ok(())
+        self.record_commits(node, outcome.committed)
     }
 
     fn send_proposal(&mut self, node: usize, block: &VerifiedBlock) {
@@ -1080,8 +1105,36 @@ impl Sim {
         Ok(())
     }
 
-    fn record_commits(&mut self, node: usize, committed: Vec<CommittedSubDag>) {
+    fn record_commits(
+        &mut self,
+        node: usize,
+        committed: Vec<CommittedSubDag>,
+    ) -> Result<(), SimFailure> {
+        let first_honest = self.honest().next() == Some(node);
         for subdag in committed {
+            let honest_transactions = subdag
+                .blocks
+                .iter()
+                .filter(|b| {
+                    self.nodes[b.reference().author.0 as usize].behaviour == Behaviour::Honest
+                })
+                .flat_map(|b| &b.block().transactions);
+            for transaction in honest_transactions.filter(|_| first_honest) {
+                if !self
+                    .committed_transactions
+                    .insert(*blake3::hash(transaction).as_bytes())
+                {
+                    let end = transaction
+                        .iter()
+                        .position(|b| *b == 0)
+                        .unwrap_or(transaction.len());
+                    return Err(SimFailure::TransactionTwice {
+                        seed: self.config.seed,
+                        validator: node as u32,
+                        transaction: String::from_utf8_lossy(&transaction[..end]).into_owned(),
+                    });
+                }
+            }
             let refs: Vec<BlockRef> = subdag.blocks.iter().map(|b| b.reference()).collect();
             self.nodes[node].transactions += subdag
                 .blocks
@@ -1100,6 +1153,7 @@ impl Sim {
         if let Some(core) = self.nodes[node].core.as_mut() {
             core.set_state_root(root);
         }
+        Ok(())
     }
 
     /// One line per validator: behaviour, DAG height, last proposal,
@@ -1129,7 +1183,7 @@ impl Sim {
         let seed = self.config.seed;
         let honest: Vec<usize> = self.honest().collect();
         for &i in &honest {
-            let mut seen = std::collections::BTreeSet::new();
+            let mut seen = BTreeSet::new();
             for (_, blocks) in &self.nodes[i].sequence {
                 for block in blocks {
                     if !seen.insert(*block) {
