@@ -3,6 +3,7 @@
 //! drive this same type.
 
 use crate::block::{Block, BlockRef, MAX_TRANSACTIONS, Round, VerifiedBlock};
+use crate::block_manager::BlockManager;
 use crate::committee::{AuthorityIndex, Committee};
 use crate::committer::{Committer, LeaderStatus, leader};
 use crate::dag_state::{Acceptance, DagState};
@@ -10,7 +11,6 @@ use crate::linearizer::{CommittedSubDag, Linearizer};
 use crate::mempool::{Mempool, Placement, SubmitError};
 use crate::network::FetchRequest;
 use crate::store::{CommitProgress, CommitRecord, Store, StoreBatch, StoreError, gc_round};
-use crate::suspended::{SuspendedBlocks, WAITERS_LOOKED_AT};
 use soma_crypto::SecretKey;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,20 +92,13 @@ pub struct Outcome {
 /// further behind it catches up first (see [`Core::catch_up_from`]).
 pub const CATCH_UP_LAG: Round = 20;
 
-/// Most missing parents asked for at once on behalf of one author's blocks.
-pub const MISSING_PER_AUTHOR: usize = 100;
-
-/// Blocks one author may have in one slot before more are refused, unless
-/// a block waits for them: two are proof of equivocation already.
-const BLOCKS_PER_SLOT: usize = 2;
-
 /// A validator's consensus state machine.
 pub struct Core {
     me: AuthorityIndex,
     key: SecretKey,
     params: Parameters,
     dag: DagState,
-    suspended: SuspendedBlocks,
+    blocks: BlockManager,
     committer: Committer,
     linearizer: Linearizer,
     progress: CommitProgress,
@@ -159,13 +152,14 @@ impl Core {
         let linearizer = Linearizer::new(committed, gc_round, last_digest);
         let n = dag.committee().size();
         let max_pending = params.max_pending_transaction_bytes;
+        let max_suspended = params.max_suspended_bytes_per_author;
         let mut core = Core {
             me,
             key,
             params,
             last_proposed: recovered.own_last.unwrap_or(BlockRef::genesis(me)),
             dag,
-            suspended: SuspendedBlocks::default(),
+            blocks: BlockManager::new(max_suspended),
             committer: Committer::new(),
             linearizer,
             progress: recovered.progress,
@@ -191,8 +185,8 @@ impl Core {
             // fetched.
             if reference.round < core.dag.gc_round() {
                 core.dag.restore(block);
-            } else if let Acceptance::MissingParents(missing) = core.dag.accept(block.clone()) {
-                core.suspended.insert(block, &missing, usize::MAX);
+            } else {
+                core.blocks.restore(&mut core.dag, block);
             }
         }
         // The pool did not survive a restart, but the blocks did: their
@@ -230,7 +224,7 @@ impl Core {
 
     /// Number of blocks waiting for parents.
     pub fn suspended(&self) -> usize {
-        self.suspended.len()
+        self.blocks.suspended()
     }
 
     /// Sets the executed state carried by the next proposals.
@@ -262,54 +256,19 @@ impl Core {
 
     /// Adds verified blocks from peers, then commits and proposes what
     /// they allow.
-    pub fn add_blocks(&mut self, mut blocks: Vec<VerifiedBlock>) -> Result<Outcome, CoreError> {
-        let mut outcome = Outcome::default();
-        // Parents before children, so one pass takes in whole chains.
-        blocks.sort_by_key(|b| b.reference());
-        // A block that another author's block of this batch builds on,
-        // directly or through blocks of its own author, is needed even
-        // though it comes first. Children before parents, in one pass.
-        let mut needed: BTreeSet<BlockRef> = BTreeSet::new();
-        for block in blocks.iter().rev() {
-            let reference = block.reference();
-            let carried = needed.contains(&reference);
-            needed.extend(
-                block
-                    .block()
-                    .parents
-                    .iter()
-                    .filter(|p| carried || p.author != reference.author),
-            );
-        }
-        let mut accepted = Vec::new();
-        for block in blocks {
+    pub fn add_blocks(&mut self, blocks: Vec<VerifiedBlock>) -> Result<Outcome, CoreError> {
+        for block in &blocks {
             let reference = block.reference();
             let seen = &mut self.seen[reference.author.0 as usize];
             *seen = (*seen).max(reference.round);
-            if self.suspended.contains(&reference) {
-                continue;
-            }
-            if self.over_slot_cap(&reference, &needed) {
-                outcome.dropped.push(reference);
-                continue;
-            }
-            match self.dag.accept(block.clone()) {
-                Acceptance::Accepted => {
-                    self.accept_with_children(block, &mut accepted, &mut outcome.dropped)
-                }
-                Acceptance::MissingParents(missing) => {
-                    outcome.missing.extend(missing.iter().copied());
-                    let cap = self.params.max_suspended_bytes_per_author;
-                    let dropped = self.suspended.insert(block, &missing, cap);
-                    outcome.dropped.extend(dropped);
-                }
-                Acceptance::Duplicate | Acceptance::TooOld => {}
-            }
         }
-        outcome
-            .missing
-            .retain(|p| self.suspended.lacks(p) && !self.dag.contains(p));
-        self.step(accepted, false, &mut outcome)?;
+        let admitted = self.blocks.add_blocks(&mut self.dag, blocks);
+        let mut outcome = Outcome {
+            missing: admitted.missing,
+            dropped: admitted.dropped,
+            ..Outcome::default()
+        };
+        self.step(admitted.accepted, false, &mut outcome)?;
         Ok(outcome)
     }
 
@@ -388,68 +347,6 @@ impl Core {
         }
     }
 
-    /// Records `block` (just accepted) in `accepted`, then accepts every
-    /// suspended block that waited for it, or for one accepted in turn.
-    fn accept_with_children(
-        &mut self,
-        block: VerifiedBlock,
-        accepted: &mut Vec<VerifiedBlock>,
-        dropped: &mut Vec<BlockRef>,
-    ) {
-        let mut ready = vec![block];
-        while let Some(block) = ready.pop() {
-            for child in self.suspended.take_children(&block.reference()) {
-                self.offer_again(child, &mut ready, dropped);
-            }
-            accepted.push(block);
-        }
-    }
-
-    /// Offers the DAG a block that waited (already admitted once, so not
-    /// bounded again): into `ready` if accepted, back to wait if it still
-    /// lacks parents.
-    fn offer_again(
-        &mut self,
-        block: VerifiedBlock,
-        ready: &mut Vec<VerifiedBlock>,
-        dropped: &mut Vec<BlockRef>,
-    ) {
-        // Waiting did not make room in a full slot.
-        if self.over_slot_cap(&block.reference(), &BTreeSet::new()) {
-            dropped.push(block.reference());
-            return;
-        }
-        match self.dag.accept(block.clone()) {
-            Acceptance::Accepted => ready.push(block),
-            Acceptance::MissingParents(missing) => {
-                self.suspended.insert(block, &missing, usize::MAX);
-            }
-            Acceptance::Duplicate | Acceptance::TooOld => {}
-        }
-    }
-
-    /// Whether `reference` would be one block too many in its slot: the
-    /// slot holds [`BLOCKS_PER_SLOT`] others already, and no block of
-    /// another author (waiting here, or in `needed`) builds on it, directly
-    /// or through blocks of its own author. Blocks other validators built
-    /// on must be let in, or this validator could never accept what its
-    /// peers accepted; the equivocator's own blocks do not count, or it
-    /// could make one for each of its versions.
-    fn over_slot_cap(&self, reference: &BlockRef, needed: &BTreeSet<BlockRef>) -> bool {
-        let full = self
-            .dag
-            .blocks_in_slot(reference.round, reference.author)
-            .nth(BLOCKS_PER_SLOT - 1)
-            .is_some();
-        full && !self.dag.contains(reference)
-            && !needed.contains(reference)
-            && !self
-                .suspended
-                .waiters(reference, WAITERS_LOOKED_AT)
-                .iter()
-                .any(|a| *a != reference.author)
-    }
-
     /// Every parent of a suspended block that is neither known nor
     /// suspended itself. Drivers ask peers for these now and then, in turn:
     /// the peer that sent a block may not be able (or willing) to serve
@@ -457,43 +354,15 @@ impl Core {
     /// catching up only those near the DAG's frontier: a hole there holds
     /// back everything above it, and replayed rounds bring the rest.
     ///
-    /// At most [`MISSING_PER_AUTHOR`] parents for the blocks of each
-    /// author, lowest rounds first: a Byzantine validator's blocks naming
-    /// made-up parents cannot crowd out the parents that honest blocks
-    /// wait for.
+    /// At most 100 parents for the blocks of each author, lowest rounds
+    /// first: a Byzantine validator's blocks naming made-up parents cannot
+    /// crowd out the parents that honest blocks wait for.
     pub fn missing(&self) -> BTreeSet<BlockRef> {
         let frontier = match self.catch_up_from() {
             Some(from) => from.saturating_add(CATCH_UP_LAG),
             None => Round::MAX,
         };
-        let mut quota = vec![MISSING_PER_AUTHOR; self.dag.committee().size()];
-        let mut missing = BTreeSet::new();
-        for (parent, waiting) in self.suspended.lacking() {
-            if parent.round > frontier || quota.iter().all(|q| *q == 0) {
-                break;
-            }
-            if self.dag.contains(parent) {
-                continue;
-            }
-            // Charged to a waiting author with quota left, those that wait
-            // through other blocks included.
-            let waiter = waiting
-                .iter()
-                .map(|w| w.author.0 as usize)
-                .find(|a| quota[*a] > 0)
-                .or_else(|| {
-                    let waiters = self.suspended.waiters(parent, WAITERS_LOOKED_AT);
-                    waiters
-                        .into_iter()
-                        .map(|a| a.0 as usize)
-                        .find(|a| quota[*a] > 0)
-                });
-            if let Some(author) = waiter {
-                quota[author] -= 1;
-                missing.insert(*parent);
-            }
-        }
-        missing
+        self.blocks.missing(&self.dag, frontier)
     }
 
     /// Stores newly accepted blocks with the commits they allow, then
@@ -532,13 +401,10 @@ impl Core {
             if self.dag.retention_floor() == floor {
                 break;
             }
-            let mut ready = Vec::new();
-            for block in self.suspended.release_below(self.dag.retention_floor()) {
-                self.offer_again(block, &mut ready, &mut outcome.dropped);
-            }
-            for block in ready {
-                self.accept_with_children(block, &mut accepted, &mut outcome.dropped);
-            }
+            let floor = self.dag.retention_floor();
+            let released = self.blocks.release_below(&mut self.dag, floor);
+            outcome.dropped.extend(released.dropped);
+            accepted = released.accepted;
             if accepted.is_empty() {
                 break;
             }
@@ -737,6 +603,7 @@ mod tests {
     use super::*;
     use crate::Checkpoint;
     use crate::block::MAX_TRANSACTION_BYTES;
+    use crate::block_manager::MISSING_PER_AUTHOR;
     use crate::committee::tests::{committee, with_gc_depth};
     use crate::mempool::MIN_TRANSACTION_COST;
     use crate::network::{FETCH_LIMIT, RoundsRequest};
@@ -1624,6 +1491,6 @@ mod tests {
         let lower = orphan(5, 9);
         let outcome = core.add_blocks(vec![lower.clone()]).unwrap();
         assert_eq!((outcome.dropped.len(), core.suspended()), (1, 3));
-        assert!(core.suspended.contains(&lower.reference()));
+        assert!(core.blocks.is_suspended(&lower.reference()));
     }
 }

@@ -7,7 +7,9 @@
 //!
 //! The pieces, one per file: the [`Committee`] with typed stake counting;
 //! blocks with their canonical encoding and verification
-//! ([`VerifiedBlock`]); the [`DagState`]; the Mysticeti commit rule
+//! ([`VerifiedBlock`]); the [`DagState`], and the rules for which
+//! received blocks enter it, wait for parents or are refused
+//! (`block_manager`); the Mysticeti commit rule
 //! ([`Committer`]: direct commit, direct skip, indirect decision through
 //! an anchor); the [`Linearizer`]; the [`Store`] (fjall on nodes, memory in
 //! the simulation); the pool of transactions waiting for a proposal, in
@@ -19,6 +21,7 @@
 
 mod authority_service;
 mod block;
+mod block_manager;
 mod block_verifier;
 mod broadcaster;
 mod checkpoint;
