@@ -120,9 +120,16 @@ pub const LOCALNET_USER_BALANCE: u64 = 1_000_000_000_000;
 pub const LOCALNET_VALIDATOR_BALANCE: u64 = 1_000_000_000;
 /// Each localnet validator's stake.
 pub const LOCALNET_STAKE: u64 = 10_000_000;
-/// The compiled-code cache a localnet's validators share, relative to
-/// each one's directory.
-pub const LOCALNET_COMPILED_CACHE: &str = "../compiled";
+/// The directory, beside the validators' own, of the compiled-code cache
+/// a localnet's validators share.
+const LOCALNET_COMPILED_DIR: &str = "compiled";
+
+/// The compiled-code cache the validators of the localnet written to `dir`
+/// share: compile packages into it before they start, and none of them
+/// compiles during a job.
+pub fn localnet_compiled_cache(dir: &Path) -> PathBuf {
+    dir.join(LOCALNET_COMPILED_DIR)
+}
 /// Commits a localnet job may take before it expires.
 pub const LOCALNET_JOB_EXPIRY: u64 = 50_000;
 /// Each localnet encoder's bond.
@@ -150,6 +157,7 @@ pub fn write_localnet(net: &Localnet<'_>) -> Result<Vec<PathBuf>> {
     }
     let port = |i: usize| net.base_port + i as u16;
     let dir = net.dir;
+    refuse_existing_network(dir)?;
     std::fs::create_dir_all(dir.join("packages"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let keys = (0..n)
@@ -261,7 +269,7 @@ pub fn write_localnet(net: &Localnet<'_>) -> Result<Vec<PathBuf>> {
             leader_timeout_ms: default_leader_timeout_ms(),
             min_round_delay_ms: default_min_round_delay_ms(),
             runner_threads: 0,
-            compiled_cache: Some(LOCALNET_COMPILED_CACHE.into()),
+            compiled_cache: Some(Path::new("..").join(LOCALNET_COMPILED_DIR)),
         };
         let path = home.join("config.json");
         std::fs::write(&path, serde_json::to_string_pretty(&file)?)
@@ -269,6 +277,22 @@ pub fn write_localnet(net: &Localnet<'_>) -> Result<Vec<PathBuf>> {
         paths.push(path);
     }
     Ok(paths)
+}
+
+/// Refuses a directory that a network was written to before: its
+/// validators' stores belong to that network's chain and would not start
+/// on a new genesis.
+pub fn refuse_existing_network(dir: &Path) -> Result<()> {
+    let genesis = dir.join("genesis.json");
+    if genesis.exists() {
+        bail!(
+            "{} holds a network already ({} exists): remove that directory, or choose another \
+             --dir",
+            dir.display(),
+            genesis.display()
+        );
+    }
+    Ok(())
 }
 
 /// Reads the public key written as hex in a configuration.

@@ -74,6 +74,13 @@ struct NetworkArgs {
 
 impl NetworkArgs {
     fn write(&self) -> Result<Vec<PathBuf>> {
+        if self.encoders.is_empty() {
+            eprintln!(
+                "no encoder is registered at genesis (--encoder): jobs find no shard until one \
+                 is registered (`soma client register-encoder`); `cargo xtask localnet` runs a \
+                 network of the example encoders"
+            );
+        }
         write_localnet(&Localnet {
             dir: &self.dir,
             validators: self.validators,

@@ -30,6 +30,14 @@ enum Task {
     /// Set up, start a four-validator network on this machine, embed
     /// sentences through its API and report what it decided.
     Demo,
+    /// Set up, then run a network of the example encoders on this machine
+    /// (`soma localnet` with them registered) until Ctrl-C; arguments go to
+    /// its `localnet` mode (`--dir`, `--validators`, `--base-port`).
+    Localnet {
+        /// Passed on to `soma-demo localnet`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up, check formatting and lints, and run every test of the workspace.
     Test,
     /// Set up, run the benchmarks and write BENCHMARKS.md.
@@ -76,6 +84,26 @@ fn main() -> Result<()> {
         Task::Demo => {
             build_node(&[])?;
             cargo(&["run", "--locked", "--package", "soma-demo"])
+        }
+        Task::Localnet { args } => {
+            build_node(&[])?;
+            // Replaced by the network, so that Ctrl-C reaches only it and
+            // its validators, which then stop cleanly.
+            use std::os::unix::process::CommandExt;
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let error = Command::new(cargo)
+                .args([
+                    "run",
+                    "--locked",
+                    "--package",
+                    "soma-demo",
+                    "--",
+                    "localnet",
+                ])
+                .args(&args)
+                .current_dir(workspace())
+                .exec();
+            Err(error).context("cannot run cargo run --package soma-demo")
         }
         Task::Test => {
             cargo(&["fmt", "--all", "--check"])?;

@@ -23,7 +23,7 @@ use soma_demo::Network;
 use soma_execution::{Executor, Genesis, JobRunner, Router};
 use soma_host::package::BlobStore;
 use soma_host::{CompiledCache, Digest, Engine};
-use soma_validator::config::{LOCALNET_COMPILED_CACHE, NodeFile};
+use soma_validator::config::{NodeFile, localnet_compiled_cache};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -160,7 +160,7 @@ fn host_alone(network: &Network, jobs: &[Digest]) -> Result<Duration> {
     let engine = Engine::new()?;
     let validator = network.dir.join("validator-0");
     let config = NodeFile::read(&validator.join("config.json"))?;
-    let cache = CompiledCache::open(validator.join(LOCALNET_COMPILED_CACHE))?;
+    let cache = CompiledCache::open(localnet_compiled_cache(&network.dir))?;
     let router = packages.first().context("the network has a router")?;
     let router = Router::load(&engine, router, Some(&cache), genesis.parameters())?;
     let state = validator.join(&config.data_dir).join("state");

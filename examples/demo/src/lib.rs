@@ -13,7 +13,7 @@ use soma_crypto::SecretKey;
 use soma_host::package::{EncoderMeta, Package, VerifiedPackage};
 use soma_host::{CompiledCache, Engine, Limits, Modality};
 use soma_validator::client::ApiClient;
-use soma_validator::config::{ClientFile, LOCALNET_COMPILED_CACHE, Localnet, write_localnet};
+use soma_validator::config::{ClientFile, Localnet, localnet_compiled_cache, write_localnet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,9 +50,8 @@ impl Network {
     /// Starts `validators` validators (the `soma` executable) with their
     /// files under `dir`; returns once every API answers.
     pub fn start(soma: &Path, dir: &Path, validators: usize) -> Result<Network> {
-        println!("Signing the example encoders into packages...");
-        let packages = sign_packages(&dir.join("packages"))?;
         let net = dir.join("net");
+        let packages = example_packages(&dir.join("packages"), &net)?;
         let paths: Vec<PathBuf> = packages.iter().map(|(path, _)| path.clone()).collect();
         let (router, encoders) = paths.split_first().expect("a router and encoders");
         let configs = write_localnet(&Localnet {
@@ -62,8 +61,6 @@ impl Network {
             encoders,
             router: Some(router),
         })?;
-        let home = configs[0].parent().expect("a config in a directory");
-        compile(&packages, &home.join(LOCALNET_COMPILED_CACHE))?;
         let client: ClientFile =
             serde_json::from_str(&std::fs::read_to_string(net.join("client.json"))?)?;
         let mut nodes = Nodes::start(soma, &configs)?;
@@ -89,6 +86,16 @@ impl Network {
             apis,
         })
     }
+}
+
+/// Signs the example encoders into packages in `dir` and compiles them
+/// into the cache shared by the validators of a localnet to be written to
+/// `net`: the router's package first, then the encoders'.
+pub fn example_packages(dir: &Path, net: &Path) -> Result<Vec<(PathBuf, VerifiedPackage)>> {
+    println!("Signing the example encoders into packages...");
+    let packages = sign_packages(dir)?;
+    compile(&packages, &localnet_compiled_cache(net))?;
+    Ok(packages)
 }
 
 /// A model file in a package: (name, bytes).

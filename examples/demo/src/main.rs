@@ -6,13 +6,17 @@
 //! outcome and loss, the winner, slashes and penalties, the similarity of
 //! the final embeddings, and the balances before and after. Then it stops
 //! the validators.
+//!
+//! `cargo xtask localnet` (this program's `localnet` mode) starts the same
+//! kind of network and leaves it running for clients until Ctrl-C.
 
 use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use soma_demo::{Network, spinner};
 use soma_validator::client::ApiClient;
 use soma_validator::config::{ClientFile, NodeFile};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 const SENTENCES: &[&str] = &[
@@ -25,15 +29,80 @@ const SENTENCES: &[&str] = &[
 
 const VALIDATORS: usize = 4;
 
+#[derive(Parser)]
+#[command(
+    name = "soma-demo",
+    about = "Runs a Soma network of the example encoders on this machine"
+)]
+struct Cli {
+    /// What to run; without one, the demo.
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Signs and compiles the example encoders, then runs `soma localnet`
+    /// with them registered at genesis until Ctrl-C.
+    Localnet {
+        /// Directory for the packages and the network (keys, genesis,
+        /// configurations, data); must not hold a network already.
+        #[arg(long, default_value = "target/localnet")]
+        dir: PathBuf,
+        /// Number of validators.
+        #[arg(long, default_value_t = VALIDATORS)]
+        validators: usize,
+        /// Consensus port of validator 0; the others follow, then the API
+        /// ports.
+        #[arg(long, default_value_t = 7100)]
+        base_port: u16,
+    },
+}
+
 fn main() -> Result<()> {
+    let cli = Cli::parse();
     let soma = std::env::current_exe()?.with_file_name("soma");
     if !soma.exists() {
         bail!(
-            "{} is missing: run the demo with `cargo xtask demo`, which builds it",
+            "{} is missing: run this with `cargo xtask demo` or `cargo xtask localnet`, which \
+             build it",
             soma.display()
         );
     }
-    soma_demo::in_scratch_dir("soma-demo-", |dir| run(&soma, dir))
+    match cli.mode {
+        None => soma_demo::in_scratch_dir("soma-demo-", |dir| run(&soma, dir)),
+        Some(Mode::Localnet {
+            dir,
+            validators,
+            base_port,
+        }) => localnet(&soma, &dir, validators, base_port),
+    }
+}
+
+/// Becomes `soma localnet` on the example encoders' packages, so that
+/// Ctrl-C reaches it and its validators alone, and they stop cleanly.
+fn localnet(soma: &Path, dir: &Path, validators: usize, base_port: u16) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let net = dir.join("net");
+    soma_validator::config::refuse_existing_network(&net)?;
+    let packages = soma_demo::example_packages(&dir.join("packages"), &net)?;
+    let (router, encoders) = packages.split_first().context("a router and encoders")?;
+    let mut command = std::process::Command::new(soma);
+    command
+        .arg("localnet")
+        .arg("--dir")
+        .arg(&net)
+        .arg("--validators")
+        .arg(validators.to_string())
+        .arg("--base-port")
+        .arg(base_port.to_string())
+        .arg("--router")
+        .arg(&router.0);
+    for (path, _) in encoders {
+        command.arg("--encoder").arg(path);
+    }
+    let error = command.exec();
+    Err(error).with_context(|| format!("cannot run {}", soma.display()))
 }
 
 fn run(soma: &Path, dir: &Path) -> Result<()> {
