@@ -58,10 +58,20 @@ pub struct NodeFile {
     /// runs it).
     #[serde(default)]
     pub compiled_cache: Option<PathBuf>,
+    /// Whether a validator that finds its peers no longer keep the rounds
+    /// it needs restores its state from a copy a quorum of stake vouches
+    /// for and starts again by itself (as `soma node --restore-first`),
+    /// rather than stopping for its operator to run `soma restore-state`.
+    #[serde(default = "default_restore_automatically")]
+    pub restore_automatically: bool,
 }
 
 fn default_retention_rounds() -> u32 {
     ConsensusParameters::default().store_retention
+}
+
+fn default_restore_automatically() -> bool {
+    true
 }
 
 fn default_leader_timeout_ms() -> u64 {
@@ -270,6 +280,7 @@ pub fn write_localnet(net: &Localnet<'_>) -> Result<Vec<PathBuf>> {
             min_round_delay_ms: default_min_round_delay_ms(),
             runner_threads: 0,
             compiled_cache: Some(Path::new("..").join(LOCALNET_COMPILED_DIR)),
+            restore_automatically: default_restore_automatically(),
         };
         let path = home.join("config.json");
         std::fs::write(&path, serde_json::to_string_pretty(&file)?)

@@ -3,6 +3,8 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use soma_validator::config::{Localnet, write_localnet};
+use soma_validator::node::TooFarBehind;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command as Process, ExitCode};
 use std::time::{Duration, Instant};
@@ -23,6 +25,10 @@ enum Command {
         /// The validator's config.json.
         #[arg(long)]
         config: PathBuf,
+        /// Restore the state from peers first, as `restore-state` does
+        /// (what a validator beyond its peers' retention runs itself with).
+        #[arg(long)]
+        restore_first: bool,
     },
     /// Writes keys, a genesis and configurations for a network of
     /// validators on 127.0.0.1 (each then runs with `soma node --config`);
@@ -120,25 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::RestoreState { config } => {
-            let restored = soma_validator::restore::restore_state(&config)?;
-            println!(
-                "restored the state after {} commits (root {}), vouched for by validators of {} \
-                 of {} stake",
-                restored.commits,
-                hex::encode(restored.root),
-                restored.vouched.0,
-                restored.vouched.1
-            );
-            if let Some(old) = restored.replaced {
-                println!("the state it replaced is at {}", old.display());
-            }
-            if let Some(old) = restored.consensus_replaced {
-                println!(
-                    "its consensus store did not reach that commit: a new one resumes after it \
-                     (the old one is at {})",
-                    old.display()
-                );
-            }
+            println!("{}", soma_validator::restore::restore_state(&config)?);
             Ok(())
         }
         Command::Genesis(args) => {
@@ -147,12 +135,38 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Node { config } => {
-            runtime()?.block_on(soma_validator::node::run(&config, async {
+        Command::Node {
+            config,
+            restore_first,
+        } => {
+            if restore_first {
+                let restored = soma_validator::restore::restore_state(&config)?;
+                tracing::info!("{restored}");
+            }
+            let ran = runtime()?.block_on(soma_validator::node::run(&config, async {
                 let _ = tokio::signal::ctrl_c().await;
-            }))?;
-            tracing::info!("validator stopped");
-            Ok(())
+            }));
+            match ran {
+                Err(e)
+                    if e.downcast_ref::<TooFarBehind>()
+                        .is_some_and(|t| t.restore_automatically) =>
+                {
+                    tracing::warn!("{e}");
+                    // A new process image: whatever this run holds (its
+                    // stores, its ports, its threads) is let go at once.
+                    let me = std::env::current_exe().context("cannot find the soma executable")?;
+                    let error = Process::new(me)
+                        .args(["node", "--restore-first", "--config"])
+                        .arg(&config)
+                        .exec();
+                    Err(error).context("cannot start this validator again to restore it")
+                }
+                ran => {
+                    ran?;
+                    tracing::info!("validator stopped");
+                    Ok(())
+                }
+            }
         }
         Command::Localnet(args) => {
             let configs = args.write()?;

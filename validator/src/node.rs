@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use soma_codec::Decode;
 use soma_consensus::{
     AuthorityIndex, CommittedSubDag, Committee, Node, NodeConfig,
-    Parameters as ConsensusParameters, Protocol, StateRoot, Submitter,
+    Parameters as ConsensusParameters, Protocol, Round, StateRoot, Submitter,
 };
 use soma_crypto::{PublicKey, SecretKey, keyfile};
 use soma_execution::{
@@ -24,7 +24,7 @@ use soma_host::Digest;
 use soma_host::package::{BlobStore, VerifiedPackage};
 use soma_host::{CompiledCache, Engine};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -185,6 +185,32 @@ pub(crate) fn read_config(
     Ok((file, dir, genesis, packages))
 }
 
+/// Why a validator stopped when its peers no longer keep the rounds it
+/// needs to catch up: only a state restored from a copy a quorum vouches
+/// for lets it go on.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this validator is too far behind to catch up: it holds round {round}, and its peers no \
+     longer keep the rounds after it (they keep `retention_rounds`); {}",
+    if *.restore_automatically {
+        "it restores its state from a copy a quorum vouches for and starts again".to_string()
+    } else {
+        format!(
+            "run `soma restore-state --config {}` to restore its state from a copy a quorum \
+             vouches for, and start it again",
+            .config.display()
+        )
+    }
+)]
+pub struct TooFarBehind {
+    /// The highest round it holds.
+    pub round: Round,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Whether its configuration lets it restore itself.
+    pub restore_automatically: bool,
+}
+
 /// Runs the validator configured by `config_path` until `stop` resolves
 /// or a part of it fails.
 pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<()> {
@@ -329,13 +355,14 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
                 Some(subdag) => applier.catch_up(&node, Some(subdag)).await?,
                 None => break,
             },
-            round = &mut beyond_retention => bail!(
-                "this validator is too far behind to catch up: it holds round {round}, and its \
-                 peers no longer keep the rounds after it (they keep `retention_rounds`); stop it, \
-                 run `soma restore-state --config {}` to restore its state from a copy a quorum \
-                 vouches for, and start it again",
-                config_path.display()
-            ),
+            round = &mut beyond_retention => {
+                return Err(TooFarBehind {
+                    round,
+                    config: config_path.to_path_buf(),
+                    restore_automatically: file.restore_automatically,
+                }
+                .into())
+            }
             () = &mut stop => return Ok(()),
         }
     }

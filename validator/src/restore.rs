@@ -53,6 +53,33 @@ pub struct Restored {
     pub consensus_replaced: Option<PathBuf>,
 }
 
+impl std::fmt::Display for Restored {
+    /// What was restored and what it replaced, one line each.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "restored the state after {} commits (root {}), vouched for by validators of {} of \
+             {} stake",
+            self.commits,
+            hex::encode(self.root),
+            self.vouched.0,
+            self.vouched.1
+        )?;
+        if let Some(old) = &self.replaced {
+            write!(f, "\nthe state it replaced is at {}", old.display())?;
+        }
+        if let Some(old) = &self.consensus_replaced {
+            write!(
+                f,
+                "\nits consensus store did not reach that commit: a new one resumes after it (the \
+                 old one is at {})",
+                old.display()
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Checks that the state of the stopped validator configured at
 /// `config_path` is whole: every entry it holds hashes to the state digest
 /// its last root folded in. Reads the whole state; the commits it has

@@ -1075,10 +1075,10 @@ fn soma(command: &str, config: &Path) -> (bool, String, String) {
 }
 
 /// A validator down for longer than its peers keep blocks cannot replay
-/// the rounds it missed: it stops and names `soma restore-state`, which
-/// restores its state from a copy a quorum vouches for and seeds its
-/// consensus at the copy's last commit; started again, it rejoins and
-/// agrees.
+/// the rounds it missed. Configured not to restore itself, it stops and
+/// names `soma restore-state`; by default it restores its state from a
+/// copy a quorum vouches for, seeds its consensus at the copy's last
+/// commit, starts again, rejoins and agrees.
 #[test]
 fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
     // Peers keep blocks for 1500 rounds past the protocol's own window
@@ -1118,6 +1118,14 @@ fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
         &validators,
     );
 
+    // Told not to restore itself, it stops and says what to run.
+    let set_restore = |automatically: bool| {
+        let mut file: Value =
+            serde_json::from_str(&std::fs::read_to_string(&configs[3]).unwrap()).unwrap();
+        file["restore_automatically"] = json!(automatically);
+        std::fs::write(&configs[3], file.to_string()).unwrap();
+    };
+    set_restore(false);
     let mut back = Validator::start(&configs[3], port);
     wait_for(
         "validator 3 to stop",
@@ -1152,17 +1160,20 @@ fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
     drop(bare);
     std::fs::rename(&kept, &consensus).unwrap();
 
-    let (ok, stdout, stderr) = soma("restore-state", &configs[3]);
-    assert!(ok, "{stderr}");
-    assert!(
-        stdout.contains("its consensus store did not reach that commit"),
-        "{stdout}"
-    );
+    // As configured by default, it restores its state and consensus store
+    // from its peers by itself, and goes on.
+    set_restore(true);
     validators.push(Validator::start(&configs[3], port));
     let after = embed("after the restore");
     let job = |i: usize| call(api(i), "GET", &format!("/v1/jobs/{after}"), None, b"").1;
     let what = "validator 3 to apply the job after the restore";
     await_finalised(api(3), &after, what, &validators);
+    let log = std::fs::read_to_string(configs[3].with_file_name("stderr.log")).unwrap();
+    assert!(
+        log.contains("it restores its state from a copy a quorum vouches for")
+            && log.contains("its consensus store did not reach that commit"),
+        "{log}"
+    );
     assert_eq!(job(3)["finalisation"], job(0)["finalisation"]);
     let account = |i: usize| {
         let path = format!("/v1/accounts/{}", client.account);
