@@ -347,7 +347,20 @@ impl Api {
             .body(request, soma_execution::MAX_TRANSACTION_BYTES as usize)
             .await?;
         let signed = admission::admit(&self.shared, &bytes)?.signed;
-        self.submit(&signed)?;
+        // On disk before the client hears it was accepted: a crash before
+        // it is proposed does not lose it (see `journal`).
+        let journal = &self.shared.journal;
+        journal.record(&signed).map_err(|e| {
+            tracing::error!("cannot journal a transaction: {e:#}");
+            refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node cannot record the transaction now",
+            )
+        })?;
+        if let Err(refusal) = self.submit(&signed) {
+            let _ = journal.forget(&signed.digest());
+            return Err(refusal);
+        }
         Ok(json_reply(
             StatusCode::ACCEPTED,
             &json!({"transaction": signed.digest().to_string()}),

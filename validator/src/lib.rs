@@ -9,6 +9,7 @@ pub mod api;
 mod attester;
 pub mod client;
 pub mod config;
+mod journal;
 mod metrics;
 pub mod node;
 pub mod restore;

@@ -146,12 +146,22 @@ fn run(cli: Cli) -> Result<()> {
             let ran = runtime()?.block_on(soma_validator::node::run(&config, async {
                 let _ = tokio::signal::ctrl_c().await;
             }));
-            match ran {
-                Err(e)
-                    if e.downcast_ref::<TooFarBehind>()
-                        .is_some_and(|t| t.restore_automatically) =>
-                {
-                    tracing::warn!("{e}");
+            let behind = ran
+                .as_ref()
+                .err()
+                .and_then(|e| e.downcast_ref::<TooFarBehind>());
+            match behind {
+                // Restoring just now did not bring it within reach: another
+                // restore would not either.
+                Some(_) if restore_first => ran.context(
+                    "the state restored from peers at this start was not recent enough to catch \
+                     up from; try again when more peers are up to date",
+                ),
+                Some(behind) if behind.restore_automatically => {
+                    tracing::warn!(
+                        "{behind}: restoring it from its peers and starting again \
+                         (`restore_automatically` in its configuration)"
+                    );
                     // A new process image: whatever this run holds (its
                     // stores, its ports, its threads) is let go at once.
                     let me = std::env::current_exe().context("cannot find the soma executable")?;
@@ -161,7 +171,7 @@ fn run(cli: Cli) -> Result<()> {
                         .exec();
                     Err(error).context("cannot start this validator again to restore it")
                 }
-                ran => {
+                _ => {
                     ran?;
                     tracing::info!("validator stopped");
                     Ok(())

@@ -86,6 +86,12 @@ pub(crate) fn render(shared: &Shared) -> String {
         &[("", load(&consensus.mempool_bytes))],
     );
     metric(
+        "journaled_transactions",
+        "gauge",
+        "Transactions accepted through the API and not yet seen committed, kept on disk.",
+        &[("", shared.journal.len() as u64)],
+    );
+    metric(
         "next_commit_index",
         "gauge",
         "Index of the next commit to apply.",

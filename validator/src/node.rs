@@ -6,14 +6,15 @@
 use crate::admission::Admission;
 use crate::attester::{self, Work};
 use crate::config::{NodeFile, hex_public_key};
+use crate::journal::Journal;
 use crate::metrics::NodeMetrics;
 use crate::roots::RootWatch;
 use crate::{api, config};
 use anyhow::{Context, Result, bail};
-use soma_codec::Decode;
+use soma_codec::{Decode, Encode};
 use soma_consensus::{
     AuthorityIndex, CommittedSubDag, Committee, Node, NodeConfig,
-    Parameters as ConsensusParameters, Protocol, Round, StateRoot, Submitter,
+    Parameters as ConsensusParameters, Protocol, Round, StateRoot, SubmitRefused, Submitter,
 };
 use soma_crypto::{PublicKey, SecretKey, keyfile};
 use soma_execution::{
@@ -32,6 +33,10 @@ use tokio::sync::watch;
 
 /// Commits read back from the consensus store at once while catching up.
 const REPLAY_BATCH: usize = 256;
+
+/// Every this many commits the journal's transactions are submitted again
+/// (see [`Shared::resubmit_journaled`]).
+const JOURNAL_SWEEP: u64 = 1_000;
 
 /// Where the state stands, as the API and waiters see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,8 @@ pub(crate) struct Shared {
     /// When transactions submitted through the API were submitted, until
     /// they are committed (at most [`TRACKED_SUBMISSIONS`]).
     submitted: Mutex<Submissions>,
+    /// Transactions accepted through the API and not seen committed yet.
+    pub(crate) journal: Journal,
     pub(crate) metrics: NodeMetrics,
 }
 
@@ -156,6 +163,25 @@ impl Shared {
         }
     }
 
+    /// Submits again the journaled transactions whose nonces the state has
+    /// not used (forgetting the others, and those consensus refuses now):
+    /// at start, where the process before may have died with them in its
+    /// pool, and now and then, for any its pool dropped. Those still in the
+    /// pool are copies it ignores. How many were submitted, and forgotten.
+    pub(crate) fn resubmit_journaled(&self) -> Result<(usize, usize)> {
+        let before = self.journal.len();
+        let mut submitted = 0;
+        for transaction in self.journal.waiting(&self.state)? {
+            match self.submitter().submit(transaction.to_bytes()) {
+                Ok(()) => submitted += 1,
+                Err(SubmitRefused::Invalid) => self.journal.forget(&transaction.digest())?,
+                // Full, or stopping: it stays for the next time.
+                Err(_) => {}
+            }
+        }
+        Ok((submitted, before - self.journal.len()))
+    }
+
     /// Ends a request's hold on a nonce of `account`. Once no request holds
     /// one, the account's next nonce comes from the state again: a nonce
     /// handed out and never committed (a dropped transaction) leaves no
@@ -191,16 +217,9 @@ pub(crate) fn read_config(
 #[derive(Debug, thiserror::Error)]
 #[error(
     "this validator is too far behind to catch up: it holds round {round}, and its peers no \
-     longer keep the rounds after it (they keep `retention_rounds`); {}",
-    if *.restore_automatically {
-        "it restores its state from a copy a quorum vouches for and starts again".to_string()
-    } else {
-        format!(
-            "run `soma restore-state --config {}` to restore its state from a copy a quorum \
-             vouches for, and start it again",
-            .config.display()
-        )
-    }
+     longer keep the rounds after it (they keep `retention_rounds`); `soma restore-state \
+     --config {}` restores its state from a copy a quorum vouches for",
+    .config.display()
 )]
 pub struct TooFarBehind {
     /// The highest round it holds.
@@ -293,6 +312,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         api_keys,
         nonces: Mutex::default(),
         submitted: Mutex::default(),
+        journal: Journal::open(&data.join("journal"))?,
         metrics: NodeMetrics::default(),
     });
 
@@ -328,6 +348,19 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
     tokio::select! {
         caught_up = applier.catch_up(&node, None) => caught_up?,
         () = &mut stop => return Ok(()),
+    }
+
+    let journaled = shared.clone();
+    let (resubmitted, forgotten) =
+        tokio::task::spawn_blocking(move || journaled.resubmit_journaled())
+            .await
+            .context("the journal task failed")??;
+    if resubmitted + forgotten > 0 {
+        tracing::info!(
+            resubmitted,
+            forgotten,
+            "transactions accepted before the last stop and not committed then: submitted again"
+        );
     }
 
     let listener = tokio::net::TcpListener::bind(file.api)
@@ -537,6 +570,13 @@ impl Applier {
                     Some(_) => &metrics.transactions_rejected,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                // Decided, applied or refused: no longer waiting.
+                if let Some(digest) = &receipt.transaction {
+                    self.shared
+                        .journal
+                        .forget(digest)
+                        .context("cannot update the journal")?;
+                }
                 if let Some(at) = receipt.transaction.and_then(|d| submitted.at.remove(&d)) {
                     let waited = at.elapsed().as_millis() as u64;
                     metrics
@@ -561,6 +601,14 @@ impl Applier {
                     .deviant_attestations
                     .fetch_add(decided.deviant.len() as u64, Ordering::Relaxed);
             }
+        }
+        if (index + 1).is_multiple_of(JOURNAL_SWEEP) && self.shared.journal.len() > 0 {
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = shared.resubmit_journaled() {
+                    tracing::warn!("cannot submit the journal's transactions again: {e:#}");
+                }
+            });
         }
         let judged = self.roots.observe(index + 1, effects.root, claims)?;
         metrics

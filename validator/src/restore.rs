@@ -172,6 +172,7 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
     };
 
     let (commits, root) = (claim.commits, claim.root);
+    remove_unfinished(&data)?;
     let router = Host::open(dir, &file, &genesis, &packages)?.router;
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -239,6 +240,30 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         replaced,
         consensus_replaced,
     })
+}
+
+/// Removes what a restore killed before it finished left in `data`: a
+/// staged state and a seeded consensus store, which nothing else uses (the
+/// caller holds the consensus store, so no restore runs beside it).
+fn remove_unfinished(data: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(data).with_context(|| format!("cannot read {}", data.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("state.restored-") || name.starts_with("consensus.seeded-") {
+            tracing::info!(
+                "removing {}, left by a restore that did not finish",
+                path.display()
+            );
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves `staged` to `target`, and what was at `target` (if anything)

@@ -82,9 +82,15 @@ pub struct Outcome {
     pub quorum_round: Option<Round>,
     /// Transactions of this validator's blocks that fell below the
     /// garbage-collection round uncommitted, so no commit will ever carry
-    /// them (peers never built on those blocks in time): the driver submits
-    /// them again, through its verifier, since what they spend may have
-    /// changed meanwhile.
+    /// them (no committed leader's history reached those blocks in time):
+    /// the driver submits them again, through its verifier, since what
+    /// they spend may have changed meanwhile. A sender's later transaction
+    /// in a later block of this validator may have been committed before
+    /// them, and so out of order.
+    ///
+    /// Only as durable as the pool: if the validator stops before it
+    /// proposes them again, they are gone unless the node keeps them
+    /// elsewhere (it journals what its API accepted).
     pub uncommitted: Vec<Vec<u8>>,
 }
 
@@ -185,19 +191,19 @@ impl Core {
             // fetched.
             if reference.round < core.dag.gc_round() {
                 core.dag.restore(block);
-            } else {
-                core.blocks.restore(&mut core.dag, block);
+                continue;
             }
+            // The pool did not survive a restart, but the blocks did:
+            // their transactions come back if they are never committed
+            // (whether they are in the DAG or wait for lost parents).
+            if reference.author == me
+                && !block.block().transactions.is_empty()
+                && !core.linearizer.is_committed(&reference)
+            {
+                core.own_pending.insert(reference, block.clone());
+            }
+            core.blocks.restore(&mut core.dag, block);
         }
-        // The pool did not survive a restart, but the blocks did: their
-        // transactions come back if the blocks are never committed.
-        core.own_pending = (core.dag.gc_round()..=core.last_proposed.round)
-            .flat_map(|round| core.dag.blocks_in_slot(round, me))
-            .filter(|b| {
-                !b.block().transactions.is_empty() && !core.linearizer.is_committed(&b.reference())
-            })
-            .map(|b| (b.reference(), b.clone()))
-            .collect();
         core.quorum_round = core.highest_quorum_round();
         Ok(core)
     }
@@ -354,9 +360,9 @@ impl Core {
     /// catching up only those near the DAG's frontier: a hole there holds
     /// back everything above it, and replayed rounds bring the rest.
     ///
-    /// At most 100 parents for the blocks of each author, lowest rounds
-    /// first: a Byzantine validator's blocks naming made-up parents cannot
-    /// crowd out the parents that honest blocks wait for.
+    /// A bounded number of parents for the blocks of each author, lowest
+    /// rounds first: a Byzantine validator's blocks naming made-up parents
+    /// cannot crowd out the parents that honest blocks wait for.
     pub fn missing(&self) -> BTreeSet<BlockRef> {
         let frontier = match self.catch_up_from() {
             Some(from) => from.saturating_add(CATCH_UP_LAG),

@@ -166,7 +166,9 @@ pub(crate) async fn run(
 
 /// Submits the transactions of this node's uncommitted blocks again, off
 /// the core task (the verifier checks signatures). The verifier decides
-/// afresh: one whose sender's nonce was used meanwhile is refused.
+/// afresh against the state the node has applied: one whose sender's nonce
+/// was used there is refused (one used by a commit not yet applied is
+/// committed again, and refused by apply).
 fn resubmit(shared: &Arc<Shared>, transactions: Vec<Vec<u8>>) {
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {

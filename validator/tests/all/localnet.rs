@@ -234,14 +234,14 @@ pub(crate) fn logs(validators: &[Validator]) -> String {
 }
 
 /// Signed transfers from the localnet's user account, nonce after nonce.
-struct Transfers {
+pub(crate) struct Transfers {
     chain_id: [u8; 32],
     key: SecretKey,
     nonce: u64,
 }
 
 impl Transfers {
-    fn new(dir: &Path) -> Transfers {
+    pub(crate) fn new(dir: &Path) -> Transfers {
         let genesis = soma_execution::Genesis::from_config_file(&dir.join("genesis.json")).unwrap();
         Transfers {
             chain_id: genesis.chain_id(),
@@ -250,7 +250,12 @@ impl Transfers {
         }
     }
 
-    fn next(&mut self) -> Vec<u8> {
+    /// Where the transfers go (one base unit each).
+    pub(crate) fn recipient() -> soma_crypto::PublicKey {
+        SecretKey::from_bytes(&[7; 32]).public_key()
+    }
+
+    pub(crate) fn next(&mut self) -> Vec<u8> {
         use soma_codec::Encode;
         let tx = soma_execution::Transaction {
             chain_id: self.chain_id,
@@ -258,7 +263,7 @@ impl Transfers {
             nonce: self.nonce,
             fee: soma_execution::Parameters::default().min_fee,
             action: soma_execution::Action::Transfer {
-                to: SecretKey::from_bytes(&[7; 32]).public_key(),
+                to: Transfers::recipient(),
                 amount: 1,
             },
         };

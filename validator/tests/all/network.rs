@@ -8,7 +8,8 @@
 //! Python package's client gets answers it reads.
 
 use super::localnet::{
-    Session, Validator, commits, genesis_with, http, logs, start_all, status, tamper, wait_for,
+    Session, Transfers, Validator, commits, genesis, genesis_with, http, logs, start_all, status,
+    tamper, wait_for,
 };
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -1170,7 +1171,7 @@ fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
     await_finalised(api(3), &after, what, &validators);
     let log = std::fs::read_to_string(configs[3].with_file_name("stderr.log")).unwrap();
     assert!(
-        log.contains("it restores its state from a copy a quorum vouches for")
+        log.contains("restoring it from its peers and starting again")
             && log.contains("its consensus store did not reach that commit"),
         "{log}"
     );
@@ -1301,4 +1302,60 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
         })
         .count();
     assert_eq!(kept_now, 1, "nothing was moved");
+}
+
+/// A transaction the API accepted (202) is not lost with the process:
+/// validator 3, alone and so unable to propose it, is killed (SIGKILL)
+/// while it waits in its pool; started again with the others, it submits
+/// it again from its journal, and it is committed once.
+#[test]
+fn a_transaction_accepted_by_a_validator_killed_before_proposing_it_is_committed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, base) = genesis(dir.path());
+    let validators = start_all(&configs, base);
+    let api = |i: u16| base + 4 + i;
+    wait_for(
+        "10 commits everywhere",
+        Duration::from_secs(60),
+        || (0..4).all(|i| status(base + i).is_some_and(|s| s["commits"].as_u64() >= Some(10))),
+        &validators,
+    );
+    let mut validators = validators;
+    let lone = validators.pop().unwrap();
+    drop(validators);
+    // Its last block is out by now; it has no quorum for another.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut transfers = Transfers::new(dir.path());
+    let (code, body) = http(api(3), "POST", "/v1/transactions", &[], &transfers.next());
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(metric(api(3), "soma_journaled_transactions"), 1);
+    drop(lone);
+
+    let validators = start_all(&configs, base);
+    let account = |i: u16, key: &soma_crypto::PublicKey| {
+        let path = format!("/v1/accounts/{}", hex::encode(key.to_bytes()));
+        call(api(i), "GET", &path, None, b"").1
+    };
+    let recipient = Transfers::recipient();
+    wait_for(
+        "the accepted transfer to be committed",
+        Duration::from_secs(90),
+        || account(0, &recipient)["balance"] == json!(1),
+        &validators,
+    );
+    let sender = soma_crypto::keyfile::read_secret_key(&dir.path().join("accounts/user.key"))
+        .unwrap()
+        .public_key();
+    assert_eq!(account(0, &sender)["nonce"], json!(1));
+    wait_for(
+        "validator 3 to forget it",
+        Duration::from_secs(30),
+        || metric(api(3), "soma_journaled_transactions") == 0,
+        &validators,
+    );
+    let log = std::fs::read_to_string(configs[3].with_file_name("stderr.log")).unwrap();
+    assert!(log.contains("submitted again"), "{log}");
+    // Committed once: the balance stays.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(account(0, &recipient)["balance"], json!(1));
 }
