@@ -40,6 +40,16 @@ pub enum StoreError {
         /// The committee digest of this run.
         running: [u8; 32],
     },
+    /// The store was laid out by another version of the node.
+    #[error(
+        "the consensus store was written {}, but this version reads format {FORMAT}: move the \
+         validator's data directory aside and start it again, to catch up from its peers",
+        found.map_or("before formats were recorded".to_string(), |f| format!("in format {f}"))
+    )]
+    Format {
+        /// The format recorded in the store, if any.
+        found: Option<u32>,
+    },
 }
 
 /// One committed sub-DAG as stored: enough to rebuild the linearizer.
@@ -308,6 +318,11 @@ pub struct FjallStore {
 }
 
 const COMMITTEE: &[u8] = b"committee";
+const FORMAT_KEY: &[u8] = b"format";
+
+/// The layout of what [`FjallStore`] writes (keys, block and commit record
+/// encodings): a store of another layout is refused, never misread.
+const FORMAT: u32 = 1;
 const OWN_LAST: &[u8] = b"own-last";
 const PROGRESS: &[u8] = b"progress";
 
@@ -333,9 +348,17 @@ impl Store for FjallStore {
                 .batch()
                 .durability(Some(fjall::PersistMode::SyncAll));
             batch.insert(&self.meta, COMMITTEE, committee);
+            batch.insert(&self.meta, FORMAT_KEY, FORMAT.to_be_bytes());
             batch.commit()?;
             return Ok(());
         };
+        let found = self
+            .meta
+            .get(FORMAT_KEY)?
+            .map(|f| <[u8; 4]>::try_from(&f[..]).map_or(u32::MAX, u32::from_be_bytes));
+        if found != Some(FORMAT) {
+            return Err(StoreError::Format { found });
+        }
         let stored = stored[..]
             .try_into()
             .map_err(|_| StoreError::Corrupt("the committee digest is not 32 bytes".into()))?;
@@ -563,6 +586,37 @@ mod tests {
             .collect();
         blocks.sort_by_key(|b| b.reference());
         blocks
+    }
+
+    #[test]
+    fn a_store_of_another_format_or_committee_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || FjallStore::open(dir.path()).unwrap();
+        let mut store = open();
+        store.bind([1; 32]).unwrap();
+        drop(store);
+        let mut store = open();
+        store.bind([1; 32]).unwrap();
+        let e = store.bind([2; 32]).unwrap_err();
+        assert!(matches!(e, StoreError::OtherCommittee { .. }), "{e}");
+        for (format, says) in [
+            (None, "written before formats were recorded"),
+            (Some(FORMAT + 1), "written in format 2"),
+        ] {
+            match format {
+                Some(f) => store.meta.insert(FORMAT_KEY, f.to_be_bytes()).unwrap(),
+                None => store.meta.remove(FORMAT_KEY).unwrap(),
+            }
+            let e = store.bind([1; 32]).unwrap_err();
+            assert_eq!(
+                (
+                    matches!(e, StoreError::Format { found } if found == format),
+                    e.to_string().contains(says)
+                ),
+                (true, true),
+                "{e}"
+            );
+        }
     }
 
     #[test]
