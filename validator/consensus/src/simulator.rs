@@ -131,6 +131,10 @@ pub struct SimConfig {
     /// restarts run at their byte limits (about 30 MB of memory per round
     /// of 4 validators: keep such runs short).
     pub large_blocks: bool,
+    /// A validator whose messages are held up for seconds every other ten
+    /// seconds (a congested link): the others move on without it, and its
+    /// blocks of those times arrive below their garbage-collection round.
+    pub slow_sender: Option<usize>,
 }
 
 impl SimConfig {
@@ -177,6 +181,7 @@ impl SimConfig {
             latency_ms: (1, 80),
             leader_timeout_ms: 250,
             large_blocks: false,
+            slow_sender: None,
         }
     }
 }
@@ -204,8 +209,8 @@ pub struct SimReport {
     pub checkpoints: u64,
     /// Partitions (each healed).
     pub partitions: u64,
-    /// Transactions of validators' own blocks that were never committed,
-    /// submitted again.
+    /// Transactions of honest validators' own blocks that were never
+    /// committed, submitted again.
     pub resubmitted: u64,
 }
 
@@ -243,6 +248,20 @@ pub enum SimFailure {
         validator: u32,
         /// The transaction, up to its padding.
         transaction: String,
+    },
+    /// An honest validator's transaction in one of its blocks far below
+    /// its last commit was neither committed nor returned to its pool.
+    #[error(
+        "seed {seed}: validator {validator}'s transaction in its block of round {round} was never \
+         committed, and is not waiting to be proposed again"
+    )]
+    TransactionLost {
+        /// The seed.
+        seed: u64,
+        /// Whose.
+        validator: u32,
+        /// The round of its last block carrying it.
+        round: Round,
     },
     /// A validator committed a block twice.
     #[error("seed {seed}: validator {validator} committed {block:?} twice")]
@@ -380,6 +399,12 @@ struct Node {
     state_root: [u8; 32],
     /// The references of the blocks it proposed (for old-parent attacks).
     proposed: Vec<BlockRef>,
+    /// blake3 of the transactions in its core's pool: submitted, or
+    /// returned uncommitted, and not in a block of its since.
+    in_pool: BTreeSet<[u8; 32]>,
+    /// blake3 of each transaction it put in a block, and the round of the
+    /// last such block.
+    in_blocks: BTreeMap<[u8; 32], Round>,
     /// Its last committed round, and when it was first seen there.
     progress_mark: (Round, u64),
 }
@@ -421,6 +446,9 @@ struct Sim {
     /// honest validator committed: resubmission must never commit one
     /// twice (each such transaction is unique).
     committed_transactions: BTreeSet<[u8; 32]>,
+    /// blake3 of each transaction of honest authors' blocks that any honest
+    /// validator committed.
+    committed_anywhere: BTreeSet<[u8; 32]>,
     report: SimReport,
 }
 
@@ -477,6 +505,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             resubmitted: 0,
         },
         committed_transactions: BTreeSet::new(),
+        committed_anywhere: BTreeSet::new(),
         committee,
         keys,
         params,
@@ -495,6 +524,8 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             transactions: 0,
             state_root: [0; 32],
             proposed: Vec::new(),
+            in_pool: BTreeSet::new(),
+            in_blocks: BTreeMap::new(),
             progress_mark: (0, 0),
         });
     }
@@ -535,10 +566,15 @@ impl Sim {
         }));
     }
 
-    /// Stops `node` (if running): what it wrote stays in its store.
+    /// Stops `node` (if running): what it wrote stays in its store, what
+    /// waited in its pool is gone.
     fn crash(&mut self, node: usize) {
         if self.nodes[node].core.take().is_some() {
-            self.nodes[node].generation += 1;
+            let node = &mut self.nodes[node];
+            node.generation += 1;
+            for lost in std::mem::take(&mut node.in_pool) {
+                node.in_blocks.remove(&lost);
+            }
             self.report.crashes += 1;
         }
     }
@@ -638,7 +674,11 @@ impl Sim {
             return;
         }
         let (low, high) = self.config.latency_ms;
-        let delay = self.rng.random_range(low..=high);
+        let mut delay = self.rng.random_range(low..=high);
+        // Every other ten seconds, what it sends takes five seconds more.
+        if self.config.slow_sender == Some(from) && (self.now / 10_000) % 2 == 1 {
+            delay += 5_000;
+        }
         self.schedule(delay, Event::Deliver { from, to, message });
     }
 
@@ -881,6 +921,8 @@ impl Sim {
         }
         self.crash(node);
         let restored = &mut self.nodes[node];
+        // Its blocks go with its old store.
+        restored.in_blocks.clear();
         restored.store = seeded;
         restored.sequence = sequence;
         restored.transactions = transactions;
@@ -942,33 +984,45 @@ impl Sim {
         peer: Option<usize>,
         outcome: Outcome,
     ) -> Result<(), SimFailure> {
+        let mut submitted = Vec::new();
         if let Some(block) = &outcome.proposed {
             self.record_signed(node, block)?;
             self.send_proposal(node, block);
+            let round = block.reference().round;
+            let state = &mut self.nodes[node];
+            for transaction in &block.block().transactions {
+                let digest = *blake3::hash(transaction).as_bytes();
+                state.in_pool.remove(&digest);
+                state.in_blocks.insert(digest, round);
+            }
             // Each validator submits a transaction per block (or a block's
             // worth), so commits carry payload.
-            let round = block.reference().round;
             let count = if self.config.large_blocks {
                 self.params.max_block_transaction_bytes / MAX_TRANSACTION_BYTES
             } else {
                 1
             };
-            let core = self.nodes[node].core.as_mut().expect("running");
             for i in 0..count {
                 let mut transaction = format!("tx {node} {round} {i}").into_bytes();
                 if self.config.large_blocks {
                     transaction.resize(MAX_TRANSACTION_BYTES, 0);
                 }
-                let placement = Placement::alone(&transaction);
-                let _ = core.submit(transaction, placement);
+                submitted.push(transaction);
             }
         }
         // As the node's driver does (through its verifier).
-        let core = self.nodes[node].core.as_mut().expect("running");
-        self.report.resubmitted += outcome.uncommitted.len() as u64;
-        for transaction in outcome.uncommitted {
+        if self.nodes[node].behaviour == Behaviour::Honest {
+            self.report.resubmitted += outcome.uncommitted.len() as u64;
+        }
+        submitted.extend(outcome.uncommitted);
+        let state = &mut self.nodes[node];
+        let core = state.core.as_mut().expect("running");
+        for transaction in submitted {
+            let digest = *blake3::hash(&transaction).as_bytes();
             let placement = Placement::alone(&transaction);
-            let _ = core.submit(transaction, placement);
+            if core.submit(transaction, placement).is_ok() {
+                state.in_pool.insert(digest);
+            }
         }
         // The wait for a round's leader starts when the round has a quorum.
         if outcome.quorum_round.is_some() {
@@ -1119,11 +1173,10 @@ impl Sim {
                     self.nodes[b.reference().author.0 as usize].behaviour == Behaviour::Honest
                 })
                 .flat_map(|b| &b.block().transactions);
-            for transaction in honest_transactions.filter(|_| first_honest) {
-                if !self
-                    .committed_transactions
-                    .insert(*blake3::hash(transaction).as_bytes())
-                {
+            for transaction in honest_transactions {
+                let digest = *blake3::hash(transaction).as_bytes();
+                self.committed_anywhere.insert(digest);
+                if first_honest && !self.committed_transactions.insert(digest) {
                     let end = transaction
                         .iter()
                         .position(|b| *b == 0)
@@ -1222,6 +1275,25 @@ impl Sim {
                     target: self.config.rounds,
                     elapsed_ms: self.now,
                     validators: self.describe(),
+                });
+            }
+        }
+        // Every transaction in an honest validator's block far enough below
+        // its last commit was committed, or returned to its pool.
+        for &i in &honest {
+            let node = &self.nodes[i];
+            let Some(core) = &node.core else { continue };
+            let decided_below = core.progress().last_committed.saturating_sub(2 * GC_DEPTH);
+            let lost = node.in_blocks.iter().find(|(digest, round)| {
+                **round < decided_below
+                    && !node.in_pool.contains(*digest)
+                    && !self.committed_anywhere.contains(*digest)
+            });
+            if let Some((_, &round)) = lost {
+                return Err(SimFailure::TransactionLost {
+                    seed,
+                    validator: i as u32,
+                    round,
                 });
             }
         }
