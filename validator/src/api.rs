@@ -11,6 +11,7 @@
 //! now.
 
 use crate::admission::{self, Refusal};
+use crate::journal::JournalError;
 use crate::metrics;
 use crate::node::Shared;
 use crate::roots;
@@ -350,15 +351,20 @@ impl Api {
         // On disk before the client hears it was accepted: a crash before
         // it is proposed does not lose it (see `journal`).
         let journal = &self.shared.journal;
-        journal.record(&signed).map_err(|e| {
-            tracing::error!("cannot journal a transaction: {e:#}");
-            refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the node cannot record the transaction now",
-            )
+        journal.record(&signed).map_err(|e| match e {
+            JournalError::Full => busy(format!("the node cannot take the transaction now: {e}"), 5),
+            JournalError::Storage(_) => {
+                tracing::error!("cannot journal a transaction: {e}");
+                refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the node cannot record the transaction now",
+                )
+            }
         })?;
         if let Err(refusal) = self.submit(&signed) {
-            let _ = journal.forget(&signed.digest());
+            if let Err(e) = journal.withdraw(&signed) {
+                tracing::error!("cannot withdraw a refused transaction from the journal: {e}");
+            }
             return Err(refusal);
         }
         Ok(json_reply(

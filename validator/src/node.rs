@@ -174,7 +174,7 @@ impl Shared {
         for transaction in self.journal.waiting(&self.state)? {
             match self.submitter().submit(transaction.to_bytes()) {
                 Ok(()) => submitted += 1,
-                Err(SubmitRefused::Invalid) => self.journal.forget(&transaction.digest())?,
+                Err(SubmitRefused::Invalid) => self.journal.withdraw(&transaction)?,
                 // Full, or stopping: it stays for the next time.
                 Err(_) => {}
             }
@@ -312,7 +312,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         api_keys,
         nonces: Mutex::default(),
         submitted: Mutex::default(),
-        journal: Journal::open(&data.join("journal"))?,
+        journal: Journal::open(&data.join("journal")).context("cannot open the journal")?,
         metrics: NodeMetrics::default(),
     });
 
@@ -519,7 +519,7 @@ impl Applier {
             .filter(|(author, _)| *author != self.me)
             .collect();
         let executor = self.executor.clone();
-        let (effects, work, attested) = tokio::task::spawn_blocking(move || {
+        let (effects, work, attested, used) = tokio::task::spawn_blocking(move || {
             let transactions: Vec<Vec<u8>> = subdag.transactions().map(<[u8]>::to_vec).collect();
             let mut executor = executor.lock().unwrap_or_else(|e| e.into_inner());
             let effects = executor.apply(Commit {
@@ -533,6 +533,8 @@ impl Applier {
             let mut work = Vec::new();
             // Jobs an applied attestation may have finalised.
             let mut attested = Vec::new();
+            // The nonces applied transactions used.
+            let mut used = Vec::new();
             for (bytes, receipt) in transactions.iter().zip(&effects.receipts) {
                 if receipt.rejection.is_some() {
                     continue;
@@ -540,6 +542,7 @@ impl Applier {
                 let Ok(signed) = SignedTransaction::from_bytes(bytes) else {
                     continue;
                 };
+                used.push((signed.transaction().sender, signed.transaction().nonce));
                 match &signed.transaction().action {
                     Action::SubmitData { .. } => work.push(Work::Job(signed.digest())),
                     Action::RegisterEncoder { manifest, .. } => {
@@ -551,7 +554,7 @@ impl Applier {
             }
             attested.sort();
             attested.dedup();
-            Ok::<_, anyhow::Error>((effects, work, attested))
+            Ok::<_, anyhow::Error>((effects, work, attested, used))
         })
         .await
         .context("the apply task failed")?
@@ -570,13 +573,6 @@ impl Applier {
                     Some(_) => &metrics.transactions_rejected,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                // Decided, applied or refused: no longer waiting.
-                if let Some(digest) = &receipt.transaction {
-                    self.shared
-                        .journal
-                        .forget(digest)
-                        .context("cannot update the journal")?;
-                }
                 if let Some(at) = receipt.transaction.and_then(|d| submitted.at.remove(&d)) {
                     let waited = at.elapsed().as_millis() as u64;
                     metrics
@@ -585,6 +581,10 @@ impl Applier {
                     metrics.commit_latency_count.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        // Whatever the journal held at these nonces can never apply now.
+        for (sender, nonce) in used {
+            self.shared.journal.forget(&sender, nonce)?;
         }
         for id in attested {
             let Ok(Some(job)) = self.shared.state.job(&id) else {
