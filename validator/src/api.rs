@@ -347,11 +347,13 @@ impl Api {
         let bytes = self
             .body(request, soma_execution::MAX_TRANSACTION_BYTES as usize)
             .await?;
-        let signed = admission::admit(&self.shared, &bytes)?.signed;
+        let admitted = admission::admit(&self.shared, &bytes)?;
+        let signed = admitted.signed;
         // On disk before the client hears it was accepted: a crash before
         // it is proposed does not lose it (see `journal`).
         let journal = &self.shared.journal;
-        journal.record(&signed).map_err(|e| match e {
+        let priority = admitted.placement.priority;
+        let recorded = journal.record(&signed, priority).map_err(|e| match e {
             JournalError::Full => busy(format!("the node cannot take the transaction now: {e}"), 5),
             JournalError::Storage(_) => {
                 tracing::error!("cannot journal a transaction: {e}");
@@ -362,8 +364,8 @@ impl Api {
             }
         })?;
         if let Err(refusal) = self.submit(&signed) {
-            if let Err(e) = journal.withdraw(&signed) {
-                tracing::error!("cannot withdraw a refused transaction from the journal: {e}");
+            if let Err(e) = journal.undo(&signed, recorded) {
+                tracing::error!("cannot take a refused transaction out of the journal: {e}");
             }
             return Err(refusal);
         }

@@ -1,5 +1,5 @@
 //! Transactions this node accepted from clients (`202 Accepted`) and has
-//! not seen applied yet, kept on disk: a node killed before it proposed
+//! not seen committed yet, kept on disk: a node killed before it proposed
 //! them submits them again when it starts, so an accepted transaction is
 //! not lost with the process.
 //!
@@ -9,15 +9,16 @@
 //! committed and sign them again). Submitting one twice executes it at
 //! most once: apply refuses a nonce used already.
 //!
-//! One transaction per sender and nonce, as in the pool: a replacement
-//! that pays more takes the place of the one it replaces. So the journal
-//! holds at most a nonce window per funded sender, and never more than
-//! [`MAX_JOURNALED`] transactions.
+//! One transaction per sender and nonce, as in the pool: a replacement of
+//! higher priority takes the place of the one it replaces. An entry goes
+//! once its bytes are committed (applied or refused), once another
+//! transaction uses its nonce, or once admission refuses it. The journal
+//! holds at most [`MAX_JOURNALED`] transactions and [`MAX_JOURNAL_BYTES`].
 
 use soma_codec::{Decode, Encode};
 use soma_crypto::PublicKey;
 use soma_execution::{SignedTransaction, StateReader};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -25,28 +26,45 @@ use std::sync::{Mutex, MutexGuard};
 /// come back later.
 pub(crate) const MAX_JOURNALED: usize = 100_000;
 
+/// Most bytes of transactions the journal holds (as much as the pool).
+pub(crate) const MAX_JOURNAL_BYTES: usize = 64 << 20;
+
 /// A journal entry's key: the sender's public key, then the nonce (big
-/// endian).
+/// endian). Its value: the pool priority (big endian), then the signed
+/// transaction.
 type Key = [u8; 40];
 
 /// Why a transaction was not journaled.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JournalError {
-    /// It holds [`MAX_JOURNALED`] transactions already.
-    #[error("{MAX_JOURNALED} accepted transactions wait for their commit already")]
+    /// It holds as many transactions or bytes as it may.
+    #[error("accepted transactions waiting for their commit fill the journal")]
     Full,
     /// The storage engine failed.
     #[error("the transaction journal: {0}")]
     Storage(#[from] fjall::Error),
 }
 
-/// The accepted transactions waiting to be applied.
+/// What [`Journal::record`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Added it.
+    Added,
+    /// Put it in the place of these bytes (with their priority), which
+    /// paid less.
+    Replaced(Vec<u8>),
+    /// Kept what it holds for the sender and nonce, of at least its
+    /// priority.
+    Kept,
+}
+
+/// The accepted transactions waiting for their commit.
 pub(crate) struct Journal {
     db: fjall::Database,
     pending: fjall::Keyspace,
-    /// The keys `pending` holds, so that apply looks up only the
-    /// transactions this node journaled.
-    keys: Mutex<BTreeSet<Key>>,
+    /// The size of each entry `pending` holds, and their sum: apply looks
+    /// up only what this node journaled.
+    sizes: Mutex<(BTreeMap<Key, usize>, usize)>,
 }
 
 fn key(sender: &PublicKey, nonce: u64) -> Key {
@@ -60,104 +78,189 @@ fn key_of(signed: &SignedTransaction) -> Key {
     key(&signed.transaction().sender, signed.transaction().nonce)
 }
 
+/// An entry's priority and transaction bytes, if it is well formed.
+fn split(value: &[u8]) -> Option<(u64, &[u8])> {
+    let (priority, transaction) = value.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*priority), transaction))
+}
+
 impl Journal {
     /// Opens (or creates) the journal at `path`.
     pub(crate) fn open(path: &Path) -> Result<Journal, JournalError> {
         let db = fjall::Database::builder(path).open()?;
         let pending = db.keyspace("pending", fjall::KeyspaceCreateOptions::default)?;
-        let mut keys = BTreeSet::new();
+        let mut sizes = BTreeMap::new();
+        let mut total = 0;
         for entry in pending.iter() {
-            // A key of another length is no entry of this journal;
-            // `waiting` removes it.
-            if let Ok(key) = Key::try_from(&entry.key()?[..]) {
-                keys.insert(key);
+            let (key, value) = entry.into_inner()?;
+            // What is not an entry of this journal, `waiting` removes.
+            if let Ok(key) = Key::try_from(&key[..]) {
+                sizes.insert(key, value.len());
+                total += value.len();
             }
         }
         Ok(Journal {
             db,
             pending,
-            keys: Mutex::new(keys),
+            sizes: Mutex::new((sizes, total)),
         })
     }
 
-    /// Records `signed` before the client is told it was accepted, in the
-    /// place of a transaction of its sender and nonce that pays a lower
-    /// fee (one that pays as much or more stays).
-    pub(crate) fn record(&self, signed: &SignedTransaction) -> Result<(), JournalError> {
+    /// Records `signed`, placed in the pool at `priority`, before the
+    /// client is told it was accepted: in the place of a transaction of
+    /// its sender and nonce of lower priority, as the pool does.
+    pub(crate) fn record(
+        &self,
+        signed: &SignedTransaction,
+        priority: u64,
+    ) -> Result<Recorded, JournalError> {
         let key = key_of(signed);
-        let mut keys = self.lock();
-        if keys.contains(&key) {
-            let kept = self.pending.get(key)?;
-            let outbid = kept
-                .and_then(|bytes| SignedTransaction::from_bytes(&bytes).ok())
-                .is_some_and(|kept| kept.transaction().fee >= signed.transaction().fee);
-            if outbid {
-                return Ok(());
-            }
-        } else if keys.len() >= MAX_JOURNALED {
+        let mut value = priority.to_be_bytes().to_vec();
+        value.extend(signed.to_bytes());
+        let mut sizes = self.lock();
+        let old = match sizes.0.get(&key) {
+            Some(_) => self.pending.get(key)?,
+            None => None,
+        };
+        if let Some(old) = &old
+            && split(old).is_some_and(|(held, _)| held >= priority)
+        {
+            return Ok(Recorded::Kept);
+        }
+        let freed = old.as_ref().map_or(0, |o| o.len());
+        let (count, bytes) = (sizes.0.len(), sizes.1);
+        if old.is_none() && count >= MAX_JOURNALED
+            || bytes - freed + value.len() > MAX_JOURNAL_BYTES
+        {
             return Err(JournalError::Full);
         }
-        self.pending.insert(key, signed.to_bytes())?;
+        let size = value.len();
+        self.pending.insert(key, value)?;
         self.db.persist(fjall::PersistMode::Buffer)?;
-        keys.insert(key);
-        Ok(())
+        sizes.0.insert(key, size);
+        sizes.1 = sizes.1 - freed + size;
+        Ok(match old {
+            Some(old) => Recorded::Replaced(old.to_vec()),
+            None => Recorded::Added,
+        })
     }
 
-    /// Forgets the transaction of `sender` at `nonce`: that nonce was used.
-    pub(crate) fn forget(&self, sender: &PublicKey, nonce: u64) -> Result<(), JournalError> {
-        let key = key(sender, nonce);
-        if self.lock().remove(&key) {
-            self.pending.remove(key)?;
-        }
-        Ok(())
-    }
-
-    /// Forgets `signed`, if it is what the journal holds at its sender and
-    /// nonce (its submission failed).
-    pub(crate) fn withdraw(&self, signed: &SignedTransaction) -> Result<(), JournalError> {
+    /// Undoes what [`Journal::record`] did for `signed` (its submission
+    /// failed), unless the entry changed since.
+    pub(crate) fn undo(
+        &self,
+        signed: &SignedTransaction,
+        recorded: Recorded,
+    ) -> Result<(), JournalError> {
         let key = key_of(signed);
-        let mut keys = self.lock();
-        let held = self
-            .pending
-            .get(key)?
-            .is_some_and(|bytes| bytes[..] == signed.to_bytes()[..]);
-        if held {
-            self.pending.remove(key)?;
-            keys.remove(&key);
+        let mut sizes = self.lock();
+        let held = self.pending.get(key)?;
+        let ours = held
+            .as_ref()
+            .and_then(|v| split(v))
+            .is_some_and(|(_, t)| t == &signed.to_bytes()[..]);
+        if !ours {
+            return Ok(());
+        }
+        let freed = held.map_or(0, |v| v.len());
+        match recorded {
+            Recorded::Kept => {}
+            Recorded::Added => {
+                self.pending.remove(key)?;
+                sizes.0.remove(&key);
+                sizes.1 -= freed;
+            }
+            Recorded::Replaced(old) => {
+                let size = old.len();
+                self.pending.insert(key, old)?;
+                sizes.0.insert(key, size);
+                sizes.1 = sizes.1 - freed + size;
+            }
         }
         Ok(())
+    }
+
+    /// Forgets the entry for `sender` and `nonce` if `done` says it is
+    /// done with, given the transaction it holds.
+    fn forget_if(
+        &self,
+        sender: &PublicKey,
+        nonce: u64,
+        done: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<(), JournalError> {
+        let key = key(sender, nonce);
+        let mut sizes = self.lock();
+        if !sizes.0.contains_key(&key) {
+            return Ok(());
+        }
+        let held = self.pending.get(key)?;
+        if held
+            .as_ref()
+            .and_then(|v| split(v))
+            .is_none_or(|(_, t)| done(t))
+        {
+            self.pending.remove(key)?;
+            if let Some(size) = sizes.0.remove(&key) {
+                sizes.1 -= size;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes a committed transaction: if applied, its nonce is used and
+    /// whatever the journal holds there can never apply; if refused, the
+    /// journal forgets it only if it holds these very bytes.
+    pub(crate) fn committed(
+        &self,
+        signed: &SignedTransaction,
+        applied: bool,
+    ) -> Result<(), JournalError> {
+        let tx = signed.transaction();
+        let bytes = signed.to_bytes();
+        self.forget_if(&tx.sender, tx.nonce, |held| applied || held == &bytes[..])
+    }
+
+    /// Forgets `signed` if it is what the journal holds (admission refuses
+    /// it now).
+    pub(crate) fn withdraw(&self, signed: &SignedTransaction) -> Result<(), JournalError> {
+        let tx = signed.transaction();
+        let bytes = signed.to_bytes();
+        self.forget_if(&tx.sender, tx.nonce, |held| held == &bytes[..])
     }
 
     /// Transactions waiting.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().0.len()
     }
 
-    /// The transactions waiting whose nonces `state` has not used yet;
-    /// those it has (applied, or overtaken by another transaction of the
-    /// sender) are forgotten, and so are entries that do not decode.
+    /// The transactions waiting whose nonces `state` has not used yet, in
+    /// sender and nonce order; those it has used are forgotten, and so are
+    /// entries that do not decode.
     pub(crate) fn waiting(
         &self,
         state: &StateReader,
     ) -> Result<Vec<SignedTransaction>, JournalError> {
         let mut waiting = Vec::new();
         for entry in self.pending.iter() {
-            let (key, bytes) = entry.into_inner()?;
-            let transaction = SignedTransaction::from_bytes(&bytes)
-                .ok()
-                .filter(|t| key[..] == key_of(t)[..])
-                .filter(|t| {
-                    state
-                        .account(&t.transaction().sender)
-                        .is_ok_and(|a| a.nonce <= t.transaction().nonce)
-                });
+            let (key, value) = entry.into_inner()?;
+            let transaction = split(&value)
+                .and_then(|(_, t)| SignedTransaction::from_bytes(t).ok())
+                .filter(|t| key[..] == key_of(t)[..]);
+            let unused = transaction.as_ref().is_some_and(|t| {
+                state
+                    .account(&t.transaction().sender)
+                    .is_ok_and(|a| a.nonce <= t.transaction().nonce)
+            });
             match transaction {
-                Some(transaction) => waiting.push(transaction),
-                None => {
-                    let mut keys = self.lock();
+                Some(transaction) if unused => waiting.push(transaction),
+                _ => {
+                    let mut sizes = self.lock();
                     self.pending.remove(key.clone())?;
-                    if let Ok(key) = Key::try_from(&key[..]) {
-                        keys.remove(&key);
+                    if let Some(size) = Key::try_from(&key[..])
+                        .ok()
+                        .and_then(|k| sizes.0.remove(&k))
+                    {
+                        sizes.1 -= size;
                     }
                 }
             }
@@ -165,8 +268,8 @@ impl Journal {
         Ok(waiting)
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeSet<Key>> {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, (BTreeMap<Key, usize>, usize)> {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -195,36 +298,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let alice = SecretKey::from_bytes(&[1; 32]);
         let held = |journal: &Journal, nonce| {
-            let bytes = journal
+            let value = journal
                 .pending
                 .get(key(&alice.public_key(), nonce))
                 .unwrap();
-            bytes.map(|b| SignedTransaction::from_bytes(&b).unwrap().transaction().fee)
+            value.map(|v| {
+                let (_, t) = split(&v).unwrap();
+                SignedTransaction::from_bytes(t).unwrap().transaction().fee
+            })
         };
         let journal = Journal::open(dir.path()).unwrap();
-        journal.record(&transfer(&alice, 0, 10)).unwrap();
-        journal.record(&transfer(&alice, 0, 5)).unwrap();
-        assert_eq!(
-            held(&journal, 0),
-            Some(10),
-            "a cheaper replacement is not kept"
-        );
+        let first = transfer(&alice, 0, 10);
+        assert_eq!(journal.record(&first, 10).unwrap(), Recorded::Added);
+        let cheaper = transfer(&alice, 0, 5);
+        assert_eq!(journal.record(&cheaper, 5).unwrap(), Recorded::Kept);
+        // Undoing what did not change the journal changes nothing.
+        journal.undo(&cheaper, Recorded::Kept).unwrap();
+        assert_eq!(held(&journal, 0), Some(10));
         let dearer = transfer(&alice, 0, 20);
-        journal.record(&dearer).unwrap();
-        journal.record(&transfer(&alice, 1, 10)).unwrap();
+        let replaced = journal.record(&dearer, 20).unwrap();
+        assert!(matches!(replaced, Recorded::Replaced(_)));
+        // A replacement whose submission failed gives the place back.
+        journal.undo(&dearer, replaced).unwrap();
+        assert_eq!(held(&journal, 0), Some(10));
+        journal.record(&dearer, 20).unwrap();
+        let next = transfer(&alice, 1, 10);
+        journal.record(&next, 10).unwrap();
         assert_eq!((held(&journal, 0), journal.len()), (Some(20), 2));
-        // Withdrawing what it no longer holds leaves what it holds.
-        journal.withdraw(&transfer(&alice, 0, 10)).unwrap();
+        // A refused copy of other bytes leaves what it holds.
+        journal.committed(&first, false).unwrap();
+        journal.withdraw(&first).unwrap();
         assert_eq!(held(&journal, 0), Some(20));
         drop(journal);
 
         let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(journal.len(), 2);
-        journal.withdraw(&dearer).unwrap();
-        journal.forget(&alice.public_key(), 1).unwrap();
+        // Another transaction applied at nonce 0 uses it up.
+        journal.committed(&first, true).unwrap();
+        journal.committed(&next, false).unwrap();
         assert_eq!(
             (held(&journal, 0), held(&journal, 1), journal.len()),
             (None, None, 0)
         );
+        assert_eq!(journal.lock().1, 0, "no bytes counted");
     }
 }

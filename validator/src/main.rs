@@ -142,6 +142,12 @@ fn run(cli: Cli) -> Result<()> {
             if restore_first {
                 let restored = soma_validator::restore::restore_state(&config)?;
                 tracing::info!("{restored}");
+                // Restoring by itself, it keeps only the copies it just
+                // moved aside.
+                let removed = soma_validator::restore::remove_older_copies(&config, &restored)?;
+                if removed > 0 {
+                    tracing::info!("removed {removed} copies earlier restores had moved aside");
+                }
             }
             let ran = runtime()?.block_on(soma_validator::node::run(&config, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -153,7 +159,7 @@ fn run(cli: Cli) -> Result<()> {
             match behind {
                 // Restoring just now did not bring it within reach: another
                 // restore would not either.
-                Some(_) if restore_first => ran.context(
+                Some(behind) if restore_first && !behind.progressed => ran.context(
                     "the state restored from peers at this start was not recent enough to catch \
                      up from; try again when more peers are up to date",
                 ),

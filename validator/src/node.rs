@@ -26,7 +26,7 @@ use soma_host::package::{BlobStore, VerifiedPackage};
 use soma_host::{CompiledCache, Engine};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     submitted: Mutex<Submissions>,
     /// Transactions accepted through the API and not seen committed yet.
     pub(crate) journal: Journal,
+    /// Whether the journal's transactions are being submitted again.
+    sweeping: AtomicBool,
     pub(crate) metrics: NodeMetrics,
 }
 
@@ -179,7 +181,7 @@ impl Shared {
                 Err(_) => {}
             }
         }
-        Ok((submitted, before - self.journal.len()))
+        Ok((submitted, before.saturating_sub(self.journal.len())))
     }
 
     /// Ends a request's hold on a nonce of `account`. Once no request holds
@@ -193,6 +195,31 @@ impl Shared {
             if entry.outstanding == 0 {
                 nonces.remove(account);
             }
+        }
+    }
+}
+
+/// Opens the transaction journal at `path`; one that does not open is
+/// moved aside (the journal is an aid: the validator runs without what it
+/// held) and a new one made.
+fn open_journal(path: &Path) -> Result<Journal> {
+    match Journal::open(path) {
+        Ok(journal) => Ok(journal),
+        Err(e) => {
+            let aside = path.with_extension(format!(
+                "unreadable-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs()
+            ));
+            tracing::error!(
+                "the transaction journal does not open ({e}); moved to {}, starting a new one",
+                aside.display()
+            );
+            std::fs::rename(path, &aside)
+                .with_context(|| format!("cannot move {} aside", path.display()))?;
+            Journal::open(path).context("cannot make a new transaction journal")
         }
     }
 }
@@ -228,6 +255,9 @@ pub struct TooFarBehind {
     pub config: PathBuf,
     /// Whether its configuration lets it restore itself.
     pub restore_automatically: bool,
+    /// Whether this run applied commits before it fell behind (if not, a
+    /// restore just before it did not bring it within reach).
+    pub progressed: bool,
 }
 
 /// Runs the validator configured by `config_path` until `stop` resolves
@@ -278,6 +308,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         router,
     } = Host::open(dir, &file, &genesis, &packages)?;
     let executor = Executor::open(&data.join("state"), &genesis, router)?;
+    let started_at = executor.next_index();
     // A validator that lost its consensus store no longer knows which
     // blocks it signed: started on a new one, it could sign a round twice.
     if executor.next_index() > 0 && !data.join("consensus").exists() {
@@ -312,7 +343,8 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         api_keys,
         nonces: Mutex::default(),
         submitted: Mutex::default(),
-        journal: Journal::open(&data.join("journal")).context("cannot open the journal")?,
+        journal: open_journal(&data.join("journal"))?,
+        sweeping: AtomicBool::new(false),
         metrics: NodeMetrics::default(),
     });
 
@@ -351,16 +383,15 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
     }
 
     let journaled = shared.clone();
-    let (resubmitted, forgotten) =
-        tokio::task::spawn_blocking(move || journaled.resubmit_journaled())
-            .await
-            .context("the journal task failed")??;
-    if resubmitted + forgotten > 0 {
-        tracing::info!(
+    match tokio::task::spawn_blocking(move || journaled.resubmit_journaled()).await {
+        Ok(Ok((0, 0))) => {}
+        Ok(Ok((resubmitted, forgotten))) => tracing::info!(
             resubmitted,
             forgotten,
             "transactions accepted before the last stop and not committed then: submitted again"
-        );
+        ),
+        Ok(Err(e)) => tracing::warn!("cannot submit the journal's transactions again: {e:#}"),
+        Err(e) => tracing::warn!("the journal task failed: {e}"),
     }
 
     let listener = tokio::net::TcpListener::bind(file.api)
@@ -393,6 +424,7 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
                     round,
                     config: config_path.to_path_buf(),
                     restore_automatically: file.restore_automatically,
+                    progressed: shared.applied.borrow().next_index > started_at,
                 }
                 .into())
             }
@@ -519,7 +551,8 @@ impl Applier {
             .filter(|(author, _)| *author != self.me)
             .collect();
         let executor = self.executor.clone();
-        let (effects, work, attested, used) = tokio::task::spawn_blocking(move || {
+        let shared = self.shared.clone();
+        let (effects, work, attested) = tokio::task::spawn_blocking(move || {
             let transactions: Vec<Vec<u8>> = subdag.transactions().map(<[u8]>::to_vec).collect();
             let mut executor = executor.lock().unwrap_or_else(|e| e.into_inner());
             let effects = executor.apply(Commit {
@@ -533,16 +566,18 @@ impl Applier {
             let mut work = Vec::new();
             // Jobs an applied attestation may have finalised.
             let mut attested = Vec::new();
-            // The nonces applied transactions used.
-            let mut used = Vec::new();
             for (bytes, receipt) in transactions.iter().zip(&effects.receipts) {
-                if receipt.rejection.is_some() {
-                    continue;
-                }
                 let Ok(signed) = SignedTransaction::from_bytes(bytes) else {
                     continue;
                 };
-                used.push((signed.transaction().sender, signed.transaction().nonce));
+                let applied = receipt.rejection.is_none();
+                // The journal is an aid: its trouble never stops apply.
+                if let Err(e) = shared.journal.committed(&signed, applied) {
+                    tracing::warn!("cannot update the transaction journal: {e}");
+                }
+                if !applied {
+                    continue;
+                }
                 match &signed.transaction().action {
                     Action::SubmitData { .. } => work.push(Work::Job(signed.digest())),
                     Action::RegisterEncoder { manifest, .. } => {
@@ -554,7 +589,7 @@ impl Applier {
             }
             attested.sort();
             attested.dedup();
-            Ok::<_, anyhow::Error>((effects, work, attested, used))
+            Ok::<_, anyhow::Error>((effects, work, attested))
         })
         .await
         .context("the apply task failed")?
@@ -582,10 +617,6 @@ impl Applier {
                 }
             }
         }
-        // Whatever the journal held at these nonces can never apply now.
-        for (sender, nonce) in used {
-            self.shared.journal.forget(&sender, nonce)?;
-        }
         for id in attested {
             let Ok(Some(job)) = self.shared.state.job(&id) else {
                 continue;
@@ -602,12 +633,16 @@ impl Applier {
                     .fetch_add(decided.deviant.len() as u64, Ordering::Relaxed);
             }
         }
-        if (index + 1).is_multiple_of(JOURNAL_SWEEP) && self.shared.journal.len() > 0 {
+        if (index + 1).is_multiple_of(JOURNAL_SWEEP)
+            && self.shared.journal.len() > 0
+            && !self.shared.sweeping.swap(true, Ordering::AcqRel)
+        {
             let shared = self.shared.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = shared.resubmit_journaled() {
                     tracing::warn!("cannot submit the journal's transactions again: {e:#}");
                 }
+                shared.sweeping.store(false, Ordering::Release);
             });
         }
         let judged = self.roots.observe(index + 1, effects.root, claims)?;

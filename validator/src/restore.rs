@@ -242,6 +242,33 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
     })
 }
 
+/// Removes the copies that restores before `restored` moved aside in the
+/// data directory of the validator configured at `config_path`, keeping
+/// the ones `restored` moved: what a validator that restores itself does,
+/// so that its copies do not pile up. How many it removed.
+pub fn remove_older_copies(config_path: &Path, restored: &Restored) -> Result<usize> {
+    let (file, dir, _, _) = read_config(config_path)?;
+    let data = dir.join(&file.data_dir);
+    let kept = [&restored.replaced, &restored.consensus_replaced];
+    let mut removed = 0;
+    for entry in
+        std::fs::read_dir(&data).with_context(|| format!("cannot read {}", data.display()))?
+    {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let copy = name.starts_with("state.replaced-") || name.starts_with("consensus.replaced-");
+        if copy && !kept.iter().any(|k| k.as_deref() == Some(path.as_path())) {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes what a restore killed before it finished left in `data`: a
 /// staged state and a seeded consensus store, which nothing else uses (the
 /// caller holds the consensus store, so no restore runs beside it).

@@ -212,6 +212,8 @@ pub struct SimReport {
     /// Transactions of honest validators' own blocks that were never
     /// committed, submitted again.
     pub resubmitted: u64,
+    /// Of those, how many the pool had no room for (dropped).
+    pub resubmit_dropped: u64,
 }
 
 /// Why a run failed: the seed reproduces it.
@@ -446,7 +448,7 @@ struct Sim {
     /// honest validator committed: resubmission must never commit one
     /// twice (each such transaction is unique).
     committed_transactions: BTreeSet<[u8; 32]>,
-    /// blake3 of each transaction of honest authors' blocks that any honest
+    /// blake3 of each transaction of honest authors' blocks that an honest
     /// validator committed.
     committed_anywhere: BTreeSet<[u8; 32]>,
     report: SimReport,
@@ -503,6 +505,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
             checkpoints: 0,
             partitions: 0,
             resubmitted: 0,
+            resubmit_dropped: 0,
         },
         committed_transactions: BTreeSet::new(),
         committed_anywhere: BTreeSet::new(),
@@ -1010,18 +1013,25 @@ impl Sim {
                 submitted.push(transaction);
             }
         }
-        // As the node's driver does (through its verifier).
-        if self.nodes[node].behaviour == Behaviour::Honest {
-            self.report.resubmitted += outcome.uncommitted.len() as u64;
-        }
+        // As the node's driver does (through its verifier): one the pool
+        // has no room for is dropped, as by a crash.
+        let honest = self.nodes[node].behaviour == Behaviour::Honest;
+        let fresh = submitted.len();
         submitted.extend(outcome.uncommitted);
         let state = &mut self.nodes[node];
         let core = state.core.as_mut().expect("running");
-        for transaction in submitted {
+        for (i, transaction) in submitted.into_iter().enumerate() {
             let digest = *blake3::hash(&transaction).as_bytes();
             let placement = Placement::alone(&transaction);
-            if core.submit(transaction, placement).is_ok() {
+            let queued = core.submit(transaction, placement).is_ok();
+            if queued {
                 state.in_pool.insert(digest);
+            } else {
+                state.in_blocks.remove(&digest);
+            }
+            if honest && i >= fresh {
+                self.report.resubmitted += 1;
+                self.report.resubmit_dropped += u64::from(!queued);
             }
         }
         // The wait for a round's leader starts when the round has a quorum.
@@ -1165,6 +1175,7 @@ impl Sim {
         committed: Vec<CommittedSubDag>,
     ) -> Result<(), SimFailure> {
         let first_honest = self.honest().next() == Some(node);
+        let honest_committer = self.nodes[node].behaviour == Behaviour::Honest;
         for subdag in committed {
             let honest_transactions = subdag
                 .blocks
@@ -1173,7 +1184,7 @@ impl Sim {
                     self.nodes[b.reference().author.0 as usize].behaviour == Behaviour::Honest
                 })
                 .flat_map(|b| &b.block().transactions);
-            for transaction in honest_transactions {
+            for transaction in honest_transactions.filter(|_| honest_committer) {
                 let digest = *blake3::hash(transaction).as_bytes();
                 self.committed_anywhere.insert(digest);
                 if first_honest && !self.committed_transactions.insert(digest) {

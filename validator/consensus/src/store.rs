@@ -42,13 +42,13 @@ pub enum StoreError {
     },
     /// The store was laid out by another version of the node.
     #[error(
-        "the consensus store was written {}, but this version reads format {FORMAT}: move the \
-         validator's data directory aside and start it again, to catch up from its peers",
-        found.map_or("before formats were recorded".to_string(), |f| format!("in format {f}"))
+        "the consensus store is in format {found}, but this version of soma reads format \
+         {FORMAT}: run a version that reads format {found} (the store records which blocks this \
+         validator signed; do not delete it)"
     )]
     Format {
-        /// The format recorded in the store, if any.
-        found: Option<u32>,
+        /// The format recorded in the store.
+        found: u32,
     },
 }
 
@@ -323,20 +323,43 @@ const FORMAT_KEY: &[u8] = b"format";
 /// The layout of what [`FjallStore`] writes (keys, block and commit record
 /// encodings): a store of another layout is refused, never misread.
 const FORMAT: u32 = 1;
+
+/// The layout of stores written before formats were recorded.
+const UNRECORDED_FORMAT: u32 = 1;
 const OWN_LAST: &[u8] = b"own-last";
 const PROGRESS: &[u8] = b"progress";
 
 impl FjallStore {
     /// Opens (or creates) the store in directory `path`.
+    /// Refuses one of another format. A store that records a committee
+    /// but no format was written before formats were recorded, in the
+    /// layout of the first: it is marked so.
     pub fn open(path: &Path) -> Result<FjallStore, StoreError> {
         let db = fjall::Database::builder(path).open()?;
         let options = fjall::KeyspaceCreateOptions::default;
-        Ok(FjallStore {
+        let store = FjallStore {
             blocks: db.keyspace("blocks", options)?,
             commits: db.keyspace("commits", options)?,
             meta: db.keyspace("meta", options)?,
             db,
-        })
+        };
+        match store.meta.get(FORMAT_KEY)? {
+            Some(found) => {
+                let found = <[u8; 4]>::try_from(&found[..])
+                    .map_err(|_| StoreError::Corrupt("the format is not 4 bytes".into()))?;
+                let found = u32::from_be_bytes(found);
+                if found != FORMAT {
+                    return Err(StoreError::Format { found });
+                }
+            }
+            None if store.meta.get(COMMITTEE)?.is_some() => {
+                store
+                    .meta
+                    .insert(FORMAT_KEY, UNRECORDED_FORMAT.to_be_bytes())?;
+            }
+            None => {}
+        }
+        Ok(store)
     }
 }
 
@@ -352,13 +375,6 @@ impl Store for FjallStore {
             batch.commit()?;
             return Ok(());
         };
-        let found = self
-            .meta
-            .get(FORMAT_KEY)?
-            .map(|f| <[u8; 4]>::try_from(&f[..]).map_or(u32::MAX, u32::from_be_bytes));
-        if found != Some(FORMAT) {
-            return Err(StoreError::Format { found });
-        }
         let stored = stored[..]
             .try_into()
             .map_err(|_| StoreError::Corrupt("the committee digest is not 32 bytes".into()))?;
@@ -591,32 +607,30 @@ mod tests {
     #[test]
     fn a_store_of_another_format_or_committee_is_refused_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || FjallStore::open(dir.path()).unwrap();
-        let mut store = open();
-        store.bind([1; 32]).unwrap();
-        drop(store);
-        let mut store = open();
+        let open = || FjallStore::open(dir.path());
+        let mut store = open().unwrap();
         store.bind([1; 32]).unwrap();
         let e = store.bind([2; 32]).unwrap_err();
         assert!(matches!(e, StoreError::OtherCommittee { .. }), "{e}");
-        for (format, says) in [
-            (None, "written before formats were recorded"),
-            (Some(FORMAT + 1), "written in format 2"),
-        ] {
-            match format {
-                Some(f) => store.meta.insert(FORMAT_KEY, f.to_be_bytes()).unwrap(),
-                None => store.meta.remove(FORMAT_KEY).unwrap(),
-            }
-            let e = store.bind([1; 32]).unwrap_err();
-            assert_eq!(
-                (
-                    matches!(e, StoreError::Format { found } if found == format),
-                    e.to_string().contains(says)
-                ),
-                (true, true),
-                "{e}"
-            );
-        }
+        // Written before formats were recorded: the first format.
+        store.meta.remove(FORMAT_KEY).unwrap();
+        drop(store);
+        let store = open().unwrap();
+        assert_eq!(
+            store.meta.get(FORMAT_KEY).unwrap().as_deref(),
+            Some(&UNRECORDED_FORMAT.to_be_bytes()[..])
+        );
+        store
+            .meta
+            .insert(FORMAT_KEY, (FORMAT + 1).to_be_bytes())
+            .unwrap();
+        drop(store);
+        let e = open().err().unwrap();
+        assert!(
+            matches!(e, StoreError::Format { found } if found == FORMAT + 1)
+                && e.to_string().contains("do not delete it"),
+            "{e}"
+        );
     }
 
     #[test]

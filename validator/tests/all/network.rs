@@ -1165,11 +1165,23 @@ fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
     // from its peers by itself, and goes on.
     set_restore(true);
     validators.push(Validator::start(&configs[3], port));
+    let log = || std::fs::read_to_string(configs[3].with_file_name("stderr.log")).unwrap();
+    wait_for(
+        "validator 3 to restore itself and serve",
+        Duration::from_secs(120),
+        || {
+            log().contains("restored the state after")
+                && std::net::TcpStream::connect(("127.0.0.1", api(3))).is_ok()
+                && call(api(3), "GET", "/health", None, b"").0 == 200
+        },
+        &validators,
+    );
+    // Submitted after the restore, so that validator 3 applies it itself.
     let after = embed("after the restore");
     let job = |i: usize| call(api(i), "GET", &format!("/v1/jobs/{after}"), None, b"").1;
     let what = "validator 3 to apply the job after the restore";
     await_finalised(api(3), &after, what, &validators);
-    let log = std::fs::read_to_string(configs[3].with_file_name("stderr.log")).unwrap();
+    let log = log();
     assert!(
         log.contains("restoring it from its peers and starting again")
             && log.contains("its consensus store did not reach that commit"),
