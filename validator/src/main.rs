@@ -144,9 +144,12 @@ fn run(cli: Cli) -> Result<()> {
                 tracing::info!("{restored}");
                 // Restoring by itself, it keeps only the copies it just
                 // moved aside.
-                let removed = soma_validator::restore::remove_older_copies(&config, &restored)?;
-                if removed > 0 {
-                    tracing::info!("removed {removed} copies earlier restores had moved aside");
+                match soma_validator::restore::remove_older_copies(&config, &restored) {
+                    Ok(0) => {}
+                    Ok(removed) => {
+                        tracing::info!("removed {removed} copies earlier restores had moved aside")
+                    }
+                    Err(e) => tracing::warn!("cannot remove copies earlier restores left: {e:#}"),
                 }
             }
             let ran = runtime()?.block_on(soma_validator::node::run(&config, async {
