@@ -140,8 +140,8 @@ pub struct SimConfig {
 impl SimConfig {
     /// A run of `validators` for `rounds` whose faults are drawn from
     /// `seed`: equal or unequal stakes, Byzantine validators of random
-    /// behaviours holding at most f stake, crashes, partitions and one of
-    /// the [`Outage`]s.
+    /// behaviours holding at most f stake, crashes, partitions, one of
+    /// the [`Outage`]s, and in one run of four a congested link.
     pub fn random(validators: usize, rounds: Round, seed: u64) -> SimConfig {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
         let stakes: Vec<Stake> = if rng.random_bool(0.5) {
@@ -170,6 +170,10 @@ impl SimConfig {
             3 => Outage::BeyondRetention { down_ms: 60_000 },
             _ => Outage::Everyone,
         };
+        // Drawn last, so that the draws above stay what they were.
+        let slow_sender = rng
+            .random_bool(0.25)
+            .then(|| rng.random_range(0..validators));
         SimConfig {
             seed,
             behaviours,
@@ -181,7 +185,7 @@ impl SimConfig {
             latency_ms: (1, 80),
             leader_timeout_ms: 250,
             large_blocks: false,
-            slow_sender: None,
+            slow_sender,
         }
     }
 }

@@ -19,6 +19,8 @@ fn run_seeds(validators: usize) -> Vec<SimReport> {
     // Some validator down a minute replayed rounds from its peers' stores
     // (in a run where the others could go on without it).
     assert!(reports.iter().any(|r| r.catch_ups > 0));
+    // Some run had a congested link.
+    assert!(reports.iter().any(|r| r.config.slow_sender.is_some()));
     reports
 }
 
@@ -81,6 +83,7 @@ fn parents_held_by_some_validators_only_never_stall_the_others() {
                 behaviours: all,
                 stakes: vec![1; n],
                 outage: Outage::Two,
+                slow_sender: None,
                 ..SimConfig::random(n, 1000, seed)
             };
             run(config).unwrap_or_else(|e| panic!("{e}"));
@@ -99,6 +102,7 @@ fn a_validator_down_for_a_minute_catches_up_and_commits_the_same_sequence() {
         crashes: false,
         partitions: false,
         outage: Outage::Long { down_ms: 60_000 },
+        slow_sender: None,
         ..SimConfig::random(4, 1500, 3)
     };
     let report = run(config).unwrap_or_else(|e| panic!("{e}"));
@@ -117,6 +121,7 @@ fn a_validator_down_beyond_its_peers_retention_resumes_from_a_checkpoint() {
         crashes: false,
         partitions: false,
         outage: Outage::BeyondRetention { down_ms: 60_000 },
+        slow_sender: None,
         ..SimConfig::random(4, 1500, 3)
     };
     let report = run(config).unwrap_or_else(|e| panic!("{e}"));
@@ -136,6 +141,7 @@ fn blocks_at_the_size_limit_commit_through_crashes_partitions_and_restarts() {
                 stakes: vec![1; 4],
                 outage: Outage::Everyone,
                 large_blocks: true,
+                slow_sender: None,
                 ..SimConfig::random(4, 100, seed)
             };
             run(config).unwrap_or_else(|e| panic!("{e}"))
@@ -182,6 +188,7 @@ fn a_fault_free_committee_commits_every_round() {
         crashes: false,
         outage: Outage::None,
         partitions: false,
+        slow_sender: None,
         ..SimConfig::random(4, 200, 1)
     };
     let report = run(config).unwrap();
