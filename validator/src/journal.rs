@@ -62,9 +62,30 @@ pub(crate) enum Recorded {
 pub(crate) struct Journal {
     db: fjall::Database,
     pending: fjall::Keyspace,
-    /// The size of each entry `pending` holds, and their sum: apply looks
-    /// up only what this node journaled.
-    sizes: Mutex<(BTreeMap<Key, usize>, usize)>,
+    /// What `pending` holds: apply looks up only what this node journaled.
+    held: Mutex<Held>,
+}
+
+/// The size of each entry the journal holds, and their sum.
+#[derive(Default)]
+struct Held {
+    sizes: BTreeMap<Key, usize>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Notes that `key` now holds `size` bytes.
+    fn set(&mut self, key: Key, size: usize) {
+        let old = self.sizes.insert(key, size).unwrap_or(0);
+        self.bytes = self.bytes - old + size;
+    }
+
+    /// Notes that `key` holds nothing now.
+    fn remove(&mut self, key: &Key) {
+        if let Some(size) = self.sizes.remove(key) {
+            self.bytes -= size;
+        }
+    }
 }
 
 fn key(sender: &PublicKey, nonce: u64) -> Key {
@@ -89,20 +110,18 @@ impl Journal {
     pub(crate) fn open(path: &Path) -> Result<Journal, JournalError> {
         let db = fjall::Database::builder(path).open()?;
         let pending = db.keyspace("pending", fjall::KeyspaceCreateOptions::default)?;
-        let mut sizes = BTreeMap::new();
-        let mut total = 0;
+        let mut held = Held::default();
         for entry in pending.iter() {
             let (key, value) = entry.into_inner()?;
             // What is not an entry of this journal, `waiting` removes.
             if let Ok(key) = Key::try_from(&key[..]) {
-                sizes.insert(key, value.len());
-                total += value.len();
+                held.set(key, value.len());
             }
         }
         Ok(Journal {
             db,
             pending,
-            sizes: Mutex::new((sizes, total)),
+            held: Mutex::new(held),
         })
     }
 
@@ -117,28 +136,26 @@ impl Journal {
         let key = key_of(signed);
         let mut value = priority.to_be_bytes().to_vec();
         value.extend(signed.to_bytes());
-        let mut sizes = self.lock();
-        let old = match sizes.0.get(&key) {
+        let mut held = self.lock();
+        let old = match held.sizes.get(&key) {
             Some(_) => self.pending.get(key)?,
             None => None,
         };
         if let Some(old) = &old
-            && split(old).is_some_and(|(held, _)| held >= priority)
+            && split(old).is_some_and(|(kept, _)| kept >= priority)
         {
             return Ok(Recorded::Kept);
         }
         let freed = old.as_ref().map_or(0, |o| o.len());
-        let (count, bytes) = (sizes.0.len(), sizes.1);
-        if old.is_none() && count >= MAX_JOURNALED
-            || bytes - freed + value.len() > MAX_JOURNAL_BYTES
+        if old.is_none() && held.sizes.len() >= MAX_JOURNALED
+            || held.bytes - freed + value.len() > MAX_JOURNAL_BYTES
         {
             return Err(JournalError::Full);
         }
         let size = value.len();
         self.pending.insert(key, value)?;
         self.db.persist(fjall::PersistMode::Buffer)?;
-        sizes.0.insert(key, size);
-        sizes.1 = sizes.1 - freed + size;
+        held.set(key, size);
         Ok(match old {
             Some(old) => Recorded::Replaced(old.to_vec()),
             None => Recorded::Added,
@@ -152,56 +169,44 @@ impl Journal {
         signed: &SignedTransaction,
         recorded: Recorded,
     ) -> Result<(), JournalError> {
-        let key = key_of(signed);
-        let mut sizes = self.lock();
-        let held = self.pending.get(key)?;
-        let ours = held
-            .as_ref()
-            .and_then(|v| split(v))
-            .is_some_and(|(_, t)| t == &signed.to_bytes()[..]);
-        if !ours {
-            return Ok(());
-        }
-        let freed = held.map_or(0, |v| v.len());
         match recorded {
-            Recorded::Kept => {}
-            Recorded::Added => {
-                self.pending.remove(key)?;
-                sizes.0.remove(&key);
-                sizes.1 -= freed;
-            }
+            Recorded::Kept => Ok(()),
+            Recorded::Added => self.withdraw(signed),
             Recorded::Replaced(old) => {
-                let size = old.len();
-                self.pending.insert(key, old)?;
-                sizes.0.insert(key, size);
-                sizes.1 = sizes.1 - freed + size;
+                let bytes = signed.to_bytes();
+                self.settle(key_of(signed), |held| held == &bytes[..], Some(old))
             }
         }
-        Ok(())
     }
 
-    /// Forgets the entry for `sender` and `nonce` if `done` says it is
-    /// done with, given the transaction it holds.
-    fn forget_if(
+    /// If `done` says so of the transaction the entry at `key` holds (or
+    /// the entry does not decode), puts `then` in its place, or removes it
+    /// if `then` is `None`.
+    fn settle(
         &self,
-        sender: &PublicKey,
-        nonce: u64,
+        key: Key,
         done: impl FnOnce(&[u8]) -> bool,
+        then: Option<Vec<u8>>,
     ) -> Result<(), JournalError> {
-        let key = key(sender, nonce);
-        let mut sizes = self.lock();
-        if !sizes.0.contains_key(&key) {
+        let mut held = self.lock();
+        if !held.sizes.contains_key(&key) {
             return Ok(());
         }
-        let held = self.pending.get(key)?;
-        if held
+        let value = self.pending.get(key)?;
+        if value
             .as_ref()
             .and_then(|v| split(v))
             .is_none_or(|(_, t)| done(t))
         {
-            self.pending.remove(key)?;
-            if let Some(size) = sizes.0.remove(&key) {
-                sizes.1 -= size;
+            match then {
+                Some(value) => {
+                    held.set(key, value.len());
+                    self.pending.insert(key, value)?;
+                }
+                None => {
+                    held.remove(&key);
+                    self.pending.remove(key)?;
+                }
             }
         }
         Ok(())
@@ -215,22 +220,25 @@ impl Journal {
         signed: &SignedTransaction,
         applied: bool,
     ) -> Result<(), JournalError> {
-        let tx = signed.transaction();
-        let bytes = signed.to_bytes();
-        self.forget_if(&tx.sender, tx.nonce, |held| applied || held == &bytes[..])
+        // Encoded only for what the journal holds: apply calls this for
+        // every committed transaction.
+        self.settle(
+            key_of(signed),
+            |held| applied || held == &signed.to_bytes()[..],
+            None,
+        )
     }
 
     /// Forgets `signed` if it is what the journal holds (admission refuses
     /// it now).
     pub(crate) fn withdraw(&self, signed: &SignedTransaction) -> Result<(), JournalError> {
-        let tx = signed.transaction();
         let bytes = signed.to_bytes();
-        self.forget_if(&tx.sender, tx.nonce, |held| held == &bytes[..])
+        self.settle(key_of(signed), |held| held == &bytes[..], None)
     }
 
     /// Transactions waiting.
     pub(crate) fn len(&self) -> usize {
-        self.lock().0.len()
+        self.lock().sizes.len()
     }
 
     /// The transactions waiting whose nonces `state` has not used yet, in
@@ -254,13 +262,10 @@ impl Journal {
             match transaction {
                 Some(transaction) if unused => waiting.push(transaction),
                 _ => {
-                    let mut sizes = self.lock();
+                    let mut held = self.lock();
                     self.pending.remove(key.clone())?;
-                    if let Some(size) = Key::try_from(&key[..])
-                        .ok()
-                        .and_then(|k| sizes.0.remove(&k))
-                    {
-                        sizes.1 -= size;
+                    if let Ok(key) = Key::try_from(&key[..]) {
+                        held.remove(&key);
                     }
                 }
             }
@@ -268,8 +273,8 @@ impl Journal {
         Ok(waiting)
     }
 
-    fn lock(&self) -> MutexGuard<'_, (BTreeMap<Key, usize>, usize)> {
-        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -340,6 +345,6 @@ mod tests {
             (held(&journal, 0), held(&journal, 1), journal.len()),
             (None, None, 0)
         );
-        assert_eq!(journal.lock().1, 0, "no bytes counted");
+        assert_eq!(journal.lock().bytes, 0, "no bytes counted");
     }
 }

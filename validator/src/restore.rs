@@ -248,49 +248,51 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
 /// so that its copies do not pile up. How many it removed.
 pub fn remove_older_copies(config_path: &Path, restored: &Restored) -> Result<usize> {
     let (file, dir, _, _) = read_config(config_path)?;
-    let data = dir.join(&file.data_dir);
     let kept = [&restored.replaced, &restored.consensus_replaced];
-    let mut removed = 0;
-    for entry in
-        std::fs::read_dir(&data).with_context(|| format!("cannot read {}", data.display()))?
-    {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let copy = name.starts_with("state.replaced-") || name.starts_with("consensus.replaced-");
-        if copy && !kept.iter().any(|k| k.as_deref() == Some(path.as_path())) {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    let removed = remove_named(
+        &dir.join(&file.data_dir),
+        &["state.replaced-", "consensus.replaced-"],
+        |path| !kept.iter().any(|k| k.as_deref() == Some(path)),
+    )?;
+    Ok(removed.len())
 }
 
 /// Removes what a restore killed before it finished left in `data`: a
 /// staged state and a seeded consensus store, which nothing else uses (the
 /// caller holds the consensus store, so no restore runs beside it).
 fn remove_unfinished(data: &Path) -> Result<()> {
+    for path in remove_named(data, &["state.restored-", "consensus.seeded-"], |_| true)? {
+        tracing::info!(
+            "removed {}, left by a restore that did not finish",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Removes the directories in `data` whose names start with one of
+/// `prefixes` and that `remove` chooses; which.
+fn remove_named(
+    data: &Path,
+    prefixes: &[&str],
+    remove: impl Fn(&Path) -> bool,
+) -> Result<Vec<PathBuf>> {
     let entries =
         std::fs::read_dir(data).with_context(|| format!("cannot read {}", data.display()))?;
+    let mut removed = Vec::new();
     for entry in entries {
         let path = entry?.path();
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        if name.starts_with("state.restored-") || name.starts_with("consensus.seeded-") {
-            tracing::info!(
-                "removing {}, left by a restore that did not finish",
-                path.display()
-            );
+        if prefixes.iter().any(|p| name.starts_with(p)) && remove(&path) {
             std::fs::remove_dir_all(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
+            removed.push(path);
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Moves `staged` to `target`, and what was at `target` (if anything)
