@@ -27,7 +27,10 @@ use soma_codec::Encode;
 use soma_consensus::SubmitRefused;
 use soma_crypto::SecretKey;
 use soma_crypto::{Domain, PublicKey};
-use soma_execution::{Action, Job, JobStatus, Parameters, SignedTransaction, Transaction};
+use soma_execution::{
+    Action, ExecutionError, Job, JobStatus, Parameters, PinnedState, SNAPSHOT_PAGE_BYTES,
+    SignedTransaction, Transaction,
+};
 use soma_host::Digest;
 use soma_host::package::Package;
 use std::collections::BTreeMap;
@@ -49,9 +52,6 @@ pub const MAX_JSON_BODY: usize = 1 << 20;
 /// Largest uploaded package.
 pub const MAX_PACKAGE_BODY: usize = 128 << 20;
 
-/// Largest state snapshot served (`GET /v1/snapshot`): what
-/// `soma restore-state` reads in one answer.
-pub const MAX_SNAPSHOT_BYTES: usize = 128 << 20;
 /// Embedding requests waiting for their jobs at once; more get 429.
 pub const MAX_EMBEDDING_REQUESTS: usize = 64;
 /// Embedding requests one API key may have waiting at once.
@@ -82,19 +82,32 @@ struct Api {
     uploads: Semaphore,
     /// Package downloads at once.
     downloads: Semaphore,
-    /// The last state snapshot made, and when: every request until it is
-    /// [`SNAPSHOT_REFRESH`] old shares its bytes, so slow readers hold one
-    /// copy, not one each.
-    snapshot: Mutex<Option<(Instant, Bytes)>>,
-    /// Snapshots being made (at most one).
-    snapshot_builds: Semaphore,
+    /// States pinned for peers that restore them a page at a time.
+    pins: Mutex<Vec<Pin>>,
+    /// Snapshot pages being read at once.
+    snapshot_pages: Semaphore,
 }
 
-/// How long one state snapshot serves every request for one. An older
-/// snapshot is as good to a restoring validator (its peers vouch for the
-/// roots of every commit they applied); a fresh one per request would let
-/// clients make the node copy its whole state at will.
+/// A state pinned for snapshot pages ([`Api::snapshot`]).
+struct Pin {
+    state: Arc<PinnedState>,
+    made: Instant,
+    used: Instant,
+}
+
+/// How long a pinned state serves every new snapshot. An older snapshot
+/// is as good to a restoring validator (its peers vouch for the roots of
+/// every commit they applied); a fresh pin per request would let clients
+/// make the node keep many old versions of its state at will.
 const SNAPSHOT_REFRESH: Duration = Duration::from_secs(600);
+/// How long a pinned state no page was read from is kept: a pin keeps
+/// the old versions of everything apply rewrites since.
+const PIN_IDLE: Duration = Duration::from_secs(120);
+/// Most states pinned at once: a restore that started on an older pin
+/// finishes while new ones start on the newer.
+const MAX_PINS: usize = 2;
+/// Snapshot pages read at once.
+const MAX_SNAPSHOT_PAGES: usize = 2;
 
 /// Serves the API on `listener` until the process ends.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
@@ -105,8 +118,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         per_key: Mutex::default(),
         uploads: Semaphore::new(MAX_UPLOADS),
         downloads: Semaphore::new(MAX_DOWNLOADS),
-        snapshot: Mutex::default(),
-        snapshot_builds: Semaphore::new(1),
+        pins: Mutex::default(),
+        snapshot_pages: Semaphore::new(MAX_SNAPSHOT_PAGES),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -236,7 +249,7 @@ impl Api {
             (Method::GET, p) if p.starts_with("/v1/packages/") => {
                 self.download(&p["/v1/packages/".len()..]).await
             }
-            (Method::GET, "/v1/snapshot") => self.snapshot().await,
+            (Method::GET, "/v1/snapshot") => self.snapshot(request.uri().query()).await,
             (Method::GET, p) if p.starts_with("/v1/roots/") => self.root(&p["/v1/roots/".len()..]),
             (method, path) => match allowed(path) {
                 Some(allow) => Err(Refused {
@@ -456,52 +469,116 @@ impl Api {
             .expect("a valid response"))
     }
 
-    /// `GET /v1/snapshot`: the whole state after the last applied commit,
-    /// for a validator that must restore its own (`soma restore-state`).
-    /// It trusts the copy only for a root a quorum vouches for.
-    async fn snapshot(&self) -> Result<Reply, Refused> {
-        let reply = |bytes: Bytes| {
-            Ok(Response::builder()
-                .header(header::CONTENT_TYPE, "application/octet-stream")
-                .body(Full::new(bytes))
-                .expect("a valid response"))
+    /// `GET /v1/snapshot[?commits=<n>&after=<hex cursor>]`: a page of the
+    /// state after the last applied commit, pinned there, for a validator
+    /// that must restore its own (`soma restore-state`). Without a query,
+    /// the first page of the newest pin (a new one if that is
+    /// [`SNAPSHOT_REFRESH`] old); with one, the page after the cursor of
+    /// the state pinned after `commits` commits (410 once it is no longer
+    /// kept). The reader trusts the copy only for a root a quorum vouches
+    /// for.
+    async fn snapshot(&self, query: Option<&str>) -> Result<Reply, Refused> {
+        let param = |name: &str| {
+            query?
+                .split('&')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
         };
-        let cached = || {
-            self.snapshot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .filter(|(made, _)| made.elapsed() < SNAPSHOT_REFRESH)
-                .map(|(_, bytes)| bytes.clone())
+        let malformed = |what: &str| {
+            refused(
+                StatusCode::BAD_REQUEST,
+                format!("{what}; a page is asked for with ?commits=<n>&after=<hex cursor>"),
+            )
         };
-        if let Some(bytes) = cached() {
-            return reply(bytes);
+        let commits = param("commits")
+            .map(|c| {
+                c.parse::<u64>()
+                    .map_err(|_| malformed("commits is not a number"))
+            })
+            .transpose()?;
+        let after = param("after")
+            .map(|a| hex::decode(a).map_err(|_| malformed("after is not hex")))
+            .transpose()?;
+        if after.is_some() && commits.is_none() {
+            return Err(malformed("a cursor without the commits of its snapshot"));
         }
-        let Ok(_build) = self.snapshot_builds.try_acquire() else {
-            return Err(busy("a snapshot is being made; retry later".into(), 5));
+        let Ok(_reading) = self.snapshot_pages.try_acquire() else {
+            return Err(busy("snapshot pages are being read; retry later".into(), 1));
         };
-        // Made while this request waited for the permit.
-        if let Some(bytes) = cached() {
-            return reply(bytes);
+        let state = match commits {
+            Some(commits) => self.pinned(commits)?,
+            None => self.newest_pin().await?,
+        };
+        let bytes =
+            tokio::task::spawn_blocking(move || state.page(after.as_deref(), SNAPSHOT_PAGE_BYTES))
+                .await
+                .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?
+                .map_err(|e| match e {
+                    ExecutionError::Snapshot(reason) => refused(StatusCode::BAD_REQUEST, reason),
+                    e => unavailable(e),
+                })?;
+        Ok(Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(Bytes::from(bytes)))
+            .expect("a valid response"))
+    }
+
+    /// The state pinned after `commits` commits, if it is still kept.
+    fn pinned(&self, commits: u64) -> Result<Arc<PinnedState>, Refused> {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.retain(|pin| pin.used.elapsed() < PIN_IDLE);
+        let pin = pins
+            .iter_mut()
+            .find(|pin| pin.state.commits() == commits)
+            .ok_or_else(|| {
+                refused(
+                    StatusCode::GONE,
+                    format!(
+                        "the state after {commits} commits is no longer kept here; start again \
+                         from /v1/snapshot"
+                    ),
+                )
+            })?;
+        pin.used = Instant::now();
+        Ok(pin.state.clone())
+    }
+
+    /// The newest pinned state, pinned now if there is none younger than
+    /// [`SNAPSHOT_REFRESH`].
+    async fn newest_pin(&self) -> Result<Arc<PinnedState>, Refused> {
+        let reuse = |pins: &mut Vec<Pin>| {
+            pins.retain(|pin| pin.used.elapsed() < PIN_IDLE);
+            let pin = pins
+                .iter_mut()
+                .filter(|pin| pin.made.elapsed() < SNAPSHOT_REFRESH)
+                .max_by_key(|pin| pin.made)?;
+            pin.used = Instant::now();
+            Some(pin.state.clone())
+        };
+        if let Some(state) = reuse(&mut self.pins.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(state);
         }
-        let state = self.shared.state.clone();
-        let bytes = tokio::task::spawn_blocking(move || state.snapshot())
+        let reader = self.shared.state.clone();
+        let state = tokio::task::spawn_blocking(move || reader.pin())
             .await
             .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?
             .map_err(unavailable)?;
-        if bytes.len() > MAX_SNAPSHOT_BYTES {
-            return Err(refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the state is {} bytes, over the {MAX_SNAPSHOT_BYTES} a snapshot may be",
-                    bytes.len()
-                ),
-            ));
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        // Another request pinned one meanwhile.
+        if let Some(state) = reuse(&mut pins) {
+            return Ok(state);
         }
-        let bytes = Bytes::from(bytes);
-        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), bytes.clone()));
-        reply(bytes)
+        if pins.len() >= MAX_PINS {
+            pins.sort_by_key(|pin| pin.used);
+            pins.remove(0);
+        }
+        let state = Arc::new(state);
+        let now = Instant::now();
+        pins.push(Pin {
+            state: state.clone(),
+            made: now,
+            used: now,
+        });
+        Ok(state)
     }
 
     /// `GET /v1/roots/<commits>`: this node's state root after that many

@@ -7,13 +7,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// Largest response the client reads: a package or a state snapshot at
-/// most, and its head.
+/// Largest response the client reads: a package or a page of a state
+/// snapshot at most, and its head.
 const MAX_RESPONSE: u64 = {
-    let body = if crate::api::MAX_PACKAGE_BODY > crate::api::MAX_SNAPSHOT_BYTES {
+    let body = if crate::api::MAX_PACKAGE_BODY > soma_execution::MAX_SNAPSHOT_PAGE {
         crate::api::MAX_PACKAGE_BODY
     } else {
-        crate::api::MAX_SNAPSHOT_BYTES
+        soma_execution::MAX_SNAPSHOT_PAGE
     };
     body as u64 + (1 << 20)
 };

@@ -31,8 +31,8 @@ use std::time::Duration;
 /// How long a peer may take to answer a question.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a peer may take to send its snapshot.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a peer may take to send a page of its snapshot.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long to wait for peers to vouch for the copy's root.
 const VOUCH_WAIT: Duration = Duration::from_secs(10);
@@ -147,33 +147,7 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
         bail!("no peer's API answered");
     }
     candidates.sort_by_key(|(next, _)| std::cmp::Reverse(*next));
-    let chain_id = genesis.chain_id();
-    let mut failures = Vec::new();
-    let mut chosen = None;
-    for (_, source) in candidates {
-        match copy_from(source, &peers, &committee, &chain_id) {
-            Ok(copy) => {
-                chosen = Some(copy);
-                break;
-            }
-            Err(e) => failures.push(format!("{e:#}")),
-        }
-    }
-    let Some(Trusted {
-        snapshot,
-        claim,
-        vouched,
-    }) = chosen
-    else {
-        bail!(
-            "no peer's copy could be trusted; nothing was changed: {}",
-            failures.join("; ")
-        );
-    };
-
-    let (commits, root) = (claim.commits, claim.root);
     remove_unfinished(&data)?;
-    let router = Host::open(dir, &file, &genesis, &packages)?.router;
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -182,10 +156,52 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
     // state is where it was. Restoring checks the copy against the vouched
     // root, which binds the digest of the copy's last commit.
     let staged = data.join(format!("state.restored-{since_epoch}"));
-    drop(
-        Executor::restore(&staged, &genesis, router, &snapshot, root)
-            .context("the peer's snapshot does not restore; nothing was changed")?,
-    );
+    let chain_id = genesis.chain_id();
+    let mut failures = Vec::new();
+    let mut chosen = None;
+    for (_, source) in candidates {
+        let restored = copy_from(source, &peers, &committee, &chain_id).and_then(|trusted| {
+            // A refused copy consumes the router it was given.
+            let router = Host::open(dir, &file, &genesis, &packages)?.router;
+            let mut read = (1, trusted.first_page.len());
+            let restored = Executor::restore(
+                &staged,
+                &genesis,
+                router,
+                trusted.claim.root,
+                &trusted.first_page,
+                |after| {
+                    let page = next_page(source, trusted.claim.commits, after)?;
+                    read = (read.0 + 1, read.1 + page.len());
+                    if read.0 % PAGES_PER_REPORT == 0 {
+                        tracing::info!(
+                            "restoring: {} pages, {} MiB of the snapshot read",
+                            read.0,
+                            read.1 >> 20
+                        );
+                    }
+                    anyhow::Ok(page)
+                },
+            )
+            .context("its snapshot does not restore")?;
+            Ok((trusted, restored))
+        });
+        match restored {
+            Ok((trusted, restored)) => {
+                drop(restored);
+                chosen = Some(trusted);
+                break;
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    let Some(Trusted { claim, vouched, .. }) = chosen else {
+        bail!(
+            "no peer's copy could be trusted; nothing was changed: {}",
+            failures.join("; ")
+        );
+    };
+    let (commits, root) = (claim.commits, claim.root);
     // A consensus log that does not reach the copy is replaced by one
     // seeded at its last commit, made beside it while the old one is held.
     let seeded = match recovered.progress.next_index < commits {
@@ -378,24 +394,16 @@ fn checkpoint_from(peer: &ApiClient, claim: &SnapshotClaim, gc_depth: Round) -> 
     bail!("its commit log reaches back too far to read")
 }
 
-/// `source`'s snapshot, if validators of a quorum of stake among `peers`
-/// vouch for the root it claims.
+/// The first page of `source`'s snapshot, if validators of a quorum of
+/// stake among `peers` vouch for the root it claims.
 fn copy_from(
     source: &ApiClient,
     peers: &[(PublicKey, AuthorityIndex, ApiClient)],
     committee: &Committee,
     chain_id: &[u8; 32],
 ) -> Result<Trusted> {
-    let (status, snapshot) = source
-        .with_timeout(SNAPSHOT_TIMEOUT)
-        .get_bytes("/v1/snapshot")?;
-    if status != 200 {
-        bail!(
-            "a peer refused its snapshot ({status}): {}",
-            String::from_utf8_lossy(&snapshot)
-        );
-    }
-    let claim = Executor::snapshot_claim(&snapshot)?;
+    let first_page = page(source, "/v1/snapshot")?;
+    let claim = Executor::snapshot_claim(&first_page)?;
     let (commits, root) = (claim.commits, claim.root);
     // The copy came from the most advanced peer: others may apply its
     // last commits a moment later.
@@ -435,15 +443,51 @@ fn copy_from(
         );
     }
     Ok(Trusted {
-        snapshot,
+        first_page,
         claim,
         vouched,
     })
 }
 
+/// Tries to read a snapshot page at `path` of `source`, which may be busy
+/// a moment.
+const PAGE_TRIES: usize = 10;
+
+/// The page of `source`'s snapshot at `path`.
+fn page(source: &ApiClient, path: &str) -> Result<Vec<u8>> {
+    let source = source.with_timeout(PAGE_TIMEOUT);
+    for _ in 1..PAGE_TRIES {
+        match source.get_bytes(path)? {
+            (200, page) => return Ok(page),
+            (429, _) => std::thread::sleep(Duration::from_secs(1)),
+            (status, reason) => bail!(
+                "the peer refused a page of its snapshot ({status}): {}",
+                String::from_utf8_lossy(&reason)
+            ),
+        }
+    }
+    bail!("the peer stayed too busy to send a page of its snapshot")
+}
+
+/// The page of `source`'s snapshot after `commits` commits that follows
+/// the entry `after` names.
+fn next_page(source: &ApiClient, commits: u64, after: &[u8]) -> Result<Vec<u8>> {
+    page(
+        source,
+        &format!(
+            "/v1/snapshot?commits={commits}&after={}",
+            hex::encode(after)
+        ),
+    )
+}
+
+/// Pages of a snapshot between two progress reports.
+const PAGES_PER_REPORT: usize = 16;
+
 /// A peer's snapshot that a quorum vouches for.
 struct Trusted {
-    snapshot: Vec<u8>,
+    /// Its first page, which says what it claims.
+    first_page: Vec<u8>,
     claim: SnapshotClaim,
     /// Stake that vouched, and the total.
     vouched: (u64, u64),

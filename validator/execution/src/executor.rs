@@ -22,7 +22,7 @@ use crate::lattice::Lattice;
 use crate::params::Parameters;
 use crate::receipt::{Receipt, Rejection};
 use crate::routing::{Router, RouterError};
-use crate::snapshot::{RootStep, Snapshot};
+use crate::snapshot::{Header, MAX_SNAPSHOT_ENTRIES, Page, RootStep, cursor, parse_cursor};
 use crate::state::{
     APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, LATTICE,
     Space, StateError, StateStore, TREASURY, Validator, encoder_key,
@@ -238,58 +238,53 @@ impl Executor {
         self.applied.root
     }
 
-    /// What `snapshot` claims. Checks only that it decodes: its root is
-    /// to be vouched for, and [`Executor::restore`] checks the rest
-    /// against that root.
-    pub fn snapshot_claim(snapshot: &[u8]) -> Result<SnapshotClaim, ExecutionError> {
-        let snapshot =
-            Snapshot::from_bytes(snapshot).map_err(|e| ExecutionError::Snapshot(e.to_string()))?;
+    /// What a snapshot whose first page is `first_page` claims. Checks
+    /// only that the page decodes: its root is to be vouched for, and
+    /// [`Executor::restore`] checks the rest against that root.
+    pub fn snapshot_claim(first_page: &[u8]) -> Result<SnapshotClaim, ExecutionError> {
+        let page = Page::from_bytes(first_page).map_err(|e| refused(e.to_string()))?;
         Ok(SnapshotClaim {
-            commits: snapshot.step.index + 1,
-            root: snapshot.root,
-            last_commit: snapshot.step.commit,
+            commits: page.header.step.index + 1,
+            root: page.header.root,
+            last_commit: page.header.step.commit,
         })
     }
 
-    /// Restores a state at `path` from `snapshot` ([`Executor::snapshot`]
-    /// of a peer), if its root is `trusted_root`: the root after a commit
-    /// that validators of a quorum of stake vouch for. The entries must
-    /// hash to the state digest that root folds in. The state is written
-    /// and opened beside `path` and only then moved there: nothing is left
-    /// at `path` unless the whole state was restored.
-    pub fn restore(
+    /// Restores a state at `path` from a peer's snapshot
+    /// ([`PinnedState`]), if its root is `trusted_root`: the root after a
+    /// commit that validators of a quorum of stake vouch for. The snapshot
+    /// starts with `first_page`; `next_page` fetches the page after an
+    /// entry, named by the cursor it is given (an opaque byte string for
+    /// [`PinnedState::page`]). The entries of all pages must hash to the
+    /// state digest that root folds in. The state is written and opened
+    /// beside `path` and only then moved there: nothing is left at `path`
+    /// unless the whole state was restored.
+    pub fn restore<E: std::fmt::Display>(
         path: &Path,
         genesis: &Genesis,
         router: Option<Router>,
-        snapshot: &[u8],
         trusted_root: [u8; 32],
+        first_page: &[u8],
+        next_page: impl FnMut(&[u8]) -> Result<Vec<u8>, E>,
     ) -> Result<Executor, ExecutionError> {
-        let refused = |reason: String| ExecutionError::Snapshot(reason);
         if path.exists() {
             return Err(refused(format!(
                 "{} exists: a state is restored only where there is none",
                 path.display()
             )));
         }
-        let snapshot = Snapshot::from_bytes(snapshot).map_err(|e| refused(e.to_string()))?;
-        if snapshot.chain_id != genesis.chain_id() {
+        let first = Page::from_bytes(first_page).map_err(|e| refused(e.to_string()))?;
+        let header = first.header.clone();
+        if header.chain_id != genesis.chain_id() {
             return Err(ExecutionError::WrongGenesis {
-                stored: hex::encode(snapshot.chain_id),
+                stored: hex::encode(header.chain_id),
                 given: hex::encode(genesis.chain_id()),
             });
         }
-        if snapshot.root != trusted_root {
+        if header.root != trusted_root {
             return Err(refused(format!(
                 "its root {} is not the root {} vouched for",
-                hex::encode(snapshot.root),
-                hex::encode(trusted_root)
-            )));
-        }
-        let lattice = Lattice::of(&snapshot.entries);
-        if snapshot.step.root(&lattice) != trusted_root {
-            return Err(refused(format!(
-                "its entries (state digest {}) are not the state root {} was made with",
-                hex::encode(lattice.digest()),
+                hex::encode(header.root),
                 hex::encode(trusted_root)
             )));
         }
@@ -305,12 +300,22 @@ impl Executor {
         };
         clear(&partial)?;
         let applied = Applied {
-            next_index: snapshot.step.index + 1,
+            next_index: header.step.index + 1,
             root: trusted_root,
         };
         let staged = StateStore::open(&partial)
-            .and_then(|store| store.restore(&snapshot.entries, &applied, &snapshot.step, &lattice))
             .map_err(ExecutionError::from)
+            .and_then(|store| {
+                let lattice = write_pages(&store, first, next_page)?;
+                if header.step.root(&lattice) != trusted_root {
+                    return Err(refused(format!(
+                        "its entries (state digest {}) are not the state root {} was made with",
+                        hex::encode(lattice.digest()),
+                        hex::encode(trusted_root)
+                    )));
+                }
+                Ok(store.restore_records(&applied, &header.step, &lattice)?)
+            })
             .and_then(|()| Executor::open(&partial, genesis, router))
             .and_then(|mut staged| match staged.applied == applied {
                 true => Ok(staged.router.take()),
@@ -333,7 +338,7 @@ impl Executor {
     /// it is the one the last root folded in: the state on disk is whole
     /// and untouched. Reads the whole state.
     pub fn verify_state(&self) -> Result<(), ExecutionError> {
-        let entries = Lattice::of(&self.store.entries()?);
+        let entries = self.store.lattice_of_entries()?;
         if entries != self.lattice {
             return Err(StateError::inconsistent(
                 "state",
@@ -771,6 +776,125 @@ impl Executor {
     }
 }
 
+/// A refused snapshot, for `reason`.
+fn refused(reason: String) -> ExecutionError {
+    ExecutionError::Snapshot(reason)
+}
+
+/// Writes the entries of `first` and of the pages after it, fetched with
+/// `next_page`, into `store`, checking that every page is of the same
+/// snapshot and goes on where the one before ended; their lattice.
+fn write_pages<E: std::fmt::Display>(
+    store: &StateStore,
+    first: Page,
+    mut next_page: impl FnMut(&[u8]) -> Result<Vec<u8>, E>,
+) -> Result<Lattice, ExecutionError> {
+    let header = first.header.clone();
+    let mut page = first;
+    let mut lattice = Lattice::default();
+    let mut entries = 0u64;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        if page.header != header {
+            return Err(refused(
+                "its pages are of different snapshots (a peer that pinned a new one \
+                 meanwhile?)"
+                    .into(),
+            ));
+        }
+        if let (Some(after), Some((space, key, _))) = (&after, page.entries.first())
+            && cursor(*space, key) <= *after
+        {
+            return Err(refused(format!(
+                "the page after {entries} entries does not go on after them"
+            )));
+        }
+        entries += page.entries.len() as u64;
+        if entries > MAX_SNAPSHOT_ENTRIES {
+            return Err(refused(format!(
+                "it has over {MAX_SNAPSHOT_ENTRIES} entries"
+            )));
+        }
+        for (space, key, value) in &page.entries {
+            lattice.add(*space, key, value);
+        }
+        store.restore_entries(&page.entries)?;
+        if page.last {
+            return Ok(lattice);
+        }
+        let Some((space, key, _)) = page.entries.last() else {
+            return Err(refused(format!(
+                "the page after {entries} entries is empty and not the last"
+            )));
+        };
+        let next = cursor(*space, key);
+        let bytes = next_page(&next).map_err(|e| {
+            refused(format!(
+                "the page after {entries} entries cannot be had: {e}"
+            ))
+        })?;
+        page = Page::from_bytes(&bytes)
+            .map_err(|e| refused(format!("the page after {entries} entries: {e}")))?;
+        after = Some(next);
+    }
+}
+
+/// The state after one commit, pinned ([`StateReader::pin`]) and read a
+/// page at a time by a validator that restores it.
+pub struct PinnedState {
+    store: StateStore,
+    instant: fjall::Snapshot,
+    header: Header,
+}
+
+impl std::fmt::Debug for PinnedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedState")
+            .field("commits", &self.commits())
+            .field("root", &hex::encode(self.header.root))
+            .finish()
+    }
+}
+
+impl PinnedState {
+    /// The commits applied in the pinned state.
+    pub fn commits(&self) -> u64 {
+        self.header.step.index + 1
+    }
+
+    /// The encoded page of the snapshot that holds the entries after
+    /// `after` (the cursor [`Executor::restore`] asks with; `None` for the
+    /// first page), cut once it holds `max_bytes` of entries (at least one,
+    /// if any are left: [`SNAPSHOT_PAGE_BYTES`](crate::SNAPSHOT_PAGE_BYTES)
+    /// keeps a page under [`MAX_SNAPSHOT_PAGE`](crate::MAX_SNAPSHOT_PAGE)).
+    /// A cursor that could not name an entry is refused as
+    /// [`ExecutionError::Snapshot`].
+    pub fn page(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<Vec<u8>, ExecutionError> {
+        let after = after
+            .map(|after| parse_cursor(after, Space::ALL.len()))
+            .transpose()
+            .map_err(|e| refused(e.to_string()))?;
+        let mut iter = self.store.entries_after(&self.instant, after).peekable();
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for entry in iter.by_ref() {
+            let entry = entry?;
+            // As a page encodes it: keyspace, two lengths, key, value.
+            bytes += 9 + entry.1.len() + entry.2.len();
+            entries.push(entry);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(Page {
+            header: self.header.clone(),
+            entries,
+            last: iter.peek().is_none(),
+        }
+        .to_bytes())
+    }
+}
+
 /// Reads of the applied state. Cheap to clone and usable from any thread
 /// while apply runs: each commit's writes land in one atomic batch, so a
 /// read of one record sees it before or after a commit, never half-way.
@@ -782,26 +906,27 @@ pub struct StateReader {
 }
 
 impl StateReader {
-    /// A copy of the whole state after the last applied commit, read at
-    /// one instant while apply goes on, for a validator whose own state is
-    /// lost or diverged to restore (see [`Executor::restore`]). Reads the
-    /// whole state.
-    pub fn snapshot(&self) -> Result<Vec<u8>, ExecutionError> {
-        let (applied, step, entries) = self
+    /// The state after the last applied commit, pinned while apply goes
+    /// on, for a validator whose own state is lost or diverged to restore
+    /// a page at a time (see [`Executor::restore`]).
+    pub fn pin(&self) -> Result<PinnedState, ExecutionError> {
+        let (applied, step, instant) = self
             .store
-            .snapshot()?
-            .ok_or_else(|| ExecutionError::Snapshot("no commit applied yet".into()))?;
+            .pin()?
+            .ok_or_else(|| refused("no commit applied yet".into()))?;
         let genesis = self
             .store
             .read::<Genesis>(&[], Space::Meta, GENESIS)?
             .ok_or_else(|| StateError::inconsistent("genesis", "missing from the state"))?;
-        Ok(Snapshot {
-            chain_id: genesis.chain_id(),
-            root: applied.root,
-            step,
-            entries,
-        }
-        .to_bytes())
+        Ok(PinnedState {
+            store: self.store.clone(),
+            instant,
+            header: Header {
+                chain_id: genesis.chain_id(),
+                root: applied.root,
+                step,
+            },
+        })
     }
 
     /// The account of `key` (empty if it never received anything).

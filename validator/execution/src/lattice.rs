@@ -15,7 +15,6 @@
 //! pins down the whole state after its commit: a copy of a state can be
 //! checked against a root that validators of a quorum of stake vouch for.
 
-use crate::snapshot::Entry;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 
 /// Lanes of a lattice.
@@ -52,15 +51,6 @@ impl Lattice {
         for (sum, lane) in self.0.iter_mut().zip(lanes.iter()) {
             *sum = sum.wrapping_sub(*lane);
         }
-    }
-
-    /// The lattice of `entries` (keyspace, key, value).
-    pub(crate) fn of(entries: &[Entry]) -> Lattice {
-        let mut lattice = Lattice::default();
-        for (space, key, value) in entries {
-            lattice.add(*space, key, value);
-        }
-        lattice
     }
 
     /// The 32-byte digest the state root folds in.

@@ -49,7 +49,8 @@ mod transaction;
 mod view;
 
 pub use executor::{
-    Commit, CommitEffects, ExecutionError, Executor, SnapshotClaim, StateReader, Supply,
+    Commit, CommitEffects, ExecutionError, Executor, PinnedState, SnapshotClaim, StateReader,
+    Supply,
 };
 pub use genesis::{
     Genesis, GenesisAccount, GenesisConfig, GenesisEncoder, GenesisError, GenesisValidator,
@@ -61,5 +62,6 @@ pub use receipt::{Receipt, Rejection};
 pub use routing::{MAX_REGION_BITS, Router, RouterError};
 pub use runner::{JobRunner, RunnerError};
 pub use scoring::ONE;
+pub use snapshot::{MAX_SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES};
 pub use state::{Account, Encoder, StateError, Validator};
 pub use transaction::{Action, MAX_TRANSACTION_BYTES, SignedTransaction, Transaction};

@@ -2,26 +2,37 @@
 //! state is lost or diverged: it restores the copy and applies the commits
 //! after it.
 //!
-//! A snapshot carries every state entry, the root after its commit, and
-//! how that root was made from the one before ([`RootStep`]: everything
-//! but the state's digest, which the receiver computes from the entries
-//! itself). A receiver trusts a snapshot only for a root that validators
-//! of a quorum of stake vouch for; its entries then cannot differ from the
+//! A snapshot is read a page at a time from a state pinned at one commit,
+//! so neither side ever holds the whole state in memory. Every page carries
+//! the root after that commit and how that root was made from the one
+//! before ([`RootStep`]: everything but the state's digest, which the
+//! receiver computes from the entries itself), then the next entries in
+//! keyspace and key order, and whether they are the last. A receiver
+//! trusts a snapshot only for a root that validators of a quorum of stake
+//! vouch for; once the last page is in, its entries cannot differ from the
 //! state they applied, short of a collision of the state's lattice hash.
 
 use crate::lattice::Lattice;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 
-const MAGIC: &[u8; 8] = b"SOMASNv1";
+const MAGIC: &[u8; 8] = b"SOMASNv2";
 
-/// Most entries a snapshot may hold.
-const MAX_SNAPSHOT_ENTRIES: u32 = 50_000_000;
+/// Most entries a snapshot may hold, over all its pages.
+pub(crate) const MAX_SNAPSHOT_ENTRIES: u64 = 50_000_000;
 
 /// Longest key of a state entry (the longest the state writes is 64).
 const MAX_KEY_BYTES: u32 = 256;
 
 /// Largest value of a state entry.
 const MAX_VALUE_BYTES: u32 = 16 << 20;
+
+/// Encoded entries a page is cut after, when it has more to say.
+pub const SNAPSHOT_PAGE_BYTES: usize = 4 << 20;
+
+/// Largest encoded page: a page cut at [`SNAPSHOT_PAGE_BYTES`] may end in
+/// one entry of the largest size, and a page cut at a smaller size too.
+pub const MAX_SNAPSHOT_PAGE: usize =
+    SNAPSHOT_PAGE_BYTES + MAX_VALUE_BYTES as usize + MAX_KEY_BYTES as usize + 1024;
 
 /// How the root after commit `index` was made from the root before it:
 /// the commit and its effects, less the state's digest.
@@ -84,45 +95,84 @@ impl Decode<'_> for RootStep {
 /// One state entry: keyspace, key, value.
 pub(crate) type Entry = (u8, Vec<u8>, Vec<u8>);
 
-/// The decoded form of a snapshot.
+/// The bytes that name the place of an entry, for asking for the page
+/// after it: its keyspace, then its key.
+pub(crate) fn cursor(space: u8, key: &[u8]) -> Vec<u8> {
+    let mut cursor = Vec::with_capacity(1 + key.len());
+    cursor.push(space);
+    cursor.extend_from_slice(key);
+    cursor
+}
+
+/// The keyspace and key a [`cursor`] names, if it could name an entry of a
+/// state with `spaces` keyspaces.
+pub(crate) fn parse_cursor(cursor: &[u8], spaces: usize) -> Result<(u8, &[u8]), DecodeError> {
+    let (&space, key) = cursor
+        .split_first()
+        .ok_or_else(|| DecodeError::invalid("cursor", "empty"))?;
+    if usize::from(space) >= spaces {
+        return Err(DecodeError::invalid(
+            "cursor",
+            "not a keyspace of the state",
+        ));
+    }
+    if key.len() > MAX_KEY_BYTES as usize {
+        return Err(DecodeError::invalid("cursor", "longer than any key"));
+    }
+    Ok((space, key))
+}
+
+/// What every page of one snapshot says alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Snapshot {
+pub(crate) struct Header {
     /// The chain it belongs to.
     pub(crate) chain_id: [u8; 32],
     /// The root after its commit.
     pub(crate) root: [u8; 32],
     /// How that root was made.
     pub(crate) step: RootStep,
-    /// Every entry, by keyspace and key, each once.
-    pub(crate) entries: Vec<Entry>,
 }
 
-impl Encode for Snapshot {
+/// The decoded form of one page of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Page {
+    /// The snapshot it is a page of.
+    pub(crate) header: Header,
+    /// The next entries, by keyspace and key, each once.
+    pub(crate) entries: Vec<Entry>,
+    /// Whether no entries follow these.
+    pub(crate) last: bool,
+}
+
+impl Encode for Page {
     fn encode(&self, w: &mut Writer) {
         w.array(MAGIC);
-        w.array(&self.chain_id);
-        w.array(&self.root);
-        self.step.encode(w);
+        w.array(&self.header.chain_id);
+        w.array(&self.header.root);
+        self.header.step.encode(w);
         w.count32(self.entries.len());
         for (space, key, value) in &self.entries {
             w.u8(*space);
             w.bytes32(key);
             w.bytes32(value);
         }
+        w.bool(self.last);
     }
 }
 
-impl<'a> Decode<'a> for Snapshot {
+impl<'a> Decode<'a> for Page {
     fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         if &r.array::<8>("magic")? != MAGIC {
             return Err(DecodeError::invalid("magic", "not a Soma state snapshot"));
         }
-        let chain_id = r.array("chain id")?;
-        let root = r.array("root")?;
-        let step = RootStep::decode(r)?;
+        let header = Header {
+            chain_id: r.array("chain id")?,
+            root: r.array("root")?,
+            step: RootStep::decode(r)?,
+        };
         // Each entry takes at least 9 bytes: a count beyond what is left
         // is refused before anything is allocated for it.
-        let count = r.count32("entries", MAX_SNAPSHOT_ENTRIES, 9)?;
+        let count = r.count32("entries", u32::MAX, 9)?;
         // An entry in memory is several times its smallest encoding: what
         // is reserved ahead is capped, the rest grows with what decodes.
         let mut entries: Vec<Entry> = Vec::with_capacity(count.min(1 << 16));
@@ -142,11 +192,11 @@ impl<'a> Decode<'a> for Snapshot {
             }
             entries.push(entry);
         }
-        Ok(Snapshot {
-            chain_id,
-            root,
-            step,
+        let last = r.bool("last")?;
+        Ok(Page {
+            header,
             entries,
+            last,
         })
     }
 }

@@ -406,14 +406,20 @@ impl StateStore {
         Ok(())
     }
 
-    /// Every entry the state holds (records aside), by keyspace and key.
-    pub(crate) fn entries(&self) -> Result<Vec<Entry>, StateError> {
-        self.entries_in(&self.db.snapshot())
+    /// The lattice of every entry the state holds, read at one instant.
+    pub(crate) fn lattice_of_entries(&self) -> Result<Lattice, StateError> {
+        let mut lattice = Lattice::default();
+        for entry in self.entries_after(&self.db.snapshot(), None) {
+            let (space, key, value) = entry?;
+            lattice.add(space, &key, &value);
+        }
+        Ok(lattice)
     }
 
-    /// [`StateStore::entries`], and the records of the commit they are
-    /// the state after, all read at one instant: `None` before any commit.
-    pub(crate) fn snapshot(&self) -> Result<Option<(Applied, RootStep, Vec<Entry>)>, StateError> {
+    /// The state pinned at one instant, with the records of the commit it
+    /// is the state after: `None` before any commit. Old versions of what
+    /// apply overwrites meanwhile are kept while the pin lives.
+    pub(crate) fn pin(&self) -> Result<Option<(Applied, RootStep, fjall::Snapshot)>, StateError> {
         use fjall::Readable;
         let instant = self.db.snapshot();
         let record = |key: &[u8]| instant.get(&self.meta, key);
@@ -423,35 +429,46 @@ impl StateStore {
         Ok(Some((
             Applied::from_bytes(&applied)?,
             RootStep::from_bytes(&step)?,
-            self.entries_in(&instant)?,
+            instant,
         )))
     }
 
-    fn entries_in(&self, instant: &fjall::Snapshot) -> Result<Vec<Entry>, StateError> {
+    /// The entries of the state as `instant` sees it (records aside), by
+    /// keyspace and key, from the first after `after` (a keyspace and
+    /// key) on.
+    pub(crate) fn entries_after(
+        &self,
+        instant: &fjall::Snapshot,
+        after: Option<(u8, &[u8])>,
+    ) -> impl Iterator<Item = Result<Entry, StateError>> + use<> {
         use fjall::Readable as _;
-        let mut entries = Vec::new();
+        use std::ops::Bound;
+        let mut iters = Vec::new();
         for space in Space::ALL {
-            for entry in instant.iter(self.keyspace(space)) {
-                let (key, value) = entry.into_inner()?;
-                if space == Space::Meta && RECORDS.contains(&&*key) {
-                    continue;
-                }
-                entries.push((space as u8, key.to_vec(), value.to_vec()));
+            let keyspace = self.keyspace(space);
+            match after {
+                Some((first, _)) if (space as u8) < first => {}
+                Some((first, key)) if space as u8 == first => iters.push((
+                    space,
+                    instant.range(keyspace, (Bound::Excluded(key.to_vec()), Bound::Unbounded)),
+                )),
+                _ => iters.push((space, instant.iter(keyspace))),
             }
         }
-        Ok(entries)
+        iters.into_iter().flat_map(|(space, iter)| {
+            iter.filter_map(move |entry| match entry.into_inner() {
+                Ok((key, _)) if space == Space::Meta && RECORDS.contains(&&*key) => None,
+                Ok((key, value)) => Some(Ok((space as u8, key.to_vec(), value.to_vec()))),
+                Err(e) => Some(Err(e.into())),
+            })
+        })
     }
 
-    /// Writes `entries` (by keyspace and key, as [`StateStore::entries`]
-    /// gives them) into this empty state with its records, durably; the
-    /// lattice of the entries.
-    pub(crate) fn restore(
-        &self,
-        entries: &[Entry],
-        applied: &Applied,
-        step: &RootStep,
-        lattice: &Lattice,
-    ) -> Result<(), StateError> {
+    /// Writes `entries` (in keyspace and key order, as
+    /// [`StateStore::entries_after`] gives them) into a state being
+    /// restored, not yet durably: [`StateStore::restore_records`] ends the
+    /// restore.
+    pub(crate) fn restore_entries(&self, entries: &[Entry]) -> Result<(), StateError> {
         let mut batch = self.db.batch();
         for (space, key, value) in entries {
             let space = Space::ALL
@@ -465,6 +482,19 @@ impl StateStore {
             }
             batch.insert(self.keyspace(*space), key.as_slice(), value.as_slice());
         }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Writes the records of a restored state, whose entries hash to
+    /// `lattice`, and makes the whole state durable.
+    pub(crate) fn restore_records(
+        &self,
+        applied: &Applied,
+        step: &RootStep,
+        lattice: &Lattice,
+    ) -> Result<(), StateError> {
+        let mut batch = self.db.batch();
         batch.insert(&self.meta, APPLIED, applied.to_bytes());
         batch.insert(&self.meta, LATTICE, lattice.to_bytes());
         batch.insert(&self.meta, STEP, step.to_bytes());

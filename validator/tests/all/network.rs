@@ -1216,7 +1216,8 @@ fn a_validator_down_beyond_its_peers_retention_is_restored_and_rejoins() {
 /// a root that validators of a quorum of stake sign; started again, it
 /// applies what came after from its consensus store and agrees with the
 /// others. While it runs, or with too few peers to vouch, nothing is
-/// changed.
+/// changed. Peers serve the copy a page at a time, and refuse pages asked
+/// for wrongly with a reason.
 #[test]
 fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     let dir = tempfile::tempdir().unwrap();
@@ -1228,6 +1229,35 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
     let config = configs[3].clone();
     let data = config.with_file_name("data");
     let restore = || soma("restore-state", &config);
+
+    // A peer serves its state a page at a time from a pin at one commit:
+    // the first page names the commit, later ones are asked for by it and
+    // by the place of the last entry read (a keyspace, then a key).
+    let peer =
+        soma_validator::client::ApiClient::new(client.apis[0], None, Duration::from_secs(30));
+    let (status, page) = peer.get_bytes("/v1/snapshot").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&page));
+    // After the magic, chain id, root and previous root: the last commit.
+    let commits = u64::from_le_bytes(page[104..112].try_into().unwrap()) + 1;
+    let snapshot = |query: &str| format!("/v1/snapshot?{query}");
+    let (status, meta) = peer
+        .get_bytes(&snapshot(&format!("commits={commits}&after=07")))
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&meta));
+    assert!(meta.windows(7).any(|w| w == b"genesis") && meta.len() < page.len());
+    let refused = |query: &str| call(api(0), "GET", &snapshot(query), None, b"");
+    assert_refused(refused("after=07"), 400, "without the commits");
+    assert_refused(
+        refused(&format!("commits={commits}&after=zz")),
+        400,
+        "not hex",
+    );
+    assert_refused(
+        refused(&format!("commits={commits}&after=08")),
+        400,
+        "not a keyspace",
+    );
+    assert_refused(refused("commits=1&after=00"), 410, "no longer kept");
     let (ok, _, stderr) = restore();
     assert!(
         !ok && stderr.contains("stop the validator first"),

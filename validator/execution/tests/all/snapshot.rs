@@ -2,11 +2,13 @@
 //! writes: recomputed from every entry the state holds, it is the same after
 //! jobs are submitted, computed, attested and decided, and after a restart;
 //! an entry changed behind the executor's back is caught. A snapshot of the
-//! state restores elsewhere to the same root and goes on in step; one that
-//! does not hash to the root vouched for restores nothing.
+//! state, pinned at one commit while apply goes on, restores elsewhere page
+//! by page to the same root and goes on in step; one that does not hash to
+//! the root vouched for, or whose pages do not follow one another, restores
+//! nothing.
 
 use super::*;
-use soma_execution::ExecutionError;
+use soma_execution::{ExecutionError, PinnedState};
 use soma_host::Engine;
 
 /// A network of two hash encoders and the random one, with two jobs
@@ -69,13 +71,34 @@ fn the_state_digest_follows_every_write_and_catches_a_changed_entry() {
     assert!(err.to_string().contains("entries hash to"), "{err}");
 }
 
+/// Entries a test page is cut after: small, so that a state of a few jobs
+/// takes many pages.
+const TEST_PAGE: usize = 256;
+
+/// Restores `pinned` at `path` a page of [`TEST_PAGE`] at a time, trusting
+/// `root`; the pages it took.
+fn restore_pages(
+    path: &Path,
+    g: &Genesis,
+    pinned: &PinnedState,
+    root: [u8; 32],
+) -> Result<(Executor, usize), ExecutionError> {
+    let first = pinned.page(None, TEST_PAGE).unwrap();
+    let mut pages = 1;
+    let restored = Executor::restore(path, g, None, root, &first, |after| {
+        pages += 1;
+        pinned.page(Some(after), TEST_PAGE)
+    })?;
+    Ok((restored, pages))
+}
+
 #[test]
-fn a_snapshot_restores_to_the_same_root_and_goes_on_in_step() {
+fn a_snapshot_restores_page_by_page_to_the_same_root_and_goes_on_in_step() {
     let dir = tempfile::tempdir().unwrap();
     let (g, runner, mut ex, jobs) = decided_state(dir.path());
-    let snapshot = ex.snapshot().unwrap();
     let copy = dir.path().join("copy");
-    let mut restored = Executor::restore(&copy, &g, None, &snapshot, ex.root()).unwrap();
+    let (mut restored, pages) = restore_pages(&copy, &g, &ex.pin().unwrap(), ex.root()).unwrap();
+    assert!(pages > 5, "{pages} pages");
     assert_eq!(
         (restored.root(), restored.next_index()),
         (ex.root(), ex.next_index())
@@ -88,6 +111,14 @@ fn a_snapshot_restores_to_the_same_root_and_goes_on_in_step() {
         restored.account(&public(SUBMITTER)).unwrap(),
         ex.account(&public(SUBMITTER)).unwrap()
     );
+    // The whole state in one page restores alike.
+    let pinned = ex.pin().unwrap();
+    let whole = pinned.page(None, usize::MAX).unwrap();
+    let once = dir.path().join("once");
+    let never = |_: &[u8]| Err::<Vec<u8>, &str>("asked for a second page");
+    let at_once = Executor::restore(&once, &g, None, ex.root(), &whole, never).unwrap();
+    assert_eq!(at_once.root(), ex.root());
+    drop((at_once, pinned));
     // The next commits (a new job, decided) give the same roots on both.
     let more = submit_all(&mut ex, &g, &[b"a third"]);
     assert_eq!(submit_all(&mut restored, &g, &[b"a third"]), more);
@@ -101,50 +132,112 @@ fn a_snapshot_restores_to_the_same_root_and_goes_on_in_step() {
 }
 
 #[test]
+fn a_pinned_state_gives_the_state_of_its_commit_while_apply_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, runner, mut ex, _) = decided_state(dir.path());
+    let (root, commits) = (ex.root(), ex.next_index());
+    let pinned = ex.pin().unwrap();
+    assert_eq!(pinned.commits(), commits);
+    // Apply goes on: a job is submitted and decided, which rewrites
+    // accounts, encoders and jobs the pinned pages hold.
+    let more = submit_all(&mut ex, &g, &[b"written after the pin"]);
+    decide_all(&mut ex, &g, &runner, &more);
+    assert_ne!(ex.root(), root);
+    let copy = dir.path().join("copy");
+    let (restored, _) = restore_pages(&copy, &g, &pinned, root).unwrap();
+    assert_eq!((restored.root(), restored.next_index()), (root, commits));
+    restored.verify_state().unwrap();
+    assert!(restored.job(&more[0]).unwrap().is_none());
+}
+
+#[test]
 fn a_snapshot_that_is_not_the_vouched_for_state_restores_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (g, _, ex, _) = decided_state(dir.path());
-    let snapshot = ex.snapshot().unwrap();
+    let (g, _, mut ex, _) = decided_state(dir.path());
+    let pinned = ex.pin().unwrap();
     let root = ex.root();
+    let first = pinned.page(None, TEST_PAGE).unwrap();
     let copy = dir.path().join("copy");
-    let refused = |bytes: &[u8], trusted: [u8; 32]| {
-        let err = Executor::restore(&copy, &g, None, bytes, trusted)
-            .err()
-            .unwrap();
+    let refused = |first: &[u8], trusted: [u8; 32], next: &mut dyn FnMut(&[u8]) -> Vec<u8>| {
+        let err = Executor::restore(&copy, &g, None, trusted, first, |after| {
+            Ok::<_, ExecutionError>(next(after))
+        })
+        .err()
+        .unwrap();
         assert!(!copy.exists(), "a state was left behind: {err}");
+        assert!(
+            !copy.with_extension("restoring").exists(),
+            "a partial state was left behind: {err}"
+        );
         err
     };
+    let honest = |after: &[u8]| pinned.page(Some(after), TEST_PAGE).unwrap();
 
     // Another root than the one vouched for.
-    let err = refused(&snapshot, [7; 32]);
+    let err = refused(&first, [7; 32], &mut |a| honest(a));
     assert!(err.to_string().contains("not the root"), "{err}");
-    // One byte of one entry's value changed (the last byte of the
-    // snapshot is the last entry's value's): the entries no longer make
-    // the root.
-    let mut forged = snapshot.clone();
-    *forged.last_mut().unwrap() ^= 1;
-    let err = refused(&forged, root);
+    // One byte of one entry's value changed in the third page (its byte
+    // before the last is its last entry's value's): the entries no longer
+    // make the root.
+    let mut pages = 0;
+    let err = refused(&first, root, &mut |after| {
+        let mut page = honest(after);
+        pages += 1;
+        if pages == 2 {
+            let at = page.len() - 2;
+            page[at] ^= 1;
+        }
+        page
+    });
     assert!(err.to_string().contains("are not the state root"), "{err}");
+    // A page sent twice, or a page skipped: the next page must go on
+    // exactly after the last entry.
+    let err = refused(&first, root, &mut |_| first.clone());
+    assert!(err.to_string().contains("does not go on"), "{err}");
+    // A page of another snapshot: the state pinned after one more commit.
+    submit_all(&mut ex, &g, &[b"one more"]);
+    let later = ex.pin().unwrap();
+    let err = refused(&first, root, &mut |a| {
+        later.page(Some(a), TEST_PAGE).unwrap()
+    });
+    assert!(err.to_string().contains("different snapshots"), "{err}");
+    // The peer goes away part way.
+    let err = Executor::restore(&copy, &g, None, root, &first, |_| {
+        Err::<Vec<u8>, _>("connection reset")
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("connection reset"), "{err}");
+    assert!(!copy.exists() && !copy.with_extension("restoring").exists());
     // Cut short, or not a snapshot at all.
-    let err = refused(&snapshot[..snapshot.len() - 1], root);
+    let err = refused(&first[..first.len() - 1], root, &mut |a| honest(a));
     assert!(matches!(err, ExecutionError::Snapshot(_)), "{err}");
-    let err = refused(b"SOMASNv2", root);
+    let err = refused(b"SOMASNv1", root, &mut |a| honest(a));
     assert!(
         err.to_string().contains("not a Soma state snapshot"),
         "{err}"
     );
     // Another network's genesis.
     let other = variant(&g, "other", Parameters::default());
-    let err = Executor::restore(&copy, &other, None, &snapshot, root)
-        .err()
-        .unwrap();
+    let err = Executor::restore(&copy, &other, None, root, &first, |a| {
+        pinned.page(Some(a), TEST_PAGE)
+    })
+    .err()
+    .unwrap();
     assert!(matches!(err, ExecutionError::WrongGenesis { .. }), "{err}");
     // Never over a state that exists.
-    let err = Executor::restore(&dir.path().join("state"), &g, None, &snapshot, root)
-        .err()
-        .unwrap();
+    let err = Executor::restore(&dir.path().join("state"), &g, None, root, &first, |a| {
+        pinned.page(Some(a), TEST_PAGE)
+    })
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("exists"), "{err}");
+    // A cursor that names no entry of a state is refused by the peer.
+    for cursor in [&b""[..], &[8, 1, 2][..], &[0; 258][..]] {
+        let err = pinned.page(Some(cursor), TEST_PAGE).unwrap_err();
+        assert!(matches!(err, ExecutionError::Snapshot(_)), "{err}");
+    }
     // A state with nothing applied has no snapshot to give.
     let fresh = open(&dir.path().join("fresh"), &g);
-    assert!(matches!(fresh.snapshot(), Err(ExecutionError::Snapshot(_))));
+    assert!(matches!(fresh.pin(), Err(ExecutionError::Snapshot(_))));
 }
