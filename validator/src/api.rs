@@ -11,7 +11,7 @@
 //! now.
 
 use crate::admission::{self, Refusal};
-use crate::journal::JournalError;
+use crate::journal::{JournalError, Recorded};
 use crate::metrics;
 use crate::node::Shared;
 use crate::roots;
@@ -376,6 +376,16 @@ impl Api {
                 )
             }
         })?;
+        if recorded == Recorded::Outbid {
+            return Err(refused(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "another transaction of this sender with nonce {} waits already; a \
+                     replacement must pay at least an eighth more",
+                    signed.transaction().nonce
+                ),
+            ));
+        }
         if let Err(refusal) = self.submit(&signed) {
             if let Err(e) = journal.undo(&signed, recorded) {
                 tracing::error!("cannot take a refused transaction out of the journal: {e}");

@@ -9,13 +9,14 @@
 //! committed and sign them again). Submitting one twice executes it at
 //! most once: apply refuses a nonce used already.
 //!
-//! One transaction per sender and nonce, as in the pool: a replacement of
-//! higher priority takes the place of the one it replaces. An entry goes
+//! One transaction per sender and nonce, as in the pool: a replacement that
+//! [`outbid`]s the one it replaces takes its place. An entry goes
 //! once its bytes are committed (applied or refused), once another
 //! transaction uses its nonce, or once admission refuses it. The journal
 //! holds at most [`MAX_JOURNALED`] transactions and [`MAX_JOURNAL_BYTES`].
 
 use soma_codec::{Decode, Encode};
+use soma_consensus::outbid;
 use soma_crypto::PublicKey;
 use soma_execution::{SignedTransaction, StateReader};
 use std::collections::BTreeMap;
@@ -53,9 +54,11 @@ pub(crate) enum Recorded {
     /// Put it in the place of these bytes (with their priority), which
     /// paid less.
     Replaced(Vec<u8>),
-    /// Kept what it holds for the sender and nonce, of at least its
-    /// priority.
-    Kept,
+    /// Holds these bytes already.
+    Held,
+    /// Kept what it holds for the sender and nonce, which these bytes do
+    /// not [`outbid`].
+    Outbid,
 }
 
 /// The accepted transactions waiting for their commit.
@@ -127,24 +130,25 @@ impl Journal {
 
     /// Records `signed`, placed in the pool at `priority`, before the
     /// client is told it was accepted: in the place of a transaction of
-    /// its sender and nonce of lower priority, as the pool does.
+    /// its sender and nonce that it [`outbid`]s, as the pool does.
     pub(crate) fn record(
         &self,
         signed: &SignedTransaction,
         priority: u64,
     ) -> Result<Recorded, JournalError> {
         let key = key_of(signed);
+        let bytes = signed.to_bytes();
         let mut value = priority.to_be_bytes().to_vec();
-        value.extend(signed.to_bytes());
+        value.extend(&bytes);
         let mut held = self.lock();
         let old = match held.sizes.get(&key) {
             Some(_) => self.pending.get(key)?,
             None => None,
         };
-        if let Some(old) = &old
-            && split(old).is_some_and(|(kept, _)| kept >= priority)
-        {
-            return Ok(Recorded::Kept);
+        match old.as_deref().and_then(split) {
+            Some((_, held)) if held == bytes => return Ok(Recorded::Held),
+            Some((kept, _)) if !outbid(priority, kept) => return Ok(Recorded::Outbid),
+            _ => {}
         }
         let freed = old.as_ref().map_or(0, |o| o.len());
         if old.is_none() && held.sizes.len() >= MAX_JOURNALED
@@ -170,7 +174,7 @@ impl Journal {
         recorded: Recorded,
     ) -> Result<(), JournalError> {
         match recorded {
-            Recorded::Kept => Ok(()),
+            Recorded::Held | Recorded::Outbid => Ok(()),
             Recorded::Added => self.withdraw(signed),
             Recorded::Replaced(old) => {
                 let bytes = signed.to_bytes();
@@ -313,20 +317,26 @@ mod tests {
             })
         };
         let journal = Journal::open(dir.path()).unwrap();
+        // Priorities here are eight times the fee.
         let first = transfer(&alice, 0, 10);
-        assert_eq!(journal.record(&first, 10).unwrap(), Recorded::Added);
-        let cheaper = transfer(&alice, 0, 5);
-        assert_eq!(journal.record(&cheaper, 5).unwrap(), Recorded::Kept);
-        // Undoing what did not change the journal changes nothing.
-        journal.undo(&cheaper, Recorded::Kept).unwrap();
+        assert_eq!(journal.record(&first, 80).unwrap(), Recorded::Added);
+        assert_eq!(journal.record(&first, 80).unwrap(), Recorded::Held);
+        // Less, or less than an eighth more, does not replace it.
+        for fee in [5, 11] {
+            let cheaper = transfer(&alice, 0, fee);
+            let recorded = journal.record(&cheaper, 8 * fee).unwrap();
+            assert_eq!(recorded, Recorded::Outbid);
+            // Undoing what did not change the journal changes nothing.
+            journal.undo(&cheaper, recorded).unwrap();
+        }
         assert_eq!(held(&journal, 0), Some(10));
         let dearer = transfer(&alice, 0, 20);
-        let replaced = journal.record(&dearer, 20).unwrap();
+        let replaced = journal.record(&dearer, 160).unwrap();
         assert!(matches!(replaced, Recorded::Replaced(_)));
         // A replacement whose submission failed gives the place back.
         journal.undo(&dearer, replaced).unwrap();
         assert_eq!(held(&journal, 0), Some(10));
-        journal.record(&dearer, 20).unwrap();
+        journal.record(&dearer, 160).unwrap();
         let next = transfer(&alice, 1, 10);
         journal.record(&next, 10).unwrap();
         assert_eq!((held(&journal, 0), journal.len()), (Some(20), 2));

@@ -54,7 +54,7 @@ pub use committer::{Committer, LeaderStatus, WAVE_LENGTH, leader};
 pub use core::{CATCH_UP_LAG, Core, CoreError, Outcome, Parameters};
 pub use dag_state::{Acceptance, DagState};
 pub use linearizer::{CommittedSubDag, Linearizer, NO_COMMIT};
-pub use mempool::{MIN_TRANSACTION_COST, Placement, SubmitError, transaction_cost};
+pub use mempool::{MIN_TRANSACTION_COST, Placement, SubmitError, outbid, transaction_cost};
 pub use node::{
     AcceptAny, COMMIT_RECORDS_PATH, COMMITS_PATH, DEFAULT_MIN_ROUND_DELAY, Metrics, Node,
     NodeConfig, NodeError, STATUS_PATH, SubmitRefused, Submitter, TRANSACTION_PATH,

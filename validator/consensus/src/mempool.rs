@@ -16,8 +16,8 @@
 //! Nothing waiting is dropped to make room: when the pool is full, new
 //! transactions wait in the node's queue in front of it, and past that
 //! queue the submitter is refused. A transaction at a place already taken
-//! (a copy, or a replacement that does not outrank what waits) is dropped,
-//! and what waits stands for it.
+//! (a copy, or a replacement that does not [`outbid`] what waits) is
+//! dropped, and what waits stands for it.
 
 use crate::block::MAX_TRANSACTION_BYTES;
 use std::cmp::Reverse;
@@ -32,6 +32,16 @@ pub fn transaction_cost(transaction: &[u8]) -> usize {
     transaction.len().max(MIN_TRANSACTION_COST)
 }
 
+/// Whether a transaction of `priority` may take the place of one of
+/// `held` priority in its lane: it must pay at least an eighth more (and at
+/// least one unit more). Each replacement of one place then costs its
+/// sender more than the one before, in a growing series, so replacing a
+/// transaction again and again, which costs every validator work but its
+/// sender only the last fee, runs out of balance quickly.
+pub fn outbid(priority: u64, held: u64) -> bool {
+    u128::from(priority) >= u128::from(held) + u128::from((held / 8).max(1))
+}
+
 /// Why a transaction was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
@@ -41,11 +51,11 @@ pub enum SubmitError {
     /// Too many transaction bytes are waiting; try again later.
     #[error("{0} bytes of transactions are already waiting to be proposed")]
     Full(usize),
-    /// Its lane already holds a transaction at its sequence, with at
-    /// least its priority.
+    /// Its lane already holds a transaction at its sequence that it does
+    /// not [`outbid`].
     #[error(
-        "a transaction with sequence {0} of this sender is already waiting, with at least this \
-         one's priority"
+        "a transaction with sequence {0} of this sender is already waiting, and this one does not \
+         pay an eighth more"
     )]
     Duplicate(u64),
 }
@@ -57,8 +67,7 @@ pub struct Placement {
     /// sequence order.
     pub lane: [u8; 32],
     /// Position in the lane (for example the nonce); a second transaction
-    /// at a taken position replaces the first only if its priority is
-    /// higher.
+    /// at a taken position replaces the first only if it [`outbid`]s it.
     pub sequence: u64,
     /// Across lanes, higher goes first (for example the fee per byte).
     pub priority: u64,
@@ -174,7 +183,7 @@ impl Mempool {
         let place = lane.map_or(Err(0), |lane| lane.find(placement.sequence));
         let replaced = lane.zip(place.ok()).map(|(lane, i)| &lane.waiting[i]);
         if let Some(old) = replaced
-            && old.priority >= placement.priority
+            && !outbid(placement.priority, old.priority)
         {
             return Err(SubmitError::Duplicate(placement.sequence));
         }
@@ -325,14 +334,20 @@ mod tests {
     }
 
     #[test]
-    fn a_taken_place_is_replaced_only_by_a_higher_priority() {
+    fn a_taken_place_is_replaced_only_by_an_eighth_more() {
         let mut pool = Mempool::new(1 << 20);
-        pool.insert(tx("first"), at(1, 0, 10)).unwrap();
-        assert_eq!(
-            pool.insert(tx("same fee"), at(1, 0, 10)),
-            Err(SubmitError::Duplicate(0))
-        );
-        pool.insert(tx("more"), at(1, 0, 11)).unwrap();
+        pool.insert(tx("first"), at(1, 0, 80)).unwrap();
+        for (name, priority) in [("same fee", 80), ("a little more", 89)] {
+            assert_eq!(
+                pool.insert(tx(name), at(1, 0, priority)),
+                Err(SubmitError::Duplicate(0))
+            );
+        }
+        pool.insert(tx("more"), at(1, 0, 90)).unwrap();
+        // At the lowest priorities, one unit more.
+        pool.insert(tx("low"), at(2, 0, 0)).unwrap();
+        pool.insert(tx("lower"), at(2, 0, 1)).unwrap();
+        assert!(!outbid(u64::MAX, u64::MAX) && outbid(u64::MAX, u64::MAX / 9 * 8));
         let other = Placement::alone(b"x");
         pool.insert(tx("x"), other).unwrap();
         assert_eq!(
@@ -340,8 +355,8 @@ mod tests {
             Err(SubmitError::Duplicate(0)),
             "the same bytes twice wait once"
         );
-        assert_eq!(pool.bytes(), 2 * MIN_TRANSACTION_COST);
-        assert_eq!(all(&mut pool), ["more", "x"]);
+        assert_eq!(pool.bytes(), 3 * MIN_TRANSACTION_COST);
+        assert_eq!(all(&mut pool), ["more", "lower", "x"]);
     }
 
     #[test]

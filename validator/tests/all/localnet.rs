@@ -255,19 +255,28 @@ impl Transfers {
         SecretKey::from_bytes(&[7; 32]).public_key()
     }
 
+    /// The next transfer, at the least fee.
     pub(crate) fn next(&mut self) -> Vec<u8> {
+        self.nonce += 1;
+        self.at(
+            self.nonce - 1,
+            soma_execution::Parameters::default().min_fee,
+        )
+    }
+
+    /// A transfer at `nonce` paying `fee`.
+    pub(crate) fn at(&self, nonce: u64, fee: u64) -> Vec<u8> {
         use soma_codec::Encode;
         let tx = soma_execution::Transaction {
             chain_id: self.chain_id,
             sender: self.key.public_key(),
-            nonce: self.nonce,
-            fee: soma_execution::Parameters::default().min_fee,
+            nonce,
+            fee,
             action: soma_execution::Action::Transfer {
                 to: Transfers::recipient(),
                 amount: 1,
             },
         };
-        self.nonce += 1;
         tx.sign(&self.key).to_bytes()
     }
 }

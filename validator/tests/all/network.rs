@@ -1349,7 +1349,8 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
 /// A transaction the API accepted (202) is not lost with the process:
 /// validator 3, alone and so unable to propose it, is killed (SIGKILL)
 /// while it waits in its pool; started again with the others, it submits
-/// it again from its journal, and it is committed once.
+/// it again from its journal, and it is committed once. While it waits, a
+/// replacement that does not pay an eighth more is refused.
 #[test]
 fn a_transaction_accepted_by_a_validator_killed_before_proposing_it_is_committed_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -1368,8 +1369,22 @@ fn a_transaction_accepted_by_a_validator_killed_before_proposing_it_is_committed
     // Its last block is out by now; it has no quorum for another.
     std::thread::sleep(Duration::from_secs(3));
     let mut transfers = Transfers::new(dir.path());
-    let (code, body) = http(api(3), "POST", "/v1/transactions", &[], &transfers.next());
-    assert_eq!(code, 202, "{body}");
+    let accepted = transfers.next();
+    let post = |bytes: &[u8]| {
+        let (code, body) = http(api(3), "POST", "/v1/transactions", &[], bytes);
+        (
+            code,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    };
+    // Sent again, the same bytes are accepted again; another transaction
+    // at its nonce must pay an eighth more to take its place.
+    for _ in 0..2 {
+        let (code, body) = post(&accepted);
+        assert_eq!(code, 202, "{body}");
+    }
+    let min_fee = soma_execution::Parameters::default().min_fee;
+    assert_refused(post(&transfers.at(0, min_fee + 1)), 422, "an eighth more");
     assert_eq!(metric(api(3), "soma_journaled_transactions"), 1);
     drop(lone);
 
