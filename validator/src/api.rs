@@ -4,8 +4,9 @@
 //!
 //! Anyone can connect, so everything is bounded: open connections (more are
 //! closed on arrival), the time to send headers and body, body sizes per
-//! path, embedding requests in flight (429 with `Retry-After` beyond), and
-//! what one embedding request may ask for. Every refusal is JSON with a
+//! path, embedding requests in flight and each API key's requests per
+//! second (429 with `Retry-After` beyond), and what one embedding request
+//! may ask for. Every refusal is JSON with a
 //! reason, in OpenAI's error shape: 4xx for what the client must change
 //! (408 and 429 for slow or too many), 5xx when the node cannot answer
 //! now.
@@ -56,6 +57,11 @@ pub const MAX_PACKAGE_BODY: usize = 128 << 20;
 pub const MAX_EMBEDDING_REQUESTS: usize = 64;
 /// Embedding requests one API key may have waiting at once.
 pub const MAX_REQUESTS_PER_KEY: usize = 8;
+/// Requests one API key may make at once after a quiet spell; past them,
+/// [`KEY_REQUESTS_PER_SECOND`] (429 with `Retry-After` beyond).
+pub const KEY_BURST: u32 = 32;
+/// Requests per second one API key may make, past [`KEY_BURST`].
+pub const KEY_REQUESTS_PER_SECOND: u32 = 8;
 /// Package uploads a node takes at once.
 pub const MAX_UPLOADS: usize = 1;
 /// Package downloads a node serves at once.
@@ -78,6 +84,9 @@ struct Api {
     embedding_requests: Semaphore,
     /// Embedding requests in flight per API key (by its hash).
     per_key: Mutex<BTreeMap<[u8; 32], usize>>,
+    /// Each API key's requests left (by its hash), with when they were
+    /// counted: a token bucket.
+    key_rates: Mutex<BTreeMap<[u8; 32], (f64, Instant)>>,
     /// Package uploads at once.
     uploads: Semaphore,
     /// Package downloads at once.
@@ -116,6 +125,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         embedding_requests: Semaphore::new(MAX_EMBEDDING_REQUESTS),
         per_key: Mutex::default(),
+        key_rates: Mutex::default(),
         uploads: Semaphore::new(MAX_UPLOADS),
         downloads: Semaphore::new(MAX_DOWNLOADS),
         pins: Mutex::default(),
@@ -760,13 +770,41 @@ impl Api {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
         let hash = token.map(|t| *blake3::hash(t.as_bytes()).as_bytes());
-        hash.and_then(|h| self.shared.api_keys.get(&h).map(|key| (key, h)))
+        let (account, hash) = hash
+            .and_then(|h| self.shared.api_keys.get(&h).map(|key| (key, h)))
             .ok_or_else(|| {
                 refused(
                     StatusCode::UNAUTHORIZED,
                     "an API key this node knows is required: `Authorization: Bearer <key>`",
                 )
-            })
+            })?;
+        self.count_request(hash)?;
+        Ok((account, hash))
+    }
+
+    /// Counts a request of the API key of `hash` against its rate: at
+    /// most [`KEY_BURST`] at once, refilled at [`KEY_REQUESTS_PER_SECOND`].
+    /// Only the node's own keys are counted, so the map stays as small as
+    /// its configuration.
+    fn count_request(&self, hash: [u8; 32]) -> Result<(), Refused> {
+        let now = Instant::now();
+        let mut rates = self.key_rates.lock().unwrap_or_else(|e| e.into_inner());
+        let (left, at) = rates.entry(hash).or_insert((f64::from(KEY_BURST), now));
+        let rate = f64::from(KEY_REQUESTS_PER_SECOND);
+        *left = (*left + now.duration_since(*at).as_secs_f64() * rate).min(f64::from(KEY_BURST));
+        *at = now;
+        if *left < 1.0 {
+            let wait = ((1.0 - *left) / rate).ceil().max(1.0) as u64;
+            return Err(busy(
+                format!(
+                    "this API key made more than {KEY_BURST} requests at once and more than \
+                     {KEY_REQUESTS_PER_SECOND} per second since; retry later"
+                ),
+                wait,
+            ));
+        }
+        *left -= 1.0;
+        Ok(())
     }
 
     /// `POST /v1/embeddings`: one job per input, paid from the account the

@@ -17,7 +17,7 @@ use soma_codec::Encode;
 use soma_crypto::SecretKey;
 use soma_execution::{Action, Transaction};
 use soma_host::package::{EncoderMeta, MAX_FUEL_LIMIT, Package};
-use soma_validator::api::MAX_REQUESTS_PER_KEY;
+use soma_validator::api::{KEY_BURST, MAX_REQUESTS_PER_KEY};
 use soma_validator::config::{ClientFile, LOCALNET_BOND};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -865,6 +865,23 @@ fn the_api_holds_up_against_slow_many_and_malformed_clients() {
         400,
         "invalid request",
     );
+
+    // One key's requests past its burst are refused until its rate lets
+    // more through; another key's are not.
+    let malformed = |key: &str| call(port, "POST", "/v1/embeddings", Some(key), b"{");
+    let answers: Vec<u16> = (0..KEY_BURST + 8)
+        .map(|_| malformed("pauper-key").0)
+        .collect();
+    let refused = answers.iter().filter(|&&code| code == 429).count();
+    assert!(
+        answers[..KEY_BURST as usize - 4]
+            .iter()
+            .all(|&code| code == 400)
+            && refused >= 4,
+        "{answers:?}"
+    );
+    assert_refused(malformed("pauper-key"), 429, "per second");
+    assert_refused(malformed(&client.api_key), 400, "invalid request");
 
     // At the connection cap, another connection is closed at once; the
     // API answers again once the idle ones reach their header deadline.
