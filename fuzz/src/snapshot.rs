@@ -12,6 +12,10 @@ use crate::apply::genesis;
 use soma_codec::Encode;
 use soma_execution::{Action, Commit, Executor, Parameters, Transaction};
 
+/// Bytes a page is cut at: none, so a whole state is one page (and a
+/// later page, being the input again, never goes on after the first).
+const PAGE: usize = usize::MAX;
+
 /// Checks one input.
 pub fn check(bytes: &[u8]) {
     let Ok(claim) = Executor::snapshot_claim(bytes) else {
@@ -21,15 +25,19 @@ pub fn check(bytes: &[u8]) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("state");
     let again = |_: &[u8]| Ok::<_, &str>(bytes.to_vec());
-    match Executor::restore(&path, genesis(), None, root, bytes, again) {
-        Err(_) => assert!(!path.exists(), "a refused snapshot left a state behind"),
+    match Executor::restore(&path, genesis(), None, root, bytes, PAGE, again) {
+        Err(_) => {
+            assert!(!path.exists(), "a refused snapshot left a state behind");
+            let partial = dir.path().join("state.partial");
+            assert!(!partial.exists(), "a refused snapshot left a partial state");
+        }
         Ok(restored) => {
             restored.verify_state().expect("a restored state verifies");
             assert_eq!((restored.next_index(), restored.root()), (commits, root));
             assert_eq!(
                 restored
                     .pin()
-                    .and_then(|pinned| pinned.page(None, usize::MAX))
+                    .and_then(|pinned| pinned.page(None, PAGE))
                     .expect("a restored state has a snapshot"),
                 bytes,
                 "snapshot decoding is not canonical"
@@ -69,7 +77,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             })
             .expect("the commit applies");
         let pinned = executor.pin().expect("a pinned state");
-        seeds.push(pinned.page(None, usize::MAX).expect("a snapshot"));
+        seeds.push(pinned.page(None, PAGE).expect("a snapshot"));
     }
     seeds
 }

@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Most API connections open at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -76,7 +76,51 @@ pub const EMBEDDING_TIMEOUT: Duration = Duration::from_secs(120);
 /// The one model this API serves: the network's embedding space.
 const MODEL: &str = "soma";
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<Body>;
+
+/// A response body, holding what bounds the large answers in flight (a
+/// permit of their semaphore) until it is sent or its connection closes:
+/// a client that reads slowly holds its answer's slot, not just memory.
+pub(crate) struct Body {
+    bytes: Full<Bytes>,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+impl Body {
+    fn new(bytes: impl Into<Bytes>) -> Body {
+        Body {
+            bytes: Full::new(bytes.into()),
+            _held: None,
+        }
+    }
+
+    fn holding(bytes: impl Into<Bytes>, permit: OwnedSemaphorePermit) -> Body {
+        Body {
+            bytes: Full::new(bytes.into()),
+            _held: Some(permit),
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.bytes).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.bytes.size_hint()
+    }
+}
 
 struct Api {
     shared: Arc<Shared>,
@@ -89,12 +133,12 @@ struct Api {
     key_rates: Mutex<BTreeMap<[u8; 32], (f64, Instant)>>,
     /// Package uploads at once.
     uploads: Semaphore,
-    /// Package downloads at once.
-    downloads: Semaphore,
+    /// Package downloads at once, until each is sent.
+    downloads: Arc<Semaphore>,
     /// States pinned for peers that restore them a page at a time.
     pins: Mutex<Vec<Pin>>,
-    /// Snapshot pages being read at once.
-    snapshot_pages: Semaphore,
+    /// Snapshot pages being read or sent at once.
+    snapshot_pages: Arc<Semaphore>,
 }
 
 /// A state pinned for snapshot pages ([`Api::snapshot`]).
@@ -112,11 +156,17 @@ const SNAPSHOT_REFRESH: Duration = Duration::from_secs(600);
 /// How long a pinned state no page was read from is kept: a pin keeps
 /// the old versions of everything apply rewrites since.
 const PIN_IDLE: Duration = Duration::from_secs(120);
+/// How long a pinned state is kept however much it is read: at the
+/// least rate a restorer must keep up, a state of 7 GiB.
+const PIN_MAX_AGE: Duration = Duration::from_secs(2 * 3600);
 /// Most states pinned at once: a restore that started on an older pin
-/// finishes while new ones start on the newer.
+/// finishes while new ones start on the newer. A pin in use is never
+/// dropped for a new one.
 const MAX_PINS: usize = 2;
-/// Snapshot pages read at once.
-const MAX_SNAPSHOT_PAGES: usize = 2;
+/// Snapshot pages read or sent at once.
+const MAX_SNAPSHOT_PAGES: usize = 4;
+/// How long a request for a snapshot page waits for its turn.
+const PAGE_QUEUE: Duration = Duration::from_secs(5);
 
 /// Serves the API on `listener` until the process ends.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
@@ -127,9 +177,17 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         per_key: Mutex::default(),
         key_rates: Mutex::default(),
         uploads: Semaphore::new(MAX_UPLOADS),
-        downloads: Semaphore::new(MAX_DOWNLOADS),
+        downloads: Arc::new(Semaphore::new(MAX_DOWNLOADS)),
         pins: Mutex::default(),
-        snapshot_pages: Semaphore::new(MAX_SNAPSHOT_PAGES),
+        snapshot_pages: Arc::new(Semaphore::new(MAX_SNAPSHOT_PAGES)),
+    });
+    let sweeper = api.clone();
+    tokio::spawn(async move {
+        let mut sweeps = tokio::time::interval(PIN_IDLE / 4);
+        loop {
+            sweeps.tick().await;
+            sweeper.sweep_pins();
+        }
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -172,7 +230,7 @@ fn json_reply(status: StatusCode, body: &Value) -> Reply {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Body::new(body.to_string()))
         .expect("a valid response")
 }
 
@@ -243,7 +301,7 @@ impl Api {
             (Method::GET, "/health") => Ok(self.health()),
             (Method::GET, "/metrics") => Ok(Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(Full::new(Bytes::from(metrics::render(&self.shared))))
+                .body(Body::new(metrics::render(&self.shared)))
                 .expect("a valid response")),
             (Method::GET, "/v1/models") => Ok(self.models()),
             (Method::POST, "/v1/embeddings") => self.embeddings(request).await,
@@ -475,7 +533,7 @@ impl Api {
                 format!("no registered encoder's package {digest}"),
             ));
         }
-        let Ok(_download) = self.downloads.try_acquire() else {
+        let Ok(download) = self.downloads.clone().try_acquire_owned() else {
             return Err(busy("packages are being downloaded; retry later".into(), 5));
         };
         let blobs = self.shared.blobs.clone();
@@ -485,7 +543,7 @@ impl Api {
             .map_err(|_| refused(StatusCode::NOT_FOUND, format!("no package {digest} here")))?;
         Ok(Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Full::new(Bytes::from(bytes)))
+            .body(Body::holding(bytes, download))
             .expect("a valid response"))
     }
 
@@ -516,39 +574,64 @@ impl Api {
             })
             .transpose()?;
         let after = param("after")
-            .map(|a| hex::decode(a).map_err(|_| malformed("after is not hex")))
+            .map(|a| {
+                let cursor = hex::decode(a).map_err(|_| malformed("after is not hex"))?;
+                PinnedState::check_cursor(&cursor).map_err(|e| malformed(&e.to_string()))?;
+                Ok::<_, Refused>(cursor)
+            })
             .transpose()?;
         if after.is_some() && commits.is_none() {
             return Err(malformed("a cursor without the commits of its snapshot"));
         }
-        let Ok(_reading) = self.snapshot_pages.try_acquire() else {
-            return Err(busy("snapshot pages are being read; retry later".into(), 1));
+        let turn = tokio::time::timeout(PAGE_QUEUE, self.snapshot_pages.clone().acquire_owned());
+        let Ok(Ok(turn)) = turn.await else {
+            return Err(busy("snapshot pages are being sent; retry later".into(), 1));
         };
         let state = match commits {
             Some(commits) => self.pinned(commits)?,
             None => self.newest_pin().await?,
         };
-        let bytes =
-            tokio::task::spawn_blocking(move || state.page(after.as_deref(), SNAPSHOT_PAGE_BYTES))
-                .await
-                .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?
-                .map_err(|e| match e {
-                    ExecutionError::Snapshot(reason) => refused(StatusCode::BAD_REQUEST, reason),
-                    e => unavailable(e),
-                })?;
+        let page_of = state.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            page_of.page(after.as_deref(), SNAPSHOT_PAGE_BYTES)
+        })
+        .await
+        .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .map_err(|e| match e {
+            ExecutionError::Snapshot(reason) => refused(StatusCode::BAD_REQUEST, reason),
+            e => unavailable(e),
+        })?;
+        // Only a page served keeps its pin in use.
+        self.touch_pin(&state);
         Ok(Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Full::new(Bytes::from(bytes)))
+            .body(Body::holding(bytes, turn))
             .expect("a valid response"))
+    }
+
+    /// Drops the pins no page was read from for [`PIN_IDLE`], and those
+    /// older than [`PIN_MAX_AGE`].
+    fn sweep_pins(&self) {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.retain(|pin| pin.used.elapsed() < PIN_IDLE && pin.made.elapsed() < PIN_MAX_AGE);
+    }
+
+    /// Marks the pin of `state` as in use now.
+    fn touch_pin(&self, state: &Arc<PinnedState>) {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pin) = pins.iter_mut().find(|pin| Arc::ptr_eq(&pin.state, state)) {
+            pin.used = Instant::now();
+        }
     }
 
     /// The state pinned after `commits` commits, if it is still kept.
     fn pinned(&self, commits: u64) -> Result<Arc<PinnedState>, Refused> {
-        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-        pins.retain(|pin| pin.used.elapsed() < PIN_IDLE);
+        self.sweep_pins();
+        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         let pin = pins
-            .iter_mut()
-            .find(|pin| pin.state.commits() == commits)
+            .iter()
+            .filter(|pin| pin.state.commits() == commits)
+            .max_by_key(|pin| pin.made)
             .ok_or_else(|| {
                 refused(
                     StatusCode::GONE,
@@ -558,23 +641,21 @@ impl Api {
                     ),
                 )
             })?;
-        pin.used = Instant::now();
         Ok(pin.state.clone())
     }
 
     /// The newest pinned state, pinned now if there is none younger than
-    /// [`SNAPSHOT_REFRESH`].
+    /// [`SNAPSHOT_REFRESH`] and fewer than [`MAX_PINS`] are in use.
     async fn newest_pin(&self) -> Result<Arc<PinnedState>, Refused> {
-        let reuse = |pins: &mut Vec<Pin>| {
-            pins.retain(|pin| pin.used.elapsed() < PIN_IDLE);
+        let reuse = |pins: &Vec<Pin>| {
             let pin = pins
-                .iter_mut()
+                .iter()
                 .filter(|pin| pin.made.elapsed() < SNAPSHOT_REFRESH)
                 .max_by_key(|pin| pin.made)?;
-            pin.used = Instant::now();
             Some(pin.state.clone())
         };
-        if let Some(state) = reuse(&mut self.pins.lock().unwrap_or_else(|e| e.into_inner())) {
+        self.sweep_pins();
+        if let Some(state) = reuse(&self.pins.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(state);
         }
         let reader = self.shared.state.clone();
@@ -584,12 +665,16 @@ impl Api {
             .map_err(unavailable)?;
         let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         // Another request pinned one meanwhile.
-        if let Some(state) = reuse(&mut pins) {
+        if let Some(state) = reuse(&pins) {
             return Ok(state);
         }
-        if pins.len() >= MAX_PINS {
-            pins.sort_by_key(|pin| pin.used);
-            pins.remove(0);
+        // Every pin kept is in use (the sweep dropped the idle ones), and
+        // none is dropped for a new one: the newest serves, older but as
+        // good.
+        if pins.len() >= MAX_PINS
+            && let Some(newest) = pins.iter().max_by_key(|pin| pin.made)
+        {
+            return Ok(newest.state.clone());
         }
         let state = Arc::new(state);
         let now = Instant::now();

@@ -24,6 +24,7 @@ pub struct ApiClient {
     address: SocketAddr,
     api_key: Option<String>,
     timeout: Duration,
+    max_response: u64,
 }
 
 /// An answer: its status and body.
@@ -58,6 +59,21 @@ impl ApiClient {
             address,
             api_key,
             timeout,
+            max_response: MAX_RESPONSE,
+        }
+    }
+
+    /// The address of the API.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The same client, reading answers of at most `bytes` bytes of body
+    /// (and a head) instead of the largest the API sends.
+    pub fn with_max_body(&self, bytes: usize) -> ApiClient {
+        ApiClient {
+            max_response: (bytes as u64 + (1 << 20)).min(MAX_RESPONSE),
+            ..self.clone()
         }
     }
 
@@ -157,8 +173,12 @@ impl ApiClient {
             if n == 0 {
                 break;
             }
-            if (response.len() + n) as u64 > MAX_RESPONSE {
-                bail!("{}: the answer is over {MAX_RESPONSE} bytes", failed());
+            if (response.len() + n) as u64 > self.max_response {
+                bail!(
+                    "{}: the answer is over {} bytes",
+                    failed(),
+                    self.max_response
+                );
             }
             response.extend_from_slice(&chunk[..n]);
         }

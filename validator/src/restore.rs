@@ -24,9 +24,11 @@ use soma_consensus::{
     FjallStore, MAX_RECORDS, Round, StakeAggregator, Store, decode_records,
 };
 use soma_crypto::{Domain, PublicKey, Signature};
-use soma_execution::{Executor, SnapshotClaim};
+use soma_execution::{
+    ExecutionError, Executor, MAX_SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES, SnapshotClaim,
+};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a peer may take to answer a question.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,39 +162,70 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
     let mut failures = Vec::new();
     let mut chosen = None;
     for (_, source) in candidates {
-        let restored = copy_from(source, &peers, &committee, &chain_id).and_then(|trusted| {
-            // A refused copy consumes the router it was given.
-            let router = Host::open(dir, &file, &genesis, &packages)?.router;
-            let mut read = (1, trusted.first_page.len());
-            let restored = Executor::restore(
-                &staged,
-                &genesis,
-                router,
-                trusted.claim.root,
-                &trusted.first_page,
-                |after| {
-                    let page = next_page(source, trusted.claim.commits, after)?;
-                    read = (read.0 + 1, read.1 + page.len());
-                    if read.0 % PAGES_PER_REPORT == 0 {
-                        tracing::info!(
-                            "restoring: {} pages, {} MiB of the snapshot read",
-                            read.0,
-                            read.1 >> 20
-                        );
-                    }
-                    anyhow::Ok(page)
-                },
-            )
-            .context("its snapshot does not restore")?;
-            Ok((trusted, restored))
-        });
+        let peer = source.address();
+        let trusted = match copy_from(source, &peers, &committee, &chain_id) {
+            Ok(trusted) => trusted,
+            Err(e) => {
+                failures.push(format!("{peer}: {e:#}"));
+                continue;
+            }
+        };
+        let claim = trusted.claim;
+        tracing::info!(
+            "restoring the state after {} commits from {peer}: {} entries, {} MiB",
+            claim.commits,
+            claim.entries,
+            claim.bytes >> 20
+        );
+        // The root binds how much the state holds: a peer that sends it
+        // slower than this, or sends more, costs one bounded try.
+        let deadline =
+            Instant::now() + PAGE_TIMEOUT + Duration::from_secs(claim.bytes / MIN_RESTORE_RATE);
+        let mut read = (1, trusted.first_page.len());
+        let router = Host::open(dir, &file, &genesis, &packages)?.router;
+        let restored = Executor::restore(
+            &staged,
+            &genesis,
+            router,
+            claim.root,
+            &trusted.first_page,
+            SNAPSHOT_PAGE_BYTES,
+            |after| {
+                let page = next_page(source, claim.commits, after, deadline)
+                    .map_err(|e| format!("{e:#}"))?;
+                read = (read.0 + 1, read.1 + page.len());
+                if read.0 % PAGES_PER_REPORT == 0 {
+                    tracing::info!(
+                        "restoring: {} pages, {} MiB of the snapshot read",
+                        read.0,
+                        read.1 >> 20
+                    );
+                }
+                Ok::<_, String>(page)
+            },
+        );
         match restored {
-            Ok((trusted, restored)) => {
+            Ok(restored) => {
                 drop(restored);
+                tracing::info!(
+                    "restored the state from {} pages, {} MiB",
+                    read.0,
+                    read.1 >> 20
+                );
                 chosen = Some(trusted);
                 break;
             }
-            Err(e) => failures.push(format!("{e:#}")),
+            // The peer's doing: try the next.
+            Err(e @ (ExecutionError::Snapshot(_) | ExecutionError::WrongGenesis { .. })) => {
+                failures.push(format!("{peer}: its snapshot does not restore: {e}"))
+            }
+            // This node's: another peer's copy would fare no better.
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot write the restored state at {}; nothing was changed",
+                    staged.display()
+                )));
+            }
         }
     }
     let Some(Trusted { claim, vouched, .. }) = chosen else {
@@ -402,7 +435,7 @@ fn copy_from(
     committee: &Committee,
     chain_id: &[u8; 32],
 ) -> Result<Trusted> {
-    let first_page = page(source, "/v1/snapshot")?;
+    let first_page = page(source, "/v1/snapshot", None)?;
     let claim = Executor::snapshot_claim(&first_page)?;
     let (commits, root) = (claim.commits, claim.root);
     // The copy came from the most advanced peer: others may apply its
@@ -449,36 +482,53 @@ fn copy_from(
     })
 }
 
-/// Tries to read a snapshot page at `path` of `source`, which may be busy
-/// a moment.
+/// Tries to read a snapshot page of a peer that is busy or whose answer
+/// failed, within the restore's deadline.
 const PAGE_TRIES: usize = 10;
 
-/// The page of `source`'s snapshot at `path`.
-fn page(source: &ApiClient, path: &str) -> Result<Vec<u8>> {
-    let source = source.with_timeout(PAGE_TIMEOUT);
-    for _ in 1..PAGE_TRIES {
-        match source.get_bytes(path)? {
-            (200, page) => return Ok(page),
-            (429, _) => std::thread::sleep(Duration::from_secs(1)),
-            (status, reason) => bail!(
+/// The least rate, in bytes of state per second, at which a peer must
+/// send its snapshot.
+const MIN_RESTORE_RATE: u64 = 1 << 20;
+
+/// The page of `source`'s snapshot at `path`, by `deadline` if given.
+fn page(source: &ApiClient, path: &str, deadline: Option<Instant>) -> Result<Vec<u8>> {
+    let source = source
+        .with_timeout(PAGE_TIMEOUT)
+        .with_max_body(MAX_SNAPSHOT_PAGE);
+    let mut trouble = String::new();
+    for _ in 0..PAGE_TRIES {
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            bail!(
+                "the peer sends its snapshot slower than {} KiB/s ({trouble})",
+                MIN_RESTORE_RATE >> 10
+            );
+        }
+        // Page requests change nothing: a busy peer, a failed exchange or
+        // a peer that cannot read its state now is asked again.
+        match source.get_bytes(path) {
+            Ok((200, page)) => return Ok(page),
+            Ok((status @ (429 | 503), reason)) => {
+                trouble = format!("{status}: {}", String::from_utf8_lossy(&reason))
+            }
+            Ok((status, reason)) => bail!(
                 "the peer refused a page of its snapshot ({status}): {}",
                 String::from_utf8_lossy(&reason)
             ),
+            Err(e) => trouble = format!("{e:#}"),
         }
+        std::thread::sleep(Duration::from_secs(1));
     }
-    bail!("the peer stayed too busy to send a page of its snapshot")
+    bail!("no page of the peer's snapshot after {PAGE_TRIES} tries: {trouble}")
 }
 
 /// The page of `source`'s snapshot after `commits` commits that follows
 /// the entry `after` names.
-fn next_page(source: &ApiClient, commits: u64, after: &[u8]) -> Result<Vec<u8>> {
-    page(
-        source,
-        &format!(
-            "/v1/snapshot?commits={commits}&after={}",
-            hex::encode(after)
-        ),
-    )
+fn next_page(source: &ApiClient, commits: u64, after: &[u8], deadline: Instant) -> Result<Vec<u8>> {
+    let path = format!(
+        "/v1/snapshot?commits={commits}&after={}",
+        hex::encode(after)
+    );
+    page(source, &path, Some(deadline))
 }
 
 /// Pages of a snapshot between two progress reports.

@@ -22,15 +22,17 @@ use crate::lattice::Lattice;
 use crate::params::Parameters;
 use crate::receipt::{Receipt, Rejection};
 use crate::routing::{Router, RouterError};
-use crate::snapshot::{Header, MAX_SNAPSHOT_ENTRIES, Page, RootStep, cursor, parse_cursor};
+use crate::snapshot::{
+    ENTRY_OVERHEAD, Header, MAX_SNAPSHOT_PAGE, Page, RootStep, cursor, parse_cursor,
+};
 use crate::state::{
     APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, LATTICE,
-    Space, StateError, StateStore, TREASURY, Validator, encoder_key,
+    Space, StateError, StateStore, TREASURY, Validator, encoder_key, is_record,
 };
 use crate::transaction::{Action, SignedTransaction};
 use crate::view::{Stop, View, attestation_key};
 use crate::{finalise, routing, shard};
-use soma_codec::{Decode, Encode, Writer};
+use soma_codec::{Decode, DecodeError, Encode, Writer};
 use soma_crypto::{Domain, PublicKey, Signature};
 use soma_host::Digest;
 use soma_host::Modality;
@@ -125,6 +127,10 @@ pub struct SnapshotClaim {
     /// The consensus digest of the last of them, which the root binds:
     /// it anchors the commit log a restored validator resumes from.
     pub last_commit: [u8; 32],
+    /// Entries the state holds, which the root binds too.
+    pub entries: u64,
+    /// Bytes of their keys and values, which the root binds too.
+    pub bytes: u64,
 }
 
 /// Applies commits to a [`StateStore`].
@@ -194,8 +200,21 @@ impl Executor {
                 let applied = store
                     .read::<Applied>(&[], Space::Meta, APPLIED)?
                     .ok_or_else(|| missing("applied"))?;
+                // A lattice of the old length (lanes alone) was written by
+                // a version whose roots did not fold in the state's size.
                 let lattice = store
-                    .read::<Lattice>(&[], Space::Meta, LATTICE)?
+                    .read::<Lattice>(&[], Space::Meta, LATTICE)
+                    .map_err(|e| match e {
+                        StateError::Corrupt(DecodeError::Truncated { .. }) => {
+                            StateError::inconsistent(
+                                "lattice",
+                                "written by an older version, whose roots did not fold in the \
+                                 state's size: restore the state from peers of this version \
+                                 (`soma restore-state`)",
+                            )
+                        }
+                        e => e,
+                    })?
                     .ok_or_else(|| missing("lattice"))?;
                 (applied, lattice)
             }
@@ -242,11 +261,13 @@ impl Executor {
     /// only that the page decodes: its root is to be vouched for, and
     /// [`Executor::restore`] checks the rest against that root.
     pub fn snapshot_claim(first_page: &[u8]) -> Result<SnapshotClaim, ExecutionError> {
-        let page = Page::from_bytes(first_page).map_err(|e| refused(e.to_string()))?;
+        let page = decode_page(first_page)?;
         Ok(SnapshotClaim {
             commits: page.header.step.index + 1,
             root: page.header.root,
             last_commit: page.header.step.commit,
+            entries: page.header.size.entries,
+            bytes: page.header.size.bytes,
         })
     }
 
@@ -255,16 +276,23 @@ impl Executor {
     /// commit that validators of a quorum of stake vouch for. The snapshot
     /// starts with `first_page`; `next_page` fetches the page after an
     /// entry, named by the cursor it is given (an opaque byte string for
-    /// [`PinnedState::page`]). The entries of all pages must hash to the
-    /// state digest that root folds in. The state is written and opened
-    /// beside `path` and only then moved there: nothing is left at `path`
-    /// unless the whole state was restored.
+    /// [`PinnedState::page`]). Pages must be cut at `page_bytes` as
+    /// [`PinnedState::page`] cuts them.
+    ///
+    /// The first page's header must make the vouched root before any entry
+    /// is taken, which also vouches for how many entries and bytes the
+    /// whole state holds: a peer that sends more is refused as soon as it
+    /// does. The entries of all pages must hash to the state digest the
+    /// root folds in. The state is written and opened beside `path` (at
+    /// `<path>.partial`) and only then moved there: nothing is left at
+    /// `path` unless the whole state was restored.
     pub fn restore<E: std::fmt::Display>(
         path: &Path,
         genesis: &Genesis,
         router: Option<Router>,
         trusted_root: [u8; 32],
         first_page: &[u8],
+        page_bytes: usize,
         next_page: impl FnMut(&[u8]) -> Result<Vec<u8>, E>,
     ) -> Result<Executor, ExecutionError> {
         if path.exists() {
@@ -273,7 +301,7 @@ impl Executor {
                 path.display()
             )));
         }
-        let first = Page::from_bytes(first_page).map_err(|e| refused(e.to_string()))?;
+        let first = decode_page(first_page)?;
         let header = first.header.clone();
         if header.chain_id != genesis.chain_id() {
             return Err(ExecutionError::WrongGenesis {
@@ -288,10 +316,19 @@ impl Executor {
                 hex::encode(trusted_root)
             )));
         }
+        if header.made_root() != trusted_root {
+            return Err(refused(format!(
+                "its header (state of {} entries, {} bytes) does not make the root {} vouched for",
+                header.size.entries,
+                header.size.bytes,
+                hex::encode(trusted_root)
+            )));
+        }
         // Written beside `path`, opened there, and only then moved into
         // place whole: a crash part way leaves only the side directory,
         // which the next try clears.
-        let partial = path.with_extension("restoring");
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let partial = path.with_file_name(format!("{name}.partial"));
         let clear = |partial: &Path| {
             if partial.exists() {
                 std::fs::remove_dir_all(partial).map_err(|e| refused(e.to_string()))?;
@@ -306,7 +343,7 @@ impl Executor {
         let staged = StateStore::open(&partial)
             .map_err(ExecutionError::from)
             .and_then(|store| {
-                let lattice = write_pages(&store, first, next_page)?;
+                let lattice = write_pages(&store, first, page_bytes, next_page)?;
                 if header.step.root(&lattice) != trusted_root {
                     return Err(refused(format!(
                         "its entries (state digest {}) are not the state root {} was made with",
@@ -781,20 +818,35 @@ fn refused(reason: String) -> ExecutionError {
     ExecutionError::Snapshot(reason)
 }
 
+/// Decodes a page of a snapshot, refusing one larger than any page may be
+/// before decoding it.
+fn decode_page(bytes: &[u8]) -> Result<Page, ExecutionError> {
+    if bytes.len() > MAX_SNAPSHOT_PAGE {
+        return Err(refused(format!(
+            "a page of {} bytes, over the {MAX_SNAPSHOT_PAGE} a page may be",
+            bytes.len()
+        )));
+    }
+    Page::from_bytes(bytes).map_err(|e| refused(e.to_string()))
+}
+
 /// Writes the entries of `first` and of the pages after it, fetched with
 /// `next_page`, into `store`, checking that every page is of the same
-/// snapshot and goes on where the one before ended; their lattice.
+/// snapshot, cut at `page_bytes`, and goes on after the entry the one
+/// before ended with, and that the entries never hold more than the
+/// header says the state does; their lattice.
 fn write_pages<E: std::fmt::Display>(
     store: &StateStore,
     first: Page,
+    page_bytes: usize,
     mut next_page: impl FnMut(&[u8]) -> Result<Vec<u8>, E>,
 ) -> Result<Lattice, ExecutionError> {
     let header = first.header.clone();
     let mut page = first;
     let mut lattice = Lattice::default();
-    let mut entries = 0u64;
     let mut after: Option<Vec<u8>> = None;
     loop {
+        let entries = lattice.size().entries;
         if page.header != header {
             return Err(refused(
                 "its pages are of different snapshots (a peer that pinned a new one \
@@ -809,31 +861,57 @@ fn write_pages<E: std::fmt::Display>(
                 "the page after {entries} entries does not go on after them"
             )));
         }
-        entries += page.entries.len() as u64;
-        if entries > MAX_SNAPSHOT_ENTRIES {
+        // Cut as the peer must cut it: once its entries reach
+        // `page_bytes`, and not before unless none are left.
+        let sizes: Vec<usize> = page
+            .entries
+            .iter()
+            .map(|(_, key, value)| ENTRY_OVERHEAD + key.len() + value.len())
+            .collect();
+        let before_last: usize = sizes.iter().rev().skip(1).sum();
+        let whole = before_last + sizes.last().copied().unwrap_or(0);
+        if before_last >= page_bytes || (!page.last && whole < page_bytes) {
             return Err(refused(format!(
-                "it has over {MAX_SNAPSHOT_ENTRIES} entries"
+                "the page after {entries} entries is not cut at {page_bytes} bytes"
             )));
         }
         for (space, key, value) in &page.entries {
+            if usize::from(*space) >= Space::ALL.len() {
+                return Err(refused(format!(
+                    "an entry of keyspace {space}, which is none"
+                )));
+            }
+            if Space::ALL[usize::from(*space)] == Space::Meta && is_record(key) {
+                return Err(refused("an entry in the place of a record".into()));
+            }
             lattice.add(*space, key, value);
+        }
+        let size = lattice.size();
+        if size.entries > header.size.entries || size.bytes > header.size.bytes {
+            return Err(refused(format!(
+                "its pages hold more than the {} entries of {} bytes its vouched root says",
+                header.size.entries, header.size.bytes
+            )));
         }
         store.restore_entries(&page.entries)?;
         if page.last {
             return Ok(lattice);
         }
+        // Not the last, so cut at `page_bytes` above: it holds entries.
         let Some((space, key, _)) = page.entries.last() else {
             return Err(refused(format!(
-                "the page after {entries} entries is empty and not the last"
+                "the page after {} entries is empty and not the last",
+                size.entries
             )));
         };
         let next = cursor(*space, key);
+        let entries = size.entries;
         let bytes = next_page(&next).map_err(|e| {
             refused(format!(
                 "the page after {entries} entries cannot be had: {e}"
             ))
         })?;
-        page = Page::from_bytes(&bytes)
+        page = decode_page(&bytes)
             .map_err(|e| refused(format!("the page after {entries} entries: {e}")))?;
         after = Some(next);
     }
@@ -862,6 +940,15 @@ impl PinnedState {
         self.header.step.index + 1
     }
 
+    /// Checks that `cursor` could name an entry of a state, as
+    /// [`PinnedState::page`] does first: a client's cursor can be refused
+    /// before any work for it.
+    pub fn check_cursor(cursor: &[u8]) -> Result<(), ExecutionError> {
+        parse_cursor(cursor, Space::ALL.len())
+            .map(|_| ())
+            .map_err(|e| refused(e.to_string()))
+    }
+
     /// The encoded page of the snapshot that holds the entries after
     /// `after` (the cursor [`Executor::restore`] asks with; `None` for the
     /// first page), cut once it holds `max_bytes` of entries (at least one,
@@ -879,8 +966,7 @@ impl PinnedState {
         let mut bytes = 0;
         for entry in iter.by_ref() {
             let entry = entry?;
-            // As a page encodes it: keyspace, two lengths, key, value.
-            bytes += 9 + entry.1.len() + entry.2.len();
+            bytes += ENTRY_OVERHEAD + entry.1.len() + entry.2.len();
             entries.push(entry);
             if bytes >= max_bytes {
                 break;
@@ -910,7 +996,7 @@ impl StateReader {
     /// on, for a validator whose own state is lost or diverged to restore
     /// a page at a time (see [`Executor::restore`]).
     pub fn pin(&self) -> Result<PinnedState, ExecutionError> {
-        let (applied, step, instant) = self
+        let pinned = self
             .store
             .pin()?
             .ok_or_else(|| refused("no commit applied yet".into()))?;
@@ -920,11 +1006,13 @@ impl StateReader {
             .ok_or_else(|| StateError::inconsistent("genesis", "missing from the state"))?;
         Ok(PinnedState {
             store: self.store.clone(),
-            instant,
+            instant: pinned.instant,
             header: Header {
                 chain_id: genesis.chain_id(),
-                root: applied.root,
-                step,
+                root: pinned.applied.root,
+                step: pinned.step,
+                lanes: pinned.lattice.lanes_digest(),
+                size: pinned.lattice.size(),
             },
         })
     }

@@ -11,22 +11,41 @@
 //! parameters of Lewi et al., "Securing Update Propagation with Homomorphic
 //! Hashing", 2019: 1024 lanes of 16 bits).
 //!
-//! The state root folds in the lattice's [`Lattice::digest`], so a root
-//! pins down the whole state after its commit: a copy of a state can be
-//! checked against a root that validators of a quorum of stake vouch for.
+//! The state root folds in the lattice's [`Lattice::digest`]: a digest of
+//! the lanes and of how many entries and bytes the state holds. So a root
+//! pins down the whole state after its commit, and its size: a copy of a
+//! state can be checked against a root that validators of a quorum of
+//! stake vouch for, and held to that size while it arrives.
 
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 
 /// Lanes of a lattice.
 pub(crate) const LANES: usize = 1024;
 
-/// The lattice hash of a set of state entries.
+/// The lattice hash of a set of state entries, with how many entries and
+/// bytes of keys and values the set holds.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Lattice(Box<[u16; LANES]>);
+pub(crate) struct Lattice {
+    lanes: Box<[u16; LANES]>,
+    size: StateSize,
+}
+
+/// How much a state holds: what a copy of it may be held to before its
+/// entries are all in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StateSize {
+    /// Entries.
+    pub(crate) entries: u64,
+    /// Bytes of their keys and values.
+    pub(crate) bytes: u64,
+}
 
 impl Default for Lattice {
     fn default() -> Self {
-        Lattice(Box::new([0; LANES]))
+        Lattice {
+            lanes: Box::new([0; LANES]),
+            size: StateSize::default(),
+        }
     }
 }
 
@@ -40,27 +59,58 @@ impl Lattice {
     /// Adds the entry `key` → `value` of keyspace `space`.
     pub(crate) fn add(&mut self, space: u8, key: &[u8], value: &[u8]) {
         let lanes = entry_lanes(space, key, value);
-        for (sum, lane) in self.0.iter_mut().zip(lanes.iter()) {
+        for (sum, lane) in self.lanes.iter_mut().zip(lanes.iter()) {
             *sum = sum.wrapping_add(*lane);
         }
+        self.size.entries = self.size.entries.wrapping_add(1);
+        self.size.bytes = self
+            .size
+            .bytes
+            .wrapping_add((key.len() + value.len()) as u64);
     }
 
     /// Takes away an entry added before.
     pub(crate) fn remove(&mut self, space: u8, key: &[u8], value: &[u8]) {
         let lanes = entry_lanes(space, key, value);
-        for (sum, lane) in self.0.iter_mut().zip(lanes.iter()) {
+        for (sum, lane) in self.lanes.iter_mut().zip(lanes.iter()) {
             *sum = sum.wrapping_sub(*lane);
         }
+        self.size.entries = self.size.entries.wrapping_sub(1);
+        self.size.bytes = self
+            .size
+            .bytes
+            .wrapping_sub((key.len() + value.len()) as u64);
     }
 
-    /// The 32-byte digest the state root folds in.
-    pub(crate) fn digest(&self) -> [u8; 32] {
+    /// How much the state holds.
+    pub(crate) fn size(&self) -> StateSize {
+        self.size
+    }
+
+    /// The digest of the lanes alone.
+    pub(crate) fn lanes_digest(&self) -> [u8; 32] {
         let mut hasher = blake3::Hasher::new_derive_key("soma/state-lattice-digest/v1");
-        for lane in self.0.iter() {
+        for lane in self.lanes.iter() {
             hasher.update(&lane.to_le_bytes());
         }
         *hasher.finalize().as_bytes()
     }
+
+    /// The 32-byte digest the state root folds in: of the lanes and the
+    /// size, so that a root vouches for how much its state holds.
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        state_digest(&self.lanes_digest(), self.size)
+    }
+}
+
+/// The digest of a state whose lanes have digest `lanes` and that holds
+/// `size` ([`Lattice::digest`]).
+pub(crate) fn state_digest(lanes: &[u8; 32], size: StateSize) -> [u8; 32] {
+    let mut w = Writer::new();
+    w.array(lanes);
+    w.u64(size.entries);
+    w.u64(size.bytes);
+    blake3::derive_key("soma/state-digest/v2", &w.into_bytes())
 }
 
 /// An entry's lanes.
@@ -83,18 +133,24 @@ fn entry_lanes(space: u8, key: &[u8], value: &[u8]) -> [u16; LANES] {
 
 impl Encode for Lattice {
     fn encode(&self, w: &mut Writer) {
-        for lane in self.0.iter() {
+        for lane in self.lanes.iter() {
             w.u16(*lane);
         }
+        w.u64(self.size.entries);
+        w.u64(self.size.bytes);
     }
 }
 
 impl Decode<'_> for Lattice {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let mut lattice = Lattice::default();
-        for lane in lattice.0.iter_mut() {
+        for lane in lattice.lanes.iter_mut() {
             *lane = r.u16("lattice lane")?;
         }
+        lattice.size = StateSize {
+            entries: r.u64("state entries")?,
+            bytes: r.u64("state bytes")?,
+        };
         Ok(lattice)
     }
 }
@@ -148,6 +204,8 @@ mod tests {
             }
             prop_assert_eq!(incremental.digest(), fresh.digest());
             prop_assert_eq!(state.is_empty(), incremental == Lattice::default());
+            let size = StateSize { entries: state.len() as u64, bytes: 2 * state.len() as u64 };
+            prop_assert_eq!(incremental.size(), size);
         }
     }
 }

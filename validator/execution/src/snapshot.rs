@@ -12,13 +12,10 @@
 //! vouch for; once the last page is in, its entries cannot differ from the
 //! state they applied, short of a collision of the state's lattice hash.
 
-use crate::lattice::Lattice;
+use crate::lattice::{Lattice, StateSize, state_digest};
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 
 const MAGIC: &[u8; 8] = b"SOMASNv2";
-
-/// Most entries a snapshot may hold, over all its pages.
-pub(crate) const MAX_SNAPSHOT_ENTRIES: u64 = 50_000_000;
 
 /// Longest key of a state entry (the longest the state writes is 64).
 const MAX_KEY_BYTES: u32 = 256;
@@ -26,11 +23,16 @@ const MAX_KEY_BYTES: u32 = 256;
 /// Largest value of a state entry.
 const MAX_VALUE_BYTES: u32 = 16 << 20;
 
+/// Bytes an entry takes in a page besides its key and value: its keyspace
+/// and two lengths.
+pub(crate) const ENTRY_OVERHEAD: usize = 9;
+
 /// Encoded entries a page is cut after, when it has more to say.
 pub const SNAPSHOT_PAGE_BYTES: usize = 4 << 20;
 
 /// Largest encoded page: a page cut at [`SNAPSHOT_PAGE_BYTES`] may end in
-/// one entry of the largest size, and a page cut at a smaller size too.
+/// one entry of the largest size, and a page cut at a smaller size too. A
+/// receiver refuses a larger one before decoding it.
 pub const MAX_SNAPSHOT_PAGE: usize =
     SNAPSHOT_PAGE_BYTES + MAX_VALUE_BYTES as usize + MAX_KEY_BYTES as usize + 1024;
 
@@ -53,13 +55,18 @@ pub(crate) struct RootStep {
 impl RootStep {
     /// The root after the commit, with the state's lattice after it.
     pub(crate) fn root(&self, lattice: &Lattice) -> [u8; 32] {
+        self.root_with(&lattice.digest())
+    }
+
+    /// The root after the commit, with the state's digest after it.
+    pub(crate) fn root_with(&self, state_digest: &[u8; 32]) -> [u8; 32] {
         let mut w = Writer::new();
         w.array(&self.previous);
         w.u64(self.index);
         w.array(&self.commit);
         w.array(&self.receipts);
         w.array(&self.writes);
-        w.array(&lattice.digest());
+        w.array(state_digest);
         blake3::derive_key("soma/state-root/v1", &w.into_bytes())
     }
 }
@@ -131,6 +138,19 @@ pub(crate) struct Header {
     pub(crate) root: [u8; 32],
     /// How that root was made.
     pub(crate) step: RootStep,
+    /// The digest of the state's lattice lanes after the commit.
+    pub(crate) lanes: [u8; 32],
+    /// How much the state holds after the commit.
+    pub(crate) size: StateSize,
+}
+
+impl Header {
+    /// The root this header's parts make: a receiver checks it against
+    /// the vouched root before it takes any entry, and so knows how much
+    /// the whole snapshot holds.
+    pub(crate) fn made_root(&self) -> [u8; 32] {
+        self.step.root_with(&state_digest(&self.lanes, self.size))
+    }
 }
 
 /// The decoded form of one page of a snapshot.
@@ -150,6 +170,9 @@ impl Encode for Page {
         w.array(&self.header.chain_id);
         w.array(&self.header.root);
         self.header.step.encode(w);
+        w.array(&self.header.lanes);
+        w.u64(self.header.size.entries);
+        w.u64(self.header.size.bytes);
         w.count32(self.entries.len());
         for (space, key, value) in &self.entries {
             w.u8(*space);
@@ -169,10 +192,15 @@ impl<'a> Decode<'a> for Page {
             chain_id: r.array("chain id")?,
             root: r.array("root")?,
             step: RootStep::decode(r)?,
+            lanes: r.array("lattice lanes digest")?,
+            size: StateSize {
+                entries: r.u64("state entries")?,
+                bytes: r.u64("state bytes")?,
+            },
         };
         // Each entry takes at least 9 bytes: a count beyond what is left
         // is refused before anything is allocated for it.
-        let count = r.count32("entries", u32::MAX, 9)?;
+        let count = r.count32("entries", (MAX_SNAPSHOT_PAGE / ENTRY_OVERHEAD) as u32, 9)?;
         // An entry in memory is several times its smallest encoding: what
         // is reserved ahead is capped, the rest grows with what decodes.
         let mut entries: Vec<Entry> = Vec::with_capacity(count.min(1 << 16));

@@ -266,6 +266,11 @@ pub(crate) const LATTICE: &[u8] = b"lattice";
 pub(crate) const STEP: &[u8] = b"step";
 /// The records kept beside the state's entries in its meta keyspace.
 const RECORDS: [&[u8]; 3] = [APPLIED, LATTICE, STEP];
+
+/// Whether `key` of the meta keyspace is a record, not an entry.
+pub(crate) fn is_record(key: &[u8]) -> bool {
+    RECORDS.contains(&key)
+}
 pub(crate) const TREASURY: &[u8] = b"treasury";
 pub(crate) const ESCROW: &[u8] = b"escrow";
 pub(crate) const BURNED: &[u8] = b"burned";
@@ -321,6 +326,15 @@ impl Changes {
         hasher.update(&w.into_bytes());
         *hasher.finalize().as_bytes()
     }
+}
+
+/// The state as [`StateStore::pin`] pinned it, with the records of the
+/// commit it is the state after.
+pub(crate) struct Pinned {
+    pub(crate) applied: Applied,
+    pub(crate) step: RootStep,
+    pub(crate) lattice: Lattice,
+    pub(crate) instant: fjall::Snapshot,
 }
 
 /// The state on disk; clones share it.
@@ -419,18 +433,21 @@ impl StateStore {
     /// The state pinned at one instant, with the records of the commit it
     /// is the state after: `None` before any commit. Old versions of what
     /// apply overwrites meanwhile are kept while the pin lives.
-    pub(crate) fn pin(&self) -> Result<Option<(Applied, RootStep, fjall::Snapshot)>, StateError> {
+    pub(crate) fn pin(&self) -> Result<Option<Pinned>, StateError> {
         use fjall::Readable;
         let instant = self.db.snapshot();
         let record = |key: &[u8]| instant.get(&self.meta, key);
-        let (Some(applied), Some(step)) = (record(APPLIED)?, record(STEP)?) else {
+        let (Some(applied), Some(step), Some(lattice)) =
+            (record(APPLIED)?, record(STEP)?, record(LATTICE)?)
+        else {
             return Ok(None);
         };
-        Ok(Some((
-            Applied::from_bytes(&applied)?,
-            RootStep::from_bytes(&step)?,
+        Ok(Some(Pinned {
+            applied: Applied::from_bytes(&applied)?,
+            step: RootStep::from_bytes(&step)?,
+            lattice: Lattice::from_bytes(&lattice)?,
             instant,
-        )))
+        }))
     }
 
     /// The entries of the state as `instant` sees it (records aside), by
@@ -457,7 +474,7 @@ impl StateStore {
         }
         iters.into_iter().flat_map(|(space, iter)| {
             iter.filter_map(move |entry| match entry.into_inner() {
-                Ok((key, _)) if space == Space::Meta && RECORDS.contains(&&*key) => None,
+                Ok((key, _)) if space == Space::Meta && is_record(&key) => None,
                 Ok((key, value)) => Some(Ok((space as u8, key.to_vec(), value.to_vec()))),
                 Err(e) => Some(Err(e.into())),
             })
@@ -465,21 +482,15 @@ impl StateStore {
     }
 
     /// Writes `entries` (in keyspace and key order, as
-    /// [`StateStore::entries_after`] gives them) into a state being
-    /// restored, not yet durably: [`StateStore::restore_records`] ends the
-    /// restore.
+    /// [`StateStore::entries_after`] gives them, none a record) into a
+    /// state being restored, not yet durably:
+    /// [`StateStore::restore_records`] ends the restore.
     pub(crate) fn restore_entries(&self, entries: &[Entry]) -> Result<(), StateError> {
         let mut batch = self.db.batch();
         for (space, key, value) in entries {
             let space = Space::ALL
                 .get(usize::from(*space))
                 .ok_or_else(|| StateError::inconsistent("snapshot", "an unknown keyspace"))?;
-            if *space == Space::Meta && RECORDS.contains(&key.as_slice()) {
-                return Err(StateError::inconsistent(
-                    "snapshot",
-                    "an entry in the place of a record",
-                ));
-            }
             batch.insert(self.keyspace(*space), key.as_slice(), value.as_slice());
         }
         batch.commit()?;

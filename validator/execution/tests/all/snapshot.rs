@@ -8,7 +8,7 @@
 //! nothing.
 
 use super::*;
-use soma_execution::{ExecutionError, PinnedState};
+use soma_execution::{ExecutionError, MAX_SNAPSHOT_PAGE, PinnedState};
 use soma_host::Engine;
 
 /// A network of two hash encoders and the random one, with two jobs
@@ -85,7 +85,7 @@ fn restore_pages(
 ) -> Result<(Executor, usize), ExecutionError> {
     let first = pinned.page(None, TEST_PAGE).unwrap();
     let mut pages = 1;
-    let restored = Executor::restore(path, g, None, root, &first, |after| {
+    let restored = Executor::restore(path, g, None, root, &first, TEST_PAGE, |after| {
         pages += 1;
         pinned.page(Some(after), TEST_PAGE)
     })?;
@@ -116,7 +116,7 @@ fn a_snapshot_restores_page_by_page_to_the_same_root_and_goes_on_in_step() {
     let whole = pinned.page(None, usize::MAX).unwrap();
     let once = dir.path().join("once");
     let never = |_: &[u8]| Err::<Vec<u8>, &str>("asked for a second page");
-    let at_once = Executor::restore(&once, &g, None, ex.root(), &whole, never).unwrap();
+    let at_once = Executor::restore(&once, &g, None, ex.root(), &whole, usize::MAX, never).unwrap();
     assert_eq!(at_once.root(), ex.root());
     drop((at_once, pinned));
     // The next commits (a new job, decided) give the same roots on both.
@@ -150,6 +150,10 @@ fn a_pinned_state_gives_the_state_of_its_commit_while_apply_goes_on() {
     assert!(restored.job(&more[0]).unwrap().is_none());
 }
 
+/// Bytes of a page before its entries: magic, chain id, root, the step
+/// that made the root, the lanes' digest, and the state's size.
+const HEADER: usize = 8 + 32 + 32 + 136 + 32 + 16;
+
 #[test]
 fn a_snapshot_that_is_not_the_vouched_for_state_restores_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,14 +163,14 @@ fn a_snapshot_that_is_not_the_vouched_for_state_restores_nothing() {
     let first = pinned.page(None, TEST_PAGE).unwrap();
     let copy = dir.path().join("copy");
     let refused = |first: &[u8], trusted: [u8; 32], next: &mut dyn FnMut(&[u8]) -> Vec<u8>| {
-        let err = Executor::restore(&copy, &g, None, trusted, first, |after| {
+        let err = Executor::restore(&copy, &g, None, trusted, first, TEST_PAGE, |after| {
             Ok::<_, ExecutionError>(next(after))
         })
         .err()
         .unwrap();
         assert!(!copy.exists(), "a state was left behind: {err}");
         assert!(
-            !copy.with_extension("restoring").exists(),
+            !dir.path().join("copy.partial").exists(),
             "a partial state was left behind: {err}"
         );
         err
@@ -176,6 +180,11 @@ fn a_snapshot_that_is_not_the_vouched_for_state_restores_nothing() {
     // Another root than the one vouched for.
     let err = refused(&first, [7; 32], &mut |a| honest(a));
     assert!(err.to_string().contains("not the root"), "{err}");
+    // A header that claims another size than the root binds.
+    let mut resized = first.clone();
+    resized[HEADER - 16] ^= 1;
+    let err = refused(&resized, root, &mut |a| honest(a));
+    assert!(err.to_string().contains("does not make the root"), "{err}");
     // One byte of one entry's value changed in the third page (its byte
     // before the last is its last entry's value's): the entries no longer
     // make the root.
@@ -190,10 +199,31 @@ fn a_snapshot_that_is_not_the_vouched_for_state_restores_nothing() {
         page
     });
     assert!(err.to_string().contains("are not the state root"), "{err}");
-    // A page sent twice, or a page skipped: the next page must go on
-    // exactly after the last entry.
+    // A page skipped: what follows goes on after it, but the entries in
+    // it are missing at the end.
+    let mut pages = 0;
+    let err = refused(&first, root, &mut |after| {
+        pages += 1;
+        let page = honest(after);
+        match pages {
+            2 => {
+                let skipped = pinned.page(Some(after), TEST_PAGE * 3).unwrap();
+                honest(&last_cursor(&skipped))
+            }
+            _ => page,
+        }
+    });
+    assert!(err.to_string().contains("are not the state root"), "{err}");
+    // A page sent twice: the next page must go on after the last entry.
     let err = refused(&first, root, &mut |_| first.clone());
     assert!(err.to_string().contains("does not go on"), "{err}");
+    // Pages cut short, or past the largest a page may be.
+    let err = refused(&first, root, &mut |a| {
+        pinned.page(Some(a), TEST_PAGE / 4).unwrap()
+    });
+    assert!(err.to_string().contains("not cut at"), "{err}");
+    let err = refused(&first, root, &mut |_| vec![0; MAX_SNAPSHOT_PAGE + 1]);
+    assert!(err.to_string().contains("a page may be"), "{err}");
     // A page of another snapshot: the state pinned after one more commit.
     submit_all(&mut ex, &g, &[b"one more"]);
     let later = ex.pin().unwrap();
@@ -201,14 +231,25 @@ fn a_snapshot_that_is_not_the_vouched_for_state_restores_nothing() {
         later.page(Some(a), TEST_PAGE).unwrap()
     });
     assert!(err.to_string().contains("different snapshots"), "{err}");
+    // The same pages under the first header: they hold more than the
+    // vouched root says, and are refused as soon as they do.
+    let mut more_pages = 0;
+    let err = refused(&first, root, &mut |a| {
+        more_pages += 1;
+        let mut page = first[..HEADER].to_vec();
+        page.extend_from_slice(&later.page(Some(a), TEST_PAGE).unwrap()[HEADER..]);
+        page
+    });
+    assert!(err.to_string().contains("hold more than"), "{err}");
+    assert!(more_pages > 1);
     // The peer goes away part way.
-    let err = Executor::restore(&copy, &g, None, root, &first, |_| {
+    let err = Executor::restore(&copy, &g, None, root, &first, TEST_PAGE, |_| {
         Err::<Vec<u8>, _>("connection reset")
     })
     .err()
     .unwrap();
     assert!(err.to_string().contains("connection reset"), "{err}");
-    assert!(!copy.exists() && !copy.with_extension("restoring").exists());
+    assert!(!copy.exists() && !dir.path().join("copy.partial").exists());
     // Cut short, or not a snapshot at all.
     let err = refused(&first[..first.len() - 1], root, &mut |a| honest(a));
     assert!(matches!(err, ExecutionError::Snapshot(_)), "{err}");
@@ -219,20 +260,21 @@ fn a_snapshot_that_is_not_the_vouched_for_state_restores_nothing() {
     );
     // Another network's genesis.
     let other = variant(&g, "other", Parameters::default());
-    let err = Executor::restore(&copy, &other, None, root, &first, |a| {
+    let err = Executor::restore(&copy, &other, None, root, &first, TEST_PAGE, |a| {
         pinned.page(Some(a), TEST_PAGE)
     })
     .err()
     .unwrap();
     assert!(matches!(err, ExecutionError::WrongGenesis { .. }), "{err}");
     // Never over a state that exists.
-    let err = Executor::restore(&dir.path().join("state"), &g, None, root, &first, |a| {
+    let state = dir.path().join("state");
+    let err = Executor::restore(&state, &g, None, root, &first, TEST_PAGE, |a| {
         pinned.page(Some(a), TEST_PAGE)
     })
     .err()
     .unwrap();
     assert!(err.to_string().contains("exists"), "{err}");
-    // A cursor that names no entry of a state is refused by the peer.
+    // A cursor that could name no entry of a state is refused by the peer.
     for cursor in [&b""[..], &[8, 1, 2][..], &[0; 258][..]] {
         let err = pinned.page(Some(cursor), TEST_PAGE).unwrap_err();
         assert!(matches!(err, ExecutionError::Snapshot(_)), "{err}");
@@ -240,4 +282,46 @@ fn a_snapshot_that_is_not_the_vouched_for_state_restores_nothing() {
     // A state with nothing applied has no snapshot to give.
     let fresh = open(&dir.path().join("fresh"), &g);
     assert!(matches!(fresh.pin(), Err(ExecutionError::Snapshot(_))));
+}
+
+/// The cursor of the last entry of `page` (keyspace, then key), read from
+/// its encoding: the last entry ends the page but for its `last` flag.
+fn last_cursor(page: &[u8]) -> Vec<u8> {
+    let mut at = HEADER + 4;
+    let mut last = None;
+    while at < page.len() - 1 {
+        let space = page[at];
+        let key_len = u32::from_le_bytes(page[at + 1..at + 5].try_into().unwrap()) as usize;
+        let key = &page[at + 5..at + 5 + key_len];
+        let value_at = at + 5 + key_len;
+        let value_len =
+            u32::from_le_bytes(page[value_at..value_at + 4].try_into().unwrap()) as usize;
+        last = Some([&[space][..], key].concat());
+        at = value_at + 4 + value_len;
+    }
+    last.unwrap()
+}
+
+#[test]
+fn a_state_written_before_roots_folded_in_its_size_says_to_restore_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = encoder_network(
+        &BlobStore::open(dir.path().join("blobs")).unwrap(),
+        &[],
+        Parameters::default(),
+    );
+    let state = dir.path().join("state");
+    drop(open(&state, &g));
+    {
+        let db = fjall::Database::builder(&state).open().unwrap();
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        // The old record: the lanes alone.
+        let lattice = meta.get("lattice").unwrap().unwrap();
+        meta.insert("lattice", &lattice[..2048]).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let err = Executor::open(&state, &g, None).err().unwrap();
+    assert!(err.to_string().contains("soma restore-state"), "{err}");
 }
