@@ -1,47 +1,95 @@
 //! State snapshots, as a peer could send them to `soma restore-state`, on
-//! arbitrary bytes: never a panic. The input is the first page, and the
-//! page after each later cursor is the same input again, so pages that do
-//! not follow one another are reached too. The check trusts the root a
-//! snapshot claims (restore is told to), so the fuzzer reaches everything
-//! past the quorum's vouching: a snapshot restores only if its entries
-//! hash to that root, and never by half. A refused one leaves no state
-//! behind; a restored one verifies, has the claimed root, and its own
-//! snapshot in one page is the same bytes.
+//! arbitrary bytes: never a panic. The input is a sequence of pages, each
+//! behind its length (a little-endian `u32`), cut at a small size so that
+//! the seeds span many pages: the first is the first page, and each page
+//! asked for after it is the next. The check trusts the root the first
+//! page claims (restore is told to), so the fuzzer reaches everything past
+//! the quorum's vouching: a snapshot restores only if its pages follow one
+//! another, are cut as the protocol cuts them, hold no more than the root
+//! says, and hash to that root, and never by half. A refused one leaves no
+//! state behind; a restored one verifies, has the claimed root, and, if it
+//! used every page, snapshots back to the same pages.
 
 use crate::apply::genesis;
 use soma_codec::Encode;
-use soma_execution::{Action, Commit, Executor, Parameters, Transaction};
+use soma_execution::{Action, Commit, Executor, Parameters, PinnedState, Transaction};
 
-/// Bytes a page is cut at: none, so a whole state is one page (and a
-/// later page, being the input again, never goes on after the first).
-const PAGE: usize = usize::MAX;
+/// Bytes a page is cut at.
+const PAGE: usize = 128;
+
+/// The pages of an input, each behind its length; what cannot be a page
+/// ends them.
+fn pages(mut bytes: &[u8]) -> Vec<&[u8]> {
+    let mut pages = Vec::new();
+    while let Some((length, rest)) = bytes.split_first_chunk::<4>() {
+        let length = u32::from_le_bytes(*length) as usize;
+        if length > rest.len() {
+            break;
+        }
+        let (page, rest) = rest.split_at(length);
+        pages.push(page);
+        bytes = rest;
+    }
+    pages
+}
+
+/// The pages of `pinned`, cut at [`PAGE`], each behind its length.
+fn paged(pinned: &PinnedState) -> Vec<u8> {
+    let mut input = Vec::new();
+    for page in pinned.pages(PAGE) {
+        let page = page.expect("a page");
+        input.extend((page.len() as u32).to_le_bytes());
+        input.extend(page);
+    }
+    input
+}
 
 /// Checks one input.
 pub fn check(bytes: &[u8]) {
-    let Ok(claim) = Executor::snapshot_claim(bytes) else {
-        return;
+    restores(bytes);
+}
+
+/// Checks one input; whether it restored.
+fn restores(bytes: &[u8]) -> bool {
+    let pages = pages(bytes);
+    let Some(first) = pages.first() else {
+        return false;
+    };
+    let Ok(claim) = Executor::snapshot_claim(first) else {
+        return false;
     };
     let (commits, root) = (claim.commits, claim.root);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("state");
-    let again = |_: &[u8]| Ok::<_, &str>(bytes.to_vec());
-    match Executor::restore(&path, genesis(), None, root, bytes, PAGE, again) {
+    let mut later = pages[1..].iter();
+    let mut used = 1;
+    let next = |_: &[u8]| {
+        used += 1;
+        later
+            .next()
+            .map(|page| page.to_vec())
+            .ok_or("no more pages")
+    };
+    match Executor::restore(&path, genesis(), None, root, first, PAGE, next) {
         Err(_) => {
             assert!(!path.exists(), "a refused snapshot left a state behind");
             let partial = dir.path().join("state.partial");
             assert!(!partial.exists(), "a refused snapshot left a partial state");
+            false
         }
         Ok(restored) => {
             restored.verify_state().expect("a restored state verifies");
             assert_eq!((restored.next_index(), restored.root()), (commits, root));
-            assert_eq!(
-                restored
-                    .pin()
-                    .and_then(|pinned| pinned.page(None, PAGE))
-                    .expect("a restored state has a snapshot"),
-                bytes,
-                "snapshot decoding is not canonical"
-            );
+            if used == pages.len() {
+                let pinned = restored.pin().expect("a restored state has a snapshot");
+                let canonical = paged(&pinned);
+                assert_eq!(
+                    pages,
+                    self::pages(&canonical),
+                    "snapshot decoding is not canonical"
+                );
+            }
+            true
         }
     }
 }
@@ -76,8 +124,18 @@ pub fn seeds() -> Vec<Vec<u8>> {
                 transactions: &transactions,
             })
             .expect("the commit applies");
-        let pinned = executor.pin().expect("a pinned state");
-        seeds.push(pinned.page(None, PAGE).expect("a snapshot"));
+        seeds.push(paged(&executor.pin().expect("a pinned state")));
     }
     seeds
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_seeds_restore_from_several_pages() {
+        for seed in super::seeds() {
+            assert!(super::pages(&seed).len() > 1);
+            assert!(super::restores(&seed));
+        }
+    }
 }

@@ -18,7 +18,7 @@ use crate::node::Shared;
 use crate::roots;
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,8 +29,8 @@ use soma_consensus::SubmitRefused;
 use soma_crypto::SecretKey;
 use soma_crypto::{Domain, PublicKey};
 use soma_execution::{
-    Action, ExecutionError, Job, JobStatus, Parameters, PinnedState, SNAPSHOT_PAGE_BYTES,
-    SignedTransaction, Transaction,
+    Action, Job, JobStatus, Parameters, PinnedState, SNAPSHOT_PAGE_BYTES, SignedTransaction,
+    Transaction,
 };
 use soma_host::Digest;
 use soma_host::package::Package;
@@ -78,47 +78,72 @@ const MODEL: &str = "soma";
 
 type Reply = Response<Body>;
 
-/// A response body, holding what bounds the large answers in flight (a
-/// permit of their semaphore) until it is sent or its connection closes:
-/// a client that reads slowly holds its answer's slot, not just memory.
+/// A response body. A large answer holds what bounds such answers in
+/// flight (a permit of their semaphore) until its last chunk is taken,
+/// which is when all but what the connection buffers is sent: a client
+/// that reads slowly holds its answer's slot, not just memory. Past
+/// [`SEND_DEADLINE`] the rest is not sent and the connection is closed.
 pub(crate) struct Body {
-    bytes: Full<Bytes>,
-    _held: Option<OwnedSemaphorePermit>,
+    rest: Bytes,
+    held: Option<(OwnedSemaphorePermit, Instant)>,
 }
+
+/// The chunks a large answer is handed to the connection in.
+const SEND_CHUNK: usize = 256 << 10;
+/// How long a large answer may take to send.
+const SEND_DEADLINE: Duration = Duration::from_secs(300);
 
 impl Body {
     fn new(bytes: impl Into<Bytes>) -> Body {
         Body {
-            bytes: Full::new(bytes.into()),
-            _held: None,
+            rest: bytes.into(),
+            held: None,
         }
     }
 
     fn holding(bytes: impl Into<Bytes>, permit: OwnedSemaphorePermit) -> Body {
         Body {
-            bytes: Full::new(bytes.into()),
-            _held: Some(permit),
+            rest: bytes.into(),
+            held: Some((permit, Instant::now())),
         }
     }
 }
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.bytes).poll_frame(cx)
+        if self.rest.is_empty() {
+            self.held = None;
+            return std::task::Poll::Ready(None);
+        }
+        if let Some((_, since)) = &self.held
+            && since.elapsed() > SEND_DEADLINE
+        {
+            self.held = None;
+            return std::task::Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read the answer too slowly",
+            ))));
+        }
+        let chunk = match self.held {
+            Some(_) => self.rest.len().min(SEND_CHUNK),
+            None => self.rest.len(),
+        };
+        let chunk = self.rest.split_to(chunk);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.bytes.is_end_stream()
+        self.rest.is_empty()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.bytes.size_hint()
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -157,7 +182,8 @@ const SNAPSHOT_REFRESH: Duration = Duration::from_secs(600);
 /// the old versions of everything apply rewrites since.
 const PIN_IDLE: Duration = Duration::from_secs(120);
 /// How long a pinned state is kept however much it is read: at the
-/// least rate a restorer must keep up, a state of 7 GiB.
+/// least rate a restorer must keep up, a state of some 6 GiB restores
+/// from a pin made ten minutes before it started.
 const PIN_MAX_AGE: Duration = Duration::from_secs(2 * 3600);
 /// Most states pinned at once: a restore that started on an older pin
 /// finishes while new ones start on the newer. A pin in use is never
@@ -449,7 +475,7 @@ impl Api {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
                     "another transaction of this sender with nonce {} waits already; a \
-                     replacement must pay at least an eighth more",
+                     replacement must pay at least an eighth more per byte",
                     signed.transaction().nonce
                 ),
             ));
@@ -597,10 +623,7 @@ impl Api {
         })
         .await
         .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?
-        .map_err(|e| match e {
-            ExecutionError::Snapshot(reason) => refused(StatusCode::BAD_REQUEST, reason),
-            e => unavailable(e),
-        })?;
+        .map_err(unavailable)?;
         // Only a page served keeps its pin in use.
         self.touch_pin(&state);
         Ok(Response::builder()
@@ -647,12 +670,13 @@ impl Api {
     /// The newest pinned state, pinned now if there is none younger than
     /// [`SNAPSHOT_REFRESH`] and fewer than [`MAX_PINS`] are in use.
     async fn newest_pin(&self) -> Result<Arc<PinnedState>, Refused> {
+        // The newest pin if it is young, or if no other may be made: every
+        // pin kept is in use (the sweep dropped the idle ones), and none is
+        // dropped for a new one. Older, but as good.
         let reuse = |pins: &Vec<Pin>| {
-            let pin = pins
-                .iter()
-                .filter(|pin| pin.made.elapsed() < SNAPSHOT_REFRESH)
-                .max_by_key(|pin| pin.made)?;
-            Some(pin.state.clone())
+            let newest = pins.iter().max_by_key(|pin| pin.made)?;
+            (newest.made.elapsed() < SNAPSHOT_REFRESH || pins.len() >= MAX_PINS)
+                .then(|| newest.state.clone())
         };
         self.sweep_pins();
         if let Some(state) = reuse(&self.pins.lock().unwrap_or_else(|e| e.into_inner())) {
@@ -667,14 +691,6 @@ impl Api {
         // Another request pinned one meanwhile.
         if let Some(state) = reuse(&pins) {
             return Ok(state);
-        }
-        // Every pin kept is in use (the sweep dropped the idle ones), and
-        // none is dropped for a new one: the newest serves, older but as
-        // good.
-        if pins.len() >= MAX_PINS
-            && let Some(newest) = pins.iter().max_by_key(|pin| pin.made)
-        {
-            return Ok(newest.state.clone());
         }
         let state = Arc::new(state);
         let now = Instant::now();

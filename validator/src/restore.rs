@@ -25,7 +25,7 @@ use soma_consensus::{
 };
 use soma_crypto::{Domain, PublicKey, Signature};
 use soma_execution::{
-    ExecutionError, Executor, MAX_SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES, SnapshotClaim,
+    ENTRY_OVERHEAD, ExecutionError, Executor, MAX_SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES, SnapshotClaim,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -177,12 +177,14 @@ pub fn restore_state(config_path: &Path) -> Result<Restored> {
             claim.entries,
             claim.bytes >> 20
         );
+        let router = Host::open(dir, &file, &genesis, &packages)?.router;
         // The root binds how much the state holds: a peer that sends it
         // slower than this, or sends more, costs one bounded try.
-        let deadline =
-            Instant::now() + PAGE_TIMEOUT + Duration::from_secs(claim.bytes / MIN_RESTORE_RATE);
+        let wire = claim
+            .bytes
+            .saturating_add(claim.entries.saturating_mul(ENTRY_OVERHEAD as u64));
+        let deadline = Instant::now() + PAGE_TIMEOUT + Duration::from_secs(wire / MIN_RESTORE_RATE);
         let mut read = (1, trusted.first_page.len());
-        let router = Host::open(dir, &file, &genesis, &packages)?.router;
         let restored = Executor::restore(
             &staged,
             &genesis,
@@ -486,23 +488,25 @@ fn copy_from(
 /// failed, within the restore's deadline.
 const PAGE_TRIES: usize = 10;
 
-/// The least rate, in bytes of state per second, at which a peer must
-/// send its snapshot.
+/// The least rate, in bytes of encoded entries per second, at which a
+/// peer must send its snapshot (after [`PAGE_TIMEOUT`] of grace).
 const MIN_RESTORE_RATE: u64 = 1 << 20;
 
 /// The page of `source`'s snapshot at `path`, by `deadline` if given.
 fn page(source: &ApiClient, path: &str, deadline: Option<Instant>) -> Result<Vec<u8>> {
-    let source = source
-        .with_timeout(PAGE_TIMEOUT)
-        .with_max_body(MAX_SNAPSHOT_PAGE);
+    let source = source.with_max_body(MAX_SNAPSHOT_PAGE);
     let mut trouble = String::new();
     for _ in 0..PAGE_TRIES {
-        if deadline.is_some_and(|d| Instant::now() > d) {
+        let left = deadline.map_or(PAGE_TIMEOUT, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        if left.is_zero() {
             bail!(
                 "the peer sends its snapshot slower than {} KiB/s ({trouble})",
                 MIN_RESTORE_RATE >> 10
             );
         }
+        let source = source.with_timeout(left.min(PAGE_TIMEOUT));
         // Page requests change nothing: a busy peer, a failed exchange or
         // a peer that cannot read its state now is asked again.
         match source.get_bytes(path) {

@@ -200,22 +200,14 @@ impl Executor {
                 let applied = store
                     .read::<Applied>(&[], Space::Meta, APPLIED)?
                     .ok_or_else(|| missing("applied"))?;
-                // A lattice of the old length (lanes alone) was written by
-                // a version whose roots did not fold in the state's size.
-                let lattice = store
-                    .read::<Lattice>(&[], Space::Meta, LATTICE)
-                    .map_err(|e| match e {
-                        StateError::Corrupt(DecodeError::Truncated { .. }) => {
-                            StateError::inconsistent(
-                                "lattice",
-                                "written by an older version, whose roots did not fold in the \
-                                 state's size: restore the state from peers of this version \
-                                 (`soma restore-state`)",
-                            )
-                        }
-                        e => e,
-                    })?
-                    .ok_or_else(|| missing("lattice"))?;
+                let lattice = match store.read::<Lattice>(&[], Space::Meta, LATTICE) {
+                    // Written by a version whose lattice was its lanes
+                    // alone, before roots folded in the state's size.
+                    Err(StateError::Corrupt(DecodeError::Truncated { .. })) => {
+                        store.upgrade_lattice()?
+                    }
+                    read => read?.ok_or_else(|| missing("lattice"))?,
+                };
                 (applied, lattice)
             }
             Some(stored) => {
@@ -258,10 +250,16 @@ impl Executor {
     }
 
     /// What a snapshot whose first page is `first_page` claims. Checks
-    /// only that the page decodes: its root is to be vouched for, and
-    /// [`Executor::restore`] checks the rest against that root.
+    /// only that the page decodes and that its header makes the root it
+    /// claims: that root is to be vouched for, and [`Executor::restore`]
+    /// checks the rest against it.
     pub fn snapshot_claim(first_page: &[u8]) -> Result<SnapshotClaim, ExecutionError> {
         let page = decode_page(first_page)?;
+        if page.header.made_root() != page.header.root {
+            return Err(refused(
+                "its header does not make the root it claims".into(),
+            ));
+        }
         Ok(SnapshotClaim {
             commits: page.header.step.index + 1,
             root: page.header.root,
@@ -295,11 +293,21 @@ impl Executor {
         page_bytes: usize,
         next_page: impl FnMut(&[u8]) -> Result<Vec<u8>, E>,
     ) -> Result<Executor, ExecutionError> {
+        // What goes wrong with this node's directories is this node's
+        // trouble, not the snapshot's.
+        let local = |path: &Path, source: std::io::Error| StateError::Directory {
+            path: path.to_path_buf(),
+            source,
+        };
         if path.exists() {
-            return Err(refused(format!(
-                "{} exists: a state is restored only where there is none",
-                path.display()
-            )));
+            return Err(local(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a state is restored only where there is none",
+                ),
+            )
+            .into());
         }
         let first = decode_page(first_page)?;
         let header = first.header.clone();
@@ -329,11 +337,9 @@ impl Executor {
         // which the next try clears.
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let partial = path.with_file_name(format!("{name}.partial"));
-        let clear = |partial: &Path| {
-            if partial.exists() {
-                std::fs::remove_dir_all(partial).map_err(|e| refused(e.to_string()))?;
-            }
-            Ok::<(), ExecutionError>(())
+        let clear = |partial: &Path| match partial.exists() {
+            true => std::fs::remove_dir_all(partial).map_err(|e| local(partial, e)),
+            false => Ok(()),
         };
         clear(&partial)?;
         let applied = Applied {
@@ -363,11 +369,13 @@ impl Executor {
         let router = match staged {
             Ok(router) => router,
             Err(e) => {
-                clear(&partial)?;
+                // What says why matters more than a side directory left
+                // behind, which the next restore clears first.
+                let _ = clear(&partial);
                 return Err(e);
             }
         };
-        std::fs::rename(&partial, path).map_err(|e| refused(e.to_string()))?;
+        std::fs::rename(&partial, path).map_err(|e| local(path, e))?;
         Executor::open(path, genesis, router)
     }
 
@@ -957,6 +965,31 @@ impl PinnedState {
     /// A cursor that could not name an entry is refused as
     /// [`ExecutionError::Snapshot`].
     pub fn page(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<Vec<u8>, ExecutionError> {
+        Ok(self.decoded_page(after, max_bytes)?.to_bytes())
+    }
+
+    /// Every page of the snapshot in order, each cut at `max_bytes` as
+    /// [`PinnedState::page`] cuts it: as a restorer asks for them.
+    pub fn pages(
+        &self,
+        max_bytes: usize,
+    ) -> impl Iterator<Item = Result<Vec<u8>, ExecutionError>> + '_ {
+        let mut after: Option<Option<Vec<u8>>> = Some(None);
+        std::iter::from_fn(move || {
+            let page = self.decoded_page(after.take()?.as_deref(), max_bytes);
+            if let Ok(page) = &page
+                && !page.last
+            {
+                after = page
+                    .entries
+                    .last()
+                    .map(|(space, key, _)| Some(cursor(*space, key)));
+            }
+            Some(page.map(|page| page.to_bytes()))
+        })
+    }
+
+    fn decoded_page(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<Page, ExecutionError> {
         let after = after
             .map(|after| parse_cursor(after, Space::ALL.len()))
             .transpose()
@@ -976,8 +1009,7 @@ impl PinnedState {
             header: self.header.clone(),
             entries,
             last: iter.peek().is_none(),
-        }
-        .to_bytes())
+        })
     }
 }
 

@@ -25,7 +25,7 @@ const MAX_VALUE_BYTES: u32 = 16 << 20;
 
 /// Bytes an entry takes in a page besides its key and value: its keyspace
 /// and two lengths.
-pub(crate) const ENTRY_OVERHEAD: usize = 9;
+pub const ENTRY_OVERHEAD: usize = 9;
 
 /// Encoded entries a page is cut after, when it has more to say.
 pub const SNAPSHOT_PAGE_BYTES: usize = 4 << 20;

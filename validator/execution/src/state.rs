@@ -430,6 +430,25 @@ impl StateStore {
         Ok(lattice)
     }
 
+    /// The lattice of a state whose lattice record holds its lanes alone
+    /// (as versions before roots folded in the state's size wrote it):
+    /// computed again from the entries, checked against the recorded
+    /// lanes, and recorded whole, durably. The next root folds in the size.
+    pub(crate) fn upgrade_lattice(&self) -> Result<Lattice, StateError> {
+        let recorded = self.meta.get(LATTICE)?.unwrap_or_default();
+        let lattice = self.lattice_of_entries()?;
+        let whole = lattice.to_bytes();
+        if recorded.len() != 2 * crate::lattice::LANES || whole[..recorded.len()] != *recorded {
+            return Err(StateError::inconsistent(
+                "lattice",
+                "neither of this version nor the lanes of the state's entries",
+            ));
+        }
+        self.meta.insert(LATTICE, whole)?;
+        self.db.persist(fjall::PersistMode::SyncAll)?;
+        Ok(lattice)
+    }
+
     /// The state pinned at one instant, with the records of the commit it
     /// is the state after: `None` before any commit. Old versions of what
     /// apply overwrites meanwhile are kept while the pin lives.
