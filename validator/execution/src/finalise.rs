@@ -6,9 +6,10 @@
 //! more than a third of all stake (else there is no verdict: a few
 //! attesters cannot decide alone), and the stake-weighted medians of what
 //! the attesters who saw that outcome reported. Encoders whose outcome is a
-//! failure, or whose median embedding is an outlier from the shard's
-//! robust centre (judged only among three or more), are disqualified and
-//! slashed; the rest are averaged, weighted by their loss. The payment goes
+//! failure, whose loss is above the ceiling (their output does not
+//! compose), or whose median embedding is an outlier from the robust
+//! centre of the rest (judged only among three or more), are disqualified
+//! and slashed; the rest are averaged, weighted by their loss. The payment goes
 //! to the best encoder, to the attesters whose results held (by stake),
 //! and the rest to the treasury; the worst qualified encoder, if worse than
 //! the best, pays a small penalty. Attesters whose results deviate from the
@@ -74,13 +75,20 @@ pub(crate) fn finalise(
         .map(|j| verdict(&attested, j, total_stake))
         .collect();
 
-    // Outliers among the encoders that succeeded.
+    // Among the encoders that succeeded, those whose loss says their
+    // output does not compose are out first (only data with masks has a
+    // loss), then outliers among the rest.
     let ok: Vec<usize> = (0..verdicts.len())
         .filter(|&j| verdicts[j].outcome == Outcome::Ok)
         .collect();
-    let mut outlier = vec![false; verdicts.len()];
-    if ok.len() >= MIN_FOR_OUTLIERS {
-        let embeddings: Vec<&[i32]> = ok
+    let masked = has_masks(&job.data, params.mask_count);
+    let mut outlier: Vec<bool> = verdicts
+        .iter()
+        .map(|v| masked && v.outcome == Outcome::Ok && v.loss > params.max_loss)
+        .collect();
+    let composing: Vec<usize> = ok.iter().copied().filter(|&j| !outlier[j]).collect();
+    if composing.len() >= MIN_FOR_OUTLIERS {
+        let embeddings: Vec<&[i32]> = composing
             .iter()
             .map(|&j| verdicts[j].embedding.as_slice())
             .collect();
@@ -91,7 +99,7 @@ pub(crate) fn finalise(
             params.outlier_mad_multiple,
             params.outlier_floor.into(),
         );
-        for (&j, flag) in ok.iter().zip(flags) {
+        for (&j, flag) in composing.iter().zip(flags) {
             outlier[j] = flag;
         }
     }
@@ -211,7 +219,7 @@ pub(crate) fn finalise(
     // Losses and outliers say how an encoder did only when the data had
     // masks and the outlier test ran; a failure always does.
     let best_weight = scores.iter().map(|s| s.weight).max().unwrap_or(0);
-    let judged = has_masks(&job.data, params.mask_count) && ok.len() >= MIN_FOR_OUTLIERS;
+    let judged = masked && ok.len() >= MIN_FOR_OUTLIERS;
     for (j, score) in scores.iter_mut().enumerate() {
         let mut encoder = state
             .encoder(&score.package)?

@@ -54,6 +54,13 @@ pub struct Parameters {
     pub outlier_mad_multiple: u32,
     /// ... and beyond this distance (fixed point).
     pub outlier_floor: u32,
+    /// An encoder whose loss (fixed point) on data with masks is above
+    /// this is disqualified before the outlier test: its embedding of the
+    /// whole is no more predictable from its parts' than unrelated
+    /// vectors are (a random encoder's loss is about 1.0; honest ones' are
+    /// well under 0.5). In a small shard, such an encoder would otherwise
+    /// pull the robust centre away from the honest ones.
+    pub max_loss: u32,
     /// An attested embedding deviates beyond this largest coordinate
     /// difference from the median (fixed point); honest hardware noise is
     /// about 2⁻¹⁶.
@@ -99,6 +106,7 @@ impl Default for Parameters {
             penalty_bps: 10,
             outlier_mad_multiple: 3 << 16,
             outlier_floor: 3 << 14,
+            max_loss: (ONE * 9 / 10) as u32,
             deviance_tolerance: 1 << 6,
             deviance_allowance: 3,
             deviance_slash_bps: 10,
@@ -144,6 +152,10 @@ impl Parameters {
         if self.loss_softness == 0 {
             return invalid("loss softness", "must be at least 1");
         }
+        if self.max_loss == 0 {
+            // Every loss of data with masks would disqualify.
+            return invalid("max loss", "must be above 0");
+        }
         if self.region_bits > MAX_REGION_BITS {
             return invalid("region bits", "more than 8");
         }
@@ -184,6 +196,7 @@ impl Encode for Parameters {
         w.u16(self.penalty_bps);
         w.u32(self.outlier_mad_multiple);
         w.u32(self.outlier_floor);
+        w.u32(self.max_loss);
         w.u32(self.deviance_tolerance);
         w.u32(self.deviance_allowance);
         w.u16(self.deviance_slash_bps);
@@ -213,6 +226,7 @@ impl Decode<'_> for Parameters {
             penalty_bps: r.u16("penalty")?,
             outlier_mad_multiple: r.u32("outlier multiple")?,
             outlier_floor: r.u32("outlier floor")?,
+            max_loss: r.u32("max loss")?,
             deviance_tolerance: r.u32("deviance tolerance")?,
             deviance_allowance: r.u32("deviance allowance")?,
             deviance_slash_bps: r.u16("deviance slash")?,

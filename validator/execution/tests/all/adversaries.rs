@@ -5,7 +5,8 @@
 //! The honest majority is the hash encoder run by two operators, which
 //! agree exactly. Honest encoders of different models agree only as well
 //! as their alignment heads map them into one space (see
-//! `host/tests/all/minilm.rs`); `processes.rs` runs such a shard.
+//! `host/tests/all/minilm.rs`): beside two of those, a random encoder is
+//! out by its loss before the outlier test, which two cannot carry.
 
 use super::*;
 use soma_execution::{EncoderScore, ONE};
@@ -103,5 +104,64 @@ fn random_constant_and_copycat_encoders_are_outliers_slashed_and_left_out() {
             bad.loss as f64 / ONE as f64,
             score(honest[0]).loss as f64 / ONE as f64
         );
+    }
+}
+
+/// A shard of two honest encoders of different models (MiniLM-L6 and the
+/// hash encoder) and the random encoder: the random one's loss (about 1.0)
+/// puts it out before the outlier test, which then does not run (two are
+/// too few to judge), so neither honest encoder is slashed and the final
+/// embedding is theirs alone. Before the loss ceiling, the random vector
+/// pulled the shard's robust centre so that the hash encoder was the
+/// outlier on some sentences (the demo's "A cat sleeps on the warm
+/// windowsill.").
+#[test]
+fn beside_two_different_honest_models_a_random_encoder_is_out_by_its_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let l6 = minilm_package(
+        soma_examples_artifacts::MINILM_L6,
+        "minilm-l6",
+        "all-minilm-l6-v2-int8.onnx",
+        10,
+    );
+    let hash = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 12);
+    let random = example_package(
+        soma_examples_artifacts::RANDOM_ENCODER,
+        "random-encoder",
+        11,
+    );
+    let g = encoder_network(
+        &store,
+        &[(&l6, 10), (&random, 11), (&hash, 12)],
+        Parameters {
+            shard_size: 3,
+            ..Parameters::default()
+        },
+    );
+    let mut ex = open(&dir.path().join("state"), &g);
+    let runner = JobRunner::new(Engine::new().unwrap(), store, None);
+    let sentences: [&[u8]; 3] = [
+        b"A cat sleeps on the warm windowsill.",
+        b"A man is playing a guitar.",
+        b"The central bank raised interest rates.",
+    ];
+    let jobs = submit_all(&mut ex, &g, &sentences);
+    for decided in decide_all(&mut ex, &g, &runner, &jobs) {
+        let score = |d: Digest| decided.encoders.iter().find(|e| e.package == d).unwrap();
+        let bad = score(random.digest());
+        // A tenth of what bond it has left, job after job.
+        assert!(
+            bad.disqualified && bad.weight == 0 && bad.slashed >= 810_000,
+            "{decided:?}"
+        );
+        assert!(u64::from(bad.loss) > u64::from(g.parameters().max_loss));
+        for honest in [l6.digest(), hash.digest()] {
+            let s = score(honest);
+            assert!(
+                !s.disqualified && s.slashed <= 10_000 && s.weight > 0,
+                "{decided:?}"
+            );
+        }
     }
 }

@@ -152,6 +152,28 @@ pub fn example_package(component: &str, name: &str, owner: u8) -> VerifiedPackag
     component_package(component, name, owner, soma_host::package::MAX_FUEL_LIMIT)
 }
 
+/// A package of the MiniLM encoder `component` (an artifact path) named
+/// `name` with the model `model_file` (of those `cargo xtask setup`
+/// fetched), signed by account `owner`.
+pub fn minilm_package(component: &str, name: &str, model_file: &str, owner: u8) -> VerifiedPackage {
+    let dir = std::env::var_os("SOMA_MODELS_DIR").expect("SOMA_MODELS_DIR is set by cargo");
+    let model = std::fs::read(Path::new(&dir).join(model_file)).unwrap();
+    let meta = EncoderMeta {
+        name: name.into(),
+        version: "0.1.0".into(),
+        dimension: 384,
+        fuel_limit: soma_host::package::MAX_FUEL_LIMIT,
+        modality: soma_host::Modality::Text,
+    };
+    Package::sign(
+        &key(owner),
+        &meta,
+        std::fs::read(component).unwrap(),
+        vec![(model_file.into(), model)],
+    )
+    .unwrap()
+}
+
 /// The one validator of [`encoder_network`].
 pub const VALIDATOR: u8 = 0;
 

@@ -9,7 +9,6 @@
 
 use super::*;
 use soma_execution::{Outcome, Router};
-use soma_host::package::MAX_FUEL_LIMIT;
 use soma_host::{CompiledCache, Engine};
 use std::process::Command;
 
@@ -26,41 +25,24 @@ const TEXTS: &[&str] = &[
 /// The second validator.
 const OTHER_VALIDATOR: u8 = 1;
 
-/// `file` from the models `cargo xtask setup` fetched.
-fn model(file: &str) -> (String, Vec<u8>) {
-    let dir = std::env::var_os("SOMA_MODELS_DIR").expect("SOMA_MODELS_DIR is set by cargo");
-    let bytes = std::fs::read(Path::new(&dir).join(file)).unwrap();
-    (file.into(), bytes)
-}
-
 /// The network: validators 0 and 1 with equal stakes, the MiniLM encoders
 /// and the hash encoder registered and installed in `dir/blobs`, the
 /// router example routing. The same in every process (signatures are
 /// deterministic).
 fn network(dir: &Path) -> (Genesis, BlobStore, VerifiedPackage) {
     let store = BlobStore::open(dir.join("blobs")).unwrap();
-    let meta = |name: &str| EncoderMeta {
-        name: name.into(),
-        version: "0.1.0".into(),
-        dimension: 384,
-        fuel_limit: MAX_FUEL_LIMIT,
-        modality: soma_host::Modality::Text,
-    };
-    let component = |path: &str| std::fs::read(path).unwrap();
-    let l6 = Package::sign(
-        &key(10),
-        &meta("minilm-l6"),
-        component(soma_examples_artifacts::MINILM_L6),
-        vec![model("all-minilm-l6-v2-int8.onnx")],
-    )
-    .unwrap();
-    let l3 = Package::sign(
-        &key(11),
-        &meta("minilm-l3"),
-        component(soma_examples_artifacts::MINILM_L3),
-        vec![model("paraphrase-minilm-l3-v2.onnx")],
-    )
-    .unwrap();
+    let l6 = minilm_package(
+        soma_examples_artifacts::MINILM_L6,
+        "minilm-l6",
+        "all-minilm-l6-v2-int8.onnx",
+        10,
+    );
+    let l3 = minilm_package(
+        soma_examples_artifacts::MINILM_L3,
+        "minilm-l3",
+        "paraphrase-minilm-l3-v2.onnx",
+        11,
+    );
     let hash = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 12);
     let router = example_package(
         soma_examples_artifacts::ROUTER_ENCODER,
