@@ -216,8 +216,9 @@ pub(crate) fn finalise(
 
     // Slashes and the penalty, burned; routing scores in the job's region
     // move toward how each encoder did; the shard's bonds are free again.
-    // Losses and outliers say how an encoder did only when the data had
-    // masks and the outlier test ran; a failure always does.
+    // Losses say how an encoder did only when the data had masks and
+    // three succeeded (the outlier test could run); a failure or a
+    // disqualification always does.
     let best_weight = scores.iter().map(|s| s.weight).max().unwrap_or(0);
     let judged = masked && ok.len() >= MIN_FOR_OUTLIERS;
     for (j, score) in scores.iter_mut().enumerate() {
@@ -229,6 +230,7 @@ pub(crate) fn finalise(
         // encoder must not escape judgement by making itself unrunnable.
         let sample = match score.outcome {
             outcome if outcome.is_failure() || outcome == Outcome::Local => Some(0),
+            _ if score.disqualified => Some(0),
             _ if judged => Some(routing_sample(score, best_weight)),
             _ => None,
         };

@@ -175,7 +175,8 @@ pub struct EncoderScore {
     pub fuel: u64,
     /// Its weight in the final embedding (0 if not qualified).
     pub weight: u64,
-    /// Whether it was disqualified (failure or outlier).
+    /// Whether it was disqualified (a failure, a loss above the ceiling,
+    /// or an outlier).
     pub disqualified: bool,
     /// Base units taken from its bond (slash or penalty; burned).
     pub slashed: u64,

@@ -341,30 +341,35 @@ impl Variants {
     }
 
     /// The mean over masks of 1 − cos(whole, |part|·e(part) + |rest|·e(rest)).
+    /// A mask whose whole or prediction is the zero vector is no evidence
+    /// either way (an honest encoder may answer zero for input it cannot
+    /// read, and a loss decides slashing): the mean is over the others,
+    /// and 0 if there are none.
     fn loss(&self, vectors: &[Vec<f32>]) -> f64 {
-        if self.sizes.is_empty() {
-            return 0.0;
-        }
         let whole = &vectors[0];
-        let total: f64 = self
+        let losses: Vec<f64> = self
             .sizes
             .iter()
             .enumerate()
-            .map(|(k, &(part_size, rest_size))| {
+            .filter_map(|(k, &(part_size, rest_size))| {
                 let (part, rest) = (&vectors[1 + 2 * k], &vectors[2 + 2 * k]);
                 let predicted: Vec<f64> = part
                     .iter()
                     .zip(rest)
                     .map(|(&p, &r)| part_size * f64::from(p) + rest_size * f64::from(r))
                     .collect();
-                (1.0 - cosine(whole, &predicted)).max(0.0)
+                Some((1.0 - cosine(whole, &predicted)?).max(0.0))
             })
-            .sum();
-        total / self.sizes.len() as f64
+            .collect();
+        match losses.is_empty() {
+            true => 0.0,
+            false => losses.iter().sum::<f64>() / losses.len() as f64,
+        }
     }
 }
 
-fn cosine(a: &[f32], b: &[f64]) -> f64 {
+/// The cosine of `a` and `b`, unless either is the zero vector.
+fn cosine(a: &[f32], b: &[f64]) -> Option<f64> {
     let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * y).sum();
     let norm_a: f64 = a
         .iter()
@@ -373,9 +378,9 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
         .sqrt();
     let norm_b: f64 = b.iter().map(|&y| y * y).sum::<f64>().sqrt();
     if norm_a == 0.0 || norm_b == 0.0 {
-        return 0.0;
+        return None;
     }
-    dot / (norm_a * norm_b)
+    Some(dot / (norm_a * norm_b))
 }
 
 /// Whether mask `k` takes item `i`: a third of the items, by the seed.
@@ -503,6 +508,20 @@ mod tests {
         // A constant encoder composes perfectly: the outlier test, not the
         // loss, catches it.
         assert!(v.loss(&vectors(&v, |_| vec![1.0; 16])) < 1e-6);
+        // Zero vectors are no evidence: masks where the whole or the
+        // prediction is zero are left out, and with none left the loss is 0.
+        assert_eq!(v.loss(&vectors(&v, |_| vec![0.0; 16])), 0.0);
+        let zero_for_a = |text: &str| match text.contains('a') {
+            true => vec![0.0; 16],
+            false => random(text),
+        };
+        // The whole holds `a`: every mask is left out.
+        assert_eq!(v.loss(&vectors(&v, zero_for_a)), 0.0);
+        let parts_zero = |text: &str| match text.split_whitespace().count() < 12 {
+            true => vec![0.0; 16],
+            false => vec![1.0; 16],
+        };
+        assert_eq!(v.loss(&vectors(&v, parts_zero)), 0.0);
     }
 
     #[test]

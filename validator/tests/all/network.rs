@@ -333,8 +333,8 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     let floats: Vec<f32> = embeddings[0].iter().map(|&x| x as f32).collect();
     assert_eq!(decoded, floats);
 
-    // What finalisation decided: the random encoder is an outlier,
-    // disqualified and slashed; an honest one is rewarded.
+    // What finalisation decided: the random encoder, whose output does
+    // not compose, is disqualified and slashed; an honest one is rewarded.
     let decided = job(0);
     assert_eq!(decided["status"], "finalised", "{decided}");
     // The root it was finalised in: the same on every validator (compared

@@ -123,6 +123,13 @@ fn bad_genesis_configs_are_refused_with_the_reason() {
         assert!(err.to_string().contains("gc depth"), "{err}");
     }
 
+    // A loss ceiling so low that honest encoders which compose loosely
+    // would be slashed.
+    let mut strict = config(&file);
+    strict["parameters"]["max_loss"] = (soma_execution::ONE / 4).into();
+    let err = read(dir.path(), &strict).unwrap_err();
+    assert!(err.to_string().contains("max loss"), "{err}");
+
     let mut no_validators = config(&file);
     no_validators["validators"] = serde_json::json!([]);
     let err = read(dir.path(), &no_validators).unwrap_err();
