@@ -919,8 +919,12 @@ fn write_pages<E: std::fmt::Display>(
                 "the page after {entries} entries cannot be had: {e}"
             ))
         })?;
-        page = decode_page(&bytes)
-            .map_err(|e| refused(format!("the page after {entries} entries: {e}")))?;
+        page = decode_page(&bytes).map_err(|e| match e {
+            ExecutionError::Snapshot(reason) => {
+                refused(format!("the page after {entries} entries: {reason}"))
+            }
+            e => e,
+        })?;
         after = Some(next);
     }
 }
