@@ -160,8 +160,9 @@ pub(crate) fn finalise(
                 && v.outcome != Outcome::Local
                 && (r.outcome != v.outcome
                     || (v.outcome == Outcome::Ok
-                        && max_deviation(&r.embedding, &v.embedding)
-                            > params.deviance_tolerance.into()))
+                        && (max_deviation(&r.embedding, &v.embedding)
+                            > params.deviance_tolerance.into()
+                            || r.loss.abs_diff(v.loss) > params.deviance_tolerance)))
         });
         if deviates {
             deviant.push(a.validator);

@@ -64,8 +64,9 @@ pub struct Parameters {
     /// that composes (a constant vector) is left to the outlier test.
     pub max_loss: u32,
     /// An attested embedding deviates beyond this largest coordinate
-    /// difference from the median (fixed point); honest hardware noise is
-    /// about 2⁻¹⁶.
+    /// difference from the median, and an attested loss beyond this
+    /// difference from the median loss (fixed point; a loss can cost an
+    /// encoder its bond); honest hardware noise is about 2⁻¹⁶.
     pub deviance_tolerance: u32,
     /// Deviant attestations a validator may make before each further one
     /// costs it stake.

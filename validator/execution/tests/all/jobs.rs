@@ -190,13 +190,14 @@ fn hardware_noise_changes_no_decision_and_garbage_is_outvoted_and_unpaid() {
     let (clean, ..) = decide(&[(0, honest()), (1, honest()), (2, honest())]);
 
     // Every attester off by a unit of 2⁻¹⁶ here and there, differently, as
-    // CPUs with other kernels are.
+    // CPUs with other kernels are, in embeddings and losses.
     let noisy = |v: usize| {
         let mut results = honest();
-        for r in &mut results {
+        for (j, r) in results.iter_mut().enumerate() {
             for (c, x) in r.embedding.iter_mut().enumerate() {
                 *x += ((c + v) % 3) as i32 - 1;
             }
+            r.loss = r.loss + ((j + v) % 3) as u32 - 1;
         }
         results
     };
@@ -240,6 +241,15 @@ fn hardware_noise_changes_no_decision_and_garbage_is_outvoted_and_unpaid() {
     // paid its fee and earned nothing.
     assert_eq!(outvoted.validator_rewards, 2 * 200_000);
     assert_eq!(byzantine_balance, 1_000_000_000 - 10);
+
+    // Honest vectors, but a loss over the ceiling claimed for the best
+    // encoder, which would get it slashed: outvoted, and deviant.
+    let mut lying = honest();
+    lying[1].loss = g.parameters().max_loss + 1;
+    let (outvoted, deviance, _) = decide(&[(0, honest()), (2, lying), (1, honest())]);
+    assert_eq!(outvoted.embedding, clean.embedding);
+    assert!(!outvoted.encoders[1].disqualified);
+    assert_eq!((outvoted.deviant, deviance), (vec![public(2)], [0, 0, 1]));
 }
 
 #[test]
