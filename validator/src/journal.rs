@@ -146,7 +146,7 @@ impl Journal {
             None => None,
         };
         match old.as_deref().and_then(split) {
-            Some((_, held)) if held == bytes => return Ok(Recorded::Held),
+            Some((_, same)) if same == bytes => return Ok(Recorded::Held),
             Some((kept, _)) if !outbid(priority, kept) => return Ok(Recorded::Outbid),
             _ => {}
         }
