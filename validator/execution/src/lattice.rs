@@ -58,28 +58,24 @@ impl std::fmt::Debug for Lattice {
 impl Lattice {
     /// Adds the entry `key` → `value` of keyspace `space`.
     pub(crate) fn add(&mut self, space: u8, key: &[u8], value: &[u8]) {
-        let lanes = entry_lanes(space, key, value);
-        for (sum, lane) in self.lanes.iter_mut().zip(lanes.iter()) {
-            *sum = sum.wrapping_add(*lane);
-        }
-        self.size.entries = self.size.entries.wrapping_add(1);
-        self.size.bytes = self
-            .size
-            .bytes
-            .wrapping_add((key.len() + value.len()) as u64);
+        self.fold(space, key, value, false);
     }
 
     /// Takes away an entry added before.
     pub(crate) fn remove(&mut self, space: u8, key: &[u8], value: &[u8]) {
+        self.fold(space, key, value, true);
+    }
+
+    /// Adds an entry's lanes and size, or (`negated`) their negation.
+    fn fold(&mut self, space: u8, key: &[u8], value: &[u8], negated: bool) {
+        let sign = |x: u64| if negated { x.wrapping_neg() } else { x };
         let lanes = entry_lanes(space, key, value);
         for (sum, lane) in self.lanes.iter_mut().zip(lanes.iter()) {
-            *sum = sum.wrapping_sub(*lane);
+            *sum = sum.wrapping_add(sign(u64::from(*lane)) as u16);
         }
-        self.size.entries = self.size.entries.wrapping_sub(1);
-        self.size.bytes = self
-            .size
-            .bytes
-            .wrapping_sub((key.len() + value.len()) as u64);
+        self.size.entries = self.size.entries.wrapping_add(sign(1));
+        let bytes = (key.len() + value.len()) as u64;
+        self.size.bytes = self.size.bytes.wrapping_add(sign(bytes));
     }
 
     /// How much the state holds.
