@@ -148,6 +148,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `n` bytes of `what`.
+    #[inline]
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if n > self.bytes.len() {
             return Err(DecodeError::Truncated { what });
@@ -163,6 +164,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `N` bytes.
+    #[inline]
     pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
         Ok(self
             .take(N, what)?
@@ -171,21 +173,42 @@ impl<'a> Reader<'a> {
     }
 
     /// A `u8`.
+    #[inline]
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(what)?[0])
     }
 
     /// A little-endian `u16`.
+    #[inline]
     pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         self.array(what).map(u16::from_le_bytes)
     }
 
     /// A little-endian `u32`.
+    #[inline]
     pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
         self.array(what).map(u32::from_le_bytes)
     }
 
+    /// `n` little-endian `u32`s, taken in one bounds check (a vector's
+    /// coordinates read one by one cost more than the rest of its
+    /// transaction).
+    pub fn u32s(
+        &mut self,
+        n: usize,
+        what: &'static str,
+    ) -> Result<impl ExactSizeIterator<Item = u32> + 'a, DecodeError> {
+        let bytes = self.take(
+            n.checked_mul(4).ok_or(DecodeError::Truncated { what })?,
+            what,
+        )?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("chunks of 4"))))
+    }
+
     /// A little-endian `u64`.
+    #[inline]
     pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         self.array(what).map(u64::from_le_bytes)
     }
@@ -324,31 +347,43 @@ impl Writer {
     }
 
     /// Raw bytes, without a length: fixed-size fields and magic numbers.
+    #[inline]
     pub fn raw(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
     }
 
     /// A fixed-size array.
+    #[inline]
     pub fn array<const N: usize>(&mut self, bytes: &[u8; N]) {
         self.raw(bytes);
     }
 
     /// A `u8`.
+    #[inline]
     pub fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
 
     /// A little-endian `u16`.
+    #[inline]
     pub fn u16(&mut self, v: u16) {
         self.raw(&v.to_le_bytes());
     }
 
     /// A little-endian `u32`.
+    #[inline]
     pub fn u32(&mut self, v: u32) {
         self.raw(&v.to_le_bytes());
     }
 
+    /// Little-endian `u32`s, one after another (no count).
+    pub fn u32s(&mut self, values: impl ExactSizeIterator<Item = u32>) {
+        self.0.reserve(values.len() * 4);
+        values.for_each(|v| self.0.extend_from_slice(&v.to_le_bytes()));
+    }
+
     /// A little-endian `u64`.
+    #[inline]
     pub fn u64(&mut self, v: u64) {
         self.raw(&v.to_le_bytes());
     }
@@ -447,6 +482,32 @@ mod tests {
         assert_eq!(r.u128("e"), Ok(u128::MAX));
         assert_eq!(r.bool("f"), Ok(true));
         assert_eq!(r.finish(), Ok(()));
+    }
+
+    #[test]
+    fn u32s_are_read_in_one_take_or_not_at_all() {
+        let values = [7, u32::MAX, 0x0102_0304];
+        let mut w = Writer::new();
+        w.u32s(values.into_iter());
+        let bytes = w.into_bytes();
+        let mut one_by_one = Writer::new();
+        values.iter().for_each(|&x| one_by_one.u32(x));
+        assert_eq!(bytes, one_by_one.into_bytes());
+        let mut r = Reader::new(&bytes);
+        assert_eq!(
+            r.u32s(3, "v").unwrap().collect::<Vec<_>>(),
+            [7, u32::MAX, 0x0102_0304]
+        );
+        assert_eq!(r.finish(), Ok(()));
+        // Too few bytes, or a count whose bytes overflow: nothing is read.
+        for n in [4, usize::MAX] {
+            let mut r = Reader::new(&bytes);
+            assert_eq!(
+                r.u32s(n, "v").err(),
+                Some(DecodeError::Truncated { what: "v" })
+            );
+            assert_eq!(r.rest().len(), bytes.len());
+        }
     }
 
     #[test]

@@ -94,8 +94,7 @@ impl Encode for EncoderResult {
         w.u8(self.outcome.code());
         w.u64(self.fuel);
         w.u32(self.loss);
-        w.count16(self.embedding.len());
-        self.embedding.iter().for_each(|&x| w.u32(x as u32));
+        write_embedding(w, &self.embedding);
     }
 }
 
@@ -104,10 +103,7 @@ impl Decode<'_> for EncoderResult {
         let outcome = Outcome::from_code(r.u8("outcome")?)?;
         let fuel = r.u64("fuel")?;
         let loss = r.u32("loss")?;
-        let n = r.count16("embedding", u16::MAX, 4)?;
-        let embedding = (0..n)
-            .map(|_| r.u32("embedding").map(|x| x as i32))
-            .collect::<Result<_, _>>()?;
+        let embedding = read_embedding(r)?;
         Ok(EncoderResult {
             outcome,
             fuel,
@@ -289,8 +285,7 @@ impl Encode for Finalisation {
             w.u64(e.slashed);
             w.u64(e.reward);
         }
-        w.count16(self.embedding.len());
-        self.embedding.iter().for_each(|&x| w.u32(x as u32));
+        write_embedding(w, &self.embedding);
         w.count32(self.deviant.len());
         self.deviant.iter().for_each(|k| w.array(&k.to_bytes()));
         w.u64(self.validator_rewards);
@@ -316,10 +311,7 @@ impl Decode<'_> for Finalisation {
                 })
             })
             .collect::<Result<_, DecodeError>>()?;
-        let n = r.count16("embedding", u16::MAX, 4)?;
-        let embedding = (0..n)
-            .map(|_| r.u32("embedding").map(|x| x as i32))
-            .collect::<Result<_, _>>()?;
+        let embedding = read_embedding(r)?;
         let n = r.count32("deviant", u32::MAX, 32)?;
         let deviant = (0..n)
             .map(|_| stored_key(r, "deviant"))
@@ -339,6 +331,18 @@ impl Decode<'_> for Finalisation {
 /// order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Attestation(pub(crate) Vec<EncoderResult>);
+
+/// Writes an embedding: its length (`u16`) and its fixed-point values.
+fn write_embedding(w: &mut Writer, embedding: &[i32]) {
+    w.count16(embedding.len());
+    w.u32s(embedding.iter().map(|&x| x as u32));
+}
+
+/// Reads what [`write_embedding`] wrote.
+fn read_embedding(r: &mut Reader<'_>) -> Result<Vec<i32>, DecodeError> {
+    let n = r.count16("embedding", u16::MAX, 4)?;
+    Ok(r.u32s(n, "embedding")?.map(|x| x as i32).collect())
+}
 
 impl Attestation {
     /// Writes `results` as an attestation, without owning them.
