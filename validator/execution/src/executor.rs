@@ -29,7 +29,7 @@ use crate::state::{
     APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, LATTICE,
     Space, StateError, StateStore, TREASURY, Validator, encoder_key, is_record,
 };
-use crate::transaction::{Action, SignedTransaction};
+use crate::transaction::{Action, Checked, SignedTransaction, check_all};
 use crate::view::{Stop, View, attestation_key};
 use crate::{finalise, routing, shard};
 use soma_codec::{Decode, DecodeError, Encode, Writer};
@@ -410,8 +410,8 @@ impl Executor {
         let mut changes = Changes::default();
         self.expire_jobs(&commit, &mut changes)?;
         let mut receipts = Vec::with_capacity(commit.transactions.len());
-        for bytes in commit.transactions {
-            receipts.push(self.apply_transaction(&commit, &mut changes, bytes)?);
+        for checked in check_all(commit.transactions) {
+            receipts.push(self.apply_transaction(&commit, &mut changes, checked)?);
         }
         let encoded: Vec<Vec<u8>> = receipts.iter().map(Encode::to_bytes).collect();
         let mut lattice = self.lattice.clone();
@@ -494,15 +494,16 @@ impl Executor {
         &self,
         commit: &Commit<'_>,
         changes: &mut Changes,
-        bytes: &[u8],
+        checked: Option<Checked>,
     ) -> Result<Receipt, ExecutionError> {
-        let Ok(signed) = SignedTransaction::from_bytes(bytes) else {
+        let Some(checked) = checked else {
             return Ok(Receipt {
                 transaction: None,
                 rejection: Some(Rejection::Malformed),
                 fee: 0,
             });
         };
+        let signed = &checked.signed;
         let receipt = |rejection, fee| Receipt {
             transaction: Some(signed.digest()),
             rejection,
@@ -517,8 +518,8 @@ impl Executor {
                 pending: &mut pending,
             };
             let outcome = match step {
-                Step::Charge => self.charge(&mut view, &signed),
-                Step::Act => self.act(&mut view, commit, &signed),
+                Step::Charge => self.charge(&mut view, &checked),
+                Step::Act => self.act(&mut view, commit, signed),
             };
             match outcome {
                 Ok(()) => changes.extend(pending),
@@ -532,13 +533,13 @@ impl Executor {
 
     /// Checks what makes a transaction chargeable (chain, signature, nonce,
     /// fee) and charges it: the fee to the treasury, the nonce used.
-    fn charge(&self, state: &mut View<'_>, signed: &SignedTransaction) -> Result<(), Stop> {
-        let tx = signed.transaction();
+    fn charge(&self, state: &mut View<'_>, checked: &Checked) -> Result<(), Stop> {
+        let tx = checked.signed.transaction();
         let params = &self.parameters;
         if tx.chain_id != self.chain_id {
             Err(Rejection::WrongChain)?;
         }
-        if !signed.verify() {
+        if !checked.signature_holds {
             Err(Rejection::BadSignature)?;
         }
         let mut sender = state.account(&tx.sender)?;

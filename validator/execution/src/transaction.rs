@@ -142,6 +142,40 @@ impl SignedTransaction {
     }
 }
 
+/// A committed transaction as far as its bytes alone decide: decoded, and
+/// whether its sender signed it. Both are pure functions of the bytes, so
+/// apply checks a commit's transactions on every core (see [`check_all`])
+/// before it takes them in order.
+pub(crate) struct Checked {
+    /// The transaction.
+    pub(crate) signed: SignedTransaction,
+    /// Whether [`SignedTransaction::verify`] holds.
+    pub(crate) signature_holds: bool,
+}
+
+/// Fewest transactions whose checks are spread across cores: below, the
+/// hand-over to other threads costs more than it saves.
+const PARALLEL_CHECKS: usize = 2;
+
+/// Decodes and verifies `transactions`, in order: `None` for bytes that
+/// are no transaction. Signature checks are most of what applying a
+/// transaction costs; they run on every core.
+pub(crate) fn check_all(transactions: &[Vec<u8>]) -> Vec<Option<Checked>> {
+    use rayon::prelude::*;
+    let check = |bytes: &Vec<u8>| {
+        let signed = SignedTransaction::from_bytes(bytes).ok()?;
+        let signature_holds = signed.verify();
+        Some(Checked {
+            signed,
+            signature_holds,
+        })
+    };
+    match transactions.len() < PARALLEL_CHECKS {
+        true => transactions.iter().map(check).collect(),
+        false => transactions.par_iter().map(check).collect(),
+    }
+}
+
 impl Encode for SignedTransaction {
     fn encode(&self, w: &mut Writer) {
         w.bytes32(&self.bytes);
