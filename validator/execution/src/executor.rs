@@ -409,10 +409,7 @@ impl Executor {
         }
         let mut changes = Changes::default();
         self.expire_jobs(&commit, &mut changes)?;
-        let mut receipts = Vec::with_capacity(commit.transactions.len());
-        for checked in check_all(commit.transactions) {
-            receipts.push(self.apply_transaction(&commit, &mut changes, checked)?);
-        }
+        let receipts = self.apply_transactions(&commit, &mut changes)?;
         let encoded: Vec<Vec<u8>> = receipts.iter().map(Encode::to_bytes).collect();
         let mut lattice = self.lattice.clone();
         self.store.fold(&mut lattice, &changes)?;
@@ -443,6 +440,42 @@ impl Executor {
             root,
             receipts,
         })
+    }
+
+    /// Applies a commit's transactions in order. Each batch is decoded and
+    /// verified on every core while the one before it applies, so apply
+    /// waits for signature checks only at the start.
+    fn apply_transactions(
+        &self,
+        commit: &Commit<'_>,
+        changes: &mut Changes,
+    ) -> Result<Vec<Receipt>, ExecutionError> {
+        let mut receipts = Vec::with_capacity(commit.transactions.len());
+        let mut apply_batch = |batch: Vec<Option<Checked>>| {
+            batch.into_iter().try_for_each(|checked| {
+                receipts.push(self.apply_transaction(commit, changes, checked)?);
+                Ok::<_, ExecutionError>(())
+            })
+        };
+        if commit.transactions.len() <= CHECK_BATCH {
+            apply_batch(check_all(commit.transactions))?;
+            return Ok(receipts);
+        }
+        std::thread::scope(|scope| {
+            // One batch waits checked while one applies: the checks keep
+            // ahead without holding a whole commit decoded at once.
+            let (send, checked) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for batch in commit.transactions.chunks(CHECK_BATCH) {
+                    // Apply stopped on an error: nothing more to check.
+                    if send.send(check_all(batch)).is_err() {
+                        break;
+                    }
+                }
+            });
+            checked.into_iter().try_for_each(&mut apply_batch)
+        })?;
+        Ok(receipts)
     }
 
     /// Expires the jobs whose deadline ended before `commit`: each
@@ -821,6 +854,10 @@ impl Executor {
         Ok(())
     }
 }
+
+/// Transactions decoded and verified together while the batch before them
+/// applies.
+const CHECK_BATCH: usize = 16;
 
 /// A refused snapshot, for `reason`.
 fn refused(reason: String) -> ExecutionError {

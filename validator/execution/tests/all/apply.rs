@@ -412,3 +412,54 @@ fn commits_apply_in_order_and_a_state_belongs_to_one_genesis() {
     let err = Executor::open(dir.path(), &other, None).err().unwrap();
     assert!(matches!(err, ExecutionError::WrongGenesis { .. }), "{err}");
 }
+
+#[test]
+fn a_long_commit_checked_in_batches_gives_each_transaction_the_receipt_it_gets_alone() {
+    // Apply checks signatures a batch ahead: a commit many batches long,
+    // with malformed, forged and replayed transactions among valid ones,
+    // must give each the receipt it gets in a commit of its own.
+    let g = genesis();
+    let mut transactions = Vec::new();
+    let mut nonce = 0;
+    for i in 0..60u64 {
+        transactions.push(match i % 5 {
+            1 => vec![i as u8; 3],
+            2 => {
+                let mut forged = signed(&g, 2, nonce, 10, transfer(3, i));
+                let theirs = signed(&g, 3, 0, 10, transfer(3, i));
+                let n = forged.len();
+                forged[n - 64..].copy_from_slice(&theirs[n - 64..]);
+                forged
+            }
+            3 => signed(&g, 2, 0, 10, transfer(3, i)),
+            _ => {
+                nonce += 1;
+                signed(&g, 2, nonce - 1, 10, transfer(3, i))
+            }
+        });
+    }
+    let (dir, alone) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut together, mut one_by_one) = (open(dir.path(), &g), open(alone.path(), &g));
+    let receipts = apply(&mut together, &transactions).receipts;
+    let each: Vec<_> = transactions
+        .iter()
+        .flat_map(|tx| apply(&mut one_by_one, std::slice::from_ref(tx)).receipts)
+        .collect();
+    assert_eq!(receipts, each);
+    let refused = |which: fn(&Rejection) -> bool| {
+        receipts
+            .iter()
+            .filter(|r| r.rejection.as_ref().is_some_and(which))
+            .count()
+    };
+    assert_eq!(refused(|r| *r == Rejection::Malformed), 12);
+    assert_eq!(refused(|r| *r == Rejection::BadSignature), 12);
+    assert_eq!(refused(|r| matches!(r, Rejection::BadNonce { .. })), 12);
+    assert_eq!(together.account(&public(2)).unwrap().nonce, 24);
+    for who in [2, 3] {
+        assert_eq!(
+            together.account(&public(who)).unwrap(),
+            one_by_one.account(&public(who)).unwrap()
+        );
+    }
+}
