@@ -193,6 +193,7 @@ impl<'a> Reader<'a> {
     /// `n` little-endian `u32`s, taken in one bounds check (a vector's
     /// coordinates read one by one cost more than the rest of its
     /// transaction).
+    #[inline]
     pub fn u32s(
         &mut self,
         n: usize,

@@ -399,7 +399,8 @@ impl Executor {
     }
 
     /// Applies the next commit: every transaction in order, then one
-    /// durable write of all their effects and the new root.
+    /// durable write of all their effects and the new root. Signatures are
+    /// checked on rayon's global pool, so call it from outside that pool.
     pub fn apply(&mut self, commit: Commit<'_>) -> Result<CommitEffects, ExecutionError> {
         if commit.index != self.applied.next_index {
             return Err(ExecutionError::OutOfOrder {
@@ -442,39 +443,23 @@ impl Executor {
         })
     }
 
-    /// Applies a commit's transactions in order. Each batch is decoded and
-    /// verified on every core while the one before it applies, so apply
-    /// waits for signature checks only at the start.
+    /// Applies a commit's transactions in order, each batch decoded and
+    /// verified on every core while the batch before it applies.
     fn apply_transactions(
         &self,
         commit: &Commit<'_>,
         changes: &mut Changes,
     ) -> Result<Vec<Receipt>, ExecutionError> {
         let mut receipts = Vec::with_capacity(commit.transactions.len());
-        let mut apply_batch = |batch: Vec<Option<Checked>>| {
-            batch.into_iter().try_for_each(|checked| {
+        let chain = self.chain_id;
+        pipelined(
+            commit.transactions,
+            |batch| check_all(batch, &chain),
+            |checked| {
                 receipts.push(self.apply_transaction(commit, changes, checked)?);
                 Ok::<_, ExecutionError>(())
-            })
-        };
-        if commit.transactions.len() <= CHECK_BATCH {
-            apply_batch(check_all(commit.transactions))?;
-            return Ok(receipts);
-        }
-        std::thread::scope(|scope| {
-            // One batch waits checked while one applies: the checks keep
-            // ahead without holding a whole commit decoded at once.
-            let (send, checked) = std::sync::mpsc::sync_channel(1);
-            scope.spawn(move || {
-                for batch in commit.transactions.chunks(CHECK_BATCH) {
-                    // Apply stopped on an error: nothing more to check.
-                    if send.send(check_all(batch)).is_err() {
-                        break;
-                    }
-                }
-            });
-            checked.into_iter().try_for_each(&mut apply_batch)
-        })?;
+            },
+        )?;
         Ok(receipts)
     }
 
@@ -855,9 +840,90 @@ impl Executor {
     }
 }
 
-/// Transactions decoded and verified together while the batch before them
-/// applies.
+/// Items [`pipelined`] checks together while the batch before them applies.
 const CHECK_BATCH: usize = 16;
+
+/// Runs `apply` on what `check` makes of each of `items`, in order. Past
+/// one batch, a scoped thread checks each batch of [`CHECK_BATCH`] while
+/// the one before it applies, so `apply` waits only when the checks fall
+/// behind; at most three batches are held checked at once (one applying,
+/// one handed over, one being checked). An error from `apply` is returned
+/// at once and stops the checks within two batches. Without a thread to
+/// be had (a process limit), the checks run in line.
+///
+/// `check` may use rayon's global pool while this thread waits: this must
+/// not run on a thread of that pool.
+fn pipelined<T: Sync, C: Send, E>(
+    items: &[T],
+    check: impl Fn(&[T]) -> Vec<C> + Sync,
+    mut apply: impl FnMut(C) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut apply_batch = |batch: Vec<C>| batch.into_iter().try_for_each(&mut apply);
+    if items.len() <= CHECK_BATCH {
+        return apply_batch(check(items));
+    }
+    std::thread::scope(|scope| {
+        let (send, checked) = std::sync::mpsc::sync_channel(1);
+        let check = &check;
+        let checker = std::thread::Builder::new()
+            .name("soma-check".into())
+            .spawn_scoped(scope, move || {
+                for batch in items.chunks(CHECK_BATCH) {
+                    // Apply stopped on an error: nothing more to check.
+                    if send.send(check(batch)).is_err() {
+                        break;
+                    }
+                }
+            });
+        match checker {
+            Ok(_) => checked.into_iter().try_for_each(&mut apply_batch),
+            Err(_) => items
+                .chunks(CHECK_BATCH)
+                .try_for_each(|batch| apply_batch(check(batch))),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn pipelined_applies_in_order_and_stops_checking_soon_after_an_error() {
+        for n in [0, 1, CHECK_BATCH, CHECK_BATCH + 1, 10 * CHECK_BATCH + 3] {
+            let items: Vec<usize> = (0..n).collect();
+            let mut applied = Vec::new();
+            let done = pipelined(
+                &items,
+                |batch| batch.iter().map(|x| x * 2).collect(),
+                |x| {
+                    applied.push(x);
+                    Ok::<_, ()>(())
+                },
+            );
+            assert_eq!(done, Ok(()));
+            assert_eq!(applied, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+        }
+        // Apply fails in the second batch of many: the error comes back,
+        // and at most two batches beyond it were checked.
+        let items: Vec<usize> = (0..100 * CHECK_BATCH).collect();
+        let checked = AtomicUsize::new(0);
+        let failed = pipelined(
+            &items,
+            |batch| {
+                checked.fetch_add(batch.len(), Ordering::Relaxed);
+                batch.to_vec()
+            },
+            |x| match x == CHECK_BATCH + 3 {
+                true => Err(x),
+                false => Ok(()),
+            },
+        );
+        assert_eq!(failed, Err(CHECK_BATCH + 3));
+        assert!(checked.into_inner() <= 4 * CHECK_BATCH);
+    }
+}
 
 /// A refused snapshot, for `reason`.
 fn refused(reason: String) -> ExecutionError {

@@ -149,7 +149,8 @@ impl SignedTransaction {
 pub(crate) struct Checked {
     /// The transaction.
     pub(crate) signed: SignedTransaction,
-    /// Whether [`SignedTransaction::verify`] holds.
+    /// Whether [`SignedTransaction::verify`] holds (not checked, so false,
+    /// for a transaction of another chain).
     pub(crate) signature_holds: bool,
 }
 
@@ -159,12 +160,14 @@ const PARALLEL_CHECKS: usize = 2;
 
 /// Decodes and verifies `transactions`, in order: `None` for bytes that
 /// are no transaction. Signature checks are most of what applying a
-/// transaction costs; they run on every core.
-pub(crate) fn check_all(transactions: &[Vec<u8>]) -> Vec<Option<Checked>> {
+/// transaction costs; they run on every core. One for another chain than
+/// `chain` is refused for that before its signature matters: it is not
+/// checked.
+pub(crate) fn check_all(transactions: &[Vec<u8>], chain: &[u8; 32]) -> Vec<Option<Checked>> {
     use rayon::prelude::*;
     let check = |bytes: &Vec<u8>| {
         let signed = SignedTransaction::from_bytes(bytes).ok()?;
-        let signature_holds = signed.verify();
+        let signature_holds = signed.transaction().chain_id == *chain && signed.verify();
         Some(Checked {
             signed,
             signature_holds,
