@@ -884,47 +884,6 @@ fn pipelined<T: Sync, C: Send, E>(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[test]
-    fn pipelined_applies_in_order_and_stops_checking_soon_after_an_error() {
-        for n in [0, 1, CHECK_BATCH, CHECK_BATCH + 1, 10 * CHECK_BATCH + 3] {
-            let items: Vec<usize> = (0..n).collect();
-            let mut applied = Vec::new();
-            let done = pipelined(
-                &items,
-                |batch| batch.iter().map(|x| x * 2).collect(),
-                |x| {
-                    applied.push(x);
-                    Ok::<_, ()>(())
-                },
-            );
-            assert_eq!(done, Ok(()));
-            assert_eq!(applied, items.iter().map(|x| x * 2).collect::<Vec<_>>());
-        }
-        // Apply fails in the second batch of many: the error comes back,
-        // and at most two batches beyond it were checked.
-        let items: Vec<usize> = (0..100 * CHECK_BATCH).collect();
-        let checked = AtomicUsize::new(0);
-        let failed = pipelined(
-            &items,
-            |batch| {
-                checked.fetch_add(batch.len(), Ordering::Relaxed);
-                batch.to_vec()
-            },
-            |x| match x == CHECK_BATCH + 3 {
-                true => Err(x),
-                false => Ok(()),
-            },
-        );
-        assert_eq!(failed, Err(CHECK_BATCH + 3));
-        assert!(checked.into_inner() <= 4 * CHECK_BATCH);
-    }
-}
-
 /// A refused snapshot, for `reason`.
 fn refused(reason: String) -> ExecutionError {
     ExecutionError::Snapshot(reason)
@@ -1326,4 +1285,45 @@ fn expire(state: &mut View<'_>, job: &mut Job, commit: u64) -> Result<(), Stop> 
     }
     job.status = JobStatus::Expired { commit };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn pipelined_applies_in_order_and_stops_checking_soon_after_an_error() {
+        for n in [0, 1, CHECK_BATCH, CHECK_BATCH + 1, 10 * CHECK_BATCH + 3] {
+            let items: Vec<usize> = (0..n).collect();
+            let mut applied = Vec::new();
+            let done = pipelined(
+                &items,
+                |batch| batch.iter().map(|x| x * 2).collect(),
+                |x| {
+                    applied.push(x);
+                    Ok::<_, ()>(())
+                },
+            );
+            assert_eq!(done, Ok(()));
+            assert_eq!(applied, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+        }
+        // Apply fails in the second batch of many: the error comes back,
+        // and at most two batches beyond it were checked.
+        let items: Vec<usize> = (0..100 * CHECK_BATCH).collect();
+        let checked = AtomicUsize::new(0);
+        let failed = pipelined(
+            &items,
+            |batch| {
+                checked.fetch_add(batch.len(), Ordering::Relaxed);
+                batch.to_vec()
+            },
+            |x| match x == CHECK_BATCH + 3 {
+                true => Err(x),
+                false => Ok(()),
+            },
+        );
+        assert_eq!(failed, Err(CHECK_BATCH + 3));
+        assert!(checked.into_inner() <= 4 * CHECK_BATCH);
+    }
 }
