@@ -350,7 +350,7 @@ fn main() {
 
     let mut md = String::from(
         "## Execution\n\n\
-         Transfers as medians over commits, the runner as means over jobs, encoder calls and attestations as medians over sets; fjall state in a temporary directory, one durable batch per commit. Apply decodes and verifies each batch of 16 of a commit's transactions on every core while the batch before it applies, in order, on one.\n\n\
+         Transfers as medians over commits, the runner as means over jobs, encoder calls and attestations as medians over sets; fjall state in a temporary directory, one durable batch per commit. Apply decodes and verifies each batch of a commit's transactions on every core while the batch before it applies, in order, on one.\n\n\
          | Figure | Ratio | Measured | Baseline | Target | Met |\n\
          |---|---|---|---|---|---|\n",
     );
