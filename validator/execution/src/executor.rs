@@ -859,25 +859,25 @@ fn pipelined<T: Sync, C: Send, E>(
     mut apply: impl FnMut(C) -> Result<(), E>,
 ) -> Result<(), E> {
     let mut apply_batch = |batch: Vec<C>| batch.into_iter().try_for_each(&mut apply);
-    if items.len() <= CHECK_BATCH {
-        return apply_batch(check(items));
-    }
     std::thread::scope(|scope| {
         let (send, checked) = std::sync::mpsc::sync_channel(1);
         let check = &check;
-        let checker = std::thread::Builder::new()
-            .name("soma-check".into())
-            .spawn_scoped(scope, move || {
-                for batch in items.chunks(CHECK_BATCH) {
-                    // Apply stopped on an error: nothing more to check.
-                    if send.send(check(batch)).is_err() {
-                        break;
+        let ahead = (items.len() > CHECK_BATCH).then(|| {
+            std::thread::Builder::new()
+                .name("soma-check".into())
+                .spawn_scoped(scope, move || {
+                    for batch in items.chunks(CHECK_BATCH) {
+                        // Apply stopped on an error: nothing more to check.
+                        if send.send(check(batch)).is_err() {
+                            break;
+                        }
                     }
-                }
-            });
-        match checker {
-            Ok(_) => checked.into_iter().try_for_each(&mut apply_batch),
-            Err(_) => items
+                })
+        });
+        match ahead {
+            Some(Ok(_)) => checked.into_iter().try_for_each(&mut apply_batch),
+            // One batch, or no thread to be had: checked in line.
+            _ => items
                 .chunks(CHECK_BATCH)
                 .try_for_each(|batch| apply_batch(check(batch))),
         }
