@@ -166,7 +166,7 @@ fn put_tensors(w: &mut Writer, tensors: &[NamedTensor]) {
         w.str16(&t.name);
         w.u8(type_code(t.tensor.ty));
         w.count8(t.tensor.dimensions.len());
-        t.tensor.dimensions.iter().for_each(|&d| w.u32(d));
+        w.u32s(t.tensor.dimensions.iter().copied());
         w.bytes64(&t.tensor.data);
     }
 }
@@ -187,9 +187,7 @@ fn read_tensors(r: &mut Reader<'_>) -> Result<Vec<NamedTensor>, DecodeError> {
             code => return Err(DecodeError::invalid("element type", format!("code {code}"))),
         };
         let rank = r.count8("rank", u8::MAX)?;
-        let dimensions = (0..rank)
-            .map(|_| r.u32("dimension"))
-            .collect::<Result<_, _>>()?;
+        let dimensions = r.u32s(rank, "dimension")?.collect();
         let data = r.bytes64("tensor data", u64::MAX)?.to_vec();
         tensors.push(NamedTensor {
             name,

@@ -222,7 +222,7 @@ impl FetchRequest {
         w.count16(references.len());
         references.iter().for_each(|r| r.encode(&mut w));
         w.count16(rounds.len());
-        rounds.iter().for_each(|&round| w.u32(round));
+        w.u32s(rounds.iter().copied());
         w.into_bytes()
     }
 
@@ -239,10 +239,7 @@ impl FetchRequest {
             .collect::<Result<_, _>>()
             .map_err(malformed)?;
         let count = r.count16("known rounds", max, 4).map_err(malformed)?;
-        let known_rounds = (0..count)
-            .map(|_| r.u32("known round"))
-            .collect::<Result<_, _>>()
-            .map_err(malformed)?;
+        let known_rounds = r.u32s(count, "known round").map_err(malformed)?.collect();
         r.finish().map_err(malformed)?;
         Ok(FetchRequest {
             references,

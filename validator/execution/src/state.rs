@@ -176,7 +176,7 @@ pub(crate) struct Scores(pub(crate) Vec<u32>);
 impl Scores {
     fn encode_slice(scores: &[u32], w: &mut Writer) {
         w.count16(scores.len());
-        scores.iter().for_each(|&p| w.u32(p));
+        w.u32s(scores.iter().copied());
     }
 }
 
@@ -189,10 +189,7 @@ impl Encode for Scores {
 impl Decode<'_> for Scores {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let n = r.count16("performance", 1 << MAX_REGION_BITS, 4)?;
-        (0..n)
-            .map(|_| r.u32("performance"))
-            .collect::<Result<_, _>>()
-            .map(Scores)
+        Ok(Scores(r.u32s(n, "performance")?.collect()))
     }
 }
 
