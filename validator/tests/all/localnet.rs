@@ -218,7 +218,15 @@ pub(crate) fn wait_for(
     let start = Instant::now();
     while !done() {
         if start.elapsed() > timeout {
-            panic!("timed out waiting for {what}; logs:\n{}", logs(validators));
+            let statuses: Vec<String> = validators
+                .iter()
+                .map(|v| format!("port {}: {:?}", v.port, status(v.port)))
+                .collect();
+            panic!(
+                "timed out waiting for {what}; consensus status:\n{}\nlogs:\n{}",
+                statuses.join("\n"),
+                logs(validators)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
