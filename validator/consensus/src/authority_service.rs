@@ -13,9 +13,8 @@
 //! authentication.
 
 use crate::block::{MAX_TRANSACTION_BYTES, SignedBlock};
-use crate::block_verifier::Verdict;
+use crate::block_verifier::{self, Verdict};
 use crate::committee::AuthorityIndex;
-use crate::core_thread::Command;
 use crate::mempool::SubmitError;
 use crate::network::{self, FetchRequest, PeerToken, RoundsRequest, WireError};
 use crate::node::{
@@ -400,14 +399,7 @@ impl Service {
             Ok(Ok(Verdict::Seen)) => reply(StatusCode::OK, ""),
             Ok(Ok(Verdict::New(block))) => {
                 self.count(&self.shared.metrics.blocks_received);
-                let _ = self
-                    .shared
-                    .commands
-                    .send(Command::Blocks {
-                        blocks: vec![block],
-                        from: Some(peer),
-                    })
-                    .await;
+                block_verifier::deliver(&self.shared.commands, vec![block], Some(peer)).await;
                 reply(StatusCode::OK, "")
             }
             Ok(Err(e)) => self.refuse(StatusCode::UNPROCESSABLE_ENTITY, e),

@@ -6,6 +6,13 @@
 //! the genuine block's reference, and keying by reference alone would let
 //! it make the genuine copy look like a duplicate while it was verified.
 //!
+//! A copy counts as seen from the moment its verification starts, so
+//! verifying it once is enough, and until the core has it: a copy that
+//! never got there (its push was cancelled with its connection, its
+//! node is shutting down) is forgotten again, or every later copy
+//! (repeats, fetch answers) would be taken for a duplicate and the block
+//! lost to this node for good.
+//!
 //! Blocks are never refused for the transactions they carry. Consensus
 //! orders opaque bytes; execution checks each committed transaction with
 //! a deterministic rule and rejects an invalid one alone. Refusing a whole
@@ -14,23 +21,26 @@
 //! resend it forever.
 
 use crate::block::{BlockError, BlockRef, SignedBlock, VerifiedBlock};
-use crate::committee::Committee;
+use crate::committee::{AuthorityIndex, Committee};
+use crate::core_thread::Command;
 use soma_crypto::Signature;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
 /// Decodes and verifies peers' blocks, each distinct copy once.
 pub(crate) struct BlockVerifier {
     committee: Committee,
-    recent: Mutex<RecentCopies>,
+    recent: Arc<Mutex<RecentCopies>>,
 }
 
 /// What a copy of a block turned out to be.
 #[derive(Debug)]
 pub(crate) enum Verdict {
-    /// A block not seen before, now verified.
-    New(VerifiedBlock),
-    /// This copy was verified before (or is being verified).
+    /// A block not seen before, now verified, to hand to the core with
+    /// [`deliver`].
+    New(Fresh),
+    /// This copy was verified before (or is on its way to the core).
     Seen,
 }
 
@@ -41,7 +51,7 @@ impl BlockVerifier {
     pub(crate) fn new(committee: Committee) -> BlockVerifier {
         BlockVerifier {
             committee,
-            recent: Mutex::new(RecentCopies::default()),
+            recent: Arc::default(),
         }
     }
 
@@ -50,17 +60,20 @@ impl BlockVerifier {
     /// threads.
     pub(crate) fn verify(&self, block: SignedBlock) -> Result<Verdict, BlockError> {
         let copy = (block.reference(), block.signature());
-        if !self.lock().insert(copy) {
+        let Some(insertion) = self.lock().insert(copy) else {
             return Ok(Verdict::Seen);
-        }
-        let verified = VerifiedBlock::verify(block, &self.committee);
-        if verified.is_err() {
-            // A later copy with the same bytes fails the same way, but
-            // remembering it would let a sender fill the memory with
-            // failures at no cost to it.
-            self.lock().remove(&copy);
-        }
-        verified.map(Verdict::New)
+        };
+        // Until the core has the block, dropping `pending` forgets the
+        // copy. So does a failure here: a later copy with the same bytes
+        // fails the same way, but remembering it would let a sender fill
+        // the memory with failures at no cost to it.
+        let pending = Pending {
+            copy,
+            insertion,
+            recent: Some(self.recent.clone()),
+        };
+        let block = VerifiedBlock::verify(block, &self.committee)?;
+        Ok(Verdict::New(Fresh { block, pending }))
     }
 
     /// Forgets every copy of `references` (the core dropped them), so the
@@ -80,7 +93,75 @@ impl BlockVerifier {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RecentCopies> {
-        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.recent)
+    }
+}
+
+fn lock(recent: &Mutex<RecentCopies>) -> std::sync::MutexGuard<'_, RecentCopies> {
+    recent.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A block verified by this node and not yet handed to its core. Dropped
+/// before [`deliver`] hands it over, its copy is forgotten, so that the
+/// next copy is verified and delivered again.
+#[derive(Debug)]
+pub(crate) struct Fresh {
+    block: VerifiedBlock,
+    pending: Pending,
+}
+
+/// A copy remembered as seen while it is on its way to the core:
+/// forgotten when dropped, unless [`Pending::arrived`] was called.
+struct Pending {
+    copy: CopyKey,
+    insertion: u64,
+    /// Where the copy is remembered; `None` once the core has the block.
+    recent: Option<Arc<Mutex<RecentCopies>>>,
+}
+
+impl Pending {
+    /// The core has the block: its copy stays seen.
+    fn arrived(mut self) {
+        self.recent = None;
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("block", &self.copy.0)
+            .field("arrived", &self.recent.is_none())
+            .finish()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(recent) = &self.recent {
+            lock(recent).remove_insertion(&self.copy, self.insertion);
+        }
+    }
+}
+
+/// Hands `blocks` (from `from`, if a peer sent them) to the core through
+/// `commands`. Cancelled while it waits for room, or with the core gone,
+/// it delivers none of them, and none stays seen.
+pub(crate) async fn deliver(
+    commands: &mpsc::Sender<Command>,
+    blocks: Vec<Fresh>,
+    from: Option<AuthorityIndex>,
+) {
+    if blocks.is_empty() {
+        return;
+    }
+    let (blocks, pending): (Vec<VerifiedBlock>, Vec<Pending>) =
+        blocks.into_iter().map(|f| (f.block, f.pending)).unzip();
+    if commands
+        .send(Command::Blocks { blocks, from })
+        .await
+        .is_ok()
+    {
+        pending.into_iter().for_each(Pending::arrived);
     }
 }
 
@@ -98,10 +179,10 @@ struct RecentCopies {
 }
 
 impl RecentCopies {
-    /// Remembers `copy`; returns whether it is new.
-    fn insert(&mut self, copy: CopyKey) -> bool {
+    /// Remembers `copy`; returns its insertion if it is new.
+    fn insert(&mut self, copy: CopyKey) -> Option<u64> {
         if self.set.contains_key(&copy) {
-            return false;
+            return None;
         }
         self.insertions += 1;
         self.set.insert(copy, self.insertions);
@@ -114,7 +195,15 @@ impl RecentCopies {
                 self.set.remove(&oldest);
             }
         }
-        true
+        Some(self.insertions)
+    }
+
+    /// Forgets `copy` if `insertion` put it there: a copy evicted and
+    /// remembered again since belongs to another verification.
+    fn remove_insertion(&mut self, copy: &CopyKey, insertion: u64) {
+        if self.set.get(copy) == Some(&insertion) {
+            self.remove(copy);
+        }
     }
 
     fn remove(&mut self, copy: &CopyKey) {
@@ -173,10 +262,10 @@ mod tests {
         verifier
             .lock()
             .insert((forged.reference(), forged.signature()));
-        assert!(matches!(
-            verifier.verify(genuine.clone()),
-            Ok(Verdict::New(_))
-        ));
+        let Ok(Verdict::New(fresh)) = verifier.verify(genuine.clone()) else {
+            panic!("the genuine copy is new");
+        };
+        fresh.pending.arrived();
         assert!(matches!(
             verifier.verify(genuine.clone()),
             Ok(Verdict::Seen)
@@ -186,13 +275,55 @@ mod tests {
         assert!(matches!(verifier.verify(genuine), Ok(Verdict::New(_))));
     }
 
+    /// A push cancelled while its block waits for room in the core's
+    /// inbox (its connection closed), or a block for a core that is gone,
+    /// must not make the next copy look like a duplicate: the block would
+    /// never reach the core, and a committee of exactly a quorum would
+    /// wait for it forever.
+    #[tokio::test]
+    async fn a_copy_that_never_reached_the_core_is_verified_and_delivered_again() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let verifier = BlockVerifier::new(c.clone());
+        let block = round_one(&keys, &c);
+        let fresh = || match verifier.verify(block.clone()) {
+            Ok(Verdict::New(fresh)) => fresh,
+            other => panic!("{other:?}"),
+        };
+        let (commands, mut inbox) = mpsc::channel(1);
+        let filler = || Command::Blocks {
+            blocks: Vec::new(),
+            from: None,
+        };
+        commands.try_send(filler()).unwrap();
+        let from = Some(AuthorityIndex(0));
+        let wait = std::time::Duration::from_millis(20);
+        let cancelled = tokio::time::timeout(wait, deliver(&commands, vec![fresh()], from)).await;
+        assert!(cancelled.is_err(), "the inbox is full");
+        // Forgotten: verified again, and this time delivered.
+        let first = fresh();
+        assert!(matches!(verifier.verify(block.clone()), Ok(Verdict::Seen)));
+        inbox.recv().await.unwrap();
+        deliver(&commands, vec![first], from).await;
+        let Some(Command::Blocks { blocks, .. }) = inbox.recv().await else {
+            panic!("delivered");
+        };
+        assert_eq!(blocks[0].block(), block.block());
+        assert!(matches!(verifier.verify(block.clone()), Ok(Verdict::Seen)));
+
+        // A core that is gone gets nothing, and the copy is forgotten.
+        verifier.forget(&[block.reference()]);
+        drop(inbox);
+        deliver(&commands, vec![fresh()], from).await;
+        fresh();
+    }
+
     #[test]
     fn blocks_are_not_judged_by_their_transactions() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
         let verifier = BlockVerifier::new(c.clone());
         let block = round_one(&keys, &c);
         match verifier.verify(block.clone()) {
-            Ok(Verdict::New(verified)) => assert_eq!(verified.block(), block.block()),
+            Ok(Verdict::New(verified)) => assert_eq!(verified.block.block(), block.block()),
             other => panic!("{other:?}"),
         }
     }
@@ -211,22 +342,28 @@ mod tests {
         };
         let mut recent = RecentCopies::default();
         // A copy that fails right away leaves nothing behind.
-        assert!(recent.insert(copy(7)));
+        assert!(recent.insert(copy(7)).is_some());
         recent.remove(&copy(7));
         assert!(recent.order.is_empty());
-        assert!(recent.insert(copy(0)));
-        assert!(!recent.insert(copy(0)));
-        assert!(recent.insert(copy(1)));
+        let first = recent.insert(copy(0)).unwrap();
+        assert!(recent.insert(copy(0)).is_none());
+        assert!(recent.insert(copy(1)).is_some());
         recent.remove(&copy(0));
-        assert!(recent.insert(copy(0)), "forgotten, so new again");
+        assert!(recent.insert(copy(0)).is_some(), "forgotten, so new again");
+        // The first verification, dropped late, leaves the second's alone.
+        recent.remove_insertion(&copy(0), first);
+        assert!(recent.insert(copy(0)).is_none());
         // Fill up to the capacity: the stale entry of copy 0 goes first,
         // and must not take its newer entry with it.
         for i in 2..BlockVerifier::CAPACITY as u32 {
-            assert!(recent.insert(copy(i)));
+            assert!(recent.insert(copy(i)).is_some());
         }
-        assert!(!recent.insert(copy(0)), "still remembered");
-        assert!(recent.insert(copy(u32::MAX)), "evicts copy 1");
-        assert!(recent.insert(copy(u32::MAX - 1)), "evicts copy 0");
-        assert!(recent.insert(copy(0)), "evicted as the oldest live copy");
+        assert!(recent.insert(copy(0)).is_none(), "still remembered");
+        assert!(recent.insert(copy(u32::MAX)).is_some(), "evicts copy 1");
+        assert!(recent.insert(copy(u32::MAX - 1)).is_some(), "evicts copy 0");
+        assert!(
+            recent.insert(copy(0)).is_some(),
+            "evicted as the oldest live copy"
+        );
     }
 }

@@ -4,11 +4,10 @@
 //! reach the core: only blocks that were asked for are kept, and each is
 //! verified off the async threads.
 
-use crate::block::{BlockRef, Round, SignedBlock, VerifiedBlock};
-use crate::block_verifier::Verdict;
+use crate::block::{BlockRef, Round, SignedBlock};
+use crate::block_verifier::{self, Fresh, Verdict};
 use crate::committee::{AuthorityIndex, Committee, StakeAggregator};
 use crate::core::Core;
-use crate::core_thread::Command;
 use crate::network::{self, FetchRequest, RoundsRequest};
 use crate::node::Shared;
 use bytes::Bytes;
@@ -105,7 +104,7 @@ impl Synchronizer {
                 from,
                 answered.get().copied(),
             );
-            deliver(&shared, peer, blocks).await;
+            block_verifier::deliver(&shared.commands, blocks, Some(peer)).await;
             done.store(false, Ordering::Release);
         });
     }
@@ -139,7 +138,7 @@ impl Synchronizer {
                 request.select(answer)
             })
             .await;
-            deliver(&shared, peer, blocks).await;
+            block_verifier::deliver(&shared.commands, blocks, Some(peer)).await;
             let mut in_flight = lock(&in_flight);
             for reference in &asked {
                 in_flight.remove(reference);
@@ -288,7 +287,7 @@ async fn ask(
     path: &str,
     body: Bytes,
     select: impl FnOnce(Vec<SignedBlock>) -> (Vec<SignedBlock>, usize) + Send + 'static,
-) -> Vec<VerifiedBlock> {
+) -> Vec<Fresh> {
     let Some(response) = shared.client.post(peer, path, body, FETCH_TIMEOUT).await else {
         return Vec::new();
     };
@@ -331,20 +330,6 @@ async fn ask(
         .refused
         .fetch_add(refused as u64, Ordering::Relaxed);
     blocks
-}
-
-/// Hands verified blocks from `peer` to the core.
-async fn deliver(shared: &Shared, peer: AuthorityIndex, blocks: Vec<VerifiedBlock>) {
-    if blocks.is_empty() {
-        return;
-    }
-    let _ = shared
-        .commands
-        .send(Command::Blocks {
-            blocks,
-            from: Some(peer),
-        })
-        .await;
 }
 
 #[cfg(test)]
