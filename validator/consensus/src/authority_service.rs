@@ -394,12 +394,13 @@ impl Service {
             );
         }
         let shared = self.shared.clone();
-        let verdict = tokio::task::spawn_blocking(move || shared.blocks.verify(block)).await;
+        let verdict =
+            tokio::task::spawn_blocking(move || shared.blocks.verify(block, Some(peer))).await;
         match verdict {
             Ok(Ok(Verdict::Seen)) => reply(StatusCode::OK, ""),
             Ok(Ok(Verdict::New(block))) => {
                 self.count(&self.shared.metrics.blocks_received);
-                block_verifier::deliver(&self.shared.commands, vec![block], Some(peer)).await;
+                block_verifier::deliver(vec![block]).await;
                 reply(StatusCode::OK, "")
             }
             Ok(Err(e)) => self.refuse(StatusCode::UNPROCESSABLE_ENTITY, e),

@@ -7,9 +7,10 @@
 //! it make the genuine copy look like a duplicate while it was verified.
 //!
 //! A copy counts as seen from the moment its verification starts, so
-//! verifying it once is enough, and until the core has it: a copy that
-//! never got there (its push was cancelled with its connection, its
-//! node is shutting down) is forgotten again, or every later copy
+//! verifying it once is enough, but only as long as it is on its way to
+//! the core or there: a verified block whose push was cancelled with its
+//! connection still goes to the core if the core has room at once, and
+//! is forgotten otherwise (as when the core is gone), or every later copy
 //! (repeats, fetch answers) would be taken for a duplicate and the block
 //! lost to this node for good.
 //!
@@ -31,7 +32,13 @@ use tokio::sync::mpsc;
 /// Decodes and verifies peers' blocks, each distinct copy once.
 pub(crate) struct BlockVerifier {
     committee: Committee,
-    recent: Arc<Mutex<RecentCopies>>,
+    copies: Arc<Copies>,
+}
+
+/// The copies remembered, and the core they are verified for.
+struct Copies {
+    recent: Mutex<RecentCopies>,
+    core: mpsc::Sender<Command>,
 }
 
 /// What a copy of a block turned out to be.
@@ -48,32 +55,45 @@ impl BlockVerifier {
     /// How many copies are remembered.
     const CAPACITY: usize = 100_000;
 
-    pub(crate) fn new(committee: Committee) -> BlockVerifier {
+    /// A verifier for the core whose inbox `core` feeds.
+    pub(crate) fn new(committee: Committee, core: mpsc::Sender<Command>) -> BlockVerifier {
         BlockVerifier {
             committee,
-            recent: Arc::default(),
+            copies: Arc::new(Copies {
+                recent: Mutex::default(),
+                core,
+            }),
         }
     }
 
-    /// Verifies `block` (decoded from a peer's bytes) unless this copy was
-    /// verified before. Slow for a large block: call it off the async
-    /// threads.
-    pub(crate) fn verify(&self, block: SignedBlock) -> Result<Verdict, BlockError> {
+    /// Verifies `block` (decoded from the bytes of peer `from`, if a peer
+    /// sent it) unless this copy was verified before. Call it off the
+    /// async threads.
+    pub(crate) fn verify(
+        &self,
+        block: SignedBlock,
+        from: Option<AuthorityIndex>,
+    ) -> Result<Verdict, BlockError> {
         let copy = (block.reference(), block.signature());
         let Some(insertion) = self.lock().insert(copy) else {
             return Ok(Verdict::Seen);
         };
-        // Until the core has the block, dropping `pending` forgets the
-        // copy. So does a failure here: a later copy with the same bytes
-        // fails the same way, but remembering it would let a sender fill
-        // the memory with failures at no cost to it.
-        let pending = Pending {
-            copy,
-            insertion,
-            recent: Some(self.recent.clone()),
-        };
-        let block = VerifiedBlock::verify(block, &self.committee)?;
-        Ok(Verdict::New(Fresh { block, pending }))
+        match VerifiedBlock::verify(block, &self.committee) {
+            Ok(block) => Ok(Verdict::New(Fresh {
+                block: Some(block),
+                from,
+                copy,
+                insertion,
+                copies: self.copies.clone(),
+            })),
+            Err(e) => {
+                // A later copy with the same bytes fails the same way, but
+                // remembering it would let a sender fill the memory with
+                // failures at no cost to it.
+                self.lock().remove_insertion(&copy, insertion);
+                Err(e)
+            }
+        }
     }
 
     /// Forgets every copy of `references` (the core dropped them), so the
@@ -93,75 +113,77 @@ impl BlockVerifier {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RecentCopies> {
-        lock(&self.recent)
+        self.copies.lock()
     }
 }
 
-fn lock(recent: &Mutex<RecentCopies>) -> std::sync::MutexGuard<'_, RecentCopies> {
-    recent.lock().unwrap_or_else(|e| e.into_inner())
+impl Copies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentCopies> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A block verified by this node and not yet handed to its core. Dropped
-/// before [`deliver`] hands it over, its copy is forgotten, so that the
-/// next copy is verified and delivered again.
-#[derive(Debug)]
+/// before [`deliver`] hands it over (its push cancelled with its
+/// connection), it goes to the core if the core has room at once, and its
+/// copy is forgotten otherwise, so that the next copy is verified and
+/// delivered again.
 pub(crate) struct Fresh {
-    block: VerifiedBlock,
-    pending: Pending,
-}
-
-/// A copy remembered as seen while it is on its way to the core:
-/// forgotten when dropped, unless [`Pending::arrived`] was called.
-struct Pending {
+    /// `None` once the core has it.
+    block: Option<VerifiedBlock>,
+    from: Option<AuthorityIndex>,
     copy: CopyKey,
     insertion: u64,
-    /// Where the copy is remembered; `None` once the core has the block.
-    recent: Option<Arc<Mutex<RecentCopies>>>,
+    copies: Arc<Copies>,
 }
 
-impl Pending {
-    /// The core has the block: its copy stays seen.
-    fn arrived(mut self) {
-        self.recent = None;
-    }
-}
-
-impl std::fmt::Debug for Pending {
+impl std::fmt::Debug for Fresh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending")
+        f.debug_struct("Fresh")
             .field("block", &self.copy.0)
-            .field("arrived", &self.recent.is_none())
+            .field("from", &self.from)
+            .field("delivered", &self.block.is_none())
             .finish()
     }
 }
 
-impl Drop for Pending {
+impl Drop for Fresh {
     fn drop(&mut self) {
-        if let Some(recent) = &self.recent {
-            lock(recent).remove_insertion(&self.copy, self.insertion);
+        let Some(block) = self.block.take() else {
+            return;
+        };
+        let blocks = vec![block];
+        let from = self.from;
+        if self
+            .copies
+            .core
+            .try_send(Command::Blocks { blocks, from })
+            .is_err()
+        {
+            self.copies
+                .lock()
+                .remove_insertion(&self.copy, self.insertion);
         }
     }
 }
 
-/// Hands `blocks` (from `from`, if a peer sent them) to the core through
-/// `commands`. Cancelled while it waits for room, or with the core gone,
-/// it delivers none of them, and none stays seen.
-pub(crate) async fn deliver(
-    commands: &mpsc::Sender<Command>,
-    blocks: Vec<Fresh>,
-    from: Option<AuthorityIndex>,
-) {
-    if blocks.is_empty() {
+/// Hands `blocks`, verified for one sender, to the core. Cancelled while
+/// it waits for room, it delivers none of them, and none stays seen; with
+/// the core gone, none stays seen either.
+pub(crate) async fn deliver(mut blocks: Vec<Fresh>) {
+    let Some(first) = blocks.first() else {
         return;
-    }
-    let (blocks, pending): (Vec<VerifiedBlock>, Vec<Pending>) =
-        blocks.into_iter().map(|f| (f.block, f.pending)).unzip();
-    if commands
-        .send(Command::Blocks { blocks, from })
-        .await
-        .is_ok()
-    {
-        pending.into_iter().for_each(Pending::arrived);
+    };
+    let (core, from) = (first.copies.core.clone(), first.from);
+    let verified = blocks.iter().filter_map(|f| f.block.clone()).collect();
+    let sent = core.send(Command::Blocks {
+        blocks: verified,
+        from,
+    });
+    if sent.await.is_ok() {
+        for fresh in &mut blocks {
+            fresh.block = None;
+        }
     }
 }
 
@@ -238,10 +260,16 @@ mod tests {
         .sign(&keys[0], c.protocol())
     }
 
+    /// A verifier for a core with `room` in its inbox, and that inbox.
+    fn verifier(c: &Committee, room: usize) -> (BlockVerifier, mpsc::Receiver<Command>) {
+        let (core, inbox) = mpsc::channel(room);
+        (BlockVerifier::new(c.clone(), core), inbox)
+    }
+
     #[test]
     fn a_forged_copy_does_not_keep_the_genuine_block_out() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let verifier = BlockVerifier::new(c.clone());
+        let (verifier, _inbox) = verifier(&c, 1);
         let genuine = round_one(&keys, &c);
         let mut wire = genuine.to_bytes();
         let last = wire.len() - 1;
@@ -253,7 +281,7 @@ mod tests {
         // remembered as seen.
         for _ in 0..2 {
             assert!(matches!(
-                verifier.verify(forged.clone()),
+                verifier.verify(forged.clone(), None),
                 Err(BlockError::BadSignature(_))
             ));
         }
@@ -262,17 +290,21 @@ mod tests {
         verifier
             .lock()
             .insert((forged.reference(), forged.signature()));
-        let Ok(Verdict::New(fresh)) = verifier.verify(genuine.clone()) else {
-            panic!("the genuine copy is new");
-        };
-        fresh.pending.arrived();
         assert!(matches!(
-            verifier.verify(genuine.clone()),
+            verifier.verify(genuine.clone(), None),
+            Ok(Verdict::New(_))
+        ));
+        // The core had room for it.
+        assert!(matches!(
+            verifier.verify(genuine.clone(), None),
             Ok(Verdict::Seen)
         ));
         // A block the core dropped is delivered again when it comes back.
         verifier.forget(&[genuine.reference()]);
-        assert!(matches!(verifier.verify(genuine), Ok(Verdict::New(_))));
+        assert!(matches!(
+            verifier.verify(genuine, None),
+            Ok(Verdict::New(_))
+        ));
     }
 
     /// A push cancelled while its block waits for room in the core's
@@ -283,47 +315,68 @@ mod tests {
     #[tokio::test]
     async fn a_copy_that_never_reached_the_core_is_verified_and_delivered_again() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let verifier = BlockVerifier::new(c.clone());
+        let (verifier, mut inbox) = verifier(&c, 1);
         let block = round_one(&keys, &c);
-        let fresh = || match verifier.verify(block.clone()) {
+        let from = Some(AuthorityIndex(0));
+        let fresh = || match verifier.verify(block.clone(), from) {
             Ok(Verdict::New(fresh)) => fresh,
             other => panic!("{other:?}"),
         };
-        let (commands, mut inbox) = mpsc::channel(1);
-        let filler = || Command::Blocks {
-            blocks: Vec::new(),
-            from: None,
+        let delivered = |command: Option<Command>| match command {
+            Some(Command::Blocks { blocks, from: f }) => {
+                assert_eq!((blocks[0].block(), f), (block.block(), from));
+            }
+            None => panic!("nothing delivered"),
         };
-        commands.try_send(filler()).unwrap();
-        let from = Some(AuthorityIndex(0));
+        // The core's inbox is full (of a first copy): the next push
+        // waits, and is cancelled.
+        deliver(vec![fresh()]).await;
+        verifier.forget(&[block.reference()]);
         let wait = std::time::Duration::from_millis(20);
-        let cancelled = tokio::time::timeout(wait, deliver(&commands, vec![fresh()], from)).await;
+        let cancelled = tokio::time::timeout(wait, deliver(vec![fresh()])).await;
         assert!(cancelled.is_err(), "the inbox is full");
-        // Forgotten: verified again, and this time delivered.
-        let first = fresh();
-        assert!(matches!(verifier.verify(block.clone()), Ok(Verdict::Seen)));
-        inbox.recv().await.unwrap();
-        deliver(&commands, vec![first], from).await;
-        let Some(Command::Blocks { blocks, .. }) = inbox.recv().await else {
-            panic!("delivered");
-        };
-        assert_eq!(blocks[0].block(), block.block());
-        assert!(matches!(verifier.verify(block.clone()), Ok(Verdict::Seen)));
+        // Forgotten: verified again (meanwhile another copy is taken for
+        // one on its way), and this time delivered.
+        let again = fresh();
+        assert!(matches!(
+            verifier.verify(block.clone(), from),
+            Ok(Verdict::Seen)
+        ));
+        delivered(inbox.recv().await);
+        deliver(vec![again]).await;
+        delivered(inbox.recv().await);
+        assert!(matches!(
+            verifier.verify(block.clone(), from),
+            Ok(Verdict::Seen)
+        ));
+
+        // Verified for a push cancelled before its delivery began (the
+        // verification ran on, off the async threads): the core has room,
+        // so it gets the block all the same.
+        verifier.forget(&[block.reference()]);
+        drop(fresh());
+        delivered(inbox.recv().await);
+        assert!(matches!(
+            verifier.verify(block.clone(), from),
+            Ok(Verdict::Seen)
+        ));
 
         // A core that is gone gets nothing, and the copy is forgotten.
         verifier.forget(&[block.reference()]);
         drop(inbox);
-        deliver(&commands, vec![fresh()], from).await;
+        deliver(vec![fresh()]).await;
         fresh();
     }
 
     #[test]
     fn blocks_are_not_judged_by_their_transactions() {
         let (c, keys) = committee(&[1, 1, 1, 1]);
-        let verifier = BlockVerifier::new(c.clone());
+        let (verifier, _inbox) = verifier(&c, 1);
         let block = round_one(&keys, &c);
-        match verifier.verify(block.clone()) {
-            Ok(Verdict::New(verified)) => assert_eq!(verified.block.block(), block.block()),
+        match verifier.verify(block.clone(), None) {
+            Ok(Verdict::New(verified)) => {
+                assert_eq!(verified.block.as_ref().unwrap().block(), block.block())
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -9,7 +9,7 @@ use crate::block::{MAX_TRANSACTION_BYTES, StateRoot, VerifiedBlock};
 use crate::block_verifier::BlockVerifier;
 use crate::committee::{AuthorityIndex, Committee};
 use crate::core::{Core, CoreError, Parameters};
-use crate::core_thread::{self, Command, Timing};
+use crate::core_thread::{self, Timing};
 use crate::linearizer::CommittedSubDag;
 use crate::mempool::{Placement, SubmitError, transaction_cost};
 use crate::peer_client::PeerClient;
@@ -155,11 +155,11 @@ pub(crate) struct Shared {
     pub(crate) committee: Committee,
     pub(crate) verifier: Arc<dyn TransactionVerifier>,
     pub(crate) metrics: Metrics,
-    pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) transactions: mpsc::Sender<(Vec<u8>, Placement)>,
     /// Bytes sent on `transactions` and not yet taken by the core.
     pub(crate) queued_bytes: AtomicUsize,
     pub(crate) store: FjallStore,
+    /// Verifies peers' blocks and hands them to the core.
     pub(crate) blocks: BlockVerifier,
     /// Authenticated connections to the peers.
     pub(crate) client: PeerClient,
@@ -216,11 +216,10 @@ impl Node {
         );
         let shared = Arc::new(Shared {
             authority: config.authority,
-            blocks: BlockVerifier::new(config.committee.clone()),
+            blocks: BlockVerifier::new(config.committee.clone(), commands),
             committee: config.committee,
             verifier: config.verifier,
             metrics: Metrics::default(),
-            commands,
             transactions,
             queued_bytes: AtomicUsize::new(0),
             store,

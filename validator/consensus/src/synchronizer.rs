@@ -104,7 +104,7 @@ impl Synchronizer {
                 from,
                 answered.get().copied(),
             );
-            block_verifier::deliver(&shared.commands, blocks, Some(peer)).await;
+            block_verifier::deliver(blocks).await;
             done.store(false, Ordering::Release);
         });
     }
@@ -138,7 +138,7 @@ impl Synchronizer {
                 request.select(answer)
             })
             .await;
-            block_verifier::deliver(&shared.commands, blocks, Some(peer)).await;
+            block_verifier::deliver(blocks).await;
             let mut in_flight = lock(&in_flight);
             for reference in &asked {
                 in_flight.remove(reference);
@@ -315,7 +315,7 @@ async fn ask(
         refused += left_out;
         let mut verified = Vec::new();
         for block in wanted {
-            match checker.blocks.verify(block) {
+            match checker.blocks.verify(block, Some(peer)) {
                 Ok(Verdict::New(block)) => verified.push(block),
                 Ok(Verdict::Seen) => {}
                 Err(_) => refused += 1,
