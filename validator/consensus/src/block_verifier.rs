@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// Decodes and verifies peers' blocks, each distinct copy once.
+/// Verifies peers' blocks, each distinct copy once, and hands them to the
+/// core.
 pub(crate) struct BlockVerifier {
     committee: Committee,
     copies: Arc<Copies>,
@@ -78,22 +79,20 @@ impl BlockVerifier {
         let Some(insertion) = self.lock().insert(copy) else {
             return Ok(Verdict::Seen);
         };
-        match VerifiedBlock::verify(block, &self.committee) {
-            Ok(block) => Ok(Verdict::New(Fresh {
-                block: Some(block),
-                from,
-                copy,
-                insertion,
-                copies: self.copies.clone(),
-            })),
-            Err(e) => {
-                // A later copy with the same bytes fails the same way, but
-                // remembering it would let a sender fill the memory with
-                // failures at no cost to it.
-                self.lock().remove_insertion(&copy, insertion);
-                Err(e)
-            }
-        }
+        // Dropped without a block, on a failure (or a panic), it forgets
+        // the copy: a later copy with the same bytes fails the same way,
+        // but remembering it would let a sender fill the memory with
+        // failures at no cost to it.
+        let mut fresh = Fresh {
+            block: None,
+            delivered: false,
+            from,
+            copy,
+            insertion,
+            copies: self.copies.clone(),
+        };
+        fresh.block = Some(VerifiedBlock::verify(block, &self.committee)?);
+        Ok(Verdict::New(fresh))
     }
 
     /// Forgets every copy of `references` (the core dropped them), so the
@@ -129,8 +128,10 @@ impl Copies {
 /// copy is forgotten otherwise, so that the next copy is verified and
 /// delivered again.
 pub(crate) struct Fresh {
-    /// `None` once the core has it.
+    /// `None` until verified, and once the core has it.
     block: Option<VerifiedBlock>,
+    /// Whether the core has it.
+    delivered: bool,
     from: Option<AuthorityIndex>,
     copy: CopyKey,
     insertion: u64,
@@ -142,24 +143,25 @@ impl std::fmt::Debug for Fresh {
         f.debug_struct("Fresh")
             .field("block", &self.copy.0)
             .field("from", &self.from)
-            .field("delivered", &self.block.is_none())
+            .field("delivered", &self.delivered)
             .finish()
     }
 }
 
 impl Drop for Fresh {
     fn drop(&mut self) {
-        let Some(block) = self.block.take() else {
+        if self.delivered {
             return;
-        };
-        let blocks = vec![block];
+        }
         let from = self.from;
-        if self
-            .copies
-            .core
-            .try_send(Command::Blocks { blocks, from })
-            .is_err()
-        {
+        let handed_over = self.block.take().is_some_and(|block| {
+            let blocks = vec![block];
+            self.copies
+                .core
+                .try_send(Command::Blocks { blocks, from })
+                .is_ok()
+        });
+        if !handed_over {
             self.copies
                 .lock()
                 .remove_insertion(&self.copy, self.insertion);
@@ -168,8 +170,9 @@ impl Drop for Fresh {
 }
 
 /// Hands `blocks`, verified for one sender, to the core. Cancelled while
-/// it waits for room, it delivers none of them, and none stays seen; with
-/// the core gone, none stays seen either.
+/// it waits for room, each block goes to the core on its own if there is
+/// room at once, and is forgotten otherwise; with the core gone, none
+/// stays seen.
 pub(crate) async fn deliver(mut blocks: Vec<Fresh>) {
     let Some(first) = blocks.first() else {
         return;
@@ -182,7 +185,7 @@ pub(crate) async fn deliver(mut blocks: Vec<Fresh>) {
     });
     if sent.await.is_ok() {
         for fresh in &mut blocks {
-            fresh.block = None;
+            fresh.delivered = true;
         }
     }
 }
@@ -342,9 +345,9 @@ mod tests {
             verifier.verify(block.clone(), from),
             Ok(Verdict::Seen)
         ));
-        delivered(inbox.recv().await);
+        delivered(inbox.try_recv().ok());
         deliver(vec![again]).await;
-        delivered(inbox.recv().await);
+        delivered(inbox.try_recv().ok());
         assert!(matches!(
             verifier.verify(block.clone(), from),
             Ok(Verdict::Seen)
@@ -355,7 +358,7 @@ mod tests {
         // so it gets the block all the same.
         verifier.forget(&[block.reference()]);
         drop(fresh());
-        delivered(inbox.recv().await);
+        delivered(inbox.try_recv().ok());
         assert!(matches!(
             verifier.verify(block.clone(), from),
             Ok(Verdict::Seen)
