@@ -128,7 +128,7 @@ impl Copies {
 /// copy is forgotten otherwise, so that the next copy is verified and
 /// delivered again.
 pub(crate) struct Fresh {
-    /// `None` until verified, and once the core has it.
+    /// The block, once verified.
     block: Option<VerifiedBlock>,
     /// Whether the core has it.
     delivered: bool,
