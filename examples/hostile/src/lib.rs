@@ -19,6 +19,7 @@
 //! | `wasi-calls:<n>` | reads the clock and draws 8 random bytes, `n` times    |
 //! | `random-mib:<n>` | draws 1 MiB of random bytes `n` times, keeping each    |
 //! |                  | (so every result is allocated in newly grown memory)   |
+//! | `remember`       | reports what an earlier call left (see [`remember`])   |
 //! | `bad-utf8-error` | refuses the batch with a message that is not UTF-8     |
 //! | `huge-error`     | refuses the batch with a 10 MB message                  |
 //! | `aliased-vectors`| returns 64 vectors of 16 Mi values, all one buffer     |
@@ -86,6 +87,7 @@ impl Encoder for Hostile {
                 out[0][0] = kept.len() as f32;
                 out[0][1] = kept.iter().map(|b| f32::from(b[0])).sum();
             }
+            Some(b"remember") => out[0][..3].copy_from_slice(&remember()),
             Some(b"bad-utf8-error") => {
                 // SAFETY: deliberately not UTF-8: the host must not trust it.
                 let reason = unsafe { String::from_utf8_unchecked(vec![b'a', 0xff, 0xfe]) };
@@ -126,6 +128,53 @@ fn aliased_vectors() -> Vec<Vec<f32>> {
         // host must refuse the answer before it copies it.
         .map(|_| unsafe { Vec::from_raw_parts(buffer, len, len) })
         .collect()
+}
+
+/// Calls of `remember` in this instance before this one.
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Pages `remember` grows the memory by and marks: more than the host keeps
+/// resident per instance, so that both of its ways of resetting a written
+/// page (copying it back, returning it to the kernel) are seen.
+const REMEMBER_PAGES: u32 = 160;
+
+/// What an earlier call left for this one: the calls of `remember` this
+/// instance's static data counted before, and how many 4 KiB pages of
+/// [`REMEMBER_PAGES`] newly grown wasm pages held a mark when it found them.
+/// Then leaves its own mark in each, for the next call to find, and reads
+/// the marks back: the third value, how many it finds, shows the first two
+/// are read where a mark would be. In a fresh instance they are 0, 0 and
+/// every page.
+fn remember() -> [f32; 3] {
+    let earlier = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = grow(REMEMBER_PAGES as usize);
+    let pages = || (0..REMEMBER_PAGES as usize * 16).map(|page| (page, start + page * 4096));
+    let mark = |page: usize| 0x5eed_0000 | page as u32;
+    // SAFETY: the pages were just grown for this function alone, and wasm
+    // memory is always readable and writable.
+    let read = |at: usize| unsafe { (at as *const u32).read_volatile() };
+    let marked = pages().filter(|&(_, at)| read(at) != 0).count();
+    for (page, at) in pages() {
+        // SAFETY: as above.
+        unsafe { (at as *mut u32).write_volatile(mark(page)) };
+    }
+    let found = pages().filter(|&(page, at)| read(at) == mark(page)).count();
+    [earlier as f32, marked as f32, found as f32]
+}
+
+/// The address of `pages` wasm pages newly added to the memory.
+#[cfg(target_arch = "wasm32")]
+fn grow(pages: usize) -> usize {
+    let first = core::arch::wasm32::memory_grow(0, pages);
+    assert_ne!(first, usize::MAX, "cannot grow the memory");
+    first * 65536
+}
+
+/// The encoder runs as a component only; the workspace builds it natively
+/// too.
+#[cfg(not(target_arch = "wasm32"))]
+fn grow(_pages: usize) -> usize {
+    unreachable!("the hostile encoder grows only a wasm memory")
 }
 
 fn spin() -> ! {

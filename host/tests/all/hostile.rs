@@ -75,6 +75,32 @@ fn unbounded_memory_growth_hits_the_memory_limit() {
 }
 
 #[test]
+fn a_call_sees_nothing_an_earlier_call_wrote() {
+    // (calls counted before, pages found marked, own marks read back) of a
+    // fresh instance: 160 wasm pages grown and marked per 4 KiB.
+    let fresh = (0.0, 0.0, 2560.0);
+    let remember = || {
+        let out = hostile()
+            .embed(&text(&["remember"]), &Limits::default(), Seed::from(9))
+            .unwrap();
+        (out.vectors[0][0], out.vectors[0][1], out.vectors[0][2])
+    };
+    // Calls one after another reuse the pool's slots; calls at once on
+    // several threads each take their own and hand them back in turn.
+    for call in 0..4 {
+        assert_eq!(remember(), fresh, "sequential call {call}");
+    }
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| (0..8).map(|_| remember()).collect::<Vec<_>>()))
+            .collect();
+        for thread in threads {
+            assert!(thread.join().unwrap().iter().all(|&seen| seen == fresh));
+        }
+    });
+}
+
+#[test]
 fn a_panic_is_a_trap_that_carries_the_panic_message() {
     let err = failure(attack("panic", &Limits::default()));
     let Error::Trap { message, stderr } = &err else {
