@@ -29,7 +29,7 @@ use soma_host::{CompiledCache, Digest, Encoder, Engine, Error, Limits, Seed, Sto
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Why a job cannot be computed yet.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,9 @@ pub enum RunnerError {
     /// The blob store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// The runner's threads could not be started.
+    #[error("cannot start the job runner's threads: {0}")]
+    Threads(String),
 }
 
 /// Runs jobs' shard encoders for this validator.
@@ -52,6 +55,10 @@ pub struct JobRunner {
     loaded: Mutex<BTreeMap<Digest, Result<Arc<Loaded>, Outcome>>>,
     /// Threads that run a job's calls.
     threads: usize,
+    /// The threads besides the caller's, started for the first job that
+    /// needs them and kept: starting threads for each job cost as much as
+    /// a share of its calls.
+    pool: Mutex<Option<Arc<rayon::ThreadPool>>>,
 }
 
 struct Loaded {
@@ -70,6 +77,7 @@ impl JobRunner {
             cache,
             loaded: Mutex::default(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pool: Mutex::default(),
         }
     }
 
@@ -82,7 +90,7 @@ impl JobRunner {
 
     /// This validator's results for `job`: one per shard encoder, in shard
     /// order. Every call (each encoder on each variant) is a task; the
-    /// runner's threads (one per core by default) take tasks in turn, and
+    /// runner's threads (one per core by default) share the tasks out, and
     /// the results are put back in order, so scheduling never changes what
     /// is attested.
     pub fn compute(
@@ -107,35 +115,37 @@ impl JobRunner {
                     .map(move |input| (loaded.as_ref(), input))
             })
             .collect();
+        // Every thread takes the next task until none is left; a call's
+        // panic is caught (this host's failure), and the other calls go on.
+        let slots: Vec<OnceLock<Call>> = tasks.iter().map(|_| OnceLock::new()).collect();
         let next = AtomicUsize::new(0);
-        let mut calls: Vec<Option<Call>> = vec![None; tasks.len()];
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..self.threads.min(tasks.len()))
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&(loaded, input)) = tasks.get(i) else {
-                                return done;
-                            };
-                            let result =
-                                catch_unwind(AssertUnwindSafe(|| call(loaded, input, seed)));
-                            done.push((i, result.unwrap_or(Err((Outcome::Local, 0)))));
-                        }
-                    })
-                })
-                .collect();
-            for worker in workers {
-                // A worker's calls are caught; its thread cannot panic.
-                for (i, result) in worker.join().unwrap_or_default() {
-                    calls[i] = Some(result);
-                }
+        let work = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(loaded, input)) = tasks.get(i) else {
+                    return;
+                };
+                let call = catch_unwind(AssertUnwindSafe(|| call(loaded, input, seed)));
+                let _ = slots[i].set(call.unwrap_or(Err((Outcome::Local, 0))));
             }
-        });
-        let mut calls = calls
+        };
+        // The calling thread works too, from the start: a job's calls are
+        // short, and handing all of them to other threads and waiting costs
+        // a share of them in wake-ups.
+        match self.threads.min(tasks.len()) {
+            0 | 1 => work(),
+            threads => self.pool()?.in_place_scope(|s| {
+                for _ in 1..threads {
+                    s.spawn(|_| work());
+                }
+                work();
+            }),
+        }
+        let calls: Vec<Call> = slots
             .into_iter()
-            .map(|c| c.unwrap_or(Err((Outcome::Local, 0))));
+            .map(|slot| slot.into_inner().unwrap_or(Err((Outcome::Local, 0))))
+            .collect();
+        let mut calls = calls.into_iter();
         Ok(encoders
             .iter()
             .map(|encoder| match encoder {
@@ -183,6 +193,20 @@ impl JobRunner {
         };
         self.lock().insert(*package, loaded.clone());
         Ok(loaded)
+    }
+
+    /// The runner's threads besides the caller's, started on first use.
+    fn pool(&self) -> Result<Arc<rayon::ThreadPool>, RunnerError> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = &*pool {
+            return Ok(pool.clone());
+        }
+        let started = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads - 1)
+            .thread_name(|i| format!("soma-runner-{i}"))
+            .build()
+            .map_err(|e| RunnerError::Threads(e.to_string()))?;
+        Ok(pool.insert(Arc::new(started)).clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Digest, Result<Arc<Loaded>, Outcome>>> {
