@@ -148,23 +148,11 @@ fn epoch_ticks(timeout: Duration) -> u64 {
 /// Bytes of each table slot the pool resets in place instead of returning
 /// to the kernel. A component's tables fit in a few pages, and without this
 /// every fresh instance paid one `madvise` (with a TLB shootdown) per table
-/// and page faults to touch them again.
+/// and page faults to touch them again: with it, one `madvise` per instance
+/// is left (3 before). Linear memories stay fully decommitted: resetting
+/// their touched pages in place (stack at 1 MiB, heap above the data)
+/// copies more than the faults cost.
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
-
-/// Bytes of the pages an instance wrote in its linear memory that the pool
-/// copies back to their initial contents, instead of returning them to the
-/// kernel, when the instance ends; used only where `PAGEMAP_SCAN` (Linux
-/// 6.7 and later) finds the written pages, wherever they lie (an encoder's
-/// stack below its data, its heap above). Returning them cost every
-/// instance an `madvise`, whose TLB shootdown stalls the other cores
-/// running instances, and page faults to touch them again: a pooled
-/// instance took twice as long, and calls on two cores did not scale.
-/// Written pages beyond this are returned as before. Without the scan,
-/// wasmtime would copy back the lowest bytes of memory whether written or
-/// not (the untouched bottom of a 1 MiB guest stack), so memories are then
-/// returned whole. Kept pages stay resident: at most this much per memory
-/// slot of the pool.
-const MEMORY_KEEP_RESIDENT: usize = 4 << 20;
 
 /// The WebAssembly features every host enables, and no others: a protocol
 /// constant, since whether a component is valid decides whether its author
@@ -201,13 +189,14 @@ fn config(fuel_metering: bool) -> Config {
         .total_core_instances(POOLED_INSTANCES * 4)
         .total_memories(POOLED_INSTANCES * 2)
         .total_tables(POOLED_INSTANCES * 4)
-        .table_keep_resident(TABLE_KEEP_RESIDENT);
-    match PoolingAllocationConfig::is_pagemap_scan_available() {
-        true => pool
-            .pagemap_scan(Enabled::Yes)
-            .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT),
-        false => pool.pagemap_scan(Enabled::No),
-    };
+        .table_keep_resident(TABLE_KEEP_RESIDENT)
+        // Off whatever wasmtime's default: its `PAGEMAP_SCAN` reset, which
+        // would copy back only a memory's written pages and halve a fresh
+        // instance's cost, skips a written page that is swapped out or
+        // being migrated and leaves it for the next instance to read
+        // (wasmtime pull request 14357), and it lets a slot keep resident
+        // more than its budget.
+        .pagemap_scan(Enabled::No);
 
     let mut config = Config::new();
     config

@@ -130,31 +130,34 @@ fn aliased_vectors() -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Calls of `remember` in this instance before this one.
-static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Where `remember`'s count of calls starts: not zero, so that the count
+/// lives in the component's initial memory image, not in zeroed memory.
+const FIRST_CALL: u32 = 1000;
 
-/// Pages `remember` grows the memory by and marks: more than the host keeps
-/// resident per instance, so that both of its ways of resetting a written
-/// page (copying it back, returning it to the kernel) are seen.
-const REMEMBER_PAGES: u32 = 160;
+/// Calls of `remember` in this instance, from [`FIRST_CALL`].
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(FIRST_CALL);
+
+/// Wasm pages `remember` grows the memory by (10 MiB).
+const REMEMBER_PAGES: usize = 160;
 
 /// What an earlier call left for this one: the calls of `remember` this
 /// instance's static data counted before, and how many 4 KiB pages of
-/// [`REMEMBER_PAGES`] newly grown wasm pages held a mark when it found them.
-/// Then leaves its own mark in each, for the next call to find, and reads
-/// the marks back: the third value, how many it finds, shows the first two
-/// are read where a mark would be. In a fresh instance they are 0, 0 and
-/// every page.
+/// [`REMEMBER_PAGES`] newly grown wasm pages held a mark when it found
+/// them. Then leaves its own mark on every other one (so that the written
+/// pages are many separate runs), for the next call to find, and reads the
+/// marks back: the third value, how many it finds, shows the first two are
+/// read where a mark would be. In a fresh instance they are 0, 0 and half
+/// the pages.
 fn remember() -> [f32; 3] {
-    let earlier = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let start = grow(REMEMBER_PAGES as usize);
-    let pages = || (0..REMEMBER_PAGES as usize * 16).map(|page| (page, start + page * 4096));
+    let earlier = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) - FIRST_CALL;
+    let start = grow(REMEMBER_PAGES);
+    let pages = || (0..REMEMBER_PAGES * 16).map(|page| (page, start + page * 4096));
     let mark = |page: usize| 0x5eed_0000 | page as u32;
     // SAFETY: the pages were just grown for this function alone, and wasm
     // memory is always readable and writable.
     let read = |at: usize| unsafe { (at as *const u32).read_volatile() };
     let marked = pages().filter(|&(_, at)| read(at) != 0).count();
-    for (page, at) in pages() {
+    for (page, at) in pages().step_by(2) {
         // SAFETY: as above.
         unsafe { (at as *mut u32).write_volatile(mark(page)) };
     }
