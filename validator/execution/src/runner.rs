@@ -41,9 +41,6 @@ pub enum RunnerError {
     /// The blob store failed.
     #[error(transparent)]
     Store(StoreError),
-    /// The runner's threads could not be started.
-    #[error("cannot start the job runner's threads: {0}")]
-    Threads(String),
 }
 
 /// Runs jobs' shard encoders for this validator.
@@ -56,9 +53,9 @@ pub struct JobRunner {
     /// Threads that run a job's calls.
     threads: usize,
     /// The threads besides the caller's, started for the first job that
-    /// needs them and kept: starting threads for each job cost as much as
-    /// a share of its calls.
-    pool: Mutex<Option<Arc<rayon::ThreadPool>>>,
+    /// needs them and kept (starting threads for each job cost as much as
+    /// a share of its calls); none if they could not be started.
+    pool: OnceLock<Option<rayon::ThreadPool>>,
 }
 
 struct Loaded {
@@ -77,7 +74,7 @@ impl JobRunner {
             cache,
             loaded: Mutex::default(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            pool: Mutex::default(),
+            pool: OnceLock::new(),
         }
     }
 
@@ -85,6 +82,7 @@ impl JobRunner {
     /// calls: to leave cores to consensus, or to measure.
     pub fn with_threads(mut self, threads: usize) -> JobRunner {
         self.threads = threads.max(1);
+        self.pool = OnceLock::new();
         self
     }
 
@@ -132,14 +130,14 @@ impl JobRunner {
         // The calling thread works too, from the start: a job's calls are
         // short, and handing all of them to other threads and waiting costs
         // a share of them in wake-ups.
-        match self.threads.min(tasks.len()) {
-            0 | 1 => work(),
-            threads => self.pool()?.in_place_scope(|s| {
+        match (self.threads.min(tasks.len()), self.pool()) {
+            (threads @ 2.., Some(pool)) => pool.in_place_scope(|s| {
                 for _ in 1..threads {
                     s.spawn(|_| work());
                 }
                 work();
             }),
+            _ => work(),
         }
         let calls: Vec<Call> = slots
             .into_iter()
@@ -195,18 +193,25 @@ impl JobRunner {
         Ok(loaded)
     }
 
-    /// The runner's threads besides the caller's, started on first use.
-    fn pool(&self) -> Result<Arc<rayon::ThreadPool>, RunnerError> {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = &*pool {
-            return Ok(pool.clone());
-        }
-        let started = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.threads - 1)
-            .thread_name(|i| format!("soma-runner-{i}"))
-            .build()
-            .map_err(|e| RunnerError::Threads(e.to_string()))?;
-        Ok(pool.insert(Arc::new(started)).clone())
+    /// The runner's threads besides the caller's, started on first use;
+    /// none for a runner of one thread, or if they cannot be started (the
+    /// calling thread then does every call: results do not depend on it).
+    fn pool(&self) -> Option<&rayon::ThreadPool> {
+        self.pool
+            .get_or_init(|| {
+                if self.threads < 2 {
+                    return None;
+                }
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(self.threads - 1)
+                    .thread_name(|i| format!("soma-runner-{i}"))
+                    .build()
+                    .inspect_err(|e| {
+                        tracing::warn!("job runner: one thread only, cannot start others: {e}")
+                    })
+                    .ok()
+            })
+            .as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Digest, Result<Arc<Loaded>, Outcome>>> {
