@@ -651,7 +651,7 @@ const FIGURES: &[Figure] = &[
         baseline: "instantiate/bare-wasmtime",
         items: None,
         target: "median ≤ 10 µs",
-        limited_by: "perf over 60 000 fresh instances: about half the time is the kernel, faulting the copy-on-write memory image back in and `madvise` returning the last instance's pages (one call per instance now that table pages stay resident; three before). The pages are the guest's stack (Rust places 1 MiB of stack below its data) and heap. Closing it needs fewer touched pages per instance (a smaller guest stack, so that a small keep-resident region covers stack and data) or reusing instances, which the fresh-instance rule forbids.",
+        limited_by: "perf over 60 000 fresh instances: about half the time is the kernel, faulting the copy-on-write memory image back in and `madvise` returning the last instance's pages (one call per instance now that table pages stay resident; three before). The pages are the guest's stack (Rust places 1 MiB of stack below its data) and heap. Closing it needs fewer touched pages per instance (a smaller guest stack, so that a small keep-resident region covers stack and data) or reusing instances, which the fresh-instance rule forbids. wasmtime's `PAGEMAP_SCAN` reset, which finds the written pages and copies them back in place, measured 22 µs against 48 µs on this row's machine kind, but wasmtime 48's version leaves a written page that is swapped out or being migrated for the next instance to read (wasmtime pull request 14357), so it stays off until that is fixed.",
         meets: |_, ns| ns <= 10_000.0,
     },
     Figure {

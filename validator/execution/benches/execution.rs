@@ -413,11 +413,14 @@ fn main() {
     let mut missed = Vec::new();
     if speedup < parallel_target {
         missed.push(
-            "**Runner parallelism**: each call of the hash encoder is a fresh instance and tens \
-             of microseconds of work, so what a job spends outside its calls counts: splitting \
-             the data into variants, scoring the results, and waking the runner's other threads \
-             (the calling thread works from the start meanwhile), and the last call of a job \
-             runs alone. Between the sets of one run this ratio moves with the machine."
+            "**Runner parallelism**: each call is a fresh instance, whose memory the kernel \
+             maps in and tears down again: page faults on the copy-on-write image, and an \
+             `madvise` whose TLB shootdown interrupts the other core. perf of hash-encoder calls \
+             on one thread puts 60 % of their time in the kernel. wasmtime can instead copy an \
+             instance's written pages back in place (its `PAGEMAP_SCAN` reset), which halved a \
+             fresh instance's cost here, but wasmtime 48's version can leave a swapped-out page \
+             for the next instance to read, so it is off. Between the sets of one run this \
+             ratio moves with the machine."
                 .to_string(),
         );
     }
