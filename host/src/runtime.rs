@@ -149,9 +149,10 @@ fn epoch_ticks(timeout: Duration) -> u64 {
 /// to the kernel. A component's tables fit in a few pages, and without this
 /// every fresh instance paid one `madvise` (with a TLB shootdown) per table
 /// and page faults to touch them again: with it, one `madvise` per instance
-/// is left (3 before). Linear memories stay fully decommitted: resetting
-/// their touched pages in place (stack at 1 MiB, heap above the data)
-/// copies more than the faults cost.
+/// is left (3 before). Linear memories stay fully decommitted: without
+/// `PAGEMAP_SCAN` (see [`config`]) a kept region is reset by a blind copy
+/// of its lowest bytes, which for a guest (stack at 1 MiB, heap above the
+/// data) copies more than the faults cost.
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 
 /// The WebAssembly features every host enables, and no others: a protocol
@@ -190,12 +191,14 @@ fn config(fuel_metering: bool) -> Config {
         .total_memories(POOLED_INSTANCES * 2)
         .total_tables(POOLED_INSTANCES * 4)
         .table_keep_resident(TABLE_KEEP_RESIDENT)
-        // Off whatever wasmtime's default: its `PAGEMAP_SCAN` reset, which
-        // would copy back only a memory's written pages and halve a fresh
-        // instance's cost, skips a written page that is swapped out or
-        // being migrated and leaves it for the next instance to read
-        // (wasmtime pull request 14357), and it lets a slot keep resident
-        // more than its budget.
+        // Off (wasmtime 48's default, which may become `Auto`): with it,
+        // a kept region is reset by copying back only its written pages,
+        // which for a kept linear memory halved a fresh instance's cost;
+        // but it skips a written page that is swapped out or being
+        // migrated, leaving it for the next instance to read (wasmtime pull
+        // request 14357), and lets a slot keep resident more than its
+        // budget. It would apply to the tables' kept pages today, and to
+        // memories' once they keep any.
         .pagemap_scan(Enabled::No);
 
     let mut config = Config::new();

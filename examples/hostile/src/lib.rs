@@ -19,7 +19,8 @@
 //! | `wasi-calls:<n>` | reads the clock and draws 8 random bytes, `n` times    |
 //! | `random-mib:<n>` | draws 1 MiB of random bytes `n` times, keeping each    |
 //! |                  | (so every result is allocated in newly grown memory)   |
-//! | `remember`       | reports what an earlier call left (see [`remember`])   |
+//! | `remember`       | reports what an earlier call left in the memory, and   |
+//! |                  | leaves marks of its own for the next call to find      |
 //! | `bad-utf8-error` | refuses the batch with a message that is not UTF-8     |
 //! | `huge-error`     | refuses the batch with a 10 MB message                  |
 //! | `aliased-vectors`| returns 64 vectors of 16 Mi values, all one buffer     |
@@ -151,7 +152,7 @@ const REMEMBER_PAGES: usize = 160;
 fn remember() -> [f32; 3] {
     let earlier = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) - FIRST_CALL;
     let start = grow(REMEMBER_PAGES);
-    let pages = || (0..REMEMBER_PAGES * 16).map(|page| (page, start + page * 4096));
+    let pages = || (0..REMEMBER_PAGES * 65536 / 4096).map(|page| (page, start + page * 4096));
     let mark = |page: usize| 0x5eed_0000 | page as u32;
     // SAFETY: the pages were just grown for this function alone, and wasm
     // memory is always readable and writable.

@@ -95,7 +95,9 @@ fn a_call_sees_nothing_an_earlier_call_wrote() {
             .map(|_| s.spawn(|| (0..8).map(|_| remember()).collect::<Vec<_>>()))
             .collect();
         for thread in threads {
-            assert!(thread.join().unwrap().iter().all(|&seen| seen == fresh));
+            for seen in thread.join().unwrap() {
+                assert_eq!(seen, fresh, "a call on one of several threads");
+            }
         }
     });
 }
