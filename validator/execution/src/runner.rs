@@ -124,26 +124,33 @@ impl JobRunner {
                     return;
                 };
                 let call = catch_unwind(AssertUnwindSafe(|| call(loaded, input, seed)));
-                let _ = slots[i].set(call.unwrap_or(Err((Outcome::Local, 0))));
+                let first = slots[i]
+                    .set(call.unwrap_or(Err((Outcome::Local, 0))))
+                    .is_ok();
+                debug_assert!(first, "task {i} ran twice");
             }
         };
         // The calling thread works too, from the start: a job's calls are
         // short, and handing all of them to other threads and waiting costs
         // a share of them in wake-ups.
-        match (self.threads.min(tasks.len()), self.pool()) {
-            (threads @ 2.., Some(pool)) => pool.in_place_scope(|s| {
-                for _ in 1..threads {
+        let helpers = match self.threads.min(tasks.len()) {
+            0 | 1 => None,
+            threads => self.pool().map(|pool| (pool, threads - 1)),
+        };
+        match helpers {
+            Some((pool, helpers)) => pool.in_place_scope(|s| {
+                for _ in 0..helpers {
                     s.spawn(|_| work());
                 }
                 work();
             }),
-            _ => work(),
+            None => work(),
         }
-        let calls: Vec<Call> = slots
+        // The scope returns once every spawned worker has: each index below
+        // the count of tasks was taken and its slot set.
+        let mut calls = slots
             .into_iter()
-            .map(|slot| slot.into_inner().unwrap_or(Err((Outcome::Local, 0))))
-            .collect();
-        let mut calls = calls.into_iter();
+            .map(|slot| slot.into_inner().expect("every task ran"));
         Ok(encoders
             .iter()
             .map(|encoder| match encoder {
@@ -194,8 +201,9 @@ impl JobRunner {
     }
 
     /// The runner's threads besides the caller's, started on first use;
-    /// none for a runner of one thread, or if they cannot be started (the
-    /// calling thread then does every call: results do not depend on it).
+    /// none for a runner of one thread, or, for the rest of the runner's
+    /// life, if they could not be started then (the calling thread does
+    /// every call: results do not depend on it).
     fn pool(&self) -> Option<&rayon::ThreadPool> {
         self.pool
             .get_or_init(|| {
@@ -207,7 +215,7 @@ impl JobRunner {
                     .thread_name(|i| format!("soma-runner-{i}"))
                     .build()
                     .inspect_err(|e| {
-                        tracing::warn!("job runner: one thread only, cannot start others: {e}")
+                        tracing::warn!("job runner: cannot start its other threads, so it runs on one from now on: {e}")
                     })
                     .ok()
             })

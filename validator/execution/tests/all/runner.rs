@@ -120,6 +120,32 @@ fn validators_compute_attest_and_a_looping_encoder_is_slashed() {
 }
 
 #[test]
+fn a_jobs_results_do_not_depend_on_the_runners_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let (g, _, _) = network(&store);
+    let mut ex = open(&dir.path().join("state"), &g);
+    let text: &[u8] = b"every shard encoder runs on the whole text and on its masked parts";
+    let id = submit_all(&mut ex, &g, &[text])[0];
+    let job = ex.job(&id).unwrap().unwrap();
+    let engine = Engine::new().unwrap();
+    // Each encoder on the whole and on two parts per mask: more tasks than
+    // threads, so the threads share them out.
+    assert!(g.parameters().mask_count >= 2);
+    let compute = |threads| {
+        JobRunner::new(engine.clone(), store.clone(), None)
+            .with_threads(threads)
+            .compute(&job, g.parameters())
+            .unwrap()
+    };
+    let one = compute(1);
+    assert!(one.iter().any(|r| r.outcome == Outcome::Ok && r.loss > 0));
+    for threads in [2, 4] {
+        assert_eq!(compute(threads), one, "{threads} threads");
+    }
+}
+
+#[test]
 fn a_package_not_yet_received_makes_the_runner_wait() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path().join("blobs")).unwrap();
