@@ -721,7 +721,7 @@ const FIGURES: &[Figure] = &[
         baseline: "load/hash-encoder-cached",
         items: None,
         target: "≥ 50×",
-        limited_by: "loading from the cache still links the component and calls `info()` in a fresh instance.",
+        limited_by: "perf of cached loads: about 70 % of the time is the kernel, reading the compiled artifact from its file into memory, writing the component's initial memory into a new copy-on-write image (a memfd), and faulting in fresh buffers; hashing the artifact to check that it is the one this node recorded (blake3 on one core) is about a sixth. Linking the component and calling `info()` are a few per cent. Hashing on every core would cut the second; mapping the file instead of copying it would cut the first only if the check still covered exactly the bytes loaded, which a mapping of a file another process can write does not.",
         meets: |ratio, _| ratio >= 50.0,
     },
     Figure {
@@ -731,7 +731,7 @@ const FIGURES: &[Figure] = &[
         baseline: "load/largest-cached",
         items: None,
         target: "≥ 50×",
-        limited_by: "loading from the cache still links the component and calls `info()` in a fresh instance.",
+        limited_by: "perf of cached loads: about 70 % of the time is the kernel, reading the compiled artifact from its file into memory, writing the component's initial memory into a new copy-on-write image (a memfd), and faulting in fresh buffers; hashing the artifact to check that it is the one this node recorded (blake3 on one core) is about a sixth. Linking the component and calling `info()` are a few per cent. Hashing on every core would cut the second; mapping the file instead of copying it would cut the first only if the check still covered exactly the bytes loaded, which a mapping of a file another process can write does not.",
         meets: |ratio, _| ratio >= 50.0,
     },
 ];
