@@ -1,8 +1,8 @@
 //! Apply, on transaction streams the fuzzer writes: two executors fed the
 //! same commits (one of them reopened from its store after each) produce
 //! the same effects and state roots; money is conserved (the supply, burns
-//! included, never changes); a transaction that applied never applies
-//! again.
+//! included, never changes); the total stake apply keeps is the sum of
+//! the validators' stakes; a transaction that applied never applies again.
 //!
 //! The input is read as operations, each: what and who (one byte: `% 10`
 //! is 0–1 transfer, 2 add stake, 3 withdraw stake, 4 register an encoder,
@@ -238,10 +238,12 @@ pub fn check(bytes: &[u8]) {
                 effects.receipts[0]
             );
         }
+        let now = first.supply().expect("supply");
+        assert_eq!(now.total(), supply, "money was made or lost");
         assert_eq!(
-            first.supply().expect("supply").total(),
-            supply,
-            "money was made or lost"
+            u128::from(first.total_stake().expect("total stake")),
+            now.stakes,
+            "the kept total stake is not the validators' sum"
         );
         for receipt in &effects.receipts {
             if let Some(id) = receipt.transaction.filter(|_| receipt.rejection.is_none())

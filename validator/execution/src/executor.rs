@@ -27,7 +27,7 @@ use crate::snapshot::{
 };
 use crate::state::{
     APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, LATTICE,
-    Space, StateError, StateStore, TREASURY, Validator, encoder_key, is_record,
+    STAKED, Space, StateError, StateStore, TREASURY, Validator, encoder_key, is_record,
 };
 use crate::transaction::{Action, Checked, SignedTransaction, check_all};
 use crate::view::{Stop, View, attestation_key};
@@ -622,7 +622,7 @@ impl Executor {
                     .stake
                     .checked_add(amount)
                     .ok_or(Rejection::Overflow)?;
-                state.put_validator(&tx.sender, validator);
+                state.put_validator(&tx.sender, validator)?;
                 Ok(())
             }
             &Action::WithdrawStake { amount } => {
@@ -645,7 +645,7 @@ impl Executor {
                     })?;
                 }
                 validator.stake = left;
-                state.put_validator(&tx.sender, validator);
+                state.put_validator(&tx.sender, validator)?;
                 state.credit(&tx.sender, amount)
             }
             Action::RegisterEncoder {
@@ -825,12 +825,12 @@ impl Executor {
         job.attesters.push(*validator);
         // Its stake stays until the job is decided or expires.
         record.pending = record.pending.checked_add(1).ok_or(Rejection::Overflow)?;
-        state.put_validator(validator, record);
+        state.put_validator(validator, record)?;
         let mut attested = 0u128;
         for attester in &job.attesters {
             attested += u128::from(state.validator(attester)?.map_or(0, |v| v.stake));
         }
-        let total = state.total_stake()?;
+        let total = u128::from(state.total_stake()?);
         if attested * 3 > total * 2 {
             finalise::finalise(state, &self.parameters, id, &mut job, commit.index, total)?;
             state.delete_deadline(job.deadline, id);
@@ -1129,6 +1129,18 @@ impl StateReader {
         Ok(self.store.read(&[], Space::Validators, &key.to_bytes())?)
     }
 
+    /// The stake of every validator together, as apply counts it when it
+    /// decides a job.
+    pub fn total_stake(&self) -> Result<u64, ExecutionError> {
+        let (changes, mut pending) = (Changes::default(), Changes::default());
+        let view = View {
+            store: &self.store,
+            changes: &changes,
+            pending: &mut pending,
+        };
+        Ok(view.total_stake()?)
+    }
+
     /// The encoder registered for `package`, if any.
     pub fn encoder(&self, package: &Digest) -> Result<Option<Encoder>, ExecutionError> {
         Ok(self
@@ -1218,6 +1230,7 @@ fn initialise(
         };
         changes.put(Space::Accounts, &a.key.to_bytes(), &account);
     }
+    let mut staked = 0u64;
     for v in genesis.validators() {
         changes.put(
             Space::Validators,
@@ -1228,7 +1241,12 @@ fn initialise(
                 pending: 0,
             },
         );
+        // The genesis supply fits a u64, so its stakes do.
+        staked = staked
+            .checked_add(v.stake)
+            .ok_or_else(|| StateError::inconsistent("genesis", "its stakes exceed a u64"))?;
     }
+    changes.put(Space::Meta, STAKED, &Amount(staked));
     for e in genesis.encoders() {
         let encoder = Encoder {
             owner: e.owner,
@@ -1280,7 +1298,7 @@ fn expire(state: &mut View<'_>, job: &mut Job, commit: u64) -> Result<(), Stop> 
     for attester in &job.attesters {
         if let Some(mut validator) = state.validator(attester)? {
             validator.pending = validator.pending.saturating_sub(1);
-            state.put_validator(attester, validator);
+            state.put_validator(attester, validator)?;
         }
     }
     job.status = JobStatus::Expired { commit };

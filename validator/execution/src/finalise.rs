@@ -173,7 +173,7 @@ pub(crate) fn finalise(
                 state.burn(amount)?;
             }
         }
-        state.put_validator(&a.validator, validator);
+        state.put_validator(&a.validator, validator)?;
     }
 
     // The payment: the best encoder's share; the attesters' share, by

@@ -271,6 +271,10 @@ pub(crate) fn is_record(key: &[u8]) -> bool {
 pub(crate) const TREASURY: &[u8] = b"treasury";
 pub(crate) const ESCROW: &[u8] = b"escrow";
 pub(crate) const BURNED: &[u8] = b"burned";
+/// The stake of every validator together: kept with each change of a
+/// stake, so that deciding a job reads one entry rather than every
+/// validator.
+pub(crate) const STAKED: &[u8] = b"staked";
 
 /// Writes not yet in the store, by keyspace and key (`None` deletes).
 #[derive(Debug, Default)]

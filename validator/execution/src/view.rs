@@ -7,7 +7,7 @@ use crate::receipt::Rejection;
 use crate::routing::{RouterError, selection_weight};
 use crate::scoring::{ONE, median};
 use crate::state::{
-    Account, Amount, BURNED, Changes, ESCROW, Encoder, JobId, Scores, Space, StateError,
+    Account, Amount, BURNED, Changes, ESCROW, Encoder, JobId, STAKED, Scores, Space, StateError,
     StateStore, TREASURY, Validator, deadline_key, encoder_key,
 };
 use soma_codec::{Decode, Encode};
@@ -106,17 +106,41 @@ impl View<'_> {
         self.get(Space::Validators, &key.to_bytes())
     }
 
-    pub(crate) fn put_validator(&mut self, key: &PublicKey, validator: Validator) {
+    /// Writes `validator` under `key`, and the total stake with its change.
+    pub(crate) fn put_validator(
+        &mut self,
+        key: &PublicKey,
+        validator: Validator,
+    ) -> Result<(), StateError> {
+        let before = self.validator(key)?.map_or(0, |v| v.stake);
+        let kept = self.get::<Amount>(Space::Meta, STAKED)?;
+        if before != validator.stake || kept.is_none() {
+            let total = self
+                .total_stake()?
+                .checked_sub(before)
+                .and_then(|rest| rest.checked_add(validator.stake))
+                .ok_or_else(|| {
+                    StateError::inconsistent("validators", "the total stake would leave the supply")
+                })?;
+            self.put(Space::Meta, STAKED, &Amount(total));
+        }
         self.put(Space::Validators, &key.to_bytes(), &validator);
+        Ok(())
     }
 
-    /// The stake of every validator.
-    pub(crate) fn total_stake(&self) -> Result<u128, StateError> {
-        Ok(self
+    /// The stake of every validator: the total kept beside them, or their
+    /// sum in a state written before it was kept.
+    pub(crate) fn total_stake(&self) -> Result<u64, StateError> {
+        if let Some(Amount(total)) = self.get(Space::Meta, STAKED)? {
+            return Ok(total);
+        }
+        let sum: u128 = self
             .scan::<Validator>(Space::Validators)?
             .values()
             .map(|v| u128::from(v.stake))
-            .sum())
+            .sum();
+        u64::try_from(sum)
+            .map_err(|_| StateError::inconsistent("validators", "their stakes exceed the supply"))
     }
 
     pub(crate) fn encoder(&self, package: &Digest) -> Result<Option<Encoder>, StateError> {
@@ -278,4 +302,73 @@ pub(crate) fn attestation_key(job: &Digest, validator: &PublicKey) -> [u8; 64] {
     key[..32].copy_from_slice(&job.0);
     key[32..].copy_from_slice(&validator.to_bytes());
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use soma_crypto::SecretKey;
+
+    fn validator(stake: u64, pending: u32) -> Validator {
+        Validator {
+            stake,
+            deviant: 0,
+            pending,
+        }
+    }
+
+    #[test]
+    fn the_total_stake_follows_every_change_and_is_counted_where_none_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let [a, b] = [1u8, 2].map(|i| SecretKey::from_bytes(&[i; 32]).public_key());
+        // Validators as a state written before the total was kept has them.
+        let mut earlier = Changes::default();
+        earlier.put(Space::Validators, &a.to_bytes(), &validator(5, 0));
+        earlier.put(Space::Validators, &b.to_bytes(), &validator(7, 0));
+        let mut pending = Changes::default();
+        let mut view = View {
+            store: &store,
+            changes: &earlier,
+            pending: &mut pending,
+        };
+        assert_eq!(view.total_stake().unwrap(), 12);
+        let kept = |view: &View<'_>| view.get::<Amount>(Space::Meta, STAKED).unwrap();
+        assert_eq!(kept(&view), None);
+
+        // A change of something else than the stake starts keeping it.
+        view.put_validator(&b, validator(7, 1)).unwrap();
+        assert_eq!(kept(&view), Some(Amount(12)));
+        view.put_validator(&a, validator(9, 0)).unwrap();
+        assert_eq!(view.total_stake().unwrap(), 16);
+        view.put_validator(&b, validator(0, 1)).unwrap();
+        assert_eq!(view.total_stake().unwrap(), 9);
+        // A new validator adds its stake.
+        let c = SecretKey::from_bytes(&[3; 32]).public_key();
+        view.put_validator(&c, validator(4, 0)).unwrap();
+        assert_eq!(view.total_stake().unwrap(), 13);
+        assert_eq!(kept(&view), Some(Amount(13)));
+    }
+
+    #[test]
+    fn a_kept_total_below_a_validators_stake_is_a_corrupt_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let a = SecretKey::from_bytes(&[1; 32]).public_key();
+        let mut corrupt = Changes::default();
+        corrupt.put(Space::Validators, &a.to_bytes(), &validator(5, 0));
+        corrupt.put(Space::Meta, STAKED, &Amount(3));
+        let mut pending = Changes::default();
+        let mut view = View {
+            store: &store,
+            changes: &corrupt,
+            pending: &mut pending,
+        };
+        let refused = view.put_validator(&a, validator(0, 0));
+        assert!(
+            matches!(refused, Err(StateError::Corrupt(_))),
+            "{refused:?}"
+        );
+        assert_eq!(view.validator(&a).unwrap(), Some(validator(5, 0)));
+    }
 }
