@@ -1308,7 +1308,33 @@ fn expire(state: &mut View<'_>, job: &mut Job, commit: u64) -> Result<(), Stop> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::genesis::GenesisValidator;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn genesis_keeps_the_total_stake_of_its_validators() {
+        let validators = [(1u8, 5_000_000), (2, 7_000_000)]
+            .map(|(i, stake)| GenesisValidator {
+                key: soma_crypto::SecretKey::from_bytes(&[i; 32]).public_key(),
+                stake,
+            })
+            .to_vec();
+        let genesis = Genesis::new(
+            "soma-staked".into(),
+            vec![],
+            validators,
+            vec![],
+            Parameters::default(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Executor::open(dir.path(), &genesis, None).unwrap();
+        let kept = executor
+            .store
+            .read::<Amount>(&[], Space::Meta, STAKED)
+            .unwrap();
+        assert_eq!(kept, Some(Amount(12_000_000)));
+    }
 
     #[test]
     fn pipelined_applies_in_order_and_stops_checking_soon_after_an_error() {

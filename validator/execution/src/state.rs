@@ -13,6 +13,7 @@
 //!             "treasury"      → u64 fees and job payments kept
 //!             "escrow"        → u64 payments of undecided jobs
 //!             "burned"        → u64 slashed and burned
+//!             "staked"        → u64 stake of every validator together
 //! ```
 //!
 //! A commit's writes are gathered in [`Changes`] (sorted, so their digest

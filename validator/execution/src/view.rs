@@ -115,12 +115,15 @@ impl View<'_> {
         let before = self.validator(key)?.map_or(0, |v| v.stake);
         let kept = self.get::<Amount>(Space::Meta, STAKED)?;
         if before != validator.stake || kept.is_none() {
-            let total = self
-                .total_stake()?
+            let total = match kept {
+                Some(Amount(total)) => total,
+                None => self.total_stake()?,
+            };
+            let total = total
                 .checked_sub(before)
                 .and_then(|rest| rest.checked_add(validator.stake))
                 .ok_or_else(|| {
-                    StateError::inconsistent("validators", "the total stake would leave the supply")
+                    StateError::inconsistent("staked", "the total stake would leave the supply")
                 })?;
             self.put(Space::Meta, STAKED, &Amount(total));
         }
@@ -348,6 +351,18 @@ mod tests {
         view.put_validator(&c, validator(4, 0)).unwrap();
         assert_eq!(view.total_stake().unwrap(), 13);
         assert_eq!(kept(&view), Some(Amount(13)));
+        // With a total kept, a change of something else writes none.
+        let mut written = Changes::default();
+        written.put(Space::Validators, &a.to_bytes(), &validator(9, 0));
+        written.put(Space::Meta, STAKED, &Amount(9));
+        let mut pending = Changes::default();
+        let mut view = View {
+            store: &store,
+            changes: &written,
+            pending: &mut pending,
+        };
+        view.put_validator(&a, validator(9, 3)).unwrap();
+        assert_eq!(view.pending.entries(Space::Meta).count(), 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Properties over random transaction streams: money is conserved, no
-//! transaction applies twice, and two executors agree on every root. The
+//! Properties over random transaction streams: money is conserved, the
+//! total stake apply keeps is the validators' sum, no transaction applies
+//! twice, and two executors agree on every root. The
 //! check is the `apply` fuzz target's (see `soma_fuzz::apply` for how its
 //! bytes read as transfers, stakes, registrations, submissions,
 //! attestations and garbage over several commits); here proptest feeds it,
