@@ -38,6 +38,7 @@ pub fn check(bytes: &[u8]) {
         dimension: manifest.dimension,
         fuel_limit: manifest.fuel_limit,
         modality: manifest.modality,
+        max_input_bytes: manifest.max_input_bytes,
     };
     let models = verified
         .models()
@@ -60,6 +61,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         dimension: 8,
         fuel_limit: 1_000_000,
         modality: Modality::Text,
+        max_input_bytes: 1024,
     };
     // A component's header: decoding never looks inside the blobs.
     let component = b"\0asm\x0d\0\x01\0".to_vec();

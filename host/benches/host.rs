@@ -336,21 +336,18 @@ fn languages_report(dir: &Path) -> String {
 #[path = "../tests/all/native.rs"]
 mod native;
 
-/// The component at `path`, signed as the 384-dimension text encoder `name`
-/// with one model, loaded in a fresh engine.
-fn packaged(path: &str, name: &str, (model_name, model): (&str, &[u8])) -> Encoder {
+/// The component at `path`, signed with one model as the encoder its
+/// `info()` says it is, loaded in a fresh engine.
+fn packaged(path: &str, (model_name, model): (&str, &[u8])) -> Encoder {
     let key = soma_crypto::SecretKey::from_bytes(&[1; 32]);
-    let meta = soma_host::package::EncoderMeta {
-        name: name.into(),
-        version: "0.1.0".into(),
-        dimension: 384,
-        fuel_limit: soma_host::package::MAX_FUEL_LIMIT,
-        modality: soma_host::Modality::Text,
-    };
     let component = std::fs::read(path).unwrap();
+    let engine = Engine::new().unwrap();
+    let info = engine.load(&component).unwrap().info().clone();
+    let meta =
+        soma_host::package::EncoderMeta::from_info(&info, soma_host::package::MAX_FUEL_LIMIT);
     let blobs = vec![(model_name.to_string(), model.to_vec())];
     let package = soma_host::package::Package::sign(&key, &meta, component, blobs).unwrap();
-    Engine::new().unwrap().load_package(&package, None).unwrap()
+    engine.load_package(&package, None).unwrap()
 }
 
 /// minilm-l6 through the component ÷ the same model natively, with the
@@ -362,7 +359,6 @@ fn minilm(c: &mut Criterion) {
     let model = std::fs::read(models.join("all-minilm-l6-v2-int8.onnx")).unwrap();
     let l6 = packaged(
         soma_examples_artifacts::MINILM_L6,
-        "minilm-l6",
         ("all-minilm-l6-v2-int8.onnx", &model),
     );
     let env = soma_host::worker::runtime().unwrap();
@@ -436,11 +432,7 @@ mod onnx;
 /// same call without inference. Their difference is the worker's round trip.
 fn worker(c: &mut Criterion) {
     let model = onnx::negate();
-    let encoder = packaged(
-        soma_examples_artifacts::HOSTILE,
-        "hostile",
-        ("model.onnx", &model),
-    );
+    let encoder = packaged(soma_examples_artifacts::HOSTILE, ("model.onnx", &model));
     let run = vec![format!("run:1:{}", blake3::hash(&model).to_hex()).into_bytes()];
     let none = vec![b"hello".to_vec()];
     let mut group = c.benchmark_group("worker");

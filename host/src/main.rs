@@ -303,6 +303,7 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     println!("dimension   {}", m.dimension);
     println!("modality    {:?}", m.modality);
     println!("fuel limit  {}", m.fuel_limit);
+    println!("max input   {} bytes", m.max_input_bytes);
     println!("signer      {}", m.signer);
     println!(
         "component   {}  {}",

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use soma_crypto::SecretKey;
 use soma_host::package::{EncoderMeta, Package, VerifiedPackage};
-use soma_host::{CompiledCache, Engine, Limits, Modality};
+use soma_host::{CompiledCache, Engine, Limits};
 use soma_validator::client::ApiClient;
 use soma_validator::config::{ClientFile, Localnet, localnet_compiled_cache, write_localnet};
 use std::net::{SocketAddr, TcpListener};
@@ -93,16 +93,18 @@ impl Network {
 /// `net`: the router's package first, then the encoders'.
 pub fn example_packages(dir: &Path, net: &Path) -> Result<Vec<(PathBuf, VerifiedPackage)>> {
     println!("Signing the example encoders into packages...");
-    let packages = sign_packages(dir)?;
-    compile(&packages, &localnet_compiled_cache(net))?;
-    Ok(packages)
+    sign_packages(dir, &localnet_compiled_cache(net))
 }
 
 /// A model file in a package: (name, bytes).
 type Model = (String, Vec<u8>);
 
-/// The router first, then the encoders: (package file, package).
-fn sign_packages(dir: &Path) -> Result<Vec<(PathBuf, VerifiedPackage)>> {
+/// Compiles (and pre-initialises) each example component into `cache`,
+/// which the validators share so that none of them compiles during a job,
+/// and signs it as the encoder its `info()` says it is (as `soma-host
+/// sign` does). The router first, then the encoders: (package file,
+/// package).
+fn sign_packages(dir: &Path, cache: &Path) -> Result<Vec<(PathBuf, VerifiedPackage)>> {
     std::fs::create_dir_all(dir)?;
     let models = PathBuf::from(
         std::env::var_os("SOMA_MODELS_DIR")
@@ -115,61 +117,50 @@ fn sign_packages(dir: &Path) -> Result<Vec<(PathBuf, VerifiedPackage)>> {
         Ok((file.to_string(), bytes))
     };
     use soma_examples_artifacts as artifacts;
-    let list: Vec<(&str, &str, Vec<Model>)> = vec![
-        ("router-encoder", artifacts::ROUTER_ENCODER, vec![]),
+    let list: Vec<(&str, Vec<Model>)> = vec![
+        (artifacts::ROUTER_ENCODER, vec![]),
         (
-            "minilm-l6",
             artifacts::MINILM_L6,
             vec![model("all-minilm-l6-v2-int8.onnx")?],
         ),
         (
-            "minilm-l3",
             artifacts::MINILM_L3,
             vec![model("paraphrase-minilm-l3-v2.onnx")?],
         ),
-        ("hash-encoder", artifacts::HASH_ENCODER, vec![]),
-        ("random-encoder", artifacts::RANDOM_ENCODER, vec![]),
+        (artifacts::HASH_ENCODER, vec![]),
+        (artifacts::RANDOM_ENCODER, vec![]),
     ];
-    let author = SecretKey::generate()?;
-    let mut packages = Vec::new();
-    for (name, component, models) in list {
-        let component =
-            std::fs::read(component).with_context(|| format!("cannot read {component}"))?;
-        let meta = EncoderMeta {
-            name: name.into(),
-            version: "0.1.0".into(),
-            dimension: 384,
-            fuel_limit: Limits::default().fuel,
-            modality: Modality::Text,
-        };
-        let package = Package::sign(&author, &meta, component, models)?;
-        let path = dir.join(format!("{name}.somapkg"));
-        std::fs::write(&path, package.encode())?;
-        packages.push((path, package));
-    }
-    Ok(packages)
-}
-
-/// Compiles (and pre-initialises) every package into the cache the
-/// validators share, so that none of them compiles during a job.
-fn compile(packages: &[(PathBuf, VerifiedPackage)], cache: &Path) -> Result<()> {
     let cache = CompiledCache::open(cache)?;
     let engine = Engine::new()?;
-    let bar = ProgressBar::new(packages.len() as u64).with_style(
+    let author = SecretKey::generate()?;
+    let bar = ProgressBar::new(list.len() as u64).with_style(
         ProgressStyle::with_template("{spinner} compiling {msg} [{pos}/{len}] {elapsed}")
             .expect("a valid template"),
     );
     bar.enable_steady_tick(Duration::from_millis(100));
-    for (_, package) in packages {
-        bar.set_message(package.manifest().name.clone());
+    let mut packages = Vec::new();
+    for (path, models) in list {
+        let component = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+        let file_name = Path::new(path).file_name().unwrap_or_default();
+        bar.set_message(file_name.to_string_lossy().into_owned());
+        // Compiled under the default limits, the same key the package's
+        // load (on the default fuel limit) finds in the cache.
+        let (encoder, _) = engine
+            .load_cached(&component, &cache)
+            .with_context(|| format!("cannot load {path}"))?;
+        let meta = EncoderMeta::from_info(encoder.info(), Limits::default().fuel);
+        let package = Package::sign(&author, &meta, component, models)?;
         engine
-            .load_package(package, Some(&cache))
-            .with_context(|| format!("cannot load {}", package.manifest().name))?;
+            .load_package(&package, Some(&cache))
+            .with_context(|| format!("cannot load the package of {}", meta.name))?;
+        let path = dir.join(format!("{}.somapkg", meta.name));
+        std::fs::write(&path, package.encode())?;
+        packages.push((path, package));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!("Compiled {} packages.", packages.len());
-    Ok(())
+    println!("Signed and compiled {} packages.", packages.len());
+    Ok(packages)
 }
 
 /// The validator processes, killed when dropped.

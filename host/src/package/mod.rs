@@ -8,8 +8,8 @@
 //! ```text
 //! package  = "SOMAPKG1" ‖ u32 manifest length ‖ manifest ‖ signature (64)
 //!            ‖ component bytes ‖ model bytes ...
-//! manifest = "SOMAMFv1" ‖ str name ‖ str version ‖ str world ‖ u32 dimension
-//!            ‖ u64 fuel limit ‖ u8 modality ‖ blob component
+//! manifest = "SOMAMFv2" ‖ str name ‖ str version ‖ str world ‖ u32 dimension
+//!            ‖ u64 fuel limit ‖ u8 modality ‖ u32 max input bytes ‖ blob component
 //!            ‖ u16 model count ‖ (str name ‖ blob)* ‖ signer key (32)
 //! blob     = digest (32) ‖ u64 size        str = u16 length ‖ UTF-8
 //! ```
@@ -59,7 +59,10 @@ pub const MAX_NAME_BYTES: u16 = 128;
 pub const MAX_VERSION_BYTES: u16 = 64;
 
 const PACKAGE_MAGIC: &[u8; 8] = b"SOMAPKG1";
-const MANIFEST_MAGIC: &[u8; 8] = b"SOMAMFv1";
+const MANIFEST_MAGIC: &[u8; 8] = b"SOMAMFv2";
+/// The manifest format before it carried the input limit: refused with a
+/// way out, since its signature covers no limit to take.
+const MANIFEST_MAGIC_V1: &[u8; 8] = b"SOMAMFv1";
 
 /// Why a package was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +70,12 @@ pub enum PackageError {
     /// The bytes do not start like a package (or a manifest).
     #[error("not a Soma encoder package (bad magic bytes)")]
     BadMagic,
+    /// A manifest in the first format, which signed no input limit.
+    #[error(
+        "the package was signed in the first manifest format, which has no input limit; \
+         sign its component again with this version's `soma-host sign`"
+    )]
+    OldFormat,
     /// The bytes end before `what` is complete.
     #[error("package is truncated: it ends inside the {what}")]
     Truncated {
@@ -170,6 +179,10 @@ pub struct Manifest {
     pub fuel_limit: u64,
     /// Input kind; must equal the component's.
     pub modality: Modality,
+    /// Largest input one `embed` call accepts, in bytes; must equal the
+    /// component's. Signed so that a validator can leave an encoder out of
+    /// jobs whose data it would refuse, without running it.
+    pub max_input_bytes: u32,
     /// The component.
     pub component: BlobRef,
     /// The models, sorted by name.
@@ -194,6 +207,7 @@ impl Manifest {
         w.u32(self.dimension);
         w.u64(self.fuel_limit);
         w.u8(modality_code(self.modality));
+        w.u32(self.max_input_bytes);
         put_blob(&mut w, &self.component);
         w.count16(self.models.len());
         for model in &self.models {
@@ -241,8 +255,10 @@ impl Manifest {
             ));
         }
         let mut r = Reader::new(bytes);
-        if r.take(8, "manifest")? != MANIFEST_MAGIC {
-            return Err(PackageError::BadMagic);
+        match r.take(8, "manifest")? {
+            magic if magic == MANIFEST_MAGIC => {}
+            magic if magic == MANIFEST_MAGIC_V1 => return Err(PackageError::OldFormat),
+            _ => return Err(PackageError::BadMagic),
         }
         let name = read_name(&mut r, "encoder name", MAX_NAME_BYTES)?;
         let version = read_name(&mut r, "version", MAX_VERSION_BYTES)?;
@@ -253,6 +269,7 @@ impl Manifest {
             return Err(too_large("fuel limit", fuel_limit, MAX_FUEL_LIMIT));
         }
         let modality = modality_from_code(r.u8("manifest")?)?;
+        let max_input_bytes = r.u32("manifest")?;
         let component = read_blob(&mut r, "component size", MAX_COMPONENT_BYTES)?;
         let count = r.count16("model count", MAX_MODELS, 2 + 32 + 8)?;
         let mut models: Vec<ModelRef> = Vec::with_capacity(count);
@@ -288,6 +305,9 @@ impl Manifest {
         if dimension == 0 {
             return Err(PackageError::Malformed("dimension is 0".into()));
         }
+        if max_input_bytes == 0 {
+            return Err(PackageError::Malformed("max input bytes is 0".into()));
+        }
         Ok(Manifest {
             name,
             version,
@@ -295,6 +315,7 @@ impl Manifest {
             dimension,
             fuel_limit,
             modality,
+            max_input_bytes,
             component,
             models,
             signer,
@@ -321,6 +342,13 @@ impl Manifest {
         if self.modality != info.modality {
             return differs("modality", &self.modality, &info.modality);
         }
+        if self.max_input_bytes != info.max_input_bytes {
+            return differs(
+                "max input bytes",
+                &self.max_input_bytes,
+                &info.max_input_bytes,
+            );
+        }
         Ok(())
     }
 
@@ -344,6 +372,9 @@ pub struct EncoderMeta {
     pub fuel_limit: u64,
     /// Input kind; must equal the component's.
     pub modality: Modality,
+    /// Largest input one call accepts, in bytes; must equal the
+    /// component's.
+    pub max_input_bytes: u32,
 }
 
 impl EncoderMeta {
@@ -355,6 +386,7 @@ impl EncoderMeta {
             dimension: info.dimension,
             fuel_limit,
             modality: info.modality,
+            max_input_bytes: info.max_input_bytes,
         }
     }
 }
@@ -390,6 +422,7 @@ impl Package {
             dimension: meta.dimension,
             fuel_limit: meta.fuel_limit,
             modality: meta.modality,
+            max_input_bytes: meta.max_input_bytes,
             component: BlobRef::to(&component),
             models: models
                 .iter()
@@ -682,6 +715,7 @@ mod tests {
             dimension: 384,
             fuel_limit: 1_000_000,
             modality: Modality::Text,
+            max_input_bytes: 4096,
             component: BlobRef::to(b""),
             models: vec![],
             signer: SecretKey::from_bytes(&[0; 32]).public_key(),
@@ -700,6 +734,7 @@ mod tests {
             dimension: m.dimension,
             fuel_limit: m.fuel_limit,
             modality: m.modality,
+            max_input_bytes: m.max_input_bytes,
         };
         Package::sign(
             &SecretKey::from_bytes(&[7; 32]),
@@ -753,5 +788,48 @@ mod tests {
             Manifest::decode(&bytes),
             Err(PackageError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn the_input_limit_is_signed_and_must_be_positive() {
+        let mut m = manifest();
+        m.max_input_bytes = 100;
+        assert_eq!(Manifest::decode(&m.encode()).unwrap().max_input_bytes, 100);
+        assert_ne!(m.digest(), manifest().digest());
+        m.max_input_bytes = 0;
+        assert_eq!(
+            Manifest::decode(&m.encode()),
+            Err(PackageError::Malformed("max input bytes is 0".into()))
+        );
+    }
+
+    #[test]
+    fn a_first_format_manifest_is_refused_with_what_to_do() {
+        // The first format: no input limit after the modality.
+        let mut bytes = manifest().encode();
+        let limit_at = bytes.len() - (32 + 8 + 2 + 32) - 4;
+        bytes.drain(limit_at..limit_at + 4);
+        bytes[..8].copy_from_slice(MANIFEST_MAGIC_V1);
+        let err = Manifest::decode(&bytes).unwrap_err();
+        assert_eq!(err, PackageError::OldFormat);
+        assert!(err.to_string().contains("soma-host sign"), "{err}");
+    }
+
+    #[test]
+    fn an_input_limit_other_than_the_components_is_named() {
+        let m = manifest();
+        let mut info = EncoderInfo {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            dimension: m.dimension,
+            modality: m.modality,
+            max_input_bytes: m.max_input_bytes,
+        };
+        assert_eq!(m.check_info(&info), Ok(()));
+        info.max_input_bytes = 16;
+        assert_eq!(
+            m.check_info(&info),
+            Err("max input bytes: manifest says 4096, component says 16".into())
+        );
     }
 }

@@ -165,14 +165,10 @@ macro_rules! language_tests {
             #[test]
             fn it_signs_verifies_and_runs_as_a_package() {
                 let key = SecretKey::from_bytes(&[7; 32]);
-                let meta = EncoderMeta {
-                    name: NAME.into(),
-                    version: "0.1.0".into(),
-                    dimension: 384,
-                    fuel_limit: 10_000_000_000,
-                    modality: Modality::Text,
-                };
-                let direct = encoder()
+                let encoder = encoder();
+                let meta = EncoderMeta::from_info(encoder.info(), 10_000_000_000);
+                assert_eq!(meta.name, NAME);
+                let direct = encoder
                     .embed(&text(SENTENCES), &Limits::default(), Seed::from(0))
                     .unwrap();
                 let bytes = Package::sign(&key, &meta, component(), vec![])

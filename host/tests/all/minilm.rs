@@ -38,6 +38,13 @@ fn meta(name: &str) -> EncoderMeta {
         dimension: 384,
         fuel_limit: 50_000_000_000,
         modality: Modality::Text,
+        // As the components' `info()` says (loading checks it): the
+        // hostile encoder's own limit, or the guest SDK's sentence
+        // encoders' default.
+        max_input_bytes: match name {
+            "hostile" => 1024,
+            _ => 16 * 1024,
+        },
     }
 }
 

@@ -28,6 +28,7 @@ fn meta() -> EncoderMeta {
         dimension: 384,
         fuel_limit: 1_000_000_000,
         modality: Modality::Text,
+        max_input_bytes: hash_encoder::MAX_INPUT_BYTES,
     }
 }
 

@@ -21,7 +21,7 @@ use soma_execution::{
     JobRunner, JobStatus, Parameters, Transaction,
 };
 use soma_host::package::{BlobStore, EncoderMeta, MAX_FUEL_LIMIT, Package};
-use soma_host::{Engine, Limits, Modality, Seed};
+use soma_host::{Engine, Limits, Seed};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,22 +45,18 @@ fn key(i: u8) -> SecretKey {
 /// Four validators (0-3), accounts 0..ACCOUNTS, and three copies of the
 /// hash encoder (signed by accounts 10, 11, 12), installed in `store`.
 fn network(store: &BlobStore) -> Genesis {
+    let component = std::fs::read(soma_examples_artifacts::HASH_ENCODER).unwrap();
+    let encoder = Engine::new().unwrap().load(&component).unwrap();
+    let meta = EncoderMeta::from_info(encoder.info(), MAX_FUEL_LIMIT);
     let encoders = (10..13)
         .map(|owner| {
-            let meta = EncoderMeta {
-                name: "hash-encoder".into(),
-                version: "0.1.0".into(),
-                dimension: 384,
-                fuel_limit: MAX_FUEL_LIMIT,
-                modality: Modality::Text,
-            };
-            let component = std::fs::read(soma_examples_artifacts::HASH_ENCODER).unwrap();
-            let package = Package::sign(&key(owner), &meta, component, vec![]).unwrap();
+            let package = Package::sign(&key(owner), &meta, component.clone(), vec![]).unwrap();
             store.install(&package).unwrap();
             GenesisEncoder {
                 package: package.digest(),
                 owner: key(owner).public_key(),
                 bond: 10_000_000,
+                max_input_bytes: package.manifest().max_input_bytes,
             }
         })
         .collect();

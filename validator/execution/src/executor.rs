@@ -653,7 +653,8 @@ impl Executor {
                 signature,
                 bond,
             } => {
-                let package = self.check_package(&tx.sender, manifest, signature)?;
+                let (package, max_input_bytes) =
+                    self.check_package(&tx.sender, manifest, signature)?;
                 if *bond < params.min_encoder_bond {
                     Err(Rejection::BondTooLow {
                         min: params.min_encoder_bond,
@@ -676,6 +677,7 @@ impl Executor {
                     bond: *bond,
                     pending: 0,
                     performance,
+                    max_input_bytes,
                 };
                 state.put_encoder(&package, encoder);
                 Ok(())
@@ -699,15 +701,15 @@ impl Executor {
         }
     }
 
-    /// The digest of the package a registration names, once its manifest
-    /// is shown to be signed by `sender` and to embed into the network's
-    /// space.
+    /// The digest of the package a registration names and the largest
+    /// input it accepts, once its manifest is shown to be signed by
+    /// `sender` and to embed into the network's space.
     fn check_package(
         &self,
         sender: &PublicKey,
         manifest: &[u8],
         signature: &Signature,
-    ) -> Result<Digest, Rejection> {
+    ) -> Result<(Digest, u32), Rejection> {
         let decoded = Manifest::decode(manifest).map_err(|_| Rejection::BadPackage)?;
         decoded
             .signer
@@ -724,7 +726,7 @@ impl Executor {
         if decoded.modality != Modality::Text {
             return Err(Rejection::NotTextEncoder);
         }
-        Ok(Digest::of(manifest))
+        Ok((Digest::of(manifest), decoded.max_input_bytes))
     }
 
     /// Creates the job `id`: checks the submission and picks its shard,
@@ -761,10 +763,15 @@ impl Executor {
             Some(router) => router.region(data, params.region_bits)?,
             None => Some(0),
         };
-        let candidates = state.shard_candidates(region, params.routing_floor)?;
+        let candidates = state.shard_candidates(region, params.routing_floor, data.len())?;
         let shard = shard::select(&candidates, params.shard_size.into(), &seed);
         if shard.is_empty() {
-            Err(Rejection::NoEncoders)?;
+            Err(match state.largest_input()? {
+                longest if longest > 0 && (longest as usize) < data.len() => {
+                    Rejection::DataTooLongForEncoders { longest }
+                }
+                _ => Rejection::NoEncoders,
+            })?;
         }
         state.hold_in_escrow(payment)?;
         // The shard's bonds stay until the job is decided or expires.
@@ -1253,6 +1260,7 @@ fn initialise(
             bond: e.bond,
             pending: 0,
             performance: routing::initial_performance(regions),
+            max_input_bytes: e.max_input_bytes,
         };
         changes.put(Space::Encoders, &encoder_key(&e.package), &encoder);
     }

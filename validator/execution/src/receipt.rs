@@ -111,6 +111,12 @@ pub enum Rejection {
     NotText,
     /// A package of an encoder of another modality than text.
     NotTextEncoder,
+    /// Submitted data longer than any registered encoder accepts (each
+    /// signs its limit in its package).
+    DataTooLongForEncoders {
+        /// The longest data, in bytes, some registered encoder accepts.
+        longest: u32,
+    },
 }
 
 /// What happened to one transaction.
@@ -178,6 +184,11 @@ impl fmt::Display for Rejection {
             Rejection::StakeLocked => write!(f, "the validator attested jobs not yet decided"),
             Rejection::NotText => write!(f, "the data is not UTF-8 text"),
             Rejection::NotTextEncoder => write!(f, "the network admits text encoders only"),
+            Rejection::DataTooLongForEncoders { longest } => write!(
+                f,
+                "no registered encoder accepts data this long; the longest any accepts is \
+                 {longest} bytes"
+            ),
         }
     }
 }
@@ -254,6 +265,10 @@ impl Encode for Receipt {
             Rejection::StakeLocked => w.u8(26),
             Rejection::NotText => w.u8(27),
             Rejection::NotTextEncoder => w.u8(28),
+            Rejection::DataTooLongForEncoders { longest } => {
+                w.u8(29);
+                w.u32(longest);
+            }
         }
     }
 }
@@ -305,6 +320,9 @@ impl Decode<'_> for Receipt {
             26 => Some(Rejection::StakeLocked),
             27 => Some(Rejection::NotText),
             28 => Some(Rejection::NotTextEncoder),
+            29 => Some(Rejection::DataTooLongForEncoders {
+                longest: r.u32("longest")?,
+            }),
             code => {
                 return Err(DecodeError::invalid(
                     "outcome",

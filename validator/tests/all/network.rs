@@ -26,27 +26,22 @@ use std::time::Duration;
 /// as the 384-dimension text encoder `name`, written to `dir/file`.
 fn package(dir: &Path, component: &str, name: &str, file: &str) -> PathBuf {
     let signer = SecretKey::generate().unwrap();
-    let package = Package::sign(
-        &signer,
-        &text_encoder(name),
-        std::fs::read(component).unwrap(),
-        vec![],
-    )
-    .unwrap();
+    let meta = text_encoder(component);
+    assert_eq!(meta.name, name, "{component} is another encoder");
+    let package = Package::sign(&signer, &meta, std::fs::read(component).unwrap(), vec![]).unwrap();
     let path = dir.join(file);
     std::fs::write(&path, package.encode()).unwrap();
     path
 }
 
-/// The manifest of a 384-dimension text encoder `name`.
-fn text_encoder(name: &str) -> EncoderMeta {
-    EncoderMeta {
-        name: name.into(),
-        version: "0.1.0".into(),
-        dimension: 384,
-        fuel_limit: MAX_FUEL_LIMIT,
-        modality: soma_host::Modality::Text,
-    }
+/// What the example encoder `component` (an artifact path) says of itself
+/// in `info()`, as its manifest, allowed the most fuel a package may have.
+fn text_encoder(component: &str) -> EncoderMeta {
+    let encoder = soma_host::Engine::new()
+        .unwrap()
+        .load(&std::fs::read(component).unwrap())
+        .unwrap();
+    EncoderMeta::from_info(encoder.info(), MAX_FUEL_LIMIT)
 }
 
 /// Writes a four-validator network into `dir/net` whose genesis registers
@@ -480,7 +475,7 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     );
     let mine = Package::sign(
         &user,
-        &text_encoder("hash-encoder"),
+        &text_encoder(hash),
         std::fs::read(hash).unwrap(),
         vec![],
     )

@@ -17,9 +17,11 @@ use soma_execution::{
     Action, Commit, CommitEffects, Executor, Finalisation, Genesis, GenesisAccount, GenesisEncoder,
     GenesisValidator, JobRunner, JobStatus, Parameters, Transaction,
 };
-use soma_host::Digest;
 use soma_host::package::{BlobStore, EncoderMeta, Package, VerifiedPackage};
+use soma_host::{Digest, EncoderInfo, Engine};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 /// The key of test account `i`.
 pub fn key(i: u8) -> SecretKey {
@@ -107,13 +109,30 @@ pub fn registration_of(
     modality: soma_host::Modality,
 ) -> (Action, Digest) {
     let meta = EncoderMeta {
+        modality,
+        ..registered_meta(g, name)
+    };
+    registration_signed(owner, &meta, bond)
+}
+
+/// What [`registration`] signs for `name` (a package whose component is
+/// never run: apply reads only the manifest).
+pub fn registered_meta(g: &Genesis, name: &str) -> EncoderMeta {
+    EncoderMeta {
         name: name.into(),
         version: "1.0.0".into(),
         dimension: u32::from(g.parameters().dimension),
         fuel_limit: 1_000_000,
-        modality,
-    };
-    let package = Package::sign(&key(owner), &meta, name.as_bytes().to_vec(), vec![]).unwrap();
+        modality: soma_host::Modality::Text,
+        max_input_bytes: 16 * 1024,
+    }
+}
+
+/// The registration by account `owner` of a package declaring `meta`,
+/// with `bond`; and the package's digest.
+pub fn registration_signed(owner: u8, meta: &EncoderMeta, bond: u64) -> (Action, Digest) {
+    let name = &meta.name;
+    let package = Package::sign(&key(owner), meta, name.as_bytes().to_vec(), vec![]).unwrap();
     let (manifest, signature) = package.signed_manifest();
     let action = Action::RegisterEncoder {
         manifest: manifest.to_vec(),
@@ -127,23 +146,35 @@ pub fn open(dir: &Path, genesis: &Genesis) -> Executor {
     Executor::open(dir, genesis, None).unwrap()
 }
 
-/// `component` signed by account `owner` as the 384-dimension text encoder
-/// `name`, allowed `fuel` per call.
-pub fn component_package(component: &str, name: &str, owner: u8, fuel: u64) -> VerifiedPackage {
-    let meta = EncoderMeta {
-        name: name.into(),
-        version: "0.1.0".into(),
-        dimension: 384,
-        fuel_limit: fuel,
-        modality: soma_host::Modality::Text,
+/// What the component at `path` says of itself (`info()`): loaded once
+/// per path in this process.
+fn info_of(path: &str) -> EncoderInfo {
+    static KNOWN: Mutex<BTreeMap<String, EncoderInfo>> = Mutex::new(BTreeMap::new());
+    // A test that failed while loading leaves nothing half-written.
+    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    let load = || {
+        let component = std::fs::read(path).unwrap();
+        Engine::new()
+            .unwrap()
+            .load(&component)
+            .unwrap()
+            .info()
+            .clone()
     };
-    Package::sign(
-        &key(owner),
-        &meta,
-        std::fs::read(component).unwrap(),
-        vec![],
-    )
-    .unwrap()
+    known.entry(path.into()).or_insert_with(load).clone()
+}
+
+/// `component` signed by account `owner` as the text encoder `name` (what
+/// its `info()` says it is), allowed `fuel` per call.
+pub fn component_package(component: &str, name: &str, owner: u8, fuel: u64) -> VerifiedPackage {
+    let meta = EncoderMeta::from_info(&info_of(component), fuel);
+    assert_eq!(meta.name, name, "{component} is another encoder");
+    package_declaring(std::fs::read(component).unwrap(), &meta, owner)
+}
+
+/// `component` signed by account `owner` as whatever `meta` declares.
+pub fn package_declaring(component: Vec<u8>, meta: &EncoderMeta, owner: u8) -> VerifiedPackage {
+    Package::sign(&key(owner), meta, component, vec![]).unwrap()
 }
 
 /// An example `component` as the text encoder `name`, signed by account
@@ -164,6 +195,9 @@ pub fn minilm_package(component: &str, name: &str, model_file: &str, owner: u8) 
         dimension: 384,
         fuel_limit: soma_host::package::MAX_FUEL_LIMIT,
         modality: soma_host::Modality::Text,
+        // The guest SDK's sentence encoders' default, which the MiniLM
+        // examples keep (loading checks it against `info()`).
+        max_input_bytes: 16 * 1024,
     };
     Package::sign(
         &key(owner),
@@ -212,6 +246,7 @@ pub fn encoder_network(
                 package: package.digest(),
                 owner: public(owner),
                 bond: 10_000_000,
+                max_input_bytes: package.manifest().max_input_bytes,
             }
         })
         .collect();

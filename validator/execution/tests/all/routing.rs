@@ -249,6 +249,7 @@ fn a_router_must_be_the_genesis_one_pure_wasm_and_in_the_space() {
             dimension: 384,
             fuel_limit: MAX_FUEL_LIMIT,
             modality: soma_host::Modality::Text,
+            max_input_bytes: 64 * 1024,
         },
         std::fs::read(soma_examples_artifacts::ROUTER_ENCODER).unwrap(),
         vec![("model.onnx".into(), vec![0; 16])],

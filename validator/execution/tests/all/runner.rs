@@ -28,6 +28,7 @@ fn network(store: &BlobStore) -> (Genesis, Digest, Digest) {
             package: p.digest(),
             owner: public(owner),
             bond: 10_000_000,
+            max_input_bytes: p.manifest().max_input_bytes,
         })
         .collect();
     let g = Genesis::new(
@@ -171,9 +172,15 @@ fn a_component_that_is_not_webassembly_is_unloadable() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path().join("blobs")).unwrap();
     let hash = example_package(soma_examples_artifacts::HASH_ENCODER, "hash-encoder", 10);
-    let junk_file = dir.path().join("junk.wasm");
-    std::fs::write(&junk_file, b"\0asm\x0d\0\x01\0 not a component").unwrap();
-    let junk = example_package(junk_file.to_str().unwrap(), "junk", 11);
+    let meta = EncoderMeta {
+        name: "junk".into(),
+        version: "0.1.0".into(),
+        dimension: 384,
+        fuel_limit: soma_host::package::MAX_FUEL_LIMIT,
+        modality: soma_host::Modality::Text,
+        max_input_bytes: 1024,
+    };
+    let junk = package_declaring(b"\0asm\x0d\0\x01\0 not a component".to_vec(), &meta, 11);
     let g = encoder_network(
         &store,
         &[(&hash, 10), (&junk, 11)],
