@@ -71,8 +71,7 @@ fn registration(owner: u8, name: &str, bond: u64) -> (Action, Digest) {
         dimension: u32::from(genesis().parameters().dimension),
         fuel_limit: 1_000_000,
         modality: Modality::Text,
-        // 4 to 11 bytes: submissions (8 bytes) leave some encoders out.
-        max_input_bytes: 4 + name.len() as u32 % 8,
+        max_input_bytes: genesis().parameters().max_data_bytes,
     };
     let package = Package::sign(&crate::key(owner), &meta, name.as_bytes().to_vec(), vec![])
         .expect("the package is valid");

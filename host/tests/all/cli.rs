@@ -245,6 +245,8 @@ fn keygen_sign_verify_inspect_and_run_a_package() {
         "encoder     hash-encoder 0.1.0".into(),
         "world       soma:encoder/encoder@0.1.0".into(),
         "dimension   384".into(),
+        // Read from the component's `info()` by `sign`.
+        format!("max input   {} bytes", hash_encoder::MAX_INPUT_BYTES),
         format!("signer      {public}"),
     ] {
         assert!(text.contains(&line), "missing {line:?} in\n{text}");
@@ -258,6 +260,10 @@ fn keygen_sign_verify_inspect_and_run_a_package() {
     let manifest = json(&soma_host(&["inspect", &p("enc.somapkg"), "--json"], ""));
     assert_eq!(manifest["digest"], digest);
     assert_eq!(manifest["manifest"]["models"][0]["blob"]["size"], 3000);
+    assert_eq!(
+        manifest["manifest"]["max_input_bytes"],
+        hash_encoder::MAX_INPUT_BYTES
+    );
 
     let cache = p("cache");
     for _ in 0..2 {

@@ -56,7 +56,6 @@ fn network(store: &BlobStore) -> Genesis {
                 package: package.digest(),
                 owner: key(owner).public_key(),
                 bond: 10_000_000,
-                max_input_bytes: package.manifest().max_input_bytes,
             }
         })
         .collect();

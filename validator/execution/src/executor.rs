@@ -653,8 +653,7 @@ impl Executor {
                 signature,
                 bond,
             } => {
-                let (package, max_input_bytes) =
-                    self.check_package(&tx.sender, manifest, signature)?;
+                let package = self.check_package(&tx.sender, manifest, signature)?;
                 if *bond < params.min_encoder_bond {
                     Err(Rejection::BondTooLow {
                         min: params.min_encoder_bond,
@@ -677,7 +676,6 @@ impl Executor {
                     bond: *bond,
                     pending: 0,
                     performance,
-                    max_input_bytes,
                 };
                 state.put_encoder(&package, encoder);
                 Ok(())
@@ -701,15 +699,15 @@ impl Executor {
         }
     }
 
-    /// The digest of the package a registration names and the largest
-    /// input it accepts, once its manifest is shown to be signed by
-    /// `sender` and to embed into the network's space.
+    /// The digest of the package a registration names, once its manifest
+    /// is shown to be signed by `sender`, to embed into the network's
+    /// space and to accept any data the network takes.
     fn check_package(
         &self,
         sender: &PublicKey,
         manifest: &[u8],
         signature: &Signature,
-    ) -> Result<(Digest, u32), Rejection> {
+    ) -> Result<Digest, Rejection> {
         let decoded = Manifest::decode(manifest).map_err(|_| Rejection::BadPackage)?;
         decoded
             .signer
@@ -726,7 +724,16 @@ impl Executor {
         if decoded.modality != Modality::Text {
             return Err(Rejection::NotTextEncoder);
         }
-        Ok((Digest::of(manifest), decoded.max_input_bytes))
+        // Any registered encoder may be in any job's shard: one that would
+        // refuse some data could not be judged on it, and shards of only
+        // the encoders that take long data would be few enough to skip
+        // the outlier test.
+        if decoded.max_input_bytes < self.parameters.max_data_bytes {
+            return Err(Rejection::InputLimitTooLow {
+                min: self.parameters.max_data_bytes,
+            });
+        }
+        Ok(Digest::of(manifest))
     }
 
     /// Creates the job `id`: checks the submission and picks its shard,
@@ -763,15 +770,10 @@ impl Executor {
             Some(router) => router.region(data, params.region_bits)?,
             None => Some(0),
         };
-        let candidates = state.shard_candidates(region, params.routing_floor, data.len())?;
+        let candidates = state.shard_candidates(region, params.routing_floor)?;
         let shard = shard::select(&candidates, params.shard_size.into(), &seed);
         if shard.is_empty() {
-            Err(match state.largest_input()? {
-                longest if longest > 0 && (longest as usize) < data.len() => {
-                    Rejection::DataTooLongForEncoders { longest }
-                }
-                _ => Rejection::NoEncoders,
-            })?;
+            Err(Rejection::NoEncoders)?;
         }
         state.hold_in_escrow(payment)?;
         // The shard's bonds stay until the job is decided or expires.
@@ -1260,7 +1262,6 @@ fn initialise(
             bond: e.bond,
             pending: 0,
             performance: routing::initial_performance(regions),
-            max_input_bytes: e.max_input_bytes,
         };
         changes.put(Space::Encoders, &encoder_key(&e.package), &encoder);
     }

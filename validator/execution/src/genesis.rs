@@ -23,10 +23,7 @@ pub const MAX_GENESIS_ENTRIES: u32 = 100_000;
 /// Longest chain name, in bytes.
 pub const MAX_CHAIN_NAME_BYTES: u8 = 64;
 
-const MAGIC: &[u8; 8] = b"SOMAGNv2";
-/// The first format, before encoders' input limits: its chain is not this
-/// version's, since a limit decides shards.
-const MAGIC_V1: &[u8; 8] = b"SOMAGNv1";
+const MAGIC: &[u8; 8] = b"SOMAGNv1";
 
 /// Why a genesis cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +79,6 @@ pub struct GenesisEncoder {
     pub owner: PublicKey,
     /// Base units bonded.
     pub bond: u64,
-    /// Largest data, in bytes, its signed manifest says it accepts: a job
-    /// on more leaves it out of the shard.
-    pub max_input_bytes: u32,
 }
 
 /// The canonical genesis; built only by [`Genesis::new`] (or decoding),
@@ -212,6 +206,15 @@ impl Genesis {
                     config.parameters.dimension
                 )));
             }
+            let accepts = package.manifest().max_input_bytes;
+            if accepts < config.parameters.max_data_bytes {
+                return Err(GenesisError::Config(format!(
+                    "encoder package {} accepts inputs of at most {accepts} bytes; the \
+                     network's data may hold {} (max_data_bytes)",
+                    package_path.display(),
+                    config.parameters.max_data_bytes
+                )));
+            }
             Ok((package_path, package))
         };
         let mut packages = Vec::new();
@@ -238,7 +241,6 @@ impl Genesis {
                 package: package.digest(),
                 owner: encoder.owner.0,
                 bond: encoder.bond,
-                max_input_bytes: package.manifest().max_input_bytes,
             });
             packages.push(package);
         }
@@ -310,12 +312,6 @@ impl Genesis {
                 .windows(2)
                 .all(|w| w[0].package < w[1].package),
         )?;
-        if self.encoders.iter().any(|e| e.max_input_bytes == 0) {
-            return Err(DecodeError::invalid(
-                "encoders",
-                "an encoder accepts no input (max input bytes 0)",
-            ));
-        }
         self.parameters.check()?;
         // Every amount apply handles is part of the supply: if the supply
         // fits a u64, no balance, stake, bond or total can overflow.
@@ -369,7 +365,6 @@ impl Encode for Genesis {
             w.array(&e.package.0);
             w.array(&e.owner.to_bytes());
             w.u64(e.bond);
-            w.u32(e.max_input_bytes);
         }
         self.parameters.encode(w);
         w.bool(self.router.is_some());
@@ -381,16 +376,8 @@ impl Encode for Genesis {
 
 impl Decode<'_> for Genesis {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        match r.take(8, "magic")? {
-            magic if magic == MAGIC => {}
-            magic if magic == MAGIC_V1 => {
-                return Err(DecodeError::invalid(
-                    "magic",
-                    "a genesis of an earlier version (without encoders' input limits), \
-                     whose chain this version does not continue; write it again from its config",
-                ));
-            }
-            _ => return Err(DecodeError::invalid("magic", "not a Soma genesis")),
+        if r.take(8, "magic")? != MAGIC {
+            return Err(DecodeError::invalid("magic", "not a Soma genesis"));
         }
         let chain_name = r.str8("chain name", MAX_CHAIN_NAME_BYTES)?.to_owned();
         let n = r.count32("accounts", MAX_GENESIS_ENTRIES, 40)?;
@@ -411,14 +398,13 @@ impl Decode<'_> for Genesis {
                 })
             })
             .collect::<Result<_, DecodeError>>()?;
-        let n = r.count32("encoders", MAX_GENESIS_ENTRIES, 76)?;
+        let n = r.count32("encoders", MAX_GENESIS_ENTRIES, 72)?;
         let encoders = (0..n)
             .map(|_| {
                 Ok(GenesisEncoder {
                     package: Digest(r.array("package")?),
                     owner: public_key(r, "owner")?,
                     bond: r.u64("bond")?,
-                    max_input_bytes: r.u32("max input bytes")?,
                 })
             })
             .collect::<Result<_, DecodeError>>()?;

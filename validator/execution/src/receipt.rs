@@ -111,11 +111,11 @@ pub enum Rejection {
     NotText,
     /// A package of an encoder of another modality than text.
     NotTextEncoder,
-    /// Submitted data longer than any registered encoder accepts (each
-    /// signs its limit in its package).
-    DataTooLongForEncoders {
-        /// The longest data, in bytes, some registered encoder accepts.
-        longest: u32,
+    /// A package whose encoder accepts less input than the network's data
+    /// may hold.
+    InputLimitTooLow {
+        /// The network's largest data, in bytes.
+        min: u32,
     },
 }
 
@@ -184,10 +184,9 @@ impl fmt::Display for Rejection {
             Rejection::StakeLocked => write!(f, "the validator attested jobs not yet decided"),
             Rejection::NotText => write!(f, "the data is not UTF-8 text"),
             Rejection::NotTextEncoder => write!(f, "the network admits text encoders only"),
-            Rejection::DataTooLongForEncoders { longest } => write!(
+            Rejection::InputLimitTooLow { min } => write!(
                 f,
-                "no registered encoder accepts data this long; the longest any accepts is \
-                 {longest} bytes"
+                "the encoder must accept inputs of {min} bytes, the network's largest data"
             ),
         }
     }
@@ -265,9 +264,9 @@ impl Encode for Receipt {
             Rejection::StakeLocked => w.u8(26),
             Rejection::NotText => w.u8(27),
             Rejection::NotTextEncoder => w.u8(28),
-            Rejection::DataTooLongForEncoders { longest } => {
+            Rejection::InputLimitTooLow { min } => {
                 w.u8(29);
-                w.u32(longest);
+                w.u32(min);
             }
         }
     }
@@ -320,9 +319,7 @@ impl Decode<'_> for Receipt {
             26 => Some(Rejection::StakeLocked),
             27 => Some(Rejection::NotText),
             28 => Some(Rejection::NotTextEncoder),
-            29 => Some(Rejection::DataTooLongForEncoders {
-                longest: r.u32("longest")?,
-            }),
+            29 => Some(Rejection::InputLimitTooLow { min: r.u32("min")? }),
             code => {
                 return Err(DecodeError::invalid(
                     "outcome",

@@ -4,7 +4,6 @@
 //! accounts    key (32)        → u64 balance ‖ u64 nonce
 //! validators  key (32)        → u64 stake ‖ u32 deviant attestations ‖ u32 undecided ones
 //! encoders    package (32)    → owner (32) ‖ u64 bond ‖ u32 undecided jobs
-//!                               ‖ u16 regions ‖ u32 score* ‖ u32 max input bytes
 //! jobs        job id (32)     → job (see `job.rs`)
 //! attestations job id (32) ‖ validator key (32) → attestation
 //! deadlines   u64 commit index (BE) ‖ job id (32) → job id: when a job expires
@@ -104,9 +103,6 @@ pub struct Encoder {
     pub pending: u32,
     /// Its routing score in each region (fixed point, at most 1.0).
     pub performance: Vec<u32>,
-    /// Largest data, in bytes, its signed manifest says it accepts: a job
-    /// on more leaves it out of the shard, rather than have it refuse.
-    pub max_input_bytes: u32,
 }
 
 /// Where the state stands: the next commit to apply and the root after
@@ -159,7 +155,6 @@ impl Encode for Encoder {
         w.u64(self.bond);
         w.u32(self.pending);
         Scores::encode_slice(&self.performance, w);
-        w.u32(self.max_input_bytes);
     }
 }
 
@@ -170,7 +165,6 @@ impl Decode<'_> for Encoder {
             bond: r.u64("bond")?,
             pending: r.u32("pending jobs")?,
             performance: Scores::decode(r)?.0,
-            max_input_bytes: r.u32("max input bytes")?,
         })
     }
 }

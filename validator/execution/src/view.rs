@@ -173,19 +173,17 @@ impl View<'_> {
         self.pending.delete(Space::Encoders, &encoder_key(package));
     }
 
-    /// Every registered encoder that accepts data of `len` bytes, with its
-    /// weight in shard selection for `region` (its bond scaled by its score
-    /// there, never below `floor`; just its bond for data the router could
-    /// not place), in digest order.
+    /// Every registered encoder with its weight in shard selection for
+    /// `region` (its bond scaled by its score there, never below `floor`;
+    /// just its bond for data the router could not place), in digest
+    /// order.
     pub(crate) fn shard_candidates(
         &self,
         region: Option<u16>,
         floor: u32,
-        len: usize,
     ) -> Result<Vec<(Digest, u64)>, StateError> {
         self.scan::<Encoder>(Space::Encoders)?
             .into_iter()
-            .filter(|(_, e)| len <= e.max_input_bytes as usize)
             .map(|(key, e)| {
                 let package = key
                     .try_into()
@@ -202,17 +200,6 @@ impl View<'_> {
                 Ok((Digest(package), weight))
             })
             .collect()
-    }
-
-    /// The largest data, in bytes, any registered encoder accepts (0 with
-    /// none registered).
-    pub(crate) fn largest_input(&self) -> Result<u32, StateError> {
-        Ok(self
-            .scan::<Encoder>(Space::Encoders)?
-            .values()
-            .map(|e| e.max_input_bytes)
-            .max()
-            .unwrap_or(0))
     }
 
     /// Per region, the median score of the registered encoders (1.0 where

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `component` signed by a fresh key (so each call makes another package)
-/// as the 384-dimension text encoder `name`, written to `dir/file`.
+/// as the encoder `name` its `info()` says it is, written to `dir/file`.
 fn package(dir: &Path, component: &str, name: &str, file: &str) -> PathBuf {
     let signer = SecretKey::generate().unwrap();
     let meta = text_encoder(component);

@@ -138,6 +138,12 @@ fn a_refused_action_pays_its_fee_and_uses_its_nonce_but_changes_nothing_else() {
     .unwrap();
     let (wide, _) = registration(&g, 2, "wide", 1_000_000);
     let (pictures, _) = registration_of(&g, 2, "pictures", 1_000_000, soma_host::Modality::Image);
+    // It would refuse the network's longest data.
+    let short = EncoderMeta {
+        max_input_bytes: g.parameters().max_data_bytes - 1,
+        ..registered_meta(&g, "short")
+    };
+    let (short, _) = registration_signed(2, &short, 1_000_000);
     // Signed by account 3, sent by account 2.
     let stolen = theirs.clone();
     let mut garbled = stolen.clone();
@@ -222,6 +228,15 @@ fn a_refused_action_pays_its_fee_and_uses_its_nonce_but_changes_nothing_else() {
             vec![],
             signed(&g, 2, 0, 10, pictures),
             Rejection::NotTextEncoder,
+            2,
+        ),
+        (
+            &g,
+            vec![],
+            signed(&g, 2, 0, 10, short),
+            Rejection::InputLimitTooLow {
+                min: g.parameters().max_data_bytes,
+            },
             2,
         ),
         (

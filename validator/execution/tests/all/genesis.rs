@@ -14,7 +14,7 @@ fn package_of(dir: &Path, file: &str, dimension: u32) -> (String, soma_host::Dig
         dimension,
         fuel_limit: MAX_FUEL_LIMIT,
         modality: soma_host::Modality::Text,
-        max_input_bytes: 12_000,
+        max_input_bytes: Parameters::default().max_data_bytes,
     };
     let package = Package::sign(&key(9), &meta, b"component bytes".to_vec(), vec![]).unwrap();
     std::fs::write(dir.join(file), package.encode()).unwrap();
@@ -46,12 +46,9 @@ fn a_genesis_config_with_a_signed_package_starts_a_state() {
     let (file, digest) = package(dir.path());
     let g = read(dir.path(), &config(&file)).unwrap();
     assert_eq!(g.encoders()[0].package, digest);
-    // The input limit comes from the signed manifest.
-    assert_eq!(g.encoders()[0].max_input_bytes, 12_000);
     let ex = open(&dir.path().join("state"), &g);
     let encoder = ex.encoder(&digest).unwrap().unwrap();
     assert_eq!((encoder.owner, encoder.bond), (public(1), 1_000_000));
-    assert_eq!(encoder.max_input_bytes, 12_000);
     assert_eq!(ex.account(&public(1)).unwrap().balance, 5);
     assert_eq!(
         ex.supply().unwrap().total(),
@@ -79,11 +76,6 @@ fn a_genesis_and_its_chain_id_are_canonical() {
     let g = genesis();
     let bytes = g.to_bytes();
     assert_eq!(Genesis::from_bytes(&bytes).unwrap(), g);
-    // A genesis of the format before input limits is another chain.
-    let mut first = bytes.clone();
-    first[..8].copy_from_slice(b"SOMAGNv1");
-    let err = Genesis::from_bytes(&first).unwrap_err();
-    assert!(err.to_string().contains("earlier version"), "{err}");
     // Any parameter is part of the chain id, and so of every signature.
     let cheaper = variant(
         &g,
@@ -139,6 +131,16 @@ fn bad_genesis_configs_are_refused_with_the_reason() {
     let err = read(dir.path(), &strict).unwrap_err();
     assert!(err.to_string().contains("max loss"), "{err}");
 
+    // Data longer than the encoder accepts.
+    let mut long = config(&file);
+    long["parameters"]["max_data_bytes"] = 20_000.into();
+    let err = read(dir.path(), &long).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("accepts inputs of at most 16384 bytes; the network's data may hold 20000"),
+        "{err}"
+    );
+
     let mut no_validators = config(&file);
     no_validators["validators"] = serde_json::json!([]);
     let err = read(dir.path(), &no_validators).unwrap_err();
@@ -166,7 +168,7 @@ fn bad_genesis_configs_are_refused_with_the_reason() {
         dimension: 384,
         fuel_limit: MAX_FUEL_LIMIT,
         modality: soma_host::Modality::Text,
-        max_input_bytes: 12_000,
+        max_input_bytes: Parameters::default().max_data_bytes,
     };
     let models = vec![("model.onnx".into(), vec![0; 8])];
     let impure = Package::sign(&key(9), &meta, b"component".to_vec(), models).unwrap();

@@ -44,7 +44,6 @@ fn network(encoders: u8) -> Genesis {
                 package: package(i),
                 owner: public(10 + i),
                 bond: 10_000_000,
-                max_input_bytes: 16 * 1024,
             })
             .collect(),
         parameters,
@@ -491,65 +490,6 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
         apply(&mut ex, &[tx]).receipts[0].rejection,
         Some(Rejection::NoEncoders)
     );
-}
-
-#[test]
-fn a_shard_leaves_out_encoders_whose_signed_input_limit_the_data_exceeds() {
-    let g = genesis();
-    let dir = tempfile::tempdir().unwrap();
-    let mut ex = open(dir.path(), &g);
-    let bond = g.parameters().min_encoder_bond;
-    let short = EncoderMeta {
-        max_input_bytes: 64,
-        ..registered_meta(&g, "short")
-    };
-    let (register, short) = registration_signed(2, &short, bond);
-    let effects = apply(&mut ex, &[signed(&g, 2, 0, 10, register)]);
-    assert_eq!(effects.receipts[0].rejection, None);
-    assert_eq!(ex.encoder(&short).unwrap().unwrap().max_input_bytes, 64);
-
-    // With only the short encoder, longer data has no one to run it; the
-    // submitter learns how long data may be, and pays only the fee.
-    let submit = |ex: &Executor, len: usize| {
-        let nonce = ex.account(&public(3)).unwrap().nonce;
-        let data = "a".repeat(len).into_bytes();
-        signed(
-            &g,
-            3,
-            nonce,
-            10,
-            Action::SubmitData {
-                data,
-                payment: 5_000,
-            },
-        )
-    };
-    let before = ex.account(&public(3)).unwrap();
-    let tx = submit(&ex, 65);
-    let receipt = apply(&mut ex, &[tx]).receipts[0];
-    assert_eq!(
-        receipt.rejection,
-        Some(Rejection::DataTooLongForEncoders { longest: 64 })
-    );
-    let after = ex.account(&public(3)).unwrap();
-    assert_eq!(after.balance, before.balance - receipt.fee);
-    assert_eq!(ex.supply().unwrap().escrow, 0);
-
-    // With a second encoder that takes the default, data past 64 bytes goes
-    // to it alone, and data within 64 bytes to both (a shard has room for 3).
-    let long = registered_meta(&g, "long");
-    let (register, long) = registration_signed(2, &long, bond);
-    let effects = apply(&mut ex, &[signed(&g, 2, 1, 10, register)]);
-    assert_eq!(effects.receipts[0].rejection, None);
-    for (len, expected) in [(65, vec![long]), (64, vec![short, long])] {
-        let tx = submit(&ex, len);
-        let receipt = apply(&mut ex, &[tx]).receipts[0];
-        assert_eq!(receipt.rejection, None, "{len} bytes");
-        let job = ex.job(&receipt.transaction.unwrap()).unwrap().unwrap();
-        let mut expected = expected;
-        expected.sort();
-        assert_eq!(job.shard, expected, "{len} bytes");
-    }
 }
 
 /// Every encoder's routing score in region 0 (the only one without a

@@ -116,7 +116,7 @@ pub fn registration_of(
 }
 
 /// What [`registration`] signs for `name` (a package whose component is
-/// never run: apply reads only the manifest).
+/// never run: apply reads only the manifest), fit for the network `g`.
 pub fn registered_meta(g: &Genesis, name: &str) -> EncoderMeta {
     EncoderMeta {
         name: name.into(),
@@ -124,7 +124,7 @@ pub fn registered_meta(g: &Genesis, name: &str) -> EncoderMeta {
         dimension: u32::from(g.parameters().dimension),
         fuel_limit: 1_000_000,
         modality: soma_host::Modality::Text,
-        max_input_bytes: 16 * 1024,
+        max_input_bytes: g.parameters().max_data_bytes,
     }
 }
 
@@ -150,18 +150,22 @@ pub fn open(dir: &Path, genesis: &Genesis) -> Executor {
 /// per path in this process.
 fn info_of(path: &str) -> EncoderInfo {
     static KNOWN: Mutex<BTreeMap<String, EncoderInfo>> = Mutex::new(BTreeMap::new());
-    // A test that failed while loading leaves nothing half-written.
-    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
-    let load = || {
-        let component = std::fs::read(path).unwrap();
-        Engine::new()
-            .unwrap()
-            .load(&component)
-            .unwrap()
-            .info()
-            .clone()
-    };
-    known.entry(path.into()).or_insert_with(load).clone()
+    // A test that failed elsewhere while holding the lock left the map whole.
+    let known = || KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(info) = known().get(path) {
+        return info.clone();
+    }
+    // Loaded without the lock, so that tests do not wait on each other's
+    // compiles (two may load the same component once each).
+    let component = std::fs::read(path).unwrap();
+    let info = Engine::new()
+        .unwrap()
+        .load(&component)
+        .unwrap()
+        .info()
+        .clone();
+    known().insert(path.into(), info.clone());
+    info
 }
 
 /// `component` signed by account `owner` as the text encoder `name` (what
@@ -246,7 +250,6 @@ pub fn encoder_network(
                 package: package.digest(),
                 owner: public(owner),
                 bond: 10_000_000,
-                max_input_bytes: package.manifest().max_input_bytes,
             }
         })
         .collect();

@@ -28,7 +28,6 @@ fn network(store: &BlobStore) -> (Genesis, Digest, Digest) {
             package: p.digest(),
             owner: public(owner),
             bond: 10_000_000,
-            max_input_bytes: p.manifest().max_input_bytes,
         })
         .collect();
     let g = Genesis::new(
