@@ -1090,10 +1090,11 @@ impl PinnedState {
 }
 
 /// Reads of the applied state. Cheap to clone and usable from any thread
-/// while apply runs: each commit's writes land in one atomic batch, so a
-/// read of one record sees it before or after a commit, never half-way.
-/// (Reads of several records are not one snapshot.) An [`Executor`]
-/// dereferences to its reader.
+/// while apply runs: each commit's writes land in one batch, and every
+/// read sees the state after some whole commit, never less than an
+/// earlier read saw (reads of several records are not one snapshot, but
+/// a record read after another reflects at least the same commits). An
+/// [`Executor`] dereferences to its reader.
 #[derive(Clone)]
 pub struct StateReader {
     store: StateStore,

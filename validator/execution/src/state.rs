@@ -24,6 +24,7 @@
 use crate::lattice::Lattice;
 use crate::routing::MAX_REGION_BITS;
 use crate::snapshot::{Entry, RootStep};
+use fjall::Readable as _;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::PublicKey;
 use soma_host::Digest;
@@ -390,7 +391,11 @@ impl StateStore {
         }
     }
 
-    /// The value under `key`, decoded, as `pending` leaves it.
+    /// The value under `key`, decoded, as `pending` leaves it. The store
+    /// is read through a snapshot: fjall shows a batch's writes to plain
+    /// reads one at a time as they land, and to a snapshot all at once,
+    /// so a reader beside apply never sees part of a commit, nor less than
+    /// an earlier read saw.
     pub(crate) fn read<T: for<'a> Decode<'a>>(
         &self,
         pending: &[&Changes],
@@ -402,7 +407,7 @@ impl StateStore {
                 return Ok(value.map(T::from_bytes).transpose()?);
             }
         }
-        match self.keyspace(space).get(key)? {
+        match self.db.snapshot().get(self.keyspace(space), key)? {
             Some(bytes) => Ok(Some(T::from_bytes(&bytes)?)),
             None => Ok(None),
         }
@@ -455,7 +460,6 @@ impl StateStore {
     /// is the state after: `None` before any commit. Old versions of what
     /// apply overwrites meanwhile are kept while the pin lives.
     pub(crate) fn pin(&self) -> Result<Option<Pinned>, StateError> {
-        use fjall::Readable;
         let instant = self.db.snapshot();
         let record = |key: &[u8]| instant.get(&self.meta, key);
         let (Some(applied), Some(step), Some(lattice)) =
@@ -479,7 +483,6 @@ impl StateStore {
         instant: &fjall::Snapshot,
         after: Option<(u8, &[u8])>,
     ) -> impl Iterator<Item = Result<Entry, StateError>> + use<> {
-        use fjall::Readable as _;
         use std::ops::Bound;
         let mut iters = Vec::new();
         for space in Space::ALL {
@@ -577,7 +580,7 @@ impl StateStore {
 
     /// The state root after commit `index`, if it was applied.
     pub(crate) fn root_after(&self, index: u64) -> Result<Option<[u8; 32]>, StateError> {
-        let Some(root) = self.roots.get(index.to_be_bytes())? else {
+        let Some(root) = self.db.snapshot().get(&self.roots, index.to_be_bytes())? else {
             return Ok(None);
         };
         root.as_ref()
@@ -588,8 +591,9 @@ impl StateStore {
 
     /// The receipts of commit `index`, in transaction order.
     pub(crate) fn receipts(&self, index: u64) -> Result<Vec<Vec<u8>>, StateError> {
-        self.receipts
-            .prefix(index.to_be_bytes())
+        self.db
+            .snapshot()
+            .prefix(&self.receipts, index.to_be_bytes())
             .map(|entry| Ok(entry.value()?.to_vec()))
             .collect()
     }

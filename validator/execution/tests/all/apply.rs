@@ -1,5 +1,5 @@
 use super::*;
-use soma_execution::{Account, ExecutionError, Rejection, Validator};
+use soma_execution::{Account, ExecutionError, Rejection, StateReader, Validator};
 
 fn transfer(to: u8, amount: u64) -> Action {
     Action::Transfer {
@@ -477,4 +477,70 @@ fn a_long_commit_checked_in_batches_gives_each_transaction_the_receipt_it_gets_a
             one_by_one.account(&public(who)).unwrap()
         );
     }
+}
+
+/// A reader beside apply sees whole commits, and later reads never less:
+/// once the payer's nonce shows a commit applied, the account that commit
+/// writes last holds its payment. (A commit's writes land in one batch,
+/// which fjall shows to plain reads one write at a time.)
+#[test]
+fn a_reader_beside_apply_never_sees_part_of_a_commit() {
+    const COMMITS: u64 = 40;
+    const PAYEES: u64 = 300;
+    let g = genesis();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ex = open(dir.path(), &g);
+    let payee = |c: u64, i: u64| {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&c.to_le_bytes());
+        seed[8..16].copy_from_slice(&i.to_le_bytes());
+        SecretKey::from_bytes(&seed).public_key()
+    };
+    // Per commit, the payee whose account is last in the commit's batch
+    // (written in key order; the payer's falls among the payees').
+    let last: Vec<PublicKey> = (0..COMMITS)
+        .map(|c| {
+            (0..PAYEES)
+                .map(|i| payee(c, i))
+                .max_by_key(|k| k.to_bytes())
+                .unwrap()
+        })
+        .collect();
+    let commits: Vec<Vec<Vec<u8>>> = (0..COMMITS)
+        .map(|c| {
+            (0..PAYEES)
+                .map(|i| {
+                    let to = payee(c, i);
+                    signed(
+                        &g,
+                        2,
+                        c * PAYEES + i,
+                        10,
+                        Action::Transfer { to, amount: 1 },
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let reader = StateReader::clone(&ex);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let checker = s.spawn(|| {
+            let mut checked = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let nonce = reader.account(&public(2)).unwrap().nonce;
+                if let Some(c) = (nonce / PAYEES).checked_sub(1) {
+                    let paid = reader.account(&last[c as usize]).unwrap().balance;
+                    assert_eq!(paid, 1, "commit {c} seen in part");
+                    checked += 1;
+                }
+            }
+            checked
+        });
+        for transactions in &commits {
+            apply(&mut ex, transactions);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(checker.join().unwrap() > 0);
+    });
 }
