@@ -1035,6 +1035,8 @@ impl Api {
         let state = &self.shared.state;
         let mut done: Vec<Option<Vec<i32>>> = vec![None; jobs.len()];
         loop {
+            // The nonce first: a later read never sees less, so a job
+            // missing after its nonce was used was never made.
             let nonce = state.account(sender).map_err(unavailable)?.nonce;
             for ((id, submitted_with), slot) in jobs.iter().zip(&mut done) {
                 if slot.is_some() {

@@ -180,8 +180,8 @@ pub struct Manifest {
     /// Input kind; must equal the component's.
     pub modality: Modality,
     /// Largest input one `embed` call accepts, in bytes; must equal the
-    /// component's. Signed so that a validator can leave an encoder out of
-    /// jobs whose data it would refuse, without running it.
+    /// component's. Signed so that a network can refuse, without running
+    /// it, an encoder that would refuse some of the data it takes.
     pub max_input_bytes: u32,
     /// The component.
     pub component: BlobRef,

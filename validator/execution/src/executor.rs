@@ -1090,10 +1090,10 @@ impl PinnedState {
 }
 
 /// Reads of the applied state. Cheap to clone and usable from any thread
-/// while apply runs: each commit's writes land in one batch, and every
-/// read sees the state after some whole commit, never less than an
-/// earlier read saw (reads of several records are not one snapshot, but
-/// a record read after another reflects at least the same commits). An
+/// while apply runs: each commit's writes land in one batch, and a read of
+/// a record sees the state after some whole commit, never less than an
+/// earlier read saw (reads of several records are not one snapshot, but a
+/// record read after another reflects at least the same commits). An
 /// [`Executor`] dereferences to its reader.
 #[derive(Clone)]
 pub struct StateReader {
@@ -1111,7 +1111,7 @@ impl StateReader {
             .ok_or_else(|| refused("no commit applied yet".into()))?;
         let genesis = self
             .store
-            .read::<Genesis>(&[], Space::Meta, GENESIS)?
+            .read_published::<Genesis>(Space::Meta, GENESIS)?
             .ok_or_else(|| StateError::inconsistent("genesis", "missing from the state"))?;
         Ok(PinnedState {
             store: self.store.clone(),
@@ -1130,13 +1130,15 @@ impl StateReader {
     pub fn account(&self, key: &PublicKey) -> Result<Account, ExecutionError> {
         Ok(self
             .store
-            .read(&[], Space::Accounts, &key.to_bytes())?
+            .read_published(Space::Accounts, &key.to_bytes())?
             .unwrap_or_default())
     }
 
     /// The validator record of `key`, if it is a validator.
     pub fn validator(&self, key: &PublicKey) -> Result<Option<Validator>, ExecutionError> {
-        Ok(self.store.read(&[], Space::Validators, &key.to_bytes())?)
+        Ok(self
+            .store
+            .read_published(Space::Validators, &key.to_bytes())?)
     }
 
     /// The stake of every validator together, as apply counts it when it
@@ -1155,7 +1157,7 @@ impl StateReader {
     pub fn encoder(&self, package: &Digest) -> Result<Option<Encoder>, ExecutionError> {
         Ok(self
             .store
-            .read(&[], Space::Encoders, &encoder_key(package))?)
+            .read_published(Space::Encoders, &encoder_key(package))?)
     }
 
     /// The receipts of an applied commit.
@@ -1169,7 +1171,7 @@ impl StateReader {
 
     /// The job `id`, if one was submitted.
     pub fn job(&self, id: &Digest) -> Result<Option<Job>, ExecutionError> {
-        Ok(self.store.read(&[], Space::Jobs, &id.0)?)
+        Ok(self.store.read_published(Space::Jobs, &id.0)?)
     }
 
     /// What `validator` attested for job `job`, if its attestation applied:
@@ -1181,7 +1183,7 @@ impl StateReader {
     ) -> Result<Option<Vec<EncoderResult>>, ExecutionError> {
         Ok(self
             .store
-            .read::<Attestation>(&[], Space::Attestations, &attestation_key(job, validator))?
+            .read_published::<Attestation>(Space::Attestations, &attestation_key(job, validator))?
             .map(|a| a.0))
     }
 
@@ -1201,7 +1203,8 @@ impl StateReader {
             .collect())
     }
 
-    /// Where all the money is.
+    /// Where all the money is. Each keyspace is read at its own instant:
+    /// while apply runs, the parts may be of different commits.
     pub fn supply(&self) -> Result<Supply, ExecutionError> {
         let sum = |values: Vec<u64>| values.into_iter().map(u128::from).sum::<u128>();
         let accounts = self.store.scan::<Account>(Space::Accounts)?;

@@ -95,6 +95,9 @@ pub struct Genesis {
 
 impl Genesis {
     /// Builds a genesis, sorting its entries; refuses a key given twice.
+    /// Encoders are named by digest only: that their packages fit the
+    /// network (text, its dimension, its longest data) is checked where
+    /// the packages are read, from a genesis config.
     pub fn new(
         chain_name: String,
         mut accounts: Vec<GenesisAccount>,
@@ -206,11 +209,12 @@ impl Genesis {
                     config.parameters.dimension
                 )));
             }
+            // The router too: data it refused would go unrouted.
             let accepts = package.manifest().max_input_bytes;
             if accepts < config.parameters.max_data_bytes {
                 return Err(GenesisError::Config(format!(
-                    "encoder package {} accepts inputs of at most {accepts} bytes; the \
-                     network's data may hold {} (max_data_bytes)",
+                    "package {} accepts inputs of at most {accepts} bytes; the network's data \
+                     may hold {} (max_data_bytes)",
                     package_path.display(),
                     config.parameters.max_data_bytes
                 )));

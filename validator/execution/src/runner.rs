@@ -292,9 +292,9 @@ fn outcome_of(error: &Error) -> Outcome {
         Error::InvalidOutput(_) => Outcome::InvalidOutput,
         Error::Refused(_) => Outcome::Refused,
         // The host refused the input before the encoder ran (too long for
-        // it): no evidence against the encoder. Registration admits only
-        // encoders that take the network's longest data, so this is a
-        // host whose limits differ from the manifest's.
+        // it): no evidence against the encoder. A network admits only
+        // encoders that take its longest data (at registration and from a
+        // genesis config), so this is a genesis built otherwise.
         Error::InvalidInput(_) => Outcome::Local,
         e if !e.is_deterministic() => Outcome::Local,
         // Load-time errors do not come from a call.

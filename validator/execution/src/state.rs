@@ -391,11 +391,9 @@ impl StateStore {
         }
     }
 
-    /// The value under `key`, decoded, as `pending` leaves it. The store
-    /// is read through a snapshot: fjall shows a batch's writes to plain
-    /// reads one at a time as they land, and to a snapshot all at once,
-    /// so a reader beside apply never sees part of a commit, nor less than
-    /// an earlier read saw.
+    /// The value under `key`, decoded, as `pending` leaves it: for apply,
+    /// the only writer, which reads between its own batches (readers
+    /// beside it use [`StateStore::read_published`]).
     pub(crate) fn read<T: for<'a> Decode<'a>>(
         &self,
         pending: &[&Changes],
@@ -407,14 +405,24 @@ impl StateStore {
                 return Ok(value.map(T::from_bytes).transpose()?);
             }
         }
-        match self.db.snapshot().get(self.keyspace(space), key)? {
-            Some(bytes) => Ok(Some(T::from_bytes(&bytes)?)),
-            None => Ok(None),
-        }
+        decoded(self.keyspace(space).get(key)?)
+    }
+
+    /// The value under `key`, decoded, as of the last batch written
+    /// whole: for readers beside apply. fjall shows a batch's writes to
+    /// plain reads one at a time as they land, and to a snapshot all at
+    /// once, so such a read never sees part of a commit, nor less than an
+    /// earlier one saw.
+    pub(crate) fn read_published<T: for<'a> Decode<'a>>(
+        &self,
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        decoded(self.db.snapshot().get(self.keyspace(space), key)?)
     }
 
     /// `lattice` updated by `changes`: each entry they replace or delete
-    /// taken away, each they write added.
+    /// taken away, each they write added. For apply only (plain reads).
     pub(crate) fn fold(&self, lattice: &mut Lattice, changes: &Changes) -> Result<(), StateError> {
         for ((space, key), value) in &changes.0 {
             if let Some(old) = self.keyspace(*space).get(key)? {
@@ -599,7 +607,8 @@ impl StateStore {
     }
 
     /// The (key, value) pairs of a keyspace below `end`, decoded, in key
-    /// order (as stored: without pending changes).
+    /// order (as stored: without pending changes). For apply only (plain
+    /// reads).
     pub(crate) fn below<T: for<'a> Decode<'a>>(
         &self,
         space: Space,
@@ -614,19 +623,25 @@ impl StateStore {
             .collect()
     }
 
-    /// Every (key, value) of a keyspace, decoded, in key order.
+    /// Every (key, value) of a keyspace, decoded, in key order, as of one
+    /// published batch.
     pub(crate) fn scan<T: for<'a> Decode<'a>>(
         &self,
         space: Space,
     ) -> Result<Vec<(Vec<u8>, T)>, StateError> {
-        self.keyspace(space)
-            .iter()
+        self.db
+            .snapshot()
+            .iter(self.keyspace(space))
             .map(|entry| {
                 let (key, value) = entry.into_inner()?;
                 Ok((key.to_vec(), T::from_bytes(&value)?))
             })
             .collect()
     }
+}
+
+fn decoded<T: for<'a> Decode<'a>>(bytes: Option<fjall::Slice>) -> Result<Option<T>, StateError> {
+    Ok(bytes.map(|bytes| T::from_bytes(&bytes)).transpose()?)
 }
 
 fn receipt_key(commit: u64, position: usize) -> [u8; 12] {

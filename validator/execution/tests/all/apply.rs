@@ -1,5 +1,6 @@
 use super::*;
 use soma_execution::{Account, ExecutionError, Rejection, StateReader, Validator};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn transfer(to: u8, amount: u64) -> Action {
     Action::Transfer {
@@ -523,24 +524,40 @@ fn a_reader_beside_apply_never_sees_part_of_a_commit() {
         })
         .collect();
     let reader = StateReader::clone(&ex);
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    /// Stops the checker however applying ends (a panic too).
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|s| {
         let checker = s.spawn(|| {
-            let mut checked = 0u64;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            // The commits seen applied by checks made while others were
+            // still to come.
+            let mut seen = std::collections::BTreeSet::new();
+            loop {
+                let finished = done.load(Ordering::Relaxed);
                 let nonce = reader.account(&public(2)).unwrap().nonce;
                 if let Some(c) = (nonce / PAYEES).checked_sub(1) {
                     let paid = reader.account(&last[c as usize]).unwrap().balance;
                     assert_eq!(paid, 1, "commit {c} seen in part");
-                    checked += 1;
+                    if c + 1 < COMMITS {
+                        seen.insert(c);
+                    }
+                }
+                if finished {
+                    return seen.len();
                 }
             }
-            checked
         });
+        let _done = Done(&done);
         for transactions in &commits {
             apply(&mut ex, transactions);
         }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(checker.join().unwrap() > 0);
+        drop(_done);
+        let seen = checker.join().unwrap();
+        assert!(seen >= 2, "the reader saw {seen} commits while apply ran");
     });
 }
