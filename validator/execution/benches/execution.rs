@@ -413,12 +413,15 @@ fn main() {
     if speedup < parallel_target {
         missed.push(
             "**Runner parallelism**: each call is a fresh instance, whose memory the kernel \
-             maps in and tears down again: page faults on the copy-on-write image, and an \
-             `madvise` whose TLB shootdown interrupts the other cores. perf of hash-encoder calls \
+             maps in and tears down again: page faults on the copy-on-write image, and a \
+             decommit whose TLB shootdown interrupts the other cores. perf of hash-encoder calls \
              on one thread put 60 % of their time in the kernel, and the kernel's count of TLB \
              shootdown interrupts (`/proc/interrupts`, around runs of the runner alone) rose \
              from about 1 per job on one thread to about 55 per job (two per call) on two, \
-             each stalling the other thread. wasmtime can instead copy \
+             each stalling the other thread, when each instance's memory was returned with an \
+             `madvise` of its own. The host now returns eight instances' memory in one \
+             `process_madvise`, which cut shootdowns and made jobs faster on one thread and on \
+             two alike, so the ratio moved little. wasmtime can instead copy \
              an instance's written pages back in place (its `PAGEMAP_SCAN` reset), which halved \
              a fresh instance's cost in the host benchmark, but wasmtime 48's version can leave \
              a swapped-out page for the next instance to read, so it is off."
