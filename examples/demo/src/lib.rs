@@ -153,9 +153,9 @@ fn sign_packages(dir: &Path, cache: &Path) -> Result<Vec<(PathBuf, VerifiedPacka
         engine
             .load_package(&package, Some(&cache))
             .with_context(|| format!("cannot load the package of {}", meta.name))?;
-        let path = dir.join(format!("{}.somapkg", meta.name));
-        std::fs::write(&path, package.encode())?;
-        packages.push((path, package));
+        let file = dir.join(format!("{}.somapkg", meta.name));
+        std::fs::write(&file, package.encode())?;
+        packages.push((file, package));
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -724,10 +724,10 @@ impl Executor {
         if decoded.modality != Modality::Text {
             return Err(Rejection::NotTextEncoder);
         }
-        // Any registered encoder may be in any job's shard: one that would
-        // refuse some data could not be judged on it, and shards of only
-        // the encoders that take long data would be few enough to skip
-        // the outlier test.
+        // Any registered encoder may be in any job's shard, and one that
+        // refused the data could not be judged on it. (Leaving it out of
+        // such shards instead would leave long data to the few encoders
+        // that take it, too few for the outlier test.)
         if decoded.max_input_bytes < self.parameters.max_data_bytes {
             return Err(Rejection::InputLimitTooLow {
                 min: self.parameters.max_data_bytes,

@@ -4,6 +4,7 @@
 //! accounts    key (32)        → u64 balance ‖ u64 nonce
 //! validators  key (32)        → u64 stake ‖ u32 deviant attestations ‖ u32 undecided ones
 //! encoders    package (32)    → owner (32) ‖ u64 bond ‖ u32 undecided jobs
+//!                               ‖ u16 regions ‖ u32 score per region
 //! jobs        job id (32)     → job (see `job.rs`)
 //! attestations job id (32) ‖ validator key (32) → attestation
 //! deadlines   u64 commit index (BE) ‖ job id (32) → job id: when a job expires
