@@ -165,6 +165,16 @@ pub fn run(args: ClientArgs) -> Result<()> {
             let verified = Package::decode(&bytes)
                 .and_then(|p| p.verify(None))
                 .with_context(|| format!("{} is not a valid signed package", package.display()))?;
+            // The network would refuse it, after the fee is paid.
+            let longest = parameter(&api, "max_data_bytes")?;
+            let accepts = verified.manifest().max_input_bytes;
+            if u64::from(accepts) < longest {
+                bail!(
+                    "{}: its encoder accepts inputs of at most {accepts} bytes; the network's \
+                     data may hold {longest}, so the network would refuse it",
+                    package.display()
+                );
+            }
             api.post_bytes("/v1/packages", &bytes)?.ok()?;
             let (manifest, signature) = verified.signed_manifest();
             let action = Action::RegisterEncoder {

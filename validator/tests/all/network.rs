@@ -483,6 +483,35 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     let mine_path = dir.path().join("mine.somapkg");
     std::fs::write(&mine_path, mine.encode()).unwrap();
 
+    // A package that takes less input than the network's data may hold:
+    // refused by the client before anything is uploaded or paid for.
+    let hostile = soma_examples_artifacts::HOSTILE;
+    let short = Package::sign(
+        &user,
+        &text_encoder(hostile),
+        std::fs::read(hostile).unwrap(),
+        vec![],
+    )
+    .unwrap();
+    let short_path = dir.path().join("short.somapkg");
+    std::fs::write(&short_path, short.encode()).unwrap();
+    let (ok, out, err) = run(&[
+        "register-encoder".as_ref(),
+        "--key".as_ref(),
+        user_key.as_os_str(),
+        "--package".as_ref(),
+        short_path.as_os_str(),
+        "--bond".as_ref(),
+        "2000000".as_ref(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("accepts inputs of at most 1024 bytes; the network's data may hold 16384"),
+        "{err}"
+    );
+    let uploaded = format!("/v1/packages/{}", short.digest());
+    assert_eq!(call(api(2), "GET", &uploaded, None, b"").0, 404);
+
     let shown = soma(&[
         "register-encoder".as_ref(),
         "--key".as_ref(),
