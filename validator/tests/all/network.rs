@@ -473,37 +473,33 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
         shown.starts_with(&format!("balance {}", account(2)["balance"])),
         "{shown}"
     );
-    let mine = Package::sign(
-        &user,
-        &text_encoder(hash),
-        std::fs::read(hash).unwrap(),
-        vec![],
-    )
-    .unwrap();
-    let mine_path = dir.path().join("mine.somapkg");
-    std::fs::write(&mine_path, mine.encode()).unwrap();
+    // `component` signed by the user as its `info()` describes it, written
+    // to `file`; and its registration through `soma client`.
+    let user_package = |component: &str, file: &str| {
+        let meta = text_encoder(component);
+        let package =
+            Package::sign(&user, &meta, std::fs::read(component).unwrap(), vec![]).unwrap();
+        let path = dir.path().join(file);
+        std::fs::write(&path, package.encode()).unwrap();
+        (package, path)
+    };
+    let register = |path: &Path| {
+        run(&[
+            "register-encoder".as_ref(),
+            "--key".as_ref(),
+            user_key.as_os_str(),
+            "--package".as_ref(),
+            path.as_os_str(),
+            "--bond".as_ref(),
+            "2000000".as_ref(),
+        ])
+    };
+    let (mine, mine_path) = user_package(hash, "mine.somapkg");
 
     // A package that takes less input than the network's data may hold:
     // refused by the client before anything is uploaded or paid for.
-    let hostile = soma_examples_artifacts::HOSTILE;
-    let short = Package::sign(
-        &user,
-        &text_encoder(hostile),
-        std::fs::read(hostile).unwrap(),
-        vec![],
-    )
-    .unwrap();
-    let short_path = dir.path().join("short.somapkg");
-    std::fs::write(&short_path, short.encode()).unwrap();
-    let (ok, out, err) = run(&[
-        "register-encoder".as_ref(),
-        "--key".as_ref(),
-        user_key.as_os_str(),
-        "--package".as_ref(),
-        short_path.as_os_str(),
-        "--bond".as_ref(),
-        "2000000".as_ref(),
-    ]);
+    let (short, short_path) = user_package(soma_examples_artifacts::HOSTILE, "short.somapkg");
+    let (ok, out, err) = register(&short_path);
     assert!(!ok, "{out}");
     assert!(
         err.contains("accepts inputs of at most 1024 bytes; the network's data may hold 16384"),
@@ -512,15 +508,8 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     let uploaded = format!("/v1/packages/{}", short.digest());
     assert_eq!(call(api(2), "GET", &uploaded, None, b"").0, 404);
 
-    let shown = soma(&[
-        "register-encoder".as_ref(),
-        "--key".as_ref(),
-        user_key.as_os_str(),
-        "--package".as_ref(),
-        mine_path.as_os_str(),
-        "--bond".as_ref(),
-        "2000000".as_ref(),
-    ]);
+    let (ok, shown, err) = register(&mine_path);
+    assert!(ok, "{shown}{err}");
     assert!(shown.contains("uploaded"), "{shown}");
     let registered = format!("/v1/encoders/{}", mine.digest());
     wait_for(
