@@ -124,21 +124,57 @@ impl fmt::Debug for SecretKey {
 /// process stored after such a check ([`PublicKey::from_stored_bytes`]).
 ///
 /// Kept compressed so that keys are cheap to copy and to carry in errors;
-/// the point is decompressed, and so checked again, for each verification.
+/// the point is decompressed (and so checked again) for a verification,
+/// unless this thread decompressed the same bytes lately and holds the
+/// point in its small cache.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey([u8; 32]);
+
+/// Slots of each thread's cache of decompressed keys.
+const DECOMPRESSED_SLOTS: usize = 64;
+
+thread_local! {
+    /// Keys this thread decompressed lately, each in the slot its bytes
+    /// pick. Decompressing costs about a tenth of a verification, and a
+    /// transaction's sender is decompressed when it is decoded and again
+    /// when its signature is checked, on the same thread; validators sign
+    /// most transactions (attestations), a few keys again and again. A
+    /// slot holds the point of exactly the bytes it was made from, so a
+    /// hit gives what decompressing would.
+    static DECOMPRESSED: std::cell::RefCell<[Option<VerifyingKey>; DECOMPRESSED_SLOTS]> =
+        const { std::cell::RefCell::new([None; DECOMPRESSED_SLOTS]) };
+}
+
+/// The curve point `bytes` encode, if they encode one.
+fn decompress(bytes: &[u8; 32]) -> Result<VerifyingKey, Error> {
+    DECOMPRESSED.with_borrow_mut(|slots| {
+        let slot = &mut slots[decompressed_slot(bytes)];
+        if let Some(key) = slot.filter(|key| key.as_bytes() == bytes) {
+            return Ok(key);
+        }
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| Error::InvalidPublicKey)?;
+        *slot = Some(key);
+        Ok(key)
+    })
+}
+
+/// The cache slot of the key encoded as `bytes`: by its first byte, the
+/// low byte of a coordinate of a point derived from a hash, so spread
+/// evenly. A sender that picks keys to fill others' slots costs them only
+/// the decompressions the cache would have saved.
+fn decompressed_slot(bytes: &[u8; 32]) -> usize {
+    usize::from(bytes[0]) % DECOMPRESSED_SLOTS
+}
 
 impl PublicKey {
     /// Parses 32 bytes, refusing those that are not a curve point.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, Error> {
-        VerifyingKey::from_bytes(bytes)
-            .map(|_| PublicKey(*bytes))
-            .map_err(|_| Error::InvalidPublicKey)
+        decompress(bytes).map(|_| PublicKey(*bytes))
     }
 
     /// Takes 32 bytes that were a checked key when this process stored them
     /// (a record read back from its own state), without decompressing the
-    /// point again: that costs about a fifth of a verification, and state
+    /// point again: that costs about a tenth of a verification, and state
     /// records carry several keys. Never use it for bytes from outside.
     /// Bytes that are not a point (a corrupted store) fail every
     /// verification with [`Error::InvalidPublicKey`].
@@ -165,7 +201,7 @@ impl PublicKey {
         message: &[u8],
         signature: &Signature,
     ) -> Result<(), Error> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| Error::InvalidPublicKey)?;
+        let key = decompress(&self.0)?;
         let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
         key.verify_strict(&domain.signing_digest(message), &signature)
             .map_err(|_| Error::BadSignature)
@@ -242,6 +278,62 @@ mod tests {
             .expect("some repeated byte is not a curve point");
         assert_eq!(
             PublicKey::from_stored_bytes(not_a_point).verify(Domain::Transaction, b"tx", &sig),
+            Err(Error::InvalidPublicKey)
+        );
+    }
+
+    #[test]
+    fn keys_sharing_a_cache_slot_each_verify_as_themselves() {
+        let slot = |k: &PublicKey| decompressed_slot(&k.0);
+        let first = key(1).public_key();
+        let n = (2..=u8::MAX)
+            .find(|&n| slot(&key(n).public_key()) == slot(&first))
+            .expect("one of keys 2 to 255 shares the slot of key 1");
+        let second = key(n).public_key();
+        let (by_first, by_second) = (
+            key(1).sign(Domain::Transaction, b"tx"),
+            key(n).sign(Domain::Transaction, b"tx"),
+        );
+        // Each evicts the other, in turn, twice.
+        for _ in 0..2 {
+            assert_eq!(first.verify(Domain::Transaction, b"tx", &by_first), Ok(()));
+            assert_eq!(
+                first.verify(Domain::Transaction, b"tx", &by_second),
+                Err(Error::BadSignature)
+            );
+            assert_eq!(
+                second.verify(Domain::Transaction, b"tx", &by_second),
+                Ok(())
+            );
+            assert_eq!(
+                second.verify(Domain::Transaction, b"tx", &by_first),
+                Err(Error::BadSignature)
+            );
+        }
+        // Bytes that are no point, in the slot of a key just used, are
+        // still refused.
+        assert_eq!(
+            second.verify(Domain::Transaction, b"tx", &by_second),
+            Ok(())
+        );
+        let not_a_point = (0..=u8::MAX)
+            .map(|b| {
+                let mut bytes = second.0;
+                bytes[2..].fill(b);
+                bytes
+            })
+            .find(|bytes| VerifyingKey::from_bytes(bytes).is_err())
+            .expect("some filling is not a curve point");
+        assert_eq!(
+            PublicKey::from_bytes(&not_a_point),
+            Err(Error::InvalidPublicKey)
+        );
+        assert_eq!(
+            PublicKey::from_stored_bytes(not_a_point).verify(
+                Domain::Transaction,
+                b"tx",
+                &by_second
+            ),
             Err(Error::InvalidPublicKey)
         );
     }
