@@ -379,7 +379,22 @@ impl Writer {
 
     /// Little-endian `u32`s, one after another (no count).
     pub fn u32s(&mut self, values: impl ExactSizeIterator<Item = u32>) {
-        self.0.reserve(values.len() * 4);
+        // Written into place, four bytes per value with no growth check
+        // between them, so that the loop compiles to plain stores (a
+        // vector's coordinates one `extend` at a time cost more than the
+        // rest of its record).
+        // An iterator that miscounts itself still writes exactly what it
+        // yields (one that claims far too many costs the memory, as
+        // reserving it did).
+        let mut values = values;
+        let start = self.0.len();
+        self.0.resize(start + values.len() * 4, 0);
+        let mut end = start;
+        for (bytes, v) in self.0[start..].chunks_exact_mut(4).zip(&mut values) {
+            bytes.copy_from_slice(&v.to_le_bytes());
+            end += 4;
+        }
+        self.0.truncate(end);
         values.for_each(|v| self.0.extend_from_slice(&v.to_le_bytes()));
     }
 
@@ -483,6 +498,28 @@ mod tests {
         assert_eq!(r.u128("e"), Ok(u128::MAX));
         assert_eq!(r.bool("f"), Ok(true));
         assert_eq!(r.finish(), Ok(()));
+    }
+
+    #[test]
+    fn u32s_writes_what_an_iterator_yields_even_if_it_miscounts() {
+        /// Yields `values` and claims `claimed` of them.
+        struct Miscounted(std::vec::IntoIter<u32>, usize);
+        impl Iterator for Miscounted {
+            type Item = u32;
+            fn next(&mut self) -> Option<u32> {
+                self.0.next()
+            }
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                (self.1, Some(self.1))
+            }
+        }
+        impl ExactSizeIterator for Miscounted {}
+        for claimed in [0, 2, 3, 5] {
+            let mut w = Writer::new();
+            w.u8(9);
+            w.u32s(Miscounted(vec![1, 2, 3].into_iter(), claimed));
+            assert_eq!(w.into_bytes(), [9, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]);
+        }
     }
 
     #[test]
