@@ -400,7 +400,8 @@ impl Executor {
 
     /// Applies the next commit: every transaction in order, then one
     /// durable write of all their effects and the new root. Signatures are
-    /// checked on rayon's global pool, so call it from outside that pool.
+    /// checked, and the commit's writes hashed, on rayon's global pool, so
+    /// call it from outside that pool.
     pub fn apply(&mut self, commit: Commit<'_>) -> Result<CommitEffects, ExecutionError> {
         if commit.index != self.applied.next_index {
             return Err(ExecutionError::OutOfOrder {
@@ -413,13 +414,18 @@ impl Executor {
         let receipts = self.apply_transactions(&commit, &mut changes)?;
         let encoded: Vec<Vec<u8>> = receipts.iter().map(Encode::to_bytes).collect();
         let mut lattice = self.lattice.clone();
-        self.store.fold(&mut lattice, &changes)?;
+        // Both hash every write: side by side on the pool.
+        let (folded, writes) = rayon::join(
+            || self.store.fold(&mut lattice, &changes),
+            || changes.digest(),
+        );
+        folded?;
         let step = RootStep {
             previous: self.applied.root,
             index: commit.index,
             commit: commit.digest,
             receipts: receipts_digest(&encoded),
-            writes: changes.digest(),
+            writes,
         };
         let root = step.root(&lattice);
         let applied = Applied {

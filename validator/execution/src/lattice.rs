@@ -66,6 +66,17 @@ impl Lattice {
         self.fold(space, key, value, true);
     }
 
+    /// Adds the entries `other` added and takes away those it took away:
+    /// lattices of disjoint sets of writes, folded on different threads,
+    /// sum to the lattice of all of them, in any order.
+    pub(crate) fn merge(&mut self, other: &Lattice) {
+        for (sum, lane) in self.lanes.iter_mut().zip(other.lanes.iter()) {
+            *sum = sum.wrapping_add(*lane);
+        }
+        self.size.entries = self.size.entries.wrapping_add(other.size.entries);
+        self.size.bytes = self.size.bytes.wrapping_add(other.size.bytes);
+    }
+
     /// Adds an entry's lanes and size, or (`negated`) their negation.
     fn fold(&mut self, space: u8, key: &[u8], value: &[u8], negated: bool) {
         let sign = |x: u64| if negated { x.wrapping_neg() } else { x };
@@ -164,6 +175,27 @@ mod tests {
         assert_ne!(base, entry_lanes(1, b"key", b"valuf"));
         // The boundary between key and value is part of the entry.
         assert_ne!(entry_lanes(1, b"ke", b"yvalue"), base);
+    }
+
+    #[test]
+    fn lattices_of_parts_merge_into_the_lattice_of_the_whole() {
+        let mut whole = Lattice::default();
+        whole.add(0, b"a", b"1");
+        whole.add(1, b"b", b"2");
+        whole.remove(0, b"a", b"1");
+        let (mut first, mut second) = (Lattice::default(), Lattice::default());
+        first.remove(0, b"a", b"1");
+        second.add(1, b"b", b"2");
+        first.add(0, b"a", b"1");
+        second.merge(&first);
+        assert_eq!(second, whole);
+        assert_eq!(
+            second.size(),
+            StateSize {
+                entries: 1,
+                bytes: 2
+            }
+        );
     }
 
     #[test]
