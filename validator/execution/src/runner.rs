@@ -163,6 +163,13 @@ impl JobRunner {
             .collect())
     }
 
+    /// The inputs every shard encoder of `job` is called on, in the order
+    /// its results are combined: the whole data, then each mask's part and
+    /// rest. For tools that replay or time a job's calls.
+    pub fn inputs(job: &Job, params: &Parameters) -> Vec<Vec<u8>> {
+        Variants::of(&job.data, &job.seed, params.mask_count).inputs
+    }
+
     /// Loads (compiles, pre-initialises) the encoder of `package` ahead of
     /// its first job, so that job does not wait for it; the outcome
     /// compute would attest if it does not load.
