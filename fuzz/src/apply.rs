@@ -186,6 +186,8 @@ pub fn check(bytes: &[u8]) {
                     package: registration((amount % 5) as u8, &name, 0).1,
                 },
                 6 => Action::SubmitData {
+                    // Mostly text; the rest is refused.
+                    modality: Modality::from_code((amount % 8) as u8).unwrap_or(Modality::Text),
                     data: amount.to_le_bytes().to_vec(),
                     payment: amount,
                 },

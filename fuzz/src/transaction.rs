@@ -7,7 +7,7 @@ use soma_crypto::PublicKey;
 use soma_execution::{
     Action, EncoderResult, MAX_TRANSACTION_BYTES, Outcome, SignedTransaction, Transaction,
 };
-use soma_host::Digest;
+use soma_host::{Digest, Modality};
 
 /// Checks one input.
 pub fn check(bytes: &[u8]) {
@@ -95,6 +95,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         },
         Action::DeregisterEncoder { package },
         Action::SubmitData {
+            modality: Modality::Text,
             data: b"the quick brown fox".to_vec(),
             payment: 1_000,
         },
@@ -116,6 +117,7 @@ fn largest() -> Vec<u8> {
         signed(
             0,
             Action::SubmitData {
+                modality: Modality::Text,
                 data: vec![b'x'; len],
                 payment: 1,
             },

@@ -33,3 +33,28 @@ pub enum Modality {
     /// Arbitrary bytes.
     Bytes,
 }
+
+impl Modality {
+    /// Every modality, in the order of their codes.
+    pub const ALL: [Modality; 4] = [
+        Modality::Text,
+        Modality::Image,
+        Modality::Audio,
+        Modality::Bytes,
+    ];
+
+    /// The byte that stands for it in manifests and transactions.
+    pub fn code(self) -> u8 {
+        match self {
+            Modality::Text => 0,
+            Modality::Image => 1,
+            Modality::Audio => 2,
+            Modality::Bytes => 3,
+        }
+    }
+
+    /// The modality a byte stands for, if any.
+    pub fn from_code(code: u8) -> Option<Modality> {
+        Modality::ALL.get(usize::from(code)).copied()
+    }
+}

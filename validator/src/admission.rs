@@ -224,6 +224,7 @@ mod tests {
             8,
             11,
             Action::SubmitData {
+                modality: soma_host::Modality::Text,
                 data: vec![b'x'; 4_000],
                 payment: 1_000,
             },

@@ -32,8 +32,8 @@ use soma_execution::{
     Action, Job, JobStatus, Parameters, PinnedState, SNAPSHOT_PAGE_BYTES, SignedTransaction,
     Transaction,
 };
-use soma_host::Digest;
 use soma_host::package::Package;
+use soma_host::{Digest, Modality};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -960,6 +960,7 @@ impl Api {
                     nonce,
                     fee: params.min_fee,
                     action: Action::SubmitData {
+                        modality: Modality::Text,
                         data: input.as_bytes().to_vec(),
                         payment: params.min_job_payment,
                     },

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use soma_codec::Encode;
 use soma_crypto::{PublicKey, SecretKey, keyfile};
 use soma_execution::{Action, Transaction};
+use soma_host::Modality;
 use soma_host::package::Package;
 use soma_validator::client::ApiClient;
 use std::net::SocketAddr;
@@ -203,6 +204,7 @@ pub fn run(args: ClientArgs) -> Result<()> {
                 None => parameter(&api, "min_job_payment")?,
             };
             let action = Action::SubmitData {
+                modality: Modality::Text,
                 data: text.into_bytes(),
                 payment,
             };

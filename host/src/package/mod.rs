@@ -206,7 +206,7 @@ impl Manifest {
         w.str16(&self.world);
         w.u32(self.dimension);
         w.u64(self.fuel_limit);
-        w.u8(modality_code(self.modality));
+        w.u8(self.modality.code());
         w.u32(self.max_input_bytes);
         put_blob(&mut w, &self.component);
         w.count16(self.models.len());
@@ -268,7 +268,9 @@ impl Manifest {
         if fuel_limit > MAX_FUEL_LIMIT {
             return Err(too_large("fuel limit", fuel_limit, MAX_FUEL_LIMIT));
         }
-        let modality = modality_from_code(r.u8("manifest")?)?;
+        let code = r.u8("manifest")?;
+        let modality = Modality::from_code(code)
+            .ok_or_else(|| PackageError::Malformed(format!("unknown modality code {code}")))?;
         let max_input_bytes = r.u32("manifest")?;
         let component = read_blob(&mut r, "component size", MAX_COMPONENT_BYTES)?;
         let count = r.count16("model count", MAX_MODELS, 2 + 32 + 8)?;
@@ -627,29 +629,6 @@ fn too_large(field: &'static str, size: u64, max: u64) -> PackageError {
 fn put_blob(w: &mut Writer, blob: &BlobRef) {
     w.array(&blob.digest.0);
     w.u64(blob.size);
-}
-
-fn modality_code(m: Modality) -> u8 {
-    match m {
-        Modality::Text => 0,
-        Modality::Image => 1,
-        Modality::Audio => 2,
-        Modality::Bytes => 3,
-    }
-}
-
-fn modality_from_code(code: u8) -> Result<Modality, PackageError> {
-    Ok(match code {
-        0 => Modality::Text,
-        1 => Modality::Image,
-        2 => Modality::Audio,
-        3 => Modality::Bytes,
-        _ => {
-            return Err(PackageError::Malformed(format!(
-                "unknown modality code {code}"
-            )));
-        }
-    })
 }
 
 fn truncated(what: &str) -> PackageError {

@@ -22,7 +22,7 @@ use soma_execution::{
     JobRunner, JobStatus, Parameters, Transaction,
 };
 use soma_host::package::{BlobStore, EncoderMeta, MAX_FUEL_LIMIT, Package};
-use soma_host::{Digest, Encoder, Engine, Limits, Seed};
+use soma_host::{Digest, Encoder, Engine, Limits, Modality, Seed};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -170,6 +170,7 @@ fn submit(ex: &mut Executor, g: &Genesis) -> Vec<(soma_host::Digest, Job)> {
                 5,
                 start + n,
                 Action::SubmitData {
+                    modality: Modality::Text,
                     data,
                     payment: 1_000_000,
                 },

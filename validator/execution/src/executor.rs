@@ -698,7 +698,14 @@ impl Executor {
                 state.delete_encoder(&package);
                 state.credit(&tx.sender, encoder.bond)
             }
-            Action::SubmitData { data, payment } => {
+            Action::SubmitData {
+                modality,
+                data,
+                payment,
+            } => {
+                if *modality != Modality::Text {
+                    Err(Rejection::NotTextData)?;
+                }
                 self.submit(state, commit, signed.digest(), &tx.sender, data, *payment)
             }
             Action::Attest { job, results } => self.attest(state, commit, job, &tx.sender, results),

@@ -117,6 +117,8 @@ pub enum Rejection {
         /// The network's largest data, in bytes.
         min: u32,
     },
+    /// A submission of another modality than text: the network embeds text.
+    NotTextData,
 }
 
 /// What happened to one transaction.
@@ -184,6 +186,7 @@ impl fmt::Display for Rejection {
             Rejection::StakeLocked => write!(f, "the validator attested jobs not yet decided"),
             Rejection::NotText => write!(f, "the data is not UTF-8 text"),
             Rejection::NotTextEncoder => write!(f, "the network admits text encoders only"),
+            Rejection::NotTextData => write!(f, "the network embeds text only"),
             Rejection::InputLimitTooLow { min } => write!(
                 f,
                 "the encoder must accept inputs of {min} bytes, the network's largest data"
@@ -268,6 +271,7 @@ impl Encode for Receipt {
                 w.u8(29);
                 w.u32(min);
             }
+            Rejection::NotTextData => w.u8(30),
         }
     }
 }
@@ -320,6 +324,7 @@ impl Decode<'_> for Receipt {
             27 => Some(Rejection::NotText),
             28 => Some(Rejection::NotTextEncoder),
             29 => Some(Rejection::InputLimitTooLow { min: r.u32("min")? }),
+            30 => Some(Rejection::NotTextData),
             code => {
                 return Err(DecodeError::invalid(
                     "outcome",

@@ -21,7 +21,7 @@
 use crate::job::{Attestation, EncoderResult};
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::{Domain, PublicKey, SecretKey, Signature};
-use soma_host::Digest;
+use soma_host::{Digest, Modality};
 
 /// Largest signed transaction, in bytes.
 pub const MAX_TRANSACTION_BYTES: u32 = 64 * 1024;
@@ -67,6 +67,10 @@ pub enum Action {
     /// Asks the network to embed `data`, paying `payment` (held until the
     /// job is decided). The job's id is this transaction's digest.
     SubmitData {
+        /// What kind of data it is. The network embeds one modality, text
+        /// (every encoder it admits is a text encoder); others are refused
+        /// by apply, so that admitting one later changes no encoding.
+        modality: Modality,
         /// What to embed.
         data: Vec<u8>,
         /// Base units paid for the job.
@@ -242,8 +246,13 @@ impl Encode for Transaction {
                 w.u8(DEREGISTER_ENCODER);
                 w.array(&package.0);
             }
-            Action::SubmitData { data, payment } => {
+            Action::SubmitData {
+                modality,
+                data,
+                payment,
+            } => {
                 w.u8(SUBMIT_DATA);
+                w.u8(modality.code());
                 w.u64(*payment);
                 w.bytes32(data);
             }
@@ -285,6 +294,7 @@ impl Decode<'_> for Transaction {
                 package: Digest(r.array("package")?),
             },
             SUBMIT_DATA => Action::SubmitData {
+                modality: modality(r)?,
                 payment: r.u64("payment")?,
                 data: r.bytes32("data", MAX_TRANSACTION_BYTES)?.to_vec(),
             },
@@ -308,6 +318,13 @@ impl Decode<'_> for Transaction {
 pub(crate) fn public_key(r: &mut Reader<'_>, what: &'static str) -> Result<PublicKey, DecodeError> {
     PublicKey::from_bytes(&r.array(what)?)
         .map_err(|_| DecodeError::invalid(what, "not an ed25519 public key"))
+}
+
+/// A modality by its code.
+fn modality(r: &mut Reader<'_>) -> Result<Modality, DecodeError> {
+    let code = r.u8("modality")?;
+    Modality::from_code(code)
+        .ok_or_else(|| DecodeError::invalid("modality", format!("unknown code {code}")))
 }
 
 #[cfg(test)]
@@ -366,5 +383,32 @@ mod tests {
             Transaction::from_bytes(&longer),
             Err(DecodeError::TrailingBytes(1))
         );
+    }
+
+    #[test]
+    fn a_submission_keeps_its_modality_and_an_unknown_one_does_not_decode() {
+        let key = SecretKey::from_bytes(&[1; 32]);
+        let submission = |modality| Transaction {
+            action: Action::SubmitData {
+                modality,
+                data: b"words".to_vec(),
+                payment: 7,
+            },
+            ..transfer(&key)
+        };
+        for modality in Modality::ALL {
+            let bytes = submission(modality).to_bytes();
+            assert_eq!(Transaction::from_bytes(&bytes), Ok(submission(modality)));
+        }
+        let mut unknown = submission(Modality::Text).to_bytes();
+        // The byte after the action's tag.
+        unknown[8 + 32 + 32 + 8 + 8 + 1] = Modality::ALL.len() as u8;
+        assert!(matches!(
+            Transaction::from_bytes(&unknown),
+            Err(DecodeError::Invalid {
+                what: "modality",
+                ..
+            })
+        ));
     }
 }

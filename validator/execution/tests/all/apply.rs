@@ -51,6 +51,7 @@ fn refused(g: &Genesis, setup: &[Vec<u8>], tx: Vec<u8>, expected: Rejection, sen
     let (mut after, mut supply) = (accounts(&ex), ex.supply().unwrap());
     let effects = apply(&mut ex, &[tx]);
     assert_eq!(effects.receipts[0].rejection, Some(expected));
+    assert_eq!(ex.receipts(ex.next_index() - 1).unwrap(), effects.receipts);
     assert_eq!(effects.receipts[0].fee, fee, "{expected:?}");
     if fee > 0 {
         after[sender as usize].balance -= fee;
@@ -138,7 +139,7 @@ fn a_refused_action_pays_its_fee_and_uses_its_nonce_but_changes_nothing_else() {
     )
     .unwrap();
     let (wide, _) = registration(&g, 2, "wide", 1_000_000);
-    let (pictures, _) = registration_of(&g, 2, "pictures", 1_000_000, soma_host::Modality::Image);
+    let (pictures, _) = registration_of(&g, 2, "pictures", 1_000_000, Modality::Image);
     // It would refuse the network's longest data.
     let short = EncoderMeta {
         max_input_bytes: g.parameters().max_data_bytes - 1,
@@ -229,6 +230,23 @@ fn a_refused_action_pays_its_fee_and_uses_its_nonce_but_changes_nothing_else() {
             vec![],
             signed(&g, 2, 0, 10, pictures),
             Rejection::NotTextEncoder,
+            2,
+        ),
+        (
+            &g,
+            vec![],
+            signed(
+                &g,
+                2,
+                0,
+                10,
+                Action::SubmitData {
+                    modality: Modality::Image,
+                    data: b"\x89PNG".to_vec(),
+                    payment: 1_000_000,
+                },
+            ),
+            Rejection::NotTextData,
             2,
         ),
         (

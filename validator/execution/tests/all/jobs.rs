@@ -80,6 +80,7 @@ fn failed(outcome: Outcome) -> EncoderResult {
 fn submit(ex: &mut Executor, g: &Genesis, data: &[u8]) -> Digest {
     let nonce = ex.account(&public(SUBMITTER)).unwrap().nonce;
     let action = Action::SubmitData {
+        modality: Modality::Text,
         data: data.to_vec(),
         payment: 1_000_000,
     };
@@ -422,7 +423,11 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
             SUBMITTER,
             nonce,
             10,
-            Action::SubmitData { data, payment },
+            Action::SubmitData {
+                modality: Modality::Text,
+                data,
+                payment,
+            },
         )
     };
     let too_long = vec![0; g.parameters().max_data_bytes as usize + 1];
@@ -482,6 +487,7 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
         0,
         10,
         Action::SubmitData {
+            modality: Modality::Text,
             data: b"x".to_vec(),
             payment: 5_000,
         },
@@ -546,13 +552,8 @@ fn routing_scores_move_on_judged_jobs_and_on_failures_only() {
     assert!(last[2] < after[2] && last[3] < after[3], "{last:?}");
 
     // A newcomer starts at the median of the registered encoders.
-    let (registration, newcomer) = registration_of(
-        &g,
-        SUBMITTER,
-        "newcomer",
-        10_000_000,
-        soma_host::Modality::Text,
-    );
+    let (registration, newcomer) =
+        registration_of(&g, SUBMITTER, "newcomer", 10_000_000, Modality::Text);
     let nonce = ex.account(&public(SUBMITTER)).unwrap().nonce;
     let tx = signed(&g, SUBMITTER, nonce, 10, registration);
     assert_eq!(apply(&mut ex, &[tx]).receipts[0].rejection, None);

@@ -18,7 +18,7 @@ use soma_execution::{
     GenesisValidator, JobRunner, JobStatus, Parameters, Transaction,
 };
 use soma_host::package::{BlobStore, EncoderMeta, Package, VerifiedPackage};
-use soma_host::{Digest, EncoderInfo, Engine};
+use soma_host::{Digest, EncoderInfo, Engine, Modality};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
@@ -97,7 +97,7 @@ pub fn variant(g: &Genesis, name: &str, parameters: Parameters) -> Genesis {
 /// encoder of the network's dimension) with `bond`; and the package's
 /// digest.
 pub fn registration(g: &Genesis, owner: u8, name: &str, bond: u64) -> (Action, Digest) {
-    registration_of(g, owner, name, bond, soma_host::Modality::Text)
+    registration_of(g, owner, name, bond, Modality::Text)
 }
 
 /// [`registration`] of an encoder of `modality`.
@@ -106,7 +106,7 @@ pub fn registration_of(
     owner: u8,
     name: &str,
     bond: u64,
-    modality: soma_host::Modality,
+    modality: Modality,
 ) -> (Action, Digest) {
     let meta = EncoderMeta {
         modality,
@@ -123,7 +123,7 @@ pub fn registered_meta(g: &Genesis, name: &str) -> EncoderMeta {
         version: "1.0.0".into(),
         dimension: u32::from(g.parameters().dimension),
         fuel_limit: 1_000_000,
-        modality: soma_host::Modality::Text,
+        modality: Modality::Text,
         max_input_bytes: g.parameters().max_data_bytes,
     }
 }
@@ -198,7 +198,7 @@ pub fn minilm_package(component: &str, name: &str, model_file: &str, owner: u8) 
         version: "0.1.0".into(),
         dimension: 384,
         fuel_limit: soma_host::package::MAX_FUEL_LIMIT,
-        modality: soma_host::Modality::Text,
+        modality: Modality::Text,
         // The guest SDK's sentence encoders' default, which the MiniLM
         // examples keep (loading checks it against `info()`).
         max_input_bytes: 16 * 1024,
@@ -276,6 +276,7 @@ pub fn submit_all(executor: &mut Executor, genesis: &Genesis, data: &[&[u8]]) ->
         .zip(nonce..)
         .map(|(data, nonce)| {
             let action = Action::SubmitData {
+                modality: Modality::Text,
                 data: data.to_vec(),
                 payment: 1_000_000,
             };

@@ -105,6 +105,7 @@ fn submissions(g: &Genesis) -> Vec<Vec<u8>> {
         .zip(0..)
         .map(|(text, nonce)| {
             let action = Action::SubmitData {
+                modality: Modality::Text,
                 data: text.as_bytes().to_vec(),
                 payment: 1_000_000,
             };
