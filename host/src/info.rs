@@ -58,3 +58,17 @@ impl Modality {
         Modality::ALL.get(usize::from(code)).copied()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_modality_is_the_one_its_code_stands_for() {
+        for (i, modality) in Modality::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(modality.code()), i);
+            assert_eq!(Modality::from_code(modality.code()), Some(modality));
+        }
+        assert_eq!(Modality::from_code(Modality::ALL.len() as u8), None);
+    }
+}

@@ -715,6 +715,33 @@ pub(crate) fn encoder_key(package: &Digest) -> [u8; 32] {
 mod tests {
     use super::*;
 
+    /// The digest is of every write's plain encoding, in key order, however
+    /// large values are fed to the hasher.
+    #[test]
+    fn the_writes_digest_is_of_each_write_s_plain_encoding() {
+        let mut changes = Changes::default();
+        changes
+            .0
+            .insert((Space::Jobs, vec![1; 32]), Some(vec![9; 5_000]));
+        changes
+            .0
+            .insert((Space::Accounts, b"b".to_vec()), Some(vec![7; 3]));
+        changes.0.insert((Space::Accounts, b"a".to_vec()), None);
+        changes.0.insert((Space::Jobs, vec![2; 32]), Some(vec![]));
+        let mut plain = Writer::new();
+        for ((space, key), value) in &changes.0 {
+            plain.u8(*space as u8);
+            plain.bytes32(key);
+            plain.bool(value.is_some());
+            if let Some(value) = value {
+                plain.bytes32(value);
+            }
+        }
+        let mut hasher = blake3::Hasher::new_derive_key("soma/state-writes/v1");
+        hasher.update(&plain.into_bytes());
+        assert_eq!(changes.digest(), *hasher.finalize().as_bytes());
+    }
+
     /// Snapshots name a keyspace by its number: the list and the numbers
     /// must agree.
     #[test]

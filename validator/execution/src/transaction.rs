@@ -2,15 +2,17 @@
 //!
 //! ```text
 //! signed      = u32 length ‖ transaction ‖ signature (64)
-//! transaction = "SOMATXv1" ‖ chain id (32) ‖ sender (32) ‖ u64 nonce ‖ u64 fee ‖ action
+//! transaction = "SOMATXv2" ‖ chain id (32) ‖ sender (32) ‖ u64 nonce ‖ u64 fee ‖ action
 //! action      = 0 ‖ recipient (32) ‖ u64 amount      transfer
 //!             | 1 ‖ u64 amount                        add validator stake
 //!             | 2 ‖ u64 amount                        withdraw validator stake
 //!             | 3 ‖ u32 length ‖ manifest ‖ signature (64) ‖ u64 bond
 //!                                                     register an encoder
 //!             | 4 ‖ package digest (32)               deregister it
-//!             | 5 ‖ u64 payment ‖ u32 length ‖ data    submit data to embed
+//!             | 5 ‖ u8 modality ‖ u64 payment ‖ u32 length ‖ data
+//!                                                     submit data to embed
 //!             | 6 ‖ job (32) ‖ attestation            a validator's results
+//! modality    = 0 text | 1 image | 2 audio | 3 bytes
 //! attestation = u8 count ‖ (u8 outcome ‖ u64 fuel ‖ u32 loss ‖ u16 n ‖ i32 embedding * n)*
 //! ```
 //!
@@ -26,7 +28,8 @@ use soma_host::{Digest, Modality};
 /// Largest signed transaction, in bytes.
 pub const MAX_TRANSACTION_BYTES: u32 = 64 * 1024;
 
-const MAGIC: &[u8; 8] = b"SOMATXv1";
+/// Version 2 added the modality of submitted data.
+const MAGIC: &[u8; 8] = b"SOMATXv2";
 
 /// What a transaction does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +71,9 @@ pub enum Action {
     /// job is decided). The job's id is this transaction's digest.
     SubmitData {
         /// What kind of data it is. The network embeds one modality, text
-        /// (every encoder it admits is a text encoder); others are refused
-        /// by apply, so that admitting one later changes no encoding.
+        /// (every encoder it admits is a text encoder); apply refuses the
+        /// others, so that admitting one later needs no new transaction
+        /// encoding.
         modality: Modality,
         /// What to embed.
         data: Vec<u8>,

@@ -443,6 +443,22 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
         apply(&mut ex, &[tx]).receipts[0].rejection,
         Some(Rejection::NotText)
     );
+    // Not text, though it would be valid UTF-8: no job, nothing held.
+    let nonce = ex.account(&public(SUBMITTER)).unwrap().nonce;
+    let action = Action::SubmitData {
+        modality: Modality::Audio,
+        data: b"words".to_vec(),
+        payment: 1_000_000,
+    };
+    let before = ex.account(&public(SUBMITTER)).unwrap().balance;
+    let effects = apply(&mut ex, &[signed(&g, SUBMITTER, nonce, 10, action)]);
+    let receipt = effects.receipts[0];
+    assert_eq!(receipt.rejection, Some(Rejection::NotTextData));
+    assert_eq!(ex.job(&receipt.transaction.unwrap()).unwrap(), None);
+    assert_eq!(ex.account(&public(SUBMITTER)).unwrap().balance, before - 10);
+    for i in 0..3 {
+        assert_eq!(ex.encoder(&package(i)).unwrap().unwrap().pending, 0);
+    }
     let tx = submit_tx(&ex, b"cheap".to_vec(), 999);
     assert_eq!(
         apply(&mut ex, &[tx]).receipts[0].rejection,
