@@ -102,7 +102,7 @@ impl JobRunner {
             .map(|package| self.encoder(package))
             .collect::<Result<Vec<_>, _>>()?;
         let variants = Variants::of(&job.data, &job.seed, params.mask_count);
-        let seed = Seed(blake3::derive_key("soma/job-sandbox/v1", &job.seed));
+        let seed = sandbox_seed(job);
         let tasks: Vec<(&Loaded, &Vec<u8>)> = encoders
             .iter()
             .filter_map(|e| e.as_ref().ok())
@@ -163,11 +163,13 @@ impl JobRunner {
             .collect())
     }
 
-    /// The inputs every shard encoder of `job` is called on, in the order
-    /// its results are combined: the whole data, then each mask's part and
-    /// rest. For tools that replay or time a job's calls.
-    pub fn inputs(job: &Job, params: &Parameters) -> Vec<Vec<u8>> {
-        Variants::of(&job.data, &job.seed, params.mask_count).inputs
+    /// The calls every shard encoder of `job` gets: the sandbox's seed, and
+    /// the inputs in the order their results are combined (the whole data,
+    /// then each mask's part and rest), one input per call. For tools that
+    /// replay or time a job's calls.
+    pub fn calls(job: &Job, params: &Parameters) -> (Seed, Vec<Vec<u8>>) {
+        let variants = Variants::of(&job.data, &job.seed, params.mask_count);
+        (sandbox_seed(job), variants.inputs)
     }
 
     /// Loads (compiles, pre-initialises) the encoder of `package` ahead of
@@ -232,6 +234,11 @@ impl JobRunner {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Digest, Result<Arc<Loaded>, Outcome>>> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The seed of the sandbox of every call of `job`.
+fn sandbox_seed(job: &Job) -> Seed {
+    Seed(blake3::derive_key("soma/job-sandbox/v1", &job.seed))
 }
 
 /// One call's outcome: the vector and the fuel used, or the attested
