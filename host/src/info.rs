@@ -70,5 +70,7 @@ mod tests {
             assert_eq!(Modality::from_code(modality.code()), Some(modality));
         }
         assert_eq!(Modality::from_code(Modality::ALL.len() as u8), None);
+        // Manifests and transactions carry these bytes.
+        assert_eq!(Modality::ALL.map(Modality::code), [0, 1, 2, 3]);
     }
 }
