@@ -17,27 +17,59 @@ const TRIGRAM_WEIGHT: f32 = 0.35;
 /// word).
 pub fn hashed_features(text: &str, dimension: usize) -> Vec<f32> {
     let mut v = vec![0.0f32; dimension];
-    let mut word = String::new();
+    let mut word = Vec::new();
     for token in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
     {
-        word.clear();
-        word.push('<');
-        word.extend(token.chars().flat_map(char::to_lowercase));
-        word.push('>');
-        add_feature(
-            &mut v,
-            b'w',
-            &word.as_bytes()[1..word.len() - 1],
-            WORD_WEIGHT,
-        );
-        for trigram in trigrams(&word) {
-            add_feature(&mut v, b't', trigram.as_bytes(), TRIGRAM_WEIGHT);
-        }
+        marked_lowercase(token, &mut word);
+        add_feature(&mut v, b'w', &word[1..word.len() - 1], WORD_WEIGHT);
+        for_each_trigram(&word, |trigram| {
+            add_feature(&mut v, b't', trigram, TRIGRAM_WEIGHT)
+        });
     }
     l2_normalize(&mut v);
     v
+}
+
+/// `token` lower-cased, between `<` and `>`, as UTF-8 in `word`.
+fn marked_lowercase(token: &str, word: &mut Vec<u8>) {
+    word.clear();
+    word.push(b'<');
+    if token.is_ascii() {
+        // Most words: lower-casing is per byte, with no Unicode tables.
+        word.extend(token.bytes().map(|b| b.to_ascii_lowercase()));
+    } else {
+        let mut utf8 = [0; 4];
+        for c in token.chars().flat_map(char::to_lowercase) {
+            word.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        }
+    }
+    word.push(b'>');
+}
+
+/// Calls `f` on each character trigram of the UTF-8 `word`, in order.
+fn for_each_trigram(word: &[u8], mut f: impl FnMut(&[u8])) {
+    if word.is_ascii() {
+        // Every character is one byte.
+        word.windows(3).for_each(f);
+        return;
+    }
+    // Character boundaries b0 = 0, b1, ..., len; trigram n spans b(n-3)..bn.
+    // A ring of the last three boundaries is all it takes.
+    let mut ring = [0usize; 3];
+    let starts = (0..word.len()).filter(|&i| !is_continuation(word[i]));
+    for (n, b) in starts.chain([word.len()]).enumerate() {
+        if n >= 3 {
+            f(&word[ring[n % 3]..b]);
+        }
+        ring[n % 3] = b;
+    }
+}
+
+/// Whether `byte` continues a UTF-8 character rather than starting one.
+fn is_continuation(byte: u8) -> bool {
+    byte & 0b1100_0000 == 0b1000_0000
 }
 
 /// Adds `±weight` to the dimension of `v` that `feature` hashes to; `kind`
@@ -55,27 +87,14 @@ pub fn add_feature(v: &mut [f32], kind: u8, feature: &[u8], weight: f32) {
 /// The 64-bit hash of a feature of `kind`: FNV-1a with a final avalanche,
 /// so the sign bit is well mixed.
 pub fn feature_hash(kind: u8, bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in std::iter::once(&kind).chain(bytes) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let step = |h: u64, b: u8| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    let mut h = step(0xcbf2_9ce4_8422_2325, kind);
+    for &b in bytes {
+        h = step(h, b);
     }
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^ (h >> 33)
-}
-
-/// The character trigrams of `word`, in order, without allocating.
-fn trigrams(word: &str) -> impl Iterator<Item = &str> {
-    // Character boundaries b0 = 0, b1, ..., len; trigram n spans b(n-3)..bn.
-    // A ring of the last three boundaries is all it takes.
-    let mut ring = [0usize; 3];
-    let boundaries = word.char_indices().map(|(i, _)| i).chain([word.len()]);
-    boundaries.enumerate().filter_map(move |(n, b)| {
-        let trigram = (n >= 3).then(|| &word[ring[n % 3]..b]);
-        ring[n % 3] = b;
-        trigram
-    })
 }
 
 #[cfg(test)]
@@ -101,11 +120,34 @@ mod tests {
         );
     }
 
+    fn trigrams(word: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        for_each_trigram(word.as_bytes(), |t| {
+            all.push(String::from_utf8(t.to_vec()).unwrap())
+        });
+        all
+    }
+
     #[test]
     fn trigrams_follow_character_boundaries() {
-        assert_eq!(trigrams("<añb>").collect::<Vec<_>>(), ["<añ", "añb", "ñb>"]);
-        assert_eq!(trigrams("<a>").collect::<Vec<_>>(), ["<a>"]);
-        assert_eq!(trigrams("<>").count(), 0);
+        assert_eq!(trigrams("<añb>"), ["<añ", "añb", "ñb>"]);
+        assert_eq!(trigrams("<😀ab>"), ["<😀a", "😀ab", "ab>"]);
+        assert_eq!(trigrams("<abc>"), ["<ab", "abc", "bc>"]);
+        assert_eq!(trigrams("<a>"), ["<a>"]);
+        assert!(trigrams("<>").is_empty());
+    }
+
+    #[test]
+    fn ascii_words_are_lowered_as_unicode_lowers_them() {
+        let mut word = Vec::new();
+        for token in ["ABCxyz09", "MiXeD", "Ünïcode", "\u{212A}elvin"] {
+            marked_lowercase(token, &mut word);
+            let lowered: String = token.chars().flat_map(char::to_lowercase).collect();
+            assert_eq!(word, format!("<{lowered}>").into_bytes(), "{token}");
+        }
+        // The Kelvin sign lowers to an ASCII `k`: its trigrams are bytes.
+        marked_lowercase("\u{212A}", &mut word);
+        assert_eq!(trigrams(std::str::from_utf8(&word).unwrap()), ["<k>"]);
     }
 
     #[test]
