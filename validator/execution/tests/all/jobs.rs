@@ -416,7 +416,7 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
     let g = network(3);
     let dir = tempfile::tempdir().unwrap();
     let mut ex = open(dir.path(), &g);
-    let submit_tx = |ex: &Executor, data: Vec<u8>, payment| {
+    let submit_of = |ex: &Executor, modality, data: Vec<u8>, payment| {
         let nonce = ex.account(&public(SUBMITTER)).unwrap().nonce;
         signed(
             &g,
@@ -424,12 +424,13 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
             nonce,
             10,
             Action::SubmitData {
-                modality: Modality::Text,
+                modality,
                 data,
                 payment,
             },
         )
     };
+    let submit_tx = |ex: &Executor, data, payment| submit_of(ex, Modality::Text, data, payment);
     let too_long = vec![0; g.parameters().max_data_bytes as usize + 1];
     let tx = submit_tx(&ex, too_long, 1_000_000);
     assert_eq!(
@@ -444,14 +445,9 @@ fn submissions_and_attestations_that_break_the_rules_are_refused() {
         Some(Rejection::NotText)
     );
     // Not text, though it would be valid UTF-8: no job, nothing held.
-    let nonce = ex.account(&public(SUBMITTER)).unwrap().nonce;
-    let action = Action::SubmitData {
-        modality: Modality::Audio,
-        data: b"words".to_vec(),
-        payment: 1_000_000,
-    };
+    let tx = submit_of(&ex, Modality::Audio, b"words".to_vec(), 1_000_000);
     let before = ex.account(&public(SUBMITTER)).unwrap().balance;
-    let effects = apply(&mut ex, &[signed(&g, SUBMITTER, nonce, 10, action)]);
+    let effects = apply(&mut ex, &[tx]);
     let receipt = effects.receipts[0];
     assert_eq!(receipt.rejection, Some(Rejection::NotTextData));
     assert_eq!(ex.job(&receipt.transaction.unwrap()).unwrap(), None);
