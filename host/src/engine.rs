@@ -39,6 +39,15 @@ impl Engine {
         self.runtime.fuel_metering()
     }
 
+    /// This engine with its models run in `workers` inference worker
+    /// processes (clamped to 1 ..= [`crate::inference::MAX_WORKERS`])
+    /// instead of one per core (at most eight). Call it before loading
+    /// anything: models already loaded stay with the old workers.
+    pub fn with_inference_workers(mut self, workers: usize) -> Engine {
+        self.models = Arc::new(ModelCache::with_workers(workers));
+        self
+    }
+
     fn build(fuel_metering: bool) -> Result<Engine, Error> {
         Ok(Engine {
             runtime: Runtime::new(fuel_metering)?,
@@ -181,7 +190,7 @@ impl Engine {
     }
 
     /// How many inference worker processes this engine has running (they
-    /// start on first use, one or two per model, at most one per core).
+    /// start on first use: two per model, more while its runs are many).
     pub fn running_inference_workers(&self) -> usize {
         self.models.running_workers()
     }

@@ -20,9 +20,10 @@ use crate::bindings::soma::encoder::inference::{
 use crate::digest::Digest;
 use crate::error::LocalFailure;
 use crate::model::{self, AdmissionError, ElemType, Graph, Plan, TensorInfo};
-use crate::worker::{RunOutcome, Worker};
+use crate::worker::{NotRun, RunOutcome, Worker};
 use std::collections::BTreeMap;
 use std::panic::catch_unwind;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -58,8 +59,26 @@ pub(crate) struct Model {
     /// The admitted graph's bytes, for a restarted worker to load again.
     canonical: Arc<Vec<u8>>,
     /// The workers that compiled it, in order of preference: a run goes to
-    /// the first idle one, or waits for the first.
+    /// the first idle one, or to an idle one of `spill`, or waits for the
+    /// first.
     workers: Vec<Arc<Worker>>,
+    /// The other workers, in order of preference, which load the model when
+    /// a run first spills over to them: so that a busy model uses every
+    /// core, not just its replicas'.
+    spill: Vec<Arc<Worker>>,
+    /// Set once a run of the model ended in a failure of its worker (a
+    /// crash, a timeout, a broken or wrongly shaped reply) or a spill
+    /// worker could not load it: from then on it runs only in `workers`,
+    /// so that a model that kills workers can take down no more of them.
+    contained: AtomicBool,
+}
+
+impl Model {
+    fn contain(&self) {
+        if !self.contained.swap(true, Ordering::Relaxed) {
+            tracing::warn!(model = %self.digest, "a worker failed on this model: it runs only in its own workers from now on");
+        }
+    }
 }
 
 /// Admitted models by digest, shared by every encoder of an engine, and the
@@ -68,10 +87,11 @@ pub(crate) struct ModelCache {
     /// One cell per digest: compiling one model never holds up loads of
     /// another, and concurrent loads of one model compile it once.
     models: Mutex<BTreeMap<Digest, Arc<ModelCell>>>,
-    /// One worker per core (each started on first use). A model runs in at
-    /// most [`REPLICAS`] of them, so it is compiled at most that often:
-    /// concurrent runs of one model (a job's variants, several jobs) go in
-    /// parallel, and so do runs of different models (a shard's encoders).
+    /// One worker per core by default (each started on first use). A model
+    /// is compiled in [`REPLICAS`] of them when first used, and loaded into
+    /// the others when runs spill over to them: concurrent runs of one
+    /// model (a job's variants, several jobs) go in parallel, and so do runs
+    /// of different models (a shard's encoders).
     workers: Vec<Arc<Worker>>,
     placement_key: [u8; 32],
 }
@@ -82,27 +102,37 @@ type ModelCell = OnceLock<Result<Arc<Model>, ModelError>>;
 impl Default for ModelCache {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ModelCache::with_workers(cores.min(DEFAULT_MAX_WORKERS))
+    }
+}
+
+/// Most inference workers an engine starts by default.
+const DEFAULT_MAX_WORKERS: usize = 8;
+
+/// Most inference workers an engine may be given.
+pub const MAX_WORKERS: usize = 256;
+
+/// Workers a model is compiled in when first used, so that its first
+/// concurrent runs find a second session ready; further ones load it on
+/// demand (each holds its own session, so memory grows with use).
+const REPLICAS: usize = 2;
+
+impl ModelCache {
+    /// A cache whose models run in `workers` worker processes (at least
+    /// one, at most [`MAX_WORKERS`]).
+    pub(crate) fn with_workers(workers: usize) -> ModelCache {
         let mut placement_key = [0u8; 32];
         // Without randomness, placement is merely predictable.
         let _ = getrandom::fill(&mut placement_key);
         ModelCache {
             placement_key,
             models: Mutex::default(),
-            workers: (0..cores.clamp(1, MAX_WORKERS))
+            workers: (0..workers.clamp(1, MAX_WORKERS))
                 .map(|_| Arc::new(Worker::new()))
                 .collect(),
         }
     }
-}
 
-/// Most inference workers per engine.
-const MAX_WORKERS: usize = 8;
-
-/// Most workers one model runs in (each holds its own session, so memory
-/// grows with this).
-const REPLICAS: usize = 2;
-
-impl ModelCache {
     /// The session for `bytes` (whose digest is `digest`), admitting and
     /// compiling it on first use.
     pub(crate) fn get(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Model>, ModelError> {
@@ -124,17 +154,17 @@ impl ModelCache {
         result
     }
 
-    /// The workers that run the model of `digest`, first choice first: by
-    /// a hash keyed with a secret of this process, so that no package
-    /// author can choose to share workers with another's model. With few
-    /// cores every model shares every worker: what keeps models apart is
-    /// the worker's confinement, not placement.
+    /// Every worker in the order the model of `digest` prefers them: from
+    /// one chosen by a hash keyed with a secret of this process, so that no
+    /// package author can choose to share workers with another's model.
+    /// Under load models share workers: what keeps them apart is the
+    /// worker's confinement, not placement.
     fn workers_of(&self, digest: &Digest) -> Vec<Arc<Worker>> {
         let hash = blake3::keyed_hash(&self.placement_key, &digest.0);
         let n = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
         let count = self.workers.len();
         let first = (n % count as u64) as usize;
-        (0..REPLICAS.min(count))
+        (0..count)
             .map(|i| self.workers[(first + i) % count].clone())
             .collect()
     }
@@ -152,7 +182,9 @@ impl ModelCache {
             .map_err(ModelError::Refused)?;
         let graph = admitted.graph;
         let canonical = Arc::new(admitted.canonical);
-        let mut replicas = self.workers_of(digest).into_iter();
+        let mut order = self.workers_of(digest);
+        let spill = order.split_off(REPLICAS.min(order.len()));
+        let mut replicas = order.into_iter();
         let first = replicas.next().expect("at least one worker");
         match first.load(*digest, canonical.clone()) {
             Ok(Ok(())) => {
@@ -174,6 +206,8 @@ impl ModelCache {
                     graph,
                     canonical,
                     workers,
+                    spill,
+                    contained: AtomicBool::new(false),
                 }))
             }
             Ok(Err(text)) => {
@@ -265,7 +299,10 @@ pub(crate) fn run(
             tracing::debug!(model = %model.digest, "ONNX Runtime failed a run: {text}");
             return Err(LocalFailure(RUN_FAILED.into()));
         }
-        Err(e) => return Err(LocalFailure(e.to_string())),
+        Err(e) => {
+            model.contain();
+            return Err(LocalFailure(e.to_string()));
+        }
     };
     let fits = outputs.len() == plan.outputs.len()
         && outputs
@@ -289,6 +326,7 @@ pub(crate) fn run(
         // doing, and a worker that answers wrongly is not trusted again.
         tracing::warn!(model = %model.digest, "a run's outputs differ from the host's shape inference");
         worker.restart();
+        model.contain();
         return Err(LocalFailure(
             "the inference worker's outputs differ from the host's shape inference".into(),
         ));
@@ -296,18 +334,33 @@ pub(crate) fn run(
     Ok(Ok(outputs.into_iter().map(canonical_tensor).collect()))
 }
 
-/// Runs `model` in its first idle worker, or waits for its first one;
-/// returns the worker it ran in, and how the run ended.
+/// Runs `model` in its first idle worker (its own, then, unless it is
+/// contained, any other), or waits for its first one; returns the worker it
+/// ran in, and how the run ended.
 fn run_somewhere(
     model: &Model,
     mut inputs: Vec<NamedTensor>,
     max_reply: u64,
     timeout: Duration,
 ) -> (&Worker, RunOutcome) {
+    let (digest, bytes) = (model.digest, &model.canonical);
     for worker in &model.workers {
-        match worker.run_if_idle(model.digest, &model.canonical, inputs, max_reply, timeout) {
+        match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout) {
             Ok(outcome) => return (worker, outcome),
-            Err(back) => inputs = back,
+            Err(back) => inputs = back.into_inputs(),
+        }
+    }
+    for worker in &model.spill {
+        if model.contained.load(Ordering::Relaxed) {
+            break;
+        }
+        match worker.spill_if_idle(digest, bytes, inputs, max_reply, timeout) {
+            Ok(outcome) => return (worker, outcome),
+            Err(NotRun::Busy(back)) => inputs = back,
+            Err(NotRun::Unloadable(back)) => {
+                model.contain();
+                inputs = back;
+            }
         }
     }
     let first = &model.workers[0];

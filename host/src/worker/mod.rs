@@ -4,8 +4,10 @@
 //! in a model, but ONNX Runtime is still a large body of native code fed
 //! attacker-chosen graphs and weights. So it runs in its own processes, the
 //! `soma-inference-worker` executable, which the host starts on first use,
-//! one per core, placing each model on one of them by a hash keyed with a
-//! secret of the host process (no author can choose a neighbour):
+//! one per core, placing each model on two of them by a hash keyed with a
+//! secret of the host process (no author can choose a neighbour), and on
+//! idle others while its runs outnumber those two, unless it once made a
+//! worker fail:
 //!
 //! * the worker loads ONNX Runtime, then confines itself (`confine.rs`): no
 //!   files, no network, no new programs, address space capped;
@@ -22,7 +24,7 @@ mod confine;
 mod protocol;
 mod server;
 
-pub(crate) use client::{RunOutcome, Worker};
+pub(crate) use client::{NotRun, RunOutcome, Worker};
 pub use client::{WORKER_ENV, WORKER_NAME};
 pub use confine::MEMORY_BYTES;
 pub use server::{DYLIB_ENV, RuntimeUnavailable, runtime, session_builder};

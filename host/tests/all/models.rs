@@ -374,6 +374,71 @@ fn a_run_past_its_wall_clock_budget_kills_the_worker_and_is_not_held_against_the
     assert_eq!(again.vectors[0][0], 0.0);
 }
 
+/// An engine of its own with three inference workers, the hostile encoder
+/// on [`slow`], and the input that runs it.
+fn slow_on_three_workers() -> (soma_host::Engine, soma_host::Encoder, Vec<Vec<u8>>) {
+    let engine = soma_host::Engine::new().unwrap().with_inference_workers(3);
+    let bytes = slow();
+    let package = package_with(
+        soma_examples_artifacts::HOSTILE,
+        "hostile",
+        vec![("model.onnx".to_string(), bytes.clone())],
+    );
+    let encoder = engine.load_package(&package, None).unwrap();
+    let input = text(&[&format!("run:1:{}", blake3::hash(&bytes).to_hex())]);
+    (engine, encoder, input)
+}
+
+/// Runs `input` on `encoder` in three threads at once; their vectors' bits.
+fn three_at_once(encoder: &soma_host::Encoder, input: &[Vec<u8>]) -> Vec<Vec<u32>> {
+    let start = std::sync::Barrier::new(3);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    let out = encoder.embed(input, &Limits::default(), Seed::from(0));
+                    out.unwrap().vectors[0]
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn runs_of_a_busy_model_spill_over_to_idle_workers_with_the_same_bits() {
+    let (engine, encoder, input) = slow_on_three_workers();
+    // Compiled in two workers; the third starts only when a run finds
+    // both busy (each run takes far longer than the threads take to start).
+    assert_eq!(engine.running_inference_workers(), 2);
+    let outputs = three_at_once(&encoder, &input);
+    assert_eq!(engine.running_inference_workers(), 3);
+    assert!(outputs.iter().all(|o| *o == outputs[0]), "{outputs:?}");
+}
+
+#[test]
+fn a_model_that_made_a_worker_fail_runs_only_in_its_own_workers() {
+    let (engine, encoder, input) = slow_on_three_workers();
+    let tight = Limits {
+        timeout: std::time::Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let err = encoder.embed(&input, &tight, Seed::from(0)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Host(m) if m.contains("wall-clock")),
+        "{err}"
+    );
+    // As above, but the third run waits for one of the model's own two
+    // workers instead of starting another.
+    let outputs = three_at_once(&encoder, &input);
+    assert_eq!(engine.running_inference_workers(), 2);
+    assert!(outputs.iter().all(|o| *o == outputs[0]), "{outputs:?}");
+}
+
 /// Nine 256 MiB tensors alive at once, then summed: each is within the
 /// per-tensor cap, together they are not.
 #[test]
