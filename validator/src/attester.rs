@@ -13,7 +13,7 @@ use crate::node::Shared;
 use soma_codec::Encode;
 use soma_crypto::{PublicKey, SecretKey};
 use soma_execution::{
-    Action, EncoderResult, JobRunner, JobStatus, RunnerError, SignedTransaction, Transaction,
+    Action, EncoderResult, Job, JobRunner, JobStatus, RunnerError, SignedTransaction, Transaction,
 };
 use soma_host::Digest;
 use soma_host::package::Package;
@@ -34,6 +34,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_WANTED: usize = 64;
 /// Commits between two attempts at jobs waiting for a package.
 const RETRY_EVERY: u64 = 20;
+/// Most jobs computed together.
+const MAX_JOBS_AT_ONCE: usize = 64;
 
 /// What the attester is told.
 pub(crate) enum Work {
@@ -87,8 +89,8 @@ pub(crate) fn start(
                     Err(e) => tracing::warn!(%package, "encoder not loaded: {e}"),
                 }
             }
-            for job in backlog {
-                attester.attest(job);
+            for jobs in backlog.chunks(MAX_JOBS_AT_ONCE) {
+                attester.attest(jobs.to_vec());
             }
             attester.run(inbox)
         })?;
@@ -122,9 +124,27 @@ struct Attester {
 
 impl Attester {
     fn run(&mut self, inbox: mpsc::Receiver<Work>) {
-        while let Ok(work) = inbox.recv() {
+        let mut next = inbox.recv().ok();
+        while let Some(work) = next.take() {
             match work {
-                Work::Job(job) => self.attest(job),
+                Work::Job(job) => {
+                    // The jobs queued behind it are computed with it, their
+                    // calls shared out together (up to a bound, so that the
+                    // commits and packages queued behind them are not held
+                    // up for long).
+                    let mut jobs = vec![job];
+                    while jobs.len() < MAX_JOBS_AT_ONCE {
+                        match inbox.try_recv() {
+                            Ok(Work::Job(job)) => jobs.push(job),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.attest(jobs);
+                }
                 Work::Applied(index) => self.applied(index),
                 Work::Fetch(package) => {
                     if !self.fetch(&package) {
@@ -132,56 +152,74 @@ impl Attester {
                     }
                 }
             }
+            if next.is_none() {
+                next = inbox.recv().ok();
+            }
         }
     }
 
-    /// Computes `id` and submits the attestation, unless the job is decided
-    /// or this validator attested it already.
-    fn attest(&mut self, id: Digest) {
-        if self.in_flight.values().any(|f| f.job == id) || self.waiting.contains(&id) {
-            return;
+    /// Computes the jobs of `ids` and submits their attestations, except
+    /// for jobs decided or attested by this validator already.
+    fn attest(&mut self, ids: Vec<Digest>) {
+        let mut jobs: Vec<(Digest, Job)> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !jobs.iter().any(|(seen, _)| *seen == id)
+                && let Some(job) = self.needed(&id)
+            {
+                jobs.push((id, job));
+            }
         }
-        let job = match self.shared.state.job(&id) {
+        let batch: Vec<&Job> = jobs.iter().map(|(_, job)| job).collect();
+        let computed = self.runner.compute_all(&batch, &self.shared.parameters);
+        for ((id, job), mut computed) in jobs.iter().zip(computed) {
+            // A package already wanted is asked for once per retry, not
+            // once per job that needs it.
+            if let Err(RunnerError::MissingPackage(package)) = computed
+                && !self.wanted.contains(&package)
+            {
+                if self.fetch(&package) {
+                    computed = self.runner.compute(job, &self.shared.parameters);
+                } else {
+                    self.want(package);
+                }
+            }
+            let id = *id;
+            let results = match computed {
+                Ok(results) => results,
+                Err(e @ RunnerError::MissingPackage(_)) => {
+                    tracing::info!(job = %id, "waiting: {e}");
+                    self.waiting.push(id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, "cannot compute the job: {e}");
+                    self.waiting.push(id);
+                    continue;
+                }
+            };
+            for result in &results {
+                self.shared.metrics.encoder_outcomes[result.outcome as usize]
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            self.send(id, results);
+        }
+    }
+
+    /// The job of `id` if this validator still has to attest it: pending,
+    /// not attested, not in flight and not waiting.
+    fn needed(&self, id: &Digest) -> Option<Job> {
+        if self.in_flight.values().any(|f| f.job == *id) || self.waiting.contains(id) {
+            return None;
+        }
+        let job = match self.shared.state.job(id) {
             Ok(Some(job)) => job,
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(job = %id, "cannot read the job: {e}");
-                return;
+                return None;
             }
         };
-        if job.status != JobStatus::Pending || job.attesters.contains(&self.me) {
-            return;
-        }
-        let mut computed = self.runner.compute(&job, &self.shared.parameters);
-        // A package already wanted is asked for once per retry, not once
-        // per job that needs it.
-        if let Err(RunnerError::MissingPackage(package)) = computed
-            && !self.wanted.contains(&package)
-        {
-            if self.fetch(&package) {
-                computed = self.runner.compute(&job, &self.shared.parameters);
-            } else {
-                self.want(package);
-            }
-        }
-        let results = match computed {
-            Ok(results) => results,
-            Err(e @ RunnerError::MissingPackage(_)) => {
-                tracing::info!(job = %id, "waiting: {e}");
-                self.waiting.push(id);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(job = %id, "cannot compute the job: {e}");
-                self.waiting.push(id);
-                return;
-            }
-        };
-        for result in &results {
-            self.shared.metrics.encoder_outcomes[result.outcome as usize]
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.send(id, results);
+        (job.status == JobStatus::Pending && !job.attesters.contains(&self.me)).then_some(job)
     }
 
     /// Submits `results` for `job` under this validator's next nonce.
@@ -331,8 +369,9 @@ impl Attester {
             .filter(|p| !matches!(self.shared.state.encoder(p), Ok(None)))
             .filter(|p| !self.fetch(p))
             .collect();
-        for job in std::mem::take(&mut self.waiting) {
-            self.attest(job);
+        let waiting = std::mem::take(&mut self.waiting);
+        for jobs in waiting.chunks(MAX_JOBS_AT_ONCE) {
+            self.attest(jobs.to_vec());
         }
     }
 }

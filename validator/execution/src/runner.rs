@@ -64,6 +64,14 @@ struct Loaded {
     fuel: u64,
 }
 
+/// A job ready for its calls.
+struct Prepared {
+    /// Per shard encoder, in shard order: loaded, or why it cannot be.
+    encoders: Vec<Result<Arc<Loaded>, Outcome>>,
+    variants: Variants,
+    seed: Seed,
+}
+
 impl JobRunner {
     /// A runner loading packages from `store` (compiled code cached in
     /// `cache`, if given) into `engine`, using every core.
@@ -96,23 +104,74 @@ impl JobRunner {
         job: &Job,
         params: &Parameters,
     ) -> Result<Vec<EncoderResult>, RunnerError> {
-        let encoders = job
-            .shard
+        self.compute_all(&[job], params)
+            .pop()
+            .expect("one result per job")
+    }
+
+    /// [`JobRunner::compute`] for several jobs at once, their results in
+    /// the order of `jobs`: the calls of every job are shared out together,
+    /// so no core waits at the end of one job for the others to finish it.
+    /// A job that cannot be computed yet does not hold up the others.
+    pub fn compute_all(
+        &self,
+        jobs: &[&Job],
+        params: &Parameters,
+    ) -> Vec<Result<Vec<EncoderResult>, RunnerError>> {
+        let prepared: Vec<Result<Prepared, RunnerError>> = jobs
             .iter()
-            .map(|package| self.encoder(package))
-            .collect::<Result<Vec<_>, _>>()?;
-        let variants = Variants::of(&job.data, &job.seed, params.mask_count);
-        let seed = sandbox_seed(job);
-        let tasks: Vec<(&Loaded, &Vec<u8>)> = encoders
-            .iter()
-            .filter_map(|e| e.as_ref().ok())
-            .flat_map(|loaded| {
-                variants
-                    .inputs
+            .map(|job| {
+                let encoders = job
+                    .shard
                     .iter()
-                    .map(move |input| (loaded.as_ref(), input))
+                    .map(|package| self.encoder(package))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Prepared {
+                    encoders,
+                    variants: Variants::of(&job.data, &job.seed, params.mask_count),
+                    seed: sandbox_seed(job),
+                })
             })
             .collect();
+        let tasks: Vec<(&Loaded, &Vec<u8>, Seed)> = prepared
+            .iter()
+            .flatten()
+            .flat_map(|job| {
+                job.encoders
+                    .iter()
+                    .filter_map(|e| e.as_ref().ok())
+                    .flat_map(move |loaded| {
+                        job.variants
+                            .inputs
+                            .iter()
+                            .map(move |input| (loaded.as_ref(), input, job.seed))
+                    })
+            })
+            .collect();
+        let mut calls = self.call_all(&tasks).into_iter();
+        prepared
+            .into_iter()
+            .map(|job| {
+                let job = job?;
+                Ok(job
+                    .encoders
+                    .iter()
+                    .map(|encoder| match encoder {
+                        Ok(_) => {
+                            let mine: Vec<Call> =
+                                calls.by_ref().take(job.variants.inputs.len()).collect();
+                            result(mine, &job.variants, params)
+                        }
+                        Err(outcome) => failed(*outcome, 0),
+                    })
+                    .collect())
+            })
+            .collect()
+    }
+
+    /// Makes every call of `tasks` on the runner's threads; their outcomes
+    /// in the order of `tasks`.
+    fn call_all(&self, tasks: &[(&Loaded, &Vec<u8>, Seed)]) -> Vec<Call> {
         // Every thread takes the next task until none is left; a call's
         // panic is caught (this host's failure), and the other calls go on.
         let slots: Vec<OnceLock<Call>> = tasks.iter().map(|_| OnceLock::new()).collect();
@@ -120,7 +179,7 @@ impl JobRunner {
         let work = || {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(loaded, input)) = tasks.get(i) else {
+                let Some(&(loaded, input, seed)) = tasks.get(i) else {
                     return;
                 };
                 let call = catch_unwind(AssertUnwindSafe(|| call(loaded, input, seed)));
@@ -148,19 +207,10 @@ impl JobRunner {
         }
         // The scope returns once every spawned worker has: each index below
         // the count of tasks was taken and its slot set.
-        let mut calls = slots
+        slots
             .into_iter()
-            .map(|slot| slot.into_inner().expect("every task ran"));
-        Ok(encoders
-            .iter()
-            .map(|encoder| match encoder {
-                Ok(_) => {
-                    let mine: Vec<Call> = calls.by_ref().take(variants.inputs.len()).collect();
-                    result(mine, &variants, params)
-                }
-                Err(outcome) => failed(*outcome, 0),
-            })
-            .collect())
+            .map(|slot| slot.into_inner().expect("every task ran"))
+            .collect()
     }
 
     /// The calls every shard encoder of `job` gets: the sandbox's seed, and

@@ -2,7 +2,7 @@
 //! validators, decided by apply.
 
 use super::*;
-use soma_execution::{GenesisEncoder, JobRunner, JobStatus, ONE, Outcome, RunnerError};
+use soma_execution::{GenesisEncoder, Job, JobRunner, JobStatus, ONE, Outcome, RunnerError};
 use soma_host::package::BlobStore;
 use soma_host::{Digest, Engine};
 
@@ -143,6 +143,45 @@ fn a_jobs_results_do_not_depend_on_the_runners_threads() {
     for threads in [2, 4] {
         assert_eq!(compute(threads), one, "{threads} threads");
     }
+}
+
+#[test]
+fn jobs_computed_together_get_what_each_gets_alone_and_one_waiting_holds_up_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let (g, ..) = network(&store);
+    let mut ex = open(&dir.path().join("state"), &g);
+    let texts: [&[u8]; 3] = [
+        b"three jobs share the runner's threads",
+        b"spin",
+        b"their calls are handed out together and put back in order",
+    ];
+    let jobs: Vec<Job> = submit_all(&mut ex, &g, &texts)
+        .iter()
+        .map(|id| ex.job(id).unwrap().unwrap())
+        .collect();
+    // A job whose shard names a package this node never received.
+    let missing = Digest([9; 32]);
+    let mut orphan = jobs[0].clone();
+    orphan.shard = vec![missing];
+    let runner = JobRunner::new(Engine::new().unwrap(), store, None).with_threads(2);
+    let together = runner.compute_all(&[&jobs[0], &orphan, &jobs[1], &jobs[2]], g.parameters());
+    assert_eq!(together.len(), 4);
+    assert!(
+        matches!(&together[1], Err(RunnerError::MissingPackage(d)) if *d == missing),
+        "{:?}",
+        together[1]
+    );
+    let alone: Vec<_> = jobs
+        .iter()
+        .map(|job| runner.compute(job, g.parameters()).unwrap())
+        .collect();
+    for (i, results) in [0, 2, 3].into_iter().zip(&alone) {
+        assert_eq!(together[i].as_ref().unwrap(), results, "job {i}");
+    }
+    // The jobs differ, so a result put back in the wrong place would show.
+    assert_ne!(alone[0], alone[2]);
+    assert!(alone[1].iter().any(|r| r.outcome == Outcome::FuelExhausted));
 }
 
 #[test]
