@@ -20,10 +20,10 @@ use crate::bindings::soma::encoder::inference::{
 use crate::digest::Digest;
 use crate::error::LocalFailure;
 use crate::model::{self, AdmissionError, ElemType, Graph, Plan, TensorInfo};
-use crate::worker::{NotRun, RunOutcome, Worker};
+use crate::worker::{RunOutcome, Worker, WorkerError};
 use std::collections::BTreeMap;
 use std::panic::catch_unwind;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -59,24 +59,85 @@ pub(crate) struct Model {
     /// The admitted graph's bytes, for a restarted worker to load again.
     canonical: Arc<Vec<u8>>,
     /// The workers that compiled it, in order of preference: a run goes to
-    /// the first idle one, or to an idle one of `spill`, or waits for the
-    /// first.
+    /// the first idle one, or to an idle one of `spill` that holds the
+    /// model, or waits for the first.
     workers: Vec<Arc<Worker>>,
-    /// The other workers, in order of preference, which load the model when
-    /// a run first spills over to them: so that a busy model uses every
-    /// core, not just its replicas'.
-    spill: Vec<Arc<Worker>>,
-    /// Set once a run of the model ended in a failure of its worker (a
-    /// crash, a timeout, a broken or wrongly shaped reply) or a spill
-    /// worker could not load it: from then on it runs only in `workers`,
-    /// so that a model that kills workers can take down no more of them.
-    contained: AtomicBool,
+    /// The other workers, so that a busy model uses every core, not just
+    /// its replicas'.
+    spill: Arc<Spill>,
 }
 
+/// The workers a model may spill over to, and whether it may now.
+struct Spill {
+    /// In order of preference; the first `warmed` hold the model.
+    workers: Vec<Arc<Worker>>,
+    /// How many of `workers` the model was loaded into.
+    warmed: AtomicUsize,
+    /// Whether a load into the next of `workers` is under way.
+    warming: AtomicBool,
+    /// Runs the model must complete before it may spill over again: set
+    /// when a run of it ended in a failure of its worker (a crash, a
+    /// timeout, a broken or misshapen reply) or a spill worker could not
+    /// load it, so that a model that fails workers takes down no more than
+    /// its replicas.
+    contained: AtomicU32,
+}
+
+/// Clean runs a model that failed a worker completes in its replicas
+/// before it may spill over again.
+const CONTAINED_RUNS: u32 = 1_000;
+
+/// Largest model (admitted bytes) that spills over: every worker that
+/// holds a session pays for it in memory, from its capped address space.
+const MAX_SPILL_BYTES: usize = 128 << 20;
+
 impl Model {
-    fn contain(&self) {
-        if !self.contained.swap(true, Ordering::Relaxed) {
-            tracing::warn!(model = %self.digest, "a worker failed on this model: it runs only in its own workers from now on");
+    /// Keeps the model to its replicas for [`CONTAINED_RUNS`] runs.
+    fn contain(&self, why: &str) {
+        let before = self.spill.contained.swap(CONTAINED_RUNS, Ordering::Relaxed);
+        if before == 0 && !self.spill.workers.is_empty() {
+            tracing::warn!(model = %self.digest, "{why}: the model runs only in its own workers for its next {CONTAINED_RUNS} runs");
+        }
+    }
+
+    /// Counts a clean run towards the end of a containment.
+    fn ran_cleanly(&self) {
+        let _ = self
+            .spill
+            .contained
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Loads the model into the next spill worker on a thread of its own,
+    /// unless one is loading it already: a call never waits for a
+    /// compilation, and a model that cannot be loaded there is contained.
+    fn warm_next(self: &Arc<Self>) {
+        let spill = &self.spill;
+        if spill.warmed.load(Ordering::Acquire) >= spill.workers.len()
+            || spill.warming.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let model = self.clone();
+        let started = std::thread::Builder::new()
+            .name("soma-model-warm".into())
+            .spawn(move || {
+                let spill = &model.spill;
+                let next = spill.warmed.load(Ordering::Acquire);
+                match spill.workers[next].load(model.digest, model.canonical.clone()) {
+                    Ok(Ok(())) => {
+                        spill.warmed.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Ok(Err(text)) => {
+                        tracing::debug!(model = %model.digest, "a spill worker refused the model: {text}");
+                        model.contain("a spill worker refused the model");
+                    }
+                    Err(e) => model.contain(&format!("a spill worker failed loading it: {e}")),
+                }
+                spill.warming.store(false, Ordering::Release);
+            });
+        if started.is_err() {
+            spill.warming.store(false, Ordering::Release);
         }
     }
 }
@@ -89,9 +150,10 @@ pub(crate) struct ModelCache {
     models: Mutex<BTreeMap<Digest, Arc<ModelCell>>>,
     /// One worker per core by default (each started on first use). A model
     /// is compiled in [`REPLICAS`] of them when first used, and loaded into
-    /// the others when runs spill over to them: concurrent runs of one
-    /// model (a job's variants, several jobs) go in parallel, and so do runs
-    /// of different models (a shard's encoders).
+    /// the others, one at a time in the background, while its runs find
+    /// those busy: concurrent runs of one model (a job's variants, several
+    /// jobs) go in parallel, and so do runs of different models (a shard's
+    /// encoders).
     workers: Vec<Arc<Worker>>,
     placement_key: [u8; 32],
 }
@@ -183,7 +245,10 @@ impl ModelCache {
         let graph = admitted.graph;
         let canonical = Arc::new(admitted.canonical);
         let mut order = self.workers_of(digest);
-        let spill = order.split_off(REPLICAS.min(order.len()));
+        let mut spill = order.split_off(REPLICAS.min(order.len()));
+        if canonical.len() > MAX_SPILL_BYTES {
+            spill.clear();
+        }
         let mut replicas = order.into_iter();
         let first = replicas.next().expect("at least one worker");
         match first.load(*digest, canonical.clone()) {
@@ -206,8 +271,12 @@ impl ModelCache {
                     graph,
                     canonical,
                     workers,
-                    spill,
-                    contained: AtomicBool::new(false),
+                    spill: Arc::new(Spill {
+                        workers: spill,
+                        warmed: AtomicUsize::new(0),
+                        warming: AtomicBool::new(false),
+                        contained: AtomicU32::new(0),
+                    }),
                 }))
             }
             Ok(Err(text)) => {
@@ -271,7 +340,7 @@ const RUN_FAILED: &str = "ONNX Runtime failed a run that admission and planning 
 /// this host, which ends the encoder's call; the inner one an answer for
 /// the guest.
 pub(crate) fn run(
-    model: &Model,
+    model: &Arc<Model>,
     inputs: Inputs,
     plan: &Plan,
     timeout: Duration,
@@ -300,7 +369,9 @@ pub(crate) fn run(
             return Err(LocalFailure(RUN_FAILED.into()));
         }
         Err(e) => {
-            model.contain();
+            if !matches!(e, WorkerError::Spawn(_)) {
+                model.contain("a run of it failed its worker");
+            }
             return Err(LocalFailure(e.to_string()));
         }
     };
@@ -326,19 +397,21 @@ pub(crate) fn run(
         // doing, and a worker that answers wrongly is not trusted again.
         tracing::warn!(model = %model.digest, "a run's outputs differ from the host's shape inference");
         worker.restart();
-        model.contain();
+        model.contain("its outputs differed from shape inference");
         return Err(LocalFailure(
             "the inference worker's outputs differ from the host's shape inference".into(),
         ));
     }
+    model.ran_cleanly();
     Ok(Ok(outputs.into_iter().map(canonical_tensor).collect()))
 }
 
 /// Runs `model` in its first idle worker (its own, then, unless it is
-/// contained, any other), or waits for its first one; returns the worker it
-/// ran in, and how the run ended.
+/// contained, another that holds it), or waits for its first one; returns
+/// the worker it ran in, and how the run ended. Finding every worker that
+/// holds it busy, it has the next one load it.
 fn run_somewhere(
-    model: &Model,
+    model: &Arc<Model>,
     mut inputs: Vec<NamedTensor>,
     max_reply: u64,
     timeout: Duration,
@@ -347,21 +420,18 @@ fn run_somewhere(
     for worker in &model.workers {
         match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout) {
             Ok(outcome) => return (worker, outcome),
-            Err(back) => inputs = back.into_inputs(),
+            Err(back) => inputs = back,
         }
     }
-    for worker in &model.spill {
-        if model.contained.load(Ordering::Relaxed) {
-            break;
-        }
-        match worker.spill_if_idle(digest, bytes, inputs, max_reply, timeout) {
-            Ok(outcome) => return (worker, outcome),
-            Err(NotRun::Busy(back)) => inputs = back,
-            Err(NotRun::Unloadable(back)) => {
-                model.contain();
-                inputs = back;
+    if model.spill.contained.load(Ordering::Relaxed) == 0 {
+        let warmed = model.spill.warmed.load(Ordering::Acquire);
+        for worker in &model.spill.workers[..warmed] {
+            match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout) {
+                Ok(outcome) => return (worker, outcome),
+                Err(back) => inputs = back,
             }
         }
+        model.warm_next();
     }
     let first = &model.workers[0];
     let outcome = first.run(model.digest, &model.canonical, inputs, max_reply, timeout);

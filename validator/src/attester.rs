@@ -128,10 +128,10 @@ impl Attester {
         while let Some(work) = next.take() {
             match work {
                 Work::Job(job) => {
-                    // The jobs queued behind it are computed with it, their
-                    // calls shared out together (up to a bound, so that the
-                    // commits and packages queued behind them are not held
-                    // up for long).
+                    // The jobs queued right behind it (those of one commit,
+                    // a backlog at start-up) are computed with it, their
+                    // calls shared out together, up to a bound so that the
+                    // work queued behind them is not held up for long.
                     let mut jobs = vec![job];
                     while jobs.len() < MAX_JOBS_AT_ONCE {
                         match inbox.try_recv() {
@@ -201,7 +201,11 @@ impl Attester {
                 self.shared.metrics.encoder_outcomes[result.outcome as usize]
                     .fetch_add(1, Ordering::Relaxed);
             }
-            self.send(id, results);
+            // The batch took a while: a job decided meanwhile would only
+            // cost an attestation's fee.
+            if self.needed(&id).is_some() {
+                self.send(id, results);
+            }
         }
     }
 

@@ -52,23 +52,6 @@ pub(crate) struct Worker {
 /// of the worker.
 pub(crate) type RunOutcome = Result<Result<Vec<NamedTensor>, String>, WorkerError>;
 
-/// Why a worker gave a run back without starting it.
-pub(crate) enum NotRun {
-    /// It was serving another request.
-    Busy(Vec<NamedTensor>),
-    /// It could not load the model (refused, or died loading it).
-    Unloadable(Vec<NamedTensor>),
-}
-
-impl NotRun {
-    /// The inputs given back.
-    pub(crate) fn into_inputs(self) -> Vec<NamedTensor> {
-        match self {
-            NotRun::Busy(inputs) | NotRun::Unloadable(inputs) => inputs,
-        }
-    }
-}
-
 #[derive(Default)]
 struct State {
     process: Option<Process>,
@@ -146,34 +129,10 @@ impl Worker {
         inputs: Vec<NamedTensor>,
         max_reply: u64,
         timeout: Duration,
-    ) -> Result<RunOutcome, NotRun> {
+    ) -> Result<RunOutcome, Vec<NamedTensor>> {
         match self.try_lock() {
             Some(mut state) => Ok(state.run(digest, model, inputs, max_reply, timeout)),
-            None => Err(NotRun::Busy(inputs)),
-        }
-    }
-
-    /// [`Worker::run_if_idle`] on a worker the model was not placed on,
-    /// which loads it first if it has not got it: a model it cannot load
-    /// is forgotten and the inputs are given back.
-    pub(crate) fn spill_if_idle(
-        &self,
-        digest: Digest,
-        model: &Arc<Vec<u8>>,
-        inputs: Vec<NamedTensor>,
-        max_reply: u64,
-        timeout: Duration,
-    ) -> Result<RunOutcome, NotRun> {
-        let Some(mut state) = self.try_lock() else {
-            return Err(NotRun::Busy(inputs));
-        };
-        state.models.entry(digest).or_insert_with(|| model.clone());
-        match state.ensure_loaded(digest) {
-            Ok(Ok(())) => Ok(state.run(digest, model, inputs, max_reply, timeout)),
-            Ok(Err(_)) | Err(_) => {
-                state.models.remove(&digest);
-                Err(NotRun::Unloadable(inputs))
-            }
+            None => Err(inputs),
         }
     }
 
@@ -208,7 +167,9 @@ impl State {
     ) -> RunOutcome {
         // Remembered, so that a restarted worker loads it again.
         self.models.entry(digest).or_insert_with(|| model.clone());
-        if let Err(refused) = self.ensure_loaded(digest)? {
+        if !self.process()?.loaded.contains(&digest)
+            && let Err(refused) = self.load_into_process(digest)?
+        {
             return Ok(Err(refused));
         }
         match self.exchange(&Request::Run { digest, inputs }, max_reply, timeout)? {
@@ -233,15 +194,6 @@ impl State {
             self.process = Some(Process::spawn(dir)?);
         }
         Ok(self.process.as_mut().expect("just started"))
-    }
-
-    /// Loads the model of `digest` (recorded in `models`) into the running
-    /// worker unless it has it already.
-    fn ensure_loaded(&mut self, digest: Digest) -> Result<Result<(), String>, WorkerError> {
-        if self.process()?.loaded.contains(&digest) {
-            return Ok(Ok(()));
-        }
-        self.load_into_process(digest)
     }
 
     /// Loads the model of `digest` (which [`Worker::load`] recorded) into

@@ -4,10 +4,11 @@
 //! in a model, but ONNX Runtime is still a large body of native code fed
 //! attacker-chosen graphs and weights. So it runs in its own processes, the
 //! `soma-inference-worker` executable, which the host starts on first use,
-//! one per core, placing each model on two of them by a hash keyed with a
-//! secret of the host process (no author can choose a neighbour), and on
-//! idle others while its runs outnumber those two, unless it once made a
-//! worker fail:
+//! one per core (at most eight unless the engine is told otherwise),
+//! placing each model on two of them by a hash keyed with a secret of the
+//! host process (no author can choose a neighbour), and loading it into
+//! others in the background while its runs find those busy (not for large
+//! models, nor for a while after one of its runs failed a worker):
 //!
 //! * the worker loads ONNX Runtime, then confines itself (`confine.rs`): no
 //!   files, no network, no new programs, address space capped;
@@ -24,7 +25,7 @@ mod confine;
 mod protocol;
 mod server;
 
-pub(crate) use client::{NotRun, RunOutcome, Worker};
+pub(crate) use client::{RunOutcome, Worker, WorkerError};
 pub use client::{WORKER_ENV, WORKER_NAME};
 pub use confine::MEMORY_BYTES;
 pub use server::{DYLIB_ENV, RuntimeUnavailable, runtime, session_builder};

@@ -35,8 +35,8 @@ const ACCOUNTS: u8 = 8;
 const TRANSFERS_PER_COMMIT: u64 = 1_000;
 const COMMITS: u64 = 10;
 const JOBS: usize = 126;
-/// Sets of `JOBS` hash-encoder jobs: their compute is timed set by set,
-/// and so are their attestations (medians over sets).
+/// Sets of `JOBS` hash-encoder jobs: their compute is timed set by set
+/// ([`ROUNDS`] times), and so are their attestations (medians over sets).
 const SETS: usize = 7;
 /// Times each set of jobs is timed through the runner and as the
 /// encoders' own calls.
@@ -239,13 +239,13 @@ fn submit(ex: &mut Executor, g: &Genesis, count: usize) -> Vec<(Digest, Job)> {
 /// Jobs through the runner on every core against the shard encoders' own
 /// calls for them one after another on one thread.
 struct Parallelism {
-    /// Seconds per job through the runner (median over sets).
+    /// Seconds per job through the runner (median over sets and rounds).
     runner: f64,
     /// Seconds per job of the shard encoders' own calls, one after
-    /// another on one thread (median over sets).
+    /// another on one thread (median over sets and rounds).
     sequential: f64,
     /// A set's own calls on one thread ÷ its time through the runner: the
-    /// median, the lowest and the highest over sets.
+    /// median, the lowest and the highest over sets and rounds.
     speedup: (f64, f64, f64),
 }
 

@@ -118,13 +118,24 @@ impl JobRunner {
         jobs: &[&Job],
         params: &Parameters,
     ) -> Vec<Result<Vec<EncoderResult>, RunnerError>> {
+        // Each package is looked up once per batch: one whose load fails for
+        // this host's reasons (not remembered across batches) would
+        // otherwise be compiled again for every job of the batch.
+        let mut encoders_of: BTreeMap<Digest, Result<Arc<Loaded>, Outcome>> = BTreeMap::new();
         let prepared: Vec<Result<Prepared, RunnerError>> = jobs
             .iter()
             .map(|job| {
                 let encoders = job
                     .shard
                     .iter()
-                    .map(|package| self.encoder(package))
+                    .map(|package| match encoders_of.get(package) {
+                        Some(known) => Ok(known.clone()),
+                        None => {
+                            let loaded = self.encoder(package)?;
+                            encoders_of.insert(*package, loaded.clone());
+                            Ok(loaded)
+                        }
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Prepared {
                     encoders,
@@ -149,7 +160,7 @@ impl JobRunner {
             })
             .collect();
         let mut calls = self.call_all(&tasks).into_iter();
-        prepared
+        let results = prepared
             .into_iter()
             .map(|job| {
                 let job = job?;
@@ -166,7 +177,9 @@ impl JobRunner {
                     })
                     .collect())
             })
-            .collect()
+            .collect();
+        debug_assert!(calls.next().is_none(), "every call's result was used");
+        results
     }
 
     /// Makes every call of `tasks` on the runner's threads; their outcomes
