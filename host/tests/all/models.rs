@@ -339,10 +339,10 @@ fn outputs_have_one_zero() {
     assert_eq!(&out.vectors[0][1..3], &[-1.0, -2.0]);
 }
 
-#[test]
-fn a_run_past_its_wall_clock_budget_kills_the_worker_and_is_not_held_against_the_encoder() {
-    // An engine (and worker) of its own: the kill must not race other tests.
-    let engine = soma_host::Engine::new().unwrap();
+/// The hostile encoder on [`slow`] in `engine` (one of the test's own:
+/// killing its workers must not race other tests), and the input that runs
+/// it.
+fn slow_in(engine: &soma_host::Engine) -> (soma_host::Encoder, Vec<Vec<u8>>) {
     let bytes = slow();
     let package = package_with(
         soma_examples_artifacts::HOSTILE,
@@ -351,22 +351,35 @@ fn a_run_past_its_wall_clock_budget_kills_the_worker_and_is_not_held_against_the
     );
     let encoder = engine.load_package(&package, None).unwrap();
     let input = text(&[&format!("run:1:{}", blake3::hash(&bytes).to_hex())]);
-    encoder
-        .embed(&input, &Limits::default(), Seed::from(0))
-        .unwrap();
-    // Long enough for the wasm before the run (well under a millisecond;
-    // the epoch ticks every 10 ms, at any moment, so the deadline falls
-    // 50 to 60 ms after the start), far too short for the run.
+    (encoder, input)
+}
+
+/// Runs `input` on `encoder` with a wall-clock limit long enough for the
+/// wasm before the run (well under a millisecond; the epoch ticks every
+/// 10 ms, at any moment, so the deadline falls 50 to 60 ms after the
+/// start) and far too short for the run; checks that the worker's timeout
+/// ends the call as this host's failure.
+fn time_out(encoder: &soma_host::Encoder, input: &[Vec<u8>]) {
     let tight = Limits {
         timeout: std::time::Duration::from_millis(50),
         ..Limits::default()
     };
-    let err = encoder.embed(&input, &tight, Seed::from(0)).unwrap_err();
+    let err = encoder.embed(input, &tight, Seed::from(0)).unwrap_err();
     assert!(
         matches!(&err, Error::Host(m) if m.contains("wall-clock")),
         "{err}"
     );
     assert!(!err.is_deterministic());
+}
+
+#[test]
+fn a_run_past_its_wall_clock_budget_kills_the_worker_and_is_not_held_against_the_encoder() {
+    let engine = soma_host::Engine::new().unwrap();
+    let (encoder, input) = slow_in(&engine);
+    encoder
+        .embed(&input, &Limits::default(), Seed::from(0))
+        .unwrap();
+    time_out(&encoder, &input);
     // A fresh worker loads the model again and serves.
     let again = encoder
         .embed(&input, &Limits::default(), Seed::from(0))
@@ -374,18 +387,10 @@ fn a_run_past_its_wall_clock_budget_kills_the_worker_and_is_not_held_against_the
     assert_eq!(again.vectors[0][0], 0.0);
 }
 
-/// An engine of its own with three inference workers, the hostile encoder
-/// on [`slow`], and the input that runs it.
+/// An engine of its own with three inference workers, and [`slow_in`] it.
 fn slow_on_three_workers() -> (soma_host::Engine, soma_host::Encoder, Vec<Vec<u8>>) {
     let engine = soma_host::Engine::new().unwrap().with_inference_workers(3);
-    let bytes = slow();
-    let package = package_with(
-        soma_examples_artifacts::HOSTILE,
-        "hostile",
-        vec![("model.onnx".to_string(), bytes.clone())],
-    );
-    let encoder = engine.load_package(&package, None).unwrap();
-    let input = text(&[&format!("run:1:{}", blake3::hash(&bytes).to_hex())]);
+    let (encoder, input) = slow_in(&engine);
     (engine, encoder, input)
 }
 
@@ -445,15 +450,7 @@ fn runs_of_a_busy_model_spill_over_to_idle_workers_with_the_same_bits() {
 #[test]
 fn a_model_that_made_a_worker_fail_runs_only_in_its_own_workers() {
     let (engine, encoder, input) = slow_on_three_workers();
-    let tight = Limits {
-        timeout: std::time::Duration::from_millis(50),
-        ..Limits::default()
-    };
-    let err = encoder.embed(&input, &tight, Seed::from(0)).unwrap_err();
-    assert!(
-        matches!(&err, Error::Host(m) if m.contains("wall-clock")),
-        "{err}"
-    );
+    time_out(&encoder, &input);
     // As above, but the third run waits for one of the model's own two
     // workers instead of having another load it.
     assert_eq!(rounds_of_three(&engine, &encoder, &input, 3), 2);
