@@ -778,6 +778,7 @@ impl Api {
                 "version": manifest.as_ref().map(|m| m.version.clone()),
                 "owner": hex::encode(encoder.owner.to_bytes()),
                 "bond": encoder.bond,
+                "status": encoder.status(&self.shared.parameters).name(),
                 "pending_jobs": encoder.pending,
                 "performance": encoder.performance.iter().map(|&p| fixed(i64::from(p))).collect::<Vec<_>>(),
             }),

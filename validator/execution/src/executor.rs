@@ -737,7 +737,7 @@ impl Executor {
         if decoded.modality != Modality::Text {
             return Err(Rejection::NotTextEncoder);
         }
-        // Any registered encoder may be in any job's shard, and one that
+        // Any active encoder may be in any job's shard, and one that
         // refused the data could not be judged on it. (Leaving it out of
         // such shards instead would leave long data to the few encoders
         // that take it, too few for the outlier test.)
@@ -783,7 +783,7 @@ impl Executor {
             Some(router) => router.region(data, params.region_bits)?,
             None => Some(0),
         };
-        let candidates = state.shard_candidates(region, params.routing_floor)?;
+        let candidates = state.shard_candidates(region, params)?;
         let shard = shard::select(&candidates, params.shard_size.into(), &seed);
         if shard.is_empty() {
             Err(Rejection::NoEncoders)?;

@@ -63,5 +63,5 @@ pub use routing::{MAX_REGION_BITS, Router, RouterError};
 pub use runner::{JobRunner, RunnerError};
 pub use scoring::ONE;
 pub use snapshot::{ENTRY_OVERHEAD, MAX_SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES};
-pub use state::{Account, Encoder, StateError, Validator};
+pub use state::{Account, Encoder, EncoderStatus, StateError, Validator};
 pub use transaction::{Action, MAX_TRANSACTION_BYTES, SignedTransaction, Transaction};

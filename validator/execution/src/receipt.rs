@@ -79,7 +79,7 @@ pub enum Rejection {
         /// The minimum.
         min: u64,
     },
-    /// No encoder is registered to run a job.
+    /// No active encoder is registered to run a job.
     NoEncoders,
     /// An attestation for a job that does not exist.
     UnknownJob,
@@ -164,7 +164,7 @@ impl fmt::Display for Rejection {
             Rejection::PaymentTooLow { min } => {
                 write!(f, "the job payment is below the minimum of {min}")
             }
-            Rejection::NoEncoders => write!(f, "no encoder is registered to run the job"),
+            Rejection::NoEncoders => write!(f, "no active encoder is registered to run the job"),
             Rejection::UnknownJob => write!(f, "no such job"),
             Rejection::JobDecided => write!(f, "the job is already decided"),
             Rejection::AlreadyAttested => write!(f, "the validator already attested this job"),

@@ -1,4 +1,4 @@
-//! Shard selection: which registered encoders run a job.
+//! Shard selection: which active encoders run a job.
 //!
 //! Systematic sampling with probabilities proportional to weight (bond):
 //! an encoder of weight `w` among candidates of total weight `T` is in a

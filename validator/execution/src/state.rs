@@ -23,6 +23,7 @@
 //! the commit or after it, never between.
 
 use crate::lattice::Lattice;
+use crate::params::Parameters;
 use crate::routing::MAX_REGION_BITS;
 use crate::snapshot::{Entry, RootStep};
 use fjall::Readable as _;
@@ -105,6 +106,39 @@ pub struct Encoder {
     pub pending: u32,
     /// Its routing score in each region (fixed point, at most 1.0).
     pub performance: Vec<u32>,
+}
+
+/// Whether an encoder is drawn into shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderStatus {
+    /// Its bond is at least the minimum: it is drawn into shards.
+    Active,
+    /// Slashes took its bond below the minimum: it is drawn into no new
+    /// shard, so a bond too small to be worth slashing cannot keep an
+    /// encoder working. Its owner can deregister it and take back what is
+    /// left.
+    Underbonded,
+}
+
+impl EncoderStatus {
+    /// Its name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            EncoderStatus::Active => "active",
+            EncoderStatus::Underbonded => "underbonded",
+        }
+    }
+}
+
+impl Encoder {
+    /// Its status under the protocol's `parameters`. Derived from the bond
+    /// rather than stored, so it can never disagree with it.
+    pub fn status(&self, parameters: &Parameters) -> EncoderStatus {
+        match self.bond >= parameters.min_encoder_bond {
+            true => EncoderStatus::Active,
+            false => EncoderStatus::Underbonded,
+        }
+    }
 }
 
 /// Where the state stands: the next commit to apply and the root after

@@ -3,12 +3,13 @@
 //! refusal discards whole.
 
 use crate::job::{Attestation, Job};
+use crate::params::Parameters;
 use crate::receipt::Rejection;
 use crate::routing::{RouterError, selection_weight};
 use crate::scoring::{ONE, median};
 use crate::state::{
-    Account, Amount, BURNED, Changes, ESCROW, Encoder, JobId, STAKED, Scores, Space, StateError,
-    StateStore, TREASURY, Validator, deadline_key, encoder_key,
+    Account, Amount, BURNED, Changes, ESCROW, Encoder, EncoderStatus, JobId, STAKED, Scores, Space,
+    StateError, StateStore, TREASURY, Validator, deadline_key, encoder_key,
 };
 use soma_codec::{Decode, Encode};
 use soma_crypto::PublicKey;
@@ -173,17 +174,18 @@ impl View<'_> {
         self.pending.delete(Space::Encoders, &encoder_key(package));
     }
 
-    /// Every registered encoder with its weight in shard selection for
-    /// `region` (its bond scaled by its score there, never below `floor`;
-    /// just its bond for data the router could not place), in digest
-    /// order.
+    /// Every active encoder with its weight in shard selection for
+    /// `region` (its bond scaled by its score there, never below the
+    /// routing floor; just its bond for data the router could not place),
+    /// in digest order.
     pub(crate) fn shard_candidates(
         &self,
         region: Option<u16>,
-        floor: u32,
+        parameters: &Parameters,
     ) -> Result<Vec<(Digest, u64)>, StateError> {
         self.scan::<Encoder>(Space::Encoders)?
             .into_iter()
+            .filter(|(_, e)| e.status(parameters) == EncoderStatus::Active)
             .map(|(key, e)| {
                 let package = key
                     .try_into()
@@ -194,7 +196,7 @@ impl View<'_> {
                         let score = *e.performance.get(usize::from(region)).ok_or_else(|| {
                             StateError::inconsistent("encoder", "it has no score for a region")
                         })?;
-                        selection_weight(e.bond, score, floor)
+                        selection_weight(e.bond, score, parameters.routing_floor)
                     }
                 };
                 Ok((Digest(package), weight))

@@ -2,7 +2,9 @@
 //! job runner that computes real ones is tested with the host.
 
 use super::*;
-use soma_execution::{EncoderResult, GenesisEncoder, Job, JobStatus, ONE, Outcome, Rejection};
+use soma_execution::{
+    EncoderResult, EncoderStatus, GenesisEncoder, Job, JobStatus, ONE, Outcome, Rejection,
+};
 use soma_host::Digest;
 
 const DIMENSION: usize = 8;
@@ -612,4 +614,64 @@ fn an_encoder_registered_again_starts_no_higher_than_it_left() {
     // Registering again is no fresh start at the median (1.0 here).
     send(&mut ex, register);
     assert_eq!(ex.encoder(&returning).unwrap().unwrap().performance, left);
+}
+
+#[test]
+fn an_encoder_slashed_below_the_minimum_bond_is_drawn_into_no_new_shard() {
+    // A slash (10 %) takes a bond below this minimum; the minor penalty
+    // of the worst qualified encoder (0.1 %) does not.
+    let g = network(4);
+    let parameters = Parameters {
+        min_encoder_bond: 9_500_000,
+        shard_size: 3,
+        ..g.parameters().clone()
+    };
+    let g = variant(&g, "soma-underbonded", parameters);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ex = open(dir.path(), &g);
+    let hostile = package(3);
+    let status = |ex: &Executor, p: Digest| ex.encoder(&p).unwrap().unwrap().status(g.parameters());
+    // A job the hostile encoder traps in when drawn, the others agree on;
+    // its shard.
+    let run = |ex: &mut Executor, n: usize| {
+        let job = submit(ex, &g, format!("job number {n}").as_bytes());
+        let shard = ex.job(&job).unwrap().unwrap().shard;
+        let results: Vec<EncoderResult> = shard
+            .iter()
+            .map(|p| match *p == hostile {
+                true => failed(Outcome::Trap),
+                false => ok(vector(0, 500), 1_000),
+            })
+            .collect();
+        for v in 0..3 {
+            assert_eq!(attest(ex, &g, v, job, results.clone()), None);
+        }
+        shard
+    };
+    let mut n = 0;
+    while status(&ex, hostile) == EncoderStatus::Active {
+        // Drawn with probability about 3/4 per job.
+        assert!(n < 30, "the hostile encoder was never drawn");
+        run(&mut ex, n);
+        n += 1;
+    }
+    assert_eq!(status(&ex, hostile), EncoderStatus::Underbonded);
+    assert_eq!(ex.encoder(&hostile).unwrap().unwrap().bond, 9_000_000);
+    // Its 9 000 000 would still draw it into most shards; it is in none.
+    for n in n..n + 30 {
+        let shard = run(&mut ex, n);
+        assert_eq!(shard, [package(0), package(1), package(2)], "job {n}");
+    }
+    for honest in 0..3 {
+        assert_eq!(status(&ex, package(honest)), EncoderStatus::Active);
+    }
+    // Its owner takes back what is left.
+    let owner = public(13);
+    let before = ex.account(&owner).unwrap();
+    let deregister = Action::DeregisterEncoder { package: hostile };
+    let tx = signed(&g, 13, before.nonce, 10, deregister);
+    assert_eq!(apply(&mut ex, &[tx]).receipts[0].rejection, None);
+    assert!(ex.encoder(&hostile).unwrap().is_none());
+    let after = ex.account(&owner).unwrap().balance;
+    assert_eq!(after, before.balance + 9_000_000 - 10);
 }
