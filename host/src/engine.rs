@@ -44,7 +44,18 @@ impl Engine {
     /// instead of one per core (at most eight). Call it before loading
     /// anything: models already loaded stay with the old workers.
     pub fn with_inference_workers(mut self, workers: usize) -> Engine {
-        self.models = Arc::new(ModelCache::with_workers(workers));
+        self.models = Arc::new(ModelCache::new(workers, self.models.session_bytes()));
+        self
+    }
+
+    /// This engine with each inference worker holding sessions for at most
+    /// `bytes` of admitted models at once (by default
+    /// [`crate::inference::DEFAULT_SESSION_BYTES`]): to load another, it
+    /// drops the sessions used longest ago, which are compiled again when
+    /// next run. A model larger than `bytes` fails as this host's error.
+    /// Call it before loading anything.
+    pub fn with_session_memory(mut self, bytes: u64) -> Engine {
+        self.models = Arc::new(ModelCache::new(self.models.workers(), bytes));
         self
     }
 
@@ -193,6 +204,12 @@ impl Engine {
     /// start on first use: two per model, more while its runs are many).
     pub fn running_inference_workers(&self) -> usize {
         self.models.running_workers()
+    }
+
+    /// How many model sessions its inference workers hold together
+    /// (waiting for busy workers to finish).
+    pub fn inference_sessions(&self) -> usize {
+        self.models.sessions()
     }
 }
 

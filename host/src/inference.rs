@@ -156,6 +156,8 @@ pub(crate) struct ModelCache {
     /// encoders).
     workers: Vec<Arc<Worker>>,
     placement_key: [u8; 32],
+    /// Most admitted model bytes each worker holds sessions for.
+    session_bytes: u64,
 }
 
 /// A model compiled once, or why it cannot be.
@@ -164,9 +166,18 @@ type ModelCell = OnceLock<Result<Arc<Model>, ModelError>>;
 impl Default for ModelCache {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        ModelCache::with_workers(cores.min(DEFAULT_MAX_WORKERS))
+        ModelCache::new(cores.min(DEFAULT_MAX_WORKERS), DEFAULT_SESSION_BYTES)
     }
 }
+
+/// Admitted model bytes each inference worker holds sessions for by
+/// default: two of the largest models admission takes
+/// ([`model::MAX_MODEL_BYTES`]). A session costs up to about twice its
+/// model's bytes (the weights, and pre-packed copies of some), and a run
+/// may hold [`model::MAX_LIVE_BYTES`] of tensors besides: together within
+/// the worker's address space ([`crate::worker::MEMORY_BYTES`]), with room
+/// for the runtime itself.
+pub const DEFAULT_SESSION_BYTES: u64 = 2 << 30;
 
 /// Most inference workers an engine starts by default.
 const DEFAULT_MAX_WORKERS: usize = 8;
@@ -181,8 +192,9 @@ const REPLICAS: usize = 2;
 
 impl ModelCache {
     /// A cache whose models run in `workers` worker processes (at least
-    /// one, at most [`MAX_WORKERS`]).
-    pub(crate) fn with_workers(workers: usize) -> ModelCache {
+    /// one, at most [`MAX_WORKERS`]), each holding sessions for at most
+    /// `session_bytes` of admitted models at once.
+    pub(crate) fn new(workers: usize, session_bytes: u64) -> ModelCache {
         let mut placement_key = [0u8; 32];
         // Without randomness, placement is merely predictable.
         let _ = getrandom::fill(&mut placement_key);
@@ -190,9 +202,20 @@ impl ModelCache {
             placement_key,
             models: Mutex::default(),
             workers: (0..workers.clamp(1, MAX_WORKERS))
-                .map(|_| Arc::new(Worker::new()))
+                .map(|_| Arc::new(Worker::new(session_bytes)))
                 .collect(),
+            session_bytes,
         }
+    }
+
+    /// How many worker processes it runs models in.
+    pub(crate) fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Most admitted model bytes each worker holds sessions for.
+    pub(crate) fn session_bytes(&self) -> u64 {
+        self.session_bytes
     }
 
     /// The session for `bytes` (whose digest is `digest`), admitting and
@@ -236,12 +259,24 @@ impl ModelCache {
         self.workers.iter().filter(|w| w.is_running()).count()
     }
 
+    /// How many sessions the workers hold together (waiting for busy ones).
+    pub(crate) fn sessions(&self) -> usize {
+        self.workers.iter().map(|w| w.sessions()).sum()
+    }
+
     fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Model>, ModelError> {
         // Admission is the host's own code on hostile bytes: should it ever
         // panic, the model is refused and the host keeps serving.
         let admitted = catch_unwind(|| model::admit(bytes))
             .unwrap_or_else(|_| Err(AdmissionError::Malformed("admission failed".into())))
             .map_err(ModelError::Refused)?;
+        if admitted.canonical.len() as u64 > self.session_bytes {
+            return Err(ModelError::Host(format!(
+                "the model's {} bytes exceed the {} bytes of sessions an inference worker of this host may hold",
+                admitted.canonical.len(),
+                self.session_bytes
+            )));
+        }
         let graph = admitted.graph;
         let canonical = Arc::new(admitted.canonical);
         let mut order = self.workers_of(digest);

@@ -4,7 +4,7 @@
 use super::protocol::{ProtocolError, Reply, Request, read_frame};
 use crate::bindings::soma::encoder::inference::NamedTensor;
 use crate::digest::Digest;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,6 +22,9 @@ pub const WORKER_NAME: &str = "soma-inference-worker";
 
 /// Wall-clock budget for compiling a model in the worker.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Wall-clock budget for dropping a session in the worker.
+const UNLOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes of the worker's stderr kept to explain its death.
 const STDERR_KEPT: usize = 4096;
@@ -52,13 +55,17 @@ pub(crate) struct Worker {
 /// of the worker.
 pub(crate) type RunOutcome = Result<Result<Vec<NamedTensor>, String>, WorkerError>;
 
-#[derive(Default)]
 struct State {
     process: Option<Process>,
-    /// Every model loaded so far, to load again into a restarted worker.
+    /// Every model loaded so far, to load again into a restarted worker
+    /// (or after its session was dropped).
     models: BTreeMap<Digest, Arc<Vec<u8>>>,
     /// The empty directory the worker is told holds external data.
     external_data: Option<tempfile::TempDir>,
+    /// Most admitted model bytes the worker holds sessions for at once.
+    session_bytes: u64,
+    /// Requests served, to tell which session was used longest ago.
+    clock: u64,
 }
 
 struct Process {
@@ -70,13 +77,23 @@ struct Process {
     requests: Sender<(Vec<u8>, u64)>,
     replies: Receiver<Result<Vec<u8>, ProtocolError>>,
     stderr: Arc<Mutex<Vec<u8>>>,
-    loaded: BTreeSet<Digest>,
+    /// The sessions it holds, each with when it was last used.
+    loaded: BTreeMap<Digest, u64>,
 }
 
 impl Worker {
-    pub(crate) fn new() -> Worker {
+    /// A worker that holds sessions for at most `session_bytes` of
+    /// admitted model bytes at once, dropping those used longest ago to
+    /// load another (a dropped one is compiled again when next run).
+    pub(crate) fn new(session_bytes: u64) -> Worker {
         Worker {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                process: None,
+                models: BTreeMap::new(),
+                external_data: None,
+                session_bytes,
+                clock: 0,
+            }),
         }
     }
 
@@ -141,6 +158,11 @@ impl Worker {
         self.try_lock().is_none_or(|state| state.process.is_some())
     }
 
+    /// How many sessions the worker holds (waiting for it if it is busy).
+    pub(crate) fn sessions(&self) -> usize {
+        self.lock().process.as_ref().map_or(0, |p| p.loaded.len())
+    }
+
     /// The worker's state, taken over if a holder panicked.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -167,11 +189,12 @@ impl State {
     ) -> RunOutcome {
         // Remembered, so that a restarted worker loads it again.
         self.models.entry(digest).or_insert_with(|| model.clone());
-        if !self.process()?.loaded.contains(&digest)
+        if !self.process()?.loaded.contains_key(&digest)
             && let Err(refused) = self.load_into_process(digest)?
         {
             return Ok(Err(refused));
         }
+        self.used(digest)?;
         match self.exchange(&Request::Run { digest, inputs }, max_reply, timeout)? {
             Reply::Done(outputs) => Ok(Ok(outputs)),
             Reply::Refused(text) => Ok(Err(text)),
@@ -197,21 +220,56 @@ impl State {
     }
 
     /// Loads the model of `digest` (which [`Worker::load`] recorded) into
-    /// the running worker.
+    /// the running worker, making room for it first.
     fn load_into_process(&mut self, digest: Digest) -> Result<Result<(), String>, WorkerError> {
         let Some(model) = self.models.get(&digest).cloned() else {
             return Ok(Err(format!("model {digest} was never loaded")));
         };
+        self.make_room(digest, model.len() as u64)?;
         let request = Request::Load {
             digest,
             model: &model,
         };
         match self.exchange(&request, 1 << 20, LOAD_TIMEOUT)? {
             Reply::Done(_) => {
-                self.process()?.loaded.insert(digest);
+                self.used(digest)?;
                 Ok(Ok(()))
             }
             Reply::Refused(text) => Ok(Err(text)),
+        }
+    }
+
+    /// Records that the session of `digest` was used now.
+    fn used(&mut self, digest: Digest) -> Result<(), WorkerError> {
+        self.clock += 1;
+        let now = self.clock;
+        self.process()?.loaded.insert(digest, now);
+        Ok(())
+    }
+
+    /// Drops the sessions used longest ago until the model of `digest`, of
+    /// `bytes`, fits beside the others in the worker's session memory.
+    fn make_room(&mut self, digest: Digest, bytes: u64) -> Result<(), WorkerError> {
+        self.process()?;
+        loop {
+            let loaded = &self.process.as_ref().expect("started above").loaded;
+            // A session of `digest` itself is replaced by the load.
+            let others = loaded.iter().filter(|&(d, _)| *d != digest);
+            let size = |d: &Digest| self.models.get(d).map_or(0, |m| m.len() as u64);
+            let held: u64 = others.clone().map(|(d, _)| size(d)).sum();
+            let oldest = others.min_by_key(|&(_, &used)| used).map(|(&d, _)| d);
+            let Some(oldest) = oldest.filter(|_| held + bytes > self.session_bytes) else {
+                return Ok(());
+            };
+            match self.exchange(&Request::Unload { digest: oldest }, 64, UNLOAD_TIMEOUT)? {
+                Reply::Done(outputs) if outputs.is_empty() => {
+                    self.process()?.loaded.remove(&oldest);
+                }
+                _ => {
+                    let mut process = self.process.take().expect("it just answered");
+                    return Err(process.died("it answered an unload with something else"));
+                }
+            }
         }
     }
 
@@ -291,7 +349,7 @@ impl Process {
             requests,
             replies,
             stderr,
-            loaded: BTreeSet::new(),
+            loaded: BTreeMap::new(),
         })
     }
 

@@ -8,7 +8,9 @@
 //! placing each model on two of them by a hash keyed with a secret of the
 //! host process (no author can choose a neighbour), and loading it into
 //! others in the background while its runs find those busy (not for large
-//! models, nor for a while after one of its runs failed a worker):
+//! models, nor for a while after one of its runs failed a worker). Each
+//! worker holds sessions for a bounded number of model bytes, dropping
+//! those used longest ago to load another:
 //!
 //! * the worker loads ONNX Runtime, then confines itself (`confine.rs`): no
 //!   files, no network, no new programs, address space capped;

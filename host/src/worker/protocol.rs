@@ -5,6 +5,7 @@
 //! frame    = u64 length ‖ body
 //! request  = 1 ‖ digest (32) ‖ bytes            load a model
 //!          | 2 ‖ digest (32) ‖ tensors          run it
+//!          | 3 ‖ digest (32)                    drop its session
 //! reply    = 0 ‖ tensors                         done (empty for a load)
 //!          | 1 ‖ bytes                           refused, with the runtime's text
 //! tensors  = u16 count ‖ (str name ‖ u8 type ‖ u8 rank ‖ u32 dim * rank ‖ bytes)*
@@ -31,6 +32,9 @@ pub(crate) enum Request<'a> {
         digest: Digest,
         inputs: Vec<NamedTensor>,
     },
+    /// Drop the session of `digest`, if there is one (answered with an
+    /// empty `Done`).
+    Unload { digest: Digest },
 }
 
 /// The worker's answer to one request.
@@ -58,6 +62,7 @@ pub(crate) enum ProtocolError {
 
 const LOAD: u8 = 1;
 const RUN: u8 = 2;
+const UNLOAD: u8 = 3;
 const DONE: u8 = 0;
 const REFUSED: u8 = 1;
 
@@ -101,6 +106,10 @@ impl<'a> Request<'a> {
                 w.array(&digest.0);
                 put_tensors(&mut w, inputs);
             }
+            Request::Unload { digest } => {
+                w.u8(UNLOAD);
+                w.array(&digest.0);
+            }
         }
         write_frame(out, &w.into_bytes())
     }
@@ -119,6 +128,7 @@ impl<'a> Request<'a> {
                 digest,
                 inputs: read_tensors(&mut r)?,
             },
+            UNLOAD => Request::Unload { digest },
             tag => {
                 return Err(DecodeError::invalid("request", format!("unknown tag {tag}")).into());
             }
@@ -238,6 +248,9 @@ mod tests {
                     tensor("x", vec![1, 3], vec![4, 5, 6]),
                     tensor("é", vec![], vec![9]),
                 ],
+            },
+            Request::Unload {
+                digest: Digest([9; 32]),
             },
         ];
         for request in requests {

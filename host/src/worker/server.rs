@@ -253,6 +253,10 @@ pub(crate) fn serve(external_data: &Path) -> Result<(), ProtocolError> {
                 Some(session) => run(session, inputs).map_or_else(Reply::Refused, Reply::Done),
                 None => Reply::Refused(format!("no session for {digest}")),
             },
+            Request::Unload { digest } => {
+                sessions.remove(&digest);
+                Reply::Done(vec![])
+            }
         };
         reply.write(&mut output)?;
     }

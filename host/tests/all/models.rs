@@ -577,3 +577,60 @@ fn the_fuel_of_a_run_is_known_before_it_runs() {
     assert!(admitted.fuel(&[]).is_err());
     assert!(admitted.fuel(&[vec![1, 2]]).is_err());
 }
+
+/// `y = Σx + count·weight`, the `count` weights an initializer.
+fn weighted(weight: f32, count: usize) -> Vec<u8> {
+    let sum =
+        |from: &str, to: &str| node("ReduceSum", &[from], &[to], vec![attr_int("keepdims", 0)]);
+    model(graph(
+        vec![
+            sum("x", "sx"),
+            sum("w", "sw"),
+            node("Add", &["sx", "sw"], &["y"], vec![]),
+        ],
+        vec![tensor(
+            "w",
+            FLOAT,
+            &[count as i64],
+            &f32s(&vec![weight; count]),
+        )],
+        value("y", FLOAT, &[]),
+    ))
+}
+
+#[test]
+fn a_worker_holds_sessions_within_its_session_memory_and_compiles_dropped_ones_again() {
+    let models: Vec<Vec<u8>> = (1..=3).map(|w| weighted(w as f32, 10_000)).collect();
+    let size = admit(&models[0]).unwrap().bytes().len() as u64;
+    // One worker, with room for two of the three models.
+    let engine = soma_host::Engine::new()
+        .unwrap()
+        .with_inference_workers(1)
+        .with_session_memory(2 * size + size / 2);
+    let blobs = (0..3).map(|i| (format!("m{i}.onnx"), models[i].clone()));
+    let package = package_with(soma_examples_artifacts::HOSTILE, "hostile", blobs.collect());
+    let encoder = engine.load_package(&package, None).unwrap();
+    assert_eq!(engine.inference_sessions(), 2);
+    let run = |i: usize| {
+        let input = text(&[&format!("run:1:{}", blake3::hash(&models[i]).to_hex())]);
+        let out = encoder.embed(&input, &Limits::default(), Seed::from(0));
+        out.unwrap().vectors[0][0]
+    };
+    for i in [0, 1, 2, 0, 2, 1, 1, 0] {
+        assert_eq!(run(i), 10_000.0 * (i + 1) as f32, "model {i}");
+        assert_eq!(engine.inference_sessions(), 2);
+    }
+    // A model larger than the whole session memory cannot run here: this
+    // host's failure, not the package's; the others still run.
+    let big = vec![("big.onnx".to_string(), weighted(4.0, 30_000))];
+    let package = package_with(soma_examples_artifacts::HOSTILE, "hostile", big);
+    let Err(err) = engine.load_package(&package, None) else {
+        panic!("a model larger than the session memory was loaded");
+    };
+    assert!(
+        matches!(&err, Error::Host(m) if m.contains("exceed")),
+        "{err}"
+    );
+    assert!(!err.is_deterministic());
+    assert_eq!(run(0), 10_000.0);
+}
