@@ -4,10 +4,11 @@
 //! included, never changes); the total stake apply keeps is the sum of
 //! the validators' stakes; a transaction that applied never applies again.
 //!
-//! The input is read as operations, each: what and who (one byte: `% 10`
+//! The input is read as operations, each: what and who (one byte: `% 11`
 //! is 0–1 transfer, 2 add stake, 3 withdraw stake, 4 register an encoder,
 //! 5 deregister one, 6 submit data, 7 attest the last job, 8 end the
-//! commit, 9 raw bytes; `/ 10 % 5` the account, and account 4 holds
+//! commit, 9 add to an encoder's bond, 10 raw bytes; `/ 10 % 5` the
+//! account, and account 4 holds
 //! nothing), the amount's size (one byte: up to 85 a u16, up to 170 a
 //! million plus a u32, else a u64), the amount (little-endian), the fee
 //! (one byte: 0 is `u64::MAX`, else 9 to 20) and the nonce (one byte,
@@ -174,7 +175,7 @@ pub fn check(bytes: &[u8]) {
             };
             let nonce_rule = input.byte().unwrap_or(2) % 16;
             let name = format!("p{}", amount % 2);
-            let action = match op % 10 {
+            let action = match op % 11 {
                 0 | 1 => Action::Transfer {
                     to: crate::key(((amount % 5) as u8 + from) % ACCOUNTS).public_key(),
                     amount,
@@ -196,6 +197,10 @@ pub fn check(bytes: &[u8]) {
                     attestation(id, shard, amount)
                 }
                 8 => break,
+                9 => Action::AddBond {
+                    package: registration((amount % 5) as u8, &name, 0).1,
+                    amount,
+                },
                 _ => {
                     let len = (amount & 0xff) as usize;
                     let raw = &input.0[..len.min(input.0.len())];

@@ -74,6 +74,19 @@ enum ClientCommand {
         #[arg(long)]
         bond: u64,
     },
+    /// Adds base units to the bond of an encoder the key owns: an encoder
+    /// whose bond fell below the network's minimum is drawn into shards
+    /// again once it is back at it.
+    Bond {
+        #[command(flatten)]
+        signer: Signer,
+        /// The encoder's package digest (hex).
+        #[arg(long)]
+        package: String,
+        /// Base units added to its bond.
+        #[arg(long)]
+        amount: u64,
+    },
     /// Submits data to embed and waits for its job to be decided.
     Submit {
         #[command(flatten)]
@@ -192,6 +205,16 @@ pub fn run(args: ClientArgs) -> Result<()> {
                     value["transaction"]
                 ),
             );
+        }
+        ClientCommand::Bond {
+            signer,
+            package,
+            amount,
+        } => {
+            let package = soma_host::Digest::from_hex(&package)
+                .with_context(|| format!("`{package}` is not a package digest (64 hex digits)"))?;
+            let value = send(&api, &signer, Action::AddBond { package, amount })?;
+            print(&value, format!("bond submitted: {}", value["transaction"]));
         }
         ClientCommand::Submit {
             signer,

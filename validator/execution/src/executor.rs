@@ -602,7 +602,9 @@ impl Executor {
         let params = &self.parameters;
         // What leaves the sender's balance.
         let moved = match &tx.action {
-            Action::Transfer { amount, .. } | Action::AddStake { amount } => *amount,
+            Action::Transfer { amount, .. }
+            | Action::AddStake { amount }
+            | Action::AddBond { amount, .. } => *amount,
             Action::RegisterEncoder { bond, .. } => *bond,
             Action::SubmitData { payment, .. } => *payment,
             Action::WithdrawStake { .. }
@@ -671,7 +673,7 @@ impl Executor {
                 // A newcomer starts where the registered encoders' median is:
                 // neither a free top score nor a penalty for being new. One
                 // that was registered before starts no higher than it left.
-                let mut performance = state.median_performance(self.regions)?;
+                let mut performance = state.median_performance(self.regions, params)?;
                 if let Some(left) = state.retired_scores(&package)? {
                     for (score, left) in performance.iter_mut().zip(left) {
                         *score = (*score).min(left);
@@ -697,6 +699,18 @@ impl Executor {
                 state.put_retired_scores(&package, &encoder.performance);
                 state.delete_encoder(&package);
                 state.credit(&tx.sender, encoder.bond)
+            }
+            &Action::AddBond { package, amount } => {
+                let mut encoder = state.encoder(&package)?.ok_or(Rejection::UnknownEncoder)?;
+                if encoder.owner != tx.sender {
+                    Err(Rejection::NotOwner)?;
+                }
+                encoder.bond = encoder
+                    .bond
+                    .checked_add(amount)
+                    .ok_or(Rejection::Overflow)?;
+                state.put_encoder(&package, encoder);
+                Ok(())
             }
             Action::SubmitData {
                 modality,

@@ -317,6 +317,21 @@ impl Genesis {
                 .all(|w| w[0].package < w[1].package),
         )?;
         self.parameters.check()?;
+        // An encoder below the minimum bond would be registered but never
+        // drawn: a mistake in the file.
+        if self
+            .encoders
+            .iter()
+            .any(|e| e.bond < self.parameters.min_encoder_bond)
+        {
+            return Err(DecodeError::invalid(
+                "encoders",
+                format!(
+                    "every bond must be at least the minimum, {}",
+                    self.parameters.min_encoder_bond
+                ),
+            ));
+        }
         // Every amount apply handles is part of the supply: if the supply
         // fits a u64, no balance, stake, bond or total can overflow.
         let supply: u128 = self

@@ -113,10 +113,11 @@ pub struct Encoder {
 pub enum EncoderStatus {
     /// Its bond is at least the minimum: it is drawn into shards.
     Active,
-    /// Slashes took its bond below the minimum: it is drawn into no new
-    /// shard, so a bond too small to be worth slashing cannot keep an
-    /// encoder working. Its owner can deregister it and take back what is
-    /// left.
+    /// Slashes and penalties took its bond below the minimum: it is drawn
+    /// into no new shard (a bond too small to be worth slashing cannot
+    /// keep an encoder working) until its owner adds to it
+    /// ([`crate::Action::AddBond`]), or deregisters it and takes back what
+    /// is left.
     Underbonded,
 }
 

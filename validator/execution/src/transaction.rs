@@ -12,6 +12,7 @@
 //!             | 5 ‖ u8 modality ‖ u64 payment ‖ u32 length ‖ data
 //!                                                     submit data to embed
 //!             | 6 ‖ job (32) ‖ attestation            a validator's results
+//!             | 7 ‖ package digest (32) ‖ u64 amount  add to an encoder's bond
 //! modality    = 0 text | 1 image | 2 audio | 3 bytes
 //! attestation = u8 count ‖ (u8 outcome ‖ u64 fuel ‖ u32 loss ‖ u16 n ‖ i32 embedding * n)*
 //! ```
@@ -66,6 +67,15 @@ pub enum Action {
     DeregisterEncoder {
         /// The package's digest.
         package: Digest,
+    },
+    /// Moves `amount` from the sender's balance to the bond of an encoder
+    /// it owns: what makes an encoder whose bond slashes and penalties
+    /// wore below the minimum active again.
+    AddBond {
+        /// The package's digest.
+        package: Digest,
+        /// Base units added.
+        amount: u64,
     },
     /// Asks the network to embed `data`, paying `payment` (held until the
     /// job is decided). The job's id is this transaction's digest.
@@ -214,6 +224,7 @@ const REGISTER_ENCODER: u8 = 3;
 const DEREGISTER_ENCODER: u8 = 4;
 const SUBMIT_DATA: u8 = 5;
 const ATTEST: u8 = 6;
+const ADD_BOND: u8 = 7;
 
 impl Encode for Transaction {
     fn encode(&self, w: &mut Writer) {
@@ -249,6 +260,11 @@ impl Encode for Transaction {
             Action::DeregisterEncoder { package } => {
                 w.u8(DEREGISTER_ENCODER);
                 w.array(&package.0);
+            }
+            Action::AddBond { package, amount } => {
+                w.u8(ADD_BOND);
+                w.array(&package.0);
+                w.u64(*amount);
             }
             Action::SubmitData {
                 modality,
@@ -296,6 +312,10 @@ impl Decode<'_> for Transaction {
             },
             DEREGISTER_ENCODER => Action::DeregisterEncoder {
                 package: Digest(r.array("package")?),
+            },
+            ADD_BOND => Action::AddBond {
+                package: Digest(r.array("package")?),
+                amount: r.u64("amount")?,
             },
             SUBMIT_DATA => Action::SubmitData {
                 modality: modality(r)?,

@@ -204,14 +204,20 @@ impl View<'_> {
             .collect()
     }
 
-    /// Per region, the median score of the registered encoders (1.0 where
-    /// there are none): where a newly registered encoder starts.
-    pub(crate) fn median_performance(&self, regions: usize) -> Result<Vec<u32>, StateError> {
+    /// Per region, the median score of the active encoders (1.0 where
+    /// there are none): where a newly registered encoder starts. Those not
+    /// drawn any more keep scores that no longer move.
+    pub(crate) fn median_performance(
+        &self,
+        regions: usize,
+        parameters: &Parameters,
+    ) -> Result<Vec<u32>, StateError> {
         let encoders = self.scan::<Encoder>(Space::Encoders)?;
         Ok((0..regions)
             .map(|r| {
                 let mut scores: Vec<i64> = encoders
                     .values()
+                    .filter(|e| e.status(parameters) == EncoderStatus::Active)
                     .filter_map(|e| e.performance.get(r).map(|&s| i64::from(s)))
                     .collect();
                 match scores.is_empty() {

@@ -528,6 +528,29 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
         call(api(2), "GET", &registered, None, b"").1["bond"],
         2_000_000
     );
+    // Its owner adds to its bond.
+    let digest = mine.digest().to_string();
+    let bond = |package: &str| {
+        run(&[
+            "bond".as_ref(),
+            "--key".as_ref(),
+            user_key.as_os_str(),
+            "--package".as_ref(),
+            package.as_ref(),
+            "--amount".as_ref(),
+            "500000".as_ref(),
+        ])
+    };
+    let (ok, out, err) = bond("not-a-digest");
+    assert!(!ok && err.contains("is not a package digest"), "{out}{err}");
+    let (ok, out, err) = bond(&digest);
+    assert!(ok && out.contains("bond submitted"), "{out}{err}");
+    wait_for(
+        "the bond to apply",
+        Duration::from_secs(60),
+        || call(api(2), "GET", &registered, None, b"").1["bond"] == 2_500_000,
+        &validators,
+    );
     // Uploaded to validator 2 only, the package reaches the others: each
     // fetches it from a peer once the registration applies, and verifies it.
     let download = format!("/v1/packages/{}", mine.digest());

@@ -141,6 +141,15 @@ fn bad_genesis_configs_are_refused_with_the_reason() {
         "{err}"
     );
 
+    // An encoder that could never be drawn.
+    let mut small = config(&file);
+    small["encoders"][0]["bond"] = 999_999.into();
+    let err = read(dir.path(), &small).unwrap_err();
+    assert!(
+        err.to_string().contains("at least the minimum, 1000000"),
+        "{err}"
+    );
+
     let mut no_validators = config(&file);
     no_validators["validators"] = serde_json::json!([]);
     let err = read(dir.path(), &no_validators).unwrap_err();

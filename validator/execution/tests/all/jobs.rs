@@ -617,7 +617,8 @@ fn an_encoder_registered_again_starts_no_higher_than_it_left() {
 }
 
 #[test]
-fn an_encoder_slashed_below_the_minimum_bond_is_drawn_into_no_new_shard() {
+fn an_encoder_slashed_below_the_minimum_bond_is_drawn_into_no_new_shard_until_its_owner_adds_to_it()
+{
     // A slash (10 %) takes a bond below this minimum; the minor penalty
     // of the worst qualified encoder (0.1 %) does not.
     let g = network(4);
@@ -648,25 +649,49 @@ fn an_encoder_slashed_below_the_minimum_bond_is_drawn_into_no_new_shard() {
         }
         shard
     };
+    // Account `from` adding `amount` to the hostile encoder's bond: the
+    // refusal, if any.
+    let add_bond = |ex: &mut Executor, from: u8, amount: u64| {
+        let nonce = ex.account(&public(from)).unwrap().nonce;
+        let action = Action::AddBond {
+            package: hostile,
+            amount,
+        };
+        apply(ex, &[signed(&g, from, nonce, 10, action)]).receipts[0].rejection
+    };
     let mut n = 0;
-    while status(&ex, hostile) == EncoderStatus::Active {
-        // Drawn with probability about 3/4 per job.
-        assert!(n < 30, "the hostile encoder was never drawn");
-        run(&mut ex, n);
-        n += 1;
-    }
+    // Drawn with probability about 3/4 per job, until slashed.
+    let until_slashed = |ex: &mut Executor, n: &mut usize| {
+        let start = *n;
+        while status(ex, hostile) == EncoderStatus::Active {
+            assert!(*n < start + 30, "the hostile encoder was never drawn");
+            run(ex, *n);
+            *n += 1;
+        }
+        assert_eq!(ex.encoder(&hostile).unwrap().unwrap().bond, 9_000_000);
+    };
+    until_slashed(&mut ex, &mut n);
     assert_eq!(status(&ex, hostile), EncoderStatus::Underbonded);
-    assert_eq!(ex.encoder(&hostile).unwrap().unwrap().bond, 9_000_000);
     // Its 9 000 000 would still draw it into most shards; it is in none.
     for n in n..n + 30 {
         let shard = run(&mut ex, n);
         assert_eq!(shard, [package(0), package(1), package(2)], "job {n}");
     }
+    n += 30;
     for honest in 0..3 {
         assert_eq!(status(&ex, package(honest)), EncoderStatus::Active);
     }
-    // Its owner takes back what is left.
+    // Only its owner can add to its bond; then it is drawn again (and
+    // slashed again, as it still traps).
+    assert_eq!(add_bond(&mut ex, 10, 1_000_000), Some(Rejection::NotOwner));
+    assert_eq!(ex.encoder(&hostile).unwrap().unwrap().bond, 9_000_000);
     let owner = public(13);
+    let before = ex.account(&owner).unwrap().balance;
+    assert_eq!(add_bond(&mut ex, 13, 1_000_000), None);
+    assert_eq!(ex.account(&owner).unwrap().balance, before - 1_000_000 - 10);
+    assert_eq!(ex.encoder(&hostile).unwrap().unwrap().bond, 10_000_000);
+    until_slashed(&mut ex, &mut n);
+    // Its owner takes back what is left.
     let before = ex.account(&owner).unwrap();
     let deregister = Action::DeregisterEncoder { package: hostile };
     let tx = signed(&g, 13, before.nonce, 10, deregister);
