@@ -118,6 +118,9 @@ impl Engine {
                 .get(&model.blob.digest, bytes)
                 .map_err(|e| match e {
                     ModelError::Host(e) => Error::Host(e),
+                    e @ ModelError::TooLarge { .. } => {
+                        Error::Host(format!("model `{}`: {e}", model.name))
+                    }
                     // Whether ONNX Runtime would refuse it elsewhere (or
                     // with more memory) is unknown: not the model's fault.
                     e @ ModelError::Runtime => Error::Host(format!("model `{}`: {e}", model.name)),
@@ -210,6 +213,13 @@ impl Engine {
     /// (waiting for busy workers to finish).
     pub fn inference_sessions(&self) -> usize {
         self.models.sessions()
+    }
+
+    /// How many times its inference workers compiled a model: a count
+    /// that keeps rising under steady work means sessions are dropped for
+    /// want of session memory and compiled again.
+    pub fn inference_loads(&self) -> u64 {
+        self.models.loads()
     }
 }
 

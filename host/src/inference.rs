@@ -59,8 +59,8 @@ pub(crate) struct Model {
     /// The admitted graph's bytes, for a restarted worker to load again.
     canonical: Arc<Vec<u8>>,
     /// The workers that compiled it, in order of preference: a run goes to
-    /// the first idle one, or to an idle one of `spill` that holds the
-    /// model, or waits for the first.
+    /// the first idle one that still holds the session, or to such a one
+    /// of `spill`, or waits for the first.
     workers: Vec<Arc<Worker>>,
     /// The other workers, so that a busy model uses every core, not just
     /// its replicas'.
@@ -109,8 +109,10 @@ impl Model {
     }
 
     /// Loads the model into the next spill worker on a thread of its own,
-    /// unless one is loading it already: a call never waits for a
-    /// compilation, and a model that cannot be loaded there is contained.
+    /// unless one is loading it already: a call never waits for a spill
+    /// worker's compilation (only for its own first worker's, when that
+    /// dropped the session), and a model that cannot be loaded there is
+    /// contained.
     fn warm_next(self: &Arc<Self>) {
         let spill = &self.spill;
         if spill.warmed.load(Ordering::Acquire) >= spill.workers.len()
@@ -231,6 +233,8 @@ impl ModelCache {
         let result = cell.get_or_init(|| self.compile(digest, bytes)).clone();
         if let Err(ModelError::Host(_) | ModelError::Runtime) = &result {
             // This host's trouble is not the model's: try again next time.
+            // (A model too large for the session memory is kept refused: it
+            // stays too large, and admitting it again would cost every call.)
             let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
             if models.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
                 models.remove(digest);
@@ -264,6 +268,11 @@ impl ModelCache {
         self.workers.iter().map(|w| w.sessions()).sum()
     }
 
+    /// How many models the workers compiled so far, together.
+    pub(crate) fn loads(&self) -> u64 {
+        self.workers.iter().map(|w| w.loads()).sum()
+    }
+
     fn compile(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Model>, ModelError> {
         // Admission is the host's own code on hostile bytes: should it ever
         // panic, the model is refused and the host keeps serving.
@@ -271,11 +280,10 @@ impl ModelCache {
             .unwrap_or_else(|_| Err(AdmissionError::Malformed("admission failed".into())))
             .map_err(ModelError::Refused)?;
         if admitted.canonical.len() as u64 > self.session_bytes {
-            return Err(ModelError::Host(format!(
-                "the model's {} bytes exceed the {} bytes of sessions an inference worker of this host may hold",
-                admitted.canonical.len(),
-                self.session_bytes
-            )));
+            return Err(ModelError::TooLarge {
+                bytes: admitted.canonical.len() as u64,
+                session_bytes: self.session_bytes,
+            });
         }
         let graph = admitted.graph;
         let canonical = Arc::new(admitted.canonical);
@@ -332,6 +340,12 @@ pub(crate) enum ModelError {
     /// Admission refused the model.
     #[error(transparent)]
     Refused(AdmissionError),
+    /// The admitted model is larger than the session memory of this
+    /// host's workers: a limit of this host, not of the protocol.
+    #[error(
+        "the model's {bytes} admitted bytes exceed the {session_bytes} bytes of sessions an inference worker of this host may hold"
+    )]
+    TooLarge { bytes: u64, session_bytes: u64 },
     /// ONNX Runtime refused a model admission accepted. Whether it would
     /// on another host (or with more memory) is unknown, so this counts as
     /// a failure of this host; its text is logged at debug level (it names
@@ -441,10 +455,11 @@ pub(crate) fn run(
     Ok(Ok(outputs.into_iter().map(canonical_tensor).collect()))
 }
 
-/// Runs `model` in its first idle worker (its own, then, unless it is
-/// contained, another that holds it), or waits for its first one; returns
-/// the worker it ran in, and how the run ended. Finding every worker that
-/// holds it busy, it has the next one load it.
+/// Runs `model` in its first idle worker that holds its session (its own,
+/// then, unless it is contained, another that loaded it), or waits for its
+/// first one (which compiles it again if it dropped the session); returns
+/// the worker it ran in, and how the run ended. Finding no such worker
+/// idle, it has the next one load it.
 fn run_somewhere(
     model: &Arc<Model>,
     mut inputs: Vec<NamedTensor>,
@@ -452,20 +467,18 @@ fn run_somewhere(
     timeout: Duration,
 ) -> (&Worker, RunOutcome) {
     let (digest, bytes) = (model.digest, &model.canonical);
-    for worker in &model.workers {
-        match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout) {
+    let spilling = model.spill.contained.load(Ordering::Relaxed) == 0;
+    let warmed = match spilling {
+        true => model.spill.warmed.load(Ordering::Acquire),
+        false => 0,
+    };
+    for worker in model.workers.iter().chain(&model.spill.workers[..warmed]) {
+        match worker.run_if_ready(digest, bytes, inputs, max_reply, timeout) {
             Ok(outcome) => return (worker, outcome),
             Err(back) => inputs = back,
         }
     }
-    if model.spill.contained.load(Ordering::Relaxed) == 0 {
-        let warmed = model.spill.warmed.load(Ordering::Acquire);
-        for worker in &model.spill.workers[..warmed] {
-            match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout) {
-                Ok(outcome) => return (worker, outcome),
-                Err(back) => inputs = back,
-            }
-        }
+    if spilling {
         model.warm_next();
     }
     let first = &model.workers[0];

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Environment variable naming the worker executable; by default the host
 /// looks for `soma-inference-worker` beside its own executable (and, from
@@ -40,8 +41,9 @@ pub(crate) enum WorkerError {
     /// The worker died or broke the protocol.
     #[error("the inference worker failed: {0}")]
     Died(String),
-    /// The worker ran past its wall-clock budget and was killed.
-    #[error("the inference worker exceeded its wall-clock budget of {0:?} and was restarted")]
+    /// The worker ran past its wall-clock budget and was killed (or
+    /// compiling the model again used all of it, and the run never started).
+    #[error("the inference worker exceeded its wall-clock budget of {0:?}")]
     Timeout(Duration),
 }
 
@@ -49,6 +51,9 @@ pub(crate) enum WorkerError {
 /// served one at a time.
 pub(crate) struct Worker {
     state: Mutex<State>,
+    /// Models compiled in it so far, counted apart from `state` so that it
+    /// can be read while the worker is busy.
+    loads: Arc<AtomicU64>,
 }
 
 /// What a run ends with: the outputs, ONNX Runtime's refusal, or a failure
@@ -66,6 +71,8 @@ struct State {
     session_bytes: u64,
     /// Requests served, to tell which session was used longest ago.
     clock: u64,
+    /// The worker's count of models compiled.
+    loads: Arc<AtomicU64>,
 }
 
 struct Process {
@@ -86,6 +93,7 @@ impl Worker {
     /// admitted model bytes at once, dropping those used longest ago to
     /// load another (a dropped one is compiled again when next run).
     pub(crate) fn new(session_bytes: u64) -> Worker {
+        let loads = Arc::new(AtomicU64::new(0));
         Worker {
             state: Mutex::new(State {
                 process: None,
@@ -93,7 +101,9 @@ impl Worker {
                 external_data: None,
                 session_bytes,
                 clock: 0,
+                loads: loads.clone(),
             }),
+            loads,
         }
     }
 
@@ -106,8 +116,8 @@ impl Worker {
     ) -> Result<Result<(), String>, WorkerError> {
         let mut state = self.lock();
         state.models.insert(digest, model);
-        let answer = state.load_into_process(digest)?;
-        if answer.is_err() {
+        let answer = state.load_into_process(digest, LOAD_TIMEOUT)?;
+        if answer.is_err() && !state.holds(&digest) {
             state.models.remove(&digest);
         }
         Ok(answer)
@@ -137,9 +147,9 @@ impl Worker {
         state.run(digest, model, inputs, max_reply, timeout)
     }
 
-    /// [`Worker::run`] if the worker is idle; the inputs back if it is
-    /// busy.
-    pub(crate) fn run_if_idle(
+    /// [`Worker::run`] if the worker is idle and holds the session of
+    /// `digest` (so the run compiles nothing); the inputs back if not.
+    pub(crate) fn run_if_ready(
         &self,
         digest: Digest,
         model: &Arc<Vec<u8>>,
@@ -148,8 +158,10 @@ impl Worker {
         timeout: Duration,
     ) -> Result<RunOutcome, Vec<NamedTensor>> {
         match self.try_lock() {
-            Some(mut state) => Ok(state.run(digest, model, inputs, max_reply, timeout)),
-            None => Err(inputs),
+            Some(mut state) if state.holds(&digest) => {
+                Ok(state.run(digest, model, inputs, max_reply, timeout))
+            }
+            _ => Err(inputs),
         }
     }
 
@@ -161,6 +173,11 @@ impl Worker {
     /// How many sessions the worker holds (waiting for it if it is busy).
     pub(crate) fn sessions(&self) -> usize {
         self.lock().process.as_ref().map_or(0, |p| p.loaded.len())
+    }
+
+    /// How many models it compiled so far.
+    pub(crate) fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
     }
 
     /// The worker's state, taken over if a holder panicked.
@@ -189,13 +206,20 @@ impl State {
     ) -> RunOutcome {
         // Remembered, so that a restarted worker loads it again.
         self.models.entry(digest).or_insert_with(|| model.clone());
-        if !self.process()?.loaded.contains_key(&digest)
-            && let Err(refused) = self.load_into_process(digest)?
+        // A model compiled again here (after a restart, or its session was
+        // dropped) takes its time from the run's budget.
+        let started = Instant::now();
+        if !self.holds(&digest)
+            && let Err(refused) = self.load_into_process(digest, timeout)?
         {
             return Ok(Err(refused));
         }
         self.used(digest)?;
-        match self.exchange(&Request::Run { digest, inputs }, max_reply, timeout)? {
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(WorkerError::Timeout(timeout));
+        }
+        match self.exchange(&Request::Run { digest, inputs }, max_reply, left)? {
             Reply::Done(outputs) => Ok(Ok(outputs)),
             Reply::Refused(text) => Ok(Err(text)),
         }
@@ -219,9 +243,20 @@ impl State {
         Ok(self.process.as_mut().expect("just started"))
     }
 
+    /// Whether the running worker holds the session of `digest`.
+    fn holds(&self, digest: &Digest) -> bool {
+        self.process
+            .as_ref()
+            .is_some_and(|p| p.loaded.contains_key(digest))
+    }
+
     /// Loads the model of `digest` (which [`Worker::load`] recorded) into
-    /// the running worker, making room for it first.
-    fn load_into_process(&mut self, digest: Digest) -> Result<Result<(), String>, WorkerError> {
+    /// the running worker within `timeout`, making room for it first.
+    fn load_into_process(
+        &mut self,
+        digest: Digest,
+        timeout: Duration,
+    ) -> Result<Result<(), String>, WorkerError> {
         let Some(model) = self.models.get(&digest).cloned() else {
             return Ok(Err(format!("model {digest} was never loaded")));
         };
@@ -230,8 +265,9 @@ impl State {
             digest,
             model: &model,
         };
-        match self.exchange(&request, 1 << 20, LOAD_TIMEOUT)? {
+        match self.exchange(&request, 1 << 20, timeout)? {
             Reply::Done(_) => {
+                self.loads.fetch_add(1, Ordering::Relaxed);
                 self.used(digest)?;
                 Ok(Ok(()))
             }

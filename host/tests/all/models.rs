@@ -609,16 +609,34 @@ fn a_worker_holds_sessions_within_its_session_memory_and_compiles_dropped_ones_a
         .with_session_memory(2 * size + size / 2);
     let blobs = (0..3).map(|i| (format!("m{i}.onnx"), models[i].clone()));
     let package = package_with(soma_examples_artifacts::HOSTILE, "hostile", blobs.collect());
+    // Loading the package compiled all three in turn: the third's load
+    // dropped the first.
     let encoder = engine.load_package(&package, None).unwrap();
-    assert_eq!(engine.inference_sessions(), 2);
+    assert_eq!(
+        (engine.inference_sessions(), engine.inference_loads()),
+        (2, 3)
+    );
     let run = |i: usize| {
         let input = text(&[&format!("run:1:{}", blake3::hash(&models[i]).to_hex())]);
         let out = encoder.embed(&input, &Limits::default(), Seed::from(0));
         out.unwrap().vectors[0][0]
     };
-    for i in [0, 1, 2, 0, 2, 1, 1, 0] {
+    // Each model's run, and the compilations so far: a dropped model is
+    // compiled again, in place of the one used longest ago.
+    let steps = [
+        (1, 3),
+        (0, 4),
+        (1, 4),
+        (2, 5),
+        (1, 5),
+        (0, 6),
+        (2, 7),
+        (2, 7),
+    ];
+    for (i, loads) in steps {
         assert_eq!(run(i), 10_000.0 * (i + 1) as f32, "model {i}");
-        assert_eq!(engine.inference_sessions(), 2);
+        let now = (engine.inference_sessions(), engine.inference_loads());
+        assert_eq!(now, (2, loads), "after model {i}");
     }
     // A model larger than the whole session memory cannot run here: this
     // host's failure, not the package's; the others still run.
