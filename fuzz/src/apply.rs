@@ -7,7 +7,7 @@
 //! The input is read as operations, each: what and who (one byte: `% 11`
 //! is 0–1 transfer, 2 add stake, 3 withdraw stake, 4 register an encoder,
 //! 5 deregister one, 6 submit data, 7 attest the last job, 8 end the
-//! commit, 9 add to an encoder's bond, 10 raw bytes; `/ 10 % 5` the
+//! commit, 9 add to an encoder's bond, 10 raw bytes; `/ 11 % 5` the
 //! account, and account 4 holds
 //! nothing), the amount's size (one byte: up to 85 a u16, up to 170 a
 //! million plus a u32, else a u64), the amount (little-endian), the fee
@@ -163,7 +163,7 @@ pub fn check(bytes: &[u8]) {
             && let Some(op) = input.byte()
         {
             operations += 1;
-            let from = op / 10 % ACCOUNTS;
+            let from = op / 11 % ACCOUNTS;
             let amount = match input.byte().unwrap_or(0) {
                 0..=85 => input.take(2),
                 86..=170 => 1_000_000 + input.take(4),
@@ -278,38 +278,47 @@ pub fn check(bytes: &[u8]) {
     }
 }
 
-/// Streams that transfer, stake, register an encoder, submit data and
-/// attest, over several commits, and one with garbage among them.
+/// Streams that transfer, stake, register an encoder, add to its bond
+/// (its owner, and another account), submit data and attest, over several
+/// commits, and one with garbage among them.
 pub fn seeds() -> Vec<Vec<u8>> {
-    // What and who, a u16 amount, fee 14, the next nonce.
-    let small = |what: u8, amount: u16| [&[what, 0][..], &amount.to_le_bytes(), &[5, 2]].concat();
-    // What and who, a million plus a u32, fee 14, the next nonce.
-    let large = |what: u8, extra: u32| [&[what, 100][..], &extra.to_le_bytes(), &[5, 2]].concat();
-    let end = small(8, 0);
-    let transfer = small(10, 100);
-    let garbage = [small(9, 4), b"junk".to_vec()].concat();
+    // What, by whom, a u16 amount, fee 14, the next nonce.
+    let small = |what: u8, who: u8, amount: u16| {
+        [&[what + 11 * who, 0][..], &amount.to_le_bytes(), &[5, 2]].concat()
+    };
+    // What, by whom, a million plus a u32, fee 14, the next nonce.
+    let large = |what: u8, who: u8, extra: u32| {
+        [&[what + 11 * who, 100][..], &extra.to_le_bytes(), &[5, 2]].concat()
+    };
+    let end = small(8, 0, 0);
+    let transfer = small(0, 1, 100);
+    let garbage = [small(10, 0, 4), b"junk".to_vec()].concat();
     vec![
         [
             transfer.clone(),
-            small(2, 500),
+            small(2, 0, 500),
             end.clone(),
-            small(3, 200),
+            small(3, 0, 200),
             transfer.clone(),
         ]
         .concat(),
         [
-            large(4, 0),
-            large(14, 7),
-            large(24, 1),
+            large(4, 0, 0),
+            large(4, 1, 7),
+            large(4, 2, 1),
             end.clone(),
-            small(36, 1_000),
+            // Its bytes, "@A" and zeros, are text.
+            small(6, 3, 0x4140),
+            // 10: account 0's package "p0".
+            small(9, 0, 10),
+            small(9, 1, 10),
             end.clone(),
-            small(7, 1),
-            small(17, 2),
+            small(7, 0, 1),
+            small(7, 1, 2),
             end,
-            small(5, 0),
+            small(5, 0, 0),
         ]
         .concat(),
-        [garbage, transfer, small(40, 9)].concat(),
+        [garbage, transfer, small(0, 4, 9)].concat(),
     ]
 }

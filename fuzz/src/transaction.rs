@@ -94,10 +94,6 @@ pub fn seeds() -> Vec<Vec<u8>> {
             bond: 1_000_000,
         },
         Action::DeregisterEncoder { package },
-        Action::AddBond {
-            package,
-            amount: 1_000,
-        },
         Action::SubmitData {
             modality: Modality::Text,
             data: b"the quick brown fox".to_vec(),
@@ -106,6 +102,10 @@ pub fn seeds() -> Vec<Vec<u8>> {
         Action::Attest {
             job: package,
             results,
+        },
+        Action::AddBond {
+            package,
+            amount: 1_000,
         },
     ]
     .into_iter()

@@ -683,8 +683,11 @@ fn an_encoder_slashed_below_the_minimum_bond_is_drawn_into_no_new_shard_until_it
     }
     // Only its owner can add to its bond; then it is drawn again (and
     // slashed again, as it still traps).
+    let stranger = ex.account(&public(10)).unwrap().balance;
     assert_eq!(add_bond(&mut ex, 10, 1_000_000), Some(Rejection::NotOwner));
     assert_eq!(ex.encoder(&hostile).unwrap().unwrap().bond, 9_000_000);
+    // The refusal kept its fee and nothing else.
+    assert_eq!(ex.account(&public(10)).unwrap().balance, stranger - 10);
     let owner = public(13);
     let before = ex.account(&owner).unwrap().balance;
     assert_eq!(add_bond(&mut ex, 13, 1_000_000), None);
