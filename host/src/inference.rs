@@ -20,7 +20,7 @@ use crate::bindings::soma::encoder::inference::{
 use crate::digest::Digest;
 use crate::error::LocalFailure;
 use crate::model::{self, AdmissionError, ElemType, Graph, Plan, TensorInfo};
-use crate::worker::{RunOutcome, Worker, WorkerError};
+use crate::worker::{Idle, RunOutcome, Worker, WorkerError};
 use std::collections::BTreeMap;
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -58,9 +58,9 @@ pub(crate) struct Model {
     pub(crate) graph: Graph,
     /// The admitted graph's bytes, for a restarted worker to load again.
     canonical: Arc<Vec<u8>>,
-    /// The workers that compiled it, in order of preference: a run goes to
-    /// the first idle one that still holds the session, or to such a one
-    /// of `spill`, or waits for the first.
+    /// The workers that compiled it, in order of preference (see
+    /// [`run_somewhere`]; a worker may since have dropped the session, and
+    /// compiles it again when it next runs it).
     workers: Vec<Arc<Worker>>,
     /// The other workers, so that a busy model uses every core, not just
     /// its replicas'.
@@ -69,7 +69,8 @@ pub(crate) struct Model {
 
 /// The workers a model may spill over to, and whether it may now.
 struct Spill {
-    /// In order of preference; the first `warmed` hold the model.
+    /// In order of preference; the first `warmed` were loaded with the
+    /// model (and compile it again when they run it after dropping it).
     workers: Vec<Arc<Worker>>,
     /// How many of `workers` the model was loaded into.
     warmed: AtomicUsize,
@@ -418,7 +419,7 @@ pub(crate) fn run(
             return Err(LocalFailure(RUN_FAILED.into()));
         }
         Err(e) => {
-            if !matches!(e, WorkerError::Spawn(_)) {
+            if matches!(e, WorkerError::Died(_) | WorkerError::Timeout(_)) {
                 model.contain("a run of it failed its worker");
             }
             return Err(LocalFailure(e.to_string()));
@@ -456,10 +457,10 @@ pub(crate) fn run(
 }
 
 /// Runs `model` in its first idle worker that holds its session (its own,
-/// then, unless it is contained, another that loaded it), or waits for its
-/// first one (which compiles it again if it dropped the session); returns
-/// the worker it ran in, and how the run ended. Finding no such worker
-/// idle, it has the next one load it.
+/// then, unless it is contained, another that loaded it), else in the
+/// first idle one of those (which compiles it again), else waits for its
+/// first one; returns the worker it ran in, and how the run ended. Finding
+/// every one busy, it has the next worker load it.
 fn run_somewhere(
     model: &Arc<Model>,
     mut inputs: Vec<NamedTensor>,
@@ -472,10 +473,12 @@ fn run_somewhere(
         true => model.spill.warmed.load(Ordering::Acquire),
         false => 0,
     };
-    for worker in model.workers.iter().chain(&model.spill.workers[..warmed]) {
-        match worker.run_if_ready(digest, bytes, inputs, max_reply, timeout) {
-            Ok(outcome) => return (worker, outcome),
-            Err(back) => inputs = back,
+    for idle in [Idle::Holding, Idle::Any] {
+        for worker in model.workers.iter().chain(&model.spill.workers[..warmed]) {
+            match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout, idle) {
+                Ok(outcome) => return (worker, outcome),
+                Err(back) => inputs = back,
+            }
         }
     }
     if spilling {

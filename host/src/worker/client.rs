@@ -4,6 +4,7 @@
 use super::protocol::{ProtocolError, Reply, Request, read_frame};
 use crate::bindings::soma::encoder::inference::NamedTensor;
 use crate::digest::Digest;
+use crate::inference::MIN_RUN_TIME;
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -30,21 +31,35 @@ const UNLOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of the worker's stderr kept to explain its death.
 const STDERR_KEPT: usize = 4096;
 
-/// A failure of this host's worker, not of the encoder or its model: the
-/// call in flight fails as a local error and the next one gets a fresh
-/// worker.
+/// A failure of this host, not of the encoder or its model: the call in
+/// flight fails as a local error.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum WorkerError {
     /// The worker could not be started.
     #[error("cannot start the inference worker: {0}")]
     Spawn(String),
-    /// The worker died or broke the protocol.
+    /// The worker died or broke the protocol; the next request starts a
+    /// fresh one.
     #[error("the inference worker failed: {0}")]
     Died(String),
-    /// The worker ran past its wall-clock budget and was killed (or
-    /// compiling the model again used all of it, and the run never started).
-    #[error("the inference worker exceeded its wall-clock budget of {0:?}")]
+    /// The worker ran past its wall-clock budget and was killed; the next
+    /// request starts a fresh one.
+    #[error("the inference worker exceeded its wall-clock budget of {0:?} and was restarted")]
     Timeout(Duration),
+    /// The call's wall-clock budget ran out before the run could start:
+    /// spent waiting for the worker, or compiling the model again there
+    /// (which the worker keeps for the next run).
+    #[error("the call's wall-clock budget ran out before its inference run could start")]
+    OutOfTime,
+}
+
+/// Which idle worker will do for a run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Idle {
+    /// One that holds the model's session: the run compiles nothing.
+    Holding,
+    /// Any: one that dropped the session compiles the model again first.
+    Any,
 }
 
 /// One supervised worker process, started on first use. Requests are
@@ -116,7 +131,7 @@ impl Worker {
     ) -> Result<Result<(), String>, WorkerError> {
         let mut state = self.lock();
         state.models.insert(digest, model);
-        let answer = state.load_into_process(digest, LOAD_TIMEOUT)?;
+        let answer = state.load_into_process(digest)?;
         if answer.is_err() && !state.holds(&digest) {
             state.models.remove(&digest);
         }
@@ -132,9 +147,9 @@ impl Worker {
     }
 
     /// Runs the model of `digest` (whose bytes are `model`: loaded first if
-    /// this worker has not got it) on `inputs`, waiting for the worker if
-    /// it is busy, then at most `timeout` for the run, and accepting a
-    /// reply of at most `max_reply` bytes.
+    /// this worker has not got it) on `inputs` within `timeout` from now
+    /// (waiting for the worker if it is busy, but not counting the time a
+    /// compilation takes), accepting a reply of at most `max_reply` bytes.
     pub(crate) fn run(
         &self,
         digest: Digest,
@@ -143,23 +158,26 @@ impl Worker {
         max_reply: u64,
         timeout: Duration,
     ) -> RunOutcome {
+        let deadline = Instant::now() + timeout;
         let mut state = self.lock();
-        state.run(digest, model, inputs, max_reply, timeout)
+        state.run(digest, model, inputs, max_reply, deadline)
     }
 
-    /// [`Worker::run`] if the worker is idle and holds the session of
-    /// `digest` (so the run compiles nothing); the inputs back if not.
-    pub(crate) fn run_if_ready(
+    /// [`Worker::run`] if the worker is idle and will do (`idle`); the
+    /// inputs back if not.
+    pub(crate) fn run_if_idle(
         &self,
         digest: Digest,
         model: &Arc<Vec<u8>>,
         inputs: Vec<NamedTensor>,
         max_reply: u64,
         timeout: Duration,
+        idle: Idle,
     ) -> Result<RunOutcome, Vec<NamedTensor>> {
+        let deadline = Instant::now() + timeout;
         match self.try_lock() {
-            Some(mut state) if state.holds(&digest) => {
-                Ok(state.run(digest, model, inputs, max_reply, timeout))
+            Some(mut state) if matches!(idle, Idle::Any) || state.holds(&digest) => {
+                Ok(state.run(digest, model, inputs, max_reply, deadline))
             }
             _ => Err(inputs),
         }
@@ -175,7 +193,8 @@ impl Worker {
         self.lock().process.as_ref().map_or(0, |p| p.loaded.len())
     }
 
-    /// How many models it compiled so far.
+    /// How many models it compiled so far (first loads, and again after a
+    /// restart or once a session was dropped).
     pub(crate) fn loads(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)
     }
@@ -202,22 +221,23 @@ impl State {
         model: &Arc<Vec<u8>>,
         inputs: Vec<NamedTensor>,
         max_reply: u64,
-        timeout: Duration,
+        deadline: Instant,
     ) -> RunOutcome {
         // Remembered, so that a restarted worker loads it again.
         self.models.entry(digest).or_insert_with(|| model.clone());
-        // A model compiled again here (after a restart, or its session was
-        // dropped) takes its time from the run's budget.
-        let started = Instant::now();
+        // Compiling it again (after a restart, or once its session was
+        // dropped) has the budget of any load: a call left with too little
+        // time for the run fails without killing the worker, which keeps
+        // the session for the next.
         if !self.holds(&digest)
-            && let Err(refused) = self.load_into_process(digest, timeout)?
+            && let Err(refused) = self.load_into_process(digest)?
         {
             return Ok(Err(refused));
         }
         self.used(digest)?;
-        let left = timeout.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Err(WorkerError::Timeout(timeout));
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left < MIN_RUN_TIME {
+            return Err(WorkerError::OutOfTime);
         }
         match self.exchange(&Request::Run { digest, inputs }, max_reply, left)? {
             Reply::Done(outputs) => Ok(Ok(outputs)),
@@ -251,12 +271,8 @@ impl State {
     }
 
     /// Loads the model of `digest` (which [`Worker::load`] recorded) into
-    /// the running worker within `timeout`, making room for it first.
-    fn load_into_process(
-        &mut self,
-        digest: Digest,
-        timeout: Duration,
-    ) -> Result<Result<(), String>, WorkerError> {
+    /// the running worker, making room for it first.
+    fn load_into_process(&mut self, digest: Digest) -> Result<Result<(), String>, WorkerError> {
         let Some(model) = self.models.get(&digest).cloned() else {
             return Ok(Err(format!("model {digest} was never loaded")));
         };
@@ -265,7 +281,7 @@ impl State {
             digest,
             model: &model,
         };
-        match self.exchange(&request, 1 << 20, timeout)? {
+        match self.exchange(&request, 1 << 20, LOAD_TIMEOUT)? {
             Reply::Done(_) => {
                 self.loads.fetch_add(1, Ordering::Relaxed);
                 self.used(digest)?;

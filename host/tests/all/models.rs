@@ -652,3 +652,64 @@ fn a_worker_holds_sessions_within_its_session_memory_and_compiles_dropped_ones_a
     assert!(!err.is_deterministic());
     assert_eq!(run(0), 10_000.0);
 }
+
+/// `y = x + Σ √…√0` over 2²² zeros: ONNX Runtime folds the constant part
+/// while it compiles the model, which takes far longer than 50 ms (about a
+/// second here).
+fn slow_to_compile() -> Vec<u8> {
+    let mut nodes = vec![node("ConstantOfShape", &["s"], &["c0"], vec![])];
+    for i in 0..16 {
+        let (from, to) = (format!("c{i}"), format!("c{}", i + 1));
+        nodes.push(node("Sqrt", &[&from], &[&to], vec![]));
+    }
+    nodes.push(node(
+        "ReduceSum",
+        &["c16"],
+        &["r"],
+        vec![attr_int("keepdims", 0)],
+    ));
+    nodes.push(node("Add", &["x", "r"], &["y"], vec![]));
+    model(graph(
+        nodes,
+        vec![tensor("s", INT64, &[1], &i64s(&[1 << 22]))],
+        y_like_x(),
+    ))
+}
+
+#[test]
+fn a_call_whose_time_runs_out_while_its_model_compiles_again_leaves_the_session_for_the_next() {
+    let (slow, small) = (slow_to_compile(), weighted(1.0, 10_000));
+    // One worker, with room for the small model only: running it drops
+    // the slow one.
+    let size = admit(&small).unwrap().bytes().len() as u64;
+    let engine = soma_host::Engine::new()
+        .unwrap()
+        .with_inference_workers(1)
+        .with_session_memory(size);
+    let blobs = vec![
+        ("slow.onnx".to_string(), slow.clone()),
+        ("small.onnx".to_string(), small.clone()),
+    ];
+    let package = package_with(soma_examples_artifacts::HOSTILE, "hostile", blobs);
+    let encoder = engine.load_package(&package, None).unwrap();
+    let input = |model: &[u8]| text(&[&format!("run:1:{}", blake3::hash(model).to_hex())]);
+    let run = |model: &[u8], limits: &Limits| encoder.embed(&input(model), limits, Seed::from(0));
+    run(&small, &Limits::default()).unwrap();
+    let loads = engine.inference_loads();
+    let tight = Limits {
+        timeout: std::time::Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let err = run(&slow, &tight).unwrap_err();
+    assert!(
+        matches!(&err, Error::Host(m) if m.contains("before its inference run could start")),
+        "{err}"
+    );
+    assert!(!err.is_deterministic());
+    // The worker was not killed: it compiled the model once, and the next
+    // call runs it.
+    assert_eq!(engine.inference_loads(), loads + 1);
+    let out = run(&slow, &Limits::default()).unwrap();
+    assert_eq!(out.vectors[0][0], 0.0);
+    assert_eq!(engine.inference_loads(), loads + 1);
+}
