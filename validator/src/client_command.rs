@@ -213,6 +213,17 @@ pub fn run(args: ClientArgs) -> Result<()> {
         } => {
             let package = soma_host::Digest::from_hex(&package)
                 .with_context(|| format!("`{package}` is not a package digest (64 hex digits)"))?;
+            // The network would refuse these only after taking the fee.
+            let encoder = api.get(&format!("/v1/encoders/{package}"))?.ok()?;
+            let key = keyfile::read_secret_key(&signer.key)?;
+            let signer_key = hex::encode(key.public_key().to_bytes());
+            if encoder["owner"].as_str() != Some(signer_key.as_str()) {
+                bail!(
+                    "{} does not own encoder {package}: its owner is {}",
+                    signer.key.display(),
+                    encoder["owner"]
+                );
+            }
             let value = send(&api, &signer, Action::AddBond { package, amount })?;
             print(&value, format!("bond submitted: {}", value["transaction"]));
         }

@@ -530,19 +530,31 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     );
     // Its owner adds to its bond.
     let digest = mine.digest().to_string();
-    let bond = |package: &str| {
+    let bond_as = |key: &Path, package: &str| {
         run(&[
             "bond".as_ref(),
             "--key".as_ref(),
-            user_key.as_os_str(),
+            key.as_os_str(),
             "--package".as_ref(),
             package.as_ref(),
             "--amount".as_ref(),
             "500000".as_ref(),
         ])
     };
+    let bond = |package: &str| bond_as(&user_key, package);
+    // Refused before anything is paid: not a digest, no such encoder, a
+    // key that does not own it.
     let (ok, out, err) = bond("not-a-digest");
     assert!(!ok && err.contains("is not a package digest"), "{out}{err}");
+    let (ok, out, err) = bond(&"1".repeat(64));
+    assert!(
+        !ok && err.contains("no encoder is registered"),
+        "{out}{err}"
+    );
+    let stranger = dir.path().join("stranger.key");
+    soma(&["keygen".as_ref(), "--out".as_ref(), stranger.as_os_str()]);
+    let (ok, out, err) = bond_as(&stranger, &digest);
+    assert!(!ok && err.contains("does not own encoder"), "{out}{err}");
     let (ok, out, err) = bond(&digest);
     assert!(ok && out.contains("bond submitted"), "{out}{err}");
     wait_for(
