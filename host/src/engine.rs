@@ -215,6 +215,13 @@ impl Engine {
         self.models.sessions()
     }
 
+    /// How many admitted models it keeps: those of packages some loaded
+    /// encoder still uses (an encoder dropped everywhere frees its models),
+    /// and those refused.
+    pub fn cached_models(&self) -> usize {
+        self.models.cached()
+    }
+
     /// How many times its inference workers compiled a model: a count
     /// that keeps rising under steady work means sessions are dropped for
     /// want of session memory and compiled again.

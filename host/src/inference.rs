@@ -24,7 +24,7 @@ use crate::worker::{Idle, RunOutcome, Worker, WorkerError};
 use std::collections::BTreeMap;
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 /// Most sessions one call may hold open at once.
@@ -163,8 +163,10 @@ pub(crate) struct ModelCache {
     session_bytes: u64,
 }
 
-/// A model compiled once, or why it cannot be.
-type ModelCell = OnceLock<Result<Arc<Model>, ModelError>>;
+/// A model compiled once, or why it cannot be. Held weakly: a model that
+/// no loaded encoder uses any more is freed (its sessions go as workers
+/// need the room), and compiled again if an encoder needs it again.
+type ModelCell = OnceLock<Result<Weak<Model>, ModelError>>;
 
 impl Default for ModelCache {
     fn default() -> Self {
@@ -224,24 +226,71 @@ impl ModelCache {
     /// The session for `bytes` (whose digest is `digest`), admitting and
     /// compiling it on first use.
     pub(crate) fn get(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Model>, ModelError> {
-        let cell = self
-            .models
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(*digest)
-            .or_default()
-            .clone();
-        let result = cell.get_or_init(|| self.compile(digest, bytes)).clone();
-        if let Err(ModelError::Host(_) | ModelError::Runtime) = &result {
-            // This host's trouble is not the model's: try again next time.
-            // (A model too large for the session memory is kept refused: it
-            // stays too large, and admitting it again would cost every call.)
-            let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
-            if models.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                models.remove(digest);
+        loop {
+            let cell = {
+                let mut models = self.lock();
+                // Cells of models no encoder uses any more go.
+                models.retain(|_, cell| match cell.get() {
+                    Some(Ok(model)) => model.strong_count() > 0,
+                    _ => true,
+                });
+                models.entry(*digest).or_default().clone()
+            };
+            // The strong reference, for the caller that compiles it.
+            let mut compiled = None;
+            let result = cell
+                .get_or_init(|| {
+                    let model = self.compile(digest, bytes)?;
+                    let weak = Arc::downgrade(&model);
+                    compiled = Some(model);
+                    Ok(weak)
+                })
+                .clone();
+            let result = match result {
+                Ok(weak) => match compiled.or_else(|| weak.upgrade()) {
+                    Some(model) => Ok(model),
+                    // Freed since: compile it again.
+                    None => {
+                        self.forget(digest, &cell);
+                        continue;
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(ModelError::Host(_) | ModelError::Runtime) = &result {
+                // This host's trouble is not the model's: try again next
+                // time. (A model too large for the session memory is kept
+                // refused: it stays too large, and admitting it again would
+                // cost every call.)
+                self.forget(digest, &cell);
             }
+            return result;
         }
-        result
+    }
+
+    /// Removes `cell` as the cell of `digest`, unless another replaced it.
+    fn forget(&self, digest: &Digest, cell: &Arc<ModelCell>) {
+        let mut models = self.lock();
+        if models.get(digest).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            models.remove(digest);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Digest, Arc<ModelCell>>> {
+        self.models.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many models it keeps: those some loaded encoder uses, and those
+    /// refused.
+    pub(crate) fn cached(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|cell| match cell.get() {
+                Some(Ok(model)) => model.strong_count() > 0,
+                Some(Err(_)) => true,
+                None => false,
+            })
+            .count()
     }
 
     /// Every worker in the order the model of `digest` prefers them: from

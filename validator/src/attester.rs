@@ -46,6 +46,8 @@ pub(crate) enum Work {
     /// An encoder was registered: fetch its package from peers if this
     /// node lacks it.
     Fetch(Digest),
+    /// An encoder was deregistered: drop what was loaded of its package.
+    Forget(Digest),
 }
 
 /// Starts the attester on `inbox`, after loading the `preload` encoders
@@ -151,6 +153,7 @@ impl Attester {
                         self.want(package);
                     }
                 }
+                Work::Forget(package) => self.runner.forget(&package),
             }
             if next.is_none() {
                 next = inbox.recv().ok();

@@ -562,7 +562,8 @@ impl Applier {
             })?;
             // What the attester does about applied transactions: a
             // submission made a job under its digest; a registration names
-            // a package to have before the encoder's first job.
+            // a package to have before the encoder's first job; a
+            // deregistration one it no longer needs loaded.
             let mut work = Vec::new();
             // Jobs an applied attestation may have finalised.
             let mut attested = Vec::new();
@@ -583,6 +584,7 @@ impl Applier {
                     Action::RegisterEncoder { manifest, .. } => {
                         work.push(Work::Fetch(Digest::of(manifest)));
                     }
+                    Action::DeregisterEncoder { package } => work.push(Work::Forget(*package)),
                     Action::Attest { job, .. } => attested.push(*job),
                     _ => {}
                 }

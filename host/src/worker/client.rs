@@ -77,8 +77,9 @@ pub(crate) type RunOutcome = Result<Result<Vec<NamedTensor>, String>, WorkerErro
 
 struct State {
     process: Option<Process>,
-    /// Every model loaded so far, to load again into a restarted worker
-    /// (or after its session was dropped).
+    /// The bytes of the models the running worker holds or is loading.
+    /// No more are kept: a run brings its model's bytes along, and a model
+    /// no encoder uses any more is freed.
     models: BTreeMap<Digest, Arc<Vec<u8>>>,
     /// The empty directory the worker is told holds external data.
     external_data: Option<tempfile::TempDir>,
@@ -122,8 +123,9 @@ impl Worker {
         }
     }
 
-    /// Compiles `model` in the worker under `digest`. The outer error is a
-    /// failure of this host, the inner one ONNX Runtime's refusal.
+    /// Compiles `model` in the worker under `digest`, unless it holds that
+    /// session already. The outer error is a failure of this host, the
+    /// inner one ONNX Runtime's refusal.
     pub(crate) fn load(
         &self,
         digest: Digest,
@@ -131,8 +133,12 @@ impl Worker {
     ) -> Result<Result<(), String>, WorkerError> {
         let mut state = self.lock();
         state.models.insert(digest, model);
+        if state.holds(&digest) {
+            state.used(digest)?;
+            return Ok(Ok(()));
+        }
         let answer = state.load_into_process(digest)?;
-        if answer.is_err() && !state.holds(&digest) {
+        if answer.is_err() {
             state.models.remove(&digest);
         }
         Ok(answer)
@@ -141,7 +147,7 @@ impl Worker {
     /// Kills the worker; the next request starts a fresh one.
     pub(crate) fn restart(&self) {
         let mut state = self.lock();
-        if let Some(mut process) = state.process.take() {
+        if let Some(mut process) = state.stop() {
             process.kill();
         }
     }
@@ -223,7 +229,6 @@ impl State {
         max_reply: u64,
         deadline: Instant,
     ) -> RunOutcome {
-        // Remembered, so that a restarted worker loads it again.
         self.models.entry(digest).or_insert_with(|| model.clone());
         // Compiling it again (after a restart, or once its session was
         // dropped) has the budget of any load: a call left with too little
@@ -263,6 +268,13 @@ impl State {
         Ok(self.process.as_mut().expect("just started"))
     }
 
+    /// Takes the running worker away (for the caller to kill), with what
+    /// it held.
+    fn stop(&mut self) -> Option<Process> {
+        self.models.clear();
+        self.process.take()
+    }
+
     /// Whether the running worker holds the session of `digest`.
     fn holds(&self, digest: &Digest) -> bool {
         self.process
@@ -270,7 +282,7 @@ impl State {
             .is_some_and(|p| p.loaded.contains_key(digest))
     }
 
-    /// Loads the model of `digest` (which [`Worker::load`] recorded) into
+    /// Loads the model of `digest` (whose bytes the caller recorded) into
     /// the running worker, making room for it first.
     fn load_into_process(&mut self, digest: Digest) -> Result<Result<(), String>, WorkerError> {
         let Some(model) = self.models.get(&digest).cloned() else {
@@ -316,9 +328,10 @@ impl State {
             match self.exchange(&Request::Unload { digest: oldest }, 64, UNLOAD_TIMEOUT)? {
                 Reply::Done(outputs) if outputs.is_empty() => {
                     self.process()?.loaded.remove(&oldest);
+                    self.models.remove(&oldest);
                 }
                 _ => {
-                    let mut process = self.process.take().expect("it just answered");
+                    let mut process = self.stop().expect("it just answered");
                     return Err(process.died("it answered an unload with something else"));
                 }
             }
@@ -336,7 +349,7 @@ impl State {
         let process = self.process()?;
         let result = process.exchange(request, max_reply, timeout);
         if result.is_err()
-            && let Some(mut dead) = self.process.take()
+            && let Some(mut dead) = self.stop()
         {
             dead.kill();
         }

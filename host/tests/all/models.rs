@@ -713,3 +713,33 @@ fn a_call_whose_time_runs_out_while_its_model_compiles_again_leaves_the_session_
     assert_eq!(out.vectors[0][0], 0.0);
     assert_eq!(engine.inference_loads(), loads + 1);
 }
+
+#[test]
+fn a_model_no_loaded_encoder_uses_is_freed() {
+    let model = weighted(1.0, 10_000);
+    let engine = soma_host::Engine::new().unwrap().with_inference_workers(1);
+    // Two packages (one with a note besides) with the same model share it.
+    let package = |note: &[u8]| {
+        let mut blobs = vec![("m.onnx".to_string(), model.clone())];
+        if !note.is_empty() {
+            blobs.push(("note.txt".to_string(), note.to_vec()));
+        }
+        package_with(soma_examples_artifacts::HOSTILE, "hostile", blobs)
+    };
+    let first = engine.load_package(&package(b""), None).unwrap();
+    let second = engine.load_package(&package(b"another"), None).unwrap();
+    assert_eq!((engine.cached_models(), engine.inference_loads()), (1, 1));
+    drop(first);
+    assert_eq!(engine.cached_models(), 1);
+    drop(second);
+    assert_eq!(engine.cached_models(), 0);
+    // Loaded again, it is admitted again; the worker still holds the
+    // session, so nothing is compiled.
+    let again = engine.load_package(&package(b""), None).unwrap();
+    assert_eq!((engine.cached_models(), engine.inference_loads()), (1, 1));
+    let input = text(&[&format!("run:1:{}", blake3::hash(&model).to_hex())]);
+    let out = again
+        .embed(&input, &Limits::default(), Seed::from(0))
+        .unwrap();
+    assert_eq!(out.vectors[0][0], 10_000.0);
+}

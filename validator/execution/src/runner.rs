@@ -245,6 +245,13 @@ impl JobRunner {
         })
     }
 
+    /// Drops the loaded encoder of `package` (deregistered: no job will
+    /// need it), freeing its compiled code and, unless another encoder
+    /// uses them, its models. It is loaded again if it is needed again.
+    pub fn forget(&self, package: &Digest) {
+        self.lock().remove(package);
+    }
+
     /// The loaded encoder of `package`, loading it on first use; `Err`
     /// inside if it cannot be loaded for a reason of its own.
     fn encoder(&self, package: &Digest) -> Result<Result<Arc<Loaded>, Outcome>, RunnerError> {

@@ -236,3 +236,26 @@ fn a_component_that_is_not_webassembly_is_unloadable() {
     assert_eq!(of(junk.digest()).outcome, Outcome::Unloadable);
     assert_eq!(of(hash.digest()).outcome, Outcome::Ok);
 }
+
+#[test]
+fn a_forgotten_encoder_frees_its_models_and_loads_again_when_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    let l3 = minilm_package(
+        soma_examples_artifacts::MINILM_L3,
+        "minilm-l3",
+        "paraphrase-minilm-l3-v2.onnx",
+        10,
+    );
+    store.install(&l3).unwrap();
+    let engine = Engine::new().unwrap().with_inference_workers(1);
+    // Compiled once: loading it again takes the cached code.
+    let cache = soma_host::CompiledCache::open(dir.path().join("compiled")).unwrap();
+    let runner = JobRunner::new(engine.clone(), store, Some(cache));
+    assert_eq!(runner.preload(&l3.digest()).unwrap(), Outcome::Ok);
+    assert_eq!(engine.cached_models(), 1);
+    runner.forget(&l3.digest());
+    assert_eq!(engine.cached_models(), 0);
+    assert_eq!(runner.preload(&l3.digest()).unwrap(), Outcome::Ok);
+    assert_eq!(engine.cached_models(), 1);
+}
