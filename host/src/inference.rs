@@ -20,7 +20,7 @@ use crate::bindings::soma::encoder::inference::{
 use crate::digest::Digest;
 use crate::error::LocalFailure;
 use crate::model::{self, AdmissionError, ElemType, Graph, Plan, TensorInfo};
-use crate::worker::{Idle, RunOutcome, Worker, WorkerError};
+use crate::worker::{Idle, RunOutcome, Skipped, Worker, WorkerError};
 use std::collections::BTreeMap;
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -127,7 +127,7 @@ impl Model {
             .spawn(move || {
                 let spill = &model.spill;
                 let next = spill.warmed.load(Ordering::Acquire);
-                match spill.workers[next].load(model.digest, model.canonical.clone()) {
+                match spill.workers[next].load(model.digest, &model.canonical) {
                     Ok(Ok(())) => {
                         spill.warmed.fetch_add(1, Ordering::AcqRel);
                     }
@@ -344,14 +344,14 @@ impl ModelCache {
         }
         let mut replicas = order.into_iter();
         let first = replicas.next().expect("at least one worker");
-        match first.load(*digest, canonical.clone()) {
+        match first.load(*digest, &canonical) {
             Ok(Ok(())) => {
                 // Every replica compiles the model now, under the load's
                 // budget, not in the middle of some call's run; one that
                 // cannot is left out.
                 let mut workers = vec![first];
                 for worker in replicas {
-                    match worker.load(*digest, canonical.clone()) {
+                    match worker.load(*digest, &canonical) {
                         Ok(Ok(())) => workers.push(worker),
                         Ok(Err(text)) => {
                             tracing::debug!(model = %digest, "a replica refused the model: {text}")
@@ -506,10 +506,10 @@ pub(crate) fn run(
 }
 
 /// Runs `model` in its first idle worker that holds its session (its own,
-/// then, unless it is contained, another that loaded it), else in the
-/// first idle one of those (which compiles it again), else waits for its
-/// first one; returns the worker it ran in, and how the run ended. Finding
-/// every one busy, it has the next worker load it.
+/// then, unless it is contained, another that loaded it), else, if none of
+/// those is busy, in the first of them (which compiles it again), else
+/// waits for its first one; returns the worker it ran in, and how the run
+/// ended. Finding one busy, it has the next worker load it.
 fn run_somewhere(
     model: &Arc<Model>,
     mut inputs: Vec<NamedTensor>,
@@ -522,11 +522,25 @@ fn run_somewhere(
         true => model.spill.warmed.load(Ordering::Acquire),
         false => 0,
     };
-    for idle in [Idle::Holding, Idle::Any] {
-        for worker in model.workers.iter().chain(&model.spill.workers[..warmed]) {
-            match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout, idle) {
+    let candidates = || model.workers.iter().chain(&model.spill.workers[..warmed]);
+    let mut busy = false;
+    for worker in candidates() {
+        match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout, Idle::Holding) {
+            Ok(outcome) => return (worker, outcome),
+            Err((back, skipped)) => {
+                inputs = back;
+                busy |= skipped == Skipped::Busy;
+            }
+        }
+    }
+    // Compiled again only where none that may hold the session is busy
+    // (one could be free in a moment): otherwise models would keep
+    // evicting one another from idle workers.
+    if !busy {
+        for worker in candidates() {
+            match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout, Idle::Any) {
                 Ok(outcome) => return (worker, outcome),
-                Err(back) => inputs = back,
+                Err((back, _)) => inputs = back,
             }
         }
     }

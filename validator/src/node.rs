@@ -402,7 +402,13 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
     if file.runner_threads > 0 {
         runner = runner.with_threads(file.runner_threads);
     }
-    let preload = genesis.encoders().iter().map(|e| e.package).collect();
+    // Genesis encoders deregistered since are not loaded again.
+    let preload = genesis
+        .encoders()
+        .iter()
+        .map(|e| e.package)
+        .filter(|p| !matches!(shared.state.encoder(p), Ok(None)))
+        .collect();
     let peer_apis = file.peer_apis.values().copied().collect();
     attester::start(shared.clone(), runner, key, preload, peer_apis, inbox)?;
     tracing::info!(

@@ -53,6 +53,15 @@ pub(crate) enum WorkerError {
     OutOfTime,
 }
 
+/// Why [`Worker::run_if_idle`] gave a run back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Skipped {
+    /// The worker is busy.
+    Busy,
+    /// The worker is idle but does not hold the model's session.
+    NoSession,
+}
+
 /// Which idle worker will do for a run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Idle {
@@ -77,10 +86,6 @@ pub(crate) type RunOutcome = Result<Result<Vec<NamedTensor>, String>, WorkerErro
 
 struct State {
     process: Option<Process>,
-    /// The bytes of the models the running worker holds or is loading.
-    /// No more are kept: a run brings its model's bytes along, and a model
-    /// no encoder uses any more is freed.
-    models: BTreeMap<Digest, Arc<Vec<u8>>>,
     /// The empty directory the worker is told holds external data.
     external_data: Option<tempfile::TempDir>,
     /// Most admitted model bytes the worker holds sessions for at once.
@@ -100,8 +105,16 @@ struct Process {
     requests: Sender<(Vec<u8>, u64)>,
     replies: Receiver<Result<Vec<u8>, ProtocolError>>,
     stderr: Arc<Mutex<Vec<u8>>>,
-    /// The sessions it holds, each with when it was last used.
-    loaded: BTreeMap<Digest, u64>,
+    /// The sessions it holds.
+    loaded: BTreeMap<Digest, Held>,
+}
+
+/// A session a worker holds.
+struct Held {
+    /// When it was last used (see [`State::clock`]).
+    used: u64,
+    /// Its model's admitted bytes.
+    bytes: u64,
 }
 
 impl Worker {
@@ -113,7 +126,6 @@ impl Worker {
         Worker {
             state: Mutex::new(State {
                 process: None,
-                models: BTreeMap::new(),
                 external_data: None,
                 session_bytes,
                 clock: 0,
@@ -129,64 +141,62 @@ impl Worker {
     pub(crate) fn load(
         &self,
         digest: Digest,
-        model: Arc<Vec<u8>>,
+        model: &[u8],
     ) -> Result<Result<(), String>, WorkerError> {
         let mut state = self.lock();
-        state.models.insert(digest, model);
         if state.holds(&digest) {
-            state.used(digest)?;
+            state.used(digest);
             return Ok(Ok(()));
         }
-        let answer = state.load_into_process(digest)?;
-        if answer.is_err() {
-            state.models.remove(&digest);
-        }
-        Ok(answer)
+        state.load_into_process(digest, model)
     }
 
     /// Kills the worker; the next request starts a fresh one.
     pub(crate) fn restart(&self) {
         let mut state = self.lock();
-        if let Some(mut process) = state.stop() {
+        if let Some(mut process) = state.process.take() {
             process.kill();
         }
     }
 
-    /// Runs the model of `digest` (whose bytes are `model`: loaded first if
-    /// this worker has not got it) on `inputs` within `timeout` from now
-    /// (waiting for the worker if it is busy, but not counting the time a
-    /// compilation takes), accepting a reply of at most `max_reply` bytes.
+    /// Runs the model of `digest` (whose bytes are `model`: compiled first
+    /// if this worker does not hold its session) on `inputs`, accepting a
+    /// reply of at most `max_reply` bytes. The run must end within
+    /// `timeout` from now, waiting for a busy worker included; a
+    /// compilation has its own budget, but leaves the run only what is left
+    /// of `timeout`.
     pub(crate) fn run(
         &self,
         digest: Digest,
-        model: &Arc<Vec<u8>>,
+        model: &[u8],
         inputs: Vec<NamedTensor>,
         max_reply: u64,
         timeout: Duration,
     ) -> RunOutcome {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
-        state.run(digest, model, inputs, max_reply, deadline)
+        state.run(digest, model, inputs, max_reply, (deadline, timeout))
     }
 
     /// [`Worker::run`] if the worker is idle and will do (`idle`); the
-    /// inputs back if not.
+    /// inputs back, and why, if not.
     pub(crate) fn run_if_idle(
         &self,
         digest: Digest,
-        model: &Arc<Vec<u8>>,
+        model: &[u8],
         inputs: Vec<NamedTensor>,
         max_reply: u64,
         timeout: Duration,
         idle: Idle,
-    ) -> Result<RunOutcome, Vec<NamedTensor>> {
+    ) -> Result<RunOutcome, (Vec<NamedTensor>, Skipped)> {
         let deadline = Instant::now() + timeout;
-        match self.try_lock() {
-            Some(mut state) if matches!(idle, Idle::Any) || state.holds(&digest) => {
-                Ok(state.run(digest, model, inputs, max_reply, deadline))
-            }
-            _ => Err(inputs),
+        let Some(mut state) = self.try_lock() else {
+            return Err((inputs, Skipped::Busy));
+        };
+        if matches!(idle, Idle::Holding) && !state.holds(&digest) {
+            return Err((inputs, Skipped::NoSession));
         }
+        Ok(state.run(digest, model, inputs, max_reply, (deadline, timeout)))
     }
 
     /// Whether the worker process is running (a busy worker is).
@@ -221,27 +231,33 @@ impl Worker {
 }
 
 impl State {
+    /// [`Worker::run`], by `deadline`, of a call whose budget was
+    /// `timeout`.
     fn run(
         &mut self,
         digest: Digest,
-        model: &Arc<Vec<u8>>,
+        model: &[u8],
         inputs: Vec<NamedTensor>,
         max_reply: u64,
-        deadline: Instant,
+        (deadline, timeout): (Instant, Duration),
     ) -> RunOutcome {
-        self.models.entry(digest).or_insert_with(|| model.clone());
         // Compiling it again (after a restart, or once its session was
-        // dropped) has the budget of any load: a call left with too little
-        // time for the run fails without killing the worker, which keeps
-        // the session for the next.
-        if !self.holds(&digest)
-            && let Err(refused) = self.load_into_process(digest)?
-        {
+        // dropped) has the budget of any load.
+        let compiles = !self.holds(&digest);
+        if compiles && let Err(refused) = self.load_into_process(digest, model)? {
             return Ok(Err(refused));
         }
-        self.used(digest)?;
+        self.used(digest);
+        // A run cut off for want of time costs the worker and every session
+        // in it. So a call whose time ran out (or, after compiling, half
+        // ran out) fails before the run, leaving the worker and the session
+        // for the next call (the job runner retries a local failure once).
+        let needed = match compiles {
+            true => (timeout / 2).max(MIN_RUN_TIME),
+            false => MIN_RUN_TIME,
+        };
         let left = deadline.saturating_duration_since(Instant::now());
-        if left < MIN_RUN_TIME {
+        if left < needed {
             return Err(WorkerError::OutOfTime);
         }
         match self.exchange(&Request::Run { digest, inputs }, max_reply, left)? {
@@ -268,13 +284,6 @@ impl State {
         Ok(self.process.as_mut().expect("just started"))
     }
 
-    /// Takes the running worker away (for the caller to kill), with what
-    /// it held.
-    fn stop(&mut self) -> Option<Process> {
-        self.models.clear();
-        self.process.take()
-    }
-
     /// Whether the running worker holds the session of `digest`.
     fn holds(&self, digest: &Digest) -> bool {
         self.process
@@ -282,33 +291,39 @@ impl State {
             .is_some_and(|p| p.loaded.contains_key(digest))
     }
 
-    /// Loads the model of `digest` (whose bytes the caller recorded) into
-    /// the running worker, making room for it first.
-    fn load_into_process(&mut self, digest: Digest) -> Result<Result<(), String>, WorkerError> {
-        let Some(model) = self.models.get(&digest).cloned() else {
-            return Ok(Err(format!("model {digest} was never loaded")));
-        };
-        self.make_room(digest, model.len() as u64)?;
-        let request = Request::Load {
-            digest,
-            model: &model,
-        };
-        match self.exchange(&request, 1 << 20, LOAD_TIMEOUT)? {
+    /// Compiles `model` into the session of `digest` in the running worker
+    /// (started if need be), making room for it first.
+    fn load_into_process(
+        &mut self,
+        digest: Digest,
+        model: &[u8],
+    ) -> Result<Result<(), String>, WorkerError> {
+        let bytes = model.len() as u64;
+        self.make_room(digest, bytes)?;
+        match self.exchange(&Request::Load { digest, model }, 1 << 20, LOAD_TIMEOUT)? {
             Reply::Done(_) => {
                 self.loads.fetch_add(1, Ordering::Relaxed);
-                self.used(digest)?;
+                self.clock += 1;
+                let used = self.clock;
+                self.process()?.loaded.insert(digest, Held { used, bytes });
                 Ok(Ok(()))
             }
             Reply::Refused(text) => Ok(Err(text)),
         }
     }
 
-    /// Records that the session of `digest` was used now.
-    fn used(&mut self, digest: Digest) -> Result<(), WorkerError> {
+    /// Records that the session of `digest`, if the worker holds it, was
+    /// used now.
+    fn used(&mut self, digest: Digest) {
         self.clock += 1;
         let now = self.clock;
-        self.process()?.loaded.insert(digest, now);
-        Ok(())
+        if let Some(held) = self
+            .process
+            .as_mut()
+            .and_then(|p| p.loaded.get_mut(&digest))
+        {
+            held.used = now;
+        }
     }
 
     /// Drops the sessions used longest ago until the model of `digest`, of
@@ -319,19 +334,17 @@ impl State {
             let loaded = &self.process.as_ref().expect("started above").loaded;
             // A session of `digest` itself is replaced by the load.
             let others = loaded.iter().filter(|&(d, _)| *d != digest);
-            let size = |d: &Digest| self.models.get(d).map_or(0, |m| m.len() as u64);
-            let held: u64 = others.clone().map(|(d, _)| size(d)).sum();
-            let oldest = others.min_by_key(|&(_, &used)| used).map(|(&d, _)| d);
+            let held: u64 = others.clone().map(|(_, h)| h.bytes).sum();
+            let oldest = others.min_by_key(|(_, h)| h.used).map(|(&d, _)| d);
             let Some(oldest) = oldest.filter(|_| held + bytes > self.session_bytes) else {
                 return Ok(());
             };
             match self.exchange(&Request::Unload { digest: oldest }, 64, UNLOAD_TIMEOUT)? {
                 Reply::Done(outputs) if outputs.is_empty() => {
                     self.process()?.loaded.remove(&oldest);
-                    self.models.remove(&oldest);
                 }
                 _ => {
-                    let mut process = self.stop().expect("it just answered");
+                    let mut process = self.process.take().expect("it just answered");
                     return Err(process.died("it answered an unload with something else"));
                 }
             }
@@ -349,7 +362,7 @@ impl State {
         let process = self.process()?;
         let result = process.exchange(request, max_reply, timeout);
         if result.is_err()
-            && let Some(mut dead) = self.stop()
+            && let Some(mut dead) = self.process.take()
         {
             dead.kill();
         }
