@@ -111,9 +111,8 @@ impl Model {
 
     /// Loads the model into the next spill worker on a thread of its own,
     /// unless one is loading it already: a call never waits for a spill
-    /// worker's compilation (only for its own first worker's, when that
-    /// dropped the session), and a model that cannot be loaded there is
-    /// contained.
+    /// worker's first compilation, and a model that cannot be loaded there
+    /// is contained.
     fn warm_next(self: &Arc<Self>) {
         let spill = &self.spill;
         if spill.warmed.load(Ordering::Acquire) >= spill.workers.len()

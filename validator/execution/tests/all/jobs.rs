@@ -580,6 +580,29 @@ fn routing_scores_move_on_judged_jobs_and_on_failures_only() {
     );
 }
 
+/// Submits job number `n` and decides it: `trapping` traps if it is drawn,
+/// the others agree (attested by validators 0-2). Returns its shard.
+fn decide_with_one_trapping(
+    ex: &mut Executor,
+    g: &Genesis,
+    n: usize,
+    trapping: Digest,
+) -> Vec<Digest> {
+    let job = submit(ex, g, format!("job number {n}").as_bytes());
+    let shard = ex.job(&job).unwrap().unwrap().shard;
+    let results: Vec<EncoderResult> = shard
+        .iter()
+        .map(|p| match *p == trapping {
+            true => failed(Outcome::Trap),
+            false => ok(vector(0, 500), 1_000),
+        })
+        .collect();
+    for v in 0..3 {
+        assert_eq!(attest(ex, g, v, job, results.clone()), None);
+    }
+    shard
+}
+
 #[test]
 fn an_encoder_registered_again_starts_no_higher_than_it_left() {
     let g = network(3);
@@ -592,20 +615,8 @@ fn an_encoder_registered_again_starts_no_higher_than_it_left() {
         assert_eq!(apply(ex, &[tx]).receipts[0].rejection, None);
     };
     send(&mut ex, register.clone());
-    // It traps whenever it is drawn; the others agree.
     for n in 0..8 {
-        let job = submit(&mut ex, &g, format!("job number {n}").as_bytes());
-        let shard = ex.job(&job).unwrap().unwrap().shard;
-        let results: Vec<EncoderResult> = shard
-            .iter()
-            .map(|p| match *p == returning {
-                true => failed(Outcome::Trap),
-                false => ok(vector(0, 500), 1_000),
-            })
-            .collect();
-        for v in 0..3 {
-            assert_eq!(attest(&mut ex, &g, v, job, results.clone()), None);
-        }
+        decide_with_one_trapping(&mut ex, &g, n, returning);
     }
     let left = ex.encoder(&returning).unwrap().unwrap().performance;
     assert!(left[0] < (ONE * 3 / 4) as u32, "{left:?}");
@@ -632,23 +643,7 @@ fn an_encoder_slashed_below_the_minimum_bond_is_drawn_into_no_new_shard_until_it
     let mut ex = open(dir.path(), &g);
     let hostile = package(3);
     let status = |ex: &Executor, p: Digest| ex.encoder(&p).unwrap().unwrap().status(g.parameters());
-    // A job the hostile encoder traps in when drawn, the others agree on;
-    // its shard.
-    let run = |ex: &mut Executor, n: usize| {
-        let job = submit(ex, &g, format!("job number {n}").as_bytes());
-        let shard = ex.job(&job).unwrap().unwrap().shard;
-        let results: Vec<EncoderResult> = shard
-            .iter()
-            .map(|p| match *p == hostile {
-                true => failed(Outcome::Trap),
-                false => ok(vector(0, 500), 1_000),
-            })
-            .collect();
-        for v in 0..3 {
-            assert_eq!(attest(ex, &g, v, job, results.clone()), None);
-        }
-        shard
-    };
+    let run = |ex: &mut Executor, n: usize| decide_with_one_trapping(ex, &g, n, hostile);
     // Account `from` adding `amount` to the hostile encoder's bond: the
     // refusal, if any.
     let add_bond = |ex: &mut Executor, from: u8, amount: u64| {
