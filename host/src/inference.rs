@@ -532,9 +532,12 @@ fn run_somewhere(
             }
         }
     }
-    // Compiled again only where none that may hold the session is busy
-    // (one could be free in a moment): otherwise models would keep
-    // evicting one another from idle workers.
+    // Compiled again in an idle worker only when none of these is busy:
+    // a busy one may hold the session and be free in a moment, and
+    // compiling while it might would have models keep evicting one another
+    // from idle workers. (Which busy worker holds what is not known without
+    // waiting for it, so a busy one that does not hold it holds this back
+    // too, and the run waits for the first worker.)
     if !busy {
         for worker in candidates() {
             match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout, Idle::Any) {

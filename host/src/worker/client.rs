@@ -46,10 +46,10 @@ pub(crate) enum WorkerError {
     /// request starts a fresh one.
     #[error("the inference worker exceeded its wall-clock budget of {0:?} and was restarted")]
     Timeout(Duration),
-    /// The call's wall-clock budget ran out before the run could start:
-    /// spent waiting for the worker, or compiling the model again there
-    /// (which the worker keeps for the next run).
-    #[error("the call's wall-clock budget ran out before its inference run could start")]
+    /// Too little of the call's wall-clock budget was left to start the
+    /// run: it went on waiting for the worker, or on compiling the model
+    /// again there (which the worker keeps for the next run).
+    #[error("too little of the call's wall-clock budget was left to start its inference run")]
     OutOfTime,
 }
 
@@ -162,9 +162,10 @@ impl Worker {
     /// Runs the model of `digest` (whose bytes are `model`: compiled first
     /// if this worker does not hold its session) on `inputs`, accepting a
     /// reply of at most `max_reply` bytes. The run must end within
-    /// `timeout` from now, waiting for a busy worker included; a
-    /// compilation has its own budget, but leaves the run only what is left
-    /// of `timeout`.
+    /// `timeout` from now, waiting for a busy worker included. A
+    /// compilation has its own budget; the run after it starts only if at
+    /// least half of what was left when the worker was free still is (see
+    /// [`WorkerError::OutOfTime`]).
     pub(crate) fn run(
         &self,
         digest: Digest,
@@ -175,7 +176,7 @@ impl Worker {
     ) -> RunOutcome {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
-        state.run(digest, model, inputs, max_reply, (deadline, timeout))
+        state.run(digest, model, inputs, max_reply, deadline)
     }
 
     /// [`Worker::run`] if the worker is idle and will do (`idle`); the
@@ -196,7 +197,7 @@ impl Worker {
         if matches!(idle, Idle::Holding) && !state.holds(&digest) {
             return Err((inputs, Skipped::NoSession));
         }
-        Ok(state.run(digest, model, inputs, max_reply, (deadline, timeout)))
+        Ok(state.run(digest, model, inputs, max_reply, deadline))
     }
 
     /// Whether the worker process is running (a busy worker is).
@@ -231,16 +232,16 @@ impl Worker {
 }
 
 impl State {
-    /// [`Worker::run`], by `deadline`, of a call whose budget was
-    /// `timeout`.
+    /// [`Worker::run`], to end by `deadline`.
     fn run(
         &mut self,
         digest: Digest,
         model: &[u8],
         inputs: Vec<NamedTensor>,
         max_reply: u64,
-        (deadline, timeout): (Instant, Duration),
+        deadline: Instant,
     ) -> RunOutcome {
+        let before = deadline.saturating_duration_since(Instant::now());
         // Compiling it again (after a restart, or once its session was
         // dropped) has the budget of any load.
         let compiles = !self.holds(&digest);
@@ -253,7 +254,7 @@ impl State {
         // ran out) fails before the run, leaving the worker and the session
         // for the next call (the job runner retries a local failure once).
         let needed = match compiles {
-            true => (timeout / 2).max(MIN_RUN_TIME),
+            true => (before / 2).max(MIN_RUN_TIME),
             false => MIN_RUN_TIME,
         };
         let left = deadline.saturating_duration_since(Instant::now());

@@ -702,7 +702,7 @@ fn a_call_whose_time_runs_out_while_its_model_compiles_again_leaves_the_session_
     };
     let err = run(&slow, &tight).unwrap_err();
     assert!(
-        matches!(&err, Error::Host(m) if m.contains("before its inference run could start")),
+        matches!(&err, Error::Host(m) if m.contains("too little of the call's wall-clock budget")),
         "{err}"
     );
     assert!(!err.is_deterministic());
