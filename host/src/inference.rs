@@ -56,7 +56,9 @@ pub(crate) struct Model {
     digest: Digest,
     /// What the host knows of the graph: shapes and work for any inputs.
     pub(crate) graph: Graph,
-    /// The admitted graph's bytes, for a restarted worker to load again.
+    /// The admitted graph's bytes: the only copy, which every load into a
+    /// worker (first, spill-over, or again after a restart or a dropped
+    /// session) is given.
     canonical: Arc<Vec<u8>>,
     /// The workers that compiled it, in order of preference (see
     /// [`run_somewhere`]; a worker may since have dropped the session, and

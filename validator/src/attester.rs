@@ -91,9 +91,7 @@ pub(crate) fn start(
                     Err(e) => tracing::warn!(%package, "encoder not loaded: {e}"),
                 }
             }
-            for jobs in backlog.chunks(MAX_JOBS_AT_ONCE) {
-                attester.attest(jobs.to_vec());
-            }
+            attester.attest(&backlog);
             attester.run(inbox)
         })?;
     Ok(())
@@ -145,7 +143,7 @@ impl Attester {
                             Err(_) => break,
                         }
                     }
-                    self.attest(jobs);
+                    self.attest(&jobs);
                 }
                 Work::Applied(index) => self.applied(index),
                 Work::Fetch(package) => {
@@ -161,11 +159,20 @@ impl Attester {
         }
     }
 
-    /// Computes the jobs of `ids` and submits their attestations, except
-    /// for jobs decided or attested by this validator already.
-    fn attest(&mut self, ids: Vec<Digest>) {
+    /// Computes the jobs of `ids`, [`MAX_JOBS_AT_ONCE`] at a time, and
+    /// submits their attestations, except for jobs decided or attested by
+    /// this validator already.
+    fn attest(&mut self, ids: &[Digest]) {
+        for batch in ids.chunks(MAX_JOBS_AT_ONCE) {
+            self.attest_batch(batch);
+        }
+    }
+
+    /// [`Attester::attest`] for at most [`MAX_JOBS_AT_ONCE`] jobs, whose
+    /// calls are shared out together.
+    fn attest_batch(&mut self, ids: &[Digest]) {
         let mut jobs: Vec<(Digest, Job)> = Vec::with_capacity(ids.len());
-        for id in ids {
+        for &id in ids {
             if !jobs.iter().any(|(seen, _)| *seen == id)
                 && let Some(job) = self.needed(&id)
             {
@@ -377,8 +384,6 @@ impl Attester {
             .filter(|p| !self.fetch(p))
             .collect();
         let waiting = std::mem::take(&mut self.waiting);
-        for jobs in waiting.chunks(MAX_JOBS_AT_ONCE) {
-            self.attest(jobs.to_vec());
-        }
+        self.attest(&waiting);
     }
 }

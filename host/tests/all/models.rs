@@ -339,6 +339,11 @@ fn outputs_have_one_zero() {
     assert_eq!(&out.vectors[0][1..3], &[-1.0, -2.0]);
 }
 
+/// The hostile encoder's input that runs `model` (of its package) once.
+fn runs(model: &[u8]) -> Vec<Vec<u8>> {
+    text(&[&format!("run:1:{}", blake3::hash(model).to_hex())])
+}
+
 /// The hostile encoder on [`slow`] in `engine` (one of the test's own:
 /// killing its workers must not race other tests), and the input that runs
 /// it.
@@ -350,8 +355,7 @@ fn slow_in(engine: &soma_host::Engine) -> (soma_host::Encoder, Vec<Vec<u8>>) {
         vec![("model.onnx".to_string(), bytes.clone())],
     );
     let encoder = engine.load_package(&package, None).unwrap();
-    let input = text(&[&format!("run:1:{}", blake3::hash(&bytes).to_hex())]);
-    (encoder, input)
+    (encoder, runs(&bytes))
 }
 
 /// Runs `input` on `encoder` with a wall-clock limit long enough for the
@@ -617,8 +621,7 @@ fn a_worker_holds_sessions_within_its_session_memory_and_compiles_dropped_ones_a
         (2, 3)
     );
     let run = |i: usize| {
-        let input = text(&[&format!("run:1:{}", blake3::hash(&models[i]).to_hex())]);
-        let out = encoder.embed(&input, &Limits::default(), Seed::from(0));
+        let out = encoder.embed(&runs(&models[i]), &Limits::default(), Seed::from(0));
         out.unwrap().vectors[0][0]
     };
     // Each model's run, and the compilations so far: a dropped model is
@@ -692,8 +695,7 @@ fn a_call_whose_time_runs_out_while_its_model_compiles_again_leaves_the_session_
     ];
     let package = package_with(soma_examples_artifacts::HOSTILE, "hostile", blobs);
     let encoder = engine.load_package(&package, None).unwrap();
-    let input = |model: &[u8]| text(&[&format!("run:1:{}", blake3::hash(model).to_hex())]);
-    let run = |model: &[u8], limits: &Limits| encoder.embed(&input(model), limits, Seed::from(0));
+    let run = |model: &[u8], limits: &Limits| encoder.embed(&runs(model), limits, Seed::from(0));
     run(&small, &Limits::default()).unwrap();
     let loads = engine.inference_loads();
     let tight = Limits {
@@ -737,9 +739,8 @@ fn a_model_no_loaded_encoder_uses_is_freed() {
     // session, so nothing is compiled.
     let again = engine.load_package(&package(b""), None).unwrap();
     assert_eq!((engine.cached_models(), engine.inference_loads()), (1, 1));
-    let input = text(&[&format!("run:1:{}", blake3::hash(&model).to_hex())]);
     let out = again
-        .embed(&input, &Limits::default(), Seed::from(0))
+        .embed(&runs(&model), &Limits::default(), Seed::from(0))
         .unwrap();
     assert_eq!(out.vectors[0][0], 10_000.0);
 }

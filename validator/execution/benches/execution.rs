@@ -543,9 +543,9 @@ fn main() {
     let verify_share = verify / transfer;
     let met = |ok: bool| if ok { "yes" } else { "**no**" };
 
-    let mut md = String::from(
+    let mut md = format!(
         "## Execution\n\n\
-         Transfers as medians over commits, jobs through the runner, encoder calls and attestations as medians over sets (the runner's ratio is the median of each set's ratio over three rounds of every set, its two timings taken moments apart, so it need not equal the ratio of the medians beside it); fjall state in a temporary directory, one durable batch per commit. Apply decodes and verifies each batch of a commit's transactions on every core while the batch before it applies, in order, on one.\n\n\
+         Transfers as medians over commits, jobs through the runner, encoder calls and attestations as medians over sets (the runner's ratio is the median of each set's ratio over {ROUNDS} rounds of every set, its two timings taken moments apart, so it need not equal the ratio of the medians beside it); fjall state in a temporary directory, one durable batch per commit. Apply decodes and verifies each batch of a commit's transactions on every core while the batch before it applies, in order, on one.\n\n\
          | Figure | Ratio | Measured | Baseline | Target | Met |\n\
          |---|---|---|---|---|---|\n",
     );
