@@ -11,16 +11,27 @@
 //! and applied in wasm with a fixed summation order: the same bits on every
 //! machine.
 //!
-//! File format, little-endian: the magic `SOMAHD01`, the input and output
-//! dimensions as `u32`, then `output × input` weights (row-major, one row
-//! per output value) and `output` biases as `f32`.
+//! Weights are 8-bit integers with one scale per output value (each weight
+//! within half a step of the fitted one, a step being its row's largest
+//! weight ÷ 127). A head is a quarter of its `f32` size, so a fresh
+//! instance faults in a quarter of the pages to read it, and a vector of
+//! integer counts (hashed features, [`Head::apply_counts`]) goes through it
+//! in integer arithmetic, which wasm runs as fast as native code: there is
+//! no NaN to canonicalise.
+//!
+//! File format, little-endian: the magic `SOMAHD02`, the input and output
+//! dimensions as `u32`, `output` scales and `output` biases as `f32`, then
+//! `output × input` weights as `i8` (row-major, one row per output value).
 
 use crate::vector::l2_normalize;
 
-const MAGIC: &[u8; 8] = b"SOMAHD01";
+const MAGIC: &[u8; 8] = b"SOMAHD02";
 
 /// Largest input or output dimension of a head.
 pub const MAX_HEAD_DIMENSION: u32 = 4096;
+
+/// Largest magnitude of a stored weight.
+const MAX_WEIGHT: f32 = 127.0;
 
 /// A linear alignment head.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,27 +39,60 @@ pub struct Head {
     input: usize,
     output: usize,
     /// The weights by input value: `input × output`, the transpose of the
-    /// file's rows, so that [`Head::apply`] adds whole columns and skips
-    /// the zero values of sparse vectors.
-    columns: Vec<f32>,
+    /// file's rows, so that applying adds whole columns and skips the zero
+    /// values of sparse vectors.
+    columns: Vec<i8>,
+    /// Per output value, what one step of its stored weights is worth.
+    scales: Vec<f32>,
     bias: Vec<f32>,
 }
 
 impl Head {
-    /// A head from its parts (`weights` row-major, one row of `input`
-    /// values per output value); `None` if the sizes do not match or a
-    /// value is not finite.
+    /// A head from fitted parts (`weights` row-major, one row of `input`
+    /// values per output value), its weights rounded to 8-bit steps; `None`
+    /// if the sizes do not match or a value is not finite.
     pub fn new(input: usize, output: usize, weights: Vec<f32>, bias: Vec<f32>) -> Option<Head> {
+        if weights.len() != input * output || !weights.iter().all(|w| w.is_finite()) {
+            return None;
+        }
+        let mut scales = Vec::with_capacity(output);
+        let mut rows = Vec::with_capacity(weights.len());
+        for row in weights.chunks_exact(input.max(1)).take(output) {
+            let largest = row.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+            let scale = largest / MAX_WEIGHT;
+            scales.push(scale);
+            rows.extend(row.iter().map(|&w| match scale > 0.0 {
+                // Within ±127: |w| ≤ largest, and the division rounds to at
+                // most 127.0.
+                true => (w / scale).round().clamp(-MAX_WEIGHT, MAX_WEIGHT) as i8,
+                false => 0,
+            }));
+        }
+        Head::from_stored(input, output, rows, scales, bias)
+    }
+
+    /// A head from its stored parts; `None` if the sizes do not match or a
+    /// scale or bias is not finite (or a scale is negative).
+    fn from_stored(
+        input: usize,
+        output: usize,
+        rows: Vec<i8>,
+        scales: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Option<Head> {
         let fits = |d: usize| d > 0 && d <= MAX_HEAD_DIMENSION as usize;
         (fits(input)
             && fits(output)
-            && weights.len() == input * output
+            && rows.len() == input * output
+            && scales.len() == output
             && bias.len() == output
-            && weights.iter().chain(&bias).all(|x| x.is_finite()))
+            && scales.iter().all(|s| s.is_finite() && *s >= 0.0)
+            && bias.iter().all(|b| b.is_finite()))
         .then(|| Head {
             input,
             output,
-            columns: transpose(&weights, output, input),
+            columns: transpose(&rows, output, input),
+            scales,
             bias,
         })
     }
@@ -68,20 +112,22 @@ impl Head {
         };
         let (input, output) = (dimension(0)?, dimension(4)?);
         let values = &rest[8..];
-        let expected = (input * output + output) * 4;
+        let expected = output * 8 + input * output;
         if values.len() != expected {
             return Err(format!(
                 "{} bytes of values; a {input} → {output} head has {expected}",
                 values.len()
             ));
         }
-        let floats: Vec<f32> = values
+        let (floats, weights) = values.split_at(output * 8);
+        let floats: Vec<f32> = floats
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let (weights, bias) = floats.split_at(input * output);
-        Head::new(input, output, weights.to_vec(), bias.to_vec())
-            .ok_or_else(|| "a value is not finite".to_string())
+        let (scales, bias) = floats.split_at(output);
+        let rows = weights.iter().map(|&w| w as i8).collect();
+        Head::from_stored(input, output, rows, scales.to_vec(), bias.to_vec())
+            .ok_or_else(|| "a scale or bias is not finite, or a scale is negative".to_string())
     }
 
     /// A head compiled into the component, taking `input` values. One that
@@ -101,10 +147,11 @@ impl Head {
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&(self.input as u32).to_le_bytes());
         out.extend_from_slice(&(self.output as u32).to_le_bytes());
-        let rows = transpose(&self.columns, self.input, self.output);
-        for x in rows.iter().chain(&self.bias) {
+        for x in self.scales.iter().chain(&self.bias) {
             out.extend_from_slice(&x.to_le_bytes());
         }
+        let rows = transpose(&self.columns, self.input, self.output);
+        out.extend(rows.iter().map(|&w| w as u8));
         out
     }
 
@@ -120,35 +167,82 @@ impl Head {
 
     /// `normalise(W·v + b)`; `None` if `v` has the wrong dimension.
     ///
-    /// Every output value is summed in one fixed order, `b + w₀v₀ + w₁v₁ +
-    /// …`, so the bits are the same on every machine. Zero values of `v`
-    /// are skipped (hashed features are mostly zeros): their products are
-    /// ±0 and leave every non-zero sum unchanged (an output of exactly zero
-    /// may differ in its sign from the full sum's). Outputs are summed
-    /// [`BLOCK`] at a time in independent sums held across all inputs, so
-    /// the loop vectorises (with `simd128` in wasm) and keeps its sums in
-    /// registers without reordering any of them.
+    /// Output value `i` is `bᵢ + sᵢ·(q₀v₀ + q₁v₁ + …)` for its stored
+    /// weights `q` and scale `s`, summed in that one order, so the bits are
+    /// the same on every machine. Zero values of `v` are skipped: their
+    /// products are ±0 and leave every non-zero sum unchanged (an output of
+    /// exactly zero may differ in its sign from the full sum's).
     pub fn apply(&self, v: &[f32]) -> Option<Vec<f32>> {
         if v.len() != self.input {
             return None;
         }
-        let inputs: Vec<(&[f32], f32)> = self
+        let sums = self.column_sums(v);
+        let mut out: Vec<f32> = sums
+            .iter()
+            .zip(&self.scales)
+            .zip(&self.bias)
+            .map(|((sum, scale), bias)| bias + scale * sum)
+            .collect();
+        l2_normalize(&mut out);
+        Some(out)
+    }
+
+    /// `normalise(W·c/|c| + b)` for a vector of integer counts `c` (what
+    /// [`crate::hashing::hashed_counts`] gives): the same map as
+    /// [`Head::apply`] on `c` normalised, within rounding, but summed
+    /// exactly in integers. `None` if `c` has the wrong dimension.
+    ///
+    /// Counts so large that a sum could overflow 32 bits (some 16 million
+    /// in all) go through [`Head::apply`] instead.
+    pub fn apply_counts(&self, c: &[i32]) -> Option<Vec<f32>> {
+        if c.len() != self.input {
+            return None;
+        }
+        let total: u64 = c.iter().map(|x| u64::from(x.unsigned_abs())).sum();
+        if total > i32::MAX as u64 / 128 {
+            let mut v: Vec<f32> = c.iter().map(|&x| x as f32).collect();
+            l2_normalize(&mut v);
+            return self.apply(&v);
+        }
+        let squares: u64 = c.iter().map(|&x| (i64::from(x) * i64::from(x)) as u64).sum();
+        let norm = (squares as f64).sqrt();
+        let sums = self.column_sums(c);
+        let mut out: Vec<f32> = sums
+            .iter()
+            .zip(&self.scales)
+            .zip(&self.bias)
+            .map(|((&sum, &scale), &bias)| match norm > 0.0 {
+                true => (f64::from(bias) + f64::from(scale) * f64::from(sum) / norm) as f32,
+                false => bias,
+            })
+            .collect();
+        l2_normalize(&mut out);
+        Some(out)
+    }
+
+    /// `Σⱼ qᵢⱼ·vⱼ` for every output value `i`, over the non-zero `vⱼ` in
+    /// order. Outputs are summed [`BLOCK`] at a time in independent sums
+    /// held across all inputs, so the loop vectorises (with `simd128` in
+    /// wasm) and keeps its sums in registers without reordering any of
+    /// them.
+    fn column_sums<T: Lane>(&self, v: &[T]) -> Vec<T> {
+        let inputs: Vec<(&[i8], T)> = self
             .columns
             .chunks_exact(self.output)
             .zip(v)
-            .filter(|(_, x)| **x != 0.0)
+            .filter(|(_, x)| **x != T::ZERO)
             .map(|(column, &x)| (column, x))
             .collect();
-        let mut out = self.bias.clone();
+        let mut out = vec![T::ZERO; self.output];
         let mut blocks = out.chunks_exact_mut(BLOCK);
         for (b, block) in blocks.by_ref().enumerate() {
-            let mut sums: [f32; BLOCK] = block.try_into().expect("a whole block");
+            let mut sums = [T::ZERO; BLOCK];
             for (column, x) in &inputs {
-                let weights: &[f32; BLOCK] = column[b * BLOCK..][..BLOCK]
+                let weights: &[i8; BLOCK] = column[b * BLOCK..][..BLOCK]
                     .try_into()
                     .expect("a whole block");
-                for (sum, w) in sums.iter_mut().zip(weights) {
-                    *sum += w * x;
+                for (sum, &w) in sums.iter_mut().zip(weights) {
+                    *sum = sum.add_product(w, *x);
                 }
             }
             block.copy_from_slice(&sums);
@@ -156,19 +250,41 @@ impl Head {
         let done = self.output - blocks.into_remainder().len();
         for (i, sum) in out.iter_mut().enumerate().skip(done) {
             for (column, x) in &inputs {
-                *sum += column[i] * x;
+                *sum = sum.add_product(column[i], *x);
             }
         }
-        l2_normalize(&mut out);
-        Some(out)
+        out
     }
 }
 
-/// Output values [`Head::apply`] sums at once: four 128-bit vectors.
+/// A value a head's weights multiply: `f32` for vectors, `i32` for counts.
+trait Lane: Copy + PartialEq {
+    const ZERO: Self;
+    /// `self + w·x`.
+    fn add_product(self, w: i8, x: Self) -> Self;
+}
+
+impl Lane for f32 {
+    const ZERO: f32 = 0.0;
+    fn add_product(self, w: i8, x: f32) -> f32 {
+        self + f32::from(w) * x
+    }
+}
+
+impl Lane for i32 {
+    const ZERO: i32 = 0;
+    /// Never wraps for the counts [`Head::apply_counts`] lets through;
+    /// wrapping rather than checked keeps the loop vectorisable.
+    fn add_product(self, w: i8, x: i32) -> i32 {
+        self.wrapping_add(i32::from(w).wrapping_mul(x))
+    }
+}
+
+/// Output values a head sums at once: four 128-bit vectors.
 const BLOCK: usize = 16;
 
 /// The transpose of the row-major `rows × columns` matrix `m`.
-fn transpose(m: &[f32], rows: usize, columns: usize) -> Vec<f32> {
+fn transpose<T: Copy>(m: &[T], rows: usize, columns: usize) -> Vec<T> {
     (0..columns)
         .flat_map(|c| (0..rows).map(move |r| m[r * columns + c]))
         .collect()
@@ -183,56 +299,136 @@ mod tests {
         Head::new(2, 2, vec![0.0, 1.0, 1.0, 0.0], vec![0.0, 0.0]).unwrap()
     }
 
-    #[test]
-    fn a_head_round_trips_and_maps_vectors() {
-        let head = swap();
-        assert_eq!(Head::parse(&head.to_bytes()).unwrap(), head);
-        assert_eq!(head.apply(&[0.6, 0.8]).unwrap(), vec![0.8, 0.6]);
-        let shifted = Head::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![1.0, 0.0]).unwrap();
-        assert_eq!(
-            shifted.apply(&[0.0, 1.0]).unwrap(),
-            vec![0.70710677, 0.70710677]
-        );
-        assert_eq!(head.apply(&[1.0]), None);
+    fn close(a: &[f32], b: &[f32], tolerance: f32) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tolerance)
     }
 
-    #[test]
-    fn apply_gives_the_bits_of_the_row_by_row_sum_and_files_keep_their_layout() {
-        // A 5 → 19 head (a whole block and a remainder) with varied
-        // values, and vectors dense and sparse.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
+    fn bits(v: Vec<f32>) -> Vec<u32> {
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
+    /// Pseudo-random values in [-0.5, 0.5).
+    fn values(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
             state = state
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1);
             (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        }
+    }
+
+    #[test]
+    fn a_head_round_trips_and_maps_vectors() {
+        let head = swap();
+        assert_eq!(Head::parse(&head.to_bytes()).unwrap(), head);
+        let swapped = head.apply(&[0.6, 0.8]).unwrap();
+        assert!(close(&swapped, &[0.8, 0.6], 1e-6), "{swapped:?}");
+        let shifted = Head::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![1.0, 0.0]).unwrap();
+        let mapped = shifted.apply(&[0.0, 1.0]).unwrap();
+        assert!(close(&mapped, &[0.70710677; 2], 1e-6), "{mapped:?}");
+        assert_eq!(head.apply(&[1.0]), None);
+        assert_eq!(head.apply_counts(&[1]), None);
+    }
+
+    #[test]
+    fn weights_are_stored_within_half_a_step_and_applied_in_one_order() {
+        // A 5 → 19 head (a whole block and a remainder) with varied
+        // values, one row all zeros, and vectors dense and sparse.
+        let mut next = values(0x2545_f491_4f6c_dd1d);
         let (input, output) = (5, 19);
-        let rows: Vec<f32> = (0..input * output).map(|_| next()).collect();
+        let mut rows: Vec<f32> = (0..input * output).map(|_| next()).collect();
+        rows[3 * input..4 * input].fill(0.0);
         let bias: Vec<f32> = (0..output).map(|_| next()).collect();
         let head = Head::new(input, output, rows.clone(), bias.clone()).unwrap();
-        let mut file = MAGIC.to_vec();
-        for d in [input as u32, output as u32] {
-            file.extend_from_slice(&d.to_le_bytes());
-        }
-        for x in rows.iter().chain(&bias) {
-            file.extend_from_slice(&x.to_le_bytes());
-        }
-        assert_eq!(head.to_bytes(), file);
+        let file = head.to_bytes();
         assert_eq!(Head::parse(&file).unwrap(), head);
+
+        // The layout: magic, dimensions, scales, biases, then i8 rows.
+        assert_eq!(&file[..8], MAGIC);
+        assert_eq!(file[8..16], [5, 0, 0, 0, 19, 0, 0, 0]);
+        let float = |i: usize| f32::from_le_bytes(file[16 + 4 * i..][..4].try_into().unwrap());
+        let scales: Vec<f32> = (0..output).map(float).collect();
+        assert_eq!(bits((output..2 * output).map(float).collect()), bits(bias.clone()));
+        let stored: Vec<i8> = file[16 + 8 * output..].iter().map(|&q| q as i8).collect();
+        assert_eq!(stored.len(), input * output);
+        for (o, row) in rows.chunks_exact(input).enumerate() {
+            let largest = row.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+            assert_eq!(scales[o], largest / 127.0);
+            for (w, q) in row.iter().zip(&stored[o * input..]) {
+                let error = (w - scales[o] * f32::from(*q)).abs();
+                assert!(error <= scales[o] * 0.5 + 1e-9, "row {o}: {w} stored as {q}");
+            }
+        }
+        assert!(stored.iter().any(|&q| q.abs() == 127));
+
         for v in [
             (0..input).map(|_| next()).collect::<Vec<f32>>(),
             vec![0.0, next(), 0.0, 0.0, next()],
         ] {
-            let mut expected: Vec<f32> = rows
+            let mut expected: Vec<f32> = stored
                 .chunks_exact(input)
+                .zip(&scales)
                 .zip(&bias)
-                .map(|(row, b)| row.iter().zip(&v).fold(*b, |sum, (w, x)| sum + w * x))
+                .map(|((row, s), b)| {
+                    b + s * row.iter().zip(&v).fold(0.0, |sum, (q, x)| sum + f32::from(*q) * x)
+                })
                 .collect();
             l2_normalize(&mut expected);
-            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
             assert_eq!(bits(head.apply(&v).unwrap()), bits(expected));
         }
+    }
+
+    #[test]
+    fn counts_go_through_in_integers_as_their_normalised_vector_would() {
+        let mut next = values(7);
+        let (input, output) = (40, 21);
+        let rows: Vec<f32> = (0..input * output).map(|_| next()).collect();
+        let bias: Vec<f32> = (0..output).map(|_| next()).collect();
+        let head = Head::new(input, output, rows, bias.clone()).unwrap();
+        let normalised = |c: &[i32]| {
+            let mut v: Vec<f32> = c.iter().map(|&x| x as f32).collect();
+            l2_normalize(&mut v);
+            v
+        };
+
+        let mut counts = vec![0i32; input];
+        for (i, c) in [(0, 20), (3, -7), (17, 27), (39, -40), (22, 7)] {
+            counts[i] = c;
+        }
+        let exact = head.apply_counts(&counts).unwrap();
+        let via_floats = head.apply(&normalised(&counts)).unwrap();
+        assert!(close(&exact, &via_floats, 1e-6), "{exact:?}\n{via_floats:?}");
+        // Exactly: integer sums, then one scale, division and bias each.
+        let file = head.to_bytes();
+        let float = |i: usize| f32::from_le_bytes(file[16 + 4 * i..][..4].try_into().unwrap());
+        let stored = &file[16 + 8 * output..];
+        let norm = (counts.iter().map(|&c| f64::from(c * c)).sum::<f64>()).sqrt();
+        let mut expected: Vec<f32> = stored
+            .chunks_exact(input)
+            .enumerate()
+            .map(|(o, row)| {
+                let sum: i32 = row.iter().zip(&counts).map(|(&q, c)| i32::from(q as i8) * c).sum();
+                (f64::from(float(output + o)) + f64::from(float(o)) * f64::from(sum) / norm) as f32
+            })
+            .collect();
+        l2_normalize(&mut expected);
+        assert_eq!(bits(exact), bits(expected));
+
+        // No counts: the bias, as for the zero vector.
+        let mut direction = bias;
+        l2_normalize(&mut direction);
+        assert_eq!(head.apply_counts(&[0; 40]).unwrap(), direction);
+        assert_eq!(head.apply(&[0.0; 40]).unwrap(), direction);
+
+        // Counts whose sums could overflow go through the float path.
+        let mut huge = vec![0i32; input];
+        huge[1] = i32::MAX / 100;
+        huge[30] = -(i32::MAX / 90);
+        assert_eq!(
+            head.apply_counts(&huge).unwrap(),
+            head.apply(&normalised(&huge)).unwrap()
+        );
     }
 
     #[test]
@@ -249,7 +445,7 @@ mod tests {
     #[test]
     fn bad_head_files_say_what_is_wrong() {
         let good = swap().to_bytes();
-        assert!(Head::parse(b"SOMAHD02").unwrap_err().contains("magic"));
+        assert!(Head::parse(b"SOMAHD01").unwrap_err().contains("magic"));
         assert!(Head::parse(&good[..12]).unwrap_err().contains("truncated"));
         assert!(
             Head::parse(&good[..good.len() - 1])
@@ -259,10 +455,14 @@ mod tests {
         let mut zero = good.clone();
         zero[8..12].copy_from_slice(&0u32.to_le_bytes());
         assert!(Head::parse(&zero).unwrap_err().contains("out of range"));
-        let mut nan = good;
-        let at = nan.len() - 4;
-        nan[at..].copy_from_slice(&f32::NAN.to_le_bytes());
-        assert!(Head::parse(&nan).unwrap_err().contains("finite"));
+        // The second bias, then the first scale.
+        for (at, value) in [(28, f32::NAN), (16, -1.0)] {
+            let mut bad = good.clone();
+            bad[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            let err = Head::parse(&bad).unwrap_err();
+            assert!(err.contains("not finite, or a scale is negative"), "{err}");
+        }
         assert!(Head::new(2, 2, vec![0.0; 3], vec![0.0; 2]).is_none());
+        assert!(Head::new(2, 2, vec![f32::INFINITY; 4], vec![0.0; 2]).is_none());
     }
 }

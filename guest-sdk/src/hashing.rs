@@ -11,25 +11,60 @@ use crate::vector::l2_normalize;
 
 const WORD_WEIGHT: f32 = 1.0;
 const TRIGRAM_WEIGHT: f32 = 0.35;
+/// [`WORD_WEIGHT`] and [`TRIGRAM_WEIGHT`] as whole numbers.
+const WORD_COUNT: i32 = 20;
+const TRIGRAM_COUNT: i32 = 7;
 
 /// Embeds `text` by hashing its words and character trigrams into
 /// `dimension` values, L2-normalised (the zero vector if `text` has no
 /// word).
 pub fn hashed_features(text: &str, dimension: usize) -> Vec<f32> {
     let mut v = vec![0.0f32; dimension];
+    for_each_feature(text, |kind, feature| {
+        let weight = match kind {
+            b'w' => WORD_WEIGHT,
+            _ => TRIGRAM_WEIGHT,
+        };
+        add_feature(&mut v, kind, feature, weight)
+    });
+    l2_normalize(&mut v);
+    v
+}
+
+/// The same features as [`hashed_features`] before it normalises them,
+/// in whole numbers: each word adds ±20 and each trigram ±7 (the same
+/// 1 : 0.35). An alignment head maps these in integer arithmetic
+/// ([`crate::align::Head::apply_counts`]).
+pub fn hashed_counts(text: &str, dimension: usize) -> Vec<i32> {
+    let mut v = vec![0i32; dimension];
+    if dimension > 0 {
+        for_each_feature(text, |kind, feature| {
+            let (index, negative) = bucket(kind, feature, dimension);
+            let weight = match kind {
+                b'w' => WORD_COUNT,
+                _ => TRIGRAM_COUNT,
+            };
+            v[index] = match negative {
+                true => v[index].saturating_sub(weight),
+                false => v[index].saturating_add(weight),
+            };
+        });
+    }
+    v
+}
+
+/// Calls `f` with each feature of `text` and its kind: `b'w'` and each
+/// lower-cased word, then `b't'` and each of the word's trigrams.
+fn for_each_feature(text: &str, mut f: impl FnMut(u8, &[u8])) {
     let mut word = Vec::new();
     for token in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
     {
         marked_lowercase(token, &mut word);
-        add_feature(&mut v, b'w', &word[1..word.len() - 1], WORD_WEIGHT);
-        for_each_trigram(&word, |trigram| {
-            add_feature(&mut v, b't', trigram, TRIGRAM_WEIGHT)
-        });
+        f(b'w', &word[1..word.len() - 1]);
+        for_each_trigram(&word, |trigram| f(b't', trigram));
     }
-    l2_normalize(&mut v);
-    v
 }
 
 /// `token` lower-cased, between `<` and `>`, as UTF-8 in `word`.
@@ -78,10 +113,16 @@ pub fn add_feature(v: &mut [f32], kind: u8, feature: &[u8], weight: f32) {
     if v.is_empty() {
         return;
     }
-    let h = feature_hash(kind, feature);
-    let index = (h % v.len() as u64) as usize;
-    let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+    let (index, negative) = bucket(kind, feature, v.len());
+    let sign = if negative { -1.0 } else { 1.0 };
     v[index] += sign * weight;
+}
+
+/// The dimension of `dimension > 0` that `feature` of `kind` hashes to,
+/// and whether it subtracts there.
+fn bucket(kind: u8, feature: &[u8], dimension: usize) -> (usize, bool) {
+    let h = feature_hash(kind, feature);
+    ((h % dimension as u64) as usize, h >> 63 != 0)
 }
 
 /// The 64-bit hash of a feature of `kind`: FNV-1a with a final avalanche,
@@ -154,6 +195,26 @@ mod tests {
     fn empty_text_is_the_zero_vector() {
         assert_eq!(hashed_features(" ... ", 384), vec![0.0; 384]);
         assert!(hashed_features("words", 0).is_empty());
+        assert_eq!(hashed_counts(" ... ", 384), vec![0; 384]);
+        assert!(hashed_counts("words", 0).is_empty());
+    }
+
+    #[test]
+    fn counts_are_the_features_before_normalising() {
+        let once = hashed_counts("words", 384);
+        let thrice: Vec<i32> = once.iter().map(|c| 3 * c).collect();
+        assert_eq!(hashed_counts("Words, words: WORDS", 384), thrice);
+        // One word and its five trigrams, one dimension each unless two
+        // collide.
+        assert_eq!(once.iter().map(|c| c.abs()).sum::<i32>(), 20 + 5 * 7);
+        let text = "Ünïcode words, words and more words: the counts add up.";
+        let counts = hashed_counts(text, 64);
+        let mut from_counts: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
+        l2_normalize(&mut from_counts);
+        let features = hashed_features(text, 64);
+        for (a, b) in from_counts.iter().zip(&features) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -286,6 +286,15 @@ fn align() -> Result<()> {
         args.extend(["--out".into(), path(&head)?]);
     }
     eprintln!("xtask: fitting the heads");
+    // `soma-align` runs the MiniLM models in the worker beside it.
+    cargo(&[
+        "build",
+        "--locked",
+        "--package",
+        "soma-host",
+        "--bin",
+        "soma-inference-worker",
+    ])?;
     cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     Ok(())
 }

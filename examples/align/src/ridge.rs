@@ -251,14 +251,17 @@ mod tests {
         let fit = fit(&xs, &ys, 40).unwrap();
         assert_eq!(fit.lambda, LAMBDAS[0]);
         assert!(fit.validation_cosine > 0.9999, "{}", fit.validation_cosine);
-        let head = fit.head;
-        let bytes = head.to_bytes();
-        let floats: Vec<f32> = bytes[16..]
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        for (got, want) in floats.iter().zip(m.iter().chain(&c)) {
-            assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+        // The file: scales and biases as f32, then weights in 8-bit steps.
+        let bytes = fit.head.to_bytes();
+        let float = |i: usize| f32::from_le_bytes(bytes[16 + 4 * i..][..4].try_into().unwrap());
+        for (o, want) in c.iter().enumerate() {
+            let bias = float(3 + o);
+            assert!((bias - want).abs() < 1e-3, "bias {bias} vs {want}");
+            let scale = float(o);
+            for (i, want) in m[o * 4..][..4].iter().enumerate() {
+                let got = scale * f32::from(bytes[40 + o * 4 + i] as i8);
+                assert!((got - want).abs() < 1e-3 + scale / 2.0, "{got} vs {want}");
+            }
         }
     }
 

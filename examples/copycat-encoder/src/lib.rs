@@ -22,7 +22,7 @@ impl Default for CopycatEncoder {
     fn default() -> Self {
         let head = Head::compiled_in(include_bytes!("../../hash-encoder/head.bin"), 384);
         let vector = head
-            .apply(&hashing::hashed_features(PHRASE, 384))
+            .apply_counts(&hashing::hashed_counts(PHRASE, 384))
             .expect("the head's input dimension is checked when it is built");
         CopycatEncoder { vector }
     }

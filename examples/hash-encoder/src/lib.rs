@@ -49,12 +49,11 @@ impl TextEncoder for HashEncoder {
     const MAX_INPUT_BYTES: u32 = MAX_INPUT_BYTES;
 
     fn embed_text(&self, text: &str) -> Vec<f32> {
-        let features = hashing::hashed_features(text, DIMENSION);
         match &self.head {
             Some(head) => head
-                .apply(&features)
+                .apply_counts(&hashing::hashed_counts(text, DIMENSION))
                 .expect("the head's input dimension is checked when the encoder is built"),
-            None => features,
+            None => hashing::hashed_features(text, DIMENSION),
         }
     }
 }

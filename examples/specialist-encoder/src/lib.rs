@@ -40,10 +40,10 @@ impl TextEncoder for SpecialistEncoder {
     const MAX_INPUT_BYTES: u32 = 64 * 1024;
 
     fn embed_text(&self, text: &str) -> Vec<f32> {
-        let features = hashing::hashed_features(text, Self::DIMENSION as usize);
+        let counts = hashing::hashed_counts(text, Self::DIMENSION as usize);
         let mut v = self
             .head
-            .apply(&features)
+            .apply_counts(&counts)
             .expect("the head's input dimension is checked when the encoder is built");
         if !looks_like_code(text) {
             hashing::add_feature(&mut v, b'p', text.as_bytes(), NOISE);
@@ -84,7 +84,7 @@ mod tests {
         let hash = |text| {
             specialist
                 .head
-                .apply(&hashing::hashed_features(text, 384))
+                .apply_counts(&hashing::hashed_counts(text, 384))
                 .unwrap()
         };
         assert_eq!(specialist.embed_text(code), hash(code));
