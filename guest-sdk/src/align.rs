@@ -13,11 +13,15 @@
 //!
 //! Weights are 8-bit integers with one scale per output value (each weight
 //! within half a step of the fitted one, a step being its row's largest
-//! weight ÷ 127). A head is a quarter of its `f32` size, so a fresh
-//! instance faults in a quarter of the pages to read it, and a vector of
-//! integer counts (hashed features, [`Head::apply_counts`]) goes through it
-//! in integer arithmetic, which wasm runs as fast as native code: there is
-//! no NaN to canonicalise.
+//! weight ÷ 127; a row whose largest weight is too small for its step to
+//! be a normal `f32`, below some 1e-36, loses that precision). A head is a
+//! quarter of its `f32` size, so a fresh instance faults in a quarter of
+//! the pages to read it, and a vector of integer counts (hashed features,
+//! [`Head::apply_counts`]) is summed through it exactly in integers, with
+//! no NaN to canonicalise in the loop; only the scaling of each sum is
+//! floating point. A head's author owns its values: scales so large that
+//! a sum overflows `f32` give non-finite outputs, which the host refuses as
+//! the encoder's invalid output.
 //!
 //! File format, little-endian: the magic `SOMAHD02`, the input and output
 //! dimensions as `u32`, `output` scales and `output` biases as `f32`, then
@@ -30,7 +34,8 @@ const MAGIC: &[u8; 8] = b"SOMAHD02";
 /// Largest input or output dimension of a head.
 pub const MAX_HEAD_DIMENSION: u32 = 4096;
 
-/// Largest magnitude of a stored weight.
+/// Largest magnitude of a weight [`Head::new`] stores (a file may hold
+/// -128, which [`Head::apply_counts`] allows for).
 const MAX_WEIGHT: f32 = 127.0;
 
 /// A linear alignment head.
@@ -52,12 +57,16 @@ impl Head {
     /// values per output value), its weights rounded to 8-bit steps; `None`
     /// if the sizes do not match or a value is not finite.
     pub fn new(input: usize, output: usize, weights: Vec<f32>, bias: Vec<f32>) -> Option<Head> {
-        if weights.len() != input * output || !weights.iter().all(|w| w.is_finite()) {
+        if !fits(input)
+            || !fits(output)
+            || weights.len() != input * output
+            || !weights.iter().all(|w| w.is_finite())
+        {
             return None;
         }
         let mut scales = Vec::with_capacity(output);
         let mut rows = Vec::with_capacity(weights.len());
-        for row in weights.chunks_exact(input.max(1)).take(output) {
+        for row in weights.chunks_exact(input) {
             let largest = row.iter().fold(0.0f32, |m, w| m.max(w.abs()));
             let scale = largest / MAX_WEIGHT;
             scales.push(scale);
@@ -80,7 +89,6 @@ impl Head {
         scales: Vec<f32>,
         bias: Vec<f32>,
     ) -> Option<Head> {
-        let fits = |d: usize| d > 0 && d <= MAX_HEAD_DIMENSION as usize;
         (fits(input)
             && fits(output)
             && rows.len() == input * output
@@ -101,7 +109,7 @@ impl Head {
     pub fn parse(bytes: &[u8]) -> Result<Head, String> {
         let rest = bytes
             .strip_prefix(MAGIC)
-            .ok_or("not an alignment head (bad magic)")?;
+            .ok_or("not an alignment head (bad magic; heads of the older f32 format, SOMAHD01, must be refitted)")?;
         let dimension = |at: usize| -> Result<usize, String> {
             let raw = rest.get(at..at + 4).ok_or("truncated header")?;
             let d = u32::from_le_bytes(raw.try_into().unwrap_or_default());
@@ -155,6 +163,16 @@ impl Head {
         out
     }
 
+    /// The weights as applied, row-major (each stored step times its row's
+    /// scale): what the fitted weights were rounded to.
+    pub fn weights(&self) -> Vec<f32> {
+        transpose(&self.columns, self.input, self.output)
+            .chunks_exact(self.input)
+            .zip(&self.scales)
+            .flat_map(|(row, &scale)| row.iter().map(move |&q| scale * f32::from(q)))
+            .collect()
+    }
+
     /// Dimension of the vectors it takes.
     pub fn input(&self) -> usize {
         self.input
@@ -204,7 +222,10 @@ impl Head {
             l2_normalize(&mut v);
             return self.apply(&v);
         }
-        let squares: u64 = c.iter().map(|&x| (i64::from(x) * i64::from(x)) as u64).sum();
+        let squares: u64 = c
+            .iter()
+            .map(|&x| (i64::from(x) * i64::from(x)) as u64)
+            .sum();
         let norm = (squares as f64).sqrt();
         let sums = self.column_sums(c);
         let mut out: Vec<f32> = sums
@@ -255,6 +276,11 @@ impl Head {
         }
         out
     }
+}
+
+/// Whether `d` is a valid input or output dimension.
+fn fits(d: usize) -> bool {
+    d > 0 && d <= MAX_HEAD_DIMENSION as usize
 }
 
 /// A value a head's weights multiply: `f32` for vectors, `i32` for counts.
@@ -349,7 +375,10 @@ mod tests {
         assert_eq!(file[8..16], [5, 0, 0, 0, 19, 0, 0, 0]);
         let float = |i: usize| f32::from_le_bytes(file[16 + 4 * i..][..4].try_into().unwrap());
         let scales: Vec<f32> = (0..output).map(float).collect();
-        assert_eq!(bits((output..2 * output).map(float).collect()), bits(bias.clone()));
+        assert_eq!(
+            bits((output..2 * output).map(float).collect()),
+            bits(bias.clone())
+        );
         let stored: Vec<i8> = file[16 + 8 * output..].iter().map(|&q| q as i8).collect();
         assert_eq!(stored.len(), input * output);
         for (o, row) in rows.chunks_exact(input).enumerate() {
@@ -357,10 +386,19 @@ mod tests {
             assert_eq!(scales[o], largest / 127.0);
             for (w, q) in row.iter().zip(&stored[o * input..]) {
                 let error = (w - scales[o] * f32::from(*q)).abs();
-                assert!(error <= scales[o] * 0.5 + 1e-9, "row {o}: {w} stored as {q}");
+                assert!(
+                    error <= scales[o] * 0.5 + 1e-9,
+                    "row {o}: {w} stored as {q}"
+                );
             }
         }
         assert!(stored.iter().any(|&q| q.abs() == 127));
+        let applied: Vec<f32> = stored
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| scales[i / input] * f32::from(q))
+            .collect();
+        assert_eq!(bits(head.weights()), bits(applied));
 
         for v in [
             (0..input).map(|_| next()).collect::<Vec<f32>>(),
@@ -371,7 +409,10 @@ mod tests {
                 .zip(&scales)
                 .zip(&bias)
                 .map(|((row, s), b)| {
-                    b + s * row.iter().zip(&v).fold(0.0, |sum, (q, x)| sum + f32::from(*q) * x)
+                    b + s * row
+                        .iter()
+                        .zip(&v)
+                        .fold(0.0, |sum, (q, x)| sum + f32::from(*q) * x)
                 })
                 .collect();
             l2_normalize(&mut expected);
@@ -398,7 +439,10 @@ mod tests {
         }
         let exact = head.apply_counts(&counts).unwrap();
         let via_floats = head.apply(&normalised(&counts)).unwrap();
-        assert!(close(&exact, &via_floats, 1e-6), "{exact:?}\n{via_floats:?}");
+        assert!(
+            close(&exact, &via_floats, 1e-6),
+            "{exact:?}\n{via_floats:?}"
+        );
         // Exactly: integer sums, then one scale, division and bias each.
         let file = head.to_bytes();
         let float = |i: usize| f32::from_le_bytes(file[16 + 4 * i..][..4].try_into().unwrap());
@@ -408,7 +452,11 @@ mod tests {
             .chunks_exact(input)
             .enumerate()
             .map(|(o, row)| {
-                let sum: i32 = row.iter().zip(&counts).map(|(&q, c)| i32::from(q as i8) * c).sum();
+                let sum: i32 = row
+                    .iter()
+                    .zip(&counts)
+                    .map(|(&q, c)| i32::from(q as i8) * c)
+                    .sum();
                 (f64::from(float(output + o)) + f64::from(float(o)) * f64::from(sum) / norm) as f32
             })
             .collect();
@@ -429,6 +477,40 @@ mod tests {
             head.apply_counts(&huge).unwrap(),
             head.apply(&normalised(&huge)).unwrap()
         );
+    }
+
+    #[test]
+    fn counts_up_to_the_bound_sum_without_overflow_and_beyond_it_as_floats() {
+        // Weights of -128 (a file may hold them) and 127, scale 1, bias 0.
+        let mut file = MAGIC.to_vec();
+        for x in [2u32, 2] {
+            file.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [1.0f32, 1.0, 0.0, 0.0] {
+            file.extend_from_slice(&x.to_le_bytes());
+        }
+        file.extend([0x80, 0x80, 127, 0xfb]);
+        let head = Head::parse(&file).unwrap();
+        let bound = i32::MAX / 128;
+        let exact = |c: [i32; 2]| {
+            let norm = (c.iter().map(|&x| (x as f64).powi(2)).sum::<f64>()).sqrt();
+            let sums = [
+                -128 * (i64::from(c[0]) + i64::from(c[1])),
+                127 * i64::from(c[0]) - 5 * i64::from(c[1]),
+            ];
+            let mut v: Vec<f32> = sums.iter().map(|&s| (s as f64 / norm) as f32).collect();
+            l2_normalize(&mut v);
+            v
+        };
+        let at_bound = [bound - 1_000, 1_000];
+        assert_eq!(
+            bits(head.apply_counts(&at_bound).unwrap()),
+            bits(exact(at_bound))
+        );
+        let beyond = [bound - 999, 1_000];
+        let mut v = beyond.map(|x| x as f32);
+        l2_normalize(&mut v);
+        assert_eq!(head.apply_counts(&beyond), head.apply(&v));
     }
 
     #[test]

@@ -286,7 +286,8 @@ fn languages_report(dir: &Path) -> String {
          The same hashed features (the guest SDK's `hashing::hashed_features`) from the Rust \
          `hash-encoder`, the Python `python-encoder` (componentize-py) and the JavaScript \
          `js-encoder` (componentize-js), each as a component in the sandbox. The Rust encoder also maps \
-         its features through its alignment head (a 384 × 384 matrix), which the others do not. \
+         the same features, as integer counts (`hashing::hashed_counts`), through its alignment head \
+         (a 384 × 384 matrix of 8-bit weights), which the others do not. \
          Per sentence: the 64-sentence corpus less an empty call, ÷ 64. Ratios are against the \
          Rust encoder.\n\n\
          | Encoder | Fresh instance + empty `embed` | ÷ Rust | Time per sentence | ÷ Rust | Fuel per sentence | ÷ Rust |\n\

@@ -140,10 +140,21 @@ impl Normal {
                 weights[o * input + i] = w[i * output + o] as f32;
             }
         }
-        let bias: Vec<f32> = (0..output)
-            .map(|o| (my[o] - (0..input).map(|i| w[i * output + o] * mx[i]).sum::<f64>()) as f32)
+        // The bias centres the weights as stored (rounded to 8-bit steps),
+        // so that rounding leaves no constant offset in the outputs.
+        let not_finite = || "the fit is not finite".to_string();
+        let rounded = Head::new(input, output, weights.clone(), vec![0.0; output])
+            .ok_or_else(not_finite)?
+            .weights();
+        let bias: Vec<f32> = rounded
+            .chunks_exact(input)
+            .zip(&my)
+            .map(|(row, my)| {
+                let predicted: f64 = row.iter().zip(&mx).map(|(&w, m)| f64::from(w) * m).sum();
+                (my - predicted) as f32
+            })
             .collect();
-        Head::new(input, output, weights, bias).ok_or_else(|| "the fit is not finite".to_string())
+        Head::new(input, output, weights, bias).ok_or_else(not_finite)
     }
 }
 

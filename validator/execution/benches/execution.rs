@@ -539,6 +539,8 @@ fn main() {
     let shard = usize::from(g.parameters().shard_size);
     let parallel_target = 0.8 * cores.min(shard) as f64;
     let variants = 1 + 2 * g.parameters().mask_count;
+    // Calls per hash-encoder job: one per shard encoder and variant.
+    let calls = shard * usize::from(variants);
     let finalise_ratio = jobs.finalise / jobs.call;
     let verify_share = verify / transfer;
     let met = |ok: bool| if ok { "yes" } else { "**no**" };
@@ -594,27 +596,32 @@ fn main() {
     .unwrap();
     let mut missed = Vec::new();
     if jobs.parallelism.speedup.0 < parallel_target {
-        missed.push(
-            format!(
-            "**Runner parallelism, hash encoders**: each call is a fresh instance, and for \
-             this encoder most of a call is the kernel mapping that instance's memory in and \
-             out. On one thread a call on one sentence took 95 µs, an empty call 25 µs and each \
-             further sentence 18 µs: the first sentence's extra 50 µs is the instance reading \
-             its 590 KB alignment head from the copy-on-write memory image (12 more page \
-             faults, each mapping up to 16 pages) and those pages unmapped again when its \
-             memory is returned. That kernel work scales worse across cores than computing \
-             does (it shares page-cache pages and page tables, and returning memory interrupts \
-             the other core for a TLB shootdown, now one per eight instances), so this row sits \
-             at the target, above or below it from run to run{}. wasmtime can instead copy an instance's \
-             written pages back in place (its `PAGEMAP_SCAN` reset), which halved a fresh \
-             instance's cost in the host benchmark, but wasmtime 48's version can leave a \
-             swapped-out page for the next instance to read, so it is off.",
+        missed.push(format!(
+            "**Runner parallelism, hash encoders**: {:.2}× in this run. Each call is a fresh \
+             instance on one input ({:.1} µs each in the one-thread timing, {} per job), and \
+             most of such a call is the kernel mapping the instance's memory in and out. One \
+             thread does that cheaply. With two threads of one process running instances at \
+             once, every mapping changed must be flushed from the other core's TLB by an \
+             interrupt that the changing core waits for (in this virtual machine each is a VM \
+             exit). A profile (perf) of the runner's second thread during this row: 43 % of its \
+             time in page faults, 24 % in copy-on-write faults alone (an instance writing a page \
+             of its memory image that an earlier read mapped read-only, so the mapping is \
+             replaced), 16 % returning memory (one `process_madvise` per eight instances), and \
+             32 % in sending those interrupts. The 8-bit alignment heads halved a hash-encoder \
+             call, which left this kernel work the larger share: with `f32` heads the row was \
+             1.5–1.7×{}. What would close it: resetting an instance's written pages in place \
+             instead of unmapping them (wasmtime's `PAGEMAP_SCAN` reset, which halved a fresh \
+             instance's cost in the host benchmark, but whose wasmtime 48 version can leave a \
+             swapped-out page for the next instance to read, so it is off), or each runner \
+             thread's instances in a process of its own, whose mappings no other core shares.",
+            jobs.parallelism.speedup.0,
+            jobs.parallelism.sequential * 1e6 / calls as f64,
+            calls,
             match minilm.speedup.0 >= parallel_target {
-                true => ", while jobs whose calls are mostly ONNX Runtime (the MiniLM row) pass it",
+                true => "; jobs whose calls are mostly ONNX Runtime (the MiniLM row) pass",
                 false => "",
             }
-        ),
-        );
+        ));
     }
     let (speedup, slowest, fastest) = minilm.speedup;
     if speedup < parallel_target {
@@ -630,7 +637,9 @@ fn main() {
             "**Finalisation**: applying an ordinary attestation costs {} per job: verifying \
              its signature ({} on one core, the baseline of the first row; a commit's are checked on every core while earlier ones apply), decoding and storing \
              its results, and a share of the commit's durable write (its fsync). Deciding the job adds {} \
-             to that. The baseline is one call of the cheapest example encoder; a MiniLM-L6 call \
+             to that. The baseline is one call of the cheapest example encoder on one input, \
+             which the 8-bit alignment heads halved (the row met its target before them); a job \
+             of this row makes {calls} such calls on every validator, and a MiniLM-L6 call \
              ({} in this run) is some {:.0} times a finalising attestation. Across the {SETS} sets of this run, a set's finalising attestations \
              ÷ the calls timed beside them ranged from {:.2}× to {:.2}×.",
             human(jobs.attest),
