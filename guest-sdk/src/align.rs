@@ -493,7 +493,7 @@ mod tests {
         let head = Head::parse(&file).unwrap();
         let bound = i32::MAX / 128;
         let exact = |c: [i32; 2]| {
-            let norm = (c.iter().map(|&x| (x as f64).powi(2)).sum::<f64>()).sqrt();
+            let norm = (c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()).sqrt();
             let sums = [
                 -128 * (i64::from(c[0]) + i64::from(c[1])),
                 127 * i64::from(c[0]) - 5 * i64::from(c[1]),
@@ -502,15 +502,21 @@ mod tests {
             l2_normalize(&mut v);
             v
         };
-        let at_bound = [bound - 1_000, 1_000];
+        // Counts whose integer and float results differ in their last
+        // bits, so that matching `exact` shows the integer path ran.
+        let at_bound = [bound - 985, 985];
         assert_eq!(
             bits(head.apply_counts(&at_bound).unwrap()),
             bits(exact(at_bound))
         );
-        let beyond = [bound - 999, 1_000];
+        // One past the bound: summed in i32, the first output would wrap
+        // to positive.
+        let beyond = [bound - 983, 985];
         let mut v = beyond.map(|x| x as f32);
         l2_normalize(&mut v);
-        assert_eq!(head.apply_counts(&beyond), head.apply(&v));
+        let out = head.apply_counts(&beyond).unwrap();
+        assert!(out[0] < 0.0, "{out:?}");
+        assert_eq!(out, head.apply(&v).unwrap());
     }
 
     #[test]

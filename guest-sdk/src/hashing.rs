@@ -35,7 +35,7 @@ pub fn hashed_features(text: &str, dimension: usize) -> Vec<f32> {
 /// in whole numbers: each word adds ±20 and each trigram ±7 (the same
 /// 1 : 0.35). An alignment head sums these exactly, in integers
 /// ([`crate::align::Head::apply_counts`]). A count saturates at the `i32`
-/// bounds, which a text needs hundreds of megabytes to reach (a byte adds
+/// bounds, which a text needs over 150 MB to reach (a byte adds
 /// at most some 14).
 pub fn hashed_counts(text: &str, dimension: usize) -> Vec<i32> {
     let mut v = vec![0i32; dimension];

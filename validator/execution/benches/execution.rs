@@ -597,30 +597,33 @@ fn main() {
     let mut missed = Vec::new();
     if jobs.parallelism.speedup.0 < parallel_target {
         missed.push(format!(
-            "**Runner parallelism, hash encoders**: {:.2}× in this run. Each call is a fresh \
+            "**Runner parallelism, hash encoders**: {:.2}× in this run{}. Each call is a fresh \
              instance on one input ({:.1} µs each in the one-thread timing, {} per job), and \
-             most of such a call is the kernel mapping the instance's memory in and out. One \
-             thread does that cheaply. With two threads of one process running instances at \
-             once, every mapping changed must be flushed from the other core's TLB by an \
-             interrupt that the changing core waits for (in this virtual machine each is a VM \
-             exit). A profile (perf) of the runner's second thread during this row: 43 % of its \
-             time in page faults, 24 % in copy-on-write faults alone (an instance writing a page \
-             of its memory image that an earlier read mapped read-only, so the mapping is \
-             replaced), 16 % returning memory (one `process_madvise` per eight instances), and \
-             32 % in sending those interrupts. The 8-bit alignment heads halved a hash-encoder \
-             call, which left this kernel work the larger share: with `f32` heads the row was \
-             1.5–1.7×{}. What would close it: resetting an instance's written pages in place \
-             instead of unmapping them (wasmtime's `PAGEMAP_SCAN` reset, which halved a fresh \
-             instance's cost in the host benchmark, but whose wasmtime 48 version can leave a \
-             swapped-out page for the next instance to read, so it is off), or each runner \
-             thread's instances in a process of its own, whose mappings no other core shares.",
+             much of such a call is the kernel mapping the instance's memory in and out. When \
+             {} threads of one process run instances at once, every mapping removed or replaced \
+             must be flushed from the other cores' TLBs by interrupts that the changing core \
+             waits for (on a virtual machine such as the one profiled, each is a VM exit). A \
+             perf profile of the runner's second thread taken while developing (2-core VM, \
+             8-bit heads), in overlapping shares: 43 % of its time in page faults, 24 % in \
+             copy-on-write faults (an instance writing a page of its memory image that an \
+             earlier read mapped read-only, so that the mapping is replaced), 16 % returning \
+             memory (one `process_madvise` per eight instances), and 32 % sending those \
+             interrupts, from within the last two. The 8-bit alignment heads halved a \
+             hash-encoder call, which left this kernel work the larger share: with `f32` heads \
+             the row was 1.5–1.7×. What might close it (untried): resetting an instance's \
+             written pages in place instead of unmapping them (wasmtime's `PAGEMAP_SCAN` \
+             reset, which halved a fresh instance's cost in the host benchmark, but whose \
+             wasmtime 48 version can leave a swapped-out page for the next instance to read, \
+             so it is off), or each runner thread's instances in a process of its own, whose \
+             mappings no other core shares.",
             jobs.parallelism.speedup.0,
+            match minilm.speedup.0 >= parallel_target {
+                true => ", while jobs whose calls are mostly ONNX Runtime (the MiniLM row) pass",
+                false => "",
+            },
             jobs.parallelism.sequential * 1e6 / calls as f64,
             calls,
-            match minilm.speedup.0 >= parallel_target {
-                true => "; jobs whose calls are mostly ONNX Runtime (the MiniLM row) pass",
-                false => "",
-            }
+            cores.min(shard),
         ));
     }
     let (speedup, slowest, fastest) = minilm.speedup;
