@@ -608,9 +608,10 @@ fn main() {
              copy-on-write faults (an instance writing a page of its memory image that an \
              earlier read mapped read-only, so that the mapping is replaced), 16 % returning \
              memory (one `process_madvise` per eight instances), and 32 % sending those \
-             interrupts, from within the last two. The 8-bit alignment heads halved a \
-             hash-encoder call, which left this kernel work the larger share: with `f32` heads \
-             the row was 1.5–1.7×. What might close it (untried): resetting an instance's \
+             interrupts, from within the last two. The 8-bit alignment heads made a \
+             hash-encoder call about a third cheaper, which left this kernel work the larger \
+             share: on that machine, in one run with the `f32` heads they replaced, this row \
+             was 0.91× and a call 77 µs (1.5–1.7× on earlier sessions' AVX2 machine). What might close it (untried): resetting an instance's \
              written pages in place instead of unmapping them (wasmtime's `PAGEMAP_SCAN` \
              reset, which halved a fresh instance's cost in the host benchmark, but whose \
              wasmtime 48 version can leave a swapped-out page for the next instance to read, \
@@ -641,7 +642,9 @@ fn main() {
              its signature ({} on one core, the baseline of the first row; a commit's are checked on every core while earlier ones apply), decoding and storing \
              its results, and a share of the commit's durable write (its fsync). Deciding the job adds {} \
              to that. The baseline is one call of the cheapest example encoder on one input, \
-             which the 8-bit alignment heads halved (the row met its target before them); a job \
+             which the 8-bit alignment heads made about a third cheaper (with the `f32` heads, \
+             in one run on the profiled machine, this row was 1.16×; 0.95× on earlier sessions' \
+             AVX2 machine); a job \
              of this row makes {calls} such calls on every validator, and a MiniLM-L6 call \
              ({} in this run) is some {:.0} times a finalising attestation. Across the {SETS} sets of this run, a set's finalising attestations \
              ÷ the calls timed beside them ranged from {:.2}× to {:.2}×.",
