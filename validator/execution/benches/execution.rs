@@ -14,7 +14,7 @@
 //!   `cargo xtask setup` and a release `soma-inference-worker` beside the
 //!   benchmark, which `cargo xtask bench` builds);
 //! * applying the attestation that finalises a job ÷ one call of the
-//!   cheapest example encoder, and what deciding the job adds to applying
+//!   hash encoder (the cheapest of the jobs' encoders), and what deciding the job adds to applying
 //!   any attestation ÷ the same call (the design wants finalisation
 //!   negligible next to compute).
 
@@ -602,21 +602,22 @@ fn main() {
              much of such a call is the kernel mapping the instance's memory in and out. When \
              {} threads of one process run instances at once, every mapping removed or replaced \
              must be flushed from the other cores' TLBs by interrupts that the changing core \
-             waits for (on a virtual machine such as the one profiled, each is a VM exit). A \
-             perf profile of the runner's second thread taken while developing (2-core VM, \
-             8-bit heads), in overlapping shares: 43 % of its time in page faults, 24 % in \
-             copy-on-write faults (an instance writing a page of its memory image that an \
-             earlier read mapped read-only, so that the mapping is replaced), 16 % returning \
-             memory (one `process_madvise` per eight instances), and 32 % sending those \
-             interrupts, from within the last two. The 8-bit alignment heads made a \
-             hash-encoder call about a third cheaper, which left this kernel work the larger \
-             share: on that machine, in one run with the `f32` heads they replaced, this row \
-             was 0.91× and a call 77 µs (1.5–1.7× on earlier sessions' AVX2 machine). What might close it (untried): resetting an instance's \
-             written pages in place instead of unmapping them (wasmtime's `PAGEMAP_SCAN` \
-             reset, which halved a fresh instance's cost in the host benchmark, but whose \
-             wasmtime 48 version can leave a swapped-out page for the next instance to read, \
-             so it is off), or each runner thread's instances in a process of its own, whose \
-             mappings no other core shares.",
+             waits for (on a virtual machine, where sending one typically costs a VM exit, \
+             dearly). A perf profile of the runner's second thread taken while developing \
+             (a 2-vCPU AVX-512 VM, 8-bit heads), in overlapping shares: 43 % of its time in \
+             page faults, 24 % in copy-on-write faults (an instance writing a page of its \
+             memory image that an earlier read mapped read-only, so that the mapping is \
+             replaced), 16 % returning memory (one `process_madvise` per eight instances), and \
+             32 % sending those interrupts, from within the last two. The 8-bit alignment heads \
+             made these calls a quarter cheaper, which left this kernel work the larger share: \
+             on that VM, in one run with the `f32` heads they replaced, this row was 0.91× and a \
+             call in the one-thread timing 55 µs (1.5–1.7× on an earlier 2-vCPU AVX2 machine). \
+             What might close it (untried): a kept-resident linear memory whose written pages \
+             are reset in place instead of unmapped (wasmtime's `PAGEMAP_SCAN` reset, which \
+             halved a fresh instance's cost in the host benchmark, but whose wasmtime 48 \
+             version can leave a swapped-out page for the next instance to read, so it is off), \
+             or each runner thread's instances in a process of its own, whose mappings no other \
+             core shares.",
             jobs.parallelism.speedup.0,
             match minilm.speedup.0 >= parallel_target {
                 true => ", while jobs whose calls are mostly ONNX Runtime (the MiniLM row) pass",
@@ -641,10 +642,10 @@ fn main() {
             "**Finalisation**: applying an ordinary attestation costs {} per job: verifying \
              its signature ({} on one core, the baseline of the first row; a commit's are checked on every core while earlier ones apply), decoding and storing \
              its results, and a share of the commit's durable write (its fsync). Deciding the job adds {} \
-             to that. The baseline is one call of the cheapest example encoder on one input, \
-             which the 8-bit alignment heads made about a third cheaper (with the `f32` heads, \
-             in one run on the profiled machine, this row was 1.16×; 0.95× on earlier sessions' \
-             AVX2 machine); a job \
+             to that. The baseline is one call of the hash encoder (the cheapest of these jobs' \
+             encoders) on one input, which the 8-bit alignment heads made a third cheaper (on a \
+             2-vCPU AVX-512 VM, in one run with the `f32` heads, a call took 77 µs and this row \
+             was 1.16×; 0.95× on an earlier 2-vCPU AVX2 machine); a job \
              of this row makes {calls} such calls on every validator, and a MiniLM-L6 call \
              ({} in this run) is some {:.0} times a finalising attestation. Across the {SETS} sets of this run, a set's finalising attestations \
              ÷ the calls timed beside them ranged from {:.2}× to {:.2}×.",
