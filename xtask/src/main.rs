@@ -148,6 +148,19 @@ fn main() -> Result<()> {
     }
 }
 
+/// Builds the debug inference worker, which processes built by cargo
+/// (`soma-align`, the fuzz targets) start beside their own executables.
+fn build_worker() -> Result<()> {
+    cargo(&[
+        "build",
+        "--locked",
+        "--package",
+        "soma-host",
+        "--bin",
+        "soma-inference-worker",
+    ])
+}
+
 /// Builds what the demo and the localnet benchmark start beside their own
 /// executables: `soma` (the validators) and the inference worker that
 /// every process running ONNX models (the demo and the validators alike)
@@ -287,14 +300,7 @@ fn align() -> Result<()> {
     }
     eprintln!("xtask: fitting the heads");
     // `soma-align` runs the MiniLM models in the worker beside it.
-    cargo(&[
-        "build",
-        "--locked",
-        "--package",
-        "soma-host",
-        "--bin",
-        "soma-inference-worker",
-    ])?;
+    build_worker()?;
     cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     Ok(())
 }
