@@ -14,9 +14,9 @@
 //!   `cargo xtask setup` and a release `soma-inference-worker` beside the
 //!   benchmark, which `cargo xtask bench` builds);
 //! * applying the attestation that finalises a job ÷ one call of the
-//!   hash encoder (the cheapest of the jobs' encoders), and what deciding the job adds to applying
-//!   any attestation ÷ the same call (the design wants finalisation
-//!   negligible next to compute).
+//!   hash encoder (the cheapest of the jobs' encoders), and what deciding
+//!   the job adds to applying any attestation ÷ the same call (the design
+//!   wants finalisation negligible next to compute).
 
 use soma_codec::Encode;
 use soma_crypto::{Domain, SecretKey};
