@@ -612,7 +612,10 @@ fn main() {
              made these calls a quarter cheaper, which left this kernel work the larger share: \
              on that VM, in one run with the `f32` heads they replaced, this row was 0.91× and a \
              call in the one-thread timing 55 µs (1.5–1.7× on an earlier 2-vCPU AVX2 machine). \
-             What might close it (untried): a kept-resident linear memory whose written pages \
+             With copy-on-write memory images off (each instance copying its image instead), \
+             one run there passed at 1.62×, but a call took 6 times as long and the runner \
+             computed a third as many jobs: the copy-on-write faults are what does not scale, \
+             and copying is no fix. What might close it (untried): a kept-resident linear memory whose written pages \
              are reset in place instead of unmapped (wasmtime's `PAGEMAP_SCAN` reset, which \
              halved a fresh instance's cost in the host benchmark, but whose wasmtime 48 \
              version can leave a swapped-out page for the next instance to read, so it is off), \
