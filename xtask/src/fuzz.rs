@@ -61,9 +61,8 @@ pub fn run(root: &Path, seconds: u64, sanitizer: &str, targets: &[String]) -> Re
     // inference worker (for the `model` target) and the example components
     // (built for wasm32-wasip2, which only the stable toolchain is sure to
     // have) come from the stable build, and the targets are told where.
-    crate::build_worker()?;
+    let worker = crate::build_worker()?;
     crate::cargo(&["build", "--locked", "--package", "soma-examples-artifacts"])?;
-    let worker = root.join("target/debug/soma-inference-worker");
     let components = root
         .join("target/guests")
         .join(crate::WASM_TARGET)

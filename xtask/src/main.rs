@@ -148,9 +148,9 @@ fn main() -> Result<()> {
     }
 }
 
-/// Builds the debug inference worker, which processes built by cargo
-/// (`soma-align`, the fuzz targets) start beside their own executables.
-fn build_worker() -> Result<()> {
+/// Builds the debug inference worker, which `soma-align` finds beside
+/// itself and the fuzz targets are told of; its path.
+fn build_worker() -> Result<PathBuf> {
     cargo(&[
         "build",
         "--locked",
@@ -158,7 +158,8 @@ fn build_worker() -> Result<()> {
         "soma-host",
         "--bin",
         "soma-inference-worker",
-    ])
+    ])?;
+    Ok(workspace().join("target/debug/soma-inference-worker"))
 }
 
 /// Builds what the demo and the localnet benchmark start beside their own
