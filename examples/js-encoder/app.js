@@ -15,6 +15,8 @@ const DIMENSION = 384;
 const MAX_INPUT_BYTES = 64 * 1024;
 const WORD_WEIGHT = 1.0;
 const TRIGRAM_WEIGHT = Math.fround(0.35);
+// Running sums of squares when normalising (the guest SDK's `vector::LANES`).
+const LANES = 8;
 const MASK = (1n << 64n) - 1n;
 const PRIME = 0x100000001b3n;
 const UTF8 = new TextEncoder();
@@ -73,9 +75,15 @@ function hashedFeatures(text) {
       addFeature(v, 0x74 /* 't' */, edged.slice(n, n + 3).join(""), TRIGRAM_WEIGHT);
     }
   }
+  // Squares summed in eight running sums (value i into sum i % 8), then
+  // those in order: the guest SDK's `l2_normalize`.
+  const sums = new Array(LANES).fill(0);
+  v.forEach((x, i) => {
+    sums[i % LANES] = Math.fround(sums[i % LANES] + Math.fround(x * x));
+  });
   let norm = 0;
-  for (const x of v) {
-    norm = Math.fround(norm + Math.fround(x * x));
+  for (const s of sums) {
+    norm = Math.fround(norm + s);
   }
   norm = Math.fround(Math.sqrt(norm));
   if (norm > 0) {

@@ -38,6 +38,8 @@ def f32(x: float) -> float:
 
 WORD_WEIGHT = 1.0
 TRIGRAM_WEIGHT = f32(0.35)
+# Running sums of squares when normalising (the guest SDK's `vector::LANES`).
+LANES = 8
 
 
 def feature_hash(kind: int, data: bytes) -> int:
@@ -80,9 +82,14 @@ def hashed_features(text: str) -> list:
         edged = "<" + word + ">"
         for n in range(len(edged) - 2):
             add_feature(v, ord("t"), edged[n : n + 3].encode(), TRIGRAM_WEIGHT)
+    # Squares summed in eight running sums (value i into sum i % 8), then
+    # those in order: the guest SDK's `l2_normalize`.
+    sums = [0.0] * LANES
+    for i, x in enumerate(v):
+        sums[i % LANES] = f32(sums[i % LANES] + f32(x * x))
     norm = 0.0
-    for x in v:
-        norm = f32(norm + f32(x * x))
+    for s in sums:
+        norm = f32(norm + s)
     norm = f32(math.sqrt(norm))
     if norm > 0.0:
         v = [f32(x / norm) for x in v]

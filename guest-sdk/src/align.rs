@@ -194,7 +194,7 @@ impl Head {
         if v.len() != self.input {
             return None;
         }
-        let sums = self.column_sums(v);
+        let sums = self.column_sums(&self.nonzero(v));
         let mut out: Vec<f32> = sums
             .iter()
             .zip(&self.scales)
@@ -216,61 +216,95 @@ impl Head {
         if c.len() != self.input {
             return None;
         }
-        let total: u64 = c.iter().map(|x| u64::from(x.unsigned_abs())).sum();
+        let inputs = self.nonzero(c);
+        let total: u64 = inputs
+            .iter()
+            .map(|(_, x)| u64::from(x.unsigned_abs()))
+            .sum();
         if total > i32::MAX as u64 / 128 {
             let mut v: Vec<f32> = c.iter().map(|&x| x as f32).collect();
             l2_normalize(&mut v);
             return self.apply(&v);
         }
-        let squares: u64 = c
+        let squares: u64 = inputs
             .iter()
-            .map(|&x| (i64::from(x) * i64::from(x)) as u64)
+            .map(|(_, x)| (i64::from(*x) * i64::from(*x)) as u64)
             .sum();
-        let norm = (squares as f64).sqrt();
-        let sums = self.column_sums(c);
-        let mut out: Vec<f32> = sums
-            .iter()
-            .zip(&self.scales)
-            .zip(&self.bias)
-            .map(|((&sum, &scale), &bias)| match norm > 0.0 {
-                true => (f64::from(bias) + f64::from(scale) * f64::from(sum) / norm) as f32,
-                false => bias,
-            })
-            .collect();
+        let sums = self.column_sums(&inputs);
+        let mut out = self.bias.clone();
+        if squares > 0 {
+            // One reciprocal of the norm for all outputs: each is then
+            // `bias + (scale · 1/|c|) · sum` in `f32`, which vectorises.
+            let inverse = (1.0 / (squares as f64).sqrt()) as f32;
+            for ((out, &sum), &scale) in out.iter_mut().zip(&sums).zip(&self.scales) {
+                *out += scale * inverse * sum as f32;
+            }
+        }
         l2_normalize(&mut out);
         Some(out)
     }
 
-    /// `Σⱼ qᵢⱼ·vⱼ` for every output value `i`, over the non-zero `vⱼ` in
-    /// order. Outputs are summed [`BLOCK`] at a time in independent sums
+    /// The non-zero values of `v`, in order, each with its column of
+    /// weights. Most values of a sparse vector are zero, and [`SCAN`] of
+    /// them at a time are passed over with one test.
+    fn nonzero<'a, T: Lane>(&'a self, v: &[T]) -> Vec<(&'a [i8], T)> {
+        let mut inputs = Vec::with_capacity(v.len());
+        let mut add = |columns: &'a [i8], values: &[T]| {
+            for (column, &x) in columns.chunks_exact(self.output).zip(values) {
+                if x != T::ZERO {
+                    inputs.push((column, x));
+                }
+            }
+        };
+        let mut columns = self.columns.chunks_exact(self.output * SCAN);
+        let mut values = v.chunks_exact(SCAN);
+        for (group_columns, group) in columns.by_ref().zip(values.by_ref()) {
+            let group: &[T; SCAN] = group.try_into().expect("a whole group");
+            if group.iter().fold(false, |any, x| any | (*x != T::ZERO)) {
+                add(group_columns, group);
+            }
+        }
+        add(columns.remainder(), values.remainder());
+        inputs
+    }
+
+    /// `Σⱼ qᵢⱼ·vⱼ` for every output value `i`, over `inputs` (the non-zero
+    /// `vⱼ` and their columns, [`Head::nonzero`]) in order. Outputs are summed [`BLOCK`] at a time in independent sums
     /// held across all inputs, so the loop vectorises (with `simd128` in
     /// wasm) and keeps its sums in registers without reordering any of
-    /// them.
-    fn column_sums<T: Lane>(&self, v: &[T]) -> Vec<T> {
-        let inputs: Vec<(&[i8], T)> = self
-            .columns
-            .chunks_exact(self.output)
-            .zip(v)
-            .filter(|(_, x)| **x != T::ZERO)
-            .map(|(column, &x)| (column, x))
-            .collect();
+    /// them. Inputs go [`UNROLL`] at a time, each added in turn: in wasm
+    /// every loop iteration checks fuel and the epoch, whose out-of-line
+    /// calls make Cranelift keep the sums on the stack between iterations.
+    fn column_sums<T: Lane>(&self, inputs: &[(&[i8], T)]) -> Vec<T> {
         let mut out = vec![T::ZERO; self.output];
         let mut blocks = out.chunks_exact_mut(BLOCK);
         for (b, block) in blocks.by_ref().enumerate() {
-            let mut sums = [T::ZERO; BLOCK];
-            for (column, x) in &inputs {
-                let weights: &[i8; BLOCK] = column[b * BLOCK..][..BLOCK]
+            let weights = |column: &[i8]| -> [i8; BLOCK] {
+                column[b * BLOCK..][..BLOCK]
                     .try_into()
-                    .expect("a whole block");
-                for (sum, &w) in sums.iter_mut().zip(weights) {
-                    *sum = sum.add_product(w, *x);
+                    .expect("a whole block")
+            };
+            let mut sums = [T::ZERO; BLOCK];
+            let mut add = |column: &[i8], x: T| {
+                for (sum, w) in sums.iter_mut().zip(weights(column)) {
+                    *sum = sum.add_product(w, x);
                 }
+            };
+            let mut groups = inputs.chunks_exact(UNROLL);
+            for group in groups.by_ref() {
+                let group: &[(&[i8], T); UNROLL] = group.try_into().expect("a whole group");
+                for &(column, x) in group {
+                    add(column, x);
+                }
+            }
+            for &(column, x) in groups.remainder() {
+                add(column, x);
             }
             block.copy_from_slice(&sums);
         }
         let done = self.output - blocks.into_remainder().len();
         for (i, sum) in out.iter_mut().enumerate().skip(done) {
-            for (column, x) in &inputs {
+            for (column, x) in inputs {
                 *sum = sum.add_product(column[i], *x);
             }
         }
@@ -308,6 +342,12 @@ impl Lane for i32 {
 
 /// Output values a head sums at once: four 128-bit vectors.
 const BLOCK: usize = 16;
+
+/// Inputs a head adds to its sums in one loop iteration.
+const UNROLL: usize = 4;
+
+/// Values of a vector a head tests for zero at once.
+const SCAN: usize = 8;
 
 /// The transpose of the row-major `rows × columns` matrix `m`.
 fn transpose<T: Copy>(m: &[T], rows: usize, columns: usize) -> Vec<T> {
@@ -359,10 +399,12 @@ mod tests {
 
     #[test]
     fn weights_are_stored_within_half_a_step_and_applied_in_one_order() {
-        // A 5 → 19 head (a whole block and a remainder) with varied
-        // values, one row all zeros, and vectors dense and sparse.
+        // A 21 → 19 head (inputs: two groups tested for zero at once and
+        // a remainder; outputs: a whole block and a remainder) with varied
+        // values, one row all zeros, and vectors dense and sparse (one
+        // group all zeros).
         let mut next = values(0x2545_f491_4f6c_dd1d);
-        let (input, output) = (5, 19);
+        let (input, output) = (21, 19);
         let mut rows: Vec<f32> = (0..input * output).map(|_| next()).collect();
         rows[3 * input..4 * input].fill(0.0);
         let bias: Vec<f32> = (0..output).map(|_| next()).collect();
@@ -372,7 +414,7 @@ mod tests {
 
         // The layout: magic, dimensions, scales, biases, then i8 rows.
         assert_eq!(&file[..8], MAGIC);
-        assert_eq!(file[8..16], [5, 0, 0, 0, 19, 0, 0, 0]);
+        assert_eq!(file[8..16], [21, 0, 0, 0, 19, 0, 0, 0]);
         let float = |i: usize| f32::from_le_bytes(file[16 + 4 * i..][..4].try_into().unwrap());
         let scales: Vec<f32> = (0..output).map(float).collect();
         assert_eq!(
@@ -402,7 +444,12 @@ mod tests {
 
         for v in [
             (0..input).map(|_| next()).collect::<Vec<f32>>(),
-            vec![0.0, next(), 0.0, 0.0, next()],
+            (0..input)
+                .map(|i| match i {
+                    2 | 17 | 20 => next(),
+                    _ => 0.0,
+                })
+                .collect(),
         ] {
             let mut expected: Vec<f32> = stored
                 .chunks_exact(input)
@@ -443,11 +490,13 @@ mod tests {
             close(&exact, &via_floats, 1e-6),
             "{exact:?}\n{via_floats:?}"
         );
-        // Exactly: integer sums, then one scale, division and bias each.
+        // Exactly: integer sums, then each scaled by its scale and the
+        // norm's reciprocal, and the bias added.
         let file = head.to_bytes();
         let float = |i: usize| f32::from_le_bytes(file[16 + 4 * i..][..4].try_into().unwrap());
         let stored = &file[16 + 8 * output..];
         let norm = (counts.iter().map(|&c| f64::from(c * c)).sum::<f64>()).sqrt();
+        let inverse = (1.0 / norm) as f32;
         let mut expected: Vec<f32> = stored
             .chunks_exact(input)
             .enumerate()
@@ -457,7 +506,7 @@ mod tests {
                     .zip(&counts)
                     .map(|(&q, c)| i32::from(q as i8) * c)
                     .sum();
-                (f64::from(float(output + o)) + f64::from(float(o)) * f64::from(sum) / norm) as f32
+                float(output + o) + float(o) * inverse * sum as f32
             })
             .collect();
         l2_normalize(&mut expected);
@@ -494,11 +543,12 @@ mod tests {
         let bound = i32::MAX / 128;
         let exact = |c: [i32; 2]| {
             let norm = (c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()).sqrt();
+            let inverse = (1.0 / norm) as f32;
             let sums = [
                 -128 * (i64::from(c[0]) + i64::from(c[1])),
                 127 * i64::from(c[0]) - 5 * i64::from(c[1]),
             ];
-            let mut v: Vec<f32> = sums.iter().map(|&s| (s as f64 / norm) as f32).collect();
+            let mut v: Vec<f32> = sums.iter().map(|&s| 0.0 + inverse * s as f32).collect();
             l2_normalize(&mut v);
             v
         };
@@ -509,6 +559,9 @@ mod tests {
             bits(head.apply_counts(&at_bound).unwrap()),
             bits(exact(at_bound))
         );
+        let mut v = at_bound.map(|x| x as f32);
+        l2_normalize(&mut v);
+        assert_ne!(bits(head.apply(&v).unwrap()), bits(exact(at_bound)));
         // One past the bound: summed in i32, the first output would wrap
         // to positive.
         let beyond = [bound - 983, 985];
