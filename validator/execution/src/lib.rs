@@ -60,7 +60,7 @@ pub use job::{EncoderResult, EncoderScore, Finalisation, Job, JobStatus, Outcome
 pub use params::{BPS, Parameters};
 pub use receipt::{Receipt, Rejection};
 pub use routing::{MAX_REGION_BITS, Router, RouterError};
-pub use runner::{JobRunner, RunnerError};
+pub use runner::{JobRunner, LOCAL_RETRY, MAX_LOCAL_RETRY, RunnerError};
 pub use scoring::ONE;
 pub use snapshot::{ENTRY_OVERHEAD, MAX_SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES};
 pub use state::{Account, Encoder, EncoderStatus, StateError, Validator};

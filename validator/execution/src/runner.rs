@@ -28,8 +28,9 @@ use soma_host::package::BlobStore;
 use soma_host::{CompiledCache, Digest, Encoder, Engine, Error, Limits, Seed, StoreError};
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Why a job cannot be computed yet.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +49,14 @@ pub struct JobRunner {
     engine: Engine,
     store: BlobStore,
     cache: Option<CompiledCache>,
-    /// Encoders loaded so far, or how loading them failed for good.
-    loaded: Mutex<BTreeMap<Digest, Result<Arc<Loaded>, Outcome>>>,
+    /// What it knows of each package it was asked for.
+    loaded: Mutex<BTreeMap<Digest, Known>>,
+    /// How long a package this host failed to load is attested `Local`
+    /// before it is tried again (doubled for each failure in a row, up to
+    /// [`MAX_LOCAL_RETRY`]).
+    local_retry: Duration,
+    /// Loads tried so far.
+    load_attempts: AtomicU64,
     /// Threads that run a job's calls.
     threads: usize,
     /// The threads besides the caller's, started for the first job that
@@ -57,6 +64,23 @@ pub struct JobRunner {
     /// a share of its calls); none if they could not be started.
     pool: OnceLock<Option<rayon::ThreadPool>>,
 }
+
+/// What a runner knows of a package.
+enum Known {
+    /// Loaded, or unloadable for a reason of its own (on every host).
+    Settled(Result<Arc<Loaded>, Outcome>),
+    /// This host failed to load it, `failures` times in a row; attested
+    /// `Local` until `retry`. Loading runs admission, compiles models and
+    /// may wait out a worker's load budget: trying for every job would
+    /// have a package that fails here cost every batch that.
+    Failing { failures: u32, retry: Instant },
+}
+
+/// First wait before a package this host failed to load is tried again.
+pub const LOCAL_RETRY: Duration = Duration::from_secs(10);
+
+/// Longest wait before a package this host failed to load is tried again.
+pub const MAX_LOCAL_RETRY: Duration = Duration::from_secs(600);
 
 struct Loaded {
     encoder: Encoder,
@@ -81,6 +105,8 @@ impl JobRunner {
             store,
             cache,
             loaded: Mutex::default(),
+            local_retry: LOCAL_RETRY,
+            load_attempts: AtomicU64::new(0),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pool: OnceLock::new(),
         }
@@ -92,6 +118,20 @@ impl JobRunner {
         self.threads = threads.max(1);
         self.pool = OnceLock::new();
         self
+    }
+
+    /// The same runner waiting `first` (instead of [`LOCAL_RETRY`]) before
+    /// it tries again to load a package this host failed to load.
+    pub fn with_local_retry(mut self, first: Duration) -> JobRunner {
+        self.local_retry = first;
+        self
+    }
+
+    /// How many times it tried to load a package (loaded, refused, or
+    /// failed here): a count that keeps rising under steady work means
+    /// packages fail to load on this host and are tried again.
+    pub fn load_attempts(&self) -> u64 {
+        self.load_attempts.load(Ordering::Relaxed)
     }
 
     /// This validator's results for `job`: one per shard encoder, in shard
@@ -118,9 +158,7 @@ impl JobRunner {
         jobs: &[&Job],
         params: &Parameters,
     ) -> Vec<Result<Vec<EncoderResult>, RunnerError>> {
-        // Each package is looked up once per batch: one whose load fails for
-        // this host's reasons (not remembered across batches) would
-        // otherwise be compiled again for every job of the batch.
+        // Each package is looked up once per batch.
         let mut encoders_of: BTreeMap<Digest, Result<Arc<Loaded>, Outcome>> = BTreeMap::new();
         let prepared: Vec<Result<Prepared, RunnerError>> = jobs
             .iter()
@@ -253,29 +291,42 @@ impl JobRunner {
     }
 
     /// The loaded encoder of `package`, loading it on first use; `Err`
-    /// inside if it cannot be loaded for a reason of its own.
+    /// inside if it cannot be loaded: `Unloadable` for a reason of its own,
+    /// `Local` for this host's (tried again after a wait, see
+    /// [`Known::Failing`]).
     fn encoder(&self, package: &Digest) -> Result<Result<Arc<Loaded>, Outcome>, RunnerError> {
-        if let Some(known) = self.lock().get(package) {
-            return Ok(known.clone());
-        }
+        let now = Instant::now();
+        let failures = match self.lock().get(package) {
+            Some(Known::Settled(known)) => return Ok(known.clone()),
+            Some(Known::Failing { retry, .. }) if now < *retry => return Ok(Err(Outcome::Local)),
+            Some(Known::Failing { failures, .. }) => *failures,
+            None => 0,
+        };
         let verified = match self.store.package(package) {
             Ok(verified) => verified,
             Err(StoreError::NotFound(_)) => return Err(RunnerError::MissingPackage(*package)),
             Err(e) => return Err(RunnerError::Store(e)),
         };
+        self.load_attempts.fetch_add(1, Ordering::Relaxed);
         let loaded = match self.engine.load_package(&verified, self.cache.as_ref()) {
             Ok(encoder) => Ok(Arc::new(Loaded {
                 encoder,
                 fuel: verified.manifest().fuel_limit,
             })),
             // This host's trouble (compiling can fail for want of memory
-            // here): not remembered, tried again next time.
+            // here): tried again after a wait.
             Err(e) if !e.is_deterministic() => {
+                let failures = failures.saturating_add(1);
+                let wait = retry_wait(self.local_retry, failures);
+                tracing::warn!(%package, "cannot load the encoder on this host, so its calls are attested as local failures; trying again in {wait:?}: {e}");
+                let retry = now.checked_add(wait).unwrap_or(now);
+                self.lock()
+                    .insert(*package, Known::Failing { failures, retry });
                 return Ok(Err(Outcome::Local));
             }
             Err(_) => Err(Outcome::Unloadable),
         };
-        self.lock().insert(*package, loaded.clone());
+        self.lock().insert(*package, Known::Settled(loaded.clone()));
         Ok(loaded)
     }
 
@@ -301,9 +352,17 @@ impl JobRunner {
             .as_ref()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Digest, Result<Arc<Loaded>, Outcome>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Digest, Known>> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// How long to wait after the `failures`-th local failure in a row to load
+/// a package: `first`, doubled for each failure before it, at most
+/// [`MAX_LOCAL_RETRY`].
+fn retry_wait(first: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    first.saturating_mul(1 << doublings).min(MAX_LOCAL_RETRY)
 }
 
 /// The seed of the sandbox of every call of `job`.
@@ -557,6 +616,16 @@ fn split_bytes(data: &[u8], seed: &[u8; 32], k: u8) -> (Vec<u8>, Vec<u8>, (f64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_package_failing_here_waits_twice_as_long_each_time_up_to_a_bound() {
+        let first = Duration::from_secs(10);
+        let waits: Vec<u64> = (1..=8).map(|n| retry_wait(first, n).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(retry_wait(first, u32::MAX), MAX_LOCAL_RETRY);
+        assert_eq!(retry_wait(Duration::ZERO, 5), Duration::ZERO);
+        assert_eq!(retry_wait(Duration::MAX, 1), MAX_LOCAL_RETRY);
+    }
 
     const SEED: [u8; 32] = [7; 32];
 
