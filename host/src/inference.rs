@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most sessions one call may hold open at once.
 pub const MAX_OPEN_SESSIONS: u32 = 16;
@@ -162,12 +162,38 @@ pub(crate) struct ModelCache {
     placement_key: [u8; 32],
     /// Most admitted model bytes each worker holds sessions for.
     session_bytes: u64,
+    /// How long a refusal is remembered ([`REFUSALS_KEPT`]).
+    refusals_kept: Duration,
 }
 
-/// A model compiled once, or why it cannot be. Held weakly: a model that
-/// no loaded encoder uses any more is freed (its sessions go as workers
-/// need the room), and compiled again if an encoder needs it again.
-type ModelCell = OnceLock<Result<Weak<Model>, ModelError>>;
+/// A model compiled once, or why it cannot be.
+#[derive(Default)]
+struct ModelCell {
+    /// Held weakly: a model that no loaded encoder uses any more is freed
+    /// (its sessions go as workers need the room), and compiled again if
+    /// an encoder needs it again.
+    compiled: OnceLock<Result<Weak<Model>, ModelError>>,
+    /// When it was decided: a refusal is kept for [`REFUSALS_KEPT`].
+    decided: OnceLock<Instant>,
+}
+
+impl ModelCell {
+    /// Whether the cache still needs it: a model some loaded encoder
+    /// uses, a refusal younger than `kept`, or one being decided.
+    fn live(&self, kept: Duration) -> bool {
+        match self.compiled.get() {
+            Some(Ok(model)) => model.strong_count() > 0,
+            Some(Err(_)) => self.decided.get().is_none_or(|at| at.elapsed() < kept),
+            None => true,
+        }
+    }
+}
+
+/// How long a refused model's refusal is kept, so that packages that use
+/// it fail at once: admitting the model again would cost every load. Then
+/// it goes, so that the refusals of models no package uses any more do not
+/// pile up.
+const REFUSALS_KEPT: Duration = Duration::from_secs(600);
 
 impl Default for ModelCache {
     fn default() -> Self {
@@ -211,6 +237,7 @@ impl ModelCache {
                 .map(|_| Arc::new(Worker::new(session_bytes)))
                 .collect(),
             session_bytes,
+            refusals_kept: REFUSALS_KEPT,
         }
     }
 
@@ -230,21 +257,23 @@ impl ModelCache {
         loop {
             let cell = {
                 let mut models = self.lock();
-                // Cells of models no encoder uses any more go.
-                models.retain(|_, cell| match cell.get() {
-                    Some(Ok(model)) => model.strong_count() > 0,
-                    _ => true,
-                });
+                // Cells of models no encoder uses any more, and old
+                // refusals, go.
+                models.retain(|_, cell| cell.live(self.refusals_kept));
                 models.entry(*digest).or_default().clone()
             };
             // The strong reference, for the caller that compiles it.
             let mut compiled = None;
             let result = cell
+                .compiled
                 .get_or_init(|| {
-                    let model = self.compile(digest, bytes)?;
-                    let weak = Arc::downgrade(&model);
-                    compiled = Some(model);
-                    Ok(weak)
+                    let result = self.compile(digest, bytes).map(|model| {
+                        let weak = Arc::downgrade(&model);
+                        compiled = Some(model);
+                        weak
+                    });
+                    let _ = cell.decided.set(Instant::now());
+                    result
                 })
                 .clone();
             let result = match result {
@@ -282,15 +311,11 @@ impl ModelCache {
     }
 
     /// How many models it keeps: those some loaded encoder uses, and those
-    /// refused.
+    /// refused in the last [`REFUSALS_KEPT`].
     pub(crate) fn cached(&self) -> usize {
         self.lock()
             .values()
-            .filter(|cell| match cell.get() {
-                Some(Ok(model)) => model.strong_count() > 0,
-                Some(Err(_)) => true,
-                None => false,
-            })
+            .filter(|cell| cell.compiled.get().is_some() && cell.live(self.refusals_kept))
             .count()
     }
 
@@ -586,6 +611,34 @@ fn canonical(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_kept_for_a_while_then_go() {
+        let mut cache = ModelCache::new(1, 1 << 20);
+        let refuse = |cache: &ModelCache, junk: u8| {
+            let bytes = [junk; 16];
+            let result = cache.get(&Digest::of(&bytes), &bytes);
+            assert!(
+                matches!(result, Err(ModelError::Refused(_))),
+                "{:?}",
+                result.err()
+            );
+        };
+        refuse(&cache, 1);
+        refuse(&cache, 2);
+        refuse(&cache, 1);
+        assert_eq!(cache.cached(), 2);
+        assert_eq!(cache.lock().len(), 2);
+        // Once old enough they go, at the next look-up (which keeps its
+        // own refusal until the one after).
+        cache.refusals_kept = Duration::ZERO;
+        assert_eq!(cache.cached(), 0);
+        refuse(&cache, 3);
+        assert_eq!(cache.lock().len(), 1);
+        // A refusal went, not the model: it is refused again.
+        refuse(&cache, 1);
+        assert_eq!(cache.lock().len(), 1);
+    }
 
     #[test]
     fn outputs_are_rounded_to_a_fixed_grid_with_one_zero_and_one_nan() {
