@@ -269,12 +269,13 @@ impl Head {
     }
 
     /// `Σⱼ qᵢⱼ·vⱼ` for every output value `i`, over `inputs` (the non-zero
-    /// `vⱼ` and their columns, [`Head::nonzero`]) in order. Outputs are summed [`BLOCK`] at a time in independent sums
-    /// held across all inputs, so the loop vectorises (with `simd128` in
-    /// wasm) and keeps its sums in registers without reordering any of
-    /// them. Inputs go [`UNROLL`] at a time, each added in turn: in wasm
-    /// every loop iteration checks fuel and the epoch, whose out-of-line
-    /// calls make Cranelift keep the sums on the stack between iterations.
+    /// `vⱼ` and their columns, [`Head::nonzero`]) in order. Outputs are
+    /// summed [`BLOCK`] at a time in independent sums held across all
+    /// inputs, so the loop vectorises (with `simd128` in wasm) without
+    /// reordering any of them. Inputs go [`UNROLL`] at a time, each added
+    /// in turn: in wasm every loop iteration checks fuel and the epoch,
+    /// whose out-of-line calls make Cranelift keep the sums on the stack
+    /// between iterations (seen in the compiled code).
     fn column_sums<T: Lane>(&self, inputs: &[(&[i8], T)]) -> Vec<T> {
         let mut out = vec![T::ZERO; self.output];
         let mut blocks = out.chunks_exact_mut(BLOCK);

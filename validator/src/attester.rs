@@ -13,7 +13,8 @@ use crate::node::Shared;
 use soma_codec::Encode;
 use soma_crypto::{PublicKey, SecretKey};
 use soma_execution::{
-    Action, EncoderResult, Job, JobRunner, JobStatus, RunnerError, SignedTransaction, Transaction,
+    Action, EncoderResult, Job, JobRunner, JobStatus, Outcome, RunnerError, SignedTransaction,
+    Transaction,
 };
 use soma_host::Digest;
 use soma_host::package::Package;
@@ -85,12 +86,14 @@ pub(crate) fn start(
             // Compiled before the first job rather than during it.
             for package in preload {
                 match attester.runner.preload(&package) {
+                    Ok(Outcome::Ok) => tracing::info!(%package, "encoder loaded"),
                     Ok(outcome) => {
-                        tracing::info!(%package, outcome = outcome.name(), "encoder loaded")
+                        tracing::warn!(%package, outcome = outcome.name(), "encoder not loaded")
                     }
                     Err(e) => tracing::warn!(%package, "encoder not loaded: {e}"),
                 }
             }
+            attester.count_loads();
             attester.attest(&backlog);
             attester.run(inbox)
         })?;
@@ -123,6 +126,14 @@ struct Attester {
 }
 
 impl Attester {
+    /// Brings the node's count of package loads up to the runner's.
+    fn count_loads(&self) {
+        self.shared
+            .metrics
+            .package_load_attempts
+            .store(self.runner.load_attempts(), Ordering::Relaxed);
+    }
+
     fn run(&mut self, inbox: mpsc::Receiver<Work>) {
         let mut next = inbox.recv().ok();
         while let Some(work) = next.take() {
@@ -181,6 +192,7 @@ impl Attester {
         }
         let batch: Vec<&Job> = jobs.iter().map(|(_, job)| job).collect();
         let computed = self.runner.compute_all(&batch, &self.shared.parameters);
+        self.count_loads();
         for ((id, job), mut computed) in jobs.iter().zip(computed) {
             // A package already wanted is asked for once per retry, not
             // once per job that needs it.

@@ -16,6 +16,8 @@ pub(crate) struct NodeMetrics {
     pub(crate) transactions_applied: AtomicU64,
     pub(crate) transactions_rejected: AtomicU64,
     pub(crate) attestations_submitted: AtomicU64,
+    /// The job runner's tries to load an encoder package.
+    pub(crate) package_load_attempts: AtomicU64,
     /// Blocks' state-root claims compared with this node's roots.
     pub(crate) state_roots_compared: AtomicU64,
     /// Of those, the ones that differ.
@@ -139,6 +141,12 @@ pub(crate) fn render(shared: &Shared) -> String {
         "counter",
         "State roots in committed blocks that differ from this node's for the same commit.",
         &[("", load(&m.deviant_state_roots))],
+    );
+    metric(
+        "package_load_attempts_total",
+        "counter",
+        "Times the job runner tried to load an encoder package (loaded, refused, or failed on this host); one that keeps rising under steady work means packages fail to load here and are tried again.",
+        &[("", load(&m.package_load_attempts))],
     );
     metric(
         "attestations_submitted_total",

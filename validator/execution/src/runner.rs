@@ -79,8 +79,10 @@ enum Known {
 /// First wait before a package this host failed to load is tried again.
 pub const LOCAL_RETRY: Duration = Duration::from_secs(10);
 
-/// Longest wait before a package this host failed to load is tried again.
-pub const MAX_LOCAL_RETRY: Duration = Duration::from_secs(600);
+/// Longest wait before a package this host failed to load is tried again:
+/// jobs meanwhile are attested `Local` for it, which routing counts as a
+/// poor result when most of the stake attests so.
+pub const MAX_LOCAL_RETRY: Duration = Duration::from_secs(300);
 
 struct Loaded {
     encoder: Encoder,
@@ -129,7 +131,8 @@ impl JobRunner {
 
     /// How many times it tried to load a package (loaded, refused, or
     /// failed here): a count that keeps rising under steady work means
-    /// packages fail to load on this host and are tried again.
+    /// packages fail to load on this host and are tried again (the node
+    /// reports it in its metrics).
     pub fn load_attempts(&self) -> u64 {
         self.load_attempts.load(Ordering::Relaxed)
     }
@@ -318,10 +321,22 @@ impl JobRunner {
             Err(e) if !e.is_deterministic() => {
                 let failures = failures.saturating_add(1);
                 let wait = retry_wait(self.local_retry, failures);
-                tracing::warn!(%package, "cannot load the encoder on this host, so its calls are attested as local failures; trying again in {wait:?}: {e}");
-                let retry = now.checked_add(wait).unwrap_or(now);
-                self.lock()
-                    .insert(*package, Known::Failing { failures, retry });
+                tracing::warn!(
+                    %package,
+                    "cannot load the encoder on this host, so its calls are attested as local \
+                     failures; trying again in {wait:?}: {e}"
+                );
+                // The wait runs from the failure: a load may take minutes.
+                let failed = Instant::now();
+                let retry = failed.checked_add(wait).unwrap_or(failed);
+                // Another thread may have settled it meanwhile: that stands.
+                let mut known = self.lock();
+                match known.get(package) {
+                    Some(Known::Settled(_)) => {}
+                    _ => {
+                        known.insert(*package, Known::Failing { failures, retry });
+                    }
+                }
                 return Ok(Err(Outcome::Local));
             }
             Err(_) => Err(Outcome::Unloadable),
@@ -621,7 +636,7 @@ mod tests {
     fn a_package_failing_here_waits_twice_as_long_each_time_up_to_a_bound() {
         let first = Duration::from_secs(10);
         let waits: Vec<u64> = (1..=8).map(|n| retry_wait(first, n).as_secs()).collect();
-        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(retry_wait(first, u32::MAX), MAX_LOCAL_RETRY);
         assert_eq!(retry_wait(Duration::ZERO, 5), Duration::ZERO);
         assert_eq!(retry_wait(Duration::MAX, 1), MAX_LOCAL_RETRY);

@@ -422,6 +422,8 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     assert_eq!(value("soma_finalisation_commits_count"), finalised);
     assert!(value("soma_finalisation_commits_sum") >= finalised);
     assert_eq!(value("soma_deviant_attestations_total"), 0);
+    // Each of the three packages loaded once, and never tried again.
+    assert_eq!(value("soma_package_load_attempts_total"), 3);
     // Blocks' state-root claims were compared, and matched, on every
     // validator, validator 3 (which rebuilt its state) included.
     for i in 0..4 {

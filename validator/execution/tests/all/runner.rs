@@ -262,8 +262,9 @@ fn a_forgotten_encoder_frees_its_models_and_loads_again_when_needed() {
 
 /// A model too large for this host's inference workers is this host's
 /// limit, not the encoder's fault: attested `Local`. The runner remembers
-/// the failure for a while instead of admitting the model again for every
-/// job, and tries again once the wait is over.
+/// the failure for a while instead of verifying and loading the package
+/// again for every job, tries again once the wait is over, and waits twice
+/// as long after a second failure.
 #[test]
 fn a_package_this_host_cannot_load_is_attested_local_and_tried_again_after_a_wait() {
     let dir = tempfile::tempdir().unwrap();
@@ -273,27 +274,22 @@ fn a_package_this_host_cannot_load_is_attested_local_and_tried_again_after_a_wai
         "paraphrase-minilm-l3-v2.onnx",
         10,
     );
-    let runner = |name: &str, retry: Option<std::time::Duration>| {
-        let store = BlobStore::open(dir.path().join(name)).unwrap();
-        store.install(&l3).unwrap();
-        // Sessions of one byte: no model fits.
-        let engine = Engine::new().unwrap().with_session_memory(1);
-        let runner = JobRunner::new(engine, store, None);
-        match retry {
-            Some(wait) => runner.with_local_retry(wait),
-            None => runner,
-        }
-    };
+    let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+    store.install(&l3).unwrap();
+    // Sessions of one byte: no model fits.
+    let engine = Engine::new().unwrap().with_session_memory(1);
+    let wait = std::time::Duration::from_secs(2);
+    let runner = JobRunner::new(engine, store, None).with_local_retry(wait);
+    let preload = || runner.preload(&l3.digest()).unwrap();
 
-    let patient = runner("patient", None);
-    for _ in 0..3 {
-        assert_eq!(patient.preload(&l3.digest()).unwrap(), Outcome::Local);
-    }
-    assert_eq!(patient.load_attempts(), 1);
-
-    let eager = runner("eager", Some(std::time::Duration::ZERO));
-    for _ in 0..3 {
-        assert_eq!(eager.preload(&l3.digest()).unwrap(), Outcome::Local);
-    }
-    assert_eq!(eager.load_attempts(), 3);
+    assert_eq!(preload(), Outcome::Local);
+    assert_eq!(preload(), Outcome::Local);
+    assert_eq!(runner.load_attempts(), 1);
+    std::thread::sleep(wait);
+    assert_eq!(preload(), Outcome::Local);
+    assert_eq!(runner.load_attempts(), 2);
+    // Now the wait is twice as long.
+    std::thread::sleep(wait);
+    assert_eq!(preload(), Outcome::Local);
+    assert_eq!(runner.load_attempts(), 2);
 }
