@@ -608,10 +608,12 @@ fn main() {
              page faults, 24 % in copy-on-write faults (an instance writing a page of its \
              memory image that an earlier read mapped read-only, so that the mapping is \
              replaced), 16 % returning memory (one `process_madvise` per eight instances), and \
-             32 % sending those interrupts, from within the last two. The 8-bit alignment heads \
-             made these calls a quarter cheaper, which left this kernel work the larger share: \
-             on that VM, in one run with the `f32` heads they replaced, this row was 0.91× and a \
-             call in the one-thread timing 55 µs (1.5–1.7× on an earlier 2-vCPU AVX2 machine). \
+             32 % sending those interrupts, from within the last two. The 8-bit alignment heads, \
+             and then a head loop with less overhead per iteration in wasm, made these calls \
+             cheaper, which left this kernel work the larger share: on that VM, in one run with \
+             the `f32` heads, this row was 0.91× and a call in the one-thread timing 55 µs; in \
+             three runs with 8-bit heads before the loop changes, 0.78–0.80× (1.5–1.7× on an \
+             earlier 2-vCPU AVX2 machine, with the `f32` heads). \
              With copy-on-write memory images off (each instance copying its image instead), \
              one run there passed at 1.62×, but a call took 6 times as long and the runner \
              computed a third as many jobs: the copy-on-write faults are what does not scale, \
@@ -646,9 +648,10 @@ fn main() {
              its signature ({} on one core, the baseline of the first row; a commit's are checked on every core while earlier ones apply), decoding and storing \
              its results, and a share of the commit's durable write (its fsync). Deciding the job adds {} \
              to that. The baseline is one call of the hash encoder (the cheapest of these jobs' \
-             encoders) on one input, which the 8-bit alignment heads made a third cheaper (on a \
-             2-vCPU AVX-512 VM, in one run with the `f32` heads, a call took 77 µs and this row \
-             was 1.16×; 0.95× on an earlier 2-vCPU AVX2 machine); a job \
+             encoders) on one input, which the 8-bit alignment heads and then the head loop's \
+             changes made cheaper (on a 2-vCPU AVX-512 VM, in one run each: a call took 77 µs \
+             and this row was 1.16× with the `f32` heads, 52 µs and 1.71× with 8-bit heads \
+             before the loop changes; 0.95× on an earlier 2-vCPU AVX2 machine); a job \
              of this row makes {calls} such calls on every validator, and a MiniLM-L6 call \
              ({} in this run) is some {:.0} times a finalising attestation. Across the {SETS} sets of this run, a set's finalising attestations \
              ÷ the calls timed beside them ranged from {:.2}× to {:.2}×.",
