@@ -217,7 +217,7 @@ impl Engine {
 
     /// How many admitted models it keeps: those of packages some loaded
     /// encoder still uses (an encoder dropped everywhere frees its models),
-    /// and those refused.
+    /// and those refused in the last ten minutes.
     pub fn cached_models(&self) -> usize {
         self.models.cached()
     }

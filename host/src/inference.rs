@@ -290,8 +290,8 @@ impl ModelCache {
             if let Err(ModelError::Host(_) | ModelError::Runtime) = &result {
                 // This host's trouble is not the model's: try again next
                 // time. (A model too large for the session memory is kept
-                // refused: it stays too large, and admitting it again would
-                // cost every call.)
+                // refused for [`REFUSALS_KEPT`]: it stays too large, and
+                // admitting it again would cost every load.)
                 self.forget(digest, &cell);
             }
             return result;

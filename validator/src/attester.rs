@@ -177,6 +177,7 @@ impl Attester {
         for batch in ids.chunks(MAX_JOBS_AT_ONCE) {
             self.attest_batch(batch);
         }
+        self.count_loads();
     }
 
     /// [`Attester::attest`] for at most [`MAX_JOBS_AT_ONCE`] jobs, whose
@@ -192,7 +193,6 @@ impl Attester {
         }
         let batch: Vec<&Job> = jobs.iter().map(|(_, job)| job).collect();
         let computed = self.runner.compute_all(&batch, &self.shared.parameters);
-        self.count_loads();
         for ((id, job), mut computed) in jobs.iter().zip(computed) {
             // A package already wanted is asked for once per retry, not
             // once per job that needs it.

@@ -647,7 +647,8 @@ fn main() {
             "**Finalisation**: applying an ordinary attestation costs {} per job: verifying \
              its signature ({} on one core, the baseline of the first row; a commit's are checked on every core while earlier ones apply), decoding and storing \
              its results, and a share of the commit's durable write (its fsync). Deciding the job adds {} \
-             to that. The baseline is one call of the hash encoder (the cheapest of these jobs' \
+             to that (the median over sets of each set's difference, so the two need not add \
+             up to the row's figure). The baseline is one call of the hash encoder (the cheapest of these jobs' \
              encoders) on one input, which the 8-bit alignment heads and then the head loop's \
              changes made cheaper (on a 2-vCPU AVX-512 VM, in one run each: a call took 77 µs \
              and this row was 1.16× with the `f32` heads, 52 µs and 1.71× with 8-bit heads \

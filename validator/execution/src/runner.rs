@@ -57,6 +57,10 @@ pub struct JobRunner {
     local_retry: Duration,
     /// Loads tried so far.
     load_attempts: AtomicU64,
+    /// Bumped by every [`JobRunner::forget`]: a load that saw another
+    /// value when it started does not record its result, so that a
+    /// package forgotten meanwhile stays forgotten.
+    forgets: AtomicU64,
     /// Threads that run a job's calls.
     threads: usize,
     /// The threads besides the caller's, started for the first job that
@@ -109,6 +113,7 @@ impl JobRunner {
             loaded: Mutex::default(),
             local_retry: LOCAL_RETRY,
             load_attempts: AtomicU64::new(0),
+            forgets: AtomicU64::new(0),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pool: OnceLock::new(),
         }
@@ -290,7 +295,9 @@ impl JobRunner {
     /// need it), freeing its compiled code and, unless another encoder
     /// uses them, its models. It is loaded again if it is needed again.
     pub fn forget(&self, package: &Digest) {
-        self.lock().remove(package);
+        let mut known = self.lock();
+        self.forgets.fetch_add(1, Ordering::Relaxed);
+        known.remove(package);
     }
 
     /// The loaded encoder of `package`, loading it on first use; `Err`
@@ -299,11 +306,17 @@ impl JobRunner {
     /// [`Known::Failing`]).
     fn encoder(&self, package: &Digest) -> Result<Result<Arc<Loaded>, Outcome>, RunnerError> {
         let now = Instant::now();
-        let failures = match self.lock().get(package) {
-            Some(Known::Settled(known)) => return Ok(known.clone()),
-            Some(Known::Failing { retry, .. }) if now < *retry => return Ok(Err(Outcome::Local)),
-            Some(Known::Failing { failures, .. }) => *failures,
-            None => 0,
+        let (seen, forgets) = {
+            let known = self.lock();
+            let failures = match known.get(package) {
+                Some(Known::Settled(known)) => return Ok(known.clone()),
+                Some(Known::Failing { retry, .. }) if now < *retry => {
+                    return Ok(Err(Outcome::Local));
+                }
+                Some(Known::Failing { failures, .. }) => *failures,
+                None => 0,
+            };
+            (failures, self.forgets.load(Ordering::Relaxed))
         };
         let verified = match self.store.package(package) {
             Ok(verified) => verified,
@@ -319,7 +332,7 @@ impl JobRunner {
             // This host's trouble (compiling can fail for want of memory
             // here): tried again after a wait.
             Err(e) if !e.is_deterministic() => {
-                let failures = failures.saturating_add(1);
+                let failures = seen.saturating_add(1);
                 let wait = retry_wait(self.local_retry, failures);
                 tracing::warn!(
                     %package,
@@ -329,20 +342,44 @@ impl JobRunner {
                 // The wait runs from the failure: a load may take minutes.
                 let failed = Instant::now();
                 let retry = failed.checked_add(wait).unwrap_or(failed);
-                // Another thread may have settled it meanwhile: that stands.
-                let mut known = self.lock();
-                match known.get(package) {
-                    Some(Known::Settled(_)) => {}
-                    _ => {
-                        known.insert(*package, Known::Failing { failures, retry });
-                    }
+                let failing = Known::Failing { failures, retry };
+                if let Some(settled) = self.record(package, forgets, seen, failing) {
+                    return Ok(settled);
                 }
                 return Ok(Err(Outcome::Local));
             }
             Err(_) => Err(Outcome::Unloadable),
         };
-        self.lock().insert(*package, Known::Settled(loaded.clone()));
-        Ok(loaded)
+        let settled = Known::Settled(loaded.clone());
+        Ok(self
+            .record(package, forgets, seen, settled)
+            .unwrap_or(loaded))
+    }
+
+    /// Records what a load of `package` found, which started when the
+    /// runner had seen `forgets` forgets and `seen` failures of it in a
+    /// row, unless that changed meanwhile: a package forgotten stays
+    /// forgotten, and what another thread's load recorded stands. Gives
+    /// what another load settled, for the caller to use instead.
+    fn record(
+        &self,
+        package: &Digest,
+        forgets: u64,
+        seen: u32,
+        found: Known,
+    ) -> Option<Result<Arc<Loaded>, Outcome>> {
+        let mut known = self.lock();
+        if self.forgets.load(Ordering::Relaxed) != forgets {
+            return None;
+        }
+        match known.get(package) {
+            Some(Known::Settled(settled)) => Some(settled.clone()),
+            Some(Known::Failing { failures, .. }) if *failures != seen => None,
+            _ => {
+                known.insert(*package, found);
+                None
+            }
+        }
     }
 
     /// The runner's threads besides the caller's, started on first use;
@@ -631,6 +668,44 @@ fn split_bytes(data: &[u8], seed: &[u8; 32], k: u8) -> (Vec<u8>, Vec<u8>, (f64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_records_what_it_found_only_if_nothing_changed_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let runner = JobRunner::new(Engine::new().unwrap(), store, None);
+        let package = Digest([1; 32]);
+        let failing = |failures| Known::Failing {
+            failures,
+            retry: Instant::now(),
+        };
+        let unloadable = || Known::Settled(Err(Outcome::Unloadable));
+        let failures = |runner: &JobRunner| match runner.lock().get(&package) {
+            None => None,
+            Some(Known::Failing { failures, .. }) => Some(*failures),
+            Some(Known::Settled(_)) => Some(u32::MAX),
+        };
+        let forgets = runner.forgets.load(Ordering::Relaxed);
+        // Forgotten during the load: nothing is recorded.
+        runner.forget(&package);
+        assert!(runner.record(&package, forgets, 0, failing(1)).is_none());
+        assert_eq!(failures(&runner), None);
+        // Nothing changed: recorded.
+        let forgets = runner.forgets.load(Ordering::Relaxed);
+        assert!(runner.record(&package, forgets, 0, failing(1)).is_none());
+        assert_eq!(failures(&runner), Some(1));
+        // Another load failed meanwhile, after this one started: its
+        // record stands.
+        runner.record(&package, forgets, 1, failing(2));
+        assert!(runner.record(&package, forgets, 1, unloadable()).is_none());
+        assert_eq!(failures(&runner), Some(2));
+        // Another load settled it: that stands, and is what a later load
+        // that failed here is given.
+        assert!(runner.record(&package, forgets, 2, unloadable()).is_none());
+        let given = runner.record(&package, forgets, 0, failing(1));
+        assert!(matches!(given, Some(Err(Outcome::Unloadable))));
+        assert_eq!(failures(&runner), Some(u32::MAX));
+    }
 
     #[test]
     fn a_package_failing_here_waits_twice_as_long_each_time_up_to_a_bound() {
