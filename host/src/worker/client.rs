@@ -328,7 +328,9 @@ impl State {
     }
 
     /// Drops the sessions used longest ago until the model of `digest`, of
-    /// `bytes`, fits beside the others in the worker's session memory.
+    /// `bytes`, fits beside the others in the worker's session memory. A
+    /// worker that fails dropping one is replaced by a fresh one, which
+    /// holds none.
     fn make_room(&mut self, digest: Digest, bytes: u64) -> Result<(), WorkerError> {
         self.process()?;
         loop {
@@ -340,15 +342,27 @@ impl State {
             let Some(oldest) = oldest.filter(|_| held + bytes > self.session_bytes) else {
                 return Ok(());
             };
-            match self.exchange(&Request::Unload { digest: oldest }, 64, UNLOAD_TIMEOUT)? {
-                Reply::Done(outputs) if outputs.is_empty() => {
-                    self.process()?.loaded.remove(&oldest);
-                }
-                _ => {
-                    let mut process = self.process.take().expect("it just answered");
-                    return Err(process.died("it answered an unload with something else"));
-                }
-            }
+            let failure =
+                match self.exchange(&Request::Unload { digest: oldest }, 64, UNLOAD_TIMEOUT) {
+                    Ok(Reply::Done(outputs)) if outputs.is_empty() => {
+                        self.process()?.loaded.remove(&oldest);
+                        continue;
+                    }
+                    Ok(_) => {
+                        let mut process = self.process.take().expect("it just answered");
+                        process.died("it answered an unload with something else")
+                    }
+                    Err(e) => e,
+                };
+            // Whatever made the worker fail, it was not the model about to
+            // load (nor, so, the call that wants it): a fresh worker holds
+            // no sessions, so there is room, and the load goes ahead there.
+            tracing::warn!(
+                dropping = %oldest,
+                "the inference worker failed dropping a session to make room, so a fresh one \
+                 takes the load: {failure}"
+            );
+            return Ok(());
         }
     }
 
@@ -513,4 +527,73 @@ fn worker_path() -> Result<PathBuf, String> {
                 exe.display()
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::proto::{
+        GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
+        ValueInfoProto, tensor_shape_proto, type_proto,
+    };
+    use protobuf::{Message, MessageField};
+
+    /// `y = x` on two floats, in a graph called `name` (which tells such
+    /// models apart).
+    fn identity(name: &str) -> Vec<u8> {
+        let value = |name: &str| {
+            let mut dim = tensor_shape_proto::Dimension::new();
+            dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(2));
+            let mut shape = TensorShapeProto::new();
+            shape.dim = vec![dim];
+            let mut tensor = type_proto::Tensor::new();
+            tensor.elem_type = Some(1);
+            tensor.shape = MessageField::some(shape);
+            let mut ty = TypeProto::new();
+            ty.value = Some(type_proto::Value::TensorType(tensor));
+            let mut info = ValueInfoProto::new();
+            info.name = Some(name.into());
+            info.type_ = MessageField::some(ty);
+            info
+        };
+        let mut node = NodeProto::new();
+        node.op_type = Some("Identity".into());
+        node.input = vec!["x".into()];
+        node.output = vec!["y".into()];
+        let mut graph = GraphProto::new();
+        graph.name = Some(name.into());
+        graph.node = vec![node];
+        graph.input = vec![value("x")];
+        graph.output = vec![value("y")];
+        let mut opset = OperatorSetIdProto::new();
+        opset.version = Some(17);
+        let mut model = ModelProto::new();
+        model.ir_version = Some(8);
+        model.opset_import = vec![opset];
+        model.graph = MessageField::some(graph);
+        model.write_to_bytes().expect("a model in memory encodes")
+    }
+
+    #[test]
+    fn a_worker_that_fails_dropping_a_session_is_replaced_and_the_load_goes_ahead() {
+        let (a, b) = (identity("a"), identity("b"));
+        let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
+        // Room for one of the two sessions.
+        let worker = Worker::new(a.len().max(b.len()) as u64);
+        assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
+        assert_eq!(worker.loads(), 1);
+        // The worker dies (killed from outside, as an out-of-memory killer
+        // would) while the host still counts on it: loading `b` must drop
+        // `a` first, which fails.
+        let mut state = worker.lock();
+        let process = state.process.as_mut().expect("running");
+        process.child.kill().expect("the worker can be killed");
+        process.child.wait().expect("and waited for");
+        drop(state);
+        let loaded = worker.load(digest_b, &b);
+        assert!(matches!(loaded, Ok(Ok(()))), "{loaded:?}");
+        assert_eq!(worker.loads(), 2);
+        let state = worker.lock();
+        assert!(state.holds(&digest_b) && !state.holds(&digest_a));
+    }
 }
