@@ -192,19 +192,31 @@ impl Attester {
             }
         }
         let batch: Vec<&Job> = jobs.iter().map(|(_, job)| job).collect();
-        let computed = self.runner.compute_all(&batch, &self.shared.parameters);
-        for ((id, job), mut computed) in jobs.iter().zip(computed) {
-            // A package already wanted is asked for once per retry, not
-            // once per job that needs it.
-            if let Err(RunnerError::MissingPackage(package)) = computed
-                && !self.wanted.contains(&package)
+        let mut computed = self.runner.compute_all(&batch, &self.shared.parameters);
+        // Packages the batch lacked are fetched, and the jobs that needed
+        // them computed again, together. A package already wanted is asked
+        // for once per retry, not once per job that needs it.
+        let mut again = Vec::new();
+        for (i, result) in computed.iter().enumerate() {
+            if let Err(RunnerError::MissingPackage(package)) = result
+                && !self.wanted.contains(package)
             {
-                if self.fetch(&package) {
-                    computed = self.runner.compute(job, &self.shared.parameters);
-                } else {
-                    self.want(package);
+                match self.fetch(package) {
+                    true => again.push(i),
+                    false => self.want(*package),
                 }
             }
+        }
+        if !again.is_empty() {
+            let jobs_again: Vec<&Job> = again.iter().map(|&i| batch[i]).collect();
+            let recomputed = self
+                .runner
+                .compute_all(&jobs_again, &self.shared.parameters);
+            for (i, result) in again.into_iter().zip(recomputed) {
+                computed[i] = result;
+            }
+        }
+        for ((id, _), computed) in jobs.iter().zip(computed) {
             let id = *id;
             let results = match computed {
                 Ok(results) => results,
