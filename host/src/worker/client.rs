@@ -580,7 +580,10 @@ mod tests {
         let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
         // Room for one of the two sessions.
         let worker = Worker::new(a.len().max(b.len()) as u64);
-        assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
+        // The worker executable is built with the workspace's integration
+        // tests (`cargo xtask test`), beside this test's.
+        let first = worker.load(digest_a, &a);
+        assert!(matches!(first, Ok(Ok(()))), "{first:?}");
         assert_eq!(worker.loads(), 1);
         // The worker dies (killed from outside, as an out-of-memory killer
         // would) while the host still counts on it: loading `b` must drop
