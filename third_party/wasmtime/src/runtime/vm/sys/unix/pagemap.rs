@@ -170,9 +170,11 @@ impl PageMap {
 /// Putting this all together this helps explain the search criteria for
 /// `PAGEMAP_SCAN`, notably:
 ///
-/// * `Categories::PRESENT` - we're only interested in present pages, anything
-///   unmapped wasn't touched by the guest so no need for the host to touch it
-///   either.
+/// * `Categories::PRESENT` or (Soma) `Categories::SWAPPED` - we're only
+///   interested in pages that have been mapped, anything unmapped wasn't
+///   touched by the guest so no need for the host to touch it either. A
+///   written page that is swapped out or being migrated is not present but
+///   must still be reset: see the scan below.
 ///
 /// * `Categories::WRITTEN` - if a page was only read by the guest no need to
 ///   take a look at it as the contents aren't changed from the initial image.
@@ -288,13 +290,23 @@ pub unsafe fn reset_with_pagemap(
         // backed by files. Such pages mean that they haven't changed from their
         // original contents, so they're inverted.
         .category_inverted(Categories::PFNZERO | Categories::FILE)
-        // Search for pages that are written and present as those are the dirty
-        // pages. Additionally search for the zero page/file page as those are
+        // Search for pages that are written as those are the dirty pages.
+        // Additionally search for the zero page/file page as those are
         // inverted above meaning we're searching for pages that specifically
         // don't have those flags.
-        .category_mask(
-            Categories::WRITTEN | Categories::PRESENT | Categories::PFNZERO | Categories::FILE,
-        )
+        .category_mask(Categories::WRITTEN | Categories::PFNZERO | Categories::FILE)
+        // Soma: upstream required `PRESENT` in the mask above. A written
+        // page that the kernel has swapped out, or that is being migrated,
+        // has a swap or migration entry instead of a present PTE: it is
+        // `WRITTEN | SWAPPED`. Requiring `PRESENT` skipped such a page, and
+        // since it lies before `walk_end` it was not decommitted either, so
+        // the next instance in the slot read the previous one's data once
+        // it was faulted back in. Resetting it manually faults it back in
+        // (or waits for the migration) and overwrites it. A page never
+        // touched is neither present nor swapped (without userfaultfd the
+        // kernel reports even holes as `WRITTEN`), so it still does not
+        // match. See bytecodealliance/wasmtime#14357.
+        .category_anyof_mask(Categories::PRESENT | Categories::SWAPPED)
         // Don't return any categories back. This helps group regions together
         // since the reported set of categories is always empty and we otherwise
         // aren't looking for anything in particular.
