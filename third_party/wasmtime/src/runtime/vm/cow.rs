@@ -477,6 +477,13 @@ impl MemoryImageSlot {
             && (memory_tunables.guard_size() > 0
                 || ty.can_use_virtual_memory(memory_tunables.tunables(), host_page_size_log2))
         {
+            // Soma: pages that a reset kept resident (`keep_resident` with
+            // `PAGEMAP_SCAN`) above the new initial size would stay
+            // resident behind the protection, where no later reset scans
+            // them: release them first, so that a slot never holds more
+            // than its budget.
+            #[cfg(target_os = "linux")]
+            self.release(initial_size_bytes_page_aligned..self.accessible)?;
             self.set_protection(initial_size_bytes_page_aligned..self.accessible, false)?;
             self.accessible = initial_size_bytes_page_aligned;
         }
@@ -675,6 +682,30 @@ impl MemoryImageSlot {
             // 3. Zero out the part after the image.
             region.fill(0);
         }
+    }
+
+    /// Soma: returns the pages of `range` to the kernel (zero or the
+    /// image's contents on the next access).
+    #[cfg(target_os = "linux")]
+    fn release(&self, range: Range<HostAlignedByteCount>) -> Result<()> {
+        let len = range
+            .end
+            .checked_sub(range.start)
+            .expect("range.start <= range.end");
+        if len.is_zero() {
+            return Ok(());
+        }
+        // SAFETY: the range lies within this slot, whose memory no instance
+        // is using while it is being instantiated into.
+        unsafe {
+            let start = self.base.as_mut_ptr().add(range.start.byte_count());
+            rustix::mm::madvise(
+                start.cast(),
+                len.byte_count(),
+                rustix::mm::Advice::LinuxDontNeed,
+            )?;
+        }
+        Ok(())
     }
 
     fn set_protection(&self, range: Range<HostAlignedByteCount>, readwrite: bool) -> Result<()> {
