@@ -598,31 +598,19 @@ fn main() {
     if jobs.parallelism.speedup.0 < parallel_target {
         missed.push(format!(
             "**Runner parallelism, hash encoders**: {:.2}× in this run{}. Each call is a fresh \
-             instance on one input ({:.1} µs each in the one-thread timing, {} per job), and \
-             much of such a call is the kernel mapping the instance's memory in and out. When \
+             instance on one input ({:.1} µs each in the one-thread timing, {} per job). When \
              {} threads of one process run instances at once, every mapping removed or replaced \
              must be flushed from the other cores' TLBs by interrupts that the changing core \
              waits for (on a virtual machine, where sending one typically costs a VM exit, \
-             dearly). A perf profile of the runner's second thread taken while developing \
-             (a 2-vCPU AVX-512 VM, 8-bit heads), in overlapping shares: 43 % of its time in \
-             page faults, 24 % in copy-on-write faults (an instance writing a page of its \
-             memory image that an earlier read mapped read-only, so that the mapping is \
-             replaced), 16 % returning memory (one `process_madvise` per eight instances), and \
-             32 % sending those interrupts, from within the last two. The 8-bit alignment heads, \
-             and then a head loop with less overhead per iteration in wasm, made these calls \
-             cheaper, which left this kernel work the larger share: on that VM, in one run with \
-             the `f32` heads, this row was 0.91× and a call in the one-thread timing 55 µs; in \
-             three runs with 8-bit heads before the loop changes, 0.78–0.80× (1.5–1.7× on an \
-             earlier 2-vCPU AVX2 machine, with the `f32` heads). \
-             With copy-on-write memory images off (each instance copying its image instead), \
-             one run there passed at 1.62×, but a call took 6 times as long and the runner \
-             computed a third as many jobs: the copy-on-write faults are what does not scale, \
-             and copying is no fix. What might close it (untried): a kept-resident linear memory whose written pages \
-             are reset in place instead of unmapped (wasmtime's `PAGEMAP_SCAN` reset, which \
-             halved a fresh instance's cost in the host benchmark, but whose wasmtime 48 \
-             version can leave a swapped-out page for the next instance to read, so it is off), \
-             or each runner thread's instances in a process of its own, whose mappings no other \
-             core shares.",
+             dearly); a profile of the runner's second thread, before pooled slots kept \
+             written pages resident, had 43 % of its time in page faults and 32 % sending \
+             those interrupts. Slots now keep up to 1 MiB of an instance's written pages and \
+             copy them back in place (host section, fresh-instance row), so a call maps and \
+             unmaps almost nothing: on a 2-vCPU AVX-512 VM, in one A/B run, a call in the \
+             one-thread timing went from 46 to 25 µs, jobs through the runner from 771/s to \
+             3229/s, and this row from 0.77× to 1.50× (sets 1.39–1.58×). What is left has \
+             not been profiled since; the runner's own work per job (differential losses, \
+             the attestation) is a larger share of a job whose calls got this cheap.",
             jobs.parallelism.speedup.0,
             match minilm.speedup.0 >= parallel_target {
                 true => ", while jobs whose calls are mostly ONNX Runtime (the MiniLM row) pass",
@@ -650,9 +638,10 @@ fn main() {
              to that (the median over sets of each set's difference, so the two need not add \
              up to the row's figure). The baseline is one call of the hash encoder (the cheapest of these jobs' \
              encoders) on one input, which the 8-bit alignment heads and then the head loop's \
-             changes made cheaper (on a 2-vCPU AVX-512 VM, in one run each: a call took 77 µs \
-             and this row was 1.16× with the `f32` heads, 52 µs and 1.71× with 8-bit heads \
-             before the loop changes; 0.95× on an earlier 2-vCPU AVX2 machine); a job \
+             changes, and then slots that keep written pages resident, made cheaper (on a 2-vCPU \
+             AVX-512 VM, in one run each: a call took 77 µs and this row was 1.16× with the \
+             `f32` heads, 52 µs and 1.71× with 8-bit heads before the loop changes, 46 µs and \
+             1.72× before slots kept pages; 0.95× on an earlier 2-vCPU AVX2 machine); a job \
              of this row makes {calls} such calls on every validator, and a MiniLM-L6 call \
              ({} in this run) is some {:.0} times a finalising attestation. Across the {SETS} sets of this run, a set's finalising attestations \
              ÷ the calls timed beside them ranged from {:.2}× to {:.2}×.",
