@@ -326,6 +326,15 @@ pub struct MemoryImageSlot {
     /// Also note that this is always page-aligned.
     accessible: HostAlignedByteCount,
 
+    /// Soma: the most this slot has exposed since it was last remapped.
+    /// Pages above `accessible` and below this may still be resident: a
+    /// reset kept them (clean) while they were accessible, and a smaller
+    /// instance then hid them. Resets scan up to here, so that such pages
+    /// count against `keep_resident` and are released once it is spent,
+    /// instead of staying resident where no scan of `accessible` finds
+    /// them.
+    high_water: HostAlignedByteCount,
+
     /// Whether this slot may have "dirty" pages (pages written by an
     /// instantiation). Set by `instantiate()` and cleared by
     /// `clear_and_remain_ready()`, and used in assertions to ensure
@@ -378,6 +387,7 @@ impl MemoryImageSlot {
             base,
             static_size,
             accessible,
+            high_water: accessible,
             image: None,
             dirty: false,
             pkey,
@@ -477,13 +487,6 @@ impl MemoryImageSlot {
             && (memory_tunables.guard_size() > 0
                 || ty.can_use_virtual_memory(memory_tunables.tunables(), host_page_size_log2))
         {
-            // Soma: pages that a reset kept resident (`keep_resident` with
-            // `PAGEMAP_SCAN`) above the new initial size would stay
-            // resident behind the protection, where no later reset scans
-            // them: release them first, so that a slot never holds more
-            // than its budget.
-            #[cfg(target_os = "linux")]
-            self.release(initial_size_bytes_page_aligned..self.accessible)?;
             self.set_protection(initial_size_bytes_page_aligned..self.accessible, false)?;
             self.accessible = initial_size_bytes_page_aligned;
         }
@@ -601,6 +604,18 @@ impl MemoryImageSlot {
             DecommitBehavior::RestoreOriginalMapping
         );
 
+        // Soma: scan up to the high-water mark, but write only below
+        // `accessible`: pages above it were reset before they were hidden
+        // and are inaccessible now.
+        self.high_water = self.high_water.max(self.accessible);
+        let base_addr = self.base.as_mut_ptr().addr();
+        let accessible = self.accessible.byte_count();
+        fn below(region: &mut [u8], base_addr: usize, accessible: usize) -> Option<&mut [u8]> {
+            let start = region.as_ptr().addr() - base_addr;
+            let len = accessible.checked_sub(start)?.min(region.len());
+            (len > 0).then(|| &mut region[..len])
+        }
+
         unsafe {
             return match &self.image {
                 // If there's a backing image then manually resetting a region
@@ -609,9 +624,13 @@ impl MemoryImageSlot {
                 Some(image) => reset_with_pagemap(
                     pagemap,
                     self.base.as_mut_ptr(),
-                    self.accessible,
+                    self.high_water,
                     keep_resident,
-                    |region| manually_reset_region(self.base.as_mut_ptr().addr(), image, region),
+                    |region| {
+                        if let Some(region) = below(region, base_addr, accessible) {
+                            manually_reset_region(base_addr, image, region)
+                        }
+                    },
                     decommit,
                 ),
 
@@ -620,9 +639,13 @@ impl MemoryImageSlot {
                 None => reset_with_pagemap(
                     pagemap,
                     self.base.as_mut_ptr(),
-                    self.accessible,
+                    self.high_water,
                     keep_resident,
-                    |region| region.fill(0),
+                    |region| {
+                        if let Some(region) = below(region, base_addr, accessible) {
+                            region.fill(0)
+                        }
+                    },
                     decommit,
                 ),
             };
@@ -682,30 +705,6 @@ impl MemoryImageSlot {
             // 3. Zero out the part after the image.
             region.fill(0);
         }
-    }
-
-    /// Soma: returns the pages of `range` to the kernel (zero or the
-    /// image's contents on the next access).
-    #[cfg(target_os = "linux")]
-    fn release(&self, range: Range<HostAlignedByteCount>) -> Result<()> {
-        let len = range
-            .end
-            .checked_sub(range.start)
-            .expect("range.start <= range.end");
-        if len.is_zero() {
-            return Ok(());
-        }
-        // SAFETY: the range lies within this slot, whose memory no instance
-        // is using while it is being instantiated into.
-        unsafe {
-            let start = self.base.as_mut_ptr().add(range.start.byte_count());
-            rustix::mm::madvise(
-                start.cast(),
-                len.byte_count(),
-                rustix::mm::Advice::LinuxDontNeed,
-            )?;
-        }
-        Ok(())
     }
 
     fn set_protection(&self, range: Range<HostAlignedByteCount>, readwrite: bool) -> Result<()> {
@@ -798,6 +797,7 @@ impl MemoryImageSlot {
 
         self.image = None;
         self.accessible = HostAlignedByteCount::ZERO;
+        self.high_water = HostAlignedByteCount::ZERO;
 
         Ok(())
     }

@@ -233,6 +233,15 @@ impl TablePool {
         let table_byte_size = table.size() * table.element_type().element_size();
         let table_byte_size_page_aligned = HostAlignedByteCount::new_rounded_up(table_byte_size)
             .expect("table entry size doesn't overflow");
+        // Soma: with `PAGEMAP_SCAN`, scan the whole slot, not just this
+        // table. Pages an earlier, larger table in the slot kept resident
+        // lie above a smaller table's size, where a scan of the table alone
+        // never finds them: they would stay resident outside any budget.
+        // The scan skips untouched pages cheaply.
+        let reset_size = match pagemap {
+            Some(_) => self.table_size,
+            None => table_byte_size_page_aligned,
+        };
 
         // SAFETY: The `base` pointer is valid for `size` bytes and is safe to
         // mutate here given the contract of our own function.
@@ -240,7 +249,7 @@ impl TablePool {
             reset_with_pagemap(
                 pagemap,
                 base,
-                table_byte_size_page_aligned,
+                reset_size,
                 self.keep_resident,
                 |slice| slice.fill(0),
                 decommit,
