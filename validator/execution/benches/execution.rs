@@ -604,7 +604,7 @@ fn main() {
              waits for (on a virtual machine, where sending one typically costs a VM exit, \
              dearly); a profile of the runner's second thread, before pooled slots kept \
              written pages resident, had 43 % of its time in page faults and 32 % sending \
-             those interrupts. Slots now keep up to 1 MiB of an instance's written pages and \
+             those interrupts. Slots now keep up to 256 KiB of an instance's written pages and \
              copy them back in place (host section, fresh-instance row), so a call maps and \
              unmaps almost nothing: on a 2-vCPU AVX-512 VM, in one A/B run, a call in the \
              one-thread timing went from 46 to 25 µs, jobs through the runner from 771/s to \

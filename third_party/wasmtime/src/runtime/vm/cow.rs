@@ -363,6 +363,7 @@ impl fmt::Debug for MemoryImageSlot {
             .field("base", &self.base)
             .field("static_size", &self.static_size)
             .field("accessible", &self.accessible)
+            .field("high_water", &self.high_water)
             .field("dirty", &self.dirty)
             .finish_non_exhaustive()
     }
@@ -606,18 +607,20 @@ impl MemoryImageSlot {
 
         // Soma: scan up to the high-water mark, but write only below
         // `accessible`: pages above it were reset before they were hidden
-        // and are inaccessible now.
+        // and are inaccessible now (a slice handed to the closures below
+        // may extend over them; nothing reads or writes that part).
         self.high_water = self.high_water.max(self.accessible);
         let base_addr = self.base.as_mut_ptr().addr();
         let accessible = self.accessible.byte_count();
-        fn below(region: &mut [u8], base_addr: usize, accessible: usize) -> Option<&mut [u8]> {
+        let mut kept_end = 0;
+        let mut writable = |region: &[u8]| -> usize {
             let start = region.as_ptr().addr() - base_addr;
-            let len = accessible.checked_sub(start)?.min(region.len());
-            (len > 0).then(|| &mut region[..len])
-        }
+            kept_end = kept_end.max(start + region.len());
+            accessible.saturating_sub(start).min(region.len())
+        };
 
-        unsafe {
-            return match &self.image {
+        let bytes_resident = unsafe {
+            match &self.image {
                 // If there's a backing image then manually resetting a region
                 // is a bit trickier than without an image, so delegate to the
                 // helper function below.
@@ -627,8 +630,9 @@ impl MemoryImageSlot {
                     self.high_water,
                     keep_resident,
                     |region| {
-                        if let Some(region) = below(region, base_addr, accessible) {
-                            manually_reset_region(base_addr, image, region)
+                        let len = writable(region);
+                        if len > 0 {
+                            manually_reset_region(base_addr, image, &mut region[..len])
                         }
                     },
                     decommit,
@@ -642,14 +646,21 @@ impl MemoryImageSlot {
                     self.high_water,
                     keep_resident,
                     |region| {
-                        if let Some(region) = below(region, base_addr, accessible) {
-                            region.fill(0)
-                        }
+                        let len = writable(region);
+                        region[..len].fill(0)
                     },
                     decommit,
                 ),
-            };
+            }
+        };
+        // Soma: the mark comes down to the end of the highest region kept.
+        // Above it nothing written is left resident (it is being
+        // decommitted, or was only ever read), so later resets need not
+        // scan there.
+        if let Ok(kept_end) = HostAlignedByteCount::new_rounded_up(kept_end) {
+            self.high_water = self.high_water.min(kept_end);
         }
+        return bytes_resident;
 
         /// Manually resets `region` back to its original contents as specified
         /// in `image`.

@@ -9,6 +9,7 @@ use crate::runtime::vm::{
 };
 use crate::{prelude::*, vm::HostAlignedByteCount};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime_environ::Module;
 
 /// Represents a pool of WebAssembly tables.
@@ -24,6 +25,11 @@ pub struct TablePool {
     tables_per_instance: usize,
     keep_resident: HostAlignedByteCount,
     nominal_table_elements: usize,
+    /// Soma: per slot, the end of what its resets may have left resident:
+    /// a slot has no affinity, so a small table can follow a large one
+    /// whose reset kept pages above the small table's size, where a scan
+    /// of the small table alone never finds them. Resets scan up to here.
+    high_water: Box<[AtomicUsize]>,
 }
 
 impl TablePool {
@@ -55,6 +61,7 @@ impl TablePool {
             tables_per_instance,
             keep_resident,
             nominal_table_elements: config.limits.table_elements,
+            high_water: (0..max_total_tables).map(|_| AtomicUsize::new(0)).collect(),
         })
     }
 
@@ -233,28 +240,37 @@ impl TablePool {
         let table_byte_size = table.size() * table.element_type().element_size();
         let table_byte_size_page_aligned = HostAlignedByteCount::new_rounded_up(table_byte_size)
             .expect("table entry size doesn't overflow");
-        // Soma: with `PAGEMAP_SCAN`, scan the whole slot, not just this
-        // table. Pages an earlier, larger table in the slot kept resident
-        // lie above a smaller table's size, where a scan of the table alone
-        // never finds them: they would stay resident outside any budget.
-        // The scan skips untouched pages cheaply.
+        // Soma: with `PAGEMAP_SCAN`, scan up to the slot's high-water mark
+        // (every page of a table slot is read-write), then lower the mark
+        // to the end of the highest region kept: above it nothing written
+        // is left resident.
+        let high_water = &self.high_water[allocation_index.index()];
         let reset_size = match pagemap {
-            Some(_) => self.table_size,
+            Some(_) => HostAlignedByteCount::new_rounded_up(
+                high_water.load(Ordering::Relaxed),
+            )
+            .map_or(self.table_size, |mark| mark.max(table_byte_size_page_aligned)),
             None => table_byte_size_page_aligned,
         };
-
+        let mut kept_end = 0;
+        let zero = |slice: &mut [u8]| {
+            kept_end = kept_end.max(slice.as_ptr().addr() - base.addr() + slice.len());
+            slice.fill(0)
+        };
         // SAFETY: The `base` pointer is valid for `size` bytes and is safe to
         // mutate here given the contract of our own function.
-        unsafe {
+        let bytes_resident = unsafe {
             reset_with_pagemap(
                 pagemap,
                 base,
                 reset_size,
                 self.keep_resident,
-                |slice| slice.fill(0),
+                zero,
                 decommit,
             )
-        }
+        };
+        high_water.store(kept_end, Ordering::Relaxed);
+        bytes_resident
     }
 
     pub fn unused_warm_slots(&self) -> u32 {
