@@ -448,17 +448,48 @@ mod tests {
 
     const IMAGE_BYTE: u8 = 0x11;
 
+    /// Whether this host's slots keep written pages, saying why not when
+    /// they do not (the tests of kept pages then have nothing to test).
+    fn slots_keep_pages() -> bool {
+        let keep = pagemap_reset();
+        if !keep {
+            eprintln!(
+                "skipped: slots keep nothing resident here (no PAGEMAP_SCAN, or KSM merging \
+                 could not be turned off)"
+            );
+        }
+        keep
+    }
+
+    /// Instantiates `module` until an instance lands in the slot whose
+    /// memory is at `base` (any slot for `None`; finished slots come back in
+    /// batches), hands it to `use_it`, and returns where its memory is.
+    fn in_slot(
+        engine: &wasmtime::Engine,
+        module: &wasmtime::Module,
+        base: Option<usize>,
+        use_it: &mut dyn FnMut(&mut Store<()>, wasmtime::Memory),
+    ) -> usize {
+        for _ in 0..POOLED_INSTANCES * 4 {
+            let mut store = Store::new(engine, ());
+            let instance = wasmtime::Instance::new(&mut store, module, &[]).unwrap();
+            let memory = instance.get_memory(&mut store, "memory").unwrap();
+            let here = memory.data_ptr(&store) as usize;
+            if base.is_none_or(|base| base == here) {
+                use_it(&mut store, memory);
+                return here;
+            }
+        }
+        panic!("no later instance reused the first one's slot: this test means nothing");
+    }
+
     /// The fresh-instance rule where a slot keeps written pages resident:
     /// a page written by one instance and then swapped out (so not present
     /// when the slot is reset) is still reset. wasmtime 48.0.8 as published
     /// skipped it, and this test read `0xAB` back.
     #[test]
     fn a_written_page_swapped_out_is_reset_for_the_next_instance() {
-        if !pagemap_reset() {
-            eprintln!(
-                "skipped: slots keep nothing resident here (no PAGEMAP_SCAN, or KSM merging \
-                 could not be turned off)"
-            );
+        if !slots_keep_pages() {
             return;
         }
         let _swap = match Swap::ensure() {
@@ -471,55 +502,45 @@ mod tests {
         let engine = wasmtime::Engine::new(&config(false)).unwrap();
         let module = wasmtime::Module::new(&engine, module_with_an_image()).unwrap();
 
-        let mut store = Store::new(&engine, ());
-        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-        let memory = instance.get_memory(&mut store, "memory").unwrap();
-        let base = memory.data_ptr(&store) as usize;
-        for offset in [IN_IMAGE, BEYOND_IMAGE] {
-            memory.data_mut(&mut store)[offset] = 0xAB;
-            // SAFETY: the page lies in the instance's memory, which is
-            // mapped and which nothing else uses; paging it out keeps its
-            // contents.
-            let paged = unsafe {
-                libc::madvise(
-                    (base + offset) as *mut libc::c_void,
-                    page_size(),
-                    libc::MADV_PAGEOUT,
-                )
-            };
-            assert_eq!(paged, 0, "{}", std::io::Error::last_os_error());
-            if !swapped_out(base + offset) {
-                eprintln!(
-                    "skipped: the kernel did not swap the page out (swap full, or none for this cgroup)"
-                );
-                return;
+        let mut swapped = true;
+        let base = in_slot(&engine, &module, None, &mut |store, memory| {
+            let base = memory.data_ptr(&*store) as usize;
+            for offset in [IN_IMAGE, BEYOND_IMAGE] {
+                memory.data_mut(&mut *store)[offset] = 0xAB;
+                // SAFETY: the page lies in the instance's memory, which is
+                // mapped and which nothing else uses; paging it out keeps
+                // its contents.
+                let paged = unsafe {
+                    libc::madvise(
+                        (base + offset) as *mut libc::c_void,
+                        page_size(),
+                        libc::MADV_PAGEOUT,
+                    )
+                };
+                assert_eq!(paged, 0, "{}", std::io::Error::last_os_error());
+                swapped &= swapped_out(base + offset);
             }
+        });
+        if !swapped {
+            eprintln!(
+                "skipped: the kernel did not swap the pages out (swap full, or none for this cgroup)"
+            );
+            return;
         }
-        drop(store);
-
-        // Finished slots are returned in batches: instantiate until the
-        // first one's comes round again.
-        for _ in 0..POOLED_INSTANCES * 4 {
-            let mut store = Store::new(&engine, ());
-            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-            let memory = instance.get_memory(&mut store, "memory").unwrap();
-            if memory.data_ptr(&store) as usize == base {
-                // Untouched pages are left alone: resetting them would copy
-                // the whole budget back on every reset.
-                assert!(!present(base + UNTOUCHED), "an untouched page was reset");
-                let data = memory.data(&store);
-                assert_eq!(
-                    data[IN_IMAGE], IMAGE_BYTE,
-                    "a page of the image kept a write"
-                );
-                assert_eq!(
-                    data[BEYOND_IMAGE], 0,
-                    "a page beyond the image kept a write"
-                );
-                return;
-            }
-        }
-        panic!("no later instance reused the first one's slot: this test means nothing");
+        in_slot(&engine, &module, Some(base), &mut |store, memory| {
+            // Untouched pages are left alone: resetting them would copy
+            // the whole budget back on every reset.
+            assert!(!present(base + UNTOUCHED), "an untouched page was reset");
+            let data = memory.data(&*store);
+            assert_eq!(
+                data[IN_IMAGE], IMAGE_BYTE,
+                "a page of the image kept a write"
+            );
+            assert_eq!(
+                data[BEYOND_IMAGE], 0,
+                "a page beyond the image kept a write"
+            );
+        });
     }
 
     /// A slot never holds more written pages than its budget, even when an
@@ -528,38 +549,18 @@ mod tests {
     /// never found them again).
     #[test]
     fn a_slot_keeps_no_more_than_its_budget_of_written_pages() {
-        if !pagemap_reset() {
-            eprintln!(
-                "skipped: slots keep nothing resident here (no PAGEMAP_SCAN, or KSM merging \
-                 could not be turned off)"
-            );
+        if !slots_keep_pages() {
             return;
         }
         let page = page_size();
         let budget = MEMORY_KEEP_RESIDENT / page;
         let engine = wasmtime::Engine::new(&config(false)).unwrap();
         let module = wasmtime::Module::new(&engine, module_with_an_image()).unwrap();
-        // Instances of `module` until one lands in the slot at `base`
-        // (finished slots come back in batches), handed to `use_it`.
-        let in_slot =
-            |base: Option<usize>, use_it: &mut dyn FnMut(&mut Store<()>, wasmtime::Memory)| {
-                for _ in 0..POOLED_INSTANCES * 4 {
-                    let mut store = Store::new(&engine, ());
-                    let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-                    let memory = instance.get_memory(&mut store, "memory").unwrap();
-                    let here = memory.data_ptr(&store) as usize;
-                    if base.is_none_or(|base| base == here) {
-                        use_it(&mut store, memory);
-                        return here;
-                    }
-                }
-                panic!("no later instance reused the first one's slot: this test means nothing");
-            };
         // The first grows its memory by 40 wasm pages and writes twice the
         // budget there: its reset keeps a budget's worth, which the next
         // instance (4 wasm pages) hides.
         let grown = 4 * (64 << 10);
-        let base = in_slot(None, &mut |store, memory| {
+        let base = in_slot(&engine, &module, None, &mut |store, memory| {
             memory.grow(&mut *store, 40).unwrap();
             for p in 0..2 * budget {
                 memory.data_mut(&mut *store)[grown + p * page] = 0xAB;
@@ -567,7 +568,7 @@ mod tests {
         });
         // The second writes every page of its own 4 wasm pages, below the
         // hidden ones.
-        in_slot(Some(base), &mut |store, memory| {
+        in_slot(&engine, &module, Some(base), &mut |store, memory| {
             for p in 0..grown / page {
                 memory.data_mut(&mut *store)[p * page] = 0xCD;
             }
@@ -591,7 +592,7 @@ mod tests {
         );
         // And what the slot kept reads as the image again, also where a
         // grown memory exposes pages that were kept while hidden.
-        in_slot(Some(base), &mut |store, memory| {
+        in_slot(&engine, &module, Some(base), &mut |store, memory| {
             memory.grow(&mut *store, 40).unwrap();
             let data = memory.data(&*store);
             assert!(
