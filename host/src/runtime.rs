@@ -248,16 +248,16 @@ fn config(fuel_metering: bool) -> Config {
         // Returning a finished instance's memory to the kernel is batched:
         // one `process_madvise` (Linux 6.14 and later) for eight regions (a
         // few instances' memories and tables), and so one TLB shootdown
-        // where each `madvise`
-        // interrupted every other core (a fresh hash-encoder instance went
-        // from 32 to 27 µs, before slots kept written pages). A slot is
-        // reused only once its memory is returned, so no instance sees
-        // another's; the cost is up to eight finished instances' pages
-        // held a while longer.
+        // where each `madvise` interrupted every other core (a fresh
+        // hash-encoder instance went from 32 to 27 µs, before slots kept
+        // written pages). A slot is reused only once its memory is
+        // returned, so no instance sees another's; the cost is up to eight
+        // regions held a while longer.
         .decommit_batch_size(DECOMMIT_BATCH)
         // A slot keeps written pages only where `PAGEMAP_SCAN` finds them
         // (wasmtime as patched in third_party/wasmtime, whose scan also
-        // resets written pages that are swapped out or being migrated).
+        // returns written pages that are swapped out or being migrated to
+        // the kernel, and whose slots keep no more than this budget).
         .pagemap_scan(if pagemap { Enabled::Yes } else { Enabled::No })
         .linear_memory_keep_resident(if pagemap { MEMORY_KEEP_RESIDENT } else { 0 });
 
