@@ -606,7 +606,7 @@ fn main() {
              written pages resident, had 43 % of its time in page faults and 32 % sending \
              those interrupts. Slots now keep up to 256 KiB of an instance's written pages and \
              copy them back in place (host section, fresh-instance row), so a call maps and \
-             unmaps almost nothing: on a 2-vCPU AVX-512 VM, in one A/B run, a call in the \
+             unmaps almost nothing: on a 2-vCPU AVX-512 VM, in one A/B run with a 1 MiB budget, a call in the \
              one-thread timing went from 46 to 25 µs, jobs through the runner from 771/s to \
              3229/s, and this row from 0.77× to 1.50× (sets 1.39–1.58×). What is left has \
              not been profiled since; the runner's own work per job (differential losses, \
@@ -632,7 +632,7 @@ fn main() {
              one more: on one 2-vCPU AVX-512 VM, one day, this row was 1.83× (11.4 jobs/s on \
              one core, 20.8 through the runner) with every page returned to the kernel, \
              1.76× and 1.80× (12.6 and 22.1, 12.2 and 21.7) in two runs with 1 MiB kept per \
-             slot, and 1.49–1.57× (15.8–16.5 and 23.9–25.3) in three runs with 256 KiB, the \
+             slot, and 1.49–1.58× (14.8–16.5 and 23.6–25.3) in four runs with 256 KiB, the \
              budget chosen, which computes the most jobs on either timing. A MiniLM call writes more than the budget, and the rest is still \
              returned to the kernel after each call, with the interrupts the hash row \
              describes, which a lone thread does not wait for."
