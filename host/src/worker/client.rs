@@ -1,16 +1,17 @@
 //! The host's side: starts the worker, talks to it, and replaces it when it
 //! dies or runs past its wall-clock budget.
 
+use super::pipe::{self, Until};
 use super::protocol::{ProtocolError, Reply, Request, read_frame};
 use crate::bindings::soma::encoder::inference::NamedTensor;
 use crate::digest::Digest;
 use crate::inference::MIN_RUN_TIME;
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -98,12 +99,12 @@ struct State {
 
 struct Process {
     child: Child,
-    /// Frames for the I/O thread to write, each with the largest reply it
-    /// then reads. It reads only when asked, so a worker cannot queue up
-    /// replies, and neither a write nor a read blocks the caller past its
-    /// deadline.
-    requests: Sender<(Vec<u8>, u64)>,
-    replies: Receiver<Result<Vec<u8>, ProtocolError>>,
+    /// Its stdin and stdout, non-blocking: a request is written and its
+    /// reply read on the caller's thread, neither past the call's deadline
+    /// (`pipe.rs`). A reply is read only once its request was sent, so a
+    /// worker cannot queue up replies.
+    stdin: ChildStdin,
+    stdout: ChildStdout,
     stderr: Arc<Mutex<Vec<u8>>>,
     /// The sessions it holds.
     loaded: BTreeMap<Digest, Held>,
@@ -403,27 +404,13 @@ impl Process {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| WorkerError::Spawn(format!("{}: {e}", path.display())))?;
-        let mut stdin = BufWriter::new(child.stdin.take().expect("piped"));
-        let mut stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
         let mut stderr_pipe = child.stderr.take().expect("piped");
-        let (requests, work) = channel::<(Vec<u8>, u64)>();
-        let (send, replies) = channel();
-        std::thread::Builder::new()
-            .name("soma-worker-io".into())
-            .spawn(move || {
-                for (frame, bound) in work {
-                    let written = stdin.write_all(&frame).and_then(|()| stdin.flush());
-                    let reply = match written {
-                        Ok(()) => read_frame(&mut stdout, || bound),
-                        Err(e) => Err(e.into()),
-                    };
-                    let failed = reply.is_err();
-                    if send.send(reply).is_err() || failed {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| WorkerError::Spawn(format!("cannot start an I/O thread: {e}")))?;
+        for end in [stdin.as_fd(), stdout.as_fd()] {
+            pipe::set_nonblocking(&end)
+                .map_err(|e| WorkerError::Spawn(format!("cannot set up its pipes: {e}")))?;
+        }
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let kept = stderr.clone();
         std::thread::Builder::new()
@@ -439,8 +426,8 @@ impl Process {
             .map_err(|e| WorkerError::Spawn(format!("cannot start a reader thread: {e}")))?;
         Ok(Process {
             child,
-            requests,
-            replies,
+            stdin,
+            stdout,
             stderr,
             loaded: BTreeMap::new(),
         })
@@ -452,18 +439,31 @@ impl Process {
         max_reply: u64,
         timeout: Duration,
     ) -> Result<Reply, WorkerError> {
+        let deadline = Instant::now() + timeout;
         let mut frame = Vec::new();
         request
             .write(&mut frame)
             .expect("writing to memory does not fail");
-        if self.requests.send((frame, max_reply)).is_err() {
-            return Err(self.died("the I/O thread stopped"));
-        }
-        match self.replies.recv_timeout(timeout) {
-            Ok(Ok(body)) => Reply::decode(&body).map_err(|e| self.died(&e.to_string())),
-            Ok(Err(e)) => Err(self.died(&e.to_string())),
-            Err(RecvTimeoutError::Timeout) => Err(WorkerError::Timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(self.died("the reply pipe closed")),
+        let mut stdin = Until {
+            file: &mut self.stdin,
+            deadline,
+        };
+        let reply = match stdin.write_all(&frame) {
+            Ok(()) => read_frame(
+                &mut Until {
+                    file: &mut self.stdout,
+                    deadline,
+                },
+                max_reply,
+            ),
+            Err(e) => Err(e.into()),
+        };
+        match reply {
+            Ok(body) => Reply::decode(&body).map_err(|e| self.died(&e.to_string())),
+            Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(WorkerError::Timeout(timeout))
+            }
+            Err(e) => Err(self.died(&e.to_string())),
         }
     }
 

@@ -24,6 +24,7 @@
 
 mod client;
 mod confine;
+mod pipe;
 mod protocol;
 mod server;
 

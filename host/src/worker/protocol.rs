@@ -73,16 +73,11 @@ fn write_frame(out: &mut impl Write, body: &[u8]) -> io::Result<()> {
     out.flush()
 }
 
-/// Reads one frame of at most `max()` bytes; the bound is asked for once
-/// the frame's length has arrived.
-pub(crate) fn read_frame(
-    input: &mut impl Read,
-    max: impl FnOnce() -> u64,
-) -> Result<Vec<u8>, ProtocolError> {
+/// Reads one frame of at most `max` bytes.
+pub(crate) fn read_frame(input: &mut impl Read, max: u64) -> Result<Vec<u8>, ProtocolError> {
     let mut len = [0u8; 8];
     input.read_exact(&mut len)?;
     let len = u64::from_le_bytes(len);
-    let max = max();
     if len > max {
         return Err(ProtocolError::TooLarge(len, max));
     }
@@ -256,7 +251,7 @@ mod tests {
         for request in requests {
             let mut wire = Vec::new();
             request.write(&mut wire).unwrap();
-            let body = read_frame(&mut wire.as_slice(), || 1 << 20).unwrap();
+            let body = read_frame(&mut wire.as_slice(), 1 << 20).unwrap();
             assert_eq!(Request::decode(&body).unwrap(), request);
         }
         for reply in [
@@ -265,7 +260,7 @@ mod tests {
         ] {
             let mut wire = Vec::new();
             reply.write(&mut wire).unwrap();
-            let body = read_frame(&mut wire.as_slice(), || 1 << 20).unwrap();
+            let body = read_frame(&mut wire.as_slice(), 1 << 20).unwrap();
             assert_eq!(Reply::decode(&body).unwrap(), reply);
         }
     }
@@ -277,10 +272,10 @@ mod tests {
             .write(&mut wire)
             .unwrap();
         assert!(matches!(
-            read_frame(&mut wire.as_slice(), || 8),
+            read_frame(&mut wire.as_slice(), 8),
             Err(ProtocolError::TooLarge(..))
         ));
-        let body = read_frame(&mut wire.as_slice(), || 1 << 20).unwrap();
+        let body = read_frame(&mut wire.as_slice(), 1 << 20).unwrap();
         for cut in 0..body.len() {
             assert!(Reply::decode(&body[..cut]).is_err(), "{cut}");
         }

@@ -237,7 +237,7 @@ pub(crate) fn serve(external_data: &Path) -> Result<(), ProtocolError> {
     let mut output = BufWriter::new(io::stdout().lock());
     let mut sessions: BTreeMap<Digest, Session> = BTreeMap::new();
     loop {
-        let body = match read_frame(&mut input, || MAX_REQUEST_BYTES) {
+        let body = match read_frame(&mut input, MAX_REQUEST_BYTES) {
             Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             other => other?,
         };
