@@ -19,10 +19,10 @@ use crate::bindings::soma::encoder::inference::{
 };
 use crate::digest::Digest;
 use crate::error::LocalFailure;
-use crate::model::{self, AdmissionError, ElemType, Graph, Plan, TensorInfo};
+use crate::model::{self, AdmissionError, ElemType, Graph, ShapeError, TensorInfo};
 use crate::worker::{Idle, RunOutcome, Skipped, Worker, WorkerError};
 use std::collections::BTreeMap;
-use std::panic::catch_unwind;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -67,7 +67,24 @@ pub(crate) struct Model {
     /// The other workers, so that a busy model uses every core, not just
     /// its replicas'.
     spill: Arc<Spill>,
+    /// Plans of the input shapes it ran on lately.
+    plans: Mutex<BTreeMap<Shapes, Arc<Result<Planned, ShapeError>>>>,
 }
+
+/// The types and dimensions of a run's inputs, in graph input order.
+pub(crate) type Shapes = Vec<(ElemType, Vec<u64>)>;
+
+/// What a run needs of its plan: the fuel it is charged and the outputs it
+/// must give.
+pub(crate) struct Planned {
+    pub(crate) fuel: u64,
+    pub(crate) outputs: Vec<TensorInfo>,
+}
+
+/// Most input shapes a model keeps plans for. An encoder runs its model on
+/// few shapes (its batches' lengths, a job's masked variants), and planning
+/// a MiniLM run costs about a hundredth of running it.
+const KEPT_PLANS: usize = 256;
 
 /// The workers a model may spill over to, and whether it may now.
 struct Spill {
@@ -95,6 +112,29 @@ const CONTAINED_RUNS: u32 = 1_000;
 const MAX_SPILL_BYTES: usize = 128 << 20;
 
 impl Model {
+    /// The plan of a run on inputs of `shapes`, kept for the next run on
+    /// the same shapes (a plan is a function of the graph and the shapes
+    /// only, so a kept one charges the same fuel); `None` if shape
+    /// inference panicked, which is not kept.
+    pub(crate) fn plan(&self, shapes: Shapes) -> Option<Arc<Result<Planned, ShapeError>>> {
+        let plans = || self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = plans().get(&shapes) {
+            return Some(kept.clone());
+        }
+        // Planning is the host's own code on hostile graphs and shapes.
+        let planned = catch_unwind(AssertUnwindSafe(|| self.graph.plan(&shapes))).ok()?;
+        let planned = Arc::new(planned.map(|plan| Planned {
+            fuel: plan.fuel(),
+            outputs: plan.outputs,
+        }));
+        let mut plans = plans();
+        if plans.len() >= KEPT_PLANS {
+            plans.pop_first();
+        }
+        plans.insert(shapes, planned.clone());
+        Some(planned)
+    }
+
     /// Keeps the model to its replicas for [`CONTAINED_RUNS`] runs.
     fn contain(&self, why: &str) {
         let before = self.spill.contained.swap(CONTAINED_RUNS, Ordering::Relaxed);
@@ -396,6 +436,7 @@ impl ModelCache {
                         warming: AtomicBool::new(false),
                         contained: AtomicU32::new(0),
                     }),
+                    plans: Mutex::new(BTreeMap::new()),
                 }))
             }
             Ok(Err(text)) => {
@@ -437,7 +478,7 @@ pub(crate) type PackageModels = Arc<BTreeMap<Digest, Arc<Model>>>;
 pub(crate) struct Inputs(pub(crate) Vec<(String, Tensor)>);
 
 impl Inputs {
-    pub(crate) fn shapes(&self) -> Vec<(ElemType, Vec<u64>)> {
+    pub(crate) fn shapes(&self) -> Shapes {
         self.0
             .iter()
             .map(|(_, t)| {
@@ -467,7 +508,7 @@ const RUN_FAILED: &str = "ONNX Runtime failed a run that admission and planning 
 pub(crate) fn run(
     model: &Arc<Model>,
     inputs: Inputs,
-    plan: &Plan,
+    plan: &Planned,
     timeout: Duration,
 ) -> Result<Result<Vec<NamedTensor>, WitError>, LocalFailure> {
     let names: Vec<&str> = model
@@ -604,8 +645,16 @@ fn canonical(x: f32) -> f32 {
         // and scaling it could overflow.
         return x;
     }
-    let rounded = (x * OUTPUT_GRID).round() / OUTPUT_GRID;
-    if rounded == 0.0 { 0.0 } else { rounded }
+    // `f32::round` (half away from zero) by integer truncation, which
+    // compiles to vector instructions on every x86-64 where `round` is a
+    // call per value. Every step is exact: scaling by a power of two,
+    // `|scaled| < 2²⁴` converted to and from an integer, and the fraction.
+    let scaled = x * OUTPUT_GRID;
+    let whole = scaled as i32;
+    let fraction = scaled - whole as f32;
+    let nearest = whole + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5);
+    // An integer zero converts to +0: one zero.
+    nearest as f32 / OUTPUT_GRID
 }
 
 #[cfg(test)]
@@ -652,5 +701,29 @@ mod tests {
         assert_eq!(canonical(f32::INFINITY), f32::INFINITY);
         assert_eq!(canonical(f32::MAX), f32::MAX);
         assert_eq!(canonical(-1e34), -1e34);
+    }
+
+    #[test]
+    fn rounding_to_the_grid_is_round_half_away_from_zero() {
+        let reference = |x: f32| {
+            if x.is_nan() {
+                return f32::NAN;
+            }
+            if x.abs() >= 256.0 {
+                return x;
+            }
+            let rounded = (x * OUTPUT_GRID).round() / OUTPUT_GRID;
+            if rounded == 0.0 { 0.0 } else { rounded }
+        };
+        // Ties, and the floats either side of them, in every binade that
+        // rounds; then a stride through all 2³² bit patterns.
+        let ties = (-(1i32 << 23)..(1 << 23)).step_by(97).flat_map(|k| {
+            let tie = (k as f32 + 0.5) / OUTPUT_GRID;
+            [tie, tie.next_down(), tie.next_up()]
+        });
+        let strided = (0..=u32::MAX).step_by(4099).map(f32::from_bits);
+        for x in ties.chain(strided) {
+            assert_eq!(canonical(x).to_bits(), reference(x).to_bits(), "{x:e}");
+        }
     }
 }

@@ -12,7 +12,6 @@ use crate::limits::HOST_FUEL_PER_BYTE;
 use crate::model::{Graph, ShapeError};
 use crate::sandbox::{Sandbox, charge_fuel};
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::StoreContextMut;
@@ -85,20 +84,18 @@ pub(super) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
                 Ok(inputs) => inputs,
                 Err(e) => return Ok((Err(e),)),
             };
-            let shapes = inputs.shapes();
-            let planned = catch_unwind(AssertUnwindSafe(|| model.graph.plan(&shapes)));
-            let Ok(planned) = planned else {
+            let Some(planned) = model.plan(inputs.shapes()) else {
                 let message = "shape inference failed on these inputs";
                 return Ok((Err(error(ErrorCode::InvalidArgument, message)),));
             };
-            let plan = match planned {
+            let plan = match &*planned {
                 Ok(plan) => plan,
                 Err(e @ (ShapeError::TooLarge { .. } | ShapeError::Memory { .. })) => {
                     return Ok((Err(error(ErrorCode::TooLarge, e.to_string())),));
                 }
                 Err(e) => return Ok((Err(error(ErrorCode::InvalidArgument, e.to_string())),)),
             };
-            charge_fuel(&mut store, plan.fuel())?;
+            charge_fuel(&mut store, plan.fuel)?;
             // The run may take what is left of the call's wall-clock budget.
             let left = store
                 .data()
@@ -107,7 +104,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
             Ok((inference::run(
                 &model,
                 inputs,
-                &plan,
+                plan,
                 left.max(MIN_RUN_TIME),
             )?,))
         },

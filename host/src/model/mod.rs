@@ -37,6 +37,6 @@ pub use admission::{
     MAX_CONSTANT_WORK, MAX_GRAPH_OUTPUTS, MAX_MODEL_BYTES, MAX_NODES, MAX_RANK, OPSETS, admit,
 };
 pub(crate) use graph::{ElemType, Graph, TensorInfo};
+pub(crate) use infer::ShapeError;
 pub use infer::{MAX_LIVE_BYTES, MAX_TENSOR_BYTES, WORK_PER_FUEL};
-pub(crate) use infer::{Plan, ShapeError};
 pub use prescan::MAX_PARSE_OVERHEAD;
