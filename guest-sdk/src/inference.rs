@@ -19,6 +19,7 @@
 //! Inference is a host import: outside a component, `open` panics.
 
 use crate::bindings::soma::encoder::inference as wit;
+use std::borrow::Cow;
 
 pub use wit::{Error, ErrorCode, NamedTensor, Tensor, TensorType};
 
@@ -74,18 +75,60 @@ impl Tensor {
 
     /// The elements of an `f32` tensor, or `None` for another type.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        (self.ty == TensorType::Fp32).then(|| {
-            self.data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        })
+        self.as_f32().map(Cow::into_owned)
     }
+
+    /// The elements of an `f32` tensor, or `None` for another type:
+    /// borrowed from the tensor's bytes where they are aligned for `f32`
+    /// (the host's outputs are: no copy of a large output), else copied.
+    pub fn as_f32(&self) -> Option<Cow<'_, [f32]>> {
+        (self.ty == TensorType::Fp32).then(|| f32s(&self.data))
+    }
+}
+
+/// Little-endian `f32`s in `bytes` (a trailing partial value is left out):
+/// borrowed where they are aligned, else copied.
+fn f32s(bytes: &[u8]) -> Cow<'_, [f32]> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: every bit pattern is a valid `f32`, and `align_to` gives
+        // the aligned middle only.
+        let (before, floats, after) = unsafe { bytes.align_to::<f32>() };
+        if before.is_empty() && after.is_empty() {
+            return Cow::Borrowed(floats);
+        }
+    }
+    Cow::Owned(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
 }
 
 impl NamedTensor {
     /// Finds the output called `name`.
     pub fn find<'a>(outputs: &'a [NamedTensor], name: &str) -> Option<&'a Tensor> {
         outputs.iter().find(|t| t.name == name).map(|t| &t.tensor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_outputs_read_the_same_borrowed_or_copied() {
+        let values = [1.5f32, -0.25, f32::MAX, 0.0];
+        let tensor = Tensor::from_f32(&[4], &values);
+        assert_eq!(tensor.as_f32().as_deref(), Some(&values[..]));
+        assert_eq!(tensor.to_f32().as_deref(), Some(&values[..]));
+        // The same bytes one byte off their alignment are copied.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&tensor.data);
+        let copied = f32s(&shifted[1..]);
+        assert!(matches!(copied, Cow::Owned(_)));
+        assert_eq!(&*copied, &values[..]);
+        assert_eq!(&*f32s(&shifted[1..15]), &values[..3]);
+        assert!(Tensor::from_i64(&[1], &[7]).as_f32().is_none());
     }
 }

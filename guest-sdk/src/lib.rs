@@ -75,6 +75,8 @@ pub mod log;
 #[cfg(feature = "text")]
 pub mod text;
 pub mod vector;
+#[cfg(feature = "text")]
+mod wordpiece;
 
 pub use bindings::soma::encoder::types::{EncodeError, EncoderInfo, InvalidInput, Modality};
 
