@@ -35,12 +35,15 @@ enum Kind {
 }
 
 impl TextTokenizer {
-    /// Parses a Hugging Face `tokenizer.json`.
+    /// Parses a Hugging Face `tokenizer.json`. `tokenizers` reads every
+    /// file, so that one it refuses is refused whichever tokenizer then
+    /// runs it.
     pub fn from_json(json: &[u8]) -> Result<TextTokenizer, String> {
-        match WordPiece::from_json(json) {
-            Some(wordpiece) => Ok(TextTokenizer(Kind::WordPiece(wordpiece))),
-            None => Self::general(json),
-        }
+        let general = Self::general(json)?;
+        Ok(match WordPiece::from_json(json) {
+            Some(wordpiece) => TextTokenizer(Kind::WordPiece(wordpiece)),
+            None => general,
+        })
     }
 
     /// Whether this is the crate's own WordPiece tokenizer.

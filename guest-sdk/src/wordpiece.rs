@@ -14,6 +14,7 @@
 //! (`unicode_categories`, `unicode-normalization-alignments`, the standard
 //! library), so that both agree on every character.
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 use unicode_categories::UnicodeCategories;
@@ -32,8 +33,10 @@ pub(crate) struct WordPiece {
     unknown: u32,
     /// Words of more characters are unknown.
     max_word_chars: usize,
-    /// Added tokens matched in the raw text, before normalisation.
-    added: Vec<(Box<str>, u32)>,
+    /// Added tokens, matched in the raw text before normalisation, as
+    /// `tokenizers` matches them (leftmost, then longest), and their ids
+    /// by pattern.
+    added: Option<(AhoCorasick, Vec<u32>)>,
     /// Special tokens put before and after the text.
     first: u32,
     last: u32,
@@ -91,19 +94,34 @@ impl WordPiece {
         let unknown = *vocab.get(model["unk_token"].as_str()?)?;
 
         // Added tokens that are matched in the raw text, as they are: no
-        // stripping of spaces around them, no whole-word rule.
-        let mut added = Vec::new();
+        // stripping of spaces around them, no whole-word rule. Each must be
+        // a vocabulary entry of the id the file gives it, once: `tokenizers`
+        // takes an added token's id from the vocabulary, or numbers those
+        // outside it after the vocabulary, and skips repeated ones.
+        let mut contents = Vec::new();
+        let mut ids = Vec::new();
         for token in config["added_tokens"].as_array()? {
             let plain = ["normalized", "lstrip", "rstrip", "single_word"]
                 .iter()
                 .all(|flag| token[flag] == false);
             let content = token["content"].as_str().filter(|c| !c.is_empty())?;
             let id = u32::try_from(token["id"].as_u64()?).ok()?;
-            if !plain {
+            if !plain || vocab.get(content) != Some(&id) || contents.contains(&content) {
                 return None;
             }
-            added.push((content.into(), id));
+            contents.push(content);
+            ids.push(id);
         }
+        let added = match contents.is_empty() {
+            true => None,
+            false => {
+                let matcher = AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&contents)
+                    .ok()?;
+                Some((matcher, ids))
+            }
+        };
 
         // The template for one text: a special token, the text, a special
         // token, all of type 0.
@@ -149,46 +167,27 @@ impl WordPiece {
         let mut ids = vec![self.first];
         let mut normalized = String::new();
         let mut scratch = String::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let (plain, added) = self.split_added(rest);
+        let mut plain = |piece: &str, ids: &mut Vec<u32>| {
             self.normalizer
-                .normalize(plain, &mut normalized, &mut scratch);
+                .normalize(piece, &mut normalized, &mut scratch);
             for word in words(&normalized) {
-                self.tokenize_word(word, &mut ids);
+                self.tokenize_word(word, ids);
             }
-            rest = &rest[plain.len()..];
-            if let Some((length, id)) = added {
-                ids.push(id);
-                rest = &rest[length..];
+        };
+        let mut start = 0;
+        if let Some((matcher, added)) = &self.added {
+            for found in matcher.find_iter(text) {
+                plain(&text[start..found.start()], &mut ids);
+                ids.push(added[found.pattern().as_usize()]);
+                start = found.end();
             }
         }
+        plain(&text[start..], &mut ids);
         // `tokenizers` keeps the first tokens of the text, and room for the
         // last special token.
         ids.truncate(max_tokens.saturating_sub(1).max(1));
         ids.push(self.last);
         ids
-    }
-
-    /// The text before the first added token in `text`, and that token's
-    /// length and id: the leftmost match, the longest of those that start
-    /// there.
-    fn split_added<'t>(&self, text: &'t str) -> (&'t str, Option<(usize, u32)>) {
-        if self.added.is_empty() {
-            return (text, None);
-        }
-        for (at, _) in text.char_indices() {
-            let here = &text[at..];
-            let longest = self
-                .added
-                .iter()
-                .filter(|(content, _)| here.starts_with(&**content))
-                .max_by_key(|(content, _)| content.len());
-            if let Some((content, id)) = longest {
-                return (&text[..at], Some((content.len(), *id)));
-            }
-        }
-        (text, None)
     }
 
     /// WordPiece: the longest vocabulary entry at the start of the word,
@@ -462,6 +461,78 @@ mod tests {
             }
         }
         assert!(WordPiece::from_json(b"not json").is_none());
+    }
+
+    #[test]
+    fn added_tokens_are_taken_only_as_tokenizers_numbers_them() {
+        let json: serde_json::Value = serde_json::from_slice(&minilm_json()).unwrap();
+        let changed = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut json = json.clone();
+            edit(&mut json);
+            serde_json::to_vec(&json).unwrap()
+        };
+        let added = |content: &str, id: u64| {
+            serde_json::json!({
+                "id": id, "content": content, "special": false, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false
+            })
+        };
+        let push = |token: serde_json::Value| {
+            move |j: &mut serde_json::Value| {
+                j["added_tokens"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(token.clone())
+            }
+        };
+        // An id other than the vocabulary's, a token outside the
+        // vocabulary, and one given twice: `tokenizers` numbers these its
+        // own way, so they go through it.
+        for json in [
+            changed(&push(added("hello", 1))),
+            changed(&push(added("zzzqqq", 40_000))),
+            changed(&push(added("[SEP]", 102))),
+        ] {
+            assert!(WordPiece::from_json(&json).is_none());
+            let both = TextTokenizer::from_json(&json).expect("tokenizers reads it");
+            assert!(!both.is_wordpiece());
+        }
+        // Many added tokens, matched inside words too: the same ids.
+        let vocab = json["model"]["vocab"].as_object().unwrap();
+        let many: Vec<serde_json::Value> = ["the", "ing", "a", "re", "##s", "tion", "é"]
+            .iter()
+            .filter_map(|w| Some(added(w, vocab.get(*w)?.as_u64()?)))
+            .chain(
+                vocab
+                    .iter()
+                    .skip(5000)
+                    .step_by(7)
+                    .take(2000)
+                    .map(|(w, id)| added(w, id.as_u64().unwrap())),
+            )
+            .collect();
+        let json = changed(&|j| {
+            j["added_tokens"]
+                .as_array_mut()
+                .unwrap()
+                .extend(many.clone())
+        });
+        let both = Both::new(&json);
+        for text in EDGES {
+            both.agree(text).unwrap();
+        }
+        // Edge settings of the model.
+        for edit in [
+            &(|j: &mut serde_json::Value| j["model"]["max_input_chars_per_word"] = 0.into())
+                as &dyn Fn(&mut serde_json::Value),
+            &|j| j["model"]["max_input_chars_per_word"] = 3.into(),
+            &|j| j["model"]["continuing_subword_prefix"] = "".into(),
+        ] {
+            let both = Both::new(&changed(edit));
+            for text in EDGES {
+                both.agree(text).unwrap();
+            }
+        }
     }
 
     /// Characters from every class the pipeline treats apart.

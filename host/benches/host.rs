@@ -401,6 +401,14 @@ fn minilm(c: &mut Criterion) {
     group.bench_function("native-batch32", |b| {
         b.iter(|| native.embed_batch(black_box(&texts[..32])))
     });
+    group.bench_function("native-singles32", |b| {
+        b.iter(|| {
+            texts[..32]
+                .iter()
+                .map(|text| native.embed(black_box(text)))
+                .collect::<Vec<_>>()
+        })
+    });
     group.bench_function("wasm-singles32", |b| {
         b.iter(|| {
             batch[..32]
@@ -825,6 +833,18 @@ fn report(dir: &Path) -> String {
             writeln!(md, "- **{}**: {}", f.name, f.limited_by).unwrap();
         }
     }
+    // What the batch ÷ singles row can reach here: ONNX Runtime's own
+    // scaling with batch size on this CPU.
+    let native =
+        median_ns(dir, "minilm-l6/native-singles32") / median_ns(dir, "minilm-l6/native-batch32");
+    writeln!(
+        md,
+        "\nThe same 32 texts natively (tokenizers and ONNX Runtime from Rust, in the same \
+         runs): embeddings/s in one batch ÷ one call each: {}, the most the component's \
+         row above can reach on this CPU.",
+        ratio(native)
+    )
+    .unwrap();
     writeln!(
         md,
         "\nMemory images the load benchmarks had to retry creating: {}.",

@@ -67,8 +67,8 @@ pub(crate) struct Model {
     /// The other workers, so that a busy model uses every core, not just
     /// its replicas'.
     spill: Arc<Spill>,
-    /// Plans of the input shapes it ran on lately.
-    plans: Mutex<BTreeMap<Shapes, Arc<Result<Planned, ShapeError>>>>,
+    /// Plans of input shapes it ran on.
+    plans: Plans,
 }
 
 /// The types and dimensions of a run's inputs, in graph input order.
@@ -83,8 +83,53 @@ pub(crate) struct Planned {
 
 /// Most input shapes a model keeps plans for. An encoder runs its model on
 /// few shapes (its batches' lengths, a job's masked variants), and planning
-/// a MiniLM run costs about a hundredth of running it.
+/// a batch-1 MiniLM run costs about a hundredth of running it.
 const KEPT_PLANS: usize = 256;
+
+/// The plans of input shapes a model ran on, so that a run on the same
+/// shapes again does not plan again. A plan is a function of the graph and
+/// the shapes alone, so a kept one charges the same fuel. Only plans that
+/// succeeded are kept: a refusal's text can be large (it names the model's
+/// node), and a hostile model could otherwise have the host hold many.
+#[derive(Default)]
+struct Plans(Mutex<BTreeMap<Shapes, Arc<Planned>>>);
+
+impl Plans {
+    /// The plan of a run of `graph` on inputs of `shapes`, kept or made
+    /// now; `None` if shape inference panicked. When [`KEPT_PLANS`] are
+    /// kept, a new one replaces one of them (the smallest shapes).
+    fn get_or_plan(
+        &self,
+        graph: &Graph,
+        shapes: Shapes,
+    ) -> Option<Result<Arc<Planned>, ShapeError>> {
+        let plans = || self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = plans().get(&shapes) {
+            return Some(Ok(kept.clone()));
+        }
+        // Planning is the host's own code on hostile graphs and shapes.
+        let plan = match catch_unwind(AssertUnwindSafe(|| graph.plan(&shapes))).ok()? {
+            Ok(plan) => plan,
+            Err(e) => return Some(Err(e)),
+        };
+        let planned = Arc::new(Planned {
+            fuel: plan.fuel(),
+            outputs: plan.outputs,
+        });
+        let mut plans = plans();
+        if plans.len() >= KEPT_PLANS && !plans.contains_key(&shapes) {
+            plans.pop_first();
+        }
+        plans.insert(shapes, planned.clone());
+        Some(Ok(planned))
+    }
+
+    /// How many plans are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
 
 /// The workers a model may spill over to, and whether it may now.
 struct Spill {
@@ -112,27 +157,10 @@ const CONTAINED_RUNS: u32 = 1_000;
 const MAX_SPILL_BYTES: usize = 128 << 20;
 
 impl Model {
-    /// The plan of a run on inputs of `shapes`, kept for the next run on
-    /// the same shapes (a plan is a function of the graph and the shapes
-    /// only, so a kept one charges the same fuel); `None` if shape
-    /// inference panicked, which is not kept.
-    pub(crate) fn plan(&self, shapes: Shapes) -> Option<Arc<Result<Planned, ShapeError>>> {
-        let plans = || self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kept) = plans().get(&shapes) {
-            return Some(kept.clone());
-        }
-        // Planning is the host's own code on hostile graphs and shapes.
-        let planned = catch_unwind(AssertUnwindSafe(|| self.graph.plan(&shapes))).ok()?;
-        let planned = Arc::new(planned.map(|plan| Planned {
-            fuel: plan.fuel(),
-            outputs: plan.outputs,
-        }));
-        let mut plans = plans();
-        if plans.len() >= KEPT_PLANS {
-            plans.pop_first();
-        }
-        plans.insert(shapes, planned.clone());
-        Some(planned)
+    /// The plan of a run on inputs of `shapes` (see [`Plans`]); `None` if
+    /// shape inference panicked.
+    pub(crate) fn plan(&self, shapes: Shapes) -> Option<Result<Arc<Planned>, ShapeError>> {
+        self.plans.get_or_plan(&self.graph, shapes)
     }
 
     /// Keeps the model to its replicas for [`CONTAINED_RUNS`] runs.
@@ -436,7 +464,7 @@ impl ModelCache {
                         warming: AtomicBool::new(false),
                         contained: AtomicU32::new(0),
                     }),
-                    plans: Mutex::new(BTreeMap::new()),
+                    plans: Plans::default(),
                 }))
             }
             Ok(Err(text)) => {
@@ -701,6 +729,33 @@ mod tests {
         assert_eq!(canonical(f32::INFINITY), f32::INFINITY);
         assert_eq!(canonical(f32::MAX), f32::MAX);
         assert_eq!(canonical(-1e34), -1e34);
+    }
+
+    #[test]
+    fn plans_are_kept_for_shapes_that_ran_up_to_a_bound() {
+        let graph = model::admit(&model::testing::identity("plans", None))
+            .expect("admitted")
+            .graph;
+        let shapes = |n: u64| vec![(ElemType::F32, vec![n])];
+        let plans = Plans::default();
+        let plan = |shapes| plans.get_or_plan(&graph, shapes).expect("no panic");
+        let first = plan(shapes(3)).expect("plans");
+        assert_eq!(first.fuel, graph.plan(&shapes(3)).unwrap().fuel());
+        assert_eq!(first.outputs[0].dims, vec![3]);
+        assert!(Arc::ptr_eq(&first, &plan(shapes(3)).unwrap()));
+        assert_eq!(plans.len(), 1);
+        // A refusal is not kept.
+        let refused = plan(vec![(ElemType::I64, vec![3])]);
+        assert!(matches!(refused, Err(ShapeError::Inputs(_))));
+        assert_eq!(plans.len(), 1);
+        // At most KEPT_PLANS, each still right.
+        for n in 0..2 * KEPT_PLANS as u64 {
+            assert_eq!(plan(shapes(n)).unwrap().outputs[0].dims, vec![n]);
+        }
+        assert_eq!(plans.len(), KEPT_PLANS);
+        let again = plan(shapes(3)).unwrap();
+        assert_eq!(again.fuel, first.fuel);
+        assert_eq!(plans.len(), KEPT_PLANS);
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
                 let message = "shape inference failed on these inputs";
                 return Ok((Err(error(ErrorCode::InvalidArgument, message)),));
             };
-            let plan = match &*planned {
+            let plan = match planned {
                 Ok(plan) => plan,
                 Err(e @ (ShapeError::TooLarge { .. } | ShapeError::Memory { .. })) => {
                     return Ok((Err(error(ErrorCode::TooLarge, e.to_string())),));
@@ -104,7 +104,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
             Ok((inference::run(
                 &model,
                 inputs,
-                plan,
+                &plan,
                 left.max(MIN_RUN_TIME),
             )?,))
         },

@@ -40,3 +40,52 @@ pub(crate) use graph::{ElemType, Graph, TensorInfo};
 pub(crate) use infer::ShapeError;
 pub use infer::{MAX_LIVE_BYTES, MAX_TENSOR_BYTES, WORK_PER_FUEL};
 pub use prescan::MAX_PARSE_OVERHEAD;
+
+/// Models for the host's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::proto::{
+        GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
+        ValueInfoProto, tensor_shape_proto, type_proto,
+    };
+    use protobuf::{Message, MessageField};
+
+    /// `y = x` on a vector of floats, of `length` or of any length (`None`),
+    /// in a graph called `name` (which tells such models apart).
+    pub(crate) fn identity(name: &str, length: Option<i64>) -> Vec<u8> {
+        let value = |name: &str| {
+            let mut dim = tensor_shape_proto::Dimension::new();
+            dim.value = Some(match length {
+                Some(n) => tensor_shape_proto::dimension::Value::DimValue(n),
+                None => tensor_shape_proto::dimension::Value::DimParam("n".into()),
+            });
+            let mut shape = TensorShapeProto::new();
+            shape.dim = vec![dim];
+            let mut tensor = type_proto::Tensor::new();
+            tensor.elem_type = Some(1);
+            tensor.shape = MessageField::some(shape);
+            let mut ty = TypeProto::new();
+            ty.value = Some(type_proto::Value::TensorType(tensor));
+            let mut info = ValueInfoProto::new();
+            info.name = Some(name.into());
+            info.type_ = MessageField::some(ty);
+            info
+        };
+        let mut node = NodeProto::new();
+        node.op_type = Some("Identity".into());
+        node.input = vec!["x".into()];
+        node.output = vec!["y".into()];
+        let mut graph = GraphProto::new();
+        graph.name = Some(name.into());
+        graph.node = vec![node];
+        graph.input = vec![value("x")];
+        graph.output = vec![value("y")];
+        let mut opset = OperatorSetIdProto::new();
+        opset.version = Some(17);
+        let mut model = ModelProto::new();
+        model.ir_version = Some(8);
+        model.opset_import = vec![opset];
+        model.graph = MessageField::some(graph);
+        model.write_to_bytes().expect("a model in memory encodes")
+    }
+}

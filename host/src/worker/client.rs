@@ -101,8 +101,9 @@ struct Process {
     child: Child,
     /// Its stdin and stdout, non-blocking: a request is written and its
     /// reply read on the caller's thread, neither past the call's deadline
-    /// (`pipe.rs`). A reply is read only once its request was sent, so a
-    /// worker cannot queue up replies.
+    /// (`pipe.rs`). Anything the worker wrote before a request (a reply
+    /// written ahead) fails that request, so no reply is taken for
+    /// another's.
     stdin: ChildStdin,
     stdout: ChildStdout,
     stderr: Arc<Mutex<Vec<u8>>>,
@@ -440,6 +441,12 @@ impl Process {
         timeout: Duration,
     ) -> Result<Reply, WorkerError> {
         let deadline = Instant::now() + timeout;
+        match self.stdout.read(&mut [0u8; 1]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(0) => return Err(self.died("its stdout closed")),
+            Ok(_) => return Err(self.died("it wrote before it was asked")),
+            Err(e) => return Err(self.died(&format!("its stdout: {e}"))),
+        }
         let mut frame = Vec::new();
         request
             .write(&mut frame)
@@ -532,51 +539,11 @@ fn worker_path() -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::proto::{
-        GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
-        ValueInfoProto, tensor_shape_proto, type_proto,
-    };
-    use protobuf::{Message, MessageField};
-
-    /// `y = x` on two floats, in a graph called `name` (which tells such
-    /// models apart).
-    fn identity(name: &str) -> Vec<u8> {
-        let value = |name: &str| {
-            let mut dim = tensor_shape_proto::Dimension::new();
-            dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(2));
-            let mut shape = TensorShapeProto::new();
-            shape.dim = vec![dim];
-            let mut tensor = type_proto::Tensor::new();
-            tensor.elem_type = Some(1);
-            tensor.shape = MessageField::some(shape);
-            let mut ty = TypeProto::new();
-            ty.value = Some(type_proto::Value::TensorType(tensor));
-            let mut info = ValueInfoProto::new();
-            info.name = Some(name.into());
-            info.type_ = MessageField::some(ty);
-            info
-        };
-        let mut node = NodeProto::new();
-        node.op_type = Some("Identity".into());
-        node.input = vec!["x".into()];
-        node.output = vec!["y".into()];
-        let mut graph = GraphProto::new();
-        graph.name = Some(name.into());
-        graph.node = vec![node];
-        graph.input = vec![value("x")];
-        graph.output = vec![value("y")];
-        let mut opset = OperatorSetIdProto::new();
-        opset.version = Some(17);
-        let mut model = ModelProto::new();
-        model.ir_version = Some(8);
-        model.opset_import = vec![opset];
-        model.graph = MessageField::some(graph);
-        model.write_to_bytes().expect("a model in memory encodes")
-    }
+    use crate::model::testing::identity;
 
     #[test]
     fn a_worker_that_fails_dropping_a_session_is_replaced_and_the_load_goes_ahead() {
-        let (a, b) = (identity("a"), identity("b"));
+        let (a, b) = (identity("a", Some(2)), identity("b", Some(2)));
         let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
         // Room for one of the two sessions.
         let worker = Worker::new(a.len().max(b.len()) as u64);

@@ -5,6 +5,11 @@
 //! thread of its own: on a VM, every wake-up of a sleeping thread costs an
 //! interrupt and a few microseconds, and a hand-off to an I/O thread would
 //! add two of them to every run.
+//!
+//! A write to a worker that died fails with `EPIPE` where `SIGPIPE` is
+//! ignored, as in every Rust executable (the standard library ignores it
+//! before `main`); a program that embeds the host and restores the
+//! signal's default action would be killed by it instead.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
