@@ -28,7 +28,8 @@ pub const MAX_CONSTANT_WORK: u64 = 1 << 32;
 /// Most bytes the constant part of a graph may produce (ONNX Runtime keeps
 /// what it folds for the life of the session).
 pub const MAX_CONSTANT_BYTES: u64 = 1 << 30;
-/// Longest name of a value.
+/// Longest name of a value, or of a node (refusals and errors quote
+/// node names).
 pub const MAX_VALUE_NAME_BYTES: usize = 4096;
 /// Largest model, in bytes (an ONNX file cannot exceed 2 GiB anyway).
 pub const MAX_MODEL_BYTES: u64 = 1 << 30;
@@ -439,6 +440,11 @@ impl Builder {
         }
         let mut nodes = Vec::with_capacity(g.node.len());
         for (i, n) in g.node.iter().enumerate() {
+            if n.name().len() > MAX_VALUE_NAME_BYTES {
+                return Err(AdmissionError::Graph(format!(
+                    "a node name is longer than {MAX_VALUE_NAME_BYTES} bytes"
+                )));
+            }
             let label = if n.name().is_empty() {
                 format!("#{i}")
             } else {

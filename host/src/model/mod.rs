@@ -34,7 +34,8 @@ pub(crate) mod proto;
 
 pub use admission::{
     AdmissionError, Admitted, IR_VERSIONS, MAX_CONSTANT_BYTES, MAX_CONSTANT_ELEMENTS,
-    MAX_CONSTANT_WORK, MAX_GRAPH_OUTPUTS, MAX_MODEL_BYTES, MAX_NODES, MAX_RANK, OPSETS, admit,
+    MAX_CONSTANT_WORK, MAX_GRAPH_OUTPUTS, MAX_MODEL_BYTES, MAX_NODES, MAX_RANK,
+    MAX_VALUE_NAME_BYTES, OPSETS, admit,
 };
 pub(crate) use graph::{ElemType, Graph, TensorInfo};
 pub(crate) use infer::ShapeError;

@@ -6,7 +6,7 @@
 use super::minilm::{l6, package_with};
 use super::onnx::*;
 use super::{engine, text};
-use soma_host::model::{AdmissionError, admit};
+use soma_host::model::{AdmissionError, MAX_VALUE_NAME_BYTES, admit};
 use soma_host::{Error, Limits, Seed};
 
 fn refused(bytes: &[u8]) -> AdmissionError {
@@ -80,6 +80,26 @@ fn control_flow_random_and_foreign_operators_are_refused() {
     let foreign = model_importing(&[("", 17), ("com.microsoft", 1)], negation());
     assert!(
         matches!(refused(&foreign.0), AdmissionError::Unsupported(m) if m.contains("com.microsoft"))
+    );
+}
+
+#[test]
+fn names_beyond_the_bound_are_refused() {
+    let named = |node_name: &str, value_name: &str| {
+        let nodes = vec![
+            node("Neg", &["x"], &[value_name], vec![]).str(3, node_name),
+            node("Neg", &[value_name], &["y"], vec![]),
+        ];
+        model(graph(nodes, vec![], y_like_x()))
+    };
+    let at_bound = "n".repeat(MAX_VALUE_NAME_BYTES);
+    let beyond = "n".repeat(MAX_VALUE_NAME_BYTES + 1);
+    admit(&named(&at_bound, &at_bound)).expect("names at the bound are admitted");
+    assert!(
+        matches!(refused(&named(&beyond, "v")), AdmissionError::Graph(m) if m.contains("node name"))
+    );
+    assert!(
+        matches!(refused(&named("n", &beyond)), AdmissionError::Graph(m) if m.contains("value name"))
     );
 }
 
