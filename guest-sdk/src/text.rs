@@ -39,11 +39,13 @@ impl TextTokenizer {
     /// file, so that one it refuses is refused whichever tokenizer then
     /// runs it.
     pub fn from_json(json: &[u8]) -> Result<TextTokenizer, String> {
-        let general = Self::general(json)?;
-        Ok(match WordPiece::from_json(json) {
-            Some(wordpiece) => TextTokenizer(Kind::WordPiece(wordpiece)),
-            None => general,
-        })
+        // Dropped before WordPiece is built, so that the two are never in
+        // memory at once (start-up memory is kept in the snapshot).
+        drop(Self::general(json)?);
+        match WordPiece::from_json(json) {
+            Some(wordpiece) => Ok(TextTokenizer(Kind::WordPiece(wordpiece))),
+            None => Self::general(json),
+        }
     }
 
     /// Whether this is the crate's own WordPiece tokenizer.

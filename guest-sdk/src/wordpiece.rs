@@ -427,18 +427,12 @@ mod tests {
 
     #[test]
     fn other_configurations_go_through_tokenizers() {
-        let json: serde_json::Value = serde_json::from_slice(&minilm_json()).unwrap();
-        let changed = |edit: &dyn Fn(&mut serde_json::Value)| {
-            let mut json = json.clone();
-            edit(&mut json);
-            serde_json::to_vec(&json).unwrap()
-        };
         let others = [
-            changed(&|j| j["pre_tokenizer"] = serde_json::json!({ "type": "Whitespace" })),
-            changed(&|j| j["added_tokens"][1]["lstrip"] = true.into()),
-            changed(&|j| j["added_tokens"][2]["normalized"] = true.into()),
-            changed(&|j| j["model"]["type"] = "BPE".into()),
-            changed(&|j| {
+            minilm_changed(|j| j["pre_tokenizer"] = serde_json::json!({ "type": "Whitespace" })),
+            minilm_changed(|j| j["added_tokens"][1]["lstrip"] = true.into()),
+            minilm_changed(|j| j["added_tokens"][2]["normalized"] = true.into()),
+            minilm_changed(|j| j["model"]["type"] = "BPE".into()),
+            minilm_changed(|j| {
                 j["post_processor"] = serde_json::json!({
                     "type": "BertProcessing", "sep": ["[SEP]", 102], "cls": ["[CLS]", 101]
                 })
@@ -455,7 +449,7 @@ mod tests {
             &|j| j["normalizer"]["handle_chinese_chars"] = false.into(),
             &|j| j["normalizer"]["clean_text"] = false.into(),
         ] {
-            let both = Both::new(&changed(edit));
+            let both = Both::new(&minilm_changed(edit));
             for text in EDGES {
                 both.agree(text).unwrap();
             }
@@ -463,61 +457,65 @@ mod tests {
         assert!(WordPiece::from_json(b"not json").is_none());
     }
 
-    #[test]
-    fn added_tokens_are_taken_only_as_tokenizers_numbers_them() {
-        let json: serde_json::Value = serde_json::from_slice(&minilm_json()).unwrap();
-        let changed = |edit: &dyn Fn(&mut serde_json::Value)| {
-            let mut json = json.clone();
-            edit(&mut json);
-            serde_json::to_vec(&json).unwrap()
-        };
-        let added = |content: &str, id: u64| {
-            serde_json::json!({
-                "id": id, "content": content, "special": false, "single_word": false,
-                "lstrip": false, "rstrip": false, "normalized": false
-            })
-        };
-        let push = |token: serde_json::Value| {
-            move |j: &mut serde_json::Value| {
-                j["added_tokens"]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(token.clone())
-            }
-        };
-        // An id other than the vocabulary's, a token outside the
-        // vocabulary, and one given twice: `tokenizers` numbers these its
-        // own way, so they go through it.
-        for json in [
-            changed(&push(added("hello", 1))),
-            changed(&push(added("zzzqqq", 40_000))),
-            changed(&push(added("[SEP]", 102))),
-        ] {
-            assert!(WordPiece::from_json(&json).is_none());
-            let both = TextTokenizer::from_json(&json).expect("tokenizers reads it");
-            assert!(!both.is_wordpiece());
-        }
-        // Many added tokens, matched inside words too: the same ids.
-        let vocab = json["model"]["vocab"].as_object().unwrap();
-        let many: Vec<serde_json::Value> = ["the", "ing", "a", "re", "##s", "tion", "é"]
-            .iter()
-            .filter_map(|w| Some(added(w, vocab.get(*w)?.as_u64()?)))
-            .chain(
+    /// The MiniLM `tokenizer.json` after `edit`.
+    fn minilm_changed(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut json: serde_json::Value = serde_json::from_slice(&minilm_json()).unwrap();
+        edit(&mut json);
+        serde_json::to_vec(&json).unwrap()
+    }
+
+    /// An added token matched in the raw text as it is, anywhere.
+    fn added(content: &str, id: u64) -> serde_json::Value {
+        serde_json::json!({
+            "id": id, "content": content, "special": false, "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false
+        })
+    }
+
+    /// The MiniLM tokenizer with some 2000 of its vocabulary's entries
+    /// added as tokens too: words, pieces, continuations, punctuation and
+    /// non-ASCII characters, matched inside words.
+    fn many_added() -> Vec<u8> {
+        minilm_changed(|j| {
+            let vocab = j["model"]["vocab"].as_object().unwrap();
+            let chosen = [
+                "the", "ing", "a", "re", "##s", "##tion", "α", "日", "ß", "«", "-",
+            ];
+            let mut many: Vec<serde_json::Value> = chosen
+                .iter()
+                .map(|w| added(w, vocab[*w].as_u64().expect("in the vocabulary")))
+                .collect();
+            many.extend(
                 vocab
                     .iter()
                     .skip(5000)
                     .step_by(7)
                     .take(2000)
+                    .filter(|(w, _)| !chosen.contains(&w.as_str()))
                     .map(|(w, id)| added(w, id.as_u64().unwrap())),
-            )
-            .collect();
-        let json = changed(&|j| {
-            j["added_tokens"]
-                .as_array_mut()
-                .unwrap()
-                .extend(many.clone())
-        });
-        let both = Both::new(&json);
+            );
+            j["added_tokens"].as_array_mut().unwrap().extend(many);
+        })
+    }
+
+    #[test]
+    fn added_tokens_are_taken_only_as_tokenizers_numbers_them() {
+        let push = |token: serde_json::Value| {
+            minilm_changed(|j| j["added_tokens"].as_array_mut().unwrap().push(token))
+        };
+        // An id other than the vocabulary's, a token outside the
+        // vocabulary, and one given twice: `tokenizers` numbers these its
+        // own way, so they go through it.
+        for json in [
+            push(added("hello", 1)),
+            push(added("zzzqqq", 40_000)),
+            push(added("[SEP]", 102)),
+        ] {
+            assert!(WordPiece::from_json(&json).is_none());
+            let both = TextTokenizer::from_json(&json).expect("tokenizers reads it");
+            assert!(!both.is_wordpiece());
+        }
+        let both = Both::new(&many_added());
         for text in EDGES {
             both.agree(text).unwrap();
         }
@@ -528,11 +526,21 @@ mod tests {
             &|j| j["model"]["max_input_chars_per_word"] = 3.into(),
             &|j| j["model"]["continuing_subword_prefix"] = "".into(),
         ] {
-            let both = Both::new(&changed(edit));
+            let both = Both::new(&minilm_changed(edit));
             for text in EDGES {
                 both.agree(text).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_file_tokenizers_refuses_is_refused() {
+        let json = minilm_changed(|j| j["version"] = "2.0".into());
+        assert!(
+            WordPiece::from_json(&json).is_some(),
+            "WordPiece alone reads it"
+        );
+        assert!(TextTokenizer::from_json(&json).is_err());
     }
 
     /// Characters from every class the pipeline treats apart.
@@ -564,6 +572,14 @@ mod tests {
         fn wordpiece_agrees_with_tokenizers_on_any_text(text in text()) {
             thread_local! {
                 static BOTH: Both = Both::new(&minilm_json());
+            }
+            BOTH.with(|both| both.agree(&text)).map_err(TestCaseError::fail)?;
+        }
+
+        #[test]
+        fn wordpiece_agrees_with_tokenizers_beside_many_added_tokens(text in text()) {
+            thread_local! {
+                static BOTH: Both = Both::new(&many_added());
             }
             BOTH.with(|both| both.agree(&text)).map_err(TestCaseError::fail)?;
         }

@@ -83,7 +83,7 @@ pub(crate) struct Planned {
 
 /// Most input shapes a model keeps plans for. An encoder runs its model on
 /// few shapes (its batches' lengths, a job's masked variants), and planning
-/// a batch-1 MiniLM run costs about a hundredth of running it.
+/// a batch-1 MiniLM run costs a few per cent of running it.
 const KEPT_PLANS: usize = 256;
 
 /// The plans of input shapes a model ran on, so that a run on the same

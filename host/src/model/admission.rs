@@ -164,8 +164,65 @@ impl Admitted {
     }
 }
 
+/// Longest text of a refusal: the host keeps refusals for a while, and a
+/// model's names and values, which refusals quote, can be as long as the
+/// model.
+pub const MAX_REFUSAL_BYTES: usize = 1024;
+
+impl AdmissionError {
+    /// The refusal with every text longer than [`MAX_REFUSAL_BYTES`] cut
+    /// in its middle, where a quoted name or value is.
+    fn bounded(self) -> AdmissionError {
+        use AdmissionError::*;
+        match self {
+            Malformed(t) => Malformed(elide(t)),
+            UnknownField(t) => UnknownField(elide(t)),
+            ExternalData(t) => ExternalData(elide(t)),
+            Operator { node, op } => Operator {
+                node: elide(node),
+                op: elide(op),
+            },
+            Unsupported(t) => Unsupported(elide(t)),
+            Constant { tensor, reason } => Constant {
+                tensor: elide(tensor),
+                reason: elide(reason),
+            },
+            Graph(t) => Graph(elide(t)),
+            Shapes(t) => Shapes(elide(t)),
+            e @ ConstantWork { .. } => e,
+            Output { name, reason } => Output {
+                name: elide(name),
+                reason: elide(reason),
+            },
+        }
+    }
+}
+
+/// `text`, or, if it is longer than [`MAX_REFUSAL_BYTES`], its first and
+/// last few hundred bytes around an ellipsis.
+fn elide(text: String) -> String {
+    if text.len() <= MAX_REFUSAL_BYTES {
+        return text;
+    }
+    let keep = MAX_REFUSAL_BYTES / 2 - 4;
+    let mut head = keep;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - keep;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} … {}", &text[..head], &text[tail..])
+}
+
 /// Checks `bytes` and returns what the host needs to run it safely.
 pub fn admit(bytes: &[u8]) -> Result<Admitted, AdmissionError> {
+    admit_unbounded(bytes).map_err(AdmissionError::bounded)
+}
+
+/// [`admit`], with refusals of any length.
+fn admit_unbounded(bytes: &[u8]) -> Result<Admitted, AdmissionError> {
     use protobuf::MessageFull;
     if bytes.len() as u64 > MAX_MODEL_BYTES {
         return Err(unsupported(format!(

@@ -34,7 +34,7 @@ pub(crate) mod proto;
 
 pub use admission::{
     AdmissionError, Admitted, IR_VERSIONS, MAX_CONSTANT_BYTES, MAX_CONSTANT_ELEMENTS,
-    MAX_CONSTANT_WORK, MAX_GRAPH_OUTPUTS, MAX_MODEL_BYTES, MAX_NODES, MAX_RANK,
+    MAX_CONSTANT_WORK, MAX_GRAPH_OUTPUTS, MAX_MODEL_BYTES, MAX_NODES, MAX_RANK, MAX_REFUSAL_BYTES,
     MAX_VALUE_NAME_BYTES, OPSETS, admit,
 };
 pub(crate) use graph::{ElemType, Graph, TensorInfo};

@@ -7,7 +7,7 @@ use crate::bindings::soma::encoder::inference::NamedTensor;
 use crate::digest::Digest;
 use crate::inference::MIN_RUN_TIME;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -102,8 +102,8 @@ struct Process {
     /// Its stdin and stdout, non-blocking: a request is written and its
     /// reply read on the caller's thread, neither past the call's deadline
     /// (`pipe.rs`). Anything the worker wrote before a request (a reply
-    /// written ahead) fails that request, so no reply is taken for
-    /// another's.
+    /// written ahead) fails that request: a worker out of step with the
+    /// protocol is replaced.
     stdin: ChildStdin,
     stdout: ChildStdout,
     stderr: Arc<Mutex<Vec<u8>>>,
@@ -395,16 +395,25 @@ impl Process {
         let mut command = Command::new(&path);
         command.env_clear().arg(external_data);
         // Resolved here, so the worker (possibly elsewhere) loads the same
-        // library; a missing one is reported by the worker's hello.
+        // library; a missing one is reported by the worker, on stderr, as
+        // it exits.
         if let Ok(dylib) = super::server::dylib() {
             dylib.pass_to(&mut command);
         }
+        Process::start(command)
+    }
+
+    /// Starts `command` with piped stdin, stdout and stderr, as a worker.
+    fn start(mut command: Command) -> Result<Process, WorkerError> {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| WorkerError::Spawn(format!("{}: {e}", path.display())))?;
+            .map_err(|e| {
+                let program = Path::new(command.get_program()).display();
+                WorkerError::Spawn(format!("{program}: {e}"))
+            })?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let mut stderr_pipe = child.stderr.take().expect("piped");
@@ -442,7 +451,7 @@ impl Process {
     ) -> Result<Reply, WorkerError> {
         let deadline = Instant::now() + timeout;
         match self.stdout.read(&mut [0u8; 1]) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
             Ok(0) => return Err(self.died("its stdout closed")),
             Ok(_) => return Err(self.died("it wrote before it was asked")),
             Err(e) => return Err(self.died(&format!("its stdout: {e}"))),
@@ -467,7 +476,7 @@ impl Process {
         };
         match reply {
             Ok(body) => Reply::decode(&body).map_err(|e| self.died(&e.to_string())),
-            Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(ProtocolError::Io(e)) if e.kind() == ErrorKind::TimedOut => {
                 Err(WorkerError::Timeout(timeout))
             }
             Err(e) => Err(self.died(&e.to_string())),
@@ -540,6 +549,33 @@ fn worker_path() -> Result<PathBuf, String> {
 mod tests {
     use super::*;
     use crate::model::testing::identity;
+
+    #[test]
+    fn a_worker_that_writes_before_it_is_asked_is_replaced() {
+        // A "worker" that writes a byte at once, then reads whatever comes.
+        let mut command = Command::new("sh");
+        command.args(["-c", "printf x; exec cat >/dev/null"]);
+        let mut process = Process::start(command).expect("sh starts");
+        // Until the byte has arrived, the request would go through.
+        let arrived = Instant::now() + Duration::from_secs(10);
+        let mut poll = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&process.stdout),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack.
+        while unsafe { libc::poll(&mut poll, 1, 100) } == 0 {
+            assert!(Instant::now() < arrived, "the byte never came");
+        }
+        let unload = Request::Unload {
+            digest: Digest::of(b"m"),
+        };
+        let failed = process.exchange(&unload, 64, Duration::from_secs(10));
+        assert!(
+            matches!(&failed, Err(WorkerError::Died(m)) if m.contains("wrote before it was asked")),
+            "{failed:?}"
+        );
+    }
 
     #[test]
     fn a_worker_that_fails_dropping_a_session_is_replaced_and_the_load_goes_ahead() {

@@ -6,7 +6,7 @@
 use super::minilm::{l6, package_with};
 use super::onnx::*;
 use super::{engine, text};
-use soma_host::model::{AdmissionError, MAX_VALUE_NAME_BYTES, admit};
+use soma_host::model::{AdmissionError, MAX_REFUSAL_BYTES, MAX_VALUE_NAME_BYTES, admit};
 use soma_host::{Error, Limits, Seed};
 
 fn refused(bytes: &[u8]) -> AdmissionError {
@@ -101,6 +101,20 @@ fn names_beyond_the_bound_are_refused() {
     assert!(
         matches!(refused(&named("n", &beyond)), AdmissionError::Graph(m) if m.contains("value name"))
     );
+    // An unknown operator, named at the bound: the refusal quotes both
+    // name and operator, each cut to MAX_REFUSAL_BYTES.
+    let long_op = format!("Op{}", "x".repeat(1 << 20));
+    let unknown = model(graph(
+        vec![node(&long_op, &["x"], &["y"], vec![]).str(3, &at_bound)],
+        vec![],
+        y_like_x(),
+    ));
+    let AdmissionError::Operator { node, op } = refused(&unknown) else {
+        panic!("refused for its operator");
+    };
+    assert!(node.len() <= MAX_REFUSAL_BYTES && op.len() <= MAX_REFUSAL_BYTES);
+    assert!(op.starts_with("::Opxxx") && op.ends_with("xxx"), "{op}");
+    assert!(node.contains(" … "));
 }
 
 #[test]
