@@ -15,7 +15,7 @@
 //! library), so that both agree on every character.
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::Value;
 use unicode_categories::UnicodeCategories;
 use unicode_normalization_alignments::UnicodeNormalization;
@@ -99,6 +99,7 @@ impl WordPiece {
         // takes an added token's id from the vocabulary, or numbers those
         // outside it after the vocabulary, and skips repeated ones.
         let mut contents = Vec::new();
+        let mut seen = FxHashSet::default();
         let mut ids = Vec::new();
         for token in config["added_tokens"].as_array()? {
             let plain = ["normalized", "lstrip", "rstrip", "single_word"]
@@ -106,7 +107,7 @@ impl WordPiece {
                 .all(|flag| token[flag] == false);
             let content = token["content"].as_str().filter(|c| !c.is_empty())?;
             let id = u32::try_from(token["id"].as_u64()?).ok()?;
-            if !plain || vocab.get(content) != Some(&id) || contents.contains(&content) {
+            if !plain || vocab.get(content) != Some(&id) || !seen.insert(content) {
                 return None;
             }
             contents.push(content);
