@@ -95,11 +95,109 @@ struct Loaded {
 }
 
 /// A job ready for its calls.
-struct Prepared {
+struct Prepared<'a> {
+    job: &'a Job,
     /// Per shard encoder, in shard order: loaded, or why it cannot be.
     encoders: Vec<Result<Arc<Loaded>, Outcome>>,
-    variants: Variants,
+    /// The calls each loaded encoder gets: one per variant.
+    inputs: usize,
+    masks: u8,
+    /// Made by the first call that needs them, on whichever thread it
+    /// runs: making them is a share of a job's work, not to be left to
+    /// one thread while the others wait.
+    variants: OnceLock<Variants>,
     seed: Seed,
+}
+
+impl Prepared<'_> {
+    fn variants(&self) -> &Variants {
+        self.variants.get_or_init(|| {
+            let variants = Variants::of(&self.job.data, &self.job.seed, self.masks);
+            debug_assert_eq!(variants.inputs.len(), self.inputs);
+            variants
+        })
+    }
+}
+
+/// A batch's calls and results: each is made by whichever thread gets to
+/// it, and kept in its place, so that the order of results never depends
+/// on the threads.
+struct Work<'a> {
+    /// Per call, in order: job, shard encoder, variant.
+    calls: Vec<Task<'a>>,
+    /// Per loaded shard encoder of each job, in the same order.
+    groups: Vec<Group>,
+}
+
+/// One encoder's call on one variant of a job.
+struct Task<'a> {
+    job: &'a Prepared<'a>,
+    loaded: &'a Loaded,
+    input: usize,
+    group: usize,
+    outcome: OnceLock<Call>,
+}
+
+/// One encoder's calls on a job: the `len` calls from `first`.
+struct Group {
+    first: usize,
+    len: usize,
+    /// Calls not made yet: the thread that makes the last one makes the
+    /// result, while the other threads go on with other calls.
+    remaining: AtomicUsize,
+    result: OnceLock<EncoderResult>,
+}
+
+impl<'a> Work<'a> {
+    fn of(jobs: &'a [Result<Prepared<'a>, RunnerError>]) -> Work<'a> {
+        let (mut calls, mut groups) = (Vec::new(), Vec::new());
+        for job in jobs.iter().flatten() {
+            for loaded in job.encoders.iter().flatten() {
+                let group = groups.len();
+                groups.push(Group {
+                    first: calls.len(),
+                    len: job.inputs,
+                    remaining: AtomicUsize::new(job.inputs),
+                    result: OnceLock::new(),
+                });
+                calls.extend((0..job.inputs).map(|input| Task {
+                    job,
+                    loaded,
+                    input,
+                    group,
+                    outcome: OnceLock::new(),
+                }));
+            }
+        }
+        Work { calls, groups }
+    }
+
+    /// Makes call `i`, and its encoder's result if it is the last of them.
+    fn run(&self, i: usize, params: &Parameters) {
+        let task = &self.calls[i];
+        let variants = task.job.variants();
+        let input = &variants.inputs[task.input];
+        // A call's panic is caught (this host's failure), and the other
+        // calls go on.
+        let call = catch_unwind(AssertUnwindSafe(|| call(task.loaded, input, task.job.seed)));
+        let first = task
+            .outcome
+            .set(call.unwrap_or(Err((Outcome::Local, 0))))
+            .is_ok();
+        debug_assert!(first, "call {i} made twice");
+        let group = &self.groups[task.group];
+        // Acquire: the other calls of the group, made on other threads,
+        // are seen set.
+        if group.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let calls = self.calls[group.first..][..group.len].iter().map(|task| {
+                task.outcome
+                    .get()
+                    .expect("a call is set before it is counted")
+            });
+            let made = group.result.set(result(calls, variants, params)).is_ok();
+            debug_assert!(made, "a group's result made twice");
+        }
+    }
 }
 
 impl JobRunner {
@@ -170,7 +268,7 @@ impl JobRunner {
         let mut encoders_of: BTreeMap<Digest, Result<Arc<Loaded>, Outcome>> = BTreeMap::new();
         let prepared: Vec<Result<Prepared, RunnerError>> = jobs
             .iter()
-            .map(|job| {
+            .map(|&job| {
                 let encoders = job
                     .shard
                     .iter()
@@ -184,28 +282,20 @@ impl JobRunner {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Prepared {
+                    job,
                     encoders,
-                    variants: Variants::of(&job.data, &job.seed, params.mask_count),
+                    inputs: Variants::count(&job.data, params.mask_count),
+                    masks: params.mask_count,
+                    variants: OnceLock::new(),
                     seed: sandbox_seed(job),
                 })
             })
             .collect();
-        let tasks: Vec<(&Loaded, &Vec<u8>, Seed)> = prepared
-            .iter()
-            .flatten()
-            .flat_map(|job| {
-                job.encoders
-                    .iter()
-                    .filter_map(|e| e.as_ref().ok())
-                    .flat_map(move |loaded| {
-                        job.variants
-                            .inputs
-                            .iter()
-                            .map(move |input| (loaded.as_ref(), input, job.seed))
-                    })
-            })
-            .collect();
-        let mut calls = self.call_all(&tasks).into_iter();
+        let work = Work::of(&prepared);
+        self.share_out(work.calls.len(), |i| work.run(i, params));
+        let Work { calls, groups } = work;
+        drop(calls);
+        let mut groups = groups.into_iter();
         let results = prepared
             .into_iter()
             .map(|job| {
@@ -214,44 +304,36 @@ impl JobRunner {
                     .encoders
                     .iter()
                     .map(|encoder| match encoder {
-                        Ok(_) => {
-                            let mine: Vec<Call> =
-                                calls.by_ref().take(job.variants.inputs.len()).collect();
-                            result(mine, &job.variants, params)
-                        }
+                        Ok(_) => groups
+                            .next()
+                            .and_then(|group| group.result.into_inner())
+                            .expect("every group's last call made its result"),
                         Err(outcome) => failed(*outcome, 0),
                     })
                     .collect())
             })
             .collect();
-        debug_assert!(calls.next().is_none(), "every call's result was used");
+        debug_assert!(groups.next().is_none(), "every group's result was used");
         results
     }
 
-    /// Makes every call of `tasks` on the runner's threads; their outcomes
-    /// in the order of `tasks`.
-    fn call_all(&self, tasks: &[(&Loaded, &Vec<u8>, Seed)]) -> Vec<Call> {
-        // Every thread takes the next task until none is left; a call's
-        // panic is caught (this host's failure), and the other calls go on.
-        let slots: Vec<OnceLock<Call>> = tasks.iter().map(|_| OnceLock::new()).collect();
+    /// Runs `task(i)` for every `i` below `count` on the runner's threads,
+    /// each taking the next until none is left; returns once all have run.
+    fn share_out(&self, count: usize, task: impl Fn(usize) + Sync) {
         let next = AtomicUsize::new(0);
         let work = || {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(loaded, input, seed)) = tasks.get(i) else {
+                if i >= count {
                     return;
-                };
-                let call = catch_unwind(AssertUnwindSafe(|| call(loaded, input, seed)));
-                let first = slots[i]
-                    .set(call.unwrap_or(Err((Outcome::Local, 0))))
-                    .is_ok();
-                debug_assert!(first, "task {i} ran twice");
+                }
+                task(i);
             }
         };
         // The calling thread works too, from the start: a job's calls are
         // short, and handing all of them to other threads and waiting costs
         // a share of them in wake-ups.
-        let helpers = match self.threads.min(tasks.len()) {
+        let helpers = match self.threads.min(count) {
             0 | 1 => None,
             threads => self.pool().map(|pool| (pool, threads - 1)),
         };
@@ -264,12 +346,6 @@ impl JobRunner {
             }),
             None => work(),
         }
-        // The scope returns once every spawned worker has: each index below
-        // the count of tasks was taken and its slot set.
-        slots
-            .into_iter()
-            .map(|slot| slot.into_inner().expect("every task ran"))
-            .collect()
     }
 
     /// The calls every shard encoder of `job` gets: the sandbox's seed, and
@@ -428,15 +504,15 @@ type Call = Result<(Vec<f32>, u64), (Outcome, u64)>;
 
 /// One encoder on one input, in a fresh sandbox, retried once if this host
 /// failed it.
-fn call(loaded: &Loaded, input: &[u8], seed: Seed) -> Call {
+fn call(loaded: &Loaded, input: &Vec<u8>, seed: Seed) -> Call {
     let limits = Limits {
         fuel: loaded.fuel,
         ..Limits::default()
     };
-    let batch = [input.to_vec()];
-    let mut outcome = loaded.encoder.embed(&batch, &limits, seed);
+    let batch = std::slice::from_ref(input);
+    let mut outcome = loaded.encoder.embed(batch, &limits, seed);
     if matches!(&outcome, Err(e) if !e.is_deterministic()) {
-        outcome = loaded.encoder.embed(&batch, &limits, seed);
+        outcome = loaded.encoder.embed(batch, &limits, seed);
     }
     match outcome {
         Ok(mut embeddings) => Ok((embeddings.vectors.swap_remove(0), embeddings.fuel_used)),
@@ -446,16 +522,20 @@ fn call(loaded: &Loaded, input: &[u8], seed: Seed) -> Call {
 
 /// An encoder's result from its calls on the whole and each variant, in
 /// order: the first failure, if any, is the outcome.
-fn result(calls: Vec<Call>, variants: &Variants, params: &Parameters) -> EncoderResult {
+fn result<'c>(
+    calls: impl ExactSizeIterator<Item = &'c Call>,
+    variants: &Variants,
+    params: &Parameters,
+) -> EncoderResult {
     let mut vectors = Vec::with_capacity(calls.len());
     let mut fuel = 0u64;
     for call in calls {
         match call {
             Ok((vector, used)) => {
-                fuel = fuel.saturating_add(used);
-                vectors.push(vector);
+                fuel = fuel.saturating_add(*used);
+                vectors.push(vector.as_slice());
             }
-            Err((outcome, used)) => return failed(outcome, fuel.saturating_add(used)),
+            Err((outcome, used)) => return failed(*outcome, fuel.saturating_add(*used)),
         }
     }
     if vectors[0].len() != usize::from(params.dimension) {
@@ -505,9 +585,18 @@ fn fuel_of(error: &Error, limits: &Limits) -> u64 {
     }
 }
 
-/// `x` on the fixed-point grid (2⁻¹⁶), saturating.
+/// `x` on the fixed-point grid (2⁻¹⁶), rounded half away from zero,
+/// saturating; NaN is 0.
+///
+/// Without `f64::round`, which is a call into the platform's libm on
+/// x86-64 without SSE4.1 (and apply must not call libm): `x · 2¹⁶` is exact
+/// in `f64`, and so is adding a half of its sign wherever the sum fits an
+/// `i32` (an `f32` has 24 significant bits), except below a half in
+/// magnitude, where it rounds to at most `1 − 2⁻²⁵`; `as` truncates
+/// towards zero, and saturates.
 pub(crate) fn fixed(x: f32) -> i32 {
-    (f64::from(x) * ONE as f64).round() as i32
+    let y = f64::from(x) * ONE as f64;
+    (y + 0.5f64.copysign(y)) as i32
 }
 
 fn fixed_loss(loss: f64) -> u32 {
@@ -574,19 +663,28 @@ impl Variants {
         Variants { inputs, sizes }
     }
 
+    /// How many inputs [`Variants::of`] makes of `data`, known before they
+    /// are made.
+    fn count(data: &[u8], masks: u8) -> usize {
+        match Masking::of(data) {
+            Masking::None => 1,
+            Masking::Words(_) | Masking::Bytes => 1 + 2 * usize::from(masks),
+        }
+    }
+
     /// The mean over masks of 1 − cos(whole, |part|·e(part) + |rest|·e(rest)).
     /// A mask whose whole or prediction is the zero vector is no evidence
     /// either way (an honest encoder may answer zero for input it cannot
     /// read, and a loss decides slashing): the mean is over the others,
     /// and 0 if there are none.
-    fn loss(&self, vectors: &[Vec<f32>]) -> f64 {
-        let whole = &vectors[0];
+    fn loss(&self, vectors: &[impl AsRef<[f32]>]) -> f64 {
+        let whole = vectors[0].as_ref();
         let losses: Vec<f64> = self
             .sizes
             .iter()
             .enumerate()
             .filter_map(|(k, &(part_size, rest_size))| {
-                let (part, rest) = (&vectors[1 + 2 * k], &vectors[2 + 2 * k]);
+                let (part, rest) = (vectors[1 + 2 * k].as_ref(), vectors[2 + 2 * k].as_ref());
                 let predicted: Vec<f64> = part
                     .iter()
                     .zip(rest)
@@ -602,20 +700,43 @@ impl Variants {
     }
 }
 
-/// The cosine of `a` and `b`, unless either is the zero vector.
+/// The cosine of `a` and `b` (over the shorter's length), unless either
+/// is the zero vector.
+///
+/// Each sum is kept in [`LANES`] running sums, term `i` into sum
+/// `i % LANES`, and those are added in order: one fixed order, so the
+/// result is the same on every machine, and one that vectorises, where a
+/// single running sum makes each addition wait for the one before.
 fn cosine(a: &[f32], b: &[f64]) -> Option<f64> {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * y).sum();
-    let norm_a: f64 = a
-        .iter()
-        .map(|&x| f64::from(x) * f64::from(x))
-        .sum::<f64>()
-        .sqrt();
-    let norm_b: f64 = b.iter().map(|&y| y * y).sum::<f64>().sqrt();
-    if norm_a == 0.0 || norm_b == 0.0 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    // Per lane: a·b, a·a, b·b.
+    let mut sums = [[0.0f64; LANES]; 3];
+    let mut add = |lane: usize, x: f32, y: f64| {
+        let x = f64::from(x);
+        sums[0][lane] += x * y;
+        sums[1][lane] += x * x;
+        sums[2][lane] += y * y;
+    };
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (xs, ys) in chunks_a.zip(chunks_b) {
+        for lane in 0..LANES {
+            add(lane, xs[lane], ys[lane]);
+        }
+    }
+    for (lane, (&x, &y)) in rest_a.iter().zip(rest_b).enumerate() {
+        add(lane, x, y);
+    }
+    let [dot, a_a, b_b] = sums.map(|lanes| lanes.iter().fold(0.0, |total, sum| total + sum));
+    if a_a == 0.0 || b_b == 0.0 {
         return None;
     }
-    Some(dot / (norm_a * norm_b))
+    Some(dot / (a_a.sqrt() * b_b.sqrt()))
 }
+
+/// Running sums [`cosine`] keeps per sum: four 128-bit vectors of `f64`.
+const LANES: usize = 8;
 
 /// Whether mask `k` takes item `i`: a third of the items, by the seed.
 fn masked(seed: &[u8; 32], k: u8, i: usize) -> bool {
@@ -740,8 +861,11 @@ mod tests {
         assert_ne!(Variants::of(text, &[8; 32], 4).inputs, v.inputs);
         assert_eq!(Variants::of(text, &SEED, 4).inputs, v.inputs);
         // Two words still split; one cannot.
-        assert_eq!(Variants::of(b"two words", &SEED, 4).inputs.len(), 9);
-        assert_eq!(Variants::of(b"single", &SEED, 4).inputs.len(), 1);
+        for (text, count) in [(&b"two words"[..], 9), (b"single", 1), (b" ", 1), (b"", 1)] {
+            assert_eq!(Variants::of(text, &SEED, 4).inputs.len(), count);
+            assert_eq!(Variants::count(text, 4), count);
+        }
+        assert_eq!(Variants::count(b"two words", 0), 1);
     }
 
     #[test]
@@ -749,6 +873,8 @@ mod tests {
         let data: Vec<u8> = (0..=255).chain(0..44).map(|b| b as u8 ^ 0x80).collect();
         assert!(std::str::from_utf8(&data).is_err());
         let v = Variants::of(&data, &SEED, 3);
+        assert_eq!((v.inputs.len(), Variants::count(&data, 3)), (7, 7));
+        assert_eq!(Variants::count(&[0xff], 3), 1);
         for k in 0..3 {
             let (part, rest) = (&v.inputs[1 + 2 * k], &v.inputs[2 + 2 * k]);
             assert_eq!(part.len() + rest.len(), data.len());
@@ -812,6 +938,17 @@ mod tests {
         assert_eq!(fixed(-0.5), -(ONE as i32) / 2);
         assert_eq!(fixed(1.0 / 131_072.0 + 1e-9), 1);
         assert_eq!(fixed(1e30), i32::MAX);
+        assert_eq!(fixed(-1e30), i32::MIN);
+        assert_eq!(fixed(f32::NAN), 0);
+        // The same as `round` at every tie of the grid near zero, either
+        // side of it, and over a stride through every bit pattern.
+        let rounded = |x: f32| (f64::from(x) * ONE as f64).round() as i32;
+        let ties = (-4096i32..4096).map(|k| (k as f32 + 0.5) / ONE as f32);
+        let around = ties.flat_map(|t| [t.next_down(), t, t.next_up()]);
+        let stride = (0..=u32::MAX).step_by(65_537).map(f32::from_bits);
+        for x in around.chain(stride) {
+            assert_eq!(fixed(x), rounded(x), "{x:e}");
+        }
         assert_eq!(fixed_loss(-1.0), 0);
         assert_eq!(fixed_loss(2.0), 2 * ONE as u32);
     }
