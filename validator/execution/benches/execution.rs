@@ -608,9 +608,16 @@ fn main() {
              copy them back in place (host section, fresh-instance row), so a call maps and \
              unmaps almost nothing: on a 2-vCPU AVX-512 VM, in one A/B run with a 1 MiB budget, a call in the \
              one-thread timing went from 46 to 25 µs, jobs through the runner from 771/s to \
-             3229/s, and this row from 0.77× to 1.50× (sets 1.39–1.58×). What is left has \
-             not been profiled since; the runner's own work per job (differential losses, \
-             the attestation) is a larger share of a job whose calls got this cheap.",
+             3229/s, and this row from 0.77× to 1.50× (sets 1.39–1.58×). What is left, \
+             measured on that VM: instances side by side in one process share wasmtime's \
+             engine, pooling allocator and registry of loaded code, and the process's page \
+             tables and file table, so loops of hash-encoder calls and nothing else ran 1.66–1.72× \
+             as fast on 2 threads of one process as on one thread (1.94× in two processes), \
+             their calls spending more in dropping instances, returning slots and \
+             the kernel's file and page-table locks; and the runner's own work (variants, \
+             differential losses, results put in order) made a one-thread runner 8 % slower \
+             than the encoders' own calls, 5.5 % since variants and each encoder's result are \
+             made on whichever thread gets there and the losses' sums vectorise.",
             jobs.parallelism.speedup.0,
             match minilm.speedup.0 >= parallel_target {
                 true => ", while jobs whose calls are mostly ONNX Runtime (the MiniLM row) pass",
