@@ -611,13 +611,15 @@ fn main() {
              3229/s, and this row from 0.77× to 1.50× (sets 1.39–1.58×). What is left, \
              measured on that VM: instances side by side in one process share wasmtime's \
              engine, pooling allocator and registry of loaded code, and the process's page \
-             tables and file table, so loops of hash-encoder calls and nothing else ran 1.66–1.72× \
-             as fast on 2 threads of one process as on one thread (1.94× in two processes), \
-             their calls spending more in dropping instances, returning slots and \
-             the kernel's file and page-table locks; and the runner's own work (variants, \
-             differential losses, results put in order) made a one-thread runner 8 % slower \
-             than the encoders' own calls, 5.5 % since variants and each encoder's result are \
-             made on whichever thread gets there and the losses' sums vectorise.",
+             tables and file table, so, in a separate timing, loops of hash-encoder calls and \
+             nothing else ran 1.66–1.72× as fast on 2 threads of one process as on one thread \
+             (1.94× in two processes), their calls spending more in dropping instances, \
+             returning slots and the kernel's file and page-table locks; and the runner's own \
+             work (variants, differential losses) made a one-thread runner, timed beside this \
+             bench's own calls once, 8 % slower than them, 5.5 % since the losses' sums \
+             vectorise and each call's input is no longer copied (making variants and results \
+             on whichever thread gets there, which frees the calling thread, did not move \
+             this row on 2 cores).",
             jobs.parallelism.speedup.0,
             match minilm.speedup.0 >= parallel_target {
                 true => ", while jobs whose calls are mostly ONNX Runtime (the MiniLM row) pass",

@@ -6,8 +6,8 @@
 //! Results need not be bit-identical across validators (ONNX Runtime is
 //! not, across CPUs); finalisation takes medians. They are deterministic on
 //! one machine: fixed seeds, fixed input order, and arithmetic that is
-//! exact IEEE (no libm); calls run in parallel, and their results are put
-//! back in shard and variant order.
+//! exact IEEE (no libm); calls run in parallel, and each result is kept in
+//! its shard and variant place.
 //!
 //! Every variant is embedded in a call of its own, in a fresh sandbox: an
 //! encoder never sees the whole and its parts together, so it cannot answer
@@ -102,9 +102,8 @@ struct Prepared<'a> {
     /// The calls each loaded encoder gets: one per variant.
     inputs: usize,
     masks: u8,
-    /// Made by the first call that needs them, on whichever thread it
-    /// runs: making them is a share of a job's work, not to be left to
-    /// one thread while the others wait.
+    /// Made by the first call that needs them, on whichever thread runs
+    /// it, rather than all on the calling thread before any call starts.
     variants: OnceLock<Variants>,
     seed: Seed,
 }
@@ -113,7 +112,8 @@ impl Prepared<'_> {
     fn variants(&self) -> &Variants {
         self.variants.get_or_init(|| {
             let variants = Variants::of(&self.job.data, &self.job.seed, self.masks);
-            debug_assert_eq!(variants.inputs.len(), self.inputs);
+            // The calls were laid out by this count.
+            assert_eq!(variants.inputs.len(), self.inputs, "variants as counted");
             variants
         })
     }
@@ -243,7 +243,7 @@ impl JobRunner {
     /// This validator's results for `job`: one per shard encoder, in shard
     /// order. Every call (each encoder on each variant) is a task; the
     /// runner's threads (one per core by default) share the tasks out, and
-    /// the results are put back in order, so scheduling never changes what
+    /// each result is kept in its place, so scheduling never changes what
     /// is attested.
     pub fn compute(
         &self,
@@ -599,14 +599,20 @@ pub(crate) fn fixed(x: f32) -> i32 {
     (y + 0.5f64.copysign(y)) as i32
 }
 
+/// `loss` on the fixed-point grid (2⁻¹⁶), rounded half up, clamped to
+/// `u32` (NaN is 0). Without libm, as [`fixed`]: below 2³² a value less its
+/// integer part is exact.
 fn fixed_loss(loss: f64) -> u32 {
-    (loss * ONE as f64).round().clamp(0.0, f64::from(u32::MAX)) as u32
+    let y = (loss * ONE as f64).clamp(0.0, f64::from(u32::MAX));
+    let whole = y as u64;
+    let rounded = whole + u64::from(y - whole as f64 >= 0.5);
+    rounded.min(u64::from(u32::MAX)) as u32
 }
 
 /// How a job's data is split into masked parts.
 enum Masking<'a> {
     /// Text of two words or more: by words.
-    Words(Vec<&'a str>),
+    Words(&'a str),
     /// Other data of two bytes or more: by byte ranges.
     Bytes,
     /// Too short to split: no masks, so no loss.
@@ -616,13 +622,9 @@ enum Masking<'a> {
 impl Masking<'_> {
     fn of(data: &[u8]) -> Masking<'_> {
         match std::str::from_utf8(data) {
-            Ok(text) => {
-                let words: Vec<&str> = text.split_whitespace().collect();
-                match words.len() >= 2 {
-                    true => Masking::Words(words),
-                    false => Masking::None,
-                }
-            }
+            // The words are split out only when the variants are made.
+            Ok(text) if text.split_whitespace().nth(1).is_some() => Masking::Words(text),
+            Ok(_) => Masking::None,
             Err(_) if data.len() >= 2 => Masking::Bytes,
             Err(_) => Masking::None,
         }
@@ -650,9 +652,13 @@ impl Variants {
         let mut inputs = vec![data.to_vec()];
         let mut sizes = Vec::new();
         let masking = Masking::of(data);
+        let words: Vec<&str> = match masking {
+            Masking::Words(text) => text.split_whitespace().collect(),
+            Masking::Bytes | Masking::None => Vec::new(),
+        };
         for k in 0..masks {
             let (part, rest, size) = match &masking {
-                Masking::Words(words) => split_words(words, seed, k),
+                Masking::Words(_) => split_words(&words, seed, k),
                 Masking::Bytes => split_bytes(data, seed, k),
                 Masking::None => break,
             };
@@ -708,6 +714,8 @@ impl Variants {
 /// result is the same on every machine, and one that vectorises, where a
 /// single running sum makes each addition wait for the one before.
 fn cosine(a: &[f32], b: &[f64]) -> Option<f64> {
+    // The host gives every vector of a call the encoder's dimension.
+    debug_assert_eq!(a.len(), b.len());
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     // Per lane: a·b, a·a, b·b.
@@ -933,6 +941,32 @@ mod tests {
     }
 
     #[test]
+    fn the_cosine_sums_every_term_in_its_lane_then_the_lanes_in_order() {
+        for n in 1..=20 {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() + 0.1).collect();
+            let b: Vec<f64> = (0..n).map(|i| (i as f64 * 0.91).cos() - 0.2).collect();
+            // Term `i` into lane `i % LANES`, the lanes added in order.
+            let lanes = |term: &dyn Fn(usize) -> f64| {
+                let mut sums = [0.0f64; LANES];
+                for i in 0..n {
+                    sums[i % LANES] += term(i);
+                }
+                sums.iter().fold(0.0, |total, sum| total + sum)
+            };
+            let x = |i: usize| f64::from(a[i]);
+            let dot = lanes(&|i| x(i) * b[i]);
+            let expected = dot / (lanes(&|i| x(i) * x(i)).sqrt() * lanes(&|i| b[i] * b[i]).sqrt());
+            assert_eq!(cosine(&a, &b), Some(expected), "{n} terms");
+            // And a cosine, as a plain sum gives it.
+            let plain: f64 = (0..n).map(|i| x(i) * b[i]).sum::<f64>()
+                / ((0..n).map(|i| x(i) * x(i)).sum::<f64>().sqrt()
+                    * (0..n).map(|i| b[i] * b[i]).sum::<f64>().sqrt());
+            assert!((expected - plain).abs() < 1e-12, "{n} terms");
+        }
+        assert_eq!(cosine(&[0.0; 9], &[1.0; 9]), None);
+    }
+
+    #[test]
     fn fixed_point_rounds_to_the_grid_and_saturates() {
         assert_eq!(fixed(1.0), ONE as i32);
         assert_eq!(fixed(-0.5), -(ONE as i32) / 2);
@@ -951,5 +985,17 @@ mod tests {
         }
         assert_eq!(fixed_loss(-1.0), 0);
         assert_eq!(fixed_loss(2.0), 2 * ONE as u32);
+        assert_eq!(fixed_loss(1e30), u32::MAX);
+        assert_eq!(fixed_loss(f64::NAN), 0);
+        // The same as `round` at ties of the grid, either side of them,
+        // and over a stride of losses.
+        let rounded =
+            |loss: f64| (loss * ONE as f64).round().clamp(0.0, f64::from(u32::MAX)) as u32;
+        let ties = (0..4096).map(|k| (f64::from(k) + 0.5) / ONE as f64);
+        let around = ties.flat_map(|t| [t.next_down(), t, t.next_up()]);
+        let stride = (0..100_000).map(|i| f64::from(i) * 0.000_713_17);
+        for loss in around.chain(stride) {
+            assert_eq!(fixed_loss(loss), rounded(loss), "{loss:e}");
+        }
     }
 }
