@@ -20,7 +20,7 @@ use crate::bindings::soma::encoder::inference::{
 use crate::digest::Digest;
 use crate::error::LocalFailure;
 use crate::model::{self, AdmissionError, ElemType, Graph, ShapeError, TensorInfo};
-use crate::worker::{Idle, RunOutcome, Skipped, Worker, WorkerError};
+use crate::worker::{Blamed, Idle, RunOutcome, Skipped, Worker, WorkerError};
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -67,6 +67,9 @@ pub(crate) struct Model {
     /// The other workers, so that a busy model uses every core, not just
     /// its replicas'.
     spill: Arc<Spill>,
+    /// Where its cache's workers name models whose sessions failed them
+    /// when dropped.
+    blamed: Arc<Blamed>,
     /// Plans of input shapes it ran on.
     plans: Plans,
 }
@@ -171,6 +174,16 @@ impl Model {
         }
     }
 
+    /// Whether its runs may go to other workers than its replicas: not
+    /// while it is contained, nor once a worker named it for failing when
+    /// its session was dropped, which contains it.
+    fn may_spill(&self) -> bool {
+        if self.blamed.take(&self.digest) {
+            self.contain("its session failed a worker when it was dropped");
+        }
+        self.spill.contained.load(Ordering::Relaxed) == 0
+    }
+
     /// Counts a clean run towards the end of a containment.
     fn ran_cleanly(&self) {
         let _ = self
@@ -228,6 +241,8 @@ pub(crate) struct ModelCache {
     /// encoders).
     workers: Vec<Arc<Worker>>,
     placement_key: [u8; 32],
+    /// Shared with its workers and models (see [`Model::may_spill`]).
+    blamed: Arc<Blamed>,
     /// Most admitted model bytes each worker holds sessions for.
     session_bytes: u64,
     /// How long a refusal is remembered ([`REFUSALS_KEPT`]).
@@ -298,12 +313,14 @@ impl ModelCache {
         let mut placement_key = [0u8; 32];
         // Without randomness, placement is merely predictable.
         let _ = getrandom::fill(&mut placement_key);
+        let blamed = Arc::new(Blamed::default());
         ModelCache {
             placement_key,
             models: Mutex::default(),
             workers: (0..workers.clamp(1, MAX_WORKERS))
-                .map(|_| Arc::new(Worker::new(session_bytes)))
+                .map(|_| Arc::new(Worker::new(session_bytes, blamed.clone())))
                 .collect(),
+            blamed,
             session_bytes,
             refusals_kept: REFUSALS_KEPT,
         }
@@ -464,6 +481,7 @@ impl ModelCache {
                         warming: AtomicBool::new(false),
                         contained: AtomicU32::new(0),
                     }),
+                    blamed: self.blamed.clone(),
                     plans: Plans::default(),
                 }))
             }
@@ -612,7 +630,7 @@ fn run_somewhere(
     timeout: Duration,
 ) -> (&Worker, RunOutcome) {
     let (digest, bytes) = (model.digest, &model.canonical);
-    let spilling = model.spill.contained.load(Ordering::Relaxed) == 0;
+    let spilling = model.may_spill();
     let warmed = match spilling {
         true => model.spill.warmed.load(Ordering::Acquire),
         false => 0,
@@ -729,6 +747,37 @@ mod tests {
         assert_eq!(canonical(f32::INFINITY), f32::INFINITY);
         assert_eq!(canonical(f32::MAX), f32::MAX);
         assert_eq!(canonical(-1e34), -1e34);
+    }
+
+    #[test]
+    fn a_model_whose_session_fails_its_worker_when_dropped_is_contained() {
+        let (a, b) = (
+            model::testing::identity("a", Some(2)),
+            model::testing::identity("b", Some(2)),
+        );
+        let room = [&a, &b]
+            .map(|m| model::admit(m).expect("admitted").canonical.len())
+            .into_iter()
+            .max()
+            .unwrap();
+        // One worker, with room for one of the two sessions. (The worker
+        // executable is built with the workspace's integration tests, by
+        // `cargo xtask test`.)
+        let cache = ModelCache::new(1, room as u64);
+        let first = cache.get(&Digest::of(&a), &a).expect("a loads");
+        assert!(first.may_spill());
+        // Loading `b` drops `a`'s session, and the worker fails doing it.
+        cache.workers[0].dies_unseen();
+        let second = cache.get(&Digest::of(&b), &b).expect("b loads");
+        assert!(second.may_spill());
+        assert!(!first.may_spill());
+        assert_eq!(
+            first.spill.contained.load(Ordering::Relaxed),
+            CONTAINED_RUNS
+        );
+        // Named once: it is free again once it has served its containment.
+        first.spill.contained.store(0, Ordering::Relaxed);
+        assert!(first.may_spill());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::protocol::{ProtocolError, Reply, Request, read_frame};
 use crate::bindings::soma::encoder::inference::NamedTensor;
 use crate::digest::Digest;
 use crate::inference::MIN_RUN_TIME;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -87,6 +87,8 @@ pub(crate) type RunOutcome = Result<Result<Vec<NamedTensor>, String>, WorkerErro
 
 struct State {
     process: Option<Process>,
+    /// Where the models whose sessions failed it when dropped are named.
+    blamed: Arc<Blamed>,
     /// The empty directory the worker is told holds external data.
     external_data: Option<tempfile::TempDir>,
     /// Most admitted model bytes the worker holds sessions for at once.
@@ -122,12 +124,14 @@ struct Held {
 impl Worker {
     /// A worker that holds sessions for at most `session_bytes` of
     /// admitted model bytes at once, dropping those used longest ago to
-    /// load another (a dropped one is compiled again when next run).
-    pub(crate) fn new(session_bytes: u64) -> Worker {
+    /// load another (a dropped one is compiled again when next run); a
+    /// model whose session fails it when dropped is named in `blamed`.
+    pub(crate) fn new(session_bytes: u64, blamed: Arc<Blamed>) -> Worker {
         let loads = Arc::new(AtomicU64::new(0));
         Worker {
             state: Mutex::new(State {
                 process: None,
+                blamed,
                 external_data: None,
                 session_bytes,
                 clock: 0,
@@ -359,6 +363,9 @@ impl State {
             // Whatever made the worker fail, it was not the model about to
             // load (nor, so, the call that wants it): a fresh worker holds
             // no sessions, so there is room, and the load goes ahead there.
+            // The model being dropped is named, as a run that fails its
+            // worker names its model: it may fail every worker it spills to.
+            self.blamed.name(oldest);
             tracing::warn!(
                 dropping = %oldest,
                 "the inference worker failed dropping a session to make room, so a fresh one \
@@ -384,6 +391,34 @@ impl State {
             dead.kill();
         }
         result
+    }
+}
+
+/// Models whose sessions failed a worker when they were dropped, named by
+/// the workers of one cache until the cache contains each (see
+/// `inference::Model::may_spill`). At most [`MAX_BLAMED`] at once: each
+/// took a worker's death to name.
+#[derive(Default)]
+pub(crate) struct Blamed(Mutex<BTreeSet<Digest>>);
+
+/// Most models [`Blamed`] holds; past it, a model is not named.
+const MAX_BLAMED: usize = 1024;
+
+impl Blamed {
+    fn name(&self, digest: Digest) {
+        let mut named = self.lock();
+        if named.len() < MAX_BLAMED {
+            named.insert(digest);
+        }
+    }
+
+    /// Whether `digest` was named, and forgets it.
+    pub(crate) fn take(&self, digest: &Digest) -> bool {
+        self.lock().remove(digest)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<Digest>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -546,6 +581,18 @@ fn worker_path() -> Result<PathBuf, String> {
 }
 
 #[cfg(test)]
+impl Worker {
+    /// Kills the worker process from outside, as an out-of-memory killer
+    /// would, while the host still counts on it.
+    pub(crate) fn dies_unseen(&self) {
+        let mut state = self.lock();
+        let process = state.process.as_mut().expect("running");
+        process.child.kill().expect("the worker can be killed");
+        process.child.wait().expect("and waited for");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::testing::identity;
@@ -582,24 +629,24 @@ mod tests {
         let (a, b) = (identity("a", Some(2)), identity("b", Some(2)));
         let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
         // Room for one of the two sessions.
-        let worker = Worker::new(a.len().max(b.len()) as u64);
+        let blamed = Arc::new(Blamed::default());
+        let worker = Worker::new(a.len().max(b.len()) as u64, blamed.clone());
         // The worker executable is built with the workspace's integration
         // tests (`cargo xtask test`), beside this test's.
         let first = worker.load(digest_a, &a);
         assert!(matches!(first, Ok(Ok(()))), "{first:?}");
         assert_eq!(worker.loads(), 1);
-        // The worker dies (killed from outside, as an out-of-memory killer
-        // would) while the host still counts on it: loading `b` must drop
-        // `a` first, which fails.
-        let mut state = worker.lock();
-        let process = state.process.as_mut().expect("running");
-        process.child.kill().expect("the worker can be killed");
-        process.child.wait().expect("and waited for");
-        drop(state);
+        // Loading `b` must drop `a` first, which fails.
+        worker.dies_unseen();
         let loaded = worker.load(digest_b, &b);
         assert!(matches!(loaded, Ok(Ok(()))), "{loaded:?}");
         assert_eq!(worker.loads(), 2);
         let state = worker.lock();
         assert!(state.holds(&digest_b) && !state.holds(&digest_a));
+        drop(state);
+        // `a` is named, once; `b` is not.
+        assert!(!blamed.take(&digest_b));
+        assert!(blamed.take(&digest_a));
+        assert!(!blamed.take(&digest_a));
     }
 }
