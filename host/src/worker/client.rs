@@ -93,6 +93,8 @@ struct State {
     external_data: Option<tempfile::TempDir>,
     /// Most admitted model bytes the worker holds sessions for at once.
     session_bytes: u64,
+    /// How long dropping a session may take ([`UNLOAD_TIMEOUT`]).
+    unload_timeout: Duration,
     /// Requests served, to tell which session was used longest ago.
     clock: u64,
     /// The worker's count of models compiled.
@@ -134,6 +136,7 @@ impl Worker {
                 blamed,
                 external_data: None,
                 session_bytes,
+                unload_timeout: UNLOAD_TIMEOUT,
                 clock: 0,
                 loads: loads.clone(),
             }),
@@ -150,6 +153,7 @@ impl Worker {
         model: &[u8],
     ) -> Result<Result<(), String>, WorkerError> {
         let mut state = self.lock();
+        state.reap();
         if state.holds(&digest) {
             state.used(digest);
             return Ok(Ok(()));
@@ -200,6 +204,7 @@ impl Worker {
         let Some(mut state) = self.try_lock() else {
             return Err((inputs, Skipped::Busy));
         };
+        state.reap();
         if matches!(idle, Idle::Holding) && !state.holds(&digest) {
             return Err((inputs, Skipped::NoSession));
         }
@@ -248,6 +253,7 @@ impl State {
         deadline: Instant,
     ) -> RunOutcome {
         let before = deadline.saturating_duration_since(Instant::now());
+        self.reap();
         // Compiling it again (after a restart, or once its session was
         // dropped) has the budget of any load.
         let compiles = !self.holds(&digest);
@@ -289,6 +295,22 @@ impl State {
             self.process = Some(Process::spawn(dir)?);
         }
         Ok(self.process.as_mut().expect("just started"))
+    }
+
+    /// Drops the worker if it exited since its last request (killed from
+    /// outside while idle, as an out-of-memory killer would): the next
+    /// request starts a fresh one, which holds no sessions, rather than
+    /// failing against the dead one, which would blame the model it named.
+    fn reap(&mut self) {
+        let Some(process) = self.process.as_mut() else {
+            return;
+        };
+        if !matches!(process.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let mut gone = self.process.take().expect("checked above");
+        let why = gone.died("it exited between requests");
+        tracing::warn!("the inference worker is replaced: {why}");
     }
 
     /// Whether the running worker holds the session of `digest`.
@@ -349,7 +371,7 @@ impl State {
                 return Ok(());
             };
             let failure =
-                match self.exchange(&Request::Unload { digest: oldest }, 64, UNLOAD_TIMEOUT) {
+                match self.exchange(&Request::Unload { digest: oldest }, 64, self.unload_timeout) {
                     Ok(Reply::Done(outputs)) if outputs.is_empty() => {
                         self.process()?.loaded.remove(&oldest);
                         continue;
@@ -364,7 +386,8 @@ impl State {
             // load (nor, so, the call that wants it): a fresh worker holds
             // no sessions, so there is room, and the load goes ahead there.
             // The model being dropped is named, as a run that fails its
-            // worker names its model: it may fail every worker it spills to.
+            // worker names its model (the worker was alive when asked: see
+            // `reap`): it may fail every worker that holds its session.
             self.blamed.name(oldest);
             tracing::warn!(
                 dropping = %oldest,
@@ -396,8 +419,8 @@ impl State {
 
 /// Models whose sessions failed a worker when they were dropped, named by
 /// the workers of one cache until the cache contains each (see
-/// `inference::Model::may_spill`). At most [`MAX_BLAMED`] at once: each
-/// took a worker's death to name.
+/// `inference::Model::may_spill`) or frees it. At most [`MAX_BLAMED`] at
+/// once: each took a worker's death to name.
 #[derive(Default)]
 pub(crate) struct Blamed(Mutex<BTreeSet<Digest>>);
 
@@ -409,7 +432,14 @@ impl Blamed {
         let mut named = self.lock();
         if named.len() < MAX_BLAMED {
             named.insert(digest);
+        } else {
+            tracing::warn!(model = %digest, "{MAX_BLAMED} models are named for failing their workers already: this one is not");
         }
+    }
+
+    /// Forgets the models `keep` says no.
+    pub(crate) fn retain(&self, keep: impl Fn(&Digest) -> bool) {
+        self.lock().retain(keep);
     }
 
     /// Whether `digest` was named, and forgets it.
@@ -590,6 +620,21 @@ impl Worker {
         process.child.kill().expect("the worker can be killed");
         process.child.wait().expect("and waited for");
     }
+
+    /// Gives dropping a session `timeout` instead of [`UNLOAD_TIMEOUT`].
+    pub(crate) fn set_unload_timeout(&self, timeout: Duration) {
+        self.lock().unload_timeout = timeout;
+    }
+
+    /// Stops the worker process (`SIGSTOP`): it takes requests and never
+    /// answers, as a worker hung in a model would.
+    pub(crate) fn freezes(&self) {
+        let state = self.lock();
+        let pid = state.process.as_ref().expect("running").child.id();
+        // SAFETY: a signal to a child this worker owns and has not reaped.
+        let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        assert_eq!(sent, 0, "the worker can be stopped");
+    }
 }
 
 #[cfg(test)]
@@ -625,6 +670,28 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_that_died_while_idle_is_replaced_blaming_no_model() {
+        let (a, b) = (identity("a", Some(2)), identity("b", Some(2)));
+        let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
+        let blamed = Arc::new(Blamed::default());
+        // Room for one of the two sessions.
+        let worker = Worker::new(a.len().max(b.len()) as u64, blamed.clone());
+        assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
+        worker.dies_unseen();
+        // Loading `b` would drop `a`: the dead worker is replaced instead.
+        let loaded = worker.load(digest_b, &b);
+        assert!(matches!(loaded, Ok(Ok(()))), "{loaded:?}");
+        assert_eq!(worker.loads(), 2);
+        assert_eq!(worker.sessions(), 1);
+        assert!(!blamed.take(&digest_a));
+        // A run of a model it held goes ahead too, compiled again.
+        worker.dies_unseen();
+        let ran = worker.run(digest_b, &b, vec![], 1 << 20, Duration::from_secs(60));
+        assert!(!matches!(ran, Err(WorkerError::Died(_))), "{ran:?}");
+        assert_eq!(worker.loads(), 3);
+    }
+
+    #[test]
     fn a_worker_that_fails_dropping_a_session_is_replaced_and_the_load_goes_ahead() {
         let (a, b) = (identity("a", Some(2)), identity("b", Some(2)));
         let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
@@ -636,8 +703,9 @@ mod tests {
         let first = worker.load(digest_a, &a);
         assert!(matches!(first, Ok(Ok(()))), "{first:?}");
         assert_eq!(worker.loads(), 1);
-        // Loading `b` must drop `a` first, which fails.
-        worker.dies_unseen();
+        // Loading `b` must drop `a` first, and the worker hangs doing it.
+        worker.set_unload_timeout(Duration::from_millis(200));
+        worker.freezes();
         let loaded = worker.load(digest_b, &b);
         assert!(matches!(loaded, Ok(Ok(()))), "{loaded:?}");
         assert_eq!(worker.loads(), 2);
