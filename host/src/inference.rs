@@ -70,9 +70,6 @@ pub(crate) struct Model {
     /// Where its cache's workers name models whose sessions failed them
     /// when dropped.
     blamed: Arc<Blamed>,
-    /// Its runs that failed their worker in a row (see
-    /// [`Model::held_off`]).
-    failing: Mutex<Failing>,
     /// Plans of input shapes it ran on.
     plans: Plans,
 }
@@ -149,35 +146,16 @@ struct Spill {
     /// Runs the model must complete before it may spill over again: set
     /// when a run of it ended in a failure of its worker (a crash, a
     /// timeout, a broken or misshapen reply), a spill worker could not
-    /// load it, or a worker failed dropping its session, so that a model
-    /// that fails workers takes down no more than its replicas and the
-    /// spill workers that hold its session already.
+    /// load it, or a worker it ran in last died of itself or failed
+    /// dropping its session, so that a model that fails workers takes down
+    /// no more than its replicas and the spill workers that hold its
+    /// session already.
     contained: AtomicU32,
 }
 
 /// Clean runs a model that failed a worker completes in its replicas
 /// before it may spill over again.
 const CONTAINED_RUNS: u32 = 1_000;
-
-/// Runs of a model in a row that failed their worker after which its runs
-/// are held off: one failure may be a transient kill (out of memory), and
-/// the job runner retries a call once, so two in a row may still be.
-const HOLD_AFTER_FAILURES: u32 = 3;
-
-/// How long a model's runs are held off the first time, doubled for each
-/// further run in a row that fails its worker, up to [`MAX_HOLD_OFF`].
-const HOLD_OFF: Duration = Duration::from_secs(10);
-
-/// Longest hold-off.
-const MAX_HOLD_OFF: Duration = Duration::from_secs(300);
-
-/// A model's runs that failed their worker in a row.
-#[derive(Default)]
-struct Failing {
-    in_a_row: u32,
-    /// Until when its runs fail without being run.
-    held_until: Option<Instant>,
-}
 
 /// Largest model (admitted bytes) that spills over: every worker that
 /// holds a session pays for it in memory, from its capped address space.
@@ -208,56 +186,12 @@ impl Model {
         self.spill.contained.load(Ordering::Relaxed) == 0
     }
 
-    /// Counts a clean run towards the end of a containment, and ends a
-    /// run of worker failures.
+    /// Counts a clean run towards the end of a containment.
     fn ran_cleanly(&self) {
         let _ = self
             .spill
             .contained
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        *self.failing() = Failing::default();
-    }
-
-    /// Why its runs fail now without being run, if they do: after
-    /// [`HOLD_AFTER_FAILURES`] runs in a row failed their worker, a model
-    /// that crashes ONNX Runtime, or outlasts its budget, on every run
-    /// would otherwise take a worker (and every session in it) down with
-    /// each call and its retry.
-    fn held_off(&self) -> Option<LocalFailure> {
-        let failing = self.failing();
-        let left = failing.held_until?.checked_duration_since(Instant::now())?;
-        Some(LocalFailure(format!(
-            "the last {} runs of this model failed their inference worker, so its runs \
-             are held off for {}s more",
-            failing.in_a_row,
-            left.as_millis().div_ceil(1000)
-        )))
-    }
-
-    /// Counts a run that failed its worker: contains the model, and holds
-    /// its runs off if it is one too many in a row.
-    fn failed_its_worker(&self) {
-        self.contain("a run of it failed its worker");
-        let mut failing = self.failing();
-        failing.in_a_row = failing.in_a_row.saturating_add(1);
-        let Some(beyond) = failing.in_a_row.checked_sub(HOLD_AFTER_FAILURES) else {
-            return;
-        };
-        let hold = HOLD_OFF
-            .saturating_mul(1 << beyond.min(16))
-            .min(MAX_HOLD_OFF);
-        failing.held_until = Some(Instant::now() + hold);
-        tracing::warn!(
-            model = %self.digest,
-            "{} runs of the model in a row failed their inference worker: its runs fail \
-             without running for {}s",
-            failing.in_a_row,
-            hold.as_secs()
-        );
-    }
-
-    fn failing(&self) -> std::sync::MutexGuard<'_, Failing> {
-        self.failing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Loads the model into the next spill worker on a thread of its own,
@@ -551,7 +485,6 @@ impl ModelCache {
                         contained: AtomicU32::new(0),
                     }),
                     blamed: self.blamed.clone(),
-                    failing: Mutex::default(),
                     plans: Plans::default(),
                 }))
             }
@@ -641,9 +574,6 @@ pub(crate) fn run(
         .into_iter()
         .map(|(name, tensor)| NamedTensor { name, tensor })
         .collect();
-    if let Some(held) = model.held_off() {
-        return Err(held);
-    }
     let (worker, outcome) = run_somewhere(model, inputs, max_reply, timeout);
     let outputs = match outcome {
         Ok(Ok(outputs)) => outputs,
@@ -655,7 +585,7 @@ pub(crate) fn run(
         }
         Err(e) => {
             if matches!(e, WorkerError::Died(_) | WorkerError::Timeout(_)) {
-                model.failed_its_worker();
+                model.contain("a run of it failed its worker");
             }
             return Err(LocalFailure(e.to_string()));
         }
@@ -852,51 +782,6 @@ mod tests {
         // Named once: it is free again once it has served its containment.
         first.spill.contained.store(0, Ordering::Relaxed);
         assert!(first.may_spill());
-    }
-
-    #[test]
-    fn a_model_whose_runs_fail_their_worker_in_a_row_is_held_off_for_a_while() {
-        let bytes = model::testing::identity("held", Some(2));
-        let cache = ModelCache::new(1, 1 << 20);
-        let model = cache.get(&Digest::of(&bytes), &bytes).expect("loads");
-        let inputs = || {
-            let data = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-            let tensor = Tensor {
-                dimensions: vec![2],
-                ty: TensorType::Fp32,
-                data,
-            };
-            Inputs(vec![("x".into(), tensor)])
-        };
-        let plan = model
-            .plan(inputs().shapes())
-            .expect("no panic")
-            .expect("plans");
-        let run = |timeout| run(&model, inputs(), &plan, timeout);
-        assert!(matches!(run(Duration::from_secs(60)), Ok(Ok(_))));
-        let worker = &cache.workers[0];
-        // Its worker hangs under each of its next runs, as if the model
-        // made it; up to the last of them, every run is tried, and each
-        // costs the worker.
-        for _ in 0..HOLD_AFTER_FAILURES {
-            let loaded = worker.load(model.digest, &model.canonical);
-            assert!(matches!(loaded, Ok(Ok(()))), "{loaded:?}");
-            worker.freezes();
-            let failed = run(Duration::from_millis(300)).expect_err("the worker hung");
-            assert!(failed.0.contains("budget"), "{}", failed.0);
-            assert!(!worker.is_running());
-        }
-        let run = || run(Duration::from_secs(60));
-        // Then its runs fail without a worker being started for them.
-        assert!(!worker.is_running());
-        let held = run().expect_err("held off");
-        assert!(held.0.contains("held off for 10s"), "{}", held.0);
-        assert!(!worker.is_running());
-        // Once the hold-off is over, a clean run ends the count.
-        model.failing().held_until = Some(Instant::now());
-        assert!(matches!(run(), Ok(Ok(_))));
-        assert_eq!(model.failing().in_a_row, 0);
-        assert!(model.held_off().is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::inference::MIN_RUN_TIME;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,6 +114,8 @@ struct Process {
     stderr: Arc<Mutex<Vec<u8>>>,
     /// The sessions it holds.
     loaded: BTreeMap<Digest, Held>,
+    /// The model it was last asked to run.
+    last_run: Option<Digest>,
 }
 
 /// A session a worker holds.
@@ -273,6 +276,7 @@ impl State {
         if left < needed {
             return Err(WorkerError::OutOfTime);
         }
+        self.process()?.last_run = Some(digest);
         match self.exchange(&Request::Run { digest, inputs }, max_reply, left)? {
             Reply::Done(outputs) => Ok(Ok(outputs)),
             Reply::Refused(text) => Ok(Err(text)),
@@ -297,18 +301,36 @@ impl State {
         Ok(self.process.as_mut().expect("just started"))
     }
 
-    /// Drops the worker if it exited since its last request (killed from
-    /// outside while idle, as an out-of-memory killer would): the next
+    /// Drops the worker if it exited since its last request: the next
     /// request starts a fresh one, which holds no sessions, rather than
-    /// failing against the dead one, which would blame the model it named.
+    /// failing against the dead one, which would blame the model it names.
+    /// A worker killed from outside (`SIGKILL`, as an out-of-memory killer
+    /// does) blames no one; one that crashed of itself after answering (a
+    /// model's damage found when its outputs were freed) names the model
+    /// it ran last, as a crash during the run would.
     fn reap(&mut self) {
         let Some(process) = self.process.as_mut() else {
             return;
         };
-        if !matches!(process.child.try_wait(), Ok(Some(_))) {
+        let Ok(Some(status)) = process.child.try_wait() else {
             return;
-        }
+        };
         let mut gone = self.process.take().expect("checked above");
+        let crashed = status.signal().is_some_and(|signal| {
+            [
+                libc::SIGABRT,
+                libc::SIGBUS,
+                libc::SIGFPE,
+                libc::SIGILL,
+                libc::SIGSEGV,
+                libc::SIGSYS,
+                libc::SIGTRAP,
+            ]
+            .contains(&signal)
+        });
+        if crashed && let Some(last) = gone.last_run {
+            self.blamed.name(last);
+        }
         let why = gone.died("it exited between requests");
         tracing::warn!("the inference worker is replaced: {why}");
     }
@@ -386,8 +408,9 @@ impl State {
             // load (nor, so, the call that wants it): a fresh worker holds
             // no sessions, so there is room, and the load goes ahead there.
             // The model being dropped is named, as a run that fails its
-            // worker names its model (the worker was alive when asked: see
-            // `reap`): it may fail every worker that holds its session.
+            // worker names its model (the worker was alive when last
+            // checked, just before: see `reap`): it may fail every worker
+            // that holds its session.
             self.blamed.name(oldest);
             tracing::warn!(
                 dropping = %oldest,
@@ -505,6 +528,7 @@ impl Process {
             stdout,
             stderr,
             loaded: BTreeMap::new(),
+            last_run: None,
         })
     }
 
@@ -629,11 +653,22 @@ impl Worker {
     /// Stops the worker process (`SIGSTOP`): it takes requests and never
     /// answers, as a worker hung in a model would.
     pub(crate) fn freezes(&self) {
-        let state = self.lock();
-        let pid = state.process.as_ref().expect("running").child.id();
+        self.signalled(libc::SIGSTOP);
+    }
+
+    /// Sends `signal` to the worker process, and, unless it only stops it,
+    /// waits for it to end.
+    pub(crate) fn signalled(&self, signal: libc::c_int) {
+        let mut state = self.lock();
+        let child = &mut state.process.as_mut().expect("running").child;
         // SAFETY: a signal to a child this worker owns and has not reaped.
-        let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-        assert_eq!(sent, 0, "the worker can be stopped");
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "the worker can be signalled");
+        if signal != libc::SIGSTOP {
+            while child.try_wait().expect("waitable").is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }
 
@@ -684,11 +719,32 @@ mod tests {
         assert_eq!(worker.loads(), 2);
         assert_eq!(worker.sessions(), 1);
         assert!(!blamed.take(&digest_a));
-        // A run of a model it held goes ahead too, compiled again.
+        // A run of a model it held goes ahead too, compiled again (and
+        // refused: it names no input).
         worker.dies_unseen();
         let ran = worker.run(digest_b, &b, vec![], 1 << 20, Duration::from_secs(60));
-        assert!(!matches!(ran, Err(WorkerError::Died(_))), "{ran:?}");
+        assert!(matches!(ran, Ok(Err(_))), "{ran:?}");
         assert_eq!(worker.loads(), 3);
+        // Killed from outside after that run: still no one is named.
+        worker.dies_unseen();
+        assert!(matches!(worker.load(digest_b, &b), Ok(Ok(()))));
+        assert!(!blamed.take(&digest_b));
+    }
+
+    #[test]
+    fn a_worker_that_crashed_of_itself_between_requests_names_the_model_it_ran_last() {
+        let (a, b) = (identity("a", Some(2)), identity("b", Some(2)));
+        let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
+        let blamed = Arc::new(Blamed::default());
+        let worker = Worker::new(1 << 20, blamed.clone());
+        assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
+        let ran = worker.run(digest_b, &b, vec![], 1 << 20, Duration::from_secs(60));
+        assert!(matches!(ran, Ok(Err(_))), "{ran:?}");
+        // It aborts after answering, as a model's heap damage would.
+        worker.signalled(libc::SIGABRT);
+        assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
+        assert!(blamed.take(&digest_b));
+        assert!(!blamed.take(&digest_a));
     }
 
     #[test]
