@@ -67,8 +67,8 @@ pub(crate) struct Model {
     /// The other workers, so that a busy model uses every core, not just
     /// its replicas'.
     spill: Arc<Spill>,
-    /// Where its cache's workers name models whose sessions failed them
-    /// when dropped.
+    /// Where its cache's workers name models that failed them outside a
+    /// run.
     blamed: Arc<Blamed>,
     /// Plans of input shapes it ran on.
     plans: Plans,
@@ -177,11 +177,13 @@ impl Model {
     }
 
     /// Whether its runs may go to other workers than its replicas: not
-    /// while it is contained, nor once a worker named it for failing when
-    /// its session was dropped, which contains it.
+    /// while it is contained, nor once a worker named it for failing it
+    /// outside a run, which contains it.
     fn may_spill(&self) -> bool {
         if self.blamed.take(&self.digest) {
-            self.contain("its session failed a worker when it was dropped");
+            self.contain(
+                "it failed a worker outside a run (dropping its session, or after answering)",
+            );
         }
         self.spill.contained.load(Ordering::Relaxed) == 0
     }

@@ -88,7 +88,8 @@ pub(crate) type RunOutcome = Result<Result<Vec<NamedTensor>, String>, WorkerErro
 
 struct State {
     process: Option<Process>,
-    /// Where the models whose sessions failed it when dropped are named.
+    /// Where it names the models that fail it outside a run (see
+    /// [`Blamed`]).
     blamed: Arc<Blamed>,
     /// The empty directory the worker is told holds external data.
     external_data: Option<tempfile::TempDir>,
@@ -130,7 +131,7 @@ impl Worker {
     /// A worker that holds sessions for at most `session_bytes` of
     /// admitted model bytes at once, dropping those used longest ago to
     /// load another (a dropped one is compiled again when next run); a
-    /// model whose session fails it when dropped is named in `blamed`.
+    /// model that fails it outside a run is named in `blamed`.
     pub(crate) fn new(session_bytes: u64, blamed: Arc<Blamed>) -> Worker {
         let loads = Arc::new(AtomicU64::new(0));
         Worker {
@@ -440,10 +441,11 @@ impl State {
     }
 }
 
-/// Models whose sessions failed a worker when they were dropped, named by
+/// Models that failed a worker outside a run: while their session was
+/// dropped, or by a crash after the worker answered their run. Named by
 /// the workers of one cache until the cache contains each (see
-/// `inference::Model::may_spill`) or frees it. At most [`MAX_BLAMED`] at
-/// once: each took a worker's death to name.
+/// `inference::Model::may_spill`) or frees it; at most [`MAX_BLAMED`] at
+/// once, each of which took a worker's death to name.
 #[derive(Default)]
 pub(crate) struct Blamed(Mutex<BTreeSet<Digest>>);
 
