@@ -706,13 +706,25 @@ mod tests {
         );
     }
 
+    /// Models `a` and `b`, their digests, and a worker with room for one
+    /// of their sessions, or for both, that names models in the set given
+    /// back. (The worker executable is built with the workspace's
+    /// integration tests, by `cargo xtask test`, beside this test's.)
+    fn fixture(room_for_both: bool) -> (Vec<u8>, Vec<u8>, Digest, Digest, Arc<Blamed>, Worker) {
+        let (a, b) = (identity("a", Some(2)), identity("b", Some(2)));
+        let room = match room_for_both {
+            true => a.len() + b.len(),
+            false => a.len().max(b.len()),
+        };
+        let blamed = Arc::new(Blamed::default());
+        let worker = Worker::new(room as u64, blamed.clone());
+        let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
+        (a, b, digest_a, digest_b, blamed, worker)
+    }
+
     #[test]
     fn a_worker_that_died_while_idle_is_replaced_blaming_no_model() {
-        let (a, b) = (identity("a", Some(2)), identity("b", Some(2)));
-        let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
-        let blamed = Arc::new(Blamed::default());
-        // Room for one of the two sessions.
-        let worker = Worker::new(a.len().max(b.len()) as u64, blamed.clone());
+        let (a, b, digest_a, digest_b, blamed, worker) = fixture(false);
         assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
         worker.dies_unseen();
         // Loading `b` would drop `a`: the dead worker is replaced instead.
@@ -735,10 +747,7 @@ mod tests {
 
     #[test]
     fn a_worker_that_crashed_of_itself_between_requests_names_the_model_it_ran_last() {
-        let (a, b) = (identity("a", Some(2)), identity("b", Some(2)));
-        let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
-        let blamed = Arc::new(Blamed::default());
-        let worker = Worker::new(1 << 20, blamed.clone());
+        let (a, b, digest_a, digest_b, blamed, worker) = fixture(true);
         assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
         let ran = worker.run(digest_b, &b, vec![], 1 << 20, Duration::from_secs(60));
         assert!(matches!(ran, Ok(Err(_))), "{ran:?}");
@@ -751,13 +760,7 @@ mod tests {
 
     #[test]
     fn a_worker_that_fails_dropping_a_session_is_replaced_and_the_load_goes_ahead() {
-        let (a, b) = (identity("a", Some(2)), identity("b", Some(2)));
-        let (digest_a, digest_b) = (Digest::of(&a), Digest::of(&b));
-        // Room for one of the two sessions.
-        let blamed = Arc::new(Blamed::default());
-        let worker = Worker::new(a.len().max(b.len()) as u64, blamed.clone());
-        // The worker executable is built with the workspace's integration
-        // tests (`cargo xtask test`), beside this test's.
+        let (a, b, digest_a, digest_b, blamed, worker) = fixture(false);
         let first = worker.load(digest_a, &a);
         assert!(matches!(first, Ok(Ok(()))), "{first:?}");
         assert_eq!(worker.loads(), 1);
