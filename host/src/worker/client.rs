@@ -190,6 +190,7 @@ impl Worker {
     ) -> RunOutcome {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
+        state.reap();
         state.run(digest, model, inputs, max_reply, deadline)
     }
 
@@ -247,7 +248,8 @@ impl Worker {
 }
 
 impl State {
-    /// [`Worker::run`], to end by `deadline`.
+    /// [`Worker::run`], to end by `deadline`, on a worker reaped by the
+    /// caller (see [`State::reap`]).
     fn run(
         &mut self,
         digest: Digest,
@@ -257,7 +259,6 @@ impl State {
         deadline: Instant,
     ) -> RunOutcome {
         let before = deadline.saturating_duration_since(Instant::now());
-        self.reap();
         // Compiling it again (after a restart, or once its session was
         // dropped) has the budget of any load.
         let compiles = !self.holds(&digest);
