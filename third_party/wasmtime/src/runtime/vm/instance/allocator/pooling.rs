@@ -118,7 +118,29 @@ pub(crate) fn default_shard_count() -> u32 {
 /// Pick this thread's shard (used for both the sharded decommit queue and
 /// the sharded index allocators): assigned round-robin at first use per
 /// thread, cached in a thread-local.
+///
+/// Soma: on Linux, the shard of the CPU the thread is running on instead.
+/// Round-robin gives the same shard to threads whose first uses are
+/// `nshards` apart, and two such threads running at once hand slots to
+/// each other (each takes the slot the other just freed, the most recent
+/// affine one), so every instance starts from memory and page tables last
+/// touched on the other core: on a 2-vCPU VM, two threads making
+/// hash-encoder calls ran 1.2× as fast as one in those runs and 1.7× in
+/// the others, by whether a thread started beside the caller drew the
+/// caller's shard. By CPU, threads running at once never share a shard
+/// (unless the CPUs they may use are `nshards` apart), and a slot is
+/// mostly reused on the core that last touched it. Nothing else depends on
+/// which shard is picked.
 pub(crate) fn thread_shard(nshards: usize) -> ShardId {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: takes no arguments and only reads which CPU the calling
+        // thread is on (-1 if it cannot tell).
+        let cpu = unsafe { libc::sched_getcpu() };
+        if let Ok(cpu) = usize::try_from(cpu) {
+            return ShardId::from_index(cpu % nshards);
+        }
+    }
     static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
     std::thread_local! {
         static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
