@@ -1,7 +1,7 @@
 //! The process-wide engine: loads components and packages into encoders.
 
 use crate::encoder::Encoder;
-use crate::inference::{ModelCache, ModelError, PackageModels};
+use crate::inference::{ModelCache, ModelError, PackageModel, PackageModels};
 use crate::package::{CacheOutcome, CompiledCache, VerifiedPackage};
 use crate::runtime::{FEATURES, Runtime};
 use crate::{Digest, Error, Limits, preinit};
@@ -129,7 +129,8 @@ impl Engine {
                         message: e.to_string(),
                     },
                 })?;
-            models.insert(model.blob.digest, session);
+            let used = PackageModel::new(session, package.digest());
+            models.insert(model.blob.digest, Arc::new(used));
         }
         let limits = Limits {
             fuel: package.manifest().fuel_limit,

@@ -523,7 +523,88 @@ pub(crate) enum ModelError {
 }
 
 /// The models an encoder may open: those of its package, by digest.
-pub(crate) type PackageModels = Arc<BTreeMap<Digest, Arc<Model>>>;
+pub(crate) type PackageModels = Arc<BTreeMap<Digest, Arc<PackageModel>>>;
+
+/// A model as one package uses it. The package's runs of it that failed
+/// their worker (a crash, a timeout, outputs unlike the plan) are paced: a
+/// package whose model fails workers, on every input or on chosen ones,
+/// gets a bounded share of them, and other packages' runs of the same
+/// model go on. Paced by package, not by model, since anyone may ship a
+/// copy of another's model and must not be able to hold off its runs; each
+/// registered package is bonded, so many packages cost their authors.
+pub(crate) struct PackageModel {
+    pub(crate) model: Arc<Model>,
+    /// Named in the log when its runs are held off.
+    package: Digest,
+    /// When the package's failed runs of the model will be paid off (a
+    /// generic cell rate algorithm's theoretical arrival time): each
+    /// failure moves it [`FAILURE_WEIGHT`] times the failure's cost past
+    /// now, or past itself if that is later.
+    paid_off: Mutex<Instant>,
+}
+
+/// How many times its cost a failed run sets back its package's runs of
+/// the model: over time, failing runs take at most a tenth of one worker.
+const FAILURE_WEIGHT: u32 = 10;
+
+/// What a failed run costs besides its own wall-clock time: starting the
+/// worker again and compiling the sessions it held.
+const RESTART_COST: Duration = Duration::from_secs(1);
+
+/// How far behind a package's runs of a model may be and still run: about
+/// three quick failures at once, so that a crash on one unlucky input
+/// holds nothing off.
+const FAILURE_ALLOWANCE: Duration = Duration::from_secs(30);
+
+/// Furthest behind a package's runs of a model get: one long failure (a
+/// run timed out on a long budget) holds them off for at most this, less
+/// [`FAILURE_ALLOWANCE`].
+const MAX_BEHIND: Duration = Duration::from_secs(600);
+
+impl PackageModel {
+    /// `model` as the package of digest `package` uses it, owing nothing.
+    pub(crate) fn new(model: Arc<Model>, package: Digest) -> PackageModel {
+        PackageModel {
+            model,
+            package,
+            paid_off: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// How much longer its runs are held off, if they are.
+    fn held_off(&self, now: Instant) -> Option<Duration> {
+        let behind = self.lock().saturating_duration_since(now);
+        behind
+            .checked_sub(FAILURE_ALLOWANCE)
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// Counts a run of it that failed its worker after `took`.
+    fn failed(&self, took: Duration) {
+        let now = Instant::now();
+        let was_held = self.held_off(now).is_some();
+        let cost = took
+            .saturating_add(RESTART_COST)
+            .saturating_mul(FAILURE_WEIGHT);
+        {
+            let mut paid_off = self.lock();
+            let from = (*paid_off).max(now);
+            *paid_off = (from + cost.min(MAX_BEHIND)).min(now + MAX_BEHIND);
+        }
+        if let (false, Some(wait)) = (was_held, self.held_off(now)) {
+            tracing::warn!(
+                model = %self.model.digest,
+                package = %self.package,
+                "the package's runs of the model failed inference workers too often: held off for {}s",
+                wait.as_secs_f64().ceil()
+            );
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.paid_off.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// A run's inputs, copied out of guest memory in graph input order.
 pub(crate) struct Inputs(pub(crate) Vec<(String, Tensor)>);
@@ -553,15 +634,24 @@ pub(crate) fn elem_type(ty: TensorType) -> ElemType {
 /// since the runtime's own text names paths and states of this host.
 const RUN_FAILED: &str = "ONNX Runtime failed a run that admission and planning accepted";
 
-/// Runs a planned model in the worker. The outer error is a failure of
-/// this host, which ends the encoder's call; the inner one an answer for
-/// the guest.
+/// Runs a planned model in the worker, unless the package's runs of it
+/// are held off ([`PackageModel`]). The outer error is a failure of this
+/// host, which ends the encoder's call; the inner one an answer for the
+/// guest.
 pub(crate) fn run(
-    model: &Arc<Model>,
+    used: &PackageModel,
     inputs: Inputs,
     plan: &Planned,
     timeout: Duration,
 ) -> Result<Result<Vec<NamedTensor>, WitError>, LocalFailure> {
+    let started = Instant::now();
+    if let Some(wait) = used.held_off(started) {
+        return Err(LocalFailure(format!(
+            "this package's runs of the model failed inference workers too often and are held off for another {}s",
+            wait.as_secs_f64().ceil()
+        )));
+    }
+    let model = &used.model;
     let names: Vec<&str> = model
         .graph
         .outputs
@@ -588,6 +678,7 @@ pub(crate) fn run(
         Err(e) => {
             if matches!(e, WorkerError::Died(_) | WorkerError::Timeout(_)) {
                 model.contain("a run of it failed its worker");
+                used.failed(started.elapsed());
             }
             return Err(LocalFailure(e.to_string()));
         }
@@ -615,6 +706,7 @@ pub(crate) fn run(
         tracing::warn!(model = %model.digest, "a run's outputs differ from the host's shape inference");
         worker.restart();
         model.contain("its outputs differed from shape inference");
+        used.failed(started.elapsed());
         return Err(LocalFailure(
             "the inference worker's outputs differ from the host's shape inference".into(),
         ));
@@ -784,6 +876,51 @@ mod tests {
         // Named once: it is free again once it has served its containment.
         first.spill.contained.store(0, Ordering::Relaxed);
         assert!(first.may_spill());
+    }
+
+    #[test]
+    fn a_package_whose_runs_fail_their_worker_is_held_off_alone() {
+        let bytes = model::testing::identity("paced", Some(2));
+        // One worker. (Its executable is built with the workspace's
+        // integration tests, by `cargo xtask test`.)
+        let cache = ModelCache::new(1, 1 << 20);
+        let model = cache.get(&Digest::of(&bytes), &bytes).expect("loads");
+        let ours = PackageModel::new(model.clone(), Digest::of(b"ours"));
+        let theirs = PackageModel::new(model.clone(), Digest::of(b"theirs"));
+        let plan = model
+            .plan(vec![(ElemType::F32, vec![2])])
+            .expect("no panic")
+            .expect("plans");
+        let attempt = |used: &PackageModel, timeout| {
+            let x = Tensor {
+                dimensions: vec![2],
+                ty: TensorType::Fp32,
+                data: 0.5f32.to_le_bytes().repeat(2),
+            };
+            run(used, Inputs(vec![("x".into(), x)]), &plan, timeout)
+        };
+        let ample = Duration::from_secs(60);
+        let ran = |outcome: Result<Result<Vec<NamedTensor>, WitError>, LocalFailure>| {
+            let outputs = outcome.expect("no local failure").expect("runs");
+            assert_eq!(outputs[0].tensor.data, 0.5f32.to_le_bytes().repeat(2));
+        };
+        // Runs that time out in a hung worker are let through at first
+        // (each run before starts the worker the last one had killed)...
+        for _ in 0..3 {
+            ran(attempt(&ours, ample));
+            cache.workers[0].freezes();
+            let failed = attempt(&ours, Duration::from_millis(100)).expect_err("times out");
+            assert!(failed.0.contains("wall-clock budget"), "{}", failed.0);
+        }
+        // ...then the package's runs fail at once, without a worker.
+        let held = attempt(&ours, ample).expect_err("held off");
+        assert!(held.0.contains("held off for another"), "{}", held.0);
+        assert_eq!(cache.running_workers(), 0);
+        // Another package's runs of the same model go on.
+        ran(attempt(&theirs, ample));
+        // Once it has paid off, the package's runs go on too.
+        *ours.lock() = Instant::now();
+        ran(attempt(&ours, ample));
     }
 
     #[test]

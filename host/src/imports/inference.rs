@@ -5,7 +5,7 @@ use crate::Digest;
 use crate::bindings::soma::encoder::inference::{Error as WitError, ErrorCode, Tensor, TensorType};
 use crate::inference::{
     self, Inputs, MAX_ELEMENTS, MAX_INPUT_BYTES, MAX_NAME_BYTES, MAX_OPEN_SESSIONS, MAX_RANK,
-    MAX_TENSORS, MIN_RUN_TIME, Model, PLAN_FUEL_PER_NODE, RUN_BASE_FUEL, SESSION_OPEN_FUEL,
+    MAX_TENSORS, MIN_RUN_TIME, PLAN_FUEL_PER_NODE, PackageModel, RUN_BASE_FUEL, SESSION_OPEN_FUEL,
     elem_type,
 };
 use crate::limits::HOST_FUEL_PER_BYTE;
@@ -19,7 +19,7 @@ use wasmtime::component::{ComponentType, Lift, Linker, Resource, ResourceType, W
 
 /// A session handle held by a guest.
 struct OpenSession {
-    model: Arc<Model>,
+    model: Arc<PackageModel>,
 }
 
 /// A `named-tensor` as it lies in guest memory: lifted without copying its
@@ -77,7 +77,8 @@ pub(super) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
     inference.func_wrap(
         "[method]session.run",
         |mut store, (session, inputs): (Resource<OpenSession>, WasmList<GuestTensor>)| {
-            let model = store.data().table.get(&session)?.model.clone();
+            let used = store.data().table.get(&session)?.model.clone();
+            let model = &used.model;
             let planning = PLAN_FUEL_PER_NODE.saturating_mul(model.graph.nodes.len() as u64);
             charge_fuel(&mut store, RUN_BASE_FUEL.saturating_add(planning))?;
             let inputs = match read_inputs(&mut store, &inputs, &model.graph)? {
@@ -102,7 +103,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
                 .deadline
                 .saturating_duration_since(Instant::now());
             Ok((inference::run(
-                &model,
+                &used,
                 inputs,
                 &plan,
                 left.max(MIN_RUN_TIME),
