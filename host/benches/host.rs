@@ -143,20 +143,27 @@ fn scaling(c: &mut Criterion) {
     // Each sample starts its other threads afresh, beside the calling
     // thread, as a job runner's or a server's threads may start at any
     // time: the pool must not make the speed depend on which threads
-    // started when. An iteration is one call per core, timed as one call.
+    // started when. An iteration is one call per core, timed as one call,
+    // from when every thread has started until the last is done.
     group.bench_function("every-core", |b| {
         b.iter_custom(|iters| {
+            let started = std::sync::Barrier::new(cores());
             let calls = || {
                 for _ in 0..iters {
                     call("scaling/every-core");
                 }
             };
-            let start = std::time::Instant::now();
-            std::thread::scope(|s| {
+            let start = std::thread::scope(|s| {
                 for _ in 1..cores() {
-                    s.spawn(calls);
+                    s.spawn(|| {
+                        started.wait();
+                        calls();
+                    });
                 }
+                started.wait();
+                let start = std::time::Instant::now();
                 calls();
+                start
             });
             start.elapsed() / cores() as u32
         })

@@ -1,7 +1,7 @@
 //! The process-wide engine: loads components and packages into encoders.
 
 use crate::encoder::Encoder;
-use crate::inference::{ModelCache, ModelError, PackageModel, PackageModels};
+use crate::inference::{ModelCache, ModelError, PackageFailures, PackageModel, PackageModels};
 use crate::package::{CacheOutcome, CompiledCache, VerifiedPackage};
 use crate::runtime::{FEATURES, Runtime};
 use crate::{Digest, Error, Limits, preinit};
@@ -112,6 +112,7 @@ impl Engine {
         cache: Option<&CompiledCache>,
     ) -> Result<Encoder, Error> {
         let mut models = BTreeMap::new();
+        let failures = Arc::new(PackageFailures::new(package.digest()));
         for (model, bytes) in package.models().filter(|(m, _)| m.name.ends_with(".onnx")) {
             let session = self
                 .models
@@ -129,8 +130,7 @@ impl Engine {
                         message: e.to_string(),
                     },
                 })?;
-            let used = PackageModel::new(session, package.digest());
-            models.insert(model.blob.digest, Arc::new(used));
+            models.insert(model.blob.digest, PackageModel::new(session, &failures));
         }
         let limits = Limits {
             fuel: package.manifest().fuel_limit,

@@ -176,15 +176,21 @@ impl Model {
         }
     }
 
-    /// Whether its runs may go to other workers than its replicas: not
-    /// while it is contained, nor once a worker named it for failing it
-    /// outside a run, which contains it.
-    fn may_spill(&self) -> bool {
-        if self.blamed.take(&self.digest) {
+    /// Whether a worker named it for failing it outside a run since this
+    /// was last asked; if so, it is contained.
+    fn take_blame(&self) -> bool {
+        let named = self.blamed.take(&self.digest);
+        if named {
             self.contain(
                 "it failed a worker outside a run (dropping its session, or after answering)",
             );
         }
+        named
+    }
+
+    /// Whether its runs may go to other workers than its replicas: not
+    /// while it is contained.
+    fn may_spill(&self) -> bool {
         self.spill.contained.load(Ordering::Relaxed) == 0
     }
 
@@ -245,7 +251,7 @@ pub(crate) struct ModelCache {
     /// encoders).
     workers: Vec<Arc<Worker>>,
     placement_key: [u8; 32],
-    /// Shared with its workers and models (see [`Model::may_spill`]).
+    /// Shared with its workers and models (see [`Model::take_blame`]).
     blamed: Arc<Blamed>,
     /// Most admitted model bytes each worker holds sessions for.
     session_bytes: u64,
@@ -523,55 +529,72 @@ pub(crate) enum ModelError {
 }
 
 /// The models an encoder may open: those of its package, by digest.
-pub(crate) type PackageModels = Arc<BTreeMap<Digest, Arc<PackageModel>>>;
+pub(crate) type PackageModels = Arc<BTreeMap<Digest, PackageModel>>;
 
-/// A model as one package uses it. The package's runs of it that failed
-/// their worker (a crash, a timeout, outputs unlike the plan) are paced: a
-/// package whose model fails workers, on every input or on chosen ones,
-/// gets a bounded share of them, and other packages' runs of the same
-/// model go on. Paced by package, not by model, since anyone may ship a
-/// copy of another's model and must not be able to hold off its runs; each
-/// registered package is bonded, so many packages cost their authors.
+/// A model as one package uses it: what a session of the package's
+/// encoder holds.
+#[derive(Clone)]
 pub(crate) struct PackageModel {
     pub(crate) model: Arc<Model>,
+    /// The package's, shared by all its models.
+    failures: Arc<PackageFailures>,
+}
+
+impl PackageModel {
+    /// `model` as used by the package whose failures are `failures`.
+    pub(crate) fn new(model: Arc<Model>, failures: &Arc<PackageFailures>) -> PackageModel {
+        PackageModel {
+            model,
+            failures: failures.clone(),
+        }
+    }
+}
+
+/// The runs of a package's models that failed their worker (a crash, a
+/// timeout, outputs unlike the plan, or a model named for failing one
+/// outside a run), paced: over time they take about a tenth of one worker,
+/// and past a few at once the package's runs are held off, failing at
+/// once as this host's failures. Counted by package, not by model, since
+/// anyone may ship a copy of another's model and must not be able to hold
+/// off its runs; and each registered package is bonded, so many packages
+/// cost their author.
+pub(crate) struct PackageFailures {
     /// Named in the log when its runs are held off.
     package: Digest,
-    /// When the package's failed runs of the model will be paid off (a
-    /// generic cell rate algorithm's theoretical arrival time): each
-    /// failure moves it [`FAILURE_WEIGHT`] times the failure's cost past
-    /// now, or past itself if that is later.
+    /// When its failures will be paid off (a generic cell rate algorithm's
+    /// theoretical arrival time): each moves it [`FAILURE_WEIGHT`] times
+    /// the failure's cost past now, or past itself if that is later.
     paid_off: Mutex<Instant>,
 }
 
-/// How many times its cost a failed run sets back its package's runs of
-/// the model: over time, failing runs take at most a tenth of one worker.
+/// How many times its cost a failure sets back its package.
 const FAILURE_WEIGHT: u32 = 10;
 
-/// What a failed run costs besides its own wall-clock time: starting the
-/// worker again and compiling the sessions it held.
+/// What a failure costs besides the time the run had in the worker:
+/// starting the worker again and compiling the sessions it held. A crash
+/// counts as instant: a run was charged fuel for its planned work, so only
+/// a model that works more than planned runs long, and that times out.
 const RESTART_COST: Duration = Duration::from_secs(1);
 
-/// How far behind a package's runs of a model may be and still run: about
-/// three quick failures at once, so that a crash on one unlucky input
-/// holds nothing off.
-const FAILURE_ALLOWANCE: Duration = Duration::from_secs(30);
+/// How far behind a package may be and still run: two quick crashes
+/// (costing [`RESTART_COST`] × [`FAILURE_WEIGHT`] each), so that a crash
+/// on an unlucky input holds nothing off; the third holds the package off.
+const FAILURE_ALLOWANCE: Duration = Duration::from_secs(25);
 
-/// Furthest behind a package's runs of a model get: one long failure (a
-/// run timed out on a long budget) holds them off for at most this, less
-/// [`FAILURE_ALLOWANCE`].
+/// Furthest behind a package gets: a run that timed out on a long budget
+/// holds its package off for at most this, less [`FAILURE_ALLOWANCE`].
 const MAX_BEHIND: Duration = Duration::from_secs(600);
 
-impl PackageModel {
-    /// `model` as the package of digest `package` uses it, owing nothing.
-    pub(crate) fn new(model: Arc<Model>, package: Digest) -> PackageModel {
-        PackageModel {
-            model,
+impl PackageFailures {
+    /// No failures yet of the package of digest `package`.
+    pub(crate) fn new(package: Digest) -> PackageFailures {
+        PackageFailures {
             package,
             paid_off: Mutex::new(Instant::now()),
         }
     }
 
-    /// How much longer its runs are held off, if they are.
+    /// How much longer its runs are held off at `now`, if they are.
     fn held_off(&self, now: Instant) -> Option<Duration> {
         let behind = self.lock().saturating_duration_since(now);
         behind
@@ -579,11 +602,11 @@ impl PackageModel {
             .filter(|wait| !wait.is_zero())
     }
 
-    /// Counts a run of it that failed its worker after `took`.
-    fn failed(&self, took: Duration) {
+    /// Counts a failure of a run of `model` that had `ran` in its worker.
+    fn failed(&self, model: &Digest, ran: Duration) {
         let now = Instant::now();
         let was_held = self.held_off(now).is_some();
-        let cost = took
+        let cost = ran
             .saturating_add(RESTART_COST)
             .saturating_mul(FAILURE_WEIGHT);
         {
@@ -593,9 +616,9 @@ impl PackageModel {
         }
         if let (false, Some(wait)) = (was_held, self.held_off(now)) {
             tracing::warn!(
-                model = %self.model.digest,
+                %model,
                 package = %self.package,
-                "the package's runs of the model failed inference workers too often: held off for {}s",
+                "the package's runs failed inference workers too often: held off for {}s",
                 wait.as_secs_f64().ceil()
             );
         }
@@ -634,24 +657,28 @@ pub(crate) fn elem_type(ty: TensorType) -> ElemType {
 /// since the runtime's own text names paths and states of this host.
 const RUN_FAILED: &str = "ONNX Runtime failed a run that admission and planning accepted";
 
-/// Runs a planned model in the worker, unless the package's runs of it
-/// are held off ([`PackageModel`]). The outer error is a failure of this
-/// host, which ends the encoder's call; the inner one an answer for the
-/// guest.
+/// Runs a planned model in the worker, unless the package's runs are held
+/// off ([`PackageFailures`]). The outer error is a failure of this host,
+/// which ends the encoder's call; the inner one an answer for the guest.
 pub(crate) fn run(
     used: &PackageModel,
     inputs: Inputs,
     plan: &Planned,
     timeout: Duration,
 ) -> Result<Result<Vec<NamedTensor>, WitError>, LocalFailure> {
-    let started = Instant::now();
-    if let Some(wait) = used.held_off(started) {
+    let model = &used.model;
+    let failures = &used.failures;
+    if model.take_blame() {
+        // Whoever runs a model named for failing a worker outside a run
+        // runs what failed it: a session's drop, or damage done in a run.
+        failures.failed(&model.digest, Duration::ZERO);
+    }
+    if let Some(wait) = failures.held_off(Instant::now()) {
         return Err(LocalFailure(format!(
-            "this package's runs of the model failed inference workers too often and are held off for another {}s",
+            "this package's runs failed inference workers too often and are held off for another {}s",
             wait.as_secs_f64().ceil()
         )));
     }
-    let model = &used.model;
     let names: Vec<&str> = model
         .graph
         .outputs
@@ -676,9 +703,14 @@ pub(crate) fn run(
             return Err(LocalFailure(RUN_FAILED.into()));
         }
         Err(e) => {
-            if matches!(e, WorkerError::Died(_) | WorkerError::Timeout(_)) {
+            let ran = match e {
+                WorkerError::Died(_) => Some(Duration::ZERO),
+                WorkerError::Timeout(ran) => Some(ran),
+                WorkerError::Spawn(_) | WorkerError::OutOfTime => None,
+            };
+            if let Some(ran) = ran {
                 model.contain("a run of it failed its worker");
-                used.failed(started.elapsed());
+                failures.failed(&model.digest, ran);
             }
             return Err(LocalFailure(e.to_string()));
         }
@@ -706,7 +738,7 @@ pub(crate) fn run(
         tracing::warn!(model = %model.digest, "a run's outputs differ from the host's shape inference");
         worker.restart();
         model.contain("its outputs differed from shape inference");
-        used.failed(started.elapsed());
+        failures.failed(&model.digest, Duration::ZERO);
         return Err(LocalFailure(
             "the inference worker's outputs differ from the host's shape inference".into(),
         ));
@@ -862,12 +894,16 @@ mod tests {
         // `cargo xtask test`.)
         let cache = ModelCache::new(1, room as u64);
         let first = cache.get(&Digest::of(&a), &a).expect("a loads");
+        assert!(!first.take_blame());
         assert!(first.may_spill());
         // Loading `b` drops `a`'s session, and the worker hangs doing it.
         cache.workers[0].set_unload_timeout(Duration::from_millis(200));
         cache.workers[0].freezes();
         let second = cache.get(&Digest::of(&b), &b).expect("b loads");
+        assert!(!second.take_blame());
         assert!(second.may_spill());
+        assert!(first.take_blame());
+        assert!(!first.take_blame());
         assert!(!first.may_spill());
         assert_eq!(
             first.spill.contained.load(Ordering::Relaxed),
@@ -880,14 +916,23 @@ mod tests {
 
     #[test]
     fn a_package_whose_runs_fail_their_worker_is_held_off_alone() {
-        let bytes = model::testing::identity("paced", Some(2));
+        let (a, b) = (
+            model::testing::identity("paced a", Some(2)),
+            model::testing::identity("paced b", Some(2)),
+        );
         // One worker. (Its executable is built with the workspace's
         // integration tests, by `cargo xtask test`.)
         let cache = ModelCache::new(1, 1 << 20);
-        let model = cache.get(&Digest::of(&bytes), &bytes).expect("loads");
-        let ours = PackageModel::new(model.clone(), Digest::of(b"ours"));
-        let theirs = PackageModel::new(model.clone(), Digest::of(b"theirs"));
-        let plan = model
+        let [a, b] = [a, b].map(|m| cache.get(&Digest::of(&m), &m).expect("loads"));
+        // Ours uses both models; theirs a copy of one of them.
+        let ours = Arc::new(PackageFailures::new(Digest::of(b"ours")));
+        let theirs = Arc::new(PackageFailures::new(Digest::of(b"theirs")));
+        let (our_a, our_b) = (
+            PackageModel::new(a.clone(), &ours),
+            PackageModel::new(b, &ours),
+        );
+        let their_a = PackageModel::new(a.clone(), &theirs);
+        let plan = a
             .plan(vec![(ElemType::F32, vec![2])])
             .expect("no panic")
             .expect("plans");
@@ -904,23 +949,34 @@ mod tests {
             let outputs = outcome.expect("no local failure").expect("runs");
             assert_eq!(outputs[0].tensor.data, 0.5f32.to_le_bytes().repeat(2));
         };
-        // Runs that time out in a hung worker are let through at first
-        // (each run before starts the worker the last one had killed)...
-        for _ in 0..3 {
-            ran(attempt(&ours, ample));
+        // Runs that time out in a hung worker, of either model, are let
+        // through at first (each run before starts the worker the last one
+        // had killed)...
+        for used in [&our_a, &our_b, &our_a] {
+            ran(attempt(used, ample));
             cache.workers[0].freezes();
-            let failed = attempt(&ours, Duration::from_millis(100)).expect_err("times out");
+            let failed = attempt(used, Duration::from_millis(100)).expect_err("times out");
             assert!(failed.0.contains("wall-clock budget"), "{}", failed.0);
         }
-        // ...then the package's runs fail at once, without a worker.
-        let held = attempt(&ours, ample).expect_err("held off");
-        assert!(held.0.contains("held off for another"), "{}", held.0);
+        // ...then the package's runs of both fail at once, without a worker.
+        for used in [&our_a, &our_b] {
+            let held = attempt(used, ample).expect_err("held off");
+            assert!(held.0.contains("held off for another"), "{}", held.0);
+        }
         assert_eq!(cache.running_workers(), 0);
         // Another package's runs of the same model go on.
-        ran(attempt(&theirs, ample));
+        ran(attempt(&their_a, ample));
         // Once it has paid off, the package's runs go on too.
         *ours.lock() = Instant::now();
-        ran(attempt(&ours, ample));
+        ran(attempt(&our_b, ample));
+        // A model named for failing a worker outside a run is charged to
+        // the package that runs it next.
+        cache.blamed.name(our_a.model.digest);
+        ran(attempt(&our_a, ample));
+        let behind =
+            |failures: &PackageFailures| failures.lock().saturating_duration_since(Instant::now());
+        assert!(behind(&ours) > RESTART_COST * (FAILURE_WEIGHT - 1));
+        assert_eq!(behind(&theirs), Duration::ZERO);
     }
 
     #[test]

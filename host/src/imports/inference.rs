@@ -12,14 +12,13 @@ use crate::limits::HOST_FUEL_PER_BYTE;
 use crate::model::{Graph, ShapeError};
 use crate::sandbox::{Sandbox, charge_fuel};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, Lift, Linker, Resource, ResourceType, WasmList, WasmStr};
 
 /// A session handle held by a guest.
 struct OpenSession {
-    model: Arc<PackageModel>,
+    model: PackageModel,
 }
 
 /// A `named-tensor` as it lies in guest memory: lifted without copying its

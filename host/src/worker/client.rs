@@ -454,7 +454,8 @@ pub(crate) struct Blamed(Mutex<BTreeSet<Digest>>);
 const MAX_BLAMED: usize = 1024;
 
 impl Blamed {
-    fn name(&self, digest: Digest) {
+    /// Names the model of `digest` for failing a worker outside a run.
+    pub(crate) fn name(&self, digest: Digest) {
         let mut named = self.lock();
         if named.len() < MAX_BLAMED {
             named.insert(digest);

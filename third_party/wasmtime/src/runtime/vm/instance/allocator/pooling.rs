@@ -116,8 +116,8 @@ pub(crate) fn default_shard_count() -> u32 {
 }
 
 /// Pick this thread's shard (used for both the sharded decommit queue and
-/// the sharded index allocators): assigned round-robin at first use per
-/// thread, cached in a thread-local.
+/// the sharded index allocators): upstream, assigned round-robin at first
+/// use per thread, cached in a thread-local.
 ///
 /// Soma: on Linux, the shard of the CPU the thread is running on instead.
 /// Round-robin gives the same shard to threads whose first uses are
@@ -127,10 +127,14 @@ pub(crate) fn default_shard_count() -> u32 {
 /// touched on the other core: on a 2-vCPU VM, two threads making
 /// hash-encoder calls ran 1.2× as fast as one in those runs and 1.7× in
 /// the others, by whether a thread started beside the caller drew the
-/// caller's shard. By CPU, threads running at once never share a shard
-/// (unless the CPUs they may use are `nshards` apart), and a slot is
-/// mostly reused on the core that last touched it. Nothing else depends on
-/// which shard is picked.
+/// caller's shard. By CPU, threads running at once share a shard only if
+/// their CPUs are a multiple of `nshards` apart: never on a machine of at
+/// most 16 CPUs that lets the process use all of them, but possibly under
+/// a CPU quota (which makes fewer shards), with an affinity set of CPUs
+/// that far apart, or on more than 16 CPUs. And a slot is mostly reused on
+/// the core that last touched it. Nothing else depends on which shard is
+/// picked: a slot goes back to the shard it came from, and an allocation
+/// tries every shard before it fails.
 pub(crate) fn thread_shard(nshards: usize) -> ShardId {
     #[cfg(target_os = "linux")]
     {
@@ -227,7 +231,7 @@ pub struct PoolingInstanceAllocator {
 
     /// Sharded to avoid a single global mutex on every deallocation when
     /// decommit batching is enabled: each thread appends to its own shard
-    /// (assigned round-robin at first use) and flushes that shard when it
+    /// (see `thread_shard`) and flushes that shard when it
     /// reaches the configured batch size. Slot-exhaustion paths flush all
     /// shards.
     decommit_queues: Box<[CachePadded<Mutex<DecommitQueue>>]>,

@@ -96,8 +96,8 @@ pub struct ModuleAffinityIndexAllocator {
     /// indices; translation to global `SlotId`s happens at this type's
     /// public boundary.
     ///
-    /// Threads have a "home" shard (the same thread-local, round-robin
-    /// assignment used for the sharded decommit queue) which they try
+    /// Threads have a "home" shard (the same assignment, `thread_shard`,
+    /// used for the sharded decommit queue) which they try
     /// first for allocation, falling back to probing the other shards, so
     /// in steady state each thread allocates and frees from its own shard
     /// without cross-thread lock traffic. Pool exhaustion is only reported
