@@ -20,7 +20,7 @@ use crate::bindings::soma::encoder::inference::{
 use crate::digest::Digest;
 use crate::error::LocalFailure;
 use crate::model::{self, AdmissionError, ElemType, Graph, ShapeError, TensorInfo};
-use crate::worker::{Blamed, Idle, RunOutcome, Skipped, Worker, WorkerError};
+use crate::worker::{Blamed, Idle, RunOf, RunOutcome, Skipped, Worker, WorkerError};
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -176,21 +176,15 @@ impl Model {
         }
     }
 
-    /// Whether a worker named it for failing it outside a run since this
-    /// was last asked; if so, it is contained.
-    fn take_blame(&self) -> bool {
-        let named = self.blamed.take(&self.digest);
-        if named {
+    /// Whether its runs may go to other workers than its replicas: not
+    /// while it is contained, nor once a worker named it for failing it
+    /// outside a run, which contains it.
+    fn may_spill(&self) -> bool {
+        if self.blamed.take(&self.digest) {
             self.contain(
                 "it failed a worker outside a run (dropping its session, or after answering)",
             );
         }
-        named
-    }
-
-    /// Whether its runs may go to other workers than its replicas: not
-    /// while it is contained.
-    fn may_spill(&self) -> bool {
         self.spill.contained.load(Ordering::Relaxed) == 0
     }
 
@@ -251,7 +245,7 @@ pub(crate) struct ModelCache {
     /// encoders).
     workers: Vec<Arc<Worker>>,
     placement_key: [u8; 32],
-    /// Shared with its workers and models (see [`Model::take_blame`]).
+    /// Shared with its workers and models (see [`Model::may_spill`]).
     blamed: Arc<Blamed>,
     /// Most admitted model bytes each worker holds sessions for.
     session_bytes: u64,
@@ -550,14 +544,19 @@ impl PackageModel {
     }
 }
 
-/// The runs of a package's models that failed their worker (a crash, a
-/// timeout, outputs unlike the plan, or a model named for failing one
-/// outside a run), paced: over time they take about a tenth of one worker,
-/// and past a few at once the package's runs are held off, failing at
-/// once as this host's failures. Counted by package, not by model, since
-/// anyone may ship a copy of another's model and must not be able to hold
-/// off its runs; and each registered package is bonded, so many packages
-/// cost their author.
+/// The runs of a package's models that failed their worker (a crash or a
+/// timeout in the run or in compiling it for the run, outputs unlike the
+/// plan, or a crash found after the run answered), paced: over time they
+/// take about a tenth of one worker, and past a few at once the package's
+/// runs are held off, failing at once as this host's failures. Counted by
+/// package, not by model, since anyone may ship a copy of another's model
+/// and must not be able to hold off its runs; and each registered package
+/// is bonded, so many packages cost their author. A worker that fails
+/// dropping a session to make room is not charged to anyone (its model is
+/// contained): it may be failing from an earlier run's damage, which
+/// would charge whoever's session was oldest, and a package whose models
+/// push each other out pays for compiling them first. Loads outside runs
+/// (when a package is loaded) fail the load, which the caller paces.
 pub(crate) struct PackageFailures {
     /// Named in the log when its runs are held off.
     package: Digest,
@@ -570,10 +569,8 @@ pub(crate) struct PackageFailures {
 /// How many times its cost a failure sets back its package.
 const FAILURE_WEIGHT: u32 = 10;
 
-/// What a failure costs besides the time the run had in the worker:
-/// starting the worker again and compiling the sessions it held. A crash
-/// counts as instant: a run was charged fuel for its planned work, so only
-/// a model that works more than planned runs long, and that times out.
+/// What a failure costs besides the time the request had in the worker:
+/// starting the worker again and compiling the sessions it held.
 const RESTART_COST: Duration = Duration::from_secs(1);
 
 /// How far behind a package may be and still run: two quick crashes
@@ -602,8 +599,9 @@ impl PackageFailures {
             .filter(|wait| !wait.is_zero())
     }
 
-    /// Counts a failure of a run of `model` that had `ran` in its worker.
-    fn failed(&self, model: &Digest, ran: Duration) {
+    /// Counts a failure of a run of `model` whose request had `ran` in its
+    /// worker.
+    pub(crate) fn failed(&self, model: &Digest, ran: Duration) {
         let now = Instant::now();
         let was_held = self.held_off(now).is_some();
         let cost = ran
@@ -667,13 +665,7 @@ pub(crate) fn run(
     timeout: Duration,
 ) -> Result<Result<Vec<NamedTensor>, WitError>, LocalFailure> {
     let model = &used.model;
-    let failures = &used.failures;
-    if model.take_blame() {
-        // Whoever runs a model named for failing a worker outside a run
-        // runs what failed it: a session's drop, or damage done in a run.
-        failures.failed(&model.digest, Duration::ZERO);
-    }
-    if let Some(wait) = failures.held_off(Instant::now()) {
+    if let Some(wait) = used.failures.held_off(Instant::now()) {
         return Err(LocalFailure(format!(
             "this package's runs failed inference workers too often and are held off for another {}s",
             wait.as_secs_f64().ceil()
@@ -693,7 +685,7 @@ pub(crate) fn run(
         .into_iter()
         .map(|(name, tensor)| NamedTensor { name, tensor })
         .collect();
-    let (worker, outcome) = run_somewhere(model, inputs, max_reply, timeout);
+    let (worker, outcome) = run_somewhere(used, inputs, max_reply, timeout);
     let outputs = match outcome {
         Ok(Ok(outputs)) => outputs,
         Ok(Err(text)) => {
@@ -703,14 +695,9 @@ pub(crate) fn run(
             return Err(LocalFailure(RUN_FAILED.into()));
         }
         Err(e) => {
-            let ran = match e {
-                WorkerError::Died(_) => Some(Duration::ZERO),
-                WorkerError::Timeout(ran) => Some(ran),
-                WorkerError::Spawn(_) | WorkerError::OutOfTime => None,
-            };
-            if let Some(ran) = ran {
+            // The worker charged it to the package (see `Worker::run`).
+            if matches!(e, WorkerError::Died(_) | WorkerError::Timeout(_)) {
                 model.contain("a run of it failed its worker");
-                failures.failed(&model.digest, ran);
             }
             return Err(LocalFailure(e.to_string()));
         }
@@ -738,7 +725,7 @@ pub(crate) fn run(
         tracing::warn!(model = %model.digest, "a run's outputs differ from the host's shape inference");
         worker.restart();
         model.contain("its outputs differed from shape inference");
-        failures.failed(&model.digest, Duration::ZERO);
+        used.failures.failed(&model.digest, Duration::ZERO);
         return Err(LocalFailure(
             "the inference worker's outputs differ from the host's shape inference".into(),
         ));
@@ -753,12 +740,17 @@ pub(crate) fn run(
 /// waits for its first one; returns the worker it ran in, and how the run
 /// ended. Finding one busy, it has the next worker load it.
 fn run_somewhere(
-    model: &Arc<Model>,
+    used: &PackageModel,
     mut inputs: Vec<NamedTensor>,
     max_reply: u64,
     timeout: Duration,
 ) -> (&Worker, RunOutcome) {
-    let (digest, bytes) = (model.digest, &model.canonical);
+    let model = &used.model;
+    let of = RunOf {
+        digest: model.digest,
+        model: &model.canonical,
+        package: &used.failures,
+    };
     let spilling = model.may_spill();
     let warmed = match spilling {
         true => model.spill.warmed.load(Ordering::Acquire),
@@ -767,7 +759,7 @@ fn run_somewhere(
     let candidates = || model.workers.iter().chain(&model.spill.workers[..warmed]);
     let mut busy = false;
     for worker in candidates() {
-        match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout, Idle::Holding) {
+        match worker.run_if_idle(of, inputs, max_reply, timeout, Idle::Holding) {
             Ok(outcome) => return (worker, outcome),
             Err((back, skipped)) => {
                 inputs = back;
@@ -783,7 +775,7 @@ fn run_somewhere(
     // too, and the run waits for the first worker.)
     if !busy {
         for worker in candidates() {
-            match worker.run_if_idle(digest, bytes, inputs, max_reply, timeout, Idle::Any) {
+            match worker.run_if_idle(of, inputs, max_reply, timeout, Idle::Any) {
                 Ok(outcome) => return (worker, outcome),
                 Err((back, _)) => inputs = back,
             }
@@ -793,7 +785,7 @@ fn run_somewhere(
         model.warm_next();
     }
     let first = &model.workers[0];
-    let outcome = first.run(model.digest, &model.canonical, inputs, max_reply, timeout);
+    let outcome = first.run(of, inputs, max_reply, timeout);
     (first, outcome)
 }
 
@@ -894,16 +886,12 @@ mod tests {
         // `cargo xtask test`.)
         let cache = ModelCache::new(1, room as u64);
         let first = cache.get(&Digest::of(&a), &a).expect("a loads");
-        assert!(!first.take_blame());
         assert!(first.may_spill());
         // Loading `b` drops `a`'s session, and the worker hangs doing it.
         cache.workers[0].set_unload_timeout(Duration::from_millis(200));
         cache.workers[0].freezes();
         let second = cache.get(&Digest::of(&b), &b).expect("b loads");
-        assert!(!second.take_blame());
         assert!(second.may_spill());
-        assert!(first.take_blame());
-        assert!(!first.take_blame());
         assert!(!first.may_spill());
         assert_eq!(
             first.spill.contained.load(Ordering::Relaxed),
@@ -969,14 +957,16 @@ mod tests {
         // Once it has paid off, the package's runs go on too.
         *ours.lock() = Instant::now();
         ran(attempt(&our_b, ample));
-        // A model named for failing a worker outside a run is charged to
-        // the package that runs it next.
-        cache.blamed.name(our_a.model.digest);
+        // A worker that crashes after answering is charged to the package
+        // whose run it answered, not to the one whose request finds it gone.
+        let theirs_before = *theirs.lock();
+        *ours.lock() = Instant::now();
+        let before = Instant::now();
         ran(attempt(&our_a, ample));
-        let behind =
-            |failures: &PackageFailures| failures.lock().saturating_duration_since(Instant::now());
-        assert!(behind(&ours) > RESTART_COST * (FAILURE_WEIGHT - 1));
-        assert_eq!(behind(&theirs), Duration::ZERO);
+        cache.workers[0].signalled(libc::SIGABRT);
+        ran(attempt(&their_a, ample));
+        assert!(ours.lock().duration_since(before) >= RESTART_COST * FAILURE_WEIGHT);
+        assert_eq!(*theirs.lock(), theirs_before);
     }
 
     #[test]

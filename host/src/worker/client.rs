@@ -5,7 +5,7 @@ use super::pipe::{self, Until};
 use super::protocol::{ProtocolError, Reply, Request, read_frame};
 use crate::bindings::soma::encoder::inference::NamedTensor;
 use crate::digest::Digest;
-use crate::inference::MIN_RUN_TIME;
+use crate::inference::{MIN_RUN_TIME, PackageFailures};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
@@ -13,7 +13,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 /// Environment variable naming the worker executable; by default the host
@@ -115,8 +115,19 @@ struct Process {
     stderr: Arc<Mutex<Vec<u8>>>,
     /// The sessions it holds.
     loaded: BTreeMap<Digest, Held>,
-    /// The model it was last asked to run.
-    last_run: Option<Digest>,
+    /// The model it was last asked to run, and the package that ran it.
+    last_run: Option<(Digest, Weak<PackageFailures>)>,
+}
+
+/// A model to run, and the package it runs for, which is charged with the
+/// run's failures of the worker.
+#[derive(Clone, Copy)]
+pub(crate) struct RunOf<'a> {
+    pub(crate) digest: Digest,
+    /// Its admitted bytes, compiled first if the worker does not hold its
+    /// session.
+    pub(crate) model: &'a [u8],
+    pub(crate) package: &'a Arc<PackageFailures>,
 }
 
 /// A session a worker holds.
@@ -173,17 +184,18 @@ impl Worker {
         }
     }
 
-    /// Runs the model of `digest` (whose bytes are `model`: compiled first
-    /// if this worker does not hold its session) on `inputs`, accepting a
-    /// reply of at most `max_reply` bytes. The run must end within
-    /// `timeout` from now, waiting for a busy worker included. A
-    /// compilation has its own budget; the run after it starts only if at
-    /// least half of what was left when the worker was free still is (see
-    /// [`WorkerError::OutOfTime`]).
+    /// Runs a model (`of`) on `inputs`, accepting a reply of at most
+    /// `max_reply` bytes. The run must end within `timeout` from now,
+    /// waiting for a busy worker included. A compilation has its own
+    /// budget; the run after it starts only if at least half of what was
+    /// left when the worker was free still is (see
+    /// [`WorkerError::OutOfTime`]). A crash or timeout of the worker, in
+    /// the run or in compiling the model for it, is charged to the package
+    /// ([`PackageFailures`]) by the time the request had in the worker; so
+    /// is a crash found before the next request, after the run answered.
     pub(crate) fn run(
         &self,
-        digest: Digest,
-        model: &[u8],
+        of: RunOf<'_>,
         inputs: Vec<NamedTensor>,
         max_reply: u64,
         timeout: Duration,
@@ -191,15 +203,14 @@ impl Worker {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
         state.reap();
-        state.run(digest, model, inputs, max_reply, deadline)
+        state.run(of, inputs, max_reply, deadline)
     }
 
     /// [`Worker::run`] if the worker is idle and will do (`idle`); the
     /// inputs back, and why, if not.
     pub(crate) fn run_if_idle(
         &self,
-        digest: Digest,
-        model: &[u8],
+        of: RunOf<'_>,
         inputs: Vec<NamedTensor>,
         max_reply: u64,
         timeout: Duration,
@@ -210,10 +221,10 @@ impl Worker {
             return Err((inputs, Skipped::Busy));
         };
         state.reap();
-        if matches!(idle, Idle::Holding) && !state.holds(&digest) {
+        if matches!(idle, Idle::Holding) && !state.holds(&of.digest) {
             return Err((inputs, Skipped::NoSession));
         }
-        Ok(state.run(digest, model, inputs, max_reply, deadline))
+        Ok(state.run(of, inputs, max_reply, deadline))
     }
 
     /// Whether the worker process is running (a busy worker is).
@@ -252,18 +263,22 @@ impl State {
     /// caller (see [`State::reap`]).
     fn run(
         &mut self,
-        digest: Digest,
-        model: &[u8],
+        of: RunOf<'_>,
         inputs: Vec<NamedTensor>,
         max_reply: u64,
         deadline: Instant,
     ) -> RunOutcome {
+        let RunOf { digest, model, .. } = of;
         let before = deadline.saturating_duration_since(Instant::now());
         // Compiling it again (after a restart, or once its session was
         // dropped) has the budget of any load.
         let compiles = !self.holds(&digest);
-        if compiles && let Err(refused) = self.load_into_process(digest, model)? {
-            return Ok(Err(refused));
+        if compiles {
+            let started = Instant::now();
+            let loaded = self.load_into_process(digest, model);
+            if let Err(refused) = charged(loaded, of, started)? {
+                return Ok(Err(refused));
+            }
         }
         self.used(digest);
         // A run cut off for want of time costs the worker and every session
@@ -278,8 +293,10 @@ impl State {
         if left < needed {
             return Err(WorkerError::OutOfTime);
         }
-        self.process()?.last_run = Some(digest);
-        match self.exchange(&Request::Run { digest, inputs }, max_reply, left)? {
+        self.process()?.last_run = Some((digest, Arc::downgrade(of.package)));
+        let started = Instant::now();
+        let reply = self.exchange(&Request::Run { digest, inputs }, max_reply, left);
+        match charged(reply, of, started)? {
             Reply::Done(outputs) => Ok(Ok(outputs)),
             Reply::Refused(text) => Ok(Err(text)),
         }
@@ -330,8 +347,11 @@ impl State {
             ]
             .contains(&signal)
         });
-        if crashed && let Some(last) = gone.last_run {
-            self.blamed.name(last);
+        if crashed && let Some((model, package)) = gone.last_run.take() {
+            self.blamed.name(model);
+            if let Some(package) = package.upgrade() {
+                package.failed(&model, Duration::ZERO);
+            }
         }
         let why = gone.died("it exited between requests");
         tracing::warn!("the inference worker is replaced: {why}");
@@ -440,6 +460,19 @@ impl State {
         }
         result
     }
+}
+
+/// `result` of a request for the run `of`, sent at `started`, after
+/// charging the run's package if the request failed the worker.
+fn charged<T>(
+    result: Result<T, WorkerError>,
+    of: RunOf<'_>,
+    started: Instant,
+) -> Result<T, WorkerError> {
+    if let Err(WorkerError::Died(_) | WorkerError::Timeout(_)) = &result {
+        of.package.failed(&of.digest, started.elapsed());
+    }
+    result
 }
 
 /// Models that failed a worker outside a run: while their session was
@@ -738,7 +771,13 @@ mod tests {
         // A run of a model it held goes ahead too, compiled again (and
         // refused: it names no input).
         worker.dies_unseen();
-        let ran = worker.run(digest_b, &b, vec![], 1 << 20, Duration::from_secs(60));
+        let package = Arc::new(PackageFailures::new(digest_b));
+        let of_b = RunOf {
+            digest: digest_b,
+            model: &b,
+            package: &package,
+        };
+        let ran = worker.run(of_b, vec![], 1 << 20, Duration::from_secs(60));
         assert!(matches!(ran, Ok(Err(_))), "{ran:?}");
         assert_eq!(worker.loads(), 3);
         // Killed from outside after that run: still no one is named.
@@ -751,7 +790,13 @@ mod tests {
     fn a_worker_that_crashed_of_itself_between_requests_names_the_model_it_ran_last() {
         let (a, b, digest_a, digest_b, blamed, worker) = fixture(true);
         assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
-        let ran = worker.run(digest_b, &b, vec![], 1 << 20, Duration::from_secs(60));
+        let package = Arc::new(PackageFailures::new(digest_b));
+        let of_b = RunOf {
+            digest: digest_b,
+            model: &b,
+            package: &package,
+        };
+        let ran = worker.run(of_b, vec![], 1 << 20, Duration::from_secs(60));
         assert!(matches!(ran, Ok(Err(_))), "{ran:?}");
         // It aborts after answering, as a model's heap damage would.
         worker.signalled(libc::SIGABRT);

@@ -28,7 +28,7 @@ mod pipe;
 mod protocol;
 mod server;
 
-pub(crate) use client::{Blamed, Idle, RunOutcome, Skipped, Worker, WorkerError};
+pub(crate) use client::{Blamed, Idle, RunOf, RunOutcome, Skipped, Worker, WorkerError};
 pub use client::{WORKER_ENV, WORKER_NAME};
 pub use confine::MEMORY_BYTES;
 pub use server::{DYLIB_ENV, RuntimeUnavailable, runtime, session_builder};
