@@ -551,12 +551,19 @@ impl PackageModel {
 /// runs are held off, failing at once as this host's failures. Counted by
 /// package, not by model, since anyone may ship a copy of another's model
 /// and must not be able to hold off its runs; and each registered package
-/// is bonded, so many packages cost their author. A worker that fails
-/// dropping a session to make room is not charged to anyone (its model is
-/// contained): it may be failing from an earlier run's damage, which
-/// would charge whoever's session was oldest, and a package whose models
-/// push each other out pays for compiling them first. Loads outside runs
-/// (when a package is loaded) fail the load, which the caller paces.
+/// is bonded, so many packages cost their author.
+///
+/// Not charged to anyone (the model is only contained): a worker that
+/// fails dropping a session to make room, since it may be failing from an
+/// earlier run's damage, which would charge whoever's session was oldest
+/// (and a package whose models push each other out pays for compiling
+/// them first); and loads outside runs, when a package is loaded (a model
+/// that fails its first worker fails the package's load, which the job
+/// runner retries only after a growing wait). What cannot be told apart:
+/// a run that damages the worker's heap and still answers, where the
+/// crash comes in the next request, which is charged for it; this takes
+/// an exploitable fault in ONNX Runtime, and containment keeps such a
+/// model to its own [`REPLICAS`] workers.
 pub(crate) struct PackageFailures {
     /// Named in the log when its runs are held off.
     package: Digest,
@@ -573,9 +580,10 @@ const FAILURE_WEIGHT: u32 = 10;
 /// starting the worker again and compiling the sessions it held.
 const RESTART_COST: Duration = Duration::from_secs(1);
 
-/// How far behind a package may be and still run: two quick crashes
-/// (costing [`RESTART_COST`] × [`FAILURE_WEIGHT`] each), so that a crash
-/// on an unlucky input holds nothing off; the third holds the package off.
+/// How far behind a package may be and still run: two quick crashes (of
+/// under a quarter second each, costing about [`RESTART_COST`] ×
+/// [`FAILURE_WEIGHT`]), so that a crash on an unlucky input holds nothing
+/// off; the third holds the package off.
 const FAILURE_ALLOWANCE: Duration = Duration::from_secs(25);
 
 /// Furthest behind a package gets: a run that timed out on a long budget
@@ -620,6 +628,12 @@ impl PackageFailures {
                 wait.as_secs_f64().ceil()
             );
         }
+    }
+
+    /// How far behind it is now.
+    #[cfg(test)]
+    pub(crate) fn behind(&self) -> Duration {
+        self.lock().saturating_duration_since(Instant::now())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {

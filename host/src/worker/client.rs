@@ -115,7 +115,8 @@ struct Process {
     stderr: Arc<Mutex<Vec<u8>>>,
     /// The sessions it holds.
     loaded: BTreeMap<Digest, Held>,
-    /// The model it was last asked to run, and the package that ran it.
+    /// The model it was last asked to load or run, and the package whose
+    /// run that was (none for a load outside a run).
     last_run: Option<(Digest, Weak<PackageFailures>)>,
 }
 
@@ -173,7 +174,7 @@ impl Worker {
             state.used(digest);
             return Ok(Ok(()));
         }
-        state.load_into_process(digest, model)
+        state.load_into_process(digest, model, None)
     }
 
     /// Kills the worker; the next request starts a fresh one.
@@ -273,12 +274,8 @@ impl State {
         // Compiling it again (after a restart, or once its session was
         // dropped) has the budget of any load.
         let compiles = !self.holds(&digest);
-        if compiles {
-            let started = Instant::now();
-            let loaded = self.load_into_process(digest, model);
-            if let Err(refused) = charged(loaded, of, started)? {
-                return Ok(Err(refused));
-            }
+        if compiles && let Err(refused) = self.load_into_process(digest, model, Some(of.package))? {
+            return Ok(Err(refused));
         }
         self.used(digest);
         // A run cut off for want of time costs the worker and every session
@@ -293,10 +290,8 @@ impl State {
         if left < needed {
             return Err(WorkerError::OutOfTime);
         }
-        self.process()?.last_run = Some((digest, Arc::downgrade(of.package)));
-        let started = Instant::now();
-        let reply = self.exchange(&Request::Run { digest, inputs }, max_reply, left);
-        match charged(reply, of, started)? {
+        let request = Request::Run { digest, inputs };
+        match self.exchange_for(&request, digest, Some(of.package), max_reply, left)? {
             Reply::Done(outputs) => Ok(Ok(outputs)),
             Reply::Refused(text) => Ok(Err(text)),
         }
@@ -326,7 +321,8 @@ impl State {
     /// A worker killed from outside (`SIGKILL`, as an out-of-memory killer
     /// does) blames no one; one that crashed of itself after answering (a
     /// model's damage found when its outputs were freed) names the model
-    /// it ran last, as a crash during the run would.
+    /// it loaded or ran last, and charges the package whose run that was,
+    /// as a crash during the request would.
     fn reap(&mut self) {
         let Some(process) = self.process.as_mut() else {
             return;
@@ -365,15 +361,18 @@ impl State {
     }
 
     /// Compiles `model` into the session of `digest` in the running worker
-    /// (started if need be), making room for it first.
+    /// (started if need be), making room for it first; for a run of
+    /// `package`'s, if `package` is given.
     fn load_into_process(
         &mut self,
         digest: Digest,
         model: &[u8],
+        package: Option<&Arc<PackageFailures>>,
     ) -> Result<Result<(), String>, WorkerError> {
         let bytes = model.len() as u64;
         self.make_room(digest, bytes)?;
-        match self.exchange(&Request::Load { digest, model }, 1 << 20, LOAD_TIMEOUT)? {
+        let request = Request::Load { digest, model };
+        match self.exchange_for(&request, digest, package, 1 << 20, LOAD_TIMEOUT)? {
             Reply::Done(_) => {
                 self.loads.fetch_add(1, Ordering::Relaxed);
                 self.clock += 1;
@@ -443,6 +442,31 @@ impl State {
         }
     }
 
+    /// [`State::exchange`] of a request to load or run the model of
+    /// `digest`, which the worker remembers as its last (see
+    /// [`State::reap`]); for a run of `package`'s, if `package` is given,
+    /// which a failure of the worker is charged to by the time the request
+    /// had in it.
+    fn exchange_for(
+        &mut self,
+        request: &Request,
+        digest: Digest,
+        package: Option<&Arc<PackageFailures>>,
+        max_reply: u64,
+        timeout: Duration,
+    ) -> Result<Reply, WorkerError> {
+        let weak = package.map_or_else(Weak::new, Arc::downgrade);
+        self.process()?.last_run = Some((digest, weak));
+        let started = Instant::now();
+        let result = self.exchange(request, max_reply, timeout);
+        if let (Some(package), Err(WorkerError::Died(_) | WorkerError::Timeout(_))) =
+            (package, &result)
+        {
+            package.failed(&digest, started.elapsed());
+        }
+        result
+    }
+
     /// Sends `request` and waits for the reply; on any failure the worker
     /// is killed, so that the next request starts a fresh one.
     fn exchange(
@@ -462,21 +486,8 @@ impl State {
     }
 }
 
-/// `result` of a request for the run `of`, sent at `started`, after
-/// charging the run's package if the request failed the worker.
-fn charged<T>(
-    result: Result<T, WorkerError>,
-    of: RunOf<'_>,
-    started: Instant,
-) -> Result<T, WorkerError> {
-    if let Err(WorkerError::Died(_) | WorkerError::Timeout(_)) = &result {
-        of.package.failed(&of.digest, started.elapsed());
-    }
-    result
-}
-
 /// Models that failed a worker outside a run: while their session was
-/// dropped, or by a crash after the worker answered their run. Named by
+/// dropped, or by a crash after the worker answered their load or run. Named by
 /// the workers of one cache until the cache contains each (see
 /// `inference::Model::may_spill`) or frees it; at most [`MAX_BLAMED`] at
 /// once, each of which took a worker's death to name.
@@ -784,10 +795,11 @@ mod tests {
         worker.dies_unseen();
         assert!(matches!(worker.load(digest_b, &b), Ok(Ok(()))));
         assert!(!blamed.take(&digest_b));
+        assert_eq!(package.behind(), Duration::ZERO);
     }
 
     #[test]
-    fn a_worker_that_crashed_of_itself_between_requests_names_the_model_it_ran_last() {
+    fn a_worker_that_crashed_of_itself_between_requests_names_the_model_it_served_last() {
         let (a, b, digest_a, digest_b, blamed, worker) = fixture(true);
         assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
         let package = Arc::new(PackageFailures::new(digest_b));
@@ -803,6 +815,15 @@ mod tests {
         assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
         assert!(blamed.take(&digest_b));
         assert!(!blamed.take(&digest_a));
+        // The package whose run it answered is charged.
+        let behind = package.behind();
+        assert!(behind > Duration::ZERO);
+        // After answering a load outside a run, it names the model loaded
+        // and charges no one.
+        worker.signalled(libc::SIGABRT);
+        assert!(matches!(worker.load(digest_b, &b), Ok(Ok(()))));
+        assert!(blamed.take(&digest_a));
+        assert!(package.behind() <= behind);
     }
 
     #[test]
