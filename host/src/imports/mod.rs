@@ -1,5 +1,5 @@
 //! What the host grants a guest: the linker glue of every import, over the
-//! per-call data of [`Sandbox`](crate::sandbox::Sandbox).
+//! per-call data of [`crate::sandbox::Sandbox`].
 //!
 //! Each import charges fuel before it works (see [`crate::sandbox`]); the
 //! data it reads and records (models, logs, captured output) lives in the

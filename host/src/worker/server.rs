@@ -146,8 +146,8 @@ fn find_dylib(candidates: &[PathBuf]) -> Result<PathBuf, RuntimeUnavailable> {
     )))
 }
 
-/// The process's ONNX Runtime environment, loaded on first use from
-/// [`dylib`]. A searched library is loaded through the handle its digest
+/// The process's ONNX Runtime environment, loaded on first use from the
+/// library `dylib` finds. A searched library is loaded through the handle its digest
 /// was checked on, so it cannot be swapped in between. The host never
 /// calls it for encoders (their models run in the worker); it is public
 /// for native baselines.

@@ -44,7 +44,7 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a write of a response may wait for the client to read.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Transaction bytes one source address may submit per second (and at
-/// once); each transaction counts at least [`MIN_TRANSACTION_CHARGE`].
+/// once); each transaction counts at least `MIN_TRANSACTION_CHARGE`.
 pub const TRANSACTION_BYTES_PER_SECOND: u32 = 4 << 20;
 /// What the smallest transaction costs of a source's rate.
 const MIN_TRANSACTION_CHARGE: u32 = 512;

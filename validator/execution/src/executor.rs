@@ -133,7 +133,7 @@ pub struct SnapshotClaim {
     pub bytes: u64,
 }
 
-/// Applies commits to a [`StateStore`].
+/// Applies commits to its state (`StateStore`, in fjall).
 pub struct Executor {
     store: StateStore,
     reader: StateReader,
@@ -1063,8 +1063,8 @@ impl PinnedState {
     /// The encoded page of the snapshot that holds the entries after
     /// `after` (the cursor [`Executor::restore`] asks with; `None` for the
     /// first page), cut once it holds `max_bytes` of entries (at least one,
-    /// if any are left: [`SNAPSHOT_PAGE_BYTES`](crate::SNAPSHOT_PAGE_BYTES)
-    /// keeps a page under [`MAX_SNAPSHOT_PAGE`](crate::MAX_SNAPSHOT_PAGE)).
+    /// if any are left: [`crate::SNAPSHOT_PAGE_BYTES`] keeps a page under
+    /// [`crate::MAX_SNAPSHOT_PAGE`]).
     /// A cursor that could not name an entry is refused as
     /// [`ExecutionError::Snapshot`].
     pub fn page(&self, after: Option<&[u8]>, max_bytes: usize) -> Result<Vec<u8>, ExecutionError> {
