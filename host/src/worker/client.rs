@@ -768,6 +768,20 @@ mod tests {
         (a, b, digest_a, digest_b, blamed, worker)
     }
 
+    /// Runs `model` (of `digest`) for a package of its own, with no inputs:
+    /// refused, since the model names one; returns the package.
+    fn refused_run(worker: &Worker, digest: Digest, model: &[u8]) -> Arc<PackageFailures> {
+        let package = Arc::new(PackageFailures::new(digest));
+        let of = RunOf {
+            digest,
+            model,
+            package: &package,
+        };
+        let ran = worker.run(of, vec![], 1 << 20, Duration::from_secs(60));
+        assert!(matches!(ran, Ok(Err(_))), "{ran:?}");
+        package
+    }
+
     #[test]
     fn a_worker_that_died_while_idle_is_replaced_blaming_no_model() {
         let (a, b, digest_a, digest_b, blamed, worker) = fixture(false);
@@ -782,14 +796,7 @@ mod tests {
         // A run of a model it held goes ahead too, compiled again (and
         // refused: it names no input).
         worker.dies_unseen();
-        let package = Arc::new(PackageFailures::new(digest_b));
-        let of_b = RunOf {
-            digest: digest_b,
-            model: &b,
-            package: &package,
-        };
-        let ran = worker.run(of_b, vec![], 1 << 20, Duration::from_secs(60));
-        assert!(matches!(ran, Ok(Err(_))), "{ran:?}");
+        let package = refused_run(&worker, digest_b, &b);
         assert_eq!(worker.loads(), 3);
         // Killed from outside after that run: still no one is named.
         worker.dies_unseen();
@@ -802,14 +809,7 @@ mod tests {
     fn a_worker_that_crashed_of_itself_between_requests_names_the_model_it_served_last() {
         let (a, b, digest_a, digest_b, blamed, worker) = fixture(true);
         assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
-        let package = Arc::new(PackageFailures::new(digest_b));
-        let of_b = RunOf {
-            digest: digest_b,
-            model: &b,
-            package: &package,
-        };
-        let ran = worker.run(of_b, vec![], 1 << 20, Duration::from_secs(60));
-        assert!(matches!(ran, Ok(Err(_))), "{ran:?}");
+        let package = refused_run(&worker, digest_b, &b);
         // It aborts after answering, as a model's heap damage would.
         worker.signalled(libc::SIGABRT);
         assert!(matches!(worker.load(digest_a, &a), Ok(Ok(()))));
