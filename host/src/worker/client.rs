@@ -487,8 +487,8 @@ impl State {
 }
 
 /// Models that failed a worker outside a run: while their session was
-/// dropped, or by a crash after the worker answered their load or run. Named by
-/// the workers of one cache until the cache contains each (see
+/// dropped, or by a crash after the worker answered their load or run.
+/// Named by the workers of one cache until the cache contains each (see
 /// `inference::Model::may_spill`) or frees it; at most [`MAX_BLAMED`] at
 /// once, each of which took a worker's death to name.
 #[derive(Default)]
