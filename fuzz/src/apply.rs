@@ -12,12 +12,17 @@
 //! nothing), the amount's size (one byte: up to 85 a u16, up to 170 a
 //! million plus a u32, else a u64), the amount (little-endian), the fee
 //! (one byte: 0 is `u64::MAX`, else 9 to 20) and the nonce (one byte,
-//! `% 16`: 0 skips ahead, 1 repeats the last, else the next).
+//! `% 16`: 0 skips ahead, 1 repeats the last, else the next; `/ 16 % 8`
+//! the account whose block proposed it, and at 128 or more its signature
+//! is forged). A forged transaction must not apply unless its sender
+//! proposed it: the block's signature stands for its own.
 //!
 //! Raw bytes take the amount's low byte as their length and go into the
-//! commit as they are, as a peer could put garbage into a block.
+//! commit as they are, as a peer could put garbage into a block; account
+//! 0 proposed them.
 
 use soma_codec::Encode;
+use soma_crypto::PublicKey;
 use soma_execution::{
     Action, Commit, CommitEffects, EncoderResult, Executor, Genesis, GenesisAccount,
     GenesisValidator, ONE, Outcome, Parameters, Rejection, Transaction,
@@ -129,13 +134,18 @@ fn attestation(job: Digest, shard: usize, amount: u64) -> Action {
     }
 }
 
-fn apply(executor: &mut Executor, transactions: &[Vec<u8>]) -> CommitEffects {
+fn apply(
+    executor: &mut Executor,
+    transactions: &[Vec<u8>],
+    proposers: &[PublicKey],
+) -> CommitEffects {
     let index = executor.next_index();
     executor
         .apply(Commit {
             index,
             digest: *blake3::hash(&index.to_le_bytes()).as_bytes(),
             transactions,
+            proposers: Some(proposers),
         })
         .expect("apply fails only when its store does")
 }
@@ -154,10 +164,13 @@ pub fn check(bytes: &[u8]) {
     let mut nonces = vec![0u64; ACCOUNTS as usize];
     // The last submitted job, and its shard's size, for attestations.
     let mut job: Option<(Digest, usize)> = None;
-    let mut replay: Option<Vec<u8>> = None;
+    let mut replay: Option<(Vec<u8>, PublicKey)> = None;
     let mut operations = 0;
     for _ in 0..MAX_COMMITS {
-        let mut transactions: Vec<Vec<u8>> = replay.take().into_iter().collect();
+        let (mut transactions, mut proposers): (Vec<Vec<u8>>, Vec<PublicKey>) =
+            replay.take().into_iter().unzip();
+        // Which transactions carry a forged signature, and their senders.
+        let mut forged: Vec<Option<PublicKey>> = vec![None; transactions.len()];
         let replayed = !transactions.is_empty();
         while operations < MAX_OPERATIONS
             && let Some(op) = input.byte()
@@ -173,7 +186,9 @@ pub fn check(bytes: &[u8]) {
                 0 => u64::MAX,
                 b => 9 + u64::from(b % 12),
             };
-            let nonce_rule = input.byte().unwrap_or(2) % 16;
+            let nonce_byte = input.byte().unwrap_or(2);
+            let nonce_rule = nonce_byte % 16;
+            let proposer = crate::key(nonce_byte / 16 % 8 % ACCOUNTS).public_key();
             let name = format!("p{}", amount % 2);
             let action = match op % 11 {
                 0 | 1 => Action::Transfer {
@@ -205,6 +220,8 @@ pub fn check(bytes: &[u8]) {
                     let len = (amount & 0xff) as usize;
                     let raw = &input.0[..len.min(input.0.len())];
                     transactions.push(raw.to_vec());
+                    proposers.push(crate::key(0).public_key());
+                    forged.push(None);
                     input.0 = &input.0[raw.len()..];
                     continue;
                 }
@@ -223,14 +240,30 @@ pub fn check(bytes: &[u8]) {
                 fee,
                 action,
             };
-            transactions.push(transaction.sign(&crate::key(from)).to_bytes());
+            let mut bytes = transaction.sign(&crate::key(from)).to_bytes();
+            let forge = nonce_byte >= 128;
+            if forge {
+                // The signature is the last 64 bytes.
+                *bytes.last_mut().expect("a signed transaction") ^= 1;
+            }
+            transactions.push(bytes);
+            proposers.push(proposer);
+            forged.push(forge.then(|| crate::key(from).public_key()));
         }
-        let effects = apply(&mut first, &transactions);
+        let effects = apply(&mut first, &transactions, &proposers);
         assert_eq!(
-            apply(&mut second, &transactions),
+            apply(&mut second, &transactions, &proposers),
             effects,
             "two executors disagree"
         );
+        for ((receipt, forger), proposer) in effects.receipts.iter().zip(&forged).zip(&proposers) {
+            if let Some(sender) = forger {
+                assert!(
+                    receipt.rejection.is_some() || sender == proposer,
+                    "a forged signature applied in another's block: {receipt:?}"
+                );
+            }
+        }
         // The second reads its state back from disk each time: what was
         // persisted must be what the first holds in memory.
         drop(second);
@@ -271,7 +304,7 @@ pub fn check(bytes: &[u8]) {
             .receipts
             .iter()
             .position(|r| r.rejection.is_none())
-            .map(|i| transactions[i].clone());
+            .map(|i| (transactions[i].clone(), proposers[i]));
         if input.0.is_empty() || operations >= MAX_OPERATIONS {
             break;
         }

@@ -122,6 +122,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
                 index,
                 digest: [index as u8; 32],
                 transactions: &transactions,
+                proposers: None,
             })
             .expect("the commit applies");
         seeds.push(paged(&executor.pin().expect("a pinned state")));

@@ -1,11 +1,17 @@
 //! Which submitted transactions a node lets into its blocks.
 //!
-//! Admission is a node's own filter, never a rule of the chain: apply checks
+//! Admission is a node's own filter, not a rule of the chain: apply checks
 //! every committed transaction again, deterministically, and a transaction
 //! admitted here may still be refused there (its sender's balance may have
 //! moved in between). Admission keeps out what can only waste block space:
 //! bytes that are not a signed transaction for this chain, bad signatures,
 //! fees below the minimum or beyond the balance, and nonces already used.
+//!
+//! One check here is also what keeps this validator's own account safe:
+//! apply takes a transaction in a block its sender proposed as sent by that
+//! sender (the block's signature stands for its own), so a transaction
+//! naming this validator as sender enters the chain authenticated only by
+//! this node's signature check on admission.
 
 use crate::node::Shared;
 use soma_codec::Decode;
@@ -101,6 +107,8 @@ pub(crate) fn admit(shared: &Shared, bytes: &[u8]) -> Result<Admitted, Refusal> 
     if tx.fee < min {
         return Err(Refusal::FeeTooLow { fee: tx.fee, min });
     }
+    // Never skipped, not even for this validator's own key: its blocks
+    // vouch for every transaction they carry from that key (see above).
     if !signed.verify() {
         return Err(Refusal::BadSignature);
     }

@@ -370,7 +370,8 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         shared: shared.clone(),
         executor: Arc::new(Mutex::new(executor)),
         work,
-        roots: RootWatch::new(committee_for_roots),
+        roots: RootWatch::new(committee_for_roots.clone()),
+        committee: committee_for_roots,
         me: authority,
     };
     tokio::pin!(stop);
@@ -510,6 +511,8 @@ struct Applier {
     work: std::sync::mpsc::Sender<Work>,
     /// This node's roots against those its peers' blocks claim.
     roots: RootWatch,
+    /// Whose blocks carried a commit's transactions.
+    committee: Committee,
     /// This validator.
     me: AuthorityIndex,
 }
@@ -558,13 +561,26 @@ impl Applier {
             .collect();
         let executor = self.executor.clone();
         let shared = self.shared.clone();
+        let committee = self.committee.clone();
         let (effects, work, attested) = tokio::task::spawn_blocking(move || {
-            let transactions: Vec<Vec<u8>> = subdag.transactions().map(<[u8]>::to_vec).collect();
+            // Each transaction with the key that signed its block: a
+            // validator's own transactions (its attestations) need no
+            // check of their own.
+            let (mut transactions, mut proposers) = (Vec::new(), Vec::new());
+            for (author, transaction) in subdag.transactions() {
+                // A verified block's author is always a member.
+                let key = committee.key(author).with_context(|| {
+                    format!("commit {index} has a block of {author:?}, who is not in the committee")
+                })?;
+                transactions.push(transaction.to_vec());
+                proposers.push(*key);
+            }
             let mut executor = executor.lock().unwrap_or_else(|e| e.into_inner());
             let effects = executor.apply(Commit {
                 index: subdag.index,
                 digest: subdag.digest(),
                 transactions: &transactions,
+                proposers: Some(&proposers),
             })?;
             // What the attester does about applied transactions: a
             // submission made a job under its digest; a registration names

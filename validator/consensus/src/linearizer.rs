@@ -1,6 +1,7 @@
 //! Turns each committed leader into the ordered list of blocks it commits.
 
 use crate::block::{BlockRef, Round, VerifiedBlock};
+use crate::committee::AuthorityIndex;
 use crate::dag_state::DagState;
 use std::collections::BTreeSet;
 
@@ -33,12 +34,16 @@ impl CommittedSubDag {
         )
     }
 
-    /// The committed transactions, in the order they apply: block by
-    /// block, each block's in its own order.
-    pub fn transactions(&self) -> impl Iterator<Item = &[u8]> {
-        self.blocks
-            .iter()
-            .flat_map(|b| b.block().transactions.iter().map(Vec::as_slice))
+    /// The committed transactions, each with the author of its block, in
+    /// the order they apply: block by block, each block's in its own order.
+    pub fn transactions(&self) -> impl Iterator<Item = (AuthorityIndex, &[u8])> {
+        self.blocks.iter().flat_map(|b| {
+            let author = b.reference().author;
+            b.block()
+                .transactions
+                .iter()
+                .map(move |t| (author, t.as_slice()))
+        })
     }
 }
 

@@ -51,13 +51,17 @@ pub const COMMIT_RECORDS_PATH: &str = "/consensus/v1/commit-records";
 /// transactions, because a check that differed between validators (or
 /// changed with their state) would split them on the block. Execution
 /// checks every committed transaction with a deterministic rule and
-/// rejects an invalid one alone.
+/// rejects an invalid one alone. That rule may take a block's signature
+/// for the transactions its author sent, so a verifier is also what keeps
+/// transactions forged in this node's key out of its blocks.
 pub trait TransactionVerifier: Send + Sync {
     /// Where `transaction` waits for this node's blocks, if it may.
     fn verify(&self, transaction: &[u8]) -> Option<Placement>;
 }
 
-/// Accepts any bytes: consensus alone orders opaque transactions.
+/// Accepts any bytes: consensus alone orders opaque transactions. Only for
+/// a committee whose keys hold nothing an execution could spend (tests,
+/// benchmarks): see [`TransactionVerifier`].
 pub struct AcceptAny;
 
 impl TransactionVerifier for AcceptAny {

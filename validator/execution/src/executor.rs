@@ -29,7 +29,7 @@ use crate::state::{
     APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, LATTICE,
     STAKED, Space, StateError, StateStore, TREASURY, Validator, encoder_key, is_record,
 };
-use crate::transaction::{Action, Checked, SignedTransaction, check_all};
+use crate::transaction::{Action, Checked, Proposed, SignedTransaction, check_all};
 use crate::view::{Stop, View, attestation_key};
 use crate::{finalise, routing, shard};
 use soma_codec::{Decode, DecodeError, Encode, Writer};
@@ -60,6 +60,16 @@ pub enum ExecutionError {
     /// A state snapshot cannot be made or restored.
     #[error("state snapshot: {0}")]
     Snapshot(String),
+    /// A commit's proposers do not match its transactions one for one.
+    #[error("commit {index} has {transactions} transactions but {proposers} proposers")]
+    Proposers {
+        /// The commit's index.
+        index: u64,
+        /// Its transactions.
+        transactions: usize,
+        /// The proposers given.
+        proposers: usize,
+    },
     /// A commit other than the next one was given.
     #[error("commit {got} given; the next commit to apply is {expected}")]
     OutOfOrder {
@@ -79,6 +89,21 @@ pub struct Commit<'a> {
     pub digest: [u8; 32],
     /// The transactions' bytes, as consensus ordered them.
     pub transactions: &'a [Vec<u8>],
+    /// Who proposed each of `transactions`: the validator whose signed
+    /// block carried it, one key per transaction, if the caller knows.
+    ///
+    /// A transaction in a block its own sender proposed is authenticated
+    /// by the block's signature, which covers the transaction's bytes and
+    /// which consensus checked before the block could be committed: its own
+    /// signature is not checked again. Most such transactions are
+    /// attestations (every validator attests every job), so a commit of
+    /// them applies without a signature check each. Without proposers,
+    /// every signature is checked.
+    ///
+    /// This decides what applies, so every validator must give the same:
+    /// the authors of the commit's blocks (which its digest binds), from
+    /// the committee that signed them.
+    pub proposers: Option<&'a [PublicKey]>,
 }
 
 /// What a commit did to the state.
@@ -399,14 +424,25 @@ impl Executor {
     }
 
     /// Applies the next commit: every transaction in order, then one
-    /// durable write of all their effects and the new root. Signatures are
-    /// checked, and the commit's writes hashed, on rayon's global pool, so
-    /// call it from outside that pool.
+    /// durable write of all their effects and the new root. Signatures
+    /// (of transactions their senders did not propose) are checked, and the
+    /// commit's writes hashed, on rayon's global pool, so call it from
+    /// outside that pool. A commit whose proposers do not match its
+    /// transactions is an error, and changes nothing.
     pub fn apply(&mut self, commit: Commit<'_>) -> Result<CommitEffects, ExecutionError> {
         if commit.index != self.applied.next_index {
             return Err(ExecutionError::OutOfOrder {
                 expected: self.applied.next_index,
                 got: commit.index,
+            });
+        }
+        if let Some(proposers) = commit.proposers
+            && proposers.len() != commit.transactions.len()
+        {
+            return Err(ExecutionError::Proposers {
+                index: commit.index,
+                transactions: commit.transactions.len(),
+                proposers: proposers.len(),
             });
         }
         let mut changes = Changes::default();
@@ -458,8 +494,17 @@ impl Executor {
     ) -> Result<Vec<Receipt>, ExecutionError> {
         let mut receipts = Vec::with_capacity(commit.transactions.len());
         let chain = self.chain_id;
+        let proposed: Vec<Proposed<'_>> = commit
+            .transactions
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| Proposed {
+                bytes,
+                proposer: commit.proposers.map(|p| &p[i]),
+            })
+            .collect();
         pipelined(
-            commit.transactions,
+            &proposed,
             |batch| check_all(batch, &chain),
             |checked| {
                 receipts.push(self.apply_transaction(commit, changes, checked)?);
@@ -563,7 +608,7 @@ impl Executor {
         if tx.chain_id != self.chain_id {
             Err(Rejection::WrongChain)?;
         }
-        if !checked.signature_holds {
+        if !checked.authenticated {
             Err(Rejection::BadSignature)?;
         }
         let mut sender = state.account(&tx.sender)?;

@@ -27,7 +27,13 @@
 //! };
 //! let mut executor = Executor::open("state".as_ref(), &genesis, router)?;
 //! let transactions: Vec<Vec<u8>> = vec![/* signed transactions, in commit order */];
-//! let effects = executor.apply(Commit { index: 0, digest: [0; 32], transactions: &transactions })?;
+//! let effects = executor.apply(Commit {
+//!     index: 0,
+//!     digest: [0; 32],
+//!     transactions: &transactions,
+//!     // The validator whose block carried each, if known.
+//!     proposers: None,
+//! })?;
 //! println!("root {}", hex::encode(effects.root));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

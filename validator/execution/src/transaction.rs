@@ -167,9 +167,19 @@ impl SignedTransaction {
 pub(crate) struct Checked {
     /// The transaction.
     pub(crate) signed: SignedTransaction,
-    /// Whether [`SignedTransaction::verify`] holds (not checked, so false,
-    /// for a transaction of another chain).
-    pub(crate) signature_holds: bool,
+    /// Whether its sender is shown to have sent it: its sender proposed
+    /// the block that carried it, or [`SignedTransaction::verify`] holds
+    /// (false, unchecked, for a transaction of another chain).
+    pub(crate) authenticated: bool,
+}
+
+/// A committed transaction's bytes and, if known, the validator that
+/// proposed the block carrying it.
+pub(crate) struct Proposed<'a> {
+    /// The bytes.
+    pub(crate) bytes: &'a [u8],
+    /// The proposer.
+    pub(crate) proposer: Option<&'a PublicKey>,
 }
 
 /// Fewest transactions whose checks are spread across cores: below, the
@@ -179,16 +189,19 @@ const PARALLEL_CHECKS: usize = 2;
 /// Decodes and verifies `transactions`, in order: `None` for bytes that
 /// are no transaction. Signature checks are most of what applying a
 /// transaction costs; they run on every core. One for another chain than
-/// `chain` is refused for that before its signature matters: it is not
-/// checked.
-pub(crate) fn check_all(transactions: &[Vec<u8>], chain: &[u8; 32]) -> Vec<Option<Checked>> {
+/// `chain` is refused for that before its signature matters, and one its
+/// sender proposed needs none (the block's signature holds for it): their
+/// signatures are not checked.
+pub(crate) fn check_all(transactions: &[Proposed<'_>], chain: &[u8; 32]) -> Vec<Option<Checked>> {
     use rayon::prelude::*;
-    let check = |bytes: &Vec<u8>| {
-        let signed = SignedTransaction::from_bytes(bytes).ok()?;
-        let signature_holds = signed.transaction().chain_id == *chain && signed.verify();
+    let check = |proposed: &Proposed<'_>| {
+        let signed = SignedTransaction::from_bytes(proposed.bytes).ok()?;
+        let tx = signed.transaction();
+        let authenticated =
+            tx.chain_id == *chain && (proposed.proposer == Some(&tx.sender) || signed.verify());
         Some(Checked {
             signed,
-            signature_holds,
+            authenticated,
         })
     };
     match transactions.len() < PARALLEL_CHECKS {

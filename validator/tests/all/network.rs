@@ -216,6 +216,12 @@ fn four_validators_embed_through_the_api_slash_the_outlier_and_agree() {
     let last = forged.len() - 1;
     forged[last] ^= 1;
     assert_refused(tx(&forged), 422, "signature");
+    // Nor in this validator's own key: apply takes its blocks' word for
+    // what that key sent.
+    let own = soma_crypto::keyfile::read_secret_key(&net.join("validator-0/key")).unwrap();
+    let mut forged = signed(&own, chain_id, 0, 10);
+    *forged.last_mut().unwrap() ^= 1;
+    assert_refused(tx(&forged), 422, "signature");
     assert_refused(tx(&signed(&user, chain_id, 300, 10)), 422, "too far ahead");
     // One balance does not back a window of nonces each claiming a fee
     // only the first could pay.

@@ -116,6 +116,101 @@ fn a_transaction_that_cannot_be_charged_changes_nothing() {
     refused(&g, &[], forged, Rejection::BadSignature, 2, 0);
 }
 
+/// Applies `transactions` as the next commit, each in a block of the
+/// matching `proposers`.
+fn apply_proposed(
+    ex: &mut Executor,
+    transactions: &[Vec<u8>],
+    proposers: &[PublicKey],
+) -> Result<CommitEffects, ExecutionError> {
+    let index = ex.next_index();
+    ex.apply(Commit {
+        index,
+        digest: *blake3::hash(&index.to_le_bytes()).as_bytes(),
+        transactions,
+        proposers: Some(proposers),
+    })
+}
+
+#[test]
+fn a_transaction_in_its_senders_own_block_is_authenticated_by_the_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = genesis();
+    let mut ex = open(dir.path(), &g);
+    // Validator 0's transfer and account 2's, each signed by someone else.
+    let forge = |from: u8, nonce: u64| {
+        let mut tx = signed(&g, from, nonce, 10, transfer(3, 7));
+        let theirs = signed(&g, from + 1, nonce, 10, transfer(3, 7));
+        let n = tx.len();
+        tx[n - 64..].copy_from_slice(&theirs[n - 64..]);
+        tx
+    };
+    let (validator, user) = (forge(0, 0), forge(2, 0));
+    // In another's block, or with proposers unknown, the signature is
+    // what shows the sender sent it.
+    let effects = apply_proposed(
+        &mut ex,
+        &[validator.clone(), user.clone()],
+        &[public(1), public(0)],
+    )
+    .unwrap();
+    let bad = Some(Rejection::BadSignature);
+    assert_eq!(effects.receipts[0].rejection, bad);
+    assert_eq!(effects.receipts[1].rejection, bad);
+    assert_eq!(
+        apply(&mut ex, std::slice::from_ref(&validator)).receipts[0].rejection,
+        bad
+    );
+    assert_eq!(ex.account(&public(0)).unwrap().nonce, 0);
+    // In its sender's own block, the block's signature stands for it; an
+    // account's transaction in a validator's block still needs its own.
+    let effects = apply_proposed(&mut ex, &[validator, user], &[public(0), public(0)]).unwrap();
+    assert_eq!(effects.receipts[0].rejection, None);
+    assert_eq!(effects.receipts[1].rejection, bad);
+    assert_eq!(
+        ex.account(&public(0)).unwrap(),
+        Account {
+            balance: 1_000_000_000 - 17,
+            nonce: 1
+        }
+    );
+    assert_eq!(ex.account(&public(2)).unwrap().nonce, 0);
+}
+
+#[test]
+fn a_commit_whose_proposers_do_not_match_its_transactions_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = genesis();
+    let mut ex = open(dir.path(), &g);
+    let root = ex.root();
+    let txs = [
+        signed(&g, 2, 0, 10, transfer(3, 1)),
+        signed(&g, 2, 1, 10, transfer(3, 1)),
+    ];
+    let err = apply_proposed(&mut ex, &txs, &[public(0)]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecutionError::Proposers {
+                index: 0,
+                transactions: 2,
+                proposers: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("2 transactions but 1 proposers"),
+        "{err}"
+    );
+    assert_eq!((ex.next_index(), ex.root()), (0, root));
+    assert_eq!(ex.account(&public(2)).unwrap().nonce, 0);
+    // The same commit, whole, applies.
+    let effects = apply_proposed(&mut ex, &txs, &[public(0), public(1)]).unwrap();
+    assert!(effects.receipts.iter().all(|r| r.rejection.is_none()));
+    assert_eq!(ex.account(&public(2)).unwrap().nonce, 2);
+}
+
 /// A network, transactions applied first, the transaction refused, why,
 /// and its sender.
 type Case<'a> = (&'a Genesis, Vec<Vec<u8>>, Vec<u8>, Rejection, u8);
@@ -407,6 +502,7 @@ fn commits_apply_in_order_and_a_state_belongs_to_one_genesis() {
             index: 0,
             digest: [0; 32],
             transactions: &[],
+            proposers: None,
         })
         .unwrap_err();
     assert!(
@@ -424,6 +520,7 @@ fn commits_apply_in_order_and_a_state_belongs_to_one_genesis() {
             index: 5,
             digest: [0; 32],
             transactions: &[],
+            proposers: None,
         })
         .unwrap_err();
     assert!(

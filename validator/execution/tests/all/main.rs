@@ -77,6 +77,7 @@ pub fn apply(executor: &mut Executor, transactions: &[Vec<u8>]) -> CommitEffects
             index,
             digest: *blake3::hash(&index.to_le_bytes()).as_bytes(),
             transactions,
+            proposers: None,
         })
         .unwrap()
 }
