@@ -143,3 +143,43 @@ impl Linearizer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{Block, StateRoot};
+    use crate::committee::tests::committee;
+
+    #[test]
+    fn each_committed_transaction_comes_with_the_author_of_its_block() {
+        let (c, keys) = committee(&[1, 1, 1, 1]);
+        let block = |author: u32, transactions: &[&[u8]]| {
+            let block = Block {
+                round: 1,
+                author: AuthorityIndex(author),
+                parents: (0..4)
+                    .map(|a| BlockRef::genesis(AuthorityIndex(a)))
+                    .collect(),
+                transactions: transactions.iter().map(|t| t.to_vec()).collect(),
+                state_root: StateRoot::default(),
+            };
+            VerifiedBlock::sign_own(block, &keys[author as usize], &c)
+        };
+        let blocks = vec![block(2, &[b"a", b"b"]), block(0, &[]), block(1, &[b"c"])];
+        let subdag = CommittedSubDag {
+            index: 0,
+            leader: blocks[2].reference(),
+            blocks,
+            previous: NO_COMMIT,
+        };
+        let pairs: Vec<(AuthorityIndex, &[u8])> = subdag.transactions().collect();
+        assert_eq!(
+            pairs,
+            [
+                (AuthorityIndex(2), &b"a"[..]),
+                (AuthorityIndex(2), &b"b"[..]),
+                (AuthorityIndex(1), &b"c"[..]),
+            ]
+        );
+    }
+}

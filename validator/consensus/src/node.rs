@@ -60,8 +60,8 @@ pub trait TransactionVerifier: Send + Sync {
 }
 
 /// Accepts any bytes: consensus alone orders opaque transactions. Only for
-/// a committee whose keys hold nothing an execution could spend (tests,
-/// benchmarks): see [`TransactionVerifier`].
+/// a committee whose keys hold nothing an execution could spend: see
+/// [`TransactionVerifier`].
 pub struct AcceptAny;
 
 impl TransactionVerifier for AcceptAny {

@@ -486,7 +486,7 @@ impl Executor {
     }
 
     /// Applies a commit's transactions in order, each batch decoded and
-    /// verified on every core while the batch before it applies.
+    /// authenticated on every core while the batch before it applies.
     fn apply_transactions(
         &self,
         commit: &Commit<'_>,
