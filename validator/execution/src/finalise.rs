@@ -23,7 +23,7 @@ use crate::scoring::{
     ONE, coordinate_median, distance, max_deviation, outliers, weight, weighted_coordinate_median,
     weighted_median, weighted_unit_average,
 };
-use crate::state::StateError;
+use crate::state::{StateError, Validator};
 use crate::view::{Stop, View};
 use soma_crypto::PublicKey;
 use soma_host::Digest;
@@ -41,9 +41,11 @@ struct Verdict {
     embedding: Vec<i32>,
 }
 
-/// One attester's results, with its stake now.
+/// One attester's results, with its record and stake now.
 struct Attested {
     validator: PublicKey,
+    /// Its record, if it still is a validator.
+    record: Option<Validator>,
     stake: u64,
     results: Vec<EncoderResult>,
 }
@@ -64,10 +66,11 @@ pub(crate) fn finalise(
             .attestation(id, validator)?
             .ok_or_else(|| StateError::inconsistent("job", "an attestation is missing"))?
             .0;
-        let stake = state.validator(validator)?.map_or(0, |v| v.stake);
+        let record = state.validator(validator)?;
         attested.push(Attested {
             validator: *validator,
-            stake,
+            stake: record.as_ref().map_or(0, |v| v.stake),
+            record,
             results,
         });
     }
@@ -150,8 +153,9 @@ pub(crate) fn finalise(
     // Attesters whose results deviate from the verdicts; every attester's
     // stake is free again.
     let mut deviant = Vec::new();
+    // Nothing wrote a validator since their records were read.
     for a in &attested {
-        let Some(mut validator) = state.validator(&a.validator)? else {
+        let Some(mut validator) = a.record else {
             continue;
         };
         validator.pending = validator.pending.saturating_sub(1);

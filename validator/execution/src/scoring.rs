@@ -19,6 +19,16 @@ pub(crate) fn median(values: &mut [i64]) -> i64 {
 /// The coordinate-wise median of equally long vectors: each counts once
 /// (the robust centre of a shard's encoders).
 pub(crate) fn coordinate_median(vectors: &[&[i32]]) -> Vec<i32> {
+    // A shard of three, the default: each median is the middle of three
+    // values, found without a sort.
+    if let &[a, b, c] = vectors {
+        return a
+            .iter()
+            .zip(b)
+            .zip(c)
+            .map(|((&a, &b), &c)| a.min(b).max(a.max(b).min(c)))
+            .collect();
+    }
     let dimension = vectors[0].len();
     let mut column = Vec::with_capacity(vectors.len());
     (0..dimension)
@@ -166,18 +176,46 @@ pub(crate) fn weight(loss: u32, softness: u32) -> u64 {
 /// point); all zeros if the average is zero.
 pub(crate) fn weighted_unit_average(vectors: &[(&[i32], u64)]) -> Vec<i32> {
     let dimension = vectors[0].0.len();
-    let total: i128 = vectors.iter().map(|&(_, w)| i128::from(w)).sum();
+    let total: u128 = vectors.iter().map(|&(_, w)| u128::from(w)).sum();
+    let largest = vectors
+        .iter()
+        .flat_map(|&(v, _)| v)
+        .map(|x| x.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    // Every weighted sum is at most `largest × total` in magnitude. When
+    // that fits an i64 (as it does for unit vectors and the loss weights),
+    // 64-bit arithmetic gives the same bits as 128-bit, truncating
+    // division alike, at a fraction of the cost.
+    let fits = u128::from(largest.max(1)) * total <= i64::MAX as u128;
     // An average is no larger than the largest value, so it fits an i64
     // (its square too), and so does the rest in 64-bit division.
-    let average: Vec<i64> = (0..dimension)
-        .map(|i| {
-            let sum: i128 = vectors
-                .iter()
-                .map(|&(v, w)| i128::from(v[i]) * i128::from(w))
-                .sum();
-            (sum / total.max(1)) as i64
-        })
-        .collect();
+    let average: Vec<i64> = match fits {
+        true => {
+            let total = total.max(1) as i64;
+            (0..dimension)
+                .map(|i| {
+                    let sum: i64 = vectors
+                        .iter()
+                        .map(|&(v, w)| i64::from(v[i]) * w as i64)
+                        .sum();
+                    sum / total
+                })
+                .collect()
+        }
+        false => {
+            let total = total.max(1) as i128;
+            (0..dimension)
+                .map(|i| {
+                    let sum: i128 = vectors
+                        .iter()
+                        .map(|&(v, w)| i128::from(v[i]) * i128::from(w))
+                        .sum();
+                    (sum / total) as i64
+                })
+                .collect()
+        }
+    };
     let norm = isqrt(average.iter().map(|&x| (x * x) as u128).sum()) as i64;
     if norm == 0 {
         return vec![0; dimension];
@@ -285,6 +323,7 @@ mod tests {
         prop_oneof![
             Just(0),
             1..4u64,
+            Just(1 << 35),
             Just(1 << 40),
             Just(u64::MAX / 3),
             Just(u64::MAX)
@@ -314,6 +353,26 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn the_unit_average_is_exact_at_the_edge_of_64_bit_sums() {
+        // The largest weight whose sums fit an i64, and the next; two
+        // vectors share it, and the largest value's sign turns.
+        let edge = i64::MAX as u64 / (1 << 31);
+        let (a, b) = ([i32::MIN, i32::MAX, 1], [i32::MAX, -5, i32::MIN + 1]);
+        for w in [edge, edge + 1, edge / 2, edge / 2 + 1] {
+            for vectors in [
+                vec![(&a[..], w)],
+                vec![(&a[..], w / 2), (&b[..], w - w / 2)],
+            ] {
+                assert_eq!(
+                    weighted_unit_average(&vectors),
+                    unit_average_in_i128(&vectors),
+                    "{vectors:?}"
+                );
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn the_coordinate_median_is_each_coordinates_weighted_median(
@@ -331,13 +390,31 @@ mod tests {
         #[test]
         fn the_unit_average_is_what_128_bit_arithmetic_gives(
             vectors in proptest::collection::vec(
-                (proptest::collection::vec(any::<i32>(), 4), large_weight()),
+                (
+                    // Unit vectors' coordinates (64-bit sums), or any.
+                    proptest::collection::vec(
+                        prop_oneof![-(1 << 17)..(1 << 17), any::<i32>()],
+                        4,
+                    ),
+                    large_weight(),
+                ),
                 1..5,
             ),
         ) {
             let vectors: Vec<(&[i32], u64)> =
                 vectors.iter().map(|(v, w)| (v.as_slice(), *w)).collect();
             prop_assert_eq!(weighted_unit_average(&vectors), unit_average_in_i128(&vectors));
+        }
+
+        #[test]
+        fn the_centre_is_each_coordinates_median(
+            vectors in proptest::collection::vec(proptest::collection::vec(any::<i32>(), 4), 1..6),
+        ) {
+            let vectors: Vec<&[i32]> = vectors.iter().map(Vec::as_slice).collect();
+            let expected: Vec<i32> = (0..4)
+                .map(|i| median(&mut vectors.iter().map(|v| i64::from(v[i])).collect::<Vec<_>>()) as i32)
+                .collect();
+            prop_assert_eq!(coordinate_median(&vectors), expected);
         }
 
         #[test]
