@@ -371,6 +371,21 @@ mod tests {
                 );
             }
         }
+        // All positive, where sums reach the limit itself: with any looser
+        // limit these would overflow 64 bits (a panic in tests).
+        let ones = [1, 1, 1];
+        for w in [i64::MAX as u64, 1 << 63, u64::MAX] {
+            for vectors in [
+                vec![(&ones[..], w)],
+                vec![(&ones[..], w / 2), (&ones[..], w - w / 2)],
+            ] {
+                assert_eq!(
+                    weighted_unit_average(&vectors),
+                    unit_average_in_i128(&vectors),
+                    "{vectors:?}"
+                );
+            }
+        }
     }
 
     proptest! {

@@ -186,7 +186,7 @@ pub(crate) struct Proposed<'a> {
 /// hand-over to other threads costs more than it saves.
 const PARALLEL_CHECKS: usize = 2;
 
-/// Decodes and verifies `transactions`, in order: `None` for bytes that
+/// Decodes and authenticates `transactions`, in order: `None` for bytes that
 /// are no transaction. Signature checks are most of what applying a
 /// transaction costs; they run on every core. One for another chain than
 /// `chain` is refused for that before its signature matters, and one its
