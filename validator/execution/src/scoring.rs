@@ -355,36 +355,27 @@ mod tests {
 
     #[test]
     fn the_unit_average_is_exact_at_the_edge_of_64_bit_sums() {
-        // The largest weight whose sums fit an i64, and the next; two
-        // vectors share it, and the largest value's sign turns.
+        // Weighted `w` alone, and shared with `b`, against 128 bits.
+        let exact = |a: &[i32], b: &[i32], w: u64| {
+            for vectors in [vec![(a, w)], vec![(a, w / 2), (b, w - w / 2)]] {
+                assert_eq!(
+                    weighted_unit_average(&vectors),
+                    unit_average_in_i128(&vectors),
+                    "{vectors:?}"
+                );
+            }
+        };
+        // The largest weight whose sums fit an i64, and the next; the
+        // largest value's sign turns between the two vectors.
         let edge = i64::MAX as u64 / (1 << 31);
         let (a, b) = ([i32::MIN, i32::MAX, 1], [i32::MAX, -5, i32::MIN + 1]);
         for w in [edge, edge + 1, edge / 2, edge / 2 + 1] {
-            for vectors in [
-                vec![(&a[..], w)],
-                vec![(&a[..], w / 2), (&b[..], w - w / 2)],
-            ] {
-                assert_eq!(
-                    weighted_unit_average(&vectors),
-                    unit_average_in_i128(&vectors),
-                    "{vectors:?}"
-                );
-            }
+            exact(&a, &b, w);
         }
         // All positive, where sums reach the limit itself: with any looser
         // limit these would overflow 64 bits (a panic in tests).
-        let ones = [1, 1, 1];
         for w in [i64::MAX as u64, 1 << 63, u64::MAX] {
-            for vectors in [
-                vec![(&ones[..], w)],
-                vec![(&ones[..], w / 2), (&ones[..], w - w / 2)],
-            ] {
-                assert_eq!(
-                    weighted_unit_average(&vectors),
-                    unit_average_in_i128(&vectors),
-                    "{vectors:?}"
-                );
-            }
+            exact(&[1, 1, 1], &[1, 1, 1], w);
         }
     }
 
