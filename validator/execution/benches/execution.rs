@@ -23,7 +23,7 @@
 //!   whose signature apply checks.
 
 use soma_codec::Encode;
-use soma_crypto::{Domain, SecretKey};
+use soma_crypto::{Domain, PublicKey, SecretKey};
 use soma_execution::{
     Action, Commit, EncoderResult, Executor, Genesis, GenesisAccount, GenesisEncoder,
     GenesisValidator, Job, JobRunner, JobStatus, Outcome, Parameters, Transaction,
@@ -148,20 +148,19 @@ fn signed(g: &Genesis, from: u8, nonce: u64, action: Action) -> Vec<u8> {
     .to_bytes()
 }
 
-/// Applies `transactions` as the next commit: all in blocks of account
-/// `proposer` (a validator), or of validators unknown.
+/// Applies `transactions` as the next commit, in blocks of `proposers`
+/// (one per transaction), or of validators unknown.
 fn apply(
     ex: &mut Executor,
     transactions: &[Vec<u8>],
-    proposer: Option<u8>,
+    proposers: Option<&[PublicKey]>,
 ) -> soma_execution::CommitEffects {
     let index = ex.next_index();
-    let proposers = proposer.map(|p| vec![key(p).public_key(); transactions.len()]);
     ex.apply(Commit {
         index,
         digest: *blake3::hash(&index.to_le_bytes()).as_bytes(),
         transactions,
-        proposers: proposers.as_deref(),
+        proposers,
     })
     .unwrap()
 }
@@ -508,8 +507,10 @@ fn jobs(dir: &Path, g: &Genesis, store: BlobStore) -> Jobs {
                      transactions: &[Vec<u8>],
                      proposer: u8,
                      times: &mut Vec<Duration>| {
+            // The proposer's key is derived before the clock starts.
+            let proposers = vec![key(proposer).public_key(); transactions.len()];
             let start = Instant::now();
-            let effects = apply(ex, transactions, Some(proposer));
+            let effects = apply(ex, transactions, Some(&proposers));
             times.push(start.elapsed() / transactions.len() as u32);
             assert!(effects.receipts.iter().all(|r| r.rejection.is_none()));
         };
