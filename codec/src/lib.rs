@@ -97,11 +97,29 @@ pub trait Encode {
 
     /// The value's encoding.
     fn to_bytes(&self) -> Vec<u8> {
-        let mut w = Writer::new();
+        // Written into a buffer kept for the purpose, then copied out at
+        // its final size: a vector's record grown as it is written would
+        // be reallocated and copied a dozen times. An encoding nested in
+        // another finds the buffer taken and grows its own.
+        let mut w = Writer(SCRATCH.take());
+        w.0.clear();
         self.encode(&mut w);
-        w.into_bytes()
+        let bytes = w.0.as_slice().to_vec();
+        if w.0.capacity() <= SCRATCH_KEPT {
+            SCRATCH.set(w.0);
+        }
+        bytes
     }
 }
+
+thread_local! {
+    /// The buffer [`Encode::to_bytes`] encodes into.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest buffer [`Encode::to_bytes`] keeps for the next encoding
+/// (one a thread held on to for a rare huge value would be memory lost).
+const SCRATCH_KEPT: usize = 64 << 10;
 
 /// A value that can be read back from its canonical encoding.
 pub trait Decode<'a>: Sized {
@@ -546,6 +564,39 @@ mod tests {
             );
             assert_eq!(r.rest().len(), bytes.len());
         }
+    }
+
+    /// Bytes written raw; `nested` also writes its own `to_bytes` inside.
+    struct Blob {
+        bytes: Vec<u8>,
+        nested: Option<Box<Blob>>,
+    }
+
+    impl Encode for Blob {
+        fn encode(&self, w: &mut Writer) {
+            w.raw(&self.bytes);
+            if let Some(inner) = &self.nested {
+                w.raw(&inner.to_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn to_bytes_gives_each_encoding_whole_and_alone() {
+        let blob = |bytes: Vec<u8>, nested| Blob { bytes, nested };
+        let small = blob(vec![1, 2, 3], None);
+        // Each call starts empty, however large the one before it was (and
+        // whether or not the buffer was kept after it).
+        for size in [10, SCRATCH_KEPT + 1, 5] {
+            assert_eq!(blob(vec![9; size], None).to_bytes(), vec![9; size]);
+            assert_eq!(small.to_bytes(), [1, 2, 3]);
+        }
+        // An encoding made while another is being made.
+        let outer = blob(vec![4; 100], Some(Box::new(blob(vec![5; 7], None))));
+        let mut expected = vec![4; 100];
+        expected.extend([5; 7]);
+        assert_eq!(outer.to_bytes(), expected);
+        assert_eq!(small.to_bytes(), [1, 2, 3]);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! whole state after its commit (see [`crate::lattice`]).
 
 use crate::genesis::Genesis;
-use crate::job::{Attestation, EncoderResult, Job, JobStatus, Outcome};
+use crate::job::{EncoderResult, Job, JobStatus, Outcome, ResultDigests};
 use crate::lattice::Lattice;
 use crate::params::Parameters;
 use crate::receipt::{Receipt, Rejection};
@@ -30,7 +30,7 @@ use crate::state::{
     STAKED, Space, StateError, StateStore, TREASURY, Validator, encoder_key, is_record,
 };
 use crate::transaction::{Action, Checked, Proposed, SignedTransaction, check_all};
-use crate::view::{Stop, View, attestation_key};
+use crate::view::{Stop, View, attestation_key, result_key};
 use crate::{finalise, routing, shard};
 use soma_codec::{Decode, DecodeError, Encode, Writer};
 use soma_crypto::{Domain, PublicKey, Signature};
@@ -902,7 +902,7 @@ impl Executor {
         if !well_formed {
             Err(Rejection::BadAttestation)?;
         }
-        state.put_attestation(id, validator, &Attestation(results.to_vec()));
+        state.put_attestation(id, validator, results)?;
         job.attesters.push(*validator);
         // Its stake stays until the job is decided or expires.
         record.pending = record.pending.checked_add(1).ok_or(Rejection::Overflow)?;
@@ -1253,10 +1253,21 @@ impl StateReader {
         job: &Digest,
         validator: &PublicKey,
     ) -> Result<Option<Vec<EncoderResult>>, ExecutionError> {
-        Ok(self
+        let key = attestation_key(job, validator);
+        let Some(digests) = self
             .store
-            .read_published::<Attestation>(Space::Attestations, &attestation_key(job, validator))?
-            .map(|a| a.0))
+            .read_published::<ResultDigests>(Space::Attestations, &key)?
+        else {
+            return Ok(None);
+        };
+        // A job's results are written with the first attestation of each
+        // and never change: a later read finds them all.
+        let results = digests.0.iter().map(|digest| {
+            self.store
+                .read_published(Space::Results, &result_key(job, digest))?
+                .ok_or_else(|| StateError::inconsistent("attestation", "a result is missing"))
+        });
+        Ok(Some(results.collect::<Result<_, StateError>>()?))
     }
 
     /// The state root after commit `index`, if this node applied it.

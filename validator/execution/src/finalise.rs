@@ -42,12 +42,12 @@ struct Verdict {
 }
 
 /// One attester's results, with its record and stake now.
-struct Attested {
+struct Attested<'r> {
     validator: PublicKey,
     /// Its record, if it still is a validator.
     record: Option<Validator>,
     stake: u64,
-    results: Vec<EncoderResult>,
+    results: Vec<&'r EncoderResult>,
 }
 
 /// Decides job `id` (whose attesters hold more than two thirds of
@@ -60,18 +60,31 @@ pub(crate) fn finalise(
     commit: u64,
     total_stake: u128,
 ) -> Result<(), Stop> {
-    let mut attested = Vec::with_capacity(job.attesters.len());
+    // Each distinct result is read once, however many attested it.
+    let mut digests = Vec::with_capacity(job.attesters.len());
+    let mut results: BTreeMap<Digest, EncoderResult> = BTreeMap::new();
     for validator in &job.attesters {
-        let results = state
+        let attestation = state
             .attestation(id, validator)?
-            .ok_or_else(|| StateError::inconsistent("job", "an attestation is missing"))?
-            .0;
+            .ok_or_else(|| StateError::inconsistent("job", "an attestation is missing"))?;
+        for digest in &attestation.0 {
+            if !results.contains_key(digest) {
+                let result = state
+                    .result(id, digest)?
+                    .ok_or_else(|| StateError::inconsistent("job", "a result is missing"))?;
+                results.insert(*digest, result);
+            }
+        }
+        digests.push(attestation.0);
+    }
+    let mut attested = Vec::with_capacity(job.attesters.len());
+    for (validator, digests) in job.attesters.iter().zip(&digests) {
         let record = state.validator(validator)?;
         attested.push(Attested {
             validator: *validator,
             stake: record.as_ref().map_or(0, |v| v.stake),
             record,
-            results,
+            results: digests.iter().map(|digest| &results[digest]).collect(),
         });
     }
     let verdicts: Vec<Verdict> = (0..job.shard.len())
@@ -307,7 +320,7 @@ fn verdict(attested: &[Attested], j: usize, total_stake: u128) -> Verdict {
     };
     let agreeing: Vec<(&EncoderResult, u64)> = attested
         .iter()
-        .map(|a| (&a.results[j], a.stake))
+        .map(|a| (a.results[j], a.stake))
         .filter(|(r, _)| r.outcome == outcome)
         .collect();
     let median_of = |value: fn(&EncoderResult) -> i64| {

@@ -332,6 +332,21 @@ impl Decode<'_> for Finalisation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Attestation(pub(crate) Vec<EncoderResult>);
 
+/// An attestation as the state keeps it: the digest of each result, in
+/// shard order. Each distinct result of a job is kept once, under the job
+/// and that digest: honest validators attest a pure-wasm encoder's results
+/// bit for bit alike (and an ONNX model's alike on like hardware), so a
+/// job's attestations mostly repeat a few results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResultDigests(pub(crate) Vec<Digest>);
+
+impl EncoderResult {
+    /// The digest a result is kept under, of its encoding.
+    pub(crate) fn digest_of(encoding: &[u8]) -> Digest {
+        Digest(blake3::derive_key("soma/encoder-result/v1", encoding))
+    }
+}
+
 /// Writes an embedding: its length (`u16`) and its fixed-point values.
 fn write_embedding(w: &mut Writer, embedding: &[i32]) {
     w.count16(embedding.len());
@@ -355,6 +370,23 @@ impl Attestation {
 impl Encode for Attestation {
     fn encode(&self, w: &mut Writer) {
         Attestation::encode_results(&self.0, w);
+    }
+}
+
+impl Encode for ResultDigests {
+    fn encode(&self, w: &mut Writer) {
+        w.count8(self.0.len());
+        self.0.iter().for_each(|digest| w.array(&digest.0));
+    }
+}
+
+impl Decode<'_> for ResultDigests {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let n = r.count8("results", u8::MAX)?;
+        (0..n)
+            .map(|_| r.array("result digest").map(Digest))
+            .collect::<Result<_, _>>()
+            .map(ResultDigests)
     }
 }
 

@@ -188,9 +188,10 @@ pub(crate) fn weighted_unit_average(vectors: &[(&[i32], u64)]) -> Vec<i32> {
     // 64-bit arithmetic gives the same bits as 128-bit, truncating
     // division alike, at a fraction of the cost.
     let fits = u128::from(largest.max(1)) * total <= i64::MAX as u128;
-    // An average is no larger than the largest value, so it fits an i64
-    // (its square too), and so does the rest in 64-bit division.
-    let average: Vec<i64> = match fits {
+    // An average lies between the smallest and the largest value, so it
+    // fits an i32 (its square an i64), and so does the rest in 64-bit
+    // division.
+    let mut average: Vec<i32> = match fits {
         true => {
             let total = total.max(1) as i64;
             (0..dimension)
@@ -199,7 +200,7 @@ pub(crate) fn weighted_unit_average(vectors: &[(&[i32], u64)]) -> Vec<i32> {
                         .iter()
                         .map(|&(v, w)| i64::from(v[i]) * w as i64)
                         .sum();
-                    sum / total
+                    (sum / total) as i32
                 })
                 .collect()
         }
@@ -211,16 +212,19 @@ pub(crate) fn weighted_unit_average(vectors: &[(&[i32], u64)]) -> Vec<i32> {
                         .iter()
                         .map(|&(v, w)| i128::from(v[i]) * i128::from(w))
                         .sum();
-                    (sum / total) as i64
+                    (sum / total) as i32
                 })
                 .collect()
         }
     };
-    let norm = isqrt(average.iter().map(|&x| (x * x) as u128).sum()) as i64;
-    if norm == 0 {
-        return vec![0; dimension];
+    let norm = isqrt(average.iter().map(|&x| i64::from(x).pow(2) as u128).sum()) as i64;
+    // A zero norm is an average of all zeros, returned as it is.
+    if norm != 0 {
+        for x in &mut average {
+            *x = (i64::from(*x) * ONE / norm) as i32;
+        }
     }
-    average.iter().map(|&x| (x * ONE / norm) as i32).collect()
+    average
 }
 
 #[cfg(test)]

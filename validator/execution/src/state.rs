@@ -272,6 +272,8 @@ pub(crate) enum Space {
     Encoders,
     Jobs,
     Attestations,
+    /// Each job's distinct attested results, by job and result digest.
+    Results,
     Deadlines,
     /// Routing scores of deregistered encoders, by package digest.
     Retired,
@@ -280,12 +282,13 @@ pub(crate) enum Space {
 
 impl Space {
     /// Every keyspace of the state.
-    pub(crate) const ALL: [Space; 8] = [
+    pub(crate) const ALL: [Space; 9] = [
         Space::Accounts,
         Space::Validators,
         Space::Encoders,
         Space::Jobs,
         Space::Attestations,
+        Space::Results,
         Space::Deadlines,
         Space::Retired,
         Space::Meta,
@@ -318,36 +321,52 @@ pub(crate) const STAKED: &[u8] = b"staked";
 /// outweighs handing it to another core.
 const FOLD_CHUNK: usize = 16;
 
-/// Writes not yet in the store, by keyspace and key (`None` deletes).
+/// Writes not yet in the store, by keyspace (indexed by its number) and
+/// key (`None` deletes). One map per keyspace, so that a read looks a key
+/// up as it is given rather than copying it into a compound key.
 #[derive(Debug, Default)]
-pub(crate) struct Changes(BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>);
+pub(crate) struct Changes([BTreeMap<Vec<u8>, Option<Vec<u8>>>; Space::ALL.len()]);
 
 impl Changes {
     pub(crate) fn put(&mut self, space: Space, key: &[u8], value: &impl Encode) {
-        self.0.insert((space, key.to_vec()), Some(value.to_bytes()));
+        self.put_encoded(space, key, value.to_bytes());
+    }
+
+    /// Writes a value already encoded.
+    pub(crate) fn put_encoded(&mut self, space: Space, key: &[u8], value: Vec<u8>) {
+        self.0[space as usize].insert(key.to_vec(), Some(value));
     }
 
     pub(crate) fn delete(&mut self, space: Space, key: &[u8]) {
-        self.0.insert((space, key.to_vec()), None);
+        self.0[space as usize].insert(key.to_vec(), None);
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Option<Option<&[u8]>> {
-        self.0
-            .get(&(space, key.to_vec()))
+        self.0[space as usize]
+            .get(key)
             .map(|value| value.as_deref())
     }
 
     /// The writes to `space`, in key order.
     pub(crate) fn entries(&self, space: Space) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
-        self.0
-            .range((space, Vec::new())..)
-            .take_while(move |((s, _), _)| *s == space)
-            .map(|((_, key), value)| (key.as_slice(), value.as_deref()))
+        self.0[space as usize]
+            .iter()
+            .map(|(key, value)| (key.as_slice(), value.as_deref()))
+    }
+
+    /// Every write, by keyspace and key.
+    fn iter(&self) -> impl Iterator<Item = (Space, &[u8], Option<&[u8]>)> {
+        Space::ALL.into_iter().flat_map(|space| {
+            self.entries(space)
+                .map(move |(key, value)| (space, key, value))
+        })
     }
 
     /// Takes `other`'s writes over these.
     pub(crate) fn extend(&mut self, other: Changes) {
-        self.0.extend(other.0);
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            mine.extend(theirs);
+        }
     }
 
     /// A digest of every write, in key order: the same on every validator
@@ -360,8 +379,8 @@ impl Changes {
         const STRAIGHT: usize = 1 << 10;
         let mut hasher = blake3::Hasher::new_derive_key("soma/state-writes/v1");
         let mut gathered = Writer::new();
-        for ((space, key), value) in &self.0 {
-            gathered.u8(*space as u8);
+        for (space, key, value) in self.iter() {
+            gathered.u8(space as u8);
             gathered.bytes32(key);
             gathered.bool(value.is_some());
             let Some(value) = value else { continue };
@@ -396,6 +415,7 @@ pub struct StateStore {
     encoders: fjall::Keyspace,
     jobs: fjall::Keyspace,
     attestations: fjall::Keyspace,
+    results: fjall::Keyspace,
     deadlines: fjall::Keyspace,
     retired: fjall::Keyspace,
     receipts: fjall::Keyspace,
@@ -416,6 +436,7 @@ impl StateStore {
             encoders: db.keyspace("encoders", options)?,
             jobs: db.keyspace("jobs", options)?,
             attestations: db.keyspace("attestations", options)?,
+            results: db.keyspace("results", options)?,
             deadlines: db.keyspace("deadlines", options)?,
             retired: db.keyspace("retired", options)?,
             receipts: db.keyspace("receipts", options)?,
@@ -432,6 +453,7 @@ impl StateStore {
             Space::Encoders => &self.encoders,
             Space::Jobs => &self.jobs,
             Space::Attestations => &self.attestations,
+            Space::Results => &self.results,
             Space::Deadlines => &self.deadlines,
             Space::Retired => &self.retired,
             Space::Meta => &self.meta,
@@ -447,12 +469,24 @@ impl StateStore {
         space: Space,
         key: &[u8],
     ) -> Result<Option<T>, StateError> {
-        for changes in pending.iter().rev() {
-            if let Some(value) = changes.get(space, key) {
-                return Ok(value.map(T::from_bytes).transpose()?);
-            }
+        match pending_value(pending, space, key) {
+            Some(value) => Ok(value.map(T::from_bytes).transpose()?),
+            None => decoded(self.keyspace(space).get(key)?),
         }
-        decoded(self.keyspace(space).get(key)?)
+    }
+
+    /// Whether `key` holds a value as `pending` leaves it (as
+    /// [`StateStore::read`] reads it, without decoding it).
+    pub(crate) fn contains(
+        &self,
+        pending: &[&Changes],
+        space: Space,
+        key: &[u8],
+    ) -> Result<bool, StateError> {
+        match pending_value(pending, space, key) {
+            Some(value) => Ok(value.is_some()),
+            None => Ok(self.keyspace(space).contains_key(key)?),
+        }
     }
 
     /// The value under `key`, decoded, as of the last batch written
@@ -477,17 +511,17 @@ impl StateStore {
     /// sum, so the parts merge to the same lanes in any order.
     pub(crate) fn fold(&self, lattice: &mut Lattice, changes: &Changes) -> Result<(), StateError> {
         use rayon::prelude::*;
-        let writes: Vec<_> = changes.0.iter().collect();
+        let writes: Vec<_> = changes.iter().collect();
         let folded = writes
             .par_chunks(FOLD_CHUNK)
             .map(|part| {
                 let mut folded = Lattice::default();
-                for ((space, key), value) in part {
-                    if let Some(old) = self.keyspace(*space).get(key)? {
-                        folded.remove(*space as u8, key, &old);
+                for &(space, key, value) in part {
+                    if let Some(old) = self.keyspace(space).get(key)? {
+                        folded.remove(space as u8, key, &old);
                     }
                     if let Some(value) = value {
-                        folded.add(*space as u8, key, value);
+                        folded.add(space as u8, key, value);
                     }
                 }
                 Ok::<_, StateError>(folded)
@@ -628,10 +662,12 @@ impl StateStore {
             .db
             .batch()
             .durability(Some(fjall::PersistMode::SyncData));
-        for ((space, key), value) in changes.0 {
-            match value {
-                Some(value) => batch.insert(self.keyspace(space), key, value),
-                None => batch.remove(self.keyspace(space), key),
+        for (space, writes) in Space::ALL.into_iter().zip(changes.0) {
+            for (key, value) in writes {
+                match value {
+                    Some(value) => batch.insert(self.keyspace(space), key, value),
+                    None => batch.remove(self.keyspace(space), key),
+                }
             }
         }
         for (position, receipt) in receipts.iter().enumerate() {
@@ -741,6 +777,19 @@ pub(crate) fn deadline_key(deadline: u64, id: &Digest) -> [u8; 40] {
     key
 }
 
+/// What the last of `pending` to write `key` left under it (`Some(None)`
+/// if it deleted it), if any did.
+fn pending_value<'c>(
+    pending: &[&'c Changes],
+    space: Space,
+    key: &[u8],
+) -> Option<Option<&'c [u8]>> {
+    pending
+        .iter()
+        .rev()
+        .find_map(|changes| changes.get(space, key))
+}
+
 /// A key in the encoders keyspace.
 pub(crate) fn encoder_key(package: &Digest) -> [u8; 32] {
     package.0
@@ -750,26 +799,38 @@ pub(crate) fn encoder_key(package: &Digest) -> [u8; 32] {
 mod tests {
     use super::*;
 
+    /// A value written as its bytes.
+    struct Raw(Vec<u8>);
+
+    impl Encode for Raw {
+        fn encode(&self, w: &mut Writer) {
+            w.raw(&self.0);
+        }
+    }
+
     /// The digest is of every write's plain encoding, in key order, however
     /// large values are fed to the hasher.
     #[test]
     fn the_writes_digest_is_of_each_write_s_plain_encoding() {
         let mut changes = Changes::default();
-        changes
-            .0
-            .insert((Space::Jobs, vec![1; 32]), Some(vec![9; 5_000]));
-        changes
-            .0
-            .insert((Space::Accounts, b"b".to_vec()), Some(vec![7; 3]));
-        changes.0.insert((Space::Accounts, b"a".to_vec()), None);
-        changes.0.insert((Space::Jobs, vec![2; 32]), Some(vec![]));
+        changes.put(Space::Jobs, &[1; 32], &Raw(vec![9; 5_000]));
+        changes.put(Space::Accounts, b"b", &Raw(vec![7; 3]));
+        changes.delete(Space::Accounts, b"a");
+        changes.put(Space::Jobs, &[2; 32], &Raw(vec![]));
+        // In key order, whatever the order they were written in.
+        let in_order = [
+            (Space::Accounts, &b"a"[..], None),
+            (Space::Accounts, b"b", Some(vec![7; 3])),
+            (Space::Jobs, &[1; 32], Some(vec![9; 5_000])),
+            (Space::Jobs, &[2; 32], Some(vec![])),
+        ];
         let mut plain = Writer::new();
-        for ((space, key), value) in &changes.0 {
-            plain.u8(*space as u8);
+        for (space, key, value) in in_order {
+            plain.u8(space as u8);
             plain.bytes32(key);
             plain.bool(value.is_some());
             if let Some(value) = value {
-                plain.bytes32(value);
+                plain.bytes32(&value);
             }
         }
         let mut hasher = blake3::Hasher::new_derive_key("soma/state-writes/v1");

@@ -2,7 +2,7 @@
 //! commit's earlier transactions, and its own pending writes, which a
 //! refusal discards whole.
 
-use crate::job::{Attestation, Job};
+use crate::job::{EncoderResult, Job, ResultDigests};
 use crate::params::Parameters;
 use crate::receipt::Rejection;
 use crate::routing::{RouterError, selection_weight};
@@ -245,25 +245,46 @@ impl View<'_> {
             .delete(Space::Deadlines, &deadline_key(deadline, id));
     }
 
+    /// What `validator` attested for `job`: its results' digests.
     pub(crate) fn attestation(
         &self,
         job: &Digest,
         validator: &PublicKey,
-    ) -> Result<Option<Attestation>, StateError> {
+    ) -> Result<Option<ResultDigests>, StateError> {
         self.get(Space::Attestations, &attestation_key(job, validator))
     }
 
+    /// The result of `job` with digest `digest`, if one was attested.
+    pub(crate) fn result(
+        &self,
+        job: &Digest,
+        digest: &Digest,
+    ) -> Result<Option<EncoderResult>, StateError> {
+        self.get(Space::Results, &result_key(job, digest))
+    }
+
+    /// Records `validator`'s attestation of `results` for `job`: their
+    /// digests, and each result the job does not hold yet.
     pub(crate) fn put_attestation(
         &mut self,
         job: &Digest,
         validator: &PublicKey,
-        attestation: &Attestation,
-    ) {
-        self.put(
-            Space::Attestations,
-            &attestation_key(job, validator),
-            attestation,
-        );
+        results: &[EncoderResult],
+    ) -> Result<(), StateError> {
+        let mut digests = Vec::with_capacity(results.len());
+        for result in results {
+            let encoding = result.to_bytes();
+            let digest = EncoderResult::digest_of(&encoding);
+            let key = result_key(job, &digest);
+            let pending = [self.changes, &*self.pending];
+            if !self.store.contains(&pending, Space::Results, &key)? {
+                self.pending.put_encoded(Space::Results, &key, encoding);
+            }
+            digests.push(digest);
+        }
+        let key = attestation_key(job, validator);
+        self.put(Space::Attestations, &key, &ResultDigests(digests));
+        Ok(())
     }
 
     /// A running total kept under `key` in the meta keyspace.
@@ -309,9 +330,18 @@ impl View<'_> {
 }
 
 pub(crate) fn attestation_key(job: &Digest, validator: &PublicKey) -> [u8; 64] {
+    job_key(job, &validator.to_bytes())
+}
+
+pub(crate) fn result_key(job: &Digest, digest: &Digest) -> [u8; 64] {
+    job_key(job, &digest.0)
+}
+
+/// A key of something of job `job`: the job, then `item`.
+fn job_key(job: &Digest, item: &[u8; 32]) -> [u8; 64] {
     let mut key = [0; 64];
     key[..32].copy_from_slice(&job.0);
-    key[32..].copy_from_slice(&validator.to_bytes());
+    key[32..].copy_from_slice(item);
     key
 }
 
@@ -371,6 +401,82 @@ mod tests {
         };
         view.put_validator(&a, validator(9, 3)).unwrap();
         assert_eq!(view.pending.entries(Space::Meta).count(), 0);
+    }
+
+    #[test]
+    fn a_result_attested_alike_by_many_is_kept_once_and_read_back_by_each() {
+        use crate::job::Outcome;
+        use crate::lattice::Lattice;
+        use crate::state::Applied;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let [a, b, c] = [1u8, 2, 3].map(|i| SecretKey::from_bytes(&[i; 32]).public_key());
+        let job = Digest([7; 32]);
+        let ok = |x: i32| EncoderResult {
+            outcome: Outcome::Ok,
+            fuel: 10,
+            loss: 5,
+            embedding: vec![x; 4],
+        };
+        let trapped = EncoderResult {
+            outcome: Outcome::Trap,
+            fuel: 3,
+            loss: 0,
+            embedding: vec![],
+        };
+        let kept = |changes: &Changes| changes.entries(Space::Results).count();
+        let nothing = Changes::default();
+        let attest = |changes: &Changes, pending: &mut Changes, v, results: &[EncoderResult]| {
+            let mut view = View {
+                store: &store,
+                changes,
+                pending,
+            };
+            view.put_attestation(&job, v, results).unwrap();
+        };
+
+        // The first attestation keeps its results; its commit is stored.
+        let mut first = Changes::default();
+        attest(&nothing, &mut first, &a, &[ok(1), trapped.clone()]);
+        assert_eq!(kept(&first), 2);
+        let applied = Applied {
+            next_index: 1,
+            root: [0; 32],
+        };
+        store
+            .write(first, 0, &[], &applied, &Lattice::default(), None)
+            .unwrap();
+        // Later ones keep only the results the job does not hold yet:
+        // stored, written by an earlier transaction of the commit, or by
+        // their own.
+        let mut earlier = Changes::default();
+        attest(&nothing, &mut earlier, &b, &[ok(1), ok(2)]);
+        assert_eq!(kept(&earlier), 1);
+        let mut pending = Changes::default();
+        let c_results = [ok(2), trapped.clone(), ok(3), ok(3)];
+        attest(&earlier, &mut pending, &c, &c_results);
+        assert_eq!(kept(&pending), 1);
+
+        // Each attestation reads back whole, as it was attested.
+        let view = View {
+            store: &store,
+            changes: &earlier,
+            pending: &mut pending,
+        };
+        for (v, results) in [
+            (a, &[ok(1), trapped][..]),
+            (b, &[ok(1), ok(2)]),
+            (c, &c_results),
+        ] {
+            let digests = view.attestation(&job, &v).unwrap().unwrap();
+            let read: Vec<EncoderResult> = (digests.0.iter())
+                .map(|digest| view.result(&job, digest).unwrap().unwrap())
+                .collect();
+            assert_eq!(read, results);
+        }
+        // Another job holds none of them.
+        let digests = view.attestation(&job, &a).unwrap().unwrap();
+        assert_eq!(view.result(&Digest([8; 32]), &digests.0[0]).unwrap(), None);
     }
 
     #[test]

@@ -182,6 +182,12 @@ fn hardware_noise_changes_no_decision_and_garbage_is_outvoted_and_unpaid() {
         for (v, results) in attesters {
             assert_eq!(attest(&mut ex, &g, *v, job, results.clone()), None);
         }
+        // Each attestation reads back as it was made, whether its results
+        // were kept by an earlier one (all alike) or by itself (noise).
+        for (v, results) in attesters {
+            let attested = ex.attestation(&job, &public(*v)).unwrap();
+            assert_eq!(attested.as_ref(), Some(results));
+        }
         let deviant = |v: u8| ex.validator(&public(v)).unwrap().unwrap().deviant;
         let balance = |v: u8| ex.account(&public(v)).unwrap().balance;
         (
