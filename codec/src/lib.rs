@@ -41,6 +41,8 @@
 //! # Ok::<(), DecodeError>(())
 //! ```
 
+use std::cell::Cell;
+
 /// Why bytes could not be decoded. `what` names the field being read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -100,21 +102,25 @@ pub trait Encode {
         // Written into a buffer kept for the purpose, then copied out at
         // its final size: a vector's record grown as it is written would
         // be reallocated and copied a dozen times. An encoding nested in
-        // another finds the buffer taken and grows its own.
-        let mut w = Writer(SCRATCH.take());
+        // another finds the buffer taken and grows its own, as does one
+        // made while the thread's locals are torn down.
+        let mut w = Writer(SCRATCH.try_with(Cell::take).unwrap_or_default());
         w.0.clear();
         self.encode(&mut w);
-        let bytes = w.0.as_slice().to_vec();
-        if w.0.capacity() <= SCRATCH_KEPT {
-            SCRATCH.set(w.0);
+        if w.0.capacity() > SCRATCH_KEPT {
+            // Too large to keep: handed over rather than copied.
+            return w.0;
         }
+        let bytes = w.0.as_slice().to_vec();
+        // Gone only while the thread exits: nothing to keep it for.
+        let _ = SCRATCH.try_with(|scratch| scratch.set(w.0));
         bytes
     }
 }
 
 thread_local! {
     /// The buffer [`Encode::to_bytes`] encodes into.
-    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// The largest buffer [`Encode::to_bytes`] keeps for the next encoding
@@ -585,10 +591,19 @@ mod tests {
     fn to_bytes_gives_each_encoding_whole_and_alone() {
         let blob = |bytes: Vec<u8>, nested| Blob { bytes, nested };
         let small = blob(vec![1, 2, 3], None);
-        // Each call starts empty, however large the one before it was (and
-        // whether or not the buffer was kept after it).
-        for size in [10, SCRATCH_KEPT + 1, 5] {
+        let kept = || {
+            SCRATCH.with(|scratch| {
+                let buffer = scratch.take();
+                let capacity = buffer.capacity();
+                scratch.set(buffer);
+                capacity
+            })
+        };
+        // Each call starts empty, however large the one before it was; the
+        // buffer is kept for the next unless it grew too large.
+        for (size, keeps) in [(10, true), (SCRATCH_KEPT + 1, false), (5, true)] {
             assert_eq!(blob(vec![9; size], None).to_bytes(), vec![9; size]);
+            assert_eq!((1..=SCRATCH_KEPT).contains(&kept()), keeps);
             assert_eq!(small.to_bytes(), [1, 2, 3]);
         }
         // An encoding made while another is being made.

@@ -287,6 +287,24 @@ pub fn check(bytes: &[u8]) {
             now.stakes,
             "the kept total stake is not the validators' sum"
         );
+        // Every attestation of the job attested to reads back whole, and
+        // the same from the store the second reads back.
+        if let Some((id, shard)) = job
+            && let Some(tracked) = first.job(&id).expect("job")
+        {
+            for attester in &tracked.attesters {
+                let read = first.attestation(&id, attester).expect("attestation");
+                assert!(
+                    read.as_ref().is_some_and(|results| results.len() == shard),
+                    "an attestation of {id} does not read back: {read:?}"
+                );
+                let reread = second.attestation(&id, attester).expect("attestation");
+                assert_eq!(
+                    read, reread,
+                    "an attestation reads back otherwise from disk"
+                );
+            }
+        }
         for receipt in &effects.receipts {
             if let Some(id) = receipt.transaction.filter(|_| receipt.rejection.is_none())
                 && let Some(submitted) = first.job(&id).expect("job")

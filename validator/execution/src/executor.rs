@@ -17,7 +17,7 @@
 //! whole state after its commit (see [`crate::lattice`]).
 
 use crate::genesis::Genesis;
-use crate::job::{EncoderResult, Job, JobStatus, Outcome, ResultDigests};
+use crate::job::{EncoderResult, Job, JobStatus, Outcome};
 use crate::lattice::Lattice;
 use crate::params::Parameters;
 use crate::receipt::{Receipt, Rejection};
@@ -30,7 +30,7 @@ use crate::state::{
     STAKED, Space, StateError, StateStore, TREASURY, Validator, encoder_key, is_record,
 };
 use crate::transaction::{Action, Checked, Proposed, SignedTransaction, check_all};
-use crate::view::{Stop, View, attestation_key, result_key};
+use crate::view::{Stop, View};
 use crate::{finalise, routing, shard};
 use soma_codec::{Decode, DecodeError, Encode, Writer};
 use soma_crypto::{Domain, PublicKey, Signature};
@@ -232,6 +232,11 @@ impl Executor {
                         store.upgrade_lattice()?
                     }
                     read => read?.ok_or_else(|| missing("lattice"))?,
+                };
+                // Written by a version that kept each attestation whole.
+                let lattice = match store.keeps_attestations_whole()? {
+                    true => store.keep_results_once(&lattice)?,
+                    false => lattice,
                 };
                 (applied, lattice)
             }
@@ -902,7 +907,7 @@ impl Executor {
         if !well_formed {
             Err(Rejection::BadAttestation)?;
         }
-        state.put_attestation(id, validator, results)?;
+        let digests = state.put_attestation(id, validator, results)?;
         job.attesters.push(*validator);
         // Its stake stays until the job is decided or expires.
         record.pending = record.pending.checked_add(1).ok_or(Rejection::Overflow)?;
@@ -913,7 +918,20 @@ impl Executor {
         }
         let total = u128::from(state.total_stake()?);
         if attested * 3 > total * 2 {
-            finalise::finalise(state, &self.parameters, id, &mut job, commit.index, total)?;
+            let completing = finalise::Completing {
+                validator,
+                digests: &digests.0,
+                results,
+            };
+            finalise::finalise(
+                state,
+                &self.parameters,
+                id,
+                &mut job,
+                commit.index,
+                &completing,
+                total,
+            )?;
             state.delete_deadline(job.deadline, id);
         }
         state.put_job(id, &job);
@@ -1253,21 +1271,7 @@ impl StateReader {
         job: &Digest,
         validator: &PublicKey,
     ) -> Result<Option<Vec<EncoderResult>>, ExecutionError> {
-        let key = attestation_key(job, validator);
-        let Some(digests) = self
-            .store
-            .read_published::<ResultDigests>(Space::Attestations, &key)?
-        else {
-            return Ok(None);
-        };
-        // A job's results are written with the first attestation of each
-        // and never change: a later read finds them all.
-        let results = digests.0.iter().map(|digest| {
-            self.store
-                .read_published(Space::Results, &result_key(job, digest))?
-                .ok_or_else(|| StateError::inconsistent("attestation", "a result is missing"))
-        });
-        Ok(Some(results.collect::<Result<_, StateError>>()?))
+        Ok(self.store.attested_results(job, validator)?)
     }
 
     /// The state root after commit `index`, if this node applied it.
@@ -1404,8 +1408,189 @@ fn expire(state: &mut View<'_>, job: &mut Job, commit: u64) -> Result<(), Stop> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::genesis::GenesisValidator;
+    use crate::genesis::{GenesisAccount, GenesisEncoder, GenesisValidator};
+    use crate::job::{Attestation, ResultDigests};
+    use crate::transaction::Transaction;
+    use soma_crypto::SecretKey;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Copies directory `from` to `to`.
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            match entry.file_type().unwrap().is_dir() {
+                true => copy_dir(&entry.path(), &target),
+                false => drop(std::fs::copy(entry.path(), target).unwrap()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_state_that_kept_each_attestation_whole_is_upgraded_where_it_opens() {
+        let keys: Vec<SecretKey> = (1..=8u8).map(|i| SecretKey::from_bytes(&[i; 32])).collect();
+        let mut accounts: Vec<GenesisAccount> = (keys.iter())
+            .map(|k| GenesisAccount {
+                key: k.public_key(),
+                balance: 1 << 40,
+            })
+            .collect();
+        accounts.sort_by_key(|a| a.key);
+        let validators = (keys[..4].iter())
+            .map(|k| GenesisValidator {
+                key: k.public_key(),
+                stake: 5_000_000,
+            })
+            .collect();
+        let encoders = (5..8)
+            .map(|i| GenesisEncoder {
+                package: Digest([i as u8; 32]),
+                owner: keys[i].public_key(),
+                bond: 1 << 30,
+            })
+            .collect();
+        let genesis = Genesis::new(
+            "soma-upgrade".into(),
+            accounts,
+            validators,
+            encoders,
+            Parameters::default(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (state, reference) = (dir.path().join("state"), dir.path().join("reference"));
+        let mut ex = Executor::open(&state, &genesis, None).unwrap();
+        let commit = |ex: &mut Executor, txs: &[(usize, Action)]| {
+            let mut nonces: Vec<u64> = (keys.iter())
+                .map(|k| ex.account(&k.public_key()).unwrap().nonce)
+                .collect();
+            let transactions: Vec<Vec<u8>> = (txs.iter())
+                .map(|(from, action)| {
+                    nonces[*from] += 1;
+                    let tx = Transaction {
+                        chain_id: genesis.chain_id(),
+                        sender: keys[*from].public_key(),
+                        nonce: nonces[*from] - 1,
+                        fee: 10,
+                        action: action.clone(),
+                    };
+                    tx.sign(&keys[*from]).to_bytes()
+                })
+                .collect();
+            let index = ex.next_index();
+            let effects = (ex.apply(Commit {
+                index,
+                digest: *blake3::hash(&index.to_le_bytes()).as_bytes(),
+                transactions: &transactions,
+                proposers: None,
+            }))
+            .unwrap();
+            assert!(effects.receipts.iter().all(|r| r.rejection.is_none()));
+            effects
+        };
+        let submit = |n: u8| Action::SubmitData {
+            modality: soma_host::Modality::Text,
+            data: format!("sentence {n} with a few words in it").into_bytes(),
+            payment: 1_000_000,
+        };
+        let effects = commit(&mut ex, &[(4, submit(0)), (4, submit(1))]);
+        let jobs: Vec<Digest> = effects
+            .receipts
+            .iter()
+            .map(|r| r.transaction.unwrap())
+            .collect();
+        let result = |tilt: i32| EncoderResult {
+            outcome: Outcome::Ok,
+            fuel: 1_000,
+            loss: 100,
+            embedding: (0..384).map(|i| (i * 37 + tilt) % 2_000 - 1_000).collect(),
+        };
+        let alike = vec![result(0), result(11), result(22)];
+        let noisy = vec![result(1), result(11), result(22)];
+        let attest = |job: Digest, results: &Vec<EncoderResult>| Action::Attest {
+            job,
+            results: results.clone(),
+        };
+        // One job decided, from results alike and not; one still pending.
+        let attested = [
+            (0, jobs[0], &alike),
+            (1, jobs[0], &noisy),
+            (0, jobs[1], &alike),
+        ];
+        for (v, job, results) in attested {
+            commit(&mut ex, &[(v, attest(job, results))]);
+        }
+        commit(&mut ex, &[(2, attest(jobs[0], &alike))]);
+        assert!(matches!(
+            ex.job(&jobs[1]).unwrap().unwrap().status,
+            JobStatus::Pending
+        ));
+        let (root, lattice) = (ex.root(), ex.lattice.clone());
+        drop(ex);
+        copy_dir(&state, &reference);
+
+        // The state as the earlier version wrote it: every attestation
+        // whole, no results, and a lattice of those entries.
+        let store = StateStore::open(&state).unwrap();
+        let kept = store.attested_results(&jobs[0], &keys[1].public_key());
+        assert_eq!(kept.unwrap(), Some(noisy.clone()));
+        let mut old = Changes::default();
+        for (key, _) in store.scan::<ResultDigests>(Space::Attestations).unwrap() {
+            let (job, validator) = key.split_at(32);
+            let validator = PublicKey::from_bytes(validator.try_into().unwrap()).unwrap();
+            let results = store
+                .attested_results(&Digest(job.try_into().unwrap()), &validator)
+                .unwrap()
+                .unwrap();
+            let mut w = Writer::new();
+            Attestation::encode_results(&results, &mut w);
+            old.put_encoded(Space::Attestations, &key, w.into_bytes());
+        }
+        for (key, _) in store.scan::<EncoderResult>(Space::Results).unwrap() {
+            old.delete(Space::Results, &key);
+        }
+        let applied = store
+            .read::<Applied>(&[], Space::Meta, APPLIED)
+            .unwrap()
+            .unwrap();
+        let last = applied.next_index - 1;
+        store
+            .write(old, last, &[], &applied, &lattice, None)
+            .unwrap();
+        let whole = store.lattice_of_entries().unwrap();
+        assert_ne!(whole, lattice);
+        (store.write(Changes::default(), last, &[], &applied, &whole, None)).unwrap();
+        assert!(store.keeps_attestations_whole().unwrap());
+        drop(store);
+
+        // Opened, it is upgraded to what this version would have written,
+        // reads back each attestation as it was, and goes on to the roots
+        // the never-downgraded copy reaches.
+        let mut upgraded = Executor::open(&state, &genesis, None).unwrap();
+        assert_eq!((upgraded.root(), &upgraded.lattice), (root, &lattice));
+        upgraded.verify_state().unwrap();
+        for (v, job, results) in attested {
+            let read = upgraded.attestation(&job, &keys[v].public_key()).unwrap();
+            assert_eq!(read.as_ref(), Some(results));
+        }
+        let mut reference = Executor::open(&reference, &genesis, None).unwrap();
+        let last = [(1, attest(jobs[1], &noisy)), (2, attest(jobs[1], &alike))];
+        let upgraded_root = commit(&mut upgraded, &last).root;
+        assert_eq!(commit(&mut reference, &last).root, upgraded_root);
+        assert!(matches!(
+            upgraded.job(&jobs[1]).unwrap().unwrap().status,
+            JobStatus::Finalised(_)
+        ));
+        // Once upgraded, it opens as it is.
+        drop(upgraded);
+        assert!(
+            !StateStore::open(&state)
+                .unwrap()
+                .keeps_attestations_whole()
+                .unwrap()
+        );
+    }
 
     #[test]
     fn genesis_keeps_the_total_stake_of_its_validators() {

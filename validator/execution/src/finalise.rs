@@ -27,6 +27,7 @@ use crate::state::{StateError, Validator};
 use crate::view::{Stop, View};
 use soma_crypto::PublicKey;
 use soma_host::Digest;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Fewest successful encoders among which one can be judged an outlier.
@@ -50,20 +51,38 @@ struct Attested<'r> {
     results: Vec<&'r EncoderResult>,
 }
 
-/// Decides job `id` (whose attesters hold more than two thirds of
-/// `total_stake`): records the result on `job` and moves the money.
+/// The attestation that completes a job, as its transaction carries it
+/// (with its results' digests): the others are read back from the state.
+pub(crate) struct Completing<'a> {
+    pub(crate) validator: &'a PublicKey,
+    pub(crate) digests: &'a [Digest],
+    pub(crate) results: &'a [EncoderResult],
+}
+
+/// Decides job `id` (whose attesters, the last of them `completing`'s,
+/// hold more than two thirds of `total_stake`) in commit `commit`: records
+/// the result on `job` and moves the money.
 pub(crate) fn finalise(
     state: &mut View<'_>,
     params: &Parameters,
     id: &Digest,
     job: &mut Job,
     commit: u64,
+    completing: &Completing<'_>,
     total_stake: u128,
 ) -> Result<(), Stop> {
-    // Each distinct result is read once, however many attested it.
+    // Each distinct result is read once, however many attested it, and
+    // none that the completing attestation carries.
+    let mut results: BTreeMap<Digest, Cow<'_, EncoderResult>> = (completing.digests.iter())
+        .zip(completing.results)
+        .map(|(digest, result)| (*digest, Cow::Borrowed(result)))
+        .collect();
     let mut digests = Vec::with_capacity(job.attesters.len());
-    let mut results: BTreeMap<Digest, EncoderResult> = BTreeMap::new();
     for validator in &job.attesters {
+        if validator == completing.validator {
+            digests.push(Cow::Borrowed(completing.digests));
+            continue;
+        }
         let attestation = state
             .attestation(id, validator)?
             .ok_or_else(|| StateError::inconsistent("job", "an attestation is missing"))?;
@@ -72,10 +91,10 @@ pub(crate) fn finalise(
                 let result = state
                     .result(id, digest)?
                     .ok_or_else(|| StateError::inconsistent("job", "a result is missing"))?;
-                results.insert(*digest, result);
+                results.insert(*digest, Cow::Owned(result));
             }
         }
-        digests.push(attestation.0);
+        digests.push(Cow::Owned(attestation.0));
     }
     let mut attested = Vec::with_capacity(job.attesters.len());
     for (validator, digests) in job.attesters.iter().zip(&digests) {
@@ -84,7 +103,7 @@ pub(crate) fn finalise(
             validator: *validator,
             stake: record.as_ref().map_or(0, |v| v.stake),
             record,
-            results: digests.iter().map(|digest| &results[digest]).collect(),
+            results: digests.iter().map(|digest| &*results[digest]).collect(),
         });
     }
     let verdicts: Vec<Verdict> = (0..job.shard.len())

@@ -367,12 +367,6 @@ impl Attestation {
     }
 }
 
-impl Encode for Attestation {
-    fn encode(&self, w: &mut Writer) {
-        Attestation::encode_results(&self.0, w);
-    }
-}
-
 impl Encode for ResultDigests {
     fn encode(&self, w: &mut Writer) {
         w.count8(self.0.len());

@@ -15,7 +15,9 @@
 use crate::lattice::{Lattice, StateSize, state_digest};
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 
-const MAGIC: &[u8; 8] = b"SOMASNv2";
+/// Names the format of snapshots and of the state they carry (v3: a job's
+/// results attested alike kept once).
+const MAGIC: &[u8; 8] = b"SOMASNv3";
 
 /// Longest key of a state entry (the longest the state writes is 64).
 const MAX_KEY_BYTES: u32 = 256;

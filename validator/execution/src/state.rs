@@ -22,6 +22,7 @@
 //! receipts and the new `applied` record: a crash leaves the state before
 //! the commit or after it, never between.
 
+use crate::job::{Attestation, EncoderResult, ResultDigests};
 use crate::lattice::Lattice;
 use crate::params::Parameters;
 use crate::routing::MAX_REGION_BITS;
@@ -263,7 +264,9 @@ impl Decode<'_> for Amount {
     }
 }
 
-/// The keyspaces [`Changes`] write to.
+/// The keyspaces [`Changes`] write to. A keyspace's number names it in
+/// the lattice hash and in snapshots: a new one goes last, and into
+/// [`Space::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub(crate) enum Space {
@@ -271,13 +274,15 @@ pub(crate) enum Space {
     Validators,
     Encoders,
     Jobs,
+    /// What each attester attested for a job, as its results' digests, by
+    /// job and validator.
     Attestations,
-    /// Each job's distinct attested results, by job and result digest.
-    Results,
     Deadlines,
     /// Routing scores of deregistered encoders, by package digest.
     Retired,
     Meta,
+    /// Each job's distinct attested results, by job and result digest.
+    Results,
 }
 
 impl Space {
@@ -288,12 +293,15 @@ impl Space {
         Space::Encoders,
         Space::Jobs,
         Space::Attestations,
-        Space::Results,
         Space::Deadlines,
         Space::Retired,
         Space::Meta,
+        Space::Results,
     ];
 }
+
+// Every keyspace is listed: the last one's number is the list's last.
+const _: () = assert!(Space::Results as usize + 1 == Space::ALL.len());
 
 pub(crate) const GENESIS: &[u8] = b"genesis";
 pub(crate) const APPLIED: &[u8] = b"applied";
@@ -415,7 +423,6 @@ pub struct StateStore {
     encoders: fjall::Keyspace,
     jobs: fjall::Keyspace,
     attestations: fjall::Keyspace,
-    results: fjall::Keyspace,
     deadlines: fjall::Keyspace,
     retired: fjall::Keyspace,
     receipts: fjall::Keyspace,
@@ -423,6 +430,7 @@ pub struct StateStore {
     /// not part of the root itself.
     roots: fjall::Keyspace,
     meta: fjall::Keyspace,
+    results: fjall::Keyspace,
 }
 
 impl StateStore {
@@ -436,12 +444,12 @@ impl StateStore {
             encoders: db.keyspace("encoders", options)?,
             jobs: db.keyspace("jobs", options)?,
             attestations: db.keyspace("attestations", options)?,
-            results: db.keyspace("results", options)?,
             deadlines: db.keyspace("deadlines", options)?,
             retired: db.keyspace("retired", options)?,
             receipts: db.keyspace("receipts", options)?,
             roots: db.keyspace("roots", options)?,
             meta: db.keyspace("meta", options)?,
+            results: db.keyspace("results", options)?,
             db,
         })
     }
@@ -453,10 +461,10 @@ impl StateStore {
             Space::Encoders => &self.encoders,
             Space::Jobs => &self.jobs,
             Space::Attestations => &self.attestations,
-            Space::Results => &self.results,
             Space::Deadlines => &self.deadlines,
             Space::Retired => &self.retired,
             Space::Meta => &self.meta,
+            Space::Results => &self.results,
         }
     }
 
@@ -500,6 +508,77 @@ impl StateStore {
         key: &[u8],
     ) -> Result<Option<T>, StateError> {
         decoded(self.db.snapshot().get(self.keyspace(space), key)?)
+    }
+
+    /// What `validator` attested for `job`, its results read back by their
+    /// digests, as of one published batch.
+    pub(crate) fn attested_results(
+        &self,
+        job: &Digest,
+        validator: &PublicKey,
+    ) -> Result<Option<Vec<EncoderResult>>, StateError> {
+        let instant = self.db.snapshot();
+        let key = attestation_key(job, validator);
+        let Some(digests) = decoded::<ResultDigests>(instant.get(&self.attestations, key)?)? else {
+            return Ok(None);
+        };
+        let result = |digest: &Digest| {
+            decoded(instant.get(&self.results, result_key(job, digest))?)?
+                .ok_or_else(|| StateError::inconsistent("attestation", "a result is missing"))
+        };
+        digests
+            .0
+            .iter()
+            .map(result)
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    /// Whether the state was written by a version that kept each
+    /// attestation whole: it holds attestations but no results (each
+    /// attestation since names at least one, as every shard has an
+    /// encoder).
+    pub(crate) fn keeps_attestations_whole(&self) -> Result<bool, StateError> {
+        Ok(self.results.is_empty()? && !self.attestations.is_empty()?)
+    }
+
+    /// Rewrites, where it is, a state that keeps each attestation whole
+    /// ([`StateStore::keeps_attestations_whole`]): each becomes its
+    /// results' digests, and each distinct result is kept once under its
+    /// job, as apply keeps them now. Returns `lattice`, the state's,
+    /// updated by the rewrite, which is written with it at once, durably
+    /// (held in memory until then: about the size of the attestations).
+    /// Validators upgraded together fold in the same entries, and their
+    /// next roots agree.
+    pub(crate) fn keep_results_once(&self, lattice: &Lattice) -> Result<Lattice, StateError> {
+        let mut changes = Changes::default();
+        for entry in self.attestations.iter() {
+            let (key, value) = entry.into_inner()?;
+            let job = key
+                .get(..32)
+                .and_then(|job| job.try_into().ok())
+                .map(Digest)
+                .ok_or_else(|| StateError::inconsistent("attestation", "its key names no job"))?;
+            let Attestation(results) = Attestation::from_bytes(&value)?;
+            let mut digests = Vec::with_capacity(results.len());
+            for result in &results {
+                let encoding = result.to_bytes();
+                let digest = EncoderResult::digest_of(&encoding);
+                changes.put_encoded(Space::Results, &result_key(&job, &digest), encoding);
+                digests.push(digest);
+            }
+            changes.put(Space::Attestations, &key, &ResultDigests(digests));
+        }
+        let mut upgraded = lattice.clone();
+        self.fold(&mut upgraded, &changes)?;
+        let mut batch = self
+            .db
+            .batch()
+            .durability(Some(fjall::PersistMode::SyncAll));
+        self.batch_changes(&mut batch, changes);
+        batch.insert(&self.meta, LATTICE, upgraded.to_bytes());
+        batch.commit()?;
+        Ok(upgraded)
     }
 
     /// `lattice` updated by `changes`: each entry they replace or delete
@@ -662,14 +741,7 @@ impl StateStore {
             .db
             .batch()
             .durability(Some(fjall::PersistMode::SyncData));
-        for (space, writes) in Space::ALL.into_iter().zip(changes.0) {
-            for (key, value) in writes {
-                match value {
-                    Some(value) => batch.insert(self.keyspace(space), key, value),
-                    None => batch.remove(self.keyspace(space), key),
-                }
-            }
-        }
+        self.batch_changes(&mut batch, changes);
         for (position, receipt) in receipts.iter().enumerate() {
             batch.insert(
                 &self.receipts,
@@ -685,6 +757,18 @@ impl StateStore {
         }
         batch.commit()?;
         Ok(())
+    }
+
+    /// Adds `changes` to `batch`.
+    fn batch_changes(&self, batch: &mut fjall::OwnedWriteBatch, changes: Changes) {
+        for (space, writes) in Space::ALL.into_iter().zip(changes.0) {
+            for (key, value) in writes {
+                match value {
+                    Some(value) => batch.insert(self.keyspace(space), key, value),
+                    None => batch.remove(self.keyspace(space), key),
+                }
+            }
+        }
     }
 
     /// The state root after commit `index`, if it was applied.
@@ -788,6 +872,24 @@ fn pending_value<'c>(
         .iter()
         .rev()
         .find_map(|changes| changes.get(space, key))
+}
+
+/// A key in the attestations keyspace.
+pub(crate) fn attestation_key(job: &Digest, validator: &PublicKey) -> [u8; 64] {
+    job_key(job, &validator.to_bytes())
+}
+
+/// A key in the results keyspace.
+pub(crate) fn result_key(job: &Digest, digest: &Digest) -> [u8; 64] {
+    job_key(job, &digest.0)
+}
+
+/// A key of something of job `job`: the job, then `item`.
+fn job_key(job: &Digest, item: &[u8; 32]) -> [u8; 64] {
+    let mut key = [0; 64];
+    key[..32].copy_from_slice(&job.0);
+    key[32..].copy_from_slice(item);
+    key
 }
 
 /// A key in the encoders keyspace.

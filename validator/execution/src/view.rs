@@ -9,7 +9,8 @@ use crate::routing::{RouterError, selection_weight};
 use crate::scoring::{ONE, median};
 use crate::state::{
     Account, Amount, BURNED, Changes, ESCROW, Encoder, EncoderStatus, JobId, STAKED, Scores, Space,
-    StateError, StateStore, TREASURY, Validator, deadline_key, encoder_key,
+    StateError, StateStore, TREASURY, Validator, attestation_key, deadline_key, encoder_key,
+    result_key,
 };
 use soma_codec::{Decode, Encode};
 use soma_crypto::PublicKey;
@@ -264,13 +265,14 @@ impl View<'_> {
     }
 
     /// Records `validator`'s attestation of `results` for `job`: their
-    /// digests, and each result the job does not hold yet.
+    /// digests, and each result the job does not hold yet. Returns the
+    /// digests.
     pub(crate) fn put_attestation(
         &mut self,
         job: &Digest,
         validator: &PublicKey,
         results: &[EncoderResult],
-    ) -> Result<(), StateError> {
+    ) -> Result<ResultDigests, StateError> {
         let mut digests = Vec::with_capacity(results.len());
         for result in results {
             let encoding = result.to_bytes();
@@ -282,9 +284,13 @@ impl View<'_> {
             }
             digests.push(digest);
         }
-        let key = attestation_key(job, validator);
-        self.put(Space::Attestations, &key, &ResultDigests(digests));
-        Ok(())
+        let digests = ResultDigests(digests);
+        self.put(
+            Space::Attestations,
+            &attestation_key(job, validator),
+            &digests,
+        );
+        Ok(digests)
     }
 
     /// A running total kept under `key` in the meta keyspace.
@@ -327,22 +333,6 @@ impl View<'_> {
     pub(crate) fn release_escrow(&mut self, amount: u64) -> Result<(), Stop> {
         self.sub_amount(ESCROW, amount)
     }
-}
-
-pub(crate) fn attestation_key(job: &Digest, validator: &PublicKey) -> [u8; 64] {
-    job_key(job, &validator.to_bytes())
-}
-
-pub(crate) fn result_key(job: &Digest, digest: &Digest) -> [u8; 64] {
-    job_key(job, &digest.0)
-}
-
-/// A key of something of job `job`: the job, then `item`.
-fn job_key(job: &Digest, item: &[u8; 32]) -> [u8; 64] {
-    let mut key = [0; 64];
-    key[..32].copy_from_slice(&job.0);
-    key[32..].copy_from_slice(item);
-    key
 }
 
 #[cfg(test)]

@@ -1335,7 +1335,7 @@ fn a_diverged_state_is_restored_from_a_copy_a_quorum_vouches_for() {
         "not hex",
     );
     assert_refused(
-        refused(&format!("commits={commits}&after=08")),
+        refused(&format!("commits={commits}&after=09")),
         400,
         "not a keyspace",
     );
