@@ -410,8 +410,9 @@ impl Executor {
     }
 
     /// Recomputes the state's digest from every entry it holds and checks
-    /// it is the one the last root folded in: the state on disk is whole
-    /// and untouched. Reads the whole state.
+    /// it is the one recorded with the last commit (or with an upgrade
+    /// since, as it opened): the state on disk is whole and untouched.
+    /// Reads the whole state.
     pub fn verify_state(&self) -> Result<(), ExecutionError> {
         let entries = self.store.lattice_of_entries()?;
         if entries != self.lattice {
@@ -1199,6 +1200,14 @@ impl StateReader {
             .store
             .pin()?
             .ok_or_else(|| refused("no commit applied yet".into()))?;
+        // A state upgraded where it opened holds entries its last root did
+        // not fold in: no root vouches for them until the next commit's.
+        if pinned.step.root(&pinned.lattice) != pinned.applied.root {
+            return Err(refused(
+                "the state was upgraded since its last commit: a copy is served after the next"
+                    .into(),
+            ));
+        }
         let genesis = self
             .store
             .read_published::<Genesis>(Space::Meta, GENESIS)?
@@ -1410,6 +1419,7 @@ mod tests {
     use super::*;
     use crate::genesis::{GenesisAccount, GenesisEncoder, GenesisValidator};
     use crate::job::{Attestation, ResultDigests};
+    use crate::state::STEP;
     use crate::transaction::Transaction;
     use soma_crypto::SecretKey;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1526,7 +1536,7 @@ mod tests {
             ex.job(&jobs[1]).unwrap().unwrap().status,
             JobStatus::Pending
         ));
-        let (root, lattice) = (ex.root(), ex.lattice.clone());
+        let lattice = ex.lattice.clone();
         drop(ex);
         copy_dir(&state, &reference);
 
@@ -1558,31 +1568,30 @@ mod tests {
         store
             .write(old, last, &[], &applied, &lattice, None)
             .unwrap();
+        // Its last root folded in the lattice of those entries.
         let whole = store.lattice_of_entries().unwrap();
         assert_ne!(whole, lattice);
-        (store.write(Changes::default(), last, &[], &applied, &whole, None)).unwrap();
+        let step = store
+            .read::<RootStep>(&[], Space::Meta, STEP)
+            .unwrap()
+            .unwrap();
+        let old_root = step.root(&whole);
+        let applied = Applied {
+            root: old_root,
+            ..applied
+        };
+        let write = store.write(Changes::default(), last, &[], &applied, &whole, Some(&step));
+        write.unwrap();
         assert!(store.keeps_attestations_whole().unwrap());
         drop(store);
 
         // Opened, it is upgraded to what this version would have written,
-        // reads back each attestation as it was, and goes on to the roots
-        // the never-downgraded copy reaches.
-        let mut upgraded = Executor::open(&state, &genesis, None).unwrap();
-        assert_eq!((upgraded.root(), &upgraded.lattice), (root, &lattice));
-        upgraded.verify_state().unwrap();
-        for (v, job, results) in attested {
-            let read = upgraded.attestation(&job, &keys[v].public_key()).unwrap();
-            assert_eq!(read.as_ref(), Some(results));
-        }
-        let mut reference = Executor::open(&reference, &genesis, None).unwrap();
-        let last = [(1, attest(jobs[1], &noisy)), (2, attest(jobs[1], &alike))];
-        let upgraded_root = commit(&mut upgraded, &last).root;
-        assert_eq!(commit(&mut reference, &last).root, upgraded_root);
-        assert!(matches!(
-            upgraded.job(&jobs[1]).unwrap().unwrap().status,
-            JobStatus::Finalised(_)
-        ));
-        // Once upgraded, it opens as it is.
+        // reads back each attestation as it was, and goes on to the states
+        // the never-downgraded copy reaches (its roots chain on from the
+        // old root).
+        let upgraded = Executor::open(&state, &genesis, None).unwrap();
+        assert_eq!(upgraded.lattice, lattice);
+        // Recorded durably, as it is: opened again, it is not rewritten.
         drop(upgraded);
         assert!(
             !StateStore::open(&state)
@@ -1590,6 +1599,27 @@ mod tests {
                 .keeps_attestations_whole()
                 .unwrap()
         );
+        let mut upgraded = Executor::open(&state, &genesis, None).unwrap();
+        assert_eq!((upgraded.root(), &upgraded.lattice), (old_root, &lattice));
+        upgraded.verify_state().unwrap();
+        // No root vouches for its entries until the next commit's.
+        let err = upgraded.pin().err().unwrap();
+        assert!(err.to_string().contains("upgraded since"), "{err}");
+        for (v, job, results) in attested {
+            let read = upgraded.attestation(&job, &keys[v].public_key()).unwrap();
+            assert_eq!(read.as_ref(), Some(results));
+        }
+        let mut reference = Executor::open(&reference, &genesis, None).unwrap();
+        let last = [(1, attest(jobs[1], &noisy)), (2, attest(jobs[1], &alike))];
+        let receipts = commit(&mut upgraded, &last).receipts;
+        assert_eq!(commit(&mut reference, &last).receipts, receipts);
+        assert_eq!(upgraded.lattice, reference.lattice);
+        assert_ne!(reference.root(), upgraded.root());
+        assert!(matches!(
+            upgraded.job(&jobs[1]).unwrap().unwrap().status,
+            JobStatus::Finalised(_)
+        ));
+        upgraded.pin().unwrap();
     }
 
     #[test]

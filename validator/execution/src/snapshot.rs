@@ -230,3 +230,47 @@ impl<'a> Decode<'a> for Page {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Executor;
+
+    /// A page of a snapshot of the state after commit `index`, its root
+    /// made as a peer would make it.
+    fn page_after(index: u64) -> Vec<u8> {
+        let step = RootStep {
+            previous: [1; 32],
+            index,
+            commit: [2; 32],
+            receipts: [3; 32],
+            writes: [4; 32],
+        };
+        let (lanes, size) = ([5; 32], StateSize::default());
+        let header = Header {
+            chain_id: [6; 32],
+            root: step.root_with(&state_digest(&lanes, size)),
+            step,
+            lanes,
+            size,
+        };
+        let page = Page {
+            header,
+            entries: vec![],
+            last: true,
+        };
+        page.to_bytes()
+    }
+
+    /// A fuzz finding: a snapshot of the last commit index would claim a
+    /// count of commits past `u64::MAX`. It is refused as it decodes.
+    #[test]
+    fn a_snapshot_after_the_last_commit_index_is_refused() {
+        let err = Executor::snapshot_claim(&page_after(u64::MAX))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("past the last commit"), "{err}");
+        let claim = Executor::snapshot_claim(&page_after(u64::MAX - 1)).unwrap();
+        assert_eq!(claim.commits, u64::MAX);
+    }
+}

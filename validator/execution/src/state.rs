@@ -6,7 +6,7 @@
 //! encoders    package (32)    → owner (32) ‖ u64 bond ‖ u32 undecided jobs
 //!                               ‖ u16 regions ‖ u32 score per region
 //! jobs        job id (32)     → job (see `job.rs`)
-//! attestations job id (32) ‖ validator key (32) → attestation
+//! attestations job id (32) ‖ validator key (32) → u8 count ‖ result digest (32) each
 //! deadlines   u64 commit index (BE) ‖ job id (32) → job id: when a job expires
 //! receipts    u64 commit index (BE) ‖ u32 position (BE) → receipt
 //! meta        "genesis"       → the canonical genesis
@@ -15,6 +15,7 @@
 //!             "escrow"        → u64 payments of undecided jobs
 //!             "burned"        → u64 slashed and burned
 //!             "staked"        → u64 stake of every validator together
+//! results     job id (32) ‖ result digest (32) → encoder result (see `job.rs`)
 //! ```
 //!
 //! A commit's writes are gathered in [`Changes`] (sorted, so their digest
@@ -270,19 +271,19 @@ impl Decode<'_> for Amount {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub(crate) enum Space {
-    Accounts,
-    Validators,
-    Encoders,
-    Jobs,
+    Accounts = 0,
+    Validators = 1,
+    Encoders = 2,
+    Jobs = 3,
     /// What each attester attested for a job, as its results' digests, by
     /// job and validator.
-    Attestations,
-    Deadlines,
+    Attestations = 4,
+    Deadlines = 5,
     /// Routing scores of deregistered encoders, by package digest.
-    Retired,
-    Meta,
+    Retired = 6,
+    Meta = 7,
     /// Each job's distinct attested results, by job and result digest.
-    Results,
+    Results = 8,
 }
 
 impl Space {
@@ -299,9 +300,6 @@ impl Space {
         Space::Results,
     ];
 }
-
-// Every keyspace is listed: the last one's number is the list's last.
-const _: () = assert!(Space::Results as usize + 1 == Space::ALL.len());
 
 pub(crate) const GENESIS: &[u8] = b"genesis";
 pub(crate) const APPLIED: &[u8] = b"applied";
@@ -582,7 +580,8 @@ impl StateStore {
     }
 
     /// `lattice` updated by `changes`: each entry they replace or delete
-    /// taken away, each they write added. For apply only (plain reads).
+    /// taken away, each they write added. For the only writer, apply (or
+    /// an upgrade while the state opens), as it reads plainly.
     ///
     /// Hashing entries is most of a commit's work after its transactions
     /// (two 2 KiB hashes for each entry a commit rewrites), so runs of
@@ -940,12 +939,29 @@ mod tests {
         assert_eq!(changes.digest(), *hasher.finalize().as_bytes());
     }
 
-    /// Snapshots name a keyspace by its number: the list and the numbers
-    /// must agree.
+    /// Snapshots and the lattice name a keyspace by its number: the list
+    /// and the numbers must agree, and the numbers never change.
     #[test]
     fn every_keyspace_is_listed_at_its_number() {
         for (i, space) in Space::ALL.iter().enumerate() {
             assert_eq!(*space as usize, i);
+        }
+        // Names every keyspace (a new one stops this compiling until it is
+        // added here, and to the list) with the number states hold it by.
+        let number = |space: Space| match space {
+            Space::Accounts => 0,
+            Space::Validators => 1,
+            Space::Encoders => 2,
+            Space::Jobs => 3,
+            Space::Attestations => 4,
+            Space::Deadlines => 5,
+            Space::Retired => 6,
+            Space::Meta => 7,
+            Space::Results => 8,
+        };
+        assert_eq!(Space::ALL.len(), 9);
+        for space in Space::ALL {
+            assert_eq!(space as usize, number(space));
         }
     }
 }
