@@ -34,12 +34,13 @@ use std::collections::BTreeMap;
 const MIN_FOR_OUTLIERS: usize = 3;
 
 /// What the attesters together say about one shard encoder.
-struct Verdict {
+struct Verdict<'r> {
     outcome: Outcome,
     loss: u32,
     fuel: u64,
-    /// The coordinate-wise median (empty unless `Ok`).
-    embedding: Vec<i32>,
+    /// The coordinate-wise median (empty unless `Ok`): an attested
+    /// embedding itself when most of the stake attested it.
+    embedding: Cow<'r, [i32]>,
 }
 
 /// One attester's results, with its record and stake now.
@@ -123,10 +124,7 @@ pub(crate) fn finalise(
         .collect();
     let composing: Vec<usize> = ok.iter().copied().filter(|&j| !outlier[j]).collect();
     if composing.len() >= MIN_FOR_OUTLIERS {
-        let embeddings: Vec<&[i32]> = composing
-            .iter()
-            .map(|&j| verdicts[j].embedding.as_slice())
-            .collect();
+        let embeddings: Vec<&[i32]> = composing.iter().map(|&j| &*verdicts[j].embedding).collect();
         let centre = coordinate_median(&embeddings);
         let distances: Vec<u64> = embeddings.iter().map(|e| distance(e, &centre)).collect();
         let flags = outliers(
@@ -163,7 +161,7 @@ pub(crate) fn finalise(
         false => weighted_unit_average(
             &qualified
                 .iter()
-                .map(|&j| (verdicts[j].embedding.as_slice(), scores[j].weight))
+                .map(|&j| (&*verdicts[j].embedding, scores[j].weight))
                 .collect::<Vec<_>>(),
         ),
     };
@@ -316,12 +314,12 @@ fn routing_sample(score: &EncoderScore, best_weight: u64) -> u32 {
 /// outcome) if that is more than a third of `total_stake`, and the
 /// stake-weighted medians of the results with that outcome. Without such
 /// an outcome, there is no verdict (`Local`).
-fn verdict(attested: &[Attested], j: usize, total_stake: u128) -> Verdict {
+fn verdict<'r>(attested: &[Attested<'r>], j: usize, total_stake: u128) -> Verdict<'r> {
     let none = |outcome| Verdict {
         outcome,
         loss: 0,
         fuel: 0,
-        embedding: vec![],
+        embedding: Cow::Borrowed(&[]),
     };
     let mut stake_by_outcome: BTreeMap<Outcome, u128> = BTreeMap::new();
     for a in attested
