@@ -102,9 +102,9 @@ pub trait Encode {
         // Written into a buffer kept for the purpose, then copied out at
         // its final size (or, past what is kept, handed over): a vector's
         // record grown as it is written would be reallocated and copied a
-        // dozen times. An encoding nested in
-        // another finds the buffer taken and grows its own, as does one
-        // made while the thread's locals are torn down.
+        // dozen times. An encoding nested in another finds the buffer
+        // taken and grows its own, as does one made while the thread's
+        // locals are torn down.
         let mut w = Writer(SCRATCH.try_with(Cell::take).unwrap_or_default());
         w.0.clear();
         self.encode(&mut w);

@@ -546,8 +546,8 @@ impl StateStore {
     /// job, as apply keeps them now. Returns `lattice`, the state's,
     /// updated by the rewrite, which is written with it at once, durably
     /// (held in memory until then: about the size of the attestations).
-    /// Validators upgraded together fold in the same entries, and their
-    /// next roots agree.
+    /// Validators upgraded together, each stopped after the same commit,
+    /// fold in the same entries, and their next roots agree.
     pub(crate) fn keep_results_once(&self, lattice: &Lattice) -> Result<Lattice, StateError> {
         let mut changes = Changes::default();
         for entry in self.attestations.iter() {
