@@ -793,10 +793,10 @@ impl Api {
             .job(&id)
             .map_err(unavailable)?
             .ok_or_else(|| refused(StatusCode::NOT_FOUND, format!("no job {id}")))?;
-        Ok(json_reply(StatusCode::OK, &self.job_json(&id, &job)))
+        Ok(json_reply(StatusCode::OK, &self.job_json(&id, &job)?))
     }
 
-    fn job_json(&self, id: &Digest, job: &Job) -> Value {
+    fn job_json(&self, id: &Digest, job: &Job) -> Result<Value, Refused> {
         let names: Vec<Option<String>> = job
             .shard
             .iter()
@@ -805,6 +805,20 @@ impl Api {
         let keys = |keys: &[PublicKey]| -> Vec<String> {
             keys.iter().map(|k| hex::encode(k.to_bytes())).collect()
         };
+        let attestations = (job.attesters.iter())
+            .map(|v| {
+                let results = self.shared.state.attestation(id, v).map_err(unavailable)?;
+                Ok(json!({
+                    "validator": hex::encode(v.to_bytes()),
+                    "results": results.unwrap_or_default().iter().zip(&job.shard).map(|(r, package)| json!({
+                        "package": package.to_string(),
+                        "outcome": r.outcome.name(),
+                        "loss": fixed(i64::from(r.loss)),
+                        "fuel": r.fuel,
+                    })).collect::<Vec<_>>(),
+                }))
+            })
+            .collect::<Result<Vec<_>, Refused>>()?;
         let mut value = json!({
             "id": id.to_string(),
             "submitter": hex::encode(job.submitter.to_bytes()),
@@ -816,18 +830,7 @@ impl Api {
             "region": job.region,
             "deadline": job.deadline,
             "attesters": keys(&job.attesters),
-            "attestations": job.attesters.iter().map(|v| {
-                let results = self.shared.state.attestation(id, v).ok().flatten().unwrap_or_default();
-                json!({
-                    "validator": hex::encode(v.to_bytes()),
-                    "results": results.iter().zip(&job.shard).map(|(r, package)| json!({
-                        "package": package.to_string(),
-                        "outcome": r.outcome.name(),
-                        "loss": fixed(i64::from(r.loss)),
-                        "fuel": r.fuel,
-                    })).collect::<Vec<_>>(),
-                })
-            }).collect::<Vec<_>>(),
+            "attestations": attestations,
         });
         match &job.status {
             JobStatus::Pending => value["status"] = "pending".into(),
@@ -837,7 +840,11 @@ impl Api {
             }
             JobStatus::Finalised(f) => {
                 value["status"] = "finalised".into();
-                let root = self.shared.state.root_after(f.commit).ok().flatten();
+                let root = self
+                    .shared
+                    .state
+                    .root_after(f.commit)
+                    .map_err(unavailable)?;
                 value["finalisation"] = json!({
                     "commit": f.commit,
                     "state_root": root.map(hex::encode),
@@ -859,7 +866,7 @@ impl Api {
                 });
             }
         }
-        value
+        Ok(value)
     }
 
     /// The account of the request's API key (`Authorization: Bearer`).
