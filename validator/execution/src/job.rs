@@ -341,9 +341,11 @@ pub(crate) struct Attestation(pub(crate) Vec<EncoderResult>);
 pub(crate) struct ResultDigests(pub(crate) Vec<Digest>);
 
 impl EncoderResult {
-    /// The digest a result is kept under, of its encoding.
-    pub(crate) fn digest_of(encoding: &[u8]) -> Digest {
-        Digest(blake3::derive_key("soma/encoder-result/v1", encoding))
+    /// Its encoding, and the digest (of that encoding) it is kept under.
+    pub(crate) fn encoded(&self) -> (Digest, Vec<u8>) {
+        let encoding = self.to_bytes();
+        let digest = blake3::derive_key("soma/encoder-result/v1", &encoding);
+        (Digest(digest), encoding)
     }
 }
 

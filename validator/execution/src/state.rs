@@ -560,8 +560,7 @@ impl StateStore {
             let Attestation(results) = Attestation::from_bytes(&value)?;
             let mut digests = Vec::with_capacity(results.len());
             for result in &results {
-                let encoding = result.to_bytes();
-                let digest = EncoderResult::digest_of(&encoding);
+                let (digest, encoding) = result.encoded();
                 changes.put_encoded(Space::Results, &result_key(&job, &digest), encoding);
                 digests.push(digest);
             }

@@ -275,8 +275,7 @@ impl View<'_> {
     ) -> Result<ResultDigests, StateError> {
         let mut digests = Vec::with_capacity(results.len());
         for result in results {
-            let encoding = result.to_bytes();
-            let digest = EncoderResult::digest_of(&encoding);
+            let (digest, encoding) = result.encoded();
             let key = result_key(job, &digest);
             let pending = [self.changes, &*self.pending];
             if !self.store.contains(&pending, Space::Results, &key)? {
