@@ -29,7 +29,7 @@ use crate::state::{
     APPLIED, Account, Amount, Applied, BURNED, Changes, ESCROW, Encoder, GENESIS, JobId, LATTICE,
     STAKED, Space, StateError, StateStore, TREASURY, Validator, encoder_key, is_record,
 };
-use crate::transaction::{Action, Checked, Proposed, SignedTransaction, check_all};
+use crate::transaction::{Action, Checked, Proposed, check_all};
 use crate::view::{Stop, View};
 use crate::{finalise, routing, shard};
 use soma_codec::{Decode, DecodeError, Encode, Writer};
@@ -594,7 +594,7 @@ impl Executor {
             };
             let outcome = match step {
                 Step::Charge => self.charge(&mut view, &checked),
-                Step::Act => self.act(&mut view, commit, signed),
+                Step::Act => self.act(&mut view, commit, &checked),
             };
             match outcome {
                 Ok(()) => changes.extend(pending),
@@ -647,8 +647,9 @@ impl Executor {
         &self,
         state: &mut View<'_>,
         commit: &Commit<'_>,
-        signed: &SignedTransaction,
+        checked: &Checked,
     ) -> Result<(), Stop> {
+        let signed = &checked.signed;
         let tx = signed.transaction();
         let params = &self.parameters;
         // What leaves the sender's balance.
@@ -773,7 +774,9 @@ impl Executor {
                 }
                 self.submit(state, commit, signed.digest(), &tx.sender, data, *payment)
             }
-            Action::Attest { job, results } => self.attest(state, commit, job, &tx.sender, results),
+            Action::Attest { job, results } => {
+                self.attest(state, commit, job, &tx.sender, results, &checked.results)
+            }
         }
     }
 
@@ -887,6 +890,7 @@ impl Executor {
         id: &Digest,
         validator: &PublicKey,
         results: &[EncoderResult],
+        encoded: &[(Digest, Vec<u8>)],
     ) -> Result<(), Stop> {
         let dimension = usize::from(self.parameters.dimension);
         let mut record = state.validator(validator)?.unwrap_or_default();
@@ -908,7 +912,7 @@ impl Executor {
         if !well_formed {
             Err(Rejection::BadAttestation)?;
         }
-        let digests = state.put_attestation(id, validator, results)?;
+        let digests = state.put_attestation(id, validator, encoded)?;
         job.attesters.push(*validator);
         // Its stake stays until the job is decided or expires.
         record.pending = record.pending.checked_add(1).ok_or(Rejection::Overflow)?;

@@ -171,6 +171,11 @@ pub(crate) struct Checked {
     /// the block that carried it, or [`SignedTransaction::verify`] holds
     /// (false, unchecked, for a transaction of another chain).
     pub(crate) authenticated: bool,
+    /// An attestation's results, each as its digest and encoding
+    /// ([`EncoderResult::encoded`]), in the attestation's order: hashing
+    /// them is a large part of what applying an attestation costs, done
+    /// here off apply's thread. Empty for any other transaction.
+    pub(crate) results: Vec<(Digest, Vec<u8>)>,
 }
 
 /// A committed transaction's bytes and, if known, the validator that
@@ -199,9 +204,14 @@ pub(crate) fn check_all(transactions: &[Proposed<'_>], chain: &[u8; 32]) -> Vec<
         let tx = signed.transaction();
         let authenticated =
             tx.chain_id == *chain && (proposed.proposer == Some(&tx.sender) || signed.verify());
+        let results = match &tx.action {
+            Action::Attest { results, .. } => results.iter().map(EncoderResult::encoded).collect(),
+            _ => Vec::new(),
+        };
         Some(Checked {
             signed,
             authenticated,
+            results,
         })
     };
     match transactions.len() < PARALLEL_CHECKS {

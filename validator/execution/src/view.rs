@@ -264,24 +264,24 @@ impl View<'_> {
         self.get(Space::Results, &result_key(job, digest))
     }
 
-    /// Records `validator`'s attestation of `results` for `job`: their
-    /// digests, and each result the job does not hold yet. Returns the
-    /// digests.
+    /// Records `validator`'s attestation for `job` of the results
+    /// `encoded` ([`EncoderResult::encoded`]): their digests, and each
+    /// result the job does not hold yet. Returns the digests.
     pub(crate) fn put_attestation(
         &mut self,
         job: &Digest,
         validator: &PublicKey,
-        results: &[EncoderResult],
+        encoded: &[(Digest, Vec<u8>)],
     ) -> Result<ResultDigests, StateError> {
-        let mut digests = Vec::with_capacity(results.len());
-        for result in results {
-            let (digest, encoding) = result.encoded();
-            let key = result_key(job, &digest);
+        let mut digests = Vec::with_capacity(encoded.len());
+        for (digest, encoding) in encoded {
+            let key = result_key(job, digest);
             let pending = [self.changes, &*self.pending];
             if !self.store.contains(&pending, Space::Results, &key)? {
-                self.pending.put_encoded(Space::Results, &key, encoding);
+                self.pending
+                    .put_encoded(Space::Results, &key, encoding.clone());
             }
-            digests.push(digest);
+            digests.push(*digest);
         }
         let digests = ResultDigests(digests);
         self.put(
@@ -421,7 +421,8 @@ mod tests {
                 changes,
                 pending,
             };
-            view.put_attestation(&job, v, results).unwrap();
+            let encoded: Vec<_> = results.iter().map(EncoderResult::encoded).collect();
+            view.put_attestation(&job, v, &encoded).unwrap();
         };
 
         // The first attestation keeps its results; its commit is stored.
