@@ -6,6 +6,7 @@
 //! every validator computes the same bits.
 
 use std::borrow::Cow;
+use strength_reduce::StrengthReducedU64;
 
 /// One unit of fixed point: 1.0.
 pub const ONE: i64 = 1 << 16;
@@ -130,22 +131,43 @@ pub(crate) fn isqrt(n: u128) -> u128 {
 
 /// The Euclidean distance between two vectors, in fixed point.
 pub(crate) fn distance(a: &[i32], b: &[i32]) -> u64 {
-    let sum: u128 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (i64::from(x) - i64::from(y)).unsigned_abs())
-        .map(|d| u128::from(d) * u128::from(d))
-        .sum();
+    let differences = || {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| (i64::from(x) - i64::from(y)).unsigned_abs())
+    };
+    // When the sum of squares cannot pass 64 bits (as between unit
+    // vectors), it is summed in 64: the same bits, in vector registers.
+    let largest = u128::from(max_deviation(a, b));
+    let sum = match largest * largest * a.len() as u128 <= u128::from(u64::MAX) {
+        true => u128::from(differences().map(|d| d * d).sum::<u64>()),
+        false => differences().map(|d| u128::from(d) * u128::from(d)).sum(),
+    };
     u64::try_from(isqrt(sum)).unwrap_or(u64::MAX)
 }
 
 /// The largest coordinate difference between two vectors, in fixed point.
 pub(crate) fn max_deviation(a: &[i32], b: &[i32]) -> u64 {
+    // A verdict lends the attested vector it agrees with.
+    if std::ptr::eq(a, b) {
+        return 0;
+    }
     a.iter()
         .zip(b)
         .map(|(&x, &y)| (i64::from(x) - i64::from(y)).unsigned_abs())
         .max()
         .unwrap_or(0)
+}
+
+/// `n / d`, rounded toward zero as `/` rounds, by a divisor reduced once
+/// for many dividends: multiplies in place of divisions, exact for every
+/// dividend.
+fn divide(n: i64, d: StrengthReducedU64) -> i64 {
+    let quotient = (n.unsigned_abs() / d) as i64;
+    match n < 0 {
+        true => quotient.wrapping_neg(),
+        false => quotient,
+    }
 }
 
 /// Which of `distances` (each vector's distance from the robust centre)
@@ -181,8 +203,7 @@ pub(crate) fn weighted_unit_average(vectors: &[(&[i32], u64)]) -> Vec<i32> {
     let total: u128 = vectors.iter().map(|&(_, w)| u128::from(w)).sum();
     let largest = vectors
         .iter()
-        .flat_map(|&(v, _)| v)
-        .map(|x| x.unsigned_abs())
+        .filter_map(|&(v, _)| v.iter().map(|x| x.unsigned_abs()).max())
         .max()
         .unwrap_or(0);
     // Every weighted sum is at most `largest × total` in magnitude. When
@@ -195,16 +216,15 @@ pub(crate) fn weighted_unit_average(vectors: &[(&[i32], u64)]) -> Vec<i32> {
     // division.
     let mut average: Vec<i32> = match fits {
         true => {
-            let total = total.max(1) as i64;
-            (0..dimension)
-                .map(|i| {
-                    let sum: i64 = vectors
-                        .iter()
-                        .map(|&(v, w)| i64::from(v[i]) * w as i64)
-                        .sum();
-                    (sum / total) as i32
-                })
-                .collect()
+            // Vector by vector, so that each pass runs down one slice.
+            let mut sums = vec![0i64; dimension];
+            for &(v, w) in vectors {
+                for (sum, &x) in sums.iter_mut().zip(v) {
+                    *sum += i64::from(x) * w as i64;
+                }
+            }
+            let total = StrengthReducedU64::new(total.max(1) as u64);
+            sums.iter().map(|&sum| divide(sum, total) as i32).collect()
         }
         false => {
             let total = total.max(1) as i128;
@@ -219,11 +239,12 @@ pub(crate) fn weighted_unit_average(vectors: &[(&[i32], u64)]) -> Vec<i32> {
                 .collect()
         }
     };
-    let norm = isqrt(average.iter().map(|&x| i64::from(x).pow(2) as u128).sum()) as i64;
+    let norm = isqrt(average.iter().map(|&x| i64::from(x).pow(2) as u128).sum()) as u64;
     // A zero norm is an average of all zeros, returned as it is.
     if norm != 0 {
+        let norm = StrengthReducedU64::new(norm);
         for x in &mut average {
-            *x = (i64::from(*x) * ONE / norm) as i32;
+            *x = divide(i64::from(*x) * ONE, norm) as i32;
         }
     }
     average
@@ -361,6 +382,21 @@ mod tests {
     }
 
     #[test]
+    fn distance_is_exact_at_the_edge_of_64_bit_sums() {
+        // Four differences of i32::MAX square to just under 2^64 in all;
+        // four of 2^31 to 2^64 itself.
+        let zero = [0; 4];
+        let under = [i32::MAX; 4];
+        assert_eq!(
+            u128::from(distance(&under, &zero)),
+            isqrt(4 * (i32::MAX as u128).pow(2))
+        );
+        let at = [-1; 4];
+        assert_eq!(distance(&under, &at), 1 << 32);
+        assert_eq!(distance(&[i32::MIN; 4], &under), 2 * u64::from(u32::MAX));
+    }
+
+    #[test]
     fn the_unit_average_is_exact_at_the_edge_of_64_bit_sums() {
         // Weighted `w` alone, and shared with `b`, against 128 bits.
         let exact = |a: &[i32], b: &[i32], w: u64| {
@@ -435,6 +471,24 @@ mod tests {
             let r = isqrt(n);
             prop_assert!(r * r <= n);
             prop_assert!((r + 1).checked_mul(r + 1).is_none_or(|s| s > n));
+        }
+
+        #[test]
+        fn distance_is_the_floor_of_the_exact_root(
+            a in proptest::collection::vec(prop_oneof![-(1 << 17)..(1 << 17), any::<i32>()], 8),
+            b in proptest::collection::vec(prop_oneof![-(1 << 17)..(1 << 17), any::<i32>()], 8),
+        ) {
+            // In 128 bits throughout, as it was first written.
+            let squares: u128 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| (i128::from(x) - i128::from(y)).pow(2) as u128)
+                .sum();
+            prop_assert_eq!(u128::from(distance(&a, &b)), isqrt(squares));
+            prop_assert_eq!(
+                u128::from(max_deviation(&a, &b)),
+                a.iter().zip(&b).map(|(&x, &y)| (i128::from(x) - i128::from(y)).unsigned_abs()).max().unwrap()
+            );
         }
 
         #[test]
