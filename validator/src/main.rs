@@ -29,6 +29,10 @@ enum Command {
         /// (what a validator beyond its peers' retention runs itself with).
         #[arg(long)]
         restore_first: bool,
+        /// Apply commits up to and including this one, then stop: every
+        /// validator halted after the same commit can be upgraded together.
+        #[arg(long, value_name = "COMMIT")]
+        halt_after: Option<u64>,
     },
     /// Writes keys, a genesis and configurations for a network of
     /// validators on 127.0.0.1 (each then runs with `soma node --config`);
@@ -138,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Node {
             config,
             restore_first,
+            halt_after,
         } => {
             if restore_first {
                 let restored = soma_validator::restore::restore_state(&config)?;
@@ -152,7 +157,7 @@ fn run(cli: Cli) -> Result<()> {
                     Err(e) => tracing::warn!("cannot remove copies earlier restores left: {e:#}"),
                 }
             }
-            let ran = runtime()?.block_on(soma_validator::node::run(&config, async {
+            let ran = runtime()?.block_on(soma_validator::node::run(&config, halt_after, async {
                 let _ = tokio::signal::ctrl_c().await;
             }));
             let behind = ran
@@ -174,10 +179,14 @@ fn run(cli: Cli) -> Result<()> {
                     // A new process image: whatever this run holds (its
                     // stores, its ports, its threads) is let go at once.
                     let me = std::env::current_exe().context("cannot find the soma executable")?;
-                    let error = Process::new(me)
+                    let mut again = Process::new(me);
+                    again
                         .args(["node", "--restore-first", "--config"])
-                        .arg(&config)
-                        .exec();
+                        .arg(&config);
+                    if let Some(halt) = halt_after {
+                        again.args(["--halt-after", &halt.to_string()]);
+                    }
+                    let error = again.exec();
                     Err(error).context("cannot start this validator again to restore it")
                 }
                 _ => {

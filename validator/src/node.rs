@@ -260,9 +260,13 @@ pub struct TooFarBehind {
     pub progressed: bool,
 }
 
-/// Runs the validator configured by `config_path` until `stop` resolves
-/// or a part of it fails.
-pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<()> {
+/// Runs the validator configured by `config_path` until `stop` resolves,
+/// it has applied commit `halt_after` (if given), or a part of it fails.
+pub async fn run(
+    config_path: &Path,
+    halt_after: Option<u64>,
+    stop: impl Future<Output = ()>,
+) -> Result<()> {
     let (file, dir, genesis, packages) = read_config(config_path)?;
     let key = keyfile::read_secret_key(&dir.join(&file.key_file))?;
     let me = key.public_key();
@@ -309,6 +313,20 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
     } = Host::open(dir, &file, &genesis, &packages)?;
     let executor = Executor::open(&data.join("state"), &genesis, router)?;
     let started_at = executor.next_index();
+    if let Some(halt) = halt_after {
+        match started_at.checked_sub(halt) {
+            None | Some(0) => {}
+            Some(1) => {
+                tracing::info!("this validator has applied commit {halt} already: halted there");
+                return Ok(());
+            }
+            Some(_) => bail!(
+                "this validator has applied {started_at} commits, past commit {halt}: it cannot \
+                 halt after that commit (`--halt-after`); check the commit every validator is to \
+                 halt after against each one's `next_commit` in /health"
+            ),
+        }
+    }
     // A validator that lost its consensus store no longer knows which
     // blocks it signed: started on a new one, it could sign a round twice.
     if executor.next_index() > 0 && !data.join("consensus").exists() {
@@ -373,13 +391,18 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
         roots: RootWatch::new(committee_for_roots.clone()),
         committee: committee_for_roots,
         me: authority,
+        halt_after,
     };
     tokio::pin!(stop);
     // Commits this node's consensus recorded before the executor applied
     // them (a crash between the two) come first, before clients and the
     // attester see the state.
     tokio::select! {
-        caught_up = applier.catch_up(&node, None) => caught_up?,
+        caught_up = applier.catch_up(&node, None) => {
+            if caught_up? == Progress::Halted {
+                return Ok(());
+            }
+        }
         () = &mut stop => return Ok(()),
     }
 
@@ -423,7 +446,11 @@ pub async fn run(config_path: &Path, stop: impl Future<Output = ()>) -> Result<(
     loop {
         tokio::select! {
             commit = node.next_commit() => match commit {
-                Some(subdag) => applier.catch_up(&node, Some(subdag)).await?,
+                Some(subdag) => {
+                    if applier.catch_up(&node, Some(subdag)).await? == Progress::Halted {
+                        return Ok(());
+                    }
+                }
                 None => break,
             },
             round = &mut beyond_retention => {
@@ -515,18 +542,36 @@ struct Applier {
     committee: Committee,
     /// This validator.
     me: AuthorityIndex,
+    /// The last commit to apply, if the node halts after one.
+    halt_after: Option<u64>,
+}
+
+/// Whether a node goes on applying commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// It applies the next commit when it comes.
+    Going,
+    /// It has applied the commit it was to halt after, and applies no more.
+    Halted,
 }
 
 impl Applier {
     /// Applies every commit up to and including `subdag` (or every commit
     /// the consensus store holds, if `None`), reading back from the store
-    /// what was not delivered to the executor.
-    async fn catch_up(&mut self, node: &Node, subdag: Option<CommittedSubDag>) -> Result<()> {
+    /// what was not delivered to the executor, and none past the commit to
+    /// halt after.
+    async fn catch_up(&mut self, node: &Node, subdag: Option<CommittedSubDag>) -> Result<Progress> {
         loop {
+            if self.progress() == Progress::Halted {
+                return Ok(Progress::Halted);
+            }
             let next = self.shared.applied.borrow().next_index;
             match subdag {
-                Some(ref s) if s.index < next => return Ok(()),
-                Some(s) if s.index == next => return self.apply(node, s).await,
+                Some(ref s) if s.index < next => return Ok(Progress::Going),
+                Some(s) if s.index == next => {
+                    self.apply(node, s).await?;
+                    return Ok(self.progress());
+                }
                 _ => {}
             }
             let missed = node.committed(next, REPLAY_BATCH).await.with_context(|| {
@@ -538,12 +583,28 @@ impl Applier {
                         "commit {} was delivered, but commit {next} is not in the consensus store",
                         s.index
                     ),
-                    None => Ok(()),
+                    None => Ok(Progress::Going),
                 };
             }
-            for missed in missed {
+            let halt = self.halt_after.unwrap_or(u64::MAX);
+            for missed in missed.into_iter().take_while(|m| m.index <= halt) {
                 self.apply(node, missed).await?;
             }
+        }
+    }
+
+    /// [`Progress::Halted`] once the commit to halt after is applied.
+    fn progress(&self) -> Progress {
+        let next = self.shared.applied.borrow().next_index;
+        match self.halt_after {
+            Some(halt) if next > halt => {
+                tracing::info!(
+                    "halted after commit {halt}, as `--halt-after` asked: validators halted after \
+                     one commit can be upgraded together and started again"
+                );
+                Progress::Halted
+            }
+            _ => Progress::Going,
         }
     }
 

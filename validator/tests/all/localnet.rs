@@ -1,7 +1,8 @@
 //! Four validator processes commit the same sequence; one killed with
 //! SIGKILL and restarted catches up, also after a minute away; garbage
 //! sent to a node is refused, and an outsider's attack does not stop the
-//! commits.
+//! commits; validators halted after one commit stop there together and go
+//! on from it.
 
 use soma_consensus::network::{BLOCK_PATH, CHALLENGE_PATH, PeerToken, parse_challenge};
 use soma_consensus::{AuthorityIndex, Block, BlockRef, Committee, TRANSACTION_PATH};
@@ -171,6 +172,11 @@ pub(crate) struct Validator {
 
 impl Validator {
     pub(crate) fn start(config: &Path, port: u16) -> Validator {
+        Validator::start_with(config, port, &[])
+    }
+
+    /// [`Validator::start`] with more arguments to `soma node`.
+    pub(crate) fn start_with(config: &Path, port: u16, args: &[&str]) -> Validator {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -179,6 +185,7 @@ impl Validator {
         let child = Command::new(SOMA)
             .args(["node", "--config"])
             .arg(config)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -495,12 +502,118 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
     assert!(transactions >= 4, "{transactions}");
 }
 
-/// Runs `soma` with `args`; returns whether it succeeded, and its stderr.
-fn soma(args: &[&std::ffi::OsStr]) -> (bool, String) {
+/// Validators started to halt after one commit apply it, stop cleanly and
+/// hold one state there, as an upgrade needs; one asked to halt at a
+/// commit it has passed refuses to start and changes nothing; started
+/// again without the switch, they go on from that commit as one network.
+#[test]
+fn validators_halted_after_one_commit_stop_there_and_go_on_together() {
+    const HALT: u64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let (configs, base) = genesis(dir.path());
+    let mut validators: Vec<Validator> = configs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Validator::start_with(c, base + i as u16, &["--halt-after", "12"]))
+        .collect();
+    let started = Instant::now();
+    while validators.iter_mut().any(|v| v.exited().is_none()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not every validator halted: {}",
+            logs(&validators)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let applied = |config: &Path| {
+        let db = fjall::Database::builder(config.with_file_name("data").join("state"))
+            .open()
+            .unwrap();
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        meta.get(b"applied").unwrap().unwrap().to_vec()
+    };
+    let halted: Vec<Vec<u8>> = configs.iter().map(|c| applied(c)).collect();
+    for (v, state) in validators.iter_mut().zip(&halted) {
+        assert!(v.exited().unwrap().success(), "{}", logs(&validators[..]));
+        // One root, after commit 12, everywhere.
+        assert_eq!(*state, halted[0]);
+        let log = std::fs::read_to_string(v.config.with_file_name("stderr.log")).unwrap();
+        assert!(
+            log.contains(&format!("halted after commit {HALT}")),
+            "{log}"
+        );
+    }
+    let (whole, out, _) = run_soma(&[
+        "verify-state".as_ref(),
+        "--config".as_ref(),
+        configs[0].as_os_str(),
+    ]);
+    assert!(
+        whole && out.contains(&format!("after {} commits", HALT + 1)),
+        "{out}"
+    );
+
+    // Past it: refused, with the reason, and nothing changed. At it: done.
+    let config = configs[0].as_os_str();
+    let (started, _, stderr) = run_soma(&[
+        "node".as_ref(),
+        "--config".as_ref(),
+        config,
+        "--halt-after".as_ref(),
+        "5".as_ref(),
+    ]);
+    assert!(!started, "{stderr}");
+    assert!(
+        stderr.contains("has applied 13 commits, past commit 5"),
+        "{stderr}"
+    );
+    let (started, _, stderr) = run_soma(&[
+        "node".as_ref(),
+        "--config".as_ref(),
+        config,
+        "--halt-after".as_ref(),
+        "12".as_ref(),
+    ]);
+    assert!(started, "{stderr}");
+    assert!(stderr.contains("applied commit 12 already"), "{stderr}");
+    assert_eq!(applied(&configs[0]), halted[0]);
+
+    drop(validators);
+    let validators = start_all(&configs, base);
+    // Applied, not only committed: the API's port follows the four
+    // consensus ports.
+    let next_commit = |v: &Validator| {
+        TcpStream::connect(("127.0.0.1", v.port + 4)).ok()?;
+        let (code, body) = http(v.port + 4, "GET", "/health", &[], b"");
+        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200)
+            .then(|| health["next_commit"].as_u64())
+            .flatten()
+    };
+    wait_for(
+        "commits past the halt applied everywhere",
+        Duration::from_secs(60),
+        || {
+            validators
+                .iter()
+                .all(|v| next_commit(v).is_some_and(|n| n > HALT + 10))
+        },
+        &validators,
+    );
+    assert!(assert_one_sequence(&validators) as u64 > HALT + 10);
+}
+
+/// Runs `soma` with `args`: whether it succeeded, its stdout and its
+/// stderr.
+pub(crate) fn run_soma<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let output = Command::new(SOMA).args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (
         output.status.success(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
+        text(&output.stdout),
+        text(&output.stderr),
     )
 }
 
@@ -510,7 +623,8 @@ fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
     let genesis = |args: &[&str]| {
         let mut all = vec!["genesis".as_ref(), "--dir".as_ref(), dir.path().as_os_str()];
         all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
-        soma(&all)
+        let (ok, _, stderr) = run_soma(&all);
+        (ok, stderr)
     };
     let (ok, stderr) = genesis(&["--validators", "0"]);
     assert!(!ok && stderr.contains("at least one validator"), "{stderr}");
@@ -534,7 +648,7 @@ fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
     config["parameters"]["gc_depth"] = 2.into();
     std::fs::write(&genesis_file, config.to_string()).unwrap();
     let node = dir.path().join("validator-0");
-    let (ok, stderr) = soma(&[
+    let (ok, _, stderr) = run_soma(&[
         "node".as_ref(),
         "--config".as_ref(),
         node.join("config.json").as_os_str(),
@@ -549,7 +663,7 @@ fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
     let other = tempfile::tempdir().unwrap();
     let fake = other.path().join("fake.somapkg");
     std::fs::write(&fake, b"not a package").unwrap();
-    let (ok, stderr) = soma(&[
+    let (ok, _, stderr) = run_soma(&[
         "genesis".as_ref(),
         "--dir".as_ref(),
         other.path().join("net").as_os_str(),
@@ -562,7 +676,7 @@ fn impossible_networks_and_missing_configurations_are_refused_with_a_reason() {
     );
 
     let missing = dir.path().join("nowhere/config.json");
-    let (ok, stderr) = soma(&["node".as_ref(), "--config".as_ref(), missing.as_os_str()]);
+    let (ok, _, stderr) = run_soma(&["node".as_ref(), "--config".as_ref(), missing.as_os_str()]);
     assert!(
         !ok && stderr.contains("cannot read the configuration"),
         "{stderr}"

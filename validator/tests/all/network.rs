@@ -8,8 +8,8 @@
 //! Python package's client gets answers it reads.
 
 use super::localnet::{
-    Session, Transfers, Validator, commits, genesis, genesis_with, http, logs, start_all, status,
-    tamper, wait_for,
+    Session, Transfers, Validator, commits, genesis, genesis_with, http, logs, run_soma, start_all,
+    status, tamper, wait_for,
 };
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -1135,21 +1135,6 @@ fn await_finalised(port: u16, id: &str, what: &str, validators: &[Validator]) {
         },
         validators,
     );
-}
-
-/// Runs `soma` with `args`: whether it succeeded, its stdout and its
-/// stderr.
-fn run_soma<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_soma"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        output.status.success(),
-        text(&output.stdout),
-        text(&output.stderr),
-    )
 }
 
 /// Runs `soma <command> --config <config>`.
