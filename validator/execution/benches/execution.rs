@@ -714,8 +714,9 @@ fn main() {
     if finalise_ratio > 1.0 {
         missed.push(format!(
             "**Finalisation, against the hash encoder**: applying an ordinary attestation in \
-             its validator's own block costs {} per job: decoding it and storing its results' \
-             digests (each distinct result of a job is kept once, by the first attestation \
+             its validator's own block costs {} per job: decoding it and hashing its results \
+             (both on every core while earlier transactions apply), storing their digests \
+             (each distinct result of a job is kept once, by the first attestation \
              that carries it, and honest attesters of this pure-wasm encoder attest alike; \
              those of an ONNX model on unlike CPUs do not, and each such attestation keeps \
              its own results, as every one did before, with a lookup more), \
@@ -734,7 +735,9 @@ fn main() {
              them with every attestation's signature checked, as was 2.60–2.91× on a 2-vCPU \
              AMD EPYC VM just before attestations in their own blocks were not; and 2.26–2.44× \
              just before results attested alike were kept once, 1.86–2.05× after, in three \
-             pairs of runs of the two alternated); a job \
+             pairs of runs of the two alternated; 1.90–2.24× just before an attestation's \
+             results were hashed where its bytes are checked instead of on apply's thread, \
+             and deciding's arithmetic made cheaper, 1.58–2.22× after, in five pairs); a job \
              of this row makes {calls} such calls on every validator, and a MiniLM-L6 call \
              ({} in this run) is some {:.0} times a finalising attestation. Across the {SETS} sets of this run, a set's finalising attestations \
              ÷ the calls timed beside them ranged from {:.2}× to {:.2}×.",
@@ -764,7 +767,9 @@ fn main() {
              was set by those checks on the other core, which hid part of deciding from this \
              difference: it read 20–27 µs then, on the same VM. Keeping results attested \
              alike once took it from 1.14–1.26× to 0.96–1.09× (three pairs of runs, old and \
-             new alternated). A phase timer in a profiling harness put deciding at 14 µs in \
+             new alternated), and exact multiplies for the average's divisions, 64-bit \
+             distances between unit vectors and no deviation pass for an attester's own \
+             verdict from 0.92–1.09× to 0.75–0.92× (five pairs). A phase timer in a profiling harness put deciding at 14 µs in \
              apply (in a profile: reads of the state a fifth, the medians, the outlier test \
              and the average two fifths, the allocator most of the rest), 4 µs folding into the lattice and 4 µs in the durable write.",
             human(jobs.deciding),
