@@ -423,6 +423,7 @@ impl Api {
 
     fn health(&self) -> Reply {
         let applied = *self.shared.applied.borrow();
+        let halt_after = self.shared.halt_after;
         json_reply(
             StatusCode::OK,
             &json!({
@@ -430,6 +431,8 @@ impl Api {
                 "chain": self.shared.chain_name,
                 "chain_id": hex::encode(self.shared.chain_id),
                 "next_commit": applied.next_index,
+                "halt_after": halt_after,
+                "halted": halt_after.is_some_and(|halt| applied.next_index > halt),
                 "state_root": hex::encode(applied.root),
                 "parameters": self.shared.parameters,
             }),

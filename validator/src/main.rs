@@ -29,8 +29,9 @@ enum Command {
         /// (what a validator beyond its peers' retention runs itself with).
         #[arg(long)]
         restore_first: bool,
-        /// Apply commits up to and including this one, then stop: every
-        /// validator halted after the same commit can be upgraded together.
+        /// Apply commits up to and including this one and no more, while
+        /// still serving peers (`"halted": true` in /health): validators
+        /// halted after the same commit can be upgraded together.
         #[arg(long, value_name = "COMMIT")]
         halt_after: Option<u64>,
     },

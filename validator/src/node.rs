@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     /// Whether the journal's transactions are being submitted again.
     sweeping: AtomicBool,
     pub(crate) metrics: NodeMetrics,
+    /// The last commit this node applies, if it halts after one.
+    pub(crate) halt_after: Option<u64>,
 }
 
 /// Submissions through the API waiting to be committed, and when they
@@ -260,8 +262,10 @@ pub struct TooFarBehind {
     pub progressed: bool,
 }
 
-/// Runs the validator configured by `config_path` until `stop` resolves,
-/// it has applied commit `halt_after` (if given), or a part of it fails.
+/// Runs the validator configured by `config_path` until `stop` resolves
+/// or a part of it fails. Given `halt_after`, it applies no commit after
+/// that one: it goes on serving its peers, so that every validator gets
+/// there, and reports in `/health` that it halted.
 pub async fn run(
     config_path: &Path,
     halt_after: Option<u64>,
@@ -313,19 +317,12 @@ pub async fn run(
     } = Host::open(dir, &file, &genesis, &packages)?;
     let executor = Executor::open(&data.join("state"), &genesis, router)?;
     let started_at = executor.next_index();
-    if let Some(halt) = halt_after {
-        match started_at.checked_sub(halt) {
-            None | Some(0) => {}
-            Some(1) => {
-                tracing::info!("this validator has applied commit {halt} already: halted there");
-                return Ok(());
-            }
-            Some(_) => bail!(
-                "this validator has applied {started_at} commits, past commit {halt}: it cannot \
-                 halt after that commit (`--halt-after`); check the commit every validator is to \
-                 halt after against each one's `next_commit` in /health"
-            ),
-        }
+    if let Some(halt) = halt_after.filter(|&halt| started_at > halt.saturating_add(1)) {
+        bail!(
+            "this validator has applied {started_at} commits, past commit {halt}: it cannot halt \
+             after that commit (`--halt-after`); every validator is to halt after one its \
+             `next_commit` in /health has not passed"
+        );
     }
     // A validator that lost its consensus store no longer knows which
     // blocks it signed: started on a new one, it could sign a round twice.
@@ -364,6 +361,7 @@ pub async fn run(
         journal: open_journal(&data.join("journal"))?,
         sweeping: AtomicBool::new(false),
         metrics: NodeMetrics::default(),
+        halt_after,
     });
 
     let committee_for_roots = committee.clone();
@@ -391,20 +389,15 @@ pub async fn run(
         roots: RootWatch::new(committee_for_roots.clone()),
         committee: committee_for_roots,
         me: authority,
-        halt_after,
     };
     tokio::pin!(stop);
     // Commits this node's consensus recorded before the executor applied
     // them (a crash between the two) come first, before clients and the
     // attester see the state.
-    tokio::select! {
-        caught_up = applier.catch_up(&node, None) => {
-            if caught_up? == Progress::Halted {
-                return Ok(());
-            }
-        }
+    let mut progress = tokio::select! {
+        caught_up = applier.catch_up(&node, None) => caught_up?,
         () = &mut stop => return Ok(()),
-    }
+    };
 
     let journaled = shared.clone();
     match tokio::task::spawn_blocking(move || journaled.resubmit_journaled()).await {
@@ -446,11 +439,10 @@ pub async fn run(
     loop {
         tokio::select! {
             commit = node.next_commit() => match commit {
-                Some(subdag) => {
-                    if applier.catch_up(&node, Some(subdag)).await? == Progress::Halted {
-                        return Ok(());
-                    }
-                }
+                // What consensus commits after the halt waits in its store,
+                // for the node started again to apply.
+                Some(_) if progress == Progress::Halted => {}
+                Some(subdag) => progress = applier.catch_up(&node, Some(subdag)).await?,
                 None => break,
             },
             round = &mut beyond_retention => {
@@ -542,8 +534,6 @@ struct Applier {
     committee: Committee,
     /// This validator.
     me: AuthorityIndex,
-    /// The last commit to apply, if the node halts after one.
-    halt_after: Option<u64>,
 }
 
 /// Whether a node goes on applying commits.
@@ -586,7 +576,7 @@ impl Applier {
                     None => Ok(Progress::Going),
                 };
             }
-            let halt = self.halt_after.unwrap_or(u64::MAX);
+            let halt = self.shared.halt_after.unwrap_or(u64::MAX);
             for missed in missed.into_iter().take_while(|m| m.index <= halt) {
                 self.apply(node, missed).await?;
             }
@@ -596,11 +586,13 @@ impl Applier {
     /// [`Progress::Halted`] once the commit to halt after is applied.
     fn progress(&self) -> Progress {
         let next = self.shared.applied.borrow().next_index;
-        match self.halt_after {
+        match self.shared.halt_after {
             Some(halt) if next > halt => {
                 tracing::info!(
-                    "halted after commit {halt}, as `--halt-after` asked: validators halted after \
-                     one commit can be upgraded together and started again"
+                    "halted after commit {halt}, as `--halt-after` asked: it applies no more \
+                     commits and goes on serving its peers; once every validator reports \
+                     `\"halted\": true` in /health, stop them, upgrade them and start them \
+                     without the switch"
                 );
                 Progress::Halted
             }

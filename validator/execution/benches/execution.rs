@@ -735,9 +735,10 @@ fn main() {
              them with every attestation's signature checked, as was 2.60–2.91× on a 2-vCPU \
              AMD EPYC VM just before attestations in their own blocks were not; and 2.26–2.44× \
              just before results attested alike were kept once, 1.86–2.05× after, in three \
-             pairs of runs of the two alternated; 1.90–2.24× just before an attestation's \
-             results were hashed where its bytes are checked instead of on apply's thread, \
-             and deciding's arithmetic made cheaper, 1.58–2.22× after, in five pairs); a job \
+             pairs of runs of the two alternated; 1.90–2.24× (mean 2.06×) just before an \
+             attestation's results were hashed where its bytes are checked instead of on \
+             apply's thread, and deciding's arithmetic made cheaper, 1.58–2.22× (mean 1.83×) \
+             after, in five pairs); a job \
              of this row makes {calls} such calls on every validator, and a MiniLM-L6 call \
              ({} in this run) is some {:.0} times a finalising attestation. Across the {SETS} sets of this run, a set's finalising attestations \
              ÷ the calls timed beside them ranged from {:.2}× to {:.2}×.",
@@ -769,7 +770,8 @@ fn main() {
              alike once took it from 1.14–1.26× to 0.96–1.09× (three pairs of runs, old and \
              new alternated), and exact multiplies for the average's divisions, 64-bit \
              distances between unit vectors and no deviation pass for an attester's own \
-             verdict from 0.92–1.09× to 0.75–0.92× (five pairs). A phase timer in a profiling harness put deciding at 14 µs in \
+             verdict from 0.92–1.09× (mean 1.00×) to 0.75–0.92× (mean 0.84×) (five pairs). A \
+             phase timer in a profiling harness put deciding at 14 µs in \
              apply (in a profile: reads of the state a fifth, the medians, the outlier test \
              and the average two fifths, the allocator most of the rest), 4 µs folding into the lattice and 4 µs in the durable write.",
             human(jobs.deciding),

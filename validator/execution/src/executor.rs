@@ -912,6 +912,7 @@ impl Executor {
         if !well_formed {
             Err(Rejection::BadAttestation)?;
         }
+        debug_assert_eq!(encoded.len(), results.len(), "checked with its results");
         let digests = state.put_attestation(id, validator, encoded)?;
         job.attesters.push(*validator);
         // Its stake stays until the job is decided or expires.

@@ -200,6 +200,7 @@ pub(crate) fn weight(loss: u32, softness: u32) -> u64 {
 /// point); all zeros if the average is zero.
 pub(crate) fn weighted_unit_average(vectors: &[(&[i32], u64)]) -> Vec<i32> {
     let dimension = vectors[0].0.len();
+    debug_assert!(vectors.iter().all(|(v, _)| v.len() == dimension));
     let total: u128 = vectors.iter().map(|&(_, w)| u128::from(w)).sum();
     let largest = vectors
         .iter()

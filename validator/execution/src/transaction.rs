@@ -160,10 +160,11 @@ impl SignedTransaction {
     }
 }
 
-/// A committed transaction as far as its bytes alone decide: decoded, and
-/// whether its sender signed it. Both are pure functions of the bytes, so
-/// apply checks a commit's transactions on every core (see [`check_all`])
-/// before it takes them in order.
+/// A committed transaction as far as its bytes alone decide: decoded,
+/// whether its sender signed it, and an attestation's results hashed. All
+/// are pure functions of the bytes, so apply checks a commit's
+/// transactions on every core (see [`check_all`]) before it takes them in
+/// order.
 pub(crate) struct Checked {
     /// The transaction.
     pub(crate) signed: SignedTransaction,
@@ -171,10 +172,10 @@ pub(crate) struct Checked {
     /// the block that carried it, or [`SignedTransaction::verify`] holds
     /// (false, unchecked, for a transaction of another chain).
     pub(crate) authenticated: bool,
-    /// An attestation's results, each as its digest and encoding
-    /// ([`EncoderResult::encoded`]), in the attestation's order: hashing
-    /// them is a large part of what applying an attestation costs, done
-    /// here off apply's thread. Empty for any other transaction.
+    /// An authenticated attestation's results, each as its digest and
+    /// encoding ([`EncoderResult::encoded`]), in the attestation's order:
+    /// hashing them is a large part of what applying an attestation costs,
+    /// done here off apply's thread. Empty for any other transaction.
     pub(crate) results: Vec<(Digest, Vec<u8>)>,
 }
 
@@ -191,8 +192,9 @@ pub(crate) struct Proposed<'a> {
 /// hand-over to other threads costs more than it saves.
 const PARALLEL_CHECKS: usize = 2;
 
-/// Decodes and authenticates `transactions`, in order: `None` for bytes that
-/// are no transaction. Signature checks are most of what applying a
+/// Decodes and authenticates `transactions`, and hashes the results of
+/// authenticated attestations, in order: `None` for bytes that are no
+/// transaction. Signature checks are most of what applying a
 /// transaction costs; they run on every core. One for another chain than
 /// `chain` is refused for that before its signature matters, and one its
 /// sender proposed needs none (the block's signature holds for it): their
@@ -204,8 +206,12 @@ pub(crate) fn check_all(transactions: &[Proposed<'_>], chain: &[u8; 32]) -> Vec<
         let tx = signed.transaction();
         let authenticated =
             tx.chain_id == *chain && (proposed.proposer == Some(&tx.sender) || signed.verify());
+        // Only an authenticated transaction is charged and acted on: others
+        // cost no hashing.
         let results = match &tx.action {
-            Action::Attest { results, .. } => results.iter().map(EncoderResult::encoded).collect(),
+            Action::Attest { results, .. } if authenticated => {
+                results.iter().map(EncoderResult::encoded).collect()
+            }
             _ => Vec::new(),
         };
         Some(Checked {

@@ -502,29 +502,66 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
     assert!(transactions >= 4, "{transactions}");
 }
 
-/// Validators started to halt after one commit apply it, stop cleanly and
-/// hold one state there, as an upgrade needs; one asked to halt at a
-/// commit it has passed refuses to start and changes nothing; started
-/// again without the switch, they go on from that commit as one network.
+/// Validators started to halt after one commit apply it and no more while
+/// consensus goes on, and say so; one started after the others halted
+/// gets there from them; stopped there, they hold one state, as
+/// an upgrade needs. One asked to halt at a commit it has passed refuses
+/// to start and changes nothing; one at it starts halted; started again
+/// without the switch, they go on from that commit as one network.
 #[test]
 fn validators_halted_after_one_commit_stop_there_and_go_on_together() {
     const HALT: u64 = 12;
+    let halt = HALT.to_string();
     let dir = tempfile::tempdir().unwrap();
     let (configs, base) = genesis(dir.path());
-    let mut validators: Vec<Validator> = configs
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Validator::start_with(c, base + i as u16, &["--halt-after", "12"]))
-        .collect();
-    let started = Instant::now();
-    while validators.iter_mut().any(|v| v.exited().is_none()) {
+    let halting =
+        |i: usize| Validator::start_with(&configs[i], base + i as u16, &["--halt-after", &halt]);
+    // Three are a quorum: they commit, and halt, without the fourth.
+    let mut validators: Vec<Validator> = (0..3).map(halting).collect();
+    // Applied, not only committed: the API's port follows the four
+    // consensus ports.
+    let health = |v: &Validator| -> Option<serde_json::Value> {
+        TcpStream::connect(("127.0.0.1", v.port + 4)).ok()?;
+        let (code, body) = http(v.port + 4, "GET", "/health", &[], b"");
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    };
+    let halted = |v: &Validator| {
+        health(v).is_some_and(|h| h["halted"] == true && h["next_commit"] == HALT + 1)
+    };
+    wait_for(
+        "three validators to halt",
+        Duration::from_secs(60),
+        || validators.iter().all(halted),
+        &validators,
+    );
+    // Halted, they still serve their peers: one started after they
+    // halted gets there too.
+    validators.push(halting(3));
+    wait_for(
+        "the last validator to halt",
+        Duration::from_secs(60),
+        || validators.iter().all(halted),
+        &validators,
+    );
+    // Consensus goes on past the halt; apply does not.
+    wait_for(
+        "commits past the halt",
+        Duration::from_secs(60),
+        || validators.iter().all(|v| v.committed() > HALT + 10),
+        &validators,
+    );
+    assert!(validators.iter().all(halted), "{}", logs(&validators));
+    for v in &validators {
+        let log = std::fs::read_to_string(v.config.with_file_name("stderr.log")).unwrap();
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "not every validator halted: {}",
-            logs(&validators)
+            log.contains(&format!("halted after commit {HALT}")),
+            "{log}"
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
+    drop(validators);
+
     let applied = |config: &Path| {
         let db = fjall::Database::builder(config.with_file_name("data").join("state"))
             .open()
@@ -534,17 +571,9 @@ fn validators_halted_after_one_commit_stop_there_and_go_on_together() {
             .unwrap();
         meta.get(b"applied").unwrap().unwrap().to_vec()
     };
-    let halted: Vec<Vec<u8>> = configs.iter().map(|c| applied(c)).collect();
-    for (v, state) in validators.iter_mut().zip(&halted) {
-        assert!(v.exited().unwrap().success(), "{}", logs(&validators[..]));
-        // One root, after commit 12, everywhere.
-        assert_eq!(*state, halted[0]);
-        let log = std::fs::read_to_string(v.config.with_file_name("stderr.log")).unwrap();
-        assert!(
-            log.contains(&format!("halted after commit {HALT}")),
-            "{log}"
-        );
-    }
+    // One root, after commit 12, everywhere.
+    let states: Vec<Vec<u8>> = configs.iter().map(|c| applied(c)).collect();
+    assert!(states.iter().all(|s| *s == states[0]));
     let (whole, out, _) = run_soma(&[
         "verify-state".as_ref(),
         "--config".as_ref(),
@@ -555,12 +584,11 @@ fn validators_halted_after_one_commit_stop_there_and_go_on_together() {
         "{out}"
     );
 
-    // Past it: refused, with the reason, and nothing changed. At it: done.
-    let config = configs[0].as_os_str();
+    // Past it: refused, with the reason, and nothing changed.
     let (started, _, stderr) = run_soma(&[
         "node".as_ref(),
         "--config".as_ref(),
-        config,
+        configs[0].as_os_str(),
         "--halt-after".as_ref(),
         "5".as_ref(),
     ]);
@@ -569,36 +597,27 @@ fn validators_halted_after_one_commit_stop_there_and_go_on_together() {
         stderr.contains("has applied 13 commits, past commit 5"),
         "{stderr}"
     );
-    let (started, _, stderr) = run_soma(&[
-        "node".as_ref(),
-        "--config".as_ref(),
-        config,
-        "--halt-after".as_ref(),
-        "12".as_ref(),
-    ]);
-    assert!(started, "{stderr}");
-    assert!(stderr.contains("applied commit 12 already"), "{stderr}");
-    assert_eq!(applied(&configs[0]), halted[0]);
+    assert_eq!(applied(&configs[0]), states[0]);
+    // At it: halted from the start.
+    let again = [halting(0)];
+    wait_for(
+        "the validator to start halted",
+        Duration::from_secs(30),
+        || halted(&again[0]),
+        &again,
+    );
+    drop(again);
 
-    drop(validators);
     let validators = start_all(&configs, base);
-    // Applied, not only committed: the API's port follows the four
-    // consensus ports.
-    let next_commit = |v: &Validator| {
-        TcpStream::connect(("127.0.0.1", v.port + 4)).ok()?;
-        let (code, body) = http(v.port + 4, "GET", "/health", &[], b"");
-        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
-        (code == 200)
-            .then(|| health["next_commit"].as_u64())
-            .flatten()
-    };
     wait_for(
         "commits past the halt applied everywhere",
         Duration::from_secs(60),
         || {
-            validators
-                .iter()
-                .all(|v| next_commit(v).is_some_and(|n| n > HALT + 10))
+            validators.iter().all(|v| {
+                health(v).is_some_and(|h| {
+                    h["halted"] == false && h["next_commit"].as_u64().is_some_and(|n| n > HALT + 10)
+                })
+            })
         },
         &validators,
     );
