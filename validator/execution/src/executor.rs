@@ -663,15 +663,18 @@ impl Executor {
             | Action::DeregisterEncoder { .. }
             | Action::Attest { .. } => 0,
         };
-        let mut sender = state.account(&tx.sender)?;
-        if moved > sender.balance {
-            Err(Rejection::InsufficientFunds {
-                needed: moved,
-                available: sender.balance,
-            })?;
+        // Nothing moved leaves the account as the charge left it.
+        if moved > 0 {
+            let mut sender = state.account(&tx.sender)?;
+            if moved > sender.balance {
+                Err(Rejection::InsufficientFunds {
+                    needed: moved,
+                    available: sender.balance,
+                })?;
+            }
+            sender.balance -= moved;
+            state.put_account(&tx.sender, sender);
         }
-        sender.balance -= moved;
-        state.put_account(&tx.sender, sender);
         match &tx.action {
             &Action::Transfer { to, amount } => state.credit(&to, amount),
             &Action::AddStake { amount } => {
