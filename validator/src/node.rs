@@ -319,9 +319,9 @@ pub async fn run(
     let started_at = executor.next_index();
     if let Some(halt) = halt_after.filter(|&halt| started_at > halt.saturating_add(1)) {
         bail!(
-            "this validator has applied {started_at} commits, past commit {halt}: it cannot halt \
-             after that commit (`--halt-after`); every validator is to halt after one its \
-             `next_commit` in /health has not passed"
+            "this validator has applied {started_at} commits, past commit {halt}: it can halt \
+             (`--halt-after`) only after commit {} or a later one",
+            started_at - 1
         );
     }
     // A validator that lost its consensus store no longer knows which

@@ -486,10 +486,12 @@ mod tests {
                 .map(|(&x, &y)| (i128::from(x) - i128::from(y)).pow(2) as u128)
                 .sum();
             prop_assert_eq!(u128::from(distance(&a, &b)), isqrt(squares));
-            prop_assert_eq!(
-                u128::from(max_deviation(&a, &b)),
-                a.iter().zip(&b).map(|(&x, &y)| (i128::from(x) - i128::from(y)).unsigned_abs()).max().unwrap()
-            );
+            let largest = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| (i128::from(x) - i128::from(y)).unsigned_abs())
+                .max();
+            prop_assert_eq!(Some(u128::from(max_deviation(&a, &b))), largest);
         }
 
         #[test]

@@ -594,7 +594,7 @@ fn validators_halted_after_one_commit_stop_there_and_go_on_together() {
     ]);
     assert!(!started, "{stderr}");
     assert!(
-        stderr.contains("has applied 13 commits, past commit 5"),
+        stderr.contains("has applied 13 commits, past commit 5: it can halt (`--halt-after`) only after commit 12 or a later one"),
         "{stderr}"
     );
     assert_eq!(applied(&configs[0]), states[0]);
