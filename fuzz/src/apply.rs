@@ -292,18 +292,21 @@ pub fn check(bytes: &[u8]) {
         if let Some((id, shard)) = job
             && let Some(tracked) = first.job(&id).expect("job")
         {
-            for attester in &tracked.attesters {
-                let read = first.attestation(&id, attester).expect("attestation");
-                assert!(
-                    read.as_ref().is_some_and(|results| results.len() == shard),
-                    "an attestation of {id} does not read back: {read:?}"
-                );
-                let reread = second.attestation(&id, attester).expect("attestation");
-                assert_eq!(
-                    read, reread,
-                    "an attestation reads back otherwise from disk"
-                );
-            }
+            let read = first.attestations(&id).expect("attestations");
+            let mut attesters: Vec<_> = read.iter().map(|(attester, _)| *attester).collect();
+            let mut tracked_attesters = tracked.attesters.clone();
+            tracked_attesters.sort();
+            attesters.sort();
+            assert_eq!(
+                attesters, tracked_attesters,
+                "the attestations of {id} are not its attesters'"
+            );
+            assert!(
+                read.iter().all(|(_, results)| results.len() == shard),
+                "an attestation of {id} does not read back whole: {read:?}"
+            );
+            let reread = second.attestations(&id).expect("attestations");
+            assert_eq!(read, reread, "attestations read back otherwise from disk");
         }
         for receipt in &effects.receipts {
             if let Some(id) = receipt.transaction.filter(|_| receipt.rejection.is_none())

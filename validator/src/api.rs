@@ -29,8 +29,8 @@ use soma_consensus::SubmitRefused;
 use soma_crypto::SecretKey;
 use soma_crypto::{Domain, PublicKey};
 use soma_execution::{
-    Action, Job, JobStatus, Parameters, PinnedState, SNAPSHOT_PAGE_BYTES, SignedTransaction,
-    Transaction,
+    Action, EncoderResult, Job, JobStatus, Parameters, PinnedState, SNAPSHOT_PAGE_BYTES,
+    SignedTransaction, Transaction,
 };
 use soma_host::package::Package;
 use soma_host::{Digest, Modality};
@@ -808,20 +808,27 @@ impl Api {
         let keys = |keys: &[PublicKey]| -> Vec<String> {
             keys.iter().map(|k| hex::encode(k.to_bytes())).collect()
         };
-        let attestations = (job.attesters.iter())
+        // Read at one instant, each distinct result once: listed in the
+        // order the attestations applied.
+        let mut attested: BTreeMap<PublicKey, Vec<EncoderResult>> = (self.shared.state)
+            .attestations(id)
+            .map_err(unavailable)?
+            .into_iter()
+            .collect();
+        let attestations: Vec<Value> = (job.attesters.iter())
             .map(|v| {
-                let results = self.shared.state.attestation(id, v).map_err(unavailable)?;
-                Ok(json!({
+                let results = attested.remove(v).unwrap_or_default();
+                json!({
                     "validator": hex::encode(v.to_bytes()),
-                    "results": results.unwrap_or_default().iter().zip(&job.shard).map(|(r, package)| json!({
+                    "results": results.iter().zip(&job.shard).map(|(r, package)| json!({
                         "package": package.to_string(),
                         "outcome": r.outcome.name(),
                         "loss": fixed(i64::from(r.loss)),
                         "fuel": r.fuel,
                     })).collect::<Vec<_>>(),
-                }))
+                })
             })
-            .collect::<Result<Vec<_>, Refused>>()?;
+            .collect();
         let mut value = json!({
             "id": id.to_string(),
             "submitter": hex::encode(job.submitter.to_bytes()),

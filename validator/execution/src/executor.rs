@@ -1281,14 +1281,14 @@ impl StateReader {
         Ok(self.store.read_published(Space::Jobs, &id.0)?)
     }
 
-    /// What `validator` attested for job `job`, if its attestation applied:
-    /// one result per shard encoder, in shard order.
-    pub fn attestation(
+    /// The attestations of job `job` that applied, read at one instant:
+    /// each attester (ordered by key) with what it attested, one result
+    /// per shard encoder in shard order.
+    pub fn attestations(
         &self,
         job: &Digest,
-        validator: &PublicKey,
-    ) -> Result<Option<Vec<EncoderResult>>, ExecutionError> {
-        Ok(self.store.attested_results(job, validator)?)
+    ) -> Result<Vec<(PublicKey, Vec<EncoderResult>)>, ExecutionError> {
+        Ok(self.store.job_attestations(job)?)
     }
 
     /// The state root after commit `index`, if this node applied it.
@@ -1551,19 +1551,22 @@ mod tests {
         // The state as the earlier version wrote it: every attestation
         // whole, no results, and a lattice of those entries.
         let store = StateStore::open(&state).unwrap();
-        let kept = store.attested_results(&jobs[0], &keys[1].public_key());
-        assert_eq!(kept.unwrap(), Some(noisy.clone()));
+        let kept = store.job_attestations(&jobs[0]).unwrap();
+        assert!(kept.contains(&(keys[1].public_key(), noisy.clone())));
         let mut old = Changes::default();
-        for (key, _) in store.scan::<ResultDigests>(Space::Attestations).unwrap() {
-            let (job, validator) = key.split_at(32);
-            let validator = PublicKey::from_bytes(validator.try_into().unwrap()).unwrap();
-            let results = store
-                .attested_results(&Digest(job.try_into().unwrap()), &validator)
-                .unwrap()
-                .unwrap();
-            let mut w = Writer::new();
-            Attestation::encode_results(&results, &mut w);
-            old.put_encoded(Space::Attestations, &key, w.into_bytes());
+        let mut attested_jobs: Vec<Digest> = (store.scan::<ResultDigests>(Space::Attestations))
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| Digest(key[..32].try_into().unwrap()))
+            .collect();
+        attested_jobs.dedup();
+        for job in attested_jobs {
+            for (validator, results) in store.job_attestations(&job).unwrap() {
+                let mut w = Writer::new();
+                Attestation::encode_results(&results, &mut w);
+                let key = crate::state::attestation_key(&job, &validator);
+                old.put_encoded(Space::Attestations, &key, w.into_bytes());
+            }
         }
         for (key, _) in store.scan::<EncoderResult>(Space::Results).unwrap() {
             old.delete(Space::Results, &key);
@@ -1614,8 +1617,9 @@ mod tests {
         let err = upgraded.pin().err().unwrap();
         assert!(err.to_string().contains("upgraded since"), "{err}");
         for (v, job, results) in attested {
-            let read = upgraded.attestation(&job, &keys[v].public_key()).unwrap();
-            assert_eq!(read.as_ref(), Some(results));
+            let read = upgraded.attestations(&job).unwrap();
+            let validator = keys[v].public_key();
+            assert!(read.contains(&(validator, results.clone())), "{read:?}");
         }
         let mut reference = Executor::open(&reference, &genesis, None).unwrap();
         let last = [(1, attest(jobs[1], &noisy)), (2, attest(jobs[1], &alike))];

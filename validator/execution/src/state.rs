@@ -32,7 +32,7 @@ use fjall::Readable as _;
 use soma_codec::{Decode, DecodeError, Encode, Reader, Writer};
 use soma_crypto::PublicKey;
 use soma_host::Digest;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::path::Path;
 
 /// A key in a record of this node's state: it was checked when it entered
@@ -508,28 +508,42 @@ impl StateStore {
         decoded(self.db.snapshot().get(self.keyspace(space), key)?)
     }
 
-    /// What `validator` attested for `job`, its results read back by their
-    /// digests, as of one published batch.
-    pub(crate) fn attested_results(
+    /// Every attestation of `job`, read at one instant: each attester
+    /// (in key order) with its results, one per shard encoder in shard
+    /// order. Each distinct result is read once, however many attested it.
+    pub(crate) fn job_attestations(
         &self,
         job: &Digest,
-        validator: &PublicKey,
-    ) -> Result<Option<Vec<EncoderResult>>, StateError> {
+    ) -> Result<Vec<(PublicKey, Vec<EncoderResult>)>, StateError> {
         let instant = self.db.snapshot();
-        let key = attestation_key(job, validator);
-        let Some(digests) = decoded::<ResultDigests>(instant.get(&self.attestations, key)?)? else {
-            return Ok(None);
-        };
-        let result = |digest: &Digest| {
-            decoded(instant.get(&self.results, result_key(job, digest))?)?
-                .ok_or_else(|| StateError::inconsistent("attestation", "a result is missing"))
-        };
-        digests
-            .0
-            .iter()
-            .map(result)
-            .collect::<Result<_, _>>()
-            .map(Some)
+        let mut results: BTreeMap<Digest, EncoderResult> = BTreeMap::new();
+        let mut attestations = Vec::new();
+        for entry in instant.prefix(&self.attestations, job.0) {
+            let (key, value) = entry.into_inner()?;
+            let validator = key
+                .get(32..)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(PublicKey::from_stored_bytes)
+                .ok_or_else(|| {
+                    StateError::inconsistent("attestation", "its key names no validator")
+                })?;
+            let ResultDigests(digests) = ResultDigests::from_bytes(&value)?;
+            let mut attested = Vec::with_capacity(digests.len());
+            for digest in digests {
+                let result = match results.entry(digest) {
+                    btree_map::Entry::Occupied(read) => read.into_mut(),
+                    btree_map::Entry::Vacant(unread) => unread.insert(
+                        decoded(instant.get(&self.results, result_key(job, &digest))?)?
+                            .ok_or_else(|| {
+                                StateError::inconsistent("attestation", "a result is missing")
+                            })?,
+                    ),
+                };
+                attested.push(result.clone());
+            }
+            attestations.push((validator, attested));
+        }
+        Ok(attestations)
     }
 
     /// Whether the state was written by a version that kept each
