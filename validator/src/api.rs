@@ -424,6 +424,7 @@ impl Api {
     fn health(&self) -> Reply {
         let applied = *self.shared.applied.borrow();
         let halt_after = self.shared.halt_after;
+        let halted = self.shared.halted().is_some();
         json_reply(
             StatusCode::OK,
             &json!({
@@ -432,7 +433,7 @@ impl Api {
                 "chain_id": hex::encode(self.shared.chain_id),
                 "next_commit": applied.next_index,
                 "halt_after": halt_after,
-                "halted": halt_after.is_some_and(|halt| applied.next_index > halt),
+                "halted": halted,
                 "state_root": hex::encode(applied.root),
                 "parameters": self.shared.parameters,
             }),
@@ -496,6 +497,15 @@ impl Api {
     }
 
     fn submit(&self, signed: &SignedTransaction) -> Result<(), Refused> {
+        if let Some(halt) = self.shared.halted() {
+            return Err(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the node halted after commit {halt} for an upgrade; it takes transactions \
+                     again once it is started without --halt-after"
+                ),
+            ));
+        }
         self.shared.track(signed.digest());
         self.shared
             .submitter()

@@ -101,6 +101,12 @@ struct Nonces {
 }
 
 impl Shared {
+    /// The commit this node halted after, once it has applied it.
+    pub(crate) fn halted(&self) -> Option<u64> {
+        self.halt_after
+            .filter(|&halt| self.applied.borrow().next_index > halt)
+    }
+
     /// What queues transactions in this node's consensus.
     pub(crate) fn submitter(&self) -> &Submitter {
         self.submitter
@@ -264,8 +270,9 @@ pub struct TooFarBehind {
 
 /// Runs the validator configured by `config_path` until `stop` resolves
 /// or a part of it fails. Given `halt_after`, it applies no commit after
-/// that one: it goes on serving its peers, so that every validator gets
-/// there, and reports in `/health` that it halted.
+/// that one and proposes no more blocks, but goes on serving its peers, so
+/// that every validator gets there; it refuses transactions and reports
+/// in `/health` that it halted.
 pub async fn run(
     config_path: &Path,
     halt_after: Option<u64>,
@@ -398,6 +405,9 @@ pub async fn run(
         caught_up = applier.catch_up(&node, None) => caught_up?,
         () = &mut stop => return Ok(()),
     };
+    if progress == Progress::Halted {
+        node.stop_proposing();
+    }
 
     let journaled = shared.clone();
     match tokio::task::spawn_blocking(move || journaled.resubmit_journaled()).await {
@@ -439,10 +449,16 @@ pub async fn run(
     loop {
         tokio::select! {
             commit = node.next_commit() => match commit {
-                // What consensus commits after the halt waits in its store,
-                // for the node started again to apply.
+                // What consensus commits after the halt (blocks proposed
+                // before the others halted) waits in its store, for the
+                // node started again to apply.
                 Some(_) if progress == Progress::Halted => {}
-                Some(subdag) => progress = applier.catch_up(&node, Some(subdag)).await?,
+                Some(subdag) => {
+                    progress = applier.catch_up(&node, Some(subdag)).await?;
+                    if progress == Progress::Halted {
+                        node.stop_proposing();
+                    }
+                }
                 None => break,
             },
             round = &mut beyond_retention => {
@@ -585,18 +601,17 @@ impl Applier {
 
     /// [`Progress::Halted`] once the commit to halt after is applied.
     fn progress(&self) -> Progress {
-        let next = self.shared.applied.borrow().next_index;
-        match self.shared.halt_after {
-            Some(halt) if next > halt => {
+        match self.shared.halted() {
+            Some(halt) => {
                 tracing::info!(
                     "halted after commit {halt}, as `--halt-after` asked: it applies no more \
-                     commits and goes on serving its peers; once every validator reports \
-                     `\"halted\": true` in /health, stop them, upgrade them and start them \
-                     without the switch"
+                     commits, proposes no more blocks and takes no transactions, and goes on \
+                     serving its peers; once every validator reports `\"halted\": true` in \
+                     /health, stop them, upgrade them and start them without the switch"
                 );
                 Progress::Halted
             }
-            _ => Progress::Going,
+            None => Progress::Going,
         }
     }
 

@@ -59,6 +59,11 @@ pub(crate) async fn run(
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         core.set_state_root(*shared.state_root.lock().unwrap_or_else(|e| e.into_inner()));
+        // Held for good: nothing lets them go again.
+        if shared.proposals_stopped.load(Ordering::Acquire) {
+            core.hold_proposals();
+            release = None;
+        }
         let mempool =
             core.pending_transaction_bytes() + shared.queued_bytes.load(Ordering::Acquire);
         shared

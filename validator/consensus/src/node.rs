@@ -20,7 +20,7 @@ use soma_crypto::SecretKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -171,6 +171,8 @@ pub(crate) struct Shared {
     pub(crate) state_root: std::sync::Mutex<StateRoot>,
     /// Whether peers dropped the rounds this node needs to catch up.
     pub(crate) retention_gap: RetentionGap,
+    /// Whether this node proposes no more blocks ([`Node::stop_proposing`]).
+    pub(crate) proposals_stopped: AtomicBool,
 }
 
 /// A running validator.
@@ -230,6 +232,7 @@ impl Node {
             client,
             state_root: std::sync::Mutex::default(),
             retention_gap: RetentionGap::default(),
+            proposals_stopped: AtomicBool::new(false),
         });
         tokio::spawn(authority_service::serve(listener, shared.clone()));
         let broadcaster = broadcaster::start(&shared);
@@ -326,6 +329,17 @@ impl Node {
             .state_root
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Has this node propose no more blocks, from its next step on, for
+    /// the rest of this run. It still takes in, stores and serves blocks,
+    /// and commits what its peers' blocks decide: peers can fetch from it
+    /// every round it holds. When every validator stops, the committee
+    /// makes no more rounds, so nothing more is committed, and nothing it
+    /// holds is dropped, however long it waits (a node halted for an
+    /// upgrade).
+    pub fn stop_proposing(&self) {
+        self.shared.proposals_stopped.store(true, Ordering::Release);
     }
 
     /// Waits until this node cannot catch up by replaying rounds: it
