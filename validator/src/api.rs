@@ -818,8 +818,9 @@ impl Api {
         let keys = |keys: &[PublicKey]| -> Vec<String> {
             keys.iter().map(|k| hex::encode(k.to_bytes())).collect()
         };
-        // Read at one instant, each distinct result once: listed in the
-        // order the attestations applied.
+        // All read at one instant, each distinct result once; after the
+        // job, which names no attester whose attestation is not kept (they
+        // only grow). Listed in the order they applied.
         let mut attested: BTreeMap<PublicKey, Vec<EncoderResult>> = (self.shared.state)
             .attestations(id)
             .map_err(unavailable)?

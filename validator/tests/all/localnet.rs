@@ -505,10 +505,11 @@ fn four_processes_commit_one_sequence_and_a_killed_one_catches_up() {
 /// Validators started to halt after one commit apply it and no more, then
 /// propose nothing and refuse transactions, and say so; one started after
 /// the others halted gets there from them, and then the committee makes no
-/// more commits; stopped there, they hold one state, as
-/// an upgrade needs. One asked to halt at a commit it has passed refuses
-/// to start and changes nothing; one at it starts halted; started again
-/// without the switch, they go on from that commit as one network.
+/// more commits; stopped there, they hold one state, as an upgrade needs.
+/// One asked to halt at a commit it has passed refuses to start and
+/// changes nothing; one at it starts halted; one behind its consensus
+/// store replays it up to its halt. Started again without the switch, they
+/// go on from that commit as one network.
 #[test]
 fn validators_halted_after_one_commit_stop_there_and_go_on_together() {
     const HALT: u64 = 12;
@@ -618,6 +619,22 @@ fn validators_halted_after_one_commit_stop_there_and_go_on_together() {
         &again,
     );
     drop(again);
+    // A state behind its consensus store (here, none at all) applies
+    // what the store holds up to the commit to halt after, and no more.
+    let state = configs[0].with_file_name("data").join("state");
+    std::fs::rename(&state, state.with_extension("aside")).unwrap();
+    let behind = [Validator::start_with(
+        &configs[0],
+        base,
+        &["--halt-after", "6"],
+    )];
+    wait_for(
+        "the validator behind to replay to its halt",
+        Duration::from_secs(30),
+        || health(&behind[0]).is_some_and(|h| h["halted"] == true && h["next_commit"] == 7),
+        &behind,
+    );
+    drop(behind);
 
     let validators = start_all(&configs, base);
     wait_for(
