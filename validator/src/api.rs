@@ -424,7 +424,8 @@ impl Api {
     fn health(&self) -> Reply {
         let applied = *self.shared.applied.borrow();
         let halt_after = self.shared.halt_after;
-        let halted = self.shared.halted().is_some();
+        // From the same reading as `next_commit`.
+        let halted = self.shared.halted_at(&applied).is_some();
         json_reply(
             StatusCode::OK,
             &json!({

@@ -103,8 +103,13 @@ struct Nonces {
 impl Shared {
     /// The commit this node halted after, once it has applied it.
     pub(crate) fn halted(&self) -> Option<u64> {
-        self.halt_after
-            .filter(|&halt| self.applied.borrow().next_index > halt)
+        self.halted_at(&self.applied.borrow())
+    }
+
+    /// The commit this node halted after, if it had when `applied` was
+    /// the last commit applied.
+    pub(crate) fn halted_at(&self, applied: &Applied) -> Option<u64> {
+        self.halt_after.filter(|&halt| applied.next_index > halt)
     }
 
     /// What queues transactions in this node's consensus.
@@ -405,9 +410,6 @@ pub async fn run(
         caught_up = applier.catch_up(&node, None) => caught_up?,
         () = &mut stop => return Ok(()),
     };
-    if progress == Progress::Halted {
-        node.stop_proposing();
-    }
 
     let journaled = shared.clone();
     match tokio::task::spawn_blocking(move || journaled.resubmit_journaled()).await {
@@ -453,12 +455,7 @@ pub async fn run(
                 // before the others halted) waits in its store, for the
                 // node started again to apply.
                 Some(_) if progress == Progress::Halted => {}
-                Some(subdag) => {
-                    progress = applier.catch_up(&node, Some(subdag)).await?;
-                    if progress == Progress::Halted {
-                        node.stop_proposing();
-                    }
-                }
+                Some(subdag) => progress = applier.catch_up(&node, Some(subdag)).await?,
                 None => break,
             },
             round = &mut beyond_retention => {
@@ -568,7 +565,7 @@ impl Applier {
     /// halt after.
     async fn catch_up(&mut self, node: &Node, subdag: Option<CommittedSubDag>) -> Result<Progress> {
         loop {
-            if self.progress() == Progress::Halted {
+            if self.progress(node) == Progress::Halted {
                 return Ok(Progress::Halted);
             }
             let next = self.shared.applied.borrow().next_index;
@@ -576,7 +573,7 @@ impl Applier {
                 Some(ref s) if s.index < next => return Ok(Progress::Going),
                 Some(s) if s.index == next => {
                     self.apply(node, s).await?;
-                    return Ok(self.progress());
+                    return Ok(self.progress(node));
                 }
                 _ => {}
             }
@@ -599,10 +596,12 @@ impl Applier {
         }
     }
 
-    /// [`Progress::Halted`] once the commit to halt after is applied.
-    fn progress(&self) -> Progress {
+    /// [`Progress::Halted`] once the commit to halt after is applied; then
+    /// `node` proposes no more.
+    fn progress(&self, node: &Node) -> Progress {
         match self.shared.halted() {
             Some(halt) => {
+                node.stop_proposing();
                 tracing::info!(
                     "halted after commit {halt}, as `--halt-after` asked: it applies no more \
                      commits, proposes no more blocks and takes no transactions, and goes on \
